@@ -1,0 +1,222 @@
+"""Competition specs: the contract a data file and a submission must follow.
+
+A spec is a small TOML file. Presets ship in kit/specs/; a user adds one without touching
+code by passing a path (`--spec my.toml`) or by dropping NAME.toml into ./competitions/ or a
+folder listed in $KIT_SPEC_PATH, then using `--spec NAME`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from kit.errors import SpecError
+
+DEFAULT_SPEC = "predictorium"
+PROTOCOLS = ("targets", "next-state")
+METRICS = ("weighted_pearson", "r2", "mae", "rmse")
+
+_RANGE = re.compile(r"^(?P<prefix>.*?)(?P<lo>\d+)\.\.(?P=prefix)?(?P<hi>\d+)$")
+
+
+def expand_columns(patterns: list[str]) -> list[str]:
+    """Expand range patterns: "p0..p11" -> p0, p1, ..., p11; "0..31" -> "0" ... "31"."""
+    out: list[str] = []
+    for pattern in patterns:
+        match = _RANGE.match(pattern)
+        if match is None:
+            out.append(pattern)
+            continue
+        lo, hi = int(match["lo"]), int(match["hi"])
+        if hi < lo:
+            raise SpecError(f"column range {pattern!r} runs backwards; write it low..high")
+        out.extend(f"{match['prefix']}{i}" for i in range(lo, hi + 1))
+    return out
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str = "weighted_pearson"
+    clip: tuple[float, float] | None = None  # predictions are clipped, targets never
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpus: int = 1
+    memory_gb: float = 16.0
+    time_limit_s: float = 5400.0
+    test_rows: int = 1_500_000
+
+
+@dataclass(frozen=True)
+class CompetitionSpec:
+    name: str
+    features: tuple[str, ...]
+    targets: tuple[str, ...]
+    description: str = ""
+    id_col: str = "seq_ix"
+    step_col: str = "step_in_seq"
+    need_col: str = "need_prediction"
+    seq_len: int | None = 1000  # None: sequences may differ in length
+    warmup: int = 0  # steps < warmup need no prediction (but still update the state)
+    tail: int = 0  # the last `tail` steps of a sequence need no prediction
+    protocol: str = "targets"
+    metric: MetricSpec = field(default_factory=MetricSpec)
+    limits: Limits = field(default_factory=Limits)
+    source: str = "<builtin>"
+
+    @property
+    def next_state(self) -> bool:
+        return self.protocol == "next-state"
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Names of the K values a prediction holds."""
+        return self.features if self.next_state else self.targets
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.outputs)
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Columns the scorer hands to predict(), in order: id, step, flag, features."""
+        return [self.id_col, self.step_col, self.need_col, *self.features]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column of a labelled data file, in the competition's order."""
+        return self.input_columns + list(self.targets)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "id_col": self.id_col,
+            "step_col": self.step_col,
+            "need_col": self.need_col,
+            "features": list(self.features),
+            "targets": list(self.targets),
+            "seq_len": self.seq_len or 0,
+            "warmup": self.warmup,
+            "tail": self.tail,
+            "protocol": self.protocol,
+            "metric": {"name": self.metric.name}
+            | ({"clip": list(self.metric.clip)} if self.metric.clip else {}),
+            "limits": vars(self.limits).copy(),
+        }
+
+
+def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
+    """Validate a parsed TOML table and build the spec; errors name the key and the file."""
+    known = {
+        "name", "description", "id_col", "step_col", "need_col", "features", "targets",
+        "seq_len", "warmup", "tail", "protocol", "metric", "limits",
+    }  # fmt: skip
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SpecError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    for key in ("name", "features"):
+        if key not in raw:
+            raise SpecError(f"{source}: missing required key {key!r}")
+    protocol = raw.get("protocol", "targets")
+    if protocol not in PROTOCOLS:
+        raise SpecError(f"{source}: protocol {protocol!r} is not one of {PROTOCOLS}")
+    features = tuple(expand_columns(list(raw["features"])))
+    targets = tuple(expand_columns(list(raw.get("targets", []))))
+    if protocol == "targets" and not targets:
+        raise SpecError(f"{source}: protocol 'targets' needs a non-empty 'targets' list")
+    if protocol == "next-state" and targets:
+        raise SpecError(f"{source}: protocol 'next-state' scores against the next features; "
+                        "leave 'targets' empty")
+    metric_raw = dict(raw.get("metric", {}))
+    metric_name = metric_raw.pop("name", "weighted_pearson")
+    if metric_name not in METRICS:
+        raise SpecError(f"{source}: metric {metric_name!r} is not one of {METRICS}")
+    clip = metric_raw.pop("clip", None)
+    if clip is not None and (len(clip) != 2 or clip[0] >= clip[1]):
+        raise SpecError(f"{source}: metric.clip must be [low, high] with low < high, got {clip}")
+    if metric_raw:
+        raise SpecError(f"{source}: unknown metric key(s) {sorted(metric_raw)}")
+    try:
+        limits = Limits(**raw.get("limits", {}))
+    except TypeError as exc:
+        raise SpecError(f"{source}: bad [limits] table: {exc}") from None
+    spec = CompetitionSpec(
+        name=str(raw["name"]),
+        description=str(raw.get("description", "")),
+        id_col=raw.get("id_col", "seq_ix"),
+        step_col=raw.get("step_col", "step_in_seq"),
+        need_col=raw.get("need_col", "need_prediction"),
+        features=features,
+        targets=targets,
+        seq_len=int(raw.get("seq_len", 0)) or None,
+        warmup=int(raw.get("warmup", 0)),
+        tail=int(raw.get("tail", 0)),
+        protocol=protocol,
+        metric=MetricSpec(metric_name, tuple(float(c) for c in clip) if clip else None),
+        limits=limits,
+        source=source,
+    )
+    names = spec.columns
+    duplicated = sorted({c for c in names if names.count(c) > 1})
+    if duplicated:
+        raise SpecError(f"{source}: column name(s) used twice: {duplicated}")
+    if spec.warmup < 0 or spec.tail < 0:
+        raise SpecError(f"{source}: warmup and tail must be >= 0")
+    if spec.seq_len is not None and spec.warmup + spec.tail >= spec.seq_len:
+        raise SpecError(f"{source}: warmup + tail leaves no scored step in {spec.seq_len}")
+    return spec
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("KIT_SPEC_PATH", "").split(os.pathsep) if p]
+    return [*dirs, Path("competitions")]
+
+
+def builtin_spec_names() -> list[str]:
+    files = resources.files("kit") / "specs"
+    return sorted(f.name.removesuffix(".toml") for f in files.iterdir() if f.name.endswith(".toml"))
+
+
+def available_specs() -> dict[str, str]:
+    """Spec name -> where it comes from (user folders shadow presets)."""
+    found = {name: "<builtin>" for name in builtin_spec_names()}
+    for folder in reversed(_search_dirs()):
+        if folder.is_dir():
+            found.update({p.stem: str(p) for p in sorted(folder.glob("*.toml"))})
+    return found
+
+
+def _parse_toml(text: str, source: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{source}: not valid TOML: {exc}") from None
+
+
+def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> CompetitionSpec:
+    """Load a spec by preset/user name or from a TOML path (default: predictorium)."""
+    if isinstance(name_or_path, CompetitionSpec):
+        return name_or_path
+    key = str(name_or_path or DEFAULT_SPEC)
+    path = Path(key)
+    if key.endswith(".toml"):
+        if not path.is_file():
+            raise SpecError(f"spec file {key} does not exist")
+        return spec_from_dict(_parse_toml(path.read_text(), key), key)
+    for folder in _search_dirs():
+        candidate = folder / f"{key}.toml"
+        if candidate.is_file():
+            return spec_from_dict(_parse_toml(candidate.read_text(), str(candidate)), str(candidate))
+    if key in builtin_spec_names():
+        text = (resources.files("kit") / "specs" / f"{key}.toml").read_text()
+        return spec_from_dict(_parse_toml(text, f"<builtin {key}>"), f"<builtin {key}>")
+    raise SpecError(
+        f"unknown competition spec {key!r}; available: {sorted(available_specs())}. "
+        "Pass a TOML path or put NAME.toml in ./competitions/ (or a folder in $KIT_SPEC_PATH)."
+    )

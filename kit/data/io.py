@@ -1,0 +1,43 @@
+"""Parquet input: every way a file can fail to load becomes one DataError that says why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from kit.errors import DataError
+
+
+def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
+    """Read a parquet file with Polars; missing, empty, corrupt or truncated files raise DataError."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; pass a .parquet file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes)")
+    try:
+        schema = pl.read_parquet_schema(path)
+    except Exception as exc:  # polars raises several unrelated types for bad files
+        raise DataError(
+            f"{path}: not a readable parquet file ({_first_line(exc)}); it may be truncated or "
+            "corrupt: re-download or regenerate it"
+        ) from None
+    if columns is not None:
+        missing = [c for c in columns if c not in schema]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}")
+    try:
+        return pl.read_parquet(path, columns=columns)
+    except Exception as exc:
+        raise DataError(
+            f"{path}: the parquet footer reads but its data does not ({_first_line(exc)}); "
+            "the file is corrupt: re-download or regenerate it"
+        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
