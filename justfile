@@ -1,0 +1,43 @@
+# kit recipes: `just --list` shows them all. Every CLI verb has a recipe of the same name.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+default:
+    @just --list
+
+# Install kit and its dev tools (editable)
+setup:
+    python -m pip install -e ".[dev]"
+
+# Lint, then run the whole test suite
+test *args:
+    ruff check kit tests bench
+    python -m pytest -q {{args}}
+
+# The main job on the built-in synthetic competition, end to end
+demo *args:
+    kit demo {{args}}
+
+# Every benchmark in bench/, one JSON line each
+bench:
+    for f in bench/bench_*.py; do python "$f"; done
+
+# kit data synth: generate the synthetic competition (e.g. just synth --full)
+synth *args:
+    kit data synth {{args}}
+
+# kit data check FILE: check a parquet file against the competition contract
+check file *args:
+    kit data check {{file}} {{args}}
+
+# kit data stats FILE: describe a data file
+stats file *args:
+    kit data stats {{file}} {{args}}
+
+# kit score SUBMISSION --data FILE: replay the competition's scorer locally
+score submission *args:
+    kit score {{submission}} {{args}}
+
+# kit spec list: the competition specs kit knows
+spec *args:
+    kit spec {{ if args == "" { "list" } else { args } }}

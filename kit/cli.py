@@ -1,0 +1,147 @@
+"""The `kit` command: one thin typer command per verb, no logic of its own.
+
+Imports of the heavy parts happen inside each command so that `kit --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from typer.core import TyperGroup
+
+from kit.errors import KitError
+
+
+class _KitGroup(TyperGroup):
+    """Print a KitError as one line on stderr and exit non-zero, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KitError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+def _typer(help_text: str) -> typer.Typer:
+    return typer.Typer(cls=_KitGroup, help=help_text, no_args_is_help=True,
+                       pretty_exceptions_enable=False, add_completion=False)
+
+
+app = _typer("kit: features, training, ensembles, ONNX packs and a local scorer for "
+             "streaming sequence-prediction competitions.")
+data_app = _typer("Generate, check and describe competition data files.")
+spec_app = _typer("Competition specs (presets and your own TOML files).")
+app.add_typer(data_app, name="data")
+app.add_typer(spec_app, name="spec")
+
+SpecOption = typer.Option("predictorium", "--spec", "-s",
+                          help="Competition spec: a preset name or a TOML path.")
+JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _print_json(payload: dict) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+@app.command()
+def version() -> None:
+    """Print the kit version."""
+    from kit import __version__
+
+    typer.echo(__version__)
+
+
+@spec_app.command("list")
+def spec_list() -> None:
+    """List the competition specs kit can load by name."""
+    from kit.competition import available_specs, load_spec
+
+    for name, source in available_specs().items():
+        spec = load_spec(name if source == "<builtin>" else source)
+        typer.echo(f"{name:<16} {source:<12} {spec.description}")
+
+
+@spec_app.command("show")
+def spec_show(name: str = typer.Argument("predictorium", help="Preset name or TOML path.")) -> None:
+    """Print a spec fully resolved (column ranges expanded)."""
+    from kit.competition import load_spec
+
+    _print_json(load_spec(name).to_dict())
+
+
+@data_app.command("check")
+def data_check(
+    file: Path = typer.Argument(..., help="Parquet file to check."),
+    spec: str = SpecOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Check a parquet file against the competition contract; exit 2 naming each problem."""
+    from kit.competition import load_spec
+    from kit.data.contract import check_file
+
+    report = check_file(file, load_spec(spec))
+    _print_json(report.to_dict()) if as_json else typer.echo(report.format())
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(Path("data/synth"), "--out", "-o", help="Output folder."),
+    spec: str = SpecOption,
+    train_seqs: int | None = typer.Option(None, help="Train sequences (default: demo size)."),
+    valid_seqs: int | None = typer.Option(None, help="Valid sequences (default: demo size)."),
+    seed: int = typer.Option(0, help="Random seed; the output is deterministic per seed."),
+    full: bool = typer.Option(False, "--full", help="Real competition sizes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Generate the built-in synthetic competition: train, valid and the oracle for valid."""
+    from kit.competition import load_spec
+    from kit.data.synth import synthesize
+
+    result = synthesize(load_spec(spec), out, train_seqs=train_seqs, valid_seqs=valid_seqs,
+                        seed=seed, full=full, progress=not quiet)
+    typer.echo(f"wrote {result.train} ({result.train_rows:,} rows), {result.valid} "
+               f"({result.valid_rows:,} rows), {result.oracle} in {result.seconds:.1f}s")
+
+
+@data_app.command("stats")
+def data_stats(
+    file: Path = typer.Argument(..., help="Parquet file (usually the valid set)."),
+    spec: str = SpecOption,
+    oracle: Path | None = typer.Option(None, help="Oracle predictions for FILE."),
+    reference: Path | None = typer.Option(None, help="File to compare target scale with "
+                                                     "(e.g. train.parquet)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Describe a data file: feature ranges and autocorrelation, target tails, signal."""
+    from kit.competition import load_spec
+    from kit.data.stats import dataset_stats, format_stats
+
+    stats = dataset_stats(file, load_spec(spec), oracle=oracle, reference=reference)
+    _print_json(stats) if as_json else typer.echo(format_stats(stats))
+
+
+@app.command()
+def score(
+    submission: Path = typer.Argument(..., help="Submission folder or .zip with solution.py."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled parquet file to score on."),
+    spec: str = SpecOption,
+    seqs: int | None = typer.Option(None, help="Score only the first N sequences."),
+    timeout: float | None = typer.Option(None, help="Kill the submission after this many s."),
+    as_json: bool = JsonOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Replay the competition's scorer on a submission, in a 1-CPU sandboxed process."""
+    from kit.competition import load_spec
+    from kit.scoring import score_submission
+
+    result = score_submission(submission, data, load_spec(spec), seqs=seqs,
+                              progress=not (quiet or as_json), timeout_s=timeout)
+    _print_json(result.to_dict()) if as_json else typer.echo(result.format())
+
+
+def main() -> None:
+    app(prog_name="kit")
+

@@ -1,0 +1,289 @@
+"""The data contract of a competition: what `kit data check` verifies and reports.
+
+`check_frame` collects every problem it can find (not just the first) and raises one
+DataError listing them, each naming the column, sequence and step involved. Values that a
+submission must survive (NaN/inf in features) are reported, not rejected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kit.competition import CompetitionSpec
+from kit.data.io import read_frame
+from kit.errors import DataError
+
+FLOAT_TYPES = (pl.Float32, pl.Float64)
+MAX_LISTED = 5  # examples named per problem
+
+
+@dataclass
+class CheckReport:
+    path: str
+    spec: str
+    rows: int
+    sequences: int
+    labelled: bool
+    dtypes: dict[str, str]
+    length_histogram: dict[str, int]
+    nan_counts: dict[str, int]
+    inf_counts: dict[str, int]
+    null_counts: dict[str, int]
+    need_rows: int
+    warmup_rule: str
+    target_summary: dict[str, dict[str, float]]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+    def format(self) -> str:
+        lines = [
+            f"{self.path}  [spec {self.spec}]",
+            f"rows {self.rows:,}   sequences {self.sequences:,}   "
+            f"{'labelled' if self.labelled else 'unlabelled (no target columns)'}",
+            "sequence lengths: "
+            + ", ".join(f"{k}: {v:,}" for k, v in self.length_histogram.items()),
+            f"need_prediction: {self.need_rows:,} rows ({self.warmup_rule}) - matches the rule",
+            "dtypes: " + _group_dtypes(self.dtypes),
+        ]
+        bad = {c: (self.nan_counts[c], self.inf_counts[c], self.null_counts.get(c, 0))
+               for c in self.nan_counts
+               if self.nan_counts[c] or self.inf_counts[c] or self.null_counts.get(c, 0)}
+        if bad:
+            lines.append("non-finite values (NaN / inf / null):")
+            lines += [f"  {c:>16}: {n:,} / {i:,} / {u:,}" for c, (n, i, u) in bad.items()]
+        else:
+            lines.append("non-finite values: none")
+        if self.target_summary:
+            lines.append(f"{'target':>16} {'mean':>9} {'std':>9} {'min':>9} {'p1':>9} "
+                         f"{'p50':>9} {'p99':>9} {'max':>9}")
+            for name, s in self.target_summary.items():
+                lines.append(f"{name:>16} " + " ".join(
+                    f"{s[k]:9.4f}" for k in ("mean", "std", "min", "p1", "p50", "p99", "max")))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _group_dtypes(dtypes: dict[str, str]) -> str:
+    """Compress "p0: Float32, p1: Float32, ..." into runs of equal dtype."""
+    runs: list[tuple[str, str, str]] = []
+    for col, dtype in dtypes.items():
+        if runs and runs[-1][2] == dtype:
+            runs[-1] = (runs[-1][0], col, dtype)
+        else:
+            runs.append((col, col, dtype))
+    return ", ".join(f"{a}: {d}" if a == b else f"{a}..{b}: {d}" for a, b, d in runs)
+
+
+def check_file(path: str | Path, spec: CompetitionSpec) -> CheckReport:
+    """Load a parquet file and check it against the spec."""
+    return check_frame(read_frame(path), spec, source=str(path))
+
+
+def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>") -> CheckReport:
+    """Verify a frame against the competition contract; raise DataError listing every problem."""
+    labelled = _check_columns(df, spec, source)
+    _check_dtypes(df, spec, labelled, source)
+    problems: list[str] = []
+    ids, steps = spec.id_col, spec.step_col
+    if df.height == 0:
+        raise DataError(f"{source}: the file has no rows")
+    keys = df.select(
+        pl.col(ids).cast(pl.Int64, strict=False).alias("id"),
+        pl.col(steps).cast(pl.Int64, strict=False).alias("step"),
+        _need_as_int(df, spec.need_col).alias("need"),
+    ).with_row_index("row")
+    for col in ("id", "step", "need"):
+        n_null = keys[col].null_count()
+        if n_null:
+            name = {"id": ids, "step": steps, "need": spec.need_col}[col]
+            problems.append(f"column {name!r} has {n_null:,} null or non-integral value(s)")
+    if problems:
+        raise DataError(_problem_text(source, problems))
+
+    problems += _check_order(keys, spec)
+    lengths = keys.group_by("id").agg(pl.len().alias("n"))
+    if spec.seq_len is not None:
+        wrong = lengths.filter(pl.col("n") != spec.seq_len).sort("id")
+        if wrong.height:
+            examples = ", ".join(f"seq {i} has {n}" for i, n in wrong.head(MAX_LISTED).iter_rows())
+            problems.append(f"{wrong.height:,} sequence(s) do not have the spec's length "
+                            f"{spec.seq_len}: {examples}")
+    if not problems:
+        problems += _check_need_rule(keys, spec)
+    if problems:
+        raise DataError(_problem_text(source, problems))
+
+    value_cols = list(spec.features) + (list(spec.targets) if labelled else [])
+    nan_counts, inf_counts, null_counts = _nonfinite_counts(df, value_cols)
+    warnings = []
+    for col in spec.targets if labelled else []:
+        if nan_counts[col] or inf_counts[col] or null_counts[col]:
+            warnings.append(f"target {col!r} has non-finite values: the metric will be NaN")
+    hist = lengths.group_by("n").agg(pl.len().alias("count")).sort("n")
+    return CheckReport(
+        path=source,
+        spec=spec.name,
+        rows=df.height,
+        sequences=lengths.height,
+        labelled=labelled,
+        dtypes={c: str(df.schema[c]) for c in df.columns},
+        length_histogram={str(n): int(c) for n, c in hist.iter_rows()},
+        nan_counts=nan_counts,
+        inf_counts=inf_counts,
+        null_counts=null_counts,
+        need_rows=int(keys["need"].sum()),
+        warmup_rule=_rule_text(spec),
+        target_summary=_target_summary(df, spec) if labelled else {},
+        warnings=warnings,
+    )
+
+
+def _problem_text(source: str, problems: list[str]) -> str:
+    head = f"{source} breaks the competition contract:"
+    return "\n".join([head, *(f"  - {p}" for p in problems)])
+
+
+def _check_columns(df: pl.DataFrame, spec: CompetitionSpec, source: str) -> bool:
+    """Exact names and order; target columns may be absent altogether (an unlabelled file)."""
+    have = df.columns
+    labelled = any(t in have for t in spec.targets)
+    want = spec.columns if labelled else spec.input_columns
+    problems = []
+    missing = [c for c in want if c not in have]
+    extra = [c for c in have if c not in want]
+    if missing:
+        problems.append(f"missing column(s): {_listed(missing)}")
+    if extra:
+        problems.append(f"unexpected column(s): {_listed(extra)}")
+    if not missing and not extra and have != want:
+        first = next(i for i, (a, b) in enumerate(zip(have, want, strict=True)) if a != b)
+        problems.append(f"columns are in the wrong order: position {first} holds {have[first]!r} "
+                        f"but the spec puts {want[first]!r} there; expected order: "
+                        f"{_listed(want, 8)}")
+    dup = sorted({c for c in have if have.count(c) > 1})
+    if dup:
+        problems.append(f"duplicated column name(s): {dup}")
+    if problems:
+        raise DataError(_problem_text(source, problems))
+    return labelled
+
+
+def _check_dtypes(df: pl.DataFrame, spec: CompetitionSpec, labelled: bool, source: str) -> None:
+    problems = []
+    schema = df.schema
+    for col in (spec.id_col, spec.step_col):
+        dtype = schema[col]
+        if not (dtype.is_integer() or dtype in FLOAT_TYPES):
+            problems.append(f"column {col!r} must be integer, found {dtype}")
+    need_dtype = schema[spec.need_col]
+    if not (need_dtype == pl.Boolean or need_dtype.is_integer()):
+        problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found {need_dtype}")
+    for col in list(spec.features) + (list(spec.targets) if labelled else []):
+        dtype = schema[col]
+        if not dtype.is_numeric():
+            problems.append(f"column {col!r} must be numeric (float32/float64), found {dtype}")
+    if problems:
+        raise DataError(_problem_text(source, problems))
+
+
+def _need_as_int(df: pl.DataFrame, need_col: str) -> pl.Expr:
+    col = pl.col(need_col)
+    if df.schema[need_col] == pl.Boolean:
+        return col.cast(pl.Int8)
+    # Integer flags must be exactly 0 or 1; anything else becomes null and is reported.
+    return pl.when(col.is_in([0, 1])).then(col.cast(pl.Int8)).otherwise(None)
+
+
+def _check_order(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
+    """Rows grouped by sequence, steps 0, 1, 2, ... in order, no duplicates and no gaps."""
+    problems = []
+    dup = (keys.group_by("id", "step").agg(pl.len().alias("n"), pl.col("row").min())
+           .filter(pl.col("n") > 1).sort("row"))
+    if dup.height:
+        examples = ", ".join(f"(seq {i}, step {s}) x{n}"
+                             for i, s, n, _ in dup.head(MAX_LISTED).iter_rows())
+        problems.append(f"{dup.height:,} duplicate ({spec.id_col}, {spec.step_col}) pair(s): "
+                        f"{examples}")
+    marked = keys.with_columns(
+        (pl.col("id") != pl.col("id").shift(1)).fill_null(True).alias("starts"),
+        (pl.col("step") - pl.col("step").shift(1)).alias("delta"),
+    )
+    starts = marked.filter(pl.col("starts"))
+    split = (starts.filter(pl.col("id").is_duplicated()).group_by("id")
+             .agg(pl.col("row").sort().get(1)))
+    if split.height:
+        examples = ", ".join(f"seq {i} (again at row {r})" for i, r in
+                             split.sort("row").head(MAX_LISTED).iter_rows())
+        problems.append(f"rows of {split.height:,} sequence(s) are not contiguous; sort by "
+                        f"({spec.id_col}, {spec.step_col}): {examples}")
+    late_start = starts.filter(pl.col("step") != 0)
+    if late_start.height:
+        examples = ", ".join(f"seq {i} starts at step {s}" for _, i, s, *_ in
+                             late_start.head(MAX_LISTED).iter_rows())
+        problems.append(f"{late_start.height:,} sequence(s) do not start at step 0: {examples}")
+    inner = marked.filter(~pl.col("starts"))
+    backwards = inner.filter(pl.col("delta") < 0)
+    if backwards.height:
+        examples = ", ".join(f"seq {i} step {s} (row {r})" for r, i, s, *_ in
+                             backwards.head(MAX_LISTED).iter_rows())
+        problems.append(f"steps out of order in {backwards['id'].n_unique():,} sequence(s); "
+                        f"first at: {examples}")
+    gaps = inner.filter(pl.col("delta") > 1)
+    if gaps.height:
+        examples = ", ".join(f"seq {i}: step {s - d} -> {s}" for _, i, s, _, _, d in
+                             gaps.head(MAX_LISTED).iter_rows())
+        problems.append(f"{gaps.height:,} gap(s) in step numbering: {examples}")
+    return problems
+
+
+def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
+    length = pl.len().over("id")
+    expected = ((pl.col("step") >= spec.warmup) & (pl.col("step") < length - spec.tail))
+    wrong = keys.filter(pl.col("need") != expected.cast(pl.Int8))
+    if not wrong.height:
+        return []
+    examples = ", ".join(f"seq {i} step {s} has {n}" for _, i, s, n in
+                         wrong.head(MAX_LISTED).iter_rows())
+    return [f"need_prediction breaks the rule ({_rule_text(spec)}) on {wrong.height:,} row(s): "
+            f"{examples}"]
+
+
+def _rule_text(spec: CompetitionSpec) -> str:
+    rule = f"true from step {spec.warmup}"
+    return rule + (f" until {spec.tail} step(s) before the end" if spec.tail else " to the end")
+
+
+def _nonfinite_counts(df: pl.DataFrame, cols: list[str]):
+    exprs = []
+    for c in cols:
+        exprs += [pl.col(c).is_nan().sum().alias(f"nan|{c}"),
+                  pl.col(c).is_infinite().sum().alias(f"inf|{c}"),
+                  pl.col(c).null_count().alias(f"null|{c}")]
+    row = df.select(exprs).row(0, named=True) if exprs else {}
+    pick = {kind: {c: int(row[f"{kind}|{c}"] or 0) for c in cols} for kind in ("nan", "inf", "null")}
+    return pick["nan"], pick["inf"], pick["null"]
+
+
+def _target_summary(df: pl.DataFrame, spec: CompetitionSpec) -> dict[str, dict[str, float]]:
+    out = {}
+    for t in spec.targets:
+        col = df[t].cast(pl.Float64)
+        values = col.filter(col.is_finite()).to_numpy()
+        if values.size == 0:
+            continue
+        q = np.quantile(values, [0.01, 0.5, 0.99])
+        out[t] = {"mean": float(values.mean()), "std": float(values.std()),
+                  "min": float(values.min()), "p1": float(q[0]), "p50": float(q[1]),
+                  "p99": float(q[2]), "max": float(values.max())}
+    return out
+
+
+def _listed(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

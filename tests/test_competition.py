@@ -1,0 +1,98 @@
+import pytest
+
+from kit.competition import available_specs, expand_columns, load_spec
+from kit.errors import SpecError
+from tests.cli import run_cli
+
+
+def test_predictorium_preset_is_the_default():
+    spec = load_spec()
+    assert spec.name == "predictorium"
+    assert spec.input_columns[:3] == ["seq_ix", "step_in_seq", "need_prediction"]
+    assert spec.features[:2] == ("p0", "p1") and spec.features[-1] == "dv3"
+    assert len(spec.features) == 32 and spec.targets == ("t0", "t1")
+    assert spec.seq_len == 1000 and spec.warmup == 99 and spec.tail == 0
+    assert spec.metric.name == "weighted_pearson" and spec.metric.clip == (-6.0, 6.0)
+    assert spec.limits.cpus == 1 and spec.limits.time_limit_s == 90 * 60
+    assert spec.limits.test_rows == 1_500_000
+
+
+def test_rnn_challenge_preset_scores_next_state():
+    spec = load_spec("rnn-challenge")
+    assert spec.next_state and spec.metric.name == "r2"
+    assert spec.outputs == spec.features and spec.n_outputs == 32
+    assert spec.features[0] == "0" and spec.features[-1] == "31"
+    assert spec.limits.time_limit_s == 60 * 60 and spec.tail == 1
+
+
+def test_expand_columns():
+    assert expand_columns(["p0..p2", "x", "3..4", "dv1..dv2"]) == [
+        "p0", "p1", "p2", "x", "3", "4", "dv1", "dv2"]
+    with pytest.raises(SpecError, match="backwards"):
+        expand_columns(["p3..p1"])
+
+
+USER_SPEC = """
+name = "my-comp"
+description = "a user's own competition"
+features = ["a", "b", "c0..c2"]
+targets = ["y"]
+seq_len = 0
+warmup = 3
+[metric]
+name = "r2"
+[limits]
+time_limit_s = 600
+test_rows = 1000
+"""
+
+
+def test_user_spec_from_path_and_from_competitions_folder(tmp_path, monkeypatch):
+    path = tmp_path / "my-comp.toml"
+    path.write_text(USER_SPEC)
+    spec = load_spec(str(path))
+    assert spec.features == ("a", "b", "c0", "c1", "c2") and spec.seq_len is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "competitions").mkdir()
+    (tmp_path / "competitions" / "my-comp.toml").write_text(USER_SPEC)
+    assert load_spec("my-comp").limits.time_limit_s == 600
+    assert "my-comp" in available_specs()
+    out = run_cli("spec", "list").output
+    assert "my-comp" in out and "predictorium" in out
+    assert '"y"' in run_cli("spec", "show", "my-comp").output
+
+
+def test_user_spec_from_env_path(tmp_path, monkeypatch):
+    (tmp_path / "other.toml").write_text(USER_SPEC.replace("my-comp", "other"))
+    monkeypatch.setenv("KIT_SPEC_PATH", str(tmp_path))
+    assert load_spec("other").name == "other"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: "bogus = 1\n" + t, "unknown key"),
+        (lambda t: t.replace('name = "my-comp"', ""), "missing required key 'name'"),
+        (lambda t: t.replace('name = "r2"', 'name = "auc"'), "metric 'auc'"),
+        (lambda t: t.replace('targets = ["y"]', 'targets = ["a"]'), "used twice"),
+        (lambda t: t.replace('targets = ["y"]', "targets = []"), "non-empty 'targets'"),
+        (lambda t: t.replace("[limits]", "[limits]\nspeed = 3"), "bad \\[limits\\]"),
+        (lambda t: t.replace("warmup = 3", "warmup = 3\nprotocol = 'x'"), "protocol 'x'"),
+        (lambda t: t + "\n[[[", "not valid TOML"),
+    ],
+)
+def test_bad_user_specs_name_the_problem(tmp_path, edit, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(USER_SPEC))
+    with pytest.raises(SpecError, match=message):
+        load_spec(str(path))
+
+
+def test_unknown_spec_lists_available(tmp_path):
+    with pytest.raises(SpecError, match="predictorium"):
+        load_spec("nope")
+    result = run_cli("spec", "show", "nope", expect=2)
+    assert "unknown competition spec 'nope'" in result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(str(tmp_path / "missing.toml"))

@@ -1,0 +1,142 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kit.competition import load_spec
+from kit.data.contract import check_file, check_frame
+from kit.errors import DataError
+from tests.cli import run_cli
+from tests.frames import make_frame, small_spec
+
+SPEC = small_spec(seq_len=20, warmup=5)
+
+
+def write_spec(tmp_path) -> str:
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        'name = "tiny"\nfeatures = ["p0..p11", "v0..v11", "dp0..dp3", "dv0..dv3"]\n'
+        'targets = ["t0", "t1"]\nseq_len = 20\nwarmup = 5\n'
+    )
+    return str(path)
+
+
+def test_valid_file_reports_everything(tmp_path):
+    df = make_frame(SPEC, n_seqs=4)
+    df = df.with_columns(
+        pl.when(pl.col("step_in_seq") == 7).then(float("nan")).otherwise(pl.col("p3")).alias("p3"),
+        pl.when(pl.col("step_in_seq") == 8).then(float("inf")).otherwise(pl.col("v1")).alias("v1"),
+    )
+    path = tmp_path / "ok.parquet"
+    df.write_parquet(path)
+    report = check_file(path, SPEC)
+    assert report.rows == 80 and report.sequences == 4 and report.labelled
+    assert report.length_histogram == {"20": 4}
+    assert report.nan_counts["p3"] == 4 and report.inf_counts["v1"] == 4
+    assert report.nan_counts["p0"] == 0
+    assert report.need_rows == 4 * 15
+    assert set(report.target_summary) == {"t0", "t1"}
+    assert report.dtypes["need_prediction"] == "Boolean"
+    out = run_cli("data", "check", path, "--spec", write_spec(tmp_path)).output
+    assert "rows 80" in out and "sequences 4" in out and "p3" in out and "matches the rule" in out
+    as_json = json.loads(run_cli("data", "check", path, "--spec", write_spec(tmp_path),
+                                 "--json").output)
+    assert as_json["nan_counts"]["p3"] == 4
+
+
+def test_accepts_int8_flags_float64_features_and_unlabelled_files():
+    df = make_frame(SPEC).with_columns(
+        pl.col("need_prediction").cast(pl.Int8), pl.col("p0", "v5").cast(pl.Float64)
+    )
+    assert check_frame(df, SPEC).need_rows == 45
+    report = check_frame(df.drop("t0", "t1"), SPEC)
+    assert not report.labelled and report.target_summary == {}
+
+
+def test_variable_length_spec_accepts_ragged_sequences():
+    spec = small_spec(seq_len=None, warmup=2)
+    df = make_frame(spec, lengths=[5, 9, 3])
+    report = check_frame(df, spec)
+    assert report.length_histogram == {"3": 1, "5": 1, "9": 1}
+
+
+def _swap(df, a, b):
+    cols = df.columns
+    i, j = cols.index(a), cols.index(b)
+    cols[i], cols[j] = cols[j], cols[i]
+    return df.select(cols)
+
+
+def _set_at(df, col, row, value):
+    values = df[col].to_list()
+    values[row] = value
+    return df.with_columns(pl.Series(col, values, dtype=df.schema[col]))
+
+
+BAD_FRAMES = {
+    "missing column": (lambda df: df.drop("v3"), "missing column\\(s\\): v3"),
+    "extra column": (lambda df: df.with_columns(pl.lit(1.0).alias("extra")),
+                     "unexpected column\\(s\\): extra"),
+    "wrong order": (lambda df: _swap(df, "p1", "p2"), "position 4 holds 'p2'"),
+    "duplicate id/step": (lambda df: _set_at(df, "step_in_seq", 3, 2),
+                          "duplicate \\(seq_ix, step_in_seq\\).*seq 0, step 2"),
+    "steps out of order": (lambda df: pl.concat([df[:3], df[4:5], df[3:4], df[5:]]),
+                           "out of order.*seq 0 step 3"),
+    "gap in steps": (lambda df: pl.concat([df[:3], df[4:]]), "gap.*seq 0: step 2 -> 4"),
+    "wrong length": (lambda df: df.filter(~((pl.col("seq_ix") == 2) & (pl.col("step_in_seq") == 19))),
+                     "seq 2 has 19"),
+    "need rule": (lambda df: _set_at(df, "need_prediction", 2, True),
+                  "need_prediction breaks the rule.*seq 0 step 2"),
+    "flag not 0/1": (lambda df: df.with_columns(pl.col("need_prediction").cast(pl.Int8) * 2),
+                     "'need_prediction' has .* null or non-integral"),
+    "text feature": (lambda df: df.with_columns(pl.col("dp1").cast(pl.String)),
+                     "'dp1' must be numeric.*String"),
+    "not contiguous": (lambda df: pl.concat([df[:10], df[20:40], df[10:20], df[40:]]),
+                       "not contiguous.*seq 0"),
+    "null id": (lambda df: _set_at(df, "seq_ix", 5, None), "'seq_ix' has 1 null"),
+    "does not start at 0": (lambda df: df.filter(pl.col("step_in_seq") != 0),
+                            "do not start at step 0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
+def test_each_contract_violation_is_named(tmp_path, case):
+    edit, message = BAD_FRAMES[case]
+    df = edit(make_frame(SPEC))
+    with pytest.raises(DataError, match=message):
+        check_frame(df, SPEC)
+    path = tmp_path / "bad.parquet"
+    df.write_parquet(path)
+    result = run_cli("data", "check", path, "--spec", write_spec(tmp_path), expect=2)
+    assert "breaks the competition contract" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predictorium_wrong_length_is_reported():
+    spec = load_spec("predictorium")
+    df = make_frame(spec, lengths=[1000, 999])
+    with pytest.raises(DataError, match="seq 1 has 999"):
+        check_frame(df, spec)
+
+
+def test_truncated_and_corrupt_parquet_get_clear_errors(tmp_path):
+    good = tmp_path / "good.parquet"
+    make_frame(SPEC, n_seqs=50).write_parquet(good)
+    data = good.read_bytes()
+    cases = {
+        "truncated.parquet": data[: len(data) // 2],
+        "garbage.parquet": b"not a parquet file at all" * 10,
+        "empty.parquet": b"",
+        "scrambled.parquet": data[:8] + bytes(np.random.default_rng(0).integers(
+            0, 255, len(data) - 16, dtype=np.uint8)) + data[-8:],
+    }
+    for name, payload in cases.items():
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(DataError, match=str(path)):
+            check_file(path, SPEC)
+        result = run_cli("data", "check", path, "--spec", write_spec(tmp_path), expect=2)
+        assert "error:" in result.output and "Traceback" not in result.output
+    result = run_cli("data", "check", tmp_path / "nope.parquet", expect=2)
+    assert "no such file" in result.output

@@ -1,0 +1,131 @@
+import math
+
+import numpy as np
+import pytest
+
+from kit.competition import load_spec
+from kit.errors import DataError
+from kit.metrics import evaluate, mae, r2, rmse, scored_truth, weighted_pearson
+
+
+def transcribed_weighted_pearson(y_true, y_pred):
+    """The official formula written out term by term, with exact float sums."""
+    y_pred = [min(max(float(p), -6.0), 6.0) for p in y_pred]
+    y_true = [float(y) for y in y_true]
+    w = [max(abs(y), 1e-8) for y in y_true]
+    sw = math.fsum(w)
+    mt = math.fsum(wi * y for wi, y in zip(w, y_true)) / sw
+    mp = math.fsum(wi * p for wi, p in zip(w, y_pred)) / sw
+    cov = math.fsum(wi * (y - mt) * (p - mp) for wi, y, p in zip(w, y_true, y_pred)) / sw
+    vt = math.fsum(wi * (y - mt) ** 2 for wi, y in zip(w, y_true)) / sw
+    vp = math.fsum(wi * (p - mp) ** 2 for wi, p in zip(w, y_pred)) / sw
+    if vt <= 0 or vp <= 0:
+        return 0.0
+    return cov / math.sqrt(vt * vp)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_weighted_pearson_matches_transcription_on_heavy_tails(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.standard_t(2.5, 3000).astype(np.float32)
+    p = (0.3 * y + rng.standard_t(3, 3000) * 2).astype(np.float32)  # many beyond the clip
+    assert weighted_pearson(y, p) == pytest.approx(transcribed_weighted_pearson(y, p), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "y, p, expected",
+    [
+        ([1.0, -2.0, 3.0], [0.5, 0.5, 0.5], 0.0),  # constant prediction
+        ([2.0, 2.0, 2.0], [1.0, 2.0, 3.0], 0.0),  # constant target
+        ([1.0, -2.0, 3.0], [10.0, 20.0, 30.0], 0.0),  # all clipped to 6: constant
+        ([0.0, 0.0, 1.0], [0.0, 1.0, 2.0], None),  # zero targets get the 1e-8 weight floor
+        ([1.0, -1.0, 2.0, -3.0], [np.inf, -np.inf, 1.0, -1.0], None),  # inf clipped
+        ([5.0], [1.0], 0.0),  # one row: no variance
+    ],
+)
+def test_weighted_pearson_edge_cases(y, p, expected):
+    got = weighted_pearson(np.array(y), np.array(p))
+    assert got == pytest.approx(transcribed_weighted_pearson(y, p), abs=1e-12)
+    if expected is not None:
+        assert got == expected
+
+
+def test_weighted_pearson_weights_large_targets():
+    y = np.array([10.0, 0.1, -0.1, -10.0])
+    good_on_big = np.array([1.0, -1.0, 1.0, -1.0])
+    good_on_small = np.array([0.0, 1.0, -1.0, 0.0])
+    assert weighted_pearson(y, good_on_big) > weighted_pearson(y, good_on_small)
+
+
+def test_weighted_pearson_accumulates_in_float64():
+    # Small deviations around a large mean: float32 sums would lose most digits.
+    rng = np.random.default_rng(1)
+    y = (3 + 1e-3 * rng.standard_normal(200_000)).astype(np.float32)
+    p = (y + 1e-3 * rng.standard_normal(200_000)).astype(np.float32)
+    expected = transcribed_weighted_pearson(y, p)
+    assert 0.5 < expected < 0.9
+    assert weighted_pearson(y, p) == pytest.approx(expected, rel=1e-9)
+
+
+def test_r2_matches_definition_and_sklearn_edge_cases():
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(500)
+    p = y + rng.standard_normal(500) * 0.5
+    ss_res = ((y - p) ** 2).sum()
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    assert r2(y, p) == pytest.approx(1 - ss_res / ss_tot, abs=1e-12)
+    assert r2([1.0, 1.0], [1.0, 1.0]) == 1.0
+    assert r2([1.0, 1.0], [1.0, 2.0]) == 0.0
+    assert r2(y, np.full_like(y, y.mean())) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mae_rmse():
+    assert mae([0, 0], [1, -3]) == 2.0
+    assert rmse([0, 0], [3, 4]) == pytest.approx(math.sqrt(12.5))
+
+
+def test_length_mismatch_and_empty_raise():
+    with pytest.raises(DataError, match="3 values"):
+        weighted_pearson(np.ones(3), np.ones(2))
+    with pytest.raises(DataError, match="no scored rows"):
+        r2([], [])
+
+
+def test_evaluate_per_target_and_mean():
+    spec = load_spec("predictorium")
+    rng = np.random.default_rng(0)
+    y = rng.standard_t(4, (400, 2))
+    p = y * np.array([0.5, 0.1]) + rng.standard_normal((400, 2))
+    report = evaluate(spec, y, p)
+    assert list(report.per_target) == ["t0", "t1"]
+    assert report.per_target["t0"] == weighted_pearson(y[:, 0], p[:, 0])
+    assert report.score == pytest.approx(np.mean(list(report.per_target.values())))
+    with pytest.raises(DataError, match=r"\(rows, 2\)"):
+        evaluate(spec, y[:, :1], p[:, :1])
+
+
+def test_evaluate_next_state_uses_r2_over_features():
+    spec = load_spec("rnn-challenge")
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((300, 32))
+    p = 0.5 * y
+    report = evaluate(spec, y, p)
+    assert report.metric == "r2" and len(report.per_target) == 32
+    assert report.score == pytest.approx(np.mean([r2(y[:, j], p[:, j]) for j in range(32)]))
+
+
+def test_scored_truth_next_state_shifts_by_one_row():
+    spec = load_spec("rnn-challenge")
+    ids = np.array([0, 0, 0, 1, 1, 1])
+    need = np.array([0, 1, 0, 1, 1, 0])
+    feats = np.arange(6 * 32, dtype=float).reshape(6, 32)
+    truth = scored_truth(ids, need, feats, None, spec)
+    np.testing.assert_array_equal(truth, feats[[2, 4, 5]])
+    with pytest.raises(DataError, match="last row of its sequence"):
+        scored_truth(ids, np.array([0, 0, 1, 0, 0, 0]), feats, None, spec)
+
+
+def test_scored_truth_targets_protocol_needs_labels():
+    spec = load_spec("predictorium")
+    with pytest.raises(DataError, match="labelled"):
+        scored_truth(np.zeros(2), np.ones(2), np.zeros((2, 32)), None, spec)
