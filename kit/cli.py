@@ -142,6 +142,18 @@ def score(
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
 
 
+@app.command()
+def demo(
+    data: Path = typer.Option(Path("data/synth"), help="Data folder (generated if missing)."),
+    seqs: int | None = typer.Option(None, help="Score only the first N valid sequences."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """The main job end to end on the built-in synthetic competition."""
+    from kit.demo import run_demo
+
+    run_demo(data_dir=data, seqs=seqs, quiet=quiet)
+
+
 def main() -> None:
     app(prog_name="kit")
 

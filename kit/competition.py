@@ -212,7 +212,8 @@ def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> Compe
     for folder in _search_dirs():
         candidate = folder / f"{key}.toml"
         if candidate.is_file():
-            return spec_from_dict(_parse_toml(candidate.read_text(), str(candidate)), str(candidate))
+            source = str(candidate)
+            return spec_from_dict(_parse_toml(candidate.read_text(), source), source)
     if key in builtin_spec_names():
         text = (resources.files("kit") / "specs" / f"{key}.toml").read_text()
         return spec_from_dict(_parse_toml(text, f"<builtin {key}>"), f"<builtin {key}>")

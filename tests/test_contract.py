@@ -84,7 +84,7 @@ BAD_FRAMES = {
     "steps out of order": (lambda df: pl.concat([df[:3], df[4:5], df[3:4], df[5:]]),
                            "out of order.*seq 0 step 3"),
     "gap in steps": (lambda df: pl.concat([df[:3], df[4:]]), "gap.*seq 0: step 2 -> 4"),
-    "wrong length": (lambda df: df.filter(~((pl.col("seq_ix") == 2) & (pl.col("step_in_seq") == 19))),
+    "wrong length": (lambda df: df.filter((pl.col("seq_ix") != 2) | (pl.col("step_in_seq") < 19)),
                      "seq 2 has 19"),
     "need rule": (lambda df: _set_at(df, "need_prediction", 2, True),
                   "need_prediction breaks the rule.*seq 0 step 2"),

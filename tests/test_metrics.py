@@ -14,11 +14,12 @@ def transcribed_weighted_pearson(y_true, y_pred):
     y_true = [float(y) for y in y_true]
     w = [max(abs(y), 1e-8) for y in y_true]
     sw = math.fsum(w)
-    mt = math.fsum(wi * y for wi, y in zip(w, y_true)) / sw
-    mp = math.fsum(wi * p for wi, p in zip(w, y_pred)) / sw
-    cov = math.fsum(wi * (y - mt) * (p - mp) for wi, y, p in zip(w, y_true, y_pred)) / sw
-    vt = math.fsum(wi * (y - mt) ** 2 for wi, y in zip(w, y_true)) / sw
-    vp = math.fsum(wi * (p - mp) ** 2 for wi, p in zip(w, y_pred)) / sw
+    mt = math.fsum(wi * y for wi, y in zip(w, y_true, strict=True)) / sw
+    mp = math.fsum(wi * p for wi, p in zip(w, y_pred, strict=True)) / sw
+    triples = zip(w, y_true, y_pred, strict=True)
+    cov = math.fsum(wi * (y - mt) * (p - mp) for wi, y, p in triples) / sw
+    vt = math.fsum(wi * (y - mt) ** 2 for wi, y in zip(w, y_true, strict=True)) / sw
+    vp = math.fsum(wi * (p - mp) ** 2 for wi, p in zip(w, y_pred, strict=True)) / sw
     if vt <= 0 or vp <= 0:
         return 0.0
     return cov / math.sqrt(vt * vp)

@@ -266,7 +266,8 @@ def _nonfinite_counts(df: pl.DataFrame, cols: list[str]):
                   pl.col(c).is_infinite().sum().alias(f"inf|{c}"),
                   pl.col(c).null_count().alias(f"null|{c}")]
     row = df.select(exprs).row(0, named=True) if exprs else {}
-    pick = {kind: {c: int(row[f"{kind}|{c}"] or 0) for c in cols} for kind in ("nan", "inf", "null")}
+    pick = {kind: {c: int(row[f"{kind}|{c}"] or 0) for c in cols}
+            for kind in ("nan", "inf", "null")}
     return pick["nan"], pick["inf"], pick["null"]
 
 

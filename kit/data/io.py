@@ -10,7 +10,7 @@ from kit.errors import DataError
 
 
 def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
-    """Read a parquet file with Polars; missing, empty, corrupt or truncated files raise DataError."""
+    """Read parquet with Polars; a missing, empty, corrupt or truncated file raises DataError."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")

@@ -1,0 +1,288 @@
+"""The child side of `kit score`: run one submission over the rows, as the official scorer does.
+
+A self-contained script (stdlib + numpy only; it never imports kit) started by kit.scoring as
+`python runner.py JOB.json`. It pins itself to one CPU before numpy or the submission is
+imported, loads the rows (a float64 .npy, memory-mapped), imports solution.py from the
+submission folder (the cwd), builds one DataPoint per row and calls predict(), with the
+official contract checks. It writes predictions.npy and result.json into the job's out_dir and
+progress lines ("I <init_s>", "P <rows done>") to the job's progress fd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+TARGET_CHUNK_S = 0.1  # rows per inner loop are sized so one chunk takes about this long
+REPORT_EVERY_S = 0.25
+TRACEBACK_LINES = 30
+
+
+@dataclass
+class DataPoint:
+    """What predict() receives, field for field as in the official scorer's utils.py."""
+
+    seq_ix: int
+    step_in_seq: int
+    need_prediction: bool
+    state: np.ndarray  # noqa: F821 - annotation only; numpy is imported after pinning
+
+
+class Failure(Exception):
+    """The submission broke the contract or raised; `info` goes to result.json."""
+
+    def __init__(self, info: dict):
+        super().__init__(info.get("message", ""))
+        self.info = info
+
+
+def main(job_path: str) -> int:
+    with open(job_path) as fh:
+        job = json.load(fh)
+    out_dir = job["out_dir"]
+    fd = job.get("progress_fd")
+    if fd is not None:
+        os.set_inheritable(fd, False)  # the submission's own subprocesses must not hold it
+    result: dict = {"ok": False, "sandbox": sandbox_setup(job)}
+    try:
+        result.update(run(job, fd, out_dir))
+        result["ok"] = True
+    except Failure as failure:
+        result["error"] = failure.info
+    result["sandbox"]["kit_modules"] = sorted(
+        m for m in sys.modules if m == "kit" or m.startswith("kit.")
+    )
+    result["sandbox"]["peak_rss_mb"] = peak_rss_mb()
+    tmp = os.path.join(out_dir, "result.json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(result, fh)
+    os.replace(tmp, os.path.join(out_dir, "result.json"))
+    return 0
+
+
+def sandbox_setup(job: dict) -> dict:
+    """Pin to one CPU and cap memory before anything heavy is imported; report what holds."""
+    info: dict = {"cpu": None, "affinity": None, "memory_limit_bytes": None}
+    cpu = job.get("cpu")
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+        info["cpu"] = cpu
+    if hasattr(os, "sched_getaffinity"):
+        info["affinity"] = sorted(os.sched_getaffinity(0))
+    limit = job.get("memory_limit_bytes")
+    if limit:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        info["memory_limit_bytes"] = limit
+    info["python"] = sys.version.split()[0]
+    info["threads_env"] = {
+        k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
+    return info
+
+
+def run(job: dict, fd: int | None, out_dir: str) -> dict:
+    global np
+    import numpy as np
+
+    # np.load(mmap) returns a memmap whose rows are memmaps too (slow per-row slicing); view the
+    # same pages as a plain ndarray. "c" = copy-on-write: a submission may write into its state
+    # view as it could into DataFrame.values, without touching the file.
+    values = np.asarray(np.load(job["rows"], mmap_mode="c"))
+    k = int(job["n_outputs"])
+    report = Reporter(fd)
+
+    t0 = time.perf_counter()
+    model = load_model(job["solution_dir"])
+    init_s = time.perf_counter() - t0
+    report.write(b"I %.6f\n" % init_s)
+
+    t0 = time.perf_counter()
+    preds = score_rows(model, values, k, report)
+    loop_s = time.perf_counter() - t0
+    report.write(b"P %d\n" % len(values))
+
+    array = collect(preds, k)
+    np.save(os.path.join(out_dir, "predictions.npy"), array)
+    return {
+        "rows": int(len(values)),
+        "scored_rows": int(array.shape[0]),
+        "init_s": init_s,
+        "loop_s": loop_s,
+        "numpy": np.__version__,
+    }
+
+
+class Reporter:
+    def __init__(self, fd: int | None):
+        self.fd = fd
+        self.last = time.perf_counter()
+
+    def write(self, line: bytes) -> None:
+        if self.fd is not None:
+            try:
+                os.write(self.fd, line)
+            except OSError:  # the parent went away; scoring goes on and the result says so
+                self.fd = None
+
+
+def load_model(solution_dir: str):
+    """Import solution.py from the submission folder (cwd, first on sys.path) and build it."""
+    import importlib.util
+
+    # sys.path[0] is this script's folder (kit/scoring): a submission's `import score` must not
+    # find kit's files, so the submission folder takes its place.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    sys.path.insert(0, solution_dir)
+    os.chdir(solution_dir)
+    sys.meta_path.append(UtilsFallback())
+    path = os.path.join(solution_dir, "solution.py")
+    try:
+        spec = importlib.util.spec_from_file_location("solution", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["solution"] = module
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        raise Failure(exception_info("import", "importing solution.py raised", exc)) from None
+    cls = getattr(module, "PredictionModel", None)
+    if cls is None:
+        raise Failure({"stage": "import", "message": "solution.py defines no PredictionModel "
+                       "class; the scorer calls PredictionModel() with no arguments"})
+    try:
+        return cls()
+    except BaseException as exc:
+        raise Failure(exception_info("init", "PredictionModel() raised", exc)) from None
+
+
+class UtilsFallback:
+    """A last-resort `utils` module holding DataPoint, as the official starter pack provides.
+
+    Only used when neither the submission nor the environment has a `utils` module.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "utils":
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        module.DataPoint = DataPoint
+
+
+def score_rows(model, values, k: int, report: Reporter) -> list:
+    """The official loop: one DataPoint per row, None exactly when no prediction is needed.
+
+    Rows go in chunks so that progress costs one clock read per chunk, not per row; the
+    returned objects are kept as they are (a reused buffer scores wrongly, as it does there).
+    """
+    preds: list = []
+    append = preds.append
+    predict = model.predict
+    point = DataPoint
+    n = len(values)
+    start, chunk = 0, 32
+    while start < n:
+        stop = min(start + chunk, n)
+        t_chunk = time.perf_counter()
+        for row in values[start:stop]:
+            need = row[2]
+            try:
+                pred = predict(point(row[0], row[1], need, row[3:]))
+            except BaseException as exc:
+                raise Failure(row_info(values, row) | exception_info(
+                    "predict", "predict() raised", exc)) from None
+            if need:
+                try:
+                    fits = pred.shape[0] == k
+                except Exception:  # None, no .shape, a 0-d array
+                    fits = False
+                if not fits:
+                    raise Failure(contract_info(values, row, pred, k))
+                append(pred)
+            elif pred is not None:
+                raise Failure(contract_info(values, row, pred, k))
+        start = stop
+        now = time.perf_counter()
+        chunk = max(1, min(1 << 15, int(chunk * TARGET_CHUNK_S / max(now - t_chunk, 1e-6))))
+        if now - report.last >= REPORT_EVERY_S:
+            report.last = now
+            report.write(b"P %d\n" % start)
+    return preds
+
+
+def row_info(values, row) -> dict:
+    """Which row `row` (a view into values) is; found from its address, at no per-row cost."""
+    index = (row.ctypes.data - values.ctypes.data) // values.strides[0]
+    return {"row": int(index), "seq": float(row[0]), "step": float(row[1]),
+            "need": bool(row[2])}
+
+
+def contract_info(values, row, pred, k: int) -> dict:
+    info = row_info(values, row) | {"stage": "contract"}
+    if not info["need"]:
+        what = describe(pred)
+        info["message"] = (f"predict() returned {what} on a row with need_prediction = False; "
+                           "it must return None there (the state still updates)")
+    elif pred is None:
+        info["message"] = ("predict() returned None on a row with need_prediction = True; it must "
+                           f"return an array of shape ({k},)")
+    else:
+        info["message"] = (f"predict() returned {describe(pred)}; the scorer needs an object with "
+                           f"shape[0] == {k}")
+    return info
+
+
+def describe(obj) -> str:
+    shape = getattr(obj, "shape", None)
+    if shape is not None:
+        return f"{type(obj).__name__} of shape {tuple(shape)}"
+    text = repr(obj)
+    return f"{type(obj).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def exception_info(stage: str, message: str, exc: BaseException) -> dict:
+    lines = traceback.format_exception(exc)
+    # Drop the frames of this script: the tail that matters is the submission's.
+    text = "".join(line for line in lines if __file__ not in line).rstrip()
+    tail = "\n".join(text.splitlines()[-TRACEBACK_LINES:])
+    return {"stage": stage, "message": f"{message} {type(exc).__name__}: {exc}",
+            "traceback": tail}
+
+
+def collect(preds: list, k: int):
+    """Stack the stored objects into (rows, K) float64, as np.array(predictions) does there."""
+    try:
+        array = np.array(preds, dtype=np.float64)
+    except Exception as exc:
+        raise Failure({"stage": "collect", "message": "the returned predictions do not stack into "
+                       f"one array ({type(exc).__name__}: {exc}); return 1-D arrays of {k} "
+                       "floats"}) from None
+    if array.shape != (len(preds), k):
+        raise Failure({"stage": "collect", "message": f"the returned predictions stack to shape "
+                       f"{array.shape}, not ({len(preds)}, {k}); return 1-D arrays of {k} "
+                       "floats"})
+    return array
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / (1024 * 1024) if sys.platform == "darwin" else kb / 1024
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
