@@ -1,0 +1,191 @@
+"""Feature sets as data: named groups of ops (per competition) plus explicit ops from TOML.
+
+    [features]
+    groups = ["raw", "imbalance", "ewm"]
+    ops = [{op = "rolling_std", inputs = ["p0", "p6"], window = 20}]
+
+A set has two faces like its ops: `batch_frame` (Polars, whole sequences) and `stream_module`
+(one torch module: guard -> ops -> the selected outputs, with the stream contract).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
+import polars as pl
+import torch
+from torch import Tensor, nn
+
+from kit.competition import CompetitionSpec, expand_columns
+from kit.errors import KitError
+from kit.features.guard import Guard, guard_frame
+from kit.features.ops import OPS, FeatureOp, FeatureSpecError
+
+ALL_FEATURES = "@features"  # in group files: every raw feature column of the spec
+
+
+class FeatureConfigError(KitError):
+    """A feature set entry is malformed; the message names the entry."""
+
+
+def _groups_file(spec: CompetitionSpec) -> dict:
+    folder = resources.files("kit.features") / "groups"
+    name = f"{spec.name}.toml" if (folder / f"{spec.name}.toml").is_file() else "generic.toml"
+    return tomllib.loads((folder / name).read_text())["groups"]
+
+
+def available_groups(spec: CompetitionSpec) -> dict[str, dict]:
+    """Group name -> {"description": ..., "ops": [...]} for this competition."""
+    return _groups_file(spec)
+
+
+def _expand(value, spec: CompetitionSpec):
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        names = [n for v in value for n in (spec.features if v == ALL_FEATURES else [v])]
+        return expand_columns(list(names))
+    return value
+
+
+def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
+    """Build one op from its TOML table, expanding column patterns."""
+    if not isinstance(entry, dict) or "op" not in entry:
+        raise FeatureConfigError(f"{where}: each op is a table with an 'op' key, got {entry!r}")
+    kind = entry["op"]
+    if kind not in OPS:
+        raise FeatureConfigError(f"{where}: unknown op {kind!r}; available: {sorted(OPS)}")
+    params = {k: _expand(v, spec) for k, v in entry.items() if k not in ("op", "inputs")}
+    inputs = _expand(entry.get("inputs", []), spec)
+    try:
+        op = OPS[kind](inputs=inputs, params=params)
+        op.outputs()  # validates parameters such as k, window, alpha
+    except FeatureSpecError as exc:
+        raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
+    if not op.input_columns() and kind not in ("position",):
+        raise FeatureConfigError(f"{where} ({kind}): no input columns given")
+    return op
+
+
+@dataclass
+class FeatureSet:
+    """The ordered ops of a feature set and the names of its output features."""
+
+    spec: CompetitionSpec
+    ops: list[FeatureOp]
+    outputs: list[str]
+    groups: list[str]
+
+    def to_dict(self) -> dict:
+        return {"groups": self.groups, "ops": [op.to_dict() for op in self.ops],
+                "outputs": self.outputs}
+
+    def digest(self) -> str:
+        """Stable id of what the set computes (used in cache keys and manifests)."""
+        text = json.dumps({"spec": self.spec.name, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def batch_frame(self, df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+        """Batch face: id, step, need, the output features (Float32), then the targets."""
+        spec = self.spec
+        lazy = guard_frame(df, list(spec.features), spec.id_col)
+        for layer in _layers(self.ops, list(spec.features)):
+            exprs = [e for op in layer for e in op.batch(spec.id_col)]
+            if exprs:
+                lazy = lazy.with_columns(exprs)
+        present = lazy.collect_schema().names()
+        targets = [t for t in spec.targets if t in present]
+        return lazy.select(
+            spec.id_col, spec.step_col, spec.need_col,
+            *[pl.col(c).cast(pl.Float32) for c in self.outputs], *targets,
+        ).collect()
+
+    def stream_module(self) -> FeaturePipeline:
+        return FeaturePipeline(list(self.spec.features), self.ops, self.outputs)
+
+
+def _layers(ops: list[FeatureOp], raw: list[str]) -> list[list[FeatureOp]]:
+    """Group ops so each group only reads columns made before it (one with_columns each)."""
+    level = {c: 0 for c in raw}
+    layers: list[list[FeatureOp]] = []
+    for op in ops:
+        depth = max((level[c] for c in op.input_columns()), default=0)
+        while len(layers) <= depth:
+            layers.append([])
+        layers[depth].append(op)
+        for name in op.outputs():
+            level.setdefault(name, depth + 1)
+    return layers
+
+
+def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
+                      ops: list[dict] | None = None) -> FeatureSet:
+    """Resolve groups and explicit ops into a validated FeatureSet."""
+    groups = list(groups if groups is not None else ["raw"])
+    known = available_groups(spec)
+    entries: list[tuple[str, dict]] = []
+    for group in groups:
+        if group not in known:
+            raise FeatureConfigError(f"unknown feature group {group!r} for {spec.name}; "
+                                     f"available: {sorted(known)}")
+        entries += [(f"group {group!r} op {i}", e) for i, e in enumerate(known[group]["ops"])]
+    entries += [(f"features.ops[{i}]", e) for i, e in enumerate(ops or [])]
+    columns = list(spec.features)
+    built, outputs = [], []
+    for where, entry in entries:
+        op = make_op(entry, spec, where)
+        unknown = [c for c in op.input_columns() if c not in columns]
+        if unknown:
+            raise FeatureConfigError(f"{where} ({op.op}): unknown column(s) {unknown}; known: "
+                                     "the spec's features and the outputs of earlier ops")
+        new = [o for o in op.outputs() if o not in outputs]
+        if not new:
+            continue  # the same op twice (e.g. two groups sharing one): compute it once
+        if len(new) != len(op.outputs()):
+            raise FeatureConfigError(f"{where} ({op.op}): outputs {op.outputs()} overlap "
+                                     "features already defined")
+        built.append(op)
+        outputs += new
+        columns += [o for o in new if o not in columns]
+    if not outputs:
+        raise FeatureConfigError("the feature set is empty: select at least one group or op")
+    return FeatureSet(spec, built, outputs, groups)
+
+
+class FeaturePipeline(nn.Module):
+    """Stream face of a feature set: guard, then each op on the growing working tensor."""
+
+    def __init__(self, raw: list[str], ops: list[FeatureOp], outputs: list[str]):
+        super().__init__()
+        self.guard = Guard(len(raw))
+        columns = list(raw)
+        modules = []
+        for op in ops:
+            new = [o for o in op.outputs() if o not in columns]
+            if new:  # ops whose outputs exist already (raw) need no module
+                modules.append(op.stream(columns))
+                columns += new
+        self.ops = nn.ModuleList(modules)
+        self.out_index: list[int] = [columns.index(o) for o in outputs]
+        self.register_buffer("_out", torch.tensor(self.out_index, dtype=torch.long),
+                             persistent=False)
+        self.state_sizes = [1] + [len(m.init_state(1)) for m in self.ops]
+        self.n_outputs = len(outputs)
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        state = self.guard.init_state(batch)
+        for module in self.ops:
+            state += module.init_state(batch)
+        return state
+
+    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        w, new_state = self.guard(x, state[:1])
+        at = 1
+        for module, size in zip(self.ops, self.state_sizes[1:], strict=True):
+            y, own = module(w, state[at:at + size])
+            w = torch.cat([w, y], dim=2)
+            new_state += own
+            at += size
+        return w.index_select(2, self._out), new_state

@@ -1,0 +1,188 @@
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kit.competition import load_spec, spec_from_dict
+from kit.features.ops import OPS
+from kit.features.sets import FeatureConfigError, available_groups, build_feature_set
+from tests.frames import make_frame
+
+SPEC = spec_from_dict({"name": "four", "features": ["a", "b", "c", "d"], "targets": ["y"],
+                       "seq_len": 0, "warmup": 0}, "<tests>")
+
+# One parameterisation per op (every op in the registry must appear here).
+OP_CASES = {
+    "raw": {"inputs": ["a", "b"]},
+    "diff": {"a": ["a", "b"], "b": ["c", "d"]},
+    "ratio": {"a": ["a"], "b": ["b"]},
+    "product": {"a": ["a", "c"], "b": ["b", "d"]},
+    "imbalance": {"a": ["a"], "b": ["b"]},
+    "sum": {"inputs": ["a", "b", "c"]},
+    "mean": {"inputs": ["a", "b", "c", "d"]},
+    "wmid": {"bid": ["a"], "ask": ["b"], "bid_size": ["c"], "ask_size": ["d"]},
+    "lag": {"inputs": ["a", "b"], "k": 3},
+    "delta": {"inputs": ["a"], "k": 2},
+    "roc": {"inputs": ["a", "c"], "k": 1},
+    "rolling_mean": {"inputs": ["a", "b"], "window": 4},
+    "rolling_std": {"inputs": ["a", "b"], "window": 5},
+    "rolling_min": {"inputs": ["c"], "window": 3},
+    "rolling_max": {"inputs": ["d"], "window": 6},
+    "ewm_mean": {"inputs": ["a", "b"], "alpha": 0.3},
+    "ewm_std": {"inputs": ["a"], "span": 5},
+    "cumsum": {"inputs": ["a", "b"]},
+    "cummax": {"inputs": ["c"]},
+    "cumgain": {"inputs": ["d"]},
+    "position": {"scale": 0.01},
+}
+
+
+def test_every_op_has_a_case():
+    assert set(OP_CASES) == set(OPS)
+
+
+def _frame(lengths, values, specials):
+    """Ragged sequences; `values` is a seed or a flat list; specials put NaN/inf at (row, col)."""
+    n = sum(lengths)
+    if isinstance(values, int):
+        rng = np.random.default_rng(values)
+        values = rng.standard_normal(n * 4) * rng.choice([0.01, 1.0, 30.0])
+    ids = np.repeat(np.arange(len(lengths)), lengths)
+    steps = np.concatenate([np.arange(m) for m in lengths])
+    x = np.asarray(values[: n * 4], dtype=np.float64).reshape(n, 4)
+    for row, col, kind in specials:
+        if row < n:
+            x[row, col] = [np.nan, np.inf, -np.inf][kind]
+    data = {"seq_ix": ids, "step_in_seq": steps, "need_prediction": np.ones(n, bool)}
+    data |= {name: x[:, j].astype(np.float32) for j, name in enumerate("abcd")}
+    return pl.DataFrame(data | {"y": np.zeros(n, np.float32)})
+
+
+def assert_faces_agree(feature_set, df, rtol=1e-5):
+    """Batch face == stream face step by step == stream face over whole sequences."""
+    batch = feature_set.batch_frame(df).select(feature_set.outputs).to_numpy()
+    assert np.isfinite(batch).all()
+    module = feature_set.stream_module()
+    x = df.select(feature_set.spec.features).to_numpy().astype(np.float32)
+    ids = df[feature_set.spec.id_col].to_numpy()
+    for sid in np.unique(ids):
+        rows = np.flatnonzero(ids == sid)
+        seq = torch.from_numpy(x[rows]).unsqueeze(0)
+        state = module.init_state(1)
+        steps = []
+        with torch.no_grad():
+            for t in range(len(rows)):
+                y, state = module(seq[:, t : t + 1], state)
+                steps.append(y[0, 0].numpy())
+            whole, _ = module(seq, module.init_state(1))
+        steps = np.array(steps)
+        expected = batch[rows]
+        scale = np.maximum(1.0, np.abs(expected))
+        bad = np.abs(steps - expected) > rtol * scale
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise AssertionError(f"seq {sid} step {r} feature {feature_set.outputs[c]}: "
+                                 f"stream {steps[r, c]} vs batch {expected[r, c]}")
+        np.testing.assert_allclose(whole[0].numpy(), steps, rtol=rtol, atol=rtol)
+
+
+values = st.integers(0, 2**32 - 1)
+lengths = st.lists(st.integers(1, 15), min_size=1, max_size=4)
+specials = st.lists(st.tuples(st.integers(0, 59), st.integers(0, 3), st.integers(0, 2)),
+                    max_size=8)
+
+
+@pytest.mark.parametrize("op", sorted(OP_CASES))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=lengths, values=values, specials=specials)
+def test_batch_face_equals_stream_face(op, lengths, values, specials):
+    feature_set = build_feature_set(SPEC, groups=[], ops=[{"op": op, **OP_CASES[op]}])
+    assert_faces_agree(feature_set, _frame(lengths, values, specials))
+
+
+def test_start_of_sequence_semantics():
+    df = _frame([5], [float(v) for v in range(100)], [])
+    a = np.arange(5) * 4.0  # column a holds 0, 4, 8, 12, 16
+    ops = [{"op": "lag", "inputs": ["a"], "k": 2}, {"op": "delta", "inputs": ["a"], "k": 2},
+           {"op": "rolling_mean", "inputs": ["a"], "window": 3},
+           {"op": "rolling_std", "inputs": ["a"], "window": 3},
+           {"op": "ewm_mean", "inputs": ["a"], "alpha": 0.5}, {"op": "cumgain", "inputs": ["a"]},
+           {"op": "position", "scale": 1.0}]
+    fs = build_feature_set(SPEC, groups=[], ops=ops)
+    out = fs.batch_frame(df)
+    np.testing.assert_allclose(out["a@lag2"], [0, 0, 0, 4, 8])  # first value stands in
+    np.testing.assert_allclose(out["a@delta2"], [0, 4, 8, 8, 8])
+    np.testing.assert_allclose(out["a@roll_mean3"], [0, 2, 4, 8, 12])  # steps seen so far
+    np.testing.assert_allclose(out["a@roll_std3"], [0, 2, np.std([0, 4, 8]), np.std([4, 8, 12]),
+                                                    np.std([8, 12, 16])], rtol=1e-6)
+    np.testing.assert_allclose(out["a@ewm_mean0.5"], [0, 2, 5, 8.5, 12.25])
+    np.testing.assert_allclose(out["a@cumgain"], a)
+    np.testing.assert_allclose(out["position"], np.arange(5))
+    assert_faces_agree(fs, df)
+
+
+def test_guard_forward_fills_then_zero():
+    df = _frame([4], [float(v) for v in range(16)], [(0, 0, 0), (2, 0, 1), (3, 0, 2)])
+    fs = build_feature_set(SPEC, groups=["raw"])
+    out = fs.batch_frame(df)
+    np.testing.assert_allclose(out["a"], [0.0, 4.0, 4.0, 4.0])
+    assert_faces_agree(fs, df)
+
+
+def test_guard_handles_nulls_in_the_batch_face():
+    df = _frame([3], [float(v) for v in range(12)], []).with_columns(
+        pl.Series("b", [1.0, None, 3.0], dtype=pl.Float32))
+    out = build_feature_set(SPEC, groups=["raw"]).batch_frame(df)
+    np.testing.assert_allclose(out["b"], [1.0, 1.0, 3.0])
+
+
+@pytest.mark.parametrize("group", sorted(available_groups(load_spec("predictorium"))))
+def test_predictorium_groups_agree_on_ragged_data_with_nan(group):
+    spec = load_spec("predictorium")
+    df = make_frame(spec, lengths=[60, 7, 1], seed=4)
+    df = df.with_columns(pl.when(pl.col("step_in_seq") % 9 == 3).then(float("nan"))
+                         .otherwise(pl.col("v2")).alias("v2"))
+    assert_faces_agree(build_feature_set(spec, groups=[group]), df)
+
+
+def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
+    fs = build_feature_set(SPEC, groups=["raw", "lags", "raw"], ops=[
+        {"op": "diff", "a": ["a"], "b": ["b"]},
+        {"op": "ewm_mean", "inputs": ["a-b"], "alpha": 0.2},
+    ])
+    assert fs.outputs.count("a") == 1 and fs.outputs[-1] == "a-b@ewm_mean0.2"
+    assert_faces_agree(fs, _frame([9, 4], [float(np.sin(v)) for v in range(60)], []))
+
+
+@pytest.mark.parametrize(
+    "ops, message",
+    [
+        ([{"op": "nope", "inputs": ["a"]}], "features.ops\\[0\\]: unknown op 'nope'"),
+        ([{"op": "lag", "inputs": ["zz"], "k": 1}], "features.ops\\[0\\] \\(lag\\): unknown col"),
+        ([{"op": "rolling_mean", "inputs": ["a"], "window": 0}], "'window' >= 2, got 0"),
+        ([{"op": "lag", "inputs": ["a"], "k": -1}], "'k' >= 1"),
+        ([{"op": "ewm_mean", "inputs": ["a"]}], "exactly one of 'alpha'"),
+        ([{"op": "ewm_mean", "inputs": ["a"], "alpha": 2.0}], "alpha must be in"),
+        ([{"op": "diff", "a": ["a"], "b": []}], "equal, non-zero length"),
+        ([{"op": "cumsum"}], "no input columns"),
+        (["lag"], "each op is a table"),
+    ],
+)
+def test_bad_feature_specs_name_the_entry(ops, message):
+    with pytest.raises(FeatureConfigError, match=message):
+        build_feature_set(SPEC, groups=[], ops=ops)
+
+
+def test_unknown_group_and_empty_set():
+    with pytest.raises(FeatureConfigError, match="unknown feature group 'nope'"):
+        build_feature_set(SPEC, groups=["nope"])
+    with pytest.raises(FeatureConfigError, match="empty"):
+        build_feature_set(SPEC, groups=[])
+
+
+def test_digest_changes_with_the_definition():
+    one = build_feature_set(SPEC, groups=["raw"]).digest()
+    assert one == build_feature_set(SPEC, groups=["raw"]).digest()
+    assert one != build_feature_set(SPEC, groups=["raw", "lags"]).digest()
