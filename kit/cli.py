@@ -34,8 +34,10 @@ app = _typer("kit: features, training, ensembles, ONNX packs and a local scorer 
              "streaming sequence-prediction competitions.")
 data_app = _typer("Generate, check and describe competition data files.")
 spec_app = _typer("Competition specs (presets and your own TOML files).")
+features_app = _typer("Feature ops and groups: list them, build them on a data file.")
 app.add_typer(data_app, name="data")
 app.add_typer(spec_app, name="spec")
+app.add_typer(features_app, name="features")
 
 SpecOption = typer.Option("predictorium", "--spec", "-s",
                           help="Competition spec: a preset name or a TOML path.")
@@ -140,6 +142,48 @@ def score(
     result = score_submission(submission, data, load_spec(spec), seqs=seqs,
                               progress=not (quiet or as_json), timeout_s=timeout)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
+
+
+@features_app.command("list")
+def features_list(spec: str = SpecOption) -> None:
+    """The available feature ops and the spec's predefined groups."""
+    from kit.competition import load_spec
+    from kit.features.ops import OPS
+    from kit.features.sets import available_groups, build_feature_set
+
+    typer.echo("ops:")
+    for name, cls in OPS.items():
+        typer.echo(f"  {name:<14} {cls.summary}")
+    loaded = load_spec(spec)
+    typer.echo(f"groups for {loaded.name}:")
+    for name, group in available_groups(loaded).items():
+        count = len(build_feature_set(loaded, [name]).outputs)
+        typer.echo(f"  {name:<14} {count:>4} features  {group['description']}")
+
+
+@features_app.command("build")
+def features_build(
+    exp: str | None = typer.Argument(None, help="Experiment: exp=NAME, NAME or a TOML path."),
+    groups: str | None = typer.Option(None, help="Comma-separated groups instead of an exp."),
+    data: Path | None = typer.Option(None, help="Data file (default: the exp's train file)."),
+    spec: str = SpecOption,
+) -> None:
+    """Build a feature set on a data file and print its features with stats and build time."""
+    from kit.config import load_experiment
+    from kit.features import build_features, feature_set_from_config, feature_table
+
+    if exp is None and groups is None:
+        raise typer.BadParameter("give exp=NAME or --groups a,b,c")
+    config = load_experiment(exp) if exp else {"spec": spec, "data": {}}
+    if groups is not None:
+        config["features"] = {"groups": [g.strip() for g in groups.split(",") if g.strip()],
+                              "ops": []}
+    feature_set = feature_set_from_config(config)
+    path = data or Path(config.get("data", {}).get("train", "data/synth/train.parquet"))
+    frame, seconds = build_features(path, feature_set)
+    typer.echo(feature_table(frame, feature_set.outputs))
+    typer.echo(f"{len(feature_set.outputs)} features over {frame.height:,} rows of {path} "
+               f"built in {seconds:.2f}s (set {feature_set.digest()})")
 
 
 @app.command()

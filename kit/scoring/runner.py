@@ -152,8 +152,13 @@ def load_model(solution_dir: str):
         raise Failure(exception_info("import", "importing solution.py raised", exc)) from None
     cls = getattr(module, "PredictionModel", None)
     if cls is None:
-        raise Failure({"stage": "import", "message": "solution.py defines no PredictionModel "
-                       "class; the scorer calls PredictionModel() with no arguments"})
+        raise Failure(
+            {
+                "stage": "import",
+                "message": "solution.py defines no PredictionModel "
+                "class; the scorer calls PredictionModel() with no arguments",
+            }
+        )
     try:
         return cls()
     except BaseException as exc:
@@ -200,8 +205,9 @@ def score_rows(model, values, k: int, report: Reporter) -> list:
             try:
                 pred = predict(point(row[0], row[1], need, row[3:]))
             except BaseException as exc:
-                raise Failure(row_info(values, row) | exception_info(
-                    "predict", "predict() raised", exc)) from None
+                raise Failure(
+                    row_info(values, row) | exception_info("predict", "predict() raised", exc)
+                ) from None
             if need:
                 try:
                     fits = pred.shape[0] == k
@@ -224,22 +230,26 @@ def score_rows(model, values, k: int, report: Reporter) -> list:
 def row_info(values, row) -> dict:
     """Which row `row` (a view into values) is; found from its address, at no per-row cost."""
     index = (row.ctypes.data - values.ctypes.data) // values.strides[0]
-    return {"row": int(index), "seq": float(row[0]), "step": float(row[1]),
-            "need": bool(row[2])}
+    return {"row": int(index), "seq": float(row[0]), "step": float(row[1]), "need": bool(row[2])}
 
 
 def contract_info(values, row, pred, k: int) -> dict:
     info = row_info(values, row) | {"stage": "contract"}
     if not info["need"]:
         what = describe(pred)
-        info["message"] = (f"predict() returned {what} on a row with need_prediction = False; "
-                           "it must return None there (the state still updates)")
+        info["message"] = (
+            f"predict() returned {what} on a row with need_prediction = False; "
+            "it must return None there (the state still updates)"
+        )
     elif pred is None:
-        info["message"] = ("predict() returned None on a row with need_prediction = True; it must "
-                           f"return an array of shape ({k},)")
+        info["message"] = (
+            "predict() returned None on a row with need_prediction = True; it must "
+            f"return an array of shape ({k},)"
+        )
     else:
-        info["message"] = (f"predict() returned {describe(pred)}; the scorer needs an object with "
-                           f"shape[0] == {k}")
+        info["message"] = (
+            f"predict() returned {describe(pred)}; the scorer needs an object with shape[0] == {k}"
+        )
     return info
 
 
@@ -256,8 +266,7 @@ def exception_info(stage: str, message: str, exc: BaseException) -> dict:
     # Drop the frames of this script: the tail that matters is the submission's.
     text = "".join(line for line in lines if __file__ not in line).rstrip()
     tail = "\n".join(text.splitlines()[-TRACEBACK_LINES:])
-    return {"stage": stage, "message": f"{message} {type(exc).__name__}: {exc}",
-            "traceback": tail}
+    return {"stage": stage, "message": f"{message} {type(exc).__name__}: {exc}", "traceback": tail}
 
 
 def collect(preds: list, k: int):
@@ -265,13 +274,23 @@ def collect(preds: list, k: int):
     try:
         array = np.array(preds, dtype=np.float64)
     except Exception as exc:
-        raise Failure({"stage": "collect", "message": "the returned predictions do not stack into "
-                       f"one array ({type(exc).__name__}: {exc}); return 1-D arrays of {k} "
-                       "floats"}) from None
+        raise Failure(
+            {
+                "stage": "collect",
+                "message": "the returned predictions do not stack into "
+                f"one array ({type(exc).__name__}: {exc}); return 1-D arrays of {k} "
+                "floats",
+            }
+        ) from None
     if array.shape != (len(preds), k):
-        raise Failure({"stage": "collect", "message": f"the returned predictions stack to shape "
-                       f"{array.shape}, not ({len(preds)}, {k}); return 1-D arrays of {k} "
-                       "floats"})
+        raise Failure(
+            {
+                "stage": "collect",
+                "message": f"the returned predictions stack to shape "
+                f"{array.shape}, not ({len(preds)}, {k}); return 1-D arrays of {k} "
+                "floats",
+            }
+        )
     return array
 
 

@@ -1,0 +1,106 @@
+"""Per-feature normaliser, fit on training rows only; its stream face is one affine op.
+
+standard: (x - mean) / std;  robust: (x - median) / (IQR / 1.349), which equals the std for
+normal data. The result is clipped to [-clip, clip] deviations when clip is set. A feature with
+zero spread gets scale 1 (it is constant on train; dividing by ~0 would blow up on valid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kit.errors import KitError
+
+METHODS = ("standard", "robust")
+ROBUST_SAMPLE = 2_000_000  # rows used for medians/quantiles (deterministic subsample)
+IQR_TO_STD = 1.349
+
+
+class NormaliserError(KitError):
+    """Bad normaliser configuration or input."""
+
+
+@dataclass
+class Normaliser:
+    method: str
+    clip: float | None
+    center: np.ndarray  # (F,) float32
+    scale: np.ndarray  # (F,) float32
+
+    @classmethod
+    def fit(cls, x: np.ndarray, mask: np.ndarray | None = None, method: str = "standard",
+            clip: float | None = 5.0) -> Normaliser:
+        """Fit on x (N, T, F) or (rows, F), using only the rows where mask (N, T) is true."""
+        if method not in METHODS:
+            raise NormaliserError(f"normaliser method {method!r} is not one of {METHODS}")
+        if clip is not None and clip <= 0:
+            raise NormaliserError(f"normaliser clip must be > 0 (deviations), got {clip}")
+        rows = x.reshape(-1, x.shape[-1])
+        if mask is not None:
+            rows = rows[np.asarray(mask).reshape(-1)]
+        if rows.shape[0] == 0:
+            raise NormaliserError("no training rows to fit the normaliser on")
+        if method == "standard":
+            center, scale = _mean_std(rows)
+        else:
+            if rows.shape[0] > ROBUST_SAMPLE:
+                pick = np.random.default_rng(0).choice(rows.shape[0], ROBUST_SAMPLE, replace=False)
+                rows = rows[np.sort(pick)]
+            q25, center, q75 = np.quantile(rows, [0.25, 0.5, 0.75], axis=0)
+            scale = (q75 - q25) / IQR_TO_STD
+        scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+        return cls(method, clip, center.astype(np.float32), scale.astype(np.float32))
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Normalise in float32 (the same arithmetic as the stream face)."""
+        y = (np.asarray(x, dtype=np.float32) - self.center) / self.scale
+        return np.clip(y, -self.clip, self.clip) if self.clip is not None else y
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "clip": self.clip, "center": self.center.tolist(),
+                "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Normaliser:
+        return cls(raw["method"], raw["clip"], np.asarray(raw["center"], dtype=np.float32),
+                   np.asarray(raw["scale"], dtype=np.float32))
+
+    def stream_module(self) -> AffineClip:
+        return AffineClip(self.center, self.scale, self.clip)
+
+
+def _mean_std(rows: np.ndarray, chunk: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std in float64, chunk by chunk (no float64 copy of the whole block)."""
+    n = rows.shape[0]
+    total = np.zeros(rows.shape[1])
+    for start in range(0, n, chunk):
+        total += rows[start:start + chunk].sum(axis=0, dtype=np.float64)
+    mean = total / n
+    sq = np.zeros(rows.shape[1])
+    for start in range(0, n, chunk):
+        block = rows[start:start + chunk].astype(np.float64) - mean
+        sq += (block * block).sum(axis=0)
+    return mean, np.sqrt(sq / n)
+
+
+class AffineClip(nn.Module):
+    """Stream face: stateless (x - center) / scale, clipped."""
+
+    def __init__(self, center: np.ndarray, scale: np.ndarray, clip: float | None):
+        super().__init__()
+        self.register_buffer("center", torch.as_tensor(center, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.clip = clip
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        return []
+
+    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        y = (x - self.center) / self.scale
+        if self.clip is not None:
+            y = y.clamp(-self.clip, self.clip)
+        return y, state

@@ -1,0 +1,359 @@
+"""The parent side of the sandbox: unpack a submission safely, start runner.py on one CPU, watch it.
+
+The child is a fresh interpreter (`sys.executable runner.py job.json`) in its own session, with
+every thread-count variable set to 1 and GPUs hidden, pinned to one CPU by the runner itself
+before numpy or the submission is imported. Its stdout/stderr go to a log file whose tail is
+reported; progress comes back as lines on a dedicated pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kit.errors import SubmissionError
+
+RUNNER = Path(__file__).with_name("runner.py")
+SOLUTION = "solution.py"
+LOG_TAIL_CHARS = 2000
+
+# Every knob a numeric library reads for its thread pool, at 1: the official scorer has one vCPU.
+THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "NUMEXPR_MAX_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "BLIS_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "POLARS_MAX_THREADS": "1",
+    "RAYON_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
+}
+CHILD_ENV = THREAD_ENV | {
+    "CUDA_VISIBLE_DEVICES": "",  # the scorer has no GPU; neither does the replay
+    "PYTHONDONTWRITEBYTECODE": "1",  # leave the user's submission folder as it was
+    "PYTHONUNBUFFERED": "1",  # the log keeps the submission's prints in order
+}
+
+
+# --- submission folder / zip ---------------------------------------------------------------
+
+
+def prepare_submission(path: Path, workdir: Path) -> Path:
+    """The folder holding solution.py: the folder itself, or a zip safely extracted into workdir."""
+    path = Path(path)
+    if not path.exists():
+        raise SubmissionError(f"{path}: no such submission folder or zip")
+    if path.is_dir():
+        folder = path.resolve()
+        if not (folder / SOLUTION).is_file():
+            raise SubmissionError(
+                f"{path}: no {SOLUTION} in this folder; the scorer imports "
+                f"{SOLUTION} (class PredictionModel) from the top level"
+            )
+        return folder
+    if not zipfile.is_zipfile(path):
+        raise SubmissionError(f"{path}: neither a folder nor a .zip archive")
+    return extract_zip(path, workdir)
+
+
+def extract_zip(path: Path, dest: Path) -> Path:
+    """Extract entry by entry; absolute paths, '..', links and special files are refused."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            names = [check_entry(path, info) for info in infos]
+            if SOLUTION not in names:
+                raise SubmissionError(_no_solution_message(path, names))
+            dest.mkdir(parents=True, exist_ok=True)
+            root = dest.resolve()
+            for info, name in zip(infos, names, strict=True):
+                target = root.joinpath(*PurePosixPath(name).parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    except zipfile.BadZipFile as exc:
+        raise SubmissionError(f"{path}: corrupt zip archive ({exc})") from None
+    return root
+
+
+def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
+    """The entry's normalised relative name, or a SubmissionError naming it."""
+    raw = info.filename
+    name = raw.replace("\\", "/")
+    where = f"{path}: entry {raw!r}"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        raise SubmissionError(f"{where} has an absolute path; zip entries must be relative")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise SubmissionError(
+            f"{where} has a '..' component (it would land outside the submission folder)"
+        )
+    if not parts:
+        raise SubmissionError(f"{where} has an empty name")
+    mode = info.external_attr >> 16
+    kind = stat.S_IFMT(mode)
+    if stat.S_ISLNK(mode):
+        raise SubmissionError(
+            f"{where} is a symbolic link; the scorer gets regular files only: "
+            "zip the file it points to"
+        )
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        raise SubmissionError(f"{where} is not a regular file or folder (mode {oct(mode)})")
+    if info.flag_bits & 0x1:
+        raise SubmissionError(f"{where} is encrypted; submissions are plain zips")
+    return "/".join(parts) + ("/" if info.is_dir() else "")
+
+
+def _no_solution_message(path: Path, names: list[str]) -> str:
+    nested = [n for n in names if n.endswith("/" + SOLUTION)]
+    text = f"{path}: no {SOLUTION} at the root of the archive"
+    if nested:
+        text += (
+            f" (found {nested[0]}); the scorer imports {SOLUTION} from the archive root: "
+            "zip the folder's contents, not the folder itself"
+        )
+    return text
+
+
+# --- CPU choice -----------------------------------------------------------------------------
+
+
+def choose_cpu(sample_s: float = 0.05) -> int | None:
+    """The least busy CPU this process may use over a short sample; ties go to the last one."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    try:
+        before = _cpu_times()
+        time.sleep(sample_s)
+        after = _cpu_times()
+    except OSError:
+        return allowed[-1]
+    best, best_busy = allowed[-1], float("inf")
+    for cpu in reversed(allowed):
+        if cpu not in before or cpu not in after:
+            continue
+        total = sum(after[cpu]) - sum(before[cpu])
+        idle = (after[cpu][3] + after[cpu][4]) - (before[cpu][3] + before[cpu][4])
+        busy = (total - idle) / total if total > 0 else 0.0
+        if busy < best_busy - 1e-9:
+            best, best_busy = cpu, busy
+    return best
+
+
+def _cpu_times() -> dict[int, list[int]]:
+    times = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            head, *fields = line.split()
+            if head.startswith("cpu") and head != "cpu":
+                times[int(head[3:])] = [int(f) for f in fields[:8]] + [0] * (8 - len(fields[:8]))
+    return times
+
+
+# --- the child process ----------------------------------------------------------------------
+
+
+@dataclass
+class ChildRun:
+    """What the runner reported (result.json), its predictions and the tail of its output."""
+
+    result: dict
+    predictions: np.ndarray
+    output_tail: str
+
+
+def run_child(
+    solution_dir: Path,
+    rows_path: Path,
+    n_rows: int,
+    n_outputs: int,
+    workdir: Path,
+    *,
+    cpu: int | None,
+    memory_limit_bytes: int | None,
+    timeout_s: float | None,
+    progress: bool,
+) -> ChildRun:
+    """Run runner.py on the rows; raise SubmissionError for anything the submission did wrong."""
+    out_dir = workdir / "out"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "output.log"
+    read_fd, write_fd = os.pipe()
+    job = {
+        "solution_dir": str(solution_dir),
+        "rows": str(rows_path),
+        "out_dir": str(out_dir),
+        "n_outputs": n_outputs,
+        "cpu": cpu,
+        "memory_limit_bytes": memory_limit_bytes,
+        "progress_fd": write_fd,
+    }
+    job_path = workdir / "job.json"
+    job_path.write_text(json.dumps(job))
+    bar = tqdm(
+        total=n_rows,
+        unit="row",
+        desc="init",
+        disable=not progress,
+        mininterval=0.25,
+        dynamic_ncols=True,
+    )
+    try:
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(RUNNER), str(job_path)],
+                cwd=solution_dir,
+                env=os.environ | CHILD_ENV,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        os.close(write_fd)
+        write_fd = -1
+        try:
+            finished, done = _watch(proc, read_fd, bar, timeout_s)
+        finally:
+            if proc.poll() is None:
+                _kill(proc)
+    finally:
+        bar.close()
+        os.close(read_fd)
+        if write_fd >= 0:
+            os.close(write_fd)
+    tail = _tail(log_path)
+    if not finished:
+        raise SubmissionError(
+            f"timed out: the submission ran past {timeout_s:g} s and was "
+            f"killed ({_done_text(done, n_rows)})" + _with(tail)
+        )
+    result_path = out_dir / "result.json"
+    if not result_path.is_file():
+        raise SubmissionError(
+            f"the submission process ended ({_exit_text(proc.returncode)}) without a result "
+            f"({_done_text(done, n_rows)}); it crashed, ran out of memory or called exit() "
+            "itself" + _with(tail)
+        )
+    result = json.loads(result_path.read_text())
+    if not result["ok"]:
+        raise SubmissionError(_failure_text(result["error"]) + _with(tail))
+    predictions = np.load(out_dir / "predictions.npy")
+    return ChildRun(result, predictions, tail)
+
+
+def _watch(
+    proc: subprocess.Popen, read_fd: int, bar: tqdm, timeout_s: float | None
+) -> tuple[bool, int | None]:
+    """Follow the progress pipe until the child exits: (finished in time, rows done so far).
+
+    Rows done is None while the submission is still loading (imports and constructor).
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    buf = b""
+    done = None
+    while True:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return False, done
+        wait = 0.2 if deadline is None else min(0.2, deadline - now)
+        if not select.select([read_fd], [], [], wait)[0]:
+            if proc.poll() is not None:
+                break  # the child is gone though a grandchild may still hold the pipe
+            continue
+        data = os.read(read_fd, 4096)
+        if not data:
+            break
+        buf += data
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            kind, _, value = line.partition(b" ")
+            if kind == b"I":
+                done = 0
+                bar.reset(total=bar.total)  # the rate shown is the loop's, not init's
+                bar.set_description("scoring")
+            elif kind == b"P":
+                done = int(value)
+                bar.update(done - bar.n)
+    remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        proc.wait(timeout=remaining)
+    except subprocess.TimeoutExpired:  # closed the pipe but keeps running
+        return False, done
+    return True, done
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the child and anything it started (its own session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
+
+
+def _tail(path: Path) -> str:
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - LOG_TAIL_CHARS))
+        return fh.read().decode("utf-8", "replace").strip()
+
+
+def _with(tail: str) -> str:
+    return f"\n--- submission output (tail) ---\n{tail}" if tail else ""
+
+
+def _done_text(done: int | None, n_rows: int) -> str:
+    if done is None:
+        return "while importing solution.py / constructing PredictionModel"
+    return f"about {done:,} of {n_rows:,} rows done"
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _failure_text(error: dict) -> str:
+    where = ""
+    if "row" in error:
+        where = (
+            f"at seq {_num(error['seq'])}, step {_num(error['step'])} "
+            f"(row {error['row']:,}, need_prediction={error['need']}): "
+        )
+    text = where + error["message"]
+    if error.get("traceback"):
+        text += f"\n--- submission traceback (tail) ---\n{error['traceback']}"
+    return text
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)

@@ -1,0 +1,217 @@
+"""`kit score`: replay the competition's step-by-step scorer on a submission, locally, on 1 CPU."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kit.competition import CompetitionSpec
+from kit.data.contract import check_frame
+from kit.data.io import read_frame
+from kit.errors import DataError
+from kit.metrics import MetricReport, evaluate, scored_truth
+from kit.scoring.sandbox import choose_cpu, prepare_submission, run_child
+
+
+@dataclass
+class ScoreResult:
+    """The score, the speed, and the projection of the speed onto the competition's test set."""
+
+    submission: str
+    data: str
+    spec: str
+    report: MetricReport
+    rows: int
+    scored_rows: int
+    sequences: int
+    init_s: float  # import solution.py + PredictionModel(), inside the child
+    loop_s: float  # the row loop, inside the child
+    rows_per_s: float
+    us_per_row: float
+    projected_s: float  # init_s + spec.limits.test_rows / rows_per_s
+    limit_s: float
+    projected_fraction: float
+    cpu: int | None  # the CPU the child was pinned to
+    sandbox: dict = field(default_factory=dict)  # what the child reported about itself
+    nonfinite: int = 0  # NaN/inf values among the predictions
+    warnings: list[str] = field(default_factory=list)
+    output_tail: str = ""  # the end of what the submission printed
+    predictions: np.ndarray | None = field(default=None, repr=False)  # (scored_rows, K)
+
+    @property
+    def score(self) -> float:
+        return self.report.score
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in vars(self).items() if k not in ("predictions", "report")}
+        out["report"] = self.report.to_dict()
+        return _json_safe(out)
+
+    def format(self) -> str:
+        r = self.report
+        per = ", ".join(f"{name} {_fmt(v)}" for name, v in r.per_target.items())
+        if len(r.per_target) > 6:
+            values = np.array(list(r.per_target.values()), dtype=np.float64)
+            per = (
+                f"{len(values)} outputs, min {_fmt(np.nanmin(values))}, "
+                f"max {_fmt(np.nanmax(values))}"
+            )
+        mem = self.sandbox.get("peak_rss_mb")
+        limit_gb = self.sandbox.get("memory_limit_gb")
+        lines = [
+            f"{self.submission}  on {self.data}  [spec {self.spec}]",
+            f"score {_fmt(r.score)}  ({r.metric}: {per})",
+            f"rows {self.rows:,} ({self.scored_rows:,} scored) in {self.sequences:,} "
+            f"sequence(s); child pinned to CPU {self.cpu}",
+            f"init {self.init_s:.2f} s   loop {self.loop_s:.2f} s   "
+            f"{self.rows_per_s:,.0f} rows/s   {self.us_per_row:.1f} us/row",
+            f"projected on the test set: {self.projected_s:,.0f} s = "
+            f"{100 * self.projected_fraction:.1f}% of the {self.limit_s:,.0f} s limit "
+            "(on this machine's CPU)",
+        ]
+        if mem is not None:
+            lines.append(
+                f"peak memory {mem:,.0f} MB" + (f" of {limit_gb:g} GB" if limit_gb else "")
+            )
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def score_submission(
+    submission: Path,
+    data: Path,
+    spec: CompetitionSpec,
+    *,
+    seqs: int | None = None,
+    progress: bool = True,
+    timeout_s: float | None = None,
+    cpu: int | None = None,
+    limit_memory: bool = False,
+) -> ScoreResult:
+    """Run SUBMISSION (folder or zip) over DATA row by row in a 1-CPU child process and score it.
+
+    cpu: pin to this CPU (default: the least busy one). limit_memory: cap the child's address
+    space at spec.limits.memory_gb (off by default: address space overstates real use).
+    """
+    submission, data = Path(submission), Path(data)
+    values, truth, sequences = load_rows(data, spec, seqs)
+    with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:
+        workdir = Path(tmp)
+        solution_dir = prepare_submission(submission, workdir / "submission")
+        rows_path = workdir / "rows.npy"
+        np.save(rows_path, values)
+        n_rows = len(values)
+        del values
+        pinned = cpu if cpu is not None else choose_cpu()
+        memory = int(spec.limits.memory_gb * 2**30) if limit_memory else None
+        child = run_child(
+            solution_dir,
+            rows_path,
+            n_rows,
+            spec.n_outputs,
+            workdir,
+            cpu=pinned,
+            memory_limit_bytes=memory,
+            timeout_s=timeout_s,
+            progress=progress,
+        )
+    result, preds = child.result, child.predictions
+    notes = []
+    nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))
+    if nonfinite:
+        notes.append(
+            f"{nonfinite:,} prediction value(s) are NaN or inf; they are scored as they "
+            "are (clip tames inf, a NaN makes its output's metric NaN), as the official "
+            "scorer would"
+        )
+        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
+    peak = result["sandbox"].get("peak_rss_mb")
+    if peak is not None and peak > spec.limits.memory_gb * 1024:
+        notes.append(
+            f"peak memory {peak:,.0f} MB exceeds the competition's {spec.limits.memory_gb:g} GB"
+        )
+    result["sandbox"]["memory_limit_gb"] = spec.limits.memory_gb
+    report = evaluate(spec, truth, preds)
+    loop_s = max(float(result["loop_s"]), 1e-9)
+    init_s = float(result["init_s"])
+    rows_per_s = n_rows / loop_s
+    projected = init_s + spec.limits.test_rows / rows_per_s
+    if projected > spec.limits.time_limit_s:
+        notes.append(
+            f"projected time {projected:,.0f} s exceeds the {spec.limits.time_limit_s:,.0f}"
+            " s limit (measured on this machine's CPU)"
+        )
+    return ScoreResult(
+        submission=str(submission),
+        data=str(data),
+        spec=spec.name,
+        report=report,
+        rows=n_rows,
+        scored_rows=int(preds.shape[0]),
+        sequences=sequences,
+        init_s=init_s,
+        loop_s=loop_s,
+        rows_per_s=rows_per_s,
+        us_per_row=1e6 * loop_s / n_rows,
+        projected_s=projected,
+        limit_s=spec.limits.time_limit_s,
+        projected_fraction=projected / spec.limits.time_limit_s,
+        cpu=result["sandbox"].get("cpu"),
+        sandbox=result["sandbox"],
+        nonfinite=nonfinite,
+        warnings=notes,
+        output_tail=child.output_tail,
+        predictions=preds,
+    )
+
+
+def load_rows(
+    data: Path, spec: CompetitionSpec, seqs: int | None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(rows, truth, sequences): the scorer's float64 input rows and the truth of scored rows."""
+    frame = read_frame(data)
+    check_frame(frame, spec, source=str(data))
+    labelled = all(t in frame.columns for t in spec.targets)
+    if not spec.next_state and not labelled:
+        raise DataError(
+            f"{data}: no target columns {list(spec.targets)}; scoring needs a labelled file"
+        )
+    ids = frame[spec.id_col]
+    if seqs is not None:
+        if seqs < 1:
+            raise DataError(f"--seqs must be >= 1, got {seqs}")
+        first = ids.unique(maintain_order=True).head(seqs)
+        frame = frame.filter(pl.col(spec.id_col).is_in(first.implode()))
+    sequences = frame[spec.id_col].n_unique()
+    values = frame.select(pl.col(c).cast(pl.Float64) for c in spec.input_columns).to_numpy()
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    need = values[:, 2] != 0
+    if not need.any():
+        raise DataError(f"{data}: no row needs a prediction; nothing to score")
+    targets = None
+    if labelled and spec.targets:
+        targets = frame.select(pl.col(t).cast(pl.Float64) for t in spec.targets).to_numpy()
+    truth = scored_truth(values[:, 0], need, values[:, 3:], targets, spec)
+    return values, truth, sequences
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _fmt(value: float) -> str:
+    return "nan" if value is None or math.isnan(value) else f"{value:.4f}"

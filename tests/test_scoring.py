@@ -1,0 +1,467 @@
+"""`kit score`: the replayed scorer, its contract checks, the sandbox and the zip rules."""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kit.competition import load_spec, spec_from_dict
+from kit.errors import DataError, SubmissionError
+from kit.metrics import evaluate
+from kit.scoring import ScoreResult, score_submission
+from tests.frames import make_frame, small_spec
+
+SPEC = small_spec(seq_len=20, warmup=5)
+
+# A deterministic function of the row, so the expected score can be computed without the scorer.
+FORMULA = """\
+import numpy as np
+
+
+class PredictionModel:
+    def predict(self, dp):
+        if not dp.need_prediction:
+            return None
+        s = dp.state
+        return np.array([0.5 * s[0] + s[3], s[1] - 0.1 * dp.step_in_seq])
+"""
+
+
+def formula(features: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    return np.stack([0.5 * features[:, 0] + features[:, 3], features[:, 1] - 0.1 * steps], 1)
+
+
+def write_sub(root: Path, code: str, name: str = "sub", **files: str) -> Path:
+    folder = root / name
+    folder.mkdir()
+    (folder / "solution.py").write_text(textwrap.dedent(code))
+    for fname, text in files.items():
+        (folder / fname).write_text(text)
+    return folder
+
+
+def write_data(root: Path, spec=SPEC, n_seqs: int = 3, **kwargs) -> tuple[Path, pl.DataFrame]:
+    frame = make_frame(spec, n_seqs=n_seqs, **kwargs)
+    path = root / "data.parquet"
+    frame.write_parquet(path)
+    return path, frame
+
+
+def expected_report(frame: pl.DataFrame, spec=SPEC):
+    need = frame[spec.need_col].to_numpy().astype(bool)
+    feats = frame.select(pl.col(c).cast(pl.Float64) for c in spec.features).to_numpy()
+    steps = frame[spec.step_col].to_numpy().astype(np.float64)
+    truth = frame.select(pl.col(c).cast(pl.Float64) for c in spec.targets).to_numpy()[need]
+    return evaluate(spec, truth, formula(feats, steps)[need])
+
+
+def score(sub: Path, data: Path, spec=SPEC, **kwargs) -> ScoreResult:
+    return score_submission(sub, data, spec, progress=False, **kwargs)
+
+
+# --- scores ----------------------------------------------------------------------------------
+
+
+def test_correct_submission_scores_as_the_metric_computes(tmp_path):
+    data, frame = write_data(tmp_path)
+    result = score(write_sub(tmp_path, FORMULA), data)
+    expected = expected_report(frame)
+    assert result.score == pytest.approx(expected.score, rel=1e-12)
+    assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
+    assert (result.rows, result.scored_rows, result.sequences) == (60, 45, 3)
+    assert result.predictions.shape == (45, 2)
+    assert result.rows_per_s > 0 and result.init_s >= 0
+    assert result.projected_s == pytest.approx(
+        result.init_s + SPEC.limits.test_rows / result.rows_per_s
+    )
+    assert result.projected_fraction == pytest.approx(result.projected_s / SPEC.limits.time_limit_s)
+    text = json.dumps(result.to_dict(), allow_nan=False)
+    assert "predictions" not in json.loads(text)
+    assert "score" in result.format() and "rows/s" in result.format()
+
+
+def test_oracle_reading_a_file_from_its_folder(tmp_path):
+    """cwd is the submission folder: a relative path to a bundled file works."""
+    data, frame = write_data(tmp_path)
+    need = frame[SPEC.need_col].to_numpy()
+    truth = frame.select("t0", "t1").to_numpy().astype(np.float64)[need]
+    sub = write_sub(
+        tmp_path,
+        """\
+        import numpy as np
+
+        class PredictionModel:
+            def __init__(self):
+                self.truth = iter(np.load("truth.npy"))
+
+            def predict(self, dp):
+                return next(self.truth).copy() if dp.need_prediction else None
+        """,
+    )
+    np.save(sub / "truth.npy", truth)
+    result = score(sub, data)
+    assert result.score == pytest.approx(evaluate(SPEC, truth, truth).score)
+    np.testing.assert_array_equal(result.predictions, truth)
+
+
+def test_reused_buffer_scores_wrongly_as_on_the_real_scorer(tmp_path):
+    data, _ = write_data(tmp_path)
+    body = """\
+        import numpy as np
+
+        class PredictionModel:
+            def __init__(self):
+                self.buf = np.zeros(2)
+
+            def predict(self, dp):
+                if not dp.need_prediction:
+                    return None
+                self.buf[:] = dp.state[:2]
+                return self.buf{copy}
+        """
+    fresh = score(write_sub(tmp_path, body.format(copy=".copy()"), "fresh"), data)
+    reused = score(write_sub(tmp_path, body.format(copy=""), "reused"), data)
+    assert fresh.score != 0.0
+    assert reused.score == 0.0  # every stored object is the one buffer: a constant prediction
+    assert (reused.predictions == reused.predictions[-1]).all()
+
+
+def test_seqs_restricts_to_the_first_sequences(tmp_path):
+    data, frame = write_data(tmp_path)
+    result = score(write_sub(tmp_path, FORMULA), data, seqs=2)
+    assert (result.rows, result.sequences, result.scored_rows) == (40, 2, 30)
+    expected = expected_report(frame.filter(pl.col("seq_ix") < 2))
+    assert result.score == pytest.approx(expected.score, rel=1e-12)
+
+
+def test_predictorium_length_sequences(tmp_path):
+    spec = load_spec("predictorium")
+    data, frame = write_data(tmp_path, spec, n_seqs=2)
+    result = score(write_sub(tmp_path, FORMULA), data, spec)
+    assert (result.rows, result.scored_rows) == (2000, 2 * 901)
+    assert result.score == pytest.approx(expected_report(frame, spec).score, rel=1e-12)
+
+
+def test_next_state_spec_scores_against_the_next_row(tmp_path):
+    spec = spec_from_dict({
+        "name": "tiny-next", "features": ["0..3"], "seq_len": 20, "warmup": 5, "tail": 1,
+        "protocol": "next-state", "metric": {"name": "r2"},
+    })  # fmt: skip
+    data, frame = write_data(tmp_path, spec)
+    sub = write_sub(
+        tmp_path,
+        """\
+        class PredictionModel:
+            def predict(self, dp):
+                return 0.5 * dp.state if dp.need_prediction else None
+        """,
+    )
+    result = score(sub, data, spec)
+    feats = frame.select(pl.col(c).cast(pl.Float64) for c in spec.features).to_numpy()
+    rows = np.flatnonzero(frame["need_prediction"].to_numpy())
+    expected = evaluate(spec, feats[rows + 1], 0.5 * feats[rows])
+    assert result.predictions.shape == (len(rows), 4)
+    assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
+
+
+def test_nan_prediction_scores_nan_and_warns(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        """\
+        import numpy as np
+
+        class PredictionModel:
+            def predict(self, dp):
+                if not dp.need_prediction:
+                    return None
+                return np.array([np.nan if dp.step_in_seq == 9 else dp.state[0], dp.state[1]])
+        """,
+    )
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        result = score(sub, data)
+    assert result.nonfinite == 3
+    assert math.isnan(result.report.per_target["t0"]) and math.isnan(result.score)
+    assert not math.isnan(result.report.per_target["t1"])
+    out = json.loads(json.dumps(result.to_dict(), allow_nan=False))
+    assert out["report"]["score"] is None
+
+
+# --- the contract ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ret", "where", "what"),
+    [
+        ("np.zeros(2)", "seq 0, step 0 ", "need_prediction = False"),
+        ("(np.zeros(2) if not dp.need_prediction else None)", "seq 0, step 0 ", "False"),
+        ("(None if not dp.need_prediction or (dp.seq_ix, dp.step_in_seq) == (1, 12)"
+         " else np.zeros(2))", "seq 1, step 12 ", "returned None"),
+        ("(np.zeros(3) if dp.need_prediction else None)", "seq 0, step 5 ", "shape (3,)"),
+        ("([0.0, 0.0] if dp.need_prediction else None)", "seq 0, step 5 ", "list [0.0, 0.0]"),
+        ("(np.float64(1.0) if dp.need_prediction else None)", "seq 0, step 5 ", "float64"),
+    ],
+)  # fmt: skip
+def test_contract_violations_name_the_row(tmp_path, ret, where, what):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        f"""\
+        import numpy as np
+
+        class PredictionModel:
+            def predict(self, dp):
+                return {ret}
+        """,
+    )
+    with pytest.raises(SubmissionError) as err:
+        score(sub, data)
+    assert where in str(err.value) and what in str(err.value)
+
+
+def test_predict_raising_names_the_row_and_shows_its_traceback(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        """\
+        class PredictionModel:
+            def predict(self, dp):
+                return self.step(dp)
+
+            def step(self, dp):
+                if dp.seq_ix == 1 and dp.step_in_seq == 7:
+                    raise ValueError("boom")
+                return None if not dp.need_prediction else dp.state[:2].copy()
+        """,
+    )
+    with pytest.raises(SubmissionError) as err:
+        score(sub, data)
+    text = str(err.value)
+    assert "seq 1, step 7 " in text and "ValueError: boom" in text
+    assert "solution.py" in text and "in step" in text and "runner.py" not in text
+
+
+@pytest.mark.parametrize(
+    ("code", "what"),
+    [
+        ("import not_a_module_xyz\n", "importing solution.py raised ModuleNotFoundError"),
+        ("class Model:\n    pass\n", "defines no PredictionModel"),
+        ("class PredictionModel:\n    def __init__(self):\n        raise RuntimeError('no w')\n",
+         "PredictionModel() raised RuntimeError: no w"),
+    ],
+)  # fmt: skip
+def test_broken_solution_files(tmp_path, code, what):
+    data, _ = write_data(tmp_path)
+    with pytest.raises(SubmissionError, match=what.replace("(", r"\(").replace(")", r"\)")):
+        score(write_sub(tmp_path, code), data)
+
+
+def test_missing_solution_or_submission(tmp_path):
+    data, _ = write_data(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SubmissionError, match="no solution.py"):
+        score(tmp_path / "empty", data)
+    with pytest.raises(SubmissionError, match="no such submission"):
+        score(tmp_path / "nope", data)
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(SubmissionError, match="neither a folder nor a .zip"):
+        score(tmp_path / "x.txt", data)
+
+
+def test_process_exiting_without_result(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        """\
+        import os
+
+        class PredictionModel:
+            def predict(self, dp):
+                print("about to leave")
+                os._exit(3)
+        """,
+    )
+    with pytest.raises(SubmissionError, match="exit code 3") as err:
+        score(sub, data)
+    assert "about to leave" in str(err.value)
+
+
+# --- the sandbox -----------------------------------------------------------------------------
+
+
+def test_rows_arrive_as_float64_like_dataframe_values(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        """\
+        import numpy as np
+
+        class PredictionModel:
+            def predict(self, dp):
+                for v in (dp.seq_ix, dp.step_in_seq, dp.need_prediction):
+                    assert type(v) is np.float64, type(v)
+                assert type(dp.state) is np.ndarray and dp.state.dtype == np.float64
+                assert dp.state.shape == (32,)
+                dp.state[0] = 0.0  # writable, as a view into DataFrame.values is
+                return np.zeros(2) if dp.need_prediction else None
+        """,
+    )
+    assert score(sub, data).score == 0.0
+
+
+def test_child_is_pinned_single_threaded_and_imports_no_kit(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        """\
+        import os
+        import sys
+
+        import numpy as np
+        from utils import DataPoint  # the official starter pack's import
+
+        class PredictionModel:
+            def __init__(self):
+                assert len(os.sched_getaffinity(0)) == 1
+                assert os.environ["OMP_NUM_THREADS"] == "1"
+                assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+                assert not [m for m in sys.modules if m == "kit" or m.startswith("kit.")]
+                here = os.path.dirname(os.path.abspath(__file__))
+                assert os.getcwd() == here and sys.path[0] == here
+
+            def predict(self, dp):
+                assert isinstance(dp, DataPoint)
+                return np.zeros(2) if dp.need_prediction else None
+        """,
+    )
+    result = score(sub, data)
+    assert result.sandbox["kit_modules"] == []
+    assert result.sandbox["affinity"] == [result.cpu]
+    assert result.sandbox["threads_env"]["OMP_NUM_THREADS"] == "1"
+
+
+def test_chosen_cpu_is_honoured(tmp_path):
+    import os
+
+    data, _ = write_data(tmp_path)
+    cpu = min(os.sched_getaffinity(0))
+    result = score(write_sub(tmp_path, FORMULA), data, cpu=cpu, limit_memory=True)
+    assert result.cpu == cpu and result.sandbox["affinity"] == [cpu]
+    assert result.sandbox["memory_limit_bytes"] == int(SPEC.limits.memory_gb * 2**30)
+
+
+def test_timeout_kills_the_child(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        """\
+        import time
+
+        class PredictionModel:
+            def predict(self, dp):
+                if dp.step_in_seq == 3:
+                    time.sleep(60)
+                return None
+        """,
+    )
+    t0 = time.monotonic()
+    with pytest.raises(SubmissionError, match=r"timed out.*1\.5 s"):
+        score(sub, data, timeout_s=1.5)
+    assert time.monotonic() - t0 < 10
+
+
+def test_progress_false_is_quiet_and_true_draws_a_bar(tmp_path, capfd):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA.replace("s = dp.state", "print('noise'); s = dp.state"))
+    result = score_submission(sub, data, SPEC, progress=False)
+    assert capfd.readouterr() == ("", "")
+    assert "noise" in result.output_tail
+    score_submission(sub, data, SPEC, progress=True)
+    assert "60/60" in capfd.readouterr().err
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def test_bad_or_unlabelled_data(tmp_path):
+    sub = write_sub(tmp_path, FORMULA)
+    unlabelled = tmp_path / "unlabelled.parquet"
+    make_frame(SPEC, labelled=False).write_parquet(unlabelled)
+    with pytest.raises(DataError, match="labelled"):
+        score(sub, unlabelled)
+    broken = tmp_path / "broken.parquet"
+    make_frame(SPEC).drop("p3").write_parquet(broken)
+    with pytest.raises(DataError, match="p3"):
+        score(sub, broken)
+
+
+# --- zips ------------------------------------------------------------------------------------
+
+
+def make_zip(path: Path, entries: dict) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, content in entries.items():
+            zf.writestr(name, content)
+    return path
+
+
+def test_good_zip_scores_like_the_folder(tmp_path):
+    data, frame = write_data(tmp_path)
+    code = FORMULA.replace("class PredictionModel:", "open('model/w.txt').read()\n\n\n"
+                           "class PredictionModel:")  # fmt: skip
+    zpath = make_zip(tmp_path / "sub.zip", {"solution.py": code, "model/w.txt": "1"})
+    result = score(zpath, data)
+    assert result.score == pytest.approx(expected_report(frame).score, rel=1e-12)
+    assert result.submission == str(zpath)
+
+
+@pytest.mark.parametrize(
+    ("entry", "what"),
+    [("../x.py", "'..'"), ("model/../../x.py", "'..'"), ("/abs.py", "absolute"),
+     ("C:/evil.py", "absolute")],
+)  # fmt: skip
+def test_zip_with_escaping_paths_is_rejected(tmp_path, entry, what):
+    data, _ = write_data(tmp_path)
+    zpath = make_zip(tmp_path / "sub.zip", {"solution.py": FORMULA, entry: "x = 1\n"})
+    with pytest.raises(SubmissionError) as err:
+        score(zpath, data)
+    assert repr(entry) in str(err.value) and what in str(err.value)
+    assert not (tmp_path / "x.py").exists()
+
+
+def test_zip_with_symlink_or_special_entry_is_rejected(tmp_path):
+    data, _ = write_data(tmp_path)
+    for name, mode, what in [("link.py", stat.S_IFLNK | 0o777, "symbolic link"),
+                             ("pipe", stat.S_IFIFO | 0o644, "not a regular file")]:  # fmt: skip
+        zpath = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(zpath, "w") as zf:
+            zf.writestr("solution.py", FORMULA)
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            zf.writestr(info, "/etc/passwd")
+        with pytest.raises(SubmissionError, match=what) as err:
+            score(zpath, data)
+        assert repr(name) in str(err.value)
+
+
+def test_zip_layout_rules(tmp_path):
+    data, _ = write_data(tmp_path)
+    nested = make_zip(tmp_path / "nested.zip", {"sub/solution.py": FORMULA})
+    with pytest.raises(SubmissionError, match="found sub/solution.py.*contents"):
+        score(nested, data)
+    empty = make_zip(tmp_path / "empty.zip", {"readme.txt": "hi"})
+    with pytest.raises(SubmissionError, match="no solution.py at the root"):
+        score(empty, data)
+    corrupt = tmp_path / "corrupt.zip"
+    corrupt.write_bytes(make_zip(tmp_path / "ok.zip", {"solution.py": FORMULA}).read_bytes()[:-30])
+    with pytest.raises(SubmissionError):
+        score(corrupt, data)
