@@ -14,10 +14,11 @@ from torch import Tensor, nn
 
 
 def guard_exprs(columns: list[str], id_col: str) -> list[pl.Expr]:
-    """Batch face: forward-fill non-finite values within each sequence, then 0.0."""
+    """Batch face: forward-fill non-finite values within each sequence, then 0.0 (float32, the
+    stream face's precision)."""
     out = []
     for name in columns:
-        col = pl.col(name).cast(pl.Float64)
+        col = pl.col(name).cast(pl.Float32)
         finite_or_null = pl.when(col.is_finite()).then(col).otherwise(None)
         out.append(finite_or_null.forward_fill().over(id_col).fill_null(0.0).alias(name))
     return out
@@ -26,10 +27,10 @@ def guard_exprs(columns: list[str], id_col: str) -> list[pl.Expr]:
 def guard_frame(df: pl.DataFrame | pl.LazyFrame, columns: list[str], id_col: str):
     """Apply the guard, skipping the per-sequence fill for columns that are already finite."""
     lazy = df.lazy()
-    finite = lazy.select(pl.col(c).cast(pl.Float64).is_finite().fill_null(False).all().alias(c)
+    finite = lazy.select(pl.col(c).cast(pl.Float32).is_finite().fill_null(False).all().alias(c)
                          for c in columns).collect().row(0, named=True)
     dirty = [c for c in columns if not finite[c]]
-    clean = [pl.col(c).cast(pl.Float64) for c in columns if finite[c]]
+    clean = [pl.col(c).cast(pl.Float32) for c in columns if finite[c]]
     return lazy.with_columns(*clean, *guard_exprs(dirty, id_col))
 
 

@@ -24,6 +24,10 @@ import torch
 from torch import Tensor, nn
 
 EPS = 1e-6  # denominators smaller than this in magnitude are replaced by +-EPS
+# Helper columns the batch face adds once per frame (see FeatureSet.batch_frame): the step's
+# index within its sequence and whether it starts one. They let lags run as global shifts
+# instead of per-sequence window functions (~10x faster on sorted data).
+POS, START = "__pos", "__start"
 
 
 class FeatureSpecError(ValueError):
@@ -31,6 +35,16 @@ class FeatureSpecError(ValueError):
 
 
 # ----------------------------------------------------------------------------- shared pieces
+
+
+def first_value(c: pl.Expr) -> pl.Expr:
+    """The first value of the row's sequence (global forward fill from the start rows)."""
+    return pl.when(pl.col(START)).then(c).otherwise(None).forward_fill()
+
+
+def past_value(c: pl.Expr, k: int) -> pl.Expr:
+    """x[t - k] within the sequence, the first value standing in before step k."""
+    return pl.when(pl.col(POS) >= k).then(c.shift(k)).otherwise(first_value(c))
 
 
 def safe_div_expr(num: pl.Expr, den: pl.Expr) -> pl.Expr:
@@ -95,7 +109,10 @@ class History(StreamOp):
         buf = _first_filled(x, count, buf)
         full = torch.cat([buf, x], dim=1)  # [B, size + T, C]
         t = x.shape[1]
-        windows = full.unfold(1, self.size + 1, 1)  # [B, T, C, size + 1]
+        if t == 1:  # the step graph: the whole buffer is the one window (unfold won't export)
+            windows = full.transpose(1, 2).unsqueeze(1)
+        else:
+            windows = full.unfold(1, self.size + 1, 1)  # [B, T, C, size + 1]
         # Element j of the window at output step s sits at sequence step count + s - size + j.
         offsets = torch.arange(t, dtype=x.dtype).view(1, t, 1) + torch.arange(
             -self.size, 1, dtype=x.dtype).view(1, 1, -1)
@@ -242,11 +259,13 @@ class Product(Pairwise):
 
 
 class Imbalance(Pairwise):
-    """(a - b) / (a + b + eps) with the safe denominator."""
+    """(a - b) / (|a| + |b| + eps): for volumes (a, b >= 0) the usual (a - b) / (a + b + eps);
+    the absolute values keep it in [-1, 1] and well conditioned for signed inputs such as
+    quantile-normalised volumes, where a + b crosses 0 and the plain formula explodes."""
 
-    op, summary, symbol = "imbalance", "(a - b) / (a + b + 1e-6), pairwise", "~"
-    expr = staticmethod(lambda a, b: safe_div_expr(a - b, a + b + EPS))
-    fn = staticmethod(lambda a, b: safe_div(a - b, a + b + EPS))
+    op, summary, symbol = "imbalance", "(a - b) / (|a| + |b| + 1e-6), pairwise", "~"
+    expr = staticmethod(lambda a, b: (a - b) / (a.abs() + b.abs() + EPS))
+    fn = staticmethod(lambda a, b: (a - b) / (a.abs() + b.abs() + EPS))
 
 
 class Reduce(FeatureOp):
@@ -273,7 +292,9 @@ class Mean(Reduce):
 
 
 class WeightedMid(FeatureOp):
-    """(bid * ask_size + ask * bid_size) / (bid_size + ask_size), per level."""
+    """(bid * |ask_size| + ask * |bid_size|) / (|bid_size| + |ask_size| + eps), per level: the
+    usual micro-price for sizes >= 0, and a convex mix of bid and ask for signed (normalised)
+    sizes too."""
 
     op, summary = "wmid", "size-weighted mid price per level (bid, ask, bid_size, ask_size)"
 
@@ -296,8 +317,9 @@ class WeightedMid(FeatureOp):
         out = []
         for (b, a, bs, as_), name in zip(zip(*self.levels, strict=True), self.outputs(),
                                          strict=True):
-            num = pl.col(b) * pl.col(as_) + pl.col(a) * pl.col(bs)
-            out.append(safe_div_expr(num, pl.col(bs) + pl.col(as_)).alias(name))
+            w_bid, w_ask = pl.col(as_).abs(), pl.col(bs).abs()
+            num = pl.col(b) * w_bid + pl.col(a) * w_ask
+            out.append((num / (w_bid + w_ask + EPS)).alias(name))
         return out
 
     def stream(self, columns):
@@ -305,7 +327,8 @@ class WeightedMid(FeatureOp):
 
         def fn(x):
             b, a, bs, as_ = (x[..., i * n:(i + 1) * n] for i in range(4))
-            return safe_div(b * as_ + a * bs, bs + as_)
+            w_bid, w_ask = as_.abs(), bs.abs()
+            return (b * w_bid + a * w_ask) / (w_bid + w_ask + EPS)
 
         return Stateless(self._index(columns), fn)
 
@@ -319,9 +342,13 @@ class PerColumn(FeatureOp):
     def outputs(self):
         return [f"{c}@{self.tag()}" for c in self.inputs]
 
+    per_sequence: ClassVar[bool] = True  # False: expr() is already sequence-aware
+
     def batch(self, id_col):
-        return [self.expr(pl.col(c)).over(id_col).alias(n)
-                for c, n in zip(self.inputs, self.outputs(), strict=True)]
+        exprs = [self.expr(pl.col(c)) for c in self.inputs]
+        if self.per_sequence:
+            exprs = [e.over(id_col) for e in exprs]
+        return [e.alias(n) for e, n in zip(exprs, self.outputs(), strict=True)]
 
     def _int(self, key: str, low: int = 1) -> int:
         value = self.params.get(key)
@@ -334,12 +361,13 @@ class Lag(PerColumn):
     """x[t - k]; before step k the first value of the sequence stands in."""
 
     op, summary = "lag", "x[t-k] (k steps back; the first value before step k)"
+    per_sequence = False
 
     def tag(self):
         return f"lag{self._int('k')}"
 
     def expr(self, c):
-        return pl.coalesce(c.shift(self._int("k")), c.first())
+        return past_value(c, self._int("k"))
 
     def stream(self, columns):
         return History(self._index(columns), self._int("k"), lambda win, valid: win[..., 0])
@@ -349,12 +377,13 @@ class DiffK(PerColumn):
     """x[t] - x[t - k] (the derivative over k steps); before step k, x[t] - x[0]."""
 
     op, summary = "delta", "x[t] - x[t-k] (difference over k steps; vs the first value before k)"
+    per_sequence = False
 
     def tag(self):
         return f"delta{self._int('k')}"
 
     def expr(self, c):
-        return c - pl.coalesce(c.shift(self._int("k")), c.first())
+        return c - past_value(c, self._int("k"))
 
     def stream(self, columns):
         return History(self._index(columns), self._int("k"),
@@ -365,12 +394,13 @@ class RateOfChange(PerColumn):
     """(x[t] - x[t - k]) / x[t - k] with the safe denominator."""
 
     op, summary = "roc", "(x[t] - x[t-k]) / x[t-k] (rate of change, safe denominator)"
+    per_sequence = False
 
     def tag(self):
         return f"roc{self._int('k')}"
 
     def expr(self, c):
-        past = pl.coalesce(c.shift(self._int("k")), c.first())
+        past = past_value(c, self._int("k"))
         return safe_div_expr(c - past, past)
 
     def stream(self, columns):
@@ -553,8 +583,8 @@ class StepPosition(FeatureOp):
         return [self.params.get("name", "position")]
 
     def batch(self, id_col):
-        index = pl.int_range(pl.len(), dtype=pl.Int64).over(id_col)
-        return [(index.cast(pl.Float64) * self.params["scale"]).alias(self.outputs()[0])]
+        position = pl.col(POS).cast(pl.Float32) * self.params["scale"]
+        return [position.alias(self.outputs()[0])]
 
     def stream(self, columns):
         return Position(float(self.params["scale"]))

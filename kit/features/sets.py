@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from kit.competition import CompetitionSpec, expand_columns
 from kit.errors import KitError
 from kit.features.guard import Guard, guard_frame
-from kit.features.ops import OPS, FeatureOp, FeatureSpecError
+from kit.features.ops import OPS, POS, START, FeatureOp, FeatureSpecError
 
 ALL_FEATURES = "@features"  # in group files: every raw feature column of the spec
 
@@ -90,7 +90,13 @@ class FeatureSet:
     def batch_frame(self, df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         """Batch face: id, step, need, the output features (Float32), then the targets."""
         spec = self.spec
-        lazy = guard_frame(df, list(spec.features), spec.id_col)
+        if isinstance(df, pl.DataFrame) and df[spec.id_col].is_sorted():
+            # Sorted ids let every `.over(id)` take Polars' sorted group-by path (~3x faster).
+            df = df.with_columns(pl.col(spec.id_col).set_sorted())
+        lazy = guard_frame(df, list(spec.features), spec.id_col).with_columns(
+            pl.int_range(pl.len(), dtype=pl.Int32).over(spec.id_col).alias(POS),
+            (pl.col(spec.id_col) != pl.col(spec.id_col).shift(1)).fill_null(True).alias(START),
+        )
         for layer in _layers(self.ops, list(spec.features)):
             exprs = [e for op in layer for e in op.batch(spec.id_col)]
             if exprs:

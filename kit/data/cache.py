@@ -1,0 +1,202 @@
+"""On-disk cache of SequenceArrays, keyed by the input file's content and the build settings.
+
+One folder per key holds x.npy, y.npy, mask.npy, lengths.npy, ids.npy and a meta.json. A hit
+memory-maps the .npy files read-only, so a second run starts at once and processes share pages.
+An entry is written into a temporary folder and renamed into place, so readers only ever see
+complete entries; one that is corrupt anyway (truncated file, wrong shape) is rebuilt with a
+CacheWarning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from kit.data.arrays import SequenceArrays
+
+CACHE_FORMAT = 1  # bump when the folder layout changes; old entries then never match
+ARRAY_FIELDS = ("x", "y", "mask", "lengths", "ids")
+TMP_PREFIX = ".tmp-"
+STALE_TMP_S = 6 * 3600  # temp folders this old belong to killed writers and are removed
+DIGEST_BLOCK = 8 << 20
+
+_ENTRY_NAME = re.compile(r"^.+-[0-9a-f]{24}$")
+_digests: dict[tuple, str] = {}
+
+
+class CacheWarning(UserWarning):
+    """A cache entry could not be used or written; the arrays were (re)built instead."""
+
+
+def file_digest(path: Path) -> str:
+    """sha256 hex of the file's bytes, remembered in-process per (path, size, mtime_ns).
+
+    The inode and ctime join the memo key too, so a file replaced by rename is re-read.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    memo = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+    if memo not in _digests:
+        digest = hashlib.sha256()
+        buffer = memoryview(bytearray(DIGEST_BLOCK))
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                digest.update(buffer[:n])
+        _digests[memo] = digest.hexdigest()
+    return _digests[memo]
+
+
+def cache_key(path: Path, key: dict) -> str:
+    """sha256 hex over the file's digest and the canonical JSON of `key`."""
+    text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(f"{file_digest(path)}\n{CACHE_FORMAT}\n{text}".encode()).hexdigest()
+
+
+def cached_arrays(
+    path: Path,
+    key: dict,
+    build: Callable[[], SequenceArrays],
+    *,
+    cache_dir: Path = Path("data/cache"),
+) -> SequenceArrays:
+    """Load the arrays built from `path` with settings `key`, or call `build()` and store them."""
+    path, cache_dir = Path(path), Path(cache_dir)
+    digest = cache_key(path, key)
+    entry = cache_dir / f"{_safe_stem(path)}-{digest[:24]}"
+    if entry.exists():
+        try:
+            return _load(entry, digest)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            warnings.warn(f"cache entry {entry} is unusable ({exc}); rebuilding it",
+                          CacheWarning, stacklevel=2)  # fmt: skip
+    arrays = build()
+    try:
+        _store(entry, digest, arrays, {"source": str(path), "key": key})
+        return _load(entry, digest)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"could not write cache entry {entry} ({exc}); using the arrays uncached",
+                      CacheWarning, stacklevel=2)  # fmt: skip
+        return arrays
+
+
+def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
+    """Remove every entry (and leftover temp folder) under cache_dir; return how many."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return 0
+    removed = 0
+    for child in cache_dir.iterdir():
+        if child.is_dir() and (child.name.startswith(TMP_PREFIX) or _ENTRY_NAME.match(child.name)):
+            shutil.rmtree(child, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _load(entry: Path, digest: str) -> SequenceArrays:
+    """Memory-map an entry; any mismatch with its meta.json raises ValueError."""
+    meta = json.loads((entry / "meta.json").read_text())
+    if meta.get("digest") != digest or meta.get("format") != CACHE_FORMAT:
+        raise ValueError("meta.json belongs to another key or cache format")
+    loaded = {}
+    for name in ARRAY_FIELDS:
+        array = np.load(entry / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+        want = meta["arrays"][name]
+        if list(array.shape) != want["shape"] or str(array.dtype) != want["dtype"]:
+            raise ValueError(
+                f"{name}.npy is {array.dtype}{list(array.shape)}, meta.json says "
+                f"{want['dtype']}{want['shape']}"
+            )
+        loaded[name] = array
+    return SequenceArrays(**loaded, feature_names=list(meta["feature_names"]),
+                          target_names=list(meta["target_names"]))  # fmt: skip
+
+
+def _store(entry: Path, digest: str, arrays: SequenceArrays, about: dict) -> None:
+    """Write into a fresh temp folder, meta.json last, then rename it into place."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(entry.parent)
+    tmp = entry.parent / f"{TMP_PREFIX}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        shapes = {}
+        for name in ARRAY_FIELDS:
+            array = np.ascontiguousarray(getattr(arrays, name))
+            np.save(tmp / f"{name}.npy", array, allow_pickle=False)
+            shapes[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+        meta = {
+            "format": CACHE_FORMAT,
+            "digest": digest,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "arrays": shapes,
+            "feature_names": list(arrays.feature_names),
+            "target_names": list(arrays.target_names),
+            **about,
+        }
+        text = json.dumps(meta, indent=1, default=_json_default)
+        (tmp / "meta.json").write_text(text)
+        _move_into_place(tmp, entry, digest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, entry: Path, digest: str) -> None:
+    try:
+        os.rename(tmp, entry)
+        return
+    except OSError:
+        if not entry.exists():
+            raise
+    # Another writer got there first, or a broken entry sits in the way.
+    try:
+        _load(entry, digest)
+        return  # a good entry: keep it, drop ours
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    trash = entry.parent / f"{TMP_PREFIX}{entry.name}-broken-{uuid.uuid4().hex[:8]}"
+    with contextlib.suppress(FileNotFoundError):  # someone else already moved it
+        os.rename(entry, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if not entry.exists():
+            raise  # otherwise a concurrent writer just put a fresh entry there
+
+
+def _remove_stale_tmp(cache_dir: Path) -> None:
+    cutoff = time.time() - STALE_TMP_S
+    for child in cache_dir.glob(f"{TMP_PREFIX}*"):
+        try:
+            if child.stat().st_mtime < cutoff:
+                shutil.rmtree(child, ignore_errors=True)
+        except FileNotFoundError:
+            pass
+
+
+def _safe_stem(path: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem)
+    return stem[:40] or "data"
+
+
+def _json_default(value):
+    """Paths, numpy scalars and arrays in a key serialise as their plain values."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"cache key value {value!r} ({type(value).__name__}) is not JSON-serialisable")

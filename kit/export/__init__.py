@@ -1,0 +1,1 @@
+"""Freezing stream modules into ONNX step graphs, and packing submissions."""

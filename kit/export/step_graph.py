@@ -1,0 +1,46 @@
+"""Export a stream module as one stateful ONNX step graph (see DESIGN.md "Frozen step graph").
+
+inputs: x float32 [B, F], state_0 ... state_{n-1}; outputs: y float32 [B, K], state_0_out ...
+B is dynamic. The TorchScript exporter is used (dynamo mis-exports nn.GRU and freezes size-1
+dims); parity, not belief, decides whether an export is right.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+OPSET = 17
+
+
+class StepWrapper(nn.Module):
+    """Adapts forward(x[B, T, F], state) to the flat signature of the step graph (T = 1)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor, *state: Tensor):
+        y, new_state = self.module(x.unsqueeze(1), list(state))
+        return (y.squeeze(1), *new_state)
+
+
+def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int = OPSET) -> list:
+    """Write module's step graph to path; returns the state shapes for batch 1."""
+    module = module.eval()
+    state = module.init_state(2)  # batch 2 in the example so no dim is frozen at size 1
+    x = torch.zeros(2, n_inputs)
+    names = [f"state_{i}" for i in range(len(state))]
+    dynamic = {"x": {0: "batch"}, "y": {0: "batch"}}
+    dynamic |= {n: {0: "batch"} for n in names} | {f"{n}_out": {0: "batch"} for n in names}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python loops over T = 1
+        torch.onnx.export(
+            StepWrapper(module), (x, *state), str(path), input_names=["x", *names],
+            output_names=["y", *[f"{n}_out" for n in names]], dynamic_axes=dynamic,
+            opset_version=opset, dynamo=False,
+        )
+    return [list(s.shape[1:]) for s in state]

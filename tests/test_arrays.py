@@ -1,0 +1,313 @@
+import hashlib
+import os
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kit.data import arrays as arrays_module
+from kit.data.arrays import SequenceArrays, build_arrays
+from kit.data.cache import CacheWarning, cached_arrays, clear_cache, file_digest
+from kit.errors import DataError
+from tests.frames import make_frame, small_spec
+
+SPEC = small_spec(seq_len=20, warmup=5)
+RAGGED = small_spec(seq_len=None, warmup=2)
+NEXT = small_spec(seq_len=None, warmup=2, tail=1, protocol="next-state", targets=[])
+FEATURES = list(SPEC.features)
+
+
+def naive_arrays(df, spec, cols, seq_len=None, truncate="head") -> dict:
+    """Reference: one sequence at a time, in plain numpy."""
+    seqs = df.partition_by(spec.id_col, maintain_order=True)
+    width = seq_len or max(s.height for s in seqs)
+    k = spec.n_outputs
+    out = {"x": np.zeros((len(seqs), width, len(cols)), np.float32),
+           "y": np.zeros((len(seqs), width, k), np.float32),
+           "mask": np.zeros((len(seqs), width), bool), "lengths": [], "ids": []}  # fmt: skip
+    for i, seq in enumerate(seqs):
+        n = seq.height
+        x = seq.select(cols).to_numpy().astype(np.float32)
+        if spec.next_state:
+            raw = seq.select(spec.features).to_numpy().astype(np.float32)
+            y = np.vstack([raw[1:], np.zeros((1, k), np.float32)])
+        else:
+            y = seq.select(spec.targets).to_numpy().astype(np.float32)
+        need = seq[spec.need_col].to_numpy().astype(bool)
+        keep = slice(0, width) if truncate == "head" else slice(max(0, n - width), n)
+        m = min(n, width)
+        out["x"][i, :m], out["y"][i, :m], out["mask"][i, :m] = x[keep], y[keep], need[keep]
+        out["lengths"].append(m)
+        out["ids"].append(seq[spec.id_col][0])
+    return out
+
+
+def assert_matches(got: SequenceArrays, want: dict) -> None:
+    np.testing.assert_array_equal(got.x, want["x"])
+    np.testing.assert_array_equal(got.y, want["y"])
+    np.testing.assert_array_equal(got.mask, want["mask"])
+    np.testing.assert_array_equal(got.lengths, want["lengths"])
+    np.testing.assert_array_equal(got.ids, want["ids"])
+    assert got.x.dtype == got.y.dtype == np.float32 and got.mask.dtype == bool
+    assert got.lengths.dtype == got.ids.dtype == np.int64
+    assert got.x.flags.c_contiguous and got.y.flags.c_contiguous and got.mask.flags.c_contiguous
+
+
+def test_fixed_length_reshape_equals_per_sequence_loop():
+    df = make_frame(SPEC, n_seqs=4).with_columns(pl.col("seq_ix") * 3 + 10)
+    got = build_arrays(df, SPEC, FEATURES)
+    assert got.x.shape == (4, 20, 32) and got.y.shape == (4, 20, 2)
+    assert got.feature_names == FEATURES and got.target_names == ["t0", "t1"]
+    assert_matches(got, naive_arrays(df, SPEC, FEATURES))
+    np.testing.assert_array_equal(got.ids, [10, 13, 16, 19])
+    assert got.mask[:, :5].sum() == 0 and got.mask[:, 5:].all()  # warmup 5
+
+
+def test_derived_float64_and_int_columns_are_cast_block_by_block(monkeypatch):
+    monkeypatch.setattr(arrays_module, "BLOCK_ROWS", 7)  # many blocks on tiny data
+    df = make_frame(SPEC, n_seqs=3).with_columns(
+        (pl.col("p0").cast(pl.Float64) * 2).alias("p0x2"),
+        pl.col("step_in_seq").alias("step_feature"),
+        pl.col("need_prediction").cast(pl.Int8).alias("flag"),
+    )
+    cols = ["p0x2", "v3", "step_feature", "flag"]
+    got = build_arrays(df, SPEC, cols)
+    assert_matches(got, naive_arrays(df, SPEC, cols))
+    np.testing.assert_array_equal(got.x[1, :, 2], np.arange(20))
+
+
+@pytest.mark.parametrize("cols", [FEATURES, FEATURES[::-1], ["v0", "p1", "p0"]])
+def test_next_state_targets_are_next_step_features(cols):
+    spec = small_spec(seq_len=20, warmup=2, tail=1, protocol="next-state", targets=[])
+    df = make_frame(spec, n_seqs=3)
+    got = build_arrays(df, spec, cols)
+    raw = df.select(spec.features).to_numpy().reshape(3, 20, 32)
+    np.testing.assert_array_equal(got.y[:, :-1], raw[:, 1:])
+    assert not got.y[:, -1].any()
+    assert got.target_names == list(spec.features)
+    assert not got.mask[:, -1].any() and got.mask[:, 2:-1].all()  # tail = 1
+    assert_matches(got, naive_arrays(df, spec, cols))
+
+
+@pytest.mark.parametrize("truncate", ["head", "tail"])
+@pytest.mark.parametrize("seq_len", [None, 4, 7, 12])
+@pytest.mark.parametrize("spec", [RAGGED, NEXT], ids=["targets", "next-state"])
+def test_padding_and_truncation(spec, seq_len, truncate):
+    df = make_frame(spec, lengths=[3, 7, 1, 5])
+    got = build_arrays(df, spec, ["p0", "v1", "dv3"], seq_len=seq_len, truncate=truncate)
+    width = seq_len or 7
+    assert got.x.shape == (4, width, 3)
+    np.testing.assert_array_equal(got.lengths, np.minimum([3, 7, 1, 5], width))
+    real = np.arange(width)[None, :] < got.lengths[:, None]
+    assert not got.x[~real].any() and not got.y[~real].any() and not got.mask[~real].any()
+    assert_matches(got, naive_arrays(df, spec, ["p0", "v1", "dv3"], seq_len, truncate))
+
+
+def test_tail_truncation_keeps_the_last_steps():
+    df = make_frame(RAGGED, lengths=[6, 2])
+    got = build_arrays(df, RAGGED, ["step_in_seq"], seq_len=4, truncate="tail")
+    np.testing.assert_array_equal(got.x[..., 0], [[2, 3, 4, 5], [0, 1, 0, 0]])
+    np.testing.assert_array_equal(got.mask, [[1, 1, 1, 1], [0, 0, 0, 0]])  # warmup 2
+    head = build_arrays(df, RAGGED, ["step_in_seq"], seq_len=4, truncate="head")
+    np.testing.assert_array_equal(head.x[..., 0], [[0, 1, 2, 3], [0, 1, 0, 0]])
+    np.testing.assert_array_equal(head.mask, [[0, 0, 1, 1], [0, 0, 0, 0]])
+
+
+def test_mask_follows_need_column():
+    df = make_frame(SPEC, n_seqs=2).with_columns(
+        (pl.col("need_prediction") & (pl.col("step_in_seq") % 3 != 0)).alias("need_prediction")
+    )
+    got = build_arrays(df, SPEC, ["p0"])
+    np.testing.assert_array_equal(got.mask.ravel(), df["need_prediction"].to_numpy())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    seq_len=st.none() | st.integers(1, 10),
+    truncate=st.sampled_from(["head", "tail"]),
+    next_state=st.booleans(),
+)
+def test_any_ragged_layout_matches_the_loop(lengths, seq_len, truncate, next_state):
+    spec = NEXT if next_state else RAGGED
+    df = make_frame(spec, lengths=lengths)
+    got = build_arrays(df, spec, ["p0", "p1"], seq_len=seq_len, truncate=truncate)
+    assert_matches(got, naive_arrays(df, spec, ["p0", "p1"], seq_len, truncate))
+
+
+def test_missing_columns_are_named():
+    df = make_frame(SPEC, n_seqs=2).drop("t1", "p4")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['p4', 'nope', 't1'\]"):
+        build_arrays(df, SPEC, ["p0", "p4", "nope"])
+    next_df = make_frame(NEXT, lengths=[3]).drop("p2")
+    with pytest.raises(DataError, match="next-state targets need"):
+        build_arrays(next_df, NEXT, ["p0"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"truncate": "middle"}, "truncate"), ({"seq_len": 0}, "seq_len"),
+     ({"feature_cols": []}, "feature_cols"), ({"feature_cols": ["p0", "p0"]}, "twice")],
+)  # fmt: skip
+def test_bad_arguments(kwargs, message):
+    df = make_frame(SPEC, n_seqs=2)
+    with pytest.raises(DataError, match=message):
+        build_arrays(df, SPEC, **({"feature_cols": ["p0"]} | kwargs))
+
+
+def test_unsorted_frames_are_rejected():
+    df = make_frame(SPEC, n_seqs=3)
+    with pytest.raises(DataError, match="not contiguous"):
+        build_arrays(df.sort("step_in_seq", "seq_ix"), SPEC, ["p0"])
+    with pytest.raises(DataError, match="not increasing"):
+        build_arrays(df.sort("seq_ix", "step_in_seq", descending=[False, True]), SPEC, ["p0"])
+
+
+def test_take_selects_sequences_by_id():
+    got = build_arrays(make_frame(SPEC, n_seqs=4), SPEC, ["p0"])
+    part = got.take(np.array([3, 1]))
+    np.testing.assert_array_equal(part.ids, [3, 1])
+    np.testing.assert_array_equal(part.x, got.x[[3, 1]])
+    with pytest.raises(DataError, match="not in these arrays"):
+        got.take(np.array([9]))
+
+
+# --- cache -----------------------------------------------------------------------------------
+
+
+class Builder:
+    """Counts how often the cache falls back to building."""
+
+    def __init__(self, path, spec=SPEC):
+        self.path, self.spec, self.calls = path, spec, 0
+
+    def __call__(self) -> SequenceArrays:
+        self.calls += 1
+        return build_arrays(pl.read_parquet(self.path), self.spec, FEATURES)
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "train.parquet"
+    make_frame(SPEC, n_seqs=3).write_parquet(path)
+    return path
+
+
+KEY = {"spec": "tiny", "features": FEATURES, "seq_len": None, "format": 1}
+
+
+def fresh(path) -> SequenceArrays:
+    return build_arrays(pl.read_parquet(path), SPEC, FEATURES)
+
+
+def assert_same(a: SequenceArrays, b: SequenceArrays) -> None:
+    for name in ("x", "y", "mask", "lengths", "ids"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.feature_names == b.feature_names and a.target_names == b.target_names
+
+
+def entries(cache_dir):
+    return sorted(p for p in cache_dir.iterdir() if not p.name.startswith("."))
+
+
+def test_second_call_is_a_memory_mapped_hit(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    first = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    second = cached_arrays(data_file, dict(reversed(KEY.items())), build, cache_dir=cache_dir)
+    assert build.calls == 1
+    assert_same(first, fresh(data_file))
+    assert_same(second, first)
+    assert isinstance(second.x, np.memmap) and not second.x.flags.writeable
+    assert len(entries(cache_dir)) == 1
+    assert not list(cache_dir.glob(".tmp-*"))
+
+
+def test_changed_file_content_rebuilds(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    before = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    make_frame(SPEC, n_seqs=3, seed=1).write_parquet(data_file)
+    stat = data_file.stat()
+    os.utime(data_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    after = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2
+    assert not np.array_equal(before.x, after.x)
+    assert_same(after, fresh(data_file))
+
+
+def test_changed_key_rebuilds(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    cached_arrays(data_file, KEY | {"seq_len": 10}, build, cache_dir=cache_dir)
+    cached_arrays(data_file, KEY | {"features": FEATURES[:3]}, build, cache_dir=cache_dir)
+    assert build.calls == 3 and len(entries(cache_dir)) == 3
+
+
+def test_truncated_npy_is_rebuilt_with_a_warning(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (entry,) = entries(cache_dir)
+    x_file = entry / "x.npy"
+    x_file.write_bytes(x_file.read_bytes()[:-100])
+    with pytest.warns(CacheWarning, match="rebuilding"):
+        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2
+    assert_same(again, fresh(data_file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2  # the rebuilt entry is a hit
+
+
+def test_entry_without_meta_is_rebuilt(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (entry,) = entries(cache_dir)
+    (entry / "meta.json").unlink()
+    with pytest.warns(CacheWarning):
+        cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2 and (entry / "meta.json").is_file()
+
+
+def test_leftover_temp_folder_is_ignored(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    first = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (entry,) = entries(cache_dir)
+    clear_cache(cache_dir)
+    # A writer killed half-way: its temp folder even holds a plausible meta.json.
+    leftover = cache_dir / f".tmp-{entry.name}-999-deadbeef"
+    leftover.mkdir(parents=True)
+    (leftover / "x.npy").write_bytes(b"partial")
+    (leftover / "meta.json").write_text("{")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2
+    assert_same(again, first)
+    assert leftover.is_dir()  # young temp folders may belong to a live writer
+
+
+def test_unwritable_cache_dir_warns_and_returns_built_arrays(data_file, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    build = Builder(data_file)
+    with pytest.warns(CacheWarning, match="could not write"):
+        got = cached_arrays(data_file, KEY, build, cache_dir=not_a_dir)
+    assert build.calls == 1 and got.x.shape == (3, 20, 32)
+
+
+def test_clear_cache_removes_entries_only(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    cached_arrays(data_file, KEY | {"seq_len": 5}, build, cache_dir=cache_dir)
+    (cache_dir / ".tmp-x-1-ab").mkdir()
+    (cache_dir / "README").write_text("keep me")
+    assert clear_cache(cache_dir) == 3
+    assert [p.name for p in cache_dir.iterdir()] == ["README"]
+    assert clear_cache(tmp_path / "missing") == 0
+
+
+def test_file_digest_is_sha256_of_the_bytes(data_file):
+    assert file_digest(data_file) == hashlib.sha256(data_file.read_bytes()).hexdigest()

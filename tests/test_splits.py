@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kit.data.splits import SplitError, group_split, kfold, random_split
+from kit.errors import KitError
+
+unique_ids = st.lists(st.integers(-(10**6), 10**6), min_size=1, max_size=300, unique=True).map(
+    np.array
+)
+
+
+@st.composite
+def fractions(draw, max_parts=4):
+    weights = draw(st.lists(st.integers(0, 20), min_size=1, max_size=max_parts))
+    if sum(weights) == 0:
+        weights[0] = 1
+    return [w / sum(weights) for w in weights]
+
+
+def assert_partition(parts, ids):
+    """Every id in exactly one part; parts sorted."""
+    joined = np.concatenate(parts)
+    assert len(joined) == len(ids)
+    np.testing.assert_array_equal(np.sort(joined), np.sort(ids))
+    for part in parts:
+        np.testing.assert_array_equal(part, np.sort(part))
+
+
+@given(ids=unique_ids, fracs=fractions(), seed=st.integers(0, 2**32 - 1))
+def test_random_split_partitions_with_rounded_sizes(ids, fracs, seed):
+    parts = random_split(ids, fracs, seed)
+    assert len(parts) == len(fracs)
+    assert_partition(parts, ids)
+    for part, f in zip(parts, fracs, strict=True):
+        assert abs(len(part) - f * len(ids)) < 1
+    again = random_split(np.random.default_rng(seed).permutation(ids), fracs, seed)
+    for a, b in zip(parts, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # same seed, any input order: same split
+
+
+@given(data=st.data(), ids=unique_ids.filter(lambda a: len(a) >= 2), seed=st.integers(0, 99))
+def test_kfold_puts_each_id_in_one_valid_fold(data, ids, seed):
+    k = data.draw(st.integers(2, min(len(ids), 10)))
+    folds = kfold(ids, k, seed)
+    assert len(folds) == k
+    assert_partition([valid for _, valid in folds], ids)
+    for train, valid in folds:
+        assert_partition([train, valid], ids)
+        assert abs(len(valid) - len(ids) / k) < 1
+    assert kfold(ids[::-1], k, seed)[0][1].tolist() == folds[0][1].tolist()
+
+
+@settings(deadline=None)
+@given(
+    ids=unique_ids,
+    data=st.data(),
+    fracs=fractions(max_parts=3),
+    seed=st.integers(0, 99),
+    stratified=st.booleans(),
+)
+def test_group_split_keeps_groups_whole_and_ratios_close(ids, data, fracs, seed, stratified):
+    n_groups = data.draw(st.integers(1, len(ids)))
+    groups = np.array(data.draw(st.lists(st.integers(0, n_groups - 1), min_size=len(ids),
+                                         max_size=len(ids))))  # fmt: skip
+    n_parts = sum(f > 0 for f in fracs)
+    stratify = np.random.default_rng(seed).standard_normal(len(ids)) if stratified else None
+    if len(np.unique(groups)) < n_parts:
+        with pytest.raises(SplitError, match="groups"):
+            group_split(ids, groups, fracs, seed, stratify=stratify)
+        return
+    parts = group_split(ids, groups, fracs, seed, stratify=stratify)
+    assert_partition(parts, ids)
+    group_of = dict(zip(ids.tolist(), groups.tolist(), strict=True))
+    seen = [{group_of[i] for i in part.tolist()} for part in parts]
+    for a in range(len(parts)):
+        for b in range(a + 1, len(parts)):
+            assert not seen[a] & seen[b]
+    largest = np.bincount(groups).max()
+    for part, f in zip(parts, fracs, strict=True):
+        assert abs(len(part) - f * len(ids)) <= largest  # off by at most one group
+        if f == 0:
+            assert len(part) == 0
+
+
+def test_group_split_ratios_with_many_small_groups():
+    rng = np.random.default_rng(0)
+    ids = np.arange(3000)
+    groups = rng.integers(0, 400, len(ids))
+    parts = group_split(ids, groups, (0.7, 0.15, 0.15), seed=3, stratify=rng.random(len(ids)))
+    ratios = np.array([len(p) for p in parts]) / len(ids)
+    np.testing.assert_allclose(ratios, [0.7, 0.15, 0.15], atol=0.01)
+
+
+def test_same_seed_same_split_and_seeds_differ():
+    ids = np.arange(100) * 7
+    groups = ids // 21
+    for split in (
+        lambda seed: random_split(ids, (0.5, 0.5), seed),
+        lambda seed: [v for _, v in kfold(ids, 4, seed)],
+        lambda seed: group_split(ids, groups, (0.5, 0.5), seed),
+        lambda seed: group_split(ids, groups, (0.5, 0.5), seed, stratify=ids % 13),
+    ):
+        a, b, c = split(0), split(0), split(1)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        assert not all(np.array_equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def imbalance(parts, ids, stat) -> float:
+    """Mean distance of each part's mean statistic from the overall mean."""
+    where = {i: k for k, i in enumerate(ids.tolist())}
+    return np.mean([abs(stat[[where[i] for i in p.tolist()]].mean() - stat.mean()) for p in parts])
+
+
+def test_stratification_balances_the_statistic():
+    rng = np.random.default_rng(7)
+    plain, stratified = [], []
+    for seed in range(30):
+        ids = rng.permutation(300)
+        groups = rng.integers(0, 60, len(ids))
+        stat = rng.standard_normal(60)[groups] + 0.3 * rng.standard_normal(len(ids))
+        fracs = (0.6, 0.2, 0.2)
+        plain.append(imbalance(group_split(ids, groups, fracs, seed), ids, stat))
+        stratified.append(imbalance(group_split(ids, groups, fracs, seed, stat), ids, stat))
+    assert np.mean(stratified) < 0.8 * np.mean(plain)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: random_split(np.arange(5), (0.5, 0.6)), "fractions.*sum to 1.1"),
+        (lambda: random_split(np.arange(5), (1.5, -0.5)), "fractions.*>= 0"),
+        (lambda: random_split(np.arange(5), ()), "fractions"),
+        (lambda: random_split(np.arange(5), "ab"), "fractions"),
+        (lambda: random_split(np.array([1, 2, 2, 3])), r"ids holds duplicates, e.g. \[2\]"),
+        (lambda: random_split(np.array([], dtype=int)), "ids must be a non-empty"),
+        (lambda: random_split(np.zeros((2, 2))), "ids must be"),
+        (lambda: kfold(np.arange(5), 1), "k=1"),
+        (lambda: kfold(np.arange(5), 6), r"k=6.*\(5\)"),
+        (lambda: kfold(np.arange(5), 2.5), "k=2.5"),
+        (lambda: kfold(np.array([4, 4, 5]), 2), "ids holds duplicates"),
+        (lambda: group_split(np.arange(5), np.arange(4)), "groups has shape"),
+        (lambda: group_split(np.arange(5), np.zeros(5)), "1 distinct group"),
+        (lambda: group_split(np.arange(5), np.arange(5), stratify=np.ones(4)), "stratify"),
+        (lambda: group_split(np.arange(3), np.arange(3), stratify=[1, np.nan, 2]), "NaN"),
+        (lambda: group_split(np.arange(5), np.arange(5), stratify=np.ones(5), n_bins=0),
+         "n_bins"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_are_rejected(call, message):
+    with pytest.raises(SplitError, match=message) as info:
+        call()
+    assert isinstance(info.value, KitError)
