@@ -186,3 +186,39 @@ def test_digest_changes_with_the_definition():
     one = build_feature_set(SPEC, groups=["raw"]).digest()
     assert one == build_feature_set(SPEC, groups=["raw"]).digest()
     assert one != build_feature_set(SPEC, groups=["raw", "lags"]).digest()
+
+
+def test_feature_arrays_are_cached_by_content_and_definition(tmp_path):
+    from kit.features import feature_arrays
+
+    spec = load_spec("predictorium")
+    path = tmp_path / "train.parquet"
+    make_frame(spec, lengths=[40, 40, 40], seed=1).write_parquet(path)
+    fs = build_feature_set(spec, ["raw", "lags"])
+    first = feature_arrays(path, fs, cache_dir=tmp_path / "cache")
+    assert first.x.shape == (3, 40, len(fs.outputs)) and first.feature_names == fs.outputs
+    direct = fs.batch_frame(pl.read_parquet(path)).select(fs.outputs).to_numpy()
+    np.testing.assert_array_equal(first.x.reshape(-1, len(fs.outputs)), direct)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    again = feature_arrays(path, fs, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.x, first.x)
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # a hit, not a second entry
+    other = feature_arrays(path, build_feature_set(spec, ["raw"]), cache_dir=tmp_path / "cache")
+    assert other.x.shape[2] == 32 and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_features_cli_list_and_build(tmp_path):
+    from tests.cli import run_cli
+
+    out = run_cli("features", "list").output
+    assert "ewm_mean" in out and "imbalance" in out and "spreads" in out
+    path = tmp_path / "train.parquet"
+    make_frame(load_spec("predictorium"), lengths=[30, 30], seed=2).write_parquet(path)
+    out = run_cli("features", "build", "--groups", "raw,spreads", "--data", path).output
+    assert "p6-p0" in out and "38 features over 60 rows" in out
+    exp = tmp_path / "exp.toml"
+    exp.write_text('spec = "predictorium"\n[features]\ngroups = ["imbalance"]\n')
+    out = run_cli("features", "build", f"exp={exp}", "--data", path).output
+    assert "bid_volume~ask_volume" in out
+    bad = run_cli("features", "build", "--groups", "nope", "--data", path, expect=2).output
+    assert "unknown feature group 'nope'" in bad
