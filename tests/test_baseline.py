@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from kit.baselines import fit_linear_baseline, linear_design, write_linear_submission
+from kit.baselines import EWM_ALPHAS, fit_linear_baseline, linear_design, write_linear_submission
 from kit.errors import SubmissionError
 from kit.submission import write_submission_zip
 from tests.frames import make_frame, small_spec
@@ -33,7 +33,7 @@ def test_linear_submission_streams_exactly_what_was_fit(tmp_path):
     df = make_frame(SPEC, n_seqs=6, seed=1)
     df.write_parquet(train)
     coef = fit_linear_baseline(train, SPEC)
-    assert coef.shape == (1 + 32 * 3, 2)
+    assert coef.shape == (1 + 32 * (1 + len(EWM_ALPHAS)), 2)
     zip_path = write_linear_submission(coef, tmp_path / "sub")
     model = load_model(tmp_path / "sub")
     rows = df.select(SPEC.input_columns).to_numpy().astype(np.float64)

@@ -295,6 +295,15 @@ def collect(preds: list, k: int):
 
 
 def peak_rss_mb() -> float | None:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    exec, so a child forked from a large parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:

@@ -1,0 +1,383 @@
+"""Dataset statistics: what a competition file looks like, and whether synthetic data is realistic.
+
+`dataset_stats` returns a JSON-serialisable dict; `format_stats` renders it, marking with "!!"
+every figure outside the realism bands of the Predictorium preset (docs/synth.md).
+Lag-1 autocorrelations pair each row with the previous row of the same sequence.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kit.competition import CompetitionSpec, load_spec
+from kit.data.io import read_frame
+from kit.errors import DataError
+from kit.metrics import metric_value, scored_truth
+
+BANDED_SPEC = "predictorium"
+# (key, label, low, high): a check passes when low <= value <= high (None: unbounded)
+BANDS = [
+    ("feature_nan", "features: NaN/inf count", 0, 0),
+    ("feature_min", "features: min >= -5.2", -5.2, None),
+    ("feature_max", "features: max <= 5.2", None, 5.2),
+    ("feature_abs_mean", "features: max |mean| <= 0.25", None, 0.25),
+    ("feature_std_min", "features: min std >= 0.8", 0.8, None),
+    ("feature_std_max", "features: max std <= 1.25", None, 1.25),
+    ("price_ac_min", "p*: min lag-1 AC > 0.5", 0.5, None),
+    ("trade_ac_max", "dp*/dv*: max lag-1 AC <= 0.15", None, 0.15),
+    ("t0_kurtosis", "t0 kurtosis >= 10", 10.0, None),
+    ("t1_kurtosis", "t1 kurtosis >= 10", 10.0, None),
+    ("t0_ac1", "t0 lag-1 AC in [0.6, 0.8]", 0.6, 0.8),
+    ("t1_ac1", "t1 lag-1 AC >= 0.93", 0.93, None),
+    ("t0_t1_corr", "corr(t0, t1) in [0.35, 0.6]", 0.35, 0.6),
+    ("t0_max_feature_corr", "max |corr(feature, t0)| <= 0.2", None, 0.2),
+    ("t0_oracle", "oracle weighted Pearson t0 in [0.45, 0.65]", 0.45, 0.65),
+    ("t1_oracle", "oracle weighted Pearson t1 in [0.2, 0.4]", 0.2, 0.4),
+    ("t0_std_ratio", "std ratio t0 vs reference in [1.2, 1.6]", 1.2, 1.6),
+    ("t1_std_ratio", "std ratio t1 vs reference in [1.2, 1.6]", 1.2, 1.6),
+]
+
+
+def dataset_stats(
+    path: Path,
+    spec: CompetitionSpec,
+    *,
+    oracle: Path | None = None,
+    reference: Path | None = None,
+) -> dict:
+    """Shape, per-feature and per-target statistics of a data file (see module docstring)."""
+    spec = load_spec(spec)
+    try:
+        schema = pl.read_parquet_schema(path)
+    except Exception:  # read_frame below says what is wrong with the file
+        schema = {}
+    present = [t for t in spec.targets if t in schema]  # unlabelled files: no target stats
+    frame = _sorted(read_frame(path, spec.input_columns + present), spec)
+    ids = frame[spec.id_col].to_numpy()
+    need = frame[spec.need_col].to_numpy().astype(bool)
+    same = ids[1:] == ids[:-1]  # row i+1 continues the sequence of row i
+    lengths = frame.group_by(spec.id_col).len()["len"]
+    out: dict = {
+        "path": str(path),
+        "spec": spec.name,
+        "rows": frame.height,
+        "sequences": len(lengths),
+        "scored_rows": int(need.sum()),
+        "seq_len": {"min": int(lengths.min()), "max": int(lengths.max())},
+    }
+    features = {name: _column(frame[name].to_numpy(), same) for name in spec.features}
+    out["features"] = features
+    out["feature_groups"] = _groups(features)
+    targets = {}
+    for name in present:
+        y = frame[name].to_numpy().astype(np.float64)
+        stats = _column(y, same)
+        corrs = {f: _pearson(frame[f].to_numpy(), y) for f in spec.features}
+        best = max(corrs, key=lambda f: -1.0 if corrs[f] is None else abs(corrs[f]))
+        top = None if corrs[best] is None else abs(corrs[best])
+        stats |= {"max_abs_feature_corr": top, "max_corr_feature": best}
+        targets[name] = stats
+    out["targets"] = targets
+    out["target_corr"] = {
+        f"{a}~{b}": _pearson(frame[a].to_numpy(), frame[b].to_numpy())
+        for i, a in enumerate(present)
+        for b in present[i + 1 :]
+    }
+    if oracle is not None:
+        out["oracle"] = _oracle_scores(frame, need, Path(oracle), spec)
+    if reference is not None and present:
+        ref = read_frame(reference, present)
+        out["reference"] = {
+            "path": str(reference),
+            "std_ratio": {
+                t: _ratio(targets[t]["std"], _column(ref[t].to_numpy(), None)["std"])
+                for t in present
+            },
+        }
+    if spec.name == BANDED_SPEC:
+        out["checks"] = _checks(out)
+    return _clean(out)
+
+
+def format_stats(stats: dict) -> str:
+    """A readable multi-line report; figures outside the realism bands are marked "!!"."""
+    banded = "checks" in stats
+    failed = {c["key"] for c in stats.get("checks", []) if not c["ok"]}
+    lines = [
+        f"{stats['path']}  (spec {stats['spec']})",
+        f"rows {stats['rows']:,}   sequences {stats['sequences']:,}   scored rows "
+        f"{stats['scored_rows']:,}   length {stats['seq_len']['min']}..{stats['seq_len']['max']}",
+        "",
+    ]
+    group_rows = []
+    for group, g in stats["feature_groups"].items():
+        ac_bad = _AC_BAND.get(group, "") in failed
+        abs_mean = max(
+            (abs(v) for v in (g["mean_min"], g["mean_max"]) if v is not None), default=None
+        )
+        group_rows.append((group, [
+            (g["n"], False), (abs_mean, False), (g["std_min"], False), (g["std_max"], False),
+            (g["ac1_min"], ac_bad), (g["ac1_mean"], False), (g["ac1_max"], ac_bad),
+            (g["min"], "feature_min" in failed), (g["max"], "feature_max" in failed),
+            (g["nan"], "feature_nan" in failed),
+        ]))  # fmt: skip
+    headers = ["n", "max|mean|", "std min", "std max", "AC1 min", "AC1 mean", "AC1 max", "min",
+               "max", "NaN"]  # fmt: skip
+    lines += _table("feature group", headers, group_rows)
+    feature_rows = []
+    for name, c in stats["features"].items():
+        bad = _feature_outside(name, c) if banded else set()
+        cells = ("mean", "std", "min", "max", "ac1", "nan")
+        feature_rows.append((name, [(c[k], k in bad) for k in cells]))
+    lines += [
+        "",
+        *_table("feature", ["mean", "std", "min", "max", "lag-1 AC", "NaN"], feature_rows),
+    ]
+    if stats["targets"]:
+        ratio = stats.get("reference", {}).get("std_ratio", {})
+        orc = stats.get("oracle", {}).get("per_output", {})
+        target_rows = []
+        for name, t in stats["targets"].items():
+            target_rows.append((name, [
+                (t["std"], False), (t["kurtosis"], f"{name}_kurtosis" in failed),
+                (t["ac1"], f"{name}_ac1" in failed),
+                (t["max_abs_feature_corr"], f"{name}_max_feature_corr" in failed),
+                (t["max_corr_feature"], False), (orc.get(name), f"{name}_oracle" in failed),
+                (ratio.get(name), f"{name}_std_ratio" in failed),
+            ]))  # fmt: skip
+        headers = ["std", "kurtosis", "lag-1 AC", "max|r|", "feature", "oracle", "ratio"]
+        lines += ["", *_table("target", headers, target_rows)]
+        for pair, value in stats["target_corr"].items():
+            flag = " !!" if pair == "t0~t1" and "t0_t1_corr" in failed else ""
+            lines.append(f"  corr({pair.replace('~', ', ')}) = {_cell(value)}{flag}")
+    if "oracle" in stats:
+        o = stats["oracle"]
+        lines += ["", f"oracle ({o['metric']}, {o['rows']:,} scored rows): score {o['score']:.4f}"]
+        if not stats["targets"]:
+            values = list(o["per_output"].values())
+            lines.append(f"  per output: min {min(values):.3f}  max {max(values):.3f}")
+    if banded:
+        checks = stats["checks"]
+        passed = sum(c["ok"] for c in checks)
+        lines += ["", f"realism checks ({BANDED_SPEC} bands): {passed}/{len(checks)} pass"]
+        for c in checks:
+            lines.append(f"  {'ok' if c['ok'] else '!!'}  {c['label']:<46} {_cell(c['value'])}")
+    return "\n".join(lines)
+
+
+_AC_BAND = {"p": "price_ac_min", "dp": "trade_ac_max", "dv": "trade_ac_max"}
+_LIMITS = {key: (low, high) for key, _, low, high in BANDS}
+
+
+def _feature_outside(name: str, c: dict) -> set[str]:
+    """Which of one feature's figures break the (set-level) feature bands."""
+
+    def out(value, key: str, index: int) -> bool:
+        limit = _LIMITS[key][index]
+        return value is not None and (value < limit if index == 0 else value > limit)
+
+    bad = {k for k in ("nan",) if c["nan"] + c["inf"]}
+    if c["mean"] is not None and out(abs(c["mean"]), "feature_abs_mean", 1):
+        bad.add("mean")
+    if out(c["std"], "feature_std_min", 0) or out(c["std"], "feature_std_max", 1):
+        bad.add("std")
+    bad |= {"min"} if out(c["min"], "feature_min", 0) else set()
+    bad |= {"max"} if out(c["max"], "feature_max", 1) else set()
+    ac_key = _AC_BAND.get(_group_name(name))
+    if ac_key and out(c["ac1"], ac_key, 0 if ac_key == "price_ac_min" else 1):
+        bad.add("ac1")
+    return bad
+
+
+def _table(title: str, headers: list[str], rows: list[tuple[str, list]]) -> list[str]:
+    """Right-aligned columns; each row is (label, [(value, flagged), ...]); flagged cells get !!."""
+    width = 9
+    head = f"  {title:<14}" + "".join(f"{h:>{width}}   " for h in headers)
+    body = [
+        f"  {label:<14}"
+        + "".join(f"{_cell(v):>{width}}{' !!' if bad else '   '}" for v, bad in cells)
+        for label, cells in rows
+    ]
+    return [head.rstrip(), *(line.rstrip() for line in body)]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool | str):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3f}"
+
+
+def _sorted(frame: pl.DataFrame, spec: CompetitionSpec) -> pl.DataFrame:
+    ids = frame[spec.id_col].to_numpy()
+    steps = frame[spec.step_col].to_numpy()
+    d_id, d_step = np.diff(ids), np.diff(steps)
+    if ((d_id > 0) | ((d_id == 0) & (d_step > 0))).all():
+        return frame
+    return frame.sort([spec.id_col, spec.step_col])
+
+
+def _column(x: np.ndarray, same: np.ndarray | None) -> dict:
+    """Moments, range, NaN count and (if `same` is given) lag-1 AC within sequences."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    v = x[finite]
+    out = {"nan": int(np.isnan(x).sum()), "inf": int(np.isinf(x).sum())}
+    if v.size == 0:
+        return out | dict.fromkeys(("mean", "std", "min", "max", "kurtosis", "ac1"), None)
+    mean = v.mean()
+    dev = v - mean
+    m2 = float(dev @ dev) / v.size
+    m4 = float((dev * dev) @ (dev * dev)) / v.size
+    out |= {
+        "mean": float(mean),
+        "std": math.sqrt(m2),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "kurtosis": m4 / (m2 * m2) if m2 > 0 else None,
+    }
+    if same is not None:
+        out["ac1"] = _pearson(x[1:][same], x[:-1][same])
+    return out
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if not ok.all():
+        a, b = a[ok], b[ok]
+    if a.size < 2:
+        return None
+    a = a - a.mean()
+    b = b - b.mean()
+    den = math.sqrt(float(a @ a) * float(b @ b))
+    return float(a @ b) / den if den > 0 else None
+
+
+def _group_name(feature: str) -> str:
+    prefix = re.sub(r"\d+$", "", feature)
+    return prefix or "#"  # all-digit names ("0".."31") form one group
+
+
+def _groups(features: dict[str, dict]) -> dict[str, dict]:
+    groups: dict[str, list[dict]] = {}
+    for name, stats in features.items():
+        groups.setdefault(_group_name(name), []).append(stats)
+    out = {}
+    for group, members in groups.items():
+
+        def values(key: str, members=members) -> list[float]:
+            return [m[key] for m in members if m.get(key) is not None]
+
+        ac = values("ac1")
+        out[group] = {
+            "n": len(members),
+            "mean_min": min(values("mean"), default=None),
+            "mean_max": max(values("mean"), default=None),
+            "std_min": min(values("std"), default=None),
+            "std_max": max(values("std"), default=None),
+            "ac1_min": min(ac, default=None),
+            "ac1_mean": float(np.mean(ac)) if ac else None,
+            "ac1_max": max(ac, default=None),
+            "min": min(values("min"), default=None),
+            "max": max(values("max"), default=None),
+            "nan": sum(m["nan"] for m in members),
+        }
+    return out
+
+
+def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: CompetitionSpec):
+    keys = [spec.id_col, spec.step_col]
+    names = list(spec.outputs)
+    table = read_frame(path, keys + names)
+    joined = frame.select(keys).join(
+        table.rename({n: f"__oracle_{n}" for n in names}), on=keys, how="left",
+        maintain_order="left",
+    )  # fmt: skip
+    pred = joined.select([f"__oracle_{n}" for n in names]).to_numpy().astype(np.float64)
+    missing = np.isnan(pred[need]).any(axis=1).sum()
+    if missing:
+        raise DataError(f"{path}: no oracle value for {missing} row(s) that need a prediction")
+    features = frame.select(spec.features).to_numpy() if spec.next_state else None
+    present = [t for t in spec.targets if t in frame.columns]
+    targets = (
+        frame.select(present).to_numpy() if present and len(present) == len(spec.targets) else None
+    )
+    truth = scored_truth(frame[spec.id_col].to_numpy(), need, features, targets, spec)
+    per_output = {n: metric_value(spec, truth[:, j], pred[need, j]) for j, n in enumerate(names)}
+    return {
+        "path": str(path),
+        "metric": spec.metric.name,
+        "rows": int(need.sum()),
+        "per_output": per_output,
+        "score": float(np.mean(list(per_output.values()))),
+    }
+
+
+def _present(values) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _checks(stats: dict) -> list[dict]:
+    features = stats["features"].values()
+    groups = stats["feature_groups"]
+    targets = stats["targets"]
+
+    values: dict[str, float | None] = {
+        "feature_nan": sum(f["nan"] + f["inf"] for f in features),
+        "feature_min": min(_present(f["min"] for f in features), default=None),
+        "feature_max": max(_present(f["max"] for f in features), default=None),
+        "feature_abs_mean": max(
+            _present(abs(f["mean"]) for f in features if f["mean"] is not None), default=None
+        ),  # fmt: skip
+        "feature_std_min": min(_present(f["std"] for f in features), default=None),
+        "feature_std_max": max(_present(f["std"] for f in features), default=None),
+        "price_ac_min": groups.get("p", {}).get("ac1_min"),
+        "trade_ac_max": max(
+            _present(groups.get(g, {}).get("ac1_max") for g in ("dp", "dv")), default=None
+        ),  # fmt: skip
+        "t0_t1_corr": stats["target_corr"].get("t0~t1"),
+    }
+    for t in ("t0", "t1"):
+        if t in targets:
+            values[f"{t}_kurtosis"] = targets[t]["kurtosis"]
+            values[f"{t}_ac1"] = targets[t]["ac1"]
+            values[f"{t}_max_feature_corr"] = targets[t]["max_abs_feature_corr"]
+        if "oracle" in stats:
+            values[f"{t}_oracle"] = stats["oracle"]["per_output"].get(t)
+        if "reference" in stats:
+            values[f"{t}_std_ratio"] = stats["reference"]["std_ratio"].get(t)
+    checks = []
+    for key, label, low, high in BANDS:
+        if key not in values or values[key] is None:
+            continue  # not measured here (no oracle / no reference given)
+        v = values[key]
+        ok = (low is None or v >= low) and (high is None or v <= high)
+        checks.append({"key": key, "label": label, "value": v, "low": low, "high": high, "ok": ok})
+    return checks
+
+
+def _clean(obj):
+    """JSON-safe: numpy scalars to Python, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,69 @@
+"""The foundation's verbs end to end through the CLI, on a small generated competition."""
+
+import json
+
+import polars as pl
+
+from kit.competition import load_spec
+from kit.data.contract import check_file
+from tests.cli import run_cli
+
+
+def test_synth_check_stats_score_through_the_cli(tmp_path):
+    out = tmp_path / "synth"
+    result = run_cli("data", "synth", "--out", out, "--train-seqs", 12, "--valid-seqs", 8,
+                     "--seed", 3, "-q")
+    assert "12,000 rows" in result.output and "8,000 rows" in result.output
+    spec = load_spec("predictorium")
+    for name in ("train", "valid"):
+        assert check_file(out / f"{name}.parquet", spec).sequences == (12 if name == "train" else 8)
+    checked = run_cli("data", "check", out / "valid.parquet").output
+    assert "rows 8,000" in checked and "matches the rule" in checked
+    oracle = pl.read_parquet(out / "valid_oracle.parquet")
+    assert oracle.columns == ["seq_ix", "step_in_seq", "t0", "t1"] and oracle.height == 8000
+
+    stats = json.loads(run_cli("data", "stats", out / "valid.parquet", "--oracle",
+                               out / "valid_oracle.parquet", "--reference",
+                               out / "train.parquet", "--json").output)
+    assert 0.2 < stats["oracle"]["per_output"]["t0"] < 0.9
+    text = run_cli("data", "stats", out / "valid.parquet").output
+    assert "kurtosis" in text
+
+    # The oracle itself as a submission: a lookup of valid_oracle by (seq, step).
+    sub = tmp_path / "oracle_sub"
+    sub.mkdir()
+    oracle.write_parquet(sub / "oracle.parquet")
+    (sub / "solution.py").write_text(ORACLE_SOLUTION)
+    scored = json.loads(run_cli("score", sub, "--data", out / "valid.parquet", "--json").output)
+    assert abs(scored["report"]["score"] - stats["oracle"]["score"]) < 1e-6
+    assert scored["rows"] == 8000 and scored["projected_s"] > 0
+    assert scored["limit_s"] == 5400
+
+
+ORACLE_SOLUTION = '''
+import os
+import numpy as np
+import polars as pl
+
+
+class PredictionModel:
+    def __init__(self):
+        frame = pl.read_parquet(os.path.join(os.path.dirname(__file__), "oracle.parquet"))
+        keys = zip(frame["seq_ix"].to_list(), frame["step_in_seq"].to_list())
+        self.table = dict(zip(keys, frame.select("t0", "t1").to_numpy().tolist()))
+
+    def predict(self, data_point):
+        if not data_point.need_prediction:
+            return None
+        return np.array(self.table[(int(data_point.seq_ix), int(data_point.step_in_seq))])
+'''
+
+
+def test_demo_runs_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A small competition first, so the demo takes seconds; the demo reuses it.
+    run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 20, "--valid-seqs", 10, "-q")
+    result = run_cli("demo", "--quiet")
+    assert "contract OK" in result.output
+    assert "of the oracle" in result.output and "min limit" in result.output
+    assert (tmp_path / "submissions" / "linear-baseline.zip").is_file()

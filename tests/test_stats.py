@@ -1,0 +1,137 @@
+"""dataset_stats / format_stats on small hand-made and synthetic files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kit.competition import load_spec, spec_from_dict
+from kit.data.stats import dataset_stats, format_stats
+from kit.data.synth import synthesize
+from kit.errors import DataError
+from kit.metrics import r2, weighted_pearson
+
+TINY = spec_from_dict(
+    {"name": "tiny", "features": ["p0", "p1", "dv0"], "targets": ["t0", "t1"], "seq_len": 50,
+     "warmup": 5, "metric": {"name": "weighted_pearson", "clip": [-6.0, 6.0]}}
+)  # fmt: skip
+
+
+def _tiny_frame(seed: int = 0, seqs: int = 4, steps: int = 50) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = seqs * steps
+    walk = np.cumsum(rng.standard_normal((seqs, steps)), axis=1).ravel() / 5
+    t0 = rng.standard_t(3, n)
+    step = np.tile(np.arange(steps), seqs)
+    return pl.DataFrame(
+        {
+            "seq_ix": np.repeat(np.arange(seqs), steps),
+            "step_in_seq": step,
+            "need_prediction": step >= 5,
+            "p0": walk,
+            "p1": rng.standard_normal(n),
+            "dv0": 0.3 * t0 + rng.standard_normal(n),
+            "t0": t0,
+            "t1": 0.5 * t0 + rng.standard_normal(n),
+        }
+    ).cast({c: pl.Float32 for c in ("p0", "p1", "dv0", "t0", "t1")})
+
+
+def _lag1(x: np.ndarray, ids: np.ndarray) -> float:
+    same = ids[1:] == ids[:-1]
+    return float(np.corrcoef(x[1:][same], x[:-1][same])[0, 1])
+
+
+def test_stats_match_direct_computation(tmp_path):
+    frame = _tiny_frame()
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == 7).then(float("nan")).otherwise(pl.col("p1")).alias("p1")
+    )
+    path = tmp_path / "tiny.parquet"
+    frame.write_parquet(path)
+    stats = dataset_stats(path, TINY)
+    json.dumps(stats, allow_nan=False)  # JSON-serialisable, no NaN leaks
+    assert (stats["rows"], stats["sequences"], stats["scored_rows"]) == (200, 4, 180)
+    ids = frame["seq_ix"].to_numpy()
+    p0 = frame["p0"].to_numpy().astype(np.float64)
+    f = stats["features"]
+    assert f["p0"]["ac1"] == pytest.approx(_lag1(p0, ids), abs=1e-9)
+    assert f["p0"]["min"] == pytest.approx(p0.min()) and f["p0"]["max"] == pytest.approx(p0.max())
+    assert f["p1"]["nan"] == 1 and f["p0"]["nan"] == 0
+    assert stats["feature_groups"]["p"]["n"] == 2 and stats["feature_groups"]["p"]["nan"] == 1
+    t0 = frame["t0"].to_numpy().astype(np.float64)
+    dev = t0 - t0.mean()
+    kurtosis = (dev**4).mean() / (dev**2).mean() ** 2
+    assert stats["targets"]["t0"]["kurtosis"] == pytest.approx(kurtosis)
+    assert stats["targets"]["t0"]["max_corr_feature"] == "dv0"
+    t1 = frame["t1"].to_numpy().astype(np.float64)
+    assert stats["target_corr"]["t0~t1"] == pytest.approx(np.corrcoef(t0, t1)[0, 1], abs=1e-9)
+    assert "checks" not in stats  # realism bands belong to the predictorium preset only
+
+
+def test_unsorted_file_gives_the_same_stats(tmp_path):
+    frame = _tiny_frame(seed=1)
+    frame.write_parquet(tmp_path / "sorted.parquet")
+    frame.sample(fraction=1.0, shuffle=True, seed=3).write_parquet(tmp_path / "shuffled.parquet")
+    a = dataset_stats(tmp_path / "sorted.parquet", TINY)
+    b = dataset_stats(tmp_path / "shuffled.parquet", TINY)
+    assert a["features"] == b["features"] and a["targets"] == b["targets"]
+
+
+def test_oracle_and_reference(tmp_path):
+    frame = _tiny_frame(seed=2)
+    frame.write_parquet(tmp_path / "valid.parquet")
+    oracle = frame.select(
+        "seq_ix", "step_in_seq", (pl.col("t0") * 0.1).alias("t0"), pl.col("dv0").alias("t1")
+    )
+    oracle.sample(fraction=1.0, shuffle=True, seed=0).write_parquet(tmp_path / "oracle.parquet")
+    ref = frame.with_columns(pl.col("t0") / 2, pl.col("t1") / 4)
+    ref.write_parquet(tmp_path / "train.parquet")
+    stats = dataset_stats(
+        tmp_path / "valid.parquet", TINY, oracle=tmp_path / "oracle.parquet",
+        reference=tmp_path / "train.parquet",
+    )  # fmt: skip
+    need = frame["need_prediction"].to_numpy()
+    expected = weighted_pearson(frame["t1"].to_numpy()[need], frame["dv0"].to_numpy()[need])
+    assert stats["oracle"]["per_output"]["t1"] == pytest.approx(expected, abs=1e-9)
+    assert stats["oracle"]["per_output"]["t0"] == pytest.approx(1.0)
+    assert stats["reference"]["std_ratio"]["t0"] == pytest.approx(2.0, rel=1e-5)
+    assert stats["reference"]["std_ratio"]["t1"] == pytest.approx(4.0, rel=1e-5)
+    oracle.head(50).write_parquet(tmp_path / "short.parquet")
+    with pytest.raises(DataError, match="no oracle value"):
+        dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "short.parquet")
+
+
+def test_predictorium_report_flags_bands(tmp_path):
+    spec = load_spec("predictorium")
+    r = synthesize(spec, tmp_path, train_seqs=6, valid_seqs=4, seed=5)
+    stats = dataset_stats(r.valid, spec, oracle=r.oracle, reference=r.train)
+    json.dumps(stats, allow_nan=False)
+    assert set(stats["feature_groups"]) == {"p", "v", "dp", "dv"}
+    assert stats["feature_groups"]["p"]["ac1_min"] > 0.5
+    assert stats["features"]["p0"]["nan"] == 0
+    keys = {c["key"] for c in stats["checks"]}
+    assert {"t0_kurtosis", "t0_oracle", "t1_std_ratio", "price_ac_min"} <= keys
+    # force a failure: the report must flag exactly the failing figures
+    stats["checks"][0]["ok"] = False
+    text = format_stats(stats)
+    assert "realism checks" in text and "!!  features: NaN/inf count" in text
+    for line in ("p0", "dv3", "t1", "corr(t0, t1)", "oracle (weighted_pearson"):
+        assert line in text
+
+
+def test_next_state_oracle_uses_r2(tmp_path):
+    spec = load_spec("rnn-challenge")
+    r = synthesize(spec, tmp_path, train_seqs=2, valid_seqs=3, seed=2)
+    stats = dataset_stats(r.valid, spec, oracle=r.oracle)
+    assert stats["oracle"]["metric"] == "r2" and stats["targets"] == {}
+    valid = pl.read_parquet(r.valid)
+    oracle = pl.read_parquet(r.oracle)
+    rows = np.flatnonzero(valid["need_prediction"].to_numpy())
+    direct = r2(valid["7"].to_numpy()[rows + 1], oracle["7"].to_numpy()[rows])
+    assert stats["oracle"]["per_output"]["7"] == pytest.approx(direct, abs=1e-9)
+    assert set(stats["feature_groups"]) == {"#"}
+    assert "per output" in format_stats(stats)

@@ -1,0 +1,150 @@
+"""The built-in synthetic competitions: file contract, determinism, spec variants, realism."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kit.baselines import evaluate_linear_baseline, fit_linear_baseline
+from kit.competition import load_spec, spec_from_dict
+from kit.data.stats import dataset_stats
+from kit.data.synth import DEFAULT_SEQS, FULL_SEQS, synthesize
+from kit.errors import KitError, SpecError
+
+PREDICTORIUM = load_spec("predictorium")
+RNN = load_spec("rnn-challenge")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth_small")
+    return synthesize(PREDICTORIUM, out, train_seqs=8, valid_seqs=5, seed=3)
+
+
+def test_files_follow_the_contract(small):
+    train, valid = pl.read_parquet(small.train), pl.read_parquet(small.valid)
+    for frame in (train, valid):
+        assert frame.columns == PREDICTORIUM.columns
+        assert frame.schema[PREDICTORIUM.id_col] == pl.Int64
+        assert frame.schema[PREDICTORIUM.step_col] == pl.Int64
+        assert frame.schema[PREDICTORIUM.need_col] == pl.Boolean
+        for name in (*PREDICTORIUM.features, *PREDICTORIUM.targets):
+            assert frame.schema[name] == pl.Float32, name
+    assert (train.height, valid.height) == (small.train_rows, small.valid_rows) == (8000, 5000)
+    assert sorted(p.name for p in small.train.parent.iterdir()) == [
+        "train.parquet", "valid.parquet", "valid_oracle.parquet",
+    ]  # fmt: skip
+
+
+def test_ids_steps_and_need_prediction(small):
+    train, valid = pl.read_parquet(small.train), pl.read_parquet(small.valid)
+    assert train["seq_ix"].unique().sort().to_list() == list(range(8))
+    assert valid["seq_ix"].unique().sort().to_list() == list(range(8, 13))
+    for frame in (train, valid):
+        assert frame.equals(frame.sort(["seq_ix", "step_in_seq"]))
+        steps = frame["step_in_seq"].to_numpy()
+        assert (steps.reshape(-1, 1000) == np.arange(1000)).all()
+        expected = (steps >= PREDICTORIUM.warmup) & (steps < 1000 - PREDICTORIUM.tail)
+        assert (frame["need_prediction"].to_numpy() == expected).all()
+
+
+def test_oracle_file_matches_valid_rows(small):
+    valid, oracle = pl.read_parquet(small.valid), pl.read_parquet(small.oracle)
+    assert oracle.columns == ["seq_ix", "step_in_seq", "t0", "t1"]
+    assert oracle.schema["t0"] == pl.Float32
+    assert oracle.select("seq_ix", "step_in_seq").equals(valid.select("seq_ix", "step_in_seq"))
+    assert np.isfinite(oracle.select("t0", "t1").to_numpy()).all()
+
+
+def test_values_are_clipped_and_finite(small):
+    for path in (small.train, small.valid):
+        frame = pl.read_parquet(path)
+        x = frame.select(PREDICTORIUM.features).to_numpy()
+        y = frame.select(PREDICTORIUM.targets).to_numpy()
+        assert np.isfinite(x).all() and np.isfinite(y).all()
+        assert x.min() >= -5.2 and x.max() <= 5.2
+
+
+def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
+    a = synthesize(PREDICTORIUM, tmp_path / "a", train_seqs=3, valid_seqs=2, seed=11)
+    b = synthesize(PREDICTORIUM, tmp_path / "b", train_seqs=3, valid_seqs=2, seed=11)
+    c = synthesize(PREDICTORIUM, tmp_path / "c", train_seqs=3, valid_seqs=2, seed=12)
+    for name in ("train", "valid", "oracle"):
+        assert getattr(a, name).read_bytes() == getattr(b, name).read_bytes(), name
+    assert pl.read_parquet(a.train).equals(pl.read_parquet(b.train))
+    fa, fc = pl.read_parquet(a.train), pl.read_parquet(c.train)
+    assert not np.allclose(fa["p0"].to_numpy(), fc["p0"].to_numpy())
+    assert not np.allclose(fa["t0"].to_numpy(), fc["t0"].to_numpy())
+
+
+def test_sizes():
+    assert FULL_SEQS == {"train": 10_721, "valid": 1_444}
+    assert DEFAULT_SEQS["train"] >= DEFAULT_SEQS["valid"] >= 100
+
+
+def test_rejects_empty_split(tmp_path):
+    with pytest.raises(KitError, match="valid-seqs"):
+        synthesize(PREDICTORIUM, tmp_path, train_seqs=2, valid_seqs=0)
+
+
+def _custom(**overrides):
+    raw = PREDICTORIUM.to_dict() | {"name": "custom"} | overrides
+    raw.pop("limits")
+    return spec_from_dict(raw)
+
+
+def test_spec_with_a_subset_of_features_and_other_length(tmp_path):
+    spec = _custom(
+        features=["v0", "p3", "dv1"], targets=["t1"], seq_len=120, warmup=10, tail=2,
+        id_col="id", step_col="t", need_col="scored",
+    )  # fmt: skip
+    r = synthesize(spec, tmp_path, train_seqs=3, valid_seqs=2)
+    frame = pl.read_parquet(r.valid)
+    assert frame.columns == ["id", "t", "scored", "v0", "p3", "dv1", "t1"]
+    assert frame.height == 240
+    need = frame["scored"].to_numpy().reshape(2, 120)
+    assert need[:, 10:118].all() and not need[:, :10].any() and not need[:, 118:].any()
+    assert pl.read_parquet(r.oracle).columns == ["id", "t", "t1"]
+
+
+def test_spec_with_32_own_feature_names_maps_by_position(tmp_path):
+    spec = _custom(features=[f"f{i}" for i in range(32)], targets=["short", "long"])
+    r = synthesize(spec, tmp_path, train_seqs=2, valid_seqs=1)
+    assert pl.read_parquet(r.train).columns[3:] == [*spec.features, "short", "long"]
+
+
+def test_spec_the_generator_cannot_make_is_refused(tmp_path):
+    with pytest.raises(SpecError, match="p0..p11"):
+        synthesize(_custom(features=["a", "b", "c"]), tmp_path, train_seqs=1, valid_seqs=1)
+    with pytest.raises(SpecError, match="at most 4 targets"):
+        synthesize(_custom(targets=list("abcde")), tmp_path, train_seqs=1, valid_seqs=1)
+
+
+def test_rnn_challenge_generation(tmp_path):
+    r = synthesize(RNN, tmp_path, train_seqs=4, valid_seqs=30, seed=1)
+    valid, oracle = pl.read_parquet(r.valid), pl.read_parquet(r.oracle)
+    assert valid.columns == RNN.columns and len(RNN.targets) == 0
+    assert oracle.columns == [RNN.id_col, RNN.step_col, *RNN.features]
+    assert oracle.height == valid.height == 30_000
+    need = valid["need_prediction"].to_numpy().reshape(30, 1000)
+    assert need[:, 99:999].all() and not need[:, 999].any() and not need[:, :99].any()
+    x = valid.select(RNN.features).to_numpy()
+    assert np.isfinite(x).all() and np.abs(x).max() <= 5.2
+    assert np.abs(x.mean(axis=0)).max() < 0.2 and np.abs(x.std(axis=0) - 1).max() < 0.15
+    stats = dataset_stats(r.valid, RNN, oracle=r.oracle)
+    assert 0.3 <= stats["oracle"]["score"] <= 0.65  # mean R^2 of E[x_t+1 | latents]
+
+
+def test_realism_bands_at_default_size(tmp_path):
+    """Every realism band of docs/synth.md holds on the default-size valid set (seed 0)."""
+    r = synthesize(PREDICTORIUM, tmp_path, seed=0)
+    stats = dataset_stats(r.valid, PREDICTORIUM, oracle=r.oracle, reference=r.train)
+    failed = [(c["label"], c["value"]) for c in stats["checks"] if not c["ok"]]
+    assert not failed
+    assert len(stats["checks"]) == 18  # oracle and reference bands were measured too
+    ridge = evaluate_linear_baseline(fit_linear_baseline(r.train, PREDICTORIUM), r.valid,
+                                     PREDICTORIUM).per_target
+    # weak but learnable: well above 0, well below the oracle
+    assert 0.1 < ridge["t0"] < stats["oracle"]["per_output"]["t0"] - 0.1
+    assert 0.03 < ridge["t1"] < stats["oracle"]["per_output"]["t1"]
