@@ -38,6 +38,10 @@ stats file *args:
 score submission *args:
     kit score {{submission}} {{args}}
 
+# kit features list|build ...: feature ops and groups (e.g. just features build exp=base)
+features *args:
+    kit features {{ if args == "" { "list" } else { args } }}
+
 # kit spec list: the competition specs kit knows
 spec *args:
     kit spec {{ if args == "" { "list" } else { args } }}
