@@ -147,6 +147,35 @@ def test_predictorium_groups_agree_on_ragged_data_with_nan(group):
     assert_faces_agree(build_feature_set(spec, groups=[group]), df)
 
 
+def test_all_predictorium_groups_fused_together_agree():
+    spec = load_spec("predictorium")
+    df = make_frame(spec, lengths=[70, 3, 1, 55], seed=7)
+    df = df.with_columns(pl.when(pl.col("step_in_seq") % 11 == 4).then(float("inf"))
+                         .otherwise(pl.col("p0")).alias("p0"))
+    assert_faces_agree(build_feature_set(spec, list(available_groups(spec))), df)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=lengths, values=values, specials=specials)
+def test_one_family_kernel_serves_mixed_ops(lengths, values, specials):
+    ops = [{"op": "lag", "inputs": ["a", "b"], "k": 1}, {"op": "lag", "inputs": ["a"], "k": 4},
+           {"op": "delta", "inputs": ["c"], "k": 2}, {"op": "roc", "inputs": ["d"], "k": 3},
+           {"op": "rolling_mean", "inputs": ["a"], "window": 2},
+           {"op": "rolling_mean", "inputs": ["a", "b"], "window": 6},
+           {"op": "rolling_std", "inputs": ["c"], "window": 3},
+           {"op": "rolling_min", "inputs": ["d", "a"], "window": 4},
+           {"op": "rolling_max", "inputs": ["b"], "window": 7},
+           {"op": "ewm_mean", "inputs": ["a", "b"], "alpha": 0.5},
+           {"op": "ewm_std", "inputs": ["a"], "alpha": 0.1},
+           {"op": "ewm_mean", "inputs": ["c"], "span": 9},
+           {"op": "cumsum", "inputs": ["a"]}, {"op": "cummax", "inputs": ["b"]},
+           {"op": "cumgain", "inputs": ["c", "d"]},
+           {"op": "position", "scale": 0.5}, {"op": "position", "scale": 2.0, "name": "pos2"}]
+    fs = build_feature_set(SPEC, groups=[], ops=ops)
+    assert len(fs.stream_module().kernels) == 4  # history, ewm, cumulative, position
+    assert_faces_agree(fs, _frame(lengths, values, specials))
+
+
 def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
     fs = build_feature_set(SPEC, groups=["raw", "lags", "raw"], ops=[
         {"op": "diff", "a": ["a"], "b": ["b"]},

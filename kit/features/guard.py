@@ -42,13 +42,14 @@ class Guard(nn.Module):
         self.width = width
 
     def init_state(self, batch: int) -> list[Tensor]:
-        return [torch.zeros(batch, self.width)]
+        return [torch.zeros(batch, 1, self.width)]
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        (last,) = state
-        outputs = []
+        (last,) = state  # [B, 1, F]
+        rows = []
         for t in range(x.shape[1]):  # T is 1 in the step graph
-            row = x[:, t]
-            last = torch.where(torch.isfinite(row), row, last)
-            outputs.append(last)
-        return torch.stack(outputs, dim=1), [last]
+            row = x[:, t:t + 1]
+            # x - x is 0 exactly for finite x and NaN for NaN/inf: 2 graph nodes, not 4
+            last = torch.where((row - row) == 0, row, last)
+            rows.append(last)
+        return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)), [last]

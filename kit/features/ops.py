@@ -1,8 +1,9 @@
 """Feature ops, each written once with its two faces side by side.
 
 - batch face: Polars expressions over whole sequences (`.over(id)`), used to build training arrays;
-- stream face: a torch module with the stream contract (`init_state(batch)`,
-  `forward(w[B, T, C], state) -> (y[B, T, n_out], new_state)`), run inside the ONNX step graph.
+- stream face: the op's share of a fused family kernel (kernels.py) with the stream contract,
+  run inside the ONNX step graph. An op names its `family`; `fuse(ops, columns)` on the class
+  that owns the family builds one kernel for all ops of that family in a dependency layer.
 
 Both faces read the *guarded* working columns (see guard.py: no NaN/inf ever reaches an op) and
 obey the same start-of-sequence semantics, stated in each op's docstring. In short: before a
@@ -10,8 +11,8 @@ window or lag is full, the sequence's first value stands in for the missing past
 step 0 equals the current value, a difference is 0 and a rolling statistic covers the steps seen
 so far. An all-zero state means "new sequence".
 
-Ops are vectorised over their input columns: one op instance handles many columns with one
-gather, which keeps the step graph small (every ONNX node costs about a microsecond).
+Fusing keeps the step graph small: every ONNX node costs about 0.4 us per step whatever its
+width, so fifty EWMs must be one recurrence, not fifty.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from typing import ClassVar
 
 import polars as pl
 import torch
-from torch import Tensor, nn
 
-EPS = 1e-6  # denominators smaller than this in magnitude are replaced by +-EPS
+from kit.features import kernels
+from kit.features.kernels import EPS, safe_div
+
 # Helper columns the batch face adds once per frame (see FeatureSet.batch_frame): the step's
 # index within its sequence and whether it starts one. They let lags run as global shifts
 # instead of per-sequence window functions (~10x faster on sorted data).
@@ -54,112 +56,6 @@ def safe_div_expr(num: pl.Expr, den: pl.Expr) -> pl.Expr:
     return num / guarded
 
 
-def safe_div(num: Tensor, den: Tensor) -> Tensor:
-    """The stream twin of safe_div_expr."""
-    small = torch.where(den < 0, torch.full_like(den, -EPS), torch.full_like(den, EPS))
-    return num / torch.where(den.abs() >= EPS, den, small)
-
-
-class StreamOp(nn.Module):
-    """Base of the stream faces: picks its input columns from the working tensor."""
-
-    def __init__(self, index: list[int]):
-        super().__init__()
-        self.register_buffer("index", torch.tensor(index, dtype=torch.long), persistent=False)
-        self.width = len(index)
-
-    def pick(self, w: Tensor) -> Tensor:
-        return w.index_select(2, self.index)
-
-    def init_state(self, batch: int) -> list[Tensor]:
-        return []
-
-
-class Stateless(StreamOp):
-    """An elementwise function of the current row."""
-
-    def __init__(self, index: list[int], fn):
-        super().__init__(index)
-        self.fn = fn
-
-    def forward(self, w: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        return self.fn(self.pick(w)), state
-
-
-def _first_filled(x: Tensor, count: Tensor, buf: Tensor) -> Tensor:
-    """At a sequence's first step the history buffer is filled with that step's value."""
-    fresh = (count == 0).unsqueeze(-1)  # [B, 1, 1]
-    return torch.where(fresh, x[:, :1].expand_as(buf), buf)
-
-
-class History(StreamOp):
-    """Keeps the last `size` values per column; the window seen at step t is history + x_t."""
-
-    def __init__(self, index: list[int], size: int, reduce):
-        super().__init__(index)
-        self.size = size
-        self.reduce = reduce  # (windows[B, T, C, size + 1], valid[B, T, 1, size + 1]) -> y
-
-    def init_state(self, batch: int) -> list[Tensor]:
-        return [torch.zeros(batch, self.size, self.width), torch.zeros(batch, 1)]
-
-    def forward(self, w: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        x = self.pick(w)
-        buf, count = state
-        buf = _first_filled(x, count, buf)
-        full = torch.cat([buf, x], dim=1)  # [B, size + T, C]
-        t = x.shape[1]
-        if t == 1:  # the step graph: the whole buffer is the one window (unfold won't export)
-            windows = full.transpose(1, 2).unsqueeze(1)
-        else:
-            windows = full.unfold(1, self.size + 1, 1)  # [B, T, C, size + 1]
-        # Element j of the window at output step s sits at sequence step count + s - size + j.
-        offsets = torch.arange(t, dtype=x.dtype).view(1, t, 1) + torch.arange(
-            -self.size, 1, dtype=x.dtype).view(1, 1, -1)
-        valid = ((count.view(-1, 1, 1) + offsets) >= 0).unsqueeze(2)
-        y = self.reduce(windows, valid)
-        return y, [full[:, t:], count + t]
-
-
-class Recurrent(StreamOp):
-    """A per-column recurrence over steps; `step(x_t, carry, fresh)` returns (y_t, carry)."""
-
-    def __init__(self, index: list[int], n_carry: int, step):
-        super().__init__(index)
-        self.n_carry = n_carry
-        self.step = step
-
-    def init_state(self, batch: int) -> list[Tensor]:
-        return [torch.zeros(batch, self.width) for _ in range(self.n_carry)] + [
-            torch.zeros(batch, 1)]
-
-    def forward(self, w: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        x = self.pick(w)
-        *carry, count = state
-        outputs = []
-        for t in range(x.shape[1]):  # T is 1 in the step graph; loops only in tests/parity
-            fresh = count == 0
-            y, carry = self.step(x[:, t], carry, fresh)
-            outputs.append(y)
-            count = count + 1
-        return torch.stack(outputs, dim=1), [*carry, count]
-
-
-class Position(StreamOp):
-    def __init__(self, scale: float):
-        super().__init__([])
-        self.scale = scale
-
-    def init_state(self, batch: int) -> list[Tensor]:
-        return [torch.zeros(batch, 1)]
-
-    def forward(self, w: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        (count,) = state
-        t = w.shape[1]
-        steps = count.unsqueeze(1) + torch.arange(t, dtype=w.dtype).view(1, t, 1)
-        return steps * self.scale, [count + t]
-
-
 # ----------------------------------------------------------------------------- the ops
 
 
@@ -184,14 +80,23 @@ class FeatureOp:
     def batch(self, id_col: str) -> list[pl.Expr]:
         raise NotImplementedError
 
-    def stream(self, columns: list[str]) -> StreamOp:
+    family: ClassVar[str | None] = None  # ops of one family share one fused stream kernel
+
+    @classmethod
+    def fuse(cls, ops: list[FeatureOp], columns: list[str]) -> kernels.Kernel:
+        """The stream face of all `ops` (one family, one layer) over the working columns."""
         raise NotImplementedError
 
     def to_dict(self) -> dict:
         return {"op": self.op, "inputs": list(self.inputs), **self.params}
 
-    def _index(self, columns: list[str], names: list[str] | None = None) -> list[int]:
-        return [columns.index(c) for c in (names or self.inputs)]
+
+def _names(ops: list[FeatureOp]) -> list[str]:
+    return [n for op in ops for n in op.outputs()]
+
+
+def _slots(columns: list[str], names: list[str]) -> list[int]:
+    return [columns.index(c) for c in names]
 
 
 class Raw(FeatureOp):
@@ -203,10 +108,7 @@ class Raw(FeatureOp):
         return list(self.inputs)
 
     def batch(self, id_col):
-        return []  # the guarded frame already holds the column
-
-    def stream(self, columns):
-        return Stateless(self._index(columns), lambda x: x)
+        return []  # the guarded frame already holds the column; no stream kernel either
 
 
 class Pairwise(FeatureOp):
@@ -231,9 +133,15 @@ class Pairwise(FeatureOp):
         return [self.expr(pl.col(a), pl.col(b)).alias(n)
                 for a, b, n in zip(self.a, self.b, self.outputs(), strict=True)]
 
-    def stream(self, columns):
-        n = len(self.a)
-        return Stateless(self._index(columns), lambda x: self.fn(x[..., :n], x[..., n:]))
+    @property
+    def family(self):
+        return self.op  # every diff in a layer in one kernel, every ratio in another, ...
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        a = _slots(columns, [c for op in ops for c in op.a])
+        b = _slots(columns, [c for op in ops for c in op.b])
+        return kernels.PairwiseKernel(_names(ops), a, b, cls.fn)
 
 
 class Difference(Pairwise):
@@ -281,10 +189,16 @@ class Reduce(FeatureOp):
         total = pl.sum_horizontal(*[pl.col(c) for c in self.inputs])
         return [(total / len(self.inputs) if self.mean else total).alias(self.outputs()[0])]
 
-    def stream(self, columns):
-        if self.mean:
-            return Stateless(self._index(columns), lambda x: x.mean(-1, keepdim=True))
-        return Stateless(self._index(columns), lambda x: x.sum(-1, keepdim=True))
+    family = "reduce"
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        used = list(dict.fromkeys(c for op in ops for c in op.inputs))
+        matrix = torch.zeros(len(used), len(ops))
+        for j, op in enumerate(ops):
+            for c in op.inputs:
+                matrix[used.index(c), j] += 1.0 / len(op.inputs) if op.mean else 1.0
+        return kernels.MatrixKernel(_names(ops), _slots(columns, used), matrix)
 
 
 class Mean(Reduce):
@@ -322,15 +236,19 @@ class WeightedMid(FeatureOp):
             out.append((num / (w_bid + w_ask + EPS)).alias(name))
         return out
 
-    def stream(self, columns):
-        n = len(self.levels[0])
+    family = "wmid"
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        parts = [_slots(columns, [c for op in ops for c in op.levels[i]]) for i in range(4)]
+        n = len(parts[0])
 
         def fn(x):
             b, a, bs, as_ = (x[..., i * n:(i + 1) * n] for i in range(4))
             w_bid, w_ask = as_.abs(), bs.abs()
             return (b * w_bid + a * w_ask) / (w_bid + w_ask + EPS)
 
-        return Stateless(self._index(columns), fn)
+        return kernels.GatherKernel(_names(ops), [i for part in parts for i in part], fn)
 
 
 class PerColumn(FeatureOp):
@@ -357,7 +275,36 @@ class PerColumn(FeatureOp):
         return value
 
 
-class Lag(PerColumn):
+class HistoryOp(PerColumn):
+    """Ops that read the recent past of a column: they share one history buffer."""
+
+    family = "history"
+
+    def history(self) -> tuple[str, str, int]:
+        """(group, kind, size): ("past", lag/delta/roc, k) or ("window", stat, window)."""
+        raise NotImplementedError
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        used = list(dict.fromkeys(c for op in ops for c in op.inputs))
+        past: dict[str, list] = {}
+        windows: dict[str, list] = {}
+        named: dict[tuple, list[str]] = {}
+        depth = 1
+        for op in ops:
+            group, kind, size = op.history()
+            target = past if group == "past" else windows
+            target.setdefault(kind, []).extend((used.index(c), size) for c in op.inputs)
+            named.setdefault((group, kind), []).extend(op.outputs())
+            depth = max(depth, size if group == "past" else size - 1)
+        # the kernel returns past kinds first, then window stats, each in op order
+        order = [("past", k) for k in ("lag", "delta", "roc")]
+        order += [("window", k) for k in ("mean", "std", "min", "max")]
+        names = [n for key in order for n in named.get(key, [])]
+        return kernels.HistoryKernel(names, _slots(columns, used), depth, past, windows)
+
+
+class Lag(HistoryOp):
     """x[t - k]; before step k the first value of the sequence stands in."""
 
     op, summary = "lag", "x[t-k] (k steps back; the first value before step k)"
@@ -369,11 +316,11 @@ class Lag(PerColumn):
     def expr(self, c):
         return past_value(c, self._int("k"))
 
-    def stream(self, columns):
-        return History(self._index(columns), self._int("k"), lambda win, valid: win[..., 0])
+    def history(self):
+        return "past", "lag", self._int("k")
 
 
-class DiffK(PerColumn):
+class DiffK(HistoryOp):
     """x[t] - x[t - k] (the derivative over k steps); before step k, x[t] - x[0]."""
 
     op, summary = "delta", "x[t] - x[t-k] (difference over k steps; vs the first value before k)"
@@ -385,12 +332,11 @@ class DiffK(PerColumn):
     def expr(self, c):
         return c - past_value(c, self._int("k"))
 
-    def stream(self, columns):
-        return History(self._index(columns), self._int("k"),
-                       lambda win, valid: win[..., -1] - win[..., 0])
+    def history(self):
+        return "past", "delta", self._int("k")
 
 
-class RateOfChange(PerColumn):
+class RateOfChange(HistoryOp):
     """(x[t] - x[t - k]) / x[t - k] with the safe denominator."""
 
     op, summary = "roc", "(x[t] - x[t-k]) / x[t-k] (rate of change, safe denominator)"
@@ -403,22 +349,11 @@ class RateOfChange(PerColumn):
         past = past_value(c, self._int("k"))
         return safe_div_expr(c - past, past)
 
-    def stream(self, columns):
-        return History(self._index(columns), self._int("k"),
-                       lambda win, valid: safe_div(win[..., -1] - win[..., 0], win[..., 0]))
+    def history(self):
+        return "past", "roc", self._int("k")
 
 
-def _masked_mean(win: Tensor, valid: Tensor) -> Tensor:
-    return (win * valid).sum(-1) / valid.sum(-1)
-
-
-def _masked_std(win: Tensor, valid: Tensor) -> Tensor:
-    mean = _masked_mean(win, valid).unsqueeze(-1)
-    var = (((win - mean) * valid) ** 2).sum(-1) / valid.sum(-1)
-    return var.clamp_min(0.0).sqrt()
-
-
-class Rolling(PerColumn):
+class Rolling(HistoryOp):
     """A statistic over the last `window` steps, over the steps seen so far before it is full
     (std: population std, 0 for a single step)."""
 
@@ -434,14 +369,8 @@ class Rolling(PerColumn):
             return c.rolling_std(w, min_samples=1, ddof=0)
         return getattr(c, f"rolling_{self.stat}")(w, min_samples=1)
 
-    def stream(self, columns):
-        reduce = {
-            "mean": _masked_mean,
-            "std": _masked_std,
-            "min": lambda win, valid: torch.where(valid, win, torch.full_like(win, 3e38)).amin(-1),
-            "max": lambda win, valid: torch.where(valid, win, torch.full_like(win, -3e38)).amax(-1),
-        }[self.stat]
-        return History(self._index(columns), self._int("window", low=2) - 1, reduce)
+    def history(self):
+        return "window", self.stat, self._int("window", low=2)
 
 
 class RollingMean(Rolling):
@@ -487,19 +416,14 @@ class Ewm(PerColumn):
             return c.ewm_std(alpha=self.alpha(), adjust=False, bias=True)
         return c.ewm_mean(alpha=self.alpha(), adjust=False)
 
-    def stream(self, columns):
-        a, with_std = self.alpha(), self.std
+    family = "ewm"
 
-        def step(x, carry, fresh):
-            mean, var = carry
-            mean = torch.where(fresh, x, mean)
-            delta = x - mean
-            new_mean = mean + a * delta
-            new_var = torch.where(fresh, torch.zeros_like(var), (1 - a) * (var + a * delta**2))
-            y = new_var.clamp_min(0.0).sqrt() if with_std else new_mean
-            return y, [new_mean, new_var]
-
-        return Recurrent(self._index(columns), 2, step)
+    @classmethod
+    def fuse(cls, ops, columns):
+        cols = [c for op in ops for c in op.inputs]
+        alphas = [op.alpha() for op in ops for _ in op.inputs]
+        is_std = [op.std for op in ops for _ in op.inputs]
+        return kernels.EwmKernel(_names(ops), _slots(columns, cols), alphas, is_std)
 
 
 class EwmMean(Ewm):
@@ -510,62 +434,56 @@ class EwmStd(Ewm):
     op, summary, std = "ewm_std", "exponentially weighted std (alpha or span)", True
 
 
-class CumSum(PerColumn):
+class Cumulative(PerColumn):
+    """Running statistics of the sequence so far: one recurrence for all of them."""
+
+    family = "cumulative"
+    kind: ClassVar[str]
+
+    def tag(self):
+        return self.op
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        cols = [c for op in ops for c in op.inputs]
+        kinds = [op.kind for op in ops for _ in op.inputs]
+        return kernels.CumulativeKernel(_names(ops), _slots(columns, cols), kinds)
+
+
+class CumSum(Cumulative):
     """Sum of the sequence so far."""
 
     op, summary = "cumsum", "cumulative sum over the sequence"
 
-    def tag(self):
-        return "cumsum"
+    kind = "sum"
 
     def expr(self, c):
         return c.cum_sum()
 
-    def stream(self, columns):
-        def step(x, carry, fresh):
-            total = torch.where(fresh, x, carry[0] + x)
-            return total, [total]
-
-        return Recurrent(self._index(columns), 1, step)
 
 
-class CumMax(PerColumn):
+class CumMax(Cumulative):
     """Max of the sequence so far."""
 
     op, summary = "cummax", "cumulative max over the sequence"
 
-    def tag(self):
-        return "cummax"
+    kind = "max"
 
     def expr(self, c):
         return c.cum_max()
 
-    def stream(self, columns):
-        def step(x, carry, fresh):
-            top = torch.where(fresh, x, torch.maximum(carry[0], x))
-            return top, [top]
-
-        return Recurrent(self._index(columns), 1, step)
 
 
-class CumGain(PerColumn):
+class CumGain(Cumulative):
     """Sum of the positive steps so far (e.g. elevation gain): sum max(x[t] - x[t-1], 0)."""
 
     op, summary = "cumgain", "cumulative positive gain: sum of max(x[t] - x[t-1], 0)"
 
-    def tag(self):
-        return "cumgain"
+    kind = "gain"
 
     def expr(self, c):
         return c.diff().clip(lower_bound=0.0).fill_null(0.0).cum_sum()
 
-    def stream(self, columns):
-        def step(x, carry, fresh):
-            prev, gain = carry
-            gain = torch.where(fresh, torch.zeros_like(gain), gain + (x - prev).clamp_min(0.0))
-            return gain, [x, gain]
-
-        return Recurrent(self._index(columns), 2, step)
 
 
 class StepPosition(FeatureOp):
@@ -586,8 +504,11 @@ class StepPosition(FeatureOp):
         position = pl.col(POS).cast(pl.Float32) * self.params["scale"]
         return [position.alias(self.outputs()[0])]
 
-    def stream(self, columns):
-        return Position(float(self.params["scale"]))
+    family = "position"
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        return kernels.PositionKernel(_names(ops), [float(op.params["scale"]) for op in ops])
 
 
 OPS: dict[str, type[FeatureOp]] = {

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from kit.competition import CompetitionSpec, expand_columns
 from kit.errors import KitError
 from kit.features.guard import Guard, guard_frame
+from kit.features.kernels import steps_of
 from kit.features.ops import OPS, POS, START, FeatureOp, FeatureSpecError
 
 ALL_FEATURES = "@features"  # in group files: every raw feature column of the spec
@@ -161,37 +162,54 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
 
 
 class FeaturePipeline(nn.Module):
-    """Stream face of a feature set: guard, then each op on the growing working tensor."""
+    """Stream face of a feature set: guard, then one fused kernel per family and layer.
+
+    State: the guard's last finite row, one step counter (zeros = a new sequence), then each
+    kernel's own state. Kernels append their outputs to the working tensor, so a later layer
+    reads what an earlier one made; the outputs are gathered in the set's order at the end.
+    """
 
     def __init__(self, raw: list[str], ops: list[FeatureOp], outputs: list[str]):
         super().__init__()
         self.guard = Guard(len(raw))
         columns = list(raw)
-        modules = []
-        for op in ops:
-            new = [o for o in op.outputs() if o not in columns]
-            if new:  # ops whose outputs exist already (raw) need no module
-                modules.append(op.stream(columns))
-                columns += new
-        self.ops = nn.ModuleList(modules)
-        self.out_index: list[int] = [columns.index(o) for o in outputs]
-        self.register_buffer("_out", torch.tensor(self.out_index, dtype=torch.long),
+        kernels = []
+        self.layer_sizes = []  # kernels per dependency layer
+        for layer in _layers(ops, raw):
+            families: dict[object, list[FeatureOp]] = {}
+            for op in layer:
+                if op.family is not None:  # raw columns need no kernel
+                    families.setdefault(op.family, []).append(op)
+            fused = [type(members[0]).fuse(members, columns) for members in families.values()]
+            for kernel in fused:
+                columns += kernel.names
+            kernels += fused
+            self.layer_sizes.append(len(fused))
+        self.kernels = nn.ModuleList(kernels)
+        self.register_buffer("_out", torch.tensor([columns.index(o) for o in outputs]),
                              persistent=False)
-        self.state_sizes = [1] + [len(m.init_state(1)) for m in self.ops]
+        self.state_sizes = [len(k.init_state(1)) for k in self.kernels]
         self.n_outputs = len(outputs)
 
     def init_state(self, batch: int) -> list[Tensor]:
-        state = self.guard.init_state(batch)
-        for module in self.ops:
-            state += module.init_state(batch)
+        state = self.guard.init_state(batch) + [torch.zeros(batch, 1)]
+        for kernel in self.kernels:
+            state += kernel.init_state(batch)
         return state
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         w, new_state = self.guard(x, state[:1])
-        at = 1
-        for module, size in zip(self.ops, self.state_sizes[1:], strict=True):
-            y, own = module(w, state[at:at + size])
-            w = torch.cat([w, y], dim=2)
-            new_state += own
-            at += size
-        return w.index_select(2, self._out), new_state
+        count = state[1]
+        at, k = 2, 0
+        for n_kernels in self.layer_sizes:
+            blocks = [w]
+            for kernel, size in zip(self.kernels[k:k + n_kernels],
+                                    self.state_sizes[k:k + n_kernels], strict=True):
+                y, own = kernel(w, count, state[at:at + size])
+                blocks.append(y)
+                new_state += own
+                at += size
+            w = torch.cat(blocks, dim=2)  # one concat per layer: the next layer reads it
+            k += n_kernels
+        return w.index_select(2, self._out), [new_state[0], count + steps_of(x),
+                                              *new_state[1:]]
