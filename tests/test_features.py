@@ -251,3 +251,34 @@ def test_features_cli_list_and_build(tmp_path):
     assert "bid_volume~ask_volume" in out
     bad = run_cli("features", "build", "--groups", "nope", "--data", path, expect=2).output
     assert "unknown feature group 'nope'" in bad
+
+
+def test_onnx_step_graph_of_the_full_set_equals_the_batch_face(tmp_path):
+    import onnxruntime as ort
+
+    from kit.export.step_graph import export_step_graph
+
+    spec = load_spec("predictorium")
+    fs = build_feature_set(spec, list(available_groups(spec)))
+    path = tmp_path / "features.onnx"
+    shapes = export_step_graph(fs.stream_module(), len(spec.features), path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    df = make_frame(spec, lengths=[60, 25], seed=9).with_columns(
+        pl.when(pl.col("step_in_seq") % 7 == 3).then(float("nan")).otherwise(pl.col("v1"))
+        .alias("v1"))
+    expected = fs.batch_frame(df).select(fs.outputs).to_numpy()
+    rows = df.select(spec.features).to_numpy().astype(np.float32)
+    ids = df["seq_ix"].to_numpy()
+    got = []
+    for i, row in enumerate(rows):
+        if i == 0 or ids[i] != ids[i - 1]:  # a new sequence: zero state
+            state = [np.zeros((1, *s), np.float32) for s in shapes]
+        out = session.run(None, {"x": row[None], **{f"state_{j}": s for j, s in
+                                                     enumerate(state)}})
+        got.append(out[0][0])
+        state = out[1:]
+    got = np.array(got)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
