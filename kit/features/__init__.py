@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from kit import __version__
 from kit.competition import load_spec
 from kit.data.arrays import SequenceArrays, build_arrays
-from kit.data.cache import cached_arrays
+from kit.data.cache import Sink, cached_arrays_into, in_memory
+from kit.data.io import read_frame
+from kit.errors import DataError
 from kit.features.sets import FeatureSet, build_feature_set
+
+CHUNK_SEQS = 256  # sequences per batch-face pass: bounds memory, keeps Polars' work cache-sized
 
 # Bump when an op's batch face changes what it computes: cached arrays built before are stale.
 FEATURE_FORMAT = 1
@@ -36,21 +42,58 @@ def build_features(path: Path, feature_set: FeatureSet) -> tuple[pl.DataFrame, f
 
 def feature_arrays(
     path: Path, feature_set: FeatureSet, *, seq_len: int | None = None, truncate: str = "head",
-    cache_dir: Path = Path("data/cache"), use_cache: bool = True,
+    cache_dir: Path = Path("data/cache"), use_cache: bool = True, chunk_seqs: int = CHUNK_SEQS,
 ) -> SequenceArrays:
-    """(N, T, F) features, targets and loss mask of a data file, cached on disk by content."""
+    """(N, T, F) features, targets and loss mask of a data file, cached on disk by content.
 
-    def build() -> SequenceArrays:
-        frame, _ = build_features(path, feature_set)
-        return build_arrays(frame, feature_set.spec, feature_set.outputs, seq_len=seq_len,
-                            truncate=truncate)
-
+    The file is processed `chunk_seqs` whole sequences at a time, each chunk appended straight
+    to the output files of the cache entry being built, so memory holds one chunk, not the
+    output, and the result is written to disk once.
+    """
+    build = partial(_build_feature_arrays, Path(path), feature_set, seq_len, truncate,
+                    chunk_seqs)
     if not use_cache:
-        return build()
+        return build(in_memory)
     key = {"kind": "features", "kit": __version__, "format": FEATURE_FORMAT,
            "spec": feature_set.spec.to_dict(), "features": feature_set.to_dict(),
            "seq_len": seq_len, "truncate": truncate}
-    return cached_arrays(Path(path), key, build, cache_dir=cache_dir)
+    return cached_arrays_into(Path(path), key, build, cache_dir=cache_dir)
+
+
+def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | None,
+                          truncate: str, chunk_seqs: int, sink: Sink) -> SequenceArrays:
+    spec = feature_set.spec
+    runs = read_frame(path, [spec.id_col])[spec.id_col].rle().struct.unnest()
+    ids = runs["value"].to_numpy().astype(np.int64)
+    lengths = runs["len"].to_numpy().astype(np.int64)
+    if len(np.unique(ids)) != len(ids):
+        raise DataError(f"{path}: rows of a sequence are not contiguous; sort the file by "
+                        f"({spec.id_col}, {spec.step_col}) (kit data check names the rows)")
+    width = int(seq_len or lengths.max())
+    n, names = len(ids), list(feature_set.outputs)
+    out = {
+        "x": sink("x", (n, width, len(names)), np.float32),
+        "y": sink("y", (n, width, spec.n_outputs), np.float32),
+        "mask": sink("mask", (n, width), np.bool_),
+    }
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    scan = pl.scan_parquet(path)
+    for lo in range(0, n, chunk_seqs):
+        hi = min(n, lo + chunk_seqs)
+        try:
+            chunk = scan.slice(int(starts[lo]), int(starts[hi] - starts[lo])).collect()
+        except pl.exceptions.PolarsError as exc:
+            raise DataError(f"{path}: rows {starts[lo]}..{starts[hi]} do not read "
+                            f"({type(exc).__name__}); the file is corrupt") from None
+        part = build_arrays(feature_set.batch_frame(chunk), spec, names, seq_len=width,
+                            truncate=truncate)
+        for field, writer in out.items():
+            writer.write(getattr(part, field))
+    return SequenceArrays(
+        **{field: writer.finish() for field, writer in out.items()},
+        lengths=np.minimum(lengths, width), ids=ids, feature_names=names,
+        target_names=list(spec.outputs),
+    )
 
 
 def feature_table(frame: pl.DataFrame, names: list[str]) -> str:

@@ -104,6 +104,8 @@ class FeatureSet:
                 lazy = lazy.with_columns(exprs)
         present = lazy.collect_schema().names()
         targets = [t for t in spec.targets if t in present]
+        if spec.next_state:  # the truth is the next row's (guarded) features
+            targets = [f for f in spec.features if f not in self.outputs]
         return lazy.select(
             spec.id_col, spec.step_col, spec.need_col,
             *[pl.col(c).cast(pl.Float32) for c in self.outputs], *targets,
