@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from kit.competition import load_spec, spec_from_dict
 from kit.features.ops import OPS
 from kit.features.sets import FeatureConfigError, available_groups, build_feature_set
-from tests.frames import make_frame
+from tests.frames import make_frame, small_spec
 
 SPEC = spec_from_dict({"name": "four", "features": ["a", "b", "c", "d"], "targets": ["y"],
                        "seq_len": 0, "warmup": 0}, "<tests>")
@@ -282,3 +282,37 @@ def test_onnx_step_graph_of_the_full_set_equals_the_batch_face(tmp_path):
     got = np.array(got)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_feature_arrays_equal_the_whole_frame_and_fail_atomically(tmp_path):
+    from kit.data.arrays import build_arrays
+    from kit.data.cache import RowWriter
+    from kit.features import feature_arrays
+
+    spec = small_spec(seq_len=None, warmup=2)
+    path = tmp_path / "ragged.parquet"
+    make_frame(spec, lengths=[5, 9, 3, 9, 7], seed=5).write_parquet(path)
+    fs = build_feature_set(spec, ["raw", "lags", "ewm"])
+    whole = build_arrays(fs.batch_frame(pl.read_parquet(path)), spec, fs.outputs)
+    for chunk in (1, 2, 10):
+        cached = feature_arrays(path, fs, cache_dir=tmp_path / f"c{chunk}", chunk_seqs=chunk)
+        uncached = feature_arrays(path, fs, use_cache=False, chunk_seqs=chunk)
+        for got in (cached, uncached):
+            np.testing.assert_array_equal(got.x, whole.x)
+            np.testing.assert_array_equal(got.mask, whole.mask)
+            np.testing.assert_array_equal(got.lengths, whole.lengths)
+    with pytest.raises(ValueError, match="does not continue"):
+        RowWriter((4, 3), np.float32).write(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="1 rows written of 4"):
+        writer = RowWriter((4, 3), np.float32)
+        writer.write(np.zeros((1, 3), np.float32))
+        writer.finish()
+
+    # A build that dies half way leaves nothing a later run would read back.
+    broken = tmp_path / "broken.parquet"
+    pl.concat([make_frame(spec, lengths=[5, 9], seed=1),
+               make_frame(spec, lengths=[4], seed=2).with_columns(
+                   pl.lit(0, dtype=pl.Int64).alias("seq_ix"))]).write_parquet(broken)
+    with pytest.raises(Exception, match="not contiguous"):
+        feature_arrays(broken, fs, cache_dir=tmp_path / "cb")
+    assert not [p for p in (tmp_path / "cb").glob("*") if not p.name.startswith(".tmp")]
