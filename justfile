@@ -22,6 +22,22 @@ demo *args:
 bench:
     for f in bench/bench_*.py; do python "$f"; done
 
+# kit train EXP [overrides]: e.g. just train exp=gru_base train.lr=3e-4 seeds=[42,43]
+train *args:
+    kit train {{args}}
+
+# kit params EXP: the parameter count of an experiment's model
+params *args:
+    kit params {{args}}
+
+# kit runs: the training runs as a table (e.g. just runs --sort t0)
+runs *args:
+    kit runs {{args}}
+
+# kit report RUN: plots and a markdown summary of a run
+report run *args:
+    kit report {{run}} {{args}}
+
 # kit data synth: generate the synthetic competition (e.g. just synth --full)
 synth *args:
     kit data synth {{args}}

@@ -186,6 +186,89 @@ def features_build(
                f"built in {seconds:.2f}s (set {feature_set.digest()})")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    exp: str = typer.Argument(..., help="Experiment: exp=NAME, NAME or a TOML path; then "
+                                        "overrides such as train.lr=3e-4 seed=43 seeds=[1,2]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the newest unfinished run "
+                                                         "of this experiment from last.pt."),
+    run_dir: Path | None = typer.Option(None, help="Run directory (default: runs/EXP/ID)."),
+    stop_after_epochs: int = typer.Option(0, help="Train at most N epochs now (resume later)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train an experiment: one run per seed, each in its own run directory."""
+    from kit.config import parse_override
+    from kit.train.recipe import train_experiment
+
+    overrides, seeds = [], None
+    for text in ctx.args:
+        path, value = parse_override(text)
+        if path == ["seeds"]:
+            seeds = [int(v) for v in (value if isinstance(value, list) else [value])]
+        else:
+            overrides.append(text)
+    try:
+        results = train_experiment(exp, overrides, seeds=seeds, resume=resume, run_dir=run_dir,
+                                   stop_after_epochs=stop_after_epochs, progress=not quiet)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: the last finished epoch is saved; continue with "
+                   f"`kit train {exp} --resume`", err=True)
+        raise typer.Exit(130) from None
+    for result in results:
+        per = "  ".join(f"{k} {v:.4f}" for k, v in result["per_target"].items())
+        state = "finished" if result["finished"] else "paused (--resume to continue)"
+        typer.echo(f"{result['run_dir']}: score {result['score']:.4f} ({per}), best epoch "
+                   f"{result['best_epoch']}, {result['params']:,} params, {state}")
+
+
+@app.command()
+def params(
+    exp: str = typer.Argument(..., help="Experiment: exp=NAME, NAME or a TOML path."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides like model.hidden=64."),
+) -> None:
+    """Print the parameter count of an experiment's model."""
+    from kit.competition import load_spec
+    from kit.features import feature_set_from_config
+    from kit.models import build_model, count_params, solve_width
+    from kit.train.recipe import experiment_config
+
+    config = experiment_config(exp, overrides or [])
+    n_in = len(feature_set_from_config(config).outputs)
+    n_out = load_spec(config["spec"]).n_outputs
+    model_config = solve_width(config["model"], n_in, n_out)
+    model = build_model(model_config, n_in, n_out)
+    typer.echo(f"{config['name']}: {count_params(model):,} parameters "
+               f"({model_config}, {n_in} inputs, {n_out} outputs)")
+
+
+@app.command()
+def runs(
+    experiment: str | None = typer.Option(None, "--experiment", "-e", help="Only this one."),
+    sort: str = typer.Option("score", help="Column to sort by (score, wall_s, t0, ...)."),
+    asc: bool = typer.Option(False, "--asc", help="Ascending order."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where the runs live."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List training runs as a table: scores per target, oracle fraction, wall time."""
+    from kit.reports import format_runs, list_runs, runs_to_json
+
+    found = list_runs(runs_dir, experiment=experiment)
+    typer.echo(runs_to_json(found) if as_json
+               else format_runs(found, sort=sort, descending=not asc))
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="A run directory (runs/EXP/ID)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: RUN/report)."),
+) -> None:
+    """Plot a run's curves and predictions and write a short markdown summary."""
+    from kit.reports import write_report
+
+    typer.echo(f"wrote {write_report(run, out)}")
+
+
 @app.command()
 def demo(
     data: Path = typer.Option(Path("data/synth"), help="Data folder (generated if missing)."),

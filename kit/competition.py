@@ -43,6 +43,10 @@ class MetricSpec:
     name: str = "weighted_pearson"
     clip: tuple[float, float] | None = None  # predictions are clipped, targets never
 
+    @property
+    def higher_is_better(self) -> bool:
+        return self.name in ("weighted_pearson", "r2")
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -1,16 +1,21 @@
 """Experiment configs: TOML files in experiments/, composed with `extends = "base"`.
 
 A child's tables are merged into its parent's key by key (nested tables recursively); any other
-value in the child replaces the parent's. `exp=NAME`, `NAME` and a .toml path all work.
+value in the child replaces the parent's. [model] and [loss] are the exception: a child that has
+one replaces the parent's whole table (a transformer must not inherit a GRU's `hidden`, nor a
+loss its parent's extra terms). `exp=NAME`, `NAME` and a .toml path all work.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import tomllib
 from pathlib import Path
 
 from kit.errors import KitError
+
+REPLACED_SECTIONS = {"model", "loss"}  # not merged with the parent's: replaced whole
 
 
 class ConfigError(KitError):
@@ -54,5 +59,86 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
     if parent_name is not None:
         parent = load_experiment(str(parent_name), (*_seen, key))
         parent.pop("name", None)
+        for section in REPLACED_SECTIONS & set(raw):
+            parent.pop(section, None)
         raw = deep_merge(parent, raw)
     return {"name": path.stem, **raw}
+
+
+# Defaults of the sections the trainer reads; their types are the types a value must have.
+# [model] and [loss] are validated by the models and the losses themselves.
+DEFAULTS: dict[str, dict] = {
+    "data": {"train": "data/synth/train.parquet", "valid": "data/synth/valid.parquet",
+             "seq_len": 0, "truncate": "head", "cache_dir": "data/cache"},
+    "features": {"groups": ["raw"], "ops": []},
+    "normaliser": {"method": "standard", "clip": 5.0},
+    "train": {
+        "epochs": 20, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01,
+        "schedule": "cosine",  # cosine (with warm-up) | onecycle | plateau | constant
+        "warmup_epochs": 1, "grad_clip": 1.0,
+        "chunk": 0,  # truncated BPTT chunk length in steps; 0 = whole sequences
+        "patience": 5, "ema": 0.0, "swa_start": 0, "amp": "auto", "threads": 0,
+        "tensorboard": False, "max_train_seqs": 0, "max_valid_seqs": 0,
+    },
+}
+TOP_LEVEL = {"name": str, "spec": str, "seed": int, "description": str}
+SECTIONS = {*DEFAULTS, "model", "loss", "sweep", "ensemble"}
+
+
+def resolve(config: dict) -> dict:
+    """Fill defaults and check every key and type, naming the first offender."""
+    out = {k: v for k, v in config.items()}
+    for key, value in config.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table, got {type(value).__name__}")
+        elif key in TOP_LEVEL:
+            if not isinstance(value, TOP_LEVEL[key]) or isinstance(value, bool):
+                raise ConfigError(f"{key} must be {TOP_LEVEL[key].__name__}, got {value!r}")
+        else:
+            raise ConfigError(f"unknown config key {key!r}; top-level keys: "
+                              f"{sorted(TOP_LEVEL)}, sections: {sorted(SECTIONS)}")
+    for section, defaults in DEFAULTS.items():
+        given = config.get(section, {})
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {[f'{section}.{k}' for k in unknown]}; allowed: "
+                              f"{sorted(defaults)}")
+        merged = dict(defaults)
+        for key, value in given.items():
+            want = type(defaults[key])
+            ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value, ok = float(value), True
+            if not ok:
+                raise ConfigError(f"{section}.{key} must be {want.__name__}, got {value!r}")
+            merged[key] = value
+        out[section] = merged
+    out.setdefault("seed", 42)
+    out.setdefault("spec", "predictorium")
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """`train.lr=3e-4` -> (["train", "lr"], 0.0003); values are TOML (strings may be bare)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as schedule=onecycle
+    return key.strip().split("."), value
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    out = copy.deepcopy(config)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a table")
+        node[path[-1]] = value
+    return out

@@ -25,7 +25,7 @@ class StepWrapper(nn.Module):
 
     def forward(self, x: Tensor, *state: Tensor):
         y, new_state = self.module(x.unsqueeze(1), list(state))
-        return (y.squeeze(1), *new_state)
+        return (y.select(1, 0), *new_state)  # select exports as one Gather; squeeze may not
 
 
 def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int = OPSET) -> list:
@@ -39,7 +39,9 @@ def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int =
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python loops over T = 1
         torch.onnx.export(
-            StepWrapper(module), (x, *state), str(path), input_names=["x", *names],
+            # eval(): export restores the wrapper's training flag, and a fresh wrapper's is True,
+            # which would switch the caller's dropout back on
+            StepWrapper(module).eval(), (x, *state), str(path), input_names=["x", *names],
             output_names=["y", *[f"{n}_out" for n in names]], dynamic_axes=dynamic,
             opset_version=opset, dynamo=False,
         )

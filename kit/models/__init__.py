@@ -1,0 +1,145 @@
+"""Stream models by name: built from an experiment's [model] table.
+
+    [model]
+    type = "gru"
+    hidden = 128        # or: params = 200_000 (the largest width that fits the budget)
+    layers = 2
+
+Every model has the stream contract (DESIGN.md "The one idea"): init_state(batch) and
+forward(x [B, T, F], state) -> (y [B, T, K], new_state), the whole-sequence path equal to the
+step path. docs/models.md describes each model, its state and its keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kit.models.config import ModelConfigError, StreamModel
+from kit.models.patchtst import PatchTST
+from kit.models.rnn import AttentionGRU, GRUModel, LSTMModel
+from kit.models.ssm import SSM
+from kit.models.tcn import TCN
+from kit.models.transformer import Transformer
+
+__all__ = [
+    "MODELS",
+    "ModelConfigError",
+    "build_model",
+    "count_params",
+    "model_values",
+    "solve_width",
+]
+
+MODELS: dict[str, type[StreamModel]] = {
+    "gru": GRUModel,
+    "lstm": LSTMModel,
+    "attention_gru": AttentionGRU,
+    "transformer": Transformer,
+    "ssm": SSM,
+    "tcn": TCN,
+    "patchtst": PatchTST,
+}
+
+BUDGET_KEY = "params"
+MAX_WIDTH = 1 << 16  # the budget search stops here
+
+
+def model_class(config: dict) -> type[StreamModel]:
+    if not isinstance(config, dict):
+        raise ModelConfigError(f"[model] must be a table, got {config!r}")
+    kind = config.get("type")
+    if kind is None:
+        raise ModelConfigError(f"model.type is missing; available: {sorted(MODELS)}")
+    if kind not in MODELS:
+        raise ModelConfigError(f"model.type: unknown model {kind!r}; available: {sorted(MODELS)}")
+    return MODELS[kind]
+
+
+def model_values(config: dict) -> dict:
+    """The constructor arguments of a [model] table: checked, defaults filled in.
+
+    Raises ModelConfigError naming the first bad entry (unknown type or key, wrong value)."""
+    cls = model_class(config)
+    values = _key_values(cls, config)
+    step = cls.width_multiple(values)
+    if values[cls.width_key] % step:
+        raise ModelConfigError(
+            f"model.{cls.width_key} ({values[cls.width_key]}) must be a multiple of {step}"
+        )
+    cls.check(values)
+    return values
+
+
+def _key_values(cls: type[StreamModel], config: dict) -> dict:
+    """Each key checked on its own, defaults filled in."""
+    keys = cls.all_keys()
+    for name in config:
+        if name not in keys and name not in ("type", BUDGET_KEY):
+            raise ModelConfigError(
+                f"model.{name}: unknown key for {config['type']!r}; "
+                f"allowed: {sorted([*keys, BUDGET_KEY])}"
+            )
+    if BUDGET_KEY in config:
+        _budget(config)
+    return {name: key.check(name, config.get(name, key.default)) for name, key in keys.items()}
+
+
+def _budget(config: dict) -> int:
+    budget = config[BUDGET_KEY]
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
+        raise ModelConfigError(
+            f"model.{BUDGET_KEY}: expected a positive integer (a parameter budget), got {budget!r}"
+        )
+    return budget
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable and frozen parameters (buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _count(cls: type[StreamModel], values: dict, n_inputs: int, n_outputs: int) -> int:
+    with torch.device("meta"):  # no memory, no init cost: only the shapes matter
+        return count_params(cls(n_inputs, n_outputs, **values))
+
+
+def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
+    """With `params` (a budget): the config with its width key set to the largest value whose
+    model fits the budget (a multiple of width_multiple). Without `params`: the config as is.
+
+    `params` overrides a width given beside it: experiments extend a base that sets one, and a
+    TOML child cannot remove its parent's key."""
+    cls = model_class(config)
+    if BUDGET_KEY not in config:
+        return dict(config)
+    budget = _budget(config)
+    values = _key_values(cls, {k: v for k, v in config.items() if k != cls.width_key})
+    step = cls.width_multiple(values)
+
+    def size(m: int) -> int:
+        return _count(cls, {**values, cls.width_key: m * step}, n_inputs, n_outputs)
+
+    smallest = size(1)
+    if smallest > budget:
+        raise ModelConfigError(
+            f"model.{BUDGET_KEY} = {budget:,} is too small: {config['type']} with "
+            f"{cls.width_key} = {step} already has {smallest:,} parameters"
+        )
+    lo, hi = 1, 2  # size(lo) fits; find an hi that does not
+    while hi * step <= MAX_WIDTH and size(hi) <= budget:
+        lo, hi = hi, hi * 2
+    hi = min(hi, MAX_WIDTH // step + 1)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if size(mid) <= budget else (lo, mid)
+    solved = {**config, cls.width_key: lo * step}
+    model_values(solved)  # the checks across keys
+    return solved
+
+
+def build_model(config: dict, n_inputs: int, n_outputs: int) -> StreamModel:
+    """The model of a [model] table (its width solved from `params` when that is given)."""
+    config = solve_width(config, n_inputs, n_outputs)
+    cls = model_class(config)
+    return cls(n_inputs, n_outputs, **model_values(config))

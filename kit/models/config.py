@@ -1,0 +1,117 @@
+"""Model config keys: each model declares its keys with a default and a check, so a bad [model]
+table fails before anything is built, with a message that names the entry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from kit.errors import KitError
+
+
+class ModelConfigError(KitError):
+    """A [model] table is malformed; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: its default and what a value must be.
+
+    kind: "int" (an integer >= low), "prob" (a number in [0, 1)), "number" (a number > 0),
+    "bool", "choice" (one of choices) or "ints" (a non-empty list of integers >= low).
+    """
+
+    default: object
+    kind: str
+    low: int = 1
+    choices: tuple[str, ...] = ()
+    help: str = ""
+
+    def check(self, name: str, value) -> object:
+        """The value as the model wants it; raises ModelConfigError naming `model.<name>`."""
+        where = f"model.{name}"
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ModelConfigError(f"{where}: expected true or false, got {value!r}")
+            return value
+        if self.kind == "choice":
+            if value not in self.choices:
+                raise ModelConfigError(
+                    f"{where}: expected one of {list(self.choices)}, got {value!r}"
+                )
+            return value
+        if self.kind == "ints":
+            if not (
+                isinstance(value, list)
+                and value
+                and all(_is_int(v) for v in value)
+                and min(value) >= self.low
+            ):
+                raise ModelConfigError(
+                    f"{where}: expected a non-empty list of integers >= {self.low}, got {value!r}"
+                )
+            return [int(v) for v in value]
+        if self.kind == "int":
+            if not _is_int(value) or value < self.low:
+                raise ModelConfigError(f"{where}: expected an integer >= {self.low}, got {value!r}")
+            return int(value)
+        if not _is_number(value):
+            raise ModelConfigError(f"{where}: expected a number, got {value!r}")
+        if self.kind == "prob" and not 0.0 <= value < 1.0:
+            raise ModelConfigError(f"{where}: expected a probability in [0, 1), got {value!r}")
+        if self.kind == "number" and not value > 0:
+            raise ModelConfigError(f"{where}: expected a number > 0, got {value!r}")
+        return float(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+HEAD_KINDS = ("linear", "highway", "residual")
+
+# Keys every model accepts (besides `type`, and `params`, the budget solve_width reads).
+COMMON_KEYS = {
+    "dropout": Key(0.0, "prob", help="dropout probability (training only)"),
+    "head": Key("linear", "choice", choices=HEAD_KINDS, help="output head"),
+    "heads": Key(
+        "shared",
+        "choice",
+        choices=("shared", "separate"),
+        help="one head for all targets, or one per target",
+    ),
+}
+
+
+class StreamModel(nn.Module):
+    """Base of the registered models: the config keys they accept and their width key.
+
+    Subclasses take (n_inputs, n_outputs, **values of keys) and implement the stream contract:
+    init_state(batch) -> list[Tensor] (batch first, zeros = a new sequence) and
+    forward(x [B, T, F], state) -> (y [B, T, K], new_state)."""
+
+    keys: dict[str, Key] = {}
+    width_key: str = ""
+
+    @classmethod
+    def all_keys(cls) -> dict[str, Key]:
+        return {**cls.keys, **COMMON_KEYS}
+
+    @classmethod
+    def width_multiple(cls, values: dict) -> int:
+        """The width must be a multiple of this (e.g. of the number of attention heads)."""
+        return 1
+
+    @classmethod
+    def check(cls, values: dict) -> None:
+        """Checks across keys; raise ModelConfigError naming the keys."""
+
+    def zeros(self, *shape: int) -> Tensor:
+        """A zero state tensor on the model's device."""
+        return torch.zeros(*shape, device=next(self.parameters()).device)

@@ -1,0 +1,552 @@
+"""`kit runs` (a table of the run directories) and `kit report RUN` (plots and a summary).
+
+Both only read what kit/train/runs.py writes (config.toml, history.jsonl, metrics.json,
+val_preds.npy, val_rows.npy); checkpoints are never loaded. A run that was killed before
+metrics.json was written is summarised from its history. When the run's valid file has an
+oracle beside it (<valid stem>_oracle.parquet), the oracle is scored on the very rows the run
+was scored on, so `oracle_fraction` compares like with like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kit.competition import CompetitionSpec, load_spec
+from kit.data.io import read_frame
+from kit.errors import KitError
+from kit.metrics import MetricReport, evaluate, metric_value, scored_truth
+
+RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
+BASE_COLUMNS = ("experiment", "run_id", "score")
+TAIL_COLUMNS = ("oracle_fraction", "best_epoch", "epochs", "wall_s", "params", "seed", "finished")
+MAX_SCATTER_PANELS = 8
+HEXBIN_ABOVE = 3000  # points; fewer are drawn as a scatter
+
+
+# ---------------------------------------------------------------------------------------------
+# reading one run directory
+
+
+def read_history(path: Path) -> list[dict]:
+    """The epochs of history.jsonl; a torn last line (a kill mid-write) is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / "config.toml"
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise KitError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _read_metrics(run_dir: Path) -> dict | None:
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # torn write: fall back on the history
+
+
+def _finite(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _seed(config: dict, run_id: str) -> int | None:
+    if "seed" in config:
+        return int(config["seed"])
+    match = re.search(r"-s(\d+)$", run_id)
+    return int(match[1]) if match else None
+
+
+def _summary(run_dir: Path, oracle_cache: dict) -> dict:
+    """One run's row: metrics.json when present, else what its history says."""
+    config = _read_config(run_dir)
+    history = read_history(run_dir / "history.jsonl")
+    metrics = _read_metrics(run_dir)
+    row = {
+        "experiment": run_dir.parent.name,
+        "run_id": run_dir.name,
+        "path": str(run_dir),
+        "params": None,
+        "best_epoch": None,
+        "score": None,
+        "per_target": {},
+        "oracle_score": None,
+        "oracle_fraction": None,
+        "wall_s": None,
+        "epochs": len(history),
+        "finished": False,
+        "seed": _seed(config, run_dir.name),
+    }
+    if metrics is not None:
+        row.update(
+            params=metrics.get("params"),
+            best_epoch=metrics.get("best_epoch"),
+            score=_finite(metrics.get("score")),
+            per_target={k: _finite(v) for k, v in (metrics.get("per_target") or {}).items()},
+            wall_s=_finite(metrics.get("wall_s")),
+            epochs=int(metrics.get("epochs", len(history))),
+            finished=bool(metrics.get("finished", False)),
+        )
+    elif history:
+        scored = [r for r in history if _finite(r.get("val_score")) is not None]
+        if scored:
+            best = max(scored, key=lambda r: r["val_score"])
+            row.update(
+                best_epoch=best["epoch"],
+                score=_finite(best["val_score"]),
+                per_target={k: _finite(v) for k, v in best["val_per_target"].items()},
+            )
+        row["wall_s"] = float(sum(r.get("seconds", 0.0) for r in history))
+    oracle = _oracle_report(run_dir, config, oracle_cache)
+    if oracle is not None:
+        row["oracle_score"] = _finite(oracle.score)
+        if row["score"] is not None and oracle.score:
+            row["oracle_fraction"] = _finite(row["score"] / oracle.score)
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# the valid file, its truth and its oracle
+
+
+def oracle_path(valid: Path) -> Path:
+    """Where the oracle of a data file lives: valid.parquet -> valid_oracle.parquet."""
+    return valid.with_name(f"{valid.stem}_oracle.parquet")
+
+
+class _ValidFile:
+    """The columns of a valid parquet that its truth needs, plus its oracle (read lazily)."""
+
+    def __init__(self, path: Path, spec: CompetitionSpec):
+        self.path, self.spec = path, spec
+        keys = [spec.id_col, spec.step_col]
+        frame = read_frame(path, keys)  # raises DataError for a missing or corrupt file
+        schema = pl.read_parquet_schema(path)
+        labelled = not spec.next_state and all(t in schema for t in spec.targets)
+        values = list(spec.features) if spec.next_state else list(spec.targets) * labelled
+        if values:  # only the columns the truth needs
+            frame = frame.hstack(read_frame(path, values))
+        self.n = frame.height
+        self.ids = frame[spec.id_col].to_numpy()
+        self.features = frame.select(spec.features).to_numpy() if spec.next_state else None
+        self.targets = frame.select(spec.targets).to_numpy() if labelled else None
+        self._keys = frame.select([spec.id_col, spec.step_col])
+        self._oracle: np.ndarray | None = None
+
+    def truth(self, rows: np.ndarray) -> np.ndarray:
+        """The truth (len(rows), K) of the given scored rows, in the order given."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n):
+            raise KitError(
+                f"val_rows.npy points past the end of {self.path} ({self.n} rows): "
+                "the valid file changed since the run"
+            )
+        need = np.zeros(self.n, dtype=bool)
+        need[rows] = True
+        sorted_truth = scored_truth(self.ids, need, self.features, self.targets, self.spec)
+        out = np.empty_like(sorted_truth)
+        out[np.argsort(rows, kind="stable")] = sorted_truth
+        return out
+
+    def oracle(self) -> np.ndarray | None:
+        """Oracle predictions aligned with the valid file's rows, or None without an oracle."""
+        path = oracle_path(self.path)
+        if self._oracle is None and path.exists():
+            keys, names = [self.spec.id_col, self.spec.step_col], list(self.spec.outputs)
+            table = read_frame(path, keys + names).rename({n: f"__oracle_{n}" for n in names})
+            joined = self._keys.join(table, on=keys, how="left", maintain_order="left")
+            self._oracle = joined.select([f"__oracle_{n}" for n in names]).to_numpy()
+        return self._oracle
+
+
+def _valid_file(config: dict, cache: dict) -> _ValidFile | None:
+    valid = (config.get("data") or {}).get("valid")
+    if not valid or not Path(valid).exists():
+        return None
+    spec = load_spec(config.get("spec"))
+    key = (str(Path(valid).resolve()), spec.source, spec.name)
+    if key not in cache:
+        cache[key] = _ValidFile(Path(valid), spec)
+    return cache[key]
+
+
+def _oracle_report(run_dir: Path, config: dict, cache: dict) -> MetricReport | None:
+    """The oracle's metric on the run's scored rows; None when there is nothing to compare."""
+    rows_path = run_dir / "val_rows.npy"
+    if not rows_path.exists():
+        return None
+    try:
+        valid = _valid_file(config, cache)
+        if valid is None or not oracle_path(valid.path).exists():
+            return None
+        rows = np.load(rows_path)
+        key = (
+            str(valid.path.resolve()),
+            valid.spec.name,
+            hashlib.sha1(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest(),
+        )
+        if key not in cache:
+            pred = valid.oracle()[rows]
+            if np.isnan(pred).any():
+                raise KitError(f"{oracle_path(valid.path)}: no oracle value for some scored rows")
+            cache[key] = evaluate(valid.spec, valid.truth(rows), pred)
+        return cache[key]
+    except KitError:
+        return None  # a listing never fails on one run's oracle; `kit report` says more
+
+
+# ---------------------------------------------------------------------------------------------
+# kit runs
+
+
+def _is_run(path: Path) -> bool:
+    return (
+        path.is_dir()
+        and not path.name.startswith(".")
+        and any((path / name).exists() for name in RUN_FILES)
+    )
+
+
+def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -> list[dict]:
+    """One JSON-safe dict per run directory under runs_dir/<experiment>/<run-id>/.
+
+    Keys: experiment, run_id, path, params, best_epoch, score, per_target, oracle_score,
+    oracle_fraction, wall_s, epochs, finished, seed (None where unknown).
+    """
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    experiments = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if experiment is not None:
+        if not (runs_dir / experiment).is_dir():
+            raise KitError(
+                f"no runs of experiment {experiment!r} under {runs_dir}; experiments "
+                f"with runs: {[p.name for p in experiments]}"
+            )
+        experiments = [runs_dir / experiment]
+    cache: dict = {}
+    return [
+        _summary(run, cache) for exp in experiments for run in sorted(exp.iterdir()) if _is_run(run)
+    ]
+
+
+def _target_names(runs: list[dict]) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        names += [k for k in run.get("per_target") or {} if k not in names]
+    return names
+
+
+def _value(run: dict, column: str):
+    if column in run and column != "per_target":
+        return run[column]
+    return (run.get("per_target") or {}).get(column)
+
+
+def _cell(column: str, value) -> str:
+    if value is None:
+        return "-"
+    if column == "finished":
+        return "yes" if value else "no"
+    if column == "oracle_fraction":
+        return f"{value:.1%}"
+    if column == "wall_s":
+        return _duration(value)
+    if column == "params":
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _sort_key(value):
+    if isinstance(value, bool):
+        return (0, float(value))
+    if isinstance(value, int | float):
+        return (0, float(value))
+    return (1, str(value))  # e.g. best_epoch "swa" sorts after the numbers
+
+
+def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) -> str:
+    """An aligned table of `list_runs` output, sorted by any of its columns (missing last)."""
+    columns = [*BASE_COLUMNS, *_target_names(runs), *TAIL_COLUMNS]
+    if sort not in columns:
+        raise KitError(f"cannot sort by {sort!r}; sort by one of: {', '.join(columns)}")
+    present = [r for r in runs if _value(r, sort) is not None]
+    missing = [r for r in runs if _value(r, sort) is None]
+    ordered = sorted(present, key=lambda r: _sort_key(_value(r, sort)), reverse=descending)
+    if not runs:
+        return "no runs"
+    body = [[_cell(c, _value(r, c)) for c in columns] for r in ordered + missing]
+    widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(columns)]
+    left = {"experiment", "run_id", "finished"}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if c in left else cell.rjust(w)
+            for c, cell, w in zip(columns, cells, widths, strict=True)
+        ).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body)])
+
+
+# ---------------------------------------------------------------------------------------------
+# kit report
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure  # no pyplot: no display, no global backend state
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _plot_curves(history: list[dict], path: Path, title: str) -> None:
+    epochs = [r["epoch"] for r in history]
+    best = [r["epoch"] for r in history if r.get("best")]
+    fig = _figure(15, 4.2)
+    fig.suptitle(title)
+    ax_loss, ax_target, ax_lr = fig.subplots(1, 3)
+
+    loss = [np.nan if r.get("train_loss") is None else r["train_loss"] for r in history]
+    ax_loss.plot(epochs, loss, "o-", color="tab:blue", ms=3, label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("train loss", color="tab:blue")
+    ax_score = ax_loss.twinx()
+    ax_score.plot(
+        epochs, [r["val_score"] for r in history], "s-", color="tab:orange", ms=3, label="val score"
+    )
+    if best:
+        ax_score.axvline(best[-1], color="grey", ls=":", label=f"best epoch {best[-1]}")
+    ax_score.set_ylabel("val score", color="tab:orange")
+    handles = ax_loss.get_legend_handles_labels()
+    more = ax_score.get_legend_handles_labels()
+    ax_loss.legend(handles[0] + more[0], handles[1] + more[1], loc="best", fontsize=8)
+    ax_loss.set_title("train loss and validation score")
+
+    names = list(history[-1].get("val_per_target") or {})
+    for name in names:
+        ax_target.plot(
+            epochs,
+            [(r.get("val_per_target") or {}).get(name, np.nan) for r in history],
+            "o-",
+            ms=3,
+            label=name,
+        )
+    ax_target.set_xlabel("epoch")
+    ax_target.set_ylabel("val metric")
+    ax_target.set_title("validation metric per target")
+    if names:
+        ax_target.legend(loc="best", fontsize=8, ncol=1 + len(names) // 8)
+
+    ax_lr.plot(epochs, [r.get("lr", np.nan) for r in history], "o-", color="tab:green", ms=3)
+    ax_lr.set_xlabel("epoch")
+    ax_lr.set_ylabel("learning rate (end of epoch)")
+    ax_lr.set_title("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    for ax in (ax_loss, ax_target, ax_lr):
+        ax.grid(alpha=0.3)
+    fig.savefig(path)
+
+
+def _plot_pred_vs_true(
+    pred: np.ndarray, truth: np.ndarray, spec: CompetitionSpec, path: Path, title: str
+) -> None:
+    names = list(spec.outputs)[:MAX_SCATTER_PANELS]
+    cols = min(len(names), 4)
+    rows = math.ceil(len(names) / cols)
+    fig = _figure(3.8 * cols, 3.6 * rows)
+    shown = "" if len(names) == spec.n_outputs else f" (first {len(names)} of {spec.n_outputs})"
+    fig.suptitle(f"{title}: predicted vs true on {len(pred):,} scored valid rows{shown}")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for j, (ax, name) in enumerate(zip(axes, names, strict=False)):
+        y, p = truth[:, j], pred[:, j].astype(np.float64)
+        ok = np.isfinite(y) & np.isfinite(p)
+        y, p = y[ok], p[ok]
+        if y.size == 0:
+            ax.set_title(f"{name}: no finite values")
+            continue
+        lo, hi = np.percentile(np.concatenate([y, p]), [0.5, 99.5])
+        if hi <= lo:
+            lo, hi = lo - 1.0, hi + 1.0
+        if y.size > HEXBIN_ABOVE:
+            art = ax.hexbin(
+                y, p, gridsize=60, bins="log", mincnt=1, cmap="viridis", extent=(lo, hi, lo, hi)
+            )
+            fig.colorbar(art, ax=ax, label="rows (log)")
+        else:
+            ax.scatter(y, p, s=6, alpha=0.5, edgecolors="none")
+        ax.plot([lo, hi], [lo, hi], color="red", lw=1, ls="--", label="y = x")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel(f"true {name}")
+        ax.set_ylabel(f"predicted {name}")
+        value = metric_value(spec, truth[:, j], pred[:, j])
+        ax.set_title(f"{name}: {spec.metric.name} {value:.4f}")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.savefig(path)
+
+
+def _width(model: dict):
+    for key in ("hidden", "width", "d_model", "dim", "channels"):
+        if key in model:
+            return key, model[key]
+    return None, None
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write curves.png, pred_vs_true.png and report.md into out_dir (default run_dir/report).
+
+    pred_vs_true.png needs val_preds.npy, val_rows.npy and the valid file of the config; when
+    one is missing the plot is skipped and report.md says why. Returns report.md's path.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KitError(f"{run_dir}: no such run directory (expected runs/<experiment>/<run-id>)")
+    if not (run_dir / "history.jsonl").exists():
+        raise KitError(
+            f"{run_dir}: no history.jsonl; not a run directory, or its first epoch "
+            "has not finished yet"
+        )
+    history = read_history(run_dir / "history.jsonl")
+    if not history:
+        raise KitError(f"{run_dir / 'history.jsonl'}: no epoch logged yet; nothing to report")
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache: dict = {}
+    config = _read_config(run_dir)
+    row = _summary(run_dir, cache)
+    title = f"{row['experiment']}/{row['run_id']}"
+
+    _plot_curves(history, out_dir / "curves.png", title)
+    scatter_note, oracle = None, None
+    try:
+        preds_path, rows_path = run_dir / "val_preds.npy", run_dir / "val_rows.npy"
+        if not preds_path.exists() or not rows_path.exists():
+            raise KitError("the run has no val_preds.npy / val_rows.npy yet")
+        valid = _valid_file(config, cache)
+        if valid is None:
+            raise KitError(f"valid file {(config.get('data') or {}).get('valid')!r} not found")
+        pred, rows = np.load(preds_path), np.load(rows_path)
+        if pred.shape != (len(rows), valid.spec.n_outputs):
+            raise KitError(
+                f"val_preds.npy has shape {pred.shape}, expected "
+                f"({len(rows)}, {valid.spec.n_outputs})"
+            )
+        _plot_pred_vs_true(pred, valid.truth(rows), valid.spec, out_dir / "pred_vs_true.png", title)
+        oracle = _oracle_report(run_dir, config, cache)
+    except KitError as exc:
+        scatter_note = str(exc)
+    path = out_dir / "report.md"
+    path.write_text(_markdown(row, config, history, oracle, scatter_note, out_dir, run_dir))
+    return path
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _markdown(
+    row: dict,
+    config: dict,
+    history: list[dict],
+    oracle: MetricReport | None,
+    scatter_note: str | None,
+    out_dir: Path,
+    run_dir: Path,
+) -> str:
+    model, train = config.get("model") or {}, config.get("train") or {}
+    features, data = config.get("features") or {}, config.get("data") or {}
+    width_key, width = _width(model)
+    model_text = str(model.get("type", "-")) + (f" ({width_key} {width})" if width_key else "")
+    status = "finished" if row["finished"] else "not finished (killed, paused or running)"
+    lines = [
+        f"# Run {row['experiment']} / {row['run_id']}",
+        "",
+        f"- run directory: `{run_dir}`",
+        f"- status: {status}; {row['epochs']} epoch(s) of {train.get('epochs', '-')} configured",
+        f"- spec: {config.get('spec', '-')}; seed: {_fmt(row['seed'])}",
+        f"- model: {model_text}; parameters: "
+        + (f"{int(row['params']):,}" if row["params"] is not None else "-"),
+        f"- features: groups {', '.join(map(str, features.get('groups') or [])) or '-'}"
+        + (f"; {len(features['ops'])} op(s)" if features.get("ops") else ""),
+        f"- train: lr {train.get('lr', '-')}, batch {train.get('batch_size', '-')}, "
+        f"schedule {train.get('schedule', '-')}",
+        f"- data: train `{data.get('train', '-')}`, valid `{data.get('valid', '-')}`",
+        f"- wall time: {_duration(row['wall_s']) if row['wall_s'] is not None else '-'}",
+        "",
+        "## Score",
+        "",
+        f"Best epoch **{_fmt(row['best_epoch'])}**: score **{_fmt(row['score'])}**",
+    ]
+    if oracle is not None:
+        fraction = row["oracle_fraction"]
+        lines.append(
+            f"(oracle {oracle.score:.4f} on the same rows"
+            + (f": {fraction:.1%} of the oracle)" if fraction is not None else ")")
+        )
+    lines += [
+        "",
+        "| target | score |" + (" oracle | fraction |" if oracle else ""),
+        "|---|---:|" + ("---:|---:|" if oracle else ""),
+    ]
+    for name, value in row["per_target"].items():
+        cells = f"| {name} | {_fmt(value)} |"
+        if oracle is not None:
+            o = oracle.per_target.get(name)
+            frac = f"{value / o:.1%}" if value is not None and o else "-"
+            cells += f" {_fmt(o)} | {frac} |"
+        lines.append(cells)
+    lines += ["", "## Plots", "", "![training curves](curves.png)", ""]
+    if scatter_note is None:
+        lines.append("![predicted vs true](pred_vs_true.png)")
+    else:
+        lines.append(f"pred_vs_true.png not drawn: {scatter_note}")
+    return "\n".join(lines) + "\n"
+
+
+def runs_to_json(runs: list[dict]) -> str:
+    """The list as JSON (the dicts already hold only str, numbers, bools, None, dicts)."""
+    return json.dumps(runs, indent=2, allow_nan=False)

@@ -1,0 +1,45 @@
+"""Checkpoints: atomic writes, and loads that refuse a damaged file by name.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(weights_only=True)`: no pickled code runs when a file is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from kit.errors import KitError
+
+
+class CheckpointError(KitError):
+    """A checkpoint is missing, truncated or not a kit checkpoint."""
+
+
+def save_checkpoint(payload: dict, path: Path) -> None:
+    """Write to a temp file beside `path`, fsync, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
+    """Load a checkpoint safely; a damaged or foreign file raises CheckpointError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, foreign object: all one story
+        raise CheckpointError(f"{path}: the checkpoint is corrupt or not a kit checkpoint "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                              "delete it or resume from another") from None
+    if not isinstance(payload, dict) or any(k not in payload for k in required):
+        raise CheckpointError(f"{path}: not a kit checkpoint (needs keys {list(required)})")
+    return payload

@@ -1,0 +1,117 @@
+"""The run directory (DESIGN.md): runs/<experiment>/<run-id>/
+
+config.toml (resolved), history.jsonl (one line per epoch), metrics.json, best.pt (the weights
+to pack, with everything needed to rebuild the model), last.pt (everything needed to resume),
+val_preds.npy + val_rows.npy (the best model's predictions on the scored validation rows and
+their row index in the valid file: the ensembler's input).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+
+from kit import __version__
+from kit.metrics import MetricReport
+from kit.train.checkpoint import save_checkpoint
+
+RUNS_DIR = Path("runs")
+
+
+def new_run_id(seed: int) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunFiles:
+    """Paths and writers of one run directory."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.config_path = self.root / "config.toml"
+        self.history = self.root / "history.jsonl"
+        self.metrics = self.root / "metrics.json"
+        self.best = self.root / "best.pt"
+        self.last = self.root / "last.pt"
+        self.val_preds = self.root / "val_preds.npy"
+        self.val_rows = self.root / "val_rows.npy"
+        self.about: dict = {}
+
+    def start(self, config: dict, about: dict) -> None:
+        """Create the folder and write the resolved config."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
+        self.about = about
+
+    def append_history(self, record: dict) -> None:
+        with open(self.history, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_history(self, epochs: int) -> None:
+        """Keep the first `epochs` lines: a killed run may have logged an epoch past last.pt."""
+        if self.history.exists():
+            lines = self.history.read_text().splitlines()[:epochs]
+            _atomic_text(self.history, "".join(line + "\n" for line in lines))
+
+    def save_best(self, model, report: MetricReport, rows_pred: np.ndarray, data,
+                  epoch: int) -> None:
+        save_checkpoint({
+            "model": model.state_dict(),
+            "model_config": self.about["model_config"],
+            "normaliser": data.normaliser.to_dict(),
+            "features": data.feature_set.to_dict(),
+            "spec": data.spec.to_dict(),
+            "epoch": epoch,
+            "score": report.score,
+            "per_target": report.per_target,
+            "kit_version": __version__,
+        }, self.best)
+        np.save(self.val_preds, rows_pred.astype(np.float32))
+        np.save(self.val_rows, data.valid.rows.astype(np.int64))
+
+    def write_metrics(self, finished: bool, sign: float = 1.0,
+                      swa: MetricReport | None = None) -> dict:
+        """metrics.json: the best epoch (or "swa" when the weight average beat every epoch);
+        sign is -1 for metrics where lower is better."""
+        history = [json.loads(line) for line in self.history.read_text().splitlines()]
+        best = max(history, key=lambda r: sign * r["val_score"])
+        metrics = {
+            "finished": finished,
+            "best_epoch": "swa" if swa else best["epoch"],
+            "score": swa.score if swa else best["val_score"],
+            "per_target": swa.per_target if swa else best["val_per_target"],
+            "epochs": len(history),
+            "wall_s": sum(r["seconds"] for r in history),
+            **self.about.get("summary", {}),
+        }
+        _atomic_text(self.metrics, json.dumps(metrics, indent=2))
+        return metrics
+
+    def tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from kit.config import ConfigError
+
+            raise ConfigError("train.tensorboard = true needs the tensorboard package: "
+                              "pip install tensorboard") from None
+        return SummaryWriter(str(self.root / "tensorboard"))
+
+
+def _toml_safe(value):
+    """None has no TOML form: drop such keys (they mean 'default')."""
+    if isinstance(value, dict):
+        return {k: _toml_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_toml_safe(v) for v in value]
+    return value

@@ -1,0 +1,217 @@
+"""The training recipe: one readable loop over epochs, batches and BPTT chunks.
+
+Everything a run needs to continue after a kill is in last.pt, written atomically at the end
+of every epoch. Each epoch draws its shuffle and its dropout noise from (seed, epoch) alone, so
+a resumed run replays exactly the epochs an uninterrupted one would have run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from kit.config import ConfigError
+from kit.metrics import evaluate
+from kit.train.checkpoint import load_checkpoint, save_checkpoint
+from kit.train.data import Split, TrainData
+from kit.train.losses import MaskedLoss
+from kit.train.runs import RunFiles
+
+SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+
+
+def make_schedule(optimizer, train: dict, steps_per_epoch: int):
+    """Per-step LambdaLR/OneCycle, or per-epoch ReduceLROnPlateau (stepped with the score)."""
+    name, epochs = train["schedule"], train["epochs"]
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(total - 1, train["warmup_epochs"] * steps_per_epoch)
+    if name == "cosine":
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train["lr"],
+                                                   total_steps=total)
+    if name == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                          patience=max(1, train["patience"] // 2))
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    raise ConfigError(f"train.schedule {name!r} is not one of {SCHEDULES}")
+
+
+def autocast_for(device: torch.device, amp: str):
+    """bf16/fp16 autocast on CUDA when asked (auto = bf16 where supported); plain fp32 on CPU."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if amp in ("auto", "fp16", "bf16"):
+        return torch.float16
+    raise ConfigError(f"train.amp {amp!r} is not one of auto, bf16, fp16, off")
+
+
+@torch.no_grad()
+def predict(model, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
+    """Whole-sequence predictions (N, T, K) of a split, batch by batch."""
+    model.eval()
+    out = []
+    for lo in range(0, len(split), batch_size):
+        x = split.x[lo:lo + batch_size].to(device)
+        y, _ = model(x, model.init_state(x.shape[0]))
+        out.append(y.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def validate(model, data: TrainData, batch_size: int, device: torch.device):
+    """The competition metric over full validation sequences; also the scored predictions."""
+    preds = predict(model, data.valid, batch_size, device)
+    mask = data.valid.mask.numpy()
+    rows_pred = preds[mask]
+    return evaluate(data.spec, data.valid.y.numpy()[mask], rows_pred), rows_pred
+
+
+def _state_to(state, device):
+    return [s.to(device) for s in state]
+
+
+def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, *,
+        resume: bool = False, stop_after_epochs: int = 0, progress: bool = True) -> dict:
+    """Train `model` as `config` (resolved) says, writing the run directory; returns metrics."""
+    train, seed = config["train"], config["seed"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if train["threads"] > 0:
+        torch.set_num_threads(train["threads"])
+    model.to(device)
+    loss_fn = MaskedLoss(config.get("loss"), data.spec.n_outputs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"],
+                                  weight_decay=train["weight_decay"])
+    n, steps = len(data.train), data.train.x.shape[1]
+    chunk = train["chunk"] or steps
+    batches_per_epoch = math.ceil(n / train["batch_size"])
+    schedule = make_schedule(optimizer, train, batches_per_epoch * math.ceil(steps / chunk))
+    per_step_schedule = train["schedule"] != "plateau"
+    amp_dtype = autocast_for(device, train["amp"])
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train["ema"]))
+           if train["ema"] > 0 else None)
+    swa = AveragedModel(model) if train["swa_start"] > 0 else None
+    writer = files.tensorboard() if train["tensorboard"] else None
+
+    # scores are compared as "gain": the metric, negated when lower is better (mae, rmse)
+    sign = 1.0 if data.spec.metric.higher_is_better else -1.0
+    start_epoch, best, bad_epochs = 0, -math.inf, 0
+    if resume:
+        state = load_checkpoint(files.last, ("model", "optimizer", "schedule", "epoch"))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        scaler.load_state_dict(state["scaler"])
+        for averaged, key in ((ema, "ema"), (swa, "swa")):
+            if averaged is not None:
+                averaged.load_state_dict(state[key])
+        start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
+        files.truncate_history(start_epoch)
+
+    epochs_run, paused = 0, False
+    for epoch in range(start_epoch, train["epochs"]):
+        if bad_epochs >= train["patience"]:
+            break  # early stopping
+        if stop_after_epochs and epochs_run >= stop_after_epochs:
+            paused = True  # time-boxed session: `--resume` picks up here
+            break
+        started = time.perf_counter()
+        torch.manual_seed(seed * 1_000_003 + epoch)  # this epoch's dropout noise
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        model.train()
+        losses = []
+        bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch + 1}/{train['epochs']}",
+                   disable=not progress, leave=False)
+        for b in bar:
+            index = torch.from_numpy(order[b * train["batch_size"]:(b + 1) * train["batch_size"]])
+            x, y, mask = (t[index].to(device) for t in (data.train.x, data.train.y,
+                                                         data.train.mask))
+            state = _state_to(model.init_state(len(index)), device)
+            for lo in range(0, steps, chunk):  # truncated BPTT: state carried, detached
+                hi = lo + chunk
+                if not mask[:, lo:hi].any():  # warm-up only: advance the state, learn nothing
+                    with torch.no_grad():
+                        _, state = model(x[:, lo:hi], state)
+                    continue
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    pred, state = model(x[:, lo:hi], state)
+                    loss = loss_fn(pred, y[:, lo:hi], mask[:, lo:hi])
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if train["grad_clip"] > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+                scaler.step(optimizer)
+                scaler.update()
+                if per_step_schedule:
+                    schedule.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                state = [s.detach() for s in state]
+                losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}" if losses else "-")
+        if swa is not None and epoch + 1 >= train["swa_start"]:
+            swa.update_parameters(model)
+
+        scored = ema.module if ema is not None else model
+        report, rows_pred = validate(scored, data, train["batch_size"], device)
+        if not per_step_schedule:
+            schedule.step(sign * report.score)
+        improved = sign * report.score > best
+        if improved:
+            best, bad_epochs = sign * report.score, 0
+            files.save_best(scored, report, rows_pred, data, epoch)
+        else:
+            bad_epochs += 1
+        record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+                  "val_score": report.score, "val_per_target": report.per_target,
+                  "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": time.perf_counter() - started, "best": improved}
+        files.append_history(record)
+        if writer is not None:
+            writer.add_scalar("val/score", report.score, epoch + 1)
+            writer.add_scalar("train/loss", record["train_loss"] or 0.0, epoch + 1)
+        if progress:
+            per = "  ".join(f"{k} {v:.4f}" for k, v in report.per_target.items())
+            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss'] or 0:.4f}  "
+                       f"val {report.score:.4f} ({per}){'  *' if improved else ''}")
+        save_checkpoint({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else {},
+            "swa": swa.state_dict() if swa is not None else {},
+            "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
+        }, files.last)
+        epochs_run += 1
+
+    finished, swa_won = not paused, None
+    if finished and swa is not None and swa.n_averaged.item() > 0:
+        # the SWA average competes with the best epoch
+        report, rows_pred = validate(swa.module, data, train["batch_size"], device)
+        if sign * report.score > best:
+            files.save_best(swa.module, report, rows_pred, data, epoch=0)  # 0: the average
+            swa_won = report
+    if writer is not None:
+        writer.close()
+    return files.write_metrics(finished=finished, sign=sign, swa=swa_won)
+
+
+def history_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

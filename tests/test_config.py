@@ -1,0 +1,83 @@
+import pytest
+
+from kit.config import (
+    ConfigError,
+    apply_overrides,
+    load_experiment,
+    parse_override,
+    resolve,
+)
+
+
+@pytest.fixture
+def exps(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(tmp_path))
+    (tmp_path / "base.toml").write_text(
+        'seed = 1\n[train]\nlr = 0.1\nepochs = 3\n[model]\ntype = "gru"\nhidden = 8\n'
+        '[loss]\nterms = { mse = 1.0, pearson = 0.5 }\n')
+    (tmp_path / "child.toml").write_text(
+        'extends = "base"\n[train]\nlr = 0.01\n[model]\ntype = "tcn"\nchannels = 4\n'
+        '[loss]\nterms = { mse = 1.0 }\n')
+    (tmp_path / "loop_a.toml").write_text('extends = "loop_b"\n')
+    (tmp_path / "loop_b.toml").write_text('extends = "loop_a"\n')
+    return tmp_path
+
+
+def test_extends_merges_tables_but_replaces_model_and_loss(exps):
+    child = load_experiment("exp=child")
+    assert child["name"] == "child" and child["seed"] == 1
+    assert child["train"] == {"lr": 0.01, "epochs": 3}
+    assert child["model"] == {"type": "tcn", "channels": 4}  # no GRU `hidden` leaks in
+    assert child["loss"] == {"terms": {"mse": 1.0}}
+
+
+def test_cycles_and_missing_experiments_are_named(exps):
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_experiment("loop_a")
+    with pytest.raises(ConfigError, match="no experiment 'nope'.*known"):
+        load_experiment("nope")
+
+
+def test_overrides_parse_toml_values_and_do_not_touch_the_original(exps):
+    base = load_experiment("base")
+    out = apply_overrides(base, ["train.lr=3e-4", "seed=43", "train.schedule=onecycle",
+                                 "features.groups=[\"raw\", \"lags\"]"])
+    assert out["train"]["lr"] == 3e-4 and out["seed"] == 43
+    assert out["train"]["schedule"] == "onecycle" and out["features"]["groups"] == ["raw", "lags"]
+    assert base["train"]["lr"] == 0.1
+    assert parse_override("data.seq_len=500") == (["data", "seq_len"], 500)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.lr")
+
+
+def test_resolve_fills_defaults_and_names_bad_keys(exps):
+    config = resolve(load_experiment("base"))
+    assert config["train"]["batch_size"] == 32 and config["train"]["lr"] == 0.1
+    assert config["data"]["truncate"] == "head"
+    with pytest.raises(ConfigError, match="train.lrr"):
+        resolve({"train": {"lrr": 1.0}})
+    with pytest.raises(ConfigError, match="train.epochs must be int"):
+        resolve({"train": {"epochs": 2.5}})
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rate'"):
+        resolve({"learning_rate": 1.0})
+    with pytest.raises(ConfigError, match="\\[train\\] must be a table"):
+        resolve({"train": 3})
+    assert resolve({"train": {"lr": 1}})["train"]["lr"] == 1.0  # ints are fine for floats
+
+
+def test_shipped_experiments_resolve_and_build():
+    from pathlib import Path
+
+    from kit.competition import load_spec
+    from kit.features import feature_set_from_config
+    from kit.models import build_model, solve_width
+
+    names = sorted(p.stem for p in Path("experiments").glob("*.toml"))
+    assert {"gru_base", "gru_features", "lstm", "attention", "transformer", "ssm",
+            "tcn", "patchtst"} <= set(names)
+    for name in names:
+        config = resolve(load_experiment(f"experiments/{name}.toml"))
+        n_in = len(feature_set_from_config(config).outputs)
+        if "model" in config:
+            build_model(solve_width(config["model"], n_in, load_spec(config["spec"]).n_outputs),
+                        n_in, 2)

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from kit.metrics import weighted_pearson
+from kit.train.losses import LossConfigError, MaskedLoss
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(3, 20, 2, generator=g) ** 3
+    p = 0.5 * y + torch.randn(3, 20, 2, generator=g)
+    mask = torch.rand(3, 20, generator=g) > 0.3
+    return p, y, mask
+
+
+def test_mse_uses_only_masked_rows():
+    p, y, mask = _batch()
+    loss = MaskedLoss({"terms": {"mse": 1.0}}, 2)(p, y, mask)
+    expected = ((p - y) ** 2)[mask].mean()
+    assert torch.isclose(loss, expected)
+    p2 = p.clone()
+    p2[~mask] = 1e6  # unmasked rows must not matter
+    assert torch.isclose(MaskedLoss({"terms": {"mse": 1.0}}, 2)(p2, y, mask), expected)
+
+
+def test_pearson_term_is_one_minus_the_metric():
+    p, y, mask = _batch(1)
+    loss = MaskedLoss({"terms": {"pearson": 1.0}}, 2)(p, y, mask)
+    rows_p, rows_y = p[mask].numpy(), y[mask].numpy()
+    metric = np.mean([weighted_pearson(rows_y[:, j], rows_p[:, j], clip=None) for j in (0, 1)])
+    assert loss.item() == pytest.approx(1 - metric, abs=1e-5)
+
+
+def test_weighted_terms_weight_large_targets():
+    y = torch.tensor([[[10.0], [0.1]]])
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    off_big = torch.tensor([[[9.0], [0.1]]])
+    off_small = torch.tensor([[[10.0], [1.1]]])
+    loss = MaskedLoss({"terms": {"wmse": 1.0}}, 1)
+    assert loss(off_big, y, mask) > loss(off_small, y, mask)
+
+
+def test_combination_and_target_weights():
+    p, y, mask = _batch(2)
+    a = MaskedLoss({"terms": {"mse": 1.0}}, 2)(p, y, mask)
+    b = MaskedLoss({"terms": {"huber": 1.0}, "huber_delta": 0.5}, 2)(p, y, mask)
+    both = MaskedLoss({"terms": {"mse": 1.0, "huber": 2.0}, "huber_delta": 0.5}, 2)(p, y, mask)
+    assert torch.isclose(both, a + 2 * b)
+    only_first = MaskedLoss({"terms": {"mse": 1.0}, "target_weights": [1.0, 0.0]}, 2)
+    assert torch.isclose(only_first(p, y, mask), ((p - y) ** 2)[..., 0][mask].mean())
+
+
+def test_all_terms_give_gradients_and_an_empty_mask_gives_zero():
+    p, y, mask = _batch(3)
+    p.requires_grad_(True)
+    loss = MaskedLoss({"terms": {k: 1.0 for k in ("mse", "wmse", "huber", "whuber",
+                                                  "pearson")}}, 2)
+    loss(p, y, mask).backward()
+    assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    assert loss(p, y, torch.zeros_like(mask)).item() == 0.0
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"terms": {"mae": 1.0}}, "unknown loss term"),
+    ({"terms": {}}, "table of name"),
+    ({"terms": {"mse": 1.0}, "target_weights": [1.0]}, "1 values for 2 targets"),
+    ({"terms": {"mse": 1.0}, "delta": 1.0}, "unknown \\[loss\\] key"),
+])
+def test_bad_loss_configs(config, message):
+    with pytest.raises(LossConfigError, match=message):
+        MaskedLoss(config, 2)

@@ -1,0 +1,275 @@
+"""`kit runs` / `kit report` on fake run directories (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import tomli_w
+
+from kit import reports
+from kit.competition import load_spec
+from kit.errors import KitError
+from kit.metrics import evaluate
+from kit.reports import format_runs, list_runs, write_report
+from tests.frames import make_frame, small_spec
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_data(folder: Path, spec, n_seqs: int = 4, oracle: bool = True) -> tuple[Path, Path]:
+    """A valid parquet, its spec TOML and (optionally) an oracle file beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / "tiny.toml"
+    spec_path.write_text(tomli_w.dumps(spec.to_dict()))
+    frame = make_frame(spec, n_seqs=n_seqs, seed=3)
+    valid = folder / "valid.parquet"
+    frame.write_parquet(valid)
+    if oracle:
+        rng = np.random.default_rng(7)
+        truth = frame.select(spec.outputs).to_numpy().astype(np.float64)
+        if spec.next_state:  # the oracle predicts the next row's features
+            truth = np.roll(truth, -1, axis=0)
+        noisy = truth + rng.standard_normal(truth.shape)
+        cols = {spec.id_col: frame[spec.id_col], spec.step_col: frame[spec.step_col]}
+        cols |= {n: pl.Series(noisy[:, j], dtype=pl.Float32) for j, n in enumerate(spec.outputs)}
+        pl.DataFrame(cols).write_parquet(folder / "valid_oracle.parquet")
+    return valid, spec_path
+
+
+def scored_rows(valid: Path, spec, n_seqs: int | None = None) -> np.ndarray:
+    frame = pl.read_parquet(valid)
+    need = frame[spec.need_col].to_numpy()
+    if n_seqs is not None:
+        need &= frame[spec.id_col].to_numpy() < n_seqs
+    return np.flatnonzero(need).astype(np.int64)
+
+
+def truth_of(valid: Path, spec, rows: np.ndarray) -> np.ndarray:
+    frame = pl.read_parquet(valid)
+    if spec.next_state:
+        return frame.select(spec.features).to_numpy().astype(np.float64)[rows + 1]
+    return frame.select(spec.targets).to_numpy().astype(np.float64)[rows]
+
+
+def make_run(
+    root: Path, experiment: str, run_id: str, valid: Path, spec_path: Path, *, seed: int = 0,
+    epochs: int = 3, finished: bool = True, seconds: float = 2.0, noise: float = 1.0,
+    n_seqs: int | None = None, params: int = 1000,
+) -> Path:  # fmt: skip
+    """A run directory with the files kit/train/runs.py writes (no checkpoints)."""
+    spec = load_spec(str(spec_path))
+    run = root / experiment / run_id
+    run.mkdir(parents=True)
+    config = {
+        "name": experiment, "spec": str(spec_path), "seed": seed,
+        "data": {"train": str(valid), "valid": str(valid)},
+        "features": {"groups": ["raw", "ewm"], "ops": []},
+        "model": {"type": "gru", "hidden": 32},
+        "train": {"epochs": epochs + 2, "lr": 0.002, "batch_size": 8, "schedule": "cosine"},
+        "loss": {"type": "mse"},
+    }  # fmt: skip
+    (run / "config.toml").write_text(tomli_w.dumps(config))
+    rows = scored_rows(valid, spec, n_seqs)
+    rng = np.random.default_rng(seed)
+    truth = truth_of(valid, spec, rows)
+    pred = (truth + noise * rng.standard_normal(truth.shape)).astype(np.float32)
+    report = evaluate(spec, truth, pred)
+    np.save(run / "val_preds.npy", pred)
+    np.save(run / "val_rows.npy", rows)
+    history = []
+    for e in range(1, epochs + 1):
+        score = report.score - 0.01 * (epochs - e)  # the last epoch is the best
+        per = {k: v - 0.01 * (epochs - e) for k, v in report.per_target.items()}
+        history.append({"epoch": e, "train_loss": 1.0 / e, "val_score": score,
+                        "val_per_target": per, "lr": 0.002 / e, "seconds": seconds,
+                        "best": True})  # fmt: skip
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if finished:
+        metrics = {
+            "finished": True, "best_epoch": epochs, "score": report.score,
+            "per_target": report.per_target, "epochs": epochs, "wall_s": seconds * epochs,
+            "params": params, "features": 32, "train_seqs": 4, "valid_seqs": 4,
+        }  # fmt: skip
+        (run / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return run
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    make_run(root, "alpha", "20240101-000000-s1", valid, spec_path, seed=1, noise=0.5,
+             seconds=5.0, params=5000)  # fmt: skip
+    make_run(root, "alpha", "20240102-000000-s2", valid, spec_path, seed=2, noise=2.0,
+             seconds=1.0, params=2000, n_seqs=2)  # fmt: skip
+    make_run(root, "beta", "20240103-000000-s3", valid, spec_path, seed=3, noise=1.0,
+             seconds=3.0, finished=False, epochs=2)  # fmt: skip
+    return root
+
+
+def test_list_runs_reads_every_run(runs_root: Path):
+    runs = list_runs(runs_root)
+    assert [(r["experiment"], r["run_id"]) for r in runs] == [
+        ("alpha", "20240101-000000-s1"),
+        ("alpha", "20240102-000000-s2"),
+        ("beta", "20240103-000000-s3"),
+    ]
+    first = runs[0]
+    assert first["finished"] is True and first["seed"] == 1 and first["params"] == 5000
+    assert first["best_epoch"] == 3 and first["epochs"] == 3 and first["wall_s"] == 15.0
+    assert set(first["per_target"]) == {"t0", "t1"}
+    assert first["path"] == str(runs_root / "alpha" / "20240101-000000-s1")
+
+
+def test_unfinished_run_is_listed_from_its_history(runs_root: Path):
+    (run,) = list_runs(runs_root, experiment="beta")
+    history = [
+        json.loads(x) for x in (Path(run["path"]) / "history.jsonl").read_text().splitlines()
+    ]
+    assert run["finished"] is False
+    assert run["epochs"] == 2 and run["best_epoch"] == 2 and run["wall_s"] == 6.0
+    assert run["score"] == pytest.approx(history[-1]["val_score"])
+    assert run["per_target"] == pytest.approx(history[-1]["val_per_target"])
+    assert run["params"] is None and run["seed"] == 3
+
+
+def test_torn_history_line_is_skipped(runs_root: Path):
+    path = runs_root / "beta" / "20240103-000000-s3" / "history.jsonl"
+    path.write_text(path.read_text() + '{"epoch": 3, "val_sc')
+    (run,) = list_runs(runs_root, experiment="beta")
+    assert run["epochs"] == 2
+
+
+def test_experiment_filter(runs_root: Path):
+    assert {r["experiment"] for r in list_runs(runs_root, experiment="alpha")} == {"alpha"}
+    with pytest.raises(KitError, match="alpha"):
+        list_runs(runs_root, experiment="gamma")
+    assert list_runs(runs_root / "nowhere") == []
+
+
+def test_oracle_fraction_is_computed_on_the_runs_rows(runs_root: Path, tmp_path: Path):
+    spec = load_spec(str(tmp_path / "data" / "tiny.toml"))
+    valid = pl.read_parquet(tmp_path / "data" / "valid.parquet")
+    oracle = pl.read_parquet(tmp_path / "data" / "valid_oracle.parquet")
+    fractions = {}
+    for run in list_runs(runs_root):
+        rows = np.load(Path(run["path"]) / "val_rows.npy")
+        truth = valid.select(spec.targets).to_numpy()[rows]
+        direct = evaluate(spec, truth, oracle.select(spec.outputs).to_numpy()[rows]).score
+        assert run["oracle_score"] == pytest.approx(direct, abs=1e-12)
+        assert run["oracle_fraction"] == pytest.approx(run["score"] / direct, abs=1e-12)
+        fractions[run["run_id"]] = run["oracle_score"]
+    # the run scored on two sequences only compares with the oracle on those two
+    assert fractions["20240101-000000-s1"] != fractions["20240102-000000-s2"]
+
+
+def test_no_oracle_file_means_no_fraction(tmp_path: Path):
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec, oracle=False)
+    make_run(tmp_path / "runs", "alpha", "r1", valid, spec_path)
+    (run,) = list_runs(tmp_path / "runs")
+    assert run["oracle_fraction"] is None and run["oracle_score"] is None
+    assert run["score"] is not None
+
+
+def test_output_is_json_serialisable(runs_root: Path):
+    runs = list_runs(runs_root)
+    again = json.loads(json.dumps(runs, allow_nan=False))
+    assert again == runs
+
+
+def _column(table: str, name: str) -> list[str]:
+    lines = table.splitlines()
+    index = lines[0].split().index(name)
+    return [line.split()[index] for line in lines[2:]]
+
+
+def test_format_runs_sorts_by_any_column(runs_root: Path):
+    runs = list_runs(runs_root)
+    table = format_runs(runs)  # score, best first
+    header = table.splitlines()[0].split()
+    for column in ("experiment", "run_id", "score", "t0", "t1", "oracle_fraction", "wall_s"):
+        assert column in header
+    ids = _column(table, "run_id")
+    by_score = sorted(runs, key=lambda r: r["score"], reverse=True)
+    assert ids == [r["run_id"] for r in by_score]
+
+    fastest = _column(format_runs(runs, sort="wall_s", descending=False), "run_id")
+    assert fastest == ["20240102-000000-s2", "20240103-000000-s3", "20240101-000000-s1"]
+
+    by_t1 = _column(format_runs(runs, sort="t1", descending=False), "run_id")
+    assert by_t1 == [r["run_id"] for r in sorted(runs, key=lambda r: r["per_target"]["t1"])]
+
+    by_name = _column(format_runs(runs, sort="experiment", descending=False), "experiment")
+    assert by_name == ["alpha", "alpha", "beta"]
+
+
+def test_format_runs_puts_missing_values_last(runs_root: Path):
+    runs = list_runs(runs_root)
+    for descending in (True, False):
+        params = _column(format_runs(runs, sort="params", descending=descending), "params")
+        assert params[-1] == "-"
+
+
+def test_bad_sort_key_names_the_allowed_ones(runs_root: Path):
+    with pytest.raises(KitError, match=r"score.*wall_s"):
+        format_runs(list_runs(runs_root), sort="speed")
+
+
+def test_report_writes_plots_and_summary(runs_root: Path, tmp_path: Path):
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    path = write_report(run)
+    assert path == run / "report" / "report.md"
+    for name in ("curves.png", "pred_vs_true.png"):
+        data = (path.parent / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 10_000
+    text = path.read_text()
+    score = json.loads((run / "metrics.json").read_text())["score"]
+    assert f"{score:.4f}" in text
+    assert "gru (hidden 32)" in text and "of the oracle" in text
+    assert "](curves.png)" in text and "](pred_vs_true.png)" in text
+
+    other = write_report(run, tmp_path / "elsewhere")
+    assert other == tmp_path / "elsewhere" / "report.md"
+    assert (tmp_path / "elsewhere" / "curves.png").exists()
+
+
+def test_report_of_unfinished_run_and_hexbin(runs_root: Path, monkeypatch):
+    monkeypatch.setattr(reports, "HEXBIN_ABOVE", 10)
+    path = write_report(runs_root / "beta" / "20240103-000000-s3")
+    assert "not finished" in path.read_text()
+    assert (path.parent / "pred_vs_true.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_report_without_valid_file_still_draws_curves(runs_root: Path, tmp_path: Path):
+    (tmp_path / "data" / "valid.parquet").unlink()
+    path = write_report(runs_root / "alpha" / "20240101-000000-s1")
+    assert (path.parent / "curves.png").exists()
+    assert not (path.parent / "pred_vs_true.png").exists()
+    assert "pred_vs_true.png not drawn" in path.read_text()
+
+
+def test_report_next_state_spec(tmp_path: Path):
+    spec = small_spec(protocol="next-state", targets=[], tail=1)
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    run = make_run(tmp_path / "runs", "ns", "r1", valid, spec_path, noise=0.3)
+    (listed,) = list_runs(tmp_path / "runs")
+    assert listed["oracle_fraction"] is not None
+    path = write_report(run)
+    assert (path.parent / "pred_vs_true.png").stat().st_size > 10_000
+
+
+def test_report_needs_a_history(tmp_path: Path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(KitError, match="history.jsonl"):
+        write_report(tmp_path / "run")
+    (tmp_path / "run" / "history.jsonl").write_text("")
+    with pytest.raises(KitError, match="no epoch"):
+        write_report(tmp_path / "run")
+    with pytest.raises(KitError, match="no such run directory"):
+        write_report(tmp_path / "missing")

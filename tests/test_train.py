@@ -1,0 +1,172 @@
+"""The trainer end to end on a tiny generated competition, through the CLI and the recipe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kit.competition import load_spec
+from kit.data.synth import synthesize
+from tests.cli import run_cli
+
+SPEC_TOML = """
+name = "tiny-lob"
+features = ["p0..p11", "v0..v11", "dp0..dp3", "dv0..dv3"]
+targets = ["t0", "t1"]
+seq_len = 60
+warmup = 10
+[metric]
+name = "weighted_pearson"
+clip = [-6.0, 6.0]
+"""
+
+EXPERIMENT = """
+spec = "{spec}"
+seed = 7
+[data]
+train = "{data}/train.parquet"
+valid = "{data}/valid.parquet"
+cache_dir = "{root}/cache"
+[features]
+groups = ["raw", "lags"]
+[model]
+type = "gru"
+hidden = 16
+layers = 1
+[loss]
+terms = {{ wmse = 1.0, pearson = 0.2 }}
+[train]
+epochs = 3
+batch_size = 8
+lr = 3e-3
+patience = 10
+"""
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "tiny-lob.toml").write_text(SPEC_TOML)
+    spec = load_spec(str(root / "tiny-lob.toml"))
+    synthesize(spec, root / "data", train_seqs=24, valid_seqs=8, seed=1)
+    exps = root / "experiments"
+    exps.mkdir()
+    (exps / "tiny.toml").write_text(EXPERIMENT.format(spec=root / "tiny-lob.toml",
+                                                      data=root / "data", root=root))
+    return root
+
+
+@pytest.fixture
+def env(workspace, monkeypatch, tmp_path):
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(workspace / "experiments"))
+    monkeypatch.chdir(tmp_path)  # runs/ lands here
+    return workspace
+
+
+def _only_run(base: Path) -> Path:
+    runs = sorted((base / "runs" / "tiny").iterdir())
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_train_writes_the_run_directory(env, tmp_path):
+    out = run_cli("train", "exp=tiny", "-q").output
+    assert "score" in out and "finished" in out
+    run = _only_run(tmp_path)
+    for name in ("config.toml", "history.jsonl", "metrics.json", "best.pt", "last.pt",
+                 "val_preds.npy", "val_rows.npy"):
+        assert (run / name).is_file(), name
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["score"] == max(h["val_score"] for h in history)
+    preds, rows = np.load(run / "val_preds.npy"), np.load(run / "val_rows.npy")
+    valid = pl.read_parquet(env / "data" / "valid.parquet")
+    assert preds.shape == (valid["need_prediction"].sum(), 2)
+    np.testing.assert_array_equal(rows, np.flatnonzero(valid["need_prediction"].to_numpy()))
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
+    run_cli("train", "exp=tiny", "--run-dir", tmp_path / "whole", "-q")
+    run_cli("train", "exp=tiny", "--run-dir", tmp_path / "split", "--stop-after-epochs", "1",
+            "-q")
+    paused = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert not paused["finished"] and paused["epochs"] == 1
+    run_cli("train", "exp=tiny", "--resume", "--run-dir", tmp_path / "split", "-q")
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    split = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert split["finished"] and split["epochs"] == 3
+    assert split["score"] == pytest.approx(whole["score"], abs=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "split" / "val_preds.npy"),
+                               np.load(tmp_path / "whole" / "val_preds.npy"), atol=1e-5)
+
+
+def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "train.epochs=40",
+           "--run-dir", str(run), "-q"]
+    child = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "last.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert (run / "last.pt").exists()
+    assert not (run / "metrics.json").exists() or not json.loads(
+        (run / "metrics.json").read_text())["finished"]
+    out = run_cli("train", "exp=tiny", "train.epochs=40", "--resume", "--run-dir", run,
+                  "train.patience=2", "-q").output
+    assert "finished" in out
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+
+
+def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
+    run = tmp_path / "broken"
+    run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, expect=2).output
+    assert "last.pt" in out and "corrupt" in out and "Traceback" not in out
+
+
+def test_tbptt_batch_one_chunk_one_ema_swa_and_schedules(env, tmp_path):
+    for i, extra in enumerate([
+        ["train.chunk=1", "train.batch_size=1", "train.epochs=1", "train.max_train_seqs=2"],
+        ["train.chunk=7", "train.ema=0.9", "train.swa_start=2", "train.schedule=onecycle"],
+        ["train.schedule=plateau", "train.epochs=2"],
+    ]):
+        run_cli("train", "exp=tiny", *extra, "--run-dir", tmp_path / f"r{i}", "-q")
+        metrics = json.loads((tmp_path / f"r{i}" / "metrics.json").read_text())
+        assert np.isfinite(metrics["score"])
+
+
+def test_seeds_train_one_run_each(env, tmp_path):
+    run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=1", "-q")
+    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    assert [r.name.split("-s")[-1] for r in runs] == ["1", "2"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=0.1", "train.lrr"),
+    ("train.lr=fast", "train.lr must be float"),
+    ("model.hiden=8", "hiden"),
+    ("train.schedule=sawtooth", "sawtooth"),
+])
+def test_bad_configs_fail_fast_naming_the_key(env, override, message):
+    out = run_cli("train", "exp=tiny", override, "-q", expect=2).output
+    assert message in out and "Traceback" not in out
+
+
+def test_params_prints_the_count(env):
+    out = run_cli("params", "exp=tiny").output
+    assert "parameters" in out
