@@ -195,9 +195,11 @@ def train(
                                                          "of this experiment from last.pt."),
     run_dir: Path | None = typer.Option(None, help="Run directory (default: runs/EXP/ID)."),
     stop_after_epochs: int = typer.Option(0, help="Train at most N epochs now (resume later)."),
+    folds: int = typer.Option(0, help="K-fold by sequence on the train file: one run per "
+                                      "fold plus their out-of-fold predictions."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """Train an experiment: one run per seed, each in its own run directory."""
+    """Train an experiment: one run per seed (or per fold), each in its own run directory."""
     from kit.config import parse_override
     from kit.train.recipe import train_experiment
 
@@ -210,13 +212,18 @@ def train(
             overrides.append(text)
     try:
         results = train_experiment(exp, overrides, seeds=seeds, resume=resume, run_dir=run_dir,
-                                   stop_after_epochs=stop_after_epochs, progress=not quiet)
+                                   stop_after_epochs=stop_after_epochs, folds=folds,
+                                   progress=not quiet)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: the last finished epoch is saved; continue with "
                    f"`kit train {exp} --resume`", err=True)
         raise typer.Exit(130) from None
     for result in results:
         per = "  ".join(f"{k} {v:.4f}" for k, v in result["per_target"].items())
+        if result.get("kind") == "oof":
+            typer.echo(f"{result['run_dir']}: out-of-fold score {result['score']:.4f} ({per}) "
+                       f"over {result['folds']} folds")
+            continue
         state = "finished" if result["finished"] else "paused (--resume to continue)"
         typer.echo(f"{result['run_dir']}: score {result['score']:.4f} ({per}), best epoch "
                    f"{result['best_epoch']}, {result['params']:,} params, {state}")

@@ -170,3 +170,27 @@ def test_bad_configs_fail_fast_naming_the_key(env, override, message):
 def test_params_prints_the_count(env):
     out = run_cli("params", "exp=tiny").output
     assert "parameters" in out
+
+
+def test_folds_train_one_run_per_fold_with_out_of_fold_predictions(env, tmp_path):
+    out = run_cli("train", "exp=tiny", "--folds", "3", "train.epochs=1", "-q").output
+    assert "out-of-fold score" in out
+    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    assert [r.name.split("-")[-1] for r in runs] == ["fold1of3", "fold2of3", "fold3of3", "oof"]
+    oof = runs[-1]
+    rows = np.load(oof / "oof_rows.npy")
+    train = pl.read_parquet(env / "data" / "train.parquet")
+    # every scored train row exactly once, each predicted by the fold that did not train on it
+    np.testing.assert_array_equal(rows, np.flatnonzero(train["need_prediction"].to_numpy()))
+    assert np.load(oof / "oof_preds.npy").shape == (len(rows), 2)
+    metrics = json.loads((oof / "metrics.json").read_text())
+    assert metrics["folds"] == 3 and np.isfinite(metrics["score"])
+    fold_valid = [json.loads((r / "metrics.json").read_text())["valid_seqs"] for r in runs[:3]]
+    assert sum(fold_valid) == 24
+
+
+def test_the_same_seed_trains_the_same_model(env, tmp_path):
+    for name in ("a", "b"):
+        run_cli("train", "exp=tiny", "train.epochs=1", "--run-dir", tmp_path / name, "-q")
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "val_preds.npy"),
+                                  np.load(tmp_path / "b" / "val_preds.npy"))

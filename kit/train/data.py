@@ -16,6 +16,7 @@ import torch
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.arrays import SequenceArrays
 from kit.data.io import read_frame
+from kit.data.splits import kfold
 from kit.features import feature_arrays, feature_set_from_config
 from kit.features.normaliser import Normaliser
 from kit.features.sets import FeatureSet
@@ -45,45 +46,65 @@ def _real_steps(arrays: SequenceArrays) -> np.ndarray:
     return np.arange(arrays.x.shape[1])[None, :] < arrays.lengths[:, None]
 
 
-def _file_rows(arrays: SequenceArrays, path: Path, spec: CompetitionSpec,
-               truncate: str) -> np.ndarray:
-    """Row index in the source file of each masked (scored) step, in (sequence, step) order."""
+def _sequence_starts(arrays: SequenceArrays, path: Path, spec: CompetitionSpec,
+                     truncate: str) -> np.ndarray:
+    """Row index in the source file of each sequence's first kept step."""
     file_lengths = read_frame(path, [spec.id_col])[spec.id_col].rle().struct.unnest()["len"]
     file_lengths = file_lengths.to_numpy().astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(file_lengths)])[:-1]
     if truncate == "tail":  # the arrays kept the last steps of a long sequence
         starts = starts + np.maximum(file_lengths - arrays.x.shape[1], 0)
-    seq, step = np.nonzero(np.asarray(arrays.mask))
-    return starts[seq] + step
+    return starts
 
 
-def _split(arrays: SequenceArrays, normaliser: Normaliser, limit: int, rows: np.ndarray) -> Split:
+def _split(arrays: SequenceArrays, normaliser: Normaliser, starts: np.ndarray,
+           limit: int = 0) -> Split:
+    """Normalised tensors of the first `limit` sequences (all when 0) and their scored rows."""
     n = len(arrays) if limit <= 0 else min(limit, len(arrays))
-    x = normaliser.transform(arrays.x[:n])
-    rows = rows[: int(np.asarray(arrays.mask[:n]).sum())]
-    return Split(torch.from_numpy(np.ascontiguousarray(x)),
+    mask = np.array(arrays.mask[:n], dtype=bool)
+    seq, step = np.nonzero(mask)
+    return Split(torch.from_numpy(np.ascontiguousarray(normaliser.transform(arrays.x[:n]))),
                  torch.from_numpy(np.array(arrays.y[:n], dtype=np.float32)),
-                 torch.from_numpy(np.array(arrays.mask[:n], dtype=bool)), rows)
+                 torch.from_numpy(mask), starts[:n][seq] + step)
 
 
-def load_train_data(config: dict) -> TrainData:
-    """Feature arrays of the config's train and valid files, normalised."""
+def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0) -> Normaliser:
+    """Fit on the real (not padded) steps of the training sequences only."""
+    n = len(arrays) if limit <= 0 else min(limit, len(arrays))
+    norm = config["normaliser"]
+    return Normaliser.fit(arrays.x[:n], _real_steps(arrays)[:n], norm["method"],
+                          norm["clip"] or None)
+
+
+def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainData:
+    """Feature arrays of the config's train and valid files, normalised.
+
+    With fold = (k, i), both parts come from the train file: fold i of a k-fold split by
+    sequence id (seeded by config seed) is the validation part, the rest trains.
+    """
     spec = load_spec(config["spec"])
     feature_set = feature_set_from_config(config)
-    data = config["data"]
+    data, train_cfg = config["data"], config["train"]
     options = {"seq_len": data["seq_len"] or None, "truncate": data["truncate"],
                "cache_dir": Path(data["cache_dir"])}
-    train = feature_arrays(Path(data["train"]), feature_set, **options)
-    valid = feature_arrays(Path(data["valid"]), feature_set, **options)
-    limit_train = config["train"]["max_train_seqs"]
-    fit_on = train.x if limit_train <= 0 else train.x[:limit_train]
-    real = _real_steps(train)[: fit_on.shape[0]]
-    norm = config["normaliser"]
-    normaliser = Normaliser.fit(fit_on, real, norm["method"], norm["clip"] or None)
+    train_path = Path(data["train"])
+    train = feature_arrays(train_path, feature_set, **options)
+    train_starts = _sequence_starts(train, train_path, spec, data["truncate"])
+    if fold is None:
+        valid_path = Path(data["valid"])
+        valid = feature_arrays(valid_path, feature_set, **options)
+        valid_starts = _sequence_starts(valid, valid_path, spec, data["truncate"])
+        limit_train, limit_valid = train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]
+    else:
+        k, i = fold
+        train_ids, valid_ids = kfold(train.ids, k, seed=config["seed"])[i]
+        valid_pos, train_pos = train.positions(valid_ids), train.positions(train_ids)
+        valid, valid_starts = train.take(valid_ids), train_starts[valid_pos]
+        train, train_starts = train.take(train_ids), train_starts[train_pos]
+        limit_train = limit_valid = 0
+    normaliser = _fit_normaliser(train, config, limit_train)
     return TrainData(
         spec=spec, feature_set=feature_set, normaliser=normaliser,
-        train=_split(train, normaliser, limit_train,
-                     _file_rows(train, Path(data["train"]), spec, data["truncate"])),
-        valid=_split(valid, normaliser, config["train"]["max_valid_seqs"],
-                     _file_rows(valid, Path(data["valid"]), spec, data["truncate"])),
+        train=_split(train, normaliser, train_starts, limit_train),
+        valid=_split(valid, normaliser, valid_starts, limit_valid),
     )

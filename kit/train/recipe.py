@@ -6,6 +6,10 @@ import json
 import tomllib
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, load_experiment, resolve
 from kit.train.runs import RUNS_DIR, RunFiles, new_run_id
 
@@ -28,33 +32,78 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
 
 def train_experiment(exp: str, overrides: list[str] | None = None, *,
                      seeds: list[int] | None = None, resume: bool = False,
-                     run_dir: Path | None = None, stop_after_epochs: int = 0, progress: bool = True,
-                     runs_dir: Path = RUNS_DIR) -> list[dict]:
-    """Train one run per seed; returns each run's metrics (with its run directory)."""
+                     run_dir: Path | None = None, stop_after_epochs: int = 0, folds: int = 0,
+                     progress: bool = True, runs_dir: Path = RUNS_DIR) -> list[dict]:
+    """Train one run per seed (per fold with `folds`); returns each run's metrics."""
+    base = experiment_config(exp, overrides)
+    if folds and (resume or run_dir):
+        raise ConfigError("--folds starts new runs: it does not combine with --resume/--run-dir")
+    results = []
+    for seed in seeds or [base["seed"]]:
+        config = {**base, "seed": seed}
+        if folds:
+            results += _train_folds(config, folds, runs_dir, progress)
+            continue
+        if resume:
+            files = RunFiles(run_dir or resumable_run(config["name"], runs_dir))
+            config = resolve(tomllib.loads(files.config_path.read_text()))
+        else:
+            files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed))
+        results.append(_train_one(config, files, resume=resume,
+                                  stop_after_epochs=stop_after_epochs, progress=progress))
+    return results
+
+
+def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
+               resume: bool = False, stop_after_epochs: int = 0, progress: bool = True) -> dict:
     from kit.models import build_model, count_params, solve_width
     from kit.train.data import load_train_data
     from kit.train.trainer import fit
 
-    base = experiment_config(exp, overrides)
-    results = []
-    for seed in seeds or [base["seed"]]:
-        config = {**base, "seed": seed}
-        if resume:
-            root = run_dir or resumable_run(config["name"], runs_dir)
-            files = RunFiles(root)
-            config = resolve(tomllib.loads(files.config_path.read_text()))
-        else:
-            files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed))
-        data = load_train_data(config)
-        n_in, n_out = len(data.feature_set.outputs), data.spec.n_outputs
-        model_config = solve_width(config["model"], n_in, n_out)
-        model = build_model(model_config, n_in, n_out)
-        summary = {"params": count_params(model), "features": n_in,
-                   "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
-        if not resume:
-            files.start({**config, "model": model_config}, {})
-        files.about = {"model_config": model_config, "summary": summary}
-        metrics = fit(config, data, model, files, resume=resume,
-                      stop_after_epochs=stop_after_epochs, progress=progress)
-        results.append({**metrics, "run_dir": str(files.root)})
-    return results
+    data = load_train_data(config, fold)
+    n_in, n_out = len(data.feature_set.outputs), data.spec.n_outputs
+    model_config = solve_width(config["model"], n_in, n_out)
+    torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
+    model = build_model(model_config, n_in, n_out)
+    summary = {"params": count_params(model), "features": n_in,
+               "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
+    if fold is not None:
+        summary["fold"] = {"k": fold[0], "index": fold[1]}
+    if not resume:
+        files.start({**config, "model": model_config}, {})
+    files.about = {"model_config": model_config, "summary": summary}
+    metrics = fit(config, data, model, files, resume=resume,
+                  stop_after_epochs=stop_after_epochs, progress=progress)
+    return {**metrics, "run_dir": str(files.root)}
+
+
+def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool) -> list[dict]:
+    """One run per fold of the train file, then their out-of-fold predictions together.
+
+    runs/<exp>/<id>-fold<i>of<k>/ are ordinary runs (validated on their held-out fold; their
+    val_rows index the train file); runs/<exp>/<id>-oof/ holds oof_preds.npy + oof_rows.npy
+    (every scored train row exactly once) and the OOF metric in metrics.json.
+    """
+    from kit.metrics import evaluate
+    from kit.train.data import load_train_data
+
+    group = new_run_id(config["seed"])
+    results, preds, rows, truth = [], [], [], []
+    for i in range(k):
+        files = RunFiles(runs_dir / config["name"] / f"{group}-fold{i + 1}of{k}")
+        results.append(_train_one(config, files, fold=(k, i), progress=progress))
+        held_out = load_train_data(config, (k, i)).valid
+        preds.append(np.load(files.val_preds))
+        rows.append(np.load(files.val_rows))
+        truth.append(held_out.y.numpy()[held_out.mask.numpy()])
+    order = np.argsort(np.concatenate(rows), kind="stable")
+    oof_preds, oof_rows = np.concatenate(preds)[order], np.concatenate(rows)[order]
+    report = evaluate(load_spec(config["spec"]), np.concatenate(truth)[order], oof_preds)
+    folder = runs_dir / config["name"] / f"{group}-oof"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "oof_preds.npy", oof_preds)
+    np.save(folder / "oof_rows.npy", oof_rows)
+    summary = {"finished": True, "kind": "oof", "folds": k, "score": report.score,
+               "per_target": report.per_target, "runs": [r["run_dir"] for r in results]}
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return [*results, {**summary, "run_dir": str(folder), "best_epoch": "-", "params": 0}]
