@@ -98,6 +98,11 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
                                   weight_decay=train["weight_decay"])
     n, steps = len(data.train), data.train.x.shape[1]
     chunk = train["chunk"] or steps
+    if train["batch_size"] == 0:  # auto: the largest batch the GPU holds
+        from kit.train.batch_finder import find_batch_size
+
+        train = {**train, "batch_size": find_batch_size(model, data.train.x.shape[2], chunk, n,
+                                                        device)}
     batches_per_epoch = math.ceil(n / train["batch_size"])
     schedule = make_schedule(optimizer, train, batches_per_epoch * math.ceil(steps / chunk))
     per_step_schedule = train["schedule"] != "plateau"

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from kit.config import ConfigError
+from kit.train.batch_finder import find_batch_size, largest_fitting
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 7, 8, 9, 100, 1000, 4096])
+def test_largest_fitting_finds_the_capacity(capacity):
+    probes = []
+
+    def fits(size):
+        probes.append(size)
+        return size <= capacity
+
+    assert largest_fitting(fits, start=8, limit=4096) == capacity
+    assert len(probes) <= 30  # doubling then bisection, not a scan
+
+
+def test_limits():
+    assert largest_fitting(lambda size: True, limit=50) == 50
+    with pytest.raises(ConfigError, match="not even a batch of one"):
+        largest_fitting(lambda size: False)
+
+
+def test_auto_batch_needs_cuda():
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        find_batch_size(torch.nn.Linear(2, 2), 2, 10, 10, torch.device("cpu"))
