@@ -71,23 +71,7 @@ def cached_arrays(
     cache_dir: Path = Path("data/cache"),
 ) -> SequenceArrays:
     """Load the arrays built from `path` with settings `key`, or call `build()` and store them."""
-    path, cache_dir = Path(path), Path(cache_dir)
-    digest = cache_key(path, key)
-    entry = cache_dir / f"{_safe_stem(path)}-{digest[:24]}"
-    if entry.exists():
-        try:
-            return _load(entry, digest)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"cache entry {entry} is unusable ({exc}); rebuilding it",
-                          CacheWarning, stacklevel=2)  # fmt: skip
-    arrays = build()
-    try:
-        _store(entry, digest, arrays, {"source": str(path), "key": key})
-        return _load(entry, digest)
-    except (OSError, ValueError) as exc:
-        warnings.warn(f"could not write cache entry {entry} ({exc}); using the arrays uncached",
-                      CacheWarning, stacklevel=2)  # fmt: skip
-        return arrays
+    return cached_arrays_into(path, key, lambda sink: build(), cache_dir=cache_dir)
 
 
 class RowWriter:
@@ -161,15 +145,27 @@ def cached_arrays_into(
     try:
         arrays = build_into(lambda name, shape, dtype: RowWriter(shape, dtype,
                                                                  tmp / f"{name}.npy"))
-        written = {p.stem for p in tmp.glob("*.npy")}
-        for name in ARRAY_FIELDS:
-            if name not in written:  # the builder made this one in memory
-                np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)),
-                        allow_pickle=False)
-        _finish(tmp, entry, digest, arrays, {"source": str(path), "key": key})
-        return _load(entry, digest)
+        try:
+            written = {p.stem for p in tmp.glob("*.npy")}
+            for name in ARRAY_FIELDS:
+                if name not in written:  # the builder made this one in memory
+                    np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)),
+                            allow_pickle=False)
+            _finish(tmp, entry, digest, arrays, {"source": str(path), "key": key})
+            return _load(entry, digest)
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"could not write cache entry {entry} ({exc}); using the arrays "
+                          "uncached", CacheWarning, stacklevel=2)  # fmt: skip
+            return _materialised(arrays)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _materialised(arrays: SequenceArrays) -> SequenceArrays:
+    """In-memory copies of arrays that may live in files about to be deleted."""
+    fields = {name: np.array(getattr(arrays, name)) for name in ARRAY_FIELDS}
+    return SequenceArrays(**fields, feature_names=list(arrays.feature_names),
+                          target_names=list(arrays.target_names))
 
 
 def in_memory(name: str, shape: tuple, dtype) -> RowWriter:
@@ -215,18 +211,6 @@ def _new_tmp(entry: Path) -> Path:
     tmp = entry.parent / f"{TMP_PREFIX}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     return tmp
-
-
-def _store(entry: Path, digest: str, arrays: SequenceArrays, about: dict) -> None:
-    """Write into a fresh temp folder, meta.json last, then rename it into place."""
-    tmp = _new_tmp(entry)
-    try:
-        for name in ARRAY_FIELDS:
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)),
-                    allow_pickle=False)
-        _finish(tmp, entry, digest, arrays, about)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _finish(tmp: Path, entry: Path, digest: str, arrays: SequenceArrays, about: dict) -> None:
