@@ -50,17 +50,22 @@ def make_split(n: int, steps: int, seed: int) -> Split:
     return Split(x, y, mask, np.flatnonzero(mask.numpy().reshape(-1)))
 
 
+def _train_step(model, optimizer, x, y, mask) -> None:
+    """The textbook step both baselines run: forward, masked MSE, backward, clip, step."""
+    pred, _ = model(x, model.init_state(x.shape[0]))
+    loss = ((pred - y) ** 2)[mask].mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
 def bare_loop(model, split: Split, batch: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     started = time.perf_counter()
     for lo in range(0, len(split), batch):
-        x, y, mask = split.x[lo:lo + batch], split.y[lo:lo + batch], split.mask[lo:lo + batch]
-        pred, _ = model(x, model.init_state(x.shape[0]))
-        loss = ((pred - y) ** 2)[mask].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        _train_step(model, optimizer, split.x[lo:lo + batch], split.y[lo:lo + batch],
+                    split.mask[lo:lo + batch])
     return time.perf_counter() - started
 
 
@@ -87,12 +92,7 @@ def naive_loader(model, split: Split, batch: int) -> float:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     started = time.perf_counter()
     for x, y, mask in loader:
-        pred, _ = model(x, model.init_state(x.shape[0]))
-        loss = ((pred - y) ** 2)[mask].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        _train_step(model, optimizer, x, y, mask)
     return time.perf_counter() - started
 
 
