@@ -194,3 +194,11 @@ def test_the_same_seed_trains_the_same_model(env, tmp_path):
         run_cli("train", "exp=tiny", "train.epochs=1", "--run-dir", tmp_path / name, "-q")
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "val_preds.npy"),
                                   np.load(tmp_path / "b" / "val_preds.npy"))
+
+
+def test_tensorboard_logging_writes_event_files(env, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extra; install it")
+    run_cli("train", "exp=tiny", "train.epochs=2", "train.tensorboard=true",
+            "--run-dir", tmp_path / "tb", "-q")
+    events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
