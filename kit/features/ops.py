@@ -304,53 +304,45 @@ class HistoryOp(PerColumn):
         return kernels.HistoryKernel(names, _slots(columns, used), depth, past, windows)
 
 
-class Lag(HistoryOp):
-    """x[t - k]; before step k the first value of the sequence stands in."""
+class PastOp(HistoryOp):
+    """Ops of x[t] and x[t - k] (the first value standing in before step k): global shifts in
+    the batch face, one read of the shared buffer in the stream face."""
 
-    op, summary = "lag", "x[t-k] (k steps back; the first value before step k)"
     per_sequence = False
 
     def tag(self):
-        return f"lag{self._int('k')}"
+        return f"{self.op}{self._int('k')}"
+
+    def history(self):
+        return "past", self.op, self._int("k")
+
+
+class Lag(PastOp):
+    """x[t - k]; before step k the first value of the sequence stands in."""
+
+    op, summary = "lag", "x[t-k] (k steps back; the first value before step k)"
 
     def expr(self, c):
         return past_value(c, self._int("k"))
 
-    def history(self):
-        return "past", "lag", self._int("k")
 
-
-class DiffK(HistoryOp):
+class DiffK(PastOp):
     """x[t] - x[t - k] (the derivative over k steps); before step k, x[t] - x[0]."""
 
     op, summary = "delta", "x[t] - x[t-k] (difference over k steps; vs the first value before k)"
-    per_sequence = False
-
-    def tag(self):
-        return f"delta{self._int('k')}"
 
     def expr(self, c):
         return c - past_value(c, self._int("k"))
 
-    def history(self):
-        return "past", "delta", self._int("k")
 
-
-class RateOfChange(HistoryOp):
+class RateOfChange(PastOp):
     """(x[t] - x[t - k]) / x[t - k] with the safe denominator."""
 
     op, summary = "roc", "(x[t] - x[t-k]) / x[t-k] (rate of change, safe denominator)"
-    per_sequence = False
-
-    def tag(self):
-        return f"roc{self._int('k')}"
 
     def expr(self, c):
         past = past_value(c, self._int("k"))
         return safe_div_expr(c - past, past)
-
-    def history(self):
-        return "past", "roc", self._int("k")
 
 
 class Rolling(HistoryOp):

@@ -7,10 +7,8 @@ a resumed run replays exactly the epochs an uninterrupted one would have run.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -219,9 +217,3 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     if writer is not None:
         writer.close()
     return files.write_metrics(finished=finished, sign=sign, swa=swa_won)
-
-
-def history_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
