@@ -129,17 +129,18 @@ def data_stats(
 def score(
     submission: Path = typer.Argument(..., help="Submission folder or .zip with solution.py."),
     data: Path = typer.Option(..., "--data", "-d", help="Labelled parquet file to score on."),
-    spec: str = SpecOption,
+    spec: str | None = typer.Option(None, "--spec", "-s", help="Competition spec (default: "
+                                    "the pack's manifest, else predictorium)."),
     seqs: int | None = typer.Option(None, help="Score only the first N sequences."),
     timeout: float | None = typer.Option(None, help="Kill the submission after this many s."),
     as_json: bool = JsonOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Replay the competition's scorer on a submission, in a 1-CPU sandboxed process."""
-    from kit.competition import load_spec
+    from kit.export.pack import submission_spec
     from kit.scoring import score_submission
 
-    result = score_submission(submission, data, load_spec(spec), seqs=seqs,
+    result = score_submission(submission, data, submission_spec(submission, spec), seqs=seqs,
                               progress=not (quiet or as_json), timeout_s=timeout)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
 
@@ -274,6 +275,36 @@ def report(
     from kit.reports import write_report
 
     typer.echo(f"wrote {write_report(run, out)}")
+
+
+@app.command()
+def pack(
+    run: Path = typer.Argument(..., help="A run directory (runs/EXP/ID) or its best.pt."),
+    name: str | None = typer.Option(None, help="Submission name (default: EXP-ID)."),
+    out: Path = typer.Option(Path("submissions"), help="Where submissions are written."),
+) -> None:
+    """Freeze a run into one stateful ONNX step graph: submissions/NAME/ and NAME.zip."""
+    from kit.export.pack import pack_run
+
+    typer.echo(pack_run(run, name, out).format())
+
+
+@app.command()
+def parity(
+    submission: Path = typer.Argument(..., help="A package folder or zip written by kit pack."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Labelled parquet file "
+                                     "(default: the packed run's validation file)."),
+    seqs: int = typer.Option(16, help="Compare on the first N sequences."),
+    atol: float = typer.Option(1e-5, help="Largest allowed absolute prediction difference."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Prove the package equals the PyTorch model step by step; exits 1 on any failed check."""
+    from kit.parity import default_data, run_parity
+
+    result = run_parity(submission, data or default_data(submission), seqs=seqs, atol=atol)
+    _print_json(result.to_dict()) if as_json else typer.echo(result.format())
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -101,26 +101,12 @@ def score_submission(
     """
     submission, data = Path(submission), Path(data)
     values, truth, sequences = load_rows(data, spec, seqs)
+    n_rows = len(values)
     with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:
-        workdir = Path(tmp)
-        solution_dir = prepare_submission(submission, workdir / "submission")
-        rows_path = workdir / "rows.npy"
-        np.save(rows_path, values)
-        n_rows = len(values)
-        del values
-        pinned = cpu if cpu is not None else choose_cpu()
-        memory = int(spec.limits.memory_gb * 2**30) if limit_memory else None
-        child = run_child(
-            solution_dir,
-            rows_path,
-            n_rows,
-            spec.n_outputs,
-            workdir,
-            cpu=pinned,
-            memory_limit_bytes=memory,
-            timeout_s=timeout_s,
-            progress=progress,
-        )
+        solution_dir = prepare_submission(submission, Path(tmp) / "submission")
+        child = replay_rows(solution_dir, values, spec, cpu=cpu, limit_memory=limit_memory,
+                            timeout_s=timeout_s, progress=progress)
+    del values
     result, preds = child.result, child.predictions
     notes = []
     nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))
@@ -169,6 +155,29 @@ def score_submission(
         output_tail=child.output_tail,
         predictions=preds,
     )
+
+
+def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, *,
+                cpu: int | None = None, limit_memory: bool = False,
+                timeout_s: float | None = None, progress: bool = False):
+    """Run a prepared submission folder over float64 rows (id, step, need, features...) in
+    the 1-CPU child, in the order given; returns the child's run (result, predictions)."""
+    with tempfile.TemporaryDirectory(prefix="kit-replay-") as tmp:
+        workdir = Path(tmp)
+        rows_path = workdir / "rows.npy"
+        np.save(rows_path, np.ascontiguousarray(values, dtype=np.float64))
+        memory = int(spec.limits.memory_gb * 2**30) if limit_memory else None
+        return run_child(
+            Path(solution_dir),
+            rows_path,
+            len(values),
+            spec.n_outputs,
+            workdir,
+            cpu=cpu if cpu is not None else choose_cpu(),
+            memory_limit_bytes=memory,
+            timeout_s=timeout_s,
+            progress=progress,
+        )
 
 
 def load_rows(

@@ -1,0 +1,142 @@
+"""A trained run as one stream module: guard -> feature ops -> normaliser -> model.
+
+`load_member` reads a run's best.pt (weights, model config, normaliser, feature set, spec) and
+rebuilds every part from the checkpoint alone, so what is packed is what was validated, not what
+the experiment file says today. `StreamChain` composes stream modules (DESIGN.md "The one idea"):
+each stage's output is the next stage's input, and the chain's state is the stages' states in
+order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kit.competition import CompetitionSpec, spec_from_dict
+from kit.errors import KitError
+from kit.features.normaliser import Normaliser
+from kit.features.sets import FeatureSet, build_feature_set
+from kit.models import build_model
+from kit.train.checkpoint import load_checkpoint
+
+CHECKPOINT_KEYS = ("model", "model_config", "normaliser", "features", "spec")
+
+
+class StreamChain(nn.Module):
+    """Stream modules run one after another; state = the stages' states concatenated."""
+
+    def __init__(self, *stages: nn.Module):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.state_sizes = [len(stage.init_state(1)) for stage in stages]
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        return [t for stage in self.stages for t in stage.init_state(batch)]
+
+    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        new_state: list[Tensor] = []
+        at = 0
+        for stage, size in zip(self.stages, self.state_sizes, strict=True):
+            x, own = stage(x, state[at:at + size])
+            new_state += own
+            at += size
+        return x, new_state
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Member:
+    """One trained model with everything that runs before it at inference."""
+
+    run_dir: Path
+    checkpoint: Path
+    sha256: str
+    spec: CompetitionSpec
+    feature_set: FeatureSet
+    normaliser: Normaliser
+    model: nn.Module
+    model_config: dict
+    score: float | None
+    per_target: dict
+    config: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.run_dir.parent.name}/{self.run_dir.name}"
+
+    def stream_module(self) -> StreamChain:
+        """Raw rows in, predictions out, one step or many: the module the graph freezes."""
+        return StreamChain(self.feature_set.stream_module(), self.normaliser.stream_module(),
+                           self.model).eval()
+
+    def describe(self) -> dict:
+        """The member's entry in manifest.json."""
+        return {
+            "run": str(self.run_dir), "checkpoint": str(self.checkpoint), "sha256": self.sha256,
+            "model": self.model_config, "features": self.feature_set.outputs,
+            "feature_groups": self.feature_set.groups, "normaliser": self.normaliser.method,
+            "val_score": self.score, "val_per_target": self.per_target, "config": self.config,
+        }
+
+
+def find_checkpoint(run: Path) -> Path:
+    """RUN may be a run directory (its best.pt) or a checkpoint file."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if (run / "best.pt").is_file():
+        return run / "best.pt"
+    if run.is_dir() and (run / "last.pt").is_file():
+        raise KitError(f"{run}: no best.pt yet (the run has not finished a validated epoch)")
+    raise KitError(f"{run}: not a run directory (no best.pt); `kit runs` lists the runs")
+
+
+def load_member(run: Path) -> Member:
+    """Rebuild a run's feature set, normaliser and model from its best checkpoint."""
+    path = find_checkpoint(run)
+    ckpt = load_checkpoint(path, required=CHECKPOINT_KEYS)
+    spec = spec_from_dict(ckpt["spec"], str(path))
+    features = ckpt["features"]
+    feature_set = build_feature_set(spec, [], features["ops"]) if features["ops"] else None
+    if feature_set is None or feature_set.outputs != features["outputs"]:
+        raise KitError(f"{path}: the stored feature set does not rebuild to the same outputs "
+                       "(was it written by another kit version?)")
+    feature_set.groups = list(features["groups"])
+    n_in, n_out = len(feature_set.outputs), spec.n_outputs
+    model = build_model(ckpt["model_config"], n_in, n_out)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise KitError(f"{path}: the weights do not fit the stored model config "
+                       f"({str(exc).splitlines()[0]})") from None
+    config_path = path.parent / "config.toml"
+    config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
+    return Member(
+        run_dir=path.parent, checkpoint=path, sha256=sha256_file(path), spec=spec,
+        feature_set=feature_set, normaliser=Normaliser.from_dict(ckpt["normaliser"]),
+        model=model.eval(), model_config=dict(ckpt["model_config"]),
+        score=ckpt.get("score"), per_target=dict(ckpt.get("per_target", {})), config=config,
+    )
+
+
+@torch.no_grad()
+def stream_steps(module: nn.Module, x: Tensor) -> Tensor:
+    """Run a stream module one step at a time over x [B, T, F] (state carried): [B, T, K]."""
+    state = module.init_state(x.shape[0])
+    out = []
+    for t in range(x.shape[1]):
+        y, state = module(x[:, t:t + 1], state)
+        out.append(y)
+    return torch.cat(out, dim=1)

@@ -1,0 +1,403 @@
+"""`kit parity SUBMISSION --data FILE`: proof that a package computes what the trained model does.
+
+Three paths over the same sequences:
+  sequence  the PyTorch model over whole sequences on the Polars batch features (training's path);
+  step      the PyTorch stream modules (guard, features, normaliser, model) one step at a time;
+  package   the packaged solution.py, driven row by row by the local scorer in its 1-CPU sandbox.
+and four checks of the runtime's behaviour, each on the package:
+  order     sequences in shuffled order (one fed twice) and rows of several sequences
+            interleaved give the same predictions: state is reset/kept per sequence;
+  warm-up   changing the warm-up rows changes the predictions after them, exactly as the step
+            path says it should: warm-up rows are processed;
+  NaN/inf   rows with NaN/inf values give finite predictions equal to the step path's.
+Any difference above atol, or a failed check, fails parity and names the check and the row.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from kit.competition import CompetitionSpec, spec_from_dict
+from kit.data.arrays import build_arrays
+from kit.export.frozen import Member, load_member, stream_steps
+from kit.export.pack import (
+    MANIFEST_FILE,
+    PackError,
+    hash_mismatches,
+    read_manifest,
+    write_manifest,
+)
+from kit.metrics import evaluate
+from kit.scoring.sandbox import prepare_submission
+from kit.scoring.score import load_rows, replay_rows
+from kit.submission import write_submission_zip
+
+DEFAULT_ATOL = 1e-5
+DEFAULT_SEQS = 16
+PATHS = ("sequence", "step", "package")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class ParityReport:
+    submission: str
+    data: str
+    sequences: int
+    rows: int
+    scored_rows: int
+    atol: float
+    metrics: dict  # path -> {"score", "per_target"}
+    diffs: list[dict]  # {"pair", "max_abs", "per_target": {t: {max_abs, max_rel, seq, step}}}
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def max_abs(self) -> float:
+        return max((d["max_abs"] for d in self.diffs), default=math.nan)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok, "submission": self.submission, "data": self.data,
+            "sequences": self.sequences, "rows": self.rows, "scored_rows": self.scored_rows,
+            "atol": self.atol, "max_abs": self.max_abs, "metrics": self.metrics,
+            "diffs": self.diffs, "checks": [vars(c) for c in self.checks],
+        }
+
+    def format(self) -> str:
+        lines = [f"parity of {self.submission} on {self.data}: {self.sequences} sequence(s), "
+                 f"{self.rows:,} rows, {self.scored_rows:,} scored; atol {self.atol:g}"]
+        targets = list(next(iter(self.metrics.values()))["per_target"])
+        lines.append(f"{'path':<10}{'score':>10}" + "".join(f"{t:>10}" for t in targets))
+        for path, m in self.metrics.items():
+            lines.append(f"{path:<10}{m['score']:>10.5f}"
+                         + "".join(f"{m['per_target'][t]:>10.5f}" for t in targets))
+        for d in self.diffs:
+            per = "  ".join(f"{t} max abs {v['max_abs']:.2e} rel {v['max_rel']:.2e} "
+                            f"(seq {v['seq']:g}, step {v['step']:g})"
+                            for t, v in d["per_target"].items())
+            lines.append(f"{d['pair']:<20} {per}")
+        for c in self.checks:
+            lines.append(f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
+        lines.append(f"parity {'OK' if self.ok else 'FAILED'}: max abs difference "
+                     f"{self.max_abs:.2e}")
+        return "\n".join(lines)
+
+
+# --- the three paths ----------------------------------------------------------------------
+
+
+@dataclass
+class Rows:
+    """The sample as the scorer sees it, with each row's place in the (N, T) layout."""
+
+    values: np.ndarray  # (rows, 3 + F) float64: id, step, need, features
+    seq: np.ndarray  # (rows,) sequence index 0..N-1
+    pos: np.ndarray  # (rows,) position within the sequence
+    lengths: np.ndarray  # (N,)
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Rows:
+        ids = values[:, 0]
+        starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+        lengths = np.diff(np.append(starts, len(ids)))
+        seq = np.repeat(np.arange(len(starts)), lengths)
+        pos = np.arange(len(ids)) - np.repeat(starts, lengths)
+        return cls(values, seq, pos, lengths)
+
+    @property
+    def need(self) -> np.ndarray:
+        return self.values[:, 2] != 0
+
+    def with_features(self, features: np.ndarray) -> Rows:
+        values = self.values.copy()
+        values[:, 3:] = features
+        return Rows(values, self.seq, self.pos, self.lengths)
+
+    def grid(self) -> np.ndarray:
+        """Raw features as (N, T, F) float32 (padding zeros; it comes after every real step)."""
+        x = np.zeros((len(self.lengths), self.lengths.max(), self.values.shape[1] - 3),
+                     dtype=np.float32)
+        x[self.seq, self.pos] = self.values[:, 3:]
+        return x
+
+    def scored(self, grid: np.ndarray) -> np.ndarray:
+        """The (scored rows, K) predictions of an (N, T, K) grid, in row order."""
+        need = self.need
+        return grid[self.seq[need], self.pos[need]].astype(np.float64)
+
+    def frame(self, spec: CompetitionSpec) -> pl.DataFrame:
+        """A Polars frame of the rows as kit's batch face reads files (targets zero)."""
+        v = self.values
+        cols = {spec.id_col: pl.Series(v[:, 0].astype(np.int64)),
+                spec.step_col: pl.Series(v[:, 1].astype(np.int64)),
+                spec.need_col: pl.Series(v[:, 2] != 0)}
+        cols |= {name: pl.Series(v[:, 3 + i]) for i, name in enumerate(spec.features)}
+        cols |= {name: pl.Series(np.zeros(len(v), np.float32)) for name in spec.targets}
+        return pl.DataFrame(cols)
+
+
+@torch.no_grad()
+def sequence_path(member: Member, rows: Rows) -> np.ndarray:
+    """Training's path: batch features (Polars) -> normaliser -> model over whole sequences."""
+    spec, names = member.spec, member.feature_set.outputs
+    arrays = build_arrays(member.feature_set.batch_frame(rows.frame(spec)), spec, names,
+                          seq_len=int(rows.lengths.max()))
+    x = torch.from_numpy(np.ascontiguousarray(member.normaliser.transform(arrays.x)))
+    y, _ = member.model(x, member.model.init_state(x.shape[0]))
+    return rows.scored(y.numpy())
+
+
+def step_path(member: Member, rows: Rows) -> np.ndarray:
+    """The stream modules one step at a time on the raw rows: what the graph should compute."""
+    y = stream_steps(member.stream_module(), torch.from_numpy(rows.grid()))
+    return rows.scored(y.numpy())
+
+
+def combine(members: list[Member], weights: list[float], path, rows: Rows) -> np.ndarray:
+    return sum(w * path(m, rows) for m, w in zip(members, weights, strict=True))
+
+
+class Package:
+    """The unpacked package, run by the sandboxed scorer on rows in any order."""
+
+    def __init__(self, folder: Path, spec: CompetitionSpec):
+        self.folder, self.spec = folder, spec
+
+    def run(self, rows: Rows) -> np.ndarray:
+        return replay_rows(self.folder, rows.values, self.spec).predictions
+
+    def run_in_order(self, rows: Rows, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows fed in `order` (repeats allowed): the predictions as fed, and for each the
+        index of its scored row in the rows' own order."""
+        fed = order[rows.need[order]]
+        scored_index = (np.cumsum(rows.need) - 1)[fed]
+        return replay_rows(self.folder, rows.values[order], self.spec).predictions, scored_index
+
+
+# --- comparisons and checks ---------------------------------------------------------------
+
+
+def compare(pair: str, a: np.ndarray, b: np.ndarray, rows: Rows, targets: list[str]) -> dict:
+    diff = np.abs(a - b)
+    diff = np.where(np.isnan(diff), np.inf, diff)  # a NaN on one side is the worst difference
+    rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-6)
+    where = rows.values[rows.need]
+    per = {}
+    for k, name in enumerate(targets):
+        worst = int(np.argmax(diff[:, k]))
+        per[name] = {"max_abs": float(diff[worst, k]), "max_rel": float(rel[:, k].max()),
+                     "seq": float(where[worst, 0]), "step": float(where[worst, 1])}
+    return {"pair": pair, "max_abs": max(v["max_abs"] for v in per.values()), "per_target": per}
+
+
+def first_difference(got: np.ndarray, want: np.ndarray, where: np.ndarray, atol: float) -> str:
+    """'' when got == want within atol, else how many rows differ and the first (seq, step);
+    where[i] is the row (id, step, ...) of prediction i."""
+    bad = np.flatnonzero(~(np.abs(got - want) <= atol).all(axis=1))
+    if not len(bad):
+        return ""
+    row = where[bad[0]]
+    return (f"{len(bad):,} scored row(s) differ by more than {atol:g}; first at seq "
+            f"{row[0]:g}, step {row[1]:g} (max {np.nanmax(np.abs(got - want)):.3g})")
+
+
+def shuffled_order(rows: Rows, rng: np.random.Generator) -> np.ndarray:
+    """Row order with the sequences permuted and the first of them fed again at the end."""
+    seqs = rng.permutation(len(rows.lengths))
+    starts = np.concatenate([[0], np.cumsum(rows.lengths)])
+    blocks = [np.arange(starts[s], starts[s + 1]) for s in seqs]
+    return np.concatenate(blocks + [blocks[0]])
+
+
+def interleaved_order(rows: Rows, group: int = 4) -> np.ndarray:
+    """Rows of `group` sequences at a time, one row of each in turn."""
+    return np.lexsort((rows.seq, rows.pos, rows.seq // group))
+
+
+def check_order(package: Package, rows: Rows, reference: np.ndarray, atol: float,
+                rng: np.random.Generator) -> list[Check]:
+    checks = []
+    for name, order, fine in (
+        ("order: shuffled sequences", shuffled_order(rows, rng),
+         f"{len(rows.lengths)} sequences in shuffled order, the first fed twice: same "
+         "predictions (state reset on a new sequence)"),
+        ("order: interleaved rows", interleaved_order(rows),
+         "rows of 4 sequences at a time, one of each in turn: same predictions (state kept "
+         "per sequence)"),
+    ):
+        got, index = package.run_in_order(rows, order)
+        where = rows.values[order][rows.need[order]]
+        problems = first_difference(got, reference[index], where, atol)
+        checks.append(Check(name, not problems, problems or fine))
+    return checks
+
+
+def warmup_rows(rows: Rows) -> np.ndarray:
+    """Rows before each sequence's first scored row."""
+    first = np.full(len(rows.lengths), np.iinfo(np.int64).max)
+    need = rows.need
+    np.minimum.at(first, rows.seq[need], rows.pos[need])
+    return rows.pos < first[rows.seq]
+
+
+def check_warmup(package: Package, members, weights, rows: Rows, reference: np.ndarray,
+                 atol: float) -> Check:
+    warm = warmup_rows(rows)
+    if not warm.any():
+        return Check("warm-up processed", True, "n/a: no warm-up rows in this competition")
+    features = rows.values[:, 3:].copy()
+    donor = np.roll(np.arange(len(rows.lengths)), -1) if len(rows.lengths) > 1 else None
+    starts = np.concatenate([[0], np.cumsum(rows.lengths)])
+    for s in range(len(rows.lengths)):
+        mine = np.flatnonzero(warm & (rows.seq == s))
+        if donor is None or rows.lengths[donor[s]] < len(mine):
+            features[mine] = features[mine[::-1]]  # warm-up rows reversed in time
+        else:
+            features[mine] = rows.values[starts[donor[s]]:starts[donor[s]] + len(mine), 3:]
+    altered = rows.with_features(features)
+    got = package.run(altered)
+    expected = combine(members, weights, step_path, altered)
+    problems = first_difference(got, expected, rows.values[rows.need], atol)
+    if problems:
+        return Check("warm-up processed", False, f"with other warm-up rows, {problems}")
+    scored_seq = rows.seq[rows.need]
+    changed = np.zeros(len(rows.lengths), bool)
+    np.logical_or.at(changed, scored_seq, (got != reference).any(axis=1))
+    if not changed.all():
+        ids = rows.values[np.searchsorted(rows.seq, np.flatnonzero(~changed)), 0]
+        return Check("warm-up processed", False,
+                     f"predictions of sequence(s) {ids[:5].tolist()} do not change when their "
+                     "warm-up rows change: the warm-up rows are not run through the model")
+    return Check("warm-up processed", True,
+                 f"other warm-up rows change every sequence's predictions, as the step path "
+                 f"predicts ({int(warm.sum()):,} warm-up rows)")
+
+
+def corrupted(rows: Rows, rng: np.random.Generator) -> Rows:
+    """NaN/+inf/-inf sprinkled over 3% of the values, a whole-NaN row per sequence and a NaN in
+    each sequence's first row (before any finite value)."""
+    features = rows.values[:, 3:].copy()
+    r = rng.random(features.shape)
+    features[r < 0.02] = np.nan
+    features[(r >= 0.02) & (r < 0.025)] = np.inf
+    features[(r >= 0.025) & (r < 0.03)] = -np.inf
+    starts = np.concatenate([[0], np.cumsum(rows.lengths)])[:-1]
+    features[starts, 0] = np.nan
+    features[starts + rows.lengths // 2] = np.nan
+    return rows.with_features(features)
+
+
+def check_nonfinite(package: Package, members, weights, rows: Rows, atol: float,
+                    rng: np.random.Generator) -> Check:
+    dirty = corrupted(rows, rng)
+    got = package.run(dirty)
+    if not np.isfinite(got).all():
+        bad = np.flatnonzero(~np.isfinite(got).all(axis=1))[0]
+        row = dirty.values[dirty.need][bad]
+        return Check("NaN/inf rows", False, f"non-finite prediction at seq {row[0]:g}, step "
+                                            f"{row[1]:g} after NaN/inf inputs")
+    problems = first_difference(got, combine(members, weights, step_path, dirty),
+                                dirty.values[dirty.need], atol)
+    return Check("NaN/inf rows", not problems,
+                 problems or f"{int((~np.isfinite(dirty.values[:, 3:])).sum()):,} NaN/inf "
+                             "values: finite predictions, equal to the step path")
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def load_members(manifest: dict) -> tuple[list[Member], list[float]]:
+    members, weights = [], []
+    for entry in manifest["members"]:
+        path = Path(entry["checkpoint"])
+        if not path.is_file():
+            raise PackError(f"the run behind this package is gone ({path}); parity compares "
+                            "against the trained PyTorch model, so it needs that checkpoint")
+        member = load_member(path)
+        if member.sha256 != entry["sha256"]:
+            raise PackError(f"{path} changed since the package was made (sha256 differs): "
+                            "re-pack the run, then check parity")
+        members.append(member)
+        weights.append(float(entry["weight"]))
+    return members, weights
+
+
+def default_data(submission: Path) -> Path:
+    """The validation file of the package's first member (its training config says which)."""
+    from kit.export.pack import _manifest_of
+
+    manifest = _manifest_of(Path(submission))
+    if manifest is None:
+        raise PackError(f"{submission}: no {MANIFEST_FILE}; is this a package written by "
+                        "kit pack?")
+    valid = manifest["members"][0].get("config", {}).get("data", {}).get("valid")
+    if not valid:
+        raise PackError(f"{submission}: the manifest names no validation file; pass --data")
+    return Path(valid)
+
+
+def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
+               atol: float = DEFAULT_ATOL, seed: int = 0, record: bool = True) -> ParityReport:
+    """Compare the three paths and run the checks; with `record`, a package folder's manifest
+    gets the report (and its zip is rewritten)."""
+    submission = Path(submission)
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory(prefix="kit-parity-") as tmp:
+        folder = prepare_submission(submission, Path(tmp) / "submission")
+        manifest = read_manifest(folder)
+        spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
+        bad_files = hash_mismatches(folder, manifest)
+        members, weights = load_members(manifest)
+        values, truth, n_seqs = load_rows(Path(data), spec, seqs)
+        rows = Rows.of(values)
+        package = Package(folder, spec)
+        preds = {"sequence": combine(members, weights, sequence_path, rows),
+                 "step": combine(members, weights, step_path, rows),
+                 "package": package.run(rows)}
+        targets = list(spec.outputs)
+        diffs = [compare(f"{a} vs {b}", preds[a], preds[b], rows, targets)
+                 for a, b in (("sequence", "step"), ("sequence", "package"), ("step", "package"))]
+        worst = max(diffs, key=lambda d: d["max_abs"])
+        checks = [
+            Check("manifest", not bad_files,
+                  "; ".join(bad_files) or "every file matches its sha256"),
+            Check("paths agree", worst["max_abs"] <= atol,
+                  f"max abs difference {worst['max_abs']:.2e} ({worst['pair']}) "
+                  f"{'<=' if worst['max_abs'] <= atol else '>'} atol {atol:g}"
+                  + ("" if worst["max_abs"] <= atol else "; " + _where(worst))),
+            *check_order(package, rows, preds["package"], atol, rng),
+            check_warmup(package, members, weights, rows, preds["package"], atol),
+            check_nonfinite(package, members, weights, rows, atol, rng),
+        ]
+    metrics = {}
+    for path in PATHS:
+        report = evaluate(spec, truth, preds[path])
+        metrics[path] = {"score": report.score, "per_target": report.per_target}
+    result = ParityReport(str(submission), str(data), n_seqs, len(values), int(rows.need.sum()),
+                          atol, metrics, diffs, checks)
+    if record and submission.is_dir() and not bad_files:
+        manifest["parity"] = result.to_dict()
+        write_manifest(submission, manifest)
+        write_submission_zip(submission)
+    return result
+
+
+def _where(diff: dict) -> str:
+    name, v = max(diff["per_target"].items(), key=lambda kv: kv[1]["max_abs"])
+    return f"worst at {name}, seq {v['seq']:g}, step {v['step']:g}"
