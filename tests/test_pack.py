@@ -1,0 +1,326 @@
+"""kit pack, kit parity and kit score on packs: every model type on a tiny competition, the
+runtime's contract, zip and manifest contents, and deliberately broken packages."""
+
+import ast
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+from kit.competition import load_spec
+from kit.data.synth import synthesize
+from kit.export.frozen import StreamChain, load_member, sha256_file
+from kit.export.pack import (
+    PACK_FILES,
+    PackError,
+    finalize_graph,
+    pack_run,
+    read_manifest,
+    submission_spec,
+    write_manifest,
+)
+from kit.export.step_graph import export_step_graph
+from kit.parity import run_parity
+from kit.scoring import score_submission
+from kit.train.checkpoint import load_checkpoint, save_checkpoint
+from kit.train.recipe import train_experiment
+from tests.cli import run_cli
+from tests.test_train import SPEC_TOML
+
+MODEL_TABLES = {
+    "gru": {"type": "gru", "hidden": 16, "layers": 2},
+    "lstm": {"type": "lstm", "hidden": 12, "layers": 1},
+    "attention_gru": {"type": "attention_gru", "hidden": 12, "layers": 1, "window": 8},
+    "transformer": {"type": "transformer", "d_model": 16, "n_heads": 2, "layers": 1,
+                    "window": 12},
+    "ssm": {"type": "ssm", "d_model": 12, "layers": 1, "d_state": 4},
+    "tcn": {"type": "tcn", "channels": 8, "kernel": 3, "dilations": [1, 2, 4]},
+    "patchtst": {"type": "patchtst", "d_model": 16, "n_heads": 2, "layers": 1, "window": 12,
+                 "patch_len": 4, "stride": 4},
+}
+SEQS = 4  # parity sample: enough for shuffling and interleaving, small enough to be quick
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack")
+    (root / "tiny-lob.toml").write_text(SPEC_TOML)
+    spec = load_spec(str(root / "tiny-lob.toml"))
+    synthesize(spec, root / "data", train_seqs=16, valid_seqs=6, seed=3)
+    exps = root / "experiments"
+    exps.mkdir()
+    for name, table in MODEL_TABLES.items():
+        (exps / f"{name}.toml").write_text(tomli_w.dumps({
+            "spec": str(root / "tiny-lob.toml"), "seed": 5,
+            "data": {"train": str(root / "data/train.parquet"),
+                     "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
+            "features": {"groups": ["raw", "diffs", "ewm"]},
+            "model": table,
+            "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3},
+        }))
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(workspace):
+    """One trained run per model type (1 epoch: parity needs weights, not quality)."""
+    import os
+
+    old = os.environ.get("KIT_EXPERIMENTS")
+    os.environ["KIT_EXPERIMENTS"] = str(workspace / "experiments")
+    try:
+        return {name: Path(train_experiment(name, progress=False,
+                                            runs_dir=workspace / "runs")[0]["run_dir"])
+                for name in MODEL_TABLES}
+    finally:
+        if old is None:
+            del os.environ["KIT_EXPERIMENTS"]
+        else:
+            os.environ["KIT_EXPERIMENTS"] = old
+
+
+@pytest.fixture(scope="module")
+def gru_pack(workspace, runs):
+    return pack_run(runs["gru"], "gru", workspace / "submissions")
+
+
+def _valid(workspace) -> Path:
+    return workspace / "data/valid.parquet"
+
+
+@pytest.mark.parametrize("name", list(MODEL_TABLES))
+def test_pack_parity_and_score_for_every_model_type(workspace, runs, name):
+    packed = pack_run(runs[name], f"pack-{name}", workspace / "submissions")
+    report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
+    assert report.ok, report.format()
+    assert report.max_abs <= 1e-5
+    assert {c.name for c in report.checks} == {
+        "manifest", "paths agree", "order: shuffled sequences", "order: interleaved rows",
+        "warm-up processed", "NaN/inf rows"}
+    # the package scores what the model scored on validation when training (same rows)
+    scored = score_submission(packed.zip_path, _valid(workspace),
+                              submission_spec(packed.zip_path), progress=False)
+    metrics = json.loads((runs[name] / "metrics.json").read_text())
+    assert scored.score == pytest.approx(metrics["score"], abs=1e-4)
+    # parity was recorded in the manifest, and the zip rewritten with it
+    manifest = read_manifest(packed.folder)
+    assert manifest["parity"]["ok"] and manifest["parity"]["max_abs"] == report.max_abs
+    with zipfile.ZipFile(packed.zip_path) as archive:
+        assert json.loads(archive.read("manifest.json"))["parity"]["ok"]
+
+
+def test_zip_holds_exactly_the_package_files_and_the_manifest_hashes_match(gru_pack):
+    with zipfile.ZipFile(gru_pack.zip_path) as archive:
+        assert sorted(archive.namelist()) == sorted(PACK_FILES)
+        manifest = json.loads(archive.read("manifest.json"))
+        for name, digest in manifest["files"].items():
+            import hashlib
+
+            assert hashlib.sha256(archive.read(name)).hexdigest() == digest
+    assert set(manifest["files"]) == {"solution.py", "model.onnx"}
+    for name, digest in manifest["files"].items():
+        assert sha256_file(gru_pack.folder / name) == digest
+    assert manifest["inputs"] == list(load_spec("predictorium").features)
+    assert manifest["outputs"] == ["t0", "t1"]
+    assert manifest["members"][0]["weight"] == 1.0
+    assert manifest["members"][0]["config"]["model"]["type"] == "gru"
+    assert [s["name"] for s in manifest["states"]] == [
+        f"state_{i}" for i in range(len(manifest["states"]))]
+
+
+def test_graph_has_dynamic_batch_and_a_portable_ir_version(gru_pack):
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(gru_pack.folder / "model.onnx"))
+    assert model.ir_version == 8
+    session = ort.InferenceSession(str(gru_pack.folder / "model.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    assert names[0] == "x" and all(n == f"state_{i}" for i, n in enumerate(names[1:]))
+    for batch in (1, 5):
+        feed = {"x": np.zeros((batch, 32), np.float32)}
+        feed |= {i.name: np.zeros((batch, *i.shape[1:]), np.float32)
+                 for i in session.get_inputs()[1:]}
+        y, *state = session.run(None, feed)
+        assert y.shape == (batch, 2) and all(s.shape[0] == batch for s in state)
+
+
+def test_solution_imports_only_numpy_and_onnxruntime(gru_pack):
+    tree = ast.parse((gru_pack.folder / "solution.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"os", "collections", "numpy", "onnxruntime"}
+
+
+class Point:
+    def __init__(self, seq_ix, step_in_seq, need_prediction, state):
+        self.seq_ix, self.step_in_seq = seq_ix, step_in_seq
+        self.need_prediction, self.state = need_prediction, state
+
+
+def _solution(folder: Path, call_path: str = "iobinding"):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"solution_{call_path}", folder / "solution.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PredictionModel(call_path=call_path)
+
+
+def test_runtime_contract_fresh_arrays_none_float_ids_and_nan_rows(gru_pack):
+    model = _solution(gru_pack.folder)
+    assert model.bindings is not None  # the IOBinding path passed its self-test here
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((15, 32))
+    rows[12, :5] = np.nan
+    rows[13, 3] = np.inf
+    outs = []
+    for step, row in enumerate(rows):
+        out = model.predict(Point(np.float64(7.0), np.float64(step), np.float64(step >= 10), row))
+        if step < 10:
+            assert out is None
+        else:
+            assert out.shape == (2,) and out.dtype == np.float32 and np.isfinite(out).all()
+            outs.append(out)
+    assert len({id(o) for o in outs}) == len(outs)  # fresh objects, not one reused buffer
+    assert not any(np.shares_memory(a, b) for a in outs for b in outs if a is not b)
+    assert not np.array_equal(outs[0], outs[1])
+
+
+def test_both_call_paths_give_identical_predictions(gru_pack):
+    rng = np.random.default_rng(1)
+    rows = rng.standard_normal((40, 32))
+    results = []
+    for path in ("iobinding", "run"):
+        model = _solution(gru_pack.folder, path)
+        assert (model.bindings is None) == (path == "run")
+        results.append([model.predict(Point(float(i // 20), float(i % 20), 1.0, row))
+                        for i, row in enumerate(rows)])
+    np.testing.assert_array_equal(np.stack(results[0]), np.stack(results[1]))
+
+
+def test_a_sequence_id_that_starts_over_gets_fresh_state(gru_pack):
+    model = _solution(gru_pack.folder)
+    rows = np.random.default_rng(2).standard_normal((10, 32))
+    first = [model.predict(Point(3.0, float(i), 1.0, r)) for i, r in enumerate(rows)]
+    again = [model.predict(Point(3.0, float(i), 1.0, r)) for i, r in enumerate(rows)]
+    np.testing.assert_array_equal(np.stack(first), np.stack(again))
+
+
+# --- broken packages fail parity -----------------------------------------------------------
+
+
+def _copy_pack(gru_pack, tmp_path) -> Path:
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(gru_pack.folder, folder)
+    return folder
+
+
+def _edit_solution(folder: Path, old: str, new: str) -> None:
+    path = folder / "solution.py"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    write_manifest(folder, read_manifest(folder))  # a consistent package: only parity can tell
+
+
+def _failed(report) -> set[str]:
+    return {c.name for c in report.checks if not c.ok}
+
+
+def test_a_package_without_the_normaliser_fails_parity(workspace, runs, gru_pack, tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    member = load_member(runs["gru"])
+    without = StreamChain(member.feature_set.stream_module(), member.model).eval()
+    export_step_graph(without, 32, folder / "model.onnx")
+    finalize_graph(folder / "model.onnx", {})
+    write_manifest(folder, read_manifest(folder))
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert not report.ok and "paths agree" in _failed(report)
+    assert "seq" in next(c.detail for c in report.checks if c.name == "paths agree")
+
+
+def test_a_runtime_that_never_resets_state_fails_parity(workspace, gru_pack, tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder,
+                   "        if seq_ix != self.seq_ix:\n            self._switch(seq_ix, step)\n"
+                   "        elif step <= self.step:  # the id starts over: a new sequence\n"
+                   "            self._reset_live()\n", "")
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert {"paths agree", "order: shuffled sequences", "order: interleaved rows"} <= \
+        _failed(report)
+
+
+def test_a_runtime_that_skips_warmup_rows_fails_parity(workspace, gru_pack, tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "        seq_ix, step = data_point.seq_ix, data_point.step_in_seq\n",
+                   "        if not data_point.need_prediction:\n            return None\n"
+                   "        seq_ix, step = data_point.seq_ix, data_point.step_in_seq\n")
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert {"paths agree", "warm-up processed"} <= _failed(report)
+
+
+def test_a_runtime_that_returns_its_reused_buffer_fails_parity(workspace, gru_pack, tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "return self.y_row.copy()", "return self.y_row")
+    assert "paths agree" in _failed(run_parity(folder, _valid(workspace), seqs=SEQS))
+
+
+def test_a_changed_file_fails_the_manifest_check(workspace, gru_pack, tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    with open(folder / "solution.py", "a") as fh:
+        fh.write("\n# edited by hand\n")
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert _failed(report) == {"manifest"}
+    assert "solution.py changed" in next(c.detail for c in report.checks if not c.ok)
+    assert read_manifest(folder)["parity"] is None  # a failing package's manifest is untouched
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_pack_parity_score_and_exit_codes(workspace, runs, gru_pack, tmp_path):
+    out = run_cli("pack", runs["gru"], "--name", "cli", "--out", tmp_path).output
+    assert "packed" in out and (tmp_path / "cli.zip").is_file()
+    # the package's own validation file is the default data; the tiny spec comes from the manifest
+    out = run_cli("parity", tmp_path / "cli.zip", "--seqs", "3").output
+    assert "parity OK" in out and "[FAIL]" not in out
+    out = run_cli("score", tmp_path / "cli.zip", "--data", _valid(workspace), "-q").output
+    assert "tiny-lob" in out
+    broken = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(broken, "return self.y_row.copy()", "return self.y_row")
+    result = run_cli("parity", broken, "--seqs", "3", "--json", expect=1)
+    assert json.loads(result.output)["ok"] is False
+
+
+def test_pack_errors_name_the_problem(workspace, runs, tmp_path):
+    result = run_cli("pack", tmp_path, expect=2)
+    assert "not a run directory" in result.output
+    bad = tmp_path / "run"
+    bad.mkdir()
+    (bad / "best.pt").write_bytes(b"not a checkpoint")
+    assert "corrupt" in run_cli("pack", bad, expect=2).output
+    with pytest.raises(PackError, match="plain folder name"):
+        pack_run(runs["gru"], "../escape", tmp_path)
+
+
+def test_parity_refuses_a_package_whose_run_changed(workspace, runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["gru"], run)
+    packed = pack_run(run, "moved", tmp_path)
+    checkpoint = load_checkpoint(run / "best.pt")
+    save_checkpoint({**checkpoint, "epoch": 99}, run / "best.pt")  # retrained, say
+    with pytest.raises(PackError, match="changed since the package was made"):
+        run_parity(packed.folder, _valid(workspace), seqs=2)
+    shutil.rmtree(run)
+    with pytest.raises(PackError, match="is gone"):
+        run_parity(packed.folder, _valid(workspace), seqs=2)
