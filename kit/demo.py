@@ -1,7 +1,7 @@
 """`kit demo`: the main job end to end on the built-in synthetic competition.
 
-data (generated if missing) -> contract check -> stats -> model -> submission zip ->
-local scorer on 1 CPU -> a short summary against the oracle and the time limit.
+data (generated if missing) -> contract check -> train the default experiment -> pack ->
+parity -> local scorer on 1 CPU -> a short summary against the oracle and the time limit.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import typer
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_file
 from kit.data.io import read_frame
+from kit.errors import KitError
 from kit.metrics import evaluate, scored_truth
 
 
@@ -35,13 +36,15 @@ def oracle_report(valid: Path, oracle: Path, spec: CompetitionSpec):
 
 
 def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("submissions"),
-             spec_name: str = "predictorium", seqs: int | None = None,
-             quiet: bool = False) -> dict:
+             spec_name: str = "predictorium", experiment: str = "gru_base",
+             overrides: list[str] | None = None, seqs: int | None = None,
+             parity_seqs: int = 16, quiet: bool = False) -> dict:
     """Run every stage and return the summary it prints."""
-    from kit.baselines import fit_linear_baseline, write_linear_submission
-    from kit.data.stats import dataset_stats, format_stats
     from kit.data.synth import synthesize
+    from kit.export.pack import pack_run
+    from kit.parity import run_parity
     from kit.scoring import score_submission
+    from kit.train.recipe import train_experiment
 
     started = time.perf_counter()
     spec = load_spec(spec_name)
@@ -58,24 +61,40 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
         report = check_file(path, spec)
         typer.echo(f"{path}: {report.rows:,} rows, {report.sequences:,} sequences, "
                    "contract OK")
-    typer.echo(format_stats(dataset_stats(valid, spec, oracle=oracle, reference=train)))
 
-    _section("model: linear baseline (ridge on the row and its EWMs)")
-    coef = fit_linear_baseline(train, spec)
-    zip_path = write_linear_submission(coef, submissions / "linear-baseline")
-    typer.echo(f"packed {zip_path}")
+    _section(f"train: experiment {experiment} (experiments/{experiment}.toml)")
+    paths = [f'data.train="{train}"', f'data.valid="{valid}"', f'spec="{spec_name}"']
+    metrics = train_experiment(experiment, paths + list(overrides or []),
+                               progress=not quiet)[0]
+    run_dir = Path(metrics["run_dir"])
+    typer.echo(f"{run_dir}: validation score {metrics['score']:.4f} at epoch "
+               f"{metrics['best_epoch']} ({metrics['wall_s']:.0f}s)")
+
+    _section("pack: one stateful ONNX step graph + solution.py")
+    packed = pack_run(run_dir, "demo", submissions)
+    typer.echo(packed.format())
+
+    _section("parity: PyTorch sequence vs PyTorch step vs the packaged solution")
+    parity = run_parity(packed.folder, valid, seqs=parity_seqs)
+    typer.echo(parity.format())
+    if not parity.ok:
+        raise KitError("parity failed: the package does not compute what the model does")
 
     _section("score: the competition's scorer replayed on 1 CPU")
-    scored = score_submission(zip_path, valid, spec, seqs=seqs, progress=not quiet)
+    scored = score_submission(packed.zip_path, valid, spec, seqs=seqs, progress=not quiet)
     typer.echo(scored.format())
 
     ceiling = oracle_report(valid, oracle, spec)
     summary = {
+        "run": str(run_dir),
+        "submission": str(packed.zip_path),
         "score": scored.report.score,
         "per_target": scored.report.per_target,
         "oracle_score": ceiling.score,
         "fraction_of_oracle": scored.report.score / ceiling.score if ceiling.score else np.nan,
+        "parity_max_abs": parity.max_abs,
         "rows_per_s": scored.rows_per_s,
+        "us_per_row": scored.us_per_row,
         "projected_s": scored.projected_s,
         "limit_s": scored.limit_s,
         "seconds": time.perf_counter() - started,
@@ -85,8 +104,10 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
                            for k, v in scored.report.per_target.items())
     typer.echo(f"score {summary['score']:.4f} = {summary['fraction_of_oracle']:.0%} of the "
                f"oracle's {ceiling.score:.4f}   [{per_target}]")
-    typer.echo(f"speed {scored.rows_per_s:,.0f} rows/s on 1 CPU: the test set would take "
-               f"{scored.projected_s / 60:.1f} min of the {scored.limit_s / 60:.0f} min limit "
-               f"({scored.projected_s / scored.limit_s:.1%})")
-    typer.echo(f"demo finished in {summary['seconds']:.0f}s")
+    typer.echo(f"parity: max abs difference {parity.max_abs:.1e} between the PyTorch model and "
+               f"the package (all {len(parity.checks)} checks pass)")
+    typer.echo(f"speed {scored.rows_per_s:,.0f} rows/s ({scored.us_per_row:.1f} us/row) on 1 CPU: "
+               f"the test set would take {scored.projected_s / 60:.1f} min of the "
+               f"{scored.limit_s / 60:.0f} min limit ({scored.projected_s / scored.limit_s:.1%})")
+    typer.echo(f"submission: {packed.zip_path}   demo finished in {summary['seconds']:.0f}s")
     return summary

@@ -1,6 +1,7 @@
 """The foundation's verbs end to end through the CLI, on a small generated competition."""
 
 import json
+from pathlib import Path
 
 import polars as pl
 
@@ -60,10 +61,14 @@ class PredictionModel:
 
 
 def test_demo_runs_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
     monkeypatch.chdir(tmp_path)
     # A small competition first, so the demo takes seconds; the demo reuses it.
-    run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 20, "--valid-seqs", 10, "-q")
-    result = run_cli("demo", "--quiet")
-    assert "contract OK" in result.output
-    assert "of the oracle" in result.output and "min limit" in result.output
-    assert (tmp_path / "submissions" / "linear-baseline.zip").is_file()
+    run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 12, "--valid-seqs", 6, "-q")
+    result = run_cli("demo", "--quiet", "train.epochs=2", "model.hidden=16")
+    out = result.output
+    assert "contract OK" in out and "parity OK" in out and "[FAIL]" not in out
+    assert "of the oracle" in out and "min limit" in out and "max abs difference" in out
+    assert (tmp_path / "submissions" / "demo.zip").is_file()
+    manifest = json.loads((tmp_path / "submissions/demo/manifest.json").read_text())
+    assert manifest["parity"]["ok"] and manifest["members"][0]["run"].startswith("runs/gru_base")

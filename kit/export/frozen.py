@@ -84,7 +84,8 @@ class Member:
     def describe(self) -> dict:
         """The member's entry in manifest.json."""
         return {
-            "run": str(self.run_dir), "checkpoint": str(self.checkpoint), "sha256": self.sha256,
+            "run": str(self.run_dir), "checkpoint": str(self.checkpoint.resolve()),
+            "sha256": self.sha256,
             "model": self.model_config, "features": self.feature_set.outputs,
             "feature_groups": self.feature_set.groups, "normaliser": self.normaliser.method,
             "val_score": self.score, "val_per_target": self.per_target, "config": self.config,

@@ -1,0 +1,204 @@
+"""Scorer-loop latency per row of packed submissions on 1 CPU vs the example's window approach.
+
+Prints one JSON line. Every figure is `kit score`'s own loop time (the official loop replayed in
+the 1-CPU sandboxed child) over the same rows, measured in this run:
+
+- pack: `kit pack` of a GRU 2x128 run (raw features, guard and normaliser in the graph), the
+  generated solution.py (IOBinding on swapped state buffers);
+- pack_run_path: the same package with solution.py's plain session.run call path;
+- window: the competition example's approach with the same GRU: keep the last 100 rows and run a
+  stateless [1, 100, 32] graph on every row (baseline of the ratio);
+- loop_only: a solution that returns a fresh zeros array: the scorer loop's own cost;
+- models: a pack of every other model type at its experiments/ size (report only).
+
+Goals (issue 5): pack <= 20 us/row and window / pack >= 20.
+
+    python bench/bench_pack.py [--seqs 20] [--window-seqs 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import emit
+
+from kit.competition import load_spec
+from kit.data.synth import synthesize
+from kit.export.pack import pack_run
+from kit.features.normaliser import Normaliser
+from kit.features.sets import build_feature_set
+from kit.models import build_model, count_params
+from kit.scoring import score_submission
+from kit.train.checkpoint import save_checkpoint
+
+GRU = {"type": "gru", "hidden": 128, "layers": 2}
+WINDOW = 100
+
+WINDOW_SOLUTION = """\
+import os
+from collections import deque
+
+import numpy as np
+import onnxruntime as ort
+
+
+class PredictionModel:
+    # The example solution's approach: the last 100 rows, the whole window re-run every row.
+    def __init__(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.path.join(here, "window.onnx"), options,
+                                            providers=["CPUExecutionProvider"])
+        self.seq_ix = None
+        self.rows = deque(maxlen={window})
+
+    def predict(self, data_point):
+        if data_point.seq_ix != self.seq_ix:
+            self.seq_ix = data_point.seq_ix
+            self.rows.clear()
+        self.rows.append(np.nan_to_num(data_point.state.astype(np.float32)))
+        if not data_point.need_prediction:
+            return None
+        window = np.zeros(({window}, self.rows[0].shape[0]), dtype=np.float32)
+        window[{window} - len(self.rows):] = self.rows
+        return self.session.run(None, {{"input": window[None]}})[0][0]
+"""
+
+LOOP_ONLY_SOLUTION = """\
+import numpy as np
+
+
+class PredictionModel:
+    def predict(self, data_point):
+        if not data_point.need_prediction:
+            return None
+        return np.zeros({k}, dtype=np.float32)
+"""
+
+
+class WindowGraph(torch.nn.Module):
+    """The same model, stateless: zero state, the whole window, the last step's prediction."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        y, _ = self.model(x, self.model.init_state(x.shape[0]))
+        return y[:, -1]
+
+
+def fake_run(folder: Path, model_config: dict, spec, seed: int = 0) -> Path:
+    """A run directory with a best.pt of a randomly initialised model (latency needs no
+    training) on the raw features, with a normaliser fit on random rows."""
+    feature_set = build_feature_set(spec, ["raw"])
+    torch.manual_seed(seed)
+    model = build_model(model_config, len(feature_set.outputs), spec.n_outputs)
+    rows = np.random.default_rng(seed).standard_normal((1000, len(feature_set.outputs)))
+    folder.mkdir(parents=True)
+    save_checkpoint({
+        "model": model.state_dict(), "model_config": model_config,
+        "normaliser": Normaliser.fit(rows.astype(np.float32)).to_dict(),
+        "features": feature_set.to_dict(), "spec": spec.to_dict(), "score": None,
+        "per_target": {},
+    }, folder / "best.pt")
+    return folder
+
+
+def timed(submission: Path, data: Path, spec, repeats: int, seqs: int | None = None) -> dict:
+    runs = [score_submission(submission, data, spec, seqs=seqs, progress=False)
+            for _ in range(repeats)]
+    best = min(runs, key=lambda r: r.us_per_row)
+    return {"us_per_row": round(best.us_per_row, 2), "rows": best.rows,
+            "init_s": round(best.init_s, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seqs", type=int, default=20, help="valid sequences (1000 rows each)")
+    parser.add_argument("--window-seqs", type=int, default=4, help="sequences for the window")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    spec = load_spec("predictorium")
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    with tempfile.TemporaryDirectory(prefix="bench-pack-") as tmp:
+        tmp = Path(tmp)
+        synthesize(spec, tmp / "data", train_seqs=1, valid_seqs=args.seqs, seed=0,
+                   progress=False)
+        data = tmp / "data/valid.parquet"
+
+        gru = pack_run(fake_run(tmp / "runs/gru", GRU, spec), "gru", tmp / "subs")
+        plain = tmp / "subs/gru-run-path"
+        shutil.copytree(gru.folder, plain)
+        text = (plain / "solution.py").read_text()
+        (plain / "solution.py").write_text(text.replace('CALL_PATH = "iobinding"',
+                                                        'CALL_PATH = "run"'))
+
+        window = tmp / "subs/window"
+        window.mkdir()
+        (window / "solution.py").write_text(WINDOW_SOLUTION.format(window=WINDOW))
+        from kit.export.frozen import load_member
+
+        member = load_member(tmp / "runs/gru")
+        torch.onnx.export(WindowGraph(member.model).eval(), (torch.zeros(1, WINDOW, 32),),
+                          str(window / "window.onnx"), input_names=["input"],
+                          output_names=["output"], opset_version=17, dynamo=False)
+
+        loop_only = tmp / "subs/loop-only"
+        loop_only.mkdir()
+        (loop_only / "solution.py").write_text(LOOP_ONLY_SOLUTION.format(k=spec.n_outputs))
+
+        figures = {
+            "loop_only": timed(loop_only, data, spec, args.repeats),
+            "pack": timed(gru.folder, data, spec, args.repeats),
+            "pack_run_path": timed(plain, data, spec, args.repeats),
+            "window": timed(window, data, spec, 1, seqs=args.window_seqs),
+        }
+        models = {}
+        for path in sorted(experiments.glob("*.toml")):
+            table = tomllib.loads(path.read_text()).get("model")
+            if not table or table.get("type") in (None, "gru"):
+                continue
+            name = table["type"]
+            if name in models:
+                continue
+            model_config = {k: v for k, v in table.items() if k != "dropout"}
+            run = fake_run(tmp / f"runs/{name}", model_config, spec)
+            packed = pack_run(run, name, tmp / "subs")
+            params = count_params(load_member(run).model)
+            models[name] = timed(packed.folder, data, spec, 1) | {
+                "params": params, "graph_nodes": packed.manifest["onnx"]["nodes"],
+                "experiment": path.stem}
+    pack_us = figures["pack"]["us_per_row"]
+    ratio = figures["window"]["us_per_row"] / pack_us
+    for entry in models.values():
+        entry["vs_gru"] = round(entry["us_per_row"] / pack_us, 2)
+    emit({
+        "bench": "pack",
+        "model": GRU,
+        "pack_us_per_row": pack_us,
+        "pack_run_path_us_per_row": figures["pack_run_path"]["us_per_row"],
+        "window_us_per_row": figures["window"]["us_per_row"],
+        "loop_only_us_per_row": figures["loop_only"]["us_per_row"],
+        "pack_minus_loop_us_per_row": round(pack_us - figures["loop_only"]["us_per_row"], 2),
+        "ratio_window_over_pack": round(ratio, 1),
+        "iobinding_speedup_over_run": round(figures["pack_run_path"]["us_per_row"] / pack_us, 3),
+        "graph_nodes": gru.manifest["onnx"]["nodes"],
+        "rows": figures["pack"]["rows"],
+        "window_rows": figures["window"]["rows"],
+        "models": models,
+        "goal": {"pack_us_per_row": 20, "ratio_window_over_pack": 20},
+        "ok": pack_us <= 20 and ratio >= 20,
+    })
+
+
+if __name__ == "__main__":
+    main()
