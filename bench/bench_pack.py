@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import tempfile
+import time
 import tomllib
 from pathlib import Path
 
@@ -96,6 +97,50 @@ class WindowGraph(torch.nn.Module):
         return y[:, -1]
 
 
+class BareGRU(torch.nn.Module):
+    """The floor: nn.GRU + head on one row, state [layers, B, H] as the ONNX GRU op takes it, no
+    guard, no normaliser, no layout changes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, h):
+        out, h = self.model.rnn(x.unsqueeze(1), h)
+        return self.model.head(out[:, 0]), h
+
+
+def graph_call_us(path: Path, cpu: int | None, calls: int = 5000, repeats: int = 5) -> float:
+    """Best us per session.run_with_iobinding of a graph at batch 1 (zeros bound in and out),
+    in this process pinned to `cpu`: the graph's own cost, without any Python around it."""
+    import os
+
+    import onnxruntime as ort
+
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    binding, keep = session.io_binding(), []
+
+    def shape(meta):
+        return [1 if isinstance(d, str) or d is None else d for d in meta.shape]
+
+    for bind, metas in ((binding.bind_input, session.get_inputs()),
+                        (binding.bind_output, session.get_outputs())):
+        for meta in metas:
+            keep.append(np.zeros(shape(meta), dtype=np.float32))
+            bind(meta.name, "cpu", 0, np.float32, list(keep[-1].shape), keep[-1].ctypes.data)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            session.run_with_iobinding(binding)
+        best = min(best, (time.perf_counter() - t0) / calls)
+    return 1e6 * best
+
+
 def fake_run(folder: Path, model_config: dict, spec, seed: int = 0) -> Path:
     """A run directory with a best.pt of a randomly initialised model (latency needs no
     training) on the raw features, with a normaliser fit on random rows."""
@@ -152,6 +197,13 @@ def main() -> None:
                           str(window / "window.onnx"), input_names=["input"],
                           output_names=["output"], opset_version=17, dynamo=False)
 
+        bare = tmp / "bare_gru.onnx"
+        example = (torch.zeros(2, 32), torch.zeros(2, 2, 128))
+        torch.onnx.export(BareGRU(member.model).eval(), example, str(bare),
+                          input_names=["x", "h"], output_names=["y", "h_out"],
+                          dynamic_axes={"x": {0: "b"}, "h": {1: "b"}, "y": {0: "b"},
+                                        "h_out": {1: "b"}}, opset_version=17, dynamo=False)
+
         loop_only = tmp / "subs/loop-only"
         loop_only.mkdir()
         (loop_only / "solution.py").write_text(LOOP_ONLY_SOLUTION.format(k=spec.n_outputs))
@@ -162,6 +214,9 @@ def main() -> None:
             "pack_run_path": timed(plain, data, spec, args.repeats),
             "window": timed(window, data, spec, 1, seqs=args.window_seqs),
         }
+        cpu = score_submission(gru.folder, data, spec, seqs=1, progress=False).cpu
+        graph_us = {"pack_graph": graph_call_us(gru.folder / "model.onnx", cpu),
+                    "bare_gru_graph": graph_call_us(bare, cpu)}
         models = {}
         for path in sorted(experiments.glob("*.toml")):
             table = tomllib.loads(path.read_text()).get("model")
@@ -192,6 +247,8 @@ def main() -> None:
         "ratio_window_over_pack": round(ratio, 1),
         "iobinding_speedup_over_run": round(figures["pack_run_path"]["us_per_row"] / pack_us, 3),
         "graph_nodes": gru.manifest["onnx"]["nodes"],
+        "pack_graph_call_us": round(graph_us["pack_graph"], 2),
+        "bare_gru_graph_call_us": round(graph_us["bare_gru_graph"], 2),
         "rows": figures["pack"]["rows"],
         "window_rows": figures["window"]["rows"],
         "models": models,

@@ -46,6 +46,9 @@ class Guard(nn.Module):
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         (last,) = state  # [B, 1, F]
+        if x.shape[1] == 1:  # the step graph: no slicing of the one row (a node saved)
+            last = torch.where((x - x) == 0, x, last)
+            return last, [last]
         rows = []
         for t in range(x.shape[1]):  # T is 1 in the step graph
             row = x[:, t:t + 1]

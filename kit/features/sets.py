@@ -188,19 +188,24 @@ class FeaturePipeline(nn.Module):
             kernels += fused
             self.layer_sizes.append(len(fused))
         self.kernels = nn.ModuleList(kernels)
-        self.register_buffer("_out", torch.tensor([columns.index(o) for o in outputs]),
-                             persistent=False)
+        index = [columns.index(o) for o in outputs]
+        # the step graph pays per node: no gather when the outputs are the columns as they are
+        self.identity_out = index == list(range(len(columns)))
+        self.register_buffer("_out", torch.tensor(index), persistent=False)
         self.state_sizes = [len(k.init_state(1)) for k in self.kernels]
         self.n_outputs = len(outputs)
+        self.counts = bool(kernels)  # the step counter only exists for kernels to read
 
     def init_state(self, batch: int) -> list[Tensor]:
-        state = self.guard.init_state(batch) + [torch.zeros(batch, 1)]
+        state = self.guard.init_state(batch) + ([torch.zeros(batch, 1)] if self.counts else [])
         for kernel in self.kernels:
             state += kernel.init_state(batch)
         return state
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         w, new_state = self.guard(x, state[:1])
+        if not self.counts:  # raw columns only: the guard is the whole pipeline
+            return (w if self.identity_out else w.index_select(2, self._out)), new_state
         count = state[1]
         at, k = 2, 0
         for n_kernels in self.layer_sizes:
@@ -211,7 +216,8 @@ class FeaturePipeline(nn.Module):
                 blocks.append(y)
                 new_state += own
                 at += size
-            w = torch.cat(blocks, dim=2)  # one concat per layer: the next layer reads it
+            if len(blocks) > 1:
+                w = torch.cat(blocks, dim=2)  # one concat per layer: the next layer reads it
             k += n_kernels
-        return w.index_select(2, self._out), [new_state[0], count + steps_of(x),
-                                              *new_state[1:]]
+        out = w if self.identity_out else w.index_select(2, self._out)
+        return out, [new_state[0], count + steps_of(x), *new_state[1:]]
