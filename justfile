@@ -61,3 +61,11 @@ features *args:
 # kit spec list: the competition specs kit knows
 spec *args:
     kit spec {{ if args == "" { "list" } else { args } }}
+
+# kit pack RUN [--name NAME]: freeze a run into submissions/NAME/ and NAME.zip
+pack run *args:
+    kit pack {{run}} {{args}}
+
+# kit parity SUBMISSION [--data FILE]: prove the package equals the PyTorch model
+parity submission *args:
+    kit parity {{submission}} {{args}}
