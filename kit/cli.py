@@ -37,7 +37,9 @@ spec_app = _typer("Competition specs (presets and your own TOML files).")
 features_app = _typer("Feature ops and groups: list them, build them on a data file.")
 app.add_typer(data_app, name="data")
 app.add_typer(spec_app, name="spec")
+ensemble_app = _typer("Greedy-weighted ensembles (Caruana selection with replacement).")
 app.add_typer(features_app, name="features")
+app.add_typer(ensemble_app, name="ensemble")
 
 SpecOption = typer.Option("predictorium", "--spec", "-s",
                           help="Competition spec: a preset name or a TOML path.")
@@ -268,25 +270,62 @@ def runs(
 
 @app.command()
 def report(
-    run: Path = typer.Argument(..., help="A run directory (runs/EXP/ID)."),
+    run: Path = typer.Argument(..., help="A run directory (runs/EXP/ID) or an ensemble TOML."),
     out: Path | None = typer.Option(None, help="Output folder (default: RUN/report)."),
 ) -> None:
-    """Plot a run's curves and predictions and write a short markdown summary."""
-    from kit.reports import write_report
+    """Plot a run's curves and predictions (or an ensemble's selection trajectory and weights)
+    and write a short markdown summary."""
+    from kit.reports import write_ensemble_report, write_report
 
-    typer.echo(f"wrote {write_report(run, out)}")
+    written = write_ensemble_report(run, out) if run.suffix == ".toml" else write_report(run, out)
+    typer.echo(f"wrote {written}")
+
+
+@ensemble_app.command("select")
+def ensemble_select(
+    runs: list[Path] = typer.Argument(..., help="Run directories, -oof groups, or runs/EXP "
+                                      "folders (all their finished runs)."),
+    iters: int = typer.Option(50, help="Greedy iterations (picks, with replacement)."),
+    per_target: bool = typer.Option(False, "--per-target", help="Select weights per target."),
+    init_best: int = typer.Option(0, help="Start from the best K candidates, once each."),
+    out: Path | None = typer.Option(None, help="Ensemble TOML to write "
+                                    "(default: runs/ensembles/ensemble-<time>.toml)."),
+    postprocess: bool = typer.Option(False, "--postprocess", help="Also tune per-target "
+                                     "smoothing and scaling of the blend on the same rows."),
+) -> None:
+    """Select a greedy-weighted ensemble on the runs' validation (or out-of-fold) predictions."""
+    from kit.ensemble import select_ensemble
+
+    doc, path, table = select_ensemble(runs, iters=iters, per_target=per_target,
+                                       init_best=init_best, out=out, postprocess=postprocess)
+    typer.echo(table)
+    typer.echo(f"wrote {path}")
 
 
 @app.command()
 def pack(
-    run: Path = typer.Argument(..., help="A run directory (runs/EXP/ID) or its best.pt."),
-    name: str | None = typer.Option(None, help="Submission name (default: EXP-ID)."),
+    run: Path | None = typer.Argument(None, help="A run directory (runs/EXP/ID) or its best.pt."),
+    ensemble: Path | None = typer.Option(None, "--ensemble", "-e",
+                                         help="An ensemble TOML (kit ensemble select)."),
+    name: str | None = typer.Option(None, help="Submission name (default: EXP-ID or the "
+                                    "ensemble file's name)."),
     out: Path = typer.Option(Path("submissions"), help="Where submissions are written."),
+    force: bool = typer.Option(False, "--force", help="Pack even when the projected test "
+                               "time is over 80% of the limit."),
+    no_stack: bool = typer.Option(False, "--no-stack", help="Run same-shape GRU members one "
+                                  "by one instead of stacked."),
 ) -> None:
-    """Freeze a run into one stateful ONNX step graph: submissions/NAME/ and NAME.zip."""
-    from kit.export.pack import pack_run
+    """Freeze a run or an ensemble into one stateful ONNX step graph: submissions/NAME/ and
+    NAME.zip, with the projected test time against the limit."""
+    from kit.export.pack import pack_ensemble, pack_run
 
-    typer.echo(pack_run(run, name, out).format())
+    if (run is None) == (ensemble is None):
+        raise typer.BadParameter("give a RUN or --ensemble FILE (one of them)")
+    if ensemble is not None:
+        result = pack_ensemble(ensemble, name, out, force=force, stack=not no_stack)
+    else:
+        result = pack_run(run, name, out, force=force)
+    typer.echo(result.format())
 
 
 @app.command()

@@ -26,6 +26,7 @@ import torch
 
 from kit.competition import CompetitionSpec, spec_from_dict
 from kit.data.arrays import build_arrays
+from kit.export.ensemble import Weighted, postprocess_numpy
 from kit.export.frozen import Member, load_member, stream_steps
 from kit.export.pack import (
     MANIFEST_FILE,
@@ -160,17 +161,31 @@ def sequence_path(member: Member, rows: Rows) -> np.ndarray:
                           seq_len=int(rows.lengths.max()))
     x = torch.from_numpy(np.ascontiguousarray(member.normaliser.transform(arrays.x)))
     y, _ = member.model(x, member.model.init_state(x.shape[0]))
-    return rows.scored(y.numpy())
+    return y.numpy()
 
 
 def step_path(member: Member, rows: Rows) -> np.ndarray:
     """The stream modules one step at a time on the raw rows: what the graph should compute."""
     y = stream_steps(member.stream_module(), torch.from_numpy(rows.grid()))
-    return rows.scored(y.numpy())
+    return y.numpy()
 
 
-def combine(members: list[Member], weights: list[float], path, rows: Rows) -> np.ndarray:
-    return sum(w * path(m, rows) for m, w in zip(members, weights, strict=True))
+@dataclass
+class Reference:
+    """What the package should compute: members with per-target weights, then the
+    post-processing, evaluated member by member on one of the PyTorch paths."""
+
+    members: list[Weighted]
+    postprocess: dict | None
+
+    def predict(self, path, rows: Rows) -> np.ndarray:
+        """Scored predictions (rows, K) of the weighted members on `path` (a grid function)."""
+        grid = sum(np.asarray(w.weights) * path(w.member, rows).astype(np.float64)
+                   for w in self.members)
+        if self.postprocess:
+            grid = postprocess_numpy(grid, self.postprocess["smoothing"],
+                                     self.postprocess["scale"])
+        return rows.scored(grid)
 
 
 class Package:
@@ -256,7 +271,7 @@ def warmup_rows(rows: Rows) -> np.ndarray:
     return rows.pos < first[rows.seq]
 
 
-def check_warmup(package: Package, members, weights, rows: Rows, reference: np.ndarray,
+def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.ndarray,
                  atol: float) -> Check:
     warm = warmup_rows(rows)
     if not warm.any():
@@ -272,7 +287,7 @@ def check_warmup(package: Package, members, weights, rows: Rows, reference: np.n
             features[mine] = rows.values[starts[donor[s]]:starts[donor[s]] + len(mine), 3:]
     altered = rows.with_features(features)
     got = package.run(altered)
-    expected = combine(members, weights, step_path, altered)
+    expected = ref.predict(step_path, altered)
     problems = first_difference(got, expected, rows.values[rows.need], atol)
     if problems:
         return Check("warm-up processed", False, f"with other warm-up rows, {problems}")
@@ -303,7 +318,7 @@ def corrupted(rows: Rows, rng: np.random.Generator) -> Rows:
     return rows.with_features(features)
 
 
-def check_nonfinite(package: Package, members, weights, rows: Rows, atol: float,
+def check_nonfinite(package: Package, ref: Reference, rows: Rows, atol: float,
                     rng: np.random.Generator) -> Check:
     dirty = corrupted(rows, rng)
     got = package.run(dirty)
@@ -312,7 +327,7 @@ def check_nonfinite(package: Package, members, weights, rows: Rows, atol: float,
         row = dirty.values[dirty.need][bad]
         return Check("NaN/inf rows", False, f"non-finite prediction at seq {row[0]:g}, step "
                                             f"{row[1]:g} after NaN/inf inputs")
-    problems = first_difference(got, combine(members, weights, step_path, dirty),
+    problems = first_difference(got, ref.predict(step_path, dirty),
                                 dirty.values[dirty.need], atol)
     return Check("NaN/inf rows", not problems,
                  problems or f"{int((~np.isfinite(dirty.values[:, 3:])).sum()):,} NaN/inf "
@@ -322,8 +337,8 @@ def check_nonfinite(package: Package, members, weights, rows: Rows, atol: float,
 # --- the command --------------------------------------------------------------------------
 
 
-def load_members(manifest: dict) -> tuple[list[Member], list[float]]:
-    members, weights = [], []
+def load_reference(manifest: dict) -> Reference:
+    members = []
     for entry in manifest["members"]:
         path = Path(entry["checkpoint"])
         if not path.is_file():
@@ -333,9 +348,8 @@ def load_members(manifest: dict) -> tuple[list[Member], list[float]]:
         if member.sha256 != entry["sha256"]:
             raise PackError(f"{path} changed since the package was made (sha256 differs): "
                             "re-pack the run, then check parity")
-        members.append(member)
-        weights.append(float(entry["weight"]))
-    return members, weights
+        members.append(Weighted(member, [float(w) for w in entry["weights"]]))
+    return Reference(members, manifest.get("postprocess"))
 
 
 def default_data(submission: Path) -> Path:
@@ -363,12 +377,12 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         manifest = read_manifest(folder)
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
-        members, weights = load_members(manifest)
+        ref = load_reference(manifest)
         values, truth, n_seqs = load_rows(Path(data), spec, seqs)
         rows = Rows.of(values)
         package = Package(folder, spec)
-        preds = {"sequence": combine(members, weights, sequence_path, rows),
-                 "step": combine(members, weights, step_path, rows),
+        preds = {"sequence": ref.predict(sequence_path, rows),
+                 "step": ref.predict(step_path, rows),
                  "package": package.run(rows)}
         targets = list(spec.outputs)
         diffs = [compare(f"{a} vs {b}", preds[a], preds[b], rows, targets)
@@ -382,8 +396,8 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
                   f"{'<=' if worst['max_abs'] <= atol else '>'} atol {atol:g}"
                   + ("" if worst["max_abs"] <= atol else "; " + _where(worst))),
             *check_order(package, rows, preds["package"], atol, rng),
-            check_warmup(package, members, weights, rows, preds["package"], atol),
-            check_nonfinite(package, members, weights, rows, atol, rng),
+            check_warmup(package, ref, rows, preds["package"], atol),
+            check_nonfinite(package, ref, rows, atol, rng),
         ]
     metrics = {}
     for path in PATHS:

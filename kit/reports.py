@@ -141,7 +141,7 @@ def oracle_path(valid: Path) -> Path:
     return valid.with_name(f"{valid.stem}_oracle.parquet")
 
 
-class _ValidFile:
+class ValidFile:
     """The columns of a valid parquet that its truth needs, plus its oracle (read lazily)."""
 
     def __init__(self, path: Path, spec: CompetitionSpec):
@@ -186,14 +186,14 @@ class _ValidFile:
         return self._oracle
 
 
-def _valid_file(config: dict, cache: dict) -> _ValidFile | None:
+def _valid_file(config: dict, cache: dict) -> ValidFile | None:
     valid = (config.get("data") or {}).get("valid")
     if not valid or not Path(valid).exists():
         return None
     spec = load_spec(config.get("spec"))
     key = (str(Path(valid).resolve()), spec.source, spec.name)
     if key not in cache:
-        cache[key] = _ValidFile(Path(valid), spec)
+        cache[key] = ValidFile(Path(valid), spec)
     return cache[key]
 
 
@@ -550,3 +550,43 @@ def _markdown(
 def runs_to_json(runs: list[dict]) -> str:
     """The list as JSON (the dicts already hold only str, numbers, bools, None, dicts)."""
     return json.dumps(runs, indent=2, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# kit report ENSEMBLE.toml
+
+
+def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
+    """selection.png (the score after each greedy iteration, the cut marked) and weights.png
+    (each member's weight per target), plus report.md; returns report.md's path."""
+    from kit.ensemble import format_selection, read_ensemble
+
+    doc = read_ensemble(path)
+    e, members = doc["ensemble"], doc["members"]
+    out_dir = Path(out_dir) if out_dir is not None else Path(path).with_suffix("")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = _figure(6.5, 3.6)
+    ax = fig.subplots()
+    steps = np.arange(1, len(e["trajectory"]) + 1)
+    ax.plot(steps, e["trajectory"], marker=".", label="ensemble")
+    ax.axhline(e["best_single"]["score"], color="gray", ls="--", label="best single")
+    ax.axhline(e["uniform"]["score"], color="gray", ls=":", label="uniform mean")
+    ax.axvline(e["best_iteration"], color="C3", lw=0.8, label="cut")
+    ax.set(xlabel="iteration", ylabel=e["metric"], title="greedy selection (with replacement)")
+    ax.legend(fontsize=8)
+    fig.savefig(out_dir / "selection.png", dpi=110)
+    fig = _figure(6.5, 1.2 + 0.35 * len(members))
+    ax = fig.subplots()
+    names = [m["name"][-40:] for m in members]
+    left = np.zeros(len(members))
+    for t, target in enumerate(e["targets"]):
+        widths = np.array([m["weights"][t] for m in members]) / len(e["targets"])
+        ax.barh(names, widths, left=left, label=target)
+        left += widths
+    ax.set(xlabel="weight (mean over targets, stacked)", title="ensemble weights")
+    ax.legend(fontsize=8)
+    fig.savefig(out_dir / "weights.png", dpi=110)
+    report = out_dir / "report.md"
+    report.write_text(f"# Ensemble {Path(path).name}\n\n```\n{format_selection(doc)}\n```\n\n"
+                      "![selection](selection.png)\n\n![weights](weights.png)\n")
+    return report

@@ -125,7 +125,7 @@ def test_zip_holds_exactly_the_package_files_and_the_manifest_hashes_match(gru_p
         assert sha256_file(gru_pack.folder / name) == digest
     assert manifest["inputs"] == list(load_spec("predictorium").features)
     assert manifest["outputs"] == ["t0", "t1"]
-    assert manifest["members"][0]["weight"] == 1.0
+    assert manifest["members"][0]["weights"] == [1.0, 1.0]
     assert manifest["members"][0]["config"]["model"]["type"] == "gru"
     assert [s["name"] for s in manifest["states"]] == [
         f"state_{i}" for i in range(len(manifest["states"]))]

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from kit import __version__
 from kit.competition import CompetitionSpec, load_spec, spec_from_dict
 from kit.errors import KitError
-from kit.export.frozen import Member, load_member, sha256_file
+from kit.export.ensemble import Ensemble, Weighted
+from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.submission import write_submission_zip
 
@@ -57,6 +59,9 @@ class PackResult:
             f"{len(m['states'])} state(s); outputs y[B, {len(m['outputs'])}]",
             f"states: {states or 'none'}",
             f"files: {sizes}",
+            *([f"time: {format_budget(b)}; about {b['more_members_fit']} more member(s) of this"
+               f" size fit under {BUDGET_FRACTION:.0%} of the limit"]
+              if (b := m.get("time_budget")) else []),
         ])
 
 
@@ -66,20 +71,58 @@ def default_name(run: Path) -> str:
     return f"{run.parent.name}-{run.name}"
 
 
-def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR) -> PackResult:
+def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
+             force: bool = False, budget: bool = True) -> PackResult:
     """Freeze one run (its best.pt) into a submission folder and zip."""
     member = load_member(run)
-    return pack_members([member], [1.0], name or default_name(run), out_dir)
+    weighted = [Weighted(member, [1.0] * member.spec.n_outputs)]
+    return pack_members(weighted, name or default_name(run), out_dir, force=force,
+                        budget=budget)
 
 
-def pack_members(members: list[Member], weights: list[float], name: str,
-                 out_dir: Path = SUBMISSIONS_DIR) -> PackResult:
-    """Write the package of `members` combined with `weights` (one member: weight 1)."""
-    if len(members) != 1 or weights != [1.0]:
-        raise PackError("packing several members is the ensemble pack (kit pack --ensemble)")
+def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
+                  force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
+    """Freeze an ensemble file (kit ensemble select) into one graph: every member with a
+    non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
+    from kit.ensemble import read_ensemble
+
+    doc = read_ensemble(path)
+    weighted = []
+    for entry in doc["members"]:
+        if not any(entry["weights"]):
+            continue  # zero weight: not in the graph
+        share = [w / len(entry["runs"]) for w in entry["weights"]]
+        weighted += [Weighted(load_member(Path(run)), share) for run in entry["runs"]]
+    if not weighted:
+        raise PackError(f"{path}: every member has weight 0; nothing to pack")
+    k = weighted[0].member.spec.n_outputs
+    if any(len(w.weights) != k for w in weighted):
+        raise PackError(f"{path}: members need one weight per target ({k})")
+    about = {"file": str(path), **{key: doc["ensemble"].get(key) for key in
+                                   ("score", "target_scores", "metric", "data", "iters")}}
+    return pack_members(weighted, name or Path(path).stem, out_dir,
+                        postprocess=doc.get("postprocess"), ensemble=about, force=force,
+                        budget=budget, stack=stack)
+
+
+def stream_module_of(weighted: list[Weighted], postprocess: dict | None, stack: bool = True):
+    """The module to freeze: a single run's chain as it is, else the ensemble module."""
+    plain = not postprocess or (not any(postprocess.get("smoothing", [0]))
+                                and all(c == 1 for c in postprocess.get("scale", [1])))
+    if len(weighted) == 1 and all(w == 1.0 for w in weighted[0].weights) and plain:
+        return weighted[0].member.stream_module()
+    return Ensemble(weighted, postprocess, stack=stack).eval()
+
+
+def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSIONS_DIR, *,
+                 postprocess: dict | None = None, ensemble: dict | None = None,
+                 force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
+    """Write the package of weighted members (per-target weights) as one step graph."""
     if not name or "/" in name or name.startswith("."):
         raise PackError(f"--name {name!r}: a plain folder name is needed")
-    spec = members[0].spec
+    spec = weighted[0].member.spec
+    if any(w.member.spec.name != spec.name for w in weighted):
+        raise PackError("the members were trained for different competition specs")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # build beside the target and swap in at the end: a failed pack leaves the old one whole
@@ -87,10 +130,11 @@ def pack_members(members: list[Member], weights: list[float], name: str,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        module = members[0].stream_module()
+        module = stream_module_of(weighted, postprocess, stack)
         shapes = export_step_graph(module, len(spec.features), staging / MODEL_FILE)
-        graph = finalize_graph(staging / MODEL_FILE, {"kit_version": __version__,
-                                                      "members": members[0].name})
+        graph = finalize_graph(staging / MODEL_FILE, {
+            "kit_version": __version__,
+            "members": ", ".join(w.member.name for w in weighted)})
         template = resources.files("kit.export") / "solution_template.py"
         (staging / SOLUTION_FILE).write_text(template.read_text())
         manifest = {
@@ -99,13 +143,20 @@ def pack_members(members: list[Member], weights: list[float], name: str,
             "spec": spec.to_dict(),
             "inputs": list(spec.features),
             "outputs": list(spec.outputs),
-            "states": [{"name": f"state_{i}", "shape": ["batch", *s]}
-                       for i, s in enumerate(shapes)],
+            "states": [{"name": f"state_{i}", "shape": shape, "batch_axis": shape.index("batch")}
+                       for i, shape in enumerate(shapes)],
             "onnx": {"opset": OPSET, **graph},
-            "members": [m.describe() | {"weight": w} for m, w in zip(members, weights,
-                                                                    strict=True)],
+            "members": [w.member.describe() | {"weights": w.weights} for w in weighted],
+            "postprocess": postprocess,
+            "ensemble": ensemble,
             "parity": None,
         }
+        if budget:
+            manifest["time_budget"] = time_budget(staging, spec, len(weighted))
+            if manifest["time_budget"]["fraction"] > BUDGET_FRACTION and not force:
+                raise PackError(format_budget(manifest["time_budget"]) + "; that is over "
+                                f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller members, "
+                                "or --force to pack anyway")
         write_manifest(staging, manifest)
         folder = out_dir / name
         shutil.rmtree(folder, ignore_errors=True)
@@ -113,6 +164,41 @@ def pack_members(members: list[Member], weights: list[float], name: str,
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PackResult(folder, write_submission_zip(folder), manifest)
+
+
+BUDGET_FRACTION = 0.8  # refuse a pack projected past this share of the time limit
+BUDGET_ROWS = 2000
+
+
+def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
+    """Project the test-set time from a sample run of the package in the 1-CPU scorer child
+    (random rows in the competition's layout: the cost per row does not depend on values)."""
+    from kit.scoring.score import replay_rows
+
+    length = spec.seq_len or 1000
+    n = max(BUDGET_ROWS, length)
+    rng = np.random.default_rng(0)
+    steps = np.arange(n) % length
+    values = np.column_stack([np.arange(n) // length, steps,
+                              (steps >= spec.warmup) & (steps < length - spec.tail),
+                              rng.standard_normal((n, len(spec.features)))]).astype(np.float64)
+    if spec.next_state:  # a next-state scorer has no prediction on a sequence's last step
+        values[:, 2] = (steps >= spec.warmup) & (steps < length - max(spec.tail, 1))
+    result = replay_rows(folder, values, spec).result
+    us_per_row = 1e6 * float(result["loop_s"]) / n
+    projected = float(result["init_s"]) + spec.limits.test_rows * us_per_row / 1e6
+    limit = spec.limits.time_limit_s
+    per_member = spec.limits.test_rows * us_per_row / 1e6 / n_members  # a pessimistic share
+    more = int(max(0.0, BUDGET_FRACTION * limit - projected) // max(per_member, 1e-9))
+    return {"us_per_row": us_per_row, "projected_s": projected, "limit_s": limit,
+            "fraction": projected / limit, "members": n_members, "more_members_fit": more,
+            "sample_rows": n}
+
+
+def format_budget(b: dict) -> str:
+    return (f"projected test time {b['projected_s'] / 60:.1f} min of the {b['limit_s'] / 60:.0f}"
+            f" min limit ({b['fraction']:.1%}; {b['us_per_row']:.1f} us/row on 1 CPU, "
+            f"{b['members']} member(s))")
 
 
 def finalize_graph(path: Path, metadata: dict[str, str]) -> dict:

@@ -47,7 +47,8 @@ class PredictionModel:
         self.x_row = self.x[0]
         self.y = np.zeros((1, outputs[0].shape[1]), dtype=np.float32)
         self.y_row = self.y[0]
-        shapes = [(1, *i.shape[1:]) for i in inputs[1:]]
+        # batch 1; the batch axis is the one named in the graph (not always the first)
+        shapes = [tuple(d if isinstance(d, int) else 1 for d in i.shape) for i in inputs[1:]]
         # two buffer sets: a step reads one and writes the other, then they swap roles
         self.buffers = [[np.zeros(s, dtype=np.float32) for s in shapes] for _ in range(2)]
         self.live = 0  # which buffer set holds the current state

@@ -28,14 +28,29 @@ class StepWrapper(nn.Module):
         return (y.select(1, 0), *new_state)  # select exports as one Gather; squeeze may not
 
 
+def batch_axes(module: nn.Module) -> list[int]:
+    """Each state tensor's batch axis: the one axis whose size follows init_state's batch
+    (states are batch first by convention; a stacked module may put it elsewhere)."""
+    axes = []
+    for i, (a, b) in enumerate(zip(module.init_state(2), module.init_state(3), strict=True)):
+        moved = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]
+        if len(moved) != 1 or a.shape[moved[0]] != 2:
+            raise ValueError(f"state {i}: no single batch axis in shapes {tuple(a.shape)} / "
+                             f"{tuple(b.shape)}")
+        axes.append(moved[0])
+    return axes
+
+
 def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int = OPSET) -> list:
-    """Write module's step graph to path; returns the state shapes for batch 1."""
+    """Write module's step graph to path; returns the state shapes, "batch" at the batch axis."""
     module = module.eval()
+    axes = batch_axes(module)
     state = module.init_state(2)  # batch 2 in the example so no dim is frozen at size 1
     x = torch.zeros(2, n_inputs)
     names = [f"state_{i}" for i in range(len(state))]
     dynamic = {"x": {0: "batch"}, "y": {0: "batch"}}
-    dynamic |= {n: {0: "batch"} for n in names} | {f"{n}_out": {0: "batch"} for n in names}
+    for name, axis in zip(names, axes, strict=True):
+        dynamic |= {name: {axis: "batch"}, f"{name}_out": {axis: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python loops over T = 1
         torch.onnx.export(
@@ -45,4 +60,5 @@ def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int =
             output_names=["y", *[f"{n}_out" for n in names]], dynamic_axes=dynamic,
             opset_version=opset, dynamo=False,
         )
-    return [list(s.shape[1:]) for s in state]
+    return [["batch" if d == axis else int(n) for d, n in enumerate(s.shape)]
+            for s, axis in zip(state, axes, strict=True)]

@@ -1,0 +1,464 @@
+"""`kit ensemble select`: greedy forward selection with replacement (Caruana et al. 2004).
+
+Candidates are runs (their val_preds.npy on the rows in val_rows.npy) or out-of-fold groups
+(`<id>-oof/`: every scored train row once, from K fold runs). All must cover the same rows of the
+same file. Starting from the best K candidates (or nothing), each iteration adds the candidate
+that maximises the competition score of the equal-weight blend of everything picked so far
+(a candidate may be picked again: that is how weights grow); weights = picks / total, cut back to
+the best point of the trajectory.
+
+Speed: the metrics kit uses for selection (weighted Pearson, R², RMSE) are functions of the
+first and second weighted moments of the blend, so one pass over the data builds, per target, the
+weighted covariance matrix of [truth, candidate predictions]; after that each step scores every
+candidate in O(candidates). That surrogate ignores the metric's prediction clip, so the
+trajectory is re-scored exactly (clip included) and the cut uses the exact scores; while every
+candidate's predictions lie inside the clip range the surrogate is exact too. Other metrics (MAE)
+are scored exactly at every step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import tomli_w
+
+from kit.competition import CompetitionSpec, load_spec
+from kit.errors import KitError
+from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
+
+ENSEMBLES_DIR = Path("runs/ensembles")
+QUADRATIC = ("weighted_pearson", "r2", "rmse")
+CHUNK_ROWS = 200_000
+
+
+class EnsembleError(KitError):
+    """Candidates that cannot be ensembled, or a malformed ensemble file."""
+
+
+@dataclass
+class Candidate:
+    """One selectable model: a run, or the K fold runs of an out-of-fold group."""
+
+    name: str
+    path: Path
+    runs: list[Path]  # what gets packed (one run, or the fold runs)
+    preds: np.ndarray  # (rows, K) float32
+    rows: np.ndarray  # (rows,) row index in `data`
+    data: Path  # the file the rows index
+    spec: CompetitionSpec
+
+
+def _read_config(run: Path) -> dict:
+    path = run / "config.toml"
+    if not path.is_file():
+        raise EnsembleError(f"{run}: no config.toml; is this a run directory?")
+    return tomllib.loads(path.read_text())
+
+
+def load_candidate(path: Path) -> Candidate:
+    """A run directory (val_preds.npy) or an out-of-fold directory (oof_preds.npy)."""
+    path = Path(path)
+    if (path / "oof_preds.npy").is_file():
+        summary = json.loads((path / "metrics.json").read_text())
+        runs = [Path(r) for r in summary["runs"]]
+        config = _read_config(runs[0])
+        preds, rows = np.load(path / "oof_preds.npy"), np.load(path / "oof_rows.npy")
+        data = Path(config["data"]["train"])
+    elif (path / "val_preds.npy").is_file():
+        config = _read_config(path)
+        runs = [path]
+        preds, rows = np.load(path / "val_preds.npy"), np.load(path / "val_rows.npy")
+        metrics = path / "metrics.json"
+        # a fold run validated on its held-out fold: its rows index the train file
+        fold = metrics.is_file() and "fold" in json.loads(metrics.read_text())
+        data = Path(config["data"]["train" if fold else "valid"])
+    else:
+        raise EnsembleError(f"{path}: neither val_preds.npy (a finished run) nor oof_preds.npy "
+                            "(an out-of-fold group): nothing to select from")
+    if preds.ndim != 2 or len(preds) != len(rows):
+        raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
+    name = f"{path.parent.name}/{path.name}"
+    return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
+                     data, load_spec(config.get("spec")))
+
+
+def expand_candidates(paths: list[Path]) -> list[Path]:
+    """Run folders as given; an experiment folder (runs/EXP) stands for its finished runs and
+    out-of-fold groups (fold runs are represented by their group)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "val_preds.npy").is_file() or (path / "oof_preds.npy").is_file():
+            out.append(path)
+        elif path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_dir() and "-fold" not in p.name
+                            and ((p / "val_preds.npy").is_file()
+                                 or (p / "oof_preds.npy").is_file()))
+            if not inside:
+                raise EnsembleError(f"{path}: no finished runs inside")
+            out += inside
+        else:
+            raise EnsembleError(f"{path}: no such run directory")
+    if len(set(out)) != len(out):
+        raise EnsembleError("a run is given twice; selection with replacement already lets a "
+                            "candidate count more than once")
+    return out
+
+
+def check_same_rows(candidates: list[Candidate]) -> None:
+    """Every candidate must predict the same rows of the same file, or blending is meaningless."""
+    first = candidates[0]
+    bad = []
+    for c in candidates[1:]:
+        if c.data.resolve() != first.data.resolve():
+            bad.append(f"{c.name} predicts rows of {c.data}, {first.name} of {first.data}")
+        elif c.spec.name != first.spec.name or c.preds.shape[1] != first.preds.shape[1]:
+            bad.append(f"{c.name} is for spec {c.spec.name!r}, {first.name} for "
+                       f"{first.spec.name!r}")
+        elif not np.array_equal(c.rows, first.rows):
+            bad.append(f"{c.name} covers {len(c.rows):,} rows, {first.name} {len(first.rows):,} "
+                       "(or the same number of different rows)")
+    if bad:
+        raise EnsembleError("the candidates do not cover the same rows, so they cannot be "
+                            "blended: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+                            + ". Select among runs validated on the same file (fold runs: "
+                              "pass their -oof group)")
+
+
+# --- the blend's score from moments -------------------------------------------------------
+
+
+class Moments:
+    """Per target: weighted means and the weighted covariance matrix of [truth, candidates]."""
+
+    def __init__(self, truth: np.ndarray, preds: np.ndarray, metric: str):
+        n, c, k = preds.shape
+        self.metric, self.n = metric, n
+        self.cov = np.zeros((k, c + 1, c + 1))
+        self.mean = np.zeros((k, c + 1))
+        self.wsum = np.zeros(k)
+        for t in range(k):
+            y = truth[:, t].astype(np.float64)
+            w = np.maximum(np.abs(y), WEIGHT_FLOOR) if metric == "weighted_pearson" \
+                else np.ones(n)
+            self.wsum[t] = w.sum()
+            totals = np.zeros(c + 1)
+            for lo in range(0, n, CHUNK_ROWS):
+                z = self._columns(y, preds[:, :, t], lo)
+                totals += w[lo:lo + CHUNK_ROWS] @ z
+            self.mean[t] = totals / self.wsum[t]
+            for lo in range(0, n, CHUNK_ROWS):
+                z = self._columns(y, preds[:, :, t], lo) - self.mean[t]
+                self.cov[t] += (z * w[lo:lo + CHUNK_ROWS, None]).T @ z
+            self.cov[t] /= self.wsum[t]
+
+    @staticmethod
+    def _columns(y: np.ndarray, p: np.ndarray, lo: int) -> np.ndarray:
+        hi = lo + CHUNK_ROWS
+        return np.concatenate([y[lo:hi, None], p[lo:hi].astype(np.float64)], axis=1)
+
+    def scores(self, t: int, counts: np.ndarray) -> np.ndarray:
+        """The metric of target t for the blend `counts + e_j`, for every candidate j."""
+        cov, mean = self.cov[t], self.mean[t]
+        pp, yp, yy = cov[1:, 1:], cov[0, 1:], cov[0, 0]
+        m = counts.sum() + 1.0
+        pv = pp @ counts  # cov(p_j, S) for every j, S = sum of picks
+        var_s = counts @ pv
+        var = (var_s + 2 * pv + np.diag(pp)) / m**2  # var((S + p_j) / m)
+        cov_y = (yp @ counts + yp) / m
+        if self.metric == "weighted_pearson":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out = cov_y / np.sqrt(var * yy)
+            return np.where((var > 0) & (yy > 0), out, 0.0)
+        bias = (mean[1:] @ counts + mean[1:]) / m - mean[0]
+        mse = var - 2 * cov_y + yy + bias**2
+        if self.metric == "rmse":
+            return -np.sqrt(np.maximum(mse, 0.0))  # higher is better inside the search
+        return 1.0 - mse / yy if yy > 0 else np.where(mse == 0, 1.0, 0.0)
+
+
+# --- selection ----------------------------------------------------------------------------
+
+
+@dataclass
+class Selection:
+    spec: CompetitionSpec
+    names: list[str]
+    counts: np.ndarray  # (K_targets, C) picks at the cut (same row per target unless per-target)
+    per_target_mode: bool
+    trajectory: list[float]  # exact score after each iteration
+    best_iteration: int
+    score: float
+    per_target: dict
+    singles: list[dict]  # per candidate: score, per_target
+    uniform: dict
+    seconds: float
+    surrogate_exact: bool
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(C, K) weight of each candidate per target."""
+        return (self.counts / self.counts.sum(axis=1, keepdims=True)).T
+
+
+def _exact(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray, t: int | None = None):
+    if t is None:
+        return evaluate(spec, truth, blend)
+    return metric_value(spec, truth[:, t], blend)
+
+
+def greedy(moments: Moments | None, spec: CompetitionSpec, truth: np.ndarray,
+           preds: np.ndarray, targets: list[int], iters: int, init: list[int]
+           ) -> tuple[np.ndarray, list[float]]:
+    """Picks per iteration over `targets` (the mean of their metric); returns the pick counts
+    after each iteration and the exact score of each."""
+    sign = 1.0 if spec.metric.higher_is_better else -1.0
+    c = preds.shape[1]
+    counts = np.zeros(c)
+    blend_sum = np.zeros((preds.shape[0], len(targets)))
+    history, scores = [], []
+    for step in range(iters):
+        if step < len(init):
+            pick = init[step]
+        elif moments is not None:
+            pick = int(np.argmax(sum(moments.scores(t, counts) for t in targets)))
+        else:  # exact scoring of every candidate (non-quadratic metrics)
+            m = counts.sum() + 1
+            values = [np.mean([sign * metric_value(spec, truth[:, t],
+                                                   (blend_sum[:, i] + preds[:, j, t]) / m)
+                               for i, t in enumerate(targets)]) for j in range(c)]
+            pick = int(np.argmax(values))
+        counts[pick] += 1
+        blend_sum += preds[:, pick, targets]
+        blend = blend_sum / counts.sum()
+        scores.append(float(np.mean([metric_value(spec, truth[:, t], blend[:, i])
+                                     for i, t in enumerate(targets)])))
+        history.append(counts.copy())
+    return np.array(history), scores
+
+
+def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
+           init_best: int = 0, per_target: bool = False) -> Selection:
+    """Greedy forward selection with replacement on the competition metric."""
+    if not candidates:
+        raise EnsembleError("no candidates to select from")
+    if iters < 1:
+        raise EnsembleError(f"--iters must be >= 1, got {iters}")
+    if not 0 <= init_best <= len(candidates):
+        raise EnsembleError(f"--init-best must be between 0 and {len(candidates)}")
+    check_same_rows(candidates)
+    started = time.perf_counter()
+    spec = candidates[0].spec
+    preds = np.stack([c.preds for c in candidates], axis=1)  # (rows, C, K)
+    k = preds.shape[2]
+    sign = 1.0 if spec.metric.higher_is_better else -1.0
+    singles = [evaluate(spec, truth, preds[:, j]) for j in range(len(candidates))]
+    quadratic = spec.metric.name in QUADRATIC
+    moments = Moments(truth, preds, spec.metric.name) if quadratic else None
+    clip = spec.metric.clip
+    exact = not quadratic or spec.metric.name != "weighted_pearson" or clip is None or bool(
+        ((preds >= clip[0]) & (preds <= clip[1])).all())
+    groups = [[t] for t in range(k)] if per_target else [list(range(k))]
+    counts = np.zeros((k, len(candidates)))
+    trajectory = np.zeros(iters)
+    best_iteration = []
+    for targets in groups:
+        order = sorted(range(len(candidates)),
+                       key=lambda j: -sign * np.mean([singles[j].per_target[spec.outputs[t]]
+                                                      for t in targets]))
+        history, scores = greedy(moments, spec, truth, preds, targets, iters,
+                                 order[:init_best])
+        best = int(np.argmax(sign * np.array(scores)))
+        best_iteration.append(best + 1)
+        counts[targets] = history[best]
+        trajectory += np.array(scores) * len(targets) / k
+    weights = (counts / counts.sum(axis=1, keepdims=True)).T  # (C, K)
+    report = evaluate(spec, truth, np.einsum("nck,ck->nk", preds, weights))
+    uniform = evaluate(spec, truth, preds.mean(axis=1))
+    names = [c.name for c in candidates]
+    return Selection(
+        spec=spec, names=names, counts=counts, per_target_mode=per_target,
+        trajectory=[float(s) for s in trajectory], best_iteration=max(best_iteration),
+        score=report.score, per_target=report.per_target,
+        singles=[{"score": s.score, "per_target": s.per_target} for s in singles],
+        uniform={"score": uniform.score, "per_target": uniform.per_target},
+        seconds=time.perf_counter() - started, surrogate_exact=exact,
+        extra={"best_iteration_per_group": best_iteration},
+    )
+
+
+# --- post-processing: per-target smoothing over steps and scaling, tuned on the same rows ----
+
+SMOOTHING_GRID = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+SCALE_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+def smooth(pred: np.ndarray, starts: np.ndarray, alpha: float) -> np.ndarray:
+    """s_t = alpha s_(t-1) + (1 - alpha) y_t within each sequence, s = y at its first row.
+
+    The same recursion runs in the graph (kit.export.ensemble.PostProcess) on every step."""
+    if alpha == 0.0:
+        return pred.astype(np.float64)
+    seq = np.zeros(len(pred), dtype=np.int64)
+    seq[starts[1:]] = 1
+    frame = pl.DataFrame({"seq": np.cumsum(seq), "y": pred.astype(np.float64)})
+    # Polars' ewm_mean with adjust=False is exactly this recursion (it starts at the first y)
+    return frame.select(pl.col("y").ewm_mean(alpha=1.0 - alpha, adjust=False).over("seq")
+                        )["y"].to_numpy()
+
+
+def tune_postprocess(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray,
+                     starts: np.ndarray) -> dict:
+    """Per target: the smoothing alpha, then the scale, that maximise the metric (ties keep
+    the identity)."""
+    sign = 1.0 if spec.metric.higher_is_better else -1.0
+    alphas, scales, before, after = [], [], {}, {}
+    for t, name in enumerate(spec.outputs):
+        y, p = truth[:, t], blend[:, t]
+        base = metric_value(spec, y, p)
+        best_a, best_s, best_p = 0.0, sign * base, p
+        for a in SMOOTHING_GRID[1:]:
+            q = smooth(p, starts, a)
+            value = sign * metric_value(spec, y, q)
+            if value > best_s + 1e-9:
+                best_a, best_s, best_p = a, value, q
+        best_c = 1.0
+        for c in SCALE_GRID:
+            value = sign * metric_value(spec, y, c * best_p)
+            if value > best_s + 1e-9:
+                best_c, best_s = c, value
+        alphas.append(best_a)
+        scales.append(best_c)
+        before[name], after[name] = base, sign * best_s
+    return {"smoothing": alphas, "scale": scales, "before": before, "after": after,
+            "note": "tuned on the scored rows only: in the graph the smoothing also runs "
+                    "through the warm-up rows, so its first scored steps differ slightly"}
+
+
+# --- files and tables ---------------------------------------------------------------------
+
+
+def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = False,
+                    init_best: int = 0, out: Path | None = None, postprocess: bool = False
+                    ) -> tuple[dict, Path, str]:
+    """Load the candidates, select, optionally tune post-processing, write the TOML."""
+    from kit.reports import ValidFile
+
+    candidates = [load_candidate(p) for p in expand_candidates(paths)]
+    check_same_rows(candidates)
+    first = candidates[0]
+    data = ValidFile(first.data, first.spec)
+    truth = data.truth(first.rows)
+    selection = select(candidates, truth, iters=iters, init_best=init_best,
+                       per_target=per_target)
+    tuned = None
+    if postprocess:
+        order = np.argsort(first.rows, kind="stable")
+        rows = first.rows[order]
+        ids = data.ids[rows]
+        starts = np.flatnonzero(np.concatenate([[True], (ids[1:] != ids[:-1])
+                                                | (rows[1:] != rows[:-1] + 1)]))
+        preds = np.stack([c.preds[order] for c in candidates], axis=1)
+        blend = np.einsum("nck,ck->nk", preds, selection.weights)
+        tuned = tune_postprocess(selection.spec, truth[order], blend, starts)
+    doc = ensemble_document(selection, candidates, iters=iters, init_best=init_best,
+                            postprocess=tuned)
+    path = write_ensemble(doc, out)
+    return doc, path, format_selection(doc)
+
+
+def ensemble_document(selection: Selection, candidates: list[Candidate], *, iters: int,
+                      init_best: int, postprocess: dict | None = None) -> dict:
+    spec, weights = selection.spec, selection.weights
+    best = int(np.argmax([(1 if spec.metric.higher_is_better else -1) * s["score"]
+                          for s in selection.singles]))
+    members = []
+    for j, c in enumerate(candidates):
+        if not selection.counts[:, j].any():
+            continue
+        members.append({
+            "name": c.name, "path": str(c.path), "runs": [str(r) for r in c.runs],
+            "weight": float(weights[j].mean()), "weights": [float(w) for w in weights[j]],
+            "picks": [int(n) for n in selection.counts[:, j]],
+            "score": selection.singles[j]["score"],
+            "per_target": selection.singles[j]["per_target"],
+        })
+    doc = {
+        "ensemble": {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "spec": spec.name, "metric": spec.metric.name,
+            "data": str(candidates[0].data), "rows": len(candidates[0].rows),
+            "candidates": len(candidates), "iters": iters, "init_best": init_best,
+            "per_target": selection.per_target_mode, "best_iteration": selection.best_iteration,
+            "score": selection.score, "target_scores": selection.per_target,
+            "surrogate_exact": selection.surrogate_exact,
+            "seconds": round(selection.seconds, 3),
+            "best_single": {"name": candidates[best].name, **selection.singles[best]},
+            "uniform": selection.uniform,
+            "trajectory": selection.trajectory,
+            "targets": list(spec.outputs),
+        },
+        "members": members,
+    }
+    if postprocess:
+        doc["postprocess"] = postprocess
+    return doc
+
+
+def write_ensemble(doc: dict, out: Path | None) -> Path:
+    out = Path(out) if out else ENSEMBLES_DIR / f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}.toml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(tomli_w.dumps(doc))
+    return out
+
+
+def read_ensemble(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise EnsembleError(f"{path}: no such ensemble file (kit ensemble select writes one)")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise EnsembleError(f"{path}: not valid TOML ({exc})") from None
+    members = doc.get("members")
+    if not isinstance(members, list) or not members:
+        raise EnsembleError(f"{path}: no [[members]]")
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or "runs" not in m or "weights" not in m:
+            raise EnsembleError(f"{path}: members[{i}] needs 'runs' and 'weights'")
+        if any((not isinstance(w, int | float)) or w < 0 for w in m["weights"]):
+            raise EnsembleError(f"{path}: members[{i}].weights must be numbers >= 0")
+    return doc
+
+
+def format_selection(doc: dict) -> str:
+    e = doc["ensemble"]
+    targets = e["targets"]
+    lines = [f"{'':<28}{'score':>9}" + "".join(f"{t:>9}" for t in targets)]
+
+    def row(label: str, score: float, per: dict) -> None:
+        lines.append(f"{label:<28}{score:>9.4f}" + "".join(f"{per[t]:>9.4f}" for t in targets))
+
+    row("ensemble", e["score"], e["target_scores"])
+    row(f"best single ({e['best_single']['name'][-18:]})", e["best_single"]["score"],
+        e["best_single"]["per_target"])
+    row(f"uniform mean of {e['candidates']}", e["uniform"]["score"], e["uniform"]["per_target"])
+    lines.append(f"\n{len(doc['members'])} of {e['candidates']} candidates selected "
+                 f"(best at iteration {e['best_iteration']} of {e['iters']}; "
+                 f"{e['rows']:,} rows; {e['seconds']:.1f}s)")
+    for m in sorted(doc["members"], key=lambda m: -m["weight"]):
+        per = "  ".join(f"{t} {w:.3f}" for t, w in zip(targets, m["weights"], strict=True))
+        lines.append(f"  {m['weight']:.3f}  {m['name']:<40} [{per}]  single {m['score']:.4f}")
+    post = doc.get("postprocess")
+    if post:
+        for t, name in enumerate(targets):
+            lines.append(f"post-processing {name}: smoothing {post['smoothing'][t]:g}, scale "
+                         f"{post['scale'][t]:g}: {post['before'][name]:.4f} -> "
+                         f"{post['after'][name]:.4f}")
+    return "\n".join(lines)

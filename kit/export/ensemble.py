@@ -1,0 +1,235 @@
+"""An ensemble as ONE stream module: shared work computed once, weights and post-processing inside.
+
+    raw x -> one feature pipeline per distinct feature set -> one normaliser per distinct
+    (features, normaliser) -> the models -> sum of member outputs times per-target weights
+    -> optional post-processing (per-target smoothing over steps, per-target scale).
+
+Members that are plain GRUs of the same shape (linear shared head, no layer norm) are computed
+together by `StackedGRU`: one batched MatMul per gate group and layer for all of them, instead of
+one ONNX GRU op per member (bench/bench_ensemble.py measures both). Any other model runs as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from kit.export.frozen import Member
+from kit.models.rnn import GRUModel
+
+
+@dataclass
+class Weighted:
+    member: Member
+    weights: list[float]  # per target
+
+
+def stackable(model: nn.Module) -> tuple | None:
+    """The key under which GRUs can be stacked, None for models that run on their own."""
+    if type(model) is not GRUModel or not isinstance(model.norm, nn.Identity):
+        return None
+    parts = model.head.parts
+    if len(parts) != 1 or type(parts[0]) is not nn.Linear:
+        return None
+    return ("gru", model.rnn.input_size, model.hidden, model.layers)
+
+
+class StackedGRU(nn.Module):
+    """M GRUs of one shape, one step at a time, with batched matmuls; returns the weighted sum
+    of their heads. State: h [layers, M, B, H] (batch on axis 2: no transposes per step)."""
+
+    def __init__(self, models: list[GRUModel], weights: Tensor, shared_input: bool):
+        super().__init__()
+        first = models[0]
+        self.layers, self.hidden, self.m = first.layers, first.hidden, len(models)
+        self.shared_input = shared_input
+        h = self.hidden
+
+        def stack(name: str, transpose: bool) -> Tensor:
+            ts = [getattr(m.rnn, name).detach() for m in models]
+            return torch.stack([t.t() if transpose else t for t in ts])
+
+        for layer in range(self.layers):
+            self.register_buffer(f"wi{layer}", stack(f"weight_ih_l{layer}", True))  # [M, I, 3H]
+            self.register_buffer(f"wh{layer}", stack(f"weight_hh_l{layer}", True))  # [M, H, 3H]
+            bi, bh = stack(f"bias_ih_l{layer}", False), stack(f"bias_hh_l{layer}", False)
+            # r and z take the sum of both biases; n keeps the hidden one inside r * (.)
+            self.register_buffer(f"bi{layer}", torch.cat(
+                [bi[:, :2 * h] + bh[:, :2 * h], bi[:, 2 * h:]], dim=1).unsqueeze(1))
+            self.register_buffer(f"bh{layer}", torch.cat(
+                [torch.zeros_like(bh[:, :2 * h]), bh[:, 2 * h:]], dim=1).unsqueeze(1))
+        heads = [m.head.parts[0] for m in models]
+        # weights folded into the heads: sum_m w_mk (W_m h_m + b_m)_k
+        w = weights.view(self.m, 1, -1)  # [M, 1, K]
+        self.register_buffer("wo", torch.stack([hd.weight.detach().t() for hd in heads]) * w)
+        self.register_buffer("bo", (torch.stack([hd.bias.detach() for hd in heads])
+                                    * weights).sum(0))
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        return [torch.zeros(self.layers, self.m, batch, self.hidden)]
+
+    def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """x [B, I] or [M, B, I], h [L, M, B, H] -> y [B, K], h'."""
+        size = self.hidden
+        inp, new = x, []
+        for layer in range(self.layers):
+            prev = h[layer]  # [M, B, H]
+            gi = torch.matmul(inp, getattr(self, f"wi{layer}")) + getattr(self, f"bi{layer}")
+            gh = torch.matmul(prev, getattr(self, f"wh{layer}")) + getattr(self, f"bh{layer}")
+            gi_rz, gi_n = gi.split([2 * size, size], dim=-1)
+            gh_rz, gh_n = gh.split([2 * size, size], dim=-1)
+            r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, dim=-1)
+            n = torch.tanh(gi_n + r * gh_n)
+            inp = n + z * (prev - n)
+            new.append(inp)
+        y = torch.matmul(inp, self.wo).sum(0) + self.bo  # [B, K]
+        return y, torch.stack(new)
+
+    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        (h,) = state
+        time_axis = 2 if not self.shared_input else 1
+        ys = []
+        for t in range(x.shape[time_axis]):
+            xt = x.select(time_axis, t)
+            y, h = self.step(xt, h)
+            ys.append(y)
+        return torch.stack(ys, dim=1), [h]
+
+
+class PostProcess(nn.Module):
+    """Per target: s_t = a s_(t-1) + (1 - a) y_t (s = y on a sequence's first step), then a
+    scale. State: the last s [B, 1, K] and a seen flag [B, 1] (zeros = a new sequence)."""
+
+    def __init__(self, smoothing: list[float], scale: list[float]):
+        super().__init__()
+        self.smooths = any(a != 0 for a in smoothing)
+        self.register_buffer("alpha", torch.tensor(smoothing, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+        self.k = len(scale)
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        return [torch.zeros(batch, 1, self.k), torch.zeros(batch, 1)] if self.smooths else []
+
+    def forward(self, y: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        if not self.smooths:
+            return y * self.scale, state
+        last, seen = state
+        out = []
+        for t in range(y.shape[1]):
+            yt = y[:, t:t + 1]
+            mixed = self.alpha * last + (1 - self.alpha) * yt
+            last = torch.where(seen.unsqueeze(-1) > 0, mixed, yt)
+            seen = torch.ones_like(seen)
+            out.append(last)
+        s = out[0] if len(out) == 1 else torch.cat(out, dim=1)
+        return s * self.scale, [last, seen]
+
+
+def postprocess_numpy(grid: np.ndarray, smoothing: list[float], scale: list[float]
+                      ) -> np.ndarray:
+    """The same as PostProcess over (N, T, K) predictions of whole sequences (parity's
+    reference paths)."""
+    out = np.array(grid, dtype=np.float64)
+    alpha = np.asarray(smoothing, dtype=np.float64)
+    for t in range(1, out.shape[1]):
+        out[:, t] = alpha * out[:, t - 1] + (1 - alpha) * out[:, t]
+    return out * np.asarray(scale, dtype=np.float64)
+
+
+class Ensemble(nn.Module):
+    """The stream module of a weighted ensemble (see the module docstring)."""
+
+    def __init__(self, members: list[Weighted], postprocess: dict | None = None,
+                 stack: bool = True):
+        super().__init__()
+        pipelines: dict[str, int] = {}
+        normalisers: dict[tuple, int] = {}
+        self.pipelines, self.normalisers = nn.ModuleList(), nn.ModuleList()
+        self.norm_source: list[int] = []  # normaliser -> pipeline
+        inputs = []  # member -> normaliser index
+        for entry in members:
+            m = entry.member
+            digest = m.feature_set.digest()
+            if digest not in pipelines:
+                pipelines[digest] = len(self.pipelines)
+                self.pipelines.append(m.feature_set.stream_module())
+            key = (digest, m.normaliser.method, m.normaliser.clip,
+                   m.normaliser.center.tobytes(), m.normaliser.scale.tobytes())
+            if key not in normalisers:
+                normalisers[key] = len(self.normalisers)
+                self.normalisers.append(m.normaliser.stream_module())
+                self.norm_source.append(pipelines[digest])
+            inputs.append(normalisers[key])
+        groups: dict[object, list[int]] = {}
+        for i, entry in enumerate(members):
+            key = stackable(entry.member.model) if stack else None
+            groups.setdefault(key if key is not None else ("alone", i), []).append(i)
+        self.models, self.model_inputs = nn.ModuleList(), []
+        self.shared_inputs: list[bool] = []
+        for key, idx in groups.items():
+            weights = torch.tensor([members[i].weights for i in idx], dtype=torch.float32)
+            ins = [inputs[i] for i in idx]
+            if key[0] == "gru" and len(idx) > 1:
+                shared = len(set(ins)) == 1
+                self.models.append(StackedGRU([members[i].member.model for i in idx], weights,
+                                              shared))
+            else:
+                shared = True
+                self.models.append(WeightedModel(members[idx[0]].member.model, weights[0]))
+            self.model_inputs.append(ins)
+            self.shared_inputs.append(shared)
+        post = postprocess or {}
+        k = len(members[0].weights)
+        self.post = PostProcess(post.get("smoothing", [0.0] * k), post.get("scale", [1.0] * k))
+        self.use_post = self.post.smooths or any(c != 1.0 for c in post.get("scale", []))
+        self.stages = [*self.pipelines, *self.models] + ([self.post] if self.use_post else [])
+        self.state_sizes = [len(s.init_state(1)) for s in self.stages]
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        return [t for stage in self.stages for t in stage.init_state(batch)]
+
+    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        chunks, at = [], 0
+        for size in self.state_sizes:
+            chunks.append(state[at:at + size])
+            at += size
+        new_state: list[Tensor] = []
+        features = []
+        for pipeline, own in zip(self.pipelines, chunks, strict=False):
+            f, s = pipeline(x, own)
+            features.append(f)
+            new_state += s
+        normed = [norm(features[src], [])[0]
+                  for norm, src in zip(self.normalisers, self.norm_source, strict=True)]
+        total = None
+        offset = len(self.pipelines)
+        for i, (model, ins, shared) in enumerate(zip(self.models, self.model_inputs,
+                                                     self.shared_inputs, strict=True)):
+            inp = normed[ins[0]] if shared else torch.stack([normed[j] for j in ins])
+            y, s = model(inp, chunks[offset + i])
+            new_state += s
+            total = y if total is None else total + y
+        if self.use_post:
+            total, s = self.post(total, chunks[-1])
+            new_state += s
+        return total, new_state
+
+
+class WeightedModel(nn.Module):
+    """A model whose outputs are multiplied by per-target weights."""
+
+    def __init__(self, model: nn.Module, weights: Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("weights", weights)
+        self.unit = bool((weights == 1).all())  # a single member at weight 1: no Mul node
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        return self.model.init_state(batch)
+
+    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        y, state = self.model(x, state)
+        return (y if self.unit else y * self.weights), state
