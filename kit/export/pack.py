@@ -98,7 +98,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     k = weighted[0].member.spec.n_outputs
     if any(len(w.weights) != k for w in weighted):
         raise PackError(f"{path}: members need one weight per target ({k})")
-    about = {"file": str(path), **{key: doc["ensemble"].get(key) for key in
+    about = {"file": str(path), **{key: doc.get("ensemble", {}).get(key) for key in
                                    ("score", "target_scores", "metric", "data", "iters")}}
     return pack_members(weighted, name or Path(path).stem, out_dir,
                         postprocess=doc.get("postprocess"), ensemble=about, force=force,
