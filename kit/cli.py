@@ -351,14 +351,16 @@ def demo(
     ctx: typer.Context,
     data: Path = typer.Option(Path("data/synth"), help="Data folder (generated if missing)."),
     exp: str = typer.Option("gru_base", help="The experiment to train."),
+    seeds: int = typer.Option(3, help="Seeds to train and ensemble (1: a single run)."),
     seqs: int | None = typer.Option(None, help="Score only the first N valid sequences."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
-    """The main job end to end on the built-in synthetic competition: data, train, pack,
-    parity, score. Extra args are experiment overrides (e.g. train.epochs=3)."""
+    """The main job end to end on the built-in synthetic competition: data, train seeds,
+    ensemble, pack, parity, score. Extra args are experiment overrides (train.epochs=3)."""
     from kit.demo import run_demo
 
-    run_demo(data_dir=data, experiment=exp, overrides=list(ctx.args), seqs=seqs, quiet=quiet)
+    run_demo(data_dir=data, experiment=exp, overrides=list(ctx.args), seeds=seeds, seqs=seqs,
+             quiet=quiet)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """`kit demo`: the main job end to end on the built-in synthetic competition.
 
-data (generated if missing) -> contract check -> train the default experiment -> pack ->
-parity -> local scorer on 1 CPU -> a short summary against the oracle and the time limit.
+data (generated if missing) -> contract check -> train the default experiment with a few seeds
+-> greedy ensemble selection -> pack the ensemble into one graph -> parity -> local scorer on
+1 CPU -> a short summary against the oracle and the time limit.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ def oracle_report(valid: Path, oracle: Path, spec: CompetitionSpec):
 
 def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("submissions"),
              spec_name: str = "predictorium", experiment: str = "gru_base",
-             overrides: list[str] | None = None, seqs: int | None = None,
+             overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
              parity_seqs: int = 16, quiet: bool = False) -> dict:
     """Run every stage and return the summary it prints."""
     from kit.data.synth import synthesize
-    from kit.export.pack import pack_run
+    from kit.ensemble import select_ensemble
+    from kit.export.pack import pack_ensemble, pack_run
     from kit.parity import run_parity
     from kit.scoring import score_submission
     from kit.train.recipe import train_experiment
@@ -62,16 +64,26 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
         typer.echo(f"{path}: {report.rows:,} rows, {report.sequences:,} sequences, "
                    "contract OK")
 
-    _section(f"train: experiment {experiment} (experiments/{experiment}.toml)")
+    _section(f"train: experiment {experiment} (experiments/{experiment}.toml), "
+             f"{seeds} seed(s)")
     paths = [f'data.train="{train}"', f'data.valid="{valid}"', f'spec="{spec_name}"']
-    metrics = train_experiment(experiment, paths + list(overrides or []),
-                               progress=not quiet)[0]
-    run_dir = Path(metrics["run_dir"])
-    typer.echo(f"{run_dir}: validation score {metrics['score']:.4f} at epoch "
-               f"{metrics['best_epoch']} ({metrics['wall_s']:.0f}s)")
+    trained = train_experiment(experiment, paths + list(overrides or []),
+                               seeds=[42 + i for i in range(seeds)], progress=not quiet)
+    for metrics in trained:
+        typer.echo(f"{metrics['run_dir']}: validation score {metrics['score']:.4f} at epoch "
+                   f"{metrics['best_epoch']} ({metrics['wall_s']:.0f}s)")
+    run_dirs = [Path(m["run_dir"]) for m in trained]
+
+    if len(run_dirs) > 1:
+        _section("ensemble: greedy selection with replacement on the validation predictions")
+        doc, ensemble_file, table = select_ensemble(
+            run_dirs, iters=20, out=submissions / "demo-ensemble.toml")
+        typer.echo(table)
+        typer.echo(f"wrote {ensemble_file}")
 
     _section("pack: one stateful ONNX step graph + solution.py")
-    packed = pack_run(run_dir, "demo", submissions)
+    packed = (pack_ensemble(ensemble_file, "demo", submissions) if len(run_dirs) > 1
+              else pack_run(run_dirs[0], "demo", submissions))
     typer.echo(packed.format())
 
     _section("parity: PyTorch sequence vs PyTorch step vs the packaged solution")
@@ -86,7 +98,8 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
 
     ceiling = oracle_report(valid, oracle, spec)
     summary = {
-        "run": str(run_dir),
+        "runs": [str(r) for r in run_dirs],
+        "best_single": max(m["score"] for m in trained),
         "submission": str(packed.zip_path),
         "score": scored.report.score,
         "per_target": scored.report.per_target,
@@ -104,6 +117,9 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
                            for k, v in scored.report.per_target.items())
     typer.echo(f"score {summary['score']:.4f} = {summary['fraction_of_oracle']:.0%} of the "
                f"oracle's {ceiling.score:.4f}   [{per_target}]")
+    if len(run_dirs) > 1:
+        typer.echo(f"ensemble of {len(packed.manifest['members'])} run(s); the best single run "
+                   f"scored {summary['best_single']:.4f} on validation")
     typer.echo(f"parity: max abs difference {parity.max_abs:.1e} between the PyTorch model and "
                f"the package (all {len(parity.checks)} checks pass)")
     typer.echo(f"speed {scored.rows_per_s:,.0f} rows/s ({scored.us_per_row:.1f} us/row) on 1 CPU: "

@@ -274,7 +274,8 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
                                                       for t in targets]))
         history, scores = greedy(moments, spec, truth, preds, targets, iters,
                                  order[:init_best])
-        best = int(np.argmax(sign * np.array(scores)))
+        first = max(init_best - 1, 0)  # the cut never drops the initial members
+        best = first + int(np.argmax(sign * np.array(scores[first:])))
         best_iteration.append(best + 1)
         counts[targets] = history[best]
         trajectory += np.array(scores) * len(targets) / k

@@ -65,10 +65,11 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # A small competition first, so the demo takes seconds; the demo reuses it.
     run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 12, "--valid-seqs", 6, "-q")
-    result = run_cli("demo", "--quiet", "train.epochs=2", "model.hidden=16")
+    result = run_cli("demo", "--quiet", "--seeds", 2, "train.epochs=2", "model.hidden=16")
     out = result.output
     assert "contract OK" in out and "parity OK" in out and "[FAIL]" not in out
     assert "of the oracle" in out and "min limit" in out and "max abs difference" in out
     assert (tmp_path / "submissions" / "demo.zip").is_file()
     manifest = json.loads((tmp_path / "submissions/demo/manifest.json").read_text())
     assert manifest["parity"]["ok"] and manifest["members"][0]["run"].startswith("runs/gru_base")
+    assert (tmp_path / "submissions/demo-ensemble.toml").is_file() and "best single" in out

@@ -8,10 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tomli_w
 
 from kit.competition import load_spec
-from kit.data.synth import synthesize
 from kit.export.frozen import StreamChain, load_member, sha256_file
 from kit.export.pack import (
     PACK_FILES,
@@ -26,60 +24,10 @@ from kit.export.step_graph import export_step_graph
 from kit.parity import run_parity
 from kit.scoring import score_submission
 from kit.train.checkpoint import load_checkpoint, save_checkpoint
-from kit.train.recipe import train_experiment
 from tests.cli import run_cli
-from tests.test_train import SPEC_TOML
+from tests.conftest import MODEL_TABLES
 
-MODEL_TABLES = {
-    "gru": {"type": "gru", "hidden": 16, "layers": 2},
-    "lstm": {"type": "lstm", "hidden": 12, "layers": 1},
-    "attention_gru": {"type": "attention_gru", "hidden": 12, "layers": 1, "window": 8},
-    "transformer": {"type": "transformer", "d_model": 16, "n_heads": 2, "layers": 1,
-                    "window": 12},
-    "ssm": {"type": "ssm", "d_model": 12, "layers": 1, "d_state": 4},
-    "tcn": {"type": "tcn", "channels": 8, "kernel": 3, "dilations": [1, 2, 4]},
-    "patchtst": {"type": "patchtst", "d_model": 16, "n_heads": 2, "layers": 1, "window": 12,
-                 "patch_len": 4, "stride": 4},
-}
 SEQS = 4  # parity sample: enough for shuffling and interleaving, small enough to be quick
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pack")
-    (root / "tiny-lob.toml").write_text(SPEC_TOML)
-    spec = load_spec(str(root / "tiny-lob.toml"))
-    synthesize(spec, root / "data", train_seqs=16, valid_seqs=6, seed=3)
-    exps = root / "experiments"
-    exps.mkdir()
-    for name, table in MODEL_TABLES.items():
-        (exps / f"{name}.toml").write_text(tomli_w.dumps({
-            "spec": str(root / "tiny-lob.toml"), "seed": 5,
-            "data": {"train": str(root / "data/train.parquet"),
-                     "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
-            "features": {"groups": ["raw", "diffs", "ewm"]},
-            "model": table,
-            "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3},
-        }))
-    return root
-
-
-@pytest.fixture(scope="module")
-def runs(workspace):
-    """One trained run per model type (1 epoch: parity needs weights, not quality)."""
-    import os
-
-    old = os.environ.get("KIT_EXPERIMENTS")
-    os.environ["KIT_EXPERIMENTS"] = str(workspace / "experiments")
-    try:
-        return {name: Path(train_experiment(name, progress=False,
-                                            runs_dir=workspace / "runs")[0]["run_dir"])
-                for name in MODEL_TABLES}
-    finally:
-        if old is None:
-            del os.environ["KIT_EXPERIMENTS"]
-        else:
-            os.environ["KIT_EXPERIMENTS"] = old
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,7 @@ def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, *
         np.save(rows_path, np.ascontiguousarray(values, dtype=np.float64))
         memory = int(spec.limits.memory_gb * 2**30) if limit_memory else None
         return run_child(
-            Path(solution_dir),
+            Path(solution_dir).resolve(),  # the child changes directory
             rows_path,
             len(values),
             spec.n_outputs,

@@ -1,0 +1,241 @@
+"""Greedy ensemble selection, ensemble files, `kit pack --ensemble` and parity on ensembles."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+from kit.competition import load_spec, spec_from_dict
+from kit.ensemble import (
+    Candidate,
+    EnsembleError,
+    Moments,
+    check_same_rows,
+    read_ensemble,
+    select,
+    select_ensemble,
+    smooth,
+)
+from kit.export.ensemble import Ensemble, PostProcess, StackedGRU, Weighted, postprocess_numpy
+from kit.export.frozen import load_member, stream_steps
+from kit.export.pack import PackError, pack_ensemble
+from kit.metrics import evaluate, metric_value
+from kit.parity import run_parity
+from tests.cli import run_cli
+
+SPEC = load_spec("predictorium")
+SEQS = 4
+
+
+def _candidates(preds: list[np.ndarray], spec=SPEC) -> list[Candidate]:
+    rows = np.arange(len(preds[0]))
+    return [Candidate(f"c{i}", Path(f"c{i}"), [], p.astype(np.float32), rows, Path("x"), spec)
+            for i, p in enumerate(preds)]
+
+
+def test_selection_finds_the_known_best_mixture():
+    rng = np.random.default_rng(0)
+    n = 60_000
+    truth = rng.standard_normal((n, 2))
+    # two equally good, independent views of the truth: the best blend is half and half; a
+    # candidate of pure noise must not be picked
+    a = truth + rng.standard_normal((n, 2))
+    b = truth + rng.standard_normal((n, 2))
+    noise = rng.standard_normal((n, 2))
+    sel = select(_candidates([a, b, noise]), truth, iters=40)
+    weights = sel.weights  # (C, K)
+    assert weights[2].max() == 0.0
+    np.testing.assert_allclose(weights[0], 0.5, atol=0.1)
+    np.testing.assert_allclose(weights[0] + weights[1], 1.0)
+    best_single = max(s["score"] for s in sel.singles)
+    assert sel.score > best_single + 0.05
+    # the reported score is the exact metric of the reported weights
+    stacked = np.stack([a, b, noise], 1).astype(np.float32)  # candidates hold float32
+    blend = np.einsum("nck,ck->nk", stacked, weights)
+    assert sel.score == pytest.approx(evaluate(SPEC, truth, blend).score, abs=1e-9)
+
+
+def test_per_target_weights_follow_each_target():
+    rng = np.random.default_rng(1)
+    n = 40_000
+    truth = rng.standard_normal((n, 2))
+    good_t0 = np.column_stack([truth[:, 0] + 0.5 * rng.standard_normal(n), rng.standard_normal(n)])
+    good_t1 = np.column_stack([rng.standard_normal(n), truth[:, 1] + 0.5 * rng.standard_normal(n)])
+    sel = select(_candidates([good_t0, good_t1]), truth, iters=10, per_target=True)
+    w = sel.weights
+    assert w[0, 0] > 0.9 and w[1, 1] > 0.9
+    joint = select(_candidates([good_t0, good_t1]), truth, iters=10)
+    assert sel.score > joint.score
+
+
+def test_init_best_starts_from_the_best_candidates_and_the_cut_keeps_the_best_point():
+    rng = np.random.default_rng(2)
+    truth = rng.standard_normal((20_000, 2))
+    cands = [truth + s * rng.standard_normal((20_000, 2)) for s in (0.5, 3.0, 6.0)]
+    sel = select(_candidates(cands), truth, iters=5, init_best=2)
+    # starting with the two best, the noisy second one stays in (the cut keeps the initial
+    # members) and the best point from there on is kept
+    assert sel.counts[:, 1].min() >= 1
+    assert sel.score == pytest.approx(max(sel.trajectory[1:]), abs=1e-12)
+    free = select(_candidates(cands), truth, iters=5)
+    assert free.counts[:, 1].max() == 0 and free.score > sel.score
+
+
+@pytest.mark.parametrize("metric", ["weighted_pearson", "r2", "rmse"])
+def test_moment_scores_equal_the_exact_metric(metric):
+    spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": metric}}, "<test>")
+    rng = np.random.default_rng(3)
+    truth = rng.standard_t(4, (5000, 2))
+    preds = np.stack([truth * rng.random() + rng.standard_normal((5000, 2)) for _ in range(4)],
+                     axis=1)
+    moments = Moments(truth, preds, metric)
+    counts = np.array([2.0, 0.0, 1.0, 3.0])
+    for t in range(2):
+        fast = moments.scores(t, counts)
+        for j in range(4):
+            c = counts.copy()
+            c[j] += 1
+            exact = metric_value(spec, truth[:, t], np.einsum("nc,c->n", preds[:, :, t], c)
+                                 / c.sum())
+            assert (-fast[j] if metric == "rmse" else fast[j]) == pytest.approx(exact, abs=1e-9)
+
+
+def test_candidates_on_different_rows_are_refused():
+    rng = np.random.default_rng(4)
+    cands = _candidates([rng.standard_normal((100, 2)), rng.standard_normal((100, 2))])
+    cands[1].rows = cands[1].rows + 1
+    with pytest.raises(EnsembleError, match="do not cover the same rows"):
+        check_same_rows(cands)
+    cands[1].rows, cands[1].data = cands[0].rows, Path("other.parquet")
+    with pytest.raises(EnsembleError, match="predicts rows of other.parquet"):
+        check_same_rows(cands)
+
+
+def test_smoothing_matches_the_graph_recursion():
+    rng = np.random.default_rng(5)
+    grid = rng.standard_normal((3, 7, 2))
+    alpha, scale = [0.6, 0.0], [1.5, 0.5]
+    flat = grid.reshape(-1, 2)
+    starts = np.arange(0, 21, 7)
+    by_rows = np.column_stack([smooth(flat[:, t], starts, alpha[t]) for t in range(2)])
+    np.testing.assert_allclose(by_rows.reshape(3, 7, 2) * scale,
+                               postprocess_numpy(grid, alpha, scale), atol=1e-12)
+    import torch
+
+    module = PostProcess(alpha, scale)
+    steps = stream_steps(module, torch.tensor(grid, dtype=torch.float32)).numpy()
+    whole, _ = module(torch.tensor(grid, dtype=torch.float32), module.init_state(3))
+    np.testing.assert_allclose(steps, postprocess_numpy(grid, alpha, scale), atol=1e-5)
+    np.testing.assert_allclose(whole.numpy(), steps, atol=1e-6)
+
+
+# --- on trained runs -------------------------------------------------------------------------
+
+
+def _valid(workspace) -> Path:
+    return workspace / "data/valid.parquet"
+
+
+def test_select_on_runs_writes_a_file_that_packs_and_passes_parity(workspace, runs, tmp_path):
+    doc, path, table = select_ensemble([runs[n] for n in ("gru", "gru_b", "lstm", "tcn")],
+                                       iters=8, out=tmp_path / "ens.toml", postprocess=True)
+    assert "ensemble" in table and "best single" in table and "uniform mean" in table
+    again = read_ensemble(path)
+    assert again["ensemble"]["candidates"] == 4 and again["members"]
+    weights = np.array([m["weights"] for m in again["members"]])
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0)
+    assert len(again["postprocess"]["smoothing"]) == 2
+    packed = pack_ensemble(path, "ens", tmp_path / "subs")
+    report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
+    assert report.ok, report.format()
+    manifest = json.loads((packed.folder / "manifest.json").read_text())
+    assert manifest["ensemble"]["file"] == str(path)
+    assert manifest["time_budget"]["fraction"] < 0.8
+
+
+def _write(path: Path, members: list[dict], postprocess: dict | None = None) -> Path:
+    doc = {"members": members} | ({"postprocess": postprocess} if postprocess else {})
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def test_stacked_grus_zero_weights_and_postprocessing_pass_parity(workspace, runs, tmp_path):
+    path = _write(tmp_path / "e.toml", [
+        {"name": "a", "runs": [str(runs["gru"])], "weights": [0.7, 0.2]},
+        {"name": "b", "runs": [str(runs["gru_b"])], "weights": [0.3, 0.5]},
+        {"name": "c", "runs": [str(runs["ssm"])], "weights": [0.0, 0.3]},
+        {"name": "z", "runs": [str(runs["transformer"])], "weights": [0.0, 0.0]},
+    ], {"smoothing": [0.5, 0.0], "scale": [1.0, 2.0]})
+    packed = pack_ensemble(path, "stacked", tmp_path / "subs")
+    members = packed.manifest["members"]
+    assert [m["model"]["type"] for m in members] == ["gru", "gru", "ssm"]  # zero weight: out
+    # the two GRUs run as one stacked module (its state has the batch on axis 2)
+    assert any(s["batch_axis"] == 2 for s in packed.manifest["states"])
+    report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
+    assert report.ok, report.format()
+    unstacked = pack_ensemble(path, "unstacked", tmp_path / "subs", stack=False)
+    assert all(s["batch_axis"] == 0 for s in unstacked.manifest["states"])
+    assert run_parity(unstacked.folder, _valid(workspace), seqs=SEQS).ok
+
+
+def test_stacked_module_equals_its_members(runs):
+    import torch
+
+    members = [load_member(runs["gru"]), load_member(runs["gru_b"])]
+    weights = [[0.25, 1.0], [0.75, -0.5]]
+    entries = [Weighted(m, w) for m, w in zip(members, weights, strict=True)]
+    stacked, plain = Ensemble(entries).eval(), Ensemble(entries, stack=False).eval()
+    assert any(isinstance(m, StackedGRU) for m in stacked.models)
+    x = torch.randn(3, 25, 32)
+    with torch.no_grad():
+        want = sum(torch.tensor(w) * stream_steps(m.stream_module(), x)
+                   for m, w in zip(members, weights, strict=True))
+        np.testing.assert_allclose(stream_steps(stacked, x).numpy(), want.numpy(), atol=1e-5)
+        np.testing.assert_allclose(stream_steps(plain, x).numpy(), want.numpy(), atol=1e-5)
+
+
+def test_pack_refuses_a_pack_over_the_time_budget_unless_forced(workspace, runs, tmp_path,
+                                                                 monkeypatch):
+    import kit.export.pack as pack_module
+
+    path = _write(tmp_path / "e.toml", [{"name": "a", "runs": [str(runs["gru"])],
+                                         "weights": [1.0, 1.0]}])
+    monkeypatch.setattr(pack_module, "BUDGET_FRACTION", 1e-9)  # any real time is over it
+    with pytest.raises(PackError, match="over 0% of the limit"):
+        pack_ensemble(path, "slow", tmp_path / "subs")
+    assert not (tmp_path / "subs" / "slow").exists()
+    forced = pack_ensemble(path, "slow", tmp_path / "subs", force=True)
+    assert "more member(s)" in forced.format()
+
+
+def test_bad_ensemble_files_are_refused(runs, tmp_path):
+    with pytest.raises(EnsembleError, match="no such ensemble file"):
+        read_ensemble(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("members = [")
+    with pytest.raises(EnsembleError, match="not valid TOML"):
+        read_ensemble(tmp_path / "bad.toml")
+    path = _write(tmp_path / "neg.toml", [{"name": "a", "runs": [str(runs["gru"])],
+                                           "weights": [-1.0, 1.0]}])
+    with pytest.raises(EnsembleError, match="numbers >= 0"):
+        read_ensemble(path)
+    path = _write(tmp_path / "zero.toml", [{"name": "a", "runs": [str(runs["gru"])],
+                                            "weights": [0.0, 0.0]}])
+    with pytest.raises(PackError, match="every member has weight 0"):
+        pack_ensemble(path, "z", tmp_path)
+
+
+def test_cli_select_report_pack(workspace, runs, tmp_path):
+    out = run_cli("ensemble", "select", runs["gru"], runs["gru_b"], runs["lstm"], "--iters", 5,
+                  "--per-target", "--init-best", 1, "--out", tmp_path / "e.toml").output
+    assert "best single" in out and "wrote" in out
+    out = run_cli("report", tmp_path / "e.toml").output
+    assert "report.md" in out
+    assert (tmp_path / "e/selection.png").is_file() and (tmp_path / "e/weights.png").is_file()
+    out = run_cli("pack", "--ensemble", tmp_path / "e.toml", "--out", tmp_path / "subs").output
+    assert "projected test time" in out
+    assert "give a RUN or --ensemble" in run_cli("pack", expect=2).output
+    # fold runs validate on different rows: refused, naming the problem
+    bad = run_cli("ensemble", "select", runs["gru"], tmp_path / "nothing", expect=2).output
+    assert "no such run directory" in bad
