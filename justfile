@@ -69,3 +69,7 @@ pack run *args:
 # kit parity SUBMISSION [--data FILE]: prove the package equals the PyTorch model
 parity submission *args:
     kit parity {{submission}} {{args}}
+
+# kit ensemble select RUNS...: greedy-weighted ensemble of runs (e.g. just ensemble select runs/gru_base)
+ensemble *args:
+    kit ensemble {{args}}
