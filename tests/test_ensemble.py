@@ -239,3 +239,31 @@ def test_cli_select_report_pack(workspace, runs, tmp_path):
     # fold runs validate on different rows: refused, naming the problem
     bad = run_cli("ensemble", "select", runs["gru"], tmp_path / "nothing", expect=2).output
     assert "no such run directory" in bad
+
+
+def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace, tmp_path,
+                                                                      monkeypatch, runs):
+    from kit.train.recipe import train_experiment
+
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(workspace / "experiments"))
+    groups = []
+    for name in ("gru", "lstm"):
+        results = train_experiment(name, folds=2, progress=False, runs_dir=tmp_path / "runs")
+        groups.append(Path(results[-1]["run_dir"]))
+    assert all(g.name.endswith("-oof") for g in groups)
+    # an oof group predicts train rows, a run valid rows: refused, naming both
+    with pytest.raises(EnsembleError, match="predicts rows of"):
+        select_ensemble([groups[0], runs["gru"]], iters=3, out=tmp_path / "bad.toml")
+    doc, path, _ = select_ensemble([tmp_path / "runs" / "gru", tmp_path / "runs" / "lstm"],
+                                   iters=6, out=tmp_path / "oof.toml")
+    assert doc["ensemble"]["data"].endswith("train.parquet")
+    assert {m["name"].split("/")[1] for m in doc["members"]} <= {g.name for g in groups}
+    packed = pack_ensemble(path, "oof", tmp_path / "subs")
+    runs_packed = [m["run"] for m in packed.manifest["members"]]
+    expected = sum(len(m["runs"]) for m in doc["members"])
+    assert len(runs_packed) == expected and all("-fold" in r for r in runs_packed)
+    for m in doc["members"]:  # each fold run carries its group's weight / K
+        share = [w / len(m["runs"]) for w in m["weights"]]
+        got = [e["weights"] for e in packed.manifest["members"] if e["run"] in m["runs"]]
+        assert all(g == pytest.approx(share) for g in got)
+    assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
