@@ -274,7 +274,7 @@ def test_onnx_step_graph_of_the_full_set_equals_the_batch_face(tmp_path):
     got = []
     for i, row in enumerate(rows):
         if i == 0 or ids[i] != ids[i - 1]:  # a new sequence: zero state
-            state = [np.zeros((1, *s), np.float32) for s in shapes]
+            state = [np.zeros([1 if d == "batch" else d for d in s], np.float32) for s in shapes]
         out = session.run(None, {"x": row[None], **{f"state_{j}": s for j, s in
                                                      enumerate(state)}})
         got.append(out[0][0])

@@ -167,7 +167,7 @@ def assert_onnx_matches_steps(model, n_inputs, path, steps=20, batches=(3, 1)):
 
     shapes = export_step_graph(model, n_inputs, path)
     model.eval()  # the export leaves the module in training mode (its wrapper's mode restored)
-    assert shapes == [list(s.shape[1:]) for s in model.init_state(1)]
+    assert shapes == [["batch", *s.shape[1:]] for s in model.init_state(1)]  # batch first
     nodes = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert nodes.count("Shape") <= 1, "the step graph reads shapes off tensors"  # 1: wrapper
     for batch in batches:  # the batch dim is dynamic
