@@ -232,6 +232,59 @@ def train(
                    f"{result['best_epoch']}, {result['params']:,} params, {state}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep(
+    ctx: typer.Context,
+    exp: str = typer.Argument(..., help="Experiment with a [sweep] table; then overrides."),
+    trials: int | None = typer.Option(None, help="Finished trials wanted in the study "
+                                      "(default: sweep.trials, else 20)."),
+    storage: str | None = typer.Option(None, help="Optuna storage URL: sqlite:///F.db, "
+                                       "postgresql://user:pw@host/db, journal:PATH "
+                                       "(default: sqlite under runs/EXP/)."),
+    study: str | None = typer.Option(None, help="Study name (default: the experiment's)."),
+    workers: int = typer.Option(1, help="Worker processes on this machine."),
+    timeout: float | None = typer.Option(None, help="Stop starting trials after S seconds."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where trial runs are written."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    no_summary: bool = typer.Option(False, "--no-summary", hidden=True),
+) -> None:
+    """Optuna study over an experiment's [sweep] space; each trial is an ordinary run.
+    Interrupt with Ctrl-C and run the same command again to resume."""
+    from kit.sweep import format_summary
+    from kit.sweep import sweep as run_sweep
+
+    try:
+        summary = run_sweep(exp, list(ctx.args), trials=trials, storage=storage, study=study,
+                            workers=workers, timeout=timeout, progress=not quiet,
+                            runs_dir=runs_dir)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished trials are kept in the study; run the same command "
+                   "again to resume it", err=True)
+        raise typer.Exit(130) from None
+    if not no_summary:
+        typer.echo(format_summary(summary))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ablate(
+    ctx: typer.Context,
+    exp: str = typer.Argument(..., help="Experiment; then overrides."),
+    groups: str = typer.Option(..., help="Comma-separated feature groups, in ladder order."),
+    seeds: str | None = typer.Option(None, help="Comma-separated seeds (default: the exp's)."),
+    runs_dir: Path = typer.Option(Path("runs"), help="Where the runs are written."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Feature-group ablation: the cumulative ladder and leave-one-group-out variants."""
+    from kit.ablate import ablate as run_ablation
+    from kit.ablate import format_ablation
+
+    names = [g.strip() for g in groups.split(",") if g.strip()]
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    summary = run_ablation(exp, names, seed_list, list(ctx.args), progress=not quiet,
+                           runs_dir=runs_dir)
+    typer.echo(format_ablation(summary))
+
+
 @app.command()
 def params(
     exp: str = typer.Argument(..., help="Experiment: exp=NAME, NAME or a TOML path."),

@@ -49,13 +49,14 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
             config = resolve(tomllib.loads(files.config_path.read_text()))
         else:
             files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed))
-        results.append(_train_one(config, files, resume=resume,
+        results.append(train_one(config, files, resume=resume,
                                   stop_after_epochs=stop_after_epochs, progress=progress))
     return results
 
 
-def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
-               resume: bool = False, stop_after_epochs: int = 0, progress: bool = True) -> dict:
+def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
+               resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
+               on_epoch=None) -> dict:
     from kit.models import build_model, count_params, solve_width
     from kit.train.data import load_train_data
     from kit.train.trainer import fit
@@ -73,7 +74,7 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = 
         files.start({**config, "model": model_config}, {})
     files.about = {"model_config": model_config, "summary": summary}
     metrics = fit(config, data, model, files, resume=resume,
-                  stop_after_epochs=stop_after_epochs, progress=progress)
+                  stop_after_epochs=stop_after_epochs, progress=progress, on_epoch=on_epoch)
     return {**metrics, "run_dir": str(files.root)}
 
 
@@ -91,7 +92,7 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool) -> list[d
     results, preds, rows, truth = [], [], [], []
     for i in range(k):
         files = RunFiles(runs_dir / config["name"] / f"{group}-fold{i + 1}of{k}")
-        results.append(_train_one(config, files, fold=(k, i), progress=progress))
+        results.append(train_one(config, files, fold=(k, i), progress=progress))
         held_out = load_train_data(config, (k, i)).valid
         preds.append(np.load(files.val_preds))
         rows.append(np.load(files.val_rows))

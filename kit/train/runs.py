@@ -80,13 +80,14 @@ class RunFiles:
         np.save(self.val_rows, data.valid.rows.astype(np.int64))
 
     def write_metrics(self, finished: bool, sign: float = 1.0,
-                      swa: MetricReport | None = None) -> dict:
+                      swa: MetricReport | None = None, pruned: bool = False) -> dict:
         """metrics.json: the best epoch (or "swa" when the weight average beat every epoch);
         sign is -1 for metrics where lower is better."""
         history = [json.loads(line) for line in self.history.read_text().splitlines()]
         best = max(history, key=lambda r: sign * r["val_score"])
         metrics = {
             "finished": finished,
+            **({"pruned": True} if pruned else {}),
             "best_epoch": "swa" if swa else best["epoch"],
             "score": swa.score if swa else best["val_score"],
             "per_target": swa.per_target if swa else best["val_per_target"],

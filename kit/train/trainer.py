@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -84,8 +85,12 @@ def _state_to(state, device):
 
 
 def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, *,
-        resume: bool = False, stop_after_epochs: int = 0, progress: bool = True) -> dict:
-    """Train `model` as `config` (resolved) says, writing the run directory; returns metrics."""
+        resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
+        on_epoch: Callable[[int, float], bool] | None = None) -> dict:
+    """Train `model` as `config` (resolved) says, writing the run directory; returns metrics.
+
+    on_epoch(epoch, val_score), called after each epoch, may return True to stop the run there
+    (a sweep's pruner); metrics then say "pruned": true."""
     train, seed = config["train"], config["seed"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if train["threads"] > 0:
@@ -126,7 +131,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
         files.truncate_history(start_epoch)
 
-    epochs_run, paused = 0, False
+    epochs_run, paused, pruned = 0, False, False
     for epoch in range(start_epoch, train["epochs"]):
         if bad_epochs >= train["patience"]:
             break  # early stopping
@@ -206,8 +211,11 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
         }, files.last)
         epochs_run += 1
+        if on_epoch is not None and on_epoch(epoch + 1, report.score):
+            pruned = True
+            break
 
-    finished, swa_won = not paused, None
+    finished, swa_won = not paused and not pruned, None
     if finished and swa is not None and swa.n_averaged.item() > 0:
         # the SWA average competes with the best epoch
         report, rows_pred = validate(swa.module, data, train["batch_size"], device)
@@ -216,4 +224,5 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             swa_won = report
     if writer is not None:
         writer.close()
-    return files.write_metrics(finished=finished, sign=sign, swa=swa_won)
+    metrics = files.write_metrics(finished=finished, sign=sign, swa=swa_won, pruned=pruned)
+    return metrics

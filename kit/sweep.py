@@ -1,0 +1,480 @@
+"""`kit sweep` (Optuna studies over an experiment) and `kit ablate` (feature-group ablations).
+
+The search space is the experiment's [sweep] table; every trial is an ordinary run directory
+trained by the same recipe as `kit train`, reporting its validation score per epoch to Optuna so
+the pruner can stop it. Scale-out is Optuna's own: any number of workers, on one machine or many,
+run the same study on one storage (SQLite file by default; a PostgreSQL URL or a journal file on
+a shared disk unchanged). docs/sweeps.md has the format and the multi-machine recipe.
+
+    [sweep]
+    trials = 30                      # default for --trials
+    pruner = "median"                # median | hyperband | none
+    sampler = "tpe"                  # tpe | random
+    [sweep.params]
+    "train.lr" = { type = "float", low = 1e-4, high = 1e-2, log = true }
+    "model.hidden" = { type = "int", low = 32, high = 256, step = 32 }
+    "features.groups" = { type = "categorical", choices = [["raw"], ["raw", "ewm"]] }
+    "model.window" = { type = "int", low = 8, high = 64, when = { "model.type" = "attention_gru" } }
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from kit.config import ConfigError, resolve
+from kit.train.runs import RUNS_DIR, RunFiles
+
+KINDS = ("float", "int", "categorical")
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "random")
+# RDB storages: a worker silent for 2 heartbeats has its running trial marked failed by the
+# next worker that starts a trial (tests shorten it through the environment)
+HEARTBEAT_S = int(os.environ.get("KIT_SWEEP_HEARTBEAT_S", "10"))
+
+
+class SweepError(ConfigError):
+    """A malformed [sweep] table or storage; the message names the entry."""
+
+
+@dataclass
+class Param:
+    name: str  # dotted config path, e.g. train.lr
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list = field(default_factory=list)
+    when: dict = field(default_factory=dict)  # dotted path -> allowed value(s)
+
+    @property
+    def labels(self) -> list:
+        """Optuna stores scalars; tables and lists are offered by their JSON text."""
+        return [c if isinstance(c, str | int | float | bool) else json.dumps(c, sort_keys=True)
+                for c in self.choices]
+
+    def values(self) -> list:
+        """Values that span the range (for checking the space before training)."""
+        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+
+def parse_space(table: dict) -> list[Param]:
+    """[sweep.params] -> Params; each error names `sweep.params."NAME"` and what is wrong."""
+    raw = table.get("params")
+    if not isinstance(raw, dict) or not raw:
+        raise SweepError("[sweep.params] is missing or empty: declare at least one parameter, "
+                         'e.g. "train.lr" = { type = "float", low = 1e-4, high = 1e-2, log = '
+                         "true }")
+    params = []
+    for name, spec in raw.items():
+        where = f'sweep.params."{name}"'
+        if not isinstance(spec, dict):
+            raise SweepError(f"{where}: must be a table like {{ type = \"float\", low = .., "
+                             f"high = .. }}, got {spec!r}")
+        kind = spec.get("type")
+        if kind not in KINDS:
+            raise SweepError(f"{where}.type: one of {list(KINDS)}, got {kind!r}")
+        allowed = {"type", "when"} | ({"choices"} if kind == "categorical"
+                                      else {"low", "high", "log", "step"})
+        extra = sorted(set(spec) - allowed)
+        if extra:
+            raise SweepError(f"{where}: unknown key(s) {extra} for type {kind!r}; allowed: "
+                             f"{sorted(allowed)}")
+        when = spec.get("when", {})
+        if not isinstance(when, dict):
+            raise SweepError(f"{where}.when: a table of dotted key = value(s), got {when!r}")
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise SweepError(f"{where}.choices: a non-empty list, got {choices!r}")
+            params.append(Param(name, kind, choices=list(choices), when=when))
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        numbers = (int,) if kind == "int" else (int, float)
+        if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in (low, high)):
+            raise SweepError(f"{where}: low and high must be {kind}s, got {low!r}, {high!r}")
+        if low > high:
+            raise SweepError(f"{where}: low ({low}) > high ({high})")
+        log, step = bool(spec.get("log", False)), spec.get("step")
+        if log and low <= 0:
+            raise SweepError(f"{where}: log = true needs low > 0, got {low}")
+        if log and step is not None:
+            raise SweepError(f"{where}: log and step do not combine (Optuna)")
+        if step is not None and (not isinstance(step, numbers) or step <= 0):
+            raise SweepError(f"{where}.step: a positive {kind}, got {step!r}")
+        params.append(Param(name, kind, low, high, log, step, when=when))
+    return _conditions_last(params)
+
+
+def _conditions_last(params: list[Param]) -> list[Param]:
+    """Order so that a parameter comes after the parameters its `when` reads."""
+    names = {p.name for p in params}
+    ordered: list[Param] = []
+    pending = list(params)
+    while pending:
+        ready = [p for p in pending
+                 if all(k not in names or k in {q.name for q in ordered} for k in p.when)]
+        if not ready:
+            cycle = ", ".join(p.name for p in pending)
+            raise SweepError(f"sweep.params: the `when` conditions of {cycle} form a cycle")
+        ordered += ready
+        pending = [p for p in pending if p not in ready]
+    return ordered
+
+
+def get_dotted(config: dict, name: str):
+    node = config
+    for part in name.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def set_dotted(config: dict, name: str, value) -> dict:
+    out = copy.deepcopy(config)
+    node = out
+    parts = name.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SweepError(f"sweep.params.\"{name}\": {part!r} is not a table in the config")
+    node[parts[-1]] = value
+    return out
+
+
+def applies(param: Param, config: dict) -> bool:
+    """A conditional parameter applies when every `when` key has one of its values."""
+    for key, allowed in param.when.items():
+        options = allowed if isinstance(allowed, list) else [allowed]
+        if get_dotted(config, key) not in options:
+            return False
+    return True
+
+
+def check_trial_config(config: dict) -> None:
+    """Everything a trial's config must pass before it trains (raises ConfigError/KitError)."""
+    from kit.competition import load_spec
+    from kit.features import feature_set_from_config
+    from kit.models import model_values, solve_width
+    from kit.train.losses import MaskedLoss
+
+    config = resolve(config)
+    spec = load_spec(config["spec"])
+    features = feature_set_from_config(config)
+    model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
+    MaskedLoss(config.get("loss"), spec.n_outputs)
+
+
+def check_space(base: dict, params: list[Param]) -> None:
+    """Fail before any training: each parameter's extreme values and choices must make a
+    valid config (conditional ones with their conditions met)."""
+    for p in params:
+        where = f'sweep.params."{p.name}"'
+        for key in p.when:
+            if not any(q.name == key for q in params) and get_dotted(base, key) is None:
+                raise SweepError(f"{where}.when: {key!r} is neither a parameter nor a key of "
+                                 "the experiment")
+        config = base
+        for key, allowed in p.when.items():
+            config = set_dotted(config, key, allowed[0] if isinstance(allowed, list) else allowed)
+        for value in p.values():
+            try:
+                check_trial_config(set_dotted(config, p.name, value))
+            except ConfigError as exc:
+                raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
+                                 ) from None
+            except Exception as exc:  # model/feature/loss errors are KitErrors with a message
+                raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
+                                 ) from None
+
+
+def suggest(trial, params: list[Param], base: dict) -> dict:
+    """The trial's values (dotted name -> value), conditionals in declaration order."""
+    config, values = base, {}
+    for p in params:
+        if not applies(p, config):
+            continue
+        if p.kind == "float":
+            value = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+        elif p.kind == "int":
+            value = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step or 1)
+        else:
+            label = trial.suggest_categorical(p.name, p.labels)
+            value = p.choices[p.labels.index(label)]
+        values[p.name] = value
+        config = set_dotted(config, p.name, value)
+    return values
+
+
+def trial_config(base: dict, values: dict) -> dict:
+    config = base
+    for name, value in values.items():
+        config = set_dotted(config, name, value)
+    return resolve(config)
+
+
+# --- storage, study ----------------------------------------------------------------------
+
+
+def default_storage(experiment: str, runs_dir: Path = RUNS_DIR) -> str:
+    path = (runs_dir / experiment / "sweep.db").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def make_storage(url: str):
+    """An Optuna storage from a URL: sqlite:///..., postgresql://..., mysql://..., or
+    journal:PATH (an append-only file, e.g. on a shared disk)."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    kwargs = {}
+    if url.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": 120}}  # workers on one file wait for the lock
+    elif url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
+                                  grace_period=2 * HEARTBEAT_S)
+        except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
+            raise SweepError(f"storage {url!r} does not open: {exc}") from None
+        except Exception as exc:  # SQLAlchemy's errors
+            # workers starting together on an empty database race to create Optuna's tables:
+            # the loser's IntegrityError means the tables now exist, so try again
+            if type(exc).__name__ == "IntegrityError" and attempt < 2:
+                time.sleep(0.5 + attempt)
+                continue
+            raise SweepError(f"storage {url!r} does not open: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0]}") from None
+    raise AssertionError("unreachable")
+
+
+def make_study(name: str, storage, direction: str, table: dict, epochs: int):
+    import optuna
+
+    pruner_name = table.get("pruner", "median")
+    if pruner_name not in PRUNERS:
+        raise SweepError(f"sweep.pruner: one of {list(PRUNERS)}, got {pruner_name!r}")
+    sampler_name = table.get("sampler", "tpe")
+    if sampler_name not in SAMPLERS:
+        raise SweepError(f"sweep.sampler: one of {list(SAMPLERS)}, got {sampler_name!r}")
+    pruner = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1,
+                                                            max_resource=max(epochs, 1)),
+        "none": optuna.pruners.NopPruner,
+    }[pruner_name]()
+    # each worker its own sampler seed (pid): two workers must not propose the same points
+    sampler = (optuna.samplers.TPESampler(seed=os.getpid()) if sampler_name == "tpe"
+               else optuna.samplers.RandomSampler(seed=os.getpid()))
+    return optuna.create_study(study_name=name, storage=storage, direction=direction,
+                               pruner=pruner, sampler=sampler, load_if_exists=True)
+
+
+def finished_trials(study) -> list:
+    from optuna.trial import TrialState
+
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+# --- the objective and the workers ---------------------------------------------------------
+
+
+@dataclass
+class SweepSetup:
+    experiment: str
+    base: dict
+    params: list[Param]
+    table: dict
+    direction: str
+    study_name: str
+    storage_url: str
+    runs_dir: Path
+
+
+def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: str | None,
+            runs_dir: Path = RUNS_DIR) -> SweepSetup:
+    from kit.competition import load_spec
+    from kit.train.recipe import experiment_config
+
+    base = experiment_config(exp, overrides)
+    table = base.get("sweep") or {}
+    params = parse_space(table)
+    check_space(base, params)
+    spec = load_spec(base["spec"])
+    direction = "maximize" if spec.metric.higher_is_better else "minimize"
+    name = base["name"]
+    return SweepSetup(name, base, params, table, direction, study or name,
+                      storage or default_storage(name, runs_dir), runs_dir)
+
+
+def objective(setup: SweepSetup, progress: bool):
+    import optuna
+
+    from kit.train.recipe import train_one
+
+    def run(trial) -> float:
+        values = suggest(trial, setup.params, setup.base)
+        config = trial_config(setup.base, values)
+        config.pop("sweep", None)
+        files = RunFiles(setup.runs_dir / setup.experiment /
+                         f"{setup.study_name}-t{trial.number:04d}")
+        trial.set_user_attr("run_dir", str(files.root))
+        trial.set_user_attr("worker", os.getpid())
+
+        def on_epoch(epoch: int, score: float) -> bool:
+            if not math.isfinite(score):
+                return False
+            trial.report(score, epoch)
+            return trial.should_prune()
+
+        metrics = train_one(config, files, progress=progress, on_epoch=on_epoch)
+        if metrics.get("pruned"):
+            raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs']}")
+        return metrics["score"]
+
+    return run
+
+
+def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: bool) -> None:
+    """One worker: trials of the study until `trials` are finished in total (all workers)."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = make_study(setup.study_name, make_storage(setup.storage_url), setup.direction,
+                       setup.table, setup.base["train"]["epochs"])
+    left = trials - len(finished_trials(study))
+    if left <= 0:
+        return
+    study.optimize(objective(setup, progress), n_trials=left, timeout=timeout,
+                   callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
+                                                                TrialState.PRUNED))],
+                   catch=(), gc_after_trial=True)
+
+
+def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,
+          storage: str | None = None, study: str | None = None, workers: int = 1,
+          timeout: float | None = None, progress: bool = True,
+          runs_dir: Path = RUNS_DIR) -> dict:
+    """Run (or resume) the study to `trials` finished trials; returns the summary."""
+    setup = prepare(exp, overrides, study, storage, runs_dir)
+    trials = trials or int(setup.table.get("trials", 20))
+    if trials < 1 or workers < 1:
+        raise SweepError("--trials and --workers must be >= 1")
+    started = time.perf_counter()
+    if workers == 1:
+        run_worker(setup, trials, timeout, progress)
+    else:
+        run_processes(setup, exp, overrides, trials, workers, timeout)
+    return summarize(setup, time.perf_counter() - started)
+
+
+def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
+                   timeout: float | None) -> list[str]:
+    cmd = [sys.executable, "-m", "kit", "sweep", exp, *list(overrides or []), "--trials",
+           str(trials), "--storage", setup.storage_url, "--study", setup.study_name,
+           "--workers", "1", "--runs-dir", str(setup.runs_dir), "--quiet", "--no-summary"]
+    return cmd + (["--timeout", str(timeout)] if timeout else [])
+
+
+def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: int,
+                  timeout: float | None) -> None:
+    """K worker processes on one study; the machine's threads shared between them."""
+    # the study (and the storage's tables) exist before the workers start: no creation race
+    make_study(setup.study_name, make_storage(setup.storage_url), setup.direction, setup.table,
+               setup.base["train"]["epochs"])
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs = [subprocess.Popen(worker_command(setup, exp, overrides, trials, timeout), env=env)
+             for _ in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.wait()
+        raise
+    if any(codes):
+        raise SweepError(f"worker exit codes {codes}; the study keeps every finished trial: "
+                         "re-run the same command to continue")
+
+
+def summarize(setup: SweepSetup, seconds: float) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=setup.study_name,
+                              storage=make_storage(setup.storage_url))
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    sign = 1 if setup.direction == "maximize" else -1
+    best = sorted(done, key=lambda t: -sign * t.value)[:5]
+    summary = {"study": setup.study_name, "storage": setup.storage_url, "seconds": seconds,
+               "counts": counts, "best": [{"number": t.number, "score": t.value,
+                                           "params": t.params,
+                                           "run_dir": t.user_attrs.get("run_dir")}
+                                          for t in best]}
+    if best:
+        summary["best_experiment"] = str(write_best(setup, best[0]))
+    return summary
+
+
+def write_best(setup: SweepSetup, trial) -> Path:
+    """experiments/<exp>_best.toml: extends the swept experiment with the best trial's values;
+    a touched section is written whole ([model] and [loss] replace their parent's)."""
+    from kit.config import experiments_dir
+
+    values = {}
+    for p in setup.params:
+        if p.name in trial.params:
+            raw = trial.params[p.name]
+            values[p.name] = p.choices[p.labels.index(raw)] if p.kind == "categorical" else raw
+    config = trial_config(setup.base, values)
+    doc: dict = {"extends": setup.experiment,
+                 "description": f"best trial #{trial.number} of sweep {setup.study_name!r} "
+                                f"(score {trial.value:.5f})"}
+    for name in values:
+        top = name.split(".")[0]
+        if top in config and isinstance(config[top], dict):
+            doc[top] = {k: v for k, v in config[top].items() if v is not None}
+        else:
+            doc[top] = config[top]
+    path = experiments_dir() / f"{setup.experiment}_best.toml"
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def format_summary(summary: dict) -> str:
+    c = summary["counts"]
+    lines = [f"study {summary['study']} on {summary['storage']}: {c.get('complete', 0)} "
+             f"complete, {c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed, "
+             f"{c.get('running', 0)} running ({summary['seconds']:.0f}s this session)"]
+    for t in summary["best"]:
+        params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
+        lines.append(f"  #{t['number']:<4} {t['score']:.5f}  {params}  {t['run_dir']}")
+    if "best_experiment" in summary:
+        name = Path(summary["best_experiment"]).stem
+        lines.append(f"wrote {summary['best_experiment']}: just train exp={name}")
+    return "\n".join(lines)
