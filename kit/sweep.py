@@ -248,6 +248,7 @@ def make_storage(url: str):
     kwargs = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 120}}  # workers on one file wait for the lock
+        _sqlite_pragmas()
     elif url.startswith("postgresql://"):
         url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
     for attempt in range(3):
@@ -267,6 +268,26 @@ def make_storage(url: str):
             raise SweepError(f"storage {url!r} does not open: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0]}") from None
     raise AssertionError("unreachable")
+
+
+def _on_sqlite_connect(dbapi_connection, _record) -> None:
+    """WAL journal, fsync at checkpoints only: a trial's dozen small commits stop costing a
+    disk flush each, and readers no longer block the writer (several workers on one file)."""
+    import sqlite3
+
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+
+def _sqlite_pragmas() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _on_sqlite_connect):
+        event.listen(Engine, "connect", _on_sqlite_connect)
 
 
 def make_study(name: str, storage, direction: str, table: dict, epochs: int):
@@ -371,7 +392,7 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     study.optimize(objective(setup, progress), n_trials=left, timeout=timeout,
                    callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
                                                                 TrialState.PRUNED))],
-                   catch=(), gc_after_trial=True)
+                   catch=(), gc_after_trial=False)  # a full gc per trial cost ~0.2 s
 
 
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,
