@@ -73,3 +73,11 @@ parity submission *args:
 # kit ensemble select RUNS...: greedy-weighted ensemble of runs (e.g. just ensemble select runs/gru_base)
 ensemble *args:
     kit ensemble {{args}}
+
+# kit sweep exp=NAME --trials N [--storage URL] [--workers K]: an Optuna study
+sweep *args:
+    kit sweep {{args}}
+
+# kit ablate exp=NAME --groups a,b,c [--seeds 1,2]: feature-group ablation
+ablate *args:
+    kit ablate {{args}}

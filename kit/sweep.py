@@ -401,7 +401,7 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
           runs_dir: Path = RUNS_DIR) -> dict:
     """Run (or resume) the study to `trials` finished trials; returns the summary."""
     setup = prepare(exp, overrides, study, storage, runs_dir)
-    trials = trials or int(setup.table.get("trials", 20))
+    trials = trials if trials is not None else int(setup.table.get("trials", 20))
     if trials < 1 or workers < 1:
         raise SweepError("--trials and --workers must be >= 1")
     started = time.perf_counter()
