@@ -229,9 +229,7 @@ def trial_config(base: dict, values: dict) -> dict:
 
 
 def default_storage(experiment: str, runs_dir: Path = RUNS_DIR) -> str:
-    path = (runs_dir / experiment / "sweep.db").resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{(runs_dir / experiment / 'sweep.db').resolve()}"
 
 
 def make_storage(url: str):
@@ -248,6 +246,8 @@ def make_storage(url: str):
     kwargs = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 120}}  # workers on one file wait for the lock
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         _sqlite_pragmas()
     elif url.startswith("postgresql://"):
         url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")

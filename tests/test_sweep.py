@@ -263,3 +263,17 @@ def test_ablate_trains_the_ladder_and_the_leave_one_out_variants(sweep_env):
     assert "change" in out and "wrote" in out
     bad = run_cli("ablate", "exp=tiny", "--groups", "raw,nope", expect=2).output
     assert "nope" in bad
+
+
+def test_the_shipped_sweep_experiments_have_valid_spaces(monkeypatch):
+    repo = Path(__file__).parents[1]
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(repo / "experiments"))
+    monkeypatch.chdir(repo)
+    import tomllib
+
+    swept = [p.stem for p in (repo / "experiments").glob("*.toml")
+             if "sweep" in tomllib.loads(p.read_text())]
+    assert swept
+    for name in swept:
+        assert prepare(name, None, None, None).params
+    assert "must be >= 1" in run_cli("sweep", "exp=gru_sweep", "--trials", 0, expect=2).output
