@@ -81,3 +81,7 @@ sweep *args:
 # kit ablate exp=NAME --groups a,b,c [--seeds 1,2]: feature-group ablation
 ablate *args:
     kit ablate {{args}}
+
+# kit notebook SUBMISSION [--protocol rows|batch]: an offline Kaggle notebook submission
+notebook submission *args:
+    kit notebook {{submission}} {{args}}

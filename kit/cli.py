@@ -399,6 +399,38 @@ def parity(
         raise typer.Exit(1)
 
 
+@app.command()
+def notebook(
+    submission: Path = typer.Argument(..., help="A package folder or zip written by kit pack."),
+    out: Path | None = typer.Option(None, help="Output folder (default: submissions/NAME-kaggle)."),
+    owner: str | None = typer.Option(None, help="Your Kaggle user name (default: "
+                                     "$KAGGLE_USERNAME or ~/.kaggle/kaggle.json)."),
+    competition: str | None = typer.Option(None, help="Competition slug to attach."),
+    dataset_slug: str | None = typer.Option(None, help="Slug of the package dataset."),
+    protocol: str = typer.Option("rows", help="rows (PredictionModel over a test file) or "
+                                 "batch (predict(frame) per time step)."),
+    title: str | None = typer.Option(None, help="Notebook title (its slug follows)."),
+    wheels: Path | None = typer.Option(None, help="Folder of .whl files to ship for offline "
+                                       "pip installs."),
+) -> None:
+    """Write an offline Kaggle notebook submission: OUT/dataset (the package + metadata) and
+    OUT/kernel (the notebook + metadata, internet off)."""
+    from kit.export.notebook import NotebookError, default_owner, write_notebook
+
+    owner = owner or default_owner()
+    if not owner:
+        raise NotebookError("--owner: your Kaggle user name is needed for the dataset and "
+                            "kernel ids (or set KAGGLE_USERNAME)")
+    name = submission.name.removesuffix(".zip")
+    out = out or submission.parent / f"{name}-kaggle"
+    written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,
+                             competition=competition, protocol=protocol, title=title,
+                             wheels=wheels)
+    typer.echo(f"wrote {written['notebook']} ({protocol} protocol)\n"
+               f"  kaggle datasets create -p {written['dataset']}\n"
+               f"  kaggle kernels push -p {written['kernel']}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def demo(
     ctx: typer.Context,

@@ -14,8 +14,14 @@ the next state tensors. This file only keeps the state between rows:
   session.run if the binding does not behave on this onnxruntime;
 - the prediction is returned as a fresh float32 array of shape (K,) (the scorer keeps the object),
   None when no prediction is needed.
+
+`BatchPredictor` serves gateways that send one row per live series id per time step (Kaggle's
+evaluation API): it keeps one state row per id in a table, runs the graph once per time step
+with batch = the number of ids in it, starts new ids from zero state and leaves absent ids'
+state untouched.
 """
 
+import json
 import os
 from collections import OrderedDict
 
@@ -139,3 +145,106 @@ class PredictionModel:
         if not data_point.need_prediction:
             return None
         return self.y_row.copy()
+
+
+class BatchPredictor:
+    """One graph call per time step for all the ids in it; one state row per id."""
+
+    def __init__(self, model_path=None, capacity=256):
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.session = _session(model_path or os.path.join(here, MODEL_FILE))
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_names = [i.name for i in inputs]
+        self.output_names = [o.name for o in outputs]
+        self.n_features = inputs[0].shape[1]
+        self.n_outputs = outputs[0].shape[1]
+        # each state's batch axis is the one dimension the graph leaves named (dynamic)
+        self.axes = [next(d for d, n in enumerate(i.shape) if not isinstance(n, int))
+                     for i in inputs[1:]]
+        self.shapes = [[n if isinstance(n, int) else 0 for n in i.shape] for i in inputs[1:]]
+        self.table = {}  # series id -> its row in the state arrays
+        self.last_step = []  # per row: the last step seen (a step that does not follow restarts)
+        self.states = [self._zeros(shape, axis, capacity)
+                       for shape, axis in zip(self.shapes, self.axes, strict=True)]
+        self.capacity = capacity
+        folder = os.path.dirname(os.path.abspath(model_path)) if model_path else here
+        self.manifest = {}
+        if os.path.exists(os.path.join(folder, "manifest.json")):
+            with open(os.path.join(folder, "manifest.json")) as fh:
+                self.manifest = json.load(fh)  # column names for predict(frame)
+
+    @staticmethod
+    def _zeros(shape, axis, rows):
+        shape = list(shape)
+        shape[axis] = rows
+        return np.zeros(shape, dtype=np.float32)
+
+    def _rows_of(self, ids, steps):
+        rows = np.empty(len(ids), dtype=np.int64)
+        fresh = []
+        for i, key in enumerate(ids.tolist()):
+            row = self.table.get(key)
+            if row is None:
+                row = self.table[key] = len(self.last_step)
+                self.last_step.append(None)
+                fresh.append(row)
+            elif steps is not None and self.last_step[row] is not None \
+                    and steps[i] <= self.last_step[row]:
+                fresh.append(row)  # the id starts over: a new sequence
+            if steps is not None:
+                self.last_step[row] = steps[i]
+            rows[i] = row
+        if len(self.last_step) > self.capacity:
+            self._grow(len(self.last_step))
+        for state, axis in zip(self.states, self.axes, strict=True):
+            index = [slice(None)] * state.ndim
+            index[axis] = fresh
+            state[tuple(index)] = 0.0
+        return rows
+
+    def _grow(self, needed):
+        self.capacity = max(needed, 2 * self.capacity)
+        for k, (state, axis) in enumerate(zip(self.states, self.axes, strict=True)):
+            bigger = self._zeros(state.shape, axis, self.capacity)
+            index = [slice(None)] * state.ndim
+            index[axis] = slice(0, state.shape[axis])
+            bigger[tuple(index)] = state
+            self.states[k] = bigger
+
+    def predict_arrays(self, ids, features, steps=None):
+        """ids (n,), features (n, F) for one time step -> predictions (n, K) float32."""
+        ids = np.asarray(ids)
+        if len(set(ids.tolist())) != len(ids):
+            raise ValueError("an id appears twice in one time step")
+        rows = self._rows_of(ids, None if steps is None else np.asarray(steps).tolist())
+        x = np.ascontiguousarray(features, dtype=np.float32).reshape(len(ids), self.n_features)
+        feed = {self.input_names[0]: x}
+        for name, state, axis in zip(self.input_names[1:], self.states, self.axes, strict=True):
+            feed[name] = np.take(state, rows, axis=axis)
+        y, *new = self.session.run(self.output_names, feed)
+        for state, value, axis in zip(self.states, new, self.axes, strict=True):
+            index = [slice(None)] * state.ndim
+            index[axis] = rows
+            state[tuple(index)] = value
+        return y
+
+    def predict(self, batch, id_col=None, step_col=None):
+        """A Polars or pandas frame with one row per series id for one time step -> a frame of
+        the same kind: the id column and one column per output."""
+        spec = self.manifest.get("spec", {})
+        id_col = id_col or spec.get("id_col", "seq_ix")
+        step_col = step_col or spec.get("step_col")
+        columns = self.manifest.get("inputs")
+        outputs = self.manifest.get("outputs") or [f"y{k}" for k in range(self.n_outputs)]
+        ids = np.asarray(batch[id_col])
+        steps = np.asarray(batch[step_col]) if step_col and step_col in batch.columns else None
+        features = np.column_stack([np.asarray(batch[c], dtype=np.float64) for c in columns])
+        y = self.predict_arrays(ids, features, steps)
+        data = {id_col: ids, **{name: y[:, k] for k, name in enumerate(outputs)}}
+        if type(batch).__module__.startswith("polars"):
+            import polars as pl
+
+            return pl.DataFrame(data)
+        import pandas as pd
+
+        return pd.DataFrame(data)

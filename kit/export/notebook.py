@@ -1,0 +1,312 @@
+"""`kit notebook SUBMISSION`: an offline Kaggle notebook submission from a kit package.
+
+Writes OUT/dataset/ (the package files + dataset-metadata.json: `kaggle datasets create -p
+OUT/dataset`) and OUT/kernel/ (the notebook + kernel-metadata.json with internet off and the
+dataset and competition attached: `kaggle kernels push -p OUT/kernel`). Field names follow the
+Kaggle API's documented formats (docs/datasets_metadata.md and the Kernel-Metadata page of
+Kaggle/kaggle-api).
+
+The notebook installs nothing from the internet: it finds the package under the input root
+(/kaggle/input, or $KIT_INPUT_ROOT), installs wheels from an attached folder with
+`pip --no-index --find-links` only when onnxruntime is missing, and runs the package's
+solution.py in one of two protocols:
+  rows   PredictionModel over a test parquet, one row at a time, predictions written to a CSV;
+  batch  predict(batch): one frame per time step with one row per series id (BatchPredictor
+         keeps one state per id); handed to a kaggle_evaluation inference server when the
+         competition reruns the notebook, else replayed locally over the test parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.export.pack import PACK_FILES, hash_mismatches, read_manifest
+from kit.scoring.sandbox import prepare_submission
+
+PROTOCOLS = ("rows", "batch")
+SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{4,48})[a-z0-9]$")  # 6 to 50, lowercase and hyphens
+
+
+class NotebookError(KitError):
+    """Bad notebook options (slugs, protocol) or a package that is not whole."""
+
+
+def _check_slug(kind: str, slug: str) -> str:
+    if not SLUG.match(slug):
+        raise NotebookError(f"{kind} {slug!r}: Kaggle slugs are 6 to 50 characters, lowercase "
+                            "letters, digits and hyphens, not starting or ending with a hyphen")
+    return slug
+
+
+def slugify(text: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (slug + "-kit-submission")[:50].strip("-") if len(slug) < 6 else slug[:50].strip("-")
+
+
+def _cell(kind: str, text: str, index: int) -> dict:
+    cell = {"cell_type": kind, "id": f"kit-{index}", "metadata": {},
+            "source": text.strip("\n").splitlines(True)}
+    if kind == "code":
+        cell |= {"execution_count": None, "outputs": []}
+    return cell
+
+
+SETUP = r'''
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+INPUT_ROOT = os.environ.get("KIT_INPUT_ROOT", "/kaggle/input")
+OUTPUT_DIR = os.environ.get("KIT_OUTPUT_DIR", "/kaggle/working")
+PROTOCOL = os.environ.get("KIT_PROTOCOL", "__PROTOCOL__")
+
+
+def find_package(root):
+    """The folder under root holding the kit package (solution.py + model.onnx + manifest)."""
+    for manifest in sorted(glob.glob(os.path.join(root, "**", "manifest.json"), recursive=True)):
+        folder = os.path.dirname(manifest)
+        if all(os.path.exists(os.path.join(folder, f)) for f in ("solution.py", "model.onnx")):
+            return folder
+    raise FileNotFoundError(f"no kit package (manifest.json + solution.py + model.onnx) under "
+                            f"{root}; attach the package dataset or set KIT_INPUT_ROOT")
+
+
+PACKAGE_DIR = os.environ.get("KIT_PACKAGE_DIR") or find_package(INPUT_ROOT)
+print("package:", PACKAGE_DIR)
+'''
+
+WHEELS = r'''
+# Offline installs: only when the runtime lacks onnxruntime, from wheels in an attached dataset.
+try:
+    import onnxruntime  # noqa: F401
+except ImportError:
+    wheel_dirs = sorted({os.path.dirname(p) for p in
+                         glob.glob(os.path.join(INPUT_ROOT, "**", "*.whl"), recursive=True)})
+    if not wheel_dirs:
+        raise
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index",
+                           *[f"--find-links={d}" for d in wheel_dirs], "onnxruntime"])
+'''
+
+LOAD = r'''
+spec = importlib.util.spec_from_file_location("kit_solution",
+                                              os.path.join(PACKAGE_DIR, "solution.py"))
+solution = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(solution)
+
+import json
+
+import numpy as np
+
+MANIFEST = json.load(open(os.path.join(PACKAGE_DIR, "manifest.json")))
+SPEC = MANIFEST["spec"]
+ID, STEP, NEED = SPEC["id_col"], SPEC["step_col"], SPEC["need_col"]
+FEATURES, OUTPUTS = MANIFEST["inputs"], MANIFEST["outputs"]
+
+
+def read_table(path):
+    try:
+        import polars as pl
+
+        return pl.read_parquet(path)
+    except ImportError:
+        import pandas as pd
+
+        return pd.read_parquet(path)
+
+
+def find_test_file():
+    path = os.environ.get("KIT_TEST_FILE")
+    if path:
+        return path
+    found = sorted(glob.glob(os.path.join(INPUT_ROOT, "**", "*test*.parquet"), recursive=True))
+    if not found:
+        raise FileNotFoundError(f"no *test*.parquet under {INPUT_ROOT}; set KIT_TEST_FILE")
+    return found[0]
+'''
+
+ROWS = r'''
+class DataPoint:
+    __slots__ = ("seq_ix", "step_in_seq", "need_prediction", "state")
+
+    def __init__(self, seq_ix, step_in_seq, need_prediction, state):
+        self.seq_ix, self.step_in_seq = seq_ix, step_in_seq
+        self.need_prediction, self.state = need_prediction, state
+
+
+def run_rows(path):
+    """PredictionModel row by row over the test file, as the competition's scorer calls it."""
+    table = read_table(path)
+    columns = [ID, STEP, NEED, *FEATURES]
+    values = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in columns])
+    model = solution.PredictionModel()
+    keys, preds = [], []
+    for row in values:
+        out = model.predict(DataPoint(row[0], row[1], row[2], row[3:]))
+        if out is not None:
+            keys.append((row[0], row[1]))
+            preds.append(out)
+    return keys, np.asarray(preds, dtype=np.float64).reshape(len(preds), len(OUTPUTS))
+'''
+
+BATCH = r'''
+predictor = solution.BatchPredictor()
+
+
+def predict(batch):
+    """One time step: a Polars/pandas frame with one row per live series id -> a frame with the
+    id and one column per output. New ids start fresh; absent ids keep their state."""
+    return predictor.predict(batch, id_col=ID, step_col=STEP)
+
+
+def run_batch(path):
+    """Local replay of a gateway: the test file cut into time steps, predict() on each."""
+    table = read_table(path)
+    steps = np.asarray(table[STEP])
+    need = np.asarray(table[NEED]).astype(bool)
+    order = np.argsort(steps, kind="stable")
+    keys, preds = [], []
+    boundaries = np.flatnonzero(np.diff(steps[order])) + 1
+    for chunk in np.split(order, boundaries):
+        batch = table[chunk] if hasattr(table, "filter") else table.iloc[chunk]
+        out = predict(batch)
+        y = np.column_stack([np.asarray(out[c], dtype=np.float64) for c in OUTPUTS])
+        ids = np.asarray(out[ID])
+        for j, i in enumerate(chunk):
+            if need[i]:
+                keys.append((float(ids[j]), float(steps[i])))
+                preds.append(y[j])
+    return keys, np.asarray(preds, dtype=np.float64).reshape(len(preds), len(OUTPUTS))
+
+
+def serve_if_competition_rerun():
+    """On Kaggle's rerun, hand predict() to the competition's kaggle_evaluation server."""
+    if not os.environ.get("KAGGLE_IS_COMPETITION_RERUN"):
+        return False
+    import importlib
+    import pkgutil
+
+    import kaggle_evaluation
+
+    for info in pkgutil.iter_modules(kaggle_evaluation.__path__):
+        if info.name.endswith("_inference_server"):
+            module = importlib.import_module(f"kaggle_evaluation.{info.name}")
+            server = next(getattr(module, n) for n in dir(module) if n.endswith("InferenceServer")
+                          and n != "InferenceServer")
+            server(predict).serve()
+            return True
+    raise RuntimeError("no kaggle_evaluation.*_inference_server module found")
+'''
+
+RUN = r'''
+if PROTOCOL == "batch" and serve_if_competition_rerun():
+    print("served predict() to the competition's inference server")
+else:
+    test_file = find_test_file()
+    keys, preds = (run_batch if PROTOCOL == "batch" else run_rows)(test_file)
+    os.makedirs(OUTPUT_DIR, exist_ok=True)
+    out_path = os.path.join(OUTPUT_DIR, "predictions.csv")
+    with open(out_path, "w") as fh:
+        fh.write(",".join([ID, STEP, *OUTPUTS]) + "\n")
+        for (seq, step), row in zip(keys, preds):
+            fh.write(f"{int(seq)},{int(step)}," + ",".join(repr(float(v)) for v in row) + "\n")
+    print(f"{len(preds):,} predictions ({PROTOCOL} protocol) written to {out_path}")
+'''
+
+
+def notebook_json(protocol: str, title: str) -> dict:
+    sources = [
+        ("markdown", f"# {title}\n\nGenerated by kit (`kit notebook`): runs a kit package "
+                     f"offline, protocol `{protocol}`. Nothing is downloaded."),
+        ("code", SETUP.replace("__PROTOCOL__", protocol)),
+        ("code", WHEELS),
+        ("code", LOAD),
+        ("code", ROWS if protocol == "rows" else BATCH),
+        ("code", RUN),
+    ]
+    cells = [_cell(kind, text, i) for i, (kind, text) in enumerate(sources)]
+    if protocol == "rows":  # the last cell names the batch protocol's functions too
+        cells[4]["source"][-1] += "\n"
+        cells[4]["source"] += ["\n", "run_batch = None\n",
+                               "serve_if_competition_rerun = lambda: False\n"]
+    return {"cells": cells, "metadata": {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def default_owner() -> str | None:
+    """$KAGGLE_USERNAME, else the username in ~/.kaggle/kaggle.json (the Kaggle CLI's config)."""
+    import os
+
+    if os.environ.get("KAGGLE_USERNAME"):
+        return os.environ["KAGGLE_USERNAME"]
+    config = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
+    try:
+        return json.loads(config.read_text()).get("username")
+    except (OSError, ValueError):
+        return None
+
+
+def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str | None = None,
+                   competition: str | None = None, protocol: str = "rows",
+                   title: str | None = None, wheels: Path | None = None) -> dict:
+    """Write OUT/dataset/ and OUT/kernel/; returns the paths and the two metadata documents."""
+    if protocol not in PROTOCOLS:
+        raise NotebookError(f"--protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if not owner or not re.match(r"^[A-Za-z0-9_-]+$", owner):
+        raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
+    submission, out = Path(submission), Path(out)
+    name = submission.name.removesuffix(".zip")
+    dataset_slug = _check_slug("--dataset-slug", dataset_slug or slugify(f"{name}-package"))
+    title = title or f"{name} kit submission"
+    kernel_slug = _check_slug("kernel title", slugify(title))
+    if competition is not None and not re.match(r"^[a-z0-9][a-z0-9-]*$", competition):
+        raise NotebookError(f"--competition {competition!r}: a competition's URL slug, e.g. "
+                            "jane-street-real-time-market-data-forecasting")
+    dataset, kernel = out / "dataset", out / "kernel"
+    shutil.rmtree(out, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="kit-notebook-") as tmp:
+        source = prepare_submission(submission, Path(tmp) / "package")  # a zip is extracted
+        manifest = read_manifest(source)
+        bad = hash_mismatches(source, manifest)
+        if bad:
+            raise NotebookError(f"{submission}: {'; '.join(bad)}; re-pack it")
+        dataset.mkdir(parents=True)
+        for name in PACK_FILES:  # the package and nothing else (no caches, no stray files)
+            shutil.copy2(source / name, dataset / name)
+    if wheels is not None:
+        found = sorted(Path(wheels).glob("*.whl"))
+        if not found:
+            raise NotebookError(f"--wheels {wheels}: no .whl files there")
+        (dataset / "wheels").mkdir()
+        for wheel in found:
+            shutil.copy2(wheel, dataset / "wheels" / wheel.name)
+    dataset_meta = {"title": _title(f"{name} package"), "id": f"{owner}/{dataset_slug}",
+                    "licenses": [{"name": "CC0-1.0"}]}
+    (dataset / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n")
+    kernel.mkdir(parents=True)
+    code_file = "notebook.ipynb"
+    (kernel / code_file).write_text(json.dumps(notebook_json(protocol, title), indent=1) + "\n")
+    kernel_meta = {
+        "id": f"{owner}/{kernel_slug}", "title": title, "code_file": code_file,
+        "language": "python", "kernel_type": "notebook", "is_private": True,
+        "enable_gpu": False, "enable_tpu": False, "enable_internet": False,
+        "dataset_sources": [f"{owner}/{dataset_slug}"],
+        "competition_sources": [competition] if competition else [],
+        "kernel_sources": [], "model_sources": [],
+    }
+    (kernel / "kernel-metadata.json").write_text(json.dumps(kernel_meta, indent=2) + "\n")
+    return {"dataset": dataset, "kernel": kernel, "notebook": kernel / code_file,
+            "dataset_metadata": dataset_meta, "kernel_metadata": kernel_meta}
+
+
+def _title(text: str) -> str:
+    """Kaggle dataset titles are 6 to 50 characters."""
+    return (text if len(text) >= 6 else f"{text} (kit)")[:50]
