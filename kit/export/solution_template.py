@@ -238,7 +238,10 @@ class BatchPredictor:
         outputs = self.manifest.get("outputs") or [f"y{k}" for k in range(self.n_outputs)]
         ids = np.asarray(batch[id_col])
         steps = np.asarray(batch[step_col]) if step_col and step_col in batch.columns else None
-        features = np.column_stack([np.asarray(batch[c], dtype=np.float64) for c in columns])
+        if hasattr(batch, "select"):  # polars: one conversion for all the feature columns
+            features = batch.select(columns).to_numpy()
+        else:
+            features = batch[columns].to_numpy()
         y = self.predict_arrays(ids, features, steps)
         data = {id_col: ids, **{name: y[:, k] for k, name in enumerate(outputs)}}
         if type(batch).__module__.startswith("polars"):
