@@ -98,11 +98,25 @@ def test_graph_has_dynamic_batch_and_a_portable_ir_version(gru_pack):
 
 def test_solution_imports_only_numpy_and_onnxruntime(gru_pack):
     tree = ast.parse((gru_pack.folder / "solution.py").read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"os", "collections", "numpy", "onnxruntime"}
+
+    def imported(nodes) -> set[str]:
+        names = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names.add(node.module.split(".")[0])
+        return names
+
+    assert imported(tree.body) <= {"os", "json", "collections", "numpy", "onnxruntime"}
+    # polars/pandas only inside BatchPredictor.predict, to build a frame of the kind it was given
+    lazy = imported(ast.walk(tree)) - imported(tree.body)
+    assert lazy <= {"polars", "pandas"}
+    predict = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)
+                   and n.name == "BatchPredictor").body
+    frame_method = next(n for n in predict if isinstance(n, ast.FunctionDef)
+                        and n.name == "predict")
+    assert imported(ast.walk(frame_method)) == lazy
 
 
 class Point:
