@@ -74,7 +74,7 @@ parity submission *args:
 ensemble *args:
     kit ensemble {{args}}
 
-# kit sweep exp=NAME --trials N [--storage URL] [--workers K]: an Optuna study
+# kit sweep exp=NAME trials=N [--storage URL] [--workers K]: an Optuna study
 sweep *args:
     kit sweep {{args}}
 

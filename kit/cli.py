@@ -250,11 +250,19 @@ def sweep(
 ) -> None:
     """Optuna study over an experiment's [sweep] space; each trial is an ordinary run.
     Interrupt with Ctrl-C and run the same command again to resume."""
+    from kit.config import parse_override
     from kit.sweep import format_summary
     from kit.sweep import sweep as run_sweep
 
+    overrides = []
+    for text in ctx.args:  # `just sweep exp=NAME trials=50` reads like the train recipe
+        path, value = parse_override(text)
+        if path in (["trials"], ["workers"]) and isinstance(value, int):
+            trials, workers = (value, workers) if path == ["trials"] else (trials, value)
+        else:
+            overrides.append(text)
     try:
-        summary = run_sweep(exp, list(ctx.args), trials=trials, storage=storage, study=study,
+        summary = run_sweep(exp, overrides, trials=trials, storage=storage, study=study,
                             workers=workers, timeout=timeout, progress=not quiet,
                             runs_dir=runs_dir)
     except KeyboardInterrupt:

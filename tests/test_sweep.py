@@ -78,7 +78,7 @@ def test_a_sweep_trains_each_trial_as_a_run_and_writes_the_best_experiment(sweep
 
 
 def test_rerunning_a_study_resumes_it_to_the_total(sweep_env):
-    run_cli("sweep", "exp=tiny", "--trials", 2, "-q")
+    run_cli("sweep", "exp=tiny", "trials=2", "-q")  # as `just sweep exp=tiny trials=2` passes it
     run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
     assert len(_study(_sqlite(sweep_env)).get_trials()) == 3
 
