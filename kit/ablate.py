@@ -59,8 +59,9 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
                            for t in scores[0]["per_target"]},
             "runs": [m["run_dir"] for m in scores],
         })
-    summary = {"experiment": base["name"], "groups": groups, "seeds": seeds,
-               "variants": results}
+    sign = 1.0 if load_spec(base["spec"]).metric.higher_is_better else -1.0
+    summary = {"experiment": base["name"], "groups": groups, "seeds": seeds, "sign": sign,
+               "metric": load_spec(base["spec"]).metric.name, "variants": results}
     out = runs_dir / base["name"] / f"ablate-{stamp}.json"
     out.write_text(json.dumps(summary, indent=2))
     summary["file"] = str(out)
@@ -75,14 +76,16 @@ def format_ablation(summary: dict) -> str:
     width = max(12, *(len(r["label"]) for r in rows))
     lines = [f"ablation of {summary['experiment']} over seeds {summary['seeds']}",
              f"{'variant':<{width}} {'score':>9}" + "".join(f"{t:>9}" for t in targets)
-             + f"{'change':>10}  (ladder: vs the rung below; -g: what g brings to the full set)"]
+             + f"{'change':>10}  (ladder: vs the rung below; -g: what g brings to the full set; "
+             "positive = better)"]
+    sign = summary["sign"]  # -1 where lower is better: a positive change always helps
     previous = None
     for r in rows:
         if r["kind"] == "ladder":
-            change = None if previous is None else r["score"] - previous["score"]
+            change = None if previous is None else sign * (r["score"] - previous["score"])
             previous = r
         else:
-            change = full["score"] - r["score"]
+            change = sign * (full["score"] - r["score"])
         cell = "" if change is None else f"{change:+10.4f}"
         lines.append(f"{r['label']:<{width}} {r['score']:>9.4f}"
                      + "".join(f"{r['per_target'][t]:>9.4f}" for t in targets) + cell)

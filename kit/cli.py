@@ -287,7 +287,10 @@ def ablate(
     from kit.ablate import format_ablation
 
     names = [g.strip() for g in groups.split(",") if g.strip()]
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    try:
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    except ValueError:
+        raise typer.BadParameter(f"--seeds {seeds!r}: comma-separated integers") from None
     summary = run_ablation(exp, names, seed_list, list(ctx.args), progress=not quiet,
                            runs_dir=runs_dir)
     typer.echo(format_ablation(summary))

@@ -131,14 +131,21 @@ def parse_override(text: str) -> tuple[list[str], object]:
     return key.strip().split("."), value
 
 
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
+def set_path(config: dict, path: list[str], value, what: str) -> dict:
+    """A deep copy of config with config[path[0]][path[1]]... = value (tables made as needed);
+    `what` names the setting in the error when a part of the path is not a table."""
     out = copy.deepcopy(config)
+    node = out
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{what}: {part!r} is not a table")
+    node[path[-1]] = value
+    return out
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a table")
-        node[path[-1]] = value
-    return out
+        config = set_path(config, path, value, f"override {text!r}")
+    return copy.deepcopy(config)

@@ -19,6 +19,7 @@ are scored exactly at every step.
 from __future__ import annotations
 
 import json
+import math
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -63,10 +64,20 @@ def _read_config(run: Path) -> dict:
 
 def load_candidate(path: Path) -> Candidate:
     """A run directory (val_preds.npy) or an out-of-fold directory (oof_preds.npy)."""
-    path = Path(path)
+    path = Path(path).resolve()
+    metrics = path / "metrics.json"
+    try:
+        summary = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        raise EnsembleError(f"{path}: no readable metrics.json: not a finished run (a run "
+                            "still training, or killed, is not a candidate)") from None
+    if not summary.get("finished", False):
+        raise EnsembleError(f"{path}: the run has not finished (metrics.json says so); "
+                            "finish it with kit train --resume first")
     if (path / "oof_preds.npy").is_file():
-        summary = json.loads((path / "metrics.json").read_text())
-        runs = [Path(r) for r in summary["runs"]]
+        runs = [Path(r).resolve() for r in summary.get("runs", [])]
+        if not runs:
+            raise EnsembleError(f"{path}: the out-of-fold group names no fold runs")
         config = _read_config(runs[0])
         preds, rows = np.load(path / "oof_preds.npy"), np.load(path / "oof_rows.npy")
         data = Path(config["data"]["train"])
@@ -74,10 +85,8 @@ def load_candidate(path: Path) -> Candidate:
         config = _read_config(path)
         runs = [path]
         preds, rows = np.load(path / "val_preds.npy"), np.load(path / "val_rows.npy")
-        metrics = path / "metrics.json"
         # a fold run validated on its held-out fold: its rows index the train file
-        fold = metrics.is_file() and "fold" in json.loads(metrics.read_text())
-        data = Path(config["data"]["train" if fold else "valid"])
+        data = Path(config["data"]["train" if "fold" in summary else "valid"])
     else:
         raise EnsembleError(f"{path}: neither val_preds.npy (a finished run) nor oof_preds.npy "
                             "(an out-of-fold group): nothing to select from")
@@ -88,17 +97,25 @@ def load_candidate(path: Path) -> Candidate:
                      data, load_spec(config.get("spec")))
 
 
+def _finished(run: Path) -> bool:
+    try:
+        return bool(json.loads((run / "metrics.json").read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
 def expand_candidates(paths: list[Path]) -> list[Path]:
     """Run folders as given; an experiment folder (runs/EXP) stands for its finished runs and
     out-of-fold groups (fold runs are represented by their group)."""
     out: list[Path] = []
-    for path in map(Path, paths):
+    for path in (Path(p).resolve() for p in paths):  # one run, one spelling of its path
         if (path / "val_preds.npy").is_file() or (path / "oof_preds.npy").is_file():
             out.append(path)
         elif path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.is_dir() and "-fold" not in p.name
                             and ((p / "val_preds.npy").is_file()
-                                 or (p / "oof_preds.npy").is_file()))
+                                 or (p / "oof_preds.npy").is_file())
+                            and _finished(p))
             if not inside:
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside
@@ -250,8 +267,9 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
         raise EnsembleError("no candidates to select from")
     if iters < 1:
         raise EnsembleError(f"--iters must be >= 1, got {iters}")
-    if not 0 <= init_best <= len(candidates):
-        raise EnsembleError(f"--init-best must be between 0 and {len(candidates)}")
+    if not 0 <= init_best <= min(len(candidates), iters):
+        raise EnsembleError(f"--init-best must be between 0 and {min(len(candidates), iters)} "
+                            "(the candidates, and at most --iters)")
     check_same_rows(candidates)
     started = time.perf_counter()
     spec = candidates[0].spec
@@ -279,7 +297,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
         best_iteration.append(best + 1)
         counts[targets] = history[best]
         trajectory += np.array(scores) * len(targets) / k
-    weights = (counts / counts.sum(axis=1, keepdims=True)).T  # (C, K)
+    weights = (counts / counts.sum(axis=1, keepdims=True)).T  # (C, K), as Selection.weights
     report = evaluate(spec, truth, np.einsum("nck,ck->nk", preds, weights))
     uniform = evaluate(spec, truth, preds.mean(axis=1))
     names = [c.name for c in candidates]
@@ -352,7 +370,7 @@ def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = Fa
     from kit.reports import ValidFile
 
     candidates = [load_candidate(p) for p in expand_candidates(paths)]
-    check_same_rows(candidates)
+    check_same_rows(candidates)  # before reading the truth: the error names the mismatch
     first = candidates[0]
     data = ValidFile(first.data, first.spec)
     truth = data.truth(first.rows)
@@ -384,7 +402,8 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
         if not selection.counts[:, j].any():
             continue
         members.append({
-            "name": c.name, "path": str(c.path), "runs": [str(r) for r in c.runs],
+            "name": c.name, "path": str(Path(c.path).resolve()),
+            "runs": [str(Path(r).resolve()) for r in c.runs],
             "weight": float(weights[j].mean()), "weights": [float(w) for w in weights[j]],
             "picks": [int(n) for n in selection.counts[:, j]],
             "score": selection.singles[j]["score"],
@@ -430,12 +449,42 @@ def read_ensemble(path: Path) -> dict:
     members = doc.get("members")
     if not isinstance(members, list) or not members:
         raise EnsembleError(f"{path}: no [[members]]")
+    k = None
     for i, m in enumerate(members):
+        where = f"{path}: members[{i}]"
         if not isinstance(m, dict) or "runs" not in m or "weights" not in m:
-            raise EnsembleError(f"{path}: members[{i}] needs 'runs' and 'weights'")
-        if any((not isinstance(w, int | float)) or w < 0 for w in m["weights"]):
-            raise EnsembleError(f"{path}: members[{i}].weights must be numbers >= 0")
+            raise EnsembleError(f"{where} needs 'runs' and 'weights'")
+        runs = m["runs"]
+        if not isinstance(runs, list) or not runs or not all(isinstance(r, str) for r in runs):
+            raise EnsembleError(f"{where}.runs: a non-empty list of run directories")
+        weights = m["weights"]
+        if not isinstance(weights, list) or not weights or any(
+                isinstance(w, bool) or not isinstance(w, int | float) or w < 0
+                for w in weights):
+            raise EnsembleError(f"{where}.weights: a list of numbers >= 0, one per target")
+        if k is not None and len(weights) != k:
+            raise EnsembleError(f"{where}.weights: {len(weights)} values, members[0] has {k}")
+        k = len(weights)
+    post = doc.get("postprocess")
+    if post is not None:
+        doc["postprocess"] = check_postprocess(post, k, path)
     return doc
+
+
+def check_postprocess(post: dict, k: int, where: object) -> dict:
+    """[postprocess] with both keys filled (identity defaults), one value per target."""
+    if not isinstance(post, dict):
+        raise EnsembleError(f"{where}: [postprocess] must be a table")
+    out = {**post, "smoothing": post.get("smoothing", [0.0] * k),
+           "scale": post.get("scale", [1.0] * k)}
+    for key, low, high in (("smoothing", 0.0, 1.0), ("scale", -math.inf, math.inf)):
+        values = out[key]
+        if not isinstance(values, list) or len(values) != k or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise EnsembleError(f"{where}: postprocess.{key}: {k} numbers, one per target")
+        if not all(low <= v < high for v in values):
+            raise EnsembleError(f"{where}: postprocess.{key}: values in [{low}, {high})")
+    return out
 
 
 def format_selection(doc: dict) -> str:

@@ -277,14 +277,15 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
     if not warm.any():
         return Check("warm-up processed", True, "n/a: no warm-up rows in this competition")
     features = rows.values[:, 3:].copy()
-    donor = np.roll(np.arange(len(rows.lengths)), -1) if len(rows.lengths) > 1 else None
+    donor = np.roll(np.arange(len(rows.lengths)), -1)
     starts = np.concatenate([[0], np.cumsum(rows.lengths)])
+    noise = np.random.default_rng(1)
     for s in range(len(rows.lengths)):
         mine = np.flatnonzero(warm & (rows.seq == s))
-        if donor is None or rows.lengths[donor[s]] < len(mine):
-            features[mine] = features[mine[::-1]]  # warm-up rows reversed in time
-        else:
+        if donor[s] != s and rows.lengths[donor[s]] >= len(mine):
             features[mine] = rows.values[starts[donor[s]]:starts[donor[s]] + len(mine), 3:]
+        else:  # one sequence, or a short donor: other values all the same
+            features[mine] = features[mine] + noise.standard_normal(features[mine].shape)
     altered = rows.with_features(features)
     got = package.run(altered)
     expected = ref.predict(step_path, altered)
@@ -294,8 +295,11 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
     scored_seq = rows.seq[rows.need]
     changed = np.zeros(len(rows.lengths), bool)
     np.logical_or.at(changed, scored_seq, (got != reference).any(axis=1))
-    if not changed.all():
-        ids = rows.values[np.searchsorted(rows.seq, np.flatnonzero(~changed)), 0]
+    judged = np.zeros(len(rows.lengths), bool)  # sequences with warm-up and scored rows
+    judged[np.unique(scored_seq)] = True
+    judged &= np.bincount(rows.seq[warm], minlength=len(rows.lengths)) > 0
+    if not changed[judged].all():
+        ids = rows.values[np.searchsorted(rows.seq, np.flatnonzero(judged & ~changed)), 0]
         return Check("warm-up processed", False,
                      f"predictions of sequence(s) {ids[:5].tolist()} do not change when their "
                      "warm-up rows change: the warm-up rows are not run through the model")

@@ -1,4 +1,4 @@
-"""`kit sweep` (Optuna studies over an experiment) and `kit ablate` (feature-group ablations).
+"""`kit sweep`: Optuna studies over an experiment's [sweep] search space.
 
 The search space is the experiment's [sweep] table; every trial is an ordinary run directory
 trained by the same recipe as `kit train`, reporting its validation score per epoch to Optuna so
@@ -19,7 +19,6 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -32,7 +31,8 @@ from pathlib import Path
 
 import tomli_w
 
-from kit.config import ConfigError, resolve
+from kit.config import ConfigError, resolve, set_path
+from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
 
 KINDS = ("float", "int", "categorical")
@@ -143,15 +143,7 @@ def get_dotted(config: dict, name: str):
 
 
 def set_dotted(config: dict, name: str, value) -> dict:
-    out = copy.deepcopy(config)
-    node = out
-    parts = name.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SweepError(f"sweep.params.\"{name}\": {part!r} is not a table in the config")
-    node[parts[-1]] = value
-    return out
+    return set_path(config, name.split("."), value, f'sweep.params."{name}"')
 
 
 def applies(param: Param, config: dict) -> bool:
@@ -192,10 +184,7 @@ def check_space(base: dict, params: list[Param]) -> None:
         for value in p.values():
             try:
                 check_trial_config(set_dotted(config, p.name, value))
-            except ConfigError as exc:
-                raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
-                                 ) from None
-            except Exception as exc:  # model/feature/loss errors are KitErrors with a message
+            except KitError as exc:  # config, model, feature and loss errors alike
                 raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
                                  ) from None
 
@@ -300,7 +289,7 @@ def make_study(name: str, storage, direction: str, table: dict, epochs: int):
     if sampler_name not in SAMPLERS:
         raise SweepError(f"sweep.sampler: one of {list(SAMPLERS)}, got {sampler_name!r}")
     pruner = {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1,
                                                             max_resource=max(epochs, 1)),
         "none": optuna.pruners.NopPruner,
@@ -358,8 +347,10 @@ def objective(setup: SweepSetup, progress: bool):
         values = suggest(trial, setup.params, setup.base)
         config = trial_config(setup.base, values)
         config.pop("sweep", None)
-        files = RunFiles(setup.runs_dir / setup.experiment /
-                         f"{setup.study_name}-t{trial.number:04d}")
+        folder = setup.runs_dir / setup.experiment / f"{setup.study_name}-t{trial.number:04d}"
+        if folder.exists():  # a study started over under the same name: never mix two runs
+            folder = folder.with_name(f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        files = RunFiles(folder)
         trial.set_user_attr("run_dir", str(files.root))
         trial.set_user_attr("worker", os.getpid())
 

@@ -71,5 +71,5 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert "of the oracle" in out and "min limit" in out and "max abs difference" in out
     assert (tmp_path / "submissions" / "demo.zip").is_file()
     manifest = json.loads((tmp_path / "submissions/demo/manifest.json").read_text())
-    assert manifest["parity"]["ok"] and manifest["members"][0]["run"].startswith("runs/gru_base")
+    assert manifest["parity"]["ok"] and "runs/gru_base/" in manifest["members"][0]["run"]
     assert (tmp_path / "submissions/demo-ensemble.toml").is_file() and "best single" in out

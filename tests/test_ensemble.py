@@ -1,6 +1,7 @@
 """Greedy ensemble selection, ensemble files, `kit pack --ensemble` and parity on ensembles."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -267,3 +268,40 @@ def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace
         got = [e["weights"] for e in packed.manifest["members"] if e["run"] in m["runs"]]
         assert all(g == pytest.approx(share) for g in got)
     assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
+
+
+def test_init_best_beyond_the_iterations_is_refused():
+    rng = np.random.default_rng(6)
+    truth = rng.standard_normal((1000, 2))
+    with pytest.raises(EnsembleError, match="--init-best must be between 0 and 2"):
+        select(_candidates([truth + rng.standard_normal((1000, 2)) for _ in range(3)]),
+               truth, iters=2, init_best=3)
+
+
+@pytest.mark.parametrize("member, post, message", [
+    ({"runs": [], "weights": [1.0, 1.0]}, None, "runs: a non-empty list"),
+    ({"runs": "runs/x", "weights": [1.0, 1.0]}, None, "runs: a non-empty list"),
+    ({"runs": ["r"], "weights": [1.0]}, {"scale": [1.0, 1.0]}, "postprocess.scale: 1 numbers"),
+    ({"runs": ["r"], "weights": [1.0, 1.0]}, {"smoothing": [1.0, 0.0]}, "values in [0.0, 1.0)"),
+])
+def test_hand_edited_ensemble_files_are_checked(tmp_path, member, post, message):
+    with pytest.raises(EnsembleError, match=re.escape(message)):
+        read_ensemble(_write(tmp_path / "e.toml", [{"name": "a", **member}], post))
+
+
+def test_a_missing_postprocess_key_means_the_identity(tmp_path):
+    doc = read_ensemble(_write(tmp_path / "e.toml", [{"name": "a", "runs": ["r"],
+                                                      "weights": [1.0, 1.0]}],
+                               {"scale": [2.0, 1.0]}))
+    assert doc["postprocess"] == {"scale": [2.0, 1.0], "smoothing": [0.0, 0.0]}
+
+
+def test_unfinished_runs_are_not_candidates(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["gru"], run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "finished": False}))
+    with pytest.raises(EnsembleError, match="has not finished"):
+        select_ensemble([run, runs["lstm"]], iters=2, out=tmp_path / "e.toml")

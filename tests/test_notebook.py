@@ -184,3 +184,14 @@ def _spec(package):
     from kit.export.pack import submission_spec
 
     return submission_spec(package.zip_path)
+
+
+def test_only_the_notebook_folders_are_replaced_in_out(package, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    write_notebook(package.zip_path, out, owner="alice")
+    write_notebook(package.zip_path, out, owner="alice", protocol="batch")
+    assert (out / "keep.txt").read_text() == "mine"
+    title = json.loads((out / "dataset/dataset-metadata.json").read_text())["title"]
+    assert title == "nb package"

@@ -286,3 +286,15 @@ def test_parity_refuses_a_package_whose_run_changed(workspace, runs, tmp_path):
     shutil.rmtree(run)
     with pytest.raises(PackError, match="is gone"):
         run_parity(packed.folder, _valid(workspace), seqs=2)
+
+
+def test_a_returning_sequence_keeps_its_state_when_the_store_is_full(gru_pack):
+    rows = np.random.default_rng(3).standard_normal((12, 32))
+    steady = _solution(gru_pack.folder)
+    want = [steady.predict(Point(1.0, float(i), 1.0, r)) for i, r in enumerate(rows)]
+    model = _solution(gru_pack.folder)
+    model.max_saved = 1  # room for one parked sequence
+    got = [model.predict(Point(1.0, float(i), 1.0, r)) for i, r in enumerate(rows[:6])]
+    model.predict(Point(2.0, 0.0, 1.0, rows[0]))  # 1 parked, 2 live
+    got += [model.predict(Point(1.0, float(i), 1.0, r)) for i, r in enumerate(rows[6:], 6)]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))

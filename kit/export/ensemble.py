@@ -106,6 +106,7 @@ class PostProcess(nn.Module):
     def __init__(self, smoothing: list[float], scale: list[float]):
         super().__init__()
         self.smooths = any(a != 0 for a in smoothing)
+        self.is_identity = not self.smooths and all(c == 1 for c in scale)
         self.register_buffer("alpha", torch.tensor(smoothing, dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
         self.k = len(scale)
@@ -184,7 +185,7 @@ class Ensemble(nn.Module):
         post = postprocess or {}
         k = len(members[0].weights)
         self.post = PostProcess(post.get("smoothing", [0.0] * k), post.get("scale", [1.0] * k))
-        self.use_post = self.post.smooths or any(c != 1.0 for c in post.get("scale", []))
+        self.use_post = not self.post.is_identity
         self.stages = [*self.pipelines, *self.models] + ([self.post] if self.use_post else [])
         self.state_sizes = [len(s.init_state(1)) for s in self.stages]
 

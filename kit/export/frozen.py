@@ -9,7 +9,6 @@ order.
 
 from __future__ import annotations
 
-import hashlib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kit.competition import CompetitionSpec, spec_from_dict
+from kit.data.cache import file_digest
 from kit.errors import KitError
 from kit.features.normaliser import Normaliser
 from kit.features.sets import FeatureSet, build_feature_set
@@ -49,11 +49,8 @@ class StreamChain(nn.Module):
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 hex of a file (kit.data.cache's memoised digest)."""
+    return file_digest(path)
 
 
 @dataclass
@@ -123,7 +120,10 @@ def load_member(run: Path) -> Member:
         raise KitError(f"{path}: the weights do not fit the stored model config "
                        f"({str(exc).splitlines()[0]})") from None
     config_path = path.parent / "config.toml"
-    config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
+    try:
+        config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise KitError(f"{config_path}: not valid TOML ({exc})") from None
     return Member(
         run_dir=path.parent, checkpoint=path, sha256=sha256_file(path), spec=spec,
         feature_set=feature_set, normaliser=Normaliser.from_dict(ckpt["normaliser"]),

@@ -271,16 +271,16 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         raise NotebookError(f"--competition {competition!r}: a competition's URL slug, e.g. "
                             "jane-street-real-time-market-data-forecasting")
     dataset, kernel = out / "dataset", out / "kernel"
-    shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="kit-notebook-") as tmp:
         source = prepare_submission(submission, Path(tmp) / "package")  # a zip is extracted
-        manifest = read_manifest(source)
-        bad = hash_mismatches(source, manifest)
+        bad = hash_mismatches(source, read_manifest(source))
         if bad:
             raise NotebookError(f"{submission}: {'; '.join(bad)}; re-pack it")
+        for folder in (dataset, kernel):  # only what this command writes is replaced
+            shutil.rmtree(folder, ignore_errors=True)
         dataset.mkdir(parents=True)
-        for name in PACK_FILES:  # the package and nothing else (no caches, no stray files)
-            shutil.copy2(source / name, dataset / name)
+        for file_name in PACK_FILES:  # the package and nothing else (no caches, stray files)
+            shutil.copy2(source / file_name, dataset / file_name)
     if wheels is not None:
         found = sorted(Path(wheels).glob("*.whl"))
         if not found:

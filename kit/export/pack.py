@@ -24,7 +24,7 @@ import onnx
 from kit import __version__
 from kit.competition import CompetitionSpec, load_spec, spec_from_dict
 from kit.errors import KitError
-from kit.export.ensemble import Ensemble, Weighted
+from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.submission import write_submission_zip
@@ -107,9 +107,10 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
 
 def stream_module_of(weighted: list[Weighted], postprocess: dict | None, stack: bool = True):
     """The module to freeze: a single run's chain as it is, else the ensemble module."""
-    plain = not postprocess or (not any(postprocess.get("smoothing", [0]))
-                                and all(c == 1 for c in postprocess.get("scale", [1])))
-    if len(weighted) == 1 and all(w == 1.0 for w in weighted[0].weights) and plain:
+    k = len(weighted[0].weights)
+    post = postprocess or {}
+    plain = PostProcess(post.get("smoothing", [0.0] * k), post.get("scale", [1.0] * k))
+    if len(weighted) == 1 and all(w == 1.0 for w in weighted[0].weights) and plain.is_identity:
         return weighted[0].member.stream_module()
     return Ensemble(weighted, postprocess, stack=stack).eval()
 

@@ -6,8 +6,8 @@ features in the competition's column order) and the state tensors; its outputs a
 the next state tensors. This file only keeps the state between rows:
 
 - every row runs the graph, warm-up rows included (they move the state);
-- a sequence id seen for the first time, or one whose step does not follow its last step,
-  starts from zero state; an id that comes back after other ids resumes where it was (so rows of
+- a sequence id seen for the first time, or one whose step is not after its last step (it
+  starts over), starts from zero state; an id that comes back after other ids resumes where it was (so rows of
   several sequences interleaved row by row are handled; up to MAX_SAVED_BYTES of saved states);
 - the graph runs through IOBinding on preallocated buffers, the state ping-ponging between two
   buffer sets, the fastest safe call path measured (bench/bench_pack.py); it falls back to
@@ -116,11 +116,11 @@ class PredictionModel:
             buffer.fill(0.0)
 
     def _switch(self, seq_ix, step):
+        parked = self.saved.pop(seq_ix, None)  # first: a full store must not evict it
         if self.seq_ix is not None:  # park the current sequence's state
             self.saved[self.seq_ix] = (self.step, [b.copy() for b in self.buffers[self.live]])
             if len(self.saved) > self.max_saved:
                 self.saved.popitem(last=False)
-        parked = self.saved.pop(seq_ix, None)
         if parked is not None and step > parked[0]:  # the same sequence, continued
             for buffer, value in zip(self.buffers[self.live], parked[1], strict=True):
                 buffer[...] = value
@@ -159,8 +159,13 @@ class BatchPredictor:
         self.n_features = inputs[0].shape[1]
         self.n_outputs = outputs[0].shape[1]
         # each state's batch axis is the one dimension the graph leaves named (dynamic)
-        self.axes = [next(d for d, n in enumerate(i.shape) if not isinstance(n, int))
-                     for i in inputs[1:]]
+        self.axes = []
+        for i in inputs[1:]:
+            named = [d for d, n in enumerate(i.shape) if not isinstance(n, int)]
+            if len(named) != 1:
+                raise ValueError(f"state {i.name} {i.shape}: no single dynamic batch axis; "
+                                 "re-export the package with kit pack")
+            self.axes.append(named[0])
         self.shapes = [[n if isinstance(n, int) else 0 for n in i.shape] for i in inputs[1:]]
         self.table = {}  # series id -> its row in the state arrays
         self.last_step = []  # per row: the last step seen (a step that does not follow restarts)

@@ -104,9 +104,11 @@ def score_submission(
     n_rows = len(values)
     with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
-        child = replay_rows(solution_dir, values, spec, cpu=cpu, limit_memory=limit_memory,
-                            timeout_s=timeout_s, progress=progress)
-    del values
+        rows_path = Path(tmp) / "rows.npy"
+        np.save(rows_path, values)
+        del values  # the child memory-maps the file: the parent need not hold the rows too
+        child = replay_file(solution_dir, rows_path, n_rows, spec, cpu=cpu,
+                            limit_memory=limit_memory, timeout_s=timeout_s, progress=progress)
     result, preds = child.result, child.predictions
     notes = []
     nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))
@@ -157,27 +159,31 @@ def score_submission(
     )
 
 
-def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, *,
-                cpu: int | None = None, limit_memory: bool = False,
-                timeout_s: float | None = None, progress: bool = False):
+def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, **options):
     """Run a prepared submission folder over float64 rows (id, step, need, features...) in
     the 1-CPU child, in the order given; returns the child's run (result, predictions)."""
     with tempfile.TemporaryDirectory(prefix="kit-replay-") as tmp:
-        workdir = Path(tmp)
-        rows_path = workdir / "rows.npy"
+        rows_path = Path(tmp) / "rows.npy"
         np.save(rows_path, np.ascontiguousarray(values, dtype=np.float64))
-        memory = int(spec.limits.memory_gb * 2**30) if limit_memory else None
-        return run_child(
-            Path(solution_dir).resolve(),  # the child changes directory
-            rows_path,
-            len(values),
-            spec.n_outputs,
-            workdir,
-            cpu=cpu if cpu is not None else choose_cpu(),
-            memory_limit_bytes=memory,
-            timeout_s=timeout_s,
-            progress=progress,
-        )
+        return replay_file(solution_dir, rows_path, len(values), spec, **options)
+
+
+def replay_file(solution_dir: Path, rows_path: Path, n_rows: int, spec: CompetitionSpec, *,
+                cpu: int | None = None, limit_memory: bool = False,
+                timeout_s: float | None = None, progress: bool = False):
+    """replay_rows over rows already saved as a float64 .npy file."""
+    memory = int(spec.limits.memory_gb * 2**30) if limit_memory else None
+    return run_child(
+        Path(solution_dir).resolve(),  # the child changes directory
+        Path(rows_path),
+        n_rows,
+        spec.n_outputs,
+        Path(rows_path).parent,
+        cpu=cpu if cpu is not None else choose_cpu(),
+        memory_limit_bytes=memory,
+        timeout_s=timeout_s,
+        progress=progress,
+    )
 
 
 def load_rows(

@@ -215,8 +215,8 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             pruned = True
             break
 
-    finished, swa_won = not paused and not pruned, None
-    if finished and swa is not None and swa.n_averaged.item() > 0:
+    finished, swa_won = not paused, None  # a pruned run is finished too: never resumed
+    if finished and not pruned and swa is not None and swa.n_averaged.item() > 0:
         # the SWA average competes with the best epoch
         report, rows_pred = validate(swa.module, data, train["batch_size"], device)
         if sign * report.score > best:
