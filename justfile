@@ -62,9 +62,9 @@ features *args:
 spec *args:
     kit spec {{ if args == "" { "list" } else { args } }}
 
-# kit pack RUN [--name NAME]: freeze a run into submissions/NAME/ and NAME.zip
-pack run *args:
-    kit pack {{run}} {{args}}
+# kit pack RUN [--name NAME] | kit pack --ensemble FILE: freeze into submissions/NAME/ + NAME.zip
+pack *args:
+    kit pack {{args}}
 
 # kit parity SUBMISSION [--data FILE]: prove the package equals the PyTorch model
 parity submission *args:
