@@ -7,8 +7,9 @@ the next state tensors. This file only keeps the state between rows:
 
 - every row runs the graph, warm-up rows included (they move the state);
 - a sequence id seen for the first time, or one whose step is not after its last step (it
-  starts over), starts from zero state; an id that comes back after other ids resumes where it was (so rows of
-  several sequences interleaved row by row are handled; up to MAX_SAVED_BYTES of saved states);
+  starts over), starts from zero state; an id that comes back after other ids resumes where it
+  was (so rows of several sequences interleaved row by row are handled; up to MAX_SAVED_BYTES
+  of saved states);
 - the graph runs through IOBinding on preallocated buffers, the state ping-ponging between two
   buffer sets, the fastest safe call path measured (bench/bench_pack.py); it falls back to
   session.run if the binding does not behave on this onnxruntime;
