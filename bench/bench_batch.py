@@ -26,14 +26,7 @@ from common import emit
 
 from kit.competition import load_spec
 from kit.export.pack import pack_run
-
-
-class Point:
-    __slots__ = ("seq_ix", "step_in_seq", "need_prediction", "state")
-
-    def __init__(self, seq_ix, step_in_seq, need_prediction, state):
-        self.seq_ix, self.step_in_seq = seq_ix, step_in_seq
-        self.need_prediction, self.state = need_prediction, state
+from kit.scoring.runner import DataPoint
 
 
 def main() -> None:
@@ -74,7 +67,7 @@ def main() -> None:
         t0 = time.perf_counter()
         for i in range(args.ids):
             for t in range(args.steps):
-                row_out[t, i] = model.predict(Point(float(i), float(t), 1.0, x[t, i]))
+                row_out[t, i] = model.predict(DataPoint(float(i), float(t), 1.0, x[t, i]))
         rows_s = time.perf_counter() - t0
     emit({
         "bench": "batch",

@@ -312,6 +312,7 @@ def finished_trials(study) -> list:
 
 @dataclass
 class SweepSetup:
+    source: str  # the experiment as given (a name, exp=NAME or a TOML path): what best extends
     experiment: str
     base: dict
     params: list[Param]
@@ -334,7 +335,8 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     spec = load_spec(base["spec"])
     direction = "maximize" if spec.metric.higher_is_better else "minimize"
     name = base["name"]
-    return SweepSetup(name, base, params, table, direction, study or name,
+    return SweepSetup(exp.removeprefix("exp="), name, base, params, table, direction,
+                      study or name,
                       storage or default_storage(name, runs_dir), runs_dir)
 
 
@@ -464,7 +466,10 @@ def write_best(setup: SweepSetup, trial) -> Path:
             raw = trial.params[p.name]
             values[p.name] = p.choices[p.labels.index(raw)] if p.kind == "categorical" else raw
     config = trial_config(setup.base, values)
-    doc: dict = {"extends": setup.experiment,
+    source = setup.source
+    if source.endswith(".toml"):  # a file outside experiments/: extend it by absolute path
+        source = str(Path(source).resolve())
+    doc: dict = {"extends": source,
                  "description": f"best trial #{trial.number} of sweep {setup.study_name!r} "
                                 f"(score {trial.value:.5f})"}
     for name in values:

@@ -278,3 +278,13 @@ def test_the_shipped_sweep_experiments_have_valid_spaces(monkeypatch):
     for name in swept:
         assert prepare(name, None, None, None).params
     assert "must be >= 1" in run_cli("sweep", "exp=gru_sweep", "--trials", 0, expect=2).output
+
+
+def test_the_best_experiment_extends_a_sweep_given_by_path(sweep_env):
+    path = sweep_env / "experiments" / "tiny.toml"
+    run_cli("sweep", str(path), "--trials", 1, "-q")
+    import tomllib
+
+    best = tomllib.loads((sweep_env / "experiments" / "tiny_best.toml").read_text())
+    assert best["extends"] == str(path.resolve())
+    assert load_experiment("tiny_best")["model"]["type"] in ("gru", "attention_gru")

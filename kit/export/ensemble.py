@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kit.export.frozen import Member
+from kit.export.frozen import Member, split_state
 from kit.models.rnn import GRUModel
 
 
@@ -193,10 +193,7 @@ class Ensemble(nn.Module):
         return [t for stage in self.stages for t in stage.init_state(batch)]
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        chunks, at = [], 0
-        for size in self.state_sizes:
-            chunks.append(state[at:at + size])
-            at += size
+        chunks = split_state(state, self.state_sizes)
         new_state: list[Tensor] = []
         features = []
         for pipeline, own in zip(self.pipelines, chunks, strict=False):

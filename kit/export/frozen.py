@@ -40,12 +40,19 @@ class StreamChain(nn.Module):
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         new_state: list[Tensor] = []
-        at = 0
-        for stage, size in zip(self.stages, self.state_sizes, strict=True):
-            x, own = stage(x, state[at:at + size])
+        for stage, own in zip(self.stages, split_state(state, self.state_sizes), strict=True):
+            x, own = stage(x, own)
             new_state += own
-            at += size
         return x, new_state
+
+
+def split_state(state: list[Tensor], sizes: list[int]) -> list[list[Tensor]]:
+    """A flat state list cut into consecutive parts of the given sizes (one per stage)."""
+    parts, at = [], 0
+    for size in sizes:
+        parts.append(state[at:at + size])
+        at += size
+    return parts
 
 
 def sha256_file(path: Path) -> str:
