@@ -562,6 +562,9 @@ def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     from kit.ensemble import format_selection, read_ensemble
 
     doc = read_ensemble(path)
+    if "trajectory" not in doc.get("ensemble", {}):
+        raise KitError(f"{path}: no [ensemble] selection record (trajectory, scores): only "
+                       "files written by kit ensemble select can be reported")
     e, members = doc["ensemble"], doc["members"]
     out_dir = Path(out_dir) if out_dir is not None else Path(path).with_suffix("")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -305,3 +305,9 @@ def test_unfinished_runs_are_not_candidates(runs, tmp_path):
     (run / "metrics.json").write_text(json.dumps({**metrics, "finished": False}))
     with pytest.raises(EnsembleError, match="has not finished"):
         select_ensemble([run, runs["lstm"]], iters=2, out=tmp_path / "e.toml")
+
+
+def test_reporting_a_hand_made_ensemble_file_says_what_is_missing(runs, tmp_path):
+    path = _write(tmp_path / "hand.toml", [{"name": "a", "runs": [str(runs["gru"])],
+                                            "weights": [1.0, 1.0]}])
+    assert "no [ensemble] selection record" in run_cli("report", path, expect=2).output
