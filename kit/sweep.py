@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -340,7 +342,37 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
                       storage or default_storage(name, runs_dir), runs_dir)
 
 
-def objective(setup: SweepSetup, progress: bool):
+class GracefulInterrupt:
+    """Ctrl-C during a sweep stops at the end of the current epoch, in kit's own code, never in
+    the middle of a storage write (an interrupted SQLite transaction would hold its lock); a
+    second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.asked = False
+        self.previous = None
+
+    def __enter__(self) -> GracefulInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        print("interrupt: stopping at the end of this epoch (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        if self.asked:
+            raise KeyboardInterrupt
+
+
+def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | None = None):
     import optuna
 
     from kit.train.recipe import train_one
@@ -357,6 +389,8 @@ def objective(setup: SweepSetup, progress: bool):
         trial.set_user_attr("worker", os.getpid())
 
         def on_epoch(epoch: int, score: float) -> bool:
+            if interrupt is not None:
+                interrupt.check()  # a safe point: after the epoch's checkpoint
             if not math.isfinite(score):
                 return False
             trial.report(score, epoch)
@@ -382,10 +416,13 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     left = trials - len(finished_trials(study))
     if left <= 0:
         return
-    study.optimize(objective(setup, progress), n_trials=left, timeout=timeout,
-                   callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
-                                                                TrialState.PRUNED))],
-                   catch=(), gc_after_trial=False)  # a full gc per trial cost ~0.2 s
+    with GracefulInterrupt() as interrupt:
+        study.optimize(objective(setup, progress, interrupt), n_trials=left, timeout=timeout,
+                       callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
+                                                                    TrialState.PRUNED)),
+                                  lambda study, _: interrupt.asked and study.stop()],
+                       catch=(), gc_after_trial=False)  # a full gc per trial cost ~0.2 s
+    interrupt.check()  # asked between trials: the study stopped after the one finishing
 
 
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,
