@@ -248,7 +248,7 @@ def sweep(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     no_summary: bool = typer.Option(False, "--no-summary", hidden=True),
 ) -> None:
-    """Optuna study over an experiment's [sweep] space; each trial is an ordinary run.
+    """Optuna study over the search space in an experiment's sweep table; each trial is a run.
     Interrupt with Ctrl-C and run the same command again to resume."""
     from kit.config import parse_override
     from kit.sweep import format_summary
