@@ -6,10 +6,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from kit.competition import load_spec
-from kit.data.synth import synthesize
 from kit.train.recipe import train_experiment
-from tests.test_train import SPEC_TOML
+from tests.test_train import tiny_competition
 
 MODEL_TABLES = {
     "gru": {"type": "gru", "hidden": 16, "layers": 2},
@@ -28,11 +26,7 @@ def workspace(tmp_path_factory):
     """A tiny competition with one experiment per model type (shared by the pack, parity and
     ensemble tests)."""
     root = tmp_path_factory.mktemp("pack")
-    (root / "tiny-lob.toml").write_text(SPEC_TOML)
-    spec = load_spec(str(root / "tiny-lob.toml"))
-    synthesize(spec, root / "data", train_seqs=16, valid_seqs=6, seed=3)
-    exps = root / "experiments"
-    exps.mkdir()
+    exps = tiny_competition(root, train_seqs=16, valid_seqs=6, seed=3)
     for name, table in MODEL_TABLES.items():
         (exps / f"{name}.toml").write_text(tomli_w.dumps({
             "spec": str(root / "tiny-lob.toml"), "seed": 5,

@@ -50,14 +50,21 @@ patience = 10
 """
 
 
+def tiny_competition(root: Path, train_seqs: int, valid_seqs: int, seed: int) -> Path:
+    """SPEC_TOML's competition under root: tiny-lob.toml, synthetic data/ and an empty
+    experiments/ folder; returns the experiments folder."""
+    (root / "tiny-lob.toml").write_text(SPEC_TOML)
+    spec = load_spec(str(root / "tiny-lob.toml"))
+    synthesize(spec, root / "data", train_seqs=train_seqs, valid_seqs=valid_seqs, seed=seed)
+    exps = root / "experiments"
+    exps.mkdir()
+    return exps
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    (root / "tiny-lob.toml").write_text(SPEC_TOML)
-    spec = load_spec(str(root / "tiny-lob.toml"))
-    synthesize(spec, root / "data", train_seqs=24, valid_seqs=8, seed=1)
-    exps = root / "experiments"
-    exps.mkdir()
+    exps = tiny_competition(root, train_seqs=24, valid_seqs=8, seed=1)
     (exps / "tiny.toml").write_text(EXPERIMENT.format(spec=root / "tiny-lob.toml",
                                                       data=root / "data", root=root))
     return root
