@@ -157,9 +157,11 @@ def _completed(url: str) -> int:
         return 0
 
 
-def _kit(*args: str, **kwargs) -> subprocess.Popen:
+def _kit(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
+    """`python -m kit ARGS` from the test's folder; this checkout's kit, installed or not."""
+    env = (env or dict(os.environ)) | {"PYTHONPATH": str(Path(__file__).parents[1])}
     return subprocess.Popen([sys.executable, "-m", "kit", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kwargs)
+                            stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
 
 
 def _wait_for(predicate, timeout: float = 120, what: str = "") -> None:
@@ -234,10 +236,13 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
         sweep_env, postgres, monkeypatch):
     url = _create_database(postgres, "killed_worker")
     env = os.environ | {"KIT_SWEEP_HEARTBEAT_S": "1"}
-    slow = ["train.epochs=40"]  # long enough to be killed mid-trial
-    proc = _kit("sweep", "exp=tiny", *slow, "--trials", "3", "--storage", url, "-q", env=env)
+    # a trial that cannot end by itself (no early stop) is sure to be killed mid-trial
+    endless = ["train.epochs=100000", "train.patience=100000"]
+    proc = _kit("sweep", "exp=tiny", *endless, "--trials", "3", "--storage", url, "-q", env=env)
 
     def running() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the worker exited early: {proc.communicate()[0]}")
         try:
             trials = _study(url).get_trials()
         except Exception:  # the study is not created yet
