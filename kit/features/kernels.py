@@ -8,8 +8,12 @@ update as one vector with per-column alphas, and so on. A kernel's outputs are i
 in op order within each kind (the kernel's `names`).
 
 Kernel contract: `init_state(batch)` (zeros = new sequence) and
-`forward(w[B, T, C], count[B, 1], state) -> (y[B, T, n], new_state)`, where `count` is how many
-steps of the sequence came before this chunk (one counter, kept by the pipeline).
+`forward(w[B, T, C], count[B, 1], fresh[B, 1, 1], state) -> (y, new_state)`, where `count` is how
+many steps of the sequence came before this chunk (one counter, kept by the pipeline), `fresh`
+is `count == 0` (computed once for all kernels), and y is one [B, T, n] tensor or a list of
+them (the layer concatenates every kernel's blocks in one node). A name None in `names` marks a
+spare output: computing a statistic for every row of a block and letting the pipeline's final
+gather drop the unused ones costs no node, while selecting the used rows would cost one each.
 """
 
 from __future__ import annotations
@@ -51,18 +55,6 @@ class Kernel(nn.Module):
         return []
 
 
-class GatherKernel(Kernel):
-    """A stateless function of some working columns: y = fn(w[..., index])."""
-
-    def __init__(self, names: list[str], index: list[int], fn):
-        super().__init__(names)
-        self.register_buffer("index", _long(index), persistent=False)
-        self.fn = fn
-
-    def forward(self, w, count, state):
-        return self.fn(w.index_select(2, self.index)), state
-
-
 class PairwiseKernel(Kernel):
     """fn(a, b) over paired columns (two gathers: cheaper than one gather and two slices)."""
 
@@ -72,20 +64,62 @@ class PairwiseKernel(Kernel):
         self.register_buffer("b", _long(b), persistent=False)
         self.fn = fn
 
-    def forward(self, w, count, state):
+    def forward(self, w, count, fresh, state):
         return self.fn(w.index_select(2, self.a), w.index_select(2, self.b)), state
 
 
-class MatrixKernel(Kernel):
-    """Linear combinations of working columns (sums and means of groups): y = w[..., idx] @ M."""
+class LinearKernel(Kernel):
+    """Linear combinations of the working columns (differences, sums, means): y = w @ M, one
+    MatMul over all of w. Each output has few non-zero coefficients, so it is rounded as the
+    plain expression is (adding exact zeros changes nothing)."""
 
-    def __init__(self, names: list[str], index: list[int], matrix: Tensor):
+    def __init__(self, names: list[str], matrix: Tensor):
         super().__init__(names)
-        self.register_buffer("index", _long(index), persistent=False)
         self.register_buffer("matrix", matrix, persistent=False)
 
-    def forward(self, w, count, state):
-        return torch.matmul(w.index_select(2, self.index), self.matrix), state
+    def forward(self, w, count, fresh, state):
+        return torch.matmul(w, self.matrix), state
+
+
+def pair_sum(n: int) -> Tensor:
+    """[2n, n] matrix: y[j] = v[j] + v[n + j]."""
+    eye = torch.eye(n)
+    return torch.cat([eye, eye])
+
+
+class ImbalanceKernel(Kernel):
+    """(a - b) / (|a| + |b| + EPS) for many pairs: a difference matrix for the numerators and
+    one Abs of w with a pair-sum matrix for the denominators (no gathers)."""
+
+    def __init__(self, names: list[str], diff: Tensor, abs_sum: Tensor):
+        super().__init__(names)
+        self.register_buffer("diff", diff, persistent=False)
+        self.register_buffer("abs_sum", abs_sum, persistent=False)
+
+    def forward(self, w, count, fresh, state):
+        den = torch.matmul(w.abs(), self.abs_sum) + EPS
+        return torch.matmul(w, self.diff) / den, state
+
+
+class WeightedMidKernel(Kernel):
+    """(bid |ask_size| + ask |bid_size|) / (|bid_size| + |ask_size| + EPS) per level.
+
+    The sizes are read from |w| with a one-hot matrix rather than gathered and then made
+    absolute: the Abs of w is the imbalance kernel's too, and ORT merges the two nodes.
+    """
+
+    def __init__(self, names: list[str], prices: list[int], sizes: list[int], width: int):
+        super().__init__(names)
+        self.register_buffer("prices", _long(prices), persistent=False)  # [bid..., ask...]
+        select = torch.zeros(width, len(sizes))  # -> [|ask_size|..., |bid_size|...]
+        select[sizes, range(len(sizes))] = 1.0
+        self.register_buffer("sizes", select, persistent=False)
+        self.register_buffer("pairs", pair_sum(len(names)), persistent=False)
+
+    def forward(self, w, count, fresh, state):
+        weight = torch.matmul(w.abs(), self.sizes)
+        num = torch.matmul(w.index_select(2, self.prices) * weight, self.pairs)
+        return num / (torch.matmul(weight, self.pairs) + EPS), state
 
 
 class HistoryKernel(Kernel):
@@ -93,130 +127,167 @@ class HistoryKernel(Kernel):
 
     The buffer keeps the last D values of every column the family reads (D = the longest lag
     or window - 1). At a sequence's first step it is filled with that step's value, so a lag
-    reaching before the start reads the first value; rolling statistics mask those slots out
-    and cover only the steps seen so far.
+    reaching before the start reads the first value, and every slot of a window holds a value
+    the sequence really had: min and max need no mask. Mean and std weigh the slots with a
+    constant table indexed by the step count: 1/n on the n steps seen so far in the window, 0
+    elsewhere. The window is flattened time-major (slot = position * U + column), which is
+    the buffer's own memory order at one step: no transpose in the step graph.
     """
 
     def __init__(self, names, columns: list[int], depth: int, past: dict[str, list[tuple]],
                  windows: dict[str, list[tuple]]):
-        super().__init__(names)
-        self.register_buffer("index", _long(columns), persistent=False)
+        super().__init__([])
         self.width, self.depth = len(columns), depth
-        span = depth + 1  # a window holds the D past values and the current one
-        # past[kind] = [(column slot, k)]: flat positions of x[t-k] and x[t] in the window
-        self.past_kinds = [k for k in ("lag", "delta", "roc") if past.get(k)]
-        for kind in self.past_kinds:
-            slots = past[kind]
-            self.register_buffer(f"{kind}_past", _long([u * span + depth - k for u, k in slots]),
-                                 persistent=False)
-            self.register_buffer(f"{kind}_now", _long([u * span + depth for u, _ in slots]),
-                                 persistent=False)
-        # windows[stat] = [(column slot, w)]: one grid of the last w_max positions for every
-        # rolling output (all stats), a constant mask of which lie inside each output's window,
-        # and per stat the rows it keeps; the masks and sums are then computed once
-        self.stats = [s for s in ("mean", "std", "min", "max") if windows.get(s)]
-        slots = [slot for stat in self.stats for slot in windows[stat]]
-        self.w_max = max((w for _, w in slots), default=1)
-        first = depth - (self.w_max - 1)  # window position of the oldest slot of the grid
-        grid = [u * span + first + j for u, _ in slots for j in range(self.w_max)]
-        back = torch.arange(self.w_max - 1, -1, -1, dtype=torch.float32)  # steps back per slot
-        self.register_buffer("grid", _long(grid), persistent=False)
-        self.register_buffer("back", back, persistent=False)
-        self.register_buffer("inside", back.unsqueeze(0) < torch.tensor(
-            [[w] for _, w in slots], dtype=torch.float32), persistent=False)
-        start = 0
-        for stat in self.stats:
-            rows = list(range(start, start + len(windows[stat])))
-            start += len(rows)
-            self.register_buffer(f"{stat}_rows", _long(rows), persistent=False)
+        # past[kind] = [(column slot, k)]: read x[t-k] (and x[t]) in one gather
+        lags, changes = past.get("lag", []), past.get("delta", []) + past.get("roc", [])
+        self.n_lag, self.n_delta = len(lags), len(past.get("delta", []))
+        self.n_roc = len(changes) - self.n_delta
+        reads = [self._at(u, k) for u, k in lags + changes] + [self._at(u, 0) for u, _ in changes]
+        # windows[stat] = [(column slot, w)]: mean and std share rows, as do min and max; each
+        # row of a pair computes both statistics, the unrequested one is a spare output
+        self.ms_rows = list(dict.fromkeys(windows.get("mean", []) + windows.get("std", [])))
+        self.mm_rows = list(dict.fromkeys(windows.get("min", []) + windows.get("max", [])))
+        n_past = len(lags) + len(changes)
+        out = list(names[n_past:])
+        spare = []
+        for stats, rows in ((("mean", "std"), self.ms_rows), (("min", "max"), self.mm_rows)):
+            for stat in stats:
+                wanted = dict(zip(windows.get(stat, []), _pop(out, len(windows.get(stat, []))),
+                                  strict=True))
+                spare += [wanted.get(row) for row in rows]
+        self.names = names[:n_past] + spare
+        self.register_buffer("index", _long(columns), persistent=False)
+        self.register_buffer("reads", _long(reads), persistent=False)
+        self.ms_width = max((w for _, w in self.ms_rows), default=1)
+        grid, table = self._mean_std_grid()
+        self.register_buffer("ms_grid", _long(grid), persistent=False)
+        self.register_buffer("ms_weights", table, persistent=False)
+        self.mm_width = max((w for _, w in self.mm_rows), default=1)
+        self.register_buffer("mm_grid", _long(self._min_max_grid()), persistent=False)
+
+    def _at(self, u: int, back: int) -> int:
+        """Flat window slot of column u, `back` steps before the current one."""
+        return (self.depth - back) * self.width + u
+
+    def _mean_std_grid(self) -> tuple[list[int], Tensor]:
+        """Slots of the last ms_width steps per row, and weights[c, row, slot] = 1/n on the
+        slots inside the row's window seen by step count c (n of them), 0 elsewhere."""
+        width = self.ms_width
+        grid = [self._at(u, min(width - 1 - j, self.depth)) for u, _ in self.ms_rows
+                for j in range(width)]
+        table = torch.zeros(width, len(self.ms_rows), width)
+        for c in range(width):  # counts >= width - 1 all read the last row
+            for r, (_, w) in enumerate(self.ms_rows):
+                n = min(c + 1, w)
+                for j in range(width):
+                    back = width - 1 - j
+                    if back < n:
+                        table[c, r, j] = 1.0 / n
+        return grid, table
+
+    def _min_max_grid(self) -> list[int]:
+        """Slots of each row's window, padded to mm_width with the current step (a repeat
+        changes neither min nor max)."""
+        width = self.mm_width
+        return [self._at(u, back if back < w else 0) for u, w in self.mm_rows
+                for back in range(width - 1, -1, -1)]
 
     def init_state(self, batch):
         return [torch.zeros(batch, self.depth, self.width)]
 
-    def forward(self, w, count, state):
+    def forward(self, w, count, fresh, state):
         x = w.index_select(2, self.index)
         (buf,) = state
         t = steps_of(x)
-        fresh = (count == 0).unsqueeze(-1)  # [B, 1, 1]
-        buf = torch.where(fresh, x[:, :1], buf)  # broadcasts the first row over the buffer
+        buf = torch.where(fresh, x if t == 1 else x[:, :1], buf)  # fills the buffer at step 0
         full = torch.cat([buf, x], dim=1)  # [B, D + T, U]
-        if t == 1:  # the step graph: the buffer is the one window (unfold does not export)
-            windows = full.transpose(1, 2)
+        span = (self.depth + 1) * self.width
+        if t == 1:  # the step graph: the buffer is the one window, already time-major
+            flat = full.reshape(-1, 1, span)
         else:
-            windows = full.unfold(1, self.depth + 1, 1)  # [B, T, U, D + 1]
-        # constant target shapes keep the exported graph free of Shape/Gather/Concat chains
-        flat = windows.reshape(-1, t, self.width * (self.depth + 1))
-        blocks = [self._past(flat, kind) for kind in self.past_kinds]
-        if self.stats:
-            blocks += self._window_stats(flat, count, t)
-        y = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
-        return y, [full[:, t:]]
+            flat = full.unfold(1, self.depth + 1, 1).transpose(2, 3).reshape(-1, t, span)
+        blocks = self._past(flat) if len(self.reads) else []
+        if self.ms_rows:
+            blocks += self._mean_std(flat, count, t)
+        if self.mm_rows:
+            win = flat.index_select(2, self.mm_grid).reshape(-1, t, len(self.mm_rows),
+                                                              self.mm_width)
+            blocks += [win.amin(-1), win.amax(-1)]
+        return blocks, [full[:, t:]]
 
-    def _past(self, flat: Tensor, kind: str) -> Tensor:
-        past = flat.index_select(2, getattr(self, f"{kind}_past"))
-        if kind == "lag":
-            return past
-        change = flat.index_select(2, getattr(self, f"{kind}_now")) - past
-        return change if kind == "delta" else safe_div(change, past)
+    def _past(self, flat: Tensor) -> list[Tensor]:
+        read = flat.index_select(2, self.reads)
+        n_changes = self.n_delta + self.n_roc
+        if not n_changes:
+            return [read]
+        lag, past, now = read.split([self.n_lag, n_changes, n_changes], dim=2)
+        change = now - past
+        if not self.n_roc:
+            return [lag, change]
+        delta, roc_change = change.split([self.n_delta, self.n_roc], dim=2)
+        roc = safe_div(roc_change, past[..., self.n_delta:])
+        return [lag, delta, roc]
 
-    def _window_stats(self, flat: Tensor, count: Tensor, t: int) -> list[Tensor]:
-        n_out = self.inside.shape[0]
-        win = flat.index_select(2, self.grid).reshape(-1, t, n_out, self.w_max)
-        # a slot k steps back exists once the sequence has had k earlier steps
-        seen = count.view(-1, 1, 1, 1)
-        if t > 1:
-            seen = seen + torch.arange(t, dtype=flat.dtype).view(1, t, 1, 1)
-        valid = self.inside & (self.back <= seen)  # [B, T, n, w_max]
-        values = {}
-        if "mean" in self.stats or "std" in self.stats:
-            weight = valid.to(win.dtype)
-            n = weight.sum(-1)
-            mean = (win * weight).sum(-1) / n
-            values["mean"] = mean
-            if "std" in self.stats:
-                dev = (win - mean.unsqueeze(-1)) * weight
-                values["std"] = ((dev * dev).sum(-1) / n).clamp_min(0.0).sqrt()
-        if "min" in self.stats:
-            values["min"] = torch.where(valid, win, BIG).amin(-1)
-        if "max" in self.stats:
-            values["max"] = torch.where(valid, win, -BIG).amax(-1)
-        if len(self.stats) == 1:
-            return [values[self.stats[0]]]
-        return [values[stat].index_select(2, getattr(self, f"{stat}_rows")) for stat in self.stats]
+    def _mean_std(self, flat: Tensor, count: Tensor, t: int) -> list[Tensor]:
+        rows, width = len(self.ms_rows), self.ms_width
+        win = flat.index_select(2, self.ms_grid).reshape(-1, t, rows, width)
+        seen = count if t == 1 else count + torch.arange(t, dtype=count.dtype)  # [B, T]
+        weights = self.ms_weights[seen.clamp(max=width - 1).long()]  # [B, T, rows, width]
+        weighted = win * weights
+        mean = weighted.sum(-1, keepdim=True)
+        dev = win - mean
+        std = (dev * dev * weights).sum(-1).sqrt()  # a sum of squares: never negative
+        return [mean.reshape(-1, t, rows), std]
+
+
+def _pop(names: list[str], n: int) -> list[str]:
+    """The first n names, removed from the list (the kernel's names come in stat order)."""
+    head = names[:n]
+    del names[:n]
+    return head
 
 
 class EwmKernel(Kernel):
-    """Exponentially weighted means and stds of many columns, one alpha per column."""
+    """Exponentially weighted means and stds of many columns, one alpha per column.
+
+    Outputs: the means of every column, then (if any std is asked) the stds of every column;
+    the unrequested ones are spares. At a sequence's first step the mean starts at the value,
+    so the deviation is 0 and the variance stays at its zero state: no branch for it.
+    """
 
     def __init__(self, names, columns: list[int], alphas: list[float], is_std: list[bool]):
-        super().__init__(names)
-        self.register_buffer("index", _long(columns), persistent=False)
-        self.register_buffer("alpha", torch.tensor(alphas, dtype=torch.float32),
-                             persistent=False)
-        self.register_buffer("is_std", torch.tensor(is_std), persistent=False)
         self.any_std = any(is_std)
+        means = [None if std else n for n, std in zip(names, is_std, strict=True)]
+        stds = [n if std else None for n, std in zip(names, is_std, strict=True)]
+        super().__init__(means + (stds if self.any_std else []))
+        self.register_buffer("index", _long(columns), persistent=False)
+        alpha = torch.tensor(alphas, dtype=torch.float32)
+        self.register_buffer("alpha", alpha, persistent=False)
+        self.register_buffer("keep", 1 - alpha, persistent=False)
 
     def init_state(self, batch):
         return [torch.zeros(batch, 1, len(self.index)), torch.zeros(batch, 1, len(self.index))]
 
-    def forward(self, w, count, state):
+    def forward(self, w, count, fresh, state):
         x = w.index_select(2, self.index)
         mean, var = state  # [B, 1, n]: the step graph needs no squeeze/unsqueeze
         t = steps_of(x)
-        outputs = []
+        means, stds = [], []
         for i in range(t):  # T is 1 in the step graph; loops only in tests and parity
-            fresh = (count + i == 0).unsqueeze(-1)
             xt = x if t == 1 else x[:, i:i + 1]
-            mean = torch.where(fresh, xt, mean)
+            if i == 0:
+                mean = torch.where(fresh, xt, mean)
             delta = xt - mean
             step = self.alpha * delta
             mean = mean + step
-            var = torch.where(fresh, 0.0, (1 - self.alpha) * (var + delta * step))
-            y = mean
+            var = self.keep * (var + delta * step)  # >= 0: a product of non-negatives
+            means.append(mean)
             if self.any_std:
-                y = torch.where(self.is_std, var.clamp_min(0.0).sqrt(), mean)
-            outputs.append(y)
-        return (outputs[0] if t == 1 else torch.cat(outputs, dim=1)), [mean, var]
+                stds.append(var.sqrt())
+        blocks = [means[0] if t == 1 else torch.cat(means, dim=1)]
+        if self.any_std:
+            blocks.append(stds[0] if t == 1 else torch.cat(stds, dim=1))
+        return blocks, [mean, var]
 
 
 class CumulativeKernel(Kernel):
@@ -234,18 +305,18 @@ class CumulativeKernel(Kernel):
     def init_state(self, batch):
         return [torch.zeros(batch, 1, len(self.index)), torch.zeros(batch, 1, len(self.index))]
 
-    def forward(self, w, count, state):
+    def forward(self, w, count, fresh, state):
         x = w.index_select(2, self.index)
         acc, prev = state  # [B, 1, n]
         t = steps_of(x)
         outputs = []
         for i in range(t):
-            fresh = (count + i == 0).unsqueeze(-1)
             xt = x if t == 1 else x[:, i:i + 1]
             grown = torch.where(self.is_sum, acc + xt, torch.where(
                 self.is_max, torch.maximum(acc, xt), acc + (xt - prev).clamp_min(0.0)))
-            start = torch.where(self.is_gain, 0.0, xt)
-            acc = torch.where(fresh, start, grown)
+            if i == 0:  # only a chunk's first step can start a sequence
+                grown = torch.where(fresh, torch.where(self.is_gain, 0.0, xt), grown)
+            acc = grown
             prev = xt
             outputs.append(acc)
         return (outputs[0] if t == 1 else torch.cat(outputs, dim=1)), [acc, prev]
@@ -259,7 +330,7 @@ class PositionKernel(Kernel):
         self.register_buffer("scale", torch.tensor(scales, dtype=torch.float32),
                              persistent=False)
 
-    def forward(self, w, count, state):
+    def forward(self, w, count, fresh, state):
         t = steps_of(w)
         steps = count.unsqueeze(1)
         if t > 1:

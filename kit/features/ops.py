@@ -149,7 +149,14 @@ class Difference(Pairwise):
 
     op, summary, symbol = "diff", "a - b, pairwise (spreads)", "-"
     expr = staticmethod(lambda a, b: a - b)
-    fn = staticmethod(lambda a, b: a - b)
+    family = "linear"  # one MatMul with the sums and means of the layer
+
+    def linear_rows(self) -> list[dict[str, float]]:
+        return [{a: 1.0, b: -1.0} if a != b else {} for a, b in zip(self.a, self.b, strict=True)]
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        return _fuse_linear(ops, columns)
 
 
 class Ratio(Pairwise):
@@ -166,6 +173,16 @@ class Product(Pairwise):
     fn = staticmethod(lambda a, b: a * b)
 
 
+def _fuse_linear(ops: list[FeatureOp], columns: list[str]) -> kernels.LinearKernel:
+    """Every linear op of a layer (differences, sums, means) as one [columns, outputs] matrix."""
+    rows = [row for op in ops for row in op.linear_rows()]
+    matrix = torch.zeros(len(columns), len(rows))
+    for j, row in enumerate(rows):
+        for name, coefficient in row.items():
+            matrix[columns.index(name), j] += coefficient
+    return kernels.LinearKernel(_names(ops), matrix)
+
+
 class Imbalance(Pairwise):
     """(a - b) / (|a| + |b| + eps): for volumes (a, b >= 0) the usual (a - b) / (a + b + eps);
     the absolute values keep it in [-1, 1] and well conditioned for signed inputs such as
@@ -173,7 +190,18 @@ class Imbalance(Pairwise):
 
     op, summary, symbol = "imbalance", "(a - b) / (|a| + |b| + 1e-6), pairwise", "~"
     expr = staticmethod(lambda a, b: (a - b) / (a.abs() + b.abs() + EPS))
-    fn = staticmethod(lambda a, b: (a - b) / (a.abs() + b.abs() + EPS))
+
+    @classmethod
+    def fuse(cls, ops, columns):
+        a = _slots(columns, [c for op in ops for c in op.a])
+        b = _slots(columns, [c for op in ops for c in op.b])
+        diff, abs_sum = torch.zeros(len(columns), len(a)), torch.zeros(len(columns), len(a))
+        for j, (i, k) in enumerate(zip(a, b, strict=True)):
+            diff[i, j] += 1.0
+            diff[k, j] -= 1.0
+            abs_sum[i, j] += 1.0
+            abs_sum[k, j] += 1.0
+        return kernels.ImbalanceKernel(_names(ops), diff, abs_sum)
 
 
 class Reduce(FeatureOp):
@@ -189,16 +217,18 @@ class Reduce(FeatureOp):
         total = pl.sum_horizontal(*[pl.col(c) for c in self.inputs])
         return [(total / len(self.inputs) if self.mean else total).alias(self.outputs()[0])]
 
-    family = "reduce"
+    family = "linear"
+
+    def linear_rows(self) -> list[dict[str, float]]:
+        weight = 1.0 / len(self.inputs) if self.mean else 1.0
+        row: dict[str, float] = {}
+        for c in self.inputs:
+            row[c] = row.get(c, 0.0) + weight
+        return [row]
 
     @classmethod
     def fuse(cls, ops, columns):
-        used = list(dict.fromkeys(c for op in ops for c in op.inputs))
-        matrix = torch.zeros(len(used), len(ops))
-        for j, op in enumerate(ops):
-            for c in op.inputs:
-                matrix[used.index(c), j] += 1.0 / len(op.inputs) if op.mean else 1.0
-        return kernels.MatrixKernel(_names(ops), _slots(columns, used), matrix)
+        return _fuse_linear(ops, columns)
 
 
 class Mean(Reduce):
@@ -240,15 +270,9 @@ class WeightedMid(FeatureOp):
 
     @classmethod
     def fuse(cls, ops, columns):
-        parts = [_slots(columns, [c for op in ops for c in op.levels[i]]) for i in range(4)]
-        n = len(parts[0])
-
-        def fn(x):
-            b, a, bs, as_ = (x[..., i * n:(i + 1) * n] for i in range(4))
-            w_bid, w_ask = as_.abs(), bs.abs()
-            return (b * w_bid + a * w_ask) / (w_bid + w_ask + EPS)
-
-        return kernels.GatherKernel(_names(ops), [i for part in parts for i in part], fn)
+        bid, ask, bid_size, ask_size = ([c for op in ops for c in op.levels[i]] for i in range(4))
+        return kernels.WeightedMidKernel(_names(ops), _slots(columns, bid + ask),
+                                         _slots(columns, ask_size + bid_size), len(columns))
 
 
 class PerColumn(FeatureOp):

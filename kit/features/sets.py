@@ -183,8 +183,9 @@ class FeaturePipeline(nn.Module):
                 if op.family is not None:  # raw columns need no kernel
                     families.setdefault(op.family, []).append(op)
             fused = [type(members[0]).fuse(members, columns) for members in families.values()]
-            for kernel in fused:
-                columns += kernel.names
+            for kernel in fused:  # spare outputs get names no op can ask for
+                columns += [n if n is not None else f"\0spare{len(columns) + i}"
+                            for i, n in enumerate(kernel.names)]
             kernels += fused
             self.layer_sizes.append(len(fused))
         self.kernels = nn.ModuleList(kernels)
@@ -207,13 +208,14 @@ class FeaturePipeline(nn.Module):
         if not self.counts:  # raw columns only: the guard is the whole pipeline
             return (w if self.identity_out else w.index_select(2, self._out)), new_state
         count = state[1]
+        fresh = (count == 0).unsqueeze(-1)  # [B, 1, 1]: once for every kernel
         at, k = 2, 0
         for n_kernels in self.layer_sizes:
             blocks = [w]
             for kernel, size in zip(self.kernels[k:k + n_kernels],
                                     self.state_sizes[k:k + n_kernels], strict=True):
-                y, own = kernel(w, count, state[at:at + size])
-                blocks.append(y)
+                y, own = kernel(w, count, fresh, state[at:at + size])
+                blocks += y if isinstance(y, list) else [y]
                 new_state += own
                 at += size
             if len(blocks) > 1:
