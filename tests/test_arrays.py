@@ -1,5 +1,7 @@
 import hashlib
 import os
+import shutil
+import time
 import warnings
 
 import numpy as np
@@ -9,8 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kit.data import arrays as arrays_module
+from kit.data import cache as cache_module
 from kit.data.arrays import SequenceArrays, build_arrays
-from kit.data.cache import CacheWarning, cached_arrays, clear_cache, file_digest
+from kit.data.cache import (
+    CacheWarning,
+    cached_arrays,
+    cached_arrays_into,
+    clear_cache,
+    file_digest,
+    known_digest,
+)
 from kit.errors import DataError
 from tests.frames import make_frame, small_spec
 
@@ -311,3 +321,73 @@ def test_clear_cache_removes_entries_only(data_file, tmp_path):
 
 def test_file_digest_is_sha256_of_the_bytes(data_file):
     assert file_digest(data_file) == hashlib.sha256(data_file.read_bytes()).hexdigest()
+
+
+def test_a_settled_digest_is_kept_in_the_cache_and_trusted_only_for_the_same_stat(
+        data_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)  # the file counts as settled at once
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    sha = hashlib.sha256(data_file.read_bytes()).hexdigest()
+    monkeypatch.setattr(cache_module, "_digests", {})  # as a new process sees it
+    assert known_digest(data_file, cache_dir) == sha  # from digests.json, no bytes read
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 1
+    # same size, mtime put back: the content changed all the same (ctime moved)
+    stat = data_file.stat()
+    other = tmp_path / "other.parquet"
+    make_frame(SPEC, n_seqs=3, seed=5).write_parquet(other)
+    assert other.stat().st_size == stat.st_size
+    data_file.write_bytes(other.read_bytes())
+    os.utime(data_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    monkeypatch.setattr(cache_module, "_digests", {})
+    assert known_digest(data_file, cache_dir) is None
+    assert_same(cached_arrays(data_file, KEY, build, cache_dir=cache_dir), fresh(data_file))
+    assert build.calls == 2
+
+
+def test_a_file_changed_just_before_hashing_is_hashed_again_next_time(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)  # data_file was just written
+    assert known_digest(data_file, cache_dir) is None
+    assert str(data_file.resolve()) not in cache_module._read_digests(cache_dir)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 1  # hashed again, and then a hit
+
+
+class BlockBuilder:
+    """Writes the arrays of `path` one sequence per block, slowly, counting the blocks."""
+
+    def __init__(self, path):
+        self.path, self.blocks = path, 0
+
+    def __call__(self, sink) -> SequenceArrays:
+        whole = fresh(self.path)
+        reps = 40  # many blocks: the digest of the small file is done long before the last
+        out = {f: sink(f, (len(whole) * reps, *getattr(whole, f).shape[1:]),
+                       getattr(whole, f).dtype) for f in ("x", "y", "mask")}
+        for _ in range(reps):
+            for i in range(len(whole)):
+                for f, writer in out.items():
+                    writer.write(np.array(getattr(whole, f)[i:i + 1]))
+                self.blocks += 1
+                time.sleep(0.002)
+        return SequenceArrays(**{f: w.finish() for f, w in out.items()},
+                              lengths=np.tile(whole.lengths, reps),
+                              ids=np.arange(len(whole) * reps), feature_names=whole.feature_names,
+                              target_names=whole.target_names)
+
+
+def test_a_build_stops_when_the_overlapped_digest_finds_an_entry(data_file, tmp_path):
+    cache_dir = tmp_path / "cache"
+    first = BlockBuilder(data_file)
+    built = cached_arrays_into(data_file, KEY, first, cache_dir=cache_dir)
+    assert first.blocks == 3 * 40 and built.x.shape[0] == 3 * 40
+    copy = tmp_path / "copy" / data_file.name  # same bytes, another inode: digest unknown
+    copy.parent.mkdir()
+    shutil.copy(data_file, copy)
+    second = BlockBuilder(copy)
+    hit = cached_arrays_into(copy, KEY, second, cache_dir=cache_dir)
+    assert second.blocks < 3 * 40  # abandoned once the digest named the existing entry
+    assert_same(hit, built)
+    assert len(entries(cache_dir)) == 1 and not list(cache_dir.glob(".tmp-*"))

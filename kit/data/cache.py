@@ -5,6 +5,14 @@ memory-maps the .npy files read-only, so a second run starts at once and process
 An entry is written into a temporary folder and renamed into place, so readers only ever see
 complete entries; one that is corrupt anyway (truncated file, wrong shape) is rebuilt with a
 CacheWarning.
+
+The input's sha256 is remembered in `digests.json` next to the entries, under the file's stat
+(size, mtime, inode, ctime), so a hit does not read the input again. A stat is trusted only if
+the file had not been modified for a while when it was hashed (git's "racy" rule): a later
+change always moves mtime or ctime. When the digest is not known, the file is hashed on a
+thread while the build starts; if the finished digest names an existing entry, the build stops
+at its next block and the entry is used. Blocks are written to the entry's files on a thread
+too, so the next block is computed while the last one is written.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ import shutil
 import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +40,9 @@ ARRAY_FIELDS = ("x", "y", "mask", "lengths", "ids")
 TMP_PREFIX = ".tmp-"
 STALE_TMP_S = 6 * 3600  # temp folders this old belong to killed writers and are removed
 DIGEST_BLOCK = 8 << 20
+DIGESTS_FILE = "digests.json"  # stat -> sha256 of the inputs, so a hit reads no input bytes
+RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again next time
+WRITES_IN_FLIGHT = 2  # blocks queued for the writer thread (bounds the memory they hold)
 
 _ENTRY_NAME = re.compile(r"^.+-[0-9a-f]{24}$")
 _digests: dict[tuple, str] = {}
@@ -39,28 +52,83 @@ class CacheWarning(UserWarning):
     """A cache entry could not be used or written; the arrays were (re)built instead."""
 
 
-def file_digest(path: Path) -> str:
-    """sha256 hex of the file's bytes, remembered in-process per (path, size, mtime_ns).
-
-    The inode and ctime join the memo key too, so a file replaced by rename is re-read.
-    """
-    path = Path(path).resolve()
+def _stat_key(path: Path) -> tuple:
+    """What changes whenever the file's bytes do: size, mtime, inode (a file replaced by
+    rename) and ctime (which no tool can set back)."""
     stat = path.stat()
-    memo = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
-    if memo not in _digests:
-        digest = hashlib.sha256()
-        buffer = memoryview(bytearray(DIGEST_BLOCK))
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buffer):
-                digest.update(buffer[:n])
+    return (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 hex of the file's bytes, remembered in-process per stat (see _stat_key)."""
+    path = Path(path).resolve()
+    memo = _stat_key(path)
+    if memo in _digests:
+        return _digests[memo]
+    started = time.time_ns()
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(DIGEST_BLOCK))
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(buffer[:n])  # releases the GIL: hashing overlaps other work
+    if _stat_key(path) == memo and _settled(memo, started):
         _digests[memo] = digest.hexdigest()
-    return _digests[memo]
+    return digest.hexdigest()
+
+
+def _settled(memo: tuple, hashed_at_ns: int) -> bool:
+    """Whether a change after hashing is sure to show in the stat: the file's last change is
+    older than the hashing by more than any filesystem's timestamp granularity."""
+    return max(memo[2], memo[4]) < hashed_at_ns - RACY_NS
+
+
+def known_digest(path: Path, cache_dir: Path) -> str | None:
+    """The file's sha256 if this process or the cache's digests.json already knows it for the
+    file's current stat; None when the file must be read."""
+    path = Path(path).resolve()
+    memo = _stat_key(path)
+    if memo in _digests:
+        return _digests[memo]
+    record = _read_digests(cache_dir).get(str(path))
+    if record and tuple(record[:4]) == memo[1:] and isinstance(record[4], str):
+        _digests[memo] = record[4]
+        return record[4]
+    return None
+
+
+def _read_digests(cache_dir: Path) -> dict:
+    try:
+        table = json.loads((Path(cache_dir) / DIGESTS_FILE).read_text())
+        return table if isinstance(table, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_digest(path: Path, cache_dir: Path) -> None:
+    """Record the in-process digest of `path` (if settled) in digests.json, atomically; a
+    concurrent writer may drop our record, which only costs a re-hash later."""
+    path = Path(path).resolve()
+    memo = _stat_key(path)
+    if memo not in _digests:
+        return
+    table = _read_digests(cache_dir)
+    table[str(path)] = [*memo[1:], _digests[memo]]
+    tmp = Path(cache_dir) / f"{TMP_PREFIX}{DIGESTS_FILE}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(json.dumps(table, indent=0))
+        os.replace(tmp, Path(cache_dir) / DIGESTS_FILE)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def cache_key(path: Path, key: dict) -> str:
     """sha256 hex over the file's digest and the canonical JSON of `key`."""
+    return _key_of(file_digest(path), key)
+
+
+def _key_of(file_sha: str, key: dict) -> str:
     text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(f"{file_digest(path)}\n{CACHE_FORMAT}\n{text}".encode()).hexdigest()
+    return hashlib.sha256(f"{file_sha}\n{CACHE_FORMAT}\n{text}".encode()).hexdigest()
 
 
 def cached_arrays(
@@ -71,7 +139,8 @@ def cached_arrays(
     cache_dir: Path = Path("data/cache"),
 ) -> SequenceArrays:
     """Load the arrays built from `path` with settings `key`, or call `build()` and store them."""
-    return cached_arrays_into(path, key, lambda sink: build(), cache_dir=cache_dir)
+    return cached_arrays_into(path, key, lambda sink: build(), cache_dir=cache_dir,
+                              overlap_digest=False)
 
 
 class RowWriter:
@@ -81,8 +150,10 @@ class RowWriter:
     microseconds, and filling a 5 GB memory map faults 1.3M times; write() faults none.
     """
 
-    def __init__(self, shape: tuple, dtype, path: Path | None = None):
+    def __init__(self, shape: tuple, dtype, path: Path | None = None,
+                 writes: BackgroundWrites | None = None, probe: Callable[[], None] | None = None):
         self.shape, self.dtype, self.path, self.rows = tuple(shape), np.dtype(dtype), path, 0
+        self.writes, self.probe = writes, probe
         if path is None:
             self.array = np.empty(self.shape, dtype=self.dtype)
         else:
@@ -96,8 +167,12 @@ class RowWriter:
         if block.shape[1:] != self.shape[1:] or self.rows + len(block) > self.shape[0]:
             raise ValueError(f"block {block.shape} does not continue an array of {self.shape} "
                              f"at row {self.rows}")
+        if self.probe is not None:
+            self.probe()
         if self.path is None:
             self.array[self.rows:self.rows + len(block)] = block
+        elif self.writes is not None:  # the block is fresh per call: safe to write later
+            self.writes.submit(self.file.write, memoryview(block).cast("B"))
         else:
             self.file.write(memoryview(block).cast("B"))
         self.rows += len(block)
@@ -107,8 +182,34 @@ class RowWriter:
             raise ValueError(f"{self.rows} rows written of {self.shape[0]}")
         if self.path is None:
             return self.array
+        if self.writes is not None:
+            self.writes.drain()
         self.file.close()
         return np.load(self.path, mmap_mode="r")
+
+
+class BackgroundWrites:
+    """One writer thread for an entry's files: blocks are written in submission order while
+    the builder computes the next ones; at most WRITES_IN_FLIGHT wait, and a failed write
+    raises in the builder at its next submit or drain."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="kit-cache-write")
+        self.pending: deque[Future] = deque()
+
+    def submit(self, fn, *args) -> None:
+        while len(self.pending) >= WRITES_IN_FLIGHT:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def drain(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
 
 
 Sink = Callable[[str, tuple, np.dtype], RowWriter]
@@ -120,45 +221,96 @@ def cached_arrays_into(
     build_into: Callable[[Sink], SequenceArrays],
     *,
     cache_dir: Path = Path("data/cache"),
+    overlap_digest: bool = True,
 ) -> SequenceArrays:
     """Like cached_arrays, for builders that produce their arrays block by block.
 
     `build_into(sink)` opens each output with `sink(field, shape, dtype)` and writes it in
     order; the blocks go straight into the .npy files of the entry being built, so a large
-    result is written once, as it is built, and never held in memory whole.
+    result is written once, as it is built, and never held in memory whole. With
+    `overlap_digest` an unknown input is hashed while the build runs (the build stops at its
+    next block if the digest names an existing entry); without, it is hashed first.
     """
     path, cache_dir = Path(path), Path(cache_dir)
-    digest = cache_key(path, key)
-    entry = cache_dir / f"{_safe_stem(path)}-{digest[:24]}"
-    if entry.exists():
+    entry_of = lambda sha: cache_dir / f"{_safe_stem(path)}-{_key_of(sha, key)[:24]}"  # noqa: E731
+    known = known_digest(path, cache_dir)
+    if known is None and not overlap_digest:
+        known = file_digest(path)
+    if known is not None and entry_of(known).exists():
+        hit = _load_or_warn(entry_of(known), _key_of(known, key))
+        if hit is not None:
+            return hit
+    with ThreadPoolExecutor(1, thread_name_prefix="kit-digest") as hasher:
+        hashing = hasher.submit(file_digest, path) if known is None else None
         try:
-            return _load(entry, digest)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            warnings.warn(f"cache entry {entry} is unusable ({exc}); rebuilding it",
-                          CacheWarning, stacklevel=2)  # fmt: skip
-    try:
-        tmp = _new_tmp(entry)
-    except OSError as exc:
-        warnings.warn(f"could not write cache entry {entry} ({exc}); using the arrays uncached",
-                      CacheWarning, stacklevel=2)  # fmt: skip
-        return build_into(in_memory)
-    try:
-        arrays = build_into(lambda name, shape, dtype: RowWriter(shape, dtype,
-                                                                 tmp / f"{name}.npy"))
+            tmp = _new_tmp(cache_dir, path)
+        except OSError as exc:
+            warnings.warn(f"could not write cache entry under {cache_dir} ({exc}); using the "
+                          "arrays uncached", CacheWarning, stacklevel=2)  # fmt: skip
+            return build_into(in_memory)
         try:
-            written = {p.stem for p in tmp.glob("*.npy")}
-            for name in ARRAY_FIELDS:
-                if name not in written:  # the builder made this one in memory
-                    np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)),
-                            allow_pickle=False)
-            _finish(tmp, entry, digest, arrays, {"source": str(path), "key": key})
-            return _load(entry, digest)
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"could not write cache entry {entry} ({exc}); using the arrays "
-                          "uncached", CacheWarning, stacklevel=2)  # fmt: skip
-            return _materialised(arrays)
+            arrays = _build_stopping_on_hit(build_into, tmp, hashing, entry_of)
+            if isinstance(arrays, Path):  # the input's digest named a finished entry
+                hit = _load_or_warn(arrays, _key_of(hashing.result(), key))
+                if hit is not None:
+                    _remember_digest(path, cache_dir)
+                    return hit
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp = _new_tmp(cache_dir, path)
+                arrays = _build_stopping_on_hit(build_into, tmp, None, entry_of)
+            sha = known if hashing is None else hashing.result()
+            entry, digest = entry_of(sha), _key_of(sha, key)
+            try:
+                written = {p.stem for p in tmp.glob("*.npy")}
+                for name in ARRAY_FIELDS:
+                    if name not in written:  # the builder made this one in memory
+                        np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)),
+                                allow_pickle=False)
+                _finish(tmp, entry, digest, arrays, {"source": str(path), "key": key})
+                _remember_digest(path, cache_dir)
+                return _load(entry, digest)
+            except (OSError, ValueError) as exc:
+                warnings.warn(f"could not write cache entry {entry} ({exc}); using the arrays "
+                              "uncached", CacheWarning, stacklevel=2)  # fmt: skip
+                return _materialised(arrays)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _EntryExists(Exception):
+    """Raised between blocks: the input's digest, just computed, names a finished entry."""
+
+    def __init__(self, entry: Path):
+        self.entry = entry
+
+
+def _build_stopping_on_hit(build_into, tmp: Path, hashing: Future | None,
+                           entry_of) -> SequenceArrays | Path:
+    """Run the builder into tmp; returns the entry instead if the digest computed meanwhile
+    shows it exists (the build is abandoned at its next block)."""
+    def probe() -> None:
+        if hashing is not None and hashing.done() and not hashing.exception():
+            entry = entry_of(hashing.result())
+            if entry.exists():
+                raise _EntryExists(entry)
+
+    writes = BackgroundWrites()
+    try:
+        return build_into(lambda name, shape, dtype: RowWriter(
+            shape, dtype, tmp / f"{name}.npy", writes=writes, probe=probe))
+    except _EntryExists as found:
+        return found.entry
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writes.close()
+
+
+def _load_or_warn(entry: Path, digest: str) -> SequenceArrays | None:
+    try:
+        return _load(entry, digest)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"cache entry {entry} is unusable ({exc}); rebuilding it",
+                      CacheWarning, stacklevel=3)  # fmt: skip
+        return None
 
 
 def _materialised(arrays: SequenceArrays) -> SequenceArrays:
@@ -179,6 +331,7 @@ def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
     if not cache_dir.is_dir():
         return 0
     removed = 0
+    (cache_dir / DIGESTS_FILE).unlink(missing_ok=True)  # bookkeeping, not an entry
     for child in cache_dir.iterdir():
         if child.is_dir() and (child.name.startswith(TMP_PREFIX) or _ENTRY_NAME.match(child.name)):
             shutil.rmtree(child, ignore_errors=True)
@@ -205,10 +358,10 @@ def _load(entry: Path, digest: str) -> SequenceArrays:
                           target_names=list(meta["target_names"]))  # fmt: skip
 
 
-def _new_tmp(entry: Path) -> Path:
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(entry.parent)
-    tmp = entry.parent / f"{TMP_PREFIX}{entry.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def _new_tmp(cache_dir: Path, source: Path) -> Path:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(cache_dir)
+    tmp = cache_dir / f"{TMP_PREFIX}{_safe_stem(source)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     return tmp
 
