@@ -253,24 +253,19 @@ def test_features_cli_list_and_build(tmp_path):
     assert "unknown feature group 'nope'" in bad
 
 
-def test_onnx_step_graph_of_the_full_set_equals_the_batch_face(tmp_path):
+def assert_onnx_step_graph_equals_batch_face(fs, df, path) -> None:
+    """The exported step graph, run row by row in ONNX Runtime, equals the batch face."""
     import onnxruntime as ort
 
     from kit.export.step_graph import export_step_graph
 
-    spec = load_spec("predictorium")
-    fs = build_feature_set(spec, list(available_groups(spec)))
-    path = tmp_path / "features.onnx"
-    shapes = export_step_graph(fs.stream_module(), len(spec.features), path)
+    shapes = export_step_graph(fs.stream_module(), len(fs.spec.features), path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    df = make_frame(spec, lengths=[60, 25], seed=9).with_columns(
-        pl.when(pl.col("step_in_seq") % 7 == 3).then(float("nan")).otherwise(pl.col("v1"))
-        .alias("v1"))
     expected = fs.batch_frame(df).select(fs.outputs).to_numpy()
-    rows = df.select(spec.features).to_numpy().astype(np.float32)
-    ids = df["seq_ix"].to_numpy()
+    rows = df.select(fs.spec.features).to_numpy().astype(np.float32)
+    ids = df[fs.spec.id_col].to_numpy()
     got = []
     for i, row in enumerate(rows):
         if i == 0 or ids[i] != ids[i - 1]:  # a new sequence: zero state
@@ -282,6 +277,23 @@ def test_onnx_step_graph_of_the_full_set_equals_the_batch_face(tmp_path):
     got = np.array(got)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_step_graph_of_the_full_set_equals_the_batch_face(tmp_path):
+    spec = load_spec("predictorium")
+    fs = build_feature_set(spec, list(available_groups(spec)))
+    df = make_frame(spec, lengths=[60, 25], seed=9).with_columns(
+        pl.when(pl.col("step_in_seq") % 7 == 3).then(float("nan")).otherwise(pl.col("v1"))
+        .alias("v1"))
+    assert_onnx_step_graph_equals_batch_face(fs, df, tmp_path / "features.onnx")
+
+
+@pytest.mark.parametrize("op", sorted(OP_CASES))
+def test_onnx_step_graph_of_each_op_equals_the_batch_face(op, tmp_path):
+    # each op alone builds its kernel in its own shape (a delta without lags, a roc alone...)
+    fs = build_feature_set(SPEC, groups=[], ops=[{"op": op, **OP_CASES[op]}])
+    df = _frame([23, 4, 1], 11, [(2, 0, 0), (5, 1, 1), (9, 2, 2), (30, 3, 0)])
+    assert_onnx_step_graph_equals_batch_face(fs, df, tmp_path / f"{op}.onnx")
 
 
 def test_chunked_feature_arrays_equal_the_whole_frame_and_fail_atomically(tmp_path):

@@ -148,14 +148,15 @@ class HistoryKernel(Kernel):
         self.ms_rows = list(dict.fromkeys(windows.get("mean", []) + windows.get("std", [])))
         self.mm_rows = list(dict.fromkeys(windows.get("min", []) + windows.get("max", [])))
         n_past = len(lags) + len(changes)
-        out = list(names[n_past:])
-        spare = []
-        for stats, rows in ((("mean", "std"), self.ms_rows), (("min", "max"), self.mm_rows)):
-            for stat in stats:
-                wanted = dict(zip(windows.get(stat, []), _pop(out, len(windows.get(stat, []))),
-                                  strict=True))
-                spare += [wanted.get(row) for row in rows]
-        self.names = names[:n_past] + spare
+        asked, at = {}, n_past  # window outputs come in stat order, rows in op order
+        for stat in ("mean", "std", "min", "max"):
+            rows = windows.get(stat, [])
+            asked[stat] = dict(zip(rows, names[at:at + len(rows)], strict=True))
+            at += len(rows)
+        self.names = names[:n_past] + [
+            asked[stat].get(row) for stats, rows in ((("mean", "std"), self.ms_rows),
+                                                     (("min", "max"), self.mm_rows))
+            for stat in stats for row in rows]
         self.register_buffer("index", _long(columns), persistent=False)
         self.register_buffer("reads", _long(reads), persistent=False)
         self.ms_width = max((w for _, w in self.ms_rows), default=1)
@@ -173,8 +174,7 @@ class HistoryKernel(Kernel):
         """Slots of the last ms_width steps per row, and weights[c, row, slot] = 1/n on the
         slots inside the row's window seen by step count c (n of them), 0 elsewhere."""
         width = self.ms_width
-        grid = [self._at(u, min(width - 1 - j, self.depth)) for u, _ in self.ms_rows
-                for j in range(width)]
+        grid = [self._at(u, width - 1 - j) for u, _ in self.ms_rows for j in range(width)]
         table = torch.zeros(width, len(self.ms_rows), width)
         for c in range(width):  # counts >= width - 1 all read the last row
             for r, (_, w) in enumerate(self.ms_rows):
@@ -220,13 +220,15 @@ class HistoryKernel(Kernel):
         n_changes = self.n_delta + self.n_roc
         if not n_changes:
             return [read]
-        lag, past, now = read.split([self.n_lag, n_changes, n_changes], dim=2)
+        sizes = [self.n_lag] * bool(self.n_lag) + [n_changes, n_changes]  # no empty parts
+        *lag, past, now = read.split(sizes, dim=2)
         change = now - past
         if not self.n_roc:
-            return [lag, change]
+            return [*lag, change]
+        if not self.n_delta:
+            return [*lag, safe_div(change, past)]
         delta, roc_change = change.split([self.n_delta, self.n_roc], dim=2)
-        roc = safe_div(roc_change, past[..., self.n_delta:])
-        return [lag, delta, roc]
+        return [*lag, delta, safe_div(roc_change, past[..., self.n_delta:])]
 
     def _mean_std(self, flat: Tensor, count: Tensor, t: int) -> list[Tensor]:
         rows, width = len(self.ms_rows), self.ms_width
@@ -238,13 +240,6 @@ class HistoryKernel(Kernel):
         dev = win - mean
         std = (dev * dev * weights).sum(-1).sqrt()  # a sum of squares: never negative
         return [mean.reshape(-1, t, rows), std]
-
-
-def _pop(names: list[str], n: int) -> list[str]:
-    """The first n names, removed from the list (the kernel's names come in stat order)."""
-    head = names[:n]
-    del names[:n]
-    return head
 
 
 class EwmKernel(Kernel):
