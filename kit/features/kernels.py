@@ -8,7 +8,7 @@ update as one vector with per-column alphas, and so on. A kernel's outputs are i
 in op order within each kind (the kernel's `names`).
 
 Kernel contract: `init_state(batch)` (zeros = new sequence) and
-`forward(w[B, T, C], count[B, 1], fresh[B, 1, 1], state) -> (y, new_state)`, where `count` is how
+`forward(w[B, T, C], count[B, 1, 1], fresh[B, 1, 1], state) -> (y, new_state)`, where `count` is how
 many steps of the sequence came before this chunk (one counter, kept by the pipeline), `fresh`
 is `count == 0` (computed once for all kernels), and y is one [B, T, n] tensor or a list of
 them (the layer concatenates every kernel's blocks in one node). A name None in `names` marks a
@@ -163,6 +163,10 @@ class HistoryKernel(Kernel):
         grid, table = self._mean_std_grid()
         self.register_buffer("ms_grid", _long(grid), persistent=False)
         self.register_buffer("ms_weights", table, persistent=False)
+        spread = torch.zeros(len(self.ms_rows), len(self.ms_rows) * self.ms_width)
+        for r in range(len(self.ms_rows)):
+            spread[r, r * self.ms_width:(r + 1) * self.ms_width] = 1.0
+        self.register_buffer("ms_spread", spread, persistent=False)
         self.mm_width = max((w for _, w in self.mm_rows), default=1)
         self.register_buffer("mm_grid", _long(self._min_max_grid()), persistent=False)
 
@@ -171,18 +175,17 @@ class HistoryKernel(Kernel):
         return (self.depth - back) * self.width + u
 
     def _mean_std_grid(self) -> tuple[list[int], Tensor]:
-        """Slots of the last ms_width steps per row, and weights[c, row, slot] = 1/n on the
-        slots inside the row's window seen by step count c (n of them), 0 elsewhere."""
-        width = self.ms_width
+        """Slots of the last ms_width steps per row, and weights[c, slot, row] = 1/n on the
+        slots inside the row's window seen by step count c (n of them), 0 elsewhere: one
+        [slots, rows] matrix per count, so a mean is one MatMul."""
+        width, rows = self.ms_width, len(self.ms_rows)
         grid = [self._at(u, width - 1 - j) for u, _ in self.ms_rows for j in range(width)]
-        table = torch.zeros(width, len(self.ms_rows), width)
-        for c in range(width):  # counts >= width - 1 all read the last row
+        table = torch.zeros(width, rows * width, rows)
+        for c in range(width):  # counts >= width - 1 all read the last matrix
             for r, (_, w) in enumerate(self.ms_rows):
                 n = min(c + 1, w)
-                for j in range(width):
-                    back = width - 1 - j
-                    if back < n:
-                        table[c, r, j] = 1.0 / n
+                for j in range(width - n, width):  # the last n slots of the row
+                    table[c, r * width + j, r] = 1.0 / n
         return grid, table
 
     def _min_max_grid(self) -> list[int]:
@@ -232,14 +235,18 @@ class HistoryKernel(Kernel):
 
     def _mean_std(self, flat: Tensor, count: Tensor, t: int) -> list[Tensor]:
         rows, width = len(self.ms_rows), self.ms_width
-        win = flat.index_select(2, self.ms_grid).reshape(-1, t, rows, width)
-        seen = count if t == 1 else count + torch.arange(t, dtype=count.dtype)  # [B, T]
-        weights = self.ms_weights[seen.clamp(max=width - 1).long()]  # [B, T, rows, width]
-        weighted = win * weights
-        mean = weighted.sum(-1, keepdim=True)
-        dev = win - mean
-        std = (dev * dev * weights).sum(-1).sqrt()  # a sum of squares: never negative
-        return [mean.reshape(-1, t, rows), std]
+        win = flat.index_select(2, self.ms_grid)  # [B, T, rows * width]
+        seen = count.reshape(-1)  # [B]; in chunks, every step its own count: [B * T]
+        if t > 1:
+            seen = (count.reshape(-1, 1) + torch.arange(t, dtype=count.dtype)).reshape(-1)
+            win = win.reshape(-1, 1, rows * width)
+        weights = self.ms_weights[seen.clamp(max=width - 1).long()]  # [B(*T), slots, rows]
+        mean = torch.matmul(win, weights)  # [B(*T), 1, rows]
+        dev = win - torch.matmul(mean, self.ms_spread)  # each row's mean under its slots
+        std = torch.matmul(dev * dev, weights).sqrt()  # a sum of squares: never negative
+        if t > 1:
+            mean, std = mean.reshape(-1, t, rows), std.reshape(-1, t, rows)
+        return [mean, std]
 
 
 class EwmKernel(Kernel):
@@ -327,7 +334,7 @@ class PositionKernel(Kernel):
 
     def forward(self, w, count, fresh, state):
         t = steps_of(w)
-        steps = count.unsqueeze(1)
+        steps = count  # [B, 1, 1]
         if t > 1:
             steps = steps + torch.arange(t, dtype=w.dtype).view(1, t, 1)
         return steps * self.scale, state

@@ -198,7 +198,7 @@ class FeaturePipeline(nn.Module):
         self.counts = bool(kernels)  # the step counter only exists for kernels to read
 
     def init_state(self, batch: int) -> list[Tensor]:
-        state = self.guard.init_state(batch) + ([torch.zeros(batch, 1)] if self.counts else [])
+        state = self.guard.init_state(batch) + ([torch.zeros(batch, 1, 1)] if self.counts else [])
         for kernel in self.kernels:
             state += kernel.init_state(batch)
         return state
@@ -208,7 +208,7 @@ class FeaturePipeline(nn.Module):
         if not self.counts:  # raw columns only: the guard is the whole pipeline
             return (w if self.identity_out else w.index_select(2, self._out)), new_state
         count = state[1]
-        fresh = (count == 0).unsqueeze(-1)  # [B, 1, 1]: once for every kernel
+        fresh = count == 0  # [B, 1, 1]: once for every kernel
         at, k = 2, 0
         for n_kernels in self.layer_sizes:
             blocks = [w]
