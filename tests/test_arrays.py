@@ -313,8 +313,9 @@ def test_clear_cache_removes_entries_only(data_file, tmp_path):
     cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
     cached_arrays(data_file, KEY | {"seq_len": 5}, build, cache_dir=cache_dir)
     (cache_dir / ".tmp-x-1-ab").mkdir()
+    (cache_dir / ".tmp-digests.json-1-ab").write_text("{")  # a killed digests.json update
     (cache_dir / "README").write_text("keep me")
-    assert clear_cache(cache_dir) == 3
+    assert clear_cache(cache_dir) == 4
     assert [p.name for p in cache_dir.iterdir()] == ["README"]
     assert clear_cache(tmp_path / "missing") == 0
 

@@ -333,8 +333,8 @@ def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
     removed = 0
     (cache_dir / DIGESTS_FILE).unlink(missing_ok=True)  # bookkeeping, not an entry
     for child in cache_dir.iterdir():
-        if child.is_dir() and (child.name.startswith(TMP_PREFIX) or _ENTRY_NAME.match(child.name)):
-            shutil.rmtree(child, ignore_errors=True)
+        if child.name.startswith(TMP_PREFIX) or (child.is_dir() and _ENTRY_NAME.match(child.name)):
+            _remove(child)
             removed += 1
     return removed
 
@@ -412,9 +412,17 @@ def _remove_stale_tmp(cache_dir: Path) -> None:
     for child in cache_dir.glob(f"{TMP_PREFIX}*"):
         try:
             if child.stat().st_mtime < cutoff:
-                shutil.rmtree(child, ignore_errors=True)
+                _remove(child)
         except FileNotFoundError:
             pass
+
+
+def _remove(path: Path) -> None:
+    """A temp folder (an entry being built) or file (digests.json being replaced)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _safe_stem(path: Path) -> str:
