@@ -112,7 +112,10 @@ def _remember_digest(path: Path, cache_dir: Path) -> None:
     if memo not in _digests:
         return
     table = _read_digests(cache_dir)
-    table[str(path)] = [*memo[1:], _digests[memo]]
+    record = [*memo[1:], _digests[memo]]
+    if table.get(str(path)) == record:
+        return
+    table[str(path)] = record
     tmp = Path(cache_dir) / f"{TMP_PREFIX}{DIGESTS_FILE}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.write_text(json.dumps(table, indent=0))
@@ -232,13 +235,17 @@ def cached_arrays_into(
     next block if the digest names an existing entry); without, it is hashed first.
     """
     path, cache_dir = Path(path), Path(cache_dir)
-    entry_of = lambda sha: cache_dir / f"{_safe_stem(path)}-{_key_of(sha, key)[:24]}"  # noqa: E731
+
+    def entry_of(file_sha: str) -> Path:
+        return cache_dir / f"{_safe_stem(path)}-{_key_of(file_sha, key)[:24]}"
+
     known = known_digest(path, cache_dir)
     if known is None and not overlap_digest:
         known = file_digest(path)
     if known is not None and entry_of(known).exists():
         hit = _load_or_warn(entry_of(known), _key_of(known, key))
         if hit is not None:
+            _remember_digest(path, cache_dir)
             return hit
     with ThreadPoolExecutor(1, thread_name_prefix="kit-digest") as hasher:
         hashing = hasher.submit(file_digest, path) if known is None else None
