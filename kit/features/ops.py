@@ -151,8 +151,8 @@ class Difference(Pairwise):
     expr = staticmethod(lambda a, b: a - b)
     family = "linear"  # one MatMul with the sums and means of the layer
 
-    def linear_rows(self) -> list[dict[str, float]]:
-        return [{a: 1.0, b: -1.0} if a != b else {} for a, b in zip(self.a, self.b, strict=True)]
+    def linear_rows(self) -> list[Row]:
+        return [[(a, 1.0), (b, -1.0)] for a, b in zip(self.a, self.b, strict=True)]
 
     @classmethod
     def fuse(cls, ops, columns):
@@ -173,14 +173,22 @@ class Product(Pairwise):
     fn = staticmethod(lambda a, b: a * b)
 
 
+Row = list[tuple[str, float]]  # one output of a linear map: (column, coefficient) terms
+
+
+def _matrix(rows: list[Row], columns: list[str]) -> torch.Tensor:
+    """[columns, outputs] matrix of linear rows; a column named twice adds up."""
+    matrix = torch.zeros(len(columns), len(rows))
+    for j, row in enumerate(rows):
+        for name, coefficient in row:
+            matrix[columns.index(name), j] += coefficient
+    return matrix
+
+
 def _fuse_linear(ops: list[FeatureOp], columns: list[str]) -> kernels.LinearKernel:
     """Every linear op of a layer (differences, sums, means) as one [columns, outputs] matrix."""
     rows = [row for op in ops for row in op.linear_rows()]
-    matrix = torch.zeros(len(columns), len(rows))
-    for j, row in enumerate(rows):
-        for name, coefficient in row.items():
-            matrix[columns.index(name), j] += coefficient
-    return kernels.LinearKernel(_names(ops), matrix)
+    return kernels.LinearKernel(_names(ops), _matrix(rows, columns))
 
 
 class Imbalance(Pairwise):
@@ -193,15 +201,10 @@ class Imbalance(Pairwise):
 
     @classmethod
     def fuse(cls, ops, columns):
-        a = _slots(columns, [c for op in ops for c in op.a])
-        b = _slots(columns, [c for op in ops for c in op.b])
-        diff, abs_sum = torch.zeros(len(columns), len(a)), torch.zeros(len(columns), len(a))
-        for j, (i, k) in enumerate(zip(a, b, strict=True)):
-            diff[i, j] += 1.0
-            diff[k, j] -= 1.0
-            abs_sum[i, j] += 1.0
-            abs_sum[k, j] += 1.0
-        return kernels.ImbalanceKernel(_names(ops), diff, abs_sum)
+        pairs = [(a, b) for op in ops for a, b in zip(op.a, op.b, strict=True)]
+        return kernels.ImbalanceKernel(
+            _names(ops), _matrix([[(a, 1.0), (b, -1.0)] for a, b in pairs], columns),
+            _matrix([[(a, 1.0), (b, 1.0)] for a, b in pairs], columns))  # applied to |w|
 
 
 class Reduce(FeatureOp):
@@ -219,12 +222,9 @@ class Reduce(FeatureOp):
 
     family = "linear"
 
-    def linear_rows(self) -> list[dict[str, float]]:
+    def linear_rows(self) -> list[Row]:
         weight = 1.0 / len(self.inputs) if self.mean else 1.0
-        row: dict[str, float] = {}
-        for c in self.inputs:
-            row[c] = row.get(c, 0.0) + weight
-        return [row]
+        return [[(c, weight) for c in self.inputs]]
 
     @classmethod
     def fuse(cls, ops, columns):
