@@ -1,6 +1,6 @@
 """Fused stream faces: one kernel computes every op of one family in a dependency layer.
 
-Every ONNX node costs about 0.4 us per step on one CPU thread, whatever its size, so the step
+Every ONNX node costs about 0.45 us per step on one CPU thread, whatever its size, so the step
 graph must be made of few, wide nodes. Ops therefore declare their stream face as a share of a
 family kernel (ops.py: `family` and the op's parameters) and the pipeline builds one kernel per
 family and layer: all lags, deltas and rolling windows read one shared history buffer, all EWMs
@@ -8,12 +8,13 @@ update as one vector with per-column alphas, and so on. A kernel's outputs are i
 in op order within each kind (the kernel's `names`).
 
 Kernel contract: `init_state(batch)` (zeros = new sequence) and
-`forward(w[B, T, C], count[B, 1, 1], fresh[B, 1, 1], state) -> (y, new_state)`, where `count` is how
-many steps of the sequence came before this chunk (one counter, kept by the pipeline), `fresh`
-is `count == 0` (computed once for all kernels), and y is one [B, T, n] tensor or a list of
-them (the layer concatenates every kernel's blocks in one node). A name None in `names` marks a
-spare output: computing a statistic for every row of a block and letting the pipeline's final
-gather drop the unused ones costs no node, while selecting the used rows would cost one each.
+`forward(w[B, T, C], count[B, 1, 1], fresh[B, 1, 1], state) -> (y, new_state)`, where
+`count` is how many steps of the sequence came before this chunk (one counter, kept by the
+pipeline), `fresh` is `count == 0` (computed once for all kernels), and y is one [B, T, n]
+tensor or a list of them (the layer concatenates every kernel's blocks in one node). A name
+None in `names` marks a spare output: computing a statistic for every row of a block and
+letting the pipeline's final gather drop the unused ones costs no node, while selecting the
+used rows would cost one each.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 from torch import Tensor, nn
 
 EPS = 1e-6  # denominators smaller than this in magnitude are replaced by +-EPS
-BIG = 3e38  # stands in for +-inf in masked min/max (float32 max is 3.4e38)
 
 
 def safe_div(num: Tensor, den: Tensor) -> Tensor:
