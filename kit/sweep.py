@@ -450,6 +450,12 @@ def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
     return cmd + (["--timeout", str(timeout)] if timeout else [])
 
 
+def worker_pythonpath() -> str:
+    """The workers import this very kit, installed or not (a checkout run with PYTHONPATH)."""
+    here = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: int,
                   timeout: float | None) -> None:
     """K worker processes on one study; the machine's threads shared between them."""
@@ -457,7 +463,8 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     make_study(setup.study_name, make_storage(setup.storage_url), setup.direction, setup.table,
                setup.base["train"]["epochs"])
     threads = max(1, (os.cpu_count() or 1) // workers)
-    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                        "PYTHONPATH": worker_pythonpath()}
     procs = [subprocess.Popen(worker_command(setup, exp, overrides, trials, timeout), env=env)
              for _ in range(workers)]
     try:
