@@ -423,6 +423,10 @@ def notebook(
     title: str | None = typer.Option(None, help="Notebook title (its slug follows)."),
     wheels: Path | None = typer.Option(None, help="Folder of .whl files to ship for offline "
                                        "pip installs."),
+    keep_columns: str = typer.Option("", help="Batch protocol: columns copied from each batch "
+                                     "into its answer, comma-separated (e.g. row_id)."),
+    rename: str = typer.Option("", help="Output columns renamed in the answers, "
+                               "OUTPUT=NEW comma-separated (e.g. t0=responder_6)."),
 ) -> None:
     """Write an offline Kaggle notebook submission: OUT/dataset (the package + metadata) and
     OUT/kernel (the notebook + metadata, internet off)."""
@@ -436,7 +440,8 @@ def notebook(
     out = out or submission.parent / f"{name}-kaggle"
     written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,
                              competition=competition, protocol=protocol, title=title,
-                             wheels=wheels)
+                             wheels=wheels, rename=rename,
+                             keep_columns=[c.strip() for c in keep_columns.split(",") if c.strip()])
     typer.echo(f"wrote {written['notebook']} ({protocol} protocol)\n"
                f"  kaggle datasets create -p {written['dataset']}\n"
                f"  kaggle kernels push -p {written['kernel']}")

@@ -18,6 +18,7 @@ solution.py in one of two protocols:
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -29,23 +30,45 @@ from kit.export.pack import PACK_FILES, hash_mismatches, read_manifest
 from kit.scoring.sandbox import prepare_submission
 
 PROTOCOLS = ("rows", "batch")
-SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{4,48})[a-z0-9]$")  # 6 to 50, lowercase and hyphens
+# Kaggle's documented limits: dataset slugs 3 to 50 characters, kernel slugs at least 5 (the
+# kaggle CLI refuses shorter ones); lowercase letters, digits and hyphens
+DATASET_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
+KERNEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{3,48}[a-z0-9]$")
 
 
 class NotebookError(KitError):
     """Bad notebook options (slugs, protocol) or a package that is not whole."""
 
 
-def _check_slug(kind: str, slug: str) -> str:
-    if not SLUG.match(slug):
-        raise NotebookError(f"{kind} {slug!r}: Kaggle slugs are 6 to 50 characters, lowercase "
+def _check_slug(kind: str, slug: str, pattern: re.Pattern, lengths: str) -> str:
+    if not pattern.match(slug):
+        raise NotebookError(f"{kind} {slug!r}: Kaggle wants {lengths} characters, lowercase "
                             "letters, digits and hyphens, not starting or ending with a hyphen")
     return slug
 
 
 def slugify(text: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return (slug + "-kit-submission")[:50].strip("-") if len(slug) < 6 else slug[:50].strip("-")
+    """Kaggle's clean-URL slug of a title: lowercase, every other run of characters a hyphen."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def default_title(name: str) -> str:
+    """'NAME kit submission', NAME cut so the title stays within Kaggle's 50 characters."""
+    suffix = " kit submission"
+    return name[:50 - len(suffix)].rstrip(" -_.") + suffix
+
+
+def parse_renames(text: str | None, outputs: list[str]) -> dict[str, str]:
+    """'t0=responder_6,t1=b' -> {"t0": "responder_6", "t1": "b"}, outputs checked."""
+    renames = {}
+    for item in filter(None, (text or "").split(",")):
+        old, sep, new = (part.strip() for part in item.partition("="))
+        if not sep or not new:
+            raise NotebookError(f"--rename {item!r}: write OUTPUT=NEW_NAME, e.g. t0=responder_6")
+        if old not in outputs:
+            raise NotebookError(f"--rename {item!r}: the package's outputs are {outputs}")
+        renames[old] = new
+    return renames
 
 
 def _cell(kind: str, text: str, index: int) -> dict:
@@ -65,7 +88,10 @@ import sys
 
 INPUT_ROOT = os.environ.get("KIT_INPUT_ROOT", "/kaggle/input")
 OUTPUT_DIR = os.environ.get("KIT_OUTPUT_DIR", "/kaggle/working")
-PROTOCOL = os.environ.get("KIT_PROTOCOL", "__PROTOCOL__")
+PROTOCOL = os.environ.get("KIT_PROTOCOL", "__PROTOCOL__")  # rows or batch
+PREDICTIONS_FILE = os.environ.get("KIT_PREDICTIONS_FILE", "predictions.csv")
+KEEP_COLUMNS = __KEEP__  # batch protocol: columns copied from each batch into its answer
+OUTPUT_NAMES = __NAMES__  # output columns renamed in the answers, e.g. {"t0": "responder_6"}
 
 
 def find_package(root):
@@ -111,15 +137,21 @@ ID, STEP, NEED = SPEC["id_col"], SPEC["step_col"], SPEC["need_col"]
 FEATURES, OUTPUTS = MANIFEST["inputs"], MANIFEST["outputs"]
 
 
+COLUMNS_OUT = [OUTPUT_NAMES.get(name, name) for name in OUTPUTS]
+
+
 def read_table(path):
-    try:
-        import polars as pl
+    """Polars unless $KIT_FRAME=pandas (or polars is missing): the frame type gateways send."""
+    if os.environ.get("KIT_FRAME", "polars") == "polars":
+        try:
+            import polars as pl
 
-        return pl.read_parquet(path)
-    except ImportError:
-        import pandas as pd
+            return pl.read_parquet(path)
+        except ImportError:
+            pass
+    import pandas as pd
 
-        return pd.read_parquet(path)
+    return pd.read_parquet(path)
 
 
 def find_test_file():
@@ -157,13 +189,17 @@ def run_rows(path):
 '''
 
 BATCH = r'''
-predictor = solution.BatchPredictor()
+predictor = None  # made on the first call: a rows run never loads a second session
 
 
-def predict(batch):
-    """One time step: a Polars/pandas frame with one row per live series id -> a frame with the
-    id and one column per output. New ids start fresh; absent ids keep their state."""
-    return predictor.predict(batch, id_col=ID, step_col=STEP)
+def predict(batch, *gateway_args):
+    """One time step: a Polars/pandas frame with one row per live series id -> a frame of the
+    same kind with KEEP_COLUMNS, the id and one column per output. New ids start fresh; absent
+    ids keep their state. Further gateway arguments (e.g. Jane Street's lags) are ignored."""
+    global predictor
+    predictor = predictor or solution.BatchPredictor()
+    extra = {"keep": KEEP_COLUMNS, "names": OUTPUT_NAMES} if KEEP_COLUMNS or OUTPUT_NAMES else {}
+    return predictor.predict(batch, id_col=ID, step_col=STEP, **extra)
 
 
 def run_batch(path):
@@ -175,9 +211,9 @@ def run_batch(path):
     keys, preds = [], []
     boundaries = np.flatnonzero(np.diff(steps[order])) + 1
     for chunk in np.split(order, boundaries):
-        batch = table[chunk] if hasattr(table, "filter") else table.iloc[chunk]
+        batch = table[chunk] if type(table).__module__.startswith("polars") else table.iloc[chunk]
         out = predict(batch)
-        y = np.column_stack([np.asarray(out[c], dtype=np.float64) for c in OUTPUTS])
+        y = np.column_stack([np.asarray(out[c], dtype=np.float64) for c in COLUMNS_OUT])
         ids = np.asarray(out[ID])
         for j, i in enumerate(chunk):
             if need[i]:
@@ -193,6 +229,13 @@ def serve_if_competition_rerun():
     import importlib
     import pkgutil
 
+    # the competition's files ship kaggle_evaluation/: import it from there
+    for pattern in ("*", os.path.join("*", "*")):
+        for init in glob.glob(os.path.join(INPUT_ROOT, pattern, "kaggle_evaluation",
+                                           "__init__.py")):
+            folder = os.path.dirname(os.path.dirname(init))
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
     import kaggle_evaluation
 
     for info in pkgutil.iter_modules(kaggle_evaluation.__path__):
@@ -210,32 +253,46 @@ if PROTOCOL == "batch" and serve_if_competition_rerun():
     print("served predict() to the competition's inference server")
 else:
     test_file = find_test_file()
+    if PROTOCOL not in ("rows", "batch"):
+        raise ValueError(f"KIT_PROTOCOL={PROTOCOL!r}: rows or batch")
     keys, preds = (run_batch if PROTOCOL == "batch" else run_rows)(test_file)
     os.makedirs(OUTPUT_DIR, exist_ok=True)
-    out_path = os.path.join(OUTPUT_DIR, "predictions.csv")
+    out_path = os.path.join(OUTPUT_DIR, PREDICTIONS_FILE)
     with open(out_path, "w") as fh:
-        fh.write(",".join([ID, STEP, *OUTPUTS]) + "\n")
+        fh.write(",".join([ID, STEP, *COLUMNS_OUT]) + "\n")
         for (seq, step), row in zip(keys, preds):
             fh.write(f"{int(seq)},{int(step)}," + ",".join(repr(float(v)) for v in row) + "\n")
     print(f"{len(preds):,} predictions ({PROTOCOL} protocol) written to {out_path}")
 '''
 
 
-def notebook_json(protocol: str, title: str) -> dict:
+def _answers_gateways(solution: Path) -> bool:
+    """Whether the package's BatchPredictor.predict takes keep= and names= (newer packs)."""
+    tree = ast.parse(solution.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "BatchPredictor":
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "predict":
+                    return {"keep", "names"} <= {a.arg for a in item.args.args}
+    return False
+
+
+def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
+                  renames: dict[str, str] | None = None) -> dict:
+    """Both protocols are in every notebook, so $KIT_PROTOCOL can switch between them."""
+    setup = (SETUP.replace("__PROTOCOL__", protocol).replace("__KEEP__", repr(list(keep or [])))
+             .replace("__NAMES__", repr(dict(renames or {}))))
     sources = [
         ("markdown", f"# {title}\n\nGenerated by kit (`kit notebook`): runs a kit package "
                      f"offline, protocol `{protocol}`. Nothing is downloaded."),
-        ("code", SETUP.replace("__PROTOCOL__", protocol)),
+        ("code", setup),
         ("code", WHEELS),
         ("code", LOAD),
-        ("code", ROWS if protocol == "rows" else BATCH),
+        ("code", ROWS),
+        ("code", BATCH),
         ("code", RUN),
     ]
     cells = [_cell(kind, text, i) for i, (kind, text) in enumerate(sources)]
-    if protocol == "rows":  # the last cell names the batch protocol's functions too
-        cells[4]["source"][-1] += "\n"
-        cells[4]["source"] += ["\n", "run_batch = None\n",
-                               "serve_if_competition_rerun = lambda: False\n"]
     return {"cells": cells, "metadata": {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
@@ -256,7 +313,8 @@ def default_owner() -> str | None:
 
 def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str | None = None,
                    competition: str | None = None, protocol: str = "rows",
-                   title: str | None = None, wheels: Path | None = None) -> dict:
+                   title: str | None = None, wheels: Path | None = None,
+                   keep_columns: list[str] | None = None, rename: str | None = None) -> dict:
     """Write OUT/dataset/ and OUT/kernel/; returns the paths and the two metadata documents."""
     if protocol not in PROTOCOLS:
         raise NotebookError(f"--protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
@@ -264,18 +322,28 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     submission, out = Path(submission), Path(out)
     name = submission.name.removesuffix(".zip")
-    dataset_slug = _check_slug("--dataset-slug", dataset_slug or slugify(f"{name}-package"))
-    title = title or f"{name} kit submission"
-    kernel_slug = _check_slug("kernel title", slugify(title))
+    dataset_slug = _check_slug("--dataset-slug", dataset_slug or slugify(f"{name}-package")[:50],
+                               DATASET_SLUG, "3 to 50")
+    title = title or default_title(name)
+    if not 5 <= len(title) <= 50:
+        raise NotebookError(f"--title {title!r}: Kaggle kernel titles are 5 to 50 characters")
+    # Kaggle derives the kernel's slug from its title: the id must be exactly that slug
+    kernel_slug = _check_slug(f"--title {title!r} gives the kernel slug", slugify(title),
+                              KERNEL_SLUG, "5 to 50")
     if competition is not None and not re.match(r"^[a-z0-9][a-z0-9-]*$", competition):
         raise NotebookError(f"--competition {competition!r}: a competition's URL slug, e.g. "
                             "jane-street-real-time-market-data-forecasting")
     dataset, kernel = out / "dataset", out / "kernel"
     with tempfile.TemporaryDirectory(prefix="kit-notebook-") as tmp:
         source = prepare_submission(submission, Path(tmp) / "package")  # a zip is extracted
-        bad = hash_mismatches(source, read_manifest(source))
+        manifest = read_manifest(source)
+        bad = hash_mismatches(source, manifest)
         if bad:
             raise NotebookError(f"{submission}: {'; '.join(bad)}; re-pack it")
+        renames = parse_renames(rename, manifest["outputs"])
+        if (keep_columns or renames) and not _answers_gateways(source / "solution.py"):
+            raise NotebookError(f"{submission}: its solution.py predates --keep-columns and "
+                                "--rename; re-pack the run with this kit (kit pack)")
         for folder in (dataset, kernel):  # only what this command writes is replaced
             shutil.rmtree(folder, ignore_errors=True)
         dataset.mkdir(parents=True)
@@ -293,7 +361,8 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     (dataset / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n")
     kernel.mkdir(parents=True)
     code_file = "notebook.ipynb"
-    (kernel / code_file).write_text(json.dumps(notebook_json(protocol, title), indent=1) + "\n")
+    document = notebook_json(protocol, title, keep_columns, renames)
+    (kernel / code_file).write_text(json.dumps(document, indent=1) + "\n")
     kernel_meta = {
         "id": f"{owner}/{kernel_slug}", "title": title, "code_file": code_file,
         "language": "python", "kernel_type": "notebook", "is_private": True,

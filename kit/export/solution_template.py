@@ -234,13 +234,17 @@ class BatchPredictor:
             state[tuple(index)] = value
         return y
 
-    def predict(self, batch, id_col=None, step_col=None):
+    def predict(self, batch, id_col=None, step_col=None, keep=(), names=None):
         """A Polars or pandas frame with one row per series id for one time step -> a frame of
-        the same kind: the id column and one column per output."""
+        the same kind: the columns in keep that the batch has (e.g. a gateway's row_id),
+        the id column and one column per output (renamed by names, {output: new name})."""
         spec = self.manifest.get("spec", {})
         id_col = id_col or spec.get("id_col", "seq_ix")
         step_col = step_col or spec.get("step_col")
         columns = self.manifest.get("inputs")
+        if not columns:
+            raise ValueError("predict(frame) needs the package's manifest.json (its feature "
+                             "columns); without it call predict_arrays(ids, features)")
         outputs = self.manifest.get("outputs") or [f"y{k}" for k in range(self.n_outputs)]
         ids = np.asarray(batch[id_col])
         steps = np.asarray(batch[step_col]) if step_col and step_col in batch.columns else None
@@ -249,7 +253,10 @@ class BatchPredictor:
         else:
             features = batch[columns].to_numpy()
         y = self.predict_arrays(ids, features, steps)
-        data = {id_col: ids, **{name: y[:, k] for k, name in enumerate(outputs)}}
+        names = names or {}
+        kept = [c for c in keep if c in batch.columns and c != id_col]  # a local replay may
+        data = {**{c: np.asarray(batch[c]) for c in kept}, id_col: ids,  # lack a gateway's
+                **{names.get(name, name): y[:, k] for k, name in enumerate(outputs)}}
         if type(batch).__module__.startswith("polars"):
             import polars as pl
 
