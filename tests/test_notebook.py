@@ -3,8 +3,11 @@ executed for real (nbclient, a local kernel) against kit score's predictions."""
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -194,10 +197,49 @@ def _kaggle_input(tmp_path: Path, workspace: Path, dataset: Path) -> Path:
     return root
 
 
-def _execute(notebook_path: Path, cwd: Path) -> None:
+# Loaded by every Python process of the notebook run (the kernel, any pip it starts): only
+# loopback connections (the kernel's own channels) are allowed, so a notebook that reaches for
+# the network fails the test instead of quietly downloading.
+NO_NETWORK = """
+import socket
+
+_connect, _connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+
+def _check(sock, address):
+    host = address[0] if isinstance(address, tuple) else None
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in (
+            "127.0.0.1", "::1", "localhost"):
+        raise OSError(f"network blocked in the notebook test: {address}")
+
+
+def _loopback_only(self, address):
+    _check(self, address)
+    return _connect(self, address)
+
+
+def _loopback_only_ex(self, address):
+    _check(self, address)
+    return _connect_ex(self, address)
+
+
+socket.socket.connect, socket.socket.connect_ex = _loopback_only, _loopback_only_ex
+"""
+
+
+def _execute(notebook_path: Path, cwd: Path, monkeypatch) -> None:
     import nbformat
     from nbclient import NotebookClient
 
+    guard = cwd / "no-network"
+    guard.mkdir(exist_ok=True)
+    (guard / "sitecustomize.py").write_text(NO_NETWORK)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(guard), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    probe = subprocess.run([sys.executable, "-c", "import socket; "
+                            "socket.create_connection(('192.0.2.1', 80), timeout=1)"],
+                           capture_output=True, text=True)
+    assert "network blocked in the notebook test" in probe.stderr, probe.stderr  # guard is on
     notebook = nbformat.read(str(notebook_path), as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(cwd)}}).execute()
@@ -220,7 +262,7 @@ def test_the_notebook_runs_offline_and_matches_kit_score(workspace, package, tmp
     monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path)
+    _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
     got = pl.read_csv(tmp_path / "working/predictions.csv").sort(["seq_ix", "step_in_seq"])
     valid = workspace / "data/valid.parquet"
     scored = score_submission(package.zip_path, valid, _spec(package),
@@ -270,7 +312,7 @@ def test_the_batch_notebook_hands_predict_to_the_competitions_inference_server(
                        "GATEWAY_TEST_FILE": valid,
                        "GATEWAY_ANSWERS": tmp_path / "answers.parquet"}.items():
         monkeypatch.setenv(key, str(value))
-    _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path)
+    _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
     answers = pl.read_parquet(tmp_path / "answers.parquet")
     assert answers.columns == ["row_id", "seq_ix", "responder_6", "t1"]
     frame = pl.read_parquet(valid).with_row_index("row_id")
