@@ -2,15 +2,17 @@
 
 Trains the cumulative ladder (a, a+b, a+b+c) and the leave-one-group-out variants (all but a,
 all but b, ...; skipped when there is a single group), each with every seed, as ordinary runs
-under runs/<exp>/ablate-<label>-s<seed>/, then prints per-target validation scores averaged
-over seeds, with the change each group brings: in the ladder, against the rung below; leaving
-a group out, against the full set (positive = the group helps).
+under runs/<exp>/ablate-<stamp>-<label>-s<seed>/, then prints the validation score and the
+per-target scores averaged over seeds, each with the change the group brings: in the ladder,
+against the rung below; leaving a group out, against the full set (positive = the group helps,
+whichever way the metric points).
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,10 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     except FeatureConfigError as exc:
         raise ConfigError(f"--groups: {exc}") from None
     seeds = seeds or [base["seed"]]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: distinct seeds, got {seeds} (a repeat trains the same run)")
+    # unique per ablation: two started in the same second never share run folders
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     results = []
     for kind, label, chosen in variants(groups):
         scores = []
@@ -62,32 +67,48 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     sign = 1.0 if load_spec(base["spec"]).metric.higher_is_better else -1.0
     summary = {"experiment": base["name"], "groups": groups, "seeds": seeds, "sign": sign,
                "metric": load_spec(base["spec"]).metric.name, "variants": results}
+    summary["changes"] = changes(summary)
     out = runs_dir / base["name"] / f"ablate-{stamp}.json"
     out.write_text(json.dumps(summary, indent=2))
     summary["file"] = str(out)
     return summary
 
 
-def format_ablation(summary: dict) -> str:
-    rows = summary["variants"]
-    targets = list(rows[0]["per_target"])
+def changes(summary: dict) -> list[dict | None]:
+    """Per variant, what its group brings ({"score": .., target: ..}), signed so that positive
+    always helps: a ladder rung against the rung below (None for the first), a leave-one-out
+    variant against the full set."""
+    rows, sign = summary["variants"], summary["sign"]
     full = next(r for r in rows if r["kind"] == "ladder" and
                 len(r["groups"]) == len(summary["groups"]))
-    width = max(12, *(len(r["label"]) for r in rows))
-    lines = [f"ablation of {summary['experiment']} over seeds {summary['seeds']}",
-             f"{'variant':<{width}} {'score':>9}" + "".join(f"{t:>9}" for t in targets)
-             + f"{'change':>10}  (ladder: vs the rung below; -g: what g brings to the full set; "
-             "positive = better)"]
-    sign = summary["sign"]  # -1 where lower is better: a positive change always helps
-    previous = None
+
+    def values(row: dict) -> dict:
+        return {"score": row["score"], **row["per_target"]}
+
+    out, previous = [], None
     for r in rows:
         if r["kind"] == "ladder":
-            change = None if previous is None else sign * (r["score"] - previous["score"])
+            better, worse = values(r), None if previous is None else values(previous)
             previous = r
         else:
-            change = sign * (full["score"] - r["score"])
-        cell = "" if change is None else f"{change:+10.4f}"
-        lines.append(f"{r['label']:<{width}} {r['score']:>9.4f}"
-                     + "".join(f"{r['per_target'][t]:>9.4f}" for t in targets) + cell)
+            better, worse = values(full), values(r)
+        out.append(None if worse is None else {k: sign * (better[k] - worse[k]) for k in better})
+    return out
+
+
+def format_ablation(summary: dict) -> str:
+    rows = summary["variants"]
+    keys = ["score", *rows[0]["per_target"]]
+    width = max(12, *(len(r["label"]) for r in rows))
+    lines = [f"ablation of {summary['experiment']} over seeds {summary['seeds']} (means)",
+             f"{'variant':<{width}}" + "".join(f"{k:>9}" for k in keys) + "   "
+             + "".join(f"{'change ' + k:>14}" for k in keys),
+             "(change: ladder vs the rung below; -g: what g brings to the full set; "
+             "positive = better)"]
+    for r, change in zip(rows, changes(summary), strict=True):
+        values = {"score": r["score"], **r["per_target"]}
+        cells = "" if change is None else "".join(f"{change[k]:>+14.4f}" for k in keys)
+        lines.append(f"{r['label']:<{width}}" + "".join(f"{values[k]:>9.4f}" for k in keys)
+                     + "   " + cells)
     lines.append(f"wrote {summary['file']}")
     return "\n".join(lines)

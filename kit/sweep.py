@@ -10,6 +10,7 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
     trials = 30                      # default for --trials
     pruner = "median"                # median | hyperband | none
     sampler = "tpe"                  # tpe | random
+    seed = 7                         # optional: reproducible proposals (worker i: seed + i)
     [sweep.params]
     "train.lr" = { type = "float", low = 1e-4, high = 1e-2, log = true }
     "model.hidden" = { type = "int", low = 32, high = 256, step = 32 }
@@ -38,6 +39,7 @@ from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
 
 KINDS = ("float", "int", "categorical")
+TABLE_KEYS = ("trials", "pruner", "sampler", "seed", "params")
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random")
 # RDB storages: a worker silent for 2 heartbeats has its running trial marked failed by the
@@ -71,8 +73,27 @@ class Param:
         return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
 
 
+def check_table(table: dict) -> None:
+    """The [sweep] keys around the params: unknown ones (a typo would be silently ignored) and
+    bad values fail naming the key."""
+    unknown = sorted(set(table) - set(TABLE_KEYS))
+    if unknown:
+        raise SweepError(f"[sweep]: unknown key(s) {unknown}; allowed: {list(TABLE_KEYS)}")
+    for key in ("trials", "seed"):
+        value = table.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < (1 if key == "trials" else 0)):
+            raise SweepError(f"sweep.{key}: a {'positive' if key == 'trials' else 'non-negative'}"
+                             f" integer, got {value!r}")
+    if table.get("pruner", "median") not in PRUNERS:
+        raise SweepError(f"sweep.pruner: one of {list(PRUNERS)}, got {table['pruner']!r}")
+    if table.get("sampler", "tpe") not in SAMPLERS:
+        raise SweepError(f"sweep.sampler: one of {list(SAMPLERS)}, got {table['sampler']!r}")
+
+
 def parse_space(table: dict) -> list[Param]:
     """[sweep.params] -> Params; each error names `sweep.params."NAME"` and what is wrong."""
+    check_table(table)
     raw = table.get("params")
     if not isinstance(raw, dict) or not raw:
         raise SweepError("[sweep.params] is missing or empty: declare at least one parameter, "
@@ -281,24 +302,28 @@ def _sqlite_pragmas() -> None:
         event.listen(Engine, "connect", _on_sqlite_connect)
 
 
+def sampler_seed(table: dict) -> int | None:
+    """sweep.seed + this worker's index (run_processes numbers its workers), so workers never
+    propose the same points; no seed: fresh entropy per worker, on any number of machines
+    (a pid seed would repeat across machines and containers)."""
+    seed = table.get("seed")
+    return None if seed is None else seed + int(os.environ.get("KIT_SWEEP_WORKER", "0"))
+
+
 def make_study(name: str, storage, direction: str, table: dict, epochs: int):
     import optuna
 
-    pruner_name = table.get("pruner", "median")
-    if pruner_name not in PRUNERS:
-        raise SweepError(f"sweep.pruner: one of {list(PRUNERS)}, got {pruner_name!r}")
-    sampler_name = table.get("sampler", "tpe")
-    if sampler_name not in SAMPLERS:
-        raise SweepError(f"sweep.sampler: one of {list(SAMPLERS)}, got {sampler_name!r}")
+    check_table(table)
+    pruner_name, sampler_name = table.get("pruner", "median"), table.get("sampler", "tpe")
     pruner = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1,
                                                             max_resource=max(epochs, 1)),
         "none": optuna.pruners.NopPruner,
     }[pruner_name]()
-    # each worker its own sampler seed (pid): two workers must not propose the same points
-    sampler = (optuna.samplers.TPESampler(seed=os.getpid()) if sampler_name == "tpe"
-               else optuna.samplers.RandomSampler(seed=os.getpid()))
+    seed = sampler_seed(table)
+    sampler = (optuna.samplers.TPESampler(seed=seed) if sampler_name == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
     return optuna.create_study(study_name=name, storage=storage, direction=direction,
                                pruner=pruner, sampler=sampler, load_if_exists=True)
 
@@ -323,6 +348,7 @@ class SweepSetup:
     study_name: str
     storage_url: str
     runs_dir: Path
+    overrides: list[str] = field(default_factory=list)
 
 
 def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: str | None,
@@ -339,7 +365,7 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     name = base["name"]
     return SweepSetup(exp.removeprefix("exp="), name, base, params, table, direction,
                       study or name,
-                      storage or default_storage(name, runs_dir), runs_dir)
+                      storage or default_storage(name, runs_dir), runs_dir, list(overrides or []))
 
 
 class GracefulInterrupt:
@@ -465,14 +491,23 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath()}
-    procs = [subprocess.Popen(worker_command(setup, exp, overrides, trials, timeout), env=env)
-             for _ in range(workers)]
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            p.wait()
-        raise
+    # each worker in its own session: a Ctrl-C reaches only this process, which passes exactly
+    # one SIGINT on to every worker (graceful: the end of the epoch), a second one too (now)
+    procs = [subprocess.Popen(worker_command(setup, exp, overrides, trials, timeout),
+                              env=env | {"KIT_SWEEP_WORKER": str(i)}, start_new_session=True)
+             for i in range(workers)]
+    interrupted = False
+    while True:
+        try:
+            codes = [p.wait() for p in procs]
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+    if interrupted:
+        raise KeyboardInterrupt
     if any(codes):
         raise SweepError(f"worker exit codes {codes}; the study keeps every finished trial: "
                          "re-run the same command to continue")
@@ -516,15 +551,27 @@ def write_best(setup: SweepSetup, trial) -> Path:
     doc: dict = {"extends": source,
                  "description": f"best trial #{trial.number} of sweep {setup.study_name!r} "
                                 f"(score {trial.value:.5f})"}
-    for name in values:
-        top = name.split(".")[0]
-        if top in config and isinstance(config[top], dict):
+    # the swept sections and those changed on the command line (the trials trained with them)
+    touched = [name.split(".")[0] for name in values]
+    touched += [text.split("=", 1)[0].split(".")[0] for text in setup.overrides]
+    for top in dict.fromkeys(touched):
+        if top == "sweep" or top not in config:
+            continue
+        if isinstance(config[top], dict):
             doc[top] = {k: v for k, v in config[top].items() if v is not None}
         else:
             doc[top] = config[top]
-    path = experiments_dir() / f"{setup.experiment}_best.toml"
+    path = experiments_dir() / f"{best_name(setup)}.toml"
     path.write_text(tomli_w.dumps(doc))
     return path
+
+
+def best_name(setup: SweepSetup) -> str:
+    """EXP_best, or EXP_STUDY_best for a study named otherwise (two studies, two files)."""
+    if setup.study_name == setup.experiment:
+        return f"{setup.experiment}_best"
+    study = "".join(c if c.isalnum() or c in "-_" else "-" for c in setup.study_name)
+    return f"{setup.experiment}_{study}_best"
 
 
 def format_summary(summary: dict) -> str:

@@ -47,11 +47,30 @@ class LocalPostgres:
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.user = PG_USER if os.geteuid() == 0 else None
 
+    def _as_user(self, cmd: list[str]) -> list[str]:
+        return ["runuser", "-u", self.user, "--", *cmd] if self.user else cmd
+
     def _run(self, *args: str) -> None:
-        cmd = [str(self.bin / args[0]), *args[1:]]
-        if self.user:
-            cmd = ["runuser", "-u", self.user, "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
+        cmd = self._as_user([str(self.bin / args[0]), *args[1:]])
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if done.returncode:  # say why: a bare exit status hides initdb's reason
+            raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n"
+                               f"{done.stdout}{done.stderr}")
+
+    def _reachable_binaries(self) -> None:
+        """A wheel installed under /root (mode 700) cannot be run by the cluster's user: run a
+        copy in the test folder instead (about 40 MB, a fraction of a second), laid out as in
+        site-packages because the wheel's binaries find their libraries at
+        $ORIGIN/../../../pgserver.libs."""
+        probe = subprocess.run(self._as_user(["test", "-x", str(self.bin / "initdb")]))
+        if probe.returncode != 0:
+            install = self.bin.parent
+            site = self.root / "site"
+            shutil.copytree(install, site / install.parent.name / install.name, symlinks=True)
+            libs = install.parent.parent / "pgserver.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, site / libs.name, symlinks=True)
+            self.bin = site / install.parent.name / install.name / "bin"
 
     def start(self) -> LocalPostgres:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -64,11 +83,12 @@ class LocalPostgres:
                 if parent == Path("/"):
                     break
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
+            self._reachable_binaries()
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
         self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.root / "log"), "-o",
                   f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start")
         return self
 
     def stop(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
+        with contextlib.suppress(RuntimeError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")

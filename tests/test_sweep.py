@@ -116,6 +116,28 @@ def test_bad_search_space_entries_are_named(entry, message):
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("table, message", [
+    ({"trails": 30}, "[sweep]: unknown key(s) ['trails']"),
+    ({"trials": "many"}, "sweep.trials: a positive integer, got 'many'"),
+    ({"trials": 0}, "sweep.trials: a positive integer"),
+    ({"seed": -1}, "sweep.seed: a non-negative integer"),
+    ({"pruner": "asha"}, "sweep.pruner: one of"),
+    ({"sampler": "cmaes"}, "sweep.sampler: one of"),
+])
+def test_bad_sweep_table_keys_are_named(sweep_env, table, message):
+    with pytest.raises(SweepError) as info:
+        parse_space({**SPACE, **table})
+    assert message in str(info.value)
+    path = sweep_env / "experiments" / "tiny.toml"
+    import tomllib
+
+    doc = tomllib.loads(path.read_text())
+    doc["sweep"] = {**SPACE, **table}
+    path.write_text(tomli_w.dumps(doc))
+    assert message in run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
+    assert not (sweep_env / "runs").exists()  # failed before anything was created
+
+
 @pytest.mark.parametrize("name, entry, message", [
     ("train.lrr", {"type": "float", "low": 1e-3, "high": 1e-2}, "train.lrr"),
     ("model.hidden", {"type": "int", "low": 0, "high": 8}, "model.hidden"),
@@ -132,10 +154,9 @@ def test_invalid_experiments_in_the_space_fail_before_training(sweep_env, name, 
     with pytest.raises(SweepError, match=message) as info:
         prepare("tiny", None, None, None)
     assert f'sweep.params."{name}"' in str(info.value)
-    assert not (sweep_env / "runs" / "tiny").exists() or not any(
-        p.is_dir() for p in (sweep_env / "runs" / "tiny").iterdir())
     result = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2)
     assert f'sweep.params."{name}"' in result.output
+    assert not (sweep_env / "runs").exists()  # no study, no run: it failed before training
 
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -302,3 +323,75 @@ def test_the_best_experiment_extends_a_sweep_given_by_path(sweep_env):
     best = tomllib.loads((sweep_env / "experiments" / "tiny_best.toml").read_text())
     assert best["extends"] == str(path.resolve())
     assert load_experiment("tiny_best")["model"]["type"] in ("gru", "attention_gru")
+
+
+def test_the_median_pruner_stops_a_trial_below_the_median(sweep_env):
+    """The real MedianPruner (3 startup trials, 2 warm-up steps). Three trials with lr 1e-12
+    keep the initial model's score at every epoch; a fourth with lr 0.01 moves away from it
+    (on this tiny data, downwards). It must be pruned at the first step >= 2 where its report
+    is below the others' median, and not before."""
+    path = sweep_env / "experiments" / "tiny.toml"
+    import tomllib
+
+    doc = tomllib.loads(path.read_text())
+    doc["train"] = {**doc["train"], "epochs": 4, "patience": 10}
+    doc["sweep"] = {"pruner": "median", "params": {
+        "train.lr": {"type": "categorical", "choices": [0.01, 1e-12]}}}
+    path.write_text(tomli_w.dumps(doc))
+    setup = prepare("tiny", None, None, None)
+    from kit.sweep import make_study
+
+    study = make_study("tiny", make_storage(setup.storage_url), setup.direction, setup.table, 4)
+    for lr in (1e-12, 1e-12, 1e-12, 0.01):
+        study.enqueue_trial({"train.lr": lr})
+    sweep("tiny", trials=4, progress=False)
+    trials = _study(setup.storage_url).get_trials()
+    assert [t.state for t in trials[:3]] == [TrialState.COMPLETE] * 3
+    flat = trials[0].intermediate_values  # the three are the same run
+    moving = trials[3].intermediate_values
+    below = [step for step in sorted(flat) if step >= 2 and step in moving
+             and moving[step] < flat[step]]
+    assert below, f"precondition: the lr 0.01 trial never fell below the others: {moving}"
+    assert trials[3].state == TrialState.PRUNED
+    assert max(moving) == below[0]  # stopped at the first step below the median
+
+
+def test_hyperband_random_sampler_named_study_timeout_and_overrides_in_the_best_file(
+        sweep_env):
+    out = run_cli("sweep", "exp=tiny", "sweep.pruner=\"hyperband\"", "sweep.sampler=\"random\"",
+                  "sweep.seed=3", "train.batch_size=4", "--study", "hb", "--timeout", 600,
+                  "--trials", 2, "-q").output
+    trials = _study(_sqlite(sweep_env), "hb").get_trials()
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+    assert all(Path(t.user_attrs["run_dir"]).name.startswith("hb-t") for t in trials)
+    # a study named otherwise has its own best file, which keeps the command-line overrides
+    assert "just train exp=tiny_hb_best" in out
+    best = load_experiment("tiny_hb_best")
+    assert best["train"]["batch_size"] == 4
+    assert not (sweep_env / "experiments" / "tiny_best.toml").exists()
+
+
+def test_sampler_seeds_reproduce_and_differ_per_worker(sweep_env, monkeypatch):
+    from kit.sweep import make_study
+
+    setup = prepare("tiny", None, None, None)
+
+    def first_params(name: str, table: dict) -> dict:
+        study = make_study(name, optuna.storages.InMemoryStorage(), setup.direction, table, 2)
+        trial = study.ask()
+        from kit.sweep import suggest
+
+        return suggest(trial, setup.params, setup.base)
+
+    seeded = {**setup.table, "sampler": "random", "seed": 11}
+    first = first_params("a", seeded)
+    assert first_params("b", seeded) == first  # reproducible
+    monkeypatch.setenv("KIT_SWEEP_WORKER", "1")  # the second worker of run_processes
+    second = first_params("c", seeded)
+    assert second != first  # another worker, other points
+    monkeypatch.setenv("KIT_SWEEP_WORKER", "0")
+    assert first_params("d", {**seeded, "seed": 12}) == second  # worker i: seed + i
+    monkeypatch.delenv("KIT_SWEEP_WORKER")
+    unseeded = {**setup.table, "sampler": "random"}
+    draws = [first_params(f"u{i}", unseeded)["train.lr"] for i in range(3)]
+    assert len(set(draws)) == 3  # fresh entropy: no two workers (or machines) alike
