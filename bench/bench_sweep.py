@@ -5,27 +5,31 @@ steps; a trial takes about a second) and a GRU experiment with a [sweep] over tr
 model.hidden. Measured in this run:
 
 - direct: the trial configs, sampled up front from a RandomSampler study in memory, trained one
-  after another with `train_one` in a loop (what you would write by hand);
-- sweep: `sweep(exp, trials=N)` on a fresh SQLite study with the same RandomSampler seed and the
-  pruner off, so both train exactly the same configs (checked);
-- two workers: `sweep(..., workers=2)` on a fresh SQLite study (2 processes, 1 thread each) vs
-  the one-worker sweep: the speed-up on 2 cores.
+  after another with `train_one` in a loop (what you would write by hand), in a child process;
+- sweep: the `kit sweep bench --trials N` command in a child process, on a fresh SQLite study
+  with the same RandomSampler seed (sweep.seed) and the pruner off, so both train exactly the
+  same configs (checked). Both children pay the interpreter start and the imports;
+- two workers: `kit sweep ... --workers 2` on a fresh SQLite study (2 processes, 1 thread each)
+  vs the one-worker sweep: the speed-up on 2 cores.
 
 Goal (issue 7): sweep overhead <= 10% of the direct loop.
 
-    python bench/bench_sweep.py [--trials 16] [--epochs 3]
+    python bench/bench_sweep.py [--trials 16] [--epochs 3] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import tomli_w
-from common import emit
+from common import emit, run_child
 
 from kit.competition import load_spec
 from kit.data.synth import synthesize
@@ -42,6 +46,9 @@ clip = [-6.0, 6.0]
 """
 
 
+SEED = 11
+
+
 def write_experiment(root: Path, epochs: int) -> None:
     (root / "spec.toml").write_text(SPEC)
     synthesize(load_spec(str(root / "spec.toml")), root / "data", train_seqs=64, valid_seqs=16,
@@ -54,60 +61,102 @@ def write_experiment(root: Path, epochs: int) -> None:
                  "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
         "model": {"type": "gru", "hidden": 16, "layers": 1},
         "train": {"epochs": epochs, "batch_size": 8, "threads": 1},
-        "sweep": {"pruner": "none", "sampler": "random", "params": {
+        "sweep": {"pruner": "none", "sampler": "random", "seed": SEED, "params": {
             "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True},
             "model.hidden": {"type": "int", "low": 8, "high": 24, "step": 8}}},
     }))
+
+
+def sampled_configs(trials: int) -> list[dict]:
+    """The configs the sweep's worker 0 draws: a RandomSampler seeded with sweep.seed, asked in
+    the same order."""
+    import optuna
+
+    import kit.sweep as sw
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup = sw.prepare("bench", None, None, None)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=SEED),
+                                direction=setup.direction)
+    configs = []
+    for _ in range(trials):
+        trial = study.ask()
+        config = sw.trial_config(setup.base, sw.suggest(trial, setup.params, setup.base))
+        configs.append({k: v for k, v in config.items() if k != "sweep"})
+        study.tell(trial, 0.0)
+    return configs
+
+
+def direct_child(configs_file: Path, out: Path) -> None:
+    """The hand-written loop: train each config, print the scores as one JSON line."""
+    from kit.train.recipe import train_one
+    from kit.train.runs import RunFiles
+
+    configs = json.loads(configs_file.read_text())
+    scores = [train_one(config, RunFiles(out / str(i)), progress=False)["score"]
+              for i, config in enumerate(configs)]
+    print(json.dumps({"scores": scores}))
+
+
+def timed_sweep(root: Path, trials: int, workers: int, name: str) -> tuple[float, list]:
+    """`kit sweep` as a user runs it; its wall time and the finished trials of its study."""
+    import optuna
+
+    from kit.sweep import make_storage
+
+    url = f"sqlite:///{root / name}.db"
+    cmd = [sys.executable, "-m", "kit", "sweep", "bench", "--trials", str(trials), "--workers",
+           str(workers), "--storage", url, "--runs-dir", str(root / name), "-q"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stderr}")
+    study = optuna.load_study(study_name="bench", storage=make_storage(url))
+    return seconds, [t for t in study.get_trials() if t.value is not None]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--direct", nargs=2, type=Path, metavar=("CONFIGS", "OUT"),
+                        help=argparse.SUPPRESS)  # the child that runs the direct loop
     args = parser.parse_args()
+    if args.direct:
+        direct_child(*args.direct)
+        return
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = Path(tmp)
         write_experiment(root, args.epochs)
         os.environ["KIT_EXPERIMENTS"] = str(root / "experiments")
         os.chdir(root)
-        import optuna
+        configs = sampled_configs(args.trials)
+        (root / "configs.json").write_text(json.dumps(configs))
+        (root / "warm.json").write_text(json.dumps(configs[:1]))
+        child = [sys.executable, __file__, "--direct"]
+        run_child([*child, str(root / "warm.json"), str(root / "warm")])  # the array cache
+        # best of --repeats each, the order swapped every round: this machine's speed drifts by
+        # 10% over minutes, more than the overhead being measured
+        direct_times, sweep_times, scores, swept = [], [], [], []
 
-        import kit.sweep as sw
-        from kit.train.recipe import train_one
-        from kit.train.runs import RunFiles
+        def run_direct(r: int) -> None:
+            out = run_child([*child, str(root / "configs.json"), str(root / f"direct{r}")])
+            direct_times.append(out["child_wall_s"])
+            scores.append(sorted(round(s, 6) for s in out["scores"]))
 
-        # the same configs as the sweep's RandomSampler draws (seeded by the pid there)
-        setup = sw.prepare("bench", None, None, None)
-        sampler_seed = os.getpid()
-        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=sampler_seed),
-                                    direction=setup.direction)
-        configs = []
-        for _ in range(args.trials):
-            trial = study.ask()
-            configs.append(sw.trial_config(setup.base, sw.suggest(trial, setup.params,
-                                                                  setup.base)))
-            study.tell(trial, 0.0)
-        train_one({**configs[0], "sweep": {}}, RunFiles(root / "warm"), progress=False)  # cache
-        t0 = time.perf_counter()
-        direct_scores = []
-        for i, config in enumerate(configs):
-            config = {k: v for k, v in config.items() if k != "sweep"}
-            metrics = train_one(config, RunFiles(root / f"direct/{i}"), progress=False)
-            direct_scores.append(metrics["score"])
-        direct_s = time.perf_counter() - t0
+        def run_sweep(r: int) -> None:
+            seconds, trials = timed_sweep(root, args.trials, 1, f"one{r}")
+            sweep_times.append(seconds)
+            swept.append(sorted(round(t.value, 6) for t in trials))
 
-        t0 = time.perf_counter()
-        one = sw.sweep("bench", trials=args.trials, progress=False,
-                       storage=f"sqlite:///{root / 'one.db'}", runs_dir=root / "runs1")
-        sweep_s = time.perf_counter() - t0
-        swept = optuna.load_study(study_name="bench", storage=sw.make_storage(one["storage"]))
-        same = sorted(round(t.value, 6) for t in swept.get_trials()) == sorted(
-            round(s, 6) for s in direct_scores)
-
-        t0 = time.perf_counter()
-        sw.sweep("bench", trials=args.trials, workers=2, progress=False,
-                 storage=f"sqlite:///{root / 'two.db'}", runs_dir=root / "runs2")
-        two_s = time.perf_counter() - t0
+        for r in range(args.repeats):
+            for step in (run_direct, run_sweep) if r % 2 == 0 else (run_sweep, run_direct):
+                step(r)
+        same = all(s == scores[0] for s in scores + swept)
+        direct_s, sweep_s = min(direct_times), min(sweep_times)
+        two_s, two = timed_sweep(root, args.trials, 2, "two")
     overhead = sweep_s / direct_s - 1
     emit({
         "bench": "sweep",
@@ -115,13 +164,16 @@ def main() -> None:
         "epochs": args.epochs,
         "direct_s": round(direct_s, 2),
         "sweep_s": round(sweep_s, 2),
+        "direct_runs_s": [round(t, 2) for t in direct_times],
+        "sweep_runs_s": [round(t, 2) for t in sweep_times],
         "overhead": round(overhead, 3),
         "overhead_ms_per_trial": round(1000 * (sweep_s - direct_s) / args.trials, 1),
         "same_configs": same,
         "two_workers_s": round(two_s, 2),
+        "two_workers_trials": len(two),
         "two_worker_speedup": round(sweep_s / two_s, 2),
         "goal": {"overhead": 0.10},
-        "ok": overhead <= 0.10,
+        "ok": overhead <= 0.10 and same,
     })
 
 

@@ -496,21 +496,48 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     procs = [subprocess.Popen(worker_command(setup, exp, overrides, trials, timeout),
                               env=env | {"KIT_SWEEP_WORKER": str(i)}, start_new_session=True)
              for i in range(workers)]
-    interrupted = False
-    while True:
-        try:
-            codes = [p.wait() for p in procs]
-            break
-        except KeyboardInterrupt:
-            interrupted = True
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-    if interrupted:
-        raise KeyboardInterrupt
+    codes = wait_for_workers(procs)
     if any(codes):
         raise SweepError(f"worker exit codes {codes}; the study keeps every finished trial: "
                          "re-run the same command to continue")
+
+
+def wait_for_workers(procs: list[subprocess.Popen]) -> list[int]:
+    """Their exit codes. Ctrl-C here is passed on once to each live worker (which stops at the
+    end of its epoch) and raised once all have exited; a SIGTERM (a scheduler, `kill`) is
+    passed on as SIGTERM, so no worker outlives this process in its own session."""
+
+    def signal_live(signum: int) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def on_sigterm(signum, frame) -> None:
+        signal_live(signal.SIGTERM)
+        for p in procs:
+            p.wait()
+        raise SystemExit(128 + signal.SIGTERM)
+
+    main = threading.current_thread() is threading.main_thread()  # signal.signal needs it
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    interrupted = False
+    try:
+        while True:
+            try:
+                # polled, not a blocking wait(): a signal delivered to another of this process's
+                # threads (torch starts some) never wakes a waitpid, so it would go unnoticed
+                while any(p.poll() is None for p in procs):
+                    time.sleep(0.2)
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                signal_live(signal.SIGINT)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+    if interrupted:
+        raise KeyboardInterrupt
+    return [p.returncode for p in procs]
 
 
 def summarize(setup: SweepSetup, seconds: float) -> dict:

@@ -178,11 +178,32 @@ def _completed(url: str) -> int:
         return 0
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """A failed test must not leave an endless sweep running: SIGTERM (which kit sweep passes
+    on to its workers), then SIGKILL."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
 def _kit(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     """`python -m kit ARGS` from the test's folder; this checkout's kit, installed or not."""
     env = (env or dict(os.environ)) | {"PYTHONPATH": str(Path(__file__).parents[1])}
-    return subprocess.Popen([sys.executable, "-m", "kit", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "kit", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, **kwargs)
+    STARTED.append(proc)
+    return proc
 
 
 def _wait_for(predicate, timeout: float = 120, what: str = "") -> None:
@@ -208,6 +229,51 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(sweep_env):
     assert sum(s in FINISHED for s in states) < 5
     run_cli("sweep", "exp=tiny", "--trials", 5, "-q")
     assert sum(t.state in FINISHED for t in _study(url).get_trials()) == 5
+
+
+def _training(url: str) -> int:
+    """Trials running past their first epoch (0 while the study or its tables are not there)."""
+    try:
+        trials = _study(url).get_trials()
+    except Exception:
+        return 0
+    return sum(t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in trials)
+
+
+ENDLESS = ["train.epochs=100000", "train.patience=100000"]  # trials that only a signal ends
+
+
+def test_ctrl_c_with_workers_reaches_each_worker_once_and_the_study_resumes(sweep_env):
+    url = _sqlite(sweep_env)
+    proc = _kit("sweep", "exp=tiny", *ENDLESS, "--workers", "2", "--trials", "3", "-q",
+                start_new_session=True)
+    _wait_for(lambda: _training(url) == 2, what="both workers inside a trial")
+    # as from a terminal: SIGINT to the foreground group, which holds only the parent (each
+    # worker runs in its own session); the parent passes it on once to every worker
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    assert out.count("stopping at the end of this epoch") == 2, out  # once each, not twice
+    assert "run the same command again to resume" in out
+    trials = _study(url).get_trials()
+    assert len(trials) == 2 and TrialState.RUNNING not in [t.state for t in trials]
+    assert all(len(t.intermediate_values) >= 1 for t in trials)  # ended after an epoch
+    run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
+    assert sum(t.state in FINISHED for t in _study(url).get_trials()) == 3
+
+
+def test_a_terminated_sweep_takes_its_workers_with_it(sweep_env):
+    url = _sqlite(sweep_env)
+    proc = _kit("sweep", "exp=tiny", *ENDLESS, "--workers", "2", "--trials", "3", "-q")
+    _wait_for(lambda: _training(url) == 2, what="both workers inside a trial")
+    workers = {t.user_attrs["worker"] for t in _study(url).get_trials()}
+    assert len(workers) == 2
+    proc.terminate()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    for pid in workers:  # reaped by the parent: no orphan goes on writing to the study
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 # --- scale-out on PostgreSQL ---------------------------------------------------------------
@@ -238,28 +304,38 @@ def _create_database(server, name: str) -> str:
     return server.url.rsplit("/", 1)[0] + f"/{name}"
 
 
+def _accounted_for(root: Path, url: str, finished: int) -> list:
+    """Every trial exactly once: none failed or left running, at most one over the target (both
+    workers may start the last one), each with its own run folder, exactly the study's folders
+    on disk, and each complete trial's value the score its metrics.json holds."""
+    trials = _study(url).get_trials()
+    states = [t.state for t in trials]
+    assert TrialState.FAIL not in states and TrialState.RUNNING not in states, states
+    assert finished <= len(trials) <= finished + 1
+    run_dirs = {Path(t.user_attrs["run_dir"]).resolve() for t in trials}
+    assert len(run_dirs) == len(trials)
+    assert run_dirs == {p.resolve() for p in (root / "runs/tiny").glob("tiny-t*")}
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            metrics = json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())
+            assert metrics["score"] == pytest.approx(t.value, rel=1e-12)
+    return trials
+
+
 def test_two_workers_share_one_postgres_study_and_account_for_every_trial(sweep_env, postgres):
     url = _create_database(postgres, "two_workers")
     out = run_cli("sweep", "exp=tiny", "--trials", 6, "--workers", 2, "--storage", url).output
     assert "complete" in out
-    trials = _study(url).get_trials()
-    numbers = [t.number for t in trials]
-    assert sorted(numbers) == list(range(len(trials)))  # each trial once, none lost
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert 6 <= len(finished) <= 7  # both workers may start the last trial: at most one over
+    trials = _accounted_for(sweep_env, url, 6)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # really two processes
-    run_dirs = [t.user_attrs["run_dir"] for t in trials]
-    assert len(set(run_dirs)) == len(run_dirs)
-    assert all((Path(d) / "metrics.json").is_file() for d in run_dirs)
 
 
 def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
-        sweep_env, postgres, monkeypatch):
+        sweep_env, postgres):
     url = _create_database(postgres, "killed_worker")
     env = os.environ | {"KIT_SWEEP_HEARTBEAT_S": "1"}
     # a trial that cannot end by itself (no early stop) is sure to be killed mid-trial
-    endless = ["train.epochs=100000", "train.patience=100000"]
-    proc = _kit("sweep", "exp=tiny", *endless, "--trials", "3", "--storage", url, "-q", env=env)
+    proc = _kit("sweep", "exp=tiny", *ENDLESS, "--trials", "3", "--storage", url, "-q", env=env)
 
     def running() -> bool:
         if proc.poll() is not None:
@@ -271,34 +347,68 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
         return any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
 
     _wait_for(running, what="a trial past its first epoch")
-    proc.kill()
+    proc.kill()  # SIGKILL: no handler runs, the trial stays RUNNING until the heartbeat says
     proc.wait()
     killed = next(t for t in _study(url).get_trials() if t.state == TrialState.RUNNING)
     time.sleep(2.5)  # past the grace period of two missed heartbeats
-    monkeypatch.setenv("KIT_SWEEP_HEARTBEAT_S", "1")
-    import kit.sweep
-
-    monkeypatch.setattr(kit.sweep, "HEARTBEAT_S", 1)
-    sweep("tiny", ["train.epochs=2"], trials=3, storage=url, progress=False)
+    # a fresh worker process, as on another machine, with the same storage URL
+    restarted = _kit("sweep", "exp=tiny", "train.epochs=2", "--trials", "3", "--storage", url,
+                     "-q", env=env)
+    out, _ = restarted.communicate(timeout=300)
+    assert restarted.returncode == 0, out
     trials = {t.number: t for t in _study(url).get_trials()}
     assert trials[killed.number].state == TrialState.FAIL  # marked failed by the heartbeat
-    done = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    done = [t for t in trials.values() if t.state in FINISHED]
     assert len(done) == 3 and killed.number not in {t.number for t in done}
+    assert len({t.user_attrs["worker"] for t in trials.values()}) == 2  # killed + restarted
+    assert all(t.state in FINISHED for n, t in trials.items() if n != killed.number)
 
 
 # --- ablation ------------------------------------------------------------------------------
 
 
 def test_ablate_trains_the_ladder_and_the_leave_one_out_variants(sweep_env):
+    import tomllib
+
     out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs,ewm", "--seeds", "1,2",
                   "-q").output
-    for label in ("raw", "raw+diffs", "raw+diffs+ewm", "-raw", "-diffs", "-ewm"):
-        assert f"\n{label} " in out
-    runs = [p for p in (sweep_env / "runs/tiny").iterdir() if p.is_dir()]
-    assert len(runs) == 6 * 2  # six variants, two seeds
-    assert "change" in out and "wrote" in out
+    labels = ["raw", "raw+diffs", "raw+diffs+ewm", "-raw", "-diffs", "-ewm"]
+    (saved,) = (sweep_env / "runs/tiny").glob("ablate-*.json")
+    summary = json.loads(saved.read_text())
+    variants = {v["label"]: v for v in summary["variants"]}
+    assert list(variants) == labels
+    runs = {p.resolve() for p in (sweep_env / "runs/tiny").iterdir() if p.is_dir()}
+    assert len(runs) == 6 * 2  # six variants, two seeds, each an ordinary run
+    assert {Path(r).resolve() for v in variants.values() for r in v["runs"]} == runs
+    for v in variants.values():  # each figure the mean over its seeds' own metrics
+        metrics = [json.loads((Path(r) / "metrics.json").read_text()) for r in v["runs"]]
+        configs = [tomllib.loads((Path(r) / "config.toml").read_text()) for r in v["runs"]]
+        assert [c["seed"] for c in configs] == [1, 2]
+        assert all(c["features"]["groups"] == v["groups"] for c in configs)
+        assert v["score"] == pytest.approx(sum(m["score"] for m in metrics) / 2)
+        for target, value in v["per_target"].items():
+            assert value == pytest.approx(sum(m["per_target"][target] for m in metrics) / 2)
+    sign, change = summary["sign"], dict(zip(labels, summary["changes"], strict=True))
+    full = variants["raw+diffs+ewm"]
+    assert change["raw"] is None  # the first rung has nothing below it
+
+    def value(label: str, key: str) -> float:
+        row = variants[label]
+        return row["score"] if key == "score" else row["per_target"][key]
+
+    for key in ["score", *full["per_target"]]:
+        assert change["raw+diffs"][key] == pytest.approx(
+            sign * (value("raw+diffs", key) - value("raw", key)))
+        assert change["-diffs"][key] == pytest.approx(
+            sign * (value("raw+diffs+ewm", key) - value("-diffs", key)))
+    line = next(x for x in out.splitlines() if x.startswith("-diffs "))
+    assert f"{change['-diffs']['score']:+.4f}" in line  # the table prints what was stored
+    assert f"wrote {saved}" in out
     bad = run_cli("ablate", "exp=tiny", "--groups", "raw,nope", expect=2).output
     assert "nope" in bad
+    twice = run_cli("ablate", "exp=tiny", "--groups", "raw", "--seeds", "3,3", expect=2).output
+    assert "distinct seeds" in twice
+    assert {p.resolve() for p in (sweep_env / "runs/tiny").iterdir() if p.is_dir()} == runs
 
 
 def test_the_shipped_sweep_experiments_have_valid_spaces(monkeypatch):
