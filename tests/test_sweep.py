@@ -403,7 +403,7 @@ def test_ablate_trains_the_ladder_and_the_leave_one_out_variants(sweep_env):
             sign * (value("raw+diffs+ewm", key) - value("-diffs", key)))
     line = next(x for x in out.splitlines() if x.startswith("-diffs "))
     assert f"{change['-diffs']['score']:+.4f}" in line  # the table prints what was stored
-    assert f"wrote {saved}" in out
+    assert Path(out.rsplit("wrote ", 1)[1].strip()).resolve() == saved.resolve()
     bad = run_cli("ablate", "exp=tiny", "--groups", "raw,nope", expect=2).output
     assert "nope" in bad
     twice = run_cli("ablate", "exp=tiny", "--groups", "raw", "--seeds", "3,3", expect=2).output
