@@ -68,15 +68,16 @@ def write_experiment(root: Path, epochs: int) -> None:
 
 
 def sampled_configs(trials: int) -> list[dict]:
-    """The configs the sweep's worker 0 draws: a RandomSampler seeded with sweep.seed, asked in
-    the same order."""
+    """The configs the sweep's worker 0 draws on a fresh study: a RandomSampler seeded as it
+    seeds it, asked in the same order."""
     import optuna
 
     import kit.sweep as sw
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     setup = sw.prepare("bench", None, None, None)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=SEED),
+    seed = sw.sampler_seed(setup.table, existing=0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed),
                                 direction=setup.direction)
     configs = []
     for _ in range(trials):

@@ -10,7 +10,7 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
     trials = 30                      # default for --trials
     pruner = "median"                # median | hyperband | none
     sampler = "tpe"                  # tpe | random
-    seed = 7                         # optional: reproducible proposals (worker i: seed + i)
+    seed = 7                         # optional: reproducible proposals
     [sweep.params]
     "train.lr" = { type = "float", low = 1e-4, high = 1e-2, log = true }
     "model.hidden" = { type = "int", low = 32, high = 256, step = 32 }
@@ -302,30 +302,40 @@ def _sqlite_pragmas() -> None:
         event.listen(Engine, "connect", _on_sqlite_connect)
 
 
-def sampler_seed(table: dict) -> int | None:
-    """sweep.seed + this worker's index (run_processes numbers its workers), so workers never
-    propose the same points; no seed: fresh entropy per worker, on any number of machines
-    (a pid seed would repeat across machines and containers)."""
+def sampler_seed(table: dict, existing: int) -> int | None:
+    """The sampler's seed from sweep.seed, this worker's index (KIT_SWEEP_WORKER, set by
+    run_processes) and the number of trials already in the study, mixed: workers never propose
+    the same points, a resumed study does not propose its first points again, and a sweep
+    started over proposes the same ones. No sweep.seed: fresh entropy per worker, on any number
+    of machines (a pid seed would repeat across machines and containers)."""
+    import numpy as np
+
     seed = table.get("seed")
-    return None if seed is None else seed + int(os.environ.get("KIT_SWEEP_WORKER", "0"))
+    if seed is None:
+        return None
+    worker = int(os.environ.get("KIT_SWEEP_WORKER", "0"))
+    return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
 
 
 def make_study(name: str, storage, direction: str, table: dict, epochs: int):
     import optuna
 
     check_table(table)
-    pruner_name, sampler_name = table.get("pruner", "median"), table.get("sampler", "tpe")
+    pruner_name = table.get("pruner", "median")
     pruner = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1,
                                                             max_resource=max(epochs, 1)),
         "none": optuna.pruners.NopPruner,
     }[pruner_name]()
-    seed = sampler_seed(table)
-    sampler = (optuna.samplers.TPESampler(seed=seed) if sampler_name == "tpe"
-               else optuna.samplers.RandomSampler(seed=seed))
-    return optuna.create_study(study_name=name, storage=storage, direction=direction,
-                               pruner=pruner, sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction,
+                                pruner=pruner, load_if_exists=True)
+    existing = len(study.get_trials(deepcopy=False)) if table.get("seed") is not None else 0
+    seed = sampler_seed(table, existing)
+    study.sampler = (optuna.samplers.TPESampler(seed=seed)
+                     if table.get("sampler", "tpe") == "tpe"
+                     else optuna.samplers.RandomSampler(seed=seed))
+    return study
 
 
 def finished_trials(study) -> list:
@@ -493,8 +503,10 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
                         "PYTHONPATH": worker_pythonpath()}
     # each worker in its own session: a Ctrl-C reaches only this process, which passes exactly
     # one SIGINT on to every worker (graceful: the end of the epoch), a second one too (now)
+    first = int(os.environ.get("KIT_SWEEP_WORKER", "0"))  # this machine's offset, if given
     procs = [subprocess.Popen(worker_command(setup, exp, overrides, trials, timeout),
-                              env=env | {"KIT_SWEEP_WORKER": str(i)}, start_new_session=True)
+                              env=env | {"KIT_SWEEP_WORKER": str(first + i)},
+                              start_new_session=True)
              for i in range(workers)]
     codes = wait_for_workers(procs)
     if any(codes):

@@ -481,27 +481,31 @@ def test_hyperband_random_sampler_named_study_timeout_and_overrides_in_the_best_
     assert not (sweep_env / "experiments" / "tiny_best.toml").exists()
 
 
-def test_sampler_seeds_reproduce_and_differ_per_worker(sweep_env, monkeypatch):
-    from kit.sweep import make_study
+def test_sampler_seeds_reproduce_differ_per_worker_and_move_on_when_resumed(sweep_env,
+                                                                            monkeypatch):
+    from kit.sweep import make_study, suggest
 
     setup = prepare("tiny", None, None, None)
 
-    def first_params(name: str, table: dict) -> dict:
-        study = make_study(name, optuna.storages.InMemoryStorage(), setup.direction, table, 2)
+    def first_params(name: str, table: dict, storage=None) -> dict:
+        storage = storage or optuna.storages.InMemoryStorage()
+        study = make_study(name, storage, setup.direction, table, 2)
         trial = study.ask()
-        from kit.sweep import suggest
-
-        return suggest(trial, setup.params, setup.base)
+        values = suggest(trial, setup.params, setup.base)
+        study.tell(trial, 0.5)
+        return values
 
     seeded = {**setup.table, "sampler": "random", "seed": 11}
     first = first_params("a", seeded)
-    assert first_params("b", seeded) == first  # reproducible
+    assert first_params("b", seeded) == first  # reproducible: a sweep started over
     monkeypatch.setenv("KIT_SWEEP_WORKER", "1")  # the second worker of run_processes
     second = first_params("c", seeded)
     assert second != first  # another worker, other points
-    monkeypatch.setenv("KIT_SWEEP_WORKER", "0")
-    assert first_params("d", {**seeded, "seed": 12}) == second  # worker i: seed + i
     monkeypatch.delenv("KIT_SWEEP_WORKER")
+    assert first_params("d", {**seeded, "seed": 12}) not in (first, second)
+    storage = optuna.storages.InMemoryStorage()
+    assert first_params("e", seeded, storage) == first
+    assert first_params("e", seeded, storage) != first  # resumed: not its first point again
     unseeded = {**setup.table, "sampler": "random"}
     draws = [first_params(f"u{i}", unseeded)["train.lr"] for i in range(3)]
     assert len(set(draws)) == 3  # fresh entropy: no two workers (or machines) alike
