@@ -264,7 +264,7 @@ def sweep(
     try:
         summary = run_sweep(exp, overrides, trials=trials, storage=storage, study=study,
                             workers=workers, timeout=timeout, progress=not quiet,
-                            runs_dir=runs_dir)
+                            runs_dir=runs_dir, summary=not no_summary)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished trials are kept in the study; run the same command "
                    "again to resume it", err=True)

@@ -20,6 +20,7 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -314,7 +315,10 @@ def sampler_seed(table: dict, existing: int) -> int | None:
     if seed is None:
         return None
     worker = int(os.environ.get("KIT_SWEEP_WORKER", "0"))
-    return int(np.random.SeedSequence([seed, worker, existing]).generate_state(1)[0])
+    # the seed as entropy, worker and count as the spawn key: no two (seed, worker, count)
+    # triples can pad or split into the same words
+    sequence = np.random.SeedSequence(seed, spawn_key=(worker, existing))
+    return int(sequence.generate_state(1)[0])
 
 
 def make_study(name: str, storage, direction: str, table: dict, epochs: int):
@@ -330,6 +334,10 @@ def make_study(name: str, storage, direction: str, table: dict, epochs: int):
     }[pruner_name]()
     study = optuna.create_study(study_name=name, storage=storage, direction=direction,
                                 pruner=pruner, load_if_exists=True)
+    if study.direction.name.lower() != direction:  # an existing study of another metric
+        raise SweepError(f"study {name!r} in this storage is set to "
+                         f"{study.direction.name.lower()}, this experiment's metric to "
+                         f"{direction}: pick another --study name")
     existing = len(study.get_trials(deepcopy=False)) if table.get("seed") is not None else 0
     seed = sampler_seed(table, existing)
     study.sampler = (optuna.samplers.TPESampler(seed=seed)
@@ -400,8 +408,8 @@ class GracefulInterrupt:
         if self.asked:
             raise KeyboardInterrupt
         self.asked = True
-        print("interrupt: stopping at the end of this epoch (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
+        # os.write, not print: print() re-entered while tqdm writes to stderr raises
+        os.write(2, b"interrupt: stopping at the end of this epoch (Ctrl-C again to stop now)\n")
 
     def check(self) -> None:
         if self.asked:
@@ -417,7 +425,8 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         values = suggest(trial, setup.params, setup.base)
         config = trial_config(setup.base, values)
         config.pop("sweep", None)
-        folder = setup.runs_dir / setup.experiment / f"{setup.study_name}-t{trial.number:04d}"
+        name = f"{safe_name(setup.study_name)}-t{trial.number:04d}"
+        folder = setup.runs_dir / setup.experiment / name
         if folder.exists():  # a study started over under the same name: never mix two runs
             folder = folder.with_name(f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         files = RunFiles(folder)
@@ -464,8 +473,10 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,
           storage: str | None = None, study: str | None = None, workers: int = 1,
           timeout: float | None = None, progress: bool = True,
-          runs_dir: Path = RUNS_DIR) -> dict:
-    """Run (or resume) the study to `trials` finished trials; returns the summary."""
+          runs_dir: Path = RUNS_DIR, summary: bool = True) -> dict:
+    """Run (or resume) the study to `trials` finished trials; returns the summary (and writes
+    the best experiment), or {} with summary=False: the workers of --workers leave both to
+    their parent."""
     setup = prepare(exp, overrides, study, storage, runs_dir)
     trials = trials if trials is not None else int(setup.table.get("trials", 20))
     if trials < 1 or workers < 1:
@@ -475,7 +486,7 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
         run_worker(setup, trials, timeout, progress)
     else:
         run_processes(setup, exp, overrides, trials, workers, timeout)
-    return summarize(setup, time.perf_counter() - started)
+    return summarize(setup, time.perf_counter() - started) if summary else {}
 
 
 def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
@@ -501,55 +512,79 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath()}
-    # each worker in its own session: a Ctrl-C reaches only this process, which passes exactly
-    # one SIGINT on to every worker (graceful: the end of the epoch), a second one too (now)
     first = int(os.environ.get("KIT_SWEEP_WORKER", "0"))  # this machine's offset, if given
-    procs = [subprocess.Popen(worker_command(setup, exp, overrides, trials, timeout),
-                              env=env | {"KIT_SWEEP_WORKER": str(first + i)},
-                              start_new_session=True)
-             for i in range(workers)]
-    codes = wait_for_workers(procs)
+    with WorkerGroup() as group:
+        for i in range(workers):
+            group.start(worker_command(setup, exp, overrides, trials, timeout),
+                        env | {"KIT_SWEEP_WORKER": str(first + i)})
+        codes = group.wait()
     if any(codes):
         raise SweepError(f"worker exit codes {codes}; the study keeps every finished trial: "
                          "re-run the same command to continue")
 
 
-def wait_for_workers(procs: list[subprocess.Popen]) -> list[int]:
-    """Their exit codes. Ctrl-C here is passed on once to each live worker (which stops at the
-    end of its epoch) and raised once all have exited; a SIGTERM (a scheduler, `kill`) is
-    passed on as SIGTERM, so no worker outlives this process in its own session."""
+class WorkerGroup:
+    """Worker processes, each in its own session, so a terminal's Ctrl-C reaches only this
+    process, which passes it on exactly once to every live worker (each stops at the end of its
+    epoch; a second Ctrl-C is passed on too: stop now). SIGTERM and SIGHUP (a scheduler, `kill`,
+    a closed terminal) are passed on as they are, and leaving the block early (an error or a
+    Ctrl-C while starting) terminates the workers started so far: none outlives this process
+    unless it is SIGKILLed, and then they finish their trials and stop as usual."""
 
-    def signal_live(signum: int) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
+    PASSED_ON = (signal.SIGTERM, signal.SIGHUP)
 
-    def on_sigterm(signum, frame) -> None:
-        signal_live(signal.SIGTERM)
-        for p in procs:
-            p.wait()
-        raise SystemExit(128 + signal.SIGTERM)
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.ended_by: int | None = None
+        self.previous: dict = {}
 
-    main = threading.current_thread() is threading.main_thread()  # signal.signal needs it
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
-    interrupted = False
-    try:
+    def __enter__(self) -> WorkerGroup:
+        if threading.current_thread() is threading.main_thread():  # signal.signal needs it
+            self.previous = {sig: signal.signal(sig, self._pass_on) for sig in self.PASSED_ON}
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is not None:
+                self.signal_live(signal.SIGTERM)
+                for p in self.procs:
+                    p.wait()
+        finally:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+
+    def start(self, cmd: list[str], env: dict) -> None:
+        self.procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+
+    def signal_live(self, signum: int) -> None:
+        for p in self.procs:
+            if p.poll() is None:  # poll() never blocks, so it is safe inside a handler
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signum)
+
+    def _pass_on(self, signum, frame) -> None:
+        # no Popen.wait() here: the interrupted main thread may hold that very lock
+        self.ended_by = signum
+        self.signal_live(signum)
+
+    def wait(self) -> list[int]:
+        """The exit codes once every worker has exited."""
+        interrupted = False
         while True:
             try:
                 # polled, not a blocking wait(): a signal delivered to another of this process's
                 # threads (torch starts some) never wakes a waitpid, so it would go unnoticed
-                while any(p.poll() is None for p in procs):
+                while any(p.poll() is None for p in self.procs):
                     time.sleep(0.2)
                 break
             except KeyboardInterrupt:
                 interrupted = True
-                signal_live(signal.SIGINT)
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-    if interrupted:
-        raise KeyboardInterrupt
-    return [p.returncode for p in procs]
+                self.signal_live(signal.SIGINT)
+        if self.ended_by is not None:
+            raise SystemExit(128 + self.ended_by)
+        if interrupted:
+            raise KeyboardInterrupt
+        return [p.returncode for p in self.procs]
 
 
 def summarize(setup: SweepSetup, seconds: float) -> dict:
@@ -583,16 +618,22 @@ def write_best(setup: SweepSetup, trial) -> Path:
         if p.name in trial.params:
             raw = trial.params[p.name]
             values[p.name] = p.choices[p.labels.index(raw)] if p.kind == "categorical" else raw
-    config = trial_config(setup.base, values)
+    config = trained_config(setup, trial, values)
     source = setup.source
     if source.endswith(".toml"):  # a file outside experiments/: extend it by absolute path
         source = str(Path(source).resolve())
     doc: dict = {"extends": source,
                  "description": f"best trial #{trial.number} of sweep {setup.study_name!r} "
                                 f"(score {trial.value:.5f})"}
-    # the swept sections and those changed on the command line (the trials trained with them)
+    # the swept sections, those changed on the command line, and any other the trial trained
+    # differently from the experiment as it reads now (a resume with other overrides, an edit)
+    from kit.train.recipe import experiment_config
+
+    plain = without_none(experiment_config(setup.source, None))  # as config.toml holds it
     touched = [name.split(".")[0] for name in values]
     touched += [text.split("=", 1)[0].split(".")[0] for text in setup.overrides]
+    touched += [top for top in config if top not in ("name", "description")
+                and config[top] != plain.get(top)]
     for top in dict.fromkeys(touched):
         if top == "sweep" or top not in config:
             continue
@@ -601,16 +642,39 @@ def write_best(setup: SweepSetup, trial) -> Path:
         else:
             doc[top] = config[top]
     path = experiments_dir() / f"{best_name(setup)}.toml"
-    path.write_text(tomli_w.dumps(doc))
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(tomli_w.dumps(doc))
+    os.replace(partial, path)  # atomic: a reader never sees half a file
     return path
+
+
+def without_none(value):
+    """TOML has no null: what a saved config.toml holds of a config."""
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def trained_config(setup: SweepSetup, trial, values: dict) -> dict:
+    """The config the trial trained (its run's config.toml), else the one its values give."""
+    import tomllib
+
+    saved = Path(trial.user_attrs.get("run_dir", "")) / "config.toml"
+    if trial.user_attrs.get("run_dir") and saved.is_file():
+        return tomllib.loads(saved.read_text())
+    return trial_config(setup.base, values)
+
+
+def safe_name(study: str) -> str:
+    """A study name as one file-name part: no separators, no '..' escaping runs/EXP/."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in study)
 
 
 def best_name(setup: SweepSetup) -> str:
     """EXP_best, or EXP_STUDY_best for a study named otherwise (two studies, two files)."""
     if setup.study_name == setup.experiment:
         return f"{setup.experiment}_best"
-    study = "".join(c if c.isalnum() or c in "-_" else "-" for c in setup.study_name)
-    return f"{setup.experiment}_{study}_best"
+    return f"{setup.experiment}_{safe_name(setup.study_name)}_best"
 
 
 def format_summary(summary: dict) -> str:

@@ -232,12 +232,20 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(sweep_env):
 
 
 def _training(url: str) -> int:
-    """Trials running past their first epoch (0 while the study or its tables are not there)."""
-    try:
-        trials = _study(url).get_trials()
-    except Exception:
+    """Trials running past their first epoch, read without Optuna (0 before the tables exist):
+    a read-only connection neither creates the schema nor takes a lock from the sweep."""
+    import sqlite3
+
+    path = url.removeprefix("sqlite:///")
+    if not Path(path).exists():
         return 0
-    return sum(t.state == TrialState.RUNNING and bool(t.intermediate_values) for t in trials)
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
+            return conn.execute(
+                "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN trial_intermediate_values"
+                " v ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 ENDLESS = ["train.epochs=100000", "train.patience=100000"]  # trials that only a signal ends
@@ -274,6 +282,78 @@ def test_a_terminated_sweep_takes_its_workers_with_it(sweep_env):
     for pid in workers:  # reaped by the parent: no orphan goes on writing to the study
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+COUNTING_WORKER = """
+import pathlib, signal, sys, time
+out, got = pathlib.Path(sys.argv[1]), []
+signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+out.with_suffix(".ready").write_text("")
+deadline = time.time() + 60
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+time.sleep(1.5)  # a second SIGINT, were one passed on, arrives in this time
+out.write_text(str(len(got)))
+"""
+
+
+def _group_of_counting_workers(tmp_path, n: int):
+    from kit.sweep import WorkerGroup
+
+    group = WorkerGroup()
+    group.__enter__()
+    files = [tmp_path / f"w{i}.txt" for i in range(n)]
+    for f in files:
+        group.start([sys.executable, "-c", COUNTING_WORKER, str(f)], dict(os.environ))
+    return group, files
+
+
+def _signal_self_when_ready(files, signum: int) -> None:
+    """From another thread: once every worker is ready, signal this (the parent) process."""
+    import threading
+
+    def send() -> None:
+        _wait_for(lambda: all(f.with_suffix(".ready").exists() for f in files), 30, "workers")
+        os.kill(os.getpid(), signum)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+def test_one_ctrl_c_is_passed_on_exactly_once_to_each_worker(tmp_path):
+    group, files = _group_of_counting_workers(tmp_path, 2)
+    _signal_self_when_ready(files, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):  # raised once every worker has exited
+        try:
+            group.wait()
+        finally:
+            group.__exit__(None, None, None)
+    assert [f.read_text() for f in files] == ["1", "1"]
+    assert [p.returncode for p in group.procs] == [0, 0]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_are_passed_on_and_the_handlers_restored(tmp_path, signum):
+    before = signal.getsignal(signum)
+    group, files = _group_of_counting_workers(tmp_path, 2)
+    _signal_self_when_ready(files, signum)
+    with pytest.raises(SystemExit) as info:
+        try:
+            group.wait()
+        finally:
+            group.__exit__(None, None, None)
+    assert info.value.code == 128 + signum
+    assert [p.returncode for p in group.procs] == [-signum, -signum]  # ended by the signal
+    assert signal.getsignal(signum) is before
+
+
+def test_a_failure_while_starting_workers_terminates_those_started(tmp_path):
+    from kit.sweep import WorkerGroup
+
+    with pytest.raises(FileNotFoundError), WorkerGroup() as group:
+        group.start([sys.executable, "-c", COUNTING_WORKER, str(tmp_path / "w.txt")],
+                    dict(os.environ))
+        group.start([str(tmp_path / "no-such-program")], dict(os.environ))
+    assert [p.returncode for p in group.procs] == [-signal.SIGTERM]
 
 
 # --- scale-out on PostgreSQL ---------------------------------------------------------------
@@ -433,6 +513,30 @@ def test_the_best_experiment_extends_a_sweep_given_by_path(sweep_env):
     best = tomllib.loads((sweep_env / "experiments" / "tiny_best.toml").read_text())
     assert best["extends"] == str(path.resolve())
     assert load_experiment("tiny_best")["model"]["type"] in ("gru", "attention_gru")
+
+
+def test_the_best_file_holds_what_the_best_trial_trained(sweep_env):
+    exps = sweep_env / "experiments"
+    # as a worker of --workers runs it: no summary, no best file (its parent writes them)
+    assert sweep("tiny", ["train.batch_size=4"], trials=1, study="a/b", progress=False,
+                 summary=False) == {}
+    assert not list(exps.glob("*_best.toml"))
+    (run,) = (sweep_env / "runs/tiny").glob("a-b-t*")  # the study's name made one safe folder
+    # the study is resumed (already complete) without the override: the best trial trained
+    # with batch 4, and the best file must say so
+    run_cli("sweep", "exp=tiny", "--trials", 1, "--study", "a/b", "-q")
+    best = exps / "tiny_a-b_best.toml"
+    assert load_experiment(str(best))["train"]["batch_size"] == 4
+    assert load_experiment(str(exps / "tiny.toml"))["train"]["batch_size"] != 4
+
+
+def test_an_existing_study_set_the_other_way_is_refused(sweep_env):
+    url = _sqlite(sweep_env)
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    optuna.create_study(study_name="tiny", storage=make_storage(url), direction="minimize")
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
+    assert "set to minimize" in out and "pick another --study" in out
+    assert not list((sweep_env / "runs/tiny").glob("tiny-t*"))  # nothing trained
 
 
 def test_the_median_pruner_stops_a_trial_below_the_median(sweep_env):
