@@ -81,19 +81,20 @@ def changes(summary: dict) -> list[dict | None]:
     rows, sign = summary["variants"], summary["sign"]
     full = next(r for r in rows if r["kind"] == "ladder" and
                 len(r["groups"]) == len(summary["groups"]))
-
-    def values(row: dict) -> dict:
-        return {"score": row["score"], **row["per_target"]}
-
     out, previous = [], None
     for r in rows:
         if r["kind"] == "ladder":
-            better, worse = values(r), None if previous is None else values(previous)
+            better, worse = figures(r), None if previous is None else figures(previous)
             previous = r
         else:
-            better, worse = values(full), values(r)
+            better, worse = figures(full), figures(r)
         out.append(None if worse is None else {k: sign * (better[k] - worse[k]) for k in better})
     return out
+
+
+def figures(row: dict) -> dict:
+    """A variant's score and per-target scores, by name."""
+    return {"score": row["score"], **row["per_target"]}
 
 
 def format_ablation(summary: dict) -> str:
@@ -106,9 +107,8 @@ def format_ablation(summary: dict) -> str:
              "(change: ladder vs the rung below; -g: what g brings to the full set; "
              "positive = better)"]
     for r, change in zip(rows, changes(summary), strict=True):
-        values = {"score": r["score"], **r["per_target"]}
         cells = "" if change is None else "".join(f"{change[k]:>+14.4f}" for k in keys)
-        lines.append(f"{r['label']:<{width}}" + "".join(f"{values[k]:>9.4f}" for k in keys)
+        lines.append(f"{r['label']:<{width}}" + "".join(f"{figures(r)[k]:>9.4f}" for k in keys)
                      + "   " + cells)
     lines.append(f"wrote {summary['file']}")
     return "\n".join(lines)

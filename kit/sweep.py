@@ -635,12 +635,8 @@ def write_best(setup: SweepSetup, trial) -> Path:
     touched += [top for top in config if top not in ("name", "description")
                 and config[top] != plain.get(top)]
     for top in dict.fromkeys(touched):
-        if top == "sweep" or top not in config:
-            continue
-        if isinstance(config[top], dict):
-            doc[top] = {k: v for k, v in config[top].items() if v is not None}
-        else:
-            doc[top] = config[top]
+        if top != "sweep" and top in config:
+            doc[top] = without_none(config[top])
     path = experiments_dir() / f"{best_name(setup)}.toml"
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     partial.write_text(tomli_w.dumps(doc))
@@ -659,9 +655,9 @@ def trained_config(setup: SweepSetup, trial, values: dict) -> dict:
     """The config the trial trained (its run's config.toml), else the one its values give."""
     import tomllib
 
-    saved = Path(trial.user_attrs.get("run_dir", "")) / "config.toml"
-    if trial.user_attrs.get("run_dir") and saved.is_file():
-        return tomllib.loads(saved.read_text())
+    run_dir = trial.user_attrs.get("run_dir")
+    if run_dir and (Path(run_dir) / "config.toml").is_file():
+        return tomllib.loads((Path(run_dir) / "config.toml").read_text())
     return trial_config(setup.base, values)
 
 

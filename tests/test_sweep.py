@@ -162,9 +162,10 @@ def test_invalid_experiments_in_the_space_fail_before_training(sweep_env, name, 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def _completed(url: str) -> int:
-    """Complete trials so far (0 before the study exists), read without Optuna: a read-only
-    SQLite connection takes no lock from the sweep being watched."""
+def _count(url: str, sql: str) -> int:
+    """One COUNT from a SQLite study, read without Optuna (0 before the file or its tables
+    exist): a read-only connection neither creates the schema nor takes a lock from the sweep
+    being watched."""
     import sqlite3
 
     path = url.removeprefix("sqlite:///")
@@ -172,10 +173,20 @@ def _completed(url: str) -> int:
         return 0
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'"
-                                ).fetchone()[0]
+            return conn.execute(sql).fetchone()[0]
     except sqlite3.Error:  # tables not created yet
         return 0
+
+
+def _completed(url: str) -> int:
+    return _count(url, "SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'")
+
+
+def _training(url: str) -> int:
+    """Trials running past their first epoch."""
+    return _count(url, "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN "
+                       "trial_intermediate_values v ON v.trial_id = t.trial_id "
+                       "WHERE t.state = 'RUNNING'")
 
 
 STARTED: list[subprocess.Popen] = []
@@ -229,23 +240,6 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(sweep_env):
     assert sum(s in FINISHED for s in states) < 5
     run_cli("sweep", "exp=tiny", "--trials", 5, "-q")
     assert sum(t.state in FINISHED for t in _study(url).get_trials()) == 5
-
-
-def _training(url: str) -> int:
-    """Trials running past their first epoch, read without Optuna (0 before the tables exist):
-    a read-only connection neither creates the schema nor takes a lock from the sweep."""
-    import sqlite3
-
-    path = url.removeprefix("sqlite:///")
-    if not Path(path).exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1) as conn:
-            return conn.execute(
-                "SELECT COUNT(DISTINCT t.trial_id) FROM trials t JOIN trial_intermediate_values"
-                " v ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 ENDLESS = ["train.epochs=100000", "train.patience=100000"]  # trials that only a signal ends
