@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kit.competition import load_spec, spec_from_dict
+from kit.features.kernels import LIMIT
 from kit.features.ops import OPS
 from kit.features.sets import FeatureConfigError, available_groups, build_feature_set
 from tests.frames import make_frame, small_spec
@@ -61,11 +62,19 @@ def _frame(lengths, values, specials):
 
 
 def assert_faces_agree(feature_set, df, rtol=1e-5):
-    """Batch face == stream face step by step == stream face over whole sequences."""
+    """Batch face == stream face step by step == stream face over whole sequences.
+
+    Within rtol of the larger of the value and the inputs' magnitude (the largest guarded input
+    of the frame): float32 sums of large inputs that cancel keep an error of the inputs' size, so
+    a value near 0 made from inputs of 1e3 cannot be held to 1e-5 of itself. Small inputs (0.01)
+    are held to 1e-5 of their own size, not to 1e-5 absolute.
+    """
     batch = feature_set.batch_frame(df).select(feature_set.outputs).to_numpy()
     assert np.isfinite(batch).all()
     module = feature_set.stream_module()
     x = df.select(feature_set.spec.features).to_numpy().astype(np.float32)
+    finite = np.abs(x[np.isfinite(x)])
+    magnitude = float(min(finite.max(initial=0.0), LIMIT))
     ids = df[feature_set.spec.id_col].to_numpy()
     for sid in np.unique(ids):
         rows = np.flatnonzero(ids == sid)
@@ -79,13 +88,14 @@ def assert_faces_agree(feature_set, df, rtol=1e-5):
             whole, _ = module(seq, module.init_state(1))
         steps = np.array(steps)
         expected = batch[rows]
-        scale = np.maximum(1.0, np.abs(expected))
-        bad = np.abs(steps - expected) > rtol * scale
+        assert np.isfinite(steps).all()
+        tolerance = rtol * np.maximum(magnitude, np.abs(expected))
+        bad = np.abs(steps - expected) > tolerance
         if bad.any():
             r, c = np.argwhere(bad)[0]
             raise AssertionError(f"seq {sid} step {r} feature {feature_set.outputs[c]}: "
                                  f"stream {steps[r, c]} vs batch {expected[r, c]}")
-        np.testing.assert_allclose(whole[0].numpy(), steps, rtol=rtol, atol=rtol)
+        assert (np.abs(whole[0].numpy() - steps) <= tolerance).all()
 
 
 values = st.integers(0, 2**32 - 1)
@@ -136,6 +146,25 @@ def test_guard_handles_nulls_in_the_batch_face():
         pl.Series("b", [1.0, None, 3.0], dtype=pl.Float32))
     out = build_feature_set(SPEC, groups=["raw"]).batch_frame(df)
     np.testing.assert_allclose(out["b"], [1.0, 1.0, 3.0])
+
+
+@pytest.mark.parametrize("scale", [1e12, 1e20, 3e38])
+def test_huge_finite_values_never_make_inf_or_nan(scale):
+    """Finite inputs up to float32's max: the guard clips them to +-LIMIT and ops that can grow
+    past their inputs are clipped too, so products, squares (std) and weighted mids never
+    overflow, and a later op (an EWM std of a product) never computes inf - inf. Without the
+    clipping, 1e20 already gave NaN in rolling_std and wmid and inf in products."""
+    ops = [{"op": op, **case} for op, case in OP_CASES.items() if op != "raw"]
+    ops += [{"op": "ewm_std", "inputs": ["a*b"], "alpha": 0.3},
+            {"op": "rolling_std", "inputs": ["a/b", "a@cumsum"], "window": 4},
+            {"op": "product", "a": ["a*b"], "b": ["c*d"]}]
+    fs = build_feature_set(SPEC, groups=["raw"], ops=ops)
+    rng = np.random.default_rng(int(np.log10(scale)))
+    values = rng.standard_normal(240) * scale * rng.choice([1e-3, 1.0], 240)
+    df = _frame([30, 12, 18], values.clip(-3.4e38, 3.4e38).tolist(), [(4, 0, 0), (40, 2, 1)])
+    batch = fs.batch_frame(df).select(fs.outputs).to_numpy()
+    assert np.isfinite(batch).all() and np.abs(batch).max() <= LIMIT
+    assert_faces_agree(fs, df)
 
 
 @pytest.mark.parametrize("group", sorted(available_groups(load_spec("predictorium"))))
@@ -190,13 +219,17 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
     [
         ([{"op": "nope", "inputs": ["a"]}], "features.ops\\[0\\]: unknown op 'nope'"),
         ([{"op": "lag", "inputs": ["zz"], "k": 1}], "features.ops\\[0\\] \\(lag\\): unknown col"),
-        ([{"op": "rolling_mean", "inputs": ["a"], "window": 0}], "'window' >= 2, got 0"),
-        ([{"op": "lag", "inputs": ["a"], "k": -1}], "'k' >= 1"),
-        ([{"op": "ewm_mean", "inputs": ["a"]}], "exactly one of 'alpha'"),
-        ([{"op": "ewm_mean", "inputs": ["a"], "alpha": 2.0}], "alpha must be in"),
-        ([{"op": "diff", "a": ["a"], "b": []}], "equal, non-zero length"),
-        ([{"op": "cumsum"}], "no input columns"),
-        (["lag"], "each op is a table"),
+        ([{"op": "rolling_mean", "inputs": ["a"], "window": 0}],
+         r"features.ops\[0\] \(rolling_mean\): .*'window' >= 2, got 0"),
+        ([{"op": "lag", "inputs": ["a"], "k": -1}], r"features.ops\[0\] \(lag\): .*'k' >= 1"),
+        ([{"op": "ewm_mean", "inputs": ["a"]}],
+         r"features.ops\[0\] \(ewm_mean\): .*exactly one of 'alpha'"),
+        ([{"op": "ewm_mean", "inputs": ["a"], "alpha": 2.0}],
+         r"features.ops\[0\] \(ewm_mean\): .*alpha must be in"),
+        ([{"op": "diff", "a": ["a"], "b": []}],
+         r"features.ops\[0\] \(diff\): .*equal, non-zero length"),
+        ([{"op": "cumsum"}], r"features.ops\[0\] \(cumsum\): no input columns"),
+        (["lag"], r"features.ops\[0\]: each op is a table"),
     ],
 )
 def test_bad_feature_specs_name_the_entry(ops, message):
@@ -234,6 +267,12 @@ def test_feature_arrays_are_cached_by_content_and_definition(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1  # a hit, not a second entry
     other = feature_arrays(path, build_feature_set(spec, ["raw"]), cache_dir=tmp_path / "cache")
     assert other.x.shape[2] == 32 and len(list((tmp_path / "cache").iterdir())) == 2
+    # the same path rewritten with other rows (same shape): never the stale entry
+    make_frame(spec, lengths=[40, 40, 40], seed=2).write_parquet(path)
+    changed = feature_arrays(path, fs, cache_dir=tmp_path / "cache")
+    direct = fs.batch_frame(pl.read_parquet(path)).select(fs.outputs).to_numpy()
+    np.testing.assert_array_equal(changed.x.reshape(-1, len(fs.outputs)), direct)
+    assert not np.array_equal(changed.x, first.x)
 
 
 def test_features_cli_list_and_build(tmp_path):

@@ -3,7 +3,8 @@
 Policy: a non-finite value (NaN, +inf, -inf, or a null in the batch face) is replaced by the last
 finite value of the same column in the same sequence, or by 0.0 before there is one. Carrying the
 last value keeps level-like columns (prices) continuous; 0.0 is the neutral value of normalised
-features. No op downstream ever sees a non-finite input, so no op emits NaN.
+features. Finite values beyond +-LIMIT (1e16) are clipped to it, so that no op overflows
+float32 (see kernels.LIMIT). No op downstream ever sees a non-finite input, so no op emits NaN.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import polars as pl
 import torch
 from torch import Tensor, nn
+
+from kit.features.kernels import LIMIT
 
 
 def guard_exprs(columns: list[str], id_col: str) -> list[pl.Expr]:
@@ -20,7 +23,8 @@ def guard_exprs(columns: list[str], id_col: str) -> list[pl.Expr]:
     for name in columns:
         col = pl.col(name).cast(pl.Float32)
         finite_or_null = pl.when(col.is_finite()).then(col).otherwise(None)
-        out.append(finite_or_null.forward_fill().over(id_col).fill_null(0.0).alias(name))
+        filled = finite_or_null.forward_fill().over(id_col).fill_null(0.0)
+        out.append(filled.clip(-LIMIT, LIMIT).alias(name))
     return out
 
 
@@ -30,7 +34,7 @@ def guard_frame(df: pl.DataFrame | pl.LazyFrame, columns: list[str], id_col: str
     finite = lazy.select(pl.col(c).cast(pl.Float32).is_finite().fill_null(False).all().alias(c)
                          for c in columns).collect().row(0, named=True)
     dirty = [c for c in columns if not finite[c]]
-    clean = [pl.col(c).cast(pl.Float32) for c in columns if finite[c]]
+    clean = [pl.col(c).cast(pl.Float32).clip(-LIMIT, LIMIT) for c in columns if finite[c]]
     return lazy.with_columns(*clean, *guard_exprs(dirty, id_col))
 
 
@@ -47,12 +51,12 @@ class Guard(nn.Module):
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         (last,) = state  # [B, 1, F]
         if x.shape[1] == 1:  # the step graph: no slicing of the one row (a node saved)
-            last = torch.where((x - x) == 0, x, last)
+            last = torch.where((x - x) == 0, x, last).clamp(-LIMIT, LIMIT)
             return last, [last]
         rows = []
         for t in range(x.shape[1]):  # T is 1 in the step graph
             row = x[:, t:t + 1]
             # x - x is 0 exactly for finite x and NaN for NaN/inf: 2 graph nodes, not 4
-            last = torch.where((row - row) == 0, row, last)
+            last = torch.where((row - row) == 0, row, last).clamp(-LIMIT, LIMIT)
             rows.append(last)
         return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)), [last]

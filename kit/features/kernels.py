@@ -23,6 +23,10 @@ import torch
 from torch import Tensor, nn
 
 EPS = 1e-6  # denominators smaller than this in magnitude are replaced by +-EPS
+# Finite inputs beyond +-LIMIT are clipped by the guard, and so are the outputs of ops that can
+# grow past their inputs: squares and products of values up to 2 * LIMIT stay far inside
+# float32 (3.4e38), so no op overflows to inf and no inf - inf makes a NaN downstream.
+LIMIT = 1e16
 
 
 def safe_div(num: Tensor, den: Tensor) -> Tensor:

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kit.config import CHOICES
 from kit.errors import KitError
 
-METHODS = ("standard", "robust")
+METHODS = CHOICES["normaliser.method"]
 ROBUST_SAMPLE = 2_000_000  # rows used for medians/quantiles (deterministic subsample)
 IQR_TO_STD = 1.349
 

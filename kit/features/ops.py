@@ -81,6 +81,9 @@ class FeatureOp:
         raise NotImplementedError
 
     family: ClassVar[str | None] = None  # ops of one family share one fused stream kernel
+    # True when the output never leaves the range of the inputs (+-LIMIT, kernels.py): a lag,
+    # a mean, a min. The others (products, sums, ratios, cumulative sums, ...) are clipped.
+    bounded: ClassVar[bool] = False
 
     @classmethod
     def fuse(cls, ops: list[FeatureOp], columns: list[str]) -> kernels.Kernel:
@@ -103,6 +106,7 @@ class Raw(FeatureOp):
     """The guarded column itself."""
 
     op, summary = "raw", "the column as is (after the NaN/inf guard)"
+    bounded = True
 
     def outputs(self):
         return list(self.inputs)
@@ -197,6 +201,7 @@ class Imbalance(Pairwise):
     quantile-normalised volumes, where a + b crosses 0 and the plain formula explodes."""
 
     op, summary, symbol = "imbalance", "(a - b) / (|a| + |b| + 1e-6), pairwise", "~"
+    bounded = True
     expr = staticmethod(lambda a, b: (a - b) / (a.abs() + b.abs() + EPS))
 
     @classmethod
@@ -233,6 +238,7 @@ class Reduce(FeatureOp):
 
 class Mean(Reduce):
     op, summary, mean = "mean", "mean over the input columns (one output)", True
+    bounded = True
 
 
 class WeightedMid(FeatureOp):
@@ -241,6 +247,7 @@ class WeightedMid(FeatureOp):
     sizes too."""
 
     op, summary = "wmid", "size-weighted mid price per level (bid, ask, bid_size, ask_size)"
+    bounded = True
 
     def __post_init__(self):
         keys = ("bid", "ask", "bid_size", "ask_size")
@@ -345,6 +352,7 @@ class Lag(PastOp):
     """x[t - k]; before step k the first value of the sequence stands in."""
 
     op, summary = "lag", "x[t-k] (k steps back; the first value before step k)"
+    bounded = True
 
     def expr(self, c):
         return past_value(c, self._int("k"))
@@ -391,18 +399,22 @@ class Rolling(HistoryOp):
 
 class RollingMean(Rolling):
     op, summary, stat = "rolling_mean", "mean over the last `window` steps", "mean"
+    bounded = True
 
 
 class RollingStd(Rolling):
     op, summary, stat = "rolling_std", "population std over the last `window` steps", "std"
+    bounded = True
 
 
 class RollingMin(Rolling):
     op, summary, stat = "rolling_min", "min over the last `window` steps", "min"
+    bounded = True
 
 
 class RollingMax(Rolling):
     op, summary, stat = "rolling_max", "max over the last `window` steps", "max"
+    bounded = True
 
 
 class Ewm(PerColumn):
@@ -444,6 +456,7 @@ class Ewm(PerColumn):
 
 class EwmMean(Ewm):
     op, summary = "ewm_mean", "exponentially weighted mean (alpha or span)"
+    bounded = True
 
 
 class EwmStd(Ewm):
@@ -482,6 +495,7 @@ class CumMax(Cumulative):
     """Max of the sequence so far."""
 
     op, summary = "cummax", "cumulative max over the sequence"
+    bounded = True
 
     kind = "max"
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from kit.competition import CompetitionSpec, expand_columns
 from kit.errors import KitError
 from kit.features.guard import Guard, guard_frame
-from kit.features.kernels import steps_of
+from kit.features.kernels import LIMIT, steps_of
 from kit.features.ops import OPS, POS, START, FeatureOp, FeatureSpecError
 
 ALL_FEATURES = "@features"  # in group files: every raw feature column of the spec
@@ -99,7 +99,8 @@ class FeatureSet:
             (pl.col(spec.id_col) != pl.col(spec.id_col).shift(1)).fill_null(True).alias(START),
         )
         for layer in _layers(self.ops, list(spec.features)):
-            exprs = [e for op in layer for e in op.batch(spec.id_col)]
+            exprs = [e if op.bounded else e.clip(-LIMIT, LIMIT)
+                     for op in layer for e in op.batch(spec.id_col)]
             if exprs:
                 lazy = lazy.with_columns(exprs)
         present = lazy.collect_schema().names()
@@ -177,6 +178,7 @@ class FeaturePipeline(nn.Module):
         columns = list(raw)
         kernels = []
         self.layer_sizes = []  # kernels per dependency layer
+        self.layer_clips = []  # whether a layer holds an op that can leave +-LIMIT
         for layer in _layers(ops, raw):
             families: dict[object, list[FeatureOp]] = {}
             for op in layer:
@@ -188,6 +190,7 @@ class FeaturePipeline(nn.Module):
                             for i, n in enumerate(kernel.names)]
             kernels += fused
             self.layer_sizes.append(len(fused))
+            self.layer_clips.append(any(not op.bounded for op in layer if op.family is not None))
         self.kernels = nn.ModuleList(kernels)
         index = [columns.index(o) for o in outputs]
         # the step graph pays per node: no gather when the outputs are the columns as they are
@@ -210,7 +213,7 @@ class FeaturePipeline(nn.Module):
         count = state[1]
         fresh = count == 0  # [B, 1, 1]: once for every kernel
         at, k = 2, 0
-        for n_kernels in self.layer_sizes:
+        for n_kernels, clip in zip(self.layer_sizes, self.layer_clips, strict=True):
             blocks = [w]
             for kernel, size in zip(self.kernels[k:k + n_kernels],
                                     self.state_sizes[k:k + n_kernels], strict=True):
@@ -220,6 +223,8 @@ class FeaturePipeline(nn.Module):
                 at += size
             if len(blocks) > 1:
                 w = torch.cat(blocks, dim=2)  # one concat per layer: the next layer reads it
+            if clip:  # one node for the layer (bounded columns are unchanged by it)
+                w = w.clamp(-LIMIT, LIMIT)
             k += n_kernels
         out = w if self.identity_out else w.index_select(2, self._out)
         return out, [new_state[0], count + steps_of(x), *new_state[1:]]
