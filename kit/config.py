@@ -81,6 +81,14 @@ DEFAULTS: dict[str, dict] = {
         "tensorboard": False, "max_train_seqs": 0, "max_valid_seqs": 0,
     },
 }
+# String settings with a fixed set of values: checked when a config is loaded, so a typo fails
+# at once and not after the feature arrays are built.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.truncate": ("head", "tail"),
+    "normaliser.method": ("standard", "robust"),
+    "train.schedule": ("cosine", "onecycle", "plateau", "constant"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+}
 TOP_LEVEL = {"name": str, "spec": str, "seed": int, "description": str}
 SECTIONS = {*DEFAULTS, "model", "loss", "sweep", "ensemble"}
 
@@ -112,6 +120,10 @@ def resolve(config: dict) -> dict:
                 value, ok = float(value), True
             if not ok:
                 raise ConfigError(f"{section}.{key} must be {want.__name__}, got {value!r}")
+            allowed = CHOICES.get(f"{section}.{key}")
+            if allowed and value not in allowed:
+                raise ConfigError(f"{section}.{key} must be one of {list(allowed)}, "
+                                  f"got {value!r}")
             merged[key] = value
         out[section] = merged
     out.setdefault("seed", 42)

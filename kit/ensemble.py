@@ -10,10 +10,11 @@ the best point of the trajectory.
 Speed: the metrics kit uses for selection (weighted Pearson, R², RMSE) are functions of the
 first and second weighted moments of the blend, so one pass over the data builds, per target, the
 weighted covariance matrix of [truth, candidate predictions]; after that each step scores every
-candidate in O(candidates). That surrogate ignores the metric's prediction clip, so the
-trajectory is re-scored exactly (clip included) and the cut uses the exact scores; while every
-candidate's predictions lie inside the clip range the surrogate is exact too. Other metrics (MAE)
-are scored exactly at every step.
+candidate in O(candidates). That surrogate ignores the metric's prediction clip; while every
+candidate's predictions lie inside the clip range it is exact. When some lie outside, each step
+scores the surrogate's best SHORTLIST candidates exactly (clip included) and picks among them.
+The trajectory is always re-scored exactly and the cut uses the exact scores. Other metrics
+(MAE) are scored exactly at every step.
 """
 
 from __future__ import annotations
@@ -230,27 +231,40 @@ def _exact(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray, t: int |
     return metric_value(spec, truth[:, t], blend)
 
 
+SHORTLIST = 8  # candidates scored exactly per step when the surrogate is not exact
+
+
 def greedy(moments: Moments | None, spec: CompetitionSpec, truth: np.ndarray,
-           preds: np.ndarray, targets: list[int], iters: int, init: list[int]
-           ) -> tuple[np.ndarray, list[float]]:
+           preds: np.ndarray, targets: list[int], iters: int, init: list[int],
+           shortlist: int = 0) -> tuple[np.ndarray, list[float]]:
     """Picks per iteration over `targets` (the mean of their metric); returns the pick counts
-    after each iteration and the exact score of each."""
+    after each iteration and the exact score of each. With moments, each step picks the
+    surrogate's best, or with `shortlist` the exactly best of the surrogate's best `shortlist`;
+    without, every candidate is scored exactly."""
     sign = 1.0 if spec.metric.higher_is_better else -1.0
     c = preds.shape[1]
     counts = np.zeros(c)
     blend_sum = np.zeros((preds.shape[0], len(targets)))
     history, scores = [], []
+
+    def exact_best(candidates) -> int:
+        m = counts.sum() + 1
+        values = [np.mean([sign * metric_value(spec, truth[:, t],
+                                               (blend_sum[:, i] + preds[:, j, t]) / m)
+                           for i, t in enumerate(targets)]) for j in candidates]
+        return int(candidates[int(np.argmax(values))])
+
     for step in range(iters):
         if step < len(init):
             pick = init[step]
-        elif moments is not None:
-            pick = int(np.argmax(sum(moments.scores(t, counts) for t in targets)))
-        else:  # exact scoring of every candidate (non-quadratic metrics)
-            m = counts.sum() + 1
-            values = [np.mean([sign * metric_value(spec, truth[:, t],
-                                                   (blend_sum[:, i] + preds[:, j, t]) / m)
-                               for i, t in enumerate(targets)]) for j in range(c)]
-            pick = int(np.argmax(values))
+        elif moments is None:  # non-quadratic metrics
+            pick = exact_best(np.arange(c))
+        else:
+            surrogate = sum(moments.scores(t, counts) for t in targets)
+            if shortlist:  # stable sort: ties keep the candidates' order, as argmax does
+                pick = exact_best(np.argsort(-surrogate, kind="stable")[:shortlist])
+            else:
+                pick = int(np.argmax(surrogate))
         counts[pick] += 1
         blend_sum += preds[:, pick, targets]
         blend = blend_sum / counts.sum()
@@ -291,7 +305,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
                        key=lambda j: -sign * np.mean([singles[j].per_target[spec.outputs[t]]
                                                       for t in targets]))
         history, scores = greedy(moments, spec, truth, preds, targets, iters,
-                                 order[:init_best])
+                                 order[:init_best], shortlist=0 if exact else SHORTLIST)
         first = max(init_best - 1, 0)  # the cut never drops the initial members
         best = first + int(np.argmax(sign * np.array(scores[first:])))
         best_iteration.append(best + 1)

@@ -30,6 +30,7 @@ from kit.export.ensemble import Weighted, postprocess_numpy
 from kit.export.frozen import Member, load_member, stream_steps
 from kit.export.pack import (
     MANIFEST_FILE,
+    PACK_FILES,
     PackError,
     hash_mismatches,
     read_manifest,
@@ -412,7 +413,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     if record and submission.is_dir() and not bad_files:
         manifest["parity"] = result.to_dict()
         write_manifest(submission, manifest)
-        write_submission_zip(submission)
+        write_submission_zip(submission, files=PACK_FILES)
     return result
 
 

@@ -10,17 +10,25 @@ from kit.errors import SubmissionError
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same files give the same zip bytes
 
 
-def write_submission_zip(folder: Path, zip_path: Path | None = None) -> Path:
-    """Zip the regular files of folder (solution.py at the root) into folder.zip."""
+def write_submission_zip(folder: Path, zip_path: Path | None = None,
+                         files: tuple[str, ...] | None = None) -> Path:
+    """Zip the regular files of folder (solution.py at the root) into folder.zip; with `files`,
+    exactly those (a package: whatever else lies in the folder stays out of the zip)."""
     folder = Path(folder)
     if not (folder / "solution.py").is_file():
         raise SubmissionError(f"{folder}: no solution.py at the top of the folder")
+    if files is None:
+        paths = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
+                 and "__pycache__" not in p.parts]
+    else:
+        paths = [folder / name for name in files]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise SubmissionError(f"{folder}: {missing} missing; re-run kit pack")
     zip_path = Path(zip_path or folder.with_suffix(".zip"))
     tmp = zip_path.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
-            if "__pycache__" in path.parts:
-                continue
+        for path in sorted(paths):
             info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=ZIP_EPOCH)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16

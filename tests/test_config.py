@@ -1,6 +1,7 @@
 import pytest
 
 from kit.config import (
+    CHOICES,
     ConfigError,
     apply_overrides,
     load_experiment,
@@ -63,6 +64,19 @@ def test_resolve_fills_defaults_and_names_bad_keys(exps):
     with pytest.raises(ConfigError, match="\\[train\\] must be a table"):
         resolve({"train": 3})
     assert resolve({"train": {"lr": 1}})["train"]["lr"] == 1.0  # ints are fine for floats
+
+
+@pytest.mark.parametrize("setting, value", [("normaliser.method", "zscore"),
+                                            ("data.truncate", "middle"),
+                                            ("train.schedule", "cosin"), ("train.amp", "fp61")])
+def test_resolve_refuses_values_outside_a_settings_choices(setting, value):
+    """Caught when the config loads, not after the arrays are built (or never: an amp typo
+    was ignored on CPU)."""
+    section, key = setting.split(".")
+    with pytest.raises(ConfigError, match=f"{setting} must be one of .* got '{value}'"):
+        resolve({section: {key: value}})
+    for allowed in CHOICES[setting]:
+        assert resolve({section: {key: allowed}})[section][key] == allowed
 
 
 def test_shipped_experiments_resolve_and_build():

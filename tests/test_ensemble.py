@@ -14,10 +14,12 @@ from kit.ensemble import (
     EnsembleError,
     Moments,
     check_same_rows,
+    greedy,
     read_ensemble,
     select,
     select_ensemble,
     smooth,
+    tune_postprocess,
 )
 from kit.export.ensemble import Ensemble, PostProcess, StackedGRU, Weighted, postprocess_numpy
 from kit.export.frozen import load_member, stream_steps
@@ -103,6 +105,27 @@ def test_moment_scores_equal_the_exact_metric(metric):
             assert (-fast[j] if metric == "rmse" else fast[j]) == pytest.approx(exact, abs=1e-9)
 
 
+def test_predictions_beyond_the_clip_are_picked_by_the_exact_metric():
+    """Candidate a is the best once the metric clips its rare wild values at +-6; the moment
+    surrogate ignores the clip and ranks it below b. With predictions outside the clip, each
+    step scores the surrogate's shortlist exactly, so the picks are exact greedy's."""
+    rng = np.random.default_rng(8)
+    truth = rng.standard_normal((3000, 2))
+    a = truth + 0.2 * rng.standard_normal((3000, 2))
+    wild = rng.random((3000, 2)) < 0.002
+    a[wild] = 20.0 * np.sign(rng.standard_normal(wild.sum()))
+    b = truth + 0.6 * rng.standard_normal((3000, 2))
+    c = truth + 0.7 * rng.standard_normal((3000, 2))
+    preds = np.stack([a, b, c], axis=1).astype(np.float32)
+    moments = Moments(truth, preds, SPEC.metric.name)
+    assert np.argmax(sum(moments.scores(t, np.zeros(3)) for t in (0, 1))) == 1  # the trap
+    exact_history, _ = greedy(None, SPEC, truth, preds, [0, 1], 6, [])
+    sel = select(_candidates([a, b, c]), truth, iters=6)
+    assert not sel.surrogate_exact
+    assert exact_history[0].tolist() == [1, 0, 0]  # a first
+    np.testing.assert_array_equal(sel.counts[0], exact_history[sel.best_iteration - 1])
+
+
 def test_candidates_on_different_rows_are_refused():
     rng = np.random.default_rng(4)
     cands = _candidates([rng.standard_normal((100, 2)), rng.standard_normal((100, 2))])
@@ -112,6 +135,29 @@ def test_candidates_on_different_rows_are_refused():
     cands[1].rows, cands[1].data = cands[0].rows, Path("other.parquet")
     with pytest.raises(EnsembleError, match="predicts rows of other.parquet"):
         check_same_rows(cands)
+
+
+def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():
+    """Target 0: a slow truth seen through white noise (smoothing must help); target 1: white
+    noise predicted at half its size (R² wants scale 2 and no smoothing)."""
+    spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": "r2"}}, "<test>")
+    rng = np.random.default_rng(9)
+    n_seq, length = 20, 100
+    slow = np.zeros((n_seq, length))
+    for t in range(1, length):  # AR(1), phi 0.97, per sequence
+        slow[:, t] = 0.97 * slow[:, t - 1] + rng.standard_normal(n_seq)
+    truth = np.column_stack([slow.reshape(-1) / slow.std(), rng.standard_normal(n_seq * length)])
+    blend = np.column_stack([truth[:, 0] + rng.standard_normal(n_seq * length),
+                             0.5 * truth[:, 1]])
+    starts = np.arange(0, n_seq * length, length)
+    tuned = tune_postprocess(spec, truth, blend, starts)
+    assert tuned["smoothing"][0] > 0.0 and tuned["smoothing"][1] == 0.0
+    assert tuned["scale"][1] == 2.0
+    assert tuned["after"]["t0"] > tuned["before"]["t0"] + 0.05
+    assert tuned["after"]["t1"] == pytest.approx(1.0) and tuned["before"]["t1"] < 0.8
+    # what was tuned is what the recursion computes
+    smoothed = smooth(blend[:, 0], starts, tuned["smoothing"][0]) * tuned["scale"][0]
+    assert metric_value(spec, truth[:, 0], smoothed) == pytest.approx(tuned["after"]["t0"])
 
 
 def test_smoothing_matches_the_graph_recursion():
@@ -179,6 +225,35 @@ def test_stacked_grus_zero_weights_and_postprocessing_pass_parity(workspace, run
     unstacked = pack_ensemble(path, "unstacked", tmp_path / "subs", stack=False)
     assert all(s["batch_axis"] == 0 for s in unstacked.manifest["states"])
     assert run_parity(unstacked.folder, _valid(workspace), seqs=SEQS).ok
+
+
+def test_members_with_their_own_features_and_normalisers_pass_parity(workspace, runs, tmp_path,
+                                                                    monkeypatch):
+    """Four GRUs: the shared fixture's (raw, diffs, ewm: 128 features, standard normaliser);
+    the same features with a robust normaliser (one pipeline, two normalisers); other features
+    of the same width (raw, lags, rolling: their own pipeline); these three stack, each on its
+    own input. A fourth on 64 features (raw, lags) runs alone."""
+    from kit.train.recipe import train_experiment
+
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(workspace / "experiments"))
+    members = [("base", runs["gru"], [0.4, 0.2])]
+    for name, overrides, weights in (
+            ("robust", ["normaliser.method=robust"], [0.3, 0.3]),
+            ("rolling", ['features.groups=["raw", "lags", "rolling"]'], [0.2, 0.1]),
+            ("lags", ['features.groups=["raw", "lags"]'], [0.1, 0.4])):
+        result = train_experiment("gru", overrides, progress=False, runs_dir=tmp_path / name)
+        members.append((name, Path(result[0]["run_dir"]), weights))
+    module = Ensemble([Weighted(load_member(run), w) for _, run, w in members])
+    assert len(module.pipelines) == 3 and len(module.normalisers) == 4
+    assert [type(m).__name__ for m in module.models] == ["StackedGRU", "WeightedModel"]
+    assert module.models[0].m == 3 and not module.models[0].shared_input
+    path = _write(tmp_path / "e.toml", [{"name": name, "runs": [str(run)], "weights": w}
+                                        for name, run, w in members])
+    packed = pack_ensemble(path, "mixed", tmp_path / "subs")
+    groups = [m["config"]["features"]["groups"] for m in packed.manifest["members"]]
+    assert groups == [["raw", "diffs", "ewm"]] * 2 + [["raw", "lags", "rolling"], ["raw", "lags"]]
+    report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
+    assert report.ok, report.format()
 
 
 def test_stacked_module_equals_its_members(runs):

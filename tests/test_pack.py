@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 
 from kit.competition import load_spec
@@ -39,25 +40,49 @@ def _valid(workspace) -> Path:
     return workspace / "data/valid.parquet"
 
 
+def test_every_registered_model_type_is_packed_below():
+    from kit.models import MODELS
+
+    assert set(MODEL_TABLES) == set(MODELS)  # a new model type needs its pack + parity test
+
+
 @pytest.mark.parametrize("name", list(MODEL_TABLES))
 def test_pack_parity_and_score_for_every_model_type(workspace, runs, name):
     packed = pack_run(runs[name], f"pack-{name}", workspace / "submissions")
+    (packed.folder / "notes.txt").write_text("a stray file: parity's new zip leaves it out")
     report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
     assert report.ok, report.format()
     assert report.max_abs <= 1e-5
     assert {c.name for c in report.checks} == {
         "manifest", "paths agree", "order: shuffled sequences", "order: interleaved rows",
         "warm-up processed", "NaN/inf rows"}
+    # the report: each path's metric, per target, and each pair's differences per target
+    targets = ["t0", "t1"]
+    assert set(report.metrics) == {"sequence", "step", "package"}
+    scores = [m["score"] for m in report.metrics.values()]
+    assert np.isfinite(scores).all() and max(scores) - min(scores) <= 1e-4
+    assert all(list(m["per_target"]) == targets for m in report.metrics.values())
+    assert len(report.diffs) == 3
+    sampled = pl.read_parquet(_valid(workspace), columns=["seq_ix"])["seq_ix"].unique(
+        maintain_order=True)[:SEQS].to_list()  # where a worst difference can be: (id, step)
+    for diff in report.diffs:
+        assert list(diff["per_target"]) == targets
+        worst = max(d["max_abs"] for d in diff["per_target"].values())
+        assert worst == diff["max_abs"] <= report.max_abs
+        for d in diff["per_target"].values():
+            assert 0 <= d["max_abs"] <= 1e-5 and d["max_rel"] >= 0
+            assert d["seq"] in sampled and 0 <= d["step"] < 60
     # the package scores what the model scored on validation when training (same rows)
     scored = score_submission(packed.zip_path, _valid(workspace),
                               submission_spec(packed.zip_path), progress=False)
     metrics = json.loads((runs[name] / "metrics.json").read_text())
     assert scored.score == pytest.approx(metrics["score"], abs=1e-4)
-    # parity was recorded in the manifest, and the zip rewritten with it
+    # parity was recorded in the manifest, and the zip rewritten with it (and nothing else)
     manifest = read_manifest(packed.folder)
     assert manifest["parity"]["ok"] and manifest["parity"]["max_abs"] == report.max_abs
     with zipfile.ZipFile(packed.zip_path) as archive:
         assert json.loads(archive.read("manifest.json"))["parity"]["ok"]
+        assert sorted(archive.namelist()) == sorted(PACK_FILES)
 
 
 def test_zip_holds_exactly_the_package_files_and_the_manifest_hashes_match(gru_pack):

@@ -14,6 +14,7 @@ import pytest
 
 from kit.competition import load_spec
 from kit.data.synth import synthesize
+from kit.train.checkpoint import load_checkpoint
 from tests.cli import run_cli
 
 SPEC_TOML = """
@@ -98,6 +99,38 @@ def test_train_writes_the_run_directory(env, tmp_path):
     valid = pl.read_parquet(env / "data" / "valid.parquet")
     assert preds.shape == (valid["need_prediction"].sum(), 2)
     np.testing.assert_array_equal(rows, np.flatnonzero(valid["need_prediction"].to_numpy()))
+    # the stored normaliser is the one fit on the train file's rows, not the valid file's
+    stored = load_checkpoint(run / "best.pt")["normaliser"]
+    train_x = _feature_rows(env / "data" / "train.parquet")
+    np.testing.assert_allclose(stored["center"], train_x.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stored["scale"], train_x.std(axis=0), rtol=1e-4, atol=1e-5)
+    valid_center = _feature_rows(env / "data" / "valid.parquet").mean(axis=0)
+    assert not np.allclose(stored["center"], valid_center, rtol=1e-3, atol=1e-3)
+
+
+def _feature_rows(path: Path) -> np.ndarray:
+    """The tiny experiment's features (raw + lags) of every row of a file, float64."""
+    from kit.config import load_experiment, resolve
+    from kit.features import feature_set_from_config
+
+    feature_set = feature_set_from_config(resolve(load_experiment("tiny")))
+    frame = feature_set.batch_frame(pl.read_parquet(path))
+    return frame.select(feature_set.outputs).to_numpy().astype(np.float64)
+
+
+def test_a_folds_normaliser_sees_only_its_training_folds(env):
+    from kit.config import load_experiment, resolve
+    from kit.data.splits import kfold
+    from kit.train.data import load_train_data
+
+    config = resolve(load_experiment("tiny"))
+    rows = _feature_rows(env / "data" / "train.parquet")
+    ids = pl.read_parquet(env / "data" / "train.parquet", columns=["seq_ix"])["seq_ix"]
+    for i, (train_ids, _valid_ids) in enumerate(kfold(np.unique(ids.to_numpy()), 3, seed=7)):
+        data = load_train_data(config, fold=(3, i))
+        own = rows[ids.is_in(train_ids.tolist()).to_numpy()]
+        np.testing.assert_allclose(data.normaliser.center, own.mean(axis=0), rtol=1e-5,
+                                   atol=1e-5)
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):

@@ -14,9 +14,10 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec
+from kit.config import CHOICES
 from kit.errors import DataError
 
-TRUNCATE = ("head", "tail")
+TRUNCATE = CHOICES["data.truncate"]
 BLOCK_ROWS = 1 << 16  # rows converted per step on the blocked paths (~10 MB at 40 columns)
 
 

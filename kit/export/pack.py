@@ -164,7 +164,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PackResult(folder, write_submission_zip(folder), manifest)
+    return PackResult(folder, write_submission_zip(folder, files=PACK_FILES), manifest)
 
 
 BUDGET_FRACTION = 0.8  # refuse a pack projected past this share of the time limit

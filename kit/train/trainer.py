@@ -16,14 +16,14 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from kit.config import ConfigError
+from kit.config import CHOICES, ConfigError
 from kit.metrics import evaluate
 from kit.train.checkpoint import load_checkpoint, save_checkpoint
 from kit.train.data import Split, TrainData
 from kit.train.losses import MaskedLoss
 from kit.train.runs import RunFiles
 
-SCHEDULES = ("cosine", "onecycle", "plateau", "constant")
+SCHEDULES = CHOICES["train.schedule"]
 
 
 def make_schedule(optimizer, train: dict, steps_per_epoch: int):
@@ -57,7 +57,7 @@ def autocast_for(device: torch.device, amp: str):
         return torch.bfloat16
     if amp in ("auto", "fp16", "bf16"):
         return torch.float16
-    raise ConfigError(f"train.amp {amp!r} is not one of auto, bf16, fp16, off")
+    raise ConfigError(f"train.amp {amp!r} is not one of {CHOICES['train.amp']}")
 
 
 @torch.no_grad()
