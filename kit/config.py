@@ -69,7 +69,9 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
 # [model] and [loss] are validated by the models and the losses themselves.
 DEFAULTS: dict[str, dict] = {
     "data": {"train": "data/synth/train.parquet", "valid": "data/synth/valid.parquet",
-             "seq_len": 0, "truncate": "head", "cache_dir": "data/cache"},
+             "seq_len": 0, "truncate": "head", "cache_dir": "data/cache",
+             # validate on the valid file, or on a held-out part of the train file
+             "split": "file", "valid_fraction": 0.15, "group": "", "stratify": ""},
     "features": {"groups": ["raw"], "ops": []},
     "normaliser": {"method": "standard", "clip": 5.0},
     "train": {
@@ -85,6 +87,7 @@ DEFAULTS: dict[str, dict] = {
 # at once and not after the feature arrays are built.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.truncate": ("head", "tail"),
+    "data.split": ("file", "random", "group"),
     "normaliser.method": ("standard", "robust"),
     "train.schedule": ("cosine", "onecycle", "plateau", "constant"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
@@ -129,6 +132,15 @@ def resolve(config: dict) -> dict:
     out.setdefault("seed", 42)
     out.setdefault("spec", "predictorium")
     return out
+
+
+def validation_file(config: dict, summary: dict | None = None) -> str | None:
+    """The data file whose rows a run's val_rows.npy index: the train file for a fold run
+    (`summary` is its metrics.json) or a run validated on a split of its train file, else the
+    valid file."""
+    data = config.get("data") or {}
+    held_out = "fold" in (summary or {}) or data.get("split", "file") != "file"
+    return data.get("train" if held_out else "valid")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

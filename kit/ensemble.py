@@ -31,6 +31,7 @@ import polars as pl
 import tomli_w
 
 from kit.competition import CompetitionSpec, load_spec
+from kit.config import validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
 
@@ -86,8 +87,8 @@ def load_candidate(path: Path) -> Candidate:
         config = _read_config(path)
         runs = [path]
         preds, rows = np.load(path / "val_preds.npy"), np.load(path / "val_rows.npy")
-        # a fold run validated on its held-out fold: its rows index the train file
-        data = Path(config["data"]["train" if "fold" in summary else "valid"])
+        # a fold run or a split run validated on part of the train file: rows index that file
+        data = Path(validation_file(config, summary))
     else:
         raise EnsembleError(f"{path}: neither val_preds.npy (a finished run) nor oof_preds.npy "
                             "(an out-of-fold group): nothing to select from")

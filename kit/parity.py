@@ -25,6 +25,7 @@ import polars as pl
 import torch
 
 from kit.competition import CompetitionSpec, spec_from_dict
+from kit.config import validation_file
 from kit.data.arrays import build_arrays
 from kit.export.ensemble import Weighted, postprocess_numpy
 from kit.export.frozen import Member, load_member, stream_steps
@@ -365,7 +366,7 @@ def default_data(submission: Path) -> Path:
     if manifest is None:
         raise PackError(f"{submission}: no {MANIFEST_FILE}; is this a package written by "
                         "kit pack?")
-    valid = manifest["members"][0].get("config", {}).get("data", {}).get("valid")
+    valid = validation_file(manifest["members"][0].get("config", {}))
     if not valid:
         raise PackError(f"{submission}: the manifest names no validation file; pass --data")
     return Path(valid)

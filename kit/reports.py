@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
+from kit.config import validation_file
 from kit.data.io import read_frame
 from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, scored_truth
@@ -186,8 +187,9 @@ class ValidFile:
         return self._oracle
 
 
-def _valid_file(config: dict, cache: dict) -> ValidFile | None:
-    valid = (config.get("data") or {}).get("valid")
+def _valid_file(run_dir: Path, config: dict, cache: dict) -> ValidFile | None:
+    """The file the run validated on (the train file for fold and split runs)."""
+    valid = validation_file(config, _read_metrics(run_dir))
     if not valid or not Path(valid).exists():
         return None
     spec = load_spec(config.get("spec"))
@@ -203,7 +205,7 @@ def _oracle_report(run_dir: Path, config: dict, cache: dict) -> MetricReport | N
     if not rows_path.exists():
         return None
     try:
-        valid = _valid_file(config, cache)
+        valid = _valid_file(run_dir, config, cache)
         if valid is None or not oracle_path(valid.path).exists():
             return None
         rows = np.load(rows_path)
@@ -437,7 +439,7 @@ def _width(model: dict):
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Write curves.png, pred_vs_true.png and report.md into out_dir (default run_dir/report).
 
-    pred_vs_true.png needs val_preds.npy, val_rows.npy and the valid file of the config; when
+    pred_vs_true.png needs val_preds.npy, val_rows.npy and the file the run validated on; when
     one is missing the plot is skipped and report.md says why. Returns report.md's path.
     """
     run_dir = Path(run_dir)
@@ -464,9 +466,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         preds_path, rows_path = run_dir / "val_preds.npy", run_dir / "val_rows.npy"
         if not preds_path.exists() or not rows_path.exists():
             raise KitError("the run has no val_preds.npy / val_rows.npy yet")
-        valid = _valid_file(config, cache)
+        valid = _valid_file(run_dir, config, cache)
         if valid is None:
-            raise KitError(f"valid file {(config.get('data') or {}).get('valid')!r} not found")
+            raise KitError(f"validation file "
+                           f"{validation_file(config, _read_metrics(run_dir))!r} not found")
         pred, rows = np.load(preds_path), np.load(rows_path)
         if pred.shape != (len(rows), valid.spec.n_outputs):
             raise KitError(

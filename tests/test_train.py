@@ -227,6 +227,10 @@ def test_folds_train_one_run_per_fold_with_out_of_fold_predictions(env, tmp_path
     assert metrics["folds"] == 3 and np.isfinite(metrics["score"])
     fold_valid = [json.loads((r / "metrics.json").read_text())["valid_seqs"] for r in runs[:3]]
     assert sum(fold_valid) == 24
+    # a fold run's report reads its truth from the train file (its rows index that file)
+    run_cli("report", runs[0])
+    report = (runs[0] / "report" / "report.md").read_text()
+    assert "![predicted vs true](pred_vs_true.png)" in report, report
 
 
 def test_the_same_seed_trains_the_same_model(env, tmp_path):
@@ -242,3 +246,81 @@ def test_tensorboard_logging_writes_event_files(env, tmp_path):
             "--run-dir", tmp_path / "tb", "-q")
     events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+@pytest.fixture
+def grouped_train(env, tmp_path) -> Path:
+    """The tiny train file with a user column (3 sequences per user) and a per-row statistic."""
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    frame = frame.with_columns((pl.col("seq_ix") // 3).alias("user"),
+                               (pl.col("p0") * 0 + pl.col("seq_ix") % 5).alias("level"))
+    path = tmp_path / "grouped.parquet"
+    frame.write_parquet(path)
+    return path
+
+
+def _split_config(train: Path, **data) -> dict:
+    from kit.config import load_experiment, resolve
+
+    config = load_experiment("tiny")
+    config["data"] = {**config["data"], "train": str(train), **data}
+    return resolve(config)
+
+
+def _sequence_ids(path: Path, rows: np.ndarray) -> np.ndarray:
+    return np.unique(pl.read_parquet(path, columns=["seq_ix"])["seq_ix"].to_numpy()[rows])
+
+
+def test_a_random_holdout_of_the_train_file_validates(env, grouped_train, tmp_path):
+    from kit.data.splits import random_split
+    from kit.ensemble import load_candidate
+
+    out = run_cli("train", "exp=tiny", f"data.train={grouped_train}", "data.split=random",
+                  "data.valid_fraction=0.25", "data.valid=nowhere.parquet", "train.epochs=1",
+                  "--run-dir", tmp_path / "run", "-q").output
+    assert "score" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (metrics["train_seqs"], metrics["valid_seqs"]) == (18, 6)
+    rows = np.load(tmp_path / "run" / "val_rows.npy")  # rows of the train file
+    ids = pl.read_parquet(grouped_train, columns=["seq_ix"])["seq_ix"].to_numpy()
+    expected = random_split(np.unique(ids), (0.75, 0.25), seed=7)[1]
+    np.testing.assert_array_equal(_sequence_ids(grouped_train, rows), expected)
+    # the run's predictions are candidates on the train file, and its report reads that file
+    assert load_candidate(tmp_path / "run").data == grouped_train
+    run_cli("report", tmp_path / "run")
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "![predicted vs true](pred_vs_true.png)" in report, report
+
+
+def test_a_grouped_stratified_holdout_keeps_each_user_on_one_side(env, grouped_train):
+    from kit.train.data import load_train_data
+
+    config = _split_config(grouped_train, split="group", group="user", stratify="level",
+                           valid_fraction=0.3)
+    data = load_train_data(config)
+    frame = pl.read_parquet(grouped_train, columns=["seq_ix", "user"])
+    valid_ids = _sequence_ids(grouped_train, data.valid.rows)
+    users = frame.group_by("seq_ix").agg(pl.col("user").first())
+    valid_users = set(users.filter(pl.col("seq_ix").is_in(valid_ids.tolist()))["user"])
+    train_users = set(users.filter(~pl.col("seq_ix").is_in(valid_ids.tolist()))["user"])
+    assert valid_users and train_users and not valid_users & train_users
+    assert len(data.train) + len(data.valid) == 24 and len(data.valid) % 3 == 0
+    again = load_train_data(config)  # deterministic per seed
+    np.testing.assert_array_equal(again.valid.rows, data.valid.rows)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"split": "group"}, "needs data.group"),
+    ({"split": "group", "group": "nope"}, "data.group / data.stratify: .*nope"),
+    ({"split": "group", "group": "p0"}, "'p0' changes within sequence"),
+    ({"split": "group", "group": "user", "stratify": "v0x"}, "v0x"),
+    ({"split": "random", "group": "user"}, "need data.split = \"group\""),
+    ({"split": "random", "valid_fraction": 1.0}, "valid_fraction must be between 0 and 1"),
+    ({"split": "halves"}, r"data.split must be one of \['file', 'random', 'group'\]"),
+])
+def test_bad_holdout_settings_are_refused_naming_the_setting(env, grouped_train, data, message):
+    from kit.config import ConfigError
+    from kit.train.data import load_train_data
+
+    with pytest.raises(ConfigError, match=message):
+        load_train_data(_split_config(grouped_train, **data))

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from kit.competition import CompetitionSpec, load_spec
+from kit.config import ConfigError
 from kit.data.arrays import SequenceArrays
 from kit.data.io import read_frame
-from kit.data.splits import kfold
+from kit.data.splits import group_split, kfold, random_split
+from kit.errors import DataError
 from kit.features import feature_arrays, feature_set_from_config
 from kit.features.normaliser import Normaliser
 from kit.features.sets import FeatureSet
@@ -76,11 +79,62 @@ def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0) -> Nor
                           norm["clip"] or None)
 
 
+def holdout_ids(config: dict, ids: np.ndarray, path: Path, spec: CompetitionSpec
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(train ids, valid ids) of `data.split` = random | group over the train file's sequences,
+    seeded by the config's seed; `data.valid_fraction` of the sequences validate."""
+    data = config["data"]
+    fraction = data["valid_fraction"]
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"data.valid_fraction must be between 0 and 1, got {fraction}")
+    fractions = (1.0 - fraction, fraction)
+    if data["split"] == "random":
+        if data["group"] or data["stratify"]:
+            raise ConfigError("data.group and data.stratify need data.split = \"group\"")
+        train_ids, valid_ids = random_split(ids, fractions, seed=config["seed"])
+        return train_ids, valid_ids
+    if not data["group"]:
+        raise ConfigError("data.split = \"group\" needs data.group: the column that names "
+                          "each sequence's group (e.g. a user id)")
+    groups, stratify = _per_sequence(path, spec, ids, data["group"], data["stratify"])
+    train_ids, valid_ids = group_split(ids, groups, fractions, seed=config["seed"],
+                                       stratify=stratify)
+    return train_ids, valid_ids
+
+
+def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str,
+                  stratify: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each sequence's group (which must not change within it) and mean of `stratify`, in the
+    order of `ids`."""
+    names = [spec.id_col, group] + ([stratify] if stratify else [])
+    try:
+        frame = read_frame(path, names)
+    except DataError as exc:
+        raise ConfigError(f"data.group / data.stratify: {exc}") from None
+    per = frame.group_by(spec.id_col, maintain_order=True).agg(
+        pl.col(group).first().alias("group"), pl.col(group).n_unique().alias("n_groups"),
+        *([pl.col(stratify).cast(pl.Float64).mean().alias("stratify")] if stratify else []))
+    mixed = per.filter(pl.col("n_groups") > 1)
+    if len(mixed):
+        raise ConfigError(f"data.group {group!r} changes within sequence "
+                          f"{mixed[spec.id_col][0]} of {path}: a group column names one group "
+                          "per sequence")
+    order = pl.DataFrame({spec.id_col: ids}).join(per, on=spec.id_col, how="left",
+                                                  maintain_order="left")
+    values = order["stratify"].to_numpy() if stratify else None
+    if values is not None and not np.isfinite(values).all():
+        raise ConfigError(f"data.stratify {stratify!r} has NaN/inf or nulls in {path}; give a "
+                          "column that is finite in every sequence")
+    return order["group"].to_numpy(), values
+
+
 def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainData:
     """Feature arrays of the config's train and valid files, normalised.
 
     With fold = (k, i), both parts come from the train file: fold i of a k-fold split by
-    sequence id (seeded by config seed) is the validation part, the rest trains.
+    sequence id (seeded by config seed) is the validation part, the rest trains. With
+    `data.split` = random | group (and no fold), a held-out part of the train file validates
+    (see holdout_ids) and the valid file is not read.
     """
     spec = load_spec(config["spec"])
     feature_set = feature_set_from_config(config)
@@ -90,18 +144,23 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
     train_path = Path(data["train"])
     train = feature_arrays(train_path, feature_set, **options)
     train_starts = _sequence_starts(train, train_path, spec, data["truncate"])
-    if fold is None:
+    if fold is None and data["split"] == "file":
         valid_path = Path(data["valid"])
         valid = feature_arrays(valid_path, feature_set, **options)
         valid_starts = _sequence_starts(valid, valid_path, spec, data["truncate"])
         limit_train, limit_valid = train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]
     else:
-        k, i = fold
-        train_ids, valid_ids = kfold(train.ids, k, seed=config["seed"])[i]
+        if fold is not None:
+            k, i = fold
+            train_ids, valid_ids = kfold(train.ids, k, seed=config["seed"])[i]
+        else:
+            train_ids, valid_ids = holdout_ids(config, train.ids, train_path, spec)
         valid_pos, train_pos = train.positions(valid_ids), train.positions(train_ids)
         valid, valid_starts = train.take(valid_ids), train_starts[valid_pos]
         train, train_starts = train.take(train_ids), train_starts[train_pos]
         limit_train = limit_valid = 0
+        if fold is None:  # a held-out split honours the limits like a valid file does
+            limit_train, limit_valid = train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]
     normaliser = _fit_normaliser(train, config, limit_train)
     return TrainData(
         spec=spec, feature_set=feature_set, normaliser=normaliser,
