@@ -7,7 +7,8 @@ run): `kit pack --ensemble` of five GRU 2x128 runs (random weights, raw features
 (one batched matmul per gate group and layer for all five) and unstacked (`--no-stack`: five
 ONNX GRU ops in the one graph); baseline: five separate single-model packs, each its own
 onnxruntime session with kit's runtime (IOBinding), called one after another on every row and
-averaged. Goal (issue 6): <= 80 us/row and >= 1.2x faster than the separate sessions.
+averaged. Goal (issue 6): <= 80 us/row and >= 1.2x faster than the separate sessions. Also
+reported: five LSTM 2x128 members, stacked against unstacked.
 
 Selection: `select` over 50 candidates on 1.3M rows x 2 targets of synthetic predictions (truth
 heavy-tailed, candidates = truth x signal + noise, correlated): wall seconds, goal <= 30 s; the
@@ -36,6 +37,7 @@ from kit.export.pack import pack_ensemble, pack_run
 from kit.metrics import metric_value
 
 MEMBERS = 5
+LSTM = {"type": "lstm", "hidden": 128, "layers": 2}  # report: stacked vs unstacked LSTMs
 
 SEPARATE_SOLUTION = """\
 import os
@@ -60,15 +62,22 @@ class PredictionModel:
 """
 
 
-def latency(tmp: Path, spec, seqs: int, repeats: int) -> dict:
-    synthesize(spec, tmp / "data", train_seqs=1, valid_seqs=seqs, seed=0, progress=False)
-    data = tmp / "data/valid.parquet"
-    runs = [fake_run(tmp / f"runs/m{i}", GRU, spec, seed=i) for i in range(MEMBERS)]
+def latency(tmp: Path, data: Path, spec, repeats: int, model: dict = GRU,
+            with_separate: bool = True) -> dict:
+    runs = [fake_run(tmp / f"runs/m{i}", model, spec, seed=i) for i in range(MEMBERS)]
     doc = {"members": [{"name": r.name, "runs": [str(r)], "weights": [0.2, 0.2]}
                        for r in runs]}
     (tmp / "five.toml").write_text(tomli_w.dumps(doc))
     stacked = pack_ensemble(tmp / "five.toml", "stacked", tmp / "subs")
     unstacked = pack_ensemble(tmp / "five.toml", "unstacked", tmp / "subs", stack=False)
+    figures = {
+        "stacked": timed(stacked.folder, data, spec, repeats)
+        | {"graph_nodes": stacked.manifest["onnx"]["nodes"]},
+        "unstacked": timed(unstacked.folder, data, spec, repeats)
+        | {"graph_nodes": unstacked.manifest["onnx"]["nodes"]},
+    }
+    if not with_separate:
+        return figures
     separate = tmp / "subs/separate"
     separate.mkdir()
     for i, run in enumerate(runs):
@@ -77,13 +86,7 @@ def latency(tmp: Path, spec, seqs: int, repeats: int) -> dict:
         runtime = (single.folder / "solution.py").read_text()
     (separate / "runtime.py").write_text(runtime)
     (separate / "solution.py").write_text(SEPARATE_SOLUTION)
-    return {
-        "stacked": timed(stacked.folder, data, spec, repeats)
-        | {"graph_nodes": stacked.manifest["onnx"]["nodes"]},
-        "unstacked": timed(unstacked.folder, data, spec, repeats)
-        | {"graph_nodes": unstacked.manifest["onnx"]["nodes"]},
-        "separate": timed(separate, data, spec, repeats),
-    }
+    return figures | {"separate": timed(separate, data, spec, repeats)}
 
 
 def synthetic_candidates(rows: int, n: int, spec) -> tuple[np.ndarray, list[Candidate]]:
@@ -121,7 +124,12 @@ def main() -> None:
     args = parser.parse_args()
     spec = load_spec("predictorium")
     with tempfile.TemporaryDirectory(prefix="bench-ensemble-") as tmp:
-        figures = latency(Path(tmp), spec, args.seqs, args.repeats)
+        tmp = Path(tmp)
+        synthesize(spec, tmp / "data", train_seqs=1, valid_seqs=args.seqs, seed=0,
+                   progress=False)
+        data = tmp / "data/valid.parquet"
+        figures = latency(tmp / "gru", data, spec, args.repeats)
+        lstm = latency(tmp / "lstm", data, spec, args.repeats, LSTM, with_separate=False)
     truth, candidates = synthetic_candidates(args.rows, args.candidates, spec)
     t0 = time.perf_counter()
     selection = select(candidates, truth.astype(np.float64), iters=args.iters)
@@ -139,6 +147,10 @@ def main() -> None:
         "speedup_vs_separate": round(separate / stacked, 2),
         "stacked_vs_unstacked": round(figures["unstacked"]["us_per_row"] / stacked, 2),
         "graph_nodes": {k: figures[k].get("graph_nodes") for k in ("stacked", "unstacked")},
+        "lstm": {"model": LSTM, "stacked_us_per_row": lstm["stacked"]["us_per_row"],
+                 "unstacked_us_per_row": lstm["unstacked"]["us_per_row"],
+                 "stacked_vs_unstacked": round(lstm["unstacked"]["us_per_row"]
+                                               / lstm["stacked"]["us_per_row"], 2)},
         "rows": figures["stacked"]["rows"],
         "select_s": round(select_s, 2),
         "select_rows": args.rows,

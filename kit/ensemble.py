@@ -10,11 +10,11 @@ the best point of the trajectory.
 Speed: the metrics kit uses for selection (weighted Pearson, R², RMSE) are functions of the
 first and second weighted moments of the blend, so one pass over the data builds, per target, the
 weighted covariance matrix of [truth, candidate predictions]; after that each step scores every
-candidate in O(candidates). That surrogate ignores the metric's prediction clip; while every
-candidate's predictions lie inside the clip range it is exact. When some lie outside, each step
-scores the surrogate's best SHORTLIST candidates exactly (clip included) and picks among them.
-The trajectory is always re-scored exactly and the cut uses the exact scores. Other metrics
-(MAE) are scored exactly at every step.
+candidate in O(candidates). The metric's prediction clip is exact too: a blend can only leave
+the clip range on a row where some candidate does, so the moments of the clipped blend are the
+unclipped ones plus corrections summed over those few rows. The trajectory is re-scored with
+the real metric and the cut uses those scores. Other metrics (MAE) are scored exactly, every
+candidate at every step.
 """
 
 from __future__ import annotations
@@ -155,9 +155,12 @@ def check_same_rows(candidates: list[Candidate]) -> None:
 class Moments:
     """Per target: weighted means and the weighted covariance matrix of [truth, candidates]."""
 
-    def __init__(self, truth: np.ndarray, preds: np.ndarray, metric: str):
+    def __init__(self, truth: np.ndarray, preds: np.ndarray, metric: str,
+                 clip: tuple[float, float] | None = None):
         n, c, k = preds.shape
         self.metric, self.n = metric, n
+        self.clip = clip if metric == "weighted_pearson" else None
+        self.outside: list[tuple] = []  # per target: rows where a candidate leaves the clip
         self.cov = np.zeros((k, c + 1, c + 1))
         self.mean = np.zeros((k, c + 1))
         self.wsum = np.zeros(k)
@@ -175,6 +178,13 @@ class Moments:
                 z = self._columns(y, preds[:, :, t], lo) - self.mean[t]
                 self.cov[t] += (z * w[lo:lo + CHUNK_ROWS, None]).T @ z
             self.cov[t] /= self.wsum[t]
+            if self.clip is not None:
+                p = preds[:, :, t]
+                rows = np.flatnonzero(((p < self.clip[0]) | (p > self.clip[1])).any(axis=1))
+                # the rows' weights, weighted truth deviations and predictions
+                self.outside.append((w[rows] / self.wsum[t],
+                                     w[rows] * (y[rows] - self.mean[t, 0]) / self.wsum[t],
+                                     p[rows].astype(np.float64)))
 
     @staticmethod
     def _columns(y: np.ndarray, p: np.ndarray, lo: int) -> np.ndarray:
@@ -190,6 +200,8 @@ class Moments:
         var_s = counts @ pv
         var = (var_s + 2 * pv + np.diag(pp)) / m**2  # var((S + p_j) / m)
         cov_y = (yp @ counts + yp) / m
+        if self.clip is not None and len(self.outside[t][0]):
+            var, cov_y = self._clipped(t, counts, m, var, cov_y)
         if self.metric == "weighted_pearson":
             with np.errstate(divide="ignore", invalid="ignore"):
                 out = cov_y / np.sqrt(var * yy)
@@ -199,6 +211,22 @@ class Moments:
         if self.metric == "rmse":
             return -np.sqrt(np.maximum(mse, 0.0))  # higher is better inside the search
         return 1.0 - mse / yy if yy > 0 else np.where(mse == 0, 1.0, 0.0)
+
+
+    def _clipped(self, t: int, counts: np.ndarray, m: float, var: np.ndarray,
+                 cov_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """var and cov with y of the clipped blends: on the rows where a blend can leave the
+        clip range, c = clip(b) = b + d, so E[c] = E[b] + E[d], E[c^2] = E[b^2] + E[c^2 - b^2]
+        and cov(y, c) = cov(y, b) + E[(y - E[y]) d]."""
+        w, wy, p = self.outside[t]
+        blend = (p @ counts)[:, None] + p  # m * b, for every candidate: [rows, C]
+        blend /= m
+        clipped = np.clip(blend, self.clip[0], self.clip[1])
+        d = clipped - blend
+        shift = w @ d  # E[d]
+        mean_b = (self.mean[t, 1:] @ counts + self.mean[t, 1:]) / m
+        var = var + w @ (clipped**2 - blend**2) - 2 * mean_b * shift - shift**2
+        return var, cov_y + wy @ d
 
 
 # --- selection ----------------------------------------------------------------------------
@@ -217,7 +245,6 @@ class Selection:
     singles: list[dict]  # per candidate: score, per_target
     uniform: dict
     seconds: float
-    surrogate_exact: bool
     extra: dict = field(default_factory=dict)
 
     @property
@@ -232,40 +259,29 @@ def _exact(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray, t: int |
     return metric_value(spec, truth[:, t], blend)
 
 
-SHORTLIST = 8  # candidates scored exactly per step when the surrogate is not exact
-
-
 def greedy(moments: Moments | None, spec: CompetitionSpec, truth: np.ndarray,
-           preds: np.ndarray, targets: list[int], iters: int, init: list[int],
-           shortlist: int = 0) -> tuple[np.ndarray, list[float]]:
+           preds: np.ndarray, targets: list[int], iters: int, init: list[int]
+           ) -> tuple[np.ndarray, list[float]]:
     """Picks per iteration over `targets` (the mean of their metric); returns the pick counts
-    after each iteration and the exact score of each. With moments, each step picks the
-    surrogate's best, or with `shortlist` the exactly best of the surrogate's best `shortlist`;
-    without, every candidate is scored exactly."""
+    after each iteration and the exact score of each. Candidates are scored from `moments`,
+    or without them with the real metric (every candidate, every step)."""
     sign = 1.0 if spec.metric.higher_is_better else -1.0
     c = preds.shape[1]
     counts = np.zeros(c)
     blend_sum = np.zeros((preds.shape[0], len(targets)))
     history, scores = [], []
 
-    def exact_best(candidates) -> int:
-        m = counts.sum() + 1
-        values = [np.mean([sign * metric_value(spec, truth[:, t],
-                                               (blend_sum[:, i] + preds[:, j, t]) / m)
-                           for i, t in enumerate(targets)]) for j in candidates]
-        return int(candidates[int(np.argmax(values))])
-
     for step in range(iters):
         if step < len(init):
             pick = init[step]
-        elif moments is None:  # non-quadratic metrics
-            pick = exact_best(np.arange(c))
-        else:
-            surrogate = sum(moments.scores(t, counts) for t in targets)
-            if shortlist:  # stable sort: ties keep the candidates' order, as argmax does
-                pick = exact_best(np.argsort(-surrogate, kind="stable")[:shortlist])
-            else:
-                pick = int(np.argmax(surrogate))
+        elif moments is not None:
+            pick = int(np.argmax(sum(moments.scores(t, counts) for t in targets)))
+        else:  # exact scoring of every candidate (non-quadratic metrics)
+            m = counts.sum() + 1
+            values = [np.mean([sign * metric_value(spec, truth[:, t],
+                                                   (blend_sum[:, i] + preds[:, j, t]) / m)
+                               for i, t in enumerate(targets)]) for j in range(c)]
+            pick = int(np.argmax(values))
         counts[pick] += 1
         blend_sum += preds[:, pick, targets]
         blend = blend_sum / counts.sum()
@@ -293,10 +309,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
     sign = 1.0 if spec.metric.higher_is_better else -1.0
     singles = [evaluate(spec, truth, preds[:, j]) for j in range(len(candidates))]
     quadratic = spec.metric.name in QUADRATIC
-    moments = Moments(truth, preds, spec.metric.name) if quadratic else None
-    clip = spec.metric.clip
-    exact = not quadratic or spec.metric.name != "weighted_pearson" or clip is None or bool(
-        ((preds >= clip[0]) & (preds <= clip[1])).all())
+    moments = Moments(truth, preds, spec.metric.name, spec.metric.clip) if quadratic else None
     groups = [[t] for t in range(k)] if per_target else [list(range(k))]
     counts = np.zeros((k, len(candidates)))
     trajectory = np.zeros(iters)
@@ -306,7 +319,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
                        key=lambda j: -sign * np.mean([singles[j].per_target[spec.outputs[t]]
                                                       for t in targets]))
         history, scores = greedy(moments, spec, truth, preds, targets, iters,
-                                 order[:init_best], shortlist=0 if exact else SHORTLIST)
+                                 order[:init_best])
         first = max(init_best - 1, 0)  # the cut never drops the initial members
         best = first + int(np.argmax(sign * np.array(scores[first:])))
         best_iteration.append(best + 1)
@@ -322,7 +335,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
         score=report.score, per_target=report.per_target,
         singles=[{"score": s.score, "per_target": s.per_target} for s in singles],
         uniform={"score": uniform.score, "per_target": uniform.per_target},
-        seconds=time.perf_counter() - started, surrogate_exact=exact,
+        seconds=time.perf_counter() - started,
         extra={"best_iteration_per_group": best_iteration},
     )
 
@@ -432,7 +445,6 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
             "candidates": len(candidates), "iters": iters, "init_best": init_best,
             "per_target": selection.per_target_mode, "best_iteration": selection.best_iteration,
             "score": selection.score, "target_scores": selection.per_target,
-            "surrogate_exact": selection.surrogate_exact,
             "seconds": round(selection.seconds, 3),
             "best_single": {"name": candidates[best].name, **selection.singles[best]},
             "uniform": selection.uniform,

@@ -48,9 +48,10 @@ def runs(workspace):
         runs = {name: Path(train_experiment(name, progress=False,
                                             runs_dir=workspace / "runs")[0]["run_dir"])
                 for name in MODEL_TABLES}
-        # a second GRU of the same shape (another seed): ensembles stack such members
-        runs["gru_b"] = Path(train_experiment("gru", seeds=[6], progress=False,
-                                              runs_dir=workspace / "runs")[0]["run_dir"])
+        # a second GRU and LSTM of the same shape (another seed): ensembles stack such members
+        for name in ("gru", "lstm"):
+            runs[f"{name}_b"] = Path(train_experiment(name, seeds=[6], progress=False,
+                                                      runs_dir=workspace / "runs")[0]["run_dir"])
         return runs
     finally:
         if old is None:

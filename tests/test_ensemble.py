@@ -21,7 +21,7 @@ from kit.ensemble import (
     smooth,
     tune_postprocess,
 )
-from kit.export.ensemble import Ensemble, PostProcess, StackedGRU, Weighted, postprocess_numpy
+from kit.export.ensemble import Ensemble, PostProcess, Weighted, postprocess_numpy
 from kit.export.frozen import load_member, stream_steps
 from kit.export.pack import PackError, pack_ensemble
 from kit.metrics import evaluate, metric_value
@@ -86,14 +86,18 @@ def test_init_best_starts_from_the_best_candidates_and_the_cut_keeps_the_best_po
     assert free.counts[:, 1].max() == 0 and free.score > sel.score
 
 
-@pytest.mark.parametrize("metric", ["weighted_pearson", "r2", "rmse"])
-def test_moment_scores_equal_the_exact_metric(metric):
-    spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": metric}}, "<test>")
+@pytest.mark.parametrize("metric, clip", [("weighted_pearson", None), ("r2", None),
+                                          ("rmse", None), ("weighted_pearson", [-2.0, 1.5])])
+def test_moment_scores_equal_the_exact_metric(metric, clip):
+    """Clip [-2, 1.5]: about a tenth of the rows have a candidate outside it."""
+    table = {"name": metric} | ({"clip": clip} if clip else {})
+    spec = spec_from_dict({**SPEC.to_dict(), "metric": table}, "<test>")
+    assert spec.metric.clip == (tuple(clip) if clip else None)
     rng = np.random.default_rng(3)
     truth = rng.standard_t(4, (5000, 2))
     preds = np.stack([truth * rng.random() + rng.standard_normal((5000, 2)) for _ in range(4)],
                      axis=1)
-    moments = Moments(truth, preds, metric)
+    moments = Moments(truth, preds, metric, spec.metric.clip)
     counts = np.array([2.0, 0.0, 1.0, 3.0])
     for t in range(2):
         fast = moments.scores(t, counts)
@@ -107,8 +111,8 @@ def test_moment_scores_equal_the_exact_metric(metric):
 
 def test_predictions_beyond_the_clip_are_picked_by_the_exact_metric():
     """Candidate a is the best once the metric clips its rare wild values at +-6; the moment
-    surrogate ignores the clip and ranks it below b. With predictions outside the clip, each
-    step scores the surrogate's shortlist exactly, so the picks are exact greedy's."""
+    moments of the unclipped blend rank it below b. With the clip's corrections on the rows
+    that leave its range, the moment scores are exact, so the picks are exact greedy's."""
     rng = np.random.default_rng(8)
     truth = rng.standard_normal((3000, 2))
     a = truth + 0.2 * rng.standard_normal((3000, 2))
@@ -117,11 +121,10 @@ def test_predictions_beyond_the_clip_are_picked_by_the_exact_metric():
     b = truth + 0.6 * rng.standard_normal((3000, 2))
     c = truth + 0.7 * rng.standard_normal((3000, 2))
     preds = np.stack([a, b, c], axis=1).astype(np.float32)
-    moments = Moments(truth, preds, SPEC.metric.name)
-    assert np.argmax(sum(moments.scores(t, np.zeros(3)) for t in (0, 1))) == 1  # the trap
+    unclipped = Moments(truth, preds, SPEC.metric.name)
+    assert np.argmax(sum(unclipped.scores(t, np.zeros(3)) for t in (0, 1))) == 1  # the trap
     exact_history, _ = greedy(None, SPEC, truth, preds, [0, 1], 6, [])
     sel = select(_candidates([a, b, c]), truth, iters=6)
-    assert not sel.surrogate_exact
     assert exact_history[0].tolist() == [1, 0, 0]  # a first
     np.testing.assert_array_equal(sel.counts[0], exact_history[sel.best_iteration - 1])
 
@@ -208,18 +211,21 @@ def _write(path: Path, members: list[dict], postprocess: dict | None = None) -> 
     return path
 
 
-def test_stacked_grus_zero_weights_and_postprocessing_pass_parity(workspace, runs, tmp_path):
+def test_stacked_rnns_zero_weights_and_postprocessing_pass_parity(workspace, runs, tmp_path):
     path = _write(tmp_path / "e.toml", [
-        {"name": "a", "runs": [str(runs["gru"])], "weights": [0.7, 0.2]},
-        {"name": "b", "runs": [str(runs["gru_b"])], "weights": [0.3, 0.5]},
-        {"name": "c", "runs": [str(runs["ssm"])], "weights": [0.0, 0.3]},
+        {"name": "a", "runs": [str(runs["gru"])], "weights": [0.5, 0.1]},
+        {"name": "b", "runs": [str(runs["gru_b"])], "weights": [0.2, 0.3]},
+        {"name": "c", "runs": [str(runs["ssm"])], "weights": [0.0, 0.2]},
+        {"name": "d", "runs": [str(runs["lstm"])], "weights": [0.2, 0.2]},
+        {"name": "e", "runs": [str(runs["lstm_b"])], "weights": [0.1, 0.2]},
         {"name": "z", "runs": [str(runs["transformer"])], "weights": [0.0, 0.0]},
     ], {"smoothing": [0.5, 0.0], "scale": [1.0, 2.0]})
     packed = pack_ensemble(path, "stacked", tmp_path / "subs")
     members = packed.manifest["members"]
-    assert [m["model"]["type"] for m in members] == ["gru", "gru", "ssm"]  # zero weight: out
-    # the two GRUs run as one stacked module (its state has the batch on axis 2)
-    assert any(s["batch_axis"] == 2 for s in packed.manifest["states"])
+    assert [m["model"]["type"] for m in members] == ["gru", "gru", "ssm", "lstm", "lstm"]
+    # the two GRUs run as one stacked module, the two LSTMs as another: their states (h; h and
+    # c) have the batch on axis 2
+    assert sum(s["batch_axis"] == 2 for s in packed.manifest["states"]) == 3
     report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
     assert report.ok, report.format()
     unstacked = pack_ensemble(path, "unstacked", tmp_path / "subs", stack=False)
@@ -245,7 +251,7 @@ def test_members_with_their_own_features_and_normalisers_pass_parity(workspace, 
         members.append((name, Path(result[0]["run_dir"]), weights))
     module = Ensemble([Weighted(load_member(run), w) for _, run, w in members])
     assert len(module.pipelines) == 3 and len(module.normalisers) == 4
-    assert [type(m).__name__ for m in module.models] == ["StackedGRU", "WeightedModel"]
+    assert [type(m).__name__ for m in module.models] == ["StackedRNN", "WeightedModel"]
     assert module.models[0].m == 3 and not module.models[0].shared_input
     path = _write(tmp_path / "e.toml", [{"name": name, "runs": [str(run)], "weights": w}
                                         for name, run, w in members])
@@ -256,14 +262,15 @@ def test_members_with_their_own_features_and_normalisers_pass_parity(workspace, 
     assert report.ok, report.format()
 
 
-def test_stacked_module_equals_its_members(runs):
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_stacked_module_equals_its_members(runs, kind):
     import torch
 
-    members = [load_member(runs["gru"]), load_member(runs["gru_b"])]
+    members = [load_member(runs[kind]), load_member(runs[f"{kind}_b"])]
     weights = [[0.25, 1.0], [0.75, -0.5]]
     entries = [Weighted(m, w) for m, w in zip(members, weights, strict=True)]
     stacked, plain = Ensemble(entries).eval(), Ensemble(entries, stack=False).eval()
-    assert any(isinstance(m, StackedGRU) for m in stacked.models)
+    assert [type(m).__name__ for m in stacked.models] == ["StackedRNN"]
     x = torch.randn(3, 25, 32)
     with torch.no_grad():
         want = sum(torch.tensor(w) * stream_steps(m.stream_module(), x)

@@ -4,9 +4,10 @@
     (features, normaliser) -> the models -> sum of member outputs times per-target weights
     -> optional post-processing (per-target smoothing over steps, per-target scale).
 
-Members that are plain GRUs of the same shape (linear shared head, no layer norm) are computed
-together by `StackedGRU`: one batched MatMul per gate group and layer for all of them, instead of
-one ONNX GRU op per member (bench/bench_ensemble.py measures both). Any other model runs as it is.
+Members that are plain GRUs (or plain LSTMs) of the same shape (linear shared head, no layer
+norm) are computed together by `StackedRNN`: batched MatMuls per layer for all of them, instead
+of one ONNX GRU/LSTM op per member (bench/bench_ensemble.py measures both). Any other model runs
+as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kit.export.frozen import Member, split_state
-from kit.models.rnn import GRUModel
+from kit.models.rnn import GRUModel, LSTMModel
 
 
 @dataclass
@@ -27,23 +28,30 @@ class Weighted:
     weights: list[float]  # per target
 
 
+STACKABLE = {GRUModel: "gru", LSTMModel: "lstm"}  # recurrent cells StackedRNN computes
+
+
 def stackable(model: nn.Module) -> tuple | None:
-    """The key under which GRUs can be stacked, None for models that run on their own."""
-    if type(model) is not GRUModel or not isinstance(model.norm, nn.Identity):
+    """The key under which recurrent members can be stacked, None for models that run on
+    their own: plain GRUs (or LSTMs) of one shape, no layer norm, one linear shared head."""
+    kind = STACKABLE.get(type(model))
+    if kind is None or not isinstance(model.norm, nn.Identity):
         return None
     parts = model.head.parts
     if len(parts) != 1 or type(parts[0]) is not nn.Linear:
         return None
-    return ("gru", model.rnn.input_size, model.hidden, model.layers)
+    return (kind, model.rnn.input_size, model.hidden, model.layers)
 
 
-class StackedGRU(nn.Module):
-    """M GRUs of one shape, one step at a time, with batched matmuls; returns the weighted sum
-    of their heads. State: h [layers, M, B, H] (batch on axis 2: no transposes per step)."""
+class StackedRNN(nn.Module):
+    """M GRUs (or M LSTMs) of one shape, one step at a time, with batched matmuls; returns the
+    weighted sum of their heads. State: h [layers, M, B, H] (batch on axis 2: no transposes per
+    step), and c of the same shape for LSTMs."""
 
-    def __init__(self, models: list[GRUModel], weights: Tensor, shared_input: bool):
+    def __init__(self, models: list[GRUModel | LSTMModel], weights: Tensor, shared_input: bool):
         super().__init__()
         first = models[0]
+        self.lstm = isinstance(first, LSTMModel)
         self.layers, self.hidden, self.m = first.layers, first.hidden, len(models)
         self.shared_input = shared_input
         h = self.hidden
@@ -53,9 +61,13 @@ class StackedGRU(nn.Module):
             return torch.stack([t.t() if transpose else t for t in ts])
 
         for layer in range(self.layers):
-            self.register_buffer(f"wi{layer}", stack(f"weight_ih_l{layer}", True))  # [M, I, 3H]
-            self.register_buffer(f"wh{layer}", stack(f"weight_hh_l{layer}", True))  # [M, H, 3H]
+            # [M, I, G*H] and [M, H, G*H]: G = 3 gates (GRU: r, z, n), 4 (LSTM: i, f, g, o)
+            self.register_buffer(f"wi{layer}", stack(f"weight_ih_l{layer}", True))
+            self.register_buffer(f"wh{layer}", stack(f"weight_hh_l{layer}", True))
             bi, bh = stack(f"bias_ih_l{layer}", False), stack(f"bias_hh_l{layer}", False)
+            if self.lstm:  # every gate takes the sum of both biases
+                self.register_buffer(f"bi{layer}", (bi + bh).unsqueeze(1))
+                continue
             # r and z take the sum of both biases; n keeps the hidden one inside r * (.)
             self.register_buffer(f"bi{layer}", torch.cat(
                 [bi[:, :2 * h] + bh[:, :2 * h], bi[:, 2 * h:]], dim=1).unsqueeze(1))
@@ -69,34 +81,50 @@ class StackedGRU(nn.Module):
                                     * weights).sum(0))
 
     def init_state(self, batch: int) -> list[Tensor]:
-        return [torch.zeros(self.layers, self.m, batch, self.hidden)]
+        shape = (self.layers, self.m, batch, self.hidden)
+        return [torch.zeros(shape) for _ in range(2 if self.lstm else 1)]
 
-    def step(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """x [B, I] or [M, B, I], h [L, M, B, H] -> y [B, K], h'."""
+    def _gru(self, layer: int, inp: Tensor, prev: Tensor) -> Tensor:
         size = self.hidden
-        inp, new = x, []
+        gi = torch.matmul(inp, getattr(self, f"wi{layer}")) + getattr(self, f"bi{layer}")
+        gh = torch.matmul(prev, getattr(self, f"wh{layer}")) + getattr(self, f"bh{layer}")
+        gi_rz, gi_n = gi.split([2 * size, size], dim=-1)
+        gh_rz, gh_n = gh.split([2 * size, size], dim=-1)
+        r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, dim=-1)
+        n = torch.tanh(gi_n + r * gh_n)
+        return n + z * (prev - n)
+
+    def _lstm(self, layer: int, inp: Tensor, prev: Tensor, cell: Tensor
+              ) -> tuple[Tensor, Tensor]:
+        size = self.hidden
+        gates = (torch.matmul(inp, getattr(self, f"wi{layer}"))
+                 + torch.matmul(prev, getattr(self, f"wh{layer}")) + getattr(self, f"bi{layer}"))
+        input_forget, cell_out = gates.split([2 * size, 2 * size], dim=-1)  # torch: i, f, g, o
+        i, f = torch.sigmoid(input_forget).chunk(2, dim=-1)  # one sigmoid for both
+        g, o = cell_out.chunk(2, dim=-1)
+        cell = f * cell + i * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(cell), cell
+
+    def step(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """x [B, I] or [M, B, I], state [L, M, B, H] (h, and c for LSTMs) -> y [B, K], state'."""
+        inp, hs, cs = x, [], []
         for layer in range(self.layers):
-            prev = h[layer]  # [M, B, H]
-            gi = torch.matmul(inp, getattr(self, f"wi{layer}")) + getattr(self, f"bi{layer}")
-            gh = torch.matmul(prev, getattr(self, f"wh{layer}")) + getattr(self, f"bh{layer}")
-            gi_rz, gi_n = gi.split([2 * size, size], dim=-1)
-            gh_rz, gh_n = gh.split([2 * size, size], dim=-1)
-            r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, dim=-1)
-            n = torch.tanh(gi_n + r * gh_n)
-            inp = n + z * (prev - n)
-            new.append(inp)
+            if self.lstm:
+                inp, cell = self._lstm(layer, inp, state[0][layer], state[1][layer])
+                cs.append(cell)
+            else:
+                inp = self._gru(layer, inp, state[0][layer])
+            hs.append(inp)
         y = torch.matmul(inp, self.wo).sum(0) + self.bo  # [B, K]
-        return y, torch.stack(new)
+        return y, [torch.stack(hs)] + ([torch.stack(cs)] if self.lstm else [])
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        (h,) = state
         time_axis = 2 if not self.shared_input else 1
         ys = []
         for t in range(x.shape[time_axis]):
-            xt = x.select(time_axis, t)
-            y, h = self.step(xt, h)
+            y, state = self.step(x.select(time_axis, t), state)
             ys.append(y)
-        return torch.stack(ys, dim=1), [h]
+        return torch.stack(ys, dim=1), state
 
 
 class PostProcess(nn.Module):
@@ -173,9 +201,9 @@ class Ensemble(nn.Module):
         for key, idx in groups.items():
             weights = torch.tensor([members[i].weights for i in idx], dtype=torch.float32)
             ins = [inputs[i] for i in idx]
-            if key[0] == "gru" and len(idx) > 1:
+            if key[0] in STACKABLE.values() and len(idx) > 1:
                 shared = len(set(ins)) == 1
-                self.models.append(StackedGRU([members[i].member.model for i in idx], weights,
+                self.models.append(StackedRNN([members[i].member.model for i in idx], weights,
                                               shared))
             else:
                 shared = True
