@@ -3,9 +3,8 @@
 Policy: a non-finite value (NaN, +inf, -inf, or a null in the batch face) is replaced by the last
 finite value of the same column in the same sequence, or by 0.0 before there is one. Carrying the
 last value keeps level-like columns (prices) continuous; 0.0 is the neutral value of normalised
-features. Finite values beyond +-LIMIT (1e16) are clipped to it when ops compute on them, so
-that no op overflows float32 (see kernels.LIMIT). No op downstream ever sees a non-finite input,
-so no op emits NaN.
+features. Finite values beyond +-LIMIT (1e16) are clipped to it, so that no op overflows
+float32 (see kernels.LIMIT). No op downstream ever sees a non-finite input, so no op emits NaN.
 """
 
 from __future__ import annotations
@@ -17,45 +16,34 @@ from torch import Tensor, nn
 from kit.features.kernels import LIMIT
 
 
-def _limited(col: pl.Expr, clip: bool) -> pl.Expr:
-    return col.clip(-LIMIT, LIMIT) if clip else col
-
-
-def guard_exprs(columns: list[str], id_col: str, clip: bool = True) -> list[pl.Expr]:
+def guard_exprs(columns: list[str], id_col: str) -> list[pl.Expr]:
     """Batch face: forward-fill non-finite values within each sequence, then 0.0 (float32, the
-    stream face's precision), then the +-LIMIT clip when ops compute on the columns."""
+    stream face's precision)."""
     out = []
     for name in columns:
         col = pl.col(name).cast(pl.Float32)
         finite_or_null = pl.when(col.is_finite()).then(col).otherwise(None)
         filled = finite_or_null.forward_fill().over(id_col).fill_null(0.0)
-        out.append(_limited(filled, clip).alias(name))
+        out.append(filled.clip(-LIMIT, LIMIT).alias(name))
     return out
 
 
-def guard_frame(df: pl.DataFrame | pl.LazyFrame, columns: list[str], id_col: str,
-                clip: bool = True):
+def guard_frame(df: pl.DataFrame | pl.LazyFrame, columns: list[str], id_col: str):
     """Apply the guard, skipping the per-sequence fill for columns that are already finite."""
     lazy = df.lazy()
     finite = lazy.select(pl.col(c).cast(pl.Float32).is_finite().fill_null(False).all().alias(c)
                          for c in columns).collect().row(0, named=True)
     dirty = [c for c in columns if not finite[c]]
-    clean = [_limited(pl.col(c).cast(pl.Float32), clip) for c in columns if finite[c]]
-    return lazy.with_columns(*clean, *guard_exprs(dirty, id_col, clip))
+    clean = [pl.col(c).cast(pl.Float32).clip(-LIMIT, LIMIT) for c in columns if finite[c]]
+    return lazy.with_columns(*clean, *guard_exprs(dirty, id_col))
 
 
 class Guard(nn.Module):
-    """Stream face: state = the last finite value of each column (zeros = new sequence).
+    """Stream face: state = the last finite value of each column (zeros = new sequence)."""
 
-    `clip`: clip to +-LIMIT, which ops need; a set of raw columns only goes straight to the
-    normaliser, whose own clip takes any finite value, so it saves the node."""
-
-    def __init__(self, width: int, clip: bool = True):
+    def __init__(self, width: int):
         super().__init__()
-        self.width, self.clip = width, clip
-
-    def _limited(self, x: Tensor) -> Tensor:
-        return x.clamp(-LIMIT, LIMIT) if self.clip else x
+        self.width = width
 
     def init_state(self, batch: int) -> list[Tensor]:
         return [torch.zeros(batch, 1, self.width)]
@@ -63,12 +51,12 @@ class Guard(nn.Module):
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         (last,) = state  # [B, 1, F]
         if x.shape[1] == 1:  # the step graph: no slicing of the one row (a node saved)
-            last = self._limited(torch.where((x - x) == 0, x, last))
+            last = torch.where((x - x) == 0, x, last).clamp(-LIMIT, LIMIT)
             return last, [last]
         rows = []
         for t in range(x.shape[1]):  # T is 1 in the step graph
             row = x[:, t:t + 1]
             # x - x is 0 exactly for finite x and NaN for NaN/inf: 2 graph nodes, not 4
-            last = self._limited(torch.where((row - row) == 0, row, last))
+            last = torch.where((row - row) == 0, row, last).clamp(-LIMIT, LIMIT)
             rows.append(last)
         return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)), [last]

@@ -94,8 +94,7 @@ class FeatureSet:
         if isinstance(df, pl.DataFrame) and df[spec.id_col].is_sorted():
             # Sorted ids let every `.over(id)` take Polars' sorted group-by path (~3x faster).
             df = df.with_columns(pl.col(spec.id_col).set_sorted())
-        computes = any(op.family is not None for op in self.ops)  # not raw columns only
-        lazy = guard_frame(df, list(spec.features), spec.id_col, clip=computes).with_columns(
+        lazy = guard_frame(df, list(spec.features), spec.id_col).with_columns(
             pl.int_range(pl.len(), dtype=pl.Int32).over(spec.id_col).alias(POS),
             (pl.col(spec.id_col) != pl.col(spec.id_col).shift(1)).fill_null(True).alias(START),
         )
@@ -175,6 +174,7 @@ class FeaturePipeline(nn.Module):
 
     def __init__(self, raw: list[str], ops: list[FeatureOp], outputs: list[str]):
         super().__init__()
+        self.guard = Guard(len(raw))
         columns = list(raw)
         kernels = []
         self.layer_sizes = []  # kernels per dependency layer
@@ -192,7 +192,6 @@ class FeaturePipeline(nn.Module):
             self.layer_sizes.append(len(fused))
             self.layer_clips.append(any(not op.bounded for op in layer if op.family is not None))
         self.kernels = nn.ModuleList(kernels)
-        self.guard = Guard(len(raw), clip=bool(kernels))  # see Guard: raw columns only need none
         index = [columns.index(o) for o in outputs]
         # the step graph pays per node: no gather when the outputs are the columns as they are
         self.identity_out = index == list(range(len(columns)))
