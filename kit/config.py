@@ -71,7 +71,9 @@ DEFAULTS: dict[str, dict] = {
     "data": {"train": "data/synth/train.parquet", "valid": "data/synth/valid.parquet",
              "seq_len": 0, "truncate": "head", "cache_dir": "data/cache",
              # validate on the valid file, or on a held-out part of the train file
-             "split": "file", "valid_fraction": 0.15, "group": "", "stratify": ""},
+             "split": "file", "valid_fraction": 0.15, "group": "", "stratify": "",
+             "split_seed": 0,
+             "fold": []},  # [k, i]: written by kit train --folds into a fold run's config
     "features": {"groups": ["raw"], "ops": []},
     "normaliser": {"method": "standard", "clip": 5.0},
     "train": {
@@ -135,11 +137,12 @@ def resolve(config: dict) -> dict:
 
 
 def validation_file(config: dict, summary: dict | None = None) -> str | None:
-    """The data file whose rows a run's val_rows.npy index: the train file for a fold run
-    (`summary` is its metrics.json) or a run validated on a split of its train file, else the
-    valid file."""
+    """The data file whose rows a run's val_rows.npy index: the train file for a fold run (its
+    config's data.fold; `summary`, its metrics.json, for runs older than that key) or a run
+    validated on a split of its train file, else the valid file."""
     data = config.get("data") or {}
-    held_out = "fold" in (summary or {}) or data.get("split", "file") != "file"
+    held_out = (bool(data.get("fold")) or "fold" in (summary or {})
+                or data.get("split", "file") != "file")
     return data.get("train" if held_out else "valid")
 
 

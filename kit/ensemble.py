@@ -145,8 +145,9 @@ def check_same_rows(candidates: list[Candidate]) -> None:
     if bad:
         raise EnsembleError("the candidates do not cover the same rows, so they cannot be "
                             "blended: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
-                            + ". Select among runs validated on the same file (fold runs: "
-                              "pass their -oof group)")
+                            + ". Select among runs validated on the same rows: the same valid "
+                              "file, or the same data.split and split_seed (fold runs: pass "
+                              "their -oof group)")
 
 
 # --- the blend's score from moments -------------------------------------------------------
@@ -184,7 +185,7 @@ class Moments:
                 # the rows' weights, weighted truth deviations and predictions
                 self.outside.append((w[rows] / self.wsum[t],
                                      w[rows] * (y[rows] - self.mean[t, 0]) / self.wsum[t],
-                                     p[rows].astype(np.float64)))
+                                     p[rows]))
 
     @staticmethod
     def _columns(y: np.ndarray, p: np.ndarray, lo: int) -> np.ndarray:
@@ -219,14 +220,17 @@ class Moments:
         clip range, c = clip(b) = b + d, so E[c] = E[b] + E[d], E[c^2] = E[b^2] + E[c^2 - b^2]
         and cov(y, c) = cov(y, b) + E[(y - E[y]) d]."""
         w, wy, p = self.outside[t]
-        blend = (p @ counts)[:, None] + p  # m * b, for every candidate: [rows, C]
-        blend /= m
-        clipped = np.clip(blend, self.clip[0], self.clip[1])
-        d = clipped - blend
-        shift = w @ d  # E[d]
+        shift, squares, cross = 0.0, 0.0, 0.0  # E[d], E[c^2 - b^2], E[(y - E[y]) d]
+        for lo in range(0, len(w), CHUNK_ROWS):  # [rows, C] blocks: bounded memory
+            part = p[lo:lo + CHUNK_ROWS].astype(np.float64)
+            blend = ((part @ counts)[:, None] + part) / m  # every candidate's blend
+            clipped = np.clip(blend, self.clip[0], self.clip[1])
+            d = clipped - blend
+            shift = shift + w[lo:lo + CHUNK_ROWS] @ d
+            squares = squares + w[lo:lo + CHUNK_ROWS] @ (clipped**2 - blend**2)
+            cross = cross + wy[lo:lo + CHUNK_ROWS] @ d
         mean_b = (self.mean[t, 1:] @ counts + self.mean[t, 1:]) / m
-        var = var + w @ (clipped**2 - blend**2) - 2 * mean_b * shift - shift**2
-        return var, cov_y + wy @ d
+        return var + squares - 2 * mean_b * shift - shift**2, cov_y + cross
 
 
 # --- selection ----------------------------------------------------------------------------

@@ -517,7 +517,11 @@ def _markdown(
         + (f"; {len(features['ops'])} op(s)" if features.get("ops") else ""),
         f"- train: lr {train.get('lr', '-')}, batch {train.get('batch_size', '-')}, "
         f"schedule {train.get('schedule', '-')}",
-        f"- data: train `{data.get('train', '-')}`, valid `{data.get('valid', '-')}`",
+        f"- data: train `{data.get('train', '-')}`, validated on "
+        f"`{validation_file(config, _read_metrics(run_dir)) or '-'}`"
+        + (f" (split {data['split']!r}, {data.get('valid_fraction')} of it)"
+           if data.get("split", "file") != "file" else "")
+        + (f" (fold {data['fold'][1] + 1} of {data['fold'][0]})" if data.get("fold") else ""),
         f"- wall time: {_duration(row['wall_s']) if row['wall_s'] is not None else '-'}",
         "",
         "## Score",

@@ -227,10 +227,18 @@ def test_folds_train_one_run_per_fold_with_out_of_fold_predictions(env, tmp_path
     assert metrics["folds"] == 3 and np.isfinite(metrics["score"])
     fold_valid = [json.loads((r / "metrics.json").read_text())["valid_seqs"] for r in runs[:3]]
     assert sum(fold_valid) == 24
-    # a fold run's report reads its truth from the train file (its rows index that file)
-    run_cli("report", runs[0])
-    report = (runs[0] / "report" / "report.md").read_text()
-    assert "![predicted vs true](pred_vs_true.png)" in report, report
+    # a fold run records its fold, and its report reads the truth from the train file (its
+    # rows index that file), also while it has no metrics.json yet (running or killed)
+    import tomllib
+
+    for i, run in enumerate(runs[:3]):
+        assert tomllib.loads((run / "config.toml").read_text())["data"]["fold"] == [3, i]
+    (runs[1] / "metrics.json").unlink()
+    for run in runs[:2]:
+        run_cli("report", run)
+        report = (run / "report" / "report.md").read_text()
+        assert "![predicted vs true](pred_vs_true.png)" in report, report
+        assert "(fold" in report
 
 
 def test_the_same_seed_trains_the_same_model(env, tmp_path):
@@ -252,8 +260,12 @@ def test_tensorboard_logging_writes_event_files(env, tmp_path):
 def grouped_train(env, tmp_path) -> Path:
     """The tiny train file with a user column (3 sequences per user) and a per-row statistic."""
     frame = pl.read_parquet(env / "data" / "train.parquet")
-    frame = frame.with_columns((pl.col("seq_ix") // 3).alias("user"),
-                               (pl.col("p0") * 0 + pl.col("seq_ix") % 5).alias("level"))
+    frame = frame.with_columns(
+        (pl.col("seq_ix") // 3).alias("user"),
+        (pl.col("p0") * 0 + pl.col("seq_ix") % 5).alias("level"),
+        pl.when(pl.col("seq_ix") == 4).then(None).otherwise(pl.col("seq_ix") // 3)
+        .alias("maybe_user"),  # null in one sequence
+        pl.lit("x").alias("label"))  # not a number
     path = tmp_path / "grouped.parquet"
     frame.write_parquet(path)
     return path
@@ -273,26 +285,33 @@ def _sequence_ids(path: Path, rows: np.ndarray) -> np.ndarray:
 
 def test_a_random_holdout_of_the_train_file_validates(env, grouped_train, tmp_path):
     from kit.data.splits import random_split
-    from kit.ensemble import load_candidate
+    from kit.ensemble import load_candidate, select_ensemble
 
     out = run_cli("train", "exp=tiny", f"data.train={grouped_train}", "data.split=random",
                   "data.valid_fraction=0.25", "data.valid=nowhere.parquet", "train.epochs=1",
-                  "--run-dir", tmp_path / "run", "-q").output
+                  "data.split_seed=3", "seeds=[1,2]", "-q").output
     assert "score" in out
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert (metrics["train_seqs"], metrics["valid_seqs"]) == (18, 6)
-    rows = np.load(tmp_path / "run" / "val_rows.npy")  # rows of the train file
+    rows = np.load(runs[0] / "val_rows.npy")  # rows of the train file
     ids = pl.read_parquet(grouped_train, columns=["seq_ix"])["seq_ix"].to_numpy()
-    expected = random_split(np.unique(ids), (0.75, 0.25), seed=7)[1]
+    expected = random_split(np.unique(ids), (0.75, 0.25), seed=3)[1]
     np.testing.assert_array_equal(_sequence_ids(grouped_train, rows), expected)
+    # both seeds hold out the same sequences (data.split_seed), so they blend
+    np.testing.assert_array_equal(np.load(runs[1] / "val_rows.npy"), rows)
+    doc, _, _ = select_ensemble(runs, iters=3, out=tmp_path / "e.toml")
+    assert doc["ensemble"]["data"] == str(grouped_train)
     # the run's predictions are candidates on the train file, and its report reads that file
-    assert load_candidate(tmp_path / "run").data == grouped_train
-    run_cli("report", tmp_path / "run")
-    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert load_candidate(runs[0]).data == grouped_train
+    run_cli("report", runs[0])
+    report = (runs[0] / "report" / "report.md").read_text()
     assert "![predicted vs true](pred_vs_true.png)" in report, report
+    assert f"validated on `{grouped_train}` (split 'random'" in report
 
 
 def test_a_grouped_stratified_holdout_keeps_each_user_on_one_side(env, grouped_train):
+    from kit.data.splits import group_split
     from kit.train.data import load_train_data
 
     config = _split_config(grouped_train, split="group", group="user", stratify="level",
@@ -305,6 +324,12 @@ def test_a_grouped_stratified_holdout_keeps_each_user_on_one_side(env, grouped_t
     train_users = set(users.filter(~pl.col("seq_ix").is_in(valid_ids.tolist()))["user"])
     assert valid_users and train_users and not valid_users & train_users
     assert len(data.train) + len(data.valid) == 24 and len(data.valid) % 3 == 0
+    # the user and level columns reached the split: it is group_split's on them
+    per_seq = pl.read_parquet(grouped_train).group_by("seq_ix", maintain_order=True).agg(
+        pl.col("user").first(), pl.col("level").mean())
+    expected = group_split(per_seq["seq_ix"].to_numpy(), per_seq["user"].to_numpy(), (0.7, 0.3),
+                           seed=0, stratify=per_seq["level"].to_numpy())[1]
+    np.testing.assert_array_equal(valid_ids, expected)
     again = load_train_data(config)  # deterministic per seed
     np.testing.assert_array_equal(again.valid.rows, data.valid.rows)
 
@@ -317,6 +342,14 @@ def test_a_grouped_stratified_holdout_keeps_each_user_on_one_side(env, grouped_t
     ({"split": "random", "group": "user"}, "need data.split = \"group\""),
     ({"split": "random", "valid_fraction": 1.0}, "valid_fraction must be between 0 and 1"),
     ({"split": "halves"}, r"data.split must be one of \['file', 'random', 'group'\]"),
+    ({"group": "user"}, "need data.split = \"group\" \\(with split = \"file\""),
+    ({"split": "random", "valid_fraction": 0.01}, "0.01 of 24 sequences leaves the validation"),
+    ({"split": "group", "group": "user", "valid_fraction": 0.05},
+     "0.05 of 24 sequences in 8 groups of 'user' leaves the validation part empty"),
+    ({"split": "group", "group": "maybe_user"},
+     r"'maybe_user' changes within sequence 4 .* \(or is null there\)"),
+    ({"split": "group", "group": "user", "stratify": "label"}, "data.group / data.stratify"),
+    ({"fold": [3, 3]}, r"data.fold is \[k, i\] with 0 <= i < k"),
 ])
 def test_bad_holdout_settings_are_refused_naming_the_setting(env, grouped_train, data, message):
     from kit.config import ConfigError

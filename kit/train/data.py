@@ -18,7 +18,7 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.config import ConfigError
 from kit.data.arrays import SequenceArrays
 from kit.data.io import read_frame
-from kit.data.splits import group_split, kfold, random_split
+from kit.data.splits import SplitError, group_split, kfold, random_split
 from kit.errors import DataError
 from kit.features import feature_arrays, feature_set_from_config
 from kit.features.normaliser import Normaliser
@@ -79,26 +79,51 @@ def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0) -> Nor
                           norm["clip"] or None)
 
 
-def holdout_ids(config: dict, ids: np.ndarray, path: Path, spec: CompetitionSpec
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """(train ids, valid ids) of `data.split` = random | group over the train file's sequences,
-    seeded by the config's seed; `data.valid_fraction` of the sequences validate."""
-    data = config["data"]
-    fraction = data["valid_fraction"]
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"data.valid_fraction must be between 0 and 1, got {fraction}")
-    fractions = (1.0 - fraction, fraction)
-    if data["split"] == "random":
+def check_split_settings(data: dict) -> None:
+    """The [data] split settings make sense together (before any array is built)."""
+    fold = data["fold"]
+    if fold and not (len(fold) == 2 and all(isinstance(v, int) for v in fold)
+                     and 0 <= fold[1] < fold[0]):
+        raise ConfigError(f"data.fold is [k, i] with 0 <= i < k (kit train --folds writes it), "
+                          f"got {fold}")
+    if data["split"] == "file":
         if data["group"] or data["stratify"]:
-            raise ConfigError("data.group and data.stratify need data.split = \"group\"")
-        train_ids, valid_ids = random_split(ids, fractions, seed=config["seed"])
-        return train_ids, valid_ids
-    if not data["group"]:
+            raise ConfigError("data.group and data.stratify need data.split = \"group\" (with "
+                              "split = \"file\" the valid file validates)")
+        return
+    if not 0.0 < data["valid_fraction"] < 1.0:
+        raise ConfigError(f"data.valid_fraction must be between 0 and 1, got "
+                          f"{data['valid_fraction']}")
+    if data["split"] == "random" and (data["group"] or data["stratify"]):
+        raise ConfigError("data.group and data.stratify need data.split = \"group\"")
+    if data["split"] == "group" and not data["group"]:
         raise ConfigError("data.split = \"group\" needs data.group: the column that names "
                           "each sequence's group (e.g. a user id)")
-    groups, stratify = _per_sequence(path, spec, ids, data["group"], data["stratify"])
-    train_ids, valid_ids = group_split(ids, groups, fractions, seed=config["seed"],
-                                       stratify=stratify)
+
+
+def holdout_ids(config: dict, ids: np.ndarray, path: Path, spec: CompetitionSpec
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(train ids, valid ids) of `data.split` = random | group over the train file's sequences:
+    `data.valid_fraction` of them validate. Seeded by `data.split_seed`, not the run's seed, so
+    every seed of an experiment validates on the same rows (their runs can be blended)."""
+    data = config["data"]
+    fraction, seed = data["valid_fraction"], data["split_seed"]
+    fractions = (1.0 - fraction, fraction)
+    try:
+        if data["split"] == "random":
+            train_ids, valid_ids = random_split(ids, fractions, seed=seed)
+            groups = "sequences"
+        else:
+            groups, stratify = _per_sequence(path, spec, ids, data["group"], data["stratify"])
+            train_ids, valid_ids = group_split(ids, groups, fractions, seed=seed,
+                                               stratify=stratify)
+            groups = f"sequences in {len(np.unique(groups))} groups of {data['group']!r}"
+    except SplitError as exc:
+        raise ConfigError(f"data.split = {data['split']!r}: {exc}") from None
+    if not len(train_ids) or not len(valid_ids):
+        side = "training" if not len(train_ids) else "validation"
+        raise ConfigError(f"data.valid_fraction = {fraction} of {len(ids)} {groups} leaves the "
+                          f"{side} part empty; change the fraction or give more groups")
     return train_ids, valid_ids
 
 
@@ -109,16 +134,17 @@ def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str
     names = [spec.id_col, group] + ([stratify] if stratify else [])
     try:
         frame = read_frame(path, names)
-    except DataError as exc:
-        raise ConfigError(f"data.group / data.stratify: {exc}") from None
-    per = frame.group_by(spec.id_col, maintain_order=True).agg(
-        pl.col(group).first().alias("group"), pl.col(group).n_unique().alias("n_groups"),
-        *([pl.col(stratify).cast(pl.Float64).mean().alias("stratify")] if stratify else []))
-    mixed = per.filter(pl.col("n_groups") > 1)
+        per = frame.group_by(spec.id_col, maintain_order=True).agg(
+            pl.col(group).first().alias("group"), pl.col(group).n_unique().alias("n_groups"),
+            pl.col(group).null_count().alias("nulls"),
+            *([pl.col(stratify).cast(pl.Float64).mean().alias("stratify")] if stratify else []))
+    except (DataError, pl.exceptions.PolarsError) as exc:
+        raise ConfigError(f"data.group / data.stratify: {str(exc).splitlines()[0]}") from None
+    mixed = per.filter((pl.col("n_groups") > 1) | (pl.col("nulls") > 0))
     if len(mixed):
         raise ConfigError(f"data.group {group!r} changes within sequence "
-                          f"{mixed[spec.id_col][0]} of {path}: a group column names one group "
-                          "per sequence")
+                          f"{mixed[spec.id_col][0]} of {path} (or is null there): a group "
+                          "column names one group per sequence")
     order = pl.DataFrame({spec.id_col: ids}).join(per, on=spec.id_col, how="left",
                                                   maintain_order="left")
     values = order["stratify"].to_numpy() if stratify else None
@@ -132,13 +158,17 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
     """Feature arrays of the config's train and valid files, normalised.
 
     With fold = (k, i), both parts come from the train file: fold i of a k-fold split by
-    sequence id (seeded by config seed) is the validation part, the rest trains. With
+    sequence id (seeded by config seed) is the validation part, the rest trains; a fold run's
+    config records its fold (`data.fold`), so resuming it trains the same fold. With
     `data.split` = random | group (and no fold), a held-out part of the train file validates
     (see holdout_ids) and the valid file is not read.
     """
+    data, train_cfg = config["data"], config["train"]
+    check_split_settings(data)
+    if fold is None and data["fold"]:
+        fold = (data["fold"][0], data["fold"][1])
     spec = load_spec(config["spec"])
     feature_set = feature_set_from_config(config)
-    data, train_cfg = config["data"], config["train"]
     options = {"seq_len": data["seq_len"] or None, "truncate": data["truncate"],
                "cache_dir": Path(data["cache_dir"])}
     train_path = Path(data["train"])

@@ -61,6 +61,8 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     from kit.train.data import load_train_data
     from kit.train.trainer import fit
 
+    if fold is not None:  # recorded in config.toml: reports and resume know the fold
+        config = {**config, "data": {**config["data"], "fold": [fold[0], fold[1]]}}
     data = load_train_data(config, fold)
     n_in, n_out = len(data.feature_set.outputs), data.spec.n_outputs
     model_config = solve_width(config["model"], n_in, n_out)
