@@ -200,6 +200,8 @@ def train(
     stop_after_epochs: int = typer.Option(0, help="Train at most N epochs now (resume later)."),
     folds: int = typer.Option(0, help="K-fold by sequence on the train file: one run per "
                                       "fold plus their out-of-fold predictions."),
+    jobs: int = typer.Option(1, help="Train this many seeds at once, each in its own process "
+                                     "(the cores shared between them)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train an experiment: one run per seed (or per fold), each in its own run directory."""
@@ -216,7 +218,7 @@ def train(
     try:
         results = train_experiment(exp, overrides, seeds=seeds, resume=resume, run_dir=run_dir,
                                    stop_after_epochs=stop_after_epochs, folds=folds,
-                                   progress=not quiet)
+                                   progress=not quiet, jobs=jobs)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: the last finished epoch is saved; continue with "
                    f"`kit train {exp} --resume`", err=True)

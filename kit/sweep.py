@@ -20,12 +20,10 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -38,6 +36,7 @@ import tomli_w
 from kit.config import ConfigError, resolve, set_path
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
+from kit.workers import WorkerGroup, worker_pythonpath
 
 KINDS = ("float", "int", "categorical")
 TABLE_KEYS = ("trials", "pruner", "sampler", "seed", "params")
@@ -497,12 +496,6 @@ def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
     return cmd + (["--timeout", str(timeout)] if timeout else [])
 
 
-def worker_pythonpath() -> str:
-    """The workers import this very kit, installed or not (a checkout run with PYTHONPATH)."""
-    here = str(Path(__file__).resolve().parents[1])
-    return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
-
-
 def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: int,
                   timeout: float | None) -> None:
     """K worker processes on one study; the machine's threads shared between them."""
@@ -521,70 +514,6 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     if any(codes):
         raise SweepError(f"worker exit codes {codes}; the study keeps every finished trial: "
                          "re-run the same command to continue")
-
-
-class WorkerGroup:
-    """Worker processes, each in its own session, so a terminal's Ctrl-C reaches only this
-    process, which passes it on exactly once to every live worker (each stops at the end of its
-    epoch; a second Ctrl-C is passed on too: stop now). SIGTERM and SIGHUP (a scheduler, `kill`,
-    a closed terminal) are passed on as they are, and leaving the block early (an error or a
-    Ctrl-C while starting) terminates the workers started so far: none outlives this process
-    unless it is SIGKILLed, and then they finish their trials and stop as usual."""
-
-    PASSED_ON = (signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self):
-        self.procs: list[subprocess.Popen] = []
-        self.ended_by: int | None = None
-        self.previous: dict = {}
-
-    def __enter__(self) -> WorkerGroup:
-        if threading.current_thread() is threading.main_thread():  # signal.signal needs it
-            self.previous = {sig: signal.signal(sig, self._pass_on) for sig in self.PASSED_ON}
-        return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        try:
-            if exc_type is not None:
-                self.signal_live(signal.SIGTERM)
-                for p in self.procs:
-                    p.wait()
-        finally:
-            for sig, handler in self.previous.items():
-                signal.signal(sig, handler)
-
-    def start(self, cmd: list[str], env: dict) -> None:
-        self.procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
-
-    def signal_live(self, signum: int) -> None:
-        for p in self.procs:
-            if p.poll() is None:  # poll() never blocks, so it is safe inside a handler
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signum)
-
-    def _pass_on(self, signum, frame) -> None:
-        # no Popen.wait() here: the interrupted main thread may hold that very lock
-        self.ended_by = signum
-        self.signal_live(signum)
-
-    def wait(self) -> list[int]:
-        """The exit codes once every worker has exited."""
-        interrupted = False
-        while True:
-            try:
-                # polled, not a blocking wait(): a signal delivered to another of this process's
-                # threads (torch starts some) never wakes a waitpid, so it would go unnoticed
-                while any(p.poll() is None for p in self.procs):
-                    time.sleep(0.2)
-                break
-            except KeyboardInterrupt:
-                interrupted = True
-                self.signal_live(signal.SIGINT)
-        if self.ended_by is not None:
-            raise SystemExit(128 + self.ended_by)
-        if interrupted:
-            raise KeyboardInterrupt
-        return [p.returncode for p in self.procs]
 
 
 def summarize(setup: SweepSetup, seconds: float) -> dict:

@@ -292,7 +292,7 @@ out.write_text(str(len(got)))
 
 
 def _group_of_counting_workers(tmp_path, n: int):
-    from kit.sweep import WorkerGroup
+    from kit.workers import WorkerGroup
 
     group = WorkerGroup()
     group.__enter__()
@@ -341,7 +341,7 @@ def test_sigterm_and_sighup_are_passed_on_and_the_handlers_restored(tmp_path, si
 
 
 def test_a_failure_while_starting_workers_terminates_those_started(tmp_path):
-    from kit.sweep import WorkerGroup
+    from kit.workers import WorkerGroup
 
     with pytest.raises(FileNotFoundError), WorkerGroup() as group:
         group.start([sys.executable, "-c", COUNTING_WORKER, str(tmp_path / "w.txt")],

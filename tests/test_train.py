@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,28 @@ def test_seeds_train_one_run_each(env, tmp_path):
     run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=1", "-q")
     runs = sorted((tmp_path / "runs" / "tiny").iterdir())
     assert [r.name.split("-s")[-1] for r in runs] == ["1", "2"]
+    out = run_cli("train", "exp=tiny", "seeds=[1,1]", expect=2).output
+    assert "repeat a seed" in out
+
+
+def test_jobs_train_seeds_side_by_side_as_they_would_one_by_one(env, tmp_path):
+    """--jobs 2: each seed in its own process (one thread each on 2 cores); every seed's run
+    is the run it would be on its own (same seed, same thread count: same weights)."""
+    out = run_cli("train", "exp=tiny", "seeds=[3,4,5]", "train.epochs=2", "--jobs", 2).output
+    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    assert [r.name.split("-s")[-1] for r in runs] == ["3", "4", "5"]
+    assert out.count(" epoch 2: loss ") == 3 and "seed 5 epoch 1:" in out  # progress lines
+    assert all(f"{run.name}: score" in out for run in runs)  # a result line for every run
+    threads = tomllib.loads((runs[0] / "config.toml").read_text())["train"]["threads"]
+    alone = tmp_path / "alone"
+    run_cli("train", "exp=tiny", "seed=4", "train.epochs=2", f"train.threads={threads}",
+            "--run-dir", alone, "-q")
+    together = json.loads((runs[1] / "metrics.json").read_text())
+    assert together["score"] == pytest.approx(json.loads((alone / "metrics.json")
+                                                          .read_text())["score"], abs=1e-6)
+    out = run_cli("train", "exp=tiny", "seeds=[3,4]", "--jobs", 2, "--folds", 2,
+                  expect=2).output
+    assert "does not combine" in out
 
 
 @pytest.mark.parametrize("override, message", [

@@ -154,6 +154,18 @@ def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str
     return order["group"].to_numpy(), values
 
 
+def cache_feature_arrays(config: dict) -> None:
+    """Build (or find) the cached feature arrays that load_train_data will read."""
+    data = config["data"]
+    check_split_settings(data)
+    feature_set = feature_set_from_config(config)
+    options = {"seq_len": data["seq_len"] or None, "truncate": data["truncate"],
+               "cache_dir": Path(data["cache_dir"])}
+    held_out = data["split"] != "file" or data["fold"]
+    for path in [data["train"]] + ([] if held_out else [data["valid"]]):
+        feature_arrays(Path(path), feature_set, **options)
+
+
 def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainData:
     """Feature arrays of the config's train and valid files, normalised.
 

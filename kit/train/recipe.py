@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -33,11 +34,23 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
 def train_experiment(exp: str, overrides: list[str] | None = None, *,
                      seeds: list[int] | None = None, resume: bool = False,
                      run_dir: Path | None = None, stop_after_epochs: int = 0, folds: int = 0,
-                     progress: bool = True, runs_dir: Path = RUNS_DIR) -> list[dict]:
-    """Train one run per seed (per fold with `folds`); returns each run's metrics."""
+                     progress: bool = True, runs_dir: Path = RUNS_DIR, jobs: int = 1
+                     ) -> list[dict]:
+    """Train one run per seed (per fold with `folds`); returns each run's metrics. With
+    `jobs` > 1, the seeds train in that many processes at once (see train_seeds_in_parallel)."""
     base = experiment_config(exp, overrides)
     if folds and (resume or run_dir):
         raise ConfigError("--folds starts new runs: it does not combine with --resume/--run-dir")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if seeds and len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
+    if jobs > 1 and len(seeds or []) > 1:
+        if folds or resume or run_dir:
+            raise ConfigError("--jobs trains several seeds as new runs: it does not combine "
+                              "with --folds, --resume or --run-dir")
+        return train_seeds_in_parallel(exp, overrides, base, seeds, jobs, runs_dir,
+                                       stop_after_epochs, progress)
     results = []
     for seed in seeds or [base["seed"]]:
         config = {**base, "seed": seed}
@@ -54,6 +67,65 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     return results
 
 
+def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
+                            seeds: list[int], jobs: int, runs_dir: Path,
+                            stop_after_epochs: int, progress: bool = True) -> list[dict]:
+    """Each seed as its own `kit train` process, at most `jobs` at a time, the machine's cores
+    shared between them: a small model trains about as fast on one thread as on two, so two
+    seeds at once take the time of one. The feature arrays are cached first, so the workers
+    read them instead of building them side by side. Ctrl-C and signals reach every worker
+    (kit.workers.WorkerGroup); each stops at the end of its epoch, resumable as usual."""
+    import os
+    import sys
+
+    from kit.errors import KitError
+    from kit.train.data import cache_feature_arrays
+    from kit.workers import WorkerGroup, worker_pythonpath
+
+    cache_feature_arrays(base)
+    threads = max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                        "PYTHONPATH": worker_pythonpath()}
+    dirs = [runs_dir / base["name"] / new_run_id(seed) for seed in seeds]
+    queued = [([sys.executable, "-m", "kit", "train", exp, *list(overrides or []),
+                f"seed={seed}", f"train.threads={threads}", "--run-dir", str(folder),
+                "--stop-after-epochs", str(stop_after_epochs), "--quiet"], env)
+              for seed, folder in zip(seeds, dirs, strict=True)]
+    report = EpochLines(seeds, dirs) if progress else None
+    with WorkerGroup() as group:  # workers print errors; the progress and result lines are ours
+        codes = group.wait(queued, jobs, on_poll=report, stdout=subprocess.DEVNULL)
+    failed = [f"seed {seed} (exit {code})" for seed, code in zip(seeds, codes, strict=True)
+              if code]
+    if failed:
+        raise KitError(f"training failed for {', '.join(failed)}; its error is printed above, "
+                       f"and the other seeds' runs are in {runs_dir / base['name']}")
+    return [json.loads((folder / "metrics.json").read_text()) | {"run_dir": str(folder)}
+            for folder in dirs]
+
+
+class EpochLines:
+    """Prints each parallel run's epochs as they land in its history.jsonl."""
+
+    def __init__(self, seeds: list[int], dirs: list[Path]):
+        self.runs = list(zip(seeds, dirs, strict=True))
+        self.seen = [0] * len(self.runs)
+
+    def __call__(self) -> None:
+        for i, (seed, folder) in enumerate(self.runs):
+            path = folder / "history.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            for line in lines[self.seen[i]:]:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line being written: read it next time
+                    break
+                self.seen[i] += 1
+                per = "  ".join(f"{k} {v:.4f}" for k, v in record["val_per_target"].items())
+                print(f"seed {seed} epoch {record['epoch']}: loss {record['train_loss'] or 0:.4f}"
+                      f"  val {record['val_score']:.4f} ({per}){'  *' if record['best'] else ''}",
+                      flush=True)
+
+
 def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
                resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
                on_epoch=None) -> dict:
@@ -61,6 +133,8 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     from kit.train.data import load_train_data
     from kit.train.trainer import fit
 
+    if fold is None and config["data"].get("fold"):  # a fold run resumed from its config
+        fold = (config["data"]["fold"][0], config["data"]["fold"][1])
     if fold is not None:  # recorded in config.toml: reports and resume know the fold
         config = {**config, "data": {**config["data"], "fold": [fold[0], fold[1]]}}
     data = load_train_data(config, fold)

@@ -1,0 +1,96 @@
+"""Child processes that work for this one: `kit sweep --workers K` and `kit train --jobs N`.
+
+WorkerGroup starts them each in its own session and passes signals on (see its docstring), so
+none outlives the command that started it unless that is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+
+def worker_pythonpath() -> str:
+    """The workers import this very kit, installed or not (a checkout run with PYTHONPATH)."""
+    here = str(Path(__file__).resolve().parents[1])
+    return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+class WorkerGroup:
+    """Worker processes, each in its own session, so a terminal's Ctrl-C reaches only this
+    process, which passes it on exactly once to every live worker (each stops at the end of its
+    epoch; a second Ctrl-C is passed on too: stop now). SIGTERM and SIGHUP (a scheduler, `kill`,
+    a closed terminal) are passed on as they are, and leaving the block early (an error or a
+    Ctrl-C while starting) terminates the workers started so far: none outlives this process
+    unless it is SIGKILLed, and then they finish their trials and stop as usual."""
+
+    PASSED_ON = (signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.procs: list[subprocess.Popen] = []
+        self.ended_by: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> WorkerGroup:
+        if threading.current_thread() is threading.main_thread():  # signal.signal needs it
+            self.previous = {sig: signal.signal(sig, self._pass_on) for sig in self.PASSED_ON}
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is not None:
+                self.signal_live(signal.SIGTERM)
+                for p in self.procs:
+                    p.wait()
+        finally:
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler)
+
+    def start(self, cmd: list[str], env: dict, **popen) -> None:
+        self.procs.append(subprocess.Popen(cmd, env=env, start_new_session=True, **popen))
+
+    def signal_live(self, signum: int) -> None:
+        for p in self.procs:
+            if p.poll() is None:  # poll() never blocks, so it is safe inside a handler
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signum)
+
+    def _pass_on(self, signum, frame) -> None:
+        # no Popen.wait() here: the interrupted main thread may hold that very lock
+        self.ended_by = signum
+        self.signal_live(signum)
+
+    def wait(self, queued: list[tuple[list[str], dict]] | None = None, jobs: int = 0,
+             on_poll=None, **popen) -> list[int]:
+        """The exit codes once every worker has exited. `queued` (command, env) workers are
+        started as running ones end, at most `jobs` at a time; none after an interruption.
+        `on_poll()` runs between polls (e.g. to report progress)."""
+        queued, interrupted = list(queued or []), False
+        while True:
+            try:
+                # polled, not a blocking wait(): a signal delivered to another of this process's
+                # threads (torch starts some) never wakes a waitpid, so it would go unnoticed
+                while True:
+                    running = sum(p.poll() is None for p in self.procs)
+                    while queued and running < jobs and not interrupted and not self.ended_by:
+                        self.start(*queued.pop(0), **popen)
+                        running += 1
+                    if on_poll is not None:
+                        on_poll()
+                    if not running:
+                        break
+                    time.sleep(0.2)
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                self.signal_live(signal.SIGINT)
+        if self.ended_by is not None:
+            raise SystemExit(128 + self.ended_by)
+        if interrupted:
+            raise KeyboardInterrupt
+        return [p.returncode for p in self.procs]
