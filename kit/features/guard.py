@@ -9,6 +9,8 @@ float32 (see kernels.LIMIT). No op downstream ever sees a non-finite input, so n
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 import torch
 from torch import Tensor, nn
@@ -16,26 +18,47 @@ from torch import Tensor, nn
 from kit.features.kernels import LIMIT
 
 
-def guard_exprs(columns: list[str], id_col: str) -> list[pl.Expr]:
+def guard_exprs(columns: list[str], id_col: str, clip: set[str] | None = None
+                ) -> list[pl.Expr]:
     """Batch face: forward-fill non-finite values within each sequence, then 0.0 (float32, the
-    stream face's precision)."""
+    stream face's precision), then the +-LIMIT clip (only for the columns in `clip`, when
+    given: on the others it would change nothing)."""
     out = []
     for name in columns:
         col = pl.col(name).cast(pl.Float32)
         finite_or_null = pl.when(col.is_finite()).then(col).otherwise(None)
         filled = finite_or_null.forward_fill().over(id_col).fill_null(0.0)
-        out.append(filled.clip(-LIMIT, LIMIT).alias(name))
+        limited = filled.clip(-LIMIT, LIMIT) if clip is None or name in clip else filled
+        out.append(limited.alias(name))
     return out
 
 
-def guard_frame(df: pl.DataFrame | pl.LazyFrame, columns: list[str], id_col: str):
-    """Apply the guard, skipping the per-sequence fill for columns that are already finite."""
+@dataclass
+class Guarded:
+    frame: pl.LazyFrame
+    bounds: dict[str, float]  # column -> largest |value| after the guard (at most LIMIT)
+    rows: int
+
+
+def guard_frame(df: pl.DataFrame | pl.LazyFrame, columns: list[str], id_col: str) -> Guarded:
+    """Apply the guard. One scan finds which columns hold non-finite values (only those get the
+    per-sequence fill) and each column's largest finite |value| (only columns beyond LIMIT get
+    the clip: a clip that changes nothing is skipped, which saves a pass over the column)."""
     lazy = df.lazy()
-    finite = lazy.select(pl.col(c).cast(pl.Float32).is_finite().fill_null(False).all().alias(c)
-                         for c in columns).collect().row(0, named=True)
-    dirty = [c for c in columns if not finite[c]]
-    clean = [pl.col(c).cast(pl.Float32).clip(-LIMIT, LIMIT) for c in columns if finite[c]]
-    return lazy.with_columns(*clean, *guard_exprs(dirty, id_col))
+    scan = lazy.select(
+        pl.len().alias("\0rows"),
+        *[pl.col(c).cast(pl.Float32).is_finite().fill_null(False).all().alias(f"f|{c}")
+          for c in columns],
+        *[pl.col(c).cast(pl.Float32).abs().filter(pl.col(c).cast(pl.Float32).is_finite())
+          .max().alias(f"m|{c}") for c in columns],
+    ).collect().row(0, named=True)
+    big = {c for c in columns if (scan[f"m|{c}"] or 0.0) > LIMIT}
+    dirty = [c for c in columns if not scan[f"f|{c}"]]
+    clean = [pl.col(c).cast(pl.Float32) for c in columns if scan[f"f|{c}"]]
+    clean = [e.clip(-LIMIT, LIMIT) if e.meta.output_name() in big else e for e in clean]
+    bounds = {c: min(float(scan[f"m|{c}"] or 0.0), LIMIT) for c in columns}
+    return Guarded(lazy.with_columns(*clean, *guard_exprs(dirty, id_col, big)), bounds,
+                   int(scan["\0rows"]))
 
 
 class Guard(nn.Module):

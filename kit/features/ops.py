@@ -17,6 +17,7 @@ width, so fifty EWMs must be one recurrence, not fifty.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -85,6 +86,12 @@ class FeatureOp:
     # a mean, a min. The others (products, sums, ratios, cumulative sums, ...) are clipped.
     bounded: ClassVar[bool] = False
 
+    def output_bound(self, inputs: float, rows: int) -> float:
+        """A bound on |output| given a bound on |inputs| and the frame's row count (the
+        longest a sequence can be): the batch face skips a clip that cannot change anything.
+        Unbounded ops without a formula are always clipped."""
+        return inputs if self.bounded else math.inf
+
     @classmethod
     def fuse(cls, ops: list[FeatureOp], columns: list[str]) -> kernels.Kernel:
         """The stream face of all `ops` (one family, one layer) over the working columns."""
@@ -152,6 +159,9 @@ class Difference(Pairwise):
     """a - b (e.g. ask minus bid: the spread)."""
 
     op, summary, symbol = "diff", "a - b, pairwise (spreads)", "-"
+
+    def output_bound(self, inputs, rows):
+        return 2 * inputs
     expr = staticmethod(lambda a, b: a - b)
     family = "linear"  # one MatMul with the sums and means of the layer
 
@@ -167,12 +177,18 @@ class Ratio(Pairwise):
     """a / b with the safe denominator."""
 
     op, summary, symbol = "ratio", "a / b, pairwise (|b| < 1e-6 -> +-1e-6)", "/"
+
+    def output_bound(self, inputs, rows):
+        return inputs / EPS  # |denominator| >= EPS
     expr = staticmethod(safe_div_expr)
     fn = staticmethod(safe_div)
 
 
 class Product(Pairwise):
     op, summary, symbol = "product", "a * b, pairwise (interactions)", "*"
+
+    def output_bound(self, inputs, rows):
+        return inputs * inputs
     expr = staticmethod(lambda a, b: a * b)
     fn = staticmethod(lambda a, b: a * b)
 
@@ -216,6 +232,9 @@ class Reduce(FeatureOp):
     """Sum or mean over a column group: one output."""
 
     op, summary = "sum", "sum over the input columns (one output)"
+
+    def output_bound(self, inputs, rows):
+        return inputs if self.mean else len(self.inputs) * inputs
     mean: ClassVar[bool] = False
 
     def outputs(self):
@@ -363,6 +382,9 @@ class DiffK(PastOp):
 
     op, summary = "delta", "x[t] - x[t-k] (difference over k steps; vs the first value before k)"
 
+    def output_bound(self, inputs, rows):
+        return 2 * inputs
+
     def expr(self, c):
         return c - past_value(c, self._int("k"))
 
@@ -371,6 +393,9 @@ class RateOfChange(PastOp):
     """(x[t] - x[t - k]) / x[t - k] with the safe denominator."""
 
     op, summary = "roc", "(x[t] - x[t-k]) / x[t-k] (rate of change, safe denominator)"
+
+    def output_bound(self, inputs, rows):
+        return 2 * inputs / EPS  # |denominator| >= EPS
 
     def expr(self, c):
         past = past_value(c, self._int("k"))
@@ -462,6 +487,9 @@ class EwmMean(Ewm):
 class EwmStd(Ewm):
     op, summary, std = "ewm_std", "exponentially weighted std (alpha or span)", True
 
+    def output_bound(self, inputs, rows):
+        return 2 * inputs  # a std of values within +-b
+
 
 class Cumulative(PerColumn):
     """Running statistics of the sequence so far: one recurrence for all of them."""
@@ -483,6 +511,9 @@ class CumSum(Cumulative):
     """Sum of the sequence so far."""
 
     op, summary = "cumsum", "cumulative sum over the sequence"
+
+    def output_bound(self, inputs, rows):
+        return rows * inputs
 
     kind = "sum"
 
@@ -509,6 +540,9 @@ class CumGain(Cumulative):
 
     op, summary = "cumgain", "cumulative positive gain: sum of max(x[t] - x[t-1], 0)"
 
+    def output_bound(self, inputs, rows):
+        return 2 * rows * inputs  # each step gains at most 2b
+
     kind = "gain"
 
     def expr(self, c):
@@ -520,6 +554,9 @@ class StepPosition(FeatureOp):
     """The step's position in its sequence (0, 1, 2, ...) times `scale` (default 1/1000)."""
 
     op, summary = "position", "position in the sequence: step index * scale"
+
+    def output_bound(self, inputs, rows):
+        return rows * self.params["scale"]
 
     def __post_init__(self):
         self.inputs = []

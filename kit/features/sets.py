@@ -94,13 +94,21 @@ class FeatureSet:
         if isinstance(df, pl.DataFrame) and df[spec.id_col].is_sorted():
             # Sorted ids let every `.over(id)` take Polars' sorted group-by path (~3x faster).
             df = df.with_columns(pl.col(spec.id_col).set_sorted())
-        lazy = guard_frame(df, list(spec.features), spec.id_col).with_columns(
+        guarded = guard_frame(df, list(spec.features), spec.id_col)
+        lazy = guarded.frame.with_columns(
             pl.int_range(pl.len(), dtype=pl.Int32).over(spec.id_col).alias(POS),
             (pl.col(spec.id_col) != pl.col(spec.id_col).shift(1)).fill_null(True).alias(START),
         )
+        bounds = dict(guarded.bounds)  # column -> a bound on its |values|
         for layer in _layers(self.ops, list(spec.features)):
-            exprs = [e if op.bounded else e.clip(-LIMIT, LIMIT)
-                     for op in layer for e in op.batch(spec.id_col)]
+            exprs = []
+            for op in layer:
+                bound = op.output_bound(max((bounds[c] for c in op.input_columns()),
+                                            default=0.0), guarded.rows)
+                # the clip only where it can change a value (the margin covers rounding)
+                clip = not op.bounded and not bound <= LIMIT / 2
+                exprs += [e.clip(-LIMIT, LIMIT) if clip else e for e in op.batch(spec.id_col)]
+                bounds |= {name: min(bound, LIMIT) for name in op.outputs()}
             if exprs:
                 lazy = lazy.with_columns(exprs)
         present = lazy.collect_schema().names()
