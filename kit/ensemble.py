@@ -387,9 +387,7 @@ def tune_postprocess(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray
         alphas.append(best_a)
         scales.append(best_c)
         before[name], after[name] = base, sign * best_s
-    return {"smoothing": alphas, "scale": scales, "before": before, "after": after,
-            "note": "tuned on the scored rows only: in the graph the smoothing also runs "
-                    "through the warm-up rows, so its first scored steps differ slightly"}
+    return {"smoothing": alphas, "scale": scales, "before": before, "after": after}
 
 
 # --- files and tables ---------------------------------------------------------------------

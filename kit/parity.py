@@ -186,7 +186,8 @@ class Reference:
                    for w in self.members)
         if self.postprocess:
             grid = postprocess_numpy(grid, self.postprocess["smoothing"],
-                                     self.postprocess["scale"])
+                                     self.postprocess["scale"],
+                                     self.members[0].member.spec.warmup)
         return rows.scored(grid)
 
 

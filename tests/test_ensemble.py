@@ -20,6 +20,7 @@ from kit.ensemble import (
     select_ensemble,
     smooth,
     tune_postprocess,
+    write_ensemble,
 )
 from kit.export.ensemble import Ensemble, PostProcess, Weighted, postprocess_numpy
 from kit.export.frozen import load_member, stream_steps
@@ -163,21 +164,26 @@ def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():
     assert metric_value(spec, truth[:, 0], smoothed) == pytest.approx(tuned["after"]["t0"])
 
 
-def test_smoothing_matches_the_graph_recursion():
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_smoothing_matches_the_graph_recursion(warmup):
+    """The tuning smooths the scored rows (steps >= warmup) of each sequence; the graph starts
+    its recursion at step `warmup` and passes the warm-up steps through: the same numbers."""
     rng = np.random.default_rng(5)
     grid = rng.standard_normal((3, 7, 2))
     alpha, scale = [0.6, 0.0], [1.5, 0.5]
-    flat = grid.reshape(-1, 2)
-    starts = np.arange(0, 21, 7)
-    by_rows = np.column_stack([smooth(flat[:, t], starts, alpha[t]) for t in range(2)])
-    np.testing.assert_allclose(by_rows.reshape(3, 7, 2) * scale,
-                               postprocess_numpy(grid, alpha, scale), atol=1e-12)
+    scored = grid[:, warmup:].reshape(-1, 2)
+    starts = np.arange(0, len(scored), 7 - warmup)
+    by_rows = np.column_stack([smooth(scored[:, t], starts, alpha[t]) for t in range(2)])
+    want = postprocess_numpy(grid, alpha, scale, warmup)
+    np.testing.assert_allclose(by_rows.reshape(3, 7 - warmup, 2) * scale, want[:, warmup:],
+                               atol=1e-12)
+    np.testing.assert_allclose(want[:, :warmup], grid[:, :warmup] * scale, atol=1e-12)
     import torch
 
-    module = PostProcess(alpha, scale)
+    module = PostProcess(alpha, scale, start=warmup)
     steps = stream_steps(module, torch.tensor(grid, dtype=torch.float32)).numpy()
     whole, _ = module(torch.tensor(grid, dtype=torch.float32), module.init_state(3))
-    np.testing.assert_allclose(steps, postprocess_numpy(grid, alpha, scale), atol=1e-5)
+    np.testing.assert_allclose(steps, want, atol=1e-5)
     np.testing.assert_allclose(whole.numpy(), steps, atol=1e-6)
 
 
@@ -203,6 +209,27 @@ def test_select_on_runs_writes_a_file_that_packs_and_passes_parity(workspace, ru
     manifest = json.loads((packed.folder / "manifest.json").read_text())
     assert manifest["ensemble"]["file"] == str(path)
     assert manifest["time_budget"]["fraction"] < 0.8
+    # with smoothing on, the package scores what the tuning's recursion computes on the scored
+    # rows (the graph starts it at the first scored step, after the warm-up)
+    from kit.ensemble import load_candidate
+    from kit.reports import ValidFile
+    from kit.scoring import score_submission
+
+    doc["postprocess"] = {"smoothing": [0.5, 0.3], "scale": [1.0, 1.0]}
+    smoothed = pack_ensemble(write_ensemble(doc, tmp_path / "smooth.toml"), "smooth",
+                             tmp_path / "subs")
+    members = [(load_candidate(Path(m["path"])), m["weights"]) for m in doc["members"]]
+    rows = members[0][0].rows
+    blend = sum(c.preds.astype(np.float64) * np.asarray(w) for c, w in members)
+    valid = ValidFile(_valid(workspace), members[0][0].spec)
+    ids = valid.ids[rows]
+    starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+    truth = valid.truth(rows)
+    scored = score_submission(smoothed.zip_path, _valid(workspace), members[0][0].spec,
+                              progress=False)
+    for t, (name, alpha) in enumerate(zip(("t0", "t1"), (0.5, 0.3), strict=True)):
+        want = metric_value(valid.spec, truth[:, t], smooth(blend[:, t], starts, alpha))
+        assert scored.report.per_target[name] == pytest.approx(want, abs=1e-4)
 
 
 def _write(path: Path, members: list[dict], postprocess: dict | None = None) -> Path:

@@ -128,11 +128,15 @@ class StackedRNN(nn.Module):
 
 
 class PostProcess(nn.Module):
-    """Per target: s_t = a s_(t-1) + (1 - a) y_t (s = y on a sequence's first step), then a
-    scale. State: the last s [B, 1, K] and a seen flag [B, 1] (zeros = a new sequence)."""
+    """Per target: s_t = a s_(t-1) + (1 - a) y_t from step `start` on (s = y up to and at
+    `start`), then a scale. `start` is the spec's warm-up: the first scored step, where the
+    tuning (kit.ensemble.smooth over the scored rows) starts its recursion too, so what was tuned
+    is what runs. State: the last s [B, 1, K] and the steps seen [B, 1] (zeros = a new
+    sequence)."""
 
-    def __init__(self, smoothing: list[float], scale: list[float]):
+    def __init__(self, smoothing: list[float], scale: list[float], start: int = 0):
         super().__init__()
+        self.start = start
         self.smooths = any(a != 0 for a in smoothing)
         self.is_identity = not self.smooths and all(c == 1 for c in scale)
         self.register_buffer("alpha", torch.tensor(smoothing, dtype=torch.float32))
@@ -150,20 +154,20 @@ class PostProcess(nn.Module):
         for t in range(y.shape[1]):
             yt = y[:, t:t + 1]
             mixed = self.alpha * last + (1 - self.alpha) * yt
-            last = torch.where(seen.unsqueeze(-1) > 0, mixed, yt)
-            seen = torch.ones_like(seen)
+            last = torch.where(seen.unsqueeze(-1) > self.start, mixed, yt)
+            seen = seen + 1
             out.append(last)
         s = out[0] if len(out) == 1 else torch.cat(out, dim=1)
         return s * self.scale, [last, seen]
 
 
-def postprocess_numpy(grid: np.ndarray, smoothing: list[float], scale: list[float]
-                      ) -> np.ndarray:
-    """The same as PostProcess over (N, T, K) predictions of whole sequences (parity's
-    reference paths)."""
+def postprocess_numpy(grid: np.ndarray, smoothing: list[float], scale: list[float],
+                      start: int = 0) -> np.ndarray:
+    """The same as PostProcess over (N, T, K) predictions of whole sequences from step 0
+    (parity's reference paths)."""
     out = np.array(grid, dtype=np.float64)
     alpha = np.asarray(smoothing, dtype=np.float64)
-    for t in range(1, out.shape[1]):
+    for t in range(start + 1, out.shape[1]):
         out[:, t] = alpha * out[:, t - 1] + (1 - alpha) * out[:, t]
     return out * np.asarray(scale, dtype=np.float64)
 
@@ -212,7 +216,8 @@ class Ensemble(nn.Module):
             self.shared_inputs.append(shared)
         post = postprocess or {}
         k = len(members[0].weights)
-        self.post = PostProcess(post.get("smoothing", [0.0] * k), post.get("scale", [1.0] * k))
+        self.post = PostProcess(post.get("smoothing", [0.0] * k), post.get("scale", [1.0] * k),
+                                start=members[0].member.spec.warmup)
         self.use_post = not self.post.is_identity
         self.stages = [*self.pipelines, *self.models] + ([self.post] if self.use_post else [])
         self.state_sizes = [len(s.init_state(1)) for s in self.stages]
