@@ -201,21 +201,21 @@ class Moments:
         var_s = counts @ pv
         var = (var_s + 2 * pv + np.diag(pp)) / m**2  # var((S + p_j) / m)
         cov_y = (yp @ counts + yp) / m
+        mean_b = (mean[1:] @ counts + mean[1:]) / m  # E[(S + p_j) / m]
         if self.clip is not None and len(self.outside[t][0]):
-            var, cov_y = self._clipped(t, counts, m, var, cov_y)
+            var, cov_y = self._clipped(t, counts, m, mean_b, var, cov_y)
         if self.metric == "weighted_pearson":
             with np.errstate(divide="ignore", invalid="ignore"):
                 out = cov_y / np.sqrt(var * yy)
             return np.where((var > 0) & (yy > 0), out, 0.0)
-        bias = (mean[1:] @ counts + mean[1:]) / m - mean[0]
+        bias = mean_b - mean[0]
         mse = var - 2 * cov_y + yy + bias**2
         if self.metric == "rmse":
             return -np.sqrt(np.maximum(mse, 0.0))  # higher is better inside the search
         return 1.0 - mse / yy if yy > 0 else np.where(mse == 0, 1.0, 0.0)
 
-
-    def _clipped(self, t: int, counts: np.ndarray, m: float, var: np.ndarray,
-                 cov_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _clipped(self, t: int, counts: np.ndarray, m: float, mean_b: np.ndarray,
+                 var: np.ndarray, cov_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """var and cov with y of the clipped blends: on the rows where a blend can leave the
         clip range, c = clip(b) = b + d, so E[c] = E[b] + E[d], E[c^2] = E[b^2] + E[c^2 - b^2]
         and cov(y, c) = cov(y, b) + E[(y - E[y]) d]."""
@@ -229,7 +229,6 @@ class Moments:
             shift = shift + w[lo:lo + CHUNK_ROWS] @ d
             squares = squares + w[lo:lo + CHUNK_ROWS] @ (clipped**2 - blend**2)
             cross = cross + wy[lo:lo + CHUNK_ROWS] @ d
-        mean_b = (self.mean[t, 1:] @ counts + self.mean[t, 1:]) / m
         return var + squares - 2 * mean_b * shift - shift**2, cov_y + cross
 
 

@@ -187,9 +187,13 @@ class ValidFile:
         return self._oracle
 
 
+def _validated_on(run_dir: Path, config: dict) -> str | None:
+    """The path of the file the run validated on (the train file for fold and split runs)."""
+    return validation_file(config, _read_metrics(run_dir))
+
+
 def _valid_file(run_dir: Path, config: dict, cache: dict) -> ValidFile | None:
-    """The file the run validated on (the train file for fold and split runs)."""
-    valid = validation_file(config, _read_metrics(run_dir))
+    valid = _validated_on(run_dir, config)
     if not valid or not Path(valid).exists():
         return None
     spec = load_spec(config.get("spec"))
@@ -468,8 +472,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
             raise KitError("the run has no val_preds.npy / val_rows.npy yet")
         valid = _valid_file(run_dir, config, cache)
         if valid is None:
-            raise KitError(f"validation file "
-                           f"{validation_file(config, _read_metrics(run_dir))!r} not found")
+            raise KitError(f"validation file {_validated_on(run_dir, config)!r} not found")
         pred, rows = np.load(preds_path), np.load(rows_path)
         if pred.shape != (len(rows), valid.spec.n_outputs):
             raise KitError(
@@ -518,7 +521,7 @@ def _markdown(
         f"- train: lr {train.get('lr', '-')}, batch {train.get('batch_size', '-')}, "
         f"schedule {train.get('schedule', '-')}",
         f"- data: train `{data.get('train', '-')}`, validated on "
-        f"`{validation_file(config, _read_metrics(run_dir)) or '-'}`"
+        f"`{_validated_on(run_dir, config) or '-'}`"
         + (f" (split {data['split']!r}, {data.get('valid_fraction')} of it)"
            if data.get("split", "file") != "file" else "")
         + (f" (fold {data['fold'][1] + 1} of {data['fold'][0]})" if data.get("fold") else ""),

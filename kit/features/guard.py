@@ -18,18 +18,20 @@ from torch import Tensor, nn
 from kit.features.kernels import LIMIT
 
 
-def guard_exprs(columns: list[str], id_col: str, clip: set[str] | None = None
-                ) -> list[pl.Expr]:
+def _limited(expr: pl.Expr, clip: bool) -> pl.Expr:
+    return expr.clip(-LIMIT, LIMIT) if clip else expr
+
+
+def guard_exprs(columns: list[str], id_col: str, clip: set[str]) -> list[pl.Expr]:
     """Batch face: forward-fill non-finite values within each sequence, then 0.0 (float32, the
-    stream face's precision), then the +-LIMIT clip (only for the columns in `clip`, when
-    given: on the others it would change nothing)."""
+    stream face's precision), then the +-LIMIT clip for the columns in `clip` (on the others it
+    would change nothing)."""
     out = []
     for name in columns:
         col = pl.col(name).cast(pl.Float32)
         finite_or_null = pl.when(col.is_finite()).then(col).otherwise(None)
         filled = finite_or_null.forward_fill().over(id_col).fill_null(0.0)
-        limited = filled.clip(-LIMIT, LIMIT) if clip is None or name in clip else filled
-        out.append(limited.alias(name))
+        out.append(_limited(filled, name in clip).alias(name))
     return out
 
 
@@ -45,17 +47,15 @@ def guard_frame(df: pl.DataFrame | pl.LazyFrame, columns: list[str], id_col: str
     per-sequence fill) and each column's largest finite |value| (only columns beyond LIMIT get
     the clip: a clip that changes nothing is skipped, which saves a pass over the column)."""
     lazy = df.lazy()
+    f32 = {c: pl.col(c).cast(pl.Float32) for c in columns}
     scan = lazy.select(
         pl.len().alias("\0rows"),
-        *[pl.col(c).cast(pl.Float32).is_finite().fill_null(False).all().alias(f"f|{c}")
-          for c in columns],
-        *[pl.col(c).cast(pl.Float32).abs().filter(pl.col(c).cast(pl.Float32).is_finite())
-          .max().alias(f"m|{c}") for c in columns],
+        *[f32[c].is_finite().fill_null(False).all().alias(f"f|{c}") for c in columns],
+        *[f32[c].abs().filter(f32[c].is_finite()).max().alias(f"m|{c}") for c in columns],
     ).collect().row(0, named=True)
     big = {c for c in columns if (scan[f"m|{c}"] or 0.0) > LIMIT}
     dirty = [c for c in columns if not scan[f"f|{c}"]]
-    clean = [pl.col(c).cast(pl.Float32) for c in columns if scan[f"f|{c}"]]
-    clean = [e.clip(-LIMIT, LIMIT) if e.meta.output_name() in big else e for e in clean]
+    clean = [_limited(f32[c], c in big) for c in columns if scan[f"f|{c}"]]
     bounds = {c: min(float(scan[f"m|{c}"] or 0.0), LIMIT) for c in columns}
     return Guarded(lazy.with_columns(*clean, *guard_exprs(dirty, id_col, big)), bounds,
                    int(scan["\0rows"]))

@@ -15,7 +15,7 @@ import polars as pl
 import torch
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.config import ConfigError
+from kit.config import ConfigError, validation_file
 from kit.data.arrays import SequenceArrays
 from kit.data.io import read_frame
 from kit.data.splits import SplitError, group_split, kfold, random_split
@@ -154,16 +154,18 @@ def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str
     return order["group"].to_numpy(), values
 
 
+def _array_options(data: dict) -> dict:
+    """feature_arrays' keyword arguments from a config's [data] table."""
+    return {"seq_len": data["seq_len"] or None, "truncate": data["truncate"],
+            "cache_dir": Path(data["cache_dir"])}
+
+
 def cache_feature_arrays(config: dict) -> None:
     """Build (or find) the cached feature arrays that load_train_data will read."""
-    data = config["data"]
-    check_split_settings(data)
+    check_split_settings(config["data"])
     feature_set = feature_set_from_config(config)
-    options = {"seq_len": data["seq_len"] or None, "truncate": data["truncate"],
-               "cache_dir": Path(data["cache_dir"])}
-    held_out = data["split"] != "file" or data["fold"]
-    for path in [data["train"]] + ([] if held_out else [data["valid"]]):
-        feature_arrays(Path(path), feature_set, **options)
+    for path in dict.fromkeys([config["data"]["train"], validation_file(config)]):
+        feature_arrays(Path(path), feature_set, **_array_options(config["data"]))
 
 
 def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainData:
@@ -181,8 +183,10 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         fold = (data["fold"][0], data["fold"][1])
     spec = load_spec(config["spec"])
     feature_set = feature_set_from_config(config)
-    options = {"seq_len": data["seq_len"] or None, "truncate": data["truncate"],
-               "cache_dir": Path(data["cache_dir"])}
+    options = _array_options(data)
+    # a fold trains on all the rest of the train file; a held-out split honours the limits
+    limit_train, limit_valid = ((0, 0) if fold is not None
+                                else (train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]))
     train_path = Path(data["train"])
     train = feature_arrays(train_path, feature_set, **options)
     train_starts = _sequence_starts(train, train_path, spec, data["truncate"])
@@ -190,7 +194,6 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         valid_path = Path(data["valid"])
         valid = feature_arrays(valid_path, feature_set, **options)
         valid_starts = _sequence_starts(valid, valid_path, spec, data["truncate"])
-        limit_train, limit_valid = train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]
     else:
         if fold is not None:
             k, i = fold
@@ -200,9 +203,6 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         valid_pos, train_pos = train.positions(valid_ids), train.positions(train_ids)
         valid, valid_starts = train.take(valid_ids), train_starts[valid_pos]
         train, train_starts = train.take(train_ids), train_starts[train_pos]
-        limit_train = limit_valid = 0
-        if fold is None:  # a held-out split honours the limits like a valid file does
-            limit_train, limit_valid = train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]
     normaliser = _fit_normaliser(train, config, limit_train)
     return TrainData(
         spec=spec, feature_set=feature_set, normaliser=normaliser,

@@ -12,7 +12,7 @@ import torch
 
 from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, load_experiment, resolve
-from kit.train.runs import RUNS_DIR, RunFiles, new_run_id
+from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, new_run_id
 
 
 def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
@@ -120,10 +120,7 @@ class EpochLines:
                 except json.JSONDecodeError:  # a line being written: read it next time
                     break
                 self.seen[i] += 1
-                per = "  ".join(f"{k} {v:.4f}" for k, v in record["val_per_target"].items())
-                print(f"seed {seed} epoch {record['epoch']}: loss {record['train_loss'] or 0:.4f}"
-                      f"  val {record['val_score']:.4f} ({per}){'  *' if record['best'] else ''}",
-                      flush=True)
+                print(f"seed {seed} {epoch_line(record)}", flush=True)
 
 
 def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
@@ -133,19 +130,17 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     from kit.train.data import load_train_data
     from kit.train.trainer import fit
 
-    if fold is None and config["data"].get("fold"):  # a fold run resumed from its config
-        fold = (config["data"]["fold"][0], config["data"]["fold"][1])
     if fold is not None:  # recorded in config.toml: reports and resume know the fold
         config = {**config, "data": {**config["data"], "fold": [fold[0], fold[1]]}}
-    data = load_train_data(config, fold)
+    data = load_train_data(config)  # a resumed fold run's config brings its fold
     n_in, n_out = len(data.feature_set.outputs), data.spec.n_outputs
     model_config = solve_width(config["model"], n_in, n_out)
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
     summary = {"params": count_params(model), "features": n_in,
                "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
-    if fold is not None:
-        summary["fold"] = {"k": fold[0], "index": fold[1]}
+    if config["data"].get("fold"):
+        summary["fold"] = {"k": config["data"]["fold"][0], "index": config["data"]["fold"][1]}
     if not resume:
         files.start({**config, "model": model_config}, {})
     files.about = {"model_config": model_config, "summary": summary}

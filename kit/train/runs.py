@@ -27,6 +27,13 @@ def new_run_id(seed: int) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
 
 
+def epoch_line(record: dict) -> str:
+    """One history.jsonl record as the trainer prints it (`  *`: a new best)."""
+    per = "  ".join(f"{k} {v:.4f}" for k, v in record["val_per_target"].items())
+    return (f"epoch {record['epoch']}: loss {record['train_loss'] or 0:.4f}  "
+            f"val {record['val_score']:.4f} ({per}){'  *' if record['best'] else ''}")
+
+
 def _atomic_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)

@@ -21,7 +21,7 @@ from kit.metrics import evaluate
 from kit.train.checkpoint import load_checkpoint, save_checkpoint
 from kit.train.data import Split, TrainData
 from kit.train.losses import MaskedLoss
-from kit.train.runs import RunFiles
+from kit.train.runs import RunFiles, epoch_line
 
 SCHEDULES = CHOICES["train.schedule"]
 
@@ -200,9 +200,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             writer.add_scalar("val/score", report.score, epoch + 1)
             writer.add_scalar("train/loss", record["train_loss"] or 0.0, epoch + 1)
         if progress:
-            per = "  ".join(f"{k} {v:.4f}" for k, v in report.per_target.items())
-            tqdm.write(f"epoch {epoch + 1}: loss {record['train_loss'] or 0:.4f}  "
-                       f"val {report.score:.4f} ({per}){'  *' if improved else ''}")
+            tqdm.write(epoch_line(record))
         save_checkpoint({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
