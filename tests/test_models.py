@@ -163,11 +163,12 @@ def assert_onnx_matches_steps(model, n_inputs, path, steps=20, batches=(3, 1)):
     """Export the step graph and compare onnxruntime with the torch step path, state carried."""
     import onnx
 
-    from kit.export.step_graph import export_step_graph
+    from kit.export.step_graph import batch_axes, export_step_graph
 
     shapes = export_step_graph(model, n_inputs, path)
     model.eval()  # the export leaves the module in training mode (its wrapper's mode restored)
-    assert shapes == [["batch", *s.shape[1:]] for s in model.init_state(1)]  # batch first
+    assert shapes == [["batch" if d == axis else n for d, n in enumerate(s.shape)]
+                      for s, axis in zip(model.init_state(1), batch_axes(model), strict=True)]
     nodes = [n.op_type for n in onnx.load(str(path)).graph.node]
     assert nodes.count("Shape") <= 1, "the step graph reads shapes off tensors"  # 1: wrapper
     for batch in batches:  # the batch dim is dynamic
@@ -182,7 +183,35 @@ def assert_onnx_matches_steps(model, n_inputs, path, steps=20, batches=(3, 1)):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_onnx_step_graph_matches_the_torch_step_path(name, tmp_path):
-    assert_onnx_matches_steps(make(name), F, tmp_path / f"{name}.onnx")
+    model = make(name)
+    assert_onnx_matches_steps(model, F, tmp_path / f"{name}.onnx")
+    from kit.export.step_graph import batch_axes
+
+    assert set(batch_axes(model)) == {0}  # the models' own states: batch first
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_step_form_computes_what_the_model_computes(name, tmp_path):
+    """What pack freezes (step_form: recurrent state per layer in the ONNX op's layout) equals
+    the model over whole sequences, step by step and in chunks, and exports to a graph that
+    matches it; a recurrent model's graph then has no layout changes on its state."""
+    model = make(name)
+    step = model.step_form().eval()
+    x = torch.randn(3, 40, F)
+    want, _ = run_chunks(model, x, [40])
+    for lengths in ([1] * 40, chunk_lengths(40, 7), [40]):
+        assert_close(run_chunks(step, x, lengths)[0], want)
+    path = tmp_path / f"{name}.onnx"
+    assert_onnx_matches_steps(step, F, path)
+    if CONFIGS[name]["type"] in ("gru", "lstm"):
+        import onnx
+
+        graph = onnx.load(str(path)).graph
+        states = {i.name for i in graph.input} - {"x"}
+        outs = {o.name for o in graph.output} - {"y"}
+        readers = {n.op_type for n in graph.node for i in n.input if i in states}
+        writers = {n.op_type for n in graph.node for o in n.output if o in outs}
+        assert readers == writers == {CONFIGS[name]["type"].upper()}, (readers, writers)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

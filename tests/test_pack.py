@@ -115,10 +115,12 @@ def test_graph_has_dynamic_batch_and_a_portable_ir_version(gru_pack):
     assert names[0] == "x" and all(n == f"state_{i}" for i, n in enumerate(names[1:]))
     for batch in (1, 5):
         feed = {"x": np.zeros((batch, 32), np.float32)}
-        feed |= {i.name: np.zeros((batch, *i.shape[1:]), np.float32)
+        axes = [i.shape.index("batch") for i in session.get_inputs()[1:]]
+        feed |= {i.name: np.zeros([batch if d == "batch" else d for d in i.shape], np.float32)
                  for i in session.get_inputs()[1:]}
         y, *state = session.run(None, feed)
-        assert y.shape == (batch, 2) and all(s.shape[0] == batch for s in state)
+        assert y.shape == (batch, 2)
+        assert all(s.shape[a] == batch for s, a in zip(state, axes, strict=True))
 
 
 def test_solution_imports_only_numpy_and_onnxruntime(gru_pack):
@@ -183,12 +185,16 @@ def test_both_call_paths_give_identical_predictions(gru_pack):
     rng = np.random.default_rng(1)
     rows = rng.standard_normal((40, 32))
     results = []
-    for path in ("iobinding", "run"):
+    for path in ("iobinding", "iobinding_public", "run"):
         model = _solution(gru_pack.folder, path)
         assert (model.bindings is None) == (path == "run")
+        # the fast binding call is the C++ session's own; the public one is the wrapper's
+        assert (model.run_binding == model.session._sess.run_with_iobinding) == (
+            path == "iobinding")
         results.append([model.predict(Point(float(i // 20), float(i % 20), 1.0, row))
                         for i, row in enumerate(rows)])
-    np.testing.assert_array_equal(np.stack(results[0]), np.stack(results[1]))
+    for other in results[1:]:
+        np.testing.assert_array_equal(np.stack(results[0]), np.stack(other))
 
 
 def test_a_sequence_id_that_starts_over_gets_fresh_state(gru_pack):

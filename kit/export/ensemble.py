@@ -211,7 +211,8 @@ class Ensemble(nn.Module):
                                               shared))
             else:
                 shared = True
-                self.models.append(WeightedModel(members[idx[0]].member.model, weights[0]))
+                model = members[idx[0]].member.model.step_form()
+                self.models.append(WeightedModel(model, weights[0]))
             self.model_inputs.append(ins)
             self.shared_inputs.append(shared)
         post = postprocess or {}

@@ -83,7 +83,7 @@ class Member:
     def stream_module(self) -> StreamChain:
         """Raw rows in, predictions out, one step or many: the module the graph freezes."""
         return StreamChain(self.feature_set.stream_module(), self.normaliser.stream_module(),
-                           self.model).eval()
+                           self.model.step_form()).eval()
 
     def describe(self) -> dict:
         """The member's entry in manifest.json."""

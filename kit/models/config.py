@@ -112,6 +112,11 @@ class StreamModel(nn.Module):
     def check(cls, values: dict) -> None:
         """Checks across keys; raise ModelConfigError naming the keys."""
 
+    def step_form(self) -> nn.Module:
+        """The module the step graph freezes: the same weights and stream contract, its state
+        laid out as the exported ops want it (the model itself unless a subclass says)."""
+        return self
+
     def zeros(self, *shape: int) -> Tensor:
         """A zero state tensor on the model's device."""
         return torch.zeros(*shape, device=next(self.parameters()).device)

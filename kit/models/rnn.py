@@ -1,7 +1,9 @@
 """Recurrent models: GRU, LSTM (cuDNN over whole sequences) and a GRU with windowed attention.
 
 The recurrent state is kept batch first ([B, layers, H]) so a runtime keeps one row per
-sequence id; nn.GRU/nn.LSTM want [layers, B, H], hence the transposes at the boundary.
+sequence id; nn.GRU/nn.LSTM want [layers, B, H], hence the transposes at the boundary. The step
+graph freezes `LayerwiseRecurrent` instead (`step_form`): the same weights with one state tensor
+per layer in the ONNX op's own layout, so no transposes run on every step.
 """
 
 from __future__ import annotations
@@ -50,7 +52,12 @@ class RecurrentModel(StreamModel):
         self.head = make_head(hidden, n_outputs, head, heads)
 
     def init_state(self, batch: int) -> list[Tensor]:
-        return [self.zeros(batch, self.layers, self.hidden) for _ in range(self.n_states)]
+        return [self.zeros(batch, self.layers, self.hidden) for _ in range(self.n_states)
+                ] + self.top_state(batch)
+
+    def top_state(self, batch: int) -> list[Tensor]:
+        """The state of what runs after the recurrent layers (none for the plain models)."""
+        return []
 
     def recur(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """The recurrent output [B, T, H] (after the optional LayerNorm) and the new state."""
@@ -59,9 +66,17 @@ class RecurrentModel(StreamModel):
         new = [new] if self.n_states == 1 else list(new)
         return self.norm(out), [s.transpose(0, 1) for s in new]
 
+    def top(self, out: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """From the recurrent output [B, T, H] to the predictions, with its own state."""
+        return self.head(self.drop(out)), state
+
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        out, new_state = self.recur(x, state)
-        return self.head(self.drop(out)), new_state
+        out, rnn_state = self.recur(x, state[:self.n_states])
+        y, top_state = self.top(out, state[self.n_states:])
+        return y, rnn_state + top_state
+
+    def step_form(self) -> LayerwiseRecurrent:
+        return LayerwiseRecurrent(self)
 
 
 class GRUModel(RecurrentModel):
@@ -107,20 +122,57 @@ class AttentionGRU(RecurrentModel):
             "positions", torch.arange(window, dtype=torch.float32), persistent=False
         )
 
-    def init_state(self, batch: int) -> list[Tensor]:
-        return [
-            self.zeros(batch, self.layers, self.hidden),
-            self.zeros(batch, self.window, self.hidden),
-            self.zeros(batch, 1),
-        ]
+    def top_state(self, batch: int) -> list[Tensor]:
+        return [self.zeros(batch, self.window, self.hidden), self.zeros(batch, 1)]
 
-    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        h, cache, count = state
-        t = steps_of(x)
-        out, (h,) = self.recur(x, [h])
+    def top(self, out: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        cache, count = state
+        t = steps_of(out)
         keys, cache = window_keys(cache, out, self.window, t)
         mask = key_mask(self.positions, count, self.window, t)
         q = (self.query(out) * self.scale).unsqueeze(1)  # one head: [B, 1, T, H]
         context = banded_attention(q, keys.unsqueeze(1), keys.unsqueeze(1), mask, self.bias)
         z = out + self.mix(context.squeeze(1))
-        return self.head(self.drop(z)), [h, cache, next_count(count, self.window, t)]
+        return self.head(self.drop(z)), [cache, next_count(count, self.window, t)]
+
+
+class LayerwiseRecurrent(nn.Module):
+    """A recurrent model as the step graph freezes it (`RecurrentModel.step_form`): the same
+    weights, the recurrent state one tensor per layer in the ONNX GRU/LSTM op's own layout
+    [1, B, H] (h of every layer, then c of every layer for an LSTM), then the model's own top
+    state. With the model's batch-first [B, layers, H] state every step pays a Split, a Transpose
+    per layer, a Concat and a Transpose; here each layer's state goes straight into its op
+    (a GRU 2x128 graph: 81 -> 69 us per call, docs/bench.md). For inference only: dropout
+    between layers is off."""
+
+    def __init__(self, model: RecurrentModel):
+        super().__init__()
+        self.model = model
+        rnn = model.rnn
+        self.n_rnn = model.layers * model.n_states
+        self.cells = nn.ModuleList()
+        for layer in range(model.layers):  # one single-layer op per layer, sharing the weights
+            cell = type(rnn)(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                setattr(cell, f"{name}_l0", getattr(rnn, f"{name}_l{layer}"))
+            self.cells.append(cell)
+
+    def init_state(self, batch: int) -> list[Tensor]:
+        rnn = [self.model.zeros(1, batch, self.model.hidden) for _ in range(self.n_rnn)]
+        return rnn + self.model.top_state(batch)
+
+    def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        t, layers = steps_of(x), self.model.layers
+        # [B, T, F] -> the op's [T, B, F]; at T = 1 a Reshape, which copies nothing
+        inp = x.reshape(1, -1, self.cells[0].input_size) if t == 1 else x.transpose(0, 1)
+        hs, cs = [], []
+        for layer, cell in enumerate(self.cells):
+            if self.model.n_states == 1:
+                inp, h = cell(inp, state[layer])
+            else:
+                inp, (h, c) = cell(inp, (state[layer], state[layers + layer]))
+                cs.append(c)
+            hs.append(h)
+        out = inp.reshape(-1, 1, self.model.hidden) if t == 1 else inp.transpose(0, 1)
+        y, top_state = self.model.top(self.model.norm(out), state[self.n_rnn:])
+        return y, hs + cs + top_state
