@@ -250,13 +250,14 @@ def test_stacked_rnns_zero_weights_and_postprocessing_pass_parity(workspace, run
     packed = pack_ensemble(path, "stacked", tmp_path / "subs")
     members = packed.manifest["members"]
     assert [m["model"]["type"] for m in members] == ["gru", "gru", "ssm", "lstm", "lstm"]
-    # the two GRUs run as one stacked module, the two LSTMs as another: their states (h; h and
-    # c) have the batch on axis 2
-    assert sum(s["batch_axis"] == 2 for s in packed.manifest["states"]) == 3
+    # the two GRUs run as one stacked module, the two LSTMs as another: one state [M = 2, B, H]
+    # per layer (GRU: 2 layers, h; LSTM: 1 layer, h and c)
+    stacked = [s for s in packed.manifest["states"] if s["shape"][0] == 2]
+    assert len(stacked) == 4 and all(s["batch_axis"] == 1 for s in stacked)
     report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
     assert report.ok, report.format()
     unstacked = pack_ensemble(path, "unstacked", tmp_path / "subs", stack=False)
-    assert not any(s["batch_axis"] == 2 for s in unstacked.manifest["states"])
+    assert not any(s["shape"][0] == 2 for s in unstacked.manifest["states"])
     assert run_parity(unstacked.folder, _valid(workspace), seqs=SEQS).ok
 
 
@@ -280,6 +281,7 @@ def test_members_with_their_own_features_and_normalisers_pass_parity(workspace, 
     assert len(module.pipelines) == 3 and len(module.normalisers) == 4
     assert [type(m).__name__ for m in module.models] == ["StackedRNN", "WeightedModel"]
     assert module.models[0].m == 3 and not module.models[0].shared_input
+    assert list(module.stacked_norms) == ["0"]  # its three normalisers run as one module
     path = _write(tmp_path / "e.toml", [{"name": name, "runs": [str(run)], "weights": w}
                                         for name, run, w in members])
     packed = pack_ensemble(path, "mixed", tmp_path / "subs")
@@ -304,6 +306,36 @@ def test_stacked_module_equals_its_members(runs, kind):
                    for m, w in zip(members, weights, strict=True))
         np.testing.assert_allclose(stream_steps(stacked, x).numpy(), want.numpy(), atol=1e-5)
         np.testing.assert_allclose(stream_steps(plain, x).numpy(), want.numpy(), atol=1e-5)
+
+
+def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path):
+    """Two GRUs on the same features with different normalisers (as two folds have): one
+    StackedAffineClip feeds the stack, the ensemble equals its members, and so does its step
+    graph."""
+    import dataclasses
+
+    import torch
+
+    from kit.export.step_graph import export_step_graph
+    from kit.features.normaliser import Normaliser
+    from tests.test_models import onnx_steps
+
+    a, b = load_member(runs["gru"]), load_member(runs["gru_b"])
+    n = b.normaliser
+    b = dataclasses.replace(b, normaliser=Normaliser(n.method, n.clip, n.center + 0.5,
+                                                     n.scale * 2))
+    entries = [Weighted(a, [0.6, 0.3]), Weighted(b, [0.4, 0.7])]
+    module = Ensemble(entries).eval()
+    assert len(module.normalisers) == 2 and list(module.stacked_norms) == ["0"]
+    x = torch.randn(2, 20, 32)
+    with torch.no_grad():
+        want = sum(torch.tensor(e.weights) * stream_steps(e.member.stream_module(), x)
+                   for e in entries)
+        np.testing.assert_allclose(stream_steps(module, x).numpy(), want.numpy(), atol=1e-5)
+    export_step_graph(module, 32, tmp_path / "e.onnx")
+    zeros = [s.numpy() for s in module.init_state(2)]
+    got, _ = onnx_steps(tmp_path / "e.onnx", zeros, x.numpy().transpose(1, 0, 2))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 
 
 def test_pack_refuses_a_pack_over_the_time_budget_unless_forced(workspace, runs, tmp_path,

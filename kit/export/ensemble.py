@@ -6,8 +6,9 @@
 
 Members that are plain GRUs (or plain LSTMs) of the same shape (linear shared head, no layer
 norm) are computed together by `StackedRNN`: batched MatMuls per layer for all of them, instead
-of one ONNX GRU/LSTM op per member (bench/bench_ensemble.py measures both). Any other model runs
-as it is.
+of one ONNX GRU/LSTM op per member (bench/bench_ensemble.py measures both); when such a stack
+reads several normalisers' outputs (e.g. fold members: one normaliser per fold), those
+normalisers run as one `StackedAffineClip`. Any other model runs as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kit.export.frozen import Member, split_state
+from kit.features.normaliser import StackedAffineClip
 from kit.models.rnn import GRUModel, LSTMModel
 
 
@@ -45,8 +47,9 @@ def stackable(model: nn.Module) -> tuple | None:
 
 class StackedRNN(nn.Module):
     """M GRUs (or M LSTMs) of one shape, one step at a time, with batched matmuls; returns the
-    weighted sum of their heads. State: h [layers, M, B, H] (batch on axis 2: no transposes per
-    step), and c of the same shape for LSTMs."""
+    weighted sum of their heads. State: one h [M, B, H] per layer, then (LSTMs) one c per layer:
+    each goes into its layer's matmuls as it is, so the step graph has no Split, Squeeze or
+    stack on the state (and no transposes: the batch is on axis 1)."""
 
     def __init__(self, models: list[GRUModel | LSTMModel], weights: Tensor, shared_input: bool):
         super().__init__()
@@ -81,8 +84,8 @@ class StackedRNN(nn.Module):
                                     * weights).sum(0))
 
     def init_state(self, batch: int) -> list[Tensor]:
-        shape = (self.layers, self.m, batch, self.hidden)
-        return [torch.zeros(shape) for _ in range(2 if self.lstm else 1)]
+        shape = (self.m, batch, self.hidden)
+        return [torch.zeros(shape) for _ in range(self.layers * (2 if self.lstm else 1))]
 
     def _gru(self, layer: int, inp: Tensor, prev: Tensor) -> Tensor:
         size = self.hidden
@@ -90,7 +93,7 @@ class StackedRNN(nn.Module):
         gh = torch.matmul(prev, getattr(self, f"wh{layer}")) + getattr(self, f"bh{layer}")
         gi_rz, gi_n = gi.split([2 * size, size], dim=-1)
         gh_rz, gh_n = gh.split([2 * size, size], dim=-1)
-        r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, dim=-1)
+        r, z = torch.sigmoid(gi_rz + gh_rz).split([size, size], dim=-1)  # chunk: 4 nodes
         n = torch.tanh(gi_n + r * gh_n)
         return n + z * (prev - n)
 
@@ -100,23 +103,24 @@ class StackedRNN(nn.Module):
         gates = (torch.matmul(inp, getattr(self, f"wi{layer}"))
                  + torch.matmul(prev, getattr(self, f"wh{layer}")) + getattr(self, f"bi{layer}"))
         input_forget, cell_out = gates.split([2 * size, 2 * size], dim=-1)  # torch: i, f, g, o
-        i, f = torch.sigmoid(input_forget).chunk(2, dim=-1)  # one sigmoid for both
-        g, o = cell_out.chunk(2, dim=-1)
+        i, f = torch.sigmoid(input_forget).split([size, size], dim=-1)  # one sigmoid for both
+        g, o = cell_out.split([size, size], dim=-1)
         cell = f * cell + i * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(cell), cell
 
     def step(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """x [B, I] or [M, B, I], state [L, M, B, H] (h, and c for LSTMs) -> y [B, K], state'."""
+        """x [B, I] or [M, B, I], state: h [M, B, H] per layer (then c per layer for LSTMs)
+        -> y [B, K], state'."""
         inp, hs, cs = x, [], []
         for layer in range(self.layers):
             if self.lstm:
-                inp, cell = self._lstm(layer, inp, state[0][layer], state[1][layer])
+                inp, cell = self._lstm(layer, inp, state[layer], state[self.layers + layer])
                 cs.append(cell)
             else:
-                inp = self._gru(layer, inp, state[0][layer])
+                inp = self._gru(layer, inp, state[layer])
             hs.append(inp)
         y = torch.matmul(inp, self.wo).sum(0) + self.bo  # [B, K]
-        return y, [torch.stack(hs)] + ([torch.stack(cs)] if self.lstm else [])
+        return y, hs + cs
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         time_axis = 2 if not self.shared_input else 1
@@ -202,6 +206,8 @@ class Ensemble(nn.Module):
             groups.setdefault(key if key is not None else ("alone", i), []).append(i)
         self.models, self.model_inputs = nn.ModuleList(), []
         self.shared_inputs: list[bool] = []
+        # a stack on several normalisers' outputs: its normalisers as one module (by position)
+        self.stacked_norms = nn.ModuleDict()
         for key, idx in groups.items():
             weights = torch.tensor([members[i].weights for i in idx], dtype=torch.float32)
             ins = [inputs[i] for i in idx]
@@ -209,6 +215,9 @@ class Ensemble(nn.Module):
                 shared = len(set(ins)) == 1
                 self.models.append(StackedRNN([members[i].member.model for i in idx], weights,
                                               shared))
+                if not shared and len({members[i].member.normaliser.clip for i in idx}) == 1:
+                    self.stacked_norms[str(len(self.models) - 1)] = StackedAffineClip(
+                        [members[i].member.normaliser for i in idx])
             else:
                 shared = True
                 model = members[idx[0]].member.model.step_form()
@@ -234,13 +243,26 @@ class Ensemble(nn.Module):
             f, s = pipeline(x, own)
             features.append(f)
             new_state += s
-        normed = [norm(features[src], [])[0]
-                  for norm, src in zip(self.normalisers, self.norm_source, strict=True)]
+        normed: dict[int, Tensor] = {}  # only the normalisers something reads get computed
+
+        def normalised(j: int) -> Tensor:
+            if j not in normed:
+                normed[j] = self.normalisers[j](features[self.norm_source[j]], [])[0]
+            return normed[j]
+
         total = None
         offset = len(self.pipelines)
         for i, (model, ins, shared) in enumerate(zip(self.models, self.model_inputs,
                                                      self.shared_inputs, strict=True)):
-            inp = normed[ins[0]] if shared else torch.stack([normed[j] for j in ins])
+            if str(i) in self.stacked_norms:  # one input for all, or one per member
+                sources = [self.norm_source[j] for j in ins]
+                raw = (features[sources[0]] if len(set(sources)) == 1
+                       else torch.stack([features[k] for k in sources]))
+                inp = self.stacked_norms[str(i)](raw)
+            elif shared:
+                inp = normalised(ins[0])
+            else:
+                inp = torch.stack([normalised(j) for j in ins])
             y, s = model(inp, chunks[offset + i])
             new_state += s
             total = y if total is None else total + y

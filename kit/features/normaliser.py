@@ -105,3 +105,25 @@ class AffineClip(nn.Module):
         if self.clip is not None:
             y = y.clamp(-self.clip, self.clip)
         return y, state
+
+
+class StackedAffineClip(nn.Module):
+    """The stream faces of M normalisers that share a clip, as one module: x [B, T, F] (one
+    input for all) or [M, B, T, F] (one each) -> [M, B, T, F]. Three graph nodes for all M,
+    where M separate faces cost three each and a stack of their outputs."""
+
+    def __init__(self, normalisers: list[Normaliser]):
+        super().__init__()
+        clips = {n.clip for n in normalisers}
+        if len(clips) != 1:
+            raise ValueError(f"normalisers with different clips ({sorted(map(str, clips))}) "
+                             "do not stack")
+        self.clip = clips.pop()
+        shape = (len(normalisers), 1, 1, -1)  # [M, 1, 1, F] broadcasts over [(M,) B, T, F]
+        for name in ("center", "scale"):
+            values = np.stack([getattr(n, name) for n in normalisers]).astype(np.float32)
+            self.register_buffer(name, torch.from_numpy(values).reshape(shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = (x - self.center) / self.scale
+        return y.clamp(-self.clip, self.clip) if self.clip is not None else y
