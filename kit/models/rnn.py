@@ -168,11 +168,14 @@ class LayerwiseRecurrent(nn.Module):
         hs, cs = [], []
         for layer, cell in enumerate(self.cells):
             if self.model.n_states == 1:
-                inp, h = cell(inp, state[layer])
+                seq, h = cell(inp, state[layer])
             else:
-                inp, (h, c) = cell(inp, (state[layer], state[layers + layer]))
+                seq, (h, c) = cell(inp, (state[layer], state[layers + layer]))
                 cs.append(c)
             hs.append(h)
+            # one step: the output is the new h, already [1, B, H] (the op's output sequence
+            # would need a Squeeze node per layer)
+            inp = h if t == 1 else seq
         out = inp.reshape(-1, 1, self.model.hidden) if t == 1 else inp.transpose(0, 1)
         y, top_state = self.model.top(self.model.norm(out), state[self.n_rnn:])
         return y, hs + cs + top_state
