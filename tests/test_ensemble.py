@@ -308,10 +308,12 @@ def test_stacked_module_equals_its_members(runs, kind):
         np.testing.assert_allclose(stream_steps(plain, x).numpy(), want.numpy(), atol=1e-5)
 
 
-def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path):
+@pytest.mark.parametrize("same_clip", [True, False])
+def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path, same_clip):
     """Two GRUs on the same features with different normalisers (as two folds have): one
-    StackedAffineClip feeds the stack, the ensemble equals its members, and so does its step
-    graph."""
+    StackedAffineClip feeds the stack (separate normalisers and a stack when the clips
+    differ), the ensemble equals its members, and so does its step graph at a batch that is
+    not the number of members."""
     import dataclasses
 
     import torch
@@ -322,18 +324,21 @@ def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path):
 
     a, b = load_member(runs["gru"]), load_member(runs["gru_b"])
     n = b.normaliser
-    b = dataclasses.replace(b, normaliser=Normaliser(n.method, n.clip, n.center + 0.5,
+    clip = n.clip if same_clip else None
+    b = dataclasses.replace(b, normaliser=Normaliser(n.method, clip, n.center + 0.5,
                                                      n.scale * 2))
     entries = [Weighted(a, [0.6, 0.3]), Weighted(b, [0.4, 0.7])]
     module = Ensemble(entries).eval()
-    assert len(module.normalisers) == 2 and list(module.stacked_norms) == ["0"]
-    x = torch.randn(2, 20, 32)
+    assert n.clip is not None and type(module.models[0]).__name__ == "StackedRNN"
+    assert len(module.normalisers) == 2
+    assert list(module.stacked_norms) == (["0"] if same_clip else [])
+    x = torch.randn(3, 20, 32)
     with torch.no_grad():
         want = sum(torch.tensor(e.weights) * stream_steps(e.member.stream_module(), x)
                    for e in entries)
         np.testing.assert_allclose(stream_steps(module, x).numpy(), want.numpy(), atol=1e-5)
     export_step_graph(module, 32, tmp_path / "e.onnx")
-    zeros = [s.numpy() for s in module.init_state(2)]
+    zeros = [s.numpy() for s in module.init_state(3)]
     got, _ = onnx_steps(tmp_path / "e.onnx", zeros, x.numpy().transpose(1, 0, 2))
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 

@@ -197,6 +197,36 @@ def test_both_call_paths_give_identical_predictions(gru_pack):
         np.testing.assert_array_equal(np.stack(results[0]), np.stack(other))
 
 
+def test_the_binding_self_test_and_the_fallbacks(gru_pack, monkeypatch):
+    """A binding call that does not compute what session.run computes fails the self-test;
+    the fast call falls back to the public wrapper, and an onnxruntime whose binding fails
+    falls back to session.run with the same predictions; an unknown call path is refused."""
+    import onnxruntime as ort
+
+    model = _solution(gru_pack.folder)
+    assert model._iobinding_works(model.run_binding, model.bindings)
+    assert not model._iobinding_works(lambda binding, options: None, model.bindings)
+    fast = model.session._sess.run_with_iobinding
+    monkeypatch.setattr(type(model), "_iobinding_works",
+                        lambda self, run, bindings: run != fast)
+    assert model._binding_path()[0] == model.session.run_with_iobinding
+    monkeypatch.undo()
+
+    rows = np.random.default_rng(4).standard_normal((12, 32))
+    want = [model.predict(Point(1.0, float(i), 1.0, r)) for i, r in enumerate(rows)]
+
+    def no_binding(self):
+        raise RuntimeError("this onnxruntime cannot bind pointers")
+
+    monkeypatch.setattr(ort.InferenceSession, "io_binding", no_binding)
+    plain = _solution(gru_pack.folder)
+    assert plain.run_binding is None and plain.bindings is None
+    got = [plain.predict(Point(1.0, float(i), 1.0, r)) for i, r in enumerate(rows)]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
+    with pytest.raises(ValueError, match="call_path 'iobinding-public'"):
+        _solution(gru_pack.folder, "iobinding-public")
+
+
 def test_a_sequence_id_that_starts_over_gets_fresh_state(gru_pack):
     model = _solution(gru_pack.folder)
     rows = np.random.default_rng(2).standard_normal((10, 32))

@@ -32,6 +32,7 @@ import onnxruntime as ort
 MODEL_FILE = "model.onnx"
 CALL_PATH = "iobinding"  # or, for comparison: "iobinding_public" (the public wrapper), "run"
 MAX_SAVED_BYTES = 64 << 20
+CALL_PATHS = ("iobinding", "iobinding_public", "run")
 
 
 def _session(path):
@@ -45,6 +46,8 @@ def _session(path):
 
 class PredictionModel:
     def __init__(self, model_path=None, call_path=CALL_PATH):
+        if call_path not in CALL_PATHS:
+            raise ValueError(f"call_path {call_path!r} is not one of {CALL_PATHS}")
         here = os.path.dirname(os.path.abspath(__file__))
         self.session = _session(model_path or os.path.join(here, MODEL_FILE))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -87,14 +90,17 @@ class PredictionModel:
         the public wrapper checks WebGPU graph-capture settings on every call, about 2.5 us a
         row on a slow scorer CPU (bench/bench_pack.py). Then the public call. Each must agree
         bit for bit with session.run before it is used."""
-        public = [self._bind(0), self._bind(1)]
+        try:
+            public = [self._bind(0), self._bind(1)]
+        except Exception:  # an onnxruntime without pointer binding: the plain path it is
+            return None, None
+        candidates = [(self.session.run_with_iobinding, public)]
         inner = getattr(self.session, "_sess", None) if fast else None
         if hasattr(inner, "run_with_iobinding") and all(hasattr(b, "_iobinding") for b in public):
-            fast = [b._iobinding for b in public]
-            if self._iobinding_works(inner.run_with_iobinding, fast):
-                return inner.run_with_iobinding, fast
-        if self._iobinding_works(self.session.run_with_iobinding, public):
-            return self.session.run_with_iobinding, public
+            candidates.insert(0, (inner.run_with_iobinding, [b._iobinding for b in public]))
+        for run, bindings in candidates:
+            if self._iobinding_works(run, bindings):
+                return run, bindings
         return None, None
 
     def _run_plain(self):

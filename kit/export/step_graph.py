@@ -30,7 +30,8 @@ class StepWrapper(nn.Module):
 
 def batch_axes(module: nn.Module) -> list[int]:
     """Each state tensor's batch axis: the one axis whose size follows init_state's batch
-    (states are batch first by convention; a stacked module may put it elsewhere)."""
+    (the models' own states are batch first; step forms and stacked modules may put it
+    elsewhere, e.g. [1, B, H] per layer of a recurrent model)."""
     axes = []
     for i, (a, b) in enumerate(zip(module.init_state(2), module.init_state(3), strict=True)):
         moved = [d for d in range(a.dim()) if a.shape[d] != b.shape[d]]

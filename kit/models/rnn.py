@@ -151,11 +151,15 @@ class LayerwiseRecurrent(nn.Module):
         rnn = model.rnn
         self.n_rnn = model.layers * model.n_states
         self.cells = nn.ModuleList()
-        for layer in range(model.layers):  # one single-layer op per layer, sharing the weights
-            cell = type(rnn)(rnn.input_size if layer == 0 else rnn.hidden_size, rnn.hidden_size)
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                setattr(cell, f"{name}_l0", getattr(rnn, f"{name}_l{layer}"))
-            self.cells.append(cell)
+        # one single-layer op per layer on the trained weights; drawing the new cells' throwaway
+        # initial weights must not move the caller's random stream
+        with torch.random.fork_rng(devices=[]):
+            for layer in range(model.layers):
+                size = rnn.input_size if layer == 0 else rnn.hidden_size
+                cell = type(rnn)(size, rnn.hidden_size)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    setattr(cell, f"{name}_l0", getattr(rnn, f"{name}_l{layer}"))
+                self.cells.append(cell)
 
     def init_state(self, batch: int) -> list[Tensor]:
         rnn = [self.model.zeros(1, batch, self.model.hidden) for _ in range(self.n_rnn)]
