@@ -47,9 +47,11 @@ def stackable(model: nn.Module) -> tuple | None:
 
 class StackedRNN(nn.Module):
     """M GRUs (or M LSTMs) of one shape, one step at a time, with batched matmuls; returns the
-    weighted sum of their heads. State: one h [M, B, H] per layer, then (LSTMs) one c per layer:
-    each goes into its layer's matmuls as it is, so the step graph has no Split, Squeeze or
-    stack on the state (and no transposes: the batch is on axis 1)."""
+    weighted sum of their heads. State: one h [M, B, 1, H] per layer, then (LSTMs) one c per
+    layer: each goes into its layer's matmuls as it is, so the step graph has no Split, Squeeze
+    or stack on the state (and no transposes: the batch is on axis 1). The step axis stays in
+    every tensor (weights [M, 1, I, G] broadcast over the batch), so a step takes the input
+    [B, 1, I] and returns [B, 1, K] without a Gather, Unsqueeze or Concat."""
 
     def __init__(self, models: list[GRUModel | LSTMModel], weights: Tensor, shared_input: bool):
         super().__init__()
@@ -64,27 +66,29 @@ class StackedRNN(nn.Module):
             return torch.stack([t.t() if transpose else t for t in ts])
 
         for layer in range(self.layers):
-            # [M, I, G*H] and [M, H, G*H]: G = 3 gates (GRU: r, z, n), 4 (LSTM: i, f, g, o)
-            self.register_buffer(f"wi{layer}", stack(f"weight_ih_l{layer}", True))
-            self.register_buffer(f"wh{layer}", stack(f"weight_hh_l{layer}", True))
+            # [M, 1, I, G*H] and [M, 1, H, G*H]: G = 3 gates (GRU: r, z, n), 4 (LSTM: i, f, g,
+            # o); the biases [M, 1, 1, G*H]
+            self.register_buffer(f"wi{layer}", stack(f"weight_ih_l{layer}", True).unsqueeze(1))
+            self.register_buffer(f"wh{layer}", stack(f"weight_hh_l{layer}", True).unsqueeze(1))
             bi, bh = stack(f"bias_ih_l{layer}", False), stack(f"bias_hh_l{layer}", False)
             if self.lstm:  # every gate takes the sum of both biases
-                self.register_buffer(f"bi{layer}", (bi + bh).unsqueeze(1))
+                self.register_buffer(f"bi{layer}", (bi + bh).view(self.m, 1, 1, -1))
                 continue
             # r and z take the sum of both biases; n keeps the hidden one inside r * (.)
             self.register_buffer(f"bi{layer}", torch.cat(
-                [bi[:, :2 * h] + bh[:, :2 * h], bi[:, 2 * h:]], dim=1).unsqueeze(1))
+                [bi[:, :2 * h] + bh[:, :2 * h], bi[:, 2 * h:]], dim=1).view(self.m, 1, 1, -1))
             self.register_buffer(f"bh{layer}", torch.cat(
-                [torch.zeros_like(bh[:, :2 * h]), bh[:, 2 * h:]], dim=1).unsqueeze(1))
+                [torch.zeros_like(bh[:, :2 * h]), bh[:, 2 * h:]], dim=1).view(self.m, 1, 1, -1))
         heads = [m.head.parts[0] for m in models]
         # weights folded into the heads: sum_m w_mk (W_m h_m + b_m)_k
-        w = weights.view(self.m, 1, -1)  # [M, 1, K]
-        self.register_buffer("wo", torch.stack([hd.weight.detach().t() for hd in heads]) * w)
+        w = weights.view(self.m, 1, 1, -1)  # [M, 1, 1, K]
+        self.register_buffer("wo", torch.stack([hd.weight.detach().t() for hd in heads]
+                                               ).unsqueeze(1) * w)  # [M, 1, H, K]
         self.register_buffer("bo", (torch.stack([hd.bias.detach() for hd in heads])
                                     * weights).sum(0))
 
     def init_state(self, batch: int) -> list[Tensor]:
-        shape = (self.m, batch, self.hidden)
+        shape = (self.m, batch, 1, self.hidden)
         return [torch.zeros(shape) for _ in range(self.layers * (2 if self.lstm else 1))]
 
     def _gru(self, layer: int, inp: Tensor, prev: Tensor) -> Tensor:
@@ -109,8 +113,8 @@ class StackedRNN(nn.Module):
         return torch.sigmoid(o) * torch.tanh(cell), cell
 
     def step(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """x [B, I] or [M, B, I], state: h [M, B, H] per layer (then c per layer for LSTMs)
-        -> y [B, K], state'."""
+        """x [B, 1, I] or [M, B, 1, I], state: h [M, B, 1, H] per layer (then c per layer for
+        LSTMs) -> y [B, 1, K], state'."""
         inp, hs, cs = x, [], []
         for layer in range(self.layers):
             if self.lstm:
@@ -119,16 +123,18 @@ class StackedRNN(nn.Module):
             else:
                 inp = self._gru(layer, inp, state[layer])
             hs.append(inp)
-        y = torch.matmul(inp, self.wo).sum(0) + self.bo  # [B, K]
+        y = torch.matmul(inp, self.wo).sum(0) + self.bo  # [B, 1, K]
         return y, hs + cs
 
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         time_axis = 2 if not self.shared_input else 1
+        if x.shape[time_axis] == 1:  # the step graph: no slicing at all
+            return self.step(x, state)
         ys = []
         for t in range(x.shape[time_axis]):
-            y, state = self.step(x.select(time_axis, t), state)
+            y, state = self.step(x.narrow(time_axis, t, 1), state)
             ys.append(y)
-        return torch.stack(ys, dim=1), state
+        return torch.cat(ys, dim=1), state
 
 
 class PostProcess(nn.Module):
