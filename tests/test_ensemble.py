@@ -250,7 +250,7 @@ def test_stacked_rnns_zero_weights_and_postprocessing_pass_parity(workspace, run
     packed = pack_ensemble(path, "stacked", tmp_path / "subs")
     members = packed.manifest["members"]
     assert [m["model"]["type"] for m in members] == ["gru", "gru", "ssm", "lstm", "lstm"]
-    # the two GRUs run as one stacked module, the two LSTMs as another: one state [M = 2, B, H]
+    # the two GRUs run as one stacked module, the two LSTMs as another: one state [M = 2, B, 1, H]
     # per layer (GRU: 2 layers, h; LSTM: 1 layer, h and c)
     stacked = [s for s in packed.manifest["states"] if s["shape"][0] == 2]
     assert len(stacked) == 4 and all(s["batch_axis"] == 1 for s in stacked)
