@@ -97,7 +97,7 @@ class StackedRNN(nn.Module):
         gh = torch.matmul(prev, getattr(self, f"wh{layer}")) + getattr(self, f"bh{layer}")
         gi_rz, gi_n = gi.split([2 * size, size], dim=-1)
         gh_rz, gh_n = gh.split([2 * size, size], dim=-1)
-        r, z = torch.sigmoid(gi_rz + gh_rz).split([size, size], dim=-1)  # chunk: 4 nodes
+        r, z = torch.sigmoid(gi_rz + gh_rz).split([size, size], dim=-1)  # chunk: 4 ONNX nodes
         n = torch.tanh(gi_n + r * gh_n)
         return n + z * (prev - n)
 
@@ -221,9 +221,9 @@ class Ensemble(nn.Module):
                 shared = len(set(ins)) == 1
                 self.models.append(StackedRNN([members[i].member.model for i in idx], weights,
                                               shared))
-                if not shared and len({members[i].member.normaliser.clip for i in idx}) == 1:
-                    self.stacked_norms[str(len(self.models) - 1)] = StackedAffineClip(
-                        [members[i].member.normaliser for i in idx])
+                norms = [members[i].member.normaliser for i in idx]
+                if not shared and StackedAffineClip.fits(norms):
+                    self.stacked_norms[str(len(self.models) - 1)] = StackedAffineClip(norms)
             else:
                 shared = True
                 model = members[idx[0]].member.model.step_form()

@@ -68,7 +68,7 @@ class PredictionModel:
         self.seq_ix = None
         self.step = None
         self.run_binding, self.bindings = None, None  # run_binding(bindings[live], None)
-        if call_path in ("iobinding", "iobinding_public"):
+        if call_path != "run":
             self.run_binding, self.bindings = self._binding_path(call_path == "iobinding")
         self._reset_live()
 

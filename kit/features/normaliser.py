@@ -112,13 +112,17 @@ class StackedAffineClip(nn.Module):
     input for all) or [M, B, T, F] (one each) -> [M, B, T, F]. Three graph nodes for all M,
     where M separate faces cost three each and a stack of their outputs."""
 
+    @staticmethod
+    def fits(normalisers: list[Normaliser]) -> bool:
+        """Whether these normalisers stack: one clip for all."""
+        return len({n.clip for n in normalisers}) == 1
+
     def __init__(self, normalisers: list[Normaliser]):
         super().__init__()
-        clips = {n.clip for n in normalisers}
-        if len(clips) != 1:
-            raise ValueError(f"normalisers with different clips ({sorted(map(str, clips))}) "
-                             "do not stack")
-        self.clip = clips.pop()
+        if not self.fits(normalisers):
+            clips = sorted(str(n.clip) for n in normalisers)
+            raise ValueError(f"normalisers with different clips ({clips}) do not stack")
+        self.clip = normalisers[0].clip
         shape = (len(normalisers), 1, 1, -1)  # [M, 1, 1, F] broadcasts over [(M,) B, T, F]
         for name in ("center", "scale"):
             values = np.stack([getattr(n, name) for n in normalisers]).astype(np.float32)
