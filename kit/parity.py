@@ -5,7 +5,7 @@ Three paths over the same sequences:
   step      the PyTorch stream modules (guard, features, normaliser, model) one step at a time;
   package   the packaged solution.py, driven row by row by the local scorer in its 1-CPU sandbox.
 and four checks of the runtime's behaviour, each on the package:
-  order     sequences in shuffled order (one fed twice) and rows of several sequences
+  order     sequences in shuffled order (some fed again) and rows of several sequences
             interleaved give the same predictions: state is reset/kept per sequence;
   warm-up   changing the warm-up rows changes the predictions after them, exactly as the step
             path says it should: warm-up rows are processed;
@@ -27,6 +27,7 @@ import torch
 from kit.competition import CompetitionSpec, spec_from_dict
 from kit.config import validation_file
 from kit.data.arrays import build_arrays
+from kit.errors import SubmissionError
 from kit.export.ensemble import Weighted, postprocess_numpy
 from kit.export.frozen import Member, load_member, stream_steps
 from kit.export.pack import (
@@ -236,11 +237,13 @@ def first_difference(got: np.ndarray, want: np.ndarray, where: np.ndarray, atol:
 
 
 def shuffled_order(rows: Rows, rng: np.random.Generator) -> np.ndarray:
-    """Row order with the sequences permuted and the first of them fed again at the end."""
+    """Row order with the sequences permuted, the first of them fed again at the end (its id
+    comes back after others) and the last fed twice in a row (the same id starts over with no
+    other id between: only the step going back says it is a new run)."""
     seqs = rng.permutation(len(rows.lengths))
     starts = np.concatenate([[0], np.cumsum(rows.lengths)])
     blocks = [np.arange(starts[s], starts[s + 1]) for s in seqs]
-    return np.concatenate(blocks + [blocks[0]])
+    return np.concatenate(blocks + [blocks[-1], blocks[0]])
 
 
 def interleaved_order(rows: Rows, group: int = 4) -> np.ndarray:
@@ -253,17 +256,28 @@ def check_order(package: Package, rows: Rows, reference: np.ndarray, atol: float
     checks = []
     for name, order, fine in (
         ("order: shuffled sequences", shuffled_order(rows, rng),
-         f"{len(rows.lengths)} sequences in shuffled order, the first fed twice: same "
-         "predictions (state reset on a new sequence)"),
+         f"{len(rows.lengths)} sequences in shuffled order, one fed again later and one twice "
+         "in a row: same predictions (state reset on a new sequence)"),
         ("order: interleaved rows", interleaved_order(rows),
          "rows of 4 sequences at a time, one of each in turn: same predictions (state kept "
          "per sequence)"),
     ):
-        got, index = package.run_in_order(rows, order)
-        where = rows.values[order][rows.need[order]]
-        problems = first_difference(got, reference[index], where, atol)
-        checks.append(Check(name, not problems, problems or fine))
+        def judge(order=order, name=name, fine=fine):
+            got, index = package.run_in_order(rows, order)
+            where = rows.values[order][rows.need[order]]
+            problems = first_difference(got, reference[index], where, atol)
+            return Check(name, not problems, problems or fine)
+
+        checks.append(attempt(name, judge))
     return checks
+
+
+def attempt(name: str, check) -> Check:
+    """check(), or a failed Check when the package raised while it was being run."""
+    try:
+        return check()
+    except SubmissionError as exc:
+        return Check(name, False, f"the package failed: {exc}")
 
 
 def warmup_rows(rows: Rows) -> np.ndarray:
@@ -389,25 +403,32 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         rows = Rows.of(values)
         package = Package(folder, spec)
         preds = {"sequence": ref.predict(sequence_path, rows),
-                 "step": ref.predict(step_path, rows),
-                 "package": package.run(rows)}
+                 "step": ref.predict(step_path, rows)}
+        checks = [Check("manifest", not bad_files,
+                        "; ".join(bad_files) or "every file matches its sha256")]
+        try:
+            preds["package"] = package.run(rows)
+        except SubmissionError as exc:  # reported as a failed check: the rest needs its output
+            checks.append(Check("package runs", False, str(exc)))
         targets = list(spec.outputs)
         diffs = [compare(f"{a} vs {b}", preds[a], preds[b], rows, targets)
-                 for a, b in (("sequence", "step"), ("sequence", "package"), ("step", "package"))]
+                 for a, b in (("sequence", "step"), ("sequence", "package"), ("step", "package"))
+                 if a in preds and b in preds]
         worst = max(diffs, key=lambda d: d["max_abs"])
-        checks = [
-            Check("manifest", not bad_files,
-                  "; ".join(bad_files) or "every file matches its sha256"),
+        checks.append(
             Check("paths agree", worst["max_abs"] <= atol,
                   f"max abs difference {worst['max_abs']:.2e} ({worst['pair']}) "
                   f"{'<=' if worst['max_abs'] <= atol else '>'} atol {atol:g}"
-                  + ("" if worst["max_abs"] <= atol else "; " + _where(worst))),
-            *check_order(package, rows, preds["package"], atol, rng),
-            check_warmup(package, ref, rows, preds["package"], atol),
-            check_nonfinite(package, ref, rows, atol, rng),
-        ]
+                  + ("" if worst["max_abs"] <= atol else "; " + _where(worst))))
+        if "package" in preds:
+            checks += [
+                *check_order(package, rows, preds["package"], atol, rng),
+                attempt("warm-up processed",
+                        lambda: check_warmup(package, ref, rows, preds["package"], atol)),
+                attempt("NaN/inf rows", lambda: check_nonfinite(package, ref, rows, atol, rng)),
+            ]
     metrics = {}
-    for path in PATHS:
+    for path in preds:
         report = evaluate(spec, truth, preds[path])
         metrics[path] = {"score": report.score, "per_target": report.per_target}
     result = ParityReport(str(submission), str(data), n_seqs, len(values), int(rows.need.sum()),

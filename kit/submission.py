@@ -10,6 +10,13 @@ from kit.errors import SubmissionError
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same files give the same zip bytes
 
 
+def zip_path_of(folder: Path) -> Path:
+    """NAME.zip next to the folder NAME, dots in NAME kept (with_suffix would turn gru.v2 into
+    gru.zip, another package's zip)."""
+    folder = Path(folder)
+    return folder.with_name(folder.name + ".zip")
+
+
 def write_submission_zip(folder: Path, zip_path: Path | None = None,
                          files: tuple[str, ...] | None = None) -> Path:
     """Zip the regular files of folder (solution.py at the root) into folder.zip; with `files`,
@@ -25,8 +32,8 @@ def write_submission_zip(folder: Path, zip_path: Path | None = None,
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
             raise SubmissionError(f"{folder}: {missing} missing; re-run kit pack")
-    zip_path = Path(zip_path or folder.with_suffix(".zip"))
-    tmp = zip_path.with_suffix(".zip.tmp")
+    zip_path = Path(zip_path or zip_path_of(folder))
+    tmp = zip_path.with_name(zip_path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(paths):
             info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=ZIP_EPOCH)

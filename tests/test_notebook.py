@@ -151,6 +151,11 @@ def test_short_slugs_and_long_names_follow_kaggles_slug_rules(package, tmp_path)
     title, slug = kernel["title"], kernel["id"].split("/")[1]
     assert len(title) <= 50 and title.endswith("kit submission")
     assert slug == re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") and len(slug) <= 50
+    # a name whose 50-character cut of "NAME-package" ends right after a hyphen
+    cut_at_hyphen = tmp_path / ("x" * 49 + "_rest")
+    shutil.copytree(package.folder, cut_at_hyphen)
+    dataset = write_notebook(cut_at_hyphen, tmp_path / "c", owner="alice")["dataset_metadata"]
+    assert dataset["id"] == "alice/" + "x" * 49
 
 
 def test_a_changed_package_is_refused(package, tmp_path):

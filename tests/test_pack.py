@@ -306,6 +306,66 @@ def test_a_changed_file_fails_the_manifest_check(workspace, gru_pack, tmp_path):
     assert read_manifest(folder)["parity"] is None  # a failing package's manifest is untouched
 
 
+def test_a_runtime_that_ignores_an_id_starting_over_fails_parity(workspace, gru_pack, tmp_path):
+    # only the branch for the same id fed again right away is gone: parked states still reset
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "        elif step <= self.step:  # the id starts over: a new sequence\n"
+                           "            self._reset_live()\n", "")
+    assert "order: shuffled sequences" in _failed(run_parity(folder, _valid(workspace), seqs=SEQS))
+
+
+def test_a_manifest_that_stops_listing_a_file_fails_the_manifest_check(workspace, gru_pack,
+                                                                         tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    manifest = read_manifest(folder)
+    del manifest["files"]["solution.py"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with open(folder / "solution.py", "a") as fh:
+        fh.write("\n# edited by hand\n")
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert _failed(report) == {"manifest"}
+    assert "solution.py has no sha256" in next(c.detail for c in report.checks if not c.ok)
+    assert "solution.py" not in read_manifest(folder)["files"]  # not re-signed by parity
+
+
+def test_a_package_that_raises_fails_the_checks_it_breaks(workspace, gru_pack, tmp_path):
+    # predict() raising on NaN/inf rows: only that check fails, the report is complete
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "        seq_ix, step = data_point.seq_ix, data_point.step_in_seq\n",
+                   "        if not np.isfinite(data_point.state).all():\n"
+                   "            raise ValueError('NaN in row')\n"
+                   "        seq_ix, step = data_point.seq_ix, data_point.step_in_seq\n")
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert _failed(report) == {"NaN/inf rows"}
+    assert "NaN in row" in next(c.detail for c in report.checks if not c.ok)
+    assert read_manifest(folder)["parity"]["ok"] is False  # recorded, passing or not
+    # a model file that does not load: the manifest check and the failed run are both reported
+    broken = tmp_path / "garbage"
+    import shutil
+
+    shutil.copytree(gru_pack.folder, broken)
+    (broken / "model.onnx").write_bytes(b"garbage")
+    result = run_cli("parity", broken, "--data", _valid(workspace), "--seqs", "2", expect=1)
+    assert "[FAIL] manifest: model.onnx changed" in result.output
+    assert "[FAIL] package runs" in result.output and "parity FAILED" in result.output
+
+
+def test_a_package_name_with_a_dot_gets_its_own_zip(workspace, runs, gru_pack, tmp_path):
+    first = pack_run(runs["gru"], "gru", tmp_path)
+    before = first.zip_path.read_bytes()
+    dotted = pack_run(runs["gru"], "gru.v2", tmp_path)
+    assert dotted.zip_path == tmp_path / "gru.v2.zip" and dotted.zip_path.is_file()
+    assert first.zip_path.read_bytes() == before
+
+
+def test_a_folder_with_someone_elses_manifest(workspace, gru_pack, tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    (folder / "manifest.json").write_text('{"name": "my model", "version": 2}')
+    assert submission_spec(folder).name == load_spec(None).name  # scored with the default spec
+    with pytest.raises(PackError, match="not a kit pack manifest"):
+        read_manifest(folder)
+
+
 # --- CLI ---------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import math
 import stat
 import textwrap
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -465,3 +466,50 @@ def test_zip_layout_rules(tmp_path):
     corrupt.write_bytes(make_zip(tmp_path / "ok.zip", {"solution.py": FORMULA}).read_bytes()[:-30])
     with pytest.raises(SubmissionError):
         score(corrupt, data)
+
+
+def _raw_zip(path: Path, entries: list[tuple[str, str]], method=zipfile.ZIP_DEFLATED) -> Path:
+    with warnings.catch_warnings():  # zipfile warns about duplicate names, which we want here
+        warnings.simplefilter("ignore")
+        with zipfile.ZipFile(path, "w", compression=method) as zf:
+            for name, content in entries:
+                zf.writestr(name, content)
+    return path
+
+
+@pytest.mark.parametrize(("entries", "message"), [
+    ([("solution.py", FORMULA), ("solution.py", "raise SystemExit")],
+     "'solution.py' appears more than once"),
+    ([("solution.py", FORMULA), ("x", "1"), ("x/y", "2")], "'x' is both a file and a folder"),
+    ([("solution.py", FORMULA), ("d/", ""), ("d", "1")], "'d' is both a file and a folder"),
+])  # fmt: skip
+def test_zips_that_unzip_tools_resolve_differently_are_refused(tmp_path, entries, message):
+    data, _ = write_data(tmp_path)
+    with pytest.raises(SubmissionError, match=message):
+        score(_raw_zip(tmp_path / "odd.zip", entries), data)
+
+
+def test_a_zip_whose_entry_does_not_decompress_is_refused_by_name(tmp_path):
+    data, _ = write_data(tmp_path)
+    good = _raw_zip(tmp_path / "good.zip", [("solution.py", FORMULA), ("w.txt", "1" * 4000)])
+    raw = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        info = zf.getinfo("w.txt")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start:start + 8] = b"\xff" * 8  # the deflate stream, not the headers
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(SubmissionError, match="entry 'w.txt' cannot be extracted"):
+        score(bad, data)
+    # a compression method this Python cannot read (e.g. a zip made with Deflate64)
+    unknown = _raw_zip(tmp_path / "m.zip", [("solution.py", FORMULA), ("w.txt", "x")],
+                       method=zipfile.ZIP_STORED)
+    patched = bytearray(unknown.read_bytes())
+    with zipfile.ZipFile(unknown) as zf:
+        w = zf.getinfo("w.txt")
+    central = patched.rfind(b"PK\x01\x02")  # w.txt is the last central directory entry
+    for at in (w.header_offset + 8, central + 10):
+        patched[at:at + 2] = (99).to_bytes(2, "little")
+    unknown.write_bytes(bytes(patched))
+    with pytest.raises(SubmissionError, match="entry 'w.txt' cannot be extracted"):
+        score(unknown, data)

@@ -322,8 +322,9 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     submission, out = Path(submission), Path(out)
     name = submission.name.removesuffix(".zip")
-    dataset_slug = _check_slug("--dataset-slug", dataset_slug or slugify(f"{name}-package")[:50],
-                               DATASET_SLUG, "3 to 50")
+    default_slug = slugify(f"{name}-package")[:50].rstrip("-")  # a cut may end on a hyphen
+    dataset_slug = _check_slug("--dataset-slug", dataset_slug or default_slug, DATASET_SLUG,
+                               "3 to 50")
     title = title or default_title(name)
     if not 5 <= len(title) <= 50:
         raise NotebookError(f"--title {title!r}: Kaggle kernel titles are 5 to 50 characters")

@@ -225,9 +225,15 @@ def read_manifest(folder: Path) -> dict:
     if not path.is_file():
         raise PackError(f"{folder}: no {MANIFEST_FILE}; is this a folder written by kit pack?")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise PackError(f"{path}: not valid JSON ({exc})") from None
+    wanted = {"spec": dict, "members": list, "outputs": list}
+    wrong = [k for k, kind in wanted.items()
+             if not isinstance(manifest, dict) or not isinstance(manifest.get(k), kind)]
+    if wrong:
+        raise PackError(f"{path}: not a kit pack manifest (no valid {wrong}); re-run kit pack")
+    return manifest
 
 
 def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpec:
@@ -236,8 +242,8 @@ def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpe
     if spec is not None:
         return load_spec(spec)
     manifest = _manifest_of(Path(submission))
-    if manifest is None:
-        return load_spec(None)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
+        return load_spec(None)  # no manifest, or one that is not kit's
     return spec_from_dict(manifest["spec"], f"{submission}: {MANIFEST_FILE}")
 
 
@@ -253,12 +259,19 @@ def _manifest_of(submission: Path) -> dict | None:
 
 
 def hash_mismatches(folder: Path, manifest: dict) -> list[str]:
-    """Package files whose sha256 differs from the manifest's (or that are missing)."""
+    """Package files whose sha256 differs from the manifest's, that are missing, or that the
+    manifest does not list (a manifest cut down to fewer files must not vouch for the rest)."""
+    listed = manifest.get("files")
+    listed = listed if isinstance(listed, dict) else {}
     bad = []
-    for name, digest in manifest.get("files", {}).items():
-        path = Path(folder) / name
+    for name in PACK_FILES:
+        if name == MANIFEST_FILE:
+            continue
+        path, digest = Path(folder) / name, listed.get(name)
         if not path.is_file():
             bad.append(f"{name} is missing")
+        elif digest is None:
+            bad.append(f"{name} has no sha256 in the manifest")
         elif sha256_file(path) != digest:
             bad.append(f"{name} changed since pack (sha256 differs from the manifest)")
     return bad

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import zipfile
+import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -85,6 +87,7 @@ def extract_zip(path: Path, dest: Path) -> Path:
             names = [check_entry(path, info) for info in infos]
             if SOLUTION not in names:
                 raise SubmissionError(_no_solution_message(path, names))
+            check_layout(path, infos, names)
             dest.mkdir(parents=True, exist_ok=True)
             root = dest.resolve()
             for info, name in zip(infos, names, strict=True):
@@ -93,11 +96,34 @@ def extract_zip(path: Path, dest: Path) -> Path:
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
+                try:
+                    with zf.open(info) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+                except (zlib.error, NotImplementedError, EOFError) as exc:
+                    raise SubmissionError(
+                        f"{path}: entry {info.filename!r} cannot be extracted "
+                        f"({type(exc).__name__}: {exc}); re-create the zip with plain deflate"
+                    ) from None
     except zipfile.BadZipFile as exc:
         raise SubmissionError(f"{path}: corrupt zip archive ({exc})") from None
     return root
+
+
+def check_layout(path: Path, infos: list[zipfile.ZipInfo], names: list[str]) -> None:
+    """Refuse entries that extractors resolve differently: a file listed twice (which copy wins
+    depends on the tool) and a name that is both a file and a folder."""
+    files = [n for info, n in zip(infos, names, strict=True) if not info.is_dir()]
+    twice = sorted(n for n, count in Counter(files).items() if count > 1)
+    if twice:
+        raise SubmissionError(f"{path}: entry {twice[0]!r} appears more than once; which copy "
+                              "would be scored depends on the unzip tool. Re-create the zip")
+    folders = {n.rstrip("/") for info, n in zip(infos, names, strict=True) if info.is_dir()}
+    folders |= {str(parent) for n in files for parent in PurePosixPath(n).parents
+                if str(parent) != "."}
+    both = sorted(folders.intersection(files))
+    if both:
+        raise SubmissionError(f"{path}: {both[0]!r} is both a file and a folder in the zip; "
+                              "re-create the zip")
 
 
 def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
