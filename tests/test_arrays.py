@@ -176,6 +176,22 @@ def test_unsorted_frames_are_rejected():
         build_arrays(df.sort("seq_ix", "step_in_seq", descending=[False, True]), SPEC, ["p0"])
 
 
+def test_ids_and_steps_must_be_whole_numbers():
+    df = make_frame(SPEC, n_seqs=3)
+    cases = [
+        (pl.when(pl.col("seq_ix") == 2).then(None).otherwise(pl.col("seq_ix")).alias("seq_ix"),
+         "'seq_ix' holds null or non-integral ids"),
+        (pl.col("seq_ix").cast(pl.Float64) + 0.5, "'seq_ix' holds null or non-integral ids"),
+        (pl.col("seq_ix").cast(pl.String), "'seq_ix' must hold integer sequence ids, found Str"),
+        (pl.col("step_in_seq").cast(pl.String), "'step_in_seq' must hold integer steps, found S"),
+    ]
+    for edit, message in cases:
+        with pytest.raises(DataError, match=message):
+            build_arrays(df.with_columns(edit), SPEC, ["p0"])
+    whole = build_arrays(df.with_columns(pl.col("seq_ix").cast(pl.Float64)), SPEC, ["p0"])
+    np.testing.assert_array_equal(whole.ids, [0, 1, 2])
+
+
 def test_take_selects_sequences_by_id():
     got = build_arrays(make_frame(SPEC, n_seqs=4), SPEC, ["p0"])
     part = got.take(np.array([3, 1]))
@@ -279,6 +295,10 @@ def test_entry_without_meta_is_rebuilt(data_file, tmp_path):
     with pytest.warns(CacheWarning):
         cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
     assert build.calls == 2 and (entry / "meta.json").is_file()
+    (entry / "meta.json").write_text("null")  # valid JSON, not an object
+    with pytest.warns(CacheWarning, match="holds a NoneType"):
+        cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 3
 
 
 def test_leftover_temp_folder_is_ignored(data_file, tmp_path):

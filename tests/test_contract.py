@@ -95,6 +95,13 @@ BAD_FRAMES = {
     "not contiguous": (lambda df: pl.concat([df[:10], df[20:40], df[10:20], df[40:]]),
                        "not contiguous.*seq 0"),
     "null id": (lambda df: _set_at(df, "seq_ix", 5, None), "'seq_ix' has 1 null"),
+    # a cast would truncate 1.5 to 1: a fractional step or id is reported, not rounded
+    "fractional step": (lambda df: _set_at(df.with_columns(pl.col("step_in_seq").cast(
+        pl.Float64)), "step_in_seq", 1, 1.5), "'step_in_seq' has 1 null or non-integral"),
+    "fractional id": (lambda df: _set_at(df.with_columns(pl.col("seq_ix").cast(pl.Float64)),
+                                         "seq_ix", 0, 0.5), "'seq_ix' has 1 null or non-integral"),
+    "decimal feature": (lambda df: df.with_columns(pl.col("dp1").cast(pl.Decimal(10, 3))),
+                        "'dp1' must be numeric.*Decimal"),
     "does not start at 0": (lambda df: df.filter(pl.col("step_in_seq") != 0),
                             "do not start at step 0"),
 }

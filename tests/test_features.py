@@ -211,6 +211,12 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
         {"op": "ewm_mean", "inputs": ["a-b"], "alpha": 0.2},
     ])
     assert fs.outputs.count("a") == 1 and fs.outputs[-1] == "a-b@ewm_mean0.2"
+    # the same values asked for again by a narrower op: computed once, no error
+    narrower = build_feature_set(SPEC, groups=[], ops=[
+        {"op": "lag", "inputs": ["a", "b"], "k": 1}, {"op": "lag", "inputs": ["b"], "k": 1},
+        {"op": "diff", "a": ["a", "c"], "b": ["b", "d"]}, {"op": "diff", "a": ["c"], "b": ["d"]},
+        {"op": "raw", "inputs": ["a", "b"]}, {"op": "raw", "inputs": ["b"]}])
+    assert narrower.outputs == ["a@lag1", "b@lag1", "a-b", "c-d", "a", "b"]
     assert_faces_agree(fs, _frame([9, 4], [float(np.sin(v)) for v in range(60)], []))
 
 
@@ -230,6 +236,23 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"features.ops\[0\] \(diff\): .*equal, non-zero length"),
         ([{"op": "cumsum"}], r"features.ops\[0\] \(cumsum\): no input columns"),
         (["lag"], r"features.ops\[0\]: each op is a table"),
+        # an output named like a raw feature would be the raw column in the stream face
+        ([{"op": "sum", "inputs": ["b", "c"], "name": "a"}],
+         r"features.ops\[0\] \(sum\): output 'a' is already defined by the competition's raw"),
+        ([{"op": "position", "name": "d"}], r"\(position\): output 'd' is already defined"),
+        # a different op under a name already taken is not dropped as a duplicate
+        ([{"op": "sum", "inputs": ["a", "b"], "name": "s"},
+          {"op": "mean", "inputs": ["c", "d"], "name": "s"}],
+         r"features.ops\[1\] \(mean\): output 's' is already defined by features.ops\[0\]"),
+        ([{"op": "ewm_mean", "inputs": ["a"], "alpha": 0.12341},
+          {"op": "ewm_mean", "inputs": ["a"], "alpha": 0.12344}],
+         r"features.ops\[1\] \(ewm_mean\): output 'a@ewm_mean0.1234' is already defined"),
+        ([{"op": "lag", "inputs": ["a", "b", "a"], "k": 1}],
+         r"features.ops\[0\] \(lag\): makes \['a@lag1'\] more than once"),
+        ([{"op": "ewm_mean", "inputs": ["a"], "span": float("inf")}], r"span must be >= 1"),
+        ([{"op": "ewm_std", "inputs": ["a"], "span": float("nan")}], r"span must be >= 1"),
+        ([{"op": "position", "scale": float("inf")}], r"scale must be a finite number"),
+        ([{"op": "position", "scale": float("nan")}], r"scale must be a finite number"),
     ],
 )
 def test_bad_feature_specs_name_the_entry(ops, message):
@@ -290,6 +313,36 @@ def test_features_cli_list_and_build(tmp_path):
     assert "bid_volume~ask_volume" in out
     bad = run_cli("features", "build", "--groups", "nope", "--data", path, expect=2).output
     assert "unknown feature group 'nope'" in bad
+
+
+def test_data_files_the_features_cannot_read_are_named(tmp_path):
+    from kit.errors import DataError
+    from kit.features import build_features, feature_arrays
+    from tests.cli import run_cli
+
+    spec = load_spec("predictorium")
+    fs = build_feature_set(spec, ["raw", "spreads"])
+    frame = make_frame(spec, lengths=[5, 4, 3], seed=1)
+    cases = {
+        "missing": (frame.drop("p3", "need_prediction"),
+                    r"missing column\(s\) \['need_prediction', 'p3'\]"),
+        "empty": (frame.head(0), "the file has no rows"),
+        "null_ids": (frame.with_columns(pl.when(pl.col("seq_ix") == 2).then(None)
+                                        .otherwise(pl.col("seq_ix")).alias("seq_ix")),
+                     "'seq_ix' holds null or non-integral ids"),
+        "text_steps": (frame.with_columns(pl.col("step_in_seq").cast(pl.String)),
+                       "'step_in_seq' must hold integer steps, found String"),
+    }
+    for name, (df, message) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        df.write_parquet(path)
+        with pytest.raises(DataError, match=message):
+            feature_arrays(path, fs, use_cache=False)
+        if name in ("missing", "empty"):
+            with pytest.raises(DataError, match=message):
+                build_features(path, fs)
+            out = run_cli("features", "build", "--groups", "raw", "--data", path, expect=2).output
+            assert "Traceback" not in out
 
 
 def assert_onnx_step_graph_equals_batch_face(fs, df, path) -> None:

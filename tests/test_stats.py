@@ -103,6 +103,12 @@ def test_oracle_and_reference(tmp_path):
     oracle.head(50).write_parquet(tmp_path / "short.parquet")
     with pytest.raises(DataError, match="no oracle value"):
         dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "short.parquet")
+    pl.concat([oracle, oracle.head(1)]).write_parquet(tmp_path / "twice.parquet")
+    with pytest.raises(DataError, match="2 rows share their \\(seq_ix, step_in_seq\\)"):
+        dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "twice.parquet")
+    frame.head(0).write_parquet(tmp_path / "empty.parquet")
+    with pytest.raises(DataError, match="no rows"):
+        dataset_stats(tmp_path / "empty.parquet", TINY)
 
 
 def test_predictorium_report_flags_bands(tmp_path):

@@ -111,26 +111,39 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate) -> None:
         )
     schema = df.schema
     bad = [f"{c} ({schema[c]})" for c in dict.fromkeys(feature_cols + target_cols)
-           if not (schema[c].is_numeric() or schema[c] == pl.Boolean)]  # fmt: skip
+           if not (schema[c].is_numeric() and not schema[c].is_decimal()
+                   or schema[c] == pl.Boolean)]  # fmt: skip
     if bad:
         raise DataError(f"feature/target column(s) must be numeric: {bad}")
     if df.height == 0:
         raise DataError("the frame has no rows")
 
 
+def sequence_runs(ids: pl.Series, spec: CompetitionSpec,
+                  source: str = "the frame") -> tuple[np.ndarray, np.ndarray]:
+    """Sequence ids in row order and their row counts. The ids must be whole numbers with no
+    nulls, each sequence's rows together."""
+    name = f"{source}: column {spec.id_col!r}"
+    if not (ids.dtype.is_integer() or ids.dtype.is_float()):
+        raise DataError(f"{name} must hold integer sequence ids, found {ids.dtype}")
+    if ids.null_count() or (ids.dtype.is_float() and not (ids == ids.floor()).all()):
+        raise DataError(f"{name} holds null or non-integral ids; `kit data check` lists them")
+    if ids.len() == 0:
+        raise DataError(f"{source}: the file has no rows")
+    runs = ids.cast(pl.Int64).rle().struct.unnest()
+    values = runs["value"].to_numpy().astype(np.int64)
+    if len(np.unique(values)) != len(values):
+        raise DataError(f"{source}: rows of a sequence are not contiguous; sort it by "
+                        f"({spec.id_col}, {spec.step_col}) (kit data check names the rows)")
+    return values, runs["len"].to_numpy().astype(np.int64)
+
+
 def _sequence_runs(df: pl.DataFrame, spec: CompetitionSpec) -> tuple[np.ndarray, np.ndarray]:
     """Sequence ids in frame order and their row counts; rows must be grouped and ordered."""
-    try:
-        runs = df[spec.id_col].cast(pl.Int64).rle().struct.unnest()
-    except pl.exceptions.PolarsError as exc:
-        raise DataError(f"column {spec.id_col!r} must hold integer sequence ids ({exc})") from None
-    ids = runs["value"].to_numpy().astype(np.int64)
-    lengths = runs["len"].to_numpy().astype(np.int64)
-    if len(np.unique(ids)) != len(ids):
-        raise DataError(
-            f"rows of a sequence are not contiguous; sort the frame by "
-            f"({spec.id_col}, {spec.step_col}) first"
-        )
+    ids, lengths = sequence_runs(df[spec.id_col], spec)
+    if not (df.schema[spec.step_col].is_integer() or df.schema[spec.step_col].is_float()):
+        raise DataError(f"column {spec.step_col!r} must hold integer steps, found "
+                        f"{df.schema[spec.step_col]}")
     backwards = df.select(
         ((pl.col(spec.step_col).diff() <= 0) & (pl.col(spec.id_col).diff() == 0)).any()
     ).item()

@@ -349,6 +349,8 @@ def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
 def _load(entry: Path, digest: str) -> SequenceArrays:
     """Memory-map an entry; any mismatch with its meta.json raises ValueError."""
     meta = json.loads((entry / "meta.json").read_text())
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta.json holds a {type(meta).__name__}, not an object")
     if meta.get("digest") != digest or meta.get("format") != CACHE_FORMAT:
         raise ValueError("meta.json belongs to another key or cache format")
     loaded = {}

@@ -94,8 +94,8 @@ def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>"
     if df.height == 0:
         raise DataError(f"{source}: the file has no rows")
     keys = df.select(
-        pl.col(ids).cast(pl.Int64, strict=False).alias("id"),
-        pl.col(steps).cast(pl.Int64, strict=False).alias("step"),
+        _whole_numbers(df, ids).alias("id"),
+        _whole_numbers(df, steps).alias("step"),
         _need_as_int(df, spec.need_col).alias("need"),
     ).with_row_index("row")
     for col in ("id", "step", "need"):
@@ -186,10 +186,19 @@ def _check_dtypes(df: pl.DataFrame, spec: CompetitionSpec, labelled: bool, sourc
         problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found {need_dtype}")
     for col in list(spec.features) + (list(spec.targets) if labelled else []):
         dtype = schema[col]
-        if not dtype.is_numeric():
+        if not dtype.is_numeric() or dtype.is_decimal():
             problems.append(f"column {col!r} must be numeric (float32/float64), found {dtype}")
     if problems:
         raise DataError(_problem_text(source, problems))
+
+
+def _whole_numbers(df: pl.DataFrame, name: str) -> pl.Expr:
+    """The column as Int64, null where a value is not a whole number (reported as such): a
+    plain cast would truncate 1.5 to 1."""
+    col = pl.col(name)
+    if df.schema[name] in FLOAT_TYPES:
+        col = pl.when(col == col.floor()).then(col).otherwise(None)
+    return col.cast(pl.Int64, strict=False)
 
 
 def _need_as_int(df: pl.DataFrame, need_col: str) -> pl.Expr:

@@ -58,6 +58,8 @@ def dataset_stats(
         schema = {}
     present = [t for t in spec.targets if t in schema]  # unlabelled files: no target stats
     frame = _sorted(read_frame(path, spec.input_columns + present), spec)
+    if frame.height == 0:
+        raise DataError(f"{path}: the file has no rows")
     ids = frame[spec.id_col].to_numpy()
     need = frame[spec.need_col].to_numpy().astype(bool)
     same = ids[1:] == ids[:-1]  # row i+1 continues the sequence of row i
@@ -299,6 +301,11 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
     keys = [spec.id_col, spec.step_col]
     names = list(spec.outputs)
     table = read_frame(path, keys + names)
+    repeated = table.select(keys).is_duplicated()
+    if repeated.any():
+        first = table.filter(repeated).row(0)
+        raise DataError(f"{path}: {int(repeated.sum()):,} rows share their ({', '.join(keys)}) "
+                        f"with another row, e.g. {first[:2]}; an oracle has one row per step")
     joined = frame.select(keys).join(
         table.rename({n: f"__oracle_{n}" for n in names}), on=keys, how="left",
         maintain_order="left",

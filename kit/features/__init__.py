@@ -11,7 +11,7 @@ import polars as pl
 
 from kit import __version__
 from kit.competition import load_spec
-from kit.data.arrays import SequenceArrays, build_arrays
+from kit.data.arrays import SequenceArrays, build_arrays, sequence_runs
 from kit.data.cache import Sink, cached_arrays_into, in_memory
 from kit.data.io import read_frame
 from kit.errors import DataError
@@ -35,6 +35,8 @@ def build_features(path: Path, feature_set: FeatureSet) -> tuple[pl.DataFrame, f
     from kit.data.io import read_frame
 
     df = read_frame(path)
+    if df.height == 0:
+        raise DataError(f"{path}: the file has no rows")
     started = time.perf_counter()
     out = feature_set.batch_frame(df)
     return out, time.perf_counter() - started
@@ -63,12 +65,7 @@ def feature_arrays(
 def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | None,
                           truncate: str, chunk_seqs: int, sink: Sink) -> SequenceArrays:
     spec = feature_set.spec
-    runs = read_frame(path, [spec.id_col])[spec.id_col].rle().struct.unnest()
-    ids = runs["value"].to_numpy().astype(np.int64)
-    lengths = runs["len"].to_numpy().astype(np.int64)
-    if len(np.unique(ids)) != len(ids):
-        raise DataError(f"{path}: rows of a sequence are not contiguous; sort the file by "
-                        f"({spec.id_col}, {spec.step_col}) (kit data check names the rows)")
+    ids, lengths = sequence_runs(read_frame(path, [spec.id_col])[spec.id_col], spec, str(path))
     width = int(seq_len or lengths.max())
     n, names = len(ids), list(feature_set.outputs)
     out = {

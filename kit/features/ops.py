@@ -100,6 +100,11 @@ class FeatureOp:
     def to_dict(self) -> dict:
         return {"op": self.op, "inputs": list(self.inputs), **self.params}
 
+    def recipe(self) -> dict:
+        """What the op computes apart from the columns its output names spell out: two ops with
+        the same recipe give the same values under a shared output name."""
+        return self.to_dict()
+
 
 def _names(ops: list[FeatureOp]) -> list[str]:
     return [n for op in ops for n in op.outputs()]
@@ -117,6 +122,9 @@ class Raw(FeatureOp):
 
     def outputs(self):
         return list(self.inputs)
+
+    def recipe(self):
+        return {"op": self.op}
 
     def batch(self, id_col):
         return []  # the guarded frame already holds the column; no stream kernel either
@@ -136,6 +144,9 @@ class Pairwise(FeatureOp):
 
     def to_dict(self):
         return {"op": self.op, "a": self.a, "b": self.b}
+
+    def recipe(self):
+        return {"op": self.op}
 
     def outputs(self):
         return [f"{a}{self.symbol}{b}" for a, b in zip(self.a, self.b, strict=True)]
@@ -310,6 +321,9 @@ class PerColumn(FeatureOp):
     def outputs(self):
         return [f"{c}@{self.tag()}" for c in self.inputs]
 
+    def recipe(self):
+        return {"op": self.op, **self.params}
+
     per_sequence: ClassVar[bool] = True  # False: expr() is already sequence-aware
 
     def batch(self, id_col):
@@ -454,7 +468,7 @@ class Ewm(PerColumn):
             raise FeatureSpecError(f"{self.op} needs exactly one of 'alpha' (0 < alpha <= 1) "
                                    "or 'span' (>= 1)")
         if span is not None:
-            if not isinstance(span, int | float) or span < 1:
+            if not isinstance(span, int | float) or not math.isfinite(span) or span < 1:
                 raise FeatureSpecError(f"{self.op}: span must be >= 1, got {span!r}")
             return 2.0 / (span + 1.0)
         if not isinstance(alpha, int | float) or not 0 < alpha <= 1:
@@ -561,8 +575,8 @@ class StepPosition(FeatureOp):
     def __post_init__(self):
         self.inputs = []
         scale = self.params.setdefault("scale", 1e-3)
-        if not isinstance(scale, int | float) or scale <= 0:
-            raise FeatureSpecError(f"position: scale must be > 0, got {scale!r}")
+        if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+            raise FeatureSpecError(f"position: scale must be a finite number > 0, got {scale!r}")
 
     def outputs(self):
         return [self.params.get("name", "position")]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kit.competition import CompetitionSpec, expand_columns
-from kit.errors import KitError
+from kit.errors import DataError, KitError
 from kit.features.guard import Guard, guard_frame
 from kit.features.kernels import LIMIT, steps_of
 from kit.features.ops import OPS, POS, START, FeatureOp, FeatureSpecError
@@ -91,6 +91,13 @@ class FeatureSet:
     def batch_frame(self, df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         """Batch face: id, step, need, the output features (Float32), then the targets."""
         spec = self.spec
+        present = set(df.collect_schema().names())
+        missing = [c for c in (spec.id_col, spec.step_col, spec.need_col, *spec.features)
+                   if c not in present]
+        if missing:
+            raise DataError(f"missing column(s) {missing}: the {spec.name} features read the "
+                            f"id, step, need and every feature column; `kit data check` "
+                            "checks a file against the competition")
         if isinstance(df, pl.DataFrame) and df[spec.id_col].is_sorted():
             # Sorted ids let every `.over(id)` take Polars' sorted group-by path (~3x faster).
             df = df.with_columns(pl.col(spec.id_col).set_sorted())
@@ -152,21 +159,30 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     entries += [(f"features.ops[{i}]", e) for i, e in enumerate(ops or [])]
     columns = list(spec.features)
     built, outputs = [], []
+    made_by: dict[str, tuple[str, FeatureOp]] = {}  # output -> (where, op) that defines it
     for where, entry in entries:
         op = make_op(entry, spec, where)
         unknown = [c for c in op.input_columns() if c not in columns]
         if unknown:
             raise FeatureConfigError(f"{where} ({op.op}): unknown column(s) {unknown}; known: "
                                      "the spec's features and the outputs of earlier ops")
-        new = [o for o in op.outputs() if o not in outputs]
-        if not new:
+        names = op.outputs()
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise FeatureConfigError(f"{where} ({op.op}): makes {twice} more than once; list "
+                                     "each input once")
+        if all(n in made_by and made_by[n][1].recipe() == op.recipe() for n in names):
             continue  # the same op twice (e.g. two groups sharing one): compute it once
-        if len(new) != len(op.outputs()):
-            raise FeatureConfigError(f"{where} ({op.op}): outputs {op.outputs()} overlap "
-                                     "features already defined")
+        taken = [n for n in names if n in made_by or (n in spec.features and op.op != "raw")]
+        if taken:
+            first = taken[0]
+            by = made_by[first][0] if first in made_by else "the competition's raw features"
+            raise FeatureConfigError(f"{where} ({op.op}): output {first!r} is already defined "
+                                     f"by {by}; give this op's output another name")
         built.append(op)
-        outputs += new
-        columns += [o for o in new if o not in columns]
+        outputs += names
+        columns += [o for o in names if o not in columns]
+        made_by |= {n: (where, op) for n in names}
     if not outputs:
         raise FeatureConfigError("the feature set is empty: select at least one group or op")
     return FeatureSet(spec, built, outputs, groups)
