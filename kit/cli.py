@@ -189,6 +189,23 @@ def features_build(
                f"built in {seconds:.2f}s (set {feature_set.digest()})")
 
 
+def parse_seeds(value) -> list[int]:
+    """`seeds=[42,43]`, `seeds=42,43` or `seeds=42` -> [42, 43]: whole numbers >= 0."""
+    from kit.config import ConfigError
+
+    items = value if isinstance(value, list) else str(value).split(",")
+    seeds = []
+    for item in items:
+        text = item.strip() if isinstance(item, str) else item
+        if isinstance(text, str) and text.isdigit():
+            text = int(text)
+        if not isinstance(text, int) or isinstance(text, bool) or text < 0:
+            raise ConfigError(f"seeds={value!r}: each seed must be a whole number >= 0, e.g. "
+                              "seeds=[42,43]")
+        seeds.append(text)
+    return seeds
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
@@ -212,7 +229,7 @@ def train(
     for text in ctx.args:
         path, value = parse_override(text)
         if path == ["seeds"]:
-            seeds = [int(v) for v in (value if isinstance(value, list) else [value])]
+            seeds = parse_seeds(value)
         else:
             overrides.append(text)
     try:

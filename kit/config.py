@@ -9,6 +9,7 @@ loss its parent's extra terms). `exp=NAME`, `NAME` and a .toml path all work.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tomllib
 from pathlib import Path
@@ -94,7 +95,34 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "onecycle", "plateau", "constant"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
 }
+# Numeric settings that only make sense in a range: checked with the types, so `epochs=0` or a
+# negative seed fails when the config is read, not as a traceback after the data is built.
+BOUNDS: dict[str, tuple[object, str]] = {
+    "seed": (lambda v: v >= 0, ">= 0"),
+    "data.seq_len": (lambda v: v >= 0, ">= 0 (0: the longest sequence)"),
+    "data.valid_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
+    "normaliser.clip": (lambda v: v > 0, "> 0 (deviations)"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.batch_size": (lambda v: v >= 0, ">= 0 (0: find the largest that fits)"),
+    "train.lr": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "train.weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "train.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.grad_clip": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (0: off)"),
+    "train.chunk": (lambda v: v >= 0, ">= 0 (0: whole sequences)"),
+    "train.patience": (lambda v: v >= 1, ">= 1 (epochs without a new best before stopping)"),
+    "train.ema": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
+    "train.swa_start": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "train.threads": (lambda v: v >= 0, ">= 0 (0: torch's default)"),
+    "train.max_train_seqs": (lambda v: v >= 0, ">= 0 (0: all)"),
+    "train.max_valid_seqs": (lambda v: v >= 0, ">= 0 (0: all)"),
+}
 TOP_LEVEL = {"name": str, "spec": str, "seed": int, "description": str}
+
+
+def _check_bounds(name: str, value) -> None:
+    bound = BOUNDS.get(name)
+    if bound is not None and not bound[0](value):
+        raise ConfigError(f"{name} must be {bound[1]}, got {value!r}")
 SECTIONS = {*DEFAULTS, "model", "loss", "sweep", "ensemble"}
 
 
@@ -108,6 +136,7 @@ def resolve(config: dict) -> dict:
         elif key in TOP_LEVEL:
             if not isinstance(value, TOP_LEVEL[key]) or isinstance(value, bool):
                 raise ConfigError(f"{key} must be {TOP_LEVEL[key].__name__}, got {value!r}")
+            _check_bounds(key, value)
         else:
             raise ConfigError(f"unknown config key {key!r}; top-level keys: "
                               f"{sorted(TOP_LEVEL)}, sections: {sorted(SECTIONS)}")
@@ -129,6 +158,7 @@ def resolve(config: dict) -> dict:
             if allowed and value not in allowed:
                 raise ConfigError(f"{section}.{key} must be one of {list(allowed)}, "
                                   f"got {value!r}")
+            _check_bounds(f"{section}.{key}", value)
             merged[key] = value
         out[section] = merged
     out.setdefault("seed", 42)

@@ -178,23 +178,11 @@ def applies(param: Param, config: dict) -> bool:
     return True
 
 
-def check_trial_config(config: dict) -> None:
-    """Everything a trial's config must pass before it trains (raises ConfigError/KitError)."""
-    from kit.competition import load_spec
-    from kit.features import feature_set_from_config
-    from kit.models import model_values, solve_width
-    from kit.train.losses import MaskedLoss
-
-    config = resolve(config)
-    spec = load_spec(config["spec"])
-    features = feature_set_from_config(config)
-    model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
-    MaskedLoss(config.get("loss"), spec.n_outputs)
-
-
 def check_space(base: dict, params: list[Param]) -> None:
     """Fail before any training: each parameter's extreme values and choices must make a
     valid config (conditional ones with their conditions met)."""
+    from kit.train.recipe import check_config
+
     for p in params:
         where = f'sweep.params."{p.name}"'
         for key in p.when:
@@ -206,7 +194,7 @@ def check_space(base: dict, params: list[Param]) -> None:
             config = set_dotted(config, key, allowed[0] if isinstance(allowed, list) else allowed)
         for value in p.values():
             try:
-                check_trial_config(set_dotted(config, p.name, value))
+                check_config(set_dotted(config, p.name, value))
             except KitError as exc:  # config, model, feature and loss errors alike
                 raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
                                  ) from None

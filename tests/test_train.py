@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -140,7 +141,15 @@ def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
             "-q")
     paused = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert not paused["finished"] and paused["epochs"] == 1
-    run_cli("train", "exp=tiny", "--resume", "--run-dir", tmp_path / "split", "-q")
+    # overrides that would change the run are refused, not silently dropped
+    refused = run_cli("train", "exp=tiny", "train.epochs=5", "--resume", "--run-dir",
+                      tmp_path / "split", "-q", expect=2).output
+    assert "['train.epochs=5'] would change" in refused and "Traceback" not in refused
+    # a new run in a folder that holds one would mix the two
+    reused = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "split", "-q", expect=2).output
+    assert "already holds a run" in reused and "--resume" in reused
+    run_cli("train", "exp=tiny", "train.epochs=3", "--resume", "--run-dir", tmp_path / "split",
+            "-q")  # the run's own value: accepted
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     split = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert split["finished"] and split["epochs"] == 3
@@ -152,7 +161,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
 def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "train.epochs=40",
-           "--run-dir", str(run), "-q"]
+           "train.patience=2", "--run-dir", str(run), "-q"]
     child = subprocess.Popen(cmd, env=os.environ.copy(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -165,10 +174,65 @@ def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
     assert not (run / "metrics.json").exists() or not json.loads(
         (run / "metrics.json").read_text())["finished"]
     out = run_cli("train", "exp=tiny", "train.epochs=40", "--resume", "--run-dir", run,
-                  "train.patience=2", "-q").output
+                  "train.patience=2", "-q").output  # the same overrides as the killed run
     assert "finished" in out
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+
+
+def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_path):
+    from kit.train.recipe import resumable_run
+
+    for name, age in (("zzz-t0003", 100), ("20261202-043002-s7", 10), ("20261202-050000-s1", 1)):
+        folder = tmp_path / "exp" / name
+        folder.mkdir(parents=True)
+        (folder / "last.pt").write_bytes(b"")
+        stamp = time.time() - age
+        os.utime(folder / "last.pt", (stamp, stamp))
+    (tmp_path / "exp" / "20261202-050000-s1" / "metrics.json").write_text('{"finished": true}')
+    assert resumable_run("exp", tmp_path).name == "20261202-043002-s7"
+    out = run_cli("train", "exp=tiny", "--resume", "--run-dir", tmp_path / "nowhere",
+                  expect=2).output
+    assert "not a run directory" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.patience=0", "train.patience must be >= 1"),
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("train.batch_size=-1", "train.batch_size must be >= 0"),
+    ("train.ema=1.0", r"train.ema must be in \[0, 1\)"),
+    ("train.lr=0", "train.lr must be a finite number > 0"),
+    ("seed=-1", "seed must be >= 0"),
+    ("seeds=abc", "each seed must be a whole number"),
+    ("seeds=[1.7]", "each seed must be a whole number"),
+    ("loss.huber_delta=-1", "loss.huber_delta must be a finite number > 0"),
+    ("loss.target_weights=[0,0]", "positive sum"),
+    ('loss.terms={wmse="a"}', "loss.terms weights must be finite numbers"),
+])  # fmt: skip
+def test_out_of_range_settings_fail_before_training(env, tmp_path, override, message):
+    out = run_cli("train", "exp=tiny", override, "--run-dir", tmp_path / "r", "-q",
+                  expect=2).output
+    assert re.search(message, out) and "Traceback" not in out
+    assert not (tmp_path / "r").exists()  # nothing half-made
+
+
+def test_seeds_take_a_list_or_commas():
+    from kit.cli import parse_seeds
+
+    assert parse_seeds([42, 43]) == parse_seeds("42, 43") == parse_seeds("42,43") == [42, 43]
+    assert parse_seeds(7) == [7]
+
+
+def test_the_schedule_counts_only_chunks_that_learn(env, tmp_path):
+    # tiny-lob's warm-up is 10 steps: with chunks of 5, the first two take no optimizer step
+    for name, chunk in (("whole", 0), ("chunked", 5)):
+        run_cli("train", "exp=tiny", "train.epochs=2", f"train.chunk={chunk}", "--run-dir",
+                tmp_path / name, "-q")
+    lrs = {name: [json.loads(line)["lr"] for line in
+                  (tmp_path / name / "history.jsonl").read_text().splitlines()]
+           for name in ("whole", "chunked")}
+    np.testing.assert_allclose(lrs["chunked"], lrs["whole"], atol=1e-9)
+    assert lrs["chunked"][-1] == pytest.approx(0.0, abs=1e-9)  # the cosine reaches its end
 
 
 def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):

@@ -12,6 +12,8 @@ rows count. "Weighted" terms weight a row by |y| like the competition metric (we
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -66,13 +68,17 @@ def pearson(p: Tensor, y: Tensor, delta: float) -> Tensor:
 TERMS = {"mse": mse, "wmse": wmse, "huber": huber, "whuber": whuber, "pearson": pearson}
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class MaskedLoss:
     """The configured weighted sum of terms, averaged over targets with target weights."""
 
     def __init__(self, config: dict | None, n_targets: int):
         config = dict(config or {})
         terms = config.pop("terms", {"mse": 1.0})
-        self.delta = float(config.pop("huber_delta", 1.0))
+        delta = config.pop("huber_delta", 1.0)
         weights = config.pop("target_weights", [1.0] * n_targets)
         if config:
             raise LossConfigError(f"unknown [loss] key(s) {sorted(config)}; allowed: terms, "
@@ -83,9 +89,18 @@ class MaskedLoss:
         unknown = sorted(set(terms) - set(TERMS))
         if unknown:
             raise LossConfigError(f"unknown loss term(s) {unknown}; available: {sorted(TERMS)}")
-        if len(weights) != n_targets:
-            raise LossConfigError(f"loss.target_weights has {len(weights)} values for "
-                                  f"{n_targets} targets")
+        bad = [f"{name} = {w!r}" for name, w in terms.items() if not _number(w) or w < 0]
+        if bad:
+            raise LossConfigError(f"loss.terms weights must be finite numbers >= 0, got {bad}")
+        if not _number(delta) or delta <= 0:
+            raise LossConfigError(f"loss.huber_delta must be a finite number > 0, got {delta!r}")
+        if not isinstance(weights, list) or len(weights) != n_targets:
+            raise LossConfigError(f"loss.target_weights must be a list of {n_targets} numbers "
+                                  f"(one per target), got {weights!r}")
+        if not all(_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise LossConfigError(f"loss.target_weights must be finite numbers >= 0 with a "
+                                  f"positive sum, got {weights!r}")
+        self.delta = float(delta)
         self.terms = {name: float(w) for name, w in terms.items()}
         self.target_weights = torch.tensor(weights, dtype=torch.float32)
         self.target_weights = self.target_weights / self.target_weights.sum()

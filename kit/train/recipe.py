@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import tomllib
@@ -20,9 +21,25 @@ def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
     return resolve(apply_overrides(load_experiment(exp), list(overrides or [])))
 
 
+def check_config(config: dict) -> None:
+    """Everything a config must pass before it trains (raises a KitError naming the key), so a
+    bad value fails at once and not after the feature arrays are built."""
+    from kit.features import feature_set_from_config
+    from kit.models import model_values, solve_width
+    from kit.train.losses import MaskedLoss
+
+    config = resolve(config)
+    spec = load_spec(config["spec"])
+    features = feature_set_from_config(config)
+    model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
+    MaskedLoss(config.get("loss"), spec.n_outputs)
+
+
 def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
-    """The newest run of an experiment that has a last.pt and has not finished."""
-    candidates = sorted((runs_dir / experiment).glob("*/last.pt"), reverse=True)
+    """The newest run of an experiment (by its last.pt's time: folder names of sweep trials
+    and seed runs do not sort by age) that has a last.pt and has not finished."""
+    candidates = sorted((runs_dir / experiment).glob("*/last.pt"),
+                        key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for last in candidates:
         metrics = last.parent / "metrics.json"
         if not metrics.exists() or not json.loads(metrics.read_text()).get("finished", False):
@@ -39,10 +56,14 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     """Train one run per seed (per fold with `folds`); returns each run's metrics. With
     `jobs` > 1, the seeds train in that many processes at once (see train_seeds_in_parallel)."""
     base = experiment_config(exp, overrides)
+    check_config(base)
     if folds and (resume or run_dir):
         raise ConfigError("--folds starts new runs: it does not combine with --resume/--run-dir")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if stop_after_epochs < 0:
+        raise ConfigError(f"--stop-after-epochs must be >= 0 (0: no stop), got "
+                          f"{stop_after_epochs}")
     if seeds and len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
     if jobs > 1 and len(seeds or []) > 1:
@@ -59,12 +80,30 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
             continue
         if resume:
             files = RunFiles(run_dir or resumable_run(config["name"], runs_dir))
-            config = resolve(tomllib.loads(files.config_path.read_text()))
+            config = stored_config(files, overrides)
         else:
             files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed))
+            files.refuse_reuse()
         results.append(train_one(config, files, resume=resume,
                                   stop_after_epochs=stop_after_epochs, progress=progress))
     return results
+
+
+def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
+    """A run's own config.toml, for --resume. Overrides must not change it: a resumed run
+    replays the run it continues, so new settings belong to a new run."""
+    if not files.config_path.is_file():
+        raise ConfigError(f"{files.root}: not a run directory (no config.toml) to resume")
+    try:
+        config = resolve(tomllib.loads(files.config_path.read_text()))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{files.config_path}: not valid TOML ({exc})") from None
+    changed = [text for text in overrides or []
+               if resolve(apply_overrides(copy.deepcopy(config), [text])) != config]
+    if changed:
+        raise ConfigError(f"--resume continues {files.root} with its own config.toml, which "
+                          f"{changed} would change; train a new run to use them")
+    return config
 
 
 def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,

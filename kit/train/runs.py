@@ -17,6 +17,7 @@ import numpy as np
 import tomli_w
 
 from kit import __version__
+from kit.config import ConfigError
 from kit.metrics import MetricReport
 from kit.train.checkpoint import save_checkpoint
 
@@ -53,6 +54,14 @@ class RunFiles:
         self.val_preds = self.root / "val_preds.npy"
         self.val_rows = self.root / "val_rows.npy"
         self.about: dict = {}
+
+    def refuse_reuse(self) -> None:
+        """A new run must not start in a folder holding another run: its history would be
+        appended to the old one and metrics.json would mix the two."""
+        used = [f.name for f in (self.history, self.last, self.best, self.metrics) if f.exists()]
+        if used:
+            raise ConfigError(f"{self.root} already holds a run ({', '.join(used)}); continue "
+                              "it with --resume, or pick another --run-dir")
 
     def start(self, config: dict, about: dict) -> None:
         """Create the folder and write the resolved config."""

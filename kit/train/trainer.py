@@ -107,7 +107,11 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         train = {**train, "batch_size": find_batch_size(model, data.train.x.shape[2], chunk, n,
                                                         device)}
     batches_per_epoch = math.ceil(n / train["batch_size"])
-    schedule = make_schedule(optimizer, train, batches_per_epoch * math.ceil(steps / chunk))
+    # Chunks of warm-up steps only take no optimizer step, so the schedule does not count them
+    # (the warm-up is the same steps of every sequence: the count is exact for every batch).
+    mask = data.train.mask
+    learning_chunks = sum(bool(mask[:, lo:lo + chunk].any()) for lo in range(0, steps, chunk))
+    schedule = make_schedule(optimizer, train, batches_per_epoch * max(1, learning_chunks))
     per_step_schedule = train["schedule"] != "plateau"
     amp_dtype = autocast_for(device, train["amp"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
