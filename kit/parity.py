@@ -289,7 +289,8 @@ def warmup_rows(rows: Rows) -> np.ndarray:
 
 
 def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.ndarray,
-                 atol: float) -> Check:
+                 step_reference: np.ndarray, atol: float) -> Check:
+    """`reference`: the package's predictions on `rows`; `step_reference`: the step path's."""
     warm = warmup_rows(rows)
     if not warm.any():
         return Check("warm-up processed", True, "n/a: no warm-up rows in this competition")
@@ -312,9 +313,14 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
     scored_seq = rows.seq[rows.need]
     changed = np.zeros(len(rows.lengths), bool)
     np.logical_or.at(changed, scored_seq, (got != reference).any(axis=1))
-    judged = np.zeros(len(rows.lengths), bool)  # sequences with warm-up and scored rows
-    judged[np.unique(scored_seq)] = True
+    # judged: sequences with warm-up and scored rows whose step-path predictions depend on the
+    # warm-up rows (a model without memory, e.g. a one-row window, has none to show)
+    judged = np.zeros(len(rows.lengths), bool)
+    np.logical_or.at(judged, scored_seq, (np.abs(expected - step_reference) > atol).any(axis=1))
     judged &= np.bincount(rows.seq[warm], minlength=len(rows.lengths)) > 0
+    if not judged.any():
+        return Check("warm-up processed", True,
+                     "n/a: the step path's predictions do not depend on the warm-up rows")
     if not changed[judged].all():
         ids = rows.values[np.searchsorted(rows.seq, np.flatnonzero(judged & ~changed)), 0]
         return Check("warm-up processed", False,
@@ -424,7 +430,8 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
             checks += [
                 *check_order(package, rows, preds["package"], atol, rng),
                 attempt("warm-up processed",
-                        lambda: check_warmup(package, ref, rows, preds["package"], atol)),
+                        lambda: check_warmup(package, ref, rows, preds["package"],
+                                             preds["step"], atol)),
                 attempt("NaN/inf rows", lambda: check_nonfinite(package, ref, rows, atol, rng)),
             ]
     metrics = {}

@@ -64,7 +64,11 @@ def test_all_terms_give_gradients_and_an_empty_mask_gives_zero():
 @pytest.mark.parametrize("config, message", [
     ({"terms": {"mae": 1.0}}, "unknown loss term"),
     ({"terms": {}}, "table of name"),
-    ({"terms": {"mse": 1.0}, "target_weights": [1.0]}, "1 values for 2 targets"),
+    ({"terms": {"mse": 1.0}, "target_weights": [1.0]}, r"a list of 2 numbers .* got \[1.0\]"),
+    ({"terms": {"mse": "a"}}, "loss.terms weights must be finite numbers >= 0"),
+    ({"terms": {"mse": 1.0}, "target_weights": [0, 0]}, "positive sum"),
+    ({"terms": {"mse": 1.0}, "target_weights": ["a", 1]}, "positive sum"),
+    ({"terms": {"huber": 1.0}, "huber_delta": -1}, "huber_delta must be a finite number > 0"),
     ({"terms": {"mse": 1.0}, "delta": 1.0}, "unknown \\[loss\\] key"),
 ])
 def test_bad_loss_configs(config, message):

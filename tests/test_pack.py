@@ -409,6 +409,32 @@ def test_parity_refuses_a_package_whose_run_changed(workspace, runs, tmp_path):
         run_parity(packed.folder, _valid(workspace), seqs=2)
 
 
+def test_a_model_without_memory_passes_the_warmup_check(workspace, tmp_path):
+    # a one-row PatchTST window on raw features: its predictions cannot depend on warm-up rows,
+    # so "they do not change" is right, not a runtime that skips them
+    import tomli_w
+
+    from kit.train.recipe import train_experiment
+
+    exp = tmp_path / "memoryless.toml"
+    exp.write_text(tomli_w.dumps({
+        "spec": str(workspace / "tiny-lob.toml"), "seed": 5,
+        "data": {"train": str(workspace / "data/train.parquet"),
+                 "valid": str(workspace / "data/valid.parquet"),
+                 "cache_dir": str(workspace / "cache")},
+        "features": {"groups": ["raw"]},
+        "model": {"type": "patchtst", "d_model": 8, "n_heads": 2, "layers": 1, "window": 2,
+                  "patch_len": 1, "stride": 2},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3}}))
+    run = Path(train_experiment(str(exp), progress=False, runs_dir=tmp_path / "runs")[0]
+               ["run_dir"])
+    report = run_parity(pack_run(run, "memoryless", tmp_path).folder, _valid(workspace),
+                        seqs=SEQS)
+    assert report.ok, report.format()
+    warmup = next(c for c in report.checks if c.name == "warm-up processed")
+    assert warmup.detail.startswith("n/a: the step path's predictions do not depend")
+
+
 def test_a_returning_sequence_keeps_its_state_when_the_store_is_full(gru_pack):
     rows = np.random.default_rng(3).standard_normal((12, 32))
     steady = _solution(gru_pack.folder)
