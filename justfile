@@ -1,6 +1,9 @@
 # kit recipes: `just --list` shows them all. Every CLI verb has a recipe of the same name.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
+# Arguments reach the commands as "$@", each one whole: an override such as
+# 'loss.terms={ wmse = 1.0 }' is neither split at its spaces nor brace-expanded by bash.
+set positional-arguments
 
 default:
     @just --list
@@ -12,11 +15,11 @@ setup:
 # Lint, then run the whole test suite
 test *args:
     ruff check kit tests bench
-    python -m pytest -q {{args}}
+    python -m pytest -q "$@"
 
 # The main job on the built-in synthetic competition, end to end
 demo *args:
-    kit demo {{args}}
+    kit demo "$@"
 
 # Every benchmark in bench/, one JSON line each
 bench:
@@ -24,64 +27,64 @@ bench:
 
 # kit train EXP [overrides]: e.g. just train exp=gru_base train.lr=3e-4 seeds=[42,43]
 train *args:
-    kit train {{args}}
+    kit train "$@"
 
 # kit params EXP: the parameter count of an experiment's model
 params *args:
-    kit params {{args}}
+    kit params "$@"
 
 # kit runs: the training runs as a table (e.g. just runs --sort t0)
 runs *args:
-    kit runs {{args}}
+    kit runs "$@"
 
 # kit report RUN: plots and a markdown summary of a run
 report run *args:
-    kit report {{run}} {{args}}
+    kit report "$@"
 
 # kit data synth: generate the synthetic competition (e.g. just synth --full)
 synth *args:
-    kit data synth {{args}}
+    kit data synth "$@"
 
 # kit data check FILE: check a parquet file against the competition contract
 check file *args:
-    kit data check {{file}} {{args}}
+    kit data check "$@"
 
 # kit data stats FILE: describe a data file
 stats file *args:
-    kit data stats {{file}} {{args}}
+    kit data stats "$@"
 
 # kit score SUBMISSION --data FILE: replay the competition's scorer locally
 score submission *args:
-    kit score {{submission}} {{args}}
+    kit score "$@"
 
 # kit features list|build ...: feature ops and groups (e.g. just features build exp=base)
 features *args:
-    kit features {{ if args == "" { "list" } else { args } }}
+    if [ $# -eq 0 ]; then kit features list; else kit features "$@"; fi
 
 # kit spec list: the competition specs kit knows
 spec *args:
-    kit spec {{ if args == "" { "list" } else { args } }}
+    if [ $# -eq 0 ]; then kit spec list; else kit spec "$@"; fi
 
 # kit pack RUN [--name NAME] | kit pack --ensemble FILE: freeze into submissions/NAME/ + NAME.zip
 pack *args:
-    kit pack {{args}}
+    kit pack "$@"
 
 # kit parity SUBMISSION [--data FILE]: prove the package equals the PyTorch model
 parity submission *args:
-    kit parity {{submission}} {{args}}
+    kit parity "$@"
 
 # kit ensemble select RUNS...: greedy-weighted ensemble of runs (e.g. just ensemble select runs/gru_base)
 ensemble *args:
-    kit ensemble {{args}}
+    kit ensemble "$@"
 
 # kit sweep exp=NAME trials=N [--storage URL] [--workers K]: an Optuna study
 sweep *args:
-    kit sweep {{args}}
+    kit sweep "$@"
 
 # kit ablate exp=NAME --groups a,b,c [--seeds 1,2]: feature-group ablation
 ablate *args:
-    kit ablate {{args}}
+    kit ablate "$@"
 
 # kit notebook SUBMISSION [--protocol rows|batch]: an offline Kaggle notebook submission
 notebook submission *args:
-    kit notebook {{submission}} {{args}}
+    kit notebook "$@"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.config import ConfigError
+from kit.config import ConfigError, check_seeds
 from kit.train.runs import RUNS_DIR, RunFiles
 
 
@@ -44,6 +44,7 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     except FeatureConfigError as exc:
         raise ConfigError(f"--groups: {exc}") from None
     seeds = seeds or [base["seed"]]
+    check_seeds(seeds, "--seeds")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: distinct seeds, got {seeds} (a repeat trains the same run)")
     # unique per ablation: two started in the same second never share run folders

@@ -15,7 +15,8 @@ from kit.errors import KitError
 
 
 class _KitGroup(TyperGroup):
-    """Print a KitError as one line on stderr and exit non-zero, without a traceback."""
+    """Print a KitError (or an OSError: a path that cannot be written) as one line on stderr
+    and exit non-zero, without a traceback."""
 
     def invoke(self, ctx):
         try:
@@ -23,6 +24,9 @@ class _KitGroup(TyperGroup):
         except KitError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # an output path under a file, a full disk: say which path
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
 
 
 def _typer(help_text: str) -> typer.Typer:
@@ -84,10 +88,15 @@ def data_check(
 ) -> None:
     """Check a parquet file against the competition contract; exit 2 naming each problem."""
     from kit.competition import load_spec
-    from kit.data.contract import check_file
+    from kit.data.contract import ContractError, check_file
 
-    report = check_file(file, load_spec(spec))
-    _print_json(report.to_dict()) if as_json else typer.echo(report.format())
+    try:
+        report = check_file(file, load_spec(spec))
+    except ContractError as exc:
+        if as_json:  # the failing case is where a script needs the list
+            _print_json({"ok": False, "path": exc.source, "problems": exc.problems})
+        raise
+    _print_json({"ok": True, **report.to_dict()}) if as_json else typer.echo(report.format())
 
 
 @data_app.command("synth")
@@ -190,7 +199,7 @@ def features_build(
 
 
 def parse_seeds(value) -> list[int]:
-    """`seeds=[42,43]`, `seeds=42,43` or `seeds=42` -> [42, 43]: whole numbers >= 0."""
+    """`seeds=[42,43]`, `seeds=42,43` or `seeds=42` -> [42, 43] (ranges: check_seeds)."""
     from kit.config import ConfigError
 
     items = value if isinstance(value, list) else str(value).split(",")
@@ -199,8 +208,8 @@ def parse_seeds(value) -> list[int]:
         text = item.strip() if isinstance(item, str) else item
         if isinstance(text, str) and text.isdigit():
             text = int(text)
-        if not isinstance(text, int) or isinstance(text, bool) or text < 0:
-            raise ConfigError(f"seeds={value!r}: each seed must be a whole number >= 0, e.g. "
+        if not isinstance(text, int) or isinstance(text, bool):
+            raise ConfigError(f"seeds={value!r}: each seed must be a whole number, e.g. "
                               "seeds=[42,43]")
         seeds.append(text)
     return seeds
@@ -254,7 +263,7 @@ def train(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep(
     ctx: typer.Context,
-    exp: str = typer.Argument(..., help="Experiment with a [sweep] table; then overrides."),
+    exp: str = typer.Argument(..., help="Experiment with a \\[sweep] table; then overrides."),
     trials: int | None = typer.Option(None, help="Finished trials wanted in the study "
                                       "(default: sweep.trials, else 20)."),
     storage: str | None = typer.Option(None, help="Optuna storage URL: sqlite:///F.db, "

@@ -98,7 +98,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Numeric settings that only make sense in a range: checked with the types, so `epochs=0` or a
 # negative seed fails when the config is read, not as a traceback after the data is built.
 BOUNDS: dict[str, tuple[object, str]] = {
-    "seed": (lambda v: v >= 0, ">= 0"),
+    "seed": (lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
     "data.seq_len": (lambda v: v >= 0, ">= 0 (0: the longest sequence)"),
     "data.valid_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
     "normaliser.clip": (lambda v: v > 0, "> 0 (deviations)"),
@@ -119,11 +119,22 @@ BOUNDS: dict[str, tuple[object, str]] = {
 TOP_LEVEL = {"name": str, "spec": str, "seed": int, "description": str}
 
 
+def check_seeds(seeds: list[int], where: str = "seeds") -> None:
+    """Seeds given outside the config (seeds=[...], --seeds) pass the config's own checks."""
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ConfigError(f"{where}: each seed must be a whole number, got {seed!r}")
+        try:
+            _check_bounds("seed", seed)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
 def _check_bounds(name: str, value) -> None:
     bound = BOUNDS.get(name)
     if bound is not None and not bound[0](value):
         raise ConfigError(f"{name} must be {bound[1]}, got {value!r}")
-SECTIONS = {*DEFAULTS, "model", "loss", "sweep", "ensemble"}
+SECTIONS = {*DEFAULTS, "model", "loss", "sweep"}
 
 
 def resolve(config: dict) -> dict:

@@ -46,12 +46,20 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     from kit.export.pack import pack_ensemble, pack_run
     from kit.parity import run_parity
     from kit.scoring import score_submission
-    from kit.train.recipe import train_experiment
+    from kit.train.recipe import experiment_config, train_experiment
 
     started = time.perf_counter()
     spec = load_spec(spec_name)
     train, valid, oracle = (data_dir / n for n in
                             ("train.parquet", "valid.parquet", "valid_oracle.parquet"))
+    # every option checked before the first stage: a typo must not cost the data and training
+    if seeds < 1:
+        raise KitError(f"--seeds must be >= 1, got {seeds}")
+    for name, value in (("--seqs", seqs), ("--parity-seqs", parity_seqs)):
+        if value is not None and value < 1:
+            raise KitError(f"{name} must be >= 1, got {value}")
+    paths = [f'data.train="{train}"', f'data.valid="{valid}"', f'spec="{spec_name}"']
+    experiment_config(experiment, paths + list(overrides or []))
     _section("data")
     if not all(p.exists() for p in (train, valid, oracle)):
         result = synthesize(spec, data_dir, progress=not quiet)
@@ -66,7 +74,6 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
 
     _section(f"train: experiment {experiment} (experiments/{experiment}.toml), "
              f"{seeds} seed(s)" + (", all at once (kit train --jobs)" if seeds > 1 else ""))
-    paths = [f'data.train="{train}"', f'data.valid="{valid}"', f'spec="{spec_name}"']
     # the seeds train side by side, each in its own process: a GRU this size trains about
     # as fast on one thread as on two, so on 2 cores three seeds take the time of 1.5
     trained = train_experiment(experiment, paths + list(overrides or []),

@@ -398,6 +398,8 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     """Compare the three paths and run the checks; with `record`, a package folder's manifest
     gets the report (and its zip is rewritten)."""
     submission = Path(submission)
+    if not (math.isfinite(atol) and atol >= 0):
+        raise PackError(f"--atol must be a finite number >= 0, got {atol}")
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="kit-parity-") as tmp:
         folder = prepare_submission(submission, Path(tmp) / "submission")

@@ -78,6 +78,14 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _higher_is_better(config: dict) -> bool:
+    """The direction of the run's metric (weighted Pearson: up; mae/rmse: down)."""
+    try:
+        return load_spec(config.get("spec")).metric.higher_is_better
+    except KitError:  # a spec file since moved: assume the usual direction
+        return True
+
+
 def _seed(config: dict, run_id: str) -> int | None:
     if "seed" in config:
         return int(config["seed"])
@@ -104,6 +112,7 @@ def _summary(run_dir: Path, oracle_cache: dict) -> dict:
         "epochs": len(history),
         "finished": False,
         "seed": _seed(config, run_dir.name),
+        "higher_is_better": _higher_is_better(config),
     }
     if metrics is not None:
         row.update(
@@ -118,7 +127,10 @@ def _summary(run_dir: Path, oracle_cache: dict) -> dict:
     elif history:
         scored = [r for r in history if _finite(r.get("val_score")) is not None]
         if scored:
-            best = max(scored, key=lambda r: r["val_score"])
+            # the trainer flags each new best (it knows the metric's direction)
+            flagged = [r for r in scored if r.get("best")]
+            sign = 1.0 if row["higher_is_better"] else -1.0
+            best = flagged[-1] if flagged else max(scored, key=lambda r: sign * r["val_score"])
             row.update(
                 best_epoch=best["epoch"],
                 score=_finite(best["val_score"]),
@@ -318,7 +330,14 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
         raise KitError(f"cannot sort by {sort!r}; sort by one of: {', '.join(columns)}")
     present = [r for r in runs if _value(r, sort) is not None]
     missing = [r for r in runs if _value(r, sort) is None]
-    ordered = sorted(present, key=lambda r: _sort_key(_value(r, sort)), reverse=descending)
+    scores = {"score", "oracle_fraction", *_target_names(runs)}
+
+    def key(run):  # "descending" on a score means best first, whichever way the metric points
+        value = _value(run, sort)
+        flip = sort in scores and not run.get("higher_is_better", True)
+        return _sort_key(-value if flip else value)
+
+    ordered = sorted(present, key=key, reverse=descending)
     if not runs:
         return "no runs"
     body = [[_cell(c, _value(r, c)) for c in columns] for r in ordered + missing]

@@ -468,6 +468,11 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
     trials = trials if trials is not None else int(setup.table.get("trials", 20))
     if trials < 1 or workers < 1:
         raise SweepError("--trials and --workers must be >= 1")
+    if timeout is not None and not timeout > 0:
+        raise SweepError(f"--timeout must be a number of seconds > 0, got {timeout}")
+    from kit.train.data import check_data_files
+
+    check_data_files(setup.base["data"])  # before any trial: each would fail on it
     started = time.perf_counter()
     if workers == 1:
         run_worker(setup, trials, timeout, progress)

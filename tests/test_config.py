@@ -61,6 +61,10 @@ def test_resolve_fills_defaults_and_names_bad_keys(exps):
         resolve({"train": {"epochs": 2.5}})
     with pytest.raises(ConfigError, match="unknown config key 'learning_rate'"):
         resolve({"learning_rate": 1.0})
+    with pytest.raises(ConfigError, match="unknown config key 'ensemble'"):
+        resolve({"ensemble": {"foo": 1}})  # ensembles are made by kit ensemble, not a section
+    with pytest.raises(ConfigError, match="data.valid_fraction must be between 0 and 1"):
+        resolve({"data": {"valid_fraction": 1.5}})
     with pytest.raises(ConfigError, match="\\[train\\] must be a table"):
         resolve({"train": 3})
     assert resolve({"train": {"lr": 1}})["train"]["lr"] == 1.0  # ints are fine for floats

@@ -107,6 +107,19 @@ BAD_FRAMES = {
 }
 
 
+def test_check_json_lists_the_problems_of_a_failing_file(tmp_path):
+    path = tmp_path / "bad.parquet"
+    BAD_FRAMES["null id"][0](make_frame(SPEC)).write_parquet(path)
+    out = run_cli("data", "check", path, "--spec", write_spec(tmp_path), "--json", expect=2)
+    doc = json.loads(out.stdout)  # the problems as JSON; the error line goes to stderr
+    assert doc["ok"] is False and doc["path"] == str(path)
+    assert doc["problems"] == ["column 'seq_ix' has 1 null or non-integral value(s)"]
+    good = tmp_path / "good.parquet"
+    make_frame(SPEC).write_parquet(good)
+    out = run_cli("data", "check", good, "--spec", write_spec(tmp_path), "--json").output
+    assert json.loads(out)["ok"] is True
+
+
 @pytest.mark.parametrize("case", sorted(BAD_FRAMES))
 def test_each_contract_violation_is_named(tmp_path, case):
     edit, message = BAD_FRAMES[case]

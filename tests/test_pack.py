@@ -390,8 +390,21 @@ def test_pack_errors_name_the_problem(workspace, runs, tmp_path):
     bad.mkdir()
     (bad / "best.pt").write_bytes(b"not a checkpoint")
     assert "corrupt" in run_cli("pack", bad, expect=2).output
+    (bad / "best.pt").write_bytes(b"")  # e.g. a full disk: torch raises EOFError('')
+    assert "corrupt" in run_cli("pack", bad, expect=2).output
+    (tmp_path / "afile").write_text("")
+    out = run_cli("pack", runs["gru"], "--out", tmp_path / "afile", expect=2).output
+    assert "afile" in out and "Traceback" not in out
     with pytest.raises(PackError, match="plain folder name"):
         pack_run(runs["gru"], "../escape", tmp_path)
+
+
+def test_nonsense_tolerances_and_timeouts_are_refused(workspace, gru_pack):
+    out = run_cli("parity", gru_pack.folder, "--atol", "-1", expect=2).output
+    assert "--atol must be a finite number >= 0" in out
+    out = run_cli("score", gru_pack.folder, "--data", _valid(workspace), "--timeout", "0",
+                  expect=2).output
+    assert "--timeout must be a number of seconds > 0" in out
 
 
 def test_parity_refuses_a_package_whose_run_changed(workspace, runs, tmp_path):

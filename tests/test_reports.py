@@ -112,6 +112,26 @@ def runs_root(tmp_path: Path) -> Path:
     return root
 
 
+def test_runs_of_a_lower_is_better_metric_list_best_first(tmp_path: Path):
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    make_run(root, "e", "20240101-000000-s1", valid, spec_path, seed=1, noise=2.0)
+    make_run(root, "e", "20240102-000000-s2", valid, spec_path, seed=2, noise=0.5)
+    # a killed run: no metrics.json; the trainer flagged epoch 1 (the lower rmse) as the best
+    killed = make_run(root, "e", "20240103-000000-s3", valid, spec_path, seed=3,
+                      finished=False, epochs=2)
+    history = [json.loads(line) for line in (killed / "history.jsonl").read_text().splitlines()]
+    history[0].update(val_score=0.01, best=True)
+    history[1].update(val_score=0.9, best=False)
+    (killed / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    runs = list_runs(root)
+    assert next(r for r in runs if r["seed"] == 3)["best_epoch"] == 1
+    table = format_runs(runs).splitlines()
+    order = [line.split()[1] for line in table[2:]]
+    assert order == ["20240103-000000-s3", "20240102-000000-s2", "20240101-000000-s1"]
+
+
 def test_list_runs_reads_every_run(runs_root: Path):
     runs = list_runs(runs_root)
     assert [(r["experiment"], r["run_id"]) for r in runs] == [

@@ -497,6 +497,10 @@ def test_the_shipped_sweep_experiments_have_valid_spaces(monkeypatch):
     for name in swept:
         assert prepare(name, None, None, None).params
     assert "must be >= 1" in run_cli("sweep", "exp=gru_sweep", "--trials", 0, expect=2).output
+    assert "--timeout must be a number of seconds > 0" in run_cli(
+        "sweep", "exp=gru_sweep", "--timeout", -5, expect=2).output
+    missing = run_cli("sweep", "exp=gru_sweep", "data.train=nope.parquet", expect=2).output
+    assert "data.train = 'nope.parquet': no such data file" in missing
 
 
 def test_the_best_experiment_extends_a_sweep_given_by_path(sweep_env):

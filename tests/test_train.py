@@ -202,7 +202,7 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     ("train.batch_size=-1", "train.batch_size must be >= 0"),
     ("train.ema=1.0", r"train.ema must be in \[0, 1\)"),
     ("train.lr=0", "train.lr must be a finite number > 0"),
-    ("seed=-1", "seed must be >= 0"),
+    ("seed=-1", r"seed must be a whole number in \[0, 2\*\*32\)"),
     ("seeds=abc", "each seed must be a whole number"),
     ("seeds=[1.7]", "each seed must be a whole number"),
     ("loss.huber_delta=-1", "loss.huber_delta must be a finite number > 0"),
@@ -214,6 +214,28 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
                   expect=2).output
     assert re.search(message, out) and "Traceback" not in out
     assert not (tmp_path / "r").exists()  # nothing half-made
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["data.valid=nope.parquet"], "data.valid = .nope.parquet.: no such data file"),
+    (["--folds", "-2"], "--folds must be 0 \\(off\\) or >= 2"),
+    (["seeds=[1,2]", "--run-dir", "one"], "--run-dir names one run"),
+    (["seed=9223372036854775807"], "seed must be a whole number in \\[0, 2\\*\\*32\\)"),
+    (["--run-dir", "afile"], "afile"),  # a path under a file: the OSError, in one line
+])  # fmt: skip
+def test_bad_runs_fail_in_one_line_before_training(env, tmp_path, args, message):
+    (tmp_path / "afile").write_text("not a folder")
+    out = run_cli("train", "exp=tiny", *args, "-q", expect=2).output
+    assert re.search(message, out) and "Traceback" not in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "one").exists()
+
+
+def test_ablate_and_demo_check_their_options_first(env, tmp_path):
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw", "--seeds", "-1", expect=2).output
+    assert "--seeds: seed must be a whole number" in out and not (tmp_path / "runs").exists()
+    for option in (["--seeds", "0"], ["--seqs", "0"]):
+        out = run_cli("demo", "--data", tmp_path / "demo-data", *option, expect=2).output
+        assert "must be >= 1" in out and not (tmp_path / "demo-data").exists()
 
 
 def test_seeds_take_a_list_or_commas():

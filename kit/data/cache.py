@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.data.arrays import SequenceArrays
+from kit.errors import DataError
 
 CACHE_FORMAT = 1  # bump when the folder layout changes; old entries then never match
 ARRAY_FIELDS = ("x", "y", "mask", "lengths", "ids")
@@ -62,6 +63,9 @@ def _stat_key(path: Path) -> tuple:
 def file_digest(path: Path) -> str:
     """sha256 hex of the file's bytes, remembered in-process per stat (see _stat_key)."""
     path = Path(path).resolve()
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file (kit data synth writes the built-in "
+                        "competition's files; [data] train/valid name the files to use)")
     memo = _stat_key(path)
     if memo in _digests:
         return _digests[memo]

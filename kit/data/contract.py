@@ -104,7 +104,7 @@ def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>"
             name = {"id": ids, "step": steps, "need": spec.need_col}[col]
             problems.append(f"column {name!r} has {n_null:,} null or non-integral value(s)")
     if problems:
-        raise DataError(_problem_text(source, problems))
+        raise ContractError(source, problems)
 
     problems += _check_order(keys, spec)
     lengths = keys.group_by("id").agg(pl.len().alias("n"))
@@ -117,7 +117,7 @@ def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>"
     if not problems:
         problems += _check_need_rule(keys, spec)
     if problems:
-        raise DataError(_problem_text(source, problems))
+        raise ContractError(source, problems)
 
     value_cols = list(spec.features) + (list(spec.targets) if labelled else [])
     nan_counts, inf_counts, null_counts = _nonfinite_counts(df, value_cols)
@@ -144,9 +144,13 @@ def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>"
     )
 
 
-def _problem_text(source: str, problems: list[str]) -> str:
-    head = f"{source} breaks the competition contract:"
-    return "\n".join([head, *(f"  - {p}" for p in problems)])
+class ContractError(DataError):
+    """A file breaks the competition contract; `problems` lists every problem found."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source, self.problems = source, list(problems)
+        head = f"{source} breaks the competition contract:"
+        super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
 
 
 def _check_columns(df: pl.DataFrame, spec: CompetitionSpec, source: str) -> bool:
@@ -170,7 +174,7 @@ def _check_columns(df: pl.DataFrame, spec: CompetitionSpec, source: str) -> bool
     if dup:
         problems.append(f"duplicated column name(s): {dup}")
     if problems:
-        raise DataError(_problem_text(source, problems))
+        raise ContractError(source, problems)
     return labelled
 
 
@@ -189,7 +193,7 @@ def _check_dtypes(df: pl.DataFrame, spec: CompetitionSpec, labelled: bool, sourc
         if not dtype.is_numeric() or dtype.is_decimal():
             problems.append(f"column {col!r} must be numeric (float32/float64), found {dtype}")
     if problems:
-        raise DataError(_problem_text(source, problems))
+        raise ContractError(source, problems)
 
 
 def _whole_numbers(df: pl.DataFrame, name: str) -> pl.Expr:

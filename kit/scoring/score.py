@@ -14,7 +14,7 @@ import polars as pl
 from kit.competition import CompetitionSpec
 from kit.data.contract import check_frame
 from kit.data.io import read_frame
-from kit.errors import DataError
+from kit.errors import DataError, SubmissionError
 from kit.metrics import MetricReport, evaluate, scored_truth
 from kit.scoring.sandbox import choose_cpu, prepare_submission, run_child
 
@@ -100,6 +100,8 @@ def score_submission(
     space at spec.limits.memory_gb (off by default: address space overstates real use).
     """
     submission, data = Path(submission), Path(data)
+    if timeout_s is not None and not timeout_s > 0:
+        raise SubmissionError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
     values, truth, sequences = load_rows(data, spec, seqs)
     n_rows = len(values)
     with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:

@@ -37,8 +37,9 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: all one story
+        first_line = (str(exc).splitlines() or [""])[0][:120]  # an empty file: EOFError('')
         raise CheckpointError(f"{path}: the checkpoint is corrupt or not a kit checkpoint "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+                              f"({type(exc).__name__}: {first_line}); "
                               "delete it or resume from another") from None
     if not isinstance(payload, dict) or any(k not in payload for k in required):
         raise CheckpointError(f"{path}: not a kit checkpoint (needs keys {list(required)})")

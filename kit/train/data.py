@@ -79,6 +79,18 @@ def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0) -> Nor
                           norm["clip"] or None)
 
 
+def check_data_files(data: dict) -> None:
+    """The files the [data] settings read exist (the train file, and the valid file when it
+    validates), so a missing file fails before anything is built or written."""
+    wanted = [("data.train", data["train"])]
+    if data["split"] == "file" and not data["fold"]:
+        wanted.append(("data.valid", data["valid"]))
+    for key, name in wanted:
+        if not Path(name).is_file():
+            raise DataError(f"{key} = {name!r}: no such data file (kit data synth writes the "
+                            "built-in competition's files)")
+
+
 def check_split_settings(data: dict) -> None:
     """The [data] split settings make sense together (before any array is built)."""
     fold = data["fold"]
@@ -179,6 +191,7 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
     """
     data, train_cfg = config["data"], config["train"]
     check_split_settings(data)
+    check_data_files(data)
     if fold is None and data["fold"]:
         fold = (data["fold"][0], data["fold"][1])
     spec = load_spec(config["spec"])

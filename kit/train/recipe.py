@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kit.competition import load_spec
-from kit.config import ConfigError, apply_overrides, load_experiment, resolve
+from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
 from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, new_run_id
 
 
@@ -55,8 +55,12 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                      ) -> list[dict]:
     """Train one run per seed (per fold with `folds`); returns each run's metrics. With
     `jobs` > 1, the seeds train in that many processes at once (see train_seeds_in_parallel)."""
+    from kit.train.data import check_data_files
+
     base = experiment_config(exp, overrides)
     check_config(base)
+    if not resume:  # a resumed run reads its own config's files (train_one checks them)
+        check_data_files(base["data"])
     if folds and (resume or run_dir):
         raise ConfigError("--folds starts new runs: it does not combine with --resume/--run-dir")
     if jobs < 1:
@@ -64,6 +68,11 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     if stop_after_epochs < 0:
         raise ConfigError(f"--stop-after-epochs must be >= 0 (0: no stop), got "
                           f"{stop_after_epochs}")
+    check_seeds(seeds or [])
+    if folds < 0 or folds == 1:
+        raise ConfigError(f"--folds must be 0 (off) or >= 2, got {folds}")
+    if run_dir and len(seeds or []) > 1:
+        raise ConfigError("--run-dir names one run: it does not combine with several seeds")
     if seeds and len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
     if jobs > 1 and len(seeds or []) > 1:
