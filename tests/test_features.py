@@ -253,6 +253,11 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
         ([{"op": "ewm_std", "inputs": ["a"], "span": float("nan")}], r"span must be >= 1"),
         ([{"op": "position", "scale": float("inf")}], r"scale must be a finite number"),
         ([{"op": "position", "scale": float("nan")}], r"scale must be a finite number"),
+        # a typo is not silently the default
+        ([{"op": "position", "scael": 0.01}],
+         r"features.ops\[0\] \(position\): unknown key\(s\) \['scael'\]; position takes"),
+        ([{"op": "lag", "inputs": ["a"], "k": 1, "window": 3}], r"unknown key\(s\) \['window'\]"),
+        ([{"op": "lag", "inputs": "a", "k": 1}], r"\(lag\): inputs must be a list"),
     ],
 )
 def test_bad_feature_specs_name_the_entry(ops, message):

@@ -66,6 +66,7 @@ class FeatureOp:
 
     op: ClassVar[str]
     summary: ClassVar[str]
+    keys: ClassVar[tuple[str, ...]] = ()  # the parameters it reads besides op and inputs
     inputs: list[str]
     params: dict = field(default_factory=dict)
 
@@ -134,6 +135,7 @@ class Pairwise(FeatureOp):
     """An elementwise function of paired columns a[i], b[i] (lists of equal length)."""
 
     symbol: ClassVar[str]
+    keys = ("a", "b")
 
     def __post_init__(self):
         self.a, self.b = list(self.params.get("a", [])), list(self.params.get("b", []))
@@ -243,6 +245,7 @@ class Reduce(FeatureOp):
     """Sum or mean over a column group: one output."""
 
     op, summary = "sum", "sum over the input columns (one output)"
+    keys = ("name",)
 
     def output_bound(self, inputs, rows):
         return inputs if self.mean else len(self.inputs) * inputs
@@ -278,6 +281,7 @@ class WeightedMid(FeatureOp):
 
     op, summary = "wmid", "size-weighted mid price per level (bid, ask, bid_size, ask_size)"
     bounded = True
+    keys = ("bid", "ask", "bid_size", "ask_size")
 
     def __post_init__(self):
         keys = ("bid", "ask", "bid_size", "ask_size")
@@ -373,6 +377,7 @@ class PastOp(HistoryOp):
     the batch face, one read of the shared buffer in the stream face."""
 
     per_sequence = False
+    keys = ("k",)
 
     def tag(self):
         return f"{self.op}{self._int('k')}"
@@ -421,6 +426,7 @@ class Rolling(HistoryOp):
     (std: population std, 0 for a single step)."""
 
     stat: ClassVar[str]
+    keys = ("window",)
 
     def tag(self):
         # A window of 1 is the raw column; 2 is the smallest that needs a history.
@@ -461,6 +467,7 @@ class Ewm(PerColumn):
     value: m = m + a (x - m); v = (1 - a) (v + a (x - m_prev)^2), v = 0 at step 0."""
 
     std: ClassVar[bool] = False
+    keys = ("alpha", "span")
 
     def alpha(self) -> float:
         alpha, span = self.params.get("alpha"), self.params.get("span")
@@ -568,6 +575,7 @@ class StepPosition(FeatureOp):
     """The step's position in its sequence (0, 1, 2, ...) times `scale` (default 1/1000)."""
 
     op, summary = "position", "position in the sequence: step index * scale"
+    keys = ("scale", "name")
 
     def output_bound(self, inputs, rows):
         return rows * self.params["scale"]

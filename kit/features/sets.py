@@ -58,10 +58,18 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
     kind = entry["op"]
     if kind not in OPS:
         raise FeatureConfigError(f"{where}: unknown op {kind!r}; available: {sorted(OPS)}")
+    cls = OPS[kind]
+    unknown = sorted(set(entry) - {"op", "inputs", *cls.keys})
+    if unknown:
+        raise FeatureConfigError(f"{where} ({kind}): unknown key(s) {unknown}; {kind} takes "
+                                 f"{['inputs', *cls.keys]}")
+    if not isinstance(entry.get("inputs", []), list):
+        raise FeatureConfigError(f"{where} ({kind}): inputs must be a list of column names, "
+                                 f"e.g. [\"p0\"] or [\"p0..p5\"], got {entry['inputs']!r}")
     params = {k: _expand(v, spec) for k, v in entry.items() if k not in ("op", "inputs")}
     inputs = _expand(entry.get("inputs", []), spec)
     try:
-        op = OPS[kind](inputs=inputs, params=params)
+        op = cls(inputs=inputs, params=params)
         op.outputs()  # validates parameters such as k, window, alpha
     except FeatureSpecError as exc:
         raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
