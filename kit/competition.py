@@ -7,6 +7,7 @@ folder listed in $KIT_SPEC_PATH, then using `--spec NAME`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -130,6 +131,18 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     protocol = raw.get("protocol", "targets")
     if protocol not in PROTOCOLS:
         raise SpecError(f"{source}: protocol {protocol!r} is not one of {PROTOCOLS}")
+    for key in ("features", "targets"):
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SpecError(f"{source}: {key} must be a list of column names (patterns such as "
+                            f"\"p0..p11\" allowed), got {value!r}")
+    for key in ("id_col", "step_col", "need_col", "name", "description", "protocol"):
+        if key in raw and not isinstance(raw[key], str):
+            raise SpecError(f"{source}: {key} must be a string, got {raw[key]!r}")
+    for key in ("seq_len", "warmup", "tail"):
+        value = raw.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpecError(f"{source}: {key} must be a whole number >= 0, got {value!r}")
     features = tuple(expand_columns(list(raw["features"])))
     targets = tuple(expand_columns(list(raw.get("targets", []))))
     if protocol == "targets" and not targets:
@@ -137,19 +150,20 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     if protocol == "next-state" and targets:
         raise SpecError(f"{source}: protocol 'next-state' scores against the next features; "
                         "leave 'targets' empty")
+    if not isinstance(raw.get("metric", {}), dict):
+        raise SpecError(f"{source}: metric must be a table, e.g. [metric] name = \"r2\", got "
+                        f"{raw['metric']!r}")
     metric_raw = dict(raw.get("metric", {}))
     metric_name = metric_raw.pop("name", "weighted_pearson")
     if metric_name not in METRICS:
         raise SpecError(f"{source}: metric {metric_name!r} is not one of {METRICS}")
     clip = metric_raw.pop("clip", None)
-    if clip is not None and (len(clip) != 2 or clip[0] >= clip[1]):
+    if clip is not None and (not isinstance(clip, list) or len(clip) != 2
+                             or not all(_finite_number(c) for c in clip) or clip[0] >= clip[1]):
         raise SpecError(f"{source}: metric.clip must be [low, high] with low < high, got {clip}")
     if metric_raw:
         raise SpecError(f"{source}: unknown metric key(s) {sorted(metric_raw)}")
-    try:
-        limits = Limits(**raw.get("limits", {}))
-    except TypeError as exc:
-        raise SpecError(f"{source}: bad [limits] table: {exc}") from None
+    limits = _limits(raw.get("limits", {}), source)
     spec = CompetitionSpec(
         name=str(raw["name"]),
         description=str(raw.get("description", "")),
@@ -174,7 +188,30 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
         raise SpecError(f"{source}: warmup and tail must be >= 0")
     if spec.seq_len is not None and spec.warmup + spec.tail >= spec.seq_len:
         raise SpecError(f"{source}: warmup + tail leaves no scored step in {spec.seq_len}")
+    if spec.next_state and spec.tail < 1:
+        raise SpecError(f"{source}: a next-state spec scores each step against the next one, so "
+                        "the last step of a sequence cannot be scored: tail must be >= 1")
     return spec
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _limits(table, source: str) -> Limits:
+    """[limits], each value a finite number > 0 (cpus and test_rows whole numbers)."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{source}: limits must be a table, got {table!r}")
+    unknown = sorted(set(table) - set(Limits.__dataclass_fields__))
+    if unknown:
+        raise SpecError(f"{source}: unknown [limits] key(s) {unknown}; allowed: "
+                        f"{sorted(Limits.__dataclass_fields__)}")
+    for key, value in table.items():
+        whole = key in ("cpus", "test_rows")
+        if not _finite_number(value) or value <= 0 or (whole and not isinstance(value, int)):
+            kind = "a whole number > 0" if whole else "a finite number > 0"
+            raise SpecError(f"{source}: limits.{key} must be {kind}, got {value!r}")
+    return Limits(**{k: (v if k in ("cpus", "test_rows") else float(v)) for k, v in table.items()})
 
 
 def _search_dirs() -> list[Path]:

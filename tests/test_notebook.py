@@ -134,6 +134,12 @@ def test_metadata_follows_the_kaggle_formats(package, tmp_path):
     ({"owner": "alice", "competition": "Not A Slug"}, "--competition"),
     ({"owner": "alice", "rename": "t9=x"}, "--rename 't9=x'.*outputs are"),
     ({"owner": "alice", "rename": "t0"}, "OUTPUT=NEW_NAME"),
+    # a renamed output must not overwrite another column of the output table
+    ({"owner": "alice", "rename": "t0=t1"}, r"column\(s\) \['t1'\] twice"),
+    ({"owner": "alice", "rename": "t0=seq_ix"}, r"column\(s\) \['seq_ix'\] twice"),
+    ({"owner": "alice", "rename": "t0=a,t1=a"}, r"column\(s\) \['a'\] twice"),
+    ({"owner": "alice", "rename": "t0=row_id", "keep_columns": ["row_id"]},
+     r"column\(s\) \['row_id'\] twice"),
 ])
 def test_bad_notebook_options_are_refused(package, tmp_path, options, message):
     with pytest.raises(NotebookError, match=message):

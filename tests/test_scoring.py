@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import stat
 import textwrap
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import tomli_w
 
 from kit.competition import load_spec, spec_from_dict
 from kit.errors import DataError, SubmissionError
@@ -296,7 +298,78 @@ def test_process_exiting_without_result(tmp_path):
     assert "about to leave" in str(err.value)
 
 
+def test_an_exception_that_cannot_print_still_names_the_row(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        class Unprintable(Exception):
+            def __str__(self):
+                raise RuntimeError("no str")
+
+        class PredictionModel:
+            def predict(self, dp):
+                raise Unprintable()
+        """)
+    with pytest.raises(SubmissionError, match="seq 0, step 0 .*predict\\(\\) raised Unprintable"):
+        score(sub, data)
+
+
 # --- the sandbox -----------------------------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    """Whether process pid has ended (waiting a little: a killed orphan is reaped by init)."""
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_threads_and_processes_the_submission_leaves_behind_end_with_it(tmp_path):
+    data, frame = write_data(tmp_path)
+    code = FORMULA.replace("class PredictionModel:", """class PredictionModel:
+    def __init__(self):
+        import subprocess, threading, time
+        threading.Thread(target=lambda: time.sleep(1e6)).start()  # not a daemon
+        self.helper = subprocess.Popen(["sleep", "123"])
+        open("helper.pid", "w").write(str(self.helper.pid))
+""")
+    sub = write_sub(tmp_path, code)
+    # the timeout only turns a regression into an error instead of a hang
+    result = score(sub, data, timeout_s=120)
+    assert result.score == pytest.approx(expected_report(frame).score, rel=1e-12)
+    assert _gone(int((sub / "helper.pid").read_text()))
+
+
+def test_a_terminated_scorer_takes_the_submission_with_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import os, time
+
+        class PredictionModel:
+            def __init__(self):
+                open("runner.pid", "w").write(str(os.getpid()))
+
+            def predict(self, dp):
+                time.sleep(60)
+        """)
+    spec = tmp_path / "spec.toml"
+    spec.write_text(tomli_w.dumps(SPEC.to_dict()))
+    kit = subprocess.Popen([sys.executable, "-m", "kit", "score", sub, "--data", data, "--spec",
+                            spec, "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid_file = sub / "runner.pid"
+    while not pid_file.exists() and kit.poll() is None:
+        time.sleep(0.05)
+    assert pid_file.exists()
+    kit.send_signal(signal.SIGTERM)
+    assert kit.wait() == 128 + signal.SIGTERM
+    assert _gone(int(pid_file.read_text()))
 
 
 def test_rows_arrive_as_float64_like_dataframe_values(tmp_path):

@@ -58,8 +58,11 @@ def default_title(name: str) -> str:
     return name[:50 - len(suffix)].rstrip(" -_.") + suffix
 
 
-def parse_renames(text: str | None, outputs: list[str]) -> dict[str, str]:
-    """'t0=responder_6,t1=b' -> {"t0": "responder_6", "t1": "b"}, outputs checked."""
+def parse_renames(text: str | None, outputs: list[str],
+                  taken: list[str] | None = None) -> dict[str, str]:
+    """'t0=responder_6,t1=b' -> {"t0": "responder_6", "t1": "b"}, outputs checked. The final
+    column names must be unique: `taken` are the other columns of the output table (id, step,
+    kept columns), which a prediction must not overwrite."""
     renames = {}
     for item in filter(None, (text or "").split(",")):
         old, sep, new = (part.strip() for part in item.partition("="))
@@ -68,6 +71,11 @@ def parse_renames(text: str | None, outputs: list[str]) -> dict[str, str]:
         if old not in outputs:
             raise NotebookError(f"--rename {item!r}: the package's outputs are {outputs}")
         renames[old] = new
+    final = [renames.get(o, o) for o in outputs]
+    clash = sorted({n for n in final if final.count(n) > 1} | (set(final) & set(taken or [])))
+    if clash:
+        raise NotebookError(f"--rename {text!r}: the output table would hold column(s) {clash} "
+                            f"twice (outputs become {final}; other columns: {taken or []})")
     return renames
 
 
@@ -341,7 +349,10 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         bad = hash_mismatches(source, manifest)
         if bad:
             raise NotebookError(f"{submission}: {'; '.join(bad)}; re-pack it")
-        renames = parse_renames(rename, manifest["outputs"])
+        spec = manifest["spec"]
+        renames = parse_renames(rename, manifest["outputs"],
+                                [spec.get("id_col", "seq_ix"), spec.get("step_col", "step_in_seq"),
+                                 *(keep_columns or [])])
         if (keep_columns or renames) and not _answers_gateways(source / "solution.py"):
             raise NotebookError(f"{submission}: its solution.py predates --keep-columns and "
                                 "--rename; re-pack the run with this kit (kit pack)")

@@ -262,11 +262,18 @@ def describe(obj) -> str:
 
 
 def exception_info(stage: str, message: str, exc: BaseException) -> dict:
-    lines = traceback.format_exception(exc)
+    try:
+        said = str(exc)
+    except Exception:  # the submission's exception may not even print
+        said = "<its message cannot be printed>"
+    try:
+        lines = traceback.format_exception(exc)
+    except Exception:
+        lines = []
     # Drop the frames of this script: the tail that matters is the submission's.
     text = "".join(line for line in lines if __file__ not in line).rstrip()
     tail = "\n".join(text.splitlines()[-TRACEBACK_LINES:])
-    return {"stage": stage, "message": f"{message} {type(exc).__name__}: {exc}", "traceback": tail}
+    return {"stage": stage, "message": f"{message} {type(exc).__name__}: {said}", "traceback": tail}
 
 
 def collect(preds: list, k: int):
@@ -313,4 +320,9 @@ def peak_rss_mb() -> float | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    code = main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The result is written: end now. A thread the submission left running would otherwise keep
+    # the interpreter waiting at shutdown, and the scorer waiting for it.
+    os._exit(code)

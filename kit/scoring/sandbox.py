@@ -8,6 +8,7 @@ reported; progress comes back as lines on a dedicated pipe.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 import zlib
@@ -264,10 +266,10 @@ def run_child(
         os.close(write_fd)
         write_fd = -1
         try:
-            finished, done = _watch(proc, read_fd, bar, timeout_s)
+            with _killed_on_termination(proc):
+                finished, done = _watch(proc, read_fd, bar, timeout_s)
         finally:
-            if proc.poll() is None:
-                _kill(proc)
+            _kill(proc)  # also what the submission started: its whole group is the sandbox
     finally:
         bar.close()
         os.close(read_fd)
@@ -332,6 +334,29 @@ def _watch(
     except subprocess.TimeoutExpired:  # closed the pipe but keeps running
         return False, done
     return True, done
+
+
+@contextlib.contextmanager
+def _killed_on_termination(proc: subprocess.Popen):
+    """SIGTERM or SIGHUP to this process (a scheduler, `timeout`, a closed terminal) kills the
+    submission's process group, then ends this process with the usual 128 + signal code after
+    its cleanup (temporary folders). Ctrl-C already reaches the child's group as an
+    interruption of the watch loop."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal needs it
+        yield
+        return
+
+    def stop(signum, frame):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _kill(proc: subprocess.Popen) -> None:
