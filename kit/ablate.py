@@ -50,14 +50,17 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     # unique per ablation: two started in the same second never share run folders
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     results = []
+    trained: dict[tuple[str, ...], list[dict]] = {}  # groups -> metrics of their seeds' runs
     for kind, label, chosen in variants(groups):
-        scores = []
-        for seed in seeds:
+        # leaving out the last group is the rung below the top: the same runs, trained once
+        scores = trained.get(tuple(chosen), [])
+        for seed in seeds if not scores else []:
             config = {**base, "seed": seed,
                       "features": {**base["features"], "groups": chosen}}
             files = RunFiles(runs_dir / base["name"] / f"ablate-{stamp}-{label}-s{seed}")
             metrics = train_one(config, files, progress=progress)
             scores.append(metrics)
+        trained[tuple(chosen)] = scores
         results.append({
             "kind": kind, "label": label, "groups": chosen,
             "score": float(np.mean([m["score"] for m in scores])),

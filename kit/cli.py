@@ -64,12 +64,19 @@ def version() -> None:
 
 @spec_app.command("list")
 def spec_list() -> None:
-    """List the competition specs kit can load by name."""
+    """List the competition specs kit can load by name (a broken file is listed with its
+    problem, and the others still are)."""
     from kit.competition import available_specs, load_spec
 
+    broken = 0
     for name, source in available_specs().items():
-        spec = load_spec(name if source == "<builtin>" else source)
-        typer.echo(f"{name:<16} {source:<12} {spec.description}")
+        try:
+            about = load_spec(name if source == "<builtin>" else source).description
+        except KitError as exc:
+            about, broken = f"BROKEN: {exc}", broken + 1
+        typer.echo(f"{name:<16} {source:<12} {about}")
+    if broken:
+        raise typer.Exit(2)
 
 
 @spec_app.command("show")

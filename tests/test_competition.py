@@ -59,6 +59,10 @@ def test_user_spec_from_path_and_from_competitions_folder(tmp_path, monkeypatch)
     assert "my-comp" in available_specs()
     out = run_cli("spec", "list").output
     assert "my-comp" in out and "predictorium" in out
+    (tmp_path / "competitions" / "broken.toml").write_text("[[[")
+    out = run_cli("spec", "list", expect=2).output  # the others are still listed
+    assert "my-comp" in out and "predictorium" in out and "BROKEN: " in out
+    (tmp_path / "competitions" / "broken.toml").unlink()
     assert '"y"' in run_cli("spec", "show", "my-comp").output
 
 

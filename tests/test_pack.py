@@ -395,8 +395,9 @@ def test_pack_errors_name_the_problem(workspace, runs, tmp_path):
     (tmp_path / "afile").write_text("")
     out = run_cli("pack", runs["gru"], "--out", tmp_path / "afile", expect=2).output
     assert "afile" in out and "Traceback" not in out
-    with pytest.raises(PackError, match="plain folder name"):
-        pack_run(runs["gru"], "../escape", tmp_path)
+    for name in ("../escape", " ", "a\\b", " gru"):
+        with pytest.raises(PackError, match="plain folder name"):
+            pack_run(runs["gru"], name, tmp_path)
 
 
 def test_nonsense_tolerances_and_timeouts_are_refused(workspace, gru_pack):

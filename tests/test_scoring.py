@@ -212,6 +212,9 @@ def test_nan_prediction_scores_nan_and_warns(tmp_path):
         ("(np.zeros(3) if dp.need_prediction else None)", "seq 0, step 5 ", "shape (3,)"),
         ("([0.0, 0.0] if dp.need_prediction else None)", "seq 0, step 5 ", "list [0.0, 0.0]"),
         ("(np.float64(1.0) if dp.need_prediction else None)", "seq 0, step 5 ", "float64"),
+        # passes the per-row shape[0] check, then cannot stack: the first such row is named
+        ("(None if not dp.need_prediction else np.zeros((2, 1)) if dp.seq_ix == 1"
+         " else np.zeros(2))", "seq 1, step 5 ", "the first is ndarray of shape (2, 1)"),
     ],
 )  # fmt: skip
 def test_contract_violations_name_the_row(tmp_path, ret, where, what):

@@ -119,8 +119,10 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
                  postprocess: dict | None = None, ensemble: dict | None = None,
                  force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Write the package of weighted members (per-target weights) as one step graph."""
-    if not name or "/" in name or name.startswith("."):
-        raise PackError(f"--name {name!r}: a plain folder name is needed")
+    if not name.strip() or name != name.strip() or any(c in name for c in "/\\") \
+            or name.startswith("."):
+        raise PackError(f"--name {name!r}: a plain folder name is needed (no slashes, no "
+                        "leading dot or surrounding spaces)")
     spec = weighted[0].member.spec
     if any(w.member.spec.name != spec.name for w in weighted):
         raise PackError("the members were trained for different competition specs")

@@ -107,7 +107,7 @@ def run(job: dict, fd: int | None, out_dir: str) -> dict:
     loop_s = time.perf_counter() - t0
     report.write(b"P %d\n" % len(values))
 
-    array = collect(preds, k)
+    array = collect(preds, k, values)
     np.save(os.path.join(out_dir, "predictions.npy"), array)
     return {
         "rows": int(len(values)),
@@ -276,29 +276,31 @@ def exception_info(stage: str, message: str, exc: BaseException) -> dict:
     return {"stage": stage, "message": f"{message} {type(exc).__name__}: {said}", "traceback": tail}
 
 
-def collect(preds: list, k: int):
-    """Stack the stored objects into (rows, K) float64, as np.array(predictions) does there."""
+def collect(preds: list, k: int, values=None):
+    """Stack the stored objects into (rows, K) float64, as np.array(predictions) does there.
+    When they do not stack, the first prediction that is not k numbers names its row."""
     try:
         array = np.array(preds, dtype=np.float64)
+        problem = "" if array.shape == (len(preds), k) else f"stack to shape {array.shape}"
     except Exception as exc:
-        raise Failure(
-            {
-                "stage": "collect",
-                "message": "the returned predictions do not stack into "
-                f"one array ({type(exc).__name__}: {exc}); return 1-D arrays of {k} "
-                "floats",
-            }
-        ) from None
-    if array.shape != (len(preds), k):
-        raise Failure(
-            {
-                "stage": "collect",
-                "message": f"the returned predictions stack to shape "
-                f"{array.shape}, not ({len(preds)}, {k}); return 1-D arrays of {k} "
-                "floats",
-            }
-        )
-    return array
+        array, problem = None, f"do not stack into one array ({type(exc).__name__}: {exc})"
+    if not problem:
+        return array
+    info = {"stage": "collect",
+            "message": f"the returned predictions {problem}, not ({len(preds)}, {k}); return "
+                       f"1-D arrays of {k} floats"}
+    bad = next((i for i, pred in enumerate(preds) if not _is_k_numbers(pred, k)), None)
+    if values is not None and bad is not None:
+        info |= row_info(values, values[np.flatnonzero(values[:, 2] != 0)[bad]])
+        info["message"] += f"; the first is {describe(preds[bad])}"
+    raise Failure(info)
+
+
+def _is_k_numbers(pred, k: int) -> bool:
+    try:
+        return np.asarray(pred, dtype=np.float64).shape == (k,)
+    except Exception:
+        return False
 
 
 def peak_rss_mb() -> float | None:
