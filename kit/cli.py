@@ -185,7 +185,8 @@ def features_build(
     exp: str | None = typer.Argument(None, help="Experiment: exp=NAME, NAME or a TOML path."),
     groups: str | None = typer.Option(None, help="Comma-separated groups instead of an exp."),
     data: Path | None = typer.Option(None, help="Data file (default: the exp's train file)."),
-    spec: str = SpecOption,
+    spec: str | None = typer.Option(None, "--spec", "-s", help="Competition spec for --groups "
+                                    "(default predictorium; an experiment names its own)."),
 ) -> None:
     """Build a feature set on a data file and print its features with stats and build time."""
     from kit.config import load_experiment
@@ -193,7 +194,11 @@ def features_build(
 
     if exp is None and groups is None:
         raise typer.BadParameter("give exp=NAME or --groups a,b,c")
-    config = load_experiment(exp) if exp else {"spec": spec, "data": {}}
+    config = load_experiment(exp) if exp else {"spec": spec or "predictorium", "data": {}}
+    if exp and spec is not None and spec != config.get("spec", "predictorium"):
+        raise typer.BadParameter(f"--spec {spec!r}: experiment {exp!r} names its own spec "
+                                 f"({config.get('spec', 'predictorium')!r}); drop --spec or "
+                                 "use --groups")
     if groups is not None:
         config["features"] = {"groups": [g.strip() for g in groups.split(",") if g.strip()],
                               "ops": []}

@@ -318,6 +318,9 @@ def test_features_cli_list_and_build(tmp_path):
     assert "bid_volume~ask_volume" in out
     bad = run_cli("features", "build", "--groups", "nope", "--data", path, expect=2).output
     assert "unknown feature group 'nope'" in bad
+    other = run_cli("features", "build", f"exp={exp}", "--spec", "rnn-challenge", "--data", path,
+                    expect=2).output  # not silently ignored
+    assert "names its own spec" in other
 
 
 def test_data_files_the_features_cannot_read_are_named(tmp_path):

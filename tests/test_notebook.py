@@ -138,7 +138,8 @@ def test_metadata_follows_the_kaggle_formats(package, tmp_path):
     ({"owner": "alice", "rename": "t0=t1"}, r"column\(s\) \['t1'\] twice"),
     ({"owner": "alice", "rename": "t0=seq_ix"}, r"column\(s\) \['seq_ix'\] twice"),
     ({"owner": "alice", "rename": "t0=a,t1=a"}, r"column\(s\) \['a'\] twice"),
-    ({"owner": "alice", "rename": "t0=row_id", "keep_columns": ["row_id"]},
+    ({"owner": "alice", "keep_columns": ["row_id"]}, "--keep-columns .* needs --protocol batch"),
+    ({"owner": "alice", "rename": "t0=row_id", "keep_columns": ["row_id"], "protocol": "batch"},
      r"column\(s\) \['row_id'\] twice"),
 ])
 def test_bad_notebook_options_are_refused(package, tmp_path, options, message):

@@ -326,6 +326,9 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     """Write OUT/dataset/ and OUT/kernel/; returns the paths and the two metadata documents."""
     if protocol not in PROTOCOLS:
         raise NotebookError(f"--protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if keep_columns and protocol != "batch":
+        raise NotebookError("--keep-columns copies columns of each batch into its answer: it "
+                            "needs --protocol batch (the rows protocol would ignore it)")
     if not owner or not re.match(r"^[A-Za-z0-9_-]+$", owner):
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     submission, out = Path(submission), Path(out)
