@@ -186,7 +186,8 @@ def test_gateway_columns_need_a_package_whose_runtime_answers_them(package, tmp_
                                                 "step_col=None):"))
     write_manifest(old, read_manifest(old))  # an older pack, whole
     with pytest.raises(NotebookError, match="predates --keep-columns"):
-        write_notebook(old, tmp_path / "k", owner="alice", keep_columns=["row_id"])
+        write_notebook(old, tmp_path / "k", owner="alice", keep_columns=["row_id"],
+                       protocol="batch")
     write_notebook(old, tmp_path / "k", owner="alice")  # without them it is fine
 
 
