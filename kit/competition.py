@@ -7,7 +7,6 @@ folder listed in $KIT_SPEC_PATH, then using `--spec NAME`.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from kit.config import finite_number
 from kit.errors import SpecError
 
 DEFAULT_SPEC = "predictorium"
@@ -159,7 +159,7 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
         raise SpecError(f"{source}: metric {metric_name!r} is not one of {METRICS}")
     clip = metric_raw.pop("clip", None)
     if clip is not None and (not isinstance(clip, list) or len(clip) != 2
-                             or not all(_finite_number(c) for c in clip) or clip[0] >= clip[1]):
+                             or not all(finite_number(c) for c in clip) or clip[0] >= clip[1]):
         raise SpecError(f"{source}: metric.clip must be [low, high] with low < high, got {clip}")
     if metric_raw:
         raise SpecError(f"{source}: unknown metric key(s) {sorted(metric_raw)}")
@@ -194,10 +194,6 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     return spec
 
 
-def _finite_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _limits(table, source: str) -> Limits:
     """[limits], each value a finite number > 0 (cpus and test_rows whole numbers)."""
     if not isinstance(table, dict):
@@ -206,12 +202,12 @@ def _limits(table, source: str) -> Limits:
     if unknown:
         raise SpecError(f"{source}: unknown [limits] key(s) {unknown}; allowed: "
                         f"{sorted(Limits.__dataclass_fields__)}")
+    whole = ("cpus", "test_rows")  # the int fields; the others are floats
     for key, value in table.items():
-        whole = key in ("cpus", "test_rows")
-        if not _finite_number(value) or value <= 0 or (whole and not isinstance(value, int)):
-            kind = "a whole number > 0" if whole else "a finite number > 0"
+        if not finite_number(value) or value <= 0 or (key in whole and not isinstance(value, int)):
+            kind = "a whole number > 0" if key in whole else "a finite number > 0"
             raise SpecError(f"{source}: limits.{key} must be {kind}, got {value!r}")
-    return Limits(**{k: (v if k in ("cpus", "test_rows") else float(v)) for k, v in table.items()})
+    return Limits(**{k: (v if k in whole else float(v)) for k, v in table.items()})
 
 
 def _search_dirs() -> list[Path]:

@@ -119,6 +119,11 @@ BOUNDS: dict[str, tuple[object, str]] = {
 TOP_LEVEL = {"name": str, "spec": str, "seed": int, "description": str}
 
 
+def finite_number(value) -> bool:
+    """An int or float (not a bool) that is neither inf nor NaN: what a TOML number must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_seeds(seeds: list[int], where: str = "seeds") -> None:
     """Seeds given outside the config (seeds=[...], --seeds) pass the config's own checks."""
     for seed in seeds:

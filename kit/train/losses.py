@@ -12,11 +12,10 @@ rows count. "Weighted" terms weight a row by |y| like the competition metric (we
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from kit.config import finite_number
 from kit.errors import KitError
 
 WEIGHT_FLOOR = 1e-8
@@ -68,10 +67,6 @@ def pearson(p: Tensor, y: Tensor, delta: float) -> Tensor:
 TERMS = {"mse": mse, "wmse": wmse, "huber": huber, "whuber": whuber, "pearson": pearson}
 
 
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class MaskedLoss:
     """The configured weighted sum of terms, averaged over targets with target weights."""
 
@@ -89,15 +84,15 @@ class MaskedLoss:
         unknown = sorted(set(terms) - set(TERMS))
         if unknown:
             raise LossConfigError(f"unknown loss term(s) {unknown}; available: {sorted(TERMS)}")
-        bad = [f"{name} = {w!r}" for name, w in terms.items() if not _number(w) or w < 0]
+        bad = [f"{name} = {w!r}" for name, w in terms.items() if not finite_number(w) or w < 0]
         if bad:
             raise LossConfigError(f"loss.terms weights must be finite numbers >= 0, got {bad}")
-        if not _number(delta) or delta <= 0:
+        if not finite_number(delta) or delta <= 0:
             raise LossConfigError(f"loss.huber_delta must be a finite number > 0, got {delta!r}")
         if not isinstance(weights, list) or len(weights) != n_targets:
             raise LossConfigError(f"loss.target_weights must be a list of {n_targets} numbers "
                                   f"(one per target), got {weights!r}")
-        if not all(_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        if not all(finite_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
             raise LossConfigError(f"loss.target_weights must be finite numbers >= 0 with a "
                                   f"positive sum, got {weights!r}")
         self.delta = float(delta)
