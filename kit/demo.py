@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import typer
 
@@ -18,7 +17,7 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_file
 from kit.data.io import read_frame
 from kit.errors import KitError
-from kit.metrics import evaluate, scored_truth
+from kit.metrics import evaluate, oracle_fraction, scored_truth
 
 
 def _section(title: str) -> None:
@@ -114,7 +113,8 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
         "score": scored.report.score,
         "per_target": scored.report.per_target,
         "oracle_score": ceiling.score,
-        "fraction_of_oracle": scored.report.score / ceiling.score if ceiling.score else np.nan,
+        "fraction_of_oracle": oracle_fraction(scored.report.score, ceiling.score,
+                                              spec.metric.higher_is_better),
         "parity_max_abs": parity.max_abs,
         "rows_per_s": scored.rows_per_s,
         "us_per_row": scored.us_per_row,

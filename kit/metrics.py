@@ -136,6 +136,20 @@ def evaluate(spec: CompetitionSpec, y_true: np.ndarray, y_pred: np.ndarray) -> M
     )
 
 
+def oracle_fraction(score: float, oracle_score: float, higher_is_better: bool) -> float:
+    """How close a score comes to the oracle's: 1.0 is as good as the oracle, lower is worse.
+
+    score / oracle for metrics where higher is better (weighted Pearson, r2); oracle / score for
+    errors (mae, rmse), where score / oracle would read 1.5 for a model 50% worse. NaN when the
+    ratio is undefined (an oracle scoring 0, or a model with zero error).
+    """
+    if higher_is_better:
+        return score / oracle_score if oracle_score else float("nan")
+    if score == 0.0:
+        return 1.0 if oracle_score == 0.0 else float("nan")
+    return oracle_score / score
+
+
 def scored_truth(
     ids: np.ndarray, need: np.ndarray, features: np.ndarray, targets: np.ndarray | None,
     spec: CompetitionSpec,

@@ -23,7 +23,7 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.config import validation_file
 from kit.data.io import read_frame
 from kit.errors import KitError
-from kit.metrics import MetricReport, evaluate, metric_value, scored_truth
+from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
 BASE_COLUMNS = ("experiment", "run_id", "score")
@@ -140,8 +140,9 @@ def _summary(run_dir: Path, oracle_cache: dict) -> dict:
     oracle = _oracle_report(run_dir, config, oracle_cache)
     if oracle is not None:
         row["oracle_score"] = _finite(oracle.score)
-        if row["score"] is not None and oracle.score:
-            row["oracle_fraction"] = _finite(row["score"] / oracle.score)
+        if row["score"] is not None:
+            row["oracle_fraction"] = _finite(
+                oracle_fraction(row["score"], oracle.score, row["higher_is_better"]))
     return row
 
 

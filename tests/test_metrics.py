@@ -5,7 +5,7 @@ import pytest
 
 from kit.competition import load_spec
 from kit.errors import DataError
-from kit.metrics import evaluate, mae, r2, rmse, scored_truth, weighted_pearson
+from kit.metrics import evaluate, mae, oracle_fraction, r2, rmse, scored_truth, weighted_pearson
 
 
 def transcribed_weighted_pearson(y_true, y_pred):
@@ -130,3 +130,12 @@ def test_scored_truth_targets_protocol_needs_labels():
     spec = load_spec("predictorium")
     with pytest.raises(DataError, match="labelled"):
         scored_truth(np.zeros(2), np.ones(2), np.zeros((2, 32)), None, spec)
+
+
+def test_oracle_fraction_reads_one_for_the_oracle_and_less_for_worse_either_direction():
+    assert oracle_fraction(0.25, 0.5, higher_is_better=True) == 0.5
+    assert oracle_fraction(2.0, 1.0, higher_is_better=False) == 0.5  # twice the oracle's error
+    assert oracle_fraction(1.0, 1.0, higher_is_better=False) == 1.0
+    assert oracle_fraction(0.0, 0.0, higher_is_better=False) == 1.0
+    assert math.isnan(oracle_fraction(0.3, 0.0, higher_is_better=True))
+    assert math.isnan(oracle_fraction(0.0, 0.5, higher_is_better=False))

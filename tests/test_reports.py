@@ -188,6 +188,17 @@ def test_oracle_fraction_is_computed_on_the_runs_rows(runs_root: Path, tmp_path:
     assert fractions["20240101-000000-s1"] != fractions["20240102-000000-s2"]
 
 
+def test_oracle_fraction_of_an_error_metric_is_below_one_for_a_worse_model(tmp_path: Path):
+    # rmse: the oracle's noise is 1.0, a run with noise 2.0 is worse, so its fraction is < 1
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    make_run(tmp_path / "runs", "e", "20240101-000000-s1", valid, spec_path, seed=1, noise=2.0)
+    (run,) = list_runs(tmp_path / "runs")
+    assert run["score"] > run["oracle_score"]  # a larger error than the oracle's
+    assert run["oracle_fraction"] == pytest.approx(run["oracle_score"] / run["score"], abs=1e-12)
+    assert run["oracle_fraction"] < 1.0
+
+
 def test_no_oracle_file_means_no_fraction(tmp_path: Path):
     spec = small_spec()
     valid, spec_path = write_data(tmp_path / "data", spec, oracle=False)
