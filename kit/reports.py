@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import re
 import tomllib
 from pathlib import Path
@@ -37,7 +38,8 @@ HEXBIN_ABOVE = 3000  # points; fewer are drawn as a scatter
 
 
 def read_history(path: Path) -> list[dict]:
-    """The epochs of history.jsonl; a torn last line (a kill mid-write) is skipped."""
+    """The epochs of history.jsonl; a torn last line (a kill mid-write) or a line that is not an
+    epoch record (hand-edited) is skipped, and fields of the wrong type read as missing."""
     if not path.exists():
         return []
     out = []
@@ -45,10 +47,22 @@ def read_history(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict) and _count(record.get("epoch")) is not None:
+            out.append(_history_record(record))
     return out
+
+
+def _history_record(record: dict) -> dict:
+    return record | {
+        "val_score": _finite(record.get("val_score")),
+        "val_per_target": _per_target(record.get("val_per_target")),
+        "train_loss": _finite(record.get("train_loss")),
+        "lr": _finite(record.get("lr")),
+        "seconds": _finite(record.get("seconds")),
+    }
 
 
 def _read_config(run_dir: Path) -> dict:
@@ -62,20 +76,50 @@ def _read_config(run_dir: Path) -> dict:
 
 
 def _read_metrics(run_dir: Path) -> dict | None:
+    """metrics.json as a dict, or None when absent, torn or not an object (the caller then
+    falls back on the history)."""
     path = run_dir / "metrics.json"
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        metrics = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None  # torn write: fall back on the history
+    return metrics if isinstance(metrics, dict) else None
 
 
 def _finite(value) -> float | None:
-    if value is None:
+    """A finite number, or None for anything else (missing, NaN, text in a damaged file)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     value = float(value)
     return value if math.isfinite(value) else None
+
+
+def _count(value) -> int | None:
+    """A whole number >= 0, or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _per_target(value) -> dict[str, float | None]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): _finite(v) for k, v in value.items()}
+
+
+def _load_array(path: Path, what: str) -> np.ndarray:
+    """An .npy file the run wrote; a damaged one is a KitError naming it, not numpy's error."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise KitError(f"{path}: not a readable .npy file ({exc}); it was damaged after the "
+                       "run wrote it") from None
+    if what == "rows" and (array.ndim != 1 or array.dtype.kind not in "iu"):
+        raise KitError(f"{path}: expected a 1-D array of row indices, got {array.dtype} "
+                       f"{array.shape}")
+    return array
 
 
 def _higher_is_better(config: dict) -> bool:
@@ -87,8 +131,8 @@ def _higher_is_better(config: dict) -> bool:
 
 
 def _seed(config: dict, run_id: str) -> int | None:
-    if "seed" in config:
-        return int(config["seed"])
+    if _count(config.get("seed")) is not None:
+        return config["seed"]
     match = re.search(r"-s(\d+)$", run_id)
     return int(match[1]) if match else None
 
@@ -115,17 +159,19 @@ def _summary(run_dir: Path, oracle_cache: dict) -> dict:
         "higher_is_better": _higher_is_better(config),
     }
     if metrics is not None:
+        best_epoch = metrics.get("best_epoch")  # an epoch number, or "swa"
+        epochs = _count(metrics.get("epochs"))
         row.update(
-            params=metrics.get("params"),
-            best_epoch=metrics.get("best_epoch"),
+            params=_count(metrics.get("params")),
+            best_epoch=best_epoch if isinstance(best_epoch, int | str) else None,
             score=_finite(metrics.get("score")),
-            per_target={k: _finite(v) for k, v in (metrics.get("per_target") or {}).items()},
+            per_target=_per_target(metrics.get("per_target")),
             wall_s=_finite(metrics.get("wall_s")),
-            epochs=int(metrics.get("epochs", len(history))),
-            finished=bool(metrics.get("finished", False)),
+            epochs=len(history) if epochs is None else epochs,
+            finished=metrics.get("finished") is True,
         )
     elif history:
-        scored = [r for r in history if _finite(r.get("val_score")) is not None]
+        scored = [r for r in history if r["val_score"] is not None]
         if scored:
             # the trainer flags each new best (it knows the metric's direction)
             flagged = [r for r in scored if r.get("best")]
@@ -133,10 +179,10 @@ def _summary(run_dir: Path, oracle_cache: dict) -> dict:
             best = flagged[-1] if flagged else max(scored, key=lambda r: sign * r["val_score"])
             row.update(
                 best_epoch=best["epoch"],
-                score=_finite(best["val_score"]),
-                per_target={k: _finite(v) for k, v in best["val_per_target"].items()},
+                score=best["val_score"],
+                per_target=best["val_per_target"],
             )
-        row["wall_s"] = float(sum(r.get("seconds", 0.0) for r in history))
+        row["wall_s"] = float(sum(r["seconds"] or 0.0 for r in history))
     oracle = _oracle_report(run_dir, config, oracle_cache)
     if oracle is not None:
         row["oracle_score"] = _finite(oracle.score)
@@ -225,7 +271,7 @@ def _oracle_report(run_dir: Path, config: dict, cache: dict) -> MetricReport | N
         valid = _valid_file(run_dir, config, cache)
         if valid is None or not oracle_path(valid.path).exists():
             return None
-        rows = np.load(rows_path)
+        rows = _load_array(rows_path, "rows")
         key = (
             str(valid.path.resolve()),
             valid.spec.name,
@@ -371,13 +417,15 @@ def _plot_curves(history: list[dict], path: Path, title: str) -> None:
     fig.suptitle(title)
     ax_loss, ax_target, ax_lr = fig.subplots(1, 3)
 
-    loss = [np.nan if r.get("train_loss") is None else r["train_loss"] for r in history]
-    ax_loss.plot(epochs, loss, "o-", color="tab:blue", ms=3, label="train loss")
+    def series(key: str) -> list[float]:  # a missing value is a gap in the line
+        return [np.nan if r[key] is None else r[key] for r in history]
+
+    ax_loss.plot(epochs, series("train_loss"), "o-", color="tab:blue", ms=3, label="train loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("train loss", color="tab:blue")
     ax_score = ax_loss.twinx()
     ax_score.plot(
-        epochs, [r["val_score"] for r in history], "s-", color="tab:orange", ms=3, label="val score"
+        epochs, series("val_score"), "s-", color="tab:orange", ms=3, label="val score"
     )
     if best:
         ax_score.axvline(best[-1], color="grey", ls=":", label=f"best epoch {best[-1]}")
@@ -387,11 +435,12 @@ def _plot_curves(history: list[dict], path: Path, title: str) -> None:
     ax_loss.legend(handles[0] + more[0], handles[1] + more[1], loc="best", fontsize=8)
     ax_loss.set_title("train loss and validation score")
 
-    names = list(history[-1].get("val_per_target") or {})
+    names = list(history[-1]["val_per_target"])
     for name in names:
         ax_target.plot(
             epochs,
-            [(r.get("val_per_target") or {}).get(name, np.nan) for r in history],
+            [np.nan if r["val_per_target"].get(name) is None else r["val_per_target"][name]
+             for r in history],
             "o-",
             ms=3,
             label=name,
@@ -402,7 +451,7 @@ def _plot_curves(history: list[dict], path: Path, title: str) -> None:
     if names:
         ax_target.legend(loc="best", fontsize=8, ncol=1 + len(names) // 8)
 
-    ax_lr.plot(epochs, [r.get("lr", np.nan) for r in history], "o-", color="tab:green", ms=3)
+    ax_lr.plot(epochs, series("lr"), "o-", color="tab:green", ms=3)
     ax_lr.set_xlabel("epoch")
     ax_lr.set_ylabel("learning rate (end of epoch)")
     ax_lr.set_title("learning rate")
@@ -476,7 +525,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         )
     history = read_history(run_dir / "history.jsonl")
     if not history:
-        raise KitError(f"{run_dir / 'history.jsonl'}: no epoch logged yet; nothing to report")
+        written = (run_dir / "history.jsonl").read_text().strip()
+        raise KitError(f"{run_dir / 'history.jsonl'}: " + (
+            "no line is an epoch record (an object with an 'epoch' number); the file was "
+            "damaged or edited" if written else "no epoch logged yet; nothing to report"))
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict = {}
@@ -493,7 +545,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         valid = _valid_file(run_dir, config, cache)
         if valid is None:
             raise KitError(f"validation file {_validated_on(run_dir, config)!r} not found")
-        pred, rows = np.load(preds_path), np.load(rows_path)
+        pred, rows = _load_array(preds_path, "preds"), _load_array(rows_path, "rows")
         if pred.shape != (len(rows), valid.spec.n_outputs):
             raise KitError(
                 f"val_preds.npy has shape {pred.shape}, expected "
@@ -566,7 +618,9 @@ def _markdown(
         cells = f"| {name} | {_fmt(value)} |"
         if oracle is not None:
             o = oracle.per_target.get(name)
-            frac = f"{value / o:.1%}" if value is not None and o else "-"
+            frac = (oracle_fraction(value, o, row["higher_is_better"])
+                    if value is not None and o is not None else None)
+            frac = f"{frac:.1%}" if _finite(frac) is not None else "-"
             cells += f" {_fmt(o)} | {frac} |"
         lines.append(cells)
     lines += ["", "## Plots", "", "![training curves](curves.png)", ""]

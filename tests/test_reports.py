@@ -165,6 +165,59 @@ def test_torn_history_line_is_skipped(runs_root: Path):
     assert run["epochs"] == 2
 
 
+@pytest.mark.parametrize("metrics", [
+    "[1, 2]",  # not an object: read like a torn file, from the history
+    '{"finished": true, "score": "abc", "per_target": [1], "epochs": "x", "params": -3}',
+])  # fmt: skip
+def test_hand_damaged_metrics_json_lists_what_it_can(runs_root: Path, metrics: str):
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    (run / "metrics.json").write_text(metrics)
+    listed = next(r for r in list_runs(runs_root) if r["path"] == str(run))
+    assert listed["epochs"] == 3 and listed["params"] is None
+    if metrics.startswith("["):
+        assert listed["score"] is not None and listed["best_epoch"] == 3
+    else:
+        assert listed["finished"] is True and listed["score"] is None
+        assert listed["per_target"] == {}
+    assert "20240101-000000-s1" in format_runs(list_runs(runs_root))
+    json.dumps(list_runs(runs_root), allow_nan=False)
+    assert write_report(run).exists()
+
+
+def test_hand_damaged_history_and_config_fields_read_as_missing(runs_root: Path):
+    run = runs_root / "beta" / "20240103-000000-s3"
+    lines = (run / "history.jsonl").read_text().splitlines()
+    first = json.loads(lines[0]) | {"seconds": "x", "lr": None, "val_per_target": [0.1]}
+    damaged = [json.dumps(first), "[1, 2]", '{"val_score": 0.5}', lines[1]]
+    (run / "history.jsonl").write_text("\n".join(damaged) + "\n")
+    config = (run / "config.toml").read_text().replace("seed = 3", 'seed = "three"')
+    (run / "config.toml").write_text(config)
+    (listed,) = list_runs(runs_root, experiment="beta")
+    assert listed["epochs"] == 2 and listed["best_epoch"] == 2
+    assert listed["wall_s"] == 3.0  # the second epoch's seconds only
+    assert listed["seed"] == 3  # from the run id, since config.toml's seed is not a number
+    assert (write_report(run).parent / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    (run / "history.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(KitError, match="no line is an epoch record"):
+        write_report(run)
+
+
+@pytest.mark.parametrize("name", ["val_preds.npy", "val_rows.npy"])
+def test_damaged_prediction_files_are_named_in_the_report(runs_root: Path, name: str):
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    (run / name).write_bytes(b"garbage")
+    listed = next(r for r in list_runs(runs_root) if r["path"] == str(run))
+    assert listed["score"] is not None  # the listing does not need them
+    text = write_report(run).read_text()
+    assert f"pred_vs_true.png not drawn: {run / name}: not a readable .npy file" in text
+
+
+def test_row_indices_that_are_not_integers_are_refused(runs_root: Path):
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    np.save(run / "val_rows.npy", np.load(run / "val_rows.npy").astype(np.float64))
+    assert "expected a 1-D array of row indices" in write_report(run).read_text()
+
+
 def test_experiment_filter(runs_root: Path):
     assert {r["experiment"] for r in list_runs(runs_root, experiment="alpha")} == {"alpha"}
     with pytest.raises(KitError, match="alpha"):
