@@ -19,7 +19,6 @@ candidate at every step.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import tomllib
@@ -34,6 +33,7 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.config import validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
+from kit.run_record import is_finished, load_array, read_config, read_metrics
 
 ENSEMBLES_DIR = Path("runs/ensembles")
 QUADRATIC = ("weighted_pearson", "r2", "rmse")
@@ -58,52 +58,43 @@ class Candidate:
 
 
 def _read_config(run: Path) -> dict:
-    path = run / "config.toml"
-    if not path.is_file():
+    if not (run / "config.toml").is_file():
         raise EnsembleError(f"{run}: no config.toml; is this a run directory?")
-    return tomllib.loads(path.read_text())
+    return read_config(run)
 
 
 def load_candidate(path: Path) -> Candidate:
     """A run directory (val_preds.npy) or an out-of-fold directory (oof_preds.npy)."""
     path = Path(path).resolve()
-    metrics = path / "metrics.json"
-    try:
-        summary = json.loads(metrics.read_text())
-    except (OSError, ValueError):
+    summary = read_metrics(path)
+    if summary is None:
         raise EnsembleError(f"{path}: no readable metrics.json: not a finished run (a run "
-                            "still training, or killed, is not a candidate)") from None
-    if not summary.get("finished", False):
+                            "still training, or killed, is not a candidate)")
+    if summary.get("finished") is not True:
         raise EnsembleError(f"{path}: the run has not finished (metrics.json says so); "
                             "finish it with kit train --resume first")
     if (path / "oof_preds.npy").is_file():
-        runs = [Path(r).resolve() for r in summary.get("runs", [])]
+        listed = summary.get("runs")
+        runs = [Path(r).resolve() for r in listed] if isinstance(listed, list) else []
         if not runs:
             raise EnsembleError(f"{path}: the out-of-fold group names no fold runs")
         config = _read_config(runs[0])
-        preds, rows = np.load(path / "oof_preds.npy"), np.load(path / "oof_rows.npy")
+        preds, rows = (load_array(path / f"oof_{kind}.npy", kind) for kind in ("preds", "rows"))
         data = Path(config["data"]["train"])
     elif (path / "val_preds.npy").is_file():
         config = _read_config(path)
         runs = [path]
-        preds, rows = np.load(path / "val_preds.npy"), np.load(path / "val_rows.npy")
+        preds, rows = (load_array(path / f"val_{kind}.npy", kind) for kind in ("preds", "rows"))
         # a fold run or a split run validated on part of the train file: rows index that file
         data = Path(validation_file(config, summary))
     else:
         raise EnsembleError(f"{path}: neither val_preds.npy (a finished run) nor oof_preds.npy "
                             "(an out-of-fold group): nothing to select from")
-    if preds.ndim != 2 or len(preds) != len(rows):
+    if len(preds) != len(rows):
         raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
     name = f"{path.parent.name}/{path.name}"
     return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
                      data, load_spec(config.get("spec")))
-
-
-def _finished(run: Path) -> bool:
-    try:
-        return bool(json.loads((run / "metrics.json").read_text()).get("finished"))
-    except (OSError, ValueError):
-        return False
 
 
 def expand_candidates(paths: list[Path]) -> list[Path]:
@@ -117,7 +108,7 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
             inside = sorted(p for p in path.iterdir() if p.is_dir() and "-fold" not in p.name
                             and ((p / "val_preds.npy").is_file()
                                  or (p / "oof_preds.npy").is_file())
-                            and _finished(p))
+                            and is_finished(p))
             if not inside:
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside

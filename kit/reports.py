@@ -14,7 +14,6 @@ import json
 import math
 import numbers
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from kit.config import validation_file
 from kit.data.io import read_frame
 from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
+from kit.run_record import load_array, read_config, read_metrics
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
 BASE_COLUMNS = ("experiment", "run_id", "score")
@@ -65,29 +65,6 @@ def _history_record(record: dict) -> dict:
     }
 
 
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / "config.toml"
-    if not path.exists():
-        return {}
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise KitError(f"{path}: not valid TOML ({exc})") from None
-
-
-def _read_metrics(run_dir: Path) -> dict | None:
-    """metrics.json as a dict, or None when absent, torn or not an object (the caller then
-    falls back on the history)."""
-    path = run_dir / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # torn write: fall back on the history
-    return metrics if isinstance(metrics, dict) else None
-
-
 def _finite(value) -> float | None:
     """A finite number, or None for anything else (missing, NaN, text in a damaged file)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -109,19 +86,6 @@ def _per_target(value) -> dict[str, float | None]:
     return {str(k): _finite(v) for k, v in value.items()}
 
 
-def _load_array(path: Path, what: str) -> np.ndarray:
-    """An .npy file the run wrote; a damaged one is a KitError naming it, not numpy's error."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise KitError(f"{path}: not a readable .npy file ({exc}); it was damaged after the "
-                       "run wrote it") from None
-    if what == "rows" and (array.ndim != 1 or array.dtype.kind not in "iu"):
-        raise KitError(f"{path}: expected a 1-D array of row indices, got {array.dtype} "
-                       f"{array.shape}")
-    return array
-
-
 def _higher_is_better(config: dict) -> bool:
     """The direction of the run's metric (weighted Pearson: up; mae/rmse: down)."""
     try:
@@ -139,9 +103,9 @@ def _seed(config: dict, run_id: str) -> int | None:
 
 def _summary(run_dir: Path, oracle_cache: dict) -> dict:
     """One run's row: metrics.json when present, else what its history says."""
-    config = _read_config(run_dir)
+    config = read_config(run_dir)
     history = read_history(run_dir / "history.jsonl")
-    metrics = _read_metrics(run_dir)
+    metrics = read_metrics(run_dir)
     row = {
         "experiment": run_dir.parent.name,
         "run_id": run_dir.name,
@@ -248,7 +212,7 @@ class ValidFile:
 
 def _validated_on(run_dir: Path, config: dict) -> str | None:
     """The path of the file the run validated on (the train file for fold and split runs)."""
-    return validation_file(config, _read_metrics(run_dir))
+    return validation_file(config, read_metrics(run_dir))
 
 
 def _valid_file(run_dir: Path, config: dict, cache: dict) -> ValidFile | None:
@@ -271,7 +235,7 @@ def _oracle_report(run_dir: Path, config: dict, cache: dict) -> MetricReport | N
         valid = _valid_file(run_dir, config, cache)
         if valid is None or not oracle_path(valid.path).exists():
             return None
-        rows = _load_array(rows_path, "rows")
+        rows = load_array(rows_path, "rows")
         key = (
             str(valid.path.resolve()),
             valid.spec.name,
@@ -532,7 +496,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict = {}
-    config = _read_config(run_dir)
+    config = read_config(run_dir)
     row = _summary(run_dir, cache)
     title = f"{row['experiment']}/{row['run_id']}"
 
@@ -545,7 +509,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         valid = _valid_file(run_dir, config, cache)
         if valid is None:
             raise KitError(f"validation file {_validated_on(run_dir, config)!r} not found")
-        pred, rows = _load_array(preds_path, "preds"), _load_array(rows_path, "rows")
+        pred, rows = load_array(preds_path, "preds"), load_array(rows_path, "rows")
         if pred.shape != (len(rows), valid.spec.n_outputs):
             raise KitError(
                 f"val_preds.npy has shape {pred.shape}, expected "

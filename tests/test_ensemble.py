@@ -22,6 +22,7 @@ from kit.ensemble import (
     tune_postprocess,
     write_ensemble,
 )
+from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted, postprocess_numpy
 from kit.export.frozen import load_member, stream_steps
 from kit.export.pack import PackError, pack_ensemble
@@ -450,6 +451,28 @@ def test_unfinished_runs_are_not_candidates(runs, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     (run / "metrics.json").write_text(json.dumps({**metrics, "finished": False}))
     with pytest.raises(EnsembleError, match="has not finished"):
+        select_ensemble([run, runs["lstm"]], iters=2, out=tmp_path / "e.toml")
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("metrics.json", "[1]", "no readable metrics.json"),
+    ("metrics.json", b"\xff\xfe", "no readable metrics.json"),
+    ("val_preds.npy", b"garbage", "val_preds.npy: not a readable .npy file"),
+    ("val_rows.npy", np.zeros(3, dtype=np.float64), "val_rows.npy: expected a 1-D array of row"),
+    ("config.toml", "seed = [1", "config.toml: not valid TOML"),
+])  # fmt: skip
+def test_damaged_run_files_are_named_not_tracebacks(runs, tmp_path, name, content, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["gru"], run)
+    if isinstance(content, np.ndarray):
+        np.save(run / name, content)
+    elif isinstance(content, bytes):
+        (run / name).write_bytes(content)
+    else:
+        (run / name).write_text(content)
+    with pytest.raises(KitError, match=message):
         select_ensemble([run, runs["lstm"]], iters=2, out=tmp_path / "e.toml")
 
 

@@ -191,6 +191,9 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
         os.utime(folder / "last.pt", (stamp, stamp))
     (tmp_path / "exp" / "20261202-050000-s1" / "metrics.json").write_text('{"finished": true}')
     assert resumable_run("exp", tmp_path).name == "20261202-043002-s7"
+    # a metrics.json torn by a kill says nothing: the run is unfinished, not a traceback
+    (tmp_path / "exp" / "20261202-050000-s1" / "metrics.json").write_text('{"finished": tr')
+    assert resumable_run("exp", tmp_path).name == "20261202-050000-s1"
     out = run_cli("train", "exp=tiny", "--resume", "--run-dir", tmp_path / "nowhere",
                   expect=2).output
     assert "not a run directory" in out and "Traceback" not in out

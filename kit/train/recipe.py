@@ -13,6 +13,7 @@ import torch
 
 from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
+from kit.run_record import is_finished
 from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, new_run_id
 
 
@@ -41,8 +42,7 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
     candidates = sorted((runs_dir / experiment).glob("*/last.pt"),
                         key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for last in candidates:
-        metrics = last.parent / "metrics.json"
-        if not metrics.exists() or not json.loads(metrics.read_text()).get("finished", False):
+        if not is_finished(last.parent):
             return last.parent
     raise ConfigError(f"no unfinished run of {experiment!r} under {runs_dir / experiment} to "
                       "resume; start one without --resume")
