@@ -268,6 +268,8 @@ def train(
                        f"over {result['folds']} folds")
             continue
         state = "finished" if result["finished"] else "paused (--resume to continue)"
+        if result.get("diverged"):
+            state = f"stopped early: training diverged ({result['diverged']})"
         typer.echo(f"{result['run_dir']}: score {result['score']:.4f} ({per}), best epoch "
                    f"{result['best_epoch']}, {result['params']:,} params, {state}")
 

@@ -407,6 +407,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
     import optuna
 
     from kit.train.recipe import train_one
+    from kit.train.trainer import TrainingDiverged
 
     def run(trial) -> float:
         values = suggest(trial, setup.params, setup.base)
@@ -428,7 +429,12 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
             trial.report(score, epoch)
             return trial.should_prune()
 
-        metrics = train_one(config, files, progress=progress, on_epoch=on_epoch)
+        try:
+            metrics = train_one(config, files, progress=progress, on_epoch=on_epoch)
+        except TrainingDiverged as exc:  # these values diverge: a failed trial, not a failed sweep
+            trial.set_user_attr("diverged", str(exc))
+            print(f"trial {trial.number}: {exc}", file=sys.stderr, flush=True)
+            return float("nan")  # Optuna records the trial as failed and samples on
         if metrics.get("pruned"):
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs']}")
         return metrics["score"]

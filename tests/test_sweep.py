@@ -97,6 +97,21 @@ def test_the_pruner_stops_trials_through_the_per_epoch_reports(sweep_env, monkey
         assert metrics["pruned"] and metrics["finished"]  # done: never picked by --resume
 
 
+def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(sweep_env, workspace):
+    import polars as pl
+
+    # targets of 1e30: every trial's first batch overflows, before any epoch scores
+    frame = pl.read_parquet(workspace / "data" / "train.parquet")
+    frame.with_columns(pl.col("t0") * 1e30).write_parquet(sweep_env / "extreme.parquet")
+    result = run_cli("sweep", "exp=tiny", "--trials", 2, "-q",
+                     f"data.train={sweep_env / 'extreme.parquet'}")
+    assert "Traceback" not in result.output
+    trials = _study(_sqlite(sweep_env)).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all("training diverged" in t.user_attrs["diverged"] for t in trials)
+    assert "fail" in result.output
+
+
 def test_a_journal_file_storage_works_unchanged(sweep_env):
     url = f"journal:{sweep_env / 'shared' / 'study.log'}"
     run_cli("sweep", "exp=tiny", "--trials", 2, "--storage", url, "-q")

@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny generated competition, through the CLI and the recipe."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -231,6 +232,54 @@ def test_bad_runs_fail_in_one_line_before_training(env, tmp_path, args, message)
     out = run_cli("train", "exp=tiny", *args, "-q", expect=2).output
     assert re.search(message, out) and "Traceback" not in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "one").exists()
+
+
+def test_a_run_that_diverges_at_once_fails_naming_the_cause(env, tmp_path):
+    # targets of 1e30: the first batch's loss overflows float32 before any epoch scores
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    frame.with_columns(pl.col("t0") * 1e30).write_parquet(tmp_path / "extreme.parquet")
+    run = tmp_path / "runs" / "tiny" / "extreme-run"
+    out = run_cli("train", "exp=tiny", f"data.train={tmp_path / 'extreme.parquet'}",
+                  "--run-dir", run, "-q", expect=2).output
+    assert "training diverged (train loss inf in batch 1 of epoch 1)" in out
+    assert "no best.pt" in out and "Lower train.lr" in out and "Traceback" not in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] is True and metrics["score"] is None  # never resumed
+    assert metrics["diverged"].startswith("train loss inf")
+    assert not (run / "best.pt").exists()
+    (listed,) = [line.split() for line in run_cli("runs").output.splitlines()
+                 if "extreme-run" in line]
+    assert listed[2] == "-"  # no score, and no crash
+
+
+def test_a_run_that_diverges_later_keeps_its_best_epoch(env, tmp_path):
+    out = run_cli("train", "exp=tiny", "train.lr=1e9", "train.epochs=6", "--run-dir",
+                  tmp_path / "r", "-q").output
+    assert "stopped early: training diverged (train loss" in out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    history = (tmp_path / "r" / "history.jsonl").read_text()
+    assert metrics["finished"] is True and metrics["best_epoch"] >= 1
+    assert metrics["epochs"] < 6 and (tmp_path / "r" / "best.pt").exists()
+    assert "NaN" not in history and "Infinity" not in history  # strict JSON
+
+
+def test_a_validation_score_that_is_not_a_number_stops_the_run(env, tmp_path, monkeypatch):
+    from kit.train import trainer
+    from kit.train.recipe import experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    real = trainer.validate
+
+    def nan_scores(*args):  # fault injection: the model's validation predictions are NaN
+        report, rows = real(*args)
+        report.score, report.per_target = math.nan, dict.fromkeys(report.per_target, math.nan)
+        return report, rows
+
+    monkeypatch.setattr(trainer, "validate", nan_scores)
+    with pytest.raises(trainer.TrainingDiverged, match="validation score nan after epoch 1"):
+        train_one(experiment_config("tiny", []), RunFiles(tmp_path / "r"), progress=False)
+    (record,) = [json.loads(line) for line in (tmp_path / "r" / "history.jsonl").open()]
+    assert record["val_score"] is None and record["val_per_target"] == {"t0": None, "t1": None}
 
 
 def test_ablate_and_demo_check_their_options_first(env, tmp_path):

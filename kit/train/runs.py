@@ -9,6 +9,7 @@ their row index in the valid file: the ensembler's input).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -30,9 +31,12 @@ def new_run_id(seed: int) -> str:
 
 def epoch_line(record: dict) -> str:
     """One history.jsonl record as the trainer prints it (`  *`: a new best)."""
-    per = "  ".join(f"{k} {v:.4f}" for k, v in record["val_per_target"].items())
-    return (f"epoch {record['epoch']}: loss {record['train_loss'] or 0:.4f}  "
-            f"val {record['val_score']:.4f} ({per}){'  *' if record['best'] else ''}")
+    def number(value) -> str:  # history.jsonl holds null where the value was NaN or inf
+        return "nan" if value is None else f"{value:.4f}"
+
+    per = "  ".join(f"{k} {number(v)}" for k, v in record["val_per_target"].items())
+    return (f"epoch {record['epoch']}: loss {number(record['train_loss'])}  "
+            f"val {number(record['val_score'])} ({per}){'  *' if record['best'] else ''}")
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -70,8 +74,8 @@ class RunFiles:
         self.about = about
 
     def append_history(self, record: dict) -> None:
-        with open(self.history, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        with open(self.history, "a") as fh:  # strict JSON: a NaN or inf is written as null
+            fh.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
 
     def truncate_history(self, epochs: int) -> None:
         """Keep the first `epochs` lines: a killed run may have logged an epoch past last.pt."""
@@ -96,22 +100,29 @@ class RunFiles:
         np.save(self.val_rows, data.valid.rows.astype(np.int64))
 
     def write_metrics(self, finished: bool, sign: float = 1.0,
-                      swa: MetricReport | None = None, pruned: bool = False) -> dict:
+                      swa: MetricReport | None = None, pruned: bool = False,
+                      diverged: str = "") -> dict:
         """metrics.json: the best epoch (or "swa" when the weight average beat every epoch);
-        sign is -1 for metrics where lower is better."""
-        history = [json.loads(line) for line in self.history.read_text().splitlines()]
-        best = max(history, key=lambda r: sign * r["val_score"])
+        sign is -1 for metrics where lower is better. Without a scored epoch (the run diverged
+        at once) best_epoch and score are null."""
+        history = [json.loads(line) for line in self.history.read_text().splitlines()] \
+            if self.history.exists() else []
+        scored = [r for r in history if r["val_score"] is not None]
+        best = max(scored, key=lambda r: sign * r["val_score"]) if scored else None
+        if swa:
+            best = {"epoch": "swa", "val_score": swa.score, "val_per_target": swa.per_target}
         metrics = {
             "finished": finished,
             **({"pruned": True} if pruned else {}),
-            "best_epoch": "swa" if swa else best["epoch"],
-            "score": swa.score if swa else best["val_score"],
-            "per_target": swa.per_target if swa else best["val_per_target"],
+            **({"diverged": diverged} if diverged else {}),
+            "best_epoch": best and best["epoch"],
+            "score": best and best["val_score"],
+            "per_target": best["val_per_target"] if best else {},
             "epochs": len(history),
             "wall_s": sum(r["seconds"] for r in history),
             **self.about.get("summary", {}),
         }
-        _atomic_text(self.metrics, json.dumps(metrics, indent=2))
+        _atomic_text(self.metrics, json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
         return metrics
 
     def tensorboard(self):
@@ -123,6 +134,17 @@ class RunFiles:
             raise ConfigError("train.tensorboard = true needs the tensorboard package: "
                               "pip install tensorboard") from None
         return SummaryWriter(str(self.root / "tensorboard"))
+
+
+def _json_safe(value):
+    """NaN and inf have no JSON form (json.dumps writes NaN, which strict readers refuse)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _toml_safe(value):

@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from kit.config import CHOICES, ConfigError
+from kit.errors import KitError
 from kit.metrics import evaluate
 from kit.train.checkpoint import load_checkpoint, save_checkpoint
 from kit.train.data import Split, TrainData
@@ -24,6 +25,10 @@ from kit.train.losses import MaskedLoss
 from kit.train.runs import RunFiles, epoch_line
 
 SCHEDULES = CHOICES["train.schedule"]
+
+
+class TrainingDiverged(KitError):
+    """The loss or the validation score stopped being a number before any epoch scored."""
 
 
 def make_schedule(optimizer, train: dict, steps_per_epoch: int):
@@ -135,7 +140,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
         files.truncate_history(start_epoch)
 
-    epochs_run, paused, pruned = 0, False, False
+    epochs_run, paused, pruned, diverged = 0, False, False, ""
     for epoch in range(start_epoch, train["epochs"]):
         if bad_epochs >= train["patience"]:
             break  # early stopping
@@ -163,6 +168,10 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     pred, state = model(x[:, lo:hi], state)
                     loss = loss_fn(pred, y[:, lo:hi], mask[:, lo:hi])
+                value = loss.item()
+                if not math.isfinite(value):  # stop before the step spreads it into the weights
+                    diverged = f"train loss {value} in batch {b + 1} of epoch {epoch + 1}"
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 if train["grad_clip"] > 0:
@@ -175,19 +184,25 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
                 if ema is not None:
                     ema.update_parameters(model)
                 state = [s.detach() for s in state]
-                losses.append(loss.item())
+                losses.append(value)
                 # Drop this chunk's graph now, not when the next forward rebinds the names: the
                 # next forward then reuses its memory instead of faulting in fresh pages
                 # (bench_train: 47 -> 60+ sequences/s on these VMs).
                 del pred, loss
             del x, y, mask  # the same: the next batch's copies reuse this memory
+            if diverged:
+                break
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}" if losses else "-")
+        if diverged:
+            break  # the weights are those of the last finished epoch; last.pt is not touched
         if swa is not None and epoch + 1 >= train["swa_start"]:
             swa.update_parameters(model)
 
         scored = ema.module if ema is not None else model
         report, rows_pred = validate(scored, data, train["batch_size"], device)
-        if not per_step_schedule:
+        if not math.isfinite(report.score):
+            diverged = f"validation score {report.score} after epoch {epoch + 1}"
+        if not per_step_schedule and not diverged:
             schedule.step(sign * report.score)
         improved = sign * report.score > best
         if improved:
@@ -213,6 +228,8 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
         }, files.last)
         epochs_run += 1
+        if diverged:
+            break
         if on_epoch is not None and on_epoch(epoch + 1, report.score):
             pruned = True
             break
@@ -226,5 +243,14 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             swa_won = report
     if writer is not None:
         writer.close()
-    metrics = files.write_metrics(finished=finished, sign=sign, swa=swa_won, pruned=pruned)
+    metrics = files.write_metrics(finished=finished, sign=sign, swa=swa_won, pruned=pruned,
+                                  diverged=diverged)
+    if diverged and metrics["score"] is None:
+        raise TrainingDiverged(
+            f"{files.root}: training diverged ({diverged}) before any epoch scored, so there is "
+            f"no best.pt. Lower train.lr (now {train['lr']}), set train.grad_clip (now "
+            f"{train['grad_clip']}), or look for extreme values in the data")
+    if diverged:
+        tqdm.write(f"{files.root}: stopped, training diverged ({diverged}); best.pt keeps "
+                   f"epoch {metrics['best_epoch']}")
     return metrics
