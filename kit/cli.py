@@ -233,7 +233,8 @@ def train(
     exp: str = typer.Argument(..., help="Experiment: exp=NAME, NAME or a TOML path; then "
                                         "overrides such as train.lr=3e-4 seed=43 seeds=[1,2]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the newest unfinished run "
-                                                         "of this experiment from last.pt."),
+                                "of this experiment from last.pt; with seeds= or --folds, the "
+                                "newest unfinished group they started (repeat the command)."),
     run_dir: Path | None = typer.Option(None, help="Run directory (default: runs/EXP/ID)."),
     stop_after_epochs: int = typer.Option(0, help="Train at most N epochs now (resume later)."),
     folds: int = typer.Option(0, help="K-fold by sequence on the train file: one run per "

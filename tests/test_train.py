@@ -402,6 +402,62 @@ def test_folds_train_one_run_per_fold_with_out_of_fold_predictions(env, tmp_path
         assert "(fold" in report
 
 
+def _histories(folder: Path) -> dict[str, int]:
+    return {run.name: len((run / "history.jsonl").read_text().splitlines())
+            for run in sorted(folder.iterdir()) if (run / "history.jsonl").exists()}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_resume_continues_every_seed_of_the_group_the_command_started(env, tmp_path, jobs):
+    seeds = ["seeds=[3,4,5]", "--jobs", jobs, "-q"]
+    run_cli("train", "exp=tiny", *seeds, "--stop-after-epochs", 1)
+    exp = tmp_path / "runs" / "tiny"
+    runs = sorted(exp.iterdir())
+    assert len({run.name.split("-s")[0] for run in runs}) == 1  # one stamp for the group
+    assert list(_histories(exp).values()) == [1, 1, 1]
+    # a session at a time: each seed moves on by one epoch (not the newest run three times)
+    run_cli("train", "exp=tiny", *seeds, "--stop-after-epochs", 1, "--resume")
+    assert list(_histories(exp).values()) == [2, 2, 2]
+    # seed 5 killed before its first checkpoint: it starts over in its own folder
+    (runs[2] / "last.pt").unlink()
+    (runs[2] / "metrics.json").unlink()
+    out = run_cli("train", "exp=tiny", *seeds, "--resume").output
+    assert sorted(exp.iterdir()) == runs and list(_histories(exp).values()) == [3, 3, 3]
+    assert all(json.loads((run / "metrics.json").read_text())["finished"] for run in runs)
+    assert out.count("finished") == 3
+    # the resumed group ends where uninterrupted runs end
+    threads = tomllib.loads((runs[1] / "config.toml").read_text())["train"]["threads"]
+    run_cli("train", "exp=tiny", "seed=4", f"train.threads={threads}", "--run-dir",
+            tmp_path / "alone", "-q")
+    alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())
+    assert json.loads((runs[1] / "metrics.json").read_text())["score"] == pytest.approx(
+        alone["score"], abs=1e-6)
+    # nothing left to continue: said, not guessed
+    out = run_cli("train", "exp=tiny", *seeds, "--resume", expect=2).output
+    assert "no unfinished group of runs of seeds [3, 4, 5]" in out
+
+
+def test_resume_of_folds_finishes_the_folds_then_the_out_of_fold_result(env, tmp_path):
+    run_cli("train", "exp=tiny", "--folds", 2, "--stop-after-epochs", 1, "-q")
+    exp = tmp_path / "runs" / "tiny"
+    assert list(_histories(exp).values()) == [1, 1] and not list(exp.glob("*-oof"))
+    run_cli("train", "exp=tiny", "--folds", 2, "--resume", "-q")
+    assert list(_histories(exp).values()) == [3, 3]
+    (oof,) = exp.glob("*-oof")
+    assert json.loads((oof / "metrics.json").read_text())["finished"]
+    # an uninterrupted fold group ends at the same out-of-fold predictions
+    from kit.train.recipe import train_experiment
+
+    whole = tmp_path / "whole"
+
+    train_experiment("tiny", folds=2, progress=False, runs_dir=whole)
+    (whole_oof,) = (whole / "tiny").glob("*-oof")
+    np.testing.assert_allclose(np.load(oof / "oof_preds.npy"),
+                               np.load(whole_oof / "oof_preds.npy"), atol=1e-5)
+    out = run_cli("train", "exp=tiny", "--folds", 2, "--resume", expect=2).output
+    assert "no unfinished group of 2-fold runs" in out
+
+
 def test_the_same_seed_trains_the_same_model(env, tmp_path):
     for name in ("a", "b"):
         run_cli("train", "exp=tiny", "train.epochs=1", "--run-dir", tmp_path / name, "-q")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -13,8 +14,8 @@ import torch
 
 from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
-from kit.run_record import is_finished
-from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, new_run_id
+from kit.run_record import is_finished, load_array, read_metrics
+from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, new_run_id, new_stamp
 
 
 def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
@@ -61,8 +62,9 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     check_config(base)
     if not resume:  # a resumed run reads its own config's files (train_one checks them)
         check_data_files(base["data"])
-    if folds and (resume or run_dir):
-        raise ConfigError("--folds starts new runs: it does not combine with --resume/--run-dir")
+    if folds and run_dir:
+        raise ConfigError("--folds names its own run directories: it does not combine with "
+                          "--run-dir")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     if stop_after_epochs < 0:
@@ -75,27 +77,78 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         raise ConfigError("--run-dir names one run: it does not combine with several seeds")
     if seeds and len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
-    if jobs > 1 and len(seeds or []) > 1:
-        if folds or resume or run_dir:
-            raise ConfigError("--jobs trains several seeds as new runs: it does not combine "
-                              "with --folds, --resume or --run-dir")
+    # --resume of one run: the newest unfinished run; of a group (seeds=, --folds): the group
+    group_resume = resume and not run_dir and (seeds is not None or folds > 0)
+    seeds = seeds or [base["seed"]]
+    stamp = (resumable_group(runs_dir / base["name"], seeds, folds) if group_resume
+             else new_stamp())
+    if jobs > 1 and len(seeds) > 1:
+        if folds or run_dir or (resume and not group_resume):
+            raise ConfigError("--jobs trains several seeds at once: it does not combine with "
+                              "--folds or --run-dir")
         return train_seeds_in_parallel(exp, overrides, base, seeds, jobs, runs_dir,
-                                       stop_after_epochs, progress)
+                                       stop_after_epochs, progress, stamp)
     results = []
-    for seed in seeds or [base["seed"]]:
+    for seed in seeds:
         config = {**base, "seed": seed}
         if folds:
-            results += _train_folds(config, folds, runs_dir, progress)
-            continue
-        if resume:
+            results += _train_folds(config, folds, runs_dir, progress, stamp, overrides,
+                                    stop_after_epochs)
+        elif group_resume:
+            files = RunFiles(runs_dir / config["name"] / new_run_id(seed, stamp))
+            results.append(continue_run(config, files, overrides, stop_after_epochs, progress))
+        elif resume:
             files = RunFiles(run_dir or resumable_run(config["name"], runs_dir))
-            config = stored_config(files, overrides)
+            results.append(train_one(stored_config(files, overrides), files, resume=True,
+                                     stop_after_epochs=stop_after_epochs, progress=progress))
         else:
-            files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed))
+            files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed, stamp))
             files.refuse_reuse()
-        results.append(train_one(config, files, resume=resume,
-                                  stop_after_epochs=stop_after_epochs, progress=progress))
+            results.append(train_one(config, files, stop_after_epochs=stop_after_epochs,
+                                     progress=progress))
     return results
+
+
+GROUP_MEMBER = re.compile(r"^(\d{8}-\d{6})-s(\d+)(?:-fold\d+of(\d+)|(-oof))?$")
+
+
+def resumable_group(exp_dir: Path, seeds: list[int], folds: int) -> str:
+    """The stamp of the newest group of runs (those one command started) that used only these
+    seeds (with --folds: as fold runs of the same K) and lacks a finished run, or out-of-fold
+    result with --folds, for one of them."""
+    stamps: dict[str, list[tuple[int, int]]] = {}
+    for folder in sorted(exp_dir.iterdir()) if exp_dir.is_dir() else []:
+        match = GROUP_MEMBER.match(folder.name)
+        if match and folder.is_dir():
+            k = int(match[3]) if match[3] else (-1 if match[4] else 0)  # -1: the oof folder
+            stamps.setdefault(match[1], []).append((int(match[2]), k))
+    for stamp in sorted(stamps, reverse=True):
+        members = stamps[stamp]
+        if any(seed not in seeds or k not in ((folds, -1) if folds else (0,))
+               for seed, k in members):
+            continue
+        ends = [exp_dir / f"{new_run_id(seed, stamp)}{'-oof' if folds else ''}"
+                for seed in seeds]
+        if not all(is_finished(end) for end in ends):
+            return stamp
+    what = f"{folds}-fold runs" if folds else "runs"
+    raise ConfigError(f"no unfinished group of {what} of seeds {seeds} under {exp_dir} to "
+                      "resume; start it without --resume")
+
+
+def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
+                 stop_after_epochs: int, progress: bool,
+                 fold: tuple[int, int] | None = None) -> dict:
+    """One member of a resumed group: kept when finished, resumed from its last.pt, else
+    (never started, or killed before its first checkpoint) trained from the start."""
+    if is_finished(files.root):
+        return read_metrics(files.root) | {"run_dir": str(files.root)}
+    if files.last.exists():
+        return train_one(stored_config(files, overrides), files, fold=fold, resume=True,
+                         stop_after_epochs=stop_after_epochs, progress=progress)
+    files.discard_unstarted()
+    return train_one(config, files, fold=fold, stop_after_epochs=stop_after_epochs,
+                     progress=progress)
 
 
 def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
@@ -117,7 +170,8 @@ def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
 
 def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
                             seeds: list[int], jobs: int, runs_dir: Path,
-                            stop_after_epochs: int, progress: bool = True) -> list[dict]:
+                            stop_after_epochs: int, progress: bool = True,
+                            stamp: str | None = None) -> list[dict]:
     """Each seed as its own `kit train` process, at most `jobs` at a time, the machine's cores
     shared between them: a small model trains about as fast on one thread as on two, so two
     seeds at once take the time of one. The feature arrays are cached first, so the workers
@@ -134,21 +188,29 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath()}
-    dirs = [runs_dir / base["name"] / new_run_id(seed) for seed in seeds]
-    queued = [([sys.executable, "-m", "kit", "train", exp, *list(overrides or []),
-                f"seed={seed}", f"train.threads={threads}", "--run-dir", str(folder),
-                "--stop-after-epochs", str(stop_after_epochs), "--quiet"], env)
-              for seed, folder in zip(seeds, dirs, strict=True)]
-    report = EpochLines(seeds, dirs) if progress else None
+    stamp = stamp or new_stamp()
+    dirs = [runs_dir / base["name"] / new_run_id(seed, stamp) for seed in seeds]
+    queued, running = [], []  # a resumed group: finished members are kept as they are
+    for seed, folder in zip(seeds, dirs, strict=True):
+        if is_finished(folder):
+            continue
+        files = RunFiles(folder)
+        files.discard_unstarted()
+        # a resumed run keeps its own config.toml (threads included): only the seed is passed
+        how = (["--resume"] if files.last.exists() else [f"train.threads={threads}"])
+        queued.append(([sys.executable, "-m", "kit", "train", exp, *list(overrides or []),
+                        f"seed={seed}", *how, "--run-dir", str(folder),
+                        "--stop-after-epochs", str(stop_after_epochs), "--quiet"], env))
+        running.append((seed, folder))
+    report = EpochLines(*zip(*running, strict=True)) if progress and running else None
     with WorkerGroup() as group:  # workers print errors; the progress and result lines are ours
         codes = group.wait(queued, jobs, on_poll=report, stdout=subprocess.DEVNULL)
-    failed = [f"seed {seed} (exit {code})" for seed, code in zip(seeds, codes, strict=True)
-              if code]
+    failed = [f"seed {seed} (exit {code})"
+              for (seed, _), code in zip(running, codes, strict=True) if code]
     if failed:
         raise KitError(f"training failed for {', '.join(failed)}; its error is printed above, "
                        f"and the other seeds' runs are in {runs_dir / base['name']}")
-    return [json.loads((folder / "metrics.json").read_text()) | {"run_dir": str(folder)}
-            for folder in dirs]
+    return [read_metrics(folder) | {"run_dir": str(folder)} for folder in dirs]
 
 
 class EpochLines:
@@ -197,24 +259,32 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     return {**metrics, "run_dir": str(files.root)}
 
 
-def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool) -> list[dict]:
+def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: str,
+                 overrides: list[str] | None, stop_after_epochs: int) -> list[dict]:
     """One run per fold of the train file, then their out-of-fold predictions together.
 
     runs/<exp>/<id>-fold<i>of<k>/ are ordinary runs (validated on their held-out fold; their
     val_rows index the train file); runs/<exp>/<id>-oof/ holds oof_preds.npy + oof_rows.npy
-    (every scored train row exactly once) and the OOF metric in metrics.json.
+    (every scored train row exactly once) and the OOF metric in metrics.json. A resumed group
+    keeps its finished folds and continues the others; the out-of-fold result waits until every
+    fold has finished (a fold paused by --stop-after-epochs leaves it to the next --resume).
     """
     from kit.metrics import evaluate
     from kit.train.data import load_train_data
 
-    group = new_run_id(config["seed"])
-    results, preds, rows, truth = [], [], [], []
+    group = new_run_id(config["seed"], stamp)
+    results = []
     for i in range(k):
         files = RunFiles(runs_dir / config["name"] / f"{group}-fold{i + 1}of{k}")
-        results.append(train_one(config, files, fold=(k, i), progress=progress))
+        results.append(continue_run(config, files, overrides, stop_after_epochs, progress,
+                                    fold=(k, i)))
+    if not all(r.get("finished") for r in results):
+        return results
+    preds, rows, truth = [], [], []
+    for i, result in enumerate(results):
         held_out = load_train_data(config, (k, i)).valid
-        preds.append(np.load(files.val_preds))
-        rows.append(np.load(files.val_rows))
+        preds.append(load_array(Path(result["run_dir"]) / "val_preds.npy", "preds"))
+        rows.append(load_array(Path(result["run_dir"]) / "val_rows.npy", "rows"))
         truth.append(held_out.y.numpy()[held_out.mask.numpy()])
     order = np.argsort(np.concatenate(rows), kind="stable")
     oof_preds, oof_rows = np.concatenate(preds)[order], np.concatenate(rows)[order]

@@ -25,8 +25,14 @@ from kit.train.checkpoint import save_checkpoint
 RUNS_DIR = Path("runs")
 
 
-def new_run_id(seed: int) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
+def new_stamp() -> str:
+    """The time part of run ids: the runs one command starts (seeds, folds) share it, which is
+    how --resume finds the rest of the group."""
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def new_run_id(seed: int, stamp: str | None = None) -> str:
+    return f"{stamp or new_stamp()}-s{seed}"
 
 
 def epoch_line(record: dict) -> str:
@@ -66,6 +72,13 @@ class RunFiles:
         if used:
             raise ConfigError(f"{self.root} already holds a run ({', '.join(used)}); continue "
                               "it with --resume, or pick another --run-dir")
+
+    def discard_unstarted(self) -> None:
+        """A run killed in its first epoch, before last.pt, cannot be resumed: drop what that
+        epoch wrote so the run starts over in its folder (the same seed retrains it exactly)."""
+        if not self.last.exists():
+            for path in (self.history, self.best, self.val_preds, self.val_rows, self.metrics):
+                path.unlink(missing_ok=True)
 
     def start(self, config: dict, about: dict) -> None:
         """Create the folder and write the resolved config."""
