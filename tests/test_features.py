@@ -1,3 +1,5 @@
+from unittest.mock import patch
+
 import numpy as np
 import polars as pl
 import pytest
@@ -6,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kit.competition import load_spec, spec_from_dict
+from kit.features import kernels
 from kit.features.kernels import LIMIT
 from kit.features.ops import OPS
 from kit.features.sets import FeatureConfigError, available_groups, build_feature_set
@@ -110,6 +113,35 @@ specials = st.lists(st.tuples(st.integers(0, 59), st.integers(0, 3), st.integers
 def test_batch_face_equals_stream_face(op, lengths, values, specials):
     feature_set = build_feature_set(SPEC, groups=[], ops=[{"op": op, **OP_CASES[op]}])
     assert_faces_agree(feature_set, _frame(lengths, values, specials))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=lengths, values=values, specials=specials)
+def test_rolling_mean_std_weights_computed_from_the_count_equal_the_batch_face(
+        lengths, values, specials):
+    # MEAN_STD_TABLE_LIMIT = 0: the weights of these small windows are computed, not tabled
+    with patch.object(kernels, "MEAN_STD_TABLE_LIMIT", 0):
+        fs = build_feature_set(SPEC, groups=[], ops=[
+            {"op": "rolling_mean", "inputs": ["a", "b"], "window": 4},
+            {"op": "rolling_std", "inputs": ["a", "c"], "window": 7}])
+        (history,) = [k for k in fs.stream_module().kernels
+                      if isinstance(k, kernels.HistoryKernel)]
+        assert not history.ms_tabled
+        assert_faces_agree(fs, _frame(lengths, values, specials))
+
+
+def test_long_rolling_windows_stay_small_in_the_step_graph(tmp_path):
+    # a window as long as a sequence over every feature: constants grow as rows * window (a
+    # table per step count would hold (32 * 1000)^2 floats: 4 GB, past ONNX's 2 GB)
+    spec = load_spec("predictorium")
+    fs = build_feature_set(spec, ["raw"], [
+        {"op": "rolling_mean", "inputs": ["@features"], "window": 1000},
+        {"op": "rolling_std", "inputs": ["@features"], "window": 1000}])
+    module = fs.stream_module()
+    assert sum(b.numel() for b in module.buffers()) < 200_000
+    df = make_frame(spec, lengths=[40, 3], seed=4)
+    assert_onnx_step_graph_equals_batch_face(fs, df, tmp_path / "long.onnx")
+    assert (tmp_path / "long.onnx").stat().st_size < 2_000_000
 
 
 def test_start_of_sequence_semantics():

@@ -27,6 +27,9 @@ EPS = 1e-6  # denominators smaller than this in magnitude are replaced by +-EPS
 # grow past their inputs: squares and products of values up to 2 * LIMIT stay far inside
 # float32 (3.4e38), so no op overflows to inf and no inf - inf makes a NaN downstream.
 LIMIT = 1e16
+# a rolling mean/std weight table per step count up to this many floats (256 KB); larger
+# windows compute their weights from the count instead (see HistoryKernel)
+MEAN_STD_TABLE_LIMIT = 1 << 16
 
 
 def safe_div(num: Tensor, den: Tensor) -> Tensor:
@@ -132,10 +135,11 @@ class HistoryKernel(Kernel):
     The buffer keeps the last D values of every column the family reads (D = the longest lag
     or window - 1). At a sequence's first step it is filled with that step's value, so a lag
     reaching before the start reads the first value, and every slot of a window holds a value
-    the sequence really had: min and max need no mask. Mean and std weigh the slots with a
-    constant table indexed by the step count: 1/n on the n steps seen so far in the window, 0
-    elsewhere. The window is flattened time-major (slot = position * U + column), which is
-    the buffer's own memory order at one step: no transpose in the step graph.
+    the sequence really had: min and max need no mask. Mean and std weigh the slots 1/n on
+    the n = min(steps seen, w) last ones and 0 before: read from a table per step count for
+    small windows, computed from the count above MEAN_STD_TABLE_LIMIT. The window is
+    flattened time-major (slot = position * U + column), which is the buffer's own memory
+    order at one step: no transpose in the step graph.
     """
 
     def __init__(self, names, columns: list[int], depth: int, past: dict[str, list[tuple]],
@@ -164,13 +168,21 @@ class HistoryKernel(Kernel):
         self.register_buffer("index", _long(columns), persistent=False)
         self.register_buffer("reads", _long(reads), persistent=False)
         self.ms_width = max((w for _, w in self.ms_rows), default=1)
-        grid, table = self._mean_std_grid()
-        self.register_buffer("ms_grid", _long(grid), persistent=False)
-        self.register_buffer("ms_weights", table, persistent=False)
-        spread = torch.zeros(len(self.ms_rows), len(self.ms_rows) * self.ms_width)
-        for r in range(len(self.ms_rows)):
-            spread[r, r * self.ms_width:(r + 1) * self.ms_width] = 1.0
-        self.register_buffer("ms_spread", spread, persistent=False)
+        self.register_buffer("ms_grid", _long(self._mean_std_grid()), persistent=False)
+        rows = len(self.ms_rows)
+        # Mean and std weights: 1/n on the n = min(steps seen, w) last slots of a row. Small
+        # windows read them from a table per step count (fewest nodes in the step graph); its
+        # size grows as (rows * width)^2, so larger ones compute them from the count.
+        self.ms_tabled = (rows * self.ms_width) ** 2 <= MEAN_STD_TABLE_LIMIT
+        if self.ms_tabled:
+            self.register_buffer("ms_weights", self._mean_std_table(), persistent=False)
+            self.register_buffer("ms_spread", torch.eye(rows).repeat_interleave(self.ms_width, 1),
+                                 persistent=False)
+        else:  # slot j of a row is inside at count c when j + min(c + 1, w) >= ms_width
+            self.register_buffer("ms_windows", torch.tensor([[float(w)] for _, w in
+                                                             self.ms_rows]), persistent=False)
+            self.register_buffer("ms_slot", torch.arange(self.ms_width, dtype=torch.float32)
+                                 - (self.ms_width - 1), persistent=False)
         self.mm_width = max((w for _, w in self.mm_rows), default=1)
         self.register_buffer("mm_grid", _long(self._min_max_grid()), persistent=False)
 
@@ -178,19 +190,22 @@ class HistoryKernel(Kernel):
         """Flat window slot of column u, `back` steps before the current one."""
         return (self.depth - back) * self.width + u
 
-    def _mean_std_grid(self) -> tuple[list[int], Tensor]:
-        """Slots of the last ms_width steps per row, and weights[c, slot, row] = 1/n on the
-        slots inside the row's window seen by step count c (n of them), 0 elsewhere: one
-        [slots, rows] matrix per count, so a mean is one MatMul."""
+    def _mean_std_grid(self) -> list[int]:
+        """Slots of the last ms_width steps per row, row-major: [rows, ms_width]."""
+        width = self.ms_width
+        return [self._at(u, width - 1 - j) for u, _ in self.ms_rows for j in range(width)]
+
+    def _mean_std_table(self) -> Tensor:
+        """weights[c, slot, row] = 1/n on the slots inside the row's window seen by step count
+        c (n of them), 0 elsewhere: one [slots, rows] matrix per count (counts >= width - 1
+        all read the last), so a mean is one MatMul."""
         width, rows = self.ms_width, len(self.ms_rows)
-        grid = [self._at(u, width - 1 - j) for u, _ in self.ms_rows for j in range(width)]
-        table = torch.zeros(width, rows * width, rows)
-        for c in range(width):  # counts >= width - 1 all read the last matrix
-            for r, (_, w) in enumerate(self.ms_rows):
-                n = min(c + 1, w)
-                for j in range(width - n, width):  # the last n slots of the row
-                    table[c, r * width + j, r] = 1.0 / n
-        return grid, table
+        n = torch.minimum(torch.arange(1, width + 1).reshape(-1, 1),
+                          torch.tensor([w for _, w in self.ms_rows]))  # [count, row]
+        inside = torch.arange(width).reshape(1, 1, -1) >= (width - n).unsqueeze(-1)
+        per_row = inside / n.unsqueeze(-1)  # [count, row, slot]
+        return torch.einsum("crj,rs->crjs", per_row, torch.eye(rows)).reshape(
+            width, rows * width, rows).float()
 
     def _min_max_grid(self) -> list[int]:
         """Slots of each row's window, padded to mm_width with the current step (a repeat
@@ -238,8 +253,24 @@ class HistoryKernel(Kernel):
         return [*lag, delta, safe_div(roc_change, past[..., self.n_delta:])]
 
     def _mean_std(self, flat: Tensor, count: Tensor, t: int) -> list[Tensor]:
-        rows, width = len(self.ms_rows), self.ms_width
+        """Each row's mean and population std over its min(steps seen, w) last slots."""
         win = flat.index_select(2, self.ms_grid)  # [B, T, rows * width]
+        if self.ms_tabled:
+            return self._mean_std_tabled(win, count, t)
+        rows, width = len(self.ms_rows), self.ms_width
+        win = win.reshape(-1, t, rows, width)
+        seen = count.unsqueeze(-1) + 1.0  # [B, 1, 1, 1]: steps seen, this one included
+        if t > 1:  # in chunks, every step its own count
+            seen = seen + torch.arange(t, dtype=count.dtype).reshape(1, t, 1, 1)
+        n = torch.minimum(seen, self.ms_windows)  # [B, T, rows, 1]
+        weights = torch.clamp(n + self.ms_slot, 0.0, 1.0) / n  # 1/n inside, 0 outside
+        mean = (win * weights).sum(-1, keepdim=True)
+        dev = win - mean
+        std = (dev * dev * weights).sum(-1).sqrt()  # a sum of squares: never negative
+        return [mean.squeeze(-1), std]
+
+    def _mean_std_tabled(self, win: Tensor, count: Tensor, t: int) -> list[Tensor]:
+        rows, width = len(self.ms_rows), self.ms_width
         seen = count.reshape(-1)  # [B]; in chunks, every step its own count: [B * T]
         if t > 1:
             seen = (count.reshape(-1, 1) + torch.arange(t, dtype=count.dtype)).reshape(-1)
