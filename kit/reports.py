@@ -86,10 +86,23 @@ def _per_target(value) -> dict[str, float | None]:
     return {str(k): _finite(v) for k, v in value.items()}
 
 
-def _higher_is_better(config: dict) -> bool:
+def _spec(config: dict, cache: dict) -> CompetitionSpec:
+    """The run's spec, read once per listing (runs of one experiment share it)."""
+    key = ("spec", str(config.get("spec")))
+    if key not in cache:
+        try:
+            cache[key] = load_spec(config.get("spec"))
+        except KitError as exc:
+            cache[key] = exc
+    if isinstance(cache[key], KitError):
+        raise cache[key]
+    return cache[key]
+
+
+def _higher_is_better(config: dict, cache: dict) -> bool:
     """The direction of the run's metric (weighted Pearson: up; mae/rmse: down)."""
     try:
-        return load_spec(config.get("spec")).metric.higher_is_better
+        return _spec(config, cache).metric.higher_is_better
     except KitError:  # a spec file since moved: assume the usual direction
         return True
 
@@ -101,7 +114,7 @@ def _seed(config: dict, run_id: str) -> int | None:
     return int(match[1]) if match else None
 
 
-def _summary(run_dir: Path, oracle_cache: dict) -> dict:
+def _summary(run_dir: Path, cache: dict) -> dict:
     """One run's row: metrics.json when present, else what its history says."""
     config = read_config(run_dir)
     history = read_history(run_dir / "history.jsonl")
@@ -120,7 +133,7 @@ def _summary(run_dir: Path, oracle_cache: dict) -> dict:
         "epochs": len(history),
         "finished": False,
         "seed": _seed(config, run_dir.name),
-        "higher_is_better": _higher_is_better(config),
+        "higher_is_better": _higher_is_better(config, cache),
     }
     if metrics is not None:
         best_epoch = metrics.get("best_epoch")  # an epoch number, or "swa"
@@ -147,7 +160,7 @@ def _summary(run_dir: Path, oracle_cache: dict) -> dict:
                 per_target=best["val_per_target"],
             )
         row["wall_s"] = float(sum(r["seconds"] or 0.0 for r in history))
-    oracle = _oracle_report(run_dir, config, oracle_cache)
+    oracle = _oracle_report(run_dir, config, cache)
     if oracle is not None:
         row["oracle_score"] = _finite(oracle.score)
         if row["score"] is not None:
@@ -219,7 +232,7 @@ def _valid_file(run_dir: Path, config: dict, cache: dict) -> ValidFile | None:
     valid = _validated_on(run_dir, config)
     if not valid or not Path(valid).exists():
         return None
-    spec = load_spec(config.get("spec"))
+    spec = _spec(config, cache)
     key = (str(Path(valid).resolve()), spec.source, spec.name)
     if key not in cache:
         cache[key] = ValidFile(Path(valid), spec)
