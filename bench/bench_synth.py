@@ -1,9 +1,10 @@
 """Benchmark: full-size synthetic Predictorium generation (train + valid + oracle files).
 
 Runs `synthesize(full=True)` in a child process and measures its wall time and peak RSS, then,
-as the baseline, the time another child takes to write the same rows (same columns, same
-parquet writer and row groups) filled with random float32 numbers: ratio = generation time /
-pure-I/O time, i.e. how much the generative model costs on top of writing the bytes.
+as the baseline, the time another child takes to write the same files and rows (same columns,
+same parquet writer and row groups; the valid oracle too) filled with random float32 numbers:
+ratio = generation time / pure-I/O time, i.e. how much the generative model costs on top of
+writing the bytes.
 Prints one JSON line. Usage: python bench/bench_synth.py [--train-seqs N] [--valid-seqs M]
 """
 
@@ -35,20 +36,31 @@ from pathlib import Path
 import numpy as np
 from kit.competition import load_spec
 from kit.data.synth import CHUNK_SEQS
-from kit.data.synth.core import ParquetSink, arrow_schema
+from kit.data.synth.core import ParquetSink, arrow_schema, need_mask
 spec = load_spec("predictorium")
+steps = spec.seq_len
+need = need_mask(steps, spec.warmup, spec.tail)
+keys = [spec.id_col, spec.step_col]
 rng = np.random.default_rng(0)
 for split, n in (("train", int(sys.argv[2])), ("valid", int(sys.argv[3]))):
-    sink = ParquetSink(Path(sys.argv[1]) / f"{split}.parquet", arrow_schema(spec, spec.columns))
+    out = Path(sys.argv[1])
+    sinks = [ParquetSink(out / f"{split}.parquet", arrow_schema(spec, spec.columns))]
+    if split == "valid":  # the oracle file, as synthesize writes it
+        sinks.append(ParquetSink(out / "valid_oracle.parquet",
+                                 arrow_schema(spec, keys + list(spec.outputs))))
     for lo in range(0, n, CHUNK_SEQS):
         m = min(CHUNK_SEQS, n - lo)
-        cols = {spec.id_col: np.repeat(np.arange(lo, lo + m, dtype=np.int64), 1000),
-                spec.step_col: np.tile(np.arange(1000, dtype=np.int64), m),
-                spec.need_col: np.tile(np.arange(1000) >= spec.warmup, m)}
+        cols = {spec.id_col: np.repeat(np.arange(lo, lo + m, dtype=np.int64), steps),
+                spec.step_col: np.tile(np.arange(steps, dtype=np.int64), m),
+                spec.need_col: np.tile(need, m)}
         for c in (*spec.features, *spec.targets):
-            cols[c] = rng.standard_normal(m * 1000, dtype=np.float32)
-        sink.write(cols)
-    sink.close()
+            cols[c] = rng.standard_normal(m * steps, dtype=np.float32)
+        sinks[0].write(cols)
+        if len(sinks) > 1:
+            sinks[1].write({k: cols[k] for k in keys} | {
+                c: rng.standard_normal(m * steps, dtype=np.float32) for c in spec.outputs})
+    for sink in sinks:
+        sink.close()
 """
 
 
@@ -82,7 +94,8 @@ def main() -> None:
                 "goal_seconds": GOAL_SECONDS,
                 "goal_gb": GOAL_GB,
                 "baseline": round(baseline, 2),
-                "baseline_what": "write the same rows of random float32 with the same writer",
+                "baseline_what": "write the same rows of random float32 with the same writer "
+                                 "(train, valid and the oracle file)",
                 "ratio": round(seconds / baseline, 2),
                 "ok": seconds <= GOAL_SECONDS and peak_gb <= GOAL_GB,
             }
