@@ -6,6 +6,8 @@ Imports of the heavy parts happen inside each command so that `kit --help` stays
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from pathlib import Path
 
 import typer
@@ -259,8 +261,13 @@ def train(
                                    stop_after_epochs=stop_after_epochs, folds=folds,
                                    progress=not quiet, jobs=jobs)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted: the last finished epoch is saved; continue with "
-                   f"`kit train {exp} --resume`", err=True)
+        if not os.environ.get("KIT_TRAIN_WORKER"):
+            # the same command with --resume: seeds=, --folds and --jobs resume as a group
+            again = ["kit", "train", exp, *ctx.args, *(["--folds", str(folds)] if folds else []),
+                     *(["--jobs", str(jobs)] if jobs > 1 else []),
+                     *(["--run-dir", str(run_dir)] if run_dir else []), "--resume"]
+            typer.echo(f"interrupted: the last finished epoch is saved; continue with "
+                       f"`{shlex.join(again)}`", err=True)
         raise typer.Exit(130) from None
     for result in results:
         per = "  ".join(f"{k} {v:.4f}" for k, v in result["per_target"].items())

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from kit.competition import load_spec
 from kit.data.synth import synthesize
@@ -179,6 +180,31 @@ def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
     assert "finished" in out
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+
+
+def test_ctrl_c_of_a_group_says_once_how_to_resume_the_whole_group(env, tmp_path):
+    cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "seeds=[1,2]", "train.epochs=40",
+           "--jobs", "2", "-q"]
+    child = subprocess.Popen(cmd, env=os.environ.copy(), cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("runs/tiny/*/last.pt"))) < 2:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    hints = [line for line in err.splitlines() if "continue with" in line]
+    assert len(hints) == 1, err  # the parent's, not one per worker too
+    assert hints[0].endswith("`kit train exp=tiny 'seeds=[1,2]' train.epochs=40 --jobs 2 "
+                             "--resume`")
+    # the hint works: both seeds move on from their last checkpoint, in their own folders
+    before = {run.name: torch.load(run / "last.pt", weights_only=False)["epoch"] + 1
+              for run in sorted((tmp_path / "runs" / "tiny").iterdir())}
+    run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=40", "--jobs", "2", "--resume",
+            "--stop-after-epochs", "1", "-q")
+    after = _histories(tmp_path / "runs" / "tiny")
+    assert list(after) == list(before) and len(after) == 2
+    assert all(after[name] == before[name] + 1 for name in after)
 
 
 def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_path):
@@ -456,6 +482,36 @@ def test_resume_of_folds_finishes_the_folds_then_the_out_of_fold_result(env, tmp
                                np.load(whole_oof / "oof_preds.npy"), atol=1e-5)
     out = run_cli("train", "exp=tiny", "--folds", 2, "--resume", expect=2).output
     assert "no unfinished group of 2-fold runs" in out
+
+
+def test_commands_started_in_the_same_second_never_share_a_run_folder(tmp_path, monkeypatch):
+    from kit.train import recipe
+
+    monkeypatch.setattr(recipe.time, "time", lambda: 1_764_662_400.0)  # one frozen second
+    names = recipe.member_names([1, 2], folds=0)
+    first = recipe.claim_group(tmp_path, names)
+    (tmp_path / f"{first}-s2" / "history.jsonl").write_text("{}\n")  # the first one's run
+    second = recipe.claim_group(tmp_path, names)
+    assert second != first and second > first  # the next free second
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{first}-s1", f"{first}-s2", f"{second}-s1", f"{second}-s2"])
+    assert (tmp_path / f"{first}-s2" / "history.jsonl").read_text() == "{}\n"
+    # a group that only partly clashes gives back what it made before moving on
+    (tmp_path / f"{recipe.claim_group(tmp_path, ['{stamp}-s9'])}-s9").rmdir()
+    third = recipe.claim_group(tmp_path, recipe.member_names([9, 1], folds=0))
+    assert third > second and not list(tmp_path.glob(f"{second}-s9"))
+
+
+def test_a_command_that_fails_before_training_leaves_no_empty_run_folders(env, tmp_path):
+    # a train file without one feature column: found when the arrays are built, after the
+    # run folders were claimed
+    frame = pl.read_parquet(env / "data" / "train.parquet").drop("p3")
+    frame.write_parquet(tmp_path / "short.parquet")
+    out = run_cli("train", "exp=tiny", "seeds=[1,2]", "-q",
+                  f"data.train={tmp_path / 'short.parquet'}", expect=2).output
+    assert "p3" in out and "Traceback" not in out
+    assert (tmp_path / "runs" / "tiny").is_dir()
+    assert not list((tmp_path / "runs" / "tiny").iterdir())
 
 
 def test_the_same_seed_trains_the_same_model(env, tmp_path):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
@@ -80,14 +82,71 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     # --resume of one run: the newest unfinished run; of a group (seeds=, --folds): the group
     group_resume = resume and not run_dir and (seeds is not None or folds > 0)
     seeds = seeds or [base["seed"]]
-    stamp = (resumable_group(runs_dir / base["name"], seeds, folds) if group_resume
-             else new_stamp())
-    if jobs > 1 and len(seeds) > 1:
-        if folds or run_dir or (resume and not group_resume):
-            raise ConfigError("--jobs trains several seeds at once: it does not combine with "
-                              "--folds or --run-dir")
-        return train_seeds_in_parallel(exp, overrides, base, seeds, jobs, runs_dir,
-                                       stop_after_epochs, progress, stamp)
+    parallel = jobs > 1 and len(seeds) > 1
+    if parallel and (folds or run_dir or (resume and not group_resume)):
+        raise ConfigError("--jobs trains several seeds at once: it does not combine with "
+                          "--folds or --run-dir")
+    exp_dir = runs_dir / base["name"]
+    if group_resume:
+        stamp = resumable_group(exp_dir, seeds, folds)
+    elif resume or run_dir:
+        stamp = new_stamp()  # not used for a folder
+    else:
+        stamp = claim_group(exp_dir, member_names(seeds, folds))
+    with _dropped_if_unused(exp_dir, stamp, seeds, folds, claimed=not (resume or run_dir)):
+        if parallel:
+            return train_seeds_in_parallel(exp, overrides, base, seeds, jobs, runs_dir,
+                                           stop_after_epochs, progress, stamp)
+        return _train_in_turn(base, seeds, folds, runs_dir, run_dir, stamp, resume,
+                              group_resume, overrides, stop_after_epochs, progress)
+
+
+def member_names(seeds: list[int], folds: int, stamp: str = "{stamp}") -> list[str]:
+    """The folder names of a group's runs (the out-of-fold folder comes later)."""
+    return [f"{stamp}-s{seed}" + (f"-fold{i + 1}of{folds}" if folds else "")
+            for seed in seeds for i in range(max(folds, 1))]
+
+
+def claim_group(exp_dir: Path, names: list[str]) -> str:
+    """A stamp that no other command uses, claimed by making every member's folder here:
+    mkdir is atomic, so two commands started in the same second cannot share a folder (the
+    later one takes the next free second)."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    moment = time.time()
+    while True:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(moment))
+        made = []
+        try:
+            for name in names:
+                folder = exp_dir / name.format(stamp=stamp)
+                folder.mkdir()
+                made.append(folder)
+            return stamp
+        except FileExistsError:
+            for folder in made:
+                folder.rmdir()
+            moment += 1.0
+
+
+@contextlib.contextmanager
+def _dropped_if_unused(exp_dir: Path, stamp: str, seeds: list[int], folds: int,
+                       claimed: bool):
+    """Claimed folders that are still empty when the command fails (a bad setting found
+    before their run started) are removed: nothing half-made is left to resume."""
+    try:
+        yield
+    except BaseException:
+        if claimed:
+            for name in member_names(seeds, folds, stamp):
+                with contextlib.suppress(OSError):  # not empty: a run started there
+                    (exp_dir / name).rmdir()
+        raise
+
+
+def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
+                   run_dir: Path | None, stamp: str, resume: bool, group_resume: bool,
+                   overrides: list[str] | None, stop_after_epochs: int,
+                   progress: bool) -> list[dict]:
     results = []
     for seed in seeds:
         config = {**base, "seed": seed}
@@ -176,7 +235,7 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     shared between them: a small model trains about as fast on one thread as on two, so two
     seeds at once take the time of one. The feature arrays are cached first, so the workers
     read them instead of building them side by side. Ctrl-C and signals reach every worker
-    (kit.workers.WorkerGroup); each stops at the end of its epoch, resumable as usual."""
+    (kit.workers.WorkerGroup); each stops at once, resumable from its last finished epoch."""
     import os
     import sys
 
@@ -187,7 +246,8 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     cache_feature_arrays(base)
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                        "PYTHONPATH": worker_pythonpath()}
+                        "PYTHONPATH": worker_pythonpath(),
+                        "KIT_TRAIN_WORKER": "1"}  # the parent says how to resume, not each
     stamp = stamp or new_stamp()
     dirs = [runs_dir / base["name"] / new_run_id(seed, stamp) for seed in seeds]
     queued, running = [], []  # a resumed group: finished members are kept as they are
