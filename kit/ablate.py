@@ -39,10 +39,13 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     if not groups or len(set(groups)) != len(groups):
         raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
     base = experiment_config(exp, overrides)
-    try:  # every group known before anything trains
-        build_feature_set(load_spec(base["spec"]), groups)
-    except FeatureConfigError as exc:
-        raise ConfigError(f"--groups: {exc}") from None
+    spec, ops = load_spec(base["spec"]), base["features"].get("ops")
+    for _, label, chosen in variants(groups):  # every variant's features before any training
+        try:  # (the experiment's own ops may read a column of a group left out)
+            build_feature_set(spec, chosen, ops)
+        except FeatureConfigError as exc:
+            raise ConfigError(f"--groups: the variant {label!r} (groups {chosen}) has no valid "
+                              f"feature set: {exc}") from None
     seeds = seeds or [base["seed"]]
     check_seeds(seeds, "--seeds")
     if len(set(seeds)) != len(seeds):

@@ -311,6 +311,11 @@ def test_a_validation_score_that_is_not_a_number_stops_the_run(env, tmp_path, mo
 def test_ablate_and_demo_check_their_options_first(env, tmp_path):
     out = run_cli("ablate", "exp=tiny", "--groups", "raw", "--seeds", "-1", expect=2).output
     assert "--seeds: seed must be a whole number" in out and not (tmp_path / "runs").exists()
+    # the experiment's own op reads a lag: the variant that leaves lags out cannot build
+    op = 'features.ops=[{ op = "ewm_mean", inputs = ["p0@lag1"], alpha = 0.1 }]'
+    out = run_cli("ablate", "exp=tiny", "--groups", "lags,raw", op, expect=2).output
+    assert "the variant '-lags' (groups ['raw'])" in out and "p0@lag1" in out
+    assert not (tmp_path / "runs").exists()  # found before the first variant trained
     for option in (["--seeds", "0"], ["--seqs", "0"]):
         out = run_cli("demo", "--data", tmp_path / "demo-data", *option, expect=2).output
         assert "must be >= 1" in out and not (tmp_path / "demo-data").exists()
