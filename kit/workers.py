@@ -23,9 +23,10 @@ def worker_pythonpath() -> str:
 
 class WorkerGroup:
     """Worker processes, each in its own session, so a terminal's Ctrl-C reaches only this
-    process, which passes it on exactly once to every live worker (each stops at the end of its
-    epoch; a second Ctrl-C is passed on too: stop now). SIGTERM and SIGHUP (a scheduler, `kill`,
-    a closed terminal) are passed on as they are, and leaving the block early (an error or a
+    process, which passes it on exactly once to every live worker (a sweep worker stops at the
+    end of its epoch, a training worker at once; a second Ctrl-C is passed on too: stop now).
+    SIGTERM and SIGHUP (a scheduler, `kill`, a closed terminal) are passed on as they are (and
+    no worker starts after one), and leaving the block early (an error or a
     Ctrl-C while starting) terminates the workers started so far: none outlives this process
     unless it is SIGKILLed, and then they finish their trials and stop as usual."""
 
@@ -52,7 +53,12 @@ class WorkerGroup:
                 signal.signal(sig, handler)
 
     def start(self, cmd: list[str], env: dict, **popen) -> None:
+        """Start one worker; none once a signal has ended the group (it would never get it)."""
+        if self.ended_by is not None:
+            return
         self.procs.append(subprocess.Popen(cmd, env=env, start_new_session=True, **popen))
+        if self.ended_by is not None:  # the signal came while this one was being started
+            self.signal_live(self.ended_by)
 
     def signal_live(self, signum: int) -> None:
         for p in self.procs:

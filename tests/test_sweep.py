@@ -365,6 +365,20 @@ def test_a_failure_while_starting_workers_terminates_those_started(tmp_path):
     assert [p.returncode for p in group.procs] == [-signal.SIGTERM]
 
 
+def test_a_sigterm_while_workers_start_reaches_the_started_and_stops_the_rest(tmp_path):
+    from kit.workers import WorkerGroup
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    with pytest.raises(SystemExit) as ended, WorkerGroup() as group:
+        group.start(sleeper, dict(os.environ))
+        os.kill(os.getpid(), signal.SIGTERM)  # handled here: passed on to the first worker
+        group.start(sleeper, dict(os.environ))  # not started: it would never hear of it
+        group.start(sleeper, dict(os.environ))
+        group.wait()
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert [p.returncode for p in group.procs] == [-signal.SIGTERM]  # one started, ended
+
+
 # --- scale-out on PostgreSQL ---------------------------------------------------------------
 
 
