@@ -25,7 +25,7 @@ from kit.ensemble import (
 from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted, postprocess_numpy
 from kit.export.frozen import load_member, stream_steps
-from kit.export.pack import PackError, pack_ensemble
+from kit.export.pack import PackError, pack_ensemble, pack_run
 from kit.metrics import evaluate, metric_value
 from kit.parity import run_parity
 from tests.cli import run_cli
@@ -356,6 +356,21 @@ def test_pack_refuses_a_pack_over_the_time_budget_unless_forced(workspace, runs,
     assert not (tmp_path / "subs" / "slow").exists()
     forced = pack_ensemble(path, "slow", tmp_path / "subs", force=True)
     assert "more member(s)" in forced.format()
+
+
+def test_the_time_budget_of_a_variable_length_spec_with_a_long_warm_up(runs, tmp_path):
+    import kit.export.pack as pack_module
+
+    packed = pack_run(runs["gru"], "budget", tmp_path / "subs", budget=False)
+    # sequences of any length, 1000 warm-up rows: a 1000-row sample would score no row at all
+    raw = packed.manifest["spec"] | {"seq_len": 0, "warmup": 1000, "tail": 0,
+                                     "limits": {"time_limit_s": 20.0, "test_rows": 1000}}
+    spec = spec_from_dict(raw, "<variable>")
+    budget = pack_module.time_budget(packed.folder, spec, 1)
+    assert budget["sample_rows"] > 2000 and budget["us_per_row"] > 0
+    assert budget["projected_s"] < budget["limit_s"]
+    text = pack_module.format_budget(budget)
+    assert "of the 20.0 s limit" in text and " min" not in text  # not "0.0 min of the 0 min"
 
 
 def test_bad_ensemble_files_are_refused(runs, tmp_path):

@@ -178,7 +178,8 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
     (random rows in the competition's layout: the cost per row does not depend on values)."""
     from kit.scoring.score import replay_rows
 
-    length = spec.seq_len or 1000
+    # variable-length specs: sequences long enough that rows past the warm-up and tail score
+    length = spec.seq_len or max(1000, 2 * (spec.warmup + max(spec.tail, 1)) + 1)
     n = max(BUDGET_ROWS, length)
     rng = np.random.default_rng(0)
     steps = np.arange(n) % length
@@ -191,7 +192,7 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
     us_per_row = 1e6 * float(result["loop_s"]) / n
     projected = float(result["init_s"]) + spec.limits.test_rows * us_per_row / 1e6
     limit = spec.limits.time_limit_s
-    per_member = spec.limits.test_rows * us_per_row / 1e6 / n_members  # a pessimistic share
+    per_member = projected / n_members  # a pessimistic share: start-up and loop alike
     more = int(max(0.0, BUDGET_FRACTION * limit - projected) // max(per_member, 1e-9))
     return {"us_per_row": us_per_row, "projected_s": projected, "limit_s": limit,
             "fraction": projected / limit, "members": n_members, "more_members_fit": more,
@@ -199,9 +200,14 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
 
 
 def format_budget(b: dict) -> str:
-    return (f"projected test time {b['projected_s'] / 60:.1f} min of the {b['limit_s'] / 60:.0f}"
-            f" min limit ({b['fraction']:.1%}; {b['us_per_row']:.1f} us/row on 1 CPU, "
-            f"{b['members']} member(s))")
+    return (f"projected test time {_duration(b['projected_s'])} of the "
+            f"{_duration(b['limit_s'])} limit ({b['fraction']:.1%}; {b['us_per_row']:.1f} "
+            f"us/row on 1 CPU, {b['members']} member(s))")
+
+
+def _duration(seconds: float) -> str:
+    """Minutes for competition-sized limits, seconds for short ones (not "0.0 min of 0")."""
+    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.1f} s"
 
 
 def finalize_graph(path: Path, metadata: dict[str, str]) -> dict:

@@ -279,6 +279,8 @@ def exception_info(stage: str, message: str, exc: BaseException) -> dict:
 def collect(preds: list, k: int, values=None):
     """Stack the stored objects into (rows, K) float64, as np.array(predictions) does there.
     When they do not stack, the first prediction that is not k numbers names its row."""
+    if not preds:  # no scored row (np.array([]) would be shape (0,))
+        return np.empty((0, k))
     try:
         array = np.array(preds, dtype=np.float64)
         problem = "" if array.shape == (len(preds), k) else f"stack to shape {array.shape}"
