@@ -260,8 +260,13 @@ def train(
         results = train_experiment(exp, overrides, seeds=seeds, resume=resume, run_dir=run_dir,
                                    stop_after_epochs=stop_after_epochs, folds=folds,
                                    progress=not quiet, jobs=jobs)
-    except KeyboardInterrupt:
-        if not os.environ.get("KIT_TRAIN_WORKER"):
+    except KeyboardInterrupt as stop:
+        from kit.train.groups import NothingStarted
+
+        if isinstance(stop, NothingStarted):
+            typer.echo("interrupted before any run started: nothing to resume; run the same "
+                       "command again", err=True)
+        elif not os.environ.get("KIT_TRAIN_WORKER"):
             # the same command with --resume: seeds=, --folds and --jobs resume as a group
             again = ["kit", "train", exp, *ctx.args, *(["--folds", str(folds)] if folds else []),
                      *(["--jobs", str(jobs)] if jobs > 1 else []),
@@ -269,16 +274,19 @@ def train(
             typer.echo(f"interrupted: the last finished epoch is saved; continue with "
                        f"`{shlex.join(again)}`", err=True)
         raise typer.Exit(130) from None
+    def number(value) -> str:  # a run that diverged at once has no score
+        return "-" if value is None else f"{value:.4f}"
+
     for result in results:
-        per = "  ".join(f"{k} {v:.4f}" for k, v in result["per_target"].items())
+        per = "  ".join(f"{k} {number(v)}" for k, v in result["per_target"].items())
         if result.get("kind") == "oof":
-            typer.echo(f"{result['run_dir']}: out-of-fold score {result['score']:.4f} ({per}) "
-                       f"over {result['folds']} folds")
+            typer.echo(f"{result['run_dir']}: out-of-fold score {number(result['score'])} "
+                       f"({per}) over {result['folds']} folds")
             continue
         state = "finished" if result["finished"] else "paused (--resume to continue)"
         if result.get("diverged"):
             state = f"stopped early: training diverged ({result['diverged']})"
-        typer.echo(f"{result['run_dir']}: score {result['score']:.4f} ({per}), best epoch "
+        typer.echo(f"{result['run_dir']}: score {number(result['score'])} ({per}), best epoch "
                    f"{result['best_epoch']}, {result['params']:,} params, {state}")
 
 

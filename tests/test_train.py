@@ -82,8 +82,13 @@ def env(workspace, monkeypatch, tmp_path):
     return workspace
 
 
+def _run_dirs(exp: Path) -> list[Path]:
+    """The run folders of an experiment (not its .groups records)."""
+    return sorted(p for p in exp.iterdir() if not p.name.startswith("."))
+
+
 def _only_run(base: Path) -> Path:
-    runs = sorted((base / "runs" / "tiny").iterdir())
+    runs = _run_dirs(base / "runs" / "tiny")
     assert len(runs) == 1
     return runs[0]
 
@@ -183,8 +188,8 @@ def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
 
 
 def test_ctrl_c_of_a_group_says_once_how_to_resume_the_whole_group(env, tmp_path):
-    cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "seeds=[1,2]", "train.epochs=40",
-           "--jobs", "2", "-q"]
+    cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "seeds=[1,2]", "train.epochs=400",
+           "train.patience=400", "--jobs", "2", "-q"]  # neither run can finish meanwhile
     child = subprocess.Popen(cmd, env=os.environ.copy(), cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -195,16 +200,16 @@ def test_ctrl_c_of_a_group_says_once_how_to_resume_the_whole_group(env, tmp_path
     assert child.returncode == 130, err
     hints = [line for line in err.splitlines() if "continue with" in line]
     assert len(hints) == 1, err  # the parent's, not one per worker too
-    assert hints[0].endswith("`kit train exp=tiny 'seeds=[1,2]' train.epochs=40 --jobs 2 "
-                             "--resume`")
+    assert hints[0].endswith("`kit train exp=tiny 'seeds=[1,2]' train.epochs=400 "
+                             "train.patience=400 --jobs 2 --resume`")
     # the hint works: both seeds move on from their last checkpoint, in their own folders
     before = {run.name: torch.load(run / "last.pt", weights_only=False)["epoch"] + 1
-              for run in sorted((tmp_path / "runs" / "tiny").iterdir())}
-    run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=40", "--jobs", "2", "--resume",
-            "--stop-after-epochs", "1", "-q")
+              for run in _run_dirs(tmp_path / "runs" / "tiny")}
+    run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=400", "train.patience=400",
+            "--jobs", "2", "--resume", "--stop-after-epochs", "1", "-q")
     after = _histories(tmp_path / "runs" / "tiny")
     assert list(after) == list(before) and len(after) == 2
-    assert all(after[name] == before[name] + 1 for name in after)
+    assert all(after[name] == before[name] + 1 for name in after), (before, after)
 
 
 def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_path):
@@ -362,7 +367,7 @@ def test_tbptt_batch_one_chunk_one_ema_swa_and_schedules(env, tmp_path):
 
 def test_seeds_train_one_run_each(env, tmp_path):
     run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=1", "-q")
-    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    runs = _run_dirs(tmp_path / "runs" / "tiny")
     assert [r.name.split("-s")[-1] for r in runs] == ["1", "2"]
     out = run_cli("train", "exp=tiny", "seeds=[1,1]", expect=2).output
     assert "repeat a seed" in out
@@ -372,7 +377,7 @@ def test_jobs_train_seeds_side_by_side_as_they_would_one_by_one(env, tmp_path):
     """--jobs 2: each seed in its own process (one thread each on 2 cores); every seed's run
     is the run it would be on its own (same seed, same thread count: same weights)."""
     out = run_cli("train", "exp=tiny", "seeds=[3,4,5]", "train.epochs=2", "--jobs", 2).output
-    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    runs = _run_dirs(tmp_path / "runs" / "tiny")
     assert [r.name.split("-s")[-1] for r in runs] == ["3", "4", "5"]
     assert out.count(" epoch 2: loss ") == 3 and "seed 5 epoch 1:" in out  # progress lines
     assert all(f"{run.name}: score" in out for run in runs)  # a result line for every run
@@ -407,7 +412,7 @@ def test_params_prints_the_count(env):
 def test_folds_train_one_run_per_fold_with_out_of_fold_predictions(env, tmp_path):
     out = run_cli("train", "exp=tiny", "--folds", "3", "train.epochs=1", "-q").output
     assert "out-of-fold score" in out
-    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    runs = _run_dirs(tmp_path / "runs" / "tiny")
     assert [r.name.split("-")[-1] for r in runs] == ["fold1of3", "fold2of3", "fold3of3", "oof"]
     oof = runs[-1]
     rows = np.load(oof / "oof_rows.npy")
@@ -443,7 +448,7 @@ def test_resume_continues_every_seed_of_the_group_the_command_started(env, tmp_p
     seeds = ["seeds=[3,4,5]", "--jobs", jobs, "-q"]
     run_cli("train", "exp=tiny", *seeds, "--stop-after-epochs", 1)
     exp = tmp_path / "runs" / "tiny"
-    runs = sorted(exp.iterdir())
+    runs = _run_dirs(exp)
     assert len({run.name.split("-s")[0] for run in runs}) == 1  # one stamp for the group
     assert list(_histories(exp).values()) == [1, 1, 1]
     # a session at a time: each seed moves on by one epoch (not the newest run three times)
@@ -453,7 +458,7 @@ def test_resume_continues_every_seed_of_the_group_the_command_started(env, tmp_p
     (runs[2] / "last.pt").unlink()
     (runs[2] / "metrics.json").unlink()
     out = run_cli("train", "exp=tiny", *seeds, "--resume").output
-    assert sorted(exp.iterdir()) == runs and list(_histories(exp).values()) == [3, 3, 3]
+    assert _run_dirs(exp) == runs and list(_histories(exp).values()) == [3, 3, 3]
     assert all(json.loads((run / "metrics.json").read_text())["finished"] for run in runs)
     assert out.count("finished") == 3
     # the resumed group ends where uninterrupted runs end
@@ -489,22 +494,64 @@ def test_resume_of_folds_finishes_the_folds_then_the_out_of_fold_result(env, tmp
     assert "no unfinished group of 2-fold runs" in out
 
 
-def test_commands_started_in_the_same_second_never_share_a_run_folder(tmp_path, monkeypatch):
-    from kit.train import recipe
+def test_commands_started_in_the_same_second_never_share_a_stamp(tmp_path, monkeypatch):
+    from kit.train import groups
 
-    monkeypatch.setattr(recipe.time, "time", lambda: 1_764_662_400.0)  # one frozen second
-    names = recipe.member_names([1, 2], folds=0)
-    first = recipe.claim_group(tmp_path, names)
-    (tmp_path / f"{first}-s2" / "history.jsonl").write_text("{}\n")  # the first one's run
-    second = recipe.claim_group(tmp_path, names)
-    assert second != first and second > first  # the next free second
+    monkeypatch.setattr(groups.time, "time", lambda: 1_764_662_400.0)  # one frozen second
+    base = {"name": "tiny", "seed": 1, "train": {"lr": 0.01}}
+    first = groups.claim_group(tmp_path, [1, 2], 0, base)
+    second = groups.claim_group(tmp_path, [3], 0, base)  # other seeds: still another stamp
+    assert second > first  # the next free second
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f"{first}-s1", f"{first}-s2", f"{second}-s1", f"{second}-s2"])
-    assert (tmp_path / f"{first}-s2" / "history.jsonl").read_text() == "{}\n"
-    # a group that only partly clashes gives back what it made before moving on
-    (tmp_path / f"{recipe.claim_group(tmp_path, ['{stamp}-s9'])}-s9").rmdir()
-    third = recipe.claim_group(tmp_path, recipe.member_names([9, 1], folds=0))
-    assert third > second and not list(tmp_path.glob(f"{second}-s9"))
+        [".groups", f"{first}-s1", f"{first}-s2", f"{second}-s3"])
+    record = json.loads((tmp_path / ".groups" / f"{first}.json").read_text())
+    assert record == {"seeds": [1, 2], "folds": 0, "config": {"name": "tiny",
+                                                               "train": {"lr": 0.01}}}
+    # a run folder of a free stamp made by someone else: that second is skipped, whole
+    third_stamp = groups.time.strftime("%Y%m%d-%H%M%S",
+                                       groups.time.localtime(1_764_662_402.0))
+    (tmp_path / f"{third_stamp}-s1").mkdir()
+    third = groups.claim_group(tmp_path, [9, 1], 0, base)
+    assert third > third_stamp and not (tmp_path / f"{third_stamp}-s9").exists()
+    assert not (tmp_path / ".groups" / f"{third_stamp}.json").exists()
+
+
+def _paused_group(args: list[str]) -> list[Path]:
+    """The run folders a `kit train ARGS --stop-after-epochs 1` command made."""
+    before = set(Path("runs/tiny").resolve().glob("*-s*"))
+    run_cli("train", "exp=tiny", *args, "--stop-after-epochs", 1, "-q")
+    return sorted(set(Path("runs/tiny").resolve().glob("*-s*")) - before)
+
+
+def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp_path):
+    group = _paused_group(["seeds=[7,8]"])
+    time.sleep(1.1)  # a later command: a later stamp
+    (single,) = _paused_group(["seed=7"])  # a lone run of seed 7, newer
+    out = run_cli("train", "exp=tiny", "seeds=[7,8]", "train.lr=0.05", "--resume",
+                  expect=2).output
+    assert "was started with other settings (train.lr differ)" in out
+    run_cli("train", "exp=tiny", "seeds=[8,7]", "--resume", "--stop-after-epochs", 1, "-q")
+    assert _histories(tmp_path / "runs" / "tiny") == {
+        group[0].name: 2, group[1].name: 2, single.name: 1}
+
+
+def test_a_group_member_that_diverged_at_once_is_kept_and_said(env, tmp_path):
+    def diverged(run: Path) -> None:  # as the trainer leaves a run whose first batch overflowed
+        (run / "last.pt").unlink()
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics |= {"finished": True, "score": None, "best_epoch": None, "per_target": {},
+                    "diverged": "train loss inf in batch 1 of epoch 1"}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+
+    first, second = _paused_group(["seeds=[1,2]"])
+    diverged(first)
+    out = run_cli("train", "exp=tiny", "seeds=[1,2]", "--resume", "-q").output
+    assert f"{first.name}: score - ()" in out and "training diverged" in out
+    assert json.loads((second / "metrics.json").read_text())["finished"]
+    folds = _paused_group(["--folds", 2, "seed=3"])
+    diverged(folds[0])
+    out = run_cli("train", "exp=tiny", "seed=3", "--folds", 2, "--resume", expect=2).output
+    assert "fold1of2 diverged before any epoch scored" in out and "Traceback" not in out
 
 
 def test_a_command_that_fails_before_training_leaves_no_empty_run_folders(env, tmp_path):
@@ -516,7 +563,7 @@ def test_a_command_that_fails_before_training_leaves_no_empty_run_folders(env, t
                   f"data.train={tmp_path / 'short.parquet'}", expect=2).output
     assert "p3" in out and "Traceback" not in out
     assert (tmp_path / "runs" / "tiny").is_dir()
-    assert not list((tmp_path / "runs" / "tiny").iterdir())
+    assert not _run_dirs(tmp_path / "runs" / "tiny")
 
 
 def test_the_same_seed_trains_the_same_model(env, tmp_path):
@@ -569,7 +616,7 @@ def test_a_random_holdout_of_the_train_file_validates(env, grouped_train, tmp_pa
                   "data.valid_fraction=0.25", "data.valid=nowhere.parquet", "train.epochs=1",
                   "data.split_seed=3", "seeds=[1,2]", "-q").output
     assert "score" in out
-    runs = sorted((tmp_path / "runs" / "tiny").iterdir())
+    runs = _run_dirs(tmp_path / "runs" / "tiny")
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert (metrics["train_seqs"], metrics["valid_seqs"]) == (18, 6)
     rows = np.load(runs[0] / "val_rows.npy")  # rows of the train file

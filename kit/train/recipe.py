@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import re
 import subprocess
-import time
 import tomllib
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import torch
 from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
 from kit.run_record import is_finished, load_array, read_metrics
+from kit.train.groups import claim_group, dropped_if_unused, resumable_group
 from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, new_run_id, new_stamp
 
 
@@ -87,60 +85,19 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         raise ConfigError("--jobs trains several seeds at once: it does not combine with "
                           "--folds or --run-dir")
     exp_dir = runs_dir / base["name"]
+    claimed = None  # a new group's stamp (not for --resume or --run-dir)
     if group_resume:
-        stamp = resumable_group(exp_dir, seeds, folds)
+        stamp = resumable_group(exp_dir, seeds, folds, base)
     elif resume or run_dir:
         stamp = new_stamp()  # not used for a folder
     else:
-        stamp = claim_group(exp_dir, member_names(seeds, folds))
-    with _dropped_if_unused(exp_dir, stamp, seeds, folds, claimed=not (resume or run_dir)):
+        stamp = claimed = claim_group(exp_dir, seeds, folds, base)
+    with dropped_if_unused(exp_dir, seeds, folds, claimed):
         if parallel:
             return train_seeds_in_parallel(exp, overrides, base, seeds, jobs, runs_dir,
                                            stop_after_epochs, progress, stamp)
         return _train_in_turn(base, seeds, folds, runs_dir, run_dir, stamp, resume,
                               group_resume, overrides, stop_after_epochs, progress)
-
-
-def member_names(seeds: list[int], folds: int, stamp: str = "{stamp}") -> list[str]:
-    """The folder names of a group's runs (the out-of-fold folder comes later)."""
-    return [f"{stamp}-s{seed}" + (f"-fold{i + 1}of{folds}" if folds else "")
-            for seed in seeds for i in range(max(folds, 1))]
-
-
-def claim_group(exp_dir: Path, names: list[str]) -> str:
-    """A stamp that no other command uses, claimed by making every member's folder here:
-    mkdir is atomic, so two commands started in the same second cannot share a folder (the
-    later one takes the next free second)."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    moment = time.time()
-    while True:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(moment))
-        made = []
-        try:
-            for name in names:
-                folder = exp_dir / name.format(stamp=stamp)
-                folder.mkdir()
-                made.append(folder)
-            return stamp
-        except FileExistsError:
-            for folder in made:
-                folder.rmdir()
-            moment += 1.0
-
-
-@contextlib.contextmanager
-def _dropped_if_unused(exp_dir: Path, stamp: str, seeds: list[int], folds: int,
-                       claimed: bool):
-    """Claimed folders that are still empty when the command fails (a bad setting found
-    before their run started) are removed: nothing half-made is left to resume."""
-    try:
-        yield
-    except BaseException:
-        if claimed:
-            for name in member_names(seeds, folds, stamp):
-                with contextlib.suppress(OSError):  # not empty: a run started there
-                    (exp_dir / name).rmdir()
-        raise
 
 
 def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
@@ -166,33 +123,6 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
             results.append(train_one(config, files, stop_after_epochs=stop_after_epochs,
                                      progress=progress))
     return results
-
-
-GROUP_MEMBER = re.compile(r"^(\d{8}-\d{6})-s(\d+)(?:-fold\d+of(\d+)|(-oof))?$")
-
-
-def resumable_group(exp_dir: Path, seeds: list[int], folds: int) -> str:
-    """The stamp of the newest group of runs (those one command started) that used only these
-    seeds (with --folds: as fold runs of the same K) and lacks a finished run, or out-of-fold
-    result with --folds, for one of them."""
-    stamps: dict[str, list[tuple[int, int]]] = {}
-    for folder in sorted(exp_dir.iterdir()) if exp_dir.is_dir() else []:
-        match = GROUP_MEMBER.match(folder.name)
-        if match and folder.is_dir():
-            k = int(match[3]) if match[3] else (-1 if match[4] else 0)  # -1: the oof folder
-            stamps.setdefault(match[1], []).append((int(match[2]), k))
-    for stamp in sorted(stamps, reverse=True):
-        members = stamps[stamp]
-        if any(seed not in seeds or k not in ((folds, -1) if folds else (0,))
-               for seed, k in members):
-            continue
-        ends = [exp_dir / f"{new_run_id(seed, stamp)}{'-oof' if folds else ''}"
-                for seed in seeds]
-        if not all(is_finished(end) for end in ends):
-            return stamp
-    what = f"{folds}-fold runs" if folds else "runs"
-    raise ConfigError(f"no unfinished group of {what} of seeds {seeds} under {exp_dir} to "
-                      "resume; start it without --resume")
 
 
 def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
@@ -274,23 +204,31 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
 
 
 class EpochLines:
-    """Prints each parallel run's epochs as they land in its history.jsonl."""
+    """Prints each parallel run's epochs as they land in its history.jsonl (only epochs past
+    those it held when the command started: a resumed run's earlier epochs were printed by
+    earlier sessions)."""
 
     def __init__(self, seeds: list[int], dirs: list[Path]):
         self.runs = list(zip(seeds, dirs, strict=True))
-        self.seen = [0] * len(self.runs)
+        self.printed = [max((r["epoch"] for r in self._records(d)), default=0) for d in dirs]
+
+    @staticmethod
+    def _records(folder: Path) -> list[dict]:
+        path = folder / "history.jsonl"
+        out = []
+        for line in path.read_text().splitlines() if path.exists() else []:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written: read it next time
+                break
+        return out
 
     def __call__(self) -> None:
         for i, (seed, folder) in enumerate(self.runs):
-            path = folder / "history.jsonl"
-            lines = path.read_text().splitlines() if path.exists() else []
-            for line in lines[self.seen[i]:]:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line being written: read it next time
-                    break
-                self.seen[i] += 1
-                print(f"seed {seed} {epoch_line(record)}", flush=True)
+            for record in self._records(folder):
+                if record["epoch"] > self.printed[i]:
+                    self.printed[i] = record["epoch"]
+                    print(f"seed {seed} {epoch_line(record)}", flush=True)
 
 
 def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
@@ -340,6 +278,12 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
                                     fold=(k, i)))
     if not all(r.get("finished") for r in results):
         return results
+    failed = [r["run_dir"] for r in results if r.get("score") is None]
+    if failed:
+        from kit.train.trainer import TrainingDiverged
+  # a fold that diverged before any epoch scored has no predictions
+        raise TrainingDiverged(f"{', '.join(failed)} diverged before any epoch scored (its "
+                               "metrics.json says where): no out-of-fold result for this group")
     preds, rows, truth = [], [], []
     for i, result in enumerate(results):
         held_out = load_train_data(config, (k, i)).valid

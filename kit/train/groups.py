@@ -1,0 +1,135 @@
+"""Groups of runs: the runs one `kit train` command starts (its seeds, or its folds per seed).
+
+Their folders share one time stamp: `<stamp>-s<seed>` or `<stamp>-s<seed>-fold<i>of<K>` and
+`<stamp>-s<seed>-oof`. The command claims the stamp by creating `runs/<exp>/.groups/<stamp>.json`
+exclusively (two commands started in the same second cannot share it: the later one takes the
+next free second); the file records the seeds, K and the command's resolved config, so
+`--resume` with seeds= or --folds finds exactly the group that command started and refuses
+settings that would make its runs differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+from kit.config import ConfigError
+from kit.run_record import is_finished
+
+GROUPS_DIR = ".groups"
+
+
+def member_names(seeds: list[int], folds: int, stamp: str) -> list[str]:
+    """The folder names of a group's runs (the out-of-fold folders come later)."""
+    return [f"{stamp}-s{seed}" + (f"-fold{i + 1}of{folds}" if folds else "")
+            for seed in seeds for i in range(max(folds, 1))]
+
+
+def end_names(seeds: list[int], folds: int, stamp: str) -> list[str]:
+    """The folders whose finished metrics.json completes the group: each run, or each seed's
+    out-of-fold result."""
+    return [f"{stamp}-s{seed}" + ("-oof" if folds else "") for seed in seeds]
+
+
+def group_config(base: dict) -> dict:
+    """The command's config as the group records it: without the seed (one per run), as JSON
+    reads it back."""
+    return json.loads(json.dumps({k: v for k, v in base.items() if k != "seed"}))
+
+
+def claim_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
+    """A stamp no other command uses, with the group's record and its members' folders."""
+    records = exp_dir / GROUPS_DIR
+    records.mkdir(parents=True, exist_ok=True)
+    record = {"seeds": seeds, "folds": folds, "config": group_config(base)}
+    moment = time.time()
+    while True:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(moment))
+        moment += 1.0
+        try:
+            with open(records / f"{stamp}.json", "x") as fh:  # atomic: the claim
+                json.dump(record, fh, indent=2)
+        except FileExistsError:
+            continue
+        made = []
+        try:  # a folder of this stamp made by hand or by an older kit: take the next second
+            for name in member_names(seeds, folds, stamp):
+                (exp_dir / name).mkdir()
+                made.append(exp_dir / name)
+            return stamp
+        except FileExistsError:
+            for folder in made:
+                folder.rmdir()
+            (records / f"{stamp}.json").unlink()
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
+    """The stamp of the newest unfinished group started with these seeds (in any order) and K.
+    Its runs must be those this command would train: other settings are refused."""
+    for path in sorted((exp_dir / GROUPS_DIR).glob("*.json"), reverse=True):
+        record = _read_record(path)
+        if (record is None or sorted(record.get("seeds") or []) != sorted(seeds)
+                or record.get("folds") != folds):
+            continue
+        stamp = path.stem
+        if all(is_finished(exp_dir / name) for name in end_names(seeds, folds, stamp)):
+            continue
+        changed = differences(record.get("config"), group_config(base))
+        if changed:
+            raise ConfigError(f"the unfinished group {stamp} of {exp_dir} was started with other"
+                              f" settings ({', '.join(changed)} differ): repeat its command with"
+                              " --resume, or start a new group without --resume")
+        return stamp
+    what = f"{folds}-fold runs" if folds else "runs"
+    raise ConfigError(f"no unfinished group of {what} of seeds {seeds} under {exp_dir} to "
+                      "resume; start it without --resume")
+
+
+def differences(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [prefix or "the config"]
+    out = []
+    for key in sorted(set(a) | set(b)):
+        out += differences(a.get(key), b.get(key), f"{prefix}{key}" if not prefix
+                           else f"{prefix}.{key}")
+    return out
+
+
+class NothingStarted(KeyboardInterrupt):
+    """Ctrl-C before any run of a new group wrote a file: nothing is left to resume."""
+
+
+@contextlib.contextmanager
+def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | None):
+    """When the command fails, a claimed group's folders that are still empty are removed
+    (a bad setting found before their run started), and its record too when none is left:
+    nothing half-made is left to resume. A Ctrl-C then says so (NothingStarted)."""
+    try:
+        yield
+    except BaseException as exc:
+        if stamp is None:
+            raise
+        left = False
+        for name in member_names(seeds, folds, stamp):
+            try:
+                (exp_dir / name).rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:  # not empty: a run started there
+                left = True
+        if not left:
+            (exp_dir / GROUPS_DIR / f"{stamp}.json").unlink(missing_ok=True)
+            if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, NothingStarted):
+                raise NothingStarted() from None
+        raise
