@@ -454,13 +454,42 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     left = trials - len(finished_trials(study))
     if left <= 0:
         return
+    failing = FailureStreak()
     with GracefulInterrupt() as interrupt:
-        study.optimize(objective(setup, progress, interrupt), n_trials=left, timeout=timeout,
+        # no n_trials: failed trials (training that diverged) do not count, so the study runs
+        # until `trials` are finished, or until this worker's trials keep failing
+        study.optimize(objective(setup, progress, interrupt), timeout=timeout,
                        callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
                                                                     TrialState.PRUNED)),
-                                  lambda study, _: interrupt.asked and study.stop()],
+                                  failing, lambda study, _: interrupt.asked and study.stop()],
                        catch=(), gc_after_trial=False)  # a full gc per trial cost ~0.2 s
     interrupt.check()  # asked between trials: the study stopped after the one finishing
+    if failing.count >= FAILED_IN_A_ROW:
+        raise SweepError(f"the last {failing.count} trials all failed ({failing.last}); the "
+                         "study keeps them as failed: fix the cause (or narrow the search "
+                         "space) and re-run the same command to continue")
+
+
+FAILED_IN_A_ROW = 5  # a worker whose trials keep failing stops instead of sampling forever
+
+
+class FailureStreak:
+    """An Optuna callback counting this worker's failed trials in a row; it stops the study
+    at FAILED_IN_A_ROW."""
+
+    def __init__(self):
+        self.count, self.last = 0, ""
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        if trial.state != TrialState.FAIL:
+            self.count = 0
+            return
+        self.count += 1
+        self.last = trial.user_attrs.get("diverged", "see the log above")
+        if self.count >= FAILED_IN_A_ROW:
+            study.stop()
 
 
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -97,19 +98,32 @@ def test_the_pruner_stops_trials_through_the_per_epoch_reports(sweep_env, monkey
         assert metrics["pruned"] and metrics["finished"]  # done: never picked by --resume
 
 
-def test_a_diverging_trial_fails_alone_and_the_sweep_goes_on(sweep_env, workspace):
+def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_env, workspace):
     import polars as pl
 
-    # targets of 1e30: every trial's first batch overflows, before any epoch scores
+    # targets of 1e30: a trial on that file overflows in its first batch, before any epoch
     frame = pl.read_parquet(workspace / "data" / "train.parquet")
     frame.with_columns(pl.col("t0") * 1e30).write_parquet(sweep_env / "extreme.parquet")
-    result = run_cli("sweep", "exp=tiny", "--trials", 2, "-q",
-                     f"data.train={sweep_env / 'extreme.parquet'}")
+    good = load_experiment("tiny")["data"]["train"]
+    doc = tomllib.loads((sweep_env / "experiments" / "tiny.toml").read_text())
+    doc["sweep"] = {"trials": 3, "pruner": "none", "sampler": "random", "seed": 4, "params": {
+        "data.train": {"type": "categorical", "choices": [str(sweep_env / "extreme.parquet"),
+                                                          good]}}}
+    (sweep_env / "experiments" / "mixed.toml").write_text(tomli_w.dumps(doc))
+    result = run_cli("sweep", "exp=mixed", "-q")
     assert "Traceback" not in result.output
-    trials = _study(_sqlite(sweep_env)).get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL] * 2
-    assert all("training diverged" in t.user_attrs["diverged"] for t in trials)
-    assert "fail" in result.output
+    trials = _study(f"sqlite:///{(sweep_env / 'runs/mixed/sweep.db').resolve()}",
+                    "mixed").get_trials()
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == 3  # failed trials do not count
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("training diverged" in t.user_attrs["diverged"] for t in failed)
+    assert all(t.params["data.train"].endswith("extreme.parquet") for t in failed)
+    # when every trial diverges, the worker stops after FAILED_IN_A_ROW, saying why
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q",
+                  f"data.train={sweep_env / 'extreme.parquet'}", expect=2).output
+    assert "the last 5 trials all failed (runs/tiny/tiny-t0004: training diverged" in out
+    assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
 
 
 def test_a_journal_file_storage_works_unchanged(sweep_env):
