@@ -14,18 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.config import ConfigError
 from kit.errors import KitError
 
 
 def read_config(run_dir: Path) -> dict:
-    """config.toml as a dict ({} when absent); invalid TOML is a KitError naming the file."""
+    """config.toml as a dict ({} when absent); invalid TOML is a ConfigError naming the file."""
     path = Path(run_dir) / "config.toml"
     if not path.exists():
         return {}
     try:
         return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise KitError(f"{path}: not valid TOML ({exc})") from None
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 def read_metrics(run_dir: Path) -> dict | None:

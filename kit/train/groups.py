@@ -21,16 +21,21 @@ from kit.run_record import is_finished
 GROUPS_DIR = ".groups"
 
 
+def new_run_id(seed: int, stamp: str) -> str:
+    """A run's id: the time stamp its group claimed, then its seed (fold runs add a suffix)."""
+    return f"{stamp}-s{seed}"
+
+
 def member_names(seeds: list[int], folds: int, stamp: str) -> list[str]:
     """The folder names of a group's runs (the out-of-fold folders come later)."""
-    return [f"{stamp}-s{seed}" + (f"-fold{i + 1}of{folds}" if folds else "")
+    return [new_run_id(seed, stamp) + (f"-fold{i + 1}of{folds}" if folds else "")
             for seed in seeds for i in range(max(folds, 1))]
 
 
 def end_names(seeds: list[int], folds: int, stamp: str) -> list[str]:
     """The folders whose finished metrics.json completes the group: each run, or each seed's
     out-of-fold result."""
-    return [f"{stamp}-s{seed}" + ("-oof" if folds else "") for seed in seeds]
+    return [new_run_id(seed, stamp) + ("-oof" if folds else "") for seed in seeds]
 
 
 def group_config(base: dict) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +12,16 @@ import torch
 
 from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
-from kit.run_record import is_finished, load_array, read_metrics
-from kit.train.groups import claim_group, dropped_if_unused, resumable_group
-from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, new_run_id, new_stamp
+from kit.run_record import is_finished, load_array, read_config, read_metrics
+from kit.train.groups import (
+    claim_group,
+    dropped_if_unused,
+    end_names,
+    member_names,
+    new_run_id,
+    resumable_group,
+)
+from kit.train.runs import RUNS_DIR, RunFiles, epoch_line
 
 
 def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
@@ -85,12 +91,11 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         raise ConfigError("--jobs trains several seeds at once: it does not combine with "
                           "--folds or --run-dir")
     exp_dir = runs_dir / base["name"]
-    claimed = None  # a new group's stamp (not for --resume or --run-dir)
+    claimed = None  # a new group's stamp; --resume of one run and --run-dir name no group
+    stamp = None
     if group_resume:
         stamp = resumable_group(exp_dir, seeds, folds, base)
-    elif resume or run_dir:
-        stamp = new_stamp()  # not used for a folder
-    else:
+    elif not (resume or run_dir):
         stamp = claimed = claim_group(exp_dir, seeds, folds, base)
     with dropped_if_unused(exp_dir, seeds, folds, claimed):
         if parallel:
@@ -101,7 +106,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
 
 
 def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
-                   run_dir: Path | None, stamp: str, resume: bool, group_resume: bool,
+                   run_dir: Path | None, stamp: str | None, resume: bool, group_resume: bool,
                    overrides: list[str] | None, stop_after_epochs: int,
                    progress: bool) -> list[dict]:
     results = []
@@ -145,10 +150,7 @@ def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
     replays the run it continues, so new settings belong to a new run."""
     if not files.config_path.is_file():
         raise ConfigError(f"{files.root}: not a run directory (no config.toml) to resume")
-    try:
-        config = resolve(tomllib.loads(files.config_path.read_text()))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{files.config_path}: not valid TOML ({exc})") from None
+    config = resolve(read_config(files.root))
     changed = [text for text in overrides or []
                if resolve(apply_overrides(copy.deepcopy(config), [text])) != config]
     if changed:
@@ -159,8 +161,7 @@ def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
 
 def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
                             seeds: list[int], jobs: int, runs_dir: Path,
-                            stop_after_epochs: int, progress: bool = True,
-                            stamp: str | None = None) -> list[dict]:
+                            stop_after_epochs: int, progress: bool, stamp: str) -> list[dict]:
     """Each seed as its own `kit train` process, at most `jobs` at a time, the machine's cores
     shared between them: a small model trains about as fast on one thread as on two, so two
     seeds at once take the time of one. The feature arrays are cached first, so the workers
@@ -178,7 +179,6 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath(),
                         "KIT_TRAIN_WORKER": "1"}  # the parent says how to resume, not each
-    stamp = stamp or new_stamp()
     dirs = [runs_dir / base["name"] / new_run_id(seed, stamp) for seed in seeds]
     queued, running = [], []  # a resumed group: finished members are kept as they are
     for seed, folder in zip(seeds, dirs, strict=True):
@@ -270,18 +270,18 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
     from kit.metrics import evaluate
     from kit.train.data import load_train_data
 
-    group = new_run_id(config["seed"], stamp)
+    exp_dir, seeds = runs_dir / config["name"], [config["seed"]]
     results = []
-    for i in range(k):
-        files = RunFiles(runs_dir / config["name"] / f"{group}-fold{i + 1}of{k}")
+    for i, name in enumerate(member_names(seeds, k, stamp)):
+        files = RunFiles(exp_dir / name)
         results.append(continue_run(config, files, overrides, stop_after_epochs, progress,
                                     fold=(k, i)))
     if not all(r.get("finished") for r in results):
         return results
     failed = [r["run_dir"] for r in results if r.get("score") is None]
-    if failed:
+    if failed:  # a fold that diverged before any epoch scored has no predictions
         from kit.train.trainer import TrainingDiverged
-  # a fold that diverged before any epoch scored has no predictions
+
         raise TrainingDiverged(f"{', '.join(failed)} diverged before any epoch scored (its "
                                "metrics.json says where): no out-of-fold result for this group")
     preds, rows, truth = [], [], []
@@ -293,7 +293,8 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
     order = np.argsort(np.concatenate(rows), kind="stable")
     oof_preds, oof_rows = np.concatenate(preds)[order], np.concatenate(rows)[order]
     report = evaluate(load_spec(config["spec"]), np.concatenate(truth)[order], oof_preds)
-    folder = runs_dir / config["name"] / f"{group}-oof"
+    (oof,) = end_names(seeds, k, stamp)
+    folder = exp_dir / oof
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "oof_preds.npy", oof_preds)
     np.save(folder / "oof_rows.npy", oof_rows)

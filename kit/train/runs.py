@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,6 @@ from kit.metrics import MetricReport
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
-
-
-def new_stamp() -> str:
-    """The time part of run ids: the runs one command starts (seeds, folds) share it, which is
-    how --resume finds the rest of the group."""
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-def new_run_id(seed: int, stamp: str | None = None) -> str:
-    return f"{stamp or new_stamp()}-s{seed}"
 
 
 def epoch_line(record: dict) -> str:
