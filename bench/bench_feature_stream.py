@@ -17,6 +17,12 @@ Ratios: speedup_vs_torch_eager (torch_eager_us / the best ORT path) and ratio_ov
 Goal (issue): <= 10 us per step on one thread (ratio_to_goal = best ORT us / 10).
 
     python bench/bench_feature_stream.py [--steps 5000] [--repeats 3] [--groups raw,lags,...]
+                                         [--rolling-window 300]
+
+--rolling-window W: the set is raw + rolling mean and std of all 32 features over W steps, and
+the baseline is that set with its weights in a per-count table ((32 W)^2 floats), the layout
+every window had before MEAN_STD_TABLE_LIMIT: speedup_vs_table compares session.run us/step,
+size_ratio_table the graph sizes.
 """
 
 from __future__ import annotations
@@ -60,6 +66,26 @@ def trivial_graph(path: Path, width: int) -> None:
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "floor", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, str(path))
+
+
+def table_baseline(fs, rows: np.ndarray, repeats: int) -> dict:
+    """The same feature set with its rolling mean/std weights read from a table per step count
+    (what every window used before MEAN_STD_TABLE_LIMIT): graph size and session.run us/step."""
+    from unittest.mock import patch
+
+    from kit.features import kernels
+
+    with patch.object(kernels, "MEAN_STD_TABLE_LIMIT", float("inf")):
+        module = fs.stream_module().eval()
+    with tempfile.TemporaryDirectory(prefix="bench-stream-table-") as tmp:
+        path = Path(tmp) / "table.onnx"
+        export_step_graph(module, rows.shape[-1], path)
+        size = path.stat().st_size / 1e6
+        sess = session(path)
+    init = [s.numpy() for s in module.init_state(1)]
+    run_loop(sess, rows[:WARMUP], init)
+    seconds, _ = best_of(lambda: run_loop(sess, rows, init), repeats)
+    return {"table_onnx_mb": round(size, 2), "table_run_us": round(seconds * 1e6 / len(rows), 2)}
 
 
 def run_loop(sess, rows: np.ndarray, state: list[np.ndarray]):
@@ -129,20 +155,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--groups", help="comma-separated feature groups (default: all)")
+    parser.add_argument("--rolling-window", type=int, metavar="W",
+                        help="instead: raw + rolling mean and std of every feature over W "
+                        "steps, against the same set with its weights in a per-count table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = load_spec("predictorium")
     groups = args.groups.split(",") if args.groups else list(available_groups(spec))
-    fs = build_feature_set(spec, groups)
+    ops = None
+    if args.rolling_window:
+        groups, ops = ["raw"], [{"op": op, "inputs": ["@features"], "window": args.rolling_window}
+                                for op in ("rolling_mean", "rolling_std")]
+    fs = build_feature_set(spec, groups, ops)
     module = fs.stream_module().eval()
     n_in, n_out = len(spec.features), len(fs.outputs)
     rng = np.random.default_rng(0)
     rows = rng.standard_normal((args.steps, 1, n_in)).astype(np.float32)
     warm = rows[: min(WARMUP, len(rows))]
+    table = table_baseline(fs, rows, args.repeats) if args.rolling_window else {}
 
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
         tmp = Path(tmp)
         export_step_graph(module, n_in, tmp / "features.onnx")
+        onnx_mb = (tmp / "features.onnx").stat().st_size / 1e6
         sess = session(tmp / "features.onnx", optimized=tmp / "optimized.onnx")
         nodes = Counter(n.op_type for n in onnx.load(str(tmp / "features.onnx")).graph.node)
         opt_nodes = Counter(n.op_type for n in onnx.load(str(tmp / "optimized.onnx")).graph.node)
@@ -222,6 +257,11 @@ def main() -> None:
         "bench": "features_stream",
         "features": n_out,
         "groups": groups,
+        **({"rolling_window": args.rolling_window, "onnx_mb": round(onnx_mb, 2), **table,
+            "baseline_table": "the same set, weights from a per-count table",
+            "speedup_vs_table": round(table["table_run_us"] / ort_run, 2),
+            "size_ratio_table": round(table["table_onnx_mb"] / onnx_mb, 1)}
+           if table else {}),
         "steps": args.steps,
         "repeats": args.repeats,
         "onnx_nodes": sum(nodes.values()),
