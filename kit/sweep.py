@@ -464,21 +464,23 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
                                   failing, lambda study, _: interrupt.asked and study.stop()],
                        catch=(), gc_after_trial=False)  # a full gc per trial cost ~0.2 s
     interrupt.check()  # asked between trials: the study stopped after the one finishing
-    if failing.count >= FAILED_IN_A_ROW:
-        raise SweepError(f"the last {failing.count} trials all failed ({failing.last}); the "
-                         "study keeps them as failed: fix the cause (or narrow the search "
-                         "space) and re-run the same command to continue")
+    if failing.stopped:
+        raise SweepError(f"{failing.stopped} ({failing.last}); the study keeps them as failed: "
+                         "fix the cause (or narrow the search space) and re-run the same "
+                         "command to continue")
 
 
 FAILED_IN_A_ROW = 5  # a worker whose trials keep failing stops instead of sampling forever
 
 
 class FailureStreak:
-    """An Optuna callback counting this worker's failed trials in a row; it stops the study
-    at FAILED_IN_A_ROW."""
+    """An Optuna callback that stops this worker when its own last FAILED_IN_A_ROW trials failed,
+    or when the study's last FAILED_IN_A_ROW finished trials (every worker's, on every machine)
+    did: K workers on a search that always fails then spend about FAILED_IN_A_ROW + K trials
+    between them, not FAILED_IN_A_ROW each."""
 
     def __init__(self):
-        self.count, self.last = 0, ""
+        self.count, self.last, self.stopped = 0, "", ""
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
@@ -489,7 +491,22 @@ class FailureStreak:
         self.count += 1
         self.last = trial.user_attrs.get("diverged", "see the log above")
         if self.count >= FAILED_IN_A_ROW:
+            self.stopped = f"this worker's last {self.count} trials all failed"
+        elif study_failing(study):
+            self.stopped = f"the study's last {FAILED_IN_A_ROW} finished trials all failed"
+        if self.stopped:
             study.stop()
+
+
+def study_failing(study) -> bool:
+    """Whether the study's last FAILED_IN_A_ROW trials to end (by end time) all failed."""
+    from optuna.trial import TrialState
+
+    ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                    TrialState.FAIL))
+    ended = sorted((t for t in ended if t.datetime_complete is not None),
+                   key=lambda t: t.datetime_complete)[-FAILED_IN_A_ROW:]
+    return len(ended) == FAILED_IN_A_ROW and all(t.state == TrialState.FAIL for t in ended)
 
 
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,

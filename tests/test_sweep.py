@@ -122,8 +122,31 @@ def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_e
     # when every trial diverges, the worker stops after FAILED_IN_A_ROW, saying why
     out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q",
                   f"data.train={sweep_env / 'extreme.parquet'}", expect=2).output
-    assert "the last 5 trials all failed (runs/tiny/tiny-t0004: training diverged" in out
+    assert "this worker's last 5 trials all failed (runs/tiny/tiny-t0004: training diverged" in out
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
+    # the streak is the study's too (what other workers on the same storage see): a worker
+    # joining a study whose last 5 finished trials failed stops at its own first failure
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q",
+                  f"data.train={sweep_env / 'extreme.parquet'}", expect=2).output
+    assert "the study's last 5 finished trials all failed (runs/tiny/tiny-t0005" in out
+    assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 6
+
+
+def test_workers_of_an_always_failing_sweep_stop_together(sweep_env, workspace):
+    import polars as pl
+
+    from kit.sweep import FAILED_IN_A_ROW
+
+    frame = pl.read_parquet(workspace / "data" / "train.parquet")
+    frame.with_columns(pl.col("t0") * 1e30).write_parquet(sweep_env / "extreme.parquet")
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "--workers", 2, "-q",
+                  f"data.train={sweep_env / 'extreme.parquet'}", expect=2).output
+    assert "worker exit codes [2, 2]" in out
+    states = [t.state for t in _study(_sqlite(sweep_env)).get_trials()]
+    # each worker stops once the study's last 5 ended trials failed: the 5th failure stops one
+    # worker and the other stops after the trial it had in flight (5 failures each before)
+    assert set(states) == {TrialState.FAIL}
+    assert FAILED_IN_A_ROW <= len(states) <= FAILED_IN_A_ROW + 1
 
 
 def test_a_journal_file_storage_works_unchanged(sweep_env):
