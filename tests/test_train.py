@@ -682,3 +682,33 @@ def test_bad_holdout_settings_are_refused_naming_the_setting(env, grouped_train,
 
     with pytest.raises(ConfigError, match=message):
         load_train_data(_split_config(grouped_train, **data))
+
+
+def test_parallel_progress_prints_each_new_history_line_once(tmp_path, capsys):
+    from kit.train.recipe import EpochLines
+    from kit.train.runs import RunFiles
+
+    def record(epoch: int, seconds: float) -> dict:
+        return {"epoch": epoch, "train_loss": 1.0 / epoch, "val_score": 0.1 * epoch,
+                "val_per_target": {"t0": 0.1}, "best": True, "seconds": seconds}
+
+    files = RunFiles(tmp_path / "run")
+    files.root.mkdir()
+    for epoch in (1, 2, 3):  # epoch 3 logged just before a kill, before its last.pt
+        files.append_history(record(epoch, 1.0))
+    lines = EpochLines([7], [files.root])
+    lines()
+    assert capsys.readouterr().out == ""  # earlier sessions printed those
+    files.truncate_history(2)  # what --resume does: back to last.pt's epoch 2
+    files.append_history(record(3, 2.5))  # epoch 3 again, trained anew
+    with open(files.history, "a") as fh:  # epoch 4 half written
+        fh.write(json.dumps(record(4, 2.0))[:20])
+    lines()
+    assert capsys.readouterr().out.splitlines() == ["seed 7 epoch 3: loss 0.3333  val 0.3000 "
+                                                    "(t0 0.1000)  *"]
+    with open(files.history, "a") as fh:
+        fh.write(json.dumps(record(4, 2.0))[20:] + "\n")
+    lines()
+    lines()
+    assert capsys.readouterr().out.splitlines() == ["seed 7 epoch 4: loss 0.2500  val 0.4000 "
+                                                    "(t0 0.1000)  *"]

@@ -204,31 +204,32 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
 
 
 class EpochLines:
-    """Prints each parallel run's epochs as they land in its history.jsonl (only epochs past
-    those it held when the command started: a resumed run's earlier epochs were printed by
-    earlier sessions)."""
+    """Prints each parallel run's epochs as they land in its history.jsonl: every line that was
+    not there when the command started (a resumed run's earlier epochs were printed by earlier
+    sessions). Lines, not epoch numbers: a resumed run first cuts its history back to its
+    last.pt, so an epoch logged just before a kill is trained again under the same number."""
 
     def __init__(self, seeds: list[int], dirs: list[Path]):
         self.runs = list(zip(seeds, dirs, strict=True))
-        self.printed = [max((r["epoch"] for r in self._records(d)), default=0) for d in dirs]
+        self.seen = [set(self._lines(d)) for d in dirs]
 
     @staticmethod
-    def _records(folder: Path) -> list[dict]:
+    def _lines(folder: Path) -> list[str]:
         path = folder / "history.jsonl"
-        out = []
-        for line in path.read_text().splitlines() if path.exists() else []:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line being written: read it next time
-                break
-        return out
+        text = path.read_text() if path.exists() else ""
+        return text.splitlines()[:text.count("\n")]  # whole lines: one being written waits
 
     def __call__(self) -> None:
-        for i, (seed, folder) in enumerate(self.runs):
-            for record in self._records(folder):
-                if record["epoch"] > self.printed[i]:
-                    self.printed[i] = record["epoch"]
-                    print(f"seed {seed} {epoch_line(record)}", flush=True)
+        for (seed, folder), seen in zip(self.runs, self.seen, strict=True):
+            for line in self._lines(folder):
+                if line in seen:
+                    continue
+                seen.add(line)
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # torn by a kill: not an epoch
+                    continue
+                print(f"seed {seed} {epoch_line(record)}", flush=True)
 
 
 def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
