@@ -24,12 +24,26 @@ def test_mse_uses_only_masked_rows():
     assert torch.isclose(MaskedLoss({"terms": {"mse": 1.0}}, 2)(p2, y, mask), expected)
 
 
-def test_pearson_term_is_one_minus_the_metric():
+@pytest.mark.parametrize("y_scale, p_scale", [(1.0, 1.0), (1e-3, 1e-3), (1e-3, 1e-5),
+                                               (1e4, 1e-2)])
+def test_pearson_term_is_one_minus_the_metric(y_scale, p_scale):
+    # in any units: returns of std 1e-3 predicted at 1e-5 included (the correlation is the same)
     p, y, mask = _batch(1)
+    p, y = p * p_scale, y * y_scale
     loss = MaskedLoss({"terms": {"pearson": 1.0}}, 2)(p, y, mask)
     rows_p, rows_y = p[mask].numpy(), y[mask].numpy()
     metric = np.mean([weighted_pearson(rows_y[:, j], rows_p[:, j], clip=None) for j in (0, 1)])
     assert loss.item() == pytest.approx(1 - metric, abs=1e-5)
+
+
+def test_pearson_term_does_not_reward_the_prediction_scale():
+    p, y, mask = _batch(2)
+    p, y = (p * 1e-5).requires_grad_(), y * 1e-3
+    loss = MaskedLoss({"terms": {"pearson": 1.0}}, 2)(p, y, mask)
+    loss.backward()
+    # the metric ignores the scale, so the gradient has no part along p itself
+    along_scale = (p.grad * p.detach())[mask].sum()
+    assert abs(along_scale.item()) < 1e-5 * p.grad.norm().item() * p.detach().norm().item()
 
 
 def test_weighted_terms_weight_large_targets():

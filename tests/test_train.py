@@ -712,3 +712,44 @@ def test_parallel_progress_prints_each_new_history_line_once(tmp_path, capsys):
     lines()
     assert capsys.readouterr().out.splitlines() == ["seed 7 epoch 4: loss 0.2500  val 0.4000 "
                                                     "(t0 0.1000)  *"]
+
+
+def test_the_schedule_follows_each_batch_when_sequences_differ_in_length(tmp_path):
+    # 2 long and 10 short sequences in chunks of 10: a batch of short ones has padding-only
+    # chunks that take no optimizer step, so the cosine must be sized by batch, not by the set
+    from kit.competition import CompetitionSpec
+    from kit.config import DEFAULTS
+    from kit.features.normaliser import Normaliser
+    from kit.features.sets import build_feature_set
+    from kit.models import build_model
+    from kit.train.data import Split, TrainData
+    from kit.train.runs import RunFiles
+    from kit.train.trainer import fit, optimizer_steps
+
+    spec = CompetitionSpec(name="ragged", features=("a", "b"), targets=("t",), seq_len=None,
+                           warmup=0)
+    generator = torch.Generator().manual_seed(0)
+
+    def split(lengths: list[int]) -> Split:
+        real = torch.arange(40)[None, :] < torch.tensor(lengths)[:, None]
+        x = torch.randn(len(lengths), 40, 2, generator=generator) * real[..., None]
+        y = x[..., :1].cumsum(1) * real[..., None]
+        return Split(x, y, real, np.arange(int(real.sum())))
+
+    data = TrainData(spec, build_feature_set(spec, ["raw"]), Normaliser.fit(np.ones((4, 2))),
+                     split([40] * 2 + [10] * 10), split([40] * 4))
+    config = {**DEFAULTS, "seed": 3, "loss": {"terms": {"mse": 1.0}},
+              "train": {**DEFAULTS["train"], "epochs": 3, "batch_size": 2, "chunk": 10,
+                        "warmup_epochs": 0, "threads": 1, "amp": "off"}}
+    steps = optimizer_steps(data.train.mask.numpy(), 10, 2, 3, 3)
+    assert sum(steps) < 3 * 6 * 4  # fewer than every batch x every chunk that some row learns
+    files = RunFiles(tmp_path / "run")
+    files.root.mkdir()
+    files.about = {"model_config": {"type": "gru"}, "summary": {}}
+    torch.manual_seed(3)
+    fit(config, data, build_model({"type": "gru", "hidden": 8, "layers": 1}, 2, 1), files,
+        progress=False)
+    taken = load_checkpoint(files.last, ("schedule",))["schedule"]["last_epoch"]
+    assert taken == sum(steps)
+    last_lr = json.loads(files.history.read_text().splitlines()[-1])["lr"]
+    assert last_lr == pytest.approx(0.0, abs=1e-9)  # the cosine reaches its end

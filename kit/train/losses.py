@@ -19,6 +19,7 @@ from kit.config import finite_number
 from kit.errors import KitError
 
 WEIGHT_FLOOR = 1e-8
+SPREAD_FLOOR = 1e-15  # a weighted std below this is no spread at all (float32)
 
 
 class LossConfigError(KitError):
@@ -54,14 +55,20 @@ def whuber(p: Tensor, y: Tensor, delta: float) -> Tensor:
 
 
 def pearson(p: Tensor, y: Tensor, delta: float) -> Tensor:
-    """1 - weighted Pearson per target (weights |y|), the metric made differentiable."""
+    """1 - weighted Pearson per target (weights |y|), the metric made differentiable.
+
+    The targets are standardised first and the floor sits on the prediction variance alone, far
+    below any real spread: the loss is 1 - the metric for targets in any units (returns of std
+    1e-3 too) and predictions at any scale. A floor on var(p) * var(y) of a fixed size turned it
+    into "maximise the covariance" for small targets. Unlike the metric, predictions are not
+    clipped here (a clip would stop the gradient of every prediction past it)."""
     w = y.abs().clamp_min(WEIGHT_FLOOR)
     w = w / w.sum(0, keepdim=True)
     dp = p - (w * p).sum(0, keepdim=True)
     dy = y - (w * y).sum(0, keepdim=True)
+    dy = dy / (w * dy * dy).sum(0, keepdim=True).sqrt().clamp_min(SPREAD_FLOOR)
     cov = (w * dp * dy).sum(0)
-    var = (w * dp * dp).sum(0) * (w * dy * dy).sum(0)
-    return 1.0 - cov / var.clamp_min(1e-12).sqrt()
+    return 1.0 - cov / (w * dp * dp).sum(0).clamp_min(SPREAD_FLOOR**2).sqrt()
 
 
 TERMS = {"mse": mse, "wmse": wmse, "huber": huber, "whuber": whuber, "pearson": pearson}

@@ -31,11 +31,29 @@ class TrainingDiverged(KitError):
     """The loss or the validation score stopped being a number before any epoch scored."""
 
 
-def make_schedule(optimizer, train: dict, steps_per_epoch: int):
-    """Per-step LambdaLR/OneCycle, or per-epoch ReduceLROnPlateau (stepped with the score)."""
-    name, epochs = train["schedule"], train["epochs"]
-    total = max(1, epochs * steps_per_epoch)
-    warmup = min(total - 1, train["warmup_epochs"] * steps_per_epoch)
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """An epoch's shuffle of the n training sequences, drawn from (seed, epoch) alone."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def optimizer_steps(mask: np.ndarray, chunk: int, batch_size: int, seed: int,
+                    epochs: int) -> list[int]:
+    """The optimizer steps each epoch takes: one per chunk of a batch that holds a scored step.
+    A chunk of only warm-up or padding steps takes none, and which chunks those are depends on
+    the batch when sequences differ in length, so the count follows each epoch's shuffle."""
+    n, steps = mask.shape
+    learns = np.stack([mask[:, lo:lo + chunk].any(1) for lo in range(0, steps, chunk)], 1)
+    starts = np.arange(0, n, batch_size)
+    return [int(np.logical_or.reduceat(learns[order], starts, axis=0).sum())
+            for order in (epoch_order(n, seed, epoch) for epoch in range(epochs))]
+
+
+def make_schedule(optimizer, train: dict, steps: list[int]):
+    """Per-step LambdaLR/OneCycle over `steps` (the optimizer steps of each epoch), or per-epoch
+    ReduceLROnPlateau (stepped with the score)."""
+    name = train["schedule"]
+    total = max(1, sum(steps))
+    warmup = min(total - 1, sum(steps[:train["warmup_epochs"]]))
     if name == "cosine":
         def factor(step: int) -> float:
             if step < warmup:
@@ -112,11 +130,8 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         train = {**train, "batch_size": find_batch_size(model, data.train.x.shape[2], chunk, n,
                                                         device)}
     batches_per_epoch = math.ceil(n / train["batch_size"])
-    # Chunks of warm-up steps only take no optimizer step, so the schedule does not count them
-    # (the warm-up is the same steps of every sequence: the count is exact for every batch).
-    mask = data.train.mask
-    learning_chunks = sum(bool(mask[:, lo:lo + chunk].any()) for lo in range(0, steps, chunk))
-    schedule = make_schedule(optimizer, train, batches_per_epoch * max(1, learning_chunks))
+    schedule = make_schedule(optimizer, train, optimizer_steps(
+        np.asarray(data.train.mask), chunk, train["batch_size"], seed, train["epochs"]))
     per_step_schedule = train["schedule"] != "plateau"
     amp_dtype = autocast_for(device, train["amp"])
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -149,7 +164,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             break
         started = time.perf_counter()
         torch.manual_seed(seed * 1_000_003 + epoch)  # this epoch's dropout noise
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        order = epoch_order(n, seed, epoch)
         model.train()
         losses = []
         bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch + 1}/{train['epochs']}",
