@@ -30,7 +30,7 @@ import polars as pl
 import tomli_w
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.config import validation_file
+from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
 from kit.run_record import is_finished, load_array, read_config, read_metrics
@@ -92,6 +92,10 @@ def load_candidate(path: Path) -> Candidate:
                             "(an out-of-fold group): nothing to select from")
     if len(preds) != len(rows):
         raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
+    bad = int((~np.isfinite(preds)).sum())
+    if bad:  # the metric's clip scores them, but every blend with them is NaN
+        raise EnsembleError(f"{path}: {bad} validation predictions are NaN or inf (the model "
+                            "overflows); leave this run out of the candidates")
     name = f"{path.parent.name}/{path.name}"
     return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
                      data, load_spec(config.get("spec")))
@@ -307,7 +311,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
     groups = [[t] for t in range(k)] if per_target else [list(range(k))]
     counts = np.zeros((k, len(candidates)))
     trajectory = np.zeros(iters)
-    best_iteration = []
+    best_iteration, group_scores = [], []
     for targets in groups:
         order = sorted(range(len(candidates)),
                        key=lambda j: -sign * np.mean([singles[j].per_target[spec.outputs[t]]
@@ -317,6 +321,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
         first = max(init_best - 1, 0)  # the cut never drops the initial members
         best = first + int(np.argmax(sign * np.array(scores[first:])))
         best_iteration.append(best + 1)
+        group_scores.append([float(v) for v in scores])
         counts[targets] = history[best]
         trajectory += np.array(scores) * len(targets) / k
     weights = (counts / counts.sum(axis=1, keepdims=True)).T  # (C, K), as Selection.weights
@@ -330,7 +335,13 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
         singles=[{"score": s.score, "per_target": s.per_target} for s in singles],
         uniform={"score": uniform.score, "per_target": uniform.per_target},
         seconds=time.perf_counter() - started,
-        extra={"best_iteration_per_group": best_iteration},
+        # per target, each target's own curve and cut (the mean curve is no curve the ensemble
+        # is on: its score is each target's score at that target's own cut)
+        extra={"trajectory_per_target": {spec.outputs[t]: v for (t,), v in
+                                         zip(groups, group_scores, strict=True)},
+               "best_iteration_per_target": {spec.outputs[t]: b for (t,), b in
+                                             zip(groups, best_iteration, strict=True)}}
+        if per_target else {},
     )
 
 
@@ -442,6 +453,7 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
             "uniform": selection.uniform,
             "trajectory": selection.trajectory,
             "targets": list(spec.outputs),
+            **selection.extra,
         },
         "members": members,
     }
@@ -477,13 +489,19 @@ def read_ensemble(path: Path) -> dict:
         if not isinstance(runs, list) or not runs or not all(isinstance(r, str) for r in runs):
             raise EnsembleError(f"{where}.runs: a non-empty list of run directories")
         weights = m["weights"]
-        if not isinstance(weights, list) or not weights or any(
-                isinstance(w, bool) or not isinstance(w, int | float) or w < 0
-                for w in weights):
-            raise EnsembleError(f"{where}.weights: a list of numbers >= 0, one per target")
+        if not isinstance(weights, list) or not weights or not all(
+                finite_number(w) and w >= 0 for w in weights):
+            raise EnsembleError(f"{where}.weights: a list of finite numbers >= 0, one per target")
         if k is not None and len(weights) != k:
             raise EnsembleError(f"{where}.weights: {len(weights)} values, members[0] has {k}")
         k = len(weights)
+        # `weight` is the mean written beside them for reading; pack uses `weights` alone, so
+        # an edit of `weight` alone must not pass as if it had left the member out
+        if "weight" in m and not (finite_number(m["weight"]) and math.isclose(
+                m["weight"], sum(weights) / k, rel_tol=1e-6, abs_tol=1e-9)):
+            raise EnsembleError(f"{where}.weight = {m['weight']!r} is not the mean of its "
+                                f"weights {weights}: kit pack uses `weights` (one per target); "
+                                "edit those, and update or delete `weight`")
     post = doc.get("postprocess")
     if post is not None:
         doc["postprocess"] = check_postprocess(post, k, path)
@@ -496,13 +514,16 @@ def check_postprocess(post: dict, k: int, where: object) -> dict:
         raise EnsembleError(f"{where}: [postprocess] must be a table")
     out = {**post, "smoothing": post.get("smoothing", [0.0] * k),
            "scale": post.get("scale", [1.0] * k)}
-    for key, low, high in (("smoothing", 0.0, 1.0), ("scale", -math.inf, math.inf)):
+    # a scale of 0 predicts a constant, a negative one flips the sign: never a tuned value
+    for key, ok, allowed in (("smoothing", lambda v: 0.0 <= v < 1.0, "in [0.0, 1.0)"),
+                             ("scale", lambda v: v > 0, "finite and > 0")):
         values = out[key]
         if not isinstance(values, list) or len(values) != k or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            raise EnsembleError(f"{where}: postprocess.{key}: {k} numbers, one per target")
-        if not all(low <= v < high for v in values):
-            raise EnsembleError(f"{where}: postprocess.{key}: values in [{low}, {high})")
+                finite_number(v) for v in values):
+            raise EnsembleError(f"{where}: postprocess.{key}: {k} finite numbers, one per "
+                                "target")
+        if not all(ok(v) for v in values):
+            raise EnsembleError(f"{where}: postprocess.{key}: values {allowed}")
     return out
 
 
@@ -518,12 +539,19 @@ def format_selection(doc: dict) -> str:
     row(f"best single ({e['best_single']['name'][-18:]})", e["best_single"]["score"],
         e["best_single"]["per_target"])
     row(f"uniform mean of {e['candidates']}", e["uniform"]["score"], e["uniform"]["per_target"])
+    cuts = e.get("best_iteration_per_target")
+    cut = (", ".join(f"{t} at iteration {n}" for t, n in cuts.items()) + f" of {e['iters']}"
+           if cuts else f"at iteration {e['best_iteration']} of {e['iters']}")
     lines.append(f"\n{len(doc['members'])} of {e['candidates']} candidates selected "
-                 f"(best at iteration {e['best_iteration']} of {e['iters']}; "
-                 f"{e['rows']:,} rows; {e['seconds']:.1f}s)")
-    for m in sorted(doc["members"], key=lambda m: -m["weight"]):
+                 f"(best {cut}; {e['rows']:,} rows; {e['seconds']:.1f}s)")
+
+    def mean_weight(m: dict) -> float:
+        return sum(m["weights"]) / len(m["weights"])
+
+    for m in sorted(doc["members"], key=lambda m: -mean_weight(m)):
         per = "  ".join(f"{t} {w:.3f}" for t, w in zip(targets, m["weights"], strict=True))
-        lines.append(f"  {m['weight']:.3f}  {m['name']:<40} [{per}]  single {m['score']:.4f}")
+        single = f"  single {m['score']:.4f}" if finite_number(m.get("score")) else ""
+        lines.append(f"  {mean_weight(m):.3f}  {m['name']:<40} [{per}]{single}")
     post = doc.get("postprocess")
     if post:
         for t, name in enumerate(targets):

@@ -629,15 +629,22 @@ def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     e, members = doc["ensemble"], doc["members"]
     out_dir = Path(out_dir) if out_dir is not None else Path(path).with_suffix("")
     out_dir.mkdir(parents=True, exist_ok=True)
-    fig = _figure(6.5, 3.6)
-    ax = fig.subplots()
-    steps = np.arange(1, len(e["trajectory"]) + 1)
-    ax.plot(steps, e["trajectory"], marker=".", label="ensemble")
-    ax.axhline(e["best_single"]["score"], color="gray", ls="--", label="best single")
-    ax.axhline(e["uniform"]["score"], color="gray", ls=":", label="uniform mean")
-    ax.axvline(e["best_iteration"], color="C3", lw=0.8, label="cut")
-    ax.set(xlabel="iteration", ylabel=e["metric"], title="greedy selection (with replacement)")
-    ax.legend(fontsize=8)
+    # --per-target: one panel per target, its own curve and cut (the ensemble's score is each
+    # target's at its own cut, on no single curve); else one curve, one cut
+    curves = e.get("trajectory_per_target") or {"": e["trajectory"]}
+    cuts = e.get("best_iteration_per_target") or {"": e["best_iteration"]}
+    fig = _figure(6.5, 3.6 if len(curves) == 1 else 2.4 * len(curves))
+    for ax, (target, curve) in zip(np.atleast_1d(fig.subplots(len(curves), 1)), curves.items(),
+                                   strict=True):
+        single, uniform = ((entry["per_target"][target] if target else entry["score"])
+                           for entry in (e["best_single"], e["uniform"]))
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker=".", label="ensemble")
+        ax.axhline(single, color="gray", ls="--", label="best single")
+        ax.axhline(uniform, color="gray", ls=":", label="uniform mean")
+        ax.axvline(cuts[target], color="C3", lw=0.8, label="cut")
+        ax.set(xlabel="iteration", ylabel=f"{e['metric']} {target}".strip(),
+               title=f"greedy selection (with replacement){', ' + target if target else ''}")
+        ax.legend(fontsize=8)
     fig.savefig(out_dir / "selection.png", dpi=110)
     fig = _figure(6.5, 1.2 + 0.35 * len(members))
     ax = fig.subplots()

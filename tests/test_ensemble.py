@@ -1,6 +1,7 @@
 """Greedy ensemble selection, ensemble files, `kit pack --ensemble` and parity on ensembles."""
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from kit.ensemble import (
     EnsembleError,
     Moments,
     check_same_rows,
+    ensemble_document,
+    format_selection,
     greedy,
     read_ensemble,
     select,
@@ -73,6 +76,23 @@ def test_per_target_weights_follow_each_target():
     assert w[0, 0] > 0.9 and w[1, 1] > 0.9
     joint = select(_candidates([good_t0, good_t1]), truth, iters=10)
     assert sel.score > joint.score
+
+
+def test_per_target_selection_records_each_targets_curve_and_cut():
+    rng = np.random.default_rng(7)
+    truth = rng.standard_normal((20_000, 2))
+    cands = _candidates([truth + s * rng.standard_normal((20_000, 2)) for s in (1.0, 1.5, 4.0)])
+    sel = select(cands, truth, iters=12, per_target=True)
+    curves = sel.extra["trajectory_per_target"]
+    cuts = sel.extra["best_iteration_per_target"]
+    assert list(curves) == list(cuts) == ["t0", "t1"]
+    for target in ("t0", "t1"):  # the ensemble scores each target at that target's own cut
+        assert sel.per_target[target] == pytest.approx(curves[target][cuts[target] - 1],
+                                                       abs=1e-9)
+        assert curves[target][cuts[target] - 1] == max(curves[target])
+    text = format_selection(ensemble_document(sel, cands, iters=12, init_best=0))
+    assert f"best t0 at iteration {cuts['t0']}, t1 at iteration {cuts['t1']} of 12" in text
+    assert "trajectory_per_target" not in select(cands, truth, iters=3).extra
 
 
 def test_init_best_starts_from_the_best_candidates_and_the_cut_keeps_the_best_point():
@@ -443,8 +463,19 @@ def test_init_best_beyond_the_iterations_is_refused():
 @pytest.mark.parametrize("member, post, message", [
     ({"runs": [], "weights": [1.0, 1.0]}, None, "runs: a non-empty list"),
     ({"runs": "runs/x", "weights": [1.0, 1.0]}, None, "runs: a non-empty list"),
-    ({"runs": ["r"], "weights": [1.0]}, {"scale": [1.0, 1.0]}, "postprocess.scale: 1 numbers"),
+    ({"runs": ["r"], "weights": [1.0]}, {"scale": [1.0, 1.0]},
+     "postprocess.scale: 1 finite numbers"),
     ({"runs": ["r"], "weights": [1.0, 1.0]}, {"smoothing": [1.0, 0.0]}, "values in [0.0, 1.0)"),
+    # NaN and inf weights (1e400 reads as inf) would make the pack predict NaN
+    ({"runs": ["r"], "weights": [math.nan, 0.5]}, None, "a list of finite numbers >= 0"),
+    ({"runs": ["r"], "weights": [0.5, math.inf]}, None, "a list of finite numbers >= 0"),
+    ({"runs": ["r"], "weights": [0.5, 0.5]}, {"scale": [0.0, 1.0]}, "values finite and > 0"),
+    ({"runs": ["r"], "weights": [0.5, 0.5]}, {"scale": [1.0, -1.0]}, "values finite and > 0"),
+    ({"runs": ["r"], "weights": [0.5, 0.5]}, {"scale": [1.0, math.nan]},
+     "postprocess.scale: 2 finite numbers"),
+    # the mean written beside the weights, edited alone: pack would have ignored it
+    ({"runs": ["r"], "weights": [0.5, 0.5], "weight": 0.0}, None,
+     "members[0].weight = 0.0 is not the mean of its weights [0.5, 0.5]"),
 ])
 def test_hand_edited_ensemble_files_are_checked(tmp_path, member, post, message):
     with pytest.raises(EnsembleError, match=re.escape(message)):
@@ -456,6 +487,18 @@ def test_a_missing_postprocess_key_means_the_identity(tmp_path):
                                                       "weights": [1.0, 1.0]}],
                                {"scale": [2.0, 1.0]}))
     assert doc["postprocess"] == {"scale": [2.0, 1.0], "smoothing": [0.0, 0.0]}
+
+
+def test_candidates_with_non_finite_predictions_are_named(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["gru"], run)
+    preds = np.load(run / "val_preds.npy")
+    preds[:3, 0] = np.inf
+    np.save(run / "val_preds.npy", preds)
+    with pytest.raises(EnsembleError, match="3 validation predictions are NaN or inf"):
+        select_ensemble([run, runs["lstm"]], iters=2, out=tmp_path / "e.toml")
 
 
 def test_unfinished_runs_are_not_candidates(runs, tmp_path):
