@@ -24,15 +24,20 @@ def _section(title: str) -> None:
     typer.secho(f"\n== {title}", bold=True)
 
 
-def oracle_report(valid: Path, oracle: Path, spec: CompetitionSpec):
-    """The metric of the generator's oracle on valid: the ceiling to report models against."""
-    df = read_frame(valid)
+def oracle_report(valid: Path, oracle: Path, spec: CompetitionSpec, seqs: int | None = None):
+    """The metric of the generator's oracle on valid (its first `seqs` sequences, the rows
+    `kit score --seqs` scores): the ceiling to report models against, on the same rows."""
+    from kit.scoring.score import first_sequences
+
+    df, pred = read_frame(valid), read_frame(oracle).select(spec.outputs)
+    if seqs is not None:  # the oracle file is row for row the valid file
+        keep = first_sequences(df[spec.id_col], seqs)
+        df, pred = df.filter(keep), pred.filter(keep)
     need = df[spec.need_col].cast(pl.Boolean).to_numpy()
     targets = None if spec.next_state else df.select(spec.targets).to_numpy()
     truth = scored_truth(df[spec.id_col].to_numpy(), need, df.select(spec.features).to_numpy(),
                          targets, spec)
-    pred = read_frame(oracle).select(spec.outputs).to_numpy()[need]
-    return evaluate(spec, truth, pred)
+    return evaluate(spec, truth, pred.to_numpy()[need])
 
 
 def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("submissions"),
@@ -105,7 +110,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     scored = score_submission(packed.zip_path, valid, spec, seqs=seqs, progress=not quiet)
     typer.echo(scored.format())
 
-    ceiling = oracle_report(valid, oracle, spec)
+    ceiling = oracle_report(valid, oracle, spec, seqs)
     summary = {
         "runs": [str(r) for r in run_dirs],
         "best_single": max(m["score"] for m in trained),

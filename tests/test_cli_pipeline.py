@@ -39,6 +39,15 @@ def test_synth_check_stats_score_through_the_cli(tmp_path):
     assert abs(scored["report"]["score"] - stats["oracle"]["score"]) < 1e-6
     assert scored["rows"] == 8000 and scored["projected_s"] > 0
     assert scored["limit_s"] == 5400
+    # on --seqs N the demo's oracle ceiling covers the rows kit score scored: the oracle is 100%
+    from kit.demo import oracle_report
+
+    part = json.loads(run_cli("score", sub, "--data", out / "valid.parquet", "--seqs", 2,
+                              "--json").output)
+    ceiling = oracle_report(out / "valid.parquet", out / "valid_oracle.parquet", spec, 2)
+    assert part["rows"] == 2000
+    assert abs(part["report"]["score"] - ceiling.score) < 1e-6
+    assert abs(ceiling.score - stats["oracle"]["score"]) > 1e-3  # not the whole file's
 
 
 ORACLE_SOLUTION = '''

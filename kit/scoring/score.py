@@ -188,6 +188,13 @@ def replay_file(solution_dir: Path, rows_path: Path, n_rows: int, spec: Competit
     )
 
 
+def first_sequences(ids: pl.Series, seqs: int) -> pl.Series:
+    """The rows of the first `seqs` sequences in file order (what --seqs scores), as a mask."""
+    if seqs < 1:
+        raise DataError(f"--seqs must be >= 1, got {seqs}")
+    return ids.is_in(ids.unique(maintain_order=True).head(seqs).implode())
+
+
 def load_rows(
     data: Path, spec: CompetitionSpec, seqs: int | None
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -199,12 +206,8 @@ def load_rows(
         raise DataError(
             f"{data}: no target columns {list(spec.targets)}; scoring needs a labelled file"
         )
-    ids = frame[spec.id_col]
     if seqs is not None:
-        if seqs < 1:
-            raise DataError(f"--seqs must be >= 1, got {seqs}")
-        first = ids.unique(maintain_order=True).head(seqs)
-        frame = frame.filter(pl.col(spec.id_col).is_in(first.implode()))
+        frame = frame.filter(first_sequences(frame[spec.id_col], seqs))
     sequences = frame[spec.id_col].n_unique()
     values = frame.select(pl.col(c).cast(pl.Float64) for c in spec.input_columns).to_numpy()
     values = np.ascontiguousarray(values, dtype=np.float64)
