@@ -753,3 +753,22 @@ def test_the_schedule_follows_each_batch_when_sequences_differ_in_length(tmp_pat
     assert taken == sum(steps)
     last_lr = json.loads(files.history.read_text().splitlines()[-1])["lr"]
     assert last_lr == pytest.approx(0.0, abs=1e-9)  # the cosine reaches its end
+
+
+def test_a_group_that_fails_before_its_first_epoch_leaves_nothing(env, tmp_path, monkeypatch):
+    from kit.errors import KitError
+    from kit.train import trainer
+
+    if not torch.cuda.is_available():
+        # asking for the CUDA batch finder on CPU fails before any data is built or folder made
+        out = run_cli("train", "exp=tiny", "train.batch_size=0", expect=2).output
+        assert "needs a CUDA device" in out and not (tmp_path / "runs").exists()
+
+    def fails(*args, **kwargs):  # a failure inside fit, after config.toml is written
+        raise KitError("the device went away")
+
+    monkeypatch.setattr(trainer, "fit", fails)
+    out = run_cli("train", "exp=tiny", "seeds=[7,8]", "-q", expect=2).output
+    assert "the device went away" in out
+    assert _run_dirs(tmp_path / "runs" / "tiny") == []  # no phantom run for kit runs to list
+    assert list((tmp_path / "runs" / "tiny" / ".groups").iterdir()) == []

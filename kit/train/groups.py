@@ -117,9 +117,10 @@ class NothingStarted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | None):
-    """When the command fails, a claimed group's folders that are still empty are removed
-    (a bad setting found before their run started), and its record too when none is left:
-    nothing half-made is left to resume. A Ctrl-C then says so (NothingStarted)."""
+    """When the command fails, a claimed group's folders where no epoch was logged (empty, or
+    config.toml alone: a bad setting found before their run trained) are removed, and its
+    record too when none is left: nothing half-made is left to resume. A Ctrl-C then says so
+    (NothingStarted)."""
     try:
         yield
     except BaseException as exc:
@@ -127,11 +128,14 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
             raise
         left = False
         for name in member_names(seeds, folds, stamp):
+            folder = exp_dir / name
             try:
-                (exp_dir / name).rmdir()
+                # a run that failed before its first epoch holds its config.toml alone
+                (folder / "config.toml").unlink(missing_ok=True)
+                folder.rmdir()
             except FileNotFoundError:
                 pass
-            except OSError:  # not empty: a run started there
+            except OSError:  # not empty: a run trained there
                 left = True
         if not left:
             (exp_dir / GROUPS_DIR / f"{stamp}.json").unlink(missing_ok=True)

@@ -41,6 +41,9 @@ def check_config(config: dict) -> None:
     features = feature_set_from_config(config)
     model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
     MaskedLoss(config.get("loss"), spec.n_outputs)
+    if config["train"]["batch_size"] == 0 and not torch.cuda.is_available():
+        raise ConfigError("train.batch_size = 0 (find the largest batch that fits) needs a CUDA "
+                          "device; set a batch size on CPU")
 
 
 def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
