@@ -82,11 +82,19 @@ def spec_list() -> None:
 
 
 @spec_app.command("show")
-def spec_show(name: str = typer.Argument("predictorium", help="Preset name or TOML path.")) -> None:
-    """Print a spec fully resolved (column ranges expanded)."""
+def spec_show(name: str = typer.Argument("predictorium", help="Preset name or TOML path."),
+              as_json: bool = JsonOption) -> None:
+    """Print a spec fully resolved (column ranges expanded), as TOML a new spec can start from."""
+    import tomli_w
+
     from kit.competition import load_spec
 
-    _print_json(load_spec(name).to_dict())
+    spec = load_spec(name).to_dict()
+    if as_json:
+        _print_json(spec)
+        return
+    typer.echo(f"# kit spec show {name}: save as competitions/NEW.toml, set name = \"NEW\", edit, "
+               "then --spec NEW\n" + tomli_w.dumps(spec))
 
 
 @data_app.command("check")

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from kit.competition import available_specs, expand_columns, load_spec
@@ -64,6 +66,12 @@ def test_user_spec_from_path_and_from_competitions_folder(tmp_path, monkeypatch)
     assert "my-comp" in out and "predictorium" in out and "BROKEN: " in out
     (tmp_path / "competitions" / "broken.toml").unlink()
     assert '"y"' in run_cli("spec", "show", "my-comp").output
+    assert json.loads(run_cli("spec", "show", "my-comp", "--json").output)["targets"] == ["y"]
+    # the printed TOML is a spec: saved under another name it loads as the same competition
+    shown = run_cli("spec", "show", "predictorium").output
+    (tmp_path / "competitions" / "mine.toml").write_text(shown.replace(
+        'name = "predictorium"', 'name = "mine"'))
+    assert load_spec("mine").to_dict() == {**load_spec("predictorium").to_dict(), "name": "mine"}
 
 
 def test_user_spec_from_env_path(tmp_path, monkeypatch):
