@@ -160,3 +160,18 @@ def test_truncated_and_corrupt_parquet_get_clear_errors(tmp_path):
         assert "error:" in result.output and "Traceback" not in result.output
     result = run_cli("data", "check", tmp_path / "nope.parquet", expect=2)
     assert "no such file" in result.output
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_the_need_rule_is_checked_beside_gaps_and_lengths(variable):
+    # one pass lists every problem: a need_prediction error is not hidden behind a gap
+    spec = small_spec(seq_len=None if variable else 20, warmup=5, tail=2)
+    df = _set_at(make_frame(spec, lengths=[20, 20]), "need_prediction", 2, True)
+    df = pl.concat([df[:7], df[8:]])  # seq 0 loses step 7
+    with pytest.raises(DataError) as info:
+        check_frame(df, spec)
+    problems = info.value.problems
+    assert any("gap" in p and "step 6 -> 8" in p for p in problems)
+    need = [p for p in problems if "need_prediction breaks the rule" in p]
+    # the rule's end is the sequence's own (step 17 is still scored): only the real error
+    assert len(need) == 1 and "on 1 row(s): seq 0 step 2" in need[0]

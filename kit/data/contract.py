@@ -114,8 +114,7 @@ def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>"
             examples = ", ".join(f"seq {i} has {n}" for i, n in wrong.head(MAX_LISTED).iter_rows())
             problems.append(f"{wrong.height:,} sequence(s) do not have the spec's length "
                             f"{spec.seq_len}: {examples}")
-    if not problems:
-        problems += _check_need_rule(keys, spec)
+    problems += _check_need_rule(keys, spec)  # row by row: listed beside gaps or bad lengths
     if problems:
         raise ContractError(source, problems)
 
@@ -256,7 +255,9 @@ def _check_order(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
 
 
 def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
-    length = pl.len().over("id")
+    # a sequence ends at the spec's length, or (variable length) after its last step: not at
+    # its row count, which a gap or a duplicate would move
+    length = spec.seq_len if spec.seq_len is not None else pl.col("step").max().over("id") + 1
     expected = ((pl.col("step") >= spec.warmup) & (pl.col("step") < length - spec.tail))
     wrong = keys.filter(pl.col("need") != expected.cast(pl.Int8))
     if not wrong.height:
