@@ -530,14 +530,16 @@ def check_postprocess(post: dict, k: int, where: object) -> dict:
 def format_selection(doc: dict) -> str:
     e = doc["ensemble"]
     targets = e["targets"]
-    lines = [f"{'':<28}{'score':>9}" + "".join(f"{t:>9}" for t in targets)]
+    single = f"best single ({e['best_single']['name']})"  # whole: run names differ at the end
+    width = max(28, len(single) + 2)
+    lines = [f"{'':<{width}}{'score':>9}" + "".join(f"{t:>9}" for t in targets)]
 
     def row(label: str, score: float, per: dict) -> None:
-        lines.append(f"{label:<28}{score:>9.4f}" + "".join(f"{per[t]:>9.4f}" for t in targets))
+        lines.append(f"{label:<{width}}{score:>9.4f}"
+                     + "".join(f"{per[t]:>9.4f}" for t in targets))
 
     row("ensemble", e["score"], e["target_scores"])
-    row(f"best single ({e['best_single']['name'][-18:]})", e["best_single"]["score"],
-        e["best_single"]["per_target"])
+    row(single, e["best_single"]["score"], e["best_single"]["per_target"])
     row(f"uniform mean of {e['candidates']}", e["uniform"]["score"], e["uniform"]["per_target"])
     cuts = e.get("best_iteration_per_target")
     cut = (", ".join(f"{t} at iteration {n}" for t, n in cuts.items()) + f" of {e['iters']}"

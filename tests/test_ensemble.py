@@ -92,6 +92,8 @@ def test_per_target_selection_records_each_targets_curve_and_cut():
         assert curves[target][cuts[target] - 1] == max(curves[target])
     text = format_selection(ensemble_document(sel, cands, iters=12, init_best=0))
     assert f"best t0 at iteration {cuts['t0']}, t1 at iteration {cuts['t1']} of 12" in text
+    assert "best single (c0) " in text  # the whole name, columns aligned
+    assert len({len(line) for line in text.splitlines()[:4]}) == 1
     assert "trajectory_per_target" not in select(cands, truth, iters=3).extra
 
 
