@@ -358,6 +358,48 @@ def test_a_package_name_with_a_dot_gets_its_own_zip(workspace, runs, gru_pack, t
     assert first.zip_path.read_bytes() == before
 
 
+def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.parquet").write_bytes(b"mine")
+    with pytest.raises(PackError, match="is not a package written by kit pack"):
+        pack_run(runs["gru"], "data", tmp_path)
+    assert (data / "train.parquet").read_bytes() == b"mine"
+    run = shutil.copytree(runs["gru"], tmp_path / "runs" / "r1")  # a run packed onto itself
+    out = run_cli("pack", run, "--name", "r1", "--out", tmp_path / "runs", expect=2).output
+    assert "choose another --name" in out and (run / "best.pt").is_file()
+    # a package is replaced whole; notes kept in its folder stay there, out of the zip
+    first = pack_run(runs["gru"], "p", tmp_path)
+    (first.folder / "NOTES.md").write_text("lr 3e-3 was better")
+    again = pack_run(runs["lstm"], "p", tmp_path)
+    assert (again.folder / "NOTES.md").read_text() == "lr 3e-3 was better"
+    assert read_manifest(again.folder)["members"][0]["run"] == str(runs["lstm"])
+    assert sorted(zipfile.ZipFile(again.zip_path).namelist()) == sorted(PACK_FILES)
+    assert not [p for p in tmp_path.iterdir() if ".packing" in p.name]
+
+
+def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-m", "kit", "pack", str(runs[name]), "--name",
+                               "race", "--out", str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("gru", "lstm")]
+    outputs = [proc.communicate()[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    folder = tmp_path / "race"
+    manifest = read_manifest(folder)  # one pack's files, all of them, and its zip
+    assert all(sha256_file(folder / n) == h for n, h in manifest["files"].items())
+    with zipfile.ZipFile(tmp_path / "race.zip") as archive:
+        assert all(archive.read(n) == (folder / n).read_bytes() for n in PACK_FILES)
+    assert run_parity(folder, _valid(workspace), seqs=2).ok
+
+
 def test_a_folder_with_someone_elses_manifest(workspace, gru_pack, tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
     (folder / "manifest.json").write_text('{"name": "my model", "version": 2}')

@@ -10,8 +10,10 @@ and configs, the sha256 of every other file, and later the parity report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -128,11 +130,13 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         raise PackError("the members were trained for different competition specs")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # build beside the target and swap in at the end: a failed pack leaves the old one whole
-    staging = out_dir / f".{name}.packing"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    folder = out_dir / name
+    check_replaceable(folder)  # before the build: a wrong --name must not cost it
+    # build beside the target (a folder of this pack's own: packs to one name may run at once)
+    # and swap in at the end: a failed pack leaves the old one whole
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-", dir=out_dir))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0o700 would follow the package folder
         module = stream_module_of(weighted, postprocess, stack)
         shapes = export_step_graph(module, len(spec.features), staging / MODEL_FILE)
         graph = finalize_graph(staging / MODEL_FILE, {
@@ -161,12 +165,51 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
                                 f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller members, "
                                 "or --force to pack anyway")
         write_manifest(staging, manifest)
-        folder = out_dir / name
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
+        with exclusive(out_dir / f".{name}.lock"):  # the swap and the zip, one pack at a time
+            check_replaceable(folder)
+            for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if extra.name not in PACK_FILES and extra.name != "__pycache__":
+                    extra.rename(staging / extra.name)  # your notes stay with the package
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+            zip_path = write_submission_zip(folder, files=PACK_FILES)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PackResult(folder, write_submission_zip(folder, files=PACK_FILES), manifest)
+    return PackResult(folder, zip_path, manifest)
+
+
+def check_replaceable(folder: Path) -> None:
+    """Pack replaces a folder only when it is empty or a kit package: anything else of that
+    name (a data folder, a run directory) is the user's and must not be deleted."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink():
+        if not any(folder.iterdir()):
+            return
+        try:
+            if "kit_version" in json.loads((folder / MANIFEST_FILE).read_text()):
+                return
+        except (OSError, UnicodeDecodeError, ValueError, TypeError):
+            pass
+    raise PackError(f"{folder} exists and is not a package written by kit pack (no "
+                    f"{MANIFEST_FILE} of kit's): pack would delete it; choose another --name "
+                    "or --out, or move it away")
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path):
+    """An exclusive lock on lock_path (flock; released when the holder exits, even killed)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): packs to one name must not run at once there
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 BUDGET_FRACTION = 0.8  # refuse a pack projected past this share of the time limit
