@@ -772,3 +772,28 @@ def test_a_group_that_fails_before_its_first_epoch_leaves_nothing(env, tmp_path,
     assert "the device went away" in out
     assert _run_dirs(tmp_path / "runs" / "tiny") == []  # no phantom run for kit runs to list
     assert list((tmp_path / "runs" / "tiny" / ".groups").iterdir()) == []
+
+
+def test_text_features_and_non_finite_scored_targets_are_named(env, tmp_path):
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    text = frame.with_columns(pl.col("p1").cast(pl.String).fill_null("N/A"))
+    text.write_parquet(tmp_path / "text.parquet")
+    out = run_cli("train", "exp=tiny", f"data.train={tmp_path / 'text.parquet'}",
+                  expect=2).output
+    assert "feature column(s) must be numeric: ['p1 (String)']" in out
+    assert "Traceback" not in out
+    # a null target where a prediction is scored: named as such, not as a diverged run
+    scored = (pl.col("need_prediction") == 1) & (pl.col("step_in_seq") == 20)
+    holes = frame.with_columns(pl.when(scored).then(None).otherwise(pl.col("t0")).alias("t0"))
+    holes.write_parquet(tmp_path / "holes.parquet")
+    n_seqs = frame["seq_ix"].n_unique()
+    out = run_cli("train", "exp=tiny", f"data.valid={tmp_path / 'holes.parquet'}",
+                  expect=2).output
+    assert f"targets NaN, inf or null on rows that need a prediction (t0: {n_seqs} row(s)" in out
+    assert "diverged" not in out
+    # NaN targets on warm-up rows are never scored: that file trains
+    warm = (pl.col("need_prediction") == 0)
+    frame.with_columns(pl.when(warm).then(float("nan")).otherwise(pl.col("t1")).alias("t1")
+                       ).write_parquet(tmp_path / "warm.parquet")
+    run_cli("train", "exp=tiny", f"data.train={tmp_path / 'warm.parquet'}", "train.epochs=1",
+            "-q")

@@ -84,6 +84,7 @@ def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | No
                             f"({type(exc).__name__}); the file is corrupt") from None
         part = build_arrays(feature_set.batch_frame(chunk), spec, names, seq_len=width,
                             truncate=truncate)
+        check_scored_targets(path, spec, part)
         for field, writer in out.items():
             writer.write(getattr(part, field))
     return SequenceArrays(
@@ -91,6 +92,22 @@ def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | No
         lengths=np.minimum(lengths, width), ids=ids, feature_names=names,
         target_names=list(spec.outputs),
     )
+
+
+def check_scored_targets(path: Path, spec, part: SequenceArrays) -> None:
+    """Targets must be finite wherever a prediction is scored: the loss and the metric are NaN
+    otherwise, which training would report as a diverged run."""
+    bad = part.mask[..., None] & ~np.isfinite(part.y)
+    if not bad.any():
+        return
+    per_target = {name: int(n) for name, n in zip(spec.outputs, bad.sum((0, 1)), strict=True)
+                  if n}
+    first = int(part.ids[np.flatnonzero(bad.any((1, 2)))[0]])
+    raise DataError(f"{path}: targets NaN, inf or null on rows that need a prediction "
+                    f"({', '.join(f'{k}: {n:,} row(s)' for k, n in per_target.items())} in the "
+                    f"sequences read so far; first in sequence {first}); the loss and the metric "
+                    "need a finite target wherever need_prediction is true: fix those rows or "
+                    "set their need_prediction to false")
 
 
 def feature_table(frame: pl.DataFrame, names: list[str]) -> str:

@@ -106,6 +106,12 @@ class FeatureSet:
             raise DataError(f"missing column(s) {missing}: the {spec.name} features read the "
                             f"id, step, need and every feature column; `kit data check` "
                             "checks a file against the competition")
+        schema = df.collect_schema()
+        text = [f"{c} ({schema[c]})" for c in spec.features
+                if not (schema[c].is_numeric() or schema[c] == pl.Boolean)]
+        if text:  # the guard's cast would fail with a Polars traceback
+            raise DataError(f"feature column(s) must be numeric: {text}; `kit data check FILE` "
+                            "lists every problem of the file")
         if isinstance(df, pl.DataFrame) and df[spec.id_col].is_sorted():
             # Sorted ids let every `.over(id)` take Polars' sorted group-by path (~3x faster).
             df = df.with_columns(pl.col(spec.id_col).set_sorted())
