@@ -141,3 +141,17 @@ def test_next_state_oracle_uses_r2(tmp_path):
     assert stats["oracle"]["per_output"]["7"] == pytest.approx(direct, abs=1e-9)
     assert set(stats["feature_groups"]) == {"#"}
     assert "per output" in format_stats(stats)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda f: f.with_columns(pl.col("seq_ix").cast(pl.String)),
+     "column 'seq_ix' must be integer, found String"),
+    (lambda f: f.with_columns(pl.concat_list("p1", "p0").alias("p1")),
+     "column 'p1' must be numeric (float32/float64), found List"),
+])
+def test_stats_name_a_column_of_the_wrong_type(tmp_path, edit, message):
+    path = tmp_path / "odd.parquet"
+    edit(_tiny_frame()).write_parquet(path)
+    with pytest.raises(DataError) as info:
+        dataset_stats(path, TINY)
+    assert any(message in problem for problem in info.value.problems)

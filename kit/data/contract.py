@@ -88,7 +88,7 @@ def check_file(path: str | Path, spec: CompetitionSpec) -> CheckReport:
 def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>") -> CheckReport:
     """Verify a frame against the competition contract; raise DataError listing every problem."""
     labelled = _check_columns(df, spec, source)
-    _check_dtypes(df, spec, labelled, source)
+    check_dtypes(df, spec, labelled, source)
     problems: list[str] = []
     ids, steps = spec.id_col, spec.step_col
     if df.height == 0:
@@ -177,7 +177,7 @@ def _check_columns(df: pl.DataFrame, spec: CompetitionSpec, source: str) -> bool
     return labelled
 
 
-def _check_dtypes(df: pl.DataFrame, spec: CompetitionSpec, labelled: bool, source: str) -> None:
+def check_dtypes(df: pl.DataFrame, spec: CompetitionSpec, labelled: bool, source: str) -> None:
     problems = []
     schema = df.schema
     for col in (spec.id_col, spec.step_col):

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
+from kit.data.contract import check_dtypes
 from kit.data.io import read_frame
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
@@ -57,7 +58,9 @@ def dataset_stats(
     except Exception:  # read_frame below says what is wrong with the file
         schema = {}
     present = [t for t in spec.targets if t in schema]  # unlabelled files: no target stats
-    frame = _sorted(read_frame(path, spec.input_columns + present), spec)
+    frame = read_frame(path, spec.input_columns + present)
+    check_dtypes(frame, spec, bool(present), str(path))  # text ids or list features: named
+    frame = _sorted(frame, spec)
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")
     ids = frame[spec.id_col].to_numpy()
