@@ -16,6 +16,7 @@ from pathlib import Path
 
 from kit.config import finite_number
 from kit.errors import SpecError
+from kit.toml_file import read_toml
 
 DEFAULT_SPEC = "predictorium"
 PROTOCOLS = ("targets", "next-state")
@@ -245,12 +246,12 @@ def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> Compe
     if key.endswith(".toml"):
         if not path.is_file():
             raise SpecError(f"spec file {key} does not exist")
-        return spec_from_dict(_parse_toml(path.read_text(), key), key)
+        return spec_from_dict(read_toml(path, SpecError), key)
     for folder in _search_dirs():
         candidate = folder / f"{key}.toml"
         if candidate.is_file():
             source = str(candidate)
-            return spec_from_dict(_parse_toml(candidate.read_text(), source), source)
+            return spec_from_dict(read_toml(candidate, SpecError), source)
     if key in builtin_spec_names():
         text = (resources.files("kit") / "specs" / f"{key}.toml").read_text()
         return spec_from_dict(_parse_toml(text, f"<builtin {key}>"), f"<builtin {key}>")

@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.toml_file import read_toml
 
 REPLACED_SECTIONS = {"model", "loss"}  # not merged with the parent's: replaced whole
 
@@ -52,10 +53,7 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
     key = str(path.resolve())
     if key in _seen:
         raise ConfigError(f"experiment {name!r} extends itself through {list(_seen)}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_toml(path, ConfigError)
     parent_name = raw.pop("extends", None)
     if parent_name is not None:
         parent = load_experiment(str(parent_name), (*_seen, key))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
 from kit.run_record import is_finished, load_array, read_config, read_metrics
+from kit.toml_file import read_toml
 
 ENSEMBLES_DIR = Path("runs/ensembles")
 QUADRATIC = ("weighted_pearson", "r2", "rmse")
@@ -473,10 +473,7 @@ def read_ensemble(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise EnsembleError(f"{path}: no such ensemble file (kit ensemble select writes one)")
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise EnsembleError(f"{path}: not valid TOML ({exc})") from None
+    doc = read_toml(path, EnsembleError)
     members = doc.get("members")
     if not isinstance(members, list) or not members:
         raise EnsembleError(f"{path}: no [[members]]")

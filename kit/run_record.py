@@ -9,13 +9,13 @@ file that cannot be read is a KitError naming it.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
 from kit.config import ConfigError
 from kit.errors import KitError
+from kit.toml_file import read_toml
 
 
 def read_config(run_dir: Path) -> dict:
@@ -23,10 +23,7 @@ def read_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.toml"
     if not path.exists():
         return {}
-    try:
-        return tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return read_toml(path, ConfigError)
 
 
 def read_metrics(run_dir: Path) -> dict | None:

@@ -627,11 +627,11 @@ def without_none(value):
 
 def trained_config(setup: SweepSetup, trial, values: dict) -> dict:
     """The config the trial trained (its run's config.toml), else the one its values give."""
-    import tomllib
+    from kit.run_record import read_config
 
     run_dir = trial.user_attrs.get("run_dir")
     if run_dir and (Path(run_dir) / "config.toml").is_file():
-        return tomllib.loads((Path(run_dir) / "config.toml").read_text())
+        return read_config(Path(run_dir))
     return trial_config(setup.base, values)
 
 

@@ -8,6 +8,7 @@ from kit.config import (
     parse_override,
     resolve,
 )
+from tests.cli import run_cli
 
 
 @pytest.fixture
@@ -99,3 +100,32 @@ def test_shipped_experiments_resolve_and_build():
         if "model" in config:
             build_model(solve_width(config["model"], n_in, load_spec(config["spec"]).n_outputs),
                         n_in, 2)
+
+
+def test_toml_files_that_are_not_utf8_are_named(tmp_path):
+    from kit.competition import load_spec
+    from kit.ensemble import EnsembleError, read_ensemble
+    from kit.errors import SpecError
+    from kit.run_record import read_config
+
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(SpecError, match=r"latin1.toml: not UTF-8 text \(byte 0xe9 at position 11"):
+        load_spec(bad)
+    with pytest.raises(EnsembleError, match="not UTF-8 text"):
+        read_ensemble(bad)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_bytes(bad.read_bytes())
+    with pytest.raises(ConfigError, match="config.toml: not UTF-8 text"):
+        read_config(run)
+    # a byte order mark (Windows editors) is no reason to refuse a file
+    (run / "config.toml").write_bytes(b"\xef\xbb\xbfseed = 3\n")
+    assert read_config(run) == {"seed": 3}
+
+
+def test_an_experiment_that_is_not_utf8_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(tmp_path))
+    (tmp_path / "e12.toml").write_bytes(b'extends = "base"\n# \xff\n')
+    out = run_cli("train", "exp=e12", expect=2).output
+    assert "e12.toml: not UTF-8 text (byte 0xff" in out and "Traceback" not in out

@@ -1,0 +1,24 @@
+"""Reading the TOML files users write (experiments, specs, ensembles) and kit writes (configs)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from kit.errors import KitError
+
+
+def read_toml(path: Path, error: type[KitError]) -> dict:
+    """A TOML file as a dict. A file that is not UTF-8 text or not valid TOML raises `error`
+    naming the file; a UTF-8 byte order mark (editors on Windows write one) is accepted."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position "
+                    f"{exc.start}); save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{path}: not valid TOML: {exc}") from None
