@@ -165,10 +165,15 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Replay the competition's scorer on a submission, in a 1-CPU sandboxed process."""
-    from kit.export.pack import submission_spec
+    from kit.export.pack import manifest_of, submission_spec
     from kit.scoring import score_submission
 
-    result = score_submission(submission, data, submission_spec(submission, spec), seqs=seqs,
+    resolved = submission_spec(submission, spec)
+    if spec is None and not isinstance((manifest_of(submission) or {}).get("spec"), dict):
+        typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with the "
+                   f"default spec {resolved.name!r} (pass --spec for another competition)",
+                   err=True)
+    result = score_submission(submission, data, resolved, seqs=seqs,
                               progress=not (quiet or as_json), timeout_s=timeout)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
 

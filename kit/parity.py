@@ -381,9 +381,9 @@ def load_reference(manifest: dict) -> Reference:
 
 def default_data(submission: Path) -> Path:
     """The validation file of the package's first member (its training config says which)."""
-    from kit.export.pack import _manifest_of
+    from kit.export.pack import manifest_of
 
-    manifest = _manifest_of(Path(submission))
+    manifest = manifest_of(Path(submission))
     if manifest is None:
         raise PackError(f"{submission}: no {MANIFEST_FILE}; is this a package written by "
                         "kit pack?")

@@ -425,6 +425,30 @@ def test_cli_pack_parity_score_and_exit_codes(workspace, runs, gru_pack, tmp_pat
     assert json.loads(result.output)["ok"] is False
 
 
+def test_score_refuses_a_spec_that_would_scramble_the_packs_columns(workspace, gru_pack,
+                                                                   tmp_path):
+    import tomllib
+
+    import tomli_w
+
+    doc = tomllib.loads((workspace / "tiny-lob.toml").read_text())
+    features = list(load_spec(workspace / "tiny-lob.toml").features)
+    doc |= {"name": "tiny-rev", "features": features[::-1]}
+    (tmp_path / "rev.toml").write_text(tomli_w.dumps(doc))
+    out = run_cli("score", gru_pack.zip_path, "--data", _valid(workspace), "--spec",
+                  tmp_path / "rev.toml", expect=2).output
+    assert "they differ at position 0" in out and "leave out --spec" in out
+    # a zip whose solution.py sits in a subfolder (no manifest at its root): the zip is named,
+    # with the default spec it fell back on, not the data as breaking that spec
+    nested = tmp_path / "nested.zip"
+    with zipfile.ZipFile(nested, "w") as archive:
+        for name in PACK_FILES:
+            archive.write(gru_pack.folder / name, f"gru/{name}")
+    out = run_cli("score", nested, "--data", _valid(workspace), expect=2).output
+    assert "no manifest.json of kit pack's: scoring with the default spec 'predictorium'" in out
+    assert "no solution.py at the root" in out and "breaks the competition contract" not in out
+
+
 def test_pack_errors_name_the_problem(workspace, runs, tmp_path):
     result = run_cli("pack", tmp_path, expect=2)
     assert "not a run directory" in result.output

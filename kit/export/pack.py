@@ -289,16 +289,36 @@ def read_manifest(folder: Path) -> dict:
 
 def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpec:
     """The spec to score a submission with: the one named, else its manifest's, else the
-    default preset."""
+    default preset. A named spec must feed a kit package the columns it was packed for, in
+    the same order: the rows would reach its graph scrambled otherwise."""
+    manifest = manifest_of(Path(submission))
     if spec is not None:
-        return load_spec(spec)
-    manifest = _manifest_of(Path(submission))
+        named = load_spec(spec)
+        inputs = manifest.get("inputs") if isinstance(manifest, dict) else None
+        if isinstance(inputs, list) and list(named.features) != inputs:
+            pairs = zip(named.features, inputs, strict=False)
+            at = next((i for i, (a, b) in enumerate(pairs) if a != b),
+                      min(len(inputs), len(named.features)))
+            raise PackError(f"{submission} was packed for {len(inputs)} feature columns "
+                            f"{_columns(inputs, at)}; --spec {spec} lists {len(named.features)} "
+                            f"{_columns(list(named.features), at)} (they differ at position "
+                            f"{at}): score it with its own spec (leave out --spec) or one with "
+                            "the same feature columns in the same order")
+        return named
     if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
         return load_spec(None)  # no manifest, or one that is not kit's
     return spec_from_dict(manifest["spec"], f"{submission}: {MANIFEST_FILE}")
 
 
-def _manifest_of(submission: Path) -> dict | None:
+def _columns(names: list[str], at: int) -> str:
+    """The column names around position `at` (the whole list when short)."""
+    if len(names) <= 8:
+        return str(names)
+    lo = max(0, at - 2)
+    return f"[{'... ' if lo else ''}{', '.join(names[lo:lo + 5])} ...]"
+
+
+def manifest_of(submission: Path) -> dict | None:
     """The manifest of a package folder or zip, None when there is none."""
     try:
         if submission.is_dir():

@@ -102,10 +102,12 @@ def score_submission(
     submission, data = Path(submission), Path(data)
     if timeout_s is not None and not timeout_s > 0:
         raise SubmissionError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
-    values, truth, sequences = load_rows(data, spec, seqs)
-    n_rows = len(values)
     with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:
+        # the submission first: a zip with its solution.py in a subfolder is named as such, not
+        # as data that breaks a spec guessed for a package without a manifest
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
+        values, truth, sequences = load_rows(data, spec, seqs)
+        n_rows = len(values)
         rows_path = Path(tmp) / "rows.npy"
         np.save(rows_path, values)
         del values  # the child memory-maps the file: the parent need not hold the rows too
