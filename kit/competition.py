@@ -146,6 +146,8 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
             raise SpecError(f"{source}: {key} must be a whole number >= 0, got {value!r}")
     features = tuple(expand_columns(list(raw["features"])))
     targets = tuple(expand_columns(list(raw.get("targets", []))))
+    if not features:  # every model and the scorer's rows need at least one input column
+        raise SpecError(f"{source}: features must name at least one column")
     if protocol == "targets" and not targets:
         raise SpecError(f"{source}: protocol 'targets' needs a non-empty 'targets' list")
     if protocol == "next-state" and targets:

@@ -108,6 +108,8 @@ def test_user_spec_from_env_path(tmp_path, monkeypatch):
         (lambda t: t.replace('targets = ["y"]', "protocol = 'next-state'"), "tail must be >= 1"),
         (lambda t: t.replace("warmup = 3", "warmup = 3\nprotocol = 'x'"), "protocol 'x'"),
         (lambda t: t + "\n[[[", "not valid TOML"),
+        (lambda t: t.replace('features = ["a", "b", "c0..c2"]', "features = []"),
+         "features must name at least one column"),
     ],
 )
 def test_bad_user_specs_name_the_problem(tmp_path, edit, message):
