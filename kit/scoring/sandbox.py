@@ -381,7 +381,7 @@ def _with(tail: str) -> str:
 def _done_text(done: int | None, n_rows: int) -> str:
     if done is None:
         return "while importing solution.py / constructing PredictionModel"
-    return f"about {done:,} of {n_rows:,} rows done"
+    return f"at least {done:,} of {n_rows:,} rows done (counted after each chunk of rows)"
 
 
 def _exit_text(code: int | None) -> str:
