@@ -5,6 +5,7 @@ Imports of the heavy parts happen inside each command so that `kit --help` stays
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shlex
@@ -27,8 +28,20 @@ class _KitGroup(TyperGroup):
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:  # an output path under a file, a full disk: say which path
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {os_error_text(exc)}", err=True)
             raise typer.Exit(2) from None
+
+
+def os_error_text(exc: OSError) -> str:
+    """'PATH: what went wrong' (and what to do about it where that is clear), not an errno."""
+    if exc.filename is None or exc.strerror is None:
+        return str(exc)
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    hint = {errno.EACCES: "check the permissions of that folder or choose another one",
+            errno.EROFS: "that file system is read-only: choose a folder on a writable one",
+            errno.ENOSPC: "the disk is full: free some space or choose another folder",
+            errno.ENOTDIR: "a file stands where a folder is needed in that path"}.get(exc.errno)
+    return f"{where}: {exc.strerror}" + (f" ({hint})" if hint else "")
 
 
 def _typer(help_text: str) -> typer.Typer:

@@ -525,3 +525,15 @@ def test_a_returning_sequence_keeps_its_state_when_the_store_is_full(gru_pack):
     model.predict(Point(2.0, 0.0, 1.0, rows[0]))  # 1 parked, 2 live
     got += [model.predict(Point(1.0, float(i), 1.0, r)) for i, r in enumerate(rows[6:], 6)]
     np.testing.assert_array_equal(np.stack(got), np.stack(want))
+
+
+def test_file_system_errors_read_as_path_problem_and_remedy():
+    import errno
+
+    from kit.cli import os_error_text
+
+    text = os_error_text(OSError(errno.EROFS, "Read-only file system", "subs/.a.packing"))
+    assert text == ("subs/.a.packing: Read-only file system (that file system is read-only: "
+                    "choose a folder on a writable one)")
+    assert os_error_text(OSError(errno.EIO, "Input/output error", "x")) == "x: Input/output error"
+    assert os_error_text(OSError("no errno")) == "no errno"
