@@ -125,15 +125,19 @@ def evaluate(spec: CompetitionSpec, y_true: np.ndarray, y_pred: np.ndarray) -> M
             f"got {y_true.shape} and {y_pred.shape}"
         )
     names = spec.outputs
-    per_target = {n: metric_value(spec, y_true[:, j], y_pred[:, j]) for j, n in enumerate(names)}
-    return MetricReport(
-        metric=spec.metric.name,
-        per_target=per_target,
-        score=float(np.mean(list(per_target.values()))),
-        mae={n: mae(y_true[:, j], y_pred[:, j]) for j, n in enumerate(names)},
-        rmse={n: rmse(y_true[:, j], y_pred[:, j]) for j, n in enumerate(names)},
-        rows=int(y_true.shape[0]),
-    )
+    # NaN/inf truth or predictions give a NaN metric, as the official scorer's would: that is
+    # the answer (callers say why), not a numpy warning
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        per_target = {n: metric_value(spec, y_true[:, j], y_pred[:, j])
+                      for j, n in enumerate(names)}
+        return MetricReport(
+            metric=spec.metric.name,
+            per_target=per_target,
+            score=float(np.mean(list(per_target.values()))),
+            mae={n: mae(y_true[:, j], y_pred[:, j]) for j, n in enumerate(names)},
+            rmse={n: rmse(y_true[:, j], y_pred[:, j]) for j, n in enumerate(names)},
+            rows=int(y_true.shape[0]),
+        )
 
 
 def oracle_fraction(score: float, oracle_score: float, higher_is_better: bool) -> float:

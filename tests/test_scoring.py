@@ -588,3 +588,13 @@ def test_a_zip_whose_entry_does_not_decompress_is_refused_by_name(tmp_path):
     unknown.write_bytes(bytes(patched))
     with pytest.raises(SubmissionError, match="entry 'w.txt' cannot be extracted"):
         score(unknown, data)
+
+
+def test_nan_targets_on_scored_rows_are_named_in_the_result(tmp_path):
+    data, frame = write_data(tmp_path)
+    scored = pl.col(SPEC.need_col) & (pl.col(SPEC.step_col) == 7)
+    frame.with_columns(pl.when(scored).then(None).otherwise(pl.col("t0")).alias("t0")
+                       ).write_parquet(data)
+    result = score(write_sub(tmp_path, FORMULA), data)
+    assert np.isnan(result.report.per_target["t0"]) and np.isfinite(result.report.per_target["t1"])
+    assert any("3 target value(s)" in note and "NaN or inf" in note for note in result.warnings)
