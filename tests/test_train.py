@@ -767,11 +767,28 @@ def test_a_group_that_fails_before_its_first_epoch_leaves_nothing(env, tmp_path,
     def fails(*args, **kwargs):  # a failure inside fit, after config.toml is written
         raise KitError("the device went away")
 
+    real_fit = trainer.fit
     monkeypatch.setattr(trainer, "fit", fails)
     out = run_cli("train", "exp=tiny", "seeds=[7,8]", "-q", expect=2).output
     assert "the device went away" in out
     assert _run_dirs(tmp_path / "runs" / "tiny") == []  # no phantom run for kit runs to list
     assert list((tmp_path / "runs" / "tiny" / ".groups").iterdir()) == []
+    # a member that trained keeps everything (its config.toml is what --resume reads); only
+    # the one that never trained goes
+    calls = []
+
+    def second_fails(*args, **kwargs):
+        calls.append(1)
+        return real_fit(*args, **kwargs) if len(calls) == 1 else fails()
+
+    monkeypatch.setattr(trainer, "fit", second_fails)
+    run_cli("train", "exp=tiny", "seeds=[7,8]", "train.epochs=1", "-q", expect=2)
+    (trained,) = _run_dirs(tmp_path / "runs" / "tiny")
+    assert trained.name.endswith("-s7") and (trained / "config.toml").is_file()
+    assert len(list((tmp_path / "runs" / "tiny" / ".groups").iterdir())) == 1
+    monkeypatch.setattr(trainer, "fit", real_fit)
+    run_cli("train", "exp=tiny", "seeds=[7,8]", "train.epochs=1", "--resume", "-q")
+    assert [p.name[-3:] for p in _run_dirs(tmp_path / "runs" / "tiny")] == ["-s7", "-s8"]
 
 
 def test_text_features_and_non_finite_scored_targets_are_named(env, tmp_path):

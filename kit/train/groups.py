@@ -130,8 +130,10 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
         for name in member_names(seeds, folds, stamp):
             folder = exp_dir / name
             try:
-                # a run that failed before its first epoch holds its config.toml alone
-                (folder / "config.toml").unlink(missing_ok=True)
+                # a run that failed before its first epoch holds its config.toml alone; any
+                # other file means it trained, and its config is what --resume reads
+                if {p.name for p in folder.iterdir()} == {"config.toml"}:
+                    (folder / "config.toml").unlink()
                 folder.rmdir()
             except FileNotFoundError:
                 pass
