@@ -155,3 +155,11 @@ def test_stats_name_a_column_of_the_wrong_type(tmp_path, edit, message):
     with pytest.raises(DataError) as info:
         dataset_stats(path, TINY)
     assert any(message in problem for problem in info.value.problems)
+
+
+@pytest.mark.parametrize("dropped", [["t1"], ["t0", "t1"]])
+def test_stats_of_a_file_with_some_or_no_targets(tmp_path, dropped):
+    path = tmp_path / "part.parquet"
+    _tiny_frame().drop(dropped).write_parquet(path)
+    stats = dataset_stats(path, TINY)
+    assert sorted(stats.get("targets", {})) == sorted({"t0", "t1"} - set(dropped))

@@ -7,6 +7,7 @@ Lag-1 autocorrelations pair each row with the previous row of the same sequence.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -59,7 +60,8 @@ def dataset_stats(
         schema = {}
     present = [t for t in spec.targets if t in schema]  # unlabelled files: no target stats
     frame = read_frame(path, spec.input_columns + present)
-    check_dtypes(frame, spec, bool(present), str(path))  # text ids or list features: named
+    # text ids or list features: named (the targets checked are those the file has)
+    check_dtypes(frame, dataclasses.replace(spec, targets=tuple(present)), True, str(path))
     frame = _sorted(frame, spec)
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")
