@@ -475,12 +475,14 @@ FAILED_IN_A_ROW = 5  # a worker whose trials keep failing stops instead of sampl
 
 class FailureStreak:
     """An Optuna callback that stops this worker when its own last FAILED_IN_A_ROW trials failed,
-    or when the study's last FAILED_IN_A_ROW finished trials (every worker's, on every machine)
-    did: K workers on a search that always fails then spend about FAILED_IN_A_ROW + K trials
-    between them, not FAILED_IN_A_ROW each."""
+    or when the study's last FAILED_IN_A_ROW trials to end since this worker started (every
+    worker's, on every machine) did: K workers on a search that always fails then spend about
+    FAILED_IN_A_ROW + K trials between them, not FAILED_IN_A_ROW each. Failures from before the
+    worker started do not count: the same command re-run after a fix starts a fresh streak."""
 
     def __init__(self):
         self.count, self.last, self.stopped = 0, "", ""
+        self.started = time.time()
 
     def __call__(self, study, trial) -> None:
         from optuna.trial import TrialState
@@ -492,19 +494,22 @@ class FailureStreak:
         self.last = trial.user_attrs.get("diverged", "see the log above")
         if self.count >= FAILED_IN_A_ROW:
             self.stopped = f"this worker's last {self.count} trials all failed"
-        elif study_failing(study):
+        elif study_failing(study, self.started):
             self.stopped = f"the study's last {FAILED_IN_A_ROW} finished trials all failed"
         if self.stopped:
             study.stop()
 
 
-def study_failing(study) -> bool:
-    """Whether the study's last FAILED_IN_A_ROW trials to end (by end time) all failed."""
+def study_failing(study, since: float) -> bool:
+    """Whether the study's last FAILED_IN_A_ROW trials to end since `since` (a time.time())
+    all failed."""
     from optuna.trial import TrialState
 
     ended = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                     TrialState.FAIL))
-    ended = sorted((t for t in ended if t.datetime_complete is not None),
+    # timestamp(): Optuna's end times are naive local times (or aware ones: right either way)
+    ended = sorted((t for t in ended if t.datetime_complete is not None
+                    and t.datetime_complete.timestamp() >= since),
                    key=lambda t: t.datetime_complete)[-FAILED_IN_A_ROW:]
     return len(ended) == FAILED_IN_A_ROW and all(t.state == TrialState.FAIL for t in ended)
 

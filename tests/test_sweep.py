@@ -124,12 +124,29 @@ def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_e
                   f"data.train={sweep_env / 'extreme.parquet'}", expect=2).output
     assert "this worker's last 5 trials all failed (runs/tiny/tiny-t0004: training diverged" in out
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
-    # the streak is the study's too (what other workers on the same storage see): a worker
-    # joining a study whose last 5 finished trials failed stops at its own first failure
-    out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q",
-                  f"data.train={sweep_env / 'extreme.parquet'}", expect=2).output
-    assert "the study's last 5 finished trials all failed (runs/tiny/tiny-t0005" in out
-    assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 6
+
+
+def test_the_study_wide_streak_counts_only_trials_since_the_worker_started():
+    import optuna
+
+    from kit.sweep import FailureStreak
+
+    study = optuna.create_study()
+    for _ in range(5):  # an earlier session's failures, before the cause was fixed
+        study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    time.sleep(0.01)
+    streak = FailureStreak()
+    outcomes = iter([TrialState.FAIL, TrialState.COMPLETE] + [TrialState.FAIL] * 5)
+
+    def objective(trial):
+        if next(outcomes) == TrialState.FAIL:
+            raise ValueError("diverged")
+        return 1.0
+
+    study.optimize(objective, callbacks=[streak], catch=(ValueError,), n_trials=20)
+    # one failure after the restart does not stop it (the old 5 are not this run's); five do
+    assert len(study.trials) == 5 + 7
+    assert streak.stopped == "this worker's last 5 trials all failed"
 
 
 def test_workers_of_an_always_failing_sweep_stop_together(sweep_env, workspace):
