@@ -359,6 +359,7 @@ def test_a_package_name_with_a_dot_gets_its_own_zip(workspace, runs, gru_pack, t
 
 
 def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_path):
+    import os
     import shutil
 
     data = tmp_path / "data"
@@ -378,6 +379,19 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
     assert read_manifest(again.folder)["members"][0]["run"] == str(runs["lstm"])
     assert sorted(zipfile.ZipFile(again.zip_path).namelist()) == sorted(PACK_FILES)
     assert not [p for p in tmp_path.iterdir() if ".packing" in p.name]
+    # a killed pack's staging folder goes with the next pack to that name; a live one stays
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / f".p.packing-{dead}-abc").mkdir()
+    (tmp_path / f".p.packing-{dead}-abc" / "model.onnx").write_bytes(b"half")
+    (tmp_path / f".p.packing-{os.getpid()}-xyz").mkdir()
+    (tmp_path / f".pq.packing-{dead}-abc").mkdir()  # another name's
+    pack_run(runs["gru"], "p", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".packing" in p.name) == [
+        f".p.packing-{os.getpid()}-xyz", f".pq.packing-{dead}-abc"]
 
 
 def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):

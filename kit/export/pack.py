@@ -11,7 +11,9 @@ and configs, the sha256 of every other file, and later the parity report.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -134,7 +136,8 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     check_replaceable(folder)  # before the build: a wrong --name must not cost it
     # build beside the target (a folder of this pack's own: packs to one name may run at once)
     # and swap in at the end: a failed pack leaves the old one whole
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-", dir=out_dir))
+    drop_dead_staging(out_dir, name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-{os.getpid()}-", dir=out_dir))
     try:
         staging.chmod(0o755)  # mkdtemp's 0o700 would follow the package folder
         module = stream_module_of(weighted, postprocess, stack)
@@ -176,6 +179,27 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PackResult(folder, zip_path, manifest)
+
+
+def drop_dead_staging(out_dir: Path, name: str) -> None:
+    """Remove the staging folders of packs to this name whose process is gone (killed: no
+    `finally` ran). A live pack's folder is left alone: it may be building right now."""
+    for staging in out_dir.glob(f".{glob.escape(name)}.packing-*"):
+        pid = staging.name[len(name) + len(".packing-") + 1:].split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True
 
 
 def check_replaceable(folder: Path) -> None:
