@@ -35,7 +35,7 @@ def test_synth_check_stats_score_through_the_cli(tmp_path):
     sub.mkdir()
     oracle.write_parquet(sub / "oracle.parquet")
     (sub / "solution.py").write_text(ORACLE_SOLUTION)
-    scored = json.loads(run_cli("score", sub, "--data", out / "valid.parquet", "--json").output)
+    scored = json.loads(run_cli("score", sub, "--data", out / "valid.parquet", "--json").stdout)
     assert abs(scored["report"]["score"] - stats["oracle"]["score"]) < 1e-6
     assert scored["rows"] == 8000 and scored["projected_s"] > 0
     assert scored["limit_s"] == 5400
@@ -43,7 +43,7 @@ def test_synth_check_stats_score_through_the_cli(tmp_path):
     from kit.demo import oracle_report
 
     part = json.loads(run_cli("score", sub, "--data", out / "valid.parquet", "--seqs", 2,
-                              "--json").output)
+                              "--json").stdout)
     ceiling = oracle_report(out / "valid.parquet", out / "valid_oracle.parquet", spec, 2)
     assert part["rows"] == 2000
     assert abs(part["report"]["score"] - ceiling.score) < 1e-6
