@@ -175,3 +175,12 @@ def test_the_need_rule_is_checked_beside_gaps_and_lengths(variable):
     need = [p for p in problems if "need_prediction breaks the rule" in p]
     # the rule's end is the sequence's own (step 17 is still scored): only the real error
     assert len(need) == 1 and "on 1 row(s): seq 0 step 2" in need[0]
+
+
+def test_a_file_of_another_competition_is_named_as_such():
+    other = make_frame(SPEC).rename(lambda c: f"x_{c}")
+    with pytest.raises(DataError, match="none of spec 'tiny''s columns is in the file.*--spec"):
+        check_frame(other, SPEC)
+    with pytest.raises(DataError) as info:  # one missing column is no such case
+        check_frame(make_frame(SPEC).drop("v3"), SPEC)
+    assert "none of spec" not in str(info.value)

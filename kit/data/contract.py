@@ -162,6 +162,9 @@ def _check_columns(df: pl.DataFrame, spec: CompetitionSpec, source: str) -> bool
     extra = [c for c in have if c not in want]
     if missing:
         problems.append(f"missing column(s): {_listed(missing)}")
+    if not any(c in have for c in spec.input_columns):
+        problems.append(f"none of spec {spec.name!r}'s columns is in the file: is it another "
+                        "competition's? Pass --spec NAME (kit spec list shows the specs)")
     if extra:
         problems.append(f"unexpected column(s): {_listed(extra)}")
     if not missing and not extra and have != want:

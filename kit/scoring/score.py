@@ -207,6 +207,9 @@ def load_rows(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(rows, truth, sequences): the scorer's float64 input rows and the truth of scored rows."""
     frame = read_frame(data)
+    # the spec's columns, by name: others (a train file's group column for data.split) are no
+    # input of the scorer's, and the rows it feeds keep the spec's order whatever the file's
+    frame = frame.select([c for c in spec.columns if c in frame.columns] or frame.columns)
     check_frame(frame, spec, source=str(data))
     labelled = all(t in frame.columns for t in spec.targets)
     if not spec.next_state and not labelled:
