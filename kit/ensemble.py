@@ -127,13 +127,18 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
 def check_same_rows(candidates: list[Candidate]) -> None:
     """Every candidate must predict the same rows of the same file, or blending is meaningless."""
     first = candidates[0]
+    specs = [c for c in candidates[1:] if c.spec.name != first.spec.name
+             or c.preds.shape[1] != first.preds.shape[1]]
+    if specs:  # a different metric or outputs: no blend is scored, whatever the rows
+        raise EnsembleError("the candidates were trained for different competition specs, so "
+                            "they cannot be blended: " + "; ".join(
+                                f"{c.name} is for spec {c.spec.name!r}, {first.name} for "
+                                f"{first.spec.name!r}" for c in specs[:5])
+                            + ". Select among runs of one spec")
     bad = []
     for c in candidates[1:]:
         if c.data.resolve() != first.data.resolve():
             bad.append(f"{c.name} predicts rows of {c.data}, {first.name} of {first.data}")
-        elif c.spec.name != first.spec.name or c.preds.shape[1] != first.preds.shape[1]:
-            bad.append(f"{c.name} is for spec {c.spec.name!r}, {first.name} for "
-                       f"{first.spec.name!r}")
         elif not np.array_equal(c.rows, first.rows):
             bad.append(f"{c.name} covers {len(c.rows):,} rows, {first.name} {len(first.rows):,} "
                        "(or the same number of different rows)")

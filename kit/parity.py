@@ -246,7 +246,10 @@ def shuffled_order(rows: Rows, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(blocks + [blocks[-1], blocks[0]])
 
 
-def interleaved_order(rows: Rows, group: int = 4) -> np.ndarray:
+INTERLEAVED = 4  # sequences whose rows the interleaved check feeds in turn
+
+
+def interleaved_order(rows: Rows, group: int = INTERLEAVED) -> np.ndarray:
     """Rows of `group` sequences at a time, one row of each in turn."""
     return np.lexsort((rows.seq, rows.pos, rows.seq // group))
 
@@ -259,8 +262,8 @@ def check_order(package: Package, rows: Rows, reference: np.ndarray, atol: float
          f"{len(rows.lengths)} sequences in shuffled order, one fed again later and one twice "
          "in a row: same predictions (state reset on a new sequence)"),
         ("order: interleaved rows", interleaved_order(rows),
-         "rows of 4 sequences at a time, one of each in turn: same predictions (state kept "
-         "per sequence)"),
+         f"rows of {min(INTERLEAVED, len(rows.lengths))} sequences at a time, one of each in "
+         "turn: same predictions (state kept per sequence)"),
     ):
         def judge(order=order, name=name, fine=fine):
             got, index = package.run_in_order(rows, order)

@@ -495,6 +495,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KitError(f"{run_dir}: no such run directory (expected runs/<experiment>/<run-id>)")
+    if (run_dir / "oof_preds.npy").exists() and not (run_dir / "history.jsonl").exists():
+        folds = sorted(p.name for p in run_dir.parent.glob(
+            run_dir.name.removesuffix("-oof") + "-fold*"))
+        raise KitError(f"{run_dir}: an out-of-fold group (its score is in metrics.json and "
+                       "kit runs); kit report draws one run: report its fold runs"
+                       + (f" ({', '.join(folds)})" if folds else ""))
     if not (run_dir / "history.jsonl").exists():
         raise KitError(
             f"{run_dir}: no history.jsonl; not a run directory, or its first epoch "

@@ -162,6 +162,13 @@ def test_candidates_on_different_rows_are_refused():
     cands[1].rows, cands[1].data = cands[0].rows, Path("other.parquet")
     with pytest.raises(EnsembleError, match="predicts rows of other.parquet"):
         check_same_rows(cands)
+    # same rows, another metric: said as such, not as a rows problem
+    cands[1].data = cands[0].data
+    cands[1].spec = spec_from_dict({**SPEC.to_dict(), "name": "mae-too",
+                                    "metric": {"name": "mae"}}, "<test>")
+    with pytest.raises(EnsembleError, match="trained for different competition specs.*"
+                                            "is for spec 'mae-too'"):
+        check_same_rows(cands)
 
 
 def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():

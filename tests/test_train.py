@@ -481,6 +481,9 @@ def test_resume_of_folds_finishes_the_folds_then_the_out_of_fold_result(env, tmp
     assert list(_histories(exp).values()) == [3, 3]
     (oof,) = exp.glob("*-oof")
     assert json.loads((oof / "metrics.json").read_text())["finished"]
+    out = run_cli("report", oof, expect=2).output  # the group is no run: its folds are named
+    stamp = oof.name.removesuffix("-oof")
+    assert "an out-of-fold group" in out and f"{stamp}-fold1of2, {stamp}-fold2of2" in out
     # an uninterrupted fold group ends at the same out-of-fold predictions
     from kit.train.recipe import train_experiment
 

@@ -125,9 +125,11 @@ def score_submission(
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     bad_truth = int(np.size(truth) - np.count_nonzero(np.isfinite(truth)))
     if bad_truth:
-        notes.append(f"{bad_truth:,} target value(s) of {data} are NaN or inf on rows that "
-                     "need a prediction: the metric of their target is NaN (kit data check "
-                     "warns of them)")
+        truth_of = ("truth value(s) (the next row's features)" if spec.next_state
+                    else "target value(s)")
+        notes.append(f"{bad_truth:,} {truth_of} of {data} are NaN or inf on rows that need a "
+                     "prediction: the metric of their output is NaN (kit data check warns of "
+                     "them)")
     peak = result["sandbox"].get("peak_rss_mb")
     if peak is not None and peak > spec.limits.memory_gb * 1024:
         notes.append(
