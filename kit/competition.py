@@ -49,6 +49,11 @@ class MetricSpec:
     def higher_is_better(self) -> bool:
         return self.name in ("weighted_pearson", "r2")
 
+    @property
+    def scale_free(self) -> bool:
+        """Whether scaling every prediction leaves the score as it is (a correlation)."""
+        return self.name == "weighted_pearson"
+
 
 @dataclass(frozen=True)
 class Limits:

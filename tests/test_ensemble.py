@@ -547,3 +547,25 @@ def test_reporting_a_hand_made_ensemble_file_says_what_is_missing(runs, tmp_path
     path = _write(tmp_path / "hand.toml", [{"name": "a", "runs": [str(runs["gru"])],
                                             "weights": [1.0, 1.0]}])
     assert "no [ensemble] selection record" in run_cli("report", path, expect=2).output
+
+
+def test_weights_that_do_not_sum_to_one_are_refused_where_the_metric_has_a_scale(runs,
+                                                                                tmp_path):
+    import shutil
+
+    from kit.train.checkpoint import load_checkpoint, save_checkpoint
+
+    r2_run = shutil.copytree(runs["gru"], tmp_path / "r2run")  # the same run, scored by r2
+    state = load_checkpoint(r2_run / "best.pt")
+    state["spec"] = {**state["spec"], "metric": {"name": "r2"}}
+    save_checkpoint(state, r2_run / "best.pt")
+    members = [{"name": "a", "runs": [str(r2_run)], "weights": [0.5, 1.0]}]
+    with pytest.raises(PackError, match="the weights of t0 sum to 0.5, not 1: under r2"):
+        pack_ensemble(_write(tmp_path / "r2.toml", members), "r2", tmp_path / "subs",
+                      budget=False)
+    forced = pack_ensemble(tmp_path / "r2.toml", "r2", tmp_path / "subs", budget=False,
+                           force=True)
+    assert forced.manifest["members"][0]["weights"] == [0.5, 1.0]
+    # a correlation does not see the scale: half weights pack as they are
+    pearson = [{"name": "a", "runs": [str(runs["gru"])], "weights": [0.5, 1.0]}]
+    pack_ensemble(_write(tmp_path / "p.toml", pearson), "p", tmp_path / "subs", budget=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -99,9 +100,18 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
         weighted += [Weighted(load_member(Path(run)), share) for run in entry["runs"]]
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
-    k = weighted[0].member.spec.n_outputs
+    spec = weighted[0].member.spec
+    k = spec.n_outputs
     if any(len(w.weights) != k for w in weighted):
         raise PackError(f"{path}: members need one weight per target ({k})")
+    sums = {t: sum(w.weights[i] for w in weighted) for i, t in enumerate(spec.outputs)}
+    off = {t: round(v, 6) for t, v in sums.items() if not math.isclose(v, 1.0, rel_tol=1e-6)}
+    if off and not spec.metric.scale_free and not force:  # e.g. a member zeroed by hand
+        listed = ", ".join(f"{t} sum to {v:g}" for t, v in off.items())
+        raise PackError(f"{path}: the weights of {listed}, not 1: under {spec.metric.name} that "
+                        "scales the predictions (weights are used as written). Make each "
+                        "target's weights sum to 1 ([postprocess] scale is the place for "
+                        "shrinkage), or --force")
     about = {"file": str(path), **{key: doc.get("ensemble", {}).get(key) for key in
                                    ("score", "target_scores", "metric", "data", "iters")}}
     return pack_members(weighted, name or Path(path).stem, out_dir,
