@@ -51,12 +51,13 @@ class PackResult:
     folder: Path
     zip_path: Path
     manifest: dict
+    sizes: dict[str, int]  # bytes of each package file, read while the pack held the folder
 
     def format(self) -> str:
         m = self.manifest
         states = ", ".join(f"{s['name']}{s['shape']}" for s in m["states"])
-        sizes = "  ".join(f"{n} {(self.folder / n).stat().st_size / 1024:,.0f} KB"
-                          for n in PACK_FILES)
+        # from `sizes`, not the folder: another pack to this name may be swapping it by now
+        sizes = "  ".join(f"{n} {self.sizes[n] / 1024:,.0f} KB" for n in PACK_FILES)
         return "\n".join([
             f"packed {self.folder}  ->  {self.zip_path}",
             f"graph: {m['onnx']['nodes']} nodes, opset {m['onnx']['opset']}, IR "
@@ -186,9 +187,10 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
             shutil.rmtree(folder, ignore_errors=True)
             staging.rename(folder)
             zip_path = write_submission_zip(folder, files=PACK_FILES)
+            sizes = {n: (folder / n).stat().st_size for n in PACK_FILES}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return PackResult(folder, zip_path, manifest)
+    return PackResult(folder, zip_path, manifest, sizes)
 
 
 def drop_dead_staging(out_dir: Path, name: str) -> None:
