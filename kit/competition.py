@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from kit.config import finite_number
 from kit.errors import SpecError
-from kit.toml_file import read_toml
+from kit.toml_file import parse_toml, read_toml
 
 DEFAULT_SPEC = "predictorium"
 PROTOCOLS = ("targets", "next-state")
@@ -237,13 +236,6 @@ def available_specs() -> dict[str, str]:
     return found
 
 
-def _parse_toml(text: str, source: str) -> dict:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{source}: not valid TOML: {exc}") from None
-
-
 def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> CompetitionSpec:
     """Load a spec by preset/user name or from a TOML path (default: predictorium)."""
     if isinstance(name_or_path, CompetitionSpec):
@@ -261,7 +253,8 @@ def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> Compe
             return spec_from_dict(read_toml(candidate, SpecError), source)
     if key in builtin_spec_names():
         text = (resources.files("kit") / "specs" / f"{key}.toml").read_text()
-        return spec_from_dict(_parse_toml(text, f"<builtin {key}>"), f"<builtin {key}>")
+        source = f"<builtin {key}>"
+        return spec_from_dict(parse_toml(text, source, SpecError), source)
     raise SpecError(
         f"unknown competition spec {key!r}; available: {sorted(available_specs())}. "
         "Pass a TOML path or put NAME.toml in ./competitions/ (or a folder in $KIT_SPEC_PATH)."

@@ -18,7 +18,12 @@ def read_toml(path: Path, error: type[KitError]) -> dict:
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position "
                     f"{exc.start}); save it as UTF-8") from None
+    return parse_toml(text, str(path), error)
+
+
+def parse_toml(text: str, source: str, error: type[KitError]) -> dict:
+    """TOML text as a dict; invalid TOML raises `error` naming `source`."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise error(f"{path}: not valid TOML: {exc}") from None
+        raise error(f"{source}: not valid TOML: {exc}") from None
