@@ -1,4 +1,5 @@
 import hashlib
+import json
 import os
 import shutil
 import time
@@ -271,12 +272,14 @@ def test_changed_key_rebuilds(data_file, tmp_path):
     assert build.calls == 3 and len(entries(cache_dir)) == 3
 
 
-def test_truncated_npy_is_rebuilt_with_a_warning(data_file, tmp_path):
+@pytest.mark.parametrize("name, keep", [("x.npy", -100), ("mask.npy", 0)],
+                         ids=["truncated", "empty"])  # an empty .npy: np.load's EOFError
+def test_truncated_npy_is_rebuilt_with_a_warning(data_file, tmp_path, name, keep):
     cache_dir, build = tmp_path / "cache", Builder(data_file)
     cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
     (entry,) = entries(cache_dir)
-    x_file = entry / "x.npy"
-    x_file.write_bytes(x_file.read_bytes()[:-100])
+    damaged = entry / name
+    damaged.write_bytes(damaged.read_bytes()[:keep])
     with pytest.warns(CacheWarning, match="rebuilding"):
         again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
     assert build.calls == 2
@@ -365,6 +368,19 @@ def test_a_settled_digest_is_kept_in_the_cache_and_trusted_only_for_the_same_sta
     assert known_digest(data_file, cache_dir) is None
     assert_same(cached_arrays(data_file, KEY, build, cache_dir=cache_dir), fresh(data_file))
     assert build.calls == 2
+
+
+@pytest.mark.parametrize("record", [5, {"a": 1}, [1, 2], None, [1, 2, 3, 4, 5]])
+def test_a_mangled_digests_record_means_hashing_the_file_again(
+        data_file, tmp_path, monkeypatch, record):
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (cache_dir / "digests.json").write_text(json.dumps({str(data_file.resolve()): record}))
+    monkeypatch.setattr(cache_module, "_digests", {})
+    assert known_digest(data_file, cache_dir) is None
+    assert_same(cached_arrays(data_file, KEY, build, cache_dir=cache_dir), fresh(data_file))
+    assert build.calls == 1  # re-hashed, then a hit
 
 
 def test_a_file_changed_just_before_hashing_is_hashed_again_next_time(data_file, tmp_path):

@@ -45,6 +45,9 @@ DIGESTS_FILE = "digests.json"  # stat -> sha256 of the inputs, so a hit reads no
 RACY_NS = 2_000_000_000  # a file modified this close to its hashing is hashed again next time
 WRITES_IN_FLIGHT = 2  # blocks queued for the writer thread (bounds the memory they hold)
 
+# What reading a damaged entry raises: np.load gives EOFError on an empty .npy (a full disk or
+# a power cut leaves one), ValueError on a bad header, KeyError/TypeError on odd meta.json.
+UNUSABLE_ENTRY = (OSError, ValueError, KeyError, TypeError, EOFError)
 _ENTRY_NAME = re.compile(r"^.+-[0-9a-f]{24}$")
 _digests: dict[tuple, str] = {}
 
@@ -94,7 +97,10 @@ def known_digest(path: Path, cache_dir: Path) -> str | None:
     if memo in _digests:
         return _digests[memo]
     record = _read_digests(cache_dir).get(str(path))
-    if record and tuple(record[:4]) == memo[1:] and isinstance(record[4], str):
+    # The file is bookkeeping that a user or a crash may have mangled: use only a well-formed
+    # record (stat fields, then the digest); anything else means re-hashing the file.
+    if (isinstance(record, list) and len(record) == 5 and isinstance(record[4], str)
+            and tuple(record[:4]) == memo[1:]):
         _digests[memo] = record[4]
         return record[4]
     return None
@@ -318,7 +324,7 @@ def _build_stopping_on_hit(build_into, tmp: Path, hashing: Future | None,
 def _load_or_warn(entry: Path, digest: str) -> SequenceArrays | None:
     try:
         return _load(entry, digest)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except UNUSABLE_ENTRY as exc:
         warnings.warn(f"cache entry {entry} is unusable ({exc}); rebuilding it",
                       CacheWarning, stacklevel=3)  # fmt: skip
         return None
@@ -407,7 +413,7 @@ def _move_into_place(tmp: Path, entry: Path, digest: str) -> None:
     try:
         _load(entry, digest)
         return  # a good entry: keep it, drop ours
-    except (OSError, ValueError, KeyError, TypeError):
+    except UNUSABLE_ENTRY:
         pass
     trash = entry.parent / f"{TMP_PREFIX}{entry.name}-broken-{uuid.uuid4().hex[:8]}"
     with contextlib.suppress(FileNotFoundError):  # someone else already moved it
