@@ -24,6 +24,9 @@ METRICS = ("weighted_pearson", "r2", "mae", "rmse")
 _RANGE = re.compile(r"^(?P<prefix>.*?)(?P<lo>\d+)\.\.(?P=prefix)?(?P<hi>\d+)$")
 
 
+MAX_RANGE = 100_000
+
+
 def expand_columns(patterns: list[str]) -> list[str]:
     """Expand range patterns: "p0..p11" -> p0, p1, ..., p11; "0..31" -> "0" ... "31"."""
     out: list[str] = []
@@ -35,6 +38,9 @@ def expand_columns(patterns: list[str]) -> list[str]:
         lo, hi = int(match["lo"]), int(match["hi"])
         if hi < lo:
             raise SpecError(f"column range {pattern!r} runs backwards; write it low..high")
+        if hi - lo >= MAX_RANGE:  # a typo such as p0..p1000000000 would fill the memory
+            raise SpecError(f"column range {pattern!r} names {hi - lo + 1:,} columns; at most "
+                            f"{MAX_RANGE:,} are allowed")
         out.extend(f"{match['prefix']}{i}" for i in range(lo, hi + 1))
     return out
 

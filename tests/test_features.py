@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kit.competition import load_spec, spec_from_dict
+from kit.errors import DataError
 from kit.features import kernels
 from kit.features.kernels import LIMIT
 from kit.features.ops import OPS
@@ -290,11 +291,50 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"features.ops\[0\] \(position\): unknown key\(s\) \['scael'\]; position takes"),
         ([{"op": "lag", "inputs": ["a"], "k": 1, "window": 3}], r"unknown key\(s\) \['window'\]"),
         ([{"op": "lag", "inputs": "a", "k": 1}], r"\(lag\): inputs must be a list"),
+        ([{"op": ["lag"], "inputs": ["a"], "k": 1}], r"features.ops\[0\]: unknown op \['lag'\]"),
+        ([{"op": "sum", "inputs": ["a", "b"], "name": ["s"]}], r"name must be a non-empty str"),
+        ([{"op": "position", "name": 5}], r"\(position\): name must be a non-empty string"),
+        ([{"op": "lag", "inputs": ["x5..x0"], "k": 1}],
+         r"features.ops\[0\] \(lag\): column range 'x5..x0' runs backwards"),
+        ([{"op": "lag", "inputs": ["x0..x1000000000"], "k": 1}],  # not expanded first
+         r"features.ops\[0\] \(lag\): column range 'x0..x1000000000' names 1,000,000,001"),
+        ([{"op": "mean", "inputs": ["a", "a", "b"]}],
+         r"features.ops\[0\] \(mean\): .*input\(s\) \['a'\] listed more than once"),
+        ([{"op": "ewm_mean", "inputs": ["a"], "alpha": True}], r"alpha must be in \(0, 1\]"),
+        ([{"op": "ewm_std", "inputs": ["a"], "span": True}], r"span must be >= 1"),
+        ([{"op": "position", "scale": True}], r"scale must be a finite number"),
+        ([{"op": "position", "inputs": ["a"]}], r"\(position\): takes no inputs"),
+        # names the batch frame uses already: the step counter, the id, a target
+        ([{"op": "sum", "inputs": ["c", "d"], "name": "__pos"}],
+         r"features.ops\[0\] \(sum\): output '__pos' is kit's step counter"),
+        ([{"op": "position", "name": "seq_ix"}], r"output 'seq_ix' is a column of the compet"),
+        ([{"op": "sum", "inputs": ["a", "b"], "name": "y"}], r"output 'y' is a column of the"),
     ],
 )
 def test_bad_feature_specs_name_the_entry(ops, message):
     with pytest.raises(FeatureConfigError, match=message):
         build_feature_set(SPEC, groups=[], ops=ops)
+
+
+def test_an_ewm_by_span_and_by_the_same_alpha_is_one_op():
+    fs = build_feature_set(SPEC, groups=[], ops=[
+        {"op": "ewm_mean", "inputs": ["a"], "span": 19},
+        {"op": "ewm_mean", "inputs": ["a"], "alpha": 0.1}])
+    assert fs.outputs == ["a@ewm_mean0.1"] and len(fs.ops) == 1
+
+
+def test_build_features_refuses_a_sequence_split_in_two(tmp_path):
+    from kit.features import build_features
+
+    frame = _frame([4, 4, 4], 3, [])
+    # sequence 0's rows, then sequence 1's, then sequence 0 again: a lag would read across
+    ids = frame[SPEC.id_col].to_list()
+    frame = frame.with_columns(pl.Series(SPEC.id_col, ids[:8] + ids[:4]))
+    path = tmp_path / "split.parquet"
+    frame.write_parquet(path)
+    with pytest.raises(DataError, match="split.parquet"):
+        build_features(path, build_feature_set(SPEC, groups=[], ops=[
+            {"op": "lag", "inputs": ["a"], "k": 1}]))
 
 
 def test_unknown_group_and_empty_set():
@@ -356,7 +396,6 @@ def test_features_cli_list_and_build(tmp_path):
 
 
 def test_data_files_the_features_cannot_read_are_named(tmp_path):
-    from kit.errors import DataError
     from kit.features import build_features, feature_arrays
     from tests.cli import run_cli
 

@@ -46,7 +46,8 @@ def test_stream_face_equals_transform_and_round_trips():
 
 
 @pytest.mark.parametrize("kwargs, message", [({"method": "zscore"}, "not one of"),
-                                             ({"clip": 0.0}, "clip must be > 0")])
+                                             ({"clip": 0.0}, "clip must be > 0"),
+                                             ({"clip": float("nan")}, "clip must be > 0")])
 def test_bad_settings_are_rejected(kwargs, message):
     with pytest.raises(NormaliserError, match=message):
         Normaliser.fit(np.zeros((3, 2), np.float32), **kwargs)

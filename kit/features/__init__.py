@@ -37,6 +37,9 @@ def build_features(path: Path, feature_set: FeatureSet) -> tuple[pl.DataFrame, f
     df = read_frame(path)
     if df.height == 0:
         raise DataError(f"{path}: the file has no rows")
+    if feature_set.spec.id_col in df.columns:  # (a missing one is named by batch_frame)
+        # Each sequence's rows must be together: the ops read the previous row as its past.
+        sequence_runs(df[feature_set.spec.id_col], feature_set.spec, str(path))
     started = time.perf_counter()
     out = feature_set.batch_frame(df)
     return out, time.perf_counter() - started

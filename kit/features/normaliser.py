@@ -38,7 +38,7 @@ class Normaliser:
         """Fit on x (N, T, F) or (rows, F), using only the rows where mask (N, T) is true."""
         if method not in METHODS:
             raise NormaliserError(f"normaliser method {method!r} is not one of {METHODS}")
-        if clip is not None and clip <= 0:
+        if clip is not None and not clip > 0:  # NaN too
             raise NormaliserError(f"normaliser clip must be > 0 (deviations), got {clip}")
         rows = x.reshape(-1, x.shape[-1])
         if mask is not None:

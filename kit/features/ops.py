@@ -107,6 +107,11 @@ class FeatureOp:
         return self.to_dict()
 
 
+def _is_number(value) -> bool:
+    """An int or float from TOML; a bool is an int to Python but never a parameter value."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _names(ops: list[FeatureOp]) -> list[str]:
     return [n for op in ops for n in op.outputs()]
 
@@ -250,6 +255,11 @@ class Reduce(FeatureOp):
     def output_bound(self, inputs, rows):
         return inputs if self.mean else len(self.inputs) * inputs
     mean: ClassVar[bool] = False
+
+    def __post_init__(self):
+        twice = sorted({c for c in self.inputs if self.inputs.count(c) > 1})
+        if twice:  # a silent double weight: mean(p0, p0, p1) = (2 p0 + p1) / 3
+            raise FeatureSpecError(f"{self.op}: input(s) {twice} listed more than once")
 
     def outputs(self):
         return [self.params.get("name") or f"{self.op}({self.inputs[0]}..{self.inputs[-1]})"]
@@ -475,15 +485,18 @@ class Ewm(PerColumn):
             raise FeatureSpecError(f"{self.op} needs exactly one of 'alpha' (0 < alpha <= 1) "
                                    "or 'span' (>= 1)")
         if span is not None:
-            if not isinstance(span, int | float) or not math.isfinite(span) or span < 1:
+            if not _is_number(span) or not math.isfinite(span) or span < 1:
                 raise FeatureSpecError(f"{self.op}: span must be >= 1, got {span!r}")
             return 2.0 / (span + 1.0)
-        if not isinstance(alpha, int | float) or not 0 < alpha <= 1:
+        if not _is_number(alpha) or not 0 < alpha <= 1:
             raise FeatureSpecError(f"{self.op}: alpha must be in (0, 1], got {alpha!r}")
         return float(alpha)
 
     def tag(self):
         return f"{self.op}{self.alpha():.4g}"
+
+    def recipe(self):  # span=19 and alpha=0.1 are the same op under the same name
+        return {"op": self.op, "alpha": self.alpha()}
 
     def expr(self, c):
         if self.std:
@@ -583,7 +596,7 @@ class StepPosition(FeatureOp):
     def __post_init__(self):
         self.inputs = []
         scale = self.params.setdefault("scale", 1e-3)
-        if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        if not _is_number(scale) or not math.isfinite(scale) or scale <= 0:
             raise FeatureSpecError(f"position: scale must be a finite number > 0, got {scale!r}")
 
     def outputs(self):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from kit.competition import CompetitionSpec, expand_columns
-from kit.errors import DataError, KitError
+from kit.errors import DataError, KitError, SpecError
 from kit.features.guard import Guard, guard_frame
 from kit.features.kernels import LIMIT, steps_of
 from kit.features.ops import OPS, POS, START, FeatureOp, FeatureSpecError
@@ -56,7 +56,7 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
     if not isinstance(entry, dict) or "op" not in entry:
         raise FeatureConfigError(f"{where}: each op is a table with an 'op' key, got {entry!r}")
     kind = entry["op"]
-    if kind not in OPS:
+    if not isinstance(kind, str) or kind not in OPS:
         raise FeatureConfigError(f"{where}: unknown op {kind!r}; available: {sorted(OPS)}")
     cls = OPS[kind]
     unknown = sorted(set(entry) - {"op", "inputs", *cls.keys})
@@ -66,8 +66,14 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
     if not isinstance(entry.get("inputs", []), list):
         raise FeatureConfigError(f"{where} ({kind}): inputs must be a list of column names, "
                                  f"e.g. [\"p0\"] or [\"p0..p5\"], got {entry['inputs']!r}")
-    params = {k: _expand(v, spec) for k, v in entry.items() if k not in ("op", "inputs")}
-    inputs = _expand(entry.get("inputs", []), spec)
+    if "name" in entry and not (isinstance(entry["name"], str) and entry["name"]):
+        raise FeatureConfigError(f"{where} ({kind}): name must be a non-empty string, got "
+                                 f"{entry['name']!r}")
+    try:
+        params = {k: _expand(v, spec) for k, v in entry.items() if k not in ("op", "inputs")}
+        inputs = _expand(entry.get("inputs", []), spec)
+    except SpecError as exc:  # a bad column range
+        raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
     try:
         op = cls(inputs=inputs, params=params)
         op.outputs()  # validates parameters such as k, window, alpha
@@ -75,6 +81,9 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
         raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
     if not op.input_columns() and kind not in ("position",):
         raise FeatureConfigError(f"{where} ({kind}): no input columns given")
+    if kind == "position" and entry.get("inputs"):
+        raise FeatureConfigError(f"{where} (position): takes no inputs (it counts the steps); "
+                                 "remove 'inputs'")
     return op
 
 
@@ -172,6 +181,11 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
         entries += [(f"group {group!r} op {i}", e) for i, e in enumerate(known[group]["ops"])]
     entries += [(f"features.ops[{i}]", e) for i, e in enumerate(ops or [])]
     columns = list(spec.features)
+    # Names the batch frame already uses for other things: an output there would overwrite
+    # the step counter (and break the op) or clash with the id, step, need or a target.
+    reserved = {POS: "kit's step counter", START: "kit's sequence-start flag",
+                **{c: "a column of the competition (id, step, need, target)"
+                   for c in (spec.id_col, spec.step_col, spec.need_col, *spec.targets)}}
     built, outputs = [], []
     made_by: dict[str, tuple[str, FeatureOp]] = {}  # output -> (where, op) that defines it
     for where, entry in entries:
@@ -185,6 +199,10 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
         if twice:
             raise FeatureConfigError(f"{where} ({op.op}): makes {twice} more than once; list "
                                      "each input once")
+        clash = [n for n in names if n in reserved]
+        if clash:
+            raise FeatureConfigError(f"{where} ({op.op}): output {clash[0]!r} is "
+                                     f"{reserved[clash[0]]}; name the output otherwise")
         if all(n in made_by and made_by[n][1].recipe() == op.recipe() for n in names):
             continue  # the same op twice (e.g. two groups sharing one): compute it once
         taken = [n for n in names if n in made_by or (n in spec.features and op.op != "raw")]
