@@ -256,6 +256,26 @@ def test_predict_raising_names_the_row_and_shows_its_traceback(tmp_path):
     assert "solution.py" in text and "in step" in text and "runner.py" not in text
 
 
+def test_a_solution_that_imports_kit_fails_as_on_the_official_scorer(tmp_path):
+    data, _ = write_data(tmp_path)
+    code = """\
+        import numpy as np
+        from kit.metrics import evaluate  # kit is installed here, not on the scorer
+
+        class PredictionModel:
+            def predict(self, dp):
+                return np.zeros(2) if dp.need_prediction else None
+        """
+    with pytest.raises(SubmissionError, match="the competition's scorer does not have kit"):
+        score(write_sub(tmp_path, code), data)
+    # a package of its own that happens to be called kit is the submission's business
+    own = write_sub(tmp_path, code.replace("from kit.metrics import evaluate", "import kit"),
+                    name="own")
+    (own / "kit").mkdir()
+    (own / "kit" / "__init__.py").write_text("")
+    assert score(own, data).sandbox["kit_modules"] == ["kit"]
+
+
 @pytest.mark.parametrize(
     ("code", "what"),
     [

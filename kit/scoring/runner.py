@@ -141,6 +141,7 @@ def load_model(solution_dir: str):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
     sys.path.insert(0, solution_dir)
     os.chdir(solution_dir)
+    sys.meta_path.insert(0, NoKit(solution_dir))
     sys.meta_path.append(UtilsFallback())
     path = os.path.join(solution_dir, "solution.py")
     try:
@@ -163,6 +164,27 @@ def load_model(solution_dir: str):
         return cls()
     except BaseException as exc:
         raise Failure(exception_info("init", "PredictionModel() raised", exc)) from None
+
+
+class NoKit:
+    """The official scorer has no kit installed, so a solution.py that imports it fails here as
+    it would there (kit's own folder is installed in this interpreter). A `kit` package shipped
+    inside the submission is the submission's own and imports as usual."""
+
+    def __init__(self, solution_dir: str):
+        self.solution_dir = solution_dir
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "kit":
+            return None  # kit.* is only reached through kit
+        import importlib.machinery
+
+        if importlib.machinery.PathFinder.find_spec(name, [self.solution_dir]) is not None:
+            return None
+        raise ModuleNotFoundError(
+            "No module named 'kit': the competition's scorer does not have kit installed; "
+            "solution.py may import only what the scorer provides (numpy, onnxruntime, ...) "
+            "and the files of its own package", name=name)
 
 
 class UtilsFallback:
