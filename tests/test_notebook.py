@@ -104,6 +104,28 @@ def test_batch_protocol_restarts_an_id_whose_steps_start_over(package):
         predictor.predict_arrays([1, 1], rows[:2])
 
 
+def test_batch_protocol_edge_cases(workspace, package):
+    module = _solution(package.folder)
+    predictor = module.BatchPredictor()
+    # an empty batch: the GRU op given batch 0 used to abort the whole process
+    assert predictor.predict_arrays([], np.zeros((0, 32))).shape == (0, 2)
+    step0 = pl.read_parquet(workspace / "data/valid.parquet").filter(pl.col("step_in_seq") == 0)
+    assert predictor.predict(step0.head(0)).columns == ["seq_ix", "t0", "t1"]
+    with pytest.raises(ValueError, match=r"output names \['seq_ix'\] clash"):
+        predictor.predict(step0, names={"t0": "seq_ix"})
+    with pytest.raises(ValueError, match=r"output names \['y'\] clash"):
+        predictor.predict(step0, names={"t0": "y", "t1": "y"})
+    # pandas' nullable floats hold pd.NA where polars holds null: the guard sees NaN either way
+    frame = step0.to_pandas().astype({"p0": "Float64"})
+    frame.loc[0, "p0"] = None
+    out = module.BatchPredictor().predict(frame)
+    expected = module.BatchPredictor().predict(step0.with_columns(
+        pl.when(pl.int_range(pl.len()) == 0).then(None).otherwise(pl.col("p0")).alias("p0")))
+    np.testing.assert_array_equal(out[["t0", "t1"]].to_numpy(), expected.select("t0", "t1")
+                                  .to_numpy())
+    assert np.isfinite(out[["t0", "t1"]].to_numpy()).all()
+
+
 def test_metadata_follows_the_kaggle_formats(package, tmp_path):
     written = write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice",
                              competition="predictorium-lob", protocol="batch")

@@ -244,6 +244,8 @@ class BatchPredictor:
     def predict_arrays(self, ids, features, steps=None):
         """ids (n,), features (n, F) for one time step -> predictions (n, K) float32."""
         ids = np.asarray(ids)
+        if len(ids) == 0:  # a recurrent op given batch 0 aborts the whole process in ORT
+            return np.zeros((0, self.n_outputs), np.float32)
         if len(set(ids.tolist())) != len(ids):
             raise ValueError("an id appears twice in one time step")
         rows = self._rows_of(ids, None if steps is None else np.asarray(steps).tolist())
@@ -272,16 +274,22 @@ class BatchPredictor:
         outputs = self.manifest.get("outputs") or [f"y{k}" for k in range(self.n_outputs)]
         ids = np.asarray(batch[id_col])
         steps = np.asarray(batch[step_col]) if step_col and step_col in batch.columns else None
-        if hasattr(batch, "select"):  # polars: one conversion for all the feature columns
+        is_polars = type(batch).__module__.startswith("polars")  # pandas 3 has .select too
+        if is_polars:  # one conversion for all the feature columns
             features = batch.select(columns).to_numpy()
-        else:
-            features = batch[columns].to_numpy()
-        y = self.predict_arrays(ids, features, steps)
+        else:  # pandas' nullable dtypes hold pd.NA, which float() refuses: NaN, as in polars
+            features = batch[columns].to_numpy(dtype=np.float64, na_value=np.nan)
         names = names or {}
+        renamed = [names.get(name, name) for name in outputs]
         kept = [c for c in keep if c in batch.columns and c != id_col]  # a local replay may
+        clash = sorted({n for n in renamed if renamed.count(n) > 1 or n in (id_col, *kept)})
+        if clash:  # a dict would silently keep one of two columns of the same name
+            raise ValueError(f"output names {clash} clash with each other or with the id/kept "
+                             "columns; rename them in names={output: new name}")
+        y = self.predict_arrays(ids, features, steps)
         data = {**{c: np.asarray(batch[c]) for c in kept}, id_col: ids,  # lack a gateway's
-                **{names.get(name, name): y[:, k] for k, name in enumerate(outputs)}}
-        if type(batch).__module__.startswith("polars"):
+                **{name: y[:, k] for k, name in enumerate(renamed)}}
+        if is_polars:
             import polars as pl
 
             return pl.DataFrame(data)
