@@ -514,21 +514,23 @@ def notebook(
 ) -> None:
     """Write an offline Kaggle notebook submission: OUT/dataset (the package + metadata) and
     OUT/kernel (the notebook + metadata, internet off)."""
-    from kit.export.notebook import NotebookError, default_owner, write_notebook
+    import shlex
+
+    from kit.export.notebook import NotebookError, default_owner, package_name, write_notebook
 
     owner = owner or default_owner()
     if not owner:
         raise NotebookError("--owner: your Kaggle user name is needed for the dataset and "
                             "kernel ids (or set KAGGLE_USERNAME)")
-    name = submission.name.removesuffix(".zip")
-    out = out or submission.parent / f"{name}-kaggle"
+    parent = submission.resolve().parent if submission.name in ("", "..") else submission.parent
+    out = out or parent / f"{package_name(submission)}-kaggle"
     written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,
                              competition=competition, protocol=protocol, title=title,
                              wheels=wheels, rename=rename,
                              keep_columns=[c.strip() for c in keep_columns.split(",") if c.strip()])
     typer.echo(f"wrote {written['notebook']} ({protocol} protocol)\n"
-               f"  kaggle datasets create -p {written['dataset']}\n"
-               f"  kaggle kernels push -p {written['kernel']}")
+               f"  kaggle datasets create -p {shlex.quote(str(written['dataset']))}\n"
+               f"  kaggle kernels push -p {shlex.quote(str(written['kernel']))}")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

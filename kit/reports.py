@@ -17,11 +17,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
 from kit.config import validation_file
-from kit.data.io import read_frame
+from kit.data.io import parquet_schema, read_frame
 from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
 from kit.run_record import load_array, read_config, read_metrics
@@ -185,7 +184,7 @@ class ValidFile:
         self.path, self.spec = path, spec
         keys = [spec.id_col, spec.step_col]
         frame = read_frame(path, keys)  # raises DataError for a missing or corrupt file
-        schema = pl.read_parquet_schema(path)
+        schema = parquet_schema(path)
         labelled = not spec.next_state and all(t in schema for t in spec.targets)
         values = list(spec.features) if spec.next_state else list(spec.targets) * labelled
         if values:  # only the columns the truth needs

@@ -45,6 +45,20 @@ def test_valid_file_reports_everything(tmp_path):
     assert as_json["nan_counts"]["p3"] == 4
 
 
+def test_paths_with_glob_characters_are_paths(tmp_path):
+    """Polars reads a path as a glob pattern by default: `run [1]` matched nothing."""
+    from kit.data.stats import dataset_stats
+    from kit.features import build_feature_set, feature_arrays
+
+    path = tmp_path / "run [1] *" / "ok.parquet"
+    path.parent.mkdir()
+    make_frame(SPEC, n_seqs=2).write_parquet(path)
+    assert check_file(path, SPEC).rows == 40
+    assert dataset_stats(path, SPEC)["rows"] == 40
+    arrays = feature_arrays(path, build_feature_set(SPEC, ["raw"]), cache_dir=tmp_path / "c")
+    assert arrays.x.shape == (2, 20, 32)
+
+
 def test_accepts_int8_flags_float64_features_and_unlabelled_files():
     df = make_frame(SPEC).with_columns(
         pl.col("need_prediction").cast(pl.Int8), pl.col("p0", "v5").cast(pl.Float64)

@@ -311,6 +311,30 @@ def test_the_notebook_runs_offline_and_matches_kit_score(workspace, package, tmp
                                rtol=0, atol=tol)
 
 
+def test_the_notebook_runs_the_package_it_was_written_for(workspace, runs, package, tmp_path,
+                                                          monkeypatch):
+    from nbclient.exceptions import CellExecutionError
+
+    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice")
+    # glob characters and a space in the input root; another kit package sorting first
+    root = tmp_path / "in [1] put"
+    shutil.copytree(_kaggle_input(tmp_path, workspace, tmp_path / "kaggle/dataset"), root)
+    baseline = pack_run(runs["gru_b"], "a-baseline", tmp_path / "subs").folder
+    shutil.copytree(baseline, root / "a-baseline")
+    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
+    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
+    _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
+    got = pl.read_csv(tmp_path / "working/predictions.csv").sort(["seq_ix", "step_in_seq"])
+    scored = score_submission(package.zip_path, workspace / "data/valid.parquet",
+                              _spec(package), progress=False)
+    np.testing.assert_array_equal(got.select("t0", "t1").to_numpy(), scored.predictions)
+    # two packages and neither is this notebook's: refused, not a guess
+    shutil.rmtree(root / "nb-package")
+    shutil.copytree(pack_run(runs["lstm"], "other", tmp_path / "subs").folder, root / "other")
+    with pytest.raises(CellExecutionError, match="none holds the model this notebook was"):
+        _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
+
+
 # A stand-in for a competition's kaggle_evaluation package, only to check kit's side of the
 # hand-off (found on the input root, the server class picked, predict(batch, lags) answered
 # with the kept and renamed columns): it replays the test file one time step at a time, with a
@@ -363,6 +387,41 @@ def _spec(package):
     from kit.export.pack import submission_spec
 
     return submission_spec(package.zip_path)
+
+
+def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path, monkeypatch):
+    out = tmp_path / "kg"
+    write_notebook(package.zip_path, out, owner="alice")
+    before = {p.name: p.read_bytes() for p in (out / "dataset").iterdir()}
+    # a failed check (no wheels there) leaves OUT as it was
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotebookError, match="no .whl files"):
+        write_notebook(out / "dataset", out, owner="alice", wheels=tmp_path / "empty")
+    assert {p.name: p.read_bytes() for p in (out / "dataset").iterdir()} == before
+    assert (out / "kernel/notebook.ipynb").is_file()
+    # the package read from OUT/dataset is not deleted before it is copied
+    write_notebook(out / "dataset", out, owner="alice", protocol="batch")
+    assert {p.name: p.read_bytes() for p in (out / "dataset").iterdir()} == before
+    cells = json.loads((out / "kernel/notebook.ipynb").read_text())["cells"]
+    assert any('"KIT_PROTOCOL", "batch"' in "".join(c["source"]) for c in cells)
+    assert not [p for p in out.iterdir() if p.name.startswith(".kit-notebook-")]
+    # `kit notebook .` inside the package folder: named after the folder, not ""
+    monkeypatch.chdir(package.folder)
+    printed = run_cli("notebook", ".", "--owner", "alice").output
+    meta = json.loads((package.folder.parent / "nb-kaggle/dataset/dataset-metadata.json")
+                      .read_text())
+    assert meta["id"] == "alice/nb-package" and "nb-kaggle/dataset" in printed
+    shutil.rmtree(package.folder.parent / "nb-kaggle")
+
+
+def test_a_zip_without_a_manifest_is_named(package, tmp_path):
+    import zipfile
+
+    bare = tmp_path / "bare.zip"
+    with zipfile.ZipFile(bare, "w") as zf:
+        zf.write(package.folder / "solution.py", "solution.py")
+    with pytest.raises(NotebookError, match=r"bare.zip: no manifest.json"):
+        write_notebook(bare, tmp_path / "kg", owner="alice")
 
 
 def test_only_the_notebook_folders_are_replaced_in_out(package, tmp_path):

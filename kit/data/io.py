@@ -9,6 +9,16 @@ import polars as pl
 from kit.errors import DataError
 
 
+def parquet_schema(path: Path) -> pl.Schema:
+    """The file's schema. Paths are never glob patterns to kit: Polars expands them by default,
+    so a folder named `run [1]` would read as an empty match."""
+    return pl.scan_parquet(path, glob=False).collect_schema()
+
+
+def scan_parquet(path: Path) -> pl.LazyFrame:
+    return pl.scan_parquet(path, glob=False)
+
+
 def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """Read parquet with Polars; a missing, empty, corrupt or truncated file raises DataError."""
     path = Path(path)
@@ -19,7 +29,7 @@ def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
     try:
-        schema = pl.read_parquet_schema(path)
+        schema = parquet_schema(path)
     except Exception as exc:  # polars raises several unrelated types for bad files
         raise DataError(
             f"{path}: not a readable parquet file ({_first_line(exc)}); it may be truncated or "
@@ -30,7 +40,7 @@ def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}")
     try:
-        return pl.read_parquet(path, columns=columns)
+        return pl.read_parquet(path, columns=columns, glob=False)
     except Exception as exc:
         raise DataError(
             f"{path}: the parquet footer reads but its data does not ({_first_line(exc)}); "

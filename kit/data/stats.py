@@ -17,7 +17,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_dtypes
-from kit.data.io import read_frame
+from kit.data.io import parquet_schema, read_frame
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
 
@@ -55,7 +55,7 @@ def dataset_stats(
     """Shape, per-feature and per-target statistics of a data file (see module docstring)."""
     spec = load_spec(spec)
     try:
-        schema = pl.read_parquet_schema(path)
+        schema = parquet_schema(path)
     except Exception:  # read_frame below says what is wrong with the file
         schema = {}
     present = [t for t in spec.targets if t in schema]  # unlabelled files: no target stats

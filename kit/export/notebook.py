@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.export.pack import PACK_FILES, hash_mismatches, read_manifest
+from kit.export.pack import MODEL_FILE, PACK_FILES, PackError, hash_mismatches, read_manifest
 from kit.scoring.sandbox import prepare_submission
 
 PROTOCOLS = ("rows", "batch")
@@ -89,6 +90,7 @@ def _cell(kind: str, text: str, index: int) -> dict:
 
 SETUP = r'''
 import glob
+import hashlib
 import importlib.util
 import os
 import subprocess
@@ -100,19 +102,49 @@ PROTOCOL = os.environ.get("KIT_PROTOCOL", "__PROTOCOL__")  # rows or batch
 PREDICTIONS_FILE = os.environ.get("KIT_PREDICTIONS_FILE", "predictions.csv")
 KEEP_COLUMNS = __KEEP__  # batch protocol: columns copied from each batch into its answer
 OUTPUT_NAMES = __NAMES__  # output columns renamed in the answers, e.g. {"t0": "responder_6"}
+MODEL_SHA256 = "__MODEL_SHA256__"  # model.onnx of the package this notebook was written for
 
 
-def find_package(root):
-    """The folder under root holding the kit package (solution.py + model.onnx + manifest)."""
-    for manifest in sorted(glob.glob(os.path.join(root, "**", "manifest.json"), recursive=True)):
-        folder = os.path.dirname(manifest)
-        if all(os.path.exists(os.path.join(folder, f)) for f in ("solution.py", "model.onnx")):
+def under_input(*parts):
+    """A glob pattern below INPUT_ROOT, whose own characters ([, *, ?) are taken literally."""
+    return os.path.join(glob.escape(INPUT_ROOT), *parts)
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_package():
+    """The attached kit package (solution.py + model.onnx + manifest.json) whose model.onnx is
+    the one this notebook was written for: another package attached beside it (a baseline, an
+    older pack) is never run by mistake. A lone package with another model (the dataset was
+    updated with a new pack) runs with a warning."""
+    found = [os.path.dirname(m) for m in
+             sorted(glob.glob(under_input("**", "manifest.json"), recursive=True))]
+    found = [f for f in found if all(os.path.isfile(os.path.join(f, name))
+                                     for name in ("solution.py", "model.onnx"))]
+    for folder in found:
+        if sha256(os.path.join(folder, "model.onnx")) == MODEL_SHA256:
             return folder
-    raise FileNotFoundError(f"no kit package (manifest.json + solution.py + model.onnx) under "
-                            f"{root}; attach the package dataset or set KIT_INPUT_ROOT")
+    if len(found) == 1:
+        print(f"warning: {found[0]}/model.onnx is not the model this notebook was written for "
+              f"(sha256 {MODEL_SHA256[:12]}...); running it all the same")
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"no kit package (manifest.json + solution.py + model.onnx) "
+                                f"under {INPUT_ROOT}; attach the package dataset or set "
+                                "KIT_INPUT_ROOT")
+    raise FileNotFoundError(f"{len(found)} kit packages under {INPUT_ROOT} ({found}) and none "
+                            f"holds the model this notebook was written for (sha256 "
+                            f"{MODEL_SHA256[:12]}...): set KIT_PACKAGE_DIR to the one to run, "
+                            "or write the notebook again from that package")
 
 
-PACKAGE_DIR = os.environ.get("KIT_PACKAGE_DIR") or find_package(INPUT_ROOT)
+PACKAGE_DIR = os.environ.get("KIT_PACKAGE_DIR") or find_package()
 print("package:", PACKAGE_DIR)
 '''
 
@@ -122,7 +154,7 @@ try:
     import onnxruntime  # noqa: F401
 except ImportError:
     wheel_dirs = sorted({os.path.dirname(p) for p in
-                         glob.glob(os.path.join(INPUT_ROOT, "**", "*.whl"), recursive=True)})
+                         glob.glob(under_input("**", "*.whl"), recursive=True)})
     if not wheel_dirs:
         raise
     subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index",
@@ -154,7 +186,7 @@ def read_table(path):
         try:
             import polars as pl
 
-            return pl.read_parquet(path)
+            return pl.read_parquet(path, glob=False)  # a path, not a pattern
         except ImportError:
             pass
     import pandas as pd
@@ -166,7 +198,7 @@ def find_test_file():
     path = os.environ.get("KIT_TEST_FILE")
     if path:
         return path
-    found = sorted(glob.glob(os.path.join(INPUT_ROOT, "**", "*test*.parquet"), recursive=True))
+    found = sorted(glob.glob(under_input("**", "*test*.parquet"), recursive=True))
     if not found:
         raise FileNotFoundError(f"no *test*.parquet under {INPUT_ROOT}; set KIT_TEST_FILE")
     return found[0]
@@ -239,8 +271,7 @@ def serve_if_competition_rerun():
 
     # the competition's files ship kaggle_evaluation/: import it from there
     for pattern in ("*", os.path.join("*", "*")):
-        for init in glob.glob(os.path.join(INPUT_ROOT, pattern, "kaggle_evaluation",
-                                           "__init__.py")):
+        for init in glob.glob(under_input(pattern, "kaggle_evaluation", "__init__.py")):
             folder = os.path.dirname(os.path.dirname(init))
             if folder not in sys.path:
                 sys.path.insert(0, folder)
@@ -286,10 +317,11 @@ def _answers_gateways(solution: Path) -> bool:
 
 
 def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
-                  renames: dict[str, str] | None = None) -> dict:
+                  renames: dict[str, str] | None = None, model_sha256: str = "") -> dict:
     """Both protocols are in every notebook, so $KIT_PROTOCOL can switch between them."""
     setup = (SETUP.replace("__PROTOCOL__", protocol).replace("__KEEP__", repr(list(keep or [])))
-             .replace("__NAMES__", repr(dict(renames or {}))))
+             .replace("__NAMES__", repr(dict(renames or {})))
+             .replace("__MODEL_SHA256__", model_sha256))
     sources = [
         ("markdown", f"# {title}\n\nGenerated by kit (`kit notebook`): runs a kit package "
                      f"offline, protocol `{protocol}`. Nothing is downloaded."),
@@ -332,8 +364,11 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     if not owner or not re.match(r"^[A-Za-z0-9_-]+$", owner):
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     submission, out = Path(submission), Path(out)
-    name = submission.name.removesuffix(".zip")
+    name = package_name(submission)
     default_slug = slugify(f"{name}-package")[:50].rstrip("-")  # a cut may end on a hyphen
+    earlier = _dataset_written_before(submission)
+    if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
+        name, default_slug = earlier
     dataset_slug = _check_slug("--dataset-slug", dataset_slug or default_slug, DATASET_SLUG,
                                "3 to 50")
     title = title or default_title(name)
@@ -345,10 +380,55 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     if competition is not None and not re.match(r"^[a-z0-9][a-z0-9-]*$", competition):
         raise NotebookError(f"--competition {competition!r}: a competition's URL slug, e.g. "
                             "jane-street-real-time-market-data-forecasting")
+    wheel_files = sorted(Path(wheels).glob("*.whl")) if wheels is not None else []
+    if wheels is not None and not wheel_files:
+        raise NotebookError(f"--wheels {wheels}: no .whl files there")
+    out.mkdir(parents=True, exist_ok=True)
+    # Everything is written into a staging folder and swapped in at the end: a failed check
+    # leaves OUT as it was, and a package read from OUT/dataset itself is not deleted first.
+    with tempfile.TemporaryDirectory(prefix=".kit-notebook-", dir=out) as staging:
+        staged = _write_folders(submission, Path(staging), name=name, owner=owner,
+                                dataset_slug=dataset_slug, kernel_slug=kernel_slug, title=title,
+                                competition=competition, protocol=protocol,
+                                wheel_files=wheel_files, keep_columns=keep_columns,
+                                rename=rename)
+        for folder in ("dataset", "kernel"):  # only what this command writes is replaced
+            shutil.rmtree(out / folder, ignore_errors=True)
+            os.replace(Path(staging) / folder, out / folder)
     dataset, kernel = out / "dataset", out / "kernel"
+    return {"dataset": dataset, "kernel": kernel, "notebook": kernel / staged["code_file"],
+            "dataset_metadata": staged["dataset_metadata"],
+            "kernel_metadata": staged["kernel_metadata"]}
+
+
+def _dataset_written_before(submission: Path) -> tuple[str, str] | None:
+    """(name, dataset slug) when `submission` is a dataset folder kit notebook wrote."""
+    try:
+        meta = json.loads((Path(submission) / "dataset-metadata.json").read_text())
+        slug, title = meta["id"].split("/")[1], meta["title"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None
+    name = title.removesuffix(" (kit)").removesuffix(" package")
+    return (name, slug) if name and DATASET_SLUG.match(slug) else None
+
+
+def package_name(submission: Path) -> str:
+    """The submission's own name (`.` names the folder it is run from), without .zip."""
+    return Path(submission).resolve().name.removesuffix(".zip")
+
+
+def _write_folders(submission: Path, into: Path, *, name: str, owner: str, dataset_slug: str,
+                   kernel_slug: str, title: str, competition: str | None, protocol: str,
+                   wheel_files: list[Path], keep_columns: list[str] | None,
+                   rename: str | None) -> dict:
+    """INTO/dataset and INTO/kernel for the package at `submission` (checked whole)."""
+    dataset, kernel = into / "dataset", into / "kernel"
     with tempfile.TemporaryDirectory(prefix="kit-notebook-") as tmp:
         source = prepare_submission(submission, Path(tmp) / "package")  # a zip is extracted
-        manifest = read_manifest(source)
+        try:
+            manifest = read_manifest(source)
+        except PackError as exc:  # it names the folder a zip was extracted to
+            raise NotebookError(str(exc).replace(str(source), str(submission))) from None
         bad = hash_mismatches(source, manifest)
         if bad:
             raise NotebookError(f"{submission}: {'; '.join(bad)}; re-pack it")
@@ -359,24 +439,20 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         if (keep_columns or renames) and not _answers_gateways(source / "solution.py"):
             raise NotebookError(f"{submission}: its solution.py predates --keep-columns and "
                                 "--rename; re-pack the run with this kit (kit pack)")
-        for folder in (dataset, kernel):  # only what this command writes is replaced
-            shutil.rmtree(folder, ignore_errors=True)
         dataset.mkdir(parents=True)
         for file_name in PACK_FILES:  # the package and nothing else (no caches, stray files)
             shutil.copy2(source / file_name, dataset / file_name)
-    if wheels is not None:
-        found = sorted(Path(wheels).glob("*.whl"))
-        if not found:
-            raise NotebookError(f"--wheels {wheels}: no .whl files there")
+    if wheel_files:
         (dataset / "wheels").mkdir()
-        for wheel in found:
+        for wheel in wheel_files:
             shutil.copy2(wheel, dataset / "wheels" / wheel.name)
     dataset_meta = {"title": _title(f"{name} package"), "id": f"{owner}/{dataset_slug}",
                     "licenses": [{"name": "CC0-1.0"}]}
     (dataset / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n")
     kernel.mkdir(parents=True)
     code_file = "notebook.ipynb"
-    document = notebook_json(protocol, title, keep_columns, renames)
+    document = notebook_json(protocol, title, keep_columns, renames,
+                             manifest["files"][MODEL_FILE])
     (kernel / code_file).write_text(json.dumps(document, indent=1) + "\n")
     kernel_meta = {
         "id": f"{owner}/{kernel_slug}", "title": title, "code_file": code_file,
@@ -387,8 +463,8 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         "kernel_sources": [], "model_sources": [],
     }
     (kernel / "kernel-metadata.json").write_text(json.dumps(kernel_meta, indent=2) + "\n")
-    return {"dataset": dataset, "kernel": kernel, "notebook": kernel / code_file,
-            "dataset_metadata": dataset_meta, "kernel_metadata": kernel_meta}
+    return {"code_file": code_file, "dataset_metadata": dataset_meta,
+            "kernel_metadata": kernel_meta}
 
 
 def _title(text: str) -> str:

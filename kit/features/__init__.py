@@ -13,7 +13,7 @@ from kit import __version__
 from kit.competition import load_spec
 from kit.data.arrays import SequenceArrays, build_arrays, sequence_runs
 from kit.data.cache import Sink, cached_arrays_into, in_memory
-from kit.data.io import read_frame
+from kit.data.io import read_frame, scan_parquet
 from kit.errors import DataError
 from kit.features.sets import FeatureSet, build_feature_set
 
@@ -77,7 +77,7 @@ def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | No
         "mask": sink("mask", (n, width), np.bool_),
     }
     starts = np.concatenate([[0], np.cumsum(lengths)])
-    scan = pl.scan_parquet(path)
+    scan = scan_parquet(path)
     for lo in range(0, n, chunk_seqs):
         hi = min(n, lo + chunk_seqs)
         try:
