@@ -66,7 +66,10 @@ JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def _print_json(payload: dict) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=str))
+    from kit.json_safe import json_safe
+
+    # strict JSON (NaN/inf as null) for jq and other readers; str() for paths and the like
+    typer.echo(json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False))
 
 
 @app.command()
@@ -482,13 +485,16 @@ def parity(
     data: Path | None = typer.Option(None, "--data", "-d", help="Labelled parquet file "
                                      "(default: the packed run's validation file)."),
     seqs: int = typer.Option(16, help="Compare on the first N sequences."),
-    atol: float = typer.Option(1e-5, help="Largest allowed absolute prediction difference."),
+    atol: float = typer.Option(1e-5, help="Allowed absolute prediction difference."),
+    rtol: float = typer.Option(1e-6, help="Allowed difference relative to |prediction|, on "
+                               "top of atol (float32 rounding of large predictions)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Prove the package equals the PyTorch model step by step; exits 1 on any failed check."""
     from kit.parity import default_data, run_parity
 
-    result = run_parity(submission, data or default_data(submission), seqs=seqs, atol=atol)
+    result = run_parity(submission, data or default_data(submission), seqs=seqs, atol=atol,
+                        rtol=rtol)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
     if not result.ok:
         raise typer.Exit(1)

@@ -10,13 +10,16 @@ and four checks of the runtime's behaviour, each on the package:
   warm-up   changing the warm-up rows changes the predictions after them, exactly as the step
             path says it should: warm-up rows are processed;
   NaN/inf   rows with NaN/inf values give finite predictions equal to the step path's.
-Any difference above atol, or a failed check, fails parity and names the check and the row.
+Any difference above atol + rtol * |prediction|, or a failed check, fails parity and names the
+check and the row.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,16 +37,23 @@ from kit.export.pack import (
     MANIFEST_FILE,
     PACK_FILES,
     PackError,
+    exclusive,
     hash_mismatches,
     read_manifest,
     write_manifest,
 )
+from kit.json_safe import json_safe
 from kit.metrics import evaluate
 from kit.scoring.sandbox import prepare_submission
 from kit.scoring.score import load_rows, replay_rows
 from kit.submission import write_submission_zip
 
 DEFAULT_ATOL = 1e-5
+# float32 keeps about 7 digits: a correct package whose predictions are in the thousands (a
+# post-processing scale, raw-unit targets) rounds beyond any atol. Its rounding error follows
+# the size of the target's predictions, not of each one (a value near 0 made from large
+# terms), so rtol is relative to the largest |prediction| of that target in the sample.
+DEFAULT_RTOL = 1e-6
 DEFAULT_SEQS = 16
 PATHS = ("sequence", "step", "package")
 
@@ -63,6 +73,7 @@ class ParityReport:
     rows: int
     scored_rows: int
     atol: float
+    rtol: float
     metrics: dict  # path -> {"score", "per_target"}
     diffs: list[dict]  # {"pair", "max_abs", "per_target": {t: {max_abs, max_rel, seq, step}}}
     checks: list[Check] = field(default_factory=list)
@@ -76,16 +87,17 @@ class ParityReport:
         return max((d["max_abs"] for d in self.diffs), default=math.nan)
 
     def to_dict(self) -> dict:
-        return {
+        return json_safe({
             "ok": self.ok, "submission": self.submission, "data": self.data,
             "sequences": self.sequences, "rows": self.rows, "scored_rows": self.scored_rows,
-            "atol": self.atol, "max_abs": self.max_abs, "metrics": self.metrics,
+            "atol": self.atol, "rtol": self.rtol, "max_abs": self.max_abs, "metrics": self.metrics,
             "diffs": self.diffs, "checks": [vars(c) for c in self.checks],
-        }
+        })
 
     def format(self) -> str:
         lines = [f"parity of {self.submission} on {self.data}: {self.sequences} sequence(s), "
-                 f"{self.rows:,} rows, {self.scored_rows:,} scored; atol {self.atol:g}"]
+                 f"{self.rows:,} rows, {self.scored_rows:,} scored; atol {self.atol:g}, "
+                 f"rtol {self.rtol:g}"]
         targets = list(next(iter(self.metrics.values()))["per_target"])
         lines.append(f"{'path':<10}{'score':>10}" + "".join(f"{t:>10}" for t in targets))
         for path, m in self.metrics.items():
@@ -212,7 +224,24 @@ class Package:
 # --- comparisons and checks ---------------------------------------------------------------
 
 
-def compare(pair: str, a: np.ndarray, b: np.ndarray, rows: Rows, targets: list[str]) -> dict:
+@dataclass(frozen=True)
+class Tolerance:
+    """|a - b| <= atol + rtol * (largest finite |a| or |b| of that target), per (row, target)."""
+
+    atol: float
+    rtol: float
+
+    def close(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        sizes = np.abs(np.concatenate([a, b]))
+        size = np.max(np.where(np.isfinite(sizes), sizes, 0.0), axis=0, initial=0.0)
+        return np.abs(a - b) <= self.atol + self.rtol * size
+
+    def __str__(self) -> str:
+        return f"{self.atol:g} + {self.rtol:g} * max|y|" if self.rtol else f"{self.atol:g}"
+
+
+def compare(pair: str, a: np.ndarray, b: np.ndarray, rows: Rows, targets: list[str],
+            tol: Tolerance) -> dict:
     diff = np.abs(a - b)
     diff = np.where(np.isnan(diff), np.inf, diff)  # a NaN on one side is the worst difference
     rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-6)
@@ -222,18 +251,26 @@ def compare(pair: str, a: np.ndarray, b: np.ndarray, rows: Rows, targets: list[s
         worst = int(np.argmax(diff[:, k]))
         per[name] = {"max_abs": float(diff[worst, k]), "max_rel": float(rel[:, k].max()),
                      "seq": float(where[worst, 0]), "step": float(where[worst, 1])}
-    return {"pair": pair, "max_abs": max(v["max_abs"] for v in per.values()), "per_target": per}
+    over = np.flatnonzero(~tol.close(a, b).all(axis=1))
+    first = {"seq": float(where[over[0], 0]), "step": float(where[over[0], 1])} if len(over) \
+        else None
+    return {"pair": pair, "max_abs": max(v["max_abs"] for v in per.values()), "per_target": per,
+            "rows_over": len(over), "first_over": first}
 
 
-def first_difference(got: np.ndarray, want: np.ndarray, where: np.ndarray, atol: float) -> str:
-    """'' when got == want within atol, else how many rows differ and the first (seq, step);
-    where[i] is the row (id, step, ...) of prediction i."""
-    bad = np.flatnonzero(~(np.abs(got - want) <= atol).all(axis=1))
+def first_difference(got: np.ndarray, want: np.ndarray, where: np.ndarray,
+                     tol: Tolerance) -> str:
+    """'' when got == want within tol, else how many rows differ and the first (seq, step);
+    where[i] is the row (id, step, ...) of prediction i. NaN equals NaN here: a package that
+    predicts NaN does so in any order (the finiteness and path checks name it)."""
+    same = tol.close(got, want) | (np.isnan(got) & np.isnan(want))
+    bad = np.flatnonzero(~same.all(axis=1))
     if not len(bad):
         return ""
     row = where[bad[0]]
-    return (f"{len(bad):,} scored row(s) differ by more than {atol:g}; first at seq "
-            f"{row[0]:g}, step {row[1]:g} (max {np.nanmax(np.abs(got - want)):.3g})")
+    gap = np.abs(got - want)[~same]
+    return (f"{len(bad):,} scored row(s) differ by more than {tol}; first at seq "
+            f"{row[0]:g}, step {row[1]:g} (max {np.max(np.where(np.isnan(gap), np.inf, gap)):.3g})")
 
 
 def shuffled_order(rows: Rows, rng: np.random.Generator) -> np.ndarray:
@@ -254,7 +291,7 @@ def interleaved_order(rows: Rows, group: int = INTERLEAVED) -> np.ndarray:
     return np.lexsort((rows.seq, rows.pos, rows.seq // group))
 
 
-def check_order(package: Package, rows: Rows, reference: np.ndarray, atol: float,
+def check_order(package: Package, rows: Rows, reference: np.ndarray, tol: Tolerance,
                 rng: np.random.Generator) -> list[Check]:
     checks = []
     for name, order, fine in (
@@ -268,7 +305,7 @@ def check_order(package: Package, rows: Rows, reference: np.ndarray, atol: float
         def judge(order=order, name=name, fine=fine):
             got, index = package.run_in_order(rows, order)
             where = rows.values[order][rows.need[order]]
-            problems = first_difference(got, reference[index], where, atol)
+            problems = first_difference(got, reference[index], where, tol)
             return Check(name, not problems, problems or fine)
 
         checks.append(attempt(name, judge))
@@ -283,16 +320,21 @@ def attempt(name: str, check) -> Check:
         return Check(name, False, f"the package failed: {exc}")
 
 
-def warmup_rows(rows: Rows) -> np.ndarray:
-    """Rows before each sequence's first scored row."""
+def first_scored(rows: Rows) -> np.ndarray:
+    """Each sequence's position of its first scored row (int64 max when it has none)."""
     first = np.full(len(rows.lengths), np.iinfo(np.int64).max)
     need = rows.need
     np.minimum.at(first, rows.seq[need], rows.pos[need])
-    return rows.pos < first[rows.seq]
+    return first
+
+
+def warmup_rows(rows: Rows) -> np.ndarray:
+    """Rows before each sequence's first scored row."""
+    return rows.pos < first_scored(rows)[rows.seq]
 
 
 def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.ndarray,
-                 step_reference: np.ndarray, atol: float) -> Check:
+                 step_reference: np.ndarray, tol: Tolerance) -> Check:
     """`reference`: the package's predictions on `rows`; `step_reference`: the step path's."""
     warm = warmup_rows(rows)
     if not warm.any():
@@ -310,7 +352,7 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
     altered = rows.with_features(features)
     got = package.run(altered)
     expected = ref.predict(step_path, altered)
-    problems = first_difference(got, expected, rows.values[rows.need], atol)
+    problems = first_difference(got, expected, rows.values[rows.need], tol)
     if problems:
         return Check("warm-up processed", False, f"with other warm-up rows, {problems}")
     scored_seq = rows.seq[rows.need]
@@ -319,7 +361,7 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
     # judged: sequences with warm-up and scored rows whose step-path predictions depend on the
     # warm-up rows (a model without memory, e.g. a one-row window, has none to show)
     judged = np.zeros(len(rows.lengths), bool)
-    np.logical_or.at(judged, scored_seq, (np.abs(expected - step_reference) > atol).any(axis=1))
+    np.logical_or.at(judged, scored_seq, (~tol.close(expected, step_reference)).any(axis=1))
     judged &= np.bincount(rows.seq[warm], minlength=len(rows.lengths)) > 0
     if not judged.any():
         return Check("warm-up processed", True,
@@ -334,21 +376,42 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
                  f"predicts ({int(warm.sum()):,} warm-up rows)")
 
 
+LEADING_NAN_PAST_WARMUP = 20  # scored rows covered by each sequence's leading NaN run
+OUTLIER_STDS = 50.0  # far past any normaliser clip, small enough for float32 to stay exact
+
+
 def corrupted(rows: Rows, rng: np.random.Generator) -> Rows:
-    """NaN/+inf/-inf sprinkled over 3% of the values, a whole-NaN row per sequence and a NaN in
-    each sequence's first row (before any finite value)."""
+    """The rows made hostile, so that each part of the graph that handles them shows:
+    - NaN/+inf/-inf over 3% of the values, a whole-NaN row per sequence and a NaN in each
+      sequence's first row (the guard's fill);
+    - one column NaN from each sequence's start to 20 rows past its warm-up: a guard whose
+      state (last finite value) is not reset carries the previous sequence's value into
+      scored rows, which a NaN fading within the warm-up would not show;
+    - 1% of the values at 50 standard deviations of their column: the normaliser's clip."""
     features = rows.values[:, 3:].copy()
+    finite = np.where(np.isfinite(features), features, np.nan)
+    with warnings.catch_warnings():  # a column with no finite value: its outliers are 0 +- 50
+        warnings.simplefilter("ignore", RuntimeWarning)
+        center = np.nan_to_num(np.nanmean(finite, axis=0))
+        spread = np.nan_to_num(np.nanstd(finite, axis=0))
     r = rng.random(features.shape)
+    far = r >= 0.99
+    sign = np.where(rng.random(features.shape) < 0.5, -1.0, 1.0)
+    outliers = center + sign * OUTLIER_STDS * np.maximum(spread, 1e-3)
+    features[far] = outliers[far]
     features[r < 0.02] = np.nan
     features[(r >= 0.02) & (r < 0.025)] = np.inf
     features[(r >= 0.025) & (r < 0.03)] = -np.inf
     starts = np.concatenate([[0], np.cumsum(rows.lengths)])[:-1]
     features[starts, 0] = np.nan
     features[starts + rows.lengths // 2] = np.nan
+    first = np.minimum(first_scored(rows), rows.lengths)  # no scored row: the whole sequence
+    leading = rows.pos < first[rows.seq] + LEADING_NAN_PAST_WARMUP
+    features[leading, 1 % features.shape[1]] = np.nan
     return rows.with_features(features)
 
 
-def check_nonfinite(package: Package, ref: Reference, rows: Rows, atol: float,
+def check_nonfinite(package: Package, ref: Reference, rows: Rows, tol: Tolerance,
                     rng: np.random.Generator) -> Check:
     dirty = corrupted(rows, rng)
     got = package.run(dirty)
@@ -358,7 +421,7 @@ def check_nonfinite(package: Package, ref: Reference, rows: Rows, atol: float,
         return Check("NaN/inf rows", False, f"non-finite prediction at seq {row[0]:g}, step "
                                             f"{row[1]:g} after NaN/inf inputs")
     problems = first_difference(got, ref.predict(step_path, dirty),
-                                dirty.values[dirty.need], atol)
+                                dirty.values[dirty.need], tol)
     return Check("NaN/inf rows", not problems,
                  problems or f"{int((~np.isfinite(dirty.values[:, 3:])).sum()):,} NaN/inf "
                              "values: finite predictions, equal to the step path")
@@ -367,9 +430,24 @@ def check_nonfinite(package: Package, ref: Reference, rows: Rows, atol: float,
 # --- the command --------------------------------------------------------------------------
 
 
-def load_reference(manifest: dict) -> Reference:
+def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
+    """The members the manifest names, each checked against it (a hand-edited manifest gets a
+    message naming the key, not a traceback)."""
+    entries = manifest["members"]
+    where = f"{MANIFEST_FILE}: members"
+    if not entries:
+        raise PackError(f"{where} is empty; re-pack the run")
+    if len(manifest.get("inputs", [])) != len(spec.features):
+        raise PackError(f"{MANIFEST_FILE}: the spec has {len(spec.features)} feature columns "
+                        f"but inputs lists {len(manifest.get('inputs', []))}; re-pack the run")
     members = []
-    for entry in manifest["members"]:
+    for i, entry in enumerate(entries):
+        weights = entry.get("weights") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("checkpoint"), str)
+                and isinstance(entry.get("sha256"), str) and isinstance(weights, list)
+                and len(weights) == spec.n_outputs):
+            raise PackError(f"{where}[{i}] needs 'checkpoint', 'sha256' and {spec.n_outputs} "
+                            "'weights'; re-pack the run")
         path = Path(entry["checkpoint"])
         if not path.is_file():
             raise PackError(f"the run behind this package is gone ({path}); parity compares "
@@ -397,19 +475,22 @@ def default_data(submission: Path) -> Path:
 
 
 def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
-               atol: float = DEFAULT_ATOL, seed: int = 0, record: bool = True) -> ParityReport:
+               atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0,
+               record: bool = True) -> ParityReport:
     """Compare the three paths and run the checks; with `record`, a package folder's manifest
     gets the report (and its zip is rewritten)."""
     submission = Path(submission)
-    if not (math.isfinite(atol) and atol >= 0):
-        raise PackError(f"--atol must be a finite number >= 0, got {atol}")
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise PackError(f"--{name} must be a finite number >= 0, got {value}")
+    tol = Tolerance(atol, rtol)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="kit-parity-") as tmp:
-        folder = prepare_submission(submission, Path(tmp) / "submission")
+        folder = snapshot(submission, Path(tmp))
         manifest = read_manifest(folder)
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
-        ref = load_reference(manifest)
+        ref = load_reference(manifest, spec)
         values, truth, n_seqs = load_rows(Path(data), spec, seqs)
         rows = Rows.of(values)
         package = Package(folder, spec)
@@ -422,34 +503,76 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         except SubmissionError as exc:  # reported as a failed check: the rest needs its output
             checks.append(Check("package runs", False, str(exc)))
         targets = list(spec.outputs)
-        diffs = [compare(f"{a} vs {b}", preds[a], preds[b], rows, targets)
+        diffs = [compare(f"{a} vs {b}", preds[a], preds[b], rows, targets, tol)
                  for a, b in (("sequence", "step"), ("sequence", "package"), ("step", "package"))
                  if a in preds and b in preds]
-        worst = max(diffs, key=lambda d: d["max_abs"])
-        checks.append(
-            Check("paths agree", worst["max_abs"] <= atol,
-                  f"max abs difference {worst['max_abs']:.2e} ({worst['pair']}) "
-                  f"{'<=' if worst['max_abs'] <= atol else '>'} atol {atol:g}"
-                  + ("" if worst["max_abs"] <= atol else "; " + _where(worst))))
+        checks.append(paths_agree(diffs, tol))
         if "package" in preds:
             checks += [
-                *check_order(package, rows, preds["package"], atol, rng),
+                *check_order(package, rows, preds["package"], tol, rng),
                 attempt("warm-up processed",
                         lambda: check_warmup(package, ref, rows, preds["package"],
-                                             preds["step"], atol)),
-                attempt("NaN/inf rows", lambda: check_nonfinite(package, ref, rows, atol, rng)),
+                                             preds["step"], tol)),
+                attempt("NaN/inf rows", lambda: check_nonfinite(package, ref, rows, tol, rng)),
             ]
     metrics = {}
     for path in preds:
         report = evaluate(spec, truth, preds[path])
         metrics[path] = {"score": report.score, "per_target": report.per_target}
     result = ParityReport(str(submission), str(data), n_seqs, len(values), int(rows.need.sum()),
-                          atol, metrics, diffs, checks)
+                          atol, rtol, metrics, diffs, checks)
     if record and submission.is_dir() and not bad_files:
-        manifest["parity"] = result.to_dict()
-        write_manifest(submission, manifest)
-        write_submission_zip(submission, files=PACK_FILES)
+        record_report(submission, manifest, result)
     return result
+
+
+def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
+    worst = max(diffs, key=lambda d: d["max_abs"])
+    over = [d for d in diffs if d["rows_over"]]
+    if not over:
+        return Check("paths agree", True, f"max abs difference {worst['max_abs']:.2e} "
+                                          f"({worst['pair']}) within {tol}")
+    first = max(over, key=lambda d: d["rows_over"])
+    return Check("paths agree", False,
+                 f"{first['rows_over']:,} scored row(s) differ by more than {tol} "
+                 f"({first['pair']}); first at seq {first['first_over']['seq']:g}, step "
+                 f"{first['first_over']['step']:g}; max abs difference {worst['max_abs']:.2e} "
+                 f"({worst['pair']}), " + _where(worst))
+
+
+def _lock_of(folder: Path) -> Path:
+    """The lock kit pack holds while it replaces the package folder of that name."""
+    return folder.parent / f".{folder.name}.lock"
+
+
+def snapshot(submission: Path, tmp: Path) -> Path:
+    """The package as it is now, in tmp: a zip extracted, a folder copied under kit pack's lock
+    (a pack to the same name may replace the folder while parity runs its paths)."""
+    if not submission.is_dir():
+        return prepare_submission(submission, tmp / "submission")
+    prepare_submission(submission, tmp / "unused")  # says what is wrong with the folder
+    with exclusive(_lock_of(submission.resolve())):
+        copy = tmp / "submission"
+        shutil.copytree(submission, copy, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    return copy
+
+
+def record_report(submission: Path, tested: dict, result: ParityReport) -> None:
+    """The report into the package's manifest (and zip), only if the folder still holds the
+    files that were tested: under kit pack's lock, so a pack cannot swap them in between."""
+    with exclusive(_lock_of(submission.resolve())):
+        try:
+            now = read_manifest(submission)
+        except PackError:
+            now = {}
+        if now.get("files") != tested["files"] or hash_mismatches(submission, now):
+            warnings.warn(f"{submission} changed while parity ran (re-packed?): the report "
+                          "describes the package as it was and is not recorded in it; run "
+                          "kit parity again", stacklevel=3)
+            return
+        tested["parity"] = result.to_dict()
+        write_manifest(submission, tested)
+        write_submission_zip(submission, files=PACK_FILES)
 
 
 def _where(diff: dict) -> str:

@@ -16,6 +16,7 @@ from kit.export.pack import (
     PACK_FILES,
     PackError,
     finalize_graph,
+    pack_ensemble,
     pack_run,
     read_manifest,
     submission_spec,
@@ -296,6 +297,121 @@ def test_a_runtime_that_returns_its_reused_buffer_fails_parity(workspace, gru_pa
     assert "paths agree" in _failed(run_parity(folder, _valid(workspace), seqs=SEQS))
 
 
+def test_a_runtime_that_keeps_the_guards_state_across_sequences_fails_parity(
+        workspace, gru_pack, tmp_path):
+    """The guard's state (each column's last finite value) is the graph's first state tensor:
+    a runtime resetting only the model's would pass a check whose NaN fades in the warm-up."""
+    folder = _copy_pack(gru_pack, tmp_path)
+    reset = "        for buffer in self.buffers[self.live]{}:\n            buffer.fill"
+    _edit_solution(folder, reset.format(""), reset.format("[1:]"))
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert _failed(report) == {"NaN/inf rows"}
+    assert "seq" in next(c.detail for c in report.checks if c.name == "NaN/inf rows")
+
+
+def test_the_hostile_rows_reach_past_the_warmup_and_the_clip():
+    """What makes the two tests around this one fail on a long warm-up (Predictorium's 99 rows)
+    as well: a NaN run in one column past each sequence's first scored row (a guard state
+    carried over from the previous sequence reaches scored rows) and values far beyond any
+    normaliser clip."""
+    from kit.competition import load_spec
+    from kit.parity import LEADING_NAN_PAST_WARMUP, Rows, corrupted, first_scored
+    from tests.frames import make_frame
+
+    spec = load_spec("predictorium")
+    frame = make_frame(spec, lengths=[150, 120, 200], seed=2)
+    values = frame.select(spec.id_col, spec.step_col, pl.col(spec.need_col).cast(pl.Float64),
+                          *spec.features).to_numpy().astype(np.float64)
+    rows = Rows.of(values)
+    dirty = corrupted(rows, np.random.default_rng(0)).values[:, 3:]
+    first = first_scored(rows)
+    for s in range(3):
+        column = dirty[rows.seq == s, 1]
+        assert np.isnan(column[:first[s] + LEADING_NAN_PAST_WARMUP]).all()
+    clean = rows.values[:, 3:]
+    z = np.abs(dirty - clean.mean(axis=0)) / clean.std(axis=0)
+    assert (np.nan_to_num(z, posinf=0) > 40).mean() > 0.005  # about 1% of the values
+
+
+def test_a_normaliser_without_its_clip_fails_parity(workspace, runs, gru_pack, tmp_path):
+    import dataclasses
+
+    folder = _copy_pack(gru_pack, tmp_path)
+    member = load_member(runs["gru"])
+    unclipped = dataclasses.replace(member.normaliser, clip=None)
+    chain = StreamChain(member.feature_set.stream_module(), unclipped.stream_module(),
+                        member.model.step_form()).eval()
+    export_step_graph(chain, 32, folder / "model.onnx")
+    finalize_graph(folder / "model.onnx", {})
+    write_manifest(folder, read_manifest(folder))
+    assert "NaN/inf rows" in _failed(run_parity(folder, _valid(workspace), seqs=SEQS))
+
+
+def test_nan_predictions_fail_the_path_checks_not_the_order_checks(workspace, gru_pack,
+                                                                    tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "return self.y_row.copy()",
+                   "return self.y_row.copy() if step != 50 else np.full_like(self.y_row, np.nan)")
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    failed = _failed(report)
+    assert "paths agree" in failed and not failed & {"order: shuffled sequences",
+                                                     "order: interleaved rows"}
+    # --json is strict JSON: the NaN score and infinite difference are null
+    out = run_cli("parity", folder, "--data", _valid(workspace), "--seqs", "2", "--json",
+                  expect=1).stdout
+    doc = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in --json"))
+    assert doc["max_abs"] is None and doc["ok"] is False
+    json.loads((folder / "manifest.json").read_text(),
+               parse_constant=lambda name: pytest.fail(f"{name} in manifest.json"))
+
+
+def test_large_predictions_are_held_to_a_relative_tolerance(workspace, runs, tmp_path):
+    """A correct package predicting in the thousands rounds beyond atol 1e-5 in float32."""
+    import tomli_w
+
+    doc = tmp_path / "big.toml"
+    doc.write_text(tomli_w.dumps({
+        "members": [{"name": "gru", "runs": [str(runs["gru"])], "weights": [1.0, 1.0]}],
+        "postprocess": {"smoothing": [0.0, 0.0], "scale": [1e4, 1e4]}}))
+    folder = pack_ensemble(doc, "big", tmp_path).folder
+    assert run_parity(folder, _valid(workspace), seqs=2).ok
+    strict = run_parity(folder, _valid(workspace), seqs=2, rtol=0.0, record=False)
+    assert "paths agree" in _failed(strict)  # what the relative term is for
+    # and a real difference of that size is still caught: 1e-3 on predictions ~1e3
+    _edit_solution(folder, "return self.y_row.copy()", "return self.y_row * 1.00001")
+    assert "paths agree" in _failed(run_parity(folder, _valid(workspace), seqs=2))
+
+
+def test_a_report_is_not_recorded_into_a_package_replaced_meanwhile(workspace, runs, tmp_path):
+    from kit.parity import record_report
+
+    first = pack_run(runs["gru"], "same", tmp_path)
+    tested = read_manifest(first.folder)
+    report = run_parity(first.folder, _valid(workspace), seqs=2, record=False)
+    pack_run(runs["lstm"], "same", tmp_path)  # re-packed while parity ran
+    before = (first.folder / "manifest.json").read_text()
+    with pytest.warns(UserWarning, match="changed while parity ran"):
+        record_report(first.folder, tested, report)
+    assert (first.folder / "manifest.json").read_text() == before
+    record_report(first.folder, read_manifest(first.folder), report)  # unchanged: recorded
+    assert read_manifest(first.folder)["parity"] == report.to_dict()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(members=[]), "members is empty"),
+    (lambda m: m["members"][0].pop("checkpoint"), r"members\[0\] needs 'checkpoint'"),
+    (lambda m: m["members"][0].update(weights=[1.0]), r"members\[0\] needs .* 2 'weights'"),
+    (lambda m: m["spec"]["features"].pop(), "the spec has 31 feature columns but inputs"),
+])
+def test_a_hand_edited_manifest_is_named(workspace, gru_pack, tmp_path, edit, message):
+    folder = _copy_pack(gru_pack, tmp_path)
+    manifest = read_manifest(folder)
+    edit(manifest)
+    write_manifest(folder, manifest)
+    with pytest.raises(PackError, match=message):
+        run_parity(folder, _valid(workspace), seqs=2)
+
+
 def test_a_changed_file_fails_the_manifest_check(workspace, gru_pack, tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
     with open(folder / "solution.py", "a") as fh:
@@ -472,6 +588,9 @@ def test_pack_errors_name_the_problem(workspace, runs, tmp_path):
     assert "corrupt" in run_cli("pack", bad, expect=2).output
     (bad / "best.pt").write_bytes(b"")  # e.g. a full disk: torch raises EOFError('')
     assert "corrupt" in run_cli("pack", bad, expect=2).output
+    # not a checkpoint at all: no advice to delete the user's file
+    out = run_cli("pack", _valid(workspace), expect=2).output
+    assert "not a checkpoint; pass a run folder" in out and "delete" not in out
     (tmp_path / "afile").write_text("")
     out = run_cli("pack", runs["gru"], "--out", tmp_path / "afile", expect=2).output
     assert "afile" in out and "Traceback" not in out

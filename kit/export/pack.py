@@ -32,6 +32,7 @@ from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
+from kit.json_safe import dumps as json_dumps
 from kit.submission import write_submission_zip
 
 SUBMISSIONS_DIR = Path("submissions")
@@ -304,7 +305,7 @@ def finalize_graph(path: Path, metadata: dict[str, str]) -> dict:
 def write_manifest(folder: Path, manifest: dict) -> None:
     """manifest.json with the sha256 of every other package file."""
     manifest["files"] = {n: sha256_file(folder / n) for n in PACK_FILES if n != MANIFEST_FILE}
-    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    (folder / MANIFEST_FILE).write_text(json_dumps(manifest, indent=2) + "\n")
 
 
 def read_manifest(folder: Path) -> dict:

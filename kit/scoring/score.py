@@ -15,6 +15,7 @@ from kit.competition import CompetitionSpec
 from kit.data.contract import check_frame
 from kit.data.io import read_frame
 from kit.errors import DataError, SubmissionError
+from kit.json_safe import json_safe
 from kit.metrics import MetricReport, evaluate, scored_truth
 from kit.scoring.sandbox import choose_cpu, prepare_submission, run_child
 
@@ -51,7 +52,7 @@ class ScoreResult:
     def to_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items() if k not in ("predictions", "report")}
         out["report"] = self.report.to_dict()
-        return _json_safe(out)
+        return json_safe(out)
 
     def format(self) -> str:
         r = self.report
@@ -231,18 +232,6 @@ def load_rows(
         targets = frame.select(pl.col(t).cast(pl.Float64) for t in spec.targets).to_numpy()
     truth = scored_truth(values[:, 0], need, values[:, 3:], targets, spec)
     return values, truth, sequences
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _fmt(value: float) -> str:

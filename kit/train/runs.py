@@ -9,7 +9,6 @@ their row index in the valid file: the ensembler's input).
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import tomli_w
 
 from kit import __version__
 from kit.config import ConfigError
+from kit.json_safe import json_safe
 from kit.metrics import MetricReport
 from kit.train.checkpoint import save_checkpoint
 
@@ -77,7 +77,7 @@ class RunFiles:
 
     def append_history(self, record: dict) -> None:
         with open(self.history, "a") as fh:  # strict JSON: a NaN or inf is written as null
-            fh.write(json.dumps(_json_safe(record), allow_nan=False) + "\n")
+            fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
 
     def truncate_history(self, epochs: int) -> None:
         """Keep the first `epochs` lines: a killed run may have logged an epoch past last.pt."""
@@ -124,7 +124,7 @@ class RunFiles:
             "wall_s": sum(r["seconds"] for r in history),
             **self.about.get("summary", {}),
         }
-        _atomic_text(self.metrics, json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
+        _atomic_text(self.metrics, json.dumps(json_safe(metrics), indent=2, allow_nan=False))
         return metrics
 
     def tensorboard(self):
@@ -136,17 +136,6 @@ class RunFiles:
             raise ConfigError("train.tensorboard = true needs the tensorboard package: "
                               "pip install tensorboard") from None
         return SummaryWriter(str(self.root / "tensorboard"))
-
-
-def _json_safe(value):
-    """NaN and inf have no JSON form (json.dumps writes NaN, which strict readers refuse)."""
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _toml_safe(value):
