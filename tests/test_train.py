@@ -215,7 +215,9 @@ def test_ctrl_c_of_a_group_says_once_how_to_resume_the_whole_group(env, tmp_path
 def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_path):
     from kit.train.recipe import resumable_run
 
-    for name, age in (("zzz-t0003", 100), ("20261202-043002-s7", 10), ("20261202-050000-s1", 1)):
+    # newest of all: a sweep trial and a fold run, which resume inside their study or group
+    for name, age in (("zzz-t0003", 100), ("20261202-043002-s7", 10), ("20261202-050000-s1", 1),
+                      ("exp-t0001", 0), ("20261202-060000-s3-fold1of2", 0)):
         folder = tmp_path / "exp" / name
         folder.mkdir(parents=True)
         (folder / "last.pt").write_bytes(b"")
@@ -536,6 +538,16 @@ def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp
     run_cli("train", "exp=tiny", "seeds=[8,7]", "--resume", "--stop-after-epochs", 1, "-q")
     assert _histories(tmp_path / "runs" / "tiny") == {
         group[0].name: 2, group[1].name: 2, single.name: 1}
+
+
+def test_an_older_group_resumes_with_its_own_command_beside_a_newer_one(env, tmp_path):
+    older = _paused_group(["seeds=[7,8]", "train.lr=0.02"])
+    time.sleep(1.1)
+    newer = _paused_group(["seeds=[7,8]"])  # same seeds, other settings, unfinished too
+    run_cli("train", "exp=tiny", "seeds=[7,8]", "train.lr=0.02", "--resume",
+            "--stop-after-epochs", 1, "-q")
+    assert _histories(tmp_path / "runs" / "tiny") == {
+        older[0].name: 2, older[1].name: 2, newer[0].name: 1, newer[1].name: 1}
 
 
 def test_a_group_member_that_diverged_at_once_is_kept_and_said(env, tmp_path):

@@ -79,8 +79,10 @@ def _read_record(path: Path) -> dict | None:
 
 
 def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
-    """The stamp of the newest unfinished group started with these seeds (in any order) and K.
-    Its runs must be those this command would train: other settings are refused."""
+    """The stamp of the newest unfinished group started with these seeds (in any order), K and
+    settings. An unfinished group that differs only in its settings is named when none
+    matches: its own command (with --resume) resumes it, even with a newer group about."""
+    other = None  # (stamp, the settings that differ) of the newest such group
     for path in sorted((exp_dir / GROUPS_DIR).glob("*.json"), reverse=True):
         record = _read_record(path)
         if (record is None or sorted(record.get("seeds") or []) != sorted(seeds)
@@ -90,11 +92,14 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
         if all(is_finished(exp_dir / name) for name in end_names(seeds, folds, stamp)):
             continue
         changed = differences(record.get("config"), group_config(base))
-        if changed:
-            raise ConfigError(f"the unfinished group {stamp} of {exp_dir} was started with other"
-                              f" settings ({', '.join(changed)} differ): repeat its command with"
-                              " --resume, or start a new group without --resume")
-        return stamp
+        if not changed:
+            return stamp
+        other = other or (stamp, changed)
+    if other:
+        stamp, changed = other
+        raise ConfigError(f"the unfinished group {stamp} of {exp_dir} was started with other"
+                          f" settings ({', '.join(changed)} differ): repeat its command with"
+                          " --resume, or start a new group without --resume")
     what = f"{folds}-fold runs" if folds else "runs"
     raise ConfigError(f"no unfinished group of {what} of seeds {seeds} under {exp_dir} to "
                       "resume; start it without --resume")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -46,10 +47,17 @@ def check_config(config: dict) -> None:
                           "device; set a batch size on CPU")
 
 
+# The folders `kit train` names itself (new_run_id): a sweep's trial (EXP-t0003) resumes with
+# `kit sweep` inside its study, a fold run with its group; `kit train --resume` must not
+# finish either outside the study or the group.
+PLAIN_RUN_NAME = re.compile(r"^\d{8}-\d{6}-s-?\d+$")
+
+
 def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
-    """The newest run of an experiment (by its last.pt's time: folder names of sweep trials
-    and seed runs do not sort by age) that has a last.pt and has not finished."""
-    candidates = sorted((runs_dir / experiment).glob("*/last.pt"),
+    """The newest plain run of an experiment (by its last.pt's time) that has a last.pt and
+    has not finished."""
+    candidates = sorted((p for p in (runs_dir / experiment).glob("*/last.pt")
+                         if PLAIN_RUN_NAME.match(p.parent.name)),
                         key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for last in candidates:
         if not is_finished(last.parent):
