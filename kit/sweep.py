@@ -20,6 +20,7 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -308,7 +309,86 @@ def sampler_seed(table: dict, existing: int) -> int | None:
     return int(sequence.generate_state(1)[0])
 
 
-def make_study(name: str, storage, direction: str, table: dict, epochs: int):
+# settings that do not change what a trial trains: left out of a study's config digest
+NOT_TRAINING = ("name", "description", "sweep", "train.threads", "train.tensorboard",
+                "data.cache_dir")
+
+
+def digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """Dotted leaf key -> value (lists are leaves)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def study_identity(setup: SweepSetup) -> dict:
+    """What every trial of a study shares, recorded in the study's user attributes: the
+    experiment, a digest of each parameter's declaration and of each config key the trials start
+    from. Left out: NOT_TRAINING and the keys an unconditional parameter sets in every trial."""
+    swept = [p.name for p in setup.params if not p.when]
+    config = {}
+    for key, value in flatten(setup.base).items():
+        if any(key == n or key.startswith(f"{n}.") for n in (*NOT_TRAINING, *swept)):
+            continue
+        config[key] = digest(value)
+    return {"kit_experiment": setup.experiment,
+            "kit_space": {p.name: digest(asdict(p)) for p in setup.params},
+            "kit_config": config}
+
+
+def identity_differences(stored: dict, identity: dict) -> list[str]:
+    """What differs between a study's recorded identity and this sweep's, in words."""
+    problems = []
+    if stored.get("kit_experiment") != identity["kit_experiment"]:
+        problems.append(f"it sweeps experiment {stored.get('kit_experiment')!r}, this command "
+                        f"{identity['kit_experiment']!r}")
+    for what, key in (("search space (sweep.params)", "kit_space"),
+                      ("config keys", "kit_config")):
+        old, new = stored.get(key) or {}, identity[key]
+        parts = [f"{label} {names[:8]}" + (f" and {len(names) - 8} more" if len(names) > 8
+                                           else "")
+                 for label, names in (
+                     ("changed", sorted(k for k in old.keys() & new.keys() if old[k] != new[k])),
+                     ("added", sorted(new.keys() - old.keys())),
+                     ("removed", sorted(old.keys() - new.keys()))) if names]
+        if parts:
+            problems.append(f"{what} differ: {', '.join(parts)}")
+    return problems
+
+
+def check_identity(study, name: str, identity: dict) -> None:
+    """Refuse to add trials to a study made for another experiment, search space or config:
+    its trials would be ranked with these. A study without a recorded identity (new, or made
+    before kit recorded one) takes this sweep's, with a note when it already has trials."""
+    if "kit_experiment" not in study.user_attrs:
+        if study.get_trials(deepcopy=False):
+            print(f"note: study {name!r} was made before kit recorded what a study sweeps; its "
+                  "trials are taken as this sweep's and this sweep's experiment, search space "
+                  "and config are recorded now (later runs must match them)",
+                  file=sys.stderr, flush=True)
+        # kit_experiment, the marker, last: a worker that reads it finds the other two set
+        for key in ("kit_space", "kit_config", "kit_experiment"):
+            study.set_user_attr(key, identity[key])
+    # read back: a worker on another machine may have recorded its own at the same moment
+    problems = identity_differences(study.user_attrs, identity)
+    if problems:
+        raise SweepError(f"study {name!r} in this storage was made for another sweep: "
+                         f"{'; '.join(problems)}. Its trials would be ranked with this sweep's: "
+                         "pick a new --study name, or put the old settings back")
+
+
+def make_study(name: str, storage, direction: str, table: dict, epochs: int,
+               identity: dict | None = None):
+    """Create or load the study; with `identity` (study_identity), refuse one made for another
+    sweep before anything trains."""
     import optuna
 
     check_table(table)
@@ -325,6 +405,8 @@ def make_study(name: str, storage, direction: str, table: dict, epochs: int):
         raise SweepError(f"study {name!r} in this storage is set to "
                          f"{study.direction.name.lower()}, this experiment's metric to "
                          f"{direction}: pick another --study name")
+    if identity is not None:
+        check_identity(study, name, identity)
     existing = len(study.get_trials(deepcopy=False)) if table.get("seed") is not None else 0
     seed = sampler_seed(table, existing)
     study.sampler = (optuna.samplers.TPESampler(seed=seed)
@@ -450,7 +532,7 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(setup.study_name, make_storage(setup.storage_url), setup.direction,
-                       setup.table, setup.base["train"]["epochs"])
+                       setup.table, setup.base["train"]["epochs"], study_identity(setup))
     left = trials - len(finished_trials(study))
     if left <= 0:
         return
@@ -551,7 +633,7 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     """K worker processes on one study; the machine's threads shared between them."""
     # the study (and the storage's tables) exist before the workers start: no creation race
     make_study(setup.study_name, make_storage(setup.storage_url), setup.direction, setup.table,
-               setup.base["train"]["epochs"])
+               setup.base["train"]["epochs"], study_identity(setup))
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath()}

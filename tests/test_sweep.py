@@ -314,9 +314,34 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(sweep_env):
 ENDLESS = ["train.epochs=100000", "train.patience=100000"]  # trials that only a signal ends
 
 
+def _endless_first(root: Path, endless: int, then: int, storage: str | None = None) -> None:
+    """Give tiny's study `endless` trials that only a signal ends, then `then` 2-epoch ones, as
+    values of a swept train.epochs: a study is bound to its config, so the command that starts
+    the endless trials is the one that resumes the study."""
+    from kit.sweep import make_study, study_identity
+
+    def edit(doc: dict) -> None:
+        doc["train"]["patience"] = 100000
+        doc["sweep"] = {"pruner": "none", "params": {
+            "train.epochs": {"type": "categorical", "choices": [2, 100000]}}}
+
+    _edit_tiny(root, edit)
+    setup = prepare("tiny", None, None, storage)
+    study = make_study("tiny", make_storage(setup.storage_url), setup.direction, setup.table,
+                       2, study_identity(setup))
+    for epochs in [100000] * endless + [2] * then:
+        study.enqueue_trial({"train.epochs": epochs})
+
+
+def _started(url: str) -> list:
+    """The study's trials less those enqueued and not started."""
+    return [t for t in _study(url).get_trials() if t.state != TrialState.WAITING]
+
+
 def test_ctrl_c_with_workers_reaches_each_worker_once_and_the_study_resumes(sweep_env):
     url = _sqlite(sweep_env)
-    proc = _kit("sweep", "exp=tiny", *ENDLESS, "--workers", "2", "--trials", "3", "-q",
+    _endless_first(sweep_env, 2, 3)
+    proc = _kit("sweep", "exp=tiny", "--workers", "2", "--trials", "3", "-q",
                 start_new_session=True)
     _wait_for(lambda: _training(url) == 2, what="both workers inside a trial")
     # as from a terminal: SIGINT to the foreground group, which holds only the parent (each
@@ -326,7 +351,7 @@ def test_ctrl_c_with_workers_reaches_each_worker_once_and_the_study_resumes(swee
     assert proc.returncode == 130, out
     assert out.count("stopping at the end of this epoch") == 2, out  # once each, not twice
     assert "run the same command again to resume" in out
-    trials = _study(url).get_trials()
+    trials = _started(url)
     assert len(trials) == 2 and TrialState.RUNNING not in [t.state for t in trials]
     assert all(len(t.intermediate_values) >= 1 for t in trials)  # ended after an epoch
     run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
@@ -492,7 +517,8 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
     url = _create_database(postgres, "killed_worker")
     env = os.environ | {"KIT_SWEEP_HEARTBEAT_S": "1"}
     # a trial that cannot end by itself (no early stop) is sure to be killed mid-trial
-    proc = _kit("sweep", "exp=tiny", *ENDLESS, "--trials", "3", "--storage", url, "-q", env=env)
+    _endless_first(sweep_env, 1, 3, url)
+    proc = _kit("sweep", "exp=tiny", "--trials", "3", "--storage", url, "-q", env=env)
 
     def running() -> bool:
         if proc.poll() is not None:
@@ -509,11 +535,10 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
     killed = next(t for t in _study(url).get_trials() if t.state == TrialState.RUNNING)
     time.sleep(2.5)  # past the grace period of two missed heartbeats
     # a fresh worker process, as on another machine, with the same storage URL
-    restarted = _kit("sweep", "exp=tiny", "train.epochs=2", "--trials", "3", "--storage", url,
-                     "-q", env=env)
+    restarted = _kit("sweep", "exp=tiny", "--trials", "3", "--storage", url, "-q", env=env)
     out, _ = restarted.communicate(timeout=300)
     assert restarted.returncode == 0, out
-    trials = {t.number: t for t in _study(url).get_trials()}
+    trials = {t.number: t for t in _started(url)}
     assert trials[killed.number].state == TrialState.FAIL  # marked failed by the heartbeat
     done = [t for t in trials.values() if t.state in FINISHED]
     assert len(done) == 3 and killed.number not in {t.number for t in done}
@@ -604,12 +629,81 @@ def test_the_best_file_holds_what_the_best_trial_trained(sweep_env):
                  summary=False) == {}
     assert not list(exps.glob("*_best.toml"))
     (run,) = (sweep_env / "runs/tiny").glob("a-b-t*")  # the study's name made one safe folder
-    # the study is resumed (already complete) without the override: the best trial trained
-    # with batch 4, and the best file must say so
+    # a study of an older kit (no recorded config) resumed without the override: the best
+    # trial trained with batch 4, and the best file must say so
+    _forget_identity(_sqlite(sweep_env))
     run_cli("sweep", "exp=tiny", "--trials", 1, "--study", "a/b", "-q")
     best = exps / "tiny_a-b_best.toml"
     assert load_experiment(str(best))["train"]["batch_size"] == 4
     assert load_experiment(str(exps / "tiny.toml"))["train"]["batch_size"] != 4
+
+
+def _edit_tiny(root: Path, edit) -> dict:
+    """Rewrite experiments/tiny.toml through `edit(doc)`; returns the document before."""
+    import copy
+
+    path = root / "experiments" / "tiny.toml"
+    before = tomllib.loads(path.read_text())
+    doc = copy.deepcopy(before)
+    edit(doc)
+    path.write_text(tomli_w.dumps(doc))
+    return before
+
+
+def test_a_study_refuses_another_experiment_space_or_config_before_training(sweep_env):
+    url = _sqlite(sweep_env)
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    before = _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["train.lr"].update(high=0.1))
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, expect=2).output
+    assert "search space (sweep.params) differ: changed ['train.lr']" in out
+    assert "pick a new --study name, or put the old settings back" in out
+    (sweep_env / "experiments" / "tiny.toml").write_text(tomli_w.dumps(before))
+    # 1-epoch trials are not ranked with 2-epoch ones
+    out = run_cli("sweep", "exp=tiny", "train.epochs=1", "--trials", 2, expect=2).output
+    assert "config keys differ: changed ['train.epochs']" in out
+    # another experiment pointed at this study and storage
+    other = {**before, "model": {"type": "lstm", "hidden": 8, "layers": 1}}
+    (sweep_env / "experiments" / "tiny2.toml").write_text(tomli_w.dumps(other))
+    out = run_cli("sweep", "exp=tiny2", "--study", "tiny", "--storage", url, "--trials", 2,
+                  expect=2).output
+    assert "it sweeps experiment 'tiny', this command 'tiny2'" in out
+    assert len(_study(url).get_trials()) == 1  # none of them created a trial
+    assert len(list((sweep_env / "runs").glob("*/tiny-t*"))) == 1
+    # settings that do not change what a trial trains are free; the same sweep resumes
+    run_cli("sweep", "exp=tiny", "train.threads=1", "sweep.trials=9", "--trials", 2, "-q")
+    assert [t.state for t in _study(url).get_trials()] == [TrialState.COMPLETE] * 2
+
+
+def test_a_parameter_of_another_type_is_refused_without_a_traceback_or_a_trial(sweep_env):
+    url = _sqlite(sweep_env)
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    _edit_tiny(sweep_env, lambda d: d["sweep"]["params"].update(
+        {"model.hidden": {"type": "categorical", "choices": [8, 12]}}))
+    result = run_cli("sweep", "exp=tiny", "--trials", 2, expect=2)
+    assert "Traceback" not in result.output and result.exception.code == 2
+    assert "search space (sweep.params) differ: changed ['model.hidden']" in result.output
+    assert [t.state for t in _study(url).get_trials()] == [TrialState.COMPLETE]
+
+
+def _forget_identity(url: str) -> None:
+    """Leave a SQLite study as a kit from before the identity check made it."""
+    import sqlite3
+
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        conn.execute("DELETE FROM study_user_attributes")
+
+
+def test_a_study_from_before_the_identity_check_records_it_on_first_use(sweep_env):
+    url = _sqlite(sweep_env)
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    _forget_identity(url)
+    assert _study(url).user_attrs == {}
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q").output
+    assert "was made before kit recorded what a study sweeps" in out
+    assert _study(url).user_attrs["kit_experiment"] == "tiny"
+    assert len(_study(url).get_trials()) == 2
+    assert "config keys differ" in run_cli("sweep", "exp=tiny", "train.epochs=1", "--trials",
+                                           3, expect=2).output
 
 
 def test_an_existing_study_set_the_other_way_is_refused(sweep_env):
