@@ -485,6 +485,32 @@ class GracefulInterrupt:
             raise KeyboardInterrupt
 
 
+class EpochReports:
+    """The trainer's per-epoch callback: reports the trial's best score so far (the value the
+    trial returns if it stops there: its best epoch is what it keeps) and asks the pruner,
+    except after the epoch the run ends on anyway (the last one, or one that exhausts
+    train.patience): a run that trained all its epochs is complete, never pruned."""
+
+    def __init__(self, trial, train: dict, direction: str,
+                 interrupt: GracefulInterrupt | None = None):
+        self.trial, self.train, self.interrupt = trial, train, interrupt
+        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.best, self.bad_epochs = -math.inf, 0
+
+    def __call__(self, epoch: int, score: float) -> bool:
+        if self.interrupt is not None:
+            self.interrupt.check()  # a safe point: after the epoch's checkpoint
+        if not math.isfinite(score):
+            return False
+        if self.sign * score > self.best:  # the trainer's own test for a new best epoch
+            self.best, self.bad_epochs = self.sign * score, 0
+        else:
+            self.bad_epochs += 1
+        self.trial.report(self.sign * self.best, epoch)
+        last = epoch >= self.train["epochs"] or self.bad_epochs >= self.train["patience"]
+        return not last and self.trial.should_prune()
+
+
 def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | None = None):
     import optuna
 
@@ -503,16 +529,10 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         trial.set_user_attr("run_dir", str(files.root))
         trial.set_user_attr("worker", os.getpid())
 
-        def on_epoch(epoch: int, score: float) -> bool:
-            if interrupt is not None:
-                interrupt.check()  # a safe point: after the epoch's checkpoint
-            if not math.isfinite(score):
-                return False
-            trial.report(score, epoch)
-            return trial.should_prune()
-
         try:
-            metrics = train_one(config, files, progress=progress, on_epoch=on_epoch)
+            metrics = train_one(config, files, progress=progress,
+                                on_epoch=EpochReports(trial, config["train"], setup.direction,
+                                                      interrupt))
         except TrainingDiverged as exc:  # these values diverge: a failed trial, not a failed sweep
             trial.set_user_attr("diverged", str(exc))
             print(f"trial {trial.number}: {exc}", file=sys.stderr, flush=True)

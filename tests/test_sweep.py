@@ -98,6 +98,32 @@ def test_the_pruner_stops_trials_through_the_per_epoch_reports(sweep_env, monkey
         assert metrics["pruned"] and metrics["finished"]  # done: never picked by --resume
 
 
+@pytest.mark.parametrize("overrides, epochs", [
+    ([], 2),  # the last epoch
+    (["train.epochs=4", "train.patience=1", "train.lr=1e-12"], 2),  # patience ends it at 2
+])
+def test_a_trial_is_never_pruned_after_its_last_epoch_and_reports_its_best_so_far(
+        sweep_env, monkeypatch, overrides, epochs):
+    # a real pruner that prunes every trial from its second report on: after the epoch the run
+    # ends on anyway, the trial must complete with its best epoch's score, not be pruned
+    monkeypatch.setattr(optuna.pruners, "MedianPruner",
+                        lambda **_: optuna.pruners.ThresholdPruner(lower=10.0, n_warmup_steps=2))
+    _edit_tiny(sweep_env, lambda d: d["sweep"]["params"].pop("train.lr"))
+    summary = sweep("tiny", overrides, trials=2, progress=False)
+    trials = _study(summary["storage"]).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        run = Path(t.user_attrs["run_dir"])
+        metrics = json.loads((run / "metrics.json").read_text())
+        scores = [json.loads(line)["val_score"] for line in
+                  (run / "history.jsonl").read_text().splitlines()]
+        assert len(scores) == epochs and not metrics.get("pruned")
+        assert t.value == metrics["score"] == max(scores)  # the metric is maximised here
+        # what the pruner saw is what the trial returns were it stopped there: its best so far
+        assert [t.intermediate_values[e] for e in range(1, epochs + 1)] == [
+            max(scores[:e]) for e in range(1, epochs + 1)]
+
+
 def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_env, workspace):
     import polars as pl
 
