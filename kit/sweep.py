@@ -514,12 +514,19 @@ class EpochReports:
 def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | None = None):
     import optuna
 
-    from kit.train.recipe import train_one
+    from kit.train.recipe import check_config, train_one
     from kit.train.trainer import TrainingDiverged
 
     def run(trial) -> float:
-        values = suggest(trial, setup.params, setup.base)
-        config = trial_config(setup.base, values)
+        try:
+            values = suggest(trial, setup.params, setup.base)
+            config = trial_config(setup.base, values)
+            check_config(config)
+        except KitError as exc:  # values valid alone, not together (d_model vs n_heads)
+            reason = f"invalid combination of values: {exc}"
+            trial.set_user_attr("invalid", reason)
+            print(f"trial {trial.number}: {reason}", file=sys.stderr, flush=True)
+            return float("nan")  # a failed trial, as a diverged one: the study samples on
         config.pop("sweep", None)
         name = f"{safe_name(setup.study_name)}-t{trial.number:04d}"
         folder = setup.runs_dir / setup.experiment / name
@@ -593,7 +600,8 @@ class FailureStreak:
             self.count = 0
             return
         self.count += 1
-        self.last = trial.user_attrs.get("diverged", "see the log above")
+        attrs = trial.user_attrs
+        self.last = attrs.get("diverged") or attrs.get("invalid") or "see the log above"
         if self.count >= FAILED_IN_A_ROW:
             self.stopped = f"this worker's last {self.count} trials all failed"
         elif study_failing(study, self.started):

@@ -152,6 +152,40 @@ def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_e
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
 
 
+def test_an_invalid_combination_of_values_fails_its_trial_and_the_sweep_goes_on(sweep_env):
+    from kit.sweep import make_study, study_identity
+
+    def transformer(d_models: list, heads: list):
+        def edit(doc: dict) -> None:
+            doc["model"] = {"type": "transformer", "d_model": 8, "n_heads": 2, "layers": 1,
+                            "window": 4}
+            doc["sweep"] = {"pruner": "none", "sampler": "random", "seed": 1, "params": {
+                "model.d_model": {"type": "categorical", "choices": d_models},
+                "model.n_heads": {"type": "categorical", "choices": heads}}}
+        return edit
+
+    # each value is valid alone (the check before training passes), never together
+    _edit_tiny(sweep_env, transformer([6], [4]))
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q", expect=2).output
+    assert "Traceback" not in out
+    assert ("this worker's last 5 trials all failed (invalid combination of values: "
+            "model.d_model (6) must be a multiple of 4") in out
+    assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
+    # a space where only some combinations are invalid: those fail, the sweep goes on to N
+    _edit_tiny(sweep_env, transformer([8, 6], [2, 4]))
+    setup = prepare("tiny", None, "mixed", None)
+    study = make_study("mixed", make_storage(setup.storage_url), setup.direction, setup.table,
+                       2, study_identity(setup))
+    study.enqueue_trial({"model.d_model": 6, "model.n_heads": 4})
+    run_cli("sweep", "exp=tiny", "--study", "mixed", "--trials", 2, "-q")
+    trials = _study(setup.storage_url, "mixed").get_trials()
+    assert trials[0].state == TrialState.FAIL and "multiple of" in trials[0].user_attrs["invalid"]
+    assert "run_dir" not in trials[0].user_attrs  # nothing was trained for it
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert all(t.params["model.d_model"] % t.params["model.n_heads"] == 0
+               for t in trials if t.state == TrialState.COMPLETE)
+
+
 def test_the_study_wide_streak_counts_only_trials_since_the_worker_started():
     import optuna
 
