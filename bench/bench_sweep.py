@@ -110,6 +110,9 @@ def timed_sweep(root: Path, trials: int, workers: int, name: str,
     from kit.sweep import make_storage
 
     url = f"sqlite:///{root / name}.db"
+    # each run is study "bench" on its own storage: the previous run's best file is not this
+    # one's to replace (kit sweep refuses), so it goes first, as in a fresh checkout
+    (root / "experiments" / "bench_best.toml").unlink(missing_ok=True)
     if queued:
         study = optuna.create_study(study_name="bench", storage=make_storage(url),
                                     direction="maximize")

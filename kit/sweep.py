@@ -640,6 +640,8 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
     from kit.train.data import check_data_files
 
     check_data_files(setup.base["data"])  # before any trial: each would fail on it
+    if summary:  # the best file it would write belongs to this study, or to none yet
+        check_best_file(setup, best_path(setup))
     started = time.perf_counter()
     if workers == 1:
         run_worker(setup, trials, timeout, progress)
@@ -700,8 +702,6 @@ def summarize(setup: SweepSetup, seconds: float) -> dict:
 def write_best(setup: SweepSetup, trial) -> Path:
     """experiments/<exp>_best.toml: extends the swept experiment with the best trial's values;
     a touched section is written whole ([model] and [loss] replace their parent's)."""
-    from kit.config import experiments_dir
-
     values = {}
     for p in setup.params:
         if p.name in trial.params:
@@ -726,9 +726,11 @@ def write_best(setup: SweepSetup, trial) -> Path:
     for top in dict.fromkeys(touched):
         if top != "sweep" and top in config:
             doc[top] = without_none(config[top])
-    path = experiments_dir() / f"{best_name(setup)}.toml"
+    path = best_path(setup)
+    check_best_file(setup, path)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(tomli_w.dumps(doc))
+    # the origin as a comment: the loader ignores it, the next sweep reads it (check_best_file)
+    partial.write_text(f"{ORIGIN}{json.dumps(best_origin(setup))}\n{tomli_w.dumps(doc)}")
     os.replace(partial, path)  # atomic: a reader never sees half a file
     return path
 
@@ -756,10 +758,75 @@ def safe_name(study: str) -> str:
 
 
 def best_name(setup: SweepSetup) -> str:
-    """EXP_best, or EXP_STUDY_best for a study named otherwise (two studies, two files)."""
+    """EXP_best, or EXP@STUDY_best for a study named otherwise, the study escaped one to one
+    (+XX for each byte but A-Z a-z 0-9 - _): `a/b` and `a-b` get two files, and the '@' keeps
+    `exp=fg --study x` apart from `exp=fg_x`."""
     if setup.study_name == setup.experiment:
         return f"{setup.experiment}_best"
-    return f"{setup.experiment}_{safe_name(setup.study_name)}_best"
+    escaped = "".join(c if c.isascii() and (c.isalnum() or c in "-_")
+                      else "".join(f"+{b:02x}" for b in c.encode()) for c in setup.study_name)
+    return f"{setup.experiment}@{escaped}_best"
+
+
+def best_path(setup: SweepSetup) -> Path:
+    from kit.config import experiments_dir
+
+    return experiments_dir() / f"{best_name(setup)}.toml"
+
+
+ORIGIN = "# written by kit sweep for "  # the best file's first line, then its origin as JSON
+
+
+def best_origin(setup: SweepSetup) -> dict:
+    return {"study": setup.study_name, "storage": shown_url(setup.storage_url)}
+
+
+def check_best_file(setup: SweepSetup, path: Path) -> None:
+    """Refuse to replace an experiment file that another study or storage wrote (one name can
+    still come from two: an experiment named fg@x, or one study name on two storages), or that
+    no sweep wrote. A best file of an older kit (no origin line) is this study's when its
+    description names the study."""
+    import tomllib
+
+    if not path.is_file():
+        return
+    text = path.read_text()
+    first = text.split("\n", 1)[0]
+    if first.startswith(ORIGIN):
+        try:
+            origin = json.loads(first.removeprefix(ORIGIN))
+        except ValueError:
+            origin = None
+        if origin == best_origin(setup):
+            return
+        owner = (f"study {origin.get('study')!r} on {origin.get('storage')}"
+                 if isinstance(origin, dict) else f"an unreadable origin ({first!r})")
+    else:
+        try:
+            description = str(tomllib.loads(text).get("description", ""))
+        except tomllib.TOMLDecodeError:
+            description = ""
+        if (description.startswith("best trial #")
+                and f" of sweep {setup.study_name!r} " in description):
+            return
+        owner = "no kit sweep of this study (it has no origin line)"
+    raise SweepError(f"{path} was written by {owner}; this sweep is study {setup.study_name!r} "
+                     f"on {shown_url(setup.storage_url)} and does not replace it: move or delete "
+                     "that file, or use another --study name")
+
+
+def shown_url(url: str) -> str:
+    """A storage URL as it may be printed or written: the password masked."""
+    if url.startswith(("journal:", "sqlite")):
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: mask what looks like user:password@
+        import re
+
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
 
 
 def format_summary(summary: dict) -> str:

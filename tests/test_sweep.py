@@ -693,7 +693,7 @@ def test_the_best_file_holds_what_the_best_trial_trained(sweep_env):
     # trial trained with batch 4, and the best file must say so
     _forget_identity(_sqlite(sweep_env))
     run_cli("sweep", "exp=tiny", "--trials", 1, "--study", "a/b", "-q")
-    best = exps / "tiny_a-b_best.toml"
+    best = exps / "tiny@a+2fb_best.toml"
     assert load_experiment(str(best))["train"]["batch_size"] == 4
     assert load_experiment(str(exps / "tiny.toml"))["train"]["batch_size"] != 4
 
@@ -766,6 +766,44 @@ def test_a_study_from_before_the_identity_check_records_it_on_first_use(sweep_en
                                            3, expect=2).output
 
 
+def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
+    exps = sweep_env / "experiments"
+
+    def origin(path: Path) -> dict:
+        first = path.read_text().split("\n", 1)[0]
+        return json.loads(first.removeprefix("# written by kit sweep for "))
+
+    # names that made one file name: a/b and a-b; exp=tiny_x and exp=tiny --study x
+    (exps / "tiny_x.toml").write_text((exps / "tiny.toml").read_text())
+    for args in (["exp=tiny", "--study", "y/z"], ["exp=tiny", "--study", "y-z"],
+                 ["exp=tiny_x"], ["exp=tiny", "--study", "x"]):
+        run_cli("sweep", *args, "--trials", 1, "-q")
+    files = {p.name: origin(p)["study"] for p in exps.glob("*_best.toml")}
+    assert files == {"tiny@y+2fz_best.toml": "y/z", "tiny@y-z_best.toml": "y-z",
+                     "tiny_x_best.toml": "tiny_x", "tiny@x_best.toml": "x"}
+    assert load_experiment("tiny@y+2fz_best")["description"].startswith("best trial #0")
+    # an experiment kit did not write under the name is never replaced, nor trained over
+    mine = 'extends = "tiny"\ndescription = "mine"\n'
+    (exps / "tiny_best.toml").write_text(mine)
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
+    assert "tiny_best.toml was written by no kit sweep of this study" in out
+    assert "move or delete that file, or use another --study name" in out
+    assert (exps / "tiny_best.toml").read_text() == mine
+    assert "tiny" not in optuna.get_all_study_names(make_storage(_sqlite(sweep_env)))
+    # a best file an older kit wrote for this study (no origin line) is replaced
+    (exps / "tiny_best.toml").write_text('extends = "tiny"\ndescription = "best trial #3 of '
+                                         "sweep 'tiny' (score 0.10000)\"\n")
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    assert origin(exps / "tiny_best.toml")["study"] == "tiny"
+    # the same study name on another storage does not take the SQLite study's file
+    before = (exps / "tiny_best.toml").read_text()
+    url = f"journal:{sweep_env / 'study.log'}"
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
+    assert f"was written by study 'tiny' on {_sqlite(sweep_env)}" in out
+    assert (exps / "tiny_best.toml").read_text() == before
+    assert not (sweep_env / "study.log").exists()  # refused before the study was made
+
+
 def test_an_existing_study_set_the_other_way_is_refused(sweep_env):
     url = _sqlite(sweep_env)
     Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
@@ -815,8 +853,8 @@ def test_hyperband_random_sampler_named_study_timeout_and_overrides_in_the_best_
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     assert all(Path(t.user_attrs["run_dir"]).name.startswith("hb-t") for t in trials)
     # a study named otherwise has its own best file, which keeps the command-line overrides
-    assert "just train exp=tiny_hb_best" in out
-    best = load_experiment("tiny_hb_best")
+    assert "just train exp=tiny@hb_best" in out
+    best = load_experiment("tiny@hb_best")
     assert best["train"]["batch_size"] == 4
     assert not (sweep_env / "experiments" / "tiny_best.toml").exists()
 
