@@ -118,6 +118,10 @@ def parse_space(table: dict) -> list[Param]:
         when = spec.get("when", {})
         if not isinstance(when, dict):
             raise SweepError(f"{where}.when: a table of dotted key = value(s), got {when!r}")
+        for key, allowed in when.items():
+            if allowed == []:
+                raise SweepError(f'{where}.when."{key}": an empty list matches nothing; give a '
+                                 "value or a non-empty list of values")
         if kind == "categorical":
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
@@ -130,7 +134,9 @@ def parse_space(table: dict) -> list[Param]:
             raise SweepError(f"{where}: low and high must be {kind}s, got {low!r}, {high!r}")
         if low > high:
             raise SweepError(f"{where}: low ({low}) > high ({high})")
-        log, step = bool(spec.get("log", False)), spec.get("step")
+        log, step = spec.get("log", False), spec.get("step")
+        if not isinstance(log, bool):
+            raise SweepError(f"{where}.log: true or false (a TOML boolean), got {log!r}")
         if log and low <= 0:
             raise SweepError(f"{where}: log = true needs low > 0, got {low}")
         if log and step is not None:
@@ -291,6 +297,15 @@ def _sqlite_pragmas() -> None:
         event.listen(Engine, "connect", _on_sqlite_connect)
 
 
+def worker_index() -> int:
+    """KIT_SWEEP_WORKER: this worker's index, or a machine's first one (default 0)."""
+    text = os.environ.get("KIT_SWEEP_WORKER", "0")
+    if not (text.isascii() and text.isdigit()):
+        raise SweepError(f"KIT_SWEEP_WORKER: a non-negative integer (this machine's first worker "
+                         f"index: 0, 100, 200, ...), got {text!r}")
+    return int(text)
+
+
 def sampler_seed(table: dict, existing: int) -> int | None:
     """The sampler's seed from sweep.seed, this worker's index (KIT_SWEEP_WORKER, set by
     run_processes) and the number of trials already in the study, mixed: workers never propose
@@ -302,7 +317,7 @@ def sampler_seed(table: dict, existing: int) -> int | None:
     seed = table.get("seed")
     if seed is None:
         return None
-    worker = int(os.environ.get("KIT_SWEEP_WORKER", "0"))
+    worker = worker_index()
     # the seed as entropy, worker and count as the spawn key: no two (seed, worker, count)
     # triples can pad or split into the same words
     sequence = np.random.SeedSequence(seed, spawn_key=(worker, existing))
@@ -637,6 +652,7 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
         raise SweepError("--trials and --workers must be >= 1")
     if timeout is not None and not timeout > 0:
         raise SweepError(f"--timeout must be a number of seconds > 0, got {timeout}")
+    worker_index()  # a malformed KIT_SWEEP_WORKER fails here, not in a worker
     from kit.train.data import check_data_files
 
     check_data_files(setup.base["data"])  # before any trial: each would fail on it
@@ -667,7 +683,7 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath()}
-    first = int(os.environ.get("KIT_SWEEP_WORKER", "0"))  # this machine's offset, if given
+    first = worker_index()  # this machine's offset, if given
     with WorkerGroup() as group:
         for i in range(workers):
             group.start(worker_command(setup, exp, overrides, trials, timeout),

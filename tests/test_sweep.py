@@ -238,11 +238,30 @@ def test_a_journal_file_storage_works_unchanged(sweep_env):
     ({"type": "float", "low": 0.0, "high": 1.0, "log": True}, "log = true needs low > 0"),
     ({"type": "int", "low": 1, "high": 4, "q": 2}, "unknown key(s) ['q']"),
     ({"type": "categorical", "choices": []}, "choices: a non-empty list"),
+    ({"type": "float", "low": 0.1, "high": 1.0, "log": "false"},
+     "log: true or false (a TOML boolean), got 'false'"),
+    ({"type": "int", "low": 1, "high": 4, "when": {"model.type": []}},
+     '.when."model.type": an empty list matches nothing'),
 ])
 def test_bad_search_space_entries_are_named(entry, message):
     with pytest.raises(SweepError, match=r'sweep\.params\."x"') as info:
         parse_space({"params": {"x": entry}})
     assert message in str(info.value)
+
+
+def test_an_empty_when_list_and_a_bad_worker_index_fail_cleanly(sweep_env, monkeypatch):
+    before = _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["model.window"].update(
+        when={"model.type": []}))
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
+    assert 'error: sweep.params."model.window".when."model.type": an empty list' in out
+    (sweep_env / "experiments" / "tiny.toml").write_text(tomli_w.dumps(before))
+    for bad in ("m1", "-1", " 1"):
+        monkeypatch.setenv("KIT_SWEEP_WORKER", bad)
+        for args in ((), ("sweep.seed=3",), ("--workers", 2)):
+            out = run_cli("sweep", "exp=tiny", *args, "--trials", 1, expect=2).output
+            assert "error: KIT_SWEEP_WORKER: a non-negative integer" in out and repr(bad) in out
+            assert "Traceback" not in out
+    assert not (sweep_env / "runs").exists()  # refused before anything was created
 
 
 @pytest.mark.parametrize("table, message", [
