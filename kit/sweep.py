@@ -246,6 +246,7 @@ def make_storage(url: str):
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
+    shown = shown_url(url)  # what error messages show: never the password
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,15 +266,16 @@ def make_storage(url: str):
                 return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
                                   grace_period=2 * HEARTBEAT_S)
         except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
-            raise SweepError(f"storage {url!r} does not open: {exc}") from None
+            raise SweepError(f"storage {shown!r} does not open: {masked(str(exc), url)}"
+                             ) from None
         except Exception as exc:  # SQLAlchemy's errors
             # workers starting together on an empty database race to create Optuna's tables:
             # the loser's IntegrityError means the tables now exist, so try again
             if type(exc).__name__ == "IntegrityError" and attempt < 2:
                 time.sleep(0.5 + attempt)
                 continue
-            raise SweepError(f"storage {url!r} does not open: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0]}") from None
+            raise SweepError(f"storage {shown!r} does not open: {type(exc).__name__}: "
+                             f"{masked(str(exc).splitlines()[0], url)}") from None
     raise AssertionError("unreachable")
 
 
@@ -831,6 +833,17 @@ def check_best_file(setup: SweepSetup, path: Path) -> None:
                      "that file, or use another --study name")
 
 
+def masked(text: str, url: str) -> str:
+    """`text` (a driver's error message) without the URL's password, should it quote it."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:  # not a URL SQLAlchemy reads: no password to find
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
 def shown_url(url: str) -> str:
     """A storage URL as it may be printed or written: the password masked."""
     if url.startswith(("journal:", "sqlite")):
@@ -847,7 +860,7 @@ def shown_url(url: str) -> str:
 
 def format_summary(summary: dict) -> str:
     c = summary["counts"]
-    lines = [f"study {summary['study']} on {summary['storage']}: {c.get('complete', 0)} "
+    lines = [f"study {summary['study']} on {shown_url(summary['storage'])}: {c.get('complete', 0)} "
              f"complete, {c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed, "
              f"{c.get('running', 0)} running ({summary['seconds']:.0f}s this session)"]
     for t in summary["best"]:

@@ -583,10 +583,20 @@ def _accounted_for(root: Path, url: str, finished: int) -> list:
     return trials
 
 
+def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env):
+    # nothing listens on port 9: the driver's own error, the URL shown with the password masked
+    url = "postgresql://kit:s3cret@127.0.0.1:9/kit"
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
+    assert "error: storage 'postgresql://kit:***@127.0.0.1:9/kit' does not open" in out
+    assert "s3cret" not in out and "Traceback" not in out
+
+
 def test_two_workers_share_one_postgres_study_and_account_for_every_trial(sweep_env, postgres):
-    url = _create_database(postgres, "two_workers")
+    # a password (trust authentication ignores it) that the summary must not print
+    url = _create_database(postgres, "two_workers").replace("postgres@", "postgres:s3cret@")
     out = run_cli("sweep", "exp=tiny", "--trials", 6, "--workers", 2, "--storage", url).output
     assert "complete" in out
+    assert "s3cret" not in out and "on postgresql://postgres:***@127.0.0.1:" in out
     trials = _accounted_for(sweep_env, url, 6)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # really two processes
 
