@@ -147,14 +147,24 @@ def parse_space(table: dict) -> list[Param]:
     return _conditions_last(params)
 
 
+def _within(key: str, name: str) -> bool:
+    """Whether dotted `key` is `name` or lies inside it ("model.type" inside "model")."""
+    return key == name or key.startswith(f"{name}.")
+
+
+def _needs(p: Param, q: Param) -> bool:
+    """p is set after q: its `when` reads what q sets, or q sets a whole table p sets a key of
+    (a categorical over [model] tables, then "model.hidden" into the chosen table)."""
+    return p is not q and (any(_within(k, q.name) for k in p.when) or _within(p.name, q.name))
+
+
 def _conditions_last(params: list[Param]) -> list[Param]:
-    """Order so that a parameter comes after the parameters its `when` reads."""
-    names = {p.name for p in params}
+    """Order so that a parameter comes after the parameters it depends on (_needs)."""
     ordered: list[Param] = []
     pending = list(params)
     while pending:
         ready = [p for p in pending
-                 if all(k not in names or k in {q.name for q in ordered} for k in p.when)]
+                 if all(q in ordered for q in params if _needs(p, q))]
         if not ready:
             cycle = ", ".join(p.name for p in pending)
             raise SweepError(f"sweep.params: the `when` conditions of {cycle} form a cycle")
@@ -199,12 +209,17 @@ def check_space(base: dict, params: list[Param]) -> None:
         config = base
         for key, allowed in p.when.items():
             config = set_dotted(config, key, allowed[0] if isinstance(allowed, list) else allowed)
+        trained = []
         for value in p.values():
             try:
-                check_config(set_dotted(config, p.name, value))
+                trained.append(check_config(set_dotted(config, p.name, value)))
             except KitError as exc:  # config, model, feature and loss errors alike
                 raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
                                  ) from None
+        if len(trained) > 1 and all(t == trained[0] for t in trained):
+            raise SweepError(f"{where} has no effect: its values {p.values()} all train the same "
+                             "model (a [model] params budget solves the width whatever it is "
+                             "set to?); sweep model.params instead, or drop the parameter")
 
 
 def suggest(trial, params: list[Param], base: dict) -> dict:

@@ -307,6 +307,45 @@ def test_invalid_experiments_in_the_space_fail_before_training(sweep_env, name, 
     assert not (sweep_env / "runs").exists()  # no study, no run: it failed before training
 
 
+def test_a_parameter_that_changes_nothing_is_refused(sweep_env):
+    """A [model] params budget solves the width whatever model.hidden says: sweeping it
+    recorded values in Optuna that no trial trained."""
+    path = sweep_env / "experiments" / "tiny.toml"
+    import tomllib
+
+    doc = tomllib.loads(path.read_text())
+    doc["model"]["params"] = 2000
+    doc["sweep"] = {"params": {"model.hidden": {"type": "int", "low": 4, "high": 32}}}
+    path.write_text(tomli_w.dumps(doc))
+    with pytest.raises(SweepError, match=r'"model.hidden" has no effect: its values \[4, 32\]'):
+        prepare("tiny", None, None, None)
+    doc["sweep"] = {"params": {"model.params": {"type": "int", "low": 2000, "high": 8000}}}
+    path.write_text(tomli_w.dumps(doc))
+    prepare("tiny", None, None, None)  # the budget itself is a fine parameter
+
+
+def test_a_whole_table_is_set_before_the_keys_swept_inside_it():
+    """A categorical over [model] tables, then "model.hidden" into the chosen one, in either
+    declaration order; a `when` on a key inside the table waits for the table too."""
+    from kit.sweep import suggest, trial_config
+
+    tables = [{"type": "gru", "hidden": 8, "layers": 1}, {"type": "lstm", "hidden": 8}]
+    space = parse_space({"params": {
+        "model.hidden": {"type": "int", "low": 16, "high": 32, "step": 16},
+        "model.dropout": {"type": "float", "low": 0.0, "high": 0.2,
+                          "when": {"model.type": "lstm"}},
+        "model": {"type": "categorical", "choices": tables},
+    }})
+    assert [p.name for p in space][0] == "model"
+    base = {"model": {"type": "gru", "hidden": 8}}
+    trial = optuna.trial.FixedTrial({"model": space[0].labels[1], "model.hidden": 32,
+                                     "model.dropout": 0.1})
+    values = suggest(trial, space, base)
+    assert values["model"]["type"] == "lstm" and values["model.dropout"] == 0.1
+    model = trial_config(base, values)["model"]
+    assert model["type"] == "lstm" and model["hidden"] == 32 and model["dropout"] == 0.1
+
+
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 

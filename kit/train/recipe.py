@@ -30,9 +30,10 @@ def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
     return resolve(apply_overrides(load_experiment(exp), list(overrides or [])))
 
 
-def check_config(config: dict) -> None:
+def check_config(config: dict) -> dict:
     """Everything a config must pass before it trains (raises a KitError naming the key), so a
-    bad value fails at once and not after the feature arrays are built."""
+    bad value fails at once and not after the feature arrays are built. Returns what trains:
+    the resolved config with the model's constructor values (a `params` budget solved)."""
     from kit.features import feature_set_from_config
     from kit.models import model_values, solve_width
     from kit.train.losses import MaskedLoss
@@ -40,11 +41,12 @@ def check_config(config: dict) -> None:
     config = resolve(config)
     spec = load_spec(config["spec"])
     features = feature_set_from_config(config)
-    model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
+    model = model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
     MaskedLoss(config.get("loss"), spec.n_outputs)
     if config["train"]["batch_size"] == 0 and not torch.cuda.is_available():
         raise ConfigError("train.batch_size = 0 (find the largest batch that fits) needs a CUDA "
                           "device; set a batch size on CPU")
+    return {**config, "model": {"type": config["model"].get("type"), **model}}
 
 
 # The folders `kit train` names itself (new_run_id): a sweep's trial (EXP-t0003) resumes with
