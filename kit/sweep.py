@@ -216,10 +216,12 @@ def check_space(base: dict, params: list[Param]) -> None:
             except KitError as exc:  # config, model, feature and loss errors alike
                 raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
                                  ) from None
-        if len(trained) > 1 and all(t == trained[0] for t in trained):
-            raise SweepError(f"{where} has no effect: its values {p.values()} all train the same "
-                             "model (a [model] params budget solves the width whatever it is "
-                             "set to?); sweep model.params instead, or drop the parameter")
+        distinct = len({json.dumps(v, sort_keys=True, default=str) for v in p.values()}) > 1
+        if distinct and all(t == trained[0] for t in trained):
+            hint = (" (a [model] params budget solves the width whatever it says: sweep "
+                    "model.params instead)" if p.name.startswith("model.") else "")
+            raise SweepError(f"{where} has no effect: its values {p.values()} all train the "
+                             f"same experiment{hint}; drop the parameter")
 
 
 def suggest(trial, params: list[Param], base: dict) -> dict:
@@ -248,6 +250,9 @@ def trial_config(base: dict, values: dict) -> dict:
 
 
 # --- storage, study ----------------------------------------------------------------------
+
+
+DEFAULT_STORAGE = "the default storage (RUNS/EXP/sweep.db)"
 
 
 def default_storage(experiment: str, runs_dir: Path = RUNS_DIR) -> str:
@@ -367,13 +372,29 @@ def study_identity(setup: SweepSetup) -> dict:
     from. Left out: NOT_TRAINING and the keys an unconditional parameter sets in every trial."""
     swept = [p.name for p in setup.params if not p.when]
     config = {}
-    for key, value in flatten(setup.base).items():
-        if any(key == n or key.startswith(f"{n}.") for n in (*NOT_TRAINING, *swept)):
+    for key, value in flatten(by_content(setup.base)).items():
+        if any(_within(key, n) for n in (*NOT_TRAINING, *swept)):
             continue
         config[key] = digest(value)
     return {"kit_experiment": setup.experiment,
             "kit_space": {p.name: digest(asdict(p)) for p in setup.params},
             "kit_config": config}
+
+
+def by_content(base: dict) -> dict:
+    """The config with its spec and data files named by what they hold, not by their paths:
+    the same files under another path (a relative spelling, another machine's mount) are the
+    same sweep; another file under the same name is not."""
+    from kit.competition import load_spec
+    from kit.data.cache import file_digest, known_digest
+
+    data = dict(base.get("data") or {})
+    cache_dir = Path(data.get("cache_dir") or "data/cache")
+    for key in ("train", "valid"):
+        if isinstance(data.get(key), str) and Path(data[key]).is_file():
+            path = Path(data[key])  # the digests.json record spares re-reading a big file
+            data[key] = f"sha256:{known_digest(path, cache_dir) or file_digest(path)}"
+    return {**base, "spec": load_spec(base["spec"]).to_dict(), "data": data}
 
 
 def identity_differences(stored: dict, identity: dict) -> list[str]:
@@ -811,7 +832,11 @@ ORIGIN = "# written by kit sweep for "  # the best file's first line, then its o
 
 
 def best_origin(setup: SweepSetup) -> dict:
-    return {"study": setup.study_name, "storage": shown_url(setup.storage_url)}
+    """The study and storage a best file came from; the default storage by that name (its
+    absolute path moves with the checkout)."""
+    default = setup.storage_url == default_storage(setup.experiment, setup.runs_dir)
+    return {"study": setup.study_name,
+            "storage": DEFAULT_STORAGE if default else shown_url(setup.storage_url)}
 
 
 def check_best_file(setup: SweepSetup, path: Path) -> None:

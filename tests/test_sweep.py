@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import polars as pl
 import pytest
 import tomli_w
 from optuna.trial import TrialState
@@ -802,6 +803,40 @@ def test_a_study_refuses_another_experiment_space_or_config_before_training(swee
     assert [t.state for t in _study(url).get_trials()] == [TrialState.COMPLETE] * 2
 
 
+def test_a_study_knows_its_files_by_content_and_survives_a_moved_checkout(sweep_env,
+                                                                          monkeypatch):
+    import shutil
+
+    import kit.config
+
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    train = Path(tomllib.loads((sweep_env / "experiments/tiny.toml").read_text())
+                 ["data"]["train"])
+    # the same file by another spelling of its path: the same sweep
+    relative = os.path.relpath(train, sweep_env)
+    run_cli("sweep", "exp=tiny", f"data.train={relative}", "--trials", 2, "-q")
+    # another file under the same name: not the same sweep
+    other = sweep_env / "other" / train.name
+    other.parent.mkdir()
+    pl.read_parquet(train).head(-1000).write_parquet(other)
+    out = run_cli("sweep", "exp=tiny", f"data.train={other}", "--trials", 3, expect=2).output
+    assert "config keys differ: changed ['data.train']" in out
+    # the whole folder moved (another checkout path): the study and its best file go on
+    moved = sweep_env.parent / f"{sweep_env.name}-moved"
+    shutil.copytree(sweep_env, moved)
+    monkeypatch.chdir(moved)
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(moved / "experiments"))
+    assert kit.config.experiments_dir() == moved / "experiments"
+    run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
+    assert "best trial" in (moved / "experiments/tiny_best.toml").read_text()
+
+
+def test_a_parameter_pinned_to_one_value_is_accepted(sweep_env):
+    _edit_tiny(sweep_env, lambda d: d["sweep"].update(
+        params={"train.lr": {"type": "float", "low": 3e-3, "high": 3e-3}}))
+    prepare("tiny", None, None, None)
+
+
 def test_a_parameter_of_another_type_is_refused_without_a_traceback_or_a_trial(sweep_env):
     url = _sqlite(sweep_env)
     run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
@@ -867,7 +902,7 @@ def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
     before = (exps / "tiny_best.toml").read_text()
     url = f"journal:{sweep_env / 'study.log'}"
     out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
-    assert f"was written by study 'tiny' on {_sqlite(sweep_env)}" in out
+    assert "was written by study 'tiny' on the default storage (RUNS/EXP/sweep.db)" in out
     assert (exps / "tiny_best.toml").read_text() == before
     assert not (sweep_env / "study.log").exists()  # refused before the study was made
 

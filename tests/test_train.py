@@ -215,16 +215,19 @@ def test_ctrl_c_of_a_group_says_once_how_to_resume_the_whole_group(env, tmp_path
 def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_path):
     from kit.train.recipe import resumable_run
 
-    # newest of all: a sweep trial and a fold run, which resume inside their study or group
+    # newest of all: a sweep trial, a fold run and an ablation run, which resume with their
+    # study, group or ablation
     for name, age in (("zzz-t0003", 100), ("20261202-043002-s7", 10), ("20261202-050000-s1", 1),
-                      ("exp-t0001", 0), ("20261202-060000-s3-fold1of2", 0)):
+                      ("exp-t0001", 0), ("exp-t0001-20261202-070000", 0),
+                      ("20261202-060000-s3-fold1of2", 0), ("ablate-20261202-1-raw-s1", 0),
+                      ("baseline", 5)):  # a --run-dir folder of the user's naming
         folder = tmp_path / "exp" / name
         folder.mkdir(parents=True)
         (folder / "last.pt").write_bytes(b"")
         stamp = time.time() - age
         os.utime(folder / "last.pt", (stamp, stamp))
     (tmp_path / "exp" / "20261202-050000-s1" / "metrics.json").write_text('{"finished": true}')
-    assert resumable_run("exp", tmp_path).name == "20261202-043002-s7"
+    assert resumable_run("exp", tmp_path).name == "baseline"
     # a metrics.json torn by a kill says nothing: the run is unfinished, not a traceback
     (tmp_path / "exp" / "20261202-050000-s1" / "metrics.json").write_text('{"finished": tr')
     assert resumable_run("exp", tmp_path).name == "20261202-050000-s1"

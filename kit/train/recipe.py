@@ -49,17 +49,18 @@ def check_config(config: dict) -> dict:
     return {**config, "model": {"type": config["model"].get("type"), **model}}
 
 
-# The folders `kit train` names itself (new_run_id): a sweep's trial (EXP-t0003) resumes with
-# `kit sweep` inside its study, a fold run with its group; `kit train --resume` must not
-# finish either outside the study or the group.
-PLAIN_RUN_NAME = re.compile(r"^\d{8}-\d{6}-s-?\d+$")
+# Runs that belong to something bigger resume with it, never alone under `kit train --resume`
+# (that would finish them outside it): a sweep's trials (EXP-t0003, EXP-t0003-STAMP) inside
+# their study, fold runs (...-fold2of5) with their group, ablation runs (ablate-...) with
+# `kit ablate`. Any other folder is a run `kit train` may resume, --run-dir ones included.
+PART_OF_SOMETHING = re.compile(r"(-t\d{4}(-\d{8}-\d{6})?|-fold\d+of\d+)$|^ablate-")
 
 
 def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
-    """The newest plain run of an experiment (by its last.pt's time) that has a last.pt and
-    has not finished."""
+    """The newest run of an experiment (by its last.pt's time) that has a last.pt, has not
+    finished and is not part of a sweep, a fold group or an ablation."""
     candidates = sorted((p for p in (runs_dir / experiment).glob("*/last.pt")
-                         if PLAIN_RUN_NAME.match(p.parent.name)),
+                         if not PART_OF_SOMETHING.search(p.parent.name)),
                         key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for last in candidates:
         if not is_finished(last.parent):
