@@ -6,7 +6,6 @@ Imports of the heavy parts happen inside each command so that `kit --help` stays
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shlex
 from pathlib import Path
@@ -66,10 +65,10 @@ JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def _print_json(payload: dict) -> None:
-    from kit.json_safe import json_safe
+    from kit.json_safe import dumps
 
     # strict JSON (NaN/inf as null) for jq and other readers; str() for paths and the like
-    typer.echo(json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False))
+    typer.echo(dumps(payload, indent=2, default=str))
 
 
 @app.command()
@@ -522,14 +521,13 @@ def notebook(
     OUT/kernel (the notebook + metadata, internet off)."""
     import shlex
 
-    from kit.export.notebook import NotebookError, default_owner, package_name, write_notebook
+    from kit.export.notebook import NotebookError, default_out, default_owner, write_notebook
 
     owner = owner or default_owner()
     if not owner:
         raise NotebookError("--owner: your Kaggle user name is needed for the dataset and "
                             "kernel ids (or set KAGGLE_USERNAME)")
-    parent = submission.resolve().parent if submission.name in ("", "..") else submission.parent
-    out = out or parent / f"{package_name(submission)}-kaggle"
+    out = out or default_out(submission)
     written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,
                              competition=competition, protocol=protocol, title=title,
                              wheels=wheels, rename=rename,

@@ -405,6 +405,17 @@ def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path,
     cells = json.loads((out / "kernel/notebook.ipynb").read_text())["cells"]
     assert any('"KIT_PROTOCOL", "batch"' in "".join(c["source"]) for c in cells)
     assert not [p for p in out.iterdir() if p.name.startswith(".kit-notebook-")]
+    # without --out, the dataset folder's own OUT is rewritten (not OUT/dataset-kaggle)
+    run_cli("notebook", out / "dataset", "--owner", "alice")
+    assert not (out / "dataset-kaggle").exists()
+    assert '"KIT_PROTOCOL", "rows"' in "".join(
+        "".join(c["source"]) for c in json.loads((out / "kernel/notebook.ipynb").read_text())
+        ["cells"])
+    # a `current` symlink to a package keeps its own name (one Kaggle dataset across packs)
+    (tmp_path / "current").symlink_to(package.folder)
+    run_cli("notebook", tmp_path / "current", "--owner", "alice")
+    meta = json.loads((tmp_path / "current-kaggle/dataset/dataset-metadata.json").read_text())
+    assert meta["id"] == "alice/current-package"
     # `kit notebook .` inside the package folder: named after the folder, not ""
     monkeypatch.chdir(package.folder)
     printed = run_cli("notebook", ".", "--owner", "alice").output

@@ -274,6 +274,13 @@ def test_a_solution_that_imports_kit_fails_as_on_the_official_scorer(tmp_path):
     (own / "kit").mkdir()
     (own / "kit" / "__init__.py").write_text("")
     assert score(own, data).sandbox["kit_modules"] == ["kit"]
+    vendored = write_sub(tmp_path, code.replace(
+        "from kit.metrics import evaluate",
+        "import os, sys\n        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "
+        "'vendor'))\n        import kit"), name="vendored")
+    (vendored / "vendor" / "kit").mkdir(parents=True)
+    (vendored / "vendor" / "kit" / "__init__.py").write_text("")
+    assert score(vendored, data).sandbox["kit_modules"] == ["kit"]
 
 
 @pytest.mark.parametrize(

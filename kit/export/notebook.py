@@ -413,8 +413,21 @@ def _dataset_written_before(submission: Path) -> tuple[str, str] | None:
 
 
 def package_name(submission: Path) -> str:
-    """The submission's own name (`.` names the folder it is run from), without .zip."""
-    return Path(submission).resolve().name.removesuffix(".zip")
+    """The submission's name as given, without .zip (a `current` symlink keeps its own name);
+    `.` and `..` name the folder they stand for."""
+    submission = Path(submission)
+    name = submission.name if submission.name not in ("", "..") else submission.resolve().name
+    return name.removesuffix(".zip")
+
+
+def default_out(submission: Path) -> Path:
+    """NAME-kaggle beside the package; the OUT a dataset folder was written into when it is
+    given again (OUT/dataset: the notebook is rewritten in place)."""
+    submission = Path(submission)
+    if _dataset_written_before(submission):
+        return submission.parent
+    parent = submission.resolve().parent if submission.name in ("", "..") else submission.parent
+    return parent / f"{package_name(submission)}-kaggle"
 
 
 def _write_folders(submission: Path, into: Path, *, name: str, owner: str, dataset_slug: str,

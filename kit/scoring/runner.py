@@ -179,7 +179,12 @@ class NoKit:
             return None  # kit.* is only reached through kit
         import importlib.machinery
 
-        if importlib.machinery.PathFinder.find_spec(name, [self.solution_dir]) is not None:
+        # the submission's folder and any folder inside it the solution put on sys.path
+        # (e.g. a vendor/ folder of its own packages)
+        inside = [p for p in sys.path
+                  if os.path.abspath(p or ".").startswith(os.path.join(self.solution_dir, ""))
+                  or os.path.abspath(p or ".") == self.solution_dir]
+        if importlib.machinery.PathFinder.find_spec(name, inside) is not None:
             return None
         raise ModuleNotFoundError(
             "No module named 'kit': the competition's scorer does not have kit installed; "

@@ -17,7 +17,7 @@ import tomli_w
 
 from kit import __version__
 from kit.config import ConfigError
-from kit.json_safe import json_safe
+from kit.json_safe import dumps as json_dumps
 from kit.metrics import MetricReport
 from kit.train.checkpoint import save_checkpoint
 
@@ -77,7 +77,7 @@ class RunFiles:
 
     def append_history(self, record: dict) -> None:
         with open(self.history, "a") as fh:  # strict JSON: a NaN or inf is written as null
-            fh.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+            fh.write(json_dumps(record) + "\n")
 
     def truncate_history(self, epochs: int) -> None:
         """Keep the first `epochs` lines: a killed run may have logged an epoch past last.pt."""
@@ -124,7 +124,7 @@ class RunFiles:
             "wall_s": sum(r["seconds"] for r in history),
             **self.about.get("summary", {}),
         }
-        _atomic_text(self.metrics, json.dumps(json_safe(metrics), indent=2, allow_nan=False))
+        _atomic_text(self.metrics, json_dumps(metrics, indent=2))
         return metrics
 
     def tensorboard(self):
