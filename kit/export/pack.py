@@ -38,8 +38,9 @@ from kit.submission import write_submission_zip
 SUBMISSIONS_DIR = Path("submissions")
 MODEL_FILE, SOLUTION_FILE, MANIFEST_FILE = "model.onnx", "solution.py", "manifest.json"
 PACK_FILES = (SOLUTION_FILE, MODEL_FILE, MANIFEST_FILE)
-# IR 8 is the lowest that carries opset 17: onnxruntime >= 1.11 loads it, so an older runtime
-# in a competition image still does.
+# IR 8 is the lowest that carries opset 17 (the exporter's default IR is newer): onnxruntime
+# reads IR 8 from 1.11 and implements opset 17 from 1.12 (its version matrix), so any runtime
+# from 1.12 on, as an older competition image may hold, loads the pack.
 IR_VERSION = 8
 
 
