@@ -19,6 +19,7 @@ candidate at every step.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -118,9 +119,10 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
             out += inside
         else:
             raise EnsembleError(f"{path}: no such run directory")
-    if len(set(out)) != len(out):
-        raise EnsembleError("a run is given twice; selection with replacement already lets a "
-                            "candidate count more than once")
+    twice = sorted({str(p) for p in out if out.count(p) > 1})
+    if twice:
+        raise EnsembleError(f"run(s) given twice: {twice}; selection with replacement already "
+                            "lets a candidate count more than once")
     return out
 
 
@@ -468,10 +470,24 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
 
 
 def write_ensemble(doc: dict, out: Path | None) -> Path:
-    out = Path(out) if out else ENSEMBLES_DIR / f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}.toml"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(tomli_w.dumps(doc))
-    return out
+    """To `out`, or to a new runs/ensembles/ensemble-STAMP[-N].toml: created exclusively, so
+    two selections in the same second never write one file."""
+    text = tomli_w.dumps(doc)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        return Path(out)
+    ENSEMBLES_DIR.mkdir(parents=True, exist_ok=True)
+    stem = f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in itertools.count(1):
+        path = ENSEMBLES_DIR / (f"{stem}.toml" if n == 1 else f"{stem}-{n}.toml")
+        try:
+            with open(path, "x") as fh:
+                fh.write(text)
+            return path
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def read_ensemble(path: Path) -> dict:

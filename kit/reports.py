@@ -42,7 +42,8 @@ def read_history(path: Path) -> list[dict]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    # bytes that are not UTF-8 (a damaged file) spoil their line only, which is then skipped
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
         try:
@@ -114,8 +115,12 @@ def _seed(config: dict, run_id: str) -> int | None:
 
 
 def _summary(run_dir: Path, cache: dict) -> dict:
-    """One run's row: metrics.json when present, else what its history says."""
-    config = read_config(run_dir)
+    """One run's row: metrics.json when present, else what its history says. A damaged
+    config.toml marks its row (config_error) instead of stopping the listing."""
+    try:
+        config, config_error = read_config(run_dir), None
+    except KitError as exc:
+        config, config_error = {}, str(exc)
     history = read_history(run_dir / "history.jsonl")
     metrics = read_metrics(run_dir)
     row = {
@@ -134,6 +139,8 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "seed": _seed(config, run_dir.name),
         "higher_is_better": _higher_is_better(config, cache),
     }
+    if config_error:
+        row["config_error"] = config_error
     if metrics is not None:
         best_epoch = metrics.get("best_epoch")  # an epoch number, or "swa"
         epochs = _count(metrics.get("epochs"))
@@ -373,7 +380,8 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
             for c, cell, w in zip(columns, cells, widths, strict=True)
         ).rstrip()
 
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body)])
+    notes = [f"note: {r['path']}: {r['config_error']}" for r in runs if r.get("config_error")]
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +515,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         )
     history = read_history(run_dir / "history.jsonl")
     if not history:
-        written = (run_dir / "history.jsonl").read_text().strip()
+        written = (run_dir / "history.jsonl").read_bytes().decode("utf-8", "replace").strip()
         raise KitError(f"{run_dir / 'history.jsonl'}: " + (
             "no line is an epoch record (an object with an 'epoch' number); the file was "
             "damaged or edited" if written else "no epoch logged yet; nothing to report"))

@@ -19,11 +19,20 @@ from kit.toml_file import read_toml
 
 
 def read_config(run_dir: Path) -> dict:
-    """config.toml as a dict ({} when absent); invalid TOML is a ConfigError naming the file."""
+    """config.toml as a dict ({} when absent); invalid TOML, or a section that is not a table,
+    is a ConfigError naming the file."""
     path = Path(run_dir) / "config.toml"
     if not path.exists():
         return {}
-    return read_toml(path, ConfigError)
+    config = read_toml(path, ConfigError)
+    for key in SECTIONS:
+        if key in config and not isinstance(config[key], dict):
+            raise ConfigError(f"{path}: [{key}] must be a table, found {config[key]!r}; the file "
+                              "was edited by hand or damaged")
+    return config
+
+
+SECTIONS = ("data", "model", "train", "features", "loss", "normaliser")
 
 
 def read_metrics(run_dir: Path) -> dict | None:

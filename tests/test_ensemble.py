@@ -461,6 +461,22 @@ def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace
     assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
 
 
+def test_two_selections_in_one_second_write_two_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("time.strftime", lambda fmt: "20261202-120000")  # the same second
+    first = write_ensemble({"members": [1]}, None)
+    second = write_ensemble({"members": [2]}, None)
+    assert first != second and second.name == "ensemble-20261202-120000-2.toml"
+    assert first.read_text() != second.read_text()
+
+
+def test_a_run_given_twice_is_named(runs):
+    from kit.ensemble import expand_candidates
+
+    with pytest.raises(EnsembleError, match=r"run\(s\) given twice: \[.*gru"):
+        expand_candidates([runs["gru"], runs["gru"]])
+
+
 def test_init_best_beyond_the_iterations_is_refused():
     rng = np.random.default_rng(6)
     truth = rng.standard_normal((1000, 2))

@@ -202,6 +202,23 @@ def test_hand_damaged_history_and_config_fields_read_as_missing(runs_root: Path)
         write_report(run)
 
 
+def test_a_damaged_config_or_history_marks_its_run_and_the_listing_goes_on(runs_root: Path):
+    run = runs_root / "beta" / "20240103-000000-s3"
+    with open(run / "history.jsonl", "ab") as fh:
+        fh.write(b"\xff\xfe\x00garbage\n")  # not UTF-8: that line is skipped
+    (listed,) = list_runs(runs_root, experiment="beta")
+    assert listed["epochs"] == 2
+    assert write_report(run).exists()
+    for text in ("spec = [", 'data = "x"\n'):  # not TOML; a section that is not a table
+        (run / "config.toml").write_text(text)
+        runs = list_runs(runs_root)
+        assert len(runs) > 1 and "config_error" in next(r for r in runs if r["path"] == str(run))
+        table = format_runs(runs)
+        assert f"note: {run}: {run / 'config.toml'}" in table
+        with pytest.raises(KitError, match="config.toml"):
+            write_report(run)
+
+
 @pytest.mark.parametrize("name", ["val_preds.npy", "val_rows.npy"])
 def test_damaged_prediction_files_are_named_in_the_report(runs_root: Path, name: str):
     run = runs_root / "alpha" / "20240101-000000-s1"
