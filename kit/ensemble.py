@@ -102,6 +102,13 @@ def load_candidate(path: Path) -> Candidate:
                      data, load_spec(config.get("spec")))
 
 
+def _why_no_predictions(run: Path) -> str:
+    metrics = read_metrics(run) or {}
+    if isinstance(metrics.get("diverged"), str):
+        return f"training diverged before any epoch scored ({metrics['diverged']})"
+    return "it has not finished its first epoch (killed, paused or still training)"
+
+
 def expand_candidates(paths: list[Path]) -> list[Path]:
     """Run folders as given; an experiment folder (runs/EXP) stands for its finished runs and
     out-of-fold groups (fold runs are represented by their group)."""
@@ -114,6 +121,10 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                             and ((p / "val_preds.npy").is_file()
                                  or (p / "oof_preds.npy").is_file())
                             and is_finished(p))
+            if not inside and ((path / "config.toml").is_file()
+                               or (path / "metrics.json").is_file()):
+                raise EnsembleError(f"{path}: a run without validation predictions: "
+                                    + _why_no_predictions(path))
             if not inside:
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside

@@ -153,6 +153,9 @@ def _summary(run_dir: Path, cache: dict) -> dict:
             epochs=len(history) if epochs is None else epochs,
             finished=metrics.get("finished") is True,
         )
+        for why in ("diverged", "pruned"):  # how a finished run stopped early, if it did
+            if metrics.get(why):
+                row[why] = metrics[why]
     elif history:
         scored = [r for r in history if r["val_score"] is not None]
         if scored:
@@ -381,6 +384,8 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
         ).rstrip()
 
     notes = [f"note: {r['path']}: {r['config_error']}" for r in runs if r.get("config_error")]
+    notes += [f"note: {r['path']}: training diverged ({r['diverged']}); its score is the best "
+              "epoch before that" for r in runs if isinstance(r.get("diverged"), str)]
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
 
 
@@ -509,6 +514,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
                        "kit runs); kit report draws one run: report its fold runs"
                        + (f" ({', '.join(folds)})" if folds else ""))
     if not (run_dir / "history.jsonl").exists():
+        diverged = (read_metrics(run_dir) or {}).get("diverged")
+        if isinstance(diverged, str):
+            raise KitError(f"{run_dir}: training diverged before any epoch scored ({diverged}); "
+                           "there is nothing to report (see docs/runs.md on divergence)")
         raise KitError(
             f"{run_dir}: no history.jsonl; not a run directory, or its first epoch "
             "has not finished yet"
@@ -570,6 +579,10 @@ def _markdown(
     width_key, width = _width(model)
     model_text = str(model.get("type", "-")) + (f" ({width_key} {width})" if width_key else "")
     status = "finished" if row["finished"] else "not finished (killed, paused or running)"
+    if isinstance(row.get("diverged"), str):
+        status += f", stopped early: training diverged ({row['diverged']})"
+    elif row.get("pruned"):
+        status += ", stopped early: pruned by its sweep"
     lines = [
         f"# Run {row['experiment']} / {row['run_id']}",
         "",

@@ -219,6 +219,32 @@ def test_a_damaged_config_or_history_marks_its_run_and_the_listing_goes_on(runs_
             write_report(run)
 
 
+def test_a_run_that_diverged_says_so_in_the_listing_the_report_and_select(runs_root: Path):
+    from kit.ensemble import EnsembleError, expand_candidates
+
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    reason = "train loss inf in batch 1 of epoch 4"
+    (run / "metrics.json").write_text(json.dumps(metrics | {"diverged": reason}))
+    listed = next(r for r in list_runs(runs_root) if r["path"] == str(run))
+    assert listed["diverged"] == reason and listed["score"] is not None
+    assert f"note: {run}: training diverged ({reason})" in format_runs(list_runs(runs_root))
+    assert f"stopped early: training diverged ({reason})" in write_report(run).read_text()
+    # diverged before any epoch scored: no history, no predictions
+    early = runs_root / "alpha" / "20240101-000000-s9"
+    early.mkdir()
+    (early / "config.toml").write_text((run / "config.toml").read_text())
+    (early / "metrics.json").write_text(json.dumps(
+        {"finished": True, "score": None, "per_target": {}, "diverged": reason}))
+    with pytest.raises(KitError, match="training diverged before any epoch scored"):
+        write_report(early)
+    with pytest.raises(EnsembleError, match="diverged before any epoch scored"):
+        expand_candidates([early])
+    (early / "metrics.json").unlink()  # killed in its first epoch
+    with pytest.raises(EnsembleError, match="has not finished its first epoch"):
+        expand_candidates([early])
+
+
 @pytest.mark.parametrize("name", ["val_preds.npy", "val_rows.npy"])
 def test_damaged_prediction_files_are_named_in_the_report(runs_root: Path, name: str):
     run = runs_root / "alpha" / "20240101-000000-s1"
