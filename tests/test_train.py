@@ -283,9 +283,12 @@ def test_a_run_that_diverges_at_once_fails_naming_the_cause(env, tmp_path):
     assert metrics["finished"] is True and metrics["score"] is None  # never resumed
     assert metrics["diverged"].startswith("train loss inf")
     assert not (run / "best.pt").exists()
-    (listed,) = [line.split() for line in run_cli("runs").output.splitlines()
-                 if "extreme-run" in line]
+    lines = run_cli("runs").output.splitlines()
+    (listed,) = [line.split() for line in lines
+                 if "extreme-run" in line and not line.startswith("note:")]
     assert listed[2] == "-"  # no score, and no crash
+    assert [line for line in lines if line.startswith("note: ")
+            and "extreme-run: training diverged (train loss inf" in line]
 
 
 def test_a_run_that_diverges_later_keeps_its_best_epoch(env, tmp_path):
