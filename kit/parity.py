@@ -39,6 +39,7 @@ from kit.export.pack import (
     PackError,
     exclusive,
     hash_mismatches,
+    package_lock,
     read_manifest,
     write_manifest,
 )
@@ -540,18 +541,13 @@ def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
                  f"({worst['pair']}), " + _where(worst))
 
 
-def _lock_of(folder: Path) -> Path:
-    """The lock kit pack holds while it replaces the package folder of that name."""
-    return folder.parent / f".{folder.name}.lock"
-
-
 def snapshot(submission: Path, tmp: Path) -> Path:
     """The package as it is now, in tmp: a zip extracted, a folder copied under kit pack's lock
     (a pack to the same name may replace the folder while parity runs its paths)."""
     if not submission.is_dir():
         return prepare_submission(submission, tmp / "submission")
     prepare_submission(submission, tmp / "unused")  # says what is wrong with the folder
-    with exclusive(_lock_of(submission.resolve())):
+    with exclusive(package_lock(submission.resolve())):
         copy = tmp / "submission"
         shutil.copytree(submission, copy, ignore=shutil.ignore_patterns(".*", "__pycache__"))
     return copy
@@ -560,7 +556,7 @@ def snapshot(submission: Path, tmp: Path) -> Path:
 def record_report(submission: Path, tested: dict, result: ParityReport) -> None:
     """The report into the package's manifest (and zip), only if the folder still holds the
     files that were tested: under kit pack's lock, so a pack cannot swap them in between."""
-    with exclusive(_lock_of(submission.resolve())):
+    with exclusive(package_lock(submission.resolve())):
         try:
             now = read_manifest(submission)
         except PackError:

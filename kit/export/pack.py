@@ -181,7 +181,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
                                 f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller members, "
                                 "or --force to pack anyway")
         write_manifest(staging, manifest)
-        with exclusive(out_dir / f".{name}.lock"):  # the swap and the zip, one pack at a time
+        with exclusive(package_lock(folder)):  # the swap and the zip, one pack at a time
             check_replaceable(folder)
             for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
                 if extra.name not in PACK_FILES and extra.name != "__pycache__":
@@ -232,6 +232,12 @@ def check_replaceable(folder: Path) -> None:
     raise PackError(f"{folder} exists and is not a package written by kit pack (no "
                     f"{MANIFEST_FILE} of kit's): pack would delete it; choose another --name "
                     "or --out, or move it away")
+
+
+def package_lock(folder: Path) -> Path:
+    """The lock file beside a package folder: held by kit pack while it replaces the folder,
+    and by kit parity while it copies the package or records its report into it."""
+    return folder.parent / f".{folder.name}.lock"
 
 
 @contextlib.contextmanager
