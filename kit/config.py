@@ -47,6 +47,26 @@ def deep_merge(parent: dict, child: dict) -> dict:
     return out
 
 
+def flatten(config: dict, prefix: str = "") -> dict:
+    """Dotted leaf key -> value (lists and empty tables are leaves)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differences(a, b) -> list[str]:
+    """Dotted keys whose values differ between two configs (a key on one side only too)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else ["the config"]
+    flat_a, flat_b, missing = flatten(a), flatten(b), object()
+    return sorted(key for key in flat_a.keys() | flat_b.keys()
+                  if flat_a.get(key, missing) != flat_b.get(key, missing))
+
+
 def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
     """The fully resolved config of an experiment (parents merged in, `name` set)."""
     path = experiment_path(name)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import signal
 import sys
@@ -31,13 +30,17 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tomli_w
 
-from kit.config import ConfigError, resolve, set_path
+from kit.config import ConfigError, flatten, resolve, set_path
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import WorkerGroup, worker_pythonpath
+
+if TYPE_CHECKING:  # the trainer imports torch: only a sweep's workers pay for it
+    from kit.train.trainer import EpochEnd
 
 KINDS = ("float", "int", "categorical")
 TABLE_KEYS = ("trials", "pruner", "sampler", "seed", "params")
@@ -355,17 +358,6 @@ def digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def flatten(config: dict, prefix: str = "") -> dict:
-    """Dotted leaf key -> value (lists are leaves)."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def study_identity(setup: SweepSetup) -> dict:
     """What every trial of a study shares, recorded in the study's user attributes: the
     experiment, a digest of each parameter's declaration and of each config key the trials start
@@ -544,24 +536,14 @@ class EpochReports:
     except after the epoch the run ends on anyway (the last one, or one that exhausts
     train.patience): a run that trained all its epochs is complete, never pruned."""
 
-    def __init__(self, trial, train: dict, direction: str,
-                 interrupt: GracefulInterrupt | None = None):
-        self.trial, self.train, self.interrupt = trial, train, interrupt
-        self.sign = 1.0 if direction == "maximize" else -1.0
-        self.best, self.bad_epochs = -math.inf, 0
+    def __init__(self, trial, interrupt: GracefulInterrupt | None = None):
+        self.trial, self.interrupt = trial, interrupt
 
-    def __call__(self, epoch: int, score: float) -> bool:
+    def __call__(self, end: EpochEnd) -> bool:
         if self.interrupt is not None:
             self.interrupt.check()  # a safe point: after the epoch's checkpoint
-        if not math.isfinite(score):
-            return False
-        if self.sign * score > self.best:  # the trainer's own test for a new best epoch
-            self.best, self.bad_epochs = self.sign * score, 0
-        else:
-            self.bad_epochs += 1
-        self.trial.report(self.sign * self.best, epoch)
-        last = epoch >= self.train["epochs"] or self.bad_epochs >= self.train["patience"]
-        return not last and self.trial.should_prune()
+        self.trial.report(end.best_score, end.epoch)
+        return not end.last and self.trial.should_prune()
 
 
 def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | None = None):
@@ -591,8 +573,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
 
         try:
             metrics = train_one(config, files, progress=progress,
-                                on_epoch=EpochReports(trial, config["train"], setup.direction,
-                                                      interrupt))
+                                on_epoch=EpochReports(trial, interrupt))
         except TrainingDiverged as exc:  # these values diverge: a failed trial, not a failed sweep
             trial.set_user_attr("diverged", str(exc))
             print(f"trial {trial.number}: {exc}", file=sys.stderr, flush=True)

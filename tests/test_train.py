@@ -165,6 +165,30 @@ def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
                                np.load(tmp_path / "whole" / "val_preds.npy"), atol=1e-5)
 
 
+def test_the_epoch_callback_sees_the_best_so_far_and_the_last_epoch_across_a_resume(env,
+                                                                                    tmp_path):
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    config = check_config(experiment_config("tiny", ["train.epochs=4", "train.lr=0.3"]))
+    files, ends = RunFiles(tmp_path / "run"), []
+    train_one(config, files, stop_after_epochs=2, progress=False, on_epoch=ends.append)
+    train_one(config, files, resume=True, progress=False, on_epoch=ends.append)
+    scores = [json.loads(line)["val_score"]
+              for line in (files.root / "history.jsonl").read_text().splitlines()]
+    assert [end.epoch for end in ends] == [1, 2, 3, 4]
+    assert [end.score for end in ends] == scores
+    # the best so far is carried through the resume (the checkpoint's), not restarted
+    assert [end.best_score for end in ends] == [max(scores[:i + 1]) for i in range(4)]
+    assert [end.last for end in ends] == [False, False, False, True]
+    # patience spent makes an epoch the last one as well
+    patience = []
+    train_one(check_config(experiment_config("tiny", ["train.epochs=30", "train.patience=1"])),
+              RunFiles(tmp_path / "patient"), progress=False, on_epoch=patience.append)
+    assert patience[-1].last and not any(end.last for end in patience[:-1])
+    assert len(patience) < 30 and patience[-1].score <= patience[-2].best_score
+
+
 def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "train.epochs=40",

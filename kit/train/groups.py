@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from kit.config import ConfigError
+from kit.config import ConfigError, differences
 from kit.run_record import is_finished
 
 GROUPS_DIR = ".groups"
@@ -103,17 +103,6 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
     what = f"{folds}-fold runs" if folds else "runs"
     raise ConfigError(f"no unfinished group of {what} of seeds {seeds} under {exp_dir} to "
                       "resume; start it without --resume")
-
-
-def differences(a, b, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two configs."""
-    if not (isinstance(a, dict) and isinstance(b, dict)):
-        return [] if a == b else [prefix or "the config"]
-    out = []
-    for key in sorted(set(a) | set(b)):
-        out += differences(a.get(key), b.get(key), f"{prefix}{key}" if not prefix
-                           else f"{prefix}.{key}")
-    return out
 
 
 class NothingStarted(KeyboardInterrupt):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -107,13 +108,25 @@ def _state_to(state, device):
     return [s.to(device) for s in state]
 
 
+@dataclass(frozen=True)
+class EpochEnd:
+    """What a per-epoch callback learns: the epoch (1-based), its validation score, the best
+    score so far (what best.pt holds, and what the run returns if it stops here; restored on
+    resume) and whether the run ends after this epoch anyway (its epochs or patience spent)."""
+
+    epoch: int
+    score: float
+    best_score: float
+    last: bool
+
+
 def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, *,
         resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
-        on_epoch: Callable[[int, float], bool] | None = None) -> dict:
+        on_epoch: Callable[[EpochEnd], bool] | None = None) -> dict:
     """Train `model` as `config` (resolved) says, writing the run directory; returns metrics.
 
-    on_epoch(epoch, val_score), called after each epoch, may return True to stop the run there
-    (a sweep's pruner); metrics then say "pruned": true."""
+    on_epoch(EpochEnd), called after each scored epoch (its checkpoint written), may return
+    True to stop the run there (a sweep's pruner); metrics then say "pruned": true."""
     train, seed = config["train"], config["seed"]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if train["threads"] > 0:
@@ -245,7 +258,8 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         epochs_run += 1
         if diverged:
             break
-        if on_epoch is not None and on_epoch(epoch + 1, report.score):
+        last = epoch + 1 >= train["epochs"] or bad_epochs >= train["patience"]
+        if on_epoch is not None and on_epoch(EpochEnd(epoch + 1, report.score, sign * best, last)):
             pruned = True
             break
 
