@@ -643,6 +643,59 @@ def runs_to_json(runs: list[dict]) -> str:
 # kit report ENSEMBLE.toml
 
 
+STACKED_TARGETS = 4  # up to this many targets, weights are stacked bars; above, a heatmap
+
+
+def _plot_selection(e: dict, curves: dict, cuts: dict, path: Path) -> None:
+    """One panel per curve, in a grid of up to 4 columns (rnn-challenge: 32 targets, 8 rows)."""
+    cols = min(4, len(curves)) if len(curves) > 2 else 1
+    rows = math.ceil(len(curves) / cols)
+    fig = _figure(6.5 if cols == 1 else 3.6 * cols, 3.6 if len(curves) == 1 else 2.4 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for i, (ax, (target, curve)) in enumerate(zip(axes[:len(curves)], curves.items(),
+                                                         strict=True)):
+        single, uniform = ((entry["per_target"][target] if target else entry["score"])
+                           for entry in (e["best_single"], e["uniform"]))
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker=".", label="ensemble")
+        ax.axhline(single, color="gray", ls="--", label="best single")
+        ax.axhline(uniform, color="gray", ls=":", label="uniform mean")
+        ax.axvline(cuts[target], color="C3", lw=0.8, label="cut")
+        ax.set(xlabel="iteration", ylabel=f"{e['metric']} {target}".strip(),
+               title=(f"greedy selection (with replacement){', ' + target if target else ''}"
+                      if cols == 1 else target))
+        if i == 0:
+            ax.legend(fontsize=8)
+    for ax in axes[len(curves):]:
+        ax.set_axis_off()
+    fig.savefig(path, dpi=110)
+
+
+def _plot_weights(targets: list[str], members: list[dict], path: Path) -> None:
+    """Each member's weight per target: stacked bars for a few targets, else a heatmap (32
+    stacked colours cannot be told apart)."""
+    names = [m["name"][-40:] for m in members]
+    weights = np.array([m["weights"] for m in members], dtype=float)  # [members, targets]
+    if len(targets) <= STACKED_TARGETS:
+        fig = _figure(6.5, 1.2 + 0.35 * len(members))
+        ax = fig.subplots()
+        left = np.zeros(len(members))
+        for t, target in enumerate(targets):
+            widths = weights[:, t] / len(targets)
+            ax.barh(names, widths, left=left, label=target)
+            left += widths
+        ax.set(xlabel="weight (mean over targets, stacked)", title="ensemble weights")
+        ax.legend(fontsize=8)
+    else:
+        fig = _figure(min(3.0 + 0.3 * len(targets), 20.0), 1.6 + 0.3 * len(members))
+        ax = fig.subplots()
+        image = ax.imshow(weights, aspect="auto", cmap="viridis", vmin=0.0)
+        ax.set_xticks(range(len(targets)), targets, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(members)), names, fontsize=8)
+        ax.set(xlabel="target", title="ensemble weights (per target)")
+        fig.colorbar(image, ax=ax, label="weight")
+    fig.savefig(path, dpi=110)
+
+
 def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     """selection.png (the score after each greedy iteration, the cut marked) and weights.png
     (each member's weight per target), plus report.md; returns report.md's path."""
@@ -659,30 +712,8 @@ def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     # target's at its own cut, on no single curve); else one curve, one cut
     curves = e.get("trajectory_per_target") or {"": e["trajectory"]}
     cuts = e.get("best_iteration_per_target") or {"": e["best_iteration"]}
-    fig = _figure(6.5, 3.6 if len(curves) == 1 else 2.4 * len(curves))
-    for ax, (target, curve) in zip(np.atleast_1d(fig.subplots(len(curves), 1)), curves.items(),
-                                   strict=True):
-        single, uniform = ((entry["per_target"][target] if target else entry["score"])
-                           for entry in (e["best_single"], e["uniform"]))
-        ax.plot(np.arange(1, len(curve) + 1), curve, marker=".", label="ensemble")
-        ax.axhline(single, color="gray", ls="--", label="best single")
-        ax.axhline(uniform, color="gray", ls=":", label="uniform mean")
-        ax.axvline(cuts[target], color="C3", lw=0.8, label="cut")
-        ax.set(xlabel="iteration", ylabel=f"{e['metric']} {target}".strip(),
-               title=f"greedy selection (with replacement){', ' + target if target else ''}")
-        ax.legend(fontsize=8)
-    fig.savefig(out_dir / "selection.png", dpi=110)
-    fig = _figure(6.5, 1.2 + 0.35 * len(members))
-    ax = fig.subplots()
-    names = [m["name"][-40:] for m in members]
-    left = np.zeros(len(members))
-    for t, target in enumerate(e["targets"]):
-        widths = np.array([m["weights"][t] for m in members]) / len(e["targets"])
-        ax.barh(names, widths, left=left, label=target)
-        left += widths
-    ax.set(xlabel="weight (mean over targets, stacked)", title="ensemble weights")
-    ax.legend(fontsize=8)
-    fig.savefig(out_dir / "weights.png", dpi=110)
+    _plot_selection(e, curves, cuts, out_dir / "selection.png")
+    _plot_weights(e["targets"], members, out_dir / "weights.png")
     report = out_dir / "report.md"
     report.write_text(f"# Ensemble {Path(path).name}\n\n```\n{format_selection(doc)}\n```\n\n"
                       "![selection](selection.png)\n\n![weights](weights.png)\n")

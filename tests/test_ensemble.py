@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +432,39 @@ def test_cli_select_report_pack(workspace, runs, tmp_path):
     # fold runs validate on different rows: refused, naming the problem
     bad = run_cli("ensemble", "select", runs["gru"], tmp_path / "nothing", expect=2).output
     assert "no such run directory" in bad
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]  # the IHDR chunk: width, height
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def test_the_report_of_a_32_target_selection_stays_readable(runs, tmp_path):
+    """rnn-challenge has 32 targets: the per-target panels go in a grid (not 32 stacked, 85
+    inches tall) and the weights in a heatmap (32 stacked bar colours cannot be told apart)."""
+    run_cli("ensemble", "select", runs["gru"], runs["gru_b"], runs["lstm"], "--iters", 4,
+            "--per-target", "--out", tmp_path / "two.toml")
+    doc = tomllib.loads((tmp_path / "two.toml").read_text())
+    e, first = doc["ensemble"], doc["ensemble"]["targets"][0]
+    targets = [f"t{i}" for i in range(32)]
+    for key, value in list(e.items()):
+        if isinstance(value, dict) and first in value:  # per-target records
+            e[key] = {t: value[first] for t in targets}
+    for entry in (e["best_single"], e["uniform"]):
+        entry["per_target"] = {t: entry["per_target"][first] for t in targets}
+    e["targets"] = targets
+    for m in doc["members"]:
+        m["weights"] = [m["weights"][0]] * 32
+        m["weight"] = m["weights"][0]
+    (tmp_path / "wide.toml").write_text(tomli_w.dumps(doc))
+    run_cli("report", tmp_path / "wide.toml")
+    width, height = _png_size(tmp_path / "wide/selection.png")
+    assert height <= 8 * 2.4 * 110 + 10 and width <= 4 * 3.6 * 110 + 10  # 8 rows of 4
+    width, height = _png_size(tmp_path / "wide/weights.png")
+    assert width <= 20 * 110 + 10 and height < width
+    # two targets keep the stacked bars and one column of panels
+    run_cli("report", tmp_path / "two.toml")
+    assert _png_size(tmp_path / "two/selection.png")[0] <= 6.5 * 110 + 10
 
 
 def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace, tmp_path,
