@@ -380,6 +380,8 @@ def ablate(
     summary = run_ablation(exp, names, seed_list, list(ctx.args), progress=not quiet,
                            runs_dir=runs_dir)
     typer.echo(format_ablation(summary))
+    if any(v.get("errors") for v in summary["variants"]):
+        raise typer.Exit(1)  # the table holds the rest; a script still learns runs failed
 
 
 @app.command()

@@ -306,7 +306,7 @@ def test_budget_errors_and_overrides_a_width():
         ({"type": "attention_gru", "window": 1}, "model.window: expected an integer >= 2"),
         (
             {"type": "transformer", "d_model": 30, "n_heads": 4},
-            "model.d_model (30) must be a multiple of 4",
+            "model.d_model (30) must be a multiple of model.n_heads (4)",
         ),
         ({"type": "transformer", "ff": 0}, "model.ff: expected a number > 0"),
         ({"type": "tcn", "dilations": []}, "model.dilations: expected a non-empty list"),
@@ -315,6 +315,10 @@ def test_budget_errors_and_overrides_a_width():
         (
             {"type": "patchtst", "window": 8, "patch_len": 16},
             "model.patch_len (16) must be at most model.window (8)",
+        ),
+        (  # with a budget: refused before any model is built (was a RuntimeError inside)
+            {"type": "patchtst", "params": 100_000, "patch_len": 100},
+            "model.patch_len (100) must be at most model.window (64)",
         ),
         ("gru", "[model] must be a table"),
     ],

@@ -678,6 +678,65 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
 # --- ablation ------------------------------------------------------------------------------
 
 
+def test_ablate_checks_each_variants_budget_before_training(sweep_env):
+    from kit.competition import load_spec
+    from kit.config import load_experiment
+    from kit.features.sets import build_feature_set
+    from kit.models import build_model, count_params
+
+    spec = load_spec(load_experiment("tiny")["spec"])
+    inputs = len(build_feature_set(spec, ["raw"], None).outputs)
+    budget = count_params(build_model({"type": "gru", "hidden": 1, "layers": 1}, inputs,
+                                      spec.n_outputs))  # raw fits at hidden 1, raw+diffs not
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", f"model.params={budget}", "-q",
+                  expect=2).output
+    assert "the variant 'raw+diffs' (groups ['raw', 'diffs'])" in out and "too small" in out
+    assert not (sweep_env / "runs").exists()  # found before the first variant trained
+
+
+def test_a_failed_ablation_run_is_recorded_and_the_rest_goes_on(sweep_env, monkeypatch):
+    from kit.train import recipe
+    from kit.train.trainer import TrainingDiverged
+
+    real, calls = recipe.train_one, []
+
+    def second_diverges(config, files, **kwargs):  # fault injection: the second run fails
+        calls.append(files.root.name)
+        if len(calls) == 2:
+            raise TrainingDiverged(f"{files.root}: training diverged (injected)")
+        return real(config, files, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_one", second_diverges)
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1,2", "-q",
+                  expect=1).output
+    assert len(calls) == 6  # raw, raw+diffs and -raw, each with two seeds: all tried
+    (saved,) = (sweep_env / "runs/tiny").glob("ablate-*.json")
+    variants = {v["label"]: v for v in json.loads(saved.read_text())["variants"]}
+    raw = variants["raw"]
+    assert len(raw["errors"]) == 1 and "raw seed 2: " in raw["errors"][0]
+    metrics = json.loads((Path(raw["runs"][0]) / "metrics.json").read_text())
+    assert raw["score"] == pytest.approx(metrics["score"])  # the mean of the finished seed
+    assert "(1 of 2 runs failed)" in out and "failed: raw seed 2:" in out
+    assert variants["-diffs"]["errors"] == raw["errors"]  # the same runs as the raw rung
+    assert all("errors" not in v for label, v in variants.items()
+               if label not in ("raw", "-diffs"))
+
+
+def test_an_ablation_whose_runs_all_diverge_prints_failed_rows(sweep_env):
+    frame = pl.read_parquet(load_experiment("tiny")["data"]["train"])
+    frame.with_columns(pl.col("t0") * 1e30).write_parquet(sweep_env / "extreme.parquet")
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs",
+                  f"data.train={sweep_env / 'extreme.parquet'}", "-q", expect=1).output
+    rows = [line.split() for line in out.splitlines() if line.startswith(("raw", "-raw"))]
+    assert [row[:2] for row in rows] == [["raw", "failed"], ["raw+diffs", "failed"],
+                                         ["-raw", "failed"]]
+    assert "training diverged (train loss inf" in out and "Traceback" not in out
+    (saved,) = (sweep_env / "runs/tiny").glob("ablate-*.json")
+    summary = json.loads(saved.read_text())
+    assert [v["score"] for v in summary["variants"]] == [None] * 4
+    assert summary["changes"] == [None] * 4
+
+
 def test_ablate_trains_the_ladder_and_the_leave_one_out_variants(sweep_env):
     import tomllib
 

@@ -384,6 +384,10 @@ def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
     (run / "last.pt").write_bytes(data[: len(data) // 2])
     out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, expect=2).output
     assert "last.pt" in out and "corrupt" in out and "Traceback" not in out
+    # packing the resume checkpoint says what it is and what to pack instead
+    (run / "last.pt").write_bytes(data)
+    out = run_cli("pack", run / "last.pt", "--out", tmp_path / "subs", expect=2).output
+    assert "a resume checkpoint" in out and "its best.pt" in out
 
 
 def test_tbptt_batch_one_chunk_one_ema_swa_and_schedules(env, tmp_path):

@@ -62,12 +62,12 @@ def model_values(config: dict) -> dict:
     Raises ModelConfigError naming the first bad entry (unknown type or key, wrong value)."""
     cls = model_class(config)
     values = _key_values(cls, config)
+    cls.check(values)  # first: its messages name the keys (a multiple of model.n_heads)
     step = cls.width_multiple(values)
     if values[cls.width_key] % step:
         raise ModelConfigError(
             f"model.{cls.width_key} ({values[cls.width_key]}) must be a multiple of {step}"
         )
-    cls.check(values)
     return values
 
 
@@ -116,6 +116,7 @@ def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
     budget = _budget(config)
     values = _key_values(cls, {k: v for k, v in config.items() if k != cls.width_key})
     step = cls.width_multiple(values)
+    cls.check({**values, cls.width_key: step})  # before building: patch_len > window crashes
 
     def size(m: int) -> int:
         return _count(cls, {**values, cls.width_key: m * step}, n_inputs, n_outputs)

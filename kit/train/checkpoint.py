@@ -46,5 +46,9 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
                               f"({type(exc).__name__}: {first_line}); "
                               "delete it or resume from another") from None
     if not isinstance(payload, dict) or any(k not in payload for k in required):
+        if isinstance(payload, dict) and {"optimizer", "epoch"} <= payload.keys():
+            raise CheckpointError(f"{path}: a resume checkpoint (last.pt: weights and optimiser,"
+                                  " no feature set or normaliser), not the run's model; pass the"
+                                  " run folder (its best.pt)")
         raise CheckpointError(f"{path}: not a kit checkpoint (needs keys {list(required)})")
     return payload
