@@ -208,18 +208,21 @@ class Reference:
 class Package:
     """The unpacked package, run by the sandboxed scorer on rows in any order."""
 
-    def __init__(self, folder: Path, spec: CompetitionSpec):
-        self.folder, self.spec = folder, spec
+    def __init__(self, folder: Path, spec: CompetitionSpec, column_dtypes: list[str]):
+        # the rows typed as the scorer's DataFrame.values types the file's columns
+        self.folder, self.spec, self.column_dtypes = folder, spec, column_dtypes
 
     def run(self, rows: Rows) -> np.ndarray:
-        return replay_rows(self.folder, rows.values, self.spec).predictions
+        return replay_rows(self.folder, rows.values, self.spec,
+                           column_dtypes=self.column_dtypes).predictions
 
     def run_in_order(self, rows: Rows, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows fed in `order` (repeats allowed): the predictions as fed, and for each the
         index of its scored row in the rows' own order."""
         fed = order[rows.need[order]]
         scored_index = (np.cumsum(rows.need) - 1)[fed]
-        return replay_rows(self.folder, rows.values[order], self.spec).predictions, scored_index
+        return replay_rows(self.folder, rows.values[order], self.spec,
+                           column_dtypes=self.column_dtypes).predictions, scored_index
 
 
 # --- comparisons and checks ---------------------------------------------------------------
@@ -492,9 +495,10 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
         ref = load_reference(manifest, spec)
-        values, truth, n_seqs = load_rows(Path(data), spec, seqs)
-        rows = Rows.of(values)
-        package = Package(folder, spec)
+        loaded = load_rows(Path(data), spec, seqs)
+        truth, n_seqs = loaded.truth, loaded.sequences
+        rows = Rows.of(loaded.values)
+        package = Package(folder, spec, loaded.column_dtypes)
         preds = {"sequence": ref.predict(sequence_path, rows),
                  "step": ref.predict(step_path, rows)}
         checks = [Check("manifest", not bad_files,
@@ -520,7 +524,8 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     for path in preds:
         report = evaluate(spec, truth, preds[path])
         metrics[path] = {"score": report.score, "per_target": report.per_target}
-    result = ParityReport(str(submission), str(data), n_seqs, len(values), int(rows.need.sum()),
+    result = ParityReport(str(submission), str(data), n_seqs, len(rows.values),
+                          int(rows.need.sum()),
                           atol, rtol, metrics, diffs, checks)
     if record and submission.is_dir() and not bad_files:
         record_report(submission, manifest, result)

@@ -448,7 +448,7 @@ def test_a_package_that_raises_fails_the_checks_it_breaks(workspace, gru_pack, t
     # predict() raising on NaN/inf rows: only that check fails, the report is complete
     folder = _copy_pack(gru_pack, tmp_path)
     _edit_solution(folder, "        seq_ix, step = data_point.seq_ix, data_point.step_in_seq\n",
-                   "        if not np.isfinite(data_point.state).all():\n"
+                   "        if not np.isfinite(np.asarray(data_point.state, float)).all():\n"
                    "            raise ValueError('NaN in row')\n"
                    "        seq_ix, step = data_point.seq_ix, data_point.step_in_seq\n")
     report = run_parity(folder, _valid(workspace), seqs=SEQS)

@@ -402,24 +402,82 @@ def test_a_terminated_scorer_takes_the_submission_with_it(tmp_path):
     assert _gone(int(pid_file.read_text()))
 
 
-def test_rows_arrive_as_float64_like_dataframe_values(tmp_path):
-    data, _ = write_data(tmp_path)
-    sub = write_sub(
-        tmp_path,
-        """\
+TYPES_AS_PANDAS = """\
+import json
+import numpy as np
+
+EXPECTED = json.load(open("expected.json"))
+
+
+def kind(v):
+    return type(v).__name__
+
+
+class PredictionModel:
+    def predict(self, dp):
+        got = [kind(dp.seq_ix), kind(dp.step_in_seq), kind(dp.need_prediction),
+               str(dp.state.dtype), kind(dp.state[0])]
+        assert got == EXPECTED, (got, EXPECTED)
+        assert type(dp.state) is np.ndarray and dp.state.shape == (32,)
+        dp.state[0] = 0.0  # writable, as a view into DataFrame.values is
+        return np.zeros(2) if dp.need_prediction else None
+"""
+
+
+@pytest.mark.parametrize("casts", [
+    {},  # the contract's (and kit's synthetic files') dtypes: a bool flag -> object rows
+    {"need_prediction": pl.Int64},  # all numbers: one common dtype, float64
+    {"seq_ix": pl.Float32, "step_in_seq": pl.Float32, "need_prediction": pl.Int8},  # float32
+])
+def test_rows_arrive_typed_as_dataframe_values_types_them(tmp_path, casts):
+    """The official scorer iterates pd.read_parquet(path).values: pandas is the oracle here."""
+    pd = pytest.importorskip("pandas")
+    frame = make_frame(SPEC, n_seqs=3)
+    data = tmp_path / "data.parquet"
+    frame.with_columns(pl.col(c).cast(t) for c, t in casts.items()).write_parquet(data)
+    row = pd.read_parquet(data).values[0]
+    expected = [type(v).__name__ for v in row[:3]] + [str(row[3:].dtype), type(row[3]).__name__]
+    sub = write_sub(tmp_path, TYPES_AS_PANDAS, **{"expected.json": json.dumps(expected)})
+    assert score(sub, data).score == 0.0
+    if not casts:
+        assert expected == ["int", "int", "bool", "object", "float"]
+
+
+def test_a_solution_that_needs_float_rows_fails_on_the_contracts_object_rows(tmp_path):
+    data, _ = write_data(tmp_path)  # a Boolean need flag, as the competition's files have
+    sub = write_sub(tmp_path, """\
         import numpy as np
 
         class PredictionModel:
             def predict(self, dp):
-                for v in (dp.seq_ix, dp.step_in_seq, dp.need_prediction):
-                    assert type(v) is np.float64, type(v)
-                assert type(dp.state) is np.ndarray and dp.state.dtype == np.float64
-                assert dp.state.shape == (32,)
-                dp.state[0] = 0.0  # writable, as a view into DataFrame.values is
+                finite = np.isfinite(dp.state)  # a TypeError on object rows, as there
                 return np.zeros(2) if dp.need_prediction else None
-        """,
-    )
-    assert score(sub, data).score == 0.0
+        """)
+    with pytest.raises(SubmissionError, match="row 0.*TypeError"):
+        score(sub, data)
+
+
+def test_predictions_np_clip_cannot_take_are_refused_and_object_numbers_are_not(tmp_path):
+    data, frame = write_data(tmp_path)
+    text = write_sub(tmp_path, """\
+        import numpy as np
+
+        class PredictionModel:
+            def predict(self, dp):
+                return np.array(["1", "2"]) if dp.need_prediction else None
+        """, name="text")
+    with pytest.raises(SubmissionError, match=r"stack into <U1 values.*return 1-D arrays of 2"):
+        score(text, data)
+    # a slice of an object row's state: Python floats in an object array, scored as there
+    sliced = write_sub(tmp_path, """\
+        class PredictionModel:
+            def predict(self, dp):
+                return dp.state[:2] if dp.need_prediction else None
+        """, name="sliced")
+    result = score(sliced, data)
+    need = frame["need_prediction"].to_numpy()
+    expected = frame.select(SPEC.features[:2]).to_numpy().astype(np.float64)[need]
+    np.testing.assert_array_equal(result.predictions, expected)
 
 
 def test_child_is_pinned_single_threaded_and_imports_no_kit(tmp_path):

@@ -275,7 +275,9 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
                               rng.standard_normal((n, len(spec.features)))]).astype(np.float64)
     if spec.next_state:  # a next-state scorer has no prediction on a sequence's last step
         values[:, 2] = (steps >= spec.warmup) & (steps < length - max(spec.tail, 1))
-    result = replay_rows(folder, values, spec).result
+    # typed as the competition's files are (a bool need flag: object rows, as pandas gives them)
+    dtypes = ["int64", "int64", "bool"] + ["float32"] * len(spec.features)
+    result = replay_rows(folder, values, spec, column_dtypes=dtypes).result
     us_per_row = 1e6 * float(result["loop_s"]) / n
     projected = float(result["init_s"]) + spec.limits.test_rows * us_per_row / 1e6
     limit = spec.limits.time_limit_s

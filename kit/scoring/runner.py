@@ -86,6 +86,26 @@ def sandbox_setup(job: dict) -> dict:
     return info
 
 
+def pandas_rows(values, dtypes: list[str] | None):
+    """The rows as `pd.read_parquet(path).values` types them there: one common numpy dtype of
+    the columns (float64 for int ids beside float features; float32 when every column fits it),
+    or, when a bool column (the need flag) meets numbers, an object array of Python int, bool
+    and float values (the state then arrives as an object array). Built before the timed loop,
+    as pandas builds it before the scorer's loop, and held whole, as there."""
+    if not dtypes:
+        return values
+    kinds = [np.dtype(d) for d in dtypes]
+    if any(d.kind == "b" for d in kinds) and not all(d.kind == "b" for d in kinds):
+        rows = np.empty(values.shape, dtype=object)
+        for j, d in enumerate(kinds):
+            col = values[:, j]
+            typed = col != 0 if d.kind == "b" else col.astype(d) if d.kind in "iu" else col
+            rows[:, j] = typed.astype(object)  # numpy scalars -> Python int / bool / float
+        return rows
+    common = np.result_type(*kinds)
+    return values if common == values.dtype else values.astype(common)
+
+
 def run(job: dict, fd: int | None, out_dir: str) -> dict:
     global np
     import numpy as np
@@ -93,7 +113,8 @@ def run(job: dict, fd: int | None, out_dir: str) -> dict:
     # np.load(mmap) returns a memmap whose rows are memmaps too (slow per-row slicing); view the
     # same pages as a plain ndarray. "c" = copy-on-write: a submission may write into its state
     # view as it could into DataFrame.values, without touching the file.
-    values = np.asarray(np.load(job["rows"], mmap_mode="c"))
+    values = pandas_rows(np.asarray(np.load(job["rows"], mmap_mode="c")),
+                         job.get("column_dtypes"))
     k = int(job["n_outputs"])
     report = Reporter(fd)
 
@@ -305,19 +326,22 @@ def exception_info(stage: str, message: str, exc: BaseException) -> dict:
 
 def collect(preds: list, k: int, values=None):
     """Stack the stored objects into (rows, K) float64, as np.array(predictions) does there.
-    When they do not stack, the first prediction that is not k numbers names its row."""
+    When they do not stack, or stack into values its metric cannot clip (text, None: np.clip
+    raises there), the first prediction that is not k numbers names its row."""
     if not preds:  # no scored row (np.array([]) would be shape (0,))
         return np.empty((0, k))
     try:
-        array = np.array(preds, dtype=np.float64)
+        array = np.array(preds)
         problem = "" if array.shape == (len(preds), k) else f"stack to shape {array.shape}"
+        if not problem and not _numbers(array):
+            problem = f"stack into {array.dtype} values"
     except Exception as exc:
         array, problem = None, f"do not stack into one array ({type(exc).__name__}: {exc})"
     if not problem:
-        return array
+        return array.astype(np.float64, copy=False)
     info = {"stage": "collect",
-            "message": f"the returned predictions {problem}, not ({len(preds)}, {k}); return "
-                       f"1-D arrays of {k} floats"}
+            "message": f"the returned predictions {problem}, not ({len(preds)}, {k}) numbers; "
+                       f"return 1-D arrays of {k} floats"}
     bad = next((i for i, pred in enumerate(preds) if not _is_k_numbers(pred, k)), None)
     if values is not None and bad is not None:
         info |= row_info(values, values[np.flatnonzero(values[:, 2] != 0)[bad]])
@@ -325,9 +349,18 @@ def collect(preds: list, k: int, values=None):
     raise Failure(info)
 
 
+def _numbers(array) -> bool:
+    """Numbers np.clip takes: a numeric dtype, or objects that are all real numbers (a slice of
+    an object row's state); not text, not None."""
+    if array.dtype.kind == "O":
+        return all(isinstance(v, (int, float, np.integer, np.floating)) for v in array.flat)
+    return array.dtype.kind in "biuf"
+
+
 def _is_k_numbers(pred, k: int) -> bool:
     try:
-        return np.asarray(pred, dtype=np.float64).shape == (k,)
+        array = np.asarray(pred)
+        return array.shape == (k,) and _numbers(array)
     except Exception:
         return False
 

@@ -226,8 +226,12 @@ def run_child(
     memory_limit_bytes: int | None,
     timeout_s: float | None,
     progress: bool,
+    column_dtypes: list[str] | None = None,
 ) -> ChildRun:
-    """Run runner.py on the rows; raise SubmissionError for anything the submission did wrong."""
+    """Run runner.py on the rows; raise SubmissionError for anything the submission did wrong.
+
+    column_dtypes: the data file's column dtypes, for rows typed as DataFrame.values types
+    them (None: float64 rows)."""
     out_dir = workdir / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "output.log"
@@ -237,6 +241,7 @@ def run_child(
         "rows": str(rows_path),
         "out_dir": str(out_dir),
         "n_outputs": n_outputs,
+        "column_dtypes": column_dtypes,
         "cpu": cpu,
         "memory_limit_bytes": memory_limit_bytes,
         "progress_fd": write_fd,

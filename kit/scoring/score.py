@@ -7,6 +7,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -107,13 +108,15 @@ def score_submission(
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
-        values, truth, sequences = load_rows(data, spec, seqs)
-        n_rows = len(values)
+        rows = load_rows(data, spec, seqs)
+        truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
         rows_path = Path(tmp) / "rows.npy"
-        np.save(rows_path, values)
-        del values  # the child memory-maps the file: the parent need not hold the rows too
+        np.save(rows_path, rows.values)
+        # the child memory-maps the file: the parent need not hold the rows too
         child = replay_file(solution_dir, rows_path, n_rows, spec, cpu=cpu,
-                            limit_memory=limit_memory, timeout_s=timeout_s, progress=progress)
+                            limit_memory=limit_memory, timeout_s=timeout_s, progress=progress,
+                            column_dtypes=rows.column_dtypes)
+        del rows
     result, preds = child.result, child.predictions
     notes = []
     nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))
@@ -173,7 +176,8 @@ def score_submission(
 
 def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, **options):
     """Run a prepared submission folder over float64 rows (id, step, need, features...) in
-    the 1-CPU child, in the order given; returns the child's run (result, predictions)."""
+    the 1-CPU child, in the order given; returns the child's run (result, predictions).
+    column_dtypes (Rows.column_dtypes) types them there as the scorer's DataFrame.values."""
     with tempfile.TemporaryDirectory(prefix="kit-replay-") as tmp:
         rows_path = Path(tmp) / "rows.npy"
         np.save(rows_path, np.ascontiguousarray(values, dtype=np.float64))
@@ -182,7 +186,8 @@ def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, *
 
 def replay_file(solution_dir: Path, rows_path: Path, n_rows: int, spec: CompetitionSpec, *,
                 cpu: int | None = None, limit_memory: bool = False,
-                timeout_s: float | None = None, progress: bool = False):
+                timeout_s: float | None = None, progress: bool = False,
+                column_dtypes: list[str] | None = None):
     """replay_rows over rows already saved as a float64 .npy file."""
     memory = int(spec.limits.memory_gb * 2**30) if limit_memory else None
     return run_child(
@@ -195,6 +200,7 @@ def replay_file(solution_dir: Path, rows_path: Path, n_rows: int, spec: Competit
         memory_limit_bytes=memory,
         timeout_s=timeout_s,
         progress=progress,
+        column_dtypes=column_dtypes,
     )
 
 
@@ -205,10 +211,18 @@ def first_sequences(ids: pl.Series, seqs: int) -> pl.Series:
     return ids.is_in(ids.unique(maintain_order=True).head(seqs).implode())
 
 
-def load_rows(
-    data: Path, spec: CompetitionSpec, seqs: int | None
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """(rows, truth, sequences): the scorer's float64 input rows and the truth of scored rows."""
+class Rows(NamedTuple):
+    """A data file's scorer input: float64 rows (id, step, need, features...), the truth of the
+    rows that need a prediction, the sequence count, and the file's input column dtypes (the
+    child types the rows from them as DataFrame.values does)."""
+
+    values: np.ndarray
+    truth: np.ndarray
+    sequences: int
+    column_dtypes: list[str]
+
+
+def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     frame = read_frame(data)
     # the spec's columns, by name: others (a train file's group column for data.split) are no
     # input of the scorer's, and the rows it feeds keep the spec's order whatever the file's
@@ -231,7 +245,8 @@ def load_rows(
     if labelled and spec.targets:
         targets = frame.select(pl.col(t).cast(pl.Float64) for t in spec.targets).to_numpy()
     truth = scored_truth(values[:, 0], need, values[:, 3:], targets, spec)
-    return values, truth, sequences
+    dtypes = [frame[c].head(0).to_numpy().dtype.name for c in spec.input_columns]
+    return Rows(values, truth, sequences, dtypes)
 
 
 def _fmt(value: float) -> str:
