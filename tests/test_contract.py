@@ -147,6 +147,15 @@ def test_each_contract_violation_is_named(tmp_path, case):
     assert "Traceback" not in result.output
 
 
+def test_a_shuffled_file_is_told_to_sort_not_given_thousands_of_findings():
+    df = make_frame(SPEC).sample(fraction=1.0, shuffle=True, seed=3)
+    with pytest.raises(DataError) as err:
+        check_frame(df, SPEC)
+    said = str(err.value)
+    assert "not contiguous; sort by (seq_ix, step_in_seq)" in said
+    assert "start at step 0" not in said and "gap" not in said and "out of order" not in said
+
+
 def test_predictorium_wrong_length_is_reported():
     spec = load_spec("predictorium")
     df = make_frame(spec, lengths=[1000, 999])

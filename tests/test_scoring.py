@@ -585,10 +585,32 @@ def test_good_zip_scores_like_the_folder(tmp_path):
     assert result.submission == str(zpath)
 
 
+def test_a_zip_that_unzips_past_the_cap_is_refused_before_extracting(tmp_path, monkeypatch):
+    from kit.scoring import sandbox
+
+    data, frame = write_data(tmp_path)
+    zpath = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("solution.py", FORMULA)
+        zf.writestr("zeros.bin", b"\0" * (4 << 20))  # 4 MiB, a few KiB zipped
+    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 1 << 20)  # the cap, scaled down
+    with pytest.raises(SubmissionError, match=r"unzip to 4.0 MiB \(the largest, 'zeros.bin', "
+                       r"4.0 MiB\), more than kit score extracts \(1.0 MiB"):
+        score(zpath, data)
+    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 8 << 20)
+    assert score(zpath, data).score == pytest.approx(expected_report(frame).score, rel=1e-12)
+
+
+def test_a_colon_in_a_name_is_no_drive_letter(tmp_path):
+    data, frame = write_data(tmp_path)
+    zpath = make_zip(tmp_path / "sub.zip", {"solution.py": FORMULA, "a:b.txt": "1"})
+    assert score(zpath, data).score == pytest.approx(expected_report(frame).score, rel=1e-12)
+
+
 @pytest.mark.parametrize(
     ("entry", "what"),
     [("../x.py", "'..'"), ("model/../../x.py", "'..'"), ("/abs.py", "absolute"),
-     ("C:/evil.py", "absolute")],
+     ("C:/evil.py", "absolute"), ("C:", "absolute"), ("c:\\evil.py", "absolute")],
 )  # fmt: skip
 def test_zip_with_escaping_paths_is_rejected(tmp_path, entry, what):
     data, _ = write_data(tmp_path)

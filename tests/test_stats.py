@@ -106,6 +106,18 @@ def test_oracle_and_reference(tmp_path):
     pl.concat([oracle, oracle.head(1)]).write_parquet(tmp_path / "twice.parquet")
     with pytest.raises(DataError, match="2 rows share their \\(seq_ix, step_in_seq\\)"):
         dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "twice.parquet")
+    # float ids (which the contract accepts) join an int-id oracle, either way round
+    frame.with_columns(pl.col("seq_ix").cast(pl.Float64)).write_parquet(tmp_path / "f.parquet")
+    oracle.with_columns(pl.col("step_in_seq").cast(pl.Float32)).write_parquet(
+        tmp_path / "float_oracle.parquet")
+    for data, other in (("f", "oracle"), ("valid", "float_oracle")):
+        again = dataset_stats(tmp_path / f"{data}.parquet", TINY,
+                              oracle=tmp_path / f"{other}.parquet")
+        assert again["oracle"]["per_output"] == stats["oracle"]["per_output"]
+    oracle.with_columns(pl.col("seq_ix").cast(pl.Float64) + 0.5).write_parquet(
+        tmp_path / "half.parquet")
+    with pytest.raises(DataError, match="must be whole numbers"):
+        dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "half.parquet")
     frame.head(0).write_parquet(tmp_path / "empty.parquet")
     with pytest.raises(DataError, match="no rows"):
         dataset_stats(tmp_path / "empty.parquet", TINY)
@@ -147,7 +159,7 @@ def test_next_state_oracle_uses_r2(tmp_path):
     (lambda f: f.with_columns(pl.col("seq_ix").cast(pl.String)),
      "column 'seq_ix' must be integer, found String"),
     (lambda f: f.with_columns(pl.concat_list("p1", "p0").alias("p1")),
-     "column 'p1' must be numeric (float32/float64), found List"),
+     "column 'p1' must be numeric (an integer or float dtype), found List"),
 ])
 def test_stats_name_a_column_of_the_wrong_type(tmp_path, edit, message):
     path = tmp_path / "odd.parquet"

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.data.contract import check_dtypes
+from kit.data.contract import check_dtypes, whole_numbers
 from kit.data.io import parquet_schema, read_frame
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
@@ -306,6 +306,13 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
     keys = [spec.id_col, spec.step_col]
     names = list(spec.outputs)
     table = read_frame(path, keys + names)
+    # ids and steps as Int64 on both sides: a float-id file (accepted by the contract) and an
+    # int-id oracle must join, not raise a schema error
+    table = table.with_columns(whole_numbers(table, k).alias(k) for k in keys)
+    if table.select(pl.any_horizontal(pl.col(k).is_null() for k in keys).any()).item():
+        raise DataError(f"{path}: its {', '.join(keys)} must be whole numbers (an oracle has one "
+                        "row per (sequence, step) of the data file)")
+    frame = frame.with_columns(whole_numbers(frame, k).alias(k) for k in keys)
     repeated = table.select(keys).is_duplicated()
     if repeated.any():
         first = table.filter(repeated).row(0)

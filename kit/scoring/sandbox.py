@@ -91,6 +91,7 @@ def extract_zip(path: Path, dest: Path) -> Path:
                 raise SubmissionError(_no_solution_message(path, names))
             check_layout(path, infos, names)
             dest.mkdir(parents=True, exist_ok=True)
+            check_size(path, infos, dest)
             root = dest.resolve()
             for info, name in zip(infos, names, strict=True):
                 target = root.joinpath(*PurePosixPath(name).parts)
@@ -109,6 +110,28 @@ def extract_zip(path: Path, dest: Path) -> Path:
     except zipfile.BadZipFile as exc:
         raise SubmissionError(f"{path}: corrupt zip archive ({exc})") from None
     return root
+
+
+MAX_UNZIPPED_BYTES = 8 << 30  # far above any model a 1-CPU scorer runs in time
+
+
+def check_size(path: Path, infos: list[zipfile.ZipInfo], dest: Path) -> None:
+    """Refuse a zip whose entries unzip to more than MAX_UNZIPPED_BYTES or than the free space
+    where they would go (a zip bomb fills the disk). The declared sizes bound what is written:
+    zipfile stops an entry at its declared size and fails its CRC if it held more."""
+    total = sum(info.file_size for info in infos)
+    free = shutil.disk_usage(dest).free
+    if total > min(MAX_UNZIPPED_BYTES, free):
+        biggest = max(infos, key=lambda info: info.file_size)
+        raise SubmissionError(
+            f"{path}: its entries unzip to {_size(total)} (the largest, {biggest.filename!r}, "
+            f"{_size(biggest.file_size)}), more than kit score extracts "
+            f"({_size(MAX_UNZIPPED_BYTES)}, and {_size(free)} free in {dest.parent}); is it "
+            "the right file?")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def check_layout(path: Path, infos: list[zipfile.ZipInfo], names: list[str]) -> None:
@@ -133,7 +156,7 @@ def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
     raw = info.filename
     name = raw.replace("\\", "/")
     where = f"{path}: entry {raw!r}"
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+    if name.startswith("/") or re.match(r"^[A-Za-z]:(/|$)", name):  # a drive, not 'a:b.txt'
         raise SubmissionError(f"{where} has an absolute path; zip entries must be relative")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if ".." in parts:
