@@ -254,6 +254,8 @@ def parse_seeds(value) -> list[int]:
             raise ConfigError(f"seeds={value!r}: each seed must be a whole number, e.g. "
                               "seeds=[42,43]")
         seeds.append(text)
+    if not seeds:  # seeds=[] would otherwise train the config's seed without a word
+        raise ConfigError(f"seeds={value!r}: at least one seed, e.g. seeds=[42,43]")
     return seeds
 
 

@@ -170,7 +170,7 @@ def test_an_invalid_combination_of_values_fails_its_trial_and_the_sweep_goes_on(
     out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q", expect=2).output
     assert "Traceback" not in out
     assert ("this worker's last 5 trials all failed (invalid combination of values: "
-            "model.d_model (6) must be a multiple of 4") in out
+            "model.d_model (6) must be a multiple of model.n_heads (4)") in out
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
     # a space where only some combinations are invalid: those fail, the sweep goes on to N
     _edit_tiny(sweep_env, transformer([8, 6], [2, 4]))

@@ -365,6 +365,90 @@ def test_seeds_take_a_list_or_commas():
     assert parse_seeds(7) == [7]
 
 
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "constant"])
+def test_warmup_epochs_shape_every_per_step_schedule(name):
+    from kit.train.trainer import make_schedule
+
+    def rates(warmup_epochs: int) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        train = {"schedule": name, "warmup_epochs": warmup_epochs, "lr": 0.1, "patience": 4}
+        schedule = make_schedule(optimizer, train, [10] * 4)
+        out = []
+        for _ in range(40):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            schedule.step()
+        return out
+
+    two = rates(2)
+    # the rate rises over the first 2 epochs (20 steps) and peaks at the end of the warm-up
+    assert all(a < b for a, b in zip(two[:19], two[1:20], strict=True))
+    assert max(two) == pytest.approx(two[20] if name != "onecycle" else two[19], rel=0.02)
+    assert rates(2) != rates(0)  # it was ignored by onecycle and constant
+    assert max(two) == pytest.approx(0.1, rel=0.02)
+
+
+def test_a_sequence_length_that_keeps_no_scored_step_is_refused_before_training(env, tmp_path):
+    out = run_cli("train", "exp=tiny", "data.seq_len=5", "--run-dir", tmp_path / "r",
+                  expect=2).output
+    assert "keep no step that needs a prediction" in out and "data.seq_len = 5" in out
+    assert "scores from step 10" in out and not (tmp_path / "r" / "history.jsonl").exists()
+
+
+def test_an_empty_seed_list_is_refused(env):
+    out = run_cli("train", "exp=tiny", "seeds=[]", expect=2).output
+    assert "at least one seed" in out
+
+
+def test_a_run_folder_trains_in_one_process_at_a_time(env, tmp_path):
+    import fcntl
+
+    run = tmp_path / "r"
+    run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
+    fd = os.open(run, os.O_RDONLY)  # another process training it holds this lock
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q", expect=2).output
+        assert "is being trained by another process" in out
+    finally:
+        os.close(fd)
+    assert len((run / "history.jsonl").read_text().splitlines()) == 1  # nothing interleaved
+    run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")  # free again: resumes
+    assert json.loads((run / "metrics.json").read_text())["finished"]
+
+
+def test_a_run_whose_last_checkpoint_is_deleted_trains_again_on_resume(env, tmp_path):
+    run = tmp_path / "r"
+    run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
+    (run / "last.pt").write_bytes(b"garbage")
+    out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, expect=2).output
+    assert "corrupt" in out and "delete it and run the same command again" in out
+    (run / "last.pt").unlink()  # as the message says
+    run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["epochs"] == 3  # trained again from its start
+
+
+def test_an_auto_batch_size_is_recorded_and_reused_on_resume(env, tmp_path, monkeypatch):
+    # the finder needs CUDA (kit train refuses batch_size = 0 on CPU in check_config); here a
+    # stand-in picks 12 once, and a second search would fail: the resume must not search
+    from kit.train import batch_finder
+    from kit.train.recipe import experiment_config, stored_config, train_one
+    from kit.train.runs import RunFiles
+
+    sizes = iter([12])
+    monkeypatch.setattr(batch_finder, "find_batch_size", lambda *args: next(sizes))
+    files = RunFiles(tmp_path / "r")
+    train_one(experiment_config("tiny", ["train.batch_size=0"]), files, stop_after_epochs=1,
+              progress=False)
+    assert tomllib.loads(files.config_path.read_text())["train"]["batch_size"] == 12
+    train_one(stored_config(files, None), files, resume=True, progress=False)
+    assert json.loads(files.metrics.read_text())["finished"]
+    whole = RunFiles(tmp_path / "whole")
+    train_one(experiment_config("tiny", ["train.batch_size=12"]), whole, progress=False)
+    np.testing.assert_allclose(np.load(files.val_preds), np.load(whole.val_preds), atol=1e-5)
+
+
 def test_the_schedule_counts_only_chunks_that_learn(env, tmp_path):
     # tiny-lob's warm-up is 10 steps: with chunks of 5, the first two take no optimizer step
     for name, chunk in (("whole", 0), ("chunked", 5)):

@@ -44,7 +44,8 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
         first_line = (str(exc).splitlines() or [""])[0][:120]  # an empty file: EOFError('')
         raise CheckpointError(f"{path}: the checkpoint is corrupt or not a kit checkpoint "
                               f"({type(exc).__name__}: {first_line}); "
-                              "delete it or resume from another") from None
+                              "delete it and run the same command again: a run without last.pt "
+                              "trains again from its start (or start a new run)") from None
     if not isinstance(payload, dict) or any(k not in payload for k in required):
         if isinstance(payload, dict) and {"optimizer", "epoch"} <= payload.keys():
             raise CheckpointError(f"{path}: a resume checkpoint (last.pt: weights and optimiser,"

@@ -217,8 +217,16 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         valid, valid_starts = train.take(valid_ids), train_starts[valid_pos]
         train, train_starts = train.take(train_ids), train_starts[train_pos]
     normaliser = _fit_normaliser(train, config, limit_train)
-    return TrainData(
+    out = TrainData(
         spec=spec, feature_set=feature_set, normaliser=normaliser,
         train=_split(train, normaliser, train_starts, limit_train),
         valid=_split(valid, normaliser, valid_starts, limit_valid),
     )
+    for name, split in (("training", out.train), ("validation", out.valid)):
+        if not bool(split.mask.any()):  # else an epoch learns nothing, then "no scored rows"
+            raise ConfigError(
+                f"the {name} sequences keep no step that needs a prediction (the spec scores "
+                f"from step {spec.warmup} on; data.seq_len = {data['seq_len']}, data.truncate = "
+                f"{data['truncate']!r}, {len(split)} sequences): lengthen data.seq_len, or check "
+                "the file's need_prediction column")
+    return out

@@ -132,10 +132,10 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
         elif group_resume:
             files = RunFiles(runs_dir / config["name"] / new_run_id(seed, stamp))
             results.append(continue_run(config, files, overrides, stop_after_epochs, progress))
-        elif resume:
+        elif resume:  # as a group member: a run whose last.pt is gone trains again
             files = RunFiles(run_dir or resumable_run(config["name"], runs_dir))
-            results.append(train_one(stored_config(files, overrides), files, resume=True,
-                                     stop_after_epochs=stop_after_epochs, progress=progress))
+            results.append(continue_run(stored_config(files, overrides), files, overrides,
+                                        stop_after_epochs, progress))
         else:
             files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed, stamp))
             files.refuse_reuse()
@@ -264,11 +264,13 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
                "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
     if config["data"].get("fold"):
         summary["fold"] = {"k": config["data"]["fold"][0], "index": config["data"]["fold"][1]}
-    if not resume:
-        files.start({**config, "model": model_config}, {})
-    files.about = {"model_config": model_config, "summary": summary}
-    metrics = fit(config, data, model, files, resume=resume,
-                  stop_after_epochs=stop_after_epochs, progress=progress, on_epoch=on_epoch)
+    with files.training():
+        if not resume:
+            files.refuse_reuse()  # again, under the lock: two new runs in one --run-dir
+            files.start({**config, "model": model_config}, {})
+        files.about = {"model_config": model_config, "summary": summary}
+        metrics = fit(config, data, model, files, resume=resume,
+                      stop_after_epochs=stop_after_epochs, progress=progress, on_epoch=on_epoch)
     return {**metrics, "run_dir": str(files.root)}
 
 

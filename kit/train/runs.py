@@ -8,6 +8,7 @@ their row index in the valid file: the ensembler's input).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from kit import __version__
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
 from kit.metrics import MetricReport
+from kit.toml_file import read_toml
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
@@ -68,6 +70,35 @@ class RunFiles:
         if not self.last.exists():
             for path in (self.history, self.best, self.val_preds, self.val_rows, self.metrics):
                 path.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def training(self):
+        """Held while this process trains the run: a second process (another --resume, the
+        same --run-dir twice) is refused instead of interleaving its epochs into the same
+        files. A flock on the folder itself: no lock file, released when the holder dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one process per run folder, by hand
+            yield
+            return
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(f"{self.root} is being trained by another process (a second "
+                                  "--resume, or the same --run-dir twice); wait for it to end "
+                                  "or stop it") from None
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def record_setting(self, section: str, key: str, value) -> None:
+        """Set one value of the run's config.toml (a setting chosen while training)."""
+        config = read_toml(self.config_path, ConfigError)
+        config.setdefault(section, {})[key] = value
+        _atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
 
     def start(self, config: dict, about: dict) -> None:
         """Create the folder and write the resolved config."""

@@ -51,25 +51,34 @@ def optimizer_steps(mask: np.ndarray, chunk: int, batch_size: int, seed: int,
 
 def make_schedule(optimizer, train: dict, steps: list[int]):
     """Per-step LambdaLR/OneCycle over `steps` (the optimizer steps of each epoch), or per-epoch
-    ReduceLROnPlateau (stepped with the score)."""
+    ReduceLROnPlateau (stepped with the score). train.warmup_epochs ramps the rate up linearly
+    for cosine and constant, and is onecycle's rising phase (pct_start); plateau has none."""
     name = train["schedule"]
     total = max(1, sum(steps))
     warmup = min(total - 1, sum(steps[:train["warmup_epochs"]]))
+
+    def ramp(step: int) -> float:
+        return (step + 1) / (warmup + 1)
+
     if name == "cosine":
         def factor(step: int) -> float:
             if step < warmup:
-                return (step + 1) / (warmup + 1)
+                return ramp(step)
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "onecycle":
+        # each phase must span 2+ steps (torch divides by its length - 1); too few steps in
+        # all for that: torch's own default rise
+        rise = min(max(warmup, 2), total - 2) / total if total >= 4 else 0.3
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train["lr"],
-                                                   total_steps=total)
+                                                   total_steps=total, pct_start=rise)
     if name == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
                                                           patience=max(1, train["patience"] // 2))
     if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: ramp(step) if step < warmup else 1.0)
     raise ConfigError(f"train.schedule {name!r} is not one of {SCHEDULES}")
 
 
@@ -137,11 +146,14 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
                                   weight_decay=train["weight_decay"])
     n, steps = len(data.train), data.train.x.shape[1]
     chunk = train["chunk"] or steps
-    if train["batch_size"] == 0:  # auto: the largest batch the GPU holds
+    if train["batch_size"] == 0:  # auto: the largest batch the GPU holds, found once
         from kit.train.batch_finder import find_batch_size
 
-        train = {**train, "batch_size": find_batch_size(model, data.train.x.shape[2], chunk, n,
-                                                        device)}
+        size = find_batch_size(model, data.train.x.shape[2], chunk, n, device)
+        # into config.toml: a resume (which reads it) trains the same batches and schedule
+        # steps, and the report shows the size, whatever the device's memory holds later
+        files.record_setting("train", "batch_size", size)
+        train = {**train, "batch_size": size}
     batches_per_epoch = math.ceil(n / train["batch_size"])
     schedule = make_schedule(optimizer, train, optimizer_steps(
         np.asarray(data.train.mask), chunk, train["batch_size"], seed, train["epochs"]))
