@@ -184,7 +184,9 @@ def score(
     from kit.scoring import score_submission
 
     resolved = submission_spec(submission, spec)
-    if spec is None and not isinstance((manifest_of(submission) or {}).get("spec"), dict):
+    # a missing submission's error comes alone (score_submission names it)
+    if spec is None and submission.exists() and not isinstance(
+            (manifest_of(submission) or {}).get("spec"), dict):
         typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with the "
                    f"default spec {resolved.name!r} (pass --spec for another competition)",
                    err=True)
@@ -276,16 +278,20 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train an experiment: one run per seed (or per fold), each in its own run directory."""
-    from kit.config import parse_override
+    from kit.config import ConfigError, parse_override
     from kit.train.recipe import train_experiment
 
-    overrides, seeds = [], None
+    overrides, seeds, seed_given = [], None, False
     for text in ctx.args:
         path, value = parse_override(text)
         if path == ["seeds"]:
             seeds = parse_seeds(value)
         else:
             overrides.append(text)
+            seed_given = seed_given or path == ["seed"]
+    if seeds is not None and seed_given:  # seeds= replaces seed: one of them was a mistake
+        raise ConfigError("seed= and seeds= together: seeds= trains one run per seed and "
+                          "replaces seed; give one of them")
     try:
         results = train_experiment(exp, overrides, seeds=seeds, resume=resume, run_dir=run_dir,
                                    stop_after_epochs=stop_after_epochs, folds=folds,
@@ -471,7 +477,7 @@ def pack(
 ) -> None:
     """Freeze a run or an ensemble into one stateful ONNX step graph: submissions/NAME/ and
     NAME.zip, with the projected test time against the limit."""
-    from kit.export.pack import pack_ensemble, pack_run
+    from kit.export.pack import pack_ensemble, pack_run, unfinished_note
 
     if (run is None) == (ensemble is None):
         raise typer.BadParameter("give a RUN or --ensemble FILE (one of them)")
@@ -480,6 +486,8 @@ def pack(
     else:
         result = pack_run(run, name, out, force=force)
     typer.echo(result.format())
+    if run is not None and (note := unfinished_note(run)):
+        typer.echo(note, err=True)
 
 
 @app.command()
@@ -525,12 +533,9 @@ def notebook(
     OUT/kernel (the notebook + metadata, internet off)."""
     import shlex
 
-    from kit.export.notebook import NotebookError, default_out, default_owner, write_notebook
+    from kit.export.notebook import default_out, default_owner, write_notebook
 
     owner = owner or default_owner()
-    if not owner:
-        raise NotebookError("--owner: your Kaggle user name is needed for the dataset and "
-                            "kernel ids (or set KAGGLE_USERNAME)")
     out = out or default_out(submission)
     written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,
                              competition=competition, protocol=protocol, title=title,

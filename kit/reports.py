@@ -294,7 +294,9 @@ def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    experiments = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # an experiment's folder holds run folders; runs/ensembles (selection files) holds none
+    experiments = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                         and any(q.is_dir() for q in p.iterdir()))
     if experiment is not None:
         if not (runs_dir / experiment).is_dir():
             raise KitError(
@@ -384,8 +386,10 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
         ).rstrip()
 
     notes = [f"note: {r['path']}: {r['config_error']}" for r in runs if r.get("config_error")]
-    notes += [f"note: {r['path']}: training diverged ({r['diverged']}); its score is the best "
-              "epoch before that" for r in runs if isinstance(r.get("diverged"), str)]
+    notes += [f"note: {r['path']}: training diverged ({r['diverged']}); "
+              + ("its score is the best epoch before that" if r.get("score") is not None
+                 else "no epoch scored before that")
+              for r in runs if isinstance(r.get("diverged"), str)]
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
 
 

@@ -183,6 +183,11 @@ def test_truncated_and_corrupt_parquet_get_clear_errors(tmp_path):
         assert "error:" in result.output and "Traceback" not in result.output
     result = run_cli("data", "check", tmp_path / "nope.parquet", expect=2)
     assert "no such file" in result.output
+    make_frame(SPEC).write_csv(tmp_path / "v.csv")  # not parquet at all: told to convert it
+    result = run_cli("data", "check", tmp_path / "v.csv", expect=2)
+    assert "not a parquet file" in result.output and "polars.read_csv" in result.output
+    truncated = run_cli("data", "check", tmp_path / "truncated.parquet", expect=2).output
+    assert "not a readable parquet file" in truncated  # damaged parquet: the other message
 
 
 @pytest.mark.parametrize("variable", [False, True])

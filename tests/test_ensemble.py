@@ -493,6 +493,15 @@ def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace
         got = [e["weights"] for e in packed.manifest["members"] if e["run"] in m["runs"]]
         assert all(g == pytest.approx(share) for g in got)
     assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
+    # packing the group itself says how to pack it
+    with pytest.raises(KitError, match="an out-of-fold group .*kit pack --ensemble"):
+        pack_run(groups[0], "g", tmp_path / "subs")
+    # a member moved away since the selection: the error names the member and the file
+    fold_run = Path(doc["members"][0]["runs"][0])
+    fold_run.rename(fold_run.with_name(fold_run.name + "-moved"))
+    member = re.escape(repr(doc["members"][0]["name"]))
+    with pytest.raises(PackError, match=rf"oof.toml: member {member}: .*no such run directory"):
+        pack_ensemble(path, "moved", tmp_path / "subs")
 
 
 def test_two_selections_in_one_second_write_two_files(tmp_path, monkeypatch):

@@ -169,6 +169,18 @@ def test_bad_notebook_options_are_refused(package, tmp_path, options, message):
         write_notebook(package.zip_path, tmp_path / "k", **options)
 
 
+def test_without_an_owner_the_package_and_protocol_are_checked_first(tmp_path, monkeypatch):
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kaggle/kaggle.json either
+    out = run_cli("notebook", tmp_path / "nope", expect=2).output
+    assert "nope: no such package" in out and "--owner" not in out
+    (tmp_path / "pkg").mkdir()
+    out = run_cli("notebook", tmp_path / "pkg", "--protocol", "foo", expect=2).output
+    assert "--protocol must be one of" in out
+    out = run_cli("notebook", tmp_path / "pkg", expect=2).output
+    assert "--owner: your Kaggle user name is needed" in out
+
+
 def test_short_slugs_and_long_names_follow_kaggles_slug_rules(package, tmp_path):
     # a 3-character dataset slug is valid on Kaggle
     meta = write_notebook(package.zip_path, tmp_path / "a", owner="alice", dataset_slug="abc")

@@ -577,6 +577,8 @@ def test_score_refuses_a_spec_that_would_scramble_the_packs_columns(workspace, g
     out = run_cli("score", nested, "--data", _valid(workspace), expect=2).output
     assert "no manifest.json of kit pack's: scoring with the default spec 'predictorium'" in out
     assert "no solution.py at the root" in out and "breaks the competition contract" not in out
+    out = run_cli("score", tmp_path / "nope.zip", "--data", _valid(workspace), expect=2).output
+    assert "no such submission" in out and "note:" not in out
 
 
 def test_pack_errors_name_the_problem(workspace, runs, tmp_path):

@@ -312,7 +312,13 @@ def test_a_run_that_diverges_at_once_fails_naming_the_cause(env, tmp_path):
                  if "extreme-run" in line and not line.startswith("note:")]
     assert listed[2] == "-"  # no score, and no crash
     assert [line for line in lines if line.startswith("note: ")
-            and "extreme-run: training diverged (train loss inf" in line]
+            and "extreme-run: training diverged (train loss inf" in line
+            and "no epoch scored before that" in line]
+    # runs/ensembles holds selection files, no runs: not an experiment
+    (tmp_path / "runs" / "ensembles").mkdir()
+    (tmp_path / "runs" / "ensembles" / "e.toml").write_text("")
+    out = run_cli("runs", "-e", "nope", expect=2).output
+    assert "experiments with runs: ['tiny']" in out
 
 
 def test_a_run_that_diverges_later_keeps_its_best_epoch(env, tmp_path):
@@ -395,9 +401,21 @@ def test_a_sequence_length_that_keeps_no_scored_step_is_refused_before_training(
     assert "scores from step 10" in out and not (tmp_path / "r" / "history.jsonl").exists()
 
 
-def test_an_empty_seed_list_is_refused(env):
+def test_an_empty_seed_list_and_seed_beside_seeds_are_refused(env):
     out = run_cli("train", "exp=tiny", "seeds=[]", expect=2).output
     assert "at least one seed" in out
+    out = run_cli("train", "exp=tiny", "seed=7", "seeds=[1,2]", expect=2).output
+    assert "seed= and seeds= together" in out
+
+
+def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_path):
+    run = tmp_path / "r"
+    run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
+    out = run_cli("pack", run, "--out", tmp_path / "subs").output
+    assert "packed" in out and "has not finished training (epoch 1 of 3)" in out
+    assert "--resume --run-dir" in out
+    out = run_cli("pack", tmp_path / "nowhere", "--out", tmp_path / "subs", expect=2).output
+    assert "nowhere: no such run directory" in out
 
 
 def test_a_run_folder_trains_in_one_process_at_a_time(env, tmp_path):

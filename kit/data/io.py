@@ -28,6 +28,12 @@ def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
         raise DataError(f"{path}: is a folder; pass a .parquet file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PAR1":  # not parquet at all (a CSV, a zip): not a damaged parquet file
+        raise DataError(
+            f"{path}: not a parquet file (it does not start with parquet's PAR1 magic); kit "
+            "reads parquet: convert a CSV with polars.read_csv(PATH).write_parquet(NEW_PATH)")
     try:
         schema = parquet_schema(path)
     except Exception as exc:  # polars raises several unrelated types for bad files

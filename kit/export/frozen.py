@@ -105,6 +105,12 @@ def find_checkpoint(run: Path) -> Path:
         return run / "best.pt"
     if run.is_dir() and (run / "last.pt").is_file():
         raise KitError(f"{run}: no best.pt yet (the run has not finished a validated epoch)")
+    if (run / "oof_preds.npy").is_file():  # a --folds group: its fold runs are the models
+        raise KitError(f"{run}: an out-of-fold group (its models are the fold runs beside it): "
+                       f"`kit ensemble select {run} --out FILE.toml`, then "
+                       "`kit pack --ensemble FILE.toml`")
+    if not run.exists():
+        raise KitError(f"{run}: no such run directory; `kit runs` lists the runs")
     raise KitError(f"{run}: not a run directory (no best.pt); `kit runs` lists the runs")
 
 

@@ -361,9 +361,15 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     if keep_columns and protocol != "batch":
         raise NotebookError("--keep-columns copies columns of each batch into its answer: it "
                             "needs --protocol batch (the rows protocol would ignore it)")
-    if not owner or not re.match(r"^[A-Za-z0-9_-]+$", owner):
-        raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     submission, out = Path(submission), Path(out)
+    if not submission.exists():  # before the owner: the first thing to fix comes first
+        raise NotebookError(f"{submission}: no such package (kit pack RUN writes "
+                            "submissions/NAME)")
+    if not owner:
+        raise NotebookError("--owner: your Kaggle user name is needed for the dataset and "
+                            "kernel ids (or set KAGGLE_USERNAME)")
+    if not re.match(r"^[A-Za-z0-9_-]+$", owner):
+        raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     name = package_name(submission)
     default_slug = slugify(f"{name}-package")[:50].rstrip("-")  # a cut may end on a hyphen
     earlier = _dataset_written_before(submission)

@@ -79,6 +79,26 @@ def default_name(run: Path) -> str:
     return f"{run.parent.name}-{run.name}"
 
 
+def unfinished_note(run: Path) -> str | None:
+    """A note when RUN has not finished training (paused, or still running): its best epoch so
+    far is what gets packed."""
+    from kit.run_record import read_config, read_metrics
+
+    run = Path(run)
+    folder = run.parent if run.is_file() else run
+    metrics = read_metrics(folder)
+    if metrics is None or metrics.get("finished") is True:
+        return None
+    try:
+        planned = read_config(folder).get("train", {}).get("epochs", "?")
+    except KitError:
+        planned = "?"
+    epochs = f"epoch {metrics.get('epochs', '?')} of {planned}"
+    return (f"note: {folder} has not finished training ({epochs}): its best epoch so far "
+            f"(epoch {metrics.get('best_epoch', '?')}) is packed; `kit train EXP --resume "
+            f"--run-dir {folder}` finishes it")
+
+
 def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
              force: bool = False, budget: bool = True) -> PackResult:
     """Freeze one run (its best.pt) into a submission folder and zip."""
@@ -100,7 +120,11 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
         if not any(entry["weights"]):
             continue  # zero weight: not in the graph
         share = [w / len(entry["runs"]) for w in entry["weights"]]
-        weighted += [Weighted(load_member(Path(run)), share) for run in entry["runs"]]
+        for run in entry["runs"]:
+            try:
+                weighted.append(Weighted(load_member(Path(run)), share))
+            except KitError as exc:  # a member moved or deleted since the selection
+                raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
     spec = weighted[0].member.spec
