@@ -33,7 +33,14 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
-from kit.run_record import is_finished, load_array, read_config, read_metrics
+from kit.run_record import (
+    changed_data_message,
+    data_changes,
+    is_finished,
+    load_array,
+    read_config,
+    read_metrics,
+)
 from kit.toml_file import read_toml
 
 ENSEMBLES_DIR = Path("runs/ensembles")
@@ -91,6 +98,9 @@ def load_candidate(path: Path) -> Candidate:
     else:
         raise EnsembleError(f"{path}: neither val_preds.npy (a finished run) nor oof_preds.npy "
                             "(an out-of-fold group): nothing to select from")
+    for run in runs:  # scored against today's file, predictions of another would mislead
+        if changed := data_changes(run):
+            raise EnsembleError(changed_data_message(run, changed))
     if len(preds) != len(rows):
         raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
     bad = int((~np.isfinite(preds)).sum())

@@ -23,7 +23,13 @@ from kit.config import validation_file
 from kit.data.io import parquet_schema, read_frame
 from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
-from kit.run_record import load_array, read_config, read_metrics
+from kit.run_record import (
+    changed_data_message,
+    data_changes,
+    load_array,
+    read_config,
+    read_metrics,
+)
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
 BASE_COLUMNS = ("experiment", "run_id", "score")
@@ -169,10 +175,12 @@ def _summary(run_dir: Path, cache: dict) -> dict:
                 per_target=best["val_per_target"],
             )
         row["wall_s"] = float(sum(r["seconds"] or 0.0 for r in history))
+    if metrics is not None and (changed := data_changes(run_dir)):
+        row["data_changed"] = changed  # its score is of the old file: no oracle fraction
     oracle = _oracle_report(run_dir, config, cache)
     if oracle is not None:
         row["oracle_score"] = _finite(oracle.score)
-        if row["score"] is not None:
+        if row["score"] is not None and not row.get("data_changed"):
             row["oracle_fraction"] = _finite(
                 oracle_fraction(row["score"], oracle.score, row["higher_is_better"]))
     return row
@@ -390,6 +398,8 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
               + ("its score is the best epoch before that" if r.get("score") is not None
                  else "no epoch scored before that")
               for r in runs if isinstance(r.get("diverged"), str)]
+    notes += [f"note: {changed_data_message(r['path'], r['data_changed'])}"
+              for r in runs if r.get("data_changed")]
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
 
 
@@ -545,6 +555,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         preds_path, rows_path = run_dir / "val_preds.npy", run_dir / "val_rows.npy"
         if not preds_path.exists() or not rows_path.exists():
             raise KitError("the run has no val_preds.npy / val_rows.npy yet")
+        if row.get("data_changed"):  # its predictions against another file's truth: no plot
+            raise KitError(changed_data_message(run_dir, row["data_changed"]))
         valid = _valid_file(run_dir, config, cache)
         if valid is None:
             raise KitError(f"validation file {_validated_on(run_dir, config)!r} not found")

@@ -64,3 +64,54 @@ def load_array(path: Path, kind: str) -> np.ndarray:
         raise KitError(f"{path}: expected a 2-D array of predictions (rows, targets), got "
                        f"{array.dtype} {array.shape}")
     return array
+
+
+# --- the data a run saw -------------------------------------------------------------------
+
+DATA_DIGESTS = "data_sha256"  # metrics.json key: {data file as configured: its sha256}
+
+
+def data_files(config: dict, summary: dict | None = None) -> list[str]:
+    """The files a run trains and validates on: its train file, and its valid file unless it
+    validates on part of the train file."""
+    from kit.config import validation_file
+
+    data = config.get("data") or {}
+    files = [data.get("train"), validation_file(config, summary)]
+    return [f for f in dict.fromkeys(files) if isinstance(f, str)]
+
+
+def file_sha256(path: str, cache_dir: str | None) -> str:
+    """A data file's sha256: free when the features cache's digests.json (or this process)
+    already knows the file at its current stat, else read once."""
+    from kit.data.cache import file_digest, known_digest
+
+    return known_digest(Path(path), Path(cache_dir or "data/cache")) or file_digest(Path(path))
+
+
+def data_digests(config: dict) -> dict[str, str]:
+    """{data file: sha256} of what a run trains and validates on, recorded in metrics.json."""
+    cache_dir = (config.get("data") or {}).get("cache_dir")
+    return {f: file_sha256(f, cache_dir) for f in data_files(config)}
+
+
+def data_changes(run_dir: Path) -> list[str]:
+    """The data files whose content changed since the run trained on them (their sha256
+    differs from the one recorded): its scores and predictions no longer describe them. A
+    run recorded before kit kept digests, or a file now missing, is not reported here (the
+    readers that need the file say so)."""
+    recorded = (read_metrics(run_dir) or {}).get(DATA_DIGESTS)
+    if not isinstance(recorded, dict):
+        return []
+    try:
+        cache_dir = (read_config(run_dir).get("data") or {}).get("cache_dir")
+    except KitError:
+        cache_dir = None
+    return [path for path, digest in recorded.items()
+            if Path(path).is_file() and file_sha256(path, cache_dir) != digest]
+
+
+def changed_data_message(run_dir: Path, changed: list[str]) -> str:
+    return (f"{run_dir} trained on {', '.join(changed)}, whose content has changed since "
+            "(its sha256 differs from the one the run recorded): its scores and predictions "
+            "describe the old file; retrain it on the new one, or restore the old file")

@@ -408,6 +408,37 @@ def test_an_empty_seed_list_and_seed_beside_seeds_are_refused(env):
     assert "seed= and seeds= together" in out
 
 
+def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
+    import shutil
+
+    for name in ("train", "valid"):
+        shutil.copy(env / "data" / f"{name}.parquet", tmp_path / f"{name}.parquet")
+    files = [f"data.train={tmp_path / 'train.parquet'}", f"data.valid={tmp_path / 'valid.parquet'}"]
+    done, paused = tmp_path / "runs" / "tiny" / "done", tmp_path / "runs" / "tiny" / "paused"
+    run_cli("train", "exp=tiny", *files, "--run-dir", done, "-q")
+    run_cli("train", "exp=tiny", *files, "--run-dir", paused, "--stop-after-epochs", "1", "-q")
+    recorded = json.loads((done / "metrics.json").read_text())["data_sha256"]
+    assert sorted(recorded) == sorted(f.split("=", 1)[1] for f in files)
+    original = (tmp_path / "valid.parquet").read_bytes()
+    frame = pl.read_parquet(tmp_path / "valid.parquet")
+    frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "valid.parquet")  # regenerated
+    said = "whose content has changed since"
+    lines = run_cli("runs").output.splitlines()
+    assert [line for line in lines if line.startswith("note: ") and said in line
+            and "done" in line]
+    out = run_cli("ensemble", "select", done, "--out", tmp_path / "e.toml", expect=2).output
+    assert said in out and "valid.parquet" in out and not (tmp_path / "e.toml").exists()
+    run_cli("report", done)
+    assert said in (done / "report" / "report.md").read_text()
+    assert not (done / "report" / "pred_vs_true.png").exists()
+    out = run_cli("train", "exp=tiny", "--resume", "--run-dir", paused, expect=2).output
+    assert said in out and "--resume would train it on both" in out
+    (tmp_path / "valid.parquet").write_bytes(original)  # the same content again: all is well
+    assert said not in run_cli("runs").output
+    run_cli("ensemble", "select", done, "--out", tmp_path / "e.toml")
+    run_cli("train", "exp=tiny", "--resume", "--run-dir", paused, "-q")
+
+
 def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_path):
     run = tmp_path / "r"
     run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")

@@ -13,7 +13,16 @@ import torch
 
 from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
-from kit.run_record import is_finished, load_array, read_config, read_metrics
+from kit.run_record import (
+    DATA_DIGESTS,
+    changed_data_message,
+    data_changes,
+    data_digests,
+    is_finished,
+    load_array,
+    read_config,
+    read_metrics,
+)
 from kit.train.groups import (
     claim_group,
     dropped_if_unused,
@@ -264,6 +273,11 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
                "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
     if config["data"].get("fold"):
         summary["fold"] = {"k": config["data"]["fold"][0], "index": config["data"]["fold"][1]}
+    if resume and (changed := data_changes(files.root)):
+        raise ConfigError(changed_data_message(files.root, changed)
+                          + "; --resume would train it on both")
+    # which data the scores describe: select, report and runs compare it with the files later
+    summary[DATA_DIGESTS] = data_digests(config)  # free: the cache build just hashed them
     with files.training():
         if not resume:
             files.refuse_reuse()  # again, under the lock: two new runs in one --run-dir
