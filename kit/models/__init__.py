@@ -108,8 +108,8 @@ def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
     """With `params` (a budget): the config with its width key set to the largest value whose
     model fits the budget (a multiple of width_multiple). Without `params`: the config as is.
 
-    `params` overrides a width given beside it: experiments extend a base that sets one, and a
-    TOML child cannot remove its parent's key."""
+    `params` overrides a width given beside it: a command-line override (model.params=N)
+    cannot remove the experiment's width key."""
     cls = model_class(config)
     if BUDGET_KEY not in config:
         return dict(config)
