@@ -45,6 +45,7 @@ from kit.export.pack import (
 )
 from kit.json_safe import json_safe
 from kit.metrics import evaluate
+from kit.run_record import relocated
 from kit.scoring.sandbox import prepare_submission
 from kit.scoring.score import load_rows, replay_rows
 from kit.submission import write_submission_zip
@@ -452,7 +453,7 @@ def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
                 and len(weights) == spec.n_outputs):
             raise PackError(f"{where}[{i}] needs 'checkpoint', 'sha256' and {spec.n_outputs} "
                             "'weights'; re-pack the run")
-        path = Path(entry["checkpoint"])
+        path = relocated(entry["checkpoint"])  # a moved checkout: the sha256 decides below
         if not path.is_file():
             raise PackError(f"the run behind this package is gone ({path}); parity compares "
                             "against the trained PyTorch model, so it needs that checkpoint")

@@ -115,3 +115,16 @@ def changed_data_message(run_dir: Path, changed: list[str]) -> str:
     return (f"{run_dir} trained on {', '.join(changed)}, whose content has changed since "
             "(its sha256 differs from the one the run recorded): its scores and predictions "
             "describe the old file; retrain it on the new one, or restore the old file")
+
+
+def relocated(recorded: str | Path, runs_dir: Path = Path("runs")) -> Path:
+    """A run path recorded as an absolute path (an ensemble file's members, a manifest's
+    checkpoints): itself when it exists, else the same runs/EXP/ID[/file] under this
+    checkout's runs/ (the checkout was moved or copied), else itself (the caller names it)."""
+    recorded = Path(recorded)
+    if recorded.exists() or "runs" not in recorded.parts[:-1]:
+        return recorded
+    parts = recorded.parts
+    last = len(parts) - 1 - parts[::-1].index("runs")  # the innermost runs/ folder
+    moved = runs_dir.joinpath(*parts[last + 1:])
+    return moved.resolve() if moved.exists() else recorded

@@ -504,6 +504,25 @@ def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace
         pack_ensemble(path, "moved", tmp_path / "subs")
 
 
+def test_a_moved_checkout_finds_its_runs_by_their_runs_folder_names(runs, workspace, tmp_path,
+                                                                     monkeypatch):
+    import shutil
+
+    old = tmp_path / "old" / "runs" / "gru" / runs["gru"].name
+    shutil.copytree(runs["gru"], old)
+    path = _write(tmp_path / "e.toml", [{"name": f"gru/{old.name}", "runs": [str(old)],
+                                          "weights": [1.0, 1.0]}])
+    packed = pack_ensemble(path, "before", tmp_path / "subs")
+    (tmp_path / "old").rename(tmp_path / "new")  # the checkout moved
+    monkeypatch.chdir(tmp_path / "new")
+    assert pack_ensemble(path, "after", tmp_path / "subs").manifest["members"]
+    # the package made before the move: parity finds the checkpoint, its sha256 still decides
+    assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
+    monkeypatch.chdir(tmp_path)  # no runs/ here: the recorded path is named as gone
+    with pytest.raises(PackError, match="no such run directory"):
+        pack_ensemble(path, "lost", tmp_path / "subs")
+
+
 def test_two_selections_in_one_second_write_two_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("time.strftime", lambda fmt: "20261202-120000")  # the same second

@@ -33,6 +33,7 @@ from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.json_safe import dumps as json_dumps
+from kit.run_record import relocated
 from kit.submission import write_submission_zip
 
 SUBMISSIONS_DIR = Path("submissions")
@@ -121,8 +122,8 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
             continue  # zero weight: not in the graph
         share = [w / len(entry["runs"]) for w in entry["weights"]]
         for run in entry["runs"]:
-            try:
-                weighted.append(Weighted(load_member(Path(run)), share))
+            try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
+                weighted.append(Weighted(load_member(relocated(run)), share))
             except KitError as exc:  # a member moved or deleted since the selection
                 raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
     if not weighted:
