@@ -256,6 +256,7 @@ def trial_config(base: dict, values: dict) -> dict:
 
 
 DEFAULT_STORAGE = "the default storage (RUNS/EXP/sweep.db)"
+STORAGE_ENV = "KIT_SWEEP_STORAGE"  # the storage URL when --storage is not given
 
 
 def default_storage(experiment: str, runs_dir: Path = RUNS_DIR) -> str:
@@ -497,7 +498,8 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     name = base["name"]
     return SweepSetup(exp.removeprefix("exp="), name, base, params, table, direction,
                       study or name,
-                      storage or default_storage(name, runs_dir), runs_dir, list(overrides or []))
+                      storage or os.environ.get(STORAGE_ENV) or default_storage(name, runs_dir),
+                      runs_dir, list(overrides or []))
 
 
 class GracefulInterrupt:
@@ -687,8 +689,10 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
 
 def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
                    timeout: float | None) -> list[str]:
+    # the storage URL goes in the environment (STORAGE_ENV), not argv: a password in argv is
+    # readable by every user of the machine (ps), the environment only by its owner
     cmd = [sys.executable, "-m", "kit", "sweep", exp, *list(overrides or []), "--trials",
-           str(trials), "--storage", setup.storage_url, "--study", setup.study_name,
+           str(trials), "--study", setup.study_name,
            "--workers", "1", "--runs-dir", str(setup.runs_dir), "--quiet", "--no-summary"]
     return cmd + (["--timeout", str(timeout)] if timeout else [])
 
@@ -706,7 +710,8 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     with WorkerGroup() as group:
         for i in range(workers):
             group.start(worker_command(setup, exp, overrides, trials, timeout),
-                        env | {"KIT_SWEEP_WORKER": str(first + i)})
+                        env | {"KIT_SWEEP_WORKER": str(first + i),
+                               STORAGE_ENV: setup.storage_url})
         codes = group.wait()
     if any(codes):
         raise SweepError(f"worker exit codes {codes}; the study keeps every finished trial: "

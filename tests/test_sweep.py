@@ -631,6 +631,21 @@ def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env):
     assert "s3cret" not in out and "Traceback" not in out
 
 
+def test_workers_get_the_storage_url_in_their_environment_not_their_argv(sweep_env,
+                                                                         monkeypatch):
+    from kit.sweep import STORAGE_ENV, worker_command
+
+    url = f"sqlite:///{sweep_env / 'elsewhere.db'}"
+    setup = prepare("tiny", None, None, url)
+    assert not any(url in part for part in worker_command(setup, "tiny", None, 2, None))
+    monkeypatch.setenv(STORAGE_ENV, url)  # what a worker (or a user) has instead
+    assert prepare("tiny", None, None, None).storage_url == url
+    run_cli("sweep", "exp=tiny", "--trials", 2, "--workers", 2, "-q")
+    finished = [t for t in _study(url).get_trials()
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) >= 2 and not (sweep_env / "runs/tiny/sweep.db").exists()
+
+
 def test_two_workers_share_one_postgres_study_and_account_for_every_trial(sweep_env, postgres):
     # a password (trust authentication ignores it) that the summary must not print
     url = _create_database(postgres, "two_workers").replace("postgres@", "postgres:s3cret@")
