@@ -24,7 +24,8 @@ import polars as pl
 
 from kit.competition import load_spec
 from kit.scoring import score_submission
-from kit.scoring.runner import DataPoint
+from kit.scoring.runner import DataPoint, pandas_rows
+from kit.scoring.score import load_rows
 
 SOLUTION = """\
 import numpy as np
@@ -90,11 +91,9 @@ def main() -> None:
             kit_runs.append((result.loop_s, time.perf_counter() - t0, result))
         loop_s, wall_s, result = min(kit_runs, key=lambda r: r[0])
 
-        values = np.ascontiguousarray(
-            pl.read_parquet(data, columns=spec.input_columns)
-            .select(pl.all().cast(pl.Float64))
-            .to_numpy()
-        )
+        # the same rows the child feeds: typed as the scorer's DataFrame.values types them
+        rows = load_rows(data, spec, None)
+        values = pandas_rows(rows.values, rows.column_dtypes)
         if result.cpu is not None and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {result.cpu})
         base_s = min(baseline_loop(sub / "solution.py", values) for _ in range(args.repeats))

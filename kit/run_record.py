@@ -68,7 +68,7 @@ def load_array(path: Path, kind: str) -> np.ndarray:
 
 # --- the data a run saw -------------------------------------------------------------------
 
-DATA_DIGESTS = "data_sha256"  # metrics.json key: {data file as configured: its sha256}
+DATA_DIGESTS = "data_sha256"  # metrics.json key: {data file's absolute path: its sha256}
 
 
 def data_files(config: dict, summary: dict | None = None) -> list[str]:
@@ -90,9 +90,10 @@ def file_sha256(path: str, cache_dir: str | None) -> str:
 
 
 def data_digests(config: dict) -> dict[str, str]:
-    """{data file: sha256} of what a run trains and validates on, recorded in metrics.json."""
+    """{data file: sha256} of what a run trains and validates on, recorded in metrics.json;
+    by absolute path: a reader in another folder compares the same files, not its own."""
     cache_dir = (config.get("data") or {}).get("cache_dir")
-    return {f: file_sha256(f, cache_dir) for f in data_files(config)}
+    return {str(Path(f).resolve()): file_sha256(f, cache_dir) for f in data_files(config)}
 
 
 def data_changes(run_dir: Path) -> list[str]:
@@ -112,9 +113,10 @@ def data_changes(run_dir: Path) -> list[str]:
 
 
 def changed_data_message(run_dir: Path, changed: list[str]) -> str:
-    return (f"{run_dir} trained on {', '.join(changed)}, whose content has changed since "
-            "(its sha256 differs from the one the run recorded): its scores and predictions "
-            "describe the old file; retrain it on the new one, or restore the old file")
+    return (f"{run_dir} trained or validated on {', '.join(changed)}, whose content has "
+            "changed since (its sha256 differs from the one the run recorded): its scores and "
+            "predictions describe the old file; retrain it on the new one, or restore the old "
+            "file")
 
 
 def relocated(recorded: str | Path, runs_dir: Path = Path("runs")) -> Path:

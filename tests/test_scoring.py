@@ -443,6 +443,30 @@ def test_rows_arrive_typed_as_dataframe_values_types_them(tmp_path, casts):
         assert expected == ["int", "int", "bool", "object", "float"]
 
 
+def test_a_null_in_an_integer_feature_arrives_as_nan_as_pandas_reads_it(tmp_path):
+    pd = pytest.importorskip("pandas")
+    frame = make_frame(SPEC, n_seqs=2)
+    ints = (pl.col("p0") * 10).round().cast(pl.Int64)
+    frame = frame.with_columns(pl.when(pl.col("step_in_seq") % 4 == 0).then(None)
+                               .otherwise(ints).alias("p0"))
+    data = tmp_path / "data.parquet"
+    frame.write_parquet(data)
+    sub = write_sub(tmp_path, """\
+        import numpy as np
+
+        class PredictionModel:
+            def predict(self, dp):
+                return np.array([dp.state[0], 0.0]) if dp.need_prediction else None
+        """)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN predictions are said, as they are
+        got = score(sub, data).predictions[:, 0]
+    table = pd.read_parquet(data)
+    expected = table["p0"].to_numpy(dtype=float)[table["need_prediction"].to_numpy()]
+    np.testing.assert_array_equal(got, expected)  # NaN where null, the integers elsewhere
+    assert np.isnan(got).any()
+
+
 def test_a_solution_that_needs_float_rows_fails_on_the_contracts_object_rows(tmp_path):
     data, _ = write_data(tmp_path)  # a Boolean need flag, as the competition's files have
     sub = write_sub(tmp_path, """\

@@ -418,7 +418,8 @@ def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
     run_cli("train", "exp=tiny", *files, "--run-dir", done, "-q")
     run_cli("train", "exp=tiny", *files, "--run-dir", paused, "--stop-after-epochs", "1", "-q")
     recorded = json.loads((done / "metrics.json").read_text())["data_sha256"]
-    assert sorted(recorded) == sorted(f.split("=", 1)[1] for f in files)
+    assert sorted(recorded) == sorted(str((tmp_path / f"{n}.parquet").resolve())
+                                      for n in ("train", "valid"))
     original = (tmp_path / "valid.parquet").read_bytes()
     frame = pl.read_parquet(tmp_path / "valid.parquet")
     frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "valid.parquet")  # regenerated
@@ -435,6 +436,11 @@ def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
     assert said in out and "--resume would train it on both" in out
     (tmp_path / "valid.parquet").write_bytes(original)  # the same content again: all is well
     assert said not in run_cli("runs").output
+    elsewhere = tmp_path / "elsewhere"  # another folder: the same files are compared
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    assert said not in run_cli("runs", "--runs-dir", tmp_path / "runs").output
+    os.chdir(tmp_path)
     run_cli("ensemble", "select", done, "--out", tmp_path / "e.toml")
     run_cli("train", "exp=tiny", "--resume", "--run-dir", paused, "-q")
 
@@ -443,8 +449,11 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
     run = tmp_path / "r"
     run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
     out = run_cli("pack", run, "--out", tmp_path / "subs").output
-    assert "packed" in out and "has not finished training (epoch 1 of 3)" in out
+    assert "packed" in out and "has not finished training (epoch 1 of 3;" in out
     assert "--resume --run-dir" in out
+    (run / "metrics.json").unlink()  # killed (or still running): no metrics.json yet
+    out = run_cli("pack", run, "--out", tmp_path / "subs").output
+    assert "has not finished training (epoch 1 of 3;" in out
     out = run_cli("pack", tmp_path / "nowhere", "--out", tmp_path / "subs", expect=2).output
     assert "nowhere: no such run directory" in out
 
@@ -464,6 +473,23 @@ def test_a_run_folder_trains_in_one_process_at_a_time(env, tmp_path):
     assert len((run / "history.jsonl").read_text().splitlines()) == 1  # nothing interleaved
     run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")  # free again: resumes
     assert json.loads((run / "metrics.json").read_text())["finished"]
+
+
+def test_a_folder_that_cannot_be_locked_still_trains_with_a_warning(env, tmp_path,
+                                                                     monkeypatch):
+    import errno
+    import fcntl
+
+    def nfs_flock(fd, op):  # Linux NFS: flock is emulated by write locks, none on a folder
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    from kit.train.recipe import experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    with pytest.warns(RuntimeWarning, match="cannot lock the run folder"):
+        metrics = train_one(experiment_config("tiny"), RunFiles(tmp_path / "r"), progress=False)
+    assert metrics["finished"]
 
 
 def test_a_run_whose_last_checkpoint_is_deleted_trains_again_on_resume(env, tmp_path):
@@ -490,9 +516,13 @@ def test_an_auto_batch_size_is_recorded_and_reused_on_resume(env, tmp_path, monk
     files = RunFiles(tmp_path / "r")
     train_one(experiment_config("tiny", ["train.batch_size=0"]), files, stop_after_epochs=1,
               progress=False)
-    assert tomllib.loads(files.config_path.read_text())["train"]["batch_size"] == 12
-    train_one(stored_config(files, None), files, resume=True, progress=False)
-    assert json.loads(files.metrics.read_text())["finished"]
+    # config.toml keeps 0 (the same command, batch_size=0 included, resumes it); the size
+    # found goes with the checkpoint and into metrics.json
+    assert tomllib.loads(files.config_path.read_text())["train"]["batch_size"] == 0
+    assert json.loads(files.metrics.read_text())["batch_size_found"] == 12
+    train_one(stored_config(files, ["train.batch_size=0"]), files, resume=True, progress=False)
+    metrics = json.loads(files.metrics.read_text())
+    assert metrics["finished"] and metrics["batch_size_found"] == 12
     whole = RunFiles(tmp_path / "whole")
     train_one(experiment_config("tiny", ["train.batch_size=12"]), whole, progress=False)
     np.testing.assert_allclose(np.load(files.val_preds), np.load(whole.val_preds), atol=1e-5)

@@ -15,6 +15,7 @@ import glob
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -81,23 +82,29 @@ def default_name(run: Path) -> str:
 
 
 def unfinished_note(run: Path) -> str | None:
-    """A note when RUN has not finished training (paused, or still running): its best epoch so
-    far is what gets packed."""
+    """A note when RUN has not finished training (paused, killed, or still running): its best
+    epoch so far is what gets packed."""
     from kit.run_record import read_config, read_metrics
 
     run = Path(run)
     folder = run.parent if run.is_file() else run
     metrics = read_metrics(folder)
-    if metrics is None or metrics.get("finished") is True:
+    if metrics is not None and metrics.get("finished") is True:
         return None
+    history = folder / "history.jsonl"
+    if metrics is None and not history.is_file():
+        return None  # not a run folder kit train wrote: nothing to say
+    done = metrics.get("epochs") if metrics else len(history.read_bytes().splitlines())
     try:
         planned = read_config(folder).get("train", {}).get("epochs", "?")
     except KitError:
         planned = "?"
-    epochs = f"epoch {metrics.get('epochs', '?')} of {planned}"
-    return (f"note: {folder} has not finished training ({epochs}): its best epoch so far "
-            f"(epoch {metrics.get('best_epoch', '?')}) is packed; `kit train EXP --resume "
-            f"--run-dir {folder}` finishes it")
+    fold = re.search(r"-fold\d+of(\d+)$", folder.name)
+    how = (f"`kit train EXP seeds=... --folds {fold.group(1)} --resume` (the group's command) "
+           "finishes it with its group" if fold else
+           f"`kit train EXP --resume --run-dir {folder}` finishes it")
+    return (f"note: {folder} has not finished training (epoch {done} of {planned}; paused, "
+            f"killed or still running): its best epoch so far is packed; {how}")
 
 
 def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,

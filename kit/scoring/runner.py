@@ -92,14 +92,18 @@ def pandas_rows(values, dtypes: list[str] | None):
     or, when a bool column (the need flag) meets numbers, an object array of Python int, bool
     and float values (the state then arrives as an object array). Built before the timed loop,
     as pandas builds it before the scorer's loop, and held whole, as there."""
+    import numpy as np  # (the child imports it after pinning its CPU; a bench calls this too)
+
     if not dtypes:
         return values
     kinds = [np.dtype(d) for d in dtypes]
-    if any(d.kind == "b" for d in kinds) and not all(d.kind == "b" for d in kinds):
+    if any(d.kind == "O" for d in kinds) or (
+            any(d.kind == "b" for d in kinds) and not all(d.kind == "b" for d in kinds)):
         rows = np.empty(values.shape, dtype=object)
         for j, d in enumerate(kinds):
             col = values[:, j]
             typed = col != 0 if d.kind == "b" else col.astype(d) if d.kind in "iu" else col
+            # (a null of an integer column arrives as float64 NaN: pandas_dtype says float64)
             rows[:, j] = typed.astype(object)  # numpy scalars -> Python int / bool / float
         return rows
     common = np.result_type(*kinds)

@@ -222,6 +222,17 @@ class Rows(NamedTuple):
     column_dtypes: list[str]
 
 
+def pandas_dtype(column: pl.Series) -> str:
+    """The numpy dtype pandas reads a parquet column as: an integer column holding nulls
+    becomes float64 (NaN), a bool one object (None); otherwise the column's own."""
+    dtype = column.head(0).to_numpy().dtype
+    if column.null_count() and dtype.kind in "iu":
+        return "float64"
+    if column.null_count() and dtype.kind == "b":
+        return "object"
+    return dtype.name
+
+
 def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     frame = read_frame(data)
     # the spec's columns, by name: others (a train file's group column for data.split) are no
@@ -245,7 +256,7 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     if labelled and spec.targets:
         targets = frame.select(pl.col(t).cast(pl.Float64) for t in spec.targets).to_numpy()
     truth = scored_truth(values[:, 0], need, values[:, 3:], targets, spec)
-    dtypes = [frame[c].head(0).to_numpy().dtype.name for c in spec.input_columns]
+    dtypes = [pandas_dtype(frame[c]) for c in spec.input_columns]
     return Rows(values, truth, sequences, dtypes)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,6 @@ from kit import __version__
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
 from kit.metrics import MetricReport
-from kit.toml_file import read_toml
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
@@ -90,15 +90,12 @@ class RunFiles:
                 raise ConfigError(f"{self.root} is being trained by another process (a second "
                                   "--resume, or the same --run-dir twice); wait for it to end "
                                   "or stop it") from None
+            except OSError as exc:  # NFS emulates flock with write locks: no lock on a folder
+                warnings.warn(f"{self.root}: cannot lock the run folder ({exc}); nothing stops "
+                              "a second process training it", RuntimeWarning, stacklevel=3)
             yield
         finally:
             os.close(fd)  # releases the lock
-
-    def record_setting(self, section: str, key: str, value) -> None:
-        """Set one value of the run's config.toml (a setting chosen while training)."""
-        config = read_toml(self.config_path, ConfigError)
-        config.setdefault(section, {})[key] = value
-        _atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
 
     def start(self, config: dict, about: dict) -> None:
         """Create the folder and write the resolved config."""

@@ -146,14 +146,18 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
                                   weight_decay=train["weight_decay"])
     n, steps = len(data.train), data.train.x.shape[1]
     chunk = train["chunk"] or steps
+    saved = load_checkpoint(files.last, ("model", "optimizer", "schedule", "epoch")) \
+        if resume else None
     if train["batch_size"] == 0:  # auto: the largest batch the GPU holds, found once
         from kit.train.batch_finder import find_batch_size
 
-        size = find_batch_size(model, data.train.x.shape[2], chunk, n, device)
-        # into config.toml: a resume (which reads it) trains the same batches and schedule
-        # steps, and the report shows the size, whatever the device's memory holds later
-        files.record_setting("train", "batch_size", size)
+        # a resume trains the batches (and schedule steps) its start found, whatever the
+        # device's memory holds now; config.toml keeps 0 (the same command resumes, and a
+        # sweep's best file searches again on the next machine), metrics.json the size
+        size = (saved or {}).get("batch_size") or find_batch_size(
+            model, data.train.x.shape[2], chunk, n, device)
         train = {**train, "batch_size": size}
+        files.about.setdefault("summary", {})["batch_size_found"] = size
     batches_per_epoch = math.ceil(n / train["batch_size"])
     schedule = make_schedule(optimizer, train, optimizer_steps(
         np.asarray(data.train.mask), chunk, train["batch_size"], seed, train["epochs"]))
@@ -168,16 +172,15 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     # scores are compared as "gain": the metric, negated when lower is better (mae, rmse)
     sign = 1.0 if data.spec.metric.higher_is_better else -1.0
     start_epoch, best, bad_epochs = 0, -math.inf, 0
-    if resume:
-        state = load_checkpoint(files.last, ("model", "optimizer", "schedule", "epoch"))
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        scaler.load_state_dict(state["scaler"])
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        scaler.load_state_dict(saved["scaler"])
         for averaged, key in ((ema, "ema"), (swa, "swa")):
             if averaged is not None:
-                averaged.load_state_dict(state[key])
-        start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
+                averaged.load_state_dict(saved[key])
+        start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
         files.truncate_history(start_epoch)
 
     epochs_run, paused, pruned, diverged = 0, False, False, ""
@@ -266,6 +269,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "ema": ema.state_dict() if ema is not None else {},
             "swa": swa.state_dict() if swa is not None else {},
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
+            "batch_size": train["batch_size"],
         }, files.last)
         epochs_run += 1
         if diverged:
