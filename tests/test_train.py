@@ -499,7 +499,8 @@ def test_a_run_whose_last_checkpoint_is_deleted_trains_again_on_resume(env, tmp_
     out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, expect=2).output
     assert "corrupt" in out and "delete it and run the same command again" in out
     (run / "last.pt").unlink()  # as the message says
-    run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")
+    out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q").output
+    assert "has no last.pt to resume from: training it again from its start" in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["finished"] and metrics["epochs"] == 3  # trained again from its start
 

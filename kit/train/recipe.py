@@ -6,6 +6,7 @@ import copy
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,9 @@ def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
     if files.last.exists():
         return train_one(stored_config(files, overrides), files, fold=fold, resume=True,
                          stop_after_epochs=stop_after_epochs, progress=progress)
+    if files.history.exists():  # epochs were logged, but last.pt is gone (deleted, or lost)
+        print(f"note: {files.root} has no last.pt to resume from: training it again from its "
+              "start (its history.jsonl and best.pt are replaced)", file=sys.stderr, flush=True)
     files.discard_unstarted()
     return train_one(config, files, fold=fold, stop_after_epochs=stop_after_epochs,
                      progress=progress)
