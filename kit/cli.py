@@ -334,7 +334,8 @@ def sweep(
                                       "(default: sweep.trials, else 20)."),
     storage: str | None = typer.Option(None, help="Optuna storage URL: sqlite:///F.db, "
                                        "postgresql://user:pw@host/db, journal:PATH "
-                                       "(default: sqlite under runs/EXP/)."),
+                                       "(default: $KIT_SWEEP_STORAGE, else sqlite under "
+                                       "runs/EXP/)."),
     study: str | None = typer.Option(None, help="Study name (default: the experiment's)."),
     workers: int = typer.Option(1, help="Worker processes on this machine."),
     timeout: float | None = typer.Option(None, help="Stop starting trials after S seconds."),

@@ -512,6 +512,13 @@ def _width(model: dict):
     return None, None
 
 
+def _batch_size(train: dict, run_dir: Path) -> str:
+    """The configured batch size; for 0 (the largest that fits) also the size found."""
+    size = train.get("batch_size", "-")
+    found = (read_metrics(run_dir) or {}).get("batch_size_found") if size == 0 else None
+    return f"0 (auto: {found})" if found else str(size)
+
+
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Write curves.png, pred_vs_true.png and report.md into out_dir (default run_dir/report).
 
@@ -609,7 +616,7 @@ def _markdown(
         + (f"{int(row['params']):,}" if row["params"] is not None else "-"),
         f"- features: groups {', '.join(map(str, features.get('groups') or [])) or '-'}"
         + (f"; {len(features['ops'])} op(s)" if features.get("ops") else ""),
-        f"- train: lr {train.get('lr', '-')}, batch {train.get('batch_size', '-')}, "
+        f"- train: lr {train.get('lr', '-')}, batch {_batch_size(train, run_dir)}, "
         f"schedule {train.get('schedule', '-')}",
         f"- data: train `{data.get('train', '-')}`, validated on "
         f"`{_validated_on(run_dir, config) or '-'}`"

@@ -8,7 +8,9 @@ file that cannot be read is a KitError naming it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +68,29 @@ def load_array(path: Path, kind: str) -> np.ndarray:
     return array
 
 
+# Runs that belong to something bigger resume with it, never alone under `kit train --resume`
+# (that would finish them outside it): a sweep's trials (EXP-t0003, EXP-t0003-STAMP) inside
+# their study, fold runs (...-fold2of5) with their group, ablation runs (ablate-...) with
+# `kit ablate`. Any other folder is a run `kit train` may resume, --run-dir ones included.
+PART_OF_SOMETHING = re.compile(r"(-t\d{4}(-\d{8}-\d{6})?|-fold\d+of\d+)$|^ablate-")
+
+
+def how_to_finish(folder: Path, experiment: str) -> str:
+    """The command that finishes an unfinished run, by what it belongs to."""
+    name = folder.name
+    if name.startswith("ablate-"):
+        return f"an ablation run: `kit ablate {experiment} ...` trains its variants again"
+    if fold := re.search(r"-fold\d+of(\d+)$", name):
+        return (f"a fold run: `kit train {experiment} seeds=... --folds {fold.group(1)} "
+                "--resume` (its group's command) finishes it with its group")
+    if PART_OF_SOMETHING.search(name):
+        return f"a sweep trial: `kit sweep {experiment} ...` continues its study"
+    return f"`kit train {experiment} --resume --run-dir {folder}` finishes it"
+
+
 # --- the data a run saw -------------------------------------------------------------------
 
-DATA_DIGESTS = "data_sha256"  # metrics.json key: {data file's absolute path: its sha256}
+DATA_DIGESTS = "data_sha256"  # metrics.json key: {data file as configured: its sha256}
 
 
 def data_files(config: dict, summary: dict | None = None) -> list[str]:
@@ -83,24 +105,35 @@ def data_files(config: dict, summary: dict | None = None) -> list[str]:
 
 def file_sha256(path: str, cache_dir: str | None) -> str:
     """A data file's sha256: free when the features cache's digests.json (or this process)
-    already knows the file at its current stat, else read once."""
-    from kit.data.cache import file_digest, known_digest
+    already knows the file at its current stat, else read once and remembered there (a copied
+    or touched file is hashed once, not on every `kit runs`)."""
+    from kit.data.cache import file_digest, known_digest, remember_digest
 
-    return known_digest(Path(path), Path(cache_dir or "data/cache")) or file_digest(Path(path))
+    cache = Path(cache_dir or "data/cache")
+    known = known_digest(Path(path), cache)
+    if known is not None:
+        return known
+    digest = file_digest(Path(path))
+    if cache.is_dir():
+        with contextlib.suppress(OSError):  # bookkeeping only: a read-only cache costs re-reads
+            remember_digest(Path(path), cache)
+    return digest
 
 
 def data_digests(config: dict) -> dict[str, str]:
-    """{data file: sha256} of what a run trains and validates on, recorded in metrics.json;
-    by absolute path: a reader in another folder compares the same files, not its own."""
+    """{data file as the config names it: sha256} of what a run trains and validates on,
+    recorded in metrics.json. Readers resolve the same names where they run, as select, report
+    and resume do when they read the files, and compare what they would read."""
     cache_dir = (config.get("data") or {}).get("cache_dir")
-    return {str(Path(f).resolve()): file_sha256(f, cache_dir) for f in data_files(config)}
+    return {f: file_sha256(f, cache_dir) for f in data_files(config)}
 
 
 def data_changes(run_dir: Path) -> list[str]:
-    """The data files whose content changed since the run trained on them (their sha256
-    differs from the one recorded): its scores and predictions no longer describe them. A
-    run recorded before kit kept digests, or a file now missing, is not reported here (the
-    readers that need the file say so)."""
+    """The data files, as the run's config names them and as they resolve here (what select,
+    report and resume read), whose content differs from what the run trained and validated on
+    (the sha256 it recorded): its scores and predictions do not describe them. A run recorded
+    before kit kept digests, or a file missing here, is not reported (the readers that need
+    the file say so)."""
     recorded = (read_metrics(run_dir) or {}).get(DATA_DIGESTS)
     if not isinstance(recorded, dict):
         return []

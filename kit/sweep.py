@@ -498,8 +498,18 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     name = base["name"]
     return SweepSetup(exp.removeprefix("exp="), name, base, params, table, direction,
                       study or name,
-                      storage or os.environ.get(STORAGE_ENV) or default_storage(name, runs_dir),
+                      storage or storage_from_env() or default_storage(name, runs_dir),
                       runs_dir, list(overrides or []))
+
+
+def storage_from_env() -> str | None:
+    """$KIT_SWEEP_STORAGE; said once (not by the workers it is handed to): a value left in a
+    shell would otherwise send every sweep to that storage without a word."""
+    url = os.environ.get(STORAGE_ENV) or None
+    if url and "KIT_SWEEP_WORKER" not in os.environ:
+        print(f"note: storage from ${STORAGE_ENV}: {shown_url(url)}", file=sys.stderr,
+              flush=True)
+    return url
 
 
 class GracefulInterrupt:

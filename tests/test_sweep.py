@@ -640,7 +640,8 @@ def test_workers_get_the_storage_url_in_their_environment_not_their_argv(sweep_e
     assert not any(url in part for part in worker_command(setup, "tiny", None, 2, None))
     monkeypatch.setenv(STORAGE_ENV, url)  # what a worker (or a user) has instead
     assert prepare("tiny", None, None, None).storage_url == url
-    run_cli("sweep", "exp=tiny", "--trials", 2, "--workers", 2, "-q")
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "--workers", 2, "-q").output
+    assert out.count(f"note: storage from ${STORAGE_ENV}: {url}") == 1  # not once per worker
     finished = [t for t in _study(url).get_trials()
                 if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) >= 2 and not (sweep_env / "runs/tiny/sweep.db").exists()

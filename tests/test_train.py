@@ -418,8 +418,7 @@ def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
     run_cli("train", "exp=tiny", *files, "--run-dir", done, "-q")
     run_cli("train", "exp=tiny", *files, "--run-dir", paused, "--stop-after-epochs", "1", "-q")
     recorded = json.loads((done / "metrics.json").read_text())["data_sha256"]
-    assert sorted(recorded) == sorted(str((tmp_path / f"{n}.parquet").resolve())
-                                      for n in ("train", "valid"))
+    assert sorted(recorded) == sorted(f.split("=", 1)[1] for f in files)  # as configured
     original = (tmp_path / "valid.parquet").read_bytes()
     frame = pl.read_parquet(tmp_path / "valid.parquet")
     frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "valid.parquet")  # regenerated
@@ -445,15 +444,53 @@ def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
     run_cli("train", "exp=tiny", "--resume", "--run-dir", paused, "-q")
 
 
+def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
+    """Relative data paths resolve where the readers run: the file select, report and resume
+    would read is the one compared, in a copy of the checkout too."""
+    import shutil
+
+    from kit.run_record import data_changes, data_digests
+
+    a = tmp_path / "a"
+    (a / "data").mkdir(parents=True)
+    (a / "data" / "valid.parquet").write_bytes(b"PAR1 the file the run validated on")
+    run = a / "runs" / "exp" / "r"
+    run.mkdir(parents=True)
+    config = {"data": {"train": "data/valid.parquet", "split": "file",
+                       "valid": "data/valid.parquet", "cache_dir": "data/cache"}}
+    (run / "config.toml").write_text('[data]\ntrain = "data/valid.parquet"\n'
+                                     'valid = "data/valid.parquet"\n')
+    monkeypatch.chdir(a)
+    (run / "metrics.json").write_text(json.dumps({"data_sha256": data_digests(config)}))
+    assert data_changes(run) == []
+    shutil.copytree(a, tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")  # the copy: its own files are compared
+    (tmp_path / "b" / "data" / "valid.parquet").write_bytes(b"PAR1 regenerated in the copy")
+    assert data_changes(Path("runs/exp/r")) == ["data/valid.parquet"]
+    (a / "data" / "valid.parquet").write_bytes(b"PAR1 changed in the original")
+    monkeypatch.chdir(a)
+    assert data_changes(run) == ["data/valid.parquet"]
+    monkeypatch.chdir(tmp_path / "b")
+    (tmp_path / "b" / "data" / "valid.parquet").write_bytes(b"PAR1 the file the run validated on")
+    assert data_changes(Path("runs/exp/r")) == []  # the copy's file is the run's again
+
+
 def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_path):
     run = tmp_path / "r"
     run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
     out = run_cli("pack", run, "--out", tmp_path / "subs").output
     assert "packed" in out and "has not finished training (epoch 1 of 3;" in out
     assert "--resume --run-dir" in out
+    assert "`kit train tiny --resume --run-dir" in out  # the experiment named
     (run / "metrics.json").unlink()  # killed (or still running): no metrics.json yet
     out = run_cli("pack", run, "--out", tmp_path / "subs").output
     assert "has not finished training (epoch 1 of 3;" in out
+    for name, said in (("tiny-t0003", "a sweep trial: `kit sweep tiny ...`"),
+                       ("x-s1-fold2of3", "--folds 3 --resume"),
+                       ("ablate-raw-s7", "an ablation run")):  # never resumed on their own
+        run = run.rename(run.with_name(name))
+        out = run_cli("pack", run, "--out", tmp_path / "subs").output
+        assert said in out and "--run-dir" not in out
     out = run_cli("pack", tmp_path / "nowhere", "--out", tmp_path / "subs", expect=2).output
     assert "nowhere: no such run directory" in out
 
@@ -524,6 +561,8 @@ def test_an_auto_batch_size_is_recorded_and_reused_on_resume(env, tmp_path, monk
     train_one(stored_config(files, ["train.batch_size=0"]), files, resume=True, progress=False)
     metrics = json.loads(files.metrics.read_text())
     assert metrics["finished"] and metrics["batch_size_found"] == 12
+    run_cli("report", files.root)
+    assert "batch 0 (auto: 12)" in (files.root / "report" / "report.md").read_text()
     whole = RunFiles(tmp_path / "whole")
     train_one(experiment_config("tiny", ["train.batch_size=12"]), whole, progress=False)
     np.testing.assert_allclose(np.load(files.val_preds), np.load(whole.val_preds), atol=1e-5)

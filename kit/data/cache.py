@@ -114,7 +114,7 @@ def _read_digests(cache_dir: Path) -> dict:
         return {}
 
 
-def _remember_digest(path: Path, cache_dir: Path) -> None:
+def remember_digest(path: Path, cache_dir: Path) -> None:
     """Record the in-process digest of `path` (if settled) in digests.json, atomically; a
     concurrent writer may drop our record, which only costs a re-hash later."""
     path = Path(path).resolve()
@@ -255,7 +255,7 @@ def cached_arrays_into(
     if known is not None and entry_of(known).exists():
         hit = _load_or_warn(entry_of(known), _key_of(known, key))
         if hit is not None:
-            _remember_digest(path, cache_dir)
+            remember_digest(path, cache_dir)
             return hit
     with ThreadPoolExecutor(1, thread_name_prefix="kit-digest") as hasher:
         hashing = hasher.submit(file_digest, path) if known is None else None
@@ -270,7 +270,7 @@ def cached_arrays_into(
             if isinstance(arrays, Path):  # the input's digest named a finished entry
                 hit = _load_or_warn(arrays, _key_of(hashing.result(), key))
                 if hit is not None:
-                    _remember_digest(path, cache_dir)
+                    remember_digest(path, cache_dir)
                     return hit
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp = _new_tmp(cache_dir, path)
@@ -284,7 +284,7 @@ def cached_arrays_into(
                         np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)),
                                 allow_pickle=False)
                 _finish(tmp, entry, digest, arrays, {"source": str(path), "key": key})
-                _remember_digest(path, cache_dir)
+                remember_digest(path, cache_dir)
                 return _load(entry, digest)
             except (OSError, ValueError) as exc:
                 warnings.warn(f"could not write cache entry {entry} ({exc}); using the arrays "

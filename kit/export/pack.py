@@ -15,7 +15,6 @@ import glob
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -84,7 +83,7 @@ def default_name(run: Path) -> str:
 def unfinished_note(run: Path) -> str | None:
     """A note when RUN has not finished training (paused, killed, or still running): its best
     epoch so far is what gets packed."""
-    from kit.run_record import read_config, read_metrics
+    from kit.run_record import how_to_finish, read_config, read_metrics
 
     run = Path(run)
     folder = run.parent if run.is_file() else run
@@ -96,15 +95,14 @@ def unfinished_note(run: Path) -> str | None:
         return None  # not a run folder kit train wrote: nothing to say
     done = metrics.get("epochs") if metrics else len(history.read_bytes().splitlines())
     try:
-        planned = read_config(folder).get("train", {}).get("epochs", "?")
+        config = read_config(folder)
     except KitError:
-        planned = "?"
-    fold = re.search(r"-fold\d+of(\d+)$", folder.name)
-    how = (f"`kit train EXP seeds=... --folds {fold.group(1)} --resume` (the group's command) "
-           "finishes it with its group" if fold else
-           f"`kit train EXP --resume --run-dir {folder}` finishes it")
+        config = {}
+    planned = (config.get("train") or {}).get("epochs", "?")
+    experiment = config.get("name") or folder.parent.name
     return (f"note: {folder} has not finished training (epoch {done} of {planned}; paused, "
-            f"killed or still running): its best epoch so far is packed; {how}")
+            f"killed or still running): its best epoch so far is packed; "
+            f"{how_to_finish(folder, experiment)}")
 
 
 def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,

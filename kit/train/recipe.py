@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
 from kit.run_record import (
     DATA_DIGESTS,
+    PART_OF_SOMETHING,
     changed_data_message,
     data_changes,
     data_digests,
@@ -58,12 +58,6 @@ def check_config(config: dict) -> dict:
                           "device; set a batch size on CPU")
     return {**config, "model": {"type": config["model"].get("type"), **model}}
 
-
-# Runs that belong to something bigger resume with it, never alone under `kit train --resume`
-# (that would finish them outside it): a sweep's trials (EXP-t0003, EXP-t0003-STAMP) inside
-# their study, fold runs (...-fold2of5) with their group, ablation runs (ablate-...) with
-# `kit ablate`. Any other folder is a run `kit train` may resume, --run-dir ones included.
-PART_OF_SOMETHING = re.compile(r"(-t\d{4}(-\d{8}-\d{6})?|-fold\d+of\d+)$|^ablate-")
 
 
 def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
