@@ -75,17 +75,19 @@ def load_array(path: Path, kind: str) -> np.ndarray:
 PART_OF_SOMETHING = re.compile(r"(-t\d{4}(-\d{8}-\d{6})?|-fold\d+of\d+)$|^ablate-")
 
 
-def how_to_finish(folder: Path, experiment: str) -> str:
-    """The command that finishes an unfinished run, by what it belongs to."""
-    name = folder.name
+def how_to_finish(folder: Path, experiment: str | None) -> str:
+    """The command that finishes an unfinished run, by what it belongs to. `experiment`: the
+    name `kit train` takes (None when the run's config name has no experiments/ file: EXP)."""
+    name, exp = folder.name, experiment or "EXP"
     if name.startswith("ablate-"):
-        return f"an ablation run: `kit ablate {experiment} ...` trains its variants again"
+        return f"an ablation run: `kit ablate {exp} ...` trains its variants again"
     if fold := re.search(r"-fold\d+of(\d+)$", name):
-        return (f"a fold run: `kit train {experiment} seeds=... --folds {fold.group(1)} "
-                "--resume` (its group's command) finishes it with its group")
-    if PART_OF_SOMETHING.search(name):
-        return f"a sweep trial: `kit sweep {experiment} ...` continues its study"
-    return f"`kit train {experiment} --resume --run-dir {folder}` finishes it"
+        return (f"a fold run: `kit train {exp} seeds=... --folds {fold.group(1)} --resume` (its "
+                "group's command) finishes it with its group")
+    if trial := re.search(r"^(.+)-t\d{4}(-\d{8}-\d{6})?$", name):
+        return (f"a sweep trial: `kit sweep {exp} ... --study {trial.group(1)}` continues its "
+                "study")
+    return f"`kit train {exp} --resume --run-dir {folder}` finishes it"
 
 
 # --- the data a run saw -------------------------------------------------------------------
@@ -128,7 +130,7 @@ def data_digests(config: dict) -> dict[str, str]:
     return {f: file_sha256(f, cache_dir) for f in data_files(config)}
 
 
-def data_changes(run_dir: Path) -> list[str]:
+def data_changes(run_dir: Path, reading_here: bool = False) -> list[str]:
     """The data files, as the run's config names them and as they resolve here (what select,
     report and resume read), whose content differs from what the run trained and validated on
     (the sha256 it recorded): its scores and predictions do not describe them. A run recorded
@@ -141,8 +143,26 @@ def data_changes(run_dir: Path) -> list[str]:
         cache_dir = (read_config(run_dir).get("data") or {}).get("cache_dir")
     except KitError:
         cache_dir = None
-    return [path for path, digest in recorded.items()
-            if Path(path).is_file() and file_sha256(path, cache_dir) != digest]
+    changed = []
+    for path, digest in recorded.items():
+        here = data_file_of(Path(run_dir), path, reading_here)
+        if here is not None and file_sha256(str(here), cache_dir) != digest:
+            changed.append(path)
+    return changed
+
+
+def data_file_of(run_dir: Path, path: str, reading_here: bool = False) -> Path | None:
+    """Where a run's configured data path points: an absolute one as it is; a relative one
+    in the run's own checkout (the folder holding its runs/: a copy of the checkout has its
+    own files, and `kit runs --runs-dir` from elsewhere reads that checkout's), else here.
+    reading_here (a resume, which reads the files relative to this folder): here first."""
+    configured = Path(path)
+    if configured.is_absolute():
+        return configured if configured.is_file() else None
+    parents = Path(run_dir).resolve().parents
+    own = [parents[2]] if len(parents) > 2 else []
+    bases = [Path.cwd(), *own] if reading_here else [*own, Path.cwd()]
+    return next((base / configured for base in bases if (base / configured).is_file()), None)
 
 
 def changed_data_message(run_dir: Path, changed: list[str]) -> str:

@@ -257,6 +257,7 @@ def trial_config(base: dict, values: dict) -> dict:
 
 DEFAULT_STORAGE = "the default storage (RUNS/EXP/sweep.db)"
 STORAGE_ENV = "KIT_SWEEP_STORAGE"  # the storage URL when --storage is not given
+CHILD_ENV = "KIT_SWEEP_CHILD"  # set in the --workers processes a sweep starts
 
 
 def default_storage(experiment: str, runs_dir: Path = RUNS_DIR) -> str:
@@ -506,7 +507,7 @@ def storage_from_env() -> str | None:
     """$KIT_SWEEP_STORAGE; said once (not by the workers it is handed to): a value left in a
     shell would otherwise send every sweep to that storage without a word."""
     url = os.environ.get(STORAGE_ENV) or None
-    if url and "KIT_SWEEP_WORKER" not in os.environ:
+    if url and CHILD_ENV not in os.environ:
         print(f"note: storage from ${STORAGE_ENV}: {shown_url(url)}", file=sys.stderr,
               flush=True)
     return url
@@ -720,7 +721,7 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
     with WorkerGroup() as group:
         for i in range(workers):
             group.start(worker_command(setup, exp, overrides, trials, timeout),
-                        env | {"KIT_SWEEP_WORKER": str(first + i),
+                        env | {"KIT_SWEEP_WORKER": str(first + i), CHILD_ENV: "1",
                                STORAGE_ENV: setup.storage_url})
         codes = group.wait()
     if any(codes):

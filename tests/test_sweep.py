@@ -632,7 +632,7 @@ def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env):
 
 
 def test_workers_get_the_storage_url_in_their_environment_not_their_argv(sweep_env,
-                                                                         monkeypatch):
+                                                                         monkeypatch, capsys):
     from kit.sweep import STORAGE_ENV, worker_command
 
     url = f"sqlite:///{sweep_env / 'elsewhere.db'}"
@@ -640,6 +640,10 @@ def test_workers_get_the_storage_url_in_their_environment_not_their_argv(sweep_e
     assert not any(url in part for part in worker_command(setup, "tiny", None, 2, None))
     monkeypatch.setenv(STORAGE_ENV, url)  # what a worker (or a user) has instead
     assert prepare("tiny", None, None, None).storage_url == url
+    monkeypatch.setenv("KIT_SWEEP_WORKER", "100")  # a machine's offset, set by hand: still said
+    capsys.readouterr()
+    assert prepare("tiny", None, None, None).storage_url == url
+    assert f"note: storage from ${STORAGE_ENV}: {url}" in capsys.readouterr().err
     out = run_cli("sweep", "exp=tiny", "--trials", 2, "--workers", 2, "-q").output
     assert out.count(f"note: storage from ${STORAGE_ENV}: {url}") == 1  # not once per worker
     finished = [t for t in _study(url).get_trials()

@@ -473,6 +473,15 @@ def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "b")
     (tmp_path / "b" / "data" / "valid.parquet").write_bytes(b"PAR1 the file the run validated on")
     assert data_changes(Path("runs/exp/r")) == []  # the copy's file is the run's again
+    # `kit runs --runs-dir` from another folder with its own data/: the run's checkout's files
+    other = tmp_path / "other"
+    (other / "data").mkdir(parents=True)
+    (other / "data" / "valid.parquet").write_bytes(b"PAR1 another project's file")
+    monkeypatch.chdir(other)
+    assert data_changes(tmp_path / "b" / "runs" / "exp" / "r") == []
+    assert data_changes(run) == ["data/valid.parquet"]  # a's file did change
+    # a resume reads the files here: it compares them
+    assert data_changes(tmp_path / "b" / "runs/exp/r", reading_here=True) == ["data/valid.parquet"]
 
 
 def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_path):
@@ -485,7 +494,7 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
     (run / "metrics.json").unlink()  # killed (or still running): no metrics.json yet
     out = run_cli("pack", run, "--out", tmp_path / "subs").output
     assert "has not finished training (epoch 1 of 3;" in out
-    for name, said in (("tiny-t0003", "a sweep trial: `kit sweep tiny ...`"),
+    for name, said in (("study-t0003", "a sweep trial: `kit sweep tiny ... --study study`"),
                        ("x-s1-fold2of3", "--folds 3 --resume"),
                        ("ablate-raw-s7", "an ablation run")):  # never resumed on their own
         run = run.rename(run.with_name(name))

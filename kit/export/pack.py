@@ -99,7 +99,13 @@ def unfinished_note(run: Path) -> str | None:
     except KitError:
         config = {}
     planned = (config.get("train") or {}).get("epochs", "?")
-    experiment = config.get("name") or folder.parent.name
+    from kit.config import experiment_path
+
+    name = config.get("name") or folder.parent.name
+    try:  # the name kit train takes, when experiments/ has it; else the note says EXP
+        experiment = name if experiment_path(name).is_file() else None
+    except KitError:
+        experiment = None
     return (f"note: {folder} has not finished training (epoch {done} of {planned}; paused, "
             f"killed or still running): its best epoch so far is packed; "
             f"{how_to_finish(folder, experiment)}")

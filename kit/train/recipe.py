@@ -271,7 +271,7 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
                "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
     if config["data"].get("fold"):
         summary["fold"] = {"k": config["data"]["fold"][0], "index": config["data"]["fold"][1]}
-    if resume and (changed := data_changes(files.root)):
+    if resume and (changed := data_changes(files.root, reading_here=True)):
         raise ConfigError(changed_data_message(files.root, changed)
                           + "; --resume would train it on both")
     # which data the scores describe: select, report and runs compare it with the files later
