@@ -23,7 +23,7 @@ import numpy as np
 
 from kit.config import ConfigError, check_seeds
 from kit.errors import KitError
-from kit.train.runs import RUNS_DIR, RunFiles
+from kit.train.runs import RUNS_DIR, RunFiles, atomic_text
 
 
 def variants(groups: list[str]) -> list[tuple[str, str, list[str]]]:
@@ -112,9 +112,7 @@ def write_summary(path: Path, summary: dict) -> None:
     from kit.json_safe import dumps
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(dumps(summary, indent=2))
-    partial.replace(path)  # never a torn file
+    atomic_text(path, dumps(summary, indent=2))
 
 
 def changes(summary: dict) -> list[dict | None]:

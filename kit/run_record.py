@@ -72,19 +72,25 @@ def load_array(path: Path, kind: str) -> np.ndarray:
 # (that would finish them outside it): a sweep's trials (EXP-t0003, EXP-t0003-STAMP) inside
 # their study, fold runs (...-fold2of5) with their group, ablation runs (ablate-...) with
 # `kit ablate`. Any other folder is a run `kit train` may resume, --run-dir ones included.
-PART_OF_SOMETHING = re.compile(r"(-t\d{4}(-\d{8}-\d{6})?|-fold\d+of\d+)$|^ablate-")
+TRIAL_RUN = re.compile(r"^(.*)-t\d{4}(-\d{8}-\d{6})?$")  # group 1: the study
+FOLD_RUN = re.compile(r"-fold\d+of(\d+)$")  # group 1: k
+ABLATION_RUN = "ablate-"  # the prefix
+
+
+def part_of_something(name: str) -> bool:
+    return bool(name.startswith(ABLATION_RUN) or FOLD_RUN.search(name) or TRIAL_RUN.match(name))
 
 
 def how_to_finish(folder: Path, experiment: str | None) -> str:
     """The command that finishes an unfinished run, by what it belongs to. `experiment`: the
     name `kit train` takes (None when the run's config name has no experiments/ file: EXP)."""
     name, exp = folder.name, experiment or "EXP"
-    if name.startswith("ablate-"):
+    if name.startswith(ABLATION_RUN):
         return f"an ablation run: `kit ablate {exp} ...` trains its variants again"
-    if fold := re.search(r"-fold\d+of(\d+)$", name):
+    if fold := FOLD_RUN.search(name):
         return (f"a fold run: `kit train {exp} seeds=... --folds {fold.group(1)} --resume` (its "
                 "group's command) finishes it with its group")
-    if trial := re.search(r"^(.+)-t\d{4}(-\d{8}-\d{6})?$", name):
+    if trial := TRIAL_RUN.match(name):
         return (f"a sweep trial: `kit sweep {exp} ... --study {trial.group(1)}` continues its "
                 "study")
     return f"`kit train {exp} --resume --run-dir {folder}` finishes it"

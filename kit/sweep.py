@@ -380,14 +380,13 @@ def by_content(base: dict) -> dict:
     the same files under another path (a relative spelling, another machine's mount) are the
     same sweep; another file under the same name is not."""
     from kit.competition import load_spec
-    from kit.data.cache import file_digest, known_digest
+    from kit.run_record import file_sha256
 
     data = dict(base.get("data") or {})
-    cache_dir = Path(data.get("cache_dir") or "data/cache")
     for key in ("train", "valid"):
         if isinstance(data.get(key), str) and Path(data[key]).is_file():
-            path = Path(data[key])  # the digests.json record spares re-reading a big file
-            data[key] = f"sha256:{known_digest(path, cache_dir) or file_digest(path)}"
+            # the digests.json record spares re-reading a big file
+            data[key] = f"sha256:{file_sha256(data[key], data.get('cache_dir'))}"
     return {**base, "spec": load_spec(base["spec"]).to_dict(), "data": data}
 
 

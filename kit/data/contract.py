@@ -199,6 +199,13 @@ def check_dtypes(df: pl.DataFrame, spec: CompetitionSpec, labelled: bool, source
         raise ContractError(source, problems)
 
 
+def contract_dtype(spec: CompetitionSpec, column: str) -> str:
+    """The numpy dtype of a column in the competition's own files (and kit's synthetic ones):
+    id and step int64, the need flag bool, every feature and target float32."""
+    return {spec.id_col: "int64", spec.step_col: "int64", spec.need_col: "bool"}.get(
+        column, "float32")
+
+
 def whole_numbers(df: pl.DataFrame, name: str) -> pl.Expr:
     """The column as Int64, null where a value is not a whole number (reported as such): a
     plain cast would truncate 1.5 to 1."""

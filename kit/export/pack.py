@@ -28,12 +28,14 @@ import onnx
 
 from kit import __version__
 from kit.competition import CompetitionSpec, load_spec, spec_from_dict
+from kit.config import experiment_path
+from kit.data.contract import contract_dtype
 from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.json_safe import dumps as json_dumps
-from kit.run_record import relocated
+from kit.run_record import how_to_finish, read_config, read_metrics, relocated
 from kit.submission import write_submission_zip
 
 SUBMISSIONS_DIR = Path("submissions")
@@ -83,8 +85,6 @@ def default_name(run: Path) -> str:
 def unfinished_note(run: Path) -> str | None:
     """A note when RUN has not finished training (paused, killed, or still running): its best
     epoch so far is what gets packed."""
-    from kit.run_record import how_to_finish, read_config, read_metrics
-
     run = Path(run)
     folder = run.parent if run.is_file() else run
     metrics = read_metrics(folder)
@@ -99,8 +99,6 @@ def unfinished_note(run: Path) -> str | None:
     except KitError:
         config = {}
     planned = (config.get("train") or {}).get("epochs", "?")
-    from kit.config import experiment_path
-
     name = config.get("name") or folder.parent.name
     try:  # the name kit train takes, when experiments/ has it; else the note says EXP
         experiment = name if experiment_path(name).is_file() else None
@@ -312,7 +310,7 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
     if spec.next_state:  # a next-state scorer has no prediction on a sequence's last step
         values[:, 2] = (steps >= spec.warmup) & (steps < length - max(spec.tail, 1))
     # typed as the competition's files are (a bool need flag: object rows, as pandas gives them)
-    dtypes = ["int64", "int64", "bool"] + ["float32"] * len(spec.features)
+    dtypes = [contract_dtype(spec, c) for c in spec.input_columns]
     result = replay_rows(folder, values, spec, column_dtypes=dtypes).result
     us_per_row = 1e6 * float(result["loop_s"]) / n
     projected = float(result["init_s"]) + spec.limits.test_rows * us_per_row / 1e6

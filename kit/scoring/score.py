@@ -110,13 +110,12 @@ def score_submission(
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
         rows = load_rows(data, spec, seqs)
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
-        rows_path = Path(tmp) / "rows.npy"
+        dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
         np.save(rows_path, rows.values)
-        # the child memory-maps the file: the parent need not hold the rows too
+        del rows  # the child memory-maps the file: the parent need not hold the rows too
         child = replay_file(solution_dir, rows_path, n_rows, spec, cpu=cpu,
                             limit_memory=limit_memory, timeout_s=timeout_s, progress=progress,
-                            column_dtypes=rows.column_dtypes)
-        del rows
+                            column_dtypes=dtypes)
     result, preds = child.result, child.predictions
     notes = []
     nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))

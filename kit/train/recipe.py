@@ -15,12 +15,12 @@ from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
 from kit.run_record import (
     DATA_DIGESTS,
-    PART_OF_SOMETHING,
     changed_data_message,
     data_changes,
     data_digests,
     is_finished,
     load_array,
+    part_of_something,
     read_config,
     read_metrics,
 )
@@ -64,7 +64,7 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
     """The newest run of an experiment (by its last.pt's time) that has a last.pt, has not
     finished and is not part of a sweep, a fold group or an ablation."""
     candidates = sorted((p for p in (runs_dir / experiment).glob("*/last.pt")
-                         if not PART_OF_SOMETHING.search(p.parent.name)),
+                         if not part_of_something(p.parent.name)),
                         key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for last in candidates:
         if not is_finished(last.parent):
@@ -262,6 +262,11 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
 
     if fold is not None:  # recorded in config.toml: reports and resume know the fold
         config = {**config, "data": {**config["data"], "fold": [fold[0], fold[1]]}}
+    # before the arrays are built from a file the run did not train on (the digest computed
+    # here is the one the cache build then uses)
+    if resume and (changed := data_changes(files.root, reading_here=True)):
+        raise ConfigError(changed_data_message(files.root, changed)
+                          + "; --resume would train it on both")
     data = load_train_data(config)  # a resumed fold run's config brings its fold
     n_in, n_out = len(data.feature_set.outputs), data.spec.n_outputs
     model_config = solve_width(config["model"], n_in, n_out)
@@ -271,9 +276,6 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
                "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
     if config["data"].get("fold"):
         summary["fold"] = {"k": config["data"]["fold"][0], "index": config["data"]["fold"][1]}
-    if resume and (changed := data_changes(files.root, reading_here=True)):
-        raise ConfigError(changed_data_message(files.root, changed)
-                          + "; --resume would train it on both")
     # which data the scores describe: select, report and runs compare it with the files later
     summary[DATA_DIGESTS] = data_digests(config)  # free: the cache build just hashed them
     with files.training():

@@ -36,7 +36,8 @@ def epoch_line(record: dict) -> str:
             f"val {number(record['val_score'])} ({per}){'  *' if record['best'] else ''}")
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def atomic_text(path: Path, text: str) -> None:
+    """Write text to path through a temporary file and a rename: never a torn file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -100,7 +101,7 @@ class RunFiles:
     def start(self, config: dict, about: dict) -> None:
         """Create the folder and write the resolved config."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
+        atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
         self.about = about
 
     def append_history(self, record: dict) -> None:
@@ -111,7 +112,7 @@ class RunFiles:
         """Keep the first `epochs` lines: a killed run may have logged an epoch past last.pt."""
         if self.history.exists():
             lines = self.history.read_text().splitlines()[:epochs]
-            _atomic_text(self.history, "".join(line + "\n" for line in lines))
+            atomic_text(self.history, "".join(line + "\n" for line in lines))
 
     def save_best(self, model, report: MetricReport, rows_pred: np.ndarray, data,
                   epoch: int) -> None:
@@ -152,7 +153,7 @@ class RunFiles:
             "wall_s": sum(r["seconds"] for r in history),
             **self.about.get("summary", {}),
         }
-        _atomic_text(self.metrics, json_dumps(metrics, indent=2))
+        atomic_text(self.metrics, json_dumps(metrics, indent=2))
         return metrics
 
     def tensorboard(self):

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kit.competition import CompetitionSpec
+from kit.data.contract import contract_dtype
 
 CLIP = 5.2  # quantile-normalised features are clipped here, like sklearn's QuantileTransformer
 _NORMAL = NormalDist()
@@ -117,9 +118,10 @@ def need_mask(steps: int, warmup: int, tail: int) -> np.ndarray:
 
 
 def arrow_schema(spec: CompetitionSpec, columns: list[str]) -> pa.Schema:
-    """Contract dtypes: id and step Int64, the need flag Boolean, everything else Float32."""
-    types = {spec.id_col: pa.int64(), spec.step_col: pa.int64(), spec.need_col: pa.bool_()}
-    return pa.schema([(c, types.get(c, pa.float32())) for c in columns])
+    """Contract dtypes (contract_dtype): id and step Int64, the need flag Boolean, everything
+    else Float32."""
+    return pa.schema([(c, pa.from_numpy_dtype(np.dtype(contract_dtype(spec, c))))
+                      for c in columns])
 
 
 def seq_major(x: np.ndarray) -> np.ndarray:
