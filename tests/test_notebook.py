@@ -104,6 +104,28 @@ def test_batch_protocol_restarts_an_id_whose_steps_start_over(package):
         predictor.predict_arrays([1, 1], rows[:2])
 
 
+def test_a_failed_batch_call_changes_nothing_and_bad_shapes_are_refused(package):
+    module = _solution(package.folder)
+    rows = np.random.default_rng(3).standard_normal((5, 2, 32))
+    steady, failed = module.BatchPredictor(), module.BatchPredictor(capacity=1)
+    want = [steady.predict_arrays([1, 2], rows[t], steps=[t, t]) for t in range(5)]
+    got = [failed.predict_arrays([1, 2], rows[t], steps=[t, t]) for t in range(3)]
+    with pytest.raises(ValueError, match=r"features of shape \(2, 31\) for 2 ids"):
+        failed.predict_arrays([1, 2], rows[3][:, :31], steps=[3, 3])
+    with pytest.raises(ValueError, match=r"features of shape \(32, 5\) for 5 ids"):
+        failed.predict_arrays(np.arange(5), np.zeros((32, 5)))  # transposed: same size
+    with pytest.raises(ValueError, match="twice"):
+        failed.predict_arrays([3, 3], rows[3], steps=[3, 3])
+    assert set(failed.table) == {1, 2}  # the refused calls added no id
+    got += [failed.predict_arrays([1, 2], rows[t], steps=[t, t]) for t in (3, 4)]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))  # no id started over
+    # a NaN id is one sequence, not a new one at every step
+    nan_ids = module.BatchPredictor()
+    for t in range(5):
+        nan_ids.predict_arrays([float("nan")], rows[t][:1], steps=[t])
+    assert len(nan_ids.table) == 1
+
+
 def test_batch_protocol_edge_cases(workspace, package):
     module = _solution(package.folder)
     predictor = module.BatchPredictor()
@@ -233,14 +255,32 @@ def test_wheels_are_shipped_for_offline_installs(package, tmp_path):
     assert (written["dataset"] / "wheels" / "onnxruntime-1.0-py3-none-any.whl").is_file()
     with pytest.raises(NotebookError, match="no .whl files"):
         write_notebook(package.zip_path, tmp_path / "k2", owner="alice", wheels=tmp_path)
+    # written again from its own dataset folder (another protocol): the wheels stay
+    write_notebook(written["dataset"], tmp_path / "k", owner="alice", protocol="batch")
+    assert [p.name for p in (written["dataset"] / "wheels").iterdir()] == [
+        "onnxruntime-1.0-py3-none-any.whl"]
+    # ... unless --wheels gives others
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "onnxruntime-2.0-py3-none-any.whl").write_bytes(b"PK")
+    write_notebook(written["dataset"], tmp_path / "k", owner="alice", wheels=newer)
+    assert [p.name for p in (written["dataset"] / "wheels").iterdir()] == [
+        "onnxruntime-2.0-py3-none-any.whl"]
 
 
-def _kaggle_input(tmp_path: Path, workspace: Path, dataset: Path) -> Path:
-    """Kaggle's layout: attached datasets under the input root, the test file among them."""
+# Test ids past 2**53: a float64 on the way would merge neighbouring ids in the CSV.
+BIG_IDS = 10**17
+
+
+def _kaggle_input(tmp_path: Path, workspace: Path, dataset: Path, id_offset: int = 0) -> Path:
+    """Kaggle's layout: attached datasets under the input root, the test file among them
+    (the valid file, its ids moved by id_offset)."""
     root = tmp_path / "input"
     shutil.copytree(dataset, root / "nb-package")
     (root / "competition").mkdir()
-    shutil.copy(workspace / "data/valid.parquet", root / "competition/test.parquet")
+    pl.read_parquet(workspace / "data/valid.parquet").with_columns(
+        pl.col("seq_ix").cast(pl.Int64) + id_offset).write_parquet(
+        root / "competition/test.parquet")
     return root
 
 
@@ -304,7 +344,7 @@ def test_the_notebook_runs_offline_and_matches_kit_score(workspace, package, tmp
     out = run_cli("notebook", package.zip_path, "--out", tmp_path / "kaggle", "--owner",
                   "alice", "--protocol", protocol).output
     assert "kaggle kernels push" in out
-    root = _kaggle_input(tmp_path, workspace, tmp_path / "kaggle/dataset")
+    root = _kaggle_input(tmp_path, workspace, tmp_path / "kaggle/dataset", BIG_IDS)
     monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
     monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
     for key, value in env.items():
@@ -314,7 +354,8 @@ def test_the_notebook_runs_offline_and_matches_kit_score(workspace, package, tmp
     valid = workspace / "data/valid.parquet"
     scored = score_submission(package.zip_path, valid, _spec(package),
                               progress=False)
-    truth_rows = pl.read_parquet(valid).filter(pl.col("need_prediction"))
+    truth_rows = pl.read_parquet(valid).filter(pl.col("need_prediction")).with_columns(
+        pl.col("seq_ix").cast(pl.Int64) + BIG_IDS)
     assert got.height == truth_rows.height == len(scored.predictions)
     assert got.select("seq_ix", "step_in_seq").equals(truth_rows.select("seq_ix",
                                                                         "step_in_seq"))

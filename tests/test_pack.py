@@ -236,6 +236,27 @@ def test_a_sequence_id_that_starts_over_gets_fresh_state(gru_pack):
     np.testing.assert_array_equal(np.stack(first), np.stack(again))
 
 
+def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack):
+    rows = np.random.default_rng(5).standard_normal((8, 32))
+    reference = _solution(gru_pack.folder)
+    want = [reference.predict(Point(1, i, True, r)) for i, r in enumerate(rows)]
+    for seq_ix in (float("nan"), None):  # NaN != NaN: each row used to start over
+        model = _solution(gru_pack.folder)
+        got = [model.predict(Point(seq_ix, i, True, r)) for i, r in enumerate(rows)]
+        np.testing.assert_array_equal(np.stack(got), np.stack(want))
+        assert not model.saved  # nothing parked: one sequence all along
+    # pd.NA (pandas' nullable dtypes) in a row is NaN, which the guard replaces
+    import pandas as pd
+
+    model = _solution(gru_pack.folder)
+    odd = rows[0].astype(object)
+    odd[3] = pd.NA
+    out = model.predict(Point(1, 0, True, odd))
+    assert out is not None and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="a row of 31 values; the model takes 32"):
+        model.predict(Point(1, 1, True, odd[1:]))
+
+
 # --- broken packages fail parity -----------------------------------------------------------
 
 

@@ -194,6 +194,13 @@ def read_table(path):
     return pd.read_parquet(path)
 
 
+def key_text(value):
+    """An id or step as the CSV writes it: whole floats (a float column) without ".0"."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def find_test_file():
     path = os.environ.get("KIT_TEST_FILE")
     if path:
@@ -216,14 +223,16 @@ class DataPoint:
 def run_rows(path):
     """PredictionModel row by row over the test file, as the competition's scorer calls it."""
     table = read_table(path)
-    columns = [ID, STEP, NEED, *FEATURES]
-    values = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in columns])
+    # ids and steps keep their own type (an int64 id past 2**53 is not a float64)
+    ids, steps = np.asarray(table[ID]).tolist(), np.asarray(table[STEP]).tolist()
+    need = np.asarray(table[NEED]).tolist()
+    state = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in FEATURES])
     model = solution.PredictionModel()
     keys, preds = [], []
-    for row in values:
-        out = model.predict(DataPoint(row[0], row[1], row[2], row[3:]))
+    for i, row in enumerate(state):
+        out = model.predict(DataPoint(ids[i], steps[i], need[i], row))
         if out is not None:
-            keys.append((row[0], row[1]))
+            keys.append((ids[i], steps[i]))
             preds.append(out)
     return keys, np.asarray(preds, dtype=np.float64).reshape(len(preds), len(OUTPUTS))
 '''
@@ -254,10 +263,10 @@ def run_batch(path):
         batch = table[chunk] if type(table).__module__.startswith("polars") else table.iloc[chunk]
         out = predict(batch)
         y = np.column_stack([np.asarray(out[c], dtype=np.float64) for c in COLUMNS_OUT])
-        ids = np.asarray(out[ID])
-        for j, i in enumerate(chunk):
+        ids = np.asarray(out[ID]).tolist()
+        for j, i in enumerate(chunk.tolist()):
             if need[i]:
-                keys.append((float(ids[j]), float(steps[i])))
+                keys.append((ids[j], steps[i].item()))
                 preds.append(y[j])
     return keys, np.asarray(preds, dtype=np.float64).reshape(len(preds), len(OUTPUTS))
 
@@ -300,7 +309,8 @@ else:
     with open(out_path, "w") as fh:
         fh.write(",".join([ID, STEP, *COLUMNS_OUT]) + "\n")
         for (seq, step), row in zip(keys, preds):
-            fh.write(f"{int(seq)},{int(step)}," + ",".join(repr(float(v)) for v in row) + "\n")
+            fh.write(f"{key_text(seq)},{key_text(step)},"
+                     + ",".join(repr(float(v)) for v in row) + "\n")
     print(f"{len(preds):,} predictions ({PROTOCOL} protocol) written to {out_path}")
 '''
 
@@ -389,6 +399,8 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     wheel_files = sorted(Path(wheels).glob("*.whl")) if wheels is not None else []
     if wheels is not None and not wheel_files:
         raise NotebookError(f"--wheels {wheels}: no .whl files there")
+    if earlier and wheels is None:  # rewritten in place: the dataset keeps the wheels it has
+        wheel_files = sorted((submission / "wheels").glob("*.whl"))
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written into a staging folder and swapped in at the end: a failed check
     # leaves OUT as it was, and a package read from OUT/dataset itself is not deleted first.

@@ -9,7 +9,8 @@ the next state tensors. This file only keeps the state between rows:
 - a sequence id seen for the first time, or one whose step is not after its last step (it
   starts over), starts from zero state; an id that comes back after other ids resumes where it
   was (so rows of several sequences interleaved row by row are handled; up to MAX_SAVED_BYTES
-  of saved states);
+  of saved states); NaN ids are one sequence (NaN != NaN would make every row a new one);
+- a value in a row that is not a number (pd.NA, text) is NaN, which the guard replaces;
 - the graph runs through IOBinding on preallocated buffers, the state ping-ponging between two
   buffer sets, the fastest safe call path measured (bench/bench_pack.py); it falls back to
   session.run if the binding does not behave on this onnxruntime;
@@ -33,6 +34,27 @@ MODEL_FILE = "model.onnx"
 CALL_PATH = "iobinding"  # or, for comparison: "iobinding_public" (the public wrapper), "run"
 MAX_SAVED_BYTES = 64 << 20
 CALL_PATHS = ("iobinding", "iobinding_public", "run")
+NO_SEQUENCE = object()  # the current sequence before the first row (None is an id like others)
+NAN_ID = ("nan id",)  # the one key of every NaN id (NaN != NaN: each would be new)
+
+
+def id_key(seq_ix):
+    """A sequence id as a dict key: NaN ids are one sequence, as None ids are."""
+    return NAN_ID if seq_ix != seq_ix else seq_ix
+
+
+def numbers(values, width):
+    """A row the fast copy refused, as floats: anything not a number is NaN."""
+    values = list(values) if np.ndim(values) else [values]
+    if len(values) != width:
+        raise ValueError(f"a row of {len(values)} values; the model takes {width}")
+    out = []
+    for value in values:
+        try:
+            out.append(float(value))
+        except (TypeError, ValueError):
+            out.append(float("nan"))
+    return out
 
 
 def _session(path):
@@ -65,7 +87,7 @@ class PredictionModel:
         state_bytes = max(1, sum(int(np.prod(s)) * 4 for s in shapes))
         self.max_saved = max(1, MAX_SAVED_BYTES // state_bytes)
         self.saved = OrderedDict()  # seq id -> (last step, state arrays) of paused sequences
-        self.seq_ix = None
+        self.seq_ix = NO_SEQUENCE
         self.step = None
         self.run_binding, self.bindings = None, None  # run_binding(bindings[live], None)
         if call_path != "run":
@@ -140,8 +162,13 @@ class PredictionModel:
             buffer.fill(0.0)
 
     def _switch(self, seq_ix, step):
+        seq_ix = id_key(seq_ix)
+        if seq_ix == self.seq_ix:  # a NaN or None id again: one sequence (NaN != NaN)
+            if not step > self.step:
+                self._reset_live()
+            return
         parked = self.saved.pop(seq_ix, None)  # first: a full store must not evict it
-        if self.seq_ix is not None:  # park the current sequence's state
+        if self.seq_ix is not NO_SEQUENCE:  # park the current sequence's state
             self.saved[self.seq_ix] = (self.step, [b.copy() for b in self.buffers[self.live]])
             if len(self.saved) > self.max_saved:
                 self.saved.popitem(last=False)
@@ -160,7 +187,10 @@ class PredictionModel:
         elif step <= self.step:  # the id starts over: a new sequence
             self._reset_live()
         self.step = step
-        self.x_row[...] = data_point.state  # float64 -> float32 (faster than np.copyto)
+        try:
+            self.x_row[...] = data_point.state  # float64 -> float32 (faster than np.copyto)
+        except (TypeError, ValueError):  # pd.NA, text: NaN, which the graph's guard replaces
+            self.x_row[...] = numbers(data_point.state, len(self.x_row))
         if self.run_binding is not None:
             live = self.live
             self.run_binding(self.bindings[live], None)
@@ -209,28 +239,33 @@ class BatchPredictor:
         shape[axis] = rows
         return np.zeros(shape, dtype=np.float32)
 
-    def _rows_of(self, ids, steps):
+    def _plan(self, ids, steps):
+        """(rows, fresh, new ids) of one time step, changing nothing: a call that fails
+        leaves the tables as they were. New ids get the next free rows; fresh marks the rows
+        that start from zero state (new ids and ids whose step does not follow)."""
         rows = np.empty(len(ids), dtype=np.int64)
-        fresh = []
-        for i, key in enumerate(ids.tolist()):
+        fresh = np.zeros(len(ids), dtype=bool)
+        new = {}
+        for i, key in enumerate(ids):
             row = self.table.get(key)
             if row is None:
-                row = self.table[key] = len(self.last_step)
-                self.last_step.append(None)
-                fresh.append(row)
+                row = new[key] = len(self.last_step) + len(new)
+                fresh[i] = True
             elif steps is not None and self.last_step[row] is not None \
                     and steps[i] <= self.last_step[row]:
-                fresh.append(row)  # the id starts over: a new sequence
-            if steps is not None:
-                self.last_step[row] = steps[i]
+                fresh[i] = True  # the id starts over: a new sequence
             rows[i] = row
+        return rows, fresh, new
+
+    def _commit(self, rows, new, steps):
+        for key, row in new.items():
+            self.table[key] = row
+        self.last_step.extend([None] * len(new))
+        if steps is not None:
+            for row, step in zip(rows.tolist(), steps, strict=True):
+                self.last_step[row] = step
         if len(self.last_step) > self.capacity:
             self._grow(len(self.last_step))
-        for state, axis in zip(self.states, self.axes, strict=True):
-            index = [slice(None)] * state.ndim
-            index[axis] = fresh
-            state[tuple(index)] = 0.0
-        return rows
 
     def _grow(self, needed):
         self.capacity = max(needed, 2 * self.capacity)
@@ -243,18 +278,31 @@ class BatchPredictor:
 
     def predict_arrays(self, ids, features, steps=None):
         """ids (n,), features (n, F) for one time step -> predictions (n, K) float32."""
-        ids = np.asarray(ids)
-        if len(ids) == 0:  # a recurrent op given batch 0 aborts the whole process in ORT
+        keys = [id_key(i) for i in np.asarray(ids).tolist()]
+        n = len(keys)
+        if n == 0:  # a recurrent op given batch 0 aborts the whole process in ORT
             return np.zeros((0, self.n_outputs), np.float32)
-        if len(set(ids.tolist())) != len(ids):
+        if len(set(keys)) != n:
             raise ValueError("an id appears twice in one time step")
-        rows = self._rows_of(ids, None if steps is None else np.asarray(steps).tolist())
-        x = np.ascontiguousarray(features, dtype=np.float32).reshape(len(ids), self.n_features)
-        feed = {self.input_names[0]: x}
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.shape != (n, self.n_features) and not (n == 1 and x.shape == (self.n_features,)):
+            raise ValueError(f"features of shape {x.shape} for {n} ids: (n ids, "
+                             f"{self.n_features}) wanted, one row per id")
+        steps = None if steps is None else np.asarray(steps).tolist()
+        if steps is not None and len(steps) != n:
+            raise ValueError(f"{len(steps)} steps for {n} ids")
+        rows, fresh, new = self._plan(keys, steps)
+        feed = {self.input_names[0]: x.reshape(n, self.n_features)}
+        known = np.where(fresh, 0, rows)  # new ids have no row in the table yet
         for name, state, axis in zip(self.input_names[1:], self.states, self.axes, strict=True):
-            feed[name] = np.take(state, rows, axis=axis)
-        y, *new = self.session.run(self.output_names, feed)
-        for state, value, axis in zip(self.states, new, self.axes, strict=True):
+            value = np.take(state, known, axis=axis)  # a copy: the table is not touched
+            index = [slice(None)] * value.ndim
+            index[axis] = fresh
+            value[tuple(index)] = 0.0
+            feed[name] = value
+        y, *out = self.session.run(self.output_names, feed)
+        self._commit(rows, new, steps)  # only now that the step has run
+        for state, value, axis in zip(self.states, out, self.axes, strict=True):
             index = [slice(None)] * state.ndim
             index[axis] = rows
             state[tuple(index)] = value
