@@ -36,6 +36,7 @@ from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
 from kit.run_record import (
     changed_data_message,
     data_changes,
+    data_file_of,
     is_finished,
     load_array,
     read_config,
@@ -71,6 +72,18 @@ def _read_config(run: Path) -> dict:
     return read_config(run)
 
 
+def _fold_run(group: Path, recorded: str) -> Path:
+    """A fold run an out-of-fold group lists (relative to where it trained): the group's
+    sibling of that name, wherever the command runs."""
+    sibling = group.parent / Path(recorded).name
+    return sibling if sibling.is_dir() else Path(recorded).resolve()
+
+
+def _data_path(run: Path, configured: str) -> Path:
+    """A run's data file as its config names it, a relative path in the run's checkout."""
+    return data_file_of(run, configured) or Path(configured)
+
+
 def load_candidate(path: Path) -> Candidate:
     """A run directory (val_preds.npy) or an out-of-fold directory (oof_preds.npy)."""
     path = Path(path).resolve()
@@ -83,18 +96,18 @@ def load_candidate(path: Path) -> Candidate:
                             "finish it with kit train --resume first")
     if (path / "oof_preds.npy").is_file():
         listed = summary.get("runs")
-        runs = [Path(r).resolve() for r in listed] if isinstance(listed, list) else []
+        runs = [_fold_run(path, r) for r in listed] if isinstance(listed, list) else []
         if not runs:
             raise EnsembleError(f"{path}: the out-of-fold group names no fold runs")
         config = _read_config(runs[0])
         preds, rows = (load_array(path / f"oof_{kind}.npy", kind) for kind in ("preds", "rows"))
-        data = Path(config["data"]["train"])
+        data = _data_path(runs[0], config["data"]["train"])
     elif (path / "val_preds.npy").is_file():
         config = _read_config(path)
         runs = [path]
         preds, rows = (load_array(path / f"val_{kind}.npy", kind) for kind in ("preds", "rows"))
         # a fold run or a split run validated on part of the train file: rows index that file
-        data = Path(validation_file(config, summary))
+        data = _data_path(path, validation_file(config, summary))
     else:
         raise EnsembleError(f"{path}: neither val_preds.npy (a finished run) nor oof_preds.npy "
                             "(an out-of-fold group): nothing to select from")
@@ -478,6 +491,8 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
             "score": selection.score, "target_scores": selection.per_target,
             "seconds": round(selection.seconds, 3),
             "best_single": {"name": candidates[best].name, **selection.singles[best]},
+            "best_single_per_target": best_single_per_target(spec, candidates,
+                                                             selection.singles),
             "uniform": selection.uniform,
             "trajectory": selection.trajectory,
             "targets": list(spec.outputs),
@@ -488,6 +503,35 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
     if postprocess:
         doc["postprocess"] = postprocess
     return doc
+
+
+def best_single_per_target(spec: CompetitionSpec, candidates: list[Candidate],
+                           singles: list[dict]) -> dict:
+    """{target: {name, score}}: the best candidate on each target alone (per-target panels
+    compare with it; the best overall may be another run's)."""
+    sign = 1 if spec.metric.higher_is_better else -1
+    out = {}
+    for t in spec.outputs:
+        j = int(np.argmax([sign * s["per_target"][t] for s in singles]))
+        out[t] = {"name": candidates[j].name, "score": singles[j]["per_target"][t]}
+    return out
+
+
+def weights_edited(doc: dict) -> bool:
+    """Whether the members' weights are no longer the selection's (each target's picks over
+    their total): the recorded scores are then the selection's, not these weights'."""
+    members = doc["members"]
+    k = len(members[0]["weights"])
+    picks = []
+    for m in members:  # a member added by hand with zero weights changes nothing
+        listed = m.get("picks", None if any(m["weights"]) else [0] * k)
+        if not isinstance(listed, list) or len(listed) != k:
+            return True
+        picks.append(listed)
+    totals = [sum(p[t] for p in picks) for t in range(k)]
+    return any(not totals[t] or not math.isclose(m["weights"][t], p[t] / totals[t],
+                                                 rel_tol=1e-6, abs_tol=1e-9)
+               for m, p in zip(members, picks, strict=True) for t in range(k))
 
 
 def write_ensemble(doc: dict, out: Path | None) -> Path:
@@ -534,6 +578,7 @@ def read_ensemble(path: Path) -> dict:
         if k is not None and len(weights) != k:
             raise EnsembleError(f"{where}.weights: {len(weights)} values, members[0] has {k}")
         k = len(weights)
+        m.setdefault("name", _run_name(runs[0]))  # a member added by hand
         # `weight` is the mean written beside them for reading; pack uses `weights` alone, so
         # an edit of `weight` alone must not pass as if it had left the member out
         if "weight" in m and not (finite_number(m["weight"]) and math.isclose(
@@ -545,6 +590,12 @@ def read_ensemble(path: Path) -> dict:
     if post is not None:
         doc["postprocess"] = check_postprocess(post, k, path)
     return doc
+
+
+def _run_name(run: str) -> str:
+    """EXP/ID, as selection names its members."""
+    path = Path(run)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 def check_postprocess(post: dict, k: int, where: object) -> dict:
@@ -596,7 +647,13 @@ def format_selection(doc: dict) -> str:
     post = doc.get("postprocess")
     if post:
         for t, name in enumerate(targets):
+            tuned = (f": {post['before'][name]:.4f} -> {post['after'][name]:.4f}"
+                     if name in post.get("before", {}) and name in post.get("after", {})
+                     else " (set by hand, not tuned)")
             lines.append(f"post-processing {name}: smoothing {post['smoothing'][t]:g}, scale "
-                         f"{post['scale'][t]:g}: {post['before'][name]:.4f} -> "
-                         f"{post['after'][name]:.4f}")
+                         f"{post['scale'][t]:g}{tuned}")
+    if weights_edited(doc):
+        lines.append("\nthe weights were edited after the selection: the scores above are the "
+                     "selection's, not these weights' (kit pack --ensemble, then kit score, "
+                     "scores them)")
     return "\n".join(lines)

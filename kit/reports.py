@@ -679,6 +679,8 @@ def _plot_selection(e: dict, curves: dict, cuts: dict, path: Path) -> None:
                                                          strict=True)):
         single, uniform = ((entry["per_target"][target] if target else entry["score"])
                            for entry in (e["best_single"], e["uniform"]))
+        if target and target in e.get("best_single_per_target", {}):  # that target's best
+            single = e["best_single_per_target"][target]["score"]
         ax.plot(np.arange(1, len(curve) + 1), curve, marker=".", label="ensemble")
         ax.axhline(single, color="gray", ls="--", label="best single")
         ax.axhline(uniform, color="gray", ls=":", label="uniform mean")

@@ -20,6 +20,7 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -255,13 +256,27 @@ def trial_config(base: dict, values: dict) -> dict:
 # --- storage, study ----------------------------------------------------------------------
 
 
-DEFAULT_STORAGE = "the default storage (RUNS/EXP/sweep.db)"
+DEFAULT_STORAGE = "the default storage (RUNS/EXP/sweep.db)"  # older best files' origin
 STORAGE_ENV = "KIT_SWEEP_STORAGE"  # the storage URL when --storage is not given
 CHILD_ENV = "KIT_SWEEP_CHILD"  # set in the --workers processes a sweep starts
 
 
 def default_storage(experiment: str, runs_dir: Path = RUNS_DIR) -> str:
-    return f"sqlite:///{(runs_dir / experiment / 'sweep.db').resolve()}"
+    from urllib.parse import quote  # SQLAlchemy unquotes: a ? or % in a folder name stays
+
+    return f"sqlite:///{quote(str((runs_dir / experiment / 'sweep.db').resolve()))}"
+
+
+def storage_file(url: str) -> Path | None:
+    """The file a sqlite:/// or journal: storage keeps its study in, None for a server's."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    if url.startswith("sqlite:///"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(url).database
+        return Path(database) if database and database != ":memory:" else None
+    return None
 
 
 def make_storage(url: str):
@@ -272,18 +287,27 @@ def make_storage(url: str):
     from optuna.storages.journal import JournalFileBackend
 
     shown = shown_url(url)  # what error messages show: never the password
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite") and (url.rstrip("/") == "sqlite:" or ":memory:" in url):
+        raise SweepError(f"storage {shown!r} is an in-memory database: the study would be lost "
+                         "when the process ends (and each worker would have its own); give a "
+                         "file, e.g. sqlite:///runs/EXP/sweep.db")
+    file = storage_file(url)
+    if file is not None:
+        try:
+            if url.startswith("journal:") and (not file.name or file.is_dir()):
+                raise IsADirectoryError(f"{file} is a folder; give a file, e.g. "
+                                        "journal:runs/EXP/sweep.log")
+            file.parent.mkdir(parents=True, exist_ok=True)
+            if url.startswith("journal:"):
+                return JournalStorage(JournalFileBackend(str(file)))
+        except OSError as exc:
+            raise SweepError(f"storage {shown!r} does not open: {exc}") from None
     kwargs = {}
     if url.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": 120}}  # workers on one file wait for the lock
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         _sqlite_pragmas()
-    elif url.startswith("postgresql://"):
-        url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    elif url.startswith(("postgresql://", "postgres://")):  # postgres:// is Heroku's spelling
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
     for attempt in range(3):
         try:
             with warnings.catch_warnings():
@@ -580,7 +604,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         if folder.exists():  # a study started over under the same name: never mix two runs
             folder = folder.with_name(f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         files = RunFiles(folder)
-        trial.set_user_attr("run_dir", str(files.root))
+        trial.set_user_attr("run_dir", str(files.root.resolve()))  # read from anywhere
         trial.set_user_attr("worker", os.getpid())
 
         try:
@@ -597,6 +621,17 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
     return run
 
 
+def fail_stale_trials(study) -> None:
+    """Mark trials whose worker stopped beating (killed) as failed. Optuna does it only when
+    a trial starts; a study that already has its trials starts none, and a killed trial would
+    stay running for good. Storages without heartbeats (journal) are left as they are."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: bool) -> None:
     """One worker: trials of the study until `trials` are finished in total (all workers)."""
     import optuna
@@ -606,6 +641,7 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(setup.study_name, make_storage(setup.storage_url), setup.direction,
                        setup.table, setup.base["train"]["epochs"], study_identity(setup))
+    fail_stale_trials(study)  # a killed worker's trial: failed now, not when one starts
     left = trials - len(finished_trials(study))
     if left <= 0:
         return
@@ -711,6 +747,9 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
                   timeout: float | None) -> None:
     """K worker processes on one study; the machine's threads shared between them."""
     # the study (and the storage's tables) exist before the workers start: no creation race
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in the workers
     make_study(setup.study_name, make_storage(setup.storage_url), setup.direction, setup.table,
                setup.base["train"]["epochs"], study_identity(setup))
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -734,6 +773,7 @@ def summarize(setup: SweepSetup, seconds: float) -> dict:
 
     study = optuna.load_study(study_name=setup.study_name,
                               storage=make_storage(setup.storage_url))
+    fail_stale_trials(study)  # counted as failed, not as running for good
     trials = study.get_trials(deepcopy=False)
     counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     done = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -828,11 +868,24 @@ ORIGIN = "# written by kit sweep for "  # the best file's first line, then its o
 
 
 def best_origin(setup: SweepSetup) -> dict:
-    """The study and storage a best file came from; the default storage by that name (its
-    absolute path moves with the checkout)."""
-    default = setup.storage_url == default_storage(setup.experiment, setup.runs_dir)
-    return {"study": setup.study_name,
-            "storage": DEFAULT_STORAGE if default else shown_url(setup.storage_url)}
+    """The study and storage a best file came from: the storage by what it points to (a
+    file by its path, relative to this folder when inside it: the checkout may move; a
+    server by its masked URL), however the URL was written."""
+    file = storage_file(setup.storage_url)
+    if file is None:
+        return {"study": setup.study_name, "storage": shown_url(setup.storage_url)}
+    file = file.resolve()
+    with contextlib.suppress(ValueError):
+        file = file.relative_to(Path.cwd().resolve())
+    return {"study": setup.study_name, "storage": f"file {file.as_posix()}"}
+
+
+def _same_origin(recorded: object, setup: SweepSetup) -> bool:
+    if recorded == best_origin(setup):
+        return True
+    # best files of kits before 2026-12-03 name the default storage by a fixed label
+    return (recorded == {"study": setup.study_name, "storage": DEFAULT_STORAGE}
+            and setup.storage_url == default_storage(setup.experiment, setup.runs_dir))
 
 
 def check_best_file(setup: SweepSetup, path: Path) -> None:
@@ -851,7 +904,7 @@ def check_best_file(setup: SweepSetup, path: Path) -> None:
             origin = json.loads(first.removeprefix(ORIGIN))
         except ValueError:
             origin = None
-        if origin == best_origin(setup):
+        if _same_origin(origin, setup):
             return
         owner = (f"study {origin.get('study')!r} on {origin.get('storage')}"
                  if isinstance(origin, dict) else f"an unreadable origin ({first!r})")

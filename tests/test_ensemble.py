@@ -472,11 +472,14 @@ def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace
     from kit.train.recipe import train_experiment
 
     monkeypatch.setenv("KIT_EXPERIMENTS", str(workspace / "experiments"))
+    monkeypatch.chdir(tmp_path)  # trained here: the groups list their fold runs as runs/...
     groups = []
     for name in ("gru", "lstm"):
-        results = train_experiment(name, folds=2, progress=False, runs_dir=tmp_path / "runs")
-        groups.append(Path(results[-1]["run_dir"]))
+        results = train_experiment(name, folds=2, progress=False, runs_dir=Path("runs"))
+        groups.append(Path(results[-1]["run_dir"]).resolve())
     assert all(g.name.endswith("-oof") for g in groups)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # selected from another folder
     # an oof group predicts train rows, a run valid rows: refused, naming both
     with pytest.raises(EnsembleError, match="predicts rows of"):
         select_ensemble([groups[0], runs["gru"]], iters=3, out=tmp_path / "bad.toml")
@@ -621,6 +624,37 @@ def test_damaged_run_files_are_named_not_tracebacks(runs, tmp_path, name, conten
         select_ensemble([run, runs["lstm"]], iters=2, out=tmp_path / "e.toml")
 
 
+def test_a_selection_edited_by_hand_still_reports_and_says_its_scores_are_old(runs, tmp_path):
+    run_cli("ensemble", "select", runs["gru"], runs["gru_b"], runs["lstm"], "--iters", 4,
+            "--per-target", "--out", tmp_path / "e.toml")
+    doc = tomllib.loads((tmp_path / "e.toml").read_text())
+    edited = "the weights were edited after the selection"
+    run_cli("report", tmp_path / "e.toml")
+    assert edited not in (tmp_path / "e/report.md").read_text()
+    # each target's panel compares with that target's best run, not the best overall's score
+    e = doc["ensemble"]
+    for t in e["targets"]:
+        best = max(m["per_target"][t] for m in doc["members"])
+        assert e["best_single_per_target"][t]["score"] >= best
+    # a member added with runs and weights only, smoothing set by hand, weights changed
+    doc["members"] = [{k: v for k, v in m.items() if k != "weight"} for m in doc["members"]]
+    doc["members"].append({"runs": [str(runs["gru"])], "weights": [0.0, 0.0]})
+    doc["postprocess"] = {"smoothing": [0.5, 0.0]}
+    (tmp_path / "h.toml").write_text(tomli_w.dumps(doc))
+    run_cli("report", tmp_path / "h.toml")
+    text = (tmp_path / "h/report.md").read_text()
+    assert "(set by hand, not tuned)" in text and f"gru/{runs['gru'].name}" in text
+    assert edited not in text  # a zero-weight member changes no weight
+    doc["members"][0]["weights"] = [1.0, 1.0]
+    for m in doc["members"][1:]:
+        m["weights"] = [0.0, 0.0]
+    (tmp_path / "h.toml").write_text(tomli_w.dumps(doc))
+    run_cli("report", tmp_path / "h.toml")
+    assert edited in (tmp_path / "h/report.md").read_text()
+    packed = pack_ensemble(tmp_path / "h.toml", "h", tmp_path / "subs", budget=False)
+    assert packed.manifest["ensemble"]["weights_edited"] is True
+
+
 def test_reporting_a_hand_made_ensemble_file_says_what_is_missing(runs, tmp_path):
     path = _write(tmp_path / "hand.toml", [{"name": "a", "runs": [str(runs["gru"])],
                                             "weights": [1.0, 1.0]}])
@@ -647,3 +681,8 @@ def test_weights_that_do_not_sum_to_one_are_refused_where_the_metric_has_a_scale
     # a correlation does not see the scale: half weights pack as they are
     pearson = [{"name": "a", "runs": [str(runs["gru"])], "weights": [0.5, 1.0]}]
     pack_ensemble(_write(tmp_path / "p.toml", pearson), "p", tmp_path / "subs", budget=False)
+    # ... but it sees a target zeroed by hand in every member: a constant
+    zeroed = [{"name": n, "runs": [str(runs[n])], "weights": [0.0, 0.5]} for n in ("gru", "lstm")]
+    with pytest.raises(PackError, match="the weights of t0 sum to 0: that target would "
+                                        "be predicted as a constant"):
+        pack_ensemble(_write(tmp_path / "z.toml", zeroed), "z", tmp_path / "subs", budget=False)

@@ -284,8 +284,22 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"features.ops\[0\] \(lag\): makes \['a@lag1'\] more than once"),
         ([{"op": "ewm_mean", "inputs": ["a"], "span": float("inf")}], r"span must be >= 1"),
         ([{"op": "ewm_std", "inputs": ["a"], "span": float("nan")}], r"span must be >= 1"),
-        ([{"op": "position", "scale": float("inf")}], r"scale must be a finite number"),
-        ([{"op": "position", "scale": float("nan")}], r"scale must be a finite number"),
+        ([{"op": "position", "scale": float("inf")}], r"scale must be a number in \(0, 1e\+16\]"),
+        ([{"op": "position", "scale": float("nan")}], r"scale must be a number in"),
+        ([{"op": "position", "scale": 1e39}], r"scale must be a number in"),  # inf in float32
+        # a grouping the output names cannot show: (a-b)-c and a-(b-c) are both a-b-c
+        ([{"op": "diff", "a": ["a"], "b": ["b"]}, {"op": "diff", "a": ["b"], "b": ["c"]},
+          {"op": "diff", "a": ["a-b"], "b": ["c"]}, {"op": "diff", "a": ["a"], "b": ["b-c"]}],
+         r"features.ops\[3\] \(diff\): output 'a-b-c' is already defined by features.ops\[2\] "
+         r"\(from op 'diff', a 'a-b', b 'c'\); this op makes it from op 'diff', a 'a', b 'b-c'; "
+         r"name an input another way first"),
+        ([{"op": "sum", "inputs": []}], r"features.ops\[0\] \(sum\): no input columns given"),
+        # a string where a list of columns goes would be read letter by letter
+        ([{"op": "diff", "a": "a", "b": "b"}], r"\(diff\): a must be a list of column names"),
+        ([{"op": "wmid", "bid": ["a"], "ask": "b", "bid_size": ["c"], "ask_size": ["d"]}],
+         r"\(wmid\): ask must be a list of column names"),
+        ([{"op": "diff", "a": ["a"], "b": ["b"], "inputs": ["c"]}],
+         r"\(diff\): takes its columns from \['a', 'b'\], not inputs"),
         # a typo is not silently the default
         ([{"op": "position", "scael": 0.01}],
          r"features.ops\[0\] \(position\): unknown key\(s\) \['scael'\]; position takes"),
@@ -302,7 +316,7 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"features.ops\[0\] \(mean\): .*input\(s\) \['a'\] listed more than once"),
         ([{"op": "ewm_mean", "inputs": ["a"], "alpha": True}], r"alpha must be in \(0, 1\]"),
         ([{"op": "ewm_std", "inputs": ["a"], "span": True}], r"span must be >= 1"),
-        ([{"op": "position", "scale": True}], r"scale must be a finite number"),
+        ([{"op": "position", "scale": True}], r"scale must be a number in"),
         ([{"op": "position", "inputs": ["a"]}], r"\(position\): takes no inputs"),
         # names the batch frame uses already: the step counter, the id, a target
         ([{"op": "sum", "inputs": ["c", "d"], "name": "__pos"}],
@@ -314,6 +328,20 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
 def test_bad_feature_specs_name_the_entry(ops, message):
     with pytest.raises(FeatureConfigError, match=message):
         build_feature_set(SPEC, groups=[], ops=ops)
+
+
+def test_imbalance_of_tiny_inputs_stays_clipped_alike_in_both_faces():
+    """Inputs of 1e-6 give an imbalance near 0.67: its bound is 1, not the inputs' size, or
+    the batch face skipped the clip of a later ratio the stream face applies (6.7e17 vs 1e16)."""
+    tiny = np.zeros((6, 4))
+    tiny[:, 0], tiny[:, 1] = 1e-6, -1e-6
+    df = _frame([6], tiny.ravel().tolist(), [])
+    fs = build_feature_set(SPEC, groups=[], ops=[
+        {"op": "imbalance", "a": ["a"], "b": ["b"]}, {"op": "ratio", "a": ["a~b"], "b": ["c"]},
+        {"op": "ratio", "a": ["a~b/c"], "b": ["c"]}, {"op": "ratio", "a": ["a~b/c/c"], "b": ["c"]}])
+    batch = fs.batch_frame(df).select(fs.outputs).to_numpy()
+    assert np.abs(batch).max() <= LIMIT
+    assert_faces_agree(fs, df)
 
 
 def test_an_ewm_by_span_and_by_the_same_alpha_is_one_op():
@@ -499,3 +527,19 @@ def test_chunked_feature_arrays_equal_the_whole_frame_and_fail_atomically(tmp_pa
     with pytest.raises(Exception, match="not contiguous"):
         feature_arrays(broken, fs, cache_dir=tmp_path / "cb")
     assert not [p for p in (tmp_path / "cb").glob("*") if not p.name.startswith(".tmp")]
+    # a build that fails after its first chunk closes the files it was writing
+    holes = make_frame(spec, lengths=[5, 9], seed=3).with_columns(
+        pl.when((pl.col("seq_ix") == 1) & pl.col("need_prediction"))
+        .then(float("nan")).otherwise(pl.col(spec.outputs[0])).alias(spec.outputs[0]))
+    holes.write_parquet(tmp_path / "holes.parquet")
+
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # an unclosed file warns when freed
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(DataError, match="targets NaN"):
+            feature_arrays(tmp_path / "holes.parquet", fs, cache_dir=tmp_path / "ch",
+                           chunk_seqs=1)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

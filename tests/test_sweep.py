@@ -981,9 +981,57 @@ def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
     before = (exps / "tiny_best.toml").read_text()
     url = f"journal:{sweep_env / 'study.log'}"
     out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
-    assert "was written by study 'tiny' on the default storage (RUNS/EXP/sweep.db)" in out
+    assert "was written by study 'tiny' on file runs/tiny/sweep.db" in out
     assert (exps / "tiny_best.toml").read_text() == before
     assert not (sweep_env / "study.log").exists()  # refused before the study was made
+    # ... nor does the study of the same name under another runs folder (another database)
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, "--runs-dir", "other", expect=2).output
+    assert "was written by study 'tiny' on file runs/tiny/sweep.db" in out
+    # the default database named by a URL of its own is the same storage: not refused
+    out = run_cli("sweep", "exp=tiny", "--trials", 3, "--storage",
+                  "sqlite:///runs/tiny/sweep.db").output
+    assert "3 complete" in out and "wrote" in out
+    # a best file of an older kit, whose origin names the default storage by a label
+    legacy = before.replace('"storage": "file runs/tiny/sweep.db"',
+                            '"storage": "the default storage (RUNS/EXP/sweep.db)"')
+    assert legacy != before
+    (exps / "tiny_best.toml").write_text(legacy)
+    run_cli("sweep", "exp=tiny", "--trials", 4, "-q")
+    assert origin(exps / "tiny_best.toml")["storage"] == "file runs/tiny/sweep.db"
+
+
+def test_storage_urls_that_cannot_hold_a_study_are_refused_and_odd_folders_work(sweep_env):
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
+        assert "is an in-memory database: the study would be lost" in out
+    (sweep_env / "logs").mkdir()
+    for url in ("journal:", f"journal:{sweep_env / 'logs'}"):
+        out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
+        assert f"storage {url!r} does not open" in out and "is a folder; give a file" in out
+    assert not list(sweep_env.glob("runs/tiny/tiny-t*"))  # nothing trained
+    # the default database under a runs folder whose name URLs read as a query or an escape
+    for odd in ("q?x", "p%41"):
+        run_cli("sweep", "exp=tiny", "--trials", 1, "-q", "--runs-dir", odd, "--study", odd)
+        assert (sweep_env / odd / "tiny" / "sweep.db").is_file()
+    assert not (sweep_env / "q").exists() and not (sweep_env / "pA").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # ask()
+def test_a_killed_workers_trial_is_failed_even_when_no_trial_starts_after_it(sweep_env,
+                                                                             monkeypatch):
+    import time
+
+    import kit.sweep
+
+    monkeypatch.setattr(kit.sweep, "HEARTBEAT_S", 1)  # grace 2 s
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    study = _study(_sqlite(sweep_env))
+    orphan = study.ask()  # a worker that started a trial, beat once and was killed
+    study._storage.record_heartbeat(orphan._trial_id)
+    time.sleep(2.5)
+    out = run_cli("sweep", "exp=tiny", "--trials", 1).output  # the study has its one trial
+    assert "1 complete, 0 pruned, 1 failed, 0 running" in out
+    assert _study(_sqlite(sweep_env)).trials[orphan.number].state == TrialState.FAIL
 
 
 def test_an_existing_study_set_the_other_way_is_refused(sweep_env):

@@ -200,6 +200,10 @@ class RowWriter:
         self.file.close()
         return np.load(self.path, mmap_mode="r")
 
+    def close(self) -> None:
+        if self.path is not None:
+            self.file.close()  # closing twice is allowed
+
 
 class BackgroundWrites:
     """One writer thread for an entry's files: blocks are written in submission order while
@@ -311,14 +315,20 @@ def _build_stopping_on_hit(build_into, tmp: Path, hashing: Future | None,
             if entry.exists():
                 raise _EntryExists(entry)
 
-    writes = BackgroundWrites()
+    writes, opened = BackgroundWrites(), []
+
+    def sink(name: str, shape: tuple, dtype) -> RowWriter:
+        opened.append(RowWriter(shape, dtype, tmp / f"{name}.npy", writes=writes, probe=probe))
+        return opened[-1]
+
     try:
-        return build_into(lambda name, shape, dtype: RowWriter(
-            shape, dtype, tmp / f"{name}.npy", writes=writes, probe=probe))
+        return build_into(sink)
     except _EntryExists as found:
         return found.entry
     finally:
         writes.close()
+        for writer in opened:  # an abandoned or failed build leaves no file open
+            writer.close()
 
 
 def _load_or_warn(entry: Path, digest: str) -> SequenceArrays | None:

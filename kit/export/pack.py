@@ -122,7 +122,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                   force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Freeze an ensemble file (kit ensemble select) into one graph: every member with a
     non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
-    from kit.ensemble import read_ensemble
+    from kit.ensemble import read_ensemble, weights_edited
 
     doc = read_ensemble(path)
     weighted = []
@@ -142,6 +142,11 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     if any(len(w.weights) != k for w in weighted):
         raise PackError(f"{path}: members need one weight per target ({k})")
     sums = {t: sum(w.weights[i] for w in weighted) for i, t in enumerate(spec.outputs)}
+    dead = [t for t, v in sums.items() if v <= 1e-9]
+    if dead and not force:  # even a scale-free metric sees a constant (or flipped) target
+        raise PackError(f"{path}: the weights of {', '.join(dead)} sum to 0: that target "
+                        "would be predicted as a constant; give it positive weights, or "
+                        "--force")
     off = {t: round(v, 6) for t, v in sums.items() if not math.isclose(v, 1.0, rel_tol=1e-6)}
     if off and not spec.metric.scale_free and not force:  # e.g. a member zeroed by hand
         listed = ", ".join(f"{t} sum to {v:g}" for t, v in off.items())
@@ -150,7 +155,8 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                         "target's weights sum to 1 ([postprocess] scale is the place for "
                         "shrinkage), or --force")
     about = {"file": str(path), **{key: doc.get("ensemble", {}).get(key) for key in
-                                   ("score", "target_scores", "metric", "data", "iters")}}
+                                   ("score", "target_scores", "metric", "data", "iters")},
+             "weights_edited": weights_edited(doc)}  # then the scores are the selection's
     return pack_members(weighted, name or Path(path).stem, out_dir,
                         postprocess=doc.get("postprocess"), ensemble=about, force=force,
                         budget=budget, stack=stack)

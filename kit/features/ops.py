@@ -67,6 +67,7 @@ class FeatureOp:
     op: ClassVar[str]
     summary: ClassVar[str]
     keys: ClassVar[tuple[str, ...]] = ()  # the parameters it reads besides op and inputs
+    column_keys: ClassVar[tuple[str, ...]] = ()  # keys that list columns (instead of inputs)
     inputs: list[str]
     params: dict = field(default_factory=dict)
 
@@ -106,6 +107,11 @@ class FeatureOp:
         the same recipe give the same values under a shared output name."""
         return self.to_dict()
 
+    def recipe_of(self, output: str) -> dict:
+        """What makes one output: two ops giving an output of one name the same recipe_of it
+        compute the same values there."""
+        return self.recipe()
+
 
 def _is_number(value) -> bool:
     """An int or float from TOML; a bool is an int to Python but never a parameter value."""
@@ -140,7 +146,7 @@ class Pairwise(FeatureOp):
     """An elementwise function of paired columns a[i], b[i] (lists of equal length)."""
 
     symbol: ClassVar[str]
-    keys = ("a", "b")
+    keys = column_keys = ("a", "b")
 
     def __post_init__(self):
         self.a, self.b = list(self.params.get("a", [])), list(self.params.get("b", []))
@@ -154,6 +160,11 @@ class Pairwise(FeatureOp):
 
     def recipe(self):
         return {"op": self.op}
+
+    def recipe_of(self, output):
+        # the name does not show the grouping: (p6-p0)-p1 and p6-(p0-p1) are both p6-p0-p1
+        a, b = dict(zip(self.outputs(), zip(self.a, self.b, strict=True), strict=True))[output]
+        return {"op": self.op, "a": a, "b": b}
 
     def outputs(self):
         return [f"{a}{self.symbol}{b}" for a, b in zip(self.a, self.b, strict=True)]
@@ -235,7 +246,9 @@ class Imbalance(Pairwise):
     quantile-normalised volumes, where a + b crosses 0 and the plain formula explodes."""
 
     op, summary, symbol = "imbalance", "(a - b) / (|a| + |b| + 1e-6), pairwise", "~"
-    bounded = True
+
+    def output_bound(self, inputs, rows):
+        return 1.0  # |a - b| <= |a| + |b|, whatever the inputs' size (1e-6 inputs give 0.67)
     expr = staticmethod(lambda a, b: (a - b) / (a.abs() + b.abs() + EPS))
 
     @classmethod
@@ -257,6 +270,8 @@ class Reduce(FeatureOp):
     mean: ClassVar[bool] = False
 
     def __post_init__(self):
+        if not self.inputs:
+            raise FeatureSpecError("no input columns given")
         twice = sorted({c for c in self.inputs if self.inputs.count(c) > 1})
         if twice:  # a silent double weight: mean(p0, p0, p1) = (2 p0 + p1) / 3
             raise FeatureSpecError(f"{self.op}: input(s) {twice} listed more than once")
@@ -291,7 +306,7 @@ class WeightedMid(FeatureOp):
 
     op, summary = "wmid", "size-weighted mid price per level (bid, ask, bid_size, ask_size)"
     bounded = True
-    keys = ("bid", "ask", "bid_size", "ask_size")
+    keys = column_keys = ("bid", "ask", "bid_size", "ask_size")
 
     def __post_init__(self):
         keys = ("bid", "ask", "bid_size", "ask_size")
@@ -596,8 +611,9 @@ class StepPosition(FeatureOp):
     def __post_init__(self):
         self.inputs = []
         scale = self.params.setdefault("scale", 1e-3)
-        if not _is_number(scale) or not math.isfinite(scale) or scale <= 0:
-            raise FeatureSpecError(f"position: scale must be a finite number > 0, got {scale!r}")
+        if not _is_number(scale) or not 0 < scale <= kernels.LIMIT:  # float32 inf: 0 * inf
+            raise FeatureSpecError(f"position: scale must be a number in (0, {kernels.LIMIT:g}]"
+                                   f", got {scale!r}")
 
     def outputs(self):
         return [self.params.get("name", "position")]

@@ -63,9 +63,13 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
     if unknown:
         raise FeatureConfigError(f"{where} ({kind}): unknown key(s) {unknown}; {kind} takes "
                                  f"{['inputs', *cls.keys]}")
-    if not isinstance(entry.get("inputs", []), list):
-        raise FeatureConfigError(f"{where} ({kind}): inputs must be a list of column names, "
-                                 f"e.g. [\"p0\"] or [\"p0..p5\"], got {entry['inputs']!r}")
+    if cls.column_keys and "inputs" in entry:  # it would be ignored
+        raise FeatureConfigError(f"{where} ({kind}): takes its columns from "
+                                 f"{list(cls.column_keys)}, not inputs; remove 'inputs'")
+    for key in ("inputs", *cls.column_keys):
+        if not isinstance(entry.get(key, []), list):  # a string would be read letter by letter
+            raise FeatureConfigError(f"{where} ({kind}): {key} must be a list of column names, "
+                                     f"e.g. [\"p0\"] or [\"p0..p5\"], got {entry[key]!r}")
     if "name" in entry and not (isinstance(entry["name"], str) and entry["name"]):
         raise FeatureConfigError(f"{where} ({kind}): name must be a non-empty string, got "
                                  f"{entry['name']!r}")
@@ -203,14 +207,17 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
         if clash:
             raise FeatureConfigError(f"{where} ({op.op}): output {clash[0]!r} is "
                                      f"{reserved[clash[0]]}; name the output otherwise")
-        if all(n in made_by and made_by[n][1].recipe() == op.recipe() for n in names):
+        if all(n in made_by and made_by[n][1].recipe_of(n) == op.recipe_of(n) for n in names):
             continue  # the same op twice (e.g. two groups sharing one): compute it once
         taken = [n for n in names if n in made_by or (n in spec.features and op.op != "raw")]
         if taken:
             first = taken[0]
             by = made_by[first][0] if first in made_by else "the competition's raw features"
+            how = ("give this op's output another name" if "name" in op.keys else
+                   "name an input another way first (e.g. a one-input sum with a name)")
             raise FeatureConfigError(f"{where} ({op.op}): output {first!r} is already defined "
-                                     f"by {by}; give this op's output another name")
+                                     f"by {by} (from {_origin(made_by, first)}); this op makes "
+                                     f"it from {_recipe_text(op.recipe_of(first))}; {how}")
         built.append(op)
         outputs += names
         columns += [o for o in names if o not in columns]
@@ -218,6 +225,16 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     if not outputs:
         raise FeatureConfigError("the feature set is empty: select at least one group or op")
     return FeatureSet(spec, built, outputs, groups)
+
+
+def _recipe_text(recipe: dict) -> str:
+    return ", ".join(f"{k} {v!r}" for k, v in recipe.items())
+
+
+def _origin(made_by: dict, output: str) -> str:
+    if output not in made_by:
+        return "the data file"
+    return _recipe_text(made_by[output][1].recipe_of(output))
 
 
 class FeaturePipeline(nn.Module):
