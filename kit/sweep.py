@@ -267,6 +267,17 @@ def default_storage(experiment: str, runs_dir: Path = RUNS_DIR) -> str:
     return f"sqlite:///{quote(str((runs_dir / experiment / 'sweep.db').resolve()))}"
 
 
+def _in_memory(url: str) -> bool:
+    """sqlite://, sqlite+pysqlite://, sqlite:///:memory: ... (any driver, no file)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        database = make_url(url).database
+    except Exception:  # not a URL: make_storage names it
+        return False
+    return not database or database == ":memory:" or "mode=memory" in url
+
+
 def storage_file(url: str) -> Path | None:
     """The file a sqlite:/// or journal: storage keeps its study in, None for a server's."""
     if url.startswith("journal:"):
@@ -287,7 +298,7 @@ def make_storage(url: str):
     from optuna.storages.journal import JournalFileBackend
 
     shown = shown_url(url)  # what error messages show: never the password
-    if url.startswith("sqlite") and (url.rstrip("/") == "sqlite:" or ":memory:" in url):
+    if url.startswith("sqlite") and _in_memory(url):
         raise SweepError(f"storage {shown!r} is an in-memory database: the study would be lost "
                          "when the process ends (and each worker would have its own); give a "
                          "file, e.g. sqlite:///runs/EXP/sweep.db")
@@ -883,9 +894,14 @@ def best_origin(setup: SweepSetup) -> dict:
 def _same_origin(recorded: object, setup: SweepSetup) -> bool:
     if recorded == best_origin(setup):
         return True
-    # best files of kits before 2026-12-03 name the default storage by a fixed label
-    return (recorded == {"study": setup.study_name, "storage": DEFAULT_STORAGE}
-            and setup.storage_url == default_storage(setup.experiment, setup.runs_dir))
+    # best files of kits before 2026-12-03: the default storage by a fixed label, any other
+    # by its URL as written
+    if not isinstance(recorded, dict) or recorded.get("study") != setup.study_name:
+        return False
+    storage = recorded.get("storage")
+    if storage == DEFAULT_STORAGE:
+        return setup.storage_url == default_storage(setup.experiment, setup.runs_dir)
+    return storage == shown_url(setup.storage_url)
 
 
 def check_best_file(setup: SweepSetup, path: Path) -> None:

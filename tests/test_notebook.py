@@ -119,11 +119,16 @@ def test_a_failed_batch_call_changes_nothing_and_bad_shapes_are_refused(package)
     assert set(failed.table) == {1, 2}  # the refused calls added no id
     got += [failed.predict_arrays([1, 2], rows[t], steps=[t, t]) for t in (3, 4)]
     np.testing.assert_array_equal(np.stack(got), np.stack(want))  # no id started over
-    # a NaN id is one sequence, not a new one at every step
-    nan_ids = module.BatchPredictor()
+    # a NaN id is one sequence, not a new one at every step; pd.NA (a pandas string column's
+    # missing id) is one too; two missing ids in one step are named as such
+    import pandas as pd
+
+    nan_ids = module.BatchPredictor(capacity=0)  # at least one row all the same
     for t in range(5):
-        nan_ids.predict_arrays([float("nan")], rows[t][:1], steps=[t])
-    assert len(nan_ids.table) == 1
+        nan_ids.predict_arrays([float("nan"), pd.NA, "a"], rows[t][:1].repeat(3, 0), steps=[t] * 3)
+    assert len(nan_ids.table) == 3
+    with pytest.raises(ValueError, match="several missing \\(NaN\\) ids in one time step"):
+        nan_ids.predict_arrays([1.0, float("nan"), float("nan")], np.zeros((3, 32)))
 
 
 def test_batch_protocol_edge_cases(workspace, package):

@@ -255,6 +255,7 @@ def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack)
     assert out is not None and np.isfinite(out).all()
     with pytest.raises(ValueError, match="a row of 31 values; the model takes 32"):
         model.predict(Point(1, 1, True, odd[1:]))
+    np.testing.assert_array_equal(model.predict(Point(2, 0, True, odd[None])), out)  # (1, F)
 
 
 # --- broken packages fail parity -----------------------------------------------------------

@@ -998,10 +998,15 @@ def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
     (exps / "tiny_best.toml").write_text(legacy)
     run_cli("sweep", "exp=tiny", "--trials", 4, "-q")
     assert origin(exps / "tiny_best.toml")["storage"] == "file runs/tiny/sweep.db"
+    # ... and one that names another storage by its URL as written
+    (exps / "tiny_best.toml").write_text(before.replace(
+        '"storage": "file runs/tiny/sweep.db"', f'"storage": "{url}"'))
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q", "--storage", url)
+    assert origin(exps / "tiny_best.toml")["storage"] == "file study.log"
 
 
 def test_storage_urls_that_cannot_hold_a_study_are_refused_and_odd_folders_work(sweep_env):
-    for url in ("sqlite://", "sqlite:///:memory:"):
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://"):
         out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
         assert "is an in-memory database: the study would be lost" in out
     (sweep_env / "logs").mkdir()

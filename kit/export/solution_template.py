@@ -39,13 +39,15 @@ NAN_ID = ("nan id",)  # the one key of every NaN id (NaN != NaN: each would be n
 
 
 def id_key(seq_ix):
-    """A sequence id as a dict key: NaN ids are one sequence, as None ids are."""
-    return NAN_ID if seq_ix != seq_ix else seq_ix
+    """A sequence id as a dict key: NaN ids are one sequence, as None (and pd.NA) ids are."""
+    if isinstance(seq_ix, float | np.floating) and seq_ix != seq_ix:
+        return NAN_ID
+    return seq_ix
 
 
 def numbers(values, width):
     """A row the fast copy refused, as floats: anything not a number is NaN."""
-    values = list(values) if np.ndim(values) else [values]
+    values = np.asarray(values, dtype=object).reshape(-1).tolist()  # a (1, F) row too
     if len(values) != width:
         raise ValueError(f"a row of {len(values)} values; the model takes {width}")
     out = []
@@ -206,6 +208,7 @@ class BatchPredictor:
     """One graph call per time step for all the ids in it; one state row per id."""
 
     def __init__(self, model_path=None, capacity=256):
+        capacity = max(1, int(capacity))  # a new id reads row 0 before the table grows
         here = os.path.dirname(os.path.abspath(__file__))
         self.session = _session(model_path or os.path.join(here, MODEL_FILE))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -283,7 +286,9 @@ class BatchPredictor:
         if n == 0:  # a recurrent op given batch 0 aborts the whole process in ORT
             return np.zeros((0, self.n_outputs), np.float32)
         if len(set(keys)) != n:
-            raise ValueError("an id appears twice in one time step")
+            nan_ids = sum(k is NAN_ID for k in keys)  # `is`: pd.NA == x is not a bool
+            missing = "several missing (NaN) ids" if nan_ids > 1 else "an id twice"
+            raise ValueError(f"{missing} in one time step: one row per series id")
         x = np.ascontiguousarray(features, dtype=np.float32)
         if x.shape != (n, self.n_features) and not (n == 1 and x.shape == (self.n_features,)):
             raise ValueError(f"features of shape {x.shape} for {n} ids: (n ids, "

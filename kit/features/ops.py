@@ -246,6 +246,7 @@ class Imbalance(Pairwise):
     quantile-normalised volumes, where a + b crosses 0 and the plain formula explodes."""
 
     op, summary, symbol = "imbalance", "(a - b) / (|a| + |b| + 1e-6), pairwise", "~"
+    bounded = True  # never past 1 (the stream face needs no clip)
 
     def output_bound(self, inputs, rows):
         return 1.0  # |a - b| <= |a| + |b|, whatever the inputs' size (1e-6 inputs give 0.67)
