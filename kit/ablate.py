@@ -38,11 +38,14 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
            overrides: list[str] | None = None, *, progress: bool = True,
            runs_dir: Path = RUNS_DIR) -> dict:
     from kit.competition import load_spec
+    from kit.config import refuse_overrides
     from kit.train.recipe import experiment_config, train_one
     from kit.train.trainer import TrainingDiverged
 
     if not groups or len(set(groups)) != len(groups):
         raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
+    refuse_overrides(overrides, {"seeds": "--seeds"} | ({"seed": "--seeds alone"} if seeds
+                                                       else {}))
     base = experiment_config(exp, overrides)
     spec = load_spec(base["spec"])
     check_variants(base, spec, groups)

@@ -422,10 +422,10 @@ def runs(
     as_json: bool = JsonOption,
 ) -> None:
     """List training runs as a table: scores per target, oracle fraction, wall time."""
-    from kit.reports import format_runs, list_runs, runs_to_json
+    from kit.reports import format_runs, list_runs, runs_to_json, sort_runs
 
     found = list_runs(runs_dir, experiment=experiment)
-    typer.echo(runs_to_json(found) if as_json
+    typer.echo(runs_to_json(sort_runs(found, sort, descending=not asc)) if as_json
                else format_runs(found, sort=sort, descending=not asc))
 
 
@@ -500,13 +500,16 @@ def parity(
     atol: float = typer.Option(1e-5, help="Allowed absolute prediction difference."),
     rtol: float = typer.Option(1e-6, help="Allowed difference relative to |prediction|, on "
                                "top of atol (float32 rounding of large predictions)."),
+    timeout: float | None = typer.Option(None, help="Kill each replay of the package after "
+                                         "this many s (default: none for the first, then 20x "
+                                         "its time per row + 60 s)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Prove the package equals the PyTorch model step by step; exits 1 on any failed check."""
     from kit.parity import default_data, run_parity
 
     result = run_parity(submission, data or default_data(submission), seqs=seqs, atol=atol,
-                        rtol=rtol)
+                        rtol=rtol, timeout_s=timeout)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
     if not result.ok:
         raise typer.Exit(1)

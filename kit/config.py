@@ -76,7 +76,16 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
     raw = read_toml(path, ConfigError)
     parent_name = raw.pop("extends", None)
     if parent_name is not None:
-        parent = load_experiment(str(parent_name), (*_seen, key))
+        reference = str(parent_name)
+        beside = path.parent / reference  # a file path is read next to the file naming it
+        if reference.endswith(".toml") and not Path(reference).is_absolute() \
+                and beside.is_file():
+            reference = str(beside)
+        try:
+            experiment_path(reference)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: extends {parent_name!r}: {exc}") from None
+        parent = load_experiment(reference, (*_seen, key))
         parent.pop("name", None)
         for section in REPLACED_SECTIONS & set(raw):
             parent.pop(section, None)
@@ -160,6 +169,15 @@ def _check_bounds(name: str, value) -> None:
 SECTIONS = {*DEFAULTS, "model", "loss", "sweep"}
 
 
+def check_name(name: str) -> None:
+    """An experiment name is the folder of its runs (runs/NAME/ID): one plain folder name."""
+    if (not name or name in (".", "..", "ensembles") or name.startswith(".")
+            or any(c in name for c in "/\\")):
+        raise ConfigError(f"name {name!r}: the experiment's runs go to runs/NAME/, so it must "
+                          "be one folder name (no / or \\, not starting with a dot, not "
+                          "'ensembles', which holds ensemble files)")
+
+
 def resolve(config: dict) -> dict:
     """Fill defaults and check every key and type, naming the first offender."""
     out = {k: v for k, v in config.items()}
@@ -171,6 +189,8 @@ def resolve(config: dict) -> dict:
             if not isinstance(value, TOP_LEVEL[key]) or isinstance(value, bool):
                 raise ConfigError(f"{key} must be {TOP_LEVEL[key].__name__}, got {value!r}")
             _check_bounds(key, value)
+            if key == "name":
+                check_name(value)
         else:
             raise ConfigError(f"unknown config key {key!r}; top-level keys: "
                               f"{sorted(TOP_LEVEL)}, sections: {sorted(SECTIONS)}")
@@ -210,6 +230,16 @@ def validation_file(config: dict, summary: dict | None = None) -> str | None:
     return data.get("train" if held_out else "valid")
 
 
+def refuse_overrides(overrides: list[str] | None, owned: dict[str, str]) -> None:
+    """Refuse overrides of keys a command sets itself ({key: the option to use instead}):
+    they would be replaced without a word."""
+    for text in overrides or []:
+        key = ".".join(parse_override(text)[0])
+        if key in owned:
+            raise ConfigError(f"override {text!r}: this command sets {key} itself; use "
+                              f"{owned[key]}")
+
+
 def parse_override(text: str) -> tuple[list[str], object]:
     """`train.lr=3e-4` -> (["train", "lr"], 0.0003); values are TOML (strings may be bare)."""
     if "=" not in text:
@@ -219,7 +249,22 @@ def parse_override(text: str) -> tuple[list[str], object]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare string such as schedule=onecycle
-    return key.strip().split("."), value
+    return _key_path(key.strip()), value
+
+
+def _key_path(key: str) -> list[str]:
+    """A dotted key as TOML reads one (`sweep.params."train.lr"` is three parts, the last
+    with a dot in it); a key TOML does not read is split at its dots (its parts then get the
+    usual messages)."""
+    try:
+        node = tomllib.loads(f"{key} = 0")
+    except tomllib.TOMLDecodeError:
+        return key.split(".")
+    path = []
+    while isinstance(node, dict) and len(node) == 1:
+        (part, node), = node.items()
+        path.append(part)
+    return path
 
 
 def set_path(config: dict, path: list[str], value, what: str) -> dict:

@@ -45,6 +45,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
              overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
              parity_seqs: int = 16, quiet: bool = False) -> dict:
     """Run every stage and return the summary it prints."""
+    from kit.config import refuse_overrides
     from kit.data.synth import synthesize
     from kit.ensemble import select_ensemble
     from kit.export.pack import pack_ensemble, pack_run
@@ -59,6 +60,10 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     # every option checked before the first stage: a typo must not cost the data and training
     if seeds < 1:
         raise KitError(f"--seeds must be >= 1, got {seeds}")
+    refuse_overrides(overrides, {"seed": "--seeds N (seeds 42, 43, ...)", "seeds": "--seeds N",
+                                 "spec": "kit train (the demo's competition is its own)",
+                                 "data.train": "--data DIR",
+                                 "data.valid": "--data DIR"})
     for name, value in (("--seqs", seqs), ("--parity-seqs", parity_seqs)):
         if value is not None and value < 1:
             raise KitError(f"{name} must be >= 1, got {value}")

@@ -209,21 +209,37 @@ class Reference:
 class Package:
     """The unpacked package, run by the sandboxed scorer on rows in any order."""
 
-    def __init__(self, folder: Path, spec: CompetitionSpec, column_dtypes: list[str]):
+    def __init__(self, folder: Path, spec: CompetitionSpec, column_dtypes: list[str],
+                 timeout_s: float | None = None):
         # the rows typed as the scorer's DataFrame.values types the file's columns
         self.folder, self.spec, self.column_dtypes = folder, spec, column_dtypes
+        self.timeout_s = timeout_s  # per replay; None: none for the first, then set by it
+        self.us_per_row: float | None = None
+
+    def _replay(self, values: np.ndarray) -> np.ndarray:
+        run = replay_rows(self.folder, values, self.spec, column_dtypes=self.column_dtypes,
+                          timeout_s=self.replay_timeout(len(values)))
+        if self.us_per_row is None:
+            self.us_per_row = 1e6 * float(run.result["loop_s"]) / max(1, len(values))
+        return run.predictions
+
+    def replay_timeout(self, rows: int) -> float | None:
+        """The given timeout, else (after the first replay) 20x its time per row plus a
+        minute: a package that hangs on the checks' odd rows fails them instead of parity
+        never returning."""
+        if self.timeout_s is not None or self.us_per_row is None:
+            return self.timeout_s
+        return 60.0 + 20 * rows * self.us_per_row * 1e-6
 
     def run(self, rows: Rows) -> np.ndarray:
-        return replay_rows(self.folder, rows.values, self.spec,
-                           column_dtypes=self.column_dtypes).predictions
+        return self._replay(rows.values)
 
     def run_in_order(self, rows: Rows, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows fed in `order` (repeats allowed): the predictions as fed, and for each the
         index of its scored row in the rows' own order."""
         fed = order[rows.need[order]]
         scored_index = (np.cumsum(rows.need) - 1)[fed]
-        return replay_rows(self.folder, rows.values[order], self.spec,
-                           column_dtypes=self.column_dtypes).predictions, scored_index
+        return self._replay(rows.values[order]), scored_index
 
 
 # --- comparisons and checks ---------------------------------------------------------------
@@ -296,8 +312,18 @@ def interleaved_order(rows: Rows, group: int = INTERLEAVED) -> np.ndarray:
     return np.lexsort((rows.seq, rows.pos, rows.seq // group))
 
 
+def as_two_sequences(rows: Rows, reference: np.ndarray) -> tuple[Rows, np.ndarray]:
+    """One sequence, fed again under a second id: the order checks need two to tell a state
+    kept per sequence from one shared by all."""
+    again = rows.values.copy()
+    again[:, 0] = rows.values[0, 0] + 1 if rows.values[0, 0] < 2**53 - 1 else -1.0
+    return Rows.of(np.concatenate([rows.values, again])), np.concatenate([reference, reference])
+
+
 def check_order(package: Package, rows: Rows, reference: np.ndarray, tol: Tolerance,
                 rng: np.random.Generator) -> list[Check]:
+    if len(rows.lengths) == 1:
+        rows, reference = as_two_sequences(rows, reference)
     checks = []
     for name, order, fine in (
         ("order: shuffled sequences", shuffled_order(rows, rng),
@@ -442,9 +468,19 @@ def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
     where = f"{MANIFEST_FILE}: members"
     if not entries:
         raise PackError(f"{where} is empty; re-pack the run")
-    if len(manifest.get("inputs", [])) != len(spec.features):
-        raise PackError(f"{MANIFEST_FILE}: the spec has {len(spec.features)} feature columns "
-                        f"but inputs lists {len(manifest.get('inputs', []))}; re-pack the run")
+    # the batch runtime selects its columns and names its outputs by these lists
+    for key, want in (("inputs", list(spec.features)), ("outputs", list(spec.outputs))):
+        got = manifest.get(key)
+        if got == want:
+            continue
+        if not isinstance(got, list) or len(got) != len(want):
+            what = (f"lists {len(got)} columns" if isinstance(got, list) else f"is {got!r}")
+            differ = f"{key} {what}; the spec has {len(want)}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+            differ = f"{key}[{i}] is {got[i]!r} where the spec's column is {want[i]!r}"
+        raise PackError(f"{MANIFEST_FILE}: {differ} (a hand-edited manifest: the batch "
+                        "runtime reads its columns by these names); re-pack the run")
     members = []
     for i, entry in enumerate(entries):
         weights = entry.get("weights") if isinstance(entry, dict) else None
@@ -481,7 +517,7 @@ def default_data(submission: Path) -> Path:
 
 def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0,
-               record: bool = True) -> ParityReport:
+               record: bool = True, timeout_s: float | None = None) -> ParityReport:
     """Compare the three paths and run the checks; with `record`, a package folder's manifest
     gets the report (and its zip is rewritten)."""
     submission = Path(submission)
@@ -499,7 +535,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         loaded = load_rows(Path(data), spec, seqs)
         truth, n_seqs = loaded.truth, loaded.sequences
         rows = Rows.of(loaded.values)
-        package = Package(folder, spec, loaded.column_dtypes)
+        package = Package(folder, spec, loaded.column_dtypes, timeout_s)
         preds = {"sequence": ref.predict(sequence_path, rows),
                  "step": ref.predict(step_path, rows)}
         checks = [Check("manifest", not bad_files,

@@ -366,8 +366,11 @@ def _sort_key(value):
     return (1, str(value))  # e.g. best_epoch "swa" sorts after the numbers
 
 
-def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) -> str:
-    """An aligned table of `list_runs` output, sorted by any of its columns (missing last)."""
+def sort_runs(runs: list[dict], sort: str = "score", descending: bool = True) -> list[dict]:
+    """`list_runs` output sorted by any of its columns (missing values last); the table and
+    --json alike."""
+    if not runs:
+        return runs
     columns = [*BASE_COLUMNS, *_target_names(runs), *TAIL_COLUMNS]
     if sort not in columns:
         raise KitError(f"cannot sort by {sort!r}; sort by one of: {', '.join(columns)}")
@@ -380,10 +383,15 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
         flip = sort in scores and not run.get("higher_is_better", True)
         return _sort_key(-value if flip else value)
 
-    ordered = sorted(present, key=key, reverse=descending)
+    return sorted(present, key=key, reverse=descending) + missing
+
+
+def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) -> str:
+    """An aligned table of `list_runs` output, sorted by any of its columns (missing last)."""
     if not runs:
         return "no runs"
-    body = [[_cell(c, _value(r, c)) for c in columns] for r in ordered + missing]
+    columns = [*BASE_COLUMNS, *_target_names(runs), *TAIL_COLUMNS]
+    body = [[_cell(c, _value(r, c)) for c in columns] for r in sort_runs(runs, sort, descending)]
     widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(columns)]
     left = {"experiment", "run_id", "finished"}
 

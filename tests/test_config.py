@@ -50,6 +50,28 @@ def test_overrides_parse_toml_values_and_do_not_touch_the_original(exps):
     assert parse_override("data.seq_len=500") == (["data", "seq_len"], 500)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("train.lr")
+    # a quoted part keeps its dots, as in TOML ([sweep.params] "train.lr" = {...})
+    assert parse_override('sweep.params."train.lr"={ low = 1e-4 }') == (
+        ["sweep", "params", "train.lr"], {"low": 1e-4})
+
+
+def test_extends_reads_a_file_path_next_to_the_file_and_names_the_child(exps, tmp_path,
+                                                                          monkeypatch):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "y.toml").write_text("seed = 5\n")
+    (other / "z.toml").write_text('extends = "y.toml"\n')
+    monkeypatch.chdir(exps)  # not the folder of the files
+    assert load_experiment(str(other / "z.toml"))["seed"] == 5
+    (exps / "miss.toml").write_text('extends = "nope"\n')
+    with pytest.raises(ConfigError, match=r"miss.toml: extends 'nope': no experiment 'nope'"):
+        load_experiment("miss")
+
+
+@pytest.mark.parametrize("name", ["", "grp/a", "a\\b", "..", ".hidden", "ensembles"])
+def test_a_name_must_be_one_folder_name(name):
+    with pytest.raises(ConfigError, match="must be one folder name"):
+        resolve({"name": name})
 
 
 def test_resolve_fills_defaults_and_names_bad_keys(exps):

@@ -423,7 +423,11 @@ def test_a_report_is_not_recorded_into_a_package_replaced_meanwhile(workspace, r
     (lambda m: m.update(members=[]), "members is empty"),
     (lambda m: m["members"][0].pop("checkpoint"), r"members\[0\] needs 'checkpoint'"),
     (lambda m: m["members"][0].update(weights=[1.0]), r"members\[0\] needs .* 2 'weights'"),
-    (lambda m: m["spec"]["features"].pop(), "the spec has 31 feature columns but inputs"),
+    (lambda m: m["spec"]["features"].pop(), "inputs lists 32 columns; the spec has 31"),
+    # the batch runtime reads its columns and names its outputs by these lists
+    (lambda m: m["inputs"].reverse(), r"inputs\[0\] is 'dv3' where the spec's column is 'p0'"),
+    (lambda m: m["outputs"].reverse(), r"outputs\[0\] is 't1' where the spec's column is 't0' "
+                                       r"\(a hand-edited manifest"),
 ])
 def test_a_hand_edited_manifest_is_named(workspace, gru_pack, tmp_path, edit, message):
     folder = _copy_pack(gru_pack, tmp_path)
@@ -442,6 +446,26 @@ def test_a_changed_file_fails_the_manifest_check(workspace, gru_pack, tmp_path):
     assert _failed(report) == {"manifest"}
     assert "solution.py changed" in next(c.detail for c in report.checks if not c.ok)
     assert read_manifest(folder)["parity"] is None  # a failing package's manifest is untouched
+
+
+def test_one_sequence_still_proves_state_is_kept_per_sequence(workspace, gru_pack, tmp_path):
+    # a runtime that never parks a sequence's state: with one sequence the order checks fed
+    # it alone; it is now fed again under a second id
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "if parked is not None and step > parked[0]:", "if False:")
+    failed = _failed(run_parity(folder, _valid(workspace), seqs=1))
+    assert "order: interleaved rows" in failed
+
+
+def test_a_package_that_hangs_on_the_checks_rows_fails_them_in_time(workspace, gru_pack,
+                                                                      tmp_path):
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "        if self.run_binding is not None:\n",
+                   "        while np.isnan(self.x_row).all():  # hangs on an all-NaN row\n"
+                   "            pass\n        if self.run_binding is not None:\n")
+    report = run_parity(folder, _valid(workspace), seqs=2, timeout_s=20)
+    assert "NaN/inf rows" in _failed(report)
+    assert "20" in next(c.detail for c in report.checks if c.name == "NaN/inf rows")
 
 
 def test_a_runtime_that_ignores_an_id_starting_over_fails_parity(workspace, gru_pack, tmp_path):

@@ -729,3 +729,30 @@ def test_nan_targets_on_scored_rows_are_named_in_the_result(tmp_path):
     result = score(write_sub(tmp_path, FORMULA), data)
     assert np.isnan(result.report.per_target["t0"]) and np.isfinite(result.report.per_target["t1"])
     assert any("3 target value(s)" in note and "NaN or inf" in note for note in result.warnings)
+
+
+COUNTER = """\
+import numpy as np
+
+
+class PredictionModel:
+    def __init__(self):
+        self.seen = {}
+
+    def predict(self, dp):
+        self.seen[dp.seq_ix] = self.seen.get(dp.seq_ix, 0) + 1
+        if not dp.need_prediction:
+            return None
+        return np.array([self.seen[dp.seq_ix], 0.0])
+"""
+
+
+def test_ids_past_float64s_exact_integers_stay_apart(tmp_path):
+    data, frame = write_data(tmp_path, n_seqs=3)
+    big = frame.with_columns(pl.col(SPEC.id_col).cast(pl.Int64) + 2**60)
+    big.write_parquet(tmp_path / "big.parquet")
+    with pytest.warns(UserWarning, match="ids past 2\\*\\*53 are not exact"):
+        result = score(write_sub(tmp_path, COUNTER), tmp_path / "big.parquet")
+    need = big[SPEC.need_col].to_numpy().astype(bool)
+    rows_seen = big[SPEC.step_col].to_numpy()[need] + 1  # each id counted on its own
+    np.testing.assert_array_equal(result.predictions[:, 0], rows_seen)

@@ -362,6 +362,14 @@ def test_ablate_and_demo_check_their_options_first(env, tmp_path):
     for option in (["--seeds", "0"], ["--seqs", "0"]):
         out = run_cli("demo", "--data", tmp_path / "demo-data", *option, expect=2).output
         assert "must be >= 1" in out and not (tmp_path / "demo-data").exists()
+    # keys the command sets itself: an override of them would be replaced without a word
+    out = run_cli("demo", "--data", tmp_path / "demo-data", "seed=7", expect=2).output
+    assert "override 'seed=7': this command sets seed itself; use --seeds N" in out
+    assert not (tmp_path / "demo-data").exists()
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw", "--seeds", "1", "seed=5",
+                  expect=2).output
+    assert "override 'seed=5': this command sets seed itself; use --seeds alone" in out
+    assert not (tmp_path / "runs").exists()
 
 
 def test_seeds_take_a_list_or_commas():
@@ -442,6 +450,14 @@ def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
     os.chdir(tmp_path)
     run_cli("ensemble", "select", done, "--out", tmp_path / "e.toml")
     run_cli("train", "exp=tiny", "--resume", "--run-dir", paused, "-q")
+    # --json is sorted as the table is, and checks the column the same way
+    for order in ([], ["--asc"]):
+        listed = json.loads(run_cli("runs", "--json", "--sort", "t0", *order).output)
+        t0 = [r["per_target"]["t0"] for r in listed]
+        assert len(t0) == 2 and t0 == sorted(t0, reverse=not order)
+    assert "cannot sort by 'bogus'" in run_cli("runs", "--json", "--sort", "bogus",
+                                               expect=2).output
+    assert run_cli("runs", "--runs-dir", tmp_path / "none", "--sort", "t0").output == "no runs\n"
 
 
 def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
@@ -619,6 +635,14 @@ def test_seeds_train_one_run_each(env, tmp_path):
     assert [r.name.split("-s")[-1] for r in runs] == ["1", "2"]
     out = run_cli("train", "exp=tiny", "seeds=[1,1]", expect=2).output
     assert "repeat a seed" in out
+    # a seed that fails does not stop the next one from training
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    frame.with_columns(pl.col("t0") * 1e30).write_parquet(tmp_path / "extreme.parquet")
+    result = run_cli("train", "exp=tiny", "seeds=[10,11]", "train.epochs=1", "-q",
+                     f"data.train={tmp_path / 'extreme.parquet'}", expect=2)
+    assert "training failed for seed 10, seed 11" in result.output
+    assert [r.name.split("-s")[-1] for r in _run_dirs(tmp_path / "runs" / "tiny")][-2:] == [
+        "10", "11"]
 
 
 def test_jobs_train_seeds_side_by_side_as_they_would_one_by_one(env, tmp_path):

@@ -232,6 +232,25 @@ def pandas_dtype(column: pl.Series) -> str:
     return dtype.name
 
 
+FLOAT_EXACT = 2**53  # integers a float64 holds exactly
+
+
+def exact_ids(frame: pl.DataFrame, spec: CompetitionSpec, data: Path) -> pl.DataFrame:
+    """The replay's rows are float64: integer ids past 2**53 would merge with their
+    neighbours. Such ids are renumbered 0, 1, ... in file order (an id is only a key to the
+    runtime), with a warning."""
+    ids = frame[spec.id_col]
+    if not ids.dtype.is_integer() or ids.len() == 0:
+        return frame
+    if max(abs(int(ids.min())), abs(int(ids.max()))) < FLOAT_EXACT:
+        return frame
+    warnings.warn(f"{data}: sequence ids past 2**53 are not exact as float64 rows; the "
+                  "replay numbers the sequences 0, 1, ... in file order instead (reports name "
+                  "those numbers)", stacklevel=3)
+    renumbered = (ids != ids.shift(1)).fill_null(True).cum_sum() - 1
+    return frame.with_columns(renumbered.cast(ids.dtype).alias(spec.id_col))
+
+
 def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     frame = read_frame(data)
     # the spec's columns, by name: others (a train file's group column for data.split) are no
@@ -246,11 +265,13 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     if seqs is not None:
         frame = frame.filter(first_sequences(frame[spec.id_col], seqs))
     sequences = frame[spec.id_col].n_unique()
+    frame = exact_ids(frame, spec, data)
     values = frame.select(pl.col(c).cast(pl.Float64) for c in spec.input_columns).to_numpy()
     values = np.ascontiguousarray(values, dtype=np.float64)
     need = values[:, 2] != 0
     if not need.any():
-        raise DataError(f"{data}: no row needs a prediction; nothing to score")
+        within = f" in the first {seqs} sequence(s) (--seqs {seqs})" if seqs is not None else ""
+        raise DataError(f"{data}: no row needs a prediction{within}; nothing to score")
     targets = None
     if labelled and spec.targets:
         targets = frame.select(pl.col(t).cast(pl.Float64) for t in spec.targets).to_numpy()

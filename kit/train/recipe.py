@@ -127,9 +127,20 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
                    run_dir: Path | None, stamp: str | None, resume: bool, group_resume: bool,
                    overrides: list[str] | None, stop_after_epochs: int,
                    progress: bool) -> list[dict]:
-    results = []
+    from kit.errors import KitError
+
+    results, failed = [], []
     for seed in seeds:
         config = {**base, "seed": seed}
+        if len(seeds) > 1 and not folds:  # one seed failing does not stop the others
+            try:
+                results += _train_in_turn(config, [seed], folds, runs_dir, run_dir, stamp,
+                                          resume, group_resume, overrides, stop_after_epochs,
+                                          progress)
+            except KitError as exc:
+                print(f"error: seed {seed}: {exc}", file=sys.stderr, flush=True)
+                failed.append(f"seed {seed}")
+            continue
         if folds:
             results += _train_folds(config, folds, runs_dir, progress, stamp, overrides,
                                     stop_after_epochs)
@@ -145,6 +156,9 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
             files.refuse_reuse()
             results.append(train_one(config, files, stop_after_epochs=stop_after_epochs,
                                      progress=progress))
+    if failed:
+        raise KitError(f"training failed for {', '.join(failed)}; its error is printed above, "
+                       f"and the other seeds' runs are in {runs_dir / base['name']}")
     return results
 
 
