@@ -84,7 +84,10 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
         try:
             experiment_path(reference)
         except ConfigError as exc:
-            raise ConfigError(f"{path}: extends {parent_name!r}: {exc}") from None
+            tried = (f" (looked for {beside} next to it, then {reference} from here)"
+                     if reference.endswith(".toml") and not Path(reference).is_absolute()
+                     else "")
+            raise ConfigError(f"{path}: extends {parent_name!r}{tried}: {exc}") from None
         parent = load_experiment(reference, (*_seen, key))
         parent.pop("name", None)
         for section in REPLACED_SECTIONS & set(raw):
@@ -235,9 +238,10 @@ def refuse_overrides(overrides: list[str] | None, owned: dict[str, str]) -> None
     they would be replaced without a word."""
     for text in overrides or []:
         key = ".".join(parse_override(text)[0])
-        if key in owned:
-            raise ConfigError(f"override {text!r}: this command sets {key} itself; use "
-                              f"{owned[key]}")
+        for setting, instead in owned.items():  # data={...} replaces data.train too
+            if key == setting or setting.startswith(key + "."):
+                raise ConfigError(f"override {text!r}: this command sets {setting} itself; "
+                                  f"use {instead}")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

@@ -215,21 +215,23 @@ class Package:
         self.folder, self.spec, self.column_dtypes = folder, spec, column_dtypes
         self.timeout_s = timeout_s  # per replay; None: none for the first, then set by it
         self.us_per_row: float | None = None
+        self.init_s = 0.0  # the first replay's start-up (import, PredictionModel())
 
     def _replay(self, values: np.ndarray) -> np.ndarray:
         run = replay_rows(self.folder, values, self.spec, column_dtypes=self.column_dtypes,
                           timeout_s=self.replay_timeout(len(values)))
         if self.us_per_row is None:
             self.us_per_row = 1e6 * float(run.result["loop_s"]) / max(1, len(values))
+            self.init_s = float(run.result.get("init_s") or 0.0)
         return run.predictions
 
     def replay_timeout(self, rows: int) -> float | None:
-        """The given timeout, else (after the first replay) 20x its time per row plus a
-        minute: a package that hangs on the checks' odd rows fails them instead of parity
-        never returning."""
+        """The given timeout, else (after the first replay) 20x its start-up and time per row
+        plus a minute: a package that hangs on the checks' odd rows fails them instead of
+        parity never returning."""
         if self.timeout_s is not None or self.us_per_row is None:
             return self.timeout_s
-        return 60.0 + 20 * rows * self.us_per_row * 1e-6
+        return 60.0 + 20 * (self.init_s + rows * self.us_per_row * 1e-6)
 
     def run(self, rows: Rows) -> np.ndarray:
         return self._replay(rows.values)
@@ -524,6 +526,8 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     for name, value in (("atol", atol), ("rtol", rtol)):
         if not (math.isfinite(value) and value >= 0):
             raise PackError(f"--{name} must be a finite number >= 0, got {value}")
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise PackError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
     tol = Tolerance(atol, rtol)
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="kit-parity-") as tmp:

@@ -272,10 +272,12 @@ def _in_memory(url: str) -> bool:
     from sqlalchemy.engine import make_url
 
     try:
-        database = make_url(url).database
+        parsed = make_url(url)
     except Exception:  # not a URL: make_storage names it
         return False
-    return not database or database == ":memory:" or "mode=memory" in url
+    database = parsed.database or ""
+    return (database in ("", ":memory:") or database.startswith("file::memory:")
+            or parsed.query.get("mode") == "memory")  # SQLite URIs: file:NAME?mode=memory
 
 
 def storage_file(url: str) -> Path | None:

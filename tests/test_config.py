@@ -66,6 +66,10 @@ def test_extends_reads_a_file_path_next_to_the_file_and_names_the_child(exps, tm
     (exps / "miss.toml").write_text('extends = "nope"\n')
     with pytest.raises(ConfigError, match=r"miss.toml: extends 'nope': no experiment 'nope'"):
         load_experiment("miss")
+    (exps / "miss2.toml").write_text('extends = "base2.toml"\n')
+    with pytest.raises(ConfigError, match=r"miss2.toml: extends 'base2.toml' \(looked for "
+                                          r".*base2.toml next to it, then base2.toml from here"):
+        load_experiment("miss2")
 
 
 @pytest.mark.parametrize("name", ["", "grp/a", "a\\b", "..", ".hidden", "ensembles"])

@@ -466,6 +466,14 @@ def test_a_package_that_hangs_on_the_checks_rows_fails_them_in_time(workspace, g
     report = run_parity(folder, _valid(workspace), seqs=2, timeout_s=20)
     assert "NaN/inf rows" in _failed(report)
     assert "20" in next(c.detail for c in report.checks if c.name == "NaN/inf rows")
+    with pytest.raises(PackError, match="--timeout must be a number of seconds > 0, got 0"):
+        run_parity(folder, _valid(workspace), seqs=2, timeout_s=0)
+    # the default limit grows with the first replay's start-up, not only its rows
+    from kit.parity import Package
+
+    package = Package(folder, read_manifest(folder), [])
+    package.us_per_row, package.init_s = 10.0, 62.0
+    assert package.replay_timeout(100) == pytest.approx(60 + 20 * (62 + 100 * 10e-6))
 
 
 def test_a_runtime_that_ignores_an_id_starting_over_fails_parity(workspace, gru_pack, tmp_path):

@@ -1006,7 +1006,9 @@ def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
 
 
 def test_storage_urls_that_cannot_hold_a_study_are_refused_and_odd_folders_work(sweep_env):
-    for url in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://"):
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
+                "sqlite:///file::memory:?cache=shared&uri=true",
+                "sqlite:///file:x.db?mode=memory&uri=true"):
         out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
         assert "is an in-memory database: the study would be lost" in out
     (sweep_env / "logs").mkdir()

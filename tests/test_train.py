@@ -369,6 +369,9 @@ def test_ablate_and_demo_check_their_options_first(env, tmp_path):
     out = run_cli("ablate", "exp=tiny", "--groups", "raw", "--seeds", "1", "seed=5",
                   expect=2).output
     assert "override 'seed=5': this command sets seed itself; use --seeds alone" in out
+    table = 'data={ train = "x.parquet", valid = "y.parquet" }'  # the whole table: the paths too
+    out = run_cli("demo", "--data", tmp_path / "demo-data", table, expect=2).output
+    assert "this command sets data.train itself; use --data DIR" in out
     assert not (tmp_path / "runs").exists()
 
 
@@ -643,6 +646,9 @@ def test_seeds_train_one_run_each(env, tmp_path):
     assert "training failed for seed 10, seed 11" in result.output
     assert [r.name.split("-s")[-1] for r in _run_dirs(tmp_path / "runs" / "tiny")][-2:] == [
         "10", "11"]
+    result = run_cli("train", "exp=tiny", "seeds=[10,11]", "--folds", 2, "train.epochs=1", "-q",
+                     f"data.train={tmp_path / 'extreme.parquet'}", expect=2)  # fold groups too
+    assert "training failed for seed 10, seed 11" in result.output
 
 
 def test_jobs_train_seeds_side_by_side_as_they_would_one_by_one(env, tmp_path):

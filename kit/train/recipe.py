@@ -132,7 +132,7 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
     results, failed = [], []
     for seed in seeds:
         config = {**base, "seed": seed}
-        if len(seeds) > 1 and not folds:  # one seed failing does not stop the others
+        if len(seeds) > 1:  # one seed (or its fold group) failing does not stop the others
             try:
                 results += _train_in_turn(config, [seed], folds, runs_dir, run_dir, stamp,
                                           resume, group_resume, overrides, stop_after_epochs,
