@@ -78,15 +78,14 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
     if parent_name is not None:
         reference = str(parent_name)
         beside = path.parent / reference  # a file path is read next to the file naming it
-        if reference.endswith(".toml") and not Path(reference).is_absolute() \
-                and beside.is_file():
+        relative_file = reference.endswith(".toml") and not Path(reference).is_absolute()
+        if relative_file and beside.is_file():
             reference = str(beside)
         try:
             experiment_path(reference)
         except ConfigError as exc:
-            tried = (f" (looked for {beside} next to it, then {reference} from here)"
-                     if reference.endswith(".toml") and not Path(reference).is_absolute()
-                     else "")
+            tried = f" (looked for {beside} next to it, then {reference} from here)" \
+                if relative_file else ""
             raise ConfigError(f"{path}: extends {parent_name!r}{tried}: {exc}") from None
         parent = load_experiment(reference, (*_seen, key))
         parent.pop("name", None)

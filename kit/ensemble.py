@@ -120,7 +120,7 @@ def load_candidate(path: Path) -> Candidate:
     if bad:  # the metric's clip scores them, but every blend with them is NaN
         raise EnsembleError(f"{path}: {bad} validation predictions are NaN or inf (the model "
                             "overflows); leave this run out of the candidates")
-    name = f"{path.parent.name}/{path.name}"
+    name = _run_name(str(path))
     return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
                      data, load_spec(config.get("spec")))
 

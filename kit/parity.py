@@ -47,7 +47,7 @@ from kit.json_safe import json_safe
 from kit.metrics import evaluate
 from kit.run_record import relocated
 from kit.scoring.sandbox import prepare_submission
-from kit.scoring.score import load_rows, replay_rows
+from kit.scoring.score import FLOAT_EXACT, load_rows, replay_rows
 from kit.submission import write_submission_zip
 
 DEFAULT_ATOL = 1e-5
@@ -318,7 +318,7 @@ def as_two_sequences(rows: Rows, reference: np.ndarray) -> tuple[Rows, np.ndarra
     """One sequence, fed again under a second id: the order checks need two to tell a state
     kept per sequence from one shared by all."""
     again = rows.values.copy()
-    again[:, 0] = rows.values[0, 0] + 1 if rows.values[0, 0] < 2**53 - 1 else -1.0
+    again[:, 0] = rows.values[0, 0] + 1 if rows.values[0, 0] + 1 < FLOAT_EXACT else -1.0
     return Rows.of(np.concatenate([rows.values, again])), np.concatenate([reference, reference])
 
 

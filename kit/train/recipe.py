@@ -129,37 +129,44 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
                    progress: bool) -> list[dict]:
     from kit.errors import KitError
 
-    results, failed = [], []
-    for seed in seeds:
+    def train_seed(seed: int) -> list[dict]:
+        """The seed's run, or its fold group's runs."""
         config = {**base, "seed": seed}
-        if len(seeds) > 1:  # one seed (or its fold group) failing does not stop the others
-            try:
-                results += _train_in_turn(config, [seed], folds, runs_dir, run_dir, stamp,
-                                          resume, group_resume, overrides, stop_after_epochs,
-                                          progress)
-            except KitError as exc:
-                print(f"error: seed {seed}: {exc}", file=sys.stderr, flush=True)
-                failed.append(f"seed {seed}")
-            continue
         if folds:
-            results += _train_folds(config, folds, runs_dir, progress, stamp, overrides,
-                                    stop_after_epochs)
-        elif group_resume:
+            return _train_folds(config, folds, runs_dir, progress, stamp, overrides,
+                                stop_after_epochs)
+        if group_resume:
             files = RunFiles(runs_dir / config["name"] / new_run_id(seed, stamp))
-            results.append(continue_run(config, files, overrides, stop_after_epochs, progress))
-        elif resume:  # as a group member: a run whose last.pt is gone trains again
+            return [continue_run(config, files, overrides, stop_after_epochs, progress)]
+        if resume:  # as a group member: a run whose last.pt is gone trains again
             files = RunFiles(run_dir or resumable_run(config["name"], runs_dir))
-            results.append(continue_run(stored_config(files, overrides), files, overrides,
-                                        stop_after_epochs, progress))
-        else:
-            files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed, stamp))
-            files.refuse_reuse()
-            results.append(train_one(config, files, stop_after_epochs=stop_after_epochs,
-                                     progress=progress))
+            return [continue_run(stored_config(files, overrides), files, overrides,
+                                 stop_after_epochs, progress)]
+        files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed, stamp))
+        files.refuse_reuse()
+        return [train_one(config, files, stop_after_epochs=stop_after_epochs,
+                          progress=progress)]
+
+    if len(seeds) == 1:
+        return train_seed(seeds[0])
+    results, failed = [], []
+    for seed in seeds:  # one seed (or its fold group) failing does not stop the others
+        try:
+            results += train_seed(seed)
+        except KitError as exc:
+            print(f"error: seed {seed}: {exc}", file=sys.stderr, flush=True)
+            failed.append(f"seed {seed}")
     if failed:
-        raise KitError(f"training failed for {', '.join(failed)}; its error is printed above, "
-                       f"and the other seeds' runs are in {runs_dir / base['name']}")
+        raise seeds_failed(failed, runs_dir / base["name"])
     return results
+
+
+def seeds_failed(failed: list[str], exp_dir: Path):
+    """The error of a group some of whose seeds failed (each one's error already printed)."""
+    from kit.errors import KitError
+
+    return KitError(f"training failed for {', '.join(failed)}; its error is printed above, "
+                    f"and the other seeds' runs are in {exp_dir}")
 
 
 def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
@@ -205,7 +212,6 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     import os
     import sys
 
-    from kit.errors import KitError
     from kit.train.data import cache_feature_arrays
     from kit.workers import WorkerGroup, worker_pythonpath
 
@@ -233,8 +239,7 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     failed = [f"seed {seed} (exit {code})"
               for (seed, _), code in zip(running, codes, strict=True) if code]
     if failed:
-        raise KitError(f"training failed for {', '.join(failed)}; its error is printed above, "
-                       f"and the other seeds' runs are in {runs_dir / base['name']}")
+        raise seeds_failed(failed, runs_dir / base["name"])
     return [read_metrics(folder) | {"run_dir": str(folder)} for folder in dirs]
 
 
