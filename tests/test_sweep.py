@@ -1035,7 +1035,9 @@ def test_a_killed_workers_trial_is_failed_even_when_no_trial_starts_after_it(swe
     study = _study(_sqlite(sweep_env))
     orphan = study.ask()  # a worker that started a trial, beat once and was killed
     study._storage.record_heartbeat(orphan._trial_id)
-    time.sleep(2.5)
+    # SQLite's now() has whole seconds, on both the beat and the check: past the 2 s grace
+    # only once the truncated times differ by 3, which 4 s guarantees (2.5 s did not)
+    time.sleep(4.0)
     out = run_cli("sweep", "exp=tiny", "--trials", 1).output  # the study has its one trial
     assert "1 complete, 0 pruned, 1 failed, 0 running" in out
     assert _study(_sqlite(sweep_env)).trials[orphan.number].state == TrialState.FAIL
