@@ -25,14 +25,19 @@ _RANGE = re.compile(r"^(?P<prefix>.*?)(?P<lo>\d+)\.\.(?P=prefix)?(?P<hi>\d+)$")
 
 
 MAX_RANGE = 100_000
+MAX_SEQ_LEN = 10_000_000
 
 
 def expand_columns(patterns: list[str]) -> list[str]:
-    """Expand range patterns: "p0..p11" -> p0, p1, ..., p11; "0..31" -> "0" ... "31"."""
+    """Expand range patterns: "p0..p11" -> p0, p1, ..., p11; "0..31" -> "0" ... "31";
+    "f001..f100" -> f001 ... f100 (a zero-padded start keeps its width)."""
     out: list[str] = []
     for pattern in patterns:
         match = _RANGE.match(pattern)
         if match is None:
+            if ".." in pattern:  # "p0..v11", "p0...p5": a typo, not a column name
+                raise SpecError(f"column range {pattern!r} is not PREFIX<low>..PREFIX<high> "
+                                "(one prefix on both sides, e.g. \"p0..p11\")")
             out.append(pattern)
             continue
         lo, hi = int(match["lo"]), int(match["hi"])
@@ -41,7 +46,8 @@ def expand_columns(patterns: list[str]) -> list[str]:
         if hi - lo >= MAX_RANGE:  # a typo such as p0..p1000000000 would fill the memory
             raise SpecError(f"column range {pattern!r} names {hi - lo + 1:,} columns; at most "
                             f"{MAX_RANGE:,} are allowed")
-        out.extend(f"{match['prefix']}{i}" for i in range(lo, hi + 1))
+        width = len(match["lo"]) if match["lo"].startswith("0") and len(match["lo"]) > 1 else 0
+        out.extend(f"{match['prefix']}{i:0{width}d}" for i in range(lo, hi + 1))
     return out
 
 
@@ -144,16 +150,21 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
         raise SpecError(f"{source}: protocol {protocol!r} is not one of {PROTOCOLS}")
     for key in ("features", "targets"):
         value = raw.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip()
+                                                  for v in value):
             raise SpecError(f"{source}: {key} must be a list of column names (patterns such as "
                             f"\"p0..p11\" allowed), got {value!r}")
     for key in ("id_col", "step_col", "need_col", "name", "description", "protocol"):
         if key in raw and not isinstance(raw[key], str):
             raise SpecError(f"{source}: {key} must be a string, got {raw[key]!r}")
+        if key in raw and key != "description" and not raw[key].strip():
+            raise SpecError(f"{source}: {key} is empty; give it a name")
     for key in ("seq_len", "warmup", "tail"):
         value = raw.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{source}: {key} must be a whole number >= 0, got {value!r}")
+        if value > MAX_SEQ_LEN:  # arrays are sized by it: a typo would ask for terabytes
+            raise SpecError(f"{source}: {key} = {value:,} is more than {MAX_SEQ_LEN:,} steps")
     features = tuple(expand_columns(list(raw["features"])))
     targets = tuple(expand_columns(list(raw.get("targets", []))))
     if not features:  # every model and the scorer's rows need at least one input column
@@ -174,6 +185,9 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     if clip is not None and (not isinstance(clip, list) or len(clip) != 2
                              or not all(finite_number(c) for c in clip) or clip[0] >= clip[1]):
         raise SpecError(f"{source}: metric.clip must be [low, high] with low < high, got {clip}")
+    if clip is not None and metric_name != "weighted_pearson":
+        raise SpecError(f"{source}: metric.clip applies to weighted_pearson only (the official "
+                        f"Predictorium metric clips its predictions); {metric_name} has none")
     if metric_raw:
         raise SpecError(f"{source}: unknown metric key(s) {sorted(metric_raw)}")
     limits = _limits(raw.get("limits", {}), source)

@@ -37,7 +37,8 @@ def weighted_pearson(
     var_p = (w * dp) @ dp / w_sum
     if var_y <= 0 or var_p <= 0:
         return 0.0
-    return float(cov / np.sqrt(var_y * var_p))
+    # Two roots, not the root of the product: that underflows to 0 for tiny-valued targets.
+    return float(cov / (np.sqrt(var_y) * np.sqrt(var_p)))
 
 
 def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -166,8 +167,8 @@ def scored_truth(
     need = np.asarray(need).astype(bool)
     if not spec.next_state:
         if targets is None:
-            raise DataError(f"the data has no target columns {list(spec.targets)}; "
-                            "scoring needs a labelled file")
+            raise DataError(f"the data lacks target column(s) {list(spec.targets)}; "
+                            "scoring needs a labelled file with all of them")
         return np.asarray(targets, dtype=np.float64)[need]
     rows = np.flatnonzero(need)
     nxt = rows + 1

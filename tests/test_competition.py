@@ -32,6 +32,12 @@ def test_expand_columns():
         "p0", "p1", "p2", "x", "3", "4", "dv1", "dv2"]
     with pytest.raises(SpecError, match="backwards"):
         expand_columns(["p3..p1"])
+    # a zero-padded start keeps its width: f001 names f001, not f1
+    assert expand_columns(["f001..f003", "x09..x11", "p0..p1"]) == [
+        "f001", "f002", "f003", "x09", "x10", "x11", "p0", "p1"]
+    for typo in ("p0..v11", "p0...p5", "p0.."):  # not one literal column named "p0..v11"
+        with pytest.raises(SpecError, match="is not PREFIX<low>..PREFIX<high>"):
+            expand_columns([typo])
 
 
 USER_SPEC = """
@@ -105,6 +111,15 @@ def test_user_spec_from_env_path(tmp_path, monkeypatch):
         (lambda t: t.replace('[metric]\nname = "r2"', 'metric = "r2"'), "metric must be a table"),
         (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = [nan, 6.0]'), "metric.clip"),
         (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = "ab"'), "metric.clip"),
+        # a clip on a metric that never reads it would be ignored without a word
+        (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = [-6.0, 6.0]'),
+         "metric.clip applies to weighted_pearson only"),
+        (lambda t: t.replace("seq_len = 0", "seq_len = 1000000000000"),
+         "seq_len = 1,000,000,000,000 is more than"),
+        (lambda t: t.replace('name = "my-comp"', 'name = ""'), "name is empty"),
+        (lambda t: 'id_col = " "\n' + t, "id_col is empty"),
+        (lambda t: t.replace('features = ["a", "b", "c0..c2"]', 'features = ["a", ""]'),
+         "features must be a list of column names"),
         (lambda t: t.replace('targets = ["y"]', "protocol = 'next-state'"), "tail must be >= 1"),
         (lambda t: t.replace("warmup = 3", "warmup = 3\nprotocol = 'x'"), "protocol 'x'"),
         (lambda t: t + "\n[[[", "not valid TOML"),

@@ -212,3 +212,71 @@ def test_a_file_of_another_competition_is_named_as_such():
     with pytest.raises(DataError) as info:  # one missing column is no such case
         check_frame(make_frame(SPEC).drop("v3"), SPEC)
     assert "none of spec" not in str(info.value)
+
+
+def test_a_file_and_its_frame_give_the_same_report(tmp_path):
+    """check_file reads only the keys and streams the values; check_frame has the frame."""
+    df = make_frame(SPEC, n_seqs=6).with_columns(
+        pl.when(pl.col("step_in_seq") == 3).then(None).otherwise(pl.col("p1")).alias("p1"))
+    path = tmp_path / "ok.parquet"
+    df.write_parquet(path)
+    from_file, from_frame = check_file(path, SPEC).to_dict(), check_frame(df, SPEC).to_dict()
+    from_file.pop("path"), from_frame.pop("path")
+    summaries = from_file.pop("target_summary"), from_frame.pop("target_summary")
+    assert from_file == from_frame and from_file["null_counts"]["p1"] == 6
+    for name, stats in summaries[0].items():  # the streaming engine sums in its own order
+        assert stats == pytest.approx(summaries[1][name], rel=1e-12)
+    values = df["t0"].cast(pl.Float64).to_numpy()
+    summary = summaries[0]["t0"]
+    assert summary["p99"] == pytest.approx(np.quantile(values, 0.99), rel=1e-12)
+    assert summary["std"] == pytest.approx(values.std(), rel=1e-9)
+
+
+def test_duplicates_are_found_apart_or_together():
+    # the grouping that lists them runs only when steps fall back or rows are apart
+    together = _set_at(make_frame(SPEC), "step_in_seq", 3, 2)  # 0 1 2 2 4
+    apart = _set_at(make_frame(SPEC), "step_in_seq", 4, 1)  # 0 1 2 3 1 5
+    for df, pair in ((together, "seq 0, step 2"), (apart, "seq 0, step 1")):
+        with pytest.raises(DataError, match=f"duplicate .*{pair}"):
+            check_frame(df, SPEC)
+
+
+def test_swapped_rows_are_out_of_order_not_gaps():
+    df = make_frame(SPEC)
+    swapped = pl.concat([df[:10], df[11:12], df[10:11], df[12:]])  # steps 9, 11, 10, 12
+    with pytest.raises(DataError) as info:
+        check_frame(swapped, SPEC)
+    assert any("out of order" in p for p in info.value.problems)
+    assert not any("gap" in p for p in info.value.problems)
+
+
+def test_non_finite_targets_warn_by_whether_they_are_scored():
+    df = make_frame(SPEC)
+    warmup = _set_at(df, "t0", 2, float("nan"))  # step 2 < warm-up 5: never scored
+    [said] = check_frame(warmup, SPEC).warnings
+    assert "only on rows that need no prediction" in said and "unaffected" in said
+    scored = _set_at(_set_at(df, "t1", 7, float("inf")), "t1", 8, None)
+    [said] = check_frame(scored, SPEC).warnings
+    assert "'t1' has non-finite values on 2 scored row(s): the metric will be NaN" in said
+
+
+def test_unreadable_value_data_and_repeated_names_are_named(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = make_frame(SPEC).to_arrow()
+    twice = pa.table(table.columns, names=[*table.column_names[:-1], "p0"])
+    pq.write_table(twice, tmp_path / "twice.parquet")
+    result = run_cli("data", "check", tmp_path / "twice.parquet", expect=2)
+    assert "two columns have the same name" in result.output and "corrupt" not in result.output
+    # a value page damaged after the key columns: the streaming pass names the file
+    path = tmp_path / "late.parquet"
+    pq.write_table(table, path, compression="snappy", use_dictionary=False)
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    column = meta.column(meta.num_columns - 1)
+    data = bytearray(path.read_bytes())
+    start, size = column.data_page_offset, column.total_compressed_size
+    data[start + 20:start + size - 4] = bytes(size - 24)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="late.parquet: the parquet footer reads but its data"):
+        check_file(path, SPEC)

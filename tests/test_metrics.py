@@ -139,3 +139,12 @@ def test_oracle_fraction_reads_one_for_the_oracle_and_less_for_worse_either_dire
     assert oracle_fraction(0.0, 0.0, higher_is_better=False) == 1.0
     assert math.isnan(oracle_fraction(0.3, 0.0, higher_is_better=True))
     assert math.isnan(oracle_fraction(0.0, 0.5, higher_is_better=False))
+
+
+def test_weighted_pearson_of_tiny_values_does_not_underflow():
+    # var_y * var_p is below the smallest double here; each root on its own is not
+    rng = np.random.default_rng(0)
+    y = rng.standard_t(3, 2000) * 1e-80
+    p = (0.5 * y / 1e-80 + rng.standard_normal(2000)) * 1e-85
+    expected = np.corrcoef(y * 1e80, p * 1e85)[0, 1]  # every weight is the 1e-8 floor: plain r
+    assert weighted_pearson(y, p) == pytest.approx(expected, rel=1e-9)

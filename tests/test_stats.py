@@ -175,3 +175,23 @@ def test_stats_of_a_file_with_some_or_no_targets(tmp_path, dropped):
     _tiny_frame().drop(dropped).write_parquet(path)
     stats = dataset_stats(path, TINY)
     assert sorted(stats.get("targets", {})) == sorted({"t0", "t1"} - set(dropped))
+
+
+def test_an_oracle_score_that_is_not_a_number_is_shown_as_such(tmp_path):
+    frame = _tiny_frame()
+    frame.select("seq_ix", "step_in_seq", "t0", "t1").write_parquet(tmp_path / "oracle.parquet")
+    t0 = frame["t0"].to_numpy().copy()
+    t0[20] = np.nan  # a scored row (step 20)
+    frame.with_columns(pl.Series("t0", t0)).write_parquet(tmp_path / "nan.parquet")
+    stats = dataset_stats(tmp_path / "nan.parquet", TINY, oracle=tmp_path / "oracle.parquet")
+    assert stats["oracle"]["score"] is None and stats["oracle"]["per_output"]["t0"] is None
+    text = format_stats(stats)
+    assert "score -" in text and "a truth value on a scored row is NaN or inf" in text
+
+
+def test_an_oracle_needs_every_target_and_names_the_missing_one(tmp_path):
+    frame = _tiny_frame()
+    frame.select("seq_ix", "step_in_seq", "t0", "t1").write_parquet(tmp_path / "oracle.parquet")
+    frame.drop("t1").write_parquet(tmp_path / "part.parquet")
+    with pytest.raises(DataError, match=r"no target column\(s\) \['t1'\]"):
+        dataset_stats(tmp_path / "part.parquet", TINY, oracle=tmp_path / "oracle.parquet")

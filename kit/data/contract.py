@@ -7,14 +7,14 @@ submission must survive (NaN/inf in features) are reported, not rejected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec
-from kit.data.io import read_frame
+from kit.data.io import file_schema, read_frame, scan_parquet, unreadable_data
 from kit.errors import DataError
 
 FLOAT_TYPES = (pl.Float32, pl.Float64)
@@ -81,23 +81,43 @@ def _group_dtypes(dtypes: dict[str, str]) -> str:
 
 
 def check_file(path: str | Path, spec: CompetitionSpec) -> CheckReport:
-    """Load a parquet file and check it against the spec."""
-    return check_frame(read_frame(path), spec, source=str(path))
+    """Check a parquet file against the spec. Only the key columns are held in memory; the
+    value columns are counted and summarised in one streaming pass."""
+    path = Path(path)
+    schema = file_schema(path)
+
+    def read_values(exprs: list[pl.Expr]) -> pl.DataFrame:
+        try:
+            return scan_parquet(path).select(exprs).collect(engine="streaming")
+        except pl.exceptions.PolarsError as exc:
+            raise unreadable_data(path, exc) from None
+
+    return _check(schema, lambda cols: read_frame(path, cols), read_values, spec, str(path))
 
 
 def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>") -> CheckReport:
     """Verify a frame against the competition contract; raise DataError listing every problem."""
-    labelled = _check_columns(df, spec, source)
-    check_dtypes(df, spec, labelled, source)
+    return _check(df.schema, df.select, df.select, spec, source)
+
+
+def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
+           read_values: Callable[[list[pl.Expr]], pl.DataFrame], spec: CompetitionSpec,
+           source: str) -> CheckReport:
+    """The checks of check_file and check_frame: `read_columns(names)` gives those columns,
+    `read_values(exprs)` the one-row frame of those aggregations over the whole data."""
+    labelled = _check_columns(list(schema), spec, source)
+    check_dtypes(schema, spec, labelled, source)
     problems: list[str] = []
     ids, steps = spec.id_col, spec.step_col
-    if df.height == 0:
+    key_frame = read_columns([ids, steps, spec.need_col])
+    if key_frame.height == 0:
         raise DataError(f"{source}: the file has no rows")
-    keys = df.select(
-        whole_numbers(df, ids).alias("id"),
-        whole_numbers(df, steps).alias("step"),
-        _need_as_int(df, spec.need_col).alias("need"),
+    keys = key_frame.select(
+        whole_numbers(schema, ids).alias("id"),
+        whole_numbers(schema, steps).alias("step"),
+        _need_as_int(schema, spec.need_col).alias("need"),
     ).with_row_index("row")
+    del key_frame
     for col in ("id", "step", "need"):
         n_null = keys[col].null_count()
         if n_null:
@@ -119,26 +139,27 @@ def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>"
         raise ContractError(source, problems)
 
     value_cols = list(spec.features) + (list(spec.targets) if labelled else [])
-    nan_counts, inf_counts, null_counts = _nonfinite_counts(df, value_cols)
-    warnings = []
-    for col in spec.targets if labelled else []:
-        if nan_counts[col] or inf_counts[col] or null_counts[col]:
-            warnings.append(f"target {col!r} has non-finite values: the metric will be NaN")
+    targets = list(spec.targets) if labelled else []
+    values = read_values(_nonfinite_exprs(value_cols) + _target_exprs(targets, spec.need_col))
+    values = values.row(0, named=True)
+    nan_counts, inf_counts, null_counts = _nonfinite_counts(values, value_cols)
+    warnings = [_target_warning(col, values) for col in targets
+                if nan_counts[col] or inf_counts[col] or null_counts[col]]
     hist = lengths.group_by("n").agg(pl.len().alias("count")).sort("n")
     return CheckReport(
         path=source,
         spec=spec.name,
-        rows=df.height,
+        rows=keys.height,
         sequences=lengths.height,
         labelled=labelled,
-        dtypes={c: str(df.schema[c]) for c in df.columns},
+        dtypes={c: str(dtype) for c, dtype in schema.items()},
         length_histogram={str(n): int(c) for n, c in hist.iter_rows()},
         nan_counts=nan_counts,
         inf_counts=inf_counts,
         null_counts=null_counts,
         need_rows=int(keys["need"].sum()),
         warmup_rule=_rule_text(spec),
-        target_summary=_target_summary(df, spec) if labelled else {},
+        target_summary=_target_summary(values, targets),
         warnings=warnings,
     )
 
@@ -152,10 +173,10 @@ class ContractError(DataError):
         super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
 
 
-def _check_columns(df: pl.DataFrame, spec: CompetitionSpec, source: str) -> bool:
+def _check_columns(have: list[str], spec: CompetitionSpec, source: str) -> bool:
     """Exact names and order; target columns may be absent altogether (an unlabelled file)."""
-    have = df.columns
-    labelled = any(t in have for t in spec.targets)
+    # a next-state file is always labelled: its truth is the next row's features
+    labelled = spec.next_state or any(t in have for t in spec.targets)
     want = spec.columns if labelled else spec.input_columns
     problems = []
     missing = [c for c in want if c not in have]
@@ -180,9 +201,8 @@ def _check_columns(df: pl.DataFrame, spec: CompetitionSpec, source: str) -> bool
     return labelled
 
 
-def check_dtypes(df: pl.DataFrame, spec: CompetitionSpec, labelled: bool, source: str) -> None:
+def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, source: str) -> None:
     problems = []
-    schema = df.schema
     for col in (spec.id_col, spec.step_col):
         dtype = schema[col]
         if not (dtype.is_integer() or dtype in FLOAT_TYPES):
@@ -206,18 +226,18 @@ def contract_dtype(spec: CompetitionSpec, column: str) -> str:
         column, "float32")
 
 
-def whole_numbers(df: pl.DataFrame, name: str) -> pl.Expr:
+def whole_numbers(schema: pl.Schema, name: str) -> pl.Expr:
     """The column as Int64, null where a value is not a whole number (reported as such): a
     plain cast would truncate 1.5 to 1."""
     col = pl.col(name)
-    if df.schema[name] in FLOAT_TYPES:
+    if schema[name] in FLOAT_TYPES:
         col = pl.when(col == col.floor()).then(col).otherwise(None)
     return col.cast(pl.Int64, strict=False)
 
 
-def _need_as_int(df: pl.DataFrame, need_col: str) -> pl.Expr:
+def _need_as_int(schema: pl.Schema, need_col: str) -> pl.Expr:
     col = pl.col(need_col)
-    if df.schema[need_col] == pl.Boolean:
+    if schema[need_col] == pl.Boolean:
         return col.cast(pl.Int8)
     # Integer flags must be exactly 0 or 1; anything else becomes null and is reported.
     return pl.when(col.is_in([0, 1])).then(col.cast(pl.Int8)).otherwise(None)
@@ -226,20 +246,19 @@ def _need_as_int(df: pl.DataFrame, need_col: str) -> pl.Expr:
 def _check_order(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
     """Rows grouped by sequence, steps 0, 1, 2, ... in order, no duplicates and no gaps."""
     problems = []
-    dup = (keys.group_by("id", "step").agg(pl.len().alias("n"), pl.col("row").min())
-           .filter(pl.col("n") > 1).sort("row"))
-    if dup.height:
-        examples = ", ".join(f"(seq {i}, step {s}) x{n}"
-                             for i, s, n, _ in dup.head(MAX_LISTED).iter_rows())
-        problems.append(f"{dup.height:,} duplicate ({spec.id_col}, {spec.step_col}) pair(s): "
-                        f"{examples}")
     marked = keys.with_columns(
         (pl.col("id") != pl.col("id").shift(1)).fill_null(True).alias("starts"),
         (pl.col("step") - pl.col("step").shift(1)).alias("delta"),
     )
     starts = marked.filter(pl.col("starts"))
+    inner = marked.filter(~pl.col("starts"))
+    del marked
     split = (starts.filter(pl.col("id").is_duplicated()).group_by("id")
              .agg(pl.col("row").sort().get(1)))
+    if split.height or (inner["delta"] <= 0).any():
+        # With each sequence's rows together and steps rising, no pair can repeat: the grouping
+        # (a table as long as the file) is needed only for files that fail those checks.
+        problems += _duplicates(keys, spec)
     if split.height:
         examples = ", ".join(f"seq {i} (again at row {r})" for i, r in
                              split.sort("row").head(MAX_LISTED).iter_rows())
@@ -253,19 +272,31 @@ def _check_order(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
         examples = ", ".join(f"seq {i} starts at step {s}" for _, i, s, *_ in
                              late_start.head(MAX_LISTED).iter_rows())
         problems.append(f"{late_start.height:,} sequence(s) do not start at step 0: {examples}")
-    inner = marked.filter(~pl.col("starts"))
     backwards = inner.filter(pl.col("delta") < 0)
     if backwards.height:
         examples = ", ".join(f"seq {i} step {s} (row {r})" for r, i, s, *_ in
                              backwards.head(MAX_LISTED).iter_rows())
         problems.append(f"steps out of order in {backwards['id'].n_unique():,} sequence(s); "
                         f"first at: {examples}")
-    gaps = inner.filter(pl.col("delta") > 1)
+    # Steps out of order jump forward too (9, 11, 10, 12): no row is missing there, so gaps are
+    # looked for only in sequences whose steps rise.
+    disordered = backwards["id"].unique().implode()
+    gaps = inner.filter((pl.col("delta") > 1) & ~pl.col("id").is_in(disordered))
     if gaps.height:
         examples = ", ".join(f"seq {i}: step {s - d} -> {s}" for _, i, s, _, _, d in
                              gaps.head(MAX_LISTED).iter_rows())
         problems.append(f"{gaps.height:,} gap(s) in step numbering: {examples}")
     return problems
+
+
+def _duplicates(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
+    dup = (keys.group_by("id", "step").agg(pl.len().alias("n"), pl.col("row").min())
+           .filter(pl.col("n") > 1).sort("row"))
+    if not dup.height:
+        return []
+    examples = ", ".join(f"(seq {i}, step {s}) x{n}"
+                         for i, s, n, _ in dup.head(MAX_LISTED).iter_rows())
+    return [f"{dup.height:,} duplicate ({spec.id_col}, {spec.step_col}) pair(s): {examples}"]
 
 
 def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
@@ -287,30 +318,50 @@ def _rule_text(spec: CompetitionSpec) -> str:
     return rule + (f" until {spec.tail} step(s) before the end" if spec.tail else " to the end")
 
 
-def _nonfinite_counts(df: pl.DataFrame, cols: list[str]):
+def _nonfinite_exprs(cols: list[str]) -> list[pl.Expr]:
     exprs = []
     for c in cols:
         exprs += [pl.col(c).is_nan().sum().alias(f"nan|{c}"),
                   pl.col(c).is_infinite().sum().alias(f"inf|{c}"),
                   pl.col(c).null_count().alias(f"null|{c}")]
-    row = df.select(exprs).row(0, named=True) if exprs else {}
-    pick = {kind: {c: int(row[f"{kind}|{c}"] or 0) for c in cols}
+    return exprs
+
+
+def _nonfinite_counts(values: dict, cols: list[str]):
+    pick = {kind: {c: int(values[f"{kind}|{c}"] or 0) for c in cols}
             for kind in ("nan", "inf", "null")}
     return pick["nan"], pick["inf"], pick["null"]
 
 
-def _target_summary(df: pl.DataFrame, spec: CompetitionSpec) -> dict[str, dict[str, float]]:
-    out = {}
-    for t in spec.targets:
-        col = df[t].cast(pl.Float64)
-        values = col.filter(col.is_finite()).to_numpy()
-        if values.size == 0:
-            continue
-        q = np.quantile(values, [0.01, 0.5, 0.99])
-        out[t] = {"mean": float(values.mean()), "std": float(values.std()),
-                  "min": float(values.min()), "p1": float(q[0]), "p50": float(q[1]),
-                  "p99": float(q[2]), "max": float(values.max())}
-    return out
+SUMMARY = {"mean": lambda c: c.mean(), "std": lambda c: c.std(ddof=0), "min": lambda c: c.min(),
+           "p1": lambda c: c.quantile(0.01, "linear"), "p50": lambda c: c.quantile(0.5, "linear"),
+           "p99": lambda c: c.quantile(0.99, "linear"), "max": lambda c: c.max()}
+
+
+def _target_exprs(targets: list[str], need_col: str) -> list[pl.Expr]:
+    """Per target: the summary of its finite values and its non-finite values on scored rows."""
+    exprs = []
+    for t in targets:
+        finite = pl.col(t).cast(pl.Float64).filter(pl.col(t).is_finite())
+        exprs += [stat(finite).alias(f"{key}|{t}") for key, stat in SUMMARY.items()]
+        exprs += [finite.len().alias(f"finite|{t}"),
+                  (~pl.col(t).is_finite().fill_null(False))
+                  .filter(pl.col(need_col).cast(pl.Boolean)).sum().alias(f"scored_bad|{t}")]
+    return exprs
+
+
+def _target_summary(values: dict, targets: list[str]) -> dict[str, dict[str, float]]:
+    return {t: {key: float(values[f"{key}|{t}"]) for key in SUMMARY}
+            for t in targets if values[f"finite|{t}"]}
+
+
+def _target_warning(col: str, values: dict) -> str:
+    bad = int(values[f"scored_bad|{col}"] or 0)
+    if bad:
+        return (f"target {col!r} has non-finite values on {bad:,} scored row(s): the metric "
+                "will be NaN")
+    return (f"target {col!r} has non-finite values, only on rows that need no prediction: the "
+            "metric is unaffected")
 
 
 def _listed(names: list[str], limit: int = 12) -> str:

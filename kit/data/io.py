@@ -22,6 +22,21 @@ def scan_parquet(path: Path) -> pl.LazyFrame:
 def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFrame:
     """Read parquet with Polars; a missing, empty, corrupt or truncated file raises DataError."""
     path = Path(path)
+    schema = file_schema(path)
+    if columns is not None:
+        missing = [c for c in columns if c not in schema]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {missing}")
+    try:
+        return pl.read_parquet(path, columns=columns, glob=False)
+    except Exception as exc:
+        raise unreadable_data(path, exc) from None
+
+
+def file_schema(path: str | Path) -> pl.Schema:
+    """The schema of a parquet file; a missing, empty, non-parquet or corrupt one raises
+    DataError saying which."""
+    path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
@@ -35,23 +50,24 @@ def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
             f"{path}: not a parquet file (it does not start with parquet's PAR1 magic); kit "
             "reads parquet: convert a CSV with polars.read_csv(PATH).write_parquet(NEW_PATH)")
     try:
-        schema = parquet_schema(path)
+        return parquet_schema(path)
+    except pl.exceptions.DuplicateError as exc:  # a sound file Polars cannot read as a frame
+        raise DataError(
+            f"{path}: two columns have the same name ({_first_line(exc)}); give each column "
+            "its own name (pyarrow reads the file: pyarrow.parquet.read_table(PATH)"
+            ".rename_columns(...))"
+        ) from None
     except Exception as exc:  # polars raises several unrelated types for bad files
         raise DataError(
             f"{path}: not a readable parquet file ({_first_line(exc)}); it may be truncated or "
             "corrupt: re-download or regenerate it"
         ) from None
-    if columns is not None:
-        missing = [c for c in columns if c not in schema]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {missing}")
-    try:
-        return pl.read_parquet(path, columns=columns, glob=False)
-    except Exception as exc:
-        raise DataError(
-            f"{path}: the parquet footer reads but its data does not ({_first_line(exc)}); "
-            "the file is corrupt: re-download or regenerate it"
-        ) from None
+
+
+def unreadable_data(path: Path, exc: Exception) -> DataError:
+    """The error for a file whose footer reads but whose data pages do not."""
+    return DataError(f"{path}: the parquet footer reads but its data does not "
+                     f"({_first_line(exc)}); the file is corrupt: re-download or regenerate it")
 
 
 def _first_line(exc: Exception) -> str:

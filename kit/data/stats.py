@@ -61,7 +61,7 @@ def dataset_stats(
     present = [t for t in spec.targets if t in schema]  # unlabelled files: no target stats
     frame = read_frame(path, spec.input_columns + present)
     # text ids or list features: named (the targets checked are those the file has)
-    check_dtypes(frame, dataclasses.replace(spec, targets=tuple(present)), True, str(path))
+    check_dtypes(frame.schema, dataclasses.replace(spec, targets=tuple(present)), True, str(path))
     frame = _sorted(frame, spec)
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")
@@ -164,10 +164,14 @@ def format_stats(stats: dict) -> str:
             lines.append(f"  corr({pair.replace('~', ', ')}) = {_cell(value)}{flag}")
     if "oracle" in stats:
         o = stats["oracle"]
-        lines += ["", f"oracle ({o['metric']}, {o['rows']:,} scored rows): score {o['score']:.4f}"]
+        score = "-" if o["score"] is None else f"{o['score']:.4f}"
+        lines += ["", f"oracle ({o['metric']}, {o['rows']:,} scored rows): score {score}"]
+        if o["score"] is None:
+            lines.append("  (not a number: a truth value on a scored row is NaN or inf)")
         if not stats["targets"]:
-            values = list(o["per_output"].values())
-            lines.append(f"  per output: min {min(values):.3f}  max {max(values):.3f}")
+            values = _present(o["per_output"].values())
+            lines.append(f"  per output: min {_cell(min(values, default=None))}  "
+                         f"max {_cell(max(values, default=None))}")
     if banded:
         checks = stats["checks"]
         passed = sum(c["ok"] for c in checks)
@@ -308,11 +312,11 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
     table = read_frame(path, keys + names)
     # ids and steps as Int64 on both sides: a float-id file (accepted by the contract) and an
     # int-id oracle must join, not raise a schema error
-    table = table.with_columns(whole_numbers(table, k).alias(k) for k in keys)
+    table = table.with_columns(whole_numbers(table.schema, k).alias(k) for k in keys)
     if table.select(pl.any_horizontal(pl.col(k).is_null() for k in keys).any()).item():
         raise DataError(f"{path}: its {', '.join(keys)} must be whole numbers (an oracle has one "
                         "row per (sequence, step) of the data file)")
-    frame = frame.with_columns(whole_numbers(frame, k).alias(k) for k in keys)
+    frame = frame.with_columns(whole_numbers(frame.schema, k).alias(k) for k in keys)
     repeated = table.select(keys).is_duplicated()
     if repeated.any():
         first = table.filter(repeated).row(0)
@@ -327,10 +331,11 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
     if missing:
         raise DataError(f"{path}: no oracle value for {missing} row(s) that need a prediction")
     features = frame.select(spec.features).to_numpy() if spec.next_state else None
-    present = [t for t in spec.targets if t in frame.columns]
-    targets = (
-        frame.select(present).to_numpy() if present and len(present) == len(spec.targets) else None
-    )
+    absent = [t for t in spec.targets if t not in frame.columns]
+    if absent:
+        raise DataError(f"the data file has no target column(s) {absent}: an oracle score "
+                        "needs every target")
+    targets = frame.select(spec.targets).to_numpy() if spec.targets else None
     truth = scored_truth(frame[spec.id_col].to_numpy(), need, features, targets, spec)
     per_output = {n: metric_value(spec, truth[:, j], pred[need, j]) for j, n in enumerate(names)}
     return {

@@ -51,7 +51,7 @@ def model_class(config: dict) -> type[StreamModel]:
     kind = config.get("type")
     if kind is None:
         raise ModelConfigError(f"model.type is missing; available: {sorted(MODELS)}")
-    if kind not in MODELS:
+    if not isinstance(kind, str) or kind not in MODELS:
         raise ModelConfigError(f"model.type: unknown model {kind!r}; available: {sorted(MODELS)}")
     return MODELS[kind]
 

@@ -3,6 +3,7 @@ table fails before anything is built, with a message that names the entry."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,8 +62,8 @@ class Key:
             raise ModelConfigError(f"{where}: expected a number, got {value!r}")
         if self.kind == "prob" and not 0.0 <= value < 1.0:
             raise ModelConfigError(f"{where}: expected a probability in [0, 1), got {value!r}")
-        if self.kind == "number" and not value > 0:
-            raise ModelConfigError(f"{where}: expected a number > 0, got {value!r}")
+        if self.kind == "number" and not (value > 0 and math.isfinite(value)):
+            raise ModelConfigError(f"{where}: expected a finite number > 0, got {value!r}")
         return float(value)
 
 
