@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -26,6 +27,11 @@ class _KitGroup(TyperGroup):
         except KitError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:  # `kit runs | head`: the reader has all it wanted
+            # Python flushes stdout again at exit, which would fail the same way: point it at
+            # /dev/null first (the recipe of the signal module's docs); 141 = 128 + SIGPIPE.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except OSError as exc:  # an output path under a file, a full disk: say which path
             typer.echo(f"error: {os_error_text(exc)}", err=True)
             raise typer.Exit(2) from None
@@ -432,7 +438,8 @@ def runs(
 @app.command()
 def report(
     run: Path = typer.Argument(..., help="A run directory (runs/EXP/ID) or an ensemble TOML."),
-    out: Path | None = typer.Option(None, help="Output folder (default: RUN/report)."),
+    out: Path | None = typer.Option(
+        None, help="Output folder (default: RUN/report; for an ensemble FILE.toml, FILE/)."),
 ) -> None:
     """Plot a run's curves and predictions (or an ensemble's selection trajectory and weights)
     and write a short markdown summary."""

@@ -37,6 +37,7 @@ from kit.run_record import (
     changed_data_message,
     data_changes,
     data_file_of,
+    fold_run,
     is_finished,
     load_array,
     read_config,
@@ -72,13 +73,6 @@ def _read_config(run: Path) -> dict:
     return read_config(run)
 
 
-def _fold_run(group: Path, recorded: str) -> Path:
-    """A fold run an out-of-fold group lists (relative to where it trained): the group's
-    sibling of that name, wherever the command runs."""
-    sibling = group.parent / Path(recorded).name
-    return sibling if sibling.is_dir() else Path(recorded).resolve()
-
-
 def _data_path(run: Path, configured: str) -> Path:
     """A run's data file as its config names it, a relative path in the run's checkout."""
     return data_file_of(run, configured) or Path(configured)
@@ -96,7 +90,7 @@ def load_candidate(path: Path) -> Candidate:
                             "finish it with kit train --resume first")
     if (path / "oof_preds.npy").is_file():
         listed = summary.get("runs")
-        runs = [_fold_run(path, r) for r in listed] if isinstance(listed, list) else []
+        runs = [fold_run(path, r) for r in listed] if isinstance(listed, list) else []
         if not runs:
             raise EnsembleError(f"{path}: the out-of-fold group names no fold runs")
         config = _read_config(runs[0])
@@ -634,7 +628,8 @@ def format_selection(doc: dict) -> str:
     cuts = e.get("best_iteration_per_target")
     cut = (", ".join(f"{t} at iteration {n}" for t, n in cuts.items()) + f" of {e['iters']}"
            if cuts else f"at iteration {e['best_iteration']} of {e['iters']}")
-    lines.append(f"\n{len(doc['members'])} of {e['candidates']} candidates selected "
+    weighted = sum(any(w != 0 for w in m["weights"]) for m in doc["members"])  # not hand-zeroed
+    lines.append(f"\n{weighted} of {e['candidates']} candidates selected "
                  f"(best {cut}; {e['rows']:,} rows; {e['seconds']:.1f}s)")
 
     def mean_weight(m: dict) -> float:

@@ -26,6 +26,8 @@ from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, s
 from kit.run_record import (
     changed_data_message,
     data_changes,
+    data_file_of,
+    fold_run,
     load_array,
     read_config,
     read_metrics,
@@ -116,7 +118,7 @@ def _higher_is_better(config: dict, cache: dict) -> bool:
 def _seed(config: dict, run_id: str) -> int | None:
     if _count(config.get("seed")) is not None:
         return config["seed"]
-    match = re.search(r"-s(\d+)$", run_id)
+    match = re.search(r"-s(\d+)(?:-oof)?$", run_id)
     return int(match[1]) if match else None
 
 
@@ -175,9 +177,11 @@ def _summary(run_dir: Path, cache: dict) -> dict:
                 per_target=best["val_per_target"],
             )
         row["wall_s"] = float(sum(r["seconds"] or 0.0 for r in history))
-    if metrics is not None and (changed := data_changes(run_dir)):
-        row["data_changed"] = changed  # its score is of the old file: no oracle fraction
-    oracle = _oracle_report(run_dir, config, cache)
+    if metrics is not None and metrics.get("kind") == "oof":
+        row["epochs"] = None  # a group of fold runs: their epochs are theirs
+    if metrics is not None and (changed := _data_changes(run_dir, metrics)):
+        row["data_changed"] = changed  # its score is of the old file: no oracle figures
+    oracle = None if row.get("data_changed") else _oracle_report(run_dir, config, cache)
     if oracle is not None:
         row["oracle_score"] = _finite(oracle.score)
         if row["score"] is not None and not row.get("data_changed"):
@@ -246,14 +250,27 @@ def _validated_on(run_dir: Path, config: dict) -> str | None:
 
 
 def _valid_file(run_dir: Path, config: dict, cache: dict) -> ValidFile | None:
+    """The file the run validated on, found as data_file_of finds it (in the run's own
+    checkout first: another checkout's file of the same name holds other rows)."""
     valid = _validated_on(run_dir, config)
-    if not valid or not Path(valid).exists():
+    path = data_file_of(run_dir, valid) if valid else None
+    if path is None:
         return None
     spec = _spec(config, cache)
-    key = (str(Path(valid).resolve()), spec.source, spec.name)
+    key = (str(path.resolve()), spec.source, spec.name)
     if key not in cache:
-        cache[key] = ValidFile(Path(valid), spec)
+        cache[key] = ValidFile(path, spec)
     return cache[key]
+
+
+def _data_changes(run_dir: Path, metrics: dict) -> list[str]:
+    """data_changes of a run; of an out-of-fold group, those of its fold runs."""
+    if metrics.get("kind") != "oof":
+        return data_changes(run_dir)
+    runs = metrics.get("runs") if isinstance(metrics.get("runs"), list) else []
+    changed = [path for run in runs if isinstance(run, str)
+               for path in data_changes(fold_run(run_dir, run))]
+    return list(dict.fromkeys(changed))
 
 
 def _oracle_report(run_dir: Path, config: dict, cache: dict) -> MetricReport | None:
@@ -303,8 +320,9 @@ def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -
     if not runs_dir.is_dir():
         return []
     # an experiment's folder holds run folders; runs/ensembles (selection files) holds none
+    # (runs/ensembles holds ensemble files and their report folders, no runs)
     experiments = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                         and any(q.is_dir() for q in p.iterdir()))
+                         and p.name != "ensembles" and any(q.is_dir() for q in p.iterdir()))
     if experiment is not None:
         if not (runs_dir / experiment).is_dir():
             raise KitError(
@@ -547,6 +565,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         if isinstance(diverged, str):
             raise KitError(f"{run_dir}: training diverged before any epoch scored ({diverged}); "
                            "there is nothing to report (see docs/runs.md on divergence)")
+        if any(_is_run(child) for child in run_dir.iterdir()):
+            raise KitError(f"{run_dir}: an experiment's folder; kit report draws one run: "
+                           f"report one of its runs (kit runs -e {run_dir.name} lists them)")
         raise KitError(
             f"{run_dir}: no history.jsonl; not a run directory, or its first epoch "
             "has not finished yet"

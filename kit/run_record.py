@@ -171,6 +171,13 @@ def data_file_of(run_dir: Path, path: str, reading_here: bool = False) -> Path |
     return next((base / configured for base in bases if (base / configured).is_file()), None)
 
 
+def fold_run(group: Path, recorded: str) -> Path:
+    """A fold run an out-of-fold group lists (relative to where it trained): the group's
+    sibling of that name, wherever the command runs."""
+    sibling = Path(group).parent / Path(recorded).name
+    return sibling if sibling.is_dir() else Path(recorded).resolve()
+
+
 def changed_data_message(run_dir: Path, changed: list[str]) -> str:
     return (f"{run_dir} trained or validated on {', '.join(changed)}, whose content has "
             "changed since (its sha256 differs from the one the run recorded): its scores and "

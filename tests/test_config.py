@@ -155,3 +155,17 @@ def test_an_experiment_that_is_not_utf8_is_named(tmp_path, monkeypatch):
     (tmp_path / "e12.toml").write_bytes(b'extends = "base"\n# \xff\n')
     out = run_cli("train", "exp=e12", expect=2).output
     assert "e12.toml: not UTF-8 text (byte 0xff" in out and "Traceback" not in out
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
+    """`kit features list | head -2`: the writes after head exits fail with EPIPE; that is not
+    an error of the command's (it said "error: [Errno 32] Broken pipe")."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "kit", "features", "list"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child has written a byte: its first write fails
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 141, err
+    assert err.decode() == ""

@@ -650,7 +650,8 @@ def test_a_selection_edited_by_hand_still_reports_and_says_its_scores_are_old(ru
         m["weights"] = [0.0, 0.0]
     (tmp_path / "h.toml").write_text(tomli_w.dumps(doc))
     run_cli("report", tmp_path / "h.toml")
-    assert edited in (tmp_path / "h/report.md").read_text()
+    text = (tmp_path / "h/report.md").read_text()
+    assert edited in text and f"1 of {e['candidates']} candidates selected" in text
     packed = pack_ensemble(tmp_path / "h.toml", "h", tmp_path / "subs", budget=False)
     assert packed.manifest["ensemble"]["weights_edited"] is True
 

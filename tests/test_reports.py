@@ -400,3 +400,64 @@ def test_report_needs_a_history(tmp_path: Path):
         write_report(tmp_path / "run")
     with pytest.raises(KitError, match="no such run directory"):
         write_report(tmp_path / "missing")
+
+
+def _relative_data_run(checkout: Path) -> Path:
+    """A checkout whose run names its data relative to the checkout (data/valid.parquet)."""
+    spec = small_spec()
+    valid, spec_path = write_data(checkout / "data", spec)
+    run = make_run(checkout / "runs", "alpha", "20240101-000000-s1", valid, spec_path)
+    config = (run / "config.toml").read_text().replace(str(valid), "data/valid.parquet")
+    (run / "config.toml").write_text(config)
+    return run
+
+
+def test_a_run_is_reported_on_its_own_checkouts_data(tmp_path: Path, monkeypatch):
+    run = _relative_data_run(tmp_path / "a")
+    monkeypatch.chdir(tmp_path / "a")
+    (own,) = list_runs(Path("runs"))
+    own_report = write_report(run, tmp_path / "own").read_text()
+    # another checkout holds other rows under the same relative names
+    other = tmp_path / "b" / "data"
+    other.mkdir(parents=True)
+    for name in ("valid.parquet", "valid_oracle.parquet"):
+        frame = pl.read_parquet(tmp_path / "a" / "data" / name)
+        frame.with_columns(pl.col("t0") * -1.0, pl.col("t1").reverse()).write_parquet(other / name)
+    monkeypatch.chdir(tmp_path / "b")
+    (seen,) = list_runs(run.parent.parent)
+    assert seen["oracle_score"] == own["oracle_score"] is not None
+    assert seen["oracle_fraction"] == own["oracle_fraction"]
+    assert write_report(run, tmp_path / "seen").read_text() == own_report
+    monkeypatch.chdir(tmp_path)  # no data/ here at all: still the run's own file
+    assert list_runs(run.parent.parent)[0]["oracle_score"] == own["oracle_score"]
+
+
+def test_an_out_of_fold_group_is_flagged_when_its_folds_data_changed(tmp_path: Path):
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    folds = [make_run(root, "alpha", f"20240101-000000-s42-fold{i}", valid, spec_path)
+             for i in (1, 2)]
+    group = root / "alpha" / "20240101-000000-s42-oof"
+    group.mkdir()
+    (group / "metrics.json").write_text(json.dumps({
+        "finished": True, "kind": "oof", "folds": 2, "score": 0.1, "per_target": {},
+        "runs": [f"runs/alpha/{f.name}" for f in folds]}))  # relative, as recipe.py writes
+    row = next(r for r in list_runs(root) if r["run_id"] == group.name)
+    assert "data_changed" not in row and row["seed"] == 42 and row["epochs"] is None
+    for fold in folds:  # the folds recorded another file's digest: the data changed since
+        metrics = json.loads((fold / "metrics.json").read_text())
+        metrics["data_sha256"] = {str(valid): "0" * 64}
+        (fold / "metrics.json").write_text(json.dumps(metrics))
+    rows = {r["run_id"]: r for r in list_runs(root)}
+    assert rows[group.name]["data_changed"] == [str(valid)]
+    for name in (group.name, folds[0].name):  # no oracle figures beside a stale score
+        assert rows[name]["oracle_score"] is None and rows[name]["oracle_fraction"] is None
+
+
+def test_report_of_an_experiment_folder_says_to_pick_a_run(runs_root: Path):
+    with pytest.raises(KitError, match="an experiment's folder.*kit runs -e alpha"):
+        write_report(runs_root / "alpha")
+    (runs_root / "ensembles" / "mix").mkdir(parents=True)  # an ensemble report's folder
+    with pytest.raises(KitError, match=r"experiments with runs: \['alpha', 'beta'\]"):
+        list_runs(runs_root, experiment="gamma")

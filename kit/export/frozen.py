@@ -2,9 +2,9 @@
 
 `load_member` reads a run's best.pt (weights, model config, normaliser, feature set, spec) and
 rebuilds every part from the checkpoint alone, so what is packed is what was validated, not what
-the experiment file says today. `StreamChain` composes stream modules (DESIGN.md "The one idea"):
-each stage's output is the next stage's input, and the chain's state is the stages' states in
-order.
+the experiment file says today. `StreamChain` composes stream modules (docs/design.md "The one
+idea"): each stage's output is the next stage's input, and the chain's state is the stages'
+states in order.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ and submissions/NAME.zip (exactly those files, solution.py at the root).
 
 model.onnx is the run's whole inference path as one stateful step graph (guard, feature ops,
 normaliser, model; dynamic batch). solution.py is the generic runtime in
-kit/export/solution_template.py. manifest.json records what went in (DESIGN.md "Frozen step
+kit/export/solution_template.py. manifest.json records what went in (docs/design.md "Frozen step
 graph"): spec, input column order, outputs, state shapes, members with their validation scores
 and configs, the sha256 of every other file, and later the parity report.
 """

@@ -1,4 +1,4 @@
-"""Export a stream module as one stateful ONNX step graph (see DESIGN.md "Frozen step graph").
+"""Export a stream module as one stateful ONNX step graph (see docs/design.md "Frozen step graph").
 
 inputs: x float32 [B, F], state_0 ... state_{n-1}; outputs: y float32 [B, K], state_0_out ...
 B is dynamic. The TorchScript exporter is used (dynamo mis-exports nn.GRU and freezes size-1

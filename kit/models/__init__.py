@@ -5,7 +5,7 @@
     hidden = 128        # or: params = 200_000 (the largest width that fits the budget)
     layers = 2
 
-Every model has the stream contract (DESIGN.md "The one idea"): init_state(batch) and
+Every model has the stream contract (docs/design.md "The one idea"): init_state(batch) and
 forward(x [B, T, F], state) -> (y [B, T, K], new_state), the whole-sequence path equal to the
 step path. docs/models.md describes each model, its state and its keys.
 """

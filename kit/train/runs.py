@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md): runs/<experiment>/<run-id>/
+"""The run directory (docs/design.md): runs/<experiment>/<run-id>/
 
 config.toml (resolved), history.jsonl (one line per epoch), metrics.json, best.pt (the weights
 to pack, with everything needed to rebuild the model), last.pt (everything needed to resume),
