@@ -313,8 +313,8 @@ def train(
             again = ["kit", "train", exp, *ctx.args, *(["--folds", str(folds)] if folds else []),
                      *(["--jobs", str(jobs)] if jobs > 1 else []),
                      *(["--run-dir", str(run_dir)] if run_dir else []), "--resume"]
-            typer.echo(f"interrupted: the last finished epoch is saved; continue with "
-                       f"`{shlex.join(again)}`", err=True)
+            typer.echo(f"interrupted: continue with `{shlex.join(again)}` (from the last "
+                       "finished epoch, or from the start if none had finished)", err=True)
         raise typer.Exit(130) from None
     def number(value) -> str:  # a run that diverged at once has no score
         return "-" if value is None else f"{value:.4f}"

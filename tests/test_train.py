@@ -224,8 +224,8 @@ def test_ctrl_c_of_a_group_says_once_how_to_resume_the_whole_group(env, tmp_path
     assert child.returncode == 130, err
     hints = [line for line in err.splitlines() if "continue with" in line]
     assert len(hints) == 1, err  # the parent's, not one per worker too
-    assert hints[0].endswith("`kit train exp=tiny 'seeds=[1,2]' train.epochs=400 "
-                             "train.patience=400 --jobs 2 --resume`")
+    assert ("`kit train exp=tiny 'seeds=[1,2]' train.epochs=400 train.patience=400 --jobs 2 "
+            "--resume`" in hints[0])
     # the hint works: both seeds move on from their last checkpoint, in their own folders
     before = {run.name: torch.load(run / "last.pt", weights_only=False)["epoch"] + 1
               for run in _run_dirs(tmp_path / "runs" / "tiny")}
@@ -1113,3 +1113,95 @@ def test_text_features_and_non_finite_scored_targets_are_named(env, tmp_path):
                        ).write_parquet(tmp_path / "warm.parquet")
     run_cli("train", "exp=tiny", f"data.train={tmp_path / 'warm.parquet'}", "train.epochs=1",
             "-q")
+
+
+def test_resume_without_a_run_dir_finds_a_run_killed_before_its_first_checkpoint(env, tmp_path):
+    """`kit train EXP --resume` (the printed hint) must reach the newest unfinished run even
+    when it has no last.pt yet: it used to skip to an older paused run."""
+    run_cli("train", "exp=tiny", "seed=1", "--stop-after-epochs", "1", "-q")  # older, paused
+    time.sleep(0.05)
+    run_cli("train", "exp=tiny", "seed=2", "--stop-after-epochs", "1", "-q")
+    newer = next(p for p in _run_dirs(tmp_path / "runs" / "tiny") if p.name.endswith("-s2"))
+    (newer / "last.pt").unlink()  # as if killed in its first epoch, or its last.pt deleted
+    out = run_cli("train", "exp=tiny", "seed=2", "--resume", "-q").output
+    assert f"runs/tiny/{newer.name}: " in out and "training it again from its start" in out
+    assert json.loads((newer / "metrics.json").read_text())["finished"]
+    older = next(p for p in _run_dirs(tmp_path / "runs" / "tiny") if p.name.endswith("-s1"))
+    assert not json.loads((older / "metrics.json").read_text())["finished"]
+
+
+def test_flipped_bits_inside_a_checkpoint_are_refused(env, tmp_path):
+    import zipfile
+
+    run = tmp_path / "r"
+    run_cli("train", "exp=tiny", "train.epochs=1", "--run-dir", run, "-q")
+    with zipfile.ZipFile(run / "best.pt") as archive:  # the first tensor's bytes in the file
+        info = next(i for i in archive.infolist() if "/data/" in i.filename)
+    data = bytearray((run / "best.pt").read_bytes())
+    local = info.header_offset  # the local header's name and extra lengths (torch pads these)
+    name_len, extra_len = (int.from_bytes(data[local + i:local + i + 2], "little")
+                           for i in (26, 28))
+    start = local + 30 + name_len + extra_len
+    data[start:start + 8] = bytes(b ^ 0xFF for b in data[start:start + 8])
+    (run / "best.pt").write_bytes(bytes(data))
+    with pytest.raises(Exception, match="fails its CRC check"):
+        load_checkpoint(run / "best.pt")
+    out = run_cli("pack", run, "--out", tmp_path / "subs", expect=2).output
+    assert "fails its CRC check" in out and "Traceback" not in out
+
+
+def test_a_new_best_is_in_place_only_once_last_pt_records_it(env, tmp_path, monkeypatch):
+    """A kill after an epoch's best.pt but before its last.pt left best.pt of an epoch the
+    resume replays (on CUDA not always to the same score) while metrics.json named another."""
+    from kit.train import trainer
+    from kit.train.recipe import experiment_config, stored_config, train_one
+    from kit.train.runs import RunFiles
+
+    real_save = trainer.save_checkpoint
+
+    def killed_at_epoch_three(payload, path):
+        if "optimizer" in payload and payload["epoch"] == 2:  # last.pt of epoch 3
+            raise KeyboardInterrupt
+        real_save(payload, path)
+
+    real_validate, scores = trainer.validate, iter([0.1, 0.2, 0.3, 0.15, 0.12])
+
+    def scored(*args):  # every epoch a new best until the kill; the replay scores lower
+        report, rows = real_validate(*args)
+        report.score = next(scores)
+        return report, rows
+
+    monkeypatch.setattr(trainer, "validate", scored)
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_at_epoch_three)
+    files = RunFiles(tmp_path / "r")
+    with pytest.raises(KeyboardInterrupt):
+        train_one(experiment_config("tiny", ["train.epochs=4"]), files, progress=False)
+    assert load_checkpoint(files.best)["epoch"] == 2  # epoch 3's best waits beside it
+    assert [p.name for p in files.root.glob(".best-pending-*")] == [".best-pending-3"]
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    train_one(stored_config(files, None), files, resume=True, progress=False)
+    metrics = json.loads(files.metrics.read_text())
+    assert metrics["best_epoch"] == 2 and load_checkpoint(files.best)["epoch"] == 2
+    assert not list(files.root.glob(".best-pending-*"))
+
+
+def test_a_run_started_without_a_gradient_scaler_resumes_where_fp16_needs_one(env, tmp_path,
+                                                                               monkeypatch):
+    """A CPU or bf16 run saves a disabled scaler's {}; resumed on a GPU without bf16 (T4,
+    P100: auto means fp16 there) loading it raised torch's RuntimeError. Simulated on CPU:
+    fp16 autocast and an enabled CPU scaler."""
+    from kit.train import trainer
+    from kit.train.recipe import experiment_config, stored_config, train_one
+    from kit.train.runs import RunFiles
+
+    files = RunFiles(tmp_path / "r")
+    train_one(experiment_config("tiny"), files, stop_after_epochs=1, progress=False)
+    monkeypatch.setattr(trainer, "autocast_for", lambda device, amp: torch.float16)
+    scaler = torch.amp.GradScaler
+    monkeypatch.setattr(trainer.torch.amp, "GradScaler",
+                        lambda device, enabled: scaler("cpu", enabled=enabled))
+    notes = []
+    monkeypatch.setattr(trainer.tqdm, "write", notes.append)
+    metrics = train_one(stored_config(files, None), files, resume=True, progress=False)
+    assert metrics["finished"]
+    assert any("resumes in torch.float16 autocast; it trained in float32" in n for n in notes)

@@ -53,5 +53,8 @@ def find_batch_size(model: torch.nn.Module, n_inputs: int, steps: int, n_seqs: i
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
 
+    largest = largest_fitting(fits, limit=n_seqs)
+    if largest >= n_seqs:  # the whole train set fits: memory set no limit to leave room under
+        return n_seqs
     # leave headroom: optimizer state and activations vary a little between batches
-    return max(1, int(largest_fitting(fits, limit=n_seqs) * 0.9))
+    return max(1, int(largest * 0.9))

@@ -35,6 +35,11 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
+    damaged = _failed_crc(path)
+    if damaged:  # torch.load reads a zip without checking its CRCs: flipped bits load silently
+        raise CheckpointError(f"{path}: the checkpoint is corrupt ({damaged} fails its CRC "
+                              "check); delete it and run the same command again: a run without "
+                              "last.pt trains again from its start (or start a new run)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: all one story
@@ -53,3 +58,13 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
                                   " run folder (its best.pt)")
         raise CheckpointError(f"{path}: not a kit checkpoint (needs keys {list(required)})")
     return payload
+
+
+def _failed_crc(path: Path) -> str | None:
+    """The first member of a checkpoint's zip whose bytes do not match their CRC; None when all
+    do, or when the file is no zip at all (torch.load then says what it is)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None

@@ -60,15 +60,26 @@ def check_config(config: dict) -> dict:
 
 
 
+def _written_by_training(run: Path) -> tuple[Path, ...]:
+    return (run / "last.pt", run / "history.jsonl", run / "config.toml")
+
+
 def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
-    """The newest run of an experiment (by its last.pt's time) that has a last.pt, has not
-    finished and is not part of a sweep, a fold group or an ablation."""
-    candidates = sorted((p for p in (runs_dir / experiment).glob("*/last.pt")
-                         if not part_of_something(p.parent.name)),
-                        key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    for last in candidates:
-        if not is_finished(last.parent):
-            return last.parent
+    """The newest unfinished run of an experiment that is not part of a sweep, a fold group or
+    an ablation, by the time of its last write (last.pt, history.jsonl or config.toml). A run
+    killed before its first checkpoint, or whose damaged last.pt was deleted, counts too:
+    continue_run trains it again from its start, so `--resume` never skips to an older run."""
+    def last_write(run: Path) -> int:
+        return max(f.stat().st_mtime_ns for f in _written_by_training(run) if f.exists())
+
+    folder = runs_dir / experiment
+    candidates = sorted((p for p in folder.iterdir() if p.is_dir()
+                         and not part_of_something(p.name)
+                         and any(f.exists() for f in _written_by_training(p))),
+                        key=last_write, reverse=True) if folder.is_dir() else []
+    for run in candidates:
+        if not is_finished(run):
+            return run
     raise ConfigError(f"no unfinished run of {experiment!r} under {runs_dir / experiment} to "
                       "resume; start one without --resume")
 

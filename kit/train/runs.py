@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from kit.metrics import MetricReport
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
+PENDING_BEST = ".best-pending-"  # + epoch: a new best until last.pt records it
 
 
 def epoch_line(record: dict) -> str:
@@ -115,7 +117,15 @@ class RunFiles:
             atomic_text(self.history, "".join(line + "\n" for line in lines))
 
     def save_best(self, model, report: MetricReport, rows_pred: np.ndarray, data,
-                  epoch: int) -> None:
+                  epoch: int | str, pending: bool = False) -> None:
+        """best.pt, val_preds.npy and val_rows.npy of a new best (epoch: 1-based, or "swa").
+
+        pending: into .best-pending-EPOCH/, which promote_best moves into place once last.pt
+        records the epoch. Written straight into place, a kill before last.pt left a best.pt
+        of an epoch the resumed run replays (on CUDA not always to the same weights) while
+        metrics.json names an older one."""
+        folder = self.pending_best(epoch) if pending else self.root
+        folder.mkdir(exist_ok=True)
         save_checkpoint({
             "model": model.state_dict(),
             "model_config": self.about["model_config"],
@@ -126,9 +136,31 @@ class RunFiles:
             "score": report.score,
             "per_target": report.per_target,
             "kit_version": __version__,
-        }, self.best)
-        np.save(self.val_preds, rows_pred.astype(np.float32))
-        np.save(self.val_rows, data.valid.rows.astype(np.int64))
+        }, folder / self.best.name)
+        for path, array in ((self.val_preds, rows_pred.astype(np.float32)),
+                            (self.val_rows, data.valid.rows.astype(np.int64))):
+            tmp = folder / f".{path.name}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+            os.replace(tmp, folder / path.name)
+
+    def pending_best(self, epoch: int | str) -> Path:
+        return self.root / f"{PENDING_BEST}{epoch}"
+
+    def promote_best(self, epoch: int | str) -> None:
+        """Move a pending best into place (again after a kill halfway: what is left)."""
+        folder = self.pending_best(epoch)
+        if not folder.is_dir():
+            return
+        for path in (self.best, self.val_preds, self.val_rows):
+            if (folder / path.name).exists():
+                os.replace(folder / path.name, path)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def drop_pending_best(self) -> None:
+        """Pending bests of epochs that last.pt never recorded (the process died first)."""
+        for folder in self.root.glob(f"{PENDING_BEST}*"):
+            shutil.rmtree(folder, ignore_errors=True)
 
     def write_metrics(self, finished: bool, sign: float = 1.0,
                       swa: MetricReport | None = None, pruned: bool = False,

@@ -176,12 +176,20 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         schedule.load_state_dict(saved["schedule"])
-        scaler.load_state_dict(saved["scaler"])
+        if saved["scaler"] and scaler.is_enabled():  # a run started in bf16/fp32 saved {}
+            scaler.load_state_dict(saved["scaler"])
+        if saved.get("amp", str(amp_dtype)) != str(amp_dtype):
+            tqdm.write(f"note: {files.root} resumes in {amp_dtype or 'float32'} autocast; it "
+                       f"trained in {saved['amp'].replace('None', 'float32')} before, so it "
+                       "will not replay an uninterrupted run exactly")
         for averaged, key in ((ema, "ema"), (swa, "swa")):
             if averaged is not None:
                 averaged.load_state_dict(saved[key])
         start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
         files.truncate_history(start_epoch)
+        if saved.get("best_pending"):  # killed while moving the epoch's best into place
+            files.promote_best(start_epoch)
+    files.drop_pending_best()  # bests of epochs last.pt never recorded
 
     epochs_run, paused, pruned, diverged = 0, False, False, ""
     for epoch in range(start_epoch, train["epochs"]):
@@ -250,7 +258,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         improved = sign * report.score > best
         if improved:
             best, bad_epochs = sign * report.score, 0
-            files.save_best(scored, report, rows_pred, data, epoch)
+            files.save_best(scored, report, rows_pred, data, epoch + 1, pending=True)
         else:
             bad_epochs += 1
         record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
@@ -269,8 +277,10 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "ema": ema.state_dict() if ema is not None else {},
             "swa": swa.state_dict() if swa is not None else {},
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
-            "batch_size": train["batch_size"],
+            "batch_size": train["batch_size"], "amp": str(amp_dtype), "best_pending": improved,
         }, files.last)
+        if improved:  # last.pt now records this epoch as the best: its files take their place
+            files.promote_best(epoch + 1)
         epochs_run += 1
         if diverged:
             break
@@ -284,7 +294,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         # the SWA average competes with the best epoch
         report, rows_pred = validate(swa.module, data, train["batch_size"], device)
         if sign * report.score > best:
-            files.save_best(swa.module, report, rows_pred, data, epoch=0)  # 0: the average
+            files.save_best(swa.module, report, rows_pred, data, epoch="swa")
             swa_won = report
     if writer is not None:
         writer.close()
