@@ -1205,3 +1205,30 @@ def test_a_run_started_without_a_gradient_scaler_resumes_where_fp16_needs_one(en
     metrics = train_one(stored_config(files, None), files, resume=True, progress=False)
     assert metrics["finished"]
     assert any("resumes in torch.float16 autocast; it trained in float32" in n for n in notes)
+
+
+def test_infinite_gradients_of_a_finite_loss_stop_the_run_before_the_step(env, tmp_path,
+                                                                          monkeypatch):
+    import kit.models
+    from kit.train.recipe import experiment_config, train_one
+    from kit.train.runs import RunFiles
+    from kit.train.trainer import TrainingDiverged
+
+    real_build = kit.models.build_model
+
+    def poisoned(*args, **kwargs):  # the loss stays finite; one weight's gradient is inf
+        model = real_build(*args, **kwargs)
+        next(model.parameters()).register_hook(lambda grad: grad * float("inf"))
+        return model
+
+    monkeypatch.setattr(kit.models, "build_model", poisoned)
+    with pytest.raises(TrainingDiverged, match="gradient norm (inf|nan) in batch 1 of epoch 1"):
+        train_one(experiment_config("tiny"), RunFiles(tmp_path / "r"), progress=False)
+
+
+def test_a_resume_clears_half_written_temp_files_of_a_killed_process(env, tmp_path):
+    run = tmp_path / "r"
+    run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
+    (run / ".last.pt.tmp-99999").write_bytes(b"half a checkpoint")
+    run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")
+    assert not list(run.glob(".*.tmp-*"))

@@ -96,6 +96,9 @@ class RunFiles:
             except OSError as exc:  # NFS emulates flock with write locks: no lock on a folder
                 warnings.warn(f"{self.root}: cannot lock the run folder ({exc}); nothing stops "
                               "a second process training it", RuntimeWarning, stacklevel=3)
+            else:  # ours alone now: temp files left here are a killed process's half-writes
+                for leftover in self.root.glob(".*.tmp-*"):
+                    leftover.unlink(missing_ok=True)
             yield
         finally:
             os.close(fd)  # releases the lock

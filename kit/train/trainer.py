@@ -227,7 +227,13 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
                 scaler.scale(loss).backward()
                 if train["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+                    if not scaler.is_enabled() and not math.isfinite(norm.item()):
+                        # a finite loss with inf/NaN gradients: the step would poison the
+                        # weights (an fp16 scaler skips such steps by design)
+                        diverged = (f"gradient norm {norm.item()} in batch {b + 1} of epoch "
+                                    f"{epoch + 1}")
+                        break
                 scaler.step(optimizer)
                 scaler.update()
                 if per_step_schedule:
