@@ -148,3 +148,25 @@ def test_realism_bands_at_default_size(tmp_path):
     # weak but learnable: well above 0, well below the oracle
     assert 0.1 < ridge["t0"] < stats["oracle"]["per_output"]["t0"] - 0.1
     assert 0.03 < ridge["t1"] < stats["oracle"]["per_output"]["t1"]
+
+
+def test_an_interrupted_run_leaves_the_previous_files_whole_and_together(tmp_path, monkeypatch):
+    """Train, valid and oracle are renamed into place together: a kill while valid was written
+    left a new train.parquet beside the previous run's valid and oracle."""
+    from kit.data.synth import predictorium
+
+    before = synthesize(PREDICTORIUM, tmp_path, train_seqs=2, valid_seqs=1, seed=1)
+    files = (before.train, before.valid, before.oracle)
+    old = [f.read_bytes() for f in files]
+    real_chunk = predictorium.LobGenerator.chunk
+
+    def fails_on_valid(self, rng, regime, with_oracle):
+        if with_oracle:  # only the valid split writes an oracle
+            raise KeyboardInterrupt
+        return real_chunk(self, rng, regime, with_oracle)
+
+    monkeypatch.setattr(predictorium.LobGenerator, "chunk", fails_on_valid)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(PREDICTORIUM, tmp_path, train_seqs=3, valid_seqs=1, seed=2)
+    assert [f.read_bytes() for f in files] == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files)

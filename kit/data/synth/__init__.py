@@ -81,17 +81,28 @@ def synthesize(
     )
     start = time.perf_counter()
     chunks = sum(-(-n // CHUNK_SEQS) for n in sizes.values())
-    with tqdm(total=chunks, desc=f"synth {spec.name}", unit="chunk", disable=not progress) as bar:
-        write = partial(_write_split, generator, seed=seed, bar=bar)
-        write("train", sizes["train"], first_id=0, path=result.train)
-        write("valid", sizes["valid"], first_id=sizes["train"], path=result.valid,
-              oracle_path=result.oracle)  # fmt: skip
+    written: list[ParquetSink] = []  # renamed into place together, once all three are whole
+    try:
+        with tqdm(total=chunks, desc=f"synth {spec.name}", unit="chunk",
+                  disable=not progress) as bar:
+            write = partial(_write_split, generator, seed=seed, bar=bar)
+            written += write("train", sizes["train"], first_id=0, path=result.train)
+            written += write("valid", sizes["valid"], first_id=sizes["train"],
+                             path=result.valid, oracle_path=result.oracle)
+    except BaseException:
+        for sink in written:
+            sink.discard()
+        raise
+    for sink in written:
+        sink.publish()
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _write_split(generator, split, n, *, first_id, path, seed, bar, oracle_path=None) -> None:
-    """Generate `n` sequences chunk by chunk, streaming each chunk as one row group."""
+def _write_split(generator, split, n, *, first_id, path, seed, bar,
+                 oracle_path=None) -> list[ParquetSink]:
+    """Generate `n` sequences chunk by chunk, streaming each chunk as one row group; returns
+    the sinks, whose finished temp files the caller publishes."""
     spec: CompetitionSpec = generator.spec
     steps = generator.steps
     code = _SPLIT_CODE[split]
@@ -132,3 +143,4 @@ def _write_split(generator, split, n, *, first_id, path, seed, bar, oracle_path=
                 errors.append(exc)
         if errors and ok:
             raise errors[0]
+    return sinks

@@ -133,12 +133,13 @@ def seq_major(x: np.ndarray) -> np.ndarray:
 
 class ParquetSink:
     """Streams tables to one parquet file, one row group per chunk, written by a background
-    thread (so encoding overlaps the next chunk's generation) into a temp file renamed at the
-    end: an interrupted run never leaves a truncated file behind."""
+    thread (so encoding overlaps the next chunk's generation) into a temp file that `publish`
+    renames into place: an interrupted run never leaves a truncated file behind, and a caller
+    publishing several files only once all are written never leaves a mix of two runs."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         # dictionary-encoding float columns costs ~10x the write time and gains nothing
         keys = [f.name for f in schema if not pa.types.is_floating(f.type)]
         self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=keys)
@@ -161,12 +162,17 @@ class ParquetSink:
         self.queue.put(pa.table(columns, schema=self.writer.schema))
 
     def close(self, ok: bool = True) -> None:
+        """Finish the temp file (removed unless ok and written without error)."""
         self.queue.put(None)
         self.thread.join()
         self.writer.close()
-        if ok and self.error is None:
-            os.replace(self.tmp, self.path)
-        else:
+        if not ok or self.error is not None:
             self.tmp.unlink(missing_ok=True)
         if self.error is not None:
             raise self.error
+
+    def publish(self) -> None:
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
