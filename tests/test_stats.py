@@ -195,3 +195,13 @@ def test_an_oracle_needs_every_target_and_names_the_missing_one(tmp_path):
     frame.drop("t1").write_parquet(tmp_path / "part.parquet")
     with pytest.raises(DataError, match=r"no target column\(s\) \['t1'\]"):
         dataset_stats(tmp_path / "part.parquet", TINY, oracle=tmp_path / "oracle.parquet")
+
+
+@pytest.mark.parametrize("column, value", [("seq_ix", None), ("step_in_seq", 2.5)])
+def test_stats_refuse_null_or_fractional_keys(tmp_path, column, value):
+    frame = _tiny_frame().with_columns(pl.col(column).cast(pl.Float64))
+    values = frame[column].to_list()
+    values[3] = value
+    frame.with_columns(pl.Series(column, values)).write_parquet(tmp_path / "odd.parquet")
+    with pytest.raises(DataError, match=f"column '{column}' has 1 null or non-integral"):
+        dataset_stats(tmp_path / "odd.parquet", TINY)

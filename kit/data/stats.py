@@ -62,6 +62,14 @@ def dataset_stats(
     frame = read_frame(path, spec.input_columns + present)
     # text ids or list features: named (the targets checked are those the file has)
     check_dtypes(frame.schema, dataclasses.replace(spec, targets=tuple(present)), True, str(path))
+    # null or fractional keys would be grouped and sorted as if they were ids (a null id made
+    # one "sequence" of length 1): named, as kit data check names them
+    bad_keys = {k: n for k in (spec.id_col, spec.step_col)
+                if (n := frame.select(whole_numbers(frame.schema, k).is_null().sum()).item())}
+    if bad_keys:
+        raise DataError(f"{path}: " + ", ".join(f"column {k!r} has {n:,} null or non-integral "
+                                               "value(s)" for k, n in bad_keys.items())
+                        + "; kit data check lists the rows")
     frame = _sorted(frame, spec)
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")
