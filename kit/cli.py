@@ -27,14 +27,30 @@ class _KitGroup(TyperGroup):
         except KitError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except BrokenPipeError:  # `kit runs | head`: the reader has all it wanted
-            # Python flushes stdout again at exit, which would fail the same way: point it at
-            # /dev/null first (the recipe of the signal module's docs); 141 = 128 + SIGPIPE.
+        except BrokenPipeError as exc:
+            if not _stdout_reader_gone():  # another pipe (a file the command writes) broke
+                typer.echo(f"error: {os_error_text(exc)}", err=True)
+                raise typer.Exit(2) from None
+            # `kit runs | head`: the reader has all it wanted. Python flushes stdout again at
+            # exit, which would fail the same way: point it at /dev/null first (the recipe of
+            # the signal module's docs); 141 = 128 + SIGPIPE.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(141) from None
         except OSError as exc:  # an output path under a file, a full disk: say which path
             typer.echo(f"error: {os_error_text(exc)}", err=True)
             raise typer.Exit(2) from None
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR on it)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
+        return False
 
 
 def os_error_text(exc: OSError) -> str:

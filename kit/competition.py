@@ -185,9 +185,6 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     if clip is not None and (not isinstance(clip, list) or len(clip) != 2
                              or not all(finite_number(c) for c in clip) or clip[0] >= clip[1]):
         raise SpecError(f"{source}: metric.clip must be [low, high] with low < high, got {clip}")
-    if clip is not None and metric_name != "weighted_pearson":
-        raise SpecError(f"{source}: metric.clip applies to weighted_pearson only (the official "
-                        f"Predictorium metric clips its predictions); {metric_name} has none")
     if metric_raw:
         raise SpecError(f"{source}: unknown metric key(s) {sorted(metric_raw)}")
     limits = _limits(raw.get("limits", {}), source)

@@ -341,7 +341,9 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
     k = preds.shape[2]
     sign = 1.0 if spec.metric.higher_is_better else -1.0
     singles = [evaluate(spec, truth, preds[:, j]) for j in range(len(candidates))]
-    quadratic = spec.metric.name in QUADRATIC
+    # the moments' clip correction is weighted Pearson's; a clipped r2/rmse is scored exactly
+    quadratic = spec.metric.name in QUADRATIC and (
+        spec.metric.clip is None or spec.metric.name == "weighted_pearson")
     moments = Moments(truth, preds, spec.metric.name, spec.metric.clip) if quadratic else None
     groups = [[t] for t in range(k)] if per_target else [list(range(k))]
     counts = np.zeros((k, len(candidates)))

@@ -105,9 +105,11 @@ class MetricReport:
 
 def metric_value(spec: CompetitionSpec, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """The spec's metric on one target column."""
-    name = spec.metric.name
+    name, clip = spec.metric.name, spec.metric.clip
     if name == "weighted_pearson":
-        return weighted_pearson(y_true, y_pred, spec.metric.clip)
+        return weighted_pearson(y_true, y_pred, clip)
+    if clip is not None:  # every metric scores clipped predictions when the spec sets a clip
+        y_pred = np.clip(np.asarray(y_pred, dtype=np.float64), clip[0], clip[1])
     if name == "r2":
         return r2(y_true, y_pred)
     if name == "mae":

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from kit.config import ConfigError
-from kit.train.batch_finder import find_batch_size, largest_fitting
+from kit.train.batch_finder import batch_with_headroom, find_batch_size, largest_fitting
 
 
 @pytest.mark.parametrize("capacity", [1, 2, 7, 8, 9, 100, 1000, 4096])
@@ -26,3 +26,11 @@ def test_limits():
 def test_auto_batch_needs_cuda():
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         find_batch_size(torch.nn.Linear(2, 2), 2, 10, 10, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("n_seqs, batch", [(10, 10), (24, 24), (999, 900), (1000, 900),
+                                           (1001, 900), (5000, 900)])
+def test_the_batch_keeps_headroom_unless_the_train_set_fits_with_room(n_seqs, batch):
+    # memory holds 1000 sequences: a set of 1000 fits only just and keeps the 10% headroom
+    # (it trained at 1000); a small set trains as one batch (it lost 10% for nothing)
+    assert batch_with_headroom(lambda size: size <= 1000, n_seqs) == batch

@@ -169,3 +169,27 @@ def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
     _, err = child.communicate(timeout=120)
     assert child.returncode == 141, err
     assert err.decode() == ""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error():
+    """Only a closed stdout ends a command quietly; a pipe the command writes to is an error."""
+    import errno
+
+    import typer
+    from typer.testing import CliRunner
+
+    from kit.cli import _KitGroup
+
+    app = typer.Typer(cls=_KitGroup)
+
+    @app.command()
+    def write() -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe", "out.fifo")
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(app, ["write"])
+    assert result.exit_code == 2
+    assert "error: out.fifo: Broken pipe" in result.output

@@ -248,6 +248,14 @@ def test_swapped_rows_are_out_of_order_not_gaps():
         check_frame(swapped, SPEC)
     assert any("out of order" in p for p in info.value.problems)
     assert not any("gap" in p for p in info.value.problems)
+    # a step that is missing as well is still named (steps 0, 2, 1, 4: 3 is missing)
+    spec = small_spec(seq_len=None, warmup=0)
+    df = make_frame(spec, lengths=[6])
+    both = pl.concat([df[0:1], df[2:3], df[1:2], df[4:]])
+    with pytest.raises(DataError) as info:
+        check_frame(both, spec)
+    assert any("gap(s) in step numbering: seq 0: 1 step(s) missing" in p
+               for p in info.value.problems)
 
 
 def test_non_finite_targets_warn_by_whether_they_are_scored():

@@ -687,3 +687,16 @@ def test_weights_that_do_not_sum_to_one_are_refused_where_the_metric_has_a_scale
     with pytest.raises(PackError, match="the weights of t0 sum to 0: that target would "
                                         "be predicted as a constant"):
         pack_ensemble(_write(tmp_path / "z.toml", zeroed), "z", tmp_path / "subs", budget=False)
+
+
+def test_a_clipped_r2_is_selected_on_the_clipped_metric():
+    """The moments' clip correction is weighted Pearson's; with a clip on r2 the selection
+    scores with the exact metric, so its reported scores are the clipped metric's."""
+    spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": "r2", "clip": [-0.5, 0.5]}})
+    rng = np.random.default_rng(4)
+    truth = rng.standard_normal((3000, 2)) * 0.3
+    preds = [truth + rng.standard_normal((3000, 2)) * s for s in (0.2, 0.5, 1.5)]
+    sel = select(_candidates(preds, spec), truth, iters=4)
+    weights = sel.counts / sel.counts.sum(axis=1, keepdims=True)
+    blend = np.einsum("nck,kc->nk", np.stack(preds, axis=1), weights)
+    assert sel.score == pytest.approx(evaluate(spec, truth, blend).score, abs=1e-9)

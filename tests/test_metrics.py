@@ -148,3 +148,16 @@ def test_weighted_pearson_of_tiny_values_does_not_underflow():
     p = (0.5 * y / 1e-80 + rng.standard_normal(2000)) * 1e-85
     expected = np.corrcoef(y * 1e80, p * 1e85)[0, 1]  # every weight is the 1e-8 floor: plain r
     assert weighted_pearson(y, p) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_spec_clip_applies_to_every_metric():
+    from kit.competition import spec_from_dict
+    from kit.metrics import metric_value
+
+    rng = np.random.default_rng(1)
+    y, p = rng.standard_normal(500), rng.standard_normal(500) * 4
+    for name, plain in (("r2", r2), ("mae", mae), ("rmse", rmse)):
+        spec = spec_from_dict({"name": "c", "features": ["a"], "targets": ["t"],
+                               "metric": {"name": name, "clip": [-1.0, 1.0]}})
+        assert metric_value(spec, y, p) == pytest.approx(plain(y, np.clip(p, -1, 1)), rel=1e-12)
+        assert metric_value(spec, y, p) != pytest.approx(plain(y, p), rel=1e-6)

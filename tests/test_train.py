@@ -1148,6 +1148,18 @@ def test_flipped_bits_inside_a_checkpoint_are_refused(env, tmp_path):
         load_checkpoint(run / "best.pt")
     out = run_cli("pack", run, "--out", tmp_path / "subs", expect=2).output
     assert "fails its CRC check" in out and "Traceback" not in out
+    # best.pt is not rebuilt by a resume once the run finished: the advice says so
+    assert "a resume does not rebuild best.pt" in out and "delete it" not in out
+    # a damaged zip index (the compression method of a member): a clear error, no traceback
+    paused = tmp_path / "paused"
+    run_cli("train", "exp=tiny", "--run-dir", paused, "--stop-after-epochs", "1", "-q")
+    good = (paused / "last.pt").read_bytes()
+    index = bytearray(good)
+    index[good.rfind(b"PK\x01\x02") + 10] ^= 1
+    (paused / "last.pt").write_bytes(bytes(index))
+    out = run_cli("train", "exp=tiny", "--resume", "--run-dir", paused, expect=2).output
+    assert "last.pt: the checkpoint is corrupt" in out and "Traceback" not in out
+    assert "delete it and run the same command again" in out
 
 
 def test_a_new_best_is_in_place_only_once_last_pt_records_it(env, tmp_path, monkeypatch):
@@ -1176,12 +1188,13 @@ def test_a_new_best_is_in_place_only_once_last_pt_records_it(env, tmp_path, monk
     files = RunFiles(tmp_path / "r")
     with pytest.raises(KeyboardInterrupt):
         train_one(experiment_config("tiny", ["train.epochs=4"]), files, progress=False)
-    assert load_checkpoint(files.best)["epoch"] == 2  # epoch 3's best waits beside it
+    assert load_checkpoint(files.best)["score"] == 0.2  # epoch 3's best waits beside it
     assert [p.name for p in files.root.glob(".best-pending-*")] == [".best-pending-3"]
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     train_one(stored_config(files, None), files, resume=True, progress=False)
     metrics = json.loads(files.metrics.read_text())
-    assert metrics["best_epoch"] == 2 and load_checkpoint(files.best)["epoch"] == 2
+    best = load_checkpoint(files.best)
+    assert metrics["best_epoch"] == best["epoch"] == 2 and best["score"] == 0.2
     assert not list(files.root.glob(".best-pending-*"))
 
 
@@ -1232,3 +1245,20 @@ def test_a_resume_clears_half_written_temp_files_of_a_killed_process(env, tmp_pa
     (run / ".last.pt.tmp-99999").write_bytes(b"half a checkpoint")
     run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")
     assert not list(run.glob(".*.tmp-*"))
+
+
+def test_resume_passes_over_a_run_another_process_is_training(env, tmp_path):
+    import fcntl
+
+    run_cli("train", "exp=tiny", "seed=1", "--stop-after-epochs", "1", "-q")  # older, paused
+    paused = _only_run(tmp_path)
+    busy = paused.parent / "20991231-000000-s2"  # newer, in its first epoch
+    busy.mkdir()
+    (busy / "config.toml").write_text((paused / "config.toml").read_text())
+    fd = os.open(busy, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as RunFiles.training holds it
+        out = run_cli("train", "exp=tiny", "--resume", "-q").output
+    finally:
+        os.close(fd)
+    assert "-s1: score" in out and "finished" in out

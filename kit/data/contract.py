@@ -278,14 +278,22 @@ def _check_order(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
                              backwards.head(MAX_LISTED).iter_rows())
         problems.append(f"steps out of order in {backwards['id'].n_unique():,} sequence(s); "
                         f"first at: {examples}")
-    # Steps out of order jump forward too (9, 11, 10, 12): no row is missing there, so gaps are
-    # looked for only in sequences whose steps rise.
+    # Steps out of order jump forward too (9, 11, 10, 12) where no row is missing: gaps between
+    # rows are read only in sequences whose steps rise; in the others, missing steps are counted
+    # (first to last step, against the distinct steps there).
     disordered = backwards["id"].unique().implode()
     gaps = inner.filter((pl.col("delta") > 1) & ~pl.col("id").is_in(disordered))
-    if gaps.height:
-        examples = ", ".join(f"seq {i}: step {s - d} -> {s}" for _, i, s, _, _, d in
-                             gaps.head(MAX_LISTED).iter_rows())
-        problems.append(f"{gaps.height:,} gap(s) in step numbering: {examples}")
+    examples = [f"seq {i}: step {s - d} -> {s}" for _, i, s, _, _, d in
+                gaps.head(MAX_LISTED).iter_rows()]
+    missing = (keys.filter(pl.col("id").is_in(disordered)).group_by("id", maintain_order=True)
+               .agg((pl.col("step").max() - pl.col("step").min() + 1
+                     - pl.col("step").n_unique()).alias("missing"))
+               .filter(pl.col("missing") > 0))
+    examples += [f"seq {i}: {n} step(s) missing" for i, n in
+                 missing.head(MAX_LISTED - len(examples)).iter_rows()]
+    if gaps.height or missing.height:
+        problems.append(f"{gaps.height + missing.height:,} gap(s) in step numbering: "
+                        f"{', '.join(examples)}")
     return problems
 
 

@@ -7,11 +7,14 @@ the real model on a batch of that size at the run's chunk length.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 from kit.config import ConfigError
+
+HEADROOM = 0.9  # the share of the largest probed batch that training uses
 
 
 def largest_fitting(fits: Callable[[int], bool], start: int = 8, limit: int = 4096) -> int:
@@ -53,8 +56,12 @@ def find_batch_size(model: torch.nn.Module, n_inputs: int, steps: int, n_seqs: i
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
 
-    largest = largest_fitting(fits, limit=n_seqs)
-    if largest >= n_seqs:  # the whole train set fits: memory set no limit to leave room under
-        return n_seqs
-    # leave headroom: optimizer state and activations vary a little between batches
-    return max(1, int(largest * 0.9))
+    return batch_with_headroom(fits, n_seqs)
+
+
+def batch_with_headroom(fits: Callable[[int], bool], n_seqs: int) -> int:
+    """HEADROOM of the largest batch that fits, at most n_seqs: optimizer state and activations
+    vary a little between batches. Probed past n_seqs, so a train set that fits with room to
+    spare trains as one batch, and one that only just fits keeps the headroom."""
+    largest = largest_fitting(fits, limit=math.ceil(n_seqs / HEADROOM))
+    return min(n_seqs, max(1, int(largest * HEADROOM)))

@@ -37,9 +37,8 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint")
     damaged = _failed_crc(path)
     if damaged:  # torch.load reads a zip without checking its CRCs: flipped bits load silently
-        raise CheckpointError(f"{path}: the checkpoint is corrupt ({damaged} fails its CRC "
-                              "check); delete it and run the same command again: a run without "
-                              "last.pt trains again from its start (or start a new run)")
+        raise CheckpointError(f"{path}: the checkpoint is corrupt ({damaged}); "
+                              f"{_what_to_do(path)}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: all one story
@@ -48,9 +47,8 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
                                   "checkpoint in it)") from None
         first_line = (str(exc).splitlines() or [""])[0][:120]  # an empty file: EOFError('')
         raise CheckpointError(f"{path}: the checkpoint is corrupt or not a kit checkpoint "
-                              f"({type(exc).__name__}: {first_line}); "
-                              "delete it and run the same command again: a run without last.pt "
-                              "trains again from its start (or start a new run)") from None
+                              f"({type(exc).__name__}: {first_line}); {_what_to_do(path)}"
+                              ) from None
     if not isinstance(payload, dict) or any(k not in payload for k in required):
         if isinstance(payload, dict) and {"optimizer", "epoch"} <= payload.keys():
             raise CheckpointError(f"{path}: a resume checkpoint (last.pt: weights and optimiser,"
@@ -61,10 +59,25 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
 
 
 def _failed_crc(path: Path) -> str | None:
-    """The first member of a checkpoint's zip whose bytes do not match their CRC; None when all
-    do, or when the file is no zip at all (torch.load then says what it is)."""
+    """What is wrong with a checkpoint's zip: a member whose bytes fail their CRC, or an index
+    that does not read; None when all is well, or when the file is no zip at all (torch.load
+    then says what it is)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
         return None
+    except Exception as exc:  # a damaged index: unknown compression, "encrypted", zlib.error
+        return f"its zip index does not read: {type(exc).__name__}: {exc}"
+    return f"{bad} fails its CRC check" if bad else None
+
+
+def _what_to_do(path: Path) -> str:
+    """The way out of a damaged checkpoint, by which one it is."""
+    if path.name == "last.pt":
+        return ("delete it and run the same command again: a run without last.pt trains again "
+                "from its start (or start a new run)")
+    if path.name == "best.pt":
+        return ("a resume does not rebuild best.pt once a run has finished: restore it from a "
+                "copy, or train the experiment again as a new run")
+    return "restore it from a copy, or train the run again"

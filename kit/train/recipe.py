@@ -77,8 +77,8 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
                          and not part_of_something(p.name)
                          and any(f.exists() for f in _written_by_training(p))),
                         key=last_write, reverse=True) if folder.is_dir() else []
-    for run in candidates:
-        if not is_finished(run):
+    for run in candidates:  # (one that another process trains now is that process's)
+        if not is_finished(run) and not RunFiles(run).being_trained():
             return run
     raise ConfigError(f"no unfinished run of {experiment!r} under {runs_dir / experiment} to "
                       "resume; start one without --resume")

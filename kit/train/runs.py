@@ -103,6 +103,23 @@ class RunFiles:
         finally:
             os.close(fd)  # releases the lock
 
+    def being_trained(self) -> bool:
+        """Whether another process holds the folder's training lock now (see training)."""
+        try:
+            import fcntl
+        except ImportError:
+            return False
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False  # free (closing the descriptor below releases it again)
+        except BlockingIOError:
+            return True
+        except OSError:  # no flock on this file system: nothing to go by
+            return False
+        finally:
+            os.close(fd)
+
     def start(self, config: dict, about: dict) -> None:
         """Create the folder and write the resolved config."""
         self.root.mkdir(parents=True, exist_ok=True)
