@@ -9,6 +9,7 @@ import errno
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -212,9 +213,18 @@ def score(
         typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with the "
                    f"default spec {resolved.name!r} (pass --spec for another competition)",
                    err=True)
-    result = score_submission(submission, data, resolved, seqs=seqs,
-                              progress=not (quiet or as_json), timeout_s=timeout)
+    with warnings.catch_warnings(record=True) as caught:  # said once, as lines, not with source
+        warnings.simplefilter("always")
+        result = score_submission(submission, data, resolved, seqs=seqs,
+                                  progress=not (quiet or as_json), timeout_s=timeout)
+    for said in dict.fromkeys(str(w.message) for w in caught):
+        if said not in result.warnings:
+            typer.echo(f"warning: {said}", err=True)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
+    if result.fails:  # a pipeline must not upload what the official scorer would reject
+        typer.echo(f"error: the official scorer would not accept this run: "
+                   f"{'; '.join(result.fails)}", err=True)
+        raise typer.Exit(3)
 
 
 @features_app.command("list")

@@ -21,6 +21,7 @@ from kit.competition import load_spec, spec_from_dict
 from kit.errors import DataError, SubmissionError
 from kit.metrics import evaluate
 from kit.scoring import ScoreResult, score_submission
+from tests.cli import run_cli
 from tests.frames import make_frame, small_spec
 
 SPEC = small_spec(seq_len=20, warmup=5)
@@ -756,3 +757,79 @@ def test_ids_past_float64s_exact_integers_stay_apart(tmp_path):
     need = big[SPEC.need_col].to_numpy().astype(bool)
     rows_seen = big[SPEC.step_col].to_numpy()[need] + 1  # each id counted on its own
     np.testing.assert_array_equal(result.predictions[:, 0], rows_seen)
+
+
+def test_a_backslash_or_an_over_long_name_in_a_zip_is_refused(tmp_path):
+    """Python's zipfile keeps a backslash in the file name on Linux while unzip may make a
+    folder of it: the scorer could miss a file that the local replay found."""
+    data, _ = write_data(tmp_path)
+    slash = make_zip(tmp_path / "slash.zip", {"solution.py": FORMULA, "weights\\w.txt": "1"})
+    with pytest.raises(SubmissionError, match=r"separates folders with '\\'"):
+        score(slash, data)
+    long = make_zip(tmp_path / "long.zip", {"solution.py": FORMULA, "d/" + "a" * 300: "1"})
+    with pytest.raises(SubmissionError, match="a name of 300 bytes"):
+        score(long, data)
+
+
+def test_a_manifest_that_does_not_read_or_is_huge_is_named_not_a_traceback(tmp_path):
+    data, _ = write_data(tmp_path)
+    good = make_zip(tmp_path / "good.zip", {"solution.py": FORMULA, "manifest.json": "{}"})
+    raw = bytearray(good.read_bytes())
+    with zipfile.ZipFile(good) as zf:
+        info = zf.getinfo("manifest.json")
+    central = raw.rfind(b"PK\x01\x02")  # manifest.json is the last central directory entry
+    for at in (info.header_offset + 6, central + 8):  # the flag bits: "encrypted"
+        raw[at] |= 0x1
+    encrypted = tmp_path / "encrypted.zip"
+    encrypted.write_bytes(bytes(raw))
+    result = run_cli("score", encrypted, "--data", data, "-q", expect=2)
+    assert "entry 'manifest.json' is encrypted" in result.output
+    assert "Traceback" not in result.output
+    huge = tmp_path / "huge.zip"
+    with zipfile.ZipFile(huge, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("solution.py", FORMULA)
+        zf.writestr("manifest.json", " " * (9 << 20))  # inflates far past any kit manifest
+    result = run_cli("score", huge, "--data", data, "-q", expect=2)
+    assert "manifest.json is 9,437,184 bytes" in result.output
+
+
+NAN_AT_STEP_9 = """\
+import numpy as np
+
+class PredictionModel:
+    def predict(self, dp):
+        if not dp.need_prediction:
+            return None
+        return np.array([np.nan if dp.step_in_seq == 9 else dp.state[0], dp.state[1]])
+"""
+
+
+def test_a_run_the_official_scorer_would_reject_exits_3_and_names_where(tmp_path):
+    data, _ = write_data(tmp_path)
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(tomli_w.dumps(SPEC.to_dict()))
+    nan = write_sub(tmp_path, NAN_AT_STEP_9, name="nan")
+    result = run_cli("score", nan, "--data", data, "--spec", spec_path, "-q", expect=3)
+    assert "the first at seq 0 step 9" in result.output
+    assert result.output.count("prediction value(s) are NaN or inf") == 1  # said once
+    assert "the official scorer would not accept this run: the score is not a number" in (
+        result.output)
+    ok = write_sub(tmp_path, FORMULA, name="ok")
+    run_cli("score", ok, "--data", data, "--spec", spec_path, "-q", expect=0)
+    slow = tmp_path / "slow.toml"  # a limit no submission meets: the projection is past it
+    slow.write_text(tomli_w.dumps({**SPEC.to_dict(), "limits": {"time_limit_s": 1e-6}}))
+    result = run_cli("score", ok, "--data", data, "--spec", slow, "-q", expect=3)
+    assert "the projected time exceeds the limit" in result.output
+
+
+def test_a_huge_exception_message_is_cut(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        class PredictionModel:
+            def predict(self, dp):
+                raise ValueError("bad state: " + "x" * 2_000_000)
+        """)
+    with pytest.raises(SubmissionError) as err:
+        score(sub, data)
+    said = str(err.value)
+    assert len(said) < 20_000 and "(2,000,011 characters)" in said

@@ -47,6 +47,9 @@ PACK_FILES = (SOLUTION_FILE, MODEL_FILE, MANIFEST_FILE)
 IR_VERSION = 8
 
 
+MAX_MANIFEST = 8 << 20  # bytes of manifest.json: kit's are a few KB
+
+
 class PackError(KitError):
     """A run cannot be packed, or a package is not what its manifest says."""
 
@@ -405,14 +408,27 @@ def _columns(names: list[str], at: int) -> str:
 
 
 def manifest_of(submission: Path) -> dict | None:
-    """The manifest of a package folder or zip, None when there is none."""
+    """The manifest of a package folder or zip, None when there is none or it does not read
+    (scoring then checks the zip entry by entry and names what is wrong). One larger than
+    MAX_MANIFEST is refused before it is read: a zip can inflate it to gigabytes."""
     try:
         if submission.is_dir():
-            return json.loads((submission / MANIFEST_FILE).read_text())
+            path = submission / MANIFEST_FILE
+            return _small_manifest(submission, path.stat().st_size, path.read_bytes)
         with zipfile.ZipFile(submission) as archive:
-            return json.loads(archive.read(MANIFEST_FILE))
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            size = archive.getinfo(MANIFEST_FILE).file_size
+            return _small_manifest(submission, size, lambda: archive.read(MANIFEST_FILE))
+    except PackError:
+        raise
+    except Exception:  # missing, not JSON, an encrypted or unreadable zip entry, a bad zip
         return None
+
+
+def _small_manifest(submission: Path, size: int, read) -> dict:
+    if size > MAX_MANIFEST:
+        raise PackError(f"{submission}: {MANIFEST_FILE} is {size:,} bytes; kit's are a few KB "
+                        "(is this a kit package?)")
+    return json.loads(read())
 
 
 def hash_mismatches(folder: Path, manifest: dict) -> list[str]:

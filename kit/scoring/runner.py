@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 TARGET_CHUNK_S = 0.1  # rows per inner loop are sized so one chunk takes about this long
 REPORT_EVERY_S = 0.25
+MAX_SAID, MAX_LINE = 2000, 500  # characters of an exception's message and of a traceback line
 TRACEBACK_LINES = 30
 
 
@@ -324,8 +325,14 @@ def exception_info(stage: str, message: str, exc: BaseException) -> dict:
         lines = []
     # Drop the frames of this script: the tail that matters is the submission's.
     text = "".join(line for line in lines if __file__ not in line).rstrip()
-    tail = "\n".join(text.splitlines()[-TRACEBACK_LINES:])
-    return {"stage": stage, "message": f"{message} {type(exc).__name__}: {said}", "traceback": tail}
+    tail = "\n".join(_cut(line, MAX_LINE) for line in text.splitlines()[-TRACEBACK_LINES:])
+    return {"stage": stage, "message": f"{message} {type(exc).__name__}: {_cut(said, MAX_SAID)}",
+            "traceback": tail}
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most `limit` characters (a message of megabytes would flood the terminal)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def collect(preds: list, k: int, values=None):

@@ -154,7 +154,7 @@ def check_layout(path: Path, infos: list[zipfile.ZipInfo], names: list[str]) -> 
 def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
     """The entry's normalised relative name, or a SubmissionError naming it."""
     raw = info.filename
-    name = raw.replace("\\", "/")
+    name = raw.replace("\\", "/")  # read as a separator for the checks that keep files inside
     where = f"{path}: entry {raw!r}"
     if name.startswith("/") or re.match(r"^[A-Za-z]:(/|$)", name):  # a drive, not 'a:b.txt'
         raise SubmissionError(f"{where} has an absolute path; zip entries must be relative")
@@ -176,6 +176,14 @@ def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
         raise SubmissionError(f"{where} is not a regular file or folder (mode {oct(mode)})")
     if info.flag_bits & 0x1:
         raise SubmissionError(f"{where} is encrypted; submissions are plain zips")
+    if "\\" in raw:  # Python's zipfile keeps it in the name on Linux, unzip may make a folder
+        raise SubmissionError(f"{where} separates folders with '\\'; extractors differ on it "
+                              "(the scorer may find no such folder): re-create the zip with "
+                              "'/' separators (Python's zipfile, 7-Zip, or kit pack)")
+    too_long = [part for part in parts if len(part.encode()) > 255]
+    if too_long:
+        raise SubmissionError(f"{where}: a name of {len(too_long[0].encode())} bytes; file "
+                              "systems allow 255 per folder or file name")
     return "/".join(parts) + ("/" if info.is_dir() else "")
 
 

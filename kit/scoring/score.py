@@ -50,6 +50,20 @@ class ScoreResult:
     def score(self) -> float:
         return self.report.score
 
+    @property
+    def fails(self) -> list[str]:
+        """Why the official scorer would not accept this run: a score that is not a number,
+        a projected time past the limit, peak memory past the limit (empty when none)."""
+        reasons = []
+        if not np.isfinite(self.score):
+            reasons.append("the score is not a number")
+        if self.projected_fraction > 1:
+            reasons.append("the projected time exceeds the limit")
+        mem, limit_gb = self.sandbox.get("peak_rss_mb"), self.sandbox.get("memory_limit_gb")
+        if mem is not None and limit_gb and mem > limit_gb * 1024:
+            reasons.append("peak memory exceeds the limit")
+        return reasons
+
     def to_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items() if k not in ("predictions", "report")}
         out["report"] = self.report.to_dict()
@@ -111,6 +125,7 @@ def score_submission(
         rows = load_rows(data, spec, seqs)
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
         dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
+        scored_keys = rows.values[rows.values[:, 2].astype(bool)][:, :2]  # (id, step) per pred
         np.save(rows_path, rows.values)
         del rows  # the child memory-maps the file: the parent need not hold the rows too
         child = replay_file(solution_dir, rows_path, n_rows, spec, cpu=cpu,
@@ -120,10 +135,12 @@ def score_submission(
     notes = []
     nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))
     if nonfinite:
+        first = int(np.flatnonzero(~np.isfinite(preds).all(axis=1))[0])
+        seq, step = scored_keys[first]
         notes.append(
-            f"{nonfinite:,} prediction value(s) are NaN or inf; they are scored as they "
-            "are (clip tames inf, a NaN makes its output's metric NaN), as the official "
-            "scorer would"
+            f"{nonfinite:,} prediction value(s) are NaN or inf, the first at seq "
+            f"{_key(seq)} step {_key(step)}; they are scored as they are (clip tames inf, a "
+            "NaN makes its output's metric NaN), as the official scorer would"
         )
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     bad_truth = int(np.size(truth) - np.count_nonzero(np.isfinite(truth)))
@@ -282,3 +299,9 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
 
 def _fmt(value: float) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def _key(value) -> str:
+    """An id or step of the float64 rows as the file wrote it (5.0 -> 5)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else str(value)
