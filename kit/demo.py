@@ -40,6 +40,17 @@ def oracle_report(valid: Path, oracle: Path, spec: CompetitionSpec, seqs: int | 
     return evaluate(spec, truth, pred.to_numpy()[need])
 
 
+def check_oracle_rows(valid: Path, oracle: Path, spec: CompetitionSpec) -> None:
+    """The oracle file must be the valid file row for row (oracle_report reads it so): one of
+    another generation or size gave a wrong ceiling, or a traceback after all the training."""
+    keys = [spec.id_col, spec.step_col]
+    ours, theirs = read_frame(valid, keys), read_frame(oracle, keys + list(spec.outputs))
+    if ours.height != theirs.height or not ours.equals(theirs.select(keys)):
+        raise KitError(f"{oracle} does not hold the rows of {valid} in order ({theirs.height:,} "
+                       f"against {ours.height:,} rows): it belongs to other data; delete the "
+                       f"folder's three files to generate them again together")
+
+
 def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("submissions"),
              spec_name: str = "predictorium", experiment: str = "gru_base",
              overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
@@ -70,12 +81,18 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     paths = [f'data.train="{train}"', f'data.valid="{valid}"', f'spec="{spec_name}"']
     experiment_config(experiment, paths + list(overrides or []))
     _section("data")
-    if not all(p.exists() for p in (train, valid, oracle)):
+    present = [p for p in (train, valid, oracle) if p.exists()]
+    if not present:
         result = synthesize(spec, data_dir, progress=not quiet)
         typer.echo(f"generated {result.train_rows:,} train and {result.valid_rows:,} valid rows "
                    f"in {result.seconds:.1f}s")
+    elif len(present) < 3:  # regenerating would overwrite the others (a --full set, say)
+        missing = [p.name for p in (train, valid, oracle) if not p.exists()]
+        raise KitError(f"{data_dir} lacks {', '.join(missing)} of the demo's three files; "
+                       f"restore them, or delete the others to generate all three")
     else:
         typer.echo(f"using {data_dir} (delete it to regenerate)")
+    check_oracle_rows(valid, oracle, spec)
     for path in (train, valid):
         report = check_file(path, spec)
         typer.echo(f"{path}: {report.rows:,} rows, {report.sequences:,} sequences, "
@@ -93,6 +110,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
                    f"{metrics['best_epoch']} ({metrics['wall_s']:.0f}s)")
     run_dirs = [Path(m["run_dir"]) for m in trained]
 
+    doc = None
     if len(run_dirs) > 1:
         _section("ensemble: greedy selection with replacement on the validation predictions")
         doc, ensemble_file, table = select_ensemble(
@@ -135,11 +153,14 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     _section("summary")
     per_target = "  ".join(f"{k} {v:.4f} (oracle {ceiling.per_target[k]:.4f})"
                            for k, v in scored.report.per_target.items())
+    rows = (f"the first {scored.sequences:,} valid sequences" if seqs is not None
+            else "the valid set")
     typer.echo(f"score {summary['score']:.4f} = {summary['fraction_of_oracle']:.0%} of the "
-               f"oracle's {ceiling.score:.4f}   [{per_target}]")
-    if len(run_dirs) > 1:
-        typer.echo(f"ensemble of {len(packed.manifest['members'])} run(s); the best single run "
-                   f"scored {summary['best_single']:.4f} on validation")
+               f"oracle's {ceiling.score:.4f} on {rows}   [{per_target}]")
+    if doc is not None:  # both on every validation row, the selection's own comparison
+        typer.echo(f"ensemble of {len(packed.manifest['members'])} run(s): validation score "
+                   f"{doc['ensemble']['score']:.4f} against the best single run's "
+                   f"{summary['best_single']:.4f}")
     typer.echo(f"parity: max abs difference {parity.max_abs:.1e} between the PyTorch model and "
                f"the package (all {len(parity.checks)} checks pass)")
     typer.echo(f"speed {scored.rows_per_s:,.0f} rows/s ({scored.us_per_row:.1f} us/row) on 1 CPU: "

@@ -82,3 +82,24 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     manifest = json.loads((tmp_path / "submissions/demo/manifest.json").read_text())
     assert manifest["parity"]["ok"] and "runs/gru_base/" in manifest["members"][0]["run"]
     assert (tmp_path / "submissions/demo-ensemble.toml").is_file() and "best single" in out
+    # the ensemble and the best single run are compared on the same rows (the selection's)
+    assert "validation score" in out and "against the best single run's" in out
+    assert "on the valid set" in out
+
+
+def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monkeypatch):
+    """Checked before training: a stale oracle gave a wrong ceiling (or a traceback after
+    all the training); a missing file regenerated all three over the user's."""
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    run_cli("data", "synth", "--out", "a", "--train-seqs", 2, "--valid-seqs", 3, "-q")
+    run_cli("data", "synth", "--out", "b", "--train-seqs", 2, "--valid-seqs", 4, "-q")
+    (Path("b") / "valid_oracle.parquet").replace(Path("a") / "valid_oracle.parquet")
+    out = run_cli("demo", "--data", "a", "-q", expect=2).output
+    assert "a/valid_oracle.parquet does not hold the rows of a/valid.parquet" in out
+    assert not Path("runs").exists()  # nothing trained
+    (Path("a") / "valid_oracle.parquet").unlink()
+    before = (Path("a") / "train.parquet").read_bytes()
+    out = run_cli("demo", "--data", "a", "-q", expect=2).output
+    assert "lacks valid_oracle.parquet" in out
+    assert (Path("a") / "train.parquet").read_bytes() == before
