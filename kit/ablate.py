@@ -3,18 +3,22 @@
 Trains the cumulative ladder (a, a+b, a+b+c) and the leave-one-group-out variants (all but a,
 all but b, ...; skipped when there is a single group), each with every seed, as ordinary runs
 under runs/<exp>/ablate-<stamp>-<label>-s<seed>/, then prints the validation score and the
-per-target scores averaged over seeds, each with the change the group brings: in the ladder,
-against the rung below; leaving a group out, against the full set (positive = the group helps,
-whichever way the metric points).
+per-target scores averaged over seeds (with the score's spread across seeds), each with the
+change the group brings: in the ladder, against the rung below; leaving a group out, against
+the full set (positive = the group helps, whichever way the metric points). A change is the mean
+of per-seed differences over the seeds both sides finished.
 
 Every variant's features and model (its width solved from a `params` budget for its own input
-count) are checked before any training. A run that fails (it diverged, or one variant's setting
-is refused) is recorded with its reason and the ablation goes on; the summary JSON is rewritten
-after each variant, so an interrupted ablation keeps what it trained.
+count) are checked before any training. A run that fails (it diverged before any epoch scored,
+or one variant's setting is refused) is recorded with its reason and the ablation goes on; one
+that diverged later counts with its best epoch and is marked. The summary JSON is rewritten
+after every run, so an interrupted ablation keeps what it trained, and `--resume` with that JSON
+continues it (finished runs kept, an interrupted one continued from its last.pt).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -34,13 +38,23 @@ def variants(groups: list[str]) -> list[tuple[str, str, list[str]]]:
     return out
 
 
+class AblationInterrupted(KeyboardInterrupt):
+    """Ctrl-C during an ablation: where its summary is and how many of its runs finished."""
+
+    def __init__(self, file: Path, finished: int, planned: int):
+        super().__init__()
+        self.file, self.finished, self.planned = file, finished, planned
+
+
 def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
            overrides: list[str] | None = None, *, progress: bool = True,
-           runs_dir: Path = RUNS_DIR) -> dict:
+           runs_dir: Path = RUNS_DIR, resume: Path | None = None) -> dict:
+    """Train every variant with every seed (see the module docstring). `resume`: the summary
+    JSON of an interrupted ablation with the same settings; its finished runs are kept, its
+    interrupted ones continue from their last.pt."""
     from kit.competition import load_spec
     from kit.config import refuse_overrides
-    from kit.train.recipe import experiment_config, train_one
-    from kit.train.trainer import TrainingDiverged
+    from kit.train.recipe import experiment_config
 
     if not groups or len(set(groups)) != len(groups):
         raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
@@ -53,31 +67,83 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     check_seeds(seeds, "--seeds")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: distinct seeds, got {seeds} (a repeat trains the same run)")
-    # unique per ablation: two started in the same second never share run folders
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    out = runs_dir / base["name"] / f"ablate-{stamp}.json"
     summary = {"experiment": base["name"], "groups": groups, "seeds": seeds,
+               "overrides": list(overrides or []),
                "sign": 1.0 if spec.metric.higher_is_better else -1.0,
                "metric": spec.metric.name, "targets": list(spec.outputs), "variants": []}
-    trained: dict[tuple[str, ...], list[dict]] = {}  # groups -> their seeds' metrics or errors
-    for kind, label, chosen in variants(groups):
-        # leaving out the last group is the rung below the top: the same runs, trained once
-        outcomes = trained.get(tuple(chosen), [])
-        for seed in seeds if not outcomes else []:
-            config = {**base, "seed": seed,
-                      "features": {**base["features"], "groups": chosen}}
-            files = RunFiles(runs_dir / base["name"] / f"ablate-{stamp}-{label}-s{seed}")
-            try:
-                outcomes.append(train_one(config, files, progress=progress))
-            except (KitError, TrainingDiverged) as exc:  # one run's failure, not the ablation's
-                outcomes.append({"error": f"{label} seed {seed}: {exc}",
-                                 "run_dir": str(files.root)})
-        trained[tuple(chosen)] = outcomes
-        summary["variants"].append(variant_row(kind, label, chosen, outcomes))
-        summary["changes"] = changes(summary)
-        write_summary(out, summary)  # after each variant: an interruption keeps the rest
+    if resume is not None:
+        out = Path(resume)
+        check_resumable(out, summary)
+    else:  # unique per ablation: two started in the same second never share run folders
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        out = runs_dir / base["name"] / f"ablate-{stamp}.json"
+    save(out, summary)  # from the start: an ablation interrupted in its first run resumes too
+    trained: dict[tuple[str, ...], list[dict]] = {}  # groups -> their seeds' outcomes
+    try:
+        for kind, label, chosen in variants(groups):
+            # leaving out the last group is the rung below the top: the same runs, trained once
+            outcomes = trained.setdefault(tuple(chosen), [])
+            todo = [] if outcomes else seeds
+            summary["variants"].append(variant_row(kind, label, chosen, outcomes))
+            for seed in todo:
+                config = {**base, "seed": seed,
+                          "features": {**base["features"], "groups": chosen}}
+                files = RunFiles(out.parent / f"{out.stem}-{label}-s{seed}")
+                outcomes.append(train_variant_seed(config, files, label, resume is not None,
+                                                   progress))
+                summary["variants"][-1] = variant_row(kind, label, chosen, outcomes)
+                save(out, summary)  # after every run: an interruption keeps the rest
+            save(out, summary)
+    except KeyboardInterrupt:
+        finished = sum("error" not in m for runs in trained.values() for m in runs)
+        planned = len({tuple(chosen) for _, _, chosen in variants(groups)}) * len(seeds)
+        raise AblationInterrupted(out, finished, planned) from None
     summary["file"] = str(out)
     return summary
+
+
+def save(path: Path, summary: dict) -> None:
+    summary["changes"] = changes(summary)
+    write_summary(path, summary)
+
+
+def check_resumable(path: Path, summary: dict) -> None:
+    """`--resume FILE`: a summary of `kit ablate` started with this command's settings (its
+    runs are folders beside it, named after it)."""
+    if not path.name.startswith("ablate-") or path.suffix != ".json":
+        raise ConfigError(f"--resume {path}: not an ablation summary (runs/EXP/ablate-*.json)")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume {path}: cannot read it ({exc})") from None
+    keys = ("experiment", "groups", "seeds", "overrides")
+    differ = [k for k in keys if not isinstance(saved, dict) or saved.get(k) != summary[k]]
+    if differ:
+        raise ConfigError(f"--resume {path} was started with other settings ("
+                          f"{', '.join(differ)} differ): repeat its own command with --resume")
+
+
+def train_variant_seed(config: dict, files: RunFiles, label: str, resuming: bool,
+                       progress: bool) -> dict:
+    """One run's outcome: its seed, score, per-target scores and folder, "diverged" when it
+    stopped early, or "error" when it failed (one run's failure, not the ablation's)."""
+    from kit.train import recipe
+
+    seed = config["seed"]
+    try:
+        if resuming:  # kept when finished, continued from last.pt, else trained from the start
+            metrics = recipe.continue_run(config, files, None, 0, progress)
+        else:
+            metrics = recipe.train_one(config, files, progress=progress)
+    except KitError as exc:  # TrainingDiverged (before any epoch scored) is one too
+        return {"seed": seed, "error": f"{label} seed {seed}: {exc}", "run_dir": str(files.root)}
+    if metrics.get("score") is None:  # a resumed run that diverged at once: no score
+        return {"seed": seed, "run_dir": str(files.root),
+                "error": f"{label} seed {seed}: diverged before any epoch scored "
+                         f"({metrics.get('diverged')})"}
+    outcome = {"seed": seed, "score": metrics["score"], "per_target": metrics["per_target"],
+               "run_dir": str(files.root)}
+    return outcome | ({"diverged": metrics["diverged"]} if metrics.get("diverged") else {})
 
 
 def check_variants(base: dict, spec, groups: list[str]) -> None:
@@ -100,15 +166,20 @@ def check_variants(base: dict, spec, groups: list[str]) -> None:
 
 
 def variant_row(kind: str, label: str, chosen: list[str], outcomes: list[dict]) -> dict:
-    """A variant's means over the seeds whose runs finished (None when none did)."""
+    """A variant's means over the seeds whose runs finished (None when none did), the spread
+    of its score across them (sample std, None below two) and each seed's own outcome."""
     done = [m for m in outcomes if "error" not in m]
+    scores = [m["score"] for m in done]
     row = {"kind": kind, "label": label, "groups": chosen,
-           "score": float(np.mean([m["score"] for m in done])) if done else None,
+           "score": float(np.mean(scores)) if done else None,
+           "score_std": float(np.std(scores, ddof=1)) if len(done) > 1 else None,
            "per_target": ({t: float(np.mean([m["per_target"][t] for m in done]))
                            for t in done[0]["per_target"]} if done else None),
-           "runs": [m["run_dir"] for m in outcomes]}
+           "runs": [m["run_dir"] for m in outcomes], "per_seed": outcomes}
     errors = [m["error"] for m in outcomes if "error" in m]
-    return row | ({"errors": errors} if errors else {})
+    diverged = [f"{label} seed {m['seed']}: {m['diverged']}" for m in done if "diverged" in m]
+    return row | ({"errors": errors} if errors else {}) | (
+        {"diverged": diverged} if diverged else {})
 
 
 def write_summary(path: Path, summary: dict) -> None:
@@ -119,22 +190,39 @@ def write_summary(path: Path, summary: dict) -> None:
 
 
 def changes(summary: dict) -> list[dict | None]:
-    """Per variant, what its group brings ({"score": .., target: ..}), signed so that positive
-    always helps: a ladder rung against the rung below (None for the first), a leave-one-out
-    variant against the full set. None too where either side has no finished run."""
+    """Per variant, what its group brings ({"score": .., target: .., "paired_seeds": [..]}),
+    signed so that positive always helps: a ladder rung against the rung below (None for the
+    first), a leave-one-out variant against the full set. Each figure is the mean of per-seed
+    differences over the seeds both sides finished, so a failed run never compares one set of
+    seeds with another; None where no seed finished on both sides."""
     rows, sign = summary["variants"], summary["sign"]
     full = next((r for r in rows if r["kind"] == "ladder" and
                  len(r["groups"]) == len(summary["groups"])), None)
     out, previous = [], None
     for r in rows:
         if r["kind"] == "ladder":
-            better, worse = figures(r), None if previous is None else figures(previous)
+            better, worse = r, previous
             previous = r
         else:
-            better, worse = (figures(full) if full else None), figures(r)
+            better, worse = full, r
         out.append(None if better is None or worse is None
-                   else {k: sign * (better[k] - worse[k]) for k in better})
+                   else paired_change(by_seed(better), by_seed(worse), sign))
     return out
+
+
+def by_seed(row: dict) -> dict[int, dict]:
+    """A variant's finished runs' score and per-target scores, by seed."""
+    return {m["seed"]: {"score": m["score"], **m["per_target"]}
+            for m in row["per_seed"] if "error" not in m}
+
+
+def paired_change(better: dict[int, dict], worse: dict[int, dict], sign: float) -> dict | None:
+    paired = [seed for seed in better if seed in worse]
+    if not paired:
+        return None
+    keys = better[paired[0]]
+    return {k: float(np.mean([sign * (better[s][k] - worse[s][k]) for s in paired]))
+            for k in keys} | {"paired_seeds": paired}
 
 
 def figures(row: dict) -> dict | None:
@@ -143,23 +231,39 @@ def figures(row: dict) -> dict | None:
 
 
 def format_ablation(summary: dict) -> str:
-    rows = summary["variants"]
+    rows, seeds = summary["variants"], summary["seeds"]
     keys = ["score", *summary["targets"]]
     width = max(12, *(len(r["label"]) for r in rows))
-    lines = [f"ablation of {summary['experiment']} over seeds {summary['seeds']} (means)",
-             f"{'variant':<{width}}" + "".join(f"{k:>9}" for k in keys) + "   "
-             + "".join(f"{'change ' + k:>14}" for k in keys),
+    lines = [f"ablation of {summary['experiment']} over seeds {seeds} (means; sd: the score's "
+             "standard deviation across seeds)",
+             f"{'variant':<{width}}{'score':>9}{'sd':>8}" + "".join(f"{k:>9}" for k in keys[1:])
+             + "   " + "".join(f"{'change ' + k:>14}" for k in keys),
              "(change: ladder vs the rung below; -g: what g brings to the full set; "
-             "positive = better)"]
+             "positive = better; the mean of per-seed differences)"]
     for r, change in zip(rows, changes(summary), strict=True):
         values = figures(r)
-        cells = ("".join(f"{values[k]:>9.4f}" for k in keys) if values
-                 else f"{'failed':>9}" + " " * 9 * (len(keys) - 1))
+        spread = "" if r.get("score_std") is None else f"{r['score_std']:.4f}"
+        cells = (f"{values['score']:>9.4f}{spread:>8}"
+                 + "".join(f"{values[k]:>9.4f}" for k in keys[1:]) if values
+                 else f"{'failed':>9}" + " " * (8 + 9 * (len(keys) - 1)))
         changed = "" if change is None else "".join(f"{change[k]:>+14.4f}" for k in keys)
-        seeds = (f"   ({len(r['errors'])} of {len(r['runs'])} runs failed)"
-                 if r.get("errors") else "")
-        lines.append(f"{r['label']:<{width}}" + cells + "   " + changed + seeds)
+        lines.append(f"{r['label']:<{width}}" + cells + "   " + changed + notes(r, change, seeds))
     errors = [e for r in rows for e in r.get("errors", [])]
     lines += [f"failed: {e}" for e in dict.fromkeys(errors)]  # a shared rung's once
+    diverged = [d for r in rows for d in r.get("diverged", [])]
+    lines += [f"diverged: {d} (its best epoch before that counts)"
+              for d in dict.fromkeys(diverged)]
     lines.append(f"wrote {summary['file']}")
     return "\n".join(lines)
+
+
+def notes(row: dict, change: dict | None, seeds: list[int]) -> str:
+    """What a row's figures stand on when not every run finished cleanly."""
+    said = []
+    if row.get("errors"):
+        said.append(f"{len(row['errors'])} of {len(row['runs'])} runs failed")
+    if row.get("diverged"):
+        said.append(f"{len(row['diverged'])} of {len(row['runs'])} runs diverged")
+    if change is not None and len(change["paired_seeds"]) < len(seeds):
+        said.append(f"change over seeds {change['paired_seeds']} only")
+    return f"   ({'; '.join(said)})" if said else ""

@@ -310,8 +310,12 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train an experiment: one run per seed (or per fold), each in its own run directory."""
+    import signal
+
     from kit.config import ConfigError, parse_override
-    from kit.train.recipe import train_experiment
+    from kit.train.groups import NothingStarted
+    from kit.train.recipe import SeedsFailed, train_experiment
+    from kit.workers import EndedBySignal
 
     overrides, seeds, seed_given = [], None, False
     for text in ctx.args:
@@ -324,38 +328,49 @@ def train(
     if seeds is not None and seed_given:  # seeds= replaces seed: one of them was a mistake
         raise ConfigError("seed= and seeds= together: seeds= trains one run per seed and "
                           "replaces seed; give one of them")
+
+    def number(value) -> str:  # a run that diverged at once has no score
+        return "-" if value is None else f"{value:.4f}"
+
+    def print_results(results: list[dict]) -> None:
+        for result in results:
+            print_result(result)
+
+    def print_result(result: dict) -> None:
+        per = "  ".join(f"{k} {number(v)}" for k, v in result["per_target"].items())
+        if result.get("kind") == "oof":
+            typer.echo(f"{result['run_dir']}: out-of-fold score {number(result['score'])} "
+                       f"({per}) over {result['folds']} folds")
+            return
+        state = "finished" if result["finished"] else "paused (--resume to continue)"
+        if result.get("diverged"):
+            state = f"stopped early: training diverged ({result['diverged']})"
+        typer.echo(f"{result['run_dir']}: score {number(result['score'])} ({per}), best epoch "
+                   f"{result['best_epoch']}, {result['params']:,} params, {state}")
+
     try:
         results = train_experiment(exp, overrides, seeds=seeds, resume=resume, run_dir=run_dir,
                                    stop_after_epochs=stop_after_epochs, folds=folds,
                                    progress=not quiet, jobs=jobs)
-    except KeyboardInterrupt as stop:
-        from kit.train.groups import NothingStarted
-
-        if isinstance(stop, NothingStarted):
-            typer.echo("interrupted before any run started: nothing to resume; run the same "
+    except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, or SIGTERM/SIGHUP of --jobs
+        ended = "interrupted" if isinstance(stop, KeyboardInterrupt) else (
+            f"stopped by {signal.Signals(stop.signum).name}")
+        if isinstance(stop, NothingStarted) or getattr(stop, "nothing_started", False):
+            typer.echo(f"{ended} before any run started: nothing to resume; run the same "
                        "command again", err=True)
         elif not os.environ.get("KIT_TRAIN_WORKER"):
             # the same command with --resume: seeds=, --folds and --jobs resume as a group
             again = ["kit", "train", exp, *ctx.args, *(["--folds", str(folds)] if folds else []),
                      *(["--jobs", str(jobs)] if jobs > 1 else []),
                      *(["--run-dir", str(run_dir)] if run_dir else []), "--resume"]
-            typer.echo(f"interrupted: continue with `{shlex.join(again)}` (from the last "
+            typer.echo(f"{ended}: continue with `{shlex.join(again)}` (from the last "
                        "finished epoch, or from the start if none had finished)", err=True)
-        raise typer.Exit(130) from None
-    def number(value) -> str:  # a run that diverged at once has no score
-        return "-" if value is None else f"{value:.4f}"
+        raise typer.Exit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
+    except SeedsFailed as failed:  # the seeds that trained are shown before the error
+        print_results(failed.results)
+        raise
 
-    for result in results:
-        per = "  ".join(f"{k} {number(v)}" for k, v in result["per_target"].items())
-        if result.get("kind") == "oof":
-            typer.echo(f"{result['run_dir']}: out-of-fold score {number(result['score'])} "
-                       f"({per}) over {result['folds']} folds")
-            continue
-        state = "finished" if result["finished"] else "paused (--resume to continue)"
-        if result.get("diverged"):
-            state = f"stopped early: training diverged ({result['diverged']})"
-        typer.echo(f"{result['run_dir']}: score {number(result['score'])} ({per}), best epoch "
-                   f"{result['best_epoch']}, {result['params']:,} params, {state}")
+    print_results(results)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -407,19 +422,29 @@ def ablate(
     groups: str = typer.Option(..., help="Comma-separated feature groups, in ladder order."),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds (default: the exp's)."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where the runs are written."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the interrupted "
+                                       "ablation saved in this runs/EXP/ablate-*.json (the "
+                                       "same settings): its finished runs are kept."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Feature-group ablation: the cumulative ladder and leave-one-group-out variants."""
+    from kit.ablate import AblationInterrupted, format_ablation
     from kit.ablate import ablate as run_ablation
-    from kit.ablate import format_ablation
 
     names = [g.strip() for g in groups.split(",") if g.strip()]
     try:
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None
     except ValueError:
         raise typer.BadParameter(f"--seeds {seeds!r}: comma-separated integers") from None
-    summary = run_ablation(exp, names, seed_list, list(ctx.args), progress=not quiet,
-                           runs_dir=runs_dir)
+    try:
+        summary = run_ablation(exp, names, seed_list, list(ctx.args), progress=not quiet,
+                               runs_dir=runs_dir, resume=resume)
+    except AblationInterrupted as stop:
+        again = ["kit", "ablate", exp, *ctx.args, "--groups", groups,
+                 *(["--seeds", seeds] if seeds else []), "--resume", str(stop.file)]
+        typer.echo(f"interrupted: {stop.finished} of {stop.planned} runs finished, kept in "
+                   f"{stop.file}; continue with `{shlex.join(again)}`", err=True)
+        raise typer.Exit(130) from None
     typer.echo(format_ablation(summary))
     if any(v.get("errors") for v in summary["variants"]):
         raise typer.Exit(1)  # the table holds the rest; a script still learns runs failed

@@ -85,8 +85,11 @@ def how_to_finish(folder: Path, experiment: str | None) -> str:
     """The command that finishes an unfinished run, by what it belongs to. `experiment`: the
     name `kit train` takes (None when the run's config name has no experiments/ file: EXP)."""
     name, exp = folder.name, experiment or "EXP"
-    if name.startswith(ABLATION_RUN):
-        return f"an ablation run: `kit ablate {exp} ...` trains its variants again"
+    if name.startswith(ABLATION_RUN):  # ablate-<date>-<time>-<hex>-<label>-s<seed>
+        stamp = re.match(r"ablate-(\d{8}-\d{6}-[0-9a-f]{4})-", name)
+        summary = folder.parent / f"{ABLATION_RUN}{stamp.group(1) if stamp else '*'}.json"
+        return (f"an ablation run: `kit ablate {exp} ... --resume {summary}` (the ablation's "
+                "own settings) finishes it")
     if fold := FOLD_RUN.search(name):
         return (f"a fold run: `kit train {exp} seeds=... --folds {fold.group(1)} --resume` (its "
                 "group's command) finishes it with its group")

@@ -21,6 +21,17 @@ def worker_pythonpath() -> str:
     return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
+class EndedBySignal(SystemExit):
+    """SIGTERM or SIGHUP ended a worker group: exit 128 + the signal, as a process it killed
+    would, after the command has said what is left (`nothing_started`: no run to resume)."""
+
+    nothing_started = False
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
 class WorkerGroup:
     """Worker processes, each in its own session, so a terminal's Ctrl-C reaches only this
     process, which passes it on exactly once to every live worker (a sweep worker stops at the
@@ -96,7 +107,7 @@ class WorkerGroup:
                 interrupted = True
                 self.signal_live(signal.SIGINT)
         if self.ended_by is not None:
-            raise SystemExit(128 + self.ended_by)
+            raise EndedBySignal(self.ended_by)
         if interrupted:
             raise KeyboardInterrupt
         return [p.returncode for p in self.procs]

@@ -11,6 +11,7 @@ import tomllib
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import polars as pl
 import pytest
@@ -1126,3 +1127,84 @@ def test_sampler_seeds_reproduce_differ_per_worker_and_move_on_when_resumed(swee
     unseeded = {**setup.table, "sampler": "random"}
     draws = [first_params(f"u{i}", unseeded)["train.lr"] for i in range(3)]
     assert len(set(draws)) == 3  # fresh entropy: no two workers (or machines) alike
+
+
+def _saved_ablation(root: Path) -> tuple[Path, dict]:
+    (saved,) = (root / "runs/tiny").glob("ablate-*.json")
+    return saved, json.loads(saved.read_text())
+
+
+def test_ablation_changes_pair_seeds_and_a_diverged_run_is_marked(sweep_env, monkeypatch):
+    from kit.train import recipe
+    from kit.train.trainer import TrainingDiverged
+
+    real = recipe.train_one
+
+    def faults(config, files, **kwargs):  # raw seed 2 fails; raw+diffs seed 1 diverges late
+        if config["features"]["groups"] == ["raw"] and config["seed"] == 2:
+            raise TrainingDiverged(f"{files.root}: training diverged (injected)")
+        metrics = real(config, files, **kwargs)
+        if config["features"]["groups"] == ["raw", "diffs"] and config["seed"] == 1:
+            return metrics | {"diverged": "train loss inf in batch 2 of epoch 2 (injected)"}
+        return metrics
+
+    monkeypatch.setattr(recipe, "train_one", faults)
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1,2", "-q",
+                  expect=1).output
+    _, summary = _saved_ablation(sweep_env)
+    rows = {v["label"]: v for v in summary["variants"]}
+    change = dict(zip(rows, summary["changes"], strict=True))
+
+    def seed_score(label: str, seed: int) -> float:
+        (run,) = [m for m in rows[label]["per_seed"] if m["seed"] == seed]
+        return run["score"]
+
+    # raw+diffs against raw: seed 1 alone, the only seed both finished (not 2 seeds vs 1)
+    assert change["raw+diffs"]["paired_seeds"] == [1]
+    assert change["raw+diffs"]["score"] == pytest.approx(
+        summary["sign"] * (seed_score("raw+diffs", 1) - seed_score("raw", 1)))
+    assert change["-raw"]["paired_seeds"] == [1, 2]  # both sides finished both seeds
+    assert change["-raw"]["score"] == pytest.approx(summary["sign"] * sum(
+        seed_score("raw+diffs", s) - seed_score("-raw", s) for s in (1, 2)) / 2)
+    scores = [seed_score("raw+diffs", s) for s in (1, 2)]
+    assert rows["raw+diffs"]["score_std"] == pytest.approx(float(np.std(scores, ddof=1)))
+    assert rows["raw"]["score_std"] is None  # one finished seed: no spread
+    assert rows["raw+diffs"]["diverged"] == ["raw+diffs seed 1: train loss inf in batch 2 of "
+                                             "epoch 2 (injected)"]
+    line = next(x for x in out.splitlines() if x.startswith("raw+diffs "))
+    assert "change over seeds [1] only" in line and "1 of 2 runs diverged" in line
+    assert f"{rows['raw+diffs']['score_std']:.4f}" in line
+    assert "diverged: raw+diffs seed 1: train loss inf" in out
+
+
+def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, monkeypatch):
+    from kit.train import recipe
+
+    real, trained = recipe.train_one, []
+
+    def ctrl_c_in_the_second_run(config, files, **kwargs):
+        if len(trained) == 1:
+            raise KeyboardInterrupt
+        trained.append(files.root.name)
+        return real(config, files, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_one", ctrl_c_in_the_second_run)
+    args = ["ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1,2", "-q"]
+    out = run_cli(*args, expect=130).output
+    saved, summary = _saved_ablation(sweep_env)
+    assert f"1 of 6 runs finished, kept in {saved.relative_to(sweep_env)}" in out
+    assert f"--seeds 1,2 --resume {saved.relative_to(sweep_env)}`" in out
+    (raw,) = summary["variants"]  # the seed that finished is recorded, mid-variant
+    assert [m["seed"] for m in raw["per_seed"]] == [1] and raw["score"] is not None
+    # other settings are refused; the same ones go on, keeping the finished run
+    other = run_cli(*args[:-3], "--seeds", "1", "--resume", saved, expect=2).output
+    assert "seeds differ" in other
+    monkeypatch.setattr(recipe, "train_one", lambda *a, **k: trained.append(a[1].root.name)
+                        or real(*a, **k))
+    out = run_cli(*args, "--resume", saved).output
+    runs = [f"{saved.stem}-{label}-s{seed}" for label in ("raw", "raw+diffs", "-raw")
+            for seed in (1, 2)]
+    assert trained == runs  # raw seed 1 once: kept by the resume, not trained again
+    saved_again, summary = _saved_ablation(sweep_env)
+    assert saved_again == saved and all(v["score"] is not None for v in summary["variants"])
+    assert all(len(v["per_seed"]) == 2 for v in summary["variants"])

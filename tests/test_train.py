@@ -515,7 +515,8 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
     assert "has not finished training (epoch 1 of 3;" in out
     for name, said in (("study-t0003", "a sweep trial: `kit sweep tiny ... --study study`"),
                        ("x-s1-fold2of3", "--folds 3 --resume"),
-                       ("ablate-raw-s7", "an ablation run")):  # never resumed on their own
+                       ("ablate-20261203-040724-4ade-raw-s7",
+                        "--resume " + str(run.parent / "ablate-20261203-040724-4ade.json"))):
         run = run.rename(run.with_name(name))
         out = run_cli("pack", run, "--out", tmp_path / "subs").output
         assert said in out and "--run-dir" not in out
@@ -1262,3 +1263,53 @@ def test_resume_passes_over_a_run_another_process_is_training(env, tmp_path):
     finally:
         os.close(fd)
     assert "-s1: score" in out and "finished" in out
+
+
+def _started_group(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    """`kit train exp=tiny seeds=[1,2] ARGS --jobs 2` in a child process, once both seeds have
+    a last.pt."""
+    cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "seeds=[1,2]", *args, "--jobs", "2",
+           "-q"]
+    child = subprocess.Popen(cmd, env=os.environ.copy(), cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(tmp_path.glob("runs/tiny/*/last.pt"))) < 2:
+        time.sleep(0.02)
+    return child
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_group_stopped_by_a_signal_says_how_to_resume(env, tmp_path, signum):
+    child = _started_group(tmp_path, ["train.epochs=400", "train.patience=400"])
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signum, err
+    hints = [line for line in err.splitlines() if "continue with" in line]
+    assert hints == [f"stopped by {signum.name}: continue with `kit train exp=tiny "
+                     "'seeds=[1,2]' train.epochs=400 train.patience=400 --jobs 2 --resume` "
+                     "(from the last finished epoch, or from the start if none had finished)"]
+
+
+def _worker_of(parent: int, seed: int) -> int:
+    """The pid of the `kit train` worker process that trains this seed for `parent`."""
+    for children in Path(f"/proc/{parent}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            if f"seed={seed}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                return int(pid)
+    raise AssertionError(f"no worker of seed {seed}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_a_worker_killed_by_a_signal_is_named_and_the_other_seeds_shown(env, tmp_path):
+    child = _started_group(tmp_path, ["train.epochs=40", "train.patience=40"])
+    os.kill(_worker_of(child.pid, 1), signal.SIGKILL)  # as the out-of-memory killer does
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 2, err
+    assert "seed 1 (killed by signal 9 (SIGKILL): out of memory?)" in err
+    assert "printed above" not in err and "with --resume trains the failed seeds again" in err
+    second, first = [run.name for run in _run_dirs(tmp_path / "runs" / "tiny")][::-1]
+    assert f"{second}: score" in out and "finished" in out and first not in out
+    # as said: --resume continues the killed seed, keeping the finished one
+    out = run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=40", "train.patience=40",
+                  "--jobs", 2, "--resume", "-q").output
+    assert out.count("finished") == 2

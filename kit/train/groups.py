@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kit.config import ConfigError, differences
 from kit.run_record import is_finished
+from kit.workers import EndedBySignal
 
 GROUPS_DIR = ".groups"
 
@@ -114,7 +115,7 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
     """When the command fails, a claimed group's folders where no epoch was logged (empty, or
     config.toml alone: a bad setting found before their run trained) are removed, and its
     record too when none is left: nothing half-made is left to resume. A Ctrl-C then says so
-    (NothingStarted)."""
+    (NothingStarted), and so does a signal that ended the group (EndedBySignal.nothing_started)."""
     try:
         yield
     except BaseException as exc:
@@ -137,4 +138,6 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
             (exp_dir / GROUPS_DIR / f"{stamp}.json").unlink(missing_ok=True)
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, NothingStarted):
                 raise NothingStarted() from None
+            if isinstance(exc, EndedBySignal):  # said instead of a --resume hint
+                exc.nothing_started = True
         raise

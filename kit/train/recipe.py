@@ -13,6 +13,7 @@ import torch
 
 from kit.competition import load_spec
 from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
+from kit.errors import KitError
 from kit.run_record import (
     DATA_DIGESTS,
     changed_data_message,
@@ -138,8 +139,6 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
                    run_dir: Path | None, stamp: str | None, resume: bool, group_resume: bool,
                    overrides: list[str] | None, stop_after_epochs: int,
                    progress: bool) -> list[dict]:
-    from kit.errors import KitError
-
     def train_seed(seed: int) -> list[dict]:
         """The seed's run, or its fold group's runs."""
         config = {**base, "seed": seed}
@@ -168,16 +167,43 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
             print(f"error: seed {seed}: {exc}", file=sys.stderr, flush=True)
             failed.append(f"seed {seed}")
     if failed:
-        raise seeds_failed(failed, runs_dir / base["name"])
+        raise SeedsFailed(failed, runs_dir / base["name"], results)
     return results
 
 
-def seeds_failed(failed: list[str], exp_dir: Path):
-    """The error of a group some of whose seeds failed (each one's error already printed)."""
-    from kit.errors import KitError
+class SeedsFailed(KitError):
+    """Some seeds of a group failed: `results` holds the metrics of the runs that did not, so
+    the command can still show them. Each failure is named with its cause ("exit 1": its own
+    error was printed; "killed by signal 9": nothing was)."""
 
-    return KitError(f"training failed for {', '.join(failed)}; its error is printed above, "
-                    f"and the other seeds' runs are in {exp_dir}")
+    def __init__(self, failed: list[str], exp_dir: Path, results: list[dict]):
+        printed = any("killed by" not in f for f in failed)
+        super().__init__(
+            f"training failed for {', '.join(failed)}"
+            + ("; an error printed above says why" if printed else "")
+            + f"; the other seeds' runs are in {exp_dir}. The same command with --resume "
+              "trains the failed seeds again, from their last.pt where they have one, and "
+              "keeps the finished ones")
+        self.results = results
+
+
+def exit_cause(code: int) -> str:
+    """A worker's exit code in words: a negative one is the signal that killed it, with no
+    error of its own (SIGKILL is what the kernel's out-of-memory killer sends)."""
+    if code >= 0:
+        return f"exit {code}"
+    name = signal_name(-code)
+    return f"killed by signal {-code}{f' ({name})' if name else ''}" + (
+        ": out of memory?" if -code == 9 else "")
+
+
+def signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return ""
 
 
 def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
@@ -247,11 +273,14 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     report = EpochLines(*zip(*running, strict=True)) if progress and running else None
     with WorkerGroup() as group:  # workers print errors; the progress and result lines are ours
         codes = group.wait(queued, jobs, on_poll=report, stdout=subprocess.DEVNULL)
-    failed = [f"seed {seed} (exit {code})"
-              for (seed, _), code in zip(running, codes, strict=True) if code]
-    if failed:
-        raise seeds_failed(failed, runs_dir / base["name"])
-    return [read_metrics(folder) | {"run_dir": str(folder)} for folder in dirs]
+    ended = list(zip(running, codes, strict=True))
+    failed = [f"seed {seed} ({exit_cause(code)})" for (seed, _), code in ended if code]
+    failed_dirs = {folder for (_, folder), code in ended if code}
+    results = [read_metrics(folder) | {"run_dir": str(folder)} for folder in dirs
+               if folder not in failed_dirs]
+    if failed:  # the runs that did train are still shown
+        raise SeedsFailed(failed, runs_dir / base["name"], results)
+    return results
 
 
 class EpochLines:
