@@ -833,3 +833,19 @@ def test_a_huge_exception_message_is_cut(tmp_path):
         score(sub, data)
     said = str(err.value)
     assert len(said) < 20_000 and "(2,000,011 characters)" in said
+
+
+def test_the_packages_a_submission_imports_are_listed(tmp_path):
+    """The child runs in kit's interpreter, where polars, torch and typer are installed: the
+    report lists what the submission imported beyond the standard library, so a package the
+    official scorer lacks is seen before upload."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA.replace(
+        "import numpy as np", "import json\nimport numpy as np\nimport polars\nimport helper\n"
+                              "from utils import DataPoint"))
+    (sub / "helper.py").write_text("import typer\n")
+    result = score(sub, data)
+    # not json, numpy (loaded before), helper (its own), utils (the scorer's), nor what
+    # polars and typer import themselves
+    assert result.sandbox["imports"] == ["polars", "typer"]
+    assert "imports beyond the standard library and numpy: polars, typer" in result.format()

@@ -57,6 +57,7 @@ def main(job_path: str) -> int:
     result["sandbox"]["kit_modules"] = sorted(
         m for m in sys.modules if m == "kit" or m.startswith("kit.")
     )
+    result["sandbox"]["imports"] = IMPORTS.third_party()
     result["sandbox"]["peak_rss_mb"] = peak_rss_mb()
     tmp = os.path.join(out_dir, "result.json.tmp")
     with open(tmp, "w") as fh:
@@ -168,6 +169,8 @@ def load_model(solution_dir: str):
     sys.path.insert(0, solution_dir)
     os.chdir(solution_dir)
     sys.meta_path.insert(0, NoKit(solution_dir))
+    IMPORTS.own = os.path.join(os.path.abspath(solution_dir), "")
+    sys.meta_path.insert(0, IMPORTS)
     sys.meta_path.append(UtilsFallback())
     path = os.path.join(solution_dir, "solution.py")
     try:
@@ -190,6 +193,37 @@ def load_model(solution_dir: str):
         return cls()
     except BaseException as exc:
         raise Failure(exception_info("init", "PredictionModel() raised", exc)) from None
+
+
+class ImportLog:
+    """Records the top-level packages that the submission's own files import (never finds
+    one): what the scorer must provide. Only imports of modules not loaded yet reach it, so
+    what this script loaded first (numpy) is not listed, nor what the packages import."""
+
+    def __init__(self):
+        self.own, self.names = "", set()
+
+    def find_spec(self, name, path=None, target=None):
+        if path is None and self.own and "." not in name:
+            frame = sys._getframe(1)
+            while frame is not None and frame.f_code.co_filename.startswith("<frozen"):
+                frame = frame.f_back  # importlib's own frames
+            if frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+                    self.own):
+                self.names.add(name)
+        return None
+
+    def third_party(self) -> list[str]:
+        """Beyond the standard library and the submission's own modules."""
+        def its_own(name: str) -> bool:
+            where = getattr(sys.modules.get(name), "__file__", None) or ""
+            return os.path.abspath(where).startswith(self.own)
+
+        return sorted(n for n in self.names  # utils: the scorer's own (DataPoint)
+                      if n not in sys.stdlib_module_names and n != "utils" and not its_own(n))
+
+
+IMPORTS = ImportLog()
 
 
 class NoKit:

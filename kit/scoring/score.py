@@ -95,6 +95,9 @@ class ScoreResult:
             lines.append(
                 f"peak memory {mem:,.0f} MB" + (f" of {limit_gb:g} GB" if limit_gb else "")
             )
+        if self.sandbox.get("imports"):  # here they were installed; the scorer must have them
+            lines.append(f"imports beyond the standard library and numpy: "
+                         f"{', '.join(self.sandbox['imports'])} (the scorer must provide them)")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
