@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.config import ConfigError, check_seeds
+from kit.config import ConfigError, check_seeds, differences
 from kit.errors import KitError
+from kit.train.groups import group_config
 from kit.train.runs import RUNS_DIR, RunFiles, atomic_text
 
 
@@ -68,7 +69,7 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: distinct seeds, got {seeds} (a repeat trains the same run)")
     summary = {"experiment": base["name"], "groups": groups, "seeds": seeds,
-               "overrides": list(overrides or []),
+               "overrides": list(overrides or []), "config": group_config(base),
                "sign": 1.0 if spec.metric.higher_is_better else -1.0,
                "metric": spec.metric.name, "targets": list(spec.outputs), "variants": []}
     if resume is not None:
@@ -116,11 +117,21 @@ def check_resumable(path: Path, summary: dict) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume {path}: cannot read it ({exc})") from None
+    if not isinstance(saved, dict) or "config" not in saved:
+        raise ConfigError(f"--resume {path}: written by a kit from before `kit ablate --resume` "
+                          "(it records neither its overrides nor its config); start the "
+                          "ablation again")
     keys = ("experiment", "groups", "seeds", "overrides")
-    differ = [k for k in keys if not isinstance(saved, dict) or saved.get(k) != summary[k]]
+    differ = [k for k in keys if saved.get(k) != summary[k]]
     if differ:
         raise ConfigError(f"--resume {path} was started with other settings ("
                           f"{', '.join(differ)} differ): repeat its own command with --resume")
+    # the experiment file may have changed since: its kept runs would be another model's
+    changed = differences(saved["config"], summary["config"])
+    if changed:
+        raise ConfigError(f"--resume {path}: the experiment's config changed since the "
+                          f"ablation started ({', '.join(changed[:5])}); its kept runs would "
+                          "not compare with new ones: restore it, or start a new ablation")
 
 
 def train_variant_seed(config: dict, files: RunFiles, label: str, resuming: bool,

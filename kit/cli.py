@@ -209,17 +209,21 @@ def score(
     resolved = submission_spec(submission, spec)
     # a missing submission's error comes alone (score_submission names it)
     if spec is None and submission.exists() and not isinstance(
-            (manifest_of(submission) or {}).get("spec"), dict):
+            (manifest_of(submission) or {}).get("spec"), dict):  # (a dict, or None)
         typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with the "
                    f"default spec {resolved.name!r} (pass --spec for another competition)",
                    err=True)
+    result = None
     with warnings.catch_warnings(record=True) as caught:  # said once, as lines, not with source
         warnings.simplefilter("always")
-        result = score_submission(submission, data, resolved, seqs=seqs,
-                                  progress=not (quiet or as_json), timeout_s=timeout)
-    for said in dict.fromkeys(str(w.message) for w in caught):
-        if said not in result.warnings:
-            typer.echo(f"warning: {said}", err=True)
+        try:
+            result = score_submission(submission, data, resolved, seqs=seqs,
+                                      progress=not (quiet or as_json), timeout_s=timeout)
+        finally:  # also before an error: a renumbering of big ids explains its "seq 0"
+            for said in dict.fromkeys(str(w.message) for w in caught
+                                      if not issubclass(w.category, DeprecationWarning)):
+                if result is None or said not in result.warnings:
+                    typer.echo(f"warning: {said}", err=True)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
     if result.fails:  # a pipeline must not upload what the official scorer would reject
         typer.echo(f"error: the official scorer would not accept this run: "

@@ -136,7 +136,8 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     ceiling = oracle_report(valid, oracle, spec, seqs)
     summary = {
         "runs": [str(r) for r in run_dirs],
-        "best_single": max(m["score"] for m in trained),
+        "best_single": (max if spec.metric.higher_is_better else min)(
+            m["score"] for m in trained),
         "submission": str(packed.zip_path),
         "score": scored.report.score,
         "per_target": scored.report.per_target,

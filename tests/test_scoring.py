@@ -812,8 +812,17 @@ def test_a_run_the_official_scorer_would_reject_exits_3_and_names_where(tmp_path
     result = run_cli("score", nan, "--data", data, "--spec", spec_path, "-q", expect=3)
     assert "the first at seq 0 step 9" in result.output
     assert result.output.count("prediction value(s) are NaN or inf") == 1  # said once
-    assert "the official scorer would not accept this run: the score is not a number" in (
+    assert "the official scorer would not accept this run: NaN or inf predictions" in (
         result.output)
+    # NaN truth in the local file is the data's problem: warned of, not the run's failure
+    frame = pl.read_parquet(data)
+    t0 = frame["t0"].to_list()
+    t0[10] = None  # step 10 of seq 0: scored
+    frame.with_columns(pl.Series("t0", t0, dtype=frame["t0"].dtype)).write_parquet(
+        tmp_path / "nan_truth.parquet")
+    result = run_cli("score", write_sub(tmp_path, FORMULA, name="fine"), "--data",
+                     tmp_path / "nan_truth.parquet", "--spec", spec_path, "-q", expect=0)
+    assert "1 target value(s)" in result.output
     ok = write_sub(tmp_path, FORMULA, name="ok")
     run_cli("score", ok, "--data", data, "--spec", spec_path, "-q", expect=0)
     slow = tmp_path / "slow.toml"  # a limit no submission meets: the projection is past it
@@ -849,3 +858,30 @@ def test_the_packages_a_submission_imports_are_listed(tmp_path):
     # polars and typer import themselves
     assert result.sandbox["imports"] == ["polars", "typer"]
     assert "imports beyond the standard library and numpy: polars, typer" in result.format()
+
+
+def test_warnings_given_before_a_failure_are_still_said(tmp_path):
+    """Ids past 2**53 are renumbered with a warning; a submission that then fails is named by
+    the renumbered id, so the warning must not be lost with the result."""
+    data, frame = write_data(tmp_path)
+    big = tmp_path / "big.parquet"
+    frame.with_columns(pl.col("seq_ix") + 2**60).write_parquet(big)
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(tomli_w.dumps(SPEC.to_dict()))
+    sub = write_sub(tmp_path, """\
+        class PredictionModel:
+            def predict(self, dp):
+                raise ValueError("boom")
+        """)
+    out = run_cli("score", sub, "--data", big, "--spec", spec_path, "-q", expect=2).output
+    assert "warning:" in out and "ids past 2**53" in out and "predict() raised ValueError" in out
+
+
+def test_a_manifest_that_is_not_an_object_is_no_manifest(tmp_path):
+    data, _ = write_data(tmp_path)
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(tomli_w.dumps(SPEC.to_dict()))
+    sub = write_sub(tmp_path, FORMULA)
+    (sub / "manifest.json").write_text("[1]")
+    out = run_cli("score", sub, "--data", data, "-q", expect=2).output
+    assert "Traceback" not in out and "has no manifest.json of kit pack's" in out

@@ -1199,6 +1199,20 @@ def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, 
     # other settings are refused; the same ones go on, keeping the finished run
     other = run_cli(*args[:-3], "--seeds", "1", "--resume", saved, expect=2).output
     assert "seeds differ" in other
+    # so is an experiment file edited since: the kept run would be another model's
+    exp_file = sweep_env / "experiments" / "tiny.toml"
+    original = exp_file.read_text()
+    exp_file.write_text(original.replace("hidden = 8", "hidden = 16"))
+    edited = run_cli(*args, "--resume", saved, expect=2).output
+    assert "the experiment's config changed since the ablation started (model.hidden)" in edited
+    exp_file.write_text(original)
+    old = json.loads(saved.read_text())  # a summary of a kit from before --resume
+    old.pop("config"), old.pop("overrides")
+    older = saved.with_name("ablate-19990101-000000-abcd.json")
+    older.write_text(json.dumps(old))
+    said = run_cli(*args, "--resume", older, expect=2).output
+    assert "written by a kit from before `kit ablate --resume`" in said
+    older.unlink()
     monkeypatch.setattr(recipe, "train_one", lambda *a, **k: trained.append(a[1].root.name)
                         or real(*a, **k))
     out = run_cli(*args, "--resume", saved).output

@@ -170,3 +170,18 @@ def test_an_interrupted_run_leaves_the_previous_files_whole_and_together(tmp_pat
         synthesize(PREDICTORIUM, tmp_path, train_seqs=3, valid_seqs=1, seed=2)
     assert [f.read_bytes() for f in files] == old
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f.name for f in files)
+
+
+def test_temp_files_of_killed_runs_are_removed(tmp_path):
+    """Temp names carry their writer's pid, so no later run overwrites a killed one's."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".train.parquet.tmp-{dead}"
+    stale.write_bytes(b"half a file")
+    live = tmp_path / ".valid.parquet.tmp-1"  # a live process's (pid 1 always is)
+    live.write_bytes(b"being written")
+    synthesize(PREDICTORIUM, tmp_path, train_seqs=1, valid_seqs=1, seed=1)
+    assert not stale.exists() and live.exists()

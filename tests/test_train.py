@@ -1306,7 +1306,7 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_other_seeds_shown(env, tmp
     out, err = child.communicate(timeout=120)
     assert child.returncode == 2, err
     assert "seed 1 (killed by signal 9 (SIGKILL): out of memory?)" in err
-    assert "printed above" not in err and "with --resume trains the failed seeds again" in err
+    assert "printed above" not in err and "with --resume trains again a seed that was killed" in err
     second, first = [run.name for run in _run_dirs(tmp_path / "runs" / "tiny")][::-1]
     assert f"{second}: score" in out and "finished" in out and first not in out
     # as said: --resume continues the killed seed, keeping the finished one

@@ -19,6 +19,7 @@ from kit.errors import DataError
 
 FLOAT_TYPES = (pl.Float32, pl.Float64)
 MAX_LISTED = 5  # examples named per problem
+INT64_MAX = 2**63 - 1
 
 
 @dataclass
@@ -117,12 +118,12 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
         whole_numbers(schema, steps).alias("step"),
         _need_as_int(schema, spec.need_col).alias("need"),
     ).with_row_index("row")
+    problems += key_problems(key_frame, [ids, steps])
     del key_frame
-    for col in ("id", "step", "need"):
-        n_null = keys[col].null_count()
-        if n_null:
-            name = {"id": ids, "step": steps, "need": spec.need_col}[col]
-            problems.append(f"column {name!r} has {n_null:,} null or non-integral value(s)")
+    n_bad_need = keys["need"].null_count()
+    if n_bad_need:
+        problems.append(f"column {spec.need_col!r} has {n_bad_need:,} null or non-integral "
+                        "value(s)")
     if problems:
         raise ContractError(source, problems)
 
@@ -224,6 +225,23 @@ def contract_dtype(spec: CompetitionSpec, column: str) -> str:
     id and step int64, the need flag bool, every feature and target float32."""
     return {spec.id_col: "int64", spec.step_col: "int64", spec.need_col: "bool"}.get(
         column, "float32")
+
+
+def key_problems(frame: pl.DataFrame, names: list[str]) -> list[str]:
+    """What keeps id or step columns from being int64 whole numbers: nulls, fractions, and
+    (UInt64) values past int64's range, each counted under its own name."""
+    problems = []
+    for name in names:
+        col, dtype = pl.col(name), frame.schema[name]
+        too_big = (col > INT64_MAX).sum() if dtype == pl.UInt64 else pl.lit(0)
+        null, big = frame.select(whole_numbers(frame.schema, name).is_null().sum().alias("n"),
+                                 too_big.alias("big")).row(0)
+        if null - big:
+            problems.append(f"column {name!r} has {null - big:,} null or non-integral value(s)")
+        if big:
+            problems.append(f"column {name!r} has {big:,} value(s) past 2**63 - 1: kit holds "
+                            "ids and steps as int64; renumber them")
+    return problems
 
 
 def whole_numbers(schema: pl.Schema, name: str) -> pl.Expr:

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.data.contract import check_dtypes, whole_numbers
+from kit.data.contract import check_dtypes, key_problems, whole_numbers
 from kit.data.io import parquet_schema, read_frame
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
@@ -64,12 +64,9 @@ def dataset_stats(
     check_dtypes(frame.schema, dataclasses.replace(spec, targets=tuple(present)), True, str(path))
     # null or fractional keys would be grouped and sorted as if they were ids (a null id made
     # one "sequence" of length 1): named, as kit data check names them
-    bad_keys = {k: n for k in (spec.id_col, spec.step_col)
-                if (n := frame.select(whole_numbers(frame.schema, k).is_null().sum()).item())}
+    bad_keys = key_problems(frame, [spec.id_col, spec.step_col])
     if bad_keys:
-        raise DataError(f"{path}: " + ", ".join(f"column {k!r} has {n:,} null or non-integral "
-                                               "value(s)" for k, n in bad_keys.items())
-                        + "; kit data check lists the rows")
+        raise DataError(f"{path}: {'; '.join(bad_keys)} (kit data check lists the rows)")
     frame = _sorted(frame, spec)
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")

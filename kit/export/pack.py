@@ -424,11 +424,12 @@ def manifest_of(submission: Path) -> dict | None:
         return None
 
 
-def _small_manifest(submission: Path, size: int, read) -> dict:
+def _small_manifest(submission: Path, size: int, read) -> dict | None:
     if size > MAX_MANIFEST:
         raise PackError(f"{submission}: {MANIFEST_FILE} is {size:,} bytes; kit's are a few KB "
                         "(is this a kit package?)")
-    return json.loads(read())
+    manifest = json.loads(read())
+    return manifest if isinstance(manifest, dict) else None  # kit's is an object
 
 
 def hash_mismatches(folder: Path, manifest: dict) -> list[str]:

@@ -220,7 +220,8 @@ class ImportLog:
             return os.path.abspath(where).startswith(self.own)
 
         return sorted(n for n in self.names  # utils: the scorer's own (DataPoint)
-                      if n not in sys.stdlib_module_names and n != "utils" and not its_own(n))
+                      if n in sys.modules  # not an optional import that failed
+                      and n not in sys.stdlib_module_names and n != "utils" and not its_own(n))
 
 
 IMPORTS = ImportLog()

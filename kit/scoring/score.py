@@ -55,8 +55,8 @@ class ScoreResult:
         """Why the official scorer would not accept this run: a score that is not a number,
         a projected time past the limit, peak memory past the limit (empty when none)."""
         reasons = []
-        if not np.isfinite(self.score):
-            reasons.append("the score is not a number")
+        if self.nonfinite:  # (NaN truth in the local file is a data problem, warned of)
+            reasons.append("NaN or inf predictions")
         if self.projected_fraction > 1:
             reasons.append("the projected time exceeds the limit")
         mem, limit_gb = self.sandbox.get("peak_rss_mb"), self.sandbox.get("memory_limit_gb")
@@ -67,6 +67,7 @@ class ScoreResult:
     def to_dict(self) -> dict:
         out = {k: v for k, v in vars(self).items() if k not in ("predictions", "report")}
         out["report"] = self.report.to_dict()
+        out["fails"] = self.fails
         return json_safe(out)
 
     def format(self) -> str:

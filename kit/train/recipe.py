@@ -181,9 +181,10 @@ class SeedsFailed(KitError):
         super().__init__(
             f"training failed for {', '.join(failed)}"
             + ("; an error printed above says why" if printed else "")
-            + f"; the other seeds' runs are in {exp_dir}. The same command with --resume "
-              "trains the failed seeds again, from their last.pt where they have one, and "
-              "keeps the finished ones")
+            + (f"; the other seeds' runs are in {exp_dir}" if results else "")
+            + ". The same command with --resume trains again a seed that was killed or "
+              "stopped (from its last.pt where it has one) and keeps the finished runs; a run "
+              "that diverged counts as finished: change the setting and start a new group")
         self.results = results
 
 

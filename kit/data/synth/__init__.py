@@ -17,7 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.data.synth.core import ParquetSink, arrow_schema, need_mask, seq_major
+from kit.data.synth.core import (
+    ParquetSink,
+    arrow_schema,
+    need_mask,
+    remove_dead_temp_files,
+    seq_major,
+)
 from kit.data.synth.predictorium import LobGenerator
 from kit.data.synth.rnn import RnnGenerator
 from kit.errors import KitError
@@ -71,6 +77,7 @@ def synthesize(
     generator = make_generator(spec)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_temp_files(out_dir)
     result = SynthResult(
         train=out_dir / "train.parquet",
         valid=out_dir / "valid.parquet",

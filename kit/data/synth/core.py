@@ -131,6 +131,25 @@ def seq_major(x: np.ndarray) -> np.ndarray:
     return out.reshape(-1)
 
 
+def remove_dead_temp_files(folder: Path) -> None:
+    """Temp files (.NAME.tmp-PID) of runs that were killed: each name is its writer's own, so
+    no later run overwrites them; those whose process is gone are removed."""
+    for leftover in Path(folder).glob(".*.parquet.tmp-*"):
+        pid = leftover.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
 class ParquetSink:
     """Streams tables to one parquet file, one row group per chunk, written by a background
     thread (so encoding overlaps the next chunk's generation) into a temp file that `publish`
