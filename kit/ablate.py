@@ -27,7 +27,7 @@ import numpy as np
 
 from kit.config import ConfigError, check_seeds, differences
 from kit.errors import KitError
-from kit.train.groups import group_config
+from kit.sweep import training_digests
 from kit.train.runs import RUNS_DIR, RunFiles, atomic_text
 
 
@@ -69,7 +69,10 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: distinct seeds, got {seeds} (a repeat trains the same run)")
     summary = {"experiment": base["name"], "groups": groups, "seeds": seeds,
-               "overrides": list(overrides or []), "config": group_config(base),
+               "overrides": list(overrides or []),
+               # what the runs train, by content: a moved checkout or an edited description
+               # still resumes (the groups are each variant's own: left out)
+               "config": training_digests(base, ["features.groups"]),
                "sign": 1.0 if spec.metric.higher_is_better else -1.0,
                "metric": spec.metric.name, "targets": list(spec.outputs), "variants": []}
     if resume is not None:

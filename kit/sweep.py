@@ -402,14 +402,16 @@ def study_identity(setup: SweepSetup) -> dict:
     experiment, a digest of each parameter's declaration and of each config key the trials start
     from. Left out: NOT_TRAINING and the keys an unconditional parameter sets in every trial."""
     swept = [p.name for p in setup.params if not p.when]
-    config = {}
-    for key, value in flatten(by_content(setup.base)).items():
-        if any(_within(key, n) for n in (*NOT_TRAINING, *swept)):
-            continue
-        config[key] = digest(value)
     return {"kit_experiment": setup.experiment,
             "kit_space": {p.name: digest(asdict(p)) for p in setup.params},
-            "kit_config": config}
+            "kit_config": training_digests(setup.base, swept)}
+
+
+def training_digests(base: dict, left_out: list[str] | tuple = ()) -> dict:
+    """A digest per config key that changes what a run trains: NOT_TRAINING and `left_out`
+    left out, spec and data files by content (by_content)."""
+    return {key: digest(value) for key, value in flatten(by_content(base)).items()
+            if not any(_within(key, n) for n in (*NOT_TRAINING, *left_out))}
 
 
 def by_content(base: dict) -> dict:

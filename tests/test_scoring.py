@@ -850,12 +850,17 @@ def test_the_packages_a_submission_imports_are_listed(tmp_path):
     official scorer lacks is seen before upload."""
     data, _ = write_data(tmp_path)
     sub = write_sub(tmp_path, FORMULA.replace(
-        "import numpy as np", "import json\nimport numpy as np\nimport polars\nimport helper\n"
-                              "from utils import DataPoint"))
+        "import numpy as np", "import json\nimport numpy as np\nimport helper\n"
+                              "from utils import DataPoint\nfrom mine import tools\n"
+                              "import importlib\nimportlib.import_module('polars')\n"
+                              "exec('import tqdm')\n"))
     (sub / "helper.py").write_text("import typer\n")
+    (sub / "mine").mkdir()  # a namespace package of its own (no __init__.py)
+    (sub / "mine" / "tools.py").write_text("X = 1\n")
     result = score(sub, data)
-    # not json, numpy (loaded before), helper (its own), utils (the scorer's), nor what
-    # polars and typer import themselves
+    # not json, numpy (loaded before), helper and mine (its own), utils (the scorer's), tqdm
+    # (exec'd code is nobody's file), nor what polars and typer import themselves; polars
+    # through importlib.import_module too
     assert result.sandbox["imports"] == ["polars", "typer"]
     assert "imports beyond the standard library and numpy: polars, typer" in result.format()
 

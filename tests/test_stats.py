@@ -207,9 +207,10 @@ def test_stats_refuse_null_or_fractional_keys(tmp_path, column, value):
         dataset_stats(tmp_path / "odd.parquet", TINY)
 
 
-def test_unsigned_ids_past_int64_are_named_as_such(tmp_path):
-    frame = _tiny_frame().with_columns(pl.col("seq_ix").cast(pl.UInt64) + (2**63 + 5))
-    frame.write_parquet(tmp_path / "u64.parquet")
+@pytest.mark.parametrize("dtype, offset", [(pl.UInt64, 2**63 + 5), (pl.Float64, 1e19)])
+def test_ids_past_int64_are_named_as_such(tmp_path, dtype, offset):
+    frame = _tiny_frame().with_columns(pl.col("seq_ix").cast(dtype) + offset)
+    frame.write_parquet(tmp_path / "big.parquet")
     with pytest.raises(DataError, match=r"'seq_ix' has 200 value\(s\) past 2\*\*63 - 1") as err:
-        dataset_stats(tmp_path / "u64.parquet", TINY)
+        dataset_stats(tmp_path / "big.parquet", TINY)
     assert "non-integral" not in str(err.value)

@@ -174,14 +174,18 @@ def test_an_interrupted_run_leaves_the_previous_files_whole_and_together(tmp_pat
 
 def test_temp_files_of_killed_runs_are_removed(tmp_path):
     """Temp names carry their writer's pid, so no later run overwrites a killed one's."""
+    import socket
     import subprocess
     import sys
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    stale = tmp_path / f".train.parquet.tmp-{dead}"
+    host = socket.gethostname()
+    stale = tmp_path / f".train.parquet.tmp-{host}-{dead}"
     stale.write_bytes(b"half a file")
-    live = tmp_path / ".valid.parquet.tmp-1"  # a live process's (pid 1 always is)
+    live = tmp_path / f".valid.parquet.tmp-{host}-1"  # a live process's (pid 1 always is)
     live.write_bytes(b"being written")
+    elsewhere = tmp_path / f".train.parquet.tmp-other-host-{dead}"  # its pid means nothing here
+    elsewhere.write_bytes(b"written on another machine sharing the folder")
     synthesize(PREDICTORIUM, tmp_path, train_seqs=1, valid_seqs=1, seed=1)
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and elsewhere.exists()

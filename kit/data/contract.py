@@ -233,7 +233,11 @@ def key_problems(frame: pl.DataFrame, names: list[str]) -> list[str]:
     problems = []
     for name in names:
         col, dtype = pl.col(name), frame.schema[name]
-        too_big = (col > INT64_MAX).sum() if dtype == pl.UInt64 else pl.lit(0)
+        too_big = pl.lit(0)
+        if dtype == pl.UInt64:
+            too_big = (col > INT64_MAX).sum()
+        elif dtype in FLOAT_TYPES:  # whole numbers too, but no int64 holds them
+            too_big = (col.is_finite() & (col == col.floor()) & (col.abs() >= 2.0**63)).sum()
         null, big = frame.select(whole_numbers(frame.schema, name).is_null().sum().alias("n"),
                                  too_big.alias("big")).row(0)
         if null - big:

@@ -206,22 +206,32 @@ class ImportLog:
     def find_spec(self, name, path=None, target=None):
         if path is None and self.own and "." not in name:
             frame = sys._getframe(1)
-            while frame is not None and frame.f_code.co_filename.startswith("<frozen"):
-                frame = frame.f_back  # importlib's own frames
-            if frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
-                    self.own):
+            while frame is not None and _machinery(frame):
+                frame = frame.f_back  # importlib's frames (frozen, or import_module's file)
+            where = frame.f_code.co_filename if frame is not None else "<"
+            # (exec'd code, "<string>", is nobody's file: not the submission's)
+            if not where.startswith("<") and os.path.abspath(where).startswith(self.own):
                 self.names.add(name)
         return None
 
     def third_party(self) -> list[str]:
         """Beyond the standard library and the submission's own modules."""
         def its_own(name: str) -> bool:
-            where = getattr(sys.modules.get(name), "__file__", None) or ""
-            return os.path.abspath(where).startswith(self.own)
+            module = sys.modules.get(name)
+            places = [getattr(module, "__file__", None) or "",  # a namespace package: __path__
+                      *list(getattr(module, "__path__", None) or [])]
+            return any(p and os.path.join(os.path.abspath(p), "").startswith(self.own)
+                       for p in places)
 
         return sorted(n for n in self.names  # utils: the scorer's own (DataPoint)
                       if n in sys.modules  # not an optional import that failed
                       and n not in sys.stdlib_module_names and n != "utils" and not its_own(n))
+
+
+def _machinery(frame) -> bool:
+    name = frame.f_code.co_filename
+    return name.startswith("<frozen") or frame.f_globals.get("__name__", "").startswith(
+        "importlib")
 
 
 IMPORTS = ImportLog()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 from pathlib import Path
 from statistics import NormalDist
@@ -131,10 +132,16 @@ def seq_major(x: np.ndarray) -> np.ndarray:
     return out.reshape(-1)
 
 
+def temp_suffix() -> str:
+    """The writer's own part of a temp name: its host and pid (a folder may be shared)."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}"
+
+
 def remove_dead_temp_files(folder: Path) -> None:
-    """Temp files (.NAME.tmp-PID) of runs that were killed: each name is its writer's own, so
-    no later run overwrites them; those whose process is gone are removed."""
-    for leftover in Path(folder).glob(".*.parquet.tmp-*"):
+    """Temp files (.NAME.tmp-HOST-PID) of runs that were killed: each name is its writer's own,
+    so no later run overwrites them; this host's whose process is gone are removed (a pid means
+    nothing on another host sharing the folder)."""
+    for leftover in Path(folder).glob(f".*.parquet.tmp-{socket.gethostname()}-*"):
         pid = leftover.name.rpartition("-")[2]
         if pid.isdigit() and not _alive(int(pid)):
             leftover.unlink(missing_ok=True)
@@ -158,7 +165,7 @@ class ParquetSink:
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = self.path.with_name(f".{self.path.name}{temp_suffix()}")
         # dictionary-encoding float columns costs ~10x the write time and gains nothing
         keys = [f.name for f in schema if not pa.types.is_floating(f.type)]
         self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=keys)
