@@ -5,6 +5,7 @@ Imports of the heavy parts happen inside each command so that `kit --help` stays
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shlex
@@ -319,7 +320,7 @@ def train(
     from kit.config import ConfigError, parse_override
     from kit.train.groups import NothingStarted
     from kit.train.recipe import SeedsFailed, train_experiment
-    from kit.workers import EndedBySignal
+    from kit.workers import EndedBySignal, ended_by_signals
 
     overrides, seeds, seed_given = [], None, False
     for text in ctx.args:
@@ -352,10 +353,14 @@ def train(
         typer.echo(f"{result['run_dir']}: score {number(result['score'])} ({per}), best epoch "
                    f"{result['best_epoch']}, {result['params']:,} params, {state}")
 
+    # a worker of a --jobs group is stopped by its parent, which says what is left
+    stopping = contextlib.nullcontext() if os.environ.get("KIT_TRAIN_WORKER") else (
+        ended_by_signals())
     try:
-        results = train_experiment(exp, overrides, seeds=seeds, resume=resume, run_dir=run_dir,
-                                   stop_after_epochs=stop_after_epochs, folds=folds,
-                                   progress=not quiet, jobs=jobs)
+        with stopping:
+            results = train_experiment(exp, overrides, seeds=seeds, resume=resume,
+                                       run_dir=run_dir, stop_after_epochs=stop_after_epochs,
+                                       folds=folds, progress=not quiet, jobs=jobs)
     except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, or SIGTERM/SIGHUP of --jobs
         ended = "interrupted" if isinstance(stop, KeyboardInterrupt) else (
             f"stopped by {signal.Signals(stop.signum).name}")

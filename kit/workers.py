@@ -32,6 +32,26 @@ class EndedBySignal(SystemExit):
         self.signum = signum
 
 
+@contextlib.contextmanager
+def ended_by_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
+    """While held, SIGTERM and SIGHUP raise EndedBySignal in the main thread (as a worker
+    group's do), so a command stopped by them says what is left, as after a Ctrl-C; the
+    previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise EndedBySignal(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class WorkerGroup:
     """Worker processes, each in its own session, so a terminal's Ctrl-C reaches only this
     process, which passes it on exactly once to every live worker (a sweep worker stops at the

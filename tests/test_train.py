@@ -1313,3 +1313,24 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_other_seeds_shown(env, tmp
     out = run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=40", "train.patience=40",
                   "--jobs", 2, "--resume", "-q").output
     assert out.count("finished") == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_single_run_stopped_by_a_signal_says_how_to_resume(env, tmp_path, signum):
+    """Without --jobs there is no worker group to catch the signal: the run died silently."""
+    cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "train.epochs=400",
+           "train.patience=400", "-q"]
+    child = subprocess.Popen(cmd, env=os.environ.copy(), cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("runs/tiny/*/last.pt")):
+        time.sleep(0.02)
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 128 + signum, err
+    assert (f"stopped by {signum.name}: continue with `kit train exp=tiny train.epochs=400 "
+            "train.patience=400 --resume`") in err
+    assert "Traceback" not in err
+    out = run_cli("train", "exp=tiny", "train.epochs=400", "train.patience=400",
+                  "--stop-after-epochs", "1", "--resume", "-q").output
+    assert "paused" in out  # the hint works: the same run moves on from its last.pt
