@@ -10,8 +10,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import Tensor, nn
+
+from kit.export.graph_passes import simplified_graph
 
 OPSET = 17
 
@@ -42,8 +45,10 @@ def batch_axes(module: nn.Module) -> list[int]:
     return axes
 
 
-def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int = OPSET) -> list:
-    """Write module's step graph to path; returns the state shapes, "batch" at the batch axis."""
+def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int = OPSET,
+                      simplify: bool = True) -> list:
+    """Write module's step graph to path; returns the state shapes, "batch" at the batch axis.
+    simplify: the peephole rewrites of kit.export.graph_passes (fewer nodes, same numbers)."""
     module = module.eval()
     axes = batch_axes(module)
     state = module.init_state(2)  # batch 2 in the example so no dim is frozen at size 1
@@ -61,5 +66,17 @@ def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int =
             output_names=["y", *[f"{n}_out" for n in names]], dynamic_axes=dynamic,
             opset_version=opset, dynamo=False,
         )
-    return [["batch" if d == axis else int(n) for d, n in enumerate(s.shape)]
-            for s, axis in zip(state, axes, strict=True)]
+    graph = onnx.load(str(path))
+    if simplify:
+        graph = simplified_graph(graph)  # may move a state's batch axis
+        onnx.save(graph, str(path))
+    return [declared_shape(i) for i in graph.graph.input[1:]]
+
+
+def declared_shape(value: onnx.ValueInfoProto) -> list:
+    """A graph input's shape as the manifest records it: "batch" at the dynamic axis."""
+    shape = ["batch" if d.dim_param == "batch" else d.dim_value
+             for d in value.type.tensor_type.shape.dim]
+    if shape.count("batch") != 1 or 0 in shape:
+        raise ValueError(f"state {value.name}: shape {shape} has no single batch axis")
+    return shape

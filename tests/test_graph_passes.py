@@ -1,0 +1,162 @@
+"""kit.export.graph_passes: the step graph's rewrites drop nodes and keep the numbers."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from kit.competition import load_spec
+from kit.export import graph_passes
+from kit.export.frozen import StreamChain
+from kit.export.step_graph import export_step_graph
+from kit.features.normaliser import Normaliser
+from kit.features.sets import build_feature_set
+from kit.models import build_model
+
+SPEC = load_spec("predictorium")
+
+
+def _chain(model_table: dict, groups: list[str]) -> StreamChain:
+    """guard -> feature ops -> normaliser -> model, with random weights (numbers are numbers)."""
+    feature_set = build_feature_set(SPEC, groups)
+    torch.manual_seed(0)
+    model = build_model(model_table, len(feature_set.outputs), SPEC.n_outputs).eval()
+    rows = np.random.default_rng(0).standard_normal((500, len(feature_set.outputs)))
+    normaliser = Normaliser.fit((rows * 2 + 1).astype(np.float32))
+    return StreamChain(feature_set.stream_module(), normaliser.stream_module(),
+                       model.step_form()).eval()
+
+
+def _hostile_rows(steps: int = 30, batch: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((batch, steps, len(SPEC.features))) * 3).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 40)] = np.nan
+    x.reshape(-1)[rng.integers(0, x.size, 20)] = np.inf
+    x.reshape(-1)[rng.integers(0, x.size, 20)] = -np.inf
+    return x
+
+
+def _graph_vs_module(path, module, x: np.ndarray) -> float:
+    """Largest |ONNX step graph - torch stream module| over the steps of x, state carried."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = session.get_inputs()
+    batch = x.shape[0]
+    states = [np.zeros([batch if isinstance(d, str) else d for d in i.shape], np.float32)
+              for i in inputs[1:]]
+    torch_state = module.init_state(batch)
+    worst = 0.0
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            want, torch_state = module(torch.from_numpy(x[:, t:t + 1]), torch_state)
+            got, *states = session.run(None, dict(zip([i.name for i in inputs],
+                                                      [x[:, t], *states], strict=True)))
+            worst = max(worst, float(np.abs(got - want[:, 0].numpy()).max()))
+    return worst
+
+
+@pytest.mark.parametrize("table", [
+    {"type": "gru", "hidden": 32, "layers": 2},
+    {"type": "lstm", "hidden": 24, "layers": 2, "layer_norm": True},
+    {"type": "attention_gru", "hidden": 16, "layers": 1, "window": 8},
+], ids=lambda t: t["type"])
+def test_a_recurrent_model_on_raw_features_loses_its_reshapes_and_keeps_its_numbers(
+        tmp_path, table):
+    module = _chain(table, ["raw"])
+    plain, simple = tmp_path / "plain.onnx", tmp_path / "simple.onnx"
+    export_step_graph(module, len(SPEC.features), plain, simplify=False)
+    shapes = export_step_graph(module, len(SPEC.features), simple)
+    before = [n.op_type for n in onnx.load(str(plain)).graph.node if n.op_type != "Constant"]
+    after = [n.op_type for n in onnx.load(str(simple)).graph.node if n.op_type != "Constant"]
+    # the select of the one step, the head's MatMul + Add, x's Unsqueeze and the Reshape
+    # to the recurrent op's layout are gone; the head is one Gemm
+    assert after.count("Unsqueeze") == before.count("Unsqueeze") - 1
+    assert after.count("Reshape") == before.count("Reshape") - 1
+    assert "Gemm" in after
+    if table["type"] == "attention_gru":  # its head reads a residual sum: the select stays
+        assert len(after) == len(before) - 3
+    else:
+        assert "Gather" not in after and "MatMul" not in after
+        assert len(after) == len(before) - 4
+    # the guard's state is now in the recurrent op's layout, and the manifest says so
+    assert shapes[0] == [1, "batch", len(SPEC.features)]
+    x = _hostile_rows()
+    assert _graph_vs_module(simple, module, x) <= 1e-5
+    assert _graph_vs_module(plain, module, x) <= 1e-5
+
+
+def test_a_guard_state_that_feature_ops_read_keeps_its_layout(tmp_path):
+    module = _chain({"type": "gru", "hidden": 16, "layers": 1}, ["raw", "diffs", "ewm"])
+    shapes = export_step_graph(module, len(SPEC.features), tmp_path / "g.onnx")
+    assert shapes[0] == ["batch", 1, len(SPEC.features)]  # the history reads it as [B, 1, F]
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "g.onnx")).graph.node]
+    assert "Gemm" in ops  # the head is still folded
+    assert _graph_vs_module(tmp_path / "g.onnx", module, _hostile_rows()) <= 1e-5
+
+
+@pytest.mark.parametrize("table", [
+    {"type": "tcn", "channels": 8, "kernel": 3, "dilations": [1, 2]},
+    {"type": "transformer", "d_model": 16, "n_heads": 2, "layers": 1, "window": 8},
+], ids=lambda t: t["type"])
+def test_models_without_a_recurrent_input_keep_their_numbers(tmp_path, table):
+    module = _chain(table, ["raw"])
+    path = tmp_path / "g.onnx"
+    export_step_graph(module, len(SPEC.features), path)
+    assert _graph_vs_module(path, module, _hostile_rows(steps=20)) <= 1e-5
+
+
+def _head_on_rank2(bias_shape=(3,)) -> onnx.ModelProto:
+    """y = (x @ W + b)[:, 0] on x [B, 4]: a select of a column, not of a step."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(bias_shape).astype(np.float32), "b"),
+             numpy_helper.from_array(np.array(0, dtype=np.int64), "i")]
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"]),
+             helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Gather", ["a", "i"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_select_of_a_column_is_not_moved_past_the_bias():
+    model = _head_on_rank2()
+    simpler = graph_passes.simplify(model)
+    ops = [n.op_type for n in simpler.graph.node]
+    assert ops == ["Gemm", "Gather"]  # fused, but the Gather stays after the bias
+    assert graph_passes.same_results(model, simpler)
+
+
+def test_same_results_sees_a_changed_number():
+    model = _head_on_rank2()
+    changed = onnx.ModelProto.FromString(model.SerializeToString())
+    bias = changed.graph.initializer[1]
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 1e-3, "b"))
+    assert not graph_passes.same_results(model, changed)
+
+
+def test_a_rewrite_that_changes_the_numbers_is_not_kept(monkeypatch):
+    model = _head_on_rank2()
+
+    monkeypatch.setattr(graph_passes, "simplify", _head_wrong)  # a rewrite bug
+    with pytest.warns(UserWarning, match="computes other numbers"):
+        kept = graph_passes.simplified_graph(model)
+    assert kept is model
+    monkeypatch.setattr(graph_passes, "simplify", lambda m: 1 / 0)
+    with pytest.warns(UserWarning, match="ZeroDivisionError"):
+        assert graph_passes.simplified_graph(model) is model
+
+
+def _head_wrong(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its MatMul and Add fused into a Gemm that subtracts the bias."""
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    matmul, add, gather = out.graph.node
+    neg = numpy_helper.to_array(out.graph.initializer[1]) * -1
+    out.graph.initializer.append(numpy_helper.from_array(neg, "minus_b"))
+    del out.graph.node[:]
+    out.graph.node.extend([helper.make_node("Gemm", ["x", "W", "minus_b"], ["a"]), gather])
+    return out
