@@ -81,9 +81,10 @@ def test_a_recurrent_model_on_raw_features_loses_its_reshapes_and_keeps_its_numb
         assert len(after) == len(before) - 4
     # the guard's state is now in the recurrent op's layout, and the manifest says so
     assert shapes[0] == [1, "batch", len(SPEC.features)]
-    x = _hostile_rows()
-    assert _graph_vs_module(simple, module, x) <= 1e-5
-    assert _graph_vs_module(plain, module, x) <= 1e-5
+    for batch in (1, 7):  # the scorer's batch, and another than the rewrite check's
+        x = _hostile_rows(batch=batch)
+        assert _graph_vs_module(simple, module, x) <= 1e-5
+        assert _graph_vs_module(plain, module, x) <= 1e-5
 
 
 def test_a_guard_state_that_feature_ops_read_keeps_its_layout(tmp_path):
@@ -160,3 +161,43 @@ def _head_wrong(model: onnx.ModelProto) -> onnx.ModelProto:
     del out.graph.node[:]
     out.graph.node.extend([helper.make_node("Gemm", ["x", "W", "minus_b"], ["a"]), gather])
     return out
+
+
+def _guarded(nodes: list, inits: dict, y_width: int) -> onnx.ModelProto:
+    """x [B, 4], state_0 [B, 1, 4] (a guard's), y [B, y_width]: a hand-made step graph."""
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+                     helper.make_tensor_value_info("state_0", TensorProto.FLOAT, ["batch", 1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", y_width]),
+         helper.make_tensor_value_info("state_0_out", TensorProto.FLOAT, ["batch", 1, 4])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_reshape_to_another_width_is_not_a_time_major_input():
+    model = _guarded([
+        helper.make_node("Unsqueeze", ["x", "one"], ["xu"]),
+        helper.make_node("Where", ["nan", "state_0", "xu"], ["state_0_out"]),
+        helper.make_node("IsNaN", ["xu"], ["nan"]),
+        helper.make_node("Reshape", ["state_0_out", "halves"], ["r"]),  # [1, 2B, 2]
+        helper.make_node("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Reshape", ["t", "rows"], ["y"])],
+        {"one": np.array([1]), "halves": np.array([1, -1, 2]), "rows": np.array([-1, 4])}, 4)
+    graph_passes.topological_order(model.graph)
+    assert graph_passes.same_results(model, graph_passes.simplify(model))
+
+
+def test_a_state_made_from_x_alone_keeps_its_rank():
+    model = _guarded([
+        helper.make_node("Unsqueeze", ["x", "one"], ["xu"]),
+        helper.make_node("Relu", ["xu"], ["state_0_out"]),
+        helper.make_node("Add", ["state_0_out", "state_0"], ["root"]),
+        helper.make_node("Reshape", ["root", "time_major"], ["r"]),
+        helper.make_node("MatMul", ["r", "w"], ["m"]),
+        helper.make_node("Squeeze", ["m", "zero"], ["y"])],
+        {"one": np.array([1]), "zero": np.array([0]), "time_major": np.array([1, -1, 4]),
+         "w": np.ones((4, 3), np.float32)}, 3)
+    assert graph_passes.same_results(model, graph_passes.simplify(model))

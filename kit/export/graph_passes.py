@@ -34,7 +34,7 @@ UNARY = {"Abs", "Ceil", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "Id
 BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
 ELEMENTWISE = UNARY | BINARY | {"Clip", "Where", "Equal", "Less", "Greater", "LessOrEqual",
                                 "GreaterOrEqual", "And", "Or", "Not", "IsNaN", "IsInf"}
-CHECK_STEPS, CHECK_BATCH = 4, 3
+CHECK_STEPS, CHECK_BATCHES = 4, (1, 3)
 
 
 class Graph:
@@ -44,10 +44,13 @@ class Graph:
         self.model = model
         self.graph = model.graph
         inferred = onnx.shape_inference.infer_shapes(model).graph
-        self.ranks = {}
+        self.ranks, self.widths = {}, {}  # widths: the last axis's size where it is static
         for info in [*inferred.input, *inferred.value_info, *inferred.output]:
             if info.type.tensor_type.HasField("shape"):
-                self.ranks[info.name] = len(info.type.tensor_type.shape.dim)
+                dims = info.type.tensor_type.shape.dim
+                self.ranks[info.name] = len(dims)
+                self.widths[info.name] = dims[-1].dim_value if dims and dims[-1].HasField(
+                    "dim_value") else None
         self.constants = {i.name: numpy_helper.to_array(i) for i in self.graph.initializer}
         for node in self.graph.node:
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -250,6 +253,8 @@ def time_major_input(g: Graph) -> bool:
         if shape is None or shape.shape != (3,) or shape[:2].tolist() != [1, -1]:
             continue
         root = reshape.input[0]
+        if shape[2] not in (0, g.widths.get(root)):
+            continue  # [1, -1, F'] with F' not root's width: another layout, not a transpose
         if g.ranks.get(root) != 3 or reshape.output[0] in g.outputs or not g.readers(root) \
                 or (region := region_of(g, root)) is None:
             continue
@@ -276,7 +281,11 @@ def time_major_input(g: Graph) -> bool:
 
 
 def boundary_ranks(model: onnx.ModelProto) -> dict[str, int | None]:
-    """The rank of every value that a non-elementwise node or the caller reads."""
+    """The rank of every value that a non-elementwise node or the caller reads (outputs: the
+    rank their makers give them, not the declared one, which inference would keep)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
     g = Graph(model, itertools.count())
     names = {name for n in model.graph.node if n.op_type not in ELEMENTWISE for name in n.input}
     return {name: g.ranks.get(name) for name in names | g.outputs
@@ -359,8 +368,9 @@ def drop_unused(graph) -> None:
 
 def same_results(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) -> bool:
     """Both graphs on the same random rows (NaN and inf included), state carried over a few
-    steps from zero: equal outputs within float32 rounding. A state whose layout moved is
-    compared in memory order ([B, 1, F] and [1, B, F] hold the same numbers at T = 1)."""
+    steps from zero, at batch 1 (the scorer's) and a larger one: equal outputs within float32
+    rounding. A state whose layout moved is compared in memory order ([B, 1, F] and [1, B, F]
+    hold the same numbers at T = 1)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -370,20 +380,22 @@ def same_results(a: onnx.ModelProto, b: onnx.ModelProto, seed: int = 0) -> bool:
     metas = [s.get_inputs() for s in sessions]
     if [i.name for i in metas[0]] != [i.name for i in metas[1]]:
         return False
-    shapes = [[[d if isinstance(d, int) else CHECK_BATCH for d in i.shape] for i in m]
-              for m in metas]
-    states = [[np.zeros(s, np.float32) for s in shape[1:]] for shape in shapes]
     rng = np.random.default_rng(seed)
-    for _ in range(CHECK_STEPS):
-        x = rng.standard_normal(shapes[0][0]).astype(np.float32) * 3
-        x.flat[rng.integers(0, x.size, 2)] = [np.nan, np.inf]
-        results = [s.run(None, dict(zip([i.name for i in m], [x, *st], strict=True)))
-                   for s, m, st in zip(sessions, metas, states, strict=True)]
-        for want, got in zip(*results, strict=True):
-            if want.size != got.size or not np.allclose(
-                    want.reshape(-1), got.reshape(-1), rtol=1e-5, atol=1e-6, equal_nan=True):
-                return False
-        states = [r[1:] for r in results]
+    for batch in CHECK_BATCHES:
+        shapes = [[[d if isinstance(d, int) else batch for d in i.shape] for i in m]
+                  for m in metas]
+        states = [[np.zeros(s, np.float32) for s in shape[1:]] for shape in shapes]
+        for _ in range(CHECK_STEPS):
+            x = rng.standard_normal(shapes[0][0]).astype(np.float32) * 3
+            x.flat[rng.integers(0, x.size, 2)] = [np.nan, np.inf]
+            results = [s.run(None, dict(zip([i.name for i in m], [x, *st], strict=True)))
+                       for s, m, st in zip(sessions, metas, states, strict=True)]
+            for want, got in zip(*results, strict=True):
+                if want.size != got.size or not np.allclose(
+                        want.reshape(-1), got.reshape(-1), rtol=1e-5, atol=1e-6,
+                        equal_nan=True):
+                    return False
+            states = [r[1:] for r in results]
     return True
 
 
