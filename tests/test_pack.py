@@ -240,13 +240,21 @@ def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack)
     rows = np.random.default_rng(5).standard_normal((8, 32))
     reference = _solution(gru_pack.folder)
     want = [reference.predict(Point(1, i, True, r)) for i, r in enumerate(rows)]
-    for seq_ix in (float("nan"), None):  # NaN != NaN: each row used to start over
+    import pandas as pd
+
+    # NaN != NaN: each row used to start over; pd.NA's comparisons are NA, which raised
+    for seq_ix in (float("nan"), None, pd.NA, np.float32("nan")):
         model = _solution(gru_pack.folder)
         got = [model.predict(Point(seq_ix, i, True, r)) for i, r in enumerate(rows)]
         np.testing.assert_array_equal(np.stack(got), np.stack(want))
         assert not model.saved  # nothing parked: one sequence all along
+    model = _solution(gru_pack.folder)  # between other ids, and starting over
+    ids, steps = [7, pd.NA, pd.NA, 7, pd.NA], [0, 0, 1, 1, 0]
+    got = [model.predict(Point(i, s, True, rows[0])) for i, s in zip(ids, steps, strict=True)]
+    np.testing.assert_array_equal(got[1], want[0])  # a new sequence
+    np.testing.assert_array_equal(got[2], model_on(gru_pack, rows[[0, 0]])[1])
+    np.testing.assert_array_equal(got[4], want[0])  # step 0 again: starts over
     # pd.NA (pandas' nullable dtypes) in a row is NaN, which the guard replaces
-    import pandas as pd
 
     model = _solution(gru_pack.folder)
     odd = rows[0].astype(object)
@@ -256,6 +264,12 @@ def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack)
     with pytest.raises(ValueError, match="a row of 31 values; the model takes 32"):
         model.predict(Point(1, 1, True, odd[1:]))
     np.testing.assert_array_equal(model.predict(Point(2, 0, True, odd[None])), out)  # (1, F)
+
+
+def model_on(gru_pack, rows) -> list:
+    """A fresh runtime's predictions for rows as one sequence."""
+    model = _solution(gru_pack.folder)
+    return [model.predict(Point(1, i, True, r)) for i, r in enumerate(rows)]
 
 
 # --- broken packages fail parity -----------------------------------------------------------

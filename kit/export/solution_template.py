@@ -39,8 +39,11 @@ NAN_ID = ("nan id",)  # the one key of every NaN id (NaN != NaN: each would be n
 
 
 def id_key(seq_ix):
-    """A sequence id as a dict key: NaN ids are one sequence, as None (and pd.NA) ids are."""
+    """A sequence id as a dict key: NaN ids are one sequence, as None ids are; so are pd.NA
+    ids (pandas' nullable dtypes), whose comparisons give NA, not a bool."""
     if isinstance(seq_ix, float | np.floating) and seq_ix != seq_ix:
+        return NAN_ID
+    if type(seq_ix).__name__ == "NAType":  # pd.NA, without importing pandas
         return NAN_ID
     return seq_ix
 
@@ -184,7 +187,11 @@ class PredictionModel:
     # --- the scorer's entry point --------------------------------------------------------
     def predict(self, data_point):
         seq_ix, step = data_point.seq_ix, data_point.step_in_seq
-        if seq_ix != self.seq_ix:
+        try:
+            moved = bool(seq_ix != self.seq_ix)
+        except TypeError:  # a pd.NA id: `NA != x` is NA, which is no bool
+            moved = True
+        if moved:
             self._switch(seq_ix, step)
         elif step <= self.step:  # the id starts over: a new sequence
             self._reset_live()
