@@ -310,7 +310,7 @@ def test_a_package_without_the_normaliser_fails_parity(workspace, runs, gru_pack
 def test_a_runtime_that_never_resets_state_fails_parity(workspace, gru_pack, tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
     _edit_solution(folder,
-                   "        if seq_ix != self.seq_ix:\n            self._switch(seq_ix, step)\n"
+                   "        if moved:\n            self._switch(seq_ix, step)\n"
                    "        elif step <= self.step:  # the id starts over: a new sequence\n"
                    "            self._reset_live()\n", "")
     report = run_parity(folder, _valid(workspace), seqs=SEQS)

@@ -36,15 +36,16 @@ MAX_SAVED_BYTES = 64 << 20
 CALL_PATHS = ("iobinding", "iobinding_public", "run")
 NO_SEQUENCE = object()  # the current sequence before the first row (None is an id like others)
 NAN_ID = ("nan id",)  # the one key of every NaN id (NaN != NaN: each would be new)
+NA_ID = ("pd.NA id",)  # the one key of pd.NA ids (NA == NA is NA, not True)
 
 
 def id_key(seq_ix):
     """A sequence id as a dict key: NaN ids are one sequence, as None ids are; so are pd.NA
-    ids (pandas' nullable dtypes), whose comparisons give NA, not a bool."""
+    ids (a pandas string column's missing id), whose comparisons give NA, not a bool."""
     if isinstance(seq_ix, float | np.floating) and seq_ix != seq_ix:
         return NAN_ID
     if type(seq_ix).__name__ == "NAType":  # pd.NA, without importing pandas
-        return NAN_ID
+        return NA_ID
     return seq_ix
 
 
