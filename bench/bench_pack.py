@@ -259,6 +259,8 @@ def main() -> None:
         "graph_nodes": gru.manifest["onnx"]["nodes"],
         "pack_graph_call_us": round(graph_us["pack_graph"], 2),
         "bare_gru_graph_call_us": round(graph_us["bare_gru_graph"], 2),
+        # what the row costs above this CPU's GRU floor right now: runtime + scorer loop
+        "pack_over_bare_graph_us_per_row": round(pack_us - graph_us["bare_gru_graph"], 2),
         "rows": figures["pack"]["rows"],
         "window_rows": figures["window"]["rows"],
         "models": models,
