@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import sys
@@ -74,8 +75,15 @@ class Param:
                 for c in self.choices]
 
     def values(self) -> list:
-        """Values that span the range (for checking the space before training)."""
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+        """Values that span the range (for checking the space before training): with a step,
+        the top is the last step at or under high, as Optuna draws it."""
+        if self.kind == "categorical":
+            return list(self.choices)
+        if not self.step:
+            return [self.low, self.high]
+        steps = math.floor((self.high - self.low) / self.step + 1e-9)
+        top = self.low + steps * self.step
+        return [self.low, int(top) if self.kind == "int" else top]
 
 
 def check_table(table: dict) -> None:
@@ -130,7 +138,15 @@ def parse_space(table: dict) -> list[Param]:
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise SweepError(f"{where}.choices: a non-empty list, got {choices!r}")
-            params.append(Param(name, kind, choices=list(choices), when=when))
+            param = Param(name, kind, choices=list(choices), when=when)
+            labels = param.labels
+            for i, label in enumerate(labels):
+                twin = next((other for other in labels[i + 1:] if other == label), None)
+                if twin is not None:  # Optuna keeps one of equal choices (true == 1 too)
+                    raise SweepError(f"{where}.choices: {label!r} and {twin!r} are equal, so "
+                                     "Optuna would offer one of them; drop one, or write "
+                                     "them as strings")
+            params.append(param)
             continue
         low, high = spec.get("low"), spec.get("high")
         numbers = (int,) if kind == "int" else (int, float)
@@ -145,8 +161,12 @@ def parse_space(table: dict) -> list[Param]:
             raise SweepError(f"{where}: log = true needs low > 0, got {low}")
         if log and step is not None:
             raise SweepError(f"{where}: log and step do not combine (Optuna)")
-        if step is not None and (not isinstance(step, numbers) or step <= 0):
+        if step is not None and (not isinstance(step, numbers) or isinstance(step, bool)
+                                 or not math.isfinite(step) or step <= 0):
             raise SweepError(f"{where}.step: a positive {kind}, got {step!r}")
+        if step is not None and step > high - low > 0:
+            raise SweepError(f"{where}: step {step} is wider than the range {low}..{high}, so "
+                             f"every trial would train {low}; a smaller step or a wider range")
         params.append(Param(name, kind, low, high, log, step, when=when))
     return _conditions_last(params)
 

@@ -153,6 +153,40 @@ def test_batch_protocol_edge_cases(workspace, package):
     assert np.isfinite(out[["t0", "t1"]].to_numpy()).all()
 
 
+def test_big_integer_ids_keep_their_key_in_a_step_with_a_null_id(workspace, package):
+    """An Int64 id column with a null converts to float64 in that step only: 2**60 + 1 would
+    become 2**60 there, a new series (and two ids one, refused as an id twice)."""
+    module = _solution(package.folder)
+    rows = pl.read_parquet(workspace / "data/valid.parquet").filter(pl.col("seq_ix") ==
+                                                                   pl.col("seq_ix").min())
+    big = [2**60 + 1, 2**60 + 3]
+    steps = [rows.filter(pl.col("step_in_seq") == t) for t in range(3)]
+
+    def frame(t, ids):
+        return pl.concat([steps[t]] * len(ids)).with_columns(
+            pl.Series("seq_ix", ids, dtype=pl.Int64))
+
+    def pandas_frame(t, ids):  # pandas' nullable Int64 (polars' to_pandas gives float64)
+        batch = frame(t, ids).to_pandas()
+        batch["seq_ix"] = pd.array(ids, dtype="Int64")
+        return batch
+
+    import pandas as pd
+
+    for kind in ("polars", "pandas"):
+        predictor, plain = module.BatchPredictor(), module.BatchPredictor()
+        outs = []
+        for t, ids in enumerate([big, [big[0], None], big]):
+            outs.append(predictor.predict(frame(t, ids) if kind == "polars"
+                                          else pandas_frame(t, ids)))
+        want = [plain.predict(frame(t, big[:1])) for t in range(3)]  # id big[0] alone
+        for t in range(3):
+            np.testing.assert_allclose(np.asarray(outs[t]["t0"])[0], want[t]["t0"][0],
+                                       rtol=1e-6)
+        assert outs[1]["seq_ix"].to_list()[0] == big[0]  # the id comes back as it came
+        assert set(predictor.table) == {*big, None if kind == "polars" else module.NA_ID}
+
+
 def test_metadata_follows_the_kaggle_formats(package, tmp_path):
     written = write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice",
                              competition="predictorium-lob", protocol="batch")

@@ -244,11 +244,29 @@ def test_a_journal_file_storage_works_unchanged(sweep_env):
      "log: true or false (a TOML boolean), got 'false'"),
     ({"type": "int", "low": 1, "high": 4, "when": {"model.type": []}},
      '.when."model.type": an empty list matches nothing'),
+    # Optuna died on these in every trial (decimal.InvalidOperation), or drew low alone
+    ({"type": "float", "low": 1e-3, "high": 1e-2, "step": float("nan")}, "step: a positive"),
+    ({"type": "float", "low": 1e-3, "high": 1e-2, "step": float("inf")}, "step: a positive"),
+    ({"type": "int", "low": 8, "high": 16, "step": True}, "step: a positive int, got True"),
+    ({"type": "float", "low": 1e-3, "high": 1e-2, "step": 0.5},
+     "step 0.5 is wider than the range 0.001..0.01"),
+    ({"type": "int", "low": 8, "high": 16, "step": 32}, "every trial would train 8"),
+    # equal choices are one to Optuna: true was recorded while 1.0 trained
+    ({"type": "categorical", "choices": [1.0, True, 0, False]}, "1.0 and True are equal"),
+    ({"type": "categorical", "choices": ["a", "b", "a"]}, "'a' and 'a' are equal"),
 ])
 def test_bad_search_space_entries_are_named(entry, message):
     with pytest.raises(SweepError, match=r'sweep\.params\."x"') as info:
         parse_space({"params": {"x": entry}})
     assert message in str(info.value)
+
+
+def test_a_stepped_range_is_checked_at_the_top_optuna_draws():
+    (param,) = parse_space({"params": {"x": {"type": "int", "low": 8, "high": 20, "step": 8}}})
+    assert param.values() == [8, 16]  # 24 is past high: Optuna's top is 16
+    (param,) = parse_space({"params": {"x": {"type": "float", "low": 0.1, "high": 0.35,
+                                             "step": 0.1}}})
+    assert param.values() == [0.1, pytest.approx(0.3)]
 
 
 def test_an_empty_when_list_and_a_bad_worker_index_fail_cleanly(sweep_env, monkeypatch):

@@ -224,7 +224,8 @@ def run_rows(path):
     """PredictionModel row by row over the test file, as the competition's scorer calls it."""
     table = read_table(path)
     # ids and steps keep their own type (an int64 id past 2**53 is not a float64)
-    ids, steps = np.asarray(table[ID]).tolist(), np.asarray(table[STEP]).tolist()
+    # (and an id column with a null stays ints, not float64: to_list, not np.asarray)
+    ids, steps = table[ID].to_list(), np.asarray(table[STEP]).tolist()
     need = np.asarray(table[NEED]).tolist()
     state = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in FEATURES])
     model = solution.PredictionModel()
@@ -263,7 +264,7 @@ def run_batch(path):
         batch = table[chunk] if type(table).__module__.startswith("polars") else table.iloc[chunk]
         out = predict(batch)
         y = np.column_stack([np.asarray(out[c], dtype=np.float64) for c in COLUMNS_OUT])
-        ids = np.asarray(out[ID]).tolist()
+        ids = out[ID].to_list()
         for j, i in enumerate(chunk.tolist()):
             if need[i]:
                 keys.append((ids[j], steps[i].item()))

@@ -289,7 +289,8 @@ class BatchPredictor:
 
     def predict_arrays(self, ids, features, steps=None):
         """ids (n,), features (n, F) for one time step -> predictions (n, K) float32."""
-        keys = [id_key(i) for i in np.asarray(ids).tolist()]
+        # dtype=object: a list of ints and strings (or of ints and None) keeps its types
+        keys = [id_key(i) for i in np.asarray(ids, dtype=object).reshape(-1).tolist()]
         n = len(keys)
         if n == 0:  # a recurrent op given batch 0 aborts the whole process in ORT
             return np.zeros((0, self.n_outputs), np.float32)
@@ -333,7 +334,9 @@ class BatchPredictor:
             raise ValueError("predict(frame) needs the package's manifest.json (its feature "
                              "columns); without it call predict_arrays(ids, features)")
         outputs = self.manifest.get("outputs") or [f"y{k}" for k in range(self.n_outputs)]
-        ids = np.asarray(batch[id_col])
+        # ids as Python objects: an integer column with a null converts to float64 (only in
+        # the steps that have one), which would give an id past 2**53 another key there
+        ids = batch[id_col].to_list()
         steps = np.asarray(batch[step_col]) if step_col and step_col in batch.columns else None
         is_polars = type(batch).__module__.startswith("polars")  # pandas 3 has .select too
         if is_polars:  # one conversion for all the feature columns
@@ -348,7 +351,10 @@ class BatchPredictor:
             raise ValueError(f"output names {clash} clash with each other or with the id/kept "
                              "columns; rename them in names={output: new name}")
         y = self.predict_arrays(ids, features, steps)
-        data = {**{c: np.asarray(batch[c]) for c in kept}, id_col: ids,  # lack a gateway's
+        def own(column):  # the batch's own column, its dtype kept (not float64 for a null)
+            return batch[column] if is_polars else batch[column].array
+
+        data = {**{c: own(c) for c in kept}, id_col: own(id_col),  # lack a gateway's
                 **{name: y[:, k] for k, name in enumerate(renamed)}}
         if is_polars:
             import polars as pl
