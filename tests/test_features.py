@@ -251,6 +251,18 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
         {"op": "raw", "inputs": ["a", "b"]}, {"op": "raw", "inputs": ["b"]}])
     assert narrower.outputs == ["a@lag1", "b@lag1", "a-b", "c-d", "a", "b"]
     assert_faces_agree(fs, _frame([9, 4], [float(np.sin(v)) for v in range(60)], []))
+    # a wider op that shares some outputs, made the same way, adds only the new ones (it was
+    # refused, saying the two identical recipes clash)
+    wider = build_feature_set(SPEC, groups=[], ops=[
+        {"op": "lag", "inputs": ["a"], "k": 1}, {"op": "lag", "inputs": ["a", "b"], "k": 1},
+        {"op": "diff", "a": ["a"], "b": ["b"]}, {"op": "diff", "a": ["a", "c"], "b": ["b", "d"]},
+        {"op": "raw", "inputs": ["a"]}, {"op": "raw", "inputs": ["a", "c"]}])
+    assert wider.outputs == ["a@lag1", "b@lag1", "a-b", "c-d", "a", "c"]
+    assert_faces_agree(wider, _frame([9, 4], [float(np.cos(v)) for v in range(60)], []))
+    with pytest.raises(FeatureConfigError, match=r"'a@ewm_mean0.1234' is already defined"):
+        build_feature_set(SPEC, groups=[], ops=[  # another recipe under a shared name
+            {"op": "ewm_mean", "inputs": ["a"], "alpha": 0.12341},
+            {"op": "ewm_mean", "inputs": ["a", "b"], "alpha": 0.12344}])
 
 
 @pytest.mark.parametrize(

@@ -152,3 +152,23 @@ def test_bad_arguments_are_rejected(call, message):
     with pytest.raises(SplitError, match=message) as info:
         call()
     assert isinstance(info.value, KitError)
+
+
+def test_group_kfold_keeps_groups_whole_and_folds_even():
+    from kit.data.splits import group_kfold
+
+    ids = np.arange(100, 160)
+    groups = (ids - 100) // 3  # 20 groups of 3
+    folds = group_kfold(ids, groups, k=4, seed=7)
+    assert len(folds) == 4
+    seen = []
+    for train, valid in folds:
+        assert not set(groups[np.isin(ids, train)]) & set(groups[np.isin(ids, valid)])
+        assert sorted([*train, *valid]) == ids.tolist()
+        assert len(valid) == 15  # 5 groups of 3 each
+        seen += valid.tolist()
+    assert sorted(seen) == ids.tolist()
+    again = group_kfold(ids[::-1], groups[::-1], k=4, seed=7)  # input order does not matter
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
+    with pytest.raises(SplitError, match="number of groups"):
+        group_kfold(ids, groups, k=21)

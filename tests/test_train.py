@@ -959,6 +959,28 @@ def test_a_grouped_stratified_holdout_keeps_each_user_on_one_side(env, grouped_t
     np.testing.assert_array_equal(again.valid.rows, data.valid.rows)
 
 
+def test_folds_of_a_grouped_split_keep_each_user_on_one_side(env, grouped_train):
+    """--folds K with data.split = "group": every user validates in one fold and trains in the
+    others, never both in one fold (folds were cut by sequence: users leaked across)."""
+    from kit.config import ConfigError
+    from kit.train.data import load_train_data
+
+    config = _split_config(grouped_train, split="group", group="user", stratify="level")
+    frame = pl.read_parquet(grouped_train, columns=["seq_ix", "user"]).unique("seq_ix")
+    user_of = dict(zip(frame["seq_ix"].to_list(), frame["user"].to_list(), strict=True))
+    validated = []
+    for i in range(4):
+        data = load_train_data(config, fold=(4, i))
+        valid = set(_sequence_ids(grouped_train, data.valid.rows).tolist())
+        train = set(user_of) - valid
+        assert len(data.valid) + len(data.train) == 24
+        assert not {user_of[s] for s in valid} & {user_of[s] for s in train}
+        validated += sorted(valid)
+    assert sorted(validated) == sorted(user_of)  # each sequence validates in one fold
+    with pytest.raises(ConfigError, match=r"--folds 9 .*number of groups \(8\)"):
+        load_train_data(config, fold=(9, 0))
+
+
 @pytest.mark.parametrize("data, message", [
     ({"split": "group"}, "needs data.group"),
     ({"split": "group", "group": "nope"}, "data.group / data.stratify: .*nope"),

@@ -42,6 +42,28 @@ def kfold(ids: np.ndarray, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, 
     ]
 
 
+def group_kfold(
+    ids: np.ndarray,
+    groups: np.ndarray,
+    k: int = 5,
+    seed: int = 0,
+    stratify: np.ndarray | None = None,
+    n_bins: int = 5,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k (train_ids, valid_ids) pairs that keep every group on one side: each group validates
+    in exactly one fold, folds hold about n / k sequences (and, with `stratify`, a similar
+    spread of it), as group_split places groups."""
+    ids = _check_ids(ids)
+    n_groups = len(np.unique(np.asarray(groups)))
+    if not isinstance(k, int | np.integer) or not 2 <= k <= n_groups:
+        raise SplitError(f"k={k!r} must be an integer with 2 <= k <= number of groups "
+                         f"({n_groups})")
+    folds = group_split(ids, groups, [1.0 / k] * k, seed=seed, stratify=stratify,
+                        n_bins=n_bins)
+    return [(np.sort(np.concatenate(folds[:i] + folds[i + 1:])), fold)
+            for i, fold in enumerate(folds)]
+
+
 def group_split(
     ids: np.ndarray,
     groups: np.ndarray,

@@ -24,7 +24,16 @@ from kit.competition import CompetitionSpec, expand_columns
 from kit.errors import DataError, KitError, SpecError
 from kit.features.guard import Guard, guard_frame
 from kit.features.kernels import LIMIT, steps_of
-from kit.features.ops import OPS, POS, START, FeatureOp, FeatureSpecError
+from kit.features.ops import (
+    OPS,
+    POS,
+    START,
+    FeatureOp,
+    FeatureSpecError,
+    Pairwise,
+    PerColumn,
+    Raw,
+)
 
 ALL_FEATURES = "@features"  # in group files: every raw feature column of the spec
 
@@ -207,8 +216,12 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
         if clash:
             raise FeatureConfigError(f"{where} ({op.op}): output {clash[0]!r} is "
                                      f"{reserved[clash[0]]}; name the output otherwise")
-        if all(n in made_by and made_by[n][1].recipe_of(n) == op.recipe_of(n) for n in names):
+        shared = [n for n in names if n in made_by
+                  and made_by[n][1].recipe_of(n) == op.recipe_of(n)]
+        if len(shared) == len(names):
             continue  # the same op twice (e.g. two groups sharing one): compute it once
+        if shared and (rest := _without(op, shared, spec, where)) is not None:
+            op, names = rest, rest.outputs()  # made the same way already: only the new ones
         taken = [n for n in names if n in made_by or (n in spec.features and op.op != "raw")]
         if taken:
             first = taken[0]
@@ -225,6 +238,22 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     if not outputs:
         raise FeatureConfigError("the feature set is empty: select at least one group or op")
     return FeatureSet(spec, built, outputs, groups)
+
+
+def _without(op: FeatureOp, shared: list[str], spec: CompetitionSpec, where: str):
+    """The same op over only the inputs (or pairs) whose outputs are not in `shared`, for ops
+    whose outputs follow their inputs one to one; None for the others."""
+    entry = op.to_dict()
+    if isinstance(op, Pairwise):
+        pairs = [(a, b) for a, b, n in zip(op.a, op.b, op.outputs(), strict=True)
+                 if n not in shared]
+        entry |= {"a": [a for a, _ in pairs], "b": [b for _, b in pairs]}
+    elif isinstance(op, Raw | PerColumn):
+        entry["inputs"] = [c for c, n in zip(op.inputs, op.outputs(), strict=True)
+                           if n not in shared]
+    else:
+        return None
+    return make_op(entry, spec, where)
 
 
 def _recipe_text(recipe: dict) -> str:

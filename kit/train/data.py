@@ -18,7 +18,7 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.config import ConfigError, validation_file
 from kit.data.arrays import SequenceArrays
 from kit.data.io import read_frame
-from kit.data.splits import SplitError, group_split, kfold, random_split
+from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
 from kit.errors import DataError
 from kit.features import feature_arrays, feature_set_from_config
 from kit.features.normaliser import Normaliser
@@ -139,6 +139,21 @@ def holdout_ids(config: dict, ids: np.ndarray, path: Path, spec: CompetitionSpec
     return train_ids, valid_ids
 
 
+def fold_ids(config: dict, ids: np.ndarray, path: Path, spec: CompetitionSpec, k: int,
+             i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train ids, valid ids) of fold i of k over the train file's sequences: by sequence, or
+    with `data.split = "group"` by whole groups (stratified by `data.stratify` if set), so that
+    out-of-fold scores see no group they trained on."""
+    data = config["data"]
+    try:
+        if data["split"] != "group":
+            return kfold(ids, k, seed=config["seed"])[i]
+        groups, stratify = _per_sequence(path, spec, ids, data["group"], data["stratify"])
+        return group_kfold(ids, groups, k, seed=config["seed"], stratify=stratify)[i]
+    except SplitError as exc:
+        raise ConfigError(f"--folds {k} (data.split = {data['split']!r}): {exc}") from None
+
+
 def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str,
                   stratify: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Each sequence's group (which must not change within it) and mean of `stratify`, in the
@@ -209,8 +224,7 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         valid_starts = _sequence_starts(valid, valid_path, spec, data["truncate"])
     else:
         if fold is not None:
-            k, i = fold
-            train_ids, valid_ids = kfold(train.ids, k, seed=config["seed"])[i]
+            train_ids, valid_ids = fold_ids(config, train.ids, train_path, spec, *fold)
         else:
             train_ids, valid_ids = holdout_ids(config, train.ids, train_path, spec)
         valid_pos, train_pos = train.positions(valid_ids), train.positions(train_ids)
