@@ -82,7 +82,7 @@ class Param:
         if not self.step:
             return [self.low, self.high]
         steps = math.floor((self.high - self.low) / self.step + 1e-9)
-        top = self.low + steps * self.step
+        top = min(self.low + steps * self.step, self.high)  # 0.1 * 3 is 0.30000000000000004
         return [self.low, int(top) if self.kind == "int" else top]
 
 

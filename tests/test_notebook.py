@@ -129,6 +129,21 @@ def test_a_failed_batch_call_changes_nothing_and_bad_shapes_are_refused(package)
     assert len(nan_ids.table) == 3
     with pytest.raises(ValueError, match="several missing \\(NaN\\) ids in one time step"):
         nan_ids.predict_arrays([1.0, float("nan"), float("nan")], np.zeros((3, 32)))
+    with pytest.raises(ValueError, match="several missing \\(NaN\\) ids in one time step"):
+        nan_ids.predict_arrays([pd.NA, 2, pd.NA], np.zeros((3, 32)))
+    # tuple ids (a user and a session) stay whole: np.asarray split them into a 2-D array
+    tuples = module.BatchPredictor()
+    out = tuples.predict_arrays([(1, "a"), (2, "b")], rows[0][:1].repeat(2, 0))
+    assert out.shape == (2, 2) and set(tuples.table) == {(1, "a"), (2, "b")}
+    frame = pd.DataFrame({"seq_ix": [(1, "a"), (2, "b")], **{
+        c: [float(rows[1][0, j])] * 2 for j, c in enumerate(module_columns(package))}})
+    answer = tuples.predict(frame, step_col="none")
+    assert answer["seq_ix"].tolist() == [(1, "a"), (2, "b")] and set(tuples.table) == {
+        (1, "a"), (2, "b")}
+
+
+def module_columns(package) -> list[str]:
+    return json.loads((package.folder / "manifest.json").read_text())["inputs"]
 
 
 def test_batch_protocol_edge_cases(workspace, package):

@@ -267,6 +267,9 @@ def test_a_stepped_range_is_checked_at_the_top_optuna_draws():
     (param,) = parse_space({"params": {"x": {"type": "float", "low": 0.1, "high": 0.35,
                                              "step": 0.1}}})
     assert param.values() == [0.1, pytest.approx(0.3)]
+    (param,) = parse_space({"params": {"x": {"type": "float", "low": 0.0, "high": 0.3,
+                                             "step": 0.1}}})
+    assert param.values() == [0.0, 0.3]  # not 0.30000000000000004, past high
 
 
 def test_an_empty_when_list_and_a_bad_worker_index_fail_cleanly(sweep_env, monkeypatch):

@@ -188,8 +188,11 @@ class PredictionModel:
     # --- the scorer's entry point --------------------------------------------------------
     def predict(self, data_point):
         seq_ix, step = data_point.seq_ix, data_point.step_in_seq
-        try:
-            moved = bool(seq_ix != self.seq_ix)
+        try:  # (the `if` makes the bool inside the try: no bool() call per row)
+            if seq_ix != self.seq_ix:
+                moved = True
+            else:
+                moved = False
         except TypeError:  # a pd.NA id: `NA != x` is NA, which is no bool
             moved = True
         if moved:
@@ -289,13 +292,15 @@ class BatchPredictor:
 
     def predict_arrays(self, ids, features, steps=None):
         """ids (n,), features (n, F) for one time step -> predictions (n, K) float32."""
-        # dtype=object: a list of ints and strings (or of ints and None) keeps its types
-        keys = [id_key(i) for i in np.asarray(ids, dtype=object).reshape(-1).tolist()]
+        # a list keeps its items as they are (np.asarray would make [7, "a"] strings and split
+        # tuple ids into a 2-D array); an array gives Python scalars
+        ids = ids.reshape(-1).tolist() if isinstance(ids, np.ndarray) else list(ids)
+        keys = [id_key(i) for i in ids]
         n = len(keys)
         if n == 0:  # a recurrent op given batch 0 aborts the whole process in ORT
             return np.zeros((0, self.n_outputs), np.float32)
         if len(set(keys)) != n:
-            nan_ids = sum(k is NAN_ID for k in keys)  # `is`: pd.NA == x is not a bool
+            nan_ids = max(sum(k is NAN_ID for k in keys), sum(k is NA_ID for k in keys))
             missing = "several missing (NaN) ids" if nan_ids > 1 else "an id twice"
             raise ValueError(f"{missing} in one time step: one row per series id")
         x = np.ascontiguousarray(features, dtype=np.float32)
