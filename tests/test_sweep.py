@@ -427,19 +427,29 @@ def _kit(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     return proc
 
 
-def _wait_for(predicate, timeout: float = 120, what: str = "") -> None:
+def _wait_for(predicate, timeout: float = 120, what: str = "",
+              proc: subprocess.Popen | None = None) -> None:
+    """Poll until predicate(); on a timeout stop `proc` and show what it printed (a worker
+    that died or hung says why there)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            break  # it ended: waiting longer shows nothing new
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    said = ""
+    if proc is not None:
+        if proc.poll() is None:
+            proc.terminate()
+        said = "; it printed:\n" + proc.communicate(timeout=60)[0][-4000:]
+    raise AssertionError(f"timed out waiting for {what}{said}")
 
 
 def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(sweep_env):
     url = _sqlite(sweep_env)
     proc = _kit("sweep", "exp=tiny", "--trials", "5", "-q", start_new_session=True)
-    _wait_for(lambda: _completed(url) >= 1, what="a finished trial")
+    _wait_for(lambda: _completed(url) >= 1, what="a finished trial", proc=proc)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 130, out
@@ -484,7 +494,7 @@ def test_ctrl_c_with_workers_reaches_each_worker_once_and_the_study_resumes(swee
     _endless_first(sweep_env, 2, 3)
     proc = _kit("sweep", "exp=tiny", "--workers", "2", "--trials", "3", "-q",
                 start_new_session=True)
-    _wait_for(lambda: _training(url) == 2, what="both workers inside a trial")
+    _wait_for(lambda: _training(url) == 2, what="both workers inside a trial", proc=proc)
     # as from a terminal: SIGINT to the foreground group, which holds only the parent (each
     # worker runs in its own session); the parent passes it on once to every worker
     os.killpg(proc.pid, signal.SIGINT)
@@ -502,7 +512,7 @@ def test_ctrl_c_with_workers_reaches_each_worker_once_and_the_study_resumes(swee
 def test_a_terminated_sweep_takes_its_workers_with_it(sweep_env):
     url = _sqlite(sweep_env)
     proc = _kit("sweep", "exp=tiny", *ENDLESS, "--workers", "2", "--trials", "3", "-q")
-    _wait_for(lambda: _training(url) == 2, what="both workers inside a trial")
+    _wait_for(lambda: _training(url) == 2, what="both workers inside a trial", proc=proc)
     workers = {t.user_attrs["worker"] for t in _study(url).get_trials()}
     assert len(workers) == 2
     proc.terminate()
