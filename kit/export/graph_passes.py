@@ -89,6 +89,18 @@ def attribute(node, name: str, default=None):
     return default
 
 
+def read_instead(nodes, old: str, new: str) -> None:
+    """Every node of `nodes` that reads value `old` reads `new` there instead."""
+    for node in nodes:
+        node.input[:] = [new if name == old else name for name in node.input]
+
+
+def axes_of(g: Graph, unsqueeze) -> list | None:
+    """The constant axes of an Unsqueeze (opset 13+: its second input) as a list, else None."""
+    axes = g.constants.get(unsqueeze.input[1]) if len(unsqueeze.input) == 2 else None
+    return None if axes is None else axes.reshape(-1).tolist()
+
+
 def step_select(g: Graph, node) -> int | None:
     """The index of a `Gather(axis=1)` by a scalar constant (a select on the time axis)."""
     if node.op_type != "Gather" or attribute(node, "axis", 0) != 1:
@@ -124,15 +136,13 @@ def sink_select(g: Graph, select, index: int) -> bool:
         g.graph.node.append(helper.make_node("Reshape", [node.input[0], flat], [out]))
         g.remove(node, select)
         return True
-    if node.op_type == "Unsqueeze" and index in (0, -1) and len(node.input) == 2:
-        axes = g.constants.get(node.input[1])
-        if axes is None or axes.reshape(-1).tolist() != [1]:
+    if node.op_type == "Unsqueeze" and index in (0, -1):
+        if axes_of(g, node) != [1]:
             return False
         if out in g.outputs:  # a graph output keeps its name
             g.graph.node.append(helper.make_node("Identity", [node.input[0]], [out]))
         else:
-            for reader in g.readers(out):
-                reader.input[:] = [node.input[0] if n == out else n for n in reader.input]
+            read_instead(g.graph.node, out, node.input[0])
         g.remove(node, select)
         return True
     if rank is None or rank < 3:
@@ -220,8 +230,7 @@ def region_of(g: Graph, root: str) -> tuple[list, list, list] | None:
         node = g.producer(name)
         if node is None:
             return None
-        if node.op_type == "Unsqueeze" and node.input[0] in inputs and len(node.input) == 2 \
-                and getattr(g.constants.get(node.input[1]), "tolist", list)() in ([1], 1):
+        if node.op_type == "Unsqueeze" and node.input[0] in inputs and axes_of(g, node) == [1]:
             unsqueezes.append(node)
         elif node.op_type in ELEMENTWISE and g.ranks.get(node.output[0]) == 3:
             nodes.append(node)
@@ -272,8 +281,7 @@ def time_major_input(g: Graph) -> bool:
                 dims[0].dim_value = 1
                 dims[1].Clear()
                 dims[1].dim_param = batch
-        for reader in g.readers(reshape.output[0]):
-            reader.input[:] = [root if n == reshape.output[0] else n for n in reader.input]
+        read_instead(g.graph.node, reshape.output[0], root)
         g.remove(reshape)
         del g.graph.value_info[:]  # the region's inferred shapes are stale
         return True
@@ -298,20 +306,16 @@ def drop_leading_unsqueeze(g: Graph) -> bool:
     adds the leading axis itself. Kept only if no non-elementwise node and no output sees
     another rank without it."""
     for node in g.graph.node:
-        if node.op_type != "Unsqueeze" or len(node.input) != 2 \
-                or getattr(g.constants.get(node.input[1]), "tolist", list)() != [0] \
+        if node.op_type != "Unsqueeze" or axes_of(g, node) != [0] \
                 or node.output[0] in g.outputs \
                 or any(r.op_type not in ELEMENTWISE for r in g.readers(node.output[0])):
             continue
         trial = onnx.ModelProto.FromString(g.model.SerializeToString())
-        for reader in trial.graph.node:
-            reader.input[:] = [node.input[0] if n == node.output[0] else n for n in reader.input]
+        read_instead(trial.graph.node, node.output[0], node.input[0])
         del trial.graph.value_info[:]
         before = boundary_ranks(g.model)
         if None not in before.values() and boundary_ranks(trial) == before:
-            for reader in g.readers(node.output[0]):
-                reader.input[:] = [node.input[0] if n == node.output[0] else n
-                                   for n in reader.input]
+            read_instead(g.graph.node, node.output[0], node.input[0])
             g.remove(node)
             del g.graph.value_info[:]
             return True
