@@ -11,6 +11,15 @@ kit: `feature_arrays(path, build_feature_set(spec, <all groups>), cache_dir=<fre
 a child process: wall time of the call (parquet read, file digest, batch face, arrays, cache
 write) and the child's peak RSS (VmHWM, imports included) over the bytes of the arrays it
 returns. A second child times the same call again: a cache hit, file digest included.
+Two more figures in the same run: `kit_s_polars_allocator`, the same cold call with Polars'
+own allocator settings (kit/__init__.py keeps freed pages for reuse; `_RJEM_MALLOC_CONF` set
+empty restores Polars' defaults), and `write_floor_s`, this machine's cost of writing as many
+bytes as the arrays hold to a fresh file in 128 MB blocks (zeros from one buffer), while the
+other entries still exist: the part of kit_s no feature code can remove, since the cache is
+written through the page cache. (Page cache freed moments before is reused almost for free;
+pages a VM has not touched for a while cost ~10 us each on some hosts.) Every timed cold run,
+kit's and pandas', starts after --settle seconds (default 20) of quiet, so none of them gets
+the pages the previous one freed at a discount.
 Baseline: the same features written idiomatically in pandas (groupby(id) shift / diff /
 rolling / ewm / cumsum / cumcount, elementwise Series arithmetic, the guard as a grouped
 forward fill), parquet read to (N, T, F) float32 arrays (no cache write), in its own child.
@@ -47,10 +56,21 @@ STACK_ROWS = 1 << 12  # rows per step of the pandas path's column -> row-major c
 # imbalance of two float32 sums, (a - b) / (|a| + |b|), turns the sums' last-bit differences
 # (Polars and pandas add in different orders) into ~1e-5 where |a| + |b| is small.
 PARITY_TOL = 1e-4
+settle_s = 20.0  # seconds of quiet before each timed cold run (cold_child; --settle)
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- data
+
+
+def cold_child(cmd: list[str], env: dict | None = None) -> dict:
+    """run_child after --settle seconds of quiet. On VMs with free page reporting, memory a previous
+    child freed is handed back to the host after a few seconds; a child started at once reuses
+    it at a tenth of the cost of fresh pages (writing 2.5 GB: 0.8 s against 8.8 s here), which
+    would favour whichever side runs second."""
+    time.sleep(settle_s)
+    return run_child(cmd, env=env)
+
 
 
 def parquet_rows(path: Path) -> int:
@@ -203,6 +223,18 @@ def child_kit(args) -> dict:
         "outputs": fs.outputs,
         "raw": list(fs.spec.features),
     }
+
+
+def child_write_floor(args) -> dict:
+    """Write --bytes zero bytes to a fresh file in --cache-dir, in 128 MB blocks."""
+    block = np.zeros(128 << 20, np.uint8)
+    left = args.bytes
+    Path(args.cache_dir).mkdir(parents=True)
+    t0 = time.perf_counter()
+    with open(Path(args.cache_dir) / "floor.bin", "wb") as f:
+        while left > 0:
+            left -= f.write(memoryview(block)[: min(left, len(block))])
+    return {"seconds": time.perf_counter() - t0}
 
 
 def child_stages(args) -> dict:
@@ -430,17 +462,24 @@ def main() -> None:
         "is kept",
     )
     parser.add_argument("--no-pandas", dest="pandas", action="store_false")
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds of quiet before each timed cold run (default 20)")
     parser.add_argument(
         "--stages",
         action="store_true",
         help="also time feature_arrays' stages one by one (one more kit run)",
     )
-    parser.add_argument("--child", choices=["kit", "pandas", "stages"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["kit", "pandas", "stages", "write-floor"],
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--bytes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global settle_s
+    settle_s = args.settle
     if args.child:
-        child = {"kit": child_kit, "pandas": child_pandas, "stages": child_stages}[args.child]
+        child = {"kit": child_kit, "pandas": child_pandas, "stages": child_stages,
+                 "write-floor": child_write_floor}[args.child]
         print(json.dumps(child(args)))
         return
     if args.seqs is None:
@@ -457,11 +496,20 @@ def main() -> None:
         colds = []
         for i in range(max(1, args.repeats)):
             cache = tmp / f"cache{i}"
-            colds.append(run_child([*base, "--child", "kit", "--cache-dir", str(cache)]))
+            colds.append(cold_child([*base, "--child", "kit", "--cache-dir", str(cache)]))
             if i:
                 shutil.rmtree(cache)
         kit = min(colds, key=lambda r: r["seconds"])
         hit = run_child([*base, "--child", "kit", "--cache-dir", str(tmp / "cache0")])
+        polars_allocator = cold_child([*base, "--child", "kit", "--cache-dir",
+                                      str(tmp / "cache-polars-allocator")],
+                                     env={"_RJEM_MALLOC_CONF": ""})
+        # before that entry is deleted: freed page cache is reused at no cost for a while, and
+        # the floor is for the fresh pages a cold build gets
+        floor = cold_child([*base, "--child", "write-floor", "--cache-dir", str(tmp / "floor"),
+                           "--bytes", str(hit["output_bytes"])])
+        shutil.rmtree(tmp / "cache-polars-allocator")
+        shutil.rmtree(tmp / "floor")
         (kit_dir,) = (tmp / "cache0").glob("*/x.npy")
         names = kit["outputs"]
         record = {
@@ -473,6 +521,12 @@ def main() -> None:
             "cpus": cpus(),
             "kit_s": round(kit["seconds"], 3),
             "kit_cache_hit_s": round(hit["seconds"], 3),
+            "kit_s_polars_allocator": round(polars_allocator["seconds"], 3),
+            "kit_cpu_s_polars_allocator": {
+                k: round(polars_allocator[f"child_{k}_s"], 1) for k in ("wall", "user", "sys")},
+            "write_floor_s": round(floor["seconds"], 3),
+            "write_floor_cpu_s": {
+                k: round(floor[f"child_{k}_s"], 1) for k in ("wall", "user", "sys")},
             "pandas_s": None,
             "speedup": None,
             "kit_cpu_s": {k: round(kit[f"child_{k}_s"], 1) for k in ("wall", "user", "sys")},
@@ -487,7 +541,7 @@ def main() -> None:
             pandas_dir = tmp / "pandas"
             pandas_dir.mkdir()
             # best of --repeats like kit's cold runs: the same number of tries on both sides
-            pd_runs = [run_child([*base, "--child", "pandas", "--save", str(pandas_dir)])
+            pd_runs = [cold_child([*base, "--child", "pandas", "--save", str(pandas_dir)])
                        for _ in range(max(1, args.repeats))]
             pd_run = min(pd_runs, key=lambda r: r["seconds"])
             if len(pd_runs) > 1:

@@ -67,6 +67,25 @@ def os_error_text(exc: OSError) -> str:
     return f"{where}: {exc.strerror}" + (f" ({hint})" if hint else "")
 
 
+def overrides_of(ctx: typer.Context) -> list[str]:
+    """The extra arguments of a command that takes experiment overrides (KEY=VALUE). One that
+    starts with '-' is a mistyped or misplaced option: TOML would read `--stop-afer-epochs=1`
+    as a key, and the error would speak of config keys."""
+    import difflib
+
+    from kit.config import ConfigError
+
+    for text in ctx.args:
+        if text.startswith("-"):
+            options = [opt for param in ctx.command.params for opt in param.opts
+                       if opt.startswith("--")]
+            close = difflib.get_close_matches(text.split("=", 1)[0], options, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{text!r} is not an option of `kit {ctx.command.name}` ({hint}"
+                              "see --help); overrides are KEY=VALUE, e.g. train.lr=3e-4")
+    return list(ctx.args)
+
+
 def _typer(help_text: str) -> typer.Typer:
     return typer.Typer(cls=_KitGroup, help=help_text, no_args_is_help=True,
                        pretty_exceptions_enable=False, add_completion=False)
@@ -323,7 +342,7 @@ def train(
     from kit.workers import EndedBySignal, ended_by_signals
 
     overrides, seeds, seed_given = [], None, False
-    for text in ctx.args:
+    for text in overrides_of(ctx):
         path, value = parse_override(text)
         if path == ["seeds"]:
             seeds = parse_seeds(value)
@@ -406,7 +425,7 @@ def sweep(
     from kit.sweep import sweep as run_sweep
 
     overrides = []
-    for text in ctx.args:  # `just sweep exp=NAME trials=50` reads like the train recipe
+    for text in overrides_of(ctx):  # `just sweep exp=NAME trials=50` reads like train's recipe
         path, value = parse_override(text)
         if path in (["trials"], ["workers"]) and isinstance(value, int):
             trials, workers = (value, workers) if path == ["trials"] else (trials, value)
@@ -446,7 +465,7 @@ def ablate(
     except ValueError:
         raise typer.BadParameter(f"--seeds {seeds!r}: comma-separated integers") from None
     try:
-        summary = run_ablation(exp, names, seed_list, list(ctx.args), progress=not quiet,
+        summary = run_ablation(exp, names, seed_list, overrides_of(ctx), progress=not quiet,
                                runs_dir=runs_dir, resume=resume)
     except AblationInterrupted as stop:
         again = ["kit", "ablate", exp, *ctx.args, "--groups", groups,
@@ -630,7 +649,7 @@ def demo(
     ensemble, pack, parity, score. Extra args are experiment overrides (train.epochs=3)."""
     from kit.demo import run_demo
 
-    run_demo(data_dir=data, experiment=exp, overrides=list(ctx.args), seeds=seeds, seqs=seqs,
+    run_demo(data_dir=data, experiment=exp, overrides=overrides_of(ctx), seeds=seeds, seqs=seqs,
              quiet=quiet)
 
 

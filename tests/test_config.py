@@ -193,3 +193,18 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error():
     result = CliRunner().invoke(app, ["write"])
     assert result.exit_code == 2
     assert "error: out.fifo: Broken pipe" in result.output
+
+
+@pytest.mark.parametrize("command", [["train", "exp=gru_base"], ["sweep", "exp=gru_base"],
+                                     ["ablate", "exp=gru_base", "--groups", "raw"], ["demo"]])
+def test_a_mistyped_option_is_named_as_an_option_not_read_as_a_config_key(command, tmp_path,
+                                                                           monkeypatch):
+    """TOML reads `--stop-afer-epochs` as a bare key, so an option typed wrong became an
+    override and the error spoke of an unknown config key; nothing may start either."""
+    monkeypatch.chdir(tmp_path)
+    out = run_cli(*command, "--stop-afer-epochs=1", expect=2).output
+    assert "'--stop-afer-epochs=1' is not an option of `kit " in out
+    assert "config key" not in out
+    if command[0] == "train":
+        assert "did you mean --stop-after-epochs?" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()

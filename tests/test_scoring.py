@@ -562,7 +562,53 @@ def test_timeout_kills_the_child(tmp_path):
     )
     with pytest.raises(SubmissionError, match=r"timed out.*1\.5 s") as info:
         score(sub, data, timeout_s=1.5)
-    assert "at least 0 of" in str(info.value)  # a count that never overstates the rows done
+    said = str(info.value)
+    assert "at least 0 of" in said  # a count that never overstates the rows done
+    # the row it hung on, and its stack (faulthandler) in the output shown
+    assert "predict() was running on seq 0, step 3 (row 3)" in said
+    assert 'solution.py", line 6 in predict' in said
+
+
+def test_a_busy_loop_past_the_timeout_is_found_on_its_row(tmp_path):
+    data, frame = write_data(tmp_path)
+    seq, step = int(frame["seq_ix"][45]), int(frame["step_in_seq"][45])
+    sub = write_sub(
+        tmp_path,
+        f"""\
+        import numpy as np
+
+        class PredictionModel:
+            def predict(self, dp):
+                while dp.seq_ix == {seq} and dp.step_in_seq == {step}:
+                    pass
+                return np.zeros(2) if dp.need_prediction else None
+        """,
+    )
+    with pytest.raises(SubmissionError, match="timed out") as info:
+        score(sub, data, timeout_s=3)
+    assert f"predict() was running on seq {seq}, step {step} (row 45)" in str(info.value)
+
+
+def test_a_submission_stuck_while_loading_names_no_row(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(
+        tmp_path,
+        """\
+        import time
+
+        class PredictionModel:
+            def __init__(self):
+                time.sleep(60)
+
+            def predict(self, dp):
+                return None
+        """,
+    )
+    with pytest.raises(SubmissionError, match="timed out") as info:
+        score(sub, data, timeout_s=3)
+    said = str(info.value)
+    assert "while importing solution.py / constructing PredictionModel" in said
+    assert "was running on" not in said and "in __init__" in said
 
 
 def test_progress_false_is_quiet_and_true_draws_a_bar(tmp_path, capfd):

@@ -5,13 +5,16 @@ A self-contained script (stdlib + numpy only; it never imports kit) started by k
 imported, loads the rows (a float64 .npy, memory-mapped), imports solution.py from the
 submission folder (the cwd), builds one DataPoint per row and calls predict(), with the
 official contract checks. It writes predictions.npy and result.json into the job's out_dir and
-progress lines ("I <init_s>", "P <rows done>") to the job's progress fd.
+progress lines ("I <init_s>", "P <rows done>") to the job's progress fd. Asked where it is
+(kit score does so before killing a submission past its --timeout), it writes the row the loop
+is on ("H <json>", on SIGUSR1) and every thread's stack into its output (SIGUSR2).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -48,6 +51,10 @@ def main(job_path: str) -> int:
     fd = job.get("progress_fd")
     if fd is not None:
         os.set_inheritable(fd, False)  # the submission's own subprocesses must not hold it
+    if hasattr(signal, "SIGUSR2"):  # the stacks, even while a C call hangs (not on Windows)
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
     result: dict = {"ok": False, "sandbox": sandbox_setup(job)}
     try:
         result.update(run(job, fd, out_dir))
@@ -123,6 +130,7 @@ def run(job: dict, fd: int | None, out_dir: str) -> dict:
                          job.get("column_dtypes"))
     k = int(job["n_outputs"])
     report = Reporter(fd)
+    tell_where_on_signal(report, values)
 
     t0 = time.perf_counter()
     model = load_model(job["solution_dir"])
@@ -156,6 +164,24 @@ class Reporter:
                 os.write(self.fd, line)
             except OSError:  # the parent went away; scoring goes on and the result says so
                 self.fd = None
+
+
+def tell_where_on_signal(report: Reporter, values) -> None:
+    """On SIGUSR1, write "H <row_info json>" for the row score_rows is on. The row is read
+    from the loop's frame when asked, so the loop pays nothing for it; while the submission is
+    still loading there is no such frame and nothing is written."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    loop = score_rows.__code__
+
+    def tell(signum, frame):
+        while frame is not None and frame.f_code is not loop:
+            frame = frame.f_back
+        row = None if frame is None else frame.f_locals.get("row")
+        if row is not None:
+            report.write(b"H " + json.dumps(row_info(values, row)).encode() + b"\n")
+
+    signal.signal(signal.SIGUSR1, tell)
 
 
 def load_model(solution_dir: str):

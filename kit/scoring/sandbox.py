@@ -34,6 +34,7 @@ from kit.errors import SubmissionError
 RUNNER = Path(__file__).with_name("runner.py")
 SOLUTION = "solution.py"
 LOG_TAIL_CHARS = 2000
+WHERE_WAIT_S = 2.0  # how long a timed-out submission has to say which row it is on
 
 # Every knob a numeric library reads for its thread pool, at 1: the official scorer has one vCPU.
 THREAD_ENV = {
@@ -303,7 +304,7 @@ def run_child(
         write_fd = -1
         try:
             with _killed_on_termination(proc):
-                finished, done = _watch(proc, read_fd, bar, timeout_s)
+                finished, done, where = _watch(proc, read_fd, bar, timeout_s)
         finally:
             _kill(proc)  # also what the submission started: its whole group is the sandbox
     finally:
@@ -315,7 +316,7 @@ def run_child(
     if not finished:
         raise SubmissionError(
             f"timed out: the submission ran past {timeout_s:g} s and was "
-            f"killed ({_done_text(done, n_rows)})" + _with(tail)
+            f"killed ({_done_text(done, n_rows)}){_where_text(where)}" + _with(tail)
         )
     result_path = out_dir / "result.json"
     if not result_path.is_file():
@@ -333,8 +334,9 @@ def run_child(
 
 def _watch(
     proc: subprocess.Popen, read_fd: int, bar: tqdm, timeout_s: float | None
-) -> tuple[bool, int | None]:
-    """Follow the progress pipe until the child exits: (finished in time, rows done so far).
+) -> tuple[bool, int | None, dict | None]:
+    """Follow the progress pipe until the child exits: (finished in time, rows done so far,
+    the row a timed-out submission was on).
 
     Rows done is None while the submission is still loading (imports and constructor).
     """
@@ -344,7 +346,7 @@ def _watch(
     while True:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
-            return False, done
+            return False, done, _ask_where(proc, read_fd)
         wait = 0.2 if deadline is None else min(0.2, deadline - now)
         if not select.select([read_fd], [], [], wait)[0]:
             if proc.poll() is not None:
@@ -368,8 +370,31 @@ def _watch(
     try:
         proc.wait(timeout=remaining)
     except subprocess.TimeoutExpired:  # closed the pipe but keeps running
-        return False, done
-    return True, done
+        return False, done, None
+    return True, done, None
+
+
+def _ask_where(proc: subprocess.Popen, read_fd: int) -> dict | None:
+    """Before a timed-out submission is killed: every thread's stack into its output (SIGUSR2,
+    answered at once, even inside a hung C call) and the row its loop is on (SIGUSR1, answered
+    by Python: not while a C call never returns). Waits at most WHERE_WAIT_S for the row."""
+    if not hasattr(signal, "SIGUSR1"):
+        return None
+    try:
+        os.kill(proc.pid, signal.SIGUSR2)
+        os.kill(proc.pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return None
+    deadline, buf = time.monotonic() + WHERE_WAIT_S, b""
+    while (left := deadline - time.monotonic()) > 0 and select.select([read_fd], [], [], left)[0]:
+        data = os.read(read_fd, 4096)
+        if not data:
+            return None
+        buf += data
+        for line in buf.split(b"\n")[:-1]:
+            if line.startswith(b"H "):
+                return json.loads(line[2:])
+    return None
 
 
 @contextlib.contextmanager
@@ -418,6 +443,13 @@ def _done_text(done: int | None, n_rows: int) -> str:
     if done is None:
         return "while importing solution.py / constructing PredictionModel"
     return f"at least {done:,} of {n_rows:,} rows done (counted after each chunk of rows)"
+
+
+def _where_text(where: dict | None) -> str:
+    if where is None:
+        return ""
+    return (f"; predict() was running on seq {_num(where['seq'])}, step {_num(where['step'])} "
+            f"(row {where['row']:,}), and its stack is in the output below")
 
 
 def _exit_text(code: int | None) -> str:
