@@ -546,6 +546,13 @@ def test_chosen_cpu_is_honoured(tmp_path):
     assert result.sandbox["memory_limit_bytes"] == int(SPEC.limits.memory_gb * 2**30)
 
 
+@pytest.mark.parametrize("cpu", [10_000, -1, True, 1.0])
+def test_a_cpu_this_process_cannot_use_is_refused_before_anything_runs(tmp_path, cpu):
+    data, _ = write_data(tmp_path)
+    with pytest.raises(SubmissionError, match=rf"cpu={cpu!r}: not a CPU this process may use"):
+        score(write_sub(tmp_path, FORMULA), data, cpu=cpu)
+
+
 def test_timeout_kills_the_child(tmp_path):
     data, _ = write_data(tmp_path)
     sub = write_sub(
