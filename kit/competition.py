@@ -62,8 +62,9 @@ class MetricSpec:
 
     @property
     def scale_free(self) -> bool:
-        """Whether scaling every prediction leaves the score as it is (a correlation)."""
-        return self.name == "weighted_pearson"
+        """Whether scaling every prediction leaves the score as it is: a correlation, unless
+        the predictions are clipped first (a scale then moves rows into or out of the clip)."""
+        return self.name == "weighted_pearson" and self.clip is None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -484,6 +485,8 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
             "data": str(candidates[0].data), "rows": len(candidates[0].rows),
             "candidates": len(candidates), "iters": iters, "init_best": init_best,
             "per_target": selection.per_target_mode, "best_iteration": selection.best_iteration,
+            # each target's picks over all members: a member deleted by hand shows against it
+            "picks_total": [int(n) for n in selection.counts.sum(axis=1)],
             "score": selection.score, "target_scores": selection.per_target,
             "seconds": round(selection.seconds, 3),
             "best_single": {"name": candidates[best].name, **selection.singles[best]},
@@ -525,6 +528,8 @@ def weights_edited(doc: dict) -> bool:
             return True
         picks.append(listed)
     totals = [sum(p[t] for p in picks) for t in range(k)]
+    if doc.get("ensemble", {}).get("picks_total", totals) != totals:
+        return True  # a member deleted (and the others renormalised) by hand
     return any(not totals[t] or not math.isclose(m["weights"][t], p[t] / totals[t],
                                                  rel_tol=1e-6, abs_tol=1e-9)
                for m, p in zip(members, picks, strict=True) for t in range(k))
@@ -582,10 +587,29 @@ def read_ensemble(path: Path) -> dict:
             raise EnsembleError(f"{where}.weight = {m['weight']!r} is not the mean of its "
                                 f"weights {weights}: kit pack uses `weights` (one per target); "
                                 "edit those, and update or delete `weight`")
+    _refuse_repeated_runs(members, path)
     post = doc.get("postprocess")
     if post is not None:
         doc["postprocess"] = check_postprocess(post, k, path)
     return doc
+
+
+def _refuse_repeated_runs(members: list[dict], path: Path) -> None:
+    """A run in two weighted members (or twice in one) would be computed twice per step and
+    counted twice in the time budget; selection never writes one (a zero-weight member is left
+    out of the graph, so it may repeat a run)."""
+    seen: dict[str, int] = {}
+    for i, m in enumerate(members):
+        if not any(m["weights"]):
+            continue
+        for run in m["runs"]:
+            key = os.path.normpath(os.path.abspath(run))
+            if key in seen:
+                where = (f"twice in members[{i}].runs" if seen[key] == i
+                         else f"in members[{seen[key]}] and members[{i}]")
+                raise EnsembleError(f"{path}: run {run} is {where}: give each run once, with "
+                                    "the weights of both added up")
+            seen[key] = i
 
 
 def _run_name(run: str) -> str:

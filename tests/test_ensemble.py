@@ -24,6 +24,7 @@ from kit.ensemble import (
     select_ensemble,
     smooth,
     tune_postprocess,
+    weights_edited,
     write_ensemble,
 )
 from kit.errors import KitError
@@ -572,6 +573,20 @@ def test_hand_edited_ensemble_files_are_checked(tmp_path, member, post, message)
         read_ensemble(_write(tmp_path / "e.toml", [{"name": "a", **member}], post))
 
 
+def test_a_run_in_two_weighted_members_is_refused(tmp_path):
+    """It would be two members of the graph: computed twice per step, counted twice in the
+    time budget. A zero-weight member is not in the graph and may repeat one."""
+    run = str(tmp_path / "runs/gru/1")
+    twice = [{"runs": [run], "weights": [0.5, 0.5]}, {"runs": [run + "/"], "weights": [0.5, 0.5]}]
+    with pytest.raises(EnsembleError, match=r"run .* is in members\[0\] and members\[1\]"):
+        read_ensemble(_write(tmp_path / "e.toml", twice))
+    within = [{"runs": [run, run], "weights": [1.0, 1.0]}]
+    with pytest.raises(EnsembleError, match=r"twice in members\[0\]\.runs"):
+        read_ensemble(_write(tmp_path / "w.toml", within))
+    twice[1]["weights"] = [0.0, 0.0]
+    assert len(read_ensemble(_write(tmp_path / "z.toml", twice))["members"]) == 2
+
+
 def test_a_missing_postprocess_key_means_the_identity(tmp_path):
     doc = read_ensemble(_write(tmp_path / "e.toml", [{"name": "a", "runs": ["r"],
                                                       "weights": [1.0, 1.0]}],
@@ -656,6 +671,24 @@ def test_a_selection_edited_by_hand_still_reports_and_says_its_scores_are_old(ru
     assert packed.manifest["ensemble"]["weights_edited"] is True
 
 
+def test_a_member_deleted_by_hand_is_an_edit_though_the_rest_are_renormalised(runs, tmp_path):
+    """The other members' weights, picks over their new total, read as the selection's: the
+    file's recorded total per target shows the missing picks."""
+    run_cli("ensemble", "select", runs["gru"], runs["gru_b"], runs["lstm"], "--iters", 6,
+            "--init-best", 3, "--out", tmp_path / "e.toml")
+    doc = tomllib.loads((tmp_path / "e.toml").read_text())
+    assert len(doc["members"]) == 3 and not weights_edited(doc)
+    del doc["members"][-1]
+    for m in doc["members"]:
+        m["weights"] = [p / sum(o["picks"][t] for o in doc["members"])
+                        for t, p in enumerate(m["picks"])]
+        m["weight"] = sum(m["weights"]) / len(m["weights"])
+    (tmp_path / "d.toml").write_text(tomli_w.dumps(doc))
+    assert weights_edited(read_ensemble(tmp_path / "d.toml"))
+    run_cli("report", tmp_path / "d.toml")
+    assert "the weights were edited after the selection" in (tmp_path / "d/report.md").read_text()
+
+
 def test_reporting_a_hand_made_ensemble_file_says_what_is_missing(runs, tmp_path):
     path = _write(tmp_path / "hand.toml", [{"name": "a", "runs": [str(runs["gru"])],
                                             "weights": [1.0, 1.0]}])
@@ -679,9 +712,19 @@ def test_weights_that_do_not_sum_to_one_are_refused_where_the_metric_has_a_scale
     forced = pack_ensemble(tmp_path / "r2.toml", "r2", tmp_path / "subs", budget=False,
                            force=True)
     assert forced.manifest["members"][0]["weights"] == [0.5, 1.0]
-    # a correlation does not see the scale: half weights pack as they are
+    # a clipped correlation sees the scale: it moves rows into or out of the clip
+    assert load_checkpoint(runs["gru"] / "best.pt")["spec"]["metric"]["clip"] == [-6.0, 6.0]
     pearson = [{"name": "a", "runs": [str(runs["gru"])], "weights": [0.5, 1.0]}]
-    pack_ensemble(_write(tmp_path / "p.toml", pearson), "p", tmp_path / "subs", budget=False)
+    with pytest.raises(PackError, match=r"t0 sum to 0.5, not 1: under weighted_pearson "
+                                        r"\(predictions clipped to \[-6, 6\] first\)"):
+        pack_ensemble(_write(tmp_path / "p.toml", pearson), "p", tmp_path / "subs",
+                      budget=False)
+    # an unclipped one does not: half weights pack as they are
+    free_run = shutil.copytree(runs["gru"], tmp_path / "free")
+    state["spec"] = {**state["spec"], "metric": {"name": "weighted_pearson"}}
+    save_checkpoint(state, free_run / "best.pt")
+    free = [{"name": "a", "runs": [str(free_run)], "weights": [0.5, 1.0]}]
+    pack_ensemble(_write(tmp_path / "f.toml", free), "f", tmp_path / "subs", budget=False)
     # ... but it sees a target zeroed by hand in every member: a constant
     zeroed = [{"name": n, "runs": [str(runs[n])], "weights": [0.0, 0.5]} for n in ("gru", "lstm")]
     with pytest.raises(PackError, match="the weights of t0 sum to 0: that target would "

@@ -153,8 +153,11 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     off = {t: round(v, 6) for t, v in sums.items() if not math.isclose(v, 1.0, rel_tol=1e-6)}
     if off and not spec.metric.scale_free and not force:  # e.g. a member zeroed by hand
         listed = ", ".join(f"{t} sum to {v:g}" for t, v in off.items())
-        raise PackError(f"{path}: the weights of {listed}, not 1: under {spec.metric.name} that "
-                        "scales the predictions (weights are used as written). Make each "
+        clipped = (f" (predictions clipped to [{spec.metric.clip[0]:g}, "
+                   f"{spec.metric.clip[1]:g}] first)" if spec.metric.clip else "")
+        raise PackError(f"{path}: the weights of {listed}, not 1: under {spec.metric.name}"
+                        f"{clipped} that scales the predictions and changes the score (weights "
+                        "are used as written). Make each "
                         "target's weights sum to 1 ([postprocess] scale is the place for "
                         "shrinkage), or --force")
     about = {"file": str(path), **{key: doc.get("ensemble", {}).get(key) for key in
