@@ -84,6 +84,8 @@ def test_all_terms_give_gradients_and_an_empty_mask_gives_zero():
     ({"terms": {"mse": 1.0}, "target_weights": ["a", 1]}, "positive sum"),
     ({"terms": {"huber": 1.0}, "huber_delta": -1}, "huber_delta must be a finite number > 0"),
     ({"terms": {"mse": 1.0}, "delta": 1.0}, "unknown \\[loss\\] key"),
+    # a loss of 0 everywhere: the run would train nothing and report itself finished
+    ({"terms": {"mse": 0.0, "pearson": 0.0}}, "loss.terms needs at least one weight > 0"),
 ])
 def test_bad_loss_configs(config, message):
     with pytest.raises(LossConfigError, match=message):

@@ -272,6 +272,8 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     ("loss.huber_delta=-1", "loss.huber_delta must be a finite number > 0"),
     ("loss.target_weights=[0,0]", "positive sum"),
     ('loss.terms={wmse="a"}', "loss.terms weights must be finite numbers"),
+    ("loss.terms={mse=0.0}", "loss.terms needs at least one weight > 0"),
+    ("train.swa_start=99", r"train.swa_start = 99 is after the last epoch \(train.epochs = "),
 ])  # fmt: skip
 def test_out_of_range_settings_fail_before_training(env, tmp_path, override, message):
     out = run_cli("train", "exp=tiny", override, "--run-dir", tmp_path / "r", "-q",
@@ -750,6 +752,20 @@ def test_resume_continues_every_seed_of_the_group_the_command_started(env, tmp_p
     # nothing left to continue: said, not guessed
     out = run_cli("train", "exp=tiny", *seeds, "--resume", expect=2).output
     assert "no unfinished group of runs of seeds [3, 4, 5]" in out
+
+
+def test_folds_need_no_valid_file_and_refuse_the_sequence_limits(env, tmp_path):
+    """Fold runs train and validate on the train file: a missing valid file is no reason to
+    stop, and train.max_*_seqs, which they cannot honour, are refused instead of ignored."""
+    out = run_cli("train", "exp=tiny", "--folds", "2", "train.epochs=1", "-q",
+                  "data.valid=/nonexistent/valid.parquet").output
+    assert "out-of-fold score" in out
+    assert len(_run_dirs(tmp_path / "runs" / "tiny")) == 3
+    out = run_cli("train", "exp=tiny", "--folds", "2", "train.max_train_seqs=4",
+                  "train.max_valid_seqs=2", "-q", expect=2).output
+    assert ("train.max_train_seqs = 4 and train.max_valid_seqs = 2 with --folds: each fold "
+            "trains on all the other folds") in out
+    assert len(_run_dirs(tmp_path / "runs" / "tiny")) == 3  # nothing new started
 
 
 def test_resume_of_folds_finishes_the_folds_then_the_out_of_fold_result(env, tmp_path):

@@ -206,7 +206,7 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
     """
     data, train_cfg = config["data"], config["train"]
     check_split_settings(data)
-    check_data_files(data)
+    check_data_files({**data, "fold": list(fold)} if fold else data)
     if fold is None and data["fold"]:
         fold = (data["fold"][0], data["fold"][1])
     spec = load_spec(config["spec"])

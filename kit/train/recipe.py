@@ -54,6 +54,11 @@ def check_config(config: dict) -> dict:
     features = feature_set_from_config(config)
     model = model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
     MaskedLoss(config.get("loss"), spec.n_outputs)
+    train = config["train"]
+    if train["swa_start"] > train["epochs"]:  # it would never average: say so, not train on
+        raise ConfigError(f"train.swa_start = {train['swa_start']} is after the last epoch "
+                          f"(train.epochs = {train['epochs']}): SWA would average nothing; "
+                          "set it to an epoch <= train.epochs, or 0 (off)")
     if config["train"]["batch_size"] == 0 and not torch.cuda.is_available():
         raise ConfigError("train.batch_size = 0 (find the largest batch that fits) needs a CUDA "
                           "device; set a batch size on CPU")
@@ -97,7 +102,8 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     base = experiment_config(exp, overrides)
     check_config(base)
     if not resume:  # a resumed run reads its own config's files (train_one checks them)
-        check_data_files(base["data"])
+        # fold runs train and validate on the train file: the valid file need not exist
+        check_data_files({**base["data"], "fold": [folds, 0]} if folds else base["data"])
     if folds and run_dir:
         raise ConfigError("--folds names its own run directories: it does not combine with "
                           "--run-dir")
@@ -109,6 +115,12 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     check_seeds(seeds or [])
     if folds < 0 or folds == 1:
         raise ConfigError(f"--folds must be 0 (off) or >= 2, got {folds}")
+    limits = [f"train.{key} = {base['train'][key]}" for key in ("max_train_seqs", "max_valid_seqs")
+              if base["train"][key]]
+    if folds and limits:
+        raise ConfigError(f"{' and '.join(limits)} with --folds: each fold trains on all the "
+                          "other folds of the train file and validates on its own, so the "
+                          "limits would be ignored; set them to 0, or cut the train file")
     if run_dir and len(seeds or []) > 1:
         raise ConfigError("--run-dir names one run: it does not combine with several seeds")
     if seeds and len(set(seeds)) != len(seeds):
