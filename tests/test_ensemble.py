@@ -689,6 +689,26 @@ def test_a_member_deleted_by_hand_is_an_edit_though_the_rest_are_renormalised(ru
     assert "the weights were edited after the selection" in (tmp_path / "d/report.md").read_text()
 
 
+def test_members_of_one_spec_name_with_other_columns_are_refused(runs, tmp_path):
+    """The graph's input is the first member's columns: a spec file edited between two runs
+    (same name, columns reordered) would have the second member read the wrong ones."""
+    import shutil
+
+    from kit.train.checkpoint import load_checkpoint, save_checkpoint
+
+    edited = shutil.copytree(runs["gru_b"], tmp_path / "edited")
+    state = load_checkpoint(edited / "best.pt")
+    features = state["spec"]["features"]
+    state["spec"] = {**state["spec"], "features": features[::-1]}
+    save_checkpoint(state, edited / "best.pt")
+    members = [{"name": "a", "runs": [str(runs["gru"])], "weights": [0.5, 0.5]},
+               {"name": "b", "runs": [str(edited)], "weights": [0.5, 0.5]}]
+    with pytest.raises(PackError, match=r"was trained with other feature columns of spec "):
+        pack_ensemble(_write(tmp_path / "e.toml", members), "e", tmp_path / "subs",
+                      budget=False)
+    assert not (tmp_path / "subs" / "e").exists()
+
+
 def test_reporting_a_hand_made_ensemble_file_says_what_is_missing(runs, tmp_path):
     path = _write(tmp_path / "hand.toml", [{"name": "a", "runs": [str(runs["gru"])],
                                             "weights": [1.0, 1.0]}])

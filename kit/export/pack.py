@@ -178,6 +178,22 @@ def stream_module_of(weighted: list[Weighted], postprocess: dict | None, stack: 
     return Ensemble(weighted, postprocess, stack=stack).eval()
 
 
+def check_same_columns(weighted: list[Weighted]) -> None:
+    """Every member reads the rows as the first one does: the graph's input is the first
+    member's feature columns, in its order. A spec file edited between two runs (a column
+    added, reordered) keeps its name, and a member would read the wrong columns."""
+    first = weighted[0].member
+    for w in weighted[1:]:
+        for what, mine, theirs in (("feature columns", first.spec.features, w.member.spec.features),
+                                   ("targets", first.spec.outputs, w.member.spec.outputs)):
+            if list(mine) != list(theirs):
+                raise PackError(
+                    f"{w.member.run_dir} was trained with other {what} of spec "
+                    f"{first.spec.name!r} than {first.run_dir}: {list(theirs)} against "
+                    f"{list(mine)} (the spec file changed between the runs); retrain one of "
+                    "them on the current spec")
+
+
 def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSIONS_DIR, *,
                  postprocess: dict | None = None, ensemble: dict | None = None,
                  force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
@@ -189,6 +205,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     spec = weighted[0].member.spec
     if any(w.member.spec.name != spec.name for w in weighted):
         raise PackError("the members were trained for different competition specs")
+    check_same_columns(weighted)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     folder = out_dir / name
