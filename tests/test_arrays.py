@@ -181,8 +181,14 @@ def test_ids_and_steps_must_be_whole_numbers():
     df = make_frame(SPEC, n_seqs=3)
     cases = [
         (pl.when(pl.col("seq_ix") == 2).then(None).otherwise(pl.col("seq_ix")).alias("seq_ix"),
-         "'seq_ix' holds null or non-integral ids"),
-        (pl.col("seq_ix").cast(pl.Float64) + 0.5, "'seq_ix' holds null or non-integral ids"),
+         "column 'seq_ix' has 20 null or non-integral value"),
+        (pl.col("seq_ix").cast(pl.Float64) + 0.5, "column 'seq_ix' has 60 null or non-integral"),
+        # NaN equals NaN and inf its floor in Polars: they passed, then the cast raised
+        (pl.when(pl.col("seq_ix") == 2).then(float("nan")).otherwise(pl.col("seq_ix"))
+         .alias("seq_ix"), "column 'seq_ix' has 20 null or non-integral value"),
+        (pl.when(pl.col("seq_ix") == 2).then(float("inf")).otherwise(pl.col("seq_ix"))
+         .alias("seq_ix"), "column 'seq_ix' has 20 null or non-integral value"),
+        (pl.col("seq_ix").cast(pl.UInt64) + 2**63, "'seq_ix' has 60 value.s. past 2..63 - 1"),
         (pl.col("seq_ix").cast(pl.String), "'seq_ix' must hold integer sequence ids, found Str"),
         (pl.col("step_in_seq").cast(pl.String), "'step_in_seq' must hold integer steps, found S"),
     ]
@@ -191,6 +197,24 @@ def test_ids_and_steps_must_be_whole_numbers():
             build_arrays(df.with_columns(edit), SPEC, ["p0"])
     whole = build_arrays(df.with_columns(pl.col("seq_ix").cast(pl.Float64)), SPEC, ["p0"])
     np.testing.assert_array_equal(whole.ids, [0, 1, 2])
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (pl.when(pl.col("need_prediction")).then(1).otherwise(-1),
+     "has 15 value.s. that are neither 0/1 nor true/false"),  # -1 read as true: a wrong mask
+    (pl.when(pl.col("need_prediction")).then(None).otherwise(0).cast(pl.Int64),
+     "has 45 value.s. that are neither"),  # nulls read as false
+    (pl.col("need_prediction").cast(pl.Float64) * 0.5, "must hold booleans or integers 0/1, "
+                                                      "found Float64"),
+    (pl.col("need_prediction").cast(pl.String), "must hold booleans or integers 0/1, found S"),
+])
+def test_need_flags_other_than_0_1_are_refused_not_read_as_a_mask(flags, message):
+    df = make_frame(SPEC, n_seqs=3)
+    with pytest.raises(DataError, match=f"column 'need_prediction' {message}"):
+        build_arrays(df.with_columns(flags.alias("need_prediction")), SPEC, ["p0"])
+    as_ints = build_arrays(df.with_columns(pl.col("need_prediction").cast(pl.UInt8)), SPEC,
+                           ["p0"])
+    np.testing.assert_array_equal(as_ints.mask, build_arrays(df, SPEC, ["p0"]).mask)
 
 
 def test_take_selects_sequences_by_id():

@@ -448,7 +448,7 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
         "empty": (frame.head(0), "the file has no rows"),
         "null_ids": (frame.with_columns(pl.when(pl.col("seq_ix") == 2).then(None)
                                         .otherwise(pl.col("seq_ix")).alias("seq_ix")),
-                     "'seq_ix' holds null or non-integral ids"),
+                     "column 'seq_ix' has 3 null or non-integral value"),
         "text_steps": (frame.with_columns(pl.col("step_in_seq").cast(pl.String)),
                        "'step_in_seq' must hold integer steps, found String"),
     }

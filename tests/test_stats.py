@@ -79,6 +79,23 @@ def test_unsorted_file_gives_the_same_stats(tmp_path):
     a = dataset_stats(tmp_path / "sorted.parquet", TINY)
     b = dataset_stats(tmp_path / "shuffled.parquet", TINY)
     assert a["features"] == b["features"] and a["targets"] == b["targets"]
+    # unsigned keys: np.diff wrapped a step back round to a jump forward, "sorted"
+    unsigned = frame.with_columns(pl.col("seq_ix", "step_in_seq").cast(pl.UInt32))
+    unsigned.sample(fraction=1.0, shuffle=True, seed=3).write_parquet(tmp_path / "u.parquet")
+    c = dataset_stats(tmp_path / "u.parquet", TINY)
+    assert c["features"] == a["features"] and c["targets"] == a["targets"]
+
+
+@pytest.mark.parametrize("flags", [
+    pl.when(pl.col("need_prediction")).then(None).otherwise(0).cast(pl.Int64),  # nulls
+    pl.when(pl.col("need_prediction")).then(2).otherwise(0),
+    pl.when(pl.col("need_prediction")).then(1).otherwise(-1),
+])
+def test_need_flags_other_than_0_1_are_named_not_counted_as_scored(tmp_path, flags):
+    _tiny_frame().with_columns(flags.alias("need_prediction")).write_parquet(tmp_path / "f.parquet")
+    with pytest.raises(DataError, match=r"column 'need_prediction' has [\d,]+ value\(s\) that "
+                                        "are neither 0/1 nor true/false"):
+        dataset_stats(tmp_path / "f.parquet", TINY)
 
 
 def test_oracle_and_reference(tmp_path):

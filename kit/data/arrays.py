@@ -15,6 +15,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec
 from kit.config import CHOICES
+from kit.data.contract import key_problems
 from kit.errors import DataError
 
 TRUNCATE = CHOICES["data.truncate"]
@@ -126,10 +127,12 @@ def sequence_runs(ids: pl.Series, spec: CompetitionSpec,
     name = f"{source}: column {spec.id_col!r}"
     if not (ids.dtype.is_integer() or ids.dtype.is_float()):
         raise DataError(f"{name} must hold integer sequence ids, found {ids.dtype}")
-    if ids.null_count() or (ids.dtype.is_float() and not (ids == ids.floor()).all()):
-        raise DataError(f"{name} holds null or non-integral ids; `kit data check` lists them")
     if ids.len() == 0:
         raise DataError(f"{source}: the file has no rows")
+    problems = key_problems(ids.to_frame(), [ids.name])  # nulls, NaN, fractions, past int64
+    if problems:
+        raise DataError(f"{source}: {'; '.join(problems)} (sequence ids); `kit data check` "
+                        "lists them")
     runs = ids.cast(pl.Int64).rle().struct.unnest()
     values = runs["value"].to_numpy().astype(np.int64)
     if len(np.unique(values)) != len(values):
@@ -197,7 +200,20 @@ def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate):
 
 
 def _need(df: pl.DataFrame, spec: CompetitionSpec) -> np.ndarray:
-    return df[spec.need_col].cast(pl.Boolean).fill_null(False).to_numpy()
+    """The loss mask's flags: booleans, or integers that are exactly 0 or 1 (as `kit data
+    check` requires). A cast would take -1 or 0.5 as true and a null as false, silently."""
+    col = df[spec.need_col]
+    if col.dtype == pl.Boolean:
+        bad = col.null_count()
+    elif col.dtype.is_integer():
+        bad = col.len() - int(col.is_in([0, 1]).sum())
+    else:
+        raise DataError(f"column {spec.need_col!r} must hold booleans or integers 0/1, found "
+                        f"{col.dtype}")
+    if bad:
+        raise DataError(f"column {spec.need_col!r} has {bad:,} value(s) that are neither 0/1 "
+                        "nor true/false (nulls included); `kit data check` lists them")
+    return (col if col.dtype == pl.Boolean else col == 1).to_numpy()
 
 
 def _float32_block(frame: pl.DataFrame) -> np.ndarray:

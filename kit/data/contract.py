@@ -116,7 +116,7 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
     keys = key_frame.select(
         whole_numbers(schema, ids).alias("id"),
         whole_numbers(schema, steps).alias("step"),
-        _need_as_int(schema, spec.need_col).alias("need"),
+        need_as_int(schema, spec.need_col).alias("need"),
     ).with_row_index("row")
     problems += key_problems(key_frame, [ids, steps])
     del key_frame
@@ -257,7 +257,7 @@ def whole_numbers(schema: pl.Schema, name: str) -> pl.Expr:
     return col.cast(pl.Int64, strict=False)
 
 
-def _need_as_int(schema: pl.Schema, need_col: str) -> pl.Expr:
+def need_as_int(schema: pl.Schema, need_col: str) -> pl.Expr:
     col = pl.col(need_col)
     if schema[need_col] == pl.Boolean:
         return col.cast(pl.Int8)

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.data.contract import check_dtypes, key_problems, whole_numbers
+from kit.data.contract import check_dtypes, key_problems, need_as_int, whole_numbers
 from kit.data.io import parquet_schema, read_frame
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
@@ -71,7 +71,7 @@ def dataset_stats(
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")
     ids = frame[spec.id_col].to_numpy()
-    need = frame[spec.need_col].to_numpy().astype(bool)
+    need = need_flags(frame, spec, path)
     same = ids[1:] == ids[:-1]  # row i+1 continues the sequence of row i
     lengths = frame.group_by(spec.id_col).len()["len"]
     out: dict = {
@@ -232,9 +232,21 @@ def _cell(value) -> str:
     return f"{value:.3f}"
 
 
+def need_flags(frame: pl.DataFrame, spec: CompetitionSpec, path) -> np.ndarray:
+    """need_prediction as bools; a value other than 0/1 or true/false (a null, -1, 2) is named,
+    as kit data check names it: astype(bool) read them all as scored."""
+    flags = frame.select(need_as_int(frame.schema, spec.need_col)).to_series()
+    if flags.null_count():
+        raise DataError(f"{path}: column {spec.need_col!r} has {flags.null_count():,} value(s) "
+                        "that are neither 0/1 nor true/false (kit data check lists the rows)")
+    return flags.to_numpy().astype(bool)
+
+
 def _sorted(frame: pl.DataFrame, spec: CompetitionSpec) -> pl.DataFrame:
-    ids = frame[spec.id_col].to_numpy()
-    steps = frame[spec.step_col].to_numpy()
+    # as int64 (key_problems ruled out what int64 cannot hold): np.diff of unsigned steps wraps
+    # a step back round to a large jump forward, and unsorted rows passed as sorted
+    ids = frame[spec.id_col].cast(pl.Int64).to_numpy()
+    steps = frame[spec.step_col].cast(pl.Int64).to_numpy()
     d_id, d_step = np.diff(ids), np.diff(steps)
     if ((d_id > 0) | ((d_id == 0) & (d_step > 0))).all():
         return frame
