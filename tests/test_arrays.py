@@ -439,6 +439,23 @@ class BlockBuilder:
                               target_names=whole.target_names)
 
 
+def test_a_file_rewritten_during_its_build_is_not_cached(data_file, tmp_path):
+    """The digest (hashed alongside) and the arrays could come from two versions of the file:
+    the build says so instead of storing them under either one's digest."""
+    cache_dir = tmp_path / "cache"
+
+    def rewriting(sink) -> SequenceArrays:
+        arrays = fresh(data_file)
+        make_frame(SPEC, n_seqs=4).write_parquet(data_file)  # another version, mid-build
+        return arrays
+
+    with pytest.raises(DataError, match="changed while kit read it .* nothing was cached"):
+        cached_arrays_into(data_file, KEY, rewriting, cache_dir=cache_dir)
+    assert entries(cache_dir) == [] and not list(cache_dir.glob(".tmp-*"))
+    rebuilt = cached_arrays_into(data_file, KEY, BlockBuilder(data_file), cache_dir=cache_dir)
+    assert len(entries(cache_dir)) == 1 and rebuilt.x.shape[0] == 4 * 40
+
+
 def test_a_build_stops_when_the_overlapped_digest_finds_an_entry(data_file, tmp_path):
     cache_dir = tmp_path / "cache"
     first = BlockBuilder(data_file)

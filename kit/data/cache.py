@@ -261,6 +261,7 @@ def cached_arrays_into(
         if hit is not None:
             remember_digest(path, cache_dir)
             return hit
+    before = _stat_key(path)
     with ThreadPoolExecutor(1, thread_name_prefix="kit-digest") as hasher:
         hashing = hasher.submit(file_digest, path) if known is None else None
         try:
@@ -280,6 +281,9 @@ def cached_arrays_into(
                 tmp = _new_tmp(cache_dir, path)
                 arrays = _build_stopping_on_hit(build_into, tmp, None, entry_of)
             sha = known if hashing is None else hashing.result()
+            if _stat_key(path) != before:  # the digest and the arrays may be of two versions
+                raise DataError(f"{path} changed while kit read it (another process writing "
+                                "it?): nothing was cached; run again once the file is complete")
             entry, digest = entry_of(sha), _key_of(sha, key)
             try:
                 written = {p.stem for p in tmp.glob("*.npy")}
