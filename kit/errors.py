@@ -2,9 +2,15 @@
 
 
 class KitError(Exception):
-    """Base class: the message says what is wrong and what to do."""
+    """Base class: the message says what is wrong and what to do. `settings`: for an error
+    about a combination of settings, every dotted key (or table) in it: a sweep that varies
+    another of them may still sample valid combinations (kit.sweep.check_space)."""
 
     exit_code = 2
+
+    def __init__(self, *args, settings: tuple[str, ...] = ()):
+        super().__init__(*args)
+        self.settings = settings
 
 
 class SpecError(KitError):

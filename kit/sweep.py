@@ -219,6 +219,11 @@ def applies(param: Param, config: dict) -> bool:
     return True
 
 
+def covered(name: str, settings: tuple[str, ...]) -> bool:
+    """Whether a dotted key is one of these settings or inside one of them (a table)."""
+    return any(name == s or name.startswith(s + ".") for s in settings)
+
+
 def check_space(base: dict, params: list[Param]) -> None:
     """Fail before any training: each parameter's extreme values and choices must make a
     valid config (conditional ones with their conditions met)."""
@@ -238,10 +243,13 @@ def check_space(base: dict, params: list[Param]) -> None:
             try:
                 trained.append(check_config(set_dotted(config, p.name, value)))
             except KitError as exc:  # config, model, feature and loss errors alike
+                if any(q.name != p.name and covered(q.name, exc.settings) for q in params):
+                    continue  # a combination another parameter may fix: judged per trial
                 raise SweepError(f"{where} = {value!r} makes an invalid experiment: {exc}"
                                  ) from None
         distinct = len({json.dumps(v, sort_keys=True, default=str) for v in p.values()}) > 1
-        if distinct and all(t == trained[0] for t in trained):
+        judged = len(trained) == len(p.values())  # (not when a combination was left to trials)
+        if distinct and judged and all(t == trained[0] for t in trained):
             hint = (" (a [model] params budget solves the width whatever it says: sweep "
                     "model.params instead)" if p.name.startswith("model.") else "")
             raise SweepError(f"{where} has no effect: its values {p.values()} all train the "

@@ -347,6 +347,31 @@ def test_a_parameter_that_changes_nothing_is_refused(sweep_env):
     prepare("tiny", None, None, None)  # the budget itself is a fine parameter
 
 
+def test_a_combination_another_parameter_can_fix_is_left_to_the_trials(sweep_env):
+    """swa_start past the base's epochs, or one loss term at 0, is invalid alone but not with
+    the other parameter swept: the space is refused only when nothing swept can fix it."""
+    path = sweep_env / "experiments" / "tiny.toml"
+    import tomllib
+
+    doc = tomllib.loads(path.read_text())
+    doc["loss"] = {"terms": {"wmse": 1.0}}
+    doc["sweep"] = {"params": {
+        "train.epochs": {"type": "int", "low": 2, "high": 30},
+        "train.swa_start": {"type": "int", "low": 0, "high": 20},
+        "loss.terms.wmse": {"type": "float", "low": 0.0, "high": 1.0},
+        "loss.terms.pearson": {"type": "float", "low": 0.0, "high": 1.0},
+    }}
+    path.write_text(tomli_w.dumps(doc))
+    prepare("tiny", None, None, None)
+    for fixed in ("train.epochs", "loss.terms.pearson"):  # nothing left to fix it
+        del doc["sweep"]["params"][fixed]
+        path.write_text(tomli_w.dumps(doc))
+        with pytest.raises(SweepError, match="makes an invalid experiment"):
+            prepare("tiny", None, None, None)
+        doc["sweep"]["params"][fixed] = {"type": "int", "low": 2, "high": 30} \
+            if fixed == "train.epochs" else {"type": "float", "low": 0.0, "high": 1.0}
+
+
 def test_a_whole_table_is_set_before_the_keys_swept_inside_it():
     """A categorical over [model] tables, then "model.hidden" into the chosen one, in either
     declaration order; a `when` on a key inside the table waits for the table too."""

@@ -95,7 +95,8 @@ class MaskedLoss:
         if bad:
             raise LossConfigError(f"loss.terms weights must be finite numbers >= 0, got {bad}")
         if sum(terms.values()) <= 0:  # the loss would be 0 and training would change nothing
-            raise LossConfigError(f"loss.terms needs at least one weight > 0, got {terms}")
+            raise LossConfigError(f"loss.terms needs at least one weight > 0, got {terms}",
+                                  settings=("loss.terms",))
         if not finite_number(delta) or delta <= 0:
             raise LossConfigError(f"loss.huber_delta must be a finite number > 0, got {delta!r}")
         if not isinstance(weights, list) or len(weights) != n_targets:

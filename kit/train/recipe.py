@@ -58,7 +58,8 @@ def check_config(config: dict) -> dict:
     if train["swa_start"] > train["epochs"]:  # it would never average: say so, not train on
         raise ConfigError(f"train.swa_start = {train['swa_start']} is after the last epoch "
                           f"(train.epochs = {train['epochs']}): SWA would average nothing; "
-                          "set it to an epoch <= train.epochs, or 0 (off)")
+                          "set it to an epoch <= train.epochs, or 0 (off)",
+                          settings=("train.swa_start", "train.epochs"))
     if config["train"]["batch_size"] == 0 and not torch.cuda.is_available():
         raise ConfigError("train.batch_size = 0 (find the largest batch that fits) needs a CUDA "
                           "device; set a batch size on CPU")
