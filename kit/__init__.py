@@ -13,4 +13,18 @@ __version__ = "0.1.0"
 # (docs/decisions.md). Polars appends this variable to its own defaults, so it wins; it must
 # be set before Polars is first imported, which kit's modules do after this line. A value the
 # user set is kept as it is.
-os.environ.setdefault("_RJEM_MALLOC_CONF", "muzzy_decay_ms:-1")
+ALLOCATOR_VAR = "_RJEM_MALLOC_CONF"
+USER_ALLOCATOR_CONF = os.environ.get(ALLOCATOR_VAR)  # None: the user set nothing
+os.environ.setdefault(ALLOCATOR_VAR, "muzzy_decay_ms:-1")
+
+
+def users_environment() -> dict[str, str]:
+    """os.environ with the allocator variable as the user had it: for a process that stands
+    for the competition's own environment (a submission under kit score), which kit's setting
+    would change (freed pages kept count in its peak memory)."""
+    env = dict(os.environ)
+    if USER_ALLOCATOR_CONF is None:
+        env.pop(ALLOCATOR_VAR, None)
+    else:
+        env[ALLOCATOR_VAR] = USER_ALLOCATOR_CONF
+    return env

@@ -43,6 +43,7 @@ from kit.run_record import (
     load_array,
     read_config,
     read_metrics,
+    relocated,
 )
 from kit.toml_file import read_toml
 
@@ -603,7 +604,7 @@ def _refuse_repeated_runs(members: list[dict], path: Path) -> None:
         if not any(m["weights"]):
             continue
         for run in m["runs"]:
-            key = os.path.normpath(os.path.abspath(run))
+            key = os.path.normpath(os.path.abspath(relocated(run)))  # as pack will load it
             if key in seen:
                 where = (f"twice in members[{i}].runs" if seen[key] == i
                          else f"in members[{seen[key]}] and members[{i}]")

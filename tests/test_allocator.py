@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,38 @@ def test_polars_allocator_reads_the_variable():
     done = _python(code, "muzzy_decay_ms:not_a_number")
     assert done.stdout.strip() == "3.0"
     assert "jemalloc" in done.stderr and "muzzy_decay_ms" in done.stderr
+
+
+SUBMISSION = """
+import os
+
+import numpy as np
+
+
+class PredictionModel:
+    def __init__(self):
+        print("ENV", os.environ.get("_RJEM_MALLOC_CONF"), flush=True)
+
+    def predict(self, dp):
+        return np.zeros(2) if dp.need_prediction else None
+"""
+
+
+@pytest.mark.parametrize("user_value", [None, "dirty_decay_ms:0"])
+def test_a_submission_under_kit_score_sees_the_allocator_as_the_user_set_it(tmp_path,
+                                                                           user_value):
+    """The scorer's environment has no kit in it: the replay must not keep freed pages (they
+    count in the peak memory reported against the limit)."""
+    (tmp_path / "solution.py").write_text(SUBMISSION)
+    code = f"""
+import kit  # first, as a user's script would import it before Polars
+import sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from kit.scoring import score_submission
+from tests.test_scoring import SPEC, write_data
+data, _ = write_data(Path({str(tmp_path)!r}))
+result = score_submission(Path({str(tmp_path)!r}), data, SPEC, progress=False)
+print(result.output_tail.splitlines()[0])
+"""
+    assert _python(code, user_value).stdout.strip().splitlines()[-1] == f"ENV {user_value}"

@@ -573,7 +573,7 @@ def test_hand_edited_ensemble_files_are_checked(tmp_path, member, post, message)
         read_ensemble(_write(tmp_path / "e.toml", [{"name": "a", **member}], post))
 
 
-def test_a_run_in_two_weighted_members_is_refused(tmp_path):
+def test_a_run_in_two_weighted_members_is_refused(tmp_path, monkeypatch):
     """It would be two members of the graph: computed twice per step, counted twice in the
     time budget. A zero-weight member is not in the graph and may repeat one."""
     run = str(tmp_path / "runs/gru/1")
@@ -585,6 +585,13 @@ def test_a_run_in_two_weighted_members_is_refused(tmp_path):
         read_ensemble(_write(tmp_path / "w.toml", within))
     twice[1]["weights"] = [0.0, 0.0]
     assert len(read_ensemble(_write(tmp_path / "z.toml", twice))["members"]) == 2
+    # a stale absolute path (a moved checkout) that pack maps onto the same run
+    (tmp_path / "runs/gru/1").mkdir(parents=True)
+    moved = [{"runs": ["/old/checkout/runs/gru/1"], "weights": [0.5, 0.5]},
+             {"runs": ["runs/gru/1"], "weights": [0.5, 0.5]}]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EnsembleError, match=r"is in members\[0\] and members\[1\]"):
+        read_ensemble(_write(tmp_path / "m.toml", moved))
 
 
 def test_a_missing_postprocess_key_means_the_identity(tmp_path):

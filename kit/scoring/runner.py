@@ -6,8 +6,8 @@ imported, loads the rows (a float64 .npy, memory-mapped), imports solution.py fr
 submission folder (the cwd), builds one DataPoint per row and calls predict(), with the
 official contract checks. It writes predictions.npy and result.json into the job's out_dir and
 progress lines ("I <init_s>", "P <rows done>") to the job's progress fd. Asked where it is
-(kit score does so before killing a submission past its --timeout), it writes the row the loop
-is on ("H <json>", on SIGUSR1) and every thread's stack into its output (SIGUSR2).
+(kit score does so before killing a submission past its --timeout), it writes every thread's
+stack into its output and the row the loop is on to the pipe ("H <json>"; see Where).
 """
 
 from __future__ import annotations
@@ -51,13 +51,12 @@ def main(job_path: str) -> int:
     fd = job.get("progress_fd")
     if fd is not None:
         os.set_inheritable(fd, False)  # the submission's own subprocesses must not hold it
-    if hasattr(signal, "SIGUSR2"):  # the stacks, even while a C call hangs (not on Windows)
-        import faulthandler
-
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    report = Reporter(fd)
+    where = Where(report)
+    where.listen()
     result: dict = {"ok": False, "sandbox": sandbox_setup(job)}
     try:
-        result.update(run(job, fd, out_dir))
+        result.update(run(job, report, where, out_dir))
         result["ok"] = True
     except Failure as failure:
         result["error"] = failure.info
@@ -119,7 +118,7 @@ def pandas_rows(values, dtypes: list[str] | None):
     return values if common == values.dtype else values.astype(common)
 
 
-def run(job: dict, fd: int | None, out_dir: str) -> dict:
+def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
     global np
     import numpy as np
 
@@ -129,8 +128,7 @@ def run(job: dict, fd: int | None, out_dir: str) -> dict:
     values = pandas_rows(np.asarray(np.load(job["rows"], mmap_mode="c")),
                          job.get("column_dtypes"))
     k = int(job["n_outputs"])
-    report = Reporter(fd)
-    tell_where_on_signal(report, values)
+    where.values = values
 
     t0 = time.perf_counter()
     model = load_model(job["solution_dir"])
@@ -166,22 +164,39 @@ class Reporter:
                 self.fd = None
 
 
-def tell_where_on_signal(report: Reporter, values) -> None:
-    """On SIGUSR1, write "H <row_info json>" for the row score_rows is on. The row is read
-    from the loop's frame when asked, so the loop pays nothing for it; while the submission is
-    still loading there is no such frame and nothing is written."""
-    if not hasattr(signal, "SIGUSR1"):
-        return
-    loop = score_rows.__code__
+class Where:
+    """Answers kit score's question before it kills a submission past its --timeout.
 
-    def tell(signum, frame):
+    SIGUSR1 (a Python handler, run by the main thread between bytecodes): every thread's
+    stack into the output (faulthandler), then "H <json>" on the progress pipe: the row
+    score_rows is on, read from the loop's frame when asked (the loop pays nothing for it),
+    or null while the submission is still loading. SIGUSR2 (faulthandler's C-level handler):
+    the stacks alone, for a main thread stuck in a C call that never returns to Python, where
+    SIGUSR1 gets no answer. Installed first thing, so neither signal's default action (exit)
+    can cut the answer short. Not on Windows, which has neither signal.
+    """
+
+    def __init__(self, report: Reporter):
+        self.report, self.values = report, None
+
+    def listen(self) -> None:
+        if not hasattr(signal, "SIGUSR1"):
+            return
+        import faulthandler
+
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+        signal.signal(signal.SIGUSR1, self.tell)
+
+    def tell(self, signum, frame) -> None:
+        import faulthandler
+
+        faulthandler.dump_traceback(all_threads=True)
+        loop = score_rows.__code__
         while frame is not None and frame.f_code is not loop:
             frame = frame.f_back
         row = None if frame is None else frame.f_locals.get("row")
-        if row is not None:
-            report.write(b"H " + json.dumps(row_info(values, row)).encode() + b"\n")
-
-    signal.signal(signal.SIGUSR1, tell)
+        info = None if row is None or self.values is None else row_info(self.values, row)
+        self.report.write(b"H " + json.dumps(info).encode() + b"\n")
 
 
 def load_model(solution_dir: str):

@@ -29,12 +29,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm.auto import tqdm
 
+from kit import users_environment
 from kit.errors import SubmissionError
 
 RUNNER = Path(__file__).with_name("runner.py")
 SOLUTION = "solution.py"
 LOG_TAIL_CHARS = 2000
 WHERE_WAIT_S = 2.0  # how long a timed-out submission has to say which row it is on
+STACK_WAIT_S = 0.2  # and then, if it did not, to dump its stacks from a C handler
 
 # Every knob a numeric library reads for its thread pool, at 1: the official scorer has one vCPU.
 THREAD_ENV = {
@@ -293,7 +295,7 @@ def run_child(
             proc = subprocess.Popen(
                 [sys.executable, str(RUNNER), str(job_path)],
                 cwd=solution_dir,
-                env=os.environ | CHILD_ENV,
+                env=users_environment() | CHILD_ENV,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -375,26 +377,36 @@ def _watch(
 
 
 def _ask_where(proc: subprocess.Popen, read_fd: int) -> dict | None:
-    """Before a timed-out submission is killed: every thread's stack into its output (SIGUSR2,
-    answered at once, even inside a hung C call) and the row its loop is on (SIGUSR1, answered
-    by Python: not while a C call never returns). Waits at most WHERE_WAIT_S for the row."""
+    """Before a timed-out submission is killed, ask it where it is (runner.Where): SIGUSR1
+    alone, so the kernel hands it to the main thread (with another signal pending there it may
+    go to a thread that cannot run Python handlers); the answer brings the stacks and the row.
+    No answer within WHERE_WAIT_S (the main thread is in a C call that never returns): SIGUSR2
+    for the stacks alone, dumped from a C handler, with a moment to write them."""
     if not hasattr(signal, "SIGUSR1"):
         return None
     try:
-        os.kill(proc.pid, signal.SIGUSR2)
         os.kill(proc.pid, signal.SIGUSR1)
+        answered, where = _read_answer(read_fd)
+        if not answered:
+            os.kill(proc.pid, signal.SIGUSR2)
+            time.sleep(STACK_WAIT_S)
     except ProcessLookupError:
         return None
+    return where
+
+
+def _read_answer(read_fd: int) -> tuple[bool, dict | None]:
+    """(whether an "H" line came within WHERE_WAIT_S, the row it names or None)."""
     deadline, buf = time.monotonic() + WHERE_WAIT_S, b""
     while (left := deadline - time.monotonic()) > 0 and select.select([read_fd], [], [], left)[0]:
         data = os.read(read_fd, 4096)
         if not data:
-            return None
+            break
         buf += data
         for line in buf.split(b"\n")[:-1]:
             if line.startswith(b"H "):
-                return json.loads(line[2:])
-    return None
+                return True, json.loads(line[2:])
+    return False, None
 
 
 @contextlib.contextmanager

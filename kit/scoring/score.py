@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import tempfile
 import warnings
@@ -104,17 +105,18 @@ class ScoreResult:
         return "\n".join(lines)
 
 
-def check_cpu(cpu: int | None) -> None:
+def check_cpu(cpu: int | None) -> int | None:
     """A CPU this process may run on: the child pins itself to it before anything else, and
     an invalid one would read as a submission that failed to start."""
     if cpu is None:
-        return
+        return None
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    if isinstance(cpu, bool) or not isinstance(cpu, int) or (
-            allowed is not None and cpu not in allowed):
+    if isinstance(cpu, bool) or not isinstance(cpu, numbers.Integral) or cpu < 0 or (
+            allowed is not None and cpu not in allowed):  # (numpy integers are fine)
         raise SubmissionError(f"cpu={cpu!r}: not a CPU this process may use "
                               f"({'allowed: ' + str(allowed) if allowed else 'an integer'}); "
                               "leave it out to take the least busy one")
+    return int(cpu)  # a numpy integer becomes one the job's JSON holds
 
 
 def score_submission(
@@ -136,7 +138,7 @@ def score_submission(
     submission, data = Path(submission), Path(data)
     if timeout_s is not None and not timeout_s > 0:
         raise SubmissionError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
-    check_cpu(cpu)
+    cpu = check_cpu(cpu)
     with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
