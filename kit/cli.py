@@ -512,6 +512,9 @@ def runs(
     found = list_runs(runs_dir, experiment=experiment)
     typer.echo(runs_to_json(sort_runs(found, sort, descending=not asc)) if as_json
                else format_runs(found, sort=sort, descending=not asc))
+    if not runs_dir.is_dir() and not as_json:  # a mistyped --runs-dir is not an empty one
+        typer.echo(f"note: {runs_dir} does not exist (kit train writes its runs under runs/, "
+                   "or where --run-dir says)", err=True)
 
 
 @app.command()

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import polars as pl
 import pytest
 
@@ -283,6 +284,25 @@ def _copy_pack(gru_pack, tmp_path) -> Path:
     return folder
 
 
+def test_kit_score_says_when_a_package_is_not_the_one_kit_pack_wrote(gru_pack, tmp_path,
+                                                                    workspace):
+    """kit notebook refuses a package whose files changed since pack and parity fails it;
+    kit score still scores it (an experiment may be the point) but says so."""
+    data = _valid(workspace)
+    spec = submission_spec(gru_pack.folder)
+    intact = score_submission(gru_pack.folder, data, spec, seqs=2, progress=False)
+    assert not any("not the package kit pack wrote" in w for w in intact.warnings)
+    folder = _copy_pack(gru_pack, tmp_path)
+    onnx_model = onnx.load(str(folder / "model.onnx"))
+    onnx_model.doc_string = "edited by hand"
+    onnx.save(onnx_model, str(folder / "model.onnx"))
+    with pytest.warns(RuntimeWarning, match="model.onnx changed since pack"):
+        changed = score_submission(folder, data, spec, seqs=2, progress=False)
+    assert any("model.onnx changed since pack (sha256 differs from the manifest): this is not "
+               "the package kit pack wrote" in w for w in changed.warnings)
+    assert changed.score == pytest.approx(intact.score)
+
+
 def _edit_solution(folder: Path, old: str, new: str) -> None:
     path = folder / "solution.py"
     text = path.read_text()
@@ -555,6 +575,8 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
     run = shutil.copytree(runs["gru"], tmp_path / "runs" / "r1")  # a run packed onto itself
     out = run_cli("pack", run, "--name", "r1", "--out", tmp_path / "runs", expect=2).output
     assert "choose another --name" in out and (run / "best.pt").is_file()
+    out = run_cli("pack", runs["gru"], "--name", "g1.zip", "--out", tmp_path, expect=2).output
+    assert "give the name without .zip (--name g1)" in out and not list(tmp_path.glob("g1*"))
     # a package is replaced whole; notes kept in its folder stay there, out of the zip
     first = pack_run(runs["gru"], "p", tmp_path)
     (first.folder / "NOTES.md").write_text("lr 3e-3 was better")

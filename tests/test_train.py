@@ -142,6 +142,23 @@ def test_a_folds_normaliser_sees_only_its_training_folds(env):
                                    atol=1e-5)
 
 
+def test_resume_of_a_run_dir_of_another_experiment_is_refused(env, tmp_path, monkeypatch):
+    """`kit train exp=B --resume --run-dir <a run of A>` finished A's run and reported it as
+    B's."""
+    import shutil
+
+    exps = tmp_path / "exps"
+    shutil.copytree(env / "experiments", exps)
+    shutil.copy(exps / "tiny.toml", exps / "other.toml")
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(exps))
+    run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--stop-after-epochs", "1", "-q")
+    out = run_cli("train", "exp=other", "--resume", "--run-dir", tmp_path / "r", "-q",
+                  expect=2).output
+    assert "is a run of experiment 'tiny', not 'other'; resume it as `kit train tiny" in out
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"] == 1
+    run_cli("train", "exp=tiny", "--resume", "--run-dir", tmp_path / "r", "-q")
+
+
 def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
     run_cli("train", "exp=tiny", "--run-dir", tmp_path / "whole", "-q")
     run_cli("train", "exp=tiny", "--run-dir", tmp_path / "split", "--stop-after-epochs", "1",
@@ -462,7 +479,8 @@ def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
         assert len(t0) == 2 and t0 == sorted(t0, reverse=not order)
     assert "cannot sort by 'bogus'" in run_cli("runs", "--json", "--sort", "bogus",
                                                expect=2).output
-    assert run_cli("runs", "--runs-dir", tmp_path / "none", "--sort", "t0").output == "no runs\n"
+    out = run_cli("runs", "--runs-dir", tmp_path / "none", "--sort", "t0").output
+    assert out.startswith("no runs\n") and f"note: {tmp_path / 'none'} does not exist" in out
 
 
 def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
@@ -536,6 +554,10 @@ def test_a_run_folder_trains_in_one_process_at_a_time(env, tmp_path):
         fcntl.flock(fd, fcntl.LOCK_EX)
         out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q", expect=2).output
         assert "is being trained by another process" in out
+        # pack says it trains still, not to resume it (which would fail as above)
+        out = run_cli("pack", run, "--out", tmp_path / "subs").output
+        assert "is still being trained by another process (epoch 1 of 3)" in out
+        assert "--resume" not in out
     finally:
         os.close(fd)
     assert len((run / "history.jsonl").read_text().splitlines()) == 1  # nothing interleaved

@@ -107,6 +107,11 @@ def unfinished_note(run: Path) -> str | None:
         experiment = name if experiment_path(name).is_file() else None
     except KitError:
         experiment = None
+    from kit.train.runs import RunFiles
+
+    if RunFiles(folder).being_trained():  # the resume advice would fail while it trains
+        return (f"note: {folder} is still being trained by another process (epoch {done} of "
+                f"{planned}): its best epoch so far is packed; pack it again once it finishes")
     return (f"note: {folder} has not finished training (epoch {done} of {planned}; paused, "
             f"killed or still running): its best epoch so far is packed; "
             f"{how_to_finish(folder, experiment)}")
@@ -202,6 +207,9 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
             or name.startswith("."):
         raise PackError(f"--name {name!r}: a plain folder name is needed (no slashes, no "
                         "leading dot or surrounding spaces)")
+    if name.lower().endswith(".zip"):  # pack writes NAME/ and NAME.zip itself
+        raise PackError(f"--name {name!r}: give the name without .zip (--name {name[:-4]}): "
+                        f"pack writes the folder {name[:-4]}/ and {name[:-4]}.zip")
     spec = weighted[0].member.spec
     if any(w.member.spec.name != spec.name for w in weighted):
         raise PackError("the members were trained for different competition specs")

@@ -17,7 +17,7 @@ import polars as pl
 from kit.competition import CompetitionSpec
 from kit.data.contract import check_frame
 from kit.data.io import read_frame
-from kit.errors import DataError, SubmissionError
+from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
 from kit.metrics import MetricReport, evaluate, scored_truth
 from kit.scoring.sandbox import choose_cpu, prepare_submission, run_child
@@ -105,6 +105,20 @@ class ScoreResult:
         return "\n".join(lines)
 
 
+def package_changes(folder: Path) -> list[str]:
+    """For a package with kit pack's manifest: its files that changed since pack (or went
+    missing); nothing to say for a submission without one."""
+    from kit.export.pack import MANIFEST_FILE, hash_mismatches, manifest_of
+
+    if not (Path(folder) / MANIFEST_FILE).is_file():
+        return []
+    try:
+        manifest = manifest_of(folder)
+    except KitError:
+        return []  # a manifest that is not kit's: nothing it could vouch for
+    return hash_mismatches(folder, manifest) if manifest and "files" in manifest else []
+
+
 def check_cpu(cpu: int | None) -> int | None:
     """A CPU this process may run on: the child pins itself to it before anything else, and
     an invalid one would read as a submission that failed to start."""
@@ -143,6 +157,7 @@ def score_submission(
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
+        changed = package_changes(solution_dir)
         rows = load_rows(data, spec, seqs)
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
         dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
@@ -154,6 +169,10 @@ def score_submission(
                             column_dtypes=dtypes)
     result, preds = child.result, child.predictions
     notes = []
+    if changed:  # scored as it is (an experiment), but not what kit pack wrote and checked
+        notes.append(f"{'; '.join(changed)}: this is not the package kit pack wrote (kit "
+                     "parity checked that one); re-pack it, or run kit parity on this one")
+        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))
     if nonfinite:
         first = int(np.flatnonzero(~np.isfinite(preds).all(axis=1))[0])

@@ -163,8 +163,13 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
             return [continue_run(config, files, overrides, stop_after_epochs, progress)]
         if resume:  # as a group member: a run whose last.pt is gone trains again
             files = RunFiles(run_dir or resumable_run(config["name"], runs_dir))
-            return [continue_run(stored_config(files, overrides), files, overrides,
-                                 stop_after_epochs, progress)]
+            stored = stored_config(files, overrides)
+            if stored.get("name") != config["name"]:  # (only a --run-dir can name another's)
+                raise ConfigError(f"--resume: {files.root} is a run of experiment "
+                                  f"{stored.get('name')!r}, not {config['name']!r}; resume it "
+                                  f"as `kit train {stored.get('name')} --resume --run-dir "
+                                  f"{files.root}`")
+            return [continue_run(stored, files, overrides, stop_after_epochs, progress)]
         files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed, stamp))
         files.refuse_reuse()
         return [train_one(config, files, stop_after_epochs=stop_after_epochs,
