@@ -556,27 +556,47 @@ def test_a_cpu_this_process_cannot_use_is_refused_before_anything_runs(tmp_path,
         score(write_sub(tmp_path, FORMULA), data, cpu=cpu)
 
 
-def test_timeout_kills_the_child(tmp_path):
-    data, _ = write_data(tmp_path)
-    sub = write_sub(
-        tmp_path,
-        """\
-        import time
+HANGS_AT_STEP_3 = """\
+import signal
+import threading
+import time
 
-        class PredictionModel:
-            def predict(self, dp):
-                if dp.step_in_seq == 3:
-                    time.sleep(60)
-                return None
-        """,
-    )
-    with pytest.raises(SubmissionError, match=r"timed out.*1\.5 s") as info:
-        score(sub, data, timeout_s=1.5)
-    said = str(info.value)
+
+class PredictionModel:
+    def __init__(self):
+        {init}
+
+    def predict(self, dp):
+        if dp.step_in_seq == 3:
+            {before_sleep}
+            time.sleep(60)  # the hang
+        return None
+"""
+
+
+def _timed_out(tmp_path, timeout_s: float, init: str = "pass",
+               before_sleep: str = "pass") -> tuple[str, int]:
+    """kit score's error for a submission that sleeps at step 3 of seq 0, and the line of
+    solution.py it sleeps on."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data, _ = write_data(tmp_path)
+    source = HANGS_AT_STEP_3.format(init=init, before_sleep=before_sleep)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "solution.py").write_text(source)
+    with pytest.raises(SubmissionError, match=r"timed out: the submission ran past") as info:
+        score(sub, data, timeout_s=timeout_s)
+    line = next(i for i, text in enumerate(source.splitlines(), 1) if "the hang" in text)
+    return str(info.value), line
+
+
+def test_timeout_kills_the_child(tmp_path):
+    said, line = _timed_out(tmp_path, 1.5)
+    assert "ran past 1.5 s" in said
     assert "at least 0 of" in said  # a count that never overstates the rows done
     # the row it hung on, and its stack (faulthandler) in the output shown
     assert "predict() was running on seq 0, step 3 (row 3)" in said
-    assert 'solution.py", line 6 in predict' in said
+    assert f'solution.py", line {line} in predict' in said
 
 
 def test_a_busy_loop_past_the_timeout_is_found_on_its_row(tmp_path):
@@ -602,53 +622,19 @@ def test_a_busy_loop_past_the_timeout_is_found_on_its_row(tmp_path):
 def test_a_hang_beside_a_thread_of_its_own_is_still_found_on_its_row(tmp_path):
     """With a second thread, a signal sent while another is pending may go to that thread,
     which cannot run Python handlers: the row is asked for with one signal alone."""
-    data, _ = write_data(tmp_path)
-    sub = write_sub(
-        tmp_path,
-        """\
-        import threading
-        import time
-
-        class PredictionModel:
-            def __init__(self):
-                self.idle = threading.Event()
-                threading.Thread(target=self.idle.wait, daemon=True).start()
-
-            def predict(self, dp):
-                if dp.step_in_seq == 3:
-                    time.sleep(60)
-                return None
-        """,
-    )
-    for _ in range(3):  # the old two-signal order missed it in most runs
-        with pytest.raises(SubmissionError, match="timed out") as info:
-            score(sub, data, timeout_s=2)
-        assert "predict() was running on seq 0, step 3 (row 3)" in str(info.value)
+    for i in range(3):  # the old two-signal order missed it in most runs
+        said, _ = _timed_out(tmp_path / str(i), 2, init="threading.Thread(target=threading."
+                             "Event().wait, daemon=True).start()")
+        assert "predict() was running on seq 0, step 3 (row 3)" in said
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1/SIGUSR2 (Windows)")
 def test_a_main_thread_that_cannot_answer_still_shows_its_stack(tmp_path):
     """No answer to SIGUSR1 (here blocked, as in a C call that never returns to Python): the
     stacks come from faulthandler's C-level SIGUSR2 handler, and no row is named."""
-    data, _ = write_data(tmp_path)
-    sub = write_sub(
-        tmp_path,
-        """\
-        import signal
-        import time
-
-        class PredictionModel:
-            def predict(self, dp):
-                if dp.step_in_seq == 3:
-                    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-                    time.sleep(60)
-                return None
-        """,
-    )
-    with pytest.raises(SubmissionError, match="timed out") as info:
-        score(sub, data, timeout_s=2)
-    said = str(info.value)
-    assert "was running on" not in said and 'solution.py", line 8 in predict' in said
+    said, line = _timed_out(tmp_path, 2, before_sleep="signal.pthread_sigmask("
+                            "signal.SIG_BLOCK, {signal.SIGUSR1})")
+    assert "was running on" not in said and f'solution.py", line {line} in predict' in said
 
 
 def test_a_submission_stuck_while_loading_names_no_row(tmp_path):
