@@ -301,6 +301,8 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
 
 @pytest.mark.parametrize(("args", "message"), [
     (["data.valid=nope.parquet"], "data.valid = .nope.parquet.: no such data file"),
+    # a held-out fraction with the valid file validating: it would be ignored
+    (["data.valid_fraction=0.5"], 'data.valid_fraction = 0.5 need data.split = "random" or'),
     (["--folds", "-2"], "--folds must be 0 \\(off\\) or >= 2"),
     (["seeds=[1,2]", "--run-dir", "one"], "--run-dir names one run"),
     (["seed=9223372036854775807"], "seed must be a whole number in \\[0, 2\\*\\*32\\)"),

@@ -15,7 +15,7 @@ import polars as pl
 import torch
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.config import ConfigError, validation_file
+from kit.config import DEFAULTS, ConfigError, validation_file
 from kit.data.arrays import SequenceArrays
 from kit.data.io import read_frame
 from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
@@ -102,6 +102,13 @@ def check_split_settings(data: dict) -> None:
         if data["group"] or data["stratify"]:
             raise ConfigError("data.group and data.stratify need data.split = \"group\" (with "
                               "split = \"file\" the valid file validates)")
+        held_out = [f"data.{key} = {data[key]}" for key in ("valid_fraction", "split_seed")
+                    if data[key] != DEFAULTS["data"][key]]
+        if held_out:  # they choose a held-out part of the train file, which "file" has none of
+            raise ConfigError(f"{' and '.join(held_out)} need data.split = \"random\" or "
+                              "\"group\" (with split = \"file\" the valid file validates and "
+                              "they would be ignored)",
+                              settings=("data.split", "data.valid_fraction", "data.split_seed"))
         return
     if not 0.0 < data["valid_fraction"] < 1.0:
         raise ConfigError(f"data.valid_fraction must be between 0 and 1, got "

@@ -47,6 +47,7 @@ def check_config(config: dict) -> dict:
     the resolved config with the model's constructor values (a `params` budget solved)."""
     from kit.features import feature_set_from_config
     from kit.models import model_values, solve_width
+    from kit.train.data import check_split_settings
     from kit.train.losses import MaskedLoss
 
     config = resolve(config)
@@ -54,6 +55,7 @@ def check_config(config: dict) -> dict:
     features = feature_set_from_config(config)
     model = model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
     MaskedLoss(config.get("loss"), spec.n_outputs)
+    check_split_settings(config["data"])
     train = config["train"]
     if train["swa_start"] > train["epochs"]:  # it would never average: say so, not train on
         raise ConfigError(f"train.swa_start = {train['swa_start']} is after the last epoch "
