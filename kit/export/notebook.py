@@ -255,6 +255,10 @@ def predict(batch, *gateway_args):
 def run_batch(path):
     """Local replay of a gateway: the test file cut into time steps, predict() on each."""
     table = read_table(path)
+    missing = [c for c in KEEP_COLUMNS if c not in table.columns]
+    if missing:  # the runtime skips them (a replay of a train file has no gateway row_id)
+        print(f"note: keep column(s) {missing} are not in {path}: the local replay leaves them "
+              "out; the gateway's batches must have them (check the names)")
     steps = np.asarray(table[STEP])
     need = np.asarray(table[NEED]).astype(bool)
     order = np.argsort(steps, kind="stable")
