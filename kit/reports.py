@@ -35,7 +35,8 @@ from kit.run_record import (
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
 BASE_COLUMNS = ("experiment", "run_id", "score")
-TAIL_COLUMNS = ("oracle_fraction", "best_epoch", "epochs", "wall_s", "params", "seed", "finished")
+TAIL_COLUMNS = ("validated", "oracle_fraction", "best_epoch", "epochs", "wall_s", "params", "seed",
+                "finished")
 MAX_SCATTER_PANELS = 8
 HEXBIN_ABOVE = 3000  # points; fewer are drawn as a scatter
 
@@ -131,8 +132,10 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         config, config_error = {}, str(exc)
     history = read_history(run_dir / "history.jsonl")
     metrics = read_metrics(run_dir)
+    name = config.get("name")
     row = {
-        "experiment": run_dir.parent.name,
+        # the experiment that trained it (a --run-dir may put it under another folder name)
+        "experiment": name if isinstance(name, str) and name else run_dir.parent.name,
         "run_id": run_dir.name,
         "path": str(run_dir),
         "params": None,
@@ -146,6 +149,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "finished": False,
         "seed": _seed(config, run_dir.name),
         "higher_is_better": _higher_is_better(config, cache),
+        "validated": _validation_set(config, metrics),
     }
     if config_error:
         row["config_error"] = config_error
@@ -343,6 +347,23 @@ def _target_names(runs: list[dict]) -> list[str]:
     return names
 
 
+def _validation_set(config: dict, metrics: dict | None) -> str | None:
+    """The rows a run's score is on, in a few words: the valid file's name, a held-out part of
+    the train file, one fold of it, or every fold (an out-of-fold group)."""
+    data = config.get("data") if isinstance(config.get("data"), dict) else {}
+    train = Path(str(data.get("train", ""))).name or "train"
+    if metrics is not None and metrics.get("kind") == "oof":
+        return f"oof {metrics.get('folds', '?')} folds of {train}"
+    fold = data.get("fold")
+    if isinstance(fold, list) and len(fold) == 2:
+        return f"fold {fold[1] + 1}/{fold[0]} of {train}"
+    split = data.get("split", "file")
+    if split in ("random", "group"):
+        return f"{split} {data.get('valid_fraction', 0.15):g} of {train}"
+    valid = data.get("valid")
+    return Path(str(valid)).name if valid else None
+
+
 def _value(run: dict, column: str):
     if column in run and column != "per_target":
         return run[column]
@@ -426,6 +447,10 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
               for r in runs if isinstance(r.get("diverged"), str)]
     notes += [f"note: {changed_data_message(r['path'], r['data_changed'])}"
               for r in runs if r.get("data_changed")]
+    sets = sorted({r["validated"] for r in runs if r.get("validated")})
+    if len(sets) > 1:  # a score on other rows is no comparison (folds of one file included)
+        notes.append(f"note: these runs are scored on {len(sets)} different sets of rows "
+                     "(column validated): compare scores within one set")
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
 
 

@@ -159,6 +159,25 @@ def test_resume_of_a_run_dir_of_another_experiment_is_refused(env, tmp_path, mon
     run_cli("train", "exp=tiny", "--resume", "--run-dir", tmp_path / "r", "-q")
 
 
+def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
+    """Scores on the valid file and on a held-out part of the train file do not compare: the
+    table says where each run validated, the experiment that trained it, and notes the mix."""
+    run_cli("train", "exp=tiny", "train.epochs=1", "-q")
+    run_cli("train", "exp=tiny", "train.epochs=1", "data.split=random", "--run-dir",
+            tmp_path / "elsewhere" / "split" / "r1", "-q")
+    out = run_cli("runs").output
+    assert "validated" in out.splitlines()[0] and "valid.parquet" in out
+    assert "note: these runs are scored on" not in out  # one run, one set
+    out = run_cli("runs", "--runs-dir", tmp_path / "elsewhere").output
+    row = out.splitlines()[2]
+    assert row.startswith("tiny ") and "random 0.15 of train.parquet" in row  # not "split"
+    listed = json.loads(run_cli("runs", "--json").output)
+    assert [r["validated"] for r in listed] == ["valid.parquet"]
+    (tmp_path / "runs" / "tiny" / "r1").symlink_to(tmp_path / "elsewhere" / "split" / "r1")
+    out = run_cli("runs").output
+    assert "note: these runs are scored on 2 different sets of rows" in out
+
+
 def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
     run_cli("train", "exp=tiny", "--run-dir", tmp_path / "whole", "-q")
     run_cli("train", "exp=tiny", "--run-dir", tmp_path / "split", "--stop-after-epochs", "1",
