@@ -46,8 +46,17 @@ CONFIGS = {
         "layers": 1,
         "window": 40,
     },  # window wider than a block of the sequence path
+    # heads of width 1 over a window of 2: the smallest attention there is
+    "transformer_narrow": {"type": "transformer", "d_model": 4, "n_heads": 4, "layers": 1,
+                           "window": 2},
     "ssm": {"type": "ssm", "d_model": 12, "layers": 2, "d_state": 4, "heads": "separate"},
     "tcn": {"type": "tcn", "channels": 8, "kernel": 3, "dilations": [1, 2, 4]},
+    "tcn_kernel2": {"type": "tcn", "channels": 6, "kernel": 2, "dilations": [3, 1, 7]},
+    # a stride past the patch (steps no patch covers) and a single patch as wide as the window
+    "patchtst_sparse": {"type": "patchtst", "d_model": 8, "n_heads": 2, "layers": 1,
+                        "window": 12, "patch_len": 2, "stride": 5},
+    "patchtst_one_patch": {"type": "patchtst", "d_model": 8, "n_heads": 1, "layers": 1,
+                           "window": 6, "patch_len": 6, "stride": 6},
     "patchtst": {
         "type": "patchtst",
         "d_model": 16,
