@@ -3,6 +3,7 @@ runtime's contract, zip and manifest contents, and deliberately broken packages.
 
 import ast
 import json
+import time
 import zipfile
 from pathlib import Path
 
@@ -618,6 +619,32 @@ def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_
     with zipfile.ZipFile(tmp_path / "race.zip") as archive:
         assert all(archive.read(n) == (folder / n).read_bytes() for n in PACK_FILES)
     assert run_parity(folder, _valid(workspace), seqs=2).ok
+    assert not list(tmp_path.glob(".*.lock"))  # the last holder deleted it: none piles up
+
+
+def test_the_package_lock_excludes_and_leaves_no_file(tmp_path):
+    """A holder deletes the lock file before it lets go; a waiter that locked the deleted
+    file takes the path's new one, so two holders never overlap."""
+    import threading
+
+    from kit.export.pack import exclusive
+
+    lock, inside, overlaps = tmp_path / ".p.lock", [], []
+
+    def hold(i):
+        with exclusive(lock):
+            inside.append(i)
+            if len(inside) > 1:
+                overlaps.append(list(inside))
+            time.sleep(0.01)
+            inside.remove(i)
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(8) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [] and not lock.exists()
 
 
 def test_a_folder_with_someone_elses_manifest(workspace, gru_pack, tmp_path):

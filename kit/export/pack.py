@@ -313,18 +313,37 @@ def package_lock(folder: Path) -> Path:
 
 @contextlib.contextmanager
 def exclusive(lock_path: Path):
-    """An exclusive lock on lock_path (flock; released when the holder exits, even killed)."""
+    """An exclusive lock on lock_path (flock; released when the holder exits, even killed).
+
+    The holder deletes the file before it lets go, so no lock file stays behind. A waiter
+    then holds the lock of a deleted file: it checks that the path still names the file it
+    locked, and if not locks the path's new file instead (the usual recipe for removable lock
+    files)."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): packs to one name must not run at once there
         yield
         return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    while True:
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed below, on every path
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                current = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            handle.close()
+            raise
+        if current:
+            break
+        handle.close()  # a holder deleted it meanwhile: lock the path's new file
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock_path)  # while held: waiters see it gone and take the next file
+        handle.close()  # releases the lock
 
 
 BUDGET_FRACTION = 0.8  # refuse a pack projected past this share of the time limit
