@@ -120,6 +120,17 @@ def test_oracle_and_reference(tmp_path):
     oracle.head(50).write_parquet(tmp_path / "short.parquet")
     with pytest.raises(DataError, match="no oracle value"):
         dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "short.parquet")
+    # a NaN value is a broken oracle, not a short one; a list column is no oracle at all
+    broken = oracle.with_columns(pl.when(pl.col("step_in_seq") == 20).then(float("nan"))
+                                 .otherwise(pl.col("t0")).alias("t0"))
+    broken.write_parquet(tmp_path / "nan_oracle.parquet")
+    with pytest.raises(DataError, match="the oracle's values are NaN or inf on 4 row"):
+        dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "nan_oracle.parquet")
+    oracle.with_columns(pl.concat_list("t0", "t1").alias("t0")).write_parquet(
+        tmp_path / "lists.parquet")
+    with pytest.raises(DataError, match=r"oracle prediction column\(s\) must be numeric: "
+                                        r"\['t0 \(List"):
+        dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "lists.parquet")
     pl.concat([oracle, oracle.head(1)]).write_parquet(tmp_path / "twice.parquet")
     with pytest.raises(DataError, match="2 rows share their \\(seq_ix, step_in_seq\\)"):
         dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "twice.parquet")

@@ -327,6 +327,10 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
     keys = [spec.id_col, spec.step_col]
     names = list(spec.outputs)
     table = read_frame(path, keys + names)
+    bad = [f"{n} ({table.schema[n]})" for n in names
+           if not table.schema[n].is_numeric() or table.schema[n].is_decimal()]
+    if bad:
+        raise DataError(f"{path}: oracle prediction column(s) must be numeric: {bad}")
     # ids and steps as Int64 on both sides: a float-id file (accepted by the contract) and an
     # int-id oracle must join, not raise a schema error
     table = table.with_columns(whole_numbers(table.schema, k).alias(k) for k in keys)
@@ -343,10 +347,16 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
         table.rename({n: f"__oracle_{n}" for n in names}), on=keys, how="left",
         maintain_order="left",
     )  # fmt: skip
-    pred = joined.select([f"__oracle_{n}" for n in names]).to_numpy().astype(np.float64)
-    missing = np.isnan(pred[need]).any(axis=1).sum()
+    oracle = joined.select([f"__oracle_{n}" for n in names])
+    absent_rows = oracle.select(pl.any_horizontal(pl.all().is_null())).to_series().to_numpy()
+    pred = oracle.to_numpy().astype(np.float64)
+    missing = int((absent_rows & need).sum())
     if missing:
         raise DataError(f"{path}: no oracle value for {missing} row(s) that need a prediction")
+    nonfinite = int((~np.isfinite(pred[need])).any(axis=1).sum())
+    if nonfinite:  # present but NaN or inf: an oracle that is broken, not one that is short
+        raise DataError(f"{path}: the oracle's values are NaN or inf on {nonfinite} row(s) "
+                        "that need a prediction")
     features = frame.select(spec.features).to_numpy() if spec.next_state else None
     absent = [t for t in spec.targets if t not in frame.columns]
     if absent:
