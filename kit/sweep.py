@@ -520,12 +520,35 @@ def make_study(name: str, storage, direction: str, table: dict, epochs: int,
                          f"{direction}: pick another --study name")
     if identity is not None:
         check_identity(study, name, identity)
+        record_search(study, name, table)
     existing = len(study.get_trials(deepcopy=False)) if table.get("seed") is not None else 0
     seed = sampler_seed(table, existing)
     study.sampler = (optuna.samplers.TPESampler(seed=seed)
                      if table.get("sampler", "tpe") == "tpe"
                      else optuna.samplers.RandomSampler(seed=seed))
     return study
+
+
+def record_search(study, name: str, table: dict) -> None:
+    """The sampler, pruner and sweep.seed that choose and stop this run's trials, kept as the
+    study's `kit_search` attribute (shown in the summary). Another search on the same study is
+    said, not refused: a study may switch from random sampling to TPE on purpose, but its
+    trials are then ranked together whatever chose them."""
+    search = {"sampler": table.get("sampler", "tpe"), "pruner": table.get("pruner", "median"),
+              "seed": table.get("seed")}
+    before = study.user_attrs.get("kit_search")
+    if before == search:
+        return
+    if before is not None:
+        print(f"note: study {name!r} chose and stopped its trials with {search_text(before)} so "
+              f"far; this run uses {search_text(search)} (all its trials are ranked together)",
+              file=sys.stderr, flush=True)
+    study.set_user_attr("kit_search", search)
+
+
+def search_text(search: dict) -> str:
+    seed = "no seed" if search.get("seed") is None else f"seed {search['seed']}"
+    return f"sampler {search.get('sampler')}, pruner {search.get('pruner')}, {seed}"
 
 
 def finished_trials(study) -> list:
@@ -823,6 +846,7 @@ def summarize(setup: SweepSetup, seconds: float) -> dict:
     sign = 1 if setup.direction == "maximize" else -1
     best = sorted(done, key=lambda t: -sign * t.value)[:5]
     summary = {"study": setup.study_name, "storage": setup.storage_url, "seconds": seconds,
+               "search": study.user_attrs.get("kit_search"),
                "counts": counts, "best": [{"number": t.number, "score": t.value,
                                            "params": t.params,
                                            "run_dir": t.user_attrs.get("run_dir")}
@@ -999,7 +1023,8 @@ def format_summary(summary: dict) -> str:
     c = summary["counts"]
     lines = [f"study {summary['study']} on {shown_url(summary['storage'])}: {c.get('complete', 0)} "
              f"complete, {c.get('pruned', 0)} pruned, {c.get('fail', 0)} failed, "
-             f"{c.get('running', 0)} running ({summary['seconds']:.0f}s this session)"]
+             f"{c.get('running', 0)} running ({summary['seconds']:.0f}s this session)"
+             + (f"; {search_text(summary['search'])}" if summary.get("search") else "")]
     for t in summary["best"]:
         params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
         lines.append(f"  #{t['number']:<4} {t['score']:.5f}  {params}  {t['run_dir']}")

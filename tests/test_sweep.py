@@ -81,6 +81,33 @@ def test_a_sweep_trains_each_trial_as_a_run_and_writes_the_best_experiment(sweep
     run_cli("train", "exp=tiny_best", "-q")
 
 
+def test_a_study_records_its_search_and_says_when_another_one_runs_on_it(sweep_env, capsys):
+    """Which sampler, pruner and seed chose and stopped a study's trials is kept with it and
+    shown; another search on the same study is said (it may be on purpose), not refused."""
+    from kit.sweep import format_summary, make_study, study_identity
+
+    setup = prepare("tiny", None, None, None)
+    (sweep_env / "runs/tiny").mkdir(parents=True)
+    storage = make_storage(_sqlite(sweep_env))
+
+    def study_with(table):
+        return make_study("s", storage, setup.direction, table, 2, study_identity(setup))
+
+    assert study_with(setup.table).user_attrs["kit_search"] == {
+        "sampler": "tpe", "pruner": "median", "seed": None}
+    study_with(setup.table)
+    assert "note:" not in capsys.readouterr().err  # the same search again: nothing to say
+    again = study_with({**setup.table, "sampler": "random", "seed": 3})
+    assert ("note: study 's' chose and stopped its trials with sampler tpe, pruner median, no "
+            "seed so far; this run uses sampler random, pruner median, seed 3") in (
+        capsys.readouterr().err)
+    search = again.user_attrs["kit_search"]
+    assert search == {"sampler": "random", "pruner": "median", "seed": 3}
+    line = format_summary({"study": "s", "storage": "sqlite:///x.db", "seconds": 1.0,
+                           "search": search, "counts": {}, "best": []})
+    assert line.endswith("; sampler random, pruner median, seed 3")
+
+
 def test_rerunning_a_study_resumes_it_to_the_total(sweep_env):
     run_cli("sweep", "exp=tiny", "trials=2", "-q")  # as `just sweep exp=tiny trials=2` passes it
     run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
