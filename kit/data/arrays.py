@@ -15,7 +15,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec
 from kit.config import CHOICES
-from kit.data.contract import key_problems
+from kit.data.contract import key_problems, need_flags
 from kit.errors import DataError
 
 TRUNCATE = CHOICES["data.truncate"]
@@ -161,7 +161,7 @@ def _sequence_runs(df: pl.DataFrame, spec: CompetitionSpec) -> tuple[np.ndarray,
 def _fixed_length(df, spec, feature_cols, target_cols, n, width):
     """Every sequence has exactly `width` rows: the row blocks reshape for free."""
     x = float32_rows(df, feature_cols).reshape(n, width, len(feature_cols))
-    mask = _need(df, spec).reshape(n, width)
+    mask = need_flags(df, spec.need_col).reshape(n, width)
     if not spec.next_state:
         return x, float32_rows(df, target_cols).reshape(n, width, len(target_cols)), mask
     y = np.zeros((n, width, len(target_cols)), dtype=np.float32)
@@ -188,7 +188,7 @@ def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate):
     x = np.zeros((n * width, len(feature_cols)), dtype=np.float32)
     _scatter_rows(df, feature_cols, src, dest, x)
     mask = np.zeros(n * width, dtype=bool)
-    mask[dest] = _need(df, spec)[src]
+    mask[dest] = need_flags(df, spec.need_col)[src]
     y = np.zeros((n * width, len(target_cols)), dtype=np.float32)
     if spec.next_state:
         # The target of the last kept step is the next real step, even one truncation dropped.
@@ -197,23 +197,6 @@ def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate):
     else:
         _scatter_rows(df, target_cols, src, dest, y)
     return (x.reshape(n, width, -1), y.reshape(n, width, -1), mask.reshape(n, width))
-
-
-def _need(df: pl.DataFrame, spec: CompetitionSpec) -> np.ndarray:
-    """The loss mask's flags: booleans, or integers that are exactly 0 or 1 (as `kit data
-    check` requires). A cast would take -1 or 0.5 as true and a null as false, silently."""
-    col = df[spec.need_col]
-    if col.dtype == pl.Boolean:
-        bad = col.null_count()
-    elif col.dtype.is_integer():
-        bad = col.len() - int(col.is_in([0, 1]).sum())
-    else:
-        raise DataError(f"column {spec.need_col!r} must hold booleans or integers 0/1, found "
-                        f"{col.dtype}")
-    if bad:
-        raise DataError(f"column {spec.need_col!r} has {bad:,} value(s) that are neither 0/1 "
-                        "nor true/false (nulls included); `kit data check` lists them")
-    return (col if col.dtype == pl.Boolean else col == 1).to_numpy()
 
 
 def _float32_block(frame: pl.DataFrame) -> np.ndarray:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec
@@ -255,6 +256,22 @@ def whole_numbers(schema: pl.Schema, name: str) -> pl.Expr:
     if schema[name] in FLOAT_TYPES:
         col = pl.when(col == col.floor()).then(col).otherwise(None)
     return col.cast(pl.Int64, strict=False)
+
+
+def need_flags(frame: pl.DataFrame, need_col: str, where: str = "") -> np.ndarray:
+    """The need column as bools, from booleans or integers that are exactly 0 or 1 (what `kit
+    data check` requires). Anything else (a null, -1, 2, a float or text column) raises a
+    DataError naming the column: a cast would read -1 or 0.5 as true and a null as false."""
+    dtype = frame.schema[need_col]
+    if not (dtype == pl.Boolean or dtype.is_integer()):
+        raise DataError(f"{where}column {need_col!r} must hold booleans or integers 0/1, found "
+                        f"{dtype}")
+    flags = frame.select(need_as_int(frame.schema, need_col)).to_series()
+    if flags.null_count():
+        raise DataError(f"{where}column {need_col!r} has {flags.null_count():,} value(s) that "
+                        "are neither 0/1 nor true/false (nulls included); `kit data check` "
+                        "lists them")
+    return flags.to_numpy().astype(bool)
 
 
 def need_as_int(schema: pl.Schema, need_col: str) -> pl.Expr:

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.data.contract import check_dtypes, key_problems, need_as_int, whole_numbers
+from kit.data.contract import check_dtypes, key_problems, need_flags, whole_numbers
 from kit.data.io import parquet_schema, read_frame
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
@@ -71,7 +71,7 @@ def dataset_stats(
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")
     ids = frame[spec.id_col].to_numpy()
-    need = need_flags(frame, spec, path)
+    need = need_flags(frame, spec.need_col, f"{path}: ")
     same = ids[1:] == ids[:-1]  # row i+1 continues the sequence of row i
     lengths = frame.group_by(spec.id_col).len()["len"]
     out: dict = {
@@ -230,16 +230,6 @@ def _cell(value) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.3f}"
-
-
-def need_flags(frame: pl.DataFrame, spec: CompetitionSpec, path) -> np.ndarray:
-    """need_prediction as bools; a value other than 0/1 or true/false (a null, -1, 2) is named,
-    as kit data check names it: astype(bool) read them all as scored."""
-    flags = frame.select(need_as_int(frame.schema, spec.need_col)).to_series()
-    if flags.null_count():
-        raise DataError(f"{path}: column {spec.need_col!r} has {flags.null_count():,} value(s) "
-                        "that are neither 0/1 nor true/false (kit data check lists the rows)")
-    return flags.to_numpy().astype(bool)
 
 
 def _sorted(frame: pl.DataFrame, spec: CompetitionSpec) -> pl.DataFrame:

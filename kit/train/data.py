@@ -79,11 +79,13 @@ def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0) -> Nor
                           norm["clip"] or None)
 
 
-def check_data_files(data: dict) -> None:
+def check_data_files(data: dict, folds: bool = False) -> None:
     """The files the [data] settings read exist (the train file, and the valid file when it
-    validates), so a missing file fails before anything is built or written."""
+    validates), so a missing file fails before anything is built or written. `folds`: the runs
+    are folds of the train file (kit train --folds, or a fold run's data.fold), which read no
+    valid file."""
     wanted = [("data.train", data["train"])]
-    if data["split"] == "file" and not data["fold"]:
+    if data["split"] == "file" and not (folds or data["fold"]):
         wanted.append(("data.valid", data["valid"]))
     for key, name in wanted:
         if not Path(name).is_file():
@@ -213,7 +215,7 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
     """
     data, train_cfg = config["data"], config["train"]
     check_split_settings(data)
-    check_data_files({**data, "fold": list(fold)} if fold else data)
+    check_data_files(data, folds=fold is not None)
     if fold is None and data["fold"]:
         fold = (data["fold"][0], data["fold"][1])
     spec = load_spec(config["spec"])

@@ -105,8 +105,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     base = experiment_config(exp, overrides)
     check_config(base)
     if not resume:  # a resumed run reads its own config's files (train_one checks them)
-        # fold runs train and validate on the train file: the valid file need not exist
-        check_data_files({**base["data"], "fold": [folds, 0]} if folds else base["data"])
+        check_data_files(base["data"], folds=folds > 0)
     if folds and run_dir:
         raise ConfigError("--folds names its own run directories: it does not combine with "
                           "--run-dir")
