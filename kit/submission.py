@@ -34,11 +34,15 @@ def write_submission_zip(folder: Path, zip_path: Path | None = None,
             raise SubmissionError(f"{folder}: {missing} missing; re-run kit pack")
     zip_path = Path(zip_path or zip_path_of(folder))
     tmp = zip_path.with_name(zip_path.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(paths):
-            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=ZIP_EPOCH)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, path.read_bytes())
-    tmp.replace(zip_path)
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(paths):
+                info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=ZIP_EPOCH)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, path.read_bytes())
+        tmp.replace(zip_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a folder in the way leaves nothing behind
+        raise
     return zip_path

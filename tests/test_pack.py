@@ -601,6 +601,46 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
         f".p.packing-{os.getpid()}-xyz", f".pq.packing-{dead}-abc"]
 
 
+def test_a_pack_whose_zip_cannot_be_written_leaves_the_old_package_whole(workspace, runs,
+                                                                         tmp_path, monkeypatch):
+    import errno
+
+    first = pack_run(runs["gru"], "z", tmp_path, budget=False)
+    files = {n: (first.folder / n).read_bytes() for n in PACK_FILES}
+    zipped = first.zip_path.read_bytes()
+    real = zipfile.ZipFile.writestr
+
+    def disk_full(self, info, data, *args, **kwargs):
+        if getattr(info, "filename", info) == "model.onnx":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, info, data, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        pack_run(runs["lstm"], "z", tmp_path, budget=False)
+    monkeypatch.undo()
+    # the folder and its zip are the first pack's, together; no working file is left
+    assert {n: (first.folder / n).read_bytes() for n in PACK_FILES} == files
+    assert first.zip_path.read_bytes() == zipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z", "z.zip"]
+    # a folder where the zip goes is refused before the build, and nothing changes
+    (tmp_path / "y.zip").mkdir()
+    out = run_cli("pack", runs["gru"], "--name", "y", "--out", tmp_path, expect=2).output
+    assert "y.zip exists and is not a file" in out and not (tmp_path / "y").exists()
+    # a name too long for pack's working files is refused up front, not as an OS error
+    with pytest.raises(PackError, match="at most 200"):
+        pack_run(runs["gru"], "n" * 240, tmp_path)
+
+
+def test_pack_dot_inside_a_run_folder_names_the_package_after_the_run(runs, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.chdir(runs["gru"])
+    out = run_cli("pack", ".", "--out", tmp_path).output
+    name = f"{runs['gru'].parent.name}-{runs['gru'].name}"
+    assert (tmp_path / name / "model.onnx").is_file() and name in out
+    assert read_manifest(tmp_path / name)["members"][0]["run"] == str(runs["gru"].resolve())
+
+
 def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):
     import os
     import subprocess

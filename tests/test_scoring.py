@@ -908,6 +908,15 @@ def test_a_run_the_official_scorer_would_reject_exits_3_and_names_where(tmp_path
     assert result.output.count("prediction value(s) are NaN or inf") == 1  # said once
     assert "the official scorer would not accept this run: NaN or inf predictions" in (
         result.output)
+    # inf is clipped to the metric's bound and scored; only a metric without a clip loses it
+    inf = write_sub(tmp_path, NAN_AT_STEP_9.replace("np.nan", "np.inf"), name="inf")
+    result = run_cli("score", inf, "--data", data, "--spec", spec_path, "-q", expect=0)
+    assert "prediction value(s) are NaN or inf" in result.output
+    assert "would not accept" not in result.output
+    no_clip = tmp_path / "no_clip.toml"
+    no_clip.write_text(tomli_w.dumps({**SPEC.to_dict(), "metric": {"name": "weighted_pearson"}}))
+    result = run_cli("score", inf, "--data", data, "--spec", no_clip, "-q", expect=3)
+    assert "would not accept this run: NaN or inf predictions" in result.output
     # NaN truth in the local file is the data's problem: warned of, not the run's failure
     frame = pl.read_parquet(data)
     t0 = frame["t0"].to_list()

@@ -138,7 +138,8 @@ def load_member(run: Path) -> Member:
     except tomllib.TOMLDecodeError as exc:
         raise KitError(f"{config_path}: not valid TOML ({exc})") from None
     return Member(
-        run_dir=path.parent, checkpoint=path, sha256=sha256_file(path), spec=spec,
+        # resolved, so that `kit pack .` inside a run folder records and names the run
+        run_dir=path.resolve().parent, checkpoint=path, sha256=sha256_file(path), spec=spec,
         feature_set=feature_set, normaliser=Normaliser.from_dict(ckpt["normaliser"]),
         model=model.eval(), model_config=dict(ckpt["model_config"]),
         score=ckpt.get("score"), per_target=dict(ckpt.get("per_target", {})), config=config,

@@ -36,7 +36,7 @@ from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.json_safe import dumps as json_dumps
 from kit.run_record import how_to_finish, read_config, read_metrics, relocated
-from kit.submission import write_submission_zip
+from kit.submission import write_submission_zip, zip_path_of
 
 SUBMISSIONS_DIR = Path("submissions")
 MODEL_FILE, SOLUTION_FILE, MANIFEST_FILE = "model.onnx", "solution.py", "manifest.json"
@@ -48,6 +48,7 @@ IR_VERSION = 8
 
 
 MAX_MANIFEST = 8 << 20  # bytes of manifest.json: kit's are a few KB
+MAX_NAME_BYTES = 200  # of --name: ".NAME.packing-PID-XXXXXXXX.zip" must fit in 255
 
 
 class PackError(KitError):
@@ -80,7 +81,7 @@ class PackResult:
 
 
 def default_name(run: Path) -> str:
-    run = Path(run)
+    run = Path(run).resolve()  # `kit pack .` inside a run folder: its own name, not "-"
     run = run.parent if run.is_file() else run
     return f"{run.parent.name}-{run.name}"
 
@@ -210,18 +211,25 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     if name.lower().endswith(".zip"):  # pack writes NAME/ and NAME.zip itself
         raise PackError(f"--name {name!r}: give the name without .zip (--name {name[:-4]}): "
                         f"pack writes the folder {name[:-4]}/ and {name[:-4]}.zip")
+    if len(name.encode()) > MAX_NAME_BYTES:  # its working files add to it; folders take 255
+        raise PackError(f"--name {name[:40]}...: {len(name.encode())} bytes, at most "
+                        f"{MAX_NAME_BYTES} (pack's working files add a suffix to the name)")
     spec = weighted[0].member.spec
     if any(w.member.spec.name != spec.name for w in weighted):
         raise PackError("the members were trained for different competition specs")
     check_same_columns(weighted)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    folder = out_dir / name
+    folder, zip_path = out_dir / name, zip_path_of(out_dir / name)
     check_replaceable(folder)  # before the build: a wrong --name must not cost it
-    # build beside the target (a folder of this pack's own: packs to one name may run at once)
-    # and swap in at the end: a failed pack leaves the old one whole
+    if zip_path.is_dir() or zip_path.is_symlink():
+        raise PackError(f"{zip_path} exists and is not a file: pack writes the package's zip "
+                        "there; choose another --name or --out, or move it away")
+    # build the folder and its zip beside the targets (this pack's own: packs to one name may
+    # run at once) and swap both in at the end: a failed pack leaves the old package whole
     drop_dead_staging(out_dir, name)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-{os.getpid()}-", dir=out_dir))
+    staged_zip = staging.with_name(staging.name + ".zip")
     try:
         staging.chmod(0o755)  # mkdtemp's 0o700 would follow the package folder
         module = stream_module_of(weighted, postprocess, stack)
@@ -252,17 +260,19 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
                                 f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller members, "
                                 "or --force to pack anyway")
         write_manifest(staging, manifest)
-        with exclusive(package_lock(folder)):  # the swap and the zip, one pack at a time
+        write_submission_zip(staging, staged_zip, files=PACK_FILES)
+        with exclusive(package_lock(folder)):  # the swap, one pack at a time
             check_replaceable(folder)
+            os.replace(staged_zip, zip_path)  # first: the step most likely to fail changes nothing
             for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
                 if extra.name not in PACK_FILES and extra.name != "__pycache__":
                     extra.rename(staging / extra.name)  # your notes stay with the package
             shutil.rmtree(folder, ignore_errors=True)
             staging.rename(folder)
-            zip_path = write_submission_zip(folder, files=PACK_FILES)
             sizes = {n: (folder / n).stat().st_size for n in PACK_FILES}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        staged_zip.unlink(missing_ok=True)
     return PackResult(folder, zip_path, manifest, sizes)
 
 
@@ -272,7 +282,10 @@ def drop_dead_staging(out_dir: Path, name: str) -> None:
     for staging in out_dir.glob(f".{glob.escape(name)}.packing-*"):
         pid = staging.name[len(name) + len(".packing-") + 1:].split("-")[0]
         if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging.is_dir():
+                shutil.rmtree(staging, ignore_errors=True)
+            else:  # its zip
+                staging.unlink(missing_ok=True)
 
 
 def process_alive(pid: int) -> bool:

@@ -44,6 +44,9 @@ class ScoreResult:
     cpu: int | None  # the CPU the child was pinned to
     sandbox: dict = field(default_factory=dict)  # what the child reported about itself
     nonfinite: int = 0  # NaN/inf values among the predictions
+    # of those, the values the official metric cannot use: NaN, and inf when it has no clip
+    # (a clip turns inf into its bound, which is scored like any other value)
+    unusable: int = 0
     warnings: list[str] = field(default_factory=list)
     output_tail: str = ""  # the end of what the submission printed
     predictions: np.ndarray | None = field(default=None, repr=False)  # (scored_rows, K)
@@ -57,8 +60,9 @@ class ScoreResult:
         """Why the official scorer would not accept this run: a score that is not a number,
         a projected time past the limit, peak memory past the limit (empty when none)."""
         reasons = []
-        if self.nonfinite:  # (NaN truth in the local file is a data problem, warned of)
-            reasons.append("NaN or inf predictions")
+        if self.unusable:  # (NaN truth in the local file is a data problem, warned of)
+            reasons.append("NaN or inf predictions the metric cannot use (NaN, or inf where it "
+                           "has no clip)")
         if self.projected_fraction > 1:
             reasons.append("the projected time exceeds the limit")
         mem, limit_gb = self.sandbox.get("peak_rss_mb"), self.sandbox.get("memory_limit_gb")
@@ -224,6 +228,7 @@ def score_submission(
         cpu=result["sandbox"].get("cpu"),
         sandbox=result["sandbox"],
         nonfinite=nonfinite,
+        unusable=int(np.isnan(preds).sum()) if spec.metric.clip else nonfinite,
         warnings=notes,
         output_tail=child.output_tail,
         predictions=preds,
