@@ -73,6 +73,7 @@ class Limits:
     memory_gb: float = 16.0
     time_limit_s: float = 5400.0
     test_rows: int = 1_500_000
+    python: str | None = None  # the scorer's Python, "MAJOR.MINOR" (kit score notes another)
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class CompetitionSpec:
             "protocol": self.protocol,
             "metric": {"name": self.metric.name}
             | ({"clip": list(self.metric.clip)} if self.metric.clip else {}),
-            "limits": vars(self.limits).copy(),
+            "limits": {k: v for k, v in vars(self.limits).items() if v is not None},
         }
 
 
@@ -227,12 +228,19 @@ def _limits(table, source: str) -> Limits:
     if unknown:
         raise SpecError(f"{source}: unknown [limits] key(s) {unknown}; allowed: "
                         f"{sorted(Limits.__dataclass_fields__)}")
+    table = dict(table)
+    python = table.pop("python", None)
+    if python is not None and not (isinstance(python, str)
+                                   and re.fullmatch(r"[1-9]\d*\.\d+", python)):
+        raise SpecError(f"{source}: limits.python must be the scorer's Python as a "
+                        f"\"MAJOR.MINOR\" string such as \"3.11\", got {python!r}")
     whole = ("cpus", "test_rows")  # the int fields; the others are floats
     for key, value in table.items():
         if not finite_number(value) or value <= 0 or (key in whole and not isinstance(value, int)):
             kind = "a whole number > 0" if key in whole else "a finite number > 0"
             raise SpecError(f"{source}: limits.{key} must be {kind}, got {value!r}")
-    return Limits(**{k: (v if k in whole else float(v)) for k, v in table.items()})
+    return Limits(**{k: (v if k in whole else float(v)) for k, v in table.items()},
+                  python=None if python is None else str(python))
 
 
 def _search_dirs() -> list[Path]:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kit.competition import available_specs, expand_columns, load_spec
+from kit.competition import available_specs, expand_columns, load_spec, spec_from_dict
 from kit.errors import SpecError
 from tests.cli import run_cli
 
@@ -16,7 +16,8 @@ def test_predictorium_preset_is_the_default():
     assert spec.seq_len == 1000 and spec.warmup == 99 and spec.tail == 0
     assert spec.metric.name == "weighted_pearson" and spec.metric.clip == (-6.0, 6.0)
     assert spec.limits.cpus == 1 and spec.limits.time_limit_s == 90 * 60
-    assert spec.limits.test_rows == 1_500_000
+    assert spec.limits.test_rows == 1_500_000 and spec.limits.python == "3.11"
+    assert spec_from_dict(spec.to_dict()).limits == spec.limits  # the manifest copy reads back
 
 
 def test_rnn_challenge_preset_scores_next_state():
@@ -101,6 +102,9 @@ def test_user_spec_from_env_path(tmp_path, monkeypatch):
         (lambda t: t.replace("time_limit_s = 600", 'memory_gb = "16"'), "memory_gb must"),
         (lambda t: t.replace("test_rows = 1000", "test_rows = -100"),
          "limits.test_rows must be a whole number > 0"),
+        (lambda t: t.replace("[limits]", "[limits]\npython = 3.10"),
+         'limits.python must be the scorer\'s Python as a "MAJOR.MINOR" string'),
+        (lambda t: t.replace("[limits]", '[limits]\npython = "3"'), "limits.python must"),
         (lambda t: t.replace('features = ["a", "b", "c0..c2"]', 'features = "price"'),
          "features must be a list of column names"),
         (lambda t: t.replace('features = ["a", "b", "c0..c2"]', "features = [1, 2]"),

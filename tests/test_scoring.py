@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import stat
+import sys
 import textwrap
 import time
 import warnings
@@ -927,7 +928,14 @@ def test_a_run_the_official_scorer_would_reject_exits_3_and_names_where(tmp_path
                      tmp_path / "nan_truth.parquet", "--spec", spec_path, "-q", expect=0)
     assert "1 target value(s)" in result.output
     ok = write_sub(tmp_path, FORMULA, name="ok")
-    run_cli("score", ok, "--data", data, "--spec", spec_path, "-q", expect=0)
+    assert "the competition's scorer runs" not in run_cli(
+        "score", ok, "--data", data, "--spec", spec_path, "-q", expect=0).output
+    # a scorer on another Python: noted (what one version has and the other lacks), not failed
+    old_python = tmp_path / "py27.toml"
+    old_python.write_text(tomli_w.dumps({**SPEC.to_dict(), "limits": {"python": "2.7"}}))
+    out = run_cli("score", ok, "--data", data, "--spec", old_python, "-q", expect=0).output
+    assert "this replay ran Python {}.{}; the competition's scorer runs 2.7".format(
+        *sys.version_info[:2]) in out
     slow = tmp_path / "slow.toml"  # a limit no submission meets: the projection is past it
     slow.write_text(tomli_w.dumps({**SPEC.to_dict(), "limits": {"time_limit_s": 1e-6}}))
     result = run_cli("score", ok, "--data", data, "--spec", slow, "-q", expect=3)

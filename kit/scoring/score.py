@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -200,6 +201,11 @@ def score_submission(
             f"peak memory {peak:,.0f} MB exceeds the competition's {spec.limits.memory_gb:g} GB"
         )
     result["sandbox"]["memory_limit_gb"] = spec.limits.memory_gb
+    here = "{}.{}".format(*sys.version_info[:2])  # the child runs this interpreter
+    if spec.limits.python and spec.limits.python != here:
+        notes.append(f"this replay ran Python {here}; the competition's scorer runs "
+                     f"{spec.limits.python}: syntax or library behaviour one has and the other "
+                     "lacks passes here and fails there")
     report = evaluate(spec, truth, preds)
     loop_s = max(float(result["loop_s"]), 1e-9)
     init_s = float(result["init_s"])
