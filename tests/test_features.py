@@ -131,6 +131,55 @@ def test_rolling_mean_std_weights_computed_from_the_count_equal_the_batch_face(
         assert_faces_agree(fs, _frame(lengths, values, specials))
 
 
+QUIET_QUOTE_OPS = [  # ratios of rolling statistics: the shapes that blow up an ulp
+    {"op": "rolling_mean", "inputs": ["a"], "window": 5},
+    {"op": "rolling_std", "inputs": ["a", "b"], "window": 5},
+    {"op": "diff", "a": ["a"], "b": ["a@roll_mean5"]},
+    {"op": "ratio", "a": ["a-a@roll_mean5"], "b": ["a@roll_std5"]},  # a z-score
+    {"op": "imbalance", "a": ["a@roll_std5"], "b": ["b@roll_std5"]},  # a volatility imbalance
+    {"op": "roc", "inputs": ["a@roll_std5"], "k": 1},
+]
+
+
+def _quiet_quotes(seed: int) -> pl.DataFrame:
+    """Prices on a 0.01 tick grid that sit still for stretches longer than the window, as
+    order-book quotes do: constant windows at many price levels."""
+    rng = np.random.default_rng(seed)
+    n = 120
+    level = 100 + np.cumsum(rng.choice([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.01, -0.01], n))
+    a = np.round(level, 2)
+    b = np.round(level + 0.02, 2)
+    c = np.round(level * 3, 2)
+    d = np.full(n, 5.0)
+    return pl.DataFrame({"seq_ix": np.repeat([0, 1], n // 2), "step_in_seq": np.tile(
+        np.arange(n // 2), 2), "need_prediction": np.ones(n, bool)} | {
+        name: col.astype(np.float32) for name, col in zip("abcd", (a, b, c, d), strict=True)}
+        | {"y": np.zeros(n, np.float32)})
+
+
+@pytest.mark.parametrize("tabled", [True, False])
+def test_constant_windows_give_exact_rolling_statistics_in_both_faces(tabled, tmp_path):
+    # the stream face sums each window minus its newest value: a constant window is exactly
+    # its value with a std of 0, as in the batch face, whatever the price level
+    with patch.object(kernels, "MEAN_STD_TABLE_LIMIT", 1e9 if tabled else 0):
+        fs = build_feature_set(SPEC, groups=[], ops=QUIET_QUOTE_OPS)
+        for seed in range(4):
+            df = _quiet_quotes(seed)
+            assert_faces_agree(fs, df)
+            got, expected = onnx_steps_and_batch_face(fs, df, tmp_path / f"q{seed}.onnx")
+            still = np.zeros(len(df), bool)  # rows whose window of `a` holds one value
+            for _, seq in df.with_row_index().group_by("seq_ix"):
+                a, rows = seq["a"].to_numpy(), seq["index"].to_numpy()
+                still[rows] = [len(set(a[max(0, t - 4):t + 1])) == 1 for t in range(len(a))]
+            assert still.sum() > 20
+            for name in ("a@roll_std5", "a-a@roll_mean5", "a-a@roll_mean5/a@roll_std5"):
+                j = fs.outputs.index(name)
+                np.testing.assert_array_equal(got[still, j], 0.0, err_msg=name)
+                np.testing.assert_array_equal(expected[still, j], 0.0, err_msg=name)
+            # elsewhere the z-score's x - mean cancels in float32 in both faces, differently
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=5e-3)
+
+
 def test_long_rolling_windows_stay_small_in_the_step_graph(tmp_path):
     # a window as long as a sequence over every feature: constants grow as rows * window (a
     # table per step count would hold (32 * 1000)^2 floats: 4 GB, past ONNX's 2 GB)
@@ -466,6 +515,12 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
 
 def assert_onnx_step_graph_equals_batch_face(fs, df, path) -> None:
     """The exported step graph, run row by row in ONNX Runtime, equals the batch face."""
+    got, expected = onnx_steps_and_batch_face(fs, df, path)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def onnx_steps_and_batch_face(fs, df, path) -> tuple[np.ndarray, np.ndarray]:
+    """The exported step graph's outputs, row by row in ONNX Runtime, and the batch face's."""
     import onnxruntime as ort
 
     from kit.export.step_graph import export_step_graph
@@ -487,7 +542,7 @@ def assert_onnx_step_graph_equals_batch_face(fs, df, path) -> None:
         state = out[1:]
     got = np.array(got)
     assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    return got, expected
 
 
 def test_onnx_step_graph_of_the_full_set_equals_the_batch_face(tmp_path):

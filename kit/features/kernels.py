@@ -174,10 +174,22 @@ class HistoryKernel(Kernel):
         # windows read them from a table per step count (fewest nodes in the step graph); its
         # size grows as (rows * width)^2, so larger ones compute them from the count.
         self.ms_tabled = (rows * self.ms_width) ** 2 <= MEAN_STD_TABLE_LIMIT
+        # each row's newest slot (the current step) in the gathered window: the sums run over
+        # the window minus it, so a constant window gives exactly its value and a std of 0, as
+        # the batch face does (a float32 sum leaves an ulp there, which a ratio of a rolling
+        # std or a z-score downstream turns into O(1))
+        self.register_buffer("ms_newest", _long([(r + 1) * self.ms_width - 1
+                                                 for r in range(rows)]), persistent=False)
         if self.ms_tabled:
             self.register_buffer("ms_weights", self._mean_std_table(), persistent=False)
-            self.register_buffer("ms_spread", torch.eye(rows).repeat_interleave(self.ms_width, 1),
-                                 persistent=False)
+            spread = torch.eye(rows).repeat_interleave(self.ms_width, 1)  # [rows, rows * width]
+            self.register_buffer("ms_spread", spread, persistent=False)
+            # x minus the newest slot of its row, as one MatMul: each output has two non-zero
+            # terms (x * 1 and newest * -1), so it is exactly the rounded difference
+            newest = torch.zeros(rows * self.ms_width, rows)
+            newest[self.ms_newest, torch.arange(rows)] = 1.0
+            shift = torch.eye(rows * self.ms_width) - newest @ spread
+            self.register_buffer("ms_shift", shift, persistent=False)
         else:  # slot j of a row is inside at count c when j + min(c + 1, w) >= ms_width
             self.register_buffer("ms_windows", torch.tensor([[float(w)] for _, w in
                                                              self.ms_rows]), persistent=False)
@@ -264,10 +276,12 @@ class HistoryKernel(Kernel):
             seen = seen + torch.arange(t, dtype=count.dtype).reshape(1, t, 1, 1)
         n = torch.minimum(seen, self.ms_windows)  # [B, T, rows, 1]
         weights = torch.clamp(n + self.ms_slot, 0.0, 1.0) / n  # 1/n inside, 0 outside
-        mean = (win * weights).sum(-1, keepdim=True)
-        dev = win - mean
+        newest = win[..., -1:]  # [B, T, rows, 1]: the sums run over the window minus it
+        win = win - newest
+        shifted_mean = (win * weights).sum(-1, keepdim=True)
+        dev = win - shifted_mean
         std = (dev * dev * weights).sum(-1).sqrt()  # a sum of squares: never negative
-        return [mean.squeeze(-1), std]
+        return [(shifted_mean + newest).squeeze(-1), std]
 
     def _mean_std_tabled(self, win: Tensor, count: Tensor, t: int) -> list[Tensor]:
         rows, width = len(self.ms_rows), self.ms_width
@@ -276,9 +290,12 @@ class HistoryKernel(Kernel):
             seen = (count.reshape(-1, 1) + torch.arange(t, dtype=count.dtype)).reshape(-1)
             win = win.reshape(-1, 1, rows * width)
         weights = self.ms_weights[seen.clamp(max=width - 1).long()]  # [B(*T), slots, rows]
-        mean = torch.matmul(win, weights)  # [B(*T), 1, rows]
-        dev = win - torch.matmul(mean, self.ms_spread)  # each row's mean under its slots
+        newest = win.index_select(-1, self.ms_newest)  # [B(*T), 1, rows]
+        win = torch.matmul(win, self.ms_shift)  # each slot minus its row's newest
+        shifted_mean = torch.matmul(win, weights)  # [B(*T), 1, rows]
+        dev = win - torch.matmul(shifted_mean, self.ms_spread)  # the mean under its row's slots
         std = torch.matmul(dev * dev, weights).sqrt()  # a sum of squares: never negative
+        mean = shifted_mean + newest
         if t > 1:
             mean, std = mean.reshape(-1, t, rows), std.reshape(-1, t, rows)
         return [mean, std]
