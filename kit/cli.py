@@ -277,12 +277,14 @@ def features_build(
                                     "(default predictorium; an experiment names its own)."),
 ) -> None:
     """Build a feature set on a data file and print its features with stats and build time."""
-    from kit.config import load_experiment
+    from kit.config import load_experiment, resolve
     from kit.features import build_features, feature_set_from_config, feature_table
 
     if exp is None and groups is None:
         raise typer.BadParameter("give exp=NAME or --groups a,b,c")
-    config = load_experiment(exp) if exp else {"spec": spec or "predictorium", "data": {}}
+    # checked as training checks it: a typo such as `grups` must not preview the default set
+    config = resolve(load_experiment(exp)) if exp else {"spec": spec or "predictorium",
+                                                        "data": {}}
     if exp and spec is not None and spec != config.get("spec", "predictorium"):
         raise typer.BadParameter(f"--spec {spec!r}: experiment {exp!r} names its own spec "
                                  f"({config.get('spec', 'predictorium')!r}); drop --spec or "

@@ -287,6 +287,26 @@ def test_one_family_kernel_serves_mixed_ops(lengths, values, specials):
     assert_faces_agree(fs, _frame(lengths, values, specials))
 
 
+def test_a_sum_or_mean_output_named_like_a_range_is_an_input_by_its_name():
+    # "sum(a..c)" reads like the column range a..c; as a defined output it is taken whole
+    fs = build_feature_set(SPEC, groups=[], ops=[
+        {"op": "sum", "inputs": ["a", "b", "c"]}, {"op": "mean", "inputs": ["b", "c"]},
+        {"op": "lag", "inputs": ["sum(a..c)", "mean(b..c)"], "k": 1}])
+    assert fs.outputs[-2:] == ["sum(a..c)@lag1", "mean(b..c)@lag1"]
+    assert_faces_agree(fs, _frame([7, 3], 5, []))
+    with pytest.raises(FeatureConfigError, match="column range 'sum"):  # not defined yet
+        build_feature_set(SPEC, groups=[], ops=[{"op": "lag", "inputs": ["sum(a..c)"], "k": 1}])
+
+
+def test_lags_and_windows_are_bounded_by_the_competitions_sequences():
+    spec = small_spec(seq_len=20)
+    assert build_feature_set(spec, [], [{"op": "rolling_mean", "inputs": ["p0"],
+                                         "window": 20}]).outputs == ["p0@roll_mean20"]
+    with pytest.raises(FeatureConfigError, match=r"\(delta\): k = 21 is more than the "
+                       r"competition's sequences hold \(20 steps\): use at most 20"):
+        build_feature_set(spec, [], [{"op": "delta", "inputs": ["p0"], "k": 21}])
+
+
 def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
     fs = build_feature_set(SPEC, groups=["raw", "lags", "raw"], ops=[
         {"op": "diff", "a": ["a"], "b": ["b"]},
@@ -361,9 +381,17 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"\(wmid\): ask must be a list of column names"),
         ([{"op": "diff", "a": ["a"], "b": ["b"], "inputs": ["c"]}],
          r"\(diff\): takes its columns from \['a', 'b'\], not inputs"),
-        # a typo is not silently the default
+        # a typo is not silently the default; the keys listed are the ones the op takes
         ([{"op": "position", "scael": 0.01}],
-         r"features.ops\[0\] \(position\): unknown key\(s\) \['scael'\]; position takes"),
+         r"features.ops\[0\] \(position\): unknown key\(s\) \['scael'\]; position takes "
+         r"\['scale', 'name'\]"),
+        ([{"op": "diff", "a": ["a"], "b": ["b"], "k": 1}], r"diff takes \['a', 'b'\]$"),
+        ([{"op": "position", "inputs": []}], r"\(position\): takes no inputs"),
+        # a lag or window past what a sequence holds: the stream face would hold it all
+        ([{"op": "lag", "inputs": ["a"], "k": 10**12}],
+         r"\(lag\): k = 1,000,000,000,000 is more than kit allows for sequences of any length "
+         r"\(100,000 steps\): use at most 100,000"),
+        ([{"op": "rolling_max", "inputs": ["a"], "window": 10**9}], r"window = 1,000,000,000"),
         ([{"op": "lag", "inputs": ["a"], "k": 1, "window": 3}], r"unknown key\(s\) \['window'\]"),
         ([{"op": "lag", "inputs": "a", "k": 1}], r"\(lag\): inputs must be a list"),
         ([{"op": ["lag"], "inputs": ["a"], "k": 1}], r"features.ops\[0\]: unknown op \['lag'\]"),
@@ -482,6 +510,10 @@ def test_features_cli_list_and_build(tmp_path):
     other = run_cli("features", "build", f"exp={exp}", "--spec", "rnn-challenge", "--data", path,
                     expect=2).output  # not silently ignored
     assert "names its own spec" in other
+    # the experiment is checked as training checks it: a typo does not preview the default set
+    exp.write_text('spec = "predictorium"\n[features]\ngrups = ["imbalance"]\n')
+    typo = run_cli("features", "build", f"exp={exp}", "--data", path, expect=2).output
+    assert "unknown key(s) ['features.grups']" in typo
 
 
 def test_data_files_the_features_cannot_read_are_named(tmp_path):

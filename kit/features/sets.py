@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
 
@@ -30,12 +31,14 @@ from kit.features.ops import (
     START,
     FeatureOp,
     FeatureSpecError,
+    HistoryOp,
     Pairwise,
     PerColumn,
     Raw,
 )
 
 ALL_FEATURES = "@features"  # in group files: every raw feature column of the spec
+MAX_REACH = 100_000  # steps a lag or window may reach back when sequences have no fixed length
 
 
 class FeatureConfigError(KitError):
@@ -53,25 +56,30 @@ def available_groups(spec: CompetitionSpec) -> dict[str, dict]:
     return _groups_file(spec)
 
 
-def _expand(value, spec: CompetitionSpec):
+def _expand(value, spec: CompetitionSpec, known: Collection[str] = ()):
+    """Column patterns expanded; a name already defined (an earlier op's output such as
+    "sum(a..c)", which reads like a range) is taken as it is."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         names = [n for v in value for n in (spec.features if v == ALL_FEATURES else [v])]
-        return expand_columns(list(names))
+        return [n for v in names for n in ([v] if v in known else expand_columns([v]))]
     return value
 
 
-def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
-    """Build one op from its TOML table, expanding column patterns."""
+def make_op(entry: dict, spec: CompetitionSpec, where: str,
+            known: Collection[str] = ()) -> FeatureOp:
+    """Build one op from its TOML table, expanding column patterns (`known`: the names defined
+    so far, taken as they are)."""
     if not isinstance(entry, dict) or "op" not in entry:
         raise FeatureConfigError(f"{where}: each op is a table with an 'op' key, got {entry!r}")
     kind = entry["op"]
     if not isinstance(kind, str) or kind not in OPS:
         raise FeatureConfigError(f"{where}: unknown op {kind!r}; available: {sorted(OPS)}")
     cls = OPS[kind]
+    takes_inputs = not cls.column_keys and kind != "position"
     unknown = sorted(set(entry) - {"op", "inputs", *cls.keys})
     if unknown:
         raise FeatureConfigError(f"{where} ({kind}): unknown key(s) {unknown}; {kind} takes "
-                                 f"{['inputs', *cls.keys]}")
+                                 f"{['inputs'] * takes_inputs + list(cls.keys)}")
     if cls.column_keys and "inputs" in entry:  # it would be ignored
         raise FeatureConfigError(f"{where} ({kind}): takes its columns from "
                                  f"{list(cls.column_keys)}, not inputs; remove 'inputs'")
@@ -83,8 +91,9 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
         raise FeatureConfigError(f"{where} ({kind}): name must be a non-empty string, got "
                                  f"{entry['name']!r}")
     try:
-        params = {k: _expand(v, spec) for k, v in entry.items() if k not in ("op", "inputs")}
-        inputs = _expand(entry.get("inputs", []), spec)
+        params = {k: _expand(v, spec, known) for k, v in entry.items()
+                  if k not in ("op", "inputs")}
+        inputs = _expand(entry.get("inputs", []), spec, known)
     except SpecError as exc:  # a bad column range
         raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
     try:
@@ -92,12 +101,29 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str) -> FeatureOp:
         op.outputs()  # validates parameters such as k, window, alpha
     except FeatureSpecError as exc:
         raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
+    if isinstance(op, HistoryOp):
+        _check_reach(op, spec, where)
     if not op.input_columns() and kind not in ("position",):
         raise FeatureConfigError(f"{where} ({kind}): no input columns given")
-    if kind == "position" and entry.get("inputs"):
+    if kind == "position" and "inputs" in entry:
         raise FeatureConfigError(f"{where} (position): takes no inputs (it counts the steps); "
                                  "remove 'inputs'")
     return op
+
+
+def _check_reach(op: HistoryOp, spec: CompetitionSpec, where: str) -> None:
+    """A lag or window reaches at most a sequence's length back (MAX_REACH without a fixed
+    one): the stream face holds that many steps of each of its columns, and more would only
+    repeat the first value or the whole past."""
+    _, kind, size = op.history()
+    key = "k" if kind in ("lag", "delta", "roc") else "window"
+    limit = spec.seq_len or MAX_REACH
+    if size > limit:
+        whose = ("the competition's sequences hold" if spec.seq_len else
+                 "kit allows for sequences of any length")
+        raise FeatureConfigError(f"{where} ({op.op}): {key} = {size:,} is more than {whose} "
+                                 f"({limit:,} steps): use at most {limit:,} (the stream face "
+                                 f"holds {key} steps of each column)")
 
 
 @dataclass
@@ -202,7 +228,7 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     built, outputs = [], []
     made_by: dict[str, tuple[str, FeatureOp]] = {}  # output -> (where, op) that defines it
     for where, entry in entries:
-        op = make_op(entry, spec, where)
+        op = make_op(entry, spec, where, columns)
         unknown = [c for c in op.input_columns() if c not in columns]
         if unknown:
             raise FeatureConfigError(f"{where} ({op.op}): unknown column(s) {unknown}; known: "
@@ -220,7 +246,7 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
                   and made_by[n][1].recipe_of(n) == op.recipe_of(n)]
         if len(shared) == len(names):
             continue  # the same op twice (e.g. two groups sharing one): compute it once
-        if shared and (rest := _without(op, shared, spec, where)) is not None:
+        if shared and (rest := _without(op, shared, spec, where, columns)) is not None:
             op, names = rest, rest.outputs()  # made the same way already: only the new ones
         taken = [n for n in names if n in made_by or (n in spec.features and op.op != "raw")]
         if taken:
@@ -240,7 +266,8 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     return FeatureSet(spec, built, outputs, groups)
 
 
-def _without(op: FeatureOp, shared: list[str], spec: CompetitionSpec, where: str):
+def _without(op: FeatureOp, shared: list[str], spec: CompetitionSpec, where: str,
+             known: Collection[str]):
     """The same op over only the inputs (or pairs) whose outputs are not in `shared`, for ops
     whose outputs follow their inputs one to one; None for the others."""
     entry = op.to_dict()
@@ -253,7 +280,7 @@ def _without(op: FeatureOp, shared: list[str], spec: CompetitionSpec, where: str
                            if n not in shared]
     else:
         return None
-    return make_op(entry, spec, where)
+    return make_op(entry, spec, where, known)
 
 
 def _recipe_text(recipe: dict) -> str:
