@@ -79,11 +79,28 @@ class Param:
         the top is the last step at or under high, as Optuna draws it."""
         if self.kind == "categorical":
             return list(self.choices)
-        if not self.step:
-            return [self.low, self.high]
-        steps = math.floor((self.high - self.low) / self.step + 1e-9)
-        top = min(self.low + steps * self.step, self.high)  # 0.1 * 3 is 0.30000000000000004
-        return [self.low, int(top) if self.kind == "int" else top]
+        top = self.high
+        if self.step:
+            steps = math.floor((self.high - self.low) / self.step + 1e-9)
+            top = min(self.low + steps * self.step, self.high)  # 0.1 * 3 is 0.30000000000000004
+        # as Optuna gives them: a float parameter written with whole bounds draws floats
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(top)]
+
+    def distribution(self):
+        """The Optuna distribution `suggest` draws this parameter from (to compare it with a
+        study's earlier trials)."""
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind == "float":
+            return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+        if self.kind == "int":
+            return IntDistribution(self.low, self.high, log=self.log, step=self.step or 1)
+        return CategoricalDistribution(self.labels)
 
 
 def check_table(table: dict) -> None:
@@ -177,9 +194,11 @@ def _within(key: str, name: str) -> bool:
 
 
 def _needs(p: Param, q: Param) -> bool:
-    """p is set after q: its `when` reads what q sets, or q sets a whole table p sets a key of
-    (a categorical over [model] tables, then "model.hidden" into the chosen table)."""
-    return p is not q and (any(_within(k, q.name) for k in p.when) or _within(p.name, q.name))
+    """p is set after q: its `when` reads what q sets (a key inside q, or a table that holds
+    q), or q sets a whole table p sets a key of (a categorical over [model] tables, then
+    "model.hidden" into the chosen table)."""
+    return p is not q and (any(_within(k, q.name) or _within(q.name, k) for k in p.when)
+                           or _within(p.name, q.name))
 
 
 def _conditions_last(params: list[Param]) -> list[Param]:
@@ -360,8 +379,11 @@ def make_storage(url: str):
                              ) from None
         except Exception as exc:  # SQLAlchemy's errors
             # workers starting together on an empty database race to create Optuna's tables:
-            # the loser's IntegrityError means the tables now exist, so try again
-            if type(exc).__name__ == "IntegrityError" and attempt < 2:
+            # the loser's IntegrityError, or "table ... already exists" (SQLite's
+            # OperationalError, PostgreSQL's DuplicateTable), means they now exist: try again
+            if attempt < 2 and (type(exc).__name__ == "IntegrityError" or (
+                    type(exc).__name__ in ("OperationalError", "ProgrammingError")
+                    and "already exists" in str(exc))):
                 time.sleep(0.5 + attempt)
                 continue
             raise SweepError(f"storage {shown!r} does not open: {type(exc).__name__}: "
@@ -477,12 +499,15 @@ def identity_differences(stored: dict, identity: dict) -> list[str]:
     return problems
 
 
-def check_identity(study, name: str, identity: dict) -> None:
+def check_identity(study, name: str, identity: dict, params: list[Param] = ()) -> None:
     """Refuse to add trials to a study made for another experiment, search space or config:
     its trials would be ranked with these. A study without a recorded identity (new, or made
-    before kit recorded one) takes this sweep's, with a note when it already has trials."""
+    before kit recorded one) takes this sweep's, with a note when it already has trials,
+    unless a parameter's distribution cannot be one of theirs (Optuna would raise on it in
+    every trial)."""
     if "kit_experiment" not in study.user_attrs:
-        if study.get_trials(deepcopy=False):
+        if trials := study.get_trials(deepcopy=False):
+            check_distributions(name, trials, params)
             print(f"note: study {name!r} was made before kit recorded what a study sweeps; its "
                   "trials are taken as this sweep's and this sweep's experiment, search space "
                   "and config are recorded now (later runs must match them)",
@@ -498,10 +523,28 @@ def check_identity(study, name: str, identity: dict) -> None:
                          "pick a new --study name, or put the old settings back")
 
 
+def check_distributions(name: str, trials, params: list[Param]) -> None:
+    """Each parameter's distribution must be compatible with the one earlier trials drew it
+    from (same kind; for a categorical, the same choices)."""
+    from optuna.distributions import check_distribution_compatibility
+
+    for p in params:
+        earlier = next((t.distributions[p.name] for t in trials
+                        if p.name in t.distributions), None)
+        if earlier is None:
+            continue
+        try:
+            check_distribution_compatibility(earlier, p.distribution())
+        except ValueError as exc:
+            raise SweepError(f"sweep.params.{p.name}: study {name!r} drew it from "
+                             f"{earlier!r} in its earlier trials ({exc}); pick a new --study "
+                             "name, or put the old declaration back") from None
+
+
 def make_study(name: str, storage, direction: str, table: dict, epochs: int,
-               identity: dict | None = None):
+               identity: dict | None = None, params: list[Param] = ()):
     """Create or load the study; with `identity` (study_identity), refuse one made for another
-    sweep before anything trains."""
+    sweep before anything trains (`params`: checked against earlier trials' distributions)."""
     import optuna
 
     check_table(table)
@@ -519,7 +562,7 @@ def make_study(name: str, storage, direction: str, table: dict, epochs: int,
                          f"{study.direction.name.lower()}, this experiment's metric to "
                          f"{direction}: pick another --study name")
     if identity is not None:
-        check_identity(study, name, identity)
+        check_identity(study, name, identity, params)
         record_search(study, name, table)
     existing = len(study.get_trials(deepcopy=False)) if table.get("seed") is not None else 0
     seed = sampler_seed(table, existing)
@@ -706,7 +749,8 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(setup.study_name, make_storage(setup.storage_url), setup.direction,
-                       setup.table, setup.base["train"]["epochs"], study_identity(setup))
+                       setup.table, setup.base["train"]["epochs"], study_identity(setup),
+                       setup.params)
     fail_stale_trials(study)  # a killed worker's trial: failed now, not when one starts
     left = trials - len(finished_trials(study))
     if left <= 0:
@@ -817,7 +861,7 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in the workers
     make_study(setup.study_name, make_storage(setup.storage_url), setup.direction, setup.table,
-               setup.base["train"]["epochs"], study_identity(setup))
+               setup.base["train"]["epochs"], study_identity(setup), setup.params)
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath()}

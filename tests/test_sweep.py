@@ -297,6 +297,35 @@ def test_a_stepped_range_is_checked_at_the_top_optuna_draws():
     (param,) = parse_space({"params": {"x": {"type": "float", "low": 0.0, "high": 0.3,
                                              "step": 0.1}}})
     assert param.values() == [0.0, 0.3]  # not 0.30000000000000004, past high
+    # a float parameter written with whole bounds is checked with floats, as Optuna draws it
+    (param,) = parse_space({"params": {"x": {"type": "float", "low": 1, "high": 3}}})
+    assert [type(v) for v in param.values()] == [float, float]
+
+
+def test_a_float_parameter_on_an_integer_key_fails_before_training(sweep_env):
+    path = sweep_env / "experiments" / "tiny.toml"
+    import tomllib
+
+    doc = tomllib.loads(path.read_text())
+    doc["sweep"] = {"params": {"train.epochs": {"type": "float", "low": 1, "high": 3}}}
+    path.write_text(tomli_w.dumps(doc))
+    result = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2)
+    assert "train.epochs must be int" in result.output
+    assert not (sweep_env / "runs").exists()
+
+
+def test_a_when_on_a_table_holding_a_swept_key_reads_the_trials_value():
+    from kit.sweep import suggest
+
+    space = parse_space({"params": {
+        "train.weight_decay": {"type": "float", "low": 0.0, "high": 0.1,
+                               "when": {"loss.terms": {"wmse": 1.0, "pearson": 0.5}}},
+        "loss.terms.pearson": {"type": "categorical", "choices": [0.0, 0.5]},
+    }})
+    assert [p.name for p in space] == ["loss.terms.pearson", "train.weight_decay"]
+    base = {"loss": {"terms": {"wmse": 1.0, "pearson": 0.5}}}
+    trial = optuna.trial.FixedTrial({"loss.terms.pearson": 0.0, "train.weight_decay": 0.05})
+    assert suggest(trial, space, base) == {"loss.terms.pearson": 0.0}
 
 
 def test_an_empty_when_list_and_a_bad_worker_index_fail_cleanly(sweep_env, monkeypatch):
@@ -715,6 +744,26 @@ def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env):
     assert "s3cret" not in out and "Traceback" not in out
 
 
+def test_sweeps_started_together_on_a_new_sqlite_file_all_open_it(tmp_path):
+    # the losers of the race to create Optuna's tables get "table ... already exists" from
+    # SQLite (not only IntegrityError): they retry and find the tables made
+    import subprocess
+    import sys
+    import time
+
+    opener = ("import sys, time\nfrom kit.sweep import make_storage\n"
+              "start = float(sys.argv[2])\nwhile time.time() < start: pass\n"
+              "make_storage(sys.argv[1])\n")
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    for round_ in range(4):
+        url = f"sqlite:///{tmp_path}/race{round_}.db"
+        start = str(time.time() + 4)  # after every process has imported optuna
+        procs = [subprocess.Popen([sys.executable, "-c", opener, url, start], env=env,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        errors = [proc.communicate()[1] for proc in procs]
+        assert [proc.returncode for proc in procs] == [0, 0, 0], errors
+
+
 def test_workers_get_the_storage_url_in_their_environment_not_their_argv(sweep_env,
                                                                          monkeypatch, capsys):
     from kit.sweep import STORAGE_ENV, worker_command
@@ -1030,6 +1079,22 @@ def test_a_study_from_before_the_identity_check_records_it_on_first_use(sweep_en
     assert len(_study(url).get_trials()) == 2
     assert "config keys differ" in run_cli("sweep", "exp=tiny", "train.epochs=1", "--trials",
                                            3, expect=2).output
+
+
+def test_a_study_from_before_the_identity_check_with_another_parameter_type_is_refused(
+        sweep_env):
+    url = _sqlite(sweep_env)
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    _forget_identity(url)
+    _edit_tiny(sweep_env, lambda d: d["sweep"]["params"].update(
+        {"model.hidden": {"type": "categorical", "choices": [8, 12]}}))
+    for _ in range(2):  # refused each time: nothing was recorded the first time
+        result = run_cli("sweep", "exp=tiny", "--trials", 2, expect=2)
+        assert "Traceback" not in result.output
+        assert "sweep.params.model.hidden: study 'tiny' drew it from IntDistribution" in (
+            result.output)
+    assert [t.state for t in _study(url).get_trials()] == [TrialState.COMPLETE]
+    assert _study(url).user_attrs == {}
 
 
 def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):

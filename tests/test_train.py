@@ -278,7 +278,7 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     # newest of all: a sweep trial, a fold run and an ablation run, which resume with their
     # study, group or ablation
     for name, age in (("zzz-t0003", 100), ("20261202-043002-s7", 10), ("20261202-050000-s1", 1),
-                      ("exp-t0001", 0), ("exp-t0001-20261202-070000", 0),
+                      ("exp-t0001", 0), ("exp-t0001-20261202-070000", 0), ("exp-t10000", 0),
                       ("20261202-060000-s3-fold1of2", 0), ("ablate-20261202-1-raw-s1", 0),
                       ("baseline", 5)):  # a --run-dir folder of the user's naming
         folder = tmp_path / "exp" / name
