@@ -28,6 +28,10 @@ def experiments_dir() -> Path:
     return Path(os.environ.get("KIT_EXPERIMENTS", "experiments"))
 
 
+def experiment_file_exists(name: str) -> bool:
+    return (experiments_dir() / f"{name.removeprefix('exp=')}.toml").is_file()
+
+
 def experiment_path(name: str) -> Path:
     name = name.removeprefix("exp=")
     path = Path(name) if name.endswith(".toml") else experiments_dir() / f"{name}.toml"
@@ -81,6 +85,10 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
         relative_file = reference.endswith(".toml") and not Path(reference).is_absolute()
         if relative_file and beside.is_file():
             reference = str(beside)
+        elif (not reference.endswith(".toml") and not experiment_file_exists(reference)
+              and (path.parent / f"{reference}.toml").is_file()):
+            # a file given by path, run from another folder: its sibling of that name
+            reference = str(path.parent / f"{reference}.toml")
         try:
             experiment_path(reference)
         except ConfigError as exc:

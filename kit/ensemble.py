@@ -145,6 +145,14 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                 raise EnsembleError(f"{path}: a run without validation predictions: "
                                     + _why_no_predictions(path))
             if not inside:
+                experiments = [p.name for p in sorted(path.iterdir()) if p.is_dir() and any(
+                    (run / "val_preds.npy").is_file() or (run / "oof_preds.npy").is_file()
+                    for run in p.iterdir() if run.is_dir())]
+                if experiments:  # the runs root: one level up from what select takes
+                    raise EnsembleError(
+                        f"{path}: holds experiments ({', '.join(experiments[:6])}"
+                        f"{', ...' if len(experiments) > 6 else ''}), not runs: pass experiment "
+                        f"folders or run folders, e.g. {path / experiments[0]}")
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside
         else:

@@ -24,6 +24,7 @@ from kit.data.io import parquet_schema, read_frame
 from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
 from kit.run_record import (
+    DATA_DIGESTS,
     changed_data_message,
     data_changes,
     data_file_of,
@@ -150,6 +151,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "seed": _seed(config, run_dir.name),
         "higher_is_better": _higher_is_better(config, cache),
         "validated": _validation_set(config, metrics),
+        "validated_sha256": _validated_digest(config, metrics),
     }
     if config_error:
         row["config_error"] = config_error
@@ -349,7 +351,8 @@ def _target_names(runs: list[dict]) -> list[str]:
 
 def _validation_set(config: dict, metrics: dict | None) -> str | None:
     """The rows a run's score is on, in a few words: the valid file's name, a held-out part of
-    the train file, one fold of it, or every fold (an out-of-fold group)."""
+    the train file, one fold of it, or every fold (an out-of-fold group); `N seqs of` in front
+    when train.max_valid_seqs kept only the first N."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     train = Path(str(data.get("train", ""))).name or "train"
     if metrics is not None and metrics.get("kind") == "oof":
@@ -357,11 +360,22 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
     fold = data.get("fold")
     if isinstance(fold, list) and len(fold) == 2:
         return f"fold {fold[1] + 1}/{fold[0]} of {train}"
+    train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
+    limit = train_cfg.get("max_valid_seqs")
+    first = f"{limit} seqs of " if isinstance(limit, int) and limit > 0 else ""
     split = data.get("split", "file")
     if split in ("random", "group"):
-        return f"{split} {data.get('valid_fraction', 0.15):g} of {train}"
+        return f"{first}{split} {data.get('valid_fraction', 0.15):g} of {train}"
     valid = data.get("valid")
-    return Path(str(valid)).name if valid else None
+    return f"{first}{Path(str(valid)).name}" if valid else None
+
+
+def _validated_digest(config: dict, metrics: dict | None) -> str | None:
+    """The sha256 the run recorded of the file it validated on: two files of one name (other
+    folders, other checkouts) are told apart by it."""
+    digests = (metrics or {}).get(DATA_DIGESTS)
+    valid = validation_file(config, metrics)
+    return digests.get(valid) if isinstance(digests, dict) and valid else None
 
 
 def _value(run: dict, column: str):
@@ -447,10 +461,17 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
               for r in runs if isinstance(r.get("diverged"), str)]
     notes += [f"note: {changed_data_message(r['path'], r['data_changed'])}"
               for r in runs if r.get("data_changed")]
-    sets = sorted({r["validated"] for r in runs if r.get("validated")})
-    if len(sets) > 1:  # a score on other rows is no comparison (folds of one file included)
-        notes.append(f"note: these runs are scored on {len(sets)} different sets of rows "
-                     "(column validated): compare scores within one set")
+    digests: dict[str, set] = {}  # label -> the sha256 its runs recorded (older runs: none)
+    for r in runs:
+        if r.get("validated"):
+            digests.setdefault(r["validated"], set()).add(r.get("validated_sha256"))
+    files = {label: len(found - {None}) or 1 for label, found in digests.items()}
+    if sum(files.values()) > 1:  # a score on other rows is no comparison (folds included)
+        alike = sorted(label for label, n in files.items() if n > 1)
+        notes.append(f"note: these runs are scored on {sum(files.values())} different sets of rows "
+                     "(column validated): compare scores within one set" + (
+                         f"; files named {', '.join(alike)} hold different rows (their sha256 "
+                         "differ)" if alike else ""))
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
 
 
@@ -577,6 +598,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     one is missing the plot is skipped and report.md says why. Returns report.md's path.
     """
     run_dir = Path(run_dir)
+    if run_dir.suffix == ".pt" and run_dir.is_file():  # best.pt / last.pt: as kit pack takes it
+        run_dir = run_dir.parent
     if not run_dir.is_dir():
         raise KitError(f"{run_dir}: no such run directory (expected runs/<experiment>/<run-id>)")
     if (run_dir / "oof_preds.npy").exists() and not (run_dir / "history.jsonl").exists():

@@ -63,6 +63,9 @@ def test_extends_reads_a_file_path_next_to_the_file_and_names_the_child(exps, tm
     (other / "z.toml").write_text('extends = "y.toml"\n')
     monkeypatch.chdir(exps)  # not the folder of the files
     assert load_experiment(str(other / "z.toml"))["seed"] == 5
+    # a name missing from experiments/ here is the file's sibling of that name
+    (other / "w.toml").write_text('extends = "y"\n')
+    assert load_experiment(str(other / "w.toml"))["seed"] == 5
     (exps / "miss.toml").write_text('extends = "nope"\n')
     with pytest.raises(ConfigError, match=r"miss.toml: extends 'nope': no experiment 'nope'"):
         load_experiment("miss")

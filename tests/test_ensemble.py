@@ -543,6 +543,17 @@ def test_a_run_given_twice_is_named(runs):
         expand_candidates([runs["gru"], runs["gru"]])
 
 
+def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):
+    from kit.ensemble import EnsembleError, expand_candidates
+
+    root = runs["gru"].parent.parent  # runs/: experiments inside, not runs
+    with pytest.raises(EnsembleError, match=r"holds experiments \(.*gru.*\), not runs: pass "
+                       r"experiment folders or run folders"):
+        expand_candidates([root])
+    with pytest.raises(EnsembleError, match="no finished runs inside"):
+        expand_candidates([tmp_path])
+
+
 def test_init_best_beyond_the_iterations_is_refused():
     rng = np.random.default_rng(6)
     truth = rng.standard_normal((1000, 2))

@@ -361,6 +361,8 @@ def test_report_writes_plots_and_summary(runs_root: Path, tmp_path: Path):
     assert "gru (hidden 32)" in text and "of the oracle" in text
     assert "](curves.png)" in text and "](pred_vs_true.png)" in text
 
+    (run / "best.pt").write_bytes(b"")  # its checkpoint, as kit pack takes a run by it
+    assert write_report(run / "best.pt", tmp_path / "by-checkpoint").name == "report.md"
     other = write_report(run, tmp_path / "elsewhere")
     assert other == tmp_path / "elsewhere" / "report.md"
     assert (tmp_path / "elsewhere" / "curves.png").exists()
