@@ -361,8 +361,10 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
     if isinstance(fold, list) and len(fold) == 2:
         return f"fold {fold[1] + 1}/{fold[0]} of {train}"
     train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
-    limit = train_cfg.get("max_valid_seqs")
-    first = f"{limit} seqs of " if isinstance(limit, int) and limit > 0 else ""
+    limit, kept = train_cfg.get("max_valid_seqs"), (metrics or {}).get("valid_seqs")
+    # a limit the file did not reach kept every sequence: the same rows as no limit
+    first = (f"{limit} seqs of " if isinstance(limit, int) and limit > 0
+             and not (isinstance(kept, int) and kept < limit) else "")
     split = data.get("split", "file")
     if split in ("random", "group"):
         return f"{first}{split} {data.get('valid_fraction', 0.15):g} of {train}"
@@ -470,8 +472,8 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
         alike = sorted(label for label, n in files.items() if n > 1)
         notes.append(f"note: these runs are scored on {sum(files.values())} different sets of rows "
                      "(column validated): compare scores within one set" + (
-                         f"; files named {', '.join(alike)} hold different rows (their sha256 "
-                         "differ)" if alike else ""))
+                         f"; {', '.join(alike)} holds other rows in some runs (the file's "
+                         "sha256 differs)" if alike else ""))
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from pathlib import Path
 
@@ -43,6 +44,7 @@ def write_submission_zip(folder: Path, zip_path: Path | None = None,
                 archive.writestr(info, path.read_bytes())
         tmp.replace(zip_path)
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk or a folder in the way leaves nothing behind
+        with contextlib.suppress(OSError):  # a full disk leaves nothing behind
+            tmp.unlink(missing_ok=True)
         raise
     return zip_path

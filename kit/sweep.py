@@ -440,7 +440,7 @@ def sampler_seed(table: dict, existing: int) -> int | None:
 
 # settings that do not change what a trial trains: left out of a study's config digest
 NOT_TRAINING = ("name", "description", "sweep", "train.threads", "train.tensorboard",
-                "data.cache_dir")
+                "data.cache_dir", "spec.limits.python")  # (the scorer's Python: kit score's)
 
 
 def digest(value) -> str:

@@ -302,6 +302,14 @@ def test_a_stepped_range_is_checked_at_the_top_optuna_draws():
     assert [type(v) for v in param.values()] == [float, float]
 
 
+def test_the_scorers_python_is_not_part_of_a_studys_identity():
+    # added to the Predictorium spec after studies were made: they must still resume
+    from kit.sweep import training_digests
+
+    keys = training_digests({"spec": "predictorium", "train": {"lr": 1e-3}})
+    assert "spec.limits.time_limit_s" in keys and "spec.limits.python" not in keys
+
+
 def test_a_float_parameter_on_an_integer_key_fails_before_training(sweep_env):
     path = sweep_env / "experiments" / "tiny.toml"
     import tomllib

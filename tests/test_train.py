@@ -183,15 +183,17 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
     other = tmp_path / "other" / "valid.parquet"
     other.parent.mkdir()
     valid.filter(pl.col("seq_ix") != valid["seq_ix"][0]).write_parquet(other)
-    for name, arg in (("first2", "train.max_valid_seqs=2"), ("other", f"data.valid={other}")):
+    for name, arg in (("first2", "train.max_valid_seqs=2"), ("other", f"data.valid={other}"),
+                      ("all", "train.max_valid_seqs=1000")):  # more than the file: all rows
         run_cli("train", "exp=tiny", "train.epochs=1", arg, "--run-dir",
                 tmp_path / "more" / name / "r", "-q")
     listed = json.loads(run_cli("runs", "--runs-dir", tmp_path / "more", "--json").output)
-    assert sorted(r["validated"] for r in listed) == ["2 seqs of valid.parquet", "valid.parquet"]
+    assert sorted(r["validated"] for r in listed) == ["2 seqs of valid.parquet",
+                                                       "valid.parquet", "valid.parquet"]
     (tmp_path / "more" / "tiny").symlink_to(tmp_path / "runs" / "tiny")
     out = run_cli("runs", "--runs-dir", tmp_path / "more").output
     assert ("scored on 4 different sets of rows (column validated): compare scores within one "
-            "set; files named valid.parquet hold different rows") in out
+            "set; valid.parquet holds other rows in some runs") in out
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):

@@ -120,7 +120,8 @@ def load_member(run: Path) -> Member:
     ckpt = load_checkpoint(path, required=CHECKPOINT_KEYS)
     spec = spec_from_dict(ckpt["spec"], str(path))
     features = ckpt["features"]
-    feature_set = build_feature_set(spec, [], features["ops"]) if features["ops"] else None
+    feature_set = (build_feature_set(spec, [], features["ops"], stored=True)
+                   if features["ops"] else None)
     if feature_set is None or feature_set.outputs != features["outputs"]:
         raise KitError(f"{path}: the stored feature set does not rebuild to the same outputs "
                        "(was it written by another kit version?)")

@@ -212,8 +212,9 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         raise PackError(f"--name {name!r}: give the name without .zip (--name {name[:-4]}): "
                         f"pack writes the folder {name[:-4]}/ and {name[:-4]}.zip")
     if len(name.encode()) > MAX_NAME_BYTES:  # its working files add to it; folders take 255
-        raise PackError(f"--name {name[:40]}...: {len(name.encode())} bytes, at most "
-                        f"{MAX_NAME_BYTES} (pack's working files add a suffix to the name)")
+        raise PackError(f"package name {name[:40]}...: {len(name.encode())} bytes, at most "
+                        f"{MAX_NAME_BYTES} (pack's working files add a suffix to it): give a "
+                        "shorter --name")
     spec = weighted[0].member.spec
     if any(w.member.spec.name != spec.name for w in weighted):
         raise PackError("the members were trained for different competition specs")

@@ -66,7 +66,7 @@ def _expand(value, spec: CompetitionSpec, known: Collection[str] = ()):
 
 
 def make_op(entry: dict, spec: CompetitionSpec, where: str,
-            known: Collection[str] = ()) -> FeatureOp:
+            known: Collection[str] = (), check_reach: bool = True) -> FeatureOp:
     """Build one op from its TOML table, expanding column patterns (`known`: the names defined
     so far, taken as they are)."""
     if not isinstance(entry, dict) or "op" not in entry:
@@ -101,11 +101,11 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str,
         op.outputs()  # validates parameters such as k, window, alpha
     except FeatureSpecError as exc:
         raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
-    if isinstance(op, HistoryOp):
+    if check_reach and isinstance(op, HistoryOp):
         _check_reach(op, spec, where)
     if not op.input_columns() and kind not in ("position",):
         raise FeatureConfigError(f"{where} ({kind}): no input columns given")
-    if kind == "position" and "inputs" in entry:
+    if kind == "position" and entry.get("inputs"):  # [] is how a stored set writes it
         raise FeatureConfigError(f"{where} (position): takes no inputs (it counts the steps); "
                                  "remove 'inputs'")
     return op
@@ -208,8 +208,10 @@ def _layers(ops: list[FeatureOp], raw: list[str]) -> list[list[FeatureOp]]:
 
 
 def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
-                      ops: list[dict] | None = None) -> FeatureSet:
-    """Resolve groups and explicit ops into a validated FeatureSet."""
+                      ops: list[dict] | None = None, *, stored: bool = False) -> FeatureSet:
+    """Resolve groups and explicit ops into a validated FeatureSet. `stored`: the ops a run
+    recorded, rebuilt as they were trained (limits added since, such as a lag's reach, guard
+    new configs only)."""
     groups = list(groups if groups is not None else ["raw"])
     known = available_groups(spec)
     entries: list[tuple[str, dict]] = []
@@ -228,7 +230,7 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     built, outputs = [], []
     made_by: dict[str, tuple[str, FeatureOp]] = {}  # output -> (where, op) that defines it
     for where, entry in entries:
-        op = make_op(entry, spec, where, columns)
+        op = make_op(entry, spec, where, columns, check_reach=not stored)
         unknown = [c for c in op.input_columns() if c not in columns]
         if unknown:
             raise FeatureConfigError(f"{where} ({op.op}): unknown column(s) {unknown}; known: "
@@ -280,7 +282,7 @@ def _without(op: FeatureOp, shared: list[str], spec: CompetitionSpec, where: str
                            if n not in shared]
     else:
         return None
-    return make_op(entry, spec, where, known)
+    return make_op(entry, spec, where, known, check_reach=False)  # a part of a checked op
 
 
 def _recipe_text(recipe: dict) -> str:
