@@ -637,7 +637,8 @@ def notebook(
                              wheels=wheels, rename=rename,
                              keep_columns=[c.strip() for c in keep_columns.split(",") if c.strip()])
     typer.echo(f"wrote {written['notebook']} ({protocol} protocol)\n"
-               f"  kaggle datasets create -p {shlex.quote(str(written['dataset']))}\n"
+               f"  kaggle datasets create -p {shlex.quote(str(written['dataset']))}"
+               "    # later: kaggle datasets version -p ... -m MESSAGE\n"
                f"  kaggle kernels push -p {shlex.quote(str(written['kernel']))}")
 
 

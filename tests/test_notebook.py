@@ -222,8 +222,8 @@ def test_metadata_follows_the_kaggle_formats(package, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"owner": "alice", "dataset_slug": "Bad_Slug"}, "--dataset-slug 'Bad_Slug'.*3 to 50"),
-    ({"owner": "alice", "dataset_slug": "ab"}, "--dataset-slug 'ab'"),
+    ({"owner": "alice", "dataset_slug": "Bad_Slug"}, "--dataset-slug 'Bad_Slug'.*6 to 50"),
+    ({"owner": "alice", "dataset_slug": "abcde"}, "--dataset-slug 'abcde'"),
     ({"owner": "alice", "dataset_slug": "x" * 51}, "--dataset-slug"),
     ({"owner": "alice", "title": "abc"}, "--title 'abc'.*5 to 50"),
     ({"owner": "alice", "title": "a -- b -- !"}, "gives the kernel slug 'a-b'"),
@@ -258,9 +258,15 @@ def test_without_an_owner_the_package_and_protocol_are_checked_first(tmp_path, m
 
 
 def test_short_slugs_and_long_names_follow_kaggles_slug_rules(package, tmp_path):
-    # a 3-character dataset slug is valid on Kaggle
-    meta = write_notebook(package.zip_path, tmp_path / "a", owner="alice", dataset_slug="abc")
-    assert meta["dataset_metadata"]["id"] == "alice/abc"
+    # a 6-character dataset slug is the shortest the kaggle CLI takes
+    meta = write_notebook(package.zip_path, tmp_path / "a", owner="alice", dataset_slug="abcdef")
+    assert meta["dataset_metadata"]["id"] == "alice/abcdef"
+    # the kernel id is the title's slug as python-slugify (the CLI's check) makes it
+    accented = write_notebook(package.zip_path, tmp_path / "b", owner="alice",
+                              title="Modèle GRU 1,000 steps")
+    assert accented["kernel_metadata"]["id"] == "alice/modele-gru-1000-steps"
+    with pytest.raises(NotebookError, match="would be transliterated by Kaggle"):
+        write_notebook(package.zip_path, tmp_path / "c", owner="alice", title="Straße model")
     # a long package name: the default title is cut so that its slug is the kernel id
     long_pkg = tmp_path / ("a-very-long-submission-name-" * 3).strip("-")
     shutil.copytree(package.folder, long_pkg)
@@ -306,19 +312,29 @@ def test_wheels_are_shipped_for_offline_installs(package, tmp_path):
     wheels.mkdir()
     (wheels / "onnxruntime-1.0-py3-none-any.whl").write_bytes(b"PK")
     written = write_notebook(package.zip_path, tmp_path / "k", owner="alice", wheels=wheels)
-    assert (written["dataset"] / "wheels" / "onnxruntime-1.0-py3-none-any.whl").is_file()
+    # at the top of the dataset: `kaggle datasets create -p` uploads no subfolder by default
+    assert (written["dataset"] / "onnxruntime-1.0-py3-none-any.whl").is_file()
     with pytest.raises(NotebookError, match="no .whl files"):
         write_notebook(package.zip_path, tmp_path / "k2", owner="alice", wheels=tmp_path)
     # written again from its own dataset folder (another protocol): the wheels stay
     write_notebook(written["dataset"], tmp_path / "k", owner="alice", protocol="batch")
-    assert [p.name for p in (written["dataset"] / "wheels").iterdir()] == [
+    assert [p.name for p in written["dataset"].glob("*.whl")] == [
         "onnxruntime-1.0-py3-none-any.whl"]
     # ... unless --wheels gives others
     newer = tmp_path / "newer"
     newer.mkdir()
     (newer / "onnxruntime-2.0-py3-none-any.whl").write_bytes(b"PK")
     write_notebook(written["dataset"], tmp_path / "k", owner="alice", wheels=newer)
-    assert [p.name for p in (written["dataset"] / "wheels").iterdir()] == [
+    assert [p.name for p in written["dataset"].glob("*.whl")] == [
+        "onnxruntime-2.0-py3-none-any.whl"]
+    # a dataset written by an older kit, its wheels in wheels/: they move to the top
+    legacy = tmp_path / "legacy"
+    shutil.copytree(written["dataset"], legacy)
+    (legacy / "wheels").mkdir()
+    (legacy / "onnxruntime-2.0-py3-none-any.whl").rename(
+        legacy / "wheels" / "onnxruntime-2.0-py3-none-any.whl")
+    moved = write_notebook(legacy, tmp_path / "k3", owner="alice")
+    assert [p.name for p in moved["dataset"].glob("*.whl")] == [
         "onnxruntime-2.0-py3-none-any.whl"]
 
 
@@ -421,6 +437,40 @@ def test_the_notebook_runs_offline_and_matches_kit_score(workspace, package, tmp
     tol = 0 if env.get("KIT_PROTOCOL", protocol) == "rows" else 1e-6
     np.testing.assert_allclose(got.select("t0", "t1").to_numpy(), scored.predictions,
                                rtol=0, atol=tol)
+
+
+def test_the_batch_replay_runs_an_ids_sequences_one_after_another(workspace, package, tmp_path,
+                                                                  monkeypatch):
+    # an id that starts over (its steps go back, as Jane Street's time_id each date_id): the
+    # local replay must not batch its second sequence's steps 0.. before its first's 60..
+    df = pl.read_parquet(workspace / "data/valid.parquet")
+    ids = df["seq_ix"].unique(maintain_order=True).to_list()
+    first = df.filter(pl.col("seq_ix") == ids[0])
+    again = df.filter(pl.col("seq_ix") == ids[1]).with_columns(
+        pl.lit(ids[0], dtype=df["seq_ix"].dtype).alias("seq_ix"))
+    test = pl.concat([first.with_columns(pl.col("step_in_seq") + first.height), again,
+                      df.filter(~pl.col("seq_ix").is_in(ids[:2]))])
+    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice", protocol="batch")
+    root = tmp_path / "input"
+    shutil.copytree(tmp_path / "kaggle/dataset", root / "nb-package")
+    (root / "competition").mkdir()
+    test.write_parquet(root / "competition/test.parquet")
+    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
+    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
+    _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
+    got = pl.read_csv(tmp_path / "working/predictions.csv")
+    model, want = _solution(package.folder).PredictionModel(), {}  # the scorer's file order
+    features = json.loads((package.folder / "manifest.json").read_text())["inputs"]
+    for seq, step, need, *row in test.select("seq_ix", "step_in_seq", "need_prediction",
+                                             *features).iter_rows():
+        out = model.predict(Point(seq, step, need, np.asarray(row, dtype=np.float64)))
+        if out is not None:
+            want[(seq, step)] = out
+    assert got.height == len(want)
+    worst = max(np.abs(np.array([t0, t1]) - want[(seq, step)]).max()
+                for seq, step, t0, t1 in got.select("seq_ix", "step_in_seq", "t0",
+                                                    "t1").iter_rows())
+    assert worst <= 1e-6, worst
 
 
 def test_the_notebook_runs_the_package_it_was_written_for(workspace, runs, package, tmp_path,

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from pathlib import Path
 
 from kit.errors import KitError
@@ -33,7 +34,7 @@ from kit.scoring.sandbox import prepare_submission
 PROTOCOLS = ("rows", "batch")
 # Kaggle's documented limits: dataset slugs 3 to 50 characters, kernel slugs at least 5 (the
 # kaggle CLI refuses shorter ones); lowercase letters, digits and hyphens
-DATASET_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$")
+DATASET_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{4,48}[a-z0-9]$")  # the kaggle CLI's 6 to 50
 KERNEL_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{3,48}[a-z0-9]$")
 
 
@@ -48,9 +49,19 @@ def _check_slug(kind: str, slug: str, pattern: re.Pattern, lengths: str) -> str:
     return slug
 
 
-def slugify(text: str) -> str:
-    """Kaggle's clean-URL slug of a title: lowercase, every other run of characters a hyphen."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+def slugify(text: str, option: str = "--title") -> str:
+    """Kaggle's slug of a title, as python-slugify (which `kaggle kernels push` checks the id
+    against) makes it for ASCII and accented Latin letters: accents dropped, commas between
+    digits removed ("1,000" is "1000"), lowercase, every other run of characters a hyphen.
+    Letters it would transliterate otherwise (ß, æ, non-Latin scripts) are refused."""
+    plain = "".join(c for c in unicodedata.normalize("NFKD", text)
+                    if not unicodedata.combining(c))
+    if not plain.isascii():
+        odd = sorted({c for c in plain if not c.isascii()})
+        raise NotebookError(f"{text!r}: {''.join(odd)} would be transliterated by Kaggle in a "
+                            f"way kit cannot check; give {option} in ASCII letters")
+    plain = re.sub(r"(?<=\d),(?=\d)", "", plain)
+    return re.sub(r"[^a-z0-9]+", "-", plain.lower()).strip("-")
 
 
 def default_title(name: str) -> str:
@@ -252,6 +263,22 @@ def predict(batch, *gateway_args):
     return predictor.predict(batch, id_col=ID, step_col=STEP, **extra)
 
 
+NAN_ID = ("nan id",)  # NaN ids are one sequence, as the runtime has them (NaN != NaN)
+
+
+def sequence_runs(ids, steps):
+    """Each row's sequence number within its id, in file order. An id starts over when its
+    step does not move forward (Jane Street's time_id each date_id): its sequences are replayed
+    one after another, never two in one time step."""
+    last, number, out = {}, {}, np.zeros(len(steps), np.int64)
+    for i, (key, step) in enumerate(zip(ids, steps)):
+        key = NAN_ID if key != key else key
+        number[key] = number[key] + 1 if key in last and step <= last[key] else number.get(key, 0)
+        last[key] = step
+        out[i] = number[key]
+    return out
+
+
 def run_batch(path):
     """Local replay of a gateway: the test file cut into time steps, predict() on each."""
     table = read_table(path)
@@ -261,9 +288,10 @@ def run_batch(path):
               "out; the gateway's batches must have them (check the names)")
     steps = np.asarray(table[STEP])
     need = np.asarray(table[NEED]).astype(bool)
-    order = np.argsort(steps, kind="stable")
+    runs = sequence_runs(table[ID].to_list(), steps.tolist())
+    order = np.lexsort((steps, runs))  # each id's first sequences by step, then its next ones
     keys, preds = [], []
-    boundaries = np.flatnonzero(np.diff(steps[order])) + 1
+    boundaries = np.flatnonzero((np.diff(runs[order]) != 0) | (np.diff(steps[order]) != 0)) + 1
     for chunk in np.split(order, boundaries):
         batch = table[chunk] if type(table).__module__.startswith("polars") else table.iloc[chunk]
         out = predict(batch)
@@ -318,6 +346,11 @@ else:
                      + ",".join(repr(float(v)) for v in row) + "\n")
     print(f"{len(preds):,} predictions ({PROTOCOL} protocol) written to {out_path}")
 '''
+
+
+def _has_batch_predictor(solution: Path) -> bool:
+    return any(isinstance(node, ast.ClassDef) and node.name == "BatchPredictor"
+               for node in ast.walk(ast.parse(solution.read_text())))
 
 
 def _answers_gateways(solution: Path) -> bool:
@@ -386,12 +419,14 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     if not re.match(r"^[A-Za-z0-9_-]+$", owner):
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     name = package_name(submission)
-    default_slug = slugify(f"{name}-package")[:50].rstrip("-")  # a cut may end on a hyphen
     earlier = _dataset_written_before(submission)
     if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
         name, default_slug = earlier
+    else:  # (a cut may end on a hyphen)
+        default_slug = (None if dataset_slug else
+                        slugify(f"{name}-package", "--dataset-slug")[:50].rstrip("-"))
     dataset_slug = _check_slug("--dataset-slug", dataset_slug or default_slug, DATASET_SLUG,
-                               "3 to 50")
+                               "6 to 50")
     title = title or default_title(name)
     if not 5 <= len(title) <= 50:
         raise NotebookError(f"--title {title!r}: Kaggle kernel titles are 5 to 50 characters")
@@ -405,7 +440,7 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     if wheels is not None and not wheel_files:
         raise NotebookError(f"--wheels {wheels}: no .whl files there")
     if earlier and wheels is None:  # rewritten in place: the dataset keeps the wheels it has
-        wheel_files = sorted((submission / "wheels").glob("*.whl"))
+        wheel_files = sorted([*submission.glob("*.whl"), *(submission / "wheels").glob("*.whl")])
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written into a staging folder and swapped in at the end: a failed check
     # leaves OUT as it was, and a package read from OUT/dataset itself is not deleted first.
@@ -472,16 +507,18 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
         renames = parse_renames(rename, manifest["outputs"],
                                 [spec.get("id_col", "seq_ix"), spec.get("step_col", "step_in_seq"),
                                  *(keep_columns or [])])
+        if protocol == "batch" and not _has_batch_predictor(source / "solution.py"):
+            raise NotebookError(f"{submission}: its solution.py has no BatchPredictor (packed "
+                                "by an older kit): re-pack the run with this kit (kit pack), "
+                                "or use --protocol rows")
         if (keep_columns or renames) and not _answers_gateways(source / "solution.py"):
             raise NotebookError(f"{submission}: its solution.py predates --keep-columns and "
                                 "--rename; re-pack the run with this kit (kit pack)")
         dataset.mkdir(parents=True)
         for file_name in PACK_FILES:  # the package and nothing else (no caches, stray files)
             shutil.copy2(source / file_name, dataset / file_name)
-    if wheel_files:
-        (dataset / "wheels").mkdir()
-        for wheel in wheel_files:
-            shutil.copy2(wheel, dataset / "wheels" / wheel.name)
+    for wheel in wheel_files:  # at the top: `kaggle datasets create -p` skips subfolders
+        shutil.copy2(wheel, dataset / wheel.name)
     dataset_meta = {"title": _title(f"{name} package"), "id": f"{owner}/{dataset_slug}",
                     "licenses": [{"name": "CC0-1.0"}]}
     (dataset / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n")
