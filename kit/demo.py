@@ -62,7 +62,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     from kit.export.pack import pack_ensemble, pack_run
     from kit.parity import run_parity
     from kit.scoring import score_submission
-    from kit.train.recipe import experiment_config, train_experiment
+    from kit.train.recipe import check_config, experiment_config, train_experiment
 
     started = time.perf_counter()
     spec = load_spec(spec_name)
@@ -79,7 +79,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
         if value is not None and value < 1:
             raise KitError(f"{name} must be >= 1, got {value}")
     paths = [f'data.train="{train}"', f'data.valid="{valid}"', f'spec="{spec_name}"']
-    experiment_config(experiment, paths + list(overrides or []))
+    check_config(experiment_config(experiment, paths + list(overrides or [])))  # model too
     _section("data")
     present = [p for p in (train, valid, oracle) if p.exists()]
     if not present:
@@ -111,6 +111,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     run_dirs = [Path(m["run_dir"]) for m in trained]
 
     doc = None
+    (submissions / "demo-ensemble.toml").unlink(missing_ok=True)  # an earlier demo's members
     if len(run_dirs) > 1:
         _section("ensemble: greedy selection with replacement on the validation predictions")
         doc, ensemble_file, table = select_ensemble(
@@ -162,8 +163,9 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
         typer.echo(f"ensemble of {len(packed.manifest['members'])} run(s): validation score "
                    f"{doc['ensemble']['score']:.4f} against the best single run's "
                    f"{summary['best_single']:.4f}")
-    typer.echo(f"parity: max abs difference {parity.max_abs:.1e} between the PyTorch model and "
-               f"the package (all {len(parity.checks)} checks pass)")
+    typer.echo(f"parity: max abs difference {parity.max_abs:.1e} between the PyTorch model "
+               f"(whole sequences and step by step) and the package (all {len(parity.checks)} "
+               "checks pass)")
     typer.echo(f"speed {scored.rows_per_s:,.0f} rows/s ({scored.us_per_row:.1f} us/row) on 1 CPU: "
                f"the test set would take {scored.projected_s / 60:.1f} min of the "
                f"{scored.limit_s / 60:.0f} min limit ({scored.projected_s / scored.limit_s:.1%})")

@@ -85,6 +85,9 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     # the ensemble and the best single run are compared on the same rows (the selection's)
     assert "validation score" in out and "against the best single run's" in out
     assert "on the valid set" in out
+    # one seed packs the run itself: the earlier demo's ensemble file goes, not left stale
+    run_cli("demo", "--quiet", "--seeds", 1, "train.epochs=1", "model.hidden=16")
+    assert not (tmp_path / "submissions/demo-ensemble.toml").exists()
 
 
 def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monkeypatch):
@@ -103,3 +106,6 @@ def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monk
     out = run_cli("demo", "--data", "a", "-q", expect=2).output
     assert "lacks valid_oracle.parquet" in out
     assert (Path("a") / "train.parquet").read_bytes() == before
+    # a model setting is checked before the data is generated, not after
+    out = run_cli("demo", "--data", "fresh", "-q", "model.type=nosuch", expect=2).output
+    assert "nosuch" in out and not Path("fresh").exists()

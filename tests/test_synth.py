@@ -189,3 +189,13 @@ def test_temp_files_of_killed_runs_are_removed(tmp_path):
     elsewhere.write_bytes(b"written on another machine sharing the folder")
     synthesize(PREDICTORIUM, tmp_path, train_seqs=1, valid_seqs=1, seed=1)
     assert not stale.exists() and live.exists() and elsewhere.exists()
+
+
+def test_a_spec_whose_warmup_leaves_no_scored_step_is_refused(tmp_path):
+    # without a seq_len the generator's sequences are 1000 steps: a warm-up past them would
+    # write files that pass the contract with nothing to score
+    spec = spec_from_dict({"name": "long-warmup", "features": ["p0", "v0"], "targets": ["t0"],
+                           "seq_len": 0, "warmup": 1200}, "<tests>")
+    with pytest.raises(KitError, match="warmup 1200 \\+ tail 0 leave no scored step"):
+        synthesize(spec, tmp_path / "d", train_seqs=1, valid_seqs=1)
+    assert not (tmp_path / "d" / "train.parquet").exists()

@@ -75,6 +75,10 @@ def synthesize(
     if seed < 0:
         raise KitError(f"seed (--seed) must be >= 0, got {seed}")
     generator = make_generator(spec)
+    if spec.warmup + spec.tail >= generator.steps:  # no row would be scored
+        raise KitError(f"spec {spec.name!r}: warmup {spec.warmup} + tail {spec.tail} leave no "
+                       f"scored step in the generator's {generator.steps}-step sequences; give "
+                       "the spec a seq_len past them")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_dead_temp_files(out_dir)
