@@ -1,4 +1,4 @@
-"""Time and peak memory of `build_arrays` on a full-size fixed-length frame vs a naive path.
+"""Time and peak memory of `build_arrays` on a full-size fixed-length frame vs Polars' own.
 
 Prints one JSON line. The frame: 10,721 sequences x 1000 steps (10.7M rows), 40 Float32
 feature columns, two Float32 targets, built with numpy + polars in memory. Each path runs in
@@ -6,8 +6,11 @@ its own subprocess; peak RSS is the kernel's high-water mark (VmHWM, reset after
 built), reported as the extra memory the build needed over the frame, divided by the bytes of
 the arrays it returns (1.0 = no temporaries beyond the output).
 kit: `build_arrays(df, spec, features)`, then (with --cache) a cache write and a cache hit.
-Baseline ("naive"): `df.select(cols).to_numpy()` widened to float64, then `astype(float32)`,
-a C-order copy and reshape, for features and targets. Goal: rss/output <= 1.2, ratio <= 1.
+Baseline ("plain"): `df.select(cols).to_numpy(order="c").reshape(n, steps, k)` for features
+and targets, and the need column reshaped: what one writes by hand for a fixed-length frame.
+kit does more (checks the contract, handles ragged sequences, returns lengths and ids), so a
+ratio near 1 is the honest result. Both children digest their x, y and mask after the timing,
+and the parent compares them (`outputs_equal`). Goal: rss/output <= 1.2, ratio <= 1.1.
 
 Times are the best of --repeats runs (the first also shown: it pays the page faults of fresh
 memory); peak RSS is the first run's.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -72,10 +76,9 @@ def reset_peak() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
 
 
-def naive(df: pl.DataFrame, spec, n: int, steps: int):
+def plain(df: pl.DataFrame, spec, n: int, steps: int):
     def block(cols):
-        wide = df.select(cols).to_numpy().astype(np.float64)
-        return np.ascontiguousarray(wide.astype(np.float32)).reshape(n, steps, len(cols))
+        return df.select(cols).to_numpy(order="c").reshape(n, steps, len(cols))
 
     x, y = block(list(spec.features)), block(list(spec.targets))
     mask = df[spec.need_col].to_numpy().reshape(n, steps)
@@ -94,14 +97,19 @@ def child(args) -> dict:
             arrays = build_arrays(df, spec, list(spec.features))
             outputs = [arrays.x, arrays.y, arrays.mask, arrays.lengths, arrays.ids]
         else:
-            outputs = list(naive(df, spec, args.seqs, args.steps))
+            outputs = list(plain(df, spec, args.seqs, args.steps))
         times.append(time.perf_counter() - t0)
         if len(times) == 1:  # later repeats also hold allocator pages the first one freed
             peak = rss_bytes("VmHWM")
     out_bytes = sum(a.nbytes for a in outputs)
+    digest = hashlib.sha256()
+    for array in outputs[:3]:  # x, y, mask: what both paths return
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).data)
     result = {"seconds": min(times), "first_seconds": times[0], "peak_rss": peak,
               "rss_before": before, "output_bytes": out_bytes,
-              "rss_over_output": (peak - before) / out_bytes}  # fmt: skip
+              "rss_over_output": (peak - before) / out_bytes,
+              "digest": digest.hexdigest()}  # fmt: skip
     if args.child == "kit" and args.cache:
         with tempfile.TemporaryDirectory(prefix="bench-arrays-") as tmp:
             source = Path(tmp) / "source.bin"  # stands in for the parquet file (64 MB)
@@ -124,13 +132,13 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-cache", dest="cache", action="store_false")
-    parser.add_argument("--child", choices=["kit", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["kit", "plain"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args)))
         return
     runs = {}
-    for path in ("kit", "naive"):
+    for path in ("kit", "plain"):
         cmd = [sys.executable, __file__, "--child", path, "--seqs", str(args.seqs),
                "--steps", str(args.steps), "--features", str(args.features),
                "--repeats", str(args.repeats)]  # fmt: skip
@@ -138,7 +146,8 @@ def main() -> None:
             cmd.append("--no-cache")
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         runs[path] = json.loads(done.stdout.strip().splitlines()[-1])
-    kit, base = runs["kit"], runs["naive"]
+    kit, base = runs["kit"], runs["plain"]
+    equal = kit["digest"] == base["digest"]
     gb = 1 / 2**30
     ratio = kit["seconds"] / base["seconds"]
     print(json.dumps({
@@ -152,16 +161,17 @@ def main() -> None:
         "kit_rss_before_gb": round(kit["rss_before"] * gb, 3),
         "output_gb": round(kit["output_bytes"] * gb, 3),
         "kit_rss_over_output": round(kit["rss_over_output"], 3),
-        "baseline": "naive: to_numpy -> float64 -> astype(float32) -> C copy -> reshape",
+        "baseline": "plain: df.select(cols).to_numpy(order='c').reshape(n, steps, k)",
         "baseline_s": round(base["seconds"], 3),
         "baseline_first_s": round(base["first_seconds"], 3),
         "baseline_peak_rss_gb": round(base["peak_rss"] * gb, 3),
         "baseline_rss_over_output": round(base["rss_over_output"], 3),
         "ratio": round(ratio, 3),
+        "outputs_equal": equal,
         "cache_write_s": round(kit.get("cache_write_s", float("nan")), 3),
         "cache_hit_s": round(kit.get("cache_hit_s", float("nan")), 4),
-        "goal": {"kit_rss_over_output": 1.2, "ratio": 1.0},
-        "ok": kit["rss_over_output"] <= 1.2 and ratio <= 1.0,
+        "goal": {"kit_rss_over_output": 1.2, "ratio": 1.1},
+        "ok": kit["rss_over_output"] <= 1.2 and ratio <= 1.1 and equal,
     }))  # fmt: skip
 
 

@@ -382,6 +382,9 @@ def pandas_arrays(path: Path, fs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def child_pandas(args) -> dict:
+    import pandas  # noqa: F401  imported before the timer, as kit's Polars is
+    import pyarrow.parquet  # noqa: F401  (what pd.read_parquet loads on its first call)
+
     fs = feature_set(args.groups)
     before = rss_bytes()
     t0 = time.perf_counter()
