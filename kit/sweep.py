@@ -250,10 +250,17 @@ def check_space(base: dict, params: list[Param]) -> None:
 
     for p in params:
         where = f'sweep.params."{p.name}"'
-        for key in p.when:
+        for key, allowed in p.when.items():
             if not any(q.name == key for q in params) and get_dotted(base, key) is None:
                 raise SweepError(f"{where}.when: {key!r} is neither a parameter nor a key of "
                                  "the experiment")
+            holds_lists = isinstance(get_dotted(base, key), list) or any(
+                q.name == key and any(isinstance(c, list) for c in q.choices) for q in params)
+            if holds_lists and isinstance(allowed, list) and not all(
+                    isinstance(a, list) for a in allowed):
+                raise SweepError(f'{where}.when."{key}" = {allowed!r}: {key} holds a list, and '
+                                 "a list in `when` means one of these values; to match that "
+                                 f"one list write [{allowed!r}]")
         config = base
         for key, allowed in p.when.items():
             config = set_dotted(config, key, allowed[0] if isinstance(allowed, list) else allowed)

@@ -336,6 +336,18 @@ def test_a_when_on_a_table_holding_a_swept_key_reads_the_trials_value():
     assert suggest(trial, space, base) == {"loss.terms.pearson": 0.0}
 
 
+def test_a_when_list_on_a_key_that_holds_a_list_is_refused_unless_nested(sweep_env):
+    # a `when` list means "one of these values": on a list-valued key it is not the list
+    _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["model.window"].update(
+        when={"model.type": "attention_gru", "features.groups": d["features"]["groups"]}))
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
+    assert "features.groups holds a list, and a list in `when` means one of these values" in out
+    _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["model.window"].update(
+        when={"model.type": "attention_gru",
+              "features.groups": [d["features"]["groups"]]}))  # the one list: accepted
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+
+
 def test_an_empty_when_list_and_a_bad_worker_index_fail_cleanly(sweep_env, monkeypatch):
     before = _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["model.window"].update(
         when={"model.type": []}))
