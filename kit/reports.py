@@ -362,9 +362,11 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
         return f"fold {fold[1] + 1}/{fold[0]} of {train}"
     train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
     limit, kept = train_cfg.get("max_valid_seqs"), (metrics or {}).get("valid_seqs")
-    # a limit the file did not reach kept every sequence: the same rows as no limit
-    first = (f"{limit} seqs of " if isinstance(limit, int) and limit > 0
-             and not (isinstance(kept, int) and kept < limit) else "")
+    limited = (metrics or {}).get("valid_limited")  # whether the limit cut the file
+    if limited is None:  # a run from before kit recorded it: the limit bit if it kept as many
+        limited = isinstance(limit, int) and limit > 0 and not (
+            isinstance(kept, int) and kept < limit)
+    first = f"{limit} seqs of " if limited and isinstance(limit, int) else ""
     split = data.get("split", "file")
     if split in ("random", "group"):
         return f"{first}{split} {data.get('valid_fraction', 0.15):g} of {train}"
@@ -431,7 +433,8 @@ def sort_runs(runs: list[dict], sort: str = "score", descending: bool = True) ->
         raise KitError(f"cannot sort by {sort!r}; sort by one of: {', '.join(columns)}")
     present = [r for r in runs if _value(r, sort) is not None]
     missing = [r for r in runs if _value(r, sort) is None]
-    scores = {"score", "oracle_fraction", *_target_names(runs)}
+    # (oracle_fraction is higher-is-better for every metric: oracle / score for an error)
+    scores = {"score", *_target_names(runs)}
 
     def key(run):  # "descending" on a score means best first, whichever way the metric points
         value = _value(run, sort)

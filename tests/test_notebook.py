@@ -267,6 +267,8 @@ def test_short_slugs_and_long_names_follow_kaggles_slug_rules(package, tmp_path)
     assert accented["kernel_metadata"]["id"] == "alice/modele-gru-1000-steps"
     with pytest.raises(NotebookError, match="would be transliterated by Kaggle"):
         write_notebook(package.zip_path, tmp_path / "c", owner="alice", title="Straße model")
+    with pytest.raises(NotebookError, match="an HTML entity"):  # decoded by python-slugify
+        write_notebook(package.zip_path, tmp_path / "d", owner="alice", title="a&amp;b model")
     # a long package name: the default title is cut so that its slug is the kernel id
     long_pkg = tmp_path / ("a-very-long-submission-name-" * 3).strip("-")
     shutil.copytree(package.folder, long_pkg)
@@ -471,6 +473,20 @@ def test_the_batch_replay_runs_an_ids_sequences_one_after_another(workspace, pac
                 for seq, step, t0, t1 in got.select("seq_ix", "step_in_seq", "t0",
                                                     "t1").iter_rows())
     assert worst <= 1e-6, worst
+
+
+def test_the_replays_sequence_numbers_take_every_kind_of_missing_id():
+    # the notebook's own code (the BATCH cell), on ids as pandas and Polars give them: NaN and
+    # pd.NA ids are one sequence each (pd.NA == x is NA, which an `if` cannot take)
+    import pandas as pd
+
+    from kit.export import notebook
+
+    cell = {"np": np}
+    exec(notebook.BATCH, cell)
+    runs = cell["sequence_runs"]([1, pd.NA, 1, pd.NA, float("nan"), float("nan"), 1, None, None],
+                                 [0, 0, 1, 1, 0, 0, 0, 5, 6])
+    assert runs.tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 0]
 
 
 def test_the_notebook_runs_the_package_it_was_written_for(workspace, runs, package, tmp_path,

@@ -14,7 +14,7 @@ from kit import reports
 from kit.competition import load_spec
 from kit.errors import KitError
 from kit.metrics import evaluate
-from kit.reports import format_runs, list_runs, write_report
+from kit.reports import format_runs, list_runs, sort_runs, write_report
 from tests.frames import make_frame, small_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -293,6 +293,13 @@ def test_oracle_fraction_of_an_error_metric_is_below_one_for_a_worse_model(tmp_p
     assert run["score"] > run["oracle_score"]  # a larger error than the oracle's
     assert run["oracle_fraction"] == pytest.approx(run["oracle_score"] / run["score"], abs=1e-12)
     assert run["oracle_fraction"] < 1.0
+    # sorted best first by score and by oracle fraction alike (the fraction is already
+    # higher-is-better: it must not be flipped as the error is)
+    make_run(tmp_path / "runs", "e", "20240101-000000-s2", valid, spec_path, seed=2, noise=4.0)
+    runs = list_runs(tmp_path / "runs")
+    best = min(runs, key=lambda r: r["score"])["run_id"]
+    assert sort_runs(runs, "score")[0]["run_id"] == best
+    assert sort_runs(runs, "oracle_fraction")[0]["run_id"] == best
 
 
 def test_no_oracle_file_means_no_fraction(tmp_path: Path):

@@ -183,13 +183,15 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
     other = tmp_path / "other" / "valid.parquet"
     other.parent.mkdir()
     valid.filter(pl.col("seq_ix") != valid["seq_ix"][0]).write_parquet(other)
+    n_valid = valid["seq_ix"].n_unique()
     for name, arg in (("first2", "train.max_valid_seqs=2"), ("other", f"data.valid={other}"),
-                      ("all", "train.max_valid_seqs=1000")):  # more than the file: all rows
+                      ("all", "train.max_valid_seqs=1000"),  # more than the file: all rows
+                      ("exact", f"train.max_valid_seqs={n_valid}")):  # as many: all rows too
         run_cli("train", "exp=tiny", "train.epochs=1", arg, "--run-dir",
                 tmp_path / "more" / name / "r", "-q")
     listed = json.loads(run_cli("runs", "--runs-dir", tmp_path / "more", "--json").output)
     assert sorted(r["validated"] for r in listed) == ["2 seqs of valid.parquet",
-                                                       "valid.parquet", "valid.parquet"]
+                                                       *["valid.parquet"] * 3]
     (tmp_path / "more" / "tiny").symlink_to(tmp_path / "runs" / "tiny")
     out = run_cli("runs", "--runs-dir", tmp_path / "more").output
     assert ("scored on 4 different sets of rows (column validated): compare scores within one "

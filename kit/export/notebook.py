@@ -54,6 +54,9 @@ def slugify(text: str, option: str = "--title") -> str:
     against) makes it for ASCII and accented Latin letters: accents dropped, commas between
     digits removed ("1,000" is "1000"), lowercase, every other run of characters a hyphen.
     Letters it would transliterate otherwise (ß, æ, non-Latin scripts) are refused."""
+    if re.search(r"&#?\w+;", text):  # python-slugify decodes HTML entities first
+        raise NotebookError(f"{text!r}: an HTML entity (&...;) would be decoded by Kaggle; "
+                            f"give {option} without one")
     plain = "".join(c for c in unicodedata.normalize("NFKD", text)
                     if not unicodedata.combining(c))
     if not plain.isascii():
@@ -263,7 +266,14 @@ def predict(batch, *gateway_args):
     return predictor.predict(batch, id_col=ID, step_col=STEP, **extra)
 
 
-NAN_ID = ("nan id",)  # NaN ids are one sequence, as the runtime has them (NaN != NaN)
+NAN_ID, NA_ID = ("nan id",), ("pd.NA id",)  # one sequence each, as the runtime has them
+
+
+def replay_key(seq_ix):
+    """An id as a dict key: NaN != NaN, and pd.NA compares to NA, not a bool."""
+    if isinstance(seq_ix, float) and seq_ix != seq_ix:
+        return NAN_ID
+    return NA_ID if type(seq_ix).__name__ == "NAType" else seq_ix
 
 
 def sequence_runs(ids, steps):
@@ -272,7 +282,7 @@ def sequence_runs(ids, steps):
     one after another, never two in one time step."""
     last, number, out = {}, {}, np.zeros(len(steps), np.int64)
     for i, (key, step) in enumerate(zip(ids, steps)):
-        key = NAN_ID if key != key else key
+        key = replay_key(key)
         number[key] = number[key] + 1 if key in last and step <= last[key] else number.get(key, 0)
         last[key] = step
         out[i] = number[key]
@@ -467,7 +477,8 @@ def _dataset_written_before(submission: Path) -> tuple[str, str] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
     name = title.removesuffix(" (kit)").removesuffix(" package")
-    return (name, slug) if name and DATASET_SLUG.match(slug) else None
+    # (3 to 50 characters: kit's rule before the CLI's 6; _check_slug then names the rule)
+    return (name, slug) if name and re.match(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$", slug) else None
 
 
 def package_name(submission: Path) -> str:

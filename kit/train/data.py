@@ -43,6 +43,7 @@ class TrainData:
     normaliser: Normaliser
     train: Split
     valid: Split
+    valid_limited: bool = False  # train.max_valid_seqs kept fewer sequences than there were
 
 
 def _real_steps(arrays: SequenceArrays) -> np.ndarray:
@@ -244,6 +245,7 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         spec=spec, feature_set=feature_set, normaliser=normaliser,
         train=_split(train, normaliser, train_starts, limit_train),
         valid=_split(valid, normaliser, valid_starts, limit_valid),
+        valid_limited=0 < limit_valid < len(valid),
     )
     for name, split in (("training", out.train), ("validation", out.valid)):
         if not bool(split.mask.any()):  # else an epoch learns nothing, then "no scored rows"

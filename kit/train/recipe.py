@@ -352,7 +352,8 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
     summary = {"params": count_params(model), "features": n_in,
-               "train_seqs": len(data.train), "valid_seqs": len(data.valid)}
+               "train_seqs": len(data.train), "valid_seqs": len(data.valid),
+               "valid_limited": data.valid_limited}
     if config["data"].get("fold"):
         summary["fold"] = {"k": config["data"]["fold"][0], "index": config["data"]["fold"][1]}
     # which data the scores describe: select, report and runs compare it with the files later
