@@ -101,6 +101,13 @@ def test_next_state_targets_are_next_step_features(cols):
     assert got.target_names == list(spec.features)
     assert not got.mask[:, -1].any() and got.mask[:, 2:-1].all()  # tail = 1
     assert_matches(got, naive_arrays(df, spec, cols))
+    # a last row flagged as needing a prediction has no truth: refused, not trained toward 0
+    flagged = df.with_columns(pl.when(pl.col("step_in_seq") == 19).then(True)
+                              .otherwise(pl.col("need_prediction")).alias("need_prediction"))
+    for seq_len in (None, 12):  # the fixed-length path and the ragged one
+        with pytest.raises(DataError, match=r"3 sequence\(s\) need a prediction at their "
+                           r"last row, which has no next row"):
+            build_arrays(flagged, spec, cols, seq_len=seq_len, truncate="tail")
 
 
 @pytest.mark.parametrize("truncate", ["head", "tail"])

@@ -164,6 +164,7 @@ def _fixed_length(df, spec, feature_cols, target_cols, n, width):
     mask = need_flags(df, spec.need_col).reshape(n, width)
     if not spec.next_state:
         return x, float32_rows(df, target_cols).reshape(n, width, len(target_cols)), mask
+    _refuse_needs_without_next(spec, int(mask[:, -1].sum()))
     y = np.zeros((n, width, len(target_cols)), dtype=np.float32)
     if set(target_cols) <= set(feature_cols):
         pos = [feature_cols.index(c) for c in target_cols]
@@ -173,6 +174,15 @@ def _fixed_length(df, spec, feature_cols, target_cols, n, width):
     else:
         y[:, :-1] = float32_rows(df, target_cols).reshape(y.shape)[:, 1:]
     return x, y, mask
+
+
+def _refuse_needs_without_next(spec: CompetitionSpec, count: int) -> None:
+    """A next-state target is the next row: a sequence's last row that needs a prediction has
+    none (its target would be a 0 the loss trains toward), as the scorer refuses it too."""
+    if count:
+        raise DataError(f"{count:,} sequence(s) need a prediction at their last row, which has "
+                        f"no next row to be its truth (the spec's tail is {spec.tail}); "
+                        "kit data check names them")
 
 
 def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate):
@@ -193,6 +203,7 @@ def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate):
     if spec.next_state:
         # The target of the last kept step is the next real step, even one truncation dropped.
         has_next = pos + 1 < np.repeat(run_lengths - skipped, kept)
+        _refuse_needs_without_next(spec, int((mask[dest] & ~has_next).sum()))
         _scatter_rows(df, target_cols, src[has_next] + 1, dest[has_next], y)
     else:
         _scatter_rows(df, target_cols, src, dest, y)
