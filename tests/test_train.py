@@ -1322,6 +1322,67 @@ def test_a_run_started_without_a_gradient_scaler_resumes_where_fp16_needs_one(en
     assert any("resumes in torch.float16 autocast; it trained in float32" in n for n in notes)
 
 
+def test_chunks_after_the_last_scored_step_are_not_run_and_autocast_state_carries(
+        tmp_path, monkeypatch):
+    """A spec with a tail: the last chunk holds no scored step. It used to run outside
+    autocast on an autocast chunk's state (a bf16 LSTM state into a float32 forward raised).
+    Simulated on CPU: bf16 autocast, which covers the LSTM there."""
+    from kit.train import trainer
+    from kit.train.recipe import experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    (tmp_path / "tail.toml").write_text(SPEC_TOML.replace("warmup = 10", "warmup = 10\ntail = 3"))
+    synthesize(load_spec(str(tmp_path / "tail.toml")), tmp_path / "data", train_seqs=8,
+               valid_seqs=4, seed=2)
+    (tmp_path / "exps").mkdir()
+    (tmp_path / "exps" / "tail.toml").write_text(EXPERIMENT.format(
+        spec=tmp_path / "tail.toml", data=tmp_path / "data", root=tmp_path))
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(tmp_path / "exps"))
+    monkeypatch.setattr(trainer, "autocast_for", lambda device, amp: torch.bfloat16)
+    forwards = []
+    real_fit = trainer.fit
+
+    def counting_fit(config, data, model, *args, **kwargs):
+        model.register_forward_hook(lambda m, i, o: forwards.append(i[0].shape[1]))
+        return real_fit(config, data, model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", counting_fit)
+    config = experiment_config("tail", ["model={type='lstm', hidden=8, layers=1}",
+                                        "train.chunk=3", "train.epochs=1"])
+    metrics = train_one(config, RunFiles(tmp_path / "r"), progress=False)
+    assert metrics["finished"] and math.isfinite(metrics["score"])
+    # steps 57..59 are the tail: a batch runs its chunks up to step 57 (19 chunks of 3), not 20
+    training = [t for t in forwards if t == 3]
+    assert len(training) == 19 * 1  # one batch of 8 sequences, one epoch
+
+
+def test_auto_precision_is_bf16_only_where_the_gpu_has_it_natively(monkeypatch):
+    # a T4 (compute capability 7.5) emulates bf16: is_bf16_supported() says yes there, but
+    # fp16 with a gradient scaler is the fast and documented choice
+    from kit.train.trainer import autocast_for
+
+    cuda = torch.device("cuda")
+    for capability, want in (((7, 5), torch.float16), ((8, 0), torch.bfloat16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None,
+                            c=capability: c)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+        assert autocast_for(cuda, "auto") == want and autocast_for(cuda, "bf16") == want
+        assert autocast_for(cuda, "fp16") == torch.float16
+    assert autocast_for(torch.device("cpu"), "auto") is None
+
+
+def test_the_plateau_schedule_does_not_count_a_worse_error_as_better():
+    from kit.train.trainer import make_schedule
+
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    schedule = make_schedule(optimizer, {"schedule": "plateau", "patience": 4, "lr": 1.0,
+                                         "warmup_epochs": 0, "epochs": 10}, [1] * 10)
+    for epoch in range(8):  # an rmse creeping up: stepped as -score, it never improves
+        schedule.step(-(0.5 + 1e-5 * epoch))
+    assert optimizer.param_groups[0]["lr"] < 1.0
+
+
 def test_infinite_gradients_of_a_finite_loss_stop_the_run_before_the_step(env, tmp_path,
                                                                           monkeypatch):
     import kit.models

@@ -74,8 +74,11 @@ def make_schedule(optimizer, train: dict, steps: list[int]):
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train["lr"],
                                                    total_steps=total, pct_start=rise)
     if name == "plateau":
+        # stepped with sign * score; an absolute threshold, since a relative one on a negative
+        # value (an error metric, a Pearson below 0) counts a slightly worse score as better
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                          patience=max(1, train["patience"] // 2))
+                                                          patience=max(1, train["patience"] // 2),
+                                                          threshold=1e-4, threshold_mode="abs")
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: ramp(step) if step < warmup else 1.0)
@@ -86,7 +89,9 @@ def autocast_for(device: torch.device, amp: str):
     """bf16/fp16 autocast on CUDA when asked (auto = bf16 where supported); plain fp32 on CPU."""
     if device.type != "cuda" or amp == "off":
         return None
-    if amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+    # native bf16 only (compute capability 8+): is_bf16_supported() also says yes where it is
+    # emulated (a T4), slow and without cuDNN's bf16 kernels, where fp16 + a scaler is right
+    if amp in ("auto", "bf16") and torch.cuda.get_device_capability(device)[0] >= 8:
         return torch.bfloat16
     if amp in ("auto", "fp16", "bf16"):
         return torch.float16
@@ -212,11 +217,15 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             state = _state_to(model.init_state(len(index)), device)
             for lo in range(0, steps, chunk):  # truncated BPTT: state carried, detached
                 hi = lo + chunk
+                if not mask[:, lo:].any():  # nothing scored from here on: nothing to learn
+                    break
+                autocast = torch.autocast(device.type, dtype=amp_dtype,
+                                          enabled=amp_dtype is not None)
                 if not mask[:, lo:hi].any():  # warm-up only: advance the state, learn nothing
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast:  # (the state keeps its autocast dtype)
                         _, state = model(x[:, lo:hi], state)
                     continue
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                with autocast:
                     pred, state = model(x[:, lo:hi], state)
                     loss = loss_fn(pred, y[:, lo:hi], mask[:, lo:hi])
                 value = loss.item()
