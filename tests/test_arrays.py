@@ -463,6 +463,72 @@ def test_a_file_rewritten_during_its_build_is_not_cached(data_file, tmp_path):
     assert len(entries(cache_dir)) == 1 and rebuilt.x.shape[0] == 4 * 40
 
 
+def test_a_file_replaced_while_it_is_hashed_is_not_cached_under_the_old_digest(
+        data_file, tmp_path, monkeypatch):
+    """cached_arrays hashes first: a file renamed over the path meanwhile gave the old bytes'
+    digest and the new file's arrays, served later for the old bytes."""
+    cache_dir = tmp_path / "cache"
+    real = cache_module.file_digest
+
+    def replaced_after_hashing(path):
+        digest = real(path)
+        newer = data_file.with_suffix(".new")
+        make_frame(SPEC, n_seqs=4).write_parquet(newer)
+        newer.replace(data_file)  # rsync, mv: a new inode under the same name
+        return digest
+
+    monkeypatch.setattr(cache_module, "file_digest", replaced_after_hashing)
+    with pytest.raises(DataError, match="changed while kit read it"):
+        cached_arrays(data_file, KEY, lambda: fresh(data_file), cache_dir=cache_dir)
+    assert entries(cache_dir) == []
+
+
+WRITE_LIMITED = """
+import resource, signal, sys, warnings
+from pathlib import Path
+import numpy as np
+from kit.data.arrays import SequenceArrays
+from kit.data.cache import cached_arrays_into
+
+def build(sink):
+    x = sink("x", (64, 100, 8), np.float32)
+    for value in range(8):
+        x.write(np.full((8, 100, 8), value, np.float32))
+    return SequenceArrays(x=x.finish(), y=np.zeros((64, 100, 1), np.float32),
+                          mask=np.ones((64, 100), bool), lengths=np.full(64, 100),
+                          ids=np.arange(64), feature_names=[f"f{i}" for i in range(8)],
+                          target_names=["t"])
+
+root = Path(sys.argv[1])
+(root / "in.bin").write_bytes(b"x" * 1000)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file past the limit: EFBIG, as a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))  # x.npy needs 205 KB
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    arrays = cached_arrays_into(root / "in.bin", {"k": 1}, build, cache_dir=root / "cache")
+print(arrays.x.shape, float(arrays.x[-1, 0, 0]))
+print([str(w.message) for w in caught])
+print(sorted(p.name for p in (root / "cache").iterdir()))
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file size limits")
+def test_a_cache_write_that_fails_mid_build_warns_and_returns_the_arrays(tmp_path):
+    # a full disk while a 1.7 GB entry is written: the run goes on uncached, not lost
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WRITE_LIMITED, str(tmp_path)],
+                          capture_output=True, text=True, env=os.environ | {
+                              "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert done.returncode == 0, done.stderr
+    shape, warned, left = done.stdout.splitlines()
+    assert shape == "(64, 100, 8) 7.0"
+    assert "could not write cache entry under" in warned and "x.npy" in warned
+    assert "building the arrays again, uncached" in warned
+    assert left == "[]"  # its temp folder is gone
+
+
 def test_a_build_stops_when_the_overlapped_digest_finds_an_entry(data_file, tmp_path):
     cache_dir = tmp_path / "cache"
     first = BlockBuilder(data_file)

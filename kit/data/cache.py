@@ -156,11 +156,19 @@ def cached_arrays(
                               overlap_digest=False)
 
 
+class CacheWriteFailed(OSError):
+    """Writing an entry's file failed (a full disk, a file size limit): the build goes on
+    uncached rather than losing the run."""
+
+
 class RowWriter:
     """Fills one array block by block along its first axis, in order.
 
     To a file, an .npy written with plain sequential writes: on these VMs a page fault costs
-    microseconds, and filling a 5 GB memory map faults 1.3M times; write() faults none.
+    microseconds, and filling a 5 GB memory map faults 1.3M times; write() faults none. With
+    background writes a block is written after write() returns: the builder must pass a fresh
+    array each call, not refill one buffer (kit's builders do; copying every block would
+    double the memory traffic of a 5 GB build).
     """
 
     def __init__(self, shape: tuple, dtype, path: Path | None = None,
@@ -170,10 +178,19 @@ class RowWriter:
         if path is None:
             self.array = np.empty(self.shape, dtype=self.dtype)
         else:
-            self.file = open(path, "wb")  # noqa: SIM115 - closed in finish()
-            np.lib.format.write_array_header_1_0(self.file, {
-                "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                "shape": self.shape})
+            try:
+                self.file = open(path, "wb")  # noqa: SIM115 - closed in finish()
+                np.lib.format.write_array_header_1_0(self.file, {
+                    "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                    "shape": self.shape})
+            except OSError as exc:
+                raise CacheWriteFailed(exc.errno, exc.strerror, str(path)) from exc
+
+    def _write(self, view: memoryview) -> None:
+        try:
+            self.file.write(view)
+        except OSError as exc:  # a file.write error names no file: name it
+            raise CacheWriteFailed(exc.errno, exc.strerror, str(self.path)) from exc
 
     def write(self, block: np.ndarray) -> None:
         block = np.ascontiguousarray(block, dtype=self.dtype)
@@ -185,9 +202,9 @@ class RowWriter:
         if self.path is None:
             self.array[self.rows:self.rows + len(block)] = block
         elif self.writes is not None:  # the block is fresh per call: safe to write later
-            self.writes.submit(self.file.write, memoryview(block).cast("B"))
+            self.writes.submit(self._write, memoryview(block).cast("B"))
         else:
-            self.file.write(memoryview(block).cast("B"))
+            self._write(memoryview(block).cast("B"))
         self.rows += len(block)
 
     def finish(self) -> np.ndarray:
@@ -197,12 +214,18 @@ class RowWriter:
             return self.array
         if self.writes is not None:
             self.writes.drain()
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError as exc:  # the flush of the last bytes
+            raise CacheWriteFailed(exc.errno, exc.strerror, str(self.path)) from exc
         return np.load(self.path, mmap_mode="r")
 
     def close(self) -> None:
         if self.path is not None:
-            self.file.close()  # closing twice is allowed
+            # closing twice is allowed; an abandoned file's last flush may fail as its writes
+            # did (a full disk), which must not hide why the build stopped
+            with contextlib.suppress(OSError):
+                self.file.close()
 
 
 class BackgroundWrites:
@@ -253,6 +276,11 @@ def cached_arrays_into(
     def entry_of(file_sha: str) -> Path:
         return cache_dir / f"{_safe_stem(path)}-{_key_of(file_sha, key)[:24]}"
 
+    if not path.is_file():
+        file_digest(path)  # raises its DataError, which names the missing file
+    # first: a file replaced while it is hashed below would give the old content's digest
+    # with the new content's arrays; the check after the build compares with this stat
+    before = _stat_key(path)
     known = known_digest(path, cache_dir)
     if known is None and not overlap_digest:
         known = file_digest(path)
@@ -261,7 +289,6 @@ def cached_arrays_into(
         if hit is not None:
             remember_digest(path, cache_dir)
             return hit
-    before = _stat_key(path)
     with ThreadPoolExecutor(1, thread_name_prefix="kit-digest") as hasher:
         hashing = hasher.submit(file_digest, path) if known is None else None
         try:
@@ -271,15 +298,22 @@ def cached_arrays_into(
                           "arrays uncached", CacheWarning, stacklevel=2)  # fmt: skip
             return build_into(in_memory)
         try:
-            arrays = _build_stopping_on_hit(build_into, tmp, hashing, entry_of)
-            if isinstance(arrays, Path):  # the input's digest named a finished entry
-                hit = _load_or_warn(arrays, _key_of(hashing.result(), key))
-                if hit is not None:
-                    remember_digest(path, cache_dir)
-                    return hit
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp = _new_tmp(cache_dir, path)
-                arrays = _build_stopping_on_hit(build_into, tmp, None, entry_of)
+            try:
+                arrays = _build_stopping_on_hit(build_into, tmp, hashing, entry_of)
+                if isinstance(arrays, Path):  # the input's digest named a finished entry
+                    hit = _load_or_warn(arrays, _key_of(hashing.result(), key))
+                    if hit is not None:
+                        remember_digest(path, cache_dir)
+                        return hit
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp = _new_tmp(cache_dir, path)
+                    arrays = _build_stopping_on_hit(build_into, tmp, None, entry_of)
+            except CacheWriteFailed as exc:
+                warnings.warn(f"could not write cache entry under {cache_dir} ({exc}); "
+                              "building the arrays again, uncached", CacheWarning,
+                              stacklevel=2)  # fmt: skip
+                shutil.rmtree(tmp, ignore_errors=True)  # (its space back first)
+                return build_into(in_memory)
             sha = known if hashing is None else hashing.result()
             if _stat_key(path) != before:  # the digest and the arrays may be of two versions
                 raise DataError(f"{path} changed while kit read it (another process writing "
