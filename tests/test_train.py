@@ -1381,6 +1381,14 @@ def test_the_plateau_schedule_does_not_count_a_worse_error_as_better():
     for epoch in range(8):  # an rmse creeping up: stepped as -score, it never improves
         schedule.step(-(0.5 + 1e-5 * epoch))
     assert optimizer.param_groups[0]["lr"] < 1.0
+    # an error on small-scale targets improving 3% an epoch is improving, whatever its scale
+    for scale in (1.0, 1e-4):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        schedule = make_schedule(optimizer, {"schedule": "plateau", "patience": 4, "lr": 1.0,
+                                             "warmup_epochs": 0, "epochs": 10}, [1] * 10)
+        for epoch in range(10):
+            schedule.step(-0.5 * scale * 0.97 ** epoch)
+        assert optimizer.param_groups[0]["lr"] == 1.0, scale
 
 
 def test_infinite_gradients_of_a_finite_loss_stop_the_run_before_the_step(env, tmp_path,

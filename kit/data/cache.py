@@ -184,6 +184,8 @@ class RowWriter:
                     "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
                     "shape": self.shape})
             except OSError as exc:
+                if hasattr(self, "file"):
+                    self.close()
                 raise CacheWriteFailed(exc.errno, exc.strerror, str(path)) from exc
 
     def _write(self, view: memoryview) -> None:

@@ -19,6 +19,7 @@ solution.py in one of two protocols:
 from __future__ import annotations
 
 import ast
+import html.entities
 import json
 import os
 import re
@@ -54,7 +55,9 @@ def slugify(text: str, option: str = "--title") -> str:
     against) makes it for ASCII and accented Latin letters: accents dropped, commas between
     digits removed ("1,000" is "1000"), lowercase, every other run of characters a hyphen.
     Letters it would transliterate otherwise (ß, æ, non-Latin scripts) are refused."""
-    if re.search(r"&#?\w+;", text):  # python-slugify decodes HTML entities first
+    entities = re.findall(r"&(#\d+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);", text)
+    if any(e.startswith("#") or e in html.entities.name2codepoint for e in entities):
+        # python-slugify decodes HTML entities first (a plain "Q&A;" is left alone)
         raise NotebookError(f"{text!r}: an HTML entity (&...;) would be decoded by Kaggle; "
                             f"give {option} without one")
     plain = "".join(c for c in unicodedata.normalize("NFKD", text)

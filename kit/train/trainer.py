@@ -74,11 +74,12 @@ def make_schedule(optimizer, train: dict, steps: list[int]):
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train["lr"],
                                                    total_steps=total, pct_start=rise)
     if name == "plateau":
-        # stepped with sign * score; an absolute threshold, since a relative one on a negative
-        # value (an error metric, a Pearson below 0) counts a slightly worse score as better
+        # stepped with sign * score: any strict gain is one, as in kit's own patience (a
+        # relative threshold on a negative value, an error metric or a Pearson below 0,
+        # counted a slightly worse score as better; an absolute one is not scale-free)
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
                                                           patience=max(1, train["patience"] // 2),
-                                                          threshold=1e-4, threshold_mode="abs")
+                                                          threshold=0.0, threshold_mode="abs")
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: ramp(step) if step < warmup else 1.0)
