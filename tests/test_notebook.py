@@ -307,6 +307,12 @@ def test_gateway_columns_need_a_package_whose_runtime_answers_them(package, tmp_
         write_notebook(old, tmp_path / "k", owner="alice", keep_columns=["row_id"],
                        protocol="batch")
     write_notebook(old, tmp_path / "k", owner="alice")  # without them it is fine
+    # a pack older still, without BatchPredictor: the batch protocol is refused, rows is fine
+    solution.write_text(text.replace("class BatchPredictor", "class OldName"))
+    write_manifest(old, read_manifest(old))
+    with pytest.raises(NotebookError, match="has no BatchPredictor"):
+        write_notebook(old, tmp_path / "k2", owner="alice", protocol="batch")
+    write_notebook(old, tmp_path / "k2", owner="alice", protocol="rows")
 
 
 def test_wheels_are_shipped_for_offline_installs(package, tmp_path):

@@ -361,20 +361,14 @@ else:
 '''
 
 
-def _has_batch_predictor(solution: Path) -> bool:
-    return any(isinstance(node, ast.ClassDef) and node.name == "BatchPredictor"
-               for node in ast.walk(ast.parse(solution.read_text())))
-
-
-def _answers_gateways(solution: Path) -> bool:
-    """Whether the package's BatchPredictor.predict takes keep= and names= (newer packs)."""
-    tree = ast.parse(solution.read_text())
-    for node in ast.walk(tree):
+def batch_predict_args(solution: Path) -> set[str] | None:
+    """The argument names of the package's BatchPredictor.predict (newer packs take keep= and
+    names=); None when solution.py has no BatchPredictor (packed by an older kit)."""
+    for node in ast.walk(ast.parse(solution.read_text())):
         if isinstance(node, ast.ClassDef) and node.name == "BatchPredictor":
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == "predict":
-                    return {"keep", "names"} <= {a.arg for a in item.args.args}
-    return False
+            return next(({a.arg for a in item.args.args} for item in node.body
+                         if isinstance(item, ast.FunctionDef) and item.name == "predict"), set())
+    return None
 
 
 def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
@@ -521,11 +515,12 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
         renames = parse_renames(rename, manifest["outputs"],
                                 [spec.get("id_col", "seq_ix"), spec.get("step_col", "step_in_seq"),
                                  *(keep_columns or [])])
-        if protocol == "batch" and not _has_batch_predictor(source / "solution.py"):
+        predict_args = batch_predict_args(source / "solution.py")
+        if protocol == "batch" and predict_args is None:
             raise NotebookError(f"{submission}: its solution.py has no BatchPredictor (packed "
                                 "by an older kit): re-pack the run with this kit (kit pack), "
                                 "or use --protocol rows")
-        if (keep_columns or renames) and not _answers_gateways(source / "solution.py"):
+        if (keep_columns or renames) and not {"keep", "names"} <= (predict_args or set()):
             raise NotebookError(f"{submission}: its solution.py predates --keep-columns and "
                                 "--rename; re-pack the run with this kit (kit pack)")
         dataset.mkdir(parents=True)
