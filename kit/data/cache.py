@@ -63,12 +63,16 @@ def _stat_key(path: Path) -> tuple:
     return (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
 
 
+def require_file(path: Path) -> None:
+    if not Path(path).is_file():
+        raise DataError(f"{Path(path).resolve()}: no such data file (kit data synth writes the "
+                        "built-in competition's files; [data] train/valid name the files to use)")
+
+
 def file_digest(path: Path) -> str:
     """sha256 hex of the file's bytes, remembered in-process per stat (see _stat_key)."""
     path = Path(path).resolve()
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file (kit data synth writes the built-in "
-                        "competition's files; [data] train/valid name the files to use)")
+    require_file(path)
     memo = _stat_key(path)
     if memo in _digests:
         return _digests[memo]
@@ -278,8 +282,7 @@ def cached_arrays_into(
     def entry_of(file_sha: str) -> Path:
         return cache_dir / f"{_safe_stem(path)}-{_key_of(file_sha, key)[:24]}"
 
-    if not path.is_file():
-        file_digest(path)  # raises its DataError, which names the missing file
+    require_file(path)
     # first: a file replaced while it is hashed below would give the old content's digest
     # with the new content's arrays; the check after the build compares with this stat
     before = _stat_key(path)

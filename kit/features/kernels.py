@@ -174,13 +174,14 @@ class HistoryKernel(Kernel):
         # windows read them from a table per step count (fewest nodes in the step graph); its
         # size grows as (rows * width)^2, so larger ones compute them from the count.
         self.ms_tabled = (rows * self.ms_width) ** 2 <= MEAN_STD_TABLE_LIMIT
-        # each row's newest slot (the current step) in the gathered window: the sums run over
-        # the window minus it, so a constant window gives exactly its value and a std of 0, as
-        # the batch face does (a float32 sum leaves an ulp there, which a ratio of a rolling
-        # std or a z-score downstream turns into O(1))
-        self.register_buffer("ms_newest", _long([(r + 1) * self.ms_width - 1
-                                                 for r in range(rows)]), persistent=False)
+        # The sums run over each window minus its newest slot (the current step), so a
+        # constant window gives exactly its value and a std of 0, as the batch face does (a
+        # float32 sum leaves an ulp there, which a ratio of a rolling std or a z-score
+        # downstream turns into O(1)).
         if self.ms_tabled:
+            # each row's newest slot in the gathered window
+            self.register_buffer("ms_newest", _long([(r + 1) * self.ms_width - 1
+                                                     for r in range(rows)]), persistent=False)
             self.register_buffer("ms_weights", self._mean_std_table(), persistent=False)
             spread = torch.eye(rows).repeat_interleave(self.ms_width, 1)  # [rows, rows * width]
             self.register_buffer("ms_spread", spread, persistent=False)
