@@ -116,6 +116,14 @@ class CompetitionSpec:
         """Every column of a labelled data file, in the competition's order."""
         return self.input_columns + list(self.targets)
 
+    def training_dict(self) -> dict:
+        """to_dict without what only the scorer's environment is (limits.python): the key of
+        what the spec makes a run train on, for feature caches and sweep identities, which
+        must not change when only that does."""
+        out = self.to_dict()
+        out["limits"].pop("python", None)
+        return out
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

@@ -447,7 +447,7 @@ def sampler_seed(table: dict, existing: int) -> int | None:
 
 # settings that do not change what a trial trains: left out of a study's config digest
 NOT_TRAINING = ("name", "description", "sweep", "train.threads", "train.tensorboard",
-                "data.cache_dir", "spec.limits.python")  # (the scorer's Python: kit score's)
+                "data.cache_dir")
 
 
 def digest(value) -> str:
@@ -483,7 +483,7 @@ def by_content(base: dict) -> dict:
         if isinstance(data.get(key), str) and Path(data[key]).is_file():
             # the digests.json record spares re-reading a big file
             data[key] = f"sha256:{file_sha256(data[key], data.get('cache_dir'))}"
-    return {**base, "spec": load_spec(base["spec"]).to_dict(), "data": data}
+    return {**base, "spec": load_spec(base["spec"]).training_dict(), "data": data}
 
 
 def identity_differences(stored: dict, identity: dict) -> list[str]:

@@ -59,10 +59,8 @@ def feature_arrays(
                     chunk_seqs)
     if not use_cache:
         return build(in_memory)
-    spec = feature_set.spec.to_dict()
-    spec["limits"].pop("python", None)  # the scorer's Python changes no array: caches stay
     key = {"kind": "features", "kit": __version__, "format": FEATURE_FORMAT,
-           "spec": spec, "features": feature_set.to_dict(),
+           "spec": feature_set.spec.training_dict(), "features": feature_set.to_dict(),
            "seq_len": seq_len, "truncate": truncate}
     return cached_arrays_into(Path(path), key, build, cache_dir=cache_dir)
 
