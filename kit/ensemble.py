@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 import tomli_w
 
-from kit.competition import CompetitionSpec, load_spec
+from kit.competition import CompetitionSpec, spec_from_dict
 from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
@@ -50,6 +50,8 @@ from kit.toml_file import read_toml
 ENSEMBLES_DIR = Path("runs/ensembles")
 QUADRATIC = ("weighted_pearson", "r2", "rmse")
 CHUNK_ROWS = 200_000
+# predictions within this multiple of the metric's clip bound are scored from moments
+MOMENTS_RANGE = 1e4
 
 
 class EnsembleError(KitError):
@@ -118,7 +120,18 @@ def load_candidate(path: Path) -> Candidate:
                             "overflows); leave this run out of the candidates")
     name = _run_name(str(path))
     return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
-                     data, load_spec(config.get("spec")))
+                     data, trained_spec(runs[0]))
+
+
+def trained_spec(run: Path) -> CompetitionSpec:
+    """The spec a run trained with, as its checkpoint stores it (what pack and parity use):
+    the spec file may have changed since (targets reordered, a column added), and the run's
+    predictions are in the columns of the spec it trained with."""
+    from kit.export.frozen import find_checkpoint
+    from kit.train.checkpoint import load_checkpoint
+
+    path = find_checkpoint(run)
+    return spec_from_dict(load_checkpoint(path, required=("spec",))["spec"], str(path))
 
 
 def _why_no_predictions(run: Path) -> str:
@@ -155,6 +168,8 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                         f"folders or run folders, e.g. {path / experiments[0]}")
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside
+        elif path.is_file():
+            raise EnsembleError(f"{path}: a file; pass its run folder ({path.parent})")
         else:
             raise EnsembleError(f"{path}: no such run directory")
     twice = sorted({str(p) for p in out if out.count(p) > 1})
@@ -167,14 +182,12 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
 def check_same_rows(candidates: list[Candidate]) -> None:
     """Every candidate must predict the same rows of the same file, or blending is meaningless."""
     first = candidates[0]
-    specs = [c for c in candidates[1:] if c.spec.name != first.spec.name
-             or c.preds.shape[1] != first.preds.shape[1]]
+    specs = [f"{c.name} {why}" for c in candidates[1:] if (why := _other_spec(c, first))]
     if specs:  # a different metric or outputs: no blend is scored, whatever the rows
         raise EnsembleError("the candidates were trained for different competition specs, so "
-                            "they cannot be blended: " + "; ".join(
-                                f"{c.name} is for spec {c.spec.name!r}, {first.name} for "
-                                f"{first.spec.name!r}" for c in specs[:5])
-                            + ". Select among runs of one spec")
+                            "they cannot be blended: " + "; ".join(specs[:5])
+                            + ". Select among runs of one spec (a spec file changed between "
+                              "runs: retrain on the current one)")
     bad = []
     for c in candidates[1:]:
         if c.data.resolve() != first.data.resolve():
@@ -188,6 +201,22 @@ def check_same_rows(candidates: list[Candidate]) -> None:
                             + ". Select among runs validated on the same rows: the same valid "
                               "file, or the same data.split and split_seed (fold runs: pass "
                               "their -oof group)")
+
+
+def _other_spec(c: Candidate, first: Candidate) -> str | None:
+    """How c's spec differs from first's where a blend's score depends on it, or None."""
+    a, b = c.spec, first.spec
+    for what, mine, theirs in (("spec", a.name, b.name), ("outputs", a.outputs, b.outputs),
+                               ("metric", a.metric, b.metric)):
+        if mine != theirs:
+            return f"has {what} {_shown(mine)}, {first.name} {_shown(theirs)}"
+    if c.preds.shape[1] != first.preds.shape[1]:
+        return f"predicts {c.preds.shape[1]} values a row, {first.name} {first.preds.shape[1]}"
+    return None
+
+
+def _shown(value: object) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 
 # --- the blend's score from moments -------------------------------------------------------
@@ -272,6 +301,15 @@ class Moments:
         return var + squares - 2 * mean_b * shift - shift**2, cov_y + cross
 
 
+def _moments_precise(preds: np.ndarray, clip: tuple[float, float] | None) -> bool:
+    """Whether the clip's corrections keep the metric's digits: they subtract the squares of
+    the unclipped blends, so a prediction of 1e10 under a clip of 6 leaves nothing of a
+    variance of 1 in float64. Such candidates are scored exactly (slower, rare)."""
+    if clip is None:
+        return True
+    return float(np.abs(preds).max()) <= MOMENTS_RANGE * max(abs(clip[0]), abs(clip[1]), 1.0)
+
+
 # --- selection ----------------------------------------------------------------------------
 
 
@@ -354,6 +392,8 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
     # the moments' clip correction is weighted Pearson's; a clipped r2/rmse is scored exactly
     quadratic = spec.metric.name in QUADRATIC and (
         spec.metric.clip is None or spec.metric.name == "weighted_pearson")
+    if quadratic and not _moments_precise(preds, spec.metric.clip):
+        quadratic = False
     moments = Moments(truth, preds, spec.metric.name, spec.metric.clip) if quadratic else None
     groups = [[t] for t in range(k)] if per_target else [list(range(k))]
     counts = np.zeros((k, len(candidates)))
@@ -570,6 +610,9 @@ def read_ensemble(path: Path) -> dict:
     if not path.is_file():
         raise EnsembleError(f"{path}: no such ensemble file (kit ensemble select writes one)")
     doc = read_toml(path, EnsembleError)
+    if not isinstance(doc.get("ensemble", {}), dict):
+        raise EnsembleError(f"{path}: `ensemble` must be the [ensemble] table (the selection's "
+                            "record), or left out")
     members = doc.get("members")
     if not isinstance(members, list) or not members:
         raise EnsembleError(f"{path}: no [[members]]")
@@ -612,13 +655,22 @@ def _refuse_repeated_runs(members: list[dict], path: Path) -> None:
         if not any(m["weights"]):
             continue
         for run in m["runs"]:
-            key = os.path.normpath(os.path.abspath(relocated(run)))  # as pack will load it
+            key = _checkpoint_key(run)
             if key in seen:
                 where = (f"twice in members[{i}].runs" if seen[key] == i
                          else f"in members[{seen[key]}] and members[{i}]")
                 raise EnsembleError(f"{path}: run {run} is {where}: give each run once, with "
                                     "the weights of both added up")
             seen[key] = i
+
+
+def _checkpoint_key(run: str) -> str:
+    """The checkpoint pack will load for a member's run, whichever way it is spelt (RUN,
+    RUN/, RUN/best.pt, a moved checkout's absolute path)."""
+    path = Path(os.path.normpath(os.path.abspath(relocated(run))))
+    if (path / "best.pt").is_file():
+        path = path / "best.pt"
+    return str(path.resolve()) if path.exists() else str(path)
 
 
 def _run_name(run: str) -> str:

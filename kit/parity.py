@@ -28,8 +28,9 @@ import polars as pl
 import torch
 
 from kit.competition import CompetitionSpec, spec_from_dict
-from kit.config import validation_file
+from kit.config import finite_number, validation_file
 from kit.data.arrays import build_arrays
+from kit.ensemble import check_postprocess
 from kit.errors import SubmissionError
 from kit.export.ensemble import Weighted, postprocess_numpy
 from kit.export.frozen import Member, load_member, stream_steps
@@ -488,9 +489,9 @@ def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
         weights = entry.get("weights") if isinstance(entry, dict) else None
         if not (isinstance(entry, dict) and isinstance(entry.get("checkpoint"), str)
                 and isinstance(entry.get("sha256"), str) and isinstance(weights, list)
-                and len(weights) == spec.n_outputs):
+                and len(weights) == spec.n_outputs and all(finite_number(w) for w in weights)):
             raise PackError(f"{where}[{i}] needs 'checkpoint', 'sha256' and {spec.n_outputs} "
-                            "'weights'; re-pack the run")
+                            "finite 'weights'; re-pack the run")
         path = relocated(entry["checkpoint"])  # a moved checkout: the sha256 decides below
         if not path.is_file():
             raise PackError(f"the run behind this package is gone ({path}); parity compares "
@@ -500,7 +501,10 @@ def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
             raise PackError(f"{path} changed since the package was made (sha256 differs): "
                             "re-pack the run, then check parity")
         members.append(Weighted(member, [float(w) for w in entry["weights"]]))
-    return Reference(members, manifest.get("postprocess"))
+    post = manifest.get("postprocess")
+    if post is not None:
+        post = check_postprocess(post, spec.n_outputs, MANIFEST_FILE)
+    return Reference(members, post)
 
 
 def default_data(submission: Path) -> Path:

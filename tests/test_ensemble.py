@@ -155,6 +155,22 @@ def test_predictions_beyond_the_clip_are_picked_by_the_exact_metric():
     np.testing.assert_array_equal(sel.counts[0], exact_history[sel.best_iteration - 1])
 
 
+def test_wild_predictions_far_beyond_the_clip_are_scored_exactly():
+    """Predictions of 1e10 under a clip of 6: the moments' clip corrections would cancel
+    squares of 1e20 and lose every digit of the score, so selection scores exactly."""
+    rng = np.random.default_rng(8)
+    truth = rng.standard_normal((3000, 2))
+    a = truth + 0.2 * rng.standard_normal((3000, 2))
+    wild = rng.random((3000, 2)) < 0.002
+    a[wild] = 1e10 * np.sign(rng.standard_normal(wild.sum()))
+    preds = [a] + [truth + s * rng.standard_normal((3000, 2)) for s in (0.25, 0.3, 0.6)]
+    stacked = np.stack(preds, axis=1).astype(np.float32)
+    exact_history, exact_scores = greedy(None, SPEC, truth, stacked, [0, 1], 8, [])
+    sel = select(_candidates(preds), truth, iters=8)
+    np.testing.assert_array_equal(sel.counts[0], exact_history[sel.best_iteration - 1])
+    assert sel.score == pytest.approx(max(exact_scores))
+
+
 def test_candidates_on_different_rows_are_refused():
     rng = np.random.default_rng(4)
     cands = _candidates([rng.standard_normal((100, 2)), rng.standard_normal((100, 2))])
@@ -169,7 +185,11 @@ def test_candidates_on_different_rows_are_refused():
     cands[1].spec = spec_from_dict({**SPEC.to_dict(), "name": "mae-too",
                                     "metric": {"name": "mae"}}, "<test>")
     with pytest.raises(EnsembleError, match="trained for different competition specs.*"
-                                            "is for spec 'mae-too'"):
+                                            "c1 has spec 'mae-too', c0 'predictorium'"):
+        check_same_rows(cands)
+    # one spec name, the targets reordered (a spec file edited between the runs)
+    cands[1].spec = spec_from_dict({**SPEC.to_dict(), "targets": ["t1", "t0"]}, "<test>")
+    with pytest.raises(EnsembleError, match=r"c1 has outputs \['t1', 't0'\], c0 \['t0', 't1'\]"):
         check_same_rows(cands)
 
 
@@ -506,6 +526,13 @@ def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace
     member = re.escape(repr(doc["members"][0]["name"]))
     with pytest.raises(PackError, match=rf"oof.toml: member {member}: .*no such run directory"):
         pack_ensemble(path, "moved", tmp_path / "subs")
+    # a group added to a member by hand: its fold runs are named
+    fold_run.with_name(fold_run.name + "-moved").rename(fold_run)
+    hand = _write(tmp_path / "hand.toml", [{"name": "g", "runs": [str(groups[0])],
+                                            "weights": [1.0, 1.0]}])
+    with pytest.raises(PackError, match=r"member 'g': .* is an out-of-fold group, whose models "
+                                        r"are its fold runs: list those .*-fold1of2"):
+        pack_ensemble(hand, "hand", tmp_path / "subs")
 
 
 def test_a_moved_checkout_finds_its_runs_by_their_runs_folder_names(runs, workspace, tmp_path,
@@ -541,6 +568,8 @@ def test_a_run_given_twice_is_named(runs):
 
     with pytest.raises(EnsembleError, match=r"run\(s\) given twice: \[.*gru"):
         expand_candidates([runs["gru"], runs["gru"]])
+    with pytest.raises(EnsembleError, match=r"best.pt: a file; pass its run folder"):
+        expand_candidates([runs["gru"] / "best.pt"])
 
 
 def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):
@@ -552,6 +581,13 @@ def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):
         expand_candidates([root])
     with pytest.raises(EnsembleError, match="no finished runs inside"):
         expand_candidates([tmp_path])
+
+
+def test_an_ensemble_key_that_is_not_a_table_is_refused(tmp_path):
+    path = _write(tmp_path / "e.toml", [{"name": "a", "runs": ["r"], "weights": [1.0, 1.0]}])
+    path.write_text('ensemble = "x"\n' + path.read_text())
+    with pytest.raises(EnsembleError, match="`ensemble` must be the \\[ensemble\\] table"):
+        read_ensemble(path)
 
 
 def test_init_best_beyond_the_iterations_is_refused():
@@ -603,6 +639,12 @@ def test_a_run_in_two_weighted_members_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(EnsembleError, match=r"is in members\[0\] and members\[1\]"):
         read_ensemble(_write(tmp_path / "m.toml", moved))
+    # the run and its checkpoint: one model
+    (tmp_path / "runs/gru/1/best.pt").write_bytes(b"")
+    spelt = [{"runs": ["runs/gru/1"], "weights": [0.5, 0.5]},
+             {"runs": ["runs/gru/1/best.pt"], "weights": [0.5, 0.5]}]
+    with pytest.raises(EnsembleError, match=r"is in members\[0\] and members\[1\]"):
+        read_ensemble(_write(tmp_path / "s.toml", spelt))
 
 
 def test_a_missing_postprocess_key_means_the_identity(tmp_path):
@@ -610,6 +652,26 @@ def test_a_missing_postprocess_key_means_the_identity(tmp_path):
                                                       "weights": [1.0, 1.0]}],
                                {"scale": [2.0, 1.0]}))
     assert doc["postprocess"] == {"scale": [2.0, 1.0], "smoothing": [0.0, 0.0]}
+
+
+def test_selection_scores_a_run_on_the_spec_it_trained_with(workspace, runs, tmp_path):
+    """A spec file edited after training (targets reordered) must not relabel the run's
+    predictions: selection reads the spec in the checkpoint, as pack and parity do."""
+    import shutil
+
+    run = shutil.copytree(runs["gru"], tmp_path / "run")
+    spec_file = workspace / "tiny-lob.toml"
+    edited = tmp_path / "tiny-lob.toml"
+    edited.write_text(spec_file.read_text().replace('targets = ["t0", "t1"]',
+                                                    'targets = ["t1", "t0"]'))
+    assert edited.read_text() != spec_file.read_text()
+    config = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(config.replace(str(spec_file), str(edited)))
+    assert str(edited) in (run / "config.toml").read_text()
+    doc, _, _ = select_ensemble([run], iters=1, out=tmp_path / "e.toml")
+    trained = json.loads((run / "metrics.json").read_text())
+    assert doc["ensemble"]["targets"] == ["t0", "t1"]
+    assert doc["ensemble"]["target_scores"] == pytest.approx(trained["per_target"], abs=1e-6)
 
 
 def test_candidates_with_non_finite_predictions_are_named(runs, tmp_path):
@@ -725,6 +787,26 @@ def test_members_of_one_spec_name_with_other_columns_are_refused(runs, tmp_path)
         pack_ensemble(_write(tmp_path / "e.toml", members), "e", tmp_path / "subs",
                       budget=False)
     assert not (tmp_path / "subs" / "e").exists()
+
+
+def test_a_member_of_other_targets_is_named_whichever_comes_first(workspace, runs, tmp_path,
+                                                                  monkeypatch):
+    from kit.train.recipe import train_experiment
+
+    spec = workspace / "tiny-lob.toml"
+    one = tmp_path / "one-target.toml"
+    one.write_text(spec.read_text().replace('targets = ["t0", "t1"]', 'targets = ["t0"]'))
+    assert one.read_text() != spec.read_text()
+    experiment = (workspace / "experiments/gru.toml").read_text()
+    (tmp_path / "gru1.toml").write_text(experiment.replace(str(spec), str(one)))
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(tmp_path))
+    run = train_experiment("gru1", progress=False, runs_dir=tmp_path / "runs")[0]["run_dir"]
+    mine = {"name": "one", "runs": [str(run)], "weights": [0.5, 0.5]}
+    theirs = {"name": "two", "runs": [str(runs["gru"])], "weights": [0.5, 0.5]}
+    for order in ([mine, theirs], [theirs, mine]):
+        with pytest.raises(PackError, match="was trained with other targets"):
+            pack_ensemble(_write(tmp_path / "e.toml", order), "e", tmp_path / "subs",
+                          budget=False)
 
 
 def test_reporting_a_hand_made_ensemble_file_says_what_is_missing(runs, tmp_path):

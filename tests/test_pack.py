@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from kit.competition import load_spec
+from kit.errors import KitError
 from kit.export.frozen import StreamChain, load_member, sha256_file
 from kit.export.pack import (
     PACK_FILES,
@@ -457,7 +458,10 @@ def test_a_report_is_not_recorded_into_a_package_replaced_meanwhile(workspace, r
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(members=[]), "members is empty"),
     (lambda m: m["members"][0].pop("checkpoint"), r"members\[0\] needs 'checkpoint'"),
-    (lambda m: m["members"][0].update(weights=[1.0]), r"members\[0\] needs .* 2 'weights'"),
+    (lambda m: m["members"][0].update(weights=[1.0]), r"members\[0\] needs .* 2 finite 'weights'"),
+    (lambda m: m["members"][0].update(weights=["a", 1.0]), r"members\[0\] needs .* 2 finite"),
+    (lambda m: m.update(postprocess="x"), r"\[postprocess\] must be a table"),
+    (lambda m: m.update(postprocess={"scale": [1.0]}), "postprocess.scale: 2 finite numbers"),
     (lambda m: m["spec"]["features"].pop(), "inputs lists 32 columns; the spec has 31"),
     # the batch runtime reads its columns and names its outputs by these lists
     (lambda m: m["inputs"].reverse(), r"inputs\[0\] is 'dv3' where the spec's column is 'p0'"),
@@ -469,7 +473,7 @@ def test_a_hand_edited_manifest_is_named(workspace, gru_pack, tmp_path, edit, me
     manifest = read_manifest(folder)
     edit(manifest)
     write_manifest(folder, manifest)
-    with pytest.raises(PackError, match=message):
+    with pytest.raises(KitError, match=message):
         run_parity(folder, _valid(workspace), seqs=2)
 
 

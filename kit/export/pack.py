@@ -35,7 +35,7 @@ from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.json_safe import dumps as json_dumps
-from kit.run_record import how_to_finish, read_config, read_metrics, relocated
+from kit.run_record import fold_run, how_to_finish, read_config, read_metrics, relocated
 from kit.submission import write_submission_zip, zip_path_of
 
 SUBMISSIONS_DIR = Path("submissions")
@@ -140,12 +140,14 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
             continue  # zero weight: not in the graph
         share = [w / len(entry["runs"]) for w in entry["weights"]]
         for run in entry["runs"]:
+            refuse_group_as_member(path, entry.get("name", run), relocated(run))
             try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
                 weighted.append(Weighted(load_member(relocated(run)), share))
             except KitError as exc:  # a member moved or deleted since the selection
                 raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
+    check_same_columns(weighted)  # first: a member of other targets has other weights too
     spec = weighted[0].member.spec
     k = spec.n_outputs
     if any(len(w.weights) != k for w in weighted):
@@ -172,6 +174,18 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     return pack_members(weighted, name or Path(path).stem, out_dir,
                         postprocess=doc.get("postprocess"), ensemble=about, force=force,
                         budget=budget, stack=stack)
+
+
+def refuse_group_as_member(path: Path, name: str, run: Path) -> None:
+    """An out-of-fold group in a member's runs (added by hand): its models are its fold runs,
+    which the member must list (as selection writes them), sharing the member's weight."""
+    if not (run / "oof_preds.npy").is_file():
+        return
+    listed = (read_metrics(run) or {}).get("runs")
+    folds = [str(fold_run(run, r)) for r in listed] if isinstance(listed, list) else []
+    raise PackError(f"{path}: member {name!r}: {run} is an out-of-fold group, whose models are "
+                    "its fold runs: list those in the member's runs instead"
+                    + (f" ({', '.join(folds)})" if folds else ""))
 
 
 def stream_module_of(weighted: list[Weighted], postprocess: dict | None, stack: bool = True):
