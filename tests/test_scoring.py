@@ -179,6 +179,36 @@ def test_next_state_spec_scores_against_the_next_row(tmp_path):
     assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
 
 
+def test_a_state_changed_in_place_is_the_next_state_scorers_target(tmp_path):
+    """The official next-state scorer keeps each row's `state` (a view of DataFrame.values)
+    as the previous prediction's target: a model that normalises it in place is scored
+    against the normalised values there, so here too."""
+    spec = spec_from_dict({
+        "name": "tiny-next", "features": ["0..3"], "seq_len": 20, "warmup": 5, "tail": 1,
+        "protocol": "next-state", "metric": {"name": "r2"},
+    })  # fmt: skip
+    data, frame = write_data(tmp_path, spec)
+    sub = write_sub(
+        tmp_path,
+        """\
+        class PredictionModel:
+            def predict(self, dp):
+                x = dp.state
+                x -= 0.5
+                x /= 2.0
+                return 0.5 * x if dp.need_prediction else None
+        """,
+    )
+    with pytest.warns(RuntimeWarning, match="changed dp.state in place"):
+        result = score(sub, data, spec)
+    feats = (frame.select(pl.col(c).cast(pl.Float64) for c in spec.features).to_numpy()
+             - 0.5) / 2.0
+    rows = np.flatnonzero(frame["need_prediction"].to_numpy())
+    expected = evaluate(spec, feats[rows + 1], 0.5 * feats[rows])
+    assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
+    assert any("changed dp.state in place" in note for note in result.warnings)
+
+
 def test_nan_prediction_scores_nan_and_warns(tmp_path):
     data, _ = write_data(tmp_path)
     sub = write_sub(
@@ -600,6 +630,34 @@ def test_timeout_kills_the_child(tmp_path):
     assert f'solution.py", line {line} in predict' in said
 
 
+def test_the_timeout_runs_from_the_rows_being_ready(tmp_path):
+    """kit's own typing of a large file's rows (before the submission is imported) is no time
+    of the submission's: a child that prepares its rows for 1.5 s, then runs 0.1 s, is within
+    a 1 s timeout."""
+    import subprocess
+
+    from tqdm import tqdm
+
+    from kit.scoring.sandbox import _watch
+
+    read_fd, write_fd = os.pipe()
+    child = textwrap.dedent(f"""\
+        import os, time
+        time.sleep(1.5)  # the rows being typed
+        os.write({write_fd}, b"R\\n")
+        os.write({write_fd}, b"I 0.0\\n")
+        time.sleep(0.1)
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", child], pass_fds=(write_fd,))
+    os.close(write_fd)
+    try:
+        finished, done, where = _watch(proc, read_fd, tqdm(disable=True), 1.0)
+    finally:
+        os.close(read_fd)
+        proc.kill()
+    assert finished and done == 0 and where is None
+
+
 def test_a_busy_loop_past_the_timeout_is_found_on_its_row(tmp_path):
     data, frame = write_data(tmp_path)
     seq, step = int(frame["seq_ix"][45]), int(frame["step_in_seq"][45])
@@ -940,6 +998,29 @@ def test_a_run_the_official_scorer_would_reject_exits_3_and_names_where(tmp_path
     slow.write_text(tomli_w.dumps({**SPEC.to_dict(), "limits": {"time_limit_s": 1e-6}}))
     result = run_cli("score", ok, "--data", data, "--spec", slow, "-q", expect=3)
     assert "the projected time exceeds the limit" in result.output
+
+
+def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_path):
+    """The scorer holds every row of its test set, as the child holds the local file's: the
+    verdict counts the rows at the test set's size, so a small local file does not hide a
+    test set too large to hold, and a large one does not fail a lean model."""
+    data, _ = write_data(tmp_path, n_seqs=6)
+    sub = write_sub(tmp_path, FORMULA)
+    same = spec_from_dict({**SPEC.to_dict(), "limits": {"test_rows": 6 * SPEC.seq_len}})
+    result = score(sub, data, same)
+    box = result.sandbox
+    assert box["rows_mb"] > 0
+    assert box["projected_peak_mb"] == pytest.approx(box["peak_rss_mb"])  # the same rows
+    assert "this file's rows); projected on the test set's rows" in result.format()
+    # a test set 1000x the file: its rows alone are past a limit the local run stays under
+    limit_gb = (box["peak_rss_mb"] + 100 * box["rows_mb"]) / 1024
+    big = spec_from_dict({**SPEC.to_dict(), "limits": {"test_rows": 6000 * SPEC.seq_len,
+                                                         "memory_gb": limit_gb}})
+    result = score(sub, data, big)
+    assert result.sandbox["peak_rss_mb"] < limit_gb * 1024
+    assert "peak memory exceeds the limit" in result.fails
+    said = f"peak memory projected on the test set's {6000 * SPEC.seq_len:,} rows"
+    assert any(said in w for w in result.warnings)
 
 
 def test_a_huge_exception_message_is_cut(tmp_path):

@@ -125,10 +125,15 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
     # np.load(mmap) returns a memmap whose rows are memmaps too (slow per-row slicing); view the
     # same pages as a plain ndarray. "c" = copy-on-write: a submission may write into its state
     # view as it could into DataFrame.values, without touching the file.
+    before = rss_mb()
     values = pandas_rows(np.asarray(np.load(job["rows"], mmap_mode="c")),
                          job.get("column_dtypes"))
+    # what holding the rows costs (the official scorer holds its DataFrame.values too): the
+    # measured growth of object rows, or the float rows' bytes, which the loop touches later
+    rows_mb = max(rss_mb() - before, values.nbytes / 2**20) if before is not None else None
     k = int(job["n_outputs"])
     where.values = values
+    report.write(b"R\n")  # the rows are ready: a --timeout counts the submission's time from here
 
     t0 = time.perf_counter()
     model = load_model(job["solution_dir"])
@@ -142,11 +147,14 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
 
     array = collect(preds, k, values)
     np.save(os.path.join(out_dir, "predictions.npy"), array)
+    if job.get("next_state"):
+        np.save(os.path.join(out_dir, "truth.npy"), next_states(values))
     return {
         "rows": int(len(values)),
         "scored_rows": int(array.shape[0]),
         "init_s": init_s,
         "loop_s": loop_s,
+        "rows_mb": rows_mb,
         "numpy": np.__version__,
     }
 
@@ -366,6 +374,20 @@ def score_rows(model, values, k: int, report: Reporter) -> list:
     return preds
 
 
+def next_states(values):
+    """The next-state truth as the official scorer keeps it: each scored row's following row,
+    the very `state` object predict() got there (a view of the rows), turned into an array only
+    at the end; a submission that changed its state in place is scored against the change."""
+    scored = np.flatnonzero(values[:, 2] != 0)  # (the parent checked each has a next row)
+    try:
+        return np.asarray(values[scored + 1, 3:], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise Failure({"stage": "collect", "message": "predict() wrote values that are not "
+                       f"numbers into dp.state ({type(exc).__name__}: {exc}); the next-state "
+                       "scorer's targets are those arrays: copy the state before changing it"}
+                      ) from None
+
+
 def row_info(values, row) -> dict:
     """Which row `row` (a view into values) is; found from its address, at no per-row cost."""
     index = (row.ctypes.data - values.ctypes.data) // values.strides[0]
@@ -462,16 +484,28 @@ def _is_k_numbers(pred, k: int) -> bool:
         return False
 
 
-def peak_rss_mb() -> float | None:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
-    exec, so a child forked from a large parent would report the parent's peak."""
+def _status_mb(key: str) -> float | None:
+    """A memory figure of /proc/self/status in MB (None off Linux)."""
     try:
         with open("/proc/self/status") as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def rss_mb() -> float | None:
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
+    exec, so a child forked from a large parent would report the parent's peak."""
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:

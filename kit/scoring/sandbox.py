@@ -247,6 +247,7 @@ class ChildRun:
     result: dict
     predictions: np.ndarray
     output_tail: str
+    truth: np.ndarray | None = None  # next-state: the scored rows' next states after the run
 
 
 def run_child(
@@ -261,6 +262,7 @@ def run_child(
     timeout_s: float | None,
     progress: bool,
     column_dtypes: list[str] | None = None,
+    next_state: bool = False,
 ) -> ChildRun:
     """Run runner.py on the rows; raise SubmissionError for anything the submission did wrong.
 
@@ -276,6 +278,7 @@ def run_child(
         "out_dir": str(out_dir),
         "n_outputs": n_outputs,
         "column_dtypes": column_dtypes,
+        "next_state": next_state,
         "cpu": cpu,
         "memory_limit_bytes": memory_limit_bytes,
         "progress_fd": write_fd,
@@ -331,7 +334,9 @@ def run_child(
     if not result["ok"]:
         raise SubmissionError(_failure_text(result["error"]) + _with(tail))
     predictions = np.load(out_dir / "predictions.npy")
-    return ChildRun(result, predictions, tail)
+    truth_path = out_dir / "truth.npy"
+    truth = np.load(truth_path) if truth_path.is_file() else None
+    return ChildRun(result, predictions, tail, truth)
 
 
 def _watch(
@@ -340,9 +345,11 @@ def _watch(
     """Follow the progress pipe until the child exits: (finished in time, rows done so far,
     the row a timed-out submission was on).
 
-    Rows done is None while the submission is still loading (imports and constructor).
+    Rows done is None while the submission is still loading (imports and constructor). The
+    deadline runs from the child's "R" line (its rows ready): kit's typing of a large file's
+    rows is no time of the submission's.
     """
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    deadline = None
     buf = b""
     done = None
     while True:
@@ -361,7 +368,9 @@ def _watch(
         *lines, buf = buf.split(b"\n")
         for line in lines:
             kind, _, value = line.partition(b" ")
-            if kind == b"I":
+            if kind == b"R" and timeout_s is not None:
+                deadline = time.monotonic() + timeout_s
+            elif kind == b"I":
                 done = 0
                 bar.reset(total=bar.total)  # the rate shown is the loop's, not init's
                 bar.set_description("scoring")

@@ -66,7 +66,8 @@ class ScoreResult:
                            "has no clip)")
         if self.projected_fraction > 1:
             reasons.append("the projected time exceeds the limit")
-        mem, limit_gb = self.sandbox.get("peak_rss_mb"), self.sandbox.get("memory_limit_gb")
+        mem = self.sandbox.get("projected_peak_mb", self.sandbox.get("peak_rss_mb"))
+        limit_gb = self.sandbox.get("memory_limit_gb")
         if mem is not None and limit_gb and mem > limit_gb * 1024:
             reasons.append("peak memory exceeds the limit")
         return reasons
@@ -99,7 +100,14 @@ class ScoreResult:
             f"{100 * self.projected_fraction:.1f}% of the {self.limit_s:,.0f} s limit "
             "(on this machine's CPU)",
         ]
-        if mem is not None:
+        projected = self.sandbox.get("projected_peak_mb")
+        if mem is not None and projected is not None:
+            lines.append(
+                f"peak memory {mem:,.0f} MB here ({self.sandbox['rows_mb']:,.0f} MB of it "
+                f"this file's rows); projected on the test set's rows: {projected:,.0f} MB"
+                + (f" of {limit_gb:g} GB" if limit_gb else "")
+            )
+        elif mem is not None:
             lines.append(
                 f"peak memory {mem:,.0f} MB" + (f" of {limit_gb:g} GB" if limit_gb else "")
             )
@@ -174,6 +182,15 @@ def score_submission(
                             column_dtypes=dtypes)
     result, preds = child.result, child.predictions
     notes = []
+    if child.truth is not None and not np.array_equal(child.truth, truth, equal_nan=True):
+        moved = int((~np.isclose(child.truth, truth, rtol=0, atol=0, equal_nan=True)
+                     ).any(axis=1).sum())
+        notes.append(f"predict() changed dp.state in place on {moved:,} scored row(s)' next "
+                     "rows: the next-state scorer keeps those very arrays as its targets, so "
+                     "this run is scored against the changed values, as it would be there "
+                     "(copy the state before changing it)")
+        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
+        truth = child.truth
     if changed:  # scored as it is (an experiment), but not what kit pack wrote and checked
         notes.append(f"{'; '.join(changed)}: this is not the package kit pack wrote (kit "
                      "parity checked that one); re-pack it, or run kit parity on this one")
@@ -195,10 +212,17 @@ def score_submission(
         notes.append(f"{bad_truth:,} {truth_of} of {data} are NaN or inf on rows that need a "
                      "prediction: the metric of their output is NaN (kit data check warns of "
                      "them)")
-    peak = result["sandbox"].get("peak_rss_mb")
-    if peak is not None and peak > spec.limits.memory_gb * 1024:
+    peak, rows_mb = result["sandbox"].get("peak_rss_mb"), result.get("rows_mb")
+    if peak is not None and rows_mb is not None:
+        # the scorer holds every row of its test set, as the child held this file's
+        result["sandbox"]["rows_mb"] = rows_mb
+        result["sandbox"]["projected_peak_mb"] = (
+            peak - rows_mb + rows_mb * spec.limits.test_rows / n_rows)
+    verdict = result["sandbox"].get("projected_peak_mb", peak)
+    if verdict is not None and verdict > spec.limits.memory_gb * 1024:
         notes.append(
-            f"peak memory {peak:,.0f} MB exceeds the competition's {spec.limits.memory_gb:g} GB"
+            f"peak memory projected on the test set's {spec.limits.test_rows:,} rows, "
+            f"{verdict:,.0f} MB, exceeds the competition's {spec.limits.memory_gb:g} GB"
         )
     result["sandbox"]["memory_limit_gb"] = spec.limits.memory_gb
     here = "{}.{}".format(*sys.version_info[:2])  # the child runs this interpreter
@@ -268,6 +292,7 @@ def replay_file(solution_dir: Path, rows_path: Path, n_rows: int, spec: Competit
         timeout_s=timeout_s,
         progress=progress,
         column_dtypes=column_dtypes,
+        next_state=spec.next_state,
     )
 
 
