@@ -45,6 +45,21 @@ def test_valid_file_reports_everything(tmp_path):
     assert as_json["nan_counts"]["p3"] == 4
 
 
+def test_a_pandas_index_column_is_not_a_column_of_the_data(tmp_path):
+    """`df[mask].to_parquet()` stores the index as __index_level_0__; pandas' read_parquet
+    (the scorer's) makes it the index again, so the file meets the contract there."""
+    frame = make_frame(SPEC, n_seqs=4).to_pandas()
+    path = tmp_path / "split.parquet"
+    frame[frame["seq_ix"] % 2 == 0].to_parquet(path)
+    assert "__index_level_0__" in pl.read_parquet_schema(path)
+    report = check_file(path, SPEC)
+    assert report.rows == 40 and report.sequences == 2
+    # a column of that name the file's metadata does not call an index is still one
+    pl.read_parquet(path).write_parquet(tmp_path / "kept.parquet")
+    with pytest.raises(DataError, match="unexpected column"):
+        check_file(tmp_path / "kept.parquet", SPEC)
+
+
 def test_paths_with_glob_characters_are_paths(tmp_path):
     """Polars reads a path as a glob pattern by default: `run [1]` matched nothing."""
     from kit.data.stats import dataset_stats

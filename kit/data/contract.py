@@ -15,7 +15,13 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec
-from kit.data.io import file_schema, read_frame, scan_parquet, unreadable_data
+from kit.data.io import (
+    file_schema,
+    pandas_index_columns,
+    read_frame,
+    scan_parquet,
+    unreadable_data,
+)
 from kit.errors import DataError
 
 FLOAT_TYPES = (pl.Float32, pl.Float64)
@@ -87,6 +93,8 @@ def check_file(path: str | Path, spec: CompetitionSpec) -> CheckReport:
     value columns are counted and summarised in one streaming pass."""
     path = Path(path)
     schema = file_schema(path)
+    index = pandas_index_columns(path)  # not the scorer's columns: its pandas reads them back
+    schema = pl.Schema({k: v for k, v in schema.items() if k not in index})
 
     def read_values(exprs: list[pl.Expr]) -> pl.DataFrame:
         try:

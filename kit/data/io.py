@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -13,6 +14,18 @@ def parquet_schema(path: Path) -> pl.Schema:
     """The file's schema. Paths are never glob patterns to kit: Polars expands them by default,
     so a folder named `run [1]` would read as an empty match."""
     return pl.scan_parquet(path, glob=False).collect_schema()
+
+
+def pandas_index_columns(path: Path) -> list[str]:
+    """Columns pandas wrote for a DataFrame's index (`to_parquet` of a filtered frame stores
+    `__index_level_0__`): pandas' read_parquet, which the scorers use, makes them the index
+    again, so they are no column of the data there."""
+    try:
+        meta = pl.read_parquet_metadata(path).get("pandas")
+        listed = json.loads(meta).get("index_columns", []) if meta else []
+    except Exception:  # no or foreign metadata: no index columns
+        return []
+    return [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
 
 
 def scan_parquet(path: Path) -> pl.LazyFrame:
