@@ -55,15 +55,17 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     interrupted ones continue from their last.pt."""
     from kit.competition import load_spec
     from kit.config import refuse_overrides
+    from kit.train.data import check_data_files
     from kit.train.recipe import experiment_config
 
     if not groups or len(set(groups)) != len(groups):
         raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
-    refuse_overrides(overrides, {"seeds": "--seeds"} | ({"seed": "--seeds alone"} if seeds
-                                                       else {}))
+    refuse_overrides(overrides, {"seeds": "--seeds", "features.groups": "--groups"}
+                     | ({"seed": "--seeds alone"} if seeds else {}))
     base = experiment_config(exp, overrides)
     spec = load_spec(base["spec"])
     check_variants(base, spec, groups)
+    check_data_files(base["data"])  # before any run: each would fail on it
     seeds = seeds or [base["seed"]]
     check_seeds(seeds, "--seeds")
     if len(set(seeds)) != len(seeds):

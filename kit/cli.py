@@ -308,7 +308,7 @@ def parse_seeds(value) -> list[int]:
     seeds = []
     for item in items:
         text = item.strip() if isinstance(item, str) else item
-        if isinstance(text, str) and text.isdigit():
+        if isinstance(text, str) and text.lstrip("+-").isdigit():  # -1: check_seeds says why
             text = int(text)
         if not isinstance(text, int) or isinstance(text, bool):
             raise ConfigError(f"seeds={value!r}: each seed must be a whole number, e.g. "
@@ -414,7 +414,8 @@ def sweep(
                                        "(default: $KIT_SWEEP_STORAGE, else sqlite under "
                                        "runs/EXP/)."),
     study: str | None = typer.Option(None, help="Study name (default: the experiment's)."),
-    workers: int = typer.Option(1, help="Worker processes on this machine."),
+    workers: int | None = typer.Option(None, help="Worker processes on this machine "
+                                       "(default 1)."),
     timeout: float | None = typer.Option(None, help="Stop starting trials after S seconds."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where trial runs are written."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -422,20 +423,23 @@ def sweep(
 ) -> None:
     """Optuna study over the search space in an experiment's sweep table; each trial is a run.
     Interrupt with Ctrl-C and run the same command again to resume."""
-    from kit.config import parse_override
+    from kit.config import ConfigError, parse_override
     from kit.sweep import format_summary
     from kit.sweep import sweep as run_sweep
 
-    overrides = []
+    overrides, options = [], {"trials": trials, "workers": workers}
     for text in overrides_of(ctx):  # `just sweep exp=NAME trials=50` reads like train's recipe
         path, value = parse_override(text)
-        if path in (["trials"], ["workers"]) and isinstance(value, int):
-            trials, workers = (value, workers) if path == ["trials"] else (trials, value)
+        if len(path) == 1 and path[0] in options and isinstance(value, int):
+            if options[path[0]] is not None:  # one would win without a word
+                raise ConfigError(f"{text!r} and --{path[0]} {options[path[0]]}: give one")
+            options[path[0]] = value
         else:
             overrides.append(text)
     try:
-        summary = run_sweep(exp, overrides, trials=trials, storage=storage, study=study,
-                            workers=workers, timeout=timeout, progress=not quiet,
+        summary = run_sweep(exp, overrides, trials=options["trials"], storage=storage,
+                            study=study, workers=options["workers"] or 1, timeout=timeout,
+                            progress=not quiet,
                             runs_dir=runs_dir, summary=not no_summary)
     except KeyboardInterrupt:
         typer.echo("interrupted: finished trials are kept in the study; run the same command "

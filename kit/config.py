@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -259,6 +260,9 @@ def parse_override(text: str) -> tuple[list[str], object]:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
+        if re.fullmatch(r"\s*[+-]?(\d+\.|\.\d+)([eE][+-]?\d+)?\s*", raw):  # .001, 1.
+            raise ConfigError(f"override {text!r}: {raw.strip()} is not a TOML number; write "
+                              f"{float(raw)!r}") from None
         value = raw  # a bare string such as schedule=onecycle
     return _key_path(key.strip()), value
 

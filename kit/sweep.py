@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import tomli_w
 
-from kit.config import ConfigError, flatten, resolve, set_path
+from kit.config import ConfigError, flatten, refuse_overrides, resolve, set_path
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import WorkerGroup, worker_pythonpath
@@ -632,6 +632,10 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     base = experiment_config(exp, overrides)
     table = base.get("sweep") or {}
     params = parse_space(table)
+    # an override of a swept key would be replaced by the sampled value without a word
+    refuse_overrides(overrides, {p.name: f'sweep.params."{p.name}" to change what the sweep '
+                                 "samples, or leave the key out of sweep.params to fix it"
+                                 for p in params})
     check_space(base, params)
     spec = load_spec(base["spec"])
     direction = "maximize" if spec.metric.higher_is_better else "minimize"

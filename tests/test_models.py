@@ -332,6 +332,9 @@ def test_budget_errors_and_overrides_a_width():
             "model.patch_len (100) must be at most model.window (64)",
         ),
         ("gru", "[model] must be a table"),
+        # sizes torch cannot allocate: the table is named, not torch's traceback
+        ({"type": "gru", "hidden": 10**11}, "'hidden': 100000000000"),
+        ({"type": "transformer", "ff": 1e300}, "torch cannot build it (TypeError"),
     ],
 )
 def test_bad_configs_name_the_entry(config, message):

@@ -851,6 +851,25 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
 # --- ablation ------------------------------------------------------------------------------
 
 
+def test_overrides_a_sweep_or_an_ablation_would_replace_are_refused(sweep_env):
+    """The sampled value (the ablation's groups) replaced them without a word, and of
+    `trials=2` and `--trials 1` the override won."""
+    for override in ("model.hidden=16", "model={ type = 'gru', hidden = 8, layers = 1 }"):
+        out = run_cli("sweep", "exp=tiny", "--trials", 1, override, expect=2).output
+        assert "sets model.hidden itself" in out and 'sweep.params."model.hidden"' in out
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, "trials=2", expect=2).output
+    assert "'trials=2' and --trials 1: give one" in out
+    out = run_cli("sweep", "exp=tiny", "--workers", 1, "workers=2", expect=2).output
+    assert "'workers=2' and --workers 1: give one" in out
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw", 'features.groups=["diffs"]',
+                  expect=2).output
+    assert "sets features.groups itself; use --groups" in out
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", "data.train=nope.parquet",
+                  expect=2).output
+    assert "no such data file" in out
+    assert not (sweep_env / "runs").exists()  # all refused before anything was written
+
+
 def test_ablate_checks_each_variants_budget_before_training(sweep_env):
     from kit.competition import load_spec
     from kit.config import load_experiment

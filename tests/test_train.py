@@ -325,6 +325,8 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     ("seed=-1", r"seed must be a whole number in \[0, 2\*\*32\)"),
     ("seeds=abc", "each seed must be a whole number"),
     ("seeds=[1.7]", "each seed must be a whole number"),
+    ("seeds=-1", r"in \[0, 2\*\*32\)"),  # the range, not "a whole number"
+    ("train.lr=.001", "train.lr=.001': .001 is not a TOML number; write 0.001"),
     ("loss.huber_delta=-1", "loss.huber_delta must be a finite number > 0"),
     ("loss.target_weights=[0,0]", "positive sum"),
     ('loss.terms={wmse="a"}', "loss.terms weights must be finite numbers"),
@@ -829,6 +831,12 @@ def test_folds_need_no_valid_file_and_refuse_the_sequence_limits(env, tmp_path):
     assert ("train.max_train_seqs = 4 and train.max_valid_seqs = 2 with --folds: each fold "
             "trains on all the other folds") in out
     assert len(_run_dirs(tmp_path / "runs" / "tiny")) == 3  # nothing new started
+    # a held-out fraction and its seed choose one split, which folds do not use
+    out = run_cli("train", "exp=tiny", "--folds", "2", "data.split=random",
+                  "data.valid_fraction=0.5", "data.split_seed=7", "-q", expect=2).output
+    assert ("data.valid_fraction = 0.5 and data.split_seed = 7 choose a single held-out split; "
+            "with --folds each fold validates 1/k") in out
+    assert len(_run_dirs(tmp_path / "runs" / "tiny")) == 3
 
 
 def test_resume_of_folds_finishes_the_folds_then_the_out_of_fold_result(env, tmp_path):

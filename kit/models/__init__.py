@@ -143,4 +143,13 @@ def build_model(config: dict, n_inputs: int, n_outputs: int) -> StreamModel:
     """The model of a [model] table (its width solved from `params` when that is given)."""
     config = solve_width(config, n_inputs, n_outputs)
     cls = model_class(config)
-    return cls(n_inputs, n_outputs, **model_values(config))
+    values = model_values(config)
+    try:
+        return cls(n_inputs, n_outputs, **values)
+    except (RuntimeError, OverflowError, MemoryError, TypeError) as exc:
+        # sizes past what torch can allocate (model.hidden = 10**11, model.ff = 1e300): the
+        # keys' checks take any size, so say which table it was rather than torch's traceback
+        said = (str(exc).splitlines() or [""])[0][:200]
+        raise ModelConfigError(f"model {values | {'type': config['type']}}: torch cannot build "
+                               f"it ({type(exc).__name__}: {said}); are the sizes meant?"
+                               ) from None
