@@ -461,6 +461,9 @@ class PredictionModel:
     {},  # the contract's (and kit's synthetic files') dtypes: a bool flag -> object rows
     {"need_prediction": pl.Int64},  # all numbers: one common dtype, float64
     {"seq_ix": pl.Float32, "step_in_seq": pl.Float32, "need_prediction": pl.Int8},  # float32
+    # float32 inputs beside float64 targets: the targets' dtype makes the rows float64 there
+    {"seq_ix": pl.Int16, "step_in_seq": pl.Int16, "need_prediction": pl.Int8,
+     "t0": pl.Float64, "t1": pl.Float64},
 ])
 def test_rows_arrive_typed_as_dataframe_values_types_them(tmp_path, casts):
     """The official scorer iterates pd.read_parquet(path).values: pandas is the oracle here."""

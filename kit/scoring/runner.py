@@ -104,11 +104,13 @@ def pandas_rows(values, dtypes: list[str] | None):
 
     if not dtypes:
         return values
+    # every column of the file decides the common type; the rows hold the first ones (the
+    # inputs), the rest (targets) are only in that decision
     kinds = [np.dtype(d) for d in dtypes]
     if any(d.kind == "O" for d in kinds) or (
             any(d.kind == "b" for d in kinds) and not all(d.kind == "b" for d in kinds)):
         rows = np.empty(values.shape, dtype=object)
-        for j, d in enumerate(kinds):
+        for j, d in enumerate(kinds[:values.shape[1]]):
             col = values[:, j]
             typed = col != 0 if d.kind == "b" else col.astype(d) if d.kind in "iu" else col
             # (a null of an integer column arrives as float64 NaN: pandas_dtype says float64)

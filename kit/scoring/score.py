@@ -369,7 +369,10 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     if labelled and spec.targets:
         targets = frame.select(pl.col(t).cast(pl.Float64) for t in spec.targets).to_numpy()
     truth = scored_truth(values[:, 0], need, values[:, 3:], targets, spec)
-    dtypes = [pandas_dtype(frame[c]) for c in spec.input_columns]
+    # the scorer's DataFrame.values holds the target columns too: their dtypes take part in
+    # the common type (listed after the inputs; the rows hold the inputs only)
+    dtypes = [pandas_dtype(frame[c]) for c in spec.input_columns
+              + [c for c in frame.columns if c not in spec.input_columns]]
     return Rows(values, truth, sequences, dtypes)
 
 
