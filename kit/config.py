@@ -80,6 +80,8 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"experiment {name!r} extends itself through {list(_seen)}")
     raw = read_toml(path, ConfigError)
     parent_name = raw.pop("extends", None)
+    if problem := unknown_keys(raw):
+        raise ConfigError(f"{path}: {problem}")
     if parent_name is not None:
         reference = str(parent_name)
         beside = path.parent / reference  # a file path is read next to the file naming it
@@ -189,6 +191,22 @@ def check_name(name: str) -> None:
                           "'ensembles', which holds ensemble files)")
 
 
+def unknown_keys(config: dict) -> str | None:
+    """What is misspelt in a config's key names (checked per file as it loads, so the error
+    names the file, and again after the overrides), or None."""
+    for key in config:
+        if key not in SECTIONS and key not in TOP_LEVEL:
+            return (f"unknown config key {key!r}; top-level keys: {sorted(TOP_LEVEL)}, "
+                    f"sections: {sorted(SECTIONS)}")
+    for section, defaults in DEFAULTS.items():
+        given = config.get(section, {})
+        unknown = sorted(set(given) - set(defaults)) if isinstance(given, dict) else []
+        if unknown:
+            return (f"unknown key(s) {[f'{section}.{k}' for k in unknown]}; allowed: "
+                    f"{sorted(defaults)}")
+    return None
+
+
 def resolve(config: dict) -> dict:
     """Fill defaults and check every key and type, naming the first offender."""
     out = {k: v for k, v in config.items()}
@@ -202,15 +220,10 @@ def resolve(config: dict) -> dict:
             _check_bounds(key, value)
             if key == "name":
                 check_name(value)
-        else:
-            raise ConfigError(f"unknown config key {key!r}; top-level keys: "
-                              f"{sorted(TOP_LEVEL)}, sections: {sorted(SECTIONS)}")
+    if problem := unknown_keys(config):
+        raise ConfigError(problem)
     for section, defaults in DEFAULTS.items():
         given = config.get(section, {})
-        unknown = sorted(set(given) - set(defaults))
-        if unknown:
-            raise ConfigError(f"unknown key(s) {[f'{section}.{k}' for k in unknown]}; allowed: "
-                              f"{sorted(defaults)}")
         merged = dict(defaults)
         for key, value in given.items():
             want = type(defaults[key])

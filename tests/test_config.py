@@ -81,6 +81,14 @@ def test_a_name_must_be_one_folder_name(name):
         resolve({"name": name})
 
 
+def test_a_misspelt_key_names_the_file_it_is_in(exps):
+    """Checked after the merge, a typo in a parent read as the child's (or nobody's)."""
+    (exps / "typo.toml").write_text('extends = "base"\n[train]\nepoch = 3\n')
+    (exps / "grandchild.toml").write_text('extends = "typo"\n')
+    with pytest.raises(ConfigError, match=r"typo\.toml: unknown key\(s\) \['train.epoch'\]"):
+        load_experiment("grandchild")
+
+
 def test_resolve_fills_defaults_and_names_bad_keys(exps):
     config = resolve(load_experiment("base"))
     assert config["train"]["batch_size"] == 32 and config["train"]["lr"] == 0.1
