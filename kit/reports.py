@@ -649,6 +649,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         valid = _valid_file(run_dir, config, cache)
         if valid is None:
             raise KitError(f"validation file {_validated_on(run_dir, config)!r} not found")
+        if (run_dir / "best.pt").is_file():  # the predictions' columns are the trained spec's
+            from kit.ensemble import trained_spec
+
+            trained = trained_spec(run_dir)
+            if trained.outputs != valid.spec.outputs:  # the spec file changed since
+                valid = ValidFile(valid.path, trained)
         pred, rows = load_array(preds_path, "preds"), load_array(rows_path, "rows")
         if pred.shape != (len(rows), valid.spec.n_outputs):
             raise KitError(

@@ -654,7 +654,8 @@ def test_a_missing_postprocess_key_means_the_identity(tmp_path):
     assert doc["postprocess"] == {"scale": [2.0, 1.0], "smoothing": [0.0, 0.0]}
 
 
-def test_selection_scores_a_run_on_the_spec_it_trained_with(workspace, runs, tmp_path):
+def test_selection_scores_a_run_on_the_spec_it_trained_with(workspace, runs, tmp_path,
+                                                           monkeypatch):
     """A spec file edited after training (targets reordered) must not relabel the run's
     predictions: selection reads the spec in the checkpoint, as pack and parity do."""
     import shutil
@@ -672,6 +673,18 @@ def test_selection_scores_a_run_on_the_spec_it_trained_with(workspace, runs, tmp
     trained = json.loads((run / "metrics.json").read_text())
     assert doc["ensemble"]["targets"] == ["t0", "t1"]
     assert doc["ensemble"]["target_scores"] == pytest.approx(trained["per_target"], abs=1e-6)
+    # kit report plots the predictions against the truth of the columns they were made for
+    from kit import reports
+
+    drawn = []
+    monkeypatch.setattr(reports, "_plot_pred_vs_true",
+                        lambda pred, truth, spec, *rest: drawn.append((pred, truth, spec)))
+    reports.write_report(run, tmp_path / "report")
+    (pred, truth, spec), = drawn
+    assert spec.outputs == ("t0", "t1")
+    for t, name in enumerate(spec.outputs):
+        assert metric_value(spec, truth[:, t], pred[:, t]) == pytest.approx(
+            trained["per_target"][name], abs=1e-6)
 
 
 def test_candidates_with_non_finite_predictions_are_named(runs, tmp_path):
