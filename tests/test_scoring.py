@@ -157,56 +157,48 @@ def test_predictorium_length_sequences(tmp_path):
     assert result.score == pytest.approx(expected_report(frame, spec).score, rel=1e-12)
 
 
-def test_next_state_spec_scores_against_the_next_row(tmp_path):
-    spec = spec_from_dict({
-        "name": "tiny-next", "features": ["0..3"], "seq_len": 20, "warmup": 5, "tail": 1,
-        "protocol": "next-state", "metric": {"name": "r2"},
-    })  # fmt: skip
-    data, frame = write_data(tmp_path, spec)
-    sub = write_sub(
-        tmp_path,
-        """\
-        class PredictionModel:
-            def predict(self, dp):
-                return 0.5 * dp.state if dp.need_prediction else None
-        """,
-    )
-    result = score(sub, data, spec)
-    feats = frame.select(pl.col(c).cast(pl.Float64) for c in spec.features).to_numpy()
+NEXT_STATE = spec_from_dict({
+    "name": "tiny-next", "features": ["0..3"], "seq_len": 20, "warmup": 5, "tail": 1,
+    "protocol": "next-state", "metric": {"name": "r2"},
+})  # fmt: skip
+
+NEXT_STATE_HALF = """\
+class PredictionModel:
+    def predict(self, dp):
+        return 0.5 * dp.state if dp.need_prediction else None
+"""
+
+# normalises its state in place: the official next-state scorer keeps each row's `state` (a
+# view of DataFrame.values) as the previous prediction's target, so it scores against that
+NEXT_STATE_IN_PLACE = """\
+class PredictionModel:
+    def predict(self, dp):
+        x = dp.state
+        x -= 0.5
+        x /= 2.0
+        return 0.5 * x if dp.need_prediction else None
+"""
+
+
+@pytest.mark.parametrize(("code", "states"), [
+    (NEXT_STATE_HALF, lambda f: f),
+    (NEXT_STATE_IN_PLACE, lambda f: (f - 0.5) / 2.0),
+])  # fmt: skip
+def test_next_state_spec_scores_against_the_next_row(tmp_path, code, states):
+    data, frame = write_data(tmp_path, NEXT_STATE)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = score(write_sub(tmp_path, code), data, NEXT_STATE)
+    feats = states(frame.select(pl.col(c).cast(pl.Float64)
+                                for c in NEXT_STATE.features).to_numpy())
     rows = np.flatnonzero(frame["need_prediction"].to_numpy())
-    expected = evaluate(spec, feats[rows + 1], 0.5 * feats[rows])
+    expected = evaluate(NEXT_STATE, feats[rows + 1], 0.5 * feats[rows])
     assert result.predictions.shape == (len(rows), 4)
     assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
-
-
-def test_a_state_changed_in_place_is_the_next_state_scorers_target(tmp_path):
-    """The official next-state scorer keeps each row's `state` (a view of DataFrame.values)
-    as the previous prediction's target: a model that normalises it in place is scored
-    against the normalised values there, so here too."""
-    spec = spec_from_dict({
-        "name": "tiny-next", "features": ["0..3"], "seq_len": 20, "warmup": 5, "tail": 1,
-        "protocol": "next-state", "metric": {"name": "r2"},
-    })  # fmt: skip
-    data, frame = write_data(tmp_path, spec)
-    sub = write_sub(
-        tmp_path,
-        """\
-        class PredictionModel:
-            def predict(self, dp):
-                x = dp.state
-                x -= 0.5
-                x /= 2.0
-                return 0.5 * x if dp.need_prediction else None
-        """,
-    )
-    with pytest.warns(RuntimeWarning, match="changed dp.state in place"):
-        result = score(sub, data, spec)
-    feats = (frame.select(pl.col(c).cast(pl.Float64) for c in spec.features).to_numpy()
-             - 0.5) / 2.0
-    rows = np.flatnonzero(frame["need_prediction"].to_numpy())
-    expected = evaluate(spec, feats[rows + 1], 0.5 * feats[rows])
-    assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
-    assert any("changed dp.state in place" in note for note in result.warnings)
+    in_place = code is NEXT_STATE_IN_PLACE  # said, in the result and as a warning
+    said = "changed dp.state in place"
+    assert any(said in note for note in result.warnings) == in_place
+    assert any(said in str(w.message) for w in caught) == in_place
 
 
 def test_nan_prediction_scores_nan_and_warns(tmp_path):
