@@ -54,14 +54,18 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     JSON of an interrupted ablation with the same settings; its finished runs are kept, its
     interrupted ones continue from their last.pt."""
     from kit.competition import load_spec
-    from kit.config import refuse_overrides
+    from kit.config import parse_override, refuse_overrides
     from kit.train.data import check_data_files
     from kit.train.recipe import experiment_config
 
     if not groups or len(set(groups)) != len(groups):
         raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
-    refuse_overrides(overrides, {"seeds": "--seeds", "features.groups": "--groups"}
-                     | ({"seed": "--seeds alone"} if seeds else {}))
+    refuse_overrides(overrides, {"seeds": "--seeds"} | ({"seed": "--seeds alone"} if seeds
+                                                       else {}))
+    for text in overrides or []:  # (a [features] table keeps its ops: the groups are set)
+        if parse_override(text)[0] == ["features", "groups"]:
+            raise ConfigError(f"override {text!r}: this command sets features.groups itself "
+                              "(each variant's); use --groups")
     base = experiment_config(exp, overrides)
     spec = load_spec(base["spec"])
     check_variants(base, spec, groups)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -308,7 +309,7 @@ def parse_seeds(value) -> list[int]:
     seeds = []
     for item in items:
         text = item.strip() if isinstance(item, str) else item
-        if isinstance(text, str) and text.lstrip("+-").isdigit():  # -1: check_seeds says why
+        if isinstance(text, str) and re.fullmatch(r"[+-]?\d+", text):  # -1: check_seeds says why
             text = int(text)
         if not isinstance(text, int) or isinstance(text, bool):
             raise ConfigError(f"seeds={value!r}: each seed must be a whole number, e.g. "
@@ -438,7 +439,8 @@ def sweep(
             overrides.append(text)
     try:
         summary = run_sweep(exp, overrides, trials=options["trials"], storage=storage,
-                            study=study, workers=options["workers"] or 1, timeout=timeout,
+                            study=study, timeout=timeout,
+                            workers=1 if options["workers"] is None else options["workers"],
                             progress=not quiet,
                             runs_dir=runs_dir, summary=not no_summary)
     except KeyboardInterrupt:

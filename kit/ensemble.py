@@ -23,6 +23,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +189,11 @@ def check_same_rows(candidates: list[Candidate]) -> None:
                             "they cannot be blended: " + "; ".join(specs[:5])
                             + ". Select among runs of one spec (a spec file changed between "
                               "runs: retrain on the current one)")
+    other = sorted({c.name for c in candidates[1:] if c.spec.metric != first.spec.metric})
+    if other:  # a spec's metric or clip edited between runs: one metric scores the blends
+        warnings.warn(f"{', '.join(other[:5])} trained under another metric than "
+                      f"{first.name} ({first.spec.metric.name}, clip {first.spec.metric.clip}): "
+                      "the blends are scored on the latter", RuntimeWarning, stacklevel=2)
     bad = []
     for c in candidates[1:]:
         if c.data.resolve() != first.data.resolve():
@@ -206,8 +212,8 @@ def check_same_rows(candidates: list[Candidate]) -> None:
 def _other_spec(c: Candidate, first: Candidate) -> str | None:
     """How c's spec differs from first's where a blend's score depends on it, or None."""
     a, b = c.spec, first.spec
-    for what, mine, theirs in (("spec", a.name, b.name), ("outputs", a.outputs, b.outputs),
-                               ("metric", a.metric, b.metric)):
+    for what, mine, theirs in (("outputs", a.outputs, b.outputs),
+                               ("feature columns", a.features, b.features)):
         if mine != theirs:
             return f"has {what} {_shown(mine)}, {first.name} {_shown(theirs)}"
     if c.preds.shape[1] != first.preds.shape[1]:
@@ -307,7 +313,8 @@ def _moments_precise(preds: np.ndarray, clip: tuple[float, float] | None) -> boo
     variance of 1 in float64. Such candidates are scored exactly (slower, rare)."""
     if clip is None:
         return True
-    return float(np.abs(preds).max()) <= MOMENTS_RANGE * max(abs(clip[0]), abs(clip[1]), 1.0)
+    largest = max(float(preds.max()), -float(preds.min()))  # no |preds| copy of them all
+    return largest <= MOMENTS_RANGE * max(abs(clip[0]), abs(clip[1]), 1.0)
 
 
 # --- selection ----------------------------------------------------------------------------

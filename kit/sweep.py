@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import tomli_w
 
-from kit.config import ConfigError, flatten, refuse_overrides, resolve, set_path
+from kit.config import ConfigError, flatten, parse_override, resolve, set_path
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import WorkerGroup, worker_pythonpath
@@ -632,10 +632,7 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     base = experiment_config(exp, overrides)
     table = base.get("sweep") or {}
     params = parse_space(table)
-    # an override of a swept key would be replaced by the sampled value without a word
-    refuse_overrides(overrides, {p.name: f'sweep.params."{p.name}" to change what the sweep '
-                                 "samples, or leave the key out of sweep.params to fix it"
-                                 for p in params})
+    refuse_sampled_overrides(overrides, params)
     check_space(base, params)
     spec = load_spec(base["spec"])
     direction = "maximize" if spec.metric.higher_is_better else "minimize"
@@ -644,6 +641,19 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
                       study or name,
                       storage or storage_from_env() or default_storage(name, runs_dir),
                       runs_dir, list(overrides or []))
+
+
+def refuse_sampled_overrides(overrides: list[str] | None, params: list[Param]) -> None:
+    """An override of a key every trial samples (or of a key inside it) would be replaced
+    without a word. A conditional parameter leaves the override where its condition fails,
+    and a table around a swept key keeps its other keys: both are allowed."""
+    for text in overrides or []:
+        key = ".".join(parse_override(text)[0])
+        for p in params:
+            if not p.when and (key == p.name or key.startswith(p.name + ".")):
+                raise SweepError(f"override {text!r}: every trial samples {p.name}, which would "
+                                 f'replace it; change sweep.params."{p.name}" to change what '
+                                 "it samples, or leave it out of sweep.params to fix it")
 
 
 def storage_from_env() -> str | None:

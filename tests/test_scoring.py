@@ -1016,6 +1016,12 @@ def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_pat
     assert "peak memory exceeds the limit" in result.fails
     said = f"peak memory projected on the test set's {6000 * SPEC.seq_len:,} rows"
     assert any(said in w for w in result.warnings)
+    # the projection does not depend on the local file's size (computed, not measured: the
+    # allocator's fixed overhead is not scaled up with the rows)
+    (tmp_path / "one").mkdir()
+    one, _ = write_data(tmp_path / "one", n_seqs=1)
+    projected = [score(sub, path, big).sandbox["projected_peak_mb"] for path in (one, data)]
+    assert projected[0] == pytest.approx(projected[1], rel=0.05)
 
 
 def test_a_huge_exception_message_is_cut(tmp_path):

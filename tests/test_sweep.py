@@ -854,16 +854,26 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
 def test_overrides_a_sweep_or_an_ablation_would_replace_are_refused(sweep_env):
     """The sampled value (the ablation's groups) replaced them without a word, and of
     `trials=2` and `--trials 1` the override won."""
-    for override in ("model.hidden=16", "model={ type = 'gru', hidden = 8, layers = 1 }"):
-        out = run_cli("sweep", "exp=tiny", "--trials", 1, override, expect=2).output
-        assert "sets model.hidden itself" in out and 'sweep.params."model.hidden"' in out
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, "model.hidden=16", expect=2).output
+    assert "every trial samples model.hidden" in out and 'sweep.params."model.hidden"' in out
+    # what a trial does not replace is allowed: a conditional parameter's key (it trains
+    # where the condition fails) and a table around a swept key (its other keys train)
+    prepare("tiny", ["model={ type = 'gru', hidden = 8, layers = 2 }"], None, None)
+    before = _edit_tiny(sweep_env, lambda doc: doc["sweep"]["params"].update({
+        "train.ema": {"type": "float", "low": 0.9, "high": 0.99,
+                      "when": {"model.type": "attention_gru"}}}))
+    prepare("tiny", ["train.ema=0.5"], None, None)
+    _edit_tiny(sweep_env, lambda doc: doc.update(before))
     out = run_cli("sweep", "exp=tiny", "--trials", 1, "trials=2", expect=2).output
     assert "'trials=2' and --trials 1: give one" in out
     out = run_cli("sweep", "exp=tiny", "--workers", 1, "workers=2", expect=2).output
     assert "'workers=2' and --workers 1: give one" in out
+    for zero in (("--workers", 0), ("workers=0",)):
+        assert "--trials and --workers must be >= 1" in run_cli(
+            "sweep", "exp=tiny", "--trials", 1, *zero, expect=2).output
     out = run_cli("ablate", "exp=tiny", "--groups", "raw", 'features.groups=["diffs"]',
                   expect=2).output
-    assert "sets features.groups itself; use --groups" in out
+    assert "sets features.groups itself (each variant's); use --groups" in out
     out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", "data.train=nope.parquet",
                   expect=2).output
     assert "no such data file" in out

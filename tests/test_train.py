@@ -326,6 +326,7 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     ("seeds=abc", "each seed must be a whole number"),
     ("seeds=[1.7]", "each seed must be a whole number"),
     ("seeds=-1", r"in \[0, 2\*\*32\)"),  # the range, not "a whole number"
+    ("seeds=+-1", "each seed must be a whole number"),
     ("train.lr=.001", "train.lr=.001': .001 is not a TOML number; write 0.001"),
     ("loss.huber_delta=-1", "loss.huber_delta must be a finite number > 0"),
     ("loss.target_weights=[0,0]", "positive sum"),

@@ -120,6 +120,26 @@ def pandas_rows(values, dtypes: list[str] | None):
     return values if common == values.dtype else values.astype(common)
 
 
+# bytes of the Python objects an object row holds per value, by column kind: a float is its
+# own 24-byte object; ints past the small-int cache take 28; bools are shared
+OBJECT_BYTES = {"f": 24, "i": 28, "u": 28, "b": 0}
+
+
+def rows_bytes(raw, values) -> int:
+    """What holding the rows costs, as the official scorer holds its DataFrame.values: the
+    float64 file's pages (the loop touches them all), plus a typed copy, plus for object rows
+    their pointers and value objects. Computed, not measured: the allocator's fixed overhead
+    would be scaled up with the rows when projected to the test set."""
+    total = raw.nbytes
+    if values is raw:
+        return total
+    total += values.nbytes
+    if values.dtype.kind == "O" and len(values):
+        total += len(values) * sum(OBJECT_BYTES.get(np.asarray(v).dtype.kind, 24)
+                                   for v in values[0])
+    return total
+
+
 def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
     global np
     import numpy as np
@@ -127,12 +147,9 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
     # np.load(mmap) returns a memmap whose rows are memmaps too (slow per-row slicing); view the
     # same pages as a plain ndarray. "c" = copy-on-write: a submission may write into its state
     # view as it could into DataFrame.values, without touching the file.
-    before = rss_mb()
-    values = pandas_rows(np.asarray(np.load(job["rows"], mmap_mode="c")),
-                         job.get("column_dtypes"))
-    # what holding the rows costs (the official scorer holds its DataFrame.values too): the
-    # measured growth of object rows, or the float rows' bytes, which the loop touches later
-    rows_mb = max(rss_mb() - before, values.nbytes / 2**20) if before is not None else None
+    raw = np.asarray(np.load(job["rows"], mmap_mode="c"))
+    values = pandas_rows(raw, job.get("column_dtypes"))
+    rows_mb = rows_bytes(raw, values) / 2**20
     k = int(job["n_outputs"])
     where.values = values
     report.write(b"R\n")  # the rows are ready: a --timeout counts the submission's time from here
@@ -496,10 +513,6 @@ def _status_mb(key: str) -> float | None:
     except OSError:
         pass
     return None
-
-
-def rss_mb() -> float | None:
-    return _status_mb("VmRSS")
 
 
 def peak_rss_mb() -> float | None:

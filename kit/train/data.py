@@ -116,13 +116,6 @@ def check_split_settings(data: dict) -> None:
     if not 0.0 < data["valid_fraction"] < 1.0:
         raise ConfigError(f"data.valid_fraction must be between 0 and 1, got "
                           f"{data['valid_fraction']}")
-    ignored = [f"data.{key} = {data[key]}" for key in ("valid_fraction", "split_seed")
-               if data[key] != DEFAULTS["data"][key]]
-    if fold and ignored:  # k folds each validate 1/k, placed by the run's seed
-        raise ConfigError(f"{' and '.join(ignored)} choose a single held-out split; with "
-                          "--folds each fold validates 1/k of the sequences, placed by the "
-                          "run's seed: leave them out",
-                          settings=("data.valid_fraction", "data.split_seed"))
     if data["split"] == "random" and (data["group"] or data["stratify"]):
         raise ConfigError("data.group and data.stratify need data.split = \"group\"")
     if data["split"] == "group" and not data["group"]:

@@ -12,7 +12,14 @@ import numpy as np
 import torch
 
 from kit.competition import load_spec
-from kit.config import ConfigError, apply_overrides, check_seeds, load_experiment, resolve
+from kit.config import (
+    DEFAULTS,
+    ConfigError,
+    apply_overrides,
+    check_seeds,
+    load_experiment,
+    resolve,
+)
 from kit.errors import KitError
 from kit.run_record import (
     DATA_DIGESTS,
@@ -123,6 +130,13 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         raise ConfigError(f"{' and '.join(limits)} with --folds: each fold trains on all the "
                           "other folds of the train file and validates on its own, so the "
                           "limits would be ignored; set them to 0, or cut the train file")
+    held_out = [f"data.{key} = {base['data'][key]}" for key in ("valid_fraction", "split_seed")
+                if base["data"][key] != DEFAULTS["data"][key]]
+    if folds and held_out and not resume:  # (a group started before this check resumes)
+        raise ConfigError(f"{' and '.join(held_out)} choose a single held-out split; with "
+                          "--folds each fold validates 1/k of the sequences, placed by the "
+                          "run's seed: leave them out",
+                          settings=("data.valid_fraction", "data.split_seed"))
     if run_dir and len(seeds or []) > 1:
         raise ConfigError("--run-dir names one run: it does not combine with several seeds")
     if seeds and len(set(seeds)) != len(seeds):
