@@ -102,6 +102,9 @@ def how_to_finish(folder: Path, experiment: str | None) -> str:
 # --- the data a run saw -------------------------------------------------------------------
 
 DATA_DIGESTS = "data_sha256"  # metrics.json key: {data file as configured: its sha256}
+# the same digests, written when a run starts: a run killed before its metrics.json (or
+# resumed after a pause, which drops the pause's) is still checked against its files
+DATA_RECORD = "data_sha256.json"
 
 
 def data_files(config: dict, summary: dict | None = None) -> list[str]:
@@ -145,8 +148,8 @@ def data_changes(run_dir: Path, reading_here: bool = False) -> list[str]:
     (the sha256 it recorded): its scores and predictions do not describe them. A run recorded
     before kit kept digests, or a file missing here, is not reported (the readers that need
     the file say so)."""
-    recorded = (read_metrics(run_dir) or {}).get(DATA_DIGESTS)
-    if not isinstance(recorded, dict):
+    recorded = recorded_digests(Path(run_dir))
+    if not recorded:
         return []
     try:
         cache_dir = (read_config(run_dir).get("data") or {}).get("cache_dir")
@@ -158,6 +161,18 @@ def data_changes(run_dir: Path, reading_here: bool = False) -> list[str]:
         if here is not None and file_sha256(str(here), cache_dir) != digest:
             changed.append(path)
     return changed
+
+
+def recorded_digests(run_dir: Path) -> dict:
+    """{data file: sha256} as metrics.json records them, else as the run's start did."""
+    recorded = (read_metrics(run_dir) or {}).get(DATA_DIGESTS)
+    if isinstance(recorded, dict):
+        return recorded
+    try:
+        started = json.loads((run_dir / DATA_RECORD).read_text())
+    except (OSError, ValueError):  # none (a run from before it was written), or damaged
+        return {}
+    return started if isinstance(started, dict) else {}
 
 
 def data_file_of(run_dir: Path, path: str, reading_here: bool = False) -> Path | None:

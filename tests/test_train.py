@@ -527,6 +527,63 @@ def test_runs_on_data_that_changed_since_are_refused_or_flagged(env, tmp_path):
     assert out.startswith("no runs\n") and f"note: {tmp_path / 'none'} does not exist" in out
 
 
+def test_a_killed_or_resumed_run_is_still_checked_against_its_data(env, tmp_path):
+    """metrics.json holds the data digests, but a killed run has none, and a resumed pause
+    drops the pause's (it would describe the run while it trains on): the digests written at
+    the start keep --resume from training such a run on changed files."""
+    import shutil
+
+    from kit.reports import list_runs
+    from kit.train.runs import RunFiles
+
+    shutil.copy(env / "data" / "train.parquet", tmp_path / "train.parquet")
+    files = [f"data.train={tmp_path / 'train.parquet'}"]
+    runs = tmp_path / "runs" / "tiny"
+    killed, paused = runs / "killed", runs / "paused"
+    for run in (killed, paused):
+        run_cli("train", "exp=tiny", *files, "train.epochs=3", "--run-dir", run,
+                "--stop-after-epochs", "1", "-q")
+    digests = json.loads((paused / "metrics.json").read_text())["data_sha256"]
+    assert json.loads((killed / "data_sha256.json").read_text()) == digests  # from the start
+    (killed / "metrics.json").unlink()  # killed during its second epoch: no metrics.json
+    (paused / "data_sha256.json").unlink()  # a pause from before the record was written
+    RunFiles(paused).reopen_paused()  # what its --resume does first
+    assert not (paused / "metrics.json").exists()
+    assert json.loads((paused / "data_sha256.json").read_text()) == digests
+    # while it trains on (or once that session is killed) the listing reads its history
+    listed = {r["run_id"]: r for r in list_runs(tmp_path / "runs")}
+    assert listed["paused"]["epochs"] == 1 and not listed["paused"]["finished"]
+    original = (tmp_path / "train.parquet").read_bytes()
+    frame = pl.read_parquet(tmp_path / "train.parquet")
+    frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "train.parquet")
+    for run in (killed, paused):
+        out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, expect=2).output
+        assert "whose content has changed since" in out and "would train it on both" in out
+    (tmp_path / "train.parquet").write_bytes(original)
+    for run in (killed, paused):
+        run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")
+        assert json.loads((run / "metrics.json").read_text())["finished"]
+
+
+def test_a_group_keeps_no_finished_run_of_other_data(env, tmp_path):
+    """A resumed group trains its unfinished runs on today's files: a finished one of the
+    files before them would make a group (an out-of-fold result) of two datasets."""
+    import shutil
+
+    shutil.copy(env / "data" / "train.parquet", tmp_path / "train.parquet")
+    files = [f"data.train={tmp_path / 'train.parquet'}"]
+    run_cli("train", "exp=tiny", *files, "seeds=[1,2]", "train.epochs=1", "-q")
+    first, second = _run_dirs(tmp_path / "runs" / "tiny")
+    for name in ("metrics.json", "last.pt"):  # the second seed killed in its first epoch
+        (second / name).unlink()
+    frame = pl.read_parquet(tmp_path / "train.parquet")
+    frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "train.parquet")
+    out = run_cli("train", "exp=tiny", *files, "seeds=[1,2]", "train.epochs=1", "--resume",
+                  expect=2).output
+    assert f"runs/tiny/{first.name} trained" in out and "has changed since" in out
+    assert "the group's other runs would train on the new files" in out
+
+
 def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
     """Relative data paths resolve where the readers run: the file select, report and resume
     would read is the one compared, in a copy of the checkout too."""

@@ -245,7 +245,10 @@ def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
                  fold: tuple[int, int] | None = None) -> dict:
     """One member of a resumed group: kept when finished, resumed from its last.pt, else
     (never started, or killed before its first checkpoint) trained from the start."""
-    if is_finished(files.root):
+    if is_finished(files.root):  # kept, unless it describes other data than the rest will
+        if changed := data_changes(files.root, reading_here=True):
+            raise ConfigError(changed_data_message(files.root, changed) + "; the group's "
+                              "other runs would train on the new files: start a new group")
         return read_metrics(files.root) | {"run_dir": str(files.root)}
     if files.last.exists():
         return train_one(stored_config(files, overrides), files, fold=fold, resume=True,
@@ -376,6 +379,9 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
         if not resume:
             files.refuse_reuse()  # again, under the lock: two new runs in one --run-dir
             files.start({**config, "model": model_config}, {})
+            files.record_data(summary[DATA_DIGESTS])
+        else:
+            files.reopen_paused()
         files.about = {"model_config": model_config, "summary": summary}
         metrics = fit(config, data, model, files, resume=resume,
                       stop_after_epochs=stop_after_epochs, progress=progress, on_epoch=on_epoch)

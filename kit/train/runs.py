@@ -22,6 +22,7 @@ from kit import __version__
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
 from kit.metrics import MetricReport
+from kit.run_record import DATA_DIGESTS, DATA_RECORD
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
@@ -125,6 +126,26 @@ class RunFiles:
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
         self.about = about
+
+    def record_data(self, digests: dict) -> None:
+        """The data files' digests as the run starts (metrics.json repeats them at its end)."""
+        atomic_text(self.root / DATA_RECORD, json_dumps(digests, indent=2))
+
+    def reopen_paused(self) -> None:
+        """A paused run's metrics.json (finished: false) describes the pause: once the run
+        trains on, `kit runs` and `kit report` must read its history, as for any run in
+        training, not the pause's epochs. Its data digests stay (in data_sha256.json) for the
+        next resume's check."""
+        try:
+            paused = json.loads(self.metrics.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(paused, dict) or paused.get("finished") is not False:
+            return
+        if not (self.root / DATA_RECORD).exists() and isinstance(paused.get(DATA_DIGESTS),
+                                                                  dict):
+            self.record_data(paused[DATA_DIGESTS])
+        self.metrics.unlink(missing_ok=True)
 
     def append_history(self, record: dict) -> None:
         with open(self.history, "a") as fh:  # strict JSON: a NaN or inf is written as null
