@@ -390,10 +390,13 @@ def train(
             typer.echo(f"{ended} before any run started: nothing to resume; run the same "
                        "command again", err=True)
         elif not os.environ.get("KIT_TRAIN_WORKER"):
-            # the same command with --resume: seeds=, --folds and --jobs resume as a group
+            # the same command with --resume: seeds=, --folds and --jobs resume as a group; a
+            # single run is named (the newest unfinished run may be another's by then)
+            stopped = run_dir or (getattr(stop, "run_dir", None)
+                                  if seeds is None and not folds else None)
             again = ["kit", "train", exp, *ctx.args, *(["--folds", str(folds)] if folds else []),
                      *(["--jobs", str(jobs)] if jobs > 1 else []),
-                     *(["--run-dir", str(run_dir)] if run_dir else []), "--resume"]
+                     *(["--run-dir", str(stopped)] if stopped else []), "--resume"]
             typer.echo(f"{ended}: continue with `{shlex.join(again)}` (from the last "
                        "finished epoch, or from the start if none had finished)", err=True)
         raise typer.Exit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None

@@ -584,6 +584,39 @@ def test_a_group_keeps_no_finished_run_of_other_data(env, tmp_path):
     assert "the group's other runs would train on the new files" in out
 
 
+def test_resume_prefers_the_run_its_command_started_and_notes_an_edited_file(
+        env, tmp_path, monkeypatch):
+    """`--resume` without --run-dir took the newest unfinished run, whatever command started
+    it: another run's (other overrides) continued silently, and an edited experiment file
+    was ignored without a word."""
+    import shutil
+
+    exps = tmp_path / "exps"
+    exps.mkdir()
+    shutil.copy(env / "experiments" / "tiny.toml", exps / "tiny.toml")
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(exps))
+    run_cli("train", "exp=tiny", "train.epochs=3", "--stop-after-epochs", "1", "-q")
+    (first,) = _run_dirs(tmp_path / "runs" / "tiny")
+    time.sleep(1.1)  # another second: another run id
+    run_cli("train", "exp=tiny", "train.epochs=3", "train.lr=1e-2", "--stop-after-epochs", "1",
+            "-q")
+    second = next(r for r in _run_dirs(tmp_path / "runs" / "tiny") if r != first)
+    result = run_cli("train", "exp=tiny", "train.epochs=3", "--resume", "--stop-after-epochs",
+                     "1", "-q")
+    assert "note:" not in result.output
+    epochs = {r.name: len((r / "history.jsonl").read_text().splitlines())
+              for r in (first, second)}
+    assert epochs == {first.name: 2, second.name: 1}  # its own run, not the newer one
+    # an edited experiment file: the run goes on with its own config.toml, and says so
+    text = (exps / "tiny.toml").read_text()
+    (exps / "tiny.toml").write_text(text.replace("[train]", "[train]\nweight_decay = 0.5", 1))
+    assert (exps / "tiny.toml").read_text() != text
+    out = run_cli("train", "exp=tiny", "train.epochs=3", "--resume", "-q").output
+    assert "note: --resume continues" in out and "differs in train.weight_decay" in out
+    assert json.loads((first / "metrics.json").read_text())["finished"]
+    assert "weight_decay = 0.5" not in (first / "config.toml").read_text()
+
+
 def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
     """Relative data paths resolve where the readers run: the file select, report and resume
     would read is the one compared, in a copy of the checkout too."""
@@ -1564,8 +1597,9 @@ def test_a_single_run_stopped_by_a_signal_says_how_to_resume(env, tmp_path, sign
     child.send_signal(signum)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 128 + signum, err
+    run = _only_run(tmp_path).relative_to(tmp_path)  # named: the newest may be another's later
     assert (f"stopped by {signum.name}: continue with `kit train exp=tiny train.epochs=400 "
-            "train.patience=400 --resume`") in err
+            f"train.patience=400 --run-dir {run} --resume`") in err
     assert "Traceback" not in err
     out = run_cli("train", "exp=tiny", "train.epochs=400", "train.patience=400",
                   "--stop-after-epochs", "1", "--resume", "-q").output

@@ -17,6 +17,7 @@ from kit.config import (
     ConfigError,
     apply_overrides,
     check_seeds,
+    differences,
     load_experiment,
     resolve,
 )
@@ -41,6 +42,7 @@ from kit.train.groups import (
     resumable_group,
 )
 from kit.train.runs import RUNS_DIR, RunFiles, epoch_line
+from kit.workers import EndedBySignal
 
 
 def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
@@ -80,11 +82,13 @@ def _written_by_training(run: Path) -> tuple[Path, ...]:
     return (run / "last.pt", run / "history.jsonl", run / "config.toml")
 
 
-def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
+def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR, config: dict | None = None
+                  ) -> Path:
     """The newest unfinished run of an experiment that is not part of a sweep, a fold group or
-    an ablation, by the time of its last write (last.pt, history.jsonl or config.toml). A run
-    killed before its first checkpoint, or whose damaged last.pt was deleted, counts too:
-    continue_run trains it again from its start, so `--resume` never skips to an older run."""
+    an ablation, by the time of its last write (last.pt, history.jsonl or config.toml); given
+    the command's config, the newest of those started with it (its seed, its overrides), else
+    the newest (see config_changes). A run killed before its first checkpoint, or whose
+    damaged last.pt was deleted, counts too: continue_run trains it again from its start."""
     def last_write(run: Path) -> int:
         return max(f.stat().st_mtime_ns for f in _written_by_training(run) if f.exists())
 
@@ -93,11 +97,27 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR) -> Path:
                          and not part_of_something(p.name)
                          and any(f.exists() for f in _written_by_training(p))),
                         key=last_write, reverse=True) if folder.is_dir() else []
-    for run in candidates:  # (one that another process trains now is that process's)
-        if not is_finished(run) and not RunFiles(run).being_trained():
-            return run
-    raise ConfigError(f"no unfinished run of {experiment!r} under {runs_dir / experiment} to "
-                      "resume; start one without --resume")
+    # (one that another process trains now is that process's)
+    unfinished = [run for run in candidates
+                  if not is_finished(run) and not RunFiles(run).being_trained()]
+    if not unfinished:
+        raise ConfigError(f"no unfinished run of {experiment!r} under {runs_dir / experiment} "
+                          "to resume; start one without --resume")
+    if config is not None:
+        return next((run for run in unfinished if not config_changes(run, config)),
+                    unfinished[0])
+    return unfinished[0]
+
+
+def config_changes(run: Path, config: dict) -> list[str]:
+    """The settings in which a run's config.toml differs from a command's config (both as
+    check_config gives them: the model's width solved), the experiment's name aside."""
+    try:
+        stored = check_config(read_config(run))
+        wanted = check_config(config)
+    except KitError:
+        return ["the config"]
+    return [key for key in differences(stored, wanted) if key != "name"]
 
 
 def train_experiment(exp: str, overrides: list[str] | None = None, *,
@@ -177,8 +197,14 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
             files = RunFiles(runs_dir / config["name"] / new_run_id(seed, stamp))
             return [continue_run(config, files, overrides, stop_after_epochs, progress)]
         if resume:  # as a group member: a run whose last.pt is gone trains again
-            files = RunFiles(run_dir or resumable_run(config["name"], runs_dir))
+            files = RunFiles(run_dir or resumable_run(config["name"], runs_dir, config))
             stored = stored_config(files, overrides)
+            if not run_dir and (changed := config_changes(files.root, config)):
+                print(f"note: --resume continues {files.root}, the newest unfinished run, with "
+                      f"its own config.toml: this command's config differs in "
+                      f"{', '.join(changed[:8])} (an edited experiment file, or the command of "
+                      "another run); to train those settings, start a new run without "
+                      "--resume", file=sys.stderr, flush=True)
             if stored.get("name") != config["name"]:  # (only a --run-dir can name another's)
                 raise ConfigError(f"--resume: {files.root} is a run of experiment "
                                   f"{stored.get('name')!r}, not {config['name']!r}; resume it "
@@ -383,8 +409,13 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
         else:
             files.reopen_paused()
         files.about = {"model_config": model_config, "summary": summary}
-        metrics = fit(config, data, model, files, resume=resume,
-                      stop_after_epochs=stop_after_epochs, progress=progress, on_epoch=on_epoch)
+        try:
+            metrics = fit(config, data, model, files, resume=resume,
+                          stop_after_epochs=stop_after_epochs, progress=progress,
+                          on_epoch=on_epoch)
+        except (KeyboardInterrupt, EndedBySignal) as stop:
+            stop.run_dir = str(files.root)  # the resume hint names the run that stopped
+            raise
     return {**metrics, "run_dir": str(files.root)}
 
 
