@@ -152,7 +152,7 @@ def train_variant_seed(config: dict, files: RunFiles, label: str, resuming: bool
     seed = config["seed"]
     try:
         if resuming:  # kept when finished, continued from last.pt, else trained from the start
-            metrics = recipe.continue_run(config, files, None, 0, progress)
+            metrics = recipe.continue_run(config, files, None, 0, progress, group="ablation")
         else:
             metrics = recipe.train_one(config, files, progress=progress)
     except KitError as exc:  # TrainingDiverged (before any epoch scored) is one too

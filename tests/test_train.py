@@ -327,6 +327,7 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     ("seeds=[1.7]", "each seed must be a whole number"),
     ("seeds=-1", r"in \[0, 2\*\*32\)"),  # the range, not "a whole number"
     ("seeds=+-1", "each seed must be a whole number"),
+    ("data.fold=[3,0]", "data.fold is what kit train --folds K writes"),
     ("train.lr=.001", "train.lr=.001': .001 is not a TOML number; write 0.001"),
     ("loss.huber_delta=-1", "loss.huber_delta must be a finite number > 0"),
     ("loss.target_weights=[0,0]", "positive sum"),
@@ -563,6 +564,10 @@ def test_a_killed_or_resumed_run_is_still_checked_against_its_data(env, tmp_path
     for run in (killed, paused):
         run_cli("train", "exp=tiny", "--resume", "--run-dir", run, "-q")
         assert json.loads((run / "metrics.json").read_text())["finished"]
+    # a finished single run resumed again is reported as it is, whatever the files are now
+    frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "train.parquet")
+    out = run_cli("train", "exp=tiny", "--resume", "--run-dir", paused).output
+    assert "finished" in out and "group" not in out
 
 
 def test_a_group_keeps_no_finished_run_of_other_data(env, tmp_path):
@@ -607,6 +612,12 @@ def test_resume_prefers_the_run_its_command_started_and_notes_an_edited_file(
     epochs = {r.name: len((r / "history.jsonl").read_text().splitlines())
               for r in (first, second)}
     assert epochs == {first.name: 2, second.name: 1}  # its own run, not the newer one
+    from kit.train.recipe import config_changes, experiment_config
+
+    command = experiment_config("tiny", ["train.epochs=3"])
+    assert config_changes(first, command) == []  # config.toml as written, read back
+    assert config_changes(first, {**command, "description": "second try"}) == []
+    assert config_changes(second, command) == ["train.lr"]
     # an edited experiment file: the run goes on with its own config.toml, and says so
     text = (exps / "tiny.toml").read_text()
     (exps / "tiny.toml").write_text(text.replace("[train]", "[train]\nweight_decay = 0.5", 1))
@@ -615,6 +626,25 @@ def test_resume_prefers_the_run_its_command_started_and_notes_an_edited_file(
     assert "note: --resume continues" in out and "differs in train.weight_decay" in out
     assert json.loads((first / "metrics.json").read_text())["finished"]
     assert "weight_decay = 0.5" not in (first / "config.toml").read_text()
+
+
+def test_a_run_stopped_before_its_first_epoch_leaves_nothing_to_resume(env, tmp_path,
+                                                                       monkeypatch):
+    """What a run writes as it starts (config.toml, data_sha256.json) is no run: a Ctrl-C
+    before its first epoch ends removes it and its group record, and says so."""
+    from kit.train import recipe, trainer
+    from kit.train.groups import NothingStarted
+
+    def interrupted(config, data, model, files, **kwargs):
+        assert {p.name for p in files.root.iterdir()} == {"config.toml", "data_sha256.json"}
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt) as stopped:  # (a plain one would stop pytest)
+        recipe.train_experiment("tiny", progress=False, runs_dir=tmp_path / "runs")
+    assert isinstance(stopped.value, NothingStarted)
+    exp = tmp_path / "runs" / "tiny"
+    assert not _run_dirs(exp) and not list((exp / ".groups").glob("*.json"))
 
 
 def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):

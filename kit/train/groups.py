@@ -20,6 +20,7 @@ from kit.run_record import is_finished
 from kit.workers import EndedBySignal
 
 GROUPS_DIR = ".groups"
+STARTED_ONLY = {"config.toml", "data_sha256.json"}  # what a run writes before its first epoch
 
 
 def new_run_id(seed: int, stamp: str) -> str:
@@ -125,10 +126,12 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
         for name in member_names(seeds, folds, stamp):
             folder = exp_dir / name
             try:
-                # a run that failed before its first epoch holds its config.toml alone; any
-                # other file means it trained, and its config is what --resume reads
-                if {p.name for p in folder.iterdir()} == {"config.toml"}:
-                    (folder / "config.toml").unlink()
+                # a run that failed before its first epoch holds what its start wrote alone;
+                # any other file means it trained, and its config is what --resume reads
+                names = {p.name for p in folder.iterdir()}
+                if names and names <= STARTED_ONLY:
+                    for name in names:
+                        (folder / name).unlink()
                 folder.rmdir()
             except FileNotFoundError:
                 pass

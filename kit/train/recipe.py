@@ -117,7 +117,7 @@ def config_changes(run: Path, config: dict) -> list[str]:
         wanted = check_config(config)
     except KitError:
         return ["the config"]
-    return [key for key in differences(stored, wanted) if key != "name"]
+    return [key for key in differences(stored, wanted) if key not in ("name", "description")]
 
 
 def train_experiment(exp: str, overrides: list[str] | None = None, *,
@@ -152,6 +152,9 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                           "limits would be ignored; set them to 0, or cut the train file")
     held_out = [f"data.{key} = {base['data'][key]}" for key in ("valid_fraction", "split_seed")
                 if base["data"][key] != DEFAULTS["data"][key]]
+    if base["data"]["fold"] and not (folds or resume):
+        raise ConfigError("data.fold is what kit train --folds K writes into each fold run: "
+                          "train folds with --folds K")
     if folds and held_out and not resume:  # (a group started before this check resumes)
         raise ConfigError(f"{' and '.join(held_out)} choose a single held-out split; with "
                           "--folds each fold validates 1/k of the sequences, placed by the "
@@ -195,7 +198,8 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
                                 stop_after_epochs)
         if group_resume:
             files = RunFiles(runs_dir / config["name"] / new_run_id(seed, stamp))
-            return [continue_run(config, files, overrides, stop_after_epochs, progress)]
+            return [continue_run(config, files, overrides, stop_after_epochs, progress,
+                                 group="group")]
         if resume:  # as a group member: a run whose last.pt is gone trains again
             files = RunFiles(run_dir or resumable_run(config["name"], runs_dir, config))
             stored = stored_config(files, overrides)
@@ -268,13 +272,15 @@ def signal_name(number: int) -> str:
 
 def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
                  stop_after_epochs: int, progress: bool,
-                 fold: tuple[int, int] | None = None) -> dict:
+                 fold: tuple[int, int] | None = None, group: str = "") -> dict:
     """One member of a resumed group: kept when finished, resumed from its last.pt, else
-    (never started, or killed before its first checkpoint) trained from the start."""
-    if is_finished(files.root):  # kept, unless it describes other data than the rest will
-        if changed := data_changes(files.root, reading_here=True):
-            raise ConfigError(changed_data_message(files.root, changed) + "; the group's "
-                              "other runs would train on the new files: start a new group")
+    (never started, or killed before its first checkpoint) trained from the start. `group`
+    ("group", "fold group", "ablation"): a finished member of other data than today's files
+    is refused, as the other members would train on those."""
+    if is_finished(files.root):
+        if group and (changed := data_changes(files.root, reading_here=True)):
+            raise ConfigError(changed_data_message(files.root, changed) + f"; the {group}'s "
+                              f"other runs would train on the new files: start a new {group}")
         return read_metrics(files.root) | {"run_dir": str(files.root)}
     if files.last.exists():
         return train_one(stored_config(files, overrides), files, fold=fold, resume=True,
@@ -437,7 +443,7 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
     for i, name in enumerate(member_names(seeds, k, stamp)):
         files = RunFiles(exp_dir / name)
         results.append(continue_run(config, files, overrides, stop_after_epochs, progress,
-                                    fold=(k, i)))
+                                    fold=(k, i), group="fold group"))
     if not all(r.get("finished") for r in results):
         return results
     failed = [r["run_dir"] for r in results if r.get("score") is None]
