@@ -342,7 +342,10 @@ def train(
     from kit.config import ConfigError, parse_override
     from kit.train.groups import NothingStarted
     from kit.train.recipe import SeedsFailed, train_experiment
-    from kit.workers import EndedBySignal, ended_by_signals
+    from kit.workers import EndedBySignal, ended_by_signals, stop_when_orphaned
+
+    if os.environ.get("KIT_TRAIN_WORKER"):  # a --jobs worker: it ends with its command
+        stop_when_orphaned()
 
     overrides, seeds, seed_given = [], None, False
     for text in overrides_of(ctx):
@@ -428,8 +431,12 @@ def sweep(
     """Optuna study over the search space in an experiment's sweep table; each trial is a run.
     Interrupt with Ctrl-C and run the same command again to resume."""
     from kit.config import ConfigError, parse_override
-    from kit.sweep import format_summary
+    from kit.sweep import CHILD_ENV, format_summary
     from kit.sweep import sweep as run_sweep
+    from kit.workers import stop_when_orphaned
+
+    if os.environ.get(CHILD_ENV):  # a --workers worker: it ends with its command
+        stop_when_orphaned()
 
     overrides, options = [], {"trials": trials, "workers": workers}
     for text in overrides_of(ctx):  # `just sweep exp=NAME trials=50` reads like train's recipe

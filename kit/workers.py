@@ -1,7 +1,7 @@
 """Child processes that work for this one: `kit sweep --workers K` and `kit train --jobs N`.
 
-WorkerGroup starts them each in its own session and passes signals on (see its docstring), so
-none outlives the command that started it unless that is SIGKILLed.
+WorkerGroup starts them each in its own session and passes signals on (see its docstring); a
+worker whose command was SIGKILLed (nothing passed on) stops by itself (stop_when_orphaned).
 """
 
 from __future__ import annotations
@@ -19,6 +19,23 @@ def worker_pythonpath() -> str:
     """The workers import this very kit, installed or not (a checkout run with PYTHONPATH)."""
     here = str(Path(__file__).resolve().parents[1])
     return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def stop_when_orphaned(interval_s: float = 0.5) -> None:
+    """In a worker: when the command that started it dies without passing a signal on
+    (SIGKILL, the out-of-memory killer), stop as that command's Ctrl-C would have stopped it
+    (SIGINT to itself). In its own session, nothing else reaches it: it trained on unseen,
+    holding its run's lock, and an immediate --resume was refused."""
+    parent = os.getppid()
+    if parent <= 1:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, name="kit-orphan-watch", daemon=True).start()
 
 
 class EndedBySignal(SystemExit):

@@ -22,6 +22,7 @@ from kit.config import load_experiment
 from kit.sweep import SweepError, make_storage, parse_space, prepare, sweep
 from tests.cli import run_cli
 from tests.postgres import LocalPostgres, binaries
+from tests.processes import exited
 
 SPACE = {
     "trials": 4,
@@ -622,6 +623,20 @@ def test_a_terminated_sweep_takes_its_workers_with_it(sweep_env):
     for pid in workers:  # reaped by the parent: no orphan goes on writing to the study
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_a_killed_sweep_command_takes_its_workers_with_it(sweep_env):
+    """SIGKILL passes nothing on: the workers (each in its own session) now see their command
+    gone and stop as after its Ctrl-C, at the end of an epoch, their trials not left running."""
+    url = _sqlite(sweep_env)
+    proc = _kit("sweep", "exp=tiny", *ENDLESS, "--workers", "2", "--trials", "3", "-q")
+    _wait_for(lambda: _training(url) == 2, what="both workers inside a trial", proc=proc)
+    workers = {t.user_attrs["worker"] for t in _study(url).get_trials()}
+    proc.kill()
+    proc.communicate(timeout=60)
+    _wait_for(lambda: all(exited(pid) for pid in workers), what="the workers to stop")
+    assert TrialState.RUNNING not in [t.state for t in _started(url)]
 
 
 COUNTING_WORKER = """

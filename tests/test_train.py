@@ -20,6 +20,7 @@ from kit.competition import load_spec
 from kit.data.synth import synthesize
 from kit.train.checkpoint import load_checkpoint
 from tests.cli import run_cli
+from tests.processes import exited
 
 SPEC_TOML = """
 name = "tiny-lob"
@@ -1612,6 +1613,24 @@ def test_a_worker_killed_by_a_signal_is_named_and_the_other_seeds_shown(env, tmp
     out = run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=40", "train.patience=40",
                   "--jobs", 2, "--resume", "-q").output
     assert out.count("finished") == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_workers_stop_when_their_command_is_killed(env, tmp_path):
+    """A SIGKILLed `--jobs` command passes nothing on, and its workers (each in its own
+    session) trained on unseen, holding their runs' locks: now they stop as after a Ctrl-C,
+    and the group resumes at once."""
+    child = _started_group(tmp_path, ["train.epochs=400", "train.patience=400"])
+    workers = [_worker_of(child.pid, seed) for seed in (1, 2)]
+    child.kill()
+    child.communicate(timeout=60)
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(exited(pid) for pid in workers):
+        time.sleep(0.1)
+    assert all(exited(pid) for pid in workers)
+    out = run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=400", "train.patience=400",
+                  "--jobs", 2, "--resume", "--stop-after-epochs", "1", "-q").output
+    assert out.count("paused") == 2
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
