@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 import tomli_w
 
-from kit.competition import CompetitionSpec, spec_from_dict
+from kit.competition import CompetitionSpec
 from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
@@ -119,20 +119,11 @@ def load_candidate(path: Path) -> Candidate:
     if bad:  # the metric's clip scores them, but every blend with them is NaN
         raise EnsembleError(f"{path}: {bad} validation predictions are NaN or inf (the model "
                             "overflows); leave this run out of the candidates")
+    from kit.export.frozen import trained_spec  # (torch: imported when a run is read)
+
     name = _run_name(str(path))
     return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
-                     data, trained_spec(runs[0]))
-
-
-def trained_spec(run: Path) -> CompetitionSpec:
-    """The spec a run trained with, as its checkpoint stores it (what pack and parity use):
-    the spec file may have changed since (targets reordered, a column added), and the run's
-    predictions are in the columns of the spec it trained with."""
-    from kit.export.frozen import find_checkpoint
-    from kit.train.checkpoint import load_checkpoint
-
-    path = find_checkpoint(run)
-    return spec_from_dict(load_checkpoint(path, required=("spec",))["spec"], str(path))
+                     data, trained_spec(runs[0]))  # the spec its predictions' columns are of
 
 
 def _why_no_predictions(run: Path) -> str:
@@ -398,9 +389,8 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
     singles = [evaluate(spec, truth, preds[:, j]) for j in range(len(candidates))]
     # the moments' clip correction is weighted Pearson's; a clipped r2/rmse is scored exactly
     quadratic = spec.metric.name in QUADRATIC and (
-        spec.metric.clip is None or spec.metric.name == "weighted_pearson")
-    if quadratic and not _moments_precise(preds, spec.metric.clip):
-        quadratic = False
+        spec.metric.clip is None or spec.metric.name == "weighted_pearson") and (
+        _moments_precise(preds, spec.metric.clip))
     moments = Moments(truth, preds, spec.metric.name, spec.metric.clip) if quadratic else None
     groups = [[t] for t in range(k)] if per_target else [list(range(k))]
     counts = np.zeros((k, len(candidates)))

@@ -650,7 +650,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         if valid is None:
             raise KitError(f"validation file {_validated_on(run_dir, config)!r} not found")
         if (run_dir / "best.pt").is_file():  # the predictions' columns are the trained spec's
-            from kit.ensemble import trained_spec
+            from kit.export.frozen import trained_spec
 
             trained = trained_spec(run_dir)
             if trained.outputs != valid.spec.outputs:  # the spec file changed since

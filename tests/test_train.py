@@ -613,9 +613,9 @@ def test_resume_prefers_the_run_its_command_started_and_notes_an_edited_file(
     epochs = {r.name: len((r / "history.jsonl").read_text().splitlines())
               for r in (first, second)}
     assert epochs == {first.name: 2, second.name: 1}  # its own run, not the newer one
-    from kit.train.recipe import config_changes, experiment_config
+    from kit.train.recipe import check_config, config_changes, experiment_config
 
-    command = experiment_config("tiny", ["train.epochs=3"])
+    command = check_config(experiment_config("tiny", ["train.epochs=3"]))
     assert config_changes(first, command) == []  # config.toml as written, read back
     assert config_changes(first, {**command, "description": "second try"}) == []
     assert config_changes(second, command) == ["train.lr"]

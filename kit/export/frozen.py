@@ -114,6 +114,14 @@ def find_checkpoint(run: Path) -> Path:
     raise KitError(f"{run}: not a run directory (no best.pt); `kit runs` lists the runs")
 
 
+def trained_spec(run: Path) -> CompetitionSpec:
+    """The spec a run trained with, as its checkpoint stores it (what pack and parity use):
+    the spec file may have changed since (targets reordered, a column added), and the run's
+    predictions are in the columns of the spec it trained with."""
+    path = find_checkpoint(run)
+    return spec_from_dict(load_checkpoint(path, required=("spec",))["spec"], str(path))
+
+
 def load_member(run: Path) -> Member:
     """Rebuild a run's feature set, normaliser and model from its best checkpoint."""
     path = find_checkpoint(run)

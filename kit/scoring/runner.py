@@ -503,24 +503,16 @@ def _is_k_numbers(pred, k: int) -> bool:
         return False
 
 
-def _status_mb(key: str) -> float | None:
-    """A memory figure of /proc/self/status in MB (None off Linux)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
     exec, so a child forked from a large parent would report the parent's peak."""
-    peak = _status_mb("VmHWM")
-    if peak is not None:
-        return peak
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:

@@ -182,9 +182,9 @@ def score_submission(
                             column_dtypes=dtypes)
     result, preds = child.result, child.predictions
     notes = []
-    if child.truth is not None and not np.array_equal(child.truth, truth, equal_nan=True):
-        moved = int((~np.isclose(child.truth, truth, rtol=0, atol=0, equal_nan=True)
-                     ).any(axis=1).sum())
+    moved = 0 if child.truth is None else int(
+        ((child.truth != truth) & ~(np.isnan(child.truth) & np.isnan(truth))).any(axis=1).sum())
+    if moved:
         notes.append(f"predict() changed dp.state in place on {moved:,} scored row(s)' next "
                      "rows: the next-state scorer keeps those very arrays as its targets, so "
                      "this run is scored against the changed values, as it would be there "

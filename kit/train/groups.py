@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from kit.config import ConfigError, differences
-from kit.run_record import is_finished
+from kit.run_record import DATA_RECORD, is_finished
 from kit.workers import EndedBySignal
 
 GROUPS_DIR = ".groups"
-STARTED_ONLY = {"config.toml", "data_sha256.json"}  # what a run writes before its first epoch
+STARTED_ONLY = {"config.toml", DATA_RECORD}  # what a run writes before its first epoch
 
 
 def new_run_id(seed: int, stamp: str) -> str:
@@ -128,10 +128,10 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
             try:
                 # a run that failed before its first epoch holds what its start wrote alone;
                 # any other file means it trained, and its config is what --resume reads
-                names = {p.name for p in folder.iterdir()}
-                if names and names <= STARTED_ONLY:
-                    for name in names:
-                        (folder / name).unlink()
+                written = {p.name for p in folder.iterdir()}
+                if written and written <= STARTED_ONLY:
+                    for leftover in written:
+                        (folder / leftover).unlink()
                 folder.rmdir()
             except FileNotFoundError:
                 pass

@@ -86,9 +86,10 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR, config: dict | Non
                   ) -> Path:
     """The newest unfinished run of an experiment that is not part of a sweep, a fold group or
     an ablation, by the time of its last write (last.pt, history.jsonl or config.toml); given
-    the command's config, the newest of those started with it (its seed, its overrides), else
-    the newest (see config_changes). A run killed before its first checkpoint, or whose
-    damaged last.pt was deleted, counts too: continue_run trains it again from its start."""
+    the command's config (as check_config gives it), the newest of those started with it (its
+    seed, its overrides), else the newest (see config_changes). A run killed before its first
+    checkpoint, or whose damaged last.pt was deleted, counts too: continue_run trains it again
+    from its start."""
     def last_write(run: Path) -> int:
         return max(f.stat().st_mtime_ns for f in _written_by_training(run) if f.exists())
 
@@ -109,15 +110,15 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR, config: dict | Non
     return unfinished[0]
 
 
-def config_changes(run: Path, config: dict) -> list[str]:
-    """The settings in which a run's config.toml differs from a command's config (both as
-    check_config gives them: the model's width solved), the experiment's name aside."""
+def config_changes(run: Path, checked: dict) -> list[str]:
+    """The settings in which a run's config.toml differs from a command's config `checked`
+    (both as check_config gives them: the model's width solved), the experiment's name and
+    description aside."""
     try:
         stored = check_config(read_config(run))
-        wanted = check_config(config)
     except KitError:
         return ["the config"]
-    return [key for key in differences(stored, wanted) if key not in ("name", "description")]
+    return [key for key in differences(stored, checked) if key not in ("name", "description")]
 
 
 def train_experiment(exp: str, overrides: list[str] | None = None, *,
@@ -201,9 +202,10 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
             return [continue_run(config, files, overrides, stop_after_epochs, progress,
                                  group="group")]
         if resume:  # as a group member: a run whose last.pt is gone trains again
-            files = RunFiles(run_dir or resumable_run(config["name"], runs_dir, config))
+            checked = None if run_dir else check_config(config)  # (--run-dir names the run)
+            files = RunFiles(run_dir or resumable_run(config["name"], runs_dir, checked))
             stored = stored_config(files, overrides)
-            if not run_dir and (changed := config_changes(files.root, config)):
+            if checked and (changed := config_changes(files.root, checked)):
                 print(f"note: --resume continues {files.root}, the newest unfinished run, with "
                       f"its own config.toml: this command's config differs in "
                       f"{', '.join(changed[:8])} (an edited experiment file, or the command of "
