@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kit.data.splits import SplitError, group_split, kfold, random_split
+from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
 from kit.errors import KitError
 
 unique_ids = st.lists(st.integers(-(10**6), 10**6), min_size=1, max_size=300, unique=True).map(
@@ -142,6 +142,14 @@ def test_stratification_balances_the_statistic():
         (lambda: kfold(np.array([4, 4, 5]), 2), "ids holds duplicates"),
         (lambda: group_split(np.arange(5), np.arange(4)), "groups has shape"),
         (lambda: group_split(np.arange(5), np.zeros(5)), "1 distinct group"),
+        # missing groups would be one group of their own, all on one side
+        (lambda: group_split(np.arange(4), [np.nan, np.nan, 1.0, 2.0]),
+         r"2 missing value\(s\) \(NaN or None\)"),
+        (lambda: group_split(np.arange(4), np.array([None, 1, 2, 3], dtype=object)),
+         r"1 missing value"),
+        (lambda: group_split(np.arange(4), np.array(["a", 1, "b", 2], dtype=object)),
+         "do not compare"),
+        (lambda: group_kfold(np.arange(4), [np.nan, np.nan, 1.0, 2.0], 2), "missing value"),
         (lambda: group_split(np.arange(5), np.arange(5), stratify=np.ones(4)), "stratify"),
         (lambda: group_split(np.arange(3), np.arange(3), stratify=[1, np.nan, 2]), "NaN"),
         (lambda: group_split(np.arange(5), np.arange(5), stratify=np.ones(5), n_bins=0),
@@ -155,8 +163,6 @@ def test_bad_arguments_are_rejected(call, message):
 
 
 def test_group_kfold_keeps_groups_whole_and_folds_even():
-    from kit.data.splits import group_kfold
-
     ids = np.arange(100, 160)
     groups = (ids - 100) // 3  # 20 groups of 3
     folds = group_kfold(ids, groups, k=4, seed=7)

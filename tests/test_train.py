@@ -1091,6 +1091,8 @@ def grouped_train(env, tmp_path) -> Path:
         (pl.col("p0") * 0 + pl.col("seq_ix") % 5).alias("level"),
         pl.when(pl.col("seq_ix") == 4).then(None).otherwise(pl.col("seq_ix") // 3)
         .alias("maybe_user"),  # null in one sequence
+        pl.when(pl.col("seq_ix") % 2 == 0).then(float("nan")).otherwise(pl.col("seq_ix") // 3)
+        .cast(pl.Float64).alias("nan_user"),  # NaN in every other sequence
         pl.lit("x").alias("label"))  # not a number
     path = tmp_path / "grouped.parquet"
     frame.write_parquet(path)
@@ -1203,7 +1205,9 @@ def test_folds_of_a_grouped_split_keep_each_user_on_one_side(env, grouped_train)
     ({"split": "group", "group": "user", "valid_fraction": 0.05},
      "0.05 of 24 sequences in 8 groups of 'user' leaves the validation part empty"),
     ({"split": "group", "group": "maybe_user"},
-     r"'maybe_user' changes within sequence 4 .* \(or is null there\)"),
+     r"'maybe_user' changes within sequence 4 .* \(or is null or NaN there\)"),
+    ({"split": "group", "group": "nan_user"},  # NaN sequences are not one group
+     r"'nan_user' changes within sequence 0 .* \(or is null or NaN there\)"),
     ({"split": "group", "group": "user", "stratify": "label"}, "data.group / data.stratify"),
     ({"fold": [3, 3]}, r"data.fold is \[k, i\] with 0 <= i < k"),
 ])

@@ -54,7 +54,7 @@ def group_kfold(
     in exactly one fold, folds hold about n / k sequences (and, with `stratify`, a similar
     spread of it), as group_split places groups."""
     ids = _check_ids(ids)
-    n_groups = len(np.unique(np.asarray(groups)))
+    n_groups = len(_group_index(groups, ids.shape)[0])
     if not isinstance(k, int | np.integer) or not 2 <= k <= n_groups:
         raise SplitError(f"k={k!r} must be an integer with 2 <= k <= number of groups "
                          f"({n_groups})")
@@ -80,11 +80,7 @@ def group_split(
     """
     ids = _check_ids(ids)
     fractions = _check_fractions(fractions)
-    groups = np.asarray(groups)
-    if groups.shape != ids.shape:
-        raise SplitError(f"groups has shape {groups.shape}; it needs one entry per id "
-                         f"({ids.shape})")  # fmt: skip
-    names, group_of = np.unique(groups, return_inverse=True)
+    names, group_of = _group_index(groups, ids.shape)
     sizes = np.bincount(group_of)
     n_parts = int((fractions > 0).sum())
     if len(names) < n_parts:
@@ -154,6 +150,29 @@ def _check_ids(ids) -> np.ndarray:
         raise SplitError(f"ids holds duplicates, e.g. {values[counts > 1][:5].tolist()}; "
                          "pass each sequence id once")  # fmt: skip
     return ids
+
+
+def _group_index(groups, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct groups, each id's index among them). A missing group (NaN, None) is refused:
+    np.unique would make all of them one group and put those sequences on one side."""
+    groups = np.asarray(groups)
+    if groups.shape != shape:
+        raise SplitError(f"groups has shape {groups.shape}; it needs one entry per id ({shape})")
+    if groups.dtype.kind == "f":
+        missing = int(np.isnan(groups).sum())
+    elif groups.dtype.kind == "O":
+        missing = sum(g is None or (isinstance(g, float | np.floating) and g != g)
+                      for g in groups.tolist())
+    else:
+        missing = 0
+    if missing:
+        raise SplitError(f"groups holds {missing} missing value(s) (NaN or None); every id "
+                         "needs a group: fill or drop them first")
+    try:
+        return np.unique(groups, return_inverse=True)
+    except TypeError:
+        raise SplitError("groups mixes values that do not compare (e.g. numbers and text); "
+                         "give every id a group of one type") from None
 
 
 def _check_fractions(fractions) -> np.ndarray:

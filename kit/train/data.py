@@ -171,16 +171,19 @@ def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str
     names = [spec.id_col, group] + ([stratify] if stratify else [])
     try:
         frame = read_frame(path, names)
+        # a NaN group is missing too: np.unique would make every NaN sequence one group
+        missing = pl.col(group).is_null() | (pl.col(group).is_nan()
+                                             if frame.schema[group].is_float() else False)
         per = frame.group_by(spec.id_col, maintain_order=True).agg(
             pl.col(group).first().alias("group"), pl.col(group).n_unique().alias("n_groups"),
-            pl.col(group).null_count().alias("nulls"),
+            missing.sum().alias("nulls"),
             *([pl.col(stratify).cast(pl.Float64).mean().alias("stratify")] if stratify else []))
     except (DataError, pl.exceptions.PolarsError) as exc:
         raise ConfigError(f"data.group / data.stratify: {str(exc).splitlines()[0]}") from None
     mixed = per.filter((pl.col("n_groups") > 1) | (pl.col("nulls") > 0))
     if len(mixed):
         raise ConfigError(f"data.group {group!r} changes within sequence "
-                          f"{mixed[spec.id_col][0]} of {path} (or is null there): a group "
+                          f"{mixed[spec.id_col][0]} of {path} (or is null or NaN there): a group "
                           "column names one group per sequence")
     order = pl.DataFrame({spec.id_col: ids}).join(per, on=spec.id_col, how="left",
                                                   maintain_order="left")
