@@ -257,7 +257,7 @@ def features_list(spec: str = SpecOption) -> None:
     """The available feature ops and the spec's predefined groups."""
     from kit.competition import load_spec
     from kit.features.ops import OPS
-    from kit.features.sets import available_groups, build_feature_set
+    from kit.features.sets import FeatureConfigError, available_groups, build_feature_set
 
     typer.echo("ops:")
     for name, cls in OPS.items():
@@ -265,8 +265,13 @@ def features_list(spec: str = SpecOption) -> None:
     loaded = load_spec(spec)
     typer.echo(f"groups for {loaded.name}:")
     for name, group in available_groups(loaded).items():
-        count = len(build_feature_set(loaded, [name]).outputs)
-        typer.echo(f"  {name:<14} {count:>4} features  {group['description']}")
+        try:
+            count = f"{len(build_feature_set(loaded, [name]).outputs):>4} features"
+        except FeatureConfigError as exc:  # a generic group this spec cannot hold: the others
+            # are listed all the same, and explicit ops with other settings can replace it
+            typer.echo(f"  {name:<14} not usable with this spec: {exc}")
+            continue
+        typer.echo(f"  {name:<14} {count}  {group['description']}")
 
 
 @features_app.command("build")

@@ -1,3 +1,4 @@
+import re
 from unittest.mock import patch
 
 import numpy as np
@@ -532,6 +533,18 @@ def test_features_cli_list_and_build(tmp_path):
     exp.write_text('spec = "predictorium"\n[features]\ngrups = ["imbalance"]\n')
     typo = run_cli("features", "build", f"exp={exp}", "--data", path, expect=2).output
     assert "unknown key(s) ['features.grups']" in typo
+
+
+def test_features_list_names_a_generic_group_the_spec_cannot_hold_and_lists_the_rest(tmp_path):
+    from tests.cli import run_cli
+
+    spec = tmp_path / "short.toml"  # 8-step sequences: the generic 10-step rolling group fails
+    spec.write_text('name = "short"\nfeatures = ["x", "z"]\ntargets = ["t"]\nseq_len = 8\n'
+                    'warmup = 2\n[metric]\nname = "r2"\n')
+    out = run_cli("features", "list", "--spec", spec).output
+    assert re.search(r"rolling +not usable with this spec: .*window = 10 is more than", out)
+    for group in ("raw", "lags", "diffs", "ewm", "position"):  # those after it too
+        assert re.search(rf"\n  {group} +\d+ features", out), group
 
 
 def test_data_files_the_features_cannot_read_are_named(tmp_path):
