@@ -30,8 +30,26 @@ def test_robust_fit_is_median_and_iqr_and_ignores_outliers():
 
 def test_constant_feature_gets_unit_scale():
     x = np.ones((10, 2), np.float32)
-    norm = Normaliser.fit(x)
-    assert (norm.scale == 1.0).all() and np.isfinite(norm.transform(x)).all()
+    for method in ("standard", "robust"):
+        norm = Normaliser.fit(x, method=method)
+        assert (norm.scale == 1.0).all() and np.isfinite(norm.transform(x)).all()
+
+
+@pytest.mark.parametrize("share, low, high", [(0.2, 30, 50), (0.05, 15, 35), (0.005, 5, 10)])
+def test_robust_fit_keeps_a_sparse_feature_spread(share, low, high):
+    """A mostly-zero column (traded volume) has an IQR of 0, but it is not constant: scale 1
+    would clip every non-zero value to the bound, a 0/5 flag. A wider percentile range (then the
+    RMS deviation from the median) keeps the sizes apart."""
+    rng = np.random.default_rng(3)
+    x = np.zeros((200_000, 2), np.float32)
+    hit = rng.random(len(x)) < share
+    x[hit, 0] = rng.normal(100.0, 30.0, hit.sum())
+    x[:, 1] = rng.normal(0.0, 1.0, len(x))  # an ordinary column keeps its IQR scale
+    norm = Normaliser.fit(x, method="robust", clip=5.0)
+    assert norm.center[0] == 0.0 and low < norm.scale[0] < high
+    np.testing.assert_allclose(norm.scale[1], 1.0, atol=0.02)
+    if share >= 0.05:  # (the rarest's values are z-scores beyond the clip, as with "standard")
+        assert norm.transform(x)[hit, 0].std() > 0.5
 
 
 def test_stream_face_equals_transform_and_round_trips():

@@ -1,8 +1,11 @@
 """Per-feature normaliser, fit on training rows only; its stream face is one affine op.
 
 standard: (x - mean) / std;  robust: (x - median) / (IQR / 1.349), which equals the std for
-normal data. The result is clipped to [-clip, clip] deviations when clip is set. A feature with
-zero spread gets scale 1 (it is constant on train; dividing by ~0 would blow up on valid).
+normal data. A feature whose IQR is 0 but which is not constant (a mostly-zero volume column)
+takes the 10-90 then the 1-99 percentile range, each scaled to a std the same way, and then its
+RMS deviation from the median: scale 1 there would squash every non-zero value into the clip.
+The result is clipped to [-clip, clip] deviations when clip is set. A feature with zero spread
+gets scale 1 (it is constant on train; dividing by ~0 would blow up on valid).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from kit.errors import KitError
 METHODS = CHOICES["normaliser.method"]
 ROBUST_SAMPLE = 2_000_000  # rows used for medians/quantiles (deterministic subsample)
 IQR_TO_STD = 1.349
+# robust ranges, widened while a feature's range is 0: (low, high quantile, range / std of a normal)
+ROBUST_RANGES = ((0.25, 0.75, IQR_TO_STD), (0.10, 0.90, 2.5631), (0.01, 0.99, 4.6527))
+MIN_SCALE = 1e-12
 
 
 class NormaliserError(KitError):
@@ -51,9 +57,8 @@ class Normaliser:
             if rows.shape[0] > ROBUST_SAMPLE:
                 pick = np.random.default_rng(0).choice(rows.shape[0], ROBUST_SAMPLE, replace=False)
                 rows = rows[np.sort(pick)]
-            q25, center, q75 = np.quantile(rows, [0.25, 0.5, 0.75], axis=0)
-            scale = (q75 - q25) / IQR_TO_STD
-        scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+            center, scale = _robust(rows)
+        scale = np.where(np.isfinite(scale) & (scale > MIN_SCALE), scale, 1.0)
         return cls(method, clip, center.astype(np.float32), scale.astype(np.float32))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -72,6 +77,21 @@ class Normaliser:
 
     def stream_module(self) -> AffineClip:
         return AffineClip(self.center, self.scale, self.clip)
+
+
+def _robust(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and a std-equivalent spread: the IQR's, else a wider range's, else the RMS
+    deviation from the median (0 only for a feature constant on train)."""
+    quantiles = [q for low, high, _ in ROBUST_RANGES for q in (low, high)]
+    center, *bounds = np.quantile(rows, [0.5, *quantiles], axis=0)
+    scale = np.zeros(rows.shape[1])
+    for (_, _, to_std), low, high in zip(ROBUST_RANGES, bounds[::2], bounds[1::2], strict=True):
+        scale = np.where(scale > MIN_SCALE, scale, (high - low) / to_std)
+    flat = ~(scale > MIN_SCALE)
+    if flat.any():
+        deviation = rows[:, flat].astype(np.float64) - center[flat]
+        scale[flat] = np.sqrt((deviation * deviation).mean(axis=0))
+    return center, scale
 
 
 def _mean_std(rows: np.ndarray, chunk: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
