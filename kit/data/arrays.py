@@ -75,7 +75,7 @@ def build_arrays(
     feature_cols = list(feature_cols)
     target_cols = list(spec.outputs)
     _validate(df, spec, feature_cols, target_cols, seq_len, truncate)
-    ids, run_lengths = _sequence_runs(df, spec)
+    ids, run_lengths = ordered_sequence_runs(df, spec)
     width = int(seq_len or run_lengths.max())
     if (run_lengths == width).all():
         x, y, mask = _fixed_length(df, spec, feature_cols, target_cols, len(ids), width)
@@ -141,18 +141,20 @@ def sequence_runs(ids: pl.Series, spec: CompetitionSpec,
     return values, runs["len"].to_numpy().astype(np.int64)
 
 
-def _sequence_runs(df: pl.DataFrame, spec: CompetitionSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Sequence ids in frame order and their row counts; rows must be grouped and ordered."""
-    ids, lengths = sequence_runs(df[spec.id_col], spec)
+def ordered_sequence_runs(df: pl.DataFrame, spec: CompetitionSpec,
+                          source: str = "the frame") -> tuple[np.ndarray, np.ndarray]:
+    """Sequence ids in frame order and their row counts; rows must be grouped and ordered
+    (every op reads the previous row as the step before)."""
+    ids, lengths = sequence_runs(df[spec.id_col], spec, source)
     if not (df.schema[spec.step_col].is_integer() or df.schema[spec.step_col].is_float()):
-        raise DataError(f"column {spec.step_col!r} must hold integer steps, found "
+        raise DataError(f"{source}: column {spec.step_col!r} must hold integer steps, found "
                         f"{df.schema[spec.step_col]}")
     backwards = df.select(
         ((pl.col(spec.step_col).diff() <= 0) & (pl.col(spec.id_col).diff() == 0)).any()
     ).item()
     if backwards:
         raise DataError(
-            f"steps are not increasing within a sequence; sort the frame by "
+            f"{source}: steps are not increasing within a sequence; sort the frame by "
             f"({spec.id_col}, {spec.step_col}) first"
         )
     return ids, lengths

@@ -11,7 +11,7 @@ import polars as pl
 
 from kit import __version__
 from kit.competition import load_spec
-from kit.data.arrays import SequenceArrays, build_arrays, sequence_runs
+from kit.data.arrays import SequenceArrays, build_arrays, ordered_sequence_runs, sequence_runs
 from kit.data.cache import Sink, cached_arrays_into, in_memory
 from kit.data.io import read_frame, scan_parquet
 from kit.errors import DataError
@@ -37,9 +37,9 @@ def build_features(path: Path, feature_set: FeatureSet) -> tuple[pl.DataFrame, f
     df = read_frame(path)
     if df.height == 0:
         raise DataError(f"{path}: the file has no rows")
-    if feature_set.spec.id_col in df.columns:  # (a missing one is named by batch_frame)
-        # Each sequence's rows must be together: the ops read the previous row as its past.
-        sequence_runs(df[feature_set.spec.id_col], feature_set.spec, str(path))
+    spec = feature_set.spec
+    if {spec.id_col, spec.step_col} <= set(df.columns):  # (a missing one: named by batch_frame)
+        ordered_sequence_runs(df, spec, str(path))  # as training reads it, or it refuses it
     started = time.perf_counter()
     out = feature_set.batch_frame(df)
     return out, time.perf_counter() - started
