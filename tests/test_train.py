@@ -1525,6 +1525,24 @@ def test_the_plateau_schedule_does_not_count_a_worse_error_as_better():
         assert optimizer.param_groups[0]["lr"] == 1.0, scale
 
 
+@pytest.mark.parametrize("patience, halved_after", [(1, 1), (2, 1), (4, 2), (6, 3), (7, 3)])
+def test_the_plateau_schedule_halves_after_half_the_patience_in_epochs_without_a_gain(
+        patience, halved_after):
+    """docs/runs.md: halved after patience / 2 epochs without a gain (torch's own patience
+    counts one more: with patience 2 the halved rate never trained before the early stop)."""
+    from kit.train.trainer import make_schedule
+
+    optimizer = torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0)
+    schedule = make_schedule(optimizer, {"schedule": "plateau", "patience": patience, "lr": 1.0,
+                                         "warmup_epochs": 0, "epochs": 20}, [1] * 20)
+    schedule.step(0.5)  # the best epoch
+    rates = []
+    for _ in range(patience):  # then no gain until early stopping
+        schedule.step(0.4)
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[halved_after - 1] == 0.5 and (halved_after == 1 or rates[halved_after - 2] == 1)
+
+
 def test_infinite_gradients_of_a_finite_loss_stop_the_run_before_the_step(env, tmp_path,
                                                                           monkeypatch):
     import kit.models

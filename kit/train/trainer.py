@@ -76,10 +76,12 @@ def make_schedule(optimizer, train: dict, steps: list[int]):
     if name == "plateau":
         # stepped with sign * score: any strict gain is one, as in kit's own patience (a
         # relative threshold on a negative value, an error metric or a Pearson below 0,
-        # counted a slightly worse score as better; an absolute one is not scale-free)
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
-                                                          patience=max(1, train["patience"] // 2),
-                                                          threshold=0.0, threshold_mode="abs")
+        # counted a slightly worse score as better; an absolute one is not scale-free). torch
+        # halves once the epochs without a gain exceed its patience: one less than ours, so
+        # the halved rate trains before early stopping ends the run
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=max(1, train["patience"] // 2) - 1,
+            threshold=0.0, threshold_mode="abs")
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: ramp(step) if step < warmup else 1.0)
