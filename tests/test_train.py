@@ -803,8 +803,10 @@ def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
     run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
     data = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(data[: len(data) // 2])
+    paused = (run / "metrics.json").read_bytes()
     out = run_cli("train", "exp=tiny", "--resume", "--run-dir", run, expect=2).output
     assert "last.pt" in out and "corrupt" in out and "Traceback" not in out
+    assert (run / "metrics.json").read_bytes() == paused  # a resume that cannot start keeps it
     # packing the resume checkpoint says what it is and what to pack instead
     (run / "last.pt").write_bytes(data)
     out = run_cli("pack", run / "last.pt", "--out", tmp_path / "subs", expect=2).output

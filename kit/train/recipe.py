@@ -414,8 +414,6 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
             files.refuse_reuse()  # again, under the lock: two new runs in one --run-dir
             files.start({**config, "model": model_config}, {})
             files.record_data(summary[DATA_DIGESTS])
-        else:
-            files.reopen_paused()
         files.about = {"model_config": model_config, "summary": summary}
         try:
             metrics = fit(config, data, model, files, resume=resume,

@@ -194,6 +194,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             if averaged is not None:
                 averaged.load_state_dict(saved[key])
         start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
+        files.reopen_paused()  # only now: a last.pt that cannot resume leaves the pause as it was
         files.truncate_history(start_epoch)
         if saved.get("best_pending"):  # killed while moving the epoch's best into place
             files.promote_best(start_epoch)
