@@ -238,7 +238,10 @@ def test_metadata_follows_the_kaggle_formats(package, tmp_path):
     ({"owner": "alice", "rename": "t0=a,t1=a"}, r"column\(s\) \['a'\] twice"),
     ({"owner": "alice", "keep_columns": ["row_id"]}, "--keep-columns .* needs --protocol batch"),
     ({"owner": "alice", "rename": "t0=row_id", "keep_columns": ["row_id"], "protocol": "batch"},
-     r"column\(s\) \['row_id'\] twice"),
+     r"--rename 't0=row_id'.*column\(s\) \['row_id'\] twice"),
+    # a kept column named as an output: --keep-columns is what clashes, not --rename
+    ({"owner": "alice", "keep_columns": ["row_id", "t0"], "protocol": "batch"},
+     r"^--keep-columns 'row_id,t0'.*column\(s\) \['t0'\] twice.*as the package's output"),
 ])
 def test_bad_notebook_options_are_refused(package, tmp_path, options, message):
     with pytest.raises(NotebookError, match=message):
@@ -343,6 +346,27 @@ def test_wheels_are_shipped_for_offline_installs(package, tmp_path):
         legacy / "wheels" / "onnxruntime-2.0-py3-none-any.whl")
     moved = write_notebook(legacy, tmp_path / "k3", owner="alice")
     assert [p.name for p in moved["dataset"].glob("*.whl")] == [
+        "onnxruntime-2.0-py3-none-any.whl"]
+
+
+def test_a_notebook_written_again_from_the_zip_keeps_the_wheels_of_its_dataset(package,
+                                                                               tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "onnxruntime-1.0-py3-none-any.whl").write_bytes(b"PK")
+    out = tmp_path / "kg"
+    write_notebook(package.zip_path, out, owner="alice", wheels=wheels)
+    # another protocol from the zip, not from OUT/dataset: the dataset keeps its wheels
+    written = write_notebook(package.zip_path, out, owner="alice", protocol="batch")
+    assert [p.name for p in written["dataset"].glob("*.whl")] == [
+        "onnxruntime-1.0-py3-none-any.whl"]
+    assert (written["dataset"] / "onnxruntime-1.0-py3-none-any.whl").read_bytes() == b"PK"
+    # ... unless --wheels gives others
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "onnxruntime-2.0-py3-none-any.whl").write_bytes(b"PK2")
+    write_notebook(package.zip_path, out, owner="alice", wheels=newer)
+    assert [p.name for p in (out / "dataset").glob("*.whl")] == [
         "onnxruntime-2.0-py3-none-any.whl"]
 
 
@@ -609,6 +633,19 @@ def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path,
     shutil.rmtree(package.folder.parent / "nb-kaggle")
 
 
+def test_kit_notebook_dot_inside_its_dataset_folder_rewrites_that_out(package, tmp_path,
+                                                                      monkeypatch):
+    out = tmp_path / "kg"
+    write_notebook(package.zip_path, out, owner="alice")
+    before = {p.name: p.read_bytes() for p in (out / "dataset").iterdir()}
+    monkeypatch.chdir(out / "dataset")  # `.` is OUT/dataset: OUT is its parent, not `.`
+    run_cli("notebook", ".", "--owner", "alice", "--protocol", "batch")
+    assert sorted(p.name for p in out.iterdir()) == ["dataset", "kernel"]
+    assert {p.name: p.read_bytes() for p in (out / "dataset").iterdir()} == before
+    cells = json.loads((out / "kernel/notebook.ipynb").read_text())["cells"]
+    assert any('"KIT_PROTOCOL", "batch"' in "".join(c["source"]) for c in cells)
+
+
 def test_a_zip_without_a_manifest_is_named(package, tmp_path):
     import zipfile
 
@@ -628,3 +665,42 @@ def test_only_the_notebook_folders_are_replaced_in_out(package, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     title = json.loads((out / "dataset/dataset-metadata.json").read_text())["title"]
     assert title == "nb package"
+
+
+def test_folders_kit_notebook_did_not_write_are_not_replaced(workspace, runs, package, tmp_path):
+    out = tmp_path / "userdir"
+    (out / "dataset").mkdir(parents=True)
+    (out / "dataset/data.csv").write_text("p2")
+    printed = run_cli("notebook", package.zip_path, "--owner", "alice", "--out", out,
+                      expect=2).output
+    assert "dataset exists and is not a folder written by kit notebook" in printed
+    assert (out / "dataset/data.csv").read_text() == "p2"
+    assert sorted(p.name for p in out.iterdir()) == ["dataset"]  # nothing written either
+    # a kit package packed as `kernel` beside the zip is not a notebook folder
+    subs = tmp_path / "subs"
+    pack_run(runs["gru"], "kernel", subs)
+    shutil.copy2(package.zip_path, subs / "nb.zip")
+    printed = run_cli("notebook", subs / "nb.zip", "--owner", "alice", "--out", subs,
+                      expect=2).output
+    assert "kernel exists and is not a folder written by kit notebook" in printed
+    assert (subs / "kernel/manifest.json").is_file() and not (subs / "dataset").exists()
+    # ... nor is a Kaggle kernel of your own (its notebook not kit's), nor a file or a symlink
+    mine = tmp_path / "mine"
+    (mine / "kernel").mkdir(parents=True)
+    (mine / "kernel/kernel-metadata.json").write_text('{"code_file": "nb.ipynb"}')
+    (mine / "kernel/nb.ipynb").write_text("{}")
+    (tmp_path / "file").mkdir()
+    (tmp_path / "file/dataset").write_text("x")
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link/kernel").symlink_to(tmp_path / "empty", target_is_directory=True)
+    for folder in ("mine", "file", "link"):
+        with pytest.raises(NotebookError, match="is not a folder written by kit notebook"):
+            write_notebook(package.zip_path, tmp_path / folder, owner="alice")
+    assert (mine / "kernel/nb.ipynb").read_text() == "{}"
+    # empty folders, and the folders kit notebook wrote, are replaced
+    (out / "dataset/data.csv").unlink()
+    (out / "kernel").mkdir()
+    write_notebook(package.zip_path, out, owner="alice")
+    write_notebook(package.zip_path, out, owner="alice", protocol="batch")
+    write_notebook(out / "dataset", out, owner="alice")  # in place
+    assert (out / "kernel/notebook.ipynb").is_file()
