@@ -162,6 +162,18 @@ def test_each_contract_violation_is_named(tmp_path, case):
     assert "Traceback" not in result.output
 
 
+def test_a_file_where_no_row_needs_a_prediction_is_refused(tmp_path):
+    """Every sequence within the warm-up: kit score and training refuse such a file, so the
+    check does too (it said "matches the rule" and exited 0)."""
+    ragged = small_spec(seq_len=None, warmup=5)
+    df = make_frame(ragged, lengths=[3, 5, 4])
+    assert not df["need_prediction"].any()
+    with pytest.raises(DataError, match=r"no row needs a prediction \(true from step 5 to the "
+                       r"end; the longest sequence has 5 steps\)"):
+        check_frame(df, ragged)
+    check_frame(make_frame(ragged, lengths=[3, 6, 4]), ragged)  # one scored row is enough
+
+
 def test_a_shuffled_file_is_told_to_sort_not_given_thousands_of_findings():
     df = make_frame(SPEC).sample(fraction=1.0, shuffle=True, seed=3)
     with pytest.raises(DataError) as err:

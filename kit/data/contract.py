@@ -145,6 +145,9 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
             problems.append(f"{wrong.height:,} sequence(s) do not have the spec's length "
                             f"{spec.seq_len}: {examples}")
     problems += _check_need_rule(keys, spec)  # row by row: listed beside gaps or bad lengths
+    if not problems and not keys["need"].sum():  # kit score and training refuse it as well
+        problems.append(f"no row needs a prediction ({_rule_text(spec)}; the longest sequence "
+                        f"has {lengths['n'].max():,} steps): nothing would be scored or trained on")
     if problems:
         raise ContractError(source, problems)
 
