@@ -143,6 +143,12 @@ class CompetitionSpec:
         }
 
 
+# Helper columns the feature pipelines' batch face adds to a frame (kit/features/ops.py)
+POS_COLUMN, START_COLUMN = "__pos", "__start"
+KIT_COLUMNS = {POS_COLUMN: "the feature pipelines' step counter",
+               START_COLUMN: "the feature pipelines' sequence-start flag"}
+
+
 def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     """Validate a parsed TOML table and build the spec; errors name the key and the file."""
     known = {
@@ -218,6 +224,10 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     duplicated = sorted({c for c in names if names.count(c) > 1})
     if duplicated:
         raise SpecError(f"{source}: column name(s) used twice: {duplicated}")
+    taken = [c for c in names if c in KIT_COLUMNS]
+    if taken:  # caught here, not by the first `kit train` after data check passed
+        raise SpecError(f"{source}: column {taken[0]!r} is kit's own name for "
+                        f"{KIT_COLUMNS[taken[0]]}; rename that column in the files and the spec")
     if spec.warmup < 0 or spec.tail < 0:
         raise SpecError(f"{source}: warmup and tail must be >= 0")
     if spec.seq_len is not None and spec.warmup + spec.tail >= spec.seq_len:

@@ -94,6 +94,9 @@ def test_user_spec_from_env_path(tmp_path, monkeypatch):
         (lambda t: t.replace('name = "my-comp"', ""), "missing required key 'name'"),
         (lambda t: t.replace('name = "r2"', 'name = "auc"'), "metric 'auc'"),
         (lambda t: t.replace('targets = ["y"]', 'targets = ["a"]'), "used twice"),
+        # every kit train would stop on it after data check passed: named at load instead
+        (lambda t: t.replace('targets = ["y"]', 'targets = ["__pos"]'),
+         "column '__pos' is kit's own name for the feature pipelines' step counter"),
         (lambda t: t.replace('targets = ["y"]', "targets = []"), "non-empty 'targets'"),
         (lambda t: t.replace("[limits]", "[limits]\nspeed = 3"), "unknown \\[limits\\] key"),
         (lambda t: t.replace("time_limit_s = 600", "time_limit_s = 0"),

@@ -24,13 +24,14 @@ from typing import ClassVar
 import polars as pl
 import torch
 
+from kit.competition import POS_COLUMN, START_COLUMN
 from kit.features import kernels
 from kit.features.kernels import EPS, safe_div
 
 # Helper columns the batch face adds once per frame (see FeatureSet.batch_frame): the step's
 # index within its sequence and whether it starts one. They let lags run as global shifts
 # instead of per-sequence window functions (~10x faster on sorted data).
-POS, START = "__pos", "__start"
+POS, START = POS_COLUMN, START_COLUMN
 
 
 class FeatureSpecError(ValueError):
