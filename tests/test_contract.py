@@ -292,7 +292,7 @@ def test_non_finite_targets_warn_by_whether_they_are_scored():
     assert "only on rows that need no prediction" in said and "unaffected" in said
     scored = _set_at(_set_at(df, "t1", 7, float("inf")), "t1", 8, None)
     [said] = check_frame(scored, SPEC).warnings
-    assert "'t1' has non-finite values on 2 scored row(s): the metric will be NaN" in said
+    assert "'t1' has non-finite values on 2 scored row(s): the metric will be NaN or inf" in said
 
 
 def test_unreadable_value_data_and_repeated_names_are_named(tmp_path):

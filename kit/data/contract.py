@@ -417,7 +417,7 @@ def _target_warning(col: str, values: dict) -> str:
     bad = int(values[f"scored_bad|{col}"] or 0)
     if bad:
         return (f"target {col!r} has non-finite values on {bad:,} scored row(s): the metric "
-                "will be NaN")
+                "will be NaN or inf")
     return (f"target {col!r} has non-finite values, only on rows that need no prediction: the "
             "metric is unaffected")
 

@@ -210,8 +210,8 @@ def score_submission(
         truth_of = ("truth value(s) (the next row's features)" if spec.next_state
                     else "target value(s)")
         notes.append(f"{bad_truth:,} {truth_of} of {data} are NaN or inf on rows that need a "
-                     "prediction: the metric of their output is NaN (kit data check warns of "
-                     "them)")
+                     "prediction: the metric of their output is NaN or inf (kit data check "
+                     "warns of them)")
     peak, rows_mb = result["sandbox"].get("peak_rss_mb"), result.get("rows_mb")
     if peak is not None and rows_mb is not None:
         # the scorer holds every row of its test set, as the child held this file's
