@@ -280,6 +280,25 @@ def available_specs() -> dict[str, str]:
     return found
 
 
+def _own_columns(spec: CompetitionSpec) -> CompetitionSpec:
+    """A user's spec named like a built-in one must have its columns (it may change limits or
+    the metric): kit picks feature groups, synthetic data and realism checks by name."""
+    if spec.name in builtin_spec_names():
+        preset = builtin_spec(spec.name)
+        if spec.columns != preset.columns:
+            raise SpecError(f"{spec.source}: name {spec.name!r} is the built-in spec's, whose "
+                            "feature groups, synthetic data and checks expect its columns; this "
+                            "file has other columns: give it a name of its own")
+    return spec
+
+
+def builtin_spec(name: str) -> CompetitionSpec:
+    """A built-in spec."""
+    text = (resources.files("kit") / "specs" / f"{name}.toml").read_text()
+    source = f"<builtin {name}>"
+    return spec_from_dict(parse_toml(text, source, SpecError), source)
+
+
 def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> CompetitionSpec:
     """Load a spec by preset/user name or from a TOML path (default: predictorium)."""
     if isinstance(name_or_path, CompetitionSpec):
@@ -289,16 +308,14 @@ def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> Compe
     if key.endswith(".toml"):
         if not path.is_file():
             raise SpecError(f"spec file {key} does not exist")
-        return spec_from_dict(read_toml(path, SpecError), key)
+        return _own_columns(spec_from_dict(read_toml(path, SpecError), key))
     for folder in _search_dirs():
         candidate = folder / f"{key}.toml"
         if candidate.is_file():
             source = str(candidate)
-            return spec_from_dict(read_toml(candidate, SpecError), source)
+            return _own_columns(spec_from_dict(read_toml(candidate, SpecError), source))
     if key in builtin_spec_names():
-        text = (resources.files("kit") / "specs" / f"{key}.toml").read_text()
-        source = f"<builtin {key}>"
-        return spec_from_dict(parse_toml(text, source, SpecError), source)
+        return builtin_spec(key)
     raise SpecError(
         f"unknown competition spec {key!r}; available: {sorted(available_specs())}. "
         "Pass a TOML path or put NAME.toml in ./competitions/ (or a folder in $KIT_SPEC_PATH)."

@@ -79,6 +79,18 @@ def test_user_spec_from_path_and_from_competitions_folder(tmp_path, monkeypatch)
     (tmp_path / "competitions" / "mine.toml").write_text(shown.replace(
         'name = "predictorium"', 'name = "mine"'))
     assert load_spec("mine").to_dict() == {**load_spec("predictorium").to_dict(), "name": "mine"}
+    # a copy that keeps the preset's name may change its limits, not its columns: feature
+    # groups, synth data and the realism checks are picked by name
+    (tmp_path / "competitions" / "mine.toml").write_text(shown.replace(
+        "time_limit_s = 5400", "time_limit_s = 600"))
+    assert load_spec(str(tmp_path / "competitions" / "mine.toml")).limits.time_limit_s == 600
+    (tmp_path / "competitions" / "predictorium.toml").write_text(USER_SPEC.replace(
+        'name = "my-comp"', 'name = "predictorium"'))
+    for given in ("predictorium", str(tmp_path / "competitions" / "predictorium.toml")):
+        with pytest.raises(SpecError, match="name 'predictorium' is the built-in spec's, whose "
+                           "feature groups.* give it a name of its own"):
+            load_spec(given)
+    assert "BROKEN" in run_cli("spec", "list", expect=2).output
 
 
 def test_user_spec_from_env_path(tmp_path, monkeypatch):
