@@ -1,7 +1,8 @@
 """`kit runs` (a table of the run directories) and `kit report RUN` (plots and a summary).
 
-Both only read what kit/train/runs.py writes (config.toml, history.jsonl, metrics.json,
-val_preds.npy, val_rows.npy); checkpoints are never loaded. A run that was killed before
+Both only read what kit/train/runs.py writes (config.toml, spec.json, history.jsonl,
+metrics.json, val_preds.npy, val_rows.npy); checkpoints are not loaded (but best.pt for the spec
+of a run from before spec.json, in `kit report`). A run that was killed before
 metrics.json was written is summarised from its history. When the run's valid file has an
 oracle beside it (<valid stem>_oracle.parquet), the oracle is scored on the very rows the run
 was scored on, so `oracle_fraction` compares like with like.
@@ -9,6 +10,7 @@ was scored on, so `oracle_fraction` compares like with like.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -32,6 +34,7 @@ from kit.run_record import (
     load_array,
     read_config,
     read_metrics,
+    read_trained_spec,
 )
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
@@ -124,19 +127,42 @@ def _seed(config: dict, run_id: str) -> int | None:
     return int(match[1]) if match else None
 
 
+def _config_dir(run_dir: Path) -> Path:
+    """The folder whose config.toml describes a run: its own; an out-of-fold group has none,
+    so its first fold run's (the folds share config, spec and data files but data.fold)."""
+    if (run_dir / "config.toml").exists():
+        return run_dir
+    metrics = read_metrics(run_dir) or {}
+    runs = metrics.get("runs") if metrics.get("kind") == "oof" else None
+    first = runs[0] if isinstance(runs, list) and runs else None
+    return fold_run(run_dir, first) if isinstance(first, str) else run_dir
+
+
+def _experiment(run_dir: Path, config: dict) -> str:
+    """The experiment that trained a run (a --run-dir may put it under another folder name)."""
+    name = config.get("name")
+    return name if isinstance(name, str) and name else run_dir.parent.name
+
+
+def _trained_by(run_dir: Path) -> str:
+    try:
+        return _experiment(run_dir, read_config(_config_dir(run_dir)))
+    except KitError:
+        return run_dir.parent.name
+
+
 def _summary(run_dir: Path, cache: dict) -> dict:
     """One run's row: metrics.json when present, else what its history says. A damaged
     config.toml marks its row (config_error) instead of stopping the listing."""
+    source = _config_dir(run_dir)
     try:
-        config, config_error = read_config(run_dir), None
+        config, config_error = read_config(source), None
     except KitError as exc:
         config, config_error = {}, str(exc)
     history = read_history(run_dir / "history.jsonl")
     metrics = read_metrics(run_dir)
-    name = config.get("name")
     row = {
-        # the experiment that trained it (a --run-dir may put it under another folder name)
-        "experiment": name if isinstance(name, str) and name else run_dir.parent.name,
+        "experiment": _experiment(run_dir, config),
         "run_id": run_dir.name,
         "path": str(run_dir),
         "params": None,
@@ -151,7 +177,9 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "seed": _seed(config, run_dir.name),
         "higher_is_better": _higher_is_better(config, cache),
         "validated": _validation_set(config, metrics),
-        "validated_sha256": _validated_digest(config, metrics),
+        # an out-of-fold group's digests are its folds' (of the train file they split)
+        "validated_sha256": _validated_digest(
+            config, metrics if source == run_dir else read_metrics(source)),
     }
     if config_error:
         row["config_error"] = config_error
@@ -317,7 +345,8 @@ def _is_run(path: Path) -> bool:
 
 
 def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -> list[dict]:
-    """One JSON-safe dict per run directory under runs_dir/<experiment>/<run-id>/.
+    """One JSON-safe dict per run directory under runs_dir/<folder>/<run-id>/; experiment: only
+    the runs that experiment trained (their config's name), in whichever folder.
 
     Keys: experiment, run_id, path, params, best_epoch, score, per_target, oracle_score,
     oracle_fraction, wall_s, epochs, finished, seed (None where unknown).
@@ -329,17 +358,17 @@ def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -
     # (runs/ensembles holds ensemble files and their report folders, no runs)
     experiments = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
                          and p.name != "ensembles" and any(q.is_dir() for q in p.iterdir()))
-    if experiment is not None:
-        if not (runs_dir / experiment).is_dir():
+    runs = [run for exp in experiments for run in sorted(exp.iterdir()) if _is_run(run)]
+    if experiment is not None:  # the experiment that trained a run, wherever --run-dir put it
+        trained_by = {run: _trained_by(run) for run in runs}  # a config read each: cheap
+        if experiment not in trained_by.values() and not (runs_dir / experiment).is_dir():
             raise KitError(
                 f"no runs of experiment {experiment!r} under {runs_dir}; experiments "
-                f"with runs: {[p.name for p in experiments]}"
+                f"with runs: {sorted(set(trained_by.values()))}"
             )
-        experiments = [runs_dir / experiment]
+        runs = [run for run in runs if trained_by[run] == experiment]
     cache: dict = {}
-    return [
-        _summary(run, cache) for exp in experiments for run in sorted(exp.iterdir()) if _is_run(run)
-    ]
+    return [_summary(run, cache) for run in runs]
 
 
 def _target_names(runs: list[dict]) -> list[str]:
@@ -490,9 +519,21 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _plot_curves(history: list[dict], path: Path, title: str) -> None:
+def _best_marker(best_epoch, score: float | None) -> tuple[str, float, str] | None:
+    """How curves.png marks the model in best.pt: ("epoch", N, label), a vertical line at its
+    epoch, or ("score", S, label), a horizontal line at the score of the weight average (SWA
+    won: no epoch of the curve holds that model)."""
+    if best_epoch == "swa":
+        return None if score is None else ("score", score, f"best: SWA average, val {score:.4f}")
+    if isinstance(best_epoch, int) and not isinstance(best_epoch, bool):
+        return "epoch", best_epoch, f"best epoch {best_epoch}"
+    return None
+
+
+def _plot_curves(history: list[dict], path: Path, title: str, best_epoch,
+                 score: float | None) -> None:
     epochs = [r["epoch"] for r in history]
-    best = [r["epoch"] for r in history if r.get("best")]
+    best = _best_marker(best_epoch, score)
     fig = _figure(15, 4.2)
     fig.suptitle(title)
     ax_loss, ax_target, ax_lr = fig.subplots(1, 3)
@@ -508,7 +549,8 @@ def _plot_curves(history: list[dict], path: Path, title: str) -> None:
         epochs, series("val_score"), "s-", color="tab:orange", ms=3, label="val score"
     )
     if best:
-        ax_score.axvline(best[-1], color="grey", ls=":", label=f"best epoch {best[-1]}")
+        line = ax_score.axvline if best[0] == "epoch" else ax_score.axhline
+        line(best[1], color="grey", ls=":", label=best[2])
     ax_score.set_ylabel("val score", color="tab:orange")
     handles = ax_loss.get_legend_handles_labels()
     more = ax_score.get_legend_handles_labels()
@@ -638,7 +680,7 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     row = _summary(run_dir, cache)
     title = f"{row['experiment']}/{row['run_id']}"
 
-    _plot_curves(history, out_dir / "curves.png", title)
+    _plot_curves(history, out_dir / "curves.png", title, row["best_epoch"], row["score"])
     scatter_note, oracle = None, None
     try:
         preds_path, rows_path = run_dir / "val_preds.npy", run_dir / "val_rows.npy"
@@ -649,12 +691,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         valid = _valid_file(run_dir, config, cache)
         if valid is None:
             raise KitError(f"validation file {_validated_on(run_dir, config)!r} not found")
-        if (run_dir / "best.pt").is_file():  # the predictions' columns are the trained spec's
-            from kit.export.frozen import trained_spec
-
-            trained = trained_spec(run_dir)
-            if trained.outputs != valid.spec.outputs:  # the spec file changed since
-                valid = ValidFile(valid.path, trained)
+        trained = _trained_spec(run_dir)  # the predictions' columns are the trained spec's
+        if trained is not None and trained.outputs != valid.spec.outputs:  # the file changed
+            valid = ValidFile(valid.path, trained)
         pred, rows = load_array(preds_path, "preds"), load_array(rows_path, "rows")
         if pred.shape != (len(rows), valid.spec.n_outputs):
             raise KitError(
@@ -668,6 +707,19 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     path = out_dir / "report.md"
     path.write_text(_markdown(row, config, history, oracle, scatter_note, out_dir, run_dir))
     return path
+
+
+def _trained_spec(run_dir: Path) -> CompetitionSpec | None:
+    """The spec the run trained with: its spec.json; for a run from before that file, the copy
+    in best.pt (a checkpoint load). None when neither is there or best.pt cannot be read (the
+    scatter needs only the .npy files: it is drawn with the spec file, its shape checked)."""
+    spec = read_trained_spec(run_dir)
+    if spec is None and (run_dir / "best.pt").is_file():
+        from kit.export.frozen import trained_spec
+
+        with contextlib.suppress(KitError):
+            spec = trained_spec(run_dir)
+    return spec
 
 
 def _fmt(value, digits: int = 4) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.competition import CompetitionSpec, spec_from_dict
 from kit.config import ConfigError
 from kit.errors import KitError
 from kit.toml_file import read_toml
@@ -105,6 +106,24 @@ DATA_DIGESTS = "data_sha256"  # metrics.json key: {data file as configured: its 
 # the same digests, written when a run starts: a run killed before its metrics.json (or
 # resumed after a pause, which drops the pause's) is still checked against its files
 DATA_RECORD = "data_sha256.json"
+# the spec a run trains with (its predictions' columns), written as it starts: `kit report`
+# needs it when the spec file changed since, without loading best.pt (which holds it too)
+TRAINED_SPEC = "spec.json"
+
+
+def read_trained_spec(run_dir: Path) -> CompetitionSpec | None:
+    """The spec of the run's spec.json; None for a run from before that file. A damaged one is
+    a KitError naming it."""
+    path = Path(run_dir) / TRAINED_SPEC
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise KitError(f"{path}: not readable JSON ({exc}); the file was damaged") from None
+    if not isinstance(raw, dict):
+        raise KitError(f"{path}: not a JSON object; the file was damaged or edited by hand")
+    return spec_from_dict(raw, str(path))
 
 
 def data_files(config: dict, summary: dict | None = None) -> list[str]:

@@ -268,6 +268,18 @@ def test_experiment_filter(runs_root: Path):
     assert list_runs(runs_root / "nowhere") == []
 
 
+def test_experiment_filter_is_the_experiment_that_trained_the_run(runs_root: Path):
+    """A --run-dir under another experiment's folder: listed by the experiment that trained it
+    (its config's name), as its experiment column says."""
+    moved = runs_root / "alpha" / "elsewhere"
+    (runs_root / "beta" / "20240103-000000-s3").rename(moved)
+    assert {r["path"] for r in list_runs(runs_root, experiment="beta")} == {str(moved)}
+    assert str(moved) not in {r["path"] for r in list_runs(runs_root, experiment="alpha")}
+    (runs_root / "beta").rmdir()  # no folder of its name, still its runs
+    (row,) = list_runs(runs_root, experiment="beta")
+    assert row["experiment"] == "beta" and row["path"] == str(moved)
+
+
 def test_oracle_fraction_is_computed_on_the_runs_rows(runs_root: Path, tmp_path: Path):
     spec = load_spec(str(tmp_path / "data" / "tiny.toml"))
     valid = pl.read_parquet(tmp_path / "data" / "valid.parquet")
@@ -375,6 +387,46 @@ def test_report_writes_plots_and_summary(runs_root: Path, tmp_path: Path):
     assert (tmp_path / "elsewhere" / "curves.png").exists()
 
 
+def test_curves_mark_the_swa_average_when_it_won(runs_root: Path, monkeypatch):
+    """best.pt holds the weight average: no epoch of the curve is marked as the best."""
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"best_epoch": "swa", "score": 0.9}))
+    drawn, marker = [], reports._best_marker
+    monkeypatch.setattr(reports, "_best_marker", lambda *a: drawn.append(marker(*a)) or drawn[-1])
+    assert "Best epoch **swa**" in write_report(run).read_text()
+    assert drawn == [("score", 0.9, "best: SWA average, val 0.9000")]
+    assert marker(3, 0.5) == ("epoch", 3, "best epoch 3") and marker(None, None) is None
+
+
+def test_report_plots_on_the_trained_spec_without_loading_best_pt(runs_root: Path,
+                                                                  tmp_path: Path, monkeypatch):
+    """The columns of the predictions are the trained spec's (spec.json; the spec file was
+    reordered since); best.pt, damaged here, is not needed for the scatter."""
+    from kit.export import frozen
+
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    (run / "spec.json").write_text(json.dumps(small_spec().to_dict()))
+    (tmp_path / "data" / "tiny.toml").write_text(tomli_w.dumps(
+        small_spec(targets=["t1", "t0"]).to_dict()))
+    (run / "best.pt").write_bytes(b"not a checkpoint")
+    drawn = []
+    monkeypatch.setattr(reports, "_plot_pred_vs_true",
+                        lambda pred, truth, spec, *rest: drawn.append(spec.outputs))
+    assert "pred_vs_true.png not drawn" not in write_report(run).read_text()
+    assert drawn == [("t0", "t1")]
+    # a run from before spec.json: best.pt's copy, and the spec file when that cannot be read
+    (run / "spec.json").unlink()
+    real = frozen.trained_spec
+    monkeypatch.setattr(frozen, "trained_spec", lambda run: small_spec())
+    write_report(run)
+    monkeypatch.setattr(frozen, "trained_spec", real)  # raises on the damaged best.pt
+    write_report(run)
+    assert drawn[1:] == [("t0", "t1"), ("t1", "t0")]
+    (run / "spec.json").write_text("{torn")  # a damaged record is named
+    assert "spec.json: not readable JSON" in write_report(run).read_text()
+
+
 def test_report_of_unfinished_run_and_hexbin(runs_root: Path, monkeypatch):
     monkeypatch.setattr(reports, "HEXBIN_ABOVE", 10)
     path = write_report(runs_root / "beta" / "20240103-000000-s3")
@@ -445,7 +497,7 @@ def test_an_out_of_fold_group_is_flagged_when_its_folds_data_changed(tmp_path: P
     spec = small_spec()
     valid, spec_path = write_data(tmp_path / "data", spec)
     root = tmp_path / "runs"
-    folds = [make_run(root, "alpha", f"20240101-000000-s42-fold{i}", valid, spec_path)
+    folds = [make_run(root, "alpha", f"20240101-000000-s42-fold{i}", valid, spec_path, seed=42)
              for i in (1, 2)]
     group = root / "alpha" / "20240101-000000-s42-oof"
     group.mkdir()
@@ -462,6 +514,35 @@ def test_an_out_of_fold_group_is_flagged_when_its_folds_data_changed(tmp_path: P
     assert rows[group.name]["data_changed"] == [str(valid)]
     for name in (group.name, folds[0].name):  # no oracle figures beside a stale score
         assert rows[name]["oracle_score"] is None and rows[name]["oracle_fraction"] is None
+
+
+def test_an_out_of_fold_group_takes_its_folds_config_spec_and_data(tmp_path: Path):
+    """The -oof folder has no config.toml: its validated set, the digest of the train file and
+    the metric's direction (rmse: lower is better) come from its fold runs."""
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    folds = [make_run(root, "alpha", f"20240101-000000-s42-fold{i}of2", valid, spec_path)
+             for i in (1, 2)]
+    for i, fold in enumerate(folds):  # as a fold run records them
+        config = (fold / "config.toml").read_text().replace("[data]", f"[data]\nfold = [2, {i}]")
+        (fold / "config.toml").write_text(config)
+        metrics = json.loads((fold / "metrics.json").read_text())
+        metrics["data_sha256"] = {str(valid): "a" * 64}
+        (fold / "metrics.json").write_text(json.dumps(metrics))
+    make_run(root, "alpha", "20240102-000000-s1", valid, spec_path, noise=0.1)  # the best
+    group = root / "alpha" / "20240101-000000-s42-oof"
+    group.mkdir()
+    (group / "metrics.json").write_text(json.dumps({
+        "finished": True, "kind": "oof", "folds": 2, "score": 50.0, "per_target": {},
+        "runs": [f"runs/alpha/{f.name}" for f in folds]}))
+    runs = list_runs(root)
+    row = next(r for r in runs if r["run_id"] == group.name)
+    assert row["validated"] == "oof 2 folds of valid.parquet"
+    assert row["validated_sha256"] == "a" * 64 and row["higher_is_better"] is False
+    assert [r["run_id"] for r in sort_runs(runs)][-1] == group.name  # the worst rmse: last
+    assert [r["run_id"] for r in list_runs(root, experiment="alpha")] == [r["run_id"]
+                                                                          for r in runs]
 
 
 def test_report_of_an_experiment_folder_says_to_pick_a_run(runs_root: Path):

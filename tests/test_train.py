@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 import torch
 
-from kit.competition import load_spec
+from kit.competition import load_spec, spec_from_dict
 from kit.data.synth import synthesize
 from kit.train.checkpoint import load_checkpoint
 from tests.cli import run_cli
@@ -98,9 +98,12 @@ def test_train_writes_the_run_directory(env, tmp_path):
     out = run_cli("train", "exp=tiny", "-q").output
     assert "score" in out and "finished" in out
     run = _only_run(tmp_path)
-    for name in ("config.toml", "history.jsonl", "metrics.json", "best.pt", "last.pt",
-                 "val_preds.npy", "val_rows.npy"):
+    for name in ("config.toml", "spec.json", "history.jsonl", "metrics.json", "best.pt",
+                 "last.pt", "val_preds.npy", "val_rows.npy"):
         assert (run / name).is_file(), name
+    from kit.run_record import read_trained_spec  # the spec best.pt holds, without loading it
+    assert read_trained_spec(run).to_dict() == spec_from_dict(
+        load_checkpoint(run / "best.pt")["spec"]).to_dict()
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3]
     metrics = json.loads((run / "metrics.json").read_text())
@@ -631,13 +634,14 @@ def test_resume_prefers_the_run_its_command_started_and_notes_an_edited_file(
 
 def test_a_run_stopped_before_its_first_epoch_leaves_nothing_to_resume(env, tmp_path,
                                                                        monkeypatch):
-    """What a run writes as it starts (config.toml, data_sha256.json) is no run: a Ctrl-C
+    """What a run writes as it starts (config.toml, data_sha256.json, spec.json) is no run: a Ctrl-C
     before its first epoch ends removes it and its group record, and says so."""
     from kit.train import recipe, trainer
     from kit.train.groups import NothingStarted
 
     def interrupted(config, data, model, files, **kwargs):
-        assert {p.name for p in files.root.iterdir()} == {"config.toml", "data_sha256.json"}
+        assert {p.name for p in files.root.iterdir()} == {"config.toml", "data_sha256.json",
+                                                           "spec.json"}
         raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer, "fit", interrupted)
@@ -894,6 +898,13 @@ def test_folds_train_one_run_per_fold_with_out_of_fold_predictions(env, tmp_path
     assert metrics["folds"] == 3 and np.isfinite(metrics["score"])
     fold_valid = [json.loads((r / "metrics.json").read_text())["valid_seqs"] for r in runs[:3]]
     assert sum(fold_valid) == 24
+    # kit runs: the group is validated on every fold of the train file its folds recorded
+    row = next(r for r in json.loads(run_cli("runs", "--json").output)
+               if r["run_id"] == oof.name)
+    digest = json.loads((runs[0] / "metrics.json").read_text())["data_sha256"]
+    assert row["validated"] == "oof 3 folds of train.parquet"
+    assert row["validated_sha256"] == digest[str(env / "data" / "train.parquet")]
+    assert row["experiment"] == "tiny" and row["higher_is_better"] is True
     # a fold run records its fold, and its report reads the truth from the train file (its
     # rows index that file), also while it has no metrics.json yet (running or killed)
     import tomllib

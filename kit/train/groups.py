@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 from kit.config import ConfigError, differences
-from kit.run_record import DATA_RECORD, is_finished
+from kit.run_record import DATA_RECORD, TRAINED_SPEC, is_finished
 from kit.workers import EndedBySignal
 
 GROUPS_DIR = ".groups"
-STARTED_ONLY = {"config.toml", DATA_RECORD}  # what a run writes before its first epoch
+STARTED_ONLY = {"config.toml", DATA_RECORD, TRAINED_SPEC}  # written before the first epoch
 
 
 def new_run_id(seed: int, stamp: str) -> str:

@@ -412,7 +412,7 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     with files.training():
         if not resume:
             files.refuse_reuse()  # again, under the lock: two new runs in one --run-dir
-            files.start({**config, "model": model_config}, {})
+            files.start({**config, "model": model_config}, {}, data.spec)
             files.record_data(summary[DATA_DIGESTS])
         files.about = {"model_config": model_config, "summary": summary}
         try:

@@ -1,9 +1,10 @@
 """The run directory (docs/design.md): runs/<experiment>/<run-id>/
 
-config.toml (resolved), history.jsonl (one line per epoch), metrics.json, best.pt (the weights
-to pack, with everything needed to rebuild the model), last.pt (everything needed to resume),
-val_preds.npy + val_rows.npy (the best model's predictions on the scored validation rows and
-their row index in the valid file: the ensembler's input).
+config.toml (resolved), spec.json (the spec it trains with), history.jsonl (one line per
+epoch), metrics.json, best.pt (the weights to pack, with everything needed to rebuild the
+model), last.pt (everything needed to resume), val_preds.npy + val_rows.npy (the best model's
+predictions on the scored validation rows and their row index in the valid file: the
+ensembler's input).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import numpy as np
 import tomli_w
 
 from kit import __version__
+from kit.competition import CompetitionSpec
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
 from kit.metrics import MetricReport
-from kit.run_record import DATA_DIGESTS, DATA_RECORD
+from kit.run_record import DATA_DIGESTS, DATA_RECORD, TRAINED_SPEC
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
@@ -121,10 +123,11 @@ class RunFiles:
         finally:
             os.close(fd)
 
-    def start(self, config: dict, about: dict) -> None:
-        """Create the folder and write the resolved config."""
+    def start(self, config: dict, about: dict, spec: CompetitionSpec) -> None:
+        """Create the folder and write the resolved config and the spec it trains with."""
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
+        atomic_text(self.root / TRAINED_SPEC, json_dumps(spec.to_dict(), indent=2))
         self.about = about
 
     def record_data(self, digests: dict) -> None:
