@@ -111,7 +111,7 @@ def kit_epoch(model, split: Split, batch: int, folder: Path) -> float:
                       "train": {"epochs": 1, "batch_size": batch, "lr": 1e-3,
                                 "schedule": "constant", "warmup_epochs": 0}})
     files = RunFiles(folder)
-    files.start(config, {"model_config": MODEL, "summary": {}})
+    files.start(config, {"model_config": MODEL, "summary": {}}, spec)
     started = time.perf_counter()
     fit(config, data, model, files, progress=False)
     return time.perf_counter() - started
