@@ -116,7 +116,8 @@ DEFAULTS: dict[str, dict] = {
              "split_seed": 0,
              "fold": []},  # [k, i]: written by kit train --folds into a fold run's config
     "features": {"groups": ["raw"], "ops": []},
-    "normaliser": {"method": "standard", "clip": 5.0},
+    # targets: train on standardised targets, the model's outputs scaled back (kit/models/heads)
+    "normaliser": {"method": "standard", "clip": 5.0, "targets": False},
     "train": {
         "epochs": 20, "batch_size": 32, "lr": 2e-3, "weight_decay": 0.01,
         "schedule": "cosine",  # cosine (with warm-up) | onecycle | plateau | constant

@@ -1688,3 +1688,45 @@ def test_a_single_run_stopped_by_a_signal_says_how_to_resume(env, tmp_path, sign
     out = run_cli("train", "exp=tiny", "train.epochs=400", "train.patience=400",
                   "--stop-after-epochs", "1", "--resume", "-q").output
     assert "paused" in out  # the hint works: the same run moves on from its last.pt
+
+
+def test_targets_far_from_standard_train_with_normaliser_targets_and_pack_in_their_units(
+        workspace, tmp_path, monkeypatch):
+    """A custom competition whose targets are a heart rate (130 +- 7) and a small offset: a
+    model whose outputs start near 0 stays ~130 off for many epochs; with normaliser.targets
+    the layers learn standardised targets, the head scales them back (the run is as good as
+    on the standardised targets), and pack and parity carry the scale into the graph."""
+    from kit.export.pack import pack_run
+
+    spec = (workspace / "tiny-lob.toml").read_text()
+    (tmp_path / "hr.toml").write_text(spec.replace('"tiny-lob"', '"tiny-hr"').replace(
+        'name = "weighted_pearson"\nclip = [-6.0, 6.0]', 'name = "rmse"'))
+    for name in ("train", "valid"):
+        frame = pl.read_parquet(workspace / "data" / f"{name}.parquet")
+        frame.with_columns(pl.col("t0") * 7 + 130, pl.col("t1") * 0.5 - 20).write_parquet(
+            tmp_path / f"{name}.parquet")
+    exps = tmp_path / "experiments"
+    exps.mkdir()
+    (exps / "hr.toml").write_text(EXPERIMENT.format(spec=tmp_path / "hr.toml", data=tmp_path,
+                                                    root=tmp_path).replace(
+        "wmse = 1.0, pearson = 0.2", "mse = 1.0"))
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(exps))
+    monkeypatch.chdir(tmp_path)
+    plain = run_cli("train", "exp=hr", "--run-dir", "runs/hr/plain", "-q").output
+    assert "note: the targets t0 (mean 130" in plain and "set normaliser.targets = true" in plain
+    scaled = run_cli("train", "exp=hr", "normaliser.targets=true", "--run-dir", "runs/hr/scaled",
+                     "-q").output
+    assert "normaliser.targets" not in scaled
+    rmse = {name: json.loads((tmp_path / "runs" / "hr" / name / "metrics.json").read_text())
+            ["per_target"] for name in ("plain", "scaled")}
+    truth = pl.read_parquet(tmp_path / "valid.parquet").filter(pl.col("need_prediction"))
+    assert rmse["plain"]["t0"] > 50  # still near 0: about 130 off
+    assert rmse["scaled"]["t0"] < 1.1 * truth["t0"].std()  # no worse than the mean
+    assert rmse["scaled"]["t1"] < 1.1 * truth["t1"].std()
+    packed = pack_run(tmp_path / "runs" / "hr" / "scaled", "hr", tmp_path / "subs")
+    assert "parity OK" in run_cli("parity", packed.folder, "--data", tmp_path / "valid.parquet",
+                                  "--seqs", 3).output
+    out = run_cli("score", packed.zip_path, "--data", tmp_path / "valid.parquet", "-q",
+                  "--json").output
+    assert json.loads(out)["report"]["per_target"]["t0"] == pytest.approx(rmse["scaled"]["t0"],
+                                                                          rel=1e-4)

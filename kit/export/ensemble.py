@@ -45,6 +45,15 @@ def stackable(model: nn.Module) -> tuple | None:
     return (kind, model.rnn.input_size, model.hidden, model.layers)
 
 
+def _output_affine(model: nn.Module) -> tuple[Tensor, Tensor]:
+    """(scale, center) of a model's outputs: 1 and 0 unless normaliser.targets set them."""
+    affine = model.head.output_affine()
+    if affine is None:
+        n = model.head.parts[0].out_features
+        return torch.ones(n), torch.zeros(n)
+    return affine[0].detach(), affine[1].detach()
+
+
 class StackedRNN(nn.Module):
     """M GRUs (or M LSTMs) of one shape, one step at a time, with batched matmuls; returns the
     weighted sum of their heads. State: one h [M, B, 1, H] per layer, then (LSTMs) one c per
@@ -80,12 +89,14 @@ class StackedRNN(nn.Module):
             self.register_buffer(f"bh{layer}", torch.cat(
                 [torch.zeros_like(bh[:, :2 * h]), bh[:, 2 * h:]], dim=1).view(self.m, 1, 1, -1))
         heads = [m.head.parts[0] for m in models]
-        # weights folded into the heads: sum_m w_mk (W_m h_m + b_m)_k
-        w = weights.view(self.m, 1, 1, -1)  # [M, 1, 1, K]
+        # weights and output scales (normaliser.targets) folded into the heads:
+        # sum_m w_mk (s_mk (W_m h_m + b_m)_k + c_mk)
+        scale, center = (torch.stack(t) for t in zip(*map(_output_affine, models), strict=True))
+        w = (weights * scale).view(self.m, 1, 1, -1)  # [M, 1, 1, K]
         self.register_buffer("wo", torch.stack([hd.weight.detach().t() for hd in heads]
                                                ).unsqueeze(1) * w)  # [M, 1, H, K]
-        self.register_buffer("bo", (torch.stack([hd.bias.detach() for hd in heads])
-                                    * weights).sum(0))
+        bias = torch.stack([hd.bias.detach() for hd in heads]) * scale + center
+        self.register_buffer("bo", (bias * weights).sum(0))
 
     def init_state(self, batch: int) -> list[Tensor]:
         shape = (self.m, batch, 1, self.hidden)

@@ -72,6 +72,26 @@ def _split(arrays: SequenceArrays, normaliser: Normaliser, starts: np.ndarray,
                  torch.from_numpy(mask), starts[:n][seq] + step)
 
 
+def target_moments(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Each target's mean and std over the scored rows (float64; a zero spread is 1)."""
+    y = split.y.numpy()[split.mask.numpy()].astype(np.float64)  # (rows, K)
+    center, scale = y.mean(axis=0), y.std(axis=0)
+    return center, np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+
+
+def far_from_standard(spec: CompetitionSpec, center: np.ndarray, scale: np.ndarray) -> str | None:
+    """The targets whose mean or spread a model starting near 0 and 1 would take long to reach
+    (when normaliser.targets is off), as a note; None when they look standardised."""
+    far = [f"{name} (mean {c:.4g}, std {s:.4g})"
+           for name, c, s in zip(spec.outputs, center, scale, strict=True)
+           if abs(c) > 3 * s or not 1 / 30 < s < 30]
+    if not far:
+        return None
+    return (f"the targets {', '.join(far)} are far from mean 0 and std 1, where a new model's "
+            "outputs start: set normaliser.targets = true to train on standardised targets "
+            "(the outputs keep the targets' units)")
+
+
 def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0) -> Normaliser:
     """Fit on the real (not padded) steps of the training sequences only."""
     n = len(arrays) if limit <= 0 else min(limit, len(arrays))

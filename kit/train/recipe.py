@@ -387,7 +387,7 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
                resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
                on_epoch=None) -> dict:
     from kit.models import build_model, count_params, solve_width
-    from kit.train.data import load_train_data
+    from kit.train.data import far_from_standard, load_train_data, target_moments
     from kit.train.trainer import fit
 
     if fold is not None:  # recorded in config.toml: reports and resume know the fold
@@ -402,6 +402,11 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     model_config = solve_width(config["model"], n_in, n_out)
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
+    moments = target_moments(data.train)
+    if config["normaliser"]["targets"]:  # outputs in the targets' units, layers standardised
+        model.head.scale_outputs(*moments)
+    elif not resume and (note := far_from_standard(data.spec, *moments)):
+        print(f"note: {note}", flush=True)
     summary = {"params": count_params(model), "features": n_in,
                "train_seqs": len(data.train), "valid_seqs": len(data.valid),
                "valid_limited": data.valid_limited}
