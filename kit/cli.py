@@ -161,13 +161,16 @@ def data_check(
     file: Path = typer.Argument(..., help="Parquet file to check."),
     spec: str = SpecOption,
     as_json: bool = JsonOption,
+    allow_extra: bool = typer.Option(False, "--allow-extra", help="Columns the spec does not "
+                                     "name are a warning (a train file's group column), and "
+                                     "the spec's columns keep their order among themselves."),
 ) -> None:
     """Check a parquet file against the competition contract; exit 2 naming each problem."""
     from kit.competition import load_spec
     from kit.data.contract import ContractError, check_file
 
     try:
-        report = check_file(file, load_spec(spec))
+        report = check_file(file, load_spec(spec), extra_ok=allow_extra)
     except ContractError as exc:
         if as_json:  # the failing case is where a script needs the list
             _print_json({"ok": False, "path": exc.source, "problems": exc.problems})

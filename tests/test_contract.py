@@ -162,6 +162,32 @@ def test_each_contract_violation_is_named(tmp_path, case):
     assert "Traceback" not in result.output
 
 
+def test_allow_extra_accepts_a_train_files_group_column_in_any_place(tmp_path):
+    """kit train reads a group column (data.group) from the train file, and kit score reads the
+    spec's columns by name: --allow-extra checks such a file, the extra column a warning."""
+    df = make_frame(SPEC, n_seqs=4)
+    users = df.with_columns((pl.col("seq_ix") % 2).alias("user_id"))
+    moved = users.select("user_id", *df.columns)  # first, before the id
+    for frame in (users, moved):
+        with pytest.raises(DataError, match=r"unexpected column\(s\): user_id \(a train file "
+                           r"may keep others, e.g. for data.group: check it with --allow-extra"):
+            check_frame(frame, SPEC)
+        report = check_frame(frame, SPEC, extra_ok=True)
+        assert report.warnings == ["column(s) not in the spec: user_id; kit train and kit score "
+                                   "read the spec's columns by name and leave these alone (the "
+                                   "competition's own files have none)"]
+    # the spec's own columns still keep their order, and every other check still holds
+    with pytest.raises(DataError, match="position 4 holds 'p2'"):
+        check_frame(_swap(users, "p1", "p2"), SPEC, extra_ok=True)
+    with pytest.raises(DataError, match="gap"):
+        check_frame(pl.concat([users[:3], users[4:]]), SPEC, extra_ok=True)
+    path = tmp_path / "users.parquet"
+    moved.write_parquet(path)
+    run_cli("data", "check", path, "--spec", write_spec(tmp_path), expect=2)
+    out = run_cli("data", "check", path, "--spec", write_spec(tmp_path), "--allow-extra").output
+    assert "warning: column(s) not in the spec: user_id" in out
+
+
 def test_a_file_where_no_row_needs_a_prediction_is_refused(tmp_path):
     """Every sequence within the warm-up: kit score and training refuse such a file, so the
     check does too (it said "matches the rule" and exited 0)."""

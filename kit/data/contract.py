@@ -88,9 +88,10 @@ def _group_dtypes(dtypes: dict[str, str]) -> str:
     return ", ".join(f"{a}: {d}" if a == b else f"{a}..{b}: {d}" for a, b, d in runs)
 
 
-def check_file(path: str | Path, spec: CompetitionSpec) -> CheckReport:
+def check_file(path: str | Path, spec: CompetitionSpec, extra_ok: bool = False) -> CheckReport:
     """Check a parquet file against the spec. Only the key columns are held in memory; the
-    value columns are counted and summarised in one streaming pass."""
+    value columns are counted and summarised in one streaming pass. `extra_ok`: columns the
+    spec does not name are a warning, not a problem (a train file's group column)."""
     path = Path(path)
     schema = file_schema(path)
     index = pandas_index_columns(path)  # not the scorer's columns: its pandas reads them back
@@ -102,20 +103,22 @@ def check_file(path: str | Path, spec: CompetitionSpec) -> CheckReport:
         except pl.exceptions.PolarsError as exc:
             raise unreadable_data(path, exc) from None
 
-    return _check(schema, lambda cols: read_frame(path, cols), read_values, spec, str(path))
+    return _check(schema, lambda cols: read_frame(path, cols), read_values, spec, str(path),
+                  extra_ok)
 
 
-def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>") -> CheckReport:
+def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>",
+                extra_ok: bool = False) -> CheckReport:
     """Verify a frame against the competition contract; raise DataError listing every problem."""
-    return _check(df.schema, df.select, df.select, spec, source)
+    return _check(df.schema, df.select, df.select, spec, source, extra_ok)
 
 
 def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
            read_values: Callable[[list[pl.Expr]], pl.DataFrame], spec: CompetitionSpec,
-           source: str) -> CheckReport:
+           source: str, extra_ok: bool = False) -> CheckReport:
     """The checks of check_file and check_frame: `read_columns(names)` gives those columns,
     `read_values(exprs)` the one-row frame of those aggregations over the whole data."""
-    labelled = _check_columns(list(schema), spec, source)
+    labelled, warnings = _check_columns(list(schema), spec, source, extra_ok)
     check_dtypes(schema, spec, labelled, source)
     problems: list[str] = []
     ids, steps = spec.id_col, spec.step_col
@@ -156,8 +159,8 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
     values = read_values(_nonfinite_exprs(value_cols) + _target_exprs(targets, spec.need_col))
     values = values.row(0, named=True)
     nan_counts, inf_counts, null_counts = _nonfinite_counts(values, value_cols)
-    warnings = [_target_warning(col, values) for col in targets
-                if nan_counts[col] or inf_counts[col] or null_counts[col]]
+    warnings += [_target_warning(col, values) for col in targets
+                 if nan_counts[col] or inf_counts[col] or null_counts[col]]
     hist = lengths.group_by("n").agg(pl.len().alias("count")).sort("n")
     return CheckReport(
         path=source,
@@ -186,12 +189,15 @@ class ContractError(DataError):
         super().__init__("\n".join([head, *(f"  - {p}" for p in problems)]))
 
 
-def _check_columns(have: list[str], spec: CompetitionSpec, source: str) -> bool:
-    """Exact names and order; target columns may be absent altogether (an unlabelled file)."""
+def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
+                   extra_ok: bool = False) -> tuple[bool, list[str]]:
+    """Exact names and order; target columns may be absent altogether (an unlabelled file).
+    With `extra_ok` (a train file keeping e.g. a group column) other columns are a warning and
+    the spec's columns keep their order among themselves. Returns (labelled, warnings)."""
     # a next-state file is always labelled: its truth is the next row's features
     labelled = spec.next_state or any(t in have for t in spec.targets)
     want = spec.columns if labelled else spec.input_columns
-    problems = []
+    problems, warnings = [], []
     missing = [c for c in want if c not in have]
     extra = [c for c in have if c not in want]
     if missing:
@@ -199,11 +205,17 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str) -> bool:
     if not any(c in have for c in spec.input_columns):
         problems.append(f"none of spec {spec.name!r}'s columns is in the file: is it another "
                         "competition's? Pass --spec NAME (kit spec list shows the specs)")
-    if extra:
-        problems.append(f"unexpected column(s): {_listed(extra)}")
-    if not missing and not extra and have != want:
-        first = next(i for i, (a, b) in enumerate(zip(have, want, strict=True)) if a != b)
-        problems.append(f"columns are in the wrong order: position {first} holds {have[first]!r} "
+    if extra and extra_ok:
+        warnings.append(f"column(s) not in the spec: {_listed(extra)}; kit train and kit score "
+                        "read the spec's columns by name and leave these alone (the "
+                        "competition's own files have none)")
+    elif extra:
+        problems.append(f"unexpected column(s): {_listed(extra)} (a train file may keep others, "
+                        "e.g. for data.group: check it with --allow-extra)")
+    ours = [c for c in have if c in want] if extra_ok else have
+    if not missing and (extra_ok or not extra) and ours != want:
+        first = next(i for i, (a, b) in enumerate(zip(ours, want, strict=True)) if a != b)
+        problems.append(f"columns are in the wrong order: position {first} holds {ours[first]!r} "
                         f"but the spec puts {want[first]!r} there; expected order: "
                         f"{_listed(want, 8)}")
     dup = sorted({c for c in have if have.count(c) > 1})
@@ -211,7 +223,7 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str) -> bool:
         problems.append(f"duplicated column name(s): {dup}")
     if problems:
         raise ContractError(source, problems)
-    return labelled
+    return labelled, warnings
 
 
 def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, source: str) -> None:
