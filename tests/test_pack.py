@@ -833,3 +833,109 @@ def test_file_system_errors_read_as_path_problem_and_remedy():
                     "choose a folder on a writable one)")
     assert os_error_text(OSError(errno.EIO, "Input/output error", "x")) == "x: Input/output error"
     assert os_error_text(OSError("no errno")) == "no errno"
+
+
+# --- a next-state run of its own (cheap: no run of every model type) -------------------------
+
+NS300 = """
+name = "ns300"
+features = ["0..4"]
+seq_len = 300
+warmup = 99
+tail = 1
+protocol = "next-state"
+[metric]
+name = "r2"
+"""
+
+
+@pytest.fixture(scope="module")
+def ns_run(tmp_path_factory) -> Path:
+    """A tiny GRU on a next-state spec whose sequences (300 rows) do not divide the 2,000 rows
+    pack times; its data in the run's workspace (ns_run.parents[2] / "data")."""
+    import tomli_w
+
+    from kit.data.synth import synthesize
+    from kit.train.recipe import train_experiment
+
+    root = tmp_path_factory.mktemp("ns300")
+    (root / "ns300.toml").write_text(NS300)
+    synthesize(load_spec(str(root / "ns300.toml")), root / "data", train_seqs=4, valid_seqs=2,
+               seed=1)
+    exp = root / "ns.toml"
+    exp.write_text(tomli_w.dumps({
+        "spec": str(root / "ns300.toml"), "seed": 5,
+        "data": {"train": str(root / "data/train.parquet"),
+                 "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
+        "features": {"groups": ["raw"]},
+        "model": {"type": "gru", "hidden": 8, "layers": 1},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3}}))
+    return Path(train_experiment(str(exp), progress=False, runs_dir=root / "runs")[0]
+                ["run_dir"])
+
+
+def test_pack_times_whole_sequences_of_a_next_state_spec(ns_run, tmp_path):
+    # 2,000 rows would cut the 7th sequence after a row that needs a prediction: its truth,
+    # the next row, does not exist, and the replay failed as a crash of the submission
+    packed = pack_run(ns_run, "ns", tmp_path)
+    assert packed.manifest["time_budget"]["sample_rows"] == 2100
+
+
+def test_pack_refuses_to_overwrite_a_zip_it_did_not_write(ns_run, tmp_path):
+    (tmp_path / "notes.zip").write_text("notes\n")
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:  # a zip, not kit's
+        archive.writestr("solution.py", "")
+    with zipfile.ZipFile(tmp_path / "alike.zip", "w") as archive:  # kit's files, not its manifest
+        for name in PACK_FILES:
+            archive.writestr(name, '{"name": "mine"}')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for name in ("notes", "other", "alike"):
+        with pytest.raises(PackError, match=f"{name}.zip exists and is not a zip written by kit "
+                                            "pack"):
+            pack_run(ns_run, name, tmp_path, budget=False)
+    out = run_cli("pack", ns_run, "--name", "notes", "--out", tmp_path, expect=2).output
+    assert "choose another --name" in out
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
+    # its own zip is replaced as before
+    first = pack_run(ns_run, "mine", tmp_path, budget=False)
+    again = pack_run(ns_run, "mine", tmp_path, budget=False)
+    assert again.zip_path == first.zip_path
+    assert sorted(zipfile.ZipFile(again.zip_path).namelist()) == sorted(PACK_FILES)
+
+
+def test_a_package_name_with_a_control_character_is_refused(ns_run, tmp_path):
+    for name in ("nl\nx", "tab\tx", "del\x7fx", "c1\x85x"):
+        with pytest.raises(PackError, match="plain folder name"):
+            pack_run(ns_run, name, tmp_path, budget=False)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_package_that_fails_to_load_is_said_to_have_changed_since_pack(ns_run, tmp_path,
+                                                                       damage):
+    packed = pack_run(ns_run, "ns", tmp_path, budget=False)
+    model = packed.folder / "model.onnx"
+    if damage == "truncated":
+        model.write_bytes(model.read_bytes()[:100])
+    else:
+        model.unlink()
+    data = ns_run.parents[2] / "data/valid.parquet"
+    said = "model.onnx changed since pack" if damage == "truncated" else "model.onnx is missing"
+    with pytest.warns(RuntimeWarning, match=said), pytest.raises(KitError):
+        score_submission(packed.folder, data, submission_spec(packed.folder), progress=False)
+    out = run_cli("score", packed.folder, "--data", data, "-q", expect=2).output
+    assert f"warning: {said}" in out and "re-pack it" in out
+
+
+def test_weights_that_do_not_fit_the_config_name_the_mismatches(ns_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(ns_run, tmp_path / "run")
+    checkpoint = load_checkpoint(run / "best.pt")
+    checkpoint["model_config"] = {**checkpoint["model_config"], "hidden": 16}
+    save_checkpoint(checkpoint, run / "best.pt")
+    with pytest.raises(KitError) as err:
+        load_member(run)
+    said = str(err.value)
+    assert "Error(s) in loading state_dict for GRUModel: size mismatch for " in said
+    assert said.count("size mismatch for") == 3 and said.endswith("; and 2 more)")

@@ -919,6 +919,42 @@ def test_a_backslash_or_an_over_long_name_in_a_zip_is_refused(tmp_path):
         score(long, data)
 
 
+def test_a_zip_with_an_entry_for_its_root_folder_scores_like_the_folder(tmp_path):
+    """'./' (as some zip tools write it) is the root itself: unzip and extractall pass over
+    it. A root entry that is no folder, or written with a backslash, is still refused."""
+    data, frame = write_data(tmp_path)
+    for root in ("./", "././"):
+        zpath = tmp_path / "root.zip"
+        with zipfile.ZipFile(zpath, "w") as zf:
+            zf.writestr(zipfile.ZipInfo(root), b"")
+            zf.writestr("solution.py", FORMULA)
+            zf.writestr("./model/w.txt", "1")
+        assert score(zpath, data).score == pytest.approx(expected_report(frame).score, rel=1e-12)
+    for entry, what in ((".", "has an empty name"), (".\\", "separates folders")):
+        odd = make_zip(tmp_path / "odd.zip", {entry: "", "solution.py": FORMULA})
+        with pytest.raises(SubmissionError, match=what):
+            score(odd, data)
+
+
+def test_rows_that_end_on_a_row_needing_a_next_state_are_not_blamed_on_the_submission(tmp_path):
+    from kit.scoring.score import load_rows, replay_file, replay_rows
+
+    data, _ = write_data(tmp_path, NEXT_STATE)
+    sub = write_sub(tmp_path, NEXT_STATE_HALF)
+    rows = load_rows(data, NEXT_STATE, None).values[:30]  # cut after step 9: it needs one
+    with pytest.raises(DataError, match="the last of the 30 rows to replay needs a prediction"):
+        replay_rows(sub, rows, NEXT_STATE)
+    np.save(tmp_path / "rows.npy", rows)  # past the parent's check, the runner says the same
+    with pytest.raises(SubmissionError, match="row 29, the last one given to the scorer, needs "
+                       "a prediction.*the rows are wrong, not the submission"):
+        replay_file(sub, tmp_path / "rows.npy", len(rows), NEXT_STATE)
+    # a file that ends so breaks the contract, as kit data check says
+    path = tmp_path / "cut.parquet"
+    pl.read_parquet(data).head(30).write_parquet(path)
+    with pytest.raises(DataError, match="breaks the competition contract"):
+        score(sub, path, NEXT_STATE)
+
+
 def test_a_manifest_that_does_not_read_or_is_huge_is_named_not_a_traceback(tmp_path):
     data, _ = write_data(tmp_path)
     good = make_zip(tmp_path / "good.zip", {"solution.py": FORMULA, "manifest.json": "{}"})

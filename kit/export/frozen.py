@@ -140,7 +140,7 @@ def load_member(run: Path) -> Member:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise KitError(f"{path}: the weights do not fit the stored model config "
-                       f"({str(exc).splitlines()[0]})") from None
+                       f"({_mismatches(exc)})") from None
     config_path = path.parent / "config.toml"
     try:
         config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -153,6 +153,16 @@ def load_member(run: Path) -> Member:
         model=model.eval(), model_config=dict(ckpt["model_config"]),
         score=ckpt.get("score"), per_target=dict(ckpt.get("per_target", {})), config=config,
     )
+
+
+def _mismatches(exc: Exception, shown: int = 3) -> str:
+    """torch's load_state_dict error: its heading and the first few mismatches (one a line
+    there: a missing key, a size mismatch), each cut short."""
+    head, *lines = [line.strip().rstrip(".") for line in str(exc).splitlines()
+                    if line.strip()] or [""]
+    more = f"; and {len(lines) - shown} more" if len(lines) > shown else ""
+    cut = [line if len(line) <= 300 else f"{line[:300]}..." for line in lines[:shown]]
+    return " ".join([head, "; ".join(cut)]).strip() + more
 
 
 @torch.no_grad()

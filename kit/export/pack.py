@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
@@ -219,9 +220,9 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
                  force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Write the package of weighted members (per-target weights) as one step graph."""
     if not name.strip() or name != name.strip() or any(c in name for c in "/\\") \
-            or name.startswith("."):
-        raise PackError(f"--name {name!r}: a plain folder name is needed (no slashes, no "
-                        "leading dot or surrounding spaces)")
+            or name.startswith(".") or any(unicodedata.category(c) == "Cc" for c in name):
+        raise PackError(f"--name {name!r}: a plain folder name is needed (no slashes, control "
+                        "characters, leading dot or surrounding spaces)")
     if name.lower().endswith(".zip"):  # pack writes NAME/ and NAME.zip itself
         raise PackError(f"--name {name!r}: give the name without .zip (--name {name[:-4]}): "
                         f"pack writes the folder {name[:-4]}/ and {name[:-4]}.zip")
@@ -237,9 +238,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     out_dir.mkdir(parents=True, exist_ok=True)
     folder, zip_path = out_dir / name, zip_path_of(out_dir / name)
     check_replaceable(folder)  # before the build: a wrong --name must not cost it
-    if zip_path.is_dir() or zip_path.is_symlink():
-        raise PackError(f"{zip_path} exists and is not a file: pack writes the package's zip "
-                        "there; choose another --name or --out, or move it away")
+    check_replaceable_zip(zip_path)
     # build the folder and its zip beside the targets (this pack's own: packs to one name may
     # run at once) and swap both in at the end: a failed pack leaves the old package whole
     drop_dead_staging(out_dir, name)
@@ -278,6 +277,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         write_submission_zip(staging, staged_zip, files=PACK_FILES)
         with exclusive(package_lock(folder)):  # the swap, one pack at a time
             check_replaceable(folder)
+            check_replaceable_zip(zip_path)
             os.replace(staged_zip, zip_path)  # first: the step most likely to fail changes nothing
             for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
                 if extra.name not in PACK_FILES and extra.name != "__pycache__":
@@ -333,6 +333,26 @@ def check_replaceable(folder: Path) -> None:
                     "or --out, or move it away")
 
 
+def check_replaceable_zip(zip_path: Path) -> None:
+    """Pack replaces NAME.zip only when it is one kit pack wrote (exactly its files, with a
+    manifest of kit's): a zip of your own by that name must not be overwritten."""
+    if not zip_path.exists() and not zip_path.is_symlink():
+        return
+    if zip_path.is_dir() or zip_path.is_symlink():
+        raise PackError(f"{zip_path} exists and is not a file: pack writes the package's zip "
+                        "there; choose another --name or --out, or move it away")
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            if sorted(archive.namelist()) == sorted(PACK_FILES) \
+                    and "kit_version" in (manifest_of(zip_path) or {}):
+                return
+    except (OSError, zipfile.BadZipFile, PackError):  # not a zip; a manifest too big for kit's
+        pass
+    raise PackError(f"{zip_path} exists and is not a zip written by kit pack (not exactly "
+                    f"{', '.join(PACK_FILES)} with a {MANIFEST_FILE} of kit's): pack would "
+                    "overwrite it; choose another --name or --out, or move it away")
+
+
 def package_lock(folder: Path) -> Path:
     """The lock file beside a package folder: held by kit pack while it replaces the folder,
     and by kit parity while it copies the package or records its report into it."""
@@ -385,7 +405,9 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
 
     # variable-length specs: sequences long enough that rows past the warm-up and tail score
     length = spec.seq_len or max(1000, 2 * (spec.warmup + max(spec.tail, 1)) + 1)
-    n = max(BUDGET_ROWS, length)
+    # whole sequences: a cut one would end on a row that needs a prediction, whose next-state
+    # truth (the next row) does not exist
+    n = length * math.ceil(BUDGET_ROWS / length)
     rng = np.random.default_rng(0)
     steps = np.arange(n) % length
     values = np.column_stack([np.arange(n) // length, steps,

@@ -398,6 +398,10 @@ def next_states(values):
     the very `state` object predict() got there (a view of the rows), turned into an array only
     at the end; a submission that changed its state in place is scored against the change."""
     scored = np.flatnonzero(values[:, 2] != 0)  # (the parent checked each has a next row)
+    if len(scored) and scored[-1] + 1 == len(values):  # the rows' fault, not the submission's
+        raise Failure({"stage": "data", "message": f"row {int(scored[-1])}, the last one given "
+                       "to the scorer, needs a prediction, but the next-state protocol has no "
+                       "truth for it (no next row): the rows are wrong, not the submission"})
     try:
         return np.asarray(values[scored + 1, 3:], dtype=np.float64)
     except (TypeError, ValueError) as exc:

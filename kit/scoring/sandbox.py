@@ -88,8 +88,9 @@ def extract_zip(path: Path, dest: Path) -> Path:
     """Extract entry by entry; absolute paths, '..', links and special files are refused."""
     try:
         with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            names = [check_entry(path, info) for info in infos]
+            checked = [(info, check_entry(path, info)) for info in zf.infolist()]
+            infos = [info for info, name in checked if name is not None]
+            names = [name for _, name in checked if name is not None]
             if SOLUTION not in names:
                 raise SubmissionError(_no_solution_message(path, names))
             check_layout(path, infos, names)
@@ -154,8 +155,9 @@ def check_layout(path: Path, infos: list[zipfile.ZipInfo], names: list[str]) -> 
                               "re-create the zip")
 
 
-def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
-    """The entry's normalised relative name, or a SubmissionError naming it."""
+def check_entry(path: Path, info: zipfile.ZipInfo) -> str | None:
+    """The entry's normalised relative name (None for the root folder's own entry, './'), or
+    a SubmissionError naming it."""
     raw = info.filename
     name = raw.replace("\\", "/")  # read as a separator for the checks that keep files inside
     where = f"{path}: entry {raw!r}"
@@ -166,8 +168,6 @@ def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
         raise SubmissionError(
             f"{where} has a '..' component (it would land outside the submission folder)"
         )
-    if not parts:
-        raise SubmissionError(f"{where} has an empty name")
     mode = info.external_attr >> 16
     kind = stat.S_IFMT(mode)
     if stat.S_ISLNK(mode):
@@ -183,6 +183,10 @@ def check_entry(path: Path, info: zipfile.ZipInfo) -> str:
         raise SubmissionError(f"{where} separates folders with '\\'; extractors differ on it "
                               "(the scorer may find no such folder): re-create the zip with "
                               "'/' separators (Python's zipfile, 7-Zip, or kit pack)")
+    if not parts:
+        if info.is_dir():  # './': the root itself, which unzip and extractall pass over
+            return None
+        raise SubmissionError(f"{where} has an empty name")
     too_long = [part for part in parts if len(part.encode()) > 255]
     if too_long:
         raise SubmissionError(f"{where}: a name of {len(too_long[0].encode())} bytes; file "

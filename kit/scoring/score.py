@@ -170,7 +170,13 @@ def score_submission(
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
+        # scored as it is (an experiment), but not what kit pack wrote and checked; said before
+        # the replay, which it may explain (a truncated model.onnx fails to load)
         changed = package_changes(solution_dir)
+        notes = [f"{'; '.join(changed)}: this is not the package kit pack wrote (kit parity "
+                 "checked that one); re-pack it, or run kit parity on this one"] if changed else []
+        for note in notes:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
         rows = load_rows(data, spec, seqs)
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
         dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
@@ -181,7 +187,6 @@ def score_submission(
                             limit_memory=limit_memory, timeout_s=timeout_s, progress=progress,
                             column_dtypes=dtypes)
     result, preds = child.result, child.predictions
-    notes = []
     moved = 0 if child.truth is None else int(
         ((child.truth != truth) & ~(np.isnan(child.truth) & np.isnan(truth))).any(axis=1).sum())
     if moved:
@@ -191,10 +196,6 @@ def score_submission(
                      "(copy the state before changing it)")
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
         truth = child.truth
-    if changed:  # scored as it is (an experiment), but not what kit pack wrote and checked
-        notes.append(f"{'; '.join(changed)}: this is not the package kit pack wrote (kit "
-                     "parity checked that one); re-pack it, or run kit parity on this one")
-        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     nonfinite = int(np.size(preds) - np.count_nonzero(np.isfinite(preds)))
     if nonfinite:
         first = int(np.flatnonzero(~np.isfinite(preds).all(axis=1))[0])
@@ -269,6 +270,10 @@ def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, *
     """Run a prepared submission folder over float64 rows (id, step, need, features...) in
     the 1-CPU child, in the order given; returns the child's run (result, predictions).
     column_dtypes (Rows.column_dtypes) types them there as the scorer's DataFrame.values."""
+    if spec.next_state and len(values) and values[-1, 2]:  # its truth would be the next row
+        raise DataError(f"the last of the {len(values):,} rows to replay needs a prediction, "
+                        "but the next-state protocol has no truth for it (no next row): replay "
+                        "whole sequences, whose last row needs none")
     with tempfile.TemporaryDirectory(prefix="kit-replay-") as tmp:
         rows_path = Path(tmp) / "rows.npy"
         np.save(rows_path, np.ascontiguousarray(values, dtype=np.float64))
