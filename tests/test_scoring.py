@@ -95,6 +95,18 @@ def test_correct_submission_scores_as_the_metric_computes(tmp_path):
     assert "score" in result.format() and "rows/s" in result.format()
 
 
+def test_a_spec_with_more_cpus_than_one_is_said_to_be_replayed_on_one(tmp_path):
+    """limits.cpus = 2 was accepted, shown and ignored: the replay runs on one CPU, which the
+    result says (the projection is an upper bound for a submission with threads)."""
+    spec = small_spec(seq_len=20, warmup=5, limits={"cpus": 2})
+    data, _ = write_data(tmp_path, spec)
+    with pytest.warns(RuntimeWarning, match=r"gives the scorer 2 CPUs \(limits.cpus\); kit "
+                      "score replays on one"):
+        result = score(write_sub(tmp_path, FORMULA), data, spec)
+    assert any("limits.cpus" in w for w in result.warnings)
+    assert len(result.sandbox["affinity"]) == 1
+
+
 def test_oracle_reading_a_file_from_its_folder(tmp_path):
     """cwd is the submission folder: a relative path to a bundled file works."""
     data, frame = write_data(tmp_path)

@@ -166,6 +166,12 @@ def score_submission(
     if timeout_s is not None and not timeout_s > 0:
         raise SubmissionError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
     cpu = check_cpu(cpu)
+    notes = []
+    if spec.limits.cpus > 1:  # the time projection is then an upper bound for threaded code
+        notes.append(f"the spec gives the scorer {spec.limits.cpus} CPUs (limits.cpus); kit "
+                     "score replays on one, so a submission that uses more threads runs slower "
+                     "here than there (a kit package runs on one thread either way)")
+        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
@@ -173,10 +179,10 @@ def score_submission(
         # scored as it is (an experiment), but not what kit pack wrote and checked; said before
         # the replay, which it may explain (a truncated model.onnx fails to load)
         changed = package_changes(solution_dir)
-        notes = [f"{'; '.join(changed)}: this is not the package kit pack wrote (kit parity "
-                 "checked that one); re-pack it, or run kit parity on this one"] if changed else []
-        for note in notes:
-            warnings.warn(note, RuntimeWarning, stacklevel=2)
+        if changed:
+            notes.append(f"{'; '.join(changed)}: this is not the package kit pack wrote (kit "
+                         "parity checked that one); re-pack it, or run kit parity on this one")
+            warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
         rows = load_rows(data, spec, seqs)
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
         dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
