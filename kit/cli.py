@@ -585,7 +585,8 @@ def pack(
                                          help="An ensemble TOML (kit ensemble select)."),
     name: str | None = typer.Option(None, help="Submission name (default: EXP-ID or the "
                                     "ensemble file's name)."),
-    out: Path = typer.Option(Path("submissions"), help="Where submissions are written."),
+    out: Path | None = typer.Option(None, help="Where submissions are written (default: "
+                                    "submissions/, beside runs/ when run inside it)."),
     force: bool = typer.Option(False, "--force", help="Pack even when the projected test "
                                "time is over 80% of the limit."),
     no_stack: bool = typer.Option(False, "--no-stack", help="Run same-shape GRU members one "
@@ -597,6 +598,7 @@ def pack(
 
     if (run is None) == (ensemble is None):
         raise typer.BadParameter("give a RUN or --ensemble FILE (one of them)")
+    out = out or default_submissions(run or ensemble)
     if ensemble is not None:
         result = pack_ensemble(ensemble, name, out, force=force, stack=not no_stack)
     else:
@@ -604,6 +606,16 @@ def pack(
     typer.echo(result.format())
     if run is not None and (note := unfinished_note(run)):
         typer.echo(note, err=True)
+
+
+def default_submissions(packed: Path) -> Path:
+    """The project's submissions/: beside the runs/ folder the command runs in (`kit pack .`
+    inside runs/EXP/ID must not write runs/EXP/ID/submissions/), else in the working folder."""
+    here, target = Path.cwd().resolve(), Path(packed).resolve()
+    for folder in (here, *here.parents):
+        if folder.name == "runs" and target.is_relative_to(folder):
+            return folder.parent / "submissions"
+    return Path("submissions")
 
 
 @app.command()

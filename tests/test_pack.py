@@ -645,6 +645,24 @@ def test_pack_dot_inside_a_run_folder_names_the_package_after_the_run(runs, tmp_
     assert read_manifest(tmp_path / name)["members"][0]["run"] == str(runs["gru"].resolve())
 
 
+def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, tmp_path,
+                                                                         monkeypatch):
+    """Without --out, `kit pack .` in runs/EXP/ID (or in runs/EXP) writes the project's
+    submissions/, beside runs/, not a submissions/ folder inside the run."""
+    import shutil
+
+    run = tmp_path / "project" / "runs" / "exp" / "r1"
+    shutil.copytree(runs["gru"], run)
+    for where, given in ((run, "."), (run.parent, "r1")):
+        monkeypatch.chdir(where)
+        run_cli("pack", given, "--name", "p")
+        assert (tmp_path / "project" / "submissions" / "p" / "model.onnx").is_file()
+        assert not (where / "submissions").exists()
+    monkeypatch.chdir(tmp_path)  # elsewhere: submissions/ of the working folder, as before
+    run_cli("pack", run, "--name", "p")
+    assert (tmp_path / "submissions" / "p.zip").is_file()
+
+
 def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):
     import os
     import subprocess
