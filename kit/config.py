@@ -64,12 +64,20 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 
 def differences(a, b) -> list[str]:
-    """Dotted keys whose values differ between two configs (a key on one side only too)."""
+    """Dotted keys whose values differ between two configs (a key on one side only too, but
+    for a key ADDED_LATER at its default: the record from before the key is the same config)."""
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return [] if a == b else ["the config"]
     flat_a, flat_b, missing = flatten(a), flatten(b), object()
     return sorted(key for key in flat_a.keys() | flat_b.keys()
-                  if flat_a.get(key, missing) != flat_b.get(key, missing))
+                  if flat_a.get(key, ADDED_LATER.get(key, missing))
+                  != flat_b.get(key, ADDED_LATER.get(key, missing)))
+
+
+def added_at_default(key: str, value) -> bool:
+    """A key added after configs were recorded without it, holding the value that behaves as
+    before it: left out of identities (groups, studies, ablations) so those still resume."""
+    return key in ADDED_LATER and value == ADDED_LATER[key]
 
 
 def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
@@ -127,6 +135,9 @@ DEFAULTS: dict[str, dict] = {
         "tensorboard": False, "max_train_seqs": 0, "max_valid_seqs": 0,
     },
 }
+# Keys added after runs, groups and studies were recorded without them, with the default that
+# keeps the behaviour from before: a record without the key is the same config.
+ADDED_LATER = {"normaliser.targets": False}
 # String settings with a fixed set of values: checked when a config is loaded, so a typo fails
 # at once and not after the feature arrays are built.
 CHOICES: dict[str, tuple[str, ...]] = {

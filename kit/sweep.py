@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import tomli_w
 
-from kit.config import ConfigError, flatten, parse_override, resolve, set_path
+from kit.config import ConfigError, added_at_default, flatten, parse_override, resolve, set_path
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import WorkerGroup, worker_pythonpath
@@ -468,7 +468,8 @@ def training_digests(base: dict, left_out: list[str] | tuple = ()) -> dict:
     """A digest per config key that changes what a run trains: NOT_TRAINING and `left_out`
     left out, spec and data files by content (by_content)."""
     return {key: digest(value) for key, value in flatten(by_content(base)).items()
-            if not any(_within(key, n) for n in (*NOT_TRAINING, *left_out))}
+            if not any(_within(key, n) for n in (*NOT_TRAINING, *left_out))
+            and not added_at_default(key, value)}
 
 
 def by_content(base: dict) -> dict:

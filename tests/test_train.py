@@ -574,6 +574,30 @@ def test_a_killed_or_resumed_run_is_still_checked_against_its_data(env, tmp_path
     assert "finished" in out and "group" not in out
 
 
+def test_a_group_recorded_before_a_config_key_existed_still_resumes(env, tmp_path):
+    """normaliser.targets came after groups were recorded without it: at its default it is the
+    same config (the resume said the group "was started with other settings"); set, it is not.
+    A sweep's identity and an ablation's digests leave it out at its default too."""
+    from kit.config import differences, load_experiment, resolve
+    from kit.sweep import training_digests
+
+    run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=2", "--stop-after-epochs", "1",
+            "-q")
+    (record,) = (tmp_path / "runs" / "tiny" / ".groups").glob("*.json")
+    stored = json.loads(record.read_text())
+    del stored["config"]["normaliser"]["targets"]  # as a kit before the key wrote it
+    record.write_text(json.dumps(stored))
+    out = run_cli("train", "exp=tiny", "seeds=[1,2]", "train.epochs=2", "--resume", "-q").output
+    assert all(json.loads((run / "metrics.json").read_text())["finished"]
+               for run in _run_dirs(tmp_path / "runs" / "tiny")), out
+    assert differences(stored["config"], {**stored["config"], "normaliser": {
+        **stored["config"]["normaliser"], "targets": True}}) == ["normaliser.targets"]
+    base = resolve(load_experiment("tiny"))
+    assert "normaliser.targets" not in training_digests(base)
+    base["normaliser"]["targets"] = True
+    assert "normaliser.targets" in training_digests(base)
+
+
 def test_a_group_keeps_no_finished_run_of_other_data(env, tmp_path):
     """A resumed group trains its unfinished runs on today's files: a finished one of the
     files before them would make a group (an out-of-fold result) of two datasets."""
