@@ -609,12 +609,13 @@ def pack(
 
 
 def default_submissions(packed: Path) -> Path:
-    """The project's submissions/: beside the runs/ folder the command runs in (`kit pack .`
-    inside runs/EXP/ID must not write runs/EXP/ID/submissions/), else in the working folder."""
-    here, target = Path.cwd().resolve(), Path(packed).resolve()
-    for folder in (here, *here.parents):
-        if folder.name == "runs" and target.is_relative_to(folder):
-            return folder.parent / "submissions"
+    """The project's submissions/: beside the runs/ folder holding what is packed when the
+    command runs inside that folder (`kit pack .` in runs/EXP/ID must not write
+    runs/EXP/ID/submissions/), else in the working folder."""
+    target = Path(packed).resolve()
+    runs = next((folder for folder in target.parents if folder.name == "runs"), None)
+    if runs is not None and Path.cwd().resolve().is_relative_to(runs):
+        return runs.parent / "submissions"
     return Path("submissions")
 
 

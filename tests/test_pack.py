@@ -661,6 +661,13 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
     monkeypatch.chdir(tmp_path)  # elsewhere: submissions/ of the working folder, as before
     run_cli("pack", run, "--name", "p")
     assert (tmp_path / "submissions" / "p.zip").is_file()
+    # a project inside a folder named runs (or named runs itself) packs into its own folder
+    inner = tmp_path / "runs" / "proj"
+    shutil.copytree(runs["gru"], inner / "runs" / "exp" / "r1")
+    monkeypatch.chdir(inner)
+    run_cli("pack", "runs/exp/r1", "--name", "p")
+    assert (inner / "submissions" / "p.zip").is_file()
+    assert not (tmp_path / "runs" / "submissions").exists()
 
 
 def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):
