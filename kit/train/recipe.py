@@ -402,10 +402,9 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     model_config = solve_width(config["model"], n_in, n_out)
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
-    moments = target_moments(data.train)
     if config["normaliser"]["targets"]:  # outputs in the targets' units, layers standardised
-        model.head.scale_outputs(*moments)
-    elif not resume and (note := far_from_standard(data.spec, *moments)):
+        model.head.scale_outputs(*target_moments(data.train))
+    elif not resume and (note := far_from_standard(data.spec, *target_moments(data.train))):
         print(f"note: {note}", flush=True)
     summary = {"params": count_params(model), "features": n_in,
                "train_seqs": len(data.train), "valid_seqs": len(data.valid),
