@@ -921,8 +921,10 @@ def test_pack_refuses_to_overwrite_a_zip_it_did_not_write(ns_run, tmp_path):
     out = run_cli("pack", ns_run, "--name", "notes", "--out", tmp_path, expect=2).output
     assert "choose another --name" in out
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written
-    # its own zip is replaced as before
+    # its own zip is replaced as before, one of an older kit with notes beside its files too
     first = pack_run(ns_run, "mine", tmp_path, budget=False)
+    with zipfile.ZipFile(first.zip_path, "a") as archive:
+        archive.writestr("notes.md", "kits before 268938d zipped every file of the folder")
     again = pack_run(ns_run, "mine", tmp_path, budget=False)
     assert again.zip_path == first.zip_path
     assert sorted(zipfile.ZipFile(again.zip_path).namelist()) == sorted(PACK_FILES)

@@ -334,8 +334,9 @@ def check_replaceable(folder: Path) -> None:
 
 
 def check_replaceable_zip(zip_path: Path) -> None:
-    """Pack replaces NAME.zip only when it is one kit pack wrote (exactly its files, with a
-    manifest of kit's): a zip of your own by that name must not be overwritten."""
+    """Pack replaces NAME.zip only when it is one kit pack wrote (its files at the root, with a
+    manifest of kit's; kits before 268938d zipped notes beside them): a zip of your own by
+    that name must not be overwritten."""
     if not zip_path.exists() and not zip_path.is_symlink():
         return
     if zip_path.is_dir() or zip_path.is_symlink():
@@ -343,12 +344,12 @@ def check_replaceable_zip(zip_path: Path) -> None:
                         "there; choose another --name or --out, or move it away")
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            if sorted(archive.namelist()) == sorted(PACK_FILES) \
+            if set(PACK_FILES) <= set(archive.namelist()) \
                     and "kit_version" in (manifest_of(zip_path) or {}):
                 return
     except (OSError, zipfile.BadZipFile, PackError):  # not a zip; a manifest too big for kit's
         pass
-    raise PackError(f"{zip_path} exists and is not a zip written by kit pack (not exactly "
+    raise PackError(f"{zip_path} exists and is not a zip written by kit pack (no "
                     f"{', '.join(PACK_FILES)} with a {MANIFEST_FILE} of kit's): pack would "
                     "overwrite it; choose another --name or --out, or move it away")
 
