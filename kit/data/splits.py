@@ -160,13 +160,15 @@ def _group_index(groups, shape) -> tuple[np.ndarray, np.ndarray]:
         raise SplitError(f"groups has shape {groups.shape}; it needs one entry per id ({shape})")
     if groups.dtype.kind == "f":
         missing = int(np.isnan(groups).sum())
+    elif groups.dtype.kind in "mM":  # dates and durations: NaT
+        missing = int(np.isnat(groups).sum())
     elif groups.dtype.kind == "O":
         missing = sum(g is None or (isinstance(g, float | np.floating) and g != g)
                       for g in groups.tolist())
     else:
         missing = 0
     if missing:
-        raise SplitError(f"groups holds {missing} missing value(s) (NaN or None); every id "
+        raise SplitError(f"groups holds {missing} missing value(s) (NaN, NaT or None); every id "
                          "needs a group: fill or drop them first")
     try:
         return np.unique(groups, return_inverse=True)
