@@ -338,8 +338,9 @@ def train(
                                 "newest unfinished group they started (repeat the command)."),
     run_dir: Path | None = typer.Option(None, help="Run directory (default: runs/EXP/ID)."),
     stop_after_epochs: int = typer.Option(0, help="Train at most N epochs now (resume later)."),
-    folds: int = typer.Option(0, help="K-fold by sequence on the train file: one run per "
-                                      "fold plus their out-of-fold predictions."),
+    folds: int = typer.Option(0, help="K-fold on the train file, by sequence (by whole group "
+                                      "with data.split = \"group\"): one run per fold plus "
+                                      "their out-of-fold predictions."),
     jobs: int = typer.Option(1, help="Train this many seeds at once, each in its own process "
                                      "(the cores shared between them)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -588,7 +589,8 @@ def pack(
     out: Path | None = typer.Option(None, help="Where submissions are written (default: "
                                     "submissions/, beside runs/ when run inside it)."),
     force: bool = typer.Option(False, "--force", help="Pack even when the projected test "
-                               "time is over 80% of the limit."),
+                               "time is over 80% of the limit, or an ensemble's weights do "
+                               "not sum to 1."),
     no_stack: bool = typer.Option(False, "--no-stack", help="Run same-shape GRU members one "
                                   "by one instead of stacked."),
 ) -> None:

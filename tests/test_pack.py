@@ -4,6 +4,7 @@ runtime's contract, zip and manifest contents, and deliberately broken packages.
 import ast
 import json
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -658,6 +659,12 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
         run_cli("pack", given, "--name", "p")
         assert (tmp_path / "project" / "submissions" / "p" / "model.onnx").is_file()
         assert not (where / "submissions").exists()
+    # the default name is the experiment that trained it (its config), not the folder "exp"
+    experiment = tomllib.loads((run / "config.toml").read_text())["name"]
+    assert experiment != "exp"
+    monkeypatch.chdir(run)
+    run_cli("pack", ".")
+    assert (tmp_path / "project" / "submissions" / f"{experiment}-r1.zip").is_file()
     monkeypatch.chdir(tmp_path)  # elsewhere: submissions/ of the working folder, as before
     run_cli("pack", run, "--name", "p")
     assert (tmp_path / "submissions" / "p.zip").is_file()

@@ -995,6 +995,10 @@ def test_folds_need_no_valid_file_and_refuse_the_sequence_limits(env, tmp_path):
                   "data.valid_fraction=0.5", "data.split_seed=7", "-q", expect=2).output
     assert ("data.valid_fraction = 0.5 and data.split_seed = 7 choose a single held-out split; "
             "with --folds each fold validates 1/k") in out
+    # without data.split: the same message, not "need data.split = random", which fails next
+    out = run_cli("train", "exp=tiny", "--folds", "2", "data.valid_fraction=0.5", "-q",
+                  expect=2).output
+    assert "data.valid_fraction = 0.5 choose a single held-out split" in out, out
     assert len(_run_dirs(tmp_path / "runs" / "tiny")) == 3
 
 

@@ -81,10 +81,13 @@ class PackResult:
         ])
 
 
-def default_name(run: Path) -> str:
+def default_name(run: Path, experiment: object = None) -> str:
+    """EXP-RUNID: the experiment that trained the run (its config's name; a --run-dir may put
+    it under another folder), else the folder holding the run."""
     run = Path(run).resolve()  # `kit pack .` inside a run folder: its own name, not "-"
     run = run.parent if run.is_file() else run
-    return f"{run.parent.name}-{run.name}"
+    experiment = experiment if isinstance(experiment, str) and experiment else run.parent.name
+    return f"{experiment}-{run.name}"
 
 
 def unfinished_note(run: Path) -> str | None:
@@ -124,8 +127,8 @@ def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR
     """Freeze one run (its best.pt) into a submission folder and zip."""
     member = load_member(run)
     weighted = [Weighted(member, [1.0] * member.spec.n_outputs)]
-    return pack_members(weighted, name or default_name(run), out_dir, force=force,
-                        budget=budget)
+    return pack_members(weighted, name or default_name(run, member.config.get("name")),
+                        out_dir, force=force, budget=budget)
 
 
 def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,

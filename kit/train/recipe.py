@@ -131,6 +131,14 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     from kit.train.data import check_data_files
 
     base = experiment_config(exp, overrides)
+    held_out = [f"data.{key} = {base['data'][key]}" for key in ("valid_fraction", "split_seed")
+                if base["data"][key] != DEFAULTS["data"][key]]
+    if folds and held_out and not resume:  # (a group started before this check resumes)
+        # said before check_config's "need data.split = random": that advice fails here next
+        raise ConfigError(f"{' and '.join(held_out)} choose a single held-out split; with "
+                          "--folds each fold validates 1/k of the sequences, placed by the "
+                          "run's seed: leave them out",
+                          settings=("data.valid_fraction", "data.split_seed"))
     check_config(base)
     if not resume:  # a resumed run reads its own config's files (train_one checks them)
         check_data_files(base["data"], folds=folds > 0)
@@ -151,16 +159,9 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         raise ConfigError(f"{' and '.join(limits)} with --folds: each fold trains on all the "
                           "other folds of the train file and validates on its own, so the "
                           "limits would be ignored; set them to 0, or cut the train file")
-    held_out = [f"data.{key} = {base['data'][key]}" for key in ("valid_fraction", "split_seed")
-                if base["data"][key] != DEFAULTS["data"][key]]
     if base["data"]["fold"] and not (folds or resume):
         raise ConfigError("data.fold is what kit train --folds K writes into each fold run: "
                           "train folds with --folds K")
-    if folds and held_out and not resume:  # (a group started before this check resumes)
-        raise ConfigError(f"{' and '.join(held_out)} choose a single held-out split; with "
-                          "--folds each fold validates 1/k of the sequences, placed by the "
-                          "run's seed: leave them out",
-                          settings=("data.valid_fraction", "data.split_seed"))
     if run_dir and len(seeds or []) > 1:
         raise ConfigError("--run-dir names one run: it does not combine with several seeds")
     if seeds and len(set(seeds)) != len(seeds):
