@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -230,12 +231,61 @@ def set_dotted(config: dict, name: str, value) -> dict:
 
 
 def applies(param: Param, config: dict) -> bool:
-    """A conditional parameter applies when every `when` key has one of its values."""
-    for key, allowed in param.when.items():
-        options = allowed if isinstance(allowed, list) else [allowed]
-        if get_dotted(config, key) not in options:
-            return False
-    return True
+    """A conditional parameter applies when every `when` key has one of its values (a model
+    key the experiment leaves out has its default)."""
+    config = with_model_defaults(config) if any(k.startswith("model.") for k in param.when) \
+        else config
+    return all(_allows(allowed, get_dotted(config, key)) for key, allowed in param.when.items())
+
+
+def _allows(allowed, value) -> bool:
+    return value in (allowed if isinstance(allowed, list) else [allowed])
+
+
+def with_model_defaults(config: dict) -> dict:
+    """The config with its [model] keys' defaults filled in (as the model is built), so a
+    condition on a key the experiment leaves out sees its value; as it is when the table is
+    not a valid model (yet)."""
+    from kit.models import model_values
+
+    model = config.get("model")
+    try:
+        filled = {**model_values(model), **model}
+    except (KitError, TypeError):
+        return config
+    return {**config, "model": filled}
+
+
+def _meet(config: dict, params: list[Param], key: str, allowed) -> dict:
+    """The config with `key` set to a value `allowed` takes; a categorical parameter over the
+    table holding it (`model`: whole [model] tables) takes a choice with that value instead, so
+    the table's other keys are the choice's, not the experiment's."""
+    value = allowed[0] if isinstance(allowed, list) else allowed
+    for q in params:
+        if q.kind == "categorical" and key.startswith(q.name + "."):
+            inner = key[len(q.name) + 1:]
+            for choice in q.choices:
+                if isinstance(choice, dict) and _allows(allowed, get_dotted(choice, inner)):
+                    return set_dotted(config, q.name, choice)
+    return set_dotted(config, key, value)
+
+
+def _reachable(key: str, allowed, base: dict, params: list[Param]) -> bool:
+    """Whether `key` can take a value `allowed` lists: a choice (or the range) of the parameter
+    that sets it or the table around it, else the experiment's own value."""
+    options = allowed if isinstance(allowed, list) else [allowed]
+    for q in params:
+        if q.name == key:
+            if q.kind == "categorical":
+                return any(_allows(allowed, c) for c in q.choices)
+            return any(isinstance(v, int | float) and not isinstance(v, bool)
+                       and q.low <= v <= q.high for v in options)
+        if q.kind == "categorical" and key.startswith(q.name + "."):
+            inner = key[len(q.name) + 1:]
+            if any(isinstance(c, dict) and _allows(allowed, get_dotted(c, inner))
+                   for c in q.choices):
+                return True
+    return _allows(allowed, get_dotted(with_model_defaults(base), key))
 
 
 def covered(name: str, settings: tuple[str, ...]) -> bool:
@@ -248,10 +298,12 @@ def check_space(base: dict, params: list[Param]) -> None:
     valid config (conditional ones with their conditions met)."""
     from kit.train.recipe import check_config
 
+    filled = with_model_defaults(base)
     for p in params:
         where = f'sweep.params."{p.name}"'
         for key, allowed in p.when.items():
-            if not any(q.name == key for q in params) and get_dotted(base, key) is None:
+            if not any(covered(key, (q.name,)) for q in params) \
+                    and get_dotted(filled, key) is None:
                 raise SweepError(f"{where}.when: {key!r} is neither a parameter nor a key of "
                                  "the experiment")
             holds_lists = isinstance(get_dotted(base, key), list) or any(
@@ -261,9 +313,13 @@ def check_space(base: dict, params: list[Param]) -> None:
                 raise SweepError(f'{where}.when."{key}" = {allowed!r}: {key} holds a list, and '
                                  "a list in `when` means one of these values; to match that "
                                  f"one list write [{allowed!r}]")
+            if not _reachable(key, allowed, base, params):  # it would never be sampled
+                raise SweepError(f'{where}.when."{key}" = {allowed!r}: {key} never takes that '
+                                 "value (neither the experiment nor a parameter's choices "
+                                 "give it), so the parameter would never be sampled")
         config = base
         for key, allowed in p.when.items():
-            config = set_dotted(config, key, allowed[0] if isinstance(allowed, list) else allowed)
+            config = _meet(config, params, key, allowed)
         trained = []
         for value in p.values():
             try:
@@ -763,6 +819,23 @@ def fail_stale_trials(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+class _NoInterruptTracebacks(logging.Filter):
+    """Optuna logs a trial ended by Ctrl-C (or SIGTERM) as failed, with the whole traceback:
+    the sweep says itself what stopped and how to resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = record.exc_info[0] if record.exc_info else None
+        return not (kind and issubclass(kind, KeyboardInterrupt | SystemExit))
+
+
+def quiet_interrupts(logger: logging.Logger) -> None:
+    """On the logger's handlers: the trial's record comes from a child logger (a logger's own
+    filters see only what is logged through it)."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, _NoInterruptTracebacks) for f in handler.filters):
+            handler.addFilter(_NoInterruptTracebacks())
+
+
 def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: bool) -> None:
     """One worker: trials of the study until `trials` are finished in total (all workers)."""
     import optuna
@@ -770,6 +843,7 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_interrupts(optuna.logging.get_logger("optuna"))
     study = make_study(setup.study_name, make_storage(setup.storage_url), setup.direction,
                        setup.table, setup.base["train"]["epochs"], study_identity(setup),
                        setup.params)

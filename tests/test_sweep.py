@@ -337,16 +337,82 @@ def test_a_when_on_a_table_holding_a_swept_key_reads_the_trials_value():
     assert suggest(trial, space, base) == {"loss.terms.pearson": 0.0}
 
 
+def _space_check(model: dict, params: dict) -> None:
+    from kit.config import resolve
+    from kit.sweep import check_space
+
+    check_space(resolve({"spec": "predictorium", "model": model}), parse_space({"params": params}))
+
+
+def test_conditions_meet_through_a_parameter_over_whole_model_tables():
+    """docs/sweeps.md's pattern: `model` over whole tables, each model's keys `when` its type.
+    The check met `model.type = "tcn"` inside the experiment's GRU table (model.hidden: unknown
+    key for 'tcn'), so the pattern failed for every experiment extending base.toml."""
+    gru, tcn = {"type": "gru", "hidden": 8, "layers": 1}, {"type": "tcn", "channels": 8,
+                                                           "kernel": 2, "dilations": [1, 2]}
+    params = {"model": {"type": "categorical", "choices": [gru, tcn]},
+              "model.hidden": {"type": "int", "low": 4, "high": 12,
+                               "when": {"model.type": "gru"}},
+              "model.kernel": {"type": "int", "low": 2, "high": 3, "when": {"model.type": "tcn"}}}
+    _space_check({"type": "gru", "hidden": 8, "layers": 2, "dropout": 0.1}, params)
+    from kit.sweep import suggest  # a trial draws tcn: its kernel is sampled, hidden is not
+
+    trial = optuna.trial.FixedTrial({"model": parse_space({"params": params})[0].labels[1],
+                                     "model.kernel": 3})
+    assert suggest(trial, parse_space({"params": params}), {"model": gru})["model.kernel"] == 3
+
+
+def test_pairs_of_model_keys_that_some_values_fit_are_left_to_the_trials():
+    """d_model 12 or 24 with 3 or 6 heads all fit; so do windows 16/32 and patches 12/16: the
+    experiment's own d_model (8) or window (8) must not fail the check of the other key."""
+    _space_check({"type": "transformer", "d_model": 8, "n_heads": 2, "layers": 1, "window": 8},
+                 {"model.d_model": {"type": "categorical", "choices": [12, 24]},
+                  "model.n_heads": {"type": "categorical", "choices": [3, 6]}})
+    _space_check({"type": "patchtst", "d_model": 8, "n_heads": 2, "layers": 1, "window": 8,
+                  "patch_len": 4, "stride": 4},
+                 {"model.window": {"type": "categorical", "choices": [16, 32]},
+                  "model.patch_len": {"type": "categorical", "choices": [12, 16]}})
+
+
+@pytest.mark.parametrize("when, message", [
+    ({"model.type": "lstm"}, "model.type never takes that value"),  # gru, and not swept
+    ({"model.layer_norm": True}, "model.layer_norm never takes that value"),
+])
+def test_a_condition_that_can_never_hold_is_refused(when, message):
+    """It was accepted and the parameter silently never sampled."""
+    with pytest.raises(SweepError, match=message):
+        _space_check({"type": "gru", "hidden": 8, "layers": 1},
+                     {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "when": when}})
+
+
+def test_a_condition_on_a_model_key_left_at_its_default_holds():
+    """when = {"model.layer_norm" = false} on a GRU table without the key: refused as "neither
+    a parameter nor a key of the experiment", and never met in a trial (None is not false)."""
+    from kit.sweep import suggest
+
+    params = {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2,
+                           "when": {"model.layer_norm": False}}}
+    model = {"type": "gru", "hidden": 8, "layers": 1}
+    _space_check(model, params)
+    trial = optuna.trial.FixedTrial({"train.lr": 5e-3})
+    assert suggest(trial, parse_space({"params": params}), {"model": model}) == {"train.lr": 5e-3}
+
+
 def test_a_when_list_on_a_key_that_holds_a_list_is_refused_unless_nested(sweep_env):
     # a `when` list means "one of these values": on a list-valued key it is not the list
     _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["model.window"].update(
         when={"model.type": "attention_gru", "features.groups": d["features"]["groups"]}))
     out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
     assert "features.groups holds a list, and a list in `when` means one of these values" in out
+    # the one list: accepted where the sweep's features.groups can take it
     _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["model.window"].update(
-        when={"model.type": "attention_gru",
-              "features.groups": [d["features"]["groups"]]}))  # the one list: accepted
+        when={"model.type": "attention_gru", "features.groups": [["raw", "diffs"]]}))
     run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    # the experiment's own list, which every trial's features.groups replaces: never met
+    _edit_tiny(sweep_env, lambda d: d["sweep"]["params"]["model.window"].update(
+        when={"model.type": "attention_gru", "features.groups": [d["features"]["groups"]]}))
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
+    assert "features.groups never takes that value" in out
 
 
 def test_an_empty_when_list_and_a_bad_worker_index_fail_cleanly(sweep_env, monkeypatch):
@@ -557,6 +623,7 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(sweep_env):
     assert proc.returncode == 130, out
     assert "stopping at the end of this epoch" in out
     assert "run the same command again to resume" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out  # (optuna's trial log)
     states = [t.state for t in _study(url).get_trials()]
     assert TrialState.RUNNING not in states  # the interrupted trial is closed, not left open
     assert sum(s in FINISHED for s in states) < 5
@@ -604,6 +671,7 @@ def test_ctrl_c_with_workers_reaches_each_worker_once_and_the_study_resumes(swee
     assert proc.returncode == 130, out
     assert out.count("stopping at the end of this epoch") == 2, out  # once each, not twice
     assert "run the same command again to resume" in out
+    assert "Traceback" not in out, out
     trials = _started(url)
     assert len(trials) == 2 and TrialState.RUNNING not in [t.state for t in trials]
     assert all(len(t.intermediate_values) >= 1 for t in trials)  # ended after an epoch

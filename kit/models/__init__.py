@@ -66,8 +66,8 @@ def model_values(config: dict) -> dict:
     step = cls.width_multiple(values)
     if values[cls.width_key] % step:
         raise ModelConfigError(
-            f"model.{cls.width_key} ({values[cls.width_key]}) must be a multiple of {step}"
-        )
+            f"model.{cls.width_key} ({values[cls.width_key]}) must be a multiple of {step}",
+            settings=(f"model.{cls.width_key}", "model.n_heads"))  # (heads set the multiple)
     return values
 
 

@@ -110,8 +110,7 @@ class PatchTST(StreamModel):
         if values["patch_len"] > values["window"]:
             raise ModelConfigError(
                 f"model.patch_len ({values['patch_len']}) must be at most "
-                f"model.window ({values['window']})"
-            )
+                f"model.window ({values['window']})", settings=("model.patch_len", "model.window"))
 
     def init_state(self, batch: int) -> list[Tensor]:
         return [self.zeros(batch, self.window, self.n_inputs)]

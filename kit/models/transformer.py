@@ -30,8 +30,7 @@ def check_heads(values: dict) -> None:
     if values["d_model"] % values["n_heads"]:
         raise ModelConfigError(
             f"model.d_model ({values['d_model']}) must be a multiple of "
-            f"model.n_heads ({values['n_heads']})"
-        )
+            f"model.n_heads ({values['n_heads']})", settings=("model.d_model", "model.n_heads"))
 
 
 class FeedForward(nn.Sequential):
