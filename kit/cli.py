@@ -600,7 +600,7 @@ def pack(
 
     if (run is None) == (ensemble is None):
         raise typer.BadParameter("give a RUN or --ensemble FILE (one of them)")
-    out = out or default_submissions(run or ensemble)
+    out = out or default_submissions(run or ensemble, ensemble=ensemble is not None)
     if ensemble is not None:
         result = pack_ensemble(ensemble, name, out, force=force, stack=not no_stack)
     else:
@@ -610,13 +610,14 @@ def pack(
         typer.echo(note, err=True)
 
 
-def default_submissions(packed: Path) -> Path:
-    """The project's submissions/: beside the runs/ folder holding what is packed when the
-    command runs inside that folder (`kit pack .` in runs/EXP/ID must not write
-    runs/EXP/ID/submissions/), else in the working folder."""
+def default_submissions(packed: Path, ensemble: bool = False) -> Path:
+    """The project's submissions/: beside the runs/ folder of what is packed (runs/EXP/ID, or
+    runs/ensembles/FILE) when the command runs inside that folder (`kit pack .` in a run must
+    not write runs/EXP/ID/submissions/), else in the working folder."""
     target = Path(packed).resolve()
-    runs = next((folder for folder in target.parents if folder.name == "runs"), None)
-    if runs is not None and Path.cwd().resolve().is_relative_to(runs):
+    folder = target.parent if target.is_file() else target  # a run (its best.pt), an ensemble
+    runs = folder.parent if ensemble else folder.parent.parent
+    if runs.name == "runs" and Path.cwd().resolve().is_relative_to(runs):
         return runs.parent / "submissions"
     return Path("submissions")
 

@@ -243,49 +243,72 @@ def _allows(allowed, value) -> bool:
 
 
 def with_model_defaults(config: dict) -> dict:
-    """The config with its [model] keys' defaults filled in (as the model is built), so a
-    condition on a key the experiment leaves out sees its value; as it is when the table is
-    not a valid model (yet)."""
-    from kit.models import model_values
+    """The config with the defaults of the [model] keys it leaves out filled in, so a condition
+    on such a key sees the value the model is built with. Defaults only, nothing checked: a
+    table drawn key by key may be invalid between two draws. The width key is left out under
+    a `params` budget (the budget solves it)."""
+    from kit.models import BUDGET_KEY, MODELS
 
     model = config.get("model")
-    try:
-        filled = {**model_values(model), **model}
-    except (KitError, TypeError):
+    cls = MODELS.get(model.get("type")) if isinstance(model, dict) else None
+    if cls is None:
         return config
-    return {**config, "model": filled}
+    defaults = {name: key.default for name, key in cls.all_keys().items()
+                if not (name == cls.width_key and BUDGET_KEY in model)}
+    return {**config, "model": {**defaults, **model}}
 
 
-def _meet(config: dict, params: list[Param], key: str, allowed) -> dict:
-    """The config with `key` set to a value `allowed` takes; a categorical parameter over the
-    table holding it (`model`: whole [model] tables) takes a choice with that value instead, so
+def _table(param: Param, choice: dict) -> dict:
+    """A table choice as a trial reads it: a [model] table with its keys' defaults."""
+    return with_model_defaults({"model": choice})["model"] if param.name == "model" else choice
+
+
+def _meet(config: dict, params: list[Param], when: dict) -> dict:
+    """The config with every `when` key set to a value it allows; the keys inside a categorical
+    parameter over whole tables (`model`: [model] tables) take one choice that has them all, so
     the table's other keys are the choice's, not the experiment's."""
-    value = allowed[0] if isinstance(allowed, list) else allowed
+    left = dict(when)
     for q in params:
-        if q.kind == "categorical" and key.startswith(q.name + "."):
-            inner = key[len(q.name) + 1:]
-            for choice in q.choices:
-                if isinstance(choice, dict) and _allows(allowed, get_dotted(choice, inner)):
-                    return set_dotted(config, q.name, choice)
-    return set_dotted(config, key, value)
+        inner = {k[len(q.name) + 1:]: a for k, a in when.items() if k.startswith(q.name + ".")}
+        if q.kind != "categorical" or not inner:
+            continue
+        for choice in q.choices:
+            if isinstance(choice, dict) and all(_allows(a, get_dotted(_table(q, choice), k))
+                                                for k, a in inner.items()):
+                config = set_dotted(config, q.name, choice)
+                left = {k: a for k, a in left.items() if not k.startswith(q.name + ".")}
+                break
+    for key, allowed in left.items():
+        config = set_dotted(config, key, allowed[0] if isinstance(allowed, list) else allowed)
+    return config
 
 
 def _reachable(key: str, allowed, base: dict, params: list[Param]) -> bool:
-    """Whether `key` can take a value `allowed` lists: a choice (or the range) of the parameter
-    that sets it or the table around it, else the experiment's own value."""
+    """Whether `key` can take a value `allowed` lists: a choice (or the range) of a parameter
+    that sets it or the table around it, or the experiment's own value where no unconditional
+    parameter replaces it. A key inside it that a parameter varies (a `when` on `loss.terms`
+    with `loss.terms.pearson` swept) is left to the trials."""
     options = allowed if isinstance(allowed, list) else [allowed]
+    experiment_value_stays = True
     for q in params:
+        if q.name.startswith(key + "."):
+            return True
         if q.name == key:
-            if q.kind == "categorical":
-                return any(_allows(allowed, c) for c in q.choices)
-            return any(isinstance(v, int | float) and not isinstance(v, bool)
-                       and q.low <= v <= q.high for v in options)
-        if q.kind == "categorical" and key.startswith(q.name + "."):
+            if q.kind == "categorical" and any(_allows(allowed, c) for c in q.choices):
+                return True
+            if q.kind != "categorical" and any(
+                    isinstance(v, int | float) and not isinstance(v, bool)
+                    and q.low <= v <= q.high for v in options):
+                return True
+        elif key.startswith(q.name + ".") and q.kind == "categorical":
             inner = key[len(q.name) + 1:]
-            if any(isinstance(c, dict) and _allows(allowed, get_dotted(c, inner))
+            if any(isinstance(c, dict) and _allows(allowed, get_dotted(_table(q, c), inner))
                    for c in q.choices):
                 return True
-    return _allows(allowed, get_dotted(with_model_defaults(base), key))
+        else:
+            continue
+        experiment_value_stays = experiment_value_stays and bool(q.when)
+    return experiment_value_stays and _allows(allowed, get_dotted(with_model_defaults(base), key))
 
 
 def covered(name: str, settings: tuple[str, ...]) -> bool:
@@ -317,9 +340,7 @@ def check_space(base: dict, params: list[Param]) -> None:
                 raise SweepError(f'{where}.when."{key}" = {allowed!r}: {key} never takes that '
                                  "value (neither the experiment nor a parameter's choices "
                                  "give it), so the parameter would never be sampled")
-        config = base
-        for key, allowed in p.when.items():
-            config = _meet(config, params, key, allowed)
+        config = _meet(base, params, p.when)
         trained = []
         for value in p.values():
             try:

@@ -442,7 +442,7 @@ def test_bad_ensemble_files_are_refused(runs, tmp_path):
         pack_ensemble(path, "z", tmp_path)
 
 
-def test_cli_select_report_pack(workspace, runs, tmp_path):
+def test_cli_select_report_pack(workspace, runs, tmp_path, monkeypatch):
     out = run_cli("ensemble", "select", runs["gru"], runs["gru_b"], runs["lstm"], "--iters", 5,
                   "--per-target", "--init-best", 1, "--out", tmp_path / "e.toml").output
     assert "best single" in out and "wrote" in out
@@ -451,6 +451,13 @@ def test_cli_select_report_pack(workspace, runs, tmp_path):
     assert (tmp_path / "e/selection.png").is_file() and (tmp_path / "e/weights.png").is_file()
     out = run_cli("pack", "--ensemble", tmp_path / "e.toml", "--out", tmp_path / "subs").output
     assert "projected test time" in out
+    # without --out, from inside runs/: the project's submissions/, beside runs/
+    project = tmp_path / "project"
+    (project / "runs" / "ensembles").mkdir(parents=True)
+    (tmp_path / "e.toml").rename(project / "runs" / "ensembles" / "e.toml")
+    monkeypatch.chdir(project / "runs")
+    run_cli("pack", "--ensemble", "ensembles/e.toml")
+    assert (project / "submissions" / "e.zip").is_file()
     assert "give a RUN or --ensemble" in run_cli("pack", expect=2).output
     # fold runs validate on different rows: refused, naming the problem
     bad = run_cli("ensemble", "select", runs["gru"], tmp_path / "nothing", expect=2).output

@@ -675,6 +675,12 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
     run_cli("pack", "runs/exp/r1", "--name", "p")
     assert (inner / "submissions" / "p.zip").is_file()
     assert not (tmp_path / "runs" / "submissions").exists()
+    # an experiment named runs: its runs/runs/ID is still the project's
+    named = tmp_path / "named"
+    shutil.copytree(runs["gru"], named / "runs" / "runs" / "r1")
+    monkeypatch.chdir(named / "runs")
+    run_cli("pack", "runs/r1", "--name", "p")
+    assert (named / "submissions" / "p.zip").is_file()
 
 
 def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):

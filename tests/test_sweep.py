@@ -337,11 +337,12 @@ def test_a_when_on_a_table_holding_a_swept_key_reads_the_trials_value():
     assert suggest(trial, space, base) == {"loss.terms.pearson": 0.0}
 
 
-def _space_check(model: dict, params: dict) -> None:
+def _space_check(model: dict, params: dict, **sections) -> None:
     from kit.config import resolve
     from kit.sweep import check_space
 
-    check_space(resolve({"spec": "predictorium", "model": model}), parse_space({"params": params}))
+    check_space(resolve({"spec": "predictorium", "model": model, **sections}),
+                parse_space({"params": params}))
 
 
 def test_conditions_meet_through_a_parameter_over_whole_model_tables():
@@ -396,6 +397,46 @@ def test_a_condition_on_a_model_key_left_at_its_default_holds():
     _space_check(model, params)
     trial = optuna.trial.FixedTrial({"train.lr": 5e-3})
     assert suggest(trial, parse_space({"params": params}), {"model": model}) == {"train.lr": 5e-3}
+
+
+def test_conditions_a_trial_can_meet_are_not_refused_as_never_holding():
+    """The reachability check must leave valid spaces alone: the experiment's value where a
+    conditional parameter does not replace it; a table whose inner key is swept; several keys
+    of one table choice; a model key's default whatever order the table's keys are drawn in."""
+    from kit.sweep import suggest
+
+    gru = {"type": "gru", "hidden": 8, "layers": 1}
+    lr = {"type": "float", "low": 0.0, "high": 0.1}
+    _space_check(gru, {  # a gru trial keeps the experiment's lr of 2e-3 (DEFAULTS)
+        "model.type": {"type": "categorical", "choices": ["gru", "lstm"]},
+        "train.lr": {"type": "categorical", "choices": [0.001, 0.01],
+                     "when": {"model.type": "lstm"}},
+        "train.weight_decay": {**lr, "when": {"train.lr": 2e-3}}})
+    _space_check(gru, {"loss.terms.pearson": {"type": "categorical", "choices": [0.0, 0.5]},
+                       "train.weight_decay": {**lr, "when": {"loss.terms": {"wmse": 1.0,
+                                                                            "pearson": 0.0}}}},
+                 loss={"terms": {"wmse": 1.0, "pearson": 0.5}})
+    attention = {"type": "attention_gru", "hidden": 8, "layers": 2}
+    _space_check({**gru, "layers": 2}, {
+        "model": {"type": "categorical", "choices": [{**gru, "layers": 2}, {**attention,
+                                                                            "layers": 1},
+                                                     attention]},
+        "model.window": {"type": "int", "low": 4, "high": 8,
+                         "when": {"model.type": "attention_gru", "model.layers": 2}}})
+    params = {"model.d_model": {"type": "categorical", "choices": [12, 24]},
+              "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "when": {"model.ff": 4}},
+              "model.n_heads": {"type": "categorical", "choices": [3, 6]}}
+    transformer = {"type": "transformer", "d_model": 16, "n_heads": 8, "layers": 1, "window": 8}
+    _space_check(transformer, params)
+    for d_model in (12, 24):  # 12 with the experiment's 8 heads is invalid until n_heads is drawn
+        trial = optuna.trial.FixedTrial({"model.d_model": d_model, "model.n_heads": 6,
+                                         "train.lr": 5e-3})
+        assert "train.lr" in suggest(trial, parse_space({"params": params}),
+                                     {"model": transformer})
+    # under a params budget the width is solved, not the default: no condition on it
+    with pytest.raises(SweepError, match="'model.hidden' is neither a parameter nor a key"):
+        _space_check({"type": "gru", "params": 20000, "layers": 1},
+                     {"train.lr": {**lr, "when": {"model.hidden": 128}}})
 
 
 def test_a_when_list_on_a_key_that_holds_a_list_is_refused_unless_nested(sweep_env):
