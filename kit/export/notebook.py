@@ -30,12 +30,12 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.export.pack import (
-    MANIFEST_FILE,
     MODEL_FILE,
     PACK_FILES,
     PackError,
     hash_mismatches,
     read_manifest,
+    written_by_pack,
 )
 from kit.scoring.sandbox import prepare_submission
 
@@ -502,11 +502,7 @@ def check_replaceable(out: Path) -> None:
 
 def _kit_dataset(folder: Path) -> bool:
     """A kit package with the dataset-metadata.json kit notebook writes beside it."""
-    try:
-        return bool(_dataset_written_before(folder)
-                    and "kit_version" in json.loads((folder / MANIFEST_FILE).read_text()))
-    except (OSError, UnicodeDecodeError, ValueError, TypeError):
-        return False
+    return bool(_dataset_written_before(folder)) and written_by_pack(folder)
 
 
 def _kit_kernel(folder: Path) -> bool:

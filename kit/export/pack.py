@@ -323,14 +323,9 @@ def check_replaceable(folder: Path) -> None:
     name (a data folder, a run directory) is the user's and must not be deleted."""
     if not folder.exists() and not folder.is_symlink():
         return
-    if folder.is_dir() and not folder.is_symlink():
-        if not any(folder.iterdir()):
-            return
-        try:
-            if "kit_version" in json.loads((folder / MANIFEST_FILE).read_text()):
-                return
-        except (OSError, UnicodeDecodeError, ValueError, TypeError):
-            pass
+    if folder.is_dir() and not folder.is_symlink() and (not any(folder.iterdir())
+                                                        or written_by_pack(folder)):
+        return
     raise PackError(f"{folder} exists and is not a package written by kit pack (no "
                     f"{MANIFEST_FILE} of kit's): pack would delete it; choose another --name "
                     "or --out, or move it away")
@@ -347,10 +342,9 @@ def check_replaceable_zip(zip_path: Path) -> None:
                         "there; choose another --name or --out, or move it away")
     try:
         with zipfile.ZipFile(zip_path) as archive:
-            if set(PACK_FILES) <= set(archive.namelist()) \
-                    and "kit_version" in (manifest_of(zip_path) or {}):
+            if set(PACK_FILES) <= set(archive.namelist()) and written_by_pack(zip_path):
                 return
-    except (OSError, zipfile.BadZipFile, PackError):  # not a zip; a manifest too big for kit's
+    except (OSError, zipfile.BadZipFile):  # not a zip
         pass
     raise PackError(f"{zip_path} exists and is not a zip written by kit pack (no "
                     f"{', '.join(PACK_FILES)} with a {MANIFEST_FILE} of kit's): pack would "
@@ -506,6 +500,15 @@ def _columns(names: list[str], at: int) -> str:
         return str(names)
     lo = max(0, at - 2)
     return f"[{'... ' if lo else ''}{', '.join(names[lo:lo + 5])} ...]"
+
+
+def written_by_pack(submission: Path) -> bool:
+    """Whether a package folder or zip holds a manifest of kit's (one too big for kit's is
+    not)."""
+    try:
+        return "kit_version" in (manifest_of(submission) or {})
+    except PackError:
+        return False
 
 
 def manifest_of(submission: Path) -> dict | None:
