@@ -728,7 +728,7 @@ def refuse_sampled_overrides(overrides: list[str] | None, params: list[Param]) -
     for text in overrides or []:
         key = ".".join(parse_override(text)[0])
         for p in params:
-            if not p.when and (key == p.name or key.startswith(p.name + ".")):
+            if not p.when and covered(key, (p.name,)):
                 raise SweepError(f"override {text!r}: every trial samples {p.name}, which would "
                                  f'replace it; change sweep.params."{p.name}" to change what '
                                  "it samples, or leave it out of sweep.params to fix it")

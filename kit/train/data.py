@@ -72,16 +72,11 @@ def _split(arrays: SequenceArrays, normaliser: Normaliser, starts: np.ndarray,
                  torch.from_numpy(mask), starts[:n][seq] + step)
 
 
-def target_moments(split: Split, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Each target's mean and std over the scored rows (a zero spread is 1), in float64 sums
-    over `chunk` sequences at a time: no float64 copy of all the targets."""
-    y, mask = split.y.numpy(), split.mask.numpy()
-    blocks = [slice(i, i + chunk) for i in range(0, len(y), chunk)]
-    n = max(1, int(mask.sum()))
-    center = sum(y[b][mask[b]].sum(axis=0, dtype=np.float64) for b in blocks) / n
-    squares = sum(((y[b][mask[b]].astype(np.float64) - center) ** 2).sum(axis=0) for b in blocks)
-    scale = np.sqrt(squares / n)
-    return center, np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+def target_moments(split: Split) -> tuple[np.ndarray, np.ndarray]:
+    """Each target's mean and std over the scored rows (a zero spread is 1): the standard
+    normaliser's moments (float64 sums, chunked), fit on the targets."""
+    fit = Normaliser.fit(split.y.numpy(), split.mask.numpy(), "standard", clip=None)
+    return fit.center, fit.scale
 
 
 def far_from_standard(spec: CompetitionSpec, center: np.ndarray, scale: np.ndarray) -> str | None:
