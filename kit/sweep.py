@@ -258,9 +258,19 @@ def with_model_defaults(config: dict) -> dict:
     return {**config, "model": {**defaults, **model}}
 
 
-def _table(param: Param, choice: dict) -> dict:
-    """A table choice as a trial reads it: a [model] table with its keys' defaults."""
-    return with_model_defaults({"model": choice})["model"] if param.name == "model" else choice
+def _choices_meeting(param: Param, when: dict) -> list[dict]:
+    """The table choices of a categorical parameter (`model`: whole [model] tables) whose keys
+    meet `when`'s conditions on keys inside it, read as a trial reads them (a [model] table
+    with its keys' defaults); none when no condition is inside it."""
+    inner = {k[len(param.name) + 1:]: a for k, a in when.items()
+             if k.startswith(param.name + ".")}
+    if param.kind != "categorical" or not inner:
+        return []
+    tables = [c for c in param.choices if isinstance(c, dict)]
+    read = [with_model_defaults({"model": c})["model"] if param.name == "model" else c
+            for c in tables]
+    return [c for c, r in zip(tables, read, strict=True)
+            if all(_allows(a, get_dotted(r, k)) for k, a in inner.items())]
 
 
 def _meet(config: dict, params: list[Param], when: dict) -> dict:
@@ -269,15 +279,9 @@ def _meet(config: dict, params: list[Param], when: dict) -> dict:
     the table's other keys are the choice's, not the experiment's."""
     left = dict(when)
     for q in params:
-        inner = {k[len(q.name) + 1:]: a for k, a in when.items() if k.startswith(q.name + ".")}
-        if q.kind != "categorical" or not inner:
-            continue
-        for choice in q.choices:
-            if isinstance(choice, dict) and all(_allows(a, get_dotted(_table(q, choice), k))
-                                                for k, a in inner.items()):
-                config = set_dotted(config, q.name, choice)
-                left = {k: a for k, a in left.items() if not k.startswith(q.name + ".")}
-                break
+        if met := _choices_meeting(q, when):
+            config = set_dotted(config, q.name, met[0])
+            left = {k: a for k, a in left.items() if not k.startswith(q.name + ".")}
     for key, allowed in left.items():
         config = set_dotted(config, key, allowed[0] if isinstance(allowed, list) else allowed)
     return config
@@ -301,9 +305,7 @@ def _reachable(key: str, allowed, base: dict, params: list[Param]) -> bool:
                     and q.low <= v <= q.high for v in options):
                 return True
         elif key.startswith(q.name + ".") and q.kind == "categorical":
-            inner = key[len(q.name) + 1:]
-            if any(isinstance(c, dict) and _allows(allowed, get_dotted(_table(q, c), inner))
-                   for c in q.choices):
+            if _choices_meeting(q, {key: allowed}):
                 return True
         else:
             continue
