@@ -565,13 +565,18 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
                        "'step_in_seq' must hold integer steps, found String"),
         # a lag would read the step after: `kit features build` refuses it as training does
         "backwards": (frame.sort("seq_ix", "step_in_seq", descending=[False, True]),
-                      "steps are not increasing within a sequence; sort the frame by"),
+                      r"steps are not increasing within a sequence \(e.g. seq_ix 0, "
+                      r"step_in_seq 3\); sort the frame by"),
+        # sorting cannot mend a step given twice: said so, not "sort the frame"
+        "repeated": (pl.concat([frame.head(2), frame.slice(1)]),
+                     r"two rows of one step \(e.g. seq_ix 0, step_in_seq 1\); each"),
     }
     for name, (df, message) in cases.items():
         path = tmp_path / f"{name}.parquet"
         df.write_parquet(path)
-        with pytest.raises(DataError, match=message):
+        with pytest.raises(DataError, match=message) as raised:
             feature_arrays(path, fs, use_cache=False)
+        assert str(raised.value).startswith(str(path))  # the training path names the file
         with pytest.raises(DataError, match=message):
             build_features(path, fs)
         out = run_cli("features", "build", "--groups", "raw", "--data", path, expect=2).output

@@ -66,16 +66,18 @@ def build_arrays(
     *,
     seq_len: int | None = None,
     truncate: str = "head",
+    source: str = "the frame",
 ) -> SequenceArrays:
     """Turn a frame sorted by (id, step) into padded/truncated arrays of length `seq_len`.
 
     `seq_len` defaults to the longest sequence; "head" keeps the first seq_len steps, "tail" the
     last. Targets are spec.targets, or for a next-state spec the raw features of the next step.
+    `source` names the frame in errors (the file it was read from).
     """
     feature_cols = list(feature_cols)
     target_cols = list(spec.outputs)
     _validate(df, spec, feature_cols, target_cols, seq_len, truncate)
-    ids, run_lengths = ordered_sequence_runs(df, spec)
+    ids, run_lengths = ordered_sequence_runs(df, spec, source)
     width = int(seq_len or run_lengths.max())
     if (run_lengths == width).all():
         x, y, mask = _fixed_length(df, spec, feature_cols, target_cols, len(ids), width)
@@ -149,13 +151,22 @@ def ordered_sequence_runs(df: pl.DataFrame, spec: CompetitionSpec,
     if not (df.schema[spec.step_col].is_integer() or df.schema[spec.step_col].is_float()):
         raise DataError(f"{source}: column {spec.step_col!r} must hold integer steps, found "
                         f"{df.schema[spec.step_col]}")
-    backwards = df.select(
-        ((pl.col(spec.step_col).diff() <= 0) & (pl.col(spec.id_col).diff() == 0)).any()
-    ).item()
-    if backwards:
+    same_sequence = pl.col(spec.id_col).diff() == 0
+    step_change = pl.col(spec.step_col).diff()
+    repeated, backwards = df.select(  # the first row of each kind, or None
+        repeated=(same_sequence & (step_change == 0)).arg_true().first(),
+        backwards=(same_sequence & (step_change < 0)).arg_true().first(),
+    ).row(0)
+    if repeated is not None:  # sorting cannot mend two rows of one step
+        seq, step = df[spec.id_col][repeated], df[spec.step_col][repeated]
+        raise DataError(f"{source}: two rows of one step (e.g. {spec.id_col} {seq}, "
+                        f"{spec.step_col} {step}); each (sequence, step) must be one row "
+                        "(kit data check lists them all)")
+    if backwards is not None:
         raise DataError(
-            f"{source}: steps are not increasing within a sequence; sort the frame by "
-            f"({spec.id_col}, {spec.step_col}) first"
+            f"{source}: steps are not increasing within a sequence (e.g. {spec.id_col} "
+            f"{df[spec.id_col][backwards]}, {spec.step_col} {df[spec.step_col][backwards]}); "
+            f"sort the frame by ({spec.id_col}, {spec.step_col}) first"
         )
     return ids, lengths
 

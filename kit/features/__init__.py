@@ -85,8 +85,12 @@ def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | No
         except pl.exceptions.PolarsError as exc:
             raise DataError(f"{path}: rows {starts[lo]}..{starts[hi]} do not read "
                             f"({type(exc).__name__}); the file is corrupt") from None
-        part = build_arrays(feature_set.batch_frame(chunk), spec, names, seq_len=width,
-                            truncate=truncate)
+        try:
+            frame = feature_set.batch_frame(chunk)
+        except DataError as exc:  # a missing or text column: which file it is in
+            raise DataError(f"{path}: {exc}") from None
+        part = build_arrays(frame, spec, names, seq_len=width, truncate=truncate,
+                            source=str(path))
         check_scored_targets(path, spec, part)
         for field, writer in out.items():
             writer.write(getattr(part, field))
