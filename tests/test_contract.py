@@ -321,6 +321,18 @@ def test_non_finite_targets_warn_by_whether_they_are_scored():
     assert "'t1' has non-finite values on 2 scored row(s): the metric will be NaN or inf" in said
 
 
+def test_values_past_float32s_range_count_as_inf():
+    """kit reads values as float32, where 1e300 is inf (the guard replaces it, training refuses
+    it in a target): kit data check counts it so, not 'non-finite values: none'."""
+    df = make_frame(SPEC).with_columns(pl.col("p0", "t0").cast(pl.Float64))
+    report = check_frame(_set_at(_set_at(df, "p0", 3, 1e300), "t0", 7, -1e300), SPEC)
+    assert report.inf_counts["p0"] == 1 and report.inf_counts["t0"] == 1
+    assert "p0: 0 / 1 / 0" in report.format()
+    [said] = report.warnings
+    assert "'t0' has non-finite values on 1 scored row(s)" in said
+    assert report.target_summary["t0"]["min"] > -1e300  # the summary is of finite values
+
+
 def test_unreadable_value_data_and_repeated_names_are_named(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -72,6 +72,31 @@ def test_stats_match_direct_computation(tmp_path):
     assert "checks" not in stats  # realism bands belong to the predictorium preset only
 
 
+def test_inf_and_huge_values_are_counted_and_printed_short(tmp_path):
+    """An inf is a non-finite value in the tables (its !! and its count agree), and a value of
+    1e300 neither overflows the moments (std, correlations: no numpy warning) nor prints as a
+    300-digit number."""
+    import warnings
+
+    row = pl.int_range(pl.len())
+    frame = _tiny_frame().with_columns(
+        pl.when(row == 7).then(float("inf")).otherwise(pl.col("p1")).alias("p1"),
+        pl.when(row == 9).then(1e300).otherwise(pl.col("p0").cast(pl.Float64)).alias("p0"))
+    path = tmp_path / "odd.parquet"
+    frame.write_parquet(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = dataset_stats(path, TINY)
+    p0 = frame["p0"].to_numpy()
+    assert stats["features"]["p0"]["std"] == pytest.approx((p0 / 1e300).std() * 1e300, rel=1e-9)
+    assert stats["features"]["p0"]["ac1"] is not None
+    assert stats["feature_groups"]["p"]["inf"] == 1
+    text = format_stats(stats)
+    [p1_line] = [line for line in text.splitlines() if line.startswith("  p1 ")]
+    assert p1_line.split()[-1] == "1" and "NaN/inf" in text
+    assert max(len(line) for line in text.splitlines()) < 140 and "1e+300" in text
+
+
 def test_unsorted_file_gives_the_same_stats(tmp_path):
     frame = _tiny_frame(seed=1)
     frame.write_parquet(tmp_path / "sorted.parquet")

@@ -63,7 +63,7 @@ class CheckReport:
                for c in self.nan_counts
                if self.nan_counts[c] or self.inf_counts[c] or self.null_counts.get(c, 0)}
         if bad:
-            lines.append("non-finite values (NaN / inf / null):")
+            lines.append("non-finite values (NaN / inf, or past float32's range / null):")
             lines += [f"  {c:>16}: {n:,} / {i:,} / {u:,}" for c, (n, i, u) in bad.items()]
         else:
             lines.append("non-finite values: none")
@@ -388,11 +388,16 @@ def _rule_text(spec: CompetitionSpec) -> str:
     return rule + (f" until {spec.tail} step(s) before the end" if spec.tail else " to the end")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _nonfinite_exprs(cols: list[str]) -> list[pl.Expr]:
     exprs = []
     for c in cols:
+        # inf counts float64 values past float32's range: kit reads them as float32, where
+        # they are inf (the guard replaces them, a target with one fails training)
         exprs += [pl.col(c).is_nan().sum().alias(f"nan|{c}"),
-                  pl.col(c).is_infinite().sum().alias(f"inf|{c}"),
+                  (pl.col(c).cast(pl.Float64).abs() > FLOAT32_MAX).sum().alias(f"inf|{c}"),
                   pl.col(c).null_count().alias(f"null|{c}")]
     return exprs
 
@@ -412,10 +417,11 @@ def _target_exprs(targets: list[str], need_col: str) -> list[pl.Expr]:
     """Per target: the summary of its finite values and its non-finite values on scored rows."""
     exprs = []
     for t in targets:
-        finite = pl.col(t).cast(pl.Float64).filter(pl.col(t).is_finite())
+        ok = pl.col(t).cast(pl.Float64).abs() <= FLOAT32_MAX  # finite as float32 (NaN: false)
+        finite = pl.col(t).cast(pl.Float64).filter(ok)
         exprs += [stat(finite).alias(f"{key}|{t}") for key, stat in SUMMARY.items()]
         exprs += [finite.len().alias(f"finite|{t}"),
-                  (~pl.col(t).is_finite().fill_null(False))
+                  (~ok.fill_null(False))
                   .filter(pl.col(need_col).cast(pl.Boolean)).sum().alias(f"scored_bad|{t}")]
     return exprs
 

@@ -136,19 +136,19 @@ def format_stats(stats: dict) -> str:
             (g["n"], False), (abs_mean, False), (g["std_min"], False), (g["std_max"], False),
             (g["ac1_min"], ac_bad), (g["ac1_mean"], False), (g["ac1_max"], ac_bad),
             (g["min"], "feature_min" in failed), (g["max"], "feature_max" in failed),
-            (g["nan"], "feature_nan" in failed),
+            (g["nan"] + g["inf"], "feature_nan" in failed),
         ]))  # fmt: skip
     headers = ["n", "max|mean|", "std min", "std max", "AC1 min", "AC1 mean", "AC1 max", "min",
-               "max", "NaN"]  # fmt: skip
+               "max", "NaN/inf"]  # fmt: skip
     lines += _table("feature group", headers, group_rows)
     feature_rows = []
     for name, c in stats["features"].items():
         bad = _feature_outside(name, c) if banded else set()
-        cells = ("mean", "std", "min", "max", "ac1", "nan")
-        feature_rows.append((name, [(c[k], k in bad) for k in cells]))
+        cells = [(c[k], k in bad) for k in ("mean", "std", "min", "max", "ac1")]
+        feature_rows.append((name, [*cells, (c["nan"] + c["inf"], "nan" in bad)]))
     lines += [
         "",
-        *_table("feature", ["mean", "std", "min", "max", "lag-1 AC", "NaN"], feature_rows),
+        *_table("feature", ["mean", "std", "min", "max", "lag-1 AC", "NaN/inf"], feature_rows),
     ]
     if stats["targets"]:
         ratio = stats.get("reference", {}).get("std_ratio", {})
@@ -229,7 +229,7 @@ def _cell(value) -> str:
         return str(value)
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:.3f}"
+    return f"{value:.3f}" if abs(value) < 1e6 else f"{value:.3g}"  # 1e300: not 300 digits
 
 
 def _sorted(frame: pl.DataFrame, spec: CompetitionSpec) -> pl.DataFrame:
@@ -251,13 +251,15 @@ def _column(x: np.ndarray, same: np.ndarray | None) -> dict:
     out = {"nan": int(np.isnan(x).sum()), "inf": int(np.isinf(x).sum())}
     if v.size == 0:
         return out | dict.fromkeys(("mean", "std", "min", "max", "kurtosis", "ac1"), None)
-    mean = v.mean()
-    dev = v - mean
+    # moments of v / max|v| (then scaled back): a 1e300 feature would overflow the squares
+    scale = float(np.abs(v).max()) or 1.0
+    u = v / scale
+    dev = u - u.mean()
     m2 = float(dev @ dev) / v.size
     m4 = float((dev * dev) @ (dev * dev)) / v.size
     out |= {
-        "mean": float(mean),
-        "std": math.sqrt(m2),
+        "mean": float(u.mean()) * scale,
+        "std": math.sqrt(m2) * scale,
         "min": float(v.min()),
         "max": float(v.max()),
         "kurtosis": m4 / (m2 * m2) if m2 > 0 else None,
@@ -275,6 +277,9 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
         a, b = a[ok], b[ok]
     if a.size < 2:
         return None
+    # each over its max |value| first (a correlation does not see scale): no overflow at 1e300
+    a = a / (np.abs(a).max() or 1.0)
+    b = b / (np.abs(b).max() or 1.0)
     a = a - a.mean()
     b = b - b.mean()
     den = math.sqrt(float(a @ a) * float(b @ b))
@@ -309,6 +314,7 @@ def _groups(features: dict[str, dict]) -> dict[str, dict]:
             "min": min(values("min"), default=None),
             "max": max(values("max"), default=None),
             "nan": sum(m["nan"] for m in members),
+            "inf": sum(m["inf"] for m in members),
         }
     return out
 
