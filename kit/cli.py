@@ -280,7 +280,8 @@ def features_list(spec: str = SpecOption) -> None:
 @features_app.command("build")
 def features_build(
     exp: str | None = typer.Argument(None, help="Experiment: exp=NAME, NAME or a TOML path."),
-    groups: str | None = typer.Option(None, help="Comma-separated groups instead of an exp."),
+    groups: str | None = typer.Option(None, help="Comma-separated groups (with an exp: in "
+                                      "place of its [features], on its spec and data)."),
     data: Path | None = typer.Option(None, help="Data file (default: the exp's train file)."),
     spec: str | None = typer.Option(None, "--spec", "-s", help="Competition spec for --groups "
                                     "(default predictorium; an experiment names its own)."),
@@ -299,6 +300,10 @@ def features_build(
                                  f"({config.get('spec', 'predictorium')!r}); drop --spec or "
                                  "use --groups")
     if groups is not None:
+        ops = config.get("features", {}).get("ops") if exp else None
+        if ops:  # said, or the preview looks like the experiment's set and is not
+            typer.echo(f"note: --groups replaces experiment {exp!r}'s [features]: its "
+                       f"{len(ops)} explicit op(s) are left out", err=True)
         config["features"] = {"groups": [g.strip() for g in groups.split(",") if g.strip()],
                               "ops": []}
     feature_set = feature_set_from_config(config)

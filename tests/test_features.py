@@ -452,6 +452,17 @@ def test_imbalance_of_tiny_inputs_stays_clipped_alike_in_both_faces():
     assert_faces_agree(fs, df)
 
 
+def test_an_ewm_std_of_span_1_is_0_in_both_faces():
+    """alpha = 1 gives one weight, a std of 0; Polars' recursion left 3.0 after a 1e10 value
+    (rounding in its running moments) where the stream face gives 0."""
+    values = np.zeros((4, 4))
+    values[:, 0] = [1e10, 3.0, 5.0, -2.0]
+    df = _frame([4], values.ravel().tolist(), [])
+    fs = build_feature_set(SPEC, groups=[], ops=[{"op": "ewm_std", "inputs": ["a"], "span": 1}])
+    assert fs.batch_frame(df)[fs.outputs[0]].to_list() == [0.0] * 4
+    assert_faces_agree(fs, df)
+
+
 def test_an_ewm_by_span_and_by_the_same_alpha_is_one_op():
     fs = build_feature_set(SPEC, groups=[], ops=[
         {"op": "ewm_mean", "inputs": ["a"], "span": 19},
@@ -524,6 +535,12 @@ def test_features_cli_list_and_build(tmp_path):
     exp.write_text('spec = "predictorium"\n[features]\ngroups = ["imbalance"]\n')
     out = run_cli("features", "build", f"exp={exp}", "--data", path).output
     assert "bid_volume~ask_volume" in out
+    # --groups with an experiment previews those groups in its place, and says what it leaves
+    exp.write_text('spec = "predictorium"\n[features]\ngroups = ["raw"]\n'
+                   'ops = [{ op = "lag", inputs = ["p0"], k = 2 }]\n')
+    out = run_cli("features", "build", f"exp={exp}", "--groups", "spreads", "--data", path)
+    assert "its 1 explicit op(s) are left out" in out.stderr and "p0@lag2" not in out.output
+    exp.write_text('spec = "predictorium"\n[features]\ngroups = ["imbalance"]\n')
     bad = run_cli("features", "build", "--groups", "nope", "--data", path, expect=2).output
     assert "unknown feature group 'nope'" in bad
     other = run_cli("features", "build", f"exp={exp}", "--spec", "rnn-challenge", "--data", path,
