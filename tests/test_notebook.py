@@ -166,6 +166,24 @@ def test_batch_protocol_edge_cases(workspace, package):
     np.testing.assert_array_equal(out[["t0", "t1"]].to_numpy(), expected.select("t0", "t1")
                                   .to_numpy())
     assert np.isfinite(out[["t0", "t1"]].to_numpy()).all()
+    # keep="row_id" keeps that column (a string was read letter by letter, keeping none)
+    kept = module.BatchPredictor().predict(step0.with_columns(row_id=pl.int_range(pl.len())),
+                                           keep="row_id")
+    assert kept.columns == ["row_id", "seq_ix", "t0", "t1"]
+    # pd.NA or text among the values is NaN, as the row runtime reads it (it raised here)
+    import pandas as pd
+
+    odd = step0.select(module_columns(package)).to_numpy().astype(object)
+    odd[0, 3], odd[1, 5] = pd.NA, "n/a"
+    nan = odd.copy()
+    nan[0, 3] = nan[1, 5] = np.nan
+    np.testing.assert_array_equal(
+        module.BatchPredictor().predict_arrays(step0["seq_ix"], odd),
+        module.BatchPredictor().predict_arrays(step0["seq_ix"], nan.astype(np.float64)))
+    one = module.BatchPredictor().predict_arrays([4], odd[0])  # one id's row, 1-D
+    assert one.shape == (1, 2) and np.isfinite(one).all()
+    with pytest.raises(ValueError, match="a list or array of ids"):
+        module.BatchPredictor().predict_arrays(7, odd[:1])
 
 
 def test_big_integer_ids_keep_their_key_in_a_step_with_a_null_id(workspace, package):

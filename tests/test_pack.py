@@ -268,6 +268,29 @@ def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack)
     with pytest.raises(ValueError, match="a row of 31 values; the model takes 32"):
         model.predict(Point(1, 1, True, odd[1:]))
     np.testing.assert_array_equal(model.predict(Point(2, 0, True, odd[None])), out)  # (1, F)
+    for short in ([5.0], 0.5, np.zeros(1)):  # one value broadcast to every column, before
+        with pytest.raises(ValueError, match="a row of 1 values; the model takes 32"):
+            model.predict(Point(3, 0, True, short))
+
+
+def test_the_parked_states_count_their_python_objects(gru_pack):
+    """MAX_SAVED_BYTES bounds what the parked states take in memory, their arrays' headers,
+    tuples, lists and dict nodes included (3.7x the floats for a small GRU before)."""
+    import tracemalloc
+
+    model = _solution(gru_pack.folder)
+    per_entry = type(model).__init__.__globals__["MAX_SAVED_BYTES"] / model.max_saved
+    model.max_saved = parked = min(model.max_saved, 20_000)  # the same per entry, sooner
+    row = np.zeros(32)
+    tracemalloc.start()
+    try:
+        for k in range(parked + 5):
+            model.predict(Point(k, 0, False, row))
+        used = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(model.saved) == parked
+    assert used <= parked * per_entry, (used / parked, per_entry)
 
 
 def model_on(gru_pack, rows) -> list:
@@ -364,7 +387,9 @@ def test_a_runtime_that_keeps_the_guards_state_across_sequences_fails_parity(
     reset = "        for buffer in self.buffers[self.live]{}:\n            buffer.fill"
     _edit_solution(folder, reset.format(""), reset.format("[1:]"))
     report = run_parity(folder, _valid(workspace), seqs=SEQS)
-    assert _failed(report) == {"NaN/inf rows"}
+    # (the order checks feed the same rows: the carried value shows there too)
+    assert _failed(report) == {"NaN/inf rows", "order: shuffled sequences",
+                               "order: interleaved rows"}
     assert "seq" in next(c.detail for c in report.checks if c.name == "NaN/inf rows")
 
 
@@ -522,6 +547,47 @@ def test_a_runtime_that_ignores_an_id_starting_over_fails_parity(workspace, gru_
     _edit_solution(folder, "        elif step <= self.step:  # the id starts over: a new sequence\n"
                            "            self._reset_live()\n", "")
     assert "order: shuffled sequences" in _failed(run_parity(folder, _valid(workspace), seqs=SEQS))
+
+
+@pytest.mark.parametrize("edit", [
+    ("        elif step <= self.step:  # the id starts over: a new sequence\n"
+     "            self._reset_live()\n", ""),
+    ("if parked is not None and step > parked[0]:", "if parked is not None:"),
+], ids=["same id again", "parked id again"])
+def test_a_guard_state_carried_into_a_sequence_that_starts_over_fails_parity(
+        workspace, tmp_path, edit):
+    """A model that forgets its start (here none at all: raw features and a GRU whose state
+    never reaches its output, as a trained one forgets within Predictorium's 99 warm-up rows)
+    shows a runtime that keeps an id's state when it starts over only through the guard's
+    state, each column's last finite value: the order checks feed the rows with their leading
+    NaN run."""
+    import torch
+
+    from kit.features.normaliser import Normaliser
+    from kit.features.sets import build_feature_set
+    from kit.models import build_model
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    features = build_feature_set(spec, ["raw"])
+    config = {"type": "gru", "hidden": 8, "layers": 1}
+    torch.manual_seed(0)
+    model = build_model(config, len(features.outputs), spec.n_outputs)
+    with torch.no_grad():
+        model.rnn.weight_hh_l0.zero_()
+        model.rnn.bias_ih_l0[8:16] = -30.0  # z = 0: h = n, made anew from each row
+    rows = np.random.default_rng(0).standard_normal((500, len(features.outputs)))
+    (tmp_path / "run").mkdir()
+    save_checkpoint({
+        "model": model.state_dict(), "model_config": config,
+        "normaliser": Normaliser.fit(rows.astype(np.float32)).to_dict(),
+        "features": features.to_dict(), "spec": spec.to_dict(), "score": None,
+        "per_target": {}}, tmp_path / "run/best.pt")
+    folder = pack_run(tmp_path / "run", "memoryless", tmp_path / "submissions").folder
+    assert run_parity(folder, _valid(workspace), seqs=SEQS).ok
+    _edit_solution(folder, *edit)
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    assert _failed(report) == {"order: shuffled sequences"}
+    assert "seq" in next(c.detail for c in report.checks if not c.ok)
 
 
 def test_a_manifest_that_stops_listing_a_file_fails_the_manifest_check(workspace, gru_pack,

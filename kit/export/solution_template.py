@@ -33,6 +33,9 @@ import onnxruntime as ort
 MODEL_FILE = "model.onnx"
 CALL_PATH = "iobinding"  # or, for comparison: "iobinding_public" (the public wrapper), "run"
 MAX_SAVED_BYTES = 64 << 20
+# what a parked state holds beside its floats (measured with tracemalloc): the entry's key,
+# tuple, list and OrderedDict node, and each array's header (~680 B for 3 arrays)
+ENTRY_BYTES, ARRAY_BYTES = 256, 160
 CALL_PATHS = ("iobinding", "iobinding_public", "run")
 NO_SEQUENCE = object()  # the current sequence before the first row (None is an id like others)
 NAN_ID = ("nan id",)  # the one key of every NaN id (NaN != NaN: each would be new)
@@ -83,6 +86,7 @@ class PredictionModel:
         self.output_names = [o.name for o in outputs]
         self.x = np.zeros((1, inputs[0].shape[1]), dtype=np.float32)
         self.x_row = self.x[0]
+        self.width = len(self.x_row)
         self.y = np.zeros((1, outputs[0].shape[1]), dtype=np.float32)
         self.y_row = self.y[0]
         # batch 1; the batch axis is the one named in the graph (not always the first)
@@ -90,7 +94,7 @@ class PredictionModel:
         # two buffer sets: a step reads one and writes the other, then they swap roles
         self.buffers = [[np.zeros(s, dtype=np.float32) for s in shapes] for _ in range(2)]
         self.live = 0  # which buffer set holds the current state
-        state_bytes = max(1, sum(int(np.prod(s)) * 4 for s in shapes))
+        state_bytes = ENTRY_BYTES + sum(int(np.prod(s)) * 4 + ARRAY_BYTES for s in shapes)
         self.max_saved = max(1, MAX_SAVED_BYTES // state_bytes)
         self.saved = OrderedDict()  # seq id -> (last step, state arrays) of paused sequences
         self.seq_ix = NO_SEQUENCE
@@ -200,10 +204,13 @@ class PredictionModel:
         elif step <= self.step:  # the id starts over: a new sequence
             self._reset_live()
         self.step = step
+        row = data_point.state
         try:
-            self.x_row[...] = data_point.state  # float64 -> float32 (faster than np.copyto)
+            if len(row) != self.width:  # one value would broadcast to every column
+                raise ValueError  # (numbers says how many; a (1, F) row goes there too)
+            self.x_row[...] = row  # float64 -> float32 (faster than np.copyto)
         except (TypeError, ValueError):  # pd.NA, text: NaN, which the graph's guard replaces
-            self.x_row[...] = numbers(data_point.state, len(self.x_row))
+            self.x_row[...] = numbers(row, self.width)
         if self.run_binding is not None:
             live = self.live
             self.run_binding(self.bindings[live], None)
@@ -294,6 +301,8 @@ class BatchPredictor:
         """ids (n,), features (n, F) for one time step -> predictions (n, K) float32."""
         # a list keeps its items as they are (np.asarray would make [7, "a"] strings and split
         # tuple ids into a 2-D array); an array gives Python scalars
+        if np.ndim(ids) == 0:  # list(7) or list("ab") would fail or split it
+            raise ValueError(f"ids={ids!r}: a list or array of ids, one per row of features")
         ids = ids.reshape(-1).tolist() if isinstance(ids, np.ndarray) else list(ids)
         keys = [id_key(i) for i in ids]
         n = len(keys)
@@ -303,11 +312,16 @@ class BatchPredictor:
             nan_ids = max(sum(k is NAN_ID for k in keys), sum(k is NA_ID for k in keys))
             missing = "several missing (NaN) ids" if nan_ids > 1 else "an id twice"
             raise ValueError(f"{missing} in one time step: one row per series id")
-        x = np.ascontiguousarray(features, dtype=np.float32)
+        try:
+            x = np.ascontiguousarray(features, dtype=np.float32)
+        except (TypeError, ValueError):  # pd.NA, text: NaN, as in PredictionModel.predict
+            table = np.asarray(features, dtype=object)
+            table = table.reshape(1, -1) if table.ndim == 1 else table  # one id's row
+            x = np.array([numbers(r, self.n_features) for r in table], dtype=np.float32)
         if x.shape != (n, self.n_features) and not (n == 1 and x.shape == (self.n_features,)):
             raise ValueError(f"features of shape {x.shape} for {n} ids: (n ids, "
                              f"{self.n_features}) wanted, one row per id")
-        steps = None if steps is None else np.asarray(steps).tolist()
+        steps = None if steps is None else np.asarray(steps).reshape(-1).tolist()
         if steps is not None and len(steps) != n:
             raise ValueError(f"{len(steps)} steps for {n} ids")
         rows, fresh, new = self._plan(keys, steps)
@@ -349,6 +363,7 @@ class BatchPredictor:
         else:  # pandas' nullable dtypes hold pd.NA, which float() refuses: NaN, as in polars
             features = batch[columns].to_numpy(dtype=np.float64, na_value=np.nan)
         names = names or {}
+        keep = [keep] if isinstance(keep, str) else keep  # "row_id", not its letters
         renamed = [names.get(name, name) for name in outputs]
         kept = [c for c in keep if c in batch.columns and c != id_col]  # a local replay may
         clash = sorted({n for n in renamed if renamed.count(n) > 1 or n in (id_col, *kept)})
