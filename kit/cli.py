@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import shlex
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -351,8 +352,6 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Train an experiment: one run per seed (or per fold), each in its own run directory."""
-    import signal
-
     from kit.config import ConfigError, parse_override
     from kit.train.groups import NothingStarted
     from kit.train.recipe import SeedsFailed, train_experiment
@@ -447,7 +446,7 @@ def sweep(
     from kit.config import ConfigError, parse_override
     from kit.sweep import CHILD_ENV, format_summary
     from kit.sweep import sweep as run_sweep
-    from kit.workers import stop_when_orphaned
+    from kit.workers import EndedBySignal, stop_when_orphaned
 
     if os.environ.get(CHILD_ENV):  # a --workers worker: it ends with its command
         stop_when_orphaned()
@@ -467,10 +466,13 @@ def sweep(
                             workers=1 if options["workers"] is None else options["workers"],
                             progress=not quiet,
                             runs_dir=runs_dir, summary=not no_summary)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished trials are kept in the study; run the same command "
+    except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP (SweepStopped)
+        signum = getattr(stop, "signum", signal.SIGINT)
+        ended = ("interrupted" if signum == signal.SIGINT
+                 else f"stopped by {signal.Signals(signum).name}")
+        typer.echo(f"{ended}: finished trials are kept in the study; run the same command "
                    "again to resume it", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(130 if signum == signal.SIGINT else 128 + signum) from None
     if not no_summary:
         typer.echo(format_summary(summary))
 

@@ -746,34 +746,54 @@ def storage_from_env() -> str | None:
     return url
 
 
+class SweepStopped(KeyboardInterrupt):
+    """A sweep stopped by a signal. A KeyboardInterrupt, so Optuna marks the trial failed
+    (it passes other BaseExceptions through, leaving the trial running); `signum` says which
+    signal, for the exit code (130 for Ctrl-C, 128 + the signal otherwise)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__()
+        self.signum = signum
+
+
 class GracefulInterrupt:
-    """Ctrl-C during a sweep stops at the end of the current epoch, in kit's own code, never in
-    the middle of a storage write (an interrupted SQLite transaction would hold its lock); a
-    second Ctrl-C stops at once."""
+    """Ctrl-C during a sweep, or SIGTERM/SIGHUP (a scheduler, `kill`, a closed terminal),
+    stops at the end of the current epoch, in kit's own code, never in the middle of a storage
+    write (an interrupted SQLite transaction would hold its lock); a second signal stops at
+    once. Either way the trial is marked failed (SweepStopped), not left running."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
-        self.asked = False
-        self.previous = None
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    @property
+    def asked(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
         if self.asked:
-            raise KeyboardInterrupt
-        self.asked = True
+            raise SweepStopped(self.signum)
+        self.signum = signum
+        said = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
+        again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
         # os.write, not print: print() re-entered while tqdm writes to stderr raises
-        os.write(2, b"interrupt: stopping at the end of this epoch (Ctrl-C again to stop now)\n")
+        os.write(2, f"{said}: stopping at the end of this epoch ({again} to stop now)\n"
+                 .encode())
 
     def check(self) -> None:
         if self.asked:
-            raise KeyboardInterrupt
+            raise SweepStopped(self.signum)
 
 
 class EpochReports:

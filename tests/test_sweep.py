@@ -675,6 +675,23 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(sweep_env):
 ENDLESS = ["train.epochs=100000", "train.patience=100000"]  # trials that only a signal ends
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_stop_a_sweep_as_ctrl_c_does(sweep_env, signum):
+    """A scheduler's SIGTERM (or a closed terminal's SIGHUP): the epoch ends, the trial is
+    marked failed, not left running (a journal storage never repairs it), exit 128 + signal."""
+    url = _sqlite(sweep_env)
+    proc = _kit("sweep", "exp=tiny", *ENDLESS, "--trials", "3", "-q")
+    _wait_for(lambda: _training(url) == 1, what="a trial training", proc=proc)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=180)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, out
+    assert f"{name}: stopping at the end of this epoch" in out
+    assert f"stopped by {name}: finished trials are kept" in out and "Traceback" not in out
+    states = [t.state for t in _study(url).get_trials()]
+    assert states == [TrialState.FAIL], states
+
+
 def _endless_first(root: Path, endless: int, then: int, storage: str | None = None) -> None:
     """Give tiny's study `endless` trials that only a signal ends, then `then` 2-epoch ones, as
     values of a swept train.epochs: a study is bound to its config, so the command that starts
@@ -732,6 +749,9 @@ def test_a_terminated_sweep_takes_its_workers_with_it(sweep_env):
     for pid in workers:  # reaped by the parent: no orphan goes on writing to the study
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    # each worker ended its epoch and failed its trial: none left running for good
+    assert out.count("SIGTERM: stopping at the end of this epoch") == 2, out
+    assert TrialState.RUNNING not in [t.state for t in _started(url)]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
