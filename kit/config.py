@@ -3,7 +3,9 @@
 A child's tables are merged into its parent's key by key (nested tables recursively); any other
 value in the child replaces the parent's. [model] and [loss] are the exception: a child that has
 one replaces the parent's whole table (a transformer must not inherit a GRU's `hidden`, nor a
-loss its parent's extra terms). `exp=NAME`, `NAME` and a .toml path all work.
+loss its parent's extra terms), and so does each `[sweep.params]` entry of the child (a
+categorical must not inherit an int range's `low`, nor a range its parent's `step`).
+`exp=NAME`, `NAME` and a .toml path all work.
 """
 
 from __future__ import annotations
@@ -110,8 +112,17 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
         parent.pop("name", None)
         for section in REPLACED_SECTIONS & set(raw):
             parent.pop(section, None)
+        parent_params, child_params = (_sweep_params(c) for c in (parent, raw))
+        for name in child_params if parent_params is not None and child_params else ():
+            parent_params.pop(name, None)  # each of the child's entries replaces the parent's
         raw = deep_merge(parent, raw)
     return {"name": path.stem, **raw}
+
+
+def _sweep_params(config: dict) -> dict | None:
+    sweep = config.get("sweep")
+    params = sweep.get("params") if isinstance(sweep, dict) else None
+    return params if isinstance(params, dict) else None
 
 
 # Defaults of the sections the trainer reads; their types are the types a value must have.

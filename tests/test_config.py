@@ -33,6 +33,23 @@ def test_extends_merges_tables_but_replaces_model_and_loss(exps):
     assert child["loss"] == {"terms": {"mse": 1.0}}
 
 
+def test_extends_replaces_each_sweep_param_the_child_declares(exps):
+    """A child's sweep.params entry is its own whole: the parent's `step` or `low` no longer
+    leaks into it (a categorical refused for keys the user never wrote); the parent's other
+    entries and [sweep] keys stay."""
+    (exps / "sweeping.toml").write_text(
+        'extends = "base"\n[sweep]\ntrials = 7\n[sweep.params]\n'
+        '"model.hidden" = { type = "int", low = 8, high = 64, step = 32 }\n'
+        '"train.lr" = { type = "float", low = 1e-4, high = 1e-2, log = true }\n')
+    (exps / "narrower.toml").write_text(
+        'extends = "sweeping"\n[sweep.params]\n'
+        '"model.hidden" = { type = "categorical", choices = [16, 32] }\n')
+    child = load_experiment("narrower")
+    assert child["sweep"]["params"]["model.hidden"] == {"type": "categorical",
+                                                        "choices": [16, 32]}
+    assert child["sweep"]["params"]["train.lr"]["high"] == 1e-2 and child["sweep"]["trials"] == 7
+
+
 def test_cycles_and_missing_experiments_are_named(exps):
     with pytest.raises(ConfigError, match="extends itself"):
         load_experiment("loop_a")
