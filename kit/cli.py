@@ -454,7 +454,10 @@ def sweep(
     overrides, options = [], {"trials": trials, "workers": workers}
     for text in overrides_of(ctx):  # `just sweep exp=NAME trials=50` reads like train's recipe
         path, value = parse_override(text)
-        if len(path) == 1 and path[0] in options and isinstance(value, int):
+        if len(path) == 1 and path[0] in options:
+            if not isinstance(value, int) or isinstance(value, bool):  # True is an int too
+                raise ConfigError(f"{text!r}: {path[0]}= takes a whole number, as "
+                                  f"--{path[0]} does")
             if options[path[0]] is not None:  # one would win without a word
                 raise ConfigError(f"{text!r} and --{path[0]} {options[path[0]]}: give one")
             options[path[0]] = value

@@ -1012,6 +1012,9 @@ def test_overrides_a_sweep_or_an_ablation_would_replace_are_refused(sweep_env):
     assert "'trials=2' and --trials 1: give one" in out
     out = run_cli("sweep", "exp=tiny", "--workers", 1, "workers=2", expect=2).output
     assert "'workers=2' and --workers 1: give one" in out
+    for bad in ("trials=true", "trials=2.5", "workers=true"):  # taken as 1, or an unknown key
+        out = run_cli("sweep", "exp=tiny", bad, expect=2).output
+        assert f"= takes a whole number, as --{bad.split('=')[0]} does" in out, out
     for zero in (("--workers", 0), ("workers=0",)):
         assert "--trials and --workers must be >= 1" in run_cli(
             "sweep", "exp=tiny", "--trials", 1, *zero, expect=2).output
