@@ -657,11 +657,21 @@ def test_kit_notebook_dot_inside_its_dataset_folder_rewrites_that_out(package, t
     write_notebook(package.zip_path, out, owner="alice")
     before = {p.name: p.read_bytes() for p in (out / "dataset").iterdir()}
     monkeypatch.chdir(out / "dataset")  # `.` is OUT/dataset: OUT is its parent, not `.`
+    inode = os.stat(".").st_ino
     run_cli("notebook", ".", "--owner", "alice", "--protocol", "batch")
     assert sorted(p.name for p in out.iterdir()) == ["dataset", "kernel"]
     assert {p.name: p.read_bytes() for p in (out / "dataset").iterdir()} == before
+    # the shell's folder is the one rewritten, not a deleted one (where `ls` showed nothing)
+    assert os.stat(".").st_ino == inode and sorted(os.listdir(".")) == sorted(before)
     cells = json.loads((out / "kernel/notebook.ipynb").read_text())["cells"]
     assert any('"KIT_PROTOCOL", "batch"' in "".join(c["source"]) for c in cells)
+
+
+def test_a_failed_check_does_not_leave_an_out_folder_behind(package, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(NotebookError, match="--rename"):
+        write_notebook(package.zip_path, out, owner="alice", rename="t9=x")
+    assert not out.exists()
 
 
 def test_a_zip_without_a_manifest_is_named(package, tmp_path):

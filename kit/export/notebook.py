@@ -19,6 +19,7 @@ solution.py in one of two protocols:
 from __future__ import annotations
 
 import ast
+import contextlib
 import html.entities
 import json
 import os
@@ -198,6 +199,7 @@ spec = importlib.util.spec_from_file_location("kit_solution",
 solution = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(solution)
 
+import contextlib
 import json
 
 import numpy as np
@@ -465,22 +467,44 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         # the dataset written before (given itself, or OUT/dataset) keeps the wheels it has
         folder = submission if earlier else out / "dataset"
         wheel_files = _wheels_in(folder, folder / "wheels")  # (an older kit's wheels/)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written into a staging folder and swapped in at the end: a failed check
-    # leaves OUT as it was, and a package read from OUT/dataset itself is not deleted first.
-    with tempfile.TemporaryDirectory(prefix=".kit-notebook-", dir=out) as staging:
-        staged = _write_folders(submission, Path(staging), name=name, owner=owner,
-                                dataset_slug=dataset_slug, kernel_slug=kernel_slug, title=title,
-                                competition=competition, protocol=protocol,
-                                wheel_files=wheel_files, keep_columns=keep_columns,
-                                rename=rename)
-        for folder in ("dataset", "kernel"):  # only what this command writes is replaced
-            shutil.rmtree(out / folder, ignore_errors=True)
-            os.replace(Path(staging) / folder, out / folder)
+    # leaves OUT as it was (not even made), and a package read from OUT/dataset itself is not
+    # deleted first.
+    try:
+        with tempfile.TemporaryDirectory(prefix=".kit-notebook-", dir=out) as staging:
+            staged = _write_folders(submission, Path(staging), name=name, owner=owner,
+                                    dataset_slug=dataset_slug, kernel_slug=kernel_slug,
+                                    title=title, competition=competition, protocol=protocol,
+                                    wheel_files=wheel_files, keep_columns=keep_columns,
+                                    rename=rename)
+            for folder in ("dataset", "kernel"):  # only what this command writes is replaced
+                _swap_in(Path(staging) / folder, out / folder, Path(staging) / f"old-{folder}")
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # only if nothing else is in it by now
+                out.rmdir()
+        raise
     dataset, kernel = out / "dataset", out / "kernel"
     return {"dataset": dataset, "kernel": kernel, "notebook": kernel / staged["code_file"],
             "dataset_metadata": staged["dataset_metadata"],
             "kernel_metadata": staged["kernel_metadata"]}
+
+
+def _swap_in(new: Path, target: Path, trash: Path) -> None:
+    """target becomes what new holds. The folder a shell is in (`kit notebook .` inside
+    OUT/dataset) keeps itself and has its entries swapped: replaced whole, it left the shell
+    in a deleted folder where `ls` showed nothing."""
+    if target.is_dir() and not target.is_symlink() and target.resolve() == Path.cwd().resolve():
+        trash.mkdir()
+        for entry in list(target.iterdir()):
+            os.replace(entry, trash / entry.name)
+        for entry in list(new.iterdir()):
+            os.replace(entry, target / entry.name)
+        return
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(new, target)
 
 
 def _wheels_in(*folders: Path) -> list[Path]:
