@@ -472,7 +472,22 @@ def tune_postprocess(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray
         alphas.append(best_a)
         scales.append(best_c)
         before[name], after[name] = base, sign * best_s
-    return {"smoothing": alphas, "scale": scales, "before": before, "after": after}
+    # `tuned` keeps what the scores are of: an edit by hand is then told apart
+    return {"smoothing": alphas, "scale": scales, "before": before, "after": after,
+            "tuned": {"smoothing": list(alphas), "scale": list(scales)}}
+
+
+def postprocess_edited(post: dict | None, targets: list[str]) -> list[str]:
+    """The targets whose smoothing or scale is no longer the tuned one (a file from before
+    `tuned` was recorded cannot tell: none)."""
+    tuned = (post or {}).get("tuned")
+    if not isinstance(tuned, dict):
+        return []
+    return [name for t, name in enumerate(targets)
+            if any(not isinstance(tuned.get(key), list) or len(tuned[key]) != len(targets)
+                   or not math.isclose(post[key][t], tuned[key][t], rel_tol=1e-9,
+                                       abs_tol=1e-12)
+                   for key in ("smoothing", "scale"))]
 
 
 # --- files and tables ---------------------------------------------------------------------
@@ -706,7 +721,13 @@ def format_selection(doc: dict) -> str:
         lines.append(f"{label:<{width}}{score:>9.4f}"
                      + "".join(f"{per[t]:>9.4f}" for t in targets))
 
+    post = doc.get("postprocess")
+    edited = postprocess_edited(post, targets)
     row("ensemble", e["score"], e["target_scores"])
+    after = (post or {}).get("after", {})
+    if post and not edited and all(finite_number(after.get(t)) for t in targets):
+        # what kit score gives the package (the metric's score is the mean over targets)
+        row("ensemble + post-processing", sum(after[t] for t in targets) / len(targets), after)
     row(single, e["best_single"]["score"], e["best_single"]["per_target"])
     row(f"uniform mean of {e['candidates']}", e["uniform"]["score"], e["uniform"]["per_target"])
     cuts = e.get("best_iteration_per_target")
@@ -723,12 +744,16 @@ def format_selection(doc: dict) -> str:
         per = "  ".join(f"{t} {w:.3f}" for t, w in zip(targets, m["weights"], strict=True))
         single = f"  single {m['score']:.4f}" if finite_number(m.get("score")) else ""
         lines.append(f"  {mean_weight(m):.3f}  {m['name']:<40} [{per}]{single}")
-    post = doc.get("postprocess")
     if post:
         for t, name in enumerate(targets):
-            tuned = (f": {post['before'][name]:.4f} -> {post['after'][name]:.4f}"
-                     if name in post.get("before", {}) and name in post.get("after", {})
-                     else " (set by hand, not tuned)")
+            scores = (f"{post['before'][name]:.4f} -> {post['after'][name]:.4f}"
+                      if name in post.get("before", {}) and name in post.get("after", {})
+                      else None)
+            tuned = (f": {scores}" if scores and name not in edited else
+                     f" (edited by hand after tuning, which chose smoothing "
+                     f"{post['tuned']['smoothing'][t]:g}, scale {post['tuned']['scale'][t]:g}"
+                     f": {scores}; kit pack --ensemble, then kit score, scores these)"
+                     if scores else " (set by hand, not tuned)")
             lines.append(f"post-processing {name}: smoothing {post['smoothing'][t]:g}, scale "
                          f"{post['scale'][t]:g}{tuned}")
     if weights_edited(doc):

@@ -19,6 +19,7 @@ from kit.ensemble import (
     ensemble_document,
     format_selection,
     greedy,
+    load_candidate,
     read_ensemble,
     select,
     select_ensemble,
@@ -261,11 +262,29 @@ def test_select_on_runs_writes_a_file_that_packs_and_passes_parity(workspace, ru
     manifest = json.loads((packed.folder / "manifest.json").read_text())
     assert manifest["ensemble"]["file"] == str(path)
     assert manifest["time_budget"]["fraction"] < 0.8
+    from kit.scoring import score_submission
+
+    # the table's headline after post-processing is what kit score gives the package
+    [line] = [ln for ln in table.splitlines() if ln.startswith("ensemble + post-processing")]
+    spec = load_candidate(Path(doc["members"][0]["path"])).spec
+    scored = score_submission(packed.zip_path, _valid(workspace), spec, progress=False).report
+    shown = [float(v) for v in line.split()[-3:]]
+    assert shown == pytest.approx([scored.score, scored.per_target["t0"],
+                                   scored.per_target["t1"]], abs=1e-4)
+    assert manifest["ensemble"]["postprocess_edited"] == []
+    # smoothing edited by hand: named as such, the tuned scores no longer passed off as these
+    edited = read_ensemble(path)
+    edited["postprocess"]["smoothing"][1] = 0.5 if edited["postprocess"]["smoothing"][1] != 0.5 \
+        else 0.2
+    said = format_selection(edited)
+    assert "post-processing t1: smoothing" in said and "edited by hand after tuning" in said
+    assert "ensemble + post-processing" not in said
+    hand = pack_ensemble(write_ensemble(edited, tmp_path / "edited.toml"), "hand",
+                         tmp_path / "subs")
+    assert hand.manifest["ensemble"]["postprocess_edited"] == ["t1"]
     # with smoothing on, the package scores what the tuning's recursion computes on the scored
     # rows (the graph starts it at the first scored step, after the warm-up)
-    from kit.ensemble import load_candidate
     from kit.reports import ValidFile
-    from kit.scoring import score_submission
 
     doc["postprocess"] = {"smoothing": [0.5, 0.3], "scale": [1.0, 1.0]}
     smoothed = pack_ensemble(write_ensemble(doc, tmp_path / "smooth.toml"), "smooth",

@@ -135,7 +135,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                   force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Freeze an ensemble file (kit ensemble select) into one graph: every member with a
     non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
-    from kit.ensemble import read_ensemble, weights_edited
+    from kit.ensemble import postprocess_edited, read_ensemble, weights_edited
 
     doc = read_ensemble(path)
     weighted = []
@@ -174,7 +174,10 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                         "shrinkage), or --force")
     about = {"file": str(path), **{key: doc.get("ensemble", {}).get(key) for key in
                                    ("score", "target_scores", "metric", "data", "iters")},
-             "weights_edited": weights_edited(doc)}  # then the scores are the selection's
+             # then the scores are the selection's, or the tuning's, not these values'
+             "weights_edited": weights_edited(doc),
+             "postprocess_edited": postprocess_edited(doc.get("postprocess"),
+                                                      list(spec.outputs))}
     return pack_members(weighted, name or Path(path).stem, out_dir,
                         postprocess=doc.get("postprocess"), ensemble=about, force=force,
                         budget=budget, stack=stack)
