@@ -841,6 +841,35 @@ def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
     assert "a resume checkpoint" in out and "its best.pt" in out
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_it(tmp_path):
+    """A write the file system refuses (here a file-size limit: EFBIG, as a full disk gives
+    ENOSPC) is an OSError naming the checkpoint, which the CLI prints as one line; torch.save
+    writing to the file turned it into a RuntimeError of its zip writer (a traceback), and the
+    temp file is removed."""
+    import errno
+    import resource
+
+    import torch
+
+    from kit.cli import os_error_text
+    from kit.train.checkpoint import save_checkpoint
+
+    path = tmp_path / "last.pt"
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails, not the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limits[1]))
+    try:
+        with pytest.raises(OSError) as raised:
+            save_checkpoint({"model": {"w": torch.zeros(100_000)}}, path)  # 400 KB
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert raised.value.errno == errno.EFBIG and raised.value.filename == str(path)
+    assert os_error_text(raised.value).startswith(f"{path}: File too large")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_tbptt_batch_one_chunk_one_ema_swa_and_schedules(env, tmp_path):
     for i, extra in enumerate([
         ["train.chunk=1", "train.batch_size=1", "train.epochs=1", "train.max_train_seqs=2"],

@@ -6,6 +6,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -20,14 +22,28 @@ class CheckpointError(KitError):
 
 
 def save_checkpoint(payload: dict, path: Path) -> None:
-    """Write to a temp file beside `path`, fsync, then rename: a kill never leaves half a file."""
+    """Write to a temp file beside `path`, fsync, then rename: a kill never leaves half a file.
+    Serialised in memory first: torch.save writing to the file turned a full disk into a
+    RuntimeError of its zip writer; this way the OSError (ENOSPC) names the path and the
+    temp file goes."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
