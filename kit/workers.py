@@ -76,7 +76,8 @@ class WorkerGroup:
     SIGTERM and SIGHUP (a scheduler, `kill`, a closed terminal) are passed on as they are (and
     no worker starts after one), and leaving the block early (an error or a
     Ctrl-C while starting) terminates the workers started so far: none outlives this process
-    unless it is SIGKILLed, and then they finish their trials and stop as usual."""
+    unless it is SIGKILLed, and then they finish their trials and stop as usual. A signal that
+    comes once every worker has finished (exit 0, none queued) stops nothing: wait() returns."""
 
     PASSED_ON = (signal.SIGTERM, signal.SIGHUP)
 
@@ -143,8 +144,11 @@ class WorkerGroup:
             except KeyboardInterrupt:
                 interrupted = True
                 self.signal_live(signal.SIGINT)
+        codes = [p.returncode for p in self.procs]
+        if (self.ended_by is not None or interrupted) and not queued and not any(codes):
+            return codes  # every worker had finished its work: nothing was stopped
         if self.ended_by is not None:
             raise EndedBySignal(self.ended_by)
         if interrupted:
             raise KeyboardInterrupt
-        return [p.returncode for p in self.procs]
+        return codes

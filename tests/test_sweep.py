@@ -778,6 +778,7 @@ while not got and time.time() < deadline:
     time.sleep(0.05)
 time.sleep(1.5)  # a second SIGINT, were one passed on, arrives in this time
 out.write_text(str(len(got)))
+sys.exit(130 if got else 0)  # stopped by it, as a kit worker exits
 """
 
 
@@ -812,7 +813,7 @@ def test_one_ctrl_c_is_passed_on_exactly_once_to_each_worker(tmp_path):
         finally:
             group.__exit__(None, None, None)
     assert [f.read_text() for f in files] == ["1", "1"]
-    assert [p.returncode for p in group.procs] == [0, 0]
+    assert [p.returncode for p in group.procs] == [130, 130]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -828,6 +829,27 @@ def test_sigterm_and_sighup_are_passed_on_and_the_handlers_restored(tmp_path, si
     assert info.value.code == 128 + signum
     assert [p.returncode for p in group.procs] == [-signum, -signum]  # ended by the signal
     assert signal.getsignal(signum) is before
+
+
+def test_a_signal_after_every_worker_finished_stops_nothing(tmp_path):
+    """SIGTERM once the workers have all finished (exit 0) and none is queued: the group's
+    work is done, so wait() returns their codes (kit train --jobs then prints the results, not
+    a --resume hint that fails with "no unfinished group"); with workers still queued, or a
+    worker that did not finish, it is a stop."""
+    from kit.workers import EndedBySignal, WorkerGroup
+
+    done = [sys.executable, "-c", "pass"]
+    for queued, code in (([], None), ([(done, dict(os.environ))], 128 + signal.SIGTERM)):
+        with WorkerGroup() as group:
+            group.start(done, dict(os.environ))
+            _wait_for(lambda group=group: group.procs[0].poll() is not None, 30, "the worker")
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: noted, passed on to nobody
+            if code is None:
+                assert group.wait(queued, jobs=1) == [0]
+            else:
+                with pytest.raises(EndedBySignal) as ended:
+                    group.wait(queued, jobs=1)
+                assert ended.value.code == code and len(group.procs) == 1  # none started
 
 
 def test_a_failure_while_starting_workers_terminates_those_started(tmp_path):
