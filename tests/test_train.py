@@ -473,6 +473,23 @@ def test_warmup_epochs_shape_every_per_step_schedule(name):
     assert max(two) == pytest.approx(0.1, rel=0.02)
 
 
+@pytest.mark.parametrize("steps", [[1], [1, 1], [2, 1]])
+def test_onecycle_over_too_few_steps_for_a_cycle_trains_at_the_rate(steps):
+    """Under 4 optimizer steps a cycle has no room: its last step annealed to lr / 1e4, one
+    of the run's 1-3 steps (all of a 1-step run) trained at almost 0."""
+    from kit.train.trainer import make_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = make_schedule(optimizer, {"schedule": "onecycle", "warmup_epochs": 0,
+                                         "lr": 0.1, "patience": 4}, steps)
+    rates = []
+    for _ in range(sum(steps)):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == [0.1] * sum(steps)
+
+
 def test_a_sequence_length_that_keeps_no_scored_step_is_refused_before_training(env, tmp_path):
     out = run_cli("train", "exp=tiny", "data.seq_len=5", "--run-dir", tmp_path / "r",
                   expect=2).output

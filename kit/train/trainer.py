@@ -68,9 +68,10 @@ def make_schedule(optimizer, train: dict, steps: list[int]):
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "onecycle":
-        # each phase must span 2+ steps (torch divides by its length - 1); too few steps in
-        # all for that: torch's own default rise
-        rise = min(max(warmup, 2), total - 2) / total if total >= 4 else 0.3
+        if total < 4:  # no room for a cycle: its last step anneals to lr / 1e4, 1 of 1-3 steps
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        # each phase must span 2+ steps (torch divides by its length - 1)
+        rise = min(max(warmup, 2), total - 2) / total
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train["lr"],
                                                    total_steps=total, pct_start=rise)
     if name == "plateau":
