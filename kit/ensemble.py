@@ -23,6 +23,7 @@ import itertools
 import math
 import os
 import time
+import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,11 @@ def _read_config(run: Path) -> dict:
     return read_config(run)
 
 
-def _data_path(run: Path, configured: str) -> Path:
+def _data_path(run: Path, configured: object) -> Path:
     """A run's data file as its config names it, a relative path in the run's checkout."""
+    if not isinstance(configured, str) or not configured:  # a config.toml edited or replaced
+        raise EnsembleError(f"{run}: its config.toml names no data file (data.train, "
+                            "data.valid): not the config kit train wrote")
     return data_file_of(run, configured) or Path(configured)
 
 
@@ -203,6 +207,8 @@ def check_same_rows(candidates: list[Candidate]) -> None:
 def _other_spec(c: Candidate, first: Candidate) -> str | None:
     """How c's spec differs from first's where a blend's score depends on it, or None."""
     a, b = c.spec, first.spec
+    if a.name != b.name:  # kit pack serves one spec: the blend could never be packed
+        return f"was trained for spec {a.name!r}, {first.name} for {b.name!r}"
     for what, mine, theirs in (("outputs", a.outputs, b.outputs),
                                ("feature columns", a.features, b.features)):
         if mine != theirs:
@@ -601,9 +607,14 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
     two selections in the same second never write one file."""
     text = tomli_w.dumps(doc)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
-        return Path(out)
+        out = Path(out)
+        if out.exists() and not written_by_select(out):
+            raise EnsembleError(f"--out {out}: the file exists and is not one kit ensemble "
+                                "select wrote (a run's config.toml, an experiment, a "
+                                "hand-written ensemble): give another --out, or delete it")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        return out
     ENSEMBLES_DIR.mkdir(parents=True, exist_ok=True)
     stem = f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in itertools.count(1):
@@ -615,6 +626,17 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
         except FileExistsError:
             continue
     raise AssertionError("unreachable")
+
+
+def written_by_select(path: Path) -> bool:
+    """An ensemble file as kit ensemble select writes it: its [ensemble] record and members."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    record = doc.get("ensemble")
+    return (isinstance(record, dict) and {"created", "iters", "candidates"} <= record.keys()
+            and isinstance(doc.get("members"), list))
 
 
 def read_ensemble(path: Path) -> dict:

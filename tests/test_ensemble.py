@@ -184,9 +184,12 @@ def test_candidates_on_different_rows_are_refused():
     # same rows and columns, another metric (a spec's clip edited between runs): the blends
     # are scored on the first's, with a warning
     cands[1].data = cands[0].data
-    cands[1].spec = spec_from_dict({**SPEC.to_dict(), "name": "mae-too",
-                                    "metric": {"name": "mae"}}, "<test>")
+    cands[1].spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": "mae"}}, "<test>")
     with pytest.warns(RuntimeWarning, match="c1 trained under another metric than c0"):
+        check_same_rows(cands)
+    # another spec's name: refused (kit pack serves one spec), whatever the columns
+    cands[1].spec = spec_from_dict({**SPEC.to_dict(), "name": "mae-too"}, "<test>")
+    with pytest.raises(EnsembleError, match="c1 was trained for spec 'mae-too', c0 for"):
         check_same_rows(cands)
     # one spec name, the targets reordered (a spec file edited between the runs)
     cands[1].spec = spec_from_dict({**SPEC.to_dict(), "targets": ["t1", "t0"]}, "<test>")
@@ -459,6 +462,29 @@ def test_bad_ensemble_files_are_refused(runs, tmp_path):
                                             "weights": [0.0, 0.0]}])
     with pytest.raises(PackError, match="every member has weight 0"):
         pack_ensemble(path, "z", tmp_path)
+
+
+def test_select_writes_over_its_own_files_only(runs, tmp_path):
+    """--out replaced any file: a run's config.toml (selecting that run then raised a
+    TypeError) or an experiment. Its own earlier file it replaces."""
+    import shutil
+
+    run = shutil.copytree(runs["gru"], tmp_path / "runs/gru/run")
+    config = (run / "config.toml").read_text()
+    for taken in (run / "config.toml", tmp_path / "hand.toml"):
+        if not taken.exists():
+            taken.write_text('[[members]]\nruns = ["x"]\nweights = [1.0, 1.0]\n')
+        before = taken.read_text()
+        out = run_cli("ensemble", "select", run, "--iters", 1, "--out", taken, expect=2).output
+        assert "exists and is not one kit ensemble select wrote" in out
+        assert taken.read_text() == before
+    select_ensemble([run], iters=1, out=tmp_path / "e.toml")
+    select_ensemble([run], iters=2, out=tmp_path / "e.toml")  # its own: replaced
+    assert read_ensemble(tmp_path / "e.toml")["ensemble"]["iters"] == 2
+    # a config.toml naming no data file (replaced by hand): named, not a TypeError
+    (run / "config.toml").write_text(config.replace("[data]", "[data_was]"))
+    with pytest.raises(EnsembleError, match="config.toml names no data file"):
+        select_ensemble([run], iters=1, out=tmp_path / "f.toml")
 
 
 def test_cli_select_report_pack(workspace, runs, tmp_path, monkeypatch):
@@ -828,6 +854,26 @@ def test_members_of_one_spec_name_with_other_columns_are_refused(runs, tmp_path)
         pack_ensemble(_write(tmp_path / "e.toml", members), "e", tmp_path / "subs",
                       budget=False)
     assert not (tmp_path / "subs" / "e").exists()
+
+
+def test_runs_of_two_specs_are_refused_by_name_in_select_and_pack(runs, tmp_path):
+    """A spec of another name with the same columns (a copy of the preset, renamed): select
+    took both and pack refused the file with 'different competition specs', naming neither."""
+    import shutil
+
+    from kit.train.checkpoint import load_checkpoint, save_checkpoint
+
+    other = shutil.copytree(runs["gru_b"], tmp_path / "runs/gru/other")
+    state = load_checkpoint(other / "best.pt")
+    state["spec"] = {**state["spec"], "name": "renamed"}
+    save_checkpoint(state, other / "best.pt")
+    with pytest.raises(EnsembleError, match=r"other was trained for spec 'renamed', .* for "):
+        select_ensemble([runs["gru"], other], iters=2, out=tmp_path / "e.toml")
+    members = [{"name": "a", "runs": [str(runs["gru"])], "weights": [0.5, 0.5]},
+               {"name": "b", "runs": [str(other)], "weights": [0.5, 0.5]}]
+    with pytest.raises(PackError, match=rf"{other} was trained for spec 'renamed', "):
+        pack_ensemble(_write(tmp_path / "p.toml", members), "p", tmp_path / "subs",
+                      budget=False)
 
 
 def test_a_member_of_other_targets_is_named_whichever_comes_first(workspace, runs, tmp_path,

@@ -211,6 +211,10 @@ def check_same_columns(weighted: list[Weighted]) -> None:
     added, reordered) keeps its name, and a member would read the wrong columns."""
     first = weighted[0].member
     for w in weighted[1:]:
+        if w.member.spec.name != first.spec.name:
+            raise PackError(f"{w.member.run_dir} was trained for spec {w.member.spec.name!r}, "
+                            f"{first.run_dir} for {first.spec.name!r}: one package serves one "
+                            "competition; ensemble runs of one spec")
         for what, mine, theirs in (("feature columns", first.spec.features, w.member.spec.features),
                                    ("targets", first.spec.outputs, w.member.spec.outputs)):
             if list(mine) != list(theirs):
@@ -236,10 +240,8 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         raise PackError(f"package name {name[:40]}...: {len(name.encode())} bytes, at most "
                         f"{MAX_NAME_BYTES} (pack's working files add a suffix to it): give a "
                         "shorter --name")
+    check_same_columns(weighted)  # (and one spec name)
     spec = weighted[0].member.spec
-    if any(w.member.spec.name != spec.name for w in weighted):
-        raise PackError("the members were trained for different competition specs")
-    check_same_columns(weighted)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     folder, zip_path = out_dir / name, zip_path_of(out_dir / name)
