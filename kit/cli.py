@@ -616,7 +616,8 @@ def pack(
     else:
         result = pack_run(run, name, out, force=force)
     typer.echo(result.format())
-    if run is not None and (note := unfinished_note(run)):
+    packed = [run] if run is not None else [m["run"] for m in result.manifest["members"]]
+    for note in filter(None, map(unfinished_note, packed)):  # each member as a single run
         typer.echo(note, err=True)
 
 

@@ -740,6 +740,10 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
     assert "packed" in out and "has not finished training (epoch 1 of 3;" in out
     assert "--resume --run-dir" in out
     assert "`kit train tiny --resume --run-dir" in out  # the experiment named
+    # as a member of an ensemble too (it packed without a word)
+    (tmp_path / "e.toml").write_text(f'[[members]]\nruns = ["{run}"]\nweights = [1.0, 1.0]\n')
+    out = run_cli("pack", "--ensemble", tmp_path / "e.toml", "--out", tmp_path / "subs").output
+    assert f"note: {run} has not finished training (epoch 1 of 3;" in out
     (run / "metrics.json").unlink()  # killed (or still running): no metrics.json yet
     out = run_cli("pack", run, "--out", tmp_path / "subs").output
     assert "has not finished training (epoch 1 of 3;" in out
