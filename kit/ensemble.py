@@ -162,6 +162,13 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                         f"{path}: holds experiments ({', '.join(experiments[:6])}"
                         f"{', ...' if len(experiments) > 6 else ''}), not runs: pass experiment "
                         f"folders or run folders, e.g. {path / experiments[0]}")
+                folds = sorted(p.name for p in path.iterdir() if p.is_dir() and "-fold" in p.name)
+                if folds:  # a --folds group stopped before its last fold: no -oof group yet
+                    raise EnsembleError(
+                        f"{path}: only fold runs inside ({', '.join(folds[:4])}"
+                        f"{', ...' if len(folds) > 4 else ''}), which select takes through "
+                        "their -oof group, written once every fold has finished: finish the "
+                        f"group with `kit train {path.name} --folds K --resume`")
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside
         elif path.is_file():

@@ -635,6 +635,15 @@ def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):
         expand_candidates([root])
     with pytest.raises(EnsembleError, match="no finished runs inside"):
         expand_candidates([tmp_path])
+    # a --folds group killed before its last fold: finished fold runs, no -oof group yet
+    import shutil
+
+    group = tmp_path / "gkill"
+    for i in (1, 2):
+        shutil.copytree(runs["gru"], group / f"20261204-101010-s5-fold{i}of3")
+    with pytest.raises(EnsembleError, match=r"only fold runs inside .*-oof group, written once "
+                       r"every fold has finished: .*`kit train gkill --folds K --resume`"):
+        expand_candidates([group])
 
 
 def test_an_ensemble_key_that_is_not_a_table_is_refused(tmp_path):
