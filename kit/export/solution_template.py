@@ -174,7 +174,7 @@ class PredictionModel:
     def _switch(self, seq_ix, step):
         seq_ix = id_key(seq_ix)
         if seq_ix == self.seq_ix:  # a NaN or None id again: one sequence (NaN != NaN)
-            if not step > self.step:
+            if step <= self.step:
                 self._reset_live()
             return
         parked = self.saved.pop(seq_ix, None)  # first: a full store must not evict it
@@ -182,7 +182,9 @@ class PredictionModel:
             self.saved[self.seq_ix] = (self.step, [b.copy() for b in self.buffers[self.live]])
             if len(self.saved) > self.max_saved:
                 self.saved.popitem(last=False)
-        if parked is not None and step > parked[0]:  # the same sequence, continued
+        # the same sequence, continued (a NaN step, unknown, continues it: as predict does
+        # for rows of one id in a row)
+        if parked is not None and not step <= parked[0]:
             for buffer, value in zip(self.buffers[self.live], parked[1], strict=True):
                 buffer[...] = value
         else:
