@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import time
 import tomllib
 import warnings
@@ -165,10 +166,10 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                 folds = sorted(p.name for p in path.iterdir() if p.is_dir() and "-fold" in p.name)
                 if folds:  # a --folds group stopped before its last fold: no -oof group yet
                     raise EnsembleError(
-                        f"{path}: only fold runs inside ({', '.join(folds[:4])}"
+                        f"{path}: no finished runs inside, only fold runs ({', '.join(folds[:4])}"
                         f"{', ...' if len(folds) > 4 else ''}), which select takes through "
                         "their -oof group, written once every fold has finished: finish the "
-                        f"group with `kit train {path.name} --folds K --resume`")
+                        f"group with {_finish_folds(path.name, folds)}")
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside
         elif path.is_file():
@@ -180,6 +181,17 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
         raise EnsembleError(f"run(s) given twice: {twice}; selection with replacement already "
                             "lets a candidate count more than once")
     return out
+
+
+def _finish_folds(experiment: str, folds: list[str]) -> str:
+    """The command that resumes the fold groups named STAMP-sSEED-foldIofK."""
+    groups = sorted({(int(m[1]), int(m[2])) for name in folds
+                     if (m := re.search(r"-s(\d+)-fold\d+of(\d+)$", name))})
+    if len({k for _, k in groups}) != 1:
+        return f"`kit train {experiment} seeds=[...] --folds K --resume` (its seeds and K)"
+    seeds = [seed for seed, _ in groups]
+    chosen = f"seed={seeds[0]}" if len(seeds) == 1 else f"seeds=[{','.join(map(str, seeds))}]"
+    return f"`kit train {experiment} {chosen} --folds {groups[0][1]} --resume`"
 
 
 def check_same_rows(candidates: list[Candidate]) -> None:
@@ -617,8 +629,9 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
         out = Path(out)
         if out.exists() and not written_by_select(out):
             raise EnsembleError(f"--out {out}: the file exists and is not one kit ensemble "
-                                "select wrote (a run's config.toml, an experiment, a "
-                                "hand-written ensemble): give another --out, or delete it")
+                                "select wrote, unedited (a run's config.toml, an experiment, "
+                                "an ensemble written or edited by hand): give another --out, "
+                                "or delete it")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
         return out
@@ -636,14 +649,19 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
 
 
 def written_by_select(path: Path) -> bool:
-    """An ensemble file as kit ensemble select writes it: its [ensemble] record and members."""
+    """An ensemble file as kit ensemble select wrote it, not edited since: its [ensemble]
+    record, its members' weights the selection's, its post-processing the tuned one."""
     try:
         doc = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        record = doc.get("ensemble")
+        if not (isinstance(record, dict) and {"created", "iters", "candidates", "targets"}
+                <= record.keys()):
+            return False
+        doc = read_ensemble(path)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KitError):
         return False
-    record = doc.get("ensemble")
-    return (isinstance(record, dict) and {"created", "iters", "candidates"} <= record.keys()
-            and isinstance(doc.get("members"), list))
+    return not weights_edited(doc) and not postprocess_edited(doc.get("postprocess"),
+                                                              record["targets"])
 
 
 def read_ensemble(path: Path) -> dict:
@@ -736,6 +754,13 @@ def check_postprocess(post: dict, k: int, where: object) -> dict:
                                 "target")
         if not all(ok(v) for v in values):
             raise EnsembleError(f"{where}: postprocess.{key}: values {allowed}")
+    tuned = out.get("tuned")
+    if tuned is not None and not (isinstance(tuned, dict) and all(
+            isinstance(tuned.get(key), list) and len(tuned[key]) == k
+            and all(finite_number(v) for v in tuned[key]) for key in ("smoothing", "scale"))):
+        raise EnsembleError(f"{where}: postprocess.tuned: the smoothing and scale tuning chose, "
+                            f"{k} finite numbers each (kit writes it: delete it rather than "
+                            "edit it)")
     return out
 
 

@@ -787,9 +787,11 @@ class GracefulInterrupt:
         self.signum = signum
         said = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
         again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
-        # os.write, not print: print() re-entered while tqdm writes to stderr raises
-        os.write(2, f"{said}: stopping at the end of this epoch ({again} to stop now)\n"
-                 .encode())
+        # os.write, not print: print() re-entered while tqdm writes to stderr raises; a hung-up
+        # terminal (SIGHUP) refuses the write (EIO), which must not raise wherever we are
+        with contextlib.suppress(OSError):
+            os.write(2, f"{said}: stopping at the end of this epoch ({again} to stop now)\n"
+                     .encode())
 
     def check(self) -> None:
         if self.asked:

@@ -325,9 +325,10 @@ def test_values_past_float32s_range_count_as_inf():
     """kit reads values as float32, where 1e300 is inf (the guard replaces it, training refuses
     it in a target): kit data check counts it so, not 'non-finite values: none'."""
     df = make_frame(SPEC).with_columns(pl.col("p0", "t0").cast(pl.Float64))
-    report = check_frame(_set_at(_set_at(df, "p0", 3, 1e300), "t0", 7, -1e300), SPEC)
+    report = check_frame(_set_at(_set_at(_set_at(df, "p0", 3, 1e300), "t0", 7, -1e300),
+                                 "p0", 4, float("nan")), SPEC)
     assert report.inf_counts["p0"] == 1 and report.inf_counts["t0"] == 1
-    assert "p0: 0 / 1 / 0" in report.format()
+    assert "p0: 1 / 1 / 0" in report.format()  # the NaN is not an inf too
     [said] = report.warnings
     assert "'t0' has non-finite values on 1 scored row(s)" in said
     assert report.target_summary["t0"]["min"] > -1e300  # the summary is of finite values

@@ -481,6 +481,13 @@ def test_select_writes_over_its_own_files_only(runs, tmp_path):
     select_ensemble([run], iters=1, out=tmp_path / "e.toml")
     select_ensemble([run], iters=2, out=tmp_path / "e.toml")  # its own: replaced
     assert read_ensemble(tmp_path / "e.toml")["ensemble"]["iters"] == 2
+    edited = (tmp_path / "e.toml").read_text().replace("weights = [\n    1.0,",
+                                                        "weights = [\n    0.5,")
+    assert edited != (tmp_path / "e.toml").read_text()
+    (tmp_path / "e.toml").write_text(edited)  # weights edited by hand: kept
+    with pytest.raises(EnsembleError, match="select wrote, unedited"):
+        select_ensemble([run], iters=1, out=tmp_path / "e.toml")
+    assert (tmp_path / "e.toml").read_text() == edited
     # a config.toml naming no data file (replaced by hand): named, not a TypeError
     (run / "config.toml").write_text(config.replace("[data]", "[data_was]"))
     with pytest.raises(EnsembleError, match="config.toml names no data file"):
@@ -641,8 +648,8 @@ def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):
     group = tmp_path / "gkill"
     for i in (1, 2):
         shutil.copytree(runs["gru"], group / f"20261204-101010-s5-fold{i}of3")
-    with pytest.raises(EnsembleError, match=r"only fold runs inside .*-oof group, written once "
-                       r"every fold has finished: .*`kit train gkill --folds K --resume`"):
+    with pytest.raises(EnsembleError, match=r"only fold runs .*-oof group, written once every "
+                       r"fold has finished: .*`kit train gkill seed=5 --folds 3 --resume`"):
         expand_candidates([group])
 
 
@@ -674,6 +681,9 @@ def test_init_best_beyond_the_iterations_is_refused():
     ({"runs": ["r"], "weights": [0.5, 0.5]}, {"scale": [1.0, -1.0]}, "values finite and > 0"),
     ({"runs": ["r"], "weights": [0.5, 0.5]}, {"scale": [1.0, math.nan]},
      "postprocess.scale: 2 finite numbers"),
+    # the record of what tuning chose, half deleted: the table would raise a KeyError on it
+    ({"runs": ["r"], "weights": [0.5, 0.5]}, {"tuned": {"smoothing": [0.0, 0.5]}},
+     "postprocess.tuned: the smoothing and scale tuning chose, 2 finite numbers each"),
     # the mean written beside the weights, edited alone: pack would have ignored it
     ({"runs": ["r"], "weights": [0.5, 0.5], "weight": 0.0}, None,
      "members[0].weight = 0.0 is not the mean of its weights [0.5, 0.5]"),

@@ -574,6 +574,7 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
     cases = {
         "missing": (frame.drop("p3", "need_prediction"),
                     r"missing column\(s\) \['need_prediction', 'p3'\]"),
+
         "empty": (frame.head(0), "the file has no rows"),
         "null_ids": (frame.with_columns(pl.when(pl.col("seq_ix") == 2).then(None)
                                         .otherwise(pl.col("seq_ix")).alias("seq_ix")),
@@ -598,6 +599,16 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
             build_features(path, fs)
         out = run_cli("features", "build", "--groups", "raw", "--data", path, expect=2).output
         assert "Traceback" not in out and message.split(" ")[0].strip("'") in out
+    # the targets: read by training only (a preview shows features)
+    for name, df, message in (
+            ("no_target", frame.drop("t0"), r"missing column\(s\) \['t0'\]"),
+            ("text_target", frame.with_columns(pl.col("t1").cast(pl.String)),
+             r"feature/target column\(s\) must be numeric: \['t1 \(String\)'\]")):
+        path = tmp_path / f"{name}.parquet"
+        df.write_parquet(path)
+        with pytest.raises(DataError, match=message) as raised:
+            feature_arrays(path, fs, use_cache=False)
+        assert str(raised.value).startswith(str(path))
 
 
 def assert_onnx_step_graph_equals_batch_face(fs, df, path) -> None:

@@ -831,6 +831,44 @@ def test_sigterm_and_sighup_are_passed_on_and_the_handlers_restored(tmp_path, si
     assert signal.getsignal(signum) is before
 
 
+HUNG_UP_CHILD = """
+import sys, time
+from kit.sweep import GracefulInterrupt
+with GracefulInterrupt() as interrupt:
+    print("ready", flush=True)
+    deadline = time.time() + 30
+    try:
+        while not interrupt.asked and time.time() < deadline:
+            time.sleep(0.01)
+    except OSError as exc:  # the handler's message to a hung-up terminal, raised here
+        open(sys.argv[1], "w").write(f"raised {exc}")
+        raise SystemExit(1)
+open(sys.argv[1], "w").write("asked" if interrupt.asked else "never asked")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="a pseudo-terminal (POSIX)")
+def test_a_terminal_hangup_stops_a_sweep_without_raising_from_its_message(tmp_path):
+    """SIGHUP from a closed terminal: the handler's message cannot be written there any more
+    (EIO); that OSError was raised wherever the main thread was (inside a storage write,
+    say), not the graceful stop at the end of the epoch."""
+    import pty
+
+    said = tmp_path / "said.txt"
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session leader with the pty as its controlling terminal
+        os.environ["PYTHONPATH"] = str(Path(__file__).parents[1])
+        os.execv(sys.executable, [sys.executable, "-c", HUNG_UP_CHILD, str(said)])
+    try:
+        seen = b""
+        while b"ready" not in seen:
+            seen += os.read(master, 1024)
+    finally:
+        os.close(master)  # the terminal hangs up: SIGHUP to its session
+    _, status = os.waitpid(pid, 0)
+    assert said.read_text() == "asked" and os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_signal_after_every_worker_finished_stops_nothing(tmp_path):
     """SIGTERM once the workers have all finished (exit 0) and none is queued: the group's
     work is done, so wait() returns their codes (kit train --jobs then prints the results, not

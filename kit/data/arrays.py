@@ -76,7 +76,7 @@ def build_arrays(
     """
     feature_cols = list(feature_cols)
     target_cols = list(spec.outputs)
-    _validate(df, spec, feature_cols, target_cols, seq_len, truncate)
+    _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source)
     ids, run_lengths = ordered_sequence_runs(df, spec, source)
     width = int(seq_len or run_lengths.max())
     if (run_lengths == width).all():
@@ -94,7 +94,7 @@ def build_arrays(
     )
 
 
-def _validate(df, spec, feature_cols, target_cols, seq_len, truncate) -> None:
+def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) -> None:
     if truncate not in TRUNCATE:
         raise DataError(f"truncate={truncate!r} is not one of {TRUNCATE}")
     if seq_len is not None and seq_len < 1:
@@ -106,10 +106,11 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate) -> None:
         raise DataError(f"feature column(s) listed twice: {doubled}")
     wanted = [spec.id_col, spec.step_col, spec.need_col, *feature_cols, *target_cols]
     missing = list(dict.fromkeys(c for c in wanted if c not in df.columns))
+    where = "" if source == "the frame" else f"{source}: "  # the file, where there is one
     if missing:
         what = "next-state targets need" if spec.next_state else "arrays need"
         raise DataError(
-            f"missing column(s) {missing}: {what} them (frame has {len(df.columns)} "
+            f"{where}missing column(s) {missing}: {what} them (frame has {len(df.columns)} "
             f"columns: {df.columns[:8]}{' ...' if len(df.columns) > 8 else ''})"
         )
     schema = df.schema
@@ -117,9 +118,9 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate) -> None:
            if not (schema[c].is_numeric() and not schema[c].is_decimal()
                    or schema[c] == pl.Boolean)]  # fmt: skip
     if bad:
-        raise DataError(f"feature/target column(s) must be numeric: {bad}")
+        raise DataError(f"{where}feature/target column(s) must be numeric: {bad}")
     if df.height == 0:
-        raise DataError("the frame has no rows")
+        raise DataError(f"{where}the frame has no rows")
 
 
 def sequence_runs(ids: pl.Series, spec: CompetitionSpec,

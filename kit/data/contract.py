@@ -396,8 +396,9 @@ def _nonfinite_exprs(cols: list[str]) -> list[pl.Expr]:
     for c in cols:
         # inf counts float64 values past float32's range: kit reads them as float32, where
         # they are inf (the guard replaces them, a target with one fails training)
+        value = pl.col(c).cast(pl.Float64)  # (Polars orders NaN above every number)
         exprs += [pl.col(c).is_nan().sum().alias(f"nan|{c}"),
-                  (pl.col(c).cast(pl.Float64).abs() > FLOAT32_MAX).sum().alias(f"inf|{c}"),
+                  ((value.abs() > FLOAT32_MAX) & ~value.is_nan()).sum().alias(f"inf|{c}"),
                   pl.col(c).null_count().alias(f"null|{c}")]
     return exprs
 

@@ -199,7 +199,6 @@ spec = importlib.util.spec_from_file_location("kit_solution",
 solution = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(solution)
 
-import contextlib
 import json
 
 import numpy as np
@@ -467,7 +466,7 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         # the dataset written before (given itself, or OUT/dataset) keeps the wheels it has
         folder = submission if earlier else out / "dataset"
         wheel_files = _wheels_in(folder, folder / "wheels")  # (an older kit's wheels/)
-    created = not out.exists()
+    created = [p for p in (out, *out.parents) if not p.exists()]  # OUT first, then up
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written into a staging folder and swapped in at the end: a failed check
     # leaves OUT as it was (not even made), and a package read from OUT/dataset itself is not
@@ -482,9 +481,9 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
             for folder in ("dataset", "kernel"):  # only what this command writes is replaced
                 _swap_in(Path(staging) / folder, out / folder, Path(staging) / f"old-{folder}")
     except BaseException:
-        if created:
+        for folder in created:
             with contextlib.suppress(OSError):  # only if nothing else is in it by now
-                out.rmdir()
+                folder.rmdir()
         raise
     dataset, kernel = out / "dataset", out / "kernel"
     return {"dataset": dataset, "kernel": kernel, "notebook": kernel / staged["code_file"],

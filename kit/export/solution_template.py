@@ -303,7 +303,8 @@ class BatchPredictor:
         """ids (n,), features (n, F) for one time step -> predictions (n, K) float32."""
         # a list keeps its items as they are (np.asarray would make [7, "a"] strings and split
         # tuple ids into a 2-D array); an array gives Python scalars
-        if np.ndim(ids) == 0:  # list(7) or list("ab") would fail or split it
+        if isinstance(ids, str | bytes) or not hasattr(ids, "__len__") or (
+                isinstance(ids, np.ndarray) and ids.ndim == 0):  # list("ab") would split it
             raise ValueError(f"ids={ids!r}: a list or array of ids, one per row of features")
         ids = ids.reshape(-1).tolist() if isinstance(ids, np.ndarray) else list(ids)
         keys = [id_key(i) for i in ids]
