@@ -396,6 +396,9 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
         limited = isinstance(limit, int) and limit > 0 and not (
             isinstance(kept, int) and kept < limit)
     first = f"{limit} seqs of " if limited and isinstance(limit, int) else ""
+    if (metrics or {}).get("valid_truncated"):  # data.seq_len cut them: not kit score's rows
+        first += f"{'last' if data.get('truncate') == 'tail' else 'first'} " \
+                 f"{data.get('seq_len')} steps of "
     split = data.get("split", "file")
     if split in ("random", "group"):
         return f"{first}{split} {data.get('valid_fraction', 0.15):g} of {train}"

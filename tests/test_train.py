@@ -193,12 +193,16 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
                       ("exact", f"train.max_valid_seqs={n_valid}")):  # as many: all rows too
         run_cli("train", "exp=tiny", "train.epochs=1", arg, "--run-dir",
                 tmp_path / "more" / name / "r", "-q")
+    # data.seq_len cutting the validation sequences: their kept steps, not kit score's rows
+    run_cli("train", "exp=tiny", "train.epochs=1", "data.seq_len=15", "data.truncate=tail",
+            "--run-dir", tmp_path / "more" / "cut" / "r", "-q")
     listed = json.loads(run_cli("runs", "--runs-dir", tmp_path / "more", "--json").output)
     assert sorted(r["validated"] for r in listed) == ["2 seqs of valid.parquet",
+                                                       "last 15 steps of valid.parquet",
                                                        *["valid.parquet"] * 3]
     (tmp_path / "more" / "tiny").symlink_to(tmp_path / "runs" / "tiny")
     out = run_cli("runs", "--runs-dir", tmp_path / "more").output
-    assert ("scored on 4 different sets of rows (column validated): compare scores within one "
+    assert ("scored on 5 different sets of rows (column validated): compare scores within one "
             "set; valid.parquet holds other rows in some runs") in out
 
 

@@ -44,6 +44,9 @@ class TrainData:
     train: Split
     valid: Split
     valid_limited: bool = False  # train.max_valid_seqs kept fewer sequences than there were
+    # data.seq_len cut validation sequences: the score is of the kept steps (and, with "tail",
+    # of a state started mid-sequence), not what kit score measures on whole sequences
+    valid_truncated: bool = False
 
 
 def _real_steps(arrays: SequenceArrays) -> np.ndarray:
@@ -51,14 +54,16 @@ def _real_steps(arrays: SequenceArrays) -> np.ndarray:
 
 
 def _sequence_starts(arrays: SequenceArrays, path: Path, spec: CompetitionSpec,
-                     truncate: str) -> np.ndarray:
-    """Row index in the source file of each sequence's first kept step."""
+                     truncate: str) -> tuple[np.ndarray, np.ndarray]:
+    """Row index in the source file of each sequence's first kept step, and whether
+    data.seq_len cut the sequence."""
     file_lengths = read_frame(path, [spec.id_col])[spec.id_col].rle().struct.unnest()["len"]
     file_lengths = file_lengths.to_numpy().astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(file_lengths)])[:-1]
+    cut = file_lengths > arrays.x.shape[1]
     if truncate == "tail":  # the arrays kept the last steps of a long sequence
         starts = starts + np.maximum(file_lengths - arrays.x.shape[1], 0)
-    return starts
+    return starts, cut
 
 
 def _split(arrays: SequenceArrays, normaliser: Normaliser, starts: np.ndarray,
@@ -250,11 +255,11 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
                                 else (train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]))
     train_path = Path(data["train"])
     train = feature_arrays(train_path, feature_set, **options)
-    train_starts = _sequence_starts(train, train_path, spec, data["truncate"])
+    train_starts, train_cut = _sequence_starts(train, train_path, spec, data["truncate"])
     if fold is None and data["split"] == "file":
         valid_path = Path(data["valid"])
         valid = feature_arrays(valid_path, feature_set, **options)
-        valid_starts = _sequence_starts(valid, valid_path, spec, data["truncate"])
+        valid_starts, valid_cut = _sequence_starts(valid, valid_path, spec, data["truncate"])
     else:
         if fold is not None:
             train_ids, valid_ids = fold_ids(config, train.ids, train_path, spec, *fold)
@@ -262,6 +267,7 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
             train_ids, valid_ids = holdout_ids(config, train.ids, train_path, spec)
         valid_pos, train_pos = train.positions(valid_ids), train.positions(train_ids)
         valid, valid_starts = train.take(valid_ids), train_starts[valid_pos]
+        valid_cut = train_cut[valid_pos]
         train, train_starts = train.take(train_ids), train_starts[train_pos]
     normaliser = _fit_normaliser(train, config, limit_train)
     out = TrainData(
@@ -269,6 +275,7 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         train=_split(train, normaliser, train_starts, limit_train),
         valid=_split(valid, normaliser, valid_starts, limit_valid),
         valid_limited=0 < limit_valid < len(valid),
+        valid_truncated=bool(valid_cut[:limit_valid or len(valid)].any()),
     )
     for name, split in (("training", out.train), ("validation", out.valid)):
         if not bool(split.mask.any()):  # else an epoch learns nothing, then "no scored rows"

@@ -409,7 +409,7 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
         print(f"note: {note}", flush=True)
     summary = {"params": count_params(model), "features": n_in,
                "train_seqs": len(data.train), "valid_seqs": len(data.valid),
-               "valid_limited": data.valid_limited}
+               "valid_limited": data.valid_limited, "valid_truncated": data.valid_truncated}
     if config["data"].get("fold"):
         summary["fold"] = {"k": config["data"]["fold"][0], "index": config["data"]["fold"][1]}
     # which data the scores describe: select, report and runs compare it with the files later
