@@ -611,6 +611,30 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
         assert str(raised.value).startswith(str(path))
 
 
+def test_a_next_state_truth_that_is_not_finite_on_a_scored_row_is_refused(tmp_path):
+    """The truth of a next-state row is the next row's raw features (kit score's, the
+    official scorer's): NaN there made the metric NaN, while training read the guard's fill
+    and reported a finite score. kit data check says so; training refuses the file."""
+    from kit.data.contract import check_frame
+    from kit.features import feature_arrays
+
+    spec = small_spec(seq_len=None, warmup=2, tail=1, protocol="next-state", targets=[])
+    frame = make_frame(spec, lengths=[12, 10], seed=4)
+    values = frame["v3"].to_numpy().copy()
+    values[[5, 12 + 1]] = np.nan  # truths of seq 0 step 4 (scored), seq 1 step 0 (warm-up)
+    frame = frame.with_columns(pl.Series("v3", values))
+    [said] = check_frame(frame, spec).warnings
+    assert "next-state truth (the next row's features) is NaN, inf or null after v3: 1 " in said
+    path = tmp_path / "ns.parquet"
+    frame.write_parquet(path)
+    fs = build_feature_set(spec, ["raw"])
+    with pytest.raises(DataError, match=r"ns.parquet: the next-state truth .* \(v3: 1 row"):
+        feature_arrays(path, fs, use_cache=False)
+    values[5] = 0.5  # the NaN only where no prediction is scored: fine
+    frame.with_columns(pl.Series("v3", values)).write_parquet(path)
+    assert feature_arrays(path, fs, use_cache=False).x.shape[0] == 2
+
+
 def assert_onnx_step_graph_equals_batch_face(fs, df, path) -> None:
     """The exported step graph, run row by row in ONNX Runtime, equals the batch face."""
     got, expected = onnx_steps_and_batch_face(fs, df, path)

@@ -156,11 +156,18 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
 
     value_cols = list(spec.features) + (list(spec.targets) if labelled else [])
     targets = list(spec.targets) if labelled else []
-    values = read_values(_nonfinite_exprs(value_cols) + _target_exprs(targets, spec.need_col))
+    truth = next_state_truth_exprs(spec) if spec.next_state else []
+    values = read_values(_nonfinite_exprs(value_cols) + _target_exprs(targets, spec.need_col)
+                         + truth)
     values = values.row(0, named=True)
     nan_counts, inf_counts, null_counts = _nonfinite_counts(values, value_cols)
     warnings += [_target_warning(col, values) for col in targets
                  if nan_counts[col] or inf_counts[col] or null_counts[col]]
+    if spec.next_state and (bad := {c: values[f"truth_bad|{c}"] for c in spec.features
+                                    if values[f"truth_bad|{c}"]}):
+        warnings.append(f"the next-state truth (the next row's features) is NaN, inf or null "
+                        f"after {_counted(bad)} scored row(s): the metric will be NaN there; "
+                        "kit train refuses the file")
     hist = lengths.group_by("n").agg(pl.len().alias("count")).sort("n")
     return CheckReport(
         path=source,
@@ -425,6 +432,18 @@ def _target_exprs(targets: list[str], need_col: str) -> list[pl.Expr]:
                   (~ok.fill_null(False))
                   .filter(pl.col(need_col).cast(pl.Boolean)).sum().alias(f"scored_bad|{t}")]
     return exprs
+
+
+def next_state_truth_exprs(spec: CompetitionSpec) -> list[pl.Expr]:
+    """Per feature: the scored rows whose truth, the next row's value, is not finite (rows in
+    (id, step) order; a sequence's last row is never scored in a next-state spec)."""
+    need = pl.col(spec.need_col).cast(pl.Boolean)
+    return [(need & ~pl.col(c).cast(pl.Float64).shift(-1).is_finite().fill_null(False))
+            .sum().alias(f"truth_bad|{c}") for c in spec.features]
+
+
+def _counted(per_column: dict[str, int]) -> str:
+    return ", ".join(f"{c}: {n:,}" for c, n in per_column.items())
 
 
 def _target_summary(values: dict, targets: list[str]) -> dict[str, dict[str, float]]:

@@ -92,6 +92,8 @@ def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | No
         part = build_arrays(frame, spec, names, seq_len=width, truncate=truncate,
                             source=str(path))
         check_scored_targets(path, spec, part)
+        if spec.next_state:
+            check_next_state_truth(path, spec, chunk)
         for field, writer in out.items():
             writer.write(getattr(part, field))
     return SequenceArrays(
@@ -99,6 +101,22 @@ def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | No
         lengths=np.minimum(lengths, width), ids=ids, feature_names=names,
         target_names=list(spec.outputs),
     )
+
+
+def check_next_state_truth(path: Path, spec, frame: pl.DataFrame) -> None:
+    """A next-state row's truth is the next row's raw features, as kit score and the official
+    scorer read it: NaN, inf or null there on a scored row makes the metric NaN. Training read
+    the guard's fill instead and reported a finite score no package could reach."""
+    from kit.data.contract import next_state_truth_exprs
+
+    counts = frame.select(next_state_truth_exprs(spec)).row(0, named=True)
+    bad = {c.removeprefix("truth_bad|"): n for c, n in counts.items() if n}
+    if bad:
+        per = ", ".join(f"{c}: {n:,} row(s)" for c, n in bad.items())
+        raise DataError(f"{path}: the next-state truth (the next row's features) is NaN, inf "
+                        f"or null after rows that need a prediction ({per}): the metric is NaN "
+                        "there, in kit score as in the competition's scorer; fix those values, "
+                        "or set need_prediction false on the rows before them")
 
 
 def check_scored_targets(path: Path, spec, part: SequenceArrays) -> None:
