@@ -26,7 +26,6 @@ from kit.data.io import parquet_schema, read_frame
 from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
 from kit.run_record import (
-    DATA_DIGESTS,
     changed_data_message,
     data_changes,
     data_file_of,
@@ -35,6 +34,7 @@ from kit.run_record import (
     read_config,
     read_metrics,
     read_trained_spec,
+    recorded_digests,
 )
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
@@ -179,7 +179,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "validated": _validation_set(config, metrics),
         # an out-of-fold group's digests are its folds' (of the train file they split)
         "validated_sha256": _validated_digest(
-            config, metrics if source == run_dir else read_metrics(source)),
+            config, metrics if source == run_dir else read_metrics(source), source),
     }
     if config_error:
         row["config_error"] = config_error
@@ -213,7 +213,8 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         row["wall_s"] = float(sum(r["seconds"] or 0.0 for r in history))
     if metrics is not None and metrics.get("kind") == "oof":
         row["epochs"] = None  # a group of fold runs: their epochs are theirs
-    if metrics is not None and (changed := _data_changes(run_dir, metrics)):
+    # a killed run has no metrics.json: the digests its start recorded say the same
+    if changed := _data_changes(run_dir, metrics or {}):
         row["data_changed"] = changed  # its score is of the old file: no oracle figures
     oracle = None if row.get("data_changed") else _oracle_report(run_dir, config, cache)
     if oracle is not None:
@@ -406,10 +407,11 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
     return f"{first}{Path(str(valid)).name}" if valid else None
 
 
-def _validated_digest(config: dict, metrics: dict | None) -> str | None:
-    """The sha256 the run recorded of the file it validated on: two files of one name (other
-    folders, other checkouts) are told apart by it."""
-    digests = (metrics or {}).get(DATA_DIGESTS)
+def _validated_digest(config: dict, metrics: dict | None, run_dir: Path) -> str | None:
+    """The sha256 the run recorded of the file it validated on (at its start too, for a run
+    killed before metrics.json): two files of one name (other folders, other checkouts) are
+    told apart by it."""
+    digests = recorded_digests(run_dir)
     valid = validation_file(config, metrics)
     return digests.get(valid) if isinstance(digests, dict) and valid else None
 

@@ -638,6 +638,31 @@ def test_a_group_keeps_no_finished_run_of_other_data(env, tmp_path):
     assert "the group's other runs would train on the new files" in out
 
 
+def test_a_killed_run_of_changed_data_is_flagged_in_runs_and_report(env, tmp_path):
+    """A run killed before its metrics.json has the digests its start recorded: kit runs and
+    kit report check them as for a finished run (its old predictions were scored silently
+    against the new file's truth and oracle)."""
+    import shutil
+
+    for name in ("valid.parquet", "valid_oracle.parquet"):
+        shutil.copy(env / "data" / name, tmp_path / name)
+    run = tmp_path / "runs" / "tiny" / "killed"
+    run_cli("train", "exp=tiny", f"data.valid={tmp_path / 'valid.parquet'}", "train.epochs=2",
+            "--run-dir", run, "-q")
+    (run / "metrics.json").unlink()  # killed before its end
+    listed = json.loads(run_cli("runs", "--runs-dir", tmp_path / "runs", "--json").output)
+    assert listed[0]["oracle_fraction"] is not None and listed[0]["validated_sha256"]
+    frame = pl.read_parquet(tmp_path / "valid.parquet")
+    frame.with_columns(pl.col("t0") * -1).write_parquet(tmp_path / "valid.parquet")
+    result = run_cli("runs", "--runs-dir", tmp_path / "runs")
+    assert "note:" in result.output and "has changed since" in result.output
+    [row] = json.loads(run_cli("runs", "--runs-dir", tmp_path / "runs", "--json").output)
+    assert row["data_changed"] and row["oracle_fraction"] is None
+    run_cli("report", run)
+    report = (run / "report" / "report.md").read_text()
+    assert "has changed since" in report and "oracle" not in report.lower()
+
+
 def test_resume_prefers_the_run_its_command_started_and_notes_an_edited_file(
         env, tmp_path, monkeypatch):
     """`--resume` without --run-dir took the newest unfinished run, whatever command started
