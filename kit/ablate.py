@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kit.atomic import atomic_text
 from kit.config import ConfigError, check_seeds, differences
 from kit.errors import KitError
 from kit.sweep import training_digests
-from kit.train.runs import RUNS_DIR, RunFiles, atomic_text
+from kit.train.runs import RUNS_DIR, RunFiles
 
 
 def variants(groups: list[str]) -> list[tuple[str, str, list[str]]]:

@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 import tomli_w
 
+from kit.atomic import atomic_text
 from kit.competition import CompetitionSpec
 from kit.config import finite_number, validation_file
 from kit.errors import KitError
@@ -633,7 +634,7 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
                                 "an ensemble written or edited by hand): give another --out, "
                                 "or delete it")
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        atomic_text(out, text)  # a full disk keeps the previous file whole
         return out
     ENSEMBLES_DIR.mkdir(parents=True, exist_ok=True)
     stem = f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -3,6 +3,8 @@ runtime's contract, zip and manifest contents, and deliberately broken packages.
 
 import ast
 import json
+import os
+import signal
 import time
 import tomllib
 import zipfile
@@ -685,6 +687,78 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
     pack_run(runs["gru"], "p", tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir() if ".packing" in p.name) == [
         f".p.packing-{os.getpid()}-xyz", f".pq.packing-{dead}-abc"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
+def test_a_manifest_or_ensemble_file_the_disk_cannot_hold_keeps_the_previous(runs, tmp_path):
+    """kit parity records its report into manifest.json, kit ensemble select --out rewrites
+    its file: written in place, a full disk left them torn (pack then refused the folder)."""
+    import errno
+
+    from kit.ensemble import select_ensemble, write_ensemble
+    from kit.export.pack import write_manifest
+    from tests.test_train import file_size_limit
+
+    folder = pack_run(runs["gru"], "m", tmp_path, budget=False).folder
+    before = (folder / "manifest.json").read_text()
+    manifest = read_manifest(folder) | {"parity": {"ok": True, "note": "x" * 20_000}}
+    doc, path, _ = select_ensemble([runs["gru"]], iters=1, out=tmp_path / "e.toml")
+    selected = path.read_text()
+    doc["ensemble"]["note"] = "x" * 20_000
+    with file_size_limit(4096):
+        with pytest.raises(OSError) as raised:
+            write_manifest(folder, manifest)
+        with pytest.raises(OSError) as raised_too:
+            write_ensemble(doc, path)
+    assert raised.value.errno == errno.EFBIG and raised.value.filename.endswith("manifest.json")
+    assert raised_too.value.filename == str(tmp_path / "e.toml")
+    assert (folder / "manifest.json").read_text() == before
+    assert path.read_text() == selected
+    assert not [p for p in [*tmp_path.iterdir(), *folder.iterdir()] if ".tmp-" in p.name]
+
+
+def test_a_swap_that_fails_puts_the_old_package_and_your_notes_back(runs, tmp_path,
+                                                                     monkeypatch):
+    """The old folder is renamed aside whole, not emptied into the staging folder (whose
+    cleanup deleted your notes when the swap failed: an undeletable file, a Ctrl-C) nor
+    deleted before the new one is in place. A pack killed mid-swap leaves it aside, and the
+    next pack keeps your files in it (named) and removes it when it holds only its own."""
+    import errno
+    import subprocess
+    import sys
+
+    from kit.export import pack as pack_module
+
+    first = pack_run(runs["gru"], "s", tmp_path, budget=False)
+    (first.folder / "NOTES.md").write_text("mine")
+    files = {p.name: p.read_bytes() for p in first.folder.iterdir()}
+    zipped = first.zip_path.read_bytes()
+    real = os.replace
+
+    def zip_refused(src, dst, *args, **kwargs):
+        if str(dst).endswith("s.zip"):
+            raise OSError(errno.EACCES, "Permission denied", str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(pack_module.os, "replace", zip_refused)
+    with pytest.raises(OSError, match="Permission denied"):
+        pack_run(runs["lstm"], "s", tmp_path, budget=False)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in first.folder.iterdir()} == files
+    assert first.zip_path.read_bytes() == zipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.zip"]
+    # killed mid-swap: the old package aside, with notes (kept, named) or without (removed)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    kept, bare = tmp_path / f".s.previous-{dead}-abc", tmp_path / f".s.previous-{dead}-xyz"
+    for folder in (kept, bare):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"old")
+    (kept / "NOTES.md").write_text("mine too")
+    with pytest.warns(UserWarning, match=r"holds files of yours \(NOTES.md\)"):
+        pack_run(runs["lstm"], "s", tmp_path, budget=False)
+    assert (kept / "NOTES.md").read_text() == "mine too" and not bare.exists()
+    assert (first.folder / "NOTES.md").read_text() == "mine"
 
 
 def test_a_pack_whose_zip_cannot_be_written_leaves_the_old_package_whole(workspace, runs,

@@ -1,5 +1,6 @@
 """The trainer end to end on a tiny generated competition, through the CLI and the recipe."""
 
+import contextlib
 import json
 import math
 import os
@@ -891,6 +892,21 @@ def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
     assert "a resume checkpoint" in out and "its best.pt" in out
 
 
+@contextlib.contextmanager
+def file_size_limit(size: int):
+    """Writes past `size` bytes fail with EFBIG (as a full disk fails with ENOSPC)."""
+    import resource
+
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails, not the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limits[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")
 def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_it(tmp_path):
     """A write the file system refuses (here a file-size limit: EFBIG, as a full disk gives
@@ -898,7 +914,6 @@ def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_it(tmp_path):
     writing to the file turned it into a RuntimeError of its zip writer (a traceback), and the
     temp file is removed."""
     import errno
-    import resource
 
     import torch
 
@@ -906,15 +921,8 @@ def test_a_checkpoint_the_disk_cannot_hold_is_an_os_error_naming_it(tmp_path):
     from kit.train.checkpoint import save_checkpoint
 
     path = tmp_path / "last.pt"
-    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails, not the process
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limits[1]))
-    try:
-        with pytest.raises(OSError) as raised:
-            save_checkpoint({"model": {"w": torch.zeros(100_000)}}, path)  # 400 KB
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
-        signal.signal(signal.SIGXFSZ, handler)
+    with file_size_limit(100_000), pytest.raises(OSError) as raised:
+        save_checkpoint({"model": {"w": torch.zeros(100_000)}}, path)  # 400 KB
     assert raised.value.errno == errno.EFBIG and raised.value.filename == str(path)
     assert os_error_text(raised.value).startswith(f"{path}: File too large")
     assert list(tmp_path.iterdir()) == []

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
+import warnings
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
@@ -28,6 +29,7 @@ import numpy as np
 import onnx
 
 from kit import __version__
+from kit.atomic import atomic_text
 from kit.competition import CompetitionSpec, load_spec, spec_from_dict
 from kit.config import experiment_path
 from kit.data.contract import contract_dtype
@@ -286,17 +288,44 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         with exclusive(package_lock(folder)):  # the swap, one pack at a time
             check_replaceable(folder)
             check_replaceable_zip(zip_path)
-            os.replace(staged_zip, zip_path)  # first: the step most likely to fail changes nothing
-            for extra in sorted(folder.iterdir()) if folder.is_dir() else []:
-                if extra.name not in PACK_FILES and extra.name != "__pycache__":
-                    extra.rename(staging / extra.name)  # your notes stay with the package
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
+            swap_in(staging, folder, staged_zip, zip_path)
             sizes = {n: (folder / n).stat().st_size for n in PACK_FILES}
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         staged_zip.unlink(missing_ok=True)
     return PackResult(folder, zip_path, manifest, sizes)
+
+
+PREVIOUS = "previous"  # .NAME.previous-PID-...: the old package while the new one moves in
+
+
+def swap_in(staging: Path, folder: Path, staged_zip: Path, zip_path: Path) -> None:
+    """The new package (staging, staged_zip) becomes folder and zip_path. The old folder is
+    renamed aside whole, never deleted before the new one is in place: a failure (or Ctrl-C)
+    on the way puts it back as it was, your notes in it; they then move into the new package.
+    A SIGKILL mid-swap leaves it as .NAME.previous-PID-..., which the next pack names."""
+    previous = None
+    if folder.exists():
+        previous = folder.with_name(f".{folder.name}.{PREVIOUS}-{os.getpid()}-"
+                                    f"{staging.name.rsplit('-', 1)[-1]}")
+        folder.rename(previous)
+    try:
+        staging.rename(folder)
+        try:
+            os.replace(staged_zip, zip_path)
+        except BaseException:
+            folder.rename(staging)  # the new one back out; the old one back in below
+            raise
+    except BaseException:
+        if previous is not None:
+            previous.rename(folder)
+        raise
+    if previous is None:
+        return
+    for extra in sorted(previous.iterdir()):  # your notes stay with the package
+        if extra.name not in PACK_FILES and extra.name != "__pycache__":
+            extra.rename(folder / extra.name)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def drop_dead_staging(out_dir: Path, name: str) -> None:
@@ -309,6 +338,17 @@ def drop_dead_staging(out_dir: Path, name: str) -> None:
                 shutil.rmtree(staging, ignore_errors=True)
             else:  # its zip
                 staging.unlink(missing_ok=True)
+    for previous in out_dir.glob(f".{glob.escape(name)}.{PREVIOUS}-*"):
+        pid = previous.name[len(name) + len(PREVIOUS) + 3:].split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):  # a pack killed mid-swap
+            kept = [p.name for p in previous.iterdir()
+                    if p.name not in PACK_FILES and p.name != "__pycache__"]
+            if not kept:
+                shutil.rmtree(previous, ignore_errors=True)
+            else:  # files of yours: never deleted
+                warnings.warn(f"{previous} is the package a killed kit pack was replacing; it "
+                              f"holds files of yours ({', '.join(sorted(kept)[:5])}): move "
+                              "them where you want them, then delete it", stacklevel=2)
 
 
 def process_alive(pid: int) -> bool:
@@ -457,7 +497,7 @@ def finalize_graph(path: Path, metadata: dict[str, str]) -> dict:
 def write_manifest(folder: Path, manifest: dict) -> None:
     """manifest.json with the sha256 of every other package file."""
     manifest["files"] = {n: sha256_file(folder / n) for n in PACK_FILES if n != MANIFEST_FILE}
-    (folder / MANIFEST_FILE).write_text(json_dumps(manifest, indent=2) + "\n")
+    atomic_text(folder / MANIFEST_FILE, json_dumps(manifest, indent=2) + "\n")  # never torn
 
 
 def read_manifest(folder: Path) -> dict:

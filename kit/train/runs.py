@@ -20,6 +20,7 @@ import numpy as np
 import tomli_w
 
 from kit import __version__
+from kit.atomic import atomic_text
 from kit.competition import CompetitionSpec
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
@@ -39,13 +40,6 @@ def epoch_line(record: dict) -> str:
     per = "  ".join(f"{k} {number(v)}" for k, v in record["val_per_target"].items())
     return (f"epoch {record['epoch']}: loss {number(record['train_loss'])}  "
             f"val {number(record['val_score'])} ({per}){'  *' if record['best'] else ''}")
-
-
-def atomic_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and a rename: never a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class RunFiles:
