@@ -637,6 +637,41 @@ def test_timeout_kills_the_child(tmp_path):
     assert f'solution.py", line {line} in predict' in said
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_a_sigkilled_kit_score_takes_its_sandbox_child_with_it(tmp_path):
+    """The child runs in a session of its own, so nothing reaches it when kit score is
+    SIGKILLed: a submission that hangs (here spinning) ran at 100% CPU for good."""
+    import subprocess
+
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """
+        class PredictionModel:
+            def predict(self, dp):
+                open("started", "w").close()
+                while True:
+                    pass
+        """)
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(SPEC.to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "score", str(sub), "--data",
+                             str(data), "--spec", str(tmp_path / "spec.toml")],
+                            env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (sub / "started").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert (sub / "started").exists(), "the submission never ran"
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    alive = [int(c) for c in children]
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [c for c in alive if Path(f"/proc/{c}").exists()
+                 and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]]
+    assert children and not alive, f"sandbox child(ren) {alive} still running"
+
+
 def test_the_timeout_runs_from_the_rows_being_ready(tmp_path):
     """kit's own typing of a large file's rows (before the submission is imported) is no time
     of the submission's: a child that prepares its rows for 1.5 s, then runs 0.1 s, is within

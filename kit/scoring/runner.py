@@ -52,6 +52,7 @@ def main(job_path: str) -> int:
     if fd is not None:
         os.set_inheritable(fd, False)  # the submission's own subprocesses must not hold it
     report = Reporter(fd)
+    watch_parent(job.get("parent_pid"))
     where = Where(report)
     where.listen()
     result: dict = {"ok": False, "sandbox": sandbox_setup(job)}
@@ -70,6 +71,22 @@ def main(job_path: str) -> int:
         json.dump(result, fh)
     os.replace(tmp, os.path.join(out_dir, "result.json"))
     return 0
+
+
+def watch_parent(parent: int | None, interval_s: float = 0.5) -> None:
+    """Exit when kit's process is gone (SIGKILLed: it could not stop this child, in a
+    session of its own): a submission that hangs would otherwise spin at 100% CPU for good.
+    A thread that wakes twice a second costs the loop nothing measurable."""
+    import threading
+
+    parent = parent or os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="kit-parent-watch", daemon=True).start()
 
 
 def sandbox_setup(job: dict) -> dict:

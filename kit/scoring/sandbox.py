@@ -286,6 +286,7 @@ def run_child(
         "cpu": cpu,
         "memory_limit_bytes": memory_limit_bytes,
         "progress_fd": write_fd,
+        "parent_pid": os.getpid(),  # the child exits once this process is gone
     }
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
