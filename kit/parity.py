@@ -509,7 +509,9 @@ def default_data(submission: Path) -> Path:
     """The validation file of the package's first member (its training config says which)."""
     from kit.export.pack import manifest_of
 
-    manifest = manifest_of(Path(submission))
+    submission = Path(submission)
+    # a folder's manifest read as kit reads it: a torn one is named as such
+    manifest = read_manifest(submission) if submission.is_dir() else manifest_of(submission)
     if manifest is None:
         raise PackError(f"{submission}: no {MANIFEST_FILE}; is this a package written by "
                         "kit pack?")
@@ -534,7 +536,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="kit-parity-") as tmp:
         folder = snapshot(submission, Path(tmp))
-        manifest = read_manifest(folder)
+        manifest = read_manifest(folder, shown=submission)
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
         ref = load_reference(manifest, spec)

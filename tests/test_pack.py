@@ -607,6 +607,18 @@ def test_a_guard_state_carried_into_a_sequence_that_starts_over_fails_parity(
     assert "seq" in next(c.detail for c in report.checks if not c.ok)
 
 
+def test_a_torn_manifest_is_named_as_the_packages_own_file(workspace, gru_pack, tmp_path):
+    """Parity read its temporary copy's manifest and named that path; without --data it said
+    there was no manifest.json at all."""
+    folder = _copy_pack(gru_pack, tmp_path)
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text[: len(text) // 2])
+    for extra in (["--data", _valid(workspace)], []):
+        out = run_cli("parity", folder, "--seqs", 1, *extra, expect=2).output
+        assert f"{folder / 'manifest.json'}: not valid JSON" in out, out
+        assert "kit-parity-" not in out
+
+
 def test_a_manifest_that_stops_listing_a_file_fails_the_manifest_check(workspace, gru_pack,
                                                                          tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)

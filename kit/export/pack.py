@@ -500,19 +500,25 @@ def write_manifest(folder: Path, manifest: dict) -> None:
     atomic_text(folder / MANIFEST_FILE, json_dumps(manifest, indent=2) + "\n")  # never torn
 
 
-def read_manifest(folder: Path) -> dict:
+def read_manifest(folder: Path, shown: Path | None = None) -> dict:
+    """The manifest of a package folder; `shown`: the package to name in errors (parity reads
+    a copy of it in a temporary folder)."""
     path = Path(folder) / MANIFEST_FILE
+    shown_path = Path(shown) / MANIFEST_FILE if shown is not None else path
     if not path.is_file():
-        raise PackError(f"{folder}: no {MANIFEST_FILE}; is this a folder written by kit pack?")
+        raise PackError(f"{shown or folder}: no {MANIFEST_FILE}; is this a folder written by "
+                        "kit pack?")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PackError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PackError(f"{shown_path}: not valid JSON ({exc}); kit pack writes it again") \
+            from None
     wanted = {"spec": dict, "members": list, "outputs": list}
     wrong = [k for k, kind in wanted.items()
              if not isinstance(manifest, dict) or not isinstance(manifest.get(k), kind)]
     if wrong:
-        raise PackError(f"{path}: not a kit pack manifest (no valid {wrong}); re-run kit pack")
+        raise PackError(f"{shown_path}: not a kit pack manifest (no valid {wrong}); re-run kit "
+                        "pack")
     return manifest
 
 
