@@ -6,7 +6,6 @@ Imports of the heavy parts happen inside each command so that `kit --help` stays
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shlex
@@ -18,7 +17,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from kit.errors import KitError
+from kit.errors import KitError, os_error_text
 
 
 class _KitGroup(TyperGroup):
@@ -55,18 +54,6 @@ def _stdout_reader_gone() -> bool:
         return any(event & select.POLLERR for _, event in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
         return False
-
-
-def os_error_text(exc: OSError) -> str:
-    """'PATH: what went wrong' (and what to do about it where that is clear), not an errno."""
-    if exc.filename is None or exc.strerror is None:
-        return str(exc)
-    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
-    hint = {errno.EACCES: "check the permissions of that folder or choose another one",
-            errno.EROFS: "that file system is read-only: choose a folder on a writable one",
-            errno.ENOSPC: "the disk is full: free some space or choose another folder",
-            errno.ENOTDIR: "a file stands where a folder is needed in that path"}.get(exc.errno)
-    return f"{where}: {exc.strerror}" + (f" ({hint})" if hint else "")
 
 
 def overrides_of(ctx: typer.Context) -> list[str]:

@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints them without a traceback and exits non-zero."""
 
+import errno
+
 
 class KitError(Exception):
     """Base class: the message says what is wrong and what to do. `settings`: for an error
@@ -23,3 +25,15 @@ class DataError(KitError):
 
 class SubmissionError(KitError):
     """A submission folder/zip is malformed or its PredictionModel breaks the scorer contract."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """'PATH: what went wrong' (and what to do about it where that is clear), not an errno."""
+    if exc.filename is None or exc.strerror is None:
+        return str(exc)
+    where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+    hint = {errno.EACCES: "check the permissions of that folder or choose another one",
+            errno.EROFS: "that file system is read-only: choose a folder on a writable one",
+            errno.ENOSPC: "the disk is full: free some space or choose another folder",
+            errno.ENOTDIR: "a file stands where a folder is needed in that path"}.get(exc.errno)
+    return f"{where}: {exc.strerror}" + (f" ({hint})" if hint else "")

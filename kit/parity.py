@@ -31,7 +31,7 @@ from kit.competition import CompetitionSpec, spec_from_dict
 from kit.config import finite_number, validation_file
 from kit.data.arrays import build_arrays
 from kit.ensemble import check_postprocess
-from kit.errors import SubmissionError
+from kit.errors import SubmissionError, os_error_text
 from kit.export.ensemble import Weighted, postprocess_numpy
 from kit.export.frozen import Member, load_member, stream_steps
 from kit.export.pack import (
@@ -585,7 +585,11 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
                           int(rows.need.sum()),
                           atol, rtol, metrics, diffs, checks)
     if record and submission.is_dir() and not bad_files:
-        record_report(submission, manifest, result)
+        try:
+            record_report(submission, manifest, result)
+        except OSError as exc:  # a read-only package: the report is still the answer
+            warnings.warn(f"the report could not be recorded in {submission}'s manifest "
+                          f"({os_error_text(exc)}); the package is as it was", stacklevel=2)
     return result
 
 

@@ -619,6 +619,19 @@ def test_a_torn_manifest_is_named_as_the_packages_own_file(workspace, gru_pack, 
         assert "kit-parity-" not in out
 
 
+def test_a_report_that_cannot_be_recorded_is_still_given(workspace, gru_pack, tmp_path):
+    """A package parity cannot write into (read-only, or here a folder in the way of the
+    manifest's temporary file): the checks ran, so their report is given, with a warning,
+    instead of an error that threw it away."""
+    folder = _copy_pack(gru_pack, tmp_path)
+    before = (folder / "manifest.json").read_text()
+    (folder / f".manifest.json.tmp-{os.getpid()}").mkdir()  # where the write goes first
+    with pytest.warns(UserWarning, match="the report could not be recorded in .*manifest"):
+        report = run_parity(folder, _valid(workspace), seqs=1)
+    assert report.ok and report.checks
+    assert (folder / "manifest.json").read_text() == before
+
+
 def test_a_manifest_that_stops_listing_a_file_fails_the_manifest_check(workspace, gru_pack,
                                                                          tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
