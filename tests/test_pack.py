@@ -709,9 +709,15 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
     (tmp_path / f".p.packing-{dead}-abc" / "model.onnx").write_bytes(b"half")
     (tmp_path / f".p.packing-{os.getpid()}-xyz").mkdir()
     (tmp_path / f".pq.packing-{dead}-abc").mkdir()  # another name's
+    from kit.export.pack import owner_tag
+
+    here = owner_tag().split(".")[1]
+    (tmp_path / f".p.packing-{dead}.{here}-def").mkdir()  # this host's, dead
+    (tmp_path / f".p.packing-{dead}.0badcafe-ghi").mkdir()  # another host's: not ours to judge
     pack_run(runs["gru"], "p", tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir() if ".packing" in p.name) == [
-        f".p.packing-{os.getpid()}-xyz", f".pq.packing-{dead}-abc"]
+    assert {p.name for p in tmp_path.iterdir() if ".packing" in p.name} == {
+        f".p.packing-{dead}.0badcafe-ghi", f".p.packing-{os.getpid()}-xyz",
+        f".pq.packing-{dead}-abc"}
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE (POSIX)")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 import unicodedata
@@ -252,7 +254,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     # build the folder and its zip beside the targets (this pack's own: packs to one name may
     # run at once) and swap both in at the end: a failed pack leaves the old package whole
     drop_dead_staging(out_dir, name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-{os.getpid()}-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-{owner_tag()}-", dir=out_dir))
     staged_zip = staging.with_name(staging.name + ".zip")
     try:
         staging.chmod(0o755)  # mkdtemp's 0o700 would follow the package folder
@@ -306,7 +308,7 @@ def swap_in(staging: Path, folder: Path, staged_zip: Path, zip_path: Path) -> No
     A SIGKILL mid-swap leaves it as .NAME.previous-PID-..., which the next pack names."""
     previous = None
     if folder.exists():
-        previous = folder.with_name(f".{folder.name}.{PREVIOUS}-{os.getpid()}-"
+        previous = folder.with_name(f".{folder.name}.{PREVIOUS}-{owner_tag()}-"
                                     f"{staging.name.rsplit('-', 1)[-1]}")
         folder.rename(previous)
     try:
@@ -332,15 +334,13 @@ def drop_dead_staging(out_dir: Path, name: str) -> None:
     """Remove the staging folders of packs to this name whose process is gone (killed: no
     `finally` ran). A live pack's folder is left alone: it may be building right now."""
     for staging in out_dir.glob(f".{glob.escape(name)}.packing-*"):
-        pid = staging.name[len(name) + len(".packing-") + 1:].split("-")[0]
-        if pid.isdigit() and not process_alive(int(pid)):
+        if owner_gone(staging.name[len(name) + len(".packing-") + 1:].split("-")[0]):
             if staging.is_dir():
                 shutil.rmtree(staging, ignore_errors=True)
             else:  # its zip
                 staging.unlink(missing_ok=True)
     for previous in out_dir.glob(f".{glob.escape(name)}.{PREVIOUS}-*"):
-        pid = previous.name[len(name) + len(PREVIOUS) + 3:].split("-")[0]
-        if pid.isdigit() and not process_alive(int(pid)):  # a pack killed mid-swap
+        if owner_gone(previous.name[len(name) + len(PREVIOUS) + 3:].split("-")[0]):  # killed
             kept = [p.name for p in previous.iterdir()
                     if p.name not in PACK_FILES and p.name != "__pycache__"]
             if not kept:
@@ -349,6 +349,22 @@ def drop_dead_staging(out_dir: Path, name: str) -> None:
                 warnings.warn(f"{previous} is the package a killed kit pack was replacing; it "
                               f"holds files of yours ({', '.join(sorted(kept)[:5])}): move "
                               "them where you want them, then delete it", stacklevel=2)
+
+
+def owner_tag() -> str:
+    """PID.HOST of this process in a staging folder's name: a pack of another host (or
+    container) sharing the folder has PIDs of its own, which this one cannot check."""
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{os.getpid()}.{host}"
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the pack that wrote a staging name of this tag is dead: a PID of this host
+    (or a name without a host, from before) that no process has."""
+    pid, _, host = tag.partition(".")
+    if not pid.isdigit() or (host and host != owner_tag().partition(".")[2]):
+        return False  # another host's: it may be building right now
+    return not process_alive(int(pid))
 
 
 def process_alive(pid: int) -> bool:
