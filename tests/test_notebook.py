@@ -634,6 +634,21 @@ def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path,
     cells = json.loads((out / "kernel/notebook.ipynb").read_text())["cells"]
     assert any('"KIT_PROTOCOL", "batch"' in "".join(c["source"]) for c in cells)
     assert not [p for p in out.iterdir() if p.name.startswith(".kit-notebook-")]
+    # a killed command's staging folder goes with the next one; a live one's stays
+    import subprocess
+    import sys
+
+    from kit.export.pack import owner_tag
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    host = owner_tag().split(".")[1]
+    for left in (f".kit-notebook-{dead}.{host}-abc", f".kit-notebook-{owner_tag()}-live"):
+        (out / left / "dataset").mkdir(parents=True)
+    write_notebook(out / "dataset", out, owner="alice", protocol="batch")
+    assert [p.name for p in out.iterdir() if p.name.startswith(".kit-notebook-")] == [
+        f".kit-notebook-{owner_tag()}-live"]
+    shutil.rmtree(out / f".kit-notebook-{owner_tag()}-live")
     # without --out, the dataset folder's own OUT is rewritten (not OUT/dataset-kaggle)
     run_cli("notebook", out / "dataset", "--owner", "alice")
     assert not (out / "dataset-kaggle").exists()

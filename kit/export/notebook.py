@@ -35,6 +35,8 @@ from kit.export.pack import (
     PACK_FILES,
     PackError,
     hash_mismatches,
+    owner_gone,
+    owner_tag,
     read_manifest,
     written_by_pack,
 )
@@ -472,7 +474,8 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     # leaves OUT as it was (not even made), and a package read from OUT/dataset itself is not
     # deleted first.
     try:
-        with tempfile.TemporaryDirectory(prefix=".kit-notebook-", dir=out) as staging:
+        drop_dead_staging(out)
+        with tempfile.TemporaryDirectory(prefix=f"{STAGING}{owner_tag()}-", dir=out) as staging:
             staged = _write_folders(submission, Path(staging), name=name, owner=owner,
                                     dataset_slug=dataset_slug, kernel_slug=kernel_slug,
                                     title=title, competition=competition, protocol=protocol,
@@ -489,6 +492,16 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     return {"dataset": dataset, "kernel": kernel, "notebook": kernel / staged["code_file"],
             "dataset_metadata": staged["dataset_metadata"],
             "kernel_metadata": staged["kernel_metadata"]}
+
+
+STAGING = ".kit-notebook-"
+
+
+def drop_dead_staging(out: Path) -> None:
+    """The staging folders that killed kit notebook commands left in OUT (no cleanup ran)."""
+    for staging in out.glob(f"{STAGING}*"):
+        if staging.is_dir() and owner_gone(staging.name[len(STAGING):].split("-")[0]):
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _swap_in(new: Path, target: Path, trash: Path) -> None:
