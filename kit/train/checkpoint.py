@@ -6,14 +6,13 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import zipfile
 from pathlib import Path
 
 import torch
 
+from kit.atomic import atomic_bytes
 from kit.errors import KitError
 
 
@@ -26,24 +25,9 @@ def save_checkpoint(payload: dict, path: Path) -> None:
     Serialised in memory first: torch.save writing to the file turned a full disk into a
     RuntimeError of its zip writer; this way the OSError (ENOSPC) names the path and the
     temp file goes."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(buffer.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    atomic_bytes(Path(path), buffer.getbuffer(), fsync=True)
 
 
 def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
