@@ -686,7 +686,9 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     title = f"{row['experiment']}/{row['run_id']}"
 
     _plot_curves(history, out_dir / "curves.png", title, row["best_epoch"], row["score"])
-    scatter_note, oracle = None, None
+    scatter_note = None
+    # as kit runs shows it: on the rows of val_rows.npy, whether or not the scatter can be drawn
+    oracle = None if row.get("data_changed") else _oracle_report(run_dir, config, cache)
     try:
         preds_path, rows_path = run_dir / "val_preds.npy", run_dir / "val_rows.npy"
         if not preds_path.exists() or not rows_path.exists():
@@ -706,7 +708,6 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
                 f"({len(rows)}, {valid.spec.n_outputs})"
             )
         _plot_pred_vs_true(pred, valid.truth(rows), valid.spec, out_dir / "pred_vs_true.png", title)
-        oracle = _oracle_report(run_dir, config, cache)
     except KitError as exc:
         scatter_note = str(exc)
     path = out_dir / "report.md"

@@ -664,6 +664,19 @@ def test_a_killed_run_of_changed_data_is_flagged_in_runs_and_report(env, tmp_pat
     assert "has changed since" in report and "oracle" not in report.lower()
 
 
+def test_report_gives_the_oracle_as_runs_does_without_the_scatter(env, tmp_path):
+    """kit runs shows the oracle fraction from val_rows.npy alone; kit report left the oracle
+    out whenever the scatter could not be drawn (val_preds.npy missing)."""
+    run = tmp_path / "runs" / "tiny" / "r"
+    run_cli("train", "exp=tiny", "train.epochs=1", "--run-dir", run, "-q")
+    (run / "val_preds.npy").unlink()
+    [row] = json.loads(run_cli("runs", "--runs-dir", tmp_path / "runs", "--json").output)
+    run_cli("report", run)
+    report = (run / "report" / "report.md").read_text()
+    assert row["oracle_fraction"] is not None and "of the oracle)" in report
+    assert "pred_vs_true.png not drawn: the run has no val_preds.npy" in report
+
+
 def test_resume_prefers_the_run_its_command_started_and_notes_an_edited_file(
         env, tmp_path, monkeypatch):
     """`--resume` without --run-dir took the newest unfinished run, whatever command started
