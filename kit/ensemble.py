@@ -24,7 +24,6 @@ import math
 import os
 import re
 import time
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -505,14 +504,12 @@ def tune_postprocess(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray
 
 def postprocess_edited(post: dict | None, targets: list[str]) -> list[str]:
     """The targets whose smoothing or scale is no longer the tuned one (a file from before
-    `tuned` was recorded cannot tell: none)."""
+    `tuned` was recorded cannot tell: none). `tuned` as check_postprocess leaves it."""
     tuned = (post or {}).get("tuned")
-    if not isinstance(tuned, dict):
+    if tuned is None:
         return []
     return [name for t, name in enumerate(targets)
-            if any(not isinstance(tuned.get(key), list) or len(tuned[key]) != len(targets)
-                   or not math.isclose(post[key][t], tuned[key][t], rel_tol=1e-9,
-                                       abs_tol=1e-12)
+            if any(not math.isclose(post[key][t], tuned[key][t], rel_tol=1e-9, abs_tol=1e-12)
                    for key in ("smoothing", "scale"))]
 
 
@@ -653,13 +650,11 @@ def written_by_select(path: Path) -> bool:
     """An ensemble file as kit ensemble select wrote it, not edited since: its [ensemble]
     record, its members' weights the selection's, its post-processing the tuned one."""
     try:
-        doc = tomllib.loads(path.read_text())
-        record = doc.get("ensemble")
-        if not (isinstance(record, dict) and {"created", "iters", "candidates", "targets"}
-                <= record.keys()):
-            return False
-        doc = read_ensemble(path)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KitError):
+        doc = read_ensemble(path)  # (a config.toml, an experiment: no [[members]], refused)
+    except (OSError, UnicodeDecodeError, KitError):
+        return False
+    record = doc.get("ensemble", {})
+    if not {"created", "iters", "candidates", "targets"} <= record.keys():
         return False
     return not weights_edited(doc) and not postprocess_edited(doc.get("postprocess"),
                                                               record["targets"])

@@ -26,6 +26,7 @@ from kit.data.io import parquet_schema, read_frame
 from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
 from kit.run_record import (
+    DATA_DIGESTS,
     changed_data_message,
     data_changes,
     data_file_of,
@@ -411,7 +412,8 @@ def _validated_digest(config: dict, metrics: dict | None, run_dir: Path) -> str 
     """The sha256 the run recorded of the file it validated on (at its start too, for a run
     killed before metrics.json): two files of one name (other folders, other checkouts) are
     told apart by it."""
-    digests = recorded_digests(run_dir)
+    digests = (metrics or {}).get(DATA_DIGESTS)  # else (killed) those its start recorded
+    digests = digests if isinstance(digests, dict) else recorded_digests(run_dir)
     valid = validation_file(config, metrics)
     return digests.get(valid) if isinstance(digests, dict) and valid else None
 

@@ -398,14 +398,20 @@ def _rule_text(spec: CompetitionSpec) -> str:
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _finite_as_float32(c: str) -> pl.Expr:
+    """Finite once kit reads it as float32 (a float64 1e300 is inf there; NaN: false, as
+    Polars orders NaN above every number; null: null)."""
+    return pl.col(c).cast(pl.Float64).abs() <= FLOAT32_MAX
+
+
 def _nonfinite_exprs(cols: list[str]) -> list[pl.Expr]:
     exprs = []
     for c in cols:
-        # inf counts float64 values past float32's range: kit reads them as float32, where
-        # they are inf (the guard replaces them, a target with one fails training)
-        value = pl.col(c).cast(pl.Float64)  # (Polars orders NaN above every number)
+        # inf counts values past float32's range too (the guard replaces them, a target with
+        # one fails training)
+        nan = pl.col(c).cast(pl.Float64).is_nan()
         exprs += [pl.col(c).is_nan().sum().alias(f"nan|{c}"),
-                  ((value.abs() > FLOAT32_MAX) & ~value.is_nan()).sum().alias(f"inf|{c}"),
+                  (~_finite_as_float32(c) & ~nan).sum().alias(f"inf|{c}"),
                   pl.col(c).null_count().alias(f"null|{c}")]
     return exprs
 
@@ -425,7 +431,7 @@ def _target_exprs(targets: list[str], need_col: str) -> list[pl.Expr]:
     """Per target: the summary of its finite values and its non-finite values on scored rows."""
     exprs = []
     for t in targets:
-        ok = pl.col(t).cast(pl.Float64).abs() <= FLOAT32_MAX  # finite as float32 (NaN: false)
+        ok = _finite_as_float32(t)
         finite = pl.col(t).cast(pl.Float64).filter(ok)
         exprs += [stat(finite).alias(f"{key}|{t}") for key, stat in SUMMARY.items()]
         exprs += [finite.len().alias(f"finite|{t}"),

@@ -34,8 +34,8 @@ from kit.export.pack import (
     MODEL_FILE,
     PACK_FILES,
     PackError,
+    dead_owners,
     hash_mismatches,
-    owner_gone,
     owner_tag,
     read_manifest,
     written_by_pack,
@@ -499,9 +499,8 @@ STAGING = ".kit-notebook-"
 
 def drop_dead_staging(out: Path) -> None:
     """The staging folders that killed kit notebook commands left in OUT (no cleanup ran)."""
-    for staging in out.glob(f"{STAGING}*"):
-        if staging.is_dir() and owner_gone(staging.name[len(STAGING):].split("-")[0]):
-            shutil.rmtree(staging, ignore_errors=True)
+    for staging in dead_owners(out, STAGING):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _swap_in(new: Path, target: Path, trash: Path) -> None:

@@ -324,31 +324,33 @@ def swap_in(staging: Path, folder: Path, staged_zip: Path, zip_path: Path) -> No
         raise
     if previous is None:
         return
-    for extra in sorted(previous.iterdir()):  # your notes stay with the package
-        if extra.name not in PACK_FILES and extra.name != "__pycache__":
-            extra.rename(folder / extra.name)
+    for extra in users_files(previous):  # your notes stay with the package
+        extra.rename(folder / extra.name)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def users_files(folder: Path) -> list[Path]:
+    """What a package folder holds beside pack's own files (and Python's __pycache__)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.name not in PACK_FILES and p.name != "__pycache__")
 
 
 def drop_dead_staging(out_dir: Path, name: str) -> None:
     """Remove the staging folders of packs to this name whose process is gone (killed: no
     `finally` ran). A live pack's folder is left alone: it may be building right now."""
-    for staging in out_dir.glob(f".{glob.escape(name)}.packing-*"):
-        if owner_gone(staging.name[len(name) + len(".packing-") + 1:].split("-")[0]):
-            if staging.is_dir():
-                shutil.rmtree(staging, ignore_errors=True)
-            else:  # its zip
-                staging.unlink(missing_ok=True)
-    for previous in out_dir.glob(f".{glob.escape(name)}.{PREVIOUS}-*"):
-        if owner_gone(previous.name[len(name) + len(PREVIOUS) + 3:].split("-")[0]):  # killed
-            kept = [p.name for p in previous.iterdir()
-                    if p.name not in PACK_FILES and p.name != "__pycache__"]
-            if not kept:
-                shutil.rmtree(previous, ignore_errors=True)
-            else:  # files of yours: never deleted
-                warnings.warn(f"{previous} is the package a killed kit pack was replacing; it "
-                              f"holds files of yours ({', '.join(sorted(kept)[:5])}): move "
-                              "them where you want them, then delete it", stacklevel=2)
+    for staging in dead_owners(out_dir, f".{name}.packing-"):
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:  # its zip
+            staging.unlink(missing_ok=True)
+    for previous in dead_owners(out_dir, f".{name}.{PREVIOUS}-"):  # killed mid-swap
+        kept = [p.name for p in users_files(previous)]
+        if not kept:
+            shutil.rmtree(previous, ignore_errors=True)
+        else:  # files of yours: never deleted
+            warnings.warn(f"{previous} is the package a killed kit pack was replacing; it "
+                          f"holds files of yours ({', '.join(kept[:5])}): move them "
+                          "where you want them, then delete it", stacklevel=2)
 
 
 def owner_tag() -> str:
@@ -356,6 +358,12 @@ def owner_tag() -> str:
     container) sharing the folder has PIDs of its own, which this one cannot check."""
     host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
     return f"{os.getpid()}.{host}"
+
+
+def dead_owners(folder: Path, prefix: str) -> list[Path]:
+    """The entries PREFIX{owner_tag}-... of folder whose owner process is gone."""
+    return [entry for entry in folder.glob(f"{glob.escape(prefix)}*")
+            if owner_gone(entry.name.removeprefix(prefix).split("-")[0])]
 
 
 def owner_gone(tag: str) -> bool:
