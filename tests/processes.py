@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+
+
+def dead_pid() -> str:
+    """The PID of a process that has just exited (as a killed command's would be)."""
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def exited(pid: int) -> bool:

@@ -19,6 +19,7 @@ from kit.export.notebook import NotebookError, write_notebook
 from kit.export.pack import pack_ensemble, pack_run
 from kit.scoring import score_submission
 from tests.cli import run_cli
+from tests.processes import dead_pid
 
 
 @pytest.fixture(scope="module")
@@ -635,13 +636,10 @@ def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path,
     assert any('"KIT_PROTOCOL", "batch"' in "".join(c["source"]) for c in cells)
     assert not [p for p in out.iterdir() if p.name.startswith(".kit-notebook-")]
     # a killed command's staging folder goes with the next one; a live one's stays
-    import subprocess
-    import sys
 
     from kit.export.pack import owner_tag
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = dead_pid()
     host = owner_tag().split(".")[1]
     for left in (f".kit-notebook-{dead}.{host}-abc", f".kit-notebook-{owner_tag()}-live"):
         (out / left / "dataset").mkdir(parents=True)

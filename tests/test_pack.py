@@ -34,6 +34,7 @@ from kit.scoring import score_submission
 from kit.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.cli import run_cli
 from tests.conftest import MODEL_TABLES
+from tests.processes import dead_pid
 
 SEQS = 4  # parity sample: enough for shuffling and interleaving, small enough to be quick
 
@@ -700,11 +701,8 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
     assert sorted(zipfile.ZipFile(again.zip_path).namelist()) == sorted(PACK_FILES)
     assert not [p for p in tmp_path.iterdir() if ".packing" in p.name]
     # a killed pack's staging folder goes with the next pack to that name; a live one stays
-    import subprocess
-    import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = dead_pid()
     (tmp_path / f".p.packing-{dead}-abc").mkdir()
     (tmp_path / f".p.packing-{dead}-abc" / "model.onnx").write_bytes(b"half")
     (tmp_path / f".p.packing-{os.getpid()}-xyz").mkdir()
@@ -755,8 +753,6 @@ def test_a_swap_that_fails_puts_the_old_package_and_your_notes_back(runs, tmp_pa
     deleted before the new one is in place. A pack killed mid-swap leaves it aside, and the
     next pack keeps your files in it (named) and removes it when it holds only its own."""
     import errno
-    import subprocess
-    import sys
 
     from kit.export import pack as pack_module
 
@@ -779,8 +775,7 @@ def test_a_swap_that_fails_puts_the_old_package_and_your_notes_back(runs, tmp_pa
     assert first.zip_path.read_bytes() == zipped
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s", "s.zip"]
     # killed mid-swap: the old package aside, with notes (kept, named) or without (removed)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = dead_pid()
     kept, bare = tmp_path / f".s.previous-{dead}-abc", tmp_path / f".s.previous-{dead}-xyz"
     for folder in (kept, bare):
         folder.mkdir()

@@ -11,6 +11,7 @@ from kit.competition import load_spec, spec_from_dict
 from kit.data.stats import dataset_stats
 from kit.data.synth import DEFAULT_SEQS, FULL_SEQS, synthesize
 from kit.errors import KitError, SpecError
+from tests.processes import dead_pid
 
 PREDICTORIUM = load_spec("predictorium")
 RNN = load_spec("rnn-challenge")
@@ -175,11 +176,8 @@ def test_an_interrupted_run_leaves_the_previous_files_whole_and_together(tmp_pat
 def test_temp_files_of_killed_runs_are_removed(tmp_path):
     """Temp names carry their writer's pid, so no later run overwrites a killed one's."""
     import socket
-    import subprocess
-    import sys
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = dead_pid()
     host = socket.gethostname()
     stale = tmp_path / f".train.parquet.tmp-{host}-{dead}"
     stale.write_bytes(b"half a file")
