@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import warnings
@@ -206,6 +207,19 @@ def test_ids_and_steps_must_be_whole_numbers():
     np.testing.assert_array_equal(whole.ids, [0, 1, 2])
 
 
+@pytest.mark.parametrize("gap", [None, float("nan")])
+def test_a_null_or_nan_step_does_not_hide_steps_going_backwards(gap):
+    """steps 2, null, 1: the step changes around the null compare as neither repeated nor
+    backwards, so the unsorted sequence was accepted."""
+    df = make_frame(SPEC, n_seqs=2).with_columns(pl.col("step_in_seq").cast(pl.Float64))
+    steps = df["step_in_seq"].to_list()
+    steps[:3] = [2.0, gap, 1.0]
+    with pytest.raises(DataError, match=r"train.parquet: column 'step_in_seq' has 1 null or "
+                                        r"non-integral value\(s\) \(steps\)"):
+        build_arrays(df.with_columns(pl.Series("step_in_seq", steps)), SPEC, ["p0"],
+                     source="train.parquet")
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (pl.when(pl.col("need_prediction")).then(1).otherwise(-1),
      "has 15 value.s. that are neither 0/1 nor true/false"),  # -1 read as true: a wrong mask
@@ -219,6 +233,11 @@ def test_need_flags_other_than_0_1_are_refused_not_read_as_a_mask(flags, message
     df = make_frame(SPEC, n_seqs=3)
     with pytest.raises(DataError, match=f"column 'need_prediction' {message}"):
         build_arrays(df.with_columns(flags.alias("need_prediction")), SPEC, ["p0"])
+    ragged = df.with_columns(flags.alias("need_prediction")).filter(  # the file is named
+        (pl.col("seq_ix") != 0) | (pl.col("step_in_seq") < 10))
+    any_count = re.sub(r"has \d+", r"has \\d+", message)  # fewer rows, fewer bad ones
+    with pytest.raises(DataError, match=f"^train.parquet: column 'need_prediction' {any_count}"):
+        build_arrays(ragged, SPEC, ["p0"], source="train.parquet")
     as_ints = build_arrays(df.with_columns(pl.col("need_prediction").cast(pl.UInt8)), SPEC,
                            ["p0"])
     np.testing.assert_array_equal(as_ints.mask, build_arrays(df, SPEC, ["p0"]).mask)

@@ -1311,6 +1311,22 @@ def test_a_grouped_stratified_holdout_keeps_each_user_on_one_side(env, grouped_t
     np.testing.assert_array_equal(again.valid.rows, data.valid.rows)
 
 
+def test_a_grouped_split_of_float_ids_is_the_split_of_their_int_ids(env, grouped_train, tmp_path):
+    """Whole-number float ids are accepted by the arrays; the group split joined them to the
+    arrays' int64 ids and raised a raw Polars SchemaError."""
+    from kit.train.data import load_train_data
+
+    floats = tmp_path / "float_ids.parquet"
+    pl.read_parquet(grouped_train).with_columns(pl.col("seq_ix").cast(pl.Float64)).write_parquet(
+        floats)
+    as_ints = load_train_data(_split_config(grouped_train, split="group", group="user",
+                                            stratify="level", valid_fraction=0.3))
+    as_floats = load_train_data(_split_config(floats, split="group", group="user",
+                                              stratify="level", valid_fraction=0.3))
+    np.testing.assert_array_equal(as_floats.valid.rows, as_ints.valid.rows)
+    np.testing.assert_array_equal(as_floats.train.rows, as_ints.train.rows)
+
+
 def test_folds_of_a_grouped_split_keep_each_user_on_one_side(env, grouped_train):
     """--folds K with data.split = "group": every user validates in one fold and trains in the
     others, never both in one fold (folds were cut by sequence: users leaked across)."""

@@ -78,11 +78,13 @@ def build_arrays(
     target_cols = list(spec.outputs)
     _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source)
     ids, run_lengths = ordered_sequence_runs(df, spec, source)
+    where = error_prefix(source)
     width = int(seq_len or run_lengths.max())
     if (run_lengths == width).all():
-        x, y, mask = _fixed_length(df, spec, feature_cols, target_cols, len(ids), width)
+        x, y, mask = _fixed_length(df, spec, feature_cols, target_cols, len(ids), width, where)
     else:
-        x, y, mask = _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate)
+        x, y, mask = _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate,
+                             where)
     return SequenceArrays(
         x=x,
         y=y,
@@ -92,6 +94,11 @@ def build_arrays(
         feature_names=feature_cols,
         target_names=target_cols,
     )
+
+
+def error_prefix(source: str) -> str:
+    """What starts an error about `source`: the file, where there is one."""
+    return "" if source == "the frame" else f"{source}: "
 
 
 def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) -> None:
@@ -106,7 +113,7 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) ->
         raise DataError(f"feature column(s) listed twice: {doubled}")
     wanted = [spec.id_col, spec.step_col, spec.need_col, *feature_cols, *target_cols]
     missing = list(dict.fromkeys(c for c in wanted if c not in df.columns))
-    where = "" if source == "the frame" else f"{source}: "  # the file, where there is one
+    where = error_prefix(source)
     if missing:
         what = "next-state targets need" if spec.next_state else "arrays need"
         raise DataError(
@@ -152,6 +159,11 @@ def ordered_sequence_runs(df: pl.DataFrame, spec: CompetitionSpec,
     if not (df.schema[spec.step_col].is_integer() or df.schema[spec.step_col].is_float()):
         raise DataError(f"{source}: column {spec.step_col!r} must hold integer steps, found "
                         f"{df.schema[spec.step_col]}")
+    # a null or NaN step compares as neither repeated nor backwards: the order around it
+    # would go unchecked
+    problems = key_problems(df.select(spec.step_col), [spec.step_col])
+    if problems:
+        raise DataError(f"{source}: {'; '.join(problems)} (steps); `kit data check` lists them")
     same_sequence = pl.col(spec.id_col).diff() == 0
     step_change = pl.col(spec.step_col).diff()
     repeated, backwards = df.select(  # the first row of each kind, or None
@@ -172,10 +184,10 @@ def ordered_sequence_runs(df: pl.DataFrame, spec: CompetitionSpec,
     return ids, lengths
 
 
-def _fixed_length(df, spec, feature_cols, target_cols, n, width):
+def _fixed_length(df, spec, feature_cols, target_cols, n, width, where):
     """Every sequence has exactly `width` rows: the row blocks reshape for free."""
     x = float32_rows(df, feature_cols).reshape(n, width, len(feature_cols))
-    mask = need_flags(df, spec.need_col).reshape(n, width)
+    mask = need_flags(df, spec.need_col, where).reshape(n, width)
     if not spec.next_state:
         return x, float32_rows(df, target_cols).reshape(n, width, len(target_cols)), mask
     _refuse_needs_without_next(spec, int(mask[:, -1].sum()))
@@ -199,7 +211,7 @@ def _refuse_needs_without_next(spec: CompetitionSpec, count: int) -> None:
                         "kit data check names them")
 
 
-def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate):
+def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate, where):
     """Scatter the kept rows of each sequence into zero-padded (N, width) slots."""
     n = len(run_lengths)
     starts = np.cumsum(run_lengths) - run_lengths
@@ -212,7 +224,7 @@ def _ragged(df, spec, feature_cols, target_cols, run_lengths, width, truncate):
     x = np.zeros((n * width, len(feature_cols)), dtype=np.float32)
     _scatter_rows(df, feature_cols, src, dest, x)
     mask = np.zeros(n * width, dtype=bool)
-    mask[dest] = need_flags(df, spec.need_col)[src]
+    mask[dest] = need_flags(df, spec.need_col, where)[src]
     y = np.zeros((n * width, len(target_cols)), dtype=np.float32)
     if spec.next_state:
         # The target of the last kept step is the next real step, even one truncation dropped.

@@ -17,6 +17,7 @@ import torch
 from kit.competition import CompetitionSpec, load_spec
 from kit.config import DEFAULTS, ConfigError, validation_file
 from kit.data.arrays import SequenceArrays
+from kit.data.contract import whole_numbers
 from kit.data.io import read_frame
 from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
 from kit.errors import DataError
@@ -196,6 +197,8 @@ def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str
     names = [spec.id_col, group] + ([stratify] if stratify else [])
     try:
         frame = read_frame(path, names)
+        # float ids (whole numbers, as the arrays accept them) join the arrays' int64 ids
+        frame = frame.with_columns(whole_numbers(frame.schema, spec.id_col).alias(spec.id_col))
         # a NaN group is missing too: np.unique would make every NaN sequence one group
         missing = pl.col(group).is_null() | (pl.col(group).is_nan()
                                              if frame.schema[group].is_float() else False)
