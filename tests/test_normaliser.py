@@ -17,6 +17,10 @@ def test_standard_fit_uses_only_masked_rows_and_clips():
     np.testing.assert_allclose(norm.scale, rows.std(0), rtol=1e-5)
     y = norm.transform(x)
     assert y.dtype == np.float32 and y.max() == 4.0
+    # a 0/1 integer mask is the same mask (it indexed rows 0 and 1 only)
+    as_ints = Normaliser.fit(x, mask.astype(np.int8), "standard", clip=4.0)
+    np.testing.assert_array_equal(as_ints.center, norm.center)
+    np.testing.assert_array_equal(as_ints.scale, norm.scale)
 
 
 def test_robust_fit_is_median_and_iqr_and_ignores_outliers():
@@ -33,6 +37,19 @@ def test_constant_feature_gets_unit_scale():
     for method in ("standard", "robust"):
         norm = Normaliser.fit(x, method=method)
         assert (norm.scale == 1.0).all() and np.isfinite(norm.transform(x)).all()
+
+
+@pytest.mark.parametrize("method", ["standard", "robust"])
+def test_a_feature_in_tiny_units_is_scaled_and_a_constant_at_any_level_is_not(method):
+    """An absolute 1e-12 floor took a std of 1e-13 for a constant: that feature came out
+    as ~0 everywhere. The floor is relative to the feature's level now."""
+    rng = np.random.default_rng(2)
+    tiny = rng.normal(0.0, 1e-13, 10_000)
+    x = np.stack([tiny, np.full(10_000, 123456.7), np.full(10_000, -3e-20)], 1).astype(np.float32)
+    norm = Normaliser.fit(x, method=method, clip=None)
+    assert 0.7 < norm.transform(x)[:, 0].std() < 1.3
+    np.testing.assert_array_equal(norm.scale[1:], 1.0)
+    np.testing.assert_array_equal(norm.transform(x)[:, 1:], 0.0)
 
 
 @pytest.mark.parametrize("share, low, high", [(0.2, 30, 50), (0.05, 15, 35), (0.005, 5, 10)])

@@ -24,7 +24,15 @@ ROBUST_SAMPLE = 2_000_000  # rows used for medians/quantiles (deterministic subs
 IQR_TO_STD = 1.349
 # robust ranges, widened while a feature's range is 0: (low, high quantile, range / std of a normal)
 ROBUST_RANGES = ((0.25, 0.75, IQR_TO_STD), (0.10, 0.90, 2.5631), (0.01, 0.99, 4.6527))
-MIN_SCALE = 1e-12
+# a spread at most this fraction of the feature's level is float rounding of a constant (a
+# float32 column's values are 6e-8 apart at least); a constant's scale is 1. Relative, so a
+# feature in tiny units (a std of 1e-13 around 0) is still scaled to std 1
+CONSTANT_SPREAD = 1e-9
+TINY = 1e-30
+
+
+def _spread_is_real(scale: np.ndarray, center: np.ndarray) -> np.ndarray:
+    return np.isfinite(scale) & (scale > np.maximum(CONSTANT_SPREAD * np.abs(center), TINY))
 
 
 class NormaliserError(KitError):
@@ -48,7 +56,7 @@ class Normaliser:
             raise NormaliserError(f"normaliser clip must be > 0 (deviations), got {clip}")
         rows = x.reshape(-1, x.shape[-1])
         if mask is not None:
-            rows = rows[np.asarray(mask).reshape(-1)]
+            rows = rows[np.asarray(mask, dtype=bool).reshape(-1)]  # 0/1 ints pick rows 0, 1
         if rows.shape[0] == 0:
             raise NormaliserError("no training rows to fit the normaliser on")
         if method == "standard":
@@ -58,7 +66,7 @@ class Normaliser:
                 pick = np.random.default_rng(0).choice(rows.shape[0], ROBUST_SAMPLE, replace=False)
                 rows = rows[np.sort(pick)]
             center, scale = _robust(rows)
-        scale = np.where(np.isfinite(scale) & (scale > MIN_SCALE), scale, 1.0)
+        scale = np.where(_spread_is_real(scale, center), scale, 1.0)
         return cls(method, clip, center.astype(np.float32), scale.astype(np.float32))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -86,8 +94,8 @@ def _robust(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     center, *bounds = np.quantile(rows, [0.5, *quantiles], axis=0)
     scale = np.zeros(rows.shape[1])
     for (_, _, to_std), low, high in zip(ROBUST_RANGES, bounds[::2], bounds[1::2], strict=True):
-        scale = np.where(scale > MIN_SCALE, scale, (high - low) / to_std)
-    flat = ~(scale > MIN_SCALE)
+        scale = np.where(_spread_is_real(scale, center), scale, (high - low) / to_std)
+    flat = ~_spread_is_real(scale, center)
     if flat.any():
         deviation = rows[:, flat].astype(np.float64) - center[flat]
         scale[flat] = np.sqrt((deviation * deviation).mean(axis=0))
