@@ -59,7 +59,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     from kit.config import refuse_overrides
     from kit.data.synth import synthesize
     from kit.ensemble import select_ensemble
-    from kit.export.pack import pack_ensemble, pack_run
+    from kit.export.pack import duration, pack_ensemble, pack_run
     from kit.parity import run_parity
     from kit.scoring import score_submission
     from kit.train.recipe import check_config, experiment_config, train_experiment
@@ -133,6 +133,9 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     _section("score: the competition's scorer replayed on 1 CPU")
     scored = score_submission(packed.zip_path, valid, spec, seqs=seqs, progress=not quiet)
     typer.echo(scored.format())
+    if scored.fails:  # as kit score refuses it: no success summary for what would be rejected
+        raise KitError(f"the official scorer would not accept this submission: "
+                       f"{'; '.join(scored.fails)}")
 
     ceiling = oracle_report(valid, oracle, spec, seqs)
     summary = {
@@ -167,7 +170,7 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
                f"(whole sequences and step by step) and the package (all {len(parity.checks)} "
                "checks pass)")
     typer.echo(f"speed {scored.rows_per_s:,.0f} rows/s ({scored.us_per_row:.1f} us/row) on 1 CPU: "
-               f"the test set would take {scored.projected_s / 60:.1f} min of the "
-               f"{scored.limit_s / 60:.0f} min limit ({scored.projected_s / scored.limit_s:.1%})")
+               f"the test set would take {duration(scored.projected_s)} of the "
+               f"{duration(scored.limit_s)} limit ({scored.projected_s / scored.limit_s:.1%})")
     typer.echo(f"submission: {packed.zip_path}   demo finished in {summary['seconds']:.0f}s")
     return summary

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from kit.competition import load_spec
 from kit.data.contract import check_file
@@ -88,6 +89,24 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     # one seed packs the run itself: the earlier demo's ensemble file goes, not left stale
     run_cli("demo", "--quiet", "--seeds", 1, "train.epochs=1", "model.hidden=16")
     assert not (tmp_path / "submissions/demo-ensemble.toml").exists()
+
+
+def test_demo_fails_where_the_official_scorer_would_reject_the_submission(tmp_path, monkeypatch):
+    """The demo printed its success summary and exited 0 past a limit kit score refuses
+    (exit 3): here a memory limit no Python process fits in."""
+    from kit.demo import run_demo
+    from kit.errors import KitError
+
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    shown = run_cli("spec", "show", "predictorium").output
+    assert "memory_gb = 16.0\n" in shown
+    Path("tight.toml").write_text(shown.replace("memory_gb = 16.0\n", "memory_gb = 0.01\n"))
+    run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 4, "--valid-seqs", 2, "-q")
+    with pytest.raises(KitError, match="the official scorer would not accept this submission: "
+                                       "peak memory exceeds the limit"):
+        run_demo(spec_name="tight.toml", seeds=1, quiet=True,
+                 overrides=["train.epochs=1", "model.hidden=8", "model.layers=1"])
 
 
 def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monkeypatch):
