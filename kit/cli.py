@@ -140,8 +140,11 @@ def spec_show(name: str = typer.Argument("predictorium", help="Preset name or TO
     if as_json:
         _print_json(spec)
         return
+    # a preset's feature groups, synth data and checks go by its name: a renamed copy of
+    # predictorium gets the generic groups (no spreads or imbalance)
     typer.echo(f"# kit spec show {name}: save as competitions/NEW.toml, set name = \"NEW\", edit, "
-               "then --spec NEW\n" + tomli_w.dumps(spec))
+               f"then --spec NEW (keep name = \"{spec['name']}\" to change only [limits] or "
+               "[metric]: the preset's feature groups go by its name)\n" + tomli_w.dumps(spec))
 
 
 @data_app.command("check")
@@ -281,8 +284,8 @@ def features_build(
     if exp is None and groups is None:
         raise typer.BadParameter("give exp=NAME or --groups a,b,c")
     # checked as training checks it: a typo such as `grups` must not preview the default set
-    config = resolve(load_experiment(exp)) if exp else {"spec": spec or "predictorium",
-                                                        "data": {}}
+    config = resolve(load_experiment(exp)) if exp else {
+        "spec": "predictorium" if spec is None else spec, "data": {}}
     if exp and spec is not None and spec != config.get("spec", "predictorium"):
         raise typer.BadParameter(f"--spec {spec!r}: experiment {exp!r} names its own spec "
                                  f"({config.get('spec', 'predictorium')!r}); drop --spec or "

@@ -303,7 +303,9 @@ def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> Compe
     """Load a spec by preset/user name or from a TOML path (default: predictorium)."""
     if isinstance(name_or_path, CompetitionSpec):
         return name_or_path
-    key = str(name_or_path or DEFAULT_SPEC)
+    key = str(DEFAULT_SPEC if name_or_path is None else name_or_path)
+    if not key.strip():  # --spec "$UNSET": not the default competition without a word
+        raise SpecError("the spec is empty; give a preset name (kit spec list) or a TOML path")
     path = Path(key)
     if key.endswith(".toml"):
         if not path.is_file():

@@ -264,6 +264,9 @@ def resolve(config: dict) -> dict:
         out[section] = merged
     out.setdefault("seed", 42)
     out.setdefault("spec", "predictorium")
+    out.setdefault("model", {})  # absent: the registry says "model.type is missing"
+    if not out["spec"].strip():  # spec=$UNSET: not the default competition without a word
+        raise ConfigError("spec is empty; give a preset name (kit spec list) or a TOML path")
     return out
 
 
@@ -295,7 +298,12 @@ def parse_override(text: str) -> tuple[list[str], object]:
     key, raw = text.split("=", 1)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as exc:
+        if raw.lstrip()[:1] in ("[", "{"):  # meant as a list or table: say what TOML said
+            raise ConfigError(
+                f"override {text!r}: not a TOML value ({str(exc).split(' (')[0]}); quote the "
+                f"strings in it, e.g. {key}=[\"raw\", \"lags\"] (and the whole argument "
+                "in the shell)") from None
         if re.fullmatch(r"\s*[+-]?(\d+\.|\.\d+)([eE][+-]?\d+)?\s*", raw):  # .001, 1.
             raise ConfigError(f"override {text!r}: {raw.strip()} is not a TOML number; write "
                               f"{float(raw)!r}") from None

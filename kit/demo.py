@@ -7,6 +7,7 @@ data (generated if missing) -> contract check -> train the default experiment wi
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -78,7 +79,9 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     for name, value in (("--seqs", seqs), ("--parity-seqs", parity_seqs)):
         if value is not None and value < 1:
             raise KitError(f"{name} must be >= 1, got {value}")
-    paths = [f'data.train="{train}"', f'data.valid="{valid}"', f'spec="{spec_name}"']
+    # TOML strings, escaped (json's escapes are TOML's): a \t in a folder name stays two chars
+    paths = [f"{key}={json.dumps(str(value))}" for key, value in
+             (("data.train", train), ("data.valid", valid), ("spec", spec_name))]
     check_config(experiment_config(experiment, paths + list(overrides or [])))  # model too
     _section("data")
     present = [p for p in (train, valid, oracle) if p.exists()]

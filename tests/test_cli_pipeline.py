@@ -91,9 +91,13 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert not (tmp_path / "submissions/demo-ensemble.toml").exists()
 
 
-def test_demo_fails_where_the_official_scorer_would_reject_the_submission(tmp_path, monkeypatch):
+def test_demo_fails_where_the_official_scorer_would_reject_it_and_keeps_odd_folders(
+        tmp_path, monkeypatch):
     """The demo printed its success summary and exited 0 past a limit kit score refuses
-    (exit 3): here a memory limit no Python process fits in."""
+    (exit 3): here a memory limit no Python process fits in. Its --data folder went into a
+    TOML string unescaped: `d\\tx` trained on a folder with a tab in its name."""
+    import tomllib
+
     from kit.demo import run_demo
     from kit.errors import KitError
 
@@ -102,11 +106,14 @@ def test_demo_fails_where_the_official_scorer_would_reject_the_submission(tmp_pa
     shown = run_cli("spec", "show", "predictorium").output
     assert "memory_gb = 16.0\n" in shown
     Path("tight.toml").write_text(shown.replace("memory_gb = 16.0\n", "memory_gb = 0.01\n"))
-    run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 4, "--valid-seqs", 2, "-q")
+    data = Path("d\\tx")  # a backslash and a t
+    run_cli("data", "synth", "--out", data, "--train-seqs", 4, "--valid-seqs", 2, "-q")
     with pytest.raises(KitError, match="the official scorer would not accept this submission: "
                                        "peak memory exceeds the limit"):
-        run_demo(spec_name="tight.toml", seeds=1, quiet=True,
+        run_demo(data_dir=data, spec_name="tight.toml", seeds=1, quiet=True,
                  overrides=["train.epochs=1", "model.hidden=8", "model.layers=1"])
+    [config] = Path("runs/gru_base").glob("*/config.toml")
+    assert tomllib.loads(config.read_text())["data"]["train"] == str(data / "train.parquet")
 
 
 def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monkeypatch):

@@ -153,6 +153,9 @@ def test_bad_user_specs_name_the_problem(tmp_path, edit, message):
 def test_unknown_spec_lists_available(tmp_path):
     with pytest.raises(SpecError, match="predictorium"):
         load_spec("nope")
+    with pytest.raises(SpecError, match="the spec is empty"):  # was the default competition
+        load_spec("")
+    assert "the spec is empty" in run_cli("spec", "show", "", expect=2).output
     result = run_cli("spec", "show", "nope", expect=2)
     assert "unknown competition spec 'nope'" in result.output
     assert "Traceback" not in result.output

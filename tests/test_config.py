@@ -67,6 +67,12 @@ def test_overrides_parse_toml_values_and_do_not_touch_the_original(exps):
     assert parse_override("data.seq_len=500") == (["data", "seq_len"], 500)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_override("train.lr")
+    # a list of bare strings is not TOML: said so, not "must be list, got '[raw,lags]'"
+    with pytest.raises(ConfigError, match=r"'features.groups=\[raw,lags\]': not a TOML value "
+                                          r"\(.*\); quote the strings in it, e.g. "
+                                          r'features.groups=\["raw", "lags"\]'):
+        parse_override("features.groups=[raw,lags]")
+    assert parse_override("train.schedule=onecycle") == (["train", "schedule"], "onecycle")
     # a quoted part keeps its dots, as in TOML ([sweep.params] "train.lr" = {...})
     assert parse_override('sweep.params."train.lr"={ low = 1e-4 }') == (
         ["sweep", "params", "train.lr"], {"low": 1e-4})
@@ -90,6 +96,14 @@ def test_extends_reads_a_file_path_next_to_the_file_and_names_the_child(exps, tm
     with pytest.raises(ConfigError, match=r"miss2.toml: extends 'base2.toml' \(looked for "
                                           r".*base2.toml next to it, then base2.toml from here"):
         load_experiment("miss2")
+
+
+def test_an_empty_spec_is_refused_not_read_as_the_default():
+    """spec=$UNSET trained on predictorium without a word."""
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match="spec is empty; give a preset name"):
+            resolve({"spec": empty})
+    assert resolve({})["spec"] == "predictorium"
 
 
 @pytest.mark.parametrize("name", ["", "grp/a", "a\\b", "..", ".hidden", "ensembles"])

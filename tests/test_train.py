@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import tomli_w
 import torch
 
 from kit.competition import load_spec, spec_from_dict
@@ -445,6 +446,21 @@ def test_ablate_and_demo_check_their_options_first(env, tmp_path):
     table = 'data={ train = "x.parquet", valid = "y.parquet" }'  # the whole table: the paths too
     out = run_cli("demo", "--data", tmp_path / "demo-data", table, expect=2).output
     assert "this command sets data.train itself; use --data DIR" in out
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_experiment_without_a_model_table_or_with_a_sweep_typo_is_one_line(env, tmp_path):
+    """No [model] table: a KeyError traceback from params, train, sweep and ablate. A typo in
+    [sweep] passed kit train without a word (kit sweep refused it)."""
+    config = tomllib.loads((env / "experiments" / "tiny.toml").read_text())
+    config.pop("model", None)
+    config.pop("extends", None)
+    (tmp_path / "nomodel.toml").write_text(tomli_w.dumps(config))
+    for command in (["params"], ["train", "-q"], ["ablate", "--groups", "raw", "-q"]):
+        out = run_cli(command[0], str(tmp_path / "nomodel.toml"), *command[1:], expect=2).output
+        assert "model.type is missing" in out and "Traceback" not in out, command
+    out = run_cli("train", "exp=tiny", "sweep.trails=5", "-q", expect=2).output
+    assert "[sweep]: unknown key(s) ['trails']" in out
     assert not (tmp_path / "runs").exists()
 
 

@@ -56,6 +56,7 @@ def check_config(config: dict) -> dict:
     the resolved config with the model's constructor values (a `params` budget solved)."""
     from kit.features import feature_set_from_config
     from kit.models import model_values, solve_width
+    from kit.sweep import check_table
     from kit.train.data import check_split_settings
     from kit.train.losses import MaskedLoss
 
@@ -64,6 +65,8 @@ def check_config(config: dict) -> dict:
     features = feature_set_from_config(config)
     model = model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
     MaskedLoss(config.get("loss"), spec.n_outputs)
+    if "sweep" in config:  # kit train never reads it, but a typo there is a typo
+        check_table(config["sweep"])
     check_split_settings(config["data"])
     train = config["train"]
     if train["swa_start"] > train["epochs"]:  # it would never average: say so, not train on
