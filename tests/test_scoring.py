@@ -25,6 +25,7 @@ from kit.metrics import evaluate
 from kit.scoring import ScoreResult, score_submission
 from tests.cli import run_cli
 from tests.frames import make_frame, small_spec
+from tests.processes import exited
 
 SPEC = small_spec(seq_len=20, warmup=5)
 
@@ -637,14 +638,52 @@ def test_timeout_kills_the_child(tmp_path):
     assert f'solution.py", line {line} in predict' in said
 
 
+# starts two helpers, one in a session of its own (setsid), and notes their PIDs
+STARTS_HELPERS = """
+        import os, subprocess, sys
+        sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
+        helpers = [subprocess.Popen(sleeper), subprocess.Popen(sleeper, start_new_session=True)]
+        open("pids.tmp", "w").write(" ".join(str(p.pid) for p in helpers))
+        os.replace("pids.tmp", "pids")
+"""
+
+
+def _alive(pids: list[int], wait_s: float = 30) -> list[int]:
+    """Those of pids still running after up to wait_s."""
+    deadline = time.time() + wait_s
+    alive = [p for p in pids if not exited(p)]
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if not exited(p)]
+    return alive
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
-def test_a_sigkilled_kit_score_takes_its_sandbox_child_with_it(tmp_path):
+def test_processes_a_submission_starts_end_with_the_replay(tmp_path):
+    """A process the submission started in a session of its own (setsid) was outside the
+    sandbox's process group: it outlived kit score, even a run that finished."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, STARTS_HELPERS + """
+        import numpy as np
+
+        class PredictionModel:
+            def predict(self, dp):
+                return np.zeros(2) if dp.need_prediction else None
+        """)
+    score(sub, data)
+    pids = [int(p) for p in (sub / "pids").read_text().split()]
+    assert len(pids) == 2 and not _alive(pids), "a helper outlived the replay"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_a_sigkilled_kit_score_takes_its_sandbox_with_it(tmp_path):
     """The child runs in a session of its own, so nothing reaches it when kit score is
-    SIGKILLed: a submission that hangs (here spinning) ran at 100% CPU for good."""
+    SIGKILLed: a submission that hangs (here spinning) ran at 100% CPU for good, and so did
+    the processes it started; kit's temporary folder (a float64 copy of the rows) stayed."""
     import subprocess
 
     data, _ = write_data(tmp_path)
-    sub = write_sub(tmp_path, """
+    sub = write_sub(tmp_path, STARTS_HELPERS + """
         class PredictionModel:
             def predict(self, dp):
                 open("started", "w").close()
@@ -660,16 +699,17 @@ def test_a_sigkilled_kit_score_takes_its_sandbox_child_with_it(tmp_path):
     while not (sub / "started").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert (sub / "started").exists(), "the submission never ran"
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    children = [int(c) for c in
+                Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    [job] = [arg for arg in Path(f"/proc/{children[0]}/cmdline").read_text().split("\0")
+             if arg.endswith("job.json")]
+    workdir = Path(job).parent
+    assert workdir.name.startswith("kit-score-") and workdir.is_dir()
+    helpers = [int(p) for p in (sub / "pids").read_text().split()]
     proc.kill()
     proc.wait()
-    deadline = time.time() + 30
-    alive = [int(c) for c in children]
-    while alive and time.time() < deadline:
-        time.sleep(0.2)
-        alive = [c for c in alive if Path(f"/proc/{c}").exists()
-                 and "Z" not in Path(f"/proc/{c}/stat").read_text().split()[2]]
-    assert children and not alive, f"sandbox child(ren) {alive} still running"
+    assert children and not _alive(children + helpers), "part of the sandbox still runs"
+    assert not workdir.exists()
 
 
 def test_the_timeout_runs_from_the_rows_being_ready(tmp_path):

@@ -12,6 +12,7 @@ stack into its output and the row the loop is on to the pipe ("H <json>"; see Wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -52,7 +53,8 @@ def main(job_path: str) -> int:
     if fd is not None:
         os.set_inheritable(fd, False)  # the submission's own subprocesses must not hold it
     report = Reporter(fd)
-    watch_parent(job.get("parent_pid"))
+    become_subreaper()
+    watch_parent(job.get("parent_pid"), job.get("cleanup_if_orphaned"))
     where = Where(report)
     where.listen()
     result: dict = {"ok": False, "sandbox": sandbox_setup(job)}
@@ -70,13 +72,19 @@ def main(job_path: str) -> int:
     with open(tmp, "w") as fh:
         json.dump(result, fh)
     os.replace(tmp, os.path.join(out_dir, "result.json"))
+    # what the submission started ends with it: once this process exits, a process it moved
+    # to a session of its own is init's, and out of kit's reach
+    kill_descendants(os.getpid())
     return 0
 
 
-def watch_parent(parent: int | None, interval_s: float = 0.5) -> None:
-    """Exit when kit's process is gone (SIGKILLed: it could not stop this child, in a
-    session of its own): a submission that hangs would otherwise spin at 100% CPU for good.
-    A thread that wakes twice a second costs the loop nothing measurable."""
+def watch_parent(parent: int | None, cleanup: str | None = None,
+                 interval_s: float = 0.5) -> None:
+    """End the sandbox once kit's process is gone (SIGKILLed: it could not stop this child, in
+    a session of its own): a submission that hangs would otherwise spin at 100% CPU for good,
+    and so would the processes it started. `cleanup`: kit's temporary folder of this job (the
+    rows, a float64 copy of the data file), which kit can no longer remove. A thread that
+    wakes twice a second costs the loop nothing measurable."""
     import threading
 
     parent = parent or os.getppid()
@@ -84,9 +92,70 @@ def watch_parent(parent: int | None, interval_s: float = 0.5) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval_s)
+        if cleanup:
+            import shutil
+
+            shutil.rmtree(cleanup, ignore_errors=True)
+        kill_tree(os.getpid())  # this process last
         os._exit(3)
 
     threading.Thread(target=watch, name="kit-parent-watch", daemon=True).start()
+
+
+def become_subreaper() -> None:
+    """Linux: a process the submission started whose parent exits (a daemon that double-forks,
+    a pool worker) is re-parented to this process, not to init, so `descendants` still finds
+    it. Elsewhere nothing (kill_tree then reaches the process group only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from /proc (Linux; [] where there is none)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
+    for name in entries:
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:  # gone meanwhile
+            continue
+        # the command name, in parentheses, may hold spaces and ")": fields follow the last ")"
+        parent = int(stat[stat.rindex(b")") + 2:].split()[1])
+        children.setdefault(parent, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def kill_descendants(pid: int) -> None:
+    """SIGKILL every process below `pid`."""
+    for _ in range(3):  # one may have forked while the others were killed
+        stray = descendants(pid)
+        if not stray:
+            break
+        for child in stray:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(child, signal.SIGKILL)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL everything below `pid`, then `pid`'s process group (the sandbox's session: pid
+    leads it). A process the submission moved to a session of its own (setsid) is outside
+    the group, but still below pid."""
+    kill_descendants(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def sandbox_setup(job: dict) -> dict:

@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from kit import users_environment
 from kit.errors import SubmissionError
+from kit.scoring.runner import kill_tree  # runner.py imports nothing of kit's: safe both ways
 
 RUNNER = Path(__file__).with_name("runner.py")
 SOLUTION = "solution.py"
@@ -287,6 +289,7 @@ def run_child(
         "memory_limit_bytes": memory_limit_bytes,
         "progress_fd": write_fd,
         "parent_pid": os.getpid(),  # the child exits once this process is gone
+        "cleanup_if_orphaned": _own_temporary(workdir),  # and removes what kit would have
     }
     job_path = workdir / "job.json"
     job_path.write_text(json.dumps(job))
@@ -434,8 +437,7 @@ def _killed_on_termination(proc: subprocess.Popen):
         return
 
     def stop(signum, frame):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -446,12 +448,20 @@ def _killed_on_termination(proc: subprocess.Popen):
             signal.signal(sig, handler)
 
 
+def _own_temporary(workdir: Path) -> str | None:
+    """The job's folder when it is one of kit's temporary folders (kit score's, a replay's),
+    which the child may remove if kit dies; never a folder a caller gave."""
+    workdir = Path(workdir).resolve()
+    own = (workdir.name.startswith(("kit-score-", "kit-replay-"))
+           and workdir.parent == Path(tempfile.gettempdir()).resolve())
+    return str(workdir) if own else None
+
+
 def _kill(proc: subprocess.Popen) -> None:
-    """Kill the child and anything it started (its own session)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
+    """Kill the child and anything it started (its own session, and what left it)."""
+    kill_tree(proc.pid)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()  # where there is no process group
     proc.wait()
 
 
