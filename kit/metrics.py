@@ -45,11 +45,13 @@ def r2(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Coefficient of determination as sklearn.metrics.r2_score for one column.
 
     A constant target scores 1.0 when predicted exactly and 0.0 otherwise (sklearn's
-    force_finite behaviour).
+    force_finite behaviour); a single row is NaN (sklearn: not well-defined below two samples).
     """
     y = np.asarray(y_true, dtype=np.float64).ravel()
     p = np.asarray(y_pred, dtype=np.float64).ravel()
     _same_length(y, p)
+    if y.size == 1:
+        return float("nan")
     ss_res = float(((y - p) ** 2).sum())
     ss_tot = float(((y - y.mean()) ** 2).sum())
     if ss_tot == 0.0:

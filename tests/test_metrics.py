@@ -77,6 +77,7 @@ def test_r2_matches_definition_and_sklearn_edge_cases():
     assert r2(y, p) == pytest.approx(1 - ss_res / ss_tot, abs=1e-12)
     assert r2([1.0, 1.0], [1.0, 1.0]) == 1.0
     assert r2([1.0, 1.0], [1.0, 2.0]) == 0.0
+    assert np.isnan(r2([1.0], [1.0])) and np.isnan(r2([1.0], [2.0]))  # sklearn: < 2 samples
     assert r2(y, np.full_like(y, y.mean())) == pytest.approx(0.0, abs=1e-12)
 
 
