@@ -12,8 +12,8 @@ reported: five LSTM 2x128 members, stacked against unstacked.
 
 Selection: `select` over 50 candidates on 1.3M rows x 2 targets of synthetic predictions (truth
 heavy-tailed, candidates = truth x signal + noise, correlated): wall seconds, goal <= 30 s; the
-exact-every-step greedy (every candidate scored with the real metric each iteration) is timed on
-the first iterations and extrapolated, as the baseline.
+exact-every-step greedy (every candidate scored with the real metric each iteration) is timed
+for one iteration and multiplied by --iters, as the baseline.
 
     python bench/bench_ensemble.py [--seqs 10] [--rows 1300000] [--candidates 50]
 """

@@ -4,8 +4,12 @@ Runs `synthesize(full=True)` in a child process and measures its wall time and p
 as the baseline, the time another child takes to write the same files and rows (same columns,
 same parquet writer and row groups; the valid oracle too) filled with random float32 numbers:
 ratio = generation time / pure-I/O time, i.e. how much the generative model costs on top of
-writing the bytes.
-Prints one JSON line. Usage: python bench/bench_synth.py [--train-seqs N] [--valid-seqs M]
+writing the bytes. Each child writes into a fresh folder after --settle seconds (default 20)
+of quiet: on this VM, memory freed moments before (the previous child's pages) is reused at a
+tenth of the price of fresh memory (docs/bench.md, eighth session), which flattered whichever
+child ran second, the baseline, and so the ratio against kit.
+Prints one JSON line.
+Usage: python bench/bench_synth.py [--train-seqs N] [--valid-seqs M] [--settle S]
 """
 
 from __future__ import annotations
@@ -74,13 +78,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-seqs", type=int, default=10_721)
     parser.add_argument("--valid-seqs", type=int, default=1_444)
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds of quiet before each child")
     args = parser.parse_args()
     sizes = (str(args.train_seqs), str(args.valid_seqs))
     with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
+        time.sleep(args.settle)
         seconds = timed_child(GENERATE, tmp, *sizes)
         # ru_maxrss of children: the largest peak among waited-for children, in KiB on Linux;
         # read now, before the baseline child runs
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
+        time.sleep(args.settle)
         baseline = timed_child(RANDOM_ROWS, tmp, *sizes)
     rows = (args.train_seqs + args.valid_seqs) * 1000
     print(
@@ -97,6 +106,7 @@ def main() -> None:
                 "baseline_what": "write the same rows of random float32 with the same writer "
                                  "(train, valid and the oracle file)",
                 "ratio": round(seconds / baseline, 2),
+                "settle_s": args.settle,
                 "ok": seconds <= GOAL_SECONDS and peak_gb <= GOAL_GB,
             }
         )

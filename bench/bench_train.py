@@ -1,7 +1,8 @@
 """Training throughput: the kit trainer vs a bare hand-written loop vs a naive per-item loader.
 
 GRU 2x128 on (N, 1000, 32) float32 arrays, batch 64, full BPTT, 2 CPU threads. All three train
-the same model (same init) for the same batches:
+the same model (same init) on as many batches of the same size (kit's `fit` shuffles them each
+epoch; the others take them in order: the same work per batch):
 
 - kit: `kit.train.trainer.fit` for one epoch (includes its per-epoch validation on 8 sequences
   and the atomic checkpoint: that is part of what the trainer costs);
