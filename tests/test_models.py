@@ -175,7 +175,7 @@ def assert_onnx_matches_steps(model, n_inputs, path, steps=20, batches=(3, 1)):
     from kit.export.step_graph import batch_axes, export_step_graph
 
     shapes = export_step_graph(model, n_inputs, path)
-    model.eval()  # the export leaves the module in training mode (its wrapper's mode restored)
+    assert not model.training  # the export leaves the module in eval mode (said in its doc)
     assert shapes == [["batch" if d == axis else n for d, n in enumerate(s.shape)]
                       for s, axis in zip(model.init_state(1), batch_axes(model), strict=True)]
     nodes = [n.op_type for n in onnx.load(str(path)).graph.node]

@@ -231,6 +231,25 @@ def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
                                np.load(tmp_path / "whole" / "val_preds.npy"), atol=1e-5)
 
 
+def test_a_warmup_that_covers_every_epoch_is_said(env):
+    """warmup_epochs >= epochs: the rate only ramps up and cosine never decays (a quick
+    train.epochs=1 run of an experiment with warmup_epochs = 1 did so without a word)."""
+    import warnings
+
+    from kit.train.recipe import check_config, experiment_config
+
+    for epochs in (1, 2):
+        with pytest.warns(UserWarning, match=rf"train.warmup_epochs = 2 covers all {epochs} "
+                                             r"epoch\(s\): the rate only ramps up"):
+            check_config(experiment_config("tiny", [f"train.epochs={epochs}",
+                                                    "train.warmup_epochs=2"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fine in (["train.epochs=3", "train.warmup_epochs=2"],
+                     ["train.epochs=1", "train.warmup_epochs=2", "train.schedule=plateau"]):
+            check_config(experiment_config("tiny", fine))
+
+
 def test_the_epoch_callback_sees_the_best_so_far_and_the_last_epoch_across_a_resume(env,
                                                                                     tmp_path):
     from kit.train.recipe import check_config, experiment_config, train_one

@@ -48,7 +48,8 @@ def batch_axes(module: nn.Module) -> list[int]:
 def export_step_graph(module: nn.Module, n_inputs: int, path: Path, opset: int = OPSET,
                       simplify: bool = True) -> list:
     """Write module's step graph to path; returns the state shapes, "batch" at the batch axis.
-    simplify: the peephole rewrites of kit.export.graph_passes (fewer nodes, same numbers)."""
+    simplify: the peephole rewrites of kit.export.graph_passes (fewer nodes, same numbers).
+    The module is switched to eval mode (dropout off in the graph) and left there."""
     module = module.eval()
     axes = batch_axes(module)
     state = module.init_state(2)  # batch 2 in the example so no dim is frozen at size 1

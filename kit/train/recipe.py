@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,11 @@ def check_config(config: dict) -> dict:
                           f"(train.epochs = {train['epochs']}): SWA would average nothing; "
                           "set it to an epoch <= train.epochs, or 0 (off)",
                           settings=("train.swa_start", "train.epochs"))
+    if train["schedule"] != "plateau" and 0 < train["epochs"] <= train["warmup_epochs"]:
+        warnings.warn(f"train.warmup_epochs = {train['warmup_epochs']} covers all "
+                      f"{train['epochs']} epoch(s): the rate only ramps up to train.lr and the "
+                      f"{train['schedule']} schedule never decays it; set train.warmup_epochs "
+                      "below train.epochs (0 for a short run)", UserWarning, stacklevel=2)
     if config["train"]["batch_size"] == 0 and not torch.cuda.is_available():
         raise ConfigError("train.batch_size = 0 (find the largest batch that fits) needs a CUDA "
                           "device; set a batch size on CPU")
