@@ -940,6 +940,25 @@ def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
     assert "a resume checkpoint" in out and "its best.pt" in out
 
 
+def test_a_checkpoint_of_random_bytes_is_one_sentence_and_no_torch_warning(tmp_path):
+    """torch's message was cut at 120 characters mid-word ("... `torch.load` fr)"), and its
+    UserWarning about the pickle protocol came out after kit's error."""
+    import warnings
+
+    from kit.train.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+    said = str(info.value)
+    assert said.startswith(f"{path}: the checkpoint is corrupt or not a kit checkpoint (")
+    assert re.search(r"\((\w+Error): [^()]*\); delete it and run the same command again", said)
+    assert "weights_only" not in said
+
+
 @contextlib.contextmanager
 def file_size_limit(size: int):
     """Writes past `size` bytes fail with EFBIG (as a full disk fails with ENOSPC)."""

@@ -7,6 +7,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 from __future__ import annotations
 
 import io
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -40,12 +41,16 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
         raise CheckpointError(f"{path}: the checkpoint is corrupt ({damaged}); "
                               f"{_what_to_do(path)}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # random bytes: "Detected pickle protocol 59 ..."
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: all one story
         if path.suffix != ".pt" and not zipfile.is_zipfile(path):  # e.g. a parquet file
             raise CheckpointError(f"{path}: not a checkpoint; pass a run folder (or the .pt "
                                   "checkpoint in it)") from None
-        first_line = (str(exc).splitlines() or [""])[0][:120]  # an empty file: EOFError('')
+        # torch's first sentence (its advice on weights_only is not this story); an empty
+        # file: EOFError('')
+        first_line = (str(exc).splitlines() or [""])[0].split(". ")[0][:160]
         raise CheckpointError(f"{path}: the checkpoint is corrupt or not a kit checkpoint "
                               f"({type(exc).__name__}: {first_line}); {_what_to_do(path)}"
                               ) from None
