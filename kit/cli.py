@@ -26,7 +26,9 @@ class _KitGroup(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():  # restores showwarning after
+                warnings.showwarning = _kit_warnings_as_lines(warnings.showwarning)
+                return super().invoke(ctx)
         except KitError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
@@ -42,6 +44,23 @@ class _KitGroup(TyperGroup):
         except OSError as exc:  # an output path under a file, a full disk: say which path
             typer.echo(f"error: {os_error_text(exc)}", err=True)
             raise typer.Exit(2) from None
+
+
+KIT_DIR = str(Path(__file__).resolve().parent)
+
+
+def _kit_warnings_as_lines(show):
+    """kit's own warnings as `warning: MESSAGE` lines, as its errors are `error: ...` lines
+    (Python's format adds the file, the line number and the source line: it reads like a
+    crash); other libraries' warnings keep theirs (`show`)."""
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(KIT_DIR) and issubclass(category, UserWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_warning
 
 
 def _stdout_reader_gone() -> bool:

@@ -231,7 +231,7 @@ def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
                                np.load(tmp_path / "whole" / "val_preds.npy"), atol=1e-5)
 
 
-def test_a_warmup_that_covers_every_epoch_is_said(env):
+def test_a_warmup_that_covers_every_epoch_is_said(env, tmp_path):
     """warmup_epochs >= epochs: the rate only ramps up and cosine never decays (a quick
     train.epochs=1 run of an experiment with warmup_epochs = 1 did so without a word)."""
     import warnings
@@ -243,6 +243,11 @@ def test_a_warmup_that_covers_every_epoch_is_said(env):
                                              r"epoch\(s\): the rate only ramps up"):
             check_config(experiment_config("tiny", [f"train.epochs={epochs}",
                                                     "train.warmup_epochs=2"]))
+    # from the CLI, one `warning:` line as errors are `error:` lines (not Python's file:line:
+    # UserWarning format and the source line, which read like a crash)
+    out = run_cli("train", "exp=tiny", "train.epochs=1", "train.warmup_epochs=2", "-q").output
+    assert "warning: train.warmup_epochs = 2 covers all 1 epoch(s)" in out
+    assert "UserWarning" not in out and "check_config(" not in out
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for fine in (["train.epochs=3", "train.warmup_epochs=2"],
