@@ -181,6 +181,22 @@ def test_batch_protocol_edge_cases(workspace, package):
     np.testing.assert_array_equal(
         module.BatchPredictor().predict_arrays(step0["seq_ix"], odd),
         module.BatchPredictor().predict_arrays(step0["seq_ix"], nan.astype(np.float64)))
+    # a pandas frame with text in a feature column: NaN there too (pandas raised before)
+    texts = step0.to_pandas().astype({"p3": object})
+    texts.loc[0, "p3"] = "n/a"
+    with_nan = step0.to_pandas()
+    with_nan.loc[0, "p3"] = np.nan
+    np.testing.assert_array_equal(module.BatchPredictor().predict(texts)[["t0", "t1"]],
+                                  module.BatchPredictor().predict(with_nan)[["t0", "t1"]])
+    # a missing step (None, pd.NA) continues its id, as a NaN step does (it raised)
+    for missing in (None, pd.NA, float("nan")):
+        predictor = module.BatchPredictor()
+        got = [predictor.predict_arrays([4], nan[:1].astype(np.float64),
+                                        steps=[0 if t == 0 else missing]) for t in range(3)]
+        reference = module.BatchPredictor()
+        want = [reference.predict_arrays([4], nan[:1].astype(np.float64), steps=[t])
+                for t in range(3)]
+        np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want))
     one = module.BatchPredictor().predict_arrays([4], odd[0])  # one id's row, 1-D
     assert one.shape == (1, 2) and np.isfinite(one).all()
     with pytest.raises(ValueError, match="a list or array of ids"):

@@ -311,6 +311,43 @@ def test_nan_steps_continue_a_sequence_interleaved_or_not(gru_pack):
     np.testing.assert_array_equal(np.stack(contiguous), np.stack(model_on(gru_pack, rows)))
 
 
+def test_odd_ids_steps_and_values_of_a_review(gru_pack):
+    """A missing step given as None or pd.NA raised TypeError (a NaN step continues its
+    sequence); a NaT id fed row after row swapped in a parked state at every row; a numpy
+    scalar id after a tuple id raised ValueError (their comparison is an array); an int past
+    float's range in a row raised OverflowError."""
+    import pandas as pd
+
+    rows = np.random.default_rng(7).standard_normal((6, 32))
+    want = np.stack(model_on(gru_pack, rows))
+    for missing in (None, pd.NA):
+        model = _solution(gru_pack.folder)
+        got = [model.predict(Point(1, 0 if i == 0 else missing, True, r))
+               for i, r in enumerate(rows)]
+        np.testing.assert_array_equal(np.stack(got), want)
+        model = _solution(gru_pack.folder)  # interleaved: parked and resumed
+        got = []
+        for i, r in enumerate(rows):
+            got.append(model.predict(Point(1, 0 if i == 0 else missing, True, r)))
+            model.predict(Point(2, i, True, r))
+        np.testing.assert_array_equal(np.stack(got), want)
+    for nat in (pd.NaT, np.datetime64("NaT")):
+        model = _solution(gru_pack.folder)
+        got = [model.predict(Point(nat, i, True, r)) for i, r in enumerate(rows)]
+        np.testing.assert_array_equal(np.stack(got), want)
+        assert not model.saved
+    model = _solution(gru_pack.folder)
+    first = model.predict(Point((1, 2), 0, True, rows[0]))
+    np.testing.assert_array_equal(model.predict(Point(np.int64(3), 0, True, rows[0])), first)
+    np.testing.assert_array_equal(model.predict(Point((1, 2), 1, True, rows[1])), want[1])
+    huge = rows[0].tolist()
+    huge[4] = 10**400
+    inf = rows[0].copy()
+    inf[4] = np.inf
+    np.testing.assert_array_equal(_solution(gru_pack.folder).predict(Point(1, 0, True, huge)),
+                                  _solution(gru_pack.folder).predict(Point(1, 0, True, inf)))
+
+
 def model_on(gru_pack, rows) -> list:
     """A fresh runtime's predictions for rows as one sequence."""
     model = _solution(gru_pack.folder)

@@ -44,12 +44,33 @@ NA_ID = ("pd.NA id",)  # the one key of pd.NA ids (NA == NA is NA, not True)
 
 def id_key(seq_ix):
     """A sequence id as a dict key: NaN ids are one sequence, as None ids are; so are pd.NA
-    ids (a pandas string column's missing id), whose comparisons give NA, not a bool."""
+    ids (a pandas string column's missing id), whose comparisons give NA, not a bool, and any
+    other id unequal to itself (NaT)."""
     if isinstance(seq_ix, float | np.floating) and seq_ix != seq_ix:
         return NAN_ID
     if type(seq_ix).__name__ == "NAType":  # pd.NA, without importing pandas
         return NA_ID
+    if not same_key(seq_ix, seq_ix):
+        return ("unequal id", type(seq_ix).__name__)
     return seq_ix
+
+
+def same_key(a, b):
+    """a == b as one bool; False where it is none (a numpy scalar against a tuple id gives an
+    array, pd.NA gives NA)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def follows(step, before):
+    """Whether `step` continues a sequence last seen at `before`: a later step, or one that
+    is unknown (NaN, None, pd.NA: no comparison holds)."""
+    try:
+        return not step <= before
+    except (TypeError, ValueError):
+        return True
 
 
 def numbers(values, width):
@@ -61,6 +82,8 @@ def numbers(values, width):
     for value in values:
         try:
             out.append(float(value))
+        except OverflowError:  # an int past float's range: inf, which the guard replaces
+            out.append(float("inf") if value > 0 else float("-inf"))
         except (TypeError, ValueError):
             out.append(float("nan"))
     return out
@@ -173,8 +196,8 @@ class PredictionModel:
 
     def _switch(self, seq_ix, step):
         seq_ix = id_key(seq_ix)
-        if seq_ix == self.seq_ix:  # a NaN or None id again: one sequence (NaN != NaN)
-            if step <= self.step:
+        if same_key(seq_ix, self.seq_ix):  # a NaN or None id again: one sequence
+            if not follows(step, self.step):
                 self._reset_live()
             return
         parked = self.saved.pop(seq_ix, None)  # first: a full store must not evict it
@@ -184,7 +207,7 @@ class PredictionModel:
                 self.saved.popitem(last=False)
         # the same sequence, continued (a NaN step, unknown, continues it: as predict does
         # for rows of one id in a row)
-        if parked is not None and not step <= parked[0]:
+        if parked is not None and follows(step, parked[0]):
             for buffer, value in zip(self.buffers[self.live], parked[1], strict=True):
                 buffer[...] = value
         else:
@@ -199,20 +222,27 @@ class PredictionModel:
                 moved = True
             else:
                 moved = False
-        except TypeError:  # a pd.NA id: `NA != x` is NA, which is no bool
-            moved = True
+        except (TypeError, ValueError):  # a pd.NA id (`NA != x` is NA, which is no bool); a
+            moved = True  # numpy scalar against a tuple id (an array)
         if moved:
             self._switch(seq_ix, step)
-        elif step <= self.step:  # the id starts over: a new sequence
-            self._reset_live()
+        else:
+            try:
+                if step <= self.step:  # the id starts over: a new sequence
+                    self._reset_live()
+            except TypeError:  # a missing step (None, pd.NA) continues, as a NaN one does
+                pass
         self.step = step
         row = data_point.state
         try:
             if len(row) != self.width:  # one value would broadcast to every column
-                raise ValueError  # (numbers says how many; a (1, F) row goes there too)
+                raise ValueError  # (numbers says how many)
             self.x_row[...] = row  # float64 -> float32 (faster than np.copyto)
-        except (TypeError, ValueError):  # pd.NA, text: NaN, which the graph's guard replaces
-            self.x_row[...] = numbers(row, self.width)
+        except (TypeError, ValueError, OverflowError):  # pd.NA, text: NaN (the graph's guard
+            if getattr(row, "shape", None) == (1, self.width):  # replaces it); (1, F): fast
+                self.x_row[...] = row[0]
+            else:
+                self.x_row[...] = numbers(row, self.width)
         if self.run_binding is not None:
             live = self.live
             self.run_binding(self.bindings[live], None)
@@ -275,7 +305,7 @@ class BatchPredictor:
                 row = new[key] = len(self.last_step) + len(new)
                 fresh[i] = True
             elif steps is not None and self.last_step[row] is not None \
-                    and steps[i] <= self.last_step[row]:
+                    and not follows(steps[i], self.last_step[row]):
                 fresh[i] = True  # the id starts over: a new sequence
             rows[i] = row
         return rows, fresh, new
@@ -364,7 +394,10 @@ class BatchPredictor:
         if is_polars:  # one conversion for all the feature columns
             features = batch.select(columns).to_numpy()
         else:  # pandas' nullable dtypes hold pd.NA, which float() refuses: NaN, as in polars
-            features = batch[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+            try:
+                features = batch[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):  # text: predict_arrays reads it as NaN
+                features = batch[columns].to_numpy(dtype=object)
         names = names or {}
         keep = [keep] if isinstance(keep, str) else keep  # "row_id", not its letters
         renamed = [names.get(name, name) for name in outputs]
