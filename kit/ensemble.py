@@ -118,6 +118,7 @@ def load_candidate(path: Path) -> Candidate:
     for run in runs:  # scored against today's file, predictions of another would mislead
         if changed := data_changes(run):
             raise EnsembleError(changed_data_message(run, changed))
+        _refuse_tail_cut_validation(run)
     if len(preds) != len(rows):
         raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
     bad = int((~np.isfinite(preds)).sum())
@@ -129,6 +130,20 @@ def load_candidate(path: Path) -> Candidate:
     name = _run_name(str(path))
     return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
                      data, trained_spec(runs[0]))  # the spec its predictions' columns are of
+
+
+def _refuse_tail_cut_validation(run: Path) -> None:
+    """A run validated on sequences cut to their last data.seq_len steps predicted them from a
+    state started mid-sequence; its package starts every sequence at step 0, so its
+    val_preds are not what it ships (a head cut keeps the start: the same predictions)."""
+    data = (_read_config(run).get("data") or {})
+    if (read_metrics(run) or {}).get("valid_truncated") and data.get("truncate") == "tail":
+        raise EnsembleError(
+            f"{run}: validated on sequences cut to their last data.seq_len = "
+            f"{data.get('seq_len')} steps (truncate = \"tail\"), from a state started "
+            "mid-sequence: its package starts every sequence at step 0, so these predictions "
+            "are not what it would ship; train it with truncate = \"head\" (or no data.seq_len) "
+            "to make it a candidate")
 
 
 def _why_no_predictions(run: Path) -> str:
@@ -559,6 +574,8 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
             "runs": [str(Path(r).resolve()) for r in c.runs],
             "weight": float(weights[j].mean()), "weights": [float(w) for w in weights[j]],
             "picks": [int(n) for n in selection.counts[:, j]],
+            # what the weights were chosen on: pack refuses a run retrained since
+            "checkpoints": {str(Path(r).resolve()): checkpoint_digest(Path(r)) for r in c.runs},
             "score": selection.singles[j]["score"],
             "per_target": selection.singles[j]["per_target"],
         })
@@ -586,6 +603,13 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
     if postprocess:
         doc["postprocess"] = postprocess
     return doc
+
+
+def checkpoint_digest(run: Path) -> str:
+    """sha256 of a run's best.pt (memoised per file state)."""
+    from kit.export.frozen import sha256_file
+
+    return sha256_file(Path(run) / "best.pt")
 
 
 def best_single_per_target(spec: CompetitionSpec, candidates: list[Candidate],

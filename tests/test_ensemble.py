@@ -783,6 +783,48 @@ def test_unfinished_runs_are_not_candidates(runs, tmp_path):
         select_ensemble([run, runs["lstm"]], iters=2, out=tmp_path / "e.toml")
 
 
+def test_a_member_trained_again_after_the_selection_is_refused_by_pack(runs, tmp_path):
+    """Its folder deleted and trained again under the same name: the pack took the new
+    best.pt under weights chosen on the old one's predictions, without a word."""
+    import shutil
+
+    from kit.errors import KitError
+    from kit.export.pack import PackError, pack_ensemble, pack_run
+
+    member = tmp_path / "runs" / "gru_b" / runs["gru_b"].name
+    shutil.copytree(runs["gru_b"], member)
+    _, path, _ = select_ensemble([runs["gru"], member], iters=4, init_best=2,
+                                 out=tmp_path / "e.toml")  # both picked
+    doc = tomllib.loads(path.read_text())
+    assert all(set(m["checkpoints"]) == set(m["runs"]) for m in doc["members"])
+    assert any(str(member.resolve()) in m["runs"] and any(m["weights"]) for m in doc["members"])
+    shutil.copy(runs["gru"] / "best.pt", member / "best.pt")  # "trained again"
+    with pytest.raises(PackError, match=r"best.pt changed since the selection \(the run was "
+                                        r"trained again\)"):
+        pack_ensemble(path, "e", tmp_path / "subs")
+    assert pack_ensemble(path, "e", tmp_path / "subs", force=True).zip_path.is_file()
+    # a finished run without its best.pt is named as such, not "no best.pt yet"
+    (member / "best.pt").unlink()
+    with pytest.raises(KitError, match="the run finished but its best.pt is missing"):
+        pack_run(member, "x", tmp_path / "subs")
+
+
+def test_a_run_validated_on_tail_cut_sequences_is_not_a_candidate(workspace, runs, tmp_path,
+                                                                  monkeypatch):
+    """data.seq_len = 50 of 60 steps, truncate = "tail": the run predicted steps 10..59 from a
+    state started at step 10, its package starts at step 0. Its scored rows are the others'
+    (warm-up 10), so it blended silently: the selection's score was not what kit score gave
+    the pack (0.075 against 0.088 in the review). A head cut keeps the start: a candidate."""
+    from kit.train.recipe import train_experiment
+
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(workspace / "experiments"))
+    tail = Path(train_experiment("gru", ["data.seq_len=50", 'data.truncate="tail"'],
+                                 progress=False, runs_dir=tmp_path / "tail")[0]["run_dir"])
+    with pytest.raises(EnsembleError, match=r"tail.*validated on sequences cut to their last "
+                                            r"data.seq_len = 50 steps \(truncate = \"tail\"\)"):
+        select_ensemble([runs["gru"], tail], iters=2, out=tmp_path / "e.toml")
+
+
 @pytest.mark.parametrize(("name", "content", "message"), [
     ("metrics.json", "[1]", "no readable metrics.json"),
     ("metrics.json", b"\xff\xfe", "no readable metrics.json"),

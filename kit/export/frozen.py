@@ -104,6 +104,11 @@ def find_checkpoint(run: Path) -> Path:
     if (run / "best.pt").is_file():
         return run / "best.pt"
     if run.is_dir() and (run / "last.pt").is_file():
+        from kit.run_record import read_metrics
+
+        if (read_metrics(run) or {}).get("finished"):  # deleted by hand (or a partial copy)
+            raise KitError(f"{run}: the run finished but its best.pt is missing (deleted or "
+                           "not copied); train the run again, or copy it from where it is")
         raise KitError(f"{run}: no best.pt yet (the run has not finished a validated epoch)")
     if (run / "oof_preds.npy").is_file():  # a --folds group: its fold runs are the models
         raise KitError(f"{run}: an out-of-fold group (its models are the fold runs beside it): "

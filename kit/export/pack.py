@@ -147,12 +147,21 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
         if not any(entry["weights"]):
             continue  # zero weight: not in the graph
         share = [w / len(entry["runs"]) for w in entry["weights"]]
+        chosen_on = entry.get("checkpoints")  # {run: best.pt's sha256} (files before: none)
+        chosen_on = chosen_on if isinstance(chosen_on, dict) else {}
         for run in entry["runs"]:
+            digest = chosen_on.get(run)
             refuse_group_as_member(path, entry.get("name", run), relocated(run))
             try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
-                weighted.append(Weighted(load_member(relocated(run)), share))
+                member = load_member(relocated(run))
             except KitError as exc:  # a member moved or deleted since the selection
                 raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
+            if digest and member.sha256 != digest and not force:
+                raise PackError(f"{path}: member {entry.get('name', run)!r}: {member.checkpoint} "
+                                "changed since the selection (the run was trained again): the "
+                                "weights were chosen on its old predictions; select again, or "
+                                "--force")
+            weighted.append(Weighted(member, share))
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
     check_same_columns(weighted)  # first: a member of other targets has other weights too
