@@ -88,3 +88,7 @@ ablate *args:
 # kit notebook SUBMISSION [--protocol rows|batch]: an offline Kaggle notebook submission
 notebook submission *args:
     kit notebook "$@"
+
+# kit version: the installed kit's version
+version:
+    kit version

@@ -279,7 +279,8 @@ def features_list(spec: str = SpecOption) -> None:
     typer.echo(f"groups for {loaded.name}:")
     for name, group in available_groups(loaded).items():
         try:
-            count = f"{len(build_feature_set(loaded, [name]).outputs):>4} features"
+            n = len(build_feature_set(loaded, [name]).outputs)
+            count = f"{n:>4} feature{'s' if n != 1 else ''}"
         except FeatureConfigError as exc:  # a generic group this spec cannot hold: the others
             # are listed all the same, and explicit ops with other settings can replace it
             typer.echo(f"  {name:<14} not usable with this spec: {exc}")
@@ -291,7 +292,7 @@ def features_list(spec: str = SpecOption) -> None:
 def features_build(
     exp: str | None = typer.Argument(None, help="Experiment: exp=NAME, NAME or a TOML path."),
     groups: str | None = typer.Option(None, help="Comma-separated groups (with an exp: in "
-                                      "place of its [features], on its spec and data)."),
+                                      "place of its \\[features], on its spec and data)."),
     data: Path | None = typer.Option(None, help="Data file (default: the exp's train file)."),
     spec: str | None = typer.Option(None, "--spec", "-s", help="Competition spec for --groups "
                                     "(default predictorium; an experiment names its own)."),
@@ -683,13 +684,18 @@ def notebook(
                                      "into its answer, comma-separated (e.g. row_id)."),
     rename: str = typer.Option("", help="Output columns renamed in the answers, "
                                "OUTPUT=NEW comma-separated (e.g. t0=responder_6)."),
+    try_on: Path | None = typer.Option(None, "--try", help="Then run the notebook here on "
+                                       "this test file, as Kaggle will, and print what it "
+                                       "prints (predictions to OUT/local-run/)."),
 ) -> None:
     """Write an offline Kaggle notebook submission: OUT/dataset (the package + metadata) and
     OUT/kernel (the notebook + metadata, internet off)."""
     import shlex
 
-    from kit.export.notebook import default_out, default_owner, write_notebook
+    from kit.export.notebook import default_out, default_owner, run_locally, write_notebook
 
+    if try_on is not None and not Path(try_on).is_file():  # before anything is written
+        raise KitError(f"--try {try_on}: no such file")
     owner = owner or default_owner()
     out = out or default_out(submission)
     written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,
@@ -700,6 +706,9 @@ def notebook(
                f"  kaggle datasets create -p {shlex.quote(str(written['dataset']))}"
                "    # later: kaggle datasets version -p ... -m MESSAGE\n"
                f"  kaggle kernels push -p {shlex.quote(str(written['kernel']))}")
+    if try_on is not None:
+        typer.echo(f"running the notebook on {try_on} (a local kernel, as Kaggle will):")
+        typer.echo(run_locally(written, try_on, Path(out) / "local-run").rstrip())
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -155,7 +155,8 @@ def _why_no_predictions(run: Path) -> str:
 
 def expand_candidates(paths: list[Path]) -> list[Path]:
     """Run folders as given; an experiment folder (runs/EXP) stands for its finished runs and
-    out-of-fold groups (fold runs are represented by their group)."""
+    out-of-fold groups (fold runs are represented by their group; kit ablate's variants,
+    `ablate-*`, are left out, said: other feature sets, passed by path when wanted)."""
     out: list[Path] = []
     for path in (Path(p).resolve() for p in paths):  # one run, one spelling of its path
         if (path / "val_preds.npy").is_file() or (path / "oof_preds.npy").is_file():
@@ -165,6 +166,13 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                             and ((p / "val_preds.npy").is_file()
                                  or (p / "oof_preds.npy").is_file())
                             and is_finished(p))
+            ablations = [p for p in inside if p.name.startswith("ablate-")]
+            inside = [p for p in inside if p not in ablations]
+            if ablations:
+                warnings.warn(f"{path}: left out its {len(ablations)} kit ablate run(s) "
+                              f"(ablate-*: variants of the experiment's feature groups); pass "
+                              f"them by path to make them candidates, e.g. {ablations[0]}",
+                              UserWarning, stacklevel=2)
             if not inside and ((path / "config.toml").is_file()
                                or (path / "metrics.json").is_file()):
                 raise EnsembleError(f"{path}: a run without validation predictions: "

@@ -135,3 +135,11 @@ def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monk
     # a model setting is checked before the data is generated, not after
     out = run_cli("demo", "--data", "fresh", "-q", "model.type=nosuch", expect=2).output
     assert "nosuch" in out and not Path("fresh").exists()
+
+
+def test_help_texts_keep_their_bracketed_words():
+    """Typer renders help as Rich markup: `[features]` was read as a style tag and dropped
+    ("in place of its , on its spec"). Every command's help shows its [section] words."""
+    out = run_cli("features", "build", "--help").output
+    assert "its [features], on its spec" in " ".join(out.replace("│", " ").split())
+    assert "[sweep]" in run_cli("sweep", "--help").output

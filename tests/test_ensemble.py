@@ -653,6 +653,24 @@ def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):
         expand_candidates([group])
 
 
+def test_an_experiment_folder_leaves_its_ablation_runs_out_and_says_so(runs, tmp_path):
+    """runs/EXP stood for kit ablate's variants too: six of ten candidates were ablation runs
+    (other feature groups), one of them the 'best single'."""
+    import shutil
+
+    from kit.ensemble import expand_candidates
+
+    exp = tmp_path / "gru"
+    shutil.copytree(runs["gru"], exp / runs["gru"].name)
+    shutil.copytree(runs["gru_b"], exp / "ablate-20261204-101010-raw-s1")
+    with pytest.warns(UserWarning, match=r"left out its 1 kit ablate run\(s\) .*pass them by "
+                                         r"path"):
+        got = expand_candidates([exp])
+    assert got == [(exp / runs["gru"].name).resolve()]
+    by_path = expand_candidates([exp / "ablate-20261204-101010-raw-s1"])
+    assert by_path == [(exp / "ablate-20261204-101010-raw-s1").resolve()]
+
+
 def test_an_ensemble_key_that_is_not_a_table_is_refused(tmp_path):
     path = _write(tmp_path / "e.toml", [{"name": "a", "runs": ["r"], "weights": [1.0, 1.0]}])
     path.write_text('ensemble = "x"\n' + path.read_text())

@@ -474,6 +474,22 @@ def _execute(notebook_path: Path, cwd: Path, monkeypatch) -> str:
                    for out in cell.get("outputs", []))  # what the cells printed
 
 
+def test_try_runs_the_notebook_here_and_prints_what_it_prints(workspace, package, tmp_path):
+    """The documented local run (jupyter-execute) showed none of the notebook's output: not
+    the note on a keep column the test file lacks, not the count of predictions written."""
+    valid = workspace / "data/valid.parquet"
+    out = run_cli("notebook", package.zip_path, "--out", tmp_path / "kaggle", "--owner", "alice",
+                  "--protocol", "batch", "--keep-columns", "row_id", "--try", valid).output
+    assert "note: keep column(s) ['row_id'] are not in" in out
+    written = pl.read_csv(tmp_path / "kaggle/local-run/predictions.csv")
+    rows = pl.read_parquet(valid).filter(pl.col("need_prediction")).height
+    assert f"{rows:,} predictions (batch protocol) written to" in out and written.height == rows
+    assert "KIT_TEST_FILE" not in os.environ  # the variables it set are gone again
+    out = run_cli("notebook", package.zip_path, "--out", tmp_path / "k2", "--owner", "alice",
+                  "--try", tmp_path / "missing.parquet", expect=2).output
+    assert "missing.parquet: no such file" in out and not (tmp_path / "k2").exists()
+
+
 @pytest.mark.parametrize("protocol, env, keep", [
     ("rows", {}, []),
     # a gateway's row_id, which the local test file lacks: left out, with a note

@@ -636,3 +636,40 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
 def _title(text: str) -> str:
     """Kaggle dataset titles are 6 to 50 characters."""
     return (text if len(text) >= 6 else f"{text} (kit)")[:50]
+
+
+def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
+    """Execute the written notebook here, as Kaggle will (a local Jupyter kernel, the package
+    found under OUT as under /kaggle/input), on `test_file`; returns what its cells printed
+    (`jupyter-execute` shows none of it: the notes on columns the file lacks included).
+    Needs nbclient and ipykernel (in kit's dev extra)."""
+    try:
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError
+    except ImportError as exc:
+        raise NotebookError(f"--try needs nbclient and ipykernel ({exc}): pip install nbclient "
+                            "ipykernel (or kit's dev extra)") from None
+    test_file = Path(test_file).resolve()
+    if not test_file.is_file():
+        raise NotebookError(f"--try {test_file}: no such file")
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    env = {"KIT_INPUT_ROOT": str(Path(written["dataset"]).resolve().parent),
+           "KIT_TEST_FILE": str(test_file), "KIT_OUTPUT_DIR": str(output_dir)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel is a child process: it inherits them
+    notebook = nbformat.read(str(written["notebook"]), as_version=4)
+    try:
+        NotebookClient(notebook, timeout=None, kernel_name="python3", resources={
+            "metadata": {"path": str(Path(written["kernel"]).resolve())}}).execute()
+    except CellExecutionError as exc:
+        raise NotebookError(f"the notebook failed on {test_file}:\n{exc}") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return "".join(out.get("text", "") for cell in notebook.cells
+                   for out in cell.get("outputs", []))
