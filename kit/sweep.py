@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -37,7 +38,15 @@ from typing import TYPE_CHECKING
 
 import tomli_w
 
-from kit.config import ConfigError, added_at_default, flatten, parse_override, resolve, set_path
+from kit.config import (
+    ConfigError,
+    added_at_default,
+    experiments_dir,
+    flatten,
+    parse_override,
+    resolve,
+    set_path,
+)
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import WorkerGroup, worker_pythonpath
@@ -586,13 +595,49 @@ def identity_differences(stored: dict, identity: dict) -> list[str]:
     return problems
 
 
-def check_identity(study, name: str, identity: dict, params: list[Param] = ()) -> None:
+IDENTITY_WAIT_S = 30.0  # how long a worker waits for another's identity before taking over
+
+
+def check_identity(study, name: str, identity: dict, params: list[Param] = (),
+                   storage=None) -> None:
     """Refuse to add trials to a study made for another experiment, search space or config:
     its trials would be ranked with these. A study without a recorded identity (new, or made
     before kit recorded one) takes this sweep's, with a note when it already has trials,
     unless a parameter's distribution cannot be one of theirs (Optuna would raise on it in
     every trial)."""
     if "kit_experiment" not in study.user_attrs:
+        _record_identity(study, name, identity, params, storage or study._storage)
+    problems = identity_differences(study.user_attrs, identity)
+    if problems:
+        raise SweepError(f"study {name!r} in this storage was made for another sweep: "
+                         f"{'; '.join(problems)}. Its trials would be ranked with this sweep's: "
+                         "pick a new --study name, or put the old settings back")
+
+
+def _record_identity(study, name: str, identity: dict, params: list[Param], storage) -> None:
+    """Record this sweep's identity on a study that has none, one worker at a time. Workers
+    that found the study new at the same moment each wrote theirs and read back their own,
+    so both trained into it. Creating a study is the storage's one atomic test-and-set: the
+    worker that creates the lock study `NAME (kit identity lock)` writes; the others wait for
+    what it wrote (and compare). The lock goes once the identity is in place; a holder that
+    died is taken over after IDENTITY_WAIT_S."""
+    import optuna
+
+    lock = f"{name} (kit identity lock)"
+    deadline = time.time() + IDENTITY_WAIT_S
+    while True:
+        try:
+            optuna.create_study(study_name=lock, storage=storage)
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            if "kit_experiment" in study.user_attrs:  # the holder wrote it: compare
+                return
+            if time.time() > deadline:  # the holder died before writing: take over
+                break
+            time.sleep(0.1)
+    try:
+        if "kit_experiment" in study.user_attrs:  # written before this worker got the lock
+            return
         if trials := study.get_trials(deepcopy=False):
             check_distributions(name, trials, params)
             print(f"note: study {name!r} was made before kit recorded what a study sweeps; its "
@@ -602,12 +647,9 @@ def check_identity(study, name: str, identity: dict, params: list[Param] = ()) -
         # kit_experiment, the marker, last: a worker that reads it finds the other two set
         for key in ("kit_space", "kit_config", "kit_experiment"):
             study.set_user_attr(key, identity[key])
-    # read back: a worker on another machine may have recorded its own at the same moment
-    problems = identity_differences(study.user_attrs, identity)
-    if problems:
-        raise SweepError(f"study {name!r} in this storage was made for another sweep: "
-                         f"{'; '.join(problems)}. Its trials would be ranked with this sweep's: "
-                         "pick a new --study name, or put the old settings back")
+    finally:
+        with contextlib.suppress(Exception):  # gone already (a worker that took over)
+            optuna.delete_study(study_name=lock, storage=storage)
 
 
 def check_distributions(name: str, trials, params: list[Param]) -> None:
@@ -649,7 +691,7 @@ def make_study(name: str, storage, direction: str, table: dict, epochs: int,
                          f"{study.direction.name.lower()}, this experiment's metric to "
                          f"{direction}: pick another --study name")
     if identity is not None:
-        check_identity(study, name, identity, params)
+        check_identity(study, name, identity, params, storage)
         record_search(study, name, table)
     existing = len(study.get_trials(deepcopy=False)) if table.get("seed") is not None else 0
     seed = sampler_seed(table, existing)
@@ -814,6 +856,22 @@ class EpochReports:
         return not end.last and self.trial.should_prune()
 
 
+def claim_folder(folder: Path) -> Path:
+    """Create the trial's run folder, or one beside it: a study started over under the same
+    name, or another study of the same folder name (`a/b` and `a-b`, one name on two
+    storages), must never train into it. mkdir is the claim: two sweeps checking whether the
+    folder exists both found it free, and the second crashed on the first's lock."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    name = folder.name
+    for attempt in itertools.count():
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            folder = folder.with_name(f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+                                      + (f"-{attempt}" if attempt else ""))
+
+
 def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | None = None):
     import optuna
 
@@ -832,10 +890,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
             return float("nan")  # a failed trial, as a diverged one: the study samples on
         config.pop("sweep", None)
         name = f"{safe_name(setup.study_name)}-t{trial.number:04d}"
-        folder = setup.runs_dir / setup.experiment / name
-        if folder.exists():  # a study started over under the same name: never mix two runs
-            folder = folder.with_name(f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        files = RunFiles(folder)
+        files = RunFiles(claim_folder(setup.runs_dir / setup.experiment / name))
         trial.set_user_attr("run_dir", str(files.root.resolve()))  # read from anywhere
         trial.set_user_attr("worker", os.getpid())
 
@@ -1111,38 +1166,57 @@ def best_name(setup: SweepSetup) -> str:
 
 
 def best_path(setup: SweepSetup) -> Path:
-    from kit.config import experiments_dir
-
     return experiments_dir() / f"{best_name(setup)}.toml"
 
 
 ORIGIN = "# written by kit sweep for "  # the best file's first line, then its origin as JSON
 
 
+BESIDE = "the best file's folder"  # what a recorded storage file's path is relative to
+
+
 def best_origin(setup: SweepSetup) -> dict:
     """The study and storage a best file came from: the storage by what it points to (a
-    file by its path, relative to this folder when inside it: the checkout may move; a
-    server by its masked URL), however the URL was written."""
+    file by its path relative to the best file's folder, whatever folder the sweep ran
+    from: the checkout may move; a server by its masked URL), however the URL was written."""
     file = storage_file(setup.storage_url)
     if file is None:
         return {"study": setup.study_name, "storage": shown_url(setup.storage_url)}
     file = file.resolve()
-    with contextlib.suppress(ValueError):
-        file = file.relative_to(Path.cwd().resolve())
-    return {"study": setup.study_name, "storage": f"file {file.as_posix()}"}
+    with contextlib.suppress(ValueError):  # another drive (Windows): absolute
+        file = Path(os.path.relpath(file, experiments_dir().resolve()))
+    return {"study": setup.study_name, "storage": f"file {file.as_posix()}",
+            "relative_to": BESIDE}
 
 
 def _same_origin(recorded: object, setup: SweepSetup) -> bool:
     if recorded == best_origin(setup):
         return True
-    # best files of kits before 2026-12-03: the default storage by a fixed label, any other
-    # by its URL as written
     if not isinstance(recorded, dict) or recorded.get("study") != setup.study_name:
         return False
-    storage = recorded.get("storage")
+    storage, mine = recorded.get("storage"), storage_file(setup.storage_url)
+    if isinstance(storage, str) and storage.startswith("file ") and mine is not None:
+        # before 2026-12-04 relative to the folder the sweep ran from (another folder's sweep
+        # of another storage matched it): the best guess for those is this folder
+        base = experiments_dir() if recorded.get("relative_to") == BESIDE else Path.cwd()
+        return (base / storage.removeprefix("file ")).resolve() == mine.resolve()
+    # best files of kits before 2026-12-03: the default storage by a fixed label, any other
+    # by its URL as written
     if storage == DEFAULT_STORAGE:
         return setup.storage_url == default_storage(setup.experiment, setup.runs_dir)
     return storage == shown_url(setup.storage_url)
+
+
+def _shown_storage(origin: dict) -> str:
+    """A recorded storage as a reader here finds it: a file relative to this folder."""
+    storage = origin.get("storage")
+    if not (isinstance(storage, str) and storage.startswith("file ")
+            and origin.get("relative_to") == BESIDE):
+        return str(storage)
+    file = (experiments_dir() / storage.removeprefix("file ")).resolve()
+    with contextlib.suppress(ValueError):
+        file = file.relative_to(Path.cwd().resolve())
+    return f"file {file.as_posix()}"
 
 
 def check_best_file(setup: SweepSetup, path: Path) -> None:
@@ -1163,7 +1237,7 @@ def check_best_file(setup: SweepSetup, path: Path) -> None:
             origin = None
         if _same_origin(origin, setup):
             return
-        owner = (f"study {origin.get('study')!r} on {origin.get('storage')}"
+        owner = (f"study {origin.get('study')!r} on {_shown_storage(origin)}"
                  if isinstance(origin, dict) else f"an unreadable origin ({first!r})")
     else:
         try:

@@ -1399,17 +1399,22 @@ def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
                   "sqlite:///runs/tiny/sweep.db").output
     assert "3 complete" in out and "wrote" in out
     # a best file of an older kit, whose origin names the default storage by a label
-    legacy = before.replace('"storage": "file runs/tiny/sweep.db"',
-                            '"storage": "the default storage (RUNS/EXP/sweep.db)"')
+    recorded = '"storage": "file ../runs/tiny/sweep.db", "relative_to": "the best file\'s folder"'
+    legacy = before.replace(recorded, '"storage": "the default storage (RUNS/EXP/sweep.db)"')
     assert legacy != before
     (exps / "tiny_best.toml").write_text(legacy)
     run_cli("sweep", "exp=tiny", "--trials", 4, "-q")
-    assert origin(exps / "tiny_best.toml")["storage"] == "file runs/tiny/sweep.db"
-    # ... and one that names another storage by its URL as written
+    assert origin(exps / "tiny_best.toml")["storage"] == "file ../runs/tiny/sweep.db"
+    # ... one whose storage file is relative to the folder the sweep ran from (before
+    # 2026-12-04): read from this folder
     (exps / "tiny_best.toml").write_text(before.replace(
-        '"storage": "file runs/tiny/sweep.db"', f'"storage": "{url}"'))
+        recorded, '"storage": "file runs/tiny/sweep.db"'))
+    run_cli("sweep", "exp=tiny", "--trials", 5, "-q")
+    assert origin(exps / "tiny_best.toml")["relative_to"] == "the best file's folder"
+    # ... and one that names another storage by its URL as written
+    (exps / "tiny_best.toml").write_text(before.replace(recorded, f'"storage": "{url}"'))
     run_cli("sweep", "exp=tiny", "--trials", 1, "-q", "--storage", url)
-    assert origin(exps / "tiny_best.toml")["storage"] == "file study.log"
+    assert origin(exps / "tiny_best.toml")["storage"] == "file ../study.log"
 
 
 def test_storage_urls_that_cannot_hold_a_study_are_refused_and_odd_folders_work(sweep_env):
@@ -1488,6 +1493,115 @@ def test_the_median_pruner_stops_a_trial_below_the_median(sweep_env):
     assert below, f"precondition: the lr 0.01 trial never fell below the others: {moving}"
     assert trials[3].state == TrialState.PRUNED
     assert max(moving) == below[0]  # stopped at the first step below the median
+
+
+def test_a_best_file_knows_its_storage_from_any_folder(sweep_env, tmp_path, monkeypatch):
+    """The storage file was recorded relative to the folder the sweep ran from: a sweep of
+    another storage, run from another folder, matched it and replaced the file; the same
+    storage named from another folder was refused."""
+    exps = sweep_env / "experiments"
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    before = (exps / "tiny_best.toml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # its own runs/tiny/sweep.db: another storage
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
+    assert f"was written by study 'tiny' on file {sweep_env / 'runs/tiny/sweep.db'}" in out
+    assert (exps / "tiny_best.toml").read_text() == before
+    # the first storage, named from here, is the same storage: its best file is replaced
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "--storage", _sqlite(sweep_env),
+                  "--runs-dir", sweep_env / "runs").output
+    assert "2 complete" in out and "wrote" in out
+
+
+def test_a_worker_that_finds_the_identity_being_written_waits_for_it(sweep_env, monkeypatch):
+    """The interleaving of the race, made deterministic: another worker holds the identity
+    lock (it found the study new first) and writes its identity a moment later. This one
+    compares with it and is refused; before, it wrote its own over it and read back its own.
+    A lock whose holder died is taken over."""
+    import threading
+
+    from kit import sweep as sweep_module
+
+    url = f"sqlite:///{sweep_env / 'lock.db'}"
+    storage = make_storage(url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    theirs = {"kit_experiment": "tiny", "kit_space": {"p": 1}, "kit_config": {"epochs": 2}}
+    mine = {**theirs, "kit_config": {"epochs": 3}}
+    optuna.create_study(study_name="s (kit identity lock)", storage=storage)
+
+    def holder():
+        time.sleep(0.5)
+        for key in ("kit_space", "kit_config", "kit_experiment"):
+            study.set_user_attr(key, theirs[key])
+        optuna.delete_study(study_name="s (kit identity lock)", storage=storage)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    with pytest.raises(SweepError, match="made for another sweep: config keys differ"):
+        sweep_module.check_identity(optuna.load_study(study_name="s", storage=storage), "s",
+                                    mine)
+    thread.join()
+    assert study.user_attrs["kit_config"] == {"epochs": 2}
+    # a holder that died before writing: taken over once IDENTITY_WAIT_S has passed
+    monkeypatch.setattr(sweep_module, "IDENTITY_WAIT_S", 0.3)
+    optuna.create_study(study_name="t", storage=storage)
+    optuna.create_study(study_name="t (kit identity lock)", storage=storage)
+    sweep_module.check_identity(optuna.load_study(study_name="t", storage=storage), "t", mine)
+    assert optuna.load_study(study_name="t", storage=storage).user_attrs["kit_config"] == {
+        "epochs": 3}
+    assert "t (kit identity lock)" not in optuna.get_all_study_names(storage)
+
+
+def test_a_trial_claims_its_run_folder_by_creating_it(tmp_path):
+    """Two studies of one folder name (`s/x` and `s-x`) both found `s-x-t0000` free, and the
+    second crashed on the first's lock once its data had loaded. mkdir is the claim now; every
+    claim gets a folder of its own, in one second too."""
+    import multiprocessing
+
+    from kit.sweep import claim_folder
+
+    wanted = tmp_path / "runs" / "tiny" / "s-x-t0000"
+    context = multiprocessing.get_context("fork")
+    with context.Pool(4) as pool:
+        got = pool.map(claim_folder, [wanted] * 8)
+    assert len(set(got)) == 8 and wanted in got
+    assert all(p.is_dir() and p.parent == wanted.parent and p.name.startswith("s-x-t0000")
+               for p in got)
+
+
+def test_two_workers_making_one_study_for_two_configs_are_not_both_accepted(sweep_env):
+    """Both found the study new, each wrote its identity and read back its own: both
+    trained into one study (13 of 20 tries in a review)."""
+    import multiprocessing
+
+    from kit.sweep import check_identity
+
+    context = multiprocessing.get_context("fork")
+    url = f"sqlite:///{sweep_env / 'race.db'}"
+    optuna.create_study(study_name="warm", storage=make_storage(url))  # the schema, once
+    for attempt in range(3):
+        barrier, results = context.Barrier(2), context.Queue()
+
+        def worker(epochs, barrier=barrier, results=results, attempt=attempt):
+            identity = {"kit_experiment": "tiny", "kit_space": {"p": 1},
+                        "kit_config": {"train.epochs": epochs}}
+            study = optuna.create_study(study_name=f"race{attempt}", storage=make_storage(url),
+                                        load_if_exists=True)
+            barrier.wait()
+            try:
+                check_identity(study, f"race{attempt}", identity)
+                results.put((epochs, "accepted"))
+            except SweepError:
+                results.put((epochs, "refused"))
+
+        procs = [context.Process(target=worker, args=(e,)) for e in (2, 3)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        said = sorted(results.get(timeout=5)[1] for _ in procs)
+        assert said == ["accepted", "refused"], (attempt, said)
 
 
 def test_hyperband_random_sampler_named_study_timeout_and_overrides_in_the_best_file(
