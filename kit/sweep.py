@@ -1286,7 +1286,7 @@ def format_summary(summary: dict) -> str:
              + (f"; {search_text(summary['search'])}" if summary.get("search") else "")]
     for t in summary["best"]:
         params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
-        lines.append(f"  #{t['number']:<4} {t['score']:.5f}  {params}  {t['run_dir']}")
+        lines.append(f"  #{t['number']:<4} {t['score']:>9.5f}  {params}  {t['run_dir']}")
     if "best_experiment" in summary:
         name = Path(summary["best_experiment"]).stem
         lines.append(f"wrote {summary['best_experiment']}: just train exp={name}")

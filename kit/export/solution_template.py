@@ -214,6 +214,16 @@ class PredictionModel:
             self._reset_live()
         self.seq_ix = seq_ix
 
+    def _copy_odd_row(self, row):
+        """A row the fast copy refused: a (1, F) row of numbers still copies fast; anything
+        else (pd.NA, text, an int past float's range) goes through numbers()."""
+        try:
+            if getattr(row, "shape", None) != (1, self.width):
+                raise ValueError
+            self.x_row[...] = row[0]
+        except (TypeError, ValueError, OverflowError):
+            self.x_row[...] = numbers(row, self.width)
+
     # --- the scorer's entry point --------------------------------------------------------
     def predict(self, data_point):
         seq_ix, step = data_point.seq_ix, data_point.step_in_seq
@@ -239,10 +249,7 @@ class PredictionModel:
                 raise ValueError  # (numbers says how many)
             self.x_row[...] = row  # float64 -> float32 (faster than np.copyto)
         except (TypeError, ValueError, OverflowError):  # pd.NA, text: NaN (the graph's guard
-            if getattr(row, "shape", None) == (1, self.width):  # replaces it); (1, F): fast
-                self.x_row[...] = row[0]
-            else:
-                self.x_row[...] = numbers(row, self.width)
+            self._copy_odd_row(row)  # replaces it)
         if self.run_binding is not None:
             live = self.live
             self.run_binding(self.bindings[live], None)
