@@ -55,7 +55,8 @@ def _kit_warnings_as_lines(show):
     crash); other libraries' warnings keep theirs (`show`)."""
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
-        if str(filename).startswith(KIT_DIR) and issubclass(category, UserWarning):
+        if str(filename).startswith(KIT_DIR) and issubclass(category, (UserWarning,
+                                                                         RuntimeWarning)):
             typer.echo(f"warning: {message}", err=True)
         else:
             show(message, category, filename, lineno, file, line)

@@ -136,9 +136,11 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     _section("score: the competition's scorer replayed on 1 CPU")
     scored = score_submission(packed.zip_path, valid, spec, seqs=seqs, progress=not quiet)
     typer.echo(scored.format())
-    if scored.fails:  # as kit score refuses it: no success summary for what would be rejected
-        raise KitError(f"the official scorer would not accept this submission: "
-                       f"{'; '.join(scored.fails)}")
+    if scored.fails:  # as kit score refuses it (exit 3): no success summary for a rejection
+        rejected = KitError(f"the official scorer would not accept this submission: "
+                            f"{'; '.join(scored.fails)}")
+        rejected.exit_code = 3
+        raise rejected
 
     ceiling = oracle_report(valid, oracle, spec, seqs)
     summary = {

@@ -109,9 +109,10 @@ def test_demo_fails_where_the_official_scorer_would_reject_it_and_keeps_odd_fold
     data = Path("d\\tx")  # a backslash and a t
     run_cli("data", "synth", "--out", data, "--train-seqs", 4, "--valid-seqs", 2, "-q")
     with pytest.raises(KitError, match="the official scorer would not accept this submission: "
-                                       "peak memory exceeds the limit"):
+                                       "peak memory exceeds the limit") as rejected:
         run_demo(data_dir=data, spec_name="tight.toml", seeds=1, quiet=True,
                  overrides=["train.epochs=1", "model.hidden=8", "model.layers=1"])
+    assert rejected.value.exit_code == 3  # as kit score's
     [config] = Path("runs/gru_base").glob("*/config.toml")
     assert tomllib.loads(config.read_text())["data"]["train"] == str(data / "train.parquet")
 
@@ -143,3 +144,22 @@ def test_help_texts_keep_their_bracketed_words():
     out = run_cli("features", "build", "--help").output
     assert "its [features], on its spec" in " ".join(out.replace("│", " ").split())
     assert "[sweep]" in run_cli("sweep", "--help").output
+
+
+def test_kits_own_warnings_are_one_line_and_others_keep_their_format(capsys):
+    """kit's UserWarnings and RuntimeWarnings (a run folder that cannot be locked, candidates
+    of another metric) print as `warning: ...`; another library's keep Python's format."""
+    import warnings
+
+    from kit.cli import KIT_DIR, _kit_warnings_as_lines
+
+    shown = []
+    show = _kit_warnings_as_lines(lambda *a: shown.append(a))
+    for category in (UserWarning, RuntimeWarning):
+        show(f"kit's {category.__name__}", category, f"{KIT_DIR}/ensemble.py", 1)
+    show("theirs", UserWarning, "/elsewhere/lib.py", 1)
+    show("deprecated", DeprecationWarning, f"{KIT_DIR}/cli.py", 1)
+    err = capsys.readouterr().err
+    assert "warning: kit's UserWarning\n" in err and "warning: kit's RuntimeWarning\n" in err
+    assert [a[0] for a in shown] == ["theirs", "deprecated"]
+    assert warnings.showwarning is not show  # installed per command only

@@ -458,8 +458,14 @@ def _own_temporary(workdir: Path) -> str | None:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """Kill the child and anything it started (its own session, and what left it)."""
-    kill_tree(proc.pid)
+    """Kill the child and anything it started (its own session, and what left it). Once the
+    child is reaped its PID may be another process's: only its group is killed then (a PID
+    is not reused while a group still bears it); the child killed its tree before exiting."""
+    if proc.returncode is None:
+        kill_tree(proc.pid)
+    else:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()  # where there is no process group
     proc.wait()
