@@ -48,7 +48,7 @@ from kit.json_safe import json_safe
 from kit.metrics import evaluate
 from kit.run_record import relocated
 from kit.scoring.sandbox import prepare_submission
-from kit.scoring.score import FLOAT_EXACT, load_rows, replay_rows
+from kit.scoring.score import FLOAT_EXACT, key_text, load_rows, replay_rows
 from kit.submission import write_submission_zip
 
 DEFAULT_ATOL = 1e-5
@@ -108,7 +108,7 @@ class ParityReport:
                          + "".join(f"{m['per_target'][t]:>10.5f}" for t in targets))
         for d in self.diffs:
             per = "  ".join(f"{t} max abs {v['max_abs']:.2e} rel {v['max_rel']:.2e} "
-                            f"(seq {v['seq']:g}, step {v['step']:g})"
+                            f"(seq {key_text(v['seq'])}, step {key_text(v['step'])})"
                             for t, v in d["per_target"].items())
             lines.append(f"{d['pair']:<20} {per}")
         for c in self.checks:
@@ -219,12 +219,25 @@ class Package:
         self.init_s = 0.0  # the first replay's start-up (import, PredictionModel())
 
     def _replay(self, values: np.ndarray) -> np.ndarray:
-        run = replay_rows(self.folder, values, self.spec, column_dtypes=self.column_dtypes,
+        run = replay_rows(self.folder, values, self.spec, column_dtypes=self.dtypes_of(values),
                           timeout_s=self.replay_timeout(len(values)))
         if self.us_per_row is None:
             self.us_per_row = 1e6 * float(run.result["loop_s"]) / max(1, len(values))
             self.init_s = float(run.result.get("init_s") or 0.0)
         return run.predictions
+
+    def dtypes_of(self, values: np.ndarray) -> list[str]:
+        """The file's column dtypes, but float64 for an integer feature column whose rows here
+        hold NaN/inf or fractions (the hostile and altered warm-up rows): as pandas reads such
+        a column. Cast to int64, NaN became -2**63 and 12.7 became 12, which the step path
+        never saw: a correct package failed."""
+        dtypes = list(self.column_dtypes or [])
+        for j in range(3, min(values.shape[1], len(dtypes))):
+            if np.dtype(dtypes[j]).kind in "iu":
+                column = values[:, j]
+                if not (np.isfinite(column).all() and (column == np.round(column)).all()):
+                    dtypes[j] = "float64"
+        return dtypes or self.column_dtypes
 
     def replay_timeout(self, rows: int) -> float | None:
         """The given timeout, else (after the first replay) 20x its start-up and time per row
@@ -293,8 +306,9 @@ def first_difference(got: np.ndarray, want: np.ndarray, where: np.ndarray,
         return ""
     row = where[bad[0]]
     gap = np.abs(got - want)[~same]
+    largest = np.max(np.where(np.isnan(gap), np.inf, gap))
     return (f"{len(bad):,} scored row(s) differ by more than {tol}; first at seq "
-            f"{row[0]:g}, step {row[1]:g} (max {np.max(np.where(np.isnan(gap), np.inf, gap)):.3g})")
+            f"{key_text(row[0])}, step {key_text(row[1])} (max {largest:.3g})")
 
 
 def shuffled_order(rows: Rows, rng: np.random.Generator) -> np.ndarray:
@@ -450,8 +464,8 @@ def check_nonfinite(ref: Reference, dirty: Rows, got: np.ndarray, tol: Tolerance
     if not np.isfinite(got).all():
         bad = np.flatnonzero(~np.isfinite(got).all(axis=1))[0]
         row = dirty.values[dirty.need][bad]
-        return Check("NaN/inf rows", False, f"non-finite prediction at seq {row[0]:g}, step "
-                                            f"{row[1]:g} after NaN/inf inputs")
+        return Check("NaN/inf rows", False, f"non-finite prediction at seq {key_text(row[0])}, "
+                                            f"step {key_text(row[1])} after NaN/inf inputs")
     problems = first_difference(got, ref.predict(step_path, dirty),
                                 dirty.values[dirty.need], tol)
     return Check("NaN/inf rows", not problems,
@@ -602,8 +616,9 @@ def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
     first = max(over, key=lambda d: d["rows_over"])
     return Check("paths agree", False,
                  f"{first['rows_over']:,} scored row(s) differ by more than {tol} "
-                 f"({first['pair']}); first at seq {first['first_over']['seq']:g}, step "
-                 f"{first['first_over']['step']:g}; max abs difference {worst['max_abs']:.2e} "
+                 f"({first['pair']}); first at seq {key_text(first['first_over']['seq'])}, "
+                 f"step {key_text(first['first_over']['step'])}; max abs difference "
+                 f"{worst['max_abs']:.2e} "
                  f"({worst['pair']}), " + _where(worst))
 
 
@@ -639,4 +654,4 @@ def record_report(submission: Path, tested: dict, result: ParityReport) -> None:
 
 def _where(diff: dict) -> str:
     name, v = max(diff["per_target"].items(), key=lambda kv: kv[1]["max_abs"])
-    return f"worst at {name}, seq {v['seq']:g}, step {v['step']:g}"
+    return f"worst at {name}, seq {key_text(v['seq'])}, step {key_text(v['step'])}"

@@ -4,6 +4,7 @@ runtime's contract, zip and manifest contents, and deliberately broken packages.
 import ast
 import json
 import os
+import re
 import signal
 import time
 import tomllib
@@ -348,6 +349,24 @@ def test_odd_ids_steps_and_values_of_a_review(gru_pack):
         np.testing.assert_array_equal(
             _solution(gru_pack.folder).predict(Point(1, 0, True, given)),
             _solution(gru_pack.folder).predict(Point(1, 0, True, inf)))
+
+
+def test_parity_of_a_file_with_an_integer_feature_column_and_big_ids(workspace, gru_pack,
+                                                                       tmp_path):
+    """An integer feature column: the hostile rows' NaN and outliers were cast to int64 for the
+    package (NaN -> -2**63, 12.7 -> 12) and not for the step path, so a correct package failed
+    'NaN/inf rows'. Ids past 1e6 were named as 2.0231e+07, which names no sequence."""
+    data = tmp_path / "int_feature.parquet"
+    pl.read_parquet(_valid(workspace)).with_columns(
+        (pl.col("v0") * 3).round().cast(pl.Int64),
+        pl.col("seq_ix").cast(pl.Int64) + 20_231_000).write_parquet(data)
+    report = run_parity(gru_pack.folder, data, seqs=SEQS)
+    assert report.ok, report.format()
+    broken = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(broken, "return self.y_row.copy()", "return self.y_row * 1.01")
+    failed = run_parity(broken, data, seqs=SEQS)
+    detail = next(c.detail for c in failed.checks if c.name == "paths agree")
+    assert re.search(r"first at seq 202310\d\d, step \d+;", detail), detail
 
 
 def model_on(gru_pack, rows) -> list:

@@ -208,8 +208,8 @@ def score_submission(
         seq, step = scored_keys[first]
         notes.append(
             f"{nonfinite:,} prediction value(s) are NaN or inf, the first at seq "
-            f"{_key(seq)} step {_key(step)}; they are scored as they are (clip tames inf, a "
-            "NaN makes its output's metric NaN), as the official scorer would"
+            f"{key_text(seq)} step {key_text(step)}; they are scored as they are (clip tames inf, "
+            "a NaN makes its output's metric NaN), as the official scorer would"
         )
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     bad_truth = int(np.size(truth) - np.count_nonzero(np.isfinite(truth)))
@@ -391,7 +391,7 @@ def _fmt(value: float) -> str:
     return "nan" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
-def _key(value) -> str:
+def key_text(value) -> str:
     """An id or step of the float64 rows as the file wrote it (5.0 -> 5)."""
     value = float(value)
     return str(int(value)) if value.is_integer() else str(value)
