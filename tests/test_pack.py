@@ -360,7 +360,8 @@ def test_parity_of_a_file_with_an_integer_feature_column_and_big_ids(workspace, 
     pl.read_parquet(_valid(workspace)).with_columns(
         (pl.col("v0") * 3).round().cast(pl.Int64),
         pl.col("seq_ix").cast(pl.Int64) + 20_231_000).write_parquet(data)
-    report = run_parity(gru_pack.folder, data, seqs=SEQS)
+    intact = _copy_pack(gru_pack, tmp_path / "intact")  # parity records into its manifest
+    report = run_parity(intact, data, seqs=SEQS)
     assert report.ok, report.format()
     broken = _copy_pack(gru_pack, tmp_path)
     _edit_solution(broken, "return self.y_row.copy()", "return self.y_row * 1.01")
