@@ -1192,10 +1192,48 @@ def test_pack_refuses_to_overwrite_a_zip_it_did_not_write(ns_run, tmp_path):
 
 
 def test_a_package_name_with_a_control_character_is_refused(ns_run, tmp_path):
-    for name in ("nl\nx", "tab\tx", "del\x7fx", "c1\x85x"):
+    # line/paragraph separators split a name into lines, a right-to-left override reverses
+    # it on screen, an undecodable byte of the command line (a surrogate) raised a traceback,
+    # and an empty --name packed under the default name
+    for name in ("nl\nx", "tab\tx", "del\x7fx", "c1\x85x", "line\u2028two", "para\u2029x",
+                 "rtl\u202ex", "byte\udcffx", ""):
         with pytest.raises(PackError, match="plain folder name"):
             pack_run(ns_run, name, tmp_path, budget=False)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_package_folder_follows_the_umask(ns_run, tmp_path):
+    """It was 0755 whatever the umask, while its files and zip followed it (077: 0600)."""
+    import stat
+
+    old = os.umask(0o077)
+    try:
+        packed = pack_run(ns_run, "private", tmp_path, budget=False)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(packed.folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(packed.zip_path.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(not Path("/proc/self/ns/pid").exists(), reason="Linux PID namespaces")
+def test_a_pack_in_another_pid_namespace_of_this_host_is_not_judged_by_our_pids(tmp_path):
+    """A container sharing the host's name (docker --uts=host) has PIDs of its own: its live
+    pack's staging folder looked dead here (no such PID) and was deleted under it."""
+    import subprocess
+    import sys
+
+    from kit.export.pack import owner_gone, owner_tag
+
+    probe = subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c",
+                            "from kit.export.pack import owner_tag; print(owner_tag())"],
+                           capture_output=True, text=True,
+                           env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])})
+    if probe.returncode != 0:
+        pytest.skip(f"no PID namespace here: {probe.stderr.strip()[-200:]}")
+    theirs = probe.stdout.strip()
+    assert theirs.split(".")[1] != owner_tag().split(".")[1]
+    assert not owner_gone(f"{dead_pid()}.{theirs.split('.')[1]}")  # not ours to judge
+    assert owner_gone(f"{dead_pid()}.{owner_tag().split('.')[1]}")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "missing"])

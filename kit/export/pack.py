@@ -131,7 +131,8 @@ def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR
     """Freeze one run (its best.pt) into a submission folder and zip."""
     member = load_member(run)
     weighted = [Weighted(member, [1.0] * member.spec.n_outputs)]
-    return pack_members(weighted, name or default_name(run, member.config.get("name")),
+    return pack_members(weighted, default_name(run, member.config.get("name"))
+                        if name is None else name,
                         out_dir, force=force, budget=budget)
 
 
@@ -191,7 +192,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
              "weights_edited": weights_edited(doc),
              "postprocess_edited": postprocess_edited(doc.get("postprocess"),
                                                       list(spec.outputs))}
-    return pack_members(weighted, name or Path(path).stem, out_dir,
+    return pack_members(weighted, Path(path).stem if name is None else name, out_dir,
                         postprocess=doc.get("postprocess"), ensemble=about, force=force,
                         budget=budget, stack=stack)
 
@@ -238,14 +239,21 @@ def check_same_columns(weighted: list[Weighted]) -> None:
                     "them on the current spec")
 
 
+# control, format (a right-to-left override) and line/paragraph separator characters: none
+# belongs in a folder name, a Kaggle title or a line of output; an undecodable byte of the
+# command line arrives as a surrogate (Cs)
+ODD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
 def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSIONS_DIR, *,
                  postprocess: dict | None = None, ensemble: dict | None = None,
                  force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Write the package of weighted members (per-target weights) as one step graph."""
     if not name.strip() or name != name.strip() or any(c in name for c in "/\\") \
-            or name.startswith(".") or any(unicodedata.category(c) == "Cc" for c in name):
+            or name.startswith(".") or any(unicodedata.category(c) in ODD_CATEGORIES
+                                           for c in name):
         raise PackError(f"--name {name!r}: a plain folder name is needed (no slashes, control "
-                        "characters, leading dot or surrounding spaces)")
+                        "or format characters, line breaks, leading dot or surrounding spaces)")
     if name.lower().endswith(".zip"):  # pack writes NAME/ and NAME.zip itself
         raise PackError(f"--name {name!r}: give the name without .zip (--name {name[:-4]}): "
                         f"pack writes the folder {name[:-4]}/ and {name[:-4]}.zip")
@@ -266,7 +274,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-{owner_tag()}-", dir=out_dir))
     staged_zip = staging.with_name(staging.name + ".zip")
     try:
-        staging.chmod(0o755)  # mkdtemp's 0o700 would follow the package folder
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0o700 would follow the folder
         module = stream_module_of(weighted, postprocess, stack)
         shapes = export_step_graph(module, len(spec.features), staging / MODEL_FILE)
         graph = finalize_graph(staging / MODEL_FILE, {
@@ -362,11 +370,23 @@ def drop_dead_staging(out_dir: Path, name: str) -> None:
                           "where you want them, then delete it", stacklevel=2)
 
 
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def owner_tag() -> str:
-    """PID.HOST of this process in a staging folder's name: a pack of another host (or
-    container) sharing the folder has PIDs of its own, which this one cannot check."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f"{os.getpid()}.{host}"
+    """PID.SPACE of this process in a staging folder's name: a pack of another host, or of a
+    container sharing the folder, has PIDs of its own, which this one cannot check. SPACE
+    hashes the host name and, on Linux, the PID namespace: containers that share the host's
+    name (docker --uts=host, hostNetwork pods) do not share its PIDs, and a live pack there
+    was taken for a dead one and its staging folder deleted."""
+    space = socket.gethostname()
+    with contextlib.suppress(OSError):
+        space += f"/pid-ns {os.stat('/proc/self/ns/pid').st_ino}"
+    return f"{os.getpid()}.{hashlib.sha256(space.encode()).hexdigest()[:8]}"
 
 
 def dead_owners(folder: Path, prefix: str) -> list[Path]:
