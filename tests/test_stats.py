@@ -142,6 +142,14 @@ def test_oracle_and_reference(tmp_path):
     assert stats["oracle"]["per_output"]["t0"] == pytest.approx(1.0)
     assert stats["reference"]["std_ratio"]["t0"] == pytest.approx(2.0, rel=1e-5)
     assert stats["reference"]["std_ratio"]["t1"] == pytest.approx(4.0, rel=1e-5)
+    # a reference that cannot be compared is said, not dropped without a word
+    frame.drop("t0", "t1").write_parquet(tmp_path / "unlabelled.parquet")
+    for reference in (tmp_path / "train.parquet", tmp_path / "missing.parquet"):
+        with pytest.raises(DataError, match=r"--reference .*: compares the target columns' std, "
+                                            r"and this file has none of \['t0', 't1'\]"):
+            dataset_stats(tmp_path / "unlabelled.parquet", TINY, reference=reference)
+    with pytest.raises(DataError, match="missing.parquet: no such file"):
+        dataset_stats(tmp_path / "valid.parquet", TINY, reference=tmp_path / "missing.parquet")
     oracle.head(50).write_parquet(tmp_path / "short.parquet")
     with pytest.raises(DataError, match="no oracle value"):
         dataset_stats(tmp_path / "valid.parquet", TINY, oracle=tmp_path / "short.parquet")
@@ -206,6 +214,8 @@ def test_next_state_oracle_uses_r2(tmp_path):
     assert stats["oracle"]["per_output"]["7"] == pytest.approx(direct, abs=1e-9)
     assert set(stats["feature_groups"]) == {"#"}
     assert "per output" in format_stats(stats)
+    with pytest.raises(DataError, match="a next-state spec's targets are the next row's"):
+        dataset_stats(r.valid, spec, reference=r.train)
 
 
 @pytest.mark.parametrize("edit, message", [

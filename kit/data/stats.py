@@ -102,7 +102,12 @@ def dataset_stats(
     }
     if oracle is not None:
         out["oracle"] = _oracle_scores(frame, need, Path(oracle), spec)
-    if reference is not None and present:
+    if reference is not None and not present:  # it was dropped without a word
+        what = ("a next-state spec's targets are the next row's features" if spec.next_state
+                else f"this file has none of {list(spec.targets)}")
+        raise DataError(f"--reference {reference}: compares the target columns' std, and "
+                        f"{what}: leave --reference out")
+    if reference is not None:
         ref = read_frame(reference, present)
         out["reference"] = {
             "path": str(reference),
