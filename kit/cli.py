@@ -695,8 +695,10 @@ def notebook(
 
     from kit.export.notebook import default_out, default_owner, run_locally, write_notebook
 
-    if try_on is not None and not Path(try_on).is_file():  # before anything is written
-        raise KitError(f"--try {try_on}: no such file")
+    if try_on is not None:  # before anything is written: a missing file, a CSV, a folder
+        from kit.data.io import file_schema
+
+        file_schema(try_on)
     owner = owner or default_owner()
     out = out or default_out(submission)
     written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,

@@ -414,13 +414,16 @@ BIG_IDS = 10**17
 
 def _kaggle_input(tmp_path: Path, workspace: Path, dataset: Path, id_offset: int = 0) -> Path:
     """Kaggle's layout: attached datasets under the input root, the test file among them
-    (the valid file, its ids moved by id_offset)."""
+    (the valid file, its ids moved by id_offset), beside a sample of it (its first sequence),
+    which sorts first: the notebook took it."""
     root = tmp_path / "input"
     shutil.copytree(dataset, root / "nb-package")
     (root / "competition").mkdir()
-    pl.read_parquet(workspace / "data/valid.parquet").with_columns(
-        pl.col("seq_ix").cast(pl.Int64) + id_offset).write_parquet(
-        root / "competition/test.parquet")
+    test = pl.read_parquet(workspace / "data/valid.parquet").with_columns(
+        pl.col("seq_ix").cast(pl.Int64) + id_offset)
+    test.write_parquet(root / "competition/test.parquet")
+    test.filter(pl.col("seq_ix") == pl.col("seq_ix").min()).write_parquet(
+        root / "competition/sample_test.parquet")
     return root
 
 
@@ -484,10 +487,27 @@ def test_try_runs_the_notebook_here_and_prints_what_it_prints(workspace, package
     written = pl.read_csv(tmp_path / "kaggle/local-run/predictions.csv")
     rows = pl.read_parquet(valid).filter(pl.col("need_prediction")).height
     assert f"{rows:,} predictions (batch protocol) written to" in out and written.height == rows
-    assert "KIT_TEST_FILE" not in os.environ  # the variables it set are gone again
+    assert f"test file: {valid}" in out
     out = run_cli("notebook", package.zip_path, "--out", tmp_path / "k2", "--owner", "alice",
                   "--try", tmp_path / "missing.parquet", expect=2).output
     assert "missing.parquet: no such file" in out and not (tmp_path / "k2").exists()
+    (tmp_path / "test.csv").write_text("seq_ix,step_in_seq\n0,0\n")
+    out = run_cli("notebook", package.zip_path, "--out", tmp_path / "k2", "--owner", "alice",
+                  "--try", tmp_path / "test.csv", expect=2).output
+    assert "test.csv: not a parquet file" in out and not (tmp_path / "k2").exists()
+
+
+def test_try_runs_the_package_it_wrote_whatever_the_shell_sets(workspace, package, runs,
+                                                              tmp_path, monkeypatch):
+    """KIT_PACKAGE_DIR or KIT_PROTOCOL left in the shell reached the kernel: --try ran
+    another package, or the other protocol, without a word; Kaggle sets neither."""
+    other = pack_run(runs["lstm"], "other", tmp_path / "subs", budget=False)
+    monkeypatch.setenv("KIT_PACKAGE_DIR", str(other.folder))
+    monkeypatch.setenv("KIT_PROTOCOL", "rows")
+    out = run_cli("notebook", package.zip_path, "--out", tmp_path / "kaggle", "--owner", "alice",
+                  "--protocol", "batch", "--try", workspace / "data/valid.parquet").output
+    assert "(batch protocol) written to" in out and str(other.folder) not in out
+    assert os.environ["KIT_PACKAGE_DIR"] == str(other.folder)  # the shell's, untouched
 
 
 @pytest.mark.parametrize("protocol, env, keep", [
@@ -511,6 +531,7 @@ def test_the_notebook_runs_offline_and_matches_kit_score(workspace, package, tmp
         monkeypatch.setenv(key, value)
     printed = _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
     assert ("note: keep column(s) ['row_id'] are not in" in printed) == bool(keep), printed
+    assert f"test file: {root / 'competition/test.parquet'}" in printed
     got = pl.read_csv(tmp_path / "working/predictions.csv").sort(["seq_ix", "step_in_seq"])
     valid = workspace / "data/valid.parquet"
     scored = score_submission(package.zip_path, valid, _spec(package),

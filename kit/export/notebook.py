@@ -236,13 +236,22 @@ def key_text(value):
 
 
 def find_test_file():
+    """$KIT_TEST_FILE, else the one test.parquet under the input root, else the one
+    *test*.parquet: several (a sample_test.parquet beside test.parquet) are refused by name,
+    not the first of them taken (Kaggle sets no variable to choose)."""
     path = os.environ.get("KIT_TEST_FILE")
     if path:
         return path
     found = sorted(glob.glob(under_input("**", "*test*.parquet"), recursive=True))
+    exact = [f for f in found if os.path.basename(f) == "test.parquet"]
+    if len(exact) == 1:
+        return exact[0]
+    if len(found) == 1:
+        return found[0]
     if not found:
         raise FileNotFoundError(f"no *test*.parquet under {INPUT_ROOT}; set KIT_TEST_FILE")
-    return found[0]
+    raise FileNotFoundError(f"{len(found)} test files under {INPUT_ROOT}, none of them the one "
+                            f"test.parquet: {found[:6]}; set KIT_TEST_FILE to the one to run")
 '''
 
 ROWS = r'''
@@ -364,6 +373,7 @@ if PROTOCOL == "batch" and serve_if_competition_rerun():
     print("served predict() to the competition's inference server")
 else:
     test_file = find_test_file()
+    print("test file:", test_file)
     if PROTOCOL not in ("rows", "batch"):
         raise ValueError(f"KIT_PROTOCOL={PROTOCOL!r}: rows or batch")
     keys, preds = (run_batch if PROTOCOL == "batch" else run_rows)(test_file)
@@ -638,6 +648,11 @@ def _title(text: str) -> str:
     return (text if len(text) >= 6 else f"{text} (kit)")[:50]
 
 
+# what steers the notebook besides its input, test file and output: never set on Kaggle
+STEERING = ("KIT_PACKAGE_DIR", "KIT_PROTOCOL", "KIT_PREDICTIONS_FILE", "KIT_FRAME",
+            "KIT_TEST_FILE", "KIT_INPUT_ROOT", "KIT_OUTPUT_DIR", "KAGGLE_IS_COMPETITION_RERUN")
+
+
 def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
     """Execute the written notebook here, as Kaggle will (a local Jupyter kernel, the package
     found under OUT as under /kaggle/input), on `test_file`; returns what its cells printed
@@ -655,21 +670,16 @@ def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
         raise NotebookError(f"--try {test_file}: no such file")
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    env = {"KIT_INPUT_ROOT": str(Path(written["dataset"]).resolve().parent),
-           "KIT_TEST_FILE": str(test_file), "KIT_OUTPUT_DIR": str(output_dir)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel is a child process: it inherits them
+    # the kernel's environment as Kaggle's: none of the variables that steer the notebook
+    # (a KIT_PACKAGE_DIR left in the shell ran another package), but these three
+    env = {k: v for k, v in os.environ.items() if k not in STEERING} | {
+        "KIT_INPUT_ROOT": str(Path(written["dataset"]).resolve().parent),
+        "KIT_TEST_FILE": str(test_file), "KIT_OUTPUT_DIR": str(output_dir)}
     notebook = nbformat.read(str(written["notebook"]), as_version=4)
     try:
         NotebookClient(notebook, timeout=None, kernel_name="python3", resources={
-            "metadata": {"path": str(Path(written["kernel"]).resolve())}}).execute()
+            "metadata": {"path": str(Path(written["kernel"]).resolve())}}).execute(env=env)
     except CellExecutionError as exc:
         raise NotebookError(f"the notebook failed on {test_file}:\n{exc}") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return "".join(out.get("text", "") for cell in notebook.cells
                    for out in cell.get("outputs", []))
