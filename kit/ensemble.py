@@ -119,6 +119,9 @@ def load_candidate(path: Path) -> Candidate:
         if changed := data_changes(run):
             raise EnsembleError(changed_data_message(run, changed))
         _refuse_tail_cut_validation(run)
+        if not (run / "best.pt").is_file():  # its weights could never be packed
+            raise EnsembleError(f"{run}: the run finished but its best.pt is missing (deleted "
+                                "or not copied): train it again, or leave it out")
     if len(preds) != len(rows):
         raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
     bad = int((~np.isfinite(preds)).sum())

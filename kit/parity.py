@@ -227,15 +227,18 @@ class Package:
         return run.predictions
 
     def dtypes_of(self, values: np.ndarray) -> list[str]:
-        """The file's column dtypes, but float64 for an integer feature column whose rows here
-        hold NaN/inf or fractions (the hostile and altered warm-up rows): as pandas reads such
-        a column. Cast to int64, NaN became -2**63 and 12.7 became 12, which the step path
-        never saw: a correct package failed."""
+        """The file's column dtypes, but float64 for an integer, unsigned or bool feature
+        column whose rows here hold values it cannot (NaN, fractions, -3 as uint, 0.5 as a
+        bool: the hostile and altered warm-up rows), as pandas reads a column with nulls.
+        Cast to int64, NaN became -2**63 and 12.7 became 12, which the step path never saw:
+        a correct package failed."""
         dtypes = list(self.column_dtypes or [])
         for j in range(3, min(values.shape[1], len(dtypes))):
-            if np.dtype(dtypes[j]).kind in "iu":
-                column = values[:, j]
-                if not (np.isfinite(column).all() and (column == np.round(column)).all()):
+            dtype = np.dtype(dtypes[j])
+            if dtype.kind in "iub":  # a value it cannot hold (NaN, 0.5 as a bool, -3 as uint)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    kept = values[:, j].astype(dtype).astype(np.float64)
+                if not (kept == values[:, j]).all():
                     dtypes[j] = "float64"
         return dtypes or self.column_dtypes
 

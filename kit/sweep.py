@@ -614,27 +614,36 @@ def check_identity(study, name: str, identity: dict, params: list[Param] = (),
                          "pick a new --study name, or put the old settings back")
 
 
+def identity_lock(name: str) -> str:
+    """The lock study's name: fixed length and plain characters, whatever the study's (a
+    server's column holds 512)."""
+    return f"kit identity lock {hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
 def _record_identity(study, name: str, identity: dict, params: list[Param], storage) -> None:
     """Record this sweep's identity on a study that has none, one worker at a time. Workers
     that found the study new at the same moment each wrote theirs and read back their own,
     so both trained into it. Creating a study is the storage's one atomic test-and-set: the
-    worker that creates the lock study `NAME (kit identity lock)` writes; the others wait for
-    what it wrote (and compare). The lock goes once the identity is in place; a holder that
-    died is taken over after IDENTITY_WAIT_S."""
+    worker that creates the lock study (identity_lock) writes; the others wait for what it
+    wrote, then compare, reading only (a journal storage logs every create). The lock goes
+    once the identity is in place; a holder that died is taken over after IDENTITY_WAIT_S."""
     import optuna
 
-    lock = f"{name} (kit identity lock)"
+    lock = identity_lock(name)
     deadline = time.time() + IDENTITY_WAIT_S
     while True:
         try:
             optuna.create_study(study_name=lock, storage=storage)
             break
         except optuna.exceptions.DuplicatedStudyError:
+            while (lock in optuna.get_all_study_names(storage)
+                   and "kit_experiment" not in study.user_attrs and time.time() < deadline):
+                time.sleep(0.2)
             if "kit_experiment" in study.user_attrs:  # the holder wrote it: compare
                 return
-            if time.time() > deadline:  # the holder died before writing: take over
+            if time.time() >= deadline:  # the holder died before writing: take over
                 break
-            time.sleep(0.1)
+            # the holder let go without writing (it failed): try for the lock again
     try:
         if "kit_experiment" in study.user_attrs:  # written before this worker got the lock
             return

@@ -821,10 +821,13 @@ def test_a_member_trained_again_after_the_selection_is_refused_by_pack(runs, tmp
                                         r"trained again\)"):
         pack_ensemble(path, "e", tmp_path / "subs")
     assert pack_ensemble(path, "e", tmp_path / "subs", force=True).zip_path.is_file()
-    # a finished run without its best.pt is named as such, not "no best.pt yet"
+    # a finished run without its best.pt is named as such, not "no best.pt yet", and is no
+    # candidate (the selection's digest of it raised a DataError about "data files")
     (member / "best.pt").unlink()
     with pytest.raises(KitError, match="the run finished but its best.pt is missing"):
         pack_run(member, "x", tmp_path / "subs")
+    with pytest.raises(EnsembleError, match="the run finished but its best.pt is missing"):
+        select_ensemble([runs["gru"], member], iters=2, out=tmp_path / "e2.toml")
 
 
 def test_a_run_validated_on_tail_cut_sequences_is_not_a_candidate(workspace, runs, tmp_path,

@@ -497,6 +497,38 @@ def test_try_runs_the_notebook_here_and_prints_what_it_prints(workspace, package
     assert "test.csv: not a parquet file" in out and not (tmp_path / "k2").exists()
 
 
+NO_IPYKERNEL = """
+import sys
+
+
+class _NoIpykernel:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ipykernel" or name.startswith("ipykernel."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+sys.meta_path.insert(0, _NoIpykernel())
+"""
+
+
+def test_try_without_ipykernel_says_what_to_install(workspace, package, tmp_path):
+    """nbclient imports without ipykernel; the kernel then died in execute() with a
+    RuntimeError traceback."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "sitecustomize.py").write_text(NO_IPYKERNEL)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(blocked),
+                                                       str(Path(__file__).parents[1])])}
+    done = subprocess.run([sys.executable, "-m", "kit", "notebook", str(package.zip_path),
+                           "--out", str(tmp_path / "k"), "--owner", "alice", "--try",
+                           str(workspace / "data/valid.parquet")],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "--try needs nbclient and ipykernel" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_try_runs_the_package_it_wrote_whatever_the_shell_sets(workspace, package, runs,
                                                               tmp_path, monkeypatch):
     """KIT_PACKAGE_DIR or KIT_PROTOCOL left in the shell reached the kernel: --try ran

@@ -370,6 +370,25 @@ def test_parity_of_a_file_with_an_integer_feature_column_and_big_ids(workspace, 
     assert re.search(r"first at seq 202310\d\d, step \d+;", detail), detail
 
 
+def test_parity_types_altered_rows_as_pandas_reads_columns_that_hold_them():
+    """A bool or unsigned feature column given the hostile rows' NaN, 0.5 or -3 kept its type
+    (NaN -> True, -3 -> 253 for the package, not for the step path); integer columns too
+    before. Columns whose values they hold keep their type."""
+    from kit.parity import Package
+    from kit.scoring.runner import pandas_rows
+
+    dtypes = ["int64", "int64", "bool", "float32", "bool", "uint8", "int64", "bool", "int16"]
+    package = Package(Path("."), load_spec("predictorium"), dtypes)
+    values = np.array([[0, 0, 1, 0.5, np.nan, -3.0, 7.0, 1.0, 2.0],
+                       [0, 1, 0, 0.25, 1.0, 4.0, 12.7, 0.0, 40000.0]])
+    typed = package.dtypes_of(values)
+    assert typed == ["int64", "int64", "bool", "float32", "float64", "float64", "float64",
+                     "bool", "float64"]
+    rows = pandas_rows(values, typed)
+    np.testing.assert_array_equal(np.asarray(rows[:, 3:7], dtype=float), values[:, 3:7])
+    assert package.dtypes_of(values[:, :4]) == dtypes  # what the rows do not hold: as given
+
+
 def model_on(gru_pack, rows) -> list:
     """A fresh runtime's predictions for rows as one sequence."""
     model = _solution(gru_pack.folder)
@@ -778,6 +797,11 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
 
     here = owner_tag().split(".")[1]
     (tmp_path / f".p.packing-{dead}.{here}-def").mkdir()  # this host's, dead
+    import hashlib
+    import socket
+
+    before = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # kits < 2026-12-04
+    (tmp_path / f".p.packing-{dead}.{before}-jkl").mkdir()  # this host's, an older kit's
     (tmp_path / f".p.packing-{dead}.0badcafe-ghi").mkdir()  # another host's: not ours to judge
     pack_run(runs["gru"], "p", tmp_path)
     assert {p.name for p in tmp_path.iterdir() if ".packing" in p.name} == {

@@ -1522,19 +1522,20 @@ def test_a_worker_that_finds_the_identity_being_written_waits_for_it(sweep_env, 
     import threading
 
     from kit import sweep as sweep_module
+    from kit.sweep import identity_lock
 
     url = f"sqlite:///{sweep_env / 'lock.db'}"
     storage = make_storage(url)
     study = optuna.create_study(study_name="s", storage=storage)
     theirs = {"kit_experiment": "tiny", "kit_space": {"p": 1}, "kit_config": {"epochs": 2}}
     mine = {**theirs, "kit_config": {"epochs": 3}}
-    optuna.create_study(study_name="s (kit identity lock)", storage=storage)
+    optuna.create_study(study_name=identity_lock("s"), storage=storage)
 
     def holder():
         time.sleep(0.5)
         for key in ("kit_space", "kit_config", "kit_experiment"):
             study.set_user_attr(key, theirs[key])
-        optuna.delete_study(study_name="s (kit identity lock)", storage=storage)
+        optuna.delete_study(study_name=identity_lock("s"), storage=storage)
 
     thread = threading.Thread(target=holder)
     thread.start()
@@ -1546,11 +1547,11 @@ def test_a_worker_that_finds_the_identity_being_written_waits_for_it(sweep_env, 
     # a holder that died before writing: taken over once IDENTITY_WAIT_S has passed
     monkeypatch.setattr(sweep_module, "IDENTITY_WAIT_S", 0.3)
     optuna.create_study(study_name="t", storage=storage)
-    optuna.create_study(study_name="t (kit identity lock)", storage=storage)
+    optuna.create_study(study_name=identity_lock("t"), storage=storage)
     sweep_module.check_identity(optuna.load_study(study_name="t", storage=storage), "t", mine)
     assert optuna.load_study(study_name="t", storage=storage).user_attrs["kit_config"] == {
         "epochs": 3}
-    assert "t (kit identity lock)" not in optuna.get_all_study_names(storage)
+    assert identity_lock("t") not in optuna.get_all_study_names(storage)
 
 
 def test_a_trial_claims_its_run_folder_by_creating_it(tmp_path):

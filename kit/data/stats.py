@@ -59,6 +59,11 @@ def dataset_stats(
     except Exception:  # read_frame below says what is wrong with the file
         schema = {}
     present = [t for t in spec.targets if t in schema]  # unlabelled files: no target stats
+    if reference is not None and schema and not present:  # it was dropped without a word
+        what = ("a next-state spec's targets are the next row's features" if spec.next_state
+                else f"this file has none of {list(spec.targets)}")
+        raise DataError(f"--reference {reference}: compares the target columns' std, and "
+                        f"{what}: leave --reference out")
     frame = read_frame(path, spec.input_columns + present)
     # text ids or list features: named (the targets checked are those the file has)
     check_dtypes(frame.schema, dataclasses.replace(spec, targets=tuple(present)), True, str(path))
@@ -102,11 +107,6 @@ def dataset_stats(
     }
     if oracle is not None:
         out["oracle"] = _oracle_scores(frame, need, Path(oracle), spec)
-    if reference is not None and not present:  # it was dropped without a word
-        what = ("a next-state spec's targets are the next row's features" if spec.next_state
-                else f"this file has none of {list(spec.targets)}")
-        raise DataError(f"--reference {reference}: compares the target columns' std, and "
-                        f"{what}: leave --reference out")
     if reference is not None:
         ref = read_frame(reference, present)
         out["reference"] = {

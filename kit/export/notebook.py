@@ -250,8 +250,10 @@ def find_test_file():
         return found[0]
     if not found:
         raise FileNotFoundError(f"no *test*.parquet under {INPUT_ROOT}; set KIT_TEST_FILE")
-    raise FileNotFoundError(f"{len(found)} test files under {INPUT_ROOT}, none of them the one "
-                            f"test.parquet: {found[:6]}; set KIT_TEST_FILE to the one to run")
+    several = exact or found
+    raise FileNotFoundError(f"{len(several)} {'test.parquet' if exact else '*test*.parquet'} "
+                            f"files under {INPUT_ROOT}, not one: {several[:6]}; set "
+                            "KIT_TEST_FILE to the one to run")
 '''
 
 ROWS = r'''
@@ -658,10 +660,14 @@ def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
     found under OUT as under /kaggle/input), on `test_file`; returns what its cells printed
     (`jupyter-execute` shows none of it: the notes on columns the file lacks included).
     Needs nbclient and ipykernel (in kit's dev extra)."""
+    import importlib.util
+
     try:
         import nbformat
         from nbclient import NotebookClient
         from nbclient.exceptions import CellExecutionError
+        if importlib.util.find_spec("ipykernel") is None:  # nbclient runs without it
+            raise ImportError("No module named 'ipykernel'")
     except ImportError as exc:
         raise NotebookError(f"--try needs nbclient and ipykernel ({exc}): pip install nbclient "
                             "ipykernel (or kit's dev extra)") from None
@@ -681,5 +687,8 @@ def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
             "metadata": {"path": str(Path(written["kernel"]).resolve())}}).execute(env=env)
     except CellExecutionError as exc:
         raise NotebookError(f"the notebook failed on {test_file}:\n{exc}") from None
+    except (RuntimeError, KeyError) as exc:  # a kernel that died, no python3 kernelspec
+        raise NotebookError(f"--try could not run a local Jupyter kernel ({type(exc).__name__}: "
+                            f"{exc}); pip install ipykernel") from None
     return "".join(out.get("text", "") for cell in notebook.cells
                    for out in cell.get("outputs", []))

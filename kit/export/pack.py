@@ -399,9 +399,16 @@ def owner_gone(tag: str) -> bool:
     """Whether the pack that wrote a staging name of this tag is dead: a PID of this host
     (or a name without a host, from before) that no process has."""
     pid, _, host = tag.partition(".")
-    if not pid.isdigit() or (host and host != owner_tag().partition(".")[2]):
+    if not pid.isdigit() or (host and host not in (owner_tag().partition(".")[2],
+                                                   _host_only_hash())):
         return False  # another host's: it may be building right now
     return not process_alive(int(pid))
+
+
+def _host_only_hash() -> str:
+    """The tag kits before 2026-12-04 gave this host (its name alone): their killed packs'
+    folders are this host's to clean, as they were then."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def process_alive(pid: int) -> bool:

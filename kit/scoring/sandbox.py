@@ -437,7 +437,7 @@ def _killed_on_termination(proc: subprocess.Popen):
         return
 
     def stop(signum, frame):
-        kill_tree(proc.pid)
+        _kill_tree_or_group(proc)
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -457,15 +457,20 @@ def _own_temporary(workdir: Path) -> str | None:
     return str(workdir) if own else None
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    """Kill the child and anything it started (its own session, and what left it). Once the
-    child is reaped its PID may be another process's: only its group is killed then (a PID
-    is not reused while a group still bears it); the child killed its tree before exiting."""
+def _kill_tree_or_group(proc: subprocess.Popen) -> None:
+    """The child's tree while it is alive; once reaped, its group only."""
     if proc.returncode is None:
         kill_tree(proc.pid)
     else:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the child and anything it started (its own session, and what left it). Once the
+    child is reaped its PID may be another process's: only its group is killed then (a PID
+    is not reused while a group still bears it); the child killed its tree before exiting."""
+    _kill_tree_or_group(proc)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()  # where there is no process group
     proc.wait()
