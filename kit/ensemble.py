@@ -825,10 +825,11 @@ def format_selection(doc: dict) -> str:
     def mean_weight(m: dict) -> float:
         return sum(m["weights"]) / len(m["weights"])
 
+    name_width = max([40] + [len(m["name"]) for m in doc["members"]])  # long names line up
     for m in sorted(doc["members"], key=lambda m: -mean_weight(m)):
         per = "  ".join(f"{t} {w:.3f}" for t, w in zip(targets, m["weights"], strict=True))
         single = f"  single {m['score']:.4f}" if finite_number(m.get("score")) else ""
-        lines.append(f"  {mean_weight(m):.3f}  {m['name']:<40} [{per}]{single}")
+        lines.append(f"  {mean_weight(m):.3f}  {m['name']:<{name_width}} [{per}]{single}")
     if post:
         for t, name in enumerate(targets):
             scores = (f"{post['before'][name]:.4f} -> {post['after'][name]:.4f}"

@@ -129,6 +129,8 @@ def unfinished_note(run: Path) -> str | None:
 def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
              force: bool = False, budget: bool = True) -> PackResult:
     """Freeze one run (its best.pt) into a submission folder and zip."""
+    if name is not None:  # before the run is loaded: a wrong --name must not cost it
+        check_package_name(name)
     member = load_member(run)
     weighted = [Weighted(member, [1.0] * member.spec.n_outputs)]
     return pack_members(weighted, default_name(run, member.config.get("name"))
@@ -142,6 +144,8 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
     from kit.ensemble import postprocess_edited, read_ensemble, weights_edited
 
+    if name is not None:  # before the members are loaded
+        check_package_name(name)
     doc = read_ensemble(path)
     weighted = []
     for entry in doc["members"]:
@@ -245,10 +249,8 @@ def check_same_columns(weighted: list[Weighted]) -> None:
 ODD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
-def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSIONS_DIR, *,
-                 postprocess: dict | None = None, ensemble: dict | None = None,
-                 force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
-    """Write the package of weighted members (per-target weights) as one step graph."""
+def check_package_name(name: str) -> None:
+    """A package name is one plain folder name (its zip is NAME.zip beside it)."""
     if not name.strip() or name != name.strip() or any(c in name for c in "/\\") \
             or name.startswith(".") or any(unicodedata.category(c) in ODD_CATEGORIES
                                            for c in name):
@@ -261,6 +263,13 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         raise PackError(f"package name {name[:40]}...: {len(name.encode())} bytes, at most "
                         f"{MAX_NAME_BYTES} (pack's working files add a suffix to it): give a "
                         "shorter --name")
+
+
+def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSIONS_DIR, *,
+                 postprocess: dict | None = None, ensemble: dict | None = None,
+                 force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
+    """Write the package of weighted members (per-target weights) as one step graph."""
+    check_package_name(name)
     check_same_columns(weighted)  # (and one spec name)
     spec = weighted[0].member.spec
     out_dir = Path(out_dir)
