@@ -1137,6 +1137,48 @@ def test_resume_continues_every_seed_of_the_group_the_command_started(env, tmp_p
     assert "no unfinished group of runs of seeds [3, 4, 5]" in out
 
 
+def test_resume_leaves_a_group_another_command_is_training(env, tmp_path, monkeypatch):
+    """--resume took the newest unfinished group while its own command still trained it: both
+    trained its runs, and that command's cleanup then deleted a folder under the resume. A
+    group in training is passed over; its folders are never deleted by another's cleanup."""
+    from kit.train.groups import dropped_if_unused
+    from kit.train.runs import RunFiles
+
+    seeds = ["seeds=[1,2]", "-q", "--stop-after-epochs", 1]
+    run_cli("train", "exp=tiny", *seeds)  # the group to resume, paused
+    exp = tmp_path / "runs" / "tiny"
+    paused = _run_dirs(exp)
+    time.sleep(1.1)  # a newer stamp
+    run_cli("train", "exp=tiny", *seeds)  # a newer one, "still training" below
+    busy = [run for run in _run_dirs(exp) if run not in paused]
+    with RunFiles(busy[0]).training():  # another process's lock, as far as flock goes
+        run_cli("train", "exp=tiny", "seeds=[1,2]", "-q", "--resume")
+    histories = _histories(exp)
+    assert all(histories[run.name] > 1 for run in paused)  # the paused group went on
+    assert all(histories[run.name] == 1 for run in busy)  # the one in training was left
+    # a failing command's cleanup leaves a folder another command trains in
+    stamp = "20991231-000000"
+    started = exp / f"{stamp}-s9"
+    started.mkdir()
+    (started / "config.toml").write_text("")
+    with RunFiles(started).training(), pytest.raises(RuntimeError), \
+            dropped_if_unused(exp, [9], 0, stamp):
+        raise RuntimeError("the command failed")
+    assert (started / "config.toml").is_file()
+
+
+def test_a_jobs_group_keeps_the_users_threads_and_resumes_with_its_own_command(env, tmp_path):
+    """train.threads=2 was replaced by kit's share of the cores in each worker's config, and
+    the same command with --resume was then refused for changing it."""
+    command = ["train", "exp=tiny", "train.threads=2", "seeds=[1,2]", "--jobs", "2", "-q"]
+    run_cli(*command, "--stop-after-epochs", 1)
+    runs = _run_dirs(tmp_path / "runs" / "tiny")
+    assert [tomllib.loads((run / "config.toml").read_text())["train"]["threads"]
+            for run in runs] == [2, 2]
+    out = run_cli(*command, "--resume").output
+    assert out.count("finished") == 2
+
+
 def test_folds_need_no_valid_file_and_refuse_the_sequence_limits(env, tmp_path):
     """Fold runs train and validate on the train file: a missing valid file is no reason to
     stop, and train.max_*_seqs, which they cannot honour, are refused instead of ignored."""

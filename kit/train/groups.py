@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kit.config import ConfigError, differences
 from kit.run_record import DATA_RECORD, TRAINED_SPEC, is_finished
+from kit.train.runs import RunFiles
 from kit.workers import EndedBySignal
 
 GROUPS_DIR = ".groups"
@@ -93,6 +94,8 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
         stamp = path.stem
         if all(is_finished(exp_dir / name) for name in end_names(seeds, folds, stamp)):
             continue
+        if _in_use(exp_dir, seeds, folds, stamp):  # another command trains it right now
+            continue
         changed = differences(record.get("config"), group_config(base))
         if not changed:
             return stamp
@@ -105,6 +108,13 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
     what = f"{folds}-fold runs" if folds else "runs"
     raise ConfigError(f"no unfinished group of {what} of seeds {seeds} under {exp_dir} to "
                       "resume; start it without --resume")
+
+
+def _in_use(exp_dir: Path, seeds: list[int], folds: int, stamp: str) -> bool:
+    """Whether another process trains one of the group's runs now: a --resume that took it
+    trained beside that command, which then deleted the folder under it."""
+    return any((exp_dir / name).is_dir() and RunFiles(exp_dir / name).being_trained()
+               for name in member_names(seeds, folds, stamp))
 
 
 class NothingStarted(KeyboardInterrupt):
@@ -125,6 +135,9 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
         left = False
         for name in member_names(seeds, folds, stamp):
             folder = exp_dir / name
+            if folder.is_dir() and RunFiles(folder).being_trained():  # another command's now
+                left = True
+                continue
             try:
                 # a run that failed before its first epoch holds what its start wrote alone;
                 # any other file means it trained, and its config is what --resume reads

@@ -345,8 +345,13 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
             continue
         files = RunFiles(folder)
         files.discard_unstarted()
-        # a resumed run keeps its own config.toml (threads included): only the seed is passed
-        how = (["--resume"] if files.last.exists() else [f"train.threads={threads}"])
+        # a resumed run keeps its own config.toml (threads included): only the seed is passed;
+        # kit's share of the cores only where the command leaves train.threads to kit (0): a
+        # user's train.threads=2 was replaced by it, and --resume then refused the user's own
+        # override as a change of the stored config
+        chosen = base["train"]["threads"] == 0
+        how = (["--resume"] if files.last.exists()
+               else [f"train.threads={threads}"] if chosen else [])
         queued.append(([sys.executable, "-m", "kit", "train", exp, *list(overrides or []),
                         f"seed={seed}", *how, "--run-dir", str(folder),
                         "--stop-after-epochs", str(stop_after_epochs), "--quiet"], env))
