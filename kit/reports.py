@@ -386,21 +386,22 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
     when train.max_valid_seqs kept only the first N."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     train = Path(str(data.get("train", ""))).name or "train"
+    cut = ""
+    if (metrics or {}).get("valid_truncated"):  # data.seq_len cut them: not kit score's rows
+        cut = f"{'last' if data.get('truncate') == 'tail' else 'first'} " \
+              f"{data.get('seq_len')} steps of "
     if metrics is not None and metrics.get("kind") == "oof":
-        return f"oof {metrics.get('folds', '?')} folds of {train}"
+        return f"oof {metrics.get('folds', '?')} folds of {cut}{train}"
     fold = data.get("fold")
     if isinstance(fold, list) and len(fold) == 2:
-        return f"fold {fold[1] + 1}/{fold[0]} of {train}"
+        return f"fold {fold[1] + 1}/{fold[0]} of {cut}{train}"
     train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
     limit, kept = train_cfg.get("max_valid_seqs"), (metrics or {}).get("valid_seqs")
     limited = (metrics or {}).get("valid_limited")  # whether the limit cut the file
     if limited is None:  # a run from before kit recorded it: the limit bit if it kept as many
         limited = isinstance(limit, int) and limit > 0 and not (
             isinstance(kept, int) and kept < limit)
-    first = f"{limit} seqs of " if limited and isinstance(limit, int) else ""
-    if (metrics or {}).get("valid_truncated"):  # data.seq_len cut them: not kit score's rows
-        first += f"{'last' if data.get('truncate') == 'tail' else 'first'} " \
-                 f"{data.get('seq_len')} steps of "
+    first = (f"{limit} seqs of " if limited and isinstance(limit, int) else "") + cut
     split = data.get("split", "file")
     if split in ("random", "group"):
         return f"{first}{split} {data.get('valid_fraction', 0.15):g} of {train}"

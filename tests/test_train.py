@@ -1179,6 +1179,15 @@ def test_a_jobs_group_keeps_the_users_threads_and_resumes_with_its_own_command(e
     assert out.count("finished") == 2
 
 
+def test_folds_of_cut_sequences_are_labelled_as_cut(env, tmp_path):
+    """With data.seq_len cutting the sequences, fold and out-of-fold scores are on the kept
+    steps only; kit runs labelled them as the whole train file's."""
+    run_cli("train", "exp=tiny", "data.seq_len=40", "--folds", "2", "train.epochs=1", "-q")
+    table = run_cli("runs", "-e", "tiny").output
+    assert "oof 2 folds of first 40 steps of train.parquet" in table
+    assert "fold 1/2 of first 40 steps of train.parquet" in table
+
+
 def test_folds_need_no_valid_file_and_refuse_the_sequence_limits(env, tmp_path):
     """Fold runs train and validate on the train file: a missing valid file is no reason to
     stop, and train.max_*_seqs, which they cannot honour, are refused instead of ignored."""

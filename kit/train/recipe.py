@@ -486,6 +486,8 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
     np.save(folder / "oof_preds.npy", oof_preds)
     np.save(folder / "oof_rows.npy", oof_rows)
     summary = {"finished": True, "kind": "oof", "folds": k, "score": report.score,
-               "per_target": report.per_target, "runs": [r["run_dir"] for r in results]}
+               "per_target": report.per_target, "runs": [r["run_dir"] for r in results],
+               # data.seq_len cut the folds' sequences: not every scored row of the file
+               "valid_truncated": any(bool(r.get("valid_truncated")) for r in results)}
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
     return [*results, {**summary, "run_dir": str(folder), "best_epoch": "-", "params": 0}]
