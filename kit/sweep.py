@@ -463,7 +463,8 @@ def make_storage(url: str):
         _sqlite_pragmas()
     elif url.startswith(("postgresql://", "postgres://")):  # postgres:// is Heroku's spelling
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
-    for attempt in range(3):
+    attempts = 6
+    for attempt in range(attempts):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -475,10 +476,11 @@ def make_storage(url: str):
         except Exception as exc:  # SQLAlchemy's errors
             # workers starting together on an empty database race to create Optuna's tables:
             # the loser's IntegrityError, or "table ... already exists" (SQLite's
-            # OperationalError, PostgreSQL's DuplicateTable), means they now exist: try again
-            if attempt < 2 and (type(exc).__name__ == "IntegrityError" or (
+            # OperationalError, PostgreSQL's DuplicateTable), means they now exist; SQLite's
+            # "database is locked" means another is creating them now: try again
+            if attempt < attempts - 1 and (type(exc).__name__ == "IntegrityError" or (
                     type(exc).__name__ in ("OperationalError", "ProgrammingError")
-                    and "already exists" in str(exc))):
+                    and ("already exists" in str(exc) or "database is locked" in str(exc)))):
                 time.sleep(0.5 + attempt)
                 continue
             raise SweepError(f"storage {shown!r} does not open: {type(exc).__name__}: "
@@ -493,7 +495,14 @@ def _on_sqlite_connect(dbapi_connection, _record) -> None:
 
     if isinstance(dbapi_connection, sqlite3.Connection):
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(60):  # processes opening a new file at once: one switches it to
+            try:  # WAL, the others may find it locked meanwhile ("database is locked")
+                cursor.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 59:
+                    raise
+                time.sleep(0.25)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
