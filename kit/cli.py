@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from kit.errors import KitError, os_error_text
+from kit.errors import KitError, ScorerRefusal, os_error_text
 
 
 class _KitGroup(TyperGroup):
@@ -261,9 +261,8 @@ def score(
                     typer.echo(f"warning: {said}", err=True)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format())
     if result.fails:  # a pipeline must not upload what the official scorer would reject
-        typer.echo(f"error: the official scorer would not accept this run: "
-                   f"{'; '.join(result.fails)}", err=True)
-        raise typer.Exit(3)
+        raise ScorerRefusal(f"the official scorer would not accept this run: "
+                            f"{'; '.join(result.fails)}")
 
 
 @features_app.command("list")

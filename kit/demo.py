@@ -17,7 +17,7 @@ import typer
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_file
 from kit.data.io import read_frame
-from kit.errors import KitError
+from kit.errors import KitError, ScorerRefusal
 from kit.metrics import evaluate, oracle_fraction, scored_truth
 
 
@@ -137,10 +137,8 @@ def run_demo(data_dir: Path = Path("data/synth"), submissions: Path = Path("subm
     scored = score_submission(packed.zip_path, valid, spec, seqs=seqs, progress=not quiet)
     typer.echo(scored.format())
     if scored.fails:  # as kit score refuses it (exit 3): no success summary for a rejection
-        rejected = KitError(f"the official scorer would not accept this submission: "
+        raise ScorerRefusal(f"the official scorer would not accept this submission: "
                             f"{'; '.join(scored.fails)}")
-        rejected.exit_code = 3
-        raise rejected
 
     ceiling = oracle_report(valid, oracle, spec, seqs)
     summary = {

@@ -27,6 +27,13 @@ class SubmissionError(KitError):
     """A submission folder/zip is malformed or its PredictionModel breaks the scorer contract."""
 
 
+class ScorerRefusal(KitError):
+    """The replay ran, but the official scorer would not accept it (NaN predictions, past the
+    time or memory limit): exit 3, so a pipeline does not upload it."""
+
+    exit_code = 3
+
+
 def os_error_text(exc: OSError) -> str:
     """'PATH: what went wrong' (and what to do about it where that is clear), not an errno."""
     if exc.filename is None or exc.strerror is None:

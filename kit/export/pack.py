@@ -395,7 +395,7 @@ def owner_tag() -> str:
     space = socket.gethostname()
     with contextlib.suppress(OSError):
         space += f"/pid-ns {os.stat('/proc/self/ns/pid').st_ino}"
-    return f"{os.getpid()}.{hashlib.sha256(space.encode()).hexdigest()[:8]}"
+    return f"{os.getpid()}.{_short_hash(space)}"
 
 
 def dead_owners(folder: Path, prefix: str) -> list[Path]:
@@ -417,7 +417,11 @@ def owner_gone(tag: str) -> bool:
 def _host_only_hash() -> str:
     """The tag kits before 2026-12-04 gave this host (its name alone): their killed packs'
     folders are this host's to clean, as they were then."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return _short_hash(socket.gethostname())
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def process_alive(pid: int) -> bool:
