@@ -676,6 +676,26 @@ def test_processes_a_submission_starts_end_with_the_replay(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_processes_a_crashed_submission_started_end_with_it(tmp_path):
+    """The runner killed what the submission started only on its way out: a submission that
+    crashed (a segfault, the OOM killer) took the runner with it, and a helper in a session of
+    its own ran on, init's. The crash is still reported as the submission's signal."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, STARTS_HELPERS + """
+        import signal
+
+        class PredictionModel:
+            def predict(self, dp):
+                os.kill(os.getpid(), signal.SIGSEGV)
+        """)
+    with pytest.raises(SubmissionError, match="killed by SIGSEGV"):
+        score(sub, data)
+    pids = [int(p) for p in (sub / "pids").read_text().split()]
+    assert len(pids) == 2 and not _alive(pids), "a helper outlived the crashed submission"
+    assert not list(sub.glob("core*")), "the crash was dumped into the submission folder"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
 def test_a_sigkilled_kit_score_takes_its_sandbox_with_it(tmp_path):
     """The child runs in a session of its own, so nothing reaches it when kit score is
     SIGKILLed: a submission that hangs (here spinning) ran at 100% CPU for good, and so did

@@ -54,7 +54,9 @@ def main(job_path: str) -> int:
         os.set_inheritable(fd, False)  # the submission's own subprocesses must not hold it
     report = Reporter(fd)
     become_subreaper()
-    watch_parent(job.get("parent_pid"), job.get("cleanup_if_orphaned"))
+    supervisor = os.getpid()
+    supervise(job)  # returns in the worker only
+    watch_parent(supervisor)
     where = Where(report)
     where.listen()
     result: dict = {"ok": False, "sandbox": sandbox_setup(job)}
@@ -72,10 +74,41 @@ def main(job_path: str) -> int:
     with open(tmp, "w") as fh:
         json.dump(result, fh)
     os.replace(tmp, os.path.join(out_dir, "result.json"))
-    # what the submission started ends with it: once this process exits, a process it moved
-    # to a session of its own is init's, and out of kit's reach
-    kill_descendants(os.getpid())
     return 0
+
+
+def supervise(job: dict) -> None:
+    """Fork: the child returns and runs the submission; this process stays as its supervisor,
+    a subreaper that outlives it however it ends. What the submission started ends with it,
+    even when it crashes (segfault, the OOM killer): a process it moved to a session of its
+    own would otherwise be init's once its runner is gone, and out of kit's reach. The
+    supervisor passes kit's questions (SIGUSR1/2, see Where) on to the worker, ends the
+    sandbox if kit dies, and exits as the worker did. Without fork (Windows) nothing."""
+    if not hasattr(os, "fork"):
+        return
+    worker = os.fork()  # before any thread or import of numpy: a plain copy of this process
+    if worker == 0:
+        return
+    if job.get("progress_fd") is not None:
+        os.close(job["progress_fd"])  # the pipe ends with the worker
+
+    def pass_on(signum, frame) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signum)
+
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, pass_on)
+    watch_parent(job.get("parent_pid"), job.get("cleanup_if_orphaned"))
+    _, status = os.waitpid(worker, 0)
+    kill_descendants(os.getpid())
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # die of the worker's signal, so kit reports it as the submission's
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the worker dumped one if any
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
 
 
 def watch_parent(parent: int | None, cleanup: str | None = None,
