@@ -93,6 +93,29 @@ def test_group_split_ratios_with_many_small_groups():
     np.testing.assert_allclose(ratios, [0.7, 0.15, 0.15], atol=0.01)
 
 
+def test_stratified_group_splits_keep_their_sizes():
+    """The bin's and the whole set's shortfalls cancel often ([0, 10] + [10, 0]), and every
+    tie went to the first part: equal groups split 160/40 for 0.75/0.25 (150/50 unstratified),
+    8 groups 80/0 for 0.9/0.1, and one-sequence folds came out 5/4/3."""
+    groups = np.repeat(np.arange(20), 10)
+    ids = np.arange(200)
+    sizes = [len(p) for p in group_split(ids, groups, (0.75, 0.25), 2, stratify=groups * 1.0)]
+    assert sizes == [150, 50]
+    eight = np.repeat(np.arange(8), 10)
+    sizes = [len(p) for p in group_split(np.arange(80), eight, (0.9, 0.1), 0,
+                                         stratify=np.arange(80.0))]
+    assert sizes == [70, 10]
+    for n in range(5, 61, 5):
+        for k in (3, 4, 5, 7, 10):
+            for seed in range(5):
+                if k > n:
+                    continue
+                one_each = np.arange(n)
+                stat = np.random.default_rng(seed).normal(size=n)
+                sizes = [len(v) for _, v in group_kfold(one_each, one_each, k, seed, stat)]
+                assert max(sizes) - min(sizes) <= 1, (n, k, seed, sizes)
+
+
 def test_same_seed_same_split_and_seeds_differ():
     ids = np.arange(100) * 7
     groups = ids // 21

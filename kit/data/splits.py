@@ -114,7 +114,8 @@ def split_sizes(n: int, fractions: np.ndarray) -> np.ndarray:
 
 def _assign_groups(sizes, bins, fractions, rng) -> np.ndarray:
     """Greedy: largest groups first, each into the part furthest below its target share,
-    counting both the group's bin and the whole set."""
+    counting both the group's bin and the whole set, among the parts still below their share
+    of the whole set."""
     n_bins = int(bins.max()) + 1
     in_bin = np.zeros((n_bins, len(fractions)))
     overall = np.zeros(len(fractions))
@@ -123,9 +124,16 @@ def _assign_groups(sizes, bins, fractions, rng) -> np.ndarray:
     # Random order among groups of equal size: the seed decides who goes where.
     for g in np.lexsort((rng.random(len(sizes)), -sizes)):
         b, m = bins[g], sizes[g]
-        deficit = (fractions * (in_bin[b].sum() + m) - in_bin[b]
-                   + fractions * (overall.sum() + m) - overall)  # fmt: skip
-        p = int(np.argmax(deficit + closed))
+        behind = fractions * (overall.sum() + m) - overall + closed
+        # the bin's share counts among the parts still below their overall share only: the
+        # two terms cancel often ([0, 10] + [10, 0]), and argmax gave every tie to part 0,
+        # leaving a small part short or empty
+        open_ = behind > 0
+        if not open_.any():
+            p = int(np.argmax(behind))
+        else:
+            both = np.where(open_, fractions * (in_bin[b].sum() + m) - in_bin[b] + behind, -np.inf)
+            p = int(np.lexsort((-behind, -both))[0])  # ties to the part furthest behind
         part_of_group[g] = p
         in_bin[b, p] += m
         overall[p] += m
