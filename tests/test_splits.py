@@ -159,6 +159,8 @@ def test_stratification_balances_the_statistic():
         (lambda: random_split(np.array([1, 2, 2, 3])), r"ids holds duplicates, e.g. \[2\]"),
         (lambda: random_split(np.array([], dtype=int)), "ids must be a non-empty"),
         (lambda: random_split(np.zeros((2, 2))), "ids must be"),
+        (lambda: random_split(np.array([1, "a", 2.5, 3], dtype=object)), "ids mix types"),
+        (lambda: kfold(np.array([1.0, np.nan, 3.0]), 2), r"ids holds 1 NaN/inf"),
         (lambda: kfold(np.arange(5), 1), "k=1"),
         (lambda: kfold(np.arange(5), 6), r"k=6.*\(5\)"),
         (lambda: kfold(np.arange(5), 2.5), "k=2.5"),

@@ -153,7 +153,14 @@ def _check_ids(ids) -> np.ndarray:
         raise SplitError(
             f"ids must be a non-empty 1-D array of sequence ids, got shape {ids.shape}"
         )
-    values, counts = np.unique(ids, return_counts=True)
+    if ids.dtype.kind == "f" and not np.isfinite(ids).all():
+        raise SplitError(f"ids holds {int((~np.isfinite(ids)).sum())} NaN/inf value(s); "
+                         "every sequence needs an id")  # fmt: skip
+    try:
+        values, counts = np.unique(ids, return_counts=True)
+    except TypeError as exc:  # mixed types in an object array: 'a' < 1
+        raise SplitError(f"ids mix types that do not sort together ({exc}); give one type, "
+                         "e.g. all int or all str") from None
     if len(values) != len(ids):
         raise SplitError(f"ids holds duplicates, e.g. {values[counts > 1][:5].tolist()}; "
                          "pass each sequence id once")  # fmt: skip

@@ -113,7 +113,7 @@ class MaskedLoss:
     def __call__(self, pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         p, y = _rows(pred, target, mask)
         if p.shape[0] == 0:  # a chunk of warm-up steps only: nothing to learn from
-            return pred.sum() * 0.0
+            return p.sum()  # 0 with a gradient of 0; pred.sum() * 0 is NaN where pred holds inf
         weights = self.target_weights.to(p.device)
         total = p.new_zeros(())
         for name, weight in self.terms.items():
