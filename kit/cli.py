@@ -22,11 +22,18 @@ from kit.errors import KitError, ScorerRefusal, os_error_text
 
 class _KitGroup(TyperGroup):
     """Print a KitError (or an OSError: a path that cannot be written) as one line on stderr
-    and exit non-zero, without a traceback."""
+    and exit non-zero, without a traceback. SIGTERM and SIGHUP end a command as an exception
+    (exit 128 + the signal), so its temporary folders and staging are removed on the way out;
+    their default action ended it on the spot. A --jobs training worker keeps the default:
+    its parent says what is left."""
 
     def invoke(self, ctx):
+        from kit.workers import ended_by_signals
+
+        stopping = (contextlib.nullcontext() if os.environ.get("KIT_TRAIN_WORKER")
+                    else ended_by_signals())
         try:
-            with warnings.catch_warnings():  # restores showwarning after
+            with stopping, warnings.catch_warnings():  # restores showwarning after
                 warnings.showwarning = _kit_warnings_as_lines(warnings.showwarning)
                 return super().invoke(ctx)
         except KitError as exc:

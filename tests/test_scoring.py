@@ -732,6 +732,32 @@ def test_a_sigkilled_kit_score_takes_its_sandbox_with_it(tmp_path):
     assert not workdir.exists()
 
 
+def test_a_sigterm_while_the_rows_are_prepared_leaves_no_temporary_folder(tmp_path):
+    """SIGTERM's default action ended kit score at once while it typed the rows (before the
+    submission's process starts): its temporary folder, a float64 copy of every row, stayed
+    in /tmp. It now exits 143 after its cleanup, without a traceback."""
+    import subprocess
+
+    data, _ = write_data(tmp_path, n_seqs=20000)  # 400,000 rows: a moment to be caught in
+    sub = write_sub(tmp_path, FORMULA)
+    (tmp_path / "spec.toml").write_text(tomli_w.dumps(SPEC.to_dict()))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "score", str(sub), "--data",
+                             str(data), "--spec", str(tmp_path / "spec.toml")],
+                            env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1]),
+                                              "TMPDIR": str(temp)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(temp.glob("kit-score-*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert list(temp.glob("kit-score-*")), "kit score never made its folder"
+    proc.terminate()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and b"Traceback" not in err, err.decode()
+    assert not list(temp.iterdir()), "kit score left its temporary folder"
+
+
 def test_the_timeout_runs_from_the_rows_being_ready(tmp_path):
     """kit's own typing of a large file's rows (before the submission is imported) is no time
     of the submission's: a child that prepares its rows for 1.5 s, then runs 0.1 s, is within
