@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -426,11 +427,16 @@ def storage_file(url: str) -> Path | None:
     """The file a sqlite:/// or journal: storage keeps its study in, None for a server's."""
     if url.startswith("journal:"):
         return Path(url.removeprefix("journal:"))
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite"):  # sqlite:///, sqlite+pysqlite:/// ...
         from sqlalchemy.engine import make_url
 
-        database = make_url(url).database
-        return Path(database) if database and database != ":memory:" else None
+        try:
+            parsed = make_url(url)
+        except Exception:  # not a URL: make_storage names it
+            return None
+        database = parsed.database
+        if parsed.get_backend_name() == "sqlite" and database and not _in_memory(url):
+            return Path(database)
     return None
 
 
@@ -1199,7 +1205,7 @@ def best_origin(setup: SweepSetup) -> dict:
     from: the checkout may move; a server by its masked URL), however the URL was written."""
     file = storage_file(setup.storage_url)
     if file is None:
-        return {"study": setup.study_name, "storage": shown_url(setup.storage_url)}
+        return {"study": setup.study_name, "storage": server_identity(setup.storage_url)}
     file = file.resolve()
     with contextlib.suppress(ValueError):  # another drive (Windows): absolute
         file = Path(os.path.relpath(file, experiments_dir().resolve()))
@@ -1219,10 +1225,12 @@ def _same_origin(recorded: object, setup: SweepSetup) -> bool:
         base = experiments_dir() if recorded.get("relative_to") == BESIDE else Path.cwd()
         return (base / storage.removeprefix("file ")).resolve() == mine.resolve()
     # best files of kits before 2026-12-03: the default storage by a fixed label, any other
-    # by its URL as written
+    # by its URL as written (masked): a server's by what it points to since 2026-12-04
     if storage == DEFAULT_STORAGE:
         return setup.storage_url == default_storage(setup.experiment, setup.runs_dir)
-    return storage == shown_url(setup.storage_url)
+    return storage == shown_url(setup.storage_url) or (
+        mine is None and isinstance(storage, str)
+        and server_identity(storage) == server_identity(setup.storage_url))
 
 
 def _shown_storage(origin: dict) -> str:
@@ -1271,29 +1279,73 @@ def check_best_file(setup: SweepSetup, path: Path) -> None:
                      "that file, or use another --study name")
 
 
-def masked(text: str, url: str) -> str:
-    """`text` (a driver's error message) without the URL's password, should it quote it."""
-    try:
-        from sqlalchemy.engine import make_url
+SECRET_QUERY = re.compile(r"([?&][^=&#]*(?:pass|pwd|secret|token)[^=&#]*=)[^&#]*", re.I)
 
-        password = make_url(url).password
-    except Exception:  # not a URL SQLAlchemy reads: no password to find
-        return text
-    return text.replace(str(password), "***") if password else text
+
+def masked(text: str, url: str) -> str:
+    """`text` (a driver's error message) without the URL's secrets, should it quote them:
+    the URL itself, then the password and secret query values as whole tokens (a password
+    "p" is not masked inside "psycopg2")."""
+    text = text.replace(url, shown_url(url))
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+    return text
+
+
+def _secrets(url: str) -> list[str]:
+    """The URL's password and secret query values, as written and decoded."""
+    from urllib.parse import unquote
+
+    found = [m.group(0).split("=", 1)[1] for m in SECRET_QUERY.finditer(url)]
+    userinfo = _userinfo(url)
+    if userinfo and ":" in userinfo:
+        password = userinfo.split(":", 1)[1]
+        # an unescaped "@" in it: the driver names the part after it as the host
+        found += [password, *password.split("@")]
+    return [v for raw in found if raw for v in {raw, unquote(raw)}]
+
+
+def _userinfo(url: str) -> str | None:
+    """What comes before the host: up to the last "@" before the query. A password with an
+    unescaped "@" or "/" (SQLAlchemy splits at its first "@" and shows the rest) is all in it."""
+    if "://" not in url:
+        return None
+    rest = url.split("://", 1)[1]
+    at = rest.rfind("@", 0, len(rest) if "?" not in rest else rest.index("?"))
+    return rest[:at] if at >= 0 else None
 
 
 def shown_url(url: str) -> str:
-    """A storage URL as it may be printed or written: the password masked."""
-    if url.startswith(("journal:", "sqlite")):
+    """A storage URL as it may be printed or written: the password and any secret query value
+    (`?password=`, libpq and SQLAlchemy read it there too) masked, the rest as written."""
+    if url.startswith("journal:") or storage_file(url) is not None:
         return url
+    userinfo = _userinfo(url)
+    if userinfo and ":" in userinfo:
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}://{userinfo.split(':', 1)[0]}:***{rest[len(userinfo):]}"
+    return SECRET_QUERY.sub(r"\1***", url)
+
+
+def server_identity(url: str) -> str:
+    """A server storage as what it points to, however the URL spells it: the backend without
+    its driver (postgres:// is postgresql), the user, host and default port, the database;
+    no password (it may come from $PGPASSWORD or ~/.pgpass on another run)."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy reads: mask what looks like user:password@
-        import re
-
-        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+        parsed = make_url(shown_url(url))  # the masked URL: a password's "@" splits it right
+        backend = {"postgres": "postgresql"}.get(parsed.get_backend_name(),
+                                                 parsed.get_backend_name())
+    except Exception:  # not a URL SQLAlchemy reads: as shown
+        return shown_url(url)
+    port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(backend)
+    user = f"{parsed.username}@" if parsed.username else ""
+    host = (parsed.host or "").lower()
+    query = "&".join(f"{k}={v}" for k, v in sorted(parsed.query.items())
+                     if not SECRET_QUERY.search(f"?{k}="))  # host=/socket, options=...
+    return (f"{backend}://{user}{host}{f':{port}' if port else ''}/{parsed.database or ''}"
+            + (f"?{query}" if query else ""))
 
 
 def format_summary(summary: dict) -> str:

@@ -970,6 +970,63 @@ def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env):
     assert "s3cret" not in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize(("url", "shown", "driver_said"), [
+    # libpq and SQLAlchemy read a password from the query too: it was printed and written
+    ("postgresql://kit@h:5/db?password=s3cret", "postgresql://kit@h:5/db?password=***",
+     'password "s3cret" refused'),
+    ("postgresql://kit@h/db?sslmode=require&PassWord=s3cret&application_name=k",
+     "postgresql://kit@h/db?sslmode=require&PassWord=***&application_name=k", "s3cret"),
+    # an unescaped "@" or "/" in the password: SQLAlchemy splits at the first "@" and showed
+    # the rest as the host (and masking its password "p" mangled "psycopg2")
+    ("postgresql://kit:p@ss3cret@h:9/db", "postgresql://kit:***@h:9/db",
+     'could not translate host name "ss3cret@h"'),
+    ("postgresql://kit:a/s3cret@h/db", "postgresql://kit:***@h/db", "a/s3cret"),
+    ("postgres://kit:s3cret%40x@h/db", "postgres://kit:***@h/db", "s3cret@x"),
+    ("sqlite+pysqlite:///runs/x.db", "sqlite+pysqlite:///runs/x.db", ""),
+])
+def test_storage_urls_are_shown_without_their_secrets(url, shown, driver_said):
+    from kit.sweep import masked, shown_url
+
+    assert shown_url(url) == shown
+    said = masked(f"(psycopg2.OperationalError) {driver_said} for {url}", url)
+    assert "s3cret" not in said and said.startswith("(psycopg2.OperationalError)")
+
+
+def test_a_server_storage_is_one_storage_however_its_url_is_written(sweep_env):
+    """kit connects to postgres:// as postgresql+psycopg2://, and the docs advise $PGPASSWORD
+    over a password in the URL: the best file's origin was the masked URL as written, so the
+    same study on the same server was refused as another storage's."""
+    from kit.sweep import _same_origin, best_origin
+
+    def setup(url):
+        return prepare("tiny", None, "s", url)
+
+    first = best_origin(setup("postgres://kit:pw@DB.example:5432/kit"))
+    assert "pw" not in json.dumps(first)
+    for same in ("postgresql://kit@db.example/kit", "postgresql+psycopg2://kit:pw@db.example/kit",
+                 "postgresql://kit:other@db.example:5432/kit?password=x"):
+        assert _same_origin(first, setup(same)), same
+    for other in ("postgresql://kit@db.example:5433/kit", "postgresql://kit@db.example/kit2",
+                  "postgresql://ana@db.example/kit", "mysql://kit@db.example/kit"):
+        assert not _same_origin(first, setup(other)), other
+    # an older best file's masked URL as written still matches its own spelling, and now others
+    old = {"study": "s", "storage": "postgres://kit:***@db.example:5432/kit"}
+    assert _same_origin(old, setup("postgres://kit:pw@db.example:5432/kit"))
+    assert _same_origin(old, setup("postgresql://kit@db.example/kit"))
+
+
+def test_a_driver_qualified_sqlite_url_is_a_file(sweep_env):
+    """sqlite+pysqlite:/// was no file to kit: its folder was not made (the storage did not
+    open) and the default storage named so was another storage."""
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, "-q", "--study", "new", "--storage",
+                  "sqlite+pysqlite:///runs/newdir/x.db").output
+    assert (sweep_env / "runs/newdir/x.db").is_file(), out
+    run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "--storage",
+                  "sqlite+pysqlite:///runs/tiny/sweep.db").output
+    assert "2 complete" in out and "wrote" in out
+
+
 def test_sweeps_started_together_on_a_new_sqlite_file_all_open_it(tmp_path):
     # the losers of the race to create Optuna's tables get "table ... already exists" from
     # SQLite (not only IntegrityError): they retry and find the tables made
