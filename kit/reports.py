@@ -27,6 +27,7 @@ from kit.errors import KitError
 from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
 from kit.run_record import (
     DATA_DIGESTS,
+    TRAINED_SPEC,
     changed_data_message,
     data_changes,
     data_file_of,
@@ -53,7 +54,7 @@ HEXBIN_ABOVE = 3000  # points; fewer are drawn as a scatter
 def read_history(path: Path) -> list[dict]:
     """The epochs of history.jsonl; a torn last line (a kill mid-write) or a line that is not an
     epoch record (hand-edited) is skipped, and fields of the wrong type read as missing."""
-    if not path.exists():
+    if not path.is_file():  # a folder in its place reads as no history
         return []
     out = []
     # bytes that are not UTF-8 (a damaged file) spoil their line only, which is then skipped
@@ -100,8 +101,20 @@ def _per_target(value) -> dict[str, float | None]:
     return {str(k): _finite(v) for k, v in value.items()}
 
 
-def _spec(config: dict, cache: dict) -> CompetitionSpec:
-    """The run's spec, read once per listing (runs of one experiment share it)."""
+def _spec(run_dir: Path, config: dict, cache: dict) -> CompetitionSpec:
+    """The run's spec: its spec.json (what it trained with), else the spec its config names,
+    each read once per listing (runs of one experiment share them). The spec file may have
+    moved or changed since, or be named relative to another folder."""
+    path = Path(run_dir) / TRAINED_SPEC
+    with contextlib.suppress(OSError):
+        key = ("trained", path.read_bytes())
+        if key not in cache:
+            try:
+                cache[key] = read_trained_spec(run_dir)
+            except KitError as exc:
+                cache[key] = exc
+        if cache[key] is not None and not isinstance(cache[key], KitError):
+            return cache[key]
     key = ("spec", str(config.get("spec")))
     if key not in cache:
         try:
@@ -113,12 +126,13 @@ def _spec(config: dict, cache: dict) -> CompetitionSpec:
     return cache[key]
 
 
-def _higher_is_better(config: dict, cache: dict) -> bool:
-    """The direction of the run's metric (weighted Pearson: up; mae/rmse: down)."""
+def _higher_is_better(run_dir: Path, config: dict, cache: dict) -> bool | None:
+    """The direction of the run's metric (weighted Pearson: up; mae/rmse: down); None where
+    no spec says it."""
     try:
-        return _spec(config, cache).metric.higher_is_better
-    except KitError:  # a spec file since moved: assume the usual direction
-        return True
+        return _spec(run_dir, config, cache).metric.higher_is_better
+    except KitError:
+        return None
 
 
 def _seed(config: dict, run_id: str) -> int | None:
@@ -176,7 +190,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "epochs": len(history),
         "finished": False,
         "seed": _seed(config, run_dir.name),
-        "higher_is_better": _higher_is_better(config, cache),
+        "higher_is_better": _higher_is_better(run_dir, config, cache),
         "validated": _validation_set(config, metrics),
         # an out-of-fold group's digests are its folds' (of the train file they split)
         "validated_sha256": _validated_digest(
@@ -196,15 +210,17 @@ def _summary(run_dir: Path, cache: dict) -> dict:
             epochs=len(history) if epochs is None else epochs,
             finished=metrics.get("finished") is True,
         )
-        for why in ("diverged", "pruned"):  # how a finished run stopped early, if it did
-            if metrics.get(why):
-                row[why] = metrics[why]
+        # how a finished run stopped early, if it did (a hand-edited value reads as missing)
+        if isinstance(metrics.get("diverged"), str) and metrics["diverged"]:
+            row["diverged"] = metrics["diverged"]
+        if metrics.get("pruned") is True:
+            row["pruned"] = True
     elif history:
         scored = [r for r in history if r["val_score"] is not None]
         if scored:
             # the trainer flags each new best (it knows the metric's direction)
             flagged = [r for r in scored if r.get("best")]
-            sign = 1.0 if row["higher_is_better"] else -1.0
+            sign = -1.0 if row["higher_is_better"] is False else 1.0
             best = flagged[-1] if flagged else max(scored, key=lambda r: sign * r["val_score"])
             row.update(
                 best_epoch=best["epoch"],
@@ -292,7 +308,7 @@ def _valid_file(run_dir: Path, config: dict, cache: dict) -> ValidFile | None:
     path = data_file_of(run_dir, valid) if valid else None
     if path is None:
         return None
-    spec = _spec(config, cache)
+    spec = _spec(run_dir, config, cache)
     key = (str(path.resolve()), spec.source, spec.name)
     if key not in cache:
         cache[key] = ValidFile(path, spec)
@@ -321,14 +337,16 @@ def _oracle_report(run_dir: Path, config: dict, cache: dict) -> MetricReport | N
         rows = load_array(rows_path, "rows")
         key = (
             str(valid.path.resolve()),
+            valid.spec.source,  # two specs of one name may score differently
             valid.spec.name,
             hashlib.sha1(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest(),
         )
         if key not in cache:
+            truth = valid.truth(rows)  # first: it refuses rows past the file's end
             pred = valid.oracle()[rows]
             if np.isnan(pred).any():
                 raise KitError(f"{oracle_path(valid.path)}: no oracle value for some scored rows")
-            cache[key] = evaluate(valid.spec, valid.truth(rows), pred)
+            cache[key] = evaluate(valid.spec, truth, pred)
         return cache[key]
     except KitError:
         return None  # a listing never fails on one run's oracle; `kit report` says more
@@ -475,7 +493,7 @@ def sort_runs(runs: list[dict], sort: str = "score", descending: bool = True) ->
 
     def key(run):  # "descending" on a score means best first, whichever way the metric points
         value = _value(run, sort)
-        flip = sort in scores and not run.get("higher_is_better", True)
+        flip = sort in scores and run.get("higher_is_better") is False
         return _sort_key(-value if flip else value)
 
     return sorted(present, key=key, reverse=descending) + missing

@@ -27,6 +27,8 @@ def read_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.toml"
     if not path.exists():
         return {}
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file; the run folder was damaged")
     config = read_toml(path, ConfigError)
     for key in SECTIONS:
         if key in config and not isinstance(config[key], dict):

@@ -551,3 +551,74 @@ def test_report_of_an_experiment_folder_says_to_pick_a_run(runs_root: Path):
     (runs_root / "ensembles" / "mix").mkdir(parents=True)  # an ensemble report's folder
     with pytest.raises(KitError, match=r"experiments with runs: \['alpha', 'beta'\]"):
         list_runs(runs_root, experiment="gamma")
+
+
+def test_a_run_keeps_its_metric_direction_and_oracle_when_its_spec_file_is_gone(tmp_path: Path):
+    """The direction came from the spec file the config names (moved, edited or relative to
+    another folder since): unknown read as higher-is-better, so rmse runs listed worst first
+    with no oracle fraction, though spec.json keeps the spec the run trained with."""
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    for seed, noise in ((1, 2.0), (2, 0.5)):
+        run = make_run(root, "e", f"2024010{seed}-000000-s{seed}", valid, spec_path, seed=seed,
+                       noise=noise)
+        (run / "spec.json").write_text(json.dumps(spec.to_dict()))
+    spec_path.rename(tmp_path / "moved.toml")
+    runs = list_runs(root)
+    assert [r["higher_is_better"] for r in runs] == [False, False]
+    assert all(r["oracle_fraction"] is not None for r in runs)
+    assert [r["seed"] for r in sort_runs(runs, "score")] == [2, 1]
+    for run in root.glob("e/*"):  # neither spec.json nor the spec file: unknown, said so
+        (run / "spec.json").unlink()
+    assert [r["higher_is_better"] for r in list_runs(root)] == [None, None]
+
+
+def test_rows_past_the_end_of_a_changed_valid_file_fail_no_listing(runs_root: Path):
+    """A run of an older kit (no digests) whose valid file was made smaller since: the oracle
+    was indexed before the rows were checked, and the IndexError ended `kit runs`."""
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    rows = np.load(run / "val_rows.npy")
+    rows[-1] = 10**6
+    np.save(run / "val_rows.npy", rows)
+    runs = list_runs(runs_root)
+    assert len(runs) == 3
+    assert next(r for r in runs if r["path"] == str(run))["oracle_fraction"] is None
+    report = write_report(run).read_text()
+    assert "val_rows.npy points past the end" in report
+
+
+def test_two_specs_of_one_name_keep_their_own_oracle_scores(tmp_path: Path):
+    """The oracle's cache key named the spec but not its file: a copy of a preset with its
+    metric changed took the first one's oracle score (a Pearson oracle over an rmse score)."""
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    rmse_path = tmp_path / "data" / "tiny-rmse.toml"
+    rmse_path.write_text(tomli_w.dumps(small_spec(metric={"name": "rmse"}).to_dict()))
+    root = tmp_path / "runs"
+    make_run(root, "a", "20240101-000000-s1", valid, spec_path, seed=1)
+    make_run(root, "b", "20240101-000000-s1", valid, rmse_path, seed=1)
+    together = {r["experiment"]: r["oracle_score"] for r in list_runs(root)}
+    alone = {e: list_runs(root, experiment=e)[0]["oracle_score"] for e in ("a", "b")}
+    assert together == alone and together["a"] != together["b"]
+
+
+def test_a_folder_in_place_of_a_run_file_fails_no_listing(runs_root: Path):
+    run = runs_root / "beta" / "20240103-000000-s3"
+    (run / "history.jsonl").unlink()
+    (run / "history.jsonl").mkdir()
+    assert len(list_runs(runs_root)) == 3
+    (run / "config.toml").unlink()
+    (run / "config.toml").mkdir()
+    runs = list_runs(runs_root)
+    assert "not a file" in next(r for r in runs if r["path"] == str(run))["config_error"]
+
+
+def test_hand_edited_stop_reasons_read_as_missing(runs_root: Path):
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"pruned": float("nan"),
+                                                            "diverged": 3}))
+    listed = next(r for r in list_runs(runs_root) if r["path"] == str(run))
+    assert "pruned" not in listed and "diverged" not in listed
+    json.dumps(list_runs(runs_root), allow_nan=False)  # --json
