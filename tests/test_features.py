@@ -395,6 +395,13 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"\(from op 'diff', a 'a-b', b 'c'\); this op makes it from op 'diff', a 'a', b 'b-c'; "
          r"name an input another way first"),
         ([{"op": "sum", "inputs": []}], r"features.ops\[0\] \(sum\): no input columns given"),
+        # no inputs: k and window went unread until the reach check raised a bare ValueError
+        ([{"op": "lag"}], r"features.ops\[0\] \(lag\): lag needs an integer 'k' >= 1, got None"),
+        ([{"op": "rolling_mean", "inputs": [], "window": 1}],
+         r"features.ops\[0\] \(rolling_mean\): rolling_mean needs an integer 'window' >= 2"),
+        ([{"op": "lag", "inputs": [], "k": 2}], r"features.ops\[0\] \(lag\): no input columns"),
+        ([{"op": "sum", "inputs": [["a"], ["a"]]}], r"\(sum\): inputs must be a list of column"),
+        ([{"op": "diff", "a": [{"x": 1}], "b": ["b"]}], r"\(diff\): a must be a list of column"),
         # a string where a list of columns goes would be read letter by letter
         ([{"op": "diff", "a": "a", "b": "b"}], r"\(diff\): a must be a list of column names"),
         ([{"op": "wmid", "bid": ["a"], "ask": "b", "bid_size": ["c"], "ask_size": ["d"]}],
@@ -436,6 +443,12 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
 def test_bad_feature_specs_name_the_entry(ops, message):
     with pytest.raises(FeatureConfigError, match=message):
         build_feature_set(SPEC, groups=[], ops=ops)
+
+
+@pytest.mark.parametrize("groups", [[["raw"]], [{"x": 1}], [1]])
+def test_a_group_that_is_not_a_name_is_refused(groups):
+    with pytest.raises(FeatureConfigError, match=r"features.groups\[0\]: a group name"):
+        build_feature_set(SPEC, groups=groups, ops=[])
 
 
 def test_imbalance_of_tiny_inputs_stays_clipped_alike_in_both_faces():

@@ -84,9 +84,11 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str,
         raise FeatureConfigError(f"{where} ({kind}): takes its columns from "
                                  f"{list(cls.column_keys)}, not inputs; remove 'inputs'")
     for key in ("inputs", *cls.column_keys):
-        if not isinstance(entry.get(key, []), list):  # a string would be read letter by letter
+        names = entry.get(key, [])
+        # a string would be read letter by letter; a list in the list is no column name
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
             raise FeatureConfigError(f"{where} ({kind}): {key} must be a list of column names, "
-                                     f"e.g. [\"p0\"] or [\"p0..p5\"], got {entry[key]!r}")
+                                     f"e.g. [\"p0\"] or [\"p0..p5\"], got {names!r}")
     if "name" in entry and not (isinstance(entry["name"], str) and entry["name"]):
         raise FeatureConfigError(f"{where} ({kind}): name must be a non-empty string, got "
                                  f"{entry['name']!r}")
@@ -98,13 +100,15 @@ def make_op(entry: dict, spec: CompetitionSpec, where: str,
         raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
     try:
         op = cls(inputs=inputs, params=params)
-        op.outputs()  # validates parameters such as k, window, alpha
+        op.outputs()  # validates parameters such as alpha
+        if isinstance(op, HistoryOp):
+            op.history()  # k and window: outputs() reads them per input column only
     except FeatureSpecError as exc:
         raise FeatureConfigError(f"{where} ({kind}): {exc}") from None
-    if check_reach and isinstance(op, HistoryOp):
-        _check_reach(op, spec, where)
     if not op.input_columns() and kind not in ("position",):
         raise FeatureConfigError(f"{where} ({kind}): no input columns given")
+    if check_reach and isinstance(op, HistoryOp):
+        _check_reach(op, spec, where)
     if kind == "position" and entry.get("inputs"):  # [] is how a stored set writes it
         raise FeatureConfigError(f"{where} (position): takes no inputs (it counts the steps); "
                                  "remove 'inputs'")
@@ -215,7 +219,10 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     groups = list(groups if groups is not None else ["raw"])
     known = available_groups(spec)
     entries: list[tuple[str, dict]] = []
-    for group in groups:
+    for i, group in enumerate(groups):
+        if not isinstance(group, str):
+            raise FeatureConfigError(f"features.groups[{i}]: a group name (a string), got "
+                                     f"{group!r}; available: {sorted(known)}")
         if group not in known:
             raise FeatureConfigError(f"unknown feature group {group!r} for {spec.name}; "
                                      f"available: {sorted(known)}")
