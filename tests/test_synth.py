@@ -185,8 +185,64 @@ def test_temp_files_of_killed_runs_are_removed(tmp_path):
     live.write_bytes(b"being written")
     elsewhere = tmp_path / f".train.parquet.tmp-other-host-{dead}"  # its pid means nothing here
     elsewhere.write_bytes(b"written on another machine sharing the folder")
+    # host node-1's glob matched host node-1-gpu's files, whose pids mean nothing here either
+    longer_host = tmp_path / f".valid.parquet.tmp-{host}-gpu-{dead}"
+    longer_host.write_bytes(b"being written on a host whose name starts with this one's")
     synthesize(PREDICTORIUM, tmp_path, train_seqs=1, valid_seqs=1, seed=1)
-    assert not stale.exists() and live.exists() and elsewhere.exists()
+    assert not stale.exists() and live.exists() and elsewhere.exists() and longer_host.exists()
+
+
+@pytest.mark.parametrize("n", [10**20, 2.7, True, 0])
+def test_sizes_past_reason_are_refused_before_anything_is_made(tmp_path, n):
+    """10**20 sequences raised numpy's ValueError (a traceback from the CLI); 2.7 became 2."""
+    with pytest.raises(KitError, match=r"train_seqs \(--train-seqs\) must be a whole number"):
+        synthesize(PREDICTORIUM, tmp_path / "out", train_seqs=n, valid_seqs=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_in_the_way_is_found_before_any_file_is_replaced(tmp_path):
+    """A folder named valid_oracle.parquet: train and valid were replaced, then the oracle's
+    rename failed, leaving two runs' files and a temp file."""
+    before = synthesize(PREDICTORIUM, tmp_path, train_seqs=2, valid_seqs=1, seed=1)
+    old = before.train.read_bytes(), before.valid.read_bytes()
+    before.oracle.unlink()
+    before.oracle.mkdir()
+    with pytest.raises(KitError, match="valid_oracle.parquet is not a file"):
+        synthesize(PREDICTORIUM, tmp_path, train_seqs=2, valid_seqs=1, seed=5)
+    assert (before.train.read_bytes(), before.valid.read_bytes()) == old
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_a_split_whose_file_fails_to_close_leaves_no_temp_file(tmp_path, monkeypatch):
+    """A full disk met by the oracle's footer: the valid file, closed fine just before, kept
+    its temp file (the split raised before its sinks were handed back to be discarded)."""
+    import errno
+
+    from kit.data.synth import core
+
+    real_close = core.ParquetSink.close
+
+    def disk_full_on_oracle(self, ok=True):
+        real_close(self, ok)
+        if self.path.name == "valid_oracle.parquet":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(core.ParquetSink, "close", disk_full_on_oracle)
+    with pytest.raises(OSError, match="No space left"):
+        synthesize(PREDICTORIUM, tmp_path, train_seqs=2, valid_seqs=1, seed=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_generators_names_in_a_custom_spec_keep_their_own_data(tmp_path):
+    """A known name beside names of one's own switched every name to position: the column
+    named p0 held v0's values, and t1 beside "ret" became the 3-step target."""
+    from kit.data.synth.predictorium import _target_horizons
+
+    assert _target_horizons(_custom(targets=["t1", "ret"])) == [20, 3]
+    assert _target_horizons(_custom(targets=["a", "b"])) == [3, 20]  # own names: by position
+    own = [f"x{i}" for i in range(12)] + [f"p{i}" for i in range(12)] + [f"z{i}" for i in range(8)]
+    with pytest.raises(SpecError, match="'p0' is column 12 of the spec, but the generator's p0"):
+        synthesize(_custom(features=own), tmp_path, train_seqs=1, valid_seqs=1)
 
 
 def test_a_spec_whose_warmup_leaves_no_scored_step_is_refused(tmp_path):

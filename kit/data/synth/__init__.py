@@ -30,6 +30,7 @@ from kit.errors import KitError
 
 DEFAULT_SEQS = {"train": 400, "valid": 200}  # a quick demo: ~3 s on 2 cores
 FULL_SEQS = {"train": 10_721, "valid": 1_444}  # the real Predictorium split sizes
+MAX_SEQS = 1_000_000  # 100x the full size (a billion rows): past it, a typo, not a plan
 CHUNK_SEQS = 256  # sequences per chunk = per parquet row group (fixed: data depend on it)
 _SPLIT_CODE = {"train": 0, "valid": 1}
 
@@ -70,8 +71,10 @@ def synthesize(
     sizes = dict(FULL_SEQS if full else DEFAULT_SEQS)
     sizes.update({k: v for k, v in (("train", train_seqs), ("valid", valid_seqs)) if v is not None})
     for split, n in sizes.items():
-        if int(n) < 1:
-            raise KitError(f"{split}_seqs (--{split}-seqs) must be >= 1, got {n}")
+        if not (isinstance(n, int | np.integer) and not isinstance(n, bool)
+                and 1 <= n <= MAX_SEQS):
+            raise KitError(f"{split}_seqs (--{split}-seqs) must be a whole number from 1 to "
+                           f"{MAX_SEQS:,}, got {n!r}")
     if seed < 0:
         raise KitError(f"seed (--seed) must be >= 0, got {seed}")
     generator = make_generator(spec)
@@ -90,6 +93,9 @@ def synthesize(
         valid_rows=sizes["valid"] * generator.steps,
         seconds=0.0,
     )
+    for path in (result.train, result.valid, result.oracle):  # found before any is replaced
+        if path.exists() and not path.is_file():
+            raise KitError(f"{path} is not a file; move it, or write the data elsewhere")
     start = time.perf_counter()
     chunks = sum(-(-n // CHUNK_SEQS) for n in sizes.values())
     written: list[ParquetSink] = []  # renamed into place together, once all three are whole
@@ -104,8 +110,13 @@ def synthesize(
         for sink in written:
             sink.discard()
         raise
-    for sink in written:
-        sink.publish()
+    for i, sink in enumerate(written):
+        try:
+            sink.publish()
+        except BaseException:
+            for left in written[i:]:
+                left.discard()
+            raise
     result.seconds = time.perf_counter() - start
     return result
 
@@ -152,6 +163,9 @@ def _write_split(generator, split, n, *, first_id, path, seed, bar,
                 sink.close(ok)
             except Exception as exc:
                 errors.append(exc)
-        if errors and ok:
-            raise errors[0]
+        if errors:  # the split is not whole: its sinks that did close keep no temp file
+            for sink in sinks:
+                sink.discard()
+            if ok:
+                raise errors[0]
     return sinks

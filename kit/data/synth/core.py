@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import socket
 import threading
 from pathlib import Path
@@ -141,9 +142,11 @@ def remove_dead_temp_files(folder: Path) -> None:
     """Temp files (.NAME.tmp-HOST-PID) of runs that were killed: each name is its writer's own,
     so no later run overwrites them; this host's whose process is gone are removed (a pid means
     nothing on another host sharing the folder)."""
-    for leftover in Path(folder).glob(f".*.parquet.tmp-{socket.gethostname()}-*"):
-        pid = leftover.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+    # the whole name: host node-1's pattern would match node-1-gpu's files by a glob
+    own = re.compile(rf"\..+\.parquet\.tmp-{re.escape(socket.gethostname())}-(\d+)")
+    for leftover in Path(folder).glob(".*.parquet.tmp-*"):
+        match = own.fullmatch(leftover.name)
+        if match and not _alive(int(match[1])):
             leftover.unlink(missing_ok=True)
 
 
@@ -191,7 +194,10 @@ class ParquetSink:
         """Finish the temp file (removed unless ok and written without error)."""
         self.queue.put(None)
         self.thread.join()
-        self.writer.close()
+        try:
+            self.writer.close()  # its footer may meet a full disk too
+        except BaseException as exc:
+            self.error = self.error or exc
         if not ok or self.error is not None:
             self.tmp.unlink(missing_ok=True)
         if self.error is not None:

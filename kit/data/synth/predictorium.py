@@ -105,8 +105,17 @@ class LobGenerator:
 def _feature_columns(spec: CompetitionSpec) -> list[int]:
     if all(name in FEATURES for name in spec.features):
         return [FEATURES.index(name) for name in spec.features]
-    if len(spec.features) == len(FEATURES):
-        return list(range(len(FEATURES)))  # same shape, other names: map by position
+    if len(spec.features) == len(FEATURES):  # same shape, other names: map by position
+        moved = [(i, name) for i, name in enumerate(spec.features)
+                 if name in FEATURES and FEATURES.index(name) != i]
+        if moved:  # the column named p0 would hold v0's values
+            i, name = moved[0]
+            raise SpecError(
+                f"spec {spec.name!r}: features mix the synthetic LOB generator's names with your "
+                f"own: {name!r} is column {i} of the spec, but the generator's {name} is column "
+                f"{FEATURES.index(name)}; 32 names of your own are mapped by position, so put "
+                "the generator's names at their own positions or rename them")
+        return list(range(len(FEATURES)))
     raise SpecError(
         f"spec {spec.name!r}: the synthetic LOB generator makes the features {FEATURES[0]}.."
         f"{FEATURES[-1]} ({len(FEATURES)} columns: p0..p11, v0..v11, dp0..dp3, dv0..dv3); use a "
@@ -116,10 +125,12 @@ def _feature_columns(spec: CompetitionSpec) -> list[int]:
 
 
 def _target_horizons(spec: CompetitionSpec) -> list[int]:
-    if all(name in TARGETS for name in spec.targets):
-        return [HORIZONS[TARGETS.index(name)] for name in spec.targets]
     if len(spec.targets) <= len(HORIZONS):
-        return list(HORIZONS[: len(spec.targets)])  # other names: by position
+        # t0..t3 get their own horizons; other names the horizons left, in order
+        left = iter(h for name, h in zip(TARGETS, HORIZONS, strict=True)
+                    if name not in spec.targets)
+        return [HORIZONS[TARGETS.index(name)] if name in TARGETS else next(left)
+                for name in spec.targets]
     raise SpecError(
         f"spec {spec.name!r}: the synthetic LOB generator makes at most {len(HORIZONS)} targets "
         f"(future returns over {HORIZONS} steps, named {TARGETS}); got {len(spec.targets)}"
