@@ -201,3 +201,17 @@ def test_a_state_made_from_x_alone_keeps_its_rank():
         {"one": np.array([1]), "zero": np.array([0]), "time_major": np.array([1, -1, 4]),
          "w": np.ones((4, 3), np.float32)}, 3)
     assert graph_passes.same_results(model, graph_passes.simplify(model))
+
+
+def test_an_initializer_that_is_a_graph_output_is_kept():
+    """drop_unused counted node inputs only: a constant output (a fixed state) lost its
+    initializer, and the rewritten graph was invalid."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("fixed", TensorProto.FLOAT, [1, 1])],
+        [numpy_helper.from_array(np.zeros((1, 1), np.float32), "fixed"),
+         numpy_helper.from_array(np.ones(1, np.float32), "unused")])
+    graph_passes.drop_unused(graph)
+    assert [i.name for i in graph.initializer] == ["fixed"]

@@ -335,6 +335,12 @@ def test_budget_errors_and_overrides_a_width():
         # sizes torch cannot allocate: the table is named, not torch's traceback
         ({"type": "gru", "hidden": 10**11}, "'hidden': 100000000000"),
         ({"type": "transformer", "ff": 1e300}, "torch cannot build it (TypeError"),
+        # an int past float's range: an OverflowError from math.isfinite
+        ({"type": "transformer", "ff": 10**400}, "model.ff: expected a finite number > 0"),
+        # a history only the state holds: built, then a torch allocation error at its state
+        ({"type": "tcn", "dilations": [1, 10**12]},
+         "model.kernel (3) and model.dilations (up to 1,000,000,000,000) make a block look "
+         "2,000,000,000,000 steps back; kit allows at most 100,000"),
     ],
 )
 def test_bad_configs_name_the_entry(config, message):

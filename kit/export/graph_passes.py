@@ -369,8 +369,8 @@ def drop_unused(graph) -> None:
             break
         for node in dead:
             graph.node.remove(node)
-    used = {name for n in graph.node for name in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
+    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
+    for init in [i for i in graph.initializer if i.name not in used]:  # a constant output stays
         graph.initializer.remove(init)
 
 

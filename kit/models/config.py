@@ -62,9 +62,13 @@ class Key:
             raise ModelConfigError(f"{where}: expected a number, got {value!r}")
         if self.kind == "prob" and not 0.0 <= value < 1.0:
             raise ModelConfigError(f"{where}: expected a probability in [0, 1), got {value!r}")
-        if self.kind == "number" and not (value > 0 and math.isfinite(value)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int past float's range (TOML reads 1 followed by 400 zeros)
+            number = math.inf
+        if self.kind == "number" and not (number > 0 and math.isfinite(number)):
             raise ModelConfigError(f"{where}: expected a finite number > 0, got {value!r}")
-        return float(value)
+        return number
 
 
 def _is_int(value) -> bool:

@@ -7,8 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kit.features.kernels import steps_of
-from kit.models.config import Key, StreamModel
+from kit.models.config import Key, ModelConfigError, StreamModel
 from kit.models.heads import make_head
+
+MAX_HISTORY = 100_000  # steps a block may look back, as a feature's lag or window (MAX_REACH)
 
 
 class CausalBlock(nn.Module):
@@ -52,6 +54,18 @@ class TCN(StreamModel):
         "dilations": Key([1, 2, 4, 8, 16], "ints", help="one block per dilation"),
     }
     width_key = "channels"
+
+    @classmethod
+    def check(cls, values: dict) -> None:
+        # each block keeps its (kernel - 1) * dilation last inputs as state: sized by nothing
+        # else, a typo would pass the build and fail at the first state as a torch error
+        longest = (values["kernel"] - 1) * max(values["dilations"])
+        if longest > MAX_HISTORY:
+            raise ModelConfigError(
+                f"model.kernel ({values['kernel']}) and model.dilations (up to "
+                f"{max(values['dilations']):,}) make a block look {longest:,} steps back; kit "
+                f"allows at most {MAX_HISTORY:,}",
+                settings=("model.kernel", "model.dilations"))
 
     def __init__(
         self,
