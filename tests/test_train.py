@@ -945,6 +945,37 @@ def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
     assert "a resume checkpoint" in out and "its best.pt" in out
 
 
+def test_a_last_checkpoint_of_another_model_is_named_not_a_traceback(env, tmp_path):
+    """A last.pt copied from another run (or a feature group that makes more columns now):
+    load_state_dict's RuntimeError came out as a traceback, exit 1."""
+    run_cli("train", "exp=tiny", "--run-dir", tmp_path / "a", "--stop-after-epochs", "1", "-q")
+    run_cli("train", "exp=tiny", "model.hidden=24", "--run-dir", tmp_path / "b",
+            "--stop-after-epochs", "1", "-q")
+    (tmp_path / "b" / "last.pt").write_bytes((tmp_path / "a" / "last.pt").read_bytes())
+    paused = (tmp_path / "b" / "metrics.json").read_bytes()
+    out = run_cli("train", "exp=tiny", "model.hidden=24", "--resume", "--run-dir",
+                  tmp_path / "b", expect=2).output
+    assert "last.pt: does not fit this run's model and training settings (RuntimeError" in out
+    assert "delete it and run the same command again" in out and "Traceback" not in out
+    assert (tmp_path / "b" / "metrics.json").read_bytes() == paused
+
+
+def test_a_run_with_an_auto_batch_size_resumes_on_a_cpu(env, tmp_path):
+    """train.batch_size = 0 is refused on a CPU for a new run; a run a GPU started holds its
+    batch size in last.pt, but the same command (batch_size=0 included) was refused there."""
+    run = tmp_path / "gpu-started"
+    run_cli("train", "exp=tiny", "--run-dir", run, "--stop-after-epochs", "1", "-q")
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace("batch_size = 8", "batch_size = 0"))
+    assert "batch_size = 0" in config.read_text()
+    out = run_cli("train", "exp=tiny", "train.batch_size=0", "--resume", "--run-dir", run,
+                  "-q").output
+    assert "finished" in out
+    out = run_cli("train", "exp=tiny", "train.batch_size=0", "--run-dir", tmp_path / "new",
+                  expect=2).output
+    assert "needs a CUDA device" in out
+
+
 def test_a_checkpoint_of_random_bytes_is_one_sentence_and_no_torch_warning(tmp_path):
     """torch's message was cut at 120 characters mid-word ("... `torch.load` fr)"), and its
     UserWarning about the pickle protocol came out after kit's error."""

@@ -77,6 +77,14 @@ def _failed_crc(path: Path) -> str | None:
     return f"{bad} fails its CRC check" if bad else None
 
 
+def unfit_checkpoint(path: Path, exc: Exception) -> CheckpointError:
+    """A checkpoint that loads but does not fit the run's model or settings (a file copied
+    from another run, a feature group that makes more columns now), naming it."""
+    first_line = (str(exc).splitlines() or [""])[0][:200]
+    return CheckpointError(f"{path}: does not fit this run's model and training settings "
+                           f"({type(exc).__name__}: {first_line}); {_what_to_do(path)}")
+
+
 def _what_to_do(path: Path) -> str:
     """The way out of a damaged checkpoint, by which one it is."""
     if path.name == "last.pt":

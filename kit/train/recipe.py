@@ -51,10 +51,12 @@ def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
     return resolve(apply_overrides(load_experiment(exp), list(overrides or [])))
 
 
-def check_config(config: dict) -> dict:
+def check_config(config: dict, resume: bool = False) -> dict:
     """Everything a config must pass before it trains (raises a KitError naming the key), so a
     bad value fails at once and not after the feature arrays are built. Returns what trains:
-    the resolved config with the model's constructor values (a `params` budget solved)."""
+    the resolved config with the model's constructor values (a `params` budget solved).
+    `resume`: a run that continues; its last.pt holds the batch size a GPU found for
+    train.batch_size = 0, so a CPU may continue it (fit refuses one without)."""
     from kit.features import feature_set_from_config
     from kit.models import model_values, solve_width
     from kit.sweep import check_table
@@ -80,7 +82,7 @@ def check_config(config: dict) -> dict:
                       f"{train['epochs']} epoch(s): the rate only ramps up to train.lr and the "
                       f"{train['schedule']} schedule never decays it; set train.warmup_epochs "
                       "below train.epochs (0 for a short run)", UserWarning, stacklevel=2)
-    if config["train"]["batch_size"] == 0 and not torch.cuda.is_available():
+    if config["train"]["batch_size"] == 0 and not resume and not torch.cuda.is_available():
         raise ConfigError("train.batch_size = 0 (find the largest batch that fits) needs a CUDA "
                           "device; set a batch size on CPU")
     return {**config, "model": {"type": config["model"].get("type"), **model}}
@@ -124,7 +126,7 @@ def config_changes(run: Path, checked: dict) -> list[str]:
     (both as check_config gives them: the model's width solved), the experiment's name and
     description aside."""
     try:
-        stored = check_config(read_config(run))
+        stored = check_config(read_config(run), resume=True)
     except KitError:
         return ["the config"]
     return [key for key in differences(stored, checked) if key not in ("name", "description")]
@@ -148,7 +150,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                           "--folds each fold validates 1/k of the sequences, placed by the "
                           "run's seed: leave them out",
                           settings=("data.valid_fraction", "data.split_seed"))
-    check_config(base)
+    check_config(base, resume=resume)
     if not resume:  # a resumed run reads its own config's files (train_one checks them)
         check_data_files(base["data"], folds=folds > 0)
     if folds and run_dir:
@@ -212,7 +214,7 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
             return [continue_run(config, files, overrides, stop_after_epochs, progress,
                                  group="group")]
         if resume:  # as a group member: a run whose last.pt is gone trains again
-            checked = None if run_dir else check_config(config)  # (--run-dir names the run)
+            checked = None if run_dir else check_config(config, resume=True)  # (--run-dir names it)
             files = RunFiles(run_dir or resumable_run(config["name"], runs_dir, checked))
             stored = stored_config(files, overrides)
             if checked and (changed := config_changes(files.root, checked)):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from kit.config import CHOICES, ConfigError
 from kit.errors import KitError
 from kit.metrics import evaluate
-from kit.train.checkpoint import load_checkpoint, save_checkpoint
+from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
 from kit.train.data import Split, TrainData
 from kit.train.losses import MaskedLoss
 from kit.train.runs import RunFiles, epoch_line
@@ -182,19 +182,23 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     sign = 1.0 if data.spec.metric.higher_is_better else -1.0
     start_epoch, best, bad_epochs = 0, -math.inf, 0
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        if saved["scaler"] and scaler.is_enabled():  # a run started in bf16/fp32 saved {}
-            scaler.load_state_dict(saved["scaler"])
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            if saved["scaler"] and scaler.is_enabled():  # a run started in bf16/fp32 saved {}
+                scaler.load_state_dict(saved["scaler"])
+            for averaged, key in ((ema, "ema"), (swa, "swa")):
+                if averaged is not None:
+                    averaged.load_state_dict(saved[key])
+            start_epoch, best, bad_epochs = (saved["epoch"] + 1, saved["best"],
+                                             saved["bad_epochs"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise unfit_checkpoint(files.last, exc) from None
         if saved.get("amp", str(amp_dtype)) != str(amp_dtype):
             tqdm.write(f"note: {files.root} resumes in {amp_dtype or 'float32'} autocast; it "
                        f"trained in {saved['amp'].replace('None', 'float32')} before, so it "
                        "will not replay an uninterrupted run exactly")
-        for averaged, key in ((ema, "ema"), (swa, "swa")):
-            if averaged is not None:
-                averaged.load_state_dict(saved[key])
-        start_epoch, best, bad_epochs = saved["epoch"] + 1, saved["best"], saved["bad_epochs"]
         files.reopen_paused()  # only now: a last.pt that cannot resume leaves the pause as it was
         files.truncate_history(start_epoch)
         if saved.get("best_pending"):  # killed while moving the epoch's best into place
