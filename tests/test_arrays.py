@@ -561,3 +561,47 @@ def test_a_build_stops_when_the_overlapped_digest_finds_an_entry(data_file, tmp_
     assert second.blocks < 3 * 40  # abandoned once the digest named the existing entry
     assert_same(hit, built)
     assert len(entries(cache_dir)) == 1 and not list(cache_dir.glob(".tmp-*"))
+
+
+def test_a_copy_or_link_of_a_cached_file_under_another_name_uses_its_entry(
+        data_file, tmp_path, monkeypatch):
+    """Entries were named after the path as given: a symlink (whose digest digests.json
+    knows) or a copy under another name built and stored the same arrays again."""
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    first = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (first_entry,) = [e for e in entries(cache_dir) if e.is_dir()]
+    link = tmp_path / "train_v2.parquet"
+    link.symlink_to(data_file)
+    copy = tmp_path / "renamed_copy.parquet"
+    shutil.copy(data_file, copy)
+    for other in (link, copy):
+        assert_same(cached_arrays(other, KEY, build, cache_dir=cache_dir), first)
+    assert build.calls == 1
+    assert [e.name for e in entries(cache_dir) if e.is_dir()] == [first_entry.name]
+
+
+def test_an_unwritable_cache_still_serves_the_entry_of_a_file_copied_anew(
+        data_file, tmp_path, monkeypatch):
+    """A read-only (or full) cache and a file with the same bytes under a new inode (restored,
+    downloaded again): its digest is not on record, and the fallback built every time in
+    memory, warning, without looking for the entry the digest names."""
+    import errno
+
+    cache_dir = tmp_path / "cache"
+    first = cached_arrays_into(data_file, KEY, BlockBuilder(data_file), cache_dir=cache_dir)
+    fresh_copy = tmp_path / "fresh.tmp"
+    shutil.copy(data_file, fresh_copy)
+    os.replace(fresh_copy, data_file)  # the same bytes, another inode
+    monkeypatch.setattr(cache_module, "_digests", {})  # as a new process sees it
+
+    def read_only(*args):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(cache_module, "_new_tmp", read_only)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = cached_arrays_into(data_file, KEY, second := BlockBuilder(data_file),
+                                   cache_dir=cache_dir)
+    assert second.blocks == 0
+    assert_same(again, first)

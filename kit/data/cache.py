@@ -280,7 +280,26 @@ def cached_arrays_into(
     path, cache_dir = Path(path), Path(cache_dir)
 
     def entry_of(file_sha: str) -> Path:
-        return cache_dir / f"{_safe_stem(path)}-{_key_of(file_sha, key)[:24]}"
+        """The entry of this content and key: named after the file (as its link resolves),
+        or one a copy of the same bytes under another name made."""
+        tail = f"-{_key_of(file_sha, key)[:24]}"
+        mine = cache_dir / f"{_safe_stem(path.resolve())}{tail}"
+        if mine.exists():
+            return mine
+        return next((entry for entry in sorted(cache_dir.glob(f"*{tail}"))
+                     if not entry.name.startswith(".")), mine)
+
+    def hit_after_all(hashing: Future | None) -> SequenceArrays | None:
+        """Where no entry can be written (a read-only cache, a full disk): the entry of the
+        digest being hashed, if one exists; it may not be on record (a file copied anew)."""
+        if hashing is None:
+            return None
+        sha = hashing.result()
+        entry = entry_of(sha)
+        hit = _load_or_warn(entry, _key_of(sha, key)) if entry.exists() else None
+        if hit is not None:
+            remember_digest(path, cache_dir)  # (where it can: a full disk may take 1 KB)
+        return hit
 
     require_file(path)
     # first: a file replaced while it is hashed below would give the old content's digest
@@ -299,6 +318,9 @@ def cached_arrays_into(
         try:
             tmp = _new_tmp(cache_dir, path)
         except OSError as exc:
+            hit = hit_after_all(hashing)
+            if hit is not None:
+                return hit
             warnings.warn(f"could not write cache entry under {cache_dir} ({exc}); using the "
                           "arrays uncached", CacheWarning, stacklevel=2)  # fmt: skip
             return build_into(in_memory)
@@ -314,10 +336,13 @@ def cached_arrays_into(
                     tmp = _new_tmp(cache_dir, path)
                     arrays = _build_stopping_on_hit(build_into, tmp, None, entry_of)
             except CacheWriteFailed as exc:
+                shutil.rmtree(tmp, ignore_errors=True)  # (its space back first)
+                hit = hit_after_all(hashing)
+                if hit is not None:
+                    return hit
                 warnings.warn(f"could not write cache entry under {cache_dir} ({exc}); "
                               "building the arrays again, uncached", CacheWarning,
                               stacklevel=2)  # fmt: skip
-                shutil.rmtree(tmp, ignore_errors=True)  # (its space back first)
                 return build_into(in_memory)
             sha = known if hashing is None else hashing.result()
             if _stat_key(path) != before:  # the digest and the arrays may be of two versions
