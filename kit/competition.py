@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -221,7 +222,7 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
         source=source,
     )
     names = spec.columns
-    duplicated = sorted({c for c in names if names.count(c) > 1})
+    duplicated = sorted(c for c, n in Counter(names).items() if n > 1)
     if duplicated:
         raise SpecError(f"{source}: column name(s) used twice: {duplicated}")
     taken = [c for c in names if c in KIT_COLUMNS]

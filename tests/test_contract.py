@@ -143,6 +143,10 @@ def test_check_json_lists_the_problems_of_a_failing_file(tmp_path):
     doc = json.loads(out.stdout)  # the problems as JSON; the error line goes to stderr
     assert doc["ok"] is False and doc["path"] == str(path)
     assert doc["problems"] == ["column 'seq_ix' has 1 null or non-integral value(s)"]
+    # a file with no rows: plain stderr, nothing for the script reading stdout
+    make_frame(SPEC).head(0).write_parquet(path)
+    out = run_cli("data", "check", path, "--spec", write_spec(tmp_path), "--json", expect=2)
+    assert json.loads(out.stdout)["problems"] == ["the file has no rows"]
     good = tmp_path / "good.parquet"
     make_frame(SPEC).write_parquet(good)
     out = run_cli("data", "check", good, "--spec", write_spec(tmp_path), "--json").output

@@ -270,10 +270,43 @@ def test_stats_refuse_null_or_fractional_keys(tmp_path, column, value):
         dataset_stats(tmp_path / "odd.parquet", TINY)
 
 
-@pytest.mark.parametrize("dtype, offset", [(pl.UInt64, 2**63 + 5), (pl.Float64, 1e19)])
+@pytest.mark.parametrize("dtype, offset", [(pl.UInt64, 2**63 + 5), (pl.Float64, 1e19),
+                                           (pl.Float64, -1e19)])
 def test_ids_past_int64_are_named_as_such(tmp_path, dtype, offset):
     frame = _tiny_frame().with_columns(pl.col("seq_ix").cast(dtype) + offset)
     frame.write_parquet(tmp_path / "big.parquet")
-    with pytest.raises(DataError, match=r"'seq_ix' has 200 value\(s\) past 2\*\*63 - 1") as err:
+    with pytest.raises(DataError, match=r"'seq_ix' has 200 value\(s\) outside int64's range"
+                       ) as err:
         dataset_stats(tmp_path / "big.parquet", TINY)
     assert "non-integral" not in str(err.value)
+
+
+def test_the_lowest_int64_as_a_float_id_is_an_id(tmp_path):
+    """-2**63 fits an int64, but counted as too big it gave "-50 null or non-integral"."""
+    frame = _tiny_frame().with_columns(
+        pl.col("seq_ix").cast(pl.Float64).replace(3.0, -(2.0**63)))
+    frame.write_parquet(tmp_path / "lowest.parquet")
+    assert dataset_stats(tmp_path / "lowest.parquet", TINY)["sequences"] == 4
+
+
+def test_an_id_column_named_len_is_counted(tmp_path):
+    """group_by(id).len() names its count "len": an id column of that name clashed."""
+    spec = spec_from_dict(TINY.to_dict() | {"name": "len-id", "id_col": "len"})
+    _tiny_frame().rename({"seq_ix": "len"}).write_parquet(tmp_path / "len.parquet")
+    stats = dataset_stats(tmp_path / "len.parquet", spec)
+    assert stats["sequences"] == 4 and stats["seq_len"] == {"min": 50, "max": 50}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda ref: ref.with_columns(pl.lit("abc").alias("t0")), r"column 't0' must be numeric"),
+    (lambda ref: ref.with_columns(pl.col("t0") > 0), r"column 't0' must be numeric.*Boolean"),
+    (lambda ref: ref.head(0), "the file has no rows"),
+])
+def test_a_reference_of_the_wrong_kind_is_refused(tmp_path, edit, message):
+    """The reference's targets went to numpy unchecked: text raised ValueError, a bool column
+    gave a ratio as if it meant something, an empty file a silent "-"."""
+    frame = _tiny_frame()
+    frame.write_parquet(tmp_path / "valid.parquet")
+    edit(frame).write_parquet(tmp_path / "ref.parquet")
+    with pytest.raises(DataError, match=r"ref.parquet: cannot be compared: " + message):
+        dataset_stats(tmp_path / "valid.parquet", TINY, reference=tmp_path / "ref.parquet")

@@ -7,6 +7,7 @@ submission must survive (NaN/inf in features) are reported, not rejected.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,8 +124,8 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
     problems: list[str] = []
     ids, steps = spec.id_col, spec.step_col
     key_frame = read_columns([ids, steps, spec.need_col])
-    if key_frame.height == 0:
-        raise DataError(f"{source}: the file has no rows")
+    if key_frame.height == 0:  # a ContractError: `kit data check --json` prints it
+        raise ContractError(source, ["the file has no rows"])
     keys = key_frame.select(
         whole_numbers(schema, ids).alias("id"),
         whole_numbers(schema, steps).alias("step"),
@@ -205,11 +206,12 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     labelled = spec.next_state or any(t in have for t in spec.targets)
     want = spec.columns if labelled else spec.input_columns
     problems, warnings = [], []
-    missing = [c for c in want if c not in have]
-    extra = [c for c in have if c not in want]
+    have_set, want_set = set(have), set(want)  # sets: a spec may name 100,000 columns
+    missing = [c for c in want if c not in have_set]
+    extra = [c for c in have if c not in want_set]
     if missing:
         problems.append(f"missing column(s): {_listed(missing)}")
-    if not any(c in have for c in spec.input_columns):
+    if not any(c in have_set for c in spec.input_columns):
         problems.append(f"none of spec {spec.name!r}'s columns is in the file: is it another "
                         "competition's? Pass --spec NAME (kit spec list shows the specs)")
     if extra and extra_ok:
@@ -219,13 +221,13 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     elif extra:
         problems.append(f"unexpected column(s): {_listed(extra)} (a train file may keep others, "
                         "e.g. for data.group: check it with --allow-extra)")
-    ours = [c for c in have if c in want] if extra_ok else have
+    ours = [c for c in have if c in want_set] if extra_ok else have
     if not missing and (extra_ok or not extra) and ours != want:
         first = next(i for i, (a, b) in enumerate(zip(ours, want, strict=True)) if a != b)
         problems.append(f"columns are in the wrong order: position {first} holds {ours[first]!r} "
                         f"but the spec puts {want[first]!r} there; expected order: "
                         f"{_listed(want, 8)}")
-    dup = sorted({c for c in have if have.count(c) > 1})
+    dup = sorted(c for c, n in Counter(have).items() if n > 1)
     if dup:
         problems.append(f"duplicated column name(s): {dup}")
     if problems:
@@ -268,14 +270,16 @@ def key_problems(frame: pl.DataFrame, names: list[str]) -> list[str]:
         if dtype == pl.UInt64:
             too_big = (col > INT64_MAX).sum()
         elif dtype in FLOAT_TYPES:  # whole numbers too, but no int64 holds them
-            too_big = (col.is_finite() & (col == col.floor()) & (col.abs() >= 2.0**63)).sum()
+            too_big = (col.is_finite() & (col == col.floor())  # -2**63 itself fits
+                       & ((col >= 2.0**63) | (col < -(2.0**63)))).sum()
         null, big = frame.select(whole_numbers(frame.schema, name).is_null().sum().alias("n"),
                                  too_big.alias("big")).row(0)
         if null - big:
             problems.append(f"column {name!r} has {null - big:,} null or non-integral value(s)")
         if big:
-            problems.append(f"column {name!r} has {big:,} value(s) past 2**63 - 1: kit holds "
-                            "ids and steps as int64; renumber them")
+            problems.append(f"column {name!r} has {big:,} value(s) outside int64's range "
+                            "(-2**63 to 2**63 - 1): kit holds ids and steps as int64; renumber "
+                            "them")
     return problems
 
 

@@ -78,7 +78,7 @@ def dataset_stats(
     ids = frame[spec.id_col].to_numpy()
     need = need_flags(frame, spec.need_col, f"{path}: ")
     same = ids[1:] == ids[:-1]  # row i+1 continues the sequence of row i
-    lengths = frame.group_by(spec.id_col).len()["len"]
+    lengths = frame[spec.id_col].value_counts(name="__n")["__n"]  # an id column may be "len"
     out: dict = {
         "path": str(path),
         "spec": spec.name,
@@ -109,6 +109,12 @@ def dataset_stats(
         out["oracle"] = _oracle_scores(frame, need, Path(oracle), spec)
     if reference is not None:
         ref = read_frame(reference, present)
+        odd = [f"column {t!r} must be numeric (an integer or float dtype), found {ref.schema[t]}"
+               for t in present if not ref.schema[t].is_numeric() or ref.schema[t].is_decimal()
+               or ref.schema[t] == pl.Boolean]
+        if odd or ref.height == 0:
+            raise DataError(f"{reference}: cannot be compared: "
+                            + ("; ".join(odd) if odd else "the file has no rows"))
         out["reference"] = {
             "path": str(reference),
             "std_ratio": {
