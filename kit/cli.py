@@ -723,8 +723,11 @@ def notebook(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def demo(
     ctx: typer.Context,
-    data: Path = typer.Option(Path("data/synth"), help="Data folder (generated if missing)."),
+    data: Path | None = typer.Option(None, help="Data folder (generated if missing; default "
+                                     "data/synth, data/synth-NAME for another spec)."),
     exp: str = typer.Option("gru_base", help="The experiment to train."),
+    spec: str | None = typer.Option(None, help="The competition (default: the experiment's, "
+                                    "e.g. rnn-challenge for rnn_gru)."),
     seeds: int = typer.Option(3, help="Seeds to train and ensemble (1: a single run)."),
     seqs: int | None = typer.Option(None, help="Score only the first N valid sequences."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
@@ -733,8 +736,8 @@ def demo(
     ensemble, pack, parity, score. Extra args are experiment overrides (train.epochs=3)."""
     from kit.demo import run_demo
 
-    run_demo(data_dir=data, experiment=exp, overrides=overrides_of(ctx), seeds=seeds, seqs=seqs,
-             quiet=quiet)
+    run_demo(data_dir=data, spec_name=spec, experiment=exp, overrides=overrides_of(ctx),
+             seeds=seeds, seqs=seqs, quiet=quiet)
 
 
 def main() -> None:

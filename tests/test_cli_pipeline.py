@@ -91,6 +91,24 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert not (tmp_path / "submissions/demo-ensemble.toml").exists()
 
 
+def test_demo_runs_an_experiment_on_its_own_competition(tmp_path, monkeypatch):
+    """The demo set spec = predictorium over every experiment: an rnn-challenge experiment
+    failed on its data's columns ("valid_oracle.parquet: missing column(s) ['t0', 't1']")."""
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    run_cli("data", "synth", "--spec", "rnn-challenge", "--out", "data/synth-rnn-challenge",
+            "--train-seqs", 6, "--valid-seqs", 2, "-q")
+    out = run_cli("demo", "--exp", "rnn_gru", "--quiet", "--seeds", 1, "train.epochs=1",
+                  "model.hidden=8").output
+    assert "using data/synth-rnn-challenge" in out and "parity OK" in out
+    manifest = json.loads((tmp_path / "submissions/demo/manifest.json").read_text())
+    assert manifest["spec"]["name"] == "rnn-challenge"
+    # --spec says which competition; the experiment's features must exist there
+    out = run_cli("demo", "--exp", "gru_features", "--spec", "rnn-challenge", "--quiet",
+                  expect=2).output
+    assert "error:" in out and "Traceback" not in out
+
+
 def test_demo_fails_where_the_official_scorer_would_reject_it_and_keeps_odd_folders(
         tmp_path, monkeypatch):
     """The demo printed its success summary and exited 0 past a limit kit score refuses
