@@ -376,9 +376,12 @@ def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -
         return []
     # an experiment's folder holds run folders; runs/ensembles (selection files) holds none
     # (runs/ensembles holds ensemble files and their report folders, no runs)
-    experiments = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                         and p.name != "ensembles" and any(q.is_dir() for q in p.iterdir()))
-    runs = [run for exp in experiments for run in sorted(exp.iterdir()) if _is_run(run)]
+    folders = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and p.name != "ensembles")
+    # a run trained with --run-dir RUNS/NAME sits one level up, where experiments' folders are
+    runs = [run for folder in folders
+            for run in ([folder] if _is_run(folder) else sorted(folder.iterdir()))
+            if _is_run(run)]
     if experiment is not None:  # the experiment that trained a run, wherever --run-dir put it
         trained_by = {run: _trained_by(run) for run in runs}  # a config read each: cheap
         if experiment not in trained_by.values() and not (runs_dir / experiment).is_dir():
@@ -699,11 +702,11 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         raise KitError(f"{run_dir / 'history.jsonl'}: " + (
             "no line is an epoch record (an object with an 'epoch' number); the file was "
             "damaged or edited" if written else "no epoch logged yet; nothing to report"))
+    cache: dict = {}
+    config = read_config(run_dir)  # a damaged config fails here, before any folder is made
+    row = _summary(run_dir, cache)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache: dict = {}
-    config = read_config(run_dir)
-    row = _summary(run_dir, cache)
     title = f"{row['experiment']}/{row['run_id']}"
 
     _plot_curves(history, out_dir / "curves.png", title, row["best_epoch"], row["score"])

@@ -209,6 +209,9 @@ def test_a_damaged_config_or_history_marks_its_run_and_the_listing_goes_on(runs_
     (listed,) = list_runs(runs_root, experiment="beta")
     assert listed["epochs"] == 2
     assert write_report(run).exists()
+    for made in (run / "report").iterdir():
+        made.unlink()
+    (run / "report").rmdir()
     for text in ("spec = [", 'data = "x"\n'):  # not TOML; a section that is not a table
         (run / "config.toml").write_text(text)
         runs = list_runs(runs_root)
@@ -217,6 +220,7 @@ def test_a_damaged_config_or_history_marks_its_run_and_the_listing_goes_on(runs_
         assert f"note: {run}: {run / 'config.toml'}" in table
         with pytest.raises(KitError, match="config.toml"):
             write_report(run)
+        assert not (run / "report").exists()  # nothing made for a report that failed
 
 
 def test_a_run_that_diverged_says_so_in_the_listing_the_report_and_select(runs_root: Path):
@@ -622,3 +626,13 @@ def test_hand_edited_stop_reasons_read_as_missing(runs_root: Path):
     listed = next(r for r in list_runs(runs_root) if r["path"] == str(run))
     assert "pruned" not in listed and "diverged" not in listed
     json.dumps(list_runs(runs_root), allow_nan=False)  # --json
+
+
+def test_a_run_right_under_the_runs_folder_is_listed(runs_root: Path):
+    """`kit train --run-dir rd/myrun` puts a run where experiments' folders go: `kit runs
+    --runs-dir rd` said "no runs"."""
+    (runs_root / "alpha" / "20240101-000000-s1").rename(runs_root / "myrun")
+    runs = list_runs(runs_root)
+    assert len(runs) == 3 and any(r["path"] == str(runs_root / "myrun") for r in runs)
+    assert list_runs(runs_root, experiment="alpha")[0]["path"] in {
+        str(runs_root / "myrun"), str(runs_root / "alpha" / "20240102-000000-s2")}
