@@ -50,7 +50,7 @@ from kit.config import (
 )
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
-from kit.workers import WorkerGroup, worker_pythonpath
+from kit.workers import WorkerGroup, caught, worker_pythonpath
 
 if TYPE_CHECKING:  # the trainer imports torch: only a sweep's workers pay for it
     from kit.train.trainer import EpochEnd
@@ -840,7 +840,8 @@ class GracefulInterrupt:
 
     def __enter__(self) -> GracefulInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self.previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self.previous = {sig: signal.signal(sig, self._handle)
+                             for sig in caught(self.SIGNALS)}
         return self
 
     def __exit__(self, *exc) -> None:
@@ -1305,14 +1306,25 @@ def _secrets(url: str) -> list[str]:
     return [v for raw in found if raw for v in {raw, unquote(raw)}]
 
 
+USERINFO = re.compile(r"[^:/]*(?::[^@]*)?@")  # SQLAlchemy's: user [^:/]*, password [^@]*
+
+
 def _userinfo(url: str) -> str | None:
-    """What comes before the host: up to the last "@" before the query. A password with an
-    unescaped "@" or "/" (SQLAlchemy splits at its first "@" and shows the rest) is all in it."""
+    """What comes before the host, as the driver reads it: the user, and the password up to
+    the first "@" (a "/" or "?" may be in it). A password with an unescaped "@" is read as
+    ending there, the rest taken for the host: that rest is counted in, up to the host's
+    last "@"."""
     if "://" not in url:
         return None
     rest = url.split("://", 1)[1]
-    at = rest.rfind("@", 0, len(rest) if "?" not in rest else rest.index("?"))
-    return rest[:at] if at >= 0 else None
+    match = USERINFO.match(rest)
+    if match is None:
+        return None
+    end = match.end()
+    host = re.match(r"[^/:?]*", rest[end:]).group(0)
+    if "@" in host:
+        end += host.rindex("@") + 1
+    return rest[:end - 1]
 
 
 def shown_url(url: str) -> str:
@@ -1329,12 +1341,13 @@ def shown_url(url: str) -> str:
 
 def server_identity(url: str) -> str:
     """A server storage as what it points to, however the URL spells it: the backend without
-    its driver (postgres:// is postgresql), the user, host and default port, the database;
-    no password (it may come from $PGPASSWORD or ~/.pgpass on another run)."""
+    its driver (postgres:// is postgresql), the user, host and default port, the database and
+    the query's non-secret keys, as SQLAlchemy reads them; no password (it may come from
+    $PGPASSWORD or ~/.pgpass on another run), nor any part of one."""
     try:
         from sqlalchemy.engine import make_url
 
-        parsed = make_url(shown_url(url))  # the masked URL: a password's "@" splits it right
+        parsed = make_url(url)
         backend = {"postgres": "postgresql"}.get(parsed.get_backend_name(),
                                                  parsed.get_backend_name())
     except Exception:  # not a URL SQLAlchemy reads: as shown
@@ -1342,10 +1355,12 @@ def server_identity(url: str) -> str:
     port = parsed.port or {"postgresql": 5432, "mysql": 3306}.get(backend)
     user = f"{parsed.username}@" if parsed.username else ""
     host = (parsed.host or "").lower()
+    host = f"[{host}]" if ":" in host else host  # IPv6: its colons are not the port's
     query = "&".join(f"{k}={v}" for k, v in sorted(parsed.query.items())
                      if not SECRET_QUERY.search(f"?{k}="))  # host=/socket, options=...
-    return (f"{backend}://{user}{host}{f':{port}' if port else ''}/{parsed.database or ''}"
-            + (f"?{query}" if query else ""))
+    identity = (f"{backend}://{user}{host}{f':{port}' if port else ''}/{parsed.database or ''}"
+                + (f"?{query}" if query else ""))
+    return masked(identity, url)  # a password's tail the driver took for the host
 
 
 def format_summary(summary: dict) -> str:

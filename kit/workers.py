@@ -49,6 +49,12 @@ class EndedBySignal(SystemExit):
         self.signum = signum
 
 
+def caught(signals) -> list:
+    """The signals a command may take over: not those its caller ignores (`nohup` sets
+    SIGHUP to SIG_IGN, so a closed terminal does not stop it; a handler would)."""
+    return [sig for sig in signals if signal.getsignal(sig) is not signal.SIG_IGN]
+
+
 @contextlib.contextmanager
 def ended_by_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
     """While held, SIGTERM and SIGHUP raise EndedBySignal in the main thread (as a worker
@@ -61,7 +67,7 @@ def ended_by_signals(signals=(signal.SIGTERM, signal.SIGHUP)):
     def stop(signum, frame):
         raise EndedBySignal(signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    previous = {sig: signal.signal(sig, stop) for sig in caught(signals)}
     try:
         yield
     finally:
@@ -88,7 +94,8 @@ class WorkerGroup:
 
     def __enter__(self) -> WorkerGroup:
         if threading.current_thread() is threading.main_thread():  # signal.signal needs it
-            self.previous = {sig: signal.signal(sig, self._pass_on) for sig in self.PASSED_ON}
+            self.previous = {sig: signal.signal(sig, self._pass_on)
+                             for sig in caught(self.PASSED_ON)}
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

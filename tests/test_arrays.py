@@ -196,7 +196,7 @@ def test_ids_and_steps_must_be_whole_numbers():
          .alias("seq_ix"), "column 'seq_ix' has 20 null or non-integral value"),
         (pl.when(pl.col("seq_ix") == 2).then(float("inf")).otherwise(pl.col("seq_ix"))
          .alias("seq_ix"), "column 'seq_ix' has 20 null or non-integral value"),
-        (pl.col("seq_ix").cast(pl.UInt64) + 2**63, "'seq_ix' has 60 value.s. outside int64's range"),
+        (pl.col("seq_ix").cast(pl.UInt64) + 2**63, "'seq_ix' has 60 value.s. outside int64"),
         (pl.col("seq_ix").cast(pl.String), "'seq_ix' must hold integer sequence ids, found Str"),
         (pl.col("step_in_seq").cast(pl.String), "'step_in_seq' must hold integer steps, found S"),
     ]

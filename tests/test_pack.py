@@ -277,6 +277,40 @@ def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack)
             model.predict(Point(3, 0, True, short))
 
 
+def test_a_refused_row_leaves_the_sequence_as_it_was(gru_pack):
+    """predict switched sequence and recorded the step before it copied the row: a row it
+    refused (a wrong length), sent again fixed, was step <= step, and the sequence started
+    over; a returning id's parked state was lost with it."""
+    rows = np.random.default_rng(4).standard_normal((12, 32))
+    want = model_on(gru_pack, rows)
+    model = _solution(gru_pack.folder)
+    got = [model.predict(Point(1, i, True, r)) for i, r in enumerate(rows[:6])]
+    with pytest.raises(ValueError, match="a row of 31 values"):
+        model.predict(Point(1, 6, True, rows[6][:31]))
+    got += [model.predict(Point(1, i, True, rows[i])) for i in range(6, 12)]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
+    # a returning id's first row refused: its parked state stays parked
+    model = _solution(gru_pack.folder)
+    for i in range(6):
+        model.predict(Point(1, i, True, rows[i]))
+    model.predict(Point(2, 0, True, rows[0]))
+    with pytest.raises(ValueError, match="a row of 31 values"):
+        model.predict(Point(1, 6, True, rows[6][:31]))
+    np.testing.assert_array_equal(model.predict(Point(1, 6, True, rows[6])), want[6])
+
+
+def test_a_one_row_frame_is_a_row_not_its_first_column(gru_pack):
+    """A (1, F) pandas frame: row[0] is its column 0 (a label lookup), which was broadcast
+    to every feature with default labels and raised KeyError with named ones."""
+    import pandas as pd
+
+    rows = np.random.default_rng(5).standard_normal((1, 32))
+    want = model_on(gru_pack, rows)[0]
+    for frame in (pd.DataFrame(rows), pd.DataFrame(rows, columns=[f"c{i}" for i in range(32)])):
+        got = _solution(gru_pack.folder).predict(Point(1, 0, True, frame))
+        np.testing.assert_array_equal(got, want)
+
+
 def test_the_parked_states_count_their_python_objects(gru_pack):
     """MAX_SAVED_BYTES bounds what the parked states take in memory, their arrays' headers,
     tuples, lists and dict nodes included (3.7x the floats for a small GRU before)."""

@@ -695,6 +695,23 @@ def test_processes_a_crashed_submission_started_end_with_it(tmp_path):
     assert not list(sub.glob("core*")), "the crash was dumped into the submission folder"
 
 
+def test_a_submission_killed_by_sigkill_is_named_so(tmp_path):
+    """The supervisor passes the worker's signal on by dying of it: SIGKILL's action cannot be
+    set, and its OSError came out as the runner's traceback and "exit code 1" (the OOM
+    killer's case)."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """
+        import os, signal
+
+        class PredictionModel:
+            def predict(self, dp):
+                os.kill(os.getpid(), signal.SIGKILL)
+        """)
+    with pytest.raises(SubmissionError, match="killed by SIGKILL") as info:
+        score(sub, data)
+    assert "Traceback" not in str(info.value)
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
 def test_a_sigkilled_kit_score_takes_its_sandbox_with_it(tmp_path):
     """The child runs in a session of its own, so nothing reaches it when kit score is

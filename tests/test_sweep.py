@@ -982,6 +982,10 @@ def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env):
      'could not translate host name "ss3cret@h"'),
     ("postgresql://kit:a/s3cret@h/db", "postgresql://kit:***@h/db", "a/s3cret"),
     ("postgres://kit:s3cret%40x@h/db", "postgres://kit:***@h/db", "s3cret@x"),
+    # the driver reads a password up to its first "@": a "?" in it is no query
+    ("postgresql://u:s3cret?x@h/db", "postgresql://u:***@h/db", "s3cret?x"),
+    # an "@" in the database name is not the password's end
+    ("postgresql://u:s3cret@h:5432/db@x", "postgresql://u:***@h:5432/db@x", "s3cret"),
     ("sqlite+pysqlite:///runs/x.db", "sqlite+pysqlite:///runs/x.db", ""),
 ])
 def test_storage_urls_are_shown_without_their_secrets(url, shown, driver_said):
@@ -1009,6 +1013,11 @@ def test_a_server_storage_is_one_storage_however_its_url_is_written(sweep_env):
     for other in ("postgresql://kit@db.example:5433/kit", "postgresql://kit@db.example/kit2",
                   "postgresql://ana@db.example/kit", "mysql://kit@db.example/kit"):
         assert not _same_origin(first, setup(other)), other
+    # as the driver reads them: an "@" in a database's name, an IPv6 host and its port
+    at = best_origin(setup("postgresql://u:pw@host:5432/db@x"))
+    assert not _same_origin(at, setup("postgresql://u:pw@otherhost:6000/other@x"))
+    v6 = best_origin(setup("mssql+pyodbc://u:pw@[::1]:5/db"))
+    assert not _same_origin(v6, setup("mssql+pyodbc://u:pw@[::1:5]/db"))
     # an older best file's masked URL as written still matches its own spelling, and now others
     old = {"study": "s", "storage": "postgres://kit:***@db.example:5432/kit"}
     assert _same_origin(old, setup("postgres://kit:pw@db.example:5432/kit"))

@@ -253,3 +253,28 @@ def test_a_spec_whose_warmup_leaves_no_scored_step_is_refused(tmp_path):
     with pytest.raises(KitError, match="warmup 1200 \\+ tail 0 leave no scored step"):
         synthesize(spec, tmp_path / "d", train_seqs=1, valid_seqs=1)
     assert not (tmp_path / "d" / "train.parquet").exists()
+
+
+def test_a_command_under_nohup_outlives_a_closed_terminal(tmp_path):
+    """kit's commands take SIGHUP over to clean up on the way out; one whose caller ignores it
+    (nohup) must go on ignoring it, as it did before."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kit", "data", "synth", "--out", str(tmp_path), "--train-seqs",
+         "1500", "--valid-seqs", "10", "-q"],
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".train.parquet.tmp-*")) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert (tmp_path / "valid_oracle.parquet").is_file()

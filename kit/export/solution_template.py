@@ -220,12 +220,21 @@ class PredictionModel:
         try:
             if getattr(row, "shape", None) != (1, self.width):
                 raise ValueError
-            self.x_row[...] = row[0]
+            self.x_row[...] = np.asarray(row)[0]  # a DataFrame's row[0] is its column 0
         except (TypeError, ValueError, OverflowError):
             self.x_row[...] = numbers(row, self.width)
 
     # --- the scorer's entry point --------------------------------------------------------
     def predict(self, data_point):
+        # the row first: one that is refused (a wrong length) leaves id, step and state as
+        # they were, and the same row sent again continues the sequence
+        row = data_point.state
+        try:
+            if len(row) != self.width:  # one value would broadcast to every column
+                raise ValueError  # (numbers says how many)
+            self.x_row[...] = row  # float64 -> float32 (faster than np.copyto)
+        except (TypeError, ValueError, OverflowError):  # pd.NA, text: NaN (the graph's guard
+            self._copy_odd_row(row)  # replaces it)
         seq_ix, step = data_point.seq_ix, data_point.step_in_seq
         try:  # (the `if` makes the bool inside the try: no bool() call per row)
             if seq_ix != self.seq_ix:
@@ -243,13 +252,6 @@ class PredictionModel:
             except TypeError:  # a missing step (None, pd.NA) continues, as a NaN one does
                 pass
         self.step = step
-        row = data_point.state
-        try:
-            if len(row) != self.width:  # one value would broadcast to every column
-                raise ValueError  # (numbers says how many)
-            self.x_row[...] = row  # float64 -> float32 (faster than np.copyto)
-        except (TypeError, ValueError, OverflowError):  # pd.NA, text: NaN (the graph's guard
-            self._copy_odd_row(row)  # replaces it)
         if self.run_binding is not None:
             live = self.live
             self.run_binding(self.bindings[live], None)

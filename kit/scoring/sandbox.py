@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from kit import users_environment
 from kit.errors import SubmissionError
 from kit.scoring.runner import kill_tree  # runner.py imports nothing of kit's: safe both ways
+from kit.workers import caught
 
 RUNNER = Path(__file__).with_name("runner.py")
 SOLUTION = "solution.py"
@@ -440,7 +441,7 @@ def _killed_on_termination(proc: subprocess.Popen):
         _kill_tree_or_group(proc)
         raise SystemExit(128 + signum)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {sig: signal.signal(sig, stop) for sig in caught((signal.SIGTERM, signal.SIGHUP))}
     try:
         yield
     finally:
