@@ -105,6 +105,11 @@ def test_stratified_group_splits_keep_their_sizes():
     sizes = [len(p) for p in group_split(np.arange(80), eight, (0.9, 0.1), 0,
                                          stratify=np.arange(80.0))]
     assert sizes == [70, 10]
+    # unstratified too: the last group went to the part furthest behind in sequences (the
+    # 0.9 part, by 5 of 45, as the 0.1 part by 5 of 5), leaving validation empty
+    five = np.repeat(np.arange(5), 10)
+    for seed in range(5):
+        assert [len(p) for p in group_split(np.arange(50), five, (0.9, 0.1), seed)] == [40, 10]
     for n in range(5, 61, 5):
         for k in (3, 4, 5, 7, 10):
             for seed in range(5):

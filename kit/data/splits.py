@@ -122,13 +122,20 @@ def _assign_groups(sizes, bins, fractions, rng) -> np.ndarray:
     closed = np.where(fractions > 0, 0.0, -np.inf)  # a zero fraction never gets a group
     part_of_group = np.empty(len(sizes), dtype=np.int64)
     # Random order among groups of equal size: the seed decides who goes where.
-    for g in np.lexsort((rng.random(len(sizes)), -sizes)):
+    order = np.lexsort((rng.random(len(sizes)), -sizes))
+    total = sizes.sum()
+    for done, g in enumerate(order):
         b, m = bins[g], sizes[g]
         behind = fractions * (overall.sum() + m) - overall + closed
         # the bin's share counts among the parts still below their overall share only: the
         # two terms cancel often ([0, 10] + [10, 0]), and argmax gave every tie to part 0,
         # leaving a small part short or empty
         open_ = behind > 0
+        # as many groups left as empty parts: each goes to an empty part that it brings
+        # nearer its share (10 of a 50-sequence 0.9/0.1 split: 40/10, not 50/0)
+        empty = (overall == 0) & (m <= 2 * fractions * total)
+        if empty.any() and empty.sum() >= len(order) - done:
+            open_ &= empty
         if not open_.any():
             p = int(np.argmax(behind))
         else:

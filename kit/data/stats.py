@@ -78,7 +78,8 @@ def dataset_stats(
     ids = frame[spec.id_col].to_numpy()
     need = need_flags(frame, spec.need_col, f"{path}: ")
     same = ids[1:] == ids[:-1]  # row i+1 continues the sequence of row i
-    lengths = frame[spec.id_col].value_counts(name="__n")["__n"]  # an id column may be "len"
+    count = "n" if spec.id_col != "n" else "count"  # an id column may be named "len", or "n"
+    lengths = frame[spec.id_col].value_counts(name=count)[count]
     out: dict = {
         "path": str(path),
         "spec": spec.name,
