@@ -284,7 +284,11 @@ def compare(pair: str, a: np.ndarray, b: np.ndarray, rows: Rows, targets: list[s
             tol: Tolerance) -> dict:
     diff = np.abs(a - b)
     diff = np.where(np.isnan(diff), np.inf, diff)  # a NaN on one side is the worst difference
-    rel = diff / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-6)
+    # a non-finite side is an infinite relative difference (inf / inf, NaN / NaN were NaN,
+    # and one such row hid the target's real maximum)
+    finite = np.isfinite(a) & np.isfinite(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.where(finite, diff / np.maximum(np.fmax(np.abs(a), np.abs(b)), 1e-6), np.inf)
     where = rows.values[rows.need]
     per = {}
     for k, name in enumerate(targets):
@@ -416,7 +420,8 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
     judged &= np.bincount(rows.seq[warm], minlength=len(rows.lengths)) > 0
     if not judged.any():
         return Check("warm-up processed", True,
-                     "n/a: the step path's predictions do not depend on the warm-up rows")
+                     "n/a: the step path's predictions do not depend on the warm-up rows "
+                     "beyond the tolerance")
     if not changed[judged].all():
         ids = rows.values[np.searchsorted(rows.seq, np.flatnonzero(judged & ~changed)), 0]
         return Check("warm-up processed", False,

@@ -833,3 +833,69 @@ def test_folders_kit_notebook_did_not_write_are_not_replaced(workspace, runs, pa
     write_notebook(package.zip_path, out, owner="alice", protocol="batch")
     write_notebook(out / "dataset", out, owner="alice")  # in place
     assert (out / "kernel/notebook.ipynb").is_file()
+
+
+def _runtime_on(package, test: pl.DataFrame) -> list[tuple]:
+    """(id, step, predictions) of the package's row runtime over `test` in file order, text
+    in a feature read as NaN (as the runtime's numbers() reads it)."""
+    model = _solution(package.folder).PredictionModel()
+    features = json.loads((package.folder / "manifest.json").read_text())["inputs"]
+    rows = test.select(pl.col(c).cast(pl.Float64, strict=False) for c in features).to_numpy()
+    out = []
+    for (seq, step, need), row in zip(test.select("seq_ix", "step_in_seq",
+                                                  "need_prediction").iter_rows(), rows,
+                                      strict=True):
+        pred = model.predict(Point(seq, step, need, row))
+        if pred is not None:
+            out.append((seq, step, pred))
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["rows", "batch"])
+def test_the_predictions_file_keeps_text_ids_whole_in_file_order(workspace, package, tmp_path,
+                                                                 monkeypatch, protocol):
+    """Lines were joined with commas unquoted: an id "AAPL,16" shifted every column after
+    it. Text in a feature column stopped the rows protocol (the runtime reads it as NaN); the
+    batch protocol wrote its predictions in replay order, not the file's; and a
+    predictions file named .parquet held CSV text."""
+    valid = pl.read_parquet(workspace / "data/valid.parquet")
+    test = valid.with_columns(
+        pl.format('AAPL,"{}"', pl.col("seq_ix")).alias("seq_ix"),
+        pl.when(pl.int_range(pl.len()) == 12).then(pl.lit("n/a"))
+        .otherwise(pl.col("p3").cast(pl.String)).alias("p3"))
+    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice", protocol=protocol)
+    root = tmp_path / "input"
+    shutil.copytree(tmp_path / "kaggle/dataset", root / "nb-package")
+    (root / "competition").mkdir()
+    test.write_parquet(root / "competition/test.parquet")
+    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
+    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
+    want = _runtime_on(package, test)
+    for name, read in (("predictions.csv", pl.read_csv), ("predictions.parquet", pl.read_parquet)):
+        if name.endswith(".parquet") and protocol == "batch":
+            continue  # one writer for both protocols: the rows run shows it
+        monkeypatch.setenv("KIT_PREDICTIONS_FILE", name)
+        _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
+        got = read(tmp_path / "working" / name)
+        assert got.columns == ["seq_ix", "step_in_seq", "t0", "t1"]
+        assert got["seq_ix"].to_list() == [seq for seq, _, _ in want]  # whole, in file order
+        assert got["step_in_seq"].to_list() == [step for _, step, _ in want]
+        tol = 0 if protocol == "rows" else 1e-6
+        np.testing.assert_allclose(got.select("t0", "t1").to_numpy(),
+                                   np.stack([p for _, _, p in want]), rtol=0, atol=tol)
+
+
+def test_a_test_file_without_a_column_the_package_reads_is_named(workspace, package, tmp_path,
+                                                                  monkeypatch):
+    from nbclient.exceptions import CellExecutionError
+
+    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice", protocol="rows")
+    root = tmp_path / "input"
+    shutil.copytree(tmp_path / "kaggle/dataset", root / "nb-package")
+    (root / "competition").mkdir()
+    pl.read_parquet(workspace / "data/valid.parquet").drop("need_prediction").write_parquet(
+        root / "competition/test.parquet")
+    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
+    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
+    with pytest.raises(CellExecutionError, match=r"lacks column\(s\) \['need_prediction'\]"):
+        _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)

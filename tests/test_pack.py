@@ -1323,3 +1323,20 @@ def test_weights_that_do_not_fit_the_config_name_the_mismatches(ns_run, tmp_path
     said = str(err.value)
     assert "Error(s) in loading state_dict for GRUModel: size mismatch for " in said
     assert said.count("size mismatch for") == 3 and said.endswith("; and 2 more)")
+
+
+def test_one_nan_prediction_leaves_the_other_rows_relative_differences_reported():
+    """inf / inf is NaN: one NaN or inf prediction made a target's max relative difference
+    NaN (null in --json), hiding the largest one of every other row."""
+    import warnings
+
+    from kit.parity import Rows, Tolerance, compare
+
+    values = np.array([[7, 0, 1, 0.0], [7, 1, 1, 0.0], [7, 2, 1, 0.0]])
+    ref = np.array([[0.1, 0.5], [0.2, 0.3], [0.4, 0.4]])
+    pkg = np.array([[0.1, 0.5], [0.3, np.nan], [0.4, np.inf]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = compare("a vs b", ref, pkg, Rows.of(values), ["t0", "t1"], Tolerance(1e-5, 0.0))
+    assert got["per_target"]["t0"]["max_rel"] == pytest.approx(0.1 / 0.3)
+    assert got["per_target"]["t1"]["max_rel"] == np.inf

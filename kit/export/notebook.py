@@ -228,6 +228,29 @@ def read_table(path):
     return pd.read_parquet(path)
 
 
+def check_columns(table, path):
+    """The spec's columns a run reads, named when the test file lacks them."""
+    missing = [c for c in (ID, STEP, NEED, *FEATURES) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing[:8]} that the package reads (the "
+                         "spec's id, step, need and feature columns); rename them in a cell")
+
+
+def column_values(column):
+    """A feature column as float64; text ("n/a") and missing values as NaN, as the runtime
+    reads them (its graph's guard replaces them)."""
+    try:
+        return np.asarray(column, dtype=np.float64)
+    except (TypeError, ValueError):
+        def number(value):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                return float("nan")
+
+        return np.array([number(v) for v in list(column)], dtype=np.float64)
+
+
 def key_text(value):
     """An id or step as the CSV writes it: whole floats (a float column) without ".0"."""
     if isinstance(value, float) and value.is_integer():
@@ -268,11 +291,12 @@ class DataPoint:
 def run_rows(path):
     """PredictionModel row by row over the test file, as the competition's scorer calls it."""
     table = read_table(path)
+    check_columns(table, path)
     # ids and steps keep their own type (an int64 id past 2**53 is not a float64)
     # (and an id column with a null stays ints, not float64: to_list, not np.asarray)
     ids, steps = table[ID].to_list(), np.asarray(table[STEP]).tolist()
     need = np.asarray(table[NEED]).tolist()
-    state = np.column_stack([np.asarray(table[c], dtype=np.float64) for c in FEATURES])
+    state = np.column_stack([column_values(table[c]) for c in FEATURES])
     model = solution.PredictionModel()
     keys, preds = [], []
     for i, row in enumerate(state):
@@ -323,6 +347,7 @@ def sequence_runs(ids, steps):
 def run_batch(path):
     """Local replay of a gateway: the test file cut into time steps, predict() on each."""
     table = read_table(path)
+    check_columns(table, path)
     missing = [c for c in KEEP_COLUMNS if c not in table.columns]
     if missing:  # the runtime skips them (a replay of a train file has no gateway row_id)
         print(f"note: keep column(s) {missing} are not in {path}: the local replay leaves them "
@@ -331,7 +356,7 @@ def run_batch(path):
     need = np.asarray(table[NEED]).astype(bool)
     runs = sequence_runs(table[ID].to_list(), steps.tolist())
     order = np.lexsort((steps, runs))  # each id's first sequences by step, then its next ones
-    keys, preds = [], []
+    rows, keys, preds = [], [], []
     boundaries = np.flatnonzero((np.diff(runs[order]) != 0) | (np.diff(steps[order]) != 0)) + 1
     for chunk in np.split(order, boundaries):
         batch = table[chunk] if type(table).__module__.startswith("polars") else table.iloc[chunk]
@@ -340,8 +365,12 @@ def run_batch(path):
         ids = out[ID].to_list()
         for j, i in enumerate(chunk.tolist()):
             if need[i]:
+                rows.append(i)
                 keys.append((ids[j], steps[i].item()))
                 preds.append(y[j])
+    in_file_order = np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")  # as rows writes
+    keys = [keys[k] for k in in_file_order.tolist()]
+    preds = [preds[k] for k in in_file_order.tolist()]
     return keys, np.asarray(preds, dtype=np.float64).reshape(len(preds), len(OUTPUTS))
 
 
@@ -370,6 +399,31 @@ def serve_if_competition_rerun():
     raise RuntimeError("no kaggle_evaluation.*_inference_server module found")
 '''
 
+WRITE = r'''
+def write_predictions(out_path, keys, preds):
+    """id, step and one column per output: a .parquet file by its name, else CSV (quoted
+    where a text id holds a comma or a quote)."""
+    if out_path.endswith(".parquet"):
+        columns = {ID: [seq for seq, _ in keys], STEP: [step for _, step in keys]}
+        columns |= {name: preds[:, j] for j, name in enumerate(COLUMNS_OUT)}
+        try:
+            import polars as pl
+
+            pl.DataFrame(columns, strict=False).write_parquet(out_path)
+        except ImportError:
+            import pandas as pd
+
+            pd.DataFrame(columns).to_parquet(out_path, index=False)
+        return
+    import csv
+
+    with open(out_path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow([ID, STEP, *COLUMNS_OUT])
+        for (seq, step), row in zip(keys, preds):
+            writer.writerow([key_text(seq), key_text(step), *(repr(float(v)) for v in row)])
+'''
+
 RUN = r'''
 if PROTOCOL == "batch" and serve_if_competition_rerun():
     print("served predict() to the competition's inference server")
@@ -381,11 +435,7 @@ else:
     keys, preds = (run_batch if PROTOCOL == "batch" else run_rows)(test_file)
     os.makedirs(OUTPUT_DIR, exist_ok=True)
     out_path = os.path.join(OUTPUT_DIR, PREDICTIONS_FILE)
-    with open(out_path, "w") as fh:
-        fh.write(",".join([ID, STEP, *COLUMNS_OUT]) + "\n")
-        for (seq, step), row in zip(keys, preds):
-            fh.write(f"{key_text(seq)},{key_text(step)},"
-                     + ",".join(repr(float(v)) for v in row) + "\n")
+    write_predictions(out_path, keys, preds)
     print(f"{len(preds):,} predictions ({PROTOCOL} protocol) written to {out_path}")
 '''
 
@@ -403,9 +453,10 @@ def batch_predict_args(solution: Path) -> set[str] | None:
 def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
                   renames: dict[str, str] | None = None, model_sha256: str = "") -> dict:
     """Both protocols are in every notebook, so $KIT_PROTOCOL can switch between them."""
-    setup = (SETUP.replace("__PROTOCOL__", protocol).replace("__KEEP__", repr(list(keep or [])))
-             .replace("__NAMES__", repr(dict(renames or {})))
-             .replace("__MODEL_SHA256__", model_sha256))
+    values = {"__PROTOCOL__": protocol, "__KEEP__": repr(list(keep or [])),
+              "__NAMES__": repr(dict(renames or {})), "__MODEL_SHA256__": model_sha256}
+    # in one pass: a keep column's name may itself read like a placeholder
+    setup = re.sub("|".join(map(re.escape, values)), lambda m: values[m[0]], SETUP)
     sources = [
         ("markdown", f"# {title}\n\n{MARK}: runs a kit package offline, protocol "
                      f"`{protocol}`. Nothing is downloaded."),
@@ -414,6 +465,7 @@ def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
         ("code", LOAD),
         ("code", ROWS),
         ("code", BATCH),
+        ("code", WRITE),
         ("code", RUN),
     ]
     cells = [_cell(kind, text, i) for i, (kind, text) in enumerate(sources)]
