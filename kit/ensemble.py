@@ -19,6 +19,7 @@ candidate at every step.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -51,6 +52,7 @@ from kit.run_record import (
 from kit.toml_file import read_toml
 
 ENSEMBLES_DIR = Path("runs/ensembles")
+FOLD_RUN = re.compile(r"-fold\d+of\d+$")  # kit train --folds K names its fold runs so
 QUADRATIC = ("weighted_pearson", "r2", "rmse")
 CHUNK_ROWS = 200_000
 # predictions within this multiple of the metric's clip bound are scored from moments
@@ -165,7 +167,7 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
         if (path / "val_preds.npy").is_file() or (path / "oof_preds.npy").is_file():
             out.append(path)
         elif path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_dir() and "-fold" not in p.name
+            inside = sorted(p for p in path.iterdir() if p.is_dir() and not FOLD_RUN.search(p.name)
                             and ((p / "val_preds.npy").is_file()
                                  or (p / "oof_preds.npy").is_file())
                             and is_finished(p))
@@ -532,8 +534,9 @@ def postprocess_edited(post: dict | None, targets: list[str]) -> list[str]:
     """The targets whose smoothing or scale is no longer the tuned one (a file from before
     `tuned` was recorded cannot tell: none). `tuned` as check_postprocess leaves it."""
     tuned = (post or {}).get("tuned")
-    if tuned is None:
-        return []
+    if tuned is None:  # a file from before `tuned`, or one whose `tuned` was deleted: scores
+        # it records (before/after) can no longer be told from an edit
+        return list(targets) if post and ("before" in post or "after" in post) else []
     return [name for t, name in enumerate(targets)
             if any(not math.isclose(post[key][t], tuned[key][t], rel_tol=1e-9, abs_tol=1e-12)
                    for key in ("smoothing", "scale"))]
@@ -654,10 +657,15 @@ def weights_edited(doc: dict) -> bool:
                for m, p in zip(members, picks, strict=True) for t in range(k))
 
 
+WRITTEN = "# written by kit ensemble select; sha256 of the lines below: "
+
+
 def write_ensemble(doc: dict, out: Path | None) -> Path:
     """To `out`, or to a new runs/ensembles/ensemble-STAMP[-N].toml: created exclusively, so
-    two selections in the same second never write one file."""
-    text = tomli_w.dumps(doc)
+    two selections in the same second never write one file. Its first line holds the digest
+    of the rest: any edit by hand shows."""
+    body = tomli_w.dumps(doc)
+    text = f"{WRITTEN}{hashlib.sha256(body.encode()).hexdigest()}\n{body}"
     if out:
         out = Path(out)
         if out.exists() and not written_by_select(out):
@@ -682,12 +690,16 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
 
 
 def written_by_select(path: Path) -> bool:
-    """An ensemble file as kit ensemble select wrote it, not edited since: its [ensemble]
-    record, its members' weights the selection's, its post-processing the tuned one."""
+    """An ensemble file as kit ensemble select wrote it, not edited since: its first line's
+    digest that of the rest. A file of a kit before that line: its [ensemble] record, its
+    members' weights the selection's, its post-processing the tuned one."""
     try:
+        first, _, body = Path(path).read_text(encoding="utf-8").partition("\n")
         doc = read_ensemble(path)  # (a config.toml, an experiment: no [[members]], refused)
     except (OSError, UnicodeDecodeError, KitError):
         return False
+    if first.startswith(WRITTEN):  # a comment, a member, a [postprocess] edited: not ours
+        return first.removeprefix(WRITTEN) == hashlib.sha256(body.encode()).hexdigest()
     record = doc.get("ensemble", {})
     if not {"created", "iters", "candidates", "targets"} <= record.keys():
         return False
@@ -745,7 +757,7 @@ def _refuse_repeated_runs(members: list[dict], path: Path) -> None:
         if not any(m["weights"]):
             continue
         for run in m["runs"]:
-            key = _checkpoint_key(run)
+            key = checkpoint_key(run)
             if key in seen:
                 where = (f"twice in members[{i}].runs" if seen[key] == i
                          else f"in members[{seen[key]}] and members[{i}]")
@@ -754,7 +766,7 @@ def _refuse_repeated_runs(members: list[dict], path: Path) -> None:
             seen[key] = i
 
 
-def _checkpoint_key(run: str) -> str:
+def checkpoint_key(run: str) -> str:
     """The checkpoint pack will load for a member's run, whichever way it is spelt (RUN,
     RUN/, RUN/best.pt, a moved checkout's absolute path)."""
     path = Path(os.path.normpath(os.path.abspath(relocated(run))))
@@ -790,8 +802,8 @@ def check_postprocess(post: dict, k: int, where: object) -> dict:
             isinstance(tuned.get(key), list) and len(tuned[key]) == k
             and all(finite_number(v) for v in tuned[key]) for key in ("smoothing", "scale"))):
         raise EnsembleError(f"{where}: postprocess.tuned: the smoothing and scale tuning chose, "
-                            f"{k} finite numbers each (kit writes it: delete it rather than "
-                            "edit it)")
+                            f"{k} finite numbers each (kit writes it: restore it, or select "
+                            "again)")
     return out
 
 

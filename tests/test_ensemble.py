@@ -1034,3 +1034,83 @@ def test_a_clipped_r2_is_selected_on_the_clipped_metric():
     sel = select(_candidates([a, b], spec), truth, iters=1)
     assert sel.counts[:, 0].tolist() == [1.0, 1.0]
     assert sel.score == pytest.approx(evaluate(spec, truth, np.clip(a, -1, 1)).score, abs=1e-9)
+
+
+def test_any_hand_edit_keeps_a_selection_file_from_being_replaced(runs, tmp_path):
+    """--out replaced a file whose weights and post-processing were the selection's, whatever
+    else was edited: a comment, a deleted [postprocess], a member's run swapped, a zero-weight
+    member added, the checkpoints deleted. The first line's digest of the rest tells."""
+    out = tmp_path / "e.toml"
+    select_ensemble([runs["gru"], runs["gru_b"]], iters=2, out=out, postprocess=True)
+    select_ensemble([runs["gru"], runs["gru_b"]], iters=2, out=out, postprocess=True)  # its own
+    original = out.read_text()
+    doc = tomllib.loads(original)
+    edits = [original + "# my note\n",
+             "\n".join(line for line in original.splitlines() if "[postprocess" not in line)]
+    doc["members"].append({"runs": [str(runs["lstm"])], "weights": [0.0, 0.0]})
+    edits.append(original.split("\n", 1)[0] + "\n" + tomli_w.dumps(doc))
+    for edited in edits:
+        out.write_text(edited)
+        with pytest.raises(EnsembleError, match="select wrote, unedited"):
+            select_ensemble([runs["gru"]], iters=1, out=out)
+        assert out.read_text() == edited
+
+
+def test_a_deleted_tuned_record_makes_the_tuned_scores_unverifiable(runs, tmp_path):
+    """An error told to delete postprocess.tuned rather than edit it: then a smoothing edited
+    by hand read as tuned, the table showed the tuning's scores, and the manifest said no
+    target was edited."""
+    from kit.ensemble import postprocess_edited
+
+    path = tmp_path / "e.toml"
+    select_ensemble([runs["gru"], runs["gru_b"]], iters=2, out=path, postprocess=True)
+    doc = tomllib.loads(path.read_text())
+    del doc["postprocess"]["tuned"]
+    doc["postprocess"]["smoothing"] = [0.0, 0.0]
+    assert postprocess_edited(doc["postprocess"], doc["ensemble"]["targets"]) == ["t0", "t1"]
+    (tmp_path / "h.toml").write_text(tomli_w.dumps(doc))
+    packed = pack_ensemble(tmp_path / "h.toml", "h", tmp_path / "subs", budget=False)
+    assert packed.manifest["ensemble"]["postprocess_edited"] == ["t0", "t1"]
+
+
+def test_pack_checks_a_members_run_however_its_path_is_spelt(runs, tmp_path):
+    """The recorded checkpoints were looked up by the run's path as written: RUN/ or
+    RUN/best.pt skipped the retrained-run check, and a run swapped in by hand had none."""
+    import shutil
+
+    from kit.export.pack import PackError
+
+    member = tmp_path / "runs" / "gru_b" / runs["gru_b"].name
+    shutil.copytree(runs["gru_b"], member)
+    _, path, _ = select_ensemble([runs["gru"], member], iters=4, init_best=2,
+                                 out=tmp_path / "e.toml")
+    doc = tomllib.loads(path.read_text())
+    shutil.copy(runs["gru"] / "best.pt", member / "best.pt")  # "trained again"
+    for spelt in (f"{member}/", f"{member}/best.pt"):
+        for m in doc["members"]:
+            m["runs"] = [spelt if r == str(member.resolve()) else r for r in m["runs"]]
+            m["checkpoints"] = {k: v for k, v in m["checkpoints"].items()}
+        (tmp_path / "s.toml").write_text(tomli_w.dumps(doc))
+        with pytest.raises(PackError, match="changed since the selection"):
+            pack_ensemble(tmp_path / "s.toml", "s", tmp_path / "subs")
+        doc = tomllib.loads(path.read_text())
+    swapped = tomllib.loads(path.read_text())
+    swapped["members"][0]["runs"] = [str(runs["lstm"])]
+    (tmp_path / "w.toml").write_text(tomli_w.dumps(swapped))
+    with pytest.raises(PackError, match="is not a run the selection chose"):
+        pack_ensemble(tmp_path / "w.toml", "w", tmp_path / "subs")
+
+
+def test_runs_whose_names_hold_fold_are_candidates(runs, tmp_path):
+    """Every run with "-fold" in its name was taken for a fold run and left out: a sweep study
+    named lr-fold lost its trials without a word."""
+    import shutil
+
+    from kit.ensemble import expand_candidates
+
+    folder = tmp_path / "runs" / "sw"
+    for name in ("lr-fold-t0000", "refold-t0001"):
+        shutil.copytree(runs["gru"], folder / name)
+    shutil.copytree(runs["gru"], folder / "20240101-000000-s1-fold1of3")
+    assert sorted(p.name for p in expand_candidates([folder])) == ["lr-fold-t0000",
+                                                                 "refold-t0001"]

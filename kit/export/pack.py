@@ -142,7 +142,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                   force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Freeze an ensemble file (kit ensemble select) into one graph: every member with a
     non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
-    from kit.ensemble import postprocess_edited, read_ensemble, weights_edited
+    from kit.ensemble import checkpoint_key, postprocess_edited, read_ensemble, weights_edited
 
     if name is not None:  # before the members are loaded
         check_package_name(name)
@@ -153,9 +153,15 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
             continue  # zero weight: not in the graph
         share = [w / len(entry["runs"]) for w in entry["weights"]]
         chosen_on = entry.get("checkpoints")  # {run: best.pt's sha256} (files before: none)
-        chosen_on = chosen_on if isinstance(chosen_on, dict) else {}
+        chosen_on = ({checkpoint_key(r): d for r, d in chosen_on.items()}  # RUN/, RUN/best.pt
+                     if isinstance(chosen_on, dict) else {})
         for run in entry["runs"]:
-            digest = chosen_on.get(run)
+            digest = chosen_on.get(checkpoint_key(run))
+            if chosen_on and digest is None and not force:  # a run swapped in by hand
+                raise PackError(f"{path}: member {entry.get('name', run)!r}: {run} is not a run "
+                                "the selection chose (its checkpoints record others): the "
+                                "weights were chosen on other predictions; select again, or "
+                                "--force")
             refuse_group_as_member(path, entry.get("name", run), relocated(run))
             try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
                 member = load_member(relocated(run))
