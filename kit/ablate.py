@@ -57,17 +57,20 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     from kit.competition import load_spec
     from kit.config import parse_override, refuse_overrides
     from kit.train.data import check_data_files
-    from kit.train.recipe import experiment_config
+    from kit.train.recipe import check_config, experiment_config
 
     if not groups or len(set(groups)) != len(groups):
         raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
     refuse_overrides(overrides, {"seeds": "--seeds"} | ({"seed": "--seeds alone"} if seeds
                                                        else {}))
     for text in overrides or []:  # (a [features] table keeps its ops: the groups are set)
-        if parse_override(text)[0] == ["features", "groups"]:
+        keys, value = parse_override(text)
+        if keys == ["features", "groups"] or (
+                keys == ["features"] and isinstance(value, dict) and "groups" in value):
             raise ConfigError(f"override {text!r}: this command sets features.groups itself "
                               "(each variant's); use --groups")
     base = experiment_config(exp, overrides)
+    check_config(base)  # what training checks first (swa_start, the loss, [sweep], splits)
     spec = load_spec(base["spec"])
     check_variants(base, spec, groups)
     check_data_files(base["data"])  # before any run: each would fail on it

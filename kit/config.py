@@ -93,7 +93,10 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
     if problem := unknown_keys(raw):
         raise ConfigError(f"{path}: {problem}")
     if parent_name is not None:
-        reference = str(parent_name)
+        if not isinstance(parent_name, str) or not parent_name:
+            raise ConfigError(f"{path}: extends must be an experiment's name or a .toml path "
+                              f"(a string), got {parent_name!r}")
+        reference = parent_name
         beside = path.parent / reference  # a file path is read next to the file naming it
         relative_file = reference.endswith(".toml") and not Path(reference).is_absolute()
         if relative_file and beside.is_file():
@@ -162,6 +165,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # negative seed fails when the config is read, not as a traceback after the data is built.
 BOUNDS: dict[str, tuple[object, str]] = {
     "seed": (lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
+    "data.split_seed": (lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
     "data.seq_len": (lambda v: v >= 0, ">= 0 (0: the longest sequence)"),
     "data.valid_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
     "normaliser.clip": (lambda v: v > 0, "> 0 (deviations)"),
@@ -252,7 +256,11 @@ def resolve(config: dict) -> dict:
             want = type(defaults[key])
             ok = isinstance(value, want) and not (isinstance(value, bool) and want is not bool)
             if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value, ok = float(value), True
+                try:
+                    value, ok = float(value), True
+                except OverflowError:  # an int past float's range: no setting means it
+                    raise ConfigError(f"{section}.{key} must be a finite number, got an "
+                                      f"integer of {len(str(value))} digits") from None
             if not ok:
                 raise ConfigError(f"{section}.{key} must be {want.__name__}, got {value!r}")
             allowed = CHOICES.get(f"{section}.{key}")

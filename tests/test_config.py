@@ -137,6 +137,22 @@ def test_resolve_fills_defaults_and_names_bad_keys(exps):
     with pytest.raises(ConfigError, match="\\[train\\] must be a table"):
         resolve({"train": 3})
     assert resolve({"train": {"lr": 1}})["train"]["lr"] == 1.0  # ints are fine for floats
+    # a negative split seed: numpy's ValueError after the data was built
+    with pytest.raises(ConfigError, match=r"data.split_seed must be a whole number in"):
+        resolve({"data": {"split_seed": -1}})
+    # an int past float's range: an OverflowError traceback
+    with pytest.raises(ConfigError, match="train.lr must be a finite number, got an integer"):
+        resolve({"train": {"lr": 10**400}})
+
+
+@pytest.mark.parametrize("parent", [3, ["base"], ""])
+def test_extends_that_is_not_a_name_is_refused_as_such(exps, parent):
+    """extends = 3 looked for experiments/3.toml, extends = ["base"] for "['base']"."""
+    import tomli_w
+
+    (exps / "odd.toml").write_text(tomli_w.dumps({"extends": parent}))
+    with pytest.raises(ConfigError, match=r"odd.toml: extends must be an experiment's name"):
+        load_experiment("odd")
 
 
 @pytest.mark.parametrize("setting, value", [("normaliser.method", "zscore"),

@@ -470,6 +470,18 @@ def test_ablate_and_demo_check_their_options_first(env, tmp_path):
     table = 'data={ train = "x.parquet", valid = "y.parquet" }'  # the whole table: the paths too
     out = run_cli("demo", "--data", tmp_path / "demo-data", table, expect=2).output
     assert "this command sets data.train itself; use --data DIR" in out
+    # ... and features.groups given inside a whole [features] table
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw", 'features={groups=["raw"], ops=[]}',
+                  expect=2).output
+    assert "this command sets features.groups itself" in out
+    # what kit train checks before any data is built, ablate checks too (it trained each
+    # variant with an SWA that averaged nothing, or failed each on a loss typo)
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw", "train.swa_start=3",
+                  "train.epochs=1", expect=2).output
+    assert "train.swa_start = 3 is after the last epoch" in out
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw", "loss.terms={bogus=1.0}",
+                  expect=2).output
+    assert "unknown loss term" in out
     assert not (tmp_path / "runs").exists()
 
 
@@ -1303,7 +1315,13 @@ def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp
     out = run_cli("train", "exp=tiny", "seeds=[7,8]", "train.lr=0.05", "--resume",
                   expect=2).output
     assert "was started with other settings (train.lr differ)" in out
-    run_cli("train", "exp=tiny", "seeds=[8,7]", "--resume", "--stop-after-epochs", 1, "-q")
+    # the experiment file's description edited since: no other setting (a single run's
+    # resume ignores it too)
+    experiment = env / "experiments" / "tiny.toml"
+    experiment.write_text('description = "second try"\n' + experiment.read_text())
+    out = run_cli("train", "exp=tiny", "seeds=[8,7]", "--resume", "--stop-after-epochs", 1,
+                  "-q").output
+    assert "other settings" not in out
     assert _histories(tmp_path / "runs" / "tiny") == {
         group[0].name: 2, group[1].name: 2, single.name: 1}
 

@@ -96,7 +96,8 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
             continue
         if _in_use(exp_dir, seeds, folds, stamp):  # another command trains it right now
             continue
-        changed = differences(record.get("config"), group_config(base))
+        changed = [key for key in differences(record.get("config"), group_config(base))
+                   if key not in ("name", "description")]  # as a single run's resume has it
         if not changed:
             return stamp
         other = other or (stamp, changed)
