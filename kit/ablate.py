@@ -70,7 +70,9 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
             raise ConfigError(f"override {text!r}: this command sets features.groups itself "
                               "(each variant's); use --groups")
     base = experiment_config(exp, overrides)
-    check_config(base)  # what training checks first (swa_start, the loss, [sweep], splits)
+    # what training checks first (swa_start, the loss, [sweep], splits); a resume may
+    # continue runs a GPU started with batch_size 0 on a CPU
+    check_config(base, resume=resume is not None)
     spec = load_spec(base["spec"])
     check_variants(base, spec, groups)
     check_data_files(base["data"])  # before any run: each would fail on it

@@ -191,7 +191,8 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                         f"{path}: holds experiments ({', '.join(experiments[:6])}"
                         f"{', ...' if len(experiments) > 6 else ''}), not runs: pass experiment "
                         f"folders or run folders, e.g. {path / experiments[0]}")
-                folds = sorted(p.name for p in path.iterdir() if p.is_dir() and "-fold" in p.name)
+                folds = sorted(p.name for p in path.iterdir()
+                               if p.is_dir() and FOLD_RUN.search(p.name))
                 if folds:  # a --folds group stopped before its last fold: no -oof group yet
                     raise EnsembleError(
                         f"{path}: no finished runs inside, only fold runs ({', '.join(folds[:4])}"
@@ -531,8 +532,9 @@ def tune_postprocess(spec: CompetitionSpec, truth: np.ndarray, blend: np.ndarray
 
 
 def postprocess_edited(post: dict | None, targets: list[str]) -> list[str]:
-    """The targets whose smoothing or scale is no longer the tuned one (a file from before
-    `tuned` was recorded cannot tell: none). `tuned` as check_postprocess leaves it."""
+    """The targets whose smoothing or scale is no longer the tuned one; every target when
+    `tuned` is missing beside recorded scores (deleted, or a file from before it: nothing
+    tells an edit). `tuned` as check_postprocess leaves it."""
     tuned = (post or {}).get("tuned")
     if tuned is None:  # a file from before `tuned`, or one whose `tuned` was deleted: scores
         # it records (before/after) can no longer be told from an edit
@@ -694,7 +696,8 @@ def written_by_select(path: Path) -> bool:
     digest that of the rest. A file of a kit before that line: its [ensemble] record, its
     members' weights the selection's, its post-processing the tuned one."""
     try:
-        first, _, body = Path(path).read_text(encoding="utf-8").partition("\n")
+        # utf-8-sig: an editor's byte order mark must not hide the digest line
+        first, _, body = Path(path).read_text(encoding="utf-8-sig").partition("\n")
         doc = read_ensemble(path)  # (a config.toml, an experiment: no [[members]], refused)
     except (OSError, UnicodeDecodeError, KitError):
         return False
@@ -847,10 +850,15 @@ def format_selection(doc: dict) -> str:
             scores = (f"{post['before'][name]:.4f} -> {post['after'][name]:.4f}"
                       if name in post.get("before", {}) and name in post.get("after", {})
                       else None)
+            chose = (f", which chose smoothing {post['tuned']['smoothing'][t]:g}, scale "
+                     f"{post['tuned']['scale'][t]:g}" if "tuned" in post
+                     else " (what it chose is not recorded)")
             tuned = (f": {scores}" if scores and name not in edited else
-                     f" (edited by hand after tuning, which chose smoothing "
-                     f"{post['tuned']['smoothing'][t]:g}, scale {post['tuned']['scale'][t]:g}"
-                     f": {scores}; kit pack --ensemble, then kit score, scores these)"
+                     f" (perhaps edited by hand after tuning{chose}: {scores} may not be "
+                     "these values' scores; kit pack --ensemble, then kit score, scores these)"
+                     if scores and "tuned" not in post else
+                     f" (edited by hand after tuning{chose}: {scores}; kit pack --ensemble, "
+                     "then kit score, scores these)"
                      if scores else " (set by hand, not tuned)")
             lines.append(f"post-processing {name}: smoothing {post['smoothing'][t]:g}, scale "
                          f"{post['scale'][t]:g}{tuned}")

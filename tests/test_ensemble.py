@@ -1049,6 +1049,7 @@ def test_any_hand_edit_keeps_a_selection_file_from_being_replaced(runs, tmp_path
              "\n".join(line for line in original.splitlines() if "[postprocess" not in line)]
     doc["members"].append({"runs": [str(runs["lstm"])], "weights": [0.0, 0.0]})
     edits.append(original.split("\n", 1)[0] + "\n" + tomli_w.dumps(doc))
+    edits.append("\ufeff" + original + "# saved by an editor that writes a BOM\n")
     for edited in edits:
         out.write_text(edited)
         with pytest.raises(EnsembleError, match="select wrote, unedited"):
@@ -1071,6 +1072,9 @@ def test_a_deleted_tuned_record_makes_the_tuned_scores_unverifiable(runs, tmp_pa
     (tmp_path / "h.toml").write_text(tomli_w.dumps(doc))
     packed = pack_ensemble(tmp_path / "h.toml", "h", tmp_path / "subs", budget=False)
     assert packed.manifest["ensemble"]["postprocess_edited"] == ["t0", "t1"]
+    run_cli("report", tmp_path / "h.toml")  # it read "tuned": a KeyError
+    text = (tmp_path / "h" / "report.md").read_text()
+    assert "perhaps edited by hand after tuning (what it chose is not recorded)" in text
 
 
 def test_pack_checks_a_members_run_however_its_path_is_spelt(runs, tmp_path):
