@@ -1073,6 +1073,15 @@ def test_score_refuses_a_spec_that_would_scramble_the_packs_columns(workspace, g
     out = run_cli("score", gru_pack.zip_path, "--data", _valid(workspace), "--spec",
                   tmp_path / "rev.toml", expect=2).output
     assert "they differ at position 0" in out and "leave out --spec" in out
+    # bsdtar's zips name entries "./manifest.json": extracted as the manifest, but read as
+    # none, so the spec check was skipped and the columns went in scrambled
+    dotted = tmp_path / "dotted.zip"
+    with zipfile.ZipFile(dotted, "w") as archive:
+        for name in PACK_FILES:  # (write() would normalise the name: ZipInfo keeps it)
+            archive.writestr(zipfile.ZipInfo(f"./{name}"), (gru_pack.folder / name).read_bytes())
+    out = run_cli("score", dotted, "--data", _valid(workspace), "--spec",
+                  tmp_path / "rev.toml", expect=2).output
+    assert "they differ at position 0" in out
     # a zip whose solution.py sits in a subfolder (no manifest at its root): the zip is named,
     # with the default spec it fell back on, not the data as breaking that spec
     nested = tmp_path / "nested.zip"

@@ -1069,6 +1069,38 @@ def test_a_backslash_or_an_over_long_name_in_a_zip_is_refused(tmp_path):
         score(long, data)
 
 
+def test_odd_zip_names_are_refused_by_name(tmp_path):
+    """A non-ASCII name without the UTF-8 flag (Info-ZIP's zip) was extracted as cp437
+    ('mod├¿le.npy') and the submission blamed for the missing file; a path past the file
+    system's limit was an OSError of 5,000 characters."""
+    data, _ = write_data(tmp_path)
+    legacy = tmp_path / "legacy.zip"
+    with zipfile.ZipFile(legacy, "w") as zf:
+        zf.writestr("solution.py", FORMULA)
+        info = zipfile.ZipInfo("model.npy")
+        zf.writestr(info, b"1")
+    raw = legacy.read_bytes().replace(b"model.npy", "modèl.npy".encode("cp437"))
+    legacy.write_bytes(raw)  # the name's bytes as a tool without the UTF-8 flag writes them
+    with pytest.raises(SubmissionError, match="a non-ASCII name stored without the zip's UTF-8"):
+        score(legacy, data)
+    deep = make_zip(tmp_path / "deep.zip", {"solution.py": FORMULA,
+                                            "/".join(["d" * 200] * 25) + "/w.txt": "1"})
+    with pytest.raises(SubmissionError, match=r"cannot be extracted \(File name too long\)"):
+        score(deep, data)
+
+
+def test_a_folder_submission_runs_on_a_copy(tmp_path):
+    """It ran in the user's folder: a file it wrote there (a cache) stayed, and the next run
+    found it (its init time understated, the user's folder changed)."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA.replace(
+        "class PredictionModel:", "import os\nassert not os.path.exists('cache.npy')\n"
+        "open('cache.npy', 'w').write('1')\n\n\nclass PredictionModel:"))
+    score(sub, data)
+    score(sub, data)  # it would raise: the cache found
+    assert sorted(p.name for p in sub.iterdir()) == ["solution.py"]
+
+
 def test_a_zip_with_an_entry_for_its_root_folder_scores_like_the_folder(tmp_path):
     """'./' (as some zip tools write it) is the root itself: unzip and extractall pass over
     it. A root entry that is no folder, or written with a backslash, is still refused."""

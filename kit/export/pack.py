@@ -650,8 +650,11 @@ def manifest_of(submission: Path) -> dict | None:
             path = submission / MANIFEST_FILE
             return _small_manifest(submission, path.stat().st_size, path.read_bytes)
         with zipfile.ZipFile(submission) as archive:
-            size = archive.getinfo(MANIFEST_FILE).file_size
-            return _small_manifest(submission, size, lambda: archive.read(MANIFEST_FILE))
+            # as extraction names it: "./manifest.json" (bsdtar's zips) is the same file
+            entry = next(info for info in archive.infolist() if [
+                part for part in info.filename.split("/") if part not in ("", ".")
+            ] == [MANIFEST_FILE] and not info.is_dir())
+            return _small_manifest(submission, entry.file_size, lambda: archive.read(entry))
     except PackError:
         raise
     except Exception:  # missing, not JSON, an encrypted or unreadable zip entry, a bad zip

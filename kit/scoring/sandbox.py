@@ -87,6 +87,24 @@ def prepare_submission(path: Path, workdir: Path) -> Path:
     return extract_zip(path, workdir)
 
 
+def copy_submission(folder: Path, dest: Path) -> Path:
+    """A folder submission copied into dest, where it runs: the scorer starts from a fresh
+    unzip every time, so what a run writes beside solution.py (a cache a second run would
+    find: its init time understated) stays in the copy, and the user's folder is left as
+    it was. Its .git and __pycache__ are not part of a submission."""
+    files = [p for p in folder.rglob("*") if p.is_file() and not {".git", "__pycache__"}
+             & set(p.relative_to(folder).parts)]
+    total = sum(p.stat().st_size for p in files)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest.parent).free
+    if total > min(MAX_UNZIPPED_BYTES, free):
+        raise SubmissionError(f"{folder}: its files take {_size(total)}, more than kit score "
+                              f"copies ({_size(MAX_UNZIPPED_BYTES)}, and {_size(free)} free in "
+                              f"{dest.parent}); is it the right folder?")
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+    return dest.resolve()
+
+
 def extract_zip(path: Path, dest: Path) -> Path:
     """Extract entry by entry; absolute paths, '..', links and special files are refused."""
     try:
@@ -102,11 +120,11 @@ def extract_zip(path: Path, dest: Path) -> Path:
             root = dest.resolve()
             for info, name in zip(infos, names, strict=True):
                 target = root.joinpath(*PurePosixPath(name).parts)
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
                 except (zlib.error, NotImplementedError, EOFError) as exc:
@@ -114,6 +132,11 @@ def extract_zip(path: Path, dest: Path) -> Path:
                         f"{path}: entry {info.filename!r} cannot be extracted "
                         f"({type(exc).__name__}: {exc}); re-create the zip with plain deflate"
                     ) from None
+                except OSError as exc:  # a path past the file system's limit, a full disk
+                    raise SubmissionError(
+                        f"{path}: entry {info.filename[:80]!r}"
+                        f"{'...' if len(info.filename) > 80 else ''} cannot be extracted "
+                        f"({exc.strerror or exc})") from None
     except zipfile.BadZipFile as exc:
         raise SubmissionError(f"{path}: corrupt zip archive ({exc})") from None
     return root
@@ -182,6 +205,13 @@ def check_entry(path: Path, info: zipfile.ZipInfo) -> str | None:
         raise SubmissionError(f"{where} is not a regular file or folder (mode {oct(mode)})")
     if info.flag_bits & 0x1:
         raise SubmissionError(f"{where} is encrypted; submissions are plain zips")
+    if not info.flag_bits & 0x800 and not raw.isascii():
+        # no UTF-8 flag: Python reads the bytes as cp437 ('modèle' as 'mod├¿le'), unzip as the
+        # locale's encoding; which name the scorer's extractor makes is anyone's guess
+        raise SubmissionError(f"{where}: a non-ASCII name stored without the zip's UTF-8 flag; "
+                              "extractors read it differently (the scorer may find no such "
+                              "file): re-create the zip with Python's zipfile, 7-Zip or kit "
+                              "pack, or use an ASCII name")
     if "\\" in raw:  # Python's zipfile keeps it in the name on Linux, unzip may make a folder
         raise SubmissionError(f"{where} separates folders with '\\'; extractors differ on it "
                               "(the scorer may find no such folder): re-create the zip with "

@@ -21,7 +21,7 @@ from kit.data.io import read_frame
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
 from kit.metrics import MetricReport, evaluate, scored_truth
-from kit.scoring.sandbox import choose_cpu, prepare_submission, run_child
+from kit.scoring.sandbox import choose_cpu, copy_submission, prepare_submission, run_child
 
 
 @dataclass
@@ -96,8 +96,8 @@ class ScoreResult:
             f"sequence(s); child pinned to CPU {self.cpu}",
             f"init {self.init_s:.2f} s   loop {self.loop_s:.2f} s   "
             f"{self.rows_per_s:,.0f} rows/s   {self.us_per_row:.1f} us/row",
-            f"projected on the test set: {self.projected_s:,.0f} s = "
-            f"{100 * self.projected_fraction:.1f}% of the {self.limit_s:,.0f} s limit "
+            f"projected on the test set: {_seconds(self.projected_s)} = "
+            f"{100 * self.projected_fraction:.1f}% of the {_seconds(self.limit_s)} limit "
             "(on this machine's CPU)",
         ]
         projected = self.sandbox.get("projected_peak_mb")
@@ -176,6 +176,8 @@ def score_submission(
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
+        if submission.is_dir():  # run on a copy, as the scorer runs a fresh unzip
+            solution_dir = copy_submission(solution_dir, Path(tmp) / "submission")
         # scored as it is (an experiment), but not what kit pack wrote and checked; said before
         # the replay, which it may explain (a truncated model.onnx fails to load)
         changed = package_changes(solution_dir)
@@ -395,3 +397,9 @@ def key_text(value) -> str:
     """An id or step of the float64 rows as the file wrote it (5.0 -> 5)."""
     value = float(value)
     return str(int(value)) if value.is_integer() else str(value)
+
+
+def _seconds(value: float) -> str:
+    """Whole seconds where a tenth would not show (3,600 s), tenths below 100 s (0.1 s of a
+    10 s limit read as "0 s")."""
+    return f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
