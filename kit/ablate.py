@@ -70,11 +70,14 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
             raise ConfigError(f"override {text!r}: this command sets features.groups itself "
                               "(each variant's); use --groups")
     base = experiment_config(exp, overrides)
-    # what training checks first (swa_start, the loss, [sweep], splits); a resume may
-    # continue runs a GPU started with batch_size 0 on a CPU
-    check_config(base, resume=resume is not None)
     spec = load_spec(base["spec"])
-    check_variants(base, spec, groups)
+    check_variants(base, spec, groups)  # first: it names the variant a budget cannot build
+    # what training checks first (swa_start, the loss, [sweep], splits), on a config that
+    # trains (the base's own groups may be none of the variants'); a resume may continue
+    # runs a GPU started with batch_size 0 on a CPU
+    first = variants(groups)[0][2]
+    check_config({**base, "features": {**base["features"], "groups": first}},
+                 resume=resume is not None)
     check_data_files(base["data"])  # before any run: each would fail on it
     seeds = seeds or [base["seed"]]
     check_seeds(seeds, "--seeds")
