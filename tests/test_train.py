@@ -685,10 +685,35 @@ def test_a_group_keeps_no_finished_run_of_other_data(env, tmp_path):
         (second / name).unlink()
     frame = pl.read_parquet(tmp_path / "train.parquet")
     frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "train.parquet")
-    out = run_cli("train", "exp=tiny", *files, "seeds=[1,2]", "train.epochs=1", "--resume",
-                  expect=2).output
-    assert f"runs/tiny/{first.name} trained" in out and "has changed since" in out
-    assert "the group's other runs would train on the new files" in out
+    for jobs in ([], ["--jobs", "2"]):  # --jobs kept the finished run and trained the other
+        out = run_cli("train", "exp=tiny", *files, "seeds=[1,2]", "train.epochs=1", *jobs,
+                      "--resume", expect=2).output
+        assert f"runs/tiny/{first.name} trained" in out and "has changed since" in out
+        assert "the group's other runs would train on the new files" in out
+        assert not (second / "metrics.json").exists()
+
+
+def test_a_jobs_group_trains_the_config_its_command_resolved(env, tmp_path):
+    """Each worker read the experiment file as it started: a seed queued behind the others
+    took an edit made while they trained, and one group mixed two configs."""
+    import subprocess
+    import sys
+
+    experiment = env / "experiments" / "tiny.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "train", "exp=tiny", "seeds=[1,2,3]",
+                             "--jobs", "2", "train.epochs=3", "-q"], cwd=tmp_path,
+                            env=os.environ.copy(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("runs/tiny/*-s1/config.toml")):
+        time.sleep(0.02)
+    text = experiment.read_text()
+    experiment.write_text(text.replace("[train]", "[train]\nweight_decay = 0.5", 1))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    decays = {tomllib.loads(c.read_text())["train"]["weight_decay"]
+              for c in tmp_path.glob("runs/tiny/*/config.toml")}
+    assert len(list(tmp_path.glob("runs/tiny/*/config.toml"))) == 3 and 0.5 not in decays
 
 
 def test_a_killed_run_of_changed_data_is_flagged_in_runs_and_report(env, tmp_path):
@@ -1353,6 +1378,8 @@ def test_a_group_member_that_diverged_at_once_is_kept_and_said(env, tmp_path):
     diverged(folds[0])
     out = run_cli("train", "exp=tiny", "seed=3", "--folds", 2, "--resume", expect=2).output
     assert "fold1of2 diverged before any epoch scored" in out and "Traceback" not in out
+    # ... before the next fold trained on for nothing (the first command stopped there)
+    assert not json.loads((folds[1] / "metrics.json").read_text()).get("finished")
 
 
 def test_a_command_that_fails_before_training_leaves_no_empty_run_folders(env, tmp_path):

@@ -193,7 +193,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         stamp = claimed = claim_group(exp_dir, seeds, folds, base)
     with dropped_if_unused(exp_dir, seeds, folds, claimed):
         if parallel:
-            return train_seeds_in_parallel(exp, overrides, base, seeds, jobs, runs_dir,
+            return train_seeds_in_parallel(base, seeds, jobs, runs_dir,
                                            stop_after_epochs, progress, stamp)
         return _train_in_turn(base, seeds, folds, runs_dir, run_dir, stamp, resume,
                               group_resume, overrides, stop_after_epochs, progress)
@@ -234,6 +234,11 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
         return [train_one(config, files, stop_after_epochs=stop_after_epochs,
                           progress=progress)]
 
+    if group_resume and not folds:  # every finished member first: no seed trains beside one
+        for seed in seeds:  # of other data (as the --jobs path checks before any worker)
+            folder = runs_dir / base["name"] / new_run_id(seed, stamp)
+            if is_finished(folder):
+                refuse_changed_member(folder, "group")
     if len(seeds) == 1:
         return train_seed(seeds[0])
     results, failed = [], []
@@ -284,6 +289,14 @@ def signal_name(number: int) -> str:
         return ""
 
 
+def refuse_changed_member(folder: Path, group: str) -> None:
+    """A finished member of a resumed group trained on other data than today's files: the
+    group's other runs would train on these, and blend with it as one group."""
+    if changed := data_changes(folder, reading_here=True):
+        raise ConfigError(changed_data_message(folder, changed) + f"; the {group}'s other runs "
+                          f"would train on the new files: start a new {group}")
+
+
 def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
                  stop_after_epochs: int, progress: bool,
                  fold: tuple[int, int] | None = None, group: str = "") -> dict:
@@ -292,9 +305,8 @@ def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
     ("group", "fold group", "ablation"): a finished member of other data than today's files
     is refused, as the other members would train on those."""
     if is_finished(files.root):
-        if group and (changed := data_changes(files.root, reading_here=True)):
-            raise ConfigError(changed_data_message(files.root, changed) + f"; the {group}'s "
-                              f"other runs would train on the new files: start a new {group}")
+        if group:
+            refuse_changed_member(files.root, group)
         return read_metrics(files.root) | {"run_dir": str(files.root)}
     if files.last.exists():
         return train_one(stored_config(files, overrides), files, fold=fold, resume=True,
@@ -321,21 +333,37 @@ def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
     return config
 
 
-def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
-                            seeds: list[int], jobs: int, runs_dir: Path,
+def train_seeds_in_parallel(base: dict, seeds: list[int], jobs: int, runs_dir: Path,
                             stop_after_epochs: int, progress: bool, stamp: str) -> list[dict]:
     """Each seed as its own `kit train` process, at most `jobs` at a time, the machine's cores
     shared between them: a small model trains about as fast on one thread as on two, so two
     seeds at once take the time of one. The feature arrays are cached first, so the workers
     read them instead of building them side by side. Ctrl-C and signals reach every worker
     (kit.workers.WorkerGroup); each stops at once, resumable from its last finished epoch."""
+    import tempfile
+
+    import tomli_w
+
+    from kit.train.data import cache_feature_arrays
+    from kit.train.runs import toml_safe
+
+    cache_feature_arrays(base)
+    with tempfile.TemporaryDirectory(prefix="kit-group-") as tmp:
+        # the workers train the config this command resolved: read from the experiment file
+        # as each started, a seed queued behind others took an edit made meanwhile
+        frozen = Path(tmp) / f"{base['name']}.toml"
+        frozen.write_text(tomli_w.dumps(toml_safe(base)))
+        return _train_workers(str(frozen), base, seeds, jobs, runs_dir, stop_after_epochs,
+                              progress, stamp)
+
+
+def _train_workers(exp: str, base: dict, seeds: list[int], jobs: int, runs_dir: Path,
+                   stop_after_epochs: int, progress: bool, stamp: str) -> list[dict]:
     import os
     import sys
 
-    from kit.train.data import cache_feature_arrays
     from kit.workers import WorkerGroup, worker_pythonpath
 
-    cache_feature_arrays(base)
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath(),
@@ -343,7 +371,8 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
     dirs = [runs_dir / base["name"] / new_run_id(seed, stamp) for seed in seeds]
     queued, running = [], []  # a resumed group: finished members are kept as they are
     for seed, folder in zip(seeds, dirs, strict=True):
-        if is_finished(folder):
+        if is_finished(folder):  # (checked before any worker starts: as continue_run does)
+            refuse_changed_member(folder, "group")
             continue
         files = RunFiles(folder)
         files.discard_unstarted()
@@ -354,7 +383,7 @@ def train_seeds_in_parallel(exp: str, overrides: list[str] | None, base: dict,
         chosen = base["train"]["threads"] == 0
         how = (["--resume"] if files.last.exists()
                else [f"train.threads={threads}"] if chosen else [])
-        queued.append(([sys.executable, "-m", "kit", "train", exp, *list(overrides or []),
+        queued.append(([sys.executable, "-m", "kit", "train", exp,
                         f"seed={seed}", *how, "--run-dir", str(folder),
                         "--stop-after-epochs", str(stop_after_epochs), "--quiet"], env))
         running.append((seed, folder))
@@ -458,21 +487,23 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
     """
     from kit.metrics import evaluate
     from kit.train.data import load_train_data
+    from kit.train.trainer import TrainingDiverged
 
     exp_dir, seeds = runs_dir / config["name"], [config["seed"]]
     results = []
     for i, name in enumerate(member_names(seeds, k, stamp)):
         files = RunFiles(exp_dir / name)
-        results.append(continue_run(config, files, overrides, stop_after_epochs, progress,
-                                    fold=(k, i), group="fold group"))
+        result = continue_run(config, files, overrides, stop_after_epochs, progress,
+                              fold=(k, i), group="fold group")
+        if result.get("finished") and result.get("score") is None:
+            # a fold that diverged before any epoch scored has no predictions: the others
+            # (a resume kept it as finished) would train for no out-of-fold result
+            raise TrainingDiverged(f"{result['run_dir']} diverged before any epoch scored (its "
+                                   "metrics.json says where): no out-of-fold result for this "
+                                   "group")
+        results.append(result)
     if not all(r.get("finished") for r in results):
         return results
-    failed = [r["run_dir"] for r in results if r.get("score") is None]
-    if failed:  # a fold that diverged before any epoch scored has no predictions
-        from kit.train.trainer import TrainingDiverged
-
-        raise TrainingDiverged(f"{', '.join(failed)} diverged before any epoch scored (its "
-                               "metrics.json says where): no out-of-fold result for this group")
     preds, rows, truth = [], [], []
     for i, result in enumerate(results):
         held_out = load_train_data(config, (k, i)).valid

@@ -120,7 +120,7 @@ class RunFiles:
     def start(self, config: dict, about: dict, spec: CompetitionSpec) -> None:
         """Create the folder and write the resolved config and the spec it trains with."""
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_text(self.config_path, tomli_w.dumps(_toml_safe(config)))
+        atomic_text(self.config_path, tomli_w.dumps(toml_safe(config)))
         atomic_text(self.root / TRAINED_SPEC, json_dumps(spec.to_dict(), indent=2))
         self.about = about
 
@@ -237,10 +237,10 @@ class RunFiles:
         return SummaryWriter(str(self.root / "tensorboard"))
 
 
-def _toml_safe(value):
+def toml_safe(value):
     """None has no TOML form: drop such keys (they mean 'default')."""
     if isinstance(value, dict):
-        return {k: _toml_safe(v) for k, v in value.items() if v is not None}
+        return {k: toml_safe(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_toml_safe(v) for v in value]
+        return [toml_safe(v) for v in value]
     return value
