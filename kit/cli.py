@@ -644,9 +644,10 @@ def default_submissions(packed: Path, ensemble: bool = False) -> Path:
     not write runs/EXP/ID/submissions/), else in the working folder."""
     target = Path(packed).resolve()
     folder = target.parent if target.is_file() else target  # a run (its best.pt), an ensemble
-    runs = folder.parent if ensemble else folder.parent.parent
-    if runs.name == "runs" and Path.cwd().resolve().is_relative_to(runs):
-        return runs.parent / "submissions"
+    # runs/EXP/ID, runs/ID (kit train --run-dir runs/ID), runs/ensembles/FILE
+    for runs in (folder.parent,) if ensemble else (folder.parent.parent, folder.parent):
+        if runs.name == "runs" and Path.cwd().resolve().is_relative_to(runs):
+            return runs.parent / "submissions"
     return Path("submissions")
 
 

@@ -965,6 +965,12 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
         run_cli("pack", given, "--name", "p")
         assert (tmp_path / "project" / "submissions" / "p" / "model.onnx").is_file()
         assert not (where / "submissions").exists()
+    # a run right under runs/ (kit train --run-dir runs/myrun): it wrote myrun/submissions/
+    mine = shutil.copytree(runs["gru"], tmp_path / "project" / "runs" / "myrun")
+    monkeypatch.chdir(mine)
+    run_cli("pack", ".", "--name", "q")
+    assert (tmp_path / "project" / "submissions" / "q.zip").is_file()
+    assert not (mine / "submissions").exists()
     # the default name is the experiment that trained it (its config), not the folder "exp"
     experiment = tomllib.loads((run / "config.toml").read_text())["name"]
     assert experiment != "exp"
@@ -1349,3 +1355,31 @@ def test_one_nan_prediction_leaves_the_other_rows_relative_differences_reported(
         got = compare("a vs b", ref, pkg, Rows.of(values), ["t0", "t1"], Tolerance(1e-5, 0.0))
     assert got["per_target"]["t0"]["max_rel"] == pytest.approx(0.1 / 0.3)
     assert got["per_target"]["t1"]["max_rel"] == np.inf
+
+
+def test_the_manifest_records_the_digest_of_the_checkpoint_it_packed(runs, tmp_path,
+                                                                     monkeypatch):
+    """best.pt was loaded, then read again for its sha256: a run still training replaced it
+    in between, and the manifest named the new file over the old one's weights (parity then
+    failed its paths with the manifest check passing)."""
+    import hashlib
+    import shutil
+
+    import torch
+
+    from kit.train import checkpoint
+
+    run = shutil.copytree(runs["gru"], tmp_path / "runs" / "gru" / "r1")
+    packed_bytes = (run / "best.pt").read_bytes()
+    real_load = torch.load
+
+    def load_then_replace(*args, **kwargs):
+        payload = real_load(*args, **kwargs)
+        staged = run / "best.pt.new"  # the trainer's next best, moved into place
+        shutil.copy(runs["gru_b"] / "best.pt", staged)
+        staged.replace(run / "best.pt")
+        return payload
+
+    monkeypatch.setattr(checkpoint.torch, "load", load_then_replace)
+    member = load_member(run)
+    assert member.sha256 == hashlib.sha256(packed_bytes).hexdigest()

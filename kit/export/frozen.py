@@ -22,7 +22,7 @@ from kit.errors import KitError
 from kit.features.normaliser import Normaliser
 from kit.features.sets import FeatureSet, build_feature_set
 from kit.models import build_model
-from kit.train.checkpoint import load_checkpoint
+from kit.train.checkpoint import load_checkpoint, load_checkpoint_and_digest
 
 CHECKPOINT_KEYS = ("model", "model_config", "normaliser", "features", "spec")
 
@@ -130,7 +130,7 @@ def trained_spec(run: Path) -> CompetitionSpec:
 def load_member(run: Path) -> Member:
     """Rebuild a run's feature set, normaliser and model from its best checkpoint."""
     path = find_checkpoint(run)
-    ckpt = load_checkpoint(path, required=CHECKPOINT_KEYS)
+    ckpt, digest = load_checkpoint_and_digest(path, required=CHECKPOINT_KEYS)
     spec = spec_from_dict(ckpt["spec"], str(path))
     features = ckpt["features"]
     feature_set = (build_feature_set(spec, [], features["ops"], stored=True)
@@ -153,7 +153,7 @@ def load_member(run: Path) -> Member:
         raise KitError(f"{config_path}: not valid TOML ({exc})") from None
     return Member(
         # resolved, so that `kit pack .` inside a run folder records and names the run
-        run_dir=path.resolve().parent, checkpoint=path, sha256=sha256_file(path), spec=spec,
+        run_dir=path.resolve().parent, checkpoint=path, sha256=digest, spec=spec,
         feature_set=feature_set, normaliser=Normaliser.from_dict(ckpt["normaliser"]),
         model=model.eval(), model_config=dict(ckpt["model_config"]),
         score=ckpt.get("score"), per_target=dict(ckpt.get("per_target", {})), config=config,

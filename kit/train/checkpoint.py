@@ -6,6 +6,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 import zipfile
@@ -33,19 +34,28 @@ def save_checkpoint(payload: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
     """Load a checkpoint safely; a damaged or foreign file raises CheckpointError naming it."""
+    return load_checkpoint_and_digest(path, required)[0]
+
+
+def load_checkpoint_and_digest(path: Path, required: tuple[str, ...] = ("model",)
+                               ) -> tuple[dict, str]:
+    """load_checkpoint, and the sha256 of the very bytes it loaded: read once, so a best.pt
+    replaced meanwhile (a run still training) cannot give one file's weights and another's
+    digest."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    damaged = _failed_crc(path)
+    data = path.read_bytes()
+    damaged = _failed_crc(io.BytesIO(data))
     if damaged:  # torch.load reads a zip without checking its CRCs: flipped bits load silently
         raise CheckpointError(f"{path}: the checkpoint is corrupt ({damaged}); "
                               f"{_what_to_do(path)}")
     try:
         with warnings.catch_warnings():  # random bytes: "Detected pickle protocol 59 ..."
             warnings.simplefilter("ignore", UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, foreign object: all one story
-        if path.suffix != ".pt" and not zipfile.is_zipfile(path):  # e.g. a parquet file
+        if path.suffix != ".pt" and not zipfile.is_zipfile(io.BytesIO(data)):  # a parquet
             raise CheckpointError(f"{path}: not a checkpoint; pass a run folder (or the .pt "
                                   "checkpoint in it)") from None
         # torch's first sentence (its advice on weights_only is not this story); an empty
@@ -60,10 +70,10 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict:
                                   " no feature set or normaliser), not the run's model; pass the"
                                   " run folder (its best.pt)")
         raise CheckpointError(f"{path}: not a kit checkpoint (needs keys {list(required)})")
-    return payload
+    return payload, hashlib.sha256(data).hexdigest()
 
 
-def _failed_crc(path: Path) -> str | None:
+def _failed_crc(path) -> str | None:
     """What is wrong with a checkpoint's zip: a member whose bytes fail their CRC, or an index
     that does not read; None when all is well, or when the file is no zip at all (torch.load
     then says what it is)."""
