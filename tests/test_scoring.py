@@ -47,6 +47,13 @@ def formula(features: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return np.stack([0.5 * features[:, 0] + features[:, 3], features[:, 1] - 0.1 * steps], 1)
 
 
+@pytest.fixture(autouse=True)
+def marks(tmp_path, monkeypatch):
+    """Where a test's submission leaves its marks (pids, "started"): its own folder, which
+    kit score copies before running it, is not where the run writes."""
+    monkeypatch.setenv("KIT_TEST_MARKS", str(tmp_path / "sub"))
+
+
 def write_sub(root: Path, code: str, name: str = "sub", **files: str) -> Path:
     folder = root / name
     folder.mkdir()
@@ -399,10 +406,10 @@ def test_threads_and_processes_the_submission_leaves_behind_end_with_it(tmp_path
     data, frame = write_data(tmp_path)
     code = FORMULA.replace("class PredictionModel:", """class PredictionModel:
     def __init__(self):
-        import subprocess, threading, time
+        import os, subprocess, threading, time
         threading.Thread(target=lambda: time.sleep(1e6)).start()  # not a daemon
         self.helper = subprocess.Popen(["sleep", "123"])
-        open("helper.pid", "w").write(str(self.helper.pid))
+        open(os.environ["KIT_TEST_MARKS"] + "/helper.pid", "w").write(str(self.helper.pid))
 """)
     sub = write_sub(tmp_path, code)
     # the timeout only turns a regression into an error instead of a hang
@@ -422,7 +429,7 @@ def test_a_terminated_scorer_takes_the_submission_with_it(tmp_path):
 
         class PredictionModel:
             def __init__(self):
-                open("runner.pid", "w").write(str(os.getpid()))
+                open(os.environ["KIT_TEST_MARKS"] + "/runner.pid", "w").write(str(os.getpid()))
 
             def predict(self, dp):
                 time.sleep(60)
@@ -643,8 +650,9 @@ STARTS_HELPERS = """
         import os, subprocess, sys
         sleeper = [sys.executable, "-c", "import time; time.sleep(300)"]
         helpers = [subprocess.Popen(sleeper), subprocess.Popen(sleeper, start_new_session=True)]
-        open("pids.tmp", "w").write(" ".join(str(p.pid) for p in helpers))
-        os.replace("pids.tmp", "pids")
+        marks = os.environ["KIT_TEST_MARKS"]
+        open(marks + "/pids.tmp", "w").write(" ".join(str(p.pid) for p in helpers))
+        os.replace(marks + "/pids.tmp", marks + "/pids")
 """
 
 
@@ -723,7 +731,7 @@ def test_a_sigkilled_kit_score_takes_its_sandbox_with_it(tmp_path):
     sub = write_sub(tmp_path, STARTS_HELPERS + """
         class PredictionModel:
             def predict(self, dp):
-                open("started", "w").close()
+                open(os.environ["KIT_TEST_MARKS"] + "/started", "w").close()
                 while True:
                     pass
         """)

@@ -693,13 +693,22 @@ def test_a_group_keeps_no_finished_run_of_other_data(env, tmp_path):
         assert not (second / "metrics.json").exists()
 
 
-def test_a_jobs_group_trains_the_config_its_command_resolved(env, tmp_path):
+def _own_experiments(env, tmp_path, monkeypatch) -> Path:
+    """A copy of the workspace's experiments a test may edit (the workspace is the module's)."""
+    import shutil
+
+    own = shutil.copytree(env / "experiments", tmp_path / "own-experiments")
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(own))
+    return own
+
+
+def test_a_jobs_group_trains_the_config_its_command_resolved(env, tmp_path, monkeypatch):
     """Each worker read the experiment file as it started: a seed queued behind the others
     took an edit made while they trained, and one group mixed two configs."""
     import subprocess
     import sys
 
-    experiment = env / "experiments" / "tiny.toml"
+    experiment = _own_experiments(env, tmp_path, monkeypatch) / "tiny.toml"
     proc = subprocess.Popen([sys.executable, "-m", "kit", "train", "exp=tiny", "seeds=[1,2,3]",
                              "--jobs", "2", "train.epochs=3", "-q"], cwd=tmp_path,
                             env=os.environ.copy(), stdout=subprocess.PIPE,
@@ -1333,7 +1342,8 @@ def _paused_group(args: list[str]) -> list[Path]:
     return sorted(set(Path("runs/tiny").resolve().glob("*-s*")) - before)
 
 
-def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp_path):
+def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp_path,
+                                                                        monkeypatch):
     group = _paused_group(["seeds=[7,8]"])
     time.sleep(1.1)  # a later command: a later stamp
     (single,) = _paused_group(["seed=7"])  # a lone run of seed 7, newer
@@ -1342,7 +1352,7 @@ def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp
     assert "was started with other settings (train.lr differ)" in out
     # the experiment file's description edited since: no other setting (a single run's
     # resume ignores it too)
-    experiment = env / "experiments" / "tiny.toml"
+    experiment = _own_experiments(env, tmp_path, monkeypatch) / "tiny.toml"
     experiment.write_text('description = "second try"\n' + experiment.read_text())
     out = run_cli("train", "exp=tiny", "seeds=[8,7]", "--resume", "--stop-after-epochs", 1,
                   "-q").output
