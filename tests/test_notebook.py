@@ -589,14 +589,7 @@ def test_the_batch_replay_runs_an_ids_sequences_one_after_another(workspace, pac
         pl.lit(ids[0], dtype=df["seq_ix"].dtype).alias("seq_ix"))
     test = pl.concat([first.with_columns(pl.col("step_in_seq") + first.height), again,
                       df.filter(~pl.col("seq_ix").is_in(ids[:2]))])
-    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice", protocol="batch")
-    root = tmp_path / "input"
-    shutil.copytree(tmp_path / "kaggle/dataset", root / "nb-package")
-    (root / "competition").mkdir()
-    test.write_parquet(root / "competition/test.parquet")
-    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
-    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
-    _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
+    _execute(_notebook_on(package, test, "batch", tmp_path, monkeypatch), tmp_path, monkeypatch)
     got = pl.read_csv(tmp_path / "working/predictions.csv")
     model, want = _solution(package.folder).PredictionModel(), {}  # the scorer's file order
     features = json.loads((package.folder / "manifest.json").read_text())["inputs"]
@@ -835,6 +828,20 @@ def test_folders_kit_notebook_did_not_write_are_not_replaced(workspace, runs, pa
     assert (out / "kernel/notebook.ipynb").is_file()
 
 
+def _notebook_on(package, test: pl.DataFrame, protocol: str, tmp_path: Path,
+                 monkeypatch) -> Path:
+    """The package's notebook with `test` as the competition's test.parquet, laid out under
+    an input root as on Kaggle; its predictions go to tmp_path/working."""
+    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice", protocol=protocol)
+    root = tmp_path / "input"
+    shutil.copytree(tmp_path / "kaggle/dataset", root / "nb-package")
+    (root / "competition").mkdir()
+    test.write_parquet(root / "competition/test.parquet")
+    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
+    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
+    return tmp_path / "kaggle/kernel/notebook.ipynb"
+
+
 def _runtime_on(package, test: pl.DataFrame) -> list[tuple]:
     """(id, step, predictions) of the package's row runtime over `test` in file order, text
     in a feature read as NaN (as the runtime's numbers() reads it)."""
@@ -863,19 +870,13 @@ def test_the_predictions_file_keeps_text_ids_whole_in_file_order(workspace, pack
         pl.format('AAPL,"{}"', pl.col("seq_ix")).alias("seq_ix"),
         pl.when(pl.int_range(pl.len()) == 12).then(pl.lit("n/a"))
         .otherwise(pl.col("p3").cast(pl.String)).alias("p3"))
-    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice", protocol=protocol)
-    root = tmp_path / "input"
-    shutil.copytree(tmp_path / "kaggle/dataset", root / "nb-package")
-    (root / "competition").mkdir()
-    test.write_parquet(root / "competition/test.parquet")
-    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
-    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
+    notebook = _notebook_on(package, test, protocol, tmp_path, monkeypatch)
     want = _runtime_on(package, test)
     for name, read in (("predictions.csv", pl.read_csv), ("predictions.parquet", pl.read_parquet)):
         if name.endswith(".parquet") and protocol == "batch":
             continue  # one writer for both protocols: the rows run shows it
         monkeypatch.setenv("KIT_PREDICTIONS_FILE", name)
-        _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
+        _execute(notebook, tmp_path, monkeypatch)
         got = read(tmp_path / "working" / name)
         assert got.columns == ["seq_ix", "step_in_seq", "t0", "t1"]
         assert got["seq_ix"].to_list() == [seq for seq, _, _ in want]  # whole, in file order
@@ -889,13 +890,7 @@ def test_a_test_file_without_a_column_the_package_reads_is_named(workspace, pack
                                                                   monkeypatch):
     from nbclient.exceptions import CellExecutionError
 
-    write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice", protocol="rows")
-    root = tmp_path / "input"
-    shutil.copytree(tmp_path / "kaggle/dataset", root / "nb-package")
-    (root / "competition").mkdir()
-    pl.read_parquet(workspace / "data/valid.parquet").drop("need_prediction").write_parquet(
-        root / "competition/test.parquet")
-    monkeypatch.setenv("KIT_INPUT_ROOT", str(root))
-    monkeypatch.setenv("KIT_OUTPUT_DIR", str(tmp_path / "working"))
+    test = pl.read_parquet(workspace / "data/valid.parquet").drop("need_prediction")
+    notebook = _notebook_on(package, test, "rows", tmp_path, monkeypatch)
     with pytest.raises(CellExecutionError, match=r"lacks column\(s\) \['need_prediction'\]"):
-        _execute(tmp_path / "kaggle/kernel/notebook.ipynb", tmp_path, monkeypatch)
+        _execute(notebook, tmp_path, monkeypatch)
