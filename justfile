@@ -25,7 +25,7 @@ demo *args:
 bench:
     for f in bench/bench_*.py; do python "$f"; done
 
-# kit train EXP [overrides]: e.g. just train exp=gru_base train.lr=3e-4 seeds=[42,43]
+# kit train EXP [overrides]: e.g. just train exp=gru_base train.lr=3e-4 seeds=42,43
 train *args:
     kit train "$@"
 

@@ -588,7 +588,8 @@ def report(
 @ensemble_app.command("select")
 def ensemble_select(
     runs: list[Path] = typer.Argument(..., help="Run directories, -oof groups, or runs/EXP "
-                                      "folders (all their finished runs)."),
+                                      "folders (their finished runs and -oof groups; kit "
+                                      "ablate variants left out, said)."),
     iters: int = typer.Option(50, help="Greedy iterations (picks, with replacement)."),
     per_target: bool = typer.Option(False, "--per-target", help="Select weights per target."),
     init_best: int = typer.Option(0, help="Start from the best K candidates, once each."),

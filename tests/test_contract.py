@@ -118,7 +118,7 @@ BAD_FRAMES = {
     "need rule": (lambda df: _set_at(df, "need_prediction", 2, True),
                   "need_prediction breaks the rule.*seq 0 step 2"),
     "flag not 0/1": (lambda df: df.with_columns(pl.col("need_prediction").cast(pl.Int8) * 2),
-                     "'need_prediction' has .* null or non-integral"),
+                     "'need_prediction' has .* neither 0/1 nor true/false"),
     "text feature": (lambda df: df.with_columns(pl.col("dp1").cast(pl.String)),
                      "'dp1' must be numeric.*String"),
     "not contiguous": (lambda df: pl.concat([df[:10], df[20:40], df[10:20], df[40:]]),

@@ -135,8 +135,8 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
     del key_frame
     n_bad_need = keys["need"].null_count()
     if n_bad_need:
-        problems.append(f"column {spec.need_col!r} has {n_bad_need:,} null or non-integral "
-                        "value(s)")
+        problems.append(f"column {spec.need_col!r} has {n_bad_need:,} value(s) that are "
+                        "neither 0/1 nor true/false (nulls included)")
     if problems:
         raise ContractError(source, problems)
 
@@ -304,7 +304,7 @@ def need_flags(frame: pl.DataFrame, need_col: str, where: str = "") -> np.ndarra
     if flags.null_count():
         raise DataError(f"{where}column {need_col!r} has {flags.null_count():,} value(s) that "
                         "are neither 0/1 nor true/false (nulls included); `kit data check` "
-                        "lists them")
+                        "counts them with the file's other problems")
     return flags.to_numpy().astype(bool)
 
 
