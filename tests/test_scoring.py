@@ -740,17 +740,22 @@ def test_a_sigkilled_kit_score_takes_its_sandbox_with_it(tmp_path):
                              str(data), "--spec", str(tmp_path / "spec.toml")],
                             env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (sub / "started").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    assert (sub / "started").exists(), "the submission never ran"
-    children = [int(c) for c in
-                Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-    [job] = [arg for arg in Path(f"/proc/{children[0]}/cmdline").read_text().split("\0")
-             if arg.endswith("job.json")]
-    workdir = Path(job).parent
-    assert workdir.name.startswith("kit-score-") and workdir.is_dir()
-    helpers = [int(p) for p in (sub / "pids").read_text().split()]
+    try:
+        deadline = time.time() + 120
+        while not (sub / "started").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert (sub / "started").exists(), "the submission never ran"
+        children = [int(c) for c in
+                    Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        [job] = [arg for arg in Path(f"/proc/{children[0]}/cmdline").read_text().split("\0")
+                 if arg.endswith("job.json")]
+        workdir = Path(job).parent
+        assert workdir.name.startswith("kit-score-") and workdir.is_dir()
+        helpers = [int(p) for p in (sub / "pids").read_text().split()]
+    except BaseException:  # a failure here left kit score's spinning submission running
+        proc.terminate()  # (SIGTERM: kit score ends its sandbox on the way out)
+        proc.wait()
+        raise
     proc.kill()
     proc.wait()
     assert children and not _alive(children + helpers), "part of the sandbox still runs"
@@ -776,10 +781,11 @@ def test_a_sigterm_while_the_rows_are_prepared_leaves_no_temporary_folder(tmp_pa
     deadline = time.time() + 120
     while not list(temp.glob("kit-score-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.005)
-    assert list(temp.glob("kit-score-*")), "kit score never made its folder"
-    proc.terminate()
+    seen = bool(list(temp.glob("kit-score-*")))
+    proc.terminate()  # first: a failed assertion must not leave it running
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and b"Traceback" not in err, err.decode()
+    assert seen, "kit score never made its folder"
     assert not list(temp.iterdir()), "kit score left its temporary folder"
 
 
