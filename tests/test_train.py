@@ -1342,6 +1342,32 @@ def _paused_group(args: list[str]) -> list[Path]:
     return sorted(set(Path("runs/tiny").resolve().glob("*-s*")) - before)
 
 
+def test_resume_passes_over_a_group_another_command_has_just_started(env, tmp_path):
+    """A new group's runs take their locks once their data is built (minutes on real data): a
+    --resume in between took that group instead of the paused older one. The command holds
+    its group's record from the claim on; here this process holds it, as that command would."""
+    import fcntl
+
+    from kit.train.groups import claim_group
+    from kit.train.recipe import experiment_config
+
+    older = _paused_group(["seeds=[1,2]"])
+    time.sleep(1.1)  # a later stamp
+    exp_dir = tmp_path / "runs" / "tiny"
+    stamp = claim_group(exp_dir, [1, 2], 0, experiment_config("tiny", []))
+    fd = os.open(exp_dir / ".groups" / f"{stamp}.json", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        out = run_cli("train", "exp=tiny", "seeds=[1,2]", "--resume", "--stop-after-epochs", 1,
+                      "-q").output
+    finally:
+        os.close(fd)
+    assert "paused" in out
+    histories = _histories(exp_dir)
+    assert [histories[run.name] for run in older] == [2, 2]
+    assert not list(exp_dir.glob(f"{stamp}-s*/history.jsonl"))  # left to its command
+
+
 def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp_path,
                                                                         monkeypatch):
     group = _paused_group(["seeds=[7,8]"])

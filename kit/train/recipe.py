@@ -38,6 +38,7 @@ from kit.train.groups import (
     claim_group,
     dropped_if_unused,
     end_names,
+    holding_group,
     member_names,
     new_run_id,
     resumable_group,
@@ -191,7 +192,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         stamp = resumable_group(exp_dir, seeds, folds, base)
     elif not (resume or run_dir):
         stamp = claimed = claim_group(exp_dir, seeds, folds, base)
-    with dropped_if_unused(exp_dir, seeds, folds, claimed):
+    with holding_group(exp_dir, stamp), dropped_if_unused(exp_dir, seeds, folds, claimed):
         if parallel:
             return train_seeds_in_parallel(base, seeds, jobs, runs_dir,
                                            stop_after_epochs, progress, stamp)
