@@ -649,11 +649,12 @@ def manifest_of(submission: Path) -> dict | None:
         if submission.is_dir():
             path = submission / MANIFEST_FILE
             return _small_manifest(submission, path.stat().st_size, path.read_bytes)
+        from kit.scoring.sandbox import entry_parts
+
         with zipfile.ZipFile(submission) as archive:
             # as extraction names it: "./manifest.json" (bsdtar's zips) is the same file
-            entry = next(info for info in archive.infolist() if [
-                part for part in info.filename.split("/") if part not in ("", ".")
-            ] == [MANIFEST_FILE] and not info.is_dir())
+            entry = next(info for info in archive.infolist()
+                         if entry_parts(info.filename) == [MANIFEST_FILE] and not info.is_dir())
             return _small_manifest(submission, entry.file_size, lambda: archive.read(entry))
     except PackError:
         raise

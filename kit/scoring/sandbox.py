@@ -87,13 +87,16 @@ def prepare_submission(path: Path, workdir: Path) -> Path:
     return extract_zip(path, workdir)
 
 
+NOT_SUBMITTED = {".git", "__pycache__"}  # a folder's parts no scorer gets
+
+
 def copy_submission(folder: Path, dest: Path) -> Path:
     """A folder submission copied into dest, where it runs: the scorer starts from a fresh
     unzip every time, so what a run writes beside solution.py (a cache a second run would
     find: its init time understated) stays in the copy, and the user's folder is left as
     it was. Its .git and __pycache__ are not part of a submission."""
-    files = [p for p in folder.rglob("*") if p.is_file() and not {".git", "__pycache__"}
-             & set(p.relative_to(folder).parts)]
+    files = [p for p in folder.rglob("*") if p.is_file()
+             and not NOT_SUBMITTED & set(p.relative_to(folder).parts)]
     total = sum(p.stat().st_size for p in files)
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
@@ -101,7 +104,7 @@ def copy_submission(folder: Path, dest: Path) -> Path:
         raise SubmissionError(f"{folder}: its files take {_size(total)}, more than kit score "
                               f"copies ({_size(MAX_UNZIPPED_BYTES)}, and {_size(free)} free in "
                               f"{dest.parent}); is it the right folder?")
-    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(*NOT_SUBMITTED))
     return dest.resolve()
 
 
@@ -181,6 +184,12 @@ def check_layout(path: Path, infos: list[zipfile.ZipInfo], names: list[str]) -> 
                               "re-create the zip")
 
 
+def entry_parts(name: str) -> list[str]:
+    """A zip entry's name as extraction places it: its folder parts, '' and '.' left out
+    ("./manifest.json", as bsdtar writes it, is "manifest.json")."""
+    return [part for part in name.split("/") if part not in ("", ".")]
+
+
 def check_entry(path: Path, info: zipfile.ZipInfo) -> str | None:
     """The entry's normalised relative name (None for the root folder's own entry, './'), or
     a SubmissionError naming it."""
@@ -189,7 +198,7 @@ def check_entry(path: Path, info: zipfile.ZipInfo) -> str | None:
     where = f"{path}: entry {raw!r}"
     if name.startswith("/") or re.match(r"^[A-Za-z]:(/|$)", name):  # a drive, not 'a:b.txt'
         raise SubmissionError(f"{where} has an absolute path; zip entries must be relative")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
+    parts = entry_parts(name)
     if ".." in parts:
         raise SubmissionError(
             f"{where} has a '..' component (it would land outside the submission folder)"

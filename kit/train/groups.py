@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
 from kit.config import ConfigError, differences
 from kit.run_record import DATA_RECORD, TRAINED_SPEC, is_finished
-from kit.train.runs import RunFiles
+from kit.train.runs import RunFiles, flock_held, flock_taken
 from kit.workers import EndedBySignal
 
 GROUPS_DIR = ".groups"
@@ -116,54 +115,20 @@ def _in_use(exp_dir: Path, seeds: list[int], folds: int, stamp: str) -> bool:
     """Whether another command trains the group now (it holds the group's record, see
     holding_group), or one of its runs: a --resume that took it trained beside that command,
     which then deleted the folder under it."""
-    return _record_held(exp_dir / GROUPS_DIR / f"{stamp}.json") or any(
+    return flock_taken(exp_dir / GROUPS_DIR / f"{stamp}.json") or any(
         (exp_dir / name).is_dir() and RunFiles(exp_dir / name).being_trained()
         for name in member_names(seeds, folds, stamp))
 
 
-@contextlib.contextmanager
 def holding_group(exp_dir: Path, stamp: str | None):
     """Held by the command that trains a group, from its claim (or its resume) to its end: a
     new group's runs take their own locks only once their data is built, and a --resume in
     between took the group (a flock on its record; released when the holder dies)."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows)
-        fcntl = None
-    if stamp is None or fcntl is None:
-        yield
-        return
-    path = exp_dir / GROUPS_DIR / f"{stamp}.json"
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"the group {stamp} of {exp_dir} is being trained by another "
-                              "command; wait for it to end or stop it") from None
-        except OSError:  # no flock on this file system: the runs' own locks remain
-            pass
-        yield
-    finally:
-        os.close(fd)
-
-
-def _record_held(path: Path) -> bool:
-    try:
-        import fcntl
-
-        fd = os.open(path, os.O_RDONLY)
-    except (ImportError, OSError):
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    if stamp is None:
+        return contextlib.nullcontext()
+    return flock_held(exp_dir / GROUPS_DIR / f"{stamp}.json",
+                      f"the group {stamp} of {exp_dir} is being trained by another command; "
+                      "wait for it to end or stop it")
 
 
 class NothingStarted(KeyboardInterrupt):

@@ -42,6 +42,51 @@ def epoch_line(record: dict) -> str:
             f"val {number(record['val_score'])} ({per}){'  *' if record['best'] else ''}")
 
 
+@contextlib.contextmanager
+def flock_held(path: Path, busy: str):
+    """An exclusive flock on `path` (a run folder, a group's record) while the block runs,
+    released when the holder exits, even killed. Yields True once held, the OSError where the
+    file system has no flock (NFS), None without flock at all (Windows); another holder is a
+    ConfigError saying `busy`."""
+    try:
+        import fcntl
+    except ImportError:
+        yield None
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(busy) from None
+        except OSError as exc:
+            yield exc
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def flock_taken(path: Path) -> bool:
+    """Whether another process holds the flock of flock_held on `path` now (False where there
+    is nothing to go by: no such file, no flock)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False  # free (closing the descriptor below releases it again)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 class RunFiles:
     """Paths and writers of one run directory."""
 
@@ -77,45 +122,20 @@ class RunFiles:
         same --run-dir twice) is refused instead of interleaving its epochs into the same
         files. A flock on the folder itself: no lock file, released when the holder dies."""
         self.root.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): one process per run folder, by hand
-            yield
-            return
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(f"{self.root} is being trained by another process (a second "
-                                  "--resume, or the same --run-dir twice); wait for it to end "
-                                  "or stop it") from None
-            except OSError as exc:  # NFS emulates flock with write locks: no lock on a folder
-                warnings.warn(f"{self.root}: cannot lock the run folder ({exc}); nothing stops "
-                              "a second process training it", RuntimeWarning, stacklevel=3)
-            else:  # ours alone now: temp files left here are a killed process's half-writes
+        with flock_held(self.root, f"{self.root} is being trained by another process (a "
+                        "second --resume, or the same --run-dir twice); wait for it to end or "
+                        "stop it") as locked:
+            if isinstance(locked, OSError):  # NFS emulates flock with write locks: none on a folder
+                warnings.warn(f"{self.root}: cannot lock the run folder ({locked}); nothing "
+                              "stops a second process training it", RuntimeWarning, stacklevel=3)
+            elif locked:  # ours alone now: temp files left here are a killed process's
                 for leftover in self.root.glob(".*.tmp-*"):
                     leftover.unlink(missing_ok=True)
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def being_trained(self) -> bool:
         """Whether another process holds the folder's training lock now (see training)."""
-        try:
-            import fcntl
-        except ImportError:
-            return False
-        fd = os.open(self.root, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False  # free (closing the descriptor below releases it again)
-        except BlockingIOError:
-            return True
-        except OSError:  # no flock on this file system: nothing to go by
-            return False
-        finally:
-            os.close(fd)
+        return flock_taken(self.root)
 
     def start(self, config: dict, about: dict, spec: CompetitionSpec) -> None:
         """Create the folder and write the resolved config and the spec it trains with."""
