@@ -640,6 +640,12 @@ def best_single_per_target(spec: CompetitionSpec, candidates: list[Candidate],
     return out
 
 
+def _counts(listed, k: int) -> bool:
+    """Whether `listed` is what select writes for picks: k whole numbers >= 0."""
+    return (isinstance(listed, list) and len(listed) == k
+            and all(type(n) is int and n >= 0 for n in listed))
+
+
 def weights_edited(doc: dict) -> bool:
     """Whether the members' weights are no longer the selection's (each target's picks over
     their total): the recorded scores are then the selection's, not these weights'."""
@@ -648,8 +654,8 @@ def weights_edited(doc: dict) -> bool:
     picks = []
     for m in members:  # a member added by hand with zero weights changes nothing
         listed = m.get("picks", None if any(m["weights"]) else [0] * k)
-        if not isinstance(listed, list) or len(listed) != k:
-            return True
+        if not _counts(listed, k):
+            return True  # picks edited into something no selection writes
         picks.append(listed)
     totals = [sum(p[t] for p in picks) for t in range(k)]
     if doc.get("ensemble", {}).get("picks_total", totals) != totals:

@@ -918,6 +918,20 @@ def test_a_member_deleted_by_hand_is_an_edit_though_the_rest_are_renormalised(ru
     assert "the weights were edited after the selection" in (tmp_path / "d/report.md").read_text()
 
 
+@pytest.mark.parametrize("picks", [[7.0, "7"], [-1, 1], [True, 1], "7"])
+def test_picks_edited_into_what_select_never_writes_are_an_edit(runs, tmp_path, picks):
+    """A hand-edited `picks` is an edit, reported and packed as one (a string in it ended
+    `kit report` and `kit pack` in a TypeError from summing the picks)."""
+    run_cli("ensemble", "select", runs["gru"], runs["gru_b"], "--iters", 4, "--init-best", 2,
+            "--out", tmp_path / "e.toml")
+    doc = tomllib.loads((tmp_path / "e.toml").read_text())
+    doc["members"][0]["picks"] = picks
+    (tmp_path / "d.toml").write_text(tomli_w.dumps(doc))
+    assert weights_edited(read_ensemble(tmp_path / "d.toml"))
+    run_cli("report", tmp_path / "d.toml")
+    assert "the weights were edited after the selection" in (tmp_path / "d/report.md").read_text()
+
+
 def test_members_of_one_spec_name_with_other_columns_are_refused(runs, tmp_path):
     """The graph's input is the first member's columns: a spec file edited between two runs
     (same name, columns reordered) would have the second member read the wrong ones."""
