@@ -341,6 +341,10 @@ def test_budget_errors_and_overrides_a_width():
         ({"type": "tcn", "dilations": [1, 10**12]},
          "model.kernel (3) and model.dilations (up to 1,000,000,000,000) make a block look "
          "2,000,000,000,000 steps back; kit allows at most 100,000"),
+        # an attention window sizes the state as a TCN's history does
+        *[({"type": kind, "window": 10**8},
+           "model.window: at most 100,000 (it sizes the model's state), got 100,000,000")
+          for kind in ("transformer", "attention_gru", "patchtst")],
     ],
 )
 def test_bad_configs_name_the_entry(config, message):

@@ -20,7 +20,7 @@ from kit.features.sets import FeatureSet, build_feature_set
 CHUNK_SEQS = 256  # sequences per batch-face pass: bounds memory, keeps Polars' work cache-sized
 
 # Bump when an op's batch face changes what it computes: cached arrays built before are stale.
-FEATURE_FORMAT = 3
+FEATURE_FORMAT = 4  # 4: rolling means summed in float64
 
 
 def feature_set_from_config(config: dict) -> FeatureSet:

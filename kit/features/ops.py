@@ -463,6 +463,9 @@ class Rolling(HistoryOp):
         w = self._int("window", low=2)
         if self.stat == "std":
             return c.rolling_std(w, min_samples=1, ddof=0)
+        if self.stat == "mean":  # float64 sums: a constant window is exactly its value, as in
+            # the stream face (a float32 sum over n rounds off it: 102.41 gave 102.41001)
+            return c.cast(pl.Float64).rolling_mean(w, min_samples=1).cast(pl.Float32)
         return getattr(c, f"rolling_{self.stat}")(w, min_samples=1)
 
     def history(self):

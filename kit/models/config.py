@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from kit.errors import KitError
 
+MAX_HISTORY = 100_000  # steps a model's state may hold, as a feature's lag or window (MAX_REACH)
+
 
 class ModelConfigError(KitError):
     """A [model] table is malformed; the message names the key and what is allowed."""
@@ -20,13 +22,15 @@ class ModelConfigError(KitError):
 class Key:
     """One config key: its default and what a value must be.
 
-    kind: "int" (an integer >= low), "prob" (a number in [0, 1)), "number" (a number > 0),
-    "bool", "choice" (one of choices) or "ints" (a non-empty list of integers >= low).
+    kind: "int" (an integer >= low, <= high when given), "prob" (a number in [0, 1)),
+    "number" (a number > 0), "bool", "choice" (one of choices) or "ints" (a non-empty list of
+    integers >= low).
     """
 
     default: object
     kind: str
     low: int = 1
+    high: int | None = None
     choices: tuple[str, ...] = ()
     help: str = ""
 
@@ -57,6 +61,10 @@ class Key:
         if self.kind == "int":
             if not _is_int(value) or value < self.low:
                 raise ModelConfigError(f"{where}: expected an integer >= {self.low}, got {value!r}")
+            if self.high is not None and value > self.high:  # sizes a state: a typo would
+                # pass the build and fail allocating it as a torch error
+                raise ModelConfigError(f"{where}: at most {self.high:,} (it sizes the model's "
+                                       f"state), got {value:,}")
             return int(value)
         if not _is_number(value):
             raise ModelConfigError(f"{where}: expected a number, got {value!r}")

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from kit.features.kernels import steps_of
 from kit.models.attention import merge_heads, split_heads
-from kit.models.config import Key, ModelConfigError, StreamModel
+from kit.models.config import MAX_HISTORY, Key, ModelConfigError, StreamModel
 from kit.models.heads import make_head
 from kit.models.transformer import ATTENTION_KEYS, FeedForward, check_heads
 
@@ -57,7 +57,8 @@ class PatchTST(StreamModel):
 
     keys = {
         **ATTENTION_KEYS,
-        "window": Key(64, "int", low=2, help="steps in the window (L), itself included"),
+        "window": Key(64, "int", low=2, high=MAX_HISTORY,
+                      help="steps in the window (L), itself included"),
         "patch_len": Key(8, "int", help="rows per patch"),
         "stride": Key(8, "int", help="rows between patch starts"),
     }

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from kit.features.kernels import steps_of
 from kit.models.attention import alibi_bias, banded_attention, key_mask, next_count, window_keys
-from kit.models.config import Key, StreamModel
+from kit.models.config import MAX_HISTORY, Key, StreamModel
 from kit.models.heads import make_head
 
 RNN_KEYS = {
@@ -98,7 +98,8 @@ class AttentionGRU(RecurrentModel):
     is one [B, W, H] tensor. State: h [B, layers, H], window [B, W, H], count [B, 1] (how many
     window entries are real: min(steps seen, W))."""
 
-    keys = {**RNN_KEYS, "window": Key(32, "int", low=2, help="outputs attended, itself included")}
+    keys = {**RNN_KEYS, "window": Key(32, "int", low=2, high=MAX_HISTORY,
+                                      help="outputs attended, itself included")}
 
     def __init__(
         self,

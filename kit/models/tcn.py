@@ -7,10 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kit.features.kernels import steps_of
-from kit.models.config import Key, ModelConfigError, StreamModel
+from kit.models.config import MAX_HISTORY, Key, ModelConfigError, StreamModel
 from kit.models.heads import make_head
-
-MAX_HISTORY = 100_000  # steps a block may look back, as a feature's lag or window (MAX_REACH)
 
 
 class CausalBlock(nn.Module):

@@ -15,7 +15,7 @@ from kit.models.attention import (
     split_heads,
     window_keys,
 )
-from kit.models.config import Key, ModelConfigError, StreamModel
+from kit.models.config import MAX_HISTORY, Key, ModelConfigError, StreamModel
 from kit.models.heads import make_head
 
 ATTENTION_KEYS = {
@@ -81,7 +81,7 @@ class Transformer(StreamModel):
 
     keys = {
         **ATTENTION_KEYS,
-        "window": Key(64, "int", low=2, help="steps attended, itself included"),
+        "window": Key(64, "int", low=2, high=MAX_HISTORY, help="steps attended, itself included"),
     }
     width_key = "d_model"
 
