@@ -1549,6 +1549,45 @@ def test_a_grouped_split_of_float_ids_is_the_split_of_their_int_ids(env, grouped
     np.testing.assert_array_equal(as_floats.train.rows, as_ints.train.rows)
 
 
+@pytest.mark.parametrize("group, stratify", [("seq_ix", "level"), ("user", "user")])
+def test_a_group_column_named_twice_is_read_once(env, grouped_train, group, stratify):
+    """data.group = the id column (a per-sequence stratified split) or = data.stratify: the
+    column list held one name twice, and the file was reported as corrupt."""
+    from kit.data.splits import group_split
+    from kit.train.data import load_train_data
+
+    data = load_train_data(_split_config(grouped_train, split="group", group=group,
+                                         stratify=stratify, valid_fraction=0.3))
+    per_seq = pl.read_parquet(grouped_train).group_by("seq_ix", maintain_order=True).agg(
+        pl.col(group).first().alias("g"), pl.col(stratify).cast(pl.Float64).mean().alias("s"))
+    expected = group_split(per_seq["seq_ix"].to_numpy(), per_seq["g"].to_numpy(), (0.7, 0.3),
+                           seed=0, stratify=per_seq["s"].to_numpy())[1]
+    np.testing.assert_array_equal(_sequence_ids(grouped_train, data.valid.rows), expected)
+
+
+def test_a_column_the_spec_does_not_name_is_left_alone(env, tmp_path):
+    """kit data check --allow-extra says training reads the spec's columns by name: an extra
+    column Polars cannot decode (decimal256) made training and kit features build report the
+    whole file as corrupt."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(env / "data" / "train.parquet")
+    table = table.append_column("amount", pa.array([1] * table.num_rows, pa.decimal256(50, 2)))
+    odd = tmp_path / "odd.parquet"
+    pq.write_table(table, odd)
+    with pytest.raises(pl.exceptions.PolarsError):  # the column this test is about
+        pl.read_parquet(odd)
+    spec = env / "tiny-lob.toml"
+    out = run_cli("data", "check", odd, "--spec", spec, "--allow-extra").output
+    assert "leave these alone" in out
+    run_cli("train", "exp=tiny", f"data.train={odd}", "train.epochs=1", "--run-dir",
+            tmp_path / "run", "-q")
+    assert np.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["score"])
+    out = run_cli("features", "build", "--data", odd, "--spec", spec, "--groups", "raw").output
+    assert "p0" in out
+
+
 def test_folds_of_a_grouped_split_keep_each_user_on_one_side(env, grouped_train):
     """--folds K with data.split = "group": every user validates in one fold and trains in the
     others, never both in one fold (folds were cut by sequence: users leaked across)."""

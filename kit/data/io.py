@@ -37,6 +37,7 @@ def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
     path = Path(path)
     schema = file_schema(path)
     if columns is not None:
+        columns = list(dict.fromkeys(columns))  # a column named twice (group = the id) read once
         missing = [c for c in columns if c not in schema]
         if missing:
             raise DataError(f"{path}: missing column(s) {missing}")
@@ -44,6 +45,14 @@ def read_frame(path: str | Path, columns: list[str] | None = None) -> pl.DataFra
         return pl.read_parquet(path, columns=columns, glob=False)
     except Exception as exc:
         raise unreadable_data(path, exc) from None
+
+
+def spec_columns_in(path: str | Path, spec) -> list[str]:
+    """The spec's columns that the file holds, in the spec's order: what training and the
+    feature build read (a column the spec does not name, perhaps one Polars cannot decode,
+    is left alone, as `kit data check --allow-extra` says; a missing one is named later)."""
+    schema = file_schema(path)
+    return [c for c in spec.columns if c in schema]
 
 
 def file_schema(path: str | Path) -> pl.Schema:

@@ -13,7 +13,7 @@ from kit import __version__
 from kit.competition import load_spec
 from kit.data.arrays import SequenceArrays, build_arrays, ordered_sequence_runs, sequence_runs
 from kit.data.cache import Sink, cached_arrays_into, in_memory
-from kit.data.io import read_frame, scan_parquet
+from kit.data.io import read_frame, scan_parquet, spec_columns_in
 from kit.errors import DataError
 from kit.features.sets import FeatureSet, build_feature_set
 
@@ -32,9 +32,7 @@ def feature_set_from_config(config: dict) -> FeatureSet:
 
 def build_features(path: Path, feature_set: FeatureSet) -> tuple[pl.DataFrame, float]:
     """Read a data file and run the batch face over it; returns the frame and the seconds."""
-    from kit.data.io import read_frame
-
-    df = read_frame(path)
+    df = read_frame(path, spec_columns_in(path, feature_set.spec))
     if df.height == 0:
         raise DataError(f"{path}: the file has no rows")
     spec = feature_set.spec
@@ -77,7 +75,7 @@ def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | No
         "mask": sink("mask", (n, width), np.bool_),
     }
     starts = np.concatenate([[0], np.cumsum(lengths)])
-    scan = scan_parquet(path)
+    scan = scan_parquet(path).select(spec_columns_in(path, spec))
     for lo in range(0, n, chunk_seqs):
         hi = min(n, lo + chunk_seqs)
         try:
