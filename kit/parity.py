@@ -305,9 +305,9 @@ def compare(pair: str, a: np.ndarray, b: np.ndarray, rows: Rows, targets: list[s
 def first_difference(got: np.ndarray, want: np.ndarray, where: np.ndarray,
                      tol: Tolerance) -> str:
     """'' when got == want within tol, else how many rows differ and the first (seq, step);
-    where[i] is the row (id, step, ...) of prediction i. NaN equals NaN here: a package that
-    predicts NaN does so in any order (the finiteness and path checks name it)."""
-    same = tol.close(got, want) | (np.isnan(got) & np.isnan(want))
+    where[i] is the row (id, step, ...) of prediction i. NaN equals NaN here, and inf inf: a
+    package that predicts them does so in any order (the finiteness and path checks name it)."""
+    same = tol.close(got, want) | (got == want) | (np.isnan(got) & np.isnan(want))  # (inf)
     bad = np.flatnonzero(~same.all(axis=1))
     if not len(bad):
         return ""
@@ -337,16 +337,19 @@ def interleaved_order(rows: Rows, group: int = INTERLEAVED) -> np.ndarray:
 
 
 def as_two_sequences(rows: Rows, reference: np.ndarray) -> tuple[Rows, np.ndarray]:
-    """One sequence, fed again under a second id: the order checks need two to tell a state
-    kept per sequence from one shared by all."""
-    again = rows.values.copy()
-    again[:, 0] = rows.values[0, 0] + 1 if rows.values[0, 0] + 1 < FLOAT_EXACT else -1.0
+    """The one sequence with scored rows fed again, after the sample, under an id of its own:
+    the order checks need two scored sequences to tell a state kept per sequence from one
+    shared by all (the others, unscored, compare nothing)."""
+    scored = rows.seq == rows.seq[rows.need][0]
+    again = rows.values[scored].copy()
+    ids = rows.values[:, 0]
+    again[:, 0] = ids.max() + 1 if ids.max() + 1 < FLOAT_EXACT else ids.min() - 1
     return Rows.of(np.concatenate([rows.values, again])), np.concatenate([reference, reference])
 
 
 def check_order(package: Package, rows: Rows, reference: np.ndarray, tol: Tolerance,
                 rng: np.random.Generator) -> list[Check]:
-    if len(rows.lengths) == 1:
+    if len(np.unique(rows.seq[rows.need])) == 1:  # (--seqs 1, or a sample of short ones)
         rows, reference = as_two_sequences(rows, reference)
     checks = []
     for name, order, fine in (
@@ -484,13 +487,20 @@ def check_nonfinite(ref: Reference, dirty: Rows, got: np.ndarray, tol: Tolerance
 # --- the command --------------------------------------------------------------------------
 
 
+def manifest_members(manifest: dict) -> list[dict]:
+    """The manifest's members: a non-empty list of tables, or a PackError naming the key."""
+    entries, where = manifest.get("members"), f"{MANIFEST_FILE}: members"
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise PackError(f"{where} must be a list of tables, got {entries!r:.80}; re-pack the run")
+    if not entries:
+        raise PackError(f"{where} is empty; re-pack the run")
+    return entries
+
+
 def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
     """The members the manifest names, each checked against it (a hand-edited manifest gets a
     message naming the key, not a traceback)."""
-    entries = manifest["members"]
-    where = f"{MANIFEST_FILE}: members"
-    if not entries:
-        raise PackError(f"{where} is empty; re-pack the run")
+    entries, where = manifest_members(manifest), f"{MANIFEST_FILE}: members"
     # the batch runtime selects its columns and names its outputs by these lists
     for key, want in (("inputs", list(spec.features)), ("outputs", list(spec.outputs))):
         got = manifest.get(key)
@@ -537,8 +547,10 @@ def default_data(submission: Path) -> Path:
     if manifest is None:
         raise PackError(f"{submission}: no {MANIFEST_FILE}; is this a package written by "
                         "kit pack?")
-    valid = validation_file(manifest["members"][0].get("config", {}))
-    if not valid:
+    config = manifest_members(manifest)[0].get("config", {})
+    readable = isinstance(config, dict) and isinstance(config.get("data") or {}, dict)
+    valid = validation_file(config) if readable else None  # (a hand-edited config: none)
+    if not valid or not isinstance(valid, str):
         raise PackError(f"{submission}: the manifest names no validation file; pass --data")
     return Path(valid)
 

@@ -643,6 +643,24 @@ def test_a_hand_edited_manifest_is_named(workspace, gru_pack, tmp_path, edit, me
         run_parity(folder, _valid(workspace), seqs=2)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(members=[]), "members is empty"),
+    (lambda m: m.update(members=["x"]), "members must be a list of tables"),
+    (lambda m: m.pop("members"), "not a kit pack manifest (no valid ['members'])"),
+    (lambda m: m["members"][0].update(config="x"), "names no validation file; pass --data"),
+    (lambda m: m["members"][0]["config"].update(data="x"), "names no validation file"),
+])
+def test_a_hand_edited_manifest_is_named_without_data_too(gru_pack, tmp_path, edit, message):
+    """Without --data, parity reads the validation file from the manifest's first member: an
+    IndexError or AttributeError traceback there for what --data named in one line."""
+    folder = _copy_pack(gru_pack, tmp_path)
+    manifest = read_manifest(folder)
+    edit(manifest)
+    write_manifest(folder, manifest)
+    out = run_cli("parity", folder, "--seqs", 2, expect=2).output
+    assert message in out and "Traceback" not in out
+
+
 def test_a_changed_file_fails_the_manifest_check(workspace, gru_pack, tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
     with open(folder / "solution.py", "a") as fh:
@@ -660,6 +678,41 @@ def test_one_sequence_still_proves_state_is_kept_per_sequence(workspace, gru_pac
     _edit_solution(folder, PARKED_CONTINUES, "if False:")
     failed = _failed(run_parity(folder, _valid(workspace), seqs=1))
     assert "order: interleaved rows" in failed
+
+
+def test_a_sample_with_one_scored_sequence_still_proves_state_is_kept(workspace, gru_pack,
+                                                                       tmp_path):
+    """Two sequences sampled, one of them unscored (a 1-row one of a ragged competition): the
+    interleaved check compared one sequence's predictions and passed a runtime that keeps no
+    state per sequence. The scored one is now fed again under an id of its own."""
+    from kit.competition import spec_from_dict
+    from kit.parity import Package, Rows, Tolerance, check_order, load_rows
+
+    def order_checks(folder):
+        spec = spec_from_dict(read_manifest(folder)["spec"])
+        loaded = load_rows(_valid(workspace), spec, 1)
+        short = loaded.values[:1].copy()
+        short[:, 0], short[:, 2] = -5, 0  # another id, not scored
+        rows = Rows.of(np.concatenate([short, loaded.values]))
+        package = Package(folder, spec, loaded.column_dtypes)
+        checks = check_order(package, rows, package.run(rows), Tolerance(1e-5, 1e-6),
+                             np.random.default_rng(0))
+        return {c.name for c in checks if not c.ok}
+
+    folder = _copy_pack(gru_pack, tmp_path)
+    assert order_checks(folder) == set()
+    _edit_solution(folder, PARKED_CONTINUES, "if False:")
+    assert order_checks(folder) == {"order: interleaved rows"}
+
+
+def test_an_inf_prediction_is_not_blamed_on_the_order(workspace, gru_pack, tmp_path):
+    """inf - inf is NaN: the same inf in every order failed both order checks, which then
+    blamed the state handling; the path and NaN/inf checks name it."""
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "return self.y_row.copy()",
+                   "return self.y_row.copy() if step != 30 else np.full_like(self.y_row, np.inf)")
+    failed = _failed(run_parity(folder, _valid(workspace), seqs=SEQS))
+    assert failed and not {name for name in failed if name.startswith("order")}
 
 
 def test_a_package_that_hangs_on_the_checks_rows_fails_them_in_time(workspace, gru_pack,
