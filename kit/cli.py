@@ -679,7 +679,9 @@ def parity(
 @app.command()
 def notebook(
     submission: Path = typer.Argument(..., help="A package folder or zip written by kit pack."),
-    out: Path | None = typer.Option(None, help="Output folder (default: submissions/NAME-kaggle)."),
+    out: Path | None = typer.Option(None, help="Output folder (default: NAME-kaggle beside "
+                                    "the package, e.g. submissions/NAME-kaggle; OUT again for "
+                                    "OUT/dataset)."),
     owner: str | None = typer.Option(None, help="Your Kaggle user name (default: "
                                      "$KAGGLE_USERNAME or ~/.kaggle/kaggle.json)."),
     competition: str | None = typer.Option(None, help="Competition slug to attach."),
