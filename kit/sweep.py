@@ -623,10 +623,25 @@ def check_identity(study, name: str, identity: dict, params: list[Param] = (),
     if "kit_experiment" not in study.user_attrs:
         _record_identity(study, name, identity, params, storage or study._storage)
     problems = identity_differences(study.user_attrs, identity)
+    if problems and only_failed(study):  # nothing to rank against: the fixed sweep goes on
+        check_distributions(name, study.get_trials(deepcopy=False), params)
+        print(f"note: study {name!r} has no finished or running trial; it continues with this "
+              f"sweep's changes ({'; '.join(problems)})", file=sys.stderr, flush=True)
+        for key in ("kit_space", "kit_config", "kit_experiment"):
+            study.set_user_attr(key, identity[key])
+        return
     if problems:
         raise SweepError(f"study {name!r} in this storage was made for another sweep: "
                          f"{'; '.join(problems)}. Its trials would be ranked with this sweep's: "
                          "pick a new --study name, or put the old settings back")
+
+
+def only_failed(study) -> bool:
+    """Whether every trial of the study (if any) failed, none finished or running: the advice
+    after a failing streak is to fix the cause and run the same command again."""
+    from optuna.trial import TrialState
+
+    return all(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
 
 
 def identity_lock(name: str) -> str:
@@ -790,13 +805,17 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
 
 
 def refuse_sampled_overrides(overrides: list[str] | None, params: list[Param]) -> None:
-    """An override of a key every trial samples (or of a key inside it) would be replaced
-    without a word. A conditional parameter leaves the override where its condition fails,
-    and a table around a swept key keeps its other keys: both are allowed."""
+    """An override of a key every trial samples (of a key inside it, or of a table holding
+    it) would be replaced without a word. A conditional parameter leaves the override where
+    its condition fails, and a table around a swept key that leaves it out keeps its keys:
+    both are allowed."""
     for text in overrides or []:
-        key = ".".join(parse_override(text)[0])
+        path, value = parse_override(text)
+        key = ".".join(path)
         for p in params:
-            if not p.when and covered(key, (p.name,)):
+            holds = (p.name.startswith(key + ".")
+                     and get_dotted(value, p.name[len(key) + 1:]) is not None)
+            if not p.when and (covered(key, (p.name,)) or holds):
                 raise SweepError(f"override {text!r}: every trial samples {p.name}, which would "
                                  f'replace it; change sweep.params."{p.name}" to change what '
                                  "it samples, or leave it out of sweep.params to fix it")
@@ -989,7 +1008,8 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     if failing.stopped:
         raise SweepError(f"{failing.stopped} ({failing.last}); the study keeps them as failed: "
                          "fix the cause (or narrow the search space) and re-run the same "
-                         "command to continue")
+                         "command to continue (a study with no finished trial takes the "
+                         "changed settings)")
 
 
 FAILED_IN_A_ROW = 5  # a worker whose trials keep failing stops instead of sampling forever

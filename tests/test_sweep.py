@@ -180,6 +180,13 @@ def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_e
                   f"data.train={sweep_env / 'extreme.parquet'}", expect=2).output
     assert "this worker's last 5 trials all failed (runs/tiny/tiny-t0004: training diverged" in out
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
+    # the cause fixed (the override dropped: another config), the same command continues the
+    # study, as the error says (its identity check refused it: "made for another sweep")
+    result = run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    assert "has no finished or running trial; it continues with this sweep's changes" in \
+        result.output
+    states = [t.state for t in _study(_sqlite(sweep_env)).get_trials()]
+    assert states == [TrialState.FAIL] * 5 + [TrialState.COMPLETE]
 
 
 def test_an_invalid_combination_of_values_fails_its_trial_and_the_sweep_goes_on(sweep_env):
@@ -1128,9 +1135,13 @@ def test_overrides_a_sweep_or_an_ablation_would_replace_are_refused(sweep_env):
     `trials=2` and `--trials 1` the override won."""
     out = run_cli("sweep", "exp=tiny", "--trials", 1, "model.hidden=16", expect=2).output
     assert "every trial samples model.hidden" in out and 'sweep.params."model.hidden"' in out
+    # so is a table holding one (its value was dropped without a word, as docs said it was not)
+    out = run_cli("sweep", "exp=tiny", "--trials", 1, "model={ type = 'gru', hidden = 16 }",
+                  expect=2).output
+    assert "every trial samples model.hidden" in out
     # what a trial does not replace is allowed: a conditional parameter's key (it trains
-    # where the condition fails) and a table around a swept key (its other keys train)
-    prepare("tiny", ["model={ type = 'gru', hidden = 8, layers = 2 }"], None, None)
+    # where the condition fails) and a table around a swept key that leaves it out
+    prepare("tiny", ["train={ epochs = 1, batch_size = 8 }"], None, None)  # (train.lr swept)
     before = _edit_tiny(sweep_env, lambda doc: doc["sweep"]["params"].update({
         "train.ema": {"type": "float", "low": 0.9, "high": 0.99,
                       "when": {"model.type": "attention_gru"}}}))
