@@ -393,6 +393,27 @@ def test_clear_cache_removes_entries_only(data_file, tmp_path):
     assert clear_cache(tmp_path / "missing") == 0
 
 
+def test_a_build_whose_temp_folder_is_cleared_finishes_uncached(data_file, tmp_path):
+    """clear_cache from another process removes every temp folder, a live build's too: that
+    build ended in a FileNotFoundError traceback instead of the uncached fallback."""
+    cache_dir = tmp_path / "cache"
+
+    def cleared_midway(sink):
+        whole = fresh(data_file)
+        out = {f: sink(f, getattr(whole, f).shape, getattr(whole, f).dtype)
+               for f in ("x", "y", "mask")}
+        for f, writer in out.items():
+            writer.write(np.array(getattr(whole, f)))
+        clear_cache(cache_dir)
+        return SequenceArrays(**{f: w.finish() for f, w in out.items()}, lengths=whole.lengths,
+                              ids=whole.ids, feature_names=whole.feature_names,
+                              target_names=whole.target_names)
+
+    with pytest.warns(CacheWarning, match="building the arrays again, uncached"):
+        got = cached_arrays_into(data_file, KEY, cleared_midway, cache_dir=cache_dir)
+    assert_same(got, fresh(data_file))
+
+
 def test_file_digest_is_sha256_of_the_bytes(data_file):
     assert file_digest(data_file) == hashlib.sha256(data_file.read_bytes()).hexdigest()
 
@@ -581,13 +602,19 @@ def test_a_copy_or_link_of_a_cached_file_under_another_name_uses_its_entry(
     assert [e.name for e in entries(cache_dir) if e.is_dir()] == [first_entry.name]
 
 
+@pytest.mark.parametrize("settled", [False, True])
 def test_an_unwritable_cache_still_serves_the_entry_of_a_file_copied_anew(
-        data_file, tmp_path, monkeypatch):
+        data_file, tmp_path, monkeypatch, settled):
     """A read-only (or full) cache and a file with the same bytes under a new inode (restored,
     downloaded again): its digest is not on record, and the fallback built every time in
-    memory, warning, without looking for the entry the digest names."""
+    memory, warning, without looking for the entry the digest names. Settled (old enough for
+    its digest to be recorded), the hit tried to record it in digests.json and raised: on a
+    read-only file system even unlinking a missing file fails (EROFS, not ENOENT)."""
     import errno
+    import pathlib
 
+    if settled:
+        monkeypatch.setattr(cache_module, "RACY_NS", 0)
     cache_dir = tmp_path / "cache"
     first = cached_arrays_into(data_file, KEY, BlockBuilder(data_file), cache_dir=cache_dir)
     fresh_copy = tmp_path / "fresh.tmp"
@@ -599,6 +626,12 @@ def test_an_unwritable_cache_still_serves_the_entry_of_a_file_copied_anew(
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(cache_module, "_new_tmp", read_only)
+    for name in ("write_text", "unlink"):  # whatever the cache folder is asked to change
+        def refused(self, *args, _real=getattr(pathlib.Path, name), **kwargs):
+            if self.parent == cache_dir:
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(pathlib.Path, name, refused)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = cached_arrays_into(data_file, KEY, second := BlockBuilder(data_file),

@@ -134,8 +134,9 @@ def remember_digest(path: Path, cache_dir: Path) -> None:
     try:
         tmp.write_text(json.dumps(table, indent=0))
         os.replace(tmp, Path(cache_dir) / DIGESTS_FILE)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+    except OSError:  # bookkeeping only: a read-only cache still serves its entries (there,
+        with contextlib.suppress(OSError):  # unlinking even a missing file is EROFS)
+            tmp.unlink(missing_ok=True)
 
 
 def cache_key(path: Path, key: dict) -> str:
@@ -222,9 +223,10 @@ class RowWriter:
             self.writes.drain()
         try:
             self.file.close()
-        except OSError as exc:  # the flush of the last bytes
+            # the file gone (clear_cache from another process took the temp folder): the
+            return np.load(self.path, mmap_mode="r")  # build goes on uncached
+        except OSError as exc:  # (or the flush of the last bytes failed)
             raise CacheWriteFailed(exc.errno, exc.strerror, str(self.path)) from exc
-        return np.load(self.path, mmap_mode="r")
 
     def close(self) -> None:
         if self.path is not None:
