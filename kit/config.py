@@ -315,7 +315,8 @@ def parse_override(text: str) -> tuple[list[str], object]:
         if re.fullmatch(r"\s*[+-]?(\d+\.|\.\d+)([eE][+-]?\d+)?\s*", raw):  # .001, 1.
             raise ConfigError(f"override {text!r}: {raw.strip()} is not a TOML number; write "
                               f"{float(raw)!r}") from None
-        value = raw  # a bare string such as schedule=onecycle
+        value = raw.strip()  # a bare string such as schedule=onecycle (spaces around `=`
+        # go, as around a TOML value)
     return _key_path(key.strip()), value
 
 

@@ -73,6 +73,10 @@ def test_overrides_parse_toml_values_and_do_not_touch_the_original(exps):
                                           r'features.groups=\["raw", "lags"\]'):
         parse_override("features.groups=[raw,lags]")
     assert parse_override("train.schedule=onecycle") == (["train", "schedule"], "onecycle")
+    # spaces around `=` go, as around a TOML value (' onecycle' was refused; `name = foo` made
+    # runs/ foo/)
+    assert parse_override("train.schedule = onecycle") == (["train", "schedule"], "onecycle")
+    assert parse_override("name = foo ") == (["name"], "foo")
     # a quoted part keeps its dots, as in TOML ([sweep.params] "train.lr" = {...})
     assert parse_override('sweep.params."train.lr"={ low = 1e-4 }') == (
         ["sweep", "params", "train.lr"], {"low": 1e-4})

@@ -208,6 +208,19 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
             "set; valid.parquet holds other rows in some runs") in out
 
 
+def test_resume_takes_the_original_command_with_a_width_beside_a_budget(env, tmp_path):
+    """config.toml holds the solved width (params overrides a width given beside it): the
+    original command's model.hidden=10 read as a change and --resume refused it."""
+    command = ["train", "exp=tiny", "model.params=3000", "model.hidden=10", "train.epochs=2",
+               "--run-dir", tmp_path / "r", "-q"]
+    run_cli(*command, "--stop-after-epochs", 1)
+    run_cli(*command, "--resume")
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["finished"]
+    out = run_cli(*command[:-3], "model.params=5000", "--run-dir", tmp_path / "r", "--resume",
+                  expect=2).output
+    assert "['model.params=5000'] would change" in out
+
+
 def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
     run_cli("train", "exp=tiny", "--run-dir", tmp_path / "whole", "-q")
     run_cli("train", "exp=tiny", "--run-dir", tmp_path / "split", "--stop-after-epochs", "1",
@@ -221,8 +234,12 @@ def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
     # a new run in a folder that holds one would mix the two
     reused = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "split", "-q", expect=2).output
     assert "already holds a run" in reused and "--resume" in reused
-    run_cli("train", "exp=tiny", "train.epochs=3", "--resume", "--run-dir", tmp_path / "split",
-            "-q")  # the run's own value: accepted
+    # seeds=[N] names the run's seed as seed=N does (it was ignored: the run's seed trained)
+    refused = run_cli("train", "exp=tiny", "seeds=[8]", "--resume", "--run-dir",
+                      tmp_path / "split", "-q", expect=2).output
+    assert "['seed=8'] would change" in refused
+    run_cli("train", "exp=tiny", "train.epochs=3", "seeds=[7]", "--resume", "--run-dir",
+            tmp_path / "split", "-q")  # the run's own values: accepted
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     split = json.loads((tmp_path / "split" / "metrics.json").read_text())
     assert split["finished"] and split["epochs"] == 3

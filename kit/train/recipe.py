@@ -178,6 +178,8 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         raise ConfigError("--run-dir names one run: it does not combine with several seeds")
     if seeds and len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
+    if resume and run_dir and seeds:  # seeds=[N] names the run's seed, as seed=N: checked
+        overrides = [*(overrides or []), f"seed={seeds[0]}"]  # against it (it was ignored)
     # --resume of one run: the newest unfinished run; of a group (seeds=, --folds): the group
     group_resume = resume and not run_dir and (seeds is not None or folds > 0)
     seeds = seeds or [base["seed"]]
@@ -326,8 +328,16 @@ def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
     if not files.config_path.is_file():
         raise ConfigError(f"{files.root}: not a run directory (no config.toml) to resume")
     config = resolve(read_config(files.root))
-    changed = [text for text in overrides or []
-               if resolve(apply_overrides(copy.deepcopy(config), [text])) != config]
+
+    def changes(text: str) -> bool:
+        edited = resolve(apply_overrides(copy.deepcopy(config), [text]))
+        if edited == config:
+            return False
+        with warnings.catch_warnings():  # compared as they train: a width given beside a
+            warnings.simplefilter("ignore")  # `params` budget is solved again (stored solved)
+            return check_config(edited, resume=True) != check_config(config, resume=True)
+
+    changed = [text for text in overrides or [] if changes(text)]
     if changed:
         raise ConfigError(f"--resume continues {files.root} with its own config.toml, which "
                           f"{changed} would change; train a new run to use them")
