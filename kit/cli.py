@@ -469,15 +469,16 @@ def sweep(
         stop_when_orphaned()
 
     overrides, options = [], {"trials": trials, "workers": workers}
+    given = {k: f"--{k} {v}" for k, v in options.items() if v is not None}  # as typed
     for text in overrides_of(ctx):  # `just sweep exp=NAME trials=50` reads like train's recipe
         path, value = parse_override(text)
         if len(path) == 1 and path[0] in options:
             if not isinstance(value, int) or isinstance(value, bool):  # True is an int too
                 raise ConfigError(f"{text!r}: {path[0]}= takes a whole number, as "
                                   f"--{path[0]} does")
-            if options[path[0]] is not None:  # one would win without a word
-                raise ConfigError(f"{text!r} and --{path[0]} {options[path[0]]}: give one")
-            options[path[0]] = value
+            if path[0] in given:  # one would win without a word
+                raise ConfigError(f"{text!r} and {given[path[0]]}: give one")
+            options[path[0]], given[path[0]] = value, repr(text)
         else:
             overrides.append(text)
     try:

@@ -1151,6 +1151,8 @@ def test_overrides_a_sweep_or_an_ablation_would_replace_are_refused(sweep_env):
     assert "'trials=2' and --trials 1: give one" in out
     out = run_cli("sweep", "exp=tiny", "--workers", 1, "workers=2", expect=2).output
     assert "'workers=2' and --workers 1: give one" in out
+    out = run_cli("sweep", "exp=tiny", "trials=2", "trials=3", expect=2).output
+    assert "'trials=3' and 'trials=2': give one" in out  # (not an option never typed)
     for bad in ("trials=true", "trials=2.5", "workers=true"):  # taken as 1, or an unknown key
         out = run_cli("sweep", "exp=tiny", bad, expect=2).output
         assert f"= takes a whole number, as --{bad.split('=')[0]} does" in out, out
