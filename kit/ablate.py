@@ -19,6 +19,7 @@ continues it (finished runs kept, an interrupted one continued from its last.pt)
 from __future__ import annotations
 
 import json
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -30,6 +31,7 @@ from kit.config import ConfigError, check_seeds, differences
 from kit.errors import KitError
 from kit.sweep import training_digests
 from kit.train.runs import RUNS_DIR, RunFiles
+from kit.workers import EndedBySignal
 
 
 def variants(groups: list[str]) -> list[tuple[str, str, list[str]]]:
@@ -41,11 +43,12 @@ def variants(groups: list[str]) -> list[tuple[str, str, list[str]]]:
 
 
 class AblationInterrupted(KeyboardInterrupt):
-    """Ctrl-C during an ablation: where its summary is and how many of its runs finished."""
+    """Ctrl-C (or SIGTERM/SIGHUP: `signum`) during an ablation: where its summary is and how
+    many of its runs finished."""
 
-    def __init__(self, file: Path, finished: int, planned: int):
+    def __init__(self, file: Path, finished: int, planned: int, signum: int = signal.SIGINT):
         super().__init__()
-        self.file, self.finished, self.planned = file, finished, planned
+        self.file, self.finished, self.planned, self.signum = file, finished, planned, signum
 
 
 def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
@@ -86,8 +89,8 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     summary = {"experiment": base["name"], "groups": groups, "seeds": seeds,
                "overrides": list(overrides or []),
                # what the runs train, by content: a moved checkout or an edited description
-               # still resumes (the groups are each variant's own: left out)
-               "config": training_digests(base, ["features.groups"]),
+               # still resumes (the groups and seeds are each run's own: left out)
+               "config": training_digests(base, ["features.groups", "seed"]),
                "sign": 1.0 if spec.metric.higher_is_better else -1.0,
                "metric": spec.metric.name, "targets": list(spec.outputs), "variants": []}
     if resume is not None:
@@ -113,10 +116,11 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
                 summary["variants"][-1] = variant_row(kind, label, chosen, outcomes)
                 save(out, summary)  # after every run: an interruption keeps the rest
             save(out, summary)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, EndedBySignal) as stop:  # (a scheduler's SIGTERM too)
         finished = sum("error" not in m for runs in trained.values() for m in runs)
         planned = len({tuple(chosen) for _, _, chosen in variants(groups)}) * len(seeds)
-        raise AblationInterrupted(out, finished, planned) from None
+        raise AblationInterrupted(out, finished, planned,
+                                  getattr(stop, "signum", signal.SIGINT)) from None
     summary["file"] = str(out)
     return summary
 
@@ -145,7 +149,10 @@ def check_resumable(path: Path, summary: dict) -> None:
         raise ConfigError(f"--resume {path} was started with other settings ("
                           f"{', '.join(differ)} differ): repeat its own command with --resume")
     # the experiment file may have changed since: its kept runs would be another model's
-    changed = differences(saved["config"], summary["config"])
+    # (the experiment's seed trains nothing here: --seeds does; summaries written before
+    # this recorded it)
+    changed = differences({k: v for k, v in saved["config"].items() if k != "seed"},
+                          summary["config"])
     if changed:
         raise ConfigError(f"--resume {path}: the experiment's config changed since the "
                           f"ablation started ({', '.join(changed[:5])}); its kept runs would "

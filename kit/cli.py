@@ -525,9 +525,11 @@ def ablate(
     except AblationInterrupted as stop:
         again = ["kit", "ablate", exp, *ctx.args, "--groups", groups,
                  *(["--seeds", seeds] if seeds else []), "--resume", str(stop.file)]
-        typer.echo(f"interrupted: {stop.finished} of {stop.planned} runs finished, kept in "
+        ended = ("interrupted" if stop.signum == signal.SIGINT
+                 else f"stopped by {signal.Signals(stop.signum).name}")
+        typer.echo(f"{ended}: {stop.finished} of {stop.planned} runs finished, kept in "
                    f"{stop.file}; continue with `{shlex.join(again)}`", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + stop.signum) from None
     typer.echo(format_ablation(summary))
     if any(v.get("errors") for v in summary["variants"]):
         raise typer.Exit(1)  # the table holds the rest; a script still learns runs failed

@@ -3,6 +3,7 @@ PostgreSQL on loopback), real worker processes, kills and interrupts."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -1777,6 +1778,28 @@ def test_ablation_changes_pair_seeds_and_a_diverged_run_is_marked(sweep_env, mon
     assert "diverged: raw+diffs seed 1: train loss inf" in out
 
 
+def test_an_ablation_stopped_by_sigterm_says_how_to_resume(sweep_env, monkeypatch):
+    """SIGTERM (a scheduler) ends a command as EndedBySignal, a SystemExit: the ablation's
+    KeyboardInterrupt handler missed it, and it exited 143 saying nothing."""
+    from kit.train import recipe
+    from kit.workers import EndedBySignal
+
+    real, trained = recipe.train_one, []
+
+    def sigterm_in_the_second_run(config, files, **kwargs):
+        if trained:
+            raise EndedBySignal(signal.SIGTERM)
+        trained.append(files.root.name)
+        return real(config, files, **kwargs)
+
+    monkeypatch.setattr(recipe, "train_one", sigterm_in_the_second_run)
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1,2", "-q",
+                  expect=143).output
+    saved, _ = _saved_ablation(sweep_env)
+    assert f"stopped by SIGTERM: 1 of 6 runs finished, kept in {saved.relative_to(sweep_env)}" \
+        in out and "--resume" in out
+
+
 def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, monkeypatch):
     from kit.train import recipe
 
@@ -1805,8 +1828,11 @@ def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, 
     exp_file.write_text(original.replace("hidden = 8", "hidden = 16"))
     edited = run_cli(*args, "--resume", saved, expect=2).output
     assert "the experiment's config changed since the ablation started (model.hidden)" in edited
-    # what does not change a run (its description) is free
-    exp_file.write_text('description = "now described"\n' + original)
+    # what does not change a run (its description, the experiment's seed: --seeds sets each
+    # run's) is free
+    assert "seed = " in original
+    exp_file.write_text('description = "now described"\n' + re.sub(r"(?m)^seed = \d+",
+                                                                   "seed = 12345", original))
     old = json.loads(saved.read_text())  # a summary of a kit from before --resume
     old.pop("config"), old.pop("overrides")
     older = saved.with_name("ablate-19990101-000000-abcd.json")
