@@ -1124,6 +1124,19 @@ def test_seeds_train_one_run_each(env, tmp_path):
     assert "training failed for seed 10, seed 11" in result.output
 
 
+def test_a_group_whose_seeds_all_fail_before_an_epoch_is_not_told_to_resume(env, tmp_path):
+    """Nothing trained: the group's record and folders go, and the advice to run the same
+    command with --resume ended in "no unfinished group ... to resume"."""
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    frame.drop("p3").write_parquet(tmp_path / "short.parquet")
+    command = ["train", "exp=tiny", "seeds=[1,2]", "-q", f"data.train={tmp_path / 'short.parquet'}"]
+    out = run_cli(*command, expect=2).output
+    assert "training failed for seed 1, seed 2" in out
+    assert "nothing was kept: fix the cause and run the same command again (without " \
+        "--resume)" in out and "The same command with --resume" not in out
+    assert "no unfinished group" in run_cli(*command, "--resume", expect=2).output
+
+
 def test_jobs_train_seeds_side_by_side_as_they_would_one_by_one(env, tmp_path):
     """--jobs 2: each seed in its own process (one thread each on 2 cores); every seed's run
     is the run it would be on its own (same seed, same thread count: same weights)."""

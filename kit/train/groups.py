@@ -168,6 +168,6 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
             (exp_dir / GROUPS_DIR / f"{stamp}.json").unlink(missing_ok=True)
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, NothingStarted):
                 raise NothingStarted() from None
-            if isinstance(exc, EndedBySignal):  # said instead of a --resume hint
-                exc.nothing_started = True
+            if isinstance(exc, EndedBySignal) or hasattr(exc, "nothing_started"):  # said
+                exc.nothing_started = True  # instead of a --resume hint (SeedsFailed too)
         raise

@@ -261,16 +261,24 @@ class SeedsFailed(KitError):
     the command can still show them. Each failure is named with its cause ("exit 1": its own
     error was printed; "killed by signal 9": nothing was)."""
 
+    nothing_started = False  # set when no run trained an epoch: the group record is gone
+
     def __init__(self, failed: list[str], exp_dir: Path, results: list[dict]):
         printed = any("killed by" not in f for f in failed)
         super().__init__(
             f"training failed for {', '.join(failed)}"
             + ("; an error printed above says why" if printed else "")
-            + (f"; the other seeds' runs are in {exp_dir}" if results else "")
-            + ". The same command with --resume trains again a seed that was killed or "
-              "stopped (from its last.pt where it has one) and keeps the finished runs; a run "
-              "that diverged counts as finished: change the setting and start a new group")
+            + (f"; the other seeds' runs are in {exp_dir}" if results else ""))
         self.results = results
+
+    def __str__(self) -> str:
+        if self.nothing_started:  # (--resume would find no group)
+            return (f"{super().__str__()}. No run trained an epoch, so nothing was kept: fix "
+                    "the cause and run the same command again (without --resume)")
+        return (f"{super().__str__()}. The same command with --resume trains again a seed that "
+                "was killed or stopped (from its last.pt where it has one) and keeps the "
+                "finished runs; a run that diverged counts as finished: change the setting and "
+                "start a new group")
 
 
 def exit_cause(code: int) -> str:
