@@ -388,6 +388,8 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"features.ops\[0\] \(lag\): makes \['a@lag1'\] more than once"),
         ([{"op": "ewm_mean", "inputs": ["a"], "span": float("inf")}], r"span must be >= 1"),
         ([{"op": "ewm_std", "inputs": ["a"], "span": float("nan")}], r"span must be >= 1"),
+        # a TOML int past float's range: an OverflowError traceback from math.isfinite
+        ([{"op": "ewm_mean", "inputs": ["a"], "span": 10**400}], r"span must be >= 1"),
         ([{"op": "position", "scale": float("inf")}], r"scale must be a number in \(0, 1e\+16\]"),
         ([{"op": "position", "scale": float("nan")}], r"scale must be a number in"),
         ([{"op": "position", "scale": 1e39}], r"scale must be a number in"),  # inf in float32

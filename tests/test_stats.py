@@ -72,6 +72,15 @@ def test_stats_match_direct_computation(tmp_path):
     assert "checks" not in stats  # realism bands belong to the predictorium preset only
 
 
+def test_a_target_without_finite_values_names_no_correlated_feature(tmp_path):
+    """Every correlation None: max() took the first feature and named it."""
+    path = tmp_path / "nan_t1.parquet"
+    _tiny_frame().with_columns(pl.lit(float("nan")).cast(pl.Float32).alias("t1")).write_parquet(
+        path)
+    t1 = dataset_stats(path, TINY)["targets"]["t1"]
+    assert t1["max_abs_feature_corr"] is None and t1["max_corr_feature"] is None
+
+
 def test_inf_and_huge_values_are_counted_and_printed_short(tmp_path):
     """An inf is a non-finite value in the tables (its !! and its count agree), and a value of
     1e300 neither overflows the moments (std, correlations: no numpy warning) nor prints as a

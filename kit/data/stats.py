@@ -98,7 +98,8 @@ def dataset_stats(
         corrs = {f: _pearson(frame[f].to_numpy(), y) for f in spec.features}
         best = max(corrs, key=lambda f: -1.0 if corrs[f] is None else abs(corrs[f]))
         top = None if corrs[best] is None else abs(corrs[best])
-        stats |= {"max_abs_feature_corr": top, "max_corr_feature": best}
+        stats |= {"max_abs_feature_corr": top,  # (no correlation at all: no feature named)
+                  "max_corr_feature": None if top is None else best}
         targets[name] = stats
     out["targets"] = targets
     out["target_corr"] = {

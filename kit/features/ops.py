@@ -119,6 +119,14 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _finite(value) -> bool:
+    """math.isfinite, False for a TOML int past float's range (not an OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _names(ops: list[FeatureOp]) -> list[str]:
     return [n for op in ops for n in op.outputs()]
 
@@ -505,7 +513,7 @@ class Ewm(PerColumn):
             raise FeatureSpecError(f"{self.op} needs exactly one of 'alpha' (0 < alpha <= 1) "
                                    "or 'span' (>= 1)")
         if span is not None:
-            if not _is_number(span) or not math.isfinite(span) or span < 1:
+            if not _is_number(span) or not _finite(span) or span < 1:
                 raise FeatureSpecError(f"{self.op}: span must be >= 1, got {span!r}")
             return 2.0 / (span + 1.0)
         if not _is_number(alpha) or not 0 < alpha <= 1:
