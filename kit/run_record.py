@@ -205,7 +205,9 @@ def data_file_of(run_dir: Path, path: str, reading_here: bool = False) -> Path |
     if configured.is_absolute():
         return configured if configured.is_file() else None
     parents = Path(run_dir).resolve().parents
-    own = [parents[2]] if len(parents) > 2 else []
+    # runs/EXP/ID, or runs/ID (kit train --run-dir runs/ID: parents[2] was above the project)
+    project = next((p.parent for p in parents[:2] if p.name == "runs"), None)
+    own = [project] if project else [parents[2]] if len(parents) > 2 else []
     bases = [Path.cwd(), *own] if reading_here else [*own, Path.cwd()]
     return next((base / configured for base in bases if (base / configured).is_file()), None)
 

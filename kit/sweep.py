@@ -625,7 +625,7 @@ def check_identity(study, name: str, identity: dict, params: list[Param] = (),
     problems = identity_differences(study.user_attrs, identity)
     if problems and only_failed(study):  # nothing to rank against: the fixed sweep goes on
         check_distributions(name, study.get_trials(deepcopy=False), params)
-        print(f"note: study {name!r} has no finished or running trial; it continues with this "
+        print(f"note: study {name!r} holds failed trials only; it continues with this "
               f"sweep's changes ({'; '.join(problems)})", file=sys.stderr, flush=True)
         for key in ("kit_space", "kit_config", "kit_experiment"):
             study.set_user_attr(key, identity[key])
@@ -636,12 +636,23 @@ def check_identity(study, name: str, identity: dict, params: list[Param] = (),
                          "pick a new --study name, or put the old settings back")
 
 
+QUIET_S = 10.0  # a study whose last trial failed this long ago has no worker sampling it
+
+
 def only_failed(study) -> bool:
-    """Whether every trial of the study (if any) failed, none finished or running: the advice
-    after a failing streak is to fix the cause and run the same command again."""
+    """Whether the study holds failed trials only, the last ended QUIET_S ago: the advice after
+    a failing streak is to fix the cause and run the same command again. Not a new study (a
+    worker that found it new first may be about to train: its identity stands), nor one whose
+    worker is between two trials."""
+    import datetime
+
     from optuna.trial import TrialState
 
-    return all(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    if not trials or any(t.state != TrialState.FAIL for t in trials):
+        return False
+    ended = max((t.datetime_complete for t in trials if t.datetime_complete), default=None)
+    return ended is not None and (datetime.datetime.now() - ended).total_seconds() > QUIET_S
 
 
 def identity_lock(name: str) -> str:

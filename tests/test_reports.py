@@ -636,3 +636,21 @@ def test_a_run_right_under_the_runs_folder_is_listed(runs_root: Path):
     assert len(runs) == 3 and any(r["path"] == str(runs_root / "myrun") for r in runs)
     assert list_runs(runs_root, experiment="alpha")[0]["path"] in {
         str(runs_root / "myrun"), str(runs_root / "alpha" / "20240102-000000-s2")}
+
+
+@pytest.mark.parametrize("run", ["runs/EXP/ID", "runs/myrun"])
+def test_a_runs_relative_data_path_is_read_in_its_own_project(tmp_path, monkeypatch, run):
+    """A run right under runs/ (kit train --run-dir runs/myrun) looked one folder too high
+    first: a data/ beside the project was taken for the run's (its content "changed", the
+    selection refused the run)."""
+    from kit.run_record import data_file_of
+
+    for folder in (tmp_path / "proj" / "data", tmp_path / "data"):  # the project's, a decoy
+        folder.mkdir(parents=True)
+        (folder / "valid.parquet").write_text(str(folder))
+    (tmp_path / "proj" / run).mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    found = data_file_of(tmp_path / "proj" / run, "data/valid.parquet")
+    assert found == tmp_path / "proj" / "data" / "valid.parquet"
