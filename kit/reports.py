@@ -126,13 +126,14 @@ def _spec(run_dir: Path, config: dict, cache: dict) -> CompetitionSpec:
     return cache[key]
 
 
-def _higher_is_better(run_dir: Path, config: dict, cache: dict) -> bool | None:
-    """The direction of the run's metric (weighted Pearson: up; mae/rmse: down); None where
+def _metric(run_dir: Path, config: dict, cache: dict) -> tuple[str | None, bool | None]:
+    """The run's metric and its direction (weighted Pearson: up; mae/rmse: down); None where
     no spec says it."""
     try:
-        return _spec(run_dir, config, cache).metric.higher_is_better
+        metric = _spec(run_dir, config, cache).metric
     except KitError:
-        return None
+        return None, None
+    return metric.name, metric.higher_is_better
 
 
 def _seed(config: dict, run_id: str) -> int | None:
@@ -176,6 +177,8 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         config, config_error = {}, str(exc)
     history = read_history(run_dir / "history.jsonl")
     metrics = read_metrics(run_dir)
+    # (an out-of-fold group has no spec.json: its first fold run's says)
+    metric, higher_is_better = _metric(source, config, cache)
     row = {
         "experiment": _experiment(run_dir, config),
         "run_id": run_dir.name,
@@ -190,7 +193,8 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "epochs": len(history),
         "finished": False,
         "seed": _seed(config, run_dir.name),
-        "higher_is_better": _higher_is_better(run_dir, config, cache),
+        "metric": metric,
+        "higher_is_better": higher_is_better,
         "validated": _validation_set(config, metrics),
         # an out-of-fold group's digests are its folds' (of the train file they split)
         "validated_sha256": _validated_digest(
@@ -413,9 +417,14 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
               f"{data.get('seq_len')} steps of "
     if metrics is not None and metrics.get("kind") == "oof":
         return f"oof {metrics.get('folds', '?')} folds of {cut}{train}"
+    split = data.get("split", "file")
+    by = ""  # a group split's rows follow its columns too
+    if split == "group":
+        by = f" by {data.get('group')}" + (f", stratified by {data['stratify']}"
+                                           if data.get("stratify") else "")
     fold = data.get("fold")
-    if isinstance(fold, list) and len(fold) == 2:
-        return f"fold {fold[1] + 1}/{fold[0]} of {cut}{train}"
+    if isinstance(fold, list) and len(fold) == 2:  # the run's seed places the folds
+        return f"fold {fold[1] + 1}/{fold[0]}{by} (seed {config.get('seed')}) of {cut}{train}"
     train_cfg = config.get("train") if isinstance(config.get("train"), dict) else {}
     limit, kept = train_cfg.get("max_valid_seqs"), (metrics or {}).get("valid_seqs")
     limited = (metrics or {}).get("valid_limited")  # whether the limit cut the file
@@ -423,9 +432,9 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
         limited = isinstance(limit, int) and limit > 0 and not (
             isinstance(kept, int) and kept < limit)
     first = (f"{limit} seqs of " if limited and isinstance(limit, int) else "") + cut
-    split = data.get("split", "file")
-    if split in ("random", "group"):
-        return f"{first}{split} {data.get('valid_fraction', 0.15):g} of {train}"
+    if split in ("random", "group"):  # data.split_seed places the held-out part (0: default)
+        seeded = f" (split_seed {data['split_seed']})" if data.get("split_seed") else ""
+        return f"{first}{split} {data.get('valid_fraction', 0.15):g}{by}{seeded} of {train}"
     valid = data.get("valid")
     return f"{first}{Path(str(valid)).name}" if valid else None
 
@@ -528,6 +537,10 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
     for r in runs:
         if r.get("validated"):
             digests.setdefault(r["validated"], set()).add(r.get("validated_sha256"))
+    metrics = sorted({r["metric"] for r in runs if r.get("metric")})
+    if len(metrics) > 1:  # one column, one sort: of numbers that do not compare
+        notes.append(f"note: these runs are scored with {len(metrics)} metrics "
+                     f"({', '.join(metrics)}): compare scores of one metric (kit runs -e EXP)")
     files = {label: len(found - {None}) or 1 for label, found in digests.items()}
     if sum(files.values()) > 1:  # a score on other rows is no comparison (folds included)
         alike = sorted(label for label, n in files.items() if n > 1)
@@ -676,6 +689,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if run_dir.suffix == ".pt" and run_dir.is_file():  # best.pt / last.pt: as kit pack takes it
         run_dir = run_dir.parent
+    if run_dir.name in ("", ".."):  # `kit report .` in a run: its id is the folder's name
+        run_dir = run_dir.resolve()
     if not run_dir.is_dir():
         raise KitError(f"{run_dir}: no such run directory (expected runs/<experiment>/<run-id>)")
     if (run_dir / "oof_preds.npy").exists() and not (run_dir / "history.jsonl").exists():

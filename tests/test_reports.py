@@ -654,3 +654,52 @@ def test_a_runs_relative_data_path_is_read_in_its_own_project(tmp_path, monkeypa
     monkeypatch.chdir(elsewhere)
     found = data_file_of(tmp_path / "proj" / run, "data/valid.parquet")
     assert found == tmp_path / "proj" / "data" / "valid.parquet"
+
+
+def _edit_config(run: Path, **data) -> None:
+    import tomllib
+
+    config = tomllib.loads((run / "config.toml").read_text())
+    config["data"] |= data
+    (run / "config.toml").write_text(tomli_w.dumps(config))
+
+
+def test_held_out_parts_and_folds_of_other_seeds_are_other_sets_of_rows(tmp_path):
+    """The label ignored data.split_seed and the seed that places folds: disjoint validation
+    rows read as one set, and no note said the scores do not compare."""
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    for i, seed in enumerate((1, 2)):
+        held = make_run(root, "held", f"2024010{i}-000000-s1", valid, spec_path, seed=1)
+        _edit_config(held, split="random", valid_fraction=0.25, split_seed=seed)
+        fold = make_run(root, "fold", f"2024010{i}-000000-s{seed}-fold1of2", valid, spec_path,
+                        seed=seed)
+        _edit_config(fold, fold=[2, 0], split="group", group="user")
+    table = format_runs(list_runs(root))
+    for label in ("random 0.25 (split_seed 1) of valid.parquet",
+                  "random 0.25 (split_seed 2) of valid.parquet",
+                  "fold 1/2 by user (seed 1) of valid.parquet",
+                  "fold 1/2 by user (seed 2) of valid.parquet"):
+        assert label in table, table
+    assert "scored on 4 different sets of rows" in table
+
+
+def test_runs_of_two_metrics_in_one_listing_are_said_not_to_compare(tmp_path):
+    root = tmp_path / "runs"
+    for name, metric in (("pearson", {}), ("rmse", {"metric": {"name": "rmse"}})):
+        valid, spec_path = write_data(tmp_path / name, small_spec(**metric))
+        make_run(root, name, "20240101-000000-s1", valid, spec_path)
+    table = format_runs(list_runs(root))
+    assert "scored with 2 metrics (rmse, weighted_pearson): compare scores of one metric" in \
+        table
+
+
+def test_a_report_of_dot_in_a_run_names_the_run(tmp_path, monkeypatch):
+    """`kit report .` inside a run: the title and plots named the run id "" (Path('.').name)."""
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    run = make_run(tmp_path / "runs", "alpha", "20240101-000000-s1", valid, spec_path)
+    monkeypatch.chdir(run)
+    report = write_report(Path("."))
+    assert report.read_text().splitlines()[0] == "# Run alpha / 20240101-000000-s1"

@@ -1292,7 +1292,22 @@ def test_folds_of_cut_sequences_are_labelled_as_cut(env, tmp_path):
     run_cli("train", "exp=tiny", "data.seq_len=40", "--folds", "2", "train.epochs=1", "-q")
     table = run_cli("runs", "-e", "tiny").output
     assert "oof 2 folds of first 40 steps of train.parquet" in table
-    assert "fold 1/2 of first 40 steps of train.parquet" in table
+    assert "fold 1/2 (seed 7) of first 40 steps of train.parquet" in table
+
+
+def test_an_oof_group_takes_its_metric_direction_from_its_fold_runs(env, tmp_path):
+    """An -oof folder has no spec.json: its direction came from the spec file its config
+    names, and with that file moved the rmse group sorted as higher-is-better."""
+    from kit.reports import list_runs
+
+    spec = tmp_path / "rmse.toml"
+    spec.write_text((env / "tiny-lob.toml").read_text().replace(
+        'name = "weighted_pearson"\nclip = [-6.0, 6.0]', 'name = "rmse"'))
+    assert 'name = "rmse"' in spec.read_text()
+    run_cli("train", "exp=tiny", f"spec={spec}", "--folds", "2", "train.epochs=1", "-q")
+    spec.rename(tmp_path / "moved.toml")
+    rows = list_runs(tmp_path / "runs")
+    assert len(rows) == 3 and all(r["higher_is_better"] is False for r in rows), rows
 
 
 def test_folds_need_no_valid_file_and_refuse_the_sequence_limits(env, tmp_path):
