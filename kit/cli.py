@@ -198,7 +198,8 @@ def data_check(
 
 @data_app.command("synth")
 def data_synth(
-    out: Path = typer.Option(Path("data/synth"), "--out", "-o", help="Output folder."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: "
+                                    "data/synth, data/synth-NAME for another spec)."),
     spec: str = SpecOption,
     train_seqs: int | None = typer.Option(None, help="Train sequences (default: demo size)."),
     valid_seqs: int | None = typer.Option(None, help="Valid sequences (default: demo size)."),
@@ -208,10 +209,11 @@ def data_synth(
 ) -> None:
     """Generate the built-in synthetic competition: train, valid and the oracle for valid."""
     from kit.competition import load_spec
-    from kit.data.synth import synthesize
+    from kit.data.synth import synth_dir, synthesize
 
-    result = synthesize(load_spec(spec), out, train_seqs=train_seqs, valid_seqs=valid_seqs,
-                        seed=seed, full=full, progress=not quiet)
+    competition = load_spec(spec)
+    result = synthesize(competition, out or synth_dir(competition.name), train_seqs=train_seqs,
+                        valid_seqs=valid_seqs, seed=seed, full=full, progress=not quiet)
     typer.echo(f"wrote {result.train} ({result.train_rows:,} rows), {result.valid} "
                f"({result.valid_rows:,} rows), {result.oracle} in {result.seconds:.1f}s")
 

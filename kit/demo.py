@@ -17,6 +17,7 @@ import typer
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_file
 from kit.data.io import read_frame
+from kit.data.synth import synth_dir
 from kit.errors import KitError, ScorerRefusal
 from kit.metrics import evaluate, oracle_fraction, scored_truth
 
@@ -52,18 +53,12 @@ def check_oracle_rows(valid: Path, oracle: Path, spec: CompetitionSpec) -> None:
                        f"folder's three files to generate them again together")
 
 
-def demo_data_dir(spec_name: str) -> Path:
-    """Where the demo keeps a competition's synthetic data: data/synth for the default one
-    (what the experiments read), data/synth-NAME for another."""
-    return Path("data/synth" if spec_name == "predictorium" else f"data/synth-{spec_name}")
-
-
 def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions"),
              spec_name: str | None = None, experiment: str = "gru_base",
              overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
              parity_seqs: int = 16, quiet: bool = False) -> dict:
     """Run every stage and return the summary it prints. spec_name: the competition (default:
-    the experiment's own spec); data_dir: its data (default: demo_data_dir)."""
+    the experiment's own spec); data_dir: its data (default: synth_dir)."""
     from kit.config import refuse_overrides
     from kit.data.synth import synthesize
     from kit.ensemble import select_ensemble
@@ -87,7 +82,7 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
     spec_name = spec_name or experiment_config(experiment, list(overrides or [])).get(
         "spec", "predictorium")
     spec = load_spec(spec_name)
-    data_dir = Path(data_dir) if data_dir is not None else demo_data_dir(spec.name)
+    data_dir = Path(data_dir) if data_dir is not None else synth_dir(spec.name)
     train, valid, oracle = (data_dir / n for n in
                             ("train.parquet", "valid.parquet", "valid_oracle.parquet"))
     # TOML strings, escaped (json's escapes are TOML's): a \t in a folder name stays two chars

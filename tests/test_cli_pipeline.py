@@ -96,8 +96,13 @@ def test_demo_runs_an_experiment_on_its_own_competition(tmp_path, monkeypatch):
     failed on its data's columns ("valid_oracle.parquet: missing column(s) ['t0', 't1']")."""
     monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
     monkeypatch.chdir(tmp_path)
-    run_cli("data", "synth", "--spec", "rnn-challenge", "--out", "data/synth-rnn-challenge",
-            "--train-seqs", 6, "--valid-seqs", 2, "-q")
+    # each competition's synthetic data in its own folder by default (the second replaced the
+    # first's in data/synth, and rnn_gru, which reads data/synth-rnn-challenge, found none)
+    run_cli("data", "synth", "--train-seqs", 2, "--valid-seqs", 2, "-q")
+    run_cli("data", "synth", "--spec", "rnn-challenge", "--train-seqs", 6, "--valid-seqs", 2,
+            "-q")
+    assert "p0" in pl.read_parquet_schema(tmp_path / "data/synth/train.parquet")
+    assert (tmp_path / "data/synth-rnn-challenge/valid_oracle.parquet").is_file()
     out = run_cli("demo", "--exp", "rnn_gru", "--quiet", "--seeds", 1, "train.epochs=1",
                   "model.hidden=8").output
     assert "using data/synth-rnn-challenge" in out and "parity OK" in out

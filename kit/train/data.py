@@ -116,8 +116,8 @@ def check_data_files(data: dict, folds: bool = False) -> None:
         wanted.append(("data.valid", data["valid"]))
     for key, name in wanted:
         if not Path(name).is_file():
-            raise DataError(f"{key} = {name!r}: no such data file (kit data synth writes the "
-                            "built-in competition's files)")
+            raise DataError(f"{key} = {name!r}: no such data file (`kit data synth --spec "
+                            "NAME --out FOLDER` writes a built-in competition's files)")
 
 
 def check_split_settings(data: dict) -> None:

@@ -6,8 +6,9 @@
     target_weights = [1.0, 1.0]             # per target (default: all 1)
 
 Every term reads predictions and targets (B, T, K) and the loss mask (B, T), and only the masked
-rows count. "Weighted" terms weight a row by |y| like the competition metric (weights floored at
-1e-8); `pearson` is 1 - the weighted Pearson correlation of the batch, per target, pooled.
+rows count. "Weighted" terms weight a row by |y| like Predictorium's weighted Pearson (weights
+floored at 1e-8; for an unweighted metric such as the next-state preset's R2, use `mse`);
+`pearson` is 1 - the weighted Pearson correlation of the batch, per target, pooled.
 """
 
 from __future__ import annotations

@@ -34,7 +34,15 @@ MAX_SEQS = 1_000_000  # 100x the full size (a billion rows): past it, a typo, no
 CHUNK_SEQS = 256  # sequences per chunk = per parquet row group (fixed: data depend on it)
 _SPLIT_CODE = {"train": 0, "valid": 1}
 
-__all__ = ["SynthResult", "synthesize", "make_generator", "DEFAULT_SEQS", "FULL_SEQS", "CHUNK_SEQS"]
+__all__ = ["SynthResult", "synthesize", "make_generator", "synth_dir", "DEFAULT_SEQS",
+           "FULL_SEQS", "CHUNK_SEQS"]
+
+
+def synth_dir(spec_name: str) -> Path:
+    """Where a competition's synthetic data goes by default: data/synth for the default one
+    (what the experiments read), data/synth-NAME for another (experiments/rnn_gru.toml reads
+    data/synth-rnn-challenge), so generating one never replaces another's files."""
+    return Path("data/synth" if spec_name == "predictorium" else f"data/synth-{spec_name}")
 
 
 @dataclass
