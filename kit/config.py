@@ -186,9 +186,17 @@ BOUNDS: dict[str, tuple[object, str]] = {
 TOP_LEVEL = {"name": str, "spec": str, "seed": int, "description": str}
 
 
+def finite(value) -> bool:
+    """math.isfinite, False for a TOML int past float's range (not an OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def finite_number(value) -> bool:
     """An int or float (not a bool) that is neither inf nor NaN: what a TOML number must be."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, int | float) and not isinstance(value, bool) and finite(value)
 
 
 def check_seeds(seeds: list[int], where: str = "seeds") -> None:

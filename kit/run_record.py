@@ -206,7 +206,8 @@ def data_file_of(run_dir: Path, path: str, reading_here: bool = False) -> Path |
         return configured if configured.is_file() else None
     parents = Path(run_dir).resolve().parents
     # runs/EXP/ID, or runs/ID (kit train --run-dir runs/ID: parents[2] was above the project)
-    project = next((p.parent for p in parents[:2] if p.name == "runs"), None)
+    # (the outer one first: an experiment named runs is runs/runs/ID)
+    project = next((p.parent for p in reversed(parents[:2]) if p.name == "runs"), None)
     own = [project] if project else [parents[2]] if len(parents) > 2 else []
     bases = [Path.cwd(), *own] if reading_here else [*own, Path.cwd()]
     return next((base / configured for base in bases if (base / configured).is_file()), None)

@@ -43,6 +43,7 @@ from kit.config import (
     ConfigError,
     added_at_default,
     experiments_dir,
+    finite,
     flatten,
     parse_override,
     resolve,
@@ -190,7 +191,7 @@ def parse_space(table: dict) -> list[Param]:
         if log and step is not None:
             raise SweepError(f"{where}: log and step do not combine (Optuna)")
         if step is not None and (not isinstance(step, numbers) or isinstance(step, bool)
-                                 or not math.isfinite(step) or step <= 0):
+                                 or not finite(step) or step <= 0):
             raise SweepError(f"{where}.step: a positive {kind}, got {step!r}")
         if step is not None and step > high - low > 0:
             raise SweepError(f"{where}: step {step} is wider than the range {low}..{high}, so "
@@ -623,7 +624,14 @@ def check_identity(study, name: str, identity: dict, params: list[Param] = (),
     if "kit_experiment" not in study.user_attrs:
         _record_identity(study, name, identity, params, storage or study._storage)
     problems = identity_differences(study.user_attrs, identity)
-    if problems and only_failed(study):  # nothing to rank against: the fixed sweep goes on
+    wait = failed_only_for(study) if problems else None
+    if wait:  # its last trial failed a moment ago (the command run again at once)
+        print(f"note: study {name!r} holds failed trials only, the last {QUIET_S - wait:.0f}s "
+              f"ago: waiting {wait:.0f}s for any worker still sampling it", file=sys.stderr,
+              flush=True)
+        time.sleep(wait)
+        wait = failed_only_for(study)
+    if problems and wait == 0:  # nothing to rank against: the fixed sweep goes on
         check_distributions(name, study.get_trials(deepcopy=False), params)
         print(f"note: study {name!r} holds failed trials only; it continues with this "
               f"sweep's changes ({'; '.join(problems)})", file=sys.stderr, flush=True)
@@ -639,20 +647,24 @@ def check_identity(study, name: str, identity: dict, params: list[Param] = (),
 QUIET_S = 10.0  # a study whose last trial failed this long ago has no worker sampling it
 
 
-def only_failed(study) -> bool:
-    """Whether the study holds failed trials only, the last ended QUIET_S ago: the advice after
-    a failing streak is to fix the cause and run the same command again. Not a new study (a
-    worker that found it new first may be about to train: its identity stands), nor one whose
-    worker is between two trials."""
+def failed_only_for(study) -> float | None:
+    """For a study of failed trials only, the seconds until its last has been over for
+    QUIET_S (0: now); None for any other study. The advice after a failing streak is to fix
+    the cause and run the same command again: such a study takes the new settings, but not a
+    new study (a worker that found it new first may be about to train: its identity stands),
+    nor one whose worker is between two trials."""
     import datetime
 
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
     if not trials or any(t.state != TrialState.FAIL for t in trials):
-        return False
+        return None
     ended = max((t.datetime_complete for t in trials if t.datetime_complete), default=None)
-    return ended is not None and (datetime.datetime.now() - ended).total_seconds() > QUIET_S
+    if ended is None:
+        return None
+    since = (datetime.datetime.now() - ended).total_seconds()
+    return max(0.0, QUIET_S - since) if since >= 0 else None  # (another clock: refuse)
 
 
 def identity_lock(name: str) -> str:

@@ -130,6 +130,8 @@ def test_user_spec_from_env_path(tmp_path, monkeypatch):
         (lambda t: t.replace('[metric]\nname = "r2"', 'metric = "r2"'), "metric must be a table"),
         (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = [nan, 6.0]'), "metric.clip"),
         (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = "ab"'), "metric.clip"),
+        (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = [-6, 1' + "0" * 400 + "]"),
+         "metric.clip"),  # past float's range: an OverflowError traceback
         (lambda t: t.replace("seq_len = 0", "seq_len = 1000000000000"),
          "seq_len = 1,000,000,000,000 is more than"),
         (lambda t: t.replace('name = "my-comp"', 'name = ""'), "name is empty"),

@@ -638,7 +638,7 @@ def test_a_run_right_under_the_runs_folder_is_listed(runs_root: Path):
         str(runs_root / "myrun"), str(runs_root / "alpha" / "20240102-000000-s2")}
 
 
-@pytest.mark.parametrize("run", ["runs/EXP/ID", "runs/myrun"])
+@pytest.mark.parametrize("run", ["runs/EXP/ID", "runs/myrun", "runs/runs/ID"])
 def test_a_runs_relative_data_path_is_read_in_its_own_project(tmp_path, monkeypatch, run):
     """A run right under runs/ (kit train --run-dir runs/myrun) looked one folder too high
     first: a data/ beside the project was taken for the run's (its content "changed", the

@@ -184,8 +184,10 @@ def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_e
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
     # the cause fixed (the override dropped: another config), the same command continues the
     # study, as the error says (its identity check refused it: "made for another sweep")
-    monkeypatch.setattr("kit.sweep.QUIET_S", 0.0)  # (no worker of it is sampling)
-    result = run_cli("sweep", "exp=tiny", "--trials", 1, "-q")
+    monkeypatch.setattr("kit.sweep.QUIET_S", 3.0)  # (10 s: no worker of it is sampling)
+    result = run_cli("sweep", "exp=tiny", "--trials", 1, "-q")  # at once: it waits the rest
+    assert re.search(r"holds failed trials only, the last \d+s ago: waiting \d+s",
+                     result.output)
     assert "holds failed trials only; it continues with this sweep's changes" in result.output
     states = [t.state for t in _study(_sqlite(sweep_env)).get_trials()]
     assert states == [TrialState.FAIL] * 5 + [TrialState.COMPLETE]
@@ -284,6 +286,8 @@ def test_a_journal_file_storage_works_unchanged(sweep_env):
     # Optuna died on these in every trial (decimal.InvalidOperation), or drew low alone
     ({"type": "float", "low": 1e-3, "high": 1e-2, "step": float("nan")}, "step: a positive"),
     ({"type": "float", "low": 1e-3, "high": 1e-2, "step": float("inf")}, "step: a positive"),
+    # a TOML int past float's range: an OverflowError traceback from math.isfinite
+    ({"type": "float", "low": 0.0, "high": 1.0, "step": 10**400}, "step: a positive"),
     ({"type": "int", "low": 8, "high": 16, "step": True}, "step: a positive int, got True"),
     ({"type": "float", "low": 1e-3, "high": 1e-2, "step": 0.5},
      "step 0.5 is wider than the range 0.001..0.01"),

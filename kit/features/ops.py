@@ -25,6 +25,7 @@ import polars as pl
 import torch
 
 from kit.competition import POS_COLUMN, START_COLUMN
+from kit.config import finite
 from kit.features import kernels
 from kit.features.kernels import EPS, safe_div
 
@@ -117,14 +118,6 @@ class FeatureOp:
 def _is_number(value) -> bool:
     """An int or float from TOML; a bool is an int to Python but never a parameter value."""
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _finite(value) -> bool:
-    """math.isfinite, False for a TOML int past float's range (not an OverflowError)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _names(ops: list[FeatureOp]) -> list[str]:
@@ -513,7 +506,7 @@ class Ewm(PerColumn):
             raise FeatureSpecError(f"{self.op} needs exactly one of 'alpha' (0 < alpha <= 1) "
                                    "or 'span' (>= 1)")
         if span is not None:
-            if not _is_number(span) or not _finite(span) or span < 1:
+            if not _is_number(span) or not finite(span) or span < 1:
                 raise FeatureSpecError(f"{self.op}: span must be >= 1, got {span!r}")
             return 2.0 / (span + 1.0)
         if not _is_number(alpha) or not 0 < alpha <= 1:
