@@ -250,6 +250,20 @@ def _valid(workspace) -> Path:
     return workspace / "data/valid.parquet"
 
 
+def test_an_ensemble_file_whose_name_is_no_package_name_says_so(runs, tmp_path):
+    """The package name comes from the file's name: the error blamed a --name never given."""
+    import shutil
+
+    from kit.export.pack import PackError
+
+    _, path, _ = select_ensemble([runs["gru"], runs["gru_b"]], iters=2, out=tmp_path / "e.toml")
+    for odd in (".l2.toml", "final.zip.toml"):
+        copy = shutil.copy(path, tmp_path / odd)
+        with pytest.raises(PackError, match=r"the package name '[^']+' \(from its file name; "
+                                            r"give --name\)"):
+            pack_ensemble(copy, None, tmp_path / "subs")
+
+
 def test_select_on_runs_writes_a_file_that_packs_and_passes_parity(workspace, runs, tmp_path):
     doc, path, table = select_ensemble([runs[n] for n in ("gru", "gru_b", "lstm", "tcn")],
                                        iters=8, out=tmp_path / "ens.toml", postprocess=True)

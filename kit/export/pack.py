@@ -144,8 +144,8 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
     from kit.ensemble import checkpoint_key, postprocess_edited, read_ensemble, weights_edited
 
-    if name is not None:  # before the members are loaded
-        check_package_name(name)
+    # before the members are loaded
+    check_package_name(*(name, None) if name is not None else (Path(path).stem, "its file name"))
     doc = read_ensemble(path)
     weighted = []
     for entry in doc["members"]:
@@ -255,15 +255,18 @@ def check_same_columns(weighted: list[Weighted]) -> None:
 ODD_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 
 
-def check_package_name(name: str) -> None:
-    """A package name is one plain folder name (its zip is NAME.zip beside it)."""
+def check_package_name(name: str, origin: str | None = None) -> None:
+    """A package name is one plain folder name (its zip is NAME.zip beside it). `origin`: what
+    the name was taken from when no --name was given."""
+    said = f"--name {name!r}" if origin is None else (
+        f"the package name {name!r} (from {origin}; give --name)")
     if not name.strip() or name != name.strip() or any(c in name for c in "/\\") \
             or name.startswith(".") or any(unicodedata.category(c) in ODD_CATEGORIES
                                            for c in name):
-        raise PackError(f"--name {name!r}: a plain folder name is needed (no slashes, control "
+        raise PackError(f"{said}: a plain folder name is needed (no slashes, control "
                         "or format characters, line breaks, leading dot or surrounding spaces)")
     if name.lower().endswith(".zip"):  # pack writes NAME/ and NAME.zip itself
-        raise PackError(f"--name {name!r}: give the name without .zip (--name {name[:-4]}): "
+        raise PackError(f"{said}: give the name without .zip (--name {name[:-4]}): "
                         f"pack writes the folder {name[:-4]}/ and {name[:-4]}.zip")
     if len(name.encode()) > MAX_NAME_BYTES:  # its working files add to it; folders take 255
         raise PackError(f"package name {name[:40]}...: {len(name.encode())} bytes, at most "
