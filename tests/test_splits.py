@@ -186,6 +186,9 @@ def test_stratification_balances_the_statistic():
         (lambda: group_split(np.arange(3), np.arange(3), stratify=[1, np.nan, 2]), "NaN"),
         (lambda: group_split(np.arange(5), np.arange(5), stratify=np.ones(5), n_bins=0),
          "n_bins"),
+        # without stratify too, as docs/data.md says (it passed silently)
+        (lambda: group_split(np.arange(8), np.arange(8), n_bins=-1), "n_bins=-1"),
+        (lambda: group_kfold(np.arange(8), np.arange(8), k=2, n_bins=0), "n_bins=0"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_rejected(call, message):

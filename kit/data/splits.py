@@ -93,9 +93,10 @@ def group_split(
     order = np.argsort(ids, kind="stable")
     ids, group_of = ids[order], group_of[order]
     bins = np.zeros(len(names), dtype=np.int64)
+    # checked with or without stratify, as documented (a bad value waits for the day it is used)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
+        raise SplitError(f"n_bins={n_bins!r} must be a positive integer")
     if stratify is not None:
-        if not isinstance(n_bins, int | np.integer) or n_bins < 1:
-            raise SplitError(f"n_bins={n_bins!r} must be a positive integer")
         values = _check_stratify(stratify, ids.shape)[order]
         bins = _quantile_bins(np.bincount(group_of, weights=values) / sizes, n_bins, rng)
     part_of_group = _assign_groups(sizes, bins, fractions, rng)
