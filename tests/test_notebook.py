@@ -725,9 +725,14 @@ def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path,
     assert [p.name for p in out.iterdir() if p.name.startswith(".kit-notebook-")] == [
         f".kit-notebook-{owner_tag()}-live"]
     shutil.rmtree(out / f".kit-notebook-{owner_tag()}-live")
-    # without --out, the dataset folder's own OUT is rewritten (not OUT/dataset-kaggle)
-    run_cli("notebook", out / "dataset", "--owner", "alice")
+    # without --out, the dataset folder's own OUT is rewritten (not OUT/dataset-kaggle); and
+    # without --owner (nor KAGGLE_USERNAME), the owner on record (it was refused)
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-config"))
+    run_cli("notebook", out / "dataset")
     assert not (out / "dataset-kaggle").exists()
+    meta = json.loads((out / "dataset/dataset-metadata.json").read_text())
+    assert meta["id"].startswith("alice/")
     assert '"KIT_PROTOCOL", "rows"' in "".join(
         "".join(c["source"]) for c in json.loads((out / "kernel/notebook.ipynb").read_text())
         ["cells"])

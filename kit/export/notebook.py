@@ -501,15 +501,16 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     if not submission.exists():  # before the owner: the first thing to fix comes first
         raise NotebookError(f"{submission}: no such package (kit pack RUN writes "
                             "submissions/NAME)")
+    earlier = _dataset_written_before(submission)
+    owner = owner or (earlier[2] if earlier else None)  # the dataset's owner on record
     if not owner:
         raise NotebookError("--owner: your Kaggle user name is needed for the dataset and "
                             "kernel ids (or set KAGGLE_USERNAME)")
     if not re.match(r"^[A-Za-z0-9_-]+$", owner):
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     name = package_name(submission)
-    earlier = _dataset_written_before(submission)
     if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
-        name, default_slug = earlier
+        name, default_slug, _ = earlier
     else:  # (a cut may end on a hyphen)
         default_slug = (None if dataset_slug else
                         slugify(f"{name}-package", "--dataset-slug")[:50].rstrip("-"))
@@ -613,16 +614,18 @@ def _kit_kernel(folder: Path) -> bool:
         return False
 
 
-def _dataset_written_before(submission: Path) -> tuple[str, str] | None:
-    """(name, dataset slug) when `submission` is a dataset folder kit notebook wrote."""
+def _dataset_written_before(submission: Path) -> tuple[str, str, str] | None:
+    """(name, dataset slug, owner) when `submission` is a dataset folder kit notebook wrote."""
     try:
         meta = json.loads((Path(submission) / "dataset-metadata.json").read_text())
-        slug, title = meta["id"].split("/")[1], meta["title"]
+        owner, slug = meta["id"].split("/")
+        title = meta["title"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
         return None
     name = title.removesuffix(" (kit)").removesuffix(" package")
     # (3 to 50 characters: kit's rule before the CLI's 6; _check_slug then names the rule)
-    return (name, slug) if name and re.match(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$", slug) else None
+    return ((name, slug, owner) if name and re.match(r"^[a-z0-9][a-z0-9-]{1,48}[a-z0-9]$", slug)
+            else None)
 
 
 def package_name(submission: Path) -> str:
