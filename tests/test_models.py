@@ -335,6 +335,9 @@ def test_budget_errors_and_overrides_a_width():
         # sizes torch cannot allocate: the table is named, not torch's traceback
         ({"type": "gru", "hidden": 10**11}, "'hidden': 100000000000"),
         ({"type": "transformer", "ff": 1e300}, "torch cannot build it (TypeError"),
+        # with a budget too: solving it builds the model (on the meta device), uncaught
+        ({"type": "transformer", "params": 100_000, "ff": 1e300}, "torch cannot build it"),
+        ({"type": "ssm", "params": 100_000, "expand": 10**20}, "torch cannot build it"),
         # an int past float's range: an OverflowError from math.isfinite
         ({"type": "transformer", "ff": 10**400}, "model.ff: expected a finite number > 0"),
         # a history only the state holds: built, then a torch allocation error at its state

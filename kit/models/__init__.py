@@ -99,9 +99,24 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _count(cls: type[StreamModel], values: dict, n_inputs: int, n_outputs: int) -> int:
+def _count(kind: str, values: dict, n_inputs: int, n_outputs: int) -> int:
     with torch.device("meta"):  # no memory, no init cost: only the shapes matter
-        return count_params(cls(n_inputs, n_outputs, **values))
+        return count_params(_built(kind, values, n_inputs, n_outputs))
+
+
+def _built(kind: str, values: dict, n_inputs: int, n_outputs: int) -> StreamModel:
+    """The model of type `kind` with these constructor values (solving a budget builds it
+    too, on the meta device)."""
+    cls = model_class({"type": kind})
+    try:
+        return cls(n_inputs, n_outputs, **values)
+    except (RuntimeError, OverflowError, MemoryError, TypeError) as exc:
+        # sizes past what torch can allocate (model.hidden = 10**11, model.ff = 1e300): the
+        # keys' checks take any size, so say which table it was rather than torch's traceback
+        said = (str(exc).splitlines() or [""])[0][:200]
+        raise ModelConfigError(f"model {values | {'type': kind}}: torch cannot "
+                               f"build it ({type(exc).__name__}: {said}); are the sizes meant?"
+                               ) from None
 
 
 def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
@@ -119,7 +134,7 @@ def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
     cls.check({**values, cls.width_key: step})  # before building: patch_len > window crashes
 
     def size(m: int) -> int:
-        return _count(cls, {**values, cls.width_key: m * step}, n_inputs, n_outputs)
+        return _count(config["type"], {**values, cls.width_key: m * step}, n_inputs, n_outputs)
 
     smallest = size(1)
     if smallest > budget:
@@ -142,14 +157,4 @@ def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
 def build_model(config: dict, n_inputs: int, n_outputs: int) -> StreamModel:
     """The model of a [model] table (its width solved from `params` when that is given)."""
     config = solve_width(config, n_inputs, n_outputs)
-    cls = model_class(config)
-    values = model_values(config)
-    try:
-        return cls(n_inputs, n_outputs, **values)
-    except (RuntimeError, OverflowError, MemoryError, TypeError) as exc:
-        # sizes past what torch can allocate (model.hidden = 10**11, model.ff = 1e300): the
-        # keys' checks take any size, so say which table it was rather than torch's traceback
-        said = (str(exc).splitlines() or [""])[0][:200]
-        raise ModelConfigError(f"model {values | {'type': config['type']}}: torch cannot build "
-                               f"it ({type(exc).__name__}: {said}); are the sizes meant?"
-                               ) from None
+    return _built(config["type"], model_values(config), n_inputs, n_outputs)
