@@ -242,8 +242,30 @@ def pandas_rows(values, dtypes: list[str] | None):
 
 
 # bytes of the Python objects an object row holds per value, by column kind: a float is its
-# own 24-byte object; ints past the small-int cache take 28; bools are shared
-OBJECT_BYTES = {"f": 24, "i": 28, "u": 28, "b": 0}
+# own 24-byte object and an int past the small-int cache 28, each taking 32 in Python's
+# allocator (16-byte size classes: 24 counted 1.38 KB a row where 1.64 KB was measured);
+# bools are shared
+OBJECT_BYTES = {"f": 32, "i": 32, "u": 32, "b": 0}
+
+
+def _in_allocator(size: int) -> int:
+    """What `size` bytes take in Python's and malloc's allocators (16-byte classes, 32 at
+    least)."""
+    return max(32, (size + 15) // 16 * 16)
+
+
+def kept_bytes(preds: list, values) -> tuple[int, int]:
+    """What the scorer keeps per scored row until its metric, beside the rows: (what this
+    replay holds too: the returned objects and the list's pointer to each; what it does not:
+    the official loop's `labels = row[35:]` view of each scored row, kept in a second list).
+    Computed from the first prediction, as rows_bytes is computed."""
+    if not preds:
+        return 0, 0
+    first = preds[0]
+    own = first.nbytes if isinstance(first, np.ndarray) and first.flags.owndata else 0
+    per_pred = 8 + _in_allocator(sys.getsizeof(first) - own) + (_in_allocator(own) if own else 0)
+    per_label = 8 + _in_allocator(sys.getsizeof(values[0][3:])) if len(values) else 0
+    return len(preds) * per_pred, len(preds) * per_label
 
 
 def rows_bytes(raw, values) -> int:
@@ -285,6 +307,7 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
     loop_s = time.perf_counter() - t0
     report.write(b"P %d\n" % len(values))
 
+    kept, labels = kept_bytes(preds, values)
     array = collect(preds, k, values)
     np.save(os.path.join(out_dir, "predictions.npy"), array)
     if job.get("next_state"):
@@ -295,6 +318,8 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
         "init_s": init_s,
         "loop_s": loop_s,
         "rows_mb": rows_mb,
+        "kept_mb": kept / 2**20,  # held here too
+        "labels_mb": labels / 2**20,  # held by the official loop only
         "numpy": np.__version__,
     }
 

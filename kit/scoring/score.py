@@ -101,10 +101,11 @@ class ScoreResult:
             "(on this machine's CPU)",
         ]
         projected = self.sandbox.get("projected_peak_mb")
+        held = self.sandbox.get("rows_mb", 0.0) + self.sandbox.get("kept_mb", 0.0)
         if mem is not None and projected is not None:
             lines.append(
-                f"peak memory {mem:,.0f} MB here ({self.sandbox['rows_mb']:,.0f} MB of it "
-                f"this file's rows); projected on the test set's rows: {projected:,.0f} MB"
+                f"peak memory {mem:,.0f} MB here ({held:,.0f} MB of it this file's rows and "
+                f"the predictions kept); projected on the test set's rows: {projected:,.0f} MB"
                 + (f" of {limit_gb:g} GB" if limit_gb else "")
             )
         elif mem is not None:
@@ -223,10 +224,12 @@ def score_submission(
                      "warns of them)")
     peak, rows_mb = result["sandbox"].get("peak_rss_mb"), result.get("rows_mb")
     if peak is not None and rows_mb is not None:
-        # the scorer holds every row of its test set, as the child held this file's
-        result["sandbox"]["rows_mb"] = rows_mb
+        # the scorer holds every row of its test set, as the child held this file's, and what
+        # it keeps per scored row: the returned predictions, and a view of each row's labels
+        kept, labels = result.get("kept_mb", 0.0), result.get("labels_mb", 0.0)
+        result["sandbox"] |= {"rows_mb": rows_mb, "kept_mb": kept, "labels_mb": labels}
         result["sandbox"]["projected_peak_mb"] = (
-            peak - rows_mb + rows_mb * spec.limits.test_rows / n_rows)
+            peak - rows_mb - kept + (rows_mb + kept + labels) * spec.limits.test_rows / n_rows)
     verdict = result["sandbox"].get("projected_peak_mb", peak)
     if verdict is not None and verdict > spec.limits.memory_gb * 1024:
         notes.append(
