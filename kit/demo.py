@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import polars as pl
@@ -62,9 +63,10 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
     from kit.config import refuse_overrides
     from kit.data.synth import synthesize
     from kit.ensemble import select_ensemble
-    from kit.export.pack import duration, pack_ensemble, pack_run
+    from kit.export.pack import pack_ensemble, pack_run
     from kit.parity import run_parity
     from kit.scoring import score_submission
+    from kit.scoring.score import seconds_text
     from kit.train.recipe import check_config, experiment_config, train_experiment
 
     started = time.perf_counter()
@@ -88,7 +90,9 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
     # TOML strings, escaped (json's escapes are TOML's): a \t in a folder name stays two chars
     paths = [f"{key}={json.dumps(str(value))}" for key, value in
              (("data.train", train), ("data.valid", valid), ("spec", spec_name))]
-    check_config(experiment_config(experiment, paths + list(overrides or [])))  # model too
+    with warnings.catch_warnings():  # (said once, by the training that checks it again)
+        warnings.simplefilter("ignore")
+        check_config(experiment_config(experiment, paths + list(overrides or [])))  # model too
     _section("data")
     present = [p for p in (train, valid, oracle) if p.exists()]
     if not present:
@@ -179,7 +183,7 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
                f"(whole sequences and step by step) and the package (all {len(parity.checks)} "
                "checks pass)")
     typer.echo(f"speed {scored.rows_per_s:,.0f} rows/s ({scored.us_per_row:.1f} us/row) on 1 CPU: "
-               f"the test set would take {duration(scored.projected_s)} of the "
-               f"{duration(scored.limit_s)} limit ({scored.projected_s / scored.limit_s:.1%})")
+               f"the test set would take {seconds_text(scored.projected_s)} of the "
+               f"{seconds_text(scored.limit_s)} limit ({scored.projected_s / scored.limit_s:.1%})")
     typer.echo(f"submission: {packed.zip_path}   demo finished in {summary['seconds']:.0f}s")
     return summary

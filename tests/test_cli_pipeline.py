@@ -78,7 +78,7 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     result = run_cli("demo", "--quiet", "--seeds", 2, "train.epochs=2", "model.hidden=16")
     out = result.output
     assert "contract OK" in out and "parity OK" in out and "[FAIL]" not in out
-    assert "of the oracle" in out and "min limit" in out and "max abs difference" in out
+    assert "of the oracle" in out and "of the 5,400 s limit" in out and "max abs difference" in out
     assert (tmp_path / "submissions" / "demo.zip").is_file()
     manifest = json.loads((tmp_path / "submissions/demo/manifest.json").read_text())
     assert manifest["parity"]["ok"] and "runs/gru_base/" in manifest["members"][0]["run"]

@@ -554,14 +554,11 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
 
 
 def format_budget(b: dict) -> str:
-    return (f"projected test time {duration(b['projected_s'])} of the "
-            f"{duration(b['limit_s'])} limit ({b['fraction']:.1%}; {b['us_per_row']:.1f} "
+    from kit.scoring.score import seconds_text
+
+    return (f"projected test time {seconds_text(b['projected_s'])} of the "
+            f"{seconds_text(b['limit_s'])} limit ({b['fraction']:.1%}; {b['us_per_row']:.1f} "
             f"us/row on 1 CPU, {b['members']} member(s))")
-
-
-def duration(seconds: float) -> str:
-    """Minutes for competition-sized limits, seconds for short ones (not "0.0 min of 0")."""
-    return f"{seconds / 60:.1f} min" if seconds >= 120 else f"{seconds:.1f} s"
 
 
 def finalize_graph(path: Path, metadata: dict[str, str]) -> dict:

@@ -96,8 +96,8 @@ class ScoreResult:
             f"sequence(s); child pinned to CPU {self.cpu}",
             f"init {self.init_s:.2f} s   loop {self.loop_s:.2f} s   "
             f"{self.rows_per_s:,.0f} rows/s   {self.us_per_row:.1f} us/row",
-            f"projected on the test set: {_seconds(self.projected_s)} = "
-            f"{100 * self.projected_fraction:.1f}% of the {_seconds(self.limit_s)} limit "
+            f"projected on the test set: {seconds_text(self.projected_s)} = "
+            f"{100 * self.projected_fraction:.1f}% of the {seconds_text(self.limit_s)} limit "
             "(on this machine's CPU)",
         ]
         projected = self.sandbox.get("projected_peak_mb")
@@ -402,7 +402,8 @@ def key_text(value) -> str:
     return str(int(value)) if value.is_integer() else str(value)
 
 
-def _seconds(value: float) -> str:
+def seconds_text(value: float) -> str:
     """Whole seconds where a tenth would not show (3,600 s), tenths below 100 s (0.1 s of a
-    10 s limit read as "0 s")."""
+    10 s limit read as "0 s"). One unit for a time and its limit (kit pack printed "91.9 s of
+    the 90.0 min limit", which reads as over it at a glance)."""
     return f"{value:,.0f} s" if value >= 100 else f"{value:.1f} s"
