@@ -199,6 +199,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         # an out-of-fold group's digests are its folds' (of the train file they split)
         "validated_sha256": _validated_digest(
             config, metrics if source == run_dir else read_metrics(source), source),
+        "validated_file": _validated_file(config, metrics, source),
     }
     if config_error:
         row["config_error"] = config_error
@@ -439,6 +440,13 @@ def _validation_set(config: dict, metrics: dict | None) -> str | None:
     return f"{first}{Path(str(valid)).name}" if valid else None
 
 
+def _validated_file(config: dict, metrics: dict | None, run_dir: Path) -> str | None:
+    """Where the file a run validated on is (two folders' valid.parquet are two files)."""
+    valid = validation_file(config, metrics) if isinstance(config.get("data"), dict) else None
+    found = data_file_of(run_dir, valid) if isinstance(valid, str) else None
+    return str(found.resolve()) if found else None
+
+
 def _validated_digest(config: dict, metrics: dict | None, run_dir: Path) -> str | None:
     """The sha256 the run recorded of the file it validated on (at its start too, for a run
     killed before metrics.json): two files of one name (other folders, other checkouts) are
@@ -511,10 +519,24 @@ def sort_runs(runs: list[dict], sort: str = "score", descending: bool = True) ->
     return sorted(present, key=key, reverse=descending) + missing
 
 
-def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) -> str:
-    """An aligned table of `list_runs` output, sorted by any of its columns (missing last)."""
-    if not runs:
-        return "no runs"
+def _told_apart(runs: list[dict]) -> list[dict]:
+    """Runs whose validation files share a name but not a folder (data/synth/valid.parquet and
+    data/synth-rnn-challenge/valid.parquet) labelled with the folder too."""
+    files: dict[str, set] = {}
+    for r in runs:
+        if r.get("validated") and r.get("validated_file"):
+            files.setdefault(r["validated"], set()).add(r["validated_file"])
+    out = []
+    for r in runs:
+        if len(files.get(r.get("validated"), ())) > 1:
+            file = Path(r["validated_file"])
+            r = {**r, "validated": r["validated"].replace(
+                file.name, f"{file.parent.name}/{file.name}")}
+        out.append(r)
+    return out
+
+
+def _table(runs: list[dict], sort: str, descending: bool) -> list[str]:
     columns = [*BASE_COLUMNS, *_target_names(runs), *TAIL_COLUMNS]
     body = [[_cell(c, _value(r, c)) for c in columns] for r in sort_runs(runs, sort, descending)]
     widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(columns)]
@@ -526,6 +548,26 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
             for c, cell, w in zip(columns, cells, widths, strict=True)
         ).rstrip()
 
+    return [line(columns), line(["-" * w for w in widths]), *map(line, body)]
+
+
+def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) -> str:
+    """An aligned table of `list_runs` output, sorted by any of its columns (missing last);
+    one table per set of outputs (runs of two competitions: one padded every row with the
+    other's 32 empty columns)."""
+    if not runs:
+        return "no runs"
+    runs = _told_apart(runs)
+    by_outputs: dict[tuple, list[dict]] = {}
+    for r in runs:
+        by_outputs.setdefault(tuple(_target_names([r])), []).append(r)
+    if len(by_outputs) > 1 and () in by_outputs:  # runs not scored yet: with their
+        for r in by_outputs.pop(()):  # experiment's scored runs (else the first table)
+            home = next((g for g in by_outputs.values()
+                         if any(o["experiment"] == r["experiment"] for o in g)),
+                        next(iter(by_outputs.values())))
+            home.append(r)
+    tables = [_table(group, sort, descending) for group in by_outputs.values()]
     notes = [f"note: {r['path']}: {r['config_error']}" for r in runs if r.get("config_error")]
     notes += [f"note: {r['path']}: training diverged ({r['diverged']}); "
               + ("its score is the best epoch before that" if r.get("score") is not None
@@ -548,7 +590,8 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
                      "(column validated): compare scores within one set" + (
                          f"; {', '.join(alike)} holds other rows in some runs (the file's "
                          "sha256 differs)" if alike else ""))
-    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, body), *notes])
+    return "\n".join([*(line for i, table in enumerate(tables)
+                        for line in ([""] if i else []) + table), *notes])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -703,3 +703,40 @@ def test_a_report_of_dot_in_a_run_names_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(run)
     report = write_report(Path("."))
     assert report.read_text().splitlines()[0] == "# Run alpha / 20240101-000000-s1"
+
+
+def test_runs_of_two_competitions_list_in_two_tables_with_their_files_told_apart(tmp_path):
+    """Runs of a 2-target and of a 3-output spec: every row carried the other's empty columns,
+    and both valid.parquet files (two folders) were one label whose "sha256 differs"."""
+    root = tmp_path / "runs"
+    two, spec_two = write_data(tmp_path / "synth", small_spec())
+    three, spec_three = write_data(tmp_path / "synth-other",
+                                   small_spec(targets=["a", "b", "c"]))
+    make_run(root, "two", "20240101-000000-s1", two, spec_two)
+    make_run(root, "three", "20240101-000000-s1", three, spec_three)
+    unscored = make_run(root, "two", "20240102-000000-s2", two, spec_two, finished=False)
+    (unscored / "history.jsonl").write_text("")
+    (unscored / "metrics.json").unlink(missing_ok=True)
+    table = format_runs(list_runs(root))
+    heads = [line for line in table.splitlines() if line.startswith("experiment")]
+    assert sorted(" a " in h and " t0 " not in h for h in heads) == [False, True]
+    assert sorted(" t0 " in h and " a " not in h for h in heads) == [False, True]
+    assert "synth/valid.parquet" in table and "synth-other/valid.parquet" in table
+    assert "holds other rows in some runs" not in table
+    (of_two,) = [t for t in table.split("\n\n") if " t0 " in t.splitlines()[0]]
+    assert "20240102-000000-s2" in of_two  # an unscored run stays with its experiment's
+
+
+def test_one_file_rewritten_between_runs_is_said_to_hold_other_rows(tmp_path):
+    """Same label, same file, two recorded sha256s: the file changed between the runs."""
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    for i in (1, 2):
+        make_run(root, "e", f"2024010{i}-000000-s{i}", valid, spec_path, seed=i)
+    rows = list_runs(root)
+    for i, row in enumerate(rows):
+        row["validated_sha256"] = f"{i}" * 64
+    table = format_runs(rows)
+    assert ("scored on 2 different sets of rows (column validated): compare scores within one "
+            "set; valid.parquet holds other rows in some runs") in table

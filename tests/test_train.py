@@ -205,7 +205,9 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
     (tmp_path / "more" / "tiny").symlink_to(tmp_path / "runs" / "tiny")
     out = run_cli("runs", "--runs-dir", tmp_path / "more").output
     assert ("scored on 5 different sets of rows (column validated): compare scores within one "
-            "set; valid.parquet holds other rows in some runs") in out
+            "set\n") in out
+    # two files named valid.parquet: told apart by their folders
+    assert "other/valid.parquet" in out and "data/valid.parquet" in out
 
 
 def test_resume_takes_the_original_command_with_a_width_beside_a_budget(env, tmp_path):
