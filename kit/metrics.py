@@ -14,6 +14,7 @@ from kit.competition import CompetitionSpec
 from kit.errors import DataError
 
 WEIGHT_FLOOR = 1e-8
+SHOWN_OUTPUTS = 6  # past this many outputs, reports print a summary, not one figure each
 
 
 def weighted_pearson(

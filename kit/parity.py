@@ -45,7 +45,7 @@ from kit.export.pack import (
     write_manifest,
 )
 from kit.json_safe import json_safe
-from kit.metrics import evaluate
+from kit.metrics import SHOWN_OUTPUTS, evaluate
 from kit.run_record import relocated
 from kit.scoring.sandbox import prepare_submission
 from kit.scoring.score import FLOAT_EXACT, key_text, load_rows, replay_rows
@@ -102,15 +102,22 @@ class ParityReport:
                  f"{self.rows:,} rows, {self.scored_rows:,} scored; atol {self.atol:g}, "
                  f"rtol {self.rtol:g}"]
         targets = list(next(iter(self.metrics.values()))["per_target"])
-        lines.append(f"{'path':<10}{'score':>10}" + "".join(f"{t:>10}" for t in targets))
+        many = len(targets) > SHOWN_OUTPUTS  # (a next-state spec's 32: one line each, 1.7 KB)
+        heads = ["min", "max"] if many else targets
+        lines.append(f"{'path':<10}{'score':>10}" + "".join(f"{t:>10}" for t in heads))
         for path, m in self.metrics.items():
-            lines.append(f"{path:<10}{m['score']:>10.5f}"
-                         + "".join(f"{m['per_target'][t]:>10.5f}" for t in targets))
+            values = list(m["per_target"].values())
+            shown = [np.nanmin(values), np.nanmax(values)] if many else values
+            lines.append(f"{path:<10}{m['score']:>10.5f}" + "".join(f"{v:>10.5f}" for v in shown))
         for d in self.diffs:
+            items = list(d["per_target"].items())
+            if many:  # the output furthest apart
+                items = [max(items, key=lambda item: item[1]["max_abs"])]
             per = "  ".join(f"{t} max abs {v['max_abs']:.2e} rel {v['max_rel']:.2e} "
                             f"(seq {key_text(v['seq'])}, step {key_text(v['step'])})"
-                            for t, v in d["per_target"].items())
-            lines.append(f"{d['pair']:<20} {per}")
+                            for t, v in items)
+            worst = f"worst of {len(targets)} outputs: " if many else ""
+            lines.append(f"{d['pair']:<20} {worst}{per}")
         for c in self.checks:
             lines.append(f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
         lines.append(f"parity {'OK' if self.ok else 'FAILED'}: max abs difference "

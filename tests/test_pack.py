@@ -1436,3 +1436,20 @@ def test_the_manifest_records_the_digest_of_the_checkpoint_it_packed(runs, tmp_p
     monkeypatch.setattr(checkpoint.torch, "load", load_then_replace)
     member = load_member(run)
     assert member.sha256 == hashlib.sha256(packed_bytes).hexdigest()
+
+
+def test_a_parity_report_of_many_outputs_prints_their_summary():
+    """32 outputs (the next-state preset): one figure each made 1.7 KB lines; past
+    SHOWN_OUTPUTS the table gives min and max and each pair its worst output."""
+    from kit.parity import Check, ParityReport
+
+    names = [str(j) for j in range(32)]
+    per = {"sequence": {"score": 0.1, "per_target": {n: j / 100 for j, n in enumerate(names)}}}
+    diff = {"pair": "sequence vs step", "max_abs": 3e-6, "rows_over": 0, "first_over": None,
+            "per_target": {n: {"max_abs": (7e-6 if n == "17" else 1e-7), "max_rel": 1e-6,
+                               "seq": 2.0, "step": 40.0} for n in names}}
+    text = ParityReport("sub", "data", 2, 100, 80, 1e-5, 1e-6, per, [diff],
+                        [Check("paths agree", True, "ok")]).format()
+    assert max(len(line) for line in text.splitlines()) < 160, text
+    assert "worst of 32 outputs: 17 max abs 7.00e-06" in text
+    assert "0.00000   0.31000" in text  # min and max of the per-output scores
