@@ -559,6 +559,12 @@ def default_data(submission: Path) -> Path:
     valid = validation_file(config) if readable else None  # (a hand-edited config: none)
     if not valid or not isinstance(valid, str):
         raise PackError(f"{submission}: the manifest names no validation file; pass --data")
+    data = config["data"]
+    if data.get("fold") or data.get("split", "file") != "file":  # its held-out part: not a file
+        warnings.warn(f"the run validated on a held-out part of {valid}; parity runs the "
+                      "file's first sequences, training sequences among them, so its scores "
+                      "are not the run's validation score (the checks hold all the same)",
+                      UserWarning, stacklevel=2)
     return Path(valid)
 
 

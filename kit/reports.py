@@ -848,9 +848,9 @@ def _markdown(
         f"schedule {train.get('schedule', '-')}",
         f"- data: train `{data.get('train', '-')}`, validated on "
         f"`{_validated_on(run_dir, config) or '-'}`"
-        + (f" (split {data['split']!r}, {data.get('valid_fraction')} of it)"
-           if data.get("split", "file") != "file" else "")
-        + (f" (fold {data['fold'][1] + 1} of {data['fold'][0]})" if data.get("fold") else ""),
+        # the rows of it, as kit runs labels them (a split, a fold, N seqs, cut steps)
+        + (f" ({row['validated']})" if row.get("validated") and row["validated"] != Path(
+            str(_validated_on(run_dir, config))).name else ""),
         f"- wall time: {_duration(row['wall_s']) if row['wall_s'] is not None else '-'}",
         "",
         "## Score",

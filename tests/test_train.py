@@ -1545,13 +1545,15 @@ def test_a_random_holdout_of_the_train_file_validates(env, grouped_train, tmp_pa
     run_cli("report", runs[0])
     report = (runs[0] / "report" / "report.md").read_text()
     assert "![predicted vs true](pred_vs_true.png)" in report, report
-    assert f"validated on `{grouped_train}` (split 'random'" in report
+    assert f"validated on `{grouped_train}` (random 0.25 (split_seed 3) of " in report
     # parity's default data is that file, extra columns (user, level, label) and all: the
     # scorer replay reads the spec's columns by name
     from kit.export.pack import pack_run
 
     packed = pack_run(runs[0], "holdout", tmp_path / "subs")
-    assert "parity OK" in run_cli("parity", packed.folder, "--seqs", 3).output
+    out = run_cli("parity", packed.folder, "--seqs", 3).output
+    assert "parity OK" in out  # (its scores are not the run's: said)
+    assert re.search(r"validated on a held-out part of .*training sequences\s+among them", out)
     out = run_cli("score", packed.zip_path, "--data", grouped_train, "--seqs", 2, "-q").output
     assert "score" in out and "contract" not in out
 
