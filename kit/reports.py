@@ -527,8 +527,8 @@ def _told_apart(runs: list[dict]) -> list[dict]:
         if r.get("validated") and r.get("validated_file"):
             files.setdefault(r["validated"], set()).add(r["validated_file"])
     out = []
-    for r in runs:
-        if len(files.get(r.get("validated"), ())) > 1:
+    for r in runs:  # (a run whose file is gone keeps its plain label)
+        if len(files.get(r.get("validated"), ())) > 1 and r.get("validated_file"):
             file = Path(r["validated_file"])
             r = {**r, "validated": r["validated"].replace(
                 file.name, f"{file.parent.name}/{file.name}")}
@@ -538,7 +538,9 @@ def _told_apart(runs: list[dict]) -> list[dict]:
 
 def _table(runs: list[dict], sort: str, descending: bool) -> list[str]:
     columns = [*BASE_COLUMNS, *_target_names(runs), *TAIL_COLUMNS]
-    body = [[_cell(c, _value(r, c)) for c in columns] for r in sort_runs(runs, sort, descending)]
+    # another table's output column (--sort t0 beside the rnn-challenge's): by score here
+    ordered = sort_runs(runs, sort if sort in columns else "score", descending)
+    body = [[_cell(c, _value(r, c)) for c in columns] for r in ordered]
     widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(columns)]
     left = {"experiment", "run_id", "finished"}
 
@@ -557,6 +559,7 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
     other's 32 empty columns)."""
     if not runs:
         return "no runs"
+    sort_runs(runs, sort, descending)  # a column none of them has: named, as before
     runs = _told_apart(runs)
     by_outputs: dict[tuple, list[dict]] = {}
     for r in runs:

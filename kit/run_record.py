@@ -205,10 +205,10 @@ def data_file_of(run_dir: Path, path: str, reading_here: bool = False) -> Path |
     if configured.is_absolute():
         return configured if configured.is_file() else None
     parents = Path(run_dir).resolve().parents
-    # runs/EXP/ID, or runs/ID (kit train --run-dir runs/ID: parents[2] was above the project)
-    # (the outer one first: an experiment named runs is runs/runs/ID)
-    project = next((p.parent for p in reversed(parents[:2]) if p.name == "runs"), None)
-    own = [project] if project else [parents[2]] if len(parents) > 2 else []
+    # runs/EXP/ID, or runs/ID (kit train --run-dir runs/ID: parents[2] was above the project);
+    # runs/runs/ID is either (an experiment named runs, or a project folder named runs): the
+    # inner project first, the outer where the file is not in the inner one
+    own = [p.parent for p in parents[:2] if p.name == "runs"] or parents[2:3]
     bases = [Path.cwd(), *own] if reading_here else [*own, Path.cwd()]
     return next((base / configured for base in bases if (base / configured).is_file()), None)
 

@@ -179,8 +179,10 @@ def parse_space(table: dict) -> list[Param]:
             continue
         low, high = spec.get("low"), spec.get("high")
         numbers = (int,) if kind == "int" else (int, float)
-        if not all(isinstance(v, numbers) and not isinstance(v, bool) for v in (low, high)):
-            raise SweepError(f"{where}: low and high must be {kind}s, got {low!r}, {high!r}")
+        if not all(isinstance(v, numbers) and not isinstance(v, bool) and finite(v)
+                   for v in (low, high)):  # (inf, nan, 10**400: Optuna fails every trial)
+            raise SweepError(f"{where}: low and high must be finite {kind}s, got {low!r}, "
+                             f"{high!r}")
         if low > high:
             raise SweepError(f"{where}: low ({low}) > high ({high})")
         log, step = spec.get("log", False), spec.get("step")

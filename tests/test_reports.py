@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -638,22 +639,25 @@ def test_a_run_right_under_the_runs_folder_is_listed(runs_root: Path):
         str(runs_root / "myrun"), str(runs_root / "alpha" / "20240102-000000-s2")}
 
 
-@pytest.mark.parametrize("run", ["runs/EXP/ID", "runs/myrun", "runs/runs/ID"])
-def test_a_runs_relative_data_path_is_read_in_its_own_project(tmp_path, monkeypatch, run):
+@pytest.mark.parametrize("project, run", [("proj", "runs/EXP/ID"), ("proj", "runs/myrun"),
+                                          ("proj", "runs/runs/ID"), ("runs", "runs/myrun")])
+def test_a_runs_relative_data_path_is_read_in_its_own_project(tmp_path, monkeypatch, project,
+                                                              run):
     """A run right under runs/ (kit train --run-dir runs/myrun) looked one folder too high
     first: a data/ beside the project was taken for the run's (its content "changed", the
-    selection refused the run)."""
+    selection refused the run). runs/runs/ID is an experiment named runs, or a run right
+    under the runs/ of a project folder named runs."""
     from kit.run_record import data_file_of
 
-    for folder in (tmp_path / "proj" / "data", tmp_path / "data"):  # the project's, a decoy
+    for folder in (tmp_path / project / "data", tmp_path / "data"):  # the project's, a decoy
         folder.mkdir(parents=True)
         (folder / "valid.parquet").write_text(str(folder))
-    (tmp_path / "proj" / run).mkdir(parents=True)
+    (tmp_path / project / run).mkdir(parents=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    found = data_file_of(tmp_path / "proj" / run, "data/valid.parquet")
-    assert found == tmp_path / "proj" / "data" / "valid.parquet"
+    found = data_file_of(tmp_path / project / run, "data/valid.parquet")
+    assert found == tmp_path / project / "data" / "valid.parquet"
 
 
 def _edit_config(run: Path, **data) -> None:
@@ -725,6 +729,18 @@ def test_runs_of_two_competitions_list_in_two_tables_with_their_files_told_apart
     assert "holds other rows in some runs" not in table
     (of_two,) = [t for t in table.split("\n\n") if " t0 " in t.splitlines()[0]]
     assert "20240102-000000-s2" in of_two  # an unscored run stays with its experiment's
+    # sorted by one table's output: that table by it, the other by score (it raised)
+    assert format_runs(list_runs(root), sort="a").count("experiment") == 2
+    with pytest.raises(KitError, match="cannot sort by 'nope'"):
+        format_runs(list_runs(root), sort="nope")
+    # a run whose validation file is gone keeps its plain label (a TypeError ended the table)
+    make_run(root, "two", "20240103-000000-s3", two, spec_two)
+    gone = tmp_path / "gone" / "valid.parquet"
+    gone.parent.mkdir()
+    shutil.copy(two, gone)
+    moved = make_run(root, "two", "20240104-000000-s4", gone, spec_two)
+    gone.unlink()
+    assert "20240104-000000-s4" in format_runs(list_runs(root)) and moved.is_dir()
 
 
 def test_one_file_rewritten_between_runs_is_said_to_hold_other_rows(tmp_path):
