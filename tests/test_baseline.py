@@ -1,4 +1,6 @@
 import importlib.util
+import os
+import time
 import zipfile
 from dataclasses import dataclass
 
@@ -64,6 +66,10 @@ def test_zip_is_reproducible_and_needs_solution(tmp_path):
     (folder / "__pycache__").mkdir()
     (folder / "__pycache__" / "x.pyc").write_bytes(b"junk")
     first = write_submission_zip(folder).read_bytes()
+    # the same bytes whatever the files' times (two writes a moment apart share a 2-s stamp)
+    later = time.time() + 3600
+    os.utime(folder / "solution.py", (later, later))
     assert write_submission_zip(folder).read_bytes() == first
     with zipfile.ZipFile(folder.with_suffix(".zip")) as archive:
         assert archive.namelist() == ["solution.py"]
+        assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in archive.infolist())

@@ -726,14 +726,16 @@ def test_chunked_feature_arrays_equal_the_whole_frame_and_fail_atomically(tmp_pa
         writer.write(np.zeros((1, 3), np.float32))
         writer.finish()
 
-    # A build that dies half way leaves nothing a later run would read back.
+    # A build that fails leaves nothing behind but the digest record: no entry a later run
+    # would read back, no temp folder (one refused before its first chunk, then one that
+    # fails after it)
     broken = tmp_path / "broken.parquet"
     pl.concat([make_frame(spec, lengths=[5, 9], seed=1),
                make_frame(spec, lengths=[4], seed=2).with_columns(
                    pl.lit(0, dtype=pl.Int64).alias("seq_ix"))]).write_parquet(broken)
     with pytest.raises(Exception, match="not contiguous"):
         feature_arrays(broken, fs, cache_dir=tmp_path / "cb")
-    assert not [p for p in (tmp_path / "cb").glob("*") if not p.name.startswith(".tmp")]
+    assert {p.name for p in (tmp_path / "cb").iterdir()} <= {"digests.json"}
     # a build that fails after its first chunk closes the files it was writing
     holes = make_frame(spec, lengths=[5, 9], seed=3).with_columns(
         pl.when((pl.col("seq_ix") == 1) & pl.col("need_prediction"))
@@ -750,6 +752,7 @@ def test_chunked_feature_arrays_equal_the_whole_frame_and_fail_atomically(tmp_pa
                            chunk_seqs=1)
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert {p.name for p in (tmp_path / "ch").iterdir()} <= {"digests.json"}
 
 
 def test_cumulative_sums_do_not_drift_from_the_batch_face_over_long_sequences(tmp_path):

@@ -17,6 +17,7 @@ def test_standard_fit_uses_only_masked_rows_and_clips():
     np.testing.assert_allclose(norm.scale, rows.std(0), rtol=1e-5)
     y = norm.transform(x)
     assert y.dtype == np.float32 and y.max() == 4.0
+    assert norm.transform(np.full((1, 3), -1e6, np.float32)).min() == -4.0  # both sides
     # a 0/1 integer mask is the same mask (it indexed rows 0 and 1 only)
     as_ints = Normaliser.fit(x, mask.astype(np.int8), "standard", clip=4.0)
     np.testing.assert_array_equal(as_ints.center, norm.center)

@@ -981,9 +981,16 @@ def test_zip_layout_rules(tmp_path):
     empty = make_zip(tmp_path / "empty.zip", {"readme.txt": "hi"})
     with pytest.raises(SubmissionError, match="no solution.py at the root"):
         score(empty, data)
+    ok = make_zip(tmp_path / "ok.zip", {"solution.py": FORMULA}).read_bytes()
+    cut = tmp_path / "cut.zip"  # no end record: not a zip at all
+    cut.write_bytes(ok[:-30])
+    with pytest.raises(SubmissionError, match="neither a folder nor a .zip archive"):
+        score(cut, data)
+    # a zip by its end record whose central directory is damaged: zipfile's BadZipFile
     corrupt = tmp_path / "corrupt.zip"
-    corrupt.write_bytes(make_zip(tmp_path / "ok.zip", {"solution.py": FORMULA}).read_bytes()[:-30])
-    with pytest.raises(SubmissionError):
+    corrupt.write_bytes(ok.replace(b"PK\x01\x02", b"PK\x01\x00", 1))
+    assert zipfile.is_zipfile(corrupt)
+    with pytest.raises(SubmissionError, match="corrupt zip archive"):
         score(corrupt, data)
 
 
