@@ -1,6 +1,7 @@
 """The foundation's verbs end to end through the CLI, on a small generated competition."""
 
 import json
+import re
 from pathlib import Path
 
 import polars as pl
@@ -89,6 +90,22 @@ def test_demo_runs_end_to_end(tmp_path, monkeypatch):
     # one seed packs the run itself: the earlier demo's ensemble file goes, not left stale
     run_cli("demo", "--quiet", "--seeds", 1, "train.epochs=1", "model.hidden=16")
     assert not (tmp_path / "submissions/demo-ensemble.toml").exists()
+
+
+def test_demo_generates_its_data_when_it_is_missing(tmp_path, monkeypatch):
+    """The first thing README's first command does on a fresh machine (the other demo tests
+    generate the data first). Demo-sized data made small: the sizes are not under test."""
+    monkeypatch.setattr("kit.data.synth.DEFAULT_SEQS", {"train": 8, "valid": 4})
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("demo", "--quiet", "--seeds", 1, "train.epochs=1", "model.hidden=8").output
+    assert "generated 8,000 train and 4,000 valid rows" in out and "parity OK" in out
+    assert {p.name for p in (tmp_path / "data/synth").iterdir()} >= {
+        "train.parquet", "valid.parquet", "valid_oracle.parquet"}
+    # the summary: per-target scores against the oracle, and the time against the limit
+    assert re.search(r"score -?\d\.\d{4} = -?\d+% of the oracle's \d\.\d{4}", out)
+    assert re.search(r"t0 -?\d\.\d{4} \(oracle \d\.\d{4}\)", out)
+    assert "of the 5,400 s limit" in out
 
 
 def test_demo_runs_an_experiment_on_its_own_competition(tmp_path, monkeypatch):

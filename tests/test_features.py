@@ -549,6 +549,14 @@ def test_features_cli_list_and_build(tmp_path):
     make_frame(load_spec("predictorium"), lengths=[30, 30], seed=2).write_parquet(path)
     out = run_cli("features", "build", "--groups", "raw,spreads", "--data", path).output
     assert "p6-p0" in out and "38 features over 60 rows" in out
+    assert re.search(r"built in \d+\.\d\ds", out)
+    # each feature's mean, std, min and max, as Polars computes them on the built frame
+    frame = pl.read_parquet(path)
+    spread = (frame["p6"] - frame["p0"]).cast(pl.Float32)
+    (line,) = [row for row in out.splitlines() if row.startswith("p6-p0 ")]
+    assert [float(v) for v in line.split()[1:]] == pytest.approx(
+        [spread.mean(), spread.std(ddof=0), spread.min(), spread.max()], rel=1e-3)
+    assert "mean" in out and "std" in out
     exp = tmp_path / "exp.toml"
     exp.write_text('spec = "predictorium"\n[features]\ngroups = ["imbalance"]\n')
     out = run_cli("features", "build", f"exp={exp}", "--data", path).output

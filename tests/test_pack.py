@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import polars as pl
 import pytest
 
@@ -188,6 +189,21 @@ def test_runtime_contract_fresh_arrays_none_float_ids_and_nan_rows(gru_pack):
     assert len({id(o) for o in outs}) == len(outs)  # fresh objects, not one reused buffer
     assert not any(np.shares_memory(a, b) for a in outs for b in outs if a is not b)
     assert not np.array_equal(outs[0], outs[1])
+    # single-threaded, as the scorer's one vCPU wants (a pool of threads only costs there)
+    options = model.session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+def test_parity_holds_packages_to_1e_5_by_default(workspace, gru_pack, tmp_path):
+    """The issue's default tolerance: predictions 2e-5 off fail the paths check."""
+    from kit.parity import DEFAULT_ATOL
+
+    assert DEFAULT_ATOL == 1e-5
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "return self.y_row.copy()", "return self.y_row.copy() + 2e-5")
+    out = run_cli("parity", folder, "--data", _valid(workspace), "--seqs", 2, expect=1).output
+    assert "[FAIL] paths agree" in out and "by more than 1e-05" in out
 
 
 def test_both_call_paths_give_identical_predictions(gru_pack):
