@@ -508,6 +508,8 @@ def sort_runs(runs: list[dict], sort: str = "score", descending: bool = True) ->
         raise KitError(f"cannot sort by {sort!r}; sort by one of: {', '.join(columns)}")
     present = [r for r in runs if _value(r, sort) is not None]
     missing = [r for r in runs if _value(r, sort) is None]
+    if sort != "score":  # those without the column by score (another competition's table is
+        missing = sort_runs(missing, "score", descending)  # ordered so, and --json alike)
     # (oracle_fraction is higher-is-better for every metric: oracle / score for an error)
     scores = {"score", *_target_names(runs)}
 

@@ -185,6 +185,8 @@ def parse_space(table: dict) -> list[Param]:
                              f"{high!r}")
         if low > high:
             raise SweepError(f"{where}: low ({low}) > high ({high})")
+        if kind == "float" and not finite(float(high) - float(low)):  # Optuna's uniform
+            raise SweepError(f"{where}: the range {low}..{high} is wider than a float holds")
         log, step = spec.get("log", False), spec.get("step")
         if not isinstance(log, bool):
             raise SweepError(f"{where}.log: true or false (a TOML boolean), got {log!r}")

@@ -729,8 +729,19 @@ def test_runs_of_two_competitions_list_in_two_tables_with_their_files_told_apart
     assert "holds other rows in some runs" not in table
     (of_two,) = [t for t in table.split("\n\n") if " t0 " in t.splitlines()[0]]
     assert "20240102-000000-s2" in of_two  # an unscored run stays with its experiment's
-    # sorted by one table's output: that table by it, the other by score (it raised)
-    assert format_runs(list_runs(root), sort="a").count("experiment") == 2
+    # sorted by one table's output: that table by it, the other by score (it raised), and
+    # the table in --json's order
+    make_run(root, "two", "20240105-000000-s5", two, spec_two, seed=5, noise=0.1)
+    for descending in (True, False):
+        rows = list_runs(root)
+        table = format_runs(rows, sort="a", descending=descending)
+        listed = [r["run_id"] for r in sort_runs(rows, "a", descending)
+                  if r["experiment"] == "two"]
+        (of_two,) = [t for t in table.split("\n\n") if " t0 " in t.splitlines()[0]]
+        shown = [line.split()[1] for line in of_two.splitlines()[2:]
+                 if line.startswith("two ")]
+        assert shown == listed, (shown, listed)
+        assert shown[0 if descending else -2] == "20240105-000000-s5"  # the best score
     with pytest.raises(KitError, match="cannot sort by 'nope'"):
         format_runs(list_runs(root), sort="nope")
     # a run whose validation file is gone keeps its plain label (a TypeError ended the table)

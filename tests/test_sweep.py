@@ -292,6 +292,7 @@ def test_a_journal_file_storage_works_unchanged(sweep_env):
     ({"type": "float", "low": 0.0, "high": float("inf")}, "low and high must be finite"),
     ({"type": "float", "low": float("nan"), "high": 1.0}, "low and high must be finite"),
     ({"type": "int", "low": 0, "high": 10**400}, "low and high must be finite ints"),
+    ({"type": "float", "low": -1e308, "high": 1e308}, "wider than a float holds"),
     ({"type": "int", "low": 8, "high": 16, "step": True}, "step: a positive int, got True"),
     ({"type": "float", "low": 1e-3, "high": 1e-2, "step": 0.5},
      "step 0.5 is wider than the range 0.001..0.01"),
