@@ -553,6 +553,8 @@ def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = Fa
     """Load the candidates, select, optionally tune post-processing, write the TOML."""
     from kit.reports import ValidFile
 
+    if out is not None:  # before any candidate loads or selection runs
+        check_out(Path(out))
     candidates = [load_candidate(p) for p in expand_candidates(paths)]
     check_same_rows(candidates)  # before reading the truth: the error names the mismatch
     first = candidates[0]
@@ -668,6 +670,19 @@ def weights_edited(doc: dict) -> bool:
 WRITTEN = "# written by kit ensemble select; sha256 of the lines below: "
 
 
+def check_out(out: Path) -> None:
+    """An ensemble file's --out: a .toml name (kit report and kit pack --ensemble read it by
+    that suffix), not a folder, under a folder or a name that can be one."""
+    if out.suffix != ".toml":
+        raise EnsembleError(f"--out {out}: an ensemble file is a .toml file (kit report tells "
+                            f"it from a run by that): --out {out.with_suffix('.toml').name}")
+    if out.is_dir():
+        raise EnsembleError(f"--out {out}: is a folder; name the .toml file to write in it")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise EnsembleError(f"--out {out}: {blocking} is a file, not a folder")
+
+
 def write_ensemble(doc: dict, out: Path | None) -> Path:
     """To `out`, or to a new runs/ensembles/ensemble-STAMP[-N].toml: created exclusively, so
     two selections in the same second never write one file. Its first line holds the digest
@@ -676,6 +691,7 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
     text = f"{WRITTEN}{hashlib.sha256(body.encode()).hexdigest()}\n{body}"
     if out:
         out = Path(out)
+        check_out(out)
         if out.exists() and not written_by_select(out):
             raise EnsembleError(f"--out {out}: the file exists and is not one kit ensemble "
                                 "select wrote, unedited (a run's config.toml, an experiment, "

@@ -1085,6 +1085,24 @@ def test_any_hand_edit_keeps_a_selection_file_from_being_replaced(runs, tmp_path
         assert out.read_text() == edited
 
 
+def test_an_out_that_kit_report_could_not_read_back_is_refused_first(runs, tmp_path,
+                                                                     monkeypatch):
+    """--out out.txt was written, then `kit report out.txt` took it for a run folder; a folder
+    or a path under a file were found only after the whole selection."""
+    from kit import ensemble
+
+    monkeypatch.setattr(ensemble, "load_candidate", lambda path: pytest.fail("loaded first"))
+    (tmp_path / "folder.toml").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, said in ((tmp_path / "out.txt", "--out out.toml"),
+                      (tmp_path / "E.TOML", "--out E.toml"),
+                      (tmp_path / "folder.toml", "is a folder"),
+                      (tmp_path / "file" / "e.toml", "file is a file, not a folder")):
+        with pytest.raises(EnsembleError, match=re.escape(said)):
+            select_ensemble([runs["gru"], runs["gru_b"]], iters=2, out=out)
+    assert not (tmp_path / "out.txt").exists()
+
+
 def test_a_deleted_tuned_record_makes_the_tuned_scores_unverifiable(runs, tmp_path):
     """An error told to delete postprocess.tuned rather than edit it: then a smoothing edited
     by hand read as tuned, the table showed the tuning's scores, and the manifest said no
