@@ -20,7 +20,7 @@ from kit.data.contract import check_file
 from kit.data.io import read_frame
 from kit.data.synth import synth_dir
 from kit.errors import KitError, ScorerRefusal
-from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, scored_truth
+from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, outputs_summary, scored_truth
 
 
 def _section(title: str) -> None:
@@ -172,8 +172,7 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
     per_target = "  ".join(f"{k} {v:.4f} (oracle {ceiling.per_target[k]:.4f})"
                            for k, v in scored.report.per_target.items())
     if len(scored.report.per_target) > SHOWN_OUTPUTS:  # (a next-state spec's 32 outputs)
-        values = list(scored.report.per_target.values())
-        per_target = f"{len(values)} outputs, min {min(values):.4f}, max {max(values):.4f}"
+        per_target = outputs_summary(scored.report.per_target)
     rows = (f"the first {scored.sequences:,} valid sequences" if seqs is not None
             else "the valid set")
     typer.echo(f"score {summary['score']:.4f} = {summary['fraction_of_oracle']:.0%} of the "

@@ -183,3 +183,11 @@ def scored_truth(
         raise DataError(f"row {r} (seq {ids[r]}) needs a prediction but is the last row of its "
                         "sequence: the next-state protocol has no truth for it")
     return np.asarray(features, dtype=np.float64)[nxt]
+
+
+def outputs_summary(per_target: dict[str, float]) -> str:
+    """What kit score and the demo print for more than SHOWN_OUTPUTS outputs: their count,
+    least and greatest score (4 decimals; NaN as nan)."""
+    values = np.array(list(per_target.values()), dtype=np.float64)
+    low, high = (f"{v:.4f}" for v in (np.nanmin(values), np.nanmax(values)))
+    return f"{len(values)} outputs, min {low}, max {high}"

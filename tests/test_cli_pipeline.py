@@ -123,6 +123,8 @@ def test_demo_runs_an_experiment_on_its_own_competition(tmp_path, monkeypatch):
     out = run_cli("demo", "--exp", "rnn_gru", "--quiet", "--seeds", 1, "train.epochs=1",
                   "model.hidden=8").output
     assert "using data/synth-rnn-challenge" in out and "parity OK" in out
+    # 32 outputs summarised (kit score's line and the summary), not one figure each
+    assert out.count("32 outputs, min ") == 2
     manifest = json.loads((tmp_path / "submissions/demo/manifest.json").read_text())
     assert manifest["spec"]["name"] == "rnn-challenge"
     # --spec says which competition; the experiment's features must exist there

@@ -20,7 +20,7 @@ from kit.data.contract import check_frame
 from kit.data.io import read_frame
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
-from kit.metrics import SHOWN_OUTPUTS, MetricReport, evaluate, scored_truth
+from kit.metrics import SHOWN_OUTPUTS, MetricReport, evaluate, outputs_summary, scored_truth
 from kit.scoring.sandbox import choose_cpu, copy_submission, prepare_submission, run_child
 
 
@@ -82,11 +82,7 @@ class ScoreResult:
         r = self.report
         per = ", ".join(f"{name} {_fmt(v)}" for name, v in r.per_target.items())
         if len(r.per_target) > SHOWN_OUTPUTS:
-            values = np.array(list(r.per_target.values()), dtype=np.float64)
-            per = (
-                f"{len(values)} outputs, min {_fmt(np.nanmin(values))}, "
-                f"max {_fmt(np.nanmax(values))}"
-            )
+            per = outputs_summary(r.per_target)
         mem = self.sandbox.get("peak_rss_mb")
         limit_gb = self.sandbox.get("memory_limit_gb")
         lines = [

@@ -18,7 +18,6 @@ from pathlib import Path
 from kit.config import ConfigError, differences
 from kit.run_record import DATA_RECORD, TRAINED_SPEC, is_finished
 from kit.train.runs import RunFiles, flock_held, flock_taken
-from kit.workers import EndedBySignal
 
 GROUPS_DIR = ".groups"
 STARTED_ONLY = {"config.toml", DATA_RECORD, TRAINED_SPEC}  # written before the first epoch
@@ -168,6 +167,6 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
             (exp_dir / GROUPS_DIR / f"{stamp}.json").unlink(missing_ok=True)
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, NothingStarted):
                 raise NothingStarted() from None
-            if isinstance(exc, EndedBySignal) or hasattr(exc, "nothing_started"):  # said
-                exc.nothing_started = True  # instead of a --resume hint (SeedsFailed too)
+            if hasattr(exc, "nothing_started"):  # EndedBySignal, SeedsFailed: said instead
+                exc.nothing_started = True  # of a --resume hint
         raise

@@ -336,14 +336,18 @@ def stored_config(files: RunFiles, overrides: list[str] | None) -> dict:
     if not files.config_path.is_file():
         raise ConfigError(f"{files.root}: not a run directory (no config.toml) to resume")
     config = resolve(read_config(files.root))
+    as_trained = None  # the stored config as it trains: checked once, when first needed
 
     def changes(text: str) -> bool:
+        nonlocal as_trained
         edited = resolve(apply_overrides(copy.deepcopy(config), [text]))
         if edited == config:
             return False
         with warnings.catch_warnings():  # compared as they train: a width given beside a
             warnings.simplefilter("ignore")  # `params` budget is solved again (stored solved)
-            return check_config(edited, resume=True) != check_config(config, resume=True)
+            if as_trained is None:
+                as_trained = check_config(config, resume=True)
+            return check_config(edited, resume=True) != as_trained
 
     changed = [text for text in overrides or [] if changes(text)]
     if changed:
