@@ -184,6 +184,52 @@ def test_constant_windows_give_exact_rolling_statistics_in_both_faces(tabled, tm
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=5e-3)
 
 
+EWM_QUOTE_OPS = [  # the z-score of an EWM: x - m cancels, over a std of a fraction of a tick
+    {"op": "ewm_mean", "inputs": ["a"], "alpha": 0.5},
+    {"op": "ewm_std", "inputs": ["a", "c"], "alpha": 0.5},
+    {"op": "ewm_std", "inputs": ["b"], "span": 9},
+    {"op": "diff", "a": ["a"], "b": ["a@ewm_mean0.5"]},
+    {"op": "ratio", "a": ["a-a@ewm_mean0.5"], "b": ["a@ewm_std0.5"]},
+]
+
+
+def _ewm64(x: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """The documented recursion in float64 on float32 inputs: the exact mean and std."""
+    mean, var, means, stds = float(x[0]), 0.0, [], []
+    for value in x.astype(np.float64):
+        delta = value - mean
+        mean += alpha * delta
+        var = (1 - alpha) * (var + alpha * delta * delta)
+        means.append(mean)
+        stds.append(np.sqrt(var))
+    return np.array(means), np.array(stds)
+
+
+def test_ewm_statistics_of_quiet_quotes_are_exact_in_both_faces(tmp_path):
+    # a float32 EWM mean of 912.84 is off by up to 3e-5, as much as the std of a quiet stretch:
+    # the stream face's std was 7% off the exact one and the batch face's (Polars in float32)
+    # 14%, so a z-score read 0.51 in one face and 0.48 in the other (exact: 0.011)
+    fs = build_feature_set(SPEC, groups=[], ops=EWM_QUOTE_OPS)
+    for seed in range(4):
+        df = _quiet_quotes(seed)
+        assert_faces_agree(fs, df)
+        got, expected = onnx_steps_and_batch_face(fs, df, tmp_path / f"e{seed}.onnx")
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * 3000)
+        for sid in (0, 1):
+            rows = (df["seq_ix"] == sid).to_numpy()
+            for name, column, alpha in (("a@ewm_std0.5", "a", 0.5), ("b@ewm_std0.2", "b", 0.2),
+                                        ("c@ewm_std0.5", "c", 0.5)):
+                mean, std = _ewm64(df.filter(rows)[column].to_numpy(), alpha)
+                j = fs.outputs.index(name)
+                for face in (got, expected):
+                    np.testing.assert_allclose(face[rows, j], std, rtol=1e-4, atol=1e-9,
+                                               err_msg=name)
+            j = fs.outputs.index("a@ewm_mean0.5")
+            mean, _ = _ewm64(df.filter(rows)["a"].to_numpy(), 0.5)
+            for face in (got, expected):  # the float32 rounding of the exact mean
+                np.testing.assert_allclose(face[rows, j], mean.astype(np.float32), rtol=2e-7)
+
+
 def test_long_rolling_windows_stay_small_in_the_step_graph(tmp_path):
     # a window as long as a sequence over every feature: constants grow as rows * window (a
     # table per step count would hold (32 * 1000)^2 floats: 4 GB, past ONNX's 2 GB)
@@ -783,3 +829,31 @@ def test_cumulative_sums_do_not_drift_from_the_batch_face_over_long_sequences(tm
     got, expected = onnx_steps_and_batch_face(fs, df, tmp_path / "cum.onnx")
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert abs(got[-1, fs.outputs.index("a@cumsum")] - 600.0) < 1e-3
+
+
+def test_cumulative_sums_keep_small_terms_next_to_large_ones(tmp_path):
+    """Kahan's compensation drops its carry when a term outweighs the total: 1e8, 1, 3, -1e8
+    summed to 0 in the stream face and the ONNX graph (4 in the batch face), and repeated 300
+    times to 0 against 1,200; with 1e8, seven 1s, -1e8 it drifted the other way (8,008 against
+    7,007). Every row's cumsum and cumgain must be the batch face's, exactly here."""
+    cycles = 300
+    a = np.tile([1e8, 1.0, 3.0, -1e8], cycles)
+    b = np.tile([1e8] + [1.0] * 7 + [-1e8], cycles // 2)[:len(a)]
+    df = pl.DataFrame({"seq_ix": np.zeros(len(a), np.int64), "step_in_seq": np.arange(len(a)),
+                       "need_prediction": np.ones(len(a), bool)}
+                      | {k: v.astype(np.float32) for k, v in
+                         {"a": a, "b": b, "c": a[::-1].copy(), "d": np.ones(len(a))}.items()}
+                      | {"y": np.zeros(len(a), np.float32)})
+    fs = build_feature_set(SPEC, groups=[], ops=[
+        {"op": "cumsum", "inputs": ["a", "b"]}, {"op": "cumgain", "inputs": ["c"]},
+        {"op": "cummax", "inputs": ["a"]}])
+    got, expected = onnx_steps_and_batch_face(fs, df, tmp_path / "big.onnx")
+    exact = {"a@cumsum": np.cumsum(a), "b@cumsum": np.cumsum(b),
+             "c@cumgain": np.concatenate([[0.0], np.cumsum(  # steps of float32 values, in float32
+                 np.maximum(np.diff(a[::-1].astype(np.float32)), 0), dtype=np.float64)])}
+    for name, values in exact.items():
+        j = fs.outputs.index(name)
+        np.testing.assert_array_equal(expected[:, j], values.astype(np.float32), err_msg=name)
+        np.testing.assert_array_equal(got[:, j], values.astype(np.float32), err_msg=name)
+    assert got[-1, fs.outputs.index("a@cumsum")] == 1200.0
+    assert_faces_agree(fs, df)

@@ -306,8 +306,15 @@ class EwmKernel(Kernel):
     """Exponentially weighted means and stds of many columns, one alpha per column.
 
     Outputs: the means of every column, then (if any std is asked) the stds of every column;
-    the unrequested ones are spares. At a sequence's first step the mean starts at the value,
-    so the deviation is 0 and the variance stays at its zero state: no branch for it.
+    the unrequested ones are spares.
+
+    The state holds the mean as its offset from the last value (o = m - x_prev), not the mean
+    itself: a float32 mean of a price of 912.84 is off by up to 3e-5, as much as the std of a
+    quiet stretch of quotes, so x - m (and with it the variance) was noise there, differently
+    in each face. x - x_prev is exact for nearby values, so the deviation
+    d = (x - x_prev) - o keeps its digits, and the recursion m' = m + a d becomes
+    o' = -(1 - a) d. At a sequence's first step x_prev is the value itself and the zero state
+    makes d, o and the variance 0: the only branch is x_prev's.
     """
 
     def __init__(self, names, columns: list[int], alphas: list[float], is_std: list[bool]):
@@ -319,40 +326,44 @@ class EwmKernel(Kernel):
         alpha = torch.tensor(alphas, dtype=torch.float32)
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("keep", 1 - alpha, persistent=False)
+        self.register_buffer("drop", alpha - 1, persistent=False)  # -keep: o' = drop * d
 
     def init_state(self, batch):
-        return [torch.zeros(batch, 1, len(self.index)), torch.zeros(batch, 1, len(self.index))]
+        return [torch.zeros(batch, 1, len(self.index)) for _ in range(3)]
 
     def forward(self, w, count, fresh, state):
         x = w.index_select(2, self.index)
-        mean, var = state  # [B, 1, n]: the step graph needs no squeeze/unsqueeze
+        offset, var, last = state  # [B, 1, n]: the step graph needs no squeeze/unsqueeze
         t = steps_of(x)
         means, stds = [], []
         for i in range(t):  # T is 1 in the step graph; loops only in tests and parity
             xt = x if t == 1 else x[:, i:i + 1]
             if i == 0:
-                mean = torch.where(fresh, xt, mean)
-            delta = xt - mean
-            step = self.alpha * delta
-            mean = mean + step
-            var = self.keep * (var + delta * step)  # >= 0: a product of non-negatives
-            means.append(mean)
+                last = torch.where(fresh, xt, last)
+            delta = (xt - last) - offset  # x - m, from exact differences
+            var = self.keep * (var + delta * (self.alpha * delta))  # >= 0
+            offset = self.drop * delta
+            last = xt
+            means.append(xt + offset)
             if self.any_std:
                 stds.append(var.sqrt())
         blocks = [means[0] if t == 1 else torch.cat(means, dim=1)]
         if self.any_std:
             blocks.append(stds[0] if t == 1 else torch.cat(stds, dim=1))
-        return blocks, [mean, var]
+        return blocks, [offset, var, last]
 
 
 class CumulativeKernel(Kernel):
     """Cumulative sums, maxima and positive gains of many columns in one recurrence.
 
-    Sums and gains are compensated (Kahan): `lost` carries what float32 rounding dropped from
-    the running total, added back at the next step. A plain float32 running sum drifts from the
+    Sums and gains are compensated (Neumaier): `lost` accumulates the exact rounding error of
+    every addition to the running total (Knuth's TwoSum, branch-free), and the output is
+    total + lost, one rounding of the exact sum. A plain float32 running sum drifts from the
     batch face's (exactly rounded) cum_sum by ~1e-5 relative within a few thousand steps (a
-    sum of 0.1s was 500.02 at step 5,000); compensated, it stays at float32's rounding. Every
-    term is finite (the guard bounds inputs to +-LIMIT), so the compensation never makes a NaN.
+    sum of 0.1s was 500.02 at step 5,000). Kahan's form, which folds the error into the next
+    term, drops it whenever a term outweighs the total: 1e8, 1, 3, -1e8 summed to 0, not 4,
+    and repeated 300 times to 0 against 1,200. Every term is finite (the guard bounds inputs to
+    +-LIMIT), so the compensation never makes a NaN.
     """
 
     KINDS = ("sum", "max", "gain")
@@ -363,6 +374,8 @@ class CumulativeKernel(Kernel):
         for kind in self.KINDS:
             self.register_buffer(f"is_{kind}", torch.tensor([k == kind for k in kinds]),
                                  persistent=False)
+        # 1 for the rows that add up (a max row's rounding "error" is meaningless: dropped)
+        self.register_buffer("adds", (~self.is_max).float(), persistent=False)
 
     def init_state(self, batch):
         return [torch.zeros(batch, 1, len(self.index)) for _ in range(3)]  # acc, prev, lost
@@ -374,16 +387,18 @@ class CumulativeKernel(Kernel):
         outputs = []
         for i in range(t):
             xt = x if t == 1 else x[:, i:i + 1]
-            term = torch.where(self.is_gain, (xt - prev).clamp_min(0.0), xt) - lost
+            term = torch.where(self.is_gain, (xt - prev).clamp_min(0.0), xt)
             total = acc + term
-            lost = (total - acc) - term  # max rows carry a harmless, unused rounding here
+            part = total - acc  # TwoSum: what of `term` the total took
+            error = (acc - (total - part)) + (term - part)  # exactly acc + term - total
+            lost = (lost + error) * self.adds
             grown = torch.where(self.is_max, torch.maximum(acc, xt), total)
             if i == 0:  # only a chunk's first step can start a sequence
                 grown = torch.where(fresh, torch.where(self.is_gain, 0.0, xt), grown)
                 lost = torch.where(fresh, 0.0, lost)
             acc = grown
             prev = xt
-            outputs.append(acc)
+            outputs.append(acc + lost)
         return (outputs[0] if t == 1 else torch.cat(outputs, dim=1)), [acc, prev, lost]
 
 

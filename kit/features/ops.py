@@ -522,9 +522,12 @@ class Ewm(PerColumn):
     def expr(self, c):
         if self.std and self.alpha() == 1.0:  # one weight: 0 (Polars' formula leaves rounding)
             return c - c  # (c is finite after the guard)
+        # in float64: float32's rounding of a price-level mean is as large as a quiet
+        # stretch's std (the stream face keeps the mean as an offset from the last value)
+        wide = c.cast(pl.Float64)
         if self.std:
-            return c.ewm_std(alpha=self.alpha(), adjust=False, bias=True)
-        return c.ewm_mean(alpha=self.alpha(), adjust=False)
+            return wide.ewm_std(alpha=self.alpha(), adjust=False, bias=True).cast(pl.Float32)
+        return wide.ewm_mean(alpha=self.alpha(), adjust=False).cast(pl.Float32)
 
     family = "ewm"
 
@@ -546,6 +549,12 @@ class EwmStd(Ewm):
 
     def output_bound(self, inputs, rows):
         return 2 * inputs  # a std of values within +-b
+
+
+def exact_cum_sum(c: pl.Expr) -> pl.Expr:
+    """A running sum rounded once to float32, as the stream face's compensated one: Polars sums
+    float32 in float32 (1e8, 1, 3, -1e8 summed to 0)."""
+    return c.cast(pl.Float64).cum_sum().cast(pl.Float32)
 
 
 class Cumulative(PerColumn):
@@ -575,7 +584,7 @@ class CumSum(Cumulative):
     kind = "sum"
 
     def expr(self, c):
-        return c.cum_sum()
+        return exact_cum_sum(c)
 
 
 
@@ -603,7 +612,7 @@ class CumGain(Cumulative):
     kind = "gain"
 
     def expr(self, c):
-        return c.diff().clip(lower_bound=0.0).fill_null(0.0).cum_sum()
+        return exact_cum_sum(c.diff().clip(lower_bound=0.0).fill_null(0.0))  # float32 steps
 
 
 
