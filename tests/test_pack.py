@@ -162,13 +162,17 @@ class Point:
         self.need_prediction, self.state = need_prediction, state
 
 
-def _solution(folder: Path, call_path: str = "iobinding"):
+def _solution_module(folder: Path, name: str = "solution"):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location(f"solution_{call_path}", folder / "solution.py")
+    spec = importlib.util.spec_from_file_location(name, folder / "solution.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.PredictionModel(call_path=call_path)
+    return module
+
+
+def _solution(folder: Path, call_path: str = "iobinding"):
+    return _solution_module(folder, f"solution_{call_path}").PredictionModel(call_path=call_path)
 
 
 def test_runtime_contract_fresh_arrays_none_float_ids_and_nan_rows(gru_pack):
@@ -362,6 +366,33 @@ def test_nan_steps_continue_a_sequence_interleaved_or_not(gru_pack):
     np.testing.assert_array_equal(np.stack(contiguous), np.stack(model_on(gru_pack, rows)))
 
 
+def test_text_steps_are_compared_as_numbers(gru_pack):
+    """Steps given as text were compared as text: "10" <= "9" started the sequence over at
+    step 10 (a 0.14 difference, no warning). They count as their numbers, in predict (fed in
+    a row, interleaved and parked) and in BatchPredictor; a text step that is no number is
+    unknown and continues, as a NaN step does."""
+    rows = np.random.default_rng(8).standard_normal((14, 32))
+    want = np.stack(model_on(gru_pack, rows))
+    for as_text in (str, lambda i: str(i).encode(), lambda i: f"{i}.0"):
+        model = _solution(gru_pack.folder)
+        got = [model.predict(Point(1, as_text(i), True, r)) for i, r in enumerate(rows)]
+        np.testing.assert_array_equal(np.stack(got), want)
+        model = _solution(gru_pack.folder)
+        got = []
+        for i, r in enumerate(rows):
+            got.append(model.predict(Point(1, as_text(i), True, r)))
+            model.predict(Point(2, i, True, r))
+        np.testing.assert_array_equal(np.stack(got), want)
+    model = _solution(gru_pack.folder)  # a text step that starts over, and one that is no number
+    for i, r in enumerate(rows[:5]):
+        model.predict(Point(1, str(i + 95), True, r))
+    np.testing.assert_array_equal(model.predict(Point(1, "0", True, rows[0])), want[0])
+    np.testing.assert_array_equal(model.predict(Point(1, "n/a", True, rows[1])), want[1])
+    batch = _solution_module(gru_pack.folder).BatchPredictor()
+    got = [batch.predict_arrays([1], r[None], [str(i)])[0] for i, r in enumerate(rows)]
+    np.testing.assert_allclose(np.stack(got), want, atol=1e-6)
+
+
 def test_odd_ids_steps_and_values_of_a_review(gru_pack):
     """A missing step given as None or pd.NA raised TypeError (a NaN step continues its
     sequence); a NaT id fed row after row swapped in a parked state at every row; a numpy
@@ -482,8 +513,10 @@ SAME_ID_STARTS_OVER = (
     "            try:\n"
     "                if step <= self.step:  # the id starts over: a new sequence\n"
     "                    self._reset_live()\n"
-    "            except TypeError:  # a missing step (None, pd.NA) continues, as a NaN one does\n"
-    "                pass\n")
+    "            except TypeError:  # a missing step (None, pd.NA) continues, as a NaN one does;\n"
+    "                step = step_value(step)  # text vs the number kept: as a number\n"
+    "                if not follows(step, self.step):\n"
+    "                    self._reset_live()\n")
 PARKED_CONTINUES = "if parked is not None and follows(step, parked[0]):"
 
 

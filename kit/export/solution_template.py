@@ -10,7 +10,8 @@ the next state tensors. This file only keeps the state between rows:
   starts over), starts from zero state; an id that comes back after other ids resumes where it
   was (so rows of several sequences interleaved row by row are handled; up to MAX_SAVED_BYTES
   of saved states); NaN ids are one sequence (NaN != NaN would make every row a new one);
-- a value in a row that is not a number (pd.NA, text) is NaN, which the guard replaces;
+- a value in a row that is no number (pd.NA, text such as "abc") is NaN, which the guard
+  replaces; text that reads as a number ("1.5") is that number, as a step's text is;
 - the graph runs through IOBinding on preallocated buffers, the state ping-ponging between two
   buffer sets, the fastest safe call path measured (bench/bench_pack.py); it falls back to
   session.run if the binding does not behave on this onnxruntime;
@@ -62,6 +63,17 @@ def same_key(a, b):
         return bool(a == b)
     except (TypeError, ValueError):
         return False
+
+
+def step_value(step):
+    """A step as the runtime compares it: text ("10") as its number, since "10" <= "9" as
+    text would start the sequence over at step 10 (NaN, unknown, when it is no number)."""
+    if isinstance(step, str | bytes):
+        try:
+            return float(step)
+        except ValueError:
+            return float("nan")
+    return step
 
 
 def follows(step, before):
@@ -195,11 +207,13 @@ class PredictionModel:
             buffer.fill(0.0)
 
     def _switch(self, seq_ix, step):
+        """Make seq_ix the live sequence; returns the step as kept (text as its number)."""
+        step = step_value(step)
         seq_ix = id_key(seq_ix)
         if same_key(seq_ix, self.seq_ix):  # a NaN or None id again: one sequence
             if not follows(step, self.step):
                 self._reset_live()
-            return
+            return step
         parked = self.saved.pop(seq_ix, None)  # first: a full store must not evict it
         if self.seq_ix is not NO_SEQUENCE:  # park the current sequence's state
             self.saved[self.seq_ix] = (self.step, [b.copy() for b in self.buffers[self.live]])
@@ -213,6 +227,7 @@ class PredictionModel:
         else:
             self._reset_live()
         self.seq_ix = seq_ix
+        return step
 
     def _copy_odd_row(self, row):
         """A row the fast copy refused: a (1, F) row of numbers still copies fast; anything
@@ -244,13 +259,15 @@ class PredictionModel:
         except (TypeError, ValueError):  # a pd.NA id (`NA != x` is NA, which is no bool); a
             moved = True  # numpy scalar against a tuple id (an array)
         if moved:
-            self._switch(seq_ix, step)
+            step = self._switch(seq_ix, step)
         else:
             try:
                 if step <= self.step:  # the id starts over: a new sequence
                     self._reset_live()
-            except TypeError:  # a missing step (None, pd.NA) continues, as a NaN one does
-                pass
+            except TypeError:  # a missing step (None, pd.NA) continues, as a NaN one does;
+                step = step_value(step)  # text vs the number kept: as a number
+                if not follows(step, self.step):
+                    self._reset_live()
         self.step = step
         if self.run_binding is not None:
             live = self.live
@@ -363,7 +380,8 @@ class BatchPredictor:
         if x.shape != (n, self.n_features) and not (n == 1 and x.shape == (self.n_features,)):
             raise ValueError(f"features of shape {x.shape} for {n} ids: (n ids, "
                              f"{self.n_features}) wanted, one row per id")
-        steps = None if steps is None else np.asarray(steps).reshape(-1).tolist()
+        steps = None if steps is None else [
+            step_value(s) for s in np.asarray(steps).reshape(-1).tolist()]
         if steps is not None and len(steps) != n:
             raise ValueError(f"{len(steps)} steps for {n} ids")
         rows, fresh, new = self._plan(keys, steps)
