@@ -546,7 +546,7 @@ def test_a_package_without_the_normaliser_fails_parity(workspace, runs, gru_pack
 
 def test_a_runtime_that_never_resets_state_fails_parity(workspace, gru_pack, tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
-    _edit_solution(folder, "        if moved:\n            self._switch(seq_ix, step)\n"
+    _edit_solution(folder, "        if moved:\n            step = self._switch(seq_ix, step)\n"
                    + SAME_ID_STARTS_OVER, "")
     report = run_parity(folder, _valid(workspace), seqs=SEQS)
     assert {"paths agree", "order: shuffled sequences", "order: interleaved rows"} <= \
