@@ -215,7 +215,7 @@ def test_a_null_or_nan_step_does_not_hide_steps_going_backwards(gap):
     steps = df["step_in_seq"].to_list()
     steps[:3] = [2.0, gap, 1.0]
     with pytest.raises(DataError, match=r"train.parquet: column 'step_in_seq' has 1 null or "
-                                        r"non-integral value\(s\) \(steps\)"):
+                                        r"non-integral value\(s\): row 1 \((None|nan)\)$"):
         build_arrays(df.with_columns(pl.Series("step_in_seq", steps)), SPEC, ["p0"],
                      source="train.parquet")
 

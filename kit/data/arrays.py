@@ -141,8 +141,7 @@ def sequence_runs(ids: pl.Series, spec: CompetitionSpec,
         raise DataError(f"{source}: the file has no rows")
     problems = key_problems(ids.to_frame(), [ids.name])  # nulls, NaN, fractions, past int64
     if problems:
-        raise DataError(f"{source}: {'; '.join(problems)} (sequence ids); `kit data check` "
-                        "lists them")
+        raise DataError(f"{source}: {'; '.join(problems)}")
     runs = ids.cast(pl.Int64).rle().struct.unnest()
     values = runs["value"].to_numpy().astype(np.int64)
     if len(np.unique(values)) != len(values):
@@ -163,7 +162,7 @@ def ordered_sequence_runs(df: pl.DataFrame, spec: CompetitionSpec,
     # would go unchecked
     problems = key_problems(df.select(spec.step_col), [spec.step_col])
     if problems:
-        raise DataError(f"{source}: {'; '.join(problems)} (steps); `kit data check` lists them")
+        raise DataError(f"{source}: {'; '.join(problems)}")
     same_sequence = pl.col(spec.id_col).diff() == 0
     step_change = pl.col(spec.step_col).diff()
     repeated, backwards = df.select(  # the first row of each kind, or None

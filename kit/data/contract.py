@@ -132,11 +132,11 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
         need_as_int(schema, spec.need_col).alias("need"),
     ).with_row_index("row")
     problems += key_problems(key_frame, [ids, steps])
+    n, rows = first_rows(key_frame, need_as_int(schema, spec.need_col).is_null(), spec.need_col)
+    if n:
+        problems.append(f"column {spec.need_col!r} has {n:,} value(s) that are neither 0/1 nor "
+                        f"true/false (nulls included): {rows}")
     del key_frame
-    n_bad_need = keys["need"].null_count()
-    if n_bad_need:
-        problems.append(f"column {spec.need_col!r} has {n_bad_need:,} value(s) that are "
-                        "neither 0/1 nor true/false (nulls included)")
     if problems:
         raise ContractError(source, problems)
 
@@ -262,25 +262,34 @@ def contract_dtype(spec: CompetitionSpec, column: str) -> str:
 
 def key_problems(frame: pl.DataFrame, names: list[str]) -> list[str]:
     """What keeps id or step columns from being int64 whole numbers: nulls, fractions, and
-    (UInt64) values past int64's range, each counted under its own name."""
+    (UInt64) values past int64's range, each counted under its own name with the first rows
+    (a count alone leaves a bad value among millions of rows to be found by hand)."""
     problems = []
     for name in names:
         col, dtype = pl.col(name), frame.schema[name]
-        too_big = pl.lit(0)
+        too_big = pl.lit(False)
         if dtype == pl.UInt64:
-            too_big = (col > INT64_MAX).sum()
+            too_big = col > INT64_MAX
         elif dtype in FLOAT_TYPES:  # whole numbers too, but no int64 holds them
             too_big = (col.is_finite() & (col == col.floor())  # -2**63 itself fits
-                       & ((col >= 2.0**63) | (col < -(2.0**63)))).sum()
-        null, big = frame.select(whole_numbers(frame.schema, name).is_null().sum().alias("n"),
-                                 too_big.alias("big")).row(0)
-        if null - big:
-            problems.append(f"column {name!r} has {null - big:,} null or non-integral value(s)")
-        if big:
-            problems.append(f"column {name!r} has {big:,} value(s) outside int64's range "
-                            "(-2**63 to 2**63 - 1): kit holds ids and steps as int64; renumber "
-                            "them")
+                       & ((col >= 2.0**63) | (col < -(2.0**63))))
+        bad = whole_numbers(frame.schema, name).is_null()
+        n, rows = first_rows(frame, bad & ~too_big.fill_null(False), name)
+        if n:
+            problems.append(f"column {name!r} has {n:,} null or non-integral value(s): {rows}")
+        n, rows = first_rows(frame, too_big.fill_null(False), name)
+        if n:
+            problems.append(f"column {name!r} has {n:,} value(s) outside int64's range "
+                            f"(-2**63 to 2**63 - 1): {rows}; kit holds ids and steps as int64: "
+                            "renumber them")
     return problems
+
+
+def first_rows(frame: pl.DataFrame, where: pl.Expr, name: str) -> tuple[int, str]:
+    """How many rows `where` holds on, and 'row R (value), ...' for the first MAX_LISTED."""
+    hits = frame.with_row_index("\0row").filter(where).select("\0row", name)
+    shown = ", ".join(f"row {r:,} ({v})" for r, v in hits.head(MAX_LISTED).iter_rows())
+    return hits.height, shown + (", ..." if hits.height > MAX_LISTED else "")
 
 
 def whole_numbers(schema: pl.Schema, name: str) -> pl.Expr:

@@ -71,7 +71,7 @@ def dataset_stats(
     # one "sequence" of length 1): named, as kit data check names them
     bad_keys = key_problems(frame, [spec.id_col, spec.step_col])
     if bad_keys:
-        raise DataError(f"{path}: {'; '.join(bad_keys)} (kit data check lists the rows)")
+        raise DataError(f"{path}: {'; '.join(bad_keys)}")
     frame = _sorted(frame, spec)
     if frame.height == 0:
         raise DataError(f"{path}: the file has no rows")
