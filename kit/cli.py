@@ -257,21 +257,31 @@ def score(
         typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with the "
                    f"default spec {resolved.name!r} (pass --spec for another competition)",
                    err=True)
-    result = None
-    with warnings.catch_warnings(record=True) as caught:  # said once, as lines, not with source
-        warnings.simplefilter("always")
-        try:
-            result = score_submission(submission, data, resolved, seqs=seqs,
-                                      progress=not (quiet or as_json), timeout_s=timeout)
-        finally:  # also before an error: a renumbering of big ids explains its "seq 0"
-            for said in dict.fromkeys(str(w.message) for w in caught
-                                      if not issubclass(w.category, DeprecationWarning)):
-                if result is None or said not in result.warnings:
-                    typer.echo(f"warning: {said}", err=True)
-    _print_json(result.to_dict()) if as_json else typer.echo(result.format())
+    with said_as_they_come() as said:  # a changed package is said before its replay
+        result = score_submission(submission, data, resolved, seqs=seqs,
+                                  progress=not (quiet or as_json), timeout_s=timeout)
+    _print_json(result.to_dict()) if as_json else typer.echo(result.format(said))
     if result.fails:  # a pipeline must not upload what the official scorer would reject
         raise ScorerRefusal(f"the official scorer would not accept this run: "
                             f"{'; '.join(result.fails)}")
+
+
+@contextlib.contextmanager
+def said_as_they_come():
+    """Print each warning once, as a line on stderr, when it is raised (not with its source,
+    and not after a minutes-long replay it explains); yields the messages said."""
+    said: dict[str, None] = {}
+
+    def show(message, category, *args, **kwargs):
+        text = str(message)
+        if not issubclass(category, DeprecationWarning) and text not in said:
+            said[text] = None
+            typer.echo(f"warning: {text}", err=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        yield said
 
 
 @features_app.command("list")

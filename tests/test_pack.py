@@ -1428,6 +1428,19 @@ def test_a_package_that_fails_to_load_is_said_to_have_changed_since_pack(ns_run,
     assert f"warning: {said}" in out and "re-pack it" in out
 
 
+def test_kit_score_says_a_changed_package_before_its_replay_once(ns_run, tmp_path):
+    """docs/scoring.md: the warning comes before the replay. The CLI collected warnings and
+    printed them after the whole result (minutes of progress bar later)."""
+    packed = pack_run(ns_run, "ns", tmp_path, budget=False)
+    with (packed.folder / "solution.py").open("a") as f:
+        f.write("# an edit\n")
+    data = ns_run.parents[2] / "data/valid.parquet"
+    out = run_cli("score", packed.folder, "--data", data, "--seqs", 1).output
+    said = "warning: solution.py changed since pack"
+    assert out.count(said) == 1
+    assert out.index(said) < out.index("score ")
+
+
 def test_weights_that_do_not_fit_the_config_name_the_mismatches(ns_run, tmp_path):
     import shutil
 

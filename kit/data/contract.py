@@ -287,7 +287,8 @@ def key_problems(frame: pl.DataFrame, names: list[str]) -> list[str]:
 
 def first_rows(frame: pl.DataFrame, where: pl.Expr, name: str) -> tuple[int, str]:
     """How many rows `where` holds on, and 'row R (value), ...' for the first MAX_LISTED."""
-    hits = frame.with_row_index("\0row").filter(where).select("\0row", name)
+    hits = frame.with_row_index("\0row").with_columns(where.alias("\0hit")).filter(
+        pl.col("\0hit")).select("\0row", name)  # (with_columns: a literal `where` broadcasts)
     shown = ", ".join(f"row {r:,} ({v})" for r, v in hits.head(MAX_LISTED).iter_rows())
     return hits.height, shown + (", ..." if hits.height > MAX_LISTED else "")
 

@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -78,7 +79,7 @@ class ScoreResult:
         out["fails"] = self.fails
         return json_safe(out)
 
-    def format(self) -> str:
+    def format(self, said: Collection[str] = ()) -> str:
         r = self.report
         per = ", ".join(f"{name} {_fmt(v)}" for name, v in r.per_target.items())
         if len(r.per_target) > SHOWN_OUTPUTS:
@@ -111,7 +112,7 @@ class ScoreResult:
         if self.sandbox.get("imports"):  # here they were installed; the scorer must have them
             lines.append(f"imports beyond the standard library and numpy: "
                          f"{', '.join(self.sandbox['imports'])} (the scorer must provide them)")
-        lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"warning: {w}" for w in self.warnings if w not in said]
         return "\n".join(lines)
 
 
