@@ -373,6 +373,57 @@ def test_process_exiting_without_result(tmp_path):
     assert "about to leave" in str(err.value)
 
 
+def test_a_segfault_in_predict_shows_its_python_stack(tmp_path):
+    """A crash in C code said only "killed by SIGSEGV ... at least 0 rows done": no line of
+    the submission's, and a row count that was only the last progress report's."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import ctypes
+
+        def crash_here():
+            ctypes.string_at(0)
+
+        class PredictionModel:
+            def predict(self, dp):
+                crash_here()
+        """)
+    with pytest.raises(SubmissionError, match="killed by SIGSEGV") as err:
+        score(sub, data)
+    said = str(err.value)
+    assert "Segmentation fault" in said and "crash_here" in said and "predict" in said
+    assert "the last progress report had 0 of" in said
+
+
+def test_a_submission_that_breaks_stdout_and_leaves_a_thread_still_scores(tmp_path):
+    """The runner flushed stdout after writing the result: a write-only stream without flush()
+    raised there, the interpreter then waited at shutdown for the submission's thread, and a
+    finished run was reported as timed out (or hung for good without --timeout)."""
+    data, _ = write_data(tmp_path)
+    for breaks in ("sys.stdout = WriteOnly(sys.__stdout__)", "sys.stdout.close()"):
+        sub = write_sub(tmp_path, f"""\
+            import sys, threading
+            import numpy as np
+
+            class WriteOnly:
+                def __init__(self, f):
+                    self.f = f
+
+                def write(self, s):
+                    self.f.write(s)
+
+            {breaks}
+
+            class PredictionModel:
+                def __init__(self):
+                    threading.Timer(3600, lambda: None).start()
+
+                def predict(self, dp):
+                    return np.asarray(dp.state[:2], dtype=float) if dp.need_prediction else None
+            """, name=breaks.split()[0].replace(".", "_"))
+        result = score(sub, data, timeout_s=60)
+        assert np.isfinite(result.score)
+
+
 def test_an_exception_that_cannot_print_still_names_the_row(tmp_path):
     data, _ = write_data(tmp_path)
     sub = write_sub(tmp_path, """\
@@ -639,7 +690,7 @@ def _timed_out(tmp_path, timeout_s: float, init: str = "pass",
 def test_timeout_kills_the_child(tmp_path):
     said, line = _timed_out(tmp_path, 1.5)
     assert "ran past 1.5 s" in said
-    assert "at least 0 of" in said  # a count that never overstates the rows done
+    assert "the last progress report had 0 of" in said  # it never overstates the rows done
     # the row it hung on, and its stack (faulthandler) in the output shown
     assert "predict() was running on seq 0, step 3 (row 3)" in said
     assert f'solution.py", line {line} in predict' in said

@@ -358,6 +358,8 @@ class Where:
         import faulthandler
 
         faulthandler.register(signal.SIGUSR2, all_threads=True)
+        # a segfault, abort or bus error in the submission's C code: its Python stack too
+        faulthandler.enable(all_threads=True)
         signal.signal(signal.SIGUSR1, self.tell)
 
     def tell(self, signum, frame) -> None:
@@ -673,8 +675,9 @@ def peak_rss_mb() -> float | None:
 
 if __name__ == "__main__":
     code = main(sys.argv[1])
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):  # the submission may have replaced or closed them
+        with contextlib.suppress(Exception):
+            stream.flush()
     # The result is written: end now. A thread the submission left running would otherwise keep
     # the interpreter waiting at shutdown, and the scorer waiting for it.
     os._exit(code)

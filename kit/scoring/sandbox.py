@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from kit import users_environment
 from kit.errors import SubmissionError
-from kit.scoring.runner import kill_tree  # runner.py imports nothing of kit's: safe both ways
+from kit.scoring.runner import REPORT_EVERY_S, kill_tree  # (runner.py imports nothing of kit's)
 from kit.workers import caught
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -375,8 +375,8 @@ def run_child(
     if not result_path.is_file():
         raise SubmissionError(
             f"the submission process ended ({_exit_text(proc.returncode)}) without a result "
-            f"({_done_text(done, n_rows)}); it crashed, ran out of memory or called exit() "
-            "itself" + _with(tail)
+            f"({_done_text(done, n_rows)}); it crashed (a crash's Python stack is in the "
+            "output below), ran out of memory or called exit() itself" + _with(tail)
         )
     result = json.loads(result_path.read_text())
     if not result["ok"]:
@@ -529,7 +529,8 @@ def _with(tail: str) -> str:
 def _done_text(done: int | None, n_rows: int) -> str:
     if done is None:
         return "while importing solution.py / constructing PredictionModel"
-    return f"at least {done:,} of {n_rows:,} rows done (counted after each chunk of rows)"
+    return (f"the last progress report had {done:,} of {n_rows:,} rows done; reports come every "
+            f"{REPORT_EVERY_S:g} s, so it got further")
 
 
 def _where_text(where: dict | None) -> str:
