@@ -75,7 +75,8 @@ def load_array(path: Path, kind: str) -> np.ndarray:
 # (that would finish them outside it): a sweep's trials (EXP-t0003, EXP-t0003-STAMP) inside
 # their study, fold runs (...-fold2of5) with their group, ablation runs (ablate-...) with
 # `kit ablate`. Any other folder is a run `kit train` may resume, --run-dir ones included.
-TRIAL_RUN = re.compile(r"^(.*)-t\d{4,}(-\d{8}-\d{6})?$")  # group 1: the study
+# A trial whose folder was taken gets one beside it: EXP-t0003-STAMP-PID[-ATTEMPT].
+TRIAL_RUN = re.compile(r"^(.*)-t\d{4,}(-\d{8}-\d{6}(-\d+)*)?$")  # group 1: the study
 FOLD_RUN = re.compile(r"-fold\d+of(\d+)$")  # group 1: k
 ABLATION_RUN = "ablate-"  # the prefix
 

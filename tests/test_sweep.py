@@ -1659,6 +1659,10 @@ def test_a_trial_claims_its_run_folder_by_creating_it(tmp_path):
     assert len(set(got)) == 8 and wanted in got
     assert all(p.is_dir() and p.parent == wanted.parent and p.name.startswith("s-x-t0000")
                for p in got)
+    # each is still a trial of study s-x: `kit train --resume` must leave it to its sweep
+    from kit.run_record import TRIAL_RUN
+
+    assert all(TRIAL_RUN.match(p.name).group(1) == "s-x" for p in got), got
 
 
 def test_two_workers_making_one_study_for_two_configs_are_not_both_accepted(sweep_env):

@@ -896,6 +896,9 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
     out = run_cli("pack", run, "--out", tmp_path / "subs").output
     assert "has not finished training (epoch 1 of 3;" in out
     for name, said in (("study-t0003", "a sweep trial: `kit sweep tiny ... --study study`"),
+                       # a trial beside a taken folder (sweep.claim_folder's names)
+                       ("study-t0004-20261205-045736-2758", "--study study`"),
+                       ("study-t0004-20261205-045736-2758-1", "--study study`"),
                        ("x-s1-fold2of3", "--folds 3 --resume"),
                        ("ablate-20261203-040724-4ade-raw-s7",
                         "--resume " + str(run.parent / "ablate-20261203-040724-4ade.json"))):
