@@ -756,6 +756,9 @@ def make_study(name: str, storage, direction: str, table: dict, epochs: int,
         raise SweepError(f"study {name!r} in this storage is set to "
                          f"{study.direction.name.lower()}, this experiment's metric to "
                          f"{direction}: pick another --study name")
+    # a killed worker's trial: failed now, not when one starts, and before the identity check
+    # (a study whose one trial was OOM-killed is a study of failed trials: it takes the fix)
+    fail_stale_trials(study)
     if identity is not None:
         check_identity(study, name, identity, params, storage)
         record_search(study, name, table)
@@ -1018,7 +1021,6 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     study = make_study(setup.study_name, make_storage(setup.storage_url), setup.direction,
                        setup.table, setup.base["train"]["epochs"], study_identity(setup),
                        setup.params)
-    fail_stale_trials(study)  # a killed worker's trial: failed now, not when one starts
     left = trials - len(finished_trials(study))
     if left <= 0:
         return

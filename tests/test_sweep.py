@@ -1545,6 +1545,31 @@ def test_a_killed_workers_trial_is_failed_even_when_no_trial_starts_after_it(swe
     assert _study(_sqlite(sweep_env)).trials[orphan.number].state == TrialState.FAIL
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # ask()
+def test_a_study_whose_only_trial_was_killed_takes_the_fixed_command(sweep_env, monkeypatch):
+    """The trial the OOM killer took was still RUNNING when the identity was compared (stale
+    trials were failed after it), so the fixed command (a smaller batch) was refused, and, as
+    it refused before failing them, the trial stayed running for good."""
+    import time
+
+    import kit.sweep
+    from kit.sweep import make_study, study_identity
+
+    monkeypatch.setattr(kit.sweep, "HEARTBEAT_S", 1)  # grace 2 s
+    monkeypatch.setattr(kit.sweep, "QUIET_S", 1.0)
+    url = _sqlite(sweep_env)
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    setup = prepare("tiny", None, None, None)
+    study = make_study("tiny", make_storage(url), setup.direction, setup.table, 2,
+                       study_identity(setup))
+    killed = study.ask()  # the first worker's trial, beat once, then the process was killed
+    study._storage.record_heartbeat(killed._trial_id)
+    time.sleep(4.0)  # past the grace (SQLite's whole seconds: see the test above)
+    out = run_cli("sweep", "exp=tiny", "train.batch_size=4", "--trials", 1).output
+    assert "holds failed trials only; it continues with this sweep's changes" in out
+    assert "1 complete, 0 pruned, 1 failed, 0 running" in out
+
+
 def test_an_existing_study_set_the_other_way_is_refused(sweep_env):
     url = _sqlite(sweep_env)
     Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
