@@ -954,6 +954,13 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
 
     def run(trial) -> float:
         try:
+            return attempt(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # (its report, its attrs)
+            taken_over.append(trial.number)
+            raise TrialTakenOver(trial.number) from None
+
+    def attempt(trial) -> float:
+        try:
             values = suggest(trial, setup.params, setup.base)
             config = trial_config(setup.base, values)
             check_config(config)
@@ -982,6 +989,14 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
     return run
 
 
+class TrialTakenOver(Exception):
+    """This worker's trial was failed by another sweep while this one did not beat (a paused
+    process, a sleeping laptop): its reports are refused, and Optuna cannot tell it again."""
+
+
+taken_over: list[int] = []  # trials of this process that TrialTakenOver ended
+
+
 def fail_stale_trials(study) -> None:
     """Mark trials whose worker stopped beating (killed) as failed. Optuna does it only when
     a trial starts; a study that already has its trials starts none, and a killed trial would
@@ -999,7 +1014,7 @@ class _NoInterruptTracebacks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         kind = record.exc_info[0] if record.exc_info else None
-        return not (kind and issubclass(kind, KeyboardInterrupt | SystemExit))
+        return not (kind and issubclass(kind, KeyboardInterrupt | SystemExit | TrialTakenOver))
 
 
 def quiet_interrupts(logger: logging.Logger) -> None:
@@ -1025,14 +1040,30 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
     if left <= 0:
         return
     failing = FailureStreak()
+    deadline = None if timeout is None else time.time() + timeout
     with GracefulInterrupt() as interrupt:
-        # no n_trials: failed trials (training that diverged) do not count, so the study runs
-        # until `trials` are finished, or until this worker's trials keep failing
-        study.optimize(objective(setup, progress, interrupt), timeout=timeout,
-                       callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
-                                                                    TrialState.PRUNED)),
-                                  failing, lambda study, _: interrupt.asked and study.stop()],
-                       catch=(), gc_after_trial=False)  # a full gc per trial cost ~0.2 s
+        while True:
+            try:
+                # no n_trials: failed trials (training that diverged) do not count, so the
+                # study runs until `trials` are finished, or until this worker's trials keep
+                # failing
+                study.optimize(
+                    objective(setup, progress, interrupt),
+                    timeout=None if deadline is None else max(0.0, deadline - time.time()),
+                    callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,
+                                                                 TrialState.PRUNED)),
+                               failing, lambda study, _: interrupt.asked and study.stop()],
+                    catch=(), gc_after_trial=False)  # a full gc per trial cost ~0.2 s
+                break
+            except ValueError:  # Optuna's "Cannot tell a FAIL trial": one taken over?
+                if not taken_over:
+                    raise
+                print(f"note: trial {taken_over.pop()} was marked failed by another sweep of "
+                      f"the study while this worker did not beat (paused for over "
+                      f"{2 * HEARTBEAT_S} s?); its folder is left unfinished and this worker "
+                      "samples on", file=sys.stderr, flush=True)
+                if interrupt.asked or trials - len(finished_trials(study)) <= 0:
+                    break
     interrupt.check()  # asked between trials: the study stopped after the one finishing
     if failing.stopped:
         raise SweepError(f"{failing.stopped} ({failing.last}); the study keeps them as failed: "

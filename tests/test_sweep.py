@@ -1138,6 +1138,32 @@ def test_a_killed_worker_leaves_a_usable_study_and_a_restarted_one_continues(
     assert all(t.state in FINISHED for n, t in trials.items() if n != killed.number)
 
 
+def test_a_paused_worker_whose_trial_was_taken_over_samples_on(sweep_env):
+    """A worker paused past the heartbeats' grace (Ctrl-Z, a sleeping laptop) has its trial
+    failed by another sweep; when it resumed, its next report raised UpdateFinishedTrialError,
+    Optuna's tell then "Cannot tell a FAIL trial", and the worker died with two tracebacks."""
+    url = _sqlite(sweep_env)
+    env = os.environ | {"KIT_SWEEP_HEARTBEAT_S": "1"}
+    _endless_first(sweep_env, 1, 3)
+    paused = _kit("sweep", "exp=tiny", "--trials", "3", "-q", env=env)
+    _wait_for(lambda: any(t.state == TrialState.RUNNING and t.intermediate_values
+                          for t in _started(url)), what="a trial past its first epoch",
+              proc=paused)
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(5)  # past the 2 s grace, in SQLite's whole seconds
+        other = _kit("sweep", "exp=tiny", "--trials", "2", "-q", env=env)
+        out, _ = other.communicate(timeout=300)
+        assert other.returncode == 0, out
+        assert _started(url)[0].state == TrialState.FAIL  # taken over
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    out, _ = paused.communicate(timeout=300)
+    assert paused.returncode == 0, out
+    assert "trial 0 was marked failed by another sweep" in out and "Traceback" not in out
+    assert sum(t.state in FINISHED for t in _started(url)) == 3
+
+
 # --- ablation ------------------------------------------------------------------------------
 
 
