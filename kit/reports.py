@@ -797,6 +797,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         _plot_pred_vs_true(pred, valid.truth(rows), valid.spec, out_dir / "pred_vs_true.png", title)
     except KitError as exc:
         scatter_note = str(exc)
+        # an earlier report's plot would stand beside a report that says it is not drawn
+        (out_dir / "pred_vs_true.png").unlink(missing_ok=True)
     path = out_dir / "report.md"
     path.write_text(_markdown(row, config, history, oracle, scatter_note, out_dir, run_dir))
     return path

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.competition import CompetitionSpec, spec_from_dict
-from kit.config import ConfigError
+from kit.config import ConfigError, validation_file
 from kit.errors import KitError
 from kit.toml_file import read_toml
 
@@ -174,15 +174,24 @@ def data_changes(run_dir: Path, reading_here: bool = False) -> list[str]:
     if not recorded:
         return []
     try:
-        cache_dir = (read_config(run_dir).get("data") or {}).get("cache_dir")
+        config = read_config(run_dir)
     except KitError:
-        cache_dir = None
+        config = {}
+    cache_dir = (config.get("data") or {}).get("cache_dir")
     changed = []
     for path, digest in recorded.items():
         here = data_file_of(Path(run_dir), path, reading_here)
         if here is not None and file_sha256(str(here), cache_dir) != digest:
             changed.append(path)
+    # a config.toml edited since to name another file: its rows are not the ones the run's
+    # val_rows index (an oracle and a scatter of another file's rows, and not a word)
+    named = validation_file(config, read_metrics(run_dir))
+    if isinstance(named, str) and named not in recorded:
+        changed.append(named + UNRECORDED)
     return changed
+
+
+UNRECORDED = " (named by config.toml now, not a file the run recorded)"
 
 
 def recorded_digests(run_dir: Path) -> dict:
@@ -222,6 +231,11 @@ def fold_run(group: Path, recorded: str) -> Path:
 
 
 def changed_data_message(run_dir: Path, changed: list[str]) -> str:
+    edited = [c for c in changed if c.endswith(UNRECORDED)]
+    if edited:
+        return (f"{run_dir}: its config.toml names {', '.join(edited)}: the run's scores and "
+                "predictions describe the files it recorded in data_sha256.json; put its "
+                "config.toml back")
     return (f"{run_dir} trained or validated on {', '.join(changed)}, whose content has "
             "changed since (its sha256 differs from the one the run recorded): its scores and "
             "predictions describe the old file; retrain it on the new one, or restore the old "

@@ -521,6 +521,35 @@ def test_an_out_of_fold_group_is_flagged_when_its_folds_data_changed(tmp_path: P
         assert rows[name]["oracle_score"] is None and rows[name]["oracle_fraction"] is None
 
 
+def test_a_config_edited_to_name_another_file_is_a_data_change(tmp_path: Path):
+    """config.toml edited to name another valid file of the same size: kit runs showed the
+    other file's oracle on the run's row numbers, and kit report drew the run's predictions
+    against the other file's targets, without a word. The report's old scatter stayed too."""
+    from kit.run_record import file_sha256
+
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    other, _ = write_data(tmp_path / "other", spec)
+    root = tmp_path / "runs"
+    run = make_run(root, "alpha", "20240101-000000-s1", valid, spec_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["data_sha256"] = {str(valid): file_sha256(str(valid), None)}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    row = list_runs(root)[0]
+    assert "data_changed" not in row and row["oracle_score"] is not None
+    report = write_report(run)
+    assert (report.parent / "pred_vs_true.png").is_file()
+    _edit_config(run, valid=str(other))
+    row = list_runs(root)[0]
+    assert row["data_changed"] == [f"{other} (named by config.toml now, not a file the run "
+                                   "recorded)"]
+    assert row["oracle_score"] is None and row["oracle_fraction"] is None
+    text = write_report(run).read_text()
+    assert "pred_vs_true.png not drawn" in text and "put its config.toml back" in text
+    assert not (report.parent / "pred_vs_true.png").exists()
+    assert "put its config.toml back" in format_runs(list_runs(root))
+
+
 def test_an_out_of_fold_group_takes_its_folds_config_spec_and_data(tmp_path: Path):
     """The -oof folder has no config.toml: its validated set, the digest of the train file and
     the metric's direction (rmse: lower is better) come from its fold runs."""
