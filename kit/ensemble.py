@@ -237,19 +237,23 @@ def check_same_rows(candidates: list[Candidate]) -> None:
         warnings.warn(f"{', '.join(other[:5])} trained under another metric than "
                       f"{first.name} ({first.spec.metric.name}, clip {first.spec.metric.clip}): "
                       "the blends are scored on the latter", RuntimeWarning, stacklevel=2)
-    bad = []
-    for c in candidates[1:]:
-        if c.data.resolve() != first.data.resolve():
-            bad.append(f"{c.name} predicts rows of {c.data}, {first.name} of {first.data}")
-        elif not np.array_equal(c.rows, first.rows):
-            bad.append(f"{c.name} covers {len(c.rows):,} rows, {first.name} {len(first.rows):,} "
-                       "(or the same number of different rows)")
-    if bad:
-        raise EnsembleError("the candidates do not cover the same rows, so they cannot be "
-                            "blended: " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else "")
+    sets: dict[tuple, list[Candidate]] = {}  # every set of rows, with who predicts it
+    for c in candidates:
+        sets.setdefault((str(c.data.resolve()), c.rows.tobytes()), []).append(c)
+    if len(sets) > 1:
+        described = [f"{_names([c.name for c in group])} "
+                     f"{'predict' if len(group) > 1 else 'predicts'} {len(group[0].rows):,} "
+                     f"rows of {group[0].data}" for group in sets.values()]
+        raise EnsembleError(f"the candidates do not cover the same rows, so they cannot be "
+                            f"blended: {len(sets)} sets of rows: " + "; ".join(described)
                             + ". Select among runs validated on the same rows: the same valid "
                               "file, or the same data.split and split_seed (fold runs: pass "
                               "their -oof group)")
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _other_spec(c: Candidate, first: Candidate) -> str | None:

@@ -179,8 +179,19 @@ def test_candidates_on_different_rows_are_refused():
     with pytest.raises(EnsembleError, match="do not cover the same rows"):
         check_same_rows(cands)
     cands[1].rows, cands[1].data = cands[0].rows, Path("other.parquet")
-    with pytest.raises(EnsembleError, match="predicts rows of other.parquet"):
+    with pytest.raises(EnsembleError, match="predicts 100 rows of other.parquet"):
         check_same_rows(cands)
+    # every set is named with all who predict it (the first pair only was named: a folder of
+    # fold groups, split runs and valid-file runs named one of them)
+    more = _candidates([rng.standard_normal((100, 2)) for _ in range(4)])
+    more[2].data = more[3].data = Path("other.parquet")
+    more[3].rows = more[3].rows[:50]
+    names = [c.name for c in more]
+    with pytest.raises(EnsembleError, match=re.escape(
+            f"3 sets of rows: {names[0]}, {names[1]} predict 100 rows of {more[0].data}; "
+            f"{names[2]} predicts 100 rows of other.parquet; {names[3]} predicts 50 rows of "
+            "other.parquet.")):
+        check_same_rows(more)
     # same rows and columns, another metric (a spec's clip edited between runs): the blends
     # are scored on the first's, with a warning
     cands[1].data = cands[0].data
@@ -577,7 +588,7 @@ def test_out_of_fold_groups_are_candidates_and_pack_as_their_fold_runs(workspace
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")  # selected from another folder
     # an oof group predicts train rows, a run valid rows: refused, naming both
-    with pytest.raises(EnsembleError, match="predicts rows of"):
+    with pytest.raises(EnsembleError, match="predicts 300 rows of"):
         select_ensemble([groups[0], runs["gru"]], iters=3, out=tmp_path / "bad.toml")
     doc, path, _ = select_ensemble([tmp_path / "runs" / "gru", tmp_path / "runs" / "lstm"],
                                    iters=6, out=tmp_path / "oof.toml")
