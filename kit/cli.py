@@ -657,13 +657,17 @@ def pack(
 def default_submissions(packed: Path, ensemble: bool = False) -> Path:
     """The project's submissions/: beside the runs/ folder of what is packed (runs/EXP/ID, or
     runs/ensembles/FILE) when the command runs inside that folder (`kit pack .` in a run must
-    not write runs/EXP/ID/submissions/), else in the working folder."""
+    not write runs/EXP/ID/submissions/); beside a run outside any runs/ folder when run inside
+    it; else in the working folder."""
     target = Path(packed).resolve()
     folder = target.parent if target.is_file() else target  # a run (its best.pt), an ensemble
     # runs/EXP/ID, runs/ID (kit train --run-dir runs/ID), runs/ensembles/FILE
+    here = Path.cwd().resolve()
     for runs in (folder.parent,) if ensemble else (folder.parent.parent, folder.parent):
-        if runs.name == "runs" and Path.cwd().resolve().is_relative_to(runs):
+        if runs.name == "runs" and here.is_relative_to(runs):
             return runs.parent / "submissions"
+    if not ensemble and here.is_relative_to(folder):  # a --run-dir run outside any runs/
+        return folder.parent / "submissions"  # beside it, never inside it
     return Path("submissions")
 
 

@@ -1095,6 +1095,12 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
     monkeypatch.chdir(named / "runs")
     run_cli("pack", "runs/r1", "--name", "p")
     assert (named / "submissions" / "p.zip").is_file()
+    # a run outside any runs/ (kit train --run-dir elsewhere/myrun): beside it, not inside
+    elsewhere = shutil.copytree(runs["gru"], tmp_path / "elsewhere" / "myrun")
+    monkeypatch.chdir(elsewhere)
+    run_cli("pack", ".", "--name", "e")
+    assert (tmp_path / "elsewhere" / "submissions" / "e.zip").is_file()
+    assert not (elsewhere / "submissions").exists()
 
 
 def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):
