@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from kit.run_record import relocated
 from kit.scoring.sandbox import prepare_submission
 from kit.scoring.score import FLOAT_EXACT, key_text, load_rows, replay_rows
 from kit.submission import write_submission_zip
+from kit.temp import owned_temp_dir
 
 DEFAULT_ATOL = 1e-5
 # float32 keeps about 7 digits: a correct package whose predictions are in the thousands (a
@@ -581,7 +581,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         raise PackError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
     tol = Tolerance(atol, rtol)
     rng = np.random.default_rng(seed)
-    with tempfile.TemporaryDirectory(prefix="kit-parity-") as tmp:
+    with owned_temp_dir("parity") as tmp:
         folder = snapshot(submission, Path(tmp))
         manifest = read_manifest(folder, shown=submission)
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))

@@ -424,6 +424,33 @@ def test_a_submission_that_breaks_stdout_and_leaves_a_thread_still_scores(tmp_pa
         assert np.isfinite(result.score)
 
 
+def test_a_killed_scores_rows_are_removed_by_the_next_score(tmp_path, monkeypatch):
+    """SIGKILLed between writing rows.npy and starting the sandboxed child (which cleans up
+    after its parent), kit score left the rows in TMPDIR for good (149 MB in a review)."""
+    import tempfile
+
+    from kit.export.pack import owner_tag
+    from tests.processes import dead_pid
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    tag = owner_tag().partition(".")[2]
+    killed = temp / f"kit-score-{dead_pid()}.{tag}-x1y2"
+    live = temp / f"kit-score-{os.getpid()}.{tag}-x3y4"  # this process: alive
+    other_host = temp / f"kit-score-{dead_pid()}.0badc0de-x5y6"  # its PIDs are not ours
+    unnamed = temp / "kit-score-abc_123"  # a kit from before: no owner to check
+    for folder in (killed, live, other_host, unnamed):
+        folder.mkdir()
+        (folder / "rows.npy").write_bytes(b"rows")
+    data, _ = write_data(tmp_path)
+    score(write_sub(tmp_path, FORMULA), data)
+    assert not killed.exists()
+    assert live.exists() and other_host.exists() and unnamed.exists()
+    assert sorted(p.name for p in temp.iterdir()) == sorted(
+        p.name for p in (live, other_host, unnamed))  # its own folder is gone too
+
+
 def test_an_exception_that_cannot_print_still_names_the_row(tmp_path):
     data, _ = write_data(tmp_path)
     sub = write_sub(tmp_path, """\

@@ -41,6 +41,7 @@ from kit.export.pack import (
     written_by_pack,
 )
 from kit.scoring.sandbox import prepare_submission
+from kit.temp import owned_temp_dir
 
 PROTOCOLS = ("rows", "batch")
 # Kaggle's documented limits: dataset slugs 3 to 50 characters, kernel slugs at least 5 (the
@@ -653,7 +654,7 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
                    rename: str | None) -> dict:
     """INTO/dataset and INTO/kernel for the package at `submission` (checked whole)."""
     dataset, kernel = into / "dataset", into / "kernel"
-    with tempfile.TemporaryDirectory(prefix="kit-notebook-") as tmp:
+    with owned_temp_dir("notebook") as tmp:
         source = prepare_submission(submission, Path(tmp) / "package")  # a zip is extracted
         try:
             manifest = read_manifest(source)

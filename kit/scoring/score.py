@@ -6,7 +6,6 @@ import math
 import numbers
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, MetricReport, evaluate, outputs_summary, scored_truth
 from kit.scoring.sandbox import choose_cpu, copy_submission, prepare_submission, run_child
+from kit.temp import owned_temp_dir
 
 
 @dataclass
@@ -170,7 +170,7 @@ def score_submission(
                      "score replays on one, so a submission that uses more threads runs slower "
                      "here than there (a kit package runs on one thread either way)")
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
-    with tempfile.TemporaryDirectory(prefix="kit-score-") as tmp:
+    with owned_temp_dir("score") as tmp:
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
         solution_dir = prepare_submission(submission, Path(tmp) / "submission")
@@ -282,7 +282,7 @@ def replay_rows(solution_dir: Path, values: np.ndarray, spec: CompetitionSpec, *
         raise DataError(f"the last of the {len(values):,} rows to replay needs a prediction, "
                         "but the next-state protocol has no truth for it (no next row): replay "
                         "whole sequences, whose last row needs none")
-    with tempfile.TemporaryDirectory(prefix="kit-replay-") as tmp:
+    with owned_temp_dir("replay") as tmp:
         rows_path = Path(tmp) / "rows.npy"
         np.save(rows_path, np.ascontiguousarray(values, dtype=np.float64))
         return replay_file(solution_dir, rows_path, len(values), spec, **options)

@@ -363,15 +363,14 @@ def train_seeds_in_parallel(base: dict, seeds: list[int], jobs: int, runs_dir: P
     seeds at once take the time of one. The feature arrays are cached first, so the workers
     read them instead of building them side by side. Ctrl-C and signals reach every worker
     (kit.workers.WorkerGroup); each stops at once, resumable from its last finished epoch."""
-    import tempfile
-
     import tomli_w
 
+    from kit.temp import owned_temp_dir
     from kit.train.data import cache_feature_arrays
     from kit.train.runs import toml_safe
 
     cache_feature_arrays(base)
-    with tempfile.TemporaryDirectory(prefix="kit-group-") as tmp:
+    with owned_temp_dir("group") as tmp:
         # the workers train the config this command resolved: read from the experiment file
         # as each started, a seed queued behind others took an edit made meanwhile
         frozen = Path(tmp) / f"{base['name']}.toml"
