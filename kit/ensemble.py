@@ -256,6 +256,21 @@ def _names(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
+def refuse_copies(candidates: list[Candidate]) -> None:
+    """Candidates whose validation predictions are the same bytes are one model twice (a
+    copied run folder, or one config and seed trained twice): selected both, the package
+    computed it twice per row and counted it twice in the time budget."""
+    seen: dict[bytes, list[str]] = {}
+    for c in candidates:
+        seen.setdefault(hashlib.sha256(c.preds.tobytes()).digest(), []).append(c.name)
+    same = [names for names in seen.values() if len(names) > 1]
+    if same:
+        raise EnsembleError("candidates that predict exactly alike are one model twice (a "
+                            "copied run folder, or one config and seed trained twice): "
+                            + "; ".join(_names(names) for names in same)
+                            + ": pass one of each")
+
+
 def _other_spec(c: Candidate, first: Candidate) -> str | None:
     """How c's spec differs from first's where a blend's score depends on it, or None."""
     a, b = c.spec, first.spec
@@ -561,6 +576,7 @@ def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = Fa
         check_out(Path(out))
     candidates = [load_candidate(p) for p in expand_candidates(paths)]
     check_same_rows(candidates)  # before reading the truth: the error names the mismatch
+    refuse_copies(candidates)
     first = candidates[0]
     data = ValidFile(first.data, first.spec)
     truth = data.truth(first.rows)

@@ -658,6 +658,18 @@ def test_a_run_given_twice_is_named(runs):
         expand_candidates([runs["gru"] / "best.pt"])
 
 
+def test_a_copy_of_a_run_is_refused(runs, tmp_path):
+    """A copied run folder (cp -r) was selected beside its original, and the package computed
+    the same model twice per row, counted twice in the time budget."""
+    import shutil
+
+    copy = shutil.copytree(runs["gru"], tmp_path / "dup" / "gru-copy")
+    out = run_cli("ensemble", "select", runs["gru"], copy, runs["lstm"], "--iters", 3,
+                  "--out", tmp_path / "e.toml", expect=2).output
+    assert "predict exactly alike are one model twice" in out and "gru-copy" in out
+    assert not (tmp_path / "e.toml").exists()
+
+
 def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):
     from kit.ensemble import EnsembleError, expand_candidates
 
