@@ -162,24 +162,31 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.amp": ("auto", "bf16", "fp16", "off"),
 }
 # Numeric settings that only make sense in a range: checked with the types, so `epochs=0` or a
-# negative seed fails when the config is read, not as a traceback after the data is built.
+# negative seed fails when the config is read, not as a traceback after the data is built. The
+# upper limits are far past any use: past them torch and numpy overflow (a batch of 1e20 was a
+# numpy cast error, a thread count an OverflowError, 1e20 epochs a hang building the schedule).
+MAX_EPOCHS, MAX_STEPS, MAX_BATCH, MAX_THREADS = 1_000_000, 10_000_000, 1_000_000, 4096
 BOUNDS: dict[str, tuple[object, str]] = {
     "seed": (lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
     "data.split_seed": (lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)"),
-    "data.seq_len": (lambda v: v >= 0, ">= 0 (0: the longest sequence)"),
+    "data.seq_len": (lambda v: 0 <= v <= MAX_STEPS,
+                     f"in [0, {MAX_STEPS:,}] (0: the longest sequence)"),
     "data.valid_fraction": (lambda v: 0 < v < 1, "between 0 and 1"),
     "normaliser.clip": (lambda v: v > 0, "> 0 (deviations)"),
-    "train.epochs": (lambda v: v >= 1, ">= 1"),
-    "train.batch_size": (lambda v: v >= 0, ">= 0 (0: find the largest that fits)"),
+    "train.epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"in [1, {MAX_EPOCHS:,}]"),
+    "train.batch_size": (lambda v: 0 <= v <= MAX_BATCH,
+                         f"in [0, {MAX_BATCH:,}] (0: find the largest that fits)"),
     "train.lr": (lambda v: 0 < v < math.inf, "a finite number > 0"),
     "train.weight_decay": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
-    "train.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "train.warmup_epochs": (lambda v: 0 <= v <= MAX_EPOCHS, f"in [0, {MAX_EPOCHS:,}]"),
     "train.grad_clip": (lambda v: 0 <= v < math.inf, "a finite number >= 0 (0: off)"),
-    "train.chunk": (lambda v: v >= 0, ">= 0 (0: whole sequences)"),
-    "train.patience": (lambda v: v >= 1, ">= 1 (epochs without a new best before stopping)"),
+    "train.chunk": (lambda v: 0 <= v <= MAX_STEPS, f"in [0, {MAX_STEPS:,}] (0: whole sequences)"),
+    "train.patience": (lambda v: 1 <= v <= MAX_EPOCHS,
+                       f"in [1, {MAX_EPOCHS:,}] (epochs without a new best before stopping)"),
     "train.ema": (lambda v: 0 <= v < 1, "in [0, 1) (0: off)"),
-    "train.swa_start": (lambda v: v >= 0, ">= 0 (0: off)"),
-    "train.threads": (lambda v: v >= 0, ">= 0 (0: torch's default)"),
+    "train.swa_start": (lambda v: 0 <= v <= MAX_EPOCHS, f"in [0, {MAX_EPOCHS:,}] (0: off)"),
+    "train.threads": (lambda v: 0 <= v <= MAX_THREADS,
+                      f"in [0, {MAX_THREADS}] (0: torch's default)"),
     "train.max_train_seqs": (lambda v: v >= 0, ">= 0 (0: all)"),
     "train.max_valid_seqs": (lambda v: v >= 0, ">= 0 (0: all)"),
 }

@@ -370,9 +370,14 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("train.patience=0", "train.patience must be >= 1"),
-    ("train.epochs=0", "train.epochs must be >= 1"),
-    ("train.batch_size=-1", "train.batch_size must be >= 0"),
+    ("train.patience=0", r"train.patience must be in \[1, 1,000,000\]"),
+    ("train.epochs=0", r"train.epochs must be in \[1, 1,000,000\]"),
+    ("train.batch_size=-1", r"train.batch_size must be in \[0, 1,000,000\]"),
+    # past what torch and numpy hold: a traceback (or, for epochs, a hang) before
+    ("train.batch_size=99999999999999999999", r"train.batch_size must be in \[0, 1,000,000\]"),
+    ("data.seq_len=99999999999999999999", r"data.seq_len must be in \[0, 10,000,000\]"),
+    ("train.threads=9223372036854775807", r"train.threads must be in \[0, 4096\]"),
+    ("train.epochs=99999999999999999999", r"train.epochs must be in \[1, 1,000,000\]"),
     ("train.ema=1.0", r"train.ema must be in \[0, 1\)"),
     ("train.lr=0", "train.lr must be a finite number > 0"),
     ("seed=-1", r"seed must be a whole number in \[0, 2\*\*32\)"),
