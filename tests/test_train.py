@@ -369,6 +369,21 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     assert "not a run directory" in out and "Traceback" not in out
 
 
+def test_run_dir_must_be_a_folder_of_the_runs_own(env, tmp_path, monkeypatch):
+    """--run-dir "" wrote best.pt and the rest into the working folder, and --run-dir runs or
+    runs/EXP into the runs folders, where `kit runs` then listed one run and hid the others."""
+    run_cli("train", "exp=tiny", "--stop-after-epochs", "1", "-q")
+    before = sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir())
+    for given, said in (("", "the working folder"), (".", "the working folder"),
+                        ("runs", "the runs folder"),
+                        ("runs/tiny", "experiment tiny's runs folder")):
+        out = run_cli("train", "exp=tiny", "--run-dir", given, "-q", expect=2).output
+        assert f"is {said}: name a folder of the run's own" in out, out
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "runs" / "config.toml").exists()
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == before
+    run_cli("train", "exp=tiny", "--run-dir", "runs/mine", "--stop-after-epochs", "1", "-q")
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("train.patience=0", r"train.patience must be in \[1, 1,000,000\]"),
     ("train.epochs=0", r"train.epochs must be in \[1, 1,000,000\]"),

@@ -176,6 +176,8 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                           "train folds with --folds K")
     if run_dir and len(seeds or []) > 1:
         raise ConfigError("--run-dir names one run: it does not combine with several seeds")
+    if run_dir and not resume:
+        refuse_shared_folder(Path(run_dir), runs_dir, base["name"])
     if seeds and len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
     if resume and run_dir and seeds:  # seeds=[N] names the run's seed, as seed=N: checked
@@ -200,6 +202,25 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                                            stop_after_epochs, progress, stamp)
         return _train_in_turn(base, seeds, folds, runs_dir, run_dir, stamp, resume,
                               group_resume, overrides, stop_after_epochs, progress)
+
+
+def refuse_shared_folder(run_dir: Path, runs_dir: Path, experiment: str) -> None:
+    """--run-dir must name a run's own folder: the working folder ("" or "."), the runs folder
+    or an experiment's folder in it took the run's files beside everything else there, and
+    `kit runs` then listed that folder as one run, hiding the runs inside it."""
+    where = run_dir.resolve()
+    shared = {Path.cwd().resolve(): "the working folder",
+              runs_dir.resolve(): "the runs folder",
+              (runs_dir / experiment).resolve(): f"experiment {experiment}'s runs folder"}
+    if where in shared or where.name == "runs":
+        what = shared.get(where, "a runs folder")
+    elif where.is_dir() and any((p / "config.toml").is_file() for p in where.iterdir()
+                                if p.is_dir()):
+        what = "a folder of runs"
+    else:
+        return
+    raise ConfigError(f"--run-dir {run_dir} is {what}: name a folder of the run's own, e.g. "
+                      f"{runs_dir / experiment / 'myrun'}")
 
 
 def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
