@@ -91,7 +91,12 @@ def overrides_of(ctx: typer.Context) -> list[str]:
 
     from kit.config import ConfigError
 
-    for text in ctx.args:
+    # a mistyped option before the experiment lands in the experiment's argument (its value
+    # then in the overrides: "override '1' is not KEY=VALUE" blamed the wrong word)
+    given = [ctx.params.get(param.name) for param in ctx.command.params
+             if param.param_type_name == "argument"]
+    given = [v for v in given if isinstance(v, str)]
+    for text in [*given, *ctx.args]:
         if text.startswith("-"):
             options = [opt for param in ctx.command.params for opt in param.opts
                        if opt.startswith("--")]

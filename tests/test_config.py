@@ -270,3 +270,20 @@ def test_a_mistyped_option_is_named_as_an_option_not_read_as_a_config_key(comman
     if command[0] == "train":
         assert "did you mean --stop-after-epochs?" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["train", "--resum", "gru_base"], "'--resum' is not an option of `kit train` (did you "
+                                       "mean --resume?"),
+    (["train", "--stop-afer-epochs", "1", "gru_base"], "'--stop-afer-epochs' is not an option"),
+    (["sweep", "--trails", "3", "gru_sweep"], "'--trails' is not an option of `kit sweep` "
+                                              "(did you mean --trials?"),
+    (["train", "--resum"], "'--resum' is not an option of `kit train`"),
+])  # fmt: skip
+def test_a_mistyped_option_before_the_experiment_is_named(args, named, tmp_path, monkeypatch):
+    """Before the experiment, the mistyped option became the experiment's name and its value
+    an override: "override '1' is not KEY=VALUE" blamed the wrong word."""
+    monkeypatch.chdir(tmp_path)
+    out = run_cli(*args, expect=2).output
+    assert named in out and "KEY=VALUE, e.g." in out and "override '" not in out
+    assert not (tmp_path / "runs").exists()
