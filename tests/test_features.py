@@ -1,3 +1,4 @@
+import dataclasses
 import re
 from unittest.mock import patch
 
@@ -584,6 +585,19 @@ def test_feature_arrays_are_cached_by_content_and_definition(tmp_path):
     direct = fs.batch_frame(pl.read_parquet(path)).select(fs.outputs).to_numpy()
     np.testing.assert_array_equal(changed.x.reshape(-1, len(fs.outputs)), direct)
     assert not np.array_equal(changed.x, first.x)
+    # what of the spec never reaches the arrays (the scorer's limits, the metric, the words)
+    # reuses the entry; an edit of the time limit rebuilt 1.5 GB beside the old one
+    entries = len(list((tmp_path / "cache").iterdir()))
+    edited = dataclasses.replace(
+        spec, description="mine", metric=dataclasses.replace(spec.metric, clip=(-1.0, 1.0)),
+        limits=dataclasses.replace(spec.limits, time_limit_s=10.0))
+    reused = feature_arrays(path, build_feature_set(edited, ["raw", "lags"]),
+                            cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(reused.x, changed.x)
+    assert len(list((tmp_path / "cache").iterdir())) == entries
+    longer = dataclasses.replace(spec, warmup=spec.warmup + 1)  # may move the mask: a new one
+    feature_arrays(path, build_feature_set(longer, ["raw", "lags"]), cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == entries + 1
 
 
 def test_features_cli_list_and_build(tmp_path):

@@ -58,9 +58,19 @@ def feature_arrays(
     if not use_cache:
         return build(in_memory)
     key = {"kind": "features", "kit": __version__, "format": FEATURE_FORMAT,
-           "spec": feature_set.spec.training_dict(), "features": feature_set.to_dict(),
+           "spec": arrays_spec(feature_set.spec), "features": feature_set.to_dict(),
            "seq_len": seq_len, "truncate": truncate}
     return cached_arrays_into(Path(path), key, build, cache_dir=cache_dir)
+
+
+# what of a spec never reaches the arrays: its name and words, the metric, the scorer's limits
+# (an edit of the time limit rebuilt a 1.5 GB entry beside the old one)
+NOT_IN_ARRAYS = ("name", "description", "metric", "limits")
+
+
+def arrays_spec(spec) -> dict:
+    """The spec's part of a feature cache key: the columns, lengths and protocol."""
+    return {k: v for k, v in spec.training_dict().items() if k not in NOT_IN_ARRAYS}
 
 
 def _build_feature_arrays(path: Path, feature_set: FeatureSet, seq_len: int | None,
