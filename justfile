@@ -49,6 +49,10 @@ synth *args:
 check file *args:
     kit data check "$@"
 
+# kit data cache: the feature-array cache's entries and size (--clear removes them)
+cache *args:
+    kit data cache "$@"
+
 # kit data stats FILE: describe a data file
 stats file *args:
     kit data stats "$@"

@@ -179,6 +179,35 @@ def spec_show(name: str = typer.Argument("predictorium", help="Preset name or TO
                "[metric]: the preset's feature groups go by its name)\n" + tomli_w.dumps(spec))
 
 
+@data_app.command("cache")
+def data_cache(
+    cache_dir: Path = typer.Option(Path("data/cache"), "--dir", help="The cache folder "
+                                   "(an experiment's data.cache_dir)."),
+    clear: bool = typer.Option(False, "--clear", help="Remove every entry (they are rebuilt "
+                               "when next needed)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The feature-array cache's entries and their size; --clear removes them. Entries are
+    never removed on their own: each feature set, spec and data file tried keeps one."""
+    from kit.data.cache import cache_entries, clear_cache
+
+    entries = cache_entries(cache_dir)
+    total = sum(e["bytes"] for e in entries)
+    if clear:
+        removed = clear_cache(cache_dir)
+        typer.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} and temp folders "
+                   f"from {cache_dir} ({total / 1e6:,.1f} MB)")
+        return
+    if as_json:
+        _print_json({"dir": str(cache_dir), "bytes": total, "entries": entries})
+        return
+    for e in entries:
+        typer.echo(f"{e['bytes'] / 1e6:>10,.1f} MB  {e['created']:<24}  {e['name']}  "
+                   f"{e['source'] or ''}")
+    typer.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache_dir}, "
+               f"{total / 1e6:,.1f} MB (kit data cache --clear removes them)")
+
+
 @data_app.command("check")
 def data_check(
     file: Path = typer.Argument(..., help="Parquet file to check."),

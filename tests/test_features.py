@@ -600,6 +600,34 @@ def test_feature_arrays_are_cached_by_content_and_definition(tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == entries + 1
 
 
+def test_kit_data_cache_lists_and_clears_the_entries(tmp_path):
+    """Entries were never removed and no command listed or cleared them (clear_cache was a
+    Python function only): an ablation's five train entries came to ~8.6 GB at full size."""
+    import json
+
+    from kit.features import feature_arrays
+    from tests.cli import run_cli
+
+    spec = load_spec("predictorium")
+    path = tmp_path / "train.parquet"
+    make_frame(spec, lengths=[40, 40], seed=1).write_parquet(path)
+    cache = tmp_path / "cache"
+    for groups in (["raw"], ["raw", "lags"]):
+        feature_arrays(path, build_feature_set(spec, groups), cache_dir=cache)
+    doc = json.loads(run_cli("data", "cache", "--dir", cache, "--json").output)
+    assert len(doc["entries"]) == 2 and {e["source"] for e in doc["entries"]} == {str(path)}
+    on_disk = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()
+                  and f.parent != cache)
+    assert doc["bytes"] == on_disk > 0
+    out = run_cli("data", "cache", "--dir", cache).output
+    assert "2 entries in" in out and str(path) in out
+    assert "removed 2 entries" in run_cli("data", "cache", "--dir", cache, "--clear").output
+    assert "0 entries in" in run_cli("data", "cache", "--dir", cache).output
+    feature_arrays(path, build_feature_set(spec, ["raw"]), cache_dir=cache)  # rebuilt at need
+    assert len(json.loads(run_cli("data", "cache", "--dir", cache, "--json").output)[
+        "entries"]) == 1
+
+
 def test_features_cli_list_and_build(tmp_path):
     from tests.cli import run_cli
 

@@ -422,6 +422,28 @@ def in_memory(name: str, shape: tuple, dtype) -> RowWriter:
     return RowWriter(shape, dtype)
 
 
+def cache_entries(cache_dir: Path = Path("data/cache")) -> list[dict]:
+    """The finished entries under cache_dir, oldest first: name, bytes on disk, when built
+    (meta.json's `created`) and the file it holds arrays of (`source`, when recorded)."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    entries = []
+    for child in cache_dir.iterdir():
+        if not (child.is_dir() and _ENTRY_NAME.match(child.name)):
+            continue
+        try:
+            meta = json.loads((child / "meta.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
+        meta = meta if isinstance(meta, dict) else {}
+        size = sum(f.stat().st_size for f in child.iterdir() if f.is_file())
+        entries.append({"name": child.name, "bytes": size,
+                        "created": meta.get("created", "unfinished or damaged"),
+                        "source": meta.get("source")})
+    return sorted(entries, key=lambda e: (e["created"], e["name"]))
+
+
 def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
     """Remove every entry (and leftover temp folder) under cache_dir; return how many."""
     cache_dir = Path(cache_dir)
