@@ -92,6 +92,10 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
     parent_name = raw.pop("extends", None)
     if problem := unknown_keys(raw):
         raise ConfigError(f"{path}: {problem}")
+    try:  # this file's own values: a wrong type is named with the file that set it
+        resolve(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if parent_name is not None:
         if not isinstance(parent_name, str) or not parent_name:
             raise ConfigError(f"{path}: extends must be an experiment's name or a .toml path "

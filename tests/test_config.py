@@ -149,6 +149,19 @@ def test_resolve_fills_defaults_and_names_bad_keys(exps):
         resolve({"train": {"lr": 10**400}})
 
 
+def test_a_wrong_type_is_named_with_the_file_that_set_it(exps):
+    """A misspelt key named its file, a wrong type did not ("train.epochs must be int, got
+    '3'"): through an extends chain nothing said which file set it."""
+    (exps / "typed.toml").write_text('extends = "base"\n[train]\nepochs = "3"\n')
+    with pytest.raises(ConfigError, match=r"typed.toml: train.epochs must be int, got '3'"):
+        load_experiment("typed")
+    (exps / "parent_bad.toml").write_text('[train]\nlr = -1.0\n')
+    (exps / "kid.toml").write_text('extends = "parent_bad"\n')
+    with pytest.raises(ConfigError, match=r"parent_bad.toml: train.lr must be a finite"):
+        load_experiment("kid")
+    assert load_experiment("child")["train"]["lr"] == 0.01  # good files load as before
+
+
 @pytest.mark.parametrize("parent", [3, ["base"], ""])
 def test_extends_that_is_not_a_name_is_refused_as_such(exps, parent):
     """extends = 3 looked for experiments/3.toml, extends = ["base"] for "['base']"."""
