@@ -369,6 +369,26 @@ def test_resume_picks_the_newest_unfinished_run_by_time_not_by_name(env, tmp_pat
     assert "not a run directory" in out and "Traceback" not in out
 
 
+def test_a_resume_on_another_thread_count_says_it_will_not_replay_exactly(env, tmp_path):
+    """Started on torch's 2 threads and continued by a --jobs worker on 1, a run ended 1.5e-8
+    off an uninterrupted one (float sums split per thread), while README says it ends exactly
+    where one would; the resume now says so."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--stop-after-epochs", "1",
+                "-q")
+        torch.set_num_threads(1)
+        out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume", "-q",
+                      "--stop-after-epochs", "1").output
+        assert "resumes on 1 CPU thread(s); it trained on 2 before" in out
+        assert "train.threads=2 would" in out
+        out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume", "-q").output
+        assert "CPU thread(s)" not in out  # the same count: nothing to say
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_dir_must_be_a_folder_of_the_runs_own(env, tmp_path, monkeypatch):
     """--run-dir "" wrote best.pt and the rest into the working folder, and --run-dir runs or
     runs/EXP into the runs folders, where `kit runs` then listed one run and hid the others."""

@@ -199,6 +199,12 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             tqdm.write(f"note: {files.root} resumes in {amp_dtype or 'float32'} autocast; it "
                        f"trained in {saved['amp'].replace('None', 'float32')} before, so it "
                        "will not replay an uninterrupted run exactly")
+        threads = torch.get_num_threads()  # (--jobs workers run on kit's share of the cores)
+        if saved.get("threads", threads) != threads and device.type == "cpu":
+            tqdm.write(f"note: {files.root} resumes on {threads} CPU thread(s); it trained on "
+                       f"{saved['threads']} before, where float sums split differently, so it "
+                       "will not replay an uninterrupted run exactly (train.threads="
+                       f"{saved['threads']} would)")
         files.reopen_paused()  # only now: a last.pt that cannot resume leaves the pause as it was
         files.truncate_history(start_epoch)
         if saved.get("best_pending"):  # killed while moving the epoch's best into place
@@ -302,6 +308,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "swa": swa.state_dict() if swa is not None else {},
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
             "batch_size": train["batch_size"], "amp": str(amp_dtype), "best_pending": improved,
+            "threads": torch.get_num_threads(),
         }, files.last)
         if improved:  # last.pt now records this epoch as the best: its files take their place
             files.promote_best(epoch + 1)
