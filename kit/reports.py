@@ -524,14 +524,14 @@ def sort_runs(runs: list[dict], sort: str = "score", descending: bool = True) ->
 def _told_apart(runs: list[dict]) -> list[dict]:
     """Runs whose validation files share a name but not a folder (data/synth/valid.parquet and
     data/synth-rnn-challenge/valid.parquet) labelled with the folder too."""
-    files: dict[str, set] = {}
+    files: dict[str, set] = {}  # by file name: "first 400 steps of valid.parquet" as well
     for r in runs:
         if r.get("validated") and r.get("validated_file"):
-            files.setdefault(r["validated"], set()).add(r["validated_file"])
+            files.setdefault(Path(r["validated_file"]).name, set()).add(r["validated_file"])
     out = []
     for r in runs:  # (a run whose file is gone keeps its plain label)
-        if len(files.get(r.get("validated"), ())) > 1 and r.get("validated_file"):
-            file = Path(r["validated_file"])
+        file = Path(r["validated_file"]) if r.get("validated_file") else None
+        if file is not None and r.get("validated") and len(files.get(file.name, ())) > 1:
             r = {**r, "validated": r["validated"].replace(
                 file.name, f"{file.parent.name}/{file.name}")}
         out.append(r)

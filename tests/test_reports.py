@@ -756,6 +756,14 @@ def test_runs_of_two_competitions_list_in_two_tables_with_their_files_told_apart
     assert sorted(" t0 " in h and " a " not in h for h in heads) == [False, True]
     assert "synth/valid.parquet" in table and "synth-other/valid.parquet" in table
     assert "holds other rows in some runs" not in table
+    # a derived label names the folder too ("first 5 steps of valid.parquet" kept none)
+    cut = make_run(root, "three", "20240101-000000-s9", three, spec_three, seed=9)
+    _edit_config(cut, seq_len=5)
+    metrics = json.loads((cut / "metrics.json").read_text())
+    (cut / "metrics.json").write_text(json.dumps({**metrics, "valid_truncated": True}))
+    assert "first 5 steps of synth-other/valid.parquet" in format_runs(list_runs(root))
+    shutil.rmtree(cut)
+    table = format_runs(list_runs(root))
     (of_two,) = [t for t in table.split("\n\n") if " t0 " in t.splitlines()[0]]
     assert "20240102-000000-s2" in of_two  # an unscored run stays with its experiment's
     # sorted by one table's output: that table by it, the other by score (it raised), and
