@@ -143,6 +143,33 @@ def test_a_failed_batch_call_changes_nothing_and_bad_shapes_are_refused(package)
         (1, "a"), (2, "b")}
 
 
+def test_batch_protocol_reads_huge_ints_and_calls_without_steps_as_the_row_runtime(package):
+    """An int past float's range failed the whole time step (OverflowError) where predict()
+    reads it as inf for the guard; a call without steps kept the id's old step 5, so a later
+    step 3 restarted it where predict() (a missing step: unknown) continues."""
+    import pandas as pd
+
+    module = _solution(package.folder)
+    rows = np.random.default_rng(5).standard_normal((3, 32))
+    huge = rows.tolist()
+    huge[1][3] = 10**400
+    row_runtime = module.PredictionModel()
+
+    class Point:
+        def __init__(self, step, state):
+            self.seq_ix, self.step_in_seq, self.need_prediction, self.state = 0, step, True, state
+
+    want = [row_runtime.predict(Point(step, r)) for step, r in zip((5, None, 3), huge, strict=True)]
+    batch = module.BatchPredictor()
+    got = [batch.predict_arrays([0], [huge[0]], [5]), batch.predict_arrays([0], [huge[1]]),
+           batch.predict_arrays([0], [huge[2]], [3])]
+    np.testing.assert_allclose(np.concatenate(got), np.stack(want), atol=1e-6)
+    frame = pd.DataFrame([huge[1]], columns=module_columns(package), dtype=object)
+    frame.insert(0, "seq_ix", [9])
+    out = module.BatchPredictor().predict(frame, step_col="none")
+    assert np.isfinite(out.drop(columns="seq_ix").to_numpy(dtype=float)).all()
+
+
 def module_columns(package) -> list[str]:
     return json.loads((package.folder / "manifest.json").read_text())["inputs"]
 

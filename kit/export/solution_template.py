@@ -340,9 +340,10 @@ class BatchPredictor:
         for key, row in new.items():
             self.table[key] = row
         self.last_step.extend([None] * len(new))
-        if steps is not None:
-            for row, step in zip(rows.tolist(), steps, strict=True):
-                self.last_step[row] = step
+        # a call without steps leaves them unknown, as a missing step in predict(): the next
+        # step given continues the id (its step 5 kept, a later 3 restarted it)
+        for row, step in zip(rows.tolist(), steps or [None] * len(rows), strict=True):
+            self.last_step[row] = step
         if len(self.last_step) > self.capacity:
             self._grow(len(self.last_step))
 
@@ -373,8 +374,8 @@ class BatchPredictor:
             raise ValueError(f"{missing} in one time step: one row per series id")
         try:
             x = np.ascontiguousarray(features, dtype=np.float32)
-        except (TypeError, ValueError):  # pd.NA, text: NaN, as in PredictionModel.predict
-            table = np.asarray(features, dtype=object)
+        except (TypeError, ValueError, OverflowError):  # pd.NA, text: NaN; an int past
+            table = np.asarray(features, dtype=object)  # float's range: inf (as predict)
             table = table.reshape(1, -1) if table.ndim == 1 else table  # one id's row
             x = np.array([numbers(r, self.n_features) for r in table], dtype=np.float32)
         if x.shape != (n, self.n_features) and not (n == 1 and x.shape == (self.n_features,)):
@@ -423,7 +424,7 @@ class BatchPredictor:
         else:  # pandas' nullable dtypes hold pd.NA, which float() refuses: NaN, as in polars
             try:
                 features = batch[columns].to_numpy(dtype=np.float64, na_value=np.nan)
-            except (TypeError, ValueError):  # text: predict_arrays reads it as NaN
+            except (TypeError, ValueError, OverflowError):  # text: NaN in predict_arrays
                 features = batch[columns].to_numpy(dtype=object)
         names = names or {}
         keep = [keep] if isinstance(keep, str) else keep  # "row_id", not its letters
