@@ -954,10 +954,17 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
 
     def run(trial) -> float:
         try:
-            return attempt(trial)
+            value = attempt(trial)
         except optuna.exceptions.UpdateFinishedTrialError:  # (its report, its attrs)
-            taken_over.append(trial.number)
+            value = None
+        except optuna.TrialPruned:
+            if not finished_elsewhere(trial):
+                raise
+            value = None
+        if value is None or finished_elsewhere(trial):  # (also after its last report: the
+            taken_over.append(trial.number)  # SWA model's validation, the return)
             raise TrialTakenOver(trial.number) from None
+        return value
 
     def attempt(trial) -> float:
         try:
@@ -987,6 +994,11 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         return metrics["score"]
 
     return run
+
+
+def finished_elsewhere(trial) -> bool:
+    """Whether another sweep already ended this worker's trial (failed it as stale)."""
+    return trial.study._storage.get_trial(trial._trial_id).state.is_finished()
 
 
 class TrialTakenOver(Exception):

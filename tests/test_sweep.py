@@ -1164,6 +1164,28 @@ def test_a_paused_worker_whose_trial_was_taken_over_samples_on(sweep_env):
     assert sum(t.state in FINISHED for t in _started(url)) == 3
 
 
+def test_a_trial_taken_over_after_its_last_report_is_left_too(sweep_env, monkeypatch):
+    """Failed by another sweep between its last report and its return (an SWA model's
+    validation), the trial's score went to Optuna's tell, which cannot tell a finished trial:
+    the worker died with "Should not reach"."""
+    import kit.train.recipe as recipe
+
+    real, taken = recipe.train_one, []
+
+    def taken_after_training(config, files, **kwargs):
+        metrics = real(config, files, **kwargs)
+        if not taken:  # the first trial only, as another sweep's fail_stale_trials would
+            trial = kwargs["on_epoch"].trial
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            taken.append(trial.number)
+        return metrics
+
+    monkeypatch.setattr(recipe, "train_one", taken_after_training)
+    out = run_cli("sweep", "exp=tiny", "--trials", 2).output
+    assert f"trial {taken[0]} was marked failed by another sweep" in out
+    assert "Traceback" not in out and "2 complete, 0 pruned, 1 failed" in out
+
+
 # --- ablation ------------------------------------------------------------------------------
 
 
