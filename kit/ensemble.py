@@ -256,19 +256,21 @@ def _names(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + more
 
 
-def refuse_copies(candidates: list[Candidate]) -> None:
+def drop_copies(candidates: list[Candidate]) -> list[Candidate]:
     """Candidates whose validation predictions are the same bytes are one model twice (a
-    copied run folder, or one config and seed trained twice): selected both, the package
-    computed it twice per row and counted it twice in the time budget."""
-    seen: dict[bytes, list[str]] = {}
+    copied run folder, or one config and seed trained twice, as a sweep that samples the same
+    values again does): selected both, the package computed it twice per row and counted it
+    twice in the time budget. The first of each is kept, with a warning naming the others."""
+    seen: dict[bytes, list[Candidate]] = {}
     for c in candidates:
-        seen.setdefault(hashlib.sha256(c.preds.tobytes()).digest(), []).append(c.name)
-    same = [names for names in seen.values() if len(names) > 1]
+        seen.setdefault(hashlib.sha256(c.preds.tobytes()).digest(), []).append(c)
+    same = [group for group in seen.values() if len(group) > 1]
     if same:
-        raise EnsembleError("candidates that predict exactly alike are one model twice (a "
-                            "copied run folder, or one config and seed trained twice): "
-                            + "; ".join(_names(names) for names in same)
-                            + ": pass one of each")
+        warnings.warn("candidates that predict exactly alike are one model (a copied run "
+                      "folder, or one config and seed trained twice): " + "; ".join(
+                          f"{_names([c.name for c in group[1:]])} left out as "
+                          f"{group[0].name}" for group in same), RuntimeWarning, stacklevel=2)
+    return [group[0] for group in seen.values()]
 
 
 def _other_spec(c: Candidate, first: Candidate) -> str | None:
@@ -576,7 +578,7 @@ def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = Fa
         check_out(Path(out))
     candidates = [load_candidate(p) for p in expand_candidates(paths)]
     check_same_rows(candidates)  # before reading the truth: the error names the mismatch
-    refuse_copies(candidates)
+    candidates = drop_copies(candidates)
     first = candidates[0]
     data = ValidFile(first.data, first.spec)
     truth = data.truth(first.rows)

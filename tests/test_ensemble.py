@@ -658,16 +658,19 @@ def test_a_run_given_twice_is_named(runs):
         expand_candidates([runs["gru"] / "best.pt"])
 
 
-def test_a_copy_of_a_run_is_refused(runs, tmp_path):
+def test_a_copy_of_a_run_is_left_out(runs, tmp_path):
     """A copied run folder (cp -r) was selected beside its original, and the package computed
-    the same model twice per row, counted twice in the time budget."""
+    the same model twice per row, counted twice in the time budget. Left out with a warning,
+    not refused: a sweep that samples the same values twice trains the same model twice, and
+    its folder is a documented candidate list."""
     import shutil
 
     copy = shutil.copytree(runs["gru"], tmp_path / "dup" / "gru-copy")
     out = run_cli("ensemble", "select", runs["gru"], copy, runs["lstm"], "--iters", 3,
-                  "--out", tmp_path / "e.toml", expect=2).output
-    assert "predict exactly alike are one model twice" in out and "gru-copy" in out
-    assert not (tmp_path / "e.toml").exists()
+                  "--out", tmp_path / "e.toml").output
+    assert "predict exactly alike are one model" in out
+    assert "gru-copy left out as" in out
+    assert "gru-copy" not in (tmp_path / "e.toml").read_text()
 
 
 def test_the_runs_root_is_named_as_one_level_up(runs, tmp_path):

@@ -373,7 +373,8 @@ def test_text_steps_are_compared_as_numbers(gru_pack):
     unknown and continues, as a NaN step does."""
     rows = np.random.default_rng(8).standard_normal((14, 32))
     want = np.stack(model_on(gru_pack, rows))
-    for as_text in (str, lambda i: str(i).encode(), lambda i: f"{i}.0"):
+    for as_text in (str, lambda i: str(i).encode(), lambda i: f"{i}.0",
+                    lambda i: str(1_700_000_000_000_000_000 + i)):  # past float's 2**53
         model = _solution(gru_pack.folder)
         got = [model.predict(Point(1, as_text(i), True, r)) for i, r in enumerate(rows)]
         np.testing.assert_array_equal(np.stack(got), want)

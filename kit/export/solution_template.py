@@ -70,6 +70,10 @@ def step_value(step):
     text would start the sequence over at step 10 (NaN, unknown, when it is no number)."""
     if isinstance(step, str | bytes):
         try:
+            return int(step)  # exact: float() makes 1700000000000000001 equal to ...000
+        except ValueError:
+            pass
+        try:
             return float(step)
         except ValueError:
             return float("nan")

@@ -552,8 +552,9 @@ class EwmStd(Ewm):
 
 
 def exact_cum_sum(c: pl.Expr) -> pl.Expr:
-    """A running sum rounded once to float32, as the stream face's compensated one: Polars sums
-    float32 in float32 (1e8, 1, 3, -1e8 summed to 0)."""
+    """A running sum rounded once to float32, as the stream face's compensated one. Polars 2's
+    float32 cum_sum already accumulates wider (1e8, 1, 3, -1e8 gives 4); the cast says so
+    whatever the version."""
     return c.cast(pl.Float64).cum_sum().cast(pl.Float32)
 
 
