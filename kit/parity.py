@@ -330,6 +330,13 @@ def shuffled_order(rows: Rows, rng: np.random.Generator) -> np.ndarray:
     comes back after others) and the last fed twice in a row (the same id starts over with no
     other id between: only the step going back says it is a new run)."""
     seqs = rng.permutation(len(rows.lengths))
+    # the sequences with the most scored rows come back and start over: a random one could
+    # have a single scored row, which shows no state resumed (a ragged review's false pass)
+    scored = np.bincount(rows.seq[rows.need].astype(np.int64), minlength=len(rows.lengths))
+    ranked = seqs[np.argsort(-scored[seqs], kind="stable")]
+    if len(ranked) > 1:
+        seqs = np.array([ranked[0], *(s for s in seqs if s not in ranked[:2]), ranked[1]],
+                        dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(rows.lengths)])
     blocks = [np.arange(starts[s], starts[s + 1]) for s in seqs]
     return np.concatenate(blocks + [blocks[-1], blocks[0]])

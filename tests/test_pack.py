@@ -545,6 +545,25 @@ def test_a_package_without_the_normaliser_fails_parity(workspace, runs, gru_pack
     assert "seq" in next(c.detail for c in report.checks if c.name == "paths agree")
 
 
+def test_the_shuffled_check_feeds_again_the_sequences_with_most_scored_rows():
+    """The re-fed sequences were the permutation's first and last: on ragged data one with a
+    single scored row, which shows no resumed state (a runtime resuming a restarted id's parked
+    state passed parity)."""
+    from kit.parity import Rows, shuffled_order
+
+    lengths = [3, 40, 2, 30, 5]
+    ids = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.concatenate([np.arange(n) for n in lengths])
+    values = np.column_stack([ids, pos, pos >= 1, np.zeros(len(ids))]).astype(np.float64)
+    rows = Rows.of(values)
+    for seed in range(5):
+        order = shuffled_order(rows, np.random.default_rng(seed))
+        fed = [int(ids[i]) for i in order]
+        assert fed[:40] == [1] * 40 and fed[-40:] == [1] * 40  # comes back after the others
+        assert fed[-100:-40] == [3] * 60  # fed twice in a row: the same id starts over
+        assert sorted(set(fed)) == [0, 1, 2, 3, 4] and len(fed) == sum(lengths) + 70
+
+
 def test_a_runtime_that_never_resets_state_fails_parity(workspace, gru_pack, tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
     _edit_solution(folder, "        if moved:\n            step = self._switch(seq_ix, step)\n"
