@@ -132,10 +132,11 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
         need_as_int(schema, spec.need_col).alias("need"),
     ).with_row_index("row")
     problems += key_problems(key_frame, [ids, steps])
-    n, rows = first_rows(key_frame, need_as_int(schema, spec.need_col).is_null(), spec.need_col)
-    if n:
-        problems.append(f"column {spec.need_col!r} has {n:,} value(s) that are neither 0/1 nor "
-                        f"true/false (nulls included): {rows}")
+    if n_bad_need := keys["need"].null_count():
+        rows = first_rows(key_frame, need_as_int(schema, spec.need_col).is_null(),
+                          spec.need_col, n_bad_need)
+        problems.append(f"column {spec.need_col!r} has {n_bad_need:,} value(s) that are neither "
+                        f"0/1 nor true/false (nulls included): {rows}")
     del key_frame
     if problems:
         raise ContractError(source, problems)
@@ -273,24 +274,25 @@ def key_problems(frame: pl.DataFrame, names: list[str]) -> list[str]:
         elif dtype in FLOAT_TYPES:  # whole numbers too, but no int64 holds them
             too_big = (col.is_finite() & (col == col.floor())  # -2**63 itself fits
                        & ((col >= 2.0**63) | (col < -(2.0**63))))
-        bad = whole_numbers(frame.schema, name).is_null()
-        n, rows = first_rows(frame, bad & ~too_big.fill_null(False), name)
-        if n:
-            problems.append(f"column {name!r} has {n:,} null or non-integral value(s): {rows}")
-        n, rows = first_rows(frame, too_big.fill_null(False), name)
-        if n:
-            problems.append(f"column {name!r} has {n:,} value(s) outside int64's range "
-                            f"(-2**63 to 2**63 - 1): {rows}; kit holds ids and steps as int64: "
-                            "renumber them")
+        too_big = too_big.fill_null(False)
+        odd = whole_numbers(frame.schema, name).is_null() & ~too_big
+        n_odd, n_big = frame.select(odd.sum().alias("odd"), too_big.sum().alias("big")).row(0)
+        if n_odd:
+            problems.append(f"column {name!r} has {n_odd:,} null or non-integral value(s): "
+                            f"{first_rows(frame, odd, name, n_odd)}")
+        if n_big:
+            problems.append(f"column {name!r} has {n_big:,} value(s) outside int64's range "
+                            f"(-2**63 to 2**63 - 1): {first_rows(frame, too_big, name, n_big)}; "
+                            "kit holds ids and steps as int64: renumber them")
     return problems
 
 
-def first_rows(frame: pl.DataFrame, where: pl.Expr, name: str) -> tuple[int, str]:
-    """How many rows `where` holds on, and 'row R (value), ...' for the first MAX_LISTED."""
+def first_rows(frame: pl.DataFrame, where: pl.Expr, name: str, count: int) -> str:
+    """'row R (value), ...' for the first MAX_LISTED of the `count` rows `where` holds on."""
     hits = frame.with_row_index("\0row").with_columns(where.alias("\0hit")).filter(
-        pl.col("\0hit")).select("\0row", name)  # (with_columns: a literal `where` broadcasts)
-    shown = ", ".join(f"row {r:,} ({v})" for r, v in hits.head(MAX_LISTED).iter_rows())
-    return hits.height, shown + (", ..." if hits.height > MAX_LISTED else "")
+        pl.col("\0hit")).head(MAX_LISTED).select("\0row", name)  # (a literal broadcasts)
+    shown = ", ".join(f"row {r:,} ({v})" for r, v in hits.iter_rows())
+    return shown + (", ..." if count > MAX_LISTED else "")
 
 
 def whole_numbers(schema: pl.Schema, name: str) -> pl.Expr:
