@@ -92,3 +92,18 @@ def test_bad_settings_are_rejected(kwargs, message):
 def test_empty_mask_is_rejected():
     with pytest.raises(NormaliserError, match="no training rows"):
         Normaliser.fit(np.zeros((2, 3, 2), np.float32), np.zeros((2, 3), bool))
+
+
+@pytest.mark.parametrize("zeros", [0.75, 0.90])
+def test_robust_fit_passes_over_a_quartile_on_the_edge_of_a_point_mass(zeros):
+    """At exactly 75% zeros the 75th percentile interpolates between 0 and the smallest
+    non-zero value: an IQR of ~3e-5 took every non-zero value to the clip (a 0/5 flag), where
+    74% and 76% zeros keep most of them apart. Such a sliver of the wider range is not used."""
+    rng = np.random.default_rng(4)
+    n = 100_000
+    col = np.zeros(n, np.float32)
+    col[int(n * zeros):] = rng.exponential(5.0, n - int(n * zeros))
+    norm = Normaliser.fit(col[:, None], method="robust", clip=5.0)
+    z = norm.transform(col[:, None])[col > 0, 0]
+    assert norm.scale[0] > 0.1
+    assert (z < 5.0).mean() > 0.5
