@@ -621,6 +621,13 @@ def test_kit_data_cache_lists_and_clears_the_entries(tmp_path):
     assert doc["bytes"] == on_disk > 0
     out = run_cli("data", "cache", "--dir", cache).output
     assert "2 entries in" in out and str(path) in out
+    # a meta.json whose fields are not text (edited by hand) is damaged: listed, and cleared
+    # (`created: 5` failed to sort against the other's date, and --clear removed nothing)
+    damaged = next(e["name"] for e in doc["entries"])
+    (cache / damaged / "meta.json").write_text('{"created": 5, "source": ["x"]}')
+    listed = json.loads(run_cli("data", "cache", "--dir", cache, "--json").output)["entries"]
+    assert {(e["name"], e["created"], e["source"]) for e in listed if e["name"] == damaged} == {
+        (damaged, "unfinished or damaged", None)}
     assert "removed 2 entries" in run_cli("data", "cache", "--dir", cache, "--clear").output
     assert "0 entries in" in run_cli("data", "cache", "--dir", cache).output
     feature_arrays(path, build_feature_set(spec, ["raw"]), cache_dir=cache)  # rebuilt at need

@@ -438,9 +438,10 @@ def cache_entries(cache_dir: Path = Path("data/cache")) -> list[dict]:
             meta = {}
         meta = meta if isinstance(meta, dict) else {}
         size = sum(f.stat().st_size for f in child.iterdir() if f.is_file())
-        entries.append({"name": child.name, "bytes": size,
-                        "created": meta.get("created", "unfinished or damaged"),
-                        "source": meta.get("source")})
+        created, source = meta.get("created"), meta.get("source")
+        entries.append({"name": child.name, "bytes": size,  # (a hand-edited meta: any type)
+                        "created": created if isinstance(created, str) else "unfinished or damaged",
+                        "source": source if isinstance(source, str) else None})
     return sorted(entries, key=lambda e: (e["created"], e["name"]))
 
 
