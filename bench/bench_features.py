@@ -336,8 +336,8 @@ def pandas_arrays(path: Path, fs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         elif kind == "wmid":
             values = []
             for b, a, bs, as_ in zip(p["bid"], p["ask"], p["bid_size"], p["ask_size"], strict=True):
-                w_bid, w_ask = work[as_].abs(), work[bs].abs()
-                values.append((work[b] * w_bid + work[a] * w_ask) / (w_bid + w_ask + EPS))
+                w_bid, w_ask = work[as_].abs() + EPS / 2, work[bs].abs() + EPS / 2
+                values.append((work[b] * w_bid + work[a] * w_ask) / (w_bid + w_ask))
         elif kind == "lag":
             values = list(past(cols, p["k"]).items())
         elif kind == "delta":

@@ -906,3 +906,22 @@ def test_cumulative_sums_keep_small_terms_next_to_large_ones(tmp_path):
         np.testing.assert_array_equal(got[:, j], values.astype(np.float32), err_msg=name)
     assert got[-1, fs.outputs.index("a@cumsum")] == 1200.0
     assert_faces_agree(fs, df)
+
+
+def test_wmid_stays_between_bid_and_ask_and_is_the_mid_of_an_empty_level(tmp_path):
+    """With eps in the denominator alone the weights summed to less than 1: sizes 0 gave a
+    weighted mid of 0 and sizes 0.005 one below the bid (99.995 for 100 / 100.01), in every
+    face. Hand values: the mid for equal or zero sizes, near the bid when the ask is deep."""
+    fs = build_feature_set(SPEC, groups=[], ops=[{"op": "wmid", **OP_CASES["wmid"]}])
+    sizes = [(0.0, 0.0), (0.005, 0.005), (1e-6, 1e-6), (0.0, 1.0), (-3.0, 1.0)]
+    df = pl.DataFrame({"seq_ix": [0] * len(sizes), "step_in_seq": range(len(sizes)),
+                       "need_prediction": [True] * len(sizes), "a": [100.0] * len(sizes),
+                       "b": [100.01] * len(sizes), "c": [s[0] for s in sizes],
+                       "d": [s[1] for s in sizes], "y": [0.0] * len(sizes)})
+    mid = np.float32(100.005)
+    expected = [mid, mid, mid, 100.0, 100.0 + 0.01 * 3 / 4]
+    got, batch = onnx_steps_and_batch_face(fs, df, tmp_path / "wmid.onnx")
+    for face in (got[:, 0], batch[:, 0]):
+        np.testing.assert_allclose(face, expected, rtol=0, atol=2e-5)
+        assert ((face >= np.float32(100.0)) & (face <= np.float32(100.01))).all()
+    assert_faces_agree(fs, df)

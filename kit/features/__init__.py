@@ -20,7 +20,9 @@ from kit.features.sets import FeatureSet, build_feature_set
 CHUNK_SEQS = 256  # sequences per batch-face pass: bounds memory, keeps Polars' work cache-sized
 
 # Bump when an op's batch face changes what it computes: cached arrays built before are stale.
-FEATURE_FORMAT = 5  # 4: rolling means summed in float64; 5: EWMs exact (offset form, float64)
+# 4: rolling means summed in float64; 5: EWMs exact (offset form, float64); 6: wmid's weights
+# sum to 1 (the mid at sizes 0)
+FEATURE_FORMAT = 6
 
 
 def feature_set_from_config(config: dict) -> FeatureSet:

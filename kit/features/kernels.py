@@ -109,7 +109,9 @@ class ImbalanceKernel(Kernel):
 
 
 class WeightedMidKernel(Kernel):
-    """(bid |ask_size| + ask |bid_size|) / (|bid_size| + |ask_size| + EPS) per level.
+    """(bid (|ask_size| + EPS/2) + ask (|bid_size| + EPS/2)) / (|bid_size| + |ask_size| + EPS)
+    per level: weights that sum to 1 (see ops.WeightedMid), as many nodes as with EPS added to
+    the denominator alone.
 
     The sizes are read from |w| with a one-hot matrix rather than gathered and then made
     absolute: the Abs of w is the imbalance kernel's too, and ORT merges the two nodes.
@@ -124,9 +126,9 @@ class WeightedMidKernel(Kernel):
         self.register_buffer("pairs", pair_sum(len(names)), persistent=False)
 
     def forward(self, w, count, fresh, state):
-        weight = torch.matmul(w.abs(), self.sizes)
+        weight = torch.matmul(w.abs(), self.sizes) + EPS / 2
         num = torch.matmul(w.index_select(2, self.prices) * weight, self.pairs)
-        return num / (torch.matmul(weight, self.pairs) + EPS), state
+        return num / torch.matmul(weight, self.pairs), state
 
 
 class HistoryKernel(Kernel):

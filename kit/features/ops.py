@@ -303,9 +303,11 @@ class Mean(Reduce):
 
 
 class WeightedMid(FeatureOp):
-    """(bid * |ask_size| + ask * |bid_size|) / (|bid_size| + |ask_size| + eps), per level: the
-    usual micro-price for sizes >= 0, and a convex mix of bid and ask for signed (normalised)
-    sizes too."""
+    """(bid * (|ask_size| + eps/2) + ask * (|bid_size| + eps/2)) / (|bid_size| + |ask_size| + eps)
+    per level: the usual micro-price for sizes >= 0, a convex mix of bid and ask for signed
+    (normalised) sizes too, and the mid for an empty level (sizes 0). With eps in the
+    denominator only, the weights summed to less than 1: sizes 0 gave 0, sizes 0.005 a price
+    below the bid."""
 
     op, summary = "wmid", "size-weighted mid price per level (bid, ask, bid_size, ask_size)"
     bounded = True
@@ -330,9 +332,9 @@ class WeightedMid(FeatureOp):
         out = []
         for (b, a, bs, as_), name in zip(zip(*self.levels, strict=True), self.outputs(),
                                          strict=True):
-            w_bid, w_ask = pl.col(as_).abs(), pl.col(bs).abs()
+            w_bid, w_ask = pl.col(as_).abs() + EPS / 2, pl.col(bs).abs() + EPS / 2
             num = pl.col(b) * w_bid + pl.col(a) * w_ask
-            out.append((num / (w_bid + w_ask + EPS)).alias(name))
+            out.append((num / (w_bid + w_ask)).alias(name))
         return out
 
     family = "wmid"
