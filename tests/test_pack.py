@@ -292,9 +292,28 @@ def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack)
     with pytest.raises(ValueError, match="a row of 31 values; the model takes 32"):
         model.predict(Point(1, 1, True, odd[1:]))
     np.testing.assert_array_equal(model.predict(Point(2, 0, True, odd[None])), out)  # (1, F)
-    for short in ([5.0], 0.5, np.zeros(1)):  # one value broadcast to every column, before
+    for short in ([5.0], np.zeros(1)):  # one value broadcast to every column, before
         with pytest.raises(ValueError, match="a row of 1 values; the model takes 32"):
             model.predict(Point(3, 0, True, short))
+    # not rows at all: named as such ("a row of 1 values" for a dict or text of 32 items)
+    for thing, name in ((0.5, "float"), (None, "NoneType"), ("x" * 32, "str"),
+                        (dict.fromkeys(range(32), 1.0), "dict"), (np.float64(1.0), "float64")):
+        with pytest.raises(ValueError, match=f"a row is a sequence of 32 numbers, got a {name}$"):
+            model.predict(Point(3, 0, True, thing))
+
+
+def test_an_undecidable_need_flag_predicts_and_leaves_the_sequence_going(gru_pack):
+    """A pd.NA flag raised at `if not need` after the graph had run and the step was recorded:
+    the row sent again was a step back, the sequence started over (0.05 off the reference).
+    It is now answered with a prediction: None where one is needed fails the scorer."""
+    import pandas as pd
+
+    rows = np.random.default_rng(6).standard_normal((6, 32))
+    want = model_on(gru_pack, rows)
+    model = _solution(gru_pack.folder)
+    got = [model.predict(Point(1, i, pd.NA if i == 3 else True, r)) for i, r in enumerate(rows)]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
+    assert model.predict(Point(1, 6, np.bool_(False), rows[0])) is None
 
 
 def test_a_refused_row_leaves_the_sequence_as_it_was(gru_pack):

@@ -91,7 +91,11 @@ def follows(step, before):
 
 def numbers(values, width):
     """A row the fast copy refused, as floats: anything not a number is NaN."""
-    values = np.asarray(values, dtype=object).reshape(-1).tolist()  # a (1, F) row too
+    array = np.asarray(values, dtype=object)
+    if array.ndim == 0:  # a number, None, text, a dict: not a row ("a row of 1 values" before)
+        raise ValueError(f"a row is a sequence of {width} numbers, got a "
+                         f"{type(values).__name__}")
+    values = array.reshape(-1).tolist()  # a (1, F) row too
     if len(values) != width:
         raise ValueError(f"a row of {len(values)} values; the model takes {width}")
     out = []
@@ -279,8 +283,11 @@ class PredictionModel:
             self.live = 1 - live
         else:
             self._run_plain()
-        if not data_point.need_prediction:
-            return None
+        try:
+            if not data_point.need_prediction:
+                return None
+        except (TypeError, ValueError):  # pd.NA: a prediction (None where one is needed fails
+            pass  # the scorer; an extra one is ignored). It raised after the state moved on
         return self.y_row.copy()
 
 
