@@ -55,6 +55,15 @@ def test_linear_submission_streams_exactly_what_was_fit(tmp_path):
     assert np.isfinite(np.array(got)).all()
     with zipfile.ZipFile(zip_path) as archive:
         assert sorted(archive.namelist()) == ["solution.py", "weights.npz"]
+    assert write_linear_submission(coef, tmp_path / "sub") == zip_path  # its own files: again
+    # a folder with anything else in it is refused and keeps it (it was removed whole: given
+    # `submissions`, every package in it)
+    (tmp_path / "subs" / "other").mkdir(parents=True)
+    (tmp_path / "subs" / "notes.txt").write_text("keep")
+    with pytest.raises(SubmissionError, match=r"holds other files \(notes.txt, other\)"):
+        write_linear_submission(coef, tmp_path / "subs")
+    assert (tmp_path / "subs" / "notes.txt").read_text() == "keep"
+    assert (tmp_path / "subs" / "other").is_dir()
 
 
 def test_zip_is_reproducible_and_needs_solution(tmp_path):

@@ -1,13 +1,12 @@
 """A linear baseline: ridge on the current row and per-sequence EWMs of it, fit on train.
 
 It is the learnable yardstick for a data set (how much of the oracle a causal linear model
-recovers, docs/synth.md) and, packed as a numpy-only submission, gives `kit demo` and
-`kit score` a real model before any training.
+recovers, docs/synth.md) and, packed as a numpy-only submission (`write_linear_submission`),
+a model `kit score` replays without any training (the tests' scorer checks use it).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -17,6 +16,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec
 from kit.data.io import read_frame
+from kit.errors import SubmissionError
 from kit.metrics import MetricReport, evaluate, scored_truth
 from kit.submission import write_submission_zip
 
@@ -75,12 +75,21 @@ def evaluate_linear_baseline(coef: np.ndarray, valid: Path, spec: CompetitionSpe
     return evaluate(spec, np.concatenate(truths), np.concatenate(preds))
 
 
+LINEAR_FILES = ("solution.py", "weights.npz")
+
+
 def write_linear_submission(coef: np.ndarray, folder: Path) -> Path:
-    """Write solution.py + weights.npz into folder and zip it beside; returns the zip path."""
+    """Write solution.py + weights.npz into folder and zip it beside; returns the zip path.
+    A folder holding anything else is refused (it removed the whole folder before: given
+    `submissions`, every package in it)."""
     folder = Path(folder)
     if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+        others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [folder.name]
+        others = [name for name in others if name not in LINEAR_FILES]
+        if others:
+            raise SubmissionError(f"{folder} holds other files ({', '.join(others[:5])}): "
+                                  "write the linear baseline into a folder of its own")
+    folder.mkdir(parents=True, exist_ok=True)
     source = resources.files("kit.baselines") / "linear_solution.py"
     (folder / "solution.py").write_text(source.read_text())
     np.savez(folder / "weights.npz", coef=coef, alphas=np.array(EWM_ALPHAS))
