@@ -82,6 +82,8 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     check_config({**base, "features": {**base["features"], "groups": first}},
                  resume=resume is not None)
     check_data_files(base["data"])  # before any run: each would fail on it
+    if resume is not None and not seeds:  # the ablation's own (the file's seed is free)
+        seeds = recorded_seeds(Path(resume))
     seeds = seeds or [base["seed"]]
     check_seeds(seeds, "--seeds")
     if len(set(seeds)) != len(seeds):
@@ -144,10 +146,11 @@ def check_resumable(path: Path, summary: dict) -> None:
                           "(it records neither its overrides nor its config); start the "
                           "ablation again")
     keys = ("experiment", "groups", "seeds", "overrides")
-    differ = [k for k in keys if saved.get(k) != summary[k]]
+    differ = [f"{k} {saved.get(k)} then, {summary[k]} now" for k in keys
+              if saved.get(k) != summary[k]]
     if differ:
         raise ConfigError(f"--resume {path} was started with other settings ("
-                          f"{', '.join(differ)} differ): repeat its own command with --resume")
+                          f"{'; '.join(differ)}): repeat its own command with --resume")
     # the experiment file may have changed since: its kept runs would be another model's
     # (the experiment's seed trains nothing here: --seeds does; summaries written before
     # this recorded it)
@@ -157,6 +160,18 @@ def check_resumable(path: Path, summary: dict) -> None:
         raise ConfigError(f"--resume {path}: the experiment's config changed since the "
                           f"ablation started ({', '.join(changed[:5])}); its kept runs would "
                           "not compare with new ones: restore it, or start a new ablation")
+
+
+def recorded_seeds(path: Path) -> list[int] | None:
+    """The seeds an ablation summary recorded, None when it cannot say (check_resumable
+    names what is wrong with the file). A resume without --seeds trains these: taken from
+    the file's `seed`, an edit of it refused the ablation's own command."""
+    try:
+        seeds = json.loads(path.read_text()).get("seeds")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)
+    return seeds if ok else None
 
 
 def train_variant_seed(config: dict, files: RunFiles, label: str, resuming: bool,

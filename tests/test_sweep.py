@@ -1908,7 +1908,7 @@ def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, 
     assert [m["seed"] for m in raw["per_seed"]] == [1] and raw["score"] is not None
     # other settings are refused; the same ones go on, keeping the finished run
     other = run_cli(*args[:-3], "--seeds", "1", "--resume", saved, expect=2).output
-    assert "seeds differ" in other
+    assert "(seeds [1, 2] then, [1] now)" in other
     # so is an experiment file edited since: the kept run would be another model's
     exp_file = sweep_env / "experiments" / "tiny.toml"
     original = exp_file.read_text()
@@ -1936,3 +1936,21 @@ def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, 
     saved_again, summary = _saved_ablation(sweep_env)
     assert saved_again == saved and all(v["score"] is not None for v in summary["variants"])
     assert all(len(v["per_seed"]) == 2 for v in summary["variants"])
+
+
+def test_an_ablation_without_seeds_resumes_after_the_files_seed_changed(sweep_env, monkeypatch):
+    """Without --seeds the runs take the file's seed; the docs say the file's seed is free on
+    resume, but an edit of it refused the ablation's own command ("seeds differ: repeat its
+    own command"). The resume trains the seeds the ablation started with."""
+    from kit.train import recipe
+
+    args = ["ablate", "exp=tiny", "--groups", "raw", "-q"]
+    run_cli(*args)
+    saved, summary = _saved_ablation(sweep_env)
+    exp_file = sweep_env / "experiments" / "tiny.toml"
+    (seed,) = summary["seeds"]
+    exp_file.write_text(re.sub(r"(?m)^seed = \d+", f"seed = {seed + 1}", exp_file.read_text()))
+    trained = []
+    monkeypatch.setattr(recipe, "train_one", lambda *a, **k: trained.append(a[1].root.name))
+    run_cli(*args, "--resume", saved)
+    assert trained == [] and _saved_ablation(sweep_env)[1]["seeds"] == [seed]
