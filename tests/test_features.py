@@ -20,6 +20,8 @@ from tests.frames import make_frame, small_spec
 SPEC = spec_from_dict({"name": "four", "features": ["a", "b", "c", "d"], "targets": ["y"],
                        "seq_len": 0, "warmup": 0}, "<tests>")
 
+SPAN_RANGE = r"span must be in \[1, 19999\]"
+
 # One parameterisation per op (every op in the registry must appear here).
 OP_CASES = {
     "raw": {"inputs": ["a", "b"]},
@@ -433,10 +435,14 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
          r"features.ops\[1\] \(ewm_mean\): output 'a@ewm_mean0.1234' is already defined"),
         ([{"op": "lag", "inputs": ["a", "b", "a"], "k": 1}],
          r"features.ops\[0\] \(lag\): makes \['a@lag1'\] more than once"),
-        ([{"op": "ewm_mean", "inputs": ["a"], "span": float("inf")}], r"span must be >= 1"),
-        ([{"op": "ewm_std", "inputs": ["a"], "span": float("nan")}], r"span must be >= 1"),
+        ([{"op": "ewm_mean", "inputs": ["a"], "span": float("inf")}], SPAN_RANGE),
+        ([{"op": "ewm_std", "inputs": ["a"], "span": float("nan")}], SPAN_RANGE),
         # a TOML int past float's range: an OverflowError traceback from math.isfinite
-        ([{"op": "ewm_mean", "inputs": ["a"], "span": 10**400}], r"span must be >= 1"),
+        ([{"op": "ewm_mean", "inputs": ["a"], "span": 10**400}], SPAN_RANGE),
+        # float32 holds 1 - alpha to 6e-8: alpha 1e-7 was 19% off in the stream face
+        ([{"op": "ewm_mean", "inputs": ["a"], "span": 20_000}], SPAN_RANGE),
+        ([{"op": "ewm_std", "inputs": ["a"], "alpha": 1e-7}],
+         r"alpha must be >= 0.0001 \(span <= 19999\), got 1e-07: the stream face's float32"),
         ([{"op": "position", "scale": float("inf")}], r"scale must be a number in \(0, 1e\+16\]"),
         ([{"op": "position", "scale": float("nan")}], r"scale must be a number in"),
         ([{"op": "position", "scale": 1e39}], r"scale must be a number in"),  # inf in float32
@@ -482,7 +488,7 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
         ([{"op": "mean", "inputs": ["a", "a", "b"]}],
          r"features.ops\[0\] \(mean\): .*input\(s\) \['a'\] listed more than once"),
         ([{"op": "ewm_mean", "inputs": ["a"], "alpha": True}], r"alpha must be in \(0, 1\]"),
-        ([{"op": "ewm_std", "inputs": ["a"], "span": True}], r"span must be >= 1"),
+        ([{"op": "ewm_std", "inputs": ["a"], "span": True}], SPAN_RANGE),
         ([{"op": "position", "scale": True}], r"scale must be a number in"),
         ([{"op": "position", "inputs": ["a"]}], r"\(position\): takes no inputs"),
         # names the batch frame uses already: the step counter, the id, a target
@@ -925,3 +931,18 @@ def test_wmid_stays_between_bid_and_ask_and_is_the_mid_of_an_empty_level(tmp_pat
         np.testing.assert_allclose(face, expected, rtol=0, atol=2e-5)
         assert ((face >= np.float32(100.0)) & (face <= np.float32(100.01))).all()
     assert_faces_agree(fs, df)
+
+
+def test_an_ewm_with_alpha_near_1_is_as_exact_in_the_step_graph_as_in_the_batch_face(tmp_path):
+    """1 - alpha was taken from float32's alpha: 1 - 0.99900001 is 1.3e-5 off 0.001, and the
+    step graph's mean of 0, 1000, 0 read 0.99898714 against 0.999 (about 100 ulps)."""
+    fs = build_feature_set(SPEC, groups=[], ops=[
+        {"op": "ewm_mean", "inputs": ["a"], "alpha": 0.999},
+        {"op": "ewm_std", "inputs": ["a"], "alpha": 0.999}])
+    n = 6
+    df = pl.DataFrame({"seq_ix": [0] * n, "step_in_seq": range(n), "need_prediction": [True] * n,
+                       "a": [0.0, 1000.0] * (n // 2), "b": [0.0] * n, "c": [0.0] * n,
+                       "d": [0.0] * n, "y": [0.0] * n})
+    got, batch = onnx_steps_and_batch_face(fs, df, tmp_path / "ewm.onnx")
+    np.testing.assert_allclose(got[2, 0], 0.999, rtol=1e-6)  # 999 * (1 - 0.999)
+    np.testing.assert_allclose(got, batch, rtol=1e-6, atol=1e-6 * 1000)
