@@ -73,6 +73,9 @@ def test_user_spec_from_path_and_from_competitions_folder(tmp_path, monkeypatch)
     assert "my-comp" in out and "predictorium" in out and "BROKEN: " in out
     (tmp_path / "competitions" / "broken.toml").unlink()
     assert '"y"' in run_cli("spec", "show", "my-comp").output
+    # keeping the name of a spec that is no preset keeps nothing: no such hint for it
+    assert "keep name" not in run_cli("spec", "show", "my-comp").output
+    assert 'keep name = "predictorium"' in run_cli("spec", "show", "predictorium").output
     assert json.loads(run_cli("spec", "show", "my-comp", "--json").output)["targets"] == ["y"]
     # the printed TOML is a spec: saved under another name it loads as the same competition
     shown = run_cli("spec", "show", "predictorium").output
