@@ -946,3 +946,30 @@ def test_an_ewm_with_alpha_near_1_is_as_exact_in_the_step_graph_as_in_the_batch_
     got, batch = onnx_steps_and_batch_face(fs, df, tmp_path / "ewm.onnx")
     np.testing.assert_allclose(got[2, 0], 0.999, rtol=1e-6)  # 999 * (1 - 0.999)
     np.testing.assert_allclose(got, batch, rtol=1e-6, atol=1e-6 * 1000)
+
+
+def test_cumulative_sums_keep_terms_below_float64s_resolution_in_both_faces(tmp_path):
+    """The batch face summed in float64 alone: 1e16, 1, -1e16 gave 0 there and 1 in the
+    stream face (Neumaier's compensation keeps the 1); so did 1e8, 1e-9, -1e8. Both faces are
+    the exact prefix sums (math.fsum) rounded once to float32."""
+    import math
+
+    a = np.array([1e16, 1.0, -1e16, 0.0, 2.5], np.float32)
+    b = np.array([1e8, 1e-9, -1e8, 0.0, 1e-9], np.float32)
+    n = len(a)
+    df = pl.DataFrame({"seq_ix": np.zeros(n, np.int64), "step_in_seq": np.arange(n),
+                       "need_prediction": np.ones(n, bool), "a": a, "b": b,
+                       "c": b[::-1].copy(), "d": np.zeros(n, np.float32),
+                       "y": np.zeros(n, np.float32)})
+    fs = build_feature_set(SPEC, groups=[], ops=[{"op": "cumsum", "inputs": ["a", "b"]},
+                                                 {"op": "cumgain", "inputs": ["c"]}])
+    got, batch = onnx_steps_and_batch_face(fs, df, tmp_path / "tiny.onnx")
+    c = b[::-1].astype(np.float64)
+    gains = [0.0] + [max(float(np.float32(c[i]) - np.float32(c[i - 1])), 0.0)
+                     for i in range(1, n)]
+    for name, terms in (("a@cumsum", a.astype(np.float64)), ("b@cumsum", b.astype(np.float64)),
+                        ("c@cumgain", gains)):
+        exact = np.array([math.fsum(terms[:i + 1]) for i in range(n)], np.float32)
+        j = fs.outputs.index(name)
+        np.testing.assert_array_equal(batch[:, j], exact, err_msg=f"batch {name}")
+        np.testing.assert_array_equal(got[:, j], exact, err_msg=f"stream {name}")

@@ -565,10 +565,16 @@ class EwmStd(Ewm):
 
 
 def exact_cum_sum(c: pl.Expr) -> pl.Expr:
-    """A running sum rounded once to float32, as the stream face's compensated one. Polars 2's
-    float32 cum_sum already accumulates wider (1e8, 1, 3, -1e8 gives 4); the cast says so
-    whatever the version."""
-    return c.cast(pl.Float64).cum_sum().cast(pl.Float32)
+    """A running sum rounded once to float32, as the stream face's compensated one: a float64
+    cum_sum plus the running sum of each addition's exact rounding error (TwoSum), a
+    double-double sum. float64 alone lost terms 2**53 below a partial sum: 1e16, 1, -1e16
+    gave 0 where the stream face gives 1."""
+    x = c.cast(pl.Float64)
+    total = x.cum_sum()
+    before = total.shift(1, fill_value=0.0)
+    back = total - before  # TwoSum(before, x): total + lost == before + x exactly
+    lost = (before - (total - back)) + (x - back)
+    return (total + lost.cum_sum()).cast(pl.Float32)
 
 
 class Cumulative(PerColumn):
