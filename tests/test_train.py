@@ -1546,7 +1546,10 @@ def grouped_train(env, tmp_path) -> Path:
         .alias("maybe_user"),  # null in one sequence
         pl.when(pl.col("seq_ix") % 2 == 0).then(float("nan")).otherwise(pl.col("seq_ix") // 3)
         .cast(pl.Float64).alias("nan_user"),  # NaN in every other sequence
-        pl.lit("x").alias("label"))  # not a number
+        pl.lit("x").alias("label"),  # not a number
+        pl.concat_list(pl.col("seq_ix") // 3, pl.col("seq_ix") // 3)
+        .alias("user_list"),  # a list per row
+        pl.struct((pl.col("seq_ix") // 3).alias("u"), "p0").alias("user_struct"))
     path = tmp_path / "grouped.parquet"
     frame.write_parquet(path)
     return path
@@ -1720,6 +1723,11 @@ def test_folds_of_a_grouped_split_keep_each_user_on_one_side(env, grouped_train)
      r"'nan_user' changes within sequence 0 .* \(or is null or NaN there\)"),
     ({"split": "group", "group": "user", "stratify": "label"}, "data.group / data.stratify"),
     ({"fold": [3, 3]}, r"data.fold is \[k, i\] with 0 <= i < k"),
+    # a list per row: a numpy "truth value of an array is ambiguous" from np.unique
+    ({"split": "group", "group": "user_list"},
+     r"data.group 'user_list' is a list column .*one value per sequence"),
+    ({"split": "group", "group": "user_struct"},
+     r"data.group 'user_struct' is a struct column .*one value per sequence"),
 ])
 def test_bad_holdout_settings_are_refused_naming_the_setting(env, grouped_train, data, message):
     from kit.config import ConfigError

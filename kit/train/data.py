@@ -208,6 +208,10 @@ def _per_sequence(path: Path, spec: CompetitionSpec, ids: np.ndarray, group: str
             *([pl.col(stratify).cast(pl.Float64).mean().alias("stratify")] if stratify else []))
     except (DataError, pl.exceptions.PolarsError) as exc:
         raise ConfigError(f"data.group / data.stratify: {str(exc).splitlines()[0]}") from None
+    if frame.schema[group].is_nested():  # np.unique of lists: numpy's "truth value" error
+        kind = type(frame.schema[group]).__name__.lower()
+        raise ConfigError(f"data.group {group!r} is a {kind} column ({frame.schema[group]}) in "
+                          f"{path}: a group is one value per sequence (a number, text or date)")
     mixed = per.filter((pl.col("n_groups") > 1) | (pl.col("nulls") > 0))
     if len(mixed):
         raise ConfigError(f"data.group {group!r} changes within sequence "
