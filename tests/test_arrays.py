@@ -169,6 +169,8 @@ def test_missing_columns_are_named():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"truncate": "middle"}, "truncate"), ({"seq_len": 0}, "seq_len"),
+     ({"seq_len": 2.5}, r"seq_len=2.5 must be a positive whole number"),  # was taken as 2
+     ({"seq_len": True}, r"seq_len=True must be"),
      ({"feature_cols": []}, "feature_cols"), ({"feature_cols": ["p0", "p0"]}, "twice")],
 )  # fmt: skip
 def test_bad_arguments(kwargs, message):

@@ -104,8 +104,9 @@ def error_prefix(source: str) -> str:
 def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) -> None:
     if truncate not in TRUNCATE:
         raise DataError(f"truncate={truncate!r} is not one of {TRUNCATE}")
-    if seq_len is not None and seq_len < 1:
-        raise DataError(f"seq_len={seq_len} must be a positive number of steps (or None)")
+    whole = isinstance(seq_len, int | np.integer) and not isinstance(seq_len, bool)
+    if seq_len is not None and (not whole or seq_len < 1):  # (2.5 was taken as 2)
+        raise DataError(f"seq_len={seq_len!r} must be a positive whole number of steps (or None)")
     if not feature_cols:
         raise DataError("feature_cols is empty; name at least one feature column")
     doubled = sorted({c for c in feature_cols if feature_cols.count(c) > 1})
