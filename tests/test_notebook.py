@@ -632,6 +632,28 @@ def test_the_batch_replay_runs_an_ids_sequences_one_after_another(workspace, pac
     assert worst <= 1e-6, worst
 
 
+def test_the_batch_replay_feeds_a_row_with_a_missing_step_in_its_place(workspace, package,
+                                                                       tmp_path, monkeypatch):
+    """The replay ordered each id's rows by step, and NaN sorts last: a row whose step is
+    null was fed after step 99, and the rows after it ran without its input (0.14 off the
+    rows protocol, which continues the sequence in file order)."""
+    df = pl.read_parquet(workspace / "data/valid.parquet")
+    test = df.with_columns(pl.when(pl.col("step_in_seq") == 40).then(None)
+                           .otherwise(pl.col("step_in_seq")).alias("step_in_seq"))
+    _execute(_notebook_on(package, test, "batch", tmp_path, monkeypatch), tmp_path, monkeypatch)
+    got = pl.read_csv(tmp_path / "working/predictions.csv")
+    model, want = _solution(package.folder).PredictionModel(), []  # in file order
+    features = json.loads((package.folder / "manifest.json").read_text())["inputs"]
+    for seq, step, need, *row in test.select("seq_ix", "step_in_seq", "need_prediction",
+                                             *features).iter_rows():
+        out = model.predict(Point(seq, step, need, np.asarray(row, dtype=np.float64)))
+        if out is not None:
+            want.append(out)
+    assert got.height == len(want) and "40" not in got["step_in_seq"].cast(str).to_list()
+    np.testing.assert_allclose(got.select("t0", "t1").to_numpy(), np.array(want), rtol=0,
+                               atol=1e-6)
+
+
 def test_the_replays_sequence_numbers_take_every_kind_of_missing_id():
     # the notebook's own code (the BATCH cell), on ids as pandas and Polars give them: NaN and
     # pd.NA ids are one sequence each (pd.NA == x is NA, which an `if` cannot take)
@@ -644,6 +666,13 @@ def test_the_replays_sequence_numbers_take_every_kind_of_missing_id():
     runs = cell["sequence_runs"]([1, pd.NA, 1, pd.NA, float("nan"), float("nan"), 1, None, None],
                                  [0, 0, 1, 1, 0, 0, 0, 5, 6])
     assert runs.tolist() == [0, 0, 0, 0, 0, 1, 1, 0, 0]
+    # missing steps continue, as does the step after one (no comparison holds: the runtime's
+    # rule; pd.NA's raised here); each row keeps its place
+    steps = [0, pd.NA, 2, 1, None, 0, float("nan")]
+    runs = cell["sequence_runs"]([1] * 7, steps)
+    assert runs.tolist() == [0, 0, 0, 1, 1, 1, 1]
+    assert cell["replay_times"]([1] * 7, runs, steps).tolist() == [0, 1, 2, 0, 1, 2, 3]
+    assert cell["replay_times"]([1, 2], np.zeros(2, np.int64), [5, 3]).tolist() == [5, 3]
 
 
 def test_the_notebook_runs_the_package_it_was_written_for(workspace, runs, package, tmp_path,

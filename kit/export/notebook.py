@@ -332,6 +332,15 @@ def replay_key(seq_ix):
     return NA_ID if type(seq_ix).__name__ == "NAType" else seq_ix
 
 
+def starts_over(step, before):
+    """As the runtime has it: a step that does not move forward; a missing one (NaN, None,
+    pd.NA: no comparison holds) continues."""
+    try:
+        return bool(step <= before)
+    except (TypeError, ValueError):
+        return False
+
+
 def sequence_runs(ids, steps):
     """Each row's sequence number within its id, in file order. An id starts over when its
     step does not move forward (Jane Street's time_id each date_id): its sequences are replayed
@@ -339,10 +348,29 @@ def sequence_runs(ids, steps):
     last, number, out = {}, {}, np.zeros(len(steps), np.int64)
     for i, (key, step) in enumerate(zip(ids, steps)):
         key = replay_key(key)
-        number[key] = number[key] + 1 if key in last and step <= last[key] else number.get(key, 0)
+        again = key in last and starts_over(step, last[key])
+        number[key] = number[key] + 1 if again else number.get(key, 0)
         last[key] = step
         out[i] = number[key]
     return out
+
+
+def replay_times(ids, runs, steps):
+    """Each row's time step in the replay: its step; where a step is missing (null, NaN) or
+    no number, each row's place in its id's sequence instead. A missing step continues its
+    sequence in file order, as the rows protocol feeds it: sorted by step, it went last."""
+    try:
+        times = np.asarray(steps, dtype=np.float64)
+        if not np.isnan(times).any():
+            return times
+    except (TypeError, ValueError):
+        pass
+    seen, times = {}, np.zeros(len(runs), np.int64)
+    for i, (key, run) in enumerate(zip(ids, runs.tolist())):
+        place = (replay_key(key), run)
+        times[i] = seen.get(place, 0)
+        seen[place] = times[i] + 1
+    return times
 
 
 def run_batch(path):
@@ -355,10 +383,12 @@ def run_batch(path):
               "out; the gateway's batches must have them (check the names)")
     steps = np.asarray(table[STEP])
     need = np.asarray(table[NEED]).astype(bool)
-    runs = sequence_runs(table[ID].to_list(), steps.tolist())
-    order = np.lexsort((steps, runs))  # each id's first sequences by step, then its next ones
+    ids = table[ID].to_list()
+    runs = sequence_runs(ids, steps.tolist())
+    times = replay_times(ids, runs, steps.tolist())
+    order = np.lexsort((times, runs))  # each id's first sequences by step, then its next ones
     rows, keys, preds = [], [], []
-    boundaries = np.flatnonzero((np.diff(runs[order]) != 0) | (np.diff(steps[order]) != 0)) + 1
+    boundaries = np.flatnonzero((np.diff(runs[order]) != 0) | (np.diff(times[order]) != 0)) + 1
     for chunk in np.split(order, boundaries):
         batch = table[chunk] if type(table).__module__.startswith("polars") else table.iloc[chunk]
         out = predict(batch)
