@@ -955,3 +955,21 @@ def test_a_test_file_without_a_column_the_package_reads_is_named(workspace, pack
     notebook = _notebook_on(package, test, "rows", tmp_path, monkeypatch)
     with pytest.raises(CellExecutionError, match=r"lacks column\(s\) \['need_prediction'\]"):
         _execute(notebook, tmp_path, monkeypatch)
+
+
+def test_the_csv_writes_a_missing_id_or_step_empty_whatever_the_frame_library():
+    """A null id was written "None" from Polars and "nan" from pandas: the same file gave
+    two texts, and neither reads back as a null."""
+    import ast
+
+    import pandas as pd
+
+    from kit.export import notebook
+
+    (source,) = [node for node in ast.parse(notebook.LOAD).body
+                 if isinstance(node, ast.FunctionDef) and node.name == "key_text"]
+    cell = {}
+    exec(compile(ast.Module([source], type_ignores=[]), "LOAD", "exec"), cell)
+    key_text = cell["key_text"]
+    assert [key_text(v) for v in (None, float("nan"), pd.NA, 3.0, 2**70, "a,b")] == [
+        "", "", "", "3", str(2**70), "a,b"]

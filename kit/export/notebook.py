@@ -253,7 +253,11 @@ def column_values(column):
 
 
 def key_text(value):
-    """An id or step as the CSV writes it: whole floats (a float column) without ".0"."""
+    """An id or step as the CSV writes it: whole floats (a float column) without ".0", and
+    a missing one empty, as CSV readers take a null (Polars gave "None", pandas "nan")."""
+    if value is None or type(value).__name__ == "NAType" or (
+            isinstance(value, float) and value != value):
+        return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
