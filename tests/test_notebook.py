@@ -973,3 +973,26 @@ def test_the_csv_writes_a_missing_id_or_step_empty_whatever_the_frame_library():
     key_text = cell["key_text"]
     assert [key_text(v) for v in (None, float("nan"), pd.NA, 3.0, 2**70, "a,b")] == [
         "", "", "", "3", str(2**70), "a,b"]
+
+
+def test_a_notebook_written_again_keeps_its_kernels_title_and_competition(package, tmp_path):
+    """Written again from OUT/dataset (to switch protocol, as kaggle.md shows), the kernel got
+    the default title, so a new kernel id, and no competition: pushed, a second kernel without
+    the competition's test file."""
+    out = tmp_path / "kg"
+    write_notebook(package.zip_path, out, owner="alice", competition="my-comp",
+                   title="My Great Model")
+    first = json.loads((out / "kernel/kernel-metadata.json").read_text())
+    for source in (out / "dataset", package.zip_path):
+        write_notebook(source, out, owner="alice", protocol="batch")
+        again = json.loads((out / "kernel/kernel-metadata.json").read_text())
+        assert (again["id"], again["title"], again["competition_sources"]) == (
+            first["id"], "My Great Model", ["my-comp"])
+    write_notebook(out / "dataset", out, owner="alice", competition="other-comp",
+                   title="Another Title")  # given: they win
+    meta = json.loads((out / "kernel/kernel-metadata.json").read_text())
+    assert (meta["id"], meta["competition_sources"]) == ("alice/another-title", ["other-comp"])
+    fresh = tmp_path / "fresh"  # a new OUT: the defaults
+    write_notebook(package.zip_path, fresh, owner="alice")
+    meta = json.loads((fresh / "kernel/kernel-metadata.json").read_text())
+    assert meta["competition_sources"] == [] and meta["title"] != "My Great Model"

@@ -551,7 +551,9 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
                         slugify(f"{name}-package", "--dataset-slug")[:50].rstrip("-"))
     dataset_slug = _check_slug("--dataset-slug", dataset_slug or default_slug, DATASET_SLUG,
                                "6 to 50")
-    title = title or default_title(name)
+    kept_title, kept_competition = _kernel_written_before(out)  # the same Kaggle kernel
+    title = title or kept_title or default_title(name)
+    competition = competition if competition is not None else kept_competition
     if not 5 <= len(title) <= 50:
         raise NotebookError(f"--title {title!r}: Kaggle kernel titles are 5 to 50 characters")
     # Kaggle derives the kernel's slug from its title: the id must be exactly that slug
@@ -647,6 +649,22 @@ def _kit_kernel(folder: Path) -> bool:
         return MARK in (folder / code_file).read_text()
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
         return False
+
+
+def _kernel_written_before(out: Path) -> tuple[str | None, str | None]:
+    """(title, competition) of the notebook kit wrote into OUT/kernel before: written again
+    without --title and --competition it stays the same Kaggle kernel, attached to the same
+    competition (a new kernel id without its test file before)."""
+    if not _kit_kernel(out / "kernel"):
+        return None, None
+    try:
+        meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+        title, sources = meta.get("title"), meta.get("competition_sources")
+    except (OSError, ValueError, AttributeError):
+        return None, None
+    title = title if isinstance(title, str) and title else None
+    single = isinstance(sources, list) and len(sources) == 1 and isinstance(sources[0], str)
+    return title, sources[0] if single else None
 
 
 def _dataset_written_before(submission: Path) -> tuple[str, str, str] | None:
