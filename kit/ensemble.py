@@ -199,6 +199,15 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                         f"{', ...' if len(folds) > 4 else ''}), which select takes through "
                         "their -oof group, written once every fold has finished: finish the "
                         f"group with {_finish_folds(path.name, folds)}")
+                bare = [p for p in sorted(path.iterdir()) if p.is_dir()
+                        and not FOLD_RUN.search(p.name) and not (p / "val_preds.npy").is_file()
+                        and ((p / "config.toml").is_file() or (p / "metrics.json").is_file())]
+                if bare:  # (a diverged run is finished: "no finished runs" said otherwise)
+                    raise EnsembleError(
+                        f"{path}: no finished runs inside; runs without validation "
+                        "predictions: " + "; ".join(f"{p.name}: {_why_no_predictions(p)}"
+                                                    for p in bare[:3])
+                        + (f"; and {len(bare) - 3} more" if len(bare) > 3 else ""))
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside
         elif path.is_file():

@@ -245,6 +245,12 @@ def test_a_run_that_diverged_says_so_in_the_listing_the_report_and_select(runs_r
         write_report(early)
     with pytest.raises(EnsembleError, match="diverged before any epoch scored"):
         expand_candidates([early])
+    # an experiment folder whose only run diverged so: said so (not "no finished runs")
+    alone = runs_root / "lone"
+    shutil.copytree(early, alone / early.name)
+    with pytest.raises(EnsembleError, match=r"lone: no finished runs inside; runs without "
+                       r"validation predictions: 20240101-000000-s9: training diverged before"):
+        expand_candidates([alone])
     (early / "metrics.json").unlink()  # killed in its first epoch
     with pytest.raises(EnsembleError, match="has not finished its first epoch"):
         expand_candidates([early])
