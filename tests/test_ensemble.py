@@ -206,6 +206,15 @@ def test_candidates_on_different_rows_are_refused():
     cands[1].spec = spec_from_dict({**SPEC.to_dict(), "targets": ["t1", "t0"]}, "<test>")
     with pytest.raises(EnsembleError, match=r"c1 has outputs \['t1', 't0'\], c0 \['t0', 't1'\]"):
         check_same_rows(cands)
+    # another warm-up (or tail): the package took the first listed run's, so its smoothing
+    # start and the scorer's need rule followed the order of the command's arguments
+    for key, value in (("warmup", SPEC.warmup - 1), ("tail", SPEC.tail + 1)):
+        cands[1].spec = spec_from_dict({**SPEC.to_dict(), key: value}, "<test>")
+        with pytest.raises(EnsembleError, match=f"c1 has {key} {value}, c0 "):
+            check_same_rows(cands)
+    cands[1].spec = spec_from_dict({**SPEC.to_dict(), "description": "reworded",
+                                    "limits": {**SPEC.to_dict()["limits"], "cpus": 2}}, "<test>")
+    check_same_rows(cands)  # words and limits are free
 
 
 def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():
