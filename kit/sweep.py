@@ -445,6 +445,18 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
+def check_storage_url(url: str) -> None:
+    """What a URL alone says cannot hold a study, before anything is opened or written."""
+    if url.startswith("sqlite") and _in_memory(url):
+        raise SweepError(f"storage {shown_url(url)!r} is an in-memory database: the study would "
+                         "be lost when the process ends (and each worker would have its own); "
+                         "give a file, e.g. sqlite:///runs/EXP/sweep.db")
+    file = storage_file(url)
+    if url.startswith("journal:") and file is not None and (not file.name or file.is_dir()):
+        raise SweepError(f"storage {shown_url(url)!r} does not open: {file} is a folder; give a "
+                         "file, e.g. journal:runs/EXP/sweep.log")
+
+
 def make_storage(url: str):
     """An Optuna storage from a URL: sqlite:///..., postgresql://..., mysql://..., or
     journal:PATH (an append-only file, e.g. on a shared disk)."""
@@ -453,16 +465,10 @@ def make_storage(url: str):
     from optuna.storages.journal import JournalFileBackend
 
     shown = shown_url(url)  # what error messages show: never the password
-    if url.startswith("sqlite") and _in_memory(url):
-        raise SweepError(f"storage {shown!r} is an in-memory database: the study would be lost "
-                         "when the process ends (and each worker would have its own); give a "
-                         "file, e.g. sqlite:///runs/EXP/sweep.db")
+    check_storage_url(url)
     file = storage_file(url)
     if file is not None:
         try:
-            if url.startswith("journal:") and (not file.name or file.is_dir()):
-                raise IsADirectoryError(f"{file} is a folder; give a file, e.g. "
-                                        "journal:runs/EXP/sweep.log")
             file.parent.mkdir(parents=True, exist_ok=True)
             if url.startswith("journal:"):
                 return JournalStorage(JournalFileBackend(str(file)))
@@ -1146,6 +1152,7 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
     from kit.train.data import check_data_files
 
     check_data_files(setup.base["data"])  # before any trial: each would fail on it
+    check_storage_url(setup.storage_url)  # first: the best file's check named the storage
     if summary:  # the best file it would write belongs to this study, or to none yet
         check_best_file(setup, best_path(setup))
     started = time.perf_counter()

@@ -1556,6 +1556,10 @@ def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
 
 
 def test_storage_urls_that_cannot_hold_a_study_are_refused_and_odd_folders_work(sweep_env):
+    # (also where a best file of another storage exists: its check named the storage first,
+    # and its advice, another --study, led to this refusal)
+    (sweep_env / "experiments" / "tiny_best.toml").write_text(
+        'extends = "tiny"\n')  # (a file no sweep wrote: refused as well)
     for url in ("sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
                 "sqlite:///file::memory:?cache=shared&uri=true",
                 "sqlite:///file:x.db?mode=memory&uri=true"):
