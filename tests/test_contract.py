@@ -60,6 +60,22 @@ def test_a_pandas_index_column_is_not_a_column_of_the_data(tmp_path):
         check_file(tmp_path / "kept.parquet", SPEC)
 
 
+def test_spec_columns_stored_as_the_pandas_index_are_refused_by_every_reader(tmp_path):
+    """df.set_index(["seq_ix", "step_in_seq"]).to_parquet(): the scorer's pandas makes them
+    the index, so its rows start with need_prediction. kit data check said "missing column(s)",
+    while training, the feature build and kit score read them by name and scored the file."""
+    from kit.data.io import spec_columns_in
+    from kit.scoring.score import load_rows
+
+    path = tmp_path / "indexed.parquet"
+    make_frame(SPEC, n_seqs=4).to_pandas().set_index(["seq_ix", "step_in_seq"]).to_parquet(path)
+    said = r"column\(s\) \['seq_ix', 'step_in_seq'\] are stored as the pandas index.*reset_index"
+    for read in (lambda: check_file(path, SPEC), lambda: spec_columns_in(path, SPEC),
+                 lambda: load_rows(path, SPEC, None)):
+        with pytest.raises(DataError, match=said):
+            read()
+
+
 def test_paths_with_glob_characters_are_paths(tmp_path):
     """Polars reads a path as a glob pattern by default: `run [1]` matched nothing."""
     from kit.data.stats import dataset_stats

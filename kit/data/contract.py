@@ -20,6 +20,7 @@ from kit.data.io import (
     file_schema,
     pandas_index_columns,
     read_frame,
+    refuse_index_columns,
     scan_parquet,
     unreadable_data,
 )
@@ -95,6 +96,7 @@ def check_file(path: str | Path, spec: CompetitionSpec, extra_ok: bool = False) 
     spec does not name are a warning, not a problem (a train file's group column)."""
     path = Path(path)
     schema = file_schema(path)
+    refuse_index_columns(path, spec.columns)
     index = pandas_index_columns(path)  # not the scorer's columns: its pandas reads them back
     schema = pl.Schema({k: v for k, v in schema.items() if k not in index})
 

@@ -28,6 +28,19 @@ def pandas_index_columns(path: Path) -> list[str]:
     return [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
 
 
+def refuse_index_columns(path: str | Path, names) -> None:
+    """Refuse a file whose spec columns pandas stored as its index (`df.set_index("seq_ix")
+    .to_parquet`): pandas' read_parquet, as the competition's scorer reads the file, makes
+    them the index, so its rows start with another column. Every command refuses it, as
+    kit data check does (training and kit score read them by name and passed)."""
+    hidden = [c for c in pandas_index_columns(Path(path)) if c in names]
+    if hidden:
+        raise DataError(f"{path}: column(s) {hidden} are stored as the pandas index: pandas' "
+                        "read_parquet, as the competition's scorer reads the file, makes them "
+                        "the index, not columns of its rows; write the file with "
+                        "df.reset_index().to_parquet(PATH)")
+
+
 def scan_parquet(path: Path) -> pl.LazyFrame:
     return pl.scan_parquet(path, glob=False)
 
@@ -52,6 +65,7 @@ def spec_columns_in(path: str | Path, spec) -> list[str]:
     feature build read (a column the spec does not name, perhaps one Polars cannot decode,
     is left alone, as `kit data check --allow-extra` says; a missing one is named later)."""
     schema = file_schema(path)
+    refuse_index_columns(path, spec.columns)
     return [c for c in spec.columns if c in schema]
 
 

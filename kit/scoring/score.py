@@ -17,7 +17,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec
 from kit.data.contract import check_frame
-from kit.data.io import read_frame
+from kit.data.io import read_frame, refuse_index_columns
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, MetricReport, evaluate, outputs_summary, scored_truth
@@ -359,6 +359,7 @@ def exact_ids(frame: pl.DataFrame, spec: CompetitionSpec, data: Path) -> pl.Data
 
 def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     frame = read_frame(data)
+    refuse_index_columns(data, spec.columns)
     # the spec's columns, by name: others (a train file's group column for data.split) are no
     # input of the scorer's, and the rows it feeds keep the spec's order whatever the file's
     frame = frame.select([c for c in spec.columns if c in frame.columns] or frame.columns)
