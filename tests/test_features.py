@@ -715,6 +715,11 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
         # sorting cannot mend a step given twice: said so, not "sort the frame"
         "repeated": (pl.concat([frame.head(2), frame.slice(1)]),
                      r"two rows of one step \(e.g. seq_ix 0, step_in_seq 1\); each"),
+        # kit data check and kit score refuse these dtypes: training took them
+        "flag_feature": (frame.with_columns(pl.col("p1") > 0),
+                         r"must be numeric \(an integer or float dtype\): \['p1 \(Boolean\)'\]"),
+        "decimal_feature": (frame.with_columns(pl.col("p1").cast(pl.Decimal(12, 4))),
+                            r"must be numeric .*\['p1 \(Decimal"),
     }
     for name, (df, message) in cases.items():
         path = tmp_path / f"{name}.parquet"
@@ -730,7 +735,9 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
     for name, df, message in (
             ("no_target", frame.drop("t0"), r"missing column\(s\) \['t0'\]"),
             ("text_target", frame.with_columns(pl.col("t1").cast(pl.String)),
-             r"feature/target column\(s\) must be numeric: \['t1 \(String\)'\]")):
+             r"feature/target column\(s\) must be numeric: \['t1 \(String\)'\]"),
+            ("flag_target", frame.with_columns(pl.col("t1") > 0),  # trained as 0/1
+             r"feature/target column\(s\) must be numeric: \['t1 \(Boolean\)'\]")):
         path = tmp_path / f"{name}.parquet"
         df.write_parquet(path)
         with pytest.raises(DataError, match=message) as raised:

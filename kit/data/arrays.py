@@ -15,7 +15,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec
 from kit.config import CHOICES
-from kit.data.contract import key_problems, need_flags
+from kit.data.contract import key_problems, need_flags, value_dtype
 from kit.errors import DataError
 
 TRUNCATE = CHOICES["data.truncate"]
@@ -122,9 +122,12 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) ->
             f"columns: {df.columns[:8]}{' ...' if len(df.columns) > 8 else ''})"
         )
     schema = df.schema
-    bad = [f"{c} ({schema[c]})" for c in dict.fromkeys(feature_cols + target_cols)
-           if not (schema[c].is_numeric() and not schema[c].is_decimal()
-                   or schema[c] == pl.Boolean)]  # fmt: skip
+    # derived features may be flags; targets come from the file: the contract's dtypes (a
+    # Boolean target trained as 0/1 where kit data check and kit score refused the file)
+    bad = [f"{c} ({schema[c]})" for c in dict.fromkeys(feature_cols)
+           if not (value_dtype(schema[c]) or schema[c] == pl.Boolean)]
+    bad += [f"{c} ({schema[c]})" for c in target_cols
+            if c not in feature_cols and not value_dtype(schema[c])]
     if bad:
         raise DataError(f"{where}feature/target column(s) must be numeric: {bad}")
     if df.height == 0:

@@ -238,6 +238,12 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     return labelled, warnings
 
 
+def value_dtype(dtype: pl.DataType) -> bool:
+    """A feature's or target's dtype the contract takes: an integer or float (not a Boolean,
+    which the scorer's DataFrame.values makes an object row, nor a Decimal)."""
+    return dtype.is_numeric() and not dtype.is_decimal()
+
+
 def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, source: str) -> None:
     problems = []
     for col in (spec.id_col, spec.step_col):
@@ -249,7 +255,7 @@ def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, sourc
         problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found {need_dtype}")
     for col in list(spec.features) + (list(spec.targets) if labelled else []):
         dtype = schema[col]
-        if not dtype.is_numeric() or dtype.is_decimal():
+        if not value_dtype(dtype):
             problems.append(f"column {col!r} must be numeric (an integer or float dtype), "
                             f"found {dtype}")
     if problems:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from kit.competition import CompetitionSpec, expand_columns
+from kit.data.contract import value_dtype
 from kit.errors import DataError, KitError, SpecError
 from kit.features.guard import Guard, guard_frame
 from kit.features.kernels import LIMIT, steps_of
@@ -159,11 +160,10 @@ class FeatureSet:
                             f"id, step, need and every feature column; `kit data check` "
                             "checks a file against the competition")
         schema = df.collect_schema()
-        text = [f"{c} ({schema[c]})" for c in spec.features
-                if not (schema[c].is_numeric() or schema[c] == pl.Boolean)]
-        if text:  # the guard's cast would fail with a Polars traceback
-            raise DataError(f"feature column(s) must be numeric: {text}; `kit data check FILE` "
-                            "lists every problem of the file")
+        text = [f"{c} ({schema[c]})" for c in spec.features if not value_dtype(schema[c])]
+        if text:  # the contract's dtypes: Boolean and Decimal trained where check refused
+            raise DataError(f"feature column(s) must be numeric (an integer or float dtype): "
+                            f"{text}; `kit data check FILE` lists every problem of the file")
         if isinstance(df, pl.DataFrame) and df[spec.id_col].is_sorted():
             # Sorted ids let every `.over(id)` take Polars' sorted group-by path (~3x faster).
             df = df.with_columns(pl.col(spec.id_col).set_sorted())
