@@ -437,6 +437,7 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
 
 @pytest.mark.parametrize(("args", "message"), [
     (["data.valid=nope.parquet"], "data.valid = .nope.parquet.: no such data file"),
+    (["data.train=afolder"], "data.train = .afolder.: is a folder; pass a .parquet file"),
     # a held-out fraction with the valid file validating: it would be ignored
     (["data.valid_fraction=0.5"], 'data.valid_fraction = 0.5 need data.split = "random" or'),
     (["--folds", "-2"], "--folds must be 0 \\(off\\) or >= 2"),
@@ -446,6 +447,7 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
 ])  # fmt: skip
 def test_bad_runs_fail_in_one_line_before_training(env, tmp_path, args, message):
     (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "afolder").mkdir()  # (a Hive-partitioned dataset)
     out = run_cli("train", "exp=tiny", *args, "-q", expect=2).output
     assert re.search(message, out) and "Traceback" not in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "one").exists()

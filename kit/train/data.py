@@ -115,6 +115,8 @@ def check_data_files(data: dict, folds: bool = False) -> None:
     if data["split"] == "file" and not (folds or data["fold"]):
         wanted.append(("data.valid", data["valid"]))
     for key, name in wanted:
+        if Path(name).is_dir():  # ("no such data file" before: it exists)
+            raise DataError(f"{key} = {name!r}: is a folder; pass a .parquet file")
         if not Path(name).is_file():
             raise DataError(f"{key} = {name!r}: no such data file (`kit data synth --spec "
                             "NAME --out FOLDER` writes a built-in competition's files)")
