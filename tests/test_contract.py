@@ -286,6 +286,9 @@ def test_truncated_and_corrupt_parquet_get_clear_errors(tmp_path):
     make_frame(SPEC).write_csv(tmp_path / "v.csv")  # not parquet at all: told to convert it
     result = run_cli("data", "check", tmp_path / "v.csv", expect=2)
     assert "not a parquet file" in result.output and "polars.read_csv" in result.output
+    make_frame(SPEC).write_ipc(tmp_path / "v.parquet")  # Feather named .parquet: read_ipc
+    result = run_cli("data", "check", tmp_path / "v.parquet", expect=2)
+    assert "an Arrow IPC (Feather) file" in result.output and "polars.read_ipc" in result.output
     truncated = run_cli("data", "check", tmp_path / "truncated.parquet", expect=2).output
     assert "not a readable parquet file" in truncated  # damaged parquet: the other message
 

@@ -80,8 +80,11 @@ def file_schema(path: str | Path) -> pl.Schema:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
     with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"PAR1":  # not parquet at all (a CSV, a zip): not a damaged parquet file
+        magic = fh.read(6)
+    if magic == b"ARROW1":  # Feather v2: read_csv, as the advice below says, fails on it
+        raise DataError(f"{path}: an Arrow IPC (Feather) file, not parquet; kit reads parquet: "
+                        "convert it with polars.read_ipc(PATH).write_parquet(NEW_PATH)")
+    if magic[:4] != b"PAR1":  # not parquet at all (a CSV, a zip): not a damaged parquet file
         raise DataError(
             f"{path}: not a parquet file (it does not start with parquet's PAR1 magic); kit "
             "reads parquet: convert a CSV with polars.read_csv(PATH).write_parquet(NEW_PATH)")
