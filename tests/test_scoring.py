@@ -1156,6 +1156,19 @@ def test_ids_past_float64s_exact_integers_stay_apart(tmp_path):
     np.testing.assert_array_equal(result.predictions[:, 0], rows_seen)
 
 
+def test_a_file_with_the_spec_columns_in_another_order_is_scored_with_a_warning(tmp_path):
+    """kit score reads the spec's columns by name; the scorer reads rows by position. A file
+    whose columns are reordered scored as if nothing were wrong (kit data check refuses it)."""
+    data, frame = write_data(tmp_path, n_seqs=3)
+    plain = score(write_sub(tmp_path, FORMULA), data)
+    swapped = frame.select(SPEC.step_col, SPEC.id_col, *frame.columns[2:])
+    swapped.write_parquet(tmp_path / "swapped.parquet")
+    with pytest.warns(RuntimeWarning, match=r"in another order in the file \(step_in_seq, "
+                      r"seq_ix, .*by position"):
+        moved = score(write_sub(tmp_path, FORMULA, name="again"), tmp_path / "swapped.parquet")
+    assert moved.score == plain.score
+
+
 def test_a_backslash_or_an_over_long_name_in_a_zip_is_refused(tmp_path):
     """Python's zipfile keeps a backslash in the file name on Linux while unzip may make a
     folder of it: the scorer could miss a file that the local replay found."""

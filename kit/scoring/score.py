@@ -360,6 +360,12 @@ def exact_ids(frame: pl.DataFrame, spec: CompetitionSpec, data: Path) -> pl.Data
 def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     frame = read_frame(data)
     refuse_index_columns(data, spec.columns)
+    held = [c for c in frame.columns if c in spec.columns]
+    if held != [c for c in spec.columns if c in held]:  # kit data check refuses the file
+        warnings.warn(f"{data}: the spec's columns are in another order in the file ("
+                      f"{', '.join(held[:6])}{', ...' if len(held) > 6 else ''}): kit score "
+                      "reads them by name, the competition's scorer reads each row by "
+                      "position and would feed them in this order", RuntimeWarning, stacklevel=2)
     # the spec's columns, by name: others (a train file's group column for data.split) are no
     # input of the scorer's, and the rows it feeds keep the spec's order whatever the file's
     frame = frame.select([c for c in spec.columns if c in frame.columns] or frame.columns)
