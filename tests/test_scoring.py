@@ -1051,6 +1051,26 @@ def test_zip_with_symlink_or_special_entry_is_rejected(tmp_path):
         assert repr(name) in str(err.value)
 
 
+def test_a_folder_with_symbolic_links_is_refused_and_a_name_flagged_utf8_that_is_not(tmp_path):
+    """A folder's symlinked folder was copied in full past the size check (rglob does not
+    enter it; copytree followed it), and `self -> .` recursed to ELOOP with a raw shutil
+    error; a zip entry flagged UTF-8 holding 0xff raised UnicodeDecodeError (a traceback)."""
+    data, _ = write_data(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    for link, target in (("ext", tmp_path / "elsewhere"), ("self", Path("."))):
+        sub = write_sub(tmp_path, FORMULA, name=f"with-{link}")
+        (sub / link).symlink_to(target)
+        with pytest.raises(SubmissionError, match=f"holds symbolic links \\({link}\\)"):
+            score(sub, data)
+    zpath = tmp_path / "flagged.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("solution.py", FORMULA)
+        zf.writestr(zipfile.ZipInfo("modèle.bin"), "x")
+    zpath.write_bytes(zpath.read_bytes().replace("modèle".encode(), b"mod\xff\xfele"))
+    with pytest.raises(SubmissionError, match="flagged UTF-8 but is not"):
+        score(zpath, data)
+
+
 def test_zip_layout_rules(tmp_path):
     data, _ = write_data(tmp_path)
     nested = make_zip(tmp_path / "nested.zip", {"sub/solution.py": FORMULA})

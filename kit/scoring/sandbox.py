@@ -95,8 +95,15 @@ def copy_submission(folder: Path, dest: Path) -> Path:
     unzip every time, so what a run writes beside solution.py (a cache a second run would
     find: its init time understated) stays in the copy, and the user's folder is left as
     it was. Its .git and __pycache__ are not part of a submission."""
-    files = [p for p in folder.rglob("*") if p.is_file()
-             and not NOT_SUBMITTED & set(p.relative_to(folder).parts)]
+    inside = [p for p in folder.rglob("*") if not NOT_SUBMITTED & set(p.relative_to(folder).parts)]
+    links = [p for p in inside if p.is_symlink()]
+    if links:  # the copy followed them, past the size check (rglob does not enter them), and
+        # `self -> .` recursed to ELOOP; a zip, which the scorer gets, holds no links either
+        shown = ", ".join(str(p.relative_to(folder)) for p in links[:3])
+        raise SubmissionError(f"{folder}: holds symbolic links ({shown}"
+                              f"{', ...' if len(links) > 3 else ''}), which a submission zip "
+                              "cannot: put the files they point to in their place")
+    files = [p for p in inside if p.is_file()]
     total = sum(p.stat().st_size for p in files)
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
@@ -142,6 +149,10 @@ def extract_zip(path: Path, dest: Path) -> Path:
                         f"({exc.strerror or exc})") from None
     except zipfile.BadZipFile as exc:
         raise SubmissionError(f"{path}: corrupt zip archive ({exc})") from None
+    except UnicodeDecodeError as exc:  # a name flagged UTF-8 that is not (read at open)
+        raise SubmissionError(f"{path}: an entry's name is flagged UTF-8 but is not ("
+                              f"{exc.object[:60]!r}); re-create the zip with plain names"
+                              ) from None
     return root
 
 
