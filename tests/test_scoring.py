@@ -279,6 +279,25 @@ def test_contract_violations_name_the_row(tmp_path, ret, where, what):
     assert where in str(err.value) and what in str(err.value)
 
 
+def test_a_returned_object_the_runner_cannot_look_at_is_still_named(tmp_path):
+    """describe() ran tuple(shape) on what predict returned: an endless `shape` hung the
+    runner (a --timeout then blamed predict()), one that raises crashed it."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        class Odd:
+            class Shape:
+                def __iter__(self):
+                    raise RuntimeError("not a shape")
+            shape = Shape()
+
+        class PredictionModel:
+            def predict(self, dp):
+                return Odd() if dp.need_prediction else None
+        """)
+    with pytest.raises(SubmissionError, match=r"seq 0, step 5 .*Odd with a shape of type Shape"):
+        score(sub, data)
+
+
 def test_predict_raising_names_the_row_and_shows_its_traceback(tmp_path):
     data, _ = write_data(tmp_path)
     sub = write_sub(

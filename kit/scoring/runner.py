@@ -586,11 +586,19 @@ def contract_info(values, row, pred, k: int) -> dict:
 
 
 def describe(obj) -> str:
-    shape = getattr(obj, "shape", None)
-    if shape is not None:
-        return f"{type(obj).__name__} of shape {tuple(shape)}"
-    text = repr(obj)
-    return f"{type(obj).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+    """What a submission returned, for an error message: the runner's own code, so nothing of
+    the object's may hang or raise here (tuple() of an endless `shape` never returned, and a
+    timeout blamed predict())."""
+    name = type(obj).__name__
+    try:
+        shape = getattr(obj, "shape", None)
+        if isinstance(shape, tuple):  # numpy's and torch's shapes
+            return f"{name} of shape {shape}"
+        text = repr(obj) if shape is None else f"with a shape of type {type(shape).__name__}"
+    except Exception:
+        return f"{name} (it cannot be printed)"
+    text = text if isinstance(text, str) else "?"
+    return f"{name} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 def exception_info(stage: str, message: str, exc: BaseException) -> dict:
