@@ -298,6 +298,24 @@ def test_a_returned_object_the_runner_cannot_look_at_is_still_named(tmp_path):
         score(sub, data)
 
 
+def test_result_files_a_submission_wrote_over_are_named_not_a_traceback(tmp_path):
+    """The runner's result.json sits in ../out of the submission's working folder: one that
+    wrote garbage there and exited gave a JSONDecodeError traceback."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import os
+
+        class PredictionModel:
+            def predict(self, dp):
+                with open(os.path.join("..", "out", "result.json"), "w") as fh:
+                    fh.write("not json")
+                os._exit(0)
+        """)
+    with pytest.raises(SubmissionError, match=r"with its result files unreadable \("
+                       r"JSONDecodeError.*wrote over them"):
+        score(sub, data)
+
+
 def test_predict_raising_names_the_row_and_shows_its_traceback(tmp_path):
     data, _ = write_data(tmp_path)
     sub = write_sub(

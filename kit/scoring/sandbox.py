@@ -389,12 +389,19 @@ def run_child(
             f"({_done_text(done, n_rows)}); it crashed (a crash's Python stack is in the "
             "output below), ran out of memory or called exit() itself" + _with(tail)
         )
-    result = json.loads(result_path.read_text())
-    if not result["ok"]:
-        raise SubmissionError(_failure_text(result["error"]) + _with(tail))
-    predictions = np.load(out_dir / "predictions.npy")
-    truth_path = out_dir / "truth.npy"
-    truth = np.load(truth_path) if truth_path.is_file() else None
+    try:  # the runner's files sit beside the submission's copy: it can write them too
+        result = json.loads(result_path.read_text())
+        if not result["ok"]:
+            raise SubmissionError(_failure_text(result["error"]) + _with(tail))
+        predictions = np.load(out_dir / "predictions.npy", allow_pickle=False)
+        truth_path = out_dir / "truth.npy"
+        truth = np.load(truth_path, allow_pickle=False) if truth_path.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+        raise SubmissionError(
+            f"the submission process ended ({_exit_text(proc.returncode)}) with its result "
+            f"files unreadable ({type(exc).__name__}: {str(exc)[:120]}): the submission wrote "
+            f"over them ({out_dir.name}/ beside its working folder) or ended while they were "
+            "written" + _with(tail)) from None
     return ChildRun(result, predictions, tail, truth)
 
 
