@@ -343,7 +343,8 @@ def test_one_family_kernel_serves_mixed_ops(lengths, values, specials):
 def test_a_sum_or_mean_output_named_like_a_range_is_an_input_by_its_name():
     # "sum(a..c)" reads like the column range a..c; as a defined output it is taken whole
     fs = build_feature_set(SPEC, groups=[], ops=[
-        {"op": "sum", "inputs": ["a", "b", "c"]}, {"op": "mean", "inputs": ["b", "c"]},
+        {"op": "sum", "inputs": ["a", "b", "c"], "name": "sum(a..c)"},
+        {"op": "mean", "inputs": ["b", "c"], "name": "mean(b..c)"},
         {"op": "lag", "inputs": ["sum(a..c)", "mean(b..c)"], "k": 1}])
     assert fs.outputs[-2:] == ["sum(a..c)@lag1", "mean(b..c)@lag1"]
     assert_faces_agree(fs, _frame([7, 3], 5, []))
@@ -566,6 +567,53 @@ def test_digest_changes_with_the_definition():
     one = build_feature_set(SPEC, groups=["raw"]).digest()
     assert one == build_feature_set(SPEC, groups=["raw"]).digest()
     assert one != build_feature_set(SPEC, groups=["raw", "lags"]).digest()
+
+
+def test_one_set_asked_for_in_two_ways_has_one_digest_and_one_cache_entry(tmp_path):
+    """The digest hashed the groups and the ops as spelled: a group listed twice, span 19 for
+    alpha 0.1, or the raw group for a raw op gave another digest (an ensemble computed the
+    same features twice, 98 nodes for 64) and another cache entry of the same bytes."""
+    from kit.features import feature_arrays
+
+    spec = load_spec("predictorium")
+    pairs = [(build_feature_set(spec, ["raw", "spreads", "ewm"]),
+              build_feature_set(spec, ["raw", "spreads", "ewm", "spreads"])),
+             (build_feature_set(spec, [], [{"op": "ewm_mean", "inputs": ["p0"], "alpha": 0.1}]),
+              build_feature_set(spec, [], [{"op": "ewm_mean", "inputs": ["p0"], "span": 19}])),
+             (build_feature_set(spec, ["raw"]),
+              build_feature_set(spec, [], [{"op": "raw", "inputs": ["p0..p11", "v0..v11",
+                                                                      "dp0..dp3", "dv0..dv3"]}]))]
+    for one, other in pairs:
+        assert one.outputs == other.outputs and one.digest() == other.digest()
+    assert build_feature_set(spec, ["spreads", "raw"]).digest() != build_feature_set(
+        spec, ["raw", "spreads"]).digest()  # another column order: another set
+    path = tmp_path / "train.parquet"
+    make_frame(spec, lengths=[30, 30], seed=3).write_parquet(path)
+    one, other = pairs[0]
+    first = feature_arrays(path, one, cache_dir=tmp_path / "cache")
+    again = feature_arrays(path, other, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(first.x, again.x)
+    assert len([p for p in (tmp_path / "cache").iterdir() if p.is_dir()]) == 1
+
+
+def test_sum_names_say_which_columns_and_a_named_op_asked_for_again_is_shared():
+    """sum(v0, v1, v5) was named sum(v0..v5), and a later op reading "sum(v0..v5)" got it;
+    position or a sum asked for again with its name written out was refused as a clash."""
+    spec = load_spec("predictorium")
+    fs = build_feature_set(spec, [], [{"op": "sum", "inputs": ["v0", "v1", "v5"]},
+                                      {"op": "mean", "inputs": ["v0..v5"]},
+                                      {"op": "sum", "inputs": ["v3"]}])
+    assert fs.outputs == ["sum(v0,v1,v5)", "mean(v0..v5)", "sum(v3..v3)"]
+    again = build_feature_set(spec, ["position"], [
+        {"op": "position", "name": "position"},
+        {"op": "sum", "inputs": ["v0..v5"]}, {"op": "sum", "inputs": ["v0..v5"],
+                                              "name": "sum(v0..v5)"}])
+    assert again.outputs == ["position", "sum(v0..v5)"]
+    # a set recorded before names were pinned rebuilds under the name it trained with
+    stored = build_feature_set(spec, [], [{"op": "sum", "inputs": ["v0", "v1", "v5"]}],
+                               stored=True)
+    assert stored.outputs == ["sum(v0..v5)"]
+    assert build_feature_set(spec, [], fs.to_dict()["ops"], stored=True).outputs == fs.outputs
 
 
 def test_feature_arrays_are_cached_by_content_and_definition(tmp_path):

@@ -60,7 +60,8 @@ def feature_arrays(
     if not use_cache:
         return build(in_memory)
     key = {"kind": "features", "kit": __version__, "format": FEATURE_FORMAT,
-           "spec": arrays_spec(feature_set.spec), "features": feature_set.to_dict(),
+           # what the set computes, not how it was asked for: one entry for two spellings
+           "spec": arrays_spec(feature_set.spec), "features": feature_set.computation(),
            "seq_len": seq_len, "truncate": truncate}
     return cached_arrays_into(Path(path), key, build, cache_dir=cache_dir)
 

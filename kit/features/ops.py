@@ -24,8 +24,9 @@ from typing import ClassVar
 import polars as pl
 import torch
 
-from kit.competition import POS_COLUMN, START_COLUMN
+from kit.competition import POS_COLUMN, START_COLUMN, expand_columns
 from kit.config import finite
+from kit.errors import SpecError
 from kit.features import kernels
 from kit.features.kernels import EPS, safe_div
 
@@ -262,6 +263,17 @@ class Imbalance(Pairwise):
             _matrix([[(a, 1.0), (b, 1.0)] for a, b in pairs], columns))  # applied to |w|
 
 
+def default_reduce_name(op: str, inputs: list[str]) -> str:
+    """sum(v0..v5) where the inputs are that range, else every input: sum(v0,v1,v5) was named
+    sum(v0..v5) and read as the whole range by a later op."""
+    ranged = f"{inputs[0]}..{inputs[-1]}"
+    try:
+        whole = len(inputs) > 1 and expand_columns([ranged]) == list(inputs)
+    except SpecError:
+        whole = False
+    return f"{op}({ranged if whole or len(inputs) == 1 else ','.join(inputs)})"
+
+
 class Reduce(FeatureOp):
     """Sum or mean over a column group: one output."""
 
@@ -280,7 +292,13 @@ class Reduce(FeatureOp):
             raise FeatureSpecError(f"{self.op}: input(s) {twice} listed more than once")
 
     def outputs(self):
-        return [self.params.get("name") or f"{self.op}({self.inputs[0]}..{self.inputs[-1]})"]
+        return [self.params.get("name") or default_reduce_name(self.op, self.inputs)]
+
+    def to_dict(self):  # the name pinned: a stored set rebuilds under the names it trained with
+        return {"op": self.op, "inputs": list(self.inputs), "name": self.outputs()[0]}
+
+    def recipe(self):  # the name is the output's: asked for again with it written out, shared
+        return {"op": self.op, "inputs": list(self.inputs)}
 
     def batch(self, id_col):
         total = pl.sum_horizontal(*[pl.col(c) for c in self.inputs])
@@ -654,6 +672,9 @@ class StepPosition(FeatureOp):
 
     def outputs(self):
         return [self.params.get("name", "position")]
+
+    def recipe(self):  # the name is the output's (see Reduce.recipe)
+        return {"op": self.op, "scale": self.params["scale"]}
 
     def batch(self, id_col):
         position = pl.col(POS).cast(pl.Float32) * self.params["scale"]

@@ -144,9 +144,18 @@ class FeatureSet:
         return {"groups": self.groups, "ops": [op.to_dict() for op in self.ops],
                 "outputs": self.outputs}
 
+    def computation(self) -> list:
+        """What the set computes: each output in order with what makes it (`recipe_of`). Sets
+        that differ only in how they were asked for (a group listed twice, span 19 for alpha
+        0.1, the `raw` group for a raw op) compute the same and are equal here."""
+        made = {n: op for op in self.ops for n in op.outputs()}
+        return [[n, made[n].recipe_of(n)] for n in self.outputs]
+
     def digest(self) -> str:
-        """Stable id of what the set computes (used in cache keys and manifests)."""
-        text = json.dumps({"spec": self.spec.name, **self.to_dict()}, sort_keys=True)
+        """Stable id of what the set computes (ensembles share one pipeline per digest): two
+        spellings of one set had two, and an ensemble computed its features twice."""
+        text = json.dumps({"spec": self.spec.name, "computes": self.computation()},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def batch_frame(self, df: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
@@ -237,6 +246,10 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     built, outputs = [], []
     made_by: dict[str, tuple[str, FeatureOp]] = {}  # output -> (where, op) that defines it
     for where, entry in entries:
+        if stored and entry.get("op") in ("sum", "mean") and "name" not in entry and isinstance(
+                entry.get("inputs"), list) and entry["inputs"]:  # recorded before names were
+            entry = {**entry, "name": f"{entry['op']}({entry['inputs'][0]}.."  # pinned: the
+                     f"{entry['inputs'][-1]})"}  # name it trained under
         op = make_op(entry, spec, where, columns, check_reach=not stored)
         unknown = [c for c in op.input_columns() if c not in columns]
         if unknown:
