@@ -349,12 +349,14 @@ def features_build(
     exp: str | None = typer.Argument(None, help="Experiment: exp=NAME, NAME or a TOML path."),
     groups: str | None = typer.Option(None, help="Comma-separated groups (with an exp: in "
                                       "place of its \\[features], on its spec and data)."),
-    data: Path | None = typer.Option(None, help="Data file (default: the exp's train file)."),
+    data: Path | None = typer.Option(None, help="Data file (default: the exp's train file, "
+                                     "else the spec's synthetic one, data/synth[-NAME])."),
     spec: str | None = typer.Option(None, "--spec", "-s", help="Competition spec for --groups "
                                     "(default predictorium; an experiment names its own)."),
 ) -> None:
     """Build a feature set on a data file and print its features with stats and build time."""
     from kit.config import load_experiment, resolve
+    from kit.data.synth import synth_dir
     from kit.features import build_features, feature_set_from_config, feature_table
 
     if exp is None and groups is None:
@@ -374,7 +376,8 @@ def features_build(
         config["features"] = {"groups": [g.strip() for g in groups.split(",") if g.strip()],
                               "ops": []}
     feature_set = feature_set_from_config(config)
-    path = data or Path(config.get("data", {}).get("train", "data/synth/train.parquet"))
+    default = synth_dir(feature_set.spec.name) / "train.parquet"  # where synth --spec writes
+    path = data or Path(config.get("data", {}).get("train", default))
     frame, seconds = build_features(path, feature_set)
     typer.echo(feature_table(frame, feature_set.outputs))
     typer.echo(f"{len(feature_set.outputs)} features over {frame.height:,} rows of {path} "

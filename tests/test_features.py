@@ -1028,3 +1028,23 @@ def test_cumulative_sums_keep_terms_below_float64s_resolution_in_both_faces(tmp_
         j = fs.outputs.index(name)
         np.testing.assert_array_equal(batch[:, j], exact, err_msg=f"batch {name}")
         np.testing.assert_array_equal(got[:, j], exact, err_msg=f"stream {name}")
+
+
+def test_features_build_reads_the_specs_own_synthetic_file_by_default(tmp_path, monkeypatch):
+    """--spec rnn-challenge without --data read data/synth/train.parquet (Predictorium's) and
+    said "missing column(s)" without naming the file; kit data synth --spec writes
+    data/synth-NAME."""
+    from kit.data.synth import synth_dir
+    from tests.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("rnn-challenge")
+    for name, frame in (("predictorium", make_frame(load_spec("predictorium"), lengths=[20])),
+                        ("rnn-challenge", make_frame(spec, lengths=[20, 20], seed=1))):
+        synth_dir(name).mkdir(parents=True)
+        frame.write_parquet(synth_dir(name) / "train.parquet")
+    out = run_cli("features", "build", "--spec", "rnn-challenge", "--groups", "raw").output
+    assert "over 40 rows of data/synth-rnn-challenge/train.parquet" in out
+    wrong = run_cli("features", "build", "--spec", "rnn-challenge", "--groups", "raw", "--data",
+                    synth_dir("predictorium") / "train.parquet", expect=2).output
+    assert "data/synth/train.parquet: missing column(s)" in wrong

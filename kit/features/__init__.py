@@ -41,7 +41,10 @@ def build_features(path: Path, feature_set: FeatureSet) -> tuple[pl.DataFrame, f
     if {spec.id_col, spec.step_col} <= set(df.columns):  # (a missing one: named by batch_frame)
         ordered_sequence_runs(df, spec, str(path))  # as training reads it, or it refuses it
     started = time.perf_counter()
-    out = feature_set.batch_frame(df)
+    try:
+        out = feature_set.batch_frame(df)
+    except DataError as exc:  # say which file (the --data default is not on the command line)
+        raise DataError(f"{path}: {exc}") from None
     return out, time.perf_counter() - started
 
 
