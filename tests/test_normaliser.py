@@ -107,3 +107,20 @@ def test_robust_fit_passes_over_a_quartile_on_the_edge_of_a_point_mass(zeros):
     z = norm.transform(col[:, None])[col > 0, 0]
     assert norm.scale[0] > 0.1
     assert (z < 5.0).mean() > 0.5
+
+
+def test_robust_fit_keeps_its_iqr_beside_outliers_and_heavy_tails():
+    """A first fix of the 75% case (a range under 1/1000 of a wider one's passed to it) took
+    2% of -9999 sentinels' 1-99 range as a normal column's scale: its values all came out near
+    0. Outliers must not move the IQR (the point of `robust`)."""
+    rng = np.random.default_rng(0)
+    n = 100_000
+    plain = rng.standard_normal(n)
+    sentinel = plain.copy()
+    sentinel[:2000] = -9999.0
+    heavy = np.exp(5 * rng.standard_normal(n))
+    x = np.stack([plain, sentinel, heavy], 1).astype(np.float32)
+    norm = Normaliser.fit(x, method="robust", clip=5.0)
+    iqr = np.subtract(*np.quantile(x, [0.75, 0.25], axis=0)) / 1.349
+    np.testing.assert_allclose(norm.scale, iqr, rtol=1e-3)
+    assert 0.9 < norm.transform(x)[2000:, 1].std() < 1.1

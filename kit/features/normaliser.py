@@ -4,7 +4,7 @@ standard: (x - mean) / std;  robust: (x - median) / (IQR / 1.349), which equals 
 normal data. A feature whose IQR is 0 but which is not constant (a mostly-zero volume column)
 takes the 10-90 then the 1-99 percentile range, each scaled to a std the same way, and then its
 RMS deviation from the median: scale 1 there would squash every non-zero value into the clip.
-So does an IQR that is a sliver of a wider range's (a quartile on the zeros' edge).
+The ranges' bounds are values of the data, not interpolated between them.
 The result is clipped to [-clip, clip] deviations when clip is set. A feature with zero spread
 gets scale 1 (it is constant on train; dividing by ~0 would blow up on valid).
 """
@@ -30,12 +30,6 @@ ROBUST_RANGES = ((0.25, 0.75, IQR_TO_STD), (0.10, 0.90, 2.5631), (0.01, 0.99, 4.
 # feature in tiny units (a std of 1e-13 around 0) is still scaled to std 1
 CONSTANT_SPREAD = 1e-9
 TINY = 1e-30
-# a range whose spread is under this fraction of a wider range's has a quantile on a point mass:
-# at 75% zeros the 75th percentile interpolates between 0 and the smallest non-zero value, an IQR
-# of 3e-5 where the 10-90 range says 1.9, and every non-zero value came out at the clip, the
-# 0/5 flag the wider ranges are there to prevent. Heavy tails stay far above it (a Cauchy's IQR
-# is 0.6 of its 10-90 range's std, a Pareto(0.5)'s 0.005 of its 1-99's)
-POINT_MASS = 1e-3
 
 
 def _spread_is_real(scale: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -96,18 +90,17 @@ class Normaliser:
 
 def _robust(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Median and a std-equivalent spread: the IQR's, else a wider range's, else the RMS
-    deviation from the median (0 only for a feature constant on train). A range counts when
-    it is real and not a sliver of a wider one's (`POINT_MASS`)."""
+    deviation from the median (0 only for a feature constant on train). The ranges' bounds
+    are values of the data (no interpolation): at exactly 75% zeros the interpolated upper
+    quartile sat between the last zero and the smallest non-zero value, an IQR of 3e-5 where
+    the 10-90 range says 1.9, and every non-zero value came out at the clip."""
     quantiles = [q for low, high, _ in ROBUST_RANGES for q in (low, high)]
-    center, *bounds = np.quantile(rows, [0.5, *quantiles], axis=0)
-    spreads = [(high - low) / to_std
-               for (_, _, to_std), low, high in zip(ROBUST_RANGES, bounds[::2], bounds[1::2],
-                                                    strict=True)]
+    center = np.quantile(rows, 0.5, axis=0)
+    bounds = np.quantile(rows, quantiles, axis=0, method="inverted_cdf")
     scale = np.zeros(rows.shape[1])
-    for i, spread in enumerate(spreads):
-        widest = np.max(spreads[i:], axis=0)
-        usable = _spread_is_real(spread, center) & (spread >= POINT_MASS * widest)
-        scale = np.where(_spread_is_real(scale, center), scale, np.where(usable, spread, 0.0))
+    for (_, _, to_std), low, high in zip(ROBUST_RANGES, bounds[::2], bounds[1::2], strict=True):
+        spread = (high.astype(np.float64) - low) / to_std
+        scale = np.where(_spread_is_real(scale, center), scale, spread)
     flat = ~_spread_is_real(scale, center)
     if flat.any():
         deviation = rows[:, flat].astype(np.float64) - center[flat]
