@@ -29,6 +29,24 @@ MAX_RANGE = 100_000
 MAX_SEQ_LEN = 10_000_000
 
 
+# what of a spec may differ between blended runs: words, the metric (select warns: the blends
+# are scored on the first's) and the limits (the package's time budget only)
+BLEND_FREE_SPEC_KEYS = frozenset({"description", "metric", "limits"})
+
+
+def blend_spec_difference(spec: CompetitionSpec, first: CompetitionSpec) -> str | None:
+    """The first setting (`key value, first's value`) in which two versions of one spec
+    differ beyond BLEND_FREE_SPEC_KEYS, or None. The package takes the first member's spec:
+    another warm-up set its smoothing start and the need rule by the members' order."""
+    mine, theirs = spec.to_dict(), first.to_dict()
+    for key in sorted(mine.keys() - BLEND_FREE_SPEC_KEYS):
+        if mine[key] != theirs.get(key):
+            shown = [repr(list(v)) if isinstance(v, tuple) else repr(v)
+                     for v in (mine[key], theirs.get(key))]
+            return f"{key} {shown[0]}, against {shown[1]}"
+    return None
+
+
 def expand_columns(patterns: list[str]) -> list[str]:
     """Expand range patterns: "p0..p11" -> p0, p1, ..., p11; "0..31" -> "0" ... "31";
     "f001..f100" -> f001 ... f100 (a zero-padded start keeps its width)."""

@@ -34,7 +34,7 @@ import polars as pl
 import tomli_w
 
 from kit.atomic import atomic_text
-from kit.competition import CompetitionSpec
+from kit.competition import CompetitionSpec, blend_spec_difference
 from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
@@ -293,18 +293,8 @@ def _other_spec(c: Candidate, first: Candidate) -> str | None:
             return f"has {what} {_shown(mine)}, {first.name} {_shown(theirs)}"
     if c.preds.shape[1] != first.preds.shape[1]:
         return f"predicts {c.preds.shape[1]} values a row, {first.name} {first.preds.shape[1]}"
-    # the package takes the first member's spec: another warm-up started its smoothing and
-    # its scorer's need rule elsewhere, by the order the runs were listed in
-    mine, theirs = a.to_dict(), b.to_dict()
-    for key in mine.keys() - BLEND_FREE_SPEC_KEYS:
-        if mine[key] != theirs.get(key):
-            return f"has {key} {_shown(mine[key])}, {first.name} {_shown(theirs.get(key))}"
-    return None
-
-
-# what of a spec may differ between blended runs: words, and what warns (the metric: the
-# blends are scored on the first's) or only sizes the package's time budget (the limits)
-BLEND_FREE_SPEC_KEYS = {"description", "metric", "limits"}
+    differs = blend_spec_difference(a, b)
+    return None if differs is None else f"has {differs.replace(', against', f', {first.name}')}"
 
 
 def _shown(value: object) -> str:

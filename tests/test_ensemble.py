@@ -999,6 +999,15 @@ def test_members_of_one_spec_name_with_other_columns_are_refused(runs, tmp_path)
         pack_ensemble(_write(tmp_path / "e.toml", members), "e", tmp_path / "subs",
                       budget=False)
     assert not (tmp_path / "subs" / "e").exists()
+    # another warm-up (an ensemble file by hand: select refuses it): the package took the
+    # first member's, so the member order set its smoothing start and need rule
+    state = load_checkpoint(runs["gru_b"] / "best.pt")
+    state["spec"] = {**state["spec"], "warmup": state["spec"]["warmup"] + 1}
+    save_checkpoint(state, edited / "best.pt")
+    for order in (members, members[::-1]):
+        with pytest.raises(PackError, match=r"another version of spec .*: warmup \d+, against"):
+            pack_ensemble(_write(tmp_path / "e.toml", order), "e", tmp_path / "subs",
+                          budget=False)
 
 
 def test_runs_of_two_specs_are_refused_by_name_in_select_and_pack(runs, tmp_path):

@@ -32,7 +32,7 @@ import onnx
 
 from kit import __version__
 from kit.atomic import atomic_text
-from kit.competition import CompetitionSpec, load_spec, spec_from_dict
+from kit.competition import CompetitionSpec, blend_spec_difference, load_spec, spec_from_dict
 from kit.config import experiment_path
 from kit.data.contract import contract_dtype
 from kit.errors import KitError
@@ -247,6 +247,12 @@ def check_same_columns(weighted: list[Weighted]) -> None:
                     f"{first.spec.name!r} than {first.run_dir}: {list(theirs)} against "
                     f"{list(mine)} (the spec file changed between the runs); retrain one of "
                     "them on the current spec")
+        differs = blend_spec_difference(w.member.spec, first.spec)
+        if differs:  # (select refuses these too; a file written by hand is not selected)
+            raise PackError(f"{w.member.run_dir} was trained with another version of spec "
+                            f"{first.spec.name!r} than {first.run_dir}: {differs} (the package "
+                            "takes the first member's spec); retrain one of them on the current "
+                            "spec")
 
 
 # control, format (a right-to-left override) and line/paragraph separator characters: none
