@@ -402,6 +402,10 @@ def test_run_dir_must_be_a_folder_of_the_runs_own(env, tmp_path, monkeypatch):
     assert not (tmp_path / "best.pt").exists() and not (tmp_path / "runs" / "config.toml").exists()
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == before
     run_cli("train", "exp=tiny", "--run-dir", "runs/mine", "--stop-after-epochs", "1", "-q")
+    # inside another run: kit runs and --resume never found it there
+    out = run_cli("train", "exp=tiny", "--run-dir", "runs/mine/sub", "-q", expect=2).output
+    assert "is inside run" in out and "name a folder of the run's own" in out
+    assert not (tmp_path / "runs" / "mine" / "sub").exists()
 
 
 @pytest.mark.parametrize(("override", "message"), [

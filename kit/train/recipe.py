@@ -204,6 +204,9 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                               group_resume, overrides, stop_after_epochs, progress)
 
 
+RUN_MARKS = ("metrics.json", "last.pt", "best.pt", "history.jsonl")  # beside config.toml
+
+
 def refuse_shared_folder(run_dir: Path, runs_dir: Path, experiment: str) -> None:
     """--run-dir must name a run's own folder: the working folder ("" or "."), the runs folder
     or an experiment's folder in it took the run's files beside everything else there, and
@@ -217,6 +220,10 @@ def refuse_shared_folder(run_dir: Path, runs_dir: Path, experiment: str) -> None
     elif where.is_dir() and any((p / "config.toml").is_file() for p in where.iterdir()
                                 if p.is_dir()):
         what = "a folder of runs"
+    elif inside := next((parent for parent in where.parents
+                         if (parent / "config.toml").is_file() and any(
+                             (parent / f).is_file() for f in RUN_MARKS)), None):
+        what = f"inside run {inside} (kit runs and --resume did not find it there)"
     else:
         return
     raise ConfigError(f"--run-dir {run_dir} is {what}: name a folder of the run's own, e.g. "
