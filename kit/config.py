@@ -253,6 +253,11 @@ def unknown_keys(config: dict) -> str | None:
     return None
 
 
+# settings that name a file or folder: empty, `data.cache_dir=` wrote the cache into the working
+# folder, `data.train=` said "is a folder"
+PATH_KEYS = {"data.train", "data.valid", "data.cache_dir"}
+
+
 def resolve(config: dict) -> dict:
     """Fill defaults and check every key and type, naming the first offender."""
     out = {k: v for k, v in config.items()}
@@ -287,6 +292,9 @@ def resolve(config: dict) -> dict:
                 raise ConfigError(f"{section}.{key} must be one of {list(allowed)}, "
                                   f"got {value!r}")
             _check_bounds(f"{section}.{key}", value)
+            if f"{section}.{key}" in PATH_KEYS and not value.strip():  # `data.cache_dir=`: "."
+                raise ConfigError(f"{section}.{key} is empty; give a path (the default is "
+                                  f"{defaults[key]!r})")
             merged[key] = value
         out[section] = merged
     out.setdefault("seed", 42)

@@ -442,6 +442,9 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
 @pytest.mark.parametrize(("args", "message"), [
     (["data.valid=nope.parquet"], "data.valid = .nope.parquet.: no such data file"),
     (["data.train=afolder"], "data.train = .afolder.: is a folder; pass a .parquet file"),
+    # empty: the cache went into the working folder, the train file was "a folder"
+    (["data.cache_dir="], "data.cache_dir is empty; give a path \\(the default is "),
+    (["data.train= "], "data.train is empty"),
     # a held-out fraction with the valid file validating: it would be ignored
     (["data.valid_fraction=0.5"], 'data.valid_fraction = 0.5 need data.split = "random" or'),
     (["--folds", "-2"], "--folds must be 0 \\(off\\) or >= 2"),
