@@ -50,6 +50,23 @@ def test_extends_replaces_each_sweep_param_the_child_declares(exps):
     assert child["sweep"]["params"]["train.lr"]["high"] == 1e-2 and child["sweep"]["trials"] == 7
 
 
+def test_a_replaced_table_without_its_type_names_the_file_and_the_rule(exps):
+    """A child setting one key of [model] (or one bound of a sweep entry) replaced the whole
+    table and failed later with "model.type is missing", naming neither file nor rule."""
+    (exps / "one_key.toml").write_text('extends = "base"\n[model]\nhidden = 16\n')
+    with pytest.raises(ConfigError, match=r"one_key.toml: its \[model\] replaces the whole "
+                       r"\[model\] of 'base' \(type 'gru'\).*give model.type"):
+        load_experiment("one_key")
+    (exps / "sweeping.toml").write_text(
+        'extends = "base"\n[sweep.params]\n'
+        '"model.hidden" = { type = "int", low = 8, high = 64 }\n')
+    (exps / "bound.toml").write_text(
+        'extends = "sweeping"\n[sweep.params]\n"model.hidden" = { high = 32 }\n')
+    with pytest.raises(ConfigError, match=r"bound.toml: its sweep.params.'model.hidden' "
+                       r"replaces the whole entry of 'sweeping'.*give its type"):
+        load_experiment("bound")
+
+
 def test_cycles_and_missing_experiments_are_named(exps):
     with pytest.raises(ConfigError, match="extends itself"):
         load_experiment("loop_a")
