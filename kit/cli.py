@@ -104,6 +104,10 @@ def overrides_of(ctx: typer.Context) -> list[str]:
             hint = f"did you mean {close[0]}? " if close else ""
             raise ConfigError(f"{text!r} is not an option of `kit {ctx.command.name}` ({hint}"
                               "see --help); overrides are KEY=VALUE, e.g. train.lr=3e-4")
+    for text in given:  # an override first: the experiment's name was called a bad override
+        if "=" in text and not text.startswith("exp=") and not Path(text).is_file():
+            raise ConfigError(f"{text!r} stands where the experiment goes: name the experiment "
+                              f"first, then the overrides (kit {ctx.command.name} EXP {text})")
     return list(ctx.args)
 
 

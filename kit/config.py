@@ -256,6 +256,9 @@ def unknown_keys(config: dict) -> str | None:
     """What is misspelt in a config's key names (checked per file as it loads, so the error
     names the file, and again after the overrides), or None."""
     for key in config:
+        if key == "extends":  # an override extends=NAME: files are read before overrides
+            return ("extends is read from experiment files only, not as an override: name "
+                    "the experiment to train (exp=NAME), or write a file that extends it")
         if key not in SECTIONS and key not in TOP_LEVEL:
             return (f"unknown config key {key!r}; top-level keys: {sorted(TOP_LEVEL)}, "
                     f"sections: {sorted(SECTIONS)}")

@@ -317,3 +317,21 @@ def test_a_mistyped_option_before_the_experiment_is_named(args, named, tmp_path,
     out = run_cli(*args, expect=2).output
     assert named in out and "KEY=VALUE, e.g." in out and "override '" not in out
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["train", "train.lr=1e-4", "gru_base"],
+     "'train.lr=1e-4' stands where the experiment goes: name the experiment first"),
+    (["train", "gru_base", "extends=lstm"],
+     "extends is read from experiment files only, not as an override: name the experiment"),
+])  # fmt: skip
+def test_an_override_in_the_experiments_place_or_of_extends_is_named(args, named, tmp_path,
+                                                                       monkeypatch):
+    """An override first made the experiment's name the bad override ("override 'gru_base'
+    is not KEY=VALUE"); extends=lstm was an "unknown config key"."""
+    from pathlib import Path
+
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    out = run_cli(*args, expect=2).output
+    assert named in out and not (tmp_path / "runs").exists()
