@@ -1859,7 +1859,7 @@ def test_text_features_and_non_finite_scored_targets_are_named(env, tmp_path):
     text.write_parquet(tmp_path / "text.parquet")
     out = run_cli("train", "exp=tiny", f"data.train={tmp_path / 'text.parquet'}",
                   expect=2).output
-    assert "feature column(s) must be numeric: ['p1 (String)']" in out
+    assert "feature column(s) must be numeric (an integer or float dtype): ['p1 (String)']" in out
     assert "Traceback" not in out
     # a null target where a prediction is scored: named as such, not as a diverged run
     scored = (pl.col("need_prediction") == 1) & (pl.col("step_in_seq") == 20)

@@ -551,7 +551,10 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
                         slugify(f"{name}-package", "--dataset-slug")[:50].rstrip("-"))
     dataset_slug = _check_slug("--dataset-slug", dataset_slug or default_slug, DATASET_SLUG,
                                "6 to 50")
-    kept_title, kept_competition = _kernel_written_before(out)  # the same Kaggle kernel
+    # the same package written again (from OUT/dataset or its zip): the same Kaggle kernel
+    before = earlier or _dataset_written_before(out / "dataset")
+    kept_title, kept_competition = (_kernel_written_before(out) if before and before[0] == name
+                                    else (None, None))
     title = title or kept_title or default_title(name)
     competition = competition if competition is not None else kept_competition
     if not 5 <= len(title) <= 50:
