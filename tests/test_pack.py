@@ -1251,6 +1251,14 @@ def test_score_refuses_a_spec_that_would_scramble_the_packs_columns(workspace, g
 def test_pack_errors_name_the_problem(workspace, runs, tmp_path):
     result = run_cli("pack", tmp_path, expect=2)
     assert "not a run directory" in result.output
+    # a run that diverged before any epoch scored is a run: said so ("not a run directory")
+    diverged = tmp_path / "diverged"
+    diverged.mkdir()
+    (diverged / "config.toml").write_text((runs["gru"] / "config.toml").read_text())
+    (diverged / "metrics.json").write_text(json.dumps(
+        {"finished": True, "score": None, "diverged": "train loss inf in batch 2 of epoch 1"}))
+    out = run_cli("pack", diverged, expect=2).output
+    assert "training diverged before any epoch scored (train loss inf in batch 2" in out
     bad = tmp_path / "run"
     bad.mkdir()
     (bad / "best.pt").write_bytes(b"not a checkpoint")

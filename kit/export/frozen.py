@@ -116,6 +116,14 @@ def find_checkpoint(run: Path) -> Path:
                        "`kit pack --ensemble FILE.toml`")
     if not run.exists():
         raise KitError(f"{run}: no such run directory; `kit runs` lists the runs")
+    if run.is_dir():
+        from kit.run_record import read_metrics
+
+        diverged = (read_metrics(run) or {}).get("diverged")
+        if isinstance(diverged, str):  # ("not a run directory" before: it is one)
+            raise KitError(f"{run}: training diverged before any epoch scored ({diverged}), "
+                           "so there is no model to pack; lower train.lr or set "
+                           "train.grad_clip and train it again")
     raise KitError(f"{run}: not a run directory (no best.pt); `kit runs` lists the runs")
 
 
