@@ -210,6 +210,23 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
     assert "other/valid.parquet" in out and "data/valid.parquet" in out
 
 
+@pytest.mark.parametrize("damage", ["torn", "garbage", "not_utf8", "emptied"])
+def test_a_resume_reads_a_damaged_history_as_kit_runs_does(env, tmp_path, damage):
+    """--resume parsed every history line with json.loads: a torn, edited or non-UTF-8 line
+    crashed it after the pause's metrics.json was gone, so the run could never finish; an
+    emptied history made metrics.json count 1 epoch of 3."""
+    run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--stop-after-epochs", "2", "-q")
+    history = tmp_path / "r" / "history.jsonl"
+    text = history.read_bytes()
+    history.write_bytes({"torn": text[:len(text) // 2], "garbage": b"garbage {\n" + text,
+                         "not_utf8": text + b"\xff\xfe{\n", "emptied": b""}[damage])
+    out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume", "-q").output
+    assert "Traceback" not in out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["epochs"] == 3
+    assert all(json.loads(line)["epoch"] >= 1 for line in history.read_text().splitlines())
+
+
 def test_resume_takes_the_original_command_with_a_width_beside_a_budget(env, tmp_path):
     """config.toml holds the solved width (params overrides a width given beside it): the
     original command's model.hidden=10 read as a change and --resume refused it."""

@@ -168,11 +168,20 @@ class RunFiles:
         with open(self.history, "a") as fh:  # strict JSON: a NaN or inf is written as null
             fh.write(json_dumps(record) + "\n")
 
+    def read_history(self) -> list[dict]:
+        """The epoch records, read as `kit runs` reads them: a torn, hand-edited or non-UTF-8
+        line is skipped (json.loads of every line raised, and a resume whose pause's
+        metrics.json was already gone could never finish)."""
+        from kit.reports import read_history
+
+        return read_history(self.history)
+
     def truncate_history(self, epochs: int) -> None:
-        """Keep the first `epochs` lines: a killed run may have logged an epoch past last.pt."""
+        """Keep the records of the first `epochs` epochs: a killed run may have logged an epoch
+        past last.pt (lines that are no epoch record go too)."""
         if self.history.exists():
-            lines = self.history.read_text().splitlines()[:epochs]
-            atomic_text(self.history, "".join(line + "\n" for line in lines))
+            kept = [r for r in self.read_history() if r["epoch"] <= epochs]
+            atomic_text(self.history, "".join(json_dumps(r) + "\n" for r in kept))
 
     def save_best(self, model, report: MetricReport, rows_pred: np.ndarray, data,
                   epoch: int | str, pending: bool = False) -> None:
@@ -226,8 +235,7 @@ class RunFiles:
         """metrics.json: the best epoch (or "swa" when the weight average beat every epoch);
         sign is -1 for metrics where lower is better. Without a scored epoch (the run diverged
         at once) best_epoch and score are null."""
-        history = [json.loads(line) for line in self.history.read_text().splitlines()] \
-            if self.history.exists() else []
+        history = self.read_history()
         scored = [r for r in history if r["val_score"] is not None]
         best = max(scored, key=lambda r: sign * r["val_score"]) if scored else None
         if swa:
@@ -239,8 +247,9 @@ class RunFiles:
             "best_epoch": best and best["epoch"],
             "score": best and best["val_score"],
             "per_target": best["val_per_target"] if best else {},
-            "epochs": len(history),
-            "wall_s": sum(r["seconds"] for r in history),
+            # (the last epoch's number: a line lost from the history does not shorten the run)
+            "epochs": max((r["epoch"] for r in history), default=0),
+            "wall_s": sum(r["seconds"] or 0.0 for r in history),
             **self.about.get("summary", {}),
         }
         atomic_text(self.metrics, json_dumps(metrics, indent=2))
