@@ -33,6 +33,7 @@ from kit.run_record import (
     data_file_of,
     fold_run,
     load_array,
+    pending_best_epoch,
     read_config,
     read_metrics,
     read_trained_spec,
@@ -68,6 +69,14 @@ def read_history(path: Path) -> list[dict]:
         if isinstance(record, dict) and _count(record.get("epoch")) is not None:
             out.append(_history_record(record))
     return out
+
+
+def pending_best_note(row: dict) -> str:
+    """A run killed between a new best's history line and last.pt: best.pt (what kit pack
+    packs) holds the earlier best the listing shows, not the history's last flagged one."""
+    return (f"note: {row['path']}: epoch {row['pending_best']}'s new best was not yet in "
+            f"best.pt when the run stopped; best.pt, shown here, holds epoch "
+            f"{_fmt(row.get('best_epoch'))}; --resume completes it")
 
 
 def _history_record(record: dict) -> dict:
@@ -222,6 +231,10 @@ def _summary(run_dir: Path, cache: dict) -> dict:
             row["pruned"] = True
     elif history:
         scored = [r for r in history if r["val_score"] is not None]
+        pending = pending_best_epoch(run_dir)
+        if pending is not None:  # killed before best.pt took it: best.pt holds an earlier one
+            scored = [r for r in scored if r["epoch"] < pending]
+            row["pending_best"] = pending
         if scored:
             # the trainer flags each new best (it knows the metric's direction)
             flagged = [r for r in scored if r.get("best")]
@@ -580,6 +593,7 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
               for r in runs if isinstance(r.get("diverged"), str)]
     notes += [f"note: {changed_data_message(r['path'], r['data_changed'])}"
               for r in runs if r.get("data_changed")]
+    notes += [pending_best_note(r) for r in runs if r.get("pending_best") is not None]
     digests: dict[str, set] = {}  # label -> the sha256 its runs recorded (older runs: none)
     for r in runs:
         if r.get("validated"):
@@ -839,6 +853,8 @@ def _markdown(
     status = "finished" if row["finished"] else "not finished (killed, paused or running)"
     if isinstance(row.get("diverged"), str):
         status += f", stopped early: training diverged ({row['diverged']})"
+    elif row.get("pending_best") is not None:
+        status += "; " + pending_best_note(row).split(": ", 2)[2]
     elif row.get("pruned"):
         status += ", stopped early: pruned by its sweep"
     lines = [

@@ -20,6 +20,16 @@ from kit.config import ConfigError, validation_file
 from kit.errors import KitError
 from kit.toml_file import read_toml
 
+PENDING_BEST = ".best-pending-"  # + epoch: a new best until last.pt records it
+
+
+def pending_best_epoch(run_dir: Path) -> int | None:
+    """The first epoch whose best is pending (written, not yet moved into best.pt), or None:
+    best.pt holds an earlier epoch until --resume replays or promotes it."""
+    epochs = [int(p.name.removeprefix(PENDING_BEST)) for p in Path(run_dir).glob(
+        f"{PENDING_BEST}*") if p.name.removeprefix(PENDING_BEST).isdigit()]
+    return min(epochs, default=None)
+
 
 def read_config(run_dir: Path) -> dict:
     """config.toml as a dict ({} when absent); invalid TOML, or a section that is not a table,

@@ -810,3 +810,18 @@ def test_one_file_rewritten_between_runs_is_said_to_hold_other_rows(tmp_path):
     table = format_runs(rows)
     assert ("scored on 2 different sets of rows (column validated): compare scores within one "
             "set; valid.parquet holds other rows in some runs") in table
+
+
+def test_a_run_killed_with_a_new_best_pending_lists_what_best_pt_holds(runs_root: Path):
+    """Killed between a new best's history line and last.pt: .best-pending-2/ holds epoch 2's
+    best, best.pt still epoch 1's. kit runs and the report said epoch 2 (the last flagged
+    line) while kit pack packed epoch 1."""
+    run = runs_root / "beta" / "20240103-000000-s3"
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    (run / ".best-pending-2").mkdir()
+    row = next(r for r in list_runs(runs_root) if r["path"] == str(run))
+    assert row["best_epoch"] == 1 and row["score"] == pytest.approx(history[0]["val_score"])
+    note = (f"note: {run}: epoch 2's new best was not yet in best.pt when the run stopped; "
+            "best.pt, shown here, holds epoch 1; --resume completes it")
+    assert note in format_runs(list_runs(runs_root))
+    assert "holds epoch 1; --resume completes it" in write_report(run).read_text()

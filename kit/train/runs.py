@@ -25,11 +25,10 @@ from kit.competition import CompetitionSpec
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
 from kit.metrics import MetricReport
-from kit.run_record import DATA_DIGESTS, DATA_RECORD, TRAINED_SPEC
+from kit.run_record import DATA_DIGESTS, DATA_RECORD, PENDING_BEST, TRAINED_SPEC
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
-PENDING_BEST = ".best-pending-"  # + epoch: a new best until last.pt records it
 
 
 def epoch_line(record: dict) -> str:
