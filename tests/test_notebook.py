@@ -996,3 +996,49 @@ def test_a_notebook_written_again_keeps_its_kernels_title_and_competition(packag
     write_notebook(package.zip_path, fresh, owner="alice")
     meta = json.loads((fresh / "kernel/kernel-metadata.json").read_text())
     assert meta["competition_sources"] == [] and meta["title"] != "My Great Model"
+
+
+def test_big_integer_steps_keep_their_value_in_a_step_with_a_null_step(workspace, package):
+    """A null step made the step column float64: another id's step 1.7e18 + 2 read as equal
+    to its last (1.7e18 + 1) and the id started over (0.23 off the row runtime)."""
+    module = _solution(package.folder)
+    rows = pl.read_parquet(workspace / "data/valid.parquet").filter(
+        pl.col("seq_ix") == pl.col("seq_ix").min())
+    base = 1_700_000_000_000_000_001
+    predictor, alone = module.BatchPredictor(), module.BatchPredictor()
+    for t in range(4):
+        row = rows.filter(pl.col("step_in_seq") == t)
+        both = pl.concat([row, row]).with_columns(
+            pl.Series("seq_ix", [1, 2]),
+            pl.Series("step_in_seq", [base + t, None if t == 2 else base + t], dtype=pl.Int64))
+        got = predictor.predict(both)
+        want = alone.predict(both.head(1))
+        np.testing.assert_allclose(got["t0"][0], want["t0"][0], rtol=1e-6)
+
+
+def test_a_batch_refused_after_its_rows_were_read_leaves_the_state_as_it_was(package):
+    """A kept column pandas cannot hand back (a name twice) failed after the state had moved:
+    the batch sent again was a step back, and the ids started over."""
+    import pandas as pd
+
+    module = _solution(package.folder)
+    columns = module_columns(package)
+    rng = np.random.default_rng(8)
+
+    def frame(t):
+        batch = pd.DataFrame(rng.standard_normal((2, len(columns))), columns=columns)
+        batch.insert(0, "seq_ix", [1, 2])
+        batch.insert(1, "step_in_seq", [t, t])
+        batch["row_id"] = [10 * t, 10 * t + 1]
+        return batch
+
+    frames = [frame(t) for t in range(3)]
+    predictor, clean = module.BatchPredictor(), module.BatchPredictor()
+    predictor.predict(frames[0], keep=["row_id"])
+    clean.predict(frames[0], keep=["row_id"])
+    bad = pd.concat([frames[1], frames[1][["row_id"]]], axis=1)
+    with pytest.raises(AttributeError):  # pandas hands a frame back for a name twice
+        predictor.predict(bad, keep=["row_id"])
+    for t in (1, 2):
+        np.testing.assert_array_equal(predictor.predict(frames[t], keep=["row_id"])["t0"],
+                                      clean.predict(frames[t], keep=["row_id"])["t0"])

@@ -428,7 +428,9 @@ class BatchPredictor:
         # ids as Python objects: an integer column with a null converts to float64 (only in
         # the steps that have one), which would give an id past 2**53 another key there
         ids = batch[id_col].to_list()
-        steps = np.asarray(batch[step_col]) if step_col and step_col in batch.columns else None
+        # and steps: a null one made the column float64, another id's step past 2**53 equal to
+        # its last, and that id started over
+        steps = batch[step_col].to_list() if step_col and step_col in batch.columns else None
         is_polars = type(batch).__module__.startswith("polars")  # pandas 3 has .select too
         if is_polars:  # one conversion for all the feature columns
             features = batch.select(columns).to_numpy()
@@ -445,12 +447,14 @@ class BatchPredictor:
         if clash:  # a dict would silently keep one of two columns of the same name
             raise ValueError(f"output names {clash} clash with each other or with the id/kept "
                              "columns; rename them in names={output: new name}")
-        y = self.predict_arrays(ids, features, steps)
         def own(column):  # the batch's own column, its dtype kept (not float64 for a null)
             return batch[column] if is_polars else batch[column].array
 
-        data = {**{c: own(c) for c in kept}, id_col: own(id_col),  # lack a gateway's
-                **{name: y[:, k] for k, name in enumerate(renamed)}}
+        # before the state moves: a column that fails here (a name twice in a pandas frame)
+        # left the ids a step on, and the batch sent again restarted them
+        data = {**{c: own(c) for c in kept}, id_col: own(id_col)}  # lack a gateway's
+        y = self.predict_arrays(ids, features, steps)
+        data |= {name: y[:, k] for k, name in enumerate(renamed)}
         if is_polars:
             import polars as pl
 
