@@ -118,22 +118,7 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
         parent = load_experiment(reference, (*_seen, key))
         parent.pop("name", None)
         for section in REPLACED_SECTIONS & set(raw):
-            replaced = parent.pop(section, None)
-            if section == "model" and isinstance(raw["model"], dict) and "type" not in \
-                    raw["model"] and isinstance(replaced, dict) and "type" in replaced:
-                # one key changed: "model.type is missing" named neither the file nor the rule
-                raise ConfigError(
-                    f"{path}: its [model] replaces the whole [model] of {parent_name!r} (type "
-                    f"{replaced['type']!r}), not only the keys it sets: give model.type (and the "
-                    "other keys it needs) too, or set one key with an override "
-                    "(model.hidden=64)")
-        for name, entry in (_sweep_params(raw) or {}).items():
-            kept = (_sweep_params(parent) or {}).get(name)
-            if isinstance(entry, dict) and "type" not in entry and isinstance(kept, dict) \
-                    and "type" in kept:  # the same rule for one [sweep.params] entry
-                raise ConfigError(f"{path}: its sweep.params.{name!r} replaces the whole entry "
-                                  f"of {parent_name!r}, not only the keys it sets: give its "
-                                  "type (and bounds or choices) too")
+            parent.pop(section, None)
         parent_params, child_params = (_sweep_params(c) for c in (parent, raw))
         for name in child_params if parent_params is not None and child_params else ():
             parent_params.pop(name, None)  # each of the child's entries replaces the parent's

@@ -149,7 +149,10 @@ def parse_space(table: dict) -> list[Param]:
                              f"high = .. }}, got {spec!r}")
         kind = spec.get("type")
         if kind not in KINDS:
-            raise SweepError(f"{where}.type: one of {list(KINDS)}, got {kind!r}")
+            missing = (" (an entry in an experiment that extends another replaces the parent's "
+                       "entry whole: give its type and bounds or choices there)"
+                       if kind is None else "")
+            raise SweepError(f"{where}.type: one of {list(KINDS)}, got {kind!r}{missing}")
         allowed = {"type", "when"} | ({"choices"} if kind == "categorical"
                                       else {"low", "high", "log", "step"})
         extra = sorted(set(spec) - allowed)

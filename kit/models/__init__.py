@@ -50,7 +50,11 @@ def model_class(config: dict) -> type[StreamModel]:
         raise ModelConfigError(f"[model] must be a table, got {config!r}")
     kind = config.get("type")
     if kind is None:
-        raise ModelConfigError(f"model.type is missing; available: {sorted(MODELS)}")
+        # (a child experiment's [model] replaces its parent's whole: one key set there
+        # drops the parent's type, which a sweep or an override may give back)
+        raise ModelConfigError(f"model.type is missing; available: {sorted(MODELS)} (a [model] "
+                               "table in an experiment that extends another replaces the "
+                               "parent's whole: give its type there, or model.type=NAME)")
     if not isinstance(kind, str) or kind not in MODELS:
         raise ModelConfigError(f"model.type: unknown model {kind!r}; available: {sorted(MODELS)}")
     return MODELS[kind]
