@@ -423,6 +423,12 @@ def test_run_dir_must_be_a_folder_of_the_runs_own(env, tmp_path, monkeypatch):
     out = run_cli("train", "exp=tiny", "--run-dir", "runs/mine/sub", "-q", expect=2).output
     assert "is inside run" in out and "name a folder of the run's own" in out
     assert not (tmp_path / "runs" / "mine" / "sub").exists()
+    # a project root that looks like a run (a DVC root's config.toml and metrics.json) is the
+    # working folder: not a run holding this one
+    (tmp_path / "config.toml").write_text('title = "my project"\n')
+    (tmp_path / "metrics.json").write_text('{"auc": 0.9}')
+    (tmp_path / "spec.json").write_text("{}")
+    run_cli("train", "exp=tiny", "--run-dir", "runs/other", "--stop-after-epochs", "1", "-q")
 
 
 @pytest.mark.parametrize(("override", "message"), [

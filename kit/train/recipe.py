@@ -25,6 +25,7 @@ from kit.config import (
 from kit.errors import KitError
 from kit.run_record import (
     DATA_DIGESTS,
+    TRAINED_SPEC,
     changed_data_message,
     data_changes,
     data_digests,
@@ -212,6 +213,9 @@ def refuse_shared_folder(run_dir: Path, runs_dir: Path, experiment: str) -> None
     or an experiment's folder in it took the run's files beside everything else there, and
     `kit runs` then listed that folder as one run, hiding the runs inside it."""
     where = run_dir.resolve()
+    # the working folder and those above it are the project's (a DVC root holds a config.toml
+    # and a metrics.json of its own): only folders below it may be a run that holds this one
+    around = {Path.cwd().resolve(), *Path.cwd().resolve().parents}
     shared = {Path.cwd().resolve(): "the working folder",
               runs_dir.resolve(): "the runs folder",
               (runs_dir / experiment).resolve(): f"experiment {experiment}'s runs folder"}
@@ -220,9 +224,9 @@ def refuse_shared_folder(run_dir: Path, runs_dir: Path, experiment: str) -> None
     elif where.is_dir() and any((p / "config.toml").is_file() for p in where.iterdir()
                                 if p.is_dir()):
         what = "a folder of runs"
-    elif inside := next((parent for parent in where.parents
-                         if (parent / "config.toml").is_file() and any(
-                             (parent / f).is_file() for f in RUN_MARKS)), None):
+    elif inside := next((parent for parent in where.parents if parent not in around
+                         and all((parent / f).is_file() for f in ("config.toml", TRAINED_SPEC))
+                         and any((parent / f).is_file() for f in RUN_MARKS)), None):
         what = f"inside run {inside} (kit runs and --resume did not find it there)"
     else:
         return
