@@ -465,6 +465,10 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
 @pytest.mark.parametrize(("args", "message"), [
     (["data.valid=nope.parquet"], "data.valid = .nope.parquet.: no such data file"),
     (["data.train=afolder"], "data.train = .afolder.: is a folder; pass a .parquet file"),
+    # --jobs with one seed: its folds trained one after another, --jobs dropped unsaid
+    (["--folds", "2", "--jobs", "2"], "--jobs trains several seeds at once: it does not "
+                                      "combine with --folds or --run-dir"),
+    (["seeds=[1,2]", "--folds", "2", "--jobs", "2"], "--jobs trains several seeds at once"),
     # empty: the cache went into the working folder, the train file was "a folder"
     (["data.cache_dir="], "data.cache_dir is empty; give a path \\(the default is "),
     (["data.train= "], "data.train is empty"),

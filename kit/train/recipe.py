@@ -187,7 +187,8 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     group_resume = resume and not run_dir and (seeds is not None or folds > 0)
     seeds = seeds or [base["seed"]]
     parallel = jobs > 1 and len(seeds) > 1
-    if parallel and (folds or run_dir or (resume and not group_resume)):
+    # (one seed too: its folds ran one after another, --jobs dropped without a word)
+    if jobs > 1 and (folds or run_dir) or parallel and resume and not group_resume:
         raise ConfigError("--jobs trains several seeds at once: it does not combine with "
                           "--folds or --run-dir")
     exp_dir = runs_dir / base["name"]
