@@ -101,8 +101,11 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
                    f"in {result.seconds:.1f}s")
     elif len(present) < 3:  # regenerating would overwrite the others (a --full set, say)
         missing = [p.name for p in (train, valid, oracle) if not p.exists()]
-        raise KitError(f"{data_dir} lacks {', '.join(missing)} of the demo's three files; "
-                       f"restore them, or delete the others to generate all three")
+        raise KitError(f"{data_dir} lacks {', '.join(missing)} of the demo's three files "
+                       "(train, valid and the synthetic oracle's predictions, which `kit data "
+                       "synth` writes together): give --data a folder of synthetic data, or "
+                       "an empty one to generate it; your own data runs through kit train, "
+                       "pack and score")
     else:
         typer.echo(f"using {data_dir} (delete it to regenerate)")
     check_oracle_rows(valid, oracle, spec)

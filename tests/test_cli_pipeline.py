@@ -174,6 +174,7 @@ def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monk
     before = (Path("a") / "train.parquet").read_bytes()
     out = run_cli("demo", "--data", "a", "-q", expect=2).output
     assert "lacks valid_oracle.parquet" in out
+    assert "delete" not in out and "your own data runs through kit train" in out  # not: delete
     assert (Path("a") / "train.parquet").read_bytes() == before
     # a model setting is checked before the data is generated, not after
     out = run_cli("demo", "--data", "fresh", "-q", "model.type=nosuch", expect=2).output
