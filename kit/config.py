@@ -40,7 +40,11 @@ def experiment_path(name: str) -> Path:
     path = Path(name) if name.endswith(".toml") else experiments_dir() / f"{name}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in experiments_dir().glob("*.toml"))
-        raise ConfigError(f"no experiment {name!r} ({path} does not exist); known: {known}")
+        where = "" if experiments_dir().is_dir() or name.endswith(".toml") else (
+            f"; there is no {experiments_dir()} folder here: run from the kit checkout, or set "
+            "KIT_EXPERIMENTS to its experiments folder")
+        raise ConfigError(f"no experiment {name!r} ({path} does not exist); known: {known}"
+                          f"{where}")
     return path
 
 

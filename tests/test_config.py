@@ -77,11 +77,16 @@ def test_a_replaced_table_without_its_type_says_the_rule_and_a_sweep_may_give_it
         parse_space(load_experiment("bound")["sweep"])
 
 
-def test_cycles_and_missing_experiments_are_named(exps):
+def test_cycles_and_missing_experiments_are_named(exps, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="extends itself"):
         load_experiment("loop_a")
     with pytest.raises(ConfigError, match="no experiment 'nope'.*known"):
         load_experiment("nope")
+    # run outside the checkout (kit demo in an empty folder): the folder is named as missing
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"known: \[\]; there is no .*nowhere folder here: "
+                       r"run from the kit checkout, or set KIT_EXPERIMENTS"):
+        load_experiment("gru_base")
 
 
 def test_overrides_parse_toml_values_and_do_not_touch_the_original(exps):
