@@ -178,9 +178,17 @@ class RunFiles:
     def truncate_history(self, epochs: int) -> None:
         """Keep the records of the first `epochs` epochs: a killed run may have logged an epoch
         past last.pt (lines that are no epoch record go too)."""
-        if self.history.exists():
-            kept = [r for r in self.read_history() if r["epoch"] <= epochs]
-            atomic_text(self.history, "".join(json_dumps(r) + "\n" for r in kept))
+        if not self.history.is_file():
+            return
+        kept = []  # the lines as they were written: parallel progress knows lines by text
+        for line in self.history.read_bytes().decode("utf-8", errors="replace").splitlines():
+            try:
+                epoch = json.loads(line).get("epoch")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 < epoch <= epochs:
+                kept.append(line)
+        atomic_text(self.history, "".join(line + "\n" for line in kept))
 
     def save_best(self, model, report: MetricReport, rows_pred: np.ndarray, data,
                   epoch: int | str, pending: bool = False) -> None:
