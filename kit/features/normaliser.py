@@ -11,6 +11,7 @@ gets scale 1 (it is constant on train; dividing by ~0 would blow up on valid).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,9 +97,8 @@ def _robust(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     its width is a sliver (at 74.8% zeros an IQR of 0.006 where the 10-90 range says 0.66, and
     96% of the non-zero values came out at the clip). Outliers do not move it (2% of -9999
     sentinels are no mass at the median). Bounds are values of the data (no interpolation)."""
-    quantiles = [q for low, high, _ in ROBUST_RANGES for q in (low, high)]
-    center = np.quantile(rows, 0.5, axis=0)
-    bounds = np.quantile(rows, quantiles, axis=0, method="inverted_cdf")
+    center, bounds = _median_and_bounds(rows, [q for low, high, _ in ROBUST_RANGES
+                                               for q in (low, high)])
     at_center = (rows == center.astype(rows.dtype)).mean(axis=0)
     scale = np.zeros(rows.shape[1])
     for (low_q, high_q, to_std), low, high in zip(ROBUST_RANGES, bounds[::2], bounds[1::2],
@@ -111,6 +111,19 @@ def _robust(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         deviation = rows[:, flat].astype(np.float64) - center[flat]
         scale[flat] = np.sqrt((deviation * deviation).mean(axis=0))
     return center, scale
+
+
+def _median_and_bounds(rows: np.ndarray, quantiles: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """np.quantile's linear median and its `inverted_cdf` quantiles of every column, from one
+    partition: two np.quantile calls sorted the rows twice (a 2M x 124 fit took 21 s, not 12)."""
+    if not np.issubdtype(rows.dtype, np.floating):  # as np.quantile reads integers
+        rows = rows.astype(np.float64)
+    n = rows.shape[0]
+    picks = [max(math.ceil(n * q) - 1, 0) for q in quantiles]  # inverted_cdf's order statistic
+    middle = [(n - 1) // 2, n // 2]  # one row when n is odd
+    part = np.partition(rows, sorted({*picks, *middle}), axis=0)
+    low, high = part[middle[0]], part[middle[1]]
+    return high - (high - low) * rows.dtype.type(0.5), part[picks]  # numpy's lerp, bit for bit
 
 
 def _mean_std(rows: np.ndarray, chunk: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
