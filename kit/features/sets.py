@@ -246,10 +246,7 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     built, outputs = [], []
     made_by: dict[str, tuple[str, FeatureOp]] = {}  # output -> (where, op) that defines it
     for where, entry in entries:
-        if stored and entry.get("op") in ("sum", "mean") and "name" not in entry and isinstance(
-                entry.get("inputs"), list) and entry["inputs"]:  # recorded before names were
-            entry = {**entry, "name": f"{entry['op']}({entry['inputs'][0]}.."  # pinned: the
-                     f"{entry['inputs'][-1]})"}  # name it trained under
+        entry = _as_trained(entry) if stored else entry
         op = make_op(entry, spec, where, columns, check_reach=not stored)
         unknown = [c for c in op.input_columns() if c not in columns]
         if unknown:
@@ -286,6 +283,16 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
     if not outputs:
         raise FeatureConfigError("the feature set is empty: select at least one group or op")
     return FeatureSet(spec, built, outputs, groups)
+
+
+def _as_trained(entry: dict) -> dict:
+    """A stored op as it trained: a sum or mean recorded before names were pinned (to_dict)
+    was named after its first and last inputs, whatever they were."""
+    inputs = entry.get("inputs")
+    if entry.get("op") in ("sum", "mean") and "name" not in entry and isinstance(inputs, list) \
+            and inputs:
+        return {**entry, "name": f"{entry['op']}({inputs[0]}..{inputs[-1]})"}
+    return entry
 
 
 def _without(op: FeatureOp, shared: list[str], spec: CompetitionSpec, where: str,
