@@ -55,10 +55,14 @@ HEXBIN_ABOVE = 3000  # points; fewer are drawn as a scatter
 def read_history(path: Path) -> list[dict]:
     """The epochs of history.jsonl; a torn last line (a kill mid-write) or a line that is not an
     epoch record (hand-edited) is skipped, and fields of the wrong type read as missing."""
+    return [_history_record(record) for _, record in epoch_lines(path)]
+
+
+def epoch_lines(path: Path):
+    """(line as written, its record) for each line of history.jsonl that is an epoch record:
+    a torn or hand-edited line is skipped, and bytes that are not UTF-8 spoil their line only."""
     if not path.is_file():  # a folder in its place reads as no history
-        return []
-    out = []
-    # bytes that are not UTF-8 (a damaged file) spoil their line only, which is then skipped
+        return
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if not line.strip():
             continue
@@ -67,8 +71,7 @@ def read_history(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and _count(record.get("epoch")) is not None:
-            out.append(_history_record(record))
-    return out
+            yield line, record
 
 
 def pending_best_note(row: dict) -> str:

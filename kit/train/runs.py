@@ -178,16 +178,13 @@ class RunFiles:
     def truncate_history(self, epochs: int) -> None:
         """Keep the records of the first `epochs` epochs: a killed run may have logged an epoch
         past last.pt (lines that are no epoch record go too)."""
+        from kit.reports import epoch_lines
+
         if not self.history.is_file():
             return
-        kept = []  # the lines as they were written: parallel progress knows lines by text
-        for line in self.history.read_bytes().decode("utf-8", errors="replace").splitlines():
-            try:
-                epoch = json.loads(line).get("epoch")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(epoch, int) and not isinstance(epoch, bool) and 0 < epoch <= epochs:
-                kept.append(line)
+        # the lines as they were written: parallel progress knows lines by their text
+        kept = [line for line, record in epoch_lines(self.history)
+                if 0 < record["epoch"] <= epochs]
         atomic_text(self.history, "".join(line + "\n" for line in kept))
 
     def save_best(self, model, report: MetricReport, rows_pred: np.ndarray, data,
