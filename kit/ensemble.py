@@ -126,10 +126,7 @@ def load_candidate(path: Path) -> Candidate:
                                 "or not copied): train it again, or leave it out")
     if len(preds) != len(rows):
         raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
-    bad = int((~np.isfinite(preds)).sum())
-    if bad:  # the metric's clip scores them, but every blend with them is NaN
-        raise EnsembleError(f"{path}: {bad} validation predictions are NaN or inf (the model "
-                            "overflows); leave this run out of the candidates")
+    refuse_non_finite(str(path), preds)
     from kit.export.frozen import trained_spec  # (torch: imported when a run is read)
 
     name = _run_name(str(path))
@@ -455,6 +452,15 @@ def greedy(moments: Moments | None, spec: CompetitionSpec, truth: np.ndarray,
     return np.array(history), scores
 
 
+def refuse_non_finite(name: str, preds: np.ndarray) -> None:
+    """Every blend with a NaN or inf prediction is NaN (the metric's clip scores an inf alone),
+    and argmax takes a NaN score for the best: such a candidate is refused, not picked."""
+    bad = int((~np.isfinite(preds)).sum())
+    if bad:
+        raise EnsembleError(f"{name}: {bad} validation predictions are NaN or inf (the model "
+                            "overflows); leave this run out of the candidates")
+
+
 def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
            init_best: int = 0, per_target: bool = False) -> Selection:
     """Greedy forward selection with replacement on the competition metric."""
@@ -466,6 +472,8 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
         raise EnsembleError(f"--init-best must be between 0 and {min(len(candidates), iters)} "
                             "(the candidates, and at most --iters)")
     check_same_rows(candidates)
+    for candidate in candidates:
+        refuse_non_finite(candidate.name, candidate.preds)
     started = time.perf_counter()
     spec = candidates[0].spec
     preds = np.stack([c.preds for c in candidates], axis=1)  # (rows, C, K)

@@ -68,6 +68,19 @@ def test_selection_finds_the_known_best_mixture():
     assert sel.score == pytest.approx(evaluate(SPEC, truth, blend).score, abs=1e-9)
 
 
+@pytest.mark.parametrize("order", [0, 1])
+def test_select_refuses_a_candidate_with_a_nan_in_either_order(order):
+    # argmax takes a NaN score for the best: the NaN candidate won with weight 1 and a NaN score
+    rng = np.random.default_rng(2)
+    truth = rng.standard_normal((2_000, 2))
+    good = truth + rng.standard_normal((2_000, 2))
+    bad = good.copy()
+    bad[5, 0] = np.nan
+    candidates = _candidates([bad, good] if order == 0 else [good, bad])
+    with pytest.raises(EnsembleError, match=f"c{order}: 1 validation predictions are NaN"):
+        select(candidates, truth, iters=5)
+
+
 def test_per_target_weights_follow_each_target():
     rng = np.random.default_rng(1)
     n = 40_000
