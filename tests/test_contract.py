@@ -45,6 +45,15 @@ def test_valid_file_reports_everything(tmp_path):
     assert as_json["nan_counts"]["p3"] == 4
 
 
+def test_the_need_flag_is_named_by_the_spec_s_column(tmp_path):
+    spec = small_spec(seq_len=20, warmup=5, need_col="score_me")
+    frame = make_frame(spec, n_seqs=2)
+    assert "score_me: 30 rows (true from step 5 to the end)" in check_frame(frame, spec).format()
+    broken = frame.with_columns(pl.col("score_me") | (pl.col("step_in_seq") == 2))
+    with pytest.raises(DataError, match=r"score_me breaks the rule \(true from step 5"):
+        check_frame(broken, spec)
+
+
 def test_a_pandas_index_column_is_not_a_column_of_the_data(tmp_path):
     """`df[mask].to_parquet()` stores the index as __index_level_0__; pandas' read_parquet
     (the scorer's) makes it the index again, so the file meets the contract there."""

@@ -1905,6 +1905,21 @@ def test_text_features_and_non_finite_scored_targets_are_named(env, tmp_path):
             "-q")
 
 
+def test_need_flags_of_another_rule_are_refused_before_training(env, tmp_path):
+    """Training took any need column as its mask; such a run trained and was selected, then kit
+    parity and kit score refused the file. Every 10th step scored is a rule no spec states."""
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    frame.with_columns(need_prediction=pl.col("step_in_seq") % 10 == 9).write_parquet(
+        tmp_path / "every10.parquet")
+    for part in ("train", "valid"):
+        out = run_cli("train", "exp=tiny", f"data.{part}={tmp_path / 'every10.parquet'}",
+                      "train.epochs=1", expect=2).output
+        assert ("every10.parquet: need_prediction breaks the rule (true from step 10 to the "
+                "end) on ") in out
+        assert "kit data check" in out and "Traceback" not in out
+    assert not (tmp_path / "runs").exists() or not _run_dirs(tmp_path / "runs" / "tiny")
+
+
 def test_resume_without_a_run_dir_finds_a_run_killed_before_its_first_checkpoint(env, tmp_path):
     """`kit train EXP --resume` (the printed hint) must reach the newest unfinished run even
     when it has no last.pt yet: it used to skip to an older paused run."""

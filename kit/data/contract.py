@@ -47,6 +47,7 @@ class CheckReport:
     warmup_rule: str
     target_summary: dict[str, dict[str, float]]
     warnings: list[str] = field(default_factory=list)
+    need_col: str = "need_prediction"  # the spec's name for it
 
     def to_dict(self) -> dict:
         return dict(vars(self))
@@ -58,7 +59,7 @@ class CheckReport:
             f"{'labelled' if self.labelled else 'unlabelled (no target columns)'}",
             "sequence lengths: "
             + ", ".join(f"{k}: {v:,}" for k, v in self.length_histogram.items()),
-            f"need_prediction: {self.need_rows:,} rows ({self.warmup_rule}) - matches the rule",
+            f"{self.need_col}: {self.need_rows:,} rows ({self.warmup_rule}) - matches the rule",
             "dtypes: " + _group_dtypes(self.dtypes),
         ]
         bad = {c: (self.nan_counts[c], self.inf_counts[c], self.null_counts.get(c, 0))
@@ -188,6 +189,7 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
         warmup_rule=_rule_text(spec),
         target_summary=_target_summary(values, targets),
         warnings=warnings,
+        need_col=spec.need_col,
     )
 
 
@@ -410,8 +412,24 @@ def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
         return []
     examples = ", ".join(f"seq {i} step {s} has {n}" for _, i, s, n in
                          wrong.head(MAX_LISTED).iter_rows())
-    return [f"need_prediction breaks the rule ({_rule_text(spec)}) on {wrong.height:,} row(s): "
+    return [f"{spec.need_col} breaks the rule ({_rule_text(spec)}) on {wrong.height:,} row(s): "
             f"{examples}"]
+
+
+def refuse_broken_need_rule(keys: pl.DataFrame, spec: CompetitionSpec, source: str) -> None:
+    """Training takes the need column as its loss mask, so a file whose flags follow another
+    rule would train and be selected, then be refused by kit parity and kit score: training
+    refuses it first. `keys` holds the spec's id, step and need columns, already checked to be
+    whole numbers and 0/1 flags."""
+    keys = keys.select(
+        pl.col(spec.id_col).cast(pl.Int64).alias("id"),
+        pl.col(spec.step_col).cast(pl.Int64).alias("step"),
+        need_as_int(keys.schema, spec.need_col).alias("need"),
+    ).with_row_index("row")
+    if problems := _check_need_rule(keys, spec):
+        raise DataError(f"{source}: {problems[0]}; the spec states this rule for the whole "
+                        f"competition (kit parity and kit score refuse such a file too): kit "
+                        f"data check {source} lists the file's problems")
 
 
 def _rule_text(spec: CompetitionSpec) -> str:

@@ -17,7 +17,7 @@ import torch
 from kit.competition import CompetitionSpec, load_spec
 from kit.config import DEFAULTS, ConfigError, validation_file
 from kit.data.arrays import SequenceArrays
-from kit.data.contract import whole_numbers
+from kit.data.contract import refuse_broken_need_rule, whole_numbers
 from kit.data.io import read_frame
 from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
 from kit.errors import DataError
@@ -57,8 +57,10 @@ def _real_steps(arrays: SequenceArrays) -> np.ndarray:
 def _sequence_starts(arrays: SequenceArrays, path: Path, spec: CompetitionSpec,
                      truncate: str) -> tuple[np.ndarray, np.ndarray]:
     """Row index in the source file of each sequence's first kept step, and whether
-    data.seq_len cut the sequence."""
-    file_lengths = read_frame(path, [spec.id_col])[spec.id_col].rle().struct.unnest()["len"]
+    data.seq_len cut the sequence. The file's need flags must follow the spec's rule."""
+    keys = read_frame(path, [spec.id_col, spec.step_col, spec.need_col])
+    refuse_broken_need_rule(keys, spec, str(path))
+    file_lengths = keys[spec.id_col].rle().struct.unnest()["len"]
     file_lengths = file_lengths.to_numpy().astype(np.int64)
     starts = np.concatenate([[0], np.cumsum(file_lengths)])[:-1]
     cut = file_lengths > arrays.x.shape[1]
