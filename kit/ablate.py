@@ -285,19 +285,24 @@ def format_ablation(summary: dict) -> str:
     rows, seeds = summary["variants"], summary["seeds"]
     keys = ["score", *summary["targets"]]
     width = max(12, *(len(r["label"]) for r in rows))
+    # columns as wide as their names (a target of 8 characters or more ran into its neighbour)
+    value_width = {k: max(9, len(k) + 1) for k in keys}
+    change_width = {k: max(14, len(f"change {k}") + 1) for k in keys}
     lines = [f"ablation of {summary['experiment']} over seeds {seeds} (means; sd: the score's "
              "standard deviation across seeds)",
-             f"{'variant':<{width}}{'score':>9}{'sd':>8}" + "".join(f"{k:>9}" for k in keys[1:])
-             + "   " + "".join(f"{'change ' + k:>14}" for k in keys),
+             f"{'variant':<{width}}{'score':>9}{'sd':>8}"
+             + "".join(f"{k:>{value_width[k]}}" for k in keys[1:])
+             + "   " + "".join(f"{'change ' + k:>{change_width[k]}}" for k in keys),
              "(change: ladder vs the rung below; -g: what g brings to the full set; "
              "positive = better; the mean of per-seed differences)"]
     for r, change in zip(rows, changes(summary), strict=True):
         values = figures(r)
         spread = "" if r.get("score_std") is None else f"{r['score_std']:.4f}"
         cells = (f"{values['score']:>9.4f}{spread:>8}"
-                 + "".join(f"{values[k]:>9.4f}" for k in keys[1:]) if values
-                 else f"{'failed':>9}" + " " * (8 + 9 * (len(keys) - 1)))
-        changed = "" if change is None else "".join(f"{change[k]:>+14.4f}" for k in keys)
+                 + "".join(f"{values[k]:>{value_width[k]}.4f}" for k in keys[1:]) if values
+                 else f"{'failed':>9}" + " " * (8 + sum(value_width[k] for k in keys[1:])))
+        changed = "" if change is None else "".join(f"{change[k]:>+{change_width[k]}.4f}"
+                                                    for k in keys)
         lines.append(f"{r['label']:<{width}}" + cells + "   " + changed + notes(r, change, seeds))
     errors = [e for r in rows for e in r.get("errors", [])]
     lines += [f"failed: {e}" for e in dict.fromkeys(errors)]  # a shared rung's once

@@ -1821,6 +1821,35 @@ def test_sampler_seeds_reproduce_differ_per_worker_and_move_on_when_resumed(swee
     assert len(set(draws)) == 3  # fresh entropy: no two workers (or machines) alike
 
 
+def test_the_ablation_table_keeps_long_target_names_in_their_columns():
+    """Fixed widths suited t0/t1: `change y_speed` ran into `change y_hr` and the values
+    drifted out from under their names."""
+    from kit.ablate import format_ablation
+
+    targets = ["y_heart_rate", "y_speed"]
+
+    def variant(label, groups, score):
+        per_seed = [{"seed": 1, "score": score, "per_target": dict.fromkeys(targets, score)}]
+        return {"label": label, "kind": "ladder", "groups": groups, "score": score,
+                "score_std": None, "per_target": dict.fromkeys(targets, score),
+                "per_seed": per_seed, "runs": ["r"]}
+
+    summary = {"experiment": "wk", "seeds": [1], "targets": targets, "sign": 1.0,
+               "groups": ["raw", "diffs"], "file": "x.json",
+               "variants": [variant("raw", ["raw"], 0.25),
+                            variant("+diffs", ["raw", "diffs"], 0.5)]}
+    lines = format_ablation(summary).splitlines()
+    header, row = lines[1], lines[4]
+    names = ["score", "y_heart_rate", "y_speed", "change score", "change y_heart_rate",
+             "change y_speed"]
+    values = ["0.5000", "0.5000", "0.5000", "+0.2500", "+0.2500", "+0.2500"]
+    assert row.split() == ["+diffs", *values]
+    for name, value in zip(names, values, strict=True):  # right-aligned under its name
+        assert f" {name}" in header
+        end = header.index(name) + len(name) if name != "score" else header.index(" score") + 6
+        assert row[end - len(value):end] == value, name
+
+
 def _saved_ablation(root: Path) -> tuple[Path, dict]:
     (saved,) = (root / "runs/tiny").glob("ablate-*.json")
     return saved, json.loads(saved.read_text())
