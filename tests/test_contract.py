@@ -1,4 +1,7 @@
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -52,6 +55,23 @@ def test_the_need_flag_is_named_by_the_spec_s_column(tmp_path):
     broken = frame.with_columns(pl.col("score_me") | (pl.col("step_in_seq") == 2))
     with pytest.raises(DataError, match=r"score_me breaks the rule \(true from step 5"):
         check_frame(broken, spec)
+
+
+def test_just_check_reads_a_relative_path_from_where_it_is_called(tmp_path):
+    """The recipes ran in the justfile's folder: `just check mine.parquet` in another folder
+    said "no such file", and `just check ../x.parquet` checked another file than kit would."""
+    just = shutil.which("just")
+    if just is None:  # `pip install -e ".[dev]"` installs it (rust-just); CI always has it
+        pytest.skip("the just runner is not installed")
+    here = tmp_path / "sub"
+    here.mkdir()
+    make_frame(SPEC, n_seqs=2).write_parquet(here / "mine.parquet")
+    justfile = Path(__file__).resolve().parents[1] / "justfile"
+    done = subprocess.run([just, "--justfile", str(justfile), "check", "mine.parquet", "--spec",
+                           write_spec(tmp_path)], cwd=here, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "mine.parquet" in done.stdout and "rows 40" in done.stdout
 
 
 def test_a_pandas_index_column_is_not_a_column_of_the_data(tmp_path):
