@@ -197,10 +197,16 @@ def data_cache(
     never removed on their own: each feature set, spec and data file tried keeps one."""
     from kit.data.cache import cache_entries, clear_cache
 
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise KitError(f"--dir {cache_dir} is a file, not the cache folder (an experiment's "
+                       "data.cache_dir; data/cache by default)")
     entries = cache_entries(cache_dir)
     total = sum(e["bytes"] for e in entries)
     if clear:
         removed = clear_cache(cache_dir)
+        if as_json:
+            _print_json({"dir": str(cache_dir), "removed": removed, "bytes": total})
+            return
         typer.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} and temp folders "
                    f"from {cache_dir} ({total / 1e6:,.1f} MB)")
         return
@@ -212,6 +218,9 @@ def data_cache(
                    f"{e['source'] or ''}")
     typer.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache_dir}, "
                f"{total / 1e6:,.1f} MB (kit data cache --clear removes them)")
+    if not cache_dir.exists():  # a mistyped --dir is not an empty cache
+        typer.echo(f"note: {cache_dir} does not exist (the cache lives in an experiment's "
+                   "data.cache_dir, data/cache by default)", err=True)
 
 
 @data_app.command("check")
@@ -229,9 +238,11 @@ def data_check(
 
     try:
         report = check_file(file, load_spec(spec), extra_ok=allow_extra)
-    except ContractError as exc:
-        if as_json:  # the failing case is where a script needs the list
-            _print_json({"ok": False, "path": exc.source, "problems": exc.problems})
+    except KitError as exc:
+        if as_json:  # the failing case is where a script needs the list (and a JSON object)
+            problems = exc.problems if isinstance(exc, ContractError) else [str(exc)]
+            _print_json({"ok": False, "path": getattr(exc, "source", str(file)),
+                         "problems": problems})
         raise
     _print_json({"ok": True, **report.to_dict()}) if as_json else typer.echo(report.format())
 
@@ -622,6 +633,8 @@ def runs(
     """List training runs as a table: scores per target, oracle fraction, wall time."""
     from kit.reports import format_runs, list_runs, runs_to_json, sort_runs
 
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise KitError(f"--runs-dir {runs_dir} is a file, not a folder of runs")
     found = list_runs(runs_dir, experiment=experiment)
     typer.echo(runs_to_json(sort_runs(found, sort, descending=not asc)) if as_json
                else format_runs(found, sort=sort, descending=not asc))

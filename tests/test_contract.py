@@ -74,6 +74,17 @@ def test_just_check_reads_a_relative_path_from_where_it_is_called(tmp_path):
     assert "mine.parquet" in done.stdout and "rows 40" in done.stdout
 
 
+def test_data_check_json_is_a_json_object_for_a_file_it_cannot_read(tmp_path):
+    """A script reading `.ok` got an empty stdout for a missing or truncated file."""
+    make_frame(SPEC, n_seqs=2).write_parquet(tmp_path / "ok.parquet")
+    (tmp_path / "cut.parquet").write_bytes((tmp_path / "ok.parquet").read_bytes()[:300])
+    for name in ("missing.parquet", "cut.parquet"):
+        done = run_cli("data", "check", tmp_path / name, "--spec", write_spec(tmp_path),
+                       "--json", expect=2)
+        doc = json.loads(done.stdout)
+        assert doc["ok"] is False and name in doc["problems"][0], doc
+
+
 def test_a_pandas_index_column_is_not_a_column_of_the_data(tmp_path):
     """`df[mask].to_parquet()` stores the index as __index_level_0__; pandas' read_parquet
     (the scorer's) makes it the index again, so the file meets the contract there."""

@@ -682,8 +682,14 @@ def test_kit_data_cache_lists_and_clears_the_entries(tmp_path):
     listed = json.loads(run_cli("data", "cache", "--dir", cache, "--json").output)["entries"]
     assert {(e["name"], e["created"], e["source"]) for e in listed if e["name"] == damaged} == {
         (damaged, "unfinished or damaged", None)}
-    assert "removed 2 entries" in run_cli("data", "cache", "--dir", cache, "--clear").output
+    cleared = run_cli("data", "cache", "--dir", cache, "--clear", "--json")  # was plain text
+    assert json.loads(cleared.stdout) == {"dir": str(cache), "removed": 2,
+                                          "bytes": sum(e["bytes"] for e in listed)}
     assert "0 entries in" in run_cli("data", "cache", "--dir", cache).output
+    # a mistyped --dir is not an empty cache
+    assert "note: " in run_cli("data", "cache", "--dir", tmp_path / "nope").output
+    refused = run_cli("data", "cache", "--dir", path, expect=2).output
+    assert "is a file, not the cache folder" in refused
     feature_arrays(path, build_feature_set(spec, ["raw"]), cache_dir=cache)  # rebuilt at need
     assert len(json.loads(run_cli("data", "cache", "--dir", cache, "--json").output)[
         "entries"]) == 1

@@ -16,6 +16,7 @@ from kit.competition import load_spec
 from kit.errors import KitError
 from kit.metrics import evaluate
 from kit.reports import format_runs, list_runs, sort_runs, write_report
+from tests.cli import run_cli
 from tests.frames import make_frame, small_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -662,6 +663,13 @@ def test_hand_edited_stop_reasons_read_as_missing(runs_root: Path):
     listed = next(r for r in list_runs(runs_root) if r["path"] == str(run))
     assert "pruned" not in listed and "diverged" not in listed
     json.dumps(list_runs(runs_root), allow_nan=False)  # --json
+
+
+def test_a_file_given_as_the_runs_folder_is_refused(tmp_path):
+    """`kit runs --runs-dir README.md` said "no runs" and that README.md did not exist."""
+    (tmp_path / "README.md").write_text("x")
+    out = run_cli("runs", "--runs-dir", tmp_path / "README.md", expect=2).output
+    assert "README.md is a file, not a folder of runs" in out
 
 
 def test_a_run_right_under_the_runs_folder_is_listed(runs_root: Path):
