@@ -264,6 +264,22 @@ def test_a_sequence_id_that_starts_over_gets_fresh_state(gru_pack):
     np.testing.assert_array_equal(np.stack(first), np.stack(again))
 
 
+def test_a_step_fed_again_starts_the_sequence_over(gru_pack):
+    """A step not after the id's last one starts a new sequence, the same step included (two
+    one-row sequences of one id): in a row, after another id, and in the batch protocol."""
+    rows = np.random.default_rng(4).standard_normal((2, 32))
+    fresh = [model_on(gru_pack, rows[[i]])[0] for i in range(2)]
+    model = _solution(gru_pack.folder)
+    model.predict(Point(7, 0, True, rows[0]))
+    np.testing.assert_array_equal(model.predict(Point(7, 0, True, rows[1])), fresh[1])
+    model.predict(Point(8, 0, True, rows[0]))
+    np.testing.assert_array_equal(model.predict(Point(7, 0, True, rows[0])), fresh[0])
+    predictor = _solution_module(gru_pack.folder).BatchPredictor()
+    predictor.predict_arrays([7], rows[:1], steps=[0])
+    np.testing.assert_array_equal(predictor.predict_arrays([7], rows[1:], steps=[0])[0],
+                                  fresh[1])
+
+
 def test_nan_and_none_ids_are_one_sequence_each_and_odd_values_are_nan(gru_pack):
     rows = np.random.default_rng(5).standard_normal((8, 32))
     reference = _solution(gru_pack.folder)
