@@ -652,6 +652,13 @@ def test_feature_arrays_are_cached_by_content_and_definition(tmp_path):
     longer = dataclasses.replace(spec, warmup=spec.warmup + 1)  # may move the mask: a new one
     feature_arrays(path, build_feature_set(longer, ["raw", "lags"]), cache_dir=tmp_path / "cache")
     assert len(list((tmp_path / "cache").iterdir())) == entries + 1
+    # data.seq_len and data.truncate choose other arrays of the same file and set
+    for seq_len, truncate in ((10, "head"), (10, "tail"), (20, "tail")):
+        got = feature_arrays(path, fs, seq_len=seq_len, truncate=truncate,
+                             cache_dir=tmp_path / "cache")
+        want = feature_arrays(path, fs, seq_len=seq_len, truncate=truncate, use_cache=False)
+        np.testing.assert_array_equal(got.x, want.x)
+        np.testing.assert_array_equal(got.mask, want.mask)
 
 
 def test_kit_data_cache_lists_and_clears_the_entries(tmp_path):
