@@ -1541,6 +1541,15 @@ def test_one_nan_prediction_leaves_the_other_rows_relative_differences_reported(
     assert got["per_target"]["t1"]["max_rel"] == np.inf
 
 
+def test_the_relative_tolerance_is_sized_per_target():
+    """One target of size 1e4 must not widen another's tolerance: a 50% error in a target of
+    size 1e-3 passes only if the scale is taken over all targets."""
+    from kit.parity import Tolerance
+
+    close = Tolerance(1e-5, 1e-6).close(np.array([[1e4, 1e-3]]), np.array([[1e4, 1.5e-3]]))
+    assert close.tolist() == [[True, False]]
+
+
 def test_the_manifest_records_the_digest_of_the_checkpoint_it_packed(runs, tmp_path,
                                                                      monkeypatch):
     """best.pt was loaded, then read again for its sha256: a run still training replaced it
