@@ -215,3 +215,32 @@ def test_an_initializer_that_is_a_graph_output_is_kept():
          numpy_helper.from_array(np.ones(1, np.float32), "unused")])
     graph_passes.drop_unused(graph)
     assert [i.name for i in graph.initializer] == ["fixed"]
+
+
+def _stateful(state_factor: float, nan_value: float) -> onnx.ModelProto:
+    """y = guard(x) + state * factor, the new state x's guarded value: the factor shows only from
+    the second step on, the NaN replacement only on a NaN."""
+    inits = [numpy_helper.from_array(np.array(state_factor, np.float32), "k"),
+             numpy_helper.from_array(np.array(nan_value, np.float32), "v")]
+    nodes = [helper.make_node("IsNaN", ["x"], ["bad"]),
+             helper.make_node("Where", ["bad", "v", "x"], ["state_out"]),
+             helper.make_node("Mul", ["state", "k"], ["carried"]),
+             helper.make_node("Add", ["state_out", "carried"], ["y"])]
+    def tensor(name):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4])
+
+    graph = helper.make_graph(nodes, "g", [tensor("x"), tensor("state")],
+                              [tensor("y"), tensor("state_out")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_same_results_carries_the_state_and_feeds_nan():
+    """A rewrite that broke the state path, or the NaN/inf guard, would have been shipped if
+    the check ran one step from zero state, or on finite rows only."""
+    model = _stateful(1.0, 0.0)
+    assert graph_passes.same_results(model, _stateful(1.0, 0.0))
+    assert not graph_passes.same_results(model, _stateful(2.0, 0.0))  # the state's path
+    assert not graph_passes.same_results(model, _stateful(1.0, 1.0))  # a NaN's replacement
+
