@@ -302,6 +302,21 @@ def test_huge_finite_values_never_make_inf_or_nan(scale):
     assert_faces_agree(fs, df)
 
 
+@pytest.mark.parametrize("op", sorted(OP_CASES))
+def test_inputs_just_under_the_limit_are_clipped_alike_in_both_faces(op):
+    """Inputs of 4e15 (under LIMIT 1e16) whose sums of 3 or 4 pass it: the batch face skips a
+    clip only where the op's output bound rules it out, so a bound too small (a sum's or a
+    cumsum's) left 1.6e16 in the batch face where the stream face clips to 1e16."""
+    fs = build_feature_set(SPEC, groups=["raw"], ops=[{"op": op, **OP_CASES[op]}])
+    steady = [4e15] * 16  # 4 rows of 4 columns
+    alternating = [4e15 * (-1) ** (i // 4) for i in range(16)]
+    for values in (steady, alternating):
+        df = _frame([4], values, [])
+        batch = fs.batch_frame(df).select(fs.outputs).to_numpy()
+        assert np.isfinite(batch).all() and np.abs(batch).max() <= LIMIT
+        assert_faces_agree(fs, df)
+
+
 @pytest.mark.parametrize("group", sorted(available_groups(load_spec("predictorium"))))
 def test_predictorium_groups_agree_on_ragged_data_with_nan(group):
     spec = load_spec("predictorium")
