@@ -457,6 +457,10 @@ def test_ops_can_read_earlier_outputs_and_duplicates_are_computed_once():
         ([{"op": "ewm_mean", "inputs": ["a"], "span": 10**400}], SPAN_RANGE),
         # float32 holds 1 - alpha to 6e-8: alpha 1e-7 was 19% off in the stream face
         ([{"op": "ewm_mean", "inputs": ["a"], "span": 20_000}], SPAN_RANGE),
+        # below 1: alpha 2 / (span + 1) past 1, an EWM that diverges
+        ([{"op": "ewm_mean", "inputs": ["a"], "span": 0.5}], SPAN_RANGE),
+        ([{"op": "ewm_mean", "inputs": ["a"], "alpha": 1.5}], r"alpha must be in \(0, 1\]"),
+        ([{"op": "position", "scale": 0}], r"scale must be a number in \(0, 1e\+16\]"),
         ([{"op": "ewm_std", "inputs": ["a"], "alpha": 1e-7}],
          r"alpha must be >= 0.0001 \(span <= 19999\), got 1e-07: the stream face's float32"),
         ([{"op": "position", "scale": float("inf")}], r"scale must be a number in \(0, 1e\+16\]"),
