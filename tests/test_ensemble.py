@@ -253,6 +253,25 @@ def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():
     assert metric_value(spec, truth[:, 0], smoothed) == pytest.approx(tuned["after"]["t0"])
 
 
+@pytest.mark.parametrize("metric", [{"name": "mae"}, {"name": "rmse", "clip": [-3.0, 3.0]}],
+                         ids=["mae", "clipped-rmse"])
+def test_error_metrics_select_and_tune_toward_the_smaller_error(metric):
+    """Lower is better: selection scored exactly (mae, a clipped rmse) and the post-processing
+    tuning must minimise; without the metric's sign they picked the worst candidate and the
+    scale that makes the error worst, and no test ran them on such a metric."""
+    spec = spec_from_dict({**SPEC.to_dict(), "metric": metric}, "<test>")
+    rng = np.random.default_rng(3)
+    truth = rng.standard_normal((4_000, 2))
+    good = truth + 0.3 * rng.standard_normal((4_000, 2))
+    bad = truth + 2.0 * rng.standard_normal((4_000, 2))
+    sel = select(_candidates([bad, good], spec), truth, iters=5)
+    assert sel.weights[1].min() == 1.0 and sel.weights[0].max() == 0.0
+    assert sel.score == pytest.approx(min(s["score"] for s in sel.singles))
+    tuned = tune_postprocess(spec, truth, 0.5 * truth, np.array([0]))  # half the truth's size
+    assert tuned["scale"] == [2.0, 2.0]
+    assert all(tuned["after"][t] < tuned["before"][t] - 0.1 for t in spec.outputs)
+
+
 @pytest.mark.parametrize("warmup", [0, 3])
 def test_smoothing_matches_the_graph_recursion(warmup):
     """The tuning smooths the scored rows (steps >= warmup) of each sequence; the graph starts
