@@ -315,6 +315,26 @@ def test_the_epoch_callback_sees_the_best_so_far_and_the_last_epoch_across_a_res
     assert len(patience) < 30 and patience[-1].score <= patience[-2].best_score
 
 
+def test_a_run_resumed_after_an_epoch_without_progress_keeps_its_patience_count(env, tmp_path):
+    """Resumed after an epoch that did not improve, the run forgot that epoch (bad epochs 0)
+    and trained past its patience: not the epochs an uninterrupted run stops after."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    config = check_config(experiment_config("tiny", ["train.epochs=40", "train.patience=2",
+                                                     "train.lr=0.05"]))
+    whole = []
+    train_one(config, RunFiles(tmp_path / "whole"), progress=False, on_epoch=whole.append)
+    assert len(whole) < 40, "the run must stop on its patience for this test to mean anything"
+    # the epoch before the last one did not improve either (patience 2): stop the run there
+    assert whole[-2].score <= whole[-2].best_score and whole[-2].best_score == whole[-3].best_score
+    files, split = RunFiles(tmp_path / "split"), []
+    train_one(config, files, stop_after_epochs=len(whole) - 1, progress=False,
+              on_epoch=split.append)
+    train_one(config, files, resume=True, progress=False, on_epoch=split.append)
+    assert [end.epoch for end in split] == [end.epoch for end in whole]
+
+
 def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "train.epochs=40",
