@@ -512,6 +512,8 @@ def test_the_time_budget_of_a_variable_length_spec_with_a_long_warm_up(runs, tmp
     assert budget["projected_s"] < budget["limit_s"]
     text = pack_module.format_budget(budget)
     assert "of the 20.0 s limit" in text and " min" not in text  # not "0.0 min of the 0 min"
+    # the rows projected are said: a spec without [limits] projects Predictorium's 1.5M
+    assert " for 1,000 test rows of the 20.0 s limit" in text
 
 
 def test_bad_ensemble_files_are_refused(runs, tmp_path):

@@ -101,6 +101,10 @@ def test_correct_submission_scores_as_the_metric_computes(tmp_path):
     text = json.dumps(result.to_dict(), allow_nan=False)
     assert "predictions" not in json.loads(text)
     assert "score" in result.format() and "rows/s" in result.format()
+    # the rows projected are said: a spec without [limits] projects Predictorium's 1.5M
+    assert json.loads(text)["test_rows"] == SPEC.limits.test_rows
+    assert (f"projected on the test set ({SPEC.limits.test_rows:,} rows, the spec's [limits])"
+            in result.format())
 
 
 def test_a_spec_with_more_cpus_than_one_is_said_to_be_replayed_on_one(tmp_path):

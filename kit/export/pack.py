@@ -556,15 +556,17 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
     more = int(max(0.0, BUDGET_FRACTION * limit - projected) // max(per_member, 1e-9))
     return {"us_per_row": us_per_row, "projected_s": projected, "limit_s": limit,
             "fraction": projected / limit, "members": n_members, "more_members_fit": more,
-            "sample_rows": n}
+            "sample_rows": n, "test_rows": spec.limits.test_rows}
 
 
 def format_budget(b: dict) -> str:
     from kit.scoring.score import seconds_text
 
-    return (f"projected test time {seconds_text(b['projected_s'])} of the "
+    # the row count shown: a spec without [limits] projects Predictorium's 1.5M rows
+    rows = f" for {b['test_rows']:,} test rows" if "test_rows" in b else ""
+    return (f"projected test time {seconds_text(b['projected_s'])}{rows} of the "
             f"{seconds_text(b['limit_s'])} limit ({b['fraction']:.1%}; {b['us_per_row']:.1f} "
-            f"us/row on 1 CPU, {b['members']} member(s))")
+            f"us/row on 1 CPU, {b['members']} member(s); the spec's [limits])")
 
 
 def finalize_graph(path: Path, metadata: dict[str, str]) -> dict:

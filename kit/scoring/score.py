@@ -51,6 +51,7 @@ class ScoreResult:
     unusable: int = 0
     warnings: list[str] = field(default_factory=list)
     output_tail: str = ""  # the end of what the submission printed
+    test_rows: int = 0  # spec.limits.test_rows, what projected_s is of
     predictions: np.ndarray | None = field(default=None, repr=False)  # (scored_rows, K)
 
     @property
@@ -93,7 +94,8 @@ class ScoreResult:
             f"sequence(s); child pinned to CPU {self.cpu}",
             f"init {self.init_s:.2f} s   loop {self.loop_s:.2f} s   "
             f"{self.rows_per_s:,.0f} rows/s   {self.us_per_row:.1f} us/row",
-            f"projected on the test set: {seconds_text(self.projected_s)} = "
+            f"projected on the test set ({self.test_rows:,} rows, the spec's [limits]): "
+            f"{seconds_text(self.projected_s)} = "
             f"{100 * self.projected_fraction:.1f}% of the {seconds_text(self.limit_s)} limit "
             "(on this machine's CPU)",
         ]
@@ -270,6 +272,7 @@ def score_submission(
         unusable=int(np.isnan(preds).sum()) if spec.metric.clip else nonfinite,
         warnings=notes,
         output_tail=child.output_tail,
+        test_rows=spec.limits.test_rows,
         predictions=preds,
     )
 
