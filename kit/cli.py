@@ -393,6 +393,11 @@ def features_build(
     feature_set = feature_set_from_config(config)
     default = synth_dir(feature_set.spec.name) / "train.parquet"  # where synth --spec writes
     path = data or Path(config.get("data", {}).get("train", default))
+    if data is None and path == default and not path.exists():  # the synthetic default only
+        raise KitError(f"{path}: no such file (the default for spec "
+                       f"{feature_set.spec.name!r}'s synthetic data); give a file with --data "
+                       f"FILE (kit data synth --spec {feature_set.spec.name} writes it for a "
+                       "spec it can generate)")
     frame, seconds = build_features(path, feature_set)
     typer.echo(feature_table(frame, feature_set.outputs))
     typer.echo(f"{len(feature_set.outputs)} features over {frame.height:,} rows of {path} "

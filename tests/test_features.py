@@ -721,7 +721,7 @@ def test_kit_data_cache_lists_and_clears_the_entries(tmp_path):
         "entries"]) == 1
 
 
-def test_features_cli_list_and_build(tmp_path):
+def test_features_cli_list_and_build(tmp_path, monkeypatch):
     from tests.cli import run_cli
 
     out = run_cli("features", "list").output
@@ -757,6 +757,12 @@ def test_features_cli_list_and_build(tmp_path):
     exp.write_text('spec = "predictorium"\n[features]\ngrups = ["imbalance"]\n')
     typo = run_cli("features", "build", f"exp={exp}", "--data", path, expect=2).output
     assert "unknown key(s) ['features.grups']" in typo
+    # no --data and no synthetic file: the option to use is named
+    (tmp_path / "mine.toml").write_text('name = "mine"\nfeatures = ["a", "b"]\ntargets = ["y"]\n')
+    monkeypatch.chdir(tmp_path)
+    missing = run_cli("features", "build", "--groups", "raw", "--spec", tmp_path / "mine.toml",
+                      expect=2).output
+    assert "data/synth-mine/train.parquet: no such file" in missing and "--data FILE" in missing
 
 
 def test_features_list_names_a_generic_group_the_spec_cannot_hold_and_lists_the_rest(tmp_path):
