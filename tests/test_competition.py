@@ -1,4 +1,6 @@
 import json
+from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -102,6 +104,51 @@ def test_user_spec_from_env_path(tmp_path, monkeypatch):
     assert load_spec("other").name == "other"
 
 
+def _preset_text(name: str) -> str:
+    return (resources.files("kit") / "specs" / f"{name}.toml").read_text()
+
+
+def test_spec_search_order_is_env_path_then_competitions_then_presets(tmp_path, monkeypatch):
+    """docs/decisions.md: `--spec NAME` looks in $KIT_SPEC_PATH's folders, then ./competitions/,
+    then the presets (./competitions/ was searched first, shadowing the user's own folders)."""
+    env, local = tmp_path / "env", tmp_path / "competitions"
+    env.mkdir()
+    local.mkdir()
+    for folder, limit in ((env, 111), (local, 222)):
+        (folder / "dup.toml").write_text(USER_SPEC.replace('name = "my-comp"', 'name = "dup"')
+                                         .replace("time_limit_s = 600", f"time_limit_s = {limit}"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KIT_SPEC_PATH", str(env))
+    assert load_spec("dup").limits.time_limit_s == 111
+    assert load_spec("dup").source == str(env / "dup.toml")
+    assert available_specs()["dup"] == str(env / "dup.toml")  # listed as it loads
+    monkeypatch.delenv("KIT_SPEC_PATH")
+    assert load_spec("dup").limits.time_limit_s == 222
+    # a copy of a preset keeping its name and columns (other limits) shadows the preset
+    (local / "predictorium.toml").write_text(_preset_text("predictorium").replace(
+        "time_limit_s = 5400", "time_limit_s = 600"))
+    assert load_spec("predictorium").limits.time_limit_s == 600
+    shown = Path(available_specs()["predictorium"])  # relative to the working folder
+    assert shown.resolve() == (local / "predictorium.toml").resolve()
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace('targets = ["t0", "t1"]', 'targets = ["t0", "t9"]'),
+    lambda t: t.replace('targets = ["t0", "t1"]', 'targets = ["t0"]'),
+    lambda t: t.replace('id_col = "seq_ix"', 'id_col = "sequence"'),
+    lambda t: t.replace('need_col = "need_prediction"', 'need_col = "scored"'),
+])
+def test_a_preset_name_with_the_same_features_but_other_columns_is_refused(tmp_path, edit):
+    """A spec named like a preset must keep all its columns, not only its features: feature
+    groups, synthetic data and the realism checks read the preset's targets and id columns."""
+    text = edit(_preset_text("predictorium"))
+    assert text != _preset_text("predictorium")
+    path = tmp_path / "predictorium.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match="name 'predictorium' is the built-in spec's"):
+        load_spec(str(path))
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -146,6 +193,12 @@ def test_user_spec_from_env_path(tmp_path, monkeypatch):
         (lambda t: t + "\n[[[", "not valid TOML"),
         (lambda t: t.replace('features = ["a", "b", "c0..c2"]', "features = []"),
          "features must name at least one column"),
+        # every step is warm-up or tail: nothing would be scored (== was let through)
+        (lambda t: t.replace("seq_len = 0", "seq_len = 5\ntail = 2"),
+         "warmup \\+ tail leaves no scored step in 5"),
+        # an empty clip range (low == high) scores every prediction as one constant
+        (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = [1.0, 1.0]'),
+         r"metric.clip must be \[low, high\] with low < high, got \[1.0, 1.0\]"),
     ],
 )
 def test_bad_user_specs_name_the_problem(tmp_path, edit, message):

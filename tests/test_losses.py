@@ -55,6 +55,32 @@ def test_weighted_terms_weight_large_targets():
     assert loss(off_big, y, mask) > loss(off_small, y, mask)
 
 
+def test_huber_delta_sets_where_the_loss_turns_linear():
+    """loss.huber_delta reaches the Huber term (it was passed as 1.0 whatever the config said):
+    0.5 r^2 for |r| < delta, delta * (|r| - delta / 2) past it."""
+    y = torch.zeros(1, 2, 1)
+    p = torch.tensor([[[0.5], [-3.0]]])  # residuals 0.5 and 3
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    for delta, expected in ((2.0, (0.125 + 2.0 * (3 - 1.0)) / 2),  # 0.5 quadratic, 3 linear
+                            (0.25, (0.25 * (0.5 - 0.125) + 0.25 * (3 - 0.125)) / 2),  # both
+                            (4.0, (0.125 + 4.5) / 2)):  # both quadratic
+        loss = MaskedLoss({"terms": {"huber": 1.0}, "huber_delta": delta}, 1)(p, y, mask)
+        assert loss.item() == pytest.approx(expected, rel=1e-6), delta
+
+
+def test_whuber_weights_rows_by_the_target_size_like_wmse():
+    """whuber is the Huber loss with the rows weighted by |y| (the weights were dropped, leaving
+    a plain mean)."""
+    y = torch.tensor([[[4.0], [-1.0]]])
+    p = torch.tensor([[[2.0], [-1.5]]])  # residuals 2 (linear, delta 1) and 0.5 (quadratic)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    values = (1.0 * (2 - 0.5), 0.5 * 0.5**2)  # 1.5, 0.125
+    loss = MaskedLoss({"terms": {"whuber": 1.0}, "huber_delta": 1.0}, 1)(p, y, mask)
+    assert loss.item() == pytest.approx((4 * values[0] + 1 * values[1]) / 5, rel=1e-6)
+    wmse = MaskedLoss({"terms": {"wmse": 1.0}}, 1)(p, y, mask)
+    assert wmse.item() == pytest.approx((4 * 2.0**2 + 1 * 0.5**2) / 5, rel=1e-6)
+
+
 def test_combination_and_target_weights():
     p, y, mask = _batch(2)
     a = MaskedLoss({"terms": {"mse": 1.0}}, 2)(p, y, mask)

@@ -5,7 +5,16 @@ import pytest
 
 from kit.competition import load_spec
 from kit.errors import DataError
-from kit.metrics import evaluate, mae, oracle_fraction, r2, rmse, scored_truth, weighted_pearson
+from kit.metrics import (
+    evaluate,
+    mae,
+    oracle_fraction,
+    outputs_summary,
+    r2,
+    rmse,
+    scored_truth,
+    weighted_pearson,
+)
 
 
 def transcribed_weighted_pearson(y_true, y_pred):
@@ -106,6 +115,19 @@ def test_evaluate_per_target_and_mean():
         evaluate(spec, y[:, :1], p[:, :1])
 
 
+def test_evaluate_reports_mae_and_rmse_per_target():
+    """The report's secondary errors are each the right one (mae held rmse's values); kit score
+    --json shows them through MetricReport.to_dict."""
+    spec = load_spec("predictorium")
+    y = np.array([[0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
+    p = np.array([[1.0, 1.0], [-1.0, 1.0], [3.0, 1.0], [-3.0, 2.0]])
+    report = evaluate(spec, y, p)
+    assert report.mae == {"t0": 2.0, "t1": 0.25}  # mean |error|: (1+1+3+3)/4, 1/4
+    assert report.rmse == {"t0": pytest.approx(math.sqrt(5.0)), "t1": 0.5}  # sqrt(20/4), sqrt(1/4)
+    shown = report.to_dict()
+    assert shown["mae"] == report.mae and shown["rmse"] == report.rmse and shown["rows"] == 4
+
+
 def test_evaluate_next_state_uses_r2_over_features():
     spec = load_spec("rnn-challenge")
     rng = np.random.default_rng(0)
@@ -125,6 +147,16 @@ def test_scored_truth_next_state_shifts_by_one_row():
     np.testing.assert_array_equal(truth, feats[[2, 4, 5]])
     with pytest.raises(DataError, match="last row of its sequence"):
         scored_truth(ids, np.array([0, 0, 1, 0, 0, 0]), feats, None, spec)
+
+
+def test_scored_truth_next_state_refuses_the_last_row_of_the_file():
+    """The file's very last row has no next row at all: a DataError naming it, not an
+    IndexError from reading one row past the end."""
+    spec = load_spec("rnn-challenge")
+    ids = np.array([0, 0, 1, 1])
+    feats = np.arange(4 * 32, dtype=float).reshape(4, 32)
+    with pytest.raises(DataError, match=r"row 3 \(seq 1\) needs a prediction but is the last"):
+        scored_truth(ids, np.array([1, 0, 0, 1]), feats, None, spec)
 
 
 def test_scored_truth_targets_protocol_needs_labels():
@@ -162,3 +194,10 @@ def test_a_spec_clip_applies_to_every_metric():
                                "metric": {"name": name, "clip": [-1.0, 1.0]}})
         assert metric_value(spec, y, p) == pytest.approx(plain(y, np.clip(p, -1, 1)), rel=1e-12)
         assert metric_value(spec, y, p) != pytest.approx(plain(y, p), rel=1e-6)
+
+
+def test_outputs_summary_skips_a_nan_output():
+    """One output scored NaN (a constant or NaN truth column) must not make the printed least
+    and greatest scores nan too."""
+    summary = outputs_summary({"a": 0.5, "b": float("nan"), "c": -0.25, "d": 0.125})
+    assert summary == "4 outputs, min -0.2500, max 0.5000"

@@ -1440,9 +1440,18 @@ def test_a_study_knows_its_files_by_content_and_survives_a_moved_checkout(sweep_
 
 
 def test_a_parameter_pinned_to_one_value_is_accepted(sweep_env):
+    from kit.sweep import suggest, trial_config
+
     _edit_tiny(sweep_env, lambda d: d["sweep"].update(
-        params={"train.lr": {"type": "float", "low": 3e-3, "high": 3e-3}}))
-    prepare("tiny", None, None, None)
+        params={"train.lr": {"type": "float", "low": 2e-3, "high": 2e-3}}))
+    setup = prepare("tiny", None, None, None)
+    assert [(p.name, p.low, p.high) for p in setup.params] == [("train.lr", 2e-3, 2e-3)]
+    # every trial trains with the pinned value, whatever the experiment's own lr
+    assert setup.base["train"]["lr"] != 2e-3
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    values = suggest(trial, setup.params, setup.base)
+    assert values == {"train.lr": 2e-3}
+    assert trial_config(setup.base, values)["train"]["lr"] == 2e-3
 
 
 def test_a_parameter_of_another_type_is_refused_without_a_traceback_or_a_trial(sweep_env):
