@@ -17,7 +17,6 @@ check and the row.
 from __future__ import annotations
 
 import math
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +45,7 @@ from kit.export.pack import (
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, evaluate
 from kit.run_record import relocated
-from kit.scoring.sandbox import prepare_submission
+from kit.scoring.sandbox import snapshot_submission
 from kit.scoring.score import FLOAT_EXACT, key_text, load_rows, replay_rows
 from kit.submission import write_submission_zip
 from kit.temp import owned_temp_dir
@@ -589,7 +588,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     tol = Tolerance(atol, rtol)
     rng = np.random.default_rng(seed)
     with owned_temp_dir("parity") as tmp:
-        folder = snapshot(submission, Path(tmp))
+        folder = snapshot_submission(submission, Path(tmp))
         manifest = read_manifest(folder, shown=submission)
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
@@ -660,18 +659,6 @@ def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
                  f"step {key_text(first['first_over']['step'])}; max abs difference "
                  f"{worst['max_abs']:.2e} "
                  f"({worst['pair']}), " + _where(worst))
-
-
-def snapshot(submission: Path, tmp: Path) -> Path:
-    """The package as it is now, in tmp: a zip extracted, a folder copied under kit pack's lock
-    (a pack to the same name may replace the folder while parity runs its paths)."""
-    if not submission.is_dir():
-        return prepare_submission(submission, tmp / "submission")
-    prepare_submission(submission, tmp / "unused")  # says what is wrong with the folder
-    with exclusive(package_lock(submission.resolve())):
-        copy = tmp / "submission"
-        shutil.copytree(submission, copy, ignore=shutil.ignore_patterns(".*", "__pycache__"))
-    return copy
 
 
 def record_report(submission: Path, tested: dict, result: ParityReport) -> None:

@@ -107,6 +107,33 @@ def test_correct_submission_scores_as_the_metric_computes(tmp_path):
             in result.format())
 
 
+def test_a_folder_is_copied_under_kit_pack_s_lock(tmp_path, monkeypatch):
+    """kit pack swaps a package folder under its lock; kit score copied the folder without it,
+    so a pack to the same name made copies miss files or mix two packages' (one's model.onnx
+    beside the other's manifest): 665 of 7,764 copies in a tight loop."""
+    fcntl = pytest.importorskip("fcntl")  # flock: not on Windows, where packs take no lock
+    from kit.export.pack import package_lock
+    from kit.scoring import sandbox
+
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA)
+    held, real = [], sandbox.copy_submission
+
+    def copy_and_look(folder, dest):
+        with open(package_lock(sub), "a") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        return real(folder, dest)
+
+    monkeypatch.setattr(sandbox, "copy_submission", copy_and_look)
+    assert np.isfinite(score(sub, data).score)
+    assert held == [True]
+    assert not package_lock(sub).exists()  # no lock file left beside the folder
+
+
 def test_a_spec_with_more_cpus_than_one_is_said_to_be_replayed_on_one(tmp_path):
     """limits.cpus = 2 was accepted, shown and ignored: the replay runs on one CPU, which the
     result says (the projection is an upper bound for a submission with threads)."""

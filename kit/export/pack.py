@@ -486,25 +486,33 @@ def check_replaceable_zip(zip_path: Path) -> None:
 
 def package_lock(folder: Path) -> Path:
     """The lock file beside a package folder: held by kit pack while it replaces the folder,
-    and by kit parity while it copies the package or records its report into it."""
+    by kit parity and kit score while they copy the package (snapshot_submission), and by
+    kit parity while it records its report into it."""
     return folder.parent / f".{folder.name}.lock"
 
 
 @contextlib.contextmanager
-def exclusive(lock_path: Path):
+def exclusive(lock_path: Path, required: bool = True):
     """An exclusive lock on lock_path (flock; released when the holder exits, even killed).
 
     The holder deletes the file before it lets go, so no lock file stays behind. A waiter
     then holds the lock of a deleted file: it checks that the path still names the file it
     locked, and if not locks the path's new file instead (the usual recipe for removable lock
-    files)."""
+    files). Not `required`: where the lock file cannot be made (a read-only folder, which no
+    pack can write to either), go on without it."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): packs to one name must not run at once there
         yield
         return
     while True:
-        handle = open(lock_path, "a")  # noqa: SIM115 - closed below, on every path
+        try:
+            handle = open(lock_path, "a")  # noqa: SIM115 - closed below, on every path
+        except OSError:
+            if required:
+                raise
+            yield
+            return
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

@@ -87,6 +87,22 @@ def prepare_submission(path: Path, workdir: Path) -> Path:
     return extract_zip(path, workdir)
 
 
+def snapshot_submission(submission: Path, tmp: Path) -> Path:
+    """The submission as it is now, in tmp/submission: a zip safely extracted, a folder checked
+    and copied whole under kit pack's lock. A pack to the same name swaps the folder: without
+    the lock a copy could find it gone, or take one package's model.onnx beside the other's
+    manifest. (A read-only folder, which no pack can replace, is copied without the lock.)"""
+    submission = Path(submission)
+    if submission.is_file():
+        return prepare_submission(submission, tmp / "submission")
+    from kit.export.pack import exclusive, package_lock
+
+    # decided by "not a file": mid-swap the folder is briefly missing, which the lock waits out
+    with exclusive(package_lock(submission.absolute()), required=False):
+        folder = prepare_submission(submission, tmp / "submission")
+        return copy_submission(folder, tmp / "submission")
+
+
 NOT_SUBMITTED = {".git", "__pycache__"}  # a folder's parts no scorer gets
 
 

@@ -21,7 +21,7 @@ from kit.data.io import read_frame, refuse_index_columns
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, MetricReport, evaluate, outputs_summary, scored_truth
-from kit.scoring.sandbox import choose_cpu, copy_submission, prepare_submission, run_child
+from kit.scoring.sandbox import choose_cpu, run_child, snapshot_submission
 from kit.temp import owned_temp_dir
 
 
@@ -175,9 +175,8 @@ def score_submission(
     with owned_temp_dir("score") as tmp:
         # the submission first: a zip with its solution.py in a subfolder is named as such, not
         # as data that breaks a spec guessed for a package without a manifest
-        solution_dir = prepare_submission(submission, Path(tmp) / "submission")
-        if submission.is_dir():  # run on a copy, as the scorer runs a fresh unzip
-            solution_dir = copy_submission(solution_dir, Path(tmp) / "submission")
+        # (a folder runs on a copy, as the scorer runs a fresh unzip)
+        solution_dir = snapshot_submission(submission, Path(tmp))
         # scored as it is (an experiment), but not what kit pack wrote and checked; said before
         # the replay, which it may explain (a truncated model.onnx fails to load)
         changed = package_changes(solution_dir)
