@@ -721,6 +721,40 @@ def test_kit_data_cache_lists_and_clears_the_entries(tmp_path):
         "entries"]) == 1
 
 
+def test_a_user_spec_s_groups_file_adds_and_replaces_groups(tmp_path, monkeypatch):
+    """Groups came only from kit's package: a user's spec had the generic ones, and ablating
+    its own feature families meant editing kit."""
+    from tests.cli import run_cli
+
+    folder = tmp_path / "competitions"
+    folder.mkdir()
+    (folder / "wk.toml").write_text('name = "wk"\nfeatures = ["hr", "speed", "alt"]\n'
+                                    'targets = ["y"]\nseq_len = 0\n')
+    (folder / "wk.groups.toml").write_text(
+        '[groups.effort]\ndescription = "heart rate per speed"\n'
+        'ops = [{ op = "ratio", a = ["hr"], b = ["speed"] }]\n'
+        '[groups.lags]\nops = [{ op = "lag", inputs = ["alt"], k = 2 }]\n')
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("wk")
+    assert set(available_groups(spec)) >= {"raw", "effort", "lags", "ewm"}
+    assert build_feature_set(spec, ["effort"]).outputs == ["hr/speed"]
+    assert build_feature_set(spec, ["lags"]).outputs == ["alt@lag2"]  # the user's replaces kit's
+    listed = run_cli("features", "list", "--spec", "wk").output
+    assert "effort" in listed and "heart rate per speed" in listed
+    # a spec passed as a path finds its groups file too; presets and dicts have none
+    assert "effort" in available_groups(load_spec(str(folder / "wk.toml")))
+    assert "effort" not in available_groups(load_spec("predictorium"))
+    # a malformed file or op is named
+    (folder / "wk.groups.toml").write_text('[groups.bad]\nop = "lag"\n')
+    with pytest.raises(FeatureConfigError, match=r"wk.groups.toml: \[groups.bad\] must hold "
+                                                 r"ops = \[...\]"):
+        available_groups(load_spec("wk"))
+    (folder / "wk.groups.toml").write_text('[groups.bad]\nops = [{ op = "lag", inputs = ["x"], '
+                                           'k = 1 }]\n')
+    with pytest.raises(FeatureConfigError, match=r"group 'bad' op 0.*'x'"):
+        build_feature_set(load_spec("wk"), ["bad"])
+
+
 def test_features_cli_list_and_build(tmp_path, monkeypatch):
     from tests.cli import run_cli
 

@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Collection
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import polars as pl
 import torch
@@ -37,6 +38,7 @@ from kit.features.ops import (
     PerColumn,
     Raw,
 )
+from kit.toml_file import read_toml
 
 ALL_FEATURES = "@features"  # in group files: every raw feature column of the spec
 MAX_REACH = 100_000  # steps a lag or window may reach back when sequences have no fixed length
@@ -52,9 +54,46 @@ def _groups_file(spec: CompetitionSpec) -> dict:
     return tomllib.loads((folder / name).read_text())["groups"]
 
 
+USER_GROUPS_SUFFIX = ".groups.toml"
+
+
+def user_groups_file(spec: CompetitionSpec) -> Path | None:
+    """NAME.groups.toml beside a spec read from NAME.toml: the user's own groups, without
+    touching kit (a spec from a preset or a dict has none)."""
+    if not spec.source.endswith(".toml") or spec.source.endswith(USER_GROUPS_SUFFIX):
+        return None
+    source = Path(spec.source)
+    path = source.with_name(source.name.removesuffix(".toml") + USER_GROUPS_SUFFIX)
+    return path if path.is_file() else None
+
+
+def _user_groups(path: Path) -> dict[str, dict]:
+    table = read_toml(path, FeatureConfigError)
+    groups = table.get("groups")
+    unknown = sorted(set(table) - {"groups"})
+    if unknown or not isinstance(groups, dict) or not groups:
+        raise FeatureConfigError(f"{path}: a groups file holds [groups.NAME] tables only, each "
+                                 "with ops = [...] and an optional description"
+                                 + (f"; unknown key(s) {unknown}" if unknown else ""))
+    for name, group in groups.items():
+        if (not isinstance(group, dict) or not isinstance(group.get("ops"), list)
+                or set(group) - {"ops", "description"}):
+            raise FeatureConfigError(f"{path}: [groups.{name}] must hold ops = [...] (a list "
+                                     "of op tables) and an optional description, got "
+                                     f"{sorted(group) if isinstance(group, dict) else group!r}")
+        if not isinstance(group.get("description", ""), str):
+            raise FeatureConfigError(f"{path}: [groups.{name}] description must be text")
+    return {name: {"description": "", **group} for name, group in groups.items()}
+
+
 def available_groups(spec: CompetitionSpec) -> dict[str, dict]:
-    """Group name -> {"description": ..., "ops": [...]} for this competition."""
-    return _groups_file(spec)
+    """Group name -> {"description": ..., "ops": [...]} for this competition: kit's groups for
+    it (generic ones for a spec kit has none for), then the user's file beside the spec, whose
+    groups are added and replace kit's of the same name."""
+    groups = _groups_file(spec)
+    if (path := user_groups_file(spec)) is not None:
+        groups = groups | _user_groups(path)
+    return groups
 
 
 def _expand(value, spec: CompetitionSpec, known: Collection[str] = ()):
