@@ -335,6 +335,28 @@ def test_a_run_resumed_after_an_epoch_without_progress_keeps_its_patience_count(
     assert [end.epoch for end in split] == [end.epoch for end in whole]
 
 
+def test_resume_refuses_features_that_changed_since_the_run_started(env, tmp_path):
+    """A groups file edited between a pause and --resume changed the features under the same
+    config: the run went on training on other inputs, with as many columns without a word."""
+    from kit.config import ConfigError
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    (tmp_path / "lob.toml").write_text(SPEC_TOML)
+    groups = tmp_path / "lob.groups.toml"
+    groups.write_text('[groups.mine]\nops = [{ op = "lag", inputs = ["p0"], k = 1 }]\n')
+    config = check_config(experiment_config("tiny", [f'spec="{tmp_path / "lob.toml"}"',
+                                                     'features.groups=["raw", "mine"]']))
+    files = RunFiles(tmp_path / "run")
+    train_one(config, files, stop_after_epochs=1, progress=False)
+    groups.write_text('[groups.mine]\nops = [{ op = "lag", inputs = ["p0"], k = 2 }]\n')
+    with pytest.raises(ConfigError, match=r"the features this run trained on changed since it "
+                                          r"started .*--resume would go on training on other"):
+        train_one(config, files, resume=True, progress=False)
+    groups.write_text('[groups.mine]\nops = [{ op = "lag", inputs = ["p0"], k = 1 }]\n')
+    assert train_one(config, files, resume=True, progress=False)["finished"]  # restored
+
+
 def test_a_killed_run_resumes_from_its_last_good_checkpoint(env, tmp_path):
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "kit", "train", "exp=tiny", "train.epochs=40",

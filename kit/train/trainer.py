@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -138,6 +139,27 @@ class EpochEnd:
     last: bool
 
 
+def trained_inputs(data: TrainData) -> dict:
+    """What the arrays a run trains on are made of: its features' recipes and the spec's
+    columns, lengths and protocol (recorded in last.pt, compared on --resume)."""
+    from kit.features import arrays_spec
+
+    return {"features": data.feature_set.computation(), "spec": arrays_spec(data.spec)}
+
+
+def refuse_other_inputs(saved: dict | None, now: dict, last: Path) -> None:
+    """A groups file, a spec or kit's own groups edited between a pause and --resume changed
+    the features under the same config: the run went on training on other inputs (and,
+    with as many columns, without a word). A last.pt from before the record is not checked."""
+    if saved is None or saved == now:
+        return
+    what = [k for k in ("features", "spec") if saved.get(k) != now.get(k)]
+    raise ConfigError(f"{last.parent}: the {' and the '.join(what)} this run trained on "
+                      "changed since it started (a groups file, a spec file or kit's feature "
+                      "groups edited): --resume would go on training on other inputs; restore "
+                      "the file, or train a new run")
+
+
 def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, *,
         resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
         on_epoch: Callable[[EpochEnd], bool] | None = None) -> dict:
@@ -182,6 +204,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     sign = 1.0 if data.spec.metric.higher_is_better else -1.0
     start_epoch, best, bad_epochs = 0, -math.inf, 0
     if saved is not None:
+        refuse_other_inputs(saved.get("inputs"), trained_inputs(data), files.last)
         try:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -308,7 +331,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "swa": swa.state_dict() if swa is not None else {},
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
             "batch_size": train["batch_size"], "amp": str(amp_dtype), "best_pending": improved,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "inputs": trained_inputs(data),
         }, files.last)
         if improved:  # last.pt now records this epoch as the best: its files take their place
             files.promote_best(epoch + 1)
