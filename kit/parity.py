@@ -17,6 +17,7 @@ check and the row.
 from __future__ import annotations
 
 import math
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -588,7 +589,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     tol = Tolerance(atol, rtol)
     rng = np.random.default_rng(seed)
     with owned_temp_dir("parity") as tmp:
-        folder = snapshot_submission(submission, Path(tmp))
+        folder = snapshot_submission(submission, Path(tmp), copy=copy_package)
         manifest = read_manifest(folder, shown=submission)
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
@@ -659,6 +660,13 @@ def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
                  f"step {key_text(first['first_over']['step'])}; max abs difference "
                  f"{worst['max_abs']:.2e} "
                  f"({worst['pair']}), " + _where(worst))
+
+
+def copy_package(folder: Path, dest: Path) -> Path:
+    """Parity checks the packed files and the zip: what else sits in the folder (a dotfile, a
+    link to a virtualenv) is left out of its copy, not refused as kit score refuses it."""
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    return dest
 
 
 def record_report(submission: Path, tested: dict, result: ParityReport) -> None:

@@ -568,6 +568,16 @@ def _failed(report) -> set[str]:
     return {c.name for c in report.checks if not c.ok}
 
 
+def test_parity_checks_the_packed_files_whatever_else_sits_in_the_folder(workspace, gru_pack,
+                                                                          tmp_path):
+    """A dotfile or a link beside the packed files (a virtualenv, an editor's folder) is no part
+    of the package: parity copies what it checks and leaves them out, not refuse the folder."""
+    folder = _copy_pack(gru_pack, tmp_path)
+    (folder / ".notes").write_text("mine")
+    (folder / ".venv").symlink_to(tmp_path)
+    assert run_parity(folder, _valid(workspace), seqs=SEQS).ok
+
+
 def test_a_package_without_the_normaliser_fails_parity(workspace, runs, gru_pack, tmp_path):
     folder = _copy_pack(gru_pack, tmp_path)
     member = load_member(runs["gru"])

@@ -107,7 +107,8 @@ def test_correct_submission_scores_as_the_metric_computes(tmp_path):
             in result.format())
 
 
-def test_a_folder_is_copied_under_kit_pack_s_lock(tmp_path, monkeypatch):
+@pytest.mark.parametrize("through_a_link", [False, True])
+def test_a_folder_is_copied_under_kit_pack_s_lock(tmp_path, monkeypatch, through_a_link):
     """kit pack swaps a package folder under its lock; kit score copied the folder without it,
     so a pack to the same name made copies miss files or mix two packages' (one's model.onnx
     beside the other's manifest): 665 of 7,764 copies in a tight loop."""
@@ -129,9 +130,13 @@ def test_a_folder_is_copied_under_kit_pack_s_lock(tmp_path, monkeypatch):
         return real(folder, dest)
 
     monkeypatch.setattr(sandbox, "copy_submission", copy_and_look)
-    assert np.isfinite(score(sub, data).score)
+    given = sub
+    if through_a_link:  # the lock is the real folder's, which kit pack swaps (not the link's)
+        given = tmp_path / "link"
+        given.symlink_to(sub)
+    assert np.isfinite(score(given, data).score)
     assert held == [True]
-    assert not package_lock(sub).exists()  # no lock file left beside the folder
+    assert not package_lock(sub).exists() and not package_lock(given).exists()  # none left
 
 
 def test_a_spec_with_more_cpus_than_one_is_said_to_be_replayed_on_one(tmp_path):

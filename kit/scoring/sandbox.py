@@ -87,20 +87,22 @@ def prepare_submission(path: Path, workdir: Path) -> Path:
     return extract_zip(path, workdir)
 
 
-def snapshot_submission(submission: Path, tmp: Path) -> Path:
+def snapshot_submission(submission: Path, tmp: Path, copy=None) -> Path:
     """The submission as it is now, in tmp/submission: a zip safely extracted, a folder checked
-    and copied whole under kit pack's lock. A pack to the same name swaps the folder: without
-    the lock a copy could find it gone, or take one package's model.onnx beside the other's
-    manifest. (A read-only folder, which no pack can replace, is copied without the lock.)"""
+    and copied whole (`copy`, copy_submission by default) under kit pack's lock. A pack to the
+    same name swaps the folder: without the lock a copy could find it gone, or take one
+    package's model.onnx beside the other's manifest. (A read-only folder, which no pack can
+    replace, is copied without the lock.)"""
     submission = Path(submission)
     if submission.is_file():
         return prepare_submission(submission, tmp / "submission")
     from kit.export.pack import exclusive, package_lock
 
-    # decided by "not a file": mid-swap the folder is briefly missing, which the lock waits out
-    with exclusive(package_lock(submission.absolute()), required=False):
+    # the lock of the folder kit pack swaps (through a link too: resolve(), which names a
+    # path mid-swap as well, when the folder is briefly missing and the lock waits it out)
+    with exclusive(package_lock(submission.resolve()), required=False):
         folder = prepare_submission(submission, tmp / "submission")
-        return copy_submission(folder, tmp / "submission")
+        return (copy or copy_submission)(folder, tmp / "submission")
 
 
 NOT_SUBMITTED = {".git", "__pycache__"}  # a folder's parts no scorer gets
