@@ -1,7 +1,8 @@
 # kit recipes: `just --list` shows them all. Every CLI verb has a recipe of the same name.
-# The verbs' recipes run where `just` is called ([no-cd]), as `kit` itself would, so a relative
-# path (`just pack .` in a run folder, `just check ../x.parquet`) names the file it names in the
-# shell; setup, test, bench and demo are the project's and run in this folder.
+# Recipes run in this folder (the project's experiments/, runs/ and data/ from any subfolder),
+# except those whose argument is a file or folder you point at (check, stats, score, pack,
+# parity, report, notebook): [no-cd], they run where `just` is called, so a relative path
+# (`just pack .` in a run folder, `just check ../x.parquet`) names what it names in your shell.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 # Arguments reach the commands as "$@", each one whole: an override such as
@@ -29,17 +30,14 @@ bench:
     for f in bench/bench_*.py; do python "$f"; done
 
 # kit train EXP [overrides]: e.g. just train exp=gru_base train.lr=3e-4 seeds=42,43
-[no-cd]
 train *args:
     kit train "$@"
 
 # kit params EXP: the parameter count of an experiment's model
-[no-cd]
 params *args:
     kit params "$@"
 
 # kit runs: the training runs as a table (e.g. just runs --sort t0)
-[no-cd]
 runs *args:
     kit runs "$@"
 
@@ -49,7 +47,6 @@ report run *args:
     kit report "$@"
 
 # kit data synth: generate the synthetic competition (e.g. just synth --full)
-[no-cd]
 synth *args:
     kit data synth "$@"
 
@@ -59,7 +56,6 @@ check file *args:
     kit data check "$@"
 
 # kit data cache: the feature-array cache's entries and size (--clear removes them)
-[no-cd]
 cache *args:
     kit data cache "$@"
 
@@ -74,12 +70,10 @@ score submission *args:
     kit score "$@"
 
 # kit features list|build ...: feature ops and groups (e.g. just features build exp=base)
-[no-cd]
 features *args:
     if [ $# -eq 0 ]; then kit features list; else kit features "$@"; fi
 
 # kit spec list: the competition specs kit knows
-[no-cd]
 spec *args:
     if [ $# -eq 0 ]; then kit spec list; else kit spec "$@"; fi
 
@@ -94,17 +88,14 @@ parity submission *args:
     kit parity "$@"
 
 # kit ensemble select RUNS...: greedy-weighted ensemble of runs (e.g. just ensemble select runs/gru_base)
-[no-cd]
 ensemble *args:
     kit ensemble "$@"
 
 # kit sweep exp=NAME trials=N [--storage URL] [--workers K]: an Optuna study
-[no-cd]
 sweep *args:
     kit sweep "$@"
 
 # kit ablate exp=NAME --groups a,b,c [--seeds 1,2]: feature-group ablation
-[no-cd]
 ablate *args:
     kit ablate "$@"
 
@@ -114,6 +105,5 @@ notebook submission *args:
     kit notebook "$@"
 
 # kit version: the installed kit's version
-[no-cd]
 version:
     kit version

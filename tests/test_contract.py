@@ -59,7 +59,8 @@ def test_the_need_flag_is_named_by_the_spec_s_column(tmp_path):
 
 def test_just_check_reads_a_relative_path_from_where_it_is_called(tmp_path):
     """The recipes ran in the justfile's folder: `just check mine.parquet` in another folder
-    said "no such file", and `just check ../x.parquet` checked another file than kit would."""
+    said "no such file", and `just check ../x.parquet` checked another file than kit would.
+    The project's verbs still run there, so `just params exp=...` works from a subfolder."""
     just = shutil.which("just")
     if just is None:  # `pip install -e ".[dev]"` installs it (rust-just); CI always has it
         pytest.skip("the just runner is not installed")
@@ -72,6 +73,11 @@ def test_just_check_reads_a_relative_path_from_where_it_is_called(tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert "mine.parquet" in done.stdout and "rows 40" in done.stdout
+    # a project verb runs in the project's folder from anywhere: its experiments/ are found
+    done = subprocess.run([just, "--justfile", str(justfile), "params", "exp=gru_base"],
+                          cwd=here, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "gru_base:" in done.stdout and "parameters" in done.stdout
 
 
 def test_data_check_json_is_a_json_object_for_a_file_it_cannot_read(tmp_path):
