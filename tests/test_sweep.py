@@ -1331,6 +1331,23 @@ def test_ablate_trains_the_ladder_and_the_leave_one_out_variants(sweep_env):
     assert {p.resolve() for p in (sweep_env / "runs/tiny").iterdir() if p.is_dir()} == runs
 
 
+def test_an_error_metric_is_minimised_by_sweeps_and_signed_by_ablations(sweep_env):
+    """Every sweep and ablation test scored weighted Pearson: a study maximising rmse (its
+    best file the worst trial) or an ablation calling a group that lowers rmse harmful passed."""
+    spec = tomllib.loads(Path(load_experiment("tiny")["spec"]).read_text())
+    (sweep_env / "rmse.toml").write_text(tomli_w.dumps({**spec, "metric": {"name": "rmse"}}))
+    _edit_tiny(sweep_env, lambda d: d.update(spec=str(sweep_env / "rmse.toml")))
+    assert prepare("tiny", None, None, None).direction == "minimize"
+    run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1", "-q")
+    _, summary = _saved_ablation(sweep_env)
+    assert summary["sign"] == -1.0
+    scores = {v["label"]: v["score"] for v in summary["variants"]}
+    change = dict(zip([v["label"] for v in summary["variants"]], summary["changes"],
+                      strict=True))
+    # positive = better: the rmse the second group takes off
+    assert change["raw+diffs"]["score"] == pytest.approx(scores["raw"] - scores["raw+diffs"])
+
+
 def test_the_shipped_sweep_experiments_have_valid_spaces(monkeypatch):
     repo = Path(__file__).parents[1]
     monkeypatch.setenv("KIT_EXPERIMENTS", str(repo / "experiments"))
