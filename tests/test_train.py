@@ -2328,3 +2328,146 @@ def test_targets_far_from_standard_train_with_normaliser_targets_and_pack_in_the
                   "--json").output
     assert json.loads(out)["report"]["per_target"]["t0"] == pytest.approx(rmse["scaled"]["t0"],
                                                                           rel=1e-4)
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_an_error_metric_keeps_its_lowest_epoch_as_the_best(env, tmp_path):
+    """Scores compared as they are, not negated for a lower-is-better metric, kept the epoch of
+    the highest rmse in best.pt and metrics.json, and stopped an improving run early."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    spec = tmp_path / "rmse.toml"
+    spec.write_text(SPEC_TOML.replace('name = "weighted_pearson"\nclip = [-6.0, 6.0]',
+                                      'name = "rmse"'))
+    assert 'name = "rmse"' in spec.read_text()
+    config = check_config(experiment_config("tiny", [f'spec="{spec}"', "train.epochs=4"]))
+    files = RunFiles(tmp_path / "r")
+    metrics = train_one(config, files, progress=False)
+    history = _history(files.root)
+    scores = [h["val_score"] for h in history]
+    assert len(set(scores)) > 1, "the epochs must score differently for this test to mean it"
+    lowest = history[scores.index(min(scores))]
+    assert metrics["best_epoch"] == lowest["epoch"] and metrics["score"] == min(scores)
+    best = load_checkpoint(files.best)
+    assert best["epoch"] == lowest["epoch"] and best["score"] == min(scores)
+    assert [h["best"] for h in history] == [s < min(scores[:i], default=math.inf)
+                                            for i, s in enumerate(scores)]
+
+
+def test_with_ema_the_averaged_weights_are_scored_and_kept(env, tmp_path):
+    """With train.ema set, the live model was validated and saved as best.pt: the average
+    trained alongside was never used."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    config = check_config(experiment_config("tiny", ["train.epochs=1", "train.ema=0.9",
+                                                     "train.warmup_epochs=0"]))
+    files = RunFiles(tmp_path / "r")
+    train_one(config, files, progress=False)
+    best, last = load_checkpoint(files.best), load_checkpoint(files.last)
+    ema = {k.removeprefix("module."): v for k, v in last["ema"].items()
+           if k.startswith("module.")}
+    assert best["epoch"] == 1 and set(ema) == set(best["model"]) == set(last["model"])
+    assert all(torch.equal(best["model"][k], ema[k]) for k in ema)
+    # the average is not the live model after a few steps, so the test tells them apart
+    assert not all(torch.equal(last["model"][k], ema[k]) for k in ema)
+
+
+def test_grad_clip_clips_every_step_to_its_setting(env, tmp_path, monkeypatch):
+    """train.grad_clip must reach clip_grad_norm_: a clip passed as another bound (or none)
+    trained on unclipped gradients while the config said otherwise."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    real_clip, bounds, norms = torch.nn.utils.clip_grad_norm_, [], []
+
+    def recorded(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        bounds.append(max_norm)
+        total = real_clip(parameters, max_norm, *args, **kwargs)
+        norms.append(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in parameters if p.grad is not None])).item())
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded)
+    config = check_config(experiment_config("tiny", ["train.epochs=1", "train.warmup_epochs=0",
+                                                     "train.grad_clip=0.01"]))
+    train_one(config, RunFiles(tmp_path / "r"), progress=False)
+    assert bounds and all(b == 0.01 for b in bounds)
+    assert max(norms) <= 0.01 * (1 + 1e-4)  # the step saw clipped gradients
+
+
+@pytest.mark.parametrize(("swa_score", "best_epoch"), [(0.05, 2), (0.5, "swa")])
+def test_the_swa_average_replaces_the_best_epoch_only_when_it_scores_better(
+        env, tmp_path, monkeypatch, swa_score, best_epoch):
+    """A weight average scoring below the best epoch replaced best.pt all the same."""
+    from kit.train import trainer
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    real_validate, scores = trainer.validate, iter([0.1, 0.3, 0.2, swa_score])
+
+    def scored(*args):  # epochs 1-3, then the SWA average
+        report, rows = real_validate(*args)
+        report.score = next(scores)
+        return report, rows
+
+    monkeypatch.setattr(trainer, "validate", scored)
+    files = RunFiles(tmp_path / "r")
+    config = check_config(experiment_config("tiny", ["train.epochs=3", "train.swa_start=2"]))
+    metrics = train_one(config, files, progress=False)
+    assert next(scores, None) is None  # the average was scored
+    best = load_checkpoint(files.best)
+    assert metrics["best_epoch"] == best["epoch"] == best_epoch
+    assert metrics["score"] == best["score"] == max(0.3, swa_score)
+
+
+@pytest.mark.parametrize(("swa_start", "averaged"), [(3, 1), (2, 2), (1, 3)])
+def test_swa_averages_from_its_start_epoch_on(env, tmp_path, swa_start, averaged):
+    """SWA started an epoch after train.swa_start: with swa_start = epochs it averaged no
+    model at all, and the run trained without the average it was asked for."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    config = check_config(experiment_config("tiny", ["train.epochs=3",
+                                                     f"train.swa_start={swa_start}"]))
+    files = RunFiles(tmp_path / "r")
+    train_one(config, files, progress=False)
+    last = load_checkpoint(files.last)
+    assert last["swa"]["n_averaged"].item() == averaged
+    if averaged == 1:  # the average of the last epoch alone is that epoch's weights
+        swa = {k.removeprefix("module."): v for k, v in last["swa"].items()
+               if k.startswith("module.")}
+        assert all(torch.equal(last["model"][k], swa[k]) for k in last["model"])
+
+
+def test_a_worker_group_runs_at_most_jobs_workers_at_a_time(tmp_path):
+    """`kit train --jobs N` started a queued worker while N were still running: N + 1 side by
+    side. Each worker holds a marker file while it runs and records how many it sees."""
+    from kit.workers import WorkerGroup
+
+    markers, seen = tmp_path / "markers", tmp_path / "seen"
+    markers.mkdir()
+    seen.mkdir()
+    script = ("import os, sys, time\n"
+              "markers, seen, me = sys.argv[1:]\n"
+              "mine = os.path.join(markers, me)\n"
+              "open(mine, 'w').close()\n"
+              "most = 0\n"
+              "for _ in range(40):  # 2 s: long past the next worker's start\n"
+              "    most = max(most, len(os.listdir(markers)))\n"
+              "    time.sleep(0.05)\n"
+              "os.remove(mine)\n"
+              "with open(os.path.join(seen, me), 'w') as fh:\n"
+              "    fh.write(str(most))\n")
+    queued = [([sys.executable, "-c", script, str(markers), str(seen), str(i)],
+               dict(os.environ)) for i in range(5)]
+    with WorkerGroup() as group:
+        codes = group.wait(queued, jobs=2)
+    assert codes == [0] * 5
+    most = [int((seen / str(i)).read_text()) for i in range(5)]
+    assert max(most) == 2, most  # side by side, never more than two
