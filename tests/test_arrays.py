@@ -356,6 +356,20 @@ def test_entry_without_meta_is_rebuilt(data_file, tmp_path):
     assert build.calls == 3
 
 
+def test_an_array_of_another_dtype_than_its_meta_says_is_rebuilt(data_file, tmp_path):
+    """An entry's file of the right shape but another dtype (float64 x, hand-copied or
+    damaged) was used as it was: the model got float64 inputs its meta never promised."""
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (entry,) = entries(cache_dir)
+    np.save(entry / "x.npy", np.load(entry / "x.npy").astype(np.float64))
+    with pytest.warns(CacheWarning, match=r"x.npy is float64\[3, 20, 32\], meta.json says "
+                      r"float32\[3, 20, 32\]\); rebuilding"):
+        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2 and again.x.dtype == np.float32
+    assert_same(again, fresh(data_file))
+
+
 def test_leftover_temp_folder_is_ignored(data_file, tmp_path):
     cache_dir, build = tmp_path / "cache", Builder(data_file)
     first = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
@@ -372,6 +386,28 @@ def test_leftover_temp_folder_is_ignored(data_file, tmp_path):
     assert build.calls == 2
     assert_same(again, first)
     assert leftover.is_dir()  # young temp folders may belong to a live writer
+
+
+def test_a_build_removes_stale_temp_folders_and_keeps_young_ones(data_file, tmp_path):
+    """A writer killed mid-build leaves its temp folder; the next build in the cache removes
+    those older than STALE_TMP_S, never one a live writer may still be filling."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    young = cache_dir / f"{cache_module.TMP_PREFIX}train-4242-0123abcd"
+    old = cache_dir / f"{cache_module.TMP_PREFIX}train-999-deadbeef"
+    old_digests = cache_dir / f"{cache_module.TMP_PREFIX}digests.json-999-deadbeef"
+    for folder in (young, old):
+        folder.mkdir()
+        (folder / "x.npy").write_bytes(b"partial")
+    old_digests.write_text("{")
+    long_ago = time.time() - cache_module.STALE_TMP_S - 600
+    for path in (old, old_digests):
+        os.utime(path, (long_ago, long_ago))
+    build = Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 1
+    assert young.is_dir() and (young / "x.npy").is_file()  # another writer's, in progress
+    assert not old.exists() and not old_digests.exists()
 
 
 def test_unwritable_cache_dir_warns_and_returns_built_arrays(data_file, tmp_path):

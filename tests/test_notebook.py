@@ -286,6 +286,15 @@ def test_metadata_follows_the_kaggle_formats(package, tmp_path):
     assert "http" not in source and "--no-index" in source  # nothing from the internet
 
 
+def test_the_kernel_is_written_private(package, tmp_path):
+    """`kaggle kernels push` of a public kernel publishes the solution (its model and code)
+    for every competitor: the metadata keeps it private."""
+    written = write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice")
+    kernel = json.loads((tmp_path / "kaggle/kernel/kernel-metadata.json").read_text())
+    assert kernel["is_private"] is True
+    assert written["kernel_metadata"]["is_private"] is True
+
+
 @pytest.mark.parametrize("options, message", [
     ({"owner": "alice", "dataset_slug": "Bad_Slug"}, "--dataset-slug 'Bad_Slug'.*6 to 50"),
     ({"owner": "alice", "dataset_slug": "abcde"}, "--dataset-slug 'abcde'"),

@@ -134,6 +134,27 @@ def test_runs_of_a_lower_is_better_metric_list_best_first(tmp_path: Path):
     assert order == ["20240103-000000-s3", "20240102-000000-s2", "20240101-000000-s1"]
 
 
+def test_an_error_metrics_runs_sorted_by_an_output_list_the_lowest_first(tmp_path: Path):
+    """An output's column holds the metric per output: for rmse the lowest is the best, and
+    sorting by it lists the best first by default as sorting by score does (it listed the
+    worst first)."""
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    for seed, noise in ((1, 2.0), (2, 0.5), (3, 1.0)):
+        make_run(root, "e", f"2024010{seed}-000000-s{seed}", valid, spec_path, seed=seed,
+                 noise=noise)
+    runs = list_runs(root)
+    for output in ("t0", "t1"):
+        lowest_first = [r["run_id"] for r in sorted(runs, key=lambda r: r["per_target"][output])]
+        assert lowest_first == ["20240102-000000-s2", "20240103-000000-s3",
+                                "20240101-000000-s1"]
+        assert [r["run_id"] for r in sort_runs(runs, output)] == lowest_first
+        assert [r["run_id"] for r in sort_runs(runs, output, False)] == lowest_first[::-1]
+        assert _column(format_runs(runs, sort=output), "run_id") == lowest_first
+    assert [r["run_id"] for r in sort_runs(runs, "score")] == lowest_first
+
+
 def test_list_runs_reads_every_run(runs_root: Path):
     runs = list_runs(runs_root)
     assert [(r["experiment"], r["run_id"]) for r in runs] == [
@@ -271,6 +292,19 @@ def test_row_indices_that_are_not_integers_are_refused(runs_root: Path):
     run = runs_root / "alpha" / "20240101-000000-s1"
     np.save(run / "val_rows.npy", np.load(run / "val_rows.npy").astype(np.float64))
     assert "expected a 1-D array of row indices" in write_report(run).read_text()
+
+
+@pytest.mark.parametrize("dtype", [bool, "<U3"])
+def test_predictions_that_are_not_numbers_are_refused(runs_root: Path, dtype):
+    """A val_preds.npy of the right shape holding bools or text (damaged, or written by hand)
+    is named as such in the report, not plotted as if it held predictions."""
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    preds = np.load(run / "val_preds.npy")
+    np.save(run / "val_preds.npy", (preds > 0).astype(dtype))
+    text = write_report(run).read_text()
+    assert (f"pred_vs_true.png not drawn: {run / 'val_preds.npy'}: expected a 2-D array of "
+            f"predictions (rows, targets), got {np.dtype(dtype)} {preds.shape}") in text
+    assert not (run / "report" / "pred_vs_true.png").exists()
 
 
 def test_experiment_filter(runs_root: Path):

@@ -374,6 +374,35 @@ def test_predict_raising_names_the_row_and_shows_its_traceback(tmp_path):
     assert "solution.py" in text and "in step" in text and "runner.py" not in text
 
 
+def test_a_deep_traceback_keeps_its_last_lines_the_raising_one(tmp_path):
+    """The traceback shown is cut to its last TRACEBACK_LINES lines: the first ones of a deep
+    stack (the outermost calls) would hide the line that raised and the exception itself."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        def down(n):
+            if n == 0:
+                raise ValueError("at the bottom")
+            return across(n - 1)
+
+
+        def across(n):  # (two functions in turn: Python folds repeats of one frame)
+            return down(n)
+
+
+        class PredictionModel:
+            def predict(self, dp):
+                return down(40)
+        """)
+    with pytest.raises(SubmissionError) as err:
+        score(sub, data)
+    shown = str(err.value).split("--- submission traceback (tail) ---\n")[1]
+    lines = shown.split("\n--- submission output")[0].splitlines()
+    assert len(lines) == 30  # cut: the whole traceback is longer
+    assert lines[-1] == "ValueError: at the bottom"
+    assert any('raise ValueError("at the bottom")' in line for line in lines)
+    assert "Traceback (most recent call last)" not in shown
+
+
 def test_a_solution_that_imports_kit_fails_as_on_the_official_scorer(tmp_path):
     data, _ = write_data(tmp_path)
     code = """\
@@ -666,6 +695,26 @@ def test_a_null_in_an_integer_feature_arrives_as_nan_as_pandas_reads_it(tmp_path
     assert np.isnan(got).any()
 
 
+def test_a_boolean_column_with_nulls_is_typed_as_pandas_objects_not_true():
+    """pandas reads a Boolean parquet column holding nulls as object (None for a null); typed
+    as bool, the replay's rows made the null (NaN in the float64 rows) `NaN != 0`, True.
+    (The data contract refuses such a column as a feature, target or need flag, so this is
+    the typing rule alone.)"""
+    pd = pytest.importorskip("pandas")
+    from kit.scoring.runner import pandas_rows
+    from kit.scoring.score import pandas_dtype
+
+    flags = pl.Series("flag", [True, None, False], dtype=pl.Boolean)
+    assert pandas_dtype(flags) == "object"
+    assert pandas_dtype(flags.fill_null(False)) == "bool"
+    assert pd.DataFrame({"flag": flags.to_list()})["flag"].dtype == object  # the oracle
+    # what the child makes of it: the row's value for the null is no True
+    values = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, np.nan], [0.0, 2.0, 0.0]])
+    rows = pandas_rows(values, ["int64", "int64", pandas_dtype(flags)])
+    assert rows[0, 2] == 1.0 and rows[2, 2] == 0.0
+    assert rows[1, 2] is not True and math.isnan(rows[1, 2])
+
+
 def test_a_solution_that_needs_float_rows_fails_on_the_contracts_object_rows(tmp_path):
     data, _ = write_data(tmp_path)  # a Boolean need flag, as the competition's files have
     sub = write_sub(tmp_path, """\
@@ -744,6 +793,30 @@ def test_chosen_cpu_is_honoured(tmp_path):
     assert result.sandbox["memory_limit_bytes"] == int(SPEC.limits.memory_gb * 2**30)
 
 
+def test_the_memory_cap_stops_a_submission_that_allocates_past_it(tmp_path):
+    """limit_memory caps the child's address space at the spec's limits.memory_gb: a
+    submission reserving more fails there, as it would run out of memory on the scorer."""
+    pytest.importorskip("resource")
+    data, frame = write_data(tmp_path)
+    capped = spec_from_dict({**SPEC.to_dict(), "limits": {"memory_gb": 2.0}})
+    # under the cap the child starts and scores as usual
+    result = score(write_sub(tmp_path, FORMULA), data, capped, limit_memory=True)
+    assert result.sandbox["memory_limit_bytes"] == 2 << 30
+    assert result.score == pytest.approx(expected_report(frame).score, rel=1e-12)
+    greedy = write_sub(tmp_path, """\
+        import numpy as np
+
+        class PredictionModel:
+            def __init__(self):
+                self.buffer = np.empty(3 << 30, dtype=np.uint8)  # 3 GiB, never touched
+
+            def predict(self, dp):
+                return np.zeros(2) if dp.need_prediction else None
+        """, name="greedy")
+    with pytest.raises(SubmissionError, match=r"PredictionModel\(\) raised MemoryError"):
+        score(greedy, data, capped, limit_memory=True)
+
+
 @pytest.mark.parametrize("cpu", [10_000, -1, True, 1.0])
 def test_a_cpu_this_process_cannot_use_is_refused_before_anything_runs(tmp_path, cpu):
     if cpu == 10_000 and not hasattr(os, "sched_getaffinity"):
@@ -751,6 +824,34 @@ def test_a_cpu_this_process_cannot_use_is_refused_before_anything_runs(tmp_path,
     data, _ = write_data(tmp_path)
     with pytest.raises(SubmissionError, match=rf"cpu={cpu!r}: not a CPU this process may use"):
         score(write_sub(tmp_path, FORMULA), data, cpu=cpu)
+
+
+def _cpu_busy(busy: float) -> list[int]:
+    """/proc/stat fields (user nice system idle iowait irq softirq steal) of 1000 ticks,
+    `busy` of them not idle."""
+    ticks = round(1000 * busy)
+    return [ticks, 0, 0, 1000 - ticks, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(("busy", "chosen"), [
+    ({0: 0.5, 1: 0.1, 2: 0.9, 3: 0.5}, 1),
+    ({0: 0.5, 1: 0.3, 2: 0.05, 3: 0.9}, 2),
+    ({0: 0.0, 1: 0.7, 2: 0.7, 3: 0.7}, 0),
+    ({0: 0.2, 1: 0.2, 2: 0.2, 3: 0.2}, 3),  # a tie: the last one
+    ({0: 0.9, 1: 0.2, 2: 0.8, 3: 0.8, 7: 0.0}, 1),  # CPU 7 is not this process's
+    ({0: 0.6, 1: 0.5, 2: 0.5}, 2),  # CPU 3 is in no sample (gone offline): passed over
+])
+def test_the_least_busy_allowed_cpu_is_chosen(monkeypatch, busy, chosen):
+    """choose_cpu samples /proc/stat twice and pins the child to the CPU that was least
+    busy in between, among those this process may use."""
+    from kit.scoring import sandbox
+
+    monkeypatch.setattr(sandbox.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3},
+                        raising=False)
+    samples = iter([{cpu: [0] * 8 for cpu in busy},
+                    {cpu: _cpu_busy(share) for cpu, share in busy.items()}])
+    monkeypatch.setattr(sandbox, "_cpu_times", lambda: next(samples))
+    assert sandbox.choose_cpu(sample_s=0) == chosen
 
 
 HANGS_AT_STEP_3 = """\
@@ -794,6 +895,15 @@ def test_timeout_kills_the_child(tmp_path):
     # the row it hung on, and its stack (faulthandler) in the output shown
     assert "predict() was running on seq 0, step 3 (row 3)" in said
     assert f'solution.py", line {line} in predict' in said
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, float("nan")])
+def test_a_timeout_that_is_not_above_zero_is_refused(tmp_path, timeout_s):
+    """--timeout 0 (or NaN) ran the submission into an instant time-out, or none at all."""
+    data, _ = write_data(tmp_path)
+    with pytest.raises(SubmissionError, match=r"--timeout must be a number of seconds > 0, "
+                       rf"got {timeout_s}"):
+        score(write_sub(tmp_path, FORMULA), data, timeout_s=timeout_s)
 
 
 # starts two helpers, one in a session of its own (setsid), and notes their PIDs
@@ -1089,6 +1199,41 @@ def test_a_zip_that_unzips_past_the_cap_is_refused_before_extracting(tmp_path, m
     assert score(zpath, data).score == pytest.approx(expected_report(frame).score, rel=1e-12)
 
 
+def test_a_folder_past_the_cap_is_refused_before_it_is_copied(tmp_path, monkeypatch):
+    """A folder submission is copied as a zip is extracted: past the cap (the wrong folder
+    given, a data folder), it is refused before a byte is copied."""
+    from kit.scoring import sandbox
+
+    data, frame = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA, **{"zeros.bin": "0" * (2 << 20)})  # 2 MiB
+    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 1 << 20)  # the cap, scaled down
+    with pytest.raises(SubmissionError, match=r"its files take 2.0 MiB, more than kit score "
+                       r"copies \(1.0 MiB"):
+        score(sub, data)
+    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 8 << 20)
+    assert score(sub, data).score == pytest.approx(expected_report(frame).score, rel=1e-12)
+
+
+def test_a_zip_that_unzips_past_the_free_space_is_refused(tmp_path, monkeypatch):
+    """Under the cap but past the disk's free space (a zip bomb filling the disk): refused
+    before extracting."""
+    import shutil
+
+    from kit.scoring import sandbox
+
+    data, _ = write_data(tmp_path)
+    zpath = tmp_path / "big.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("solution.py", FORMULA)
+        zf.writestr("zeros.bin", b"\0" * (4 << 20))  # 4 MiB, a few KiB zipped
+    real = shutil.disk_usage
+    monkeypatch.setattr(sandbox.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=1 << 20))  # 1 MiB free
+    with pytest.raises(SubmissionError, match=r"unzip to 4.0 MiB .*more than kit score extracts "
+                       r"\(8.0 GiB, and 1.0 MiB free in"):
+        score(zpath, data)
+
+
 def test_a_colon_in_a_name_is_no_drive_letter(tmp_path):
     data, frame = write_data(tmp_path)
     zpath = make_zip(tmp_path / "sub.zip", {"solution.py": FORMULA, "a:b.txt": "1"})
@@ -1304,6 +1449,21 @@ def test_a_folder_submission_runs_on_a_copy(tmp_path):
     score(sub, data)
     score(sub, data)  # it would raise: the cache found
     assert sorted(p.name for p in sub.iterdir()) == ["solution.py"]
+
+
+def test_a_folders_git_and_pycache_are_not_part_of_the_copy(tmp_path):
+    """A folder's .git (and __pycache__) is no part of a submission: the scorer gets a zip
+    of the files. It was copied beside solution.py, where the run found it."""
+    data, frame = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA.replace(
+        "class PredictionModel:", "import os\nassert not os.path.exists('.git'), '.git copied'\n"
+        "assert not os.path.exists('__pycache__')\n\n\nclass PredictionModel:"))
+    for part in (".git", "__pycache__"):
+        (sub / part).mkdir()
+        (sub / part / "HEAD").write_text("ref: refs/heads/main\n")
+    result = score(sub, data)
+    assert result.score == pytest.approx(expected_report(frame).score, rel=1e-12)
+    assert (sub / ".git" / "HEAD").is_file()  # the user's folder keeps it
 
 
 def test_a_zip_with_an_entry_for_its_root_folder_scores_like_the_folder(tmp_path):
