@@ -114,6 +114,8 @@ def test_rerunning_a_study_resumes_it_to_the_total(sweep_env):
     run_cli("sweep", "exp=tiny", "trials=2", "-q")  # as `just sweep exp=tiny trials=2` passes it
     run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
     assert len(_study(_sqlite(sweep_env)).get_trials()) == 3
+    run_cli("sweep", "exp=tiny", "--trials", 3, "-q")  # the same command again: nothing to add
+    assert len(_study(_sqlite(sweep_env)).get_trials()) == 3
 
 
 def test_the_pruner_stops_trials_through_the_per_epoch_reports(sweep_env, monkeypatch):
@@ -980,12 +982,15 @@ def _accounted_for(root: Path, url: str, finished: int) -> list:
     return trials
 
 
-def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env):
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres"])  # postgres://: Heroku's
+def test_a_storage_that_does_not_open_is_named_without_its_password(sweep_env, scheme):
     # nothing listens on port 9: the driver's own error, the URL shown with the password masked
-    url = "postgresql://kit:s3cret@127.0.0.1:9/kit"
+    url = f"{scheme}://kit:s3cret@127.0.0.1:9/kit"
     out = run_cli("sweep", "exp=tiny", "--trials", 1, "--storage", url, expect=2).output
-    assert "error: storage 'postgresql://kit:***@127.0.0.1:9/kit' does not open" in out
+    assert f"error: storage '{scheme}://kit:***@127.0.0.1:9/kit' does not open" in out
     assert "s3cret" not in out and "Traceback" not in out
+    assert "127.0.0.1" in out.split("does not open", 1)[1]  # the driver tried the server
+    assert "NoSuchModuleError" not in out  # postgres:// was not read as an unknown dialect
 
 
 @pytest.mark.parametrize(("url", "shown", "driver_said"), [
@@ -1332,12 +1337,18 @@ def test_ablate_trains_the_ladder_and_the_leave_one_out_variants(sweep_env):
 
 
 def test_an_error_metric_is_minimised_by_sweeps_and_signed_by_ablations(sweep_env):
-    """Every sweep and ablation test scored weighted Pearson: a study maximising rmse (its
-    best file the worst trial) or an ablation calling a group that lowers rmse harmful passed."""
+    """Every sweep and ablation test scored weighted Pearson: a study maximising rmse, a best
+    file of the worst trial, or an ablation calling a group that lowers rmse harmful passed."""
     spec = tomllib.loads(Path(load_experiment("tiny")["spec"]).read_text())
     (sweep_env / "rmse.toml").write_text(tomli_w.dumps({**spec, "metric": {"name": "rmse"}}))
     _edit_tiny(sweep_env, lambda d: d.update(spec=str(sweep_env / "rmse.toml")))
     assert prepare("tiny", None, None, None).direction == "minimize"
+    run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
+    trials = _study(_sqlite(sweep_env)).get_trials()
+    lowest = min(trials, key=lambda t: t.value)
+    assert len({t.value for t in trials}) > 1  # the trials scored apart
+    best = load_experiment("tiny_best")
+    assert best["train"]["lr"] == pytest.approx(lowest.params["train.lr"])
     run_cli("ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1", "-q")
     _, summary = _saved_ablation(sweep_env)
     assert summary["sign"] == -1.0
