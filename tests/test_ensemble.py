@@ -485,6 +485,65 @@ def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path, 
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("stack", [True, False], ids=["stacked", "unstacked"])
+def test_members_whose_normalisers_differ_only_in_the_clip_keep_their_own(runs, tmp_path,
+                                                                         stack):
+    """Normalisers were shared by (features, method, center, scale) without the clip: a member
+    without a clip read the clipped input of one with a clip, and the ensemble was not the
+    weighted sum of its members."""
+    import dataclasses
+
+    import torch
+
+    from kit.export.step_graph import export_step_graph
+    from kit.features.normaliser import Normaliser
+    from tests.test_models import onnx_steps
+
+    a, b = load_member(runs["gru"]), load_member(runs["gru_b"])
+    n = a.normaliser
+    b = dataclasses.replace(b, normaliser=Normaliser(n.method, None, n.center, n.scale))
+    assert n.clip is not None and a.feature_set.digest() == b.feature_set.digest()
+    entries = [Weighted(a, [0.6, 0.3]), Weighted(b, [0.4, 0.7])]
+    module = Ensemble(entries, stack=stack).eval()
+    assert len(module.normalisers) == 2
+    x = 20 * torch.randn(3, 20, 32)  # far beyond the clip: it changes b's input if applied
+    with torch.no_grad():
+        own = stream_steps(b.stream_module(), x)
+        clipped = dataclasses.replace(b, normaliser=n)
+        assert not torch.allclose(own, stream_steps(clipped.stream_module(), x), atol=1e-3)
+        want = sum(torch.tensor(e.weights) * stream_steps(e.member.stream_module(), x)
+                   for e in entries)
+        np.testing.assert_allclose(stream_steps(module, x).numpy(), want.numpy(), atol=1e-5)
+    export_step_graph(module, 32, tmp_path / "e.onnx")
+    zeros = [s.numpy() for s in module.init_state(3)]
+    got, _ = onnx_steps(tmp_path / "e.onnx", zeros, x.numpy().transpose(1, 0, 2))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+def test_a_scale_without_smoothing_is_in_the_graph(workspace, runs, tmp_path):
+    """PostProcess took itself for the identity when any target's scale was 1, not all: a
+    scale of [1, 2] without smoothing was left out of the graph (t1 at half the size chosen),
+    and a single member at weight 1 was packed as the bare run."""
+    import torch
+
+    post = {"smoothing": [0.0, 0.0], "scale": [1.0, 2.0]}
+    entries = [Weighted(load_member(runs["gru"]), [0.6, 0.3]),
+               Weighted(load_member(runs["lstm"]), [0.4, 0.7])]
+    module = Ensemble(entries, post).eval()
+    x = torch.randn(3, 20, 32)
+    with torch.no_grad():
+        blend = sum(torch.tensor(e.weights) * stream_steps(e.member.stream_module(), x)
+                    for e in entries)
+        np.testing.assert_allclose(stream_steps(module, x).numpy(),
+                                   (blend * torch.tensor([1.0, 2.0])).numpy(), atol=1e-5)
+    path = _write(tmp_path / "e.toml", [{"name": "a", "runs": [str(runs["gru"])],
+                                         "weights": [1.0, 1.0]}], post)
+    packed = pack_ensemble(path, "scaled", tmp_path / "subs")
+    assert packed.manifest["postprocess"]["scale"] == [1.0, 2.0]
+    report = run_parity(packed.folder, _valid(workspace), seqs=SEQS)
+    assert report.ok, report.format()
+
+
 def test_pack_refuses_a_pack_over_the_time_budget_unless_forced(workspace, runs, tmp_path,
                                                                  monkeypatch):
     import kit.export.pack as pack_module

@@ -533,6 +533,21 @@ def test_try_runs_the_notebook_here_and_prints_what_it_prints(workspace, package
     assert "test.csv: not a parquet file" in out and not (tmp_path / "k2").exists()
 
 
+def test_try_of_a_batch_notebook_renames_without_keep_columns(workspace, package, tmp_path):
+    """predict() passed the renames to the runtime only together with --keep-columns: a rename
+    alone answered the batch with t0, and the replay found no responder_6 column."""
+    valid = workspace / "data/valid.parquet"
+    out = run_cli("notebook", package.zip_path, "--out", tmp_path / "kaggle", "--owner", "alice",
+                  "--protocol", "batch", "--rename", "t0=responder_6", "--try", valid).output
+    assert "(batch protocol) written to" in out
+    got = pl.read_csv(tmp_path / "kaggle/local-run/predictions.csv")
+    assert got.columns == ["seq_ix", "step_in_seq", "responder_6", "t1"]
+    got = got.sort(["seq_ix", "step_in_seq"])
+    scored = score_submission(package.zip_path, valid, _spec(package), progress=False)
+    np.testing.assert_allclose(got.select("responder_6", "t1").to_numpy(), scored.predictions,
+                               rtol=0, atol=1e-6)
+
+
 NO_IPYKERNEL = """
 import sys
 
@@ -639,6 +654,28 @@ def test_the_batch_replay_runs_an_ids_sequences_one_after_another(workspace, pac
                 for seq, step, t0, t1 in got.select("seq_ix", "step_in_seq", "t0",
                                                     "t1").iter_rows())
     assert worst <= 1e-6, worst
+
+
+def test_the_batch_replay_restarts_an_id_whose_step_repeats(workspace, package, tmp_path,
+                                                           monkeypatch):
+    """The runtime starts a new sequence when an id's step does not move forward, a repeated
+    step included; the replay restarted only on a step that went back, so a second sequence
+    whose first step repeated the first's last step was fed on as its continuation."""
+    df = pl.read_parquet(workspace / "data/valid.parquet")
+    ids = df["seq_ix"].unique(maintain_order=True).to_list()
+    first = df.filter(pl.col("seq_ix") == ids[0])
+    last = first["step_in_seq"].max()
+    again = df.filter(pl.col("seq_ix") == ids[1]).with_columns(  # its steps from `last` on
+        pl.lit(ids[0], dtype=df["seq_ix"].dtype).alias("seq_ix"), pl.col("step_in_seq") + last)
+    test = pl.concat([first, again, df.filter(~pl.col("seq_ix").is_in(ids[:2]))])
+    assert test.filter((pl.col("seq_ix") == ids[0]) & (pl.col("step_in_seq") == last)).height == 2
+    _execute(_notebook_on(package, test, "batch", tmp_path, monkeypatch), tmp_path, monkeypatch)
+    got = pl.read_csv(tmp_path / "working/predictions.csv")
+    want = _runtime_on(package, test)  # in file order, as the replay writes
+    assert got["seq_ix"].to_list() == [seq for seq, _, _ in want]
+    assert got["step_in_seq"].to_list() == [step for _, step, _ in want]
+    np.testing.assert_allclose(got.select("t0", "t1").to_numpy(),
+                               np.stack([p for _, _, p in want]), rtol=0, atol=1e-6)
 
 
 def test_the_batch_replay_feeds_a_row_with_a_missing_step_in_its_place(workspace, package,

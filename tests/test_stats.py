@@ -81,6 +81,22 @@ def test_a_target_without_finite_values_names_no_correlated_feature(tmp_path):
     assert t1["max_abs_feature_corr"] is None and t1["max_corr_feature"] is None
 
 
+def test_a_negative_correlation_is_the_strongest_when_its_size_is(tmp_path):
+    """The most correlated feature was picked by signed r: p1 at r = -0.98 lost to dv0 at
+    +0.39, and the report named the weaker feature and its |r|."""
+    frame = _tiny_frame()
+    noise = np.random.default_rng(5).standard_normal(frame.height)
+    frame = frame.with_columns((-pl.col("t0") + 0.3 * pl.Series(noise)).cast(pl.Float32)
+                               .alias("p1"))
+    frame.write_parquet(tmp_path / "negative.parquet")
+    t0 = frame["t0"].to_numpy().astype(np.float64)
+    r = {f: np.corrcoef(frame[f].to_numpy().astype(np.float64), t0)[0, 1] for f in TINY.features}
+    assert r["p1"] < -0.9 and r["dv0"] > 0.1  # the strongest is negative, a weaker positive
+    stats = dataset_stats(tmp_path / "negative.parquet", TINY)["targets"]["t0"]
+    assert stats["max_corr_feature"] == "p1"
+    assert stats["max_abs_feature_corr"] == pytest.approx(-r["p1"], abs=1e-9)
+
+
 def test_inf_and_huge_values_are_counted_and_printed_short(tmp_path):
     """An inf is a non-finite value in the tables (its !! and its count agree), and a value of
     1e300 neither overflows the moments (std, correlations: no numpy warning) nor prints as a
@@ -191,6 +207,31 @@ def test_oracle_and_reference(tmp_path):
     frame.head(0).write_parquet(tmp_path / "empty.parquet")
     with pytest.raises(DataError, match="no rows"):
         dataset_stats(tmp_path / "empty.parquet", TINY)
+
+
+def test_an_oracle_is_checked_on_the_scored_rows_only(tmp_path):
+    """Rows that need no prediction (the warm-up) need no oracle value: an oracle file of the
+    scored rows only was refused as short, and one with NaN on warm-up rows only as broken."""
+    frame = _tiny_frame(seed=2)
+    frame.write_parquet(tmp_path / "valid.parquet")
+    oracle = frame.select("seq_ix", "step_in_seq", (pl.col("t0") * 0.1).alias("t0"),
+                          pl.col("dv0").alias("t1"))
+    scored = frame["need_prediction"]
+    variants = {
+        "full": oracle,
+        "scored_only": oracle.filter(scored),
+        "nan_warmup": oracle.with_columns(
+            pl.when(scored).then(pl.col(t)).otherwise(float("nan")).alias(t) for t in ("t0", "t1")),
+    }
+    assert variants["scored_only"].height == 180 < frame.height
+    per_output = {}
+    for name, table in variants.items():
+        table.write_parquet(tmp_path / f"{name}.parquet")
+        stats = dataset_stats(tmp_path / "valid.parquet", TINY,
+                              oracle=tmp_path / f"{name}.parquet")
+        assert stats["oracle"]["rows"] == 180
+        per_output[name] = stats["oracle"]["per_output"]
+    assert per_output["scored_only"] == per_output["nan_warmup"] == per_output["full"]
 
 
 def test_predictorium_report_flags_bands(tmp_path):
