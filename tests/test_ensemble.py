@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tomli_w
 
+import kit.ensemble as ensemble_module
 from kit.competition import load_spec, spec_from_dict
 from kit.ensemble import (
     Candidate,
@@ -255,7 +256,7 @@ def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():
 
 @pytest.mark.parametrize("metric", [{"name": "mae"}, {"name": "rmse", "clip": [-3.0, 3.0]}],
                          ids=["mae", "clipped-rmse"])
-def test_error_metrics_select_and_tune_toward_the_smaller_error(metric):
+def test_error_metrics_select_and_tune_toward_the_smaller_error(metric, monkeypatch):
     """Lower is better: selection scored exactly (mae, a clipped rmse) and the post-processing
     tuning must minimise; without the metric's sign they picked the worst candidate and the
     scale that makes the error worst, and no test ran them on such a metric."""
@@ -267,6 +268,13 @@ def test_error_metrics_select_and_tune_toward_the_smaller_error(metric):
     sel = select(_candidates([bad, good], spec), truth, iters=5)
     assert sel.weights[1].min() == 1.0 and sel.weights[0].max() == 0.0
     assert sel.score == pytest.approx(min(s["score"] for s in sel.singles))
+    # --init-best starts from the best (lowest) candidates, and the file names the best single
+    started = select(_candidates([bad, good], spec), truth, iters=1, init_best=1)
+    assert started.counts[:, 1].tolist() == [1, 1] and not started.counts[:, 0].any()
+    monkeypatch.setattr(ensemble_module, "checkpoint_digest", lambda run: "-")  # no run here
+    doc = ensemble_document(sel, _candidates([bad, good], spec), iters=5, init_best=0)
+    assert doc["ensemble"]["best_single"]["name"] == "c1"
+    assert {v["name"] for v in doc["ensemble"]["best_single_per_target"].values()} == {"c1"}
     tuned = tune_postprocess(spec, truth, 0.5 * truth, np.array([0]))  # half the truth's size
     assert tuned["scale"] == [2.0, 2.0]
     assert all(tuned["after"][t] < tuned["before"][t] - 0.1 for t in spec.outputs)
