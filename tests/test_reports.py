@@ -408,6 +408,20 @@ def test_format_runs_puts_missing_values_last(runs_root: Path):
         assert params[-1] == "-"
 
 
+def test_runs_without_the_sorted_column_follow_in_score_order():
+    """A run without the column sorted by (no oracle, an older run's missing params) went last
+    in list order, in the table and --json alike, instead of best score first."""
+    def run(name, score, params=None):
+        return {"experiment": "e", "run_id": name, "score": score, "per_target": {"t0": score},
+                "params": params, "higher_is_better": True}
+
+    runs = [run("a", 0.1), run("b", 0.3, params=5), run("c", 0.4), run("d", 0.2, params=9)]
+    for descending in (True, False):
+        order = [r["run_id"] for r in sort_runs(runs, "params", descending=descending)]
+        assert order == (["d", "b"] if descending else ["b", "d"]) + (
+            ["c", "a"] if descending else ["a", "c"])
+
+
 def test_bad_sort_key_names_the_allowed_ones(runs_root: Path):
     with pytest.raises(KitError, match=r"score.*wall_s"):
         format_runs(list_runs(runs_root), sort="speed")
