@@ -181,6 +181,55 @@ def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monk
     assert "nosuch" in out and not Path("fresh").exists()
 
 
+def test_demo_seqs_measures_the_oracle_on_the_sequences_it_scores(tmp_path, monkeypatch):
+    """--seqs N scores the first N valid sequences: the oracle's score on the whole file made
+    the ceiling (and the fraction of it) one of other rows."""
+    from kit.demo import oracle_report
+
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 4, "--valid-seqs", 4, "-q")
+    out = run_cli("demo", "--quiet", "--seeds", 1, "--seqs", 2, "train.epochs=1",
+                  "model.hidden=8").output
+    spec = load_spec("predictorium")
+    valid, oracle = Path("data/synth/valid.parquet"), Path("data/synth/valid_oracle.parquet")
+    ceiling = oracle_report(valid, oracle, spec, 2)
+    assert f"{ceiling.score:.4f}" != f"{oracle_report(valid, oracle, spec).score:.4f}"
+    assert f"of the oracle's {ceiling.score:.4f} on the first 2 valid sequences" in out
+    for name, value in ceiling.per_target.items():
+        assert re.search(rf"{name} -?\d\.\d{{4}} \(oracle {value:.4f}\)", out)
+
+
+def test_demo_stops_with_an_error_when_parity_fails(tmp_path, monkeypatch):
+    """A package that does not compute what the model does (here its graph without the
+    normaliser) ends the demo at parity: exit 2 naming it, no score and no success summary."""
+    import kit.export.pack as pack
+    from kit.export.frozen import StreamChain, load_member
+    from kit.export.step_graph import export_step_graph
+
+    real_pack_run = pack.pack_run
+
+    def pack_without_the_normaliser(run, *args, **kwargs):
+        packed = real_pack_run(run, *args, **kwargs)
+        member = load_member(run)
+        chain = StreamChain(member.feature_set.stream_module(), member.model.step_form())
+        export_step_graph(chain.eval(), len(member.spec.features), packed.folder / "model.onnx")
+        pack.finalize_graph(packed.folder / "model.onnx", {})
+        pack.write_manifest(packed.folder, pack.read_manifest(packed.folder))  # consistent
+        return packed
+
+    monkeypatch.setattr(pack, "pack_run", pack_without_the_normaliser)
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(Path(__file__).parents[1] / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    run_cli("data", "synth", "--out", "data/synth", "--train-seqs", 4, "--valid-seqs", 2, "-q")
+    out = run_cli("demo", "--quiet", "--seeds", 1, "train.epochs=1", "model.hidden=8",
+                  expect=2).output
+    assert "[FAIL] paths agree" in out and "parity FAILED" in out
+    assert "error: parity failed: the package does not compute what the model does" in out
+    assert "== score" not in out and "== summary" not in out and "of the oracle" not in out
+    assert "Traceback" not in out
+
+
 def test_help_texts_keep_their_bracketed_words():
     """Typer renders help as Rich markup: `[features]` was read as a style tag and dropped
     ("in place of its , on its spec"). Every command's help shows its [section] words."""

@@ -647,6 +647,21 @@ def test_a_runtime_that_keeps_the_guards_state_across_sequences_fails_parity(
     assert "seq" in next(c.detail for c in report.checks if c.name == "NaN/inf rows")
 
 
+def test_a_runtime_that_resets_its_state_on_an_all_nan_row_fails_parity(workspace, gru_pack,
+                                                                         tmp_path):
+    """The NaN/inf check's rows hold a whole-NaN row mid-sequence: without it a runtime that
+    takes such a row for a new sequence (zero state, the guard's fill lost) passed parity."""
+    folder = _copy_pack(gru_pack, tmp_path)
+    _edit_solution(folder, "        self.step = step\n",
+                   "        self.step = step\n"
+                   "        if np.isnan(self.x_row).all():\n            self._reset_live()\n")
+    report = run_parity(folder, _valid(workspace), seqs=SEQS)
+    # the clean rows have no such row, and the order checks compare the package with itself
+    assert _failed(report) == {"NaN/inf rows"}
+    assert "scored row(s) differ" in next(c.detail for c in report.checks
+                                          if c.name == "NaN/inf rows")
+
+
 def test_the_hostile_rows_reach_past_the_warmup_and_the_clip():
     """What makes the two tests around this one fail on a long warm-up (Predictorium's 99 rows)
     as well: a NaN run in one column past each sequence's first scored row (a guard state
@@ -1363,6 +1378,23 @@ def test_a_returning_sequence_keeps_its_state_when_the_store_is_full(gru_pack):
     np.testing.assert_array_equal(np.stack(got), np.stack(want))
 
 
+def test_a_full_store_drops_the_longest_parked_state_not_the_one_just_parked(gru_pack):
+    """Past max_saved the oldest parked state goes: dropping the newest lost the state of the
+    sequence just paused, which then started over from zero state when it came back."""
+    rows = np.random.default_rng(4).standard_normal((12, 32))
+    want = model_on(gru_pack, rows)
+    model = _solution(gru_pack.folder)
+    model.max_saved = 2
+    for seq in (2, 3):  # two sequences that finished, parked in that order
+        for i, r in enumerate(rows[:3]):
+            model.predict(Point(seq, i, True, r))
+    got = [model.predict(Point(1, i, True, r)) for i, r in enumerate(rows[:6])]
+    model.predict(Point(4, 0, True, rows[0]))  # parks 1: one more than the store holds
+    assert list(model.saved) == [3, 1]  # 2, parked first, went
+    got += [model.predict(Point(1, i, True, r)) for i, r in enumerate(rows[6:], 6)]
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
+
+
 def test_file_system_errors_read_as_path_problem_and_remedy():
     import errno
 
@@ -1456,6 +1488,49 @@ def test_a_package_name_with_a_control_character_is_refused(ns_run, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_package_name_too_long_in_bytes_or_ending_in_zip_in_any_case_is_refused(ns_run,
+                                                                                  tmp_path):
+    """The limit is on bytes (a folder name takes 255 of them): 120 'é' are 240, which the
+    staging folder's name overflowed; and .ZIP is .zip on the scorer's and many file systems."""
+    with pytest.raises(PackError, match="package name é{40}...: 240 bytes, at most 200"):
+        pack_run(ns_run, "é" * 120, tmp_path, budget=False)
+    for name in ("sub.ZIP", "sub.Zip"):
+        with pytest.raises(PackError, match=r"give the name without .zip \(--name sub\)"):
+            pack_run(ns_run, name, tmp_path, budget=False)
+    assert not list(tmp_path.iterdir())
+    assert pack_run(ns_run, "é" * 100, tmp_path, budget=False).folder.is_dir()  # 200 bytes
+
+
+def test_the_time_budget_counts_start_up_and_fits_members_under_80_percent(tmp_path,
+                                                                           monkeypatch):
+    """projected = start-up + test rows at the sampled time per row; what more members fit
+    is under BUDGET_FRACTION of the limit, each costing projected / members. Figures from a
+    replay that took init_s 300 s and 1,000 us a row: exact."""
+    from types import SimpleNamespace
+
+    from kit.export.pack import format_budget, time_budget
+    from kit.scoring import score
+
+    fed = []
+
+    def replay(folder, values, spec, column_dtypes=None):
+        fed.append(len(values))
+        return SimpleNamespace(result={"init_s": 300.0, "loop_s": len(values) * 1e-3})
+
+    monkeypatch.setattr(score, "replay_rows", replay)
+    spec = load_spec("predictorium")  # 1,500,000 test rows, a 5,400 s limit
+    budget = time_budget(tmp_path, spec, 2)
+    assert fed == [2000] and budget["sample_rows"] == 2000
+    assert budget["us_per_row"] == 1000.0
+    assert budget["projected_s"] == 1800.0  # 300 s start-up + 1,500 s of rows
+    assert budget["fraction"] == pytest.approx(1 / 3) and budget["limit_s"] == 5400
+    # 0.8 * 5,400 - 1,800 = 2,520 s left, 900 s a member: 2 more (4 under the whole limit)
+    assert budget["more_members_fit"] == 2
+    assert format_budget(budget) == (
+        "projected test time 1,800 s for 1,500,000 test rows of the 5,400 s limit (33.3%; "
+        "1000.0 us/row on 1 CPU, 2 member(s); the spec's [limits])")
+
+
 def test_the_package_folder_follows_the_umask(ns_run, tmp_path):
     """It was 0755 whatever the umask, while its files and zip followed it (077: 0600)."""
     import stat
@@ -1534,6 +1609,25 @@ def test_weights_that_do_not_fit_the_config_name_the_mismatches(ns_run, tmp_path
     assert said.count("size mismatch for") == 3 and said.endswith("; and 2 more)")
 
 
+def test_a_checkpoint_whose_features_rebuild_to_other_outputs_is_refused(runs, tmp_path):
+    """The stored feature outputs name the model's input columns: a feature set whose ops
+    rebuild to other columns (another kit version) must not be packed as if it fed the model
+    the ones it was trained on."""
+    import shutil
+
+    run = shutil.copytree(runs["gru"], tmp_path / "run")
+    checkpoint = load_checkpoint(run / "best.pt")
+    outputs = list(checkpoint["features"]["outputs"])
+    checkpoint["features"] = {**checkpoint["features"], "outputs": [*outputs[:-1], "renamed"]}
+    save_checkpoint(checkpoint, run / "best.pt")
+    with pytest.raises(KitError, match="the stored feature set does not rebuild to the same "
+                                       "outputs"):
+        load_member(run)
+    with pytest.raises(KitError, match="does not rebuild to the same outputs"):
+        pack_run(run, "renamed", tmp_path / "subs", budget=False)
+    assert not (tmp_path / "subs").exists()
+
+
 def test_one_nan_prediction_leaves_the_other_rows_relative_differences_reported():
     """inf / inf is NaN: one NaN or inf prediction made a target's max relative difference
     NaN (null in --json), hiding the largest one of every other row."""
@@ -1549,6 +1643,22 @@ def test_one_nan_prediction_leaves_the_other_rows_relative_differences_reported(
         got = compare("a vs b", ref, pkg, Rows.of(values), ["t0", "t1"], Tolerance(1e-5, 0.0))
     assert got["per_target"]["t0"]["max_rel"] == pytest.approx(0.1 / 0.3)
     assert got["per_target"]["t1"]["max_rel"] == np.inf
+
+
+def test_each_targets_worst_difference_is_its_own_row():
+    """Each target's max_abs, seq and step come from that target's largest difference: the
+    row worst over all targets gave every target its value and place (t1 reported 0 there)."""
+    from kit.parity import Rows, Tolerance, compare
+
+    values = np.array([[7, 0, 1, 0.0], [7, 1, 1, 0.0], [8, 5, 1, 0.0]])
+    ref = np.zeros((3, 2))
+    pkg = np.array([[0.5, 0.0], [0.0, 0.125], [0.0, 0.25]])
+    got = compare("a vs b", ref, pkg, Rows.of(values), ["t0", "t1"], Tolerance(1e-5, 0.0))
+    assert got["per_target"]["t0"] == {"max_abs": 0.5, "max_rel": 1.0,
+                                       "seq": 7.0, "step": 0.0}
+    assert got["per_target"]["t1"] == {"max_abs": 0.25, "max_rel": 1.0,
+                                       "seq": 8.0, "step": 5.0}
+    assert got["max_abs"] == 0.5 and got["rows_over"] == 3
 
 
 def test_the_relative_tolerance_is_sized_per_target():
@@ -1603,3 +1713,46 @@ def test_a_parity_report_of_many_outputs_prints_their_summary():
     assert max(len(line) for line in text.splitlines()) < 160, text
     assert "worst of 32 outputs: 17 max abs 7.00e-06" in text
     assert "0.00000   0.31000" in text  # min and max of the per-output scores
+
+
+class _States:
+    """A stream module's init_state alone: states of the given shapes (of the batch size)."""
+
+    def __init__(self, *shapes):
+        self.shapes = shapes
+
+    def init_state(self, batch: int) -> list:
+        import torch
+
+        return [torch.zeros(shape(batch)) for shape in self.shapes]
+
+
+@pytest.mark.parametrize("bad, sizes", [
+    pytest.param(lambda b: (4, 8), "(4, 8) / (4, 8)", id="none follows the batch"),
+    pytest.param(lambda b: (b, b), "(2, 2) / (3, 3)", id="two do"),
+    pytest.param(lambda b: (2 * b,), "(4,) / (6,)", id="one does, 2 rows per batch row"),
+])
+def test_a_state_without_one_batch_axis_is_refused_before_export(bad, sizes):
+    """export names one axis of each state "batch": a state with none, or several, would
+    be frozen at the example's size or batched wrongly."""
+    from kit.export.step_graph import batch_axes
+
+    assert batch_axes(_States(lambda b: (1, b, 4), lambda b: (b, 3))) == [1, 0]
+    with pytest.raises(ValueError, match=re.escape(f"state 1: no single batch axis in shapes "
+                                                   f"{sizes}")):
+        batch_axes(_States(lambda b: (b, 3), bad))
+
+
+@pytest.mark.parametrize("dims", [[4, 8], ["batch", "batch"], ["batch", 0], ["n", 4]])
+def test_a_graph_input_without_one_batch_dimension_is_refused(dims):
+    """The manifest records each state's batch axis (its one "batch" dimension): a graph whose
+    state has none, two, or a zero-sized one is no package the runtimes can serve."""
+    from kit.export.step_graph import declared_shape
+
+    ok = onnx.helper.make_tensor_value_info("state_0", onnx.TensorProto.FLOAT, [1, "batch", 4])
+    assert declared_shape(ok) == [1, "batch", 4]
+    value = onnx.helper.make_tensor_value_info("state_3", onnx.TensorProto.FLOAT, dims)
+    shown = ["batch" if d == "batch" else (0 if isinstance(d, str) else d) for d in dims]
+    with pytest.raises(ValueError, match=re.escape(f"state state_3: shape {shown} has no "
+                                                   "single batch axis")):
+        declared_shape(value)
