@@ -458,6 +458,23 @@ def test_stacked_module_equals_its_members(runs, kind, scaled):
         np.testing.assert_allclose(stream_steps(plain, x).numpy(), want.numpy(), atol=1e-5)
 
 
+def assert_weighted_sum_of_members(module, entries, x, tmp_path) -> None:
+    """The ensemble module and its exported step graph equal the weighted sum of its members'
+    own stream modules, step by step over x (B, T, F)."""
+    import torch
+
+    from kit.export.step_graph import export_step_graph
+    from tests.test_models import onnx_steps
+
+    with torch.no_grad():
+        want = sum(torch.tensor(e.weights) * stream_steps(e.member.stream_module(), x)
+                   for e in entries)
+        np.testing.assert_allclose(stream_steps(module, x).numpy(), want.numpy(), atol=1e-5)
+    export_step_graph(module, 32, tmp_path / "e.onnx")
+    zeros = [s.numpy() for s in module.init_state(x.shape[0])]
+    got, _ = onnx_steps(tmp_path / "e.onnx", zeros, x.numpy().transpose(1, 0, 2))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
 @pytest.mark.parametrize("same_clip", [True, False])
 def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path, same_clip):
     """Two GRUs on the same features with different normalisers (as two folds have): one
@@ -468,9 +485,7 @@ def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path, 
 
     import torch
 
-    from kit.export.step_graph import export_step_graph
     from kit.features.normaliser import Normaliser
-    from tests.test_models import onnx_steps
 
     a, b = load_member(runs["gru"]), load_member(runs["gru_b"])
     n = b.normaliser
@@ -482,15 +497,7 @@ def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path, 
     assert n.clip is not None and type(module.models[0]).__name__ == "StackedRNN"
     assert len(module.normalisers) == 2
     assert list(module.stacked_norms) == (["0"] if same_clip else [])
-    x = torch.randn(3, 20, 32)
-    with torch.no_grad():
-        want = sum(torch.tensor(e.weights) * stream_steps(e.member.stream_module(), x)
-                   for e in entries)
-        np.testing.assert_allclose(stream_steps(module, x).numpy(), want.numpy(), atol=1e-5)
-    export_step_graph(module, 32, tmp_path / "e.onnx")
-    zeros = [s.numpy() for s in module.init_state(3)]
-    got, _ = onnx_steps(tmp_path / "e.onnx", zeros, x.numpy().transpose(1, 0, 2))
-    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+    assert_weighted_sum_of_members(module, entries, torch.randn(3, 20, 32), tmp_path)
 
 
 @pytest.mark.parametrize("stack", [True, False], ids=["stacked", "unstacked"])
@@ -503,9 +510,7 @@ def test_members_whose_normalisers_differ_only_in_the_clip_keep_their_own(runs, 
 
     import torch
 
-    from kit.export.step_graph import export_step_graph
     from kit.features.normaliser import Normaliser
-    from tests.test_models import onnx_steps
 
     a, b = load_member(runs["gru"]), load_member(runs["gru_b"])
     n = a.normaliser
@@ -519,13 +524,7 @@ def test_members_whose_normalisers_differ_only_in_the_clip_keep_their_own(runs, 
         own = stream_steps(b.stream_module(), x)
         clipped = dataclasses.replace(b, normaliser=n)
         assert not torch.allclose(own, stream_steps(clipped.stream_module(), x), atol=1e-3)
-        want = sum(torch.tensor(e.weights) * stream_steps(e.member.stream_module(), x)
-                   for e in entries)
-        np.testing.assert_allclose(stream_steps(module, x).numpy(), want.numpy(), atol=1e-5)
-    export_step_graph(module, 32, tmp_path / "e.onnx")
-    zeros = [s.numpy() for s in module.init_state(3)]
-    got, _ = onnx_steps(tmp_path / "e.onnx", zeros, x.numpy().transpose(1, 0, 2))
-    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+    assert_weighted_sum_of_members(module, entries, x, tmp_path)
 
 
 def test_a_scale_without_smoothing_is_in_the_graph(workspace, runs, tmp_path):
