@@ -194,6 +194,26 @@ def test_a_wrong_type_is_named_with_the_file_that_set_it(exps):
     assert load_experiment("child")["train"]["lr"] == 0.01  # good files load as before
 
 
+@pytest.mark.parametrize(("toml", "message"), [
+    # a TOML bool is a Python int: epochs = true would train 1 epoch, batch_size = true
+    # batches of 1, seed = true seed 1, with no word that the value is not a number
+    ("[train]\nepochs = true\n", "train.epochs must be int, got True"),
+    ("[train]\nbatch_size = true\n", "train.batch_size must be int, got True"),
+    ("seed = true\n", "seed must be int, got True"),
+    # clip = 0 would clip every normalised feature to 0: the model would see constants
+    ("[normaliser]\nclip = 0\n", r"normaliser.clip must be > 0 \(deviations\), got 0.0"),
+    # the bound says finite: inf is >= 0, but grad_clip = inf clips nothing (0 says off) and
+    # weight_decay = inf makes the weights inf
+    ("[train]\ngrad_clip = inf\n",
+     r"train.grad_clip must be a finite number >= 0 \(0: off\), got inf"),
+    ("[train]\nweight_decay = inf\n", "train.weight_decay must be a finite number >= 0, got inf"),
+])  # fmt: skip
+def test_a_bool_for_a_number_or_a_value_out_of_range_is_refused_at_load(exps, toml, message):
+    (exps / "odd.toml").write_text(f'extends = "base"\n{toml}')
+    with pytest.raises(ConfigError, match=f"odd.toml: {message}"):
+        load_experiment("odd")
+
+
 @pytest.mark.parametrize("parent", [3, ["base"], ""])
 def test_extends_that_is_not_a_name_is_refused_as_such(exps, parent):
     """extends = 3 looked for experiments/3.toml, extends = ["base"] for "['base']"."""

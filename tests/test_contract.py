@@ -195,6 +195,14 @@ BAD_FRAMES = {
                         "'dp1' must be numeric.*Decimal"),
     "does not start at 0": (lambda df: df.filter(pl.col("step_in_seq") != 0),
                             "do not start at step 0"),
+    # steps -1..18, flags by the rule: every start but step 0 is wrong, not only those past it
+    "starts before step 0": (lambda df: df.with_columns(
+        pl.when(pl.col("seq_ix") == 0).then(pl.col("step_in_seq") - 1)
+        .otherwise(pl.col("step_in_seq")).alias("step_in_seq")).with_columns(
+        (pl.col("step_in_seq") >= 5).alias("need_prediction")), "seq 0 starts at step -1"),
+    # a Float64 flag: the contract's message, not Polars' error comparing floats with 0/1
+    "float flag": (lambda df: df.with_columns(pl.col("need_prediction").cast(pl.Float64)),
+                   "'need_prediction' must be bool or integer 0/1, found Float64"),
 }
 
 
@@ -279,6 +287,20 @@ def test_allow_extra_accepts_a_train_files_group_column_in_any_place(tmp_path):
     run_cli("data", "check", path, "--spec", write_spec(tmp_path), expect=2)
     out = run_cli("data", "check", path, "--spec", write_spec(tmp_path), "--allow-extra").output
     assert "warning: column(s) not in the spec: user_id" in out
+
+
+def test_allow_extra_still_needs_every_target_of_a_labelled_file(tmp_path):
+    """A file with t0 but not t1 is labelled and lacks t1: read as unlabelled, --allow-extra
+    took t0 for an extra column and passed the file."""
+    df = make_frame(SPEC).drop("t1")
+    for extra_ok in (False, True):
+        with pytest.raises(DataError, match=r"missing column\(s\): t1$"):
+            check_frame(df, SPEC, extra_ok=extra_ok)
+    path = tmp_path / "half.parquet"
+    df.write_parquet(path)
+    out = run_cli("data", "check", path, "--spec", write_spec(tmp_path), "--allow-extra",
+                  expect=2).output
+    assert "missing column(s): t1" in out and "Traceback" not in out
 
 
 def test_a_file_where_no_row_needs_a_prediction_is_refused(tmp_path):

@@ -1318,8 +1318,17 @@ def test_pack_errors_name_the_problem(workspace, runs, tmp_path):
 
 
 def test_nonsense_tolerances_and_timeouts_are_refused(workspace, gru_pack):
+    manifest = (gru_pack.folder / "manifest.json").read_bytes()
     out = run_cli("parity", gru_pack.folder, "--atol", "-1", expect=2).output
     assert "--atol must be a finite number >= 0" in out
+    # an infinite tolerance passes any package: parity would prove nothing
+    for option in ("--atol", "--rtol"):
+        out = run_cli("parity", gru_pack.folder, option, "inf", expect=2).output
+        assert f"{option} must be a finite number >= 0, got inf" in out
+    # --seqs 0 compares no rows: refused as such, not as "no row needs a prediction"
+    out = run_cli("parity", gru_pack.folder, "--seqs", "0", expect=2).output
+    assert "--seqs must be >= 1, got 0" in out
+    assert (gru_pack.folder / "manifest.json").read_bytes() == manifest  # no report recorded
     out = run_cli("score", gru_pack.folder, "--data", _valid(workspace), "--timeout", "0",
                   expect=2).output
     assert "--timeout must be a number of seconds > 0" in out
@@ -1485,6 +1494,13 @@ def test_a_package_name_with_a_control_character_is_refused(ns_run, tmp_path):
                  "rtl\u202ex", "byte\udcffx", ""):
         with pytest.raises(PackError, match="plain folder name"):
             pack_run(ns_run, name, tmp_path, budget=False)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_package_name_starting_with_a_dot_is_refused(ns_run, tmp_path):
+    # .hidden/ and .hidden.zip: a package that ls and file pickers do not show
+    out = run_cli("pack", ns_run, "--name", ".hidden", "--out", tmp_path, expect=2).output
+    assert "--name '.hidden': a plain folder name is needed" in out and "leading dot" in out
     assert not list(tmp_path.iterdir())
 
 

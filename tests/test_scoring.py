@@ -205,6 +205,16 @@ def test_seqs_restricts_to_the_first_sequences(tmp_path):
     assert result.score == pytest.approx(expected.score, rel=1e-12)
 
 
+def test_seqs_below_one_is_refused_as_such(tmp_path):
+    # --seqs 0 scores no rows: said as the option's bound, not "no row needs a prediction"
+    data, _ = write_data(tmp_path)
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(tomli_w.dumps(SPEC.to_dict()))
+    out = run_cli("score", write_sub(tmp_path, FORMULA), "--data", data, "--spec", spec_path,
+                  "--seqs", "0", "-q", expect=2).output
+    assert "--seqs must be >= 1, got 0" in out and "Traceback" not in out
+
+
 def test_predictorium_length_sequences(tmp_path):
     spec = load_spec("predictorium")
     data, frame = write_data(tmp_path, spec, n_seqs=2)

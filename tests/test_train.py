@@ -517,6 +517,11 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
     # a held-out fraction with the valid file validating: it would be ignored
     (["data.valid_fraction=0.5"], 'data.valid_fraction = 0.5 need data.split = "random" or'),
     (["--folds", "-2"], "--folds must be 0 \\(off\\) or >= 2"),
+    # --folds 1: one fold, trained on no other fold; refused before a .groups record is made
+    (["--folds", "1"], "--folds must be 0 \\(off\\) or >= 2, got 1"),
+    # --jobs 0 would train as --jobs 1, and --stop-after-epochs -1 pause before the first epoch
+    (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    (["--stop-after-epochs", "-1"], "--stop-after-epochs must be >= 0 \\(0: no stop\\), got -1"),
     (["seeds=[1,2]", "--run-dir", "one"], "--run-dir names one run"),
     (["seed=9223372036854775807"], "seed must be a whole number in \\[0, 2\\*\\*32\\)"),
     (["--run-dir", "afile"], "afile"),  # a path under a file: the OSError, in one line
