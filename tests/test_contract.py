@@ -472,3 +472,22 @@ def test_unreadable_value_data_and_repeated_names_are_named(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match="late.parquet: the parquet footer reads but its data"):
         check_file(path, SPEC)
+
+
+def test_read_frame_names_a_folder_an_empty_file_and_a_missing_column(tmp_path):
+    from kit.data.io import file_schema, read_frame
+
+    folder = tmp_path / "x.parquet"  # a folder: open() raised a bare IsADirectoryError
+    folder.mkdir()
+    for reader in (file_schema, read_frame):
+        with pytest.raises(DataError, match=r"x.parquet: is a folder; pass a .parquet file"):
+            reader(folder)
+    empty = tmp_path / "empty.parquet"  # 0 bytes: said "not a parquet file", not why
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty.parquet: file is empty \(0 bytes\)"):
+        read_frame(empty)
+    good = tmp_path / "good.parquet"  # a column it lacks: not called corrupt
+    make_frame(SPEC).write_parquet(good)
+    with pytest.raises(DataError, match=r"good.parquet: missing column\(s\) \['nope'\]$"):
+        read_frame(good, ["seq_ix", "nope"])
+    assert read_frame(good, ["seq_ix", "seq_ix"]).columns == ["seq_ix"]

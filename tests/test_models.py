@@ -327,6 +327,13 @@ def test_budget_errors_and_overrides_a_width():
             {"type": "patchtst", "window": 8, "patch_len": 16},
             "model.patch_len (16) must be at most model.window (8)",
         ),
+        (  # one row past the window: no patch fits (zero patches), not a torch error later
+            {"type": "patchtst", "window": 8, "patch_len": 9},
+            "model.patch_len (9) must be at most model.window (8)",
+        ),
+        # 0 divides the window into patches / sizes the state: a ZeroDivisionError or empty state
+        ({"type": "patchtst", "stride": 0}, "model.stride: expected an integer >= 1, got 0"),
+        ({"type": "ssm", "d_state": 0}, "model.d_state: expected an integer >= 1, got 0"),
         (  # with a budget: refused before any model is built (was a RuntimeError inside)
             {"type": "patchtst", "params": 100_000, "patch_len": 100},
             "model.patch_len (100) must be at most model.window (64)",
