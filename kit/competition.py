@@ -290,12 +290,17 @@ def builtin_spec_names() -> list[str]:
     return sorted(f.name.removesuffix(".toml") for f in files.iterdir() if f.name.endswith(".toml"))
 
 
+# NAME.groups.toml beside NAME.toml: the spec's own feature groups (kit.features.sets), no spec
+GROUPS_SUFFIX = ".groups.toml"
+
+
 def available_specs() -> dict[str, str]:
     """Spec name -> where it comes from (user folders shadow presets)."""
     found = {name: "<builtin>" for name in builtin_spec_names()}
     for folder in reversed(_search_dirs()):
         if folder.is_dir():
-            found.update({p.stem: str(p) for p in sorted(folder.glob("*.toml"))})
+            found.update({p.stem: str(p) for p in sorted(folder.glob("*.toml"))
+                          if not p.name.endswith(GROUPS_SUFFIX)})
     return found
 
 

@@ -17,6 +17,7 @@ check and the row.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -572,7 +573,18 @@ def default_data(submission: Path) -> Path:
                       "file's first sequences, training sequences among them, so its scores "
                       "are not the run's validation score (the checks hold all the same)",
                       UserWarning, stacklevel=2)
-    return Path(valid)
+    return in_project(Path(valid), submission)
+
+
+def in_project(path: Path, submission: Path) -> Path:
+    """A relative data path as the run's config wrote it: from here, else from the project
+    the package sits in (PROJECT/submissions/NAME): parity from a subfolder found no file."""
+    if path.is_absolute() or path.exists():
+        return path
+    packages = Path(submission).resolve().parent
+    if packages.name == "submissions" and (packages.parent / path).exists():
+        return packages.parent / path
+    return path
 
 
 def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
@@ -664,8 +676,13 @@ def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
 
 def copy_package(folder: Path, dest: Path) -> Path:
     """Parity checks the packed files and the zip: what else sits in the folder (a dotfile, a
-    link to a virtualenv) is left out of its copy, not refused as kit score refuses it."""
-    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns(".*", "__pycache__"))
+    link to a virtualenv, a link to the folder itself) is left out of its copy, not refused
+    as kit score refuses it, nor followed."""
+    def left_out(directory: str, names: list[str]) -> set[str]:
+        return {n for n in names if n.startswith(".") or n == "__pycache__"
+                or os.path.islink(os.path.join(directory, n))}
+
+    shutil.copytree(folder, dest, ignore=left_out)
     return dest
 
 

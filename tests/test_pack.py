@@ -575,7 +575,29 @@ def test_parity_checks_the_packed_files_whatever_else_sits_in_the_folder(workspa
     folder = _copy_pack(gru_pack, tmp_path)
     (folder / ".notes").write_text("mine")
     (folder / ".venv").symlink_to(tmp_path)
+    (folder / "self").symlink_to(".")  # followed, it recursed until ELOOP
+    (folder / "venv").symlink_to(tmp_path)  # followed, it copied the whole target
     assert run_parity(folder, _valid(workspace), seqs=SEQS).ok
+
+
+def test_parity_finds_a_relative_data_path_in_the_package_s_project(tmp_path, monkeypatch):
+    """The run's config names its data relative to the project: parity without --data from a
+    subfolder (`just parity` runs where it is called) said the file did not exist."""
+    from kit.parity import in_project
+
+    project = tmp_path / "proj"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "valid.parquet").write_bytes(b"x")
+    (project / "submissions" / "pk").mkdir(parents=True)
+    (project / "runs").mkdir()
+    monkeypatch.chdir(project / "runs")
+    relative = Path("data/valid.parquet")
+    for package in (project / "submissions" / "pk", project / "submissions" / "pk.zip"):
+        assert in_project(relative, package) == project / relative
+    monkeypatch.chdir(project)  # found from here first, as before
+    assert in_project(relative, project / "submissions" / "pk") == relative
+    assert in_project(Path("data/other.parquet"), project / "submissions" / "pk") == Path(
+        "data/other.parquet")  # nowhere: left as it is, for the error to name
 
 
 def test_a_package_without_the_normaliser_fails_parity(workspace, runs, gru_pack, tmp_path):

@@ -22,7 +22,7 @@ import polars as pl
 import torch
 from torch import Tensor, nn
 
-from kit.competition import CompetitionSpec, expand_columns
+from kit.competition import GROUPS_SUFFIX, CompetitionSpec, expand_columns
 from kit.data.contract import value_dtype
 from kit.errors import DataError, KitError, SpecError
 from kit.features.guard import Guard, guard_frame
@@ -54,16 +54,13 @@ def _groups_file(spec: CompetitionSpec) -> dict:
     return tomllib.loads((folder / name).read_text())["groups"]
 
 
-USER_GROUPS_SUFFIX = ".groups.toml"
-
-
 def user_groups_file(spec: CompetitionSpec) -> Path | None:
     """NAME.groups.toml beside a spec read from NAME.toml: the user's own groups, without
     touching kit (a spec from a preset or a dict has none)."""
-    if not spec.source.endswith(".toml") or spec.source.endswith(USER_GROUPS_SUFFIX):
+    if not spec.source.endswith(".toml") or spec.source.endswith(GROUPS_SUFFIX):
         return None
     source = Path(spec.source)
-    path = source.with_name(source.name.removesuffix(".toml") + USER_GROUPS_SUFFIX)
+    path = source.with_name(source.name.removesuffix(".toml") + GROUPS_SUFFIX)
     return path if path.is_file() else None
 
 
@@ -83,7 +80,9 @@ def _user_groups(path: Path) -> dict[str, dict]:
                                      f"{sorted(group) if isinstance(group, dict) else group!r}")
         if not isinstance(group.get("description", ""), str):
             raise FeatureConfigError(f"{path}: [groups.{name}] description must be text")
-    return {name: {"description": "", **group} for name, group in groups.items()}
+    # `source`: op errors name the file (kit's own groups have none)
+    return {name: {"description": "", **group, "source": str(path)}
+            for name, group in groups.items()}
 
 
 def available_groups(spec: CompetitionSpec) -> dict[str, dict]:
@@ -274,7 +273,9 @@ def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
         if group not in known:
             raise FeatureConfigError(f"unknown feature group {group!r} for {spec.name}; "
                                      f"available: {sorted(known)}")
-        entries += [(f"group {group!r} op {i}", e) for i, e in enumerate(known[group]["ops"])]
+        where = f"group {group!r}" + (f" of {known[group]['source']}"
+                                      if known[group].get("source") else "")
+        entries += [(f"{where} op {i}", e) for i, e in enumerate(known[group]["ops"])]
     entries += [(f"features.ops[{i}]", e) for i, e in enumerate(ops or [])]
     columns = list(spec.features)
     # Names the batch frame already uses for other things: an output there would overwrite
