@@ -129,11 +129,7 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
     key_frame = read_columns([ids, steps, spec.need_col])
     if key_frame.height == 0:  # a ContractError: `kit data check --json` prints it
         raise ContractError(source, ["the file has no rows"])
-    keys = key_frame.select(
-        whole_numbers(schema, ids).alias("id"),
-        whole_numbers(schema, steps).alias("step"),
-        need_as_int(schema, spec.need_col).alias("need"),
-    ).with_row_index("row")
+    keys = key_table(key_frame, spec)
     problems += key_problems(key_frame, [ids, steps])
     if n_bad_need := keys["need"].null_count():
         rows = first_rows(key_frame, need_as_int(schema, spec.need_col).is_null(),
@@ -338,6 +334,16 @@ def need_as_int(schema: pl.Schema, need_col: str) -> pl.Expr:
     return pl.when(col.is_in([0, 1])).then(col.cast(pl.Int8)).otherwise(None)
 
 
+def key_table(frame: pl.DataFrame, spec: CompetitionSpec) -> pl.DataFrame:
+    """The spec's id, step and need columns as the checks read them: row, id, step, need (ids
+    and steps that are not whole numbers, and flags that are not 0/1, as null)."""
+    return frame.select(
+        whole_numbers(frame.schema, spec.id_col).alias("id"),
+        whole_numbers(frame.schema, spec.step_col).alias("step"),
+        need_as_int(frame.schema, spec.need_col).alias("need"),
+    ).with_row_index("row")
+
+
 def _check_order(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
     """Rows grouped by sequence, steps 0, 1, 2, ... in order, no duplicates and no gaps."""
     problems = []
@@ -421,12 +427,7 @@ def refuse_broken_need_rule(keys: pl.DataFrame, spec: CompetitionSpec, source: s
     rule would train and be selected, then be refused by kit parity and kit score: training
     refuses it first. `keys` holds the spec's id, step and need columns, already checked to be
     whole numbers and 0/1 flags."""
-    keys = keys.select(
-        pl.col(spec.id_col).cast(pl.Int64).alias("id"),
-        pl.col(spec.step_col).cast(pl.Int64).alias("step"),
-        need_as_int(keys.schema, spec.need_col).alias("need"),
-    ).with_row_index("row")
-    if problems := _check_need_rule(keys, spec):
+    if problems := _check_need_rule(key_table(keys, spec), spec):
         raise DataError(f"{source}: {problems[0]}; the spec states this rule for the whole "
                         f"competition (kit parity and kit score refuse such a file too): kit "
                         f"data check {source} lists the file's problems")
