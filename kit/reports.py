@@ -74,12 +74,12 @@ def epoch_lines(path: Path):
             yield line, record
 
 
-def pending_best_note(row: dict) -> str:
+def pending_best_text(row: dict) -> str:
     """A run killed between a new best's history line and last.pt: best.pt (what kit pack
     packs) holds the earlier best the listing shows, not the history's last flagged one."""
-    return (f"note: {row['path']}: epoch {row['pending_best']}'s new best was not yet in "
-            f"best.pt when the run stopped; best.pt, shown here, holds epoch "
-            f"{_fmt(row.get('best_epoch'))}; --resume completes it")
+    return (f"epoch {row['pending_best']}'s new best was not yet in best.pt when the run "
+            f"stopped; best.pt, shown here, holds epoch {_fmt(row.get('best_epoch'))}; "
+            "--resume completes it")
 
 
 def _history_record(record: dict) -> dict:
@@ -596,7 +596,8 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
               for r in runs if isinstance(r.get("diverged"), str)]
     notes += [f"note: {changed_data_message(r['path'], r['data_changed'])}"
               for r in runs if r.get("data_changed")]
-    notes += [pending_best_note(r) for r in runs if r.get("pending_best") is not None]
+    notes += [f"note: {r['path']}: {pending_best_text(r)}" for r in runs
+              if r.get("pending_best") is not None]
     digests: dict[str, set] = {}  # label -> the sha256 its runs recorded (older runs: none)
     for r in runs:
         if r.get("validated"):
@@ -857,7 +858,7 @@ def _markdown(
     if isinstance(row.get("diverged"), str):
         status += f", stopped early: training diverged ({row['diverged']})"
     elif row.get("pending_best") is not None:
-        status += "; " + pending_best_note(row).split(": ", 2)[2]
+        status += "; " + pending_best_text(row)
     elif row.get("pruned"):
         status += ", stopped early: pruned by its sweep"
     lines = [
