@@ -1193,35 +1193,37 @@ def test_good_zip_scores_like_the_folder(tmp_path):
     assert result.submission == str(zpath)
 
 
-def test_a_zip_that_unzips_past_the_cap_is_refused_before_extracting(tmp_path, monkeypatch):
+def assert_refused_under_the_cap_only(submission, data, frame, monkeypatch, message):
+    """Refused with `message` under a 1 MiB cap (the cap scaled down), scored under 8 MiB."""
     from kit.scoring import sandbox
 
+    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 1 << 20)
+    with pytest.raises(SubmissionError, match=message):
+        score(submission, data)
+    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 8 << 20)
+    assert score(submission, data).score == pytest.approx(expected_report(frame).score,
+                                                          rel=1e-12)
+
+
+def test_a_zip_that_unzips_past_the_cap_is_refused_before_extracting(tmp_path, monkeypatch):
     data, frame = write_data(tmp_path)
     zpath = tmp_path / "bomb.zip"
     with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("solution.py", FORMULA)
         zf.writestr("zeros.bin", b"\0" * (4 << 20))  # 4 MiB, a few KiB zipped
-    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 1 << 20)  # the cap, scaled down
-    with pytest.raises(SubmissionError, match=r"unzip to 4.0 MiB \(the largest, 'zeros.bin', "
-                       r"4.0 MiB\), more than kit score extracts \(1.0 MiB"):
-        score(zpath, data)
-    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 8 << 20)
-    assert score(zpath, data).score == pytest.approx(expected_report(frame).score, rel=1e-12)
+    assert_refused_under_the_cap_only(zpath, data, frame, monkeypatch,
+                                      r"unzip to 4.0 MiB \(the largest, 'zeros.bin', 4.0 MiB\), "
+                                      r"more than kit score extracts \(1.0 MiB")
 
 
 def test_a_folder_past_the_cap_is_refused_before_it_is_copied(tmp_path, monkeypatch):
     """A folder submission is copied as a zip is extracted: past the cap (the wrong folder
     given, a data folder), it is refused before a byte is copied."""
-    from kit.scoring import sandbox
-
     data, frame = write_data(tmp_path)
     sub = write_sub(tmp_path, FORMULA, **{"zeros.bin": "0" * (2 << 20)})  # 2 MiB
-    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 1 << 20)  # the cap, scaled down
-    with pytest.raises(SubmissionError, match=r"its files take 2.0 MiB, more than kit score "
-                       r"copies \(1.0 MiB"):
-        score(sub, data)
-    monkeypatch.setattr(sandbox, "MAX_UNZIPPED_BYTES", 8 << 20)
-    assert score(sub, data).score == pytest.approx(expected_report(frame).score, rel=1e-12)
+    assert_refused_under_the_cap_only(sub, data, frame, monkeypatch,
+                                      r"its files take 2.0 MiB, more than kit score copies "
+                                      r"\(1.0 MiB")
 
 
 def test_a_zip_that_unzips_past_the_free_space_is_refused(tmp_path, monkeypatch):
