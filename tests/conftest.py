@@ -3,9 +3,11 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomli_w
 
+from kit.train.checkpoint import save_checkpoint
 from kit.train.recipe import train_experiment
 from tests.test_train import tiny_competition
 
@@ -60,3 +62,41 @@ def runs(workspace):
             os.environ["KIT_EXPERIMENTS"] = old
 
 
+def raw_gru_run(folder: Path, spec, normaliser=None, seed: int = 0, edit=None) -> Path:
+    """A run directory with a random GRU 8x1 on the raw columns (no training: these tests are
+    about the graph and the runtime), its normaliser fit on random rows unless one is given;
+    edit(model), if given, sets weights by hand first."""
+    import torch
+
+    from kit.features.normaliser import Normaliser
+    from kit.features.sets import build_feature_set
+    from kit.models import build_model
+
+    features = build_feature_set(spec, ["raw"])
+    config = {"type": "gru", "hidden": 8, "layers": 1}
+    torch.manual_seed(seed)
+    model = build_model(config, len(features.outputs), spec.n_outputs)
+    if edit is not None:
+        with torch.no_grad():
+            edit(model)
+    rows = np.random.default_rng(seed).standard_normal((500, len(features.outputs)))
+    normaliser = normaliser or Normaliser.fit(rows.astype(np.float32))
+    folder.mkdir(parents=True)
+    save_checkpoint({
+        "model": model.state_dict(), "model_config": config,
+        "normaliser": normaliser.to_dict(), "features": features.to_dict(),
+        "spec": spec.to_dict(), "score": None, "per_target": {}}, folder / "best.pt")
+    return folder
+
+
+def hostile_rows(width: int) -> np.ndarray:
+    """Rows past the guard's LIMIT (1e16) and up to float32's, then non-finite ones that the
+    guard fills with those values."""
+    rows = np.random.default_rng(1).standard_normal((30, width))
+    rows[3] = 1e30
+    rows[4] = np.nan  # filled with the 1e30s
+    rows[6, ::2] = -3e38
+    rows[7, ::2] = np.inf  # filled with the -3e38s
+    rows[9, 1::2] = 2e16
+    rows[10, 1::2] = -np.inf
+    return rows

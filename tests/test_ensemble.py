@@ -439,6 +439,50 @@ def test_members_with_their_own_features_and_normalisers_pass_parity(workspace, 
     assert report.ok, report.format()
 
 
+def test_an_ensemble_of_raw_members_leaves_the_guard_clip_to_their_normalisers(workspace,
+                                                                              tmp_path):
+    """Raw members whose normalisers all clip within the guard's +-1e16 share one guard
+    without its clip (a node fewer); the stack still equals its members on rows past 1e16 and
+    the non-finite rows filled with them. One member whose normaliser does not clip keeps the
+    shared guard's clip."""
+    import onnx
+    import torch
+
+    from kit.features.normaliser import Normaliser
+    from tests.conftest import hostile_rows, raw_gru_run
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    members = [load_member(raw_gru_run(tmp_path / f"run{seed}", spec, seed=seed))
+               for seed in (0, 1)]
+    weights = [[0.25, 0.6], [0.75, 0.4]]
+    module = Ensemble([Weighted(m, w) for m, w in zip(members, weights, strict=True)]).eval()
+    assert len(module.pipelines) == 1 and module.pipelines[0].guard.clip is False
+    x = torch.from_numpy(hostile_rows(len(spec.features)).astype(np.float32))[None]
+    clipped = []
+    for m in members:  # each member's chain with the clip put back
+        chain = m.stream_module()
+        chain.stages[0].guard.clip = True
+        clipped.append(chain)
+    with torch.no_grad():
+        want = sum(torch.tensor(w) * stream_steps(c, x)
+                   for c, w in zip(clipped, weights, strict=True))
+        np.testing.assert_allclose(stream_steps(module, x).numpy(), want.numpy(), atol=1e-5)
+    path = _write(tmp_path / "e.toml", [{"name": f"m{i}", "runs": [str(m.run_dir)],
+                                         "weights": w}
+                                        for i, (m, w) in enumerate(zip(members, weights,
+                                                                       strict=True))])
+    packed = pack_ensemble(path, "raw", tmp_path / "subs")
+    ops = [n.op_type for n in onnx.load(str(packed.folder / "model.onnx")).graph.node]
+    assert ops.count("Clip") == 1  # the stacked normalisers' one clip
+    assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
+
+    unclipping = Normaliser("standard", None, members[1].normaliser.center,
+                            members[1].normaliser.scale)
+    third = load_member(raw_gru_run(tmp_path / "run2", spec, normaliser=unclipping, seed=2))
+    mixed = Ensemble([Weighted(m, [1.0, 1.0]) for m in [*members, third]])
+    assert len(mixed.pipelines) == 1 and mixed.pipelines[0].guard.clip is True
+
+
 @pytest.mark.parametrize("kind, scaled", [("gru", False), ("lstm", False), ("gru", True)])
 def test_stacked_module_equals_its_members(runs, kind, scaled):
     import torch

@@ -35,7 +35,7 @@ from kit.parity import run_parity
 from kit.scoring import score_submission
 from kit.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.cli import run_cli
-from tests.conftest import MODEL_TABLES
+from tests.conftest import MODEL_TABLES, hostile_rows, raw_gru_run
 from tests.processes import dead_pid
 
 SEQS = 4  # parity sample: enough for shuffling and interleaving, small enough to be quick
@@ -903,33 +903,97 @@ def test_a_guard_state_carried_into_a_sequence_that_starts_over_fails_parity(
     shows a runtime that keeps an id's state when it starts over only through the guard's
     state, each column's last finite value: the order checks feed the rows with their leading
     NaN run."""
-    import torch
-
-    from kit.features.normaliser import Normaliser
-    from kit.features.sets import build_feature_set
-    from kit.models import build_model
-
-    spec = load_spec(str(workspace / "tiny-lob.toml"))
-    features = build_feature_set(spec, ["raw"])
-    config = {"type": "gru", "hidden": 8, "layers": 1}
-    torch.manual_seed(0)
-    model = build_model(config, len(features.outputs), spec.n_outputs)
-    with torch.no_grad():
+    def memoryless(model):
         model.rnn.weight_hh_l0.zero_()
         model.rnn.bias_ih_l0[8:16] = -30.0  # z = 0: h = n, made anew from each row
-    rows = np.random.default_rng(0).standard_normal((500, len(features.outputs)))
-    (tmp_path / "run").mkdir()
-    save_checkpoint({
-        "model": model.state_dict(), "model_config": config,
-        "normaliser": Normaliser.fit(rows.astype(np.float32)).to_dict(),
-        "features": features.to_dict(), "spec": spec.to_dict(), "score": None,
-        "per_target": {}}, tmp_path / "run/best.pt")
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    raw_gru_run(tmp_path / "run", spec, edit=memoryless)
     folder = pack_run(tmp_path / "run", "memoryless", tmp_path / "submissions").folder
     assert run_parity(folder, _valid(workspace), seqs=SEQS).ok
     _edit_solution(folder, *edit)
     report = run_parity(folder, _valid(workspace), seqs=SEQS)
     assert _failed(report) == {"order: shuffled sequences"}
     assert "seq" in next(c.detail for c in report.checks if not c.ok)
+
+
+def test_a_raw_feature_pack_leaves_the_guard_clip_to_the_normaliser(workspace, tmp_path):
+    """Raw columns go from the guard straight to the normaliser, whose clip bounds them far
+    inside the guard's +-1e16: the guard's clip is one graph node (about 0.35 us a row) that
+    changes no output, so the pack leaves it out. Rows past 1e16, and NaN/inf rows filled
+    with them, give what the clipped chain gives, bit for bit in torch and within parity's
+    tolerance in the package."""
+    import torch
+
+    from kit.export.frozen import stream_steps
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    run = raw_gru_run(tmp_path / "run", spec)
+    packed = pack_run(run, "raw", tmp_path / "submissions")
+    ops = [n.op_type for n in onnx.load(str(packed.folder / "model.onnx")).graph.node]
+    assert ops.count("Clip") == 1  # the normaliser's
+
+    member = load_member(run)
+    unclipped, clipped = member.stream_module(), member.stream_module()
+    assert unclipped.stages[0].guard.clip is False
+    clipped.stages[0].guard.clip = True
+    rows = hostile_rows(len(spec.features))
+    x = torch.from_numpy(rows.astype(np.float32))[None]
+    want = stream_steps(clipped, x)[0].numpy()
+    assert np.isfinite(want).all()
+    assert torch.equal(stream_steps(unclipped, x)[0], torch.from_numpy(want))
+    # the guard's state does hold the value past LIMIT (the clip is really off)
+    _, state = unclipped(x[:, 3:4], unclipped.init_state(1))
+    assert float(state[0].max()) == pytest.approx(1e30, rel=1e-6)
+
+    model = _solution(packed.folder)
+    got = np.stack([model.predict(Point(1, i, True, r)) for i, r in enumerate(rows)])
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
+
+
+def test_the_guard_keeps_its_clip_where_a_normaliser_does_not_bound_the_columns(workspace):
+    """The guard's clip goes only where the normaliser makes it change nothing: not without
+    the normaliser's clip, not when a normaliser's bound lies past LIMIT / 2 (a column centred
+    at 9e15 with scale 1e15: a 1e20 row normalises to 1.0 clipped at 1e16 and to the bound
+    5.0 without), not when feature ops read the guard's columns (a lag of 1e30 minus one of
+    -1e30 overflows)."""
+    import torch
+
+    from kit.export.frozen import StreamChain, spare_guard_clip
+    from kit.features.normaliser import Normaliser
+    from kit.features.sets import build_feature_set
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    raw = build_feature_set(spec, ["raw"])
+    width = len(raw.outputs)
+    center, scale = np.zeros(width, np.float32), np.ones(width, np.float32)
+
+    def guard_clip(feature_set, *normalisers) -> bool:
+        pipeline = feature_set.stream_module()
+        spare_guard_clip(pipeline, list(normalisers))
+        return pipeline.guard.clip
+
+    bounded = Normaliser("standard", 5.0, center, scale)
+    assert guard_clip(raw, bounded) is False
+    assert guard_clip(raw, bounded, Normaliser("standard", None, center, scale)) is True
+    assert guard_clip(raw) is True  # no normaliser reads it
+    assert guard_clip(build_feature_set(spec, ["raw", "diffs"]), bounded) is True
+    far_center = center.copy()
+    far_center[0] = 9e15
+    far_scale = scale.copy()
+    far_scale[0] = 1e15
+    far = Normaliser("standard", 5.0, far_center, far_scale)
+    assert guard_clip(raw, far) is True
+    # why: there the clip changes the output
+    row = torch.zeros(1, 1, width)
+    row[0, 0, 0] = 1e20
+    outputs = []
+    for clip in (True, False):
+        chain = StreamChain(raw.stream_module(), far.stream_module())
+        chain.stages[0].guard.clip = clip
+        outputs.append(float(chain(row, chain.init_state(1))[0][0, 0, 0]))
+    assert outputs == [pytest.approx(1.0), 5.0]
 
 
 def test_a_torn_manifest_is_named_as_the_packages_own_file(workspace, gru_pack, tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kit.export.frozen import Member, split_state
+from kit.export.frozen import Member, spare_guard_clip, split_state
 from kit.features.normaliser import StackedAffineClip
 from kit.models.rnn import GRUModel, LSTMModel
 
@@ -204,11 +204,13 @@ class Ensemble(nn.Module):
         self.pipelines, self.normalisers = nn.ModuleList(), nn.ModuleList()
         self.norm_source: list[int] = []  # normaliser -> pipeline
         inputs = []  # member -> normaliser index
+        readers: dict[int, list] = {}
         for entry in members:
             m = entry.member
             digest = m.feature_set.digest()
             if digest not in pipelines:
                 pipelines[digest] = len(self.pipelines)
+                readers[pipelines[digest]] = []  # the normalisers that read it
                 self.pipelines.append(m.feature_set.stream_module())
             key = (digest, m.normaliser.method, m.normaliser.clip,
                    m.normaliser.center.tobytes(), m.normaliser.scale.tobytes())
@@ -216,7 +218,10 @@ class Ensemble(nn.Module):
                 normalisers[key] = len(self.normalisers)
                 self.normalisers.append(m.normaliser.stream_module())
                 self.norm_source.append(pipelines[digest])
+                readers[pipelines[digest]].append(m.normaliser)
             inputs.append(normalisers[key])
+        for pipeline, own in zip(self.pipelines, readers.values(), strict=True):
+            spare_guard_clip(pipeline, own)
         groups: dict[object, list[int]] = {}
         for i, entry in enumerate(members):
             key = stackable(entry.member.model) if stack else None

@@ -67,19 +67,25 @@ class Guard(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.width = width
+        # off only where a normaliser's clip follows each column directly and bounds it far
+        # inside +-LIMIT (kit.export.frozen.spare_guard_clip): the outputs are the same
+        self.clip = True
 
     def init_state(self, batch: int) -> list[Tensor]:
         return [torch.zeros(batch, 1, self.width)]
 
+    def _limited(self, x: Tensor) -> Tensor:
+        return x.clamp(-LIMIT, LIMIT) if self.clip else x
+
     def forward(self, x: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         (last,) = state  # [B, 1, F]
         if x.shape[1] == 1:  # the step graph: no slicing of the one row (a node saved)
-            last = torch.where((x - x) == 0, x, last).clamp(-LIMIT, LIMIT)
+            last = self._limited(torch.where((x - x) == 0, x, last))
             return last, [last]
         rows = []
         for t in range(x.shape[1]):  # T is 1 in the step graph
             row = x[:, t:t + 1]
             # x - x is 0 exactly for finite x and NaN for NaN/inf: 2 graph nodes, not 4
-            last = torch.where((row - row) == 0, row, last).clamp(-LIMIT, LIMIT)
+            last = self._limited(torch.where((row - row) == 0, row, last))
             rows.append(last)
         return (rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)), [last]
