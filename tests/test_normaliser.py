@@ -89,6 +89,27 @@ def test_bad_settings_are_rejected(kwargs, message):
         Normaliser.fit(np.zeros((3, 2), np.float32), **kwargs)
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"scale": [1.0, -2.0]}, "a scale that is not a finite number > 0"),
+    ({"scale": [1.0, 0.0]}, "a scale that is not a finite number > 0"),
+    ({"scale": [1.0, float("inf")]}, "a scale that is not a finite number > 0"),
+    ({"center": [float("nan"), 0.0]}, "a center that is not finite"),
+    ({"center": [0.0]}, "center and scale of different lengths"),
+    ({"clip": -1.0}, "clip -1.0, not a number > 0"),
+    ({"clip": float("nan")}, "clip nan, not a number > 0"),
+], ids=["negative scale", "zero scale", "inf scale", "nan center", "lengths", "clip < 0",
+        "nan clip"])
+def test_a_stored_normaliser_fit_never_writes_is_refused(edit, message):
+    """An edited or corrupted checkpoint's normaliser: a negative scale would flip features
+    (and the pack's guard relies on scale > 0), a NaN center would make every input NaN."""
+    stored = {**Normaliser.fit(np.ones((3, 2), np.float32)).to_dict(), **edit}
+    with pytest.raises(NormaliserError, match=f"the stored normaliser has {message}.*edited or "
+                                              "is corrupted"):
+        Normaliser.from_dict(stored)
+    assert Normaliser.from_dict({**stored, **Normaliser.fit(
+        np.ones((3, 2), np.float32)).to_dict()}).scale.tolist() == [1.0, 1.0]
+
+
 def test_empty_mask_is_rejected():
     with pytest.raises(NormaliserError, match="no training rows"):
         Normaliser.fit(np.zeros((2, 3, 2), np.float32), np.zeros((2, 3), bool))

@@ -952,6 +952,23 @@ def test_a_raw_feature_pack_leaves_the_guard_clip_to_the_normaliser(workspace, t
     assert run_parity(packed.folder, _valid(workspace), seqs=SEQS).ok
 
 
+def test_a_checkpoint_with_a_negative_normaliser_scale_is_refused_by_pack(workspace,
+                                                                          tmp_path):
+    """fit() never writes one; packed, it flipped features and, with the guard's clip left
+    to the normaliser, a 1e20 row normalised to -5 where the clipped guard gave -0.1."""
+    from kit.features.normaliser import Normaliser
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    width = len(spec.features)
+    flipped = Normaliser("standard", 5.0, np.zeros(width, np.float32),
+                         np.full(width, -1e17, np.float32))
+    run = raw_gru_run(tmp_path / "run", spec, normaliser=flipped)
+    out = run_cli("pack", run, "--name", "flipped", "--out", tmp_path / "subs",
+                  expect=2).output
+    assert "the stored normaliser has a scale that is not a finite number > 0" in out, out
+    assert not (tmp_path / "subs/flipped").exists()
+
+
 def test_the_guard_keeps_its_clip_where_a_normaliser_does_not_bound_the_columns(workspace):
     """The guard's clip goes only where the normaliser makes it change nothing: not without
     the normaliser's clip, not when a normaliser's bound lies past LIMIT / 2 (a column centred
@@ -985,6 +1002,9 @@ def test_the_guard_keeps_its_clip_where_a_normaliser_does_not_bound_the_columns(
     far_scale[0] = 1e15
     far = Normaliser("standard", 5.0, far_center, far_scale)
     assert guard_clip(raw, far) is True
+    # a negative scale (refused when loaded from a checkpoint, but not here) keeps it too:
+    # (1e16 - 0) / -1e17 is -0.1 where (1e20 - 0) / -1e17 clips to -5
+    assert guard_clip(raw, Normaliser("standard", 5.0, center, -1e17 * scale)) is True
     # why: there the clip changes the output
     row = torch.zeros(1, 1, width)
     row[0, 0, 0] = 1e20

@@ -61,8 +61,10 @@ def spare_guard_clip(pipeline: FeaturePipeline, normalisers: list[Normaliser]) -
     for normaliser in normalisers:
         if normaliser.clip is None:
             return
-        reach = (np.abs(normaliser.center.astype(np.float64))
-                 + normaliser.clip * normaliser.scale.astype(np.float64))
+        scale = normaliser.scale.astype(np.float64)
+        if not np.all(scale > 0):  # a negative one maps 1e16 and 1e20 to different signs' sides
+            return
+        reach = np.abs(normaliser.center.astype(np.float64)) + normaliser.clip * scale
         if not np.all(reach <= LIMIT / 2):  # NaN too
             return
     pipeline.guard.clip = False

@@ -5,6 +5,8 @@ finite value of the same column in the same sequence, or by 0.0 before there is 
 last value keeps level-like columns (prices) continuous; 0.0 is the neutral value of normalised
 features. Finite values beyond +-LIMIT (1e16) are clipped to it, so that no op overflows
 float32 (see kernels.LIMIT). No op downstream ever sees a non-finite input, so no op emits NaN.
+A packed chain of raw columns only leaves that clip to a normaliser that bounds every column
+far inside it (kit.export.frozen.spare_guard_clip): its state may then hold a value past LIMIT.
 """
 
 from __future__ import annotations

@@ -82,8 +82,24 @@ class Normaliser:
 
     @classmethod
     def from_dict(cls, raw: dict) -> Normaliser:
-        return cls(raw["method"], raw["clip"], np.asarray(raw["center"], dtype=np.float32),
-                   np.asarray(raw["scale"], dtype=np.float32))
+        """A stored normaliser, refused where fit() never makes it (an edited or corrupted
+        checkpoint): a non-finite center or scale, a scale <= 0 (a negative one flips each
+        feature's sign, and the graph's guard relies on scale > 0), a clip that is not > 0."""
+        normaliser = cls(raw["method"], raw["clip"], np.asarray(raw["center"], np.float32),
+                         np.asarray(raw["scale"], np.float32))
+        center, scale, clip = normaliser.center, normaliser.scale, normaliser.clip
+        problem = ("center and scale of different lengths" if center.shape != scale.shape
+                   else "a center that is not finite" if not np.isfinite(center).all()
+                   else "a scale that is not a finite number > 0"
+                   if not (np.isfinite(scale) & (scale > 0)).all()
+                   else f"clip {clip!r}, not a number > 0" if clip is not None and not (
+                       isinstance(clip, int | float) and clip > 0)
+                   else None)
+        if problem is not None:
+            raise NormaliserError(f"the stored normaliser has {problem}, which fit() never "
+                                  "writes: the checkpoint was edited or is corrupted; train "
+                                  "the run again")
+        return normaliser
 
     def stream_module(self) -> AffineClip:
         return AffineClip(self.center, self.scale, self.clip)
