@@ -34,3 +34,21 @@ def test_the_batch_keeps_headroom_unless_the_train_set_fits_with_room(n_seqs, ba
     # memory holds 1000 sequences: a set of 1000 fits only just and keeps the 10% headroom
     # (it trained at 1000); a small set trains as one batch (it lost 10% for nothing)
     assert batch_with_headroom(lambda size: size <= 1000, n_seqs) == batch
+
+
+def test_a_device_that_holds_one_sequence_trains_batches_of_one():
+    """90% of 1 is 0: the batch stays 1 (0 divided the epoch's batch count by zero)."""
+    assert batch_with_headroom(lambda size: size <= 1, 10) == 1
+
+
+def test_the_search_never_probes_past_its_limit():
+    """A start above the limit begins at the limit: a probe past it would ask the device for
+    a batch the caller ruled out (and return it)."""
+    probes = []
+
+    def fits(size):
+        probes.append(size)
+        return size <= 7
+
+    assert largest_fitting(fits, start=8, limit=5) == 5
+    assert max(probes) == 5

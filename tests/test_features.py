@@ -170,6 +170,9 @@ def test_constant_windows_give_exact_rolling_statistics_in_both_faces(tabled, tm
     # its value with a std of 0, as in the batch face, whatever the price level
     with patch.object(kernels, "MEAN_STD_TABLE_LIMIT", 1e9 if tabled else 0):
         fs = build_feature_set(SPEC, groups=[], ops=QUIET_QUOTE_OPS)
+        history = next(k for k in fs.stream_module().kernels
+                       if isinstance(k, kernels.HistoryKernel))  # the rolling stats' layer
+        assert history.ms_tabled is tabled  # the table where it fits: fewer graph nodes
         for seed in range(4):
             df = _quiet_quotes(seed)
             assert_faces_agree(fs, df)
@@ -185,6 +188,33 @@ def test_constant_windows_give_exact_rolling_statistics_in_both_faces(tabled, tm
                 np.testing.assert_array_equal(expected[still, j], 0.0, err_msg=name)
             # elsewhere the z-score's x - mean cancels in float32 in both faces, differently
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=5e-3)
+
+
+@pytest.mark.parametrize("tabled", [True, False])
+def test_the_stream_face_fed_in_chunks_equals_it_fed_step_by_step(tabled):
+    """Every op's stream face takes [B, T, F] chunks with its state carried over: a chunk
+    that starts mid-sequence (count > 0) must continue it, not start a new one (a rolling
+    window that ignored the count, or a position restarting at 0, passed the tests that feed
+    whole sequences from zero state)."""
+    import torch
+
+    ops = [{"op": name, **params} for name, params in OP_CASES.items()]
+    with patch.object(kernels, "MEAN_STD_TABLE_LIMIT", 1e9 if tabled else 0):
+        module = build_feature_set(SPEC, groups=[], ops=ops).stream_module().eval()
+    df = _frame([13, 9], 7, [(2, 0, 0), (5, 1, 1), (15, 3, 2)])
+    for _, seq in df.group_by("seq_ix", maintain_order=True):
+        x = torch.from_numpy(seq.select(list("abcd")).to_numpy().astype(np.float32))[None]
+        with torch.no_grad():
+            steps, state = [], module.init_state(1)
+            for t in range(x.shape[1]):
+                y, state = module(x[:, t:t + 1], state)
+                steps.append(y)
+            stepped = torch.cat(steps, dim=1)
+            chunks, state = [], module.init_state(1)
+            for start, stop in ((0, 4), (4, 5), (5, x.shape[1])):
+                y, state = module(x[:, start:stop], state)
+                chunks.append(y)
+        torch.testing.assert_close(torch.cat(chunks, dim=1), stepped, rtol=1e-6, atol=1e-6)
 
 
 EWM_QUOTE_OPS = [  # the z-score of an EWM: x - m cancels, over a std of a fraction of a tick
@@ -1098,20 +1128,23 @@ def test_cumulative_sums_keep_small_terms_next_to_large_ones(tmp_path):
     """Kahan's compensation drops its carry when a term outweighs the total: 1e8, 1, 3, -1e8
     summed to 0 in the stream face and the ONNX graph (4 in the batch face), and repeated 300
     times to 0 against 1,200; with 1e8, seven 1s, -1e8 it drifted the other way (8,008 against
-    7,007). Every row's cumsum and cumgain must be the batch face's, exactly here."""
+    7,007). A term that outweighs the total from the first step on (1, 1e8, -1e8: Fast2Sum's
+    error term is exact only when the total is the larger) must keep the 1 as well. Every
+    row's cumsum and cumgain must be the batch face's, exactly here."""
     cycles = 300
     a = np.tile([1e8, 1.0, 3.0, -1e8], cycles)
     b = np.tile([1e8] + [1.0] * 7 + [-1e8], cycles // 2)[:len(a)]
+    d = np.tile([1.0, 1e8, -1e8, 0.0], cycles)
     df = pl.DataFrame({"seq_ix": np.zeros(len(a), np.int64), "step_in_seq": np.arange(len(a)),
                        "need_prediction": np.ones(len(a), bool)}
                       | {k: v.astype(np.float32) for k, v in
-                         {"a": a, "b": b, "c": a[::-1].copy(), "d": np.ones(len(a))}.items()}
+                         {"a": a, "b": b, "c": a[::-1].copy(), "d": d}.items()}
                       | {"y": np.zeros(len(a), np.float32)})
     fs = build_feature_set(SPEC, groups=[], ops=[
-        {"op": "cumsum", "inputs": ["a", "b"]}, {"op": "cumgain", "inputs": ["c"]},
+        {"op": "cumsum", "inputs": ["a", "b", "d"]}, {"op": "cumgain", "inputs": ["c"]},
         {"op": "cummax", "inputs": ["a"]}])
     got, expected = onnx_steps_and_batch_face(fs, df, tmp_path / "big.onnx")
-    exact = {"a@cumsum": np.cumsum(a), "b@cumsum": np.cumsum(b),
+    exact = {"a@cumsum": np.cumsum(a), "b@cumsum": np.cumsum(b), "d@cumsum": np.cumsum(d),
              "c@cumgain": np.concatenate([[0.0], np.cumsum(  # steps of float32 values, in float32
                  np.maximum(np.diff(a[::-1].astype(np.float32)), 0), dtype=np.float64)])}
     for name, values in exact.items():

@@ -362,3 +362,47 @@ def test_bad_configs_name_the_entry(config, message):
         build_model(config, F, K)
     assert message in str(err.value)
     assert isinstance(err.value, KitError)
+
+
+@pytest.mark.parametrize("heads, parts", [("shared", 1), ("separate", 2)])
+def test_the_heads_key_builds_one_head_or_one_per_target(heads, parts):
+    """"separate" builds one head per target (each its own highway), "shared" one head with K
+    outputs; with the linear head both have the same parameter count, so count the parts."""
+    from kit.models.heads import make_head
+
+    head = make_head(8, 2, "highway", heads)
+    assert len(head.parts) == parts
+    assert [part.out.out_features for part in head.parts] == [2 // parts] * parts
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_scaled_outputs_apply_to_separate_heads_too(separate):
+    from kit.models.heads import Head
+
+    torch.manual_seed(0)
+    head = Head("linear", 8, 2, separate=separate)
+    h = torch.randn(5, 3, 8)
+    with torch.no_grad():
+        plain = head(h)
+        head.scale_outputs([130.0, -20.0], [7.0, 0.5])
+        np.testing.assert_allclose(head(h).numpy(),
+                                   (plain * torch.tensor([7.0, 0.5])
+                                    + torch.tensor([130.0, -20.0])).numpy(), rtol=1e-6)
+
+
+def test_the_highway_and_residual_heads_compute_their_formulas():
+    """The model tests compare a model with itself (sequence, steps, ONNX); these pin what
+    the heads compute: z = g relu(t) + (1 - g) h and z = h + mlp(h), then the output map."""
+    from kit.models.heads import Highway, Residual
+
+    torch.manual_seed(0)
+    h = torch.randn(4, 6)
+    highway, residual = Highway(6, 2), Residual(6, 2)
+    with torch.no_grad():
+        gate, transform = highway.inner(h).split([6, 6], dim=-1)
+        g = torch.sigmoid(gate)
+        want = highway.out(g * torch.relu(transform) + (1 - g) * h)
+        torch.testing.assert_close(highway(h), want)
+        torch.testing.assert_close(residual(h), residual.out(h + residual.mlp(h)))
+        assert not torch.allclose(residual(h), residual.out(residual.mlp(h)))
+        assert not torch.allclose(highway(h), highway.out(g * torch.relu(transform) + g * h))

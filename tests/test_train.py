@@ -2010,8 +2010,8 @@ def test_flipped_bits_inside_a_checkpoint_are_refused(env, tmp_path):
     index[good.rfind(b"PK\x01\x02") + 10] ^= 1
     (paused / "last.pt").write_bytes(bytes(index))
     out = run_cli("train", "exp=tiny", "--resume", "--run-dir", paused, expect=2).output
-    assert "last.pt: the checkpoint is corrupt" in out and "Traceback" not in out
-    assert "delete it and run the same command again" in out
+    assert "last.pt: the checkpoint is corrupt (its zip index does not read: " in out, out
+    assert "Traceback" not in out and "delete it and run the same command again" in out
 
 
 def test_a_new_best_is_in_place_only_once_last_pt_records_it(env, tmp_path, monkeypatch):
