@@ -343,10 +343,10 @@ def features_list(spec: str = SpecOption) -> None:
     from kit.features.ops import OPS
     from kit.features.sets import FeatureConfigError, available_groups, build_feature_set
 
+    loaded = load_spec(spec)  # first: a bad --spec prints nothing before its error
     typer.echo("ops:")
     for name, cls in OPS.items():
         typer.echo(f"  {name:<14} {cls.summary}")
-    loaded = load_spec(spec)
     typer.echo(f"groups for {loaded.name}:")
     for name, group in available_groups(loaded).items():
         try:
@@ -553,6 +553,9 @@ def sweep(
             options[path[0]], given[path[0]] = value, repr(text)
         else:
             overrides.append(text)
+    if study is not None and not study.strip():  # "" ran the experiment's study
+        raise ConfigError(f"--study {study!r}: a name (leave the option out for the "
+                          "experiment's)")
     try:
         summary = run_sweep(exp, overrides, trials=options["trials"], storage=storage,
                             study=study, timeout=timeout,
@@ -587,8 +590,8 @@ def ablate(
     from kit.ablate import ablate as run_ablation
 
     names = [g.strip() for g in groups.split(",") if g.strip()]
-    try:
-        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    try:  # "" is no seed list (the experiment's seeds trained without a word)
+        seed_list = [int(s) for s in seeds.split(",")] if seeds is not None else None
     except ValueError:
         raise typer.BadParameter(f"--seeds {seeds!r}: comma-separated integers") from None
     try:
@@ -596,7 +599,8 @@ def ablate(
                                runs_dir=runs_dir, resume=resume)
     except AblationInterrupted as stop:
         again = ["kit", "ablate", exp, *ctx.args, "--groups", groups,
-                 *(["--seeds", seeds] if seeds else []), "--resume", str(stop.file)]
+                 *(["--seeds", seeds] if seeds is not None else []), "--resume",
+                 str(stop.file)]
         ended = ("interrupted" if stop.signum == signal.SIGINT
                  else f"stopped by {signal.Signals(stop.signum).name}")
         typer.echo(f"{ended}: {stop.finished} of {stop.planned} runs finished, kept in "
@@ -607,10 +611,11 @@ def ablate(
         raise typer.Exit(1)  # the table holds the rest; a script still learns runs failed
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def params(
-    exp: str = typer.Argument(..., help="Experiment: exp=NAME, NAME or a TOML path."),
-    overrides: list[str] | None = typer.Argument(None, help="Overrides like model.hidden=64."),
+    ctx: typer.Context,
+    exp: str = typer.Argument(..., help="Experiment: exp=NAME, NAME or a TOML path; then "
+                              "overrides like model.hidden=64."),
 ) -> None:
     """Print the parameter count of an experiment's model."""
     from kit.competition import load_spec
@@ -618,7 +623,7 @@ def params(
     from kit.models import build_model, count_params, solve_width
     from kit.train.recipe import experiment_config
 
-    config = experiment_config(exp, overrides or [])
+    config = experiment_config(exp, overrides_of(ctx))
     n_in = len(feature_set_from_config(config).outputs)
     n_out = load_spec(config["spec"]).n_outputs
     model_config = solve_width(config["model"], n_in, n_out)

@@ -715,7 +715,7 @@ def check_out(out: Path) -> None:
     that suffix), not a folder, under a folder or a name that can be one."""
     if out.suffix != ".toml":
         raise EnsembleError(f"--out {out}: an ensemble file is a .toml file (kit report tells "
-                            f"it from a run by that): --out {out.with_suffix('.toml').name}")
+                            f"it from a run by that): --out {out.with_suffix('.toml')}")
     if out.is_dir():
         raise EnsembleError(f"--out {out}: is a folder; name the .toml file to write in it")
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
@@ -774,6 +774,9 @@ def written_by_select(path: Path) -> bool:
 
 def read_ensemble(path: Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise EnsembleError(f"{path}: a folder, not an ensemble file (a .toml that kit "
+                            "ensemble select writes; a run is packed as kit pack RUN)")
     if not path.is_file():
         raise EnsembleError(f"{path}: no such ensemble file (kit ensemble select writes one)")
     doc = read_toml(path, EnsembleError)

@@ -1,6 +1,7 @@
 """Errors a user can cause. The CLI prints them without a traceback and exits non-zero."""
 
 import errno
+import os
 
 
 class KitError(Exception):
@@ -43,4 +44,6 @@ def os_error_text(exc: OSError) -> str:
             errno.EROFS: "that file system is read-only: choose a folder on a writable one",
             errno.ENOSPC: "the disk is full: free some space or choose another folder",
             errno.ENOTDIR: "a file stands where a folder is needed in that path"}.get(exc.errno)
+    if exc.errno == errno.EEXIST and os.path.isfile(exc.filename):  # mkdir of a file's path
+        hint = "a file, where a folder is needed: name a folder (new or existing) instead"
     return f"{where}: {exc.strerror}" + (f" ({hint})" if hint else "")

@@ -255,3 +255,32 @@ def test_kits_own_warnings_are_one_line_and_others_keep_their_format(capsys):
     assert "warning: kit's UserWarning\n" in err and "warning: kit's RuntimeWarning\n" in err
     assert [a[0] for a in shown] == ["theirs", "deprecated"]
     assert warnings.showwarning is not show  # installed per command only
+
+
+def test_a_file_given_where_a_folder_is_wanted_says_so(tmp_path):
+    """mkdir on a file's path said only "PATH: File exists" (kit demo --data FILE.parquet,
+    kit data synth --out README.md, kit pack --out FILE, ...)."""
+    taken = tmp_path / "notes.md"
+    taken.write_text("mine")
+    out = run_cli("data", "synth", "--out", taken, "--train-seqs", 2, "--valid-seqs", 2, "-q",
+                  expect=2).output
+    assert f"{taken}: File exists (a file, where a folder is needed: name a folder" in out, out
+    assert taken.read_text() == "mine"
+
+
+def test_features_list_with_an_unknown_spec_prints_only_the_error():
+    """The ops table came first, then the error: a pipe got a partial listing."""
+    result = run_cli("features", "list", "--spec", "no-such-spec", expect=2)
+    assert "ops:" not in result.output and "no-such-spec" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ablate", "gru_base", "--groups", "raw", "--seeds", ""], "--seeds '': comma-separated"),
+    (["sweep", "gru_sweep", "--study", " "], "--study ' ': a name (leave the option out"),
+], ids=["ablate seeds", "sweep study"])
+def test_an_empty_value_is_refused_not_taken_for_the_default(args, message, tmp_path,
+                                                            monkeypatch):
+    """`--seeds ""` trained the experiment's seeds and `--study ""` ran the experiment's
+    study, where `seeds=` in an override is refused."""
+    monkeypatch.chdir(tmp_path)  # (had it trained, not in the repository)
+    assert message in run_cli(*args, expect=2).output

@@ -629,6 +629,8 @@ def test_the_time_budget_of_a_variable_length_spec_with_a_long_warm_up(runs, tmp
 def test_bad_ensemble_files_are_refused(runs, tmp_path):
     with pytest.raises(EnsembleError, match="no such ensemble file"):
         read_ensemble(tmp_path / "missing.toml")
+    with pytest.raises(EnsembleError, match="a folder, not an ensemble file .*kit pack RUN"):
+        read_ensemble(runs["gru"])  # `kit pack --ensemble RUN`: a run is no ensemble file
     (tmp_path / "bad.toml").write_text("members = [")
     with pytest.raises(EnsembleError, match="not valid TOML"):
         read_ensemble(tmp_path / "bad.toml")
@@ -640,6 +642,15 @@ def test_bad_ensemble_files_are_refused(runs, tmp_path):
                                             "weights": [0.0, 0.0]}])
     with pytest.raises(PackError, match="every member has weight 0"):
         pack_ensemble(path, "z", tmp_path)
+
+
+def test_an_out_without_the_toml_suffix_is_refused_with_the_path_to_use():
+    """The hint dropped the folder: following it wrote into the working folder."""
+    from kit.ensemble import check_out
+
+    with pytest.raises(EnsembleError, match=r"--out /data/picks/mix\.txt: an ensemble file is "
+                                            r"a \.toml file .*: --out /data/picks/mix\.toml$"):
+        check_out(Path("/data/picks/mix.txt"))
 
 
 def test_select_writes_over_its_own_files_only(runs, tmp_path):

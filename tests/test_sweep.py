@@ -1957,6 +1957,18 @@ def test_an_ablation_stopped_by_sigterm_says_how_to_resume(sweep_env, monkeypatc
         in out and "--resume" in out
 
 
+def test_an_ablation_resume_names_a_missing_file_and_a_file_of_another_kind(sweep_env):
+    """A missing summary was "not an ablation summary" (there was none to judge)."""
+    args = ["ablate", "exp=tiny", "--groups", "raw", "--seeds", "1", "-q", "--resume"]
+    missing = sweep_env / "runs/tiny/ablate-20260101-000000-abcd.json"
+    out = run_cli(*args, missing, expect=2).output
+    assert f"--resume {missing}: no such file; an interrupted kit ablate prints" in out, out
+    other = sweep_env / "notes.json"
+    other.write_text("{}")
+    out = run_cli(*args, other, expect=2).output
+    assert f"--resume {other}: not an ablation summary (runs/EXP/ablate-*.json)" in out, out
+
+
 def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, monkeypatch):
     from kit.train import recipe
 

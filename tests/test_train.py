@@ -1299,6 +1299,10 @@ def test_bad_configs_fail_fast_naming_the_key(env, override, message):
 def test_params_prints_the_count(env):
     out = run_cli("params", "exp=tiny").output
     assert "parameters" in out
+    assert "'hidden': 5," in run_cli("params", "exp=tiny", "model.hidden=5").output
+    # an override first is named as such, as kit train does ("no experiment" before)
+    out = run_cli("params", "model.hidden=5", "exp=tiny", expect=2).output
+    assert "'model.hidden=5' stands where the experiment goes" in out, out
 
 
 def test_folds_train_one_run_per_fold_with_out_of_fold_predictions(env, tmp_path):
@@ -1764,6 +1768,22 @@ def test_a_column_the_spec_does_not_name_is_left_alone(env, tmp_path):
     assert np.isfinite(json.loads((tmp_path / "run" / "metrics.json").read_text())["score"])
     out = run_cli("features", "build", "--data", odd, "--spec", spec, "--groups", "raw").output
     assert "p0" in out
+
+
+def test_more_folds_than_sequences_are_refused_before_any_run_folder(env, grouped_train,
+                                                                     tmp_path):
+    """--folds 1000000 made a million empty fold folders before the split refused k (an
+    interrupt meanwhile left 115,000 behind); with data.split = "group" the groups count."""
+    sequences = pl.read_parquet(grouped_train, columns=["seq_ix"])["seq_ix"].n_unique()
+    out = run_cli("train", "exp=tiny", "--folds", 1000000, "-q",
+                  f"data.train={grouped_train}", expect=2).output
+    assert (f"--folds 1000000: the train file {grouped_train} has {sequences} sequences, and "
+            f"each fold validates at least one; use --folds 2..{sequences}") in out, out
+    out = run_cli("train", "exp=tiny", "--folds", 9, "-q", f"data.train={grouped_train}",
+                  "data.split=group", "data.group=user", expect=2).output
+    assert f"--folds 9: the train file {grouped_train} has 8 groups (user)" in out, out
+    assert not (tmp_path / "runs" / "tiny").exists() or not any(
+        (tmp_path / "runs" / "tiny").iterdir())
 
 
 def test_folds_of_a_grouped_split_keep_each_user_on_one_side(env, grouped_train):

@@ -124,6 +124,23 @@ def check_data_files(data: dict, folds: bool = False) -> None:
                             "NAME --out FOLDER` writes a built-in competition's files)")
 
 
+def check_fold_count(config: dict, folds: int) -> None:
+    """--folds K needs K sequences in the train file (K groups with data.split = "group"):
+    checked before the group's K run folders are made (--folds 1000000 made them all first,
+    and an interrupt left them behind). A file or column that does not read is left to the
+    reader, which names the problem."""
+    data = config["data"]
+    column = data["group"] if data["split"] == "group" else load_spec(config["spec"]).id_col
+    try:
+        count = pl.scan_parquet(data["train"]).select(pl.col(column).n_unique()).collect().item()
+    except Exception:  # reported by the reader, which names the file
+        return
+    what = f"groups ({column})" if data["split"] == "group" else "sequences"
+    if folds > count:
+        raise ConfigError(f"--folds {folds}: the train file {data['train']} has {count} {what}, "
+                          f"and each fold validates at least one; use --folds 2..{count}")
+
+
 def check_split_settings(data: dict) -> None:
     """The [data] split settings make sense together (before any array is built)."""
     fold = data["fold"]

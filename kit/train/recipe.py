@@ -141,7 +141,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                      ) -> list[dict]:
     """Train one run per seed (per fold with `folds`); returns each run's metrics. With
     `jobs` > 1, the seeds train in that many processes at once (see train_seeds_in_parallel)."""
-    from kit.train.data import check_data_files
+    from kit.train.data import check_data_files, check_fold_count
 
     base = experiment_config(exp, overrides)
     held_out = [f"data.{key} = {base['data'][key]}" for key in ("valid_fraction", "split_seed")
@@ -166,6 +166,8 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     check_seeds(seeds or [])
     if folds < 0 or folds == 1:
         raise ConfigError(f"--folds must be 0 (off) or >= 2, got {folds}")
+    if folds and not resume:
+        check_fold_count(base, folds)
     limits = [f"train.{key} = {base['train'][key]}" for key in ("max_train_seqs", "max_valid_seqs")
               if base["train"][key]]
     if folds and limits:
