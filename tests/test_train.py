@@ -455,7 +455,8 @@ def test_run_dir_must_be_a_folder_of_the_runs_own(env, tmp_path, monkeypatch):
     before = sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir())
     for given, said in (("", "the working folder"), (".", "the working folder"),
                         ("runs", "the runs folder"),
-                        ("runs/tiny", "experiment tiny's runs folder")):
+                        ("runs/tiny", "experiment tiny's runs folder"),
+                        ("elsewhere/runs", "a runs folder")):
         out = run_cli("train", "exp=tiny", "--run-dir", given, "-q", expect=2).output
         assert f"is {said}: name a folder of the run's own" in out, out
     assert not (tmp_path / "best.pt").exists() and not (tmp_path / "runs" / "config.toml").exists()
@@ -2496,3 +2497,134 @@ def test_a_worker_group_runs_at_most_jobs_workers_at_a_time(tmp_path):
     assert codes == [0] * 5
     most = [int((seen / str(i)).read_text()) for i in range(5)]
     assert max(most) == 2, most  # side by side, never more than two
+
+
+
+def _variable_valid(env, tmp_path) -> Path:
+    """The tiny valid file with its first two sequences cut to 30 steps (the others 60)."""
+    frame = pl.read_parquet(env / "data" / "valid.parquet")
+    first_two = frame["seq_ix"].unique(maintain_order=True)[:2].to_list()
+    frame = frame.filter(~pl.col("seq_ix").is_in(first_two) | (pl.col("step_in_seq") < 30))
+    frame.write_parquet(tmp_path / "valid_var.parquet")
+    return tmp_path / "valid_var.parquet"
+
+
+def test_tail_truncation_points_val_rows_at_the_kept_steps_of_every_sequence(env, tmp_path):
+    """data.truncate = "tail" keeps each sequence's last seq_len steps: a shorter one keeps
+    all of its own (a start of len - seq_len < 0 pointed val_rows 10 rows early, onto rows of
+    the sequence before). And the cut flag reads only the validated sequences."""
+    from kit.train.data import load_train_data
+
+    valid = _variable_valid(env, tmp_path)
+    config = _split_config(env / "data" / "train.parquet", split="file", valid=str(valid),
+                           seq_len=40, truncate="tail")
+    data = load_train_data(config)
+    frame = pl.read_parquet(valid).with_row_index()
+    frame = frame.with_columns(pl.len().over("seq_ix").cast(pl.Int64).alias("n"))
+    kept = frame.filter(pl.col("need_prediction")
+                        & (pl.col("step_in_seq") >= pl.col("n") - 40))["index"].to_numpy()
+    np.testing.assert_array_equal(np.sort(data.valid.rows), kept)
+    assert data.valid_truncated  # the 60-step sequences were cut to 40
+    config["train"]["max_valid_seqs"] = 2  # only the two short ones: nothing validated is cut
+    assert not load_train_data(config).valid_truncated
+
+
+def test_the_normaliser_fits_on_the_training_sequences_the_limit_keeps(env):
+    """train.max_train_seqs: the normaliser sees the sequences that train, not the whole
+    split (fit on all of them, a limited run's inputs were not standardised)."""
+    from kit.train.data import load_train_data
+
+    config = _split_config(env / "data" / "train.parquet", split="file")
+    config["train"]["max_train_seqs"] = 2
+    limited = load_train_data(config)
+    x = limited.train.x.numpy()  # whole sequences: every step real
+    assert len(x) == 2
+    np.testing.assert_allclose(x.reshape(-1, x.shape[-1]).mean(axis=0), 0.0, atol=0.05)
+    config["train"]["max_train_seqs"] = 0
+    assert not np.allclose(load_train_data(config).normaliser.center, limited.normaliser.center)
+
+
+def test_a_folder_holding_only_a_metrics_file_is_not_trained_into(env, tmp_path):
+    """An out-of-fold group's folder holds metrics.json alone: a run trained there replaced
+    the out-of-fold result."""
+    oof = tmp_path / "runs" / "tiny" / "x-s7-oof"
+    oof.mkdir(parents=True)
+    (oof / "metrics.json").write_text('{"kind": "oof", "finished": true}')
+    out = run_cli("train", "exp=tiny", "--run-dir", oof, "-q", expect=2).output
+    assert "already holds a run (metrics.json)" in out, out
+    assert json.loads((oof / "metrics.json").read_text())["kind"] == "oof"
+
+
+def test_a_file_system_without_flock_counts_as_unlocked(tmp_path, monkeypatch):
+    """flock_taken on NFS (flock raising EBADF): no one holds it, so --resume finds the run
+    (taken, every run looked trained elsewhere and nothing resumed)."""
+    import errno
+    import fcntl
+
+    from kit.train.runs import flock_taken
+
+    (tmp_path / "lock").write_text("")
+    monkeypatch.setattr(fcntl, "flock", lambda fd, op: (_ for _ in ()).throw(
+        OSError(errno.EBADF, "Bad file descriptor")))
+    assert flock_taken(tmp_path / "lock") is False
+
+
+def test_a_best_moved_halfway_is_finished_on_the_next_promote(tmp_path):
+    """A kill while a new best moved into place left some of its files pending: the next
+    promote moves what is left (a missing one raised FileNotFoundError)."""
+    from kit.train.runs import RunFiles
+
+    files = RunFiles(tmp_path)
+    pending = files.pending_best(3)
+    pending.mkdir()
+    (pending / "val_rows.npy").write_bytes(b"rows")
+    files.best.write_bytes(b"moved before the kill")
+    files.promote_best(3)
+    assert files.val_rows.read_bytes() == b"rows" and not pending.exists()
+    assert files.best.read_bytes() == b"moved before the kill"
+
+
+def _paused_group(exp_dir: Path, stamp: str, config: dict) -> None:
+    from kit.train.groups import GROUPS_DIR, group_config
+
+    (exp_dir / GROUPS_DIR).mkdir(parents=True, exist_ok=True)
+    (exp_dir / GROUPS_DIR / f"{stamp}.json").write_text(json.dumps(
+        {"seeds": [1, 2], "folds": 0, "config": group_config(config)}))
+
+
+def test_a_group_resume_takes_the_newest_unfinished_group(env, tmp_path):
+    """Of two paused groups with the same seeds and settings the newest resumes; of groups
+    with other settings only, the error names the newest."""
+    from kit.config import ConfigError
+    from kit.train.groups import resumable_group
+    from kit.train.recipe import experiment_config
+
+    base = experiment_config("tiny")
+    exp_dir = tmp_path / "runs" / "tiny"
+    for stamp in ("20260101-000000", "20260102-000000"):
+        _paused_group(exp_dir, stamp, base)
+    assert resumable_group(exp_dir, [2, 1], 0, base) == "20260102-000000"
+    other = tmp_path / "runs" / "other"
+    for stamp, lr in (("20260101-000000", 0.02), ("20260102-000000", 0.03)):
+        _paused_group(other, stamp, experiment_config("tiny", [f"train.lr={lr}"]))
+    with pytest.raises(ConfigError, match="the unfinished group 20260102-000000 .* "
+                                          r"\(train.lr differ\)"):
+        resumable_group(other, [1, 2], 0, experiment_config("tiny", ["train.lr=0.05"]))
+
+
+@pytest.mark.parametrize("center, scale, noted", [
+    ([0.0, 0.0], [1.0, 1.0], False), ([0.0, 0.0], [100.0, 1.0], True),
+    ([0.0, 0.0], [0.01, 1.0], True), ([5.0, 0.0], [10.0, 1.0], False),
+    ([31.0, 0.0], [10.0, 1.0], True), ([-4.0, 0.0], [1.0, 1.0], True),
+])
+def test_the_targets_note_names_a_mean_past_3_stds_or_a_spread_outside_1_30_to_30(
+        center, scale, noted):
+    from kit.competition import spec_from_dict
+    from kit.train.data import far_from_standard
+
+    spec = spec_from_dict({"name": "two", "features": ["a"], "targets": ["y0", "y1"],
+                           "seq_len": 0, "warmup": 0}, "<tests>")
+    note = far_from_standard(spec, np.array(center), np.array(scale))
+    assert (note is not None) == noted
+    if noted:
+        assert note.startswith("the targets y0 (mean ") and "normaliser.targets = true" in note
