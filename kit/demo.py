@@ -54,6 +54,22 @@ def check_oracle_rows(valid: Path, oracle: Path, spec: CompetitionSpec) -> None:
                        f"folder's three files to generate them again together")
 
 
+def refuse_unsynthesizable(spec: CompetitionSpec) -> None:
+    """The demo generates its data: a competition of your own whose columns the generators
+    do not make was told to rename its features (the generator's own advice), where its data
+    runs through the other commands."""
+    from kit.data.synth import make_generator
+
+    try:
+        make_generator(spec)
+    except KitError as exc:
+        raise KitError(f"kit demo runs on synthetic data, which the built-in generators cannot "
+                       f"make for {spec.name} ({exc}). Your own data runs through kit train, "
+                       "kit ensemble select, kit pack, kit parity and kit score (README, "
+                       "\"From a run to a submission\"); kit demo runs the built-in competitions "
+                       "(--exp gru_base, --exp rnn_gru)") from None
+
+
 def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions"),
              spec_name: str | None = None, experiment: str = "gru_base",
              overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
@@ -96,6 +112,7 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
     _section("data")
     present = [p for p in (train, valid, oracle) if p.exists()]
     if not present:
+        refuse_unsynthesizable(spec)
         result = synthesize(spec, data_dir, progress=not quiet)
         typer.echo(f"generated {result.train_rows:,} train and {result.valid_rows:,} valid rows "
                    f"in {result.seconds:.1f}s")

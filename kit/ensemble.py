@@ -252,9 +252,32 @@ def check_same_rows(candidates: list[Candidate]) -> None:
                      f"rows of {group[0].data}" for group in sets.values()]
         raise EnsembleError(f"the candidates do not cover the same rows, so they cannot be "
                             f"blended: {len(sets)} sets of rows: " + "; ".join(described)
+                            + _row_settings_that_differ(list(sets.values()))
                             + ". Select among runs validated on the same rows: the same valid "
-                              "file, or the same data.split and split_seed (fold runs: pass "
-                              "their -oof group)")
+                              "file, data.seq_len, data.truncate and train.max_valid_seqs, or "
+                              "the same data.split and split_seed (fold runs: pass their -oof "
+                              "group)")
+
+
+# the settings that choose which rows a run validates on, besides the file
+ROW_SETTINGS = (("data", "seq_len"), ("data", "truncate"), ("train", "max_valid_seqs"),
+                ("data", "split"), ("data", "split_seed"), ("data", "valid_fraction"))
+
+
+def _row_settings_that_differ(groups: list[list[Candidate]]) -> str:
+    """'; they differ in data.seq_len (300, 0)': the row-choosing settings whose values differ
+    between the sets of rows (by each set's first run's config), or "" when none do (the files
+    differ, or a config does not read)."""
+    if not all(group[0].runs for group in groups):  # candidates built in code
+        return ""
+    try:
+        configs = [_read_config(group[0].runs[0]) for group in groups]
+    except (EnsembleError, KitError):
+        return ""
+    values = {f"{table}.{key}": [repr((c.get(table) or {}).get(key)) for c in configs]
+              for table, key in ROW_SETTINGS}
+    differ = [f"{name} ({', '.join(v)})" for name, v in values.items() if len(set(v)) > 1]
+    return f"; they differ in {', '.join(differ)}" if differ else ""
 
 
 def _names(names: list[str], shown: int = 5) -> str:

@@ -133,6 +133,25 @@ def test_demo_runs_an_experiment_on_its_own_competition(tmp_path, monkeypatch):
     assert "error:" in out and "Traceback" not in out
 
 
+def test_demo_of_a_competition_the_generators_cannot_make_says_where_its_data_goes(
+        tmp_path, monkeypatch):
+    """An experiment on a spec of one's own: the demo generated its data and relayed the
+    generator's advice to rename the competition's features."""
+    exps = tmp_path / "experiments"
+    exps.mkdir()
+    (tmp_path / "workouts.toml").write_text(
+        'name = "workouts"\nfeatures = ["hr", "speed"]\ntargets = ["y"]\nwarmup = 2\n')
+    (exps / "wk.toml").write_text(f'extends = "{Path(__file__).parents[1]}/experiments/'
+                                  f'base.toml"\nspec = "{tmp_path / "workouts.toml"}"\n')
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(exps))
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("demo", "--exp", "wk", "--quiet", "--seeds", 1, expect=2).output
+    assert ("kit demo runs on synthetic data, which the built-in generators cannot make for "
+            "workouts") in out, out
+    assert "Your own data runs through kit train" in out and "Traceback" not in out
+    assert not (tmp_path / "data/synth-workouts").exists() and not (tmp_path / "runs").exists()
+
+
 def test_demo_fails_where_the_official_scorer_would_reject_it_and_keeps_odd_folders(
         tmp_path, monkeypatch):
     """The demo printed its success summary and exited 0 past a limit kit score refuses

@@ -186,6 +186,21 @@ def test_wild_predictions_far_beyond_the_clip_are_scored_exactly():
     assert sel.score == pytest.approx(max(exact_scores))
 
 
+def test_runs_cut_to_other_lengths_are_refused_naming_the_setting(runs, tmp_path,
+                                                                   monkeypatch, workspace):
+    """Two runs on the same valid file, one cut to its first 40 steps (data.seq_len): the
+    refusal spoke of the valid file and the split only, which were the same."""
+    from kit.train.recipe import train_experiment
+
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(workspace / "experiments"))
+    cut = Path(train_experiment("gru", ["data.seq_len=40", "train.epochs=1"], progress=False,
+                                runs_dir=tmp_path)[0]["run_dir"])
+    out = run_cli("ensemble", "select", runs["gru"], cut, "--out", tmp_path / "e.toml",
+                  expect=2).output
+    assert "do not cover the same rows" in out
+    assert "they differ in data.seq_len (0, 40)" in out or "data.seq_len (40, 0)" in out, out
+
+
 def test_candidates_on_different_rows_are_refused():
     rng = np.random.default_rng(4)
     cands = _candidates([rng.standard_normal((100, 2)), rng.standard_normal((100, 2))])

@@ -1985,6 +1985,8 @@ def test_need_flags_of_another_rule_are_refused_before_training(env, tmp_path):
         assert ("every10.parquet: need_prediction breaks the rule (true from step 10 to the "
                 "end) on ") in out
         assert "kit data check" in out and "Traceback" not in out
+        # what a competition scored otherwise can do: a step range is the spec's
+        assert "set the spec's warmup and tail to it; scored steps of another pattern" in out
     assert not (tmp_path / "runs").exists() or not _run_dirs(tmp_path / "runs" / "tiny")
 
 

@@ -430,7 +430,10 @@ def refuse_broken_need_rule(keys: pl.DataFrame, spec: CompetitionSpec, source: s
     if problems := _check_need_rule(key_table(keys, spec), spec):
         raise DataError(f"{source}: {problems[0]}; the spec states this rule for the whole "
                         f"competition (kit parity and kit score refuse such a file too): kit "
-                        f"data check {source} lists the file's problems")
+                        f"data check {source} lists the file's problems. Where the "
+                        f"competition scores another step range, set the spec's warmup and "
+                        f"tail to it; scored steps of another pattern (every 5th step, say) "
+                        f"are not supported")
 
 
 def _rule_text(spec: CompetitionSpec) -> str:
