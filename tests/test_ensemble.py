@@ -1308,8 +1308,8 @@ def test_an_out_that_kit_report_could_not_read_back_is_refused_first(runs, tmp_p
     monkeypatch.setattr(ensemble, "load_candidate", lambda path: pytest.fail("loaded first"))
     (tmp_path / "folder.toml").mkdir()
     (tmp_path / "file").write_text("x")
-    for out, said in ((tmp_path / "out.txt", "--out out.toml"),
-                      (tmp_path / "E.TOML", "--out E.toml"),
+    for out, said in ((tmp_path / "out.txt", f"--out {tmp_path / 'out.toml'}"),
+                      (tmp_path / "E.TOML", f"--out {tmp_path / 'E.toml'}"),
                       (tmp_path / "folder.toml", "is a folder"),
                       (tmp_path / "file" / "e.toml", "file is a file, not a folder")):
         with pytest.raises(EnsembleError, match=re.escape(said)):
