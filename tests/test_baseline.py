@@ -82,3 +82,55 @@ def test_zip_is_reproducible_and_needs_solution(tmp_path):
     with zipfile.ZipFile(folder.with_suffix(".zip")) as archive:
         assert archive.namelist() == ["solution.py"]
         assert all(i.date_time == (1980, 1, 1, 0, 0, 0) for i in archive.infolist())
+
+
+def _fit_file(tmp_path, df, name, **kwargs):
+    path = tmp_path / f"{name}.parquet"
+    df.write_parquet(path)
+    return fit_linear_baseline(path, SPEC, **kwargs)
+
+
+def test_max_train_seqs_fits_on_the_first_sequences_only(tmp_path):
+    df = make_frame(SPEC, n_seqs=4, seed=2)
+    capped = _fit_file(tmp_path, df, "all", max_train_seqs=2)
+    first_two = _fit_file(tmp_path, df.filter(df["seq_ix"] < 2), "two")
+    np.testing.assert_allclose(capped, first_two, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(capped, _fit_file(tmp_path, df, "again", max_train_seqs=None))
+
+
+def test_a_file_of_one_sequence_can_be_fit(tmp_path):
+    """The blocks must cover the last sequence: a range stopping one short fit on nothing."""
+    coef = _fit_file(tmp_path, make_frame(SPEC, n_seqs=1, seed=3), "one")
+    assert coef.shape == (1 + 32 * (1 + len(EWM_ALPHAS)), 2)
+    assert np.isfinite(coef).all() and np.abs(coef).sum() > 0
+
+
+def test_a_row_shuffled_file_gives_the_same_coefficients(tmp_path):
+    """The EWMs run along each sequence's steps: fit on rows in file order, a shuffled file
+    gave other coefficients."""
+    df = make_frame(SPEC, n_seqs=3, seed=4)
+    shuffled = df.sample(fraction=1.0, shuffle=True, seed=0)
+    assert not shuffled.equals(df)
+    np.testing.assert_allclose(_fit_file(tmp_path, shuffled, "shuffled"),
+                               _fit_file(tmp_path, df, "sorted"), rtol=1e-9, atol=1e-12)
+
+
+def test_the_intercept_is_never_shrunk(tmp_path):
+    """Targets shifted by 5 move the intercept by 5 under any ridge; a penalised intercept
+    moved by 0.07 at ridge 1e4."""
+    df = make_frame(SPEC, n_seqs=3, seed=5)
+    base = _fit_file(tmp_path, df, "base", ridge=1e4)
+    shifted = df.with_columns([(df[t] + 5.0).alias(t) for t in SPEC.targets])
+    moved = _fit_file(tmp_path, shifted, "shifted", ridge=1e4)
+    np.testing.assert_allclose(moved[0] - base[0], [5.0, 5.0], atol=1e-4)
+    np.testing.assert_allclose(moved[1:], base[1:], atol=1e-5)
+
+
+def test_a_file_where_the_submission_folder_should_be_is_refused_and_kept(tmp_path):
+    """A file in the folder's place counts as another file: it raised FileExistsError."""
+    coef = np.zeros((1 + 32 * (1 + len(EWM_ALPHAS)), 2))
+    taken = tmp_path / "sub"
+    taken.write_text("keep")
+    with pytest.raises(SubmissionError, match=r"holds other files \(sub\)"):
+        write_linear_submission(coef, taken)
+    assert taken.read_text() == "keep"

@@ -291,3 +291,157 @@ def test_a_command_under_nohup_outlives_a_closed_terminal(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err.decode()
     assert (tmp_path / "valid_oracle.parquet").is_file()
+
+
+@pytest.fixture(scope="module")
+def seed0(tmp_path_factory):
+    """200 + 200 sequences, seed 0: enough rows for set-level statistics to be stable."""
+    out = tmp_path_factory.mktemp("synth_seed0")
+    return synthesize(PREDICTORIUM, out, train_seqs=200, valid_seqs=200, seed=0)
+
+
+def test_the_oracle_predicts_the_targets_with_a_slope_of_about_one(seed0):
+    """docs/synth.md: the oracle is E[target | latents], so regressing the target on it gives a
+    slope of ~1; an oracle that skipped the first step of the horizon (range(1, h)) gave 2.3."""
+    valid, oracle = pl.read_parquet(seed0.valid), pl.read_parquet(seed0.oracle)
+    need = valid["need_prediction"].to_numpy()
+    for name in PREDICTORIUM.targets:
+        slope = np.polyfit(oracle[name].to_numpy()[need], valid[name].to_numpy()[need], 1)[0]
+        assert 0.85 < slope < 1.15, (name, slope)
+
+
+def test_train_targets_are_scaled_to_about_unit_std(seed0):
+    """The target scales are fitted on the train-regime half of the reference sample; fitted on
+    all of it (valid regimes are more volatile) the train targets' std fell to ~0.83."""
+    train = pl.read_parquet(seed0.train)
+    for name in PREDICTORIUM.targets:
+        assert 0.88 < train[name].std() < 1.12, name
+
+
+def test_four_targets_are_made_and_a_fifth_is_refused(tmp_path):
+    """Up to 4 targets (one per horizon) is allowed: a `<` in the count check refused 4."""
+    r = synthesize(_custom(targets=["t0", "t1", "t2", "t3"]), tmp_path, train_seqs=1,
+                   valid_seqs=1)
+    assert pl.read_parquet(r.train).columns[-4:] == ["t0", "t1", "t2", "t3"]
+    assert pl.read_parquet(r.oracle).columns[2:] == ["t0", "t1", "t2", "t3"]
+    with pytest.raises(SpecError, match="at most 4 targets"):
+        synthesize(_custom(targets=["t0", "t1", "t2", "t3", "t4"]), tmp_path / "five",
+                   train_seqs=1, valid_seqs=1)
+
+
+def test_33_own_feature_names_are_refused_with_the_generators_names(tmp_path):
+    """Only exactly 32 own names map by position: 33 fell into that branch and died on a bare
+    ValueError from zip() instead of saying which features the generator makes."""
+    spec = _custom(features=[f"f{i}" for i in range(33)])
+    with pytest.raises(SpecError, match="p0..p11"):
+        synthesize(spec, tmp_path, train_seqs=1, valid_seqs=1)
+
+
+def test_the_same_arguments_give_the_same_bytes_in_another_process(tmp_path):
+    """The fixed structure and reference constants are cached per process, so an unseeded
+    default_rng() there passed the in-process determinism test; a fresh process shows it."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys; from pathlib import Path; from kit.competition import load_spec; "
+        "from kit.data.synth import synthesize\n"
+        "for name in ('predictorium', 'rnn-challenge'):\n"
+        "    synthesize(load_spec(name), Path(sys.argv[1]) / name, train_seqs=1, valid_seqs=1, "
+        "seed=7)\n"
+    )
+    root = str(Path(__file__).parents[1])
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "other")], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for spec in (PREDICTORIUM, RNN):
+        here = synthesize(spec, tmp_path / "here" / spec.name, train_seqs=1, valid_seqs=1, seed=7)
+        there = tmp_path / "other" / spec.name / "valid.parquet"
+        assert (hashlib.sha256(here.valid.read_bytes()).hexdigest()
+                == hashlib.sha256(there.read_bytes()).hexdigest()), spec.name
+
+
+def test_rnn_features_are_clipped_at_exactly_5_2(tmp_path):
+    """Standardised features are clipped at +-5.2 (docs/synth.md); 50 sequences reach the clip,
+    so an unclipped generator shows values past it."""
+    r = synthesize(RNN, tmp_path, train_seqs=2, valid_seqs=50, seed=0)
+    x = pl.read_parquet(r.valid).select(RNN.features).to_numpy()
+    assert np.abs(x).max() <= 5.2 + 1e-6
+    assert abs(np.abs(x).max() - 5.2) < 1e-6  # the clip is reached: the bound is not vacuous
+
+
+def test_warmup_plus_tail_equal_to_the_sequence_length_is_refused(tmp_path):
+    """600 + 400 on the generator's 1000-step sequences leaves no scored step, just as a
+    warm-up past the end does: a `>` in the check let this edge through."""
+    spec = spec_from_dict({"name": "edge", "features": ["p0", "v0"], "targets": ["t0"],
+                           "seq_len": 0, "warmup": 600, "tail": 400}, "<tests>")
+    with pytest.raises(KitError, match=r"warmup 600 \+ tail 400 leave no scored step"):
+        synthesize(spec, tmp_path / "d", train_seqs=1, valid_seqs=1)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_negative_seed_is_refused(tmp_path):
+    """-1 reached numpy, whose ValueError is a traceback from the CLI."""
+    with pytest.raises(KitError, match=r"seed \(--seed\) must be >= 0, got -1"):
+        synthesize(PREDICTORIUM, tmp_path / "d", train_seqs=1, valid_seqs=1, seed=-1)
+    assert not (tmp_path / "d").exists()
+
+
+def test_ar1_starts_stationary_and_correlated_from_its_first_step():
+    """x[0] has the stationary std (not the innovation's) and x[1] follows from it: a first
+    step drawn with the innovation std had std 0.04, a filter starting at t=2 corr 0.007."""
+    from kit.data.synth.core import ar1
+
+    x = ar1(np.random.default_rng(0), 50, 20_000, [0.98], [0.2])
+    assert x.shape == (1, 50, 20_000) and x.dtype == np.float32
+    assert 0.19 < x[0, 0].std() < 0.21 and 0.19 < x[0, -1].std() < 0.21
+    assert 0.97 < np.corrcoef(x[0, 0], x[0, 1])[0, 1] < 0.99
+
+
+def test_linear_filter_runs_from_the_second_step():
+    from kit.data.synth.core import linear_filter
+
+    x = np.ones((4, 2))
+    np.testing.assert_allclose(linear_filter(x, 0.5)[:, 0], [1.0, 1.5, 1.75, 1.875])
+
+
+def test_stratified_normal_gives_the_normal_quantiles_at_cell_midpoints():
+    """Probabilities (i + 0.5) / n: symmetric about 0; `/ (n + 1)` shifted them all down."""
+    from kit.data.synth.core import stratified_normal
+
+    got = np.sort(stratified_normal(np.random.default_rng(1), 4))
+    np.testing.assert_allclose(got, [-1.150349, -0.318639, 0.318639, 1.150349], atol=1e-5)
+
+
+def test_float_columns_are_not_dictionary_encoded(small):
+    """Dictionary-encoding float columns made writes ~10x slower for nothing (docs)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(small.train).metadata
+    names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+    for j, name in enumerate(names):
+        if name in (*PREDICTORIUM.features, *PREDICTORIUM.targets):
+            encodings = meta.row_group(0).column(j).encodings
+            assert not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(encodings), (name, encodings)
+
+
+def test_a_temp_file_of_another_users_live_process_is_kept(tmp_path, monkeypatch):
+    """os.kill raises PermissionError for a live process of another user: taking that for
+    dead would delete a file another user is still writing."""
+    import socket
+
+    from kit.data.synth import core
+
+    def not_yours(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    theirs = tmp_path / f".train.parquet.tmp-{socket.gethostname()}-12345"
+    theirs.write_bytes(b"being written by another user")
+    monkeypatch.setattr(core.os, "kill", not_yours)
+    core.remove_dead_temp_files(tmp_path)
+    assert theirs.exists()
