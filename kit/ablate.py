@@ -135,9 +135,12 @@ def save(path: Path, summary: dict) -> None:
 def check_resumable(path: Path, summary: dict) -> None:
     """`--resume FILE`: a summary of `kit ablate` started with this command's settings (its
     runs are folders beside it, named after it)."""
-    if not path.is_file():  # ("not an ablation summary" before: there is none)
+    if not path.exists():  # ("not an ablation summary" before: there is none)
         raise ConfigError(f"--resume {path}: no such file; an interrupted kit ablate prints "
                           "the --resume command to run (its summary is runs/EXP/ablate-*.json)")
+    if path.is_dir():
+        raise ConfigError(f"--resume {path}: a folder, not an ablation summary (the file "
+                          "runs/EXP/ablate-*.json in it)")
     if not path.name.startswith("ablate-") or path.suffix != ".json":
         raise ConfigError(f"--resume {path}: not an ablation summary (runs/EXP/ablate-*.json)")
     try:

@@ -118,6 +118,7 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
                    f"in {result.seconds:.1f}s")
     elif len(present) < 3:  # regenerating would overwrite the others (a --full set, say)
         missing = [p.name for p in (train, valid, oracle) if not p.exists()]
+        refuse_unsynthesizable(spec)  # ("an empty one to generate it" would not do either)
         raise KitError(f"{data_dir} lacks {', '.join(missing)} of the demo's three files "
                        "(train, valid and the synthetic oracle's predictions, which `kit data "
                        "synth` writes together): give --data a folder of synthetic data, or "

@@ -736,11 +736,11 @@ WRITTEN = "# written by kit ensemble select; sha256 of the lines below: "
 def check_out(out: Path) -> None:
     """An ensemble file's --out: a .toml name (kit report and kit pack --ensemble read it by
     that suffix), not a folder, under a folder or a name that can be one."""
+    if out.is_dir():  # first: `--out .` has no name to put a suffix on
+        raise EnsembleError(f"--out {out}: is a folder; name the .toml file to write in it")
     if out.suffix != ".toml":
         raise EnsembleError(f"--out {out}: an ensemble file is a .toml file (kit report tells "
                             f"it from a run by that): --out {out.with_suffix('.toml')}")
-    if out.is_dir():
-        raise EnsembleError(f"--out {out}: is a folder; name the .toml file to write in it")
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise EnsembleError(f"--out {out}: {blocking} is a file, not a folder")

@@ -150,6 +150,12 @@ def test_demo_of_a_competition_the_generators_cannot_make_says_where_its_data_go
             "workouts") in out, out
     assert "Your own data runs through kit train" in out and "Traceback" not in out
     assert not (tmp_path / "data/synth-workouts").exists() and not (tmp_path / "runs").exists()
+    # a folder with some of the files: not "an empty one to generate it" either
+    (tmp_path / "data/synth-workouts").mkdir(parents=True)
+    (tmp_path / "data/synth-workouts/train.parquet").write_bytes(b"mine")
+    out = run_cli("demo", "--exp", "wk", "--quiet", "--seeds", 1, expect=2).output
+    assert "the built-in generators cannot make for workouts" in out, out
+    assert "generate it" not in out
 
 
 def test_demo_fails_where_the_official_scorer_would_reject_it_and_keeps_odd_folders(

@@ -666,6 +666,10 @@ def test_an_out_without_the_toml_suffix_is_refused_with_the_path_to_use():
     with pytest.raises(EnsembleError, match=r"--out /data/picks/mix\.txt: an ensemble file is "
                                             r"a \.toml file .*: --out /data/picks/mix\.toml$"):
         check_out(Path("/data/picks/mix.txt"))
+    # a folder is named as one (`--out .` raised ValueError: an empty name takes no suffix)
+    for folder in (Path("."), Path(__file__).parent):
+        with pytest.raises(EnsembleError, match="is a folder; name the .toml file"):
+            check_out(folder)
 
 
 def test_select_writes_over_its_own_files_only(runs, tmp_path):

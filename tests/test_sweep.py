@@ -1967,6 +1967,8 @@ def test_an_ablation_resume_names_a_missing_file_and_a_file_of_another_kind(swee
     other.write_text("{}")
     out = run_cli(*args, other, expect=2).output
     assert f"--resume {other}: not an ablation summary (runs/EXP/ablate-*.json)" in out, out
+    out = run_cli(*args, sweep_env, expect=2).output
+    assert f"--resume {sweep_env}: a folder, not an ablation summary" in out, out
 
 
 def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, monkeypatch):
