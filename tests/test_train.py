@@ -2586,7 +2586,7 @@ def test_a_best_moved_halfway_is_finished_on_the_next_promote(tmp_path):
     assert files.best.read_bytes() == b"moved before the kill"
 
 
-def _paused_group(exp_dir: Path, stamp: str, config: dict) -> None:
+def _group_record(exp_dir: Path, stamp: str, config: dict) -> None:
     from kit.train.groups import GROUPS_DIR, group_config
 
     (exp_dir / GROUPS_DIR).mkdir(parents=True, exist_ok=True)
@@ -2604,11 +2604,11 @@ def test_a_group_resume_takes_the_newest_unfinished_group(env, tmp_path):
     base = experiment_config("tiny")
     exp_dir = tmp_path / "runs" / "tiny"
     for stamp in ("20260101-000000", "20260102-000000"):
-        _paused_group(exp_dir, stamp, base)
+        _group_record(exp_dir, stamp, base)
     assert resumable_group(exp_dir, [2, 1], 0, base) == "20260102-000000"
     other = tmp_path / "runs" / "other"
     for stamp, lr in (("20260101-000000", 0.02), ("20260102-000000", 0.03)):
-        _paused_group(other, stamp, experiment_config("tiny", [f"train.lr={lr}"]))
+        _group_record(other, stamp, experiment_config("tiny", [f"train.lr={lr}"]))
     with pytest.raises(ConfigError, match="the unfinished group 20260102-000000 .* "
                                           r"\(train.lr differ\)"):
         resumable_group(other, [1, 2], 0, experiment_config("tiny", ["train.lr=0.05"]))
