@@ -394,8 +394,8 @@ def features_build(
     default = synth_dir(feature_set.spec.name) / "train.parquet"  # where synth --spec writes
     path = data or Path(config.get("data", {}).get("train", default))
     if data is None and path == default and not path.exists():  # the synthetic default only
-        raise KitError(f"{path}: no such file (the default for spec "
-                       f"{feature_set.spec.name!r}'s synthetic data); give a file with --data "
+        raise KitError(f"{path}: no such file (the default for the synthetic data of spec "
+                       f"{feature_set.spec.name!r}); give a file with --data "
                        f"FILE (kit data synth --spec {feature_set.spec.name} writes it for a "
                        "spec it can generate)")
     frame, seconds = build_features(path, feature_set)

@@ -29,6 +29,7 @@ def test_synth_check_stats_score_through_the_cli(tmp_path):
                                out / "valid_oracle.parquet", "--reference",
                                out / "train.parquet", "--json").output)
     assert 0.2 < stats["oracle"]["per_output"]["t0"] < 0.9
+    assert set(stats["reference"]["std_ratio"]) == {"t0", "t1"}  # --reference reaches stats
     text = run_cli("data", "stats", out / "valid.parquet").output
     assert "kurtosis" in text
 
@@ -37,7 +38,9 @@ def test_synth_check_stats_score_through_the_cli(tmp_path):
     sub.mkdir()
     oracle.write_parquet(sub / "oracle.parquet")
     (sub / "solution.py").write_text(ORACLE_SOLUTION)
-    scored = json.loads(run_cli("score", sub, "--data", out / "valid.parquet", "--json").stdout)
+    result = run_cli("score", sub, "--data", out / "valid.parquet", "--json")
+    scored = json.loads(result.stdout)
+    assert "%|" not in result.stderr and "it/s" not in result.stderr  # no progress bars
     assert abs(scored["report"]["score"] - stats["oracle"]["score"]) < 1e-6
     assert scored["rows"] == 8000 and scored["projected_s"] > 0
     assert scored["limit_s"] == 5400
@@ -309,3 +312,59 @@ def test_an_empty_value_is_refused_not_taken_for_the_default(args, message, tmp_
     study, where `seeds=` in an override is refused."""
     monkeypatch.chdir(tmp_path)  # (had it trained, not in the repository)
     assert message in run_cli(*args, expect=2).output
+
+
+def test_synth_seeds_give_other_data_and_the_same_seed_the_same(tmp_path):
+    for name, seed in (("a", 1), ("b", 2), ("c", 1)):
+        run_cli("data", "synth", "--out", tmp_path / name, "--train-seqs", 2, "--valid-seqs", 2,
+                "--seed", seed, "-q")
+    files = {n: (tmp_path / n / "valid.parquet").read_bytes() for n in "abc"}
+    assert files["a"] == files["c"] and files["a"] != files["b"]
+
+
+def test_an_interrupted_fold_group_says_to_resume_it_with_its_folds(monkeypatch):
+    """The hint printed on Ctrl-C is the same command with --resume: without --folds K it
+    resumed a single run instead of the fold group."""
+    from kit.train import recipe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe, "train_experiment", interrupted)
+    out = run_cli("train", "exp=tiny", "train.epochs=3", "--folds", 3, "--jobs", 1,
+                  expect=130).output
+    assert "interrupted: continue with `kit train exp=tiny train.epochs=3 --folds 3 --resume`" \
+        in out, out
+
+
+def test_ablate_groups_may_have_spaces_after_the_commas(monkeypatch):
+    from kit import ablate
+
+    seen = []
+    monkeypatch.setattr(ablate, "ablate",
+                        lambda exp, names, *a, **k: seen.append(names) or {"variants": []})
+    monkeypatch.setattr(ablate, "format_ablation", lambda summary: "")
+    run_cli("ablate", "gru_base", "--groups", "raw, diffs,, ewm ")
+    assert seen == [["raw", "diffs", "ewm"]]
+
+
+def test_an_experiment_file_with_an_equals_sign_in_its_name_is_an_experiment(tmp_path,
+                                                                             monkeypatch):
+    """`kit params lr=3.toml`: a file that exists is the experiment, not an override."""
+    experiments = Path(__file__).parents[1] / "experiments"
+    (tmp_path / "lr=3.toml").write_text(f'extends = "{experiments / "gru_base.toml"}"\n')
+    monkeypatch.chdir(tmp_path)
+    assert "parameters" in run_cli("params", "lr=3.toml").output
+
+
+def test_features_build_names_the_experiment_s_missing_train_file(tmp_path, monkeypatch):
+    """Only the synthetic default gets the `kit data synth` advice; an experiment's own
+    data.train is named as it is."""
+    experiments = Path(__file__).parents[1] / "experiments"
+    (tmp_path / "mine.toml").write_text(
+        f'extends = "{experiments / "gru_base.toml"}"\n[data]\ntrain = "mine/train.parquet"\n')
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("features", "build", "mine.toml", expect=2).output
+    assert "mine/train.parquet: no such file" in out and "synthetic" not in out, out
+    out = run_cli("features", "build", "--groups", "raw", expect=2).output
+    assert "(the default for the synthetic data of spec 'predictorium')" in out, out

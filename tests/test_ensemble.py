@@ -1382,3 +1382,28 @@ def test_runs_whose_names_hold_fold_are_candidates(runs, tmp_path):
     shutil.copytree(runs["gru"], folder / "20240101-000000-s1-fold1of3")
     assert sorted(p.name for p in expand_candidates([folder])) == ["lr-fold-t0000",
                                                                  "refold-t0001"]
+
+
+def test_runs_json_lists_the_best_first_and_asc_the_worst_first(runs, workspace):
+    """(The --json order was checked on two runs of equal scores only.)"""
+    for order, descending in (([], True), (["--asc"], False)):
+        listed = json.loads(run_cli("runs", "--runs-dir", workspace / "runs", "--json",
+                                    "--sort", "score", *order).output)
+        scores = [r["score"] for r in listed if r["score"] is not None]
+        assert len(set(scores)) >= 3 and scores == sorted(scores, reverse=descending)
+
+
+def test_pack_takes_a_run_or_an_ensemble_and_no_stack_keeps_members_apart(runs, tmp_path):
+    path = _write(tmp_path / "e.toml", [{"runs": [str(runs["gru"])], "weights": [0.5, 0.5]},
+                                        {"runs": [str(runs["gru_b"])], "weights": [0.5, 0.5]}])
+    out = run_cli("pack", runs["gru"], "--ensemble", path, "--out", tmp_path / "both",
+                  expect=2).output
+    assert "one of them" in out and not (tmp_path / "both").exists()
+    shapes = {}
+    for name, extra in (("stacked", []), ("apart", ["--no-stack"])):
+        run_cli("pack", "--ensemble", path, "--name", name, "--out", tmp_path / "subs", *extra)
+        manifest = json.loads((tmp_path / "subs" / name / "manifest.json").read_text())
+        shapes[name] = [s["shape"] for s in manifest["states"]]
+    assert any(s[0] == 2 for s in shapes["stacked"])  # the two GRUs' states as one
+    assert not any(s[0] == 2 for s in shapes["apart"])
+    assert len(shapes["apart"]) > len(shapes["stacked"])
