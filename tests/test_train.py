@@ -2630,3 +2630,136 @@ def test_the_targets_note_names_a_mean_past_3_stds_or_a_spread_outside_1_30_to_3
     assert (note is not None) == noted
     if noted:
         assert note.startswith("the targets y0 (mean ") and "normaliser.targets = true" in note
+
+
+def test_a_fold_group_started_with_a_held_out_fraction_still_resumes(env, tmp_path):
+    """--folds with data.valid_fraction is refused now (each fold places its own validation),
+    but a group an older kit started that way must still resume with its own command: the
+    refusal pointed the user at a new group and lost the paused one."""
+    command = ["train", "exp=tiny", "--folds", 2, "data.split=random", "train.epochs=2", "-q"]
+    run_cli(*command, "--stop-after-epochs", 1)
+    exp = tmp_path / "runs" / "tiny"
+    (record,) = (exp / ".groups").glob("*.json")
+    stored = json.loads(record.read_text())
+    stored["config"]["data"]["valid_fraction"] = 0.5  # as the older kit recorded the group
+    record.write_text(json.dumps(stored))
+    for run in _run_dirs(exp):
+        config = tomllib.loads((run / "config.toml").read_text())
+        config["data"]["valid_fraction"] = 0.5
+        (run / "config.toml").write_text(tomli_w.dumps(config))
+    out = run_cli(*command, "data.valid_fraction=0.5", expect=2).output  # a new group: refused
+    assert "data.valid_fraction = 0.5 choose a single held-out split" in out, out
+    out = run_cli(*command, "data.valid_fraction=0.5", "--resume").output
+    assert "out-of-fold score" in out, out
+    assert list(_histories(exp).values()) == [2, 2] and len(list(exp.glob("*-oof"))) == 1
+
+
+def test_a_single_fold_run_resumes_with_its_own_config_as_the_experiment(env, tmp_path):
+    """A fold run's config.toml holds data.fold, which a new run may not set by hand; given
+    as the experiment of `--resume --run-dir` of that fold run it names the run's own fold,
+    so the resume must go on, not be told to train folds with --folds K."""
+    run_cli("train", "exp=tiny", "--folds", 2, "train.epochs=2", "--stop-after-epochs", 1, "-q")
+    fold = _run_dirs(tmp_path / "runs" / "tiny")[0]
+    assert tomllib.loads((fold / "config.toml").read_text())["data"]["fold"] == [2, 0]
+    out = run_cli("train", fold / "config.toml", "--resume", "--run-dir", fold, "-q").output
+    assert "finished" in out and "train folds with --folds K" not in out, out
+    assert _histories(tmp_path / "runs" / "tiny")[fold.name] == 2
+    # a new run of the same config is still refused
+    out = run_cli("train", fold / "config.toml", "-q", expect=2).output
+    assert "train folds with --folds K" in out
+
+
+def test_a_group_failure_says_an_error_was_printed_when_any_failed_seed_printed_one(tmp_path):
+    """Of a --jobs group one seed may exit with its own error and another be killed: the
+    error above explains the first, so the message must point at it (it was left out unless
+    every seed had printed one); with only killed seeds nothing was printed."""
+    from kit.train.recipe import SeedsFailed
+
+    mixed = SeedsFailed(["seed 1 (exit 1)", "seed 2 (killed by signal 9 (SIGKILL): out of "
+                         "memory?)"], tmp_path, [])
+    assert str(mixed).startswith("training failed for seed 1 (exit 1), seed 2 (killed by "
+                                 "signal 9 (SIGKILL): out of memory?); an error printed above "
+                                 "says why. "), str(mixed)
+    killed = SeedsFailed(["seed 2 (killed by signal 9 (SIGKILL): out of memory?)"], tmp_path, [])
+    assert "printed above" not in str(killed)
+
+
+def test_the_far_from_standard_targets_note_is_said_once_not_again_on_resume(
+        workspace, tmp_path, monkeypatch):
+    """The note about targets far from mean 0 / std 1 advises a setting for a new run: a
+    --resume continues the run with its own config, where the advice cannot apply."""
+    spec = (workspace / "tiny-lob.toml").read_text()
+    (tmp_path / "hr.toml").write_text(spec.replace('"tiny-lob"', '"tiny-hr"'))
+    for name in ("train", "valid"):
+        frame = pl.read_parquet(workspace / "data" / f"{name}.parquet")
+        frame.with_columns(pl.col("t0") * 7 + 130).write_parquet(tmp_path / f"{name}.parquet")
+    exps = tmp_path / "experiments"
+    exps.mkdir()
+    (exps / "hr.toml").write_text(EXPERIMENT.format(spec=tmp_path / "hr.toml", data=tmp_path,
+                                                    root=tmp_path))
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(exps))
+    monkeypatch.chdir(tmp_path)
+    command = ["train", "exp=hr", "train.epochs=2", "--run-dir", "runs/hr/plain", "-q"]
+    out = run_cli(*command, "--stop-after-epochs", 1).output
+    assert "note: the targets t0 (mean 130" in out, out
+    out = run_cli(*command, "--resume").output
+    assert "finished" in out and "note: the targets" not in out, out
+
+
+def test_a_paused_fold_group_with_one_fold_finished_writes_no_out_of_fold_result(env, tmp_path):
+    """The out-of-fold result waits for every fold: one fold finished (resumed alone) beside a
+    paused one must not make an -oof folder from the paused fold's best so far."""
+    command = ["train", "exp=tiny", "--folds", 2, "train.epochs=3", "-q"]
+    run_cli(*command, "--stop-after-epochs", 1)
+    exp = tmp_path / "runs" / "tiny"
+    first, second = _run_dirs(exp)
+    run_cli("train", first / "config.toml", "--resume", "--run-dir", first, "-q")
+    assert json.loads((first / "metrics.json").read_text())["finished"]
+    out = run_cli(*command, "--stop-after-epochs", 1, "--resume").output
+    assert _histories(exp) == {first.name: 3, second.name: 2}
+    assert not list(exp.glob("*-oof")) and "out-of-fold" not in out, out
+    run_cli(*command, "--resume")  # its last fold finished: now the result
+    (oof,) = exp.glob("*-oof")
+    assert json.loads((oof / "metrics.json").read_text())["finished"]
+
+
+def test_an_out_of_fold_result_is_labelled_cut_when_any_fold_validated_a_cut_sequence(
+        env, tmp_path):
+    """data.seq_len = 40 cuts only the train file's one 60-step sequence (the others have 30):
+    the fold that validates it scores its first 40 steps, so the out-of-fold score is not on
+    every scored row of the file and must say so, though the other fold cut nothing."""
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    long = frame["seq_ix"].unique(maintain_order=True)[0]
+    frame.filter((pl.col("seq_ix") == long) | (pl.col("step_in_seq") < 30)).write_parquet(
+        tmp_path / "train_var.parquet")
+    run_cli("train", "exp=tiny", f"data.train={tmp_path / 'train_var.parquet'}",
+            "data.seq_len=40", "--folds", 2, "train.epochs=1", "-q")
+    exp = tmp_path / "runs" / "tiny"
+    *folds, oof = _run_dirs(exp)
+    cut = [json.loads((run / "metrics.json").read_text())["valid_truncated"] for run in folds]
+    assert sorted(cut) == [False, True]  # one fold validates the long sequence
+    assert json.loads((oof / "metrics.json").read_text())["valid_truncated"] is True
+    assert "oof 2 folds of first 40 steps of train_var.parquet" in run_cli(
+        "runs", "-e", "tiny").output
+
+
+def test_a_fold_group_keeps_no_finished_fold_of_other_data(env, tmp_path):
+    """A resumed fold group trains its unfinished folds on today's train file: a fold finished
+    on the file before it was changed would make one out-of-fold result of two datasets."""
+    import shutil
+
+    shutil.copy(env / "data" / "train.parquet", tmp_path / "train.parquet")
+    command = ["train", "exp=tiny", f"data.train={tmp_path / 'train.parquet'}", "--folds", 2,
+               "train.epochs=1", "-q"]
+    run_cli(*command)
+    exp = tmp_path / "runs" / "tiny"
+    first, second, oof = _run_dirs(exp)
+    shutil.rmtree(oof)
+    for name in ("metrics.json", "last.pt"):  # the second fold killed in its first epoch
+        (second / name).unlink()
+    frame = pl.read_parquet(tmp_path / "train.parquet")
+    frame.with_columns(pl.col("t0") * 2).write_parquet(tmp_path / "train.parquet")
+    out = run_cli(*command, "--resume", expect=2).output
+    assert f"runs/tiny/{first.name} trained" in out and "has changed since" in out, out
+    assert "the fold group's other runs would train on the new files" in out
+    assert not (second / "metrics.json").exists() and not list(exp.glob("*-oof"))
