@@ -723,14 +723,15 @@ def pack(
 
 def default_submissions(packed: Path, ensemble: bool = False) -> Path:
     """The project's submissions/: beside the runs/ folder of what is packed (runs/EXP/ID, or
-    runs/ensembles/FILE) when the command runs inside that folder (`kit pack .` in a run must
-    not write runs/EXP/ID/submissions/); beside a run outside any runs/ folder when run inside
-    it; else in the working folder."""
+    runs/ensembles/FILE, runs/FILE) when the command runs inside that folder (`kit pack .` in a
+    run must not write runs/EXP/ID/submissions/); beside a run outside any runs/ folder when
+    run inside it; else in the working folder."""
     target = Path(packed).resolve()
     folder = target.parent if target.is_file() else target  # a run (its best.pt), an ensemble
     # runs/EXP/ID, runs/ID (kit train --run-dir runs/ID), runs/ensembles/FILE
     here = Path.cwd().resolve()
-    for runs in (folder.parent,) if ensemble else (folder.parent.parent, folder.parent):
+    # (an ensemble file in runs/ itself, too: its submissions went into runs/submissions/)
+    for runs in (folder.parent, folder) if ensemble else (folder.parent.parent, folder.parent):
         if runs.name == "runs" and here.is_relative_to(runs):
             return runs.parent / "submissions"
     if not ensemble and here.is_relative_to(folder):  # a --run-dir run outside any runs/
@@ -820,6 +821,7 @@ def demo(
                                     "e.g. rnn-challenge for rnn_gru)."),
     seeds: int = typer.Option(3, help="Seeds to train and ensemble (1: a single run)."),
     seqs: int | None = typer.Option(None, help="Score only the first N valid sequences."),
+    parity_seqs: int = typer.Option(16, help="Sequences kit parity compares."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """The main job end to end on the built-in synthetic competition: data, train seeds,
@@ -827,7 +829,7 @@ def demo(
     from kit.demo import run_demo
 
     run_demo(data_dir=data, spec_name=spec, experiment=exp, overrides=overrides_of(ctx),
-             seeds=seeds, seqs=seqs, quiet=quiet)
+             seeds=seeds, seqs=seqs, parity_seqs=parity_seqs, quiet=quiet)
 
 
 def main() -> None:

@@ -368,3 +368,23 @@ def test_features_build_names_the_experiment_s_missing_train_file(tmp_path, monk
     assert "mine/train.parquet: no such file" in out and "synthetic" not in out, out
     out = run_cli("features", "build", "--groups", "raw", expect=2).output
     assert "(the default for the synthetic data of spec 'predictorium')" in out, out
+
+
+def test_demo_parity_seqs_is_an_option_and_checked_first(tmp_path, monkeypatch):
+    """run_demo checked --parity-seqs by that name, but the command had no such option."""
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("demo", "--parity-seqs", 0, "--quiet", expect=2).output
+    assert "--parity-seqs must be >= 1, got 0" in out, out
+    assert not (tmp_path / "data").exists()  # refused before the data stage
+
+
+def test_an_ensemble_file_in_the_runs_folder_packs_beside_it_not_inside(tmp_path, monkeypatch):
+    """`cd runs && kit pack --ensemble e.toml` wrote runs/submissions/ (inside runs/)."""
+    from kit.cli import default_submissions
+
+    (tmp_path / "runs" / "ensembles").mkdir(parents=True)
+    for where in ("runs/e.toml", "runs/ensembles/e.toml"):
+        (tmp_path / where).write_text("")
+        monkeypatch.chdir((tmp_path / where).parent)
+        assert default_submissions(tmp_path / where, ensemble=True).resolve() == (
+            tmp_path / "submissions").resolve(), where
