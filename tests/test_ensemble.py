@@ -1407,3 +1407,44 @@ def test_pack_takes_a_run_or_an_ensemble_and_no_stack_keeps_members_apart(runs, 
     assert any(s[0] == 2 for s in shapes["stacked"])  # the two GRUs' states as one
     assert not any(s[0] == 2 for s in shapes["apart"])
     assert len(shapes["apart"]) > len(shapes["stacked"])
+
+
+def test_cli_select_writes_its_per_target_iters_init_best_and_postprocess_options(runs,
+                                                                                  tmp_path):
+    path = tmp_path / "e.toml"
+    run_cli("ensemble", "select", runs["gru"], runs["gru_b"], runs["lstm"], "--per-target",
+            "--iters", 5, "--init-best", 2, "--postprocess", "--out", path)
+    doc = tomllib.loads(path.read_text())
+    e = doc["ensemble"]
+    assert e["per_target"] is True and e["iters"] == 5 and e["init_best"] == 2
+    assert "trajectory_per_target" in e and len(e["trajectory_per_target"]) == 2
+    assert set(doc["postprocess"]) >= {"smoothing", "scale"}
+    assert all(len(m["weights"]) == 2 for m in doc["members"])
+
+
+def test_cli_select_defaults_to_50_iters_one_weight_per_member_and_no_postprocess(runs,
+                                                                                  tmp_path):
+    path = tmp_path / "e.toml"
+    run_cli("ensemble", "select", runs["gru"], runs["gru_b"], "--out", path)
+    doc = tomllib.loads(path.read_text())
+    e = doc["ensemble"]
+    assert e["iters"] == 50 and e["init_best"] == 0 and e["per_target"] is False
+    assert "postprocess" not in doc
+    assert all(len(set(m["weights"])) == 1 for m in doc["members"])
+
+
+def test_cli_select_refuses_more_init_best_candidates_than_iters(runs, tmp_path):
+    out = run_cli("ensemble", "select", runs["gru"], runs["gru_b"], "--init-best", 2,
+                  "--iters", 1, "--out", tmp_path / "e.toml", expect=2).output
+    assert "--init-best must be between 0 and 1" in out
+    assert not (tmp_path / "e.toml").exists()
+
+
+def test_cli_report_of_an_ensemble_writes_into_the_out_folder_not_beside_the_file(runs,
+                                                                                  tmp_path):
+    path = tmp_path / "e.toml"
+    run_cli("ensemble", "select", runs["gru"], runs["gru_b"], "--iters", 2, "--out", path)
+    out = run_cli("report", path, "--out", tmp_path / "d").output
+    assert str(tmp_path / "d" / "report.md") in out
+    assert (tmp_path / "d/report.md").is_file() and (tmp_path / "d/selection.png").is_file()
+    assert not (tmp_path / "e").exists()

@@ -1088,3 +1088,21 @@ def test_a_batch_refused_after_its_rows_were_read_leaves_the_state_as_it_was(pac
     for t in (1, 2):
         np.testing.assert_array_equal(predictor.predict(frames[t], keep=["row_id"])["t0"],
                                       clean.predict(frames[t], keep=["row_id"])["t0"])
+
+
+def test_cli_notebook_writes_its_title_slug_competition_and_wheels_into_the_metadata(
+        package, tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "onnxruntime-1.0-py3-none-any.whl").write_bytes(b"PK")
+    out = tmp_path / "kaggle"
+    run_cli("notebook", package.zip_path, "--out", out, "--owner", "alice",
+            "--title", "My LOB Model", "--dataset-slug", "my-lob-package",
+            "--competition", "predictorium-lob", "--wheels", wheels)
+    kernel = json.loads((out / "kernel/kernel-metadata.json").read_text())
+    assert kernel["title"] == "My LOB Model" and kernel["id"] == "alice/my-lob-model"
+    assert kernel["dataset_sources"] == ["alice/my-lob-package"]
+    assert kernel["competition_sources"] == ["predictorium-lob"]
+    dataset = json.loads((out / "dataset/dataset-metadata.json").read_text())
+    assert dataset["id"] == "alice/my-lob-package"
+    assert (out / "dataset/onnxruntime-1.0-py3-none-any.whl").is_file()

@@ -1878,3 +1878,40 @@ def test_a_graph_input_without_one_batch_dimension_is_refused(dims):
     with pytest.raises(ValueError, match=re.escape(f"state state_3: shape {shown} has no "
                                                    "single batch axis")):
         declared_shape(value)
+
+
+# --- kit parity's options reach the run ---------------------------------------------------
+
+
+def test_cli_parity_runs_on_the_file_data_names_not_the_packed_validation_file(workspace,
+                                                                                gru_pack):
+    train = workspace / "data/train.parquet"
+    out = run_cli("parity", gru_pack.folder, "--data", train, "--seqs", 2).output
+    assert f"on {train}: 2 sequence(s)" in out and "valid.parquet" not in out.splitlines()[0]
+
+
+def test_cli_parity_fails_a_replay_that_runs_past_the_timeout(gru_pack):
+    out = run_cli("parity", gru_pack.folder, "--seqs", 2, "--timeout", "0.01", expect=1).output
+    assert "timed out" in out and "[FAIL]" in out and "parity FAILED" in out
+
+
+def test_cli_parity_compares_16_sequences_by_default(workspace, gru_pack):
+    train = workspace / "data/train.parquet"  # the tiny train file holds 16 sequences
+    out = run_cli("parity", gru_pack.folder, "--data", train).output
+    assert f"on {train}: 16 sequence(s)" in out
+
+
+def test_cli_data_cache_lists_the_entries_of_data_cache_by_default(workspace, runs, tmp_path,
+                                                                   monkeypatch):
+    """Training built the workspace's feature cache: a copy of it as the project's
+    data/cache is what `kit data cache` lists with no --dir."""
+    import shutil
+
+    shutil.copytree(workspace / "cache", tmp_path / "data/cache")
+    monkeypatch.chdir(tmp_path)
+    found = run_cli("data", "cache", "--dir", tmp_path / "data/cache", "--json").output
+    n = len(json.loads(found)["entries"])
+    assert n >= 1
+    result = run_cli("data", "cache")
+    assert f"{n} entr{'y' if n == 1 else 'ies'} in data/cache," in result.output
+    assert "does not exist" not in result.output

@@ -881,3 +881,22 @@ def test_a_run_killed_with_a_new_best_pending_lists_what_best_pt_holds(runs_root
             "best.pt, shown here, holds epoch 1; --resume completes it")
     assert note in format_runs(list_runs(runs_root))
     assert "holds epoch 1; --resume completes it" in write_report(run).read_text()
+
+
+def test_cli_report_of_a_run_writes_into_the_out_folder_not_the_runs_own(runs_root: Path,
+                                                                         tmp_path: Path):
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    out = run_cli("report", run, "--out", tmp_path / "elsewhere").output
+    assert str(tmp_path / "elsewhere" / "report.md") in out
+    assert (tmp_path / "elsewhere" / "report.md").is_file()
+    assert not (run / "report").exists()
+
+
+def test_cli_report_under_a_file_says_a_file_stands_where_a_folder_is_needed(runs_root: Path,
+                                                                            tmp_path: Path):
+    run = runs_root / "alpha" / "20240101-000000-s1"
+    (tmp_path / "plain").write_text("a file")
+    result = run_cli("report", run, "--out", tmp_path / "plain" / "x", expect=2)
+    assert "Not a directory (a file stands where a folder is needed in that path)" in (
+        result.stderr)
+    assert result.stderr.startswith(f"error: {tmp_path / 'plain'}")

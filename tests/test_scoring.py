@@ -1704,3 +1704,17 @@ def test_a_manifest_that_is_not_an_object_is_no_manifest(tmp_path):
     (sub / "manifest.json").write_text("[1]")
     out = run_cli("score", sub, "--data", data, "-q", expect=2).output
     assert "Traceback" not in out and "has no manifest.json of kit pack's" in out
+
+
+def test_kit_score_notes_the_default_spec_of_a_bare_folder_only_without_spec(tmp_path):
+    """A folder with no kit pack manifest is scored on the default spec, and kit score says
+    so; with --spec the competition is given, and there is nothing to say."""
+    data, _ = write_data(tmp_path, n_seqs=1)
+    spec_path = tmp_path / "tiny.toml"
+    spec_path.write_text(tomli_w.dumps(SPEC.to_dict()))
+    sub = write_sub(tmp_path, FORMULA)
+    given = run_cli("score", sub, "--data", data, "--spec", spec_path, "-q")
+    assert "no manifest.json" not in given.stderr and "default spec" not in given.stderr
+    bare = run_cli("score", sub, "--data", data, "-q", expect=None)
+    assert f"note: {sub} has no manifest.json of kit pack's: scoring with the default spec" in (
+        bare.stderr)
