@@ -375,14 +375,13 @@ def features_build(
     from kit.features import build_features, feature_set_from_config, feature_table
 
     if exp is None and groups is None:
-        raise typer.BadParameter("give exp=NAME or --groups a,b,c")
+        raise KitError("kit features build needs an experiment (exp=NAME) or --groups a,b,c")
     # checked as training checks it: a typo such as `grups` must not preview the default set
     config = resolve(load_experiment(exp)) if exp else {
         "spec": "predictorium" if spec is None else spec, "data": {}}
     if exp and spec is not None and spec != config.get("spec", "predictorium"):
-        raise typer.BadParameter(f"--spec {spec!r}: experiment {exp!r} names its own spec "
-                                 f"({config.get('spec', 'predictorium')!r}); drop --spec or "
-                                 "use --groups")
+        raise KitError(f"--spec {spec!r}: experiment {exp!r} names its own spec "
+                       f"({config.get('spec', 'predictorium')!r}); drop --spec or use --groups")
     if groups is not None:
         ops = config.get("features", {}).get("ops") if exp else None
         if ops:  # said, or the preview looks like the experiment's set and is not
@@ -593,7 +592,7 @@ def ablate(
     try:  # "" is no seed list (the experiment's seeds trained without a word)
         seed_list = [int(s) for s in seeds.split(",")] if seeds is not None else None
     except ValueError:
-        raise typer.BadParameter(f"--seeds {seeds!r}: comma-separated integers") from None
+        raise KitError(f"--seeds {seeds!r}: comma-separated integers") from None
     try:
         summary = run_ablation(exp, names, seed_list, overrides_of(ctx), progress=not quiet,
                                runs_dir=runs_dir, resume=resume)
@@ -648,7 +647,8 @@ def runs(
     found = list_runs(runs_dir, experiment=experiment)
     typer.echo(runs_to_json(sort_runs(found, sort, descending=not asc)) if as_json
                else format_runs(found, sort=sort, descending=not asc))
-    if not runs_dir.is_dir() and not as_json:  # a mistyped --runs-dir is not an empty one
+    if not runs_dir.is_dir():  # a mistyped --runs-dir is not an empty one (stderr: --json
+        # stays the JSON it was)
         typer.echo(f"note: {runs_dir} does not exist (kit train writes its runs under runs/, "
                    "or where --run-dir says)", err=True)
 
@@ -709,7 +709,7 @@ def pack(
     from kit.export.pack import pack_ensemble, pack_run, unfinished_note
 
     if (run is None) == (ensemble is None):
-        raise typer.BadParameter("give a RUN or --ensemble FILE (one of them)")
+        raise KitError("kit pack takes a RUN or --ensemble FILE (one of them)")
     out = out or default_submissions(run or ensemble, ensemble=ensemble is not None)
     if ensemble is not None:
         result = pack_ensemble(ensemble, name, out, force=force, stack=not no_stack)

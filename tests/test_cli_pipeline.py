@@ -388,3 +388,22 @@ def test_an_ensemble_file_in_the_runs_folder_packs_beside_it_not_inside(tmp_path
         monkeypatch.chdir((tmp_path / where).parent)
         assert default_submissions(tmp_path / where, ensemble=True).resolve() == (
             tmp_path / "submissions").resolve(), where
+
+
+@pytest.mark.parametrize("args, message", [
+    (["features", "build"], "kit features build needs an experiment (exp=NAME) or --groups"),
+    (["pack"], "kit pack takes a RUN or --ensemble FILE (one of them)"),
+    (["ablate", "gru_base", "--groups", "raw", "--seeds", "a"], "--seeds 'a': comma-separated"),
+], ids=["features build", "pack", "ablate seeds"])
+def test_argument_mistakes_are_one_error_line_like_every_other(args, message):
+    """These came as typer's boxed "Invalid value" usage errors, unlike kit's other errors."""
+    result = run_cli(*args, expect=2)
+    assert result.stderr.startswith(f"error: {message}"), result.stderr
+    assert "Invalid value" not in result.output
+
+
+def test_runs_json_of_a_missing_folder_notes_it_on_stderr(tmp_path):
+    """A mistyped --runs-dir gave `[]` and no word with --json (the table gave a note)."""
+    result = run_cli("runs", "--runs-dir", tmp_path / "nope", "--json")
+    assert result.stdout.strip() == "[]"
+    assert f"note: {tmp_path / 'nope'} does not exist" in result.stderr
