@@ -718,7 +718,7 @@ def test_cli_select_report_pack(workspace, runs, tmp_path, monkeypatch):
     monkeypatch.chdir(project / "runs")
     run_cli("pack", "--ensemble", "ensembles/e.toml")
     assert (project / "submissions" / "e.zip").is_file()
-    assert "give a RUN or --ensemble" in run_cli("pack", expect=2).output
+    assert "takes a RUN or --ensemble" in run_cli("pack", expect=2).output
     # fold runs validate on different rows: refused, naming the problem
     bad = run_cli("ensemble", "select", runs["gru"], tmp_path / "nothing", expect=2).output
     assert "no such run directory" in bad
