@@ -111,14 +111,14 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
         check_config(experiment_config(experiment, paths + list(overrides or [])))  # model too
     _section("data")
     present = [p for p in (train, valid, oracle) if p.exists()]
-    if not present:
+    if len(present) < 3:  # generated here, or to be ("an empty one to generate it" below)
         refuse_unsynthesizable(spec)
+    if not present:
         result = synthesize(spec, data_dir, progress=not quiet)
         typer.echo(f"generated {result.train_rows:,} train and {result.valid_rows:,} valid rows "
                    f"in {result.seconds:.1f}s")
     elif len(present) < 3:  # regenerating would overwrite the others (a --full set, say)
         missing = [p.name for p in (train, valid, oracle) if not p.exists()]
-        refuse_unsynthesizable(spec)  # ("an empty one to generate it" would not do either)
         raise KitError(f"{data_dir} lacks {', '.join(missing)} of the demo's three files "
                        "(train, valid and the synthetic oracle's predictions, which `kit data "
                        "synth` writes together): give --data a folder of synthetic data, or "

@@ -204,13 +204,13 @@ class Ensemble(nn.Module):
         self.pipelines, self.normalisers = nn.ModuleList(), nn.ModuleList()
         self.norm_source: list[int] = []  # normaliser -> pipeline
         inputs = []  # member -> normaliser index
-        readers: dict[int, list] = {}
+        readers: list[list] = []  # per pipeline: the normalisers that read it
         for entry in members:
             m = entry.member
             digest = m.feature_set.digest()
             if digest not in pipelines:
                 pipelines[digest] = len(self.pipelines)
-                readers[pipelines[digest]] = []  # the normalisers that read it
+                readers.append([])
                 self.pipelines.append(m.feature_set.stream_module())
             key = (digest, m.normaliser.method, m.normaliser.clip,
                    m.normaliser.center.tobytes(), m.normaliser.scale.tobytes())
@@ -220,7 +220,7 @@ class Ensemble(nn.Module):
                 self.norm_source.append(pipelines[digest])
                 readers[pipelines[digest]].append(m.normaliser)
             inputs.append(normalisers[key])
-        for pipeline, own in zip(self.pipelines, readers.values(), strict=True):
+        for pipeline, own in zip(self.pipelines, readers, strict=True):
             spare_guard_clip(pipeline, own)
         groups: dict[object, list[int]] = {}
         for i, entry in enumerate(members):
