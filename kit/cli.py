@@ -676,7 +676,8 @@ def ensemble_select(
     per_target: bool = typer.Option(False, "--per-target", help="Select weights per target."),
     init_best: int = typer.Option(0, help="Start from the best K candidates, once each."),
     out: Path | None = typer.Option(None, help="Ensemble TOML to write "
-                                    "(default: runs/ensembles/ensemble-<time>.toml)."),
+                                    "(default: runs/ensembles/ensemble-<time>.toml, the "
+                                    "project's when run inside its runs/)."),
     postprocess: bool = typer.Option(False, "--postprocess", help="Also tune per-target "
                                      "smoothing and scaling of the blend on the same rows."),
 ) -> None:

@@ -637,7 +637,7 @@ def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = Fa
         tuned = tune_postprocess(selection.spec, truth[order], blend, starts)
     doc = ensemble_document(selection, candidates, iters=iters, init_best=init_best,
                             postprocess=tuned)
-    path = write_ensemble(doc, out)
+    path = write_ensemble(doc, out, default_dir=ensembles_dir(first.path))
     return doc, path, format_selection(doc)
 
 
@@ -746,8 +746,18 @@ def check_out(out: Path) -> None:
         raise EnsembleError(f"--out {out}: {blocking} is a file, not a folder")
 
 
-def write_ensemble(doc: dict, out: Path | None) -> Path:
-    """To `out`, or to a new runs/ensembles/ensemble-STAMP[-N].toml: created exclusively, so
+def ensembles_dir(candidate: Path) -> Path:
+    """The project's runs/ensembles/: that of the runs/ folder holding `candidate` when the
+    command runs inside that folder (`kit ensemble select gru_base` in runs/ must not write
+    runs/runs/ensembles/), else runs/ensembles/ in the working folder."""
+    runs = next((p for p in Path(candidate).resolve().parents if p.name == "runs"), None)
+    if runs is not None and Path.cwd().resolve().is_relative_to(runs):  # the nearest runs/
+        return runs / "ensembles"  # only: a project may itself live under a folder so named
+    return ENSEMBLES_DIR
+
+
+def write_ensemble(doc: dict, out: Path | None, default_dir: Path = ENSEMBLES_DIR) -> Path:
+    """To `out`, or to a new DEFAULT_DIR/ensemble-STAMP[-N].toml: created exclusively, so
     two selections in the same second never write one file. Its first line holds the digest
     of the rest: any edit by hand shows."""
     body = tomli_w.dumps(doc)
@@ -763,10 +773,10 @@ def write_ensemble(doc: dict, out: Path | None) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_text(out, text)  # a full disk keeps the previous file whole
         return out
-    ENSEMBLES_DIR.mkdir(parents=True, exist_ok=True)
+    default_dir.mkdir(parents=True, exist_ok=True)
     stem = f"ensemble-{time.strftime('%Y%m%d-%H%M%S')}"
     for n in itertools.count(1):
-        path = ENSEMBLES_DIR / (f"{stem}.toml" if n == 1 else f"{stem}-{n}.toml")
+        path = default_dir / (f"{stem}.toml" if n == 1 else f"{stem}-{n}.toml")
         try:
             with open(path, "x") as fh:
                 fh.write(text)

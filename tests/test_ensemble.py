@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -1448,3 +1449,20 @@ def test_cli_report_of_an_ensemble_writes_into_the_out_folder_not_beside_the_fil
     assert str(tmp_path / "d" / "report.md") in out
     assert (tmp_path / "d/report.md").is_file() and (tmp_path / "d/selection.png").is_file()
     assert not (tmp_path / "e").exists()
+
+
+def test_select_inside_runs_writes_the_projects_ensembles_folder(runs, tmp_path, monkeypatch):
+    """`kit ensemble select gru` from inside runs/ writes runs/ensembles/, not
+    runs/runs/ensembles/ (as pack writes the project's submissions/, beside runs/)."""
+    project = tmp_path / "project"
+    for name in ("gru", "gru_b"):
+        shutil.copytree(runs[name], project / "runs" / "gru" / runs[name].name)
+    monkeypatch.chdir(project / "runs")
+    out = run_cli("ensemble", "select", "gru", "--iters", 2).output
+    written = list((project / "runs" / "ensembles").glob("ensemble-*.toml"))
+    assert len(written) == 1 and str(written[0]) in out
+    assert not (project / "runs" / "runs").exists()
+    # from the project folder, as before: runs/ensembles/ under it
+    monkeypatch.chdir(project)
+    run_cli("ensemble", "select", "runs/gru", "--iters", 2)
+    assert len(list((project / "runs" / "ensembles").glob("ensemble-*.toml"))) == 2
