@@ -1393,6 +1393,11 @@ def test_resume_leaves_a_group_another_command_is_training(env, tmp_path, monkey
     busy = [run for run in _run_dirs(exp) if run not in paused]
     with RunFiles(busy[0]).training():  # another process's lock, as far as flock goes
         run_cli("train", "exp=tiny", "seeds=[1,2]", "-q", "--resume")
+        # the held group is all that is left: named as in training, not denied (started
+        # again without --resume, as "no unfinished group" said, it trained a second group)
+        out = run_cli("train", "exp=tiny", "seeds=[1,2]", "-q", "--resume", expect=2).output
+        assert f"the unfinished group {busy[0].name.removesuffix('-s1')} of runs" in out
+        assert "is being trained by another command" in out and "without --resume" not in out
     histories = _histories(exp)
     assert all(histories[run.name] > 1 for run in paused)  # the paused group went on
     assert all(histories[run.name] == 1 for run in busy)  # the one in training was left
@@ -1405,6 +1410,21 @@ def test_resume_leaves_a_group_another_command_is_training(env, tmp_path, monkey
             dropped_if_unused(exp, [9], 0, stamp):
         raise RuntimeError("the command failed")
     assert (started / "config.toml").is_file()
+
+
+def test_resume_names_the_only_unfinished_run_as_in_training(env, tmp_path):
+    """The one unfinished run trained by another process: --resume said there was none and to
+    start one without --resume, a second run of the same thing."""
+    from kit.train.runs import RunFiles
+
+    run_cli("train", "exp=tiny", "-q", "--stop-after-epochs", 1)
+    (run,) = _run_dirs(tmp_path / "runs" / "tiny")
+    with RunFiles(run).training():
+        out = run_cli("train", "exp=tiny", "-q", "--resume", expect=2).output
+    assert f"tiny/{run.name} is being trained by another process" in out
+    assert "without --resume" not in out
+    run_cli("train", "exp=tiny", "-q", "--resume")  # free again: resumed
+    assert json.loads((run / "metrics.json").read_text())["finished"]
 
 
 def test_a_jobs_group_keeps_the_users_threads_and_resumes_with_its_own_command(env, tmp_path):

@@ -85,6 +85,7 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
     settings. An unfinished group that differs only in its settings is named when none
     matches: its own command (with --resume) resumes it, even with a newer group about."""
     other = None  # (stamp, the settings that differ) of the newest such group
+    held = None  # the newest such group another command trains now
     for path in sorted((exp_dir / GROUPS_DIR).glob("*.json"), reverse=True):
         record = _read_record(path)
         if (record is None or sorted(record.get("seeds") or []) != sorted(seeds)
@@ -94,6 +95,7 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
         if all(is_finished(exp_dir / name) for name in end_names(seeds, folds, stamp)):
             continue
         if _in_use(exp_dir, seeds, folds, stamp):  # another command trains it right now
+            held = held or stamp
             continue
         changed = [key for key in differences(record.get("config"), group_config(base))
                    if key not in ("name", "description")]  # as a single run's resume has it
@@ -106,6 +108,10 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
                           f" settings ({', '.join(changed)} differ): repeat its command with"
                           " --resume, or start a new group without --resume")
     what = f"{folds}-fold runs" if folds else "runs"
+    if held:  # not "none": started again without --resume, it would train a second group
+        raise ConfigError(f"the unfinished group {held} of {what} of seeds {seeds} under "
+                          f"{exp_dir} is being trained by another command: nothing else to "
+                          "resume; wait for it to end or stop it")
     raise ConfigError(f"no unfinished group of {what} of seeds {seeds} under {exp_dir} to "
                       "resume; start it without --resume")
 

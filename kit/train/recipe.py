@@ -112,8 +112,12 @@ def resumable_run(experiment: str, runs_dir: Path = RUNS_DIR, config: dict | Non
                          and any(f.exists() for f in _written_by_training(p))),
                         key=last_write, reverse=True) if folder.is_dir() else []
     # (one that another process trains now is that process's)
-    unfinished = [run for run in candidates
-                  if not is_finished(run) and not RunFiles(run).being_trained()]
+    unfinished = [run for run in candidates if not is_finished(run)]
+    held = [run for run in unfinished if RunFiles(run).being_trained()]
+    unfinished = [run for run in unfinished if run not in held]
+    if not unfinished and held:  # not "none": started again, it would train a second run
+        raise ConfigError(f"{held[0]} is being trained by another process: no other unfinished "
+                          f"run of {experiment!r} to resume; wait for it to end or stop it")
     if not unfinished:
         raise ConfigError(f"no unfinished run of {experiment!r} under {runs_dir / experiment} "
                           "to resume; start one without --resume")
