@@ -5,7 +5,10 @@ import ast
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 import tomllib
 import zipfile
@@ -145,7 +148,7 @@ def test_solution_imports_only_numpy_and_onnxruntime(gru_pack):
                 names.add(node.module.split(".")[0])
         return names
 
-    assert imported(tree.body) <= {"os", "json", "collections", "numpy", "onnxruntime"}
+    assert imported(tree.body) <= {"os", "sys", "json", "collections", "numpy", "onnxruntime"}
     # polars/pandas only inside BatchPredictor.predict, to build a frame of the kind it was given
     lazy = imported(ast.walk(tree)) - imported(tree.body)
     assert lazy <= {"polars", "pandas"}
@@ -154,6 +157,21 @@ def test_solution_imports_only_numpy_and_onnxruntime(gru_pack):
     frame_method = next(n for n in predict if isinstance(n, ast.FunctionDef)
                         and n.name == "predict")
     assert imported(ast.walk(frame_method)) == lazy
+
+
+def test_solution_on_python_before_3_10_says_what_it_needs(gru_pack):
+    """On 3.9 it imported, took the plain call path without a word and raised a TypeError on
+    its first row (isinstance with A | B, zip(strict=True))."""
+    old = ("import sys; sys.version_info = (3, 9, 18, 'final', 0); sys.version = '3.9.18 (x)'; "
+           "sys.path.insert(0, '.'); import solution")
+    interpreters = [[sys.executable, "-c", old]]
+    real = shutil.which("python3.9")  # where one is installed (pyenv here; not in CI)
+    if real and subprocess.run([real, "-V"], capture_output=True).returncode == 0:
+        interpreters.append([real, "-c", "import solution"])
+    for command in interpreters:
+        done = subprocess.run(command, cwd=gru_pack.folder, capture_output=True, text=True)
+        assert done.returncode == 1
+        assert "ImportError: solution.py needs Python >= 3.10; this is 3.9.18" in done.stderr
 
 
 class Point:
@@ -516,7 +534,6 @@ def model_on(gru_pack, rows) -> list:
 
 
 def _copy_pack(gru_pack, tmp_path) -> Path:
-    import shutil
 
     folder = tmp_path / "broken"
     shutil.copytree(gru_pack.folder, folder)
@@ -1068,7 +1085,6 @@ def test_a_package_that_raises_fails_the_checks_it_breaks(workspace, gru_pack, t
     assert read_manifest(folder)["parity"]["ok"] is False  # recorded, passing or not
     # a model file that does not load: the manifest check and the failed run are both reported
     broken = tmp_path / "garbage"
-    import shutil
 
     shutil.copytree(gru_pack.folder, broken)
     (broken / "model.onnx").write_bytes(b"garbage")
@@ -1087,7 +1103,6 @@ def test_a_package_name_with_a_dot_gets_its_own_zip(workspace, runs, gru_pack, t
 
 def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_path):
     import os
-    import shutil
 
     data = tmp_path / "data"
     data.mkdir()
@@ -1244,7 +1259,6 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
                                                                          monkeypatch):
     """Without --out, `kit pack .` in runs/EXP/ID (or in runs/EXP) writes the project's
     submissions/, beside runs/, not a submissions/ folder inside the run."""
-    import shutil
 
     run = tmp_path / "project" / "runs" / "exp" / "r1"
     shutil.copytree(runs["gru"], run)
@@ -1291,8 +1305,6 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
 
 def test_packs_to_one_name_at_once_leave_one_whole_package(workspace, runs, tmp_path):
     import os
-    import subprocess
-    import sys
 
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
     procs = [subprocess.Popen([sys.executable, "-m", "kit", "pack", str(runs[name]), "--name",
@@ -1441,7 +1453,6 @@ def test_nonsense_tolerances_and_timeouts_are_refused(workspace, gru_pack):
 
 
 def test_parity_refuses_a_package_whose_run_changed(workspace, runs, tmp_path):
-    import shutil
 
     run = tmp_path / "run"
     shutil.copytree(runs["gru"], run)
@@ -1670,8 +1681,6 @@ def test_the_package_folder_follows_the_umask(ns_run, tmp_path):
 def test_a_pack_in_another_pid_namespace_of_this_host_is_not_judged_by_our_pids(tmp_path):
     """A container sharing the host's name (docker --uts=host) has PIDs of its own: its live
     pack's staging folder looked dead here (no such PID) and was deleted under it."""
-    import subprocess
-    import sys
 
     from kit.export.pack import owner_gone, owner_tag
 
@@ -1718,7 +1727,6 @@ def test_kit_score_says_a_changed_package_before_its_replay_once(ns_run, tmp_pat
 
 
 def test_weights_that_do_not_fit_the_config_name_the_mismatches(ns_run, tmp_path):
-    import shutil
 
     run = shutil.copytree(ns_run, tmp_path / "run")
     checkpoint = load_checkpoint(run / "best.pt")
@@ -1735,7 +1743,6 @@ def test_a_checkpoint_whose_features_rebuild_to_other_outputs_is_refused(runs, t
     """The stored feature outputs name the model's input columns: a feature set whose ops
     rebuild to other columns (another kit version) must not be packed as if it fed the model
     the ones it was trained on."""
-    import shutil
 
     run = shutil.copytree(runs["gru"], tmp_path / "run")
     checkpoint = load_checkpoint(run / "best.pt")
@@ -1798,7 +1805,6 @@ def test_the_manifest_records_the_digest_of_the_checkpoint_it_packed(runs, tmp_p
     in between, and the manifest named the new file over the old one's weights (parity then
     failed its paths with the manifest check passing)."""
     import hashlib
-    import shutil
 
     import torch
 
@@ -1905,7 +1911,6 @@ def test_cli_data_cache_lists_the_entries_of_data_cache_by_default(workspace, ru
                                                                    monkeypatch):
     """Training built the workspace's feature cache: a copy of it as the project's
     data/cache is what `kit data cache` lists with no --dir."""
-    import shutil
 
     shutil.copytree(workspace / "cache", tmp_path / "data/cache")
     monkeypatch.chdir(tmp_path)

@@ -26,10 +26,16 @@ state untouched.
 
 import json
 import os
+import sys
 from collections import OrderedDict
 
-import numpy as np
-import onnxruntime as ort
+# isinstance(x, A | B) and zip(strict=True) below: on 3.9 the first row raised a TypeError
+if sys.version_info < (3, 10):  # noqa: UP036 (kit needs 3.11; a scorer may be older)
+    raise ImportError(f"solution.py needs Python >= 3.10; this is {sys.version.split()[0]} "
+                      "(tested with onnxruntime 1.12-1.32 and numpy 1.23-2.4, docs/pack.md)")
+
+import numpy as np  # noqa: E402 (after the version check: its message, not numpy's, shows)
+import onnxruntime as ort  # noqa: E402
 
 MODEL_FILE = "model.onnx"
 CALL_PATH = "iobinding"  # or, for comparison: "iobinding_public" (the public wrapper), "run"
