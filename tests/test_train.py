@@ -2474,6 +2474,45 @@ def test_the_swa_average_replaces_the_best_epoch_only_when_it_scores_better(
     assert metrics["score"] == best["score"] == max(0.3, swa_score)
 
 
+def test_a_failed_swa_best_write_leaves_the_epochs_best_whole(env, tmp_path, monkeypatch):
+    """The winning SWA average was written straight into place: a failure (a full disk, a
+    kill) after best.pt left the average's weights beside the best epoch's predictions."""
+    from kit.run_record import is_finished
+    from kit.train import trainer
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    real_validate, real_save = trainer.validate, np.save
+    scores, armed = iter([0.1, 0.3, 0.2, 0.5]), []
+
+    def scored(*args):  # epochs 1-3, then the SWA average, which wins
+        report, rows = real_validate(*args)
+        report.score = next(scores)
+        armed.append(report.score == 0.5)
+        return report, rows
+
+    def save(*args, **kwargs):
+        if armed and armed[-1]:
+            raise OSError(28, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "validate", scored)
+    monkeypatch.setattr(np, "save", save)
+    files = RunFiles(tmp_path / "r")
+    config = check_config(experiment_config("tiny", ["train.epochs=3", "train.swa_start=2"]))
+    with pytest.raises(OSError, match="No space left"):
+        train_one(config, files, progress=False)
+    monkeypatch.setattr(np, "save", real_save)
+    best = load_checkpoint(files.best)
+    assert best["epoch"] == 2 and best["score"] == 0.3  # the epoch's best, with its files
+    assert len(np.load(files.val_preds)) == len(np.load(files.val_rows))
+    assert not is_finished(files.root)  # --resume takes it up
+    scores = iter([0.5])  # the resume scores the average again, and it wins
+    metrics = train_one(config, files, resume=True, progress=False)
+    assert metrics["best_epoch"] == load_checkpoint(files.best)["epoch"] == "swa"
+    assert not list(files.root.glob(".best-pending-*"))
+
+
 @pytest.mark.parametrize(("swa_start", "averaged"), [(3, 1), (2, 2), (1, 3)])
 def test_swa_averages_from_its_start_epoch_on(env, tmp_path, swa_start, averaged):
     """SWA started an epoch after train.swa_start: with swa_start = epochs it averaged no

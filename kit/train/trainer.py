@@ -347,8 +347,10 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     if finished and not pruned and swa is not None and swa.n_averaged.item() > 0:
         # the SWA average competes with the best epoch
         report, rows_pred = validate(swa.module, data, train["batch_size"], device)
-        if sign * report.score > best:
-            files.save_best(swa.module, report, rows_pred, data, epoch="swa")
+        if sign * report.score > best:  # written aside, then moved into place: a failure
+            # halfway left the average's best.pt beside the best epoch's predictions
+            files.save_best(swa.module, report, rows_pred, data, epoch="swa", pending=True)
+            files.promote_best("swa")
             swa_won = report
     if writer is not None:
         writer.close()
