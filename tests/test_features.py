@@ -666,6 +666,17 @@ def test_unknown_group_and_empty_set():
         build_feature_set(SPEC, groups=[])
 
 
+def test_a_config_without_feature_groups_takes_the_raw_columns():
+    """[features] groups defaults to ["raw"]: a config without it (or without the table)
+    failed as an empty feature set instead."""
+    from kit.features import feature_set_from_config
+
+    spec = load_spec("predictorium")
+    for config in ({"spec": "predictorium"}, {"spec": "predictorium", "features": {}}):
+        fs = feature_set_from_config(config)
+        assert fs.outputs == build_feature_set(spec, ["raw"]).outputs == list(spec.features)
+
+
 def test_digest_changes_with_the_definition():
     one = build_feature_set(SPEC, groups=["raw"]).digest()
     assert one == build_feature_set(SPEC, groups=["raw"]).digest()
@@ -766,6 +777,21 @@ def test_feature_arrays_are_cached_by_content_and_definition(tmp_path):
         want = feature_arrays(path, fs, seq_len=seq_len, truncate=truncate, use_cache=False)
         np.testing.assert_array_equal(got.x, want.x)
         np.testing.assert_array_equal(got.mask, want.mask)
+
+
+def test_a_sequence_limit_caps_the_lengths_of_the_arrays(tmp_path):
+    """Cut to data.seq_len steps, a sequence's length is the steps kept: the lengths said the
+    file's, longer than the arrays hold."""
+    from kit.features import feature_arrays
+
+    spec = small_spec(seq_len=None, warmup=1)
+    path = tmp_path / "ragged.parquet"
+    make_frame(spec, lengths=[6, 4, 2], seed=1).write_parquet(path)
+    fs = build_feature_set(spec, ["raw"])
+    assert feature_arrays(path, fs, use_cache=False).lengths.tolist() == [6, 4, 2]
+    for truncate in ("head", "tail"):
+        cut = feature_arrays(path, fs, seq_len=3, truncate=truncate, use_cache=False)
+        assert cut.x.shape[1] == 3 and cut.lengths.tolist() == [3, 3, 2], truncate
 
 
 def test_kit_data_cache_lists_and_clears_the_entries(tmp_path):
@@ -974,6 +1000,21 @@ def test_data_files_the_features_cannot_read_are_named(tmp_path):
         with pytest.raises(DataError, match=message) as raised:
             feature_arrays(path, fs, use_cache=False)
         assert str(raised.value).startswith(str(path))
+
+
+def test_non_finite_targets_name_the_first_sequence_that_holds_one(tmp_path):
+    """The message says "first in sequence N": it named the last sequence with a bad target."""
+    from kit.features import feature_arrays
+
+    spec = small_spec(seq_len=None, warmup=2)
+    frame = make_frame(spec, lengths=[6, 6, 6, 6], seed=3)
+    t0 = frame["t0"].to_numpy().copy()
+    t0[[6 + 3, 18 + 4]] = np.nan  # scored steps of sequences 1 and 3
+    path = tmp_path / "nan.parquet"
+    frame.with_columns(pl.Series("t0", t0)).write_parquet(path)
+    with pytest.raises(DataError, match=r"\(t0: 2 row\(s\) in the sequences read so far; "
+                                        r"first in sequence 1\)"):
+        feature_arrays(path, build_feature_set(spec, ["raw"]), use_cache=False)
 
 
 def test_a_next_state_truth_that_is_not_finite_on_a_scored_row_is_refused(tmp_path):

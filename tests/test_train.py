@@ -267,6 +267,31 @@ def test_resume_ends_where_an_uninterrupted_run_ends(env, tmp_path):
                                np.load(tmp_path / "whole" / "val_preds.npy"), atol=1e-5)
 
 
+@pytest.mark.parametrize("average", ["train.ema=0.9", "train.swa_start=1"])
+def test_a_resumed_run_keeps_its_weight_average_and_ends_where_an_uninterrupted_run_ends(
+        env, tmp_path, average):
+    """The EMA/SWA average was not restored on --resume: the resumed run averaged from the
+    resumed weights on, and scored and kept another model than an uninterrupted run."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    config = check_config(experiment_config("tiny", [average, "train.epochs=3"]))
+    whole = train_one(config, RunFiles(tmp_path / "whole"), progress=False)
+    files = RunFiles(tmp_path / "split")
+    train_one(config, files, stop_after_epochs=1, progress=False)
+    split = train_one(config, files, resume=True, progress=False)
+    key = "ema" if "ema" in average else "swa"
+    once, resumed = (load_checkpoint(tmp_path / name / "last.pt")[key]
+                     for name in ("whole", "split"))
+    assert resumed["n_averaged"].item() == once["n_averaged"].item() > 1
+    for name, value in once.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6)
+    assert split["score"] == pytest.approx(whole["score"], abs=1e-6)
+    kept = [load_checkpoint(tmp_path / name / "best.pt")["model"] for name in ("whole", "split")]
+    for name, value in kept[0].items():
+        torch.testing.assert_close(kept[1][name], value, rtol=0, atol=1e-6)
+
+
 def test_a_warmup_that_covers_every_epoch_is_said(env, tmp_path):
     """warmup_epochs >= epochs: the rate only ramps up and cosine never decays (a quick
     train.epochs=1 run of an experiment with warmup_epochs = 1 did so without a word)."""
@@ -315,6 +340,35 @@ def test_the_epoch_callback_sees_the_best_so_far_and_the_last_epoch_across_a_res
     assert len(patience) < 30 and patience[-1].score <= patience[-2].best_score
 
 
+def test_the_epoch_callback_of_an_error_metric_sees_the_lowest_error_as_the_best(
+        env, tmp_path, monkeypatch):
+    """An rmse run's callback got the best as kit compares it (the error negated): a sweep's
+    pruner read -0.3 as the best of errors 0.5, 0.3 and 0.4."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    _scores_from(monkeypatch, [0.5, 0.3, 0.4])
+    config = check_config(experiment_config("tiny", [f'spec="{_rmse_spec(tmp_path)}"',
+                                                     "train.epochs=3"]))
+    ends = []
+    train_one(config, RunFiles(tmp_path / "r"), progress=False, on_epoch=ends.append)
+    assert [(end.score, end.best_score) for end in ends] == [(0.5, 0.5), (0.3, 0.3), (0.4, 0.3)]
+
+
+def test_a_pruned_run_does_not_score_its_swa_average(env, tmp_path, monkeypatch):
+    """A run its callback stopped (a sweep's pruned trial) still validated its SWA average and
+    could keep it as best.pt: an extra pass, and a pruned trial's score from another model."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    said = _scores_from(monkeypatch, [0.1, 0.2, 0.9])  # 0.9: what the average would score
+    config = check_config(experiment_config("tiny", ["train.epochs=3", "train.swa_start=1"]))
+    files = RunFiles(tmp_path / "r")
+    metrics = train_one(config, files, progress=False, on_epoch=lambda end: end.epoch == 2)
+    assert metrics["pruned"] and said == [0.1, 0.2]  # one validation per epoch run, no more
+    assert metrics["best_epoch"] == load_checkpoint(files.best)["epoch"] == 2
+
+
 def test_a_run_resumed_after_an_epoch_without_progress_keeps_its_patience_count(env, tmp_path):
     """Resumed after an epoch that did not improve, the run forgot that epoch (bad epochs 0)
     and trained past its patience: not the epochs an uninterrupted run stops after."""
@@ -333,6 +387,21 @@ def test_a_run_resumed_after_an_epoch_without_progress_keeps_its_patience_count(
               on_epoch=split.append)
     train_one(config, files, resume=True, progress=False, on_epoch=split.append)
     assert [end.epoch for end in split] == [end.epoch for end in whole]
+
+
+def test_a_score_that_only_ties_the_best_is_no_improvement(env, tmp_path, monkeypatch):
+    """Only a strictly better score resets the patience and replaces best.pt: a tie counted
+    as a gain kept a run that had stopped learning going to its last epoch."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    said = _scores_from(monkeypatch, [0.3] * 5)
+    config = check_config(experiment_config("tiny", ["train.epochs=5", "train.patience=1"]))
+    files = RunFiles(tmp_path / "r")
+    metrics = train_one(config, files, progress=False)
+    assert said == [0.3, 0.3]  # stopped after the first epoch without a gain
+    assert [h["best"] for h in _history(files.root)] == [True, False]
+    assert metrics["best_epoch"] == load_checkpoint(files.best)["epoch"] == 1
 
 
 def test_resume_refuses_features_that_changed_since_the_run_started(env, tmp_path):
@@ -671,6 +740,24 @@ def test_warmup_epochs_shape_every_per_step_schedule(name):
     assert max(two) == pytest.approx(two[20] if name != "onecycle" else two[19], rel=0.02)
     assert rates(2) != rates(0)  # it was ignored by onecycle and constant
     assert max(two) == pytest.approx(0.1, rel=0.02)
+
+
+@pytest.mark.parametrize("name", ["cosine", "constant"])
+def test_the_warmup_ramp_rises_linearly_to_the_full_rate(name):
+    """Step s of a w-step warm-up trains at (s + 1) / (w + 1) of the rate: the ramp reaches
+    the full rate on the first step after it, with no jump at its end."""
+    from kit.train.trainer import make_schedule
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = make_schedule(optimizer, {"schedule": name, "warmup_epochs": 2, "lr": 0.1,
+                                         "patience": 4}, [10] * 4)
+    rates = []
+    for _ in range(21):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[:20] == pytest.approx([0.1 * (step + 1) / 21 for step in range(20)])
+    assert rates[20] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("steps", [[1], [1, 1], [2, 1]])
@@ -1120,6 +1207,47 @@ def test_the_schedule_counts_only_chunks_that_learn(env, tmp_path):
            for name in ("whole", "chunked")}
     np.testing.assert_allclose(lrs["chunked"], lrs["whole"], atol=1e-9)
     assert lrs["chunked"][-1] == pytest.approx(0.0, abs=1e-9)  # the cosine reaches its end
+
+
+def test_each_epoch_shuffles_the_sequences_its_own_way():
+    """Every epoch's batches came in the same order when the shuffle ignored the epoch."""
+    from kit.train.trainer import epoch_order
+
+    orders = [epoch_order(24, 7, epoch) for epoch in range(3)]
+    assert all(sorted(order) == list(range(24)) for order in orders)
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
+    np.testing.assert_array_equal(epoch_order(24, 7, 1), orders[1])  # (seed, epoch) alone
+
+
+def test_the_first_scored_chunk_starts_from_the_state_the_warmup_chunks_reached(
+        env, tmp_path, monkeypatch):
+    """With train.chunk shorter than the warm-up, chunks of warm-up steps only advance the
+    state: dropped, the first scored chunk started from the initial state as if the warm-up
+    had not been run."""
+    from kit.train import trainer
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    calls, real_fit = [], trainer.fit
+
+    def recording_fit(config, data, model, *args, **kwargs):
+        def hook(module, inputs, output):
+            if module.training and len(calls) < 3:  # the first batch's first three chunks
+                calls.append(([s.detach().clone() for s in inputs[1]],
+                              [s.detach().clone() for s in output[1]]))
+        model.register_forward_hook(hook)
+        return real_fit(config, data, model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", recording_fit)
+    config = check_config(experiment_config("tiny", ["train.epochs=1", "train.chunk=5",
+                                                     "train.warmup_epochs=0"]))
+    train_one(config, RunFiles(tmp_path / "r"), progress=False)
+    # tiny-lob's warm-up is 10 steps: chunks 0-4 and 5-9 only advance the state, 10-14 learns
+    (start, warmed), (carried, warmed_more), (scored_from, _) = calls
+    assert not any(s.any() for s in start)  # a batch starts from the initial (zero) state
+    for given, reached in ((carried, warmed), (scored_from, warmed_more)):
+        assert all(torch.equal(a, b) for a, b in zip(given, reached, strict=True))
+    assert all(s.any() for s in scored_from)
 
 
 def test_a_corrupted_checkpoint_is_reported_by_name(env, tmp_path):
@@ -2202,6 +2330,21 @@ def test_the_plateau_schedule_halves_after_half_the_patience_in_epochs_without_a
     assert rates[halved_after - 1] == 0.5 and (halved_after == 1 or rates[halved_after - 2] == 1)
 
 
+def test_the_plateau_schedule_keeps_the_rate_while_an_error_falls(env, tmp_path, monkeypatch):
+    """The plateau schedule is stepped with the gain (the error negated): stepped with the
+    error itself, it halved the rate of an rmse run on every epoch that improved."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    _scores_from(monkeypatch, [0.5, 0.4, 0.3, 0.2])
+    config = check_config(experiment_config("tiny", [
+        f'spec="{_rmse_spec(tmp_path)}"', "train.epochs=4", "train.schedule=plateau",
+        "train.patience=2", "train.warmup_epochs=0"]))
+    files = RunFiles(tmp_path / "r")
+    train_one(config, files, progress=False)
+    assert [h["lr"] for h in _history(files.root)] == [config["train"]["lr"]] * 4
+
+
 def test_infinite_gradients_of_a_finite_loss_stop_the_run_before_the_step(env, tmp_path,
                                                                           monkeypatch):
     import kit.models
@@ -2382,6 +2525,32 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
+def _rmse_spec(tmp_path: Path) -> Path:
+    """tiny-lob with rmse (lower is better) as its metric, written under tmp_path."""
+    spec = tmp_path / "rmse.toml"
+    spec.write_text(SPEC_TOML.replace('name = "weighted_pearson"\nclip = [-6.0, 6.0]',
+                                      'name = "rmse"'))
+    assert 'name = "rmse"' in spec.read_text()
+    return spec
+
+
+def _scores_from(monkeypatch, scores) -> list[float]:
+    """Make the trainer's validation report `scores` in turn (each epoch's, then any SWA
+    average's); returns the list of the scores reported so far."""
+    from kit.train import trainer
+
+    real_validate, scores, said = trainer.validate, iter(scores), []
+
+    def scored(*args):
+        report, rows = real_validate(*args)
+        report.score = next(scores)
+        said.append(report.score)
+        return report, rows
+
+    monkeypatch.setattr(trainer, "validate", scored)
+    return said
+
+
 def test_an_error_metric_keeps_its_lowest_epoch_as_the_best(env, tmp_path):
     """Scores compared as they are, not negated for a lower-is-better metric, kept the epoch of
     the highest rmse in best.pt and metrics.json, and stopped an improving run early."""
@@ -2425,6 +2594,30 @@ def test_with_ema_the_averaged_weights_are_scored_and_kept(env, tmp_path):
     assert not all(torch.equal(last["model"][k], ema[k]) for k in ema)
 
 
+def test_with_ema_the_average_follows_every_optimizer_step(env, tmp_path, monkeypatch):
+    """Never updated, the average stayed the untrained starting weights, and those were
+    validated and saved as best.pt."""
+    from kit.train import trainer
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    initial, real_fit = {}, trainer.fit
+
+    def recording_fit(config, data, model, *args, **kwargs):
+        initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return real_fit(config, data, model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", recording_fit)
+    config = check_config(experiment_config("tiny", ["train.epochs=1", "train.ema=0.9",
+                                                     "train.warmup_epochs=0"]))
+    files = RunFiles(tmp_path / "r")
+    train_one(config, files, progress=False)
+    # 24 training sequences in batches of 8, one chunk each: 3 optimizer steps, 3 updates
+    assert load_checkpoint(files.last)["ema"]["n_averaged"].item() == 3
+    best = load_checkpoint(files.best)["model"]
+    assert set(best) == set(initial) and not all(torch.equal(best[k], initial[k]) for k in best)
+
+
 def test_grad_clip_clips_every_step_to_its_setting(env, tmp_path, monkeypatch):
     """train.grad_clip must reach clip_grad_norm_: a clip passed as another bound (or none)
     trained on unclipped gradients while the config said otherwise."""
@@ -2447,6 +2640,32 @@ def test_grad_clip_clips_every_step_to_its_setting(env, tmp_path, monkeypatch):
     train_one(config, RunFiles(tmp_path / "r"), progress=False)
     assert bounds and all(b == 0.01 for b in bounds)
     assert max(norms) <= 0.01 * (1 + 1e-4)  # the step saw clipped gradients
+
+
+def test_a_grad_clip_of_0_is_off_and_trains_as_an_unclipped_run(env, tmp_path, monkeypatch):
+    """train.grad_clip = 0 means off: clipped to a norm of 0, every gradient vanished and only
+    the weight decay moved the weights."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    real_clip, bounds = torch.nn.utils.clip_grad_norm_, []
+
+    def recorded(parameters, max_norm, *args, **kwargs):
+        bounds.append(max_norm)
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recorded)
+    weights = {}
+    for clip in ("0", "1e9"):  # 1e9: a bound no gradient of this run comes near
+        config = check_config(experiment_config("tiny", ["train.epochs=1", "train.warmup_epochs=0",
+                                                         f"train.grad_clip={clip}"]))
+        files = RunFiles(tmp_path / clip)
+        train_one(config, files, progress=False)
+        weights[clip] = load_checkpoint(files.last)["model"]
+        if clip == "0":
+            assert bounds == []  # never clipped
+    assert bounds and all(b == 1e9 for b in bounds)
+    assert all(torch.equal(weights["0"][k], weights["1e9"][k]) for k in weights["0"])
 
 
 @pytest.mark.parametrize(("swa_score", "best_epoch"), [(0.05, 2), (0.5, "swa")])
@@ -2472,6 +2691,25 @@ def test_the_swa_average_replaces_the_best_epoch_only_when_it_scores_better(
     best = load_checkpoint(files.best)
     assert metrics["best_epoch"] == best["epoch"] == best_epoch
     assert metrics["score"] == best["score"] == max(0.3, swa_score)
+
+
+@pytest.mark.parametrize(("swa_error", "best_epoch"), [(0.15, 2), (0.05, "swa")])
+def test_with_an_error_metric_the_swa_average_replaces_the_best_epoch_only_when_lower(
+        env, tmp_path, monkeypatch, swa_error, best_epoch):
+    """With rmse the average was compared as a score, not as an error: any average, even one
+    of a higher error than the best epoch's, replaced best.pt."""
+    from kit.train.recipe import check_config, experiment_config, train_one
+    from kit.train.runs import RunFiles
+
+    said = _scores_from(monkeypatch, [0.3, 0.1, 0.2, swa_error])  # epochs 1-3, the average
+    config = check_config(experiment_config("tiny", [f'spec="{_rmse_spec(tmp_path)}"',
+                                                     "train.epochs=3", "train.swa_start=2"]))
+    files = RunFiles(tmp_path / "r")
+    metrics = train_one(config, files, progress=False)
+    assert len(said) == 4  # the average was scored
+    best = load_checkpoint(files.best)
+    assert metrics["best_epoch"] == best["epoch"] == best_epoch
+    assert metrics["score"] == best["score"] == min(0.1, swa_error)
 
 
 def test_a_failed_swa_best_write_leaves_the_epochs_best_whole(env, tmp_path, monkeypatch):
