@@ -93,9 +93,10 @@ def test_correct_submission_scores_as_the_metric_computes(tmp_path):
     assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
     assert (result.rows, result.scored_rows, result.sequences) == (60, 45, 3)
     assert result.predictions.shape == (45, 2)
-    assert result.rows_per_s > 0 and result.init_s >= 0
+    assert result.rows_per_s > 0 and result.init_s >= 0 and 0 < result.first_s < result.loop_s
+    assert result.rows_per_s == pytest.approx(59 / (result.loop_s - result.first_s))
     assert result.projected_s == pytest.approx(
-        result.init_s + SPEC.limits.test_rows / result.rows_per_s
+        result.init_s + result.first_s + (SPEC.limits.test_rows - 1) / result.rows_per_s
     )
     assert result.projected_fraction == pytest.approx(result.projected_s / SPEC.limits.time_limit_s)
     text = json.dumps(result.to_dict(), allow_nan=False)
@@ -1618,6 +1619,79 @@ def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_pat
     one, _ = write_data(tmp_path / "one", n_seqs=1)
     projected = [score(sub, path, big).sandbox["projected_peak_mb"] for path in (one, data)]
     assert projected[0] == pytest.approx(projected[1], rel=0.05)
+
+
+@pytest.mark.parametrize(("returned", "low", "high"), [
+    # a window model's last step: a view that keeps its whole (1, 200, 2) output alive
+    ("np.zeros((1, 200, 2))[0, -1]", 3200, 3700),
+    ("np.zeros(2)", 100, 200),  # a fresh array: its header and 16 bytes
+    ("self.table[dp.step_in_seq % 7]", 100, 150),  # views of one table made once: no row's
+    ("torch.zeros(2, dtype=torch.float64)", 500, 700),  # a tensor: its C++ side and storage
+])
+def test_what_each_kept_prediction_holds_alive_is_projected(tmp_path, returned, low, high):
+    """Only the first prediction's own object was counted: a view of a window model's whole
+    output (16 KB a row in the review's case) projected a 22 GB test-set peak as 2.7 GB."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, f"""\
+        import numpy as np
+        import torch
+        class PredictionModel:
+            def __init__(self):
+                self.table = np.zeros((7, 2))
+            def predict(self, dp):
+                return {returned} if dp.need_prediction else None
+        """)
+    result = score(sub, data)
+    per_row = result.sandbox["kept_mb"] * 2**20 / result.scored_rows
+    assert low <= per_row <= high
+
+
+def test_a_returned_object_returned_again_is_named(tmp_path):
+    """A reused output buffer scores every row with the last values written: as the official
+    scorer would, but silently (a constant prediction's score of 0)."""
+    data, frame = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import numpy as np
+        class PredictionModel:
+            def __init__(self):
+                self.out = np.zeros(2)
+            def predict(self, dp):
+                self.out[:] = dp.state[:2]
+                return self.out if dp.need_prediction else None
+        """)
+    result = score(sub, data)
+    first = frame.filter(pl.col("need_prediction")).row(1, named=True)  # the second scored
+    said = [w for w in result.warnings if "an object it had returned before" in w]
+    assert len(said) == 1 and f"on {result.scored_rows - 1:,} scored row(s)" in said[0]
+    assert f"the first at seq {first['seq_ix']} step {first['step_in_seq']}" in said[0]
+    assert not result.fails  # scored as there: a warning
+    assert not any("returned before" in w for w in score(write_sub(tmp_path, FORMULA, "ok"),
+                                                         data).warnings)
+
+
+def test_a_slow_first_predict_is_projected_once(tmp_path):
+    """A model loaded lazily in its first predict() (5 s): the whole loop's rate was scaled to
+    the test set, a 1-sequence replay projected to 139% of the limit and exited 3."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import time
+        import numpy as np
+        class PredictionModel:
+            def __init__(self):
+                self.loaded = False
+            def predict(self, dp):
+                if not self.loaded:
+                    time.sleep(1.0)
+                    self.loaded = True
+                return np.zeros(2) if dp.need_prediction else None
+        """)
+    result = score(sub, data, seqs=1)
+    assert result.first_s >= 1.0 and result.rows == 20
+    assert result.rows_per_s == pytest.approx(19 / (result.loop_s - result.first_s))
+    assert result.rows_per_s > 19 / (result.loop_s - 1.0)  # the sleep is not in the rate
+    assert result.projected_s == pytest.approx(
+        result.init_s + result.first_s + (SPEC.limits.test_rows - 1) / result.rows_per_s)
+    assert f"(first row {result.first_s:.2f} s, counted once)" in result.format()
 
 
 def test_the_memory_projection_of_a_small_file_is_the_peak_of_the_full_one(tmp_path):

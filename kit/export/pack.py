@@ -540,7 +540,7 @@ BUDGET_ROWS = 2000
 def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
     """Project the test-set time from a sample run of the package in the 1-CPU scorer child
     (random rows in the competition's layout: the cost per row does not depend on values)."""
-    from kit.scoring.score import replay_rows
+    from kit.scoring.score import projected_time, replay_rows
 
     # variable-length specs: sequences long enough that rows past the warm-up and tail score
     length = spec.seq_len or max(1000, 2 * (spec.warmup + max(spec.tail, 1)) + 1)
@@ -557,8 +557,10 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
     # typed as the competition's files are (a bool need flag: object rows, as pandas gives them)
     dtypes = [contract_dtype(spec, c) for c in spec.input_columns]
     result = replay_rows(folder, values, spec, column_dtypes=dtypes).result
-    us_per_row = 1e6 * float(result["loop_s"]) / n
-    projected = float(result["init_s"]) + spec.limits.test_rows * us_per_row / 1e6
+    rate, projected = projected_time(float(result["init_s"]), float(result["loop_s"]),
+                                     result.get("first_s"), n,
+                                     spec.limits.test_rows)
+    us_per_row = 1e6 / rate
     limit = spec.limits.time_limit_s
     per_member = projected / n_members  # a pessimistic share: start-up and loop alike
     more = int(max(0.0, BUDGET_FRACTION * limit - projected) // max(per_member, 1e-9))

@@ -254,18 +254,63 @@ def _in_allocator(size: int) -> int:
     return max(32, (size + 15) // 16 * 16)
 
 
+# what a torch tensor holds beyond sys.getsizeof and its storage's bytes (the C++ TensorImpl and
+# StorageImpl): a list of 200k `x @ W` results of 2 floats took 554 bytes each, measured
+TORCH_TENSOR_BYTES = 450
+KEPT_SAMPLE = 64  # predictions, spread over the run, that kept_bytes measures
+
+
+def _owner(array):
+    """The object that holds a numpy view's data (its last .base)."""
+    while isinstance(getattr(array, "base", None), np.ndarray):
+        array = array.base
+    return array.base if array.base is not None else array
+
+
+def _kept_by(pred, shared: set) -> int:
+    """What keeping one returned object costs: itself, its list pointer, and what it keeps
+    alive: a view's owning array (a window model's whole output, `out[0, -1]`), unless other
+    predictions share it (a table made once is no per-row cost); a torch tensor's storage."""
+    own = pred.nbytes if isinstance(pred, np.ndarray) and pred.flags.owndata else 0
+    total = 8 + _in_allocator(sys.getsizeof(pred) - own) + (_in_allocator(own) if own else 0)
+    if isinstance(pred, np.ndarray) and not pred.flags.owndata:
+        owner = _owner(pred)
+        if id(owner) not in shared:
+            total += _in_allocator(sys.getsizeof(owner))
+    storage = getattr(pred, "untyped_storage", None)  # torch, without importing it
+    if callable(storage) and type(pred).__module__.startswith("torch"):
+        total += _in_allocator(storage().nbytes()) + TORCH_TENSOR_BYTES
+    return total
+
+
 def kept_bytes(preds: list, values) -> tuple[int, int]:
     """What the scorer keeps per scored row until its metric, beside the rows: (what this
-    replay holds too: the returned objects and the list's pointer to each; what it does not:
-    the official loop's `labels = row[35:]` view of each scored row, kept in a second list).
-    Computed from the first prediction, as rows_bytes is computed."""
+    replay holds too: the returned objects, the list's pointer to each and what they keep
+    alive; what it does not: the official loop's `labels = row[35:]` view of each scored row,
+    kept in a second list). Measured on up to KEPT_SAMPLE predictions spread over the run
+    (computed, as rows_bytes is: the peak holds them too, but would scale the allocator's
+    fixed overhead up with them)."""
     if not preds:
         return 0, 0
-    first = preds[0]
-    own = first.nbytes if isinstance(first, np.ndarray) and first.flags.owndata else 0
-    per_pred = 8 + _in_allocator(sys.getsizeof(first) - own) + (_in_allocator(own) if own else 0)
+    sample = [preds[i] for i in
+              np.unique(np.linspace(0, len(preds) - 1, KEPT_SAMPLE).astype(np.int64))]
+    owners = [id(_owner(p)) for p in sample if isinstance(p, np.ndarray)
+              and not p.flags.owndata]
+    shared = {o for o in owners if owners.count(o) > 1}
+    per_pred = sum(_kept_by(p, shared) for p in sample) / len(sample)
     per_label = 8 + _in_allocator(sys.getsizeof(values[0][3:])) if len(values) else 0
-    return len(preds) * per_pred, len(preds) * per_label
+    return int(len(preds) * per_pred), len(preds) * per_label
+
+
+def reused_objects(preds: list) -> tuple[int, int | None]:
+    """(how many scored rows returned an object an earlier row returned too, the first such
+    prediction's index): the scorer keeps the object, so each holds the values last written.
+    8 bytes a prediction (a set of their ids took 90 and raised the peak the memory projection
+    scales)."""
+    ids = np.fromiter(map(id, preds), np.int64, len(preds))
+    order = np.argsort(ids, kind="stable")  # the first occurrence of each id first
+    again = order[1:][ids[order[1:]] == ids[order[:-1]]]
+    return len(again), (int(again.min()) if len(again) else None)
 
 
 def rows_bytes(raw, values) -> int:
@@ -303,11 +348,12 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
     report.write(b"I %.6f\n" % init_s)
 
     t0 = time.perf_counter()
-    preds = score_rows(model, values, k, report)
+    preds, first_s = score_rows(model, values, k, report)
     loop_s = time.perf_counter() - t0
     report.write(b"P %d\n" % len(values))
 
     kept, labels = kept_bytes(preds, values)
+    reused, first_reused = reused_objects(preds)
     array = collect(preds, k, values)
     np.save(os.path.join(out_dir, "predictions.npy"), array)
     if job.get("next_state"):
@@ -317,6 +363,9 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
         "scored_rows": int(array.shape[0]),
         "init_s": init_s,
         "loop_s": loop_s,
+        "first_s": first_s,  # the first row's predict(): a lazy load there is paid once
+        "reused": reused,
+        "first_reused": first_reused,  # an index into the scored rows
         "rows_mb": rows_mb,
         "kept_mb": kept / 2**20,  # held here too
         "labels_mb": labels / 2**20,  # held by the official loop only
@@ -499,8 +548,9 @@ class UtilsFallback:
         module.DataPoint = DataPoint
 
 
-def score_rows(model, values, k: int, report: Reporter) -> list:
+def score_rows(model, values, k: int, report: Reporter) -> tuple[list, float]:
     """The official loop: one DataPoint per row, None exactly when no prediction is needed.
+    Returns the kept predictions and the first row's seconds (its own chunk).
 
     Rows go in chunks so that progress costs one clock read per chunk, not per row; the
     returned objects are kept as they are (a reused buffer scores wrongly, as it does there).
@@ -510,7 +560,7 @@ def score_rows(model, values, k: int, report: Reporter) -> list:
     predict = model.predict
     point = DataPoint
     n = len(values)
-    start, chunk = 0, 32
+    start, chunk, first_s = 0, 1, None
     while start < n:
         stop = min(start + chunk, n)
         t_chunk = time.perf_counter()
@@ -534,11 +584,13 @@ def score_rows(model, values, k: int, report: Reporter) -> list:
                 raise Failure(contract_info(values, row, pred, k))
         start = stop
         now = time.perf_counter()
+        if first_s is None:
+            first_s = now - t_chunk
         chunk = max(1, min(1 << 15, int(chunk * TARGET_CHUNK_S / max(now - t_chunk, 1e-6))))
         if now - report.last >= REPORT_EVERY_S:
             report.last = now
             report.write(b"P %d\n" % start)
-    return preds
+    return preds, first_s or 0.0
 
 
 def next_states(values):
