@@ -2138,6 +2138,26 @@ def test_need_flags_of_another_rule_are_refused_before_training(env, tmp_path):
     assert not (tmp_path / "runs").exists() or not _run_dirs(tmp_path / "runs" / "tiny")
 
 
+def test_sequences_that_start_late_or_skip_steps_are_refused_before_training(env, tmp_path):
+    """Such files trained and packed; kit parity and kit score then refused them (a late start
+    was named only as a need flag off the rule, or not at all on variable-length specs)."""
+    frame = pl.read_parquet(env / "data" / "train.parquet")
+    late = frame.with_columns(pl.col("step_in_seq") + 5)
+    late.write_parquet(tmp_path / "late.parquet")
+    frame.filter(pl.col("step_in_seq") != 7).write_parquet(tmp_path / "gaps.parquet")
+    n_seqs = frame["seq_ix"].n_unique()
+    for name, said in (("late", f"{n_seqs:,} sequence(s) do not start at step 0: seq 0 starts "
+                                "at step 5"),
+                       ("gaps", f"{n_seqs:,} gap(s) in step numbering: seq 0: step 6 -> 8")):
+        for part in ("train", "valid"):
+            out = run_cli("train", "exp=tiny", f"data.{part}={tmp_path / name}.parquet",
+                          "train.epochs=1", expect=2).output
+            assert f"{name}.parquet: {said}" in out, out
+            assert "kit parity and kit score refuse such a file" in out
+            assert "Traceback" not in out
+    assert not (tmp_path / "runs").exists() or not _run_dirs(tmp_path / "runs" / "tiny")
+
+
 def test_resume_without_a_run_dir_finds_a_run_killed_before_its_first_checkpoint(env, tmp_path):
     """`kit train EXP --resume` (the printed hint) must reach the newest unfinished run even
     when it has no last.pt yet: it used to skip to an older paused run."""

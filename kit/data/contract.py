@@ -425,9 +425,15 @@ def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
 def refuse_broken_need_rule(keys: pl.DataFrame, spec: CompetitionSpec, source: str) -> None:
     """Training takes the need column as its loss mask, so a file whose flags follow another
     rule would train and be selected, then be refused by kit parity and kit score: training
-    refuses it first. `keys` holds the spec's id, step and need columns, already checked to be
-    whole numbers and 0/1 flags."""
-    if problems := _check_need_rule(key_table(keys, spec), spec):
+    refuses it first, and so a file whose sequences start past step 0, skip steps or repeat
+    one (0.2 s on 10.7M rows). `keys` holds the spec's id, step and need columns, already
+    checked to be whole numbers and 0/1 flags."""
+    table = key_table(keys, spec)
+    if problems := _check_order(table, spec):
+        raise DataError(f"{source}: {'; '.join(problems)}; kit parity and kit score refuse such "
+                        f"a file (the scorer's rows of a sequence are its steps 0, 1, 2, ...): "
+                        f"kit data check {source} lists the file's problems")
+    if problems := _check_need_rule(table, spec):
         raise DataError(f"{source}: {problems[0]}; the spec states this rule for the whole "
                         f"competition (kit parity and kit score refuse such a file too): kit "
                         f"data check {source} lists the file's problems. Where the "
