@@ -348,7 +348,7 @@ def test_the_epoch_callback_of_an_error_metric_sees_the_lowest_error_as_the_best
     from kit.train.runs import RunFiles
 
     _scores_from(monkeypatch, [0.5, 0.3, 0.4])
-    config = check_config(experiment_config("tiny", [f'spec="{_rmse_spec(tmp_path)}"',
+    config = check_config(experiment_config("tiny", [f'spec="{_spec_scored_by(tmp_path, "rmse")}"',
                                                      "train.epochs=3"]))
     ends = []
     train_one(config, RunFiles(tmp_path / "r"), progress=False, on_epoch=ends.append)
@@ -782,6 +782,53 @@ def test_a_sequence_length_that_keeps_no_scored_step_is_refused_before_training(
                   expect=2).output
     assert "keep no step that needs a prediction" in out and "data.seq_len = 5" in out
     assert "scores from step 10" in out and not (tmp_path / "r" / "history.jsonl").exists()
+
+
+def test_a_split_with_no_scored_step_names_what_cut_it(env, tmp_path):
+    """Sequences shorter than the warm-up: the advice was to lengthen data.seq_len, which was
+    0 (whole sequences) already, or which train.max_valid_seqs had not cut."""
+    frame = pl.read_parquet(env / "data" / "valid.parquet")
+    first = frame["seq_ix"][0]
+    n_seqs = frame["seq_ix"].n_unique()
+    short_first = frame.filter((pl.col("seq_ix") != first) | (pl.col("step_in_seq") < 8))
+    short_first.write_parquet(tmp_path / "first.parquet")
+    out = run_cli("train", "exp=tiny", f"data.valid={tmp_path / 'first.parquet'}",
+                  "train.max_valid_seqs=1", expect=2).output
+    assert "the validation sequences keep no step that needs a prediction" in out
+    assert f"train.max_valid_seqs = 1 keeps 1 of its {n_seqs}; raise it" in out
+    assert "lengthen data.seq_len" not in out
+    frame.filter(pl.col("step_in_seq") < 8).write_parquet(tmp_path / "all.parquet")
+    out = run_cli("train", "exp=tiny", f"data.valid={tmp_path / 'all.parquet'}",
+                  expect=2).output
+    assert "they are all shorter than the warm-up (data.seq_len = 0 keeps them whole)" in out
+    assert "lengthen data.seq_len" not in out
+
+
+def test_r2_on_a_single_scored_validation_row_is_refused_not_called_diverged(env, tmp_path):
+    """r2 is NaN on one row: every epoch scored NaN, and the run failed as diverged, with
+    advice to lower the learning rate."""
+    frame = pl.read_parquet(env / "data" / "valid.parquet")
+    one = frame.filter((pl.col("seq_ix") == frame["seq_ix"][0]) & (pl.col("step_in_seq") < 11))
+    one.write_parquet(tmp_path / "one.parquet")
+    out = run_cli("train", "exp=tiny", f"spec={_spec_scored_by(tmp_path, 'r2')}",
+                  f"data.valid={tmp_path / 'one.parquet'}", expect=2).output
+    assert ("the validation sequences keep 1 step that needs a prediction, and r2 is undefined "
+            "on fewer than 2 (1 sequence(s)): validate on more") in out
+    assert "diverged" not in out and "train.lr" not in out
+
+
+def test_a_constant_validation_target_is_warned_of(env, tmp_path):
+    """Every epoch scored 0.0000 on it, best epoch 1, and nothing said why."""
+    frame = pl.read_parquet(env / "data" / "valid.parquet")
+    frame.with_columns(t1=pl.lit(1.5)).write_parquet(tmp_path / "flat.parquet")
+    out = run_cli("train", "exp=tiny", f"data.valid={tmp_path / 'flat.parquet'}",
+                  "train.epochs=1", "-q").output
+    scored = frame["need_prediction"].sum()
+    assert (f"warning: the validation truth of t1 is constant on its {scored:,} scored rows: its "
+            "weighted_pearson is the same for every model") in out
+    assert "t0 is constant" not in out and "of t0, t1" not in out
+    out = run_cli("train", "exp=tiny", "train.epochs=1", "-q").output
+    assert "is constant on its" not in out
 
 
 def test_an_empty_seed_list_and_seed_beside_seeds_are_refused(env):
@@ -1931,6 +1978,12 @@ def test_more_folds_than_sequences_are_refused_before_any_run_folder(env, groupe
     out = run_cli("train", "exp=tiny", "--folds", 9, "-q", f"data.train={grouped_train}",
                   "data.split=group", "data.group=user", expect=2).output
     assert f"--folds 9: the train file {grouped_train} has 8 groups (user)" in out, out
+    frame = pl.read_parquet(grouped_train)  # one sequence: no range of k to offer
+    frame.filter(pl.col("seq_ix") == frame["seq_ix"][0]).write_parquet(tmp_path / "one.parquet")
+    out = run_cli("train", "exp=tiny", "--folds", 2, "-q", f"data.train={tmp_path}/one.parquet",
+                  expect=2).output
+    assert "has 1 sequences" in out and "k-fold needs at least 2" in out
+    assert "2..1" not in out
     assert not (tmp_path / "runs" / "tiny").exists() or not any(
         (tmp_path / "runs" / "tiny").iterdir())
 
@@ -2358,7 +2411,7 @@ def test_the_plateau_schedule_keeps_the_rate_while_an_error_falls(env, tmp_path,
 
     _scores_from(monkeypatch, [0.5, 0.4, 0.3, 0.2])
     config = check_config(experiment_config("tiny", [
-        f'spec="{_rmse_spec(tmp_path)}"', "train.epochs=4", "train.schedule=plateau",
+        f'spec="{_spec_scored_by(tmp_path, "rmse")}"', "train.epochs=4", "train.schedule=plateau",
         "train.patience=2", "train.warmup_epochs=0"]))
     files = RunFiles(tmp_path / "r")
     train_one(config, files, progress=False)
@@ -2545,12 +2598,12 @@ def _history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
 
 
-def _rmse_spec(tmp_path: Path) -> Path:
-    """tiny-lob with rmse (lower is better) as its metric, written under tmp_path."""
-    spec = tmp_path / "rmse.toml"
+def _spec_scored_by(tmp_path: Path, metric: str) -> Path:
+    """tiny-lob with another metric (rmse: lower is better), written under tmp_path."""
+    spec = tmp_path / f"{metric}.toml"
     spec.write_text(SPEC_TOML.replace('name = "weighted_pearson"\nclip = [-6.0, 6.0]',
-                                      'name = "rmse"'))
-    assert 'name = "rmse"' in spec.read_text()
+                                      f'name = "{metric}"'))
+    assert f'name = "{metric}"' in spec.read_text()
     return spec
 
 
@@ -2722,7 +2775,7 @@ def test_with_an_error_metric_the_swa_average_replaces_the_best_epoch_only_when_
     from kit.train.runs import RunFiles
 
     said = _scores_from(monkeypatch, [0.3, 0.1, 0.2, swa_error])  # epochs 1-3, the average
-    config = check_config(experiment_config("tiny", [f'spec="{_rmse_spec(tmp_path)}"',
+    config = check_config(experiment_config("tiny", [f'spec="{_spec_scored_by(tmp_path, "rmse")}"',
                                                      "train.epochs=3", "train.swa_start=2"]))
     files = RunFiles(tmp_path / "r")
     metrics = train_one(config, files, progress=False)

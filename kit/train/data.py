@@ -7,6 +7,7 @@ arithmetic its stream face runs in the graph.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +138,10 @@ def check_fold_count(config: dict, folds: int) -> None:
         return
     what = f"groups ({column})" if data["split"] == "group" else "sequences"
     if folds > count:
+        hint = (f"use --folds 2..{count}" if count >= 2 else
+                "k-fold needs at least 2; train with a validation file or split instead")
         raise ConfigError(f"--folds {folds}: the train file {data['train']} has {count} {what}, "
-                          f"and each fold validates at least one; use --folds 2..{count}")
+                          f"and each fold validates at least one; {hint}")
 
 
 def check_split_settings(data: dict) -> None:
@@ -305,11 +308,47 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         valid_limited=0 < limit_valid < len(valid),
         valid_truncated=bool(valid_cut[:limit_valid or len(valid)].any()),
     )
-    for name, split in (("training", out.train), ("validation", out.valid)):
+    for name, split, whole, limit in (("training", out.train, train, limit_train),
+                                      ("validation", out.valid, valid, limit_valid)):
         if not bool(split.mask.any()):  # else an epoch learns nothing, then "no scored rows"
             raise ConfigError(
                 f"the {name} sequences keep no step that needs a prediction (the spec scores "
                 f"from step {spec.warmup} on; data.seq_len = {data['seq_len']}, data.truncate = "
-                f"{data['truncate']!r}, {len(split)} sequences): lengthen data.seq_len, or check "
-                "the file's need_prediction column")
+                f"{data['truncate']!r}, {len(split)} sequences): "
+                + _no_scored_step_hint(name, data, len(split), len(whole), limit))
+    scored = int(out.valid.mask.sum())
+    if spec.metric.name == "r2" and scored < 2:  # NaN every epoch: read as a diverged run
+        raise ConfigError(
+            f"the validation sequences keep {scored} step that needs a prediction, and r2 is "
+            f"undefined on fewer than 2 ({len(out.valid)} sequence(s)): validate on more "
+            + ("(train.max_valid_seqs, data.valid_fraction, data.valid)" if fold is None
+               else "(a train file with more sequences)"))
+    warn_constant_truth(out.valid, spec)
     return out
+
+
+def warn_constant_truth(valid: Split, spec: CompetitionSpec) -> None:
+    """A target constant on the scored validation rows scores the same every epoch (0 under
+    weighted Pearson, whatever the model): early stopping and selection then have no signal
+    from it, which nothing said."""
+    truth = valid.y[valid.mask]
+    same = (truth.amax(0) == truth.amin(0)).tolist() if len(truth) else []
+    constant = [name for name, flat in zip(spec.outputs, same, strict=True) if flat]
+    if constant:
+        warnings.warn(f"the validation truth of {', '.join(constant)} is constant on its "
+                      f"{len(truth):,} scored rows: its {spec.metric.name} is the same for every "
+                      "model, so early stopping and selection learn nothing from it (check "
+                      "the validation file or split)", UserWarning, stacklevel=2)
+
+
+def _no_scored_step_hint(name: str, data: dict, kept: int, available: int, limit: int) -> str:
+    """What would give a split with no scored step some: the limit that cut it, or longer
+    sequences (data.seq_len 0 keeps them whole already)."""
+    if 0 < limit < available:
+        key = "max_train_seqs" if name == "training" else "max_valid_seqs"
+        return (f"train.{key} = {limit} keeps {kept} of its {available}; raise it, or check "
+                "the file's need_prediction column")
+    if data["seq_len"]:
+        return "lengthen data.seq_len, or check the file's need_prediction column"
+    return ("they are all shorter than the warm-up (data.seq_len = 0 keeps them whole); "
+            "check the file's need_prediction column and the spec's warmup")
