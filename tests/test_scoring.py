@@ -1626,6 +1626,7 @@ def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_pat
     ("np.zeros((1, 200, 2))[0, -1]", 3200, 3700),
     ("np.zeros(2)", 100, 200),  # a fresh array: its header and 16 bytes
     ("self.table[dp.step_in_seq % 7]", 100, 150),  # views of one table made once: no row's
+    ("dp.state[:2]", 100, 150),  # views of the rows, which the rows' figure counts
     ("torch.zeros(2, dtype=torch.float64)", 500, 700),  # a tensor: its C++ side and storage
 ])
 def test_what_each_kept_prediction_holds_alive_is_projected(tmp_path, returned, low, high):
@@ -1644,6 +1645,13 @@ def test_what_each_kept_prediction_holds_alive_is_projected(tmp_path, returned, 
     result = score(sub, data)
     per_row = result.sandbox["kept_mb"] * 2**20 / result.scored_rows
     assert low <= per_row <= high
+    if returned.startswith("dp.state"):  # one scored row shares its owner with no other
+        one = small_spec(warmup=19)       # prediction: still the rows', not the row's cost
+        (tmp_path / "one").mkdir()
+        data, _ = write_data(tmp_path / "one", one, n_seqs=1)
+        result = score(sub, data, one)
+        assert result.scored_rows == 1
+        assert low <= result.sandbox["kept_mb"] * 2**20 <= high
 
 
 def test_a_returned_object_returned_again_is_named(tmp_path):

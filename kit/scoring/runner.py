@@ -297,6 +297,8 @@ def kept_bytes(preds: list, values) -> tuple[int, int]:
     owners = [id(_owner(p)) for p in sample if isinstance(p, np.ndarray)
               and not p.flags.owndata]
     shared = {o for o in owners if owners.count(o) > 1}
+    if len(values):  # slices of the rows (dp.state[:2]) keep the rows alive, counted already
+        shared.add(id(_owner(values)))
     per_pred = sum(_kept_by(p, shared) for p in sample) / len(sample)
     per_label = 8 + _in_allocator(sys.getsizeof(values[0][3:])) if len(values) else 0
     return int(len(preds) * per_pred), len(preds) * per_label
