@@ -14,6 +14,7 @@ import tomli_w
 import kit.ensemble as ensemble_module
 from kit.competition import load_spec, spec_from_dict
 from kit.ensemble import (
+    SCALE_GRID,
     Candidate,
     EnsembleError,
     Moments,
@@ -270,6 +271,29 @@ def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():
     assert metric_value(spec, truth[:, 0], smoothed) == pytest.approx(tuned["after"]["t0"])
 
 
+def test_the_scale_is_tuned_on_the_smoothed_blend():
+    """A slow truth seen at half its size through white noise: smoothing removes the noise,
+    and the smoothed blend then wants a scale above 1 (the unsmoothed one wants none). The
+    scale was once tuned on the unsmoothed blend: it kept 1 and left the gain unused."""
+    spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": "r2"}}, "<test>")
+    rng = np.random.default_rng(9)
+    n_seq, length = 20, 100
+    slow = np.zeros((n_seq, length))
+    for t in range(1, length):  # AR(1), phi 0.97, per sequence
+        slow[:, t] = 0.97 * slow[:, t - 1] + rng.standard_normal(n_seq)
+    truth = np.repeat(slow.reshape(-1, 1) / slow.std(), 2, axis=1)
+    blend = 0.5 * truth + 0.5 * rng.standard_normal(truth.shape)
+    starts = np.arange(0, n_seq * length, length)
+    assert max(SCALE_GRID, key=lambda c: metric_value(spec, truth[:, 0], c * blend[:, 0])) == 1.0
+    tuned = tune_postprocess(spec, truth, blend, starts)
+    for t, name in enumerate(spec.outputs):
+        assert tuned["smoothing"][t] > 0.0 and tuned["scale"][t] > 1.0
+        done = smooth(blend[:, t], starts, tuned["smoothing"][t]) * tuned["scale"][t]
+        assert tuned["after"][name] == pytest.approx(metric_value(spec, truth[:, t], done))
+        unscaled = metric_value(spec, truth[:, t], done / tuned["scale"][t])
+        assert tuned["after"][name] > unscaled + 0.05
+
+
 @pytest.mark.parametrize("metric", [{"name": "mae"}, {"name": "rmse", "clip": [-3.0, 3.0]}],
                          ids=["mae", "clipped-rmse"])
 def test_error_metrics_select_and_tune_toward_the_smaller_error(metric, monkeypatch):
@@ -291,9 +315,16 @@ def test_error_metrics_select_and_tune_toward_the_smaller_error(metric, monkeypa
     doc = ensemble_document(sel, _candidates([bad, good], spec), iters=5, init_best=0)
     assert doc["ensemble"]["best_single"]["name"] == "c1"
     assert {v["name"] for v in doc["ensemble"]["best_single_per_target"].values()} == {"c1"}
-    tuned = tune_postprocess(spec, truth, 0.5 * truth, np.array([0]))  # half the truth's size
+    # half the size of the good candidate: the scale to tune is 2, and the error left after
+    # it is not 0 (the recorded score is the error itself, not the tuning's negated one)
+    blend = 0.5 * good
+    tuned = tune_postprocess(spec, truth, blend, np.array([0]))
     assert tuned["scale"] == [2.0, 2.0]
     assert all(tuned["after"][t] < tuned["before"][t] - 0.1 for t in spec.outputs)
+    for t, name in enumerate(spec.outputs):
+        done = smooth(blend[:, t], np.array([0]), tuned["smoothing"][t]) * tuned["scale"][t]
+        assert tuned["after"][name] > 0.1
+        assert tuned["after"][name] == pytest.approx(metric_value(spec, truth[:, t], done))
 
 
 @pytest.mark.parametrize("warmup", [0, 3])
@@ -317,6 +348,41 @@ def test_smoothing_matches_the_graph_recursion(warmup):
     whole, _ = module(torch.tensor(grid, dtype=torch.float32), module.init_state(3))
     np.testing.assert_allclose(steps, want, atol=1e-5)
     np.testing.assert_allclose(whole.numpy(), steps, atol=1e-6)
+
+
+def test_select_tunes_the_smoothing_restarted_at_each_sequence(tmp_path, monkeypatch):
+    """Warm-up 0 and tail 0: one sequence's last scored row and the next one's first are
+    consecutive rows, and only the sequence ids tell them apart. The package restarts its
+    smoothing at every sequence; so must the tuning, or it smooths one sequence's level into
+    the next and picks (and records the score of) a smoothing the package does not run."""
+    import polars as pl
+
+    spec = spec_from_dict({**SPEC.to_dict(), "warmup": 0, "seq_len": 20,
+                           "metric": {"name": "r2"}}, "<test>")
+    assert spec.warmup == spec.tail == 0
+    rng = np.random.default_rng(4)
+    n_seq, length = 60, 20
+    level = rng.standard_normal((n_seq, 1, 2))  # each sequence its own level
+    truth = (level + 0.3 * rng.standard_normal((n_seq, length, 2))).reshape(-1, 2)
+    blend = (truth + rng.standard_normal(truth.shape)).astype(np.float32)
+    ids = np.repeat(np.arange(n_seq), length)
+    valid = tmp_path / "valid.parquet"
+    pl.DataFrame({spec.id_col: ids, spec.step_col: np.tile(np.arange(length), n_seq),
+                  "t0": truth[:, 0], "t1": truth[:, 1]}).write_parquet(valid)
+    only = Candidate("c0", tmp_path / "c0", [], blend, np.arange(len(ids)), valid, spec)
+    monkeypatch.setattr(ensemble_module, "expand_candidates", lambda paths: list(paths))
+    monkeypatch.setattr(ensemble_module, "load_candidate", lambda path: only)
+    doc, _, _ = select_ensemble([only.path], iters=1, out=tmp_path / "e.toml", postprocess=True)
+    post = doc["postprocess"]
+    restarted = tune_postprocess(spec, truth, blend, np.arange(0, len(ids), length))
+    assert post["smoothing"] == restarted["smoothing"] and post["scale"] == restarted["scale"]
+    # the recorded score is what the package's post-processing gives on these sequences
+    packaged = postprocess_numpy(blend.reshape(n_seq, length, 2), post["smoothing"],
+                                 post["scale"], spec.warmup).reshape(-1, 2)
+    for t, name in enumerate(spec.outputs):
+        assert post["smoothing"][t] > 0.0
+        assert post["after"][name] == pytest.approx(metric_value(spec, truth[:, t],
+                                                                 packaged[:, t]))
 
 
 # --- on trained runs -------------------------------------------------------------------------
@@ -534,6 +600,41 @@ def assert_weighted_sum_of_members(module, entries, x, tmp_path) -> None:
     zeros = [s.numpy() for s in module.init_state(x.shape[0])]
     got, _ = onnx_steps(tmp_path / "e.onnx", zeros, x.numpy().transpose(1, 0, 2))
     np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("configs", [
+    [{"layer_norm": True}, {"layer_norm": True}],
+    [{"head": "highway"}, {"head": "highway"}],
+    [{"head": "residual"}, {"head": "residual"}],
+    [{"layers": 1}, {"layers": 2}],
+], ids=["layer-norm", "highway-head", "residual-head", "1-and-2-layers"])
+def test_grus_that_stacked_rnn_cannot_compute_run_on_their_own(workspace, tmp_path, configs):
+    """StackedRNN computes plain GRUs of one shape: no LayerNorm, one linear head, one number
+    of layers. Stacked, layer-normed GRUs lost their LayerNorm (outputs up to 0.95 off), other
+    heads raised an AttributeError, and a 1-layer GRU took a 2-layer one's second layer for
+    none. Such members run apart, and the ensemble is still the weighted sum of its members."""
+    import dataclasses
+
+    import torch
+
+    from kit.models import build_model
+    from tests.conftest import raw_gru_run
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    entries = []
+    for seed, (extra, weights) in enumerate(zip(configs, [[0.25, 0.6], [0.75, 0.4]],
+                                                strict=True)):
+        member = load_member(raw_gru_run(tmp_path / f"run{seed}", spec, seed=seed))
+        config = {"type": "gru", "hidden": 8, "layers": 2} | extra
+        torch.manual_seed(seed)
+        model = build_model(config, len(member.feature_set.outputs), spec.n_outputs).eval()
+        member = dataclasses.replace(member, model=model, model_config=config)
+        entries.append(Weighted(member, weights))
+    module = Ensemble(entries).eval()
+    assert [type(m).__name__ for m in module.models] == ["WeightedModel", "WeightedModel"]
+    assert_weighted_sum_of_members(module, entries, torch.randn(3, 20, len(spec.features)),
+                                   tmp_path)
+
 
 @pytest.mark.parametrize("same_clip", [True, False])
 def test_a_stack_on_its_own_normalisers_runs_them_as_one_module(runs, tmp_path, same_clip):
