@@ -1361,6 +1361,8 @@ def test_a_folder_with_someone_elses_manifest(workspace, gru_pack, tmp_path):
 def test_cli_pack_parity_score_and_exit_codes(workspace, runs, gru_pack, tmp_path):
     out = run_cli("pack", runs["gru"], "--name", "cli", "--out", tmp_path).output
     assert "packed" in out and (tmp_path / "cli.zip").is_file()
+    kib = round((tmp_path / "cli" / "solution.py").stat().st_size / 1024)
+    assert f"solution.py {kib:,} KiB" in out  # bytes / 1024: KiB, not KB
     # the package's own validation file is the default data; the tiny spec comes from the manifest
     out = run_cli("parity", tmp_path / "cli.zip", "--seqs", "3").output
     assert "parity OK" in out and "[FAIL]" not in out
@@ -1839,7 +1841,8 @@ def test_a_parity_report_of_many_outputs_prints_their_summary():
     text = ParityReport("sub", "data", 2, 100, 80, 1e-5, 1e-6, per, [diff],
                         [Check("paths agree", True, "ok")]).format()
     assert max(len(line) for line in text.splitlines()) < 160, text
-    assert "worst of 32 outputs: 17 max abs 7.00e-06" in text
+    # the location is the max abs difference's; the max rel, usually elsewhere, stands apart
+    assert "worst of 32 outputs: 17 max abs 7.00e-06 at seq 2 step 40, max rel 1.00e-06" in text
     assert "0.00000   0.31000" in text  # min and max of the per-output scores
 
 

@@ -1604,6 +1604,8 @@ def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_pat
     # the same rows: the peak, and the label views the official loop keeps besides
     assert box["projected_peak_mb"] == pytest.approx(box["peak_rss_mb"] + box["labels_mb"])
     assert "the predictions kept); projected on the test set's rows" in result.format()
+    # VmHWM's kB / 1024 and a container's 16g: binary units, labelled so (not MB / GB)
+    assert " MiB here (" in result.format() and " MiB of 16 GiB" in result.format()
     # a test set 1000x the file: its rows alone are past a limit the local run stays under
     limit_gb = (box["peak_rss_mb"] + 100 * box["rows_mb"]) / 1024
     big = spec_from_dict({**SPEC.to_dict(), "limits": {"test_rows": 6000 * SPEC.seq_len,

@@ -71,7 +71,7 @@ class PackResult:
         m = self.manifest
         states = ", ".join(f"{s['name']}{s['shape']}" for s in m["states"])
         # from `sizes`, not the folder: another pack to this name may be swapping it by now
-        sizes = "  ".join(f"{n} {self.sizes[n] / 1024:,.0f} KB" for n in PACK_FILES)
+        sizes = "  ".join(f"{n} {self.sizes[n] / 1024:,.0f} KiB" for n in PACK_FILES)
         return "\n".join([
             f"packed {self.folder}  ->  {self.zip_path}",
             f"graph: {m['onnx']['nodes']} nodes, opset {m['onnx']['opset']}, IR "

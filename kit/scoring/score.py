@@ -106,13 +106,13 @@ class ScoreResult:
         held = self.sandbox.get("rows_mb", 0.0) + self.sandbox.get("kept_mb", 0.0)
         if mem is not None and projected is not None:
             lines.append(
-                f"peak memory {mem:,.0f} MB here ({held:,.0f} MB of it this file's rows and "
-                f"the predictions kept); projected on the test set's rows: {projected:,.0f} MB"
-                + (f" of {limit_gb:g} GB" if limit_gb else "")
+                f"peak memory {mem:,.0f} MiB here ({held:,.0f} MiB of it this file's rows and "
+                f"the predictions kept); projected on the test set's rows: {projected:,.0f} MiB"
+                + (f" of {limit_gb:g} GiB" if limit_gb else "")
             )
         elif mem is not None:
             lines.append(
-                f"peak memory {mem:,.0f} MB" + (f" of {limit_gb:g} GB" if limit_gb else "")
+                f"peak memory {mem:,.0f} MiB" + (f" of {limit_gb:g} GiB" if limit_gb else "")
             )
         if self.sandbox.get("imports"):  # here they were installed; the scorer must have them
             lines.append(f"imports beyond the standard library and numpy: "
@@ -235,7 +235,7 @@ def score_submission(
     if verdict is not None and verdict > spec.limits.memory_gb * 1024:
         notes.append(
             f"peak memory projected on the test set's {spec.limits.test_rows:,} rows, "
-            f"{verdict:,.0f} MB, exceeds the competition's {spec.limits.memory_gb:g} GB"
+            f"{verdict:,.0f} MiB, exceeds the competition's {spec.limits.memory_gb:g} GiB"
         )
     result["sandbox"]["memory_limit_gb"] = spec.limits.memory_gb
     here = "{}.{}".format(*sys.version_info[:2])  # the child runs this interpreter
