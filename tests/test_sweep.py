@@ -83,6 +83,27 @@ def test_a_sweep_trains_each_trial_as_a_run_and_writes_the_best_experiment(sweep
     run_cli("train", "exp=tiny_best", "-q")
 
 
+def _one_trial(setup, monkeypatch) -> optuna.trial.FrozenTrial:
+    """One trial of the sweep's objective, its training faked: what the trial records."""
+    import kit.train.recipe as recipe
+    from kit.sweep import objective
+
+    monkeypatch.setattr(recipe, "train_one", lambda config, files, **kwargs: {"score": 0.5})
+    study = optuna.create_study(direction=setup.direction)
+    study.optimize(objective(setup, False), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.COMPLETE
+    return trial
+
+
+def test_a_trial_records_its_run_folder_as_an_absolute_path(sweep_env, monkeypatch):
+    setup = prepare("tiny", None, None, None)
+    assert not setup.runs_dir.is_absolute()  # the default runs/, relative to this folder
+    run_dir = Path(_one_trial(setup, monkeypatch).user_attrs["run_dir"])
+    assert run_dir.is_absolute()  # the summary's paths hold from any folder
+    assert run_dir == (sweep_env / "runs/tiny/tiny-t0000").resolve() and run_dir.is_dir()
+
+
 def test_a_study_records_its_search_and_says_when_another_one_runs_on_it(sweep_env, capsys):
     """Which sampler, pruner and seed chose and stopped a study's trials is kept with it and
     shown; another search on the same study is said (it may be on purpose), not refused."""
@@ -250,6 +271,24 @@ def test_the_study_wide_streak_counts_only_trials_since_the_worker_started():
     # one failure after the restart does not stop it (the old 5 are not this run's); five do
     assert len(study.trials) == 5 + 7
     assert streak.stopped == "this worker's last 5 trials all failed"
+
+
+def test_the_study_wide_streak_is_the_last_trials_to_end_not_the_first():
+    from kit.sweep import FAILED_IN_A_ROW, study_failing
+
+    since = time.time() - 1  # (the trials below all end after it)
+
+    def study_of(states: list) -> optuna.Study:
+        study = optuna.create_study()
+        for state in states:
+            study.add_trial(optuna.trial.create_trial(
+                state=state, value=1.0 if state == TrialState.COMPLETE else None))
+            time.sleep(0.002)  # distinct end times, in this order
+        return study
+
+    fails = [TrialState.FAIL] * FAILED_IN_A_ROW
+    assert study_failing(study_of([TrialState.COMPLETE, *fails]), since)
+    assert not study_failing(study_of([*fails, TrialState.COMPLETE]), since)
 
 
 def test_workers_of_an_always_failing_sweep_stop_together(sweep_env, workspace):
@@ -511,6 +550,14 @@ def test_bad_sweep_table_keys_are_named(sweep_env, table, message):
     path.write_text(tomli_w.dumps(doc))
     assert message in run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
     assert not (sweep_env / "runs").exists()  # failed before anything was created
+
+
+def test_a_sweep_seed_of_zero_is_accepted():
+    from kit.sweep import check_table
+
+    # sweep.seed is a non-negative integer (docs/sweeps.md): 0 is a seed, unlike 0 trials
+    check_table({"seed": 0})
+    assert len(parse_space({**SPACE, "seed": 0})) == len(SPACE["params"])
 
 
 @pytest.mark.parametrize("name, entry, message", [
@@ -936,6 +983,39 @@ def test_a_sigterm_while_workers_start_reaches_the_started_and_stops_the_rest(tm
     assert [p.returncode for p in group.procs] == [-signal.SIGTERM]  # one started, ended
 
 
+def test_workers_import_this_checkout_before_any_kit_on_pythonpath(monkeypatch):
+    import kit
+    from kit.workers import worker_pythonpath
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/another/checkout", "/more"]))
+    here = str(Path(kit.__file__).resolve().parents[1])
+    assert worker_pythonpath().split(os.pathsep) == [here, "/another/checkout", "/more"]
+
+
+def _fake_workers(monkeypatch, codes: list[int]) -> list[dict]:
+    """run_processes' WorkerGroup starting nothing: the environments it was given, recorded,
+    and `codes` as its workers' exit codes."""
+    from kit.workers import WorkerGroup
+
+    envs: list[dict] = []
+    monkeypatch.setattr(WorkerGroup, "start", lambda self, cmd, env, **popen: envs.append(env))
+    monkeypatch.setattr(WorkerGroup, "wait", lambda self, *args, **kwargs: list(codes))
+    return envs
+
+
+def test_one_failed_worker_of_two_fails_the_sweep(sweep_env, monkeypatch):
+    _fake_workers(monkeypatch, [2, 0])
+    out = run_cli("sweep", "exp=tiny", "--trials", 2, "--workers", 2, expect=2).output
+    assert "error: worker exit codes [2, 0]; the study keeps every finished trial" in out
+
+
+def test_workers_are_numbered_from_this_machines_kit_sweep_worker(sweep_env, monkeypatch):
+    envs = _fake_workers(monkeypatch, [0, 0, 0])
+    monkeypatch.setenv("KIT_SWEEP_WORKER", "100")  # the second machine of docs/sweeps.md
+    run_cli("sweep", "exp=tiny", "--trials", 3, "--workers", 3, "-q")
+    assert [env["KIT_SWEEP_WORKER"] for env in envs] == ["100", "101", "102"]
+
+
 # --- scale-out on PostgreSQL ---------------------------------------------------------------
 
 
@@ -1191,6 +1271,33 @@ def test_a_trial_taken_over_after_its_last_report_is_left_too(sweep_env, monkeyp
     assert "Traceback" not in out and "2 complete, 0 pruned, 1 failed" in out
 
 
+def test_a_worker_whose_trial_was_taken_over_stops_once_the_study_has_its_trials(
+        sweep_env, monkeypatch, capsys):
+    """Its trial failed by another sweep, whose workers meanwhile finished the study's N
+    trials: the worker stops there, it does not train an N+1-th."""
+    import kit.train.recipe as recipe
+    from kit.sweep import run_worker
+
+    trained = []
+
+    def taken_while_the_others_finish(config, files, **kwargs):
+        trained.append(files.root.name)
+        trial = kwargs["on_epoch"].trial
+        if len(trained) == 1:
+            trial.study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            for _ in range(2):
+                trial.study.add_trial(optuna.trial.create_trial(value=0.5))
+        return {"score": 0.5}
+
+    monkeypatch.setattr(recipe, "train_one", taken_while_the_others_finish)
+    setup = prepare("tiny", None, None, None)
+    run_worker(setup, 2, None, False)
+    assert "trial 0 was marked failed by another sweep" in capsys.readouterr().err
+    assert trained == ["tiny-t0000"]
+    assert [t.state for t in _study(setup.storage_url).trials] == [
+        TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+
+
 # --- ablation ------------------------------------------------------------------------------
 
 
@@ -1403,6 +1510,28 @@ def test_the_best_file_holds_what_the_best_trial_trained(sweep_env):
     assert load_experiment(str(exps / "tiny.toml"))["train"]["batch_size"] != 4
 
 
+def test_the_best_file_holds_an_unswept_section_the_trial_trained_otherwise(sweep_env):
+    """The experiment edited after the trial trained (or a resume with other overrides): a
+    section neither swept nor overridden now, that the trial trained differently, is kept."""
+    from kit.sweep import trial_config, write_best
+    from kit.train.recipe import experiment_config
+    from kit.train.runs import RunFiles, toml_safe
+
+    setup = prepare("tiny", None, None, None)
+    assert not any(p.name.startswith("normaliser.") for p in setup.params)
+    assert setup.base["normaliser"]["clip"] != 3.0
+    values = {"train.lr": 2e-3, "model.hidden": 8, "model.type": "gru",
+              "features.groups": ["raw"]}
+    trained = trial_config(setup.base, values)
+    trained["normaliser"] = {**trained["normaliser"], "clip": 3.0}
+    files = RunFiles(sweep_env / "runs/tiny/tiny-t0000")
+    files.root.mkdir(parents=True)
+    files.config_path.write_text(tomli_w.dumps(toml_safe(trained)))
+    trial = optuna.trial.create_trial(value=0.5, user_attrs={"run_dir": str(files.root)})
+    best = write_best(setup, trial)
+    assert experiment_config(str(best))["normaliser"]["clip"] == 3.0  # what it trains
+
+
 def _edit_tiny(root: Path, edit) -> dict:
     """Rewrite experiments/tiny.toml through `edit(doc)`; returns the document before."""
     import copy
@@ -1437,6 +1566,24 @@ def test_a_study_refuses_another_experiment_space_or_config_before_training(swee
     # settings that do not change what a trial trains are free; the same sweep resumes
     run_cli("sweep", "exp=tiny", "train.threads=1", "sweep.trials=9", "--trials", 2, "-q")
     assert [t.state for t in _study(url).get_trials()] == [TrialState.COMPLETE] * 2
+
+
+def test_the_experiments_own_value_of_a_key_every_trial_samples_may_change(sweep_env):
+    from kit.sweep import make_study, study_identity
+
+    def resume():
+        setup = prepare("tiny", None, None, None)
+        return make_study("tiny", make_storage(setup.storage_url), setup.direction,
+                          setup.table, 2, study_identity(setup), setup.params)
+
+    resume().add_trial(optuna.trial.create_trial(value=0.5))
+    config = resume().user_attrs["kit_config"]
+    # every trial samples train.lr: the experiment's own value trains nothing
+    _edit_tiny(sweep_env, lambda d: d["train"].update(lr=0.05))
+    assert resume().user_attrs["kit_config"] == config
+    _edit_tiny(sweep_env, lambda d: d["train"].update(batch_size=4))  # a key it does train
+    with pytest.raises(SweepError, match=r"config keys differ: changed \['train.batch_size'\]"):
+        resume()
 
 
 def test_a_study_knows_its_files_by_content_and_survives_a_moved_checkout(sweep_env,
@@ -1528,6 +1675,20 @@ def test_a_study_from_before_the_identity_check_with_another_parameter_type_is_r
             result.output)
     assert [t.state for t in _study(url).get_trials()] == [TrialState.COMPLETE]
     assert _study(url).user_attrs == {}
+
+
+def test_underscores_in_a_study_name_are_kept_in_its_file_and_folder_names(sweep_env,
+                                                                         monkeypatch):
+    from kit.sweep import best_name
+
+    # docs/sweeps.md: a study name is escaped but for A-Z a-z 0-9 - and _
+    names = {}
+    for study in ("my_run", "my-run"):
+        setup = prepare("tiny", None, study, None)
+        run_dir = Path(_one_trial(setup, monkeypatch).user_attrs["run_dir"])
+        names[study] = (best_name(setup), run_dir.name)
+    assert names == {"my_run": ("tiny@my_run_best", "my_run-t0000"),
+                     "my-run": ("tiny@my-run_best", "my-run-t0000")}
 
 
 def test_best_files_of_two_studies_never_overwrite_each_other(sweep_env):
@@ -1659,6 +1820,79 @@ def test_a_study_whose_only_trial_was_killed_takes_the_fixed_command(sweep_env, 
     assert "1 complete, 0 pruned, 1 failed, 0 running" in out
 
 
+def test_rdb_storages_fail_a_trial_after_two_missed_heartbeats(tmp_path):
+    import kit.sweep
+
+    storage = make_storage(f"sqlite:///{tmp_path / 'beats.db'}")
+    assert storage.heartbeat_interval == kit.sweep.HEARTBEAT_S
+    assert storage.grace_period == 2 * kit.sweep.HEARTBEAT_S  # 10 s beats, failed after 20 s
+
+
+def test_the_summary_lists_the_five_best_trials(sweep_env):
+    from kit.sweep import format_summary, summarize
+
+    setup = prepare("tiny", None, None, None)
+    study = optuna.create_study(study_name="tiny", storage=make_storage(setup.storage_url),
+                                direction=setup.direction)
+    fixed = [p for p in setup.params if not p.when]
+    distributions = {p.name: p.distribution() for p in fixed}
+    params = {p.name: p.labels[0] if p.kind == "categorical" else p.low for p in fixed}
+    for score in (0.3, 0.7, 0.1, 0.5, 0.6, 0.2, 0.4):
+        study.add_trial(optuna.trial.create_trial(value=score, params=params,
+                                                  distributions=distributions))
+    summary = summarize(setup, 0.0)
+    ranked = sorted(study.trials, key=lambda t: t.value,
+                    reverse=setup.direction == "maximize")
+    assert [t["number"] for t in summary["best"]] == [t.number for t in ranked[:5]]
+    listed = [line for line in format_summary(summary).splitlines() if line.startswith("  #")]
+    assert len(listed) == 5
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")  # ask()
+def test_the_summary_counts_a_dead_workers_trial_as_failed_not_running(sweep_env):
+    import sqlite3
+
+    from kit.sweep import format_summary, summarize
+
+    setup = prepare("tiny", None, None, None)
+    study = optuna.create_study(study_name="tiny", storage=make_storage(setup.storage_url),
+                                direction=setup.direction)
+    orphan = study.ask()  # a worker that started a trial, beat, and was killed long ago
+    study._storage.record_heartbeat(orphan._trial_id)
+    with sqlite3.connect(sweep_env / "runs/tiny/sweep.db") as conn:
+        conn.execute("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00.000000'")
+    summary = summarize(setup, 0.0)
+    assert "0 complete, 0 pruned, 1 failed, 0 running" in format_summary(summary)
+    assert _study(setup.storage_url).trials[0].state == TrialState.FAIL
+
+
+def test_a_study_of_failed_trials_only_refuses_a_parameter_of_another_type(sweep_env,
+                                                                         monkeypatch):
+    """A study of failed trials takes the fixed command's changes, but not a parameter its
+    trials drew from another kind of distribution: Optuna would raise on it in every trial."""
+    import kit.sweep
+    from kit.sweep import make_study, study_identity
+
+    monkeypatch.setattr(kit.sweep, "QUIET_S", 0.0)  # its last failure long enough ago
+    setup = prepare("tiny", None, None, None)
+    study = make_study("tiny", make_storage(setup.storage_url), setup.direction, setup.table, 2,
+                       study_identity(setup), setup.params)
+    hidden = next(p for p in setup.params if p.name == "model.hidden")
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"model.hidden": 8},
+        distributions={"model.hidden": hidden.distribution()}))
+    space = study.user_attrs["kit_space"]
+    _edit_tiny(sweep_env, lambda d: d["sweep"]["params"].update(
+        {"model.hidden": {"type": "categorical", "choices": [8, 12]}}))
+    result = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2)
+    assert "Traceback" not in result.output
+    assert "sweep.params.model.hidden: study 'tiny' drew it from IntDistribution" in (
+        result.output)
+    after = _study(setup.storage_url)
+    assert [t.state for t in after.trials] == [TrialState.FAIL]  # nothing trained
+    assert after.user_attrs["kit_space"] == space  # nor the new space recorded
+
+
 def test_an_existing_study_set_the_other_way_is_refused(sweep_env):
     url = _sqlite(sweep_env)
     Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
@@ -1666,6 +1900,32 @@ def test_an_existing_study_set_the_other_way_is_refused(sweep_env):
     out = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2).output
     assert "set to minimize" in out and "pick another --study" in out
     assert not list((sweep_env / "runs/tiny").glob("tiny-t*"))  # nothing trained
+
+
+def test_the_median_pruner_waits_for_3_startup_trials_and_2_warm_up_steps():
+    from kit.sweep import make_study
+
+    study = make_study("p", optuna.storages.InMemoryStorage(), "maximize", {}, 4)
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)  # the default
+
+    def complete() -> None:
+        study.add_trial(optuna.trial.create_trial(
+            value=1.0, intermediate_values={step: 1.0 for step in range(4)}))
+
+    def pruned_at(steps: list[int]) -> list[bool]:
+        trial = study.ask()  # reports far below the others' 1.0
+        said = []
+        for step in steps:
+            trial.report(0.0, step)
+            said.append(trial.should_prune())
+        study.tell(trial, state=TrialState.FAIL)  # (out of the median's way)
+        return said
+
+    complete()
+    complete()
+    assert pruned_at([1, 2, 3]) == [False] * 3  # 2 trials finished: still starting up
+    complete()
+    assert pruned_at([1, 2]) == [False, True]  # 3: pruned, but not before step 2
 
 
 def test_the_median_pruner_stops_a_trial_below_the_median(sweep_env):
@@ -1826,6 +2086,17 @@ def test_hyperband_random_sampler_named_study_timeout_and_overrides_in_the_best_
     best = load_experiment("tiny@hb_best")
     assert best["train"]["batch_size"] == 4
     assert not (sweep_env / "experiments" / "tiny_best.toml").exists()
+
+
+def test_the_sampler_setting_picks_the_sampler():
+    from kit.sweep import SAMPLERS, make_study
+
+    picked = {name: type(make_study(f"s-{name}", optuna.storages.InMemoryStorage(), "maximize",
+                                    {"sampler": name}, 2).sampler) for name in SAMPLERS}
+    assert picked == {"tpe": optuna.samplers.TPESampler,
+                      "random": optuna.samplers.RandomSampler}
+    default = make_study("s", optuna.storages.InMemoryStorage(), "maximize", {}, 2).sampler
+    assert type(default) is optuna.samplers.TPESampler
 
 
 def test_sampler_seeds_reproduce_differ_per_worker_and_move_on_when_resumed(sweep_env,
