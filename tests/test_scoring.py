@@ -1629,6 +1629,9 @@ def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_pat
     ("np.zeros(2)", 100, 200),  # a fresh array: its header and 16 bytes
     ("self.table[dp.step_in_seq % 7]", 100, 150),  # views of one table made once: no row's
     ("dp.state[:2]", 100, 150),  # views of the rows, which the rows' figure counts
+    # a torch window model's last step, as a tensor and through .numpy(): all of the output
+    ("torch.zeros((1, 200, 2), dtype=torch.float64)[0, -1]", 3600, 4200),
+    ("torch.zeros((1, 200, 2), dtype=torch.float64).numpy()[0, -1]", 3300, 3900),
     ("torch.zeros(2, dtype=torch.float64)", 500, 700),  # a tensor: its C++ side and storage
 ])
 def test_what_each_kept_prediction_holds_alive_is_projected(tmp_path, returned, low, high):
@@ -1654,6 +1657,29 @@ def test_what_each_kept_prediction_holds_alive_is_projected(tmp_path, returned, 
         result = score(sub, data, one)
         assert result.scored_rows == 1
         assert low <= result.sandbox["kept_mb"] * 2**20 <= high
+
+
+def test_a_buffer_per_sequence_is_projected_alike_from_a_small_and_a_large_file(tmp_path):
+    """Views of one buffer made per sequence: 64 sampled predictions shared their buffers on a
+    2-sequence file (not counted) and did not on a 100-sequence one (the whole buffer charged
+    to every row): the projection depended on the local file's size."""
+    spec = small_spec(seq_len=200, warmup=5)
+    data, _ = write_data(tmp_path, spec, n_seqs=40)
+    sub = write_sub(tmp_path, """\
+        import numpy as np
+        class PredictionModel:
+            def __init__(self):
+                self.seq = None
+            def predict(self, dp):
+                if dp.seq_ix != self.seq:
+                    self.seq, self.out = dp.seq_ix, np.zeros((200, 2))
+                return self.out[dp.step_in_seq] if dp.need_prediction else None
+        """)
+    small, large = (score(sub, data, spec, seqs=n).sandbox for n in (2, 40))
+    buffer = 200 * 2 * 8
+    for box, seqs in ((small, 2), (large, 40)):  # each buffer once, beside each row's view
+        assert box["kept_mb"] * 2**20 == pytest.approx(seqs * 195 * 120 + seqs * buffer,
+                                                       rel=0.05)
 
 
 def test_a_returned_object_returned_again_is_named(tmp_path):

@@ -261,47 +261,71 @@ KEPT_SAMPLE = 64  # predictions, spread over the run, that kept_bytes measures
 
 
 def _owner(array):
-    """The object that holds a numpy view's data (its last .base)."""
+    """The object that holds a numpy view's data (its last .base: an array, or a torch tensor
+    of `.numpy()`, a buffer of `np.frombuffer`)."""
     while isinstance(getattr(array, "base", None), np.ndarray):
         array = array.base
     return array.base if array.base is not None else array
 
 
-def _kept_by(pred, shared: set) -> int:
-    """What keeping one returned object costs: itself, its list pointer, and what it keeps
-    alive: a view's owning array (a window model's whole output, `out[0, -1]`), unless other
-    predictions share it (a table made once is no per-row cost); a torch tensor's storage."""
+def _torch_storage(obj):
+    """A torch tensor's storage, or None (torch is not imported for this)."""
+    storage = getattr(obj, "untyped_storage", None)
+    if callable(storage) and type(obj).__module__.startswith("torch"):
+        return storage()
+    return None
+
+
+def _held(pred) -> tuple[int, int]:
+    """(a key, bytes) of the memory `pred` keeps alive beyond itself, or (0, 0): a numpy
+    view's owning array, buffer or tensor (`out[0, -1]` of a window model's output holds all
+    of it); a tensor's storage (shared by its views)."""
+    holder = pred
+    if isinstance(pred, np.ndarray):
+        if pred.flags.owndata:
+            return 0, 0
+        holder = _owner(pred)
+    storage = _torch_storage(holder)
+    if storage is not None:
+        return storage.data_ptr() or id(storage), _in_allocator(storage.nbytes())
+    if holder is pred:
+        return 0, 0
+    size = sys.getsizeof(holder) + (holder.nbytes if isinstance(holder, memoryview) else 0)
+    return id(holder), _in_allocator(size)
+
+
+def _own_bytes(pred) -> int:
+    """What keeping the returned object itself costs: its list pointer, header and own data
+    (a tensor: its C++ side too)."""
     own = pred.nbytes if isinstance(pred, np.ndarray) and pred.flags.owndata else 0
     total = 8 + _in_allocator(sys.getsizeof(pred) - own) + (_in_allocator(own) if own else 0)
-    if isinstance(pred, np.ndarray) and not pred.flags.owndata:
-        owner = _owner(pred)
-        if id(owner) not in shared:
-            total += _in_allocator(sys.getsizeof(owner))
-    storage = getattr(pred, "untyped_storage", None)  # torch, without importing it
-    if callable(storage) and type(pred).__module__.startswith("torch"):
-        total += _in_allocator(storage().nbytes()) + TORCH_TENSOR_BYTES
-    return total
+    return total + (TORCH_TENSOR_BYTES if _torch_storage(pred) is not None else 0)
 
 
 def kept_bytes(preds: list, values) -> tuple[int, int]:
     """What the scorer keeps per scored row until its metric, beside the rows: (what this
     replay holds too: the returned objects, the list's pointer to each and what they keep
     alive; what it does not: the official loop's `labels = row[35:]` view of each scored row,
-    kept in a second list). Measured on up to KEPT_SAMPLE predictions spread over the run
-    (computed, as rows_bytes is: the peak holds them too, but would scale the allocator's
-    fixed overhead up with them)."""
+    kept in a second list). Computed, as rows_bytes is (the peak holds them too, but would
+    scale the allocator's fixed overhead up with them): the objects' own bytes from up to
+    KEPT_SAMPLE spread over the run; what they keep alive over all of them, each holder
+    once: one per row or per sequence (a buffer per sequence) grows with the rows, one holder
+    of every prediction (a table made once) does not, nor do the rows (dp.state[:2])."""
     if not preds:
         return 0, 0
     sample = [preds[i] for i in
               np.unique(np.linspace(0, len(preds) - 1, KEPT_SAMPLE).astype(np.int64))]
-    owners = [id(_owner(p)) for p in sample if isinstance(p, np.ndarray)
-              and not p.flags.owndata]
-    shared = {o for o in owners if owners.count(o) > 1}
-    if len(values):  # slices of the rows (dp.state[:2]) keep the rows alive, counted already
-        shared.add(id(_owner(values)))
-    per_pred = sum(_kept_by(p, shared) for p in sample) / len(sample)
+    per_pred = sum(_own_bytes(p) for p in sample) / len(sample)
+    rows = _held(values[:0])[0] if len(values) else 0  # the rows' holder: counted already
+    keys = np.fromiter((_held(p)[0] for p in preds), np.int64, len(preds))  # 8 bytes each
+    keys[keys == rows] = 0
+    unique, first = np.unique(keys, return_index=True)
+    first = first[unique != 0]
+    held = 0
+    if len(first) > 1 or len(preds) == 1:  # (one prediction: per row, as far as one can tell)
+        held = sum(_held(preds[i])[1] for i in first)
     per_label = 8 + _in_allocator(sys.getsizeof(values[0][3:])) if len(values) else 0
-    return int(len(preds) * per_pred), len(preds) * per_label
+    return int(len(preds) * per_pred) + held, len(preds) * per_label
 
 
 def reused_objects(preds: list) -> tuple[int, int | None]:
