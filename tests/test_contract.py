@@ -111,15 +111,62 @@ def test_spec_columns_stored_as_the_pandas_index_are_refused_by_every_reader(tmp
     the index, so its rows start with need_prediction. kit data check said "missing column(s)",
     while training, the feature build and kit score read them by name and scored the file."""
     from kit.data.io import spec_columns_in
+    from kit.data.stats import dataset_stats
     from kit.scoring.score import load_rows
 
     path = tmp_path / "indexed.parquet"
     make_frame(SPEC, n_seqs=4).to_pandas().set_index(["seq_ix", "step_in_seq"]).to_parquet(path)
     said = r"column\(s\) \['seq_ix', 'step_in_seq'\] are stored as the pandas index.*reset_index"
     for read in (lambda: check_file(path, SPEC), lambda: spec_columns_in(path, SPEC),
-                 lambda: load_rows(path, SPEC, None)):
+                 lambda: load_rows(path, SPEC, None), lambda: dataset_stats(path, SPEC)):
         with pytest.raises(DataError, match=said):
             read()
+
+
+def test_kit_score_leaves_an_extra_column_alone_as_check_allow_extra_says(tmp_path):
+    """A column Polars cannot decode (a 50-digit decimal) beside the spec's: kit data check
+    --allow-extra said kit score leaves such columns alone, and kit score called the file
+    corrupt ("re-download or regenerate it")."""
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kit.scoring.score import load_rows
+
+    plain, odd = tmp_path / "plain.parquet", tmp_path / "odd.parquet"
+    make_frame(SPEC, n_seqs=3).write_parquet(plain)
+    table = pq.read_table(plain)
+    wide = pa.array([decimal.Decimal("1.5")] * table.num_rows, pa.decimal256(50, 2))
+    pq.write_table(table.append_column("x", wide), odd)
+    assert check_file(odd, SPEC, extra_ok=True).rows == table.num_rows
+    ours, theirs = load_rows(odd, SPEC, None), load_rows(plain, SPEC, None)
+    np.testing.assert_array_equal(ours.values, theirs.values)
+    np.testing.assert_array_equal(ours.truth, theirs.truth)
+
+
+def test_float16_ids_follow_the_float_id_rule_everywhere(tmp_path):
+    """Float16 ids were refused by kit data check and kit score ("must be integer", though
+    float32 ids pass) while training read them, and a 4.5 id was truncated to 4: two
+    sequences merged into one, then named as duplicate (id, step) pairs."""
+    from kit.data.arrays import build_arrays
+    from kit.scoring.score import load_rows
+
+    frame = make_frame(SPEC, n_seqs=3)
+    whole = tmp_path / "whole.parquet"
+    frame.with_columns(pl.col("seq_ix").cast(pl.Float16)).write_parquet(whole)
+    assert check_file(whole, SPEC).rows == frame.height
+    assert len(load_rows(whole, SPEC, None).values) == frame.height
+    half = frame.with_columns(pl.when(pl.col("seq_ix") == 2).then(1.5)
+                              .otherwise(pl.col("seq_ix")).cast(pl.Float16).alias("seq_ix"))
+    half.write_parquet(tmp_path / "half.parquet")
+    said = r"column 'seq_ix' has 20 null or non-integral value\(s\)"
+    with pytest.raises(DataError, match=said):
+        check_file(tmp_path / "half.parquet", SPEC)
+    with pytest.raises(DataError, match=said):
+        build_arrays(half, SPEC, list(SPEC.features))
+    with pytest.raises(DataError, match=said):
+        load_rows(tmp_path / "half.parquet", SPEC, None)
 
 
 def test_paths_with_glob_characters_are_paths(tmp_path):

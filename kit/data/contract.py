@@ -26,7 +26,7 @@ from kit.data.io import (
 )
 from kit.errors import DataError
 
-FLOAT_TYPES = (pl.Float32, pl.Float64)
+FLOAT_TYPES = (pl.Float16, pl.Float32, pl.Float64)
 MAX_LISTED = 5  # examples named per problem
 INT64_MAX = 2**63 - 1
 
@@ -247,7 +247,8 @@ def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, sourc
     for col in (spec.id_col, spec.step_col):
         dtype = schema[col]
         if not (dtype.is_integer() or dtype in FLOAT_TYPES):
-            problems.append(f"column {col!r} must be integer, found {dtype}")
+            problems.append(f"column {col!r} must hold whole numbers (an integer or float "
+                            f"dtype), found {dtype}")
     need_dtype = schema[spec.need_col]
     if not (need_dtype == pl.Boolean or need_dtype.is_integer()):
         problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found {need_dtype}")
@@ -306,6 +307,7 @@ def whole_numbers(schema: pl.Schema, name: str) -> pl.Expr:
     plain cast would truncate 1.5 to 1."""
     col = pl.col(name)
     if schema[name] in FLOAT_TYPES:
+        col = col.cast(pl.Float64)  # exact; Polars' floor of a Float16 returns it unchanged
         col = pl.when(col == col.floor()).then(col).otherwise(None)
     return col.cast(pl.Int64, strict=False)
 

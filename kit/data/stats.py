@@ -17,7 +17,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_dtypes, key_problems, need_flags, whole_numbers
-from kit.data.io import parquet_schema, read_frame
+from kit.data.io import parquet_schema, read_frame, refuse_index_columns
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
 
@@ -65,6 +65,7 @@ def dataset_stats(
         raise DataError(f"--reference {reference}: compares the target columns' std, and "
                         f"{what}: leave --reference out")
     frame = read_frame(path, spec.input_columns + present)
+    refuse_index_columns(path, spec.columns)  # an id stored as the pandas index, as elsewhere
     # text ids or list features: named (the targets checked are those the file has)
     check_dtypes(frame.schema, dataclasses.replace(spec, targets=tuple(present)), True, str(path))
     # null or fractional keys would be grouped and sorted as if they were ids (a null id made

@@ -17,7 +17,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec
 from kit.data.contract import check_frame
-from kit.data.io import read_frame, refuse_index_columns
+from kit.data.io import file_schema, read_frame, refuse_index_columns
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, MetricReport, evaluate, outputs_summary, scored_truth
@@ -385,17 +385,18 @@ def exact_ids(frame: pl.DataFrame, spec: CompetitionSpec, data: Path) -> pl.Data
 
 
 def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
-    frame = read_frame(data)
+    schema = file_schema(data)
     refuse_index_columns(data, spec.columns)
-    held = [c for c in frame.columns if c in spec.columns]
+    held = [c for c in schema if c in spec.columns]
     if held != [c for c in spec.columns if c in held]:  # kit data check refuses the file
         warnings.warn(f"{data}: the spec's columns are in another order in the file ("
                       f"{', '.join(held[:6])}{', ...' if len(held) > 6 else ''}): kit score "
                       "reads them by name, the competition's scorer reads each row by "
                       "position and would feed them in this order", RuntimeWarning, stacklevel=2)
-    # the spec's columns, by name: others (a train file's group column for data.split) are no
-    # input of the scorer's, and the rows it feeds keep the spec's order whatever the file's
-    frame = frame.select([c for c in spec.columns if c in frame.columns] or frame.columns)
+    # the spec's columns, by name: others (a train file's group column for data.split, one
+    # Polars cannot decode) are no input of the scorer's and are not read, and the rows it
+    # feeds keep the spec's order whatever the file's
+    frame = read_frame(data, [c for c in spec.columns if c in schema] or None)
     check_frame(frame, spec, source=str(data))
     labelled = all(t in frame.columns for t in spec.targets)
     if not spec.next_state and not labelled:
