@@ -21,7 +21,7 @@ import tomli_w
 
 from kit.competition import load_spec, spec_from_dict
 from kit.errors import DataError, SubmissionError
-from kit.metrics import evaluate
+from kit.metrics import MetricReport, evaluate
 from kit.scoring import ScoreResult, score_submission
 from tests.cli import run_cli
 from tests.frames import make_frame, small_spec
@@ -246,10 +246,19 @@ class PredictionModel:
         return 0.5 * x if dp.need_prediction else None
 """
 
+# changes one feature of its state in place, the others not: a changed row all the same
+NEXT_STATE_ONE_FEATURE = """\
+class PredictionModel:
+    def predict(self, dp):
+        dp.state[0] += 1.0
+        return 0.5 * dp.state if dp.need_prediction else None
+"""
+
 
 @pytest.mark.parametrize(("code", "states"), [
     (NEXT_STATE_HALF, lambda f: f),
     (NEXT_STATE_IN_PLACE, lambda f: (f - 0.5) / 2.0),
+    (NEXT_STATE_ONE_FEATURE, lambda f: f + [1.0, 0.0, 0.0, 0.0]),
 ])  # fmt: skip
 def test_next_state_spec_scores_against_the_next_row(tmp_path, code, states):
     data, frame = write_data(tmp_path, NEXT_STATE)
@@ -262,10 +271,29 @@ def test_next_state_spec_scores_against_the_next_row(tmp_path, code, states):
     expected = evaluate(NEXT_STATE, feats[rows + 1], 0.5 * feats[rows])
     assert result.predictions.shape == (len(rows), 4)
     assert result.report.per_target == pytest.approx(expected.per_target, rel=1e-12)
-    in_place = code is NEXT_STATE_IN_PLACE  # said, in the result and as a warning
+    in_place = code is not NEXT_STATE_HALF  # said, in the result and as a warning
     said = "changed dp.state in place"
     assert any(said in note for note in result.warnings) == in_place
     assert any(said in str(w.message) for w in caught) == in_place
+
+
+def test_a_nan_in_the_next_state_is_no_change_of_dp_state(tmp_path):
+    """NaN != NaN: a NaN feature on a scored row's next row, left as it was, is no row whose
+    state predict() changed in place."""
+    frame = make_frame(NEXT_STATE, n_seqs=2)
+    name = NEXT_STATE.features[0]
+    after = np.flatnonzero(frame["need_prediction"].to_numpy())[3] + 1
+    feature = frame[name].to_numpy().copy()
+    feature[after] = np.nan
+    data = tmp_path / "data.parquet"
+    frame.with_columns(pl.Series(name, feature)).write_parquet(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = score(write_sub(tmp_path, NEXT_STATE_HALF), data, NEXT_STATE)
+    assert any("1 truth value(s)" in note for note in result.warnings)  # the NaN is the truth
+    said = "changed dp.state in place"
+    assert not any(said in note for note in result.warnings)
+    assert not any(said in str(w.message) for w in caught)
 
 
 def test_nan_prediction_scores_nan_and_warns(tmp_path):
@@ -301,12 +329,17 @@ def test_nan_prediction_scores_nan_and_warns(tmp_path):
         ("(np.zeros(2) if not dp.need_prediction else None)", "seq 0, step 0 ", "False"),
         ("(None if not dp.need_prediction or (dp.seq_ix, dp.step_in_seq) == (1, 12)"
          " else np.zeros(2))", "seq 1, step 12 ", "returned None"),
-        ("(np.zeros(3) if dp.need_prediction else None)", "seq 0, step 5 ", "shape (3,)"),
+        # refused at its row by the scorer's own check, not later when the rows stack
+        ("(np.zeros(3) if dp.need_prediction else None)", "seq 0, step 5 ",
+         "ndarray of shape (3,); the scorer needs an object with shape[0] == 2"),
         ("([0.0, 0.0] if dp.need_prediction else None)", "seq 0, step 5 ", "list [0.0, 0.0]"),
         ("(np.float64(1.0) if dp.need_prediction else None)", "seq 0, step 5 ", "float64"),
         # passes the per-row shape[0] check, then cannot stack: the first such row is named
         ("(None if not dp.need_prediction else np.zeros((2, 1)) if dp.seq_ix == 1"
          " else np.zeros(2))", "seq 1, step 5 ", "the first is ndarray of shape (2, 1)"),
+        # the same shape on every row stacks, into (rows, 2, 1): still no (rows, 2) numbers
+        ("(np.zeros((2, 1)) if dp.need_prediction else None)", "seq 0, step 5 ",
+         "stack to shape (45, 2, 1), not (45, 2) numbers"),
     ],
 )  # fmt: skip
 def test_contract_violations_name_the_row(tmp_path, ret, where, what):
@@ -680,6 +713,17 @@ def test_rows_arrive_typed_as_dataframe_values_types_them(tmp_path, casts):
     assert score(sub, data).score == 0.0
     if not casts:
         assert expected == ["int", "int", "bool", "object", "float"]
+
+
+def test_rows_of_numbers_alone_are_held_once(tmp_path):
+    """An integer need flag: DataFrame.values is one float64 array, the file's own values (no
+    typed copy, no objects), so the rows' memory is the file's bytes, counted once."""
+    frame = make_frame(SPEC, n_seqs=3).with_columns(pl.col("need_prediction").cast(pl.Int64))
+    data = tmp_path / "data.parquet"
+    frame.write_parquet(data)
+    result = score(write_sub(tmp_path, FORMULA), data)
+    file_bytes = result.rows * len(SPEC.input_columns) * 8  # float64 id, step, need, features
+    assert result.sandbox["rows_mb"] * 2**20 == pytest.approx(file_bytes)
 
 
 def test_a_null_in_an_integer_feature_arrives_as_nan_as_pandas_reads_it(tmp_path):
@@ -1591,6 +1635,42 @@ def test_a_run_the_official_scorer_would_reject_exits_3_and_names_where(tmp_path
     assert "the projected time exceeds the limit" in result.output
 
 
+def _result(**changes) -> ScoreResult:
+    """A ScoreResult as score_submission builds one, for the rules that read its figures."""
+    base = dict(submission="sub", data="data.parquet", spec="tiny",
+                report=MetricReport("weighted_pearson", {"t0": 0.1, "t1": 0.1}, 0.1),
+                rows=60, scored_rows=45, sequences=3, init_s=0.1, loop_s=0.01,
+                rows_per_s=6000.0, us_per_row=166.7, projected_s=45.0, limit_s=90.0,
+                projected_fraction=0.5, cpu=0, test_rows=SPEC.limits.test_rows)
+    return ScoreResult(**(base | changes))
+
+
+def test_a_projected_time_past_the_limit_by_any_margin_fails():
+    assert _result(projected_fraction=1.01).fails == ["the projected time exceeds the limit"]
+    assert _result(projected_fraction=0.99).fails == []
+
+
+def test_the_memory_limit_is_in_gib_in_the_verdict_as_in_the_warning(tmp_path):
+    """16 GiB is 16,384 MiB: a projected 16,200 MiB is under it, not over 16,000."""
+    box = {"peak_rss_mb": 300.0, "projected_peak_mb": 16_200.0, "memory_limit_gb": 16}
+    assert _result(sandbox=box).fails == []
+    assert _result(sandbox=box | {"projected_peak_mb": 16_400.0}).fails == [
+        "peak memory exceeds the limit"]
+    # a run whose projection lies between a limit's thousands and its 1024s of MiB: neither
+    # its verdict nor its warnings call it past the limit
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA)
+    # ~1 GiB, nearly all computed from the rows: a run's own noise (its peak RSS) is a tiny part
+    limits = {"test_rows": 10_000 * 3 * SPEC.seq_len}
+    mib = score(sub, data, spec_from_dict({**SPEC.to_dict(), "limits": limits})
+                ).sandbox["projected_peak_mb"]
+    at = spec_from_dict({**SPEC.to_dict(), "limits": limits | {"memory_gb": mib / 1012}})
+    result = score(sub, data, at)
+    assert mib / 1012 * 1000 < result.sandbox["projected_peak_mb"] < mib / 1012 * 1024
+    assert result.fails == []
+    assert not any("exceeds the competition's" in w for w in result.warnings)
+
+
 def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_path):
     """The scorer holds every row of its test set, as the child holds the local file's: the
     verdict counts the rows at the test set's size, so a small local file does not hide a
@@ -1623,10 +1703,25 @@ def test_peak_memory_is_judged_on_the_test_sets_rows_not_the_local_files(tmp_pat
     assert projected[0] == pytest.approx(projected[1], rel=0.05)
 
 
+def test_the_label_views_the_scorer_keeps_grow_with_the_test_sets_rows(tmp_path):
+    """The official loop keeps a view of each scored row's labels: one per scored row of the
+    test set, so they scale with its rows, as the rows and the kept predictions do."""
+    data, _ = write_data(tmp_path, n_seqs=1)
+    big = spec_from_dict({**SPEC.to_dict(), "limits": {"test_rows": 1000 * SPEC.seq_len}})
+    box = score(write_sub(tmp_path, FORMULA), data, big).sandbox
+    assert box["labels_mb"] > 0
+    unscaled = box["peak_rss_mb"] - box["rows_mb"] - box["kept_mb"]  # the interpreter, numpy
+    scaled = 1000 * (box["rows_mb"] + box["kept_mb"])
+    assert box["projected_peak_mb"] - unscaled - scaled == pytest.approx(1000 * box["labels_mb"])
+
+
 @pytest.mark.parametrize(("returned", "low", "high"), [
     # a window model's last step: a view that keeps its whole (1, 200, 2) output alive
     ("np.zeros((1, 200, 2))[0, -1]", 3200, 3700),
     ("np.zeros(2)", 100, 200),  # a fresh array: its header and 16 bytes
+    # a view of a fresh (1, 2) array per row: the owner's header (112 bytes) is most of what
+    # it holds alive, beside the view's own header (120 + 144)
+    ("np.zeros((1, 2))[0]", 240, 290),
     ("self.table[dp.step_in_seq % 7]", 100, 150),  # views of one table made once: no row's
     ("dp.state[:2]", 100, 150),  # views of the rows, which the rows' figure counts
     # a torch window model's last step, as a tensor and through .numpy(): all of the output
@@ -1705,6 +1800,54 @@ def test_a_returned_object_returned_again_is_named(tmp_path):
                                                          data).warnings)
 
 
+def test_two_buffers_returned_in_turn_are_named_from_the_first_reuse(tmp_path):
+    """A double buffer, [a, b, a, b, ...]: the first object returned again is a, on the third
+    scored row, whichever of the two lies lower in memory."""
+    data, frame = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import numpy as np
+        class PredictionModel:
+            def __init__(self):
+                # the first returned lies higher in memory: its rows sort after the second's
+                self.bufs = sorted([np.zeros(2), np.zeros(2)], key=id, reverse=True)
+                self.n = 0
+            def predict(self, dp):
+                if not dp.need_prediction:
+                    return None
+                out = self.bufs[self.n % 2]
+                self.n += 1
+                out[:] = dp.state[:2]
+                return out
+        """)
+    with pytest.warns(RuntimeWarning, match="returned before"):
+        result = score(sub, data)
+    third = frame.filter(pl.col("need_prediction")).row(2, named=True)
+    said = [w for w in result.warnings if "an object it had returned before" in w]
+    assert len(said) == 1 and f"on {result.scored_rows - 2:,} scored row(s)" in said[0]
+    assert f"the first at seq {third['seq_ix']} step {third['step_in_seq']}:" in said[0]
+
+
+def test_an_object_returned_on_just_two_scored_rows_is_named(tmp_path):
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import numpy as np
+        class PredictionModel:
+            def __init__(self):
+                self.first = None
+            def predict(self, dp):
+                if not dp.need_prediction:
+                    return None
+                if self.first is None:
+                    self.first = np.zeros(2)
+                    return self.first
+                return self.first if (dp.seq_ix, dp.step_in_seq) == (2, 9) else np.zeros(2)
+        """)
+    with pytest.warns(RuntimeWarning, match="returned before"):
+        result = score(sub, data)
+    said = [w for w in result.warnings if "an object it had returned before" in w]
+    assert len(said) == 1 and "on 1 scored row(s), the first at seq 2 step 9:" in said[0]
+
+
 def test_a_slow_first_predict_is_projected_once(tmp_path):
     """A model loaded lazily in its first predict() (5 s): the whole loop's rate was scaled to
     the test set, a 1-sequence replay projected to 139% of the limit and exited 3."""
@@ -1728,6 +1871,45 @@ def test_a_slow_first_predict_is_projected_once(tmp_path):
     assert result.projected_s == pytest.approx(
         result.init_s + result.first_s + (SPEC.limits.test_rows - 1) / result.rows_per_s)
     assert f"(first row {result.first_s:.2f} s, counted once)" in result.format()
+
+
+def test_the_first_row_is_timed_alone(tmp_path):
+    """first_s is the first row's predict() alone: a slow second row is the loop's."""
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, """\
+        import time
+        import numpy as np
+        class PredictionModel:
+            def predict(self, dp):
+                if (dp.seq_ix, dp.step_in_seq) == (0, 1):
+                    time.sleep(0.5)
+                return np.zeros(2) if dp.need_prediction else None
+        """)
+    result = score(sub, data, seqs=1)
+    assert result.first_s < result.loop_s / 4
+
+
+def test_a_first_row_within_the_loops_own_pace_is_not_noted():
+    """The "(first row ..., counted once)" note is for a first row that stands out: over 10 ms
+    and over 100 rows at the loop's pace. A fast model's 5 ms first row, or a slow model's
+    50 ms at 1 ms a row, is no note."""
+    note = "counted once"
+    assert note not in _result(first_s=0.005, us_per_row=10.0).format()
+    assert note not in _result(first_s=0.05, us_per_row=1000.0).format()
+    assert note in _result(first_s=0.5, us_per_row=1000.0).format()
+
+
+def test_a_replay_of_one_row_projects_a_finite_time(tmp_path):
+    """One row: no row after the first to take a rate from, so every row at the loop's."""
+    from kit.scoring.score import projected_time
+
+    rate, projected = projected_time(0.1, 0.002, 0.002, 1, 1000)
+    assert rate == pytest.approx(500) and projected == pytest.approx(0.1 + 1000 * 0.002)
+    one = small_spec(seq_len=1, warmup=0)
+    data, _ = write_data(tmp_path, one, n_seqs=1)
+    result = score(write_sub(tmp_path, FORMULA), data, one)
+    assert (result.rows, result.scored_rows) == (1, 1)
+    assert math.isfinite(result.projected_s) and result.projected_s > 0
 
 
 def test_the_memory_projection_of_a_small_file_is_the_peak_of_the_full_one(tmp_path):
