@@ -248,15 +248,21 @@ def test_candidates_on_different_rows_are_refused():
     check_same_rows(cands)  # words and limits are free
 
 
+def _slow_sequences(rng, n_seq: int, length: int) -> np.ndarray:
+    """(n_seq, length) AR(1) paths, phi 0.97: a slow truth that smoothing can find in noise."""
+    slow = np.zeros((n_seq, length))
+    for t in range(1, length):
+        slow[:, t] = 0.97 * slow[:, t - 1] + rng.standard_normal(n_seq)
+    return slow
+
+
 def test_postprocess_tuning_finds_the_smoothing_and_the_scale_that_help():
     """Target 0: a slow truth seen through white noise (smoothing must help); target 1: white
     noise predicted at half its size (R² wants scale 2 and no smoothing)."""
     spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": "r2"}}, "<test>")
     rng = np.random.default_rng(9)
     n_seq, length = 20, 100
-    slow = np.zeros((n_seq, length))
-    for t in range(1, length):  # AR(1), phi 0.97, per sequence
-        slow[:, t] = 0.97 * slow[:, t - 1] + rng.standard_normal(n_seq)
+    slow = _slow_sequences(rng, n_seq, length)
     truth = np.column_stack([slow.reshape(-1) / slow.std(), rng.standard_normal(n_seq * length)])
     blend = np.column_stack([truth[:, 0] + rng.standard_normal(n_seq * length),
                              0.5 * truth[:, 1]])
@@ -278,9 +284,7 @@ def test_the_scale_is_tuned_on_the_smoothed_blend():
     spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": "r2"}}, "<test>")
     rng = np.random.default_rng(9)
     n_seq, length = 20, 100
-    slow = np.zeros((n_seq, length))
-    for t in range(1, length):  # AR(1), phi 0.97, per sequence
-        slow[:, t] = 0.97 * slow[:, t - 1] + rng.standard_normal(n_seq)
+    slow = _slow_sequences(rng, n_seq, length)
     truth = np.repeat(slow.reshape(-1, 1) / slow.std(), 2, axis=1)
     blend = 0.5 * truth + 0.5 * rng.standard_normal(truth.shape)
     starts = np.arange(0, n_seq * length, length)
