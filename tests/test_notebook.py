@@ -1,6 +1,7 @@
 """kit notebook: Kaggle metadata, the batch-per-timestep runtime, and the generated notebook
 executed for real (nbclient, a local kernel) against kit score's predictions."""
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -300,15 +301,19 @@ def test_the_kernel_is_written_private(package, tmp_path):
     ({"owner": "alice", "dataset_slug": "abcde"}, "--dataset-slug 'abcde'"),
     ({"owner": "alice", "dataset_slug": "x" * 51}, "--dataset-slug"),
     ({"owner": "alice", "title": "abc"}, "--title 'abc'.*5 to 50"),
+    # 51 characters, though its slug ("a" * 49) would be short enough
+    ({"owner": "alice", "title": "a" * 49 + " !"}, "Kaggle kernel titles are 5 to 50"),
     ({"owner": "alice", "title": "a -- b -- !"}, "gives the kernel slug 'a-b'"),
     ({"owner": "alice", "protocol": "stream"}, "--protocol"),
     ({"owner": "", }, "--owner"),
     ({"owner": "alice", "competition": "Not A Slug"}, "--competition"),
     ({"owner": "alice", "rename": "t9=x"}, "--rename 't9=x'.*outputs are"),
     ({"owner": "alice", "rename": "t0"}, "OUTPUT=NEW_NAME"),
+    ({"owner": "alice", "rename": "t0="}, "OUTPUT=NEW_NAME"),  # no new name
     # a renamed output must not overwrite another column of the output table
     ({"owner": "alice", "rename": "t0=t1"}, r"column\(s\) \['t1'\] twice"),
     ({"owner": "alice", "rename": "t0=seq_ix"}, r"column\(s\) \['seq_ix'\] twice"),
+    ({"owner": "alice", "rename": "t0=step_in_seq"}, r"column\(s\) \['step_in_seq'\] twice"),
     ({"owner": "alice", "rename": "t0=a,t1=a"}, r"column\(s\) \['a'\] twice"),
     ({"owner": "alice", "keep_columns": ["row_id"]}, "--keep-columns .* needs --protocol batch"),
     ({"owner": "alice", "rename": "t0=row_id", "keep_columns": ["row_id"], "protocol": "batch"},
@@ -334,6 +339,25 @@ def test_without_an_owner_the_package_and_protocol_are_checked_first(tmp_path, m
     assert "--owner: your Kaggle user name is needed" in out
 
 
+def test_the_default_owner_is_kaggle_username_else_the_kaggle_configs(tmp_path, monkeypatch):
+    from kit.export.notebook import default_owner
+
+    home = tmp_path / "home"
+    (home / ".kaggle").mkdir(parents=True)
+    (home / ".kaggle/kaggle.json").write_text('{"username": "erin", "key": "k"}')
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "kaggle.json").write_text('{"username": "dave", "key": "k"}')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(config))
+    monkeypatch.setenv("KAGGLE_USERNAME", "carol")
+    assert default_owner() == "carol"  # the variable first
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    assert default_owner() == "dave"  # then $KAGGLE_CONFIG_DIR/kaggle.json, not ~/.kaggle's
+    monkeypatch.delenv("KAGGLE_CONFIG_DIR")
+    assert default_owner() == "erin"
+
+
 def test_short_slugs_and_long_names_follow_kaggles_slug_rules(package, tmp_path):
     # a 6-character dataset slug is the shortest the kaggle CLI takes
     meta = write_notebook(package.zip_path, tmp_path / "a", owner="alice", dataset_slug="abcdef")
@@ -346,6 +370,13 @@ def test_short_slugs_and_long_names_follow_kaggles_slug_rules(package, tmp_path)
         write_notebook(package.zip_path, tmp_path / "c", owner="alice", title="Straße model")
     with pytest.raises(NotebookError, match="an HTML entity"):  # decoded by python-slugify
         write_notebook(package.zip_path, tmp_path / "d", owner="alice", title="a&amp;b model")
+    with pytest.raises(NotebookError, match="an HTML entity"):  # numeric ones are decoded too
+        write_notebook(package.zip_path, tmp_path / "d", owner="alice", title="a&#38;b model")
+    # only a comma between digits goes; the shortest kernel slug (5) and the longest title (50)
+    for title, slug in (("v,2 model", "v-2-model"), ("Model", "model"), ("b" * 50, "b" * 50)):
+        kernel = write_notebook(package.zip_path, tmp_path / "e", owner="alice",
+                                title=title)["kernel_metadata"]
+        assert (kernel["title"], kernel["id"]) == (title, f"alice/{slug}")
     # a long package name: the default title is cut so that its slug is the kernel id
     long_pkg = tmp_path / ("a-very-long-submission-name-" * 3).strip("-")
     shutil.copytree(package.folder, long_pkg)
@@ -382,6 +413,9 @@ def test_gateway_columns_need_a_package_whose_runtime_answers_them(package, tmp_
     write_manifest(old, read_manifest(old))  # an older pack, whole
     with pytest.raises(NotebookError, match="predates --keep-columns"):
         write_notebook(old, tmp_path / "k", owner="alice", keep_columns=["row_id"],
+                       protocol="batch")
+    with pytest.raises(NotebookError, match="predates --keep-columns and --rename"):
+        write_notebook(old, tmp_path / "k", owner="alice", rename="t0=responder_6",
                        protocol="batch")
     write_notebook(old, tmp_path / "k", owner="alice")  # without them it is fine
     # a pack older still, without BatchPredictor: the batch protocol is refused, rows is fine
@@ -591,6 +625,41 @@ def test_try_runs_the_package_it_wrote_whatever_the_shell_sets(workspace, packag
                   "--protocol", "batch", "--try", workspace / "data/valid.parquet").output
     assert "(batch protocol) written to" in out and str(other.folder) not in out
     assert os.environ["KIT_PACKAGE_DIR"] == str(other.folder)  # the shell's, untouched
+
+
+def test_try_clears_every_variable_that_steers_the_notebook(package, tmp_path, monkeypatch):
+    """The kernel --try starts gets none of the shell's steering variables (Kaggle sets none),
+    only the input root, test file and output folder of this run."""
+    import nbclient
+
+    from kit.export.notebook import run_locally
+
+    steering = ("KIT_PACKAGE_DIR", "KIT_PROTOCOL", "KIT_PREDICTIONS_FILE", "KIT_FRAME",
+                "KIT_TEST_FILE", "KIT_INPUT_ROOT", "KIT_OUTPUT_DIR",
+                "KAGGLE_IS_COMPETITION_RERUN")
+    for name in steering:
+        monkeypatch.setenv(name, "from-the-shell")
+    monkeypatch.setenv("KIT_UNRELATED", "kept")
+    envs = []
+
+    class Client:  # a stand-in kernel: what it was started with
+        def __init__(self, notebook, **options):
+            pass
+
+        def execute(self, env):
+            envs.append(env)
+
+    monkeypatch.setattr(nbclient, "NotebookClient", Client)
+    written = write_notebook(package.zip_path, tmp_path / "kaggle", owner="alice")
+    test = tmp_path / "test.parquet"
+    test.write_bytes(b"")
+    run_locally(written, test, tmp_path / "run")
+    (env,) = envs
+    assert {name: env.get(name) for name in steering} == {
+        name: None for name in steering} | {
+        "KIT_INPUT_ROOT": str((tmp_path / "kaggle").resolve()),
+        "KIT_TEST_FILE": str(test.resolve()), "KIT_OUTPUT_DIR": str((tmp_path / "run").resolve())}
+    assert env["KIT_UNRELATED"] == "kept"
 
 
 @pytest.mark.parametrize("protocol, env, keep", [
@@ -852,6 +921,15 @@ def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path,
     shutil.rmtree(package.folder.parent / "nb-kaggle")
 
 
+def test_an_owner_given_wins_over_the_dataset_folders_owner_on_record(package, tmp_path):
+    out = tmp_path / "kg"
+    write_notebook(package.zip_path, out, owner="alice")
+    written = write_notebook(out / "dataset", out, owner="bob")
+    assert written["dataset_metadata"]["id"] == "bob/nb-package"
+    kernel = written["kernel_metadata"]
+    assert kernel["id"].startswith("bob/") and kernel["dataset_sources"] == ["bob/nb-package"]
+
+
 def test_kit_notebook_dot_inside_its_dataset_folder_rewrites_that_out(package, tmp_path,
                                                                       monkeypatch):
     out = tmp_path / "kg"
@@ -933,6 +1011,21 @@ def test_folders_kit_notebook_did_not_write_are_not_replaced(workspace, runs, pa
     write_notebook(package.zip_path, out, owner="alice", protocol="batch")
     write_notebook(out / "dataset", out, owner="alice")  # in place
     assert (out / "kernel/notebook.ipynb").is_file()
+
+
+def test_a_dataset_folder_of_yours_with_kaggle_metadata_is_not_replaced(package, tmp_path):
+    """Your own Kaggle dataset folder (your data and a dataset-metadata.json, as `kaggle
+    datasets init` writes) in OUT/dataset holds no kit package: not kit notebook's to delete."""
+    out = tmp_path / "userdir"
+    (out / "dataset").mkdir(parents=True)
+    (out / "dataset/data.csv").write_text("p2")
+    (out / "dataset/dataset-metadata.json").write_text(json.dumps(
+        {"title": "my data", "id": "alice/my-data", "licenses": [{"name": "CC0-1.0"}]}))
+    before = {p.name: p.read_bytes() for p in (out / "dataset").iterdir()}
+    with pytest.raises(NotebookError, match="dataset exists and is not a folder written by kit"):
+        write_notebook(package.zip_path, out, owner="alice")
+    assert {p.name: p.read_bytes() for p in (out / "dataset").iterdir()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["dataset"]
 
 
 def _notebook_on(package, test: pl.DataFrame, protocol: str, tmp_path: Path,
@@ -1019,6 +1112,110 @@ def test_the_csv_writes_a_missing_id_or_step_empty_whatever_the_frame_library():
     key_text = cell["key_text"]
     assert [key_text(v) for v in (None, float("nan"), pd.NA, 3.0, 2**70, "a,b")] == [
         "", "", "", "3", str(2**70), "a,b"]
+
+
+def _generated_functions(cell: str, names: tuple[str, ...], **context) -> dict:
+    """The named functions of a generated notebook cell, defined without running the cell's
+    other code; `context` gives the names they read (INPUT_ROOT, MODEL_SHA256, ...)."""
+    import ast
+    import glob
+
+    nodes = [node for node in ast.parse(cell).body
+             if isinstance(node, ast.FunctionDef) and node.name in names]
+    assert sorted(node.name for node in nodes) == sorted(names)
+    namespace = {"glob": glob, "hashlib": hashlib, "os": os, "sys": sys, **context}
+    exec(compile(ast.Module(nodes, type_ignores=[]), "cell", "exec"), namespace)
+    return namespace
+
+
+def test_the_notebook_finds_its_package_at_any_depth_and_runs_a_lone_other_one_warned(
+        tmp_path, capsys):
+    from kit.export import notebook
+
+    root = tmp_path / "input"
+    package = root / "datasets/alice/nb-package"  # two levels under the input root
+    package.mkdir(parents=True)
+    for name, data in (("manifest.json", b"{}"), ("solution.py", b""), ("model.onnx", b"g1")):
+        (package / name).write_bytes(data)
+    names = ("under_input", "sha256", "find_package")
+    cell = _generated_functions(notebook.SETUP, names, INPUT_ROOT=str(root),
+                                MODEL_SHA256=hashlib.sha256(b"g1").hexdigest())
+    assert cell["find_package"]() == str(package)
+    assert "warning" not in capsys.readouterr().out
+    # the dataset updated with a new pack: its one package runs, with a warning
+    cell = _generated_functions(notebook.SETUP, names, INPUT_ROOT=str(root),
+                                MODEL_SHA256=hashlib.sha256(b"g0").hexdigest())
+    assert cell["find_package"]() == str(package)
+    assert f"warning: {package}/model.onnx is not the model this notebook was written for" in (
+        capsys.readouterr().out)
+
+
+def test_two_test_parquet_files_under_the_input_root_are_refused_by_name(tmp_path,
+                                                                         monkeypatch):
+    from kit.export import notebook
+
+    monkeypatch.delenv("KIT_TEST_FILE", raising=False)
+    root = tmp_path / "input"
+    for name in ("a/test.parquet", "a/sample_test.parquet", "b/c/test.parquet"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    setup = _generated_functions(notebook.SETUP, ("under_input",), INPUT_ROOT=str(root))
+    cell = _generated_functions(notebook.LOAD, ("find_test_file",), INPUT_ROOT=str(root),
+                                under_input=setup["under_input"])
+    with pytest.raises(FileNotFoundError, match=r"^2 test.parquet files under .*KIT_TEST_FILE"):
+        cell["find_test_file"]()
+    (root / "b/c/test.parquet").unlink()  # one test.parquet: taken, not its sample
+    assert cell["find_test_file"]() == str(root / "a/test.parquet")
+
+
+def test_the_competitions_kaggle_evaluation_is_found_two_levels_down(tmp_path, monkeypatch):
+    from kit.export import notebook
+
+    root = tmp_path / "input"
+    gateway = root / "competitions/my-comp/kaggle_evaluation"
+    gateway.mkdir(parents=True)
+    (gateway / "__init__.py").write_text("")
+    (gateway / "stand_in_inference_server.py").write_text(
+        "class StandInInferenceServer:\n"
+        "    def __init__(self, predict):\n"
+        "        self.predict = predict\n\n"
+        "    def serve(self):\n"
+        "        self.predict('served')\n")
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in [m for m in sys.modules if m.split(".")[0] == "kaggle_evaluation"]:
+        monkeypatch.delitem(sys.modules, name)
+    calls = []
+    setup = _generated_functions(notebook.SETUP, ("under_input",), INPUT_ROOT=str(root))
+    cell = _generated_functions(notebook.BATCH, ("serve_if_competition_rerun",),
+                                INPUT_ROOT=str(root), under_input=setup["under_input"],
+                                predict=calls.append)
+    try:
+        assert cell["serve_if_competition_rerun"]() is True and calls == ["served"]
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == "kaggle_evaluation"]:
+            del sys.modules[name]
+
+
+def test_the_offline_install_finds_links_in_every_wheel_folder(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from kit.export import notebook
+
+    root = tmp_path / "input"
+    for name in ("a-wheels/onnxruntime-1.0-py3-none-any.whl", "b/deps/numpy-2.0-py3-none-any.whl"):
+        (root / name).parent.mkdir(parents=True)
+        (root / name).write_bytes(b"PK")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the runtime lacks it
+    calls = []
+    namespace = _generated_functions(notebook.SETUP, ("under_input",), INPUT_ROOT=str(root))
+    namespace["subprocess"] = SimpleNamespace(check_call=calls.append)
+    exec(notebook.WHEELS, namespace)
+    (args,) = calls
+    assert args[:4] == [sys.executable, "-m", "pip", "install"] and args[-1] == "onnxruntime"
+    assert "--no-index" in args
+    assert [a for a in args if a.startswith("--find-links")] == [
+        f"--find-links={root / 'a-wheels'}", f"--find-links={root / 'b/deps'}"]
 
 
 def test_a_notebook_written_again_keeps_its_kernels_title_and_competition(package, tmp_path):
