@@ -750,9 +750,14 @@ def ensembles_dir(candidate: Path) -> Path:
     """The project's runs/ensembles/: that of the runs/ folder holding `candidate` when the
     command runs inside that folder (`kit ensemble select gru_base` in runs/ must not write
     runs/runs/ensembles/), else runs/ensembles/ in the working folder."""
-    runs = next((p for p in Path(candidate).resolve().parents if p.name == "runs"), None)
-    if runs is not None and Path.cwd().resolve().is_relative_to(runs):  # the nearest runs/
-        return runs / "ensembles"  # only: a project may itself live under a folder so named
+    folder = Path(candidate).resolve()
+    here = Path.cwd().resolve()
+    # runs/EXP/ID (an -oof group too), runs/EXP, runs/ID: those levels only, as pack's
+    # default_submissions (a run kept in exp/a of a project that itself sits in a folder
+    # named runs/ found that folder and wrote beside the project)
+    for runs in (folder.parent, folder.parent.parent):
+        if runs.name == "runs" and here.is_relative_to(runs):
+            return runs / "ensembles"
     return ENSEMBLES_DIR
 
 

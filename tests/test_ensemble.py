@@ -1571,3 +1571,12 @@ def test_select_inside_runs_writes_the_projects_ensembles_folder(runs, tmp_path,
     monkeypatch.chdir(project)
     run_cli("ensemble", "select", "runs/gru", "--iters", 2)
     assert len(list((project / "runs" / "ensembles").glob("ensemble-*.toml"))) == 2
+    # a run kept outside runs/ in a project that itself sits in a folder named runs: the
+    # working folder's runs/ensembles/, not one beside the project
+    from kit.ensemble import ensembles_dir
+
+    outer = tmp_path / "runs" / "proj"
+    (outer / "exp" / "a").mkdir(parents=True)
+    monkeypatch.chdir(outer)
+    assert ensembles_dir(Path("exp/a")) == Path("runs/ensembles")
+    assert ensembles_dir(outer / "runs" / "gru" / "1") == Path("runs/ensembles")  # (the same)
