@@ -727,16 +727,18 @@ def default_submissions(packed: Path, ensemble: bool = False) -> Path:
     runs/ensembles/FILE, runs/FILE) when the command runs inside that folder (`kit pack .` in a
     run must not write runs/EXP/ID/submissions/); beside a run outside any runs/ folder when
     run inside it; else in the working folder."""
+    from kit.run_record import runs_folder_here
+
     target = Path(packed).resolve()
     folder = target.parent if target.is_file() else target  # a run (its best.pt), an ensemble
     # runs/EXP/ID, runs/ID (kit train --run-dir runs/ID), runs/ensembles/FILE
-    here = Path.cwd().resolve()
     # (an ensemble file in runs/ itself, too: its submissions went into runs/submissions/)
-    for runs in (folder.parent, folder) if ensemble else (folder.parent.parent, folder.parent):
-        if runs.name == "runs" and here.is_relative_to(runs):
-            return runs.parent / "submissions"
-    if not ensemble and here.is_relative_to(folder):  # a --run-dir run outside any runs/
-        return folder.parent / "submissions"  # beside it, never inside it
+    runs = runs_folder_here((folder.parent, folder) if ensemble
+                            else (folder.parent.parent, folder.parent))
+    if runs is not None:
+        return runs.parent / "submissions"
+    if not ensemble and Path.cwd().resolve().is_relative_to(folder):  # a --run-dir run
+        return folder.parent / "submissions"  # outside any runs/: beside it, never inside it
     return Path("submissions")
 
 

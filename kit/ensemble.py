@@ -48,6 +48,7 @@ from kit.run_record import (
     read_config,
     read_metrics,
     relocated,
+    runs_folder_here,
 )
 from kit.toml_file import read_toml
 
@@ -751,14 +752,10 @@ def ensembles_dir(candidate: Path) -> Path:
     command runs inside that folder (`kit ensemble select gru_base` in runs/ must not write
     runs/runs/ensembles/), else runs/ensembles/ in the working folder."""
     folder = Path(candidate).resolve()
-    here = Path.cwd().resolve()
-    # runs/EXP/ID (an -oof group too), runs/EXP, runs/ID: those levels only, as pack's
-    # default_submissions (a run kept in exp/a of a project that itself sits in a folder
-    # named runs/ found that folder and wrote beside the project)
-    for runs in (folder.parent, folder.parent.parent):
-        if runs.name == "runs" and here.is_relative_to(runs):
-            return runs / "ensembles"
-    return ENSEMBLES_DIR
+    # runs/EXP/ID (an -oof group too), runs/EXP, runs/ID (the nearest folder named runs/, a
+    # first try, found the one a project itself sat in and wrote beside the project)
+    runs = runs_folder_here((folder.parent, folder.parent.parent))
+    return ENSEMBLES_DIR if runs is None else runs / "ensembles"
 
 
 def write_ensemble(doc: dict, out: Path | None, default_dir: Path = ENSEMBLES_DIR) -> Path:

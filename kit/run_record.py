@@ -91,6 +91,16 @@ FOLD_RUN = re.compile(r"-fold\d+of(\d+)$")  # group 1: k
 ABLATION_RUN = "ablate-"  # the prefix
 
 
+def runs_folder_here(levels) -> Path | None:
+    """The first of `levels` (folders above what a command was given, nearest first: its
+    runs/EXP/ID, runs/EXP or runs/ID layout) that is a folder named runs/ holding the working
+    folder: the project's, whose submissions/ and ensembles/ a default path must name when the
+    command runs inside it. Only those levels: a project may itself sit in a folder so named."""
+    here = Path.cwd().resolve()
+    return next((runs for runs in levels if runs.name == "runs" and here.is_relative_to(runs)),
+                None)
+
+
 def part_of_something(name: str) -> bool:
     return bool(name.startswith(ABLATION_RUN) or FOLD_RUN.search(name) or TRIAL_RUN.match(name))
 
