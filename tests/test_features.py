@@ -263,6 +263,24 @@ def test_ewm_statistics_of_quiet_quotes_are_exact_in_both_faces(tmp_path):
                 np.testing.assert_allclose(face[rows, j], mean.astype(np.float32), rtol=2e-7)
 
 
+def test_slow_ewms_use_the_same_alpha_in_both_faces():
+    # float32 holds 1 - 1e-4 as 1 - 1.000166e-4: the stream face decayed by that while the
+    # batch face used the exact alpha, 2.4e-5 apart after 5000 steps at span 19999 (r239)
+    rng = np.random.default_rng(11)
+    n = 5000
+    a = np.cumsum(rng.standard_normal(n)) * 0.05
+    df = pl.DataFrame({"seq_ix": np.zeros(n, np.int64), "step_in_seq": np.arange(n),
+                       "need_prediction": np.ones(n, bool)} | {
+        name: col.astype(np.float32) for name, col in zip(
+            "abcd", (a, rng.standard_normal(n), np.zeros(n), np.zeros(n)), strict=True)}
+        | {"y": np.zeros(n, np.float32)})
+    ops = [{"op": op, "inputs": ["a", "b"], "span": span}
+           for op in ("ewm_mean", "ewm_std") for span in (19999, 9999)]
+    fs = build_feature_set(SPEC, groups=[], ops=ops)
+    assert "a@ewm_mean0.0001" in fs.outputs  # names keep the alpha asked for
+    assert_faces_agree(fs, df)
+
+
 def test_long_rolling_windows_stay_small_in_the_step_graph(tmp_path):
     # a window as long as a sequence over every feature: constants grow as rows * window (a
     # table per step count would hold (32 * 1000)^2 floats: 4 GB, past ONNX's 2 GB)

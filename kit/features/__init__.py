@@ -21,8 +21,9 @@ CHUNK_SEQS = 256  # sequences per batch-face pass: bounds memory, keeps Polars' 
 
 # Bump when an op's batch face changes what it computes: cached arrays built before are stale.
 # 4: rolling means summed in float64; 5: EWMs exact (offset form, float64); 6: wmid's weights
-# sum to 1 (the mid at sizes 0); 7: cumsum/cumgain compensated (double-double)
-FEATURE_FORMAT = 7
+# sum to 1 (the mid at sizes 0); 7: cumsum/cumgain compensated (double-double); 8: EWMs use
+# the alpha the stream face holds in float32
+FEATURE_FORMAT = 8
 
 
 def feature_set_from_config(config: dict) -> FeatureSet:
