@@ -95,13 +95,15 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
                "config": training_digests(base, ["features.groups", "seed"]),
                "sign": 1.0 if spec.metric.higher_is_better else -1.0,
                "metric": spec.metric.name, "targets": list(spec.outputs), "variants": []}
+    kept: list[dict] = []  # a resumed summary's rows, until this run revisits them
     if resume is not None:
         out = Path(resume)
         check_resumable(out, summary)
+        kept = saved_rows(out, summary)
     else:  # unique per ablation: two started in the same second never share run folders
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         out = runs_dir / base["name"] / f"ablate-{stamp}.json"
-    save(out, summary)  # from the start: an ablation interrupted in its first run resumes too
+        save(out, summary)  # from the start: an ablation interrupted in its first run resumes
     trained: dict[tuple[str, ...], list[dict]] = {}  # groups -> their seeds' outcomes
     try:
         for kind, label, chosen in variants(groups):
@@ -116,20 +118,61 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
                 outcomes.append(train_variant_seed(config, files, label, resume is not None,
                                                    progress))
                 summary["variants"][-1] = variant_row(kind, label, chosen, outcomes)
-                save(out, summary)  # after every run: an interruption keeps the rest
-            save(out, summary)
+                save(out, summary, kept)  # after every run: an interruption keeps the rest
+            save(out, summary, kept)
     except (KeyboardInterrupt, EndedBySignal) as stop:  # (a scheduler's SIGTERM too)
-        finished = sum("error" not in m for runs in trained.values() for m in runs)
-        planned = len({tuple(chosen) for _, _, chosen in variants(groups)}) * len(seeds)
-        raise AblationInterrupted(out, finished, planned,
+        folders = run_folders(out, groups, seeds)
+        finished = sum(finished_run(folder, trained) for folder in folders)
+        raise AblationInterrupted(out, finished, len(folders),
                                   getattr(stop, "signum", signal.SIGINT)) from None
     summary["file"] = str(out)
     return summary
 
 
-def save(path: Path, summary: dict) -> None:
-    summary["changes"] = changes(summary)
-    write_summary(path, summary)
+def save(path: Path, summary: dict, kept: list[dict] = ()) -> None:
+    """The summary as far as this run got, then the rows of a resumed summary it has not
+    revisited yet: a resume interrupted before it passed them keeps them in the file."""
+    seen = {row["label"] for row in summary["variants"]}
+    record = {**summary, "variants": summary["variants"] + [
+        row for row in kept if row["label"] not in seen]}
+    summary["changes"], record["changes"] = changes(summary), changes(record)
+    write_summary(path, record)
+
+
+def saved_rows(path: Path, summary: dict) -> list[dict]:
+    """A resumed summary's variant rows (check_resumable read it), [] where they cannot be read
+    as kit wrote them: the run folders beside it are what a resume rebuilds them from."""
+    labels = [label for _, label, _ in variants(summary["groups"])]
+    try:
+        rows = json.loads(path.read_text())["variants"]
+        rows = [row for row in rows if row["label"] in labels]
+        changes({**summary, "variants": rows})  # rows it can compare
+        return rows
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def run_folders(out: Path, groups: list[str], seeds: list[int]) -> list[Path]:
+    """Every run the ablation plans, by folder: one per distinct group set and seed (the
+    ladder's top and the full set are the same runs)."""
+    first_label = {}
+    for _, label, chosen in variants(groups):
+        first_label.setdefault(tuple(chosen), label)
+    return [out.parent / f"{out.stem}-{label}-s{seed}"
+            for label in first_label.values() for seed in seeds]
+
+
+def finished_run(folder: Path, trained: dict[tuple[str, ...], list[dict]]) -> bool:
+    """Whether a planned run finished with a score: as this invocation saw it, else as its
+    folder says (a resume interrupted before it revisited it)."""
+    from kit.run_record import read_metrics
+
+    for outcomes in trained.values():
+        for outcome in outcomes:
+            if outcome["run_dir"] == str(folder):
+                return "error" not in outcome
+    metrics = read_metrics(folder) or {}
+    return metrics.get("finished") is True and metrics.get("score") is not None
 
 
 def check_resumable(path: Path, summary: dict) -> None:

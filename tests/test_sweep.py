@@ -2293,6 +2293,40 @@ def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, 
     assert all(len(v["per_seed"]) == 2 for v in summary["variants"])
 
 
+def test_a_resume_interrupted_in_its_retry_keeps_the_summary_and_counts_the_kept_runs(
+        sweep_env, monkeypatch):
+    """A resume rewrote the summary with no rows before its first run: interrupted while it
+    retried a failed run, the file lost every finished run's figures and said "0 of 6 runs
+    finished" with 5 finished on disk (r238)."""
+    from kit.errors import KitError
+    from kit.train import recipe
+
+    real = recipe.train_one
+
+    def first_run(stop):
+        def train(config, files, **kwargs):
+            if files.root.name.endswith("-raw-s1") and "--raw" not in files.root.name:
+                raise stop  # (not -raw's)
+            return real(config, files, **kwargs)
+        return train
+
+    args = ["ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1,2", "-q"]
+    monkeypatch.setattr(recipe, "train_one", first_run(KitError("injected")))
+    run_cli(*args, expect=1)  # one run failed
+    saved, before = _saved_ablation(sweep_env)
+    assert [len(v["per_seed"]) for v in before["variants"]] == [2, 2, 2, 2]
+    monkeypatch.setattr(recipe, "train_one", first_run(KeyboardInterrupt()))
+    out = run_cli(*args, "--resume", saved, expect=130).output
+    assert f"5 of 6 runs finished, kept in {saved};" in out, out
+    _, after = _saved_ablation(sweep_env)
+    assert after["variants"] == before["variants"] and after["changes"] == before["changes"]
+    monkeypatch.setattr(recipe, "train_one", real)
+    run_cli(*args, "--resume", saved)
+    _, done = _saved_ablation(sweep_env)
+    assert all(len([m for m in v["per_seed"] if "error" not in m]) == 2
+               for v in done["variants"])
+
+
 def test_an_ablation_without_seeds_resumes_after_the_files_seed_changed(sweep_env, monkeypatch):
     """Without --seeds the runs take the file's seed; the docs say the file's seed is free on
     resume, but an edit of it refused the ablation's own command ("seeds differ: repeat its
