@@ -194,7 +194,19 @@ def test_demo_refuses_an_oracle_of_other_data_or_a_partial_folder(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     run_cli("data", "synth", "--out", "a", "--train-seqs", 2, "--valid-seqs", 3, "-q")
     run_cli("data", "synth", "--out", "b", "--train-seqs", 2, "--valid-seqs", 4, "-q")
-    (Path("b") / "valid_oracle.parquet").replace(Path("a") / "valid_oracle.parquet")
+    # another seed's oracle has every key of this one (r238): the files' marks differ
+    run_cli("data", "synth", "--out", "c", "--train-seqs", 2, "--valid-seqs", 3, "--seed", 1,
+            "-q")
+    oracle = Path("a") / "valid_oracle.parquet"
+    assert pl.read_parquet(oracle)["seq_ix"].equals(pl.read_parquet("c/valid_oracle.parquet")[
+        "seq_ix"])
+    (Path("c") / "valid_oracle.parquet").replace(oracle)
+    out = run_cli("demo", "--data", "a", "-q", expect=2).output
+    assert ('a/valid_oracle.parquet belongs to other data: generated with {"spec": '
+            '"predictorium", "seed": 1, "train_seqs": 2, "valid_seqs": 3}, and a/valid.parquet '
+            'with {"spec": "predictorium", "seed": 0,') in out, out
+    # a file without the mark (rewritten by Polars) is held to its rows
+    pl.read_parquet("b/valid_oracle.parquet").write_parquet(oracle)
     out = run_cli("demo", "--data", "a", "-q", expect=2).output
     assert "a/valid_oracle.parquet does not hold the rows of a/valid.parquet" in out
     assert not Path("runs").exists()  # nothing trained

@@ -8,6 +8,7 @@ dynamical system (kit.data.synth.rnn). See docs/synth.md for the models and meas
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +34,8 @@ FULL_SEQS = {"train": 10_721, "valid": 1_444}  # the real Predictorium split siz
 MAX_SEQS = 1_000_000  # 100x the full size (a billion rows): past it, a typo, not a plan
 CHUNK_SEQS = 256  # sequences per chunk = per parquet row group (fixed: data depend on it)
 _SPLIT_CODE = {"train": 0, "valid": 1}
+GENERATION_KEY = "kit.synth"  # parquet metadata: the arguments that generated the file
+
 
 __all__ = ["SynthResult", "synthesize", "make_generator", "synth_dir", "DEFAULT_SEQS",
            "FULL_SEQS", "CHUNK_SEQS"]
@@ -110,7 +113,11 @@ def synthesize(
     try:
         with tqdm(total=chunks, desc=f"synth {spec.name}", unit="chunk",
                   disable=not progress) as bar:
-            write = partial(_write_split, generator, seed=seed, bar=bar)
+            # in each file's metadata: the demo refuses an oracle of another generation (the
+            # same sizes share every key, whatever the seed)
+            generation = json.dumps({"spec": spec.name, "seed": seed, "train_seqs":
+                                     sizes["train"], "valid_seqs": sizes["valid"]})
+            write = partial(_write_split, generator, seed=seed, bar=bar, generation=generation)
             written += write("train", sizes["train"], first_id=0, path=result.train)
             written += write("valid", sizes["valid"], first_id=sizes["train"],
                              path=result.valid, oracle_path=result.oracle)
@@ -129,7 +136,7 @@ def synthesize(
     return result
 
 
-def _write_split(generator, split, n, *, first_id, path, seed, bar,
+def _write_split(generator, split, n, *, first_id, path, seed, bar, generation,
                  oracle_path=None) -> list[ParquetSink]:
     """Generate `n` sequences chunk by chunk, streaming each chunk as one row group; returns
     the sinks, whose finished temp files the caller publishes."""
@@ -139,9 +146,11 @@ def _write_split(generator, split, n, *, first_id, path, seed, bar,
     regime = generator.regimes(np.random.default_rng([seed, code, 0]), n, split)
     need = need_mask(steps, spec.warmup, spec.tail)
     key_cols = [spec.id_col, spec.step_col]
-    sinks = [ParquetSink(path, arrow_schema(spec, spec.columns))]
+    mark = {GENERATION_KEY: generation}
+    sinks = [ParquetSink(path, arrow_schema(spec, spec.columns).with_metadata(mark))]
     if oracle_path is not None:
-        sinks.append(ParquetSink(oracle_path, arrow_schema(spec, key_cols + list(spec.outputs))))
+        sinks.append(ParquetSink(oracle_path, arrow_schema(
+            spec, key_cols + list(spec.outputs)).with_metadata(mark)))
     ok = False
     try:
         for index, lo in enumerate(range(0, n, CHUNK_SEQS)):
