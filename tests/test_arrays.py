@@ -166,6 +166,17 @@ def test_missing_columns_are_named():
         build_arrays(next_df, NEXT, ["p0"])
 
 
+def test_a_missing_column_that_is_also_a_target_is_named_once():
+    df = make_frame(SPEC, n_seqs=2).drop("t0")
+    with pytest.raises(DataError, match=r"^train.parquet: missing column\(s\) \['t0'\]: arrays"):
+        build_arrays(df, SPEC, ["p0", "t0"], source="train.parquet")
+
+
+def test_an_empty_frame_is_refused_as_having_no_rows():
+    with pytest.raises(DataError, match=r"^train.parquet: the frame has no rows$"):
+        build_arrays(make_frame(SPEC, n_seqs=2).head(0), SPEC, ["p0"], source="train.parquet")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"truncate": "middle"}, "truncate"), ({"seq_len": 0}, "seq_len"),
@@ -370,6 +381,66 @@ def test_an_array_of_another_dtype_than_its_meta_says_is_rebuilt(data_file, tmp_
     assert_same(again, fresh(data_file))
 
 
+def test_an_array_of_another_shape_than_its_meta_says_is_rebuilt(data_file, tmp_path):
+    """x.npy overwritten with another entry's (same dtype, other width) was served as it was."""
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (entry,) = entries(cache_dir)
+    np.save(entry / "x.npy", np.zeros((3, 20, 5), np.float32))
+    with pytest.warns(CacheWarning, match=r"is unusable \(x.npy is float32\[3, 20, 5\], "
+                      r"meta.json says float32\[3, 20, 32\]\); rebuilding it"):
+        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2 and again.x.shape == (3, 20, 32)
+    assert_same(again, fresh(data_file))
+
+
+def test_an_entry_folder_holding_another_keys_arrays_is_rebuilt(data_file, tmp_path):
+    """An entry copied by hand over another key's folder (a restored backup) is not served."""
+    cache_dir = tmp_path / "cache"
+
+    def build(seq_len):
+        return lambda: build_arrays(pl.read_parquet(data_file), SPEC, FEATURES, seq_len=seq_len)
+
+    cached_arrays(data_file, KEY | {"seq_len": 20}, build(20), cache_dir=cache_dir)
+    (long_entry,) = [e for e in entries(cache_dir) if e.is_dir()]
+    cached_arrays(data_file, KEY | {"seq_len": 5}, build(5), cache_dir=cache_dir)
+    (short_entry,) = [e for e in entries(cache_dir) if e.is_dir() and e != long_entry]
+    shutil.rmtree(short_entry)
+    shutil.copytree(long_entry, short_entry)  # seq_len 5's folder now holds seq_len 20's arrays
+    with pytest.warns(CacheWarning, match=r"\(meta.json belongs to another key or cache "
+                      r"format\); rebuilding it"):
+        got = cached_arrays(data_file, KEY | {"seq_len": 5}, build(5), cache_dir=cache_dir)
+    assert got.x.shape == (3, 5, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt entry is a hit
+        again = cached_arrays(data_file, KEY | {"seq_len": 5}, build(5), cache_dir=cache_dir)
+    assert again.x.shape == (3, 5, 32)
+
+
+@pytest.mark.parametrize("edit", ["no feature_names", "arrays a list"])
+def test_a_meta_json_missing_a_field_or_of_another_shape_is_rebuilt(
+        data_file, tmp_path, edit):
+    """meta.json edited by hand: a missing field (KeyError) or a list where an object belongs
+    (TypeError) crashed the run instead of rebuilding the entry."""
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (entry,) = entries(cache_dir)
+    meta = json.loads((entry / "meta.json").read_text())
+    if edit == "no feature_names":
+        del meta["feature_names"]
+    else:
+        meta["arrays"] = []
+    (entry / "meta.json").write_text(json.dumps(meta))
+    with pytest.warns(CacheWarning, match="is unusable .*; rebuilding it"):
+        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2
+    assert_same(again, fresh(data_file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2
+
+
 def test_leftover_temp_folder_is_ignored(data_file, tmp_path):
     cache_dir, build = tmp_path / "cache", Builder(data_file)
     first = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
@@ -431,6 +502,38 @@ def test_clear_cache_removes_entries_only(data_file, tmp_path):
     assert clear_cache(tmp_path / "missing") == 0
 
 
+def test_a_folder_of_the_users_in_the_cache_dir_is_no_entry(data_file, tmp_path):
+    """A backup folder kept in the cache dir was listed as an entry and deleted by --clear."""
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    cached_arrays(data_file, KEY | {"seq_len": 5}, build, cache_dir=cache_dir)
+    names = sorted(e.name for e in entries(cache_dir) if e.is_dir())
+    backup = cache_dir / "my-backup"
+    backup.mkdir()
+    (backup / "notes.txt").write_text("keep")
+    assert sorted(e["name"] for e in cache_module.cache_entries(cache_dir)) == names
+    assert clear_cache(cache_dir) == 2
+    assert [p.name for p in cache_dir.iterdir()] == ["my-backup"]
+    assert (backup / "notes.txt").read_text() == "keep"
+    assert cache_module.cache_entries(cache_dir) == []
+    assert clear_cache(cache_dir) == 0 and backup.is_dir()
+
+
+def test_cache_entries_are_listed_oldest_first(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    for n in range(4):
+        cached_arrays(data_file, KEY | {"n": n}, build, cache_dir=cache_dir)
+    # dated newest first in the folder's own listing order: no order can pass by chance
+    listed = [p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    for day, entry in zip((4, 3, 2, 1), listed, strict=True):
+        meta = json.loads((entry / "meta.json").read_text())
+        meta["created"] = f"2024-01-0{day}T00:00:00+0000"
+        (entry / "meta.json").write_text(json.dumps(meta))
+    got = cache_module.cache_entries(cache_dir)
+    assert [e["name"] for e in got] == [p.name for p in reversed(listed)]
+    assert [e["created"][:10] for e in got] == [f"2024-01-0{d}" for d in (1, 2, 3, 4)]
+
+
 def test_a_build_whose_temp_folder_is_cleared_finishes_uncached(data_file, tmp_path):
     """clear_cache from another process removes every temp folder, a live build's too: that
     build ended in a FileNotFoundError traceback instead of the uncached fallback."""
@@ -490,6 +593,101 @@ def test_a_mangled_digests_record_means_hashing_the_file_again(
     assert known_digest(data_file, cache_dir) is None
     assert_same(cached_arrays(data_file, KEY, build, cache_dir=cache_dir), fresh(data_file))
     assert build.calls == 1  # re-hashed, then a hit
+
+
+@pytest.mark.parametrize("text", ['{"a', "[1, 2]"], ids=["truncated", "a-list"])
+def test_a_damaged_digests_file_is_ignored_and_replaced(data_file, tmp_path, monkeypatch, text):
+    """digests.json cut short (a full disk) or hand-edited to a list crashed every build."""
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cache_dir.mkdir()
+    (cache_dir / "digests.json").write_text(text)
+    monkeypatch.setattr(cache_module, "_digests", {})
+    assert known_digest(data_file, cache_dir) is None
+    assert_same(cached_arrays(data_file, KEY, build, cache_dir=cache_dir), fresh(data_file))
+    monkeypatch.setattr(cache_module, "_digests", {})  # the record written anew is trusted
+    assert known_digest(data_file, cache_dir) == hashlib.sha256(data_file.read_bytes()).hexdigest()
+
+
+def test_a_digest_record_whose_digest_is_not_text_is_not_trusted(tmp_path, monkeypatch):
+    """Two files whose records (right stat) were mangled to digest 0 shared one entry: the
+    second was served the first one's arrays."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    files = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
+    for seed, path in enumerate(files, start=1):
+        make_frame(SPEC, n_seqs=3, seed=seed).write_parquet(path)
+    stats = {str(p.resolve()): p.stat() for p in files}
+    (cache_dir / "digests.json").write_text(json.dumps({
+        name: [s.st_size, s.st_mtime_ns, s.st_ino, s.st_ctime_ns, 0]
+        for name, s in stats.items()}))
+    monkeypatch.setattr(cache_module, "_digests", {})
+    assert known_digest(files[0], cache_dir) is None
+    got = [cached_arrays(p, KEY, Builder(p), cache_dir=cache_dir) for p in files]
+    assert not np.array_equal(got[0].x, got[1].x)
+    for path, arrays in zip(files, got, strict=True):
+        assert_same(arrays, fresh(path))
+
+
+def test_a_hit_records_the_digest_of_a_file_settled_since_its_build(
+        data_file, tmp_path, monkeypatch):
+    """The build hashed a just-written file (not recorded: it may still change); a later hit,
+    the file settled by then, must record it so the next process reads no input bytes."""
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert str(data_file.resolve()) not in cache_module._read_digests(cache_dir)
+    monkeypatch.setattr(cache_module, "RACY_NS", 0)  # as if the racy window had passed
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 1
+    monkeypatch.setattr(cache_module, "_digests", {})  # as a new process sees it
+    assert known_digest(data_file, cache_dir) == hashlib.sha256(data_file.read_bytes()).hexdigest()
+
+
+SET_KEY = """
+from kit.data.cache import _key_of
+print(_key_of("0" * 64, {"cols": set(%r)}))
+"""
+
+
+def test_a_key_holding_a_set_is_the_same_in_every_process(data_file, tmp_path):
+    """A set serialised in iteration order: its string hashing (PYTHONHASHSEED) differs per
+    process, so every run missed the cache."""
+    import subprocess
+    import sys
+
+    cols = FEATURES[:12]
+    want = cache_module._key_of("0" * 64, {"cols": sorted(cols)})
+    assert cache_module._key_of("0" * 64, {"cols": frozenset(reversed(cols))}) == want
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for seed in ("1", "2", "3"):
+        done = subprocess.run([sys.executable, "-c", SET_KEY % (cols,)], capture_output=True,
+                              text=True, env=os.environ | {"PYTHONHASHSEED": seed,
+                                                           "PYTHONPATH": root})
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == want, f"PYTHONHASHSEED={seed}"
+
+
+def test_a_key_may_hold_a_path(data_file, tmp_path):
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY | {"data": data_file}, build, cache_dir=cache_dir)
+    hit = cached_arrays(data_file, KEY | {"data": str(data_file)}, build, cache_dir=cache_dir)
+    assert build.calls == 1  # a Path keys as its text
+    assert_same(hit, fresh(data_file))
+
+
+def test_an_input_file_with_a_long_name_is_cached(tmp_path):
+    """A 248-character file name made a 273-character entry name: the entry could not be
+    written, and every run built the arrays again, uncached, warning."""
+    path = tmp_path / ("x" * 240 + ".parquet")
+    make_frame(SPEC, n_seqs=3).write_parquet(path)
+    cache_dir, build = tmp_path / "cache", Builder(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(2):
+            assert_same(cached_arrays(path, KEY, build, cache_dir=cache_dir), fresh(path))
+    assert build.calls == 1
+    (entry,) = [e for e in entries(cache_dir) if e.is_dir()]
+    assert re.fullmatch("x" * 40 + "-[0-9a-f]{24}", entry.name)
 
 
 def test_a_file_changed_just_before_hashing_is_hashed_again_next_time(data_file, tmp_path):
@@ -676,3 +874,26 @@ def test_an_unwritable_cache_still_serves_the_entry_of_a_file_copied_anew(
                                    cache_dir=cache_dir)
     assert second.blocks == 0
     assert_same(again, first)
+
+
+# --- reading parquet -------------------------------------------------------------------------
+
+
+def test_a_parquet_whose_data_page_is_damaged_raises_data_error(tmp_path):
+    """The footer (and so the schema) reads, a data page does not: Polars' own error escaped,
+    naming no file."""
+    import pyarrow.parquet as pq
+
+    from kit.data.io import read_frame
+
+    path = tmp_path / "late.parquet"
+    pq.write_table(make_frame(SPEC, n_seqs=2).to_arrow(), path, compression="snappy",
+                   use_dictionary=False)
+    column = pq.ParquetFile(path).metadata.row_group(0).column(5)
+    start, size = column.data_page_offset, column.total_compressed_size
+    data = bytearray(path.read_bytes())
+    data[start + 20:start + size - 4] = bytes(size - 24)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: the parquet footer reads "
+                       r"but its data does not \(.+\); the file is corrupt"):
+        read_frame(path)
