@@ -900,3 +900,151 @@ def test_cli_report_under_a_file_says_a_file_stands_where_a_folder_is_needed(run
     assert "Not a directory (a file stands where a folder is needed in that path)" in (
         result.stderr)
     assert result.stderr.startswith(f"error: {tmp_path / 'plain'}")
+
+
+def _pin_history_scores(run: Path, scores: list[float], flags: list[bool] | None) -> None:
+    """Rewrite a run's history with these val_scores; best flags as given (None: no flags)."""
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    for i, (record, score) in enumerate(zip(history, scores, strict=True)):
+        record["val_score"] = score
+        record.pop("best", None)
+        if flags is not None:
+            record["best"] = flags[i]
+    (run / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+
+
+def test_a_killed_error_metric_run_takes_its_lowest_or_flagged_epoch_as_the_best(tmp_path):
+    """A killed rmse run (no metrics.json): without best flags the lowest val_score is the
+    best; with its spec unknown the trainer's flags still say which epoch was the best."""
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    run = make_run(root, "e", "20240103-000000-s3", valid, spec_path, seed=3, finished=False)
+    _pin_history_scores(run, [0.5, 0.2, 0.9], None)  # an older kit's or hand-edited history
+    (row,) = list_runs(root)
+    assert row["higher_is_better"] is False
+    assert (row["best_epoch"], row["score"]) == (2, 0.2)
+    _pin_history_scores(run, [0.5, 0.2, 0.9], [True, True, False])  # as the trainer flags
+    spec_path.rename(tmp_path / "moved.toml")  # no spec.json either: the direction unknown
+    (row,) = list_runs(root)
+    assert row["higher_is_better"] is None
+    assert (row["best_epoch"], row["score"]) == (2, 0.2)
+
+
+def test_a_nan_score_and_a_perfect_error_run_show_dashes_and_json_stays_valid(tmp_path):
+    """A NaN score in metrics.json reads as missing (the table showed nan, --json raised); a
+    run with zero rmse has no oracle fraction (oracle / 0), not nan%."""
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    make_run(root, "e", "20240101-000000-s1", valid, spec_path, seed=1, noise=0.0)
+    make_run(root, "e", "20240102-000000-s2", valid, spec_path, seed=2, noise=0.5)
+    broken = make_run(root, "e", "20240103-000000-s3", valid, spec_path, seed=3, noise=2.0)
+    metrics = json.loads((broken / "metrics.json").read_text())
+    (broken / "metrics.json").write_text(json.dumps(metrics | {"score": float("nan")}))
+    table = format_runs(list_runs(root))
+    cells = {run_id: (score, fraction) for run_id, score, fraction in zip(
+        _column(table, "run_id"), _column(table, "score"), _column(table, "oracle_fraction"),
+        strict=True)}
+    assert cells["20240103-000000-s3"][0] == "-"
+    assert cells["20240101-000000-s1"] == ("0.0000", "-")
+    assert cells["20240102-000000-s2"][1].endswith("%") and "nan" not in table
+    listed = json.loads(run_cli("runs", "--runs-dir", root, "--json").stdout)
+    by_id = {r["run_id"]: r for r in listed}
+    assert by_id["20240103-000000-s3"]["score"] is None
+    assert by_id["20240101-000000-s1"]["score"] == 0.0
+    assert by_id["20240101-000000-s1"]["oracle_fraction"] is None
+
+
+def test_table_cells_are_formatted_per_column():
+    """Fractions as percents to a tenth, scores to 4 decimals, parameters with thousands
+    separators, finished as yes/no, wall times as s, m+s or h+m."""
+    def run(name, score, wall_s, finished):
+        return {"experiment": "e", "run_id": name, "score": score, "per_target": {"t0": score},
+                "oracle_fraction": 0.8765, "best_epoch": 3, "epochs": 3, "wall_s": wall_s,
+                "params": 1234567, "seed": 1, "finished": finished, "higher_is_better": True}
+
+    runs = [run("a", 0.123456, 125.0, True), run("b", 0.1, 3600.0, False),
+            run("c", 0.05, 45.25, True)]
+    table = format_runs(runs)
+    assert _column(table, "run_id") == ["a", "b", "c"]
+    assert _column(table, "oracle_fraction") == ["87.6%"] * 3
+    assert _column(table, "score") == ["0.1235", "0.1000", "0.0500"]
+    assert _column(table, "t0") == ["0.1235", "0.1000", "0.0500"]
+    assert _column(table, "params") == ["1,234,567"] * 3
+    assert _column(table, "finished") == ["yes", "no", "yes"]
+    assert _column(table, "wall_s") == ["2m05s", "1h00m", "45.2s"]
+
+
+def test_sorting_by_best_epoch_puts_the_swa_average_after_the_numbers():
+    def run(name, score, best_epoch):
+        return {"experiment": "e", "run_id": name, "score": score, "per_target": {"t0": score},
+                "best_epoch": best_epoch, "higher_is_better": True}
+
+    runs = [run("a", 0.1, 3), run("b", 0.3, "swa"), run("c", 0.2, 5)]
+    assert [r["best_epoch"] for r in sort_runs(runs, "best_epoch", False)] == [3, 5, "swa"]
+    assert [r["best_epoch"] for r in sort_runs(runs, "best_epoch", True)] == ["swa", 5, 3]
+    table = format_runs(runs, sort="best_epoch", descending=False)
+    assert _column(table, "best_epoch") == ["3", "5", "swa"]
+
+
+def test_an_older_run_without_a_digest_is_not_another_set_of_rows(tmp_path):
+    """An older run recorded no sha256 of its file, a newer one did: one file, one set of
+    rows, no note that the scores do not compare."""
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    root = tmp_path / "runs"
+    for i in (1, 2):
+        make_run(root, "e", f"2024010{i}-000000-s{i}", valid, spec_path, seed=i)
+    rows = list_runs(root)
+    rows[0]["validated_sha256"] = None
+    rows[1]["validated_sha256"] = "a" * 64
+    table = format_runs(rows)
+    assert "different sets of rows" not in table and "note" not in table
+
+
+def test_hidden_folders_are_not_runs_and_an_empty_experiment_folder_lists_none(runs_root: Path):
+    """runs/.trash/<run> and a run folder's half-made .partial-copy are not listed; `kit runs
+    -e fresh` of an experiment whose folder holds no run yet lists none (no error)."""
+    before = [r["path"] for r in list_runs(runs_root)]
+    source = runs_root / "alpha" / "20240101-000000-s1"
+    shutil.copytree(source, runs_root / ".trash" / "old")
+    shutil.copytree(source, runs_root / "alpha" / ".partial-copy")
+    assert [r["path"] for r in list_runs(runs_root)] == before
+    assert len(list_runs(runs_root, experiment="alpha")) == 2
+    (runs_root / "fresh").mkdir()
+    assert list_runs(runs_root, experiment="fresh") == []
+    assert run_cli("runs", "--runs-dir", runs_root, "-e", "fresh").stdout.strip() == "no runs"
+
+
+def test_report_of_a_pruned_error_metric_run_states_its_figures(tmp_path: Path):
+    """report.md of a pruned rmse run: its status, epochs run of those configured, wall time,
+    and per target the target's own oracle score with the fraction pointing the metric's way
+    (oracle / score, as the headline's)."""
+    spec = small_spec(metric={"name": "rmse"})
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    run = make_run(tmp_path / "runs", "e", "20240101-000000-s1", valid, spec_path, seed=1,
+                   noise=2.0, seconds=50.0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"pruned": True}))
+    lines = write_report(run).read_text().splitlines()
+    assert ("- status: finished, stopped early: pruned by its sweep; 3 epoch(s) of 5 "
+            "configured") in lines
+    assert "- wall time: 2m30s" in lines
+    (row,) = list_runs(tmp_path / "runs")
+    assert row["oracle_fraction"] < 1.0
+    headline = next(line for line in lines if line.startswith("(oracle "))
+    assert headline.endswith(f": {row['oracle_fraction']:.1%} of the oracle)")
+    rows = np.load(run / "val_rows.npy")
+    oracle = pl.read_parquet(tmp_path / "data" / "valid_oracle.parquet")
+    truth = truth_of(valid, spec, rows)
+    direct = evaluate(spec, truth, oracle.select(spec.outputs).to_numpy()[rows]).per_target
+    assert abs(direct["t0"] - direct["t1"]) > 1e-3  # the targets' own oracle scores differ
+    for name in ("t0", "t1"):
+        (line,) = [x for x in lines if x.startswith(f"| {name} |")]
+        _, score, oracle_score, fraction = (c.strip() for c in line.strip("|").split("|"))
+        assert float(score) == pytest.approx(metrics["per_target"][name], abs=1e-4)
+        assert float(oracle_score) == pytest.approx(direct[name], abs=1e-4)
+        assert float(fraction.rstrip("%")) == pytest.approx(
+            100 * direct[name] / metrics["per_target"][name], abs=0.06)
+        assert float(fraction.rstrip("%")) < 100
