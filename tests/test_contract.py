@@ -538,3 +538,122 @@ def test_read_frame_names_a_folder_an_empty_file_and_a_missing_column(tmp_path):
     with pytest.raises(DataError, match=r"good.parquet: missing column\(s\) \['nope'\]$"):
         read_frame(good, ["seq_ix", "nope"])
     assert read_frame(good, ["seq_ix", "seq_ix"]).columns == ["seq_ix"]
+
+
+def _problems(df, spec=SPEC) -> list[str]:
+    with pytest.raises(DataError) as info:
+        check_frame(df, spec)
+    return info.value.problems
+
+
+def test_a_sequence_longer_than_the_spec_s_length_is_refused():
+    df = make_frame(SPEC)
+    step_20 = df[19:20].with_columns(pl.lit(20, pl.Int64).alias("step_in_seq"),
+                                     pl.lit(False).alias("need_prediction"))  # flags by the rule
+    assert _problems(pl.concat([df[:20], step_20, df[20:]])) == [
+        "1 sequence(s) do not have the spec's length 20: seq 0 has 21"]
+
+
+def test_wrong_length_examples_are_the_lowest_ids():
+    short = make_frame(SPEC, n_seqs=30).filter(pl.col("step_in_seq") < 19)
+    assert _problems(short) == [
+        "30 sequence(s) do not have the spec's length 20: seq 0 has 19, seq 1 has 19, "
+        "seq 2 has 19, seq 3 has 19, seq 4 has 19"]
+
+
+def test_int64_s_extremes_as_uint64_and_float_ids():
+    """2**63 - 1 fits an int64 (a UInt64 id of it is an id); a float 2**63 is a whole number
+    that no int64 holds (outside the range, not "non-integral")."""
+    df = make_frame(SPEC, n_seqs=2).with_columns(pl.col("seq_ix").cast(pl.UInt64))
+    top = df.with_columns(pl.when(pl.col("seq_ix") == 1).then(pl.lit(2**63 - 1, pl.UInt64))
+                          .otherwise(pl.col("seq_ix")).alias("seq_ix"))
+    report = check_frame(top, SPEC)
+    assert report.sequences == 2 and report.rows == 40
+    past = _set_at(make_frame(SPEC).with_columns(pl.col("seq_ix").cast(pl.Float64)), "seq_ix",
+                   0, 2.0**63)
+    assert _problems(past) == [
+        "column 'seq_ix' has 1 value(s) outside int64's range (-2**63 to 2**63 - 1): row 0 "
+        "(9.223372036854776e+18); kit holds ids and steps as int64: renumber them"]
+
+
+def test_a_target_without_a_finite_value_is_warned_of_not_summarised():
+    df = make_frame(SPEC).with_columns(pl.lit(float("nan")).cast(pl.Float32).alias("t1"))
+    report = check_frame(df, SPEC)
+    assert list(report.target_summary) == ["t0"] and report.nan_counts["t1"] == 60
+    assert report.warnings == ["target 't1' has non-finite values on 45 scored row(s): the "
+                               "metric will be NaN or inf"]
+
+
+def test_float32_s_largest_value_is_finite():
+    top = float(np.finfo(np.float32).max)
+    df = make_frame(SPEC).with_columns(pl.col("p0").cast(pl.Float64))
+    report = check_frame(_set_at(_set_at(df, "p0", 3, top), "p0", 4, -top), SPEC)
+    assert report.inf_counts["p0"] == 0 and "non-finite values: none" in report.format()
+    past = check_frame(_set_at(df, "p0", 3, float(np.nextafter(top, np.inf))), SPEC)
+    assert past.inf_counts["p0"] == 1
+
+
+def test_gaps_are_counted_with_missing_steps_and_listed_five_at_most():
+    """Three sequences skip step 2 (0, 1, 3, ...), five have steps 0, 2, 1, 4, 5 (out of order
+    and 3 missing): 8 gaps, the first five named."""
+    spec = small_spec(seq_len=None, warmup=0)
+    df = make_frame(spec, lengths=[6] * 8)
+    parts = []
+    for i in range(8):
+        q = df.filter(pl.col("seq_ix") == i)
+        parts += [q[0:1], q[2:3], q[1:2], q[4:]] if i >= 3 else [q[0:2], q[3:]]
+    assert _problems(pl.concat(parts), spec) == [
+        "steps out of order in 5 sequence(s); first at: seq 3 step 1 (row 17), seq 4 step 1 "
+        "(row 22), seq 5 step 1 (row 27), seq 6 step 1 (row 32), seq 7 step 1 (row 37)",
+        "8 gap(s) in step numbering: seq 0: step 1 -> 3, seq 1: step 1 -> 3, seq 2: step 1 -> 3, "
+        "seq 3: 1 step(s) missing, seq 4: 1 step(s) missing"]
+    one = make_frame(spec, lengths=[6])
+    assert _problems(pl.concat([one[0:1], one[2:3], one[1:2], one[4:]]), spec) == [
+        "steps out of order in 1 sequence(s); first at: seq 0 step 1 (row 2)",
+        "1 gap(s) in step numbering: seq 0: 1 step(s) missing"]
+
+
+def test_order_problems_name_their_rows_and_counts():
+    df = make_frame(SPEC)
+    assert _problems(pl.concat([df[:3], df[4:5], df[3:4], df[5:]])) == [
+        "steps out of order in 1 sequence(s); first at: seq 0 step 3 (row 4)"]
+    # a repeated step is a duplicate (counted), not a step out of order
+    assert _problems(_set_at(_set_at(df, "step_in_seq", 3, 2), "step_in_seq", 4, 2)) == [
+        "1 duplicate (seq_ix, step_in_seq) pair(s): (seq 0, step 2) x3",
+        "1 gap(s) in step numbering: seq 0: step 2 -> 5"]
+    # rows apart: each sequence named where it starts again, in the file's order
+    four = make_frame(SPEC, n_seqs=4)
+    apart = pl.concat([four[:10], four[20:30], four[70:80], four[10:20], four[30:70]])
+    assert _problems(apart) == [
+        "rows of 3 sequence(s) are not contiguous; sort by (seq_ix, step_in_seq): seq 0 (again "
+        "at row 30), seq 1 (again at row 40), seq 3 (again at row 70)"]
+
+
+def test_five_bad_ids_are_listed_without_an_ellipsis():
+    df = make_frame(SPEC)
+    for row in range(5):
+        df = _set_at(df, "seq_ix", row, None)
+    assert _problems(df) == [
+        "column 'seq_ix' has 5 null or non-integral value(s): row 0 (None), row 1 (None), "
+        "row 2 (None), row 3 (None), row 4 (None)"]
+
+
+def test_the_report_s_summary_and_printed_sections():
+    spec = small_spec(seq_len=None, warmup=2)
+    df = make_frame(spec, lengths=[5, 9, 3, 9]).with_columns(pl.col("p3").cast(pl.Float64))
+    report = check_frame(_set_at(df, "p1", 3, None), spec)
+    assert list(report.length_histogram.items()) == [("3", 1), ("5", 1), ("9", 2)]
+    t0 = df["t0"].cast(pl.Float64).to_numpy()
+    want = {"mean": t0.mean(), "std": t0.std(), "min": t0.min(), "p1": np.quantile(t0, 0.01),
+            "p50": np.quantile(t0, 0.5), "p99": np.quantile(t0, 0.99), "max": t0.max()}
+    assert report.target_summary["t0"] == pytest.approx(want, rel=1e-9)
+    lines = report.format().splitlines()
+    assert "sequence lengths: 3: 1, 5: 1, 9: 2" in lines
+    assert ("dtypes: seq_ix..step_in_seq: Int64, need_prediction: Boolean, p0..p2: Float32, "
+            "p3: Float64, p4..t1: Float32") in lines
+    at = lines.index("non-finite values (NaN / inf, or past float32's range / null):")
+    assert lines[at + 1].split() == ["p1:", "0", "/", "0", "/", "1"]
+    [head] = [line for line in lines if line.split()[:1] == ["target"]]
+    assert head.split() == ["target", "mean", "std", "min", "p1", "p50", "p99", "max"]
+    [row] = [line for line in lines if line.split()[:1] == ["t0"]]
+    assert row.split()[1:] == [f"{want[k]:.4f}" for k in head.split()[1:]]

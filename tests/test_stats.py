@@ -360,3 +360,54 @@ def test_a_reference_of_the_wrong_kind_is_refused(tmp_path, edit, message):
     edit(frame).write_parquet(tmp_path / "ref.parquet")
     with pytest.raises(DataError, match=r"ref.parquet: cannot be compared: " + message):
         dataset_stats(tmp_path / "valid.parquet", TINY, reference=tmp_path / "ref.parquet")
+
+
+def test_uneven_lengths_groups_and_target_pairs(tmp_path):
+    """seq 0 cut to 20 steps, p1 three times as wide as p0."""
+    frame = _tiny_frame().filter(~((pl.col("seq_ix") == 0) & (pl.col("step_in_seq") >= 20)))
+    frame = frame.with_columns(pl.col("p1") * 3)
+    frame.write_parquet(tmp_path / "uneven.parquet")
+    stats = dataset_stats(tmp_path / "uneven.parquet", TINY)
+    assert stats["seq_len"] == {"min": 20, "max": 50} and stats["rows"] == 170
+    assert "length 20..50" in format_stats(stats)
+    stds = [frame[f].cast(pl.Float64).to_numpy().std() for f in ("p0", "p1")]
+    group = stats["feature_groups"]["p"]
+    assert group["std_min"] == pytest.approx(min(stds), rel=1e-9)
+    assert group["std_max"] == pytest.approx(max(stds), rel=1e-9)
+    assert list(stats["target_corr"]) == ["t0~t1"]  # each pair once, no target with itself
+
+
+def test_an_id_column_named_n_is_counted(tmp_path):
+    spec = spec_from_dict(TINY.to_dict() | {"name": "n-id", "id_col": "n"})
+    _tiny_frame().rename({"seq_ix": "n"}).write_parquet(tmp_path / "n.parquet")
+    stats = dataset_stats(tmp_path / "n.parquet", spec)
+    assert stats["sequences"] == 4 and stats["seq_len"] == {"min": 50, "max": 50}
+
+
+def test_predictorium_feature_bands_read_every_feature(tmp_path):
+    """p3 centred on -1, dv2 a random walk, v2 half as wide, one inf in v5: each band's figure
+    is that of the whole feature set (|mean|, dp* and dv*, the smallest std)."""
+    from tests.frames import make_frame
+
+    spec = load_spec("predictorium")
+    frame = make_frame(spec, lengths=[1000, 1000], seed=4)
+    walk = np.cumsum(np.random.default_rng(1).standard_normal(frame.height)) / 50
+    frame = frame.with_columns(
+        pl.col("p3") - 1.0, pl.Series("dv2", walk, dtype=pl.Float32), pl.col("v2") * 0.5,
+        pl.when(pl.col("step_in_seq") == 3).then(float("inf")).otherwise(pl.col("v5"))
+        .alias("v5"))
+    frame.write_parquet(tmp_path / "p.parquet")
+    stats = dataset_stats(tmp_path / "p.parquet", spec)
+    checks = {c["key"]: (c["value"], c["ok"]) for c in stats["checks"]}
+    values = {f: frame[f].cast(pl.Float64).to_numpy() for f in spec.features}
+    values = {f: x[np.isfinite(x)] for f, x in values.items()}
+    ids = frame["seq_ix"].to_numpy()
+    abs_mean = max(abs(x.mean()) for x in values.values())
+    assert abs_mean > 0.9 and checks["feature_abs_mean"] == (pytest.approx(abs_mean), False)
+    std_min = min(x.std() for x in values.values())
+    assert std_min < 0.6 and checks["feature_std_min"] == (pytest.approx(std_min), False)
+    trade = max(_lag1(values[f], ids) for f in spec.features if f.startswith(("dp", "dv")))
+    assert trade > 0.9 and checks["trade_ac_max"] == (pytest.approx(trade), False)
+    assert checks["feature_nan"] == (2, False)  # one inf per sequence
+    [v5] = [line for line in format_stats(stats).splitlines() if line.startswith("  v5 ")]
+    assert v5.split()[-2:] == ["2", "!!"]
