@@ -1923,3 +1923,144 @@ def test_cli_data_cache_lists_the_entries_of_data_cache_by_default(workspace, ru
     result = run_cli("data", "cache")
     assert f"{n} entr{'y' if n == 1 else 'ies'} in data/cache," in result.output
     assert "does not exist" not in result.output
+
+
+# --- replacing what lies at NAME, and odd run folders and checkpoints ----------------------
+
+
+def _files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_re_pack_leaves_no_old_package_aside_nor_its_pycache(ns_run, tmp_path):
+    """The old folder is renamed aside for the swap and removed once the new one is in place:
+    packs to one name leave NAME and NAME.zip alone. Python's __pycache__ (from importing
+    solution.py) is not one of your files: it goes with the old package."""
+    first = pack_run(ns_run, "again", tmp_path, budget=False)
+    (first.folder / "__pycache__").mkdir()
+    (first.folder / "__pycache__" / "solution.cpython-311.pyc").write_bytes(b"stale")
+    for _ in range(2):
+        again = pack_run(ns_run, "again", tmp_path, budget=False)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "again.zip"]
+    assert sorted(p.name for p in again.folder.iterdir()) == sorted(PACK_FILES)
+
+
+def test_an_empty_folder_of_the_name_is_packed_into(ns_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    packed = pack_run(ns_run, "empty", tmp_path, budget=False)
+    assert sorted(p.name for p in packed.folder.iterdir()) == sorted(PACK_FILES)
+    assert packed.zip_path.is_file()
+
+
+def test_a_link_to_a_package_elsewhere_is_refused_and_its_target_kept(ns_run, tmp_path):
+    """Replacing a link named NAME moved the files of the package it points to (your notes)
+    out of there and into the new package."""
+    target = pack_run(ns_run, "real", tmp_path / "elsewhere", budget=False).folder
+    (target / "NOTES.md").write_text("mine")
+    before = _files_of(target)
+    out = tmp_path / "subs"
+    out.mkdir()
+    (out / "link").symlink_to(target)
+    with pytest.raises(PackError, match="link exists and is not a package written by kit pack"):
+        pack_run(ns_run, "link", out, budget=False)
+    assert _files_of(target) == before and (target / "NOTES.md").read_text() == "mine"
+    assert (out / "link").is_symlink() and (out / "link").resolve() == target.resolve()
+    assert sorted(p.name for p in out.iterdir()) == ["link"]
+
+
+def test_a_zip_with_kits_manifest_but_not_its_files_is_not_overwritten(ns_run, tmp_path):
+    """A zip of your own holding a kit manifest (copied in) beside other files is no package
+    kit pack wrote: its manifest alone does not make it one."""
+    manifest = pack_run(ns_run, "src", tmp_path / "src", budget=False).folder / "manifest.json"
+    with zipfile.ZipFile(tmp_path / "mine.zip", "w") as archive:
+        archive.writestr("manifest.json", manifest.read_bytes())
+        archive.writestr("my_notes.txt", "mine")
+    before = (tmp_path / "mine.zip").read_bytes()
+    with pytest.raises(PackError, match="mine.zip exists and is not a zip written by kit pack"):
+        pack_run(ns_run, "mine", tmp_path, budget=False)
+    assert (tmp_path / "mine.zip").read_bytes() == before
+    assert not (tmp_path / "mine").exists()
+
+
+def test_a_checkpoint_file_given_as_run_gets_the_run_folders_default_name(ns_run, tmp_path):
+    experiment = tomllib.loads((ns_run / "config.toml").read_text())["name"]
+    packed = pack_run(ns_run / "best.pt", out_dir=tmp_path, budget=False)
+    assert packed.folder == tmp_path / f"{experiment}-{ns_run.name}"
+    assert packed.zip_path == tmp_path / f"{experiment}-{ns_run.name}.zip"
+
+
+def _run_copy(ns_run: Path, tmp_path: Path) -> Path:
+    return shutil.copytree(ns_run, tmp_path / "runs" / "exp" / "r1")
+
+
+def test_a_checkpoint_missing_a_weight_is_refused(ns_run, tmp_path):
+    run = _run_copy(ns_run, tmp_path)
+    checkpoint = load_checkpoint(run / "best.pt")
+    gone = next(iter(checkpoint["model"]))
+    checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if k != gone}
+    save_checkpoint(checkpoint, run / "best.pt")
+    with pytest.raises(KitError, match=r"the weights do not fit the stored model config \(.*"
+                                       r"Missing key\(s\)") as err:
+        load_member(run)
+    assert gone in str(err.value)
+    with pytest.raises(KitError, match="the weights do not fit"):
+        pack_run(run, "missing", tmp_path / "subs", budget=False)
+    assert not (tmp_path / "subs").exists()
+
+
+def test_a_checkpoint_without_its_normaliser_is_not_a_kit_checkpoint(ns_run, tmp_path):
+    run = _run_copy(ns_run, tmp_path)
+    checkpoint = load_checkpoint(run / "best.pt")
+    del checkpoint["normaliser"]
+    save_checkpoint(checkpoint, run / "best.pt")
+    with pytest.raises(KitError, match=re.escape("not a kit checkpoint (needs keys [")) as err:
+        load_member(run)
+    assert "'normaliser'" in str(err.value)
+
+
+def test_a_run_with_only_last_pt_has_no_best_pt_yet(ns_run, tmp_path):
+    """last.pt is the resume checkpoint of an unfinished run: not packed in best.pt's place."""
+    run = _run_copy(ns_run, tmp_path)
+    assert (run / "last.pt").is_file()
+    (run / "best.pt").unlink()
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps(metrics | {"finished": False}))
+    with pytest.raises(KitError, match=re.escape(f"{run}: no best.pt yet (the run has not "
+                                                 "finished a validated epoch)")):
+        load_member(run)
+    with pytest.raises(KitError, match="no best.pt yet"):
+        pack_run(run, "early", tmp_path / "subs", budget=False)
+    assert not (tmp_path / "subs").exists()
+
+
+def test_a_run_whose_config_is_not_toml_is_refused(ns_run, tmp_path):
+    run = _run_copy(ns_run, tmp_path)
+    (run / "config.toml").write_text("name = [\n")
+    with pytest.raises(KitError, match=re.escape(f"{run / 'config.toml'}: not valid TOML (")):
+        load_member(run)
+
+
+def test_the_manifest_records_the_checkpoint_path_groups_and_score_of_the_run(ns_run, tmp_path,
+                                                                               monkeypatch):
+    """Given relative (from the run's parent), the checkpoint is still recorded absolute: parity
+    reads it from wherever it runs. The member's feature groups and validation score are the
+    run's own."""
+    monkeypatch.chdir(ns_run.parent)
+    packed = pack_run(Path(ns_run.name), "rel", tmp_path, budget=False)
+    member = read_manifest(packed.folder)["members"][0]
+    assert member["checkpoint"] == str(ns_run.resolve() / "best.pt")
+    assert Path(member["checkpoint"]).is_absolute()
+    groups = tomllib.loads((ns_run / "config.toml").read_text())["features"]["groups"]
+    assert member["feature_groups"] == groups == ["raw"]
+    score = json.loads((ns_run / "metrics.json").read_text())["score"]
+    assert score is not None and member["val_score"] == pytest.approx(score)
+
+
+def test_a_manifest_without_outputs_is_not_a_kit_manifest(ns_run, tmp_path):
+    folder = pack_run(ns_run, "noout", tmp_path, budget=False).folder
+    manifest = read_manifest(folder)
+    del manifest["outputs"]
+    write_manifest(folder, manifest)
+    with pytest.raises(PackError, match=re.escape("not a kit pack manifest (no valid "
+                                                  "['outputs'])")):
+        read_manifest(folder)
