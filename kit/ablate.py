@@ -118,8 +118,8 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
                 outcomes.append(train_variant_seed(config, files, label, resume is not None,
                                                    progress))
                 summary["variants"][-1] = variant_row(kind, label, chosen, outcomes)
-                save(out, summary, kept)  # after every run: an interruption keeps the rest
-            save(out, summary, kept)
+                save(out, summary, kept, trained)  # after every run: an interruption keeps
+            save(out, summary, kept, trained)  # the rest
     except (KeyboardInterrupt, EndedBySignal) as stop:  # (a scheduler's SIGTERM too)
         folders = run_folders(out, groups, seeds)
         finished = sum(finished_run(folder, trained) for folder in folders)
@@ -129,13 +129,23 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
     return summary
 
 
-def save(path: Path, summary: dict, kept: list[dict] = ()) -> None:
+def save(path: Path, summary: dict, kept: list[dict] = (),
+         trained: dict[tuple[str, ...], list[dict]] | None = None) -> None:
     """The summary as far as this run got, then the rows of a resumed summary it has not
-    revisited yet: a resume interrupted before it passed them keeps them in the file."""
+    revisited yet: a resume interrupted before it passed them keeps them in the file. A kept
+    row whose runs this run has seen (the leave-last-out row shares the ladder's rung below
+    the top) is rebuilt from them."""
+    summary["changes"] = changes(summary)
     seen = {row["label"] for row in summary["variants"]}
-    record = {**summary, "variants": summary["variants"] + [
-        row for row in kept if row["label"] not in seen]}
-    summary["changes"], record["changes"] = changes(summary), changes(record)
+    try:
+        rest = [variant_row(row["kind"], row["label"], row["groups"],
+                            trained[tuple(row["groups"])])
+                if tuple(row["groups"]) in (trained or {}) else row
+                for row in kept if row["label"] not in seen]
+        record = {**summary, "variants": summary["variants"] + rest}
+        record["changes"] = changes(record)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a hand-edited row: left out
+        record = summary
     write_summary(path, record)
 
 

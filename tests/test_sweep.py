@@ -2327,6 +2327,68 @@ def test_a_resume_interrupted_in_its_retry_keeps_the_summary_and_counts_the_kept
                for v in done["variants"])
 
 
+def test_a_kept_row_sharing_runs_with_a_retried_one_is_rebuilt_from_them(
+        sweep_env, monkeypatch):
+    """-diffs trains the runs of the ladder's first rung (raw): a resume that retried raw's
+    failed seed and was then interrupted kept -diffs' old row, still failed, beside raw's
+    finished one (r244)."""
+    import shutil
+
+    from kit.errors import KitError
+    from kit.train import recipe
+
+    real = recipe.train_one
+
+    def failing(variant: str, stop):  # the variant's seed 1 ("raw": not "-raw")
+        def train(config, files, **kwargs):
+            if files.root.name.endswith(f"-{variant}-s1") and \
+                    not files.root.name.endswith(f"--{variant}-s1"):
+                raise stop
+            return real(config, files, **kwargs)
+        return train
+
+    args = ["ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1,2", "-q"]
+    monkeypatch.setattr(recipe, "train_one", failing("raw", KitError("injected")))
+    run_cli(*args, expect=1)
+    saved, before = _saved_ablation(sweep_env)
+    rows = {v["label"]: v for v in before["variants"]}
+    assert "errors" in rows["raw"] and "errors" in rows["-diffs"]
+    shutil.rmtree(saved.parent / f"{saved.stem}--raw-s1")  # so the resume trains it again
+    monkeypatch.setattr(recipe, "train_one", failing("-raw", KeyboardInterrupt()))
+    run_cli(*args, "--resume", saved, expect=130)
+    _, after = _saved_ablation(sweep_env)
+    rows = {v["label"]: v for v in after["variants"]}
+    assert "errors" not in rows["raw"] and rows["raw"]["score"] is not None
+    assert {k: rows["-diffs"][k] for k in ("score", "per_seed", "runs")} == {
+        k: rows["raw"][k] for k in ("score", "per_seed", "runs")}
+
+
+def test_a_hand_edited_kept_row_is_left_out_of_the_file_not_a_crash(tmp_path):
+    """A kept row check_resumable let through (nothing to compare it with in the file) met
+    the resume's new full-set row in changes(): a TypeError in the middle of training (r244)."""
+    from kit.ablate import save, variant_row
+
+    def outcome(seed, score):
+        return {"seed": seed, "score": score, "per_target": {"t0": 0.1}, "run_dir": f"r{seed}"}
+
+    full = variant_row("ladder", "raw+diffs", ["raw", "diffs"], [outcome(1, 0.3)])
+    summary = {"groups": ["raw", "diffs"], "sign": 1.0, "variants": [
+        variant_row("ladder", "raw", ["raw"], [outcome(1, 0.2)]), full]}
+    edited = variant_row("without", "-raw", ["diffs"], [outcome(1, 0.1)])
+    edited["per_seed"][0]["score"] = "0.1"
+    path = tmp_path / "ablate-x.json"
+    save(path, summary, [edited])
+    written = json.loads(path.read_text())
+    assert [v["label"] for v in written["variants"]] == ["raw", "raw+diffs"]
+    assert written["changes"] == summary["changes"] and summary["changes"][1]["score"] == \
+        pytest.approx(0.1)
+    kept = variant_row("without", "-raw", ["diffs"], [outcome(1, 0.1)])
+    save(path, summary, [kept])  # a sound one is kept, with its change against the full set
+    written = json.loads(path.read_text())
+    assert written["variants"][-1] == kept and written["changes"][-1]["score"] == \
+        pytest.approx(0.2)
+
+
 def test_an_ablation_without_seeds_resumes_after_the_files_seed_changed(sweep_env, monkeypatch):
     """Without --seeds the runs take the file's seed; the docs say the file's seed is free on
     resume, but an edit of it refused the ablation's own command ("seeds differ: repeat its

@@ -445,3 +445,22 @@ def test_a_temp_file_of_another_users_live_process_is_kept(tmp_path, monkeypatch
     monkeypatch.setattr(core.os, "kill", not_yours)
     core.remove_dead_temp_files(tmp_path)
     assert theirs.exists()
+
+
+def test_numpy_integers_as_sizes_and_seed_generate_and_mark_the_files(tmp_path):
+    """The generation mark is JSON: numpy sizes (accepted by the size check) and a numpy seed
+    raised "Object of type int64 is not JSON serializable" (r244)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from kit.data.synth import GENERATION_KEY
+
+    spec = load_spec("predictorium")
+    result = synthesize(spec, tmp_path, train_seqs=np.int64(2), valid_seqs=np.int32(1),
+                        seed=np.int64(3))
+    for path in (result.train, result.valid, result.oracle):
+        mark = json.loads(pq.read_schema(path).metadata[GENERATION_KEY.encode()])
+        assert mark == {"spec": "predictorium", "seed": 3, "train_seqs": 2, "valid_seqs": 1}
+    again = synthesize(spec, tmp_path / "b", train_seqs=2, valid_seqs=1, seed=3)
+    assert again.valid.read_bytes() == result.valid.read_bytes()

@@ -115,8 +115,8 @@ def synthesize(
                   disable=not progress) as bar:
             # in each file's metadata: the demo refuses an oracle of another generation (the
             # same sizes share every key, whatever the seed)
-            generation = json.dumps({"spec": spec.name, "seed": seed, "train_seqs":
-                                     sizes["train"], "valid_seqs": sizes["valid"]})
+            generation = json.dumps({"spec": spec.name, "seed": int(seed), "train_seqs":
+                                     int(sizes["train"]), "valid_seqs": int(sizes["valid"])})
             write = partial(_write_split, generator, seed=seed, bar=bar, generation=generation)
             written += write("train", sizes["train"], first_id=0, path=result.train)
             written += write("valid", sizes["valid"], first_id=sizes["train"],
