@@ -219,3 +219,75 @@ def test_unknown_spec_lists_available(tmp_path):
     assert "Traceback" not in result.output
     with pytest.raises(SpecError, match="does not exist"):
         load_spec(str(tmp_path / "missing.toml"))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # a misspelt [metric] key was dropped without a word: the clip the user meant never held
+        (lambda t: t.replace('name = "r2"', 'name = "r2"\nclipp = [-6, 6]'),
+         r"unknown metric key\(s\) \['clipp'\]"),
+        (lambda t: t.replace("warmup = 3", "warmup = 3\ntail = 1\nprotocol = 'next-state'"),
+         "protocol 'next-state' scores against the next features; leave 'targets' empty"),
+        (lambda t: t.replace('name = "r2"', 'name = "r2"\nclip = [-1, 0, 1]'),
+         r"metric.clip must be \[low, high\] with low < high, got \[-1, 0, 1\]"),
+        (lambda t: t.replace("[limits]", "[limits]\ncpus = 1.5"),
+         "limits.cpus must be a whole number > 0, got 1.5"),
+        (lambda t: t.replace("test_rows = 1000", "test_rows = 1000.5"),
+         "limits.test_rows must be a whole number > 0, got 1000.5"),
+        (lambda t: t.replace("[limits]", '[limits]\npython = "0.11"'),
+         "limits.python must be the scorer's Python as a \"MAJOR.MINOR\" string such as "
+         "\"3.11\", got '0.11'"),
+        (lambda t: t.replace('features = ["a", "b", "c0..c2"]', ""),
+         "missing required key 'features'"),
+        (lambda t: "id_col = 3\n" + t, "id_col must be a string, got 3"),
+        (lambda t: 'need_col = ""\n' + t, "need_col is empty; give it a name"),
+        (lambda t: t.replace("seq_len = 0", "seq_len = -1"),
+         "seq_len must be a whole number >= 0, got -1"),
+    ],
+    ids=["unknown-metric-key", "next-state-with-targets", "clip-of-three", "fractional-cpus",
+         "fractional-test-rows", "python-0.11", "no-features", "id-col-not-string",
+         "empty-need-col", "negative-seq-len"],
+)
+def test_more_bad_user_specs_are_refused_naming_the_problem(tmp_path, edit, message):
+    text = edit(USER_SPEC)
+    assert text != USER_SPEC
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(SpecError, match=message):
+        load_spec(str(path))
+
+
+def test_column_ranges_of_one_column_and_past_the_cap():
+    """`p1..p1` is one column (not "backwards"); a range past 100,000 columns (a typo such as
+    p0..p1000000000 would fill the memory) is refused, the cap itself allowed."""
+    assert expand_columns(["p1..p1"]) == ["p1"]
+    assert len(expand_columns(["p0..p99999"])) == 100_000
+    with pytest.raises(SpecError, match=r"column range 'p0..p100000' names 100,001 columns; "
+                                        r"at most 100,000 are allowed"):
+        expand_columns(["p0..p100000"])
+
+
+def test_a_spec_without_metric_or_limits_gets_the_documented_defaults():
+    """README: the metric is weighted_pearson when [metric] names none, whatever the protocol;
+    a spec without [limits] gets Predictorium's: 5,400 s for 1,500,000 rows on 1 CPU, 16 GB."""
+    spec = spec_from_dict({"name": "ns", "features": ["a", "b"], "protocol": "next-state",
+                           "tail": 1})
+    assert spec.next_state and spec.metric.name == "weighted_pearson"
+    assert spec.metric.clip is None
+    limits = spec.limits
+    assert (limits.cpus, limits.time_limit_s, limits.memory_gb, limits.test_rows,
+            limits.python) == (1, 5400.0, 16.0, 1_500_000, None)
+
+
+def test_metric_direction_and_the_clip_survive_a_round_trip():
+    assert load_spec("rnn-challenge").metric.higher_is_better  # r2: higher is better
+    assert load_spec("predictorium").metric.higher_is_better
+    for lower in ("mae", "rmse"):
+        spec = spec_from_dict({"name": "x", "features": ["a"], "targets": ["y"],
+                               "metric": {"name": lower}})
+        assert not spec.metric.higher_is_better
+    spec = load_spec("predictorium")
+    assert spec.to_dict()["metric"] == {"name": "weighted_pearson", "clip": [-6.0, 6.0]}
+    back = spec_from_dict(spec.to_dict())
+    assert back.metric == spec.metric and back.metric.clip == (-6.0, 6.0)

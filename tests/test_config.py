@@ -4,6 +4,8 @@ from kit.config import (
     CHOICES,
     ConfigError,
     apply_overrides,
+    check_seeds,
+    differences,
     load_experiment,
     parse_override,
     resolve,
@@ -370,3 +372,57 @@ def test_an_override_in_the_experiments_place_or_of_extends_is_named(args, named
     monkeypatch.chdir(tmp_path)
     out = run_cli(*args, expect=2).output
     assert named in out and not (tmp_path / "runs").exists()
+
+
+def test_overrides_apply_in_order_the_last_one_wins():
+    out = apply_overrides({}, ["train.lr=0.1", "train.lr=0.2", "train.lr=0.3"])
+    assert out["train"]["lr"] == 0.3
+
+
+def test_extends_a_name_prefers_experiments_over_the_files_sibling(exps, tmp_path, monkeypatch):
+    """docs/runs.md: `extends = "x"` is experiments/x.toml, or, when there is none, the x.toml
+    next to the file."""
+    (exps / "base.toml").write_text("seed = 1\n")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "base.toml").write_text("seed = 99\n")
+    (other / "kid.toml").write_text('extends = "base"\n')
+    monkeypatch.chdir(other)
+    assert load_experiment(str(other / "kid.toml"))["seed"] == 1
+
+
+def test_resolve_fills_the_trainers_defaults():
+    config = resolve({})
+    assert config["seed"] == 42 and config["model"] == {}
+    train = config["train"]
+    assert (train["epochs"], train["lr"], train["patience"]) == (20, 2e-3, 5)
+    assert resolve({"normaliser": {"method": "robust"}})["normaliser"]["method"] == "robust"
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    # a TOML bool is an int, and an int is fine for a float: true was read as lr = 1.0
+    ({"train": {"lr": True}}, "train.lr must be float, got True"),
+    ({"seed": 2**32}, r"seed must be a whole number in \[0, 2\*\*32\), got 4294967296"),
+    ({"train": {"max_train_seqs": -5}}, r"train.max_train_seqs must be >= 0 \(0: all\), got -5"),
+    ({"description": 3}, "description must be str, got 3"),
+])  # fmt: skip
+def test_resolve_refuses_a_bool_float_a_seed_past_range_and_other_bad_values(config, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve(config)
+
+
+def test_bounds_edges_and_overrides_into_a_value_that_is_no_table():
+    assert resolve({"seed": 2**32 - 1})["seed"] == 2**32 - 1
+    assert resolve(apply_overrides({}, ["train.lr=1"]))["train"]["lr"] == 1.0
+    with pytest.raises(ConfigError, match="train.lr must be float, got True"):
+        resolve(apply_overrides({}, ["train.lr=true"]))
+    with pytest.raises(ConfigError, match="seeds: each seed must be a whole number, got True"):
+        check_seeds([True])
+    check_seeds([0, 2**32 - 1])
+    with pytest.raises(ConfigError, match=r"override 'seed.x=1': 'seed' is not a table"):
+        apply_overrides({"seed": 42}, ["seed.x=1"])
+
+
+def test_differences_counts_an_empty_table_as_a_key():
+    assert differences({"model": {}}, {}) == ["model"]
+    assert differences({"model": {}}, {"model": {}}) == []
