@@ -335,6 +335,19 @@ def test_changed_key_rebuilds(data_file, tmp_path):
     assert build.calls == 3 and len(entries(cache_dir)) == 3
 
 
+
+def assert_rebuilt_once_then_hit(data_file, build, cache_dir, match: str) -> None:
+    """A damaged entry is rebuilt with a warning matching `match`, once: the next call hits."""
+    with pytest.warns(CacheWarning, match=match):
+        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2
+    assert_same(again, fresh(data_file))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    assert build.calls == 2  # the rebuilt entry is a hit
+
+
 @pytest.mark.parametrize("name, keep", [("x.npy", -100), ("mask.npy", 0)],
                          ids=["truncated", "empty"])  # an empty .npy: np.load's EOFError
 def test_truncated_npy_is_rebuilt_with_a_warning(data_file, tmp_path, name, keep):
@@ -343,14 +356,7 @@ def test_truncated_npy_is_rebuilt_with_a_warning(data_file, tmp_path, name, keep
     (entry,) = entries(cache_dir)
     damaged = entry / name
     damaged.write_bytes(damaged.read_bytes()[:keep])
-    with pytest.warns(CacheWarning, match="rebuilding"):
-        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
-    assert build.calls == 2
-    assert_same(again, fresh(data_file))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
-    assert build.calls == 2  # the rebuilt entry is a hit
+    assert_rebuilt_once_then_hit(data_file, build, cache_dir, "rebuilding")
 
 
 def test_entry_without_meta_is_rebuilt(data_file, tmp_path):
@@ -431,14 +437,7 @@ def test_a_meta_json_missing_a_field_or_of_another_shape_is_rebuilt(
     else:
         meta["arrays"] = []
     (entry / "meta.json").write_text(json.dumps(meta))
-    with pytest.warns(CacheWarning, match="is unusable .*; rebuilding it"):
-        again = cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
-    assert build.calls == 2
-    assert_same(again, fresh(data_file))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
-    assert build.calls == 2
+    assert_rebuilt_once_then_hit(data_file, build, cache_dir, "is unusable .*; rebuilding it")
 
 
 def test_leftover_temp_folder_is_ignored(data_file, tmp_path):

@@ -853,14 +853,19 @@ def test_runs_of_two_competitions_list_in_two_tables_with_their_files_told_apart
     assert "20240104-000000-s4" in format_runs(list_runs(root)) and moved.is_dir()
 
 
-def test_one_file_rewritten_between_runs_is_said_to_hold_other_rows(tmp_path):
-    """Same label, same file, two recorded sha256s: the file changed between the runs."""
+def _two_runs_on_one_file(tmp_path: Path) -> list[dict]:
+    """The listing of two runs of experiment e, seeds 1 and 2, on one valid file."""
     spec = small_spec()
     valid, spec_path = write_data(tmp_path / "data", spec)
     root = tmp_path / "runs"
     for i in (1, 2):
         make_run(root, "e", f"2024010{i}-000000-s{i}", valid, spec_path, seed=i)
-    rows = list_runs(root)
+    return list_runs(root)
+
+
+def test_one_file_rewritten_between_runs_is_said_to_hold_other_rows(tmp_path):
+    """Same label, same file, two recorded sha256s: the file changed between the runs."""
+    rows = _two_runs_on_one_file(tmp_path)
     for i, row in enumerate(rows):
         row["validated_sha256"] = f"{i}" * 64
     table = format_runs(rows)
@@ -991,12 +996,7 @@ def test_sorting_by_best_epoch_puts_the_swa_average_after_the_numbers():
 def test_an_older_run_without_a_digest_is_not_another_set_of_rows(tmp_path):
     """An older run recorded no sha256 of its file, a newer one did: one file, one set of
     rows, no note that the scores do not compare."""
-    spec = small_spec()
-    valid, spec_path = write_data(tmp_path / "data", spec)
-    root = tmp_path / "runs"
-    for i in (1, 2):
-        make_run(root, "e", f"2024010{i}-000000-s{i}", valid, spec_path, seed=i)
-    rows = list_runs(root)
+    rows = _two_runs_on_one_file(tmp_path)
     rows[0]["validated_sha256"] = None
     rows[1]["validated_sha256"] = "a" * 64
     table = format_runs(rows)
