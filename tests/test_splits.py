@@ -1,10 +1,14 @@
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kit.config import ConfigError
 from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
 from kit.errors import KitError
+from kit.train.data import check_fold_count, load_train_data
+from tests.test_train import EXPERIMENT, _sequence_ids, _split_config, tiny_competition
 
 unique_ids = st.lists(st.integers(-(10**6), 10**6), min_size=1, max_size=300, unique=True).map(
     np.array
@@ -228,3 +232,105 @@ def test_group_kfold_keeps_groups_whole_and_folds_even():
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
     with pytest.raises(SplitError, match="number of groups"):
         group_kfold(ids, groups, k=21)
+
+
+def test_group_kfold_uses_its_seed_and_stratify():
+    """The seed reaches the group split (seed 1 and 2 gave the same folds), and so does
+    `stratify`: with 10 low and 10 high groups in 2 bins, each of 2 folds validates 5 of each,
+    whatever the seed (dropped, the folds took 6/14 or 8/12)."""
+    ids = np.arange(40)
+    groups = ids // 2  # 20 groups of 2
+    one = [v.tolist() for _, v in group_kfold(ids, groups, k=4, seed=1)]
+    two = [v.tolist() for _, v in group_kfold(ids, groups, k=4, seed=2)]
+    assert one != two
+    stat = np.where(groups < 10, 0.0, 10.0) + 0.01 * ids
+    for seed in range(10):
+        folds = group_kfold(ids, groups, k=2, seed=seed, stratify=stat, n_bins=2)
+        assert [int((stat[valid] >= 10).sum()) for _, valid in folds] == [10, 10], seed
+
+
+@pytest.fixture(scope="module")
+def split_competition(tmp_path_factory):
+    """The tiny competition of tests/test_train.py with grouped.parquet: its train file with a
+    user column (3 sequences per user), a per-sequence level, a user column that changes from
+    0 to 1 inside sequence 0, and short_*.parquet: its files cut to 8 steps (warm-up 10)."""
+    root = tmp_path_factory.mktemp("splits")
+    exps = tiny_competition(root, train_seqs=24, valid_seqs=8, seed=1)
+    (exps / "tiny.toml").write_text(EXPERIMENT.format(spec=root / "tiny-lob.toml",
+                                                      data=root / "data", root=root))
+    frame = pl.read_parquet(root / "data" / "train.parquet")
+    frame.with_columns(
+        (pl.col("seq_ix") // 3).alias("user"),
+        (pl.col("p0") * 0 + pl.col("seq_ix") % 5).alias("level"),
+        pl.when((pl.col("seq_ix") == 0) & (pl.col("step_in_seq") >= 30)).then(1)
+        .otherwise(pl.col("seq_ix") // 3).alias("two_users"),
+    ).write_parquet(root / "grouped.parquet")
+    for name in ("train", "valid"):
+        pl.read_parquet(root / "data" / f"{name}.parquet").filter(
+            pl.col("step_in_seq") < 8).write_parquet(root / f"short_{name}.parquet")
+    return root
+
+
+@pytest.fixture
+def split_env(split_competition, monkeypatch, tmp_path):
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(split_competition / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    return split_competition
+
+
+def test_grouped_folds_follow_the_config_seed_and_stratify(split_env):
+    """A grouped fold run is group_kfold's fold with the run's seed and the data.stratify
+    column's per-sequence mean (seed 0 and the unstratified folds were used)."""
+    grouped = split_env / "grouped.parquet"
+    config = _split_config(grouped, split="group", group="user", stratify="level")
+    per_seq = pl.read_parquet(grouped).group_by("seq_ix", maintain_order=True).agg(
+        pl.col("user").first(), pl.col("level").mean())
+    ids, users, level = (per_seq[c].to_numpy() for c in ("seq_ix", "user", "level"))
+    for seed in (1, 2):
+        config["seed"] = seed
+        valid = _sequence_ids(grouped, load_train_data(config, fold=(4, 0)).valid.rows)
+        expected = group_kfold(ids, users, 4, seed=seed, stratify=level)[0][1]
+        np.testing.assert_array_equal(valid, expected)
+    seeds = [group_kfold(ids, users, 4, seed=s, stratify=level)[0][1].tolist() for s in (1, 2)]
+    assert seeds[0] != seeds[1]  # so the seed shows
+    plain = group_kfold(ids, users, 4, seed=2)[0][1]
+    assert plain.tolist() != expected.tolist()  # so stratify shows
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"split": "random", "stratify": "level", "valid_fraction": 0.25},
+     r'data.group and data.stratify need data.split = "group"$'),
+    ({"split": "group", "group": "two_users", "valid_fraction": 0.3},
+     r"'two_users' changes within sequence 0 "),
+    ({"split": "random", "valid_fraction": 0.99},
+     "0.99 of 24 sequences leaves the training part empty"),
+    ({"fold": [4, -1]}, r"data.fold is \[k, i\] with 0 <= i < k .*got \[4, -1\]"),
+], ids=["random-stratified", "two-groups-in-a-sequence", "no-training", "negative-fold"])
+def test_split_settings_are_refused(split_env, data, message):
+    """Each was let through: stratify on a random split (ignored), a group that takes exactly
+    two values in a sequence, a training part left empty, a negative fold index (fold 3)."""
+    with pytest.raises(ConfigError, match=message):
+        load_train_data(_split_config(split_env / "grouped.parquet", **data))
+
+
+def test_as_many_folds_as_sequences_or_groups_are_allowed(split_env):
+    grouped = split_env / "grouped.parquet"
+    check_fold_count(_split_config(grouped), 24)  # 24 sequences
+    check_fold_count(_split_config(grouped, split="group", group="user"), 8)  # 8 users
+    with pytest.raises(ConfigError, match="has 24 sequences"):
+        check_fold_count(_split_config(grouped), 25)
+
+
+def test_splits_with_no_scored_step_are_refused_with_the_warmup_hint(split_env):
+    """A training file shorter than the warm-up is refused (only validation was checked), and
+    a max_valid_seqs that keeps every validation sequence is not blamed for it."""
+    shorter = "the training sequences keep no step .*they are all shorter than the warm-up"
+    with pytest.raises(ConfigError, match=shorter):
+        load_train_data(_split_config(split_env / "short_train.parquet"))
+    config = _split_config(split_env / "data" / "train.parquet",
+                           valid=str(split_env / "short_valid.parquet"))
+    config["train"]["max_valid_seqs"] = 8  # all 8
+    with pytest.raises(ConfigError, match="the validation sequences keep no step") as info:
+        load_train_data(config)
+    assert "they are all shorter than the warm-up" in str(info.value)
+    assert "max_valid_seqs" not in str(info.value)
