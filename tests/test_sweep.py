@@ -2293,45 +2293,13 @@ def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, 
     assert all(len(v["per_seed"]) == 2 for v in summary["variants"])
 
 
-def test_a_resume_interrupted_in_its_retry_keeps_the_summary_and_counts_the_kept_runs(
+def test_an_interrupted_resume_keeps_the_summary_counts_kept_runs_and_rebuilds_shared_rows(
         sweep_env, monkeypatch):
     """A resume rewrote the summary with no rows before its first run: interrupted while it
     retried a failed run, the file lost every finished run's figures and said "0 of 6 runs
-    finished" with 5 finished on disk (r238)."""
-    from kit.errors import KitError
-    from kit.train import recipe
-
-    real = recipe.train_one
-
-    def first_run(stop):
-        def train(config, files, **kwargs):
-            if files.root.name.endswith("-raw-s1") and "--raw" not in files.root.name:
-                raise stop  # (not -raw's)
-            return real(config, files, **kwargs)
-        return train
-
-    args = ["ablate", "exp=tiny", "--groups", "raw,diffs", "--seeds", "1,2", "-q"]
-    monkeypatch.setattr(recipe, "train_one", first_run(KitError("injected")))
-    run_cli(*args, expect=1)  # one run failed
-    saved, before = _saved_ablation(sweep_env)
-    assert [len(v["per_seed"]) for v in before["variants"]] == [2, 2, 2, 2]
-    monkeypatch.setattr(recipe, "train_one", first_run(KeyboardInterrupt()))
-    out = run_cli(*args, "--resume", saved, expect=130).output
-    assert f"5 of 6 runs finished, kept in {saved};" in out, out
-    _, after = _saved_ablation(sweep_env)
-    assert after["variants"] == before["variants"] and after["changes"] == before["changes"]
-    monkeypatch.setattr(recipe, "train_one", real)
-    run_cli(*args, "--resume", saved)
-    _, done = _saved_ablation(sweep_env)
-    assert all(len([m for m in v["per_seed"] if "error" not in m]) == 2
-               for v in done["variants"])
-
-
-def test_a_kept_row_sharing_runs_with_a_retried_one_is_rebuilt_from_them(
-        sweep_env, monkeypatch):
-    """-diffs trains the runs of the ladder's first rung (raw): a resume that retried raw's
-    failed seed and was then interrupted kept -diffs' old row, still failed, beside raw's
-    finished one (r244)."""
+    finished" with 5 finished on disk (r238). And -diffs trains the runs of the ladder's first
+    rung (raw): a resume that retried raw's failed seed and was then interrupted kept -diffs'
+    old row, still failed, beside raw's finished one (r244)."""
     import shutil
 
     from kit.errors import KitError
@@ -2353,6 +2321,12 @@ def test_a_kept_row_sharing_runs_with_a_retried_one_is_rebuilt_from_them(
     saved, before = _saved_ablation(sweep_env)
     rows = {v["label"]: v for v in before["variants"]}
     assert "errors" in rows["raw"] and "errors" in rows["-diffs"]
+    assert [len(v["per_seed"]) for v in before["variants"]] == [2, 2, 2, 2]
+    monkeypatch.setattr(recipe, "train_one", failing("raw", KeyboardInterrupt()))
+    out = run_cli(*args, "--resume", saved, expect=130).output
+    assert f"5 of 6 runs finished, kept in {saved};" in out, out
+    _, kept = _saved_ablation(sweep_env)
+    assert kept["variants"] == before["variants"] and kept["changes"] == before["changes"]
     shutil.rmtree(saved.parent / f"{saved.stem}--raw-s1")  # so the resume trains it again
     monkeypatch.setattr(recipe, "train_one", failing("-raw", KeyboardInterrupt()))
     run_cli(*args, "--resume", saved, expect=130)
