@@ -263,6 +263,12 @@ def test_take_selects_sequences_by_id():
     np.testing.assert_array_equal(part.x, got.x[[3, 1]])
     with pytest.raises(DataError, match="not in these arrays"):
         got.take(np.array([9]))
+    # a fractional or NaN id is no id (the int64 cast took 1.7 as sequence 1)
+    np.testing.assert_array_equal(got.take(np.array([3.0, 1.0])).ids, [3, 1])
+    with pytest.raises(DataError, match=r"not in these arrays: \[1.7\]"):
+        got.take(np.array([3.0, 1.7]))
+    with pytest.raises(DataError, match=r"not in these arrays: \[nan\]"):
+        got.take(np.array([np.nan]))
 
 
 # --- cache -----------------------------------------------------------------------------------

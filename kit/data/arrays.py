@@ -40,11 +40,14 @@ class SequenceArrays:
     def positions(self, ids: np.ndarray) -> np.ndarray:
         """Row positions of the given sequence ids; an unknown id raises DataError."""
         order = np.argsort(self.ids, kind="stable")
-        wanted = np.asarray(ids, dtype=np.int64)
+        given = np.asarray(ids)
+        with np.errstate(invalid="ignore"):  # (NaN: unknown below)
+            wanted = given.astype(np.int64)
         found = np.searchsorted(self.ids, wanted, sorter=order)
         found = np.minimum(found, len(order) - 1)
         pos = order[found]
-        unknown = wanted[self.ids[pos] != wanted]
+        # 1.7 is no id (the cast made it 1)
+        unknown = given[(self.ids[pos] != wanted) | (wanted != given)]
         if unknown.size:
             raise DataError(f"sequence id(s) not in these arrays: {unknown[:5].tolist()}")
         return pos
