@@ -151,13 +151,12 @@ def save(path: Path, summary: dict, kept: list[dict] = (),
 
 def saved_rows(path: Path, summary: dict) -> list[dict]:
     """A resumed summary's variant rows (check_resumable read it), [] where they cannot be read
-    as kit wrote them: the run folders beside it are what a resume rebuilds them from."""
+    (the run folders beside it are what a resume rebuilds them from); save leaves out rows it
+    cannot compare."""
     labels = [label for _, label, _ in variants(summary["groups"])]
     try:
-        rows = json.loads(path.read_text())["variants"]
-        rows = [row for row in rows if row["label"] in labels]
-        changes({**summary, "variants": rows})  # rows it can compare
-        return rows
+        return [row for row in json.loads(path.read_text())["variants"]
+                if row["label"] in labels]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
 
