@@ -18,7 +18,7 @@ import typer
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_file
 from kit.data.io import read_frame
-from kit.data.synth import synth_dir
+from kit.data.synth import generation_of, synth_dir
 from kit.errors import KitError, ScorerRefusal
 from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, outputs_summary, scored_truth
 
@@ -47,7 +47,7 @@ def check_oracle_rows(valid: Path, oracle: Path, spec: CompetitionSpec) -> None:
     """The oracle file must be the valid file row for row (oracle_report reads it so): one of
     another generation or size gave a wrong ceiling, or a traceback after all the training.
     Another seed's oracle has the same keys: the files' generation marks tell them apart."""
-    ours, theirs = generation(valid), generation(oracle)
+    ours, theirs = generation_of(valid), generation_of(oracle)
     if ours and theirs and ours != theirs:
         raise KitError(f"{oracle} belongs to other data: generated with {theirs}, and {valid} "
                        f"with {ours}; delete the folder's three files to generate them again "
@@ -58,21 +58,6 @@ def check_oracle_rows(valid: Path, oracle: Path, spec: CompetitionSpec) -> None:
         raise KitError(f"{oracle} does not hold the rows of {valid} in order ({theirs.height:,} "
                        f"against {ours.height:,} rows): it belongs to other data; delete the "
                        f"folder's three files to generate them again together")
-
-
-def generation(path: Path) -> str | None:
-    """The arguments kit data synth generated a file with (its parquet metadata), None for a
-    file written otherwise."""
-    import pyarrow.parquet as pq
-
-    from kit.data.synth import GENERATION_KEY
-
-    try:
-        metadata = pq.read_schema(path).metadata or {}
-    except (OSError, ValueError):  # (the rows check and the reads after say what is wrong)
-        return None
-    mark = metadata.get(GENERATION_KEY.encode())
-    return mark.decode(errors="replace") if mark else None
 
 
 def refuse_unsynthesizable(spec: CompetitionSpec) -> None:

@@ -136,6 +136,19 @@ def synthesize(
     return result
 
 
+def generation_of(path: Path) -> str | None:
+    """The arguments `synthesize` generated a file with (its parquet metadata, GENERATION_KEY),
+    None for a file written otherwise."""
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, ValueError):  # (the caller's own reads say what is wrong with the file)
+        return None
+    mark = metadata.get(GENERATION_KEY.encode())
+    return mark.decode(errors="replace") if mark else None
+
+
 def _write_split(generator, split, n, *, first_id, path, seed, bar, generation,
                  oracle_path=None) -> list[ParquetSink]:
     """Generate `n` sequences chunk by chunk, streaming each chunk as one row group; returns
