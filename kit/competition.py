@@ -49,7 +49,8 @@ def blend_spec_difference(spec: CompetitionSpec, first: CompetitionSpec) -> str 
 
 def expand_columns(patterns: list[str]) -> list[str]:
     """Expand range patterns: "p0..p11" -> p0, p1, ..., p11; "0..31" -> "0" ... "31";
-    "f001..f100" -> f001 ... f100 (a zero-padded start keeps its width)."""
+    "f001..f100" -> f001 ... f100 (a zero-padded start keeps its width). The right-hand
+    prefix may be left out: "p0..11" is "p0..p11"."""
     out: list[str] = []
     for pattern in patterns:
         match = _RANGE.match(pattern)

@@ -38,6 +38,8 @@ def test_expand_columns():
     # a zero-padded start keeps its width: f001 names f001, not f1
     assert expand_columns(["f001..f003", "x09..x11", "p0..p1"]) == [
         "f001", "f002", "f003", "x09", "x10", "x11", "p0", "p1"]
+    # the right-hand prefix may be left out (docs/features.md)
+    assert expand_columns(["p0..2", "dv1..3"]) == ["p0", "p1", "p2", "dv1", "dv2", "dv3"]
     for typo in ("p0..v11", "p0...p5", "p0.."):  # not one literal column named "p0..v11"
         with pytest.raises(SpecError, match="is not PREFIX<low>..PREFIX<high>"):
             expand_columns([typo])
