@@ -25,8 +25,11 @@ def test_mse_uses_only_masked_rows():
 
 
 @pytest.mark.parametrize("y_scale, p_scale", [(1.0, 1.0), (1e-3, 1e-3), (1e-3, 1e-5),
-                                               (1e4, 1e-2)])
+                                               (1e4, 1e-2), (1.0, 1e-9)])
 def test_pearson_term_is_one_minus_the_metric(y_scale, p_scale):
+    """1 - the metric at any scale; (1.0, 1e-9) pins the floor on the prediction variance at
+    SPREAD_FLOOR**2: a floor of SPREAD_FLOOR gave 0.95 instead of 0.15 there (a loss that
+    rewards scaling predictions up)."""
     # in any units: returns of std 1e-3 predicted at 1e-5 included (the correlation is the same)
     p, y, mask = _batch(1)
     p, y = p * p_scale, y * y_scale
@@ -121,3 +124,69 @@ def test_all_terms_give_gradients_and_an_empty_mask_gives_zero():
 def test_bad_loss_configs(config, message):
     with pytest.raises(LossConfigError, match=message):
         MaskedLoss(config, 2)
+
+
+def test_wmse_of_all_zero_targets_is_the_plain_mse():
+    """The |y| row weights are floored at 1e-8 (the docstring's promise): a batch whose targets
+    are all 0 gives the plain mean squared error and a gradient, not a loss of 0 that teaches
+    nothing (without the floor every weight is 0)."""
+    y = torch.zeros(1, 3, 1)
+    p = torch.ones(1, 3, 1, requires_grad=True)
+    loss = MaskedLoss({"terms": {"wmse": 1.0}}, 1)(p, y, torch.ones(1, 3, dtype=torch.bool))
+    assert loss.item() == pytest.approx(1.0, rel=1e-6)
+    loss.backward()
+    assert (p.grad > 0).all()
+
+
+@pytest.mark.parametrize("config, message", [
+    # a negative weight maximises its term
+    ({"terms": {"mse": -1.0, "wmse": 2.0}}, "loss.terms weights must be finite numbers >= 0"),
+    ({"terms": {"mse": float("inf")}}, "loss.terms weights must be finite numbers >= 0"),
+    ({"terms": {"mse": float("nan"), "wmse": 1.0}},
+     "loss.terms weights must be finite numbers >= 0"),
+    # a positive sum, but one target's error is maximised
+    ({"terms": {"mse": 1.0}, "target_weights": [-1.0, 2.0]}, "finite numbers >= 0 with a "
+     "positive sum"),
+    # a list has no .items(): an AttributeError instead of the config error
+    ({"terms": ["mse"]}, "loss.terms must be a table of name = weight"),
+    # torch's huber_loss refuses delta 0 in the first batch, after the data is built
+    ({"terms": {"huber": 1.0}, "huber_delta": 0}, "huber_delta must be a finite number > 0"),
+    ({"terms": {"huber": 1.0}, "huber_delta": 0.0}, "huber_delta must be a finite number > 0"),
+])
+def test_out_of_range_loss_settings_are_refused_by_the_config_check(config, message):
+    """What docs/runs.md promises of [loss] ("weights finite and >= 0", "huber_delta > 0",
+    terms a table) is refused when the config is checked, as a LossConfigError naming the
+    key, not by a crash or a diverged run once training starts."""
+    with pytest.raises(LossConfigError, match=message):
+        MaskedLoss(config, 2)
+
+
+@pytest.mark.parametrize("config, key", [
+    ({"terms": {"mse": 1.0}, "target_weights": [1e39, 1.0]}, "loss.target_weights"),  # inf
+    ({"terms": {"mse": 1.0}, "target_weights": [1e-46, 0.0]}, "loss.target_weights"),  # 0 / 0
+    ({"terms": {"mse": 1.0}, "target_weights": [1e308, 1e308]}, "loss.target_weights"),
+    ({"terms": {"mse": 1.0}, "target_weights": [3e38, 3e38]}, "loss.target_weights"),  # sum
+    ({"terms": {"mse": 1.0}, "target_weights": [1e-45, 1e30]}, "loss.target_weights"),
+    ({"terms": {"mse": 1e39}}, "loss.terms weights"),
+    ({"terms": {"mse": 3e38, "wmse": 3e38}}, "loss.terms weights"),
+    ({"terms": {"mse": 1e-46}}, "loss.terms weights"),  # a loss of 0 in float32
+])
+def test_loss_weights_past_float32_are_refused_naming_the_key_and_value(config, key):
+    """Weights that pass "finite, >= 0, positive sum" as Python floats but over- or underflow
+    in the loss's float32 made the loss NaN or inf (or 0) from the first batch: they are
+    refused when the config is checked, the message naming the key, the value and why."""
+    value = config.get("target_weights", config["terms"])
+    with pytest.raises(LossConfigError) as info:
+        MaskedLoss(config, 2)
+    said = str(info.value)
+    assert said.startswith(f"{key} must be representable in float32")
+    assert "at most 3.4e38" in said and said.endswith(f"got {value!r}")
+
+
+@pytest.mark.parametrize("weights", [[3e38, 0.0], [1e-40, 1.0], [1e-30, 1e-30], [10**30, 1]])
+def test_loss_weights_within_float32_still_train(weights):
+    """The float32 check refuses only what float32 cannot hold: large, tiny (subnormal) and
+    whole-number weights that it can hold give a finite loss."""
+    p, y, mask = _batch(4)
+    loss = MaskedLoss({"terms": {"mse": 1.0, "wmse": 1e-30}, "target_weights": weights}, 2)
+    assert torch.isfinite(loss(p, y, mask))
