@@ -1099,6 +1099,31 @@ def test_a_run_stopped_before_its_first_epoch_leaves_nothing_to_resume(env, tmp_
     assert not _run_dirs(exp) and not list((exp / ".groups").glob("*.json"))
 
 
+def test_a_ctrl_c_in_the_first_epoch_with_tensorboard_leaves_nothing_to_resume(env, tmp_path,
+                                                                                monkeypatch):
+    """train.tensorboard = true makes its writer's folder before the first epoch: that folder
+    is part of a run's start too, so a Ctrl-C in the first epoch still leaves nothing (it left
+    the run and its group, and said "continue with --resume")."""
+    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extra; install it")
+    from kit.train import recipe, trainer
+    from kit.train.groups import NothingStarted
+
+    def ctrl_c_in_first_epoch(*args, **kwargs):
+        if str(kwargs.get("desc", "")).startswith("epoch"):
+            assert (tmp_path / "runs" / "tiny").is_dir()
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = trainer.tqdm
+    monkeypatch.setattr(trainer, "tqdm", ctrl_c_in_first_epoch)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        recipe.train_experiment("tiny", ["train.tensorboard=true"], seeds=[1, 2],
+                                progress=False, runs_dir=tmp_path / "runs")
+    assert isinstance(stopped.value, NothingStarted)
+    exp = tmp_path / "runs" / "tiny"
+    assert not _run_dirs(exp) and not list((exp / ".groups").glob("*.json"))
+
+
 def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
     """Relative data paths resolve where the readers run: the file select, report and resume
     would read is the one compared, in a copy of the checkout too."""

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 
 from kit.config import ConfigError, differences
 from kit.run_record import DATA_RECORD, TRAINED_SPEC, is_finished
-from kit.train.runs import RunFiles, flock_held, flock_taken
+from kit.train.runs import TENSORBOARD_DIR, RunFiles, flock_held, flock_taken
 
 GROUPS_DIR = ".groups"
-STARTED_ONLY = {"config.toml", DATA_RECORD, TRAINED_SPEC}  # written before the first epoch
+# written before the first epoch (the TensorBoard writer's folder holds no scalar until an
+# epoch ends, and an epoch that ended wrote history.jsonl too)
+STARTED_ONLY = {"config.toml", DATA_RECORD, TRAINED_SPEC, TENSORBOARD_DIR}
 
 
 def new_run_id(seed: int, stamp: str) -> str:
@@ -163,7 +166,8 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
                 written = {p.name for p in folder.iterdir()}
                 if written and written <= STARTED_ONLY:
                     for leftover in written:
-                        (folder / leftover).unlink()
+                        path = folder / leftover
+                        shutil.rmtree(path) if path.is_dir() else path.unlink()
                 folder.rmdir()
             except FileNotFoundError:
                 pass

@@ -86,6 +86,9 @@ def flock_taken(path: Path) -> bool:
         os.close(fd)
 
 
+TENSORBOARD_DIR = "tensorboard"  # train.tensorboard's writer: made before the first epoch
+
+
 class RunFiles:
     """Paths and writers of one run directory."""
 
@@ -267,7 +270,7 @@ class RunFiles:
 
             raise ConfigError("train.tensorboard = true needs the tensorboard package: "
                               "pip install tensorboard") from None
-        return SummaryWriter(str(self.root / "tensorboard"))
+        return SummaryWriter(str(self.root / TENSORBOARD_DIR))
 
 
 def toml_safe(value):
