@@ -398,8 +398,11 @@ class BatchPredictor:
         if x.shape != (n, self.n_features) and not (n == 1 and x.shape == (self.n_features,)):
             raise ValueError(f"features of shape {x.shape} for {n} ids: (n ids, "
                              f"{self.n_features}) wanted, one row per id")
-        steps = None if steps is None else [
-            step_value(s) for s in np.asarray(steps).reshape(-1).tolist()]
+        if steps is not None:  # one by one, as the ids: np.asarray makes [T, NaN] floats,
+            # and a step past 2**53 then rounds to its last one (a restart)
+            steps = [step_value(s) for s in (
+                np.asarray(steps).reshape(-1).tolist() if isinstance(steps, np.ndarray) or
+                not hasattr(steps, "__len__") or isinstance(steps, str | bytes) else steps)]
         if steps is not None and len(steps) != n:
             raise ValueError(f"{len(steps)} steps for {n} ids")
         rows, fresh, new = self._plan(keys, steps)
