@@ -244,3 +244,162 @@ def test_same_results_carries_the_state_and_feeds_nan():
     assert not graph_passes.same_results(model, _stateful(2.0, 0.0))  # the state's path
     assert not graph_passes.same_results(model, _stateful(1.0, 1.0))  # a NaN's replacement
 
+
+
+def test_same_results_refuses_graphs_whose_inputs_are_named_otherwise():
+    """Each graph is fed by its own input names: without the name check a renamed (or
+    reordered) state would be compared as if it were the same input, and a rewrite that broke
+    the manifest's state names would pass."""
+    model = _stateful(1.0, 0.0)
+    renamed = onnx.ModelProto.FromString(model.SerializeToString())
+    renamed.graph.input[1].name = "state_renamed"
+    for node in renamed.graph.node:
+        node.input[:] = ["state_renamed" if n == "state" else n for n in node.input]
+    assert not graph_passes.same_results(model, renamed)
+
+
+# --- refused patterns: a select on axis 1 that is not a step select, or an op it must not
+# pass. Each graph holds one pattern a rewrite precondition refuses; simplify leaves it as it
+# is. (On kit's own exports these never occur, and a wrong rewrite would be caught by
+# same_results at export; here the precondition itself is pinned.)
+
+def _one_input(nodes: list, inits: dict, x_shape: list, y_shape: list) -> onnx.ModelProto:
+    """x -> ... -> y, no state: a hand-made graph for one rewrite precondition."""
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _layout(model: onnx.ModelProto) -> list:
+    return [(n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
+
+
+def _left_alone(model: onnx.ModelProto) -> None:
+    """simplify changes no node of model (same ops, inputs, outputs, order), and the result
+    computes what model computes."""
+    simpler = graph_passes.simplify(model)
+    assert _layout(simpler) == _layout(model)
+    assert graph_passes.same_results(model, simpler)
+
+
+F32 = np.float32
+ZERO = np.array(0, dtype=np.int64)  # a scalar index: a step select
+
+
+def test_a_gather_by_a_one_element_index_is_not_a_step_select():
+    """Gather(axis=1, [0]) keeps the time axis ([B, 1, F] stays rank 3): folded as a step
+    select it would drop the axis and change the output's rank."""
+    _left_alone(_one_input([
+        helper.make_node("Unsqueeze", ["x", "one"], ["xu"]),
+        helper.make_node("Relu", ["xu"], ["r"]),
+        helper.make_node("Gather", ["r", "index"], ["y"], axis=1)],
+        {"one": np.array([1]), "index": np.array([0])}, ["batch", 4], ["batch", 1, 4]))
+
+
+def test_a_select_is_not_folded_into_a_reshape_with_several_steps():
+    """Reshape to [B, 2, H] then step 0: folding it into a Reshape to [B, H] (right only when
+    the time axis is 1) would give [2B, H], both steps as rows."""
+    _left_alone(_one_input([
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Gather", ["r", "i"], ["y"], axis=1)],
+        {"shape": np.array([-1, 2, 4]), "i": ZERO}, ["batch", 8], ["batch", 4]))
+
+
+def test_a_select_is_not_folded_into_an_unsqueeze_on_another_axis():
+    """Unsqueeze at axis 2 then a select on axis 1 picks a feature, not the one step: read
+    as x itself it would return all features."""
+    _left_alone(_one_input([
+        helper.make_node("Unsqueeze", ["x", "two"], ["xu"]),
+        helper.make_node("Gather", ["xu", "i"], ["y"], axis=1)],
+        {"two": np.array([2]), "i": ZERO}, ["batch", 4], ["batch", 1]))
+
+
+def test_a_select_that_is_a_graph_output_keeps_its_name_when_folded():
+    """x -> Unsqueeze(1) -> step select -> y: y is a graph output, so the fold writes an
+    Identity to y instead of making y's readers read x (nothing would make y any more)."""
+    model = _one_input([
+        helper.make_node("Unsqueeze", ["x", "one"], ["xu"]),
+        helper.make_node("Gather", ["xu", "i"], ["y"], axis=1)],
+        {"one": np.array([1]), "i": ZERO}, ["batch", 4], ["batch", 4])
+    simpler = graph_passes.simplify(model)
+    assert _layout(simpler) == [("Identity", ["x"], ["y"])]
+    assert graph_passes.same_results(model, simpler)
+
+
+def test_a_column_select_is_not_moved_above_a_matmul_on_rank_two():
+    """On [B, H] a Gather(axis=1) picks a column, not a step: moved above x @ W it would
+    select from x and multiply a [B] vector by W."""
+    _left_alone(_one_input([
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Gather", ["m", "i"], ["y"], axis=1)],
+        {"w": np.ones((4, 3), F32), "i": ZERO}, ["batch", 4], ["batch"]))
+
+
+def test_a_select_is_not_moved_above_a_clip_with_computed_bounds():
+    """Clip's bounds must be constants for the select to pass it: a bound computed from
+    the graph's values is left where it is."""
+    _left_alone(_one_input([
+        helper.make_node("Unsqueeze", ["x", "one"], ["xu"]),
+        helper.make_node("ReduceMean", ["x"], ["low"], keepdims=0),
+        helper.make_node("Clip", ["xu", "low"], ["c"]),
+        helper.make_node("Gather", ["c", "i"], ["y"], axis=1)],
+        {"one": np.array([1]), "i": ZERO}, ["batch", 4], ["batch", 4]))
+
+
+def test_a_select_is_not_moved_above_an_add_of_a_per_step_table():
+    """A [T, F] constant (T > 1) differs per step: selecting step 0 after the Add is not
+    selecting it before (the [T, F] table would be added whole)."""
+    _left_alone(_one_input([
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Add", ["r", "table"], ["a"]),
+        helper.make_node("Gather", ["a", "i"], ["y"], axis=1)],
+        {"shape": np.array([-1, 3, 4]), "table": np.arange(12, dtype=F32).reshape(3, 4),
+         "i": ZERO}, ["batch", 12], ["batch", 4]))
+
+
+def test_a_select_is_not_moved_onto_an_operand_of_unknown_rank():
+    """An Add's operand is only given the select when its rank is the Add's: a constant
+    operand (no inferred rank) is not assumed to be the per-step data."""
+    _left_alone(_one_input([
+        helper.make_node("Add", ["grid", "bias"], ["a"]),
+        helper.make_node("Gather", ["a", "i"], ["g"], axis=1),
+        helper.make_node("Add", ["x", "g"], ["y"])],
+        {"grid": np.arange(12, dtype=F32).reshape(1, 3, 4), "bias": np.ones(4, F32),
+         "i": ZERO}, ["batch", 4], ["batch", 4]))
+
+
+def test_a_select_is_not_moved_above_a_matmul_by_a_batched_weight():
+    """MatMul by a [1, H, K] weight broadcasts over the leading axis: moved above it, the
+    select would give [B, H] @ [1, H, K] = [1, B, K], another rank."""
+    _left_alone(_one_input([
+        helper.make_node("Unsqueeze", ["x", "one"], ["xu"]),
+        helper.make_node("MatMul", ["xu", "w"], ["m"]),
+        helper.make_node("Gather", ["m", "i"], ["y"], axis=1)],
+        {"one": np.array([1]), "w": np.ones((1, 4, 2), F32), "i": ZERO},
+        ["batch", 4], ["batch", 2]))
+
+
+def test_a_select_is_not_moved_above_a_layer_norm_over_the_steps():
+    """LayerNormalization from axis 1 normalises over the steps too: after the select it
+    would normalise one step alone."""
+    rng = np.random.default_rng(0)
+    _left_alone(_one_input([
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("LayerNormalization", ["r", "scale", "bias"], ["n"], axis=1),
+        helper.make_node("Gather", ["n", "i"], ["y"], axis=1)],
+        {"shape": np.array([-1, 3, 4]), "scale": rng.standard_normal((3, 4)).astype(F32),
+         "bias": rng.standard_normal((3, 4)).astype(F32), "i": ZERO},
+        ["batch", 12], ["batch", 4]))
+
+
+def test_a_matmul_and_add_of_another_bias_shape_are_not_fused():
+    """Gemm's bias is fused only when it is [K] or [1, K]; an Add of another shape (here
+    [1, 1]) stays an Add after the MatMul."""
+    _left_alone(_one_input([
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["y"])],
+        {"w": np.ones((4, 3), F32), "b": np.ones((1, 1), F32)}, ["batch", 4], ["batch", 3]))
