@@ -3,9 +3,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 from kit.errors import KitError
-from kit.models import MODELS, ModelConfigError, build_model, count_params, solve_width
+from kit.models import (
+    MAX_WIDTH,
+    MODELS,
+    ModelConfigError,
+    build_model,
+    count_params,
+    model_values,
+    solve_width,
+)
 
 F, K = 5, 2
 
@@ -70,6 +79,19 @@ CONFIGS = {
     },
 }
 
+# The smallest model of each family, for the tests that pin what a key or formula does.
+TINY = {
+    "gru": {"type": "gru", "hidden": 4, "layers": 1},
+    "lstm": {"type": "lstm", "hidden": 4, "layers": 1},
+    "attention_gru": {"type": "attention_gru", "hidden": 4, "layers": 1, "window": 3},
+    "transformer": {"type": "transformer", "d_model": 8, "n_heads": 2, "layers": 1, "ff": 2,
+                    "window": 3},
+    "ssm": {"type": "ssm", "d_model": 4, "layers": 1, "d_state": 2},
+    "tcn": {"type": "tcn", "channels": 4, "kernel": 3, "dilations": [1, 2]},
+    "patchtst": {"type": "patchtst", "d_model": 8, "n_heads": 2, "layers": 1, "ff": 2,
+                 "window": 6, "patch_len": 2, "stride": 2},
+}
+
 
 def make(name: str, seed: int = 0):
     torch.manual_seed(seed)
@@ -107,6 +129,7 @@ def assert_same_run(got, expected):
 def test_every_family_is_registered_and_tested():
     assert set(MODELS) == {"gru", "lstm", "attention_gru", "transformer", "ssm", "tcn", "patchtst"}
     assert {c["type"] for c in CONFIGS.values()} == set(MODELS)
+    assert set(TINY) == set(MODELS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -310,6 +333,18 @@ def test_budget_errors_and_overrides_a_width():
         ({"type": "gru", "layer_norm": 1}, "model.layer_norm: expected true or false, got 1"),
         ({"type": "gru", "dropout": 1.0}, "model.dropout: expected a probability in [0, 1)"),
         ({"type": "gru", "dropout": "0.1"}, "model.dropout: expected a number"),
+        ({"type": "gru", "dropout": -0.1},
+         "model.dropout: expected a probability in [0, 1), got -0.1"),
+        # a bool is an int to Python: true must not pass as 1 (or 1.0)
+        ({"type": "transformer", "ff": True}, "model.ff: expected a number, got True"),
+        ({"type": "gru", "dropout": False}, "model.dropout: expected a number, got False"),
+        ({"type": "tcn", "dilations": [1, True]}, "model.dilations: expected a non-empty list"),
+        ({"type": "gru", "params": True}, "model.params: expected a positive integer"),
+        # 0 is not a budget at all (not a budget too small for the smallest model)
+        ({"type": "gru", "params": 0},
+         "model.params: expected a positive integer (a parameter budget), got 0"),
+        ({"type": "transformer", "window": 100_001}, "model.window: at most 100,000"),
+        ({"type": "tcn", "kernel": 2, "dilations": [100_001]}, "kit allows at most 100,000"),
         ({"type": "gru", "head": "mlp"}, "model.head: expected one of ['linear', 'highway'"),
         ({"type": "ssm", "heads": "both"}, "model.heads: expected one of ['shared', 'separate']"),
         ({"type": "attention_gru", "window": 1}, "model.window: expected an integer >= 2"),
@@ -406,3 +441,312 @@ def test_the_highway_and_residual_heads_compute_their_formulas():
         torch.testing.assert_close(residual(h), residual.out(h + residual.mlp(h)))
         assert not torch.allclose(residual(h), residual.out(residual.mlp(h)))
         assert not torch.allclose(highway(h), highway.out(g * torch.relu(transform) + g * h))
+
+
+def tiny(kind: str, seed: int = 0, **keys):
+    torch.manual_seed(seed)
+    return build_model({**TINY[kind], **keys}, F, K).eval()
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_defaults_of_the_common_keys(kind):
+    """docs/models.md: dropout 0.0, head "linear", heads "shared" for every model; a default
+    that drifted (0.1 dropout, separate heads) changes every run that leaves the key out."""
+    values = model_values({"type": kind})
+    assert (values["dropout"], values["head"], values["heads"]) == (0.0, "linear", "shared")
+    assert len(tiny(kind).head.parts) == 1
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_separate_heads_reach_every_model_and_keep_the_target_order(kind):
+    """heads = "separate" means the same for every model (patchtst included): K heads of one
+    output, output k from head k (the layout checkpoints and ensembles rely on)."""
+    model = tiny(kind, heads="separate")
+    assert len(model.head.parts) == K
+    seen = []
+    model.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        y, _ = model(torch.randn(2, 7, F), model.init_state(2))
+        for k, part in enumerate(model.head.parts):
+            assert_close(y[..., k : k + 1], part(seen[0]))
+        assert not torch.allclose(model.head.parts[0](seen[0]), model.head.parts[1](seen[0]))
+
+
+def test_separate_head_output_k_is_part_k():
+    """Output k of a separate head is its part k (a reversed concatenation still builds and
+    trains, but loads a checkpoint's heads onto the wrong targets)."""
+    from kit.models.heads import Head
+
+    head = Head("linear", 3, 2, separate=True)
+    with torch.no_grad():
+        head.parts[1].weight.zero_()
+        head.parts[1].bias.fill_(3.0)
+        h = torch.randn(4, 3)
+        y = head(h)
+        assert torch.equal(y[:, 1], torch.full((4,), 3.0))
+        assert_close(y[:, :1], head.parts[0](h))
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm", "attention_gru"])
+def test_layer_norm_normalises_the_recurrent_output(kind):
+    """layer_norm = true puts a LayerNorm on the recurrent output (its init: zero mean and
+    unit variance per step), with 2 * hidden parameters; false leaves the output as is."""
+    plain, normed = tiny(kind), tiny(kind, layer_norm=True)
+    assert isinstance(normed.norm, nn.LayerNorm)
+    assert count_params(normed) == count_params(plain) + 2 * 4
+    x = torch.randn(2, 9, F)
+    with torch.no_grad():
+        out, _ = normed.recur(x, normed.init_state(2)[: normed.n_states])
+        assert_close(out, nn.functional.layer_norm(normed.rnn(x)[0], (4,)))
+        raw, _ = plain.recur(x, plain.init_state(2)[: plain.n_states])
+        assert_close(raw, plain.rnn(x)[0])
+    assert_close(out.mean(-1), torch.zeros(2, 9))
+    assert raw.mean(-1).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_dropout_before_the_head_acts_in_training_only(kind):
+    """docs/models.md: every model drops the head's input ("-> dropout -> head"). With only
+    that dropout in train mode (p = 0.5) each input of the head is 0 or twice its eval value,
+    a new mask each pass; in eval mode the model is deterministic."""
+    model = tiny(kind, dropout=0.5)
+    seen = []
+    model.head.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    x = torch.randn(2, 12, F)
+    with torch.no_grad():
+        want, _ = model(x, model.init_state(2))
+        model.drop.train()
+        a, _ = model(x, model.init_state(2))
+        b, _ = model(x, model.init_state(2))
+        model.eval()
+        again, _ = model(x, model.init_state(2))
+    plain, dropped = seen[0], seen[1]
+    kept = dropped != 0
+    assert 0.2 < kept.float().mean() < 0.8
+    assert_close(dropped[kept], 2 * plain[kept])
+    assert not torch.equal(a, b)
+    assert torch.equal(again, want)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "patchtst"])
+def test_feed_forward_dropout_acts_on_its_output(kind):
+    """docs/models.md: dropout acts on the feed-forward output of each block: with only that
+    dropout in train mode the FF output is 0 or twice its eval value, and the model's output
+    changes."""
+    model = tiny(kind, dropout=0.5)
+    ff = model.blocks[0].ff
+    seen = []
+    ff.register_forward_hook(lambda _m, _args, out: seen.append(out))
+    x = torch.randn(2, 12, F)
+    with torch.no_grad():
+        want, _ = model(x, model.init_state(2))
+        ff.train()
+        got, _ = model(x, model.init_state(2))
+    plain, dropped = seen
+    kept = dropped != 0
+    assert 0.2 < kept.float().mean() < 0.8
+    assert_close(dropped[kept], 2 * plain[kept])
+    assert not torch.allclose(got, want)
+
+
+def test_feed_forward_width_rounds():
+    """The feed-forward inner width is round(ff * d_model) (4 * 1.9 = 7.6 -> 8, not 7)."""
+    model = tiny("transformer", d_model=4, n_heads=1, ff=1.9)
+    assert model.blocks[0].ff[0].out_features == 8
+
+
+def windowed_attention(q, k, v, bias, scale):
+    """Reference: q, k, v [T, h, e], bias [h, W]; out[t, h] = sum_j softmax_j(scale q_t . k_j
+    + bias[h, t - j]) v_j over max(0, t - W + 1) <= j <= t."""
+    out = torch.zeros_like(q)
+    for t in range(q.shape[0]):
+        js = list(range(max(0, t - bias.shape[1] + 1), t + 1))
+        for h in range(q.shape[1]):
+            s = torch.stack([scale * q[t, h] @ k[j, h] + bias[h, t - j] for j in js])
+            out[t, h] = sum(a * v[j, h] for a, j in zip(torch.softmax(s, 0), js, strict=True))
+    return out
+
+
+def test_transformer_block_computes_its_formula():
+    """One pre-LN block by hand: x + out(attention) with scores q . k / sqrt(d_model / n_heads)
+    plus the bias by distance over the window, then x + FF(LN x), LayerNorm and the head. The
+    other tests compare the model with itself: a changed scale or residual passes them."""
+    model = tiny("transformer")
+    block, d = model.blocks[0], 8
+    with torch.no_grad():
+        block.bias.normal_()
+        x = torch.randn(1, 7, F)
+        y, _ = model(x, model.init_state(1))
+        h = model.embed(x[0])
+        q, k, v = (p.reshape(7, 2, 4) for p in block.qkv(block.norm1(h)).split([d] * 3, -1))
+        h = h + block.out(windowed_attention(q, k, v, block.bias, 4**-0.5).reshape(7, d))
+        h = h + block.ff(block.norm2(h))
+        assert_close(y[0], model.head(model.norm(h)))
+
+
+def test_attention_gru_computes_its_formula():
+    """docs/models.md: score(t, j) = (Wq o_t) . o_j / sqrt(H) + bias[t - j] over the window and
+    z_t = o_t + Wo sum_j a_tj o_j, then the head; with Wo zeroed z is the GRU output itself."""
+    model = tiny("attention_gru")
+    x = torch.randn(1, 6, F)
+    with torch.no_grad():
+        model.bias.normal_()
+        y, _ = model(x, model.init_state(1))
+        o = model.recur(x, model.init_state(1)[:1])[0][0]
+        context = windowed_attention(model.query(o)[:, None], o[:, None], o[:, None],
+                                     model.bias, 4**-0.5)[:, 0]
+        assert_close(y[0], model.head(o + model.mix(context)))
+        model.mix.weight.zero_()
+        model.mix.bias.zero_()
+        assert_close(model(x, model.init_state(1))[0][0], model.head(o))
+
+
+def test_patchtst_block_computes_its_formula():
+    """The encoder block by hand: full attention over the tokens with scores
+    q . k / sqrt(d_model / n_heads), x + out(attention), then x + FF(LN x)."""
+    block, d = tiny("patchtst").blocks[0], 8
+    x = torch.randn(2, 3, d)
+    with torch.no_grad():
+        q, k, v = (p.reshape(2, 3, 2, 4).transpose(1, 2)
+                   for p in block.qkv(block.norm1(x)).split([d] * 3, -1))
+        a = torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v  # sqrt(4) = 2
+        h = x + block.out(a.transpose(1, 2).reshape(2, 3, d))
+        assert_close(block(x), h + block.ff(block.norm2(h)))
+
+
+def test_ssm_layer_computes_its_formula():
+    """docs/models.md: h_t = exp(dt A) h_{t-1} + (dt x_t) B_t, y_t = (h_t . C_t + D x_t)
+    silu(z_t), u += out_proj(y); with out_proj zeroed the layer is the identity on u."""
+    layer = tiny("ssm").blocks[0]
+    n, inner = 2, 8
+    u, h0 = torch.randn(1, 5, 4), torch.randn(1, inner, n)
+    with torch.no_grad():
+        out, h_end = layer(u, h0, 5)
+        x, z = layer.in_proj(layer.norm(u[0])).split([inner, inner], -1)
+        x = torch.nn.functional.silu(x)
+        low, b, c = layer.x_proj(x).split([layer.rank, n, n], -1)
+        dt = torch.nn.functional.softplus(layer.dt_proj(low))
+        a, h, ys = -torch.exp(layer.a_log), h0[0], []
+        for t in range(5):
+            h = torch.exp(dt[t, :, None] * a) * h + (dt[t] * x[t])[:, None] * b[t]
+            ys.append(h @ c[t] + layer.d * x[t])
+        y = torch.stack(ys) * torch.nn.functional.silu(z)
+        assert_close(out[0], u[0] + layer.out_proj(y))
+        assert_close(h_end[0], h)
+        layer.out_proj.weight.zero_()
+        layer.out_proj.bias.zero_()
+        assert torch.equal(layer(u, h0, 5)[0], u)
+
+
+def test_ssm_rank_and_initial_step_sizes():
+    """rank = ceil(d_model / 16) (24 -> 2, not 1); dt_proj's bias is softplus^-1 of step sizes
+    drawn in [1e-3, 1e-1], so the initial dt = softplus(bias) lies there."""
+    layers = tiny("ssm", d_model=24, expand=1, d_state=3).blocks[0], tiny("ssm").blocks[0]
+    assert [layer.rank for layer in layers] == [2, 1]
+    assert layers[0].x_proj.out_features == 2 + 2 * 3
+    dt = torch.nn.functional.softplus(layers[0].dt_proj.bias.detach())
+    assert dt.min() >= 1e-3 and dt.max() <= 1e-1
+
+
+def test_tcn_block_computes_its_formula():
+    """docs/models.md: a block is x + Linear(gelu(dilated causal conv(x))), the conv seeing
+    x_t, x_{t - d}, ... x_{t - (kernel - 1) d} (zeros before the start); with the Linear
+    zeroed the block is the identity."""
+    block = tiny("tcn").blocks[1]  # kernel 3, dilation 2
+    x, history = torch.randn(1, 6, 4), torch.zeros(1, 4, 4)
+    w = block.conv.weight.detach()  # [out, in, kernel], tap 2 the newest
+    with torch.no_grad():
+        out, _ = block(x, history, 6)
+        for t in range(6):
+            y = block.conv.bias + sum(w[:, :, 2 - i] @ x[0, t - 2 * i] for i in range(3)
+                                      if t - 2 * i >= 0)
+            assert_close(out[0, t], x[0, t] + block.mix(torch.nn.functional.gelu(y)))
+        block.mix.weight.zero_()
+        block.mix.bias.zero_()
+        assert torch.equal(block(x, history, 6)[0], x)
+
+
+def test_alibi_slopes():
+    """The bias by distance starts as -2^(-8 (h + 1) / n_heads) * distance."""
+    from kit.models.attention import alibi_bias
+
+    bias = alibi_bias(4, 3)
+    assert torch.equal(bias[0], torch.tensor([0.0, -0.25, -0.5]))
+    assert torch.equal(bias[3], torch.tensor([0.0, -(2.0**-8), -(2.0**-7)]))
+
+
+@pytest.mark.parametrize("kind", ["transformer", "attention_gru"])
+def test_count_is_the_real_window_entries(kind):
+    """The state's count is min(steps seen, W): past W it stays W, step by step and in chunks
+    (unclamped it grows without bound in a stream that never restarts)."""
+    model = tiny(kind)  # window 3
+    x = torch.randn(1, 10, F)
+    for lengths in ([1] * 10, [10], [2]):
+        _, state = run_chunks(model, x[:, : sum(lengths)], lengths)
+        assert state[-1].tolist() == [[min(sum(lengths), 3)]]
+
+
+def test_limits_of_window_and_history_are_inclusive():
+    """docs/models.md: a window of 2 to 100,000 steps and a TCN block looking at most 100,000
+    steps back: 100,000 itself is allowed (100,001 is refused, test_bad_configs)."""
+    assert model_values({"type": "transformer", "window": 100_000})["window"] == 100_000
+    assert model_values({"type": "patchtst", "window": 100_000})["window"] == 100_000
+    assert model_values({"type": "tcn", "kernel": 2, "dilations": [100_000]})
+    assert model_values({"type": "tcn", "kernel": 3, "dilations": [1, 50_000]})
+
+
+def test_model_values_checks_the_budget():
+    """model_values (public) refuses a bad params as solve_width does, not only after solving."""
+    for bad in (1.5, 0, -3, True, "100"):
+        with pytest.raises(ModelConfigError, match="model.params: expected a positive integer"):
+            model_values({"type": "gru", "params": bad})
+    assert model_values({"type": "gru", "params": 1000})["hidden"] == 128
+
+
+@pytest.mark.parametrize("hidden", [1, 6, 8])
+def test_a_budget_of_exactly_a_models_size_gives_that_width(hidden):
+    """"At most that many parameters": a budget equal to the hidden-h model's size gives h,
+    for the smallest model (1), inside the bisection (6) and at a doubling step (8)."""
+    size = count_params(build_model({"type": "gru", "hidden": hidden, "layers": 1}, F, K))
+    assert solve_width({"type": "gru", "layers": 1, "params": size}, F, K)["hidden"] == hidden
+    smaller = solve_width({"type": "gru", "layers": 1, "params": size + 1}, F, K)
+    assert smaller["hidden"] == hidden
+    if hidden > 1:
+        assert solve_width({"type": "gru", "layers": 1, "params": size - 1},
+                           F, K)["hidden"] == hidden - 1
+
+
+def test_budget_search_stops_at_max_width():
+    """A huge budget gives MAX_WIDTH, not a model larger than the search allows."""
+    solved = solve_width({"type": "gru", "layers": 1, "params": 10**13}, F, K)
+    assert solved["hidden"] == MAX_WIDTH
+
+
+def test_solve_width_returns_a_copy():
+    """Without params the config comes back as a new dict: the caller's table is not aliased."""
+    config = {"type": "gru", "hidden": 8}
+    solved = solve_width(config, F, K)
+    assert solved == config and solved is not config
+    solved["hidden"] = 9
+    assert config["hidden"] == 8
+
+
+def test_count_params_counts_frozen_parameters():
+    """count_params counts trainable and frozen parameters (its docstring; budgets use it)."""
+    model = tiny("gru")
+    total = count_params(model)
+    model.head.parts[0].weight.requires_grad_(False)
+    assert count_params(model) == total
+
+
+def test_scale_outputs_copies_its_arguments():
+    """scale_outputs keeps its own copies: changing the caller's tensors later does not move
+    the head's outputs."""
+    from kit.models.heads import Head
+
+    head = Head("linear", 3, 2)
+    center, scale = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    head.scale_outputs(center, scale)
+    center.zero_()
+    scale.zero_()
+    assert head.out_center.tolist() == [1.0, 2.0] and head.out_scale.tolist() == [3.0, 4.0]
