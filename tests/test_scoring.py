@@ -1346,6 +1346,26 @@ def test_a_folder_with_symbolic_links_is_refused_and_a_name_flagged_utf8_that_is
         score(zpath, data)
 
 
+def test_a_folder_holding_a_named_pipe_or_a_socket_is_refused_by_name(tmp_path):
+    """A named pipe or a socket in a folder submission raised copytree's bare shutil.Error
+    (a list of tuples as kit score's message); a zip cannot hold one either."""
+    import socket
+
+    data, _ = write_data(tmp_path)
+    sub = write_sub(tmp_path, FORMULA, name="with-pipe")
+    os.mkfifo(sub / "pipe")
+    with pytest.raises(SubmissionError, match=r"not regular files or folders \(pipe: a named"):
+        score(sub, data)
+    sub = write_sub(tmp_path, FORMULA, name="with-socket")
+    held = socket.socket(socket.AF_UNIX)
+    try:
+        held.bind(str(sub / "sock"))
+        with pytest.raises(SubmissionError, match=r"not regular files or folders \(sock:"):
+            score(sub, data)
+    finally:
+        held.close()
+
+
 def test_zip_layout_rules(tmp_path):
     data, _ = write_data(tmp_path)
     nested = make_zip(tmp_path / "nested.zip", {"sub/solution.py": FORMULA})

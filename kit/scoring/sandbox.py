@@ -121,6 +121,12 @@ def copy_submission(folder: Path, dest: Path) -> Path:
         raise SubmissionError(f"{folder}: holds symbolic links ({shown}"
                               f"{', ...' if len(links) > 3 else ''}), which a submission zip "
                               "cannot: put the files they point to in their place")
+    special = [p for p in inside if not (p.is_file() or p.is_dir())]
+    if special:  # a named pipe or a socket: copytree raised a bare shutil.Error on it
+        shown = ", ".join(str(p.relative_to(folder)) for p in special[:3])
+        raise SubmissionError(f"{folder}: holds files that are not regular files or folders "
+                              f"({shown}{', ...' if len(special) > 3 else ''}: a named pipe, a "
+                              "socket or a device), which a submission zip cannot: remove them")
     files = [p for p in inside if p.is_file()]
     total = sum(p.stat().st_size for p in files)
     dest.parent.mkdir(parents=True, exist_ok=True)
