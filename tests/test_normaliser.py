@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from kit.features.normaliser import Normaliser, NormaliserError
+from kit.features import normaliser as normaliser_module
+from kit.features.normaliser import Normaliser, NormaliserError, _median_and_bounds
 
 
 def test_standard_fit_uses_only_masked_rows_and_clips():
@@ -83,8 +84,12 @@ def test_stream_face_equals_transform_and_round_trips():
 
 @pytest.mark.parametrize("kwargs, message", [({"method": "zscore"}, "not one of"),
                                              ({"clip": 0.0}, "clip must be > 0"),
-                                             ({"clip": float("nan")}, "clip must be > 0")])
+                                             ({"clip": float("nan")}, "clip must be > 0"),
+                                             ({"clip": True}, r"clip must be > 0 \(a number, "
+                                              r"not a bool\), got True"),
+                                             ({"clip": False}, "not a bool")])
 def test_bad_settings_are_rejected(kwargs, message):
+    """clip=True passed `> 0` and clipped every feature at +-1 deviations."""
     with pytest.raises(NormaliserError, match=message):
         Normaliser.fit(np.zeros((3, 2), np.float32), **kwargs)
 
@@ -97,8 +102,15 @@ def test_bad_settings_are_rejected(kwargs, message):
     ({"center": [0.0]}, "center and scale of different lengths"),
     ({"clip": -1.0}, "clip -1.0, not a number > 0"),
     ({"clip": float("nan")}, "clip nan, not a number > 0"),
+    ({"clip": 0.0}, "clip 0.0, not a number > 0"),  # every normalised input would be 0
+    ({"clip": 0}, "clip 0, not a number > 0"),
+    ({"clip": True}, "clip True, not a number > 0"),  # passed `> 0`: a clip at +-1
+    ({"clip": "5"}, "clip '5', not a number > 0"),
+    ({"method": "zscore"}, "method 'zscore', not one of"),
+    ({"method": None}, "method None, not one of"),
 ], ids=["negative scale", "zero scale", "inf scale", "nan center", "lengths", "clip < 0",
-        "nan clip"])
+        "nan clip", "clip 0.0", "int clip 0", "bool clip", "text clip", "unknown method",
+        "no method"])
 def test_a_stored_normaliser_fit_never_writes_is_refused(edit, message):
     """An edited or corrupted checkpoint's normaliser: a negative scale would flip features
     (and the pack's guard relies on scale > 0), a NaN center would make every input NaN."""
@@ -145,3 +157,66 @@ def test_robust_fit_keeps_its_iqr_beside_outliers_and_heavy_tails():
     iqr = np.subtract(*np.quantile(x, [0.75, 0.25], axis=0)) / 1.349
     np.testing.assert_allclose(norm.scale, iqr, rtol=1e-3)
     assert 0.9 < norm.transform(x)[2000:, 1].std() < 1.1
+
+
+@pytest.mark.parametrize("method", ["standard", "robust"])
+def test_a_column_at_a_high_level_keeps_its_real_spread(method):
+    """The constant floor is 1e-9 of the level (float rounding of a constant), not more: a price
+    column at 1000 with a std of 0.5 is no constant, and scale 1 would halve every value."""
+    rng = np.random.default_rng(5)
+    col = (1000.0 + rng.normal(0.0, 0.5, 4000)).astype(np.float32)
+    norm = Normaliser.fit(col[:, None], method=method, clip=None)
+    assert 0.45 < norm.scale[0] < 0.55
+    assert 0.9 < norm.transform(col[:, None]).std() < 1.1
+
+
+def test_robust_fit_scales_the_10_90_range_as_a_normal_s_std():
+    """70% zeros pass over the IQR (the mass covers it); the 10-90 range, 0 to 20 (values of
+    the data, inverted_cdf: the 9th of 10 sorted), is 2.5631 stds of a normal."""
+    col = np.array([0.0] * 7 + [10.0, 20.0, 30.0], np.float32)
+    norm = Normaliser.fit(col[::-1, None].copy(), method="robust", clip=None)
+    assert norm.center[0] == 0.0
+    assert norm.scale[0] == np.float32(20.0 / 2.5631)
+
+
+def test_robust_fit_passes_over_a_range_whose_span_equals_the_median_s_share():
+    """A share equal to the span ("at least" in the docs): 80% zeros cover the 10-90 range
+    (its bounds 0 and 10 sit on the mass and its edge), so the 1-99 range (0 to 20) scales."""
+    col = np.array([0.0] * 8 + [10.0, 20.0], np.float32)
+    norm = Normaliser.fit(col[:, None], method="robust", clip=None)
+    assert norm.scale[0] == np.float32(20.0 / 4.6527)
+
+
+@pytest.mark.parametrize("n", [4, 5, 10, 11, 37])
+def test_the_robust_median_and_bounds_are_numpy_s(n):
+    """The centre is np.median's (interpolated: [0, 1, 2, 3] -> 1.5) and the bounds are
+    np.quantile's `inverted_cdf` order statistics, exactly (one partition computes both)."""
+    rng = np.random.default_rng(n)
+    rows = rng.permutation(np.arange(n, dtype=np.float32) * 1.5 - 7)[:, None]
+    quantiles = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]
+    center, bounds = _median_and_bounds(rows, quantiles)
+    assert center.tolist() == np.median(rows, axis=0).tolist()
+    assert bounds[:, 0].tolist() == np.quantile(rows[:, 0], quantiles,
+                                                method="inverted_cdf").tolist()
+    if n == 4:
+        assert center[0] == np.float32(1.5 * 1.5 - 7)  # between the 2nd and 3rd of 4
+    assert Normaliser.fit(np.arange(4, dtype=np.float32)[:, None], method="robust").center[0] \
+        == 1.5
+
+
+def test_robust_fit_subsamples_big_inputs_the_same_way_every_time(monkeypatch):
+    """Past ROBUST_SAMPLE rows the median and ranges come from a subsample: the same rows each
+    fit (a rerun or a resumed run must get the same scale), drawn without repeats, in order."""
+    monkeypatch.setattr(normaliser_module, "ROBUST_SAMPLE", 200)
+    seen = []
+    real = normaliser_module._robust
+    monkeypatch.setattr(normaliser_module, "_robust", lambda rows: seen.append(rows) or real(rows))
+    x = np.random.default_rng(6).normal(0.0, 1.0, (1000, 2)).astype(np.float32)
+    x[:, 1] = np.arange(1000)  # each row's index: which rows the subsample took
+    one, two = (Normaliser.fit(x, method="robust") for _ in range(2))
+    picked = seen[0][:, 1]
+    assert len(picked) == 200 and len(set(picked.tolist())) == 200
+    assert (np.diff(picked) > 0).all()
+    np.testing.assert_array_equal(seen[1], seen[0])
+    np.testing.assert_array_equal(two.center, one.center)
+    np.testing.assert_array_equal(two.scale, one.scale)

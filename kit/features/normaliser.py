@@ -54,8 +54,10 @@ class Normaliser:
         """Fit on x (N, T, F) or (rows, F), using only the rows where mask (N, T) is true."""
         if method not in METHODS:
             raise NormaliserError(f"normaliser method {method!r} is not one of {METHODS}")
-        if clip is not None and not clip > 0:  # NaN too
-            raise NormaliserError(f"normaliser clip must be > 0 (deviations), got {clip}")
+        # NaN too; a bool is no clip (True > 0 held, and clipped at +-1)
+        if clip is not None and (isinstance(clip, bool) or not clip > 0):
+            what = "a number, not a bool" if isinstance(clip, bool) else "deviations"
+            raise NormaliserError(f"normaliser clip must be > 0 ({what}), got {clip}")
         rows = x.reshape(-1, x.shape[-1])
         if mask is not None:
             rows = rows[np.asarray(mask, dtype=bool).reshape(-1)]  # 0/1 ints pick rows 0, 1
@@ -83,17 +85,21 @@ class Normaliser:
     @classmethod
     def from_dict(cls, raw: dict) -> Normaliser:
         """A stored normaliser, refused where fit() never makes it (an edited or corrupted
-        checkpoint): a non-finite center or scale, a scale <= 0 (a negative one flips each
-        feature's sign, and the graph's guard relies on scale > 0), a clip that is not > 0."""
+        checkpoint): a method fit() does not know, a non-finite center or scale, a scale <= 0
+        (a negative one flips each feature's sign, and the graph's guard relies on scale > 0),
+        a clip that is not a number > 0 (a bool passed `> 0` and clipped at +-1)."""
         normaliser = cls(raw["method"], raw["clip"], np.asarray(raw["center"], np.float32),
                          np.asarray(raw["scale"], np.float32))
         center, scale, clip = normaliser.center, normaliser.scale, normaliser.clip
-        problem = ("center and scale of different lengths" if center.shape != scale.shape
+        problem = (f"method {normaliser.method!r}, not one of {METHODS}"
+                   if not isinstance(normaliser.method, str) or normaliser.method not in METHODS
+                   else "center and scale of different lengths" if center.shape != scale.shape
                    else "a center that is not finite" if not np.isfinite(center).all()
                    else "a scale that is not a finite number > 0"
                    if not (np.isfinite(scale) & (scale > 0)).all()
                    else f"clip {clip!r}, not a number > 0" if clip is not None and not (
-                       isinstance(clip, int | float) and clip > 0)
+                       isinstance(clip, int | float) and not isinstance(clip, bool)
+                       and clip > 0)
                    else None)
         if problem is not None:
             raise NormaliserError(f"the stored normaliser has {problem}, which fit() never "
