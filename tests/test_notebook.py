@@ -1303,20 +1303,3 @@ def test_cli_notebook_writes_its_title_slug_competition_and_wheels_into_the_meta
     dataset = json.loads((out / "dataset/dataset-metadata.json").read_text())
     assert dataset["id"] == "alice/my-lob-package"
     assert (out / "dataset/onnxruntime-1.0-py3-none-any.whl").is_file()
-
-def test_big_integer_steps_passed_to_predict_arrays_with_a_nan_step_keep_their_value(
-        workspace, package):
-    """predict_arrays reads its steps one by one, as its ids: np.asarray made [1.7e18 + 2,
-    NaN] float64, the first rounded to its id's last step and the id started over."""
-    module = _solution(package.folder)
-    rows = pl.read_parquet(workspace / "data/valid.parquet").filter(
-        pl.col("seq_ix") == pl.col("seq_ix").min())
-    features = rows.select(module.BatchPredictor().manifest["inputs"]).to_numpy()
-    base = 1_700_000_000_000_000_001
-    for nan in (float("nan"), np.nan):
-        predictor, alone = module.BatchPredictor(), module.BatchPredictor()
-        for t in range(4):
-            got = predictor.predict_arrays([1, 2], features[[t, t]],
-                                           steps=[base + t, nan if t == 2 else base + t])
-            want = alone.predict_arrays([1], features[[t]], steps=[base + t])
-            np.testing.assert_allclose(got[0], want[0], rtol=1e-6)

@@ -100,6 +100,45 @@ def test_a_steps_list_of_another_length_is_refused_before_the_tables_change(sol,
     assert y[:, 0].tolist() == [2.0, 3.0, 1.0]
 
 
+BIG = 1_700_000_000_000_000_001  # past 2**53: float64 cannot tell BIG + 1 from BIG
+
+
+@pytest.mark.parametrize("nan", [float("nan"), None, "pl", "pd"])
+def test_big_integer_steps_beside_a_missing_step_keep_their_value(sol, accumulator, nan):
+    """predict_arrays reads its steps as Python values: np.asarray made [BIG + 1, NaN] float64,
+    the first step rounded to its id's last one and the id started over (2.0 wanted)."""
+    import pandas as pd
+    import polars as pl
+
+    model = sol.BatchPredictor(accumulator)
+    model.predict_arrays([7, 8], [[1.0], [1.0]], steps=[BIG, BIG])
+    steps = [BIG + 1, None if nan in ("pl", "pd") else nan]
+    steps = (pl.Series(steps, dtype=pl.Int64) if nan == "pl" else
+             pd.array(steps, dtype="Int64") if nan == "pd" else steps)
+    y = model.predict_arrays([7, 8], [[1.0], [1.0]], steps=steps)
+    assert y[:, 0].tolist() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("form", ["list", "tuple", "array", "column", "nested", "polars",
+                                  "pandas", "frame", "tensor", "text"])
+def test_steps_of_every_form_restart_a_sequence_that_starts_over(sol, accumulator, form):
+    """Steps may come as any sequence of one step per id (an (n, 1) column, a one-column table,
+    a tensor, text): each is read as its values, so a step that does not follow the last one
+    starts the id over (steps 5, 6, then 0: 1, 2, then 1 again)."""
+    import pandas as pd
+    import polars as pl
+
+    shape = {"list": list, "tuple": tuple, "array": np.array,
+             "column": lambda s: np.array(s).reshape(-1, 1), "nested": lambda s: [[v] for v in s],
+             "polars": pl.Series, "pandas": pd.Series,
+             "frame": lambda s: pd.DataFrame({"step": s}), "tensor": torch.tensor,
+             "text": lambda s: [str(v) for v in s]}[form]
+    model = sol.BatchPredictor(accumulator)
+    got = [model.predict_arrays([7, 8], [[1.0], [1.0]], steps=shape([t, t]))[:, 0].tolist()
+           for t in (5, 6, 0)]
+    assert got == [[1.0, 1.0], [2.0, 2.0], [1.0, 1.0]] and model.last_step == [0, 0]
+
+
 def test_a_state_with_two_dynamic_axes_is_refused(sol, tmp_path):
     """The batch axis of a state is the one dimension the graph leaves named: with two named
     the runtime cannot tell which one holds the ids, and says to re-export."""

@@ -398,11 +398,13 @@ class BatchPredictor:
         if x.shape != (n, self.n_features) and not (n == 1 and x.shape == (self.n_features,)):
             raise ValueError(f"features of shape {x.shape} for {n} ids: (n ids, "
                              f"{self.n_features}) wanted, one row per id")
-        if steps is not None:  # one by one, as the ids: np.asarray makes [T, NaN] floats,
-            # and a step past 2**53 then rounds to its last one (a restart)
+        if steps is not None:  # as Python values: np.asarray makes [T, NaN] floats, and a
+            # step past 2**53 then rounds to its last one (a restart); a Series' to_list keeps
+            # it whole beside a null, an object array flattens lists, tables and tensors
             steps = [step_value(s) for s in (
-                np.asarray(steps).reshape(-1).tolist() if isinstance(steps, np.ndarray) or
-                not hasattr(steps, "__len__") or isinstance(steps, str | bytes) else steps)]
+                steps.to_list() if hasattr(steps, "to_list") else steps.to_pylist()
+                if hasattr(steps, "to_pylist") else
+                np.asarray(steps, dtype=object).reshape(-1).tolist())]
         if steps is not None and len(steps) != n:
             raise ValueError(f"{len(steps)} steps for {n} ids")
         rows, fresh, new = self._plan(keys, steps)
