@@ -190,3 +190,6 @@ def test_loss_weights_within_float32_still_train(weights):
     p, y, mask = _batch(4)
     loss = MaskedLoss({"terms": {"mse": 1.0, "wmse": 1e-30}, "target_weights": weights}, 2)
     assert torch.isfinite(loss(p, y, mask))
+    # terms are not divided by their sum: a tiny one beside a large one is kept, not refused
+    uneven = MaskedLoss({"terms": {"mse": 1e20, "pearson": 1e-30}, "target_weights": weights}, 2)
+    assert torch.isfinite(uneven(p, y, mask))

@@ -28,18 +28,19 @@ class LossConfigError(KitError):
 
 
 FLOAT32_RULE = ("must be representable in float32, the loss's precision: at most 3.4e38 each "
-                "and summed, and none > 0 so small beside their sum that it rounds to 0")
+                "and summed")
 
 
-def _float32_safe(weights: list) -> bool:
-    """Whether weights that are finite and >= 0 with a positive sum stay so in float32: 1e39
-    (or a sum past 3.4e38) is inf there, and a weight > 0 that is 0 once cast or divided by
-    the sum (1e-46) is lost, or makes the target weights 0 / 0; a NaN or inf loss from the
-    first batch otherwise."""
+def _float32_safe(weights: list, normalised: bool) -> bool:
+    """Whether weights that are finite and >= 0 stay so in float32: 1e39 is inf there (a sum
+    past 3.4e38 too: the terms' weighted losses are summed, the target weights divided by their
+    sum), and a weight > 0 that is 0 once cast (1e-46) is lost; a target weight that rounds to
+    0 beside the sum (`normalised`) too, or makes the weights 0 / 0. A NaN or inf loss from
+    the first batch otherwise."""
     raw = torch.tensor(weights, dtype=torch.float64)
     cast = raw.float()
-    total = cast.sum()
-    return bool(torch.isfinite(total) and ((cast / total > 0) == (raw > 0)).all())
+    kept = cast / cast.sum() if normalised else cast
+    return bool(torch.isfinite(cast.sum()) and ((kept > 0) == (raw > 0)).all())
 
 
 def _rows(pred: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,8 +114,9 @@ class MaskedLoss:
         if sum(terms.values()) <= 0:  # the loss would be 0 and training would change nothing
             raise LossConfigError(f"loss.terms needs at least one weight > 0, got {terms}",
                                   settings=("loss.terms",))
-        if not _float32_safe(list(terms.values())):
-            raise LossConfigError(f"loss.terms weights {FLOAT32_RULE}, got {terms}",
+        if not _float32_safe(list(terms.values()), normalised=False):
+            raise LossConfigError(f"loss.terms weights {FLOAT32_RULE}, and none > 0 so small "
+                                  f"that it rounds to 0, got {terms}",
                                   settings=("loss.terms",))
         if not finite_number(delta) or delta <= 0:
             raise LossConfigError(f"loss.huber_delta must be a finite number > 0, got {delta!r}")
@@ -124,8 +126,9 @@ class MaskedLoss:
         if not all(finite_number(w) and w >= 0 for w in weights) or sum(weights) <= 0:
             raise LossConfigError(f"loss.target_weights must be finite numbers >= 0 with a "
                                   f"positive sum, got {weights!r}")
-        if not _float32_safe(weights):
-            raise LossConfigError(f"loss.target_weights {FLOAT32_RULE}, got {weights!r}")
+        if not _float32_safe(weights, normalised=True):
+            raise LossConfigError(f"loss.target_weights {FLOAT32_RULE}, and none > 0 so small "
+                                  f"beside their sum that it rounds to 0, got {weights!r}")
         self.delta = float(delta)
         self.terms = {name: float(w) for name, w in terms.items()}
         self.target_weights = torch.tensor(weights, dtype=torch.float32)
