@@ -1346,7 +1346,7 @@ def test_a_folder_with_symbolic_links_is_refused_and_a_name_flagged_utf8_that_is
         score(zpath, data)
 
 
-def test_a_folder_holding_a_named_pipe_or_a_socket_is_refused_by_name(tmp_path):
+def test_a_folder_holding_a_named_pipe_or_a_socket_is_refused_by_name(tmp_path, monkeypatch):
     """A named pipe or a socket in a folder submission raised copytree's bare shutil.Error
     (a list of tuples as kit score's message); a zip cannot hold one either."""
     import socket
@@ -1359,11 +1359,27 @@ def test_a_folder_holding_a_named_pipe_or_a_socket_is_refused_by_name(tmp_path):
     sub = write_sub(tmp_path, FORMULA, name="with-socket")
     held = socket.socket(socket.AF_UNIX)
     try:
-        held.bind(str(sub / "sock"))
+        with monkeypatch.context() as inside:  # a relative name: a socket's path is at most
+            inside.chdir(sub)  # 104-108 bytes, which a long temporary folder can pass
+            held.bind("sock")
         with pytest.raises(SubmissionError, match=r"not regular files or folders \(sock:"):
             score(sub, data)
     finally:
         held.close()
+
+
+def test_a_file_removed_while_a_folder_is_listed_is_no_special_file(tmp_path):
+    """What a folder holds is told by one lstat each: a file removed between the listing and
+    the check (a cache the user's other process cleared) is "gone", not "a named pipe, a socket
+    or a device"."""
+    from kit.scoring.sandbox import _kind
+
+    (tmp_path / "f").write_text("x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "l").symlink_to(tmp_path / "f")
+    os.mkfifo(tmp_path / "p")
+    kinds = {name: _kind(tmp_path / name) for name in ("f", "d", "l", "p", "removed")}
+    assert kinds == {"f": "file", "d": "folder", "l": "link", "p": "special", "removed": "gone"}
 
 
 def test_zip_layout_rules(tmp_path):
