@@ -20,7 +20,7 @@ from kit.features.sets import (
     user_groups_file,
 )
 from tests.frames import small_spec
-from tests.test_features import SPEC, _frame, assert_faces_agree
+from tests.test_features import SPEC, _frame, assert_faces_agree, groups_file
 
 
 def _columns(**columns) -> list[float]:
@@ -135,30 +135,20 @@ def test_the_digest_is_16_hex_digits_and_covers_the_spec_name():
     assert one.digest() != other.digest()
 
 
-def _groups_file(tmp_path, monkeypatch, text: str):
-    folder = tmp_path / "competitions"
-    folder.mkdir()
-    (folder / "wk.toml").write_text('name = "wk"\nfeatures = ["hr"]\ntargets = ["y"]\n'
-                                    'seq_len = 0\n')
-    (folder / "wk.groups.toml").write_text(text)
-    monkeypatch.chdir(tmp_path)
-    return folder
-
-
 @pytest.mark.parametrize("text", ["", "[groups]\n"])
 def test_a_groups_file_without_a_group_is_refused(text, tmp_path, monkeypatch):
     """A groups file with no [groups.NAME] table (empty, or `[groups]` alone) is a mistake
     (a misspelt table name, a file not yet written): refused naming the file."""
-    _groups_file(tmp_path, monkeypatch, text)
+    groups_file(tmp_path, monkeypatch, text)
     with pytest.raises(FeatureConfigError, match=r"wk.groups.toml: a groups file holds "
                                                  r"\[groups.NAME\] tables only"):
         available_groups(load_spec("wk"))
 
 
-def test_a_spec_read_from_a_groups_file_has_no_groups_file(tmp_path, monkeypatch):
+def test_a_spec_read_from_a_groups_file_has_nogroups_file(tmp_path, monkeypatch):
     """NAME.groups.toml is a groups file, not a spec: a spec sourced from one has no groups
     file of its own (it would look up NAME.groups.groups.toml)."""
-    folder = _groups_file(tmp_path, monkeypatch, "[groups.g]\nops = []\n")
+    folder = groups_file(tmp_path, monkeypatch, "[groups.g]\nops = []\n")
     (folder / "wk.groups.groups.toml").write_text("[groups.h]\nops = []\n")
     raw = {"name": "wk", "features": ["hr"], "targets": ["y"], "seq_len": 0}
     assert user_groups_file(spec_from_dict(raw, str(folder / "wk.groups.toml"))) is None

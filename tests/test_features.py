@@ -891,6 +891,18 @@ def test_a_user_spec_s_groups_file_adds_and_replaces_groups(tmp_path, monkeypatc
     assert "wk " in listed and "wk.groups" not in listed
 
 
+def groups_file(tmp_path, monkeypatch, text: str):
+    """A user competition `wk` in ./competitions (the working folder now tmp_path) whose
+    wk.groups.toml holds text; returns the competitions folder."""
+    folder = tmp_path / "competitions"
+    folder.mkdir()
+    (folder / "wk.toml").write_text('name = "wk"\nfeatures = ["hr"]\ntargets = ["y"]\n'
+                                    'seq_len = 0\n')
+    (folder / "wk.groups.toml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
 @pytest.mark.parametrize("text, message", [
     # a misspelt table was dropped: the user's groups silently missing
     ('[groups.g]\nops = []\n[grups.h]\nops = []\n',
@@ -900,12 +912,7 @@ def test_a_user_spec_s_groups_file_adds_and_replaces_groups(tmp_path, monkeypatc
     ('[groups.h]\ndescription = 5\nops = []\n', r"\[groups.h\] description must be text"),
 ])
 def test_a_malformed_groups_file_is_refused_naming_the_file(text, message, tmp_path, monkeypatch):
-    folder = tmp_path / "competitions"
-    folder.mkdir()
-    (folder / "wk.toml").write_text('name = "wk"\nfeatures = ["hr"]\ntargets = ["y"]\n'
-                                    'seq_len = 0\n')
-    (folder / "wk.groups.toml").write_text(text)
-    monkeypatch.chdir(tmp_path)
+    groups_file(tmp_path, monkeypatch, text)
     with pytest.raises(FeatureConfigError, match=r"wk.groups.toml: " + message):
         available_groups(load_spec("wk"))
 

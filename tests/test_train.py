@@ -78,11 +78,16 @@ def workspace(tmp_path_factory):
     return root
 
 
+def experiments_of(root: Path, monkeypatch, tmp_path) -> Path:
+    """root's experiments are the ones `exp=NAME` finds, and runs/ lands in tmp_path."""
+    monkeypatch.setenv("KIT_EXPERIMENTS", str(root / "experiments"))
+    monkeypatch.chdir(tmp_path)
+    return root
+
+
 @pytest.fixture
 def env(workspace, monkeypatch, tmp_path):
-    monkeypatch.setenv("KIT_EXPERIMENTS", str(workspace / "experiments"))
-    monkeypatch.chdir(tmp_path)  # runs/ lands here
-    return workspace
+    return experiments_of(workspace, monkeypatch, tmp_path)
 
 
 def _run_dirs(exp: Path) -> list[Path]:

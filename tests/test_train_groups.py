@@ -15,7 +15,7 @@ from kit.config import ConfigError
 from kit.train import groups, recipe
 from kit.train.groups import GROUPS_DIR, NothingStarted, group_config, resumable_group
 from kit.train.recipe import experiment_config, train_experiment
-from tests.test_train import tiny_competition
+from tests.test_train import experiments_of, tiny_competition
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,7 @@ def tiny_root(tmp_path_factory):
 
 @pytest.fixture
 def env(tiny_root, monkeypatch, tmp_path):
-    monkeypatch.setenv("KIT_EXPERIMENTS", str(tiny_root / "experiments"))
-    monkeypatch.chdir(tmp_path)  # runs/ lands here
-    return tiny_root
+    return experiments_of(tiny_root, monkeypatch, tmp_path)
 
 
 class Stop(Exception):
