@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from kit.export.step_graph import export_step_graph
+from tests.test_pack import Point
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "kit" / "export" / "solution_template.py"
 
@@ -48,14 +49,9 @@ def accumulator(tmp_path_factory) -> str:
                  tmp_path_factory.mktemp("acc") / "acc.onnx")
 
 
-class Point:
-    def __init__(self, seq_ix, step_in_seq, value=1.0):
-        self.seq_ix, self.step_in_seq = seq_ix, step_in_seq
-        self.need_prediction, self.state = True, [value]
-
-
-def _predictions(model, points) -> list[float]:
-    return [float(model.predict(p)[0]) for p in points]
+def _predictions(model, rows) -> list[float]:
+    """The accumulator's predictions on rows (id, step) of value 1, each to be predicted."""
+    return [float(model.predict(Point(i, step, True, [1.0]))[0]) for i, step in rows]
 
 
 @pytest.mark.parametrize("call_path", ["iobinding", "run"])
@@ -65,16 +61,16 @@ def test_a_nan_id_whose_step_starts_over_restarts(sol, accumulator, call_path):
     first one's state."""
     model = sol.PredictionModel(accumulator, call_path=call_path)
     nan = float("nan")
-    points = [Point(nan, 0), Point(np.float64(nan), 1), Point(nan, 2), Point(nan, 0)]
-    assert _predictions(model, points) == [1.0, 2.0, 3.0, 1.0]
+    rows = [(nan, 0), (np.float64(nan), 1), (nan, 2), (nan, 0)]
+    assert _predictions(model, rows) == [1.0, 2.0, 3.0, 1.0]
 
 
 def test_a_numpy_scalar_id_after_a_tuple_id_is_another_sequence(sol, accumulator):
     """np.int64(1) == (1, 2) is an array, no bool: same_key must read that as "not the same
     id" (a new sequence from zero), not carry the tuple id's state over."""
     model = sol.PredictionModel(accumulator)
-    points = [Point((1, 2), 0), Point(np.int64(1), 1), Point((1, 2), 1)]
-    assert _predictions(model, points) == [1.0, 1.0, 2.0]  # and the tuple id resumes
+    rows = [((1, 2), 0), (np.int64(1), 1), ((1, 2), 1)]
+    assert _predictions(model, rows) == [1.0, 1.0, 2.0]  # and the tuple id resumes
 
 
 def test_a_state_over_the_store_limit_still_parks_one_sequence(sol, accumulator, monkeypatch):
@@ -83,8 +79,8 @@ def test_a_state_over_the_store_limit_still_parks_one_sequence(sol, accumulator,
     monkeypatch.setattr(sol, "MAX_SAVED_BYTES", 1)  # smaller than any state
     model = sol.PredictionModel(accumulator)
     assert model.max_saved == 1
-    points = [Point("a", 0), Point("b", 0), Point("a", 1), Point("b", 1), Point("a", 2)]
-    assert _predictions(model, points) == [1.0, 1.0, 2.0, 2.0, 3.0]
+    rows = [("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2)]
+    assert _predictions(model, rows) == [1.0, 1.0, 2.0, 2.0, 3.0]
 
 
 def test_a_steps_list_of_another_length_is_refused_before_the_tables_change(sol, accumulator):
