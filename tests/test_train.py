@@ -1104,29 +1104,30 @@ def test_a_run_stopped_before_its_first_epoch_leaves_nothing_to_resume(env, tmp_
     assert not _run_dirs(exp) and not list((exp / ".groups").glob("*.json"))
 
 
-def test_a_ctrl_c_in_the_first_epoch_with_tensorboard_leaves_nothing_to_resume(env, tmp_path,
-                                                                                monkeypatch):
+def test_a_run_that_made_only_its_tensorboard_folder_leaves_nothing_to_resume(tmp_path):
     """train.tensorboard = true makes its writer's folder before the first epoch: that folder
     is part of a run's start too, so a Ctrl-C in the first epoch still leaves nothing (it left
-    the run and its group, and said "continue with --resume")."""
-    pytest.importorskip("tensorboard", reason="tensorboard is in the dev extra; install it")
-    from kit.train import recipe, trainer
-    from kit.train.groups import NothingStarted
+    the run and its group, and said "continue with --resume"). A run whose epoch ended (its
+    history.jsonl beside the folder) is kept."""
+    from kit.run_record import DATA_RECORD, TRAINED_SPEC
+    from kit.train.groups import GROUPS_DIR, NothingStarted, dropped_if_unused
+    from kit.train.runs import TENSORBOARD_DIR
 
-    def ctrl_c_in_first_epoch(*args, **kwargs):
-        if str(kwargs.get("desc", "")).startswith("epoch"):
-            assert (tmp_path / "runs" / "tiny").is_dir()
+    exp, stamp = tmp_path / "runs" / "tiny", "20991231-000000"
+    for trained in (False, True):
+        run = exp / f"{stamp}-s1"
+        (run / TENSORBOARD_DIR).mkdir(parents=True)
+        (run / TENSORBOARD_DIR / "events.out.tfevents.1.host").write_bytes(b"\0")
+        for name in ("config.toml", DATA_RECORD, TRAINED_SPEC) + (
+                ("history.jsonl",) if trained else ()):
+            (run / name).write_text("")
+        (exp / GROUPS_DIR).mkdir(exist_ok=True)
+        (exp / GROUPS_DIR / f"{stamp}.json").write_text("{}")
+        with pytest.raises(KeyboardInterrupt) as stopped, dropped_if_unused(exp, [1], 0, stamp):
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    real = trainer.tqdm
-    monkeypatch.setattr(trainer, "tqdm", ctrl_c_in_first_epoch)
-    with pytest.raises(KeyboardInterrupt) as stopped:
-        recipe.train_experiment("tiny", ["train.tensorboard=true"], seeds=[1, 2],
-                                progress=False, runs_dir=tmp_path / "runs")
-    assert isinstance(stopped.value, NothingStarted)
-    exp = tmp_path / "runs" / "tiny"
-    assert not _run_dirs(exp) and not list((exp / ".groups").glob("*.json"))
+        assert isinstance(stopped.value, NothingStarted) is not trained
+        assert run.is_dir() is trained
+        assert (exp / GROUPS_DIR / f"{stamp}.json").is_file() is trained
 
 
 def test_a_copied_checkout_compares_its_own_data_files(tmp_path, monkeypatch):
