@@ -1147,16 +1147,16 @@ def test_sweeps_started_together_on_a_new_sqlite_file_all_open_it(tmp_path):
     import time
 
     opener = ("import sys, time\nfrom kit.sweep import make_storage\n"
-              "start = float(sys.argv[2])\nwhile time.time() < start: pass\n"
+              "start = float(sys.argv[2])\ntime.sleep(max(0.0, start - time.time()))\n"
               "make_storage(sys.argv[1])\n")
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
-    for round_ in range(4):
-        url = f"sqlite:///{tmp_path}/race{round_}.db"
-        start = str(time.time() + 4)  # after every process has imported optuna
-        procs = [subprocess.Popen([sys.executable, "-c", opener, url, start], env=env,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
-        errors = [proc.communicate()[1] for proc in procs]
-        assert [proc.returncode for proc in procs] == [0, 0, 0], errors
+    start = str(time.time() + 6)  # after every process has imported optuna
+    # four races at once, three processes on each new file (one after another waited 4 x 6 s)
+    urls = [f"sqlite:///{tmp_path}/race{round_}.db" for round_ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", opener, url, start], env=env,
+                              stderr=subprocess.PIPE, text=True) for url in urls for _ in range(3)]
+    errors = [proc.communicate()[1] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 12, errors
 
 
 def test_workers_get_the_storage_url_in_their_environment_not_their_argv(sweep_env,
