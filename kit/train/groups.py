@@ -49,11 +49,15 @@ def group_config(base: dict) -> dict:
     return json.loads(json.dumps({k: v for k, v in base.items() if k != "seed"}))
 
 
+def refuse_repeated_seeds(seeds: list[int]) -> None:
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
+
+
 def claim_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
     """A stamp no other command uses, with the group's record and its members' folders."""
-    if len(set(seeds)) != len(seeds):  # its own second folder of a seed would exist: every
-        # second would be taken, for ever
-        raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
+    refuse_repeated_seeds(seeds)  # its own second folder of a seed would exist: every second
+    # would be taken, for ever
     records = exp_dir / GROUPS_DIR
     records.mkdir(parents=True, exist_ok=True)
     record = {"seeds": seeds, "folds": folds, "config": group_config(base)}

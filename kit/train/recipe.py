@@ -42,6 +42,7 @@ from kit.train.groups import (
     holding_group,
     member_names,
     new_run_id,
+    refuse_repeated_seeds,
     resumable_group,
 )
 from kit.train.runs import RUNS_DIR, RunFiles, epoch_line
@@ -185,8 +186,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
         raise ConfigError("--run-dir names one run: it does not combine with several seeds")
     if run_dir and not resume:
         refuse_shared_folder(Path(run_dir), runs_dir, base["name"])
-    if seeds and len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds {seeds} repeat a seed: the same seed trains the same model")
+    refuse_repeated_seeds(seeds or [])
     if resume and run_dir and seeds:  # seeds=[N] names the run's seed, as seed=N: checked
         overrides = [*(overrides or []), f"seed={seeds[0]}"]  # against it (it was ignored)
     # --resume of one run: the newest unfinished run; of a group (seeds=, --folds): the group
