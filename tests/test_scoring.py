@@ -1372,13 +1372,13 @@ def test_a_file_removed_while_a_folder_is_listed_is_no_special_file(tmp_path):
     """What a folder holds is told by one lstat each: a file removed between the listing and
     the check (a cache the user's other process cleared) is "gone", not "a named pipe, a socket
     or a device"."""
-    from kit.scoring.sandbox import _kind
+    from kit.scoring.sandbox import _kind, _lstat
 
     (tmp_path / "f").write_text("x")
     (tmp_path / "d").mkdir()
     (tmp_path / "l").symlink_to(tmp_path / "f")
     os.mkfifo(tmp_path / "p")
-    kinds = {name: _kind(tmp_path / name) for name in ("f", "d", "l", "p", "removed")}
+    kinds = {name: _kind(_lstat(tmp_path / name)) for name in ("f", "d", "l", "p", "removed")}
     assert kinds == {"f": "file", "d": "folder", "l": "link", "p": "special", "removed": "gone"}
 
 

@@ -108,13 +108,21 @@ def snapshot_submission(submission: Path, tmp: Path, copy=None) -> Path:
 NOT_SUBMITTED = {".git", "__pycache__"}  # a folder's parts no scorer gets
 
 
-def _kind(path: Path) -> str:
-    """"file", "folder", "link", "special" (a named pipe, a socket, a device), or "gone" (removed
-    since the folder was listed: not copied, not refused)."""
+def _lstat(path: Path) -> os.stat_result | None:
+    """The entry's own stat (a link's, not its target's), None when it was removed since the
+    folder was listed."""
     try:
-        mode = path.lstat().st_mode
+        return path.lstat()
     except FileNotFoundError:
+        return None
+
+
+def _kind(entry: os.stat_result | None) -> str:
+    """"file", "folder", "link", "special" (a named pipe, a socket, a device), or "gone" (not
+    copied, not refused)."""
+    if entry is None:
         return "gone"
+    mode = entry.st_mode
     return ("link" if stat.S_ISLNK(mode) else "file" if stat.S_ISREG(mode)
             else "folder" if stat.S_ISDIR(mode) else "special")
 
@@ -124,23 +132,23 @@ def copy_submission(folder: Path, dest: Path) -> Path:
     unzip every time, so what a run writes beside solution.py (a cache a second run would
     find: its init time understated) stays in the copy, and the user's folder is left as
     it was. Its .git and __pycache__ are not part of a submission."""
-    inside = {p: _kind(p) for p in folder.rglob("*")
+    inside = {p: _lstat(p) for p in folder.rglob("*")
               if not NOT_SUBMITTED & set(p.relative_to(folder).parts)}
-    links = [p for p, kind in inside.items() if kind == "link"]
+    kinds = {p: _kind(entry) for p, entry in inside.items()}
+    links = [p for p, kind in kinds.items() if kind == "link"]
     if links:  # the copy followed them, past the size check (rglob does not enter them), and
         # `self -> .` recursed to ELOOP; a zip, which the scorer gets, holds no links either
         shown = ", ".join(str(p.relative_to(folder)) for p in links[:3])
         raise SubmissionError(f"{folder}: holds symbolic links ({shown}"
                               f"{', ...' if len(links) > 3 else ''}), which a submission zip "
                               "cannot: put the files they point to in their place")
-    special = [p for p, kind in inside.items() if kind == "special"]
+    special = [p for p, kind in kinds.items() if kind == "special"]
     if special:  # a named pipe or a socket: copytree raised a bare shutil.Error on it
         shown = ", ".join(str(p.relative_to(folder)) for p in special[:3])
         raise SubmissionError(f"{folder}: holds files that are not regular files or folders "
                               f"({shown}{', ...' if len(special) > 3 else ''}: a named pipe, a "
                               "socket or a device), which a submission zip cannot: remove them")
-    files = [p for p, kind in inside.items() if kind == "file"]
-    total = sum(p.stat().st_size for p in files)
+    total = sum(inside[p].st_size for p, kind in kinds.items() if kind == "file")  # one stat
     dest.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest.parent).free
     if total > min(MAX_UNZIPPED_BYTES, free):
