@@ -1144,18 +1144,26 @@ def test_sweeps_started_together_on_a_new_sqlite_file_all_open_it(tmp_path):
     # SQLite (not only IntegrityError): they retry and find the tables made
     import subprocess
     import sys
-    import time
 
-    opener = ("import sys, time\nfrom kit.sweep import make_storage\n"
-              "start = float(sys.argv[2])\ntime.sleep(max(0.0, start - time.time()))\n"
+    # each process imports optuna, says so, then waits for the go file: they all open their
+    # storage within a millisecond of each other (a fixed start 6 s ahead waited past imports)
+    opener = ("import os, sys, time\nimport optuna.storages\nfrom kit.sweep import make_storage\n"
+              "print('ready', flush=True)\n"
+              "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.0005)\n"
               "make_storage(sys.argv[1])\n")
     env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
-    start = str(time.time() + 6)  # after every process has imported optuna
-    # four races at once, three processes on each new file (one after another waited 4 x 6 s)
+    go = tmp_path / "go"
+    # four races at once, three processes on each new file
     urls = [f"sqlite:///{tmp_path}/race{round_}.db" for round_ in range(4)]
-    procs = [subprocess.Popen([sys.executable, "-c", opener, url, start], env=env,
-                              stderr=subprocess.PIPE, text=True) for url in urls for _ in range(3)]
+    procs = [subprocess.Popen([sys.executable, "-c", opener, url, str(go)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for url in urls for _ in range(3)]
+    try:
+        ready = [proc.stdout.readline() for proc in procs]
+    finally:
+        go.touch()  # never leave one waiting
     errors = [proc.communicate()[1] for proc in procs]
+    assert ready == ["ready\n"] * 12, errors
     assert [proc.returncode for proc in procs] == [0] * 12, errors
 
 
