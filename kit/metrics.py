@@ -189,5 +189,9 @@ def outputs_summary(per_target: dict[str, float]) -> str:
     """What kit score and the demo print for more than SHOWN_OUTPUTS outputs: their count,
     least and greatest score (4 decimals; NaN as nan)."""
     values = np.array(list(per_target.values()), dtype=np.float64)
-    low, high = (f"{v:.4f}" for v in (np.nanmin(values), np.nanmax(values)))
+    scored = values[~np.isnan(values)]
+    if scored.size == 0:  # nanmin would warn "All-NaN slice encountered"
+        low = high = "nan"
+    else:
+        low, high = f"{scored.min():.4f}", f"{scored.max():.4f}"
     return f"{len(values)} outputs, min {low}, max {high}"

@@ -1,14 +1,25 @@
 import importlib.util
 import os
+import subprocess
+import sys
 import time
 import zipfile
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import pytest
 
-from kit.baselines import EWM_ALPHAS, fit_linear_baseline, linear_design, write_linear_submission
-from kit.errors import SubmissionError
+from kit import baselines
+from kit.baselines import (
+    EWM_ALPHAS,
+    evaluate_linear_baseline,
+    fit_linear_baseline,
+    linear_design,
+    write_linear_submission,
+)
+from kit.errors import DataError, SubmissionError
+from kit.metrics import evaluate
 from kit.submission import write_submission_zip
 from tests.frames import make_frame, small_spec
 
@@ -134,3 +145,143 @@ def test_a_file_where_the_submission_folder_should_be_is_refused_and_kept(tmp_pa
     with pytest.raises(SubmissionError, match=r"holds other files \(sub\)"):
         write_linear_submission(coef, taken)
     assert taken.read_text() == "keep"
+
+
+def test_its_own_folder_is_rewritten_after_python_cached_the_solution(tmp_path):
+    """Importing solution.py writes __pycache__/ beside it (unless PYTHONDONTWRITEBYTECODE is
+    set, as in this suite): that folder is still the baseline's own, and stays out of the zip."""
+    coef = np.zeros((1 + 32 * (1 + len(EWM_ALPHAS)), 2))
+    folder = tmp_path / "sub"
+    write_linear_submission(coef, folder)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import solution; solution.PredictionModel()"],
+                   cwd=folder, env=env, check=True)
+    assert list((folder / "__pycache__").glob("solution.*.pyc"))
+    zip_path = write_linear_submission(coef + 1.0, folder)
+    with zipfile.ZipFile(zip_path) as archive:
+        assert sorted(archive.namelist()) == ["solution.py", "weights.npz"]
+    with np.load(folder / "weights.npz") as weights:
+        np.testing.assert_array_equal(weights["coef"], coef + 1.0)
+
+
+def test_max_train_seqs_of_zero_is_refused(tmp_path):
+    """0 is not "all" here (None is): it crashed with an AttributeError."""
+    with pytest.raises(ValueError, match=r"max_train_seqs must be >= 1 or None \(all\), got 0"):
+        _fit_file(tmp_path, make_frame(SPEC, n_seqs=2, seed=6), "zero", max_train_seqs=0)
+
+
+@pytest.mark.parametrize("rows", ["none", "unscored"])
+def test_a_fit_without_scored_rows_names_the_file(tmp_path, rows):
+    """An empty file, or one whose rows all have need_prediction 0: a DataError, not an
+    AttributeError or numpy's "Singular matrix"."""
+    df = make_frame(SPEC, n_seqs=2, seed=7)
+    df = df.head(0) if rows == "none" else df.with_columns(pl.lit(False).alias(SPEC.need_col))
+    with pytest.raises(DataError, match=r"bare\.parquet: no scored rows \(no row with "
+                                        r"need_prediction = 1\): nothing to fit"):
+        _fit_file(tmp_path, df, "bare", max_train_seqs=None)
+    with pytest.raises(DataError, match=r"need_prediction = 1 in its first 2,000 sequence\(s\)"):
+        _fit_file(tmp_path, df, "bare")
+
+
+@pytest.mark.parametrize("rows", ["none", "unscored"])
+def test_evaluating_on_a_file_without_scored_rows_names_the_file(tmp_path, rows):
+    coef = np.zeros((1 + 32 * (1 + len(EWM_ALPHAS)), 2))
+    df = make_frame(SPEC, n_seqs=2, seed=8)
+    df = df.head(0) if rows == "none" else df.with_columns(pl.lit(False).alias(SPEC.need_col))
+    valid = tmp_path / "valid.parquet"
+    df.write_parquet(valid)
+    with pytest.raises(DataError, match=r"valid\.parquet: no scored rows .*nothing to evaluate"):
+        evaluate_linear_baseline(coef, valid, SPEC)
+
+
+def _closed_form(df, ridge):
+    """The ridge solve written out: (X'X + ridge * I with no intercept penalty)^-1 X'y."""
+    need = df[SPEC.need_col].to_numpy()
+    x = linear_design(df, SPEC)[need]
+    y = df.select(SPEC.targets).to_numpy().astype(np.float64)[need]
+    penalty = ridge * np.eye(x.shape[1])
+    penalty[0, 0] = 0.0
+    return np.linalg.solve(x.T @ x + penalty, x.T @ y)
+
+
+@pytest.mark.parametrize("block_seqs", [2, 200])
+def test_the_fit_is_the_closed_form_ridge_solve(tmp_path, monkeypatch, block_seqs):
+    """Every sequence counts whatever the block size (5 sequences in blocks of 2: the last
+    block is short), the ridge argument is used, and the default ridge is 10."""
+    monkeypatch.setattr(baselines, "BLOCK_SEQS", block_seqs)
+    df = make_frame(SPEC, n_seqs=5, seed=9)
+    np.testing.assert_allclose(_fit_file(tmp_path, df, "r3", ridge=3.0), _closed_form(df, 3.0),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(_fit_file(tmp_path, df, "default"), _closed_form(df, 10.0),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_the_default_fit_uses_the_first_2000_sequences(tmp_path, monkeypatch):
+    """docs/synth.md: fitted on (at most 2,000) train sequences. One scored row each, in one
+    block (fewer passes)."""
+    monkeypatch.setattr(baselines, "BLOCK_SEQS", 4000)
+    df = make_frame(SPEC, lengths=[1] * 2001, seed=10).with_columns(
+        pl.lit(True).alias(SPEC.need_col))
+    default = _fit_file(tmp_path, df, "default")
+    np.testing.assert_array_equal(default, _fit_file(tmp_path, df, "capped", max_train_seqs=2000))
+    assert not np.allclose(default, _fit_file(tmp_path, df, "all", max_train_seqs=None),
+                           rtol=1e-9, atol=0)
+
+
+def test_evaluate_linear_baseline_scores_its_predictions_against_the_truth(tmp_path):
+    """Truth first: swapped, the weights become |prediction| and the clip lands on the truth."""
+    df = make_frame(SPEC, n_seqs=3, seed=11)
+    valid = tmp_path / "valid.parquet"
+    df.write_parquet(valid)
+    rng = np.random.default_rng(0)
+    coef = rng.standard_normal((1 + 32 * (1 + len(EWM_ALPHAS)), 2))  # predictions past the clip
+    need = df[SPEC.need_col].to_numpy()
+    truth = df.select(SPEC.targets).to_numpy().astype(np.float64)[need]
+    expected = evaluate(SPEC, truth, (linear_design(df, SPEC) @ coef)[need])
+    got = evaluate_linear_baseline(coef, valid, SPEC)
+    assert got.per_target == pytest.approx(expected.per_target, rel=1e-12, abs=0)
+    assert got.rows == expected.rows == int(need.sum())
+
+
+def test_linear_design_columns_are_the_row_and_its_ewms_per_sequence():
+    """[1, x, ewm 0.5, ewm 0.2, ewm 0.05] (docs/synth.md), each EWM started afresh per sequence:
+    x = 1, 0, 0 in sequence 0 and 4, 0 in sequence 1 for the first feature, 0 elsewhere."""
+    df = make_frame(SPEC, lengths=[3, 2], seed=12)
+    first = SPEC.features[0]
+    df = df.with_columns(pl.Series(first, [1.0, 0.0, 0.0, 4.0, 0.0], dtype=pl.Float32),
+                         *(pl.lit(0.0, pl.Float32).alias(f) for f in SPEC.features[1:]))
+    design = linear_design(df, SPEC)
+    f = len(SPEC.features)
+    assert design.shape == (5, 1 + 4 * f)
+    expected = np.array([
+        # 1, x, ewm 0.5, ewm 0.2, ewm 0.05 of the first feature
+        [1, 1, 1, 1, 1],
+        [1, 0, 0.5, 0.8, 0.95],
+        [1, 0, 0.25, 0.64, 0.9025],
+        [1, 4, 4, 4, 4],
+        [1, 0, 2, 3.2, 3.8],
+    ])
+    np.testing.assert_allclose(design[:, [0, 1, 1 + f, 1 + 2 * f, 1 + 3 * f]], expected,
+                               rtol=1e-12)
+    others = np.delete(design, [0, 1, 1 + f, 1 + 2 * f, 1 + 3 * f], axis=1)
+    assert not others.any()
+
+
+def test_linear_design_counts_non_finite_values_as_zero():
+    """As linear_solution.py does at run time: NaN, inf and null cells read 0, and so do the
+    EWMs through them."""
+    df = make_frame(SPEC, n_seqs=2, seed=13)
+    a, b, c = SPEC.features[:3]
+    dirty = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(float("nan")).otherwise(pl.col(a)).alias(a),
+        pl.when(pl.int_range(pl.len()) == 4).then(float("inf")).otherwise(pl.col(b)).alias(b),
+        pl.when(pl.int_range(pl.len()) == 5).then(None).otherwise(pl.col(c)).alias(c),
+    )
+    clean = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(0.0).otherwise(pl.col(a)).alias(a),
+        pl.when(pl.int_range(pl.len()) == 4).then(0.0).otherwise(pl.col(b)).alias(b),
+        pl.when(pl.int_range(pl.len()) == 5).then(0.0).otherwise(pl.col(c)).alias(c),
+    )
+    design = linear_design(dirty, SPEC)
+    assert np.isfinite(design).all()
+    np.testing.assert_array_equal(design, linear_design(clean, SPEC))

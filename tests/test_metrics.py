@@ -1,4 +1,6 @@
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +203,117 @@ def test_outputs_summary_skips_a_nan_output():
     and greatest scores nan too."""
     summary = outputs_summary({"a": 0.5, "b": float("nan"), "c": -0.25, "d": 0.125})
     assert summary == "4 outputs, min -0.2500, max 0.5000"
+
+
+def test_outputs_summary_of_all_nan_outputs_prints_nan_without_a_warning():
+    """Every output NaN (a NaN prediction in each): nan, not numpy's "All-NaN slice" warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        summary = outputs_summary({"a": float("nan"), "b": float("nan")})
+    assert summary == "2 outputs, min nan, max nan"
+
+
+def _one_output_spec(metric: str, clip: list[float] | None = None):
+    from kit.competition import spec_from_dict
+
+    raw = {"name": "c", "features": ["a"], "targets": ["t"], "metric": {"name": metric}}
+    if clip is not None:
+        raw["metric"]["clip"] = clip
+    return spec_from_dict(raw)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mae", 3.75 / 4),  # |errors| 0.5, 1, 0.25, 2 after the clip
+    ("rmse", math.sqrt(5.3125 / 4)),  # squares 0.25, 1, 0.0625, 4
+    ("r2", -10 / 7),  # 1 - 5.3125 / 2.1875 (the truth's mean is 0.125)
+])
+def test_an_asymmetric_spec_clip_applies_each_bound(name, expected):
+    """clip [-2, 0.5]: p [3, -3, 0.25, -1.5] is scored as [0.5, -2, 0.25, -1.5]; the upper bound
+    mirrored (-0.5) or the lower one alone would give other values."""
+    from kit.metrics import metric_value
+
+    y = np.array([1.0, -1.0, 0.0, 0.5])
+    p = np.array([3.0, -3.0, 0.25, -1.5])
+    assert metric_value(_one_output_spec(name, [-2.0, 0.5]), y, p) == pytest.approx(
+        expected, rel=1e-12)
+
+
+def test_a_nan_output_makes_the_score_nan():
+    """docs/scoring.md: one NaN output makes the mean NaN; it is not skipped."""
+    spec = load_spec("predictorium")
+    y = np.array([[1.0, -1.0], [2.0, 0.5], [-1.0, 2.0]])
+    p = y.copy()
+    p[1, 0] = np.nan
+    report = evaluate(spec, y, p)
+    assert math.isnan(report.per_target["t0"]) and report.per_target["t1"] == pytest.approx(1.0)
+    assert math.isnan(report.score)
+
+
+def test_evaluate_of_inf_truth_is_nan_without_a_numpy_warning():
+    """inf - inf in r2's sums: the answer is NaN (callers say why), not a RuntimeWarning."""
+    spec = _one_output_spec("r2")
+    y = np.array([[1.0], [np.inf], [2.0]])
+    p = np.array([[1.0], [0.0], [2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = evaluate(spec, y, p)
+    assert math.isnan(report.score) and math.isnan(report.per_target["t"])
+
+
+@pytest.mark.parametrize("truth, pred", [
+    ((4, 2), (4, 3)),  # one column too many: was scored on the first two
+    ((4, 2), (3, 2)),
+    ((4,), (4,)),  # 1-D: an IndexError before
+])
+def test_evaluate_refuses_shapes_naming_both(truth, pred):
+    spec = load_spec("predictorium")
+    shapes = rf"\(rows, 2\); got {re.escape(str(truth))} and {re.escape(str(pred))}"
+    with pytest.raises(DataError, match=shapes):
+        evaluate(spec, np.zeros(truth), np.zeros(pred))
+
+
+def test_scored_truth_is_float64_whatever_the_targets():
+    """All sums run in float64: 0.1 and 1/3 must reach the metric unrounded to float32."""
+    spec = load_spec("predictorium")
+    targets = np.array([[0.1, 1 / 3], [0.2, 2 / 3], [0.7, 1e-300]])
+    truth = scored_truth(np.zeros(3), np.array([True, False, True]), np.zeros((3, 32)),
+                         targets, spec)
+    assert truth.dtype == np.float64
+    np.testing.assert_array_equal(truth, targets[[0, 2]])
+
+
+def test_scored_truth_reads_an_integer_need_as_a_mask():
+    """need 0/1 as ints picks rows 1 and 2; taken as indices it gave rows 0, 1, 1."""
+    spec = load_spec("predictorium")
+    targets = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    truth = scored_truth(np.zeros(3), np.array([0, 1, 1]), np.zeros((3, 32)), targets, spec)
+    np.testing.assert_array_equal(truth, targets[[1, 2]])
+
+
+def test_scored_truth_next_state_names_the_first_bad_row():
+    """Row 0 is its sequence's last row; row 1, after it, is fine: the error names row 0."""
+    spec = load_spec("rnn-challenge")
+    feats = np.zeros((3, 32))
+    with pytest.raises(DataError, match=r"row 0 \(seq 0\) needs a prediction but is the last"):
+        scored_truth(np.array([0, 1, 1]), np.array([1, 1, 0]), feats, None, spec)
+
+
+def test_oracle_fraction_of_a_negative_oracle_is_the_ratio():
+    """NaN only for an oracle of 0: a negative oracle score (r2 can be) still divides."""
+    assert oracle_fraction(0.1, -0.2, higher_is_better=True) == -0.5
+
+
+@pytest.mark.parametrize("outputs, summarised", [(6, False), (7, True)])
+def test_score_lines_summarise_past_six_outputs(outputs, summarised):
+    """docs/decisions.md: past SHOWN_OUTPUTS (6) outputs kit score prints min and max, up to
+    it each output's figure."""
+    from kit.metrics import MetricReport
+    from kit.scoring.score import ScoreResult
+
+    per = {f"o{j}": j / 10 for j in range(outputs)}
+    report = MetricReport("r2", per, float(np.mean(list(per.values()))))
+    text = ScoreResult("sub", "data", "spec", report, rows=10, scored_rows=5, sequences=1,
+                       init_s=0.0, loop_s=0.0, rows_per_s=1.0, us_per_row=1.0, projected_s=1.0,
+                       limit_s=2.0, projected_fraction=0.5, cpu=None).format()
+    assert (f"{outputs} outputs, min 0.0000, max {(outputs - 1) / 10:.4f}" in text) == summarised
+    assert ("o5 0.5" in text) != summarised

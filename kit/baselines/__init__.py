@@ -16,7 +16,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec
 from kit.data.io import read_frame
-from kit.errors import SubmissionError
+from kit.errors import DataError, SubmissionError
 from kit.metrics import MetricReport, evaluate, scored_truth
 from kit.submission import write_submission_zip
 
@@ -56,13 +56,29 @@ def _scored_blocks(path: Path, spec: CompetitionSpec,
         yield linear_design(block, spec)[need], truth
 
 
+def _no_scored_rows(path: Path, spec: CompetitionSpec, what: str,
+                    max_seqs: int | None = None) -> DataError:
+    within = "" if max_seqs is None else f" in its first {max_seqs:,} sequence(s)"
+    return DataError(f"{path}: no scored rows (no row with {spec.need_col} = 1{within}): "
+                     f"nothing to {what}")
+
+
 def fit_linear_baseline(train: Path, spec: CompetitionSpec, ridge: float = 10.0,
                         max_train_seqs: int | None = 2000) -> np.ndarray:
-    """Ridge coefficients (1 + F * (1 + len(EWM_ALPHAS)), K) fit on the scored train rows."""
+    """Ridge coefficients (1 + F * (1 + len(EWM_ALPHAS)), K) fit on the scored train rows
+    of the first max_train_seqs sequences (None: all)."""
+    # 0 is not "all" here (train.max_train_seqs reads it so): None says that, 0 is refused
+    if max_train_seqs is not None and max_train_seqs < 1:
+        raise ValueError(f"max_train_seqs must be >= 1 or None (all), got {max_train_seqs}")
     xtx = xty = 0.0
+    rows = 0
     for x, y in _scored_blocks(train, spec, max_train_seqs):
         xtx = xtx + x.T @ x
         xty = xty + x.T @ y
+        rows += len(x)
+    # the intercept's column is all ones: with ridge > 0 the system is singular only here
+    if rows == 0:
+        raise _no_scored_rows(train, spec, "fit the linear baseline on", max_train_seqs)
     penalty = ridge * np.eye(xtx.shape[0])
     penalty[0, 0] = 0.0  # never shrink the intercept
     return np.linalg.solve(xtx + penalty, xty)
@@ -70,22 +86,28 @@ def fit_linear_baseline(train: Path, spec: CompetitionSpec, ridge: float = 10.0,
 
 def evaluate_linear_baseline(coef: np.ndarray, valid: Path, spec: CompetitionSpec) -> MetricReport:
     """The competition metric of the baseline on a labelled file's scored rows."""
-    preds, truths = zip(*((x @ coef, y) for x, y in _scored_blocks(valid, spec, None)),
-                        strict=True)
+    preds, truths = [], []
+    for x, y in _scored_blocks(valid, spec, None):
+        preds.append(x @ coef)
+        truths.append(y)
+    if sum(len(y) for y in truths) == 0:
+        raise _no_scored_rows(valid, spec, "evaluate the linear baseline on")
     return evaluate(spec, np.concatenate(truths), np.concatenate(preds))
 
 
 LINEAR_FILES = ("solution.py", "weights.npz")
+# Python writes __pycache__/ beside solution.py once it is imported; the zip leaves it out
+REWRITABLE = (*LINEAR_FILES, "__pycache__")
 
 
 def write_linear_submission(coef: np.ndarray, folder: Path) -> Path:
     """Write solution.py + weights.npz into folder and zip it beside; returns the zip path.
     A folder holding anything else is refused (it removed the whole folder before: given
-    `submissions`, every package in it)."""
+    `submissions`, every package in it); its own earlier files and __pycache__ are not."""
     folder = Path(folder)
     if folder.exists():
         others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [folder.name]
-        others = [name for name in others if name not in LINEAR_FILES]
+        others = [name for name in others if name not in REWRITABLE]
         if others:
             raise SubmissionError(f"{folder} holds other files ({', '.join(others[:5])}): "
                                   "write the linear baseline into a folder of its own")
