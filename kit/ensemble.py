@@ -378,7 +378,8 @@ class Moments:
             var, cov_y = self._clipped(t, counts, m, mean_b, var, cov_y)
         if self.metric == "weighted_pearson":
             with np.errstate(divide="ignore", invalid="ignore"):
-                out = cov_y / np.sqrt(var * yy)
+                # two roots, as kit.metrics: the product underflows for tiny-valued targets
+                out = cov_y / (np.sqrt(var) * np.sqrt(yy))
             return np.where((var > 0) & (yy > 0), out, 0.0)
         bias = mean_b - mean[0]
         mse = var - 2 * cov_y + yy + bias**2
