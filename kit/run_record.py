@@ -265,11 +265,16 @@ def changed_data_message(run_dir: Path, changed: list[str]) -> str:
 def relocated(recorded: str | Path, runs_dir: Path = Path("runs")) -> Path:
     """A run path recorded as an absolute path (an ensemble file's members, a manifest's
     checkpoints): itself when it exists, else the same runs/EXP/ID[/file] under this
-    checkout's runs/ (the checkout was moved or copied), else itself (the caller names it)."""
+    checkout's runs/ (the checkout was moved or copied), else itself (the caller names it).
+    Every runs/ part of the path is a candidate, the longest tail that exists here taken (it
+    matches most of the recorded path): runs/runs/ID is a run of an experiment named runs, or
+    runs/ID in a project folder named runs, and a checkout may itself sit in a folder named
+    runs (/x/runs/proj/runs/EXP/ID: its own runs/ is the innermost)."""
     recorded = Path(recorded)
     if recorded.exists() or "runs" not in recorded.parts[:-1]:
         return recorded
     parts = recorded.parts
-    last = len(parts) - 1 - parts[::-1].index("runs")  # the innermost runs/ folder
-    moved = runs_dir.joinpath(*parts[last + 1:])
-    return moved.resolve() if moved.exists() else recorded
+    tails = (runs_dir.joinpath(*parts[at + 1:]) for at in range(len(parts) - 1)
+             if parts[at] == "runs")
+    moved = next((tail for tail in tails if tail.exists()), None)
+    return recorded if moved is None else moved.resolve()
