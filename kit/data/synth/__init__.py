@@ -86,6 +86,8 @@ def synthesize(
                 and 1 <= n <= MAX_SEQS):
             raise KitError(f"{split}_seqs (--{split}-seqs) must be a whole number from 1 to "
                            f"{MAX_SEQS:,}, got {n!r}")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):  # numpy: a TypeError
+        raise KitError(f"seed (--seed) must be a whole number, got {seed!r}")
     if seed < 0:
         raise KitError(f"seed (--seed) must be >= 0, got {seed}")
     generator = make_generator(spec)
@@ -160,12 +162,15 @@ def _write_split(generator, split, n, *, first_id, path, seed, bar, generation,
     need = need_mask(steps, spec.warmup, spec.tail)
     key_cols = [spec.id_col, spec.step_col]
     mark = {GENERATION_KEY: generation}
-    sinks = [ParquetSink(path, arrow_schema(spec, spec.columns).with_metadata(mark))]
-    if oracle_path is not None:
-        sinks.append(ParquetSink(oracle_path, arrow_schema(
-            spec, key_cols + list(spec.outputs)).with_metadata(mark)))
+    sinks: list[ParquetSink] = []
     ok = False
     try:
+        # opened inside the try: the oracle's sink failing to open closes the valid file's
+        # (its writer thread, its temp file) like any other failure of the split
+        sinks.append(ParquetSink(path, arrow_schema(spec, spec.columns).with_metadata(mark)))
+        if oracle_path is not None:
+            sinks.append(ParquetSink(oracle_path, arrow_schema(
+                spec, key_cols + list(spec.outputs)).with_metadata(mark)))
         for index, lo in enumerate(range(0, n, CHUNK_SEQS)):
             m = min(CHUNK_SEQS, n - lo)
             rng = np.random.default_rng([seed, code, 1, index])

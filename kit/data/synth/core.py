@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from kit.competition import CompetitionSpec
 from kit.data.contract import contract_dtype
+from kit.errors import KitError
 
 CLIP = 5.2  # quantile-normalised features are clipped here, like sklearn's QuantileTransformer
 _NORMAL = NormalDist()
@@ -171,7 +172,16 @@ class ParquetSink:
         self.tmp = self.path.with_name(f".{self.path.name}{temp_suffix()}")
         # dictionary-encoding float columns costs ~10x the write time and gains nothing
         keys = [f.name for f in schema if not pa.types.is_floating(f.type)]
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd", use_dictionary=keys)
+        try:
+            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd",
+                                           use_dictionary=keys)
+        except OSError as exc:  # Arrow's text names no file: say which path, as for the outputs
+            if self.tmp.is_dir():
+                raise KitError(f"{self.tmp} is not a file; move it, or write the data "
+                               "elsewhere") from None
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, os.strerror(exc.errno), str(self.tmp)) from exc
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
