@@ -477,6 +477,19 @@ def greedy(moments: Moments | None, spec: CompetitionSpec, truth: np.ndarray,
     return np.array(history), scores
 
 
+ROUNDING = 1e-12  # relative: score gains below this are float rounding, not a better blend
+
+
+def _cut(values: np.ndarray) -> int:
+    """The iteration to keep (values higher is better): the first within rounding of the
+    best. A later one that gains only rounding adds a member for nothing (a constant, which a
+    correlation does not see, was packed into most selections holding one)."""
+    top = values.max()
+    if not np.isfinite(top):
+        return int(np.argmax(values))
+    return int(np.argmax(values >= top - ROUNDING * max(1.0, abs(top))))
+
+
 def refuse_non_finite(name: str, preds: np.ndarray) -> None:
     """Every blend with a NaN or inf prediction is NaN (the metric's clip scores an inf alone),
     and argmax takes a NaN score for the best: such a candidate is refused, not picked."""
@@ -521,7 +534,7 @@ def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
         history, scores = greedy(moments, spec, truth, preds, targets, iters,
                                  order[:init_best])
         first = max(init_best - 1, 0)  # the cut never drops the initial members
-        best = first + int(np.argmax(sign * np.array(scores[first:])))
+        best = first + _cut(sign * np.array(scores[first:]))
         best_iteration.append(best + 1)
         group_scores.append([float(v) for v in scores])
         counts[targets] = history[best]

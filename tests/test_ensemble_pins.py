@@ -351,3 +351,21 @@ def test_a_candidate_never_picked_is_no_member(monkeypatch):
     doc = ensemble_document(sel, cands, iters=3, init_best=0)
     assert [m["name"] for m in doc["members"]] == ["c0"]
     assert doc["ensemble"]["candidates"] == 2
+
+
+@pytest.mark.parametrize("order", ["constant first", "constant last"])
+def test_a_constant_candidate_takes_no_weight(order):
+    """Adding a constant member shifts and shrinks a blend, which leaves its correlation as it
+    was: the greedy pick of it is a tie, and a rounding gain of 1e-16 made the cut take it (in
+    66 of 90 selections holding one), one more model packed for nothing."""
+    spec = _pearson()
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        truth = rng.standard_normal((2000, 2))
+        good = truth + rng.standard_normal(truth.shape)
+        other = truth + 2 * rng.standard_normal(truth.shape)
+        const = np.full_like(good, 0.3)
+        preds = [const, good, other] if order == "constant first" else [good, other, const]
+        sel = select(_candidates(preds, spec), truth, iters=20)
+        assert sel.counts[:, 0 if order == "constant first" else 2].sum() == 0, seed
+        assert sel.counts.sum(axis=1).tolist() == [sel.best_iteration] * 2
