@@ -328,15 +328,45 @@ def kept_bytes(preds: list, values) -> tuple[int, int]:
     return int(len(preds) * per_pred) + held, len(preds) * per_label
 
 
-def reused_objects(preds: list) -> tuple[int, int | None]:
-    """(how many scored rows returned an object an earlier row returned too, the first such
-    prediction's index): the scorer keeps the object, so each holds the values last written.
-    8 bytes a prediction (a set of their ids took 90 and raised the peak the memory projection
-    scales)."""
-    ids = np.fromiter(map(id, preds), np.int64, len(preds))
-    order = np.argsort(ids, kind="stable")  # the first occurrence of each id first
-    again = order[1:][ids[order[1:]] == ids[order[:-1]]]
+def reused_objects(preds: list, values=None) -> tuple[int, int | None]:
+    """(how many scored rows returned an object an earlier row returned too, or a view of the
+    same memory (`out[0]` of a buffer written in place each row: a new view object each row),
+    the first such prediction's index): the scorer keeps the object, so each holds the values
+    last written. About 8 bytes a prediction (a set of their ids took 90 and raised the peak
+    the memory projection scales). Addresses (a microsecond each) are read only for views that
+    share their owner (a buffer, a table made once) with another prediction, and not for those
+    of the rows (`values`: different scored rows are different rows); a fresh array per row,
+    or a view of a fresh one, costs its id and its owner's."""
+    keys = np.fromiter(map(_holder_key, preds), np.int64, len(preds))
+    again = _repeated(keys)
+    if len(again):
+        rows = _holder_key(values[:0]) if values is not None and len(values) else None
+        for i in np.flatnonzero(np.isin(keys, keys[again])):  # a holder of more than one
+            pred = preds[i]
+            if keys[i] < 0:  # an address already (a torch tensor's)
+                continue
+            if keys[i] != rows and isinstance(pred, np.ndarray) and pred.nbytes:
+                keys[i] = -pred.__array_interface__["data"][0]  # (negated: never an id)
+            else:  # the object itself; the rows' views: different scored rows, different rows
+                keys[i] = id(pred)
+        again = _repeated(keys)
     return len(again), (int(again.min()) if len(again) else None)
+
+
+def _holder_key(pred) -> int:
+    """What holds `pred`'s values: a numpy view's owner (views of one buffer share it), a torch
+    tensor's data address (negated, as reused_objects' addresses are), else `pred` itself."""
+    if isinstance(pred, np.ndarray):
+        return id(pred) if pred.flags.owndata else id(_owner(pred))
+    if type(pred).__module__.startswith("torch") and callable(getattr(pred, "data_ptr", None)):
+        return -pred.data_ptr() or id(pred)
+    return id(pred)
+
+
+def _repeated(keys):
+    """The indices of the keys an earlier index holds too."""
+    order = np.argsort(keys, kind="stable")  # the first occurrence of each key first
+    return order[1:][keys[order[1:]] == keys[order[:-1]]]
 
 
 def rows_bytes(raw, values) -> int:
@@ -379,7 +409,7 @@ def run(job: dict, report: Reporter, where: Where, out_dir: str) -> dict:
     report.write(b"P %d\n" % len(values))
 
     kept, labels = kept_bytes(preds, values)
-    reused, first_reused = reused_objects(preds)
+    reused, first_reused = reused_objects(preds, values)
     array = collect(preds, k, values)
     np.save(os.path.join(out_dir, "predictions.npy"), array)
     if job.get("next_state"):
@@ -440,7 +470,10 @@ class Where:
     def tell(self, signum, frame) -> None:
         import faulthandler
 
-        faulthandler.dump_traceback(all_threads=True)
+        # fd 2 (the output kit shows), not sys.stderr: a submission may have replaced it (a
+        # StringIO has no fd) or closed it, and the dump then raised here, before the H line
+        with contextlib.suppress(Exception):
+            faulthandler.dump_traceback(2, all_threads=True)
         loop = score_rows.__code__
         while frame is not None and frame.f_code is not loop:
             frame = frame.f_back
