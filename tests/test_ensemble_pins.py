@@ -369,3 +369,17 @@ def test_a_constant_candidate_takes_no_weight(order):
         sel = select(_candidates(preds, spec), truth, iters=20)
         assert sel.counts[:, 0 if order == "constant first" else 2].sum() == 0, seed
         assert sel.counts.sum(axis=1).tolist() == [sel.best_iteration] * 2
+
+
+@pytest.mark.parametrize("metric", ["rmse", "mae"])
+def test_the_cut_is_relative_for_targets_of_a_tiny_scale(metric):
+    """An error metric scales with the targets: a fixed 1e-12 tolerance took the first
+    iteration for targets near 1e-12, 1.76x worse than the best blend found (r261)."""
+    spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": metric}}, "<test>")
+    rng = np.random.default_rng(0)
+    truth = rng.standard_normal((2000, 2))
+    preds = [truth + rng.standard_normal(truth.shape) for _ in range(4)]
+    at = {scale: select(_candidates([p * scale for p in preds], spec), truth * scale, iters=10)
+          for scale in (1.0, 1e-13)}
+    assert at[1e-13].best_iteration == at[1.0].best_iteration > 1
+    assert at[1e-13].counts.tolist() == at[1.0].counts.tolist()

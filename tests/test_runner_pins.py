@@ -242,3 +242,20 @@ def test_own_bytes_are_averaged_over_the_whole_run():
     kept, _ = runner.kept_bytes(preds, rows([True] * 1000))
     assert kept / 1000 == pytest.approx(mean, rel=0.05)
 
+
+
+def test_a_table_read_by_step_is_not_reused_but_a_buffer_in_one_sequence_is():
+    """A per-step table (`table[step]`, a common baseline) returns the same memory at the same
+    step of every sequence: the predictions are right, and it is no reuse (r261). Memory a
+    sequence returns twice is (a buffer written in place, a ring of a few), on every row after
+    its first, in any sequence."""
+    values = rows([True] * 12)
+    values[:, 0] = np.repeat([7.0, 8.0, 9.0], 4)  # three sequences of four scored rows
+    table = np.arange(8.0).reshape(4, 2)
+    assert runner.reused_objects([table[i % 4] for i in range(12)], values) == (0, None)
+    out = np.zeros((1, 2))
+    assert runner.reused_objects([out[0] for _ in range(12)], values) == (11, 1)
+    ring = np.zeros((2, 2))
+    assert runner.reused_objects([ring[i % 2] for i in range(12)], values) == (10, 2)
+    # without the rows' sequence ids, one sequence: the table's repeats count
+    assert runner.reused_objects([table[i % 4] for i in range(12)]) == (8, 4)

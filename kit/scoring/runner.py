@@ -329,28 +329,48 @@ def kept_bytes(preds: list, values) -> tuple[int, int]:
 
 
 def reused_objects(preds: list, values=None) -> tuple[int, int | None]:
-    """(how many scored rows returned an object an earlier row returned too, or a view of the
-    same memory (`out[0]` of a buffer written in place each row: a new view object each row),
-    the first such prediction's index): the scorer keeps the object, so each holds the values
-    last written. About 8 bytes a prediction (a set of their ids took 90 and raised the peak
-    the memory projection scales). Addresses (a microsecond each) are read only for views that
-    share their owner (a buffer, a table made once) with another prediction, and not for those
-    of the rows (`values`: different scored rows are different rows); a fresh array per row,
-    or a view of a fresh one, costs its id and its owner's."""
+    """(how many scored rows returned an object an earlier row returned too, or a view of
+    memory an earlier row returned a view of, where some sequence returns that memory twice
+    (`out[0]` of a buffer written in place each row: a new view object each row), the first
+    such prediction's index): the scorer keeps the object, so each holds the values last
+    written. A table only read, `table[step]`, gives each row of a sequence its own memory
+    and is not counted (its rows repeat across sequences). About 8 bytes a prediction (a set
+    of their ids took 90 and raised the peak the memory projection scales). Addresses (a
+    microsecond each) are read only for views that share their owner (a buffer, a table made
+    once) with another prediction, and not for those of the rows (`values`: different rows)."""
+    again = _repeated(np.fromiter(map(id, preds), np.int64, len(preds)))
     keys = np.fromiter(map(_holder_key, preds), np.int64, len(preds))
-    again = _repeated(keys)
-    if len(again):
-        rows = _holder_key(values[:0]) if values is not None and len(values) else None
-        for i in np.flatnonzero(np.isin(keys, keys[again])):  # a holder of more than one
-            pred = preds[i]
-            if keys[i] < 0:  # an address already (a torch tensor's)
-                continue
-            if keys[i] != rows and isinstance(pred, np.ndarray) and pred.nbytes:
-                keys[i] = -pred.__array_interface__["data"][0]  # (negated: never an id)
-            else:  # the object itself; the rows' views: different scored rows, different rows
-                keys[i] = id(pred)
-        again = _repeated(keys)
+    addresses = np.zeros(len(preds), np.int64)
+    rows = _holder_key(values[:0]) if values is not None and len(values) else None
+    for i in np.flatnonzero(np.isin(keys, keys[_repeated(keys)])):  # an owner of several
+        pred = preds[i]
+        if keys[i] < 0:  # an address already (a torch tensor's)
+            addresses[i] = -keys[i]
+        elif keys[i] != rows and isinstance(pred, np.ndarray) and pred.nbytes:
+            addresses[i] = pred.__array_interface__["data"][0]
+    shared = np.flatnonzero(addresses)
+    if len(shared):
+        seqs = _scored_sequences(values, len(preds))
+        pairs = np.stack([seqs[shared], addresses[shared]])
+        order = np.lexsort(pairs[::-1])  # by sequence, then address
+        same = (pairs[:, order[1:]] == pairs[:, order[:-1]]).all(axis=0)
+        written = np.unique(pairs[1, order[1:][same]])  # memory returned twice in a sequence
+        # every row after the first returning such memory holds its last values
+        in_place = shared[np.isin(addresses[shared], written)]
+        again = np.union1d(again, in_place[_repeated(addresses[in_place])])
     return len(again), (int(again.min()) if len(again) else None)
+
+
+def _scored_sequences(values, n: int) -> np.ndarray:
+    """A number per scored row, one per run of rows of one sequence id (all 0 without rows)."""
+    if values is None or not len(values):
+        return np.zeros(n, np.int64)
+    scored = values[np.flatnonzero(values[:, 2] != 0), 0]  # as collect finds them
+    if len(scored) != n:  # (collect refuses such a run)
+        return np.zeros(n, np.int64)
+    starts = np.ones(n, bool)
+    starts[1:] = scored[1:] != scored[:-1]
+    return np.cumsum(starts)
 
 
 def _holder_key(pred) -> int:
