@@ -87,7 +87,7 @@ def synthesize(
             raise KitError(f"{split}_seqs (--{split}-seqs) must be a whole number from 1 to "
                            f"{MAX_SEQS:,}, got {n!r}")
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool):  # numpy: a TypeError
-        raise KitError(f"seed (--seed) must be a whole number, got {seed!r}")
+        raise KitError(f"seed (--seed) must be an integer, got {seed!r}")
     if seed < 0:
         raise KitError(f"seed (--seed) must be >= 0, got {seed}")
     generator = make_generator(spec)

@@ -175,13 +175,11 @@ class ParquetSink:
         try:
             self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd",
                                            use_dictionary=keys)
-        except OSError as exc:  # Arrow's text names no file: say which path, as for the outputs
+        except OSError:  # Arrow names the file; a folder there is said as for the outputs
             if self.tmp.is_dir():
                 raise KitError(f"{self.tmp} is not a file; move it, or write the data "
                                "elsewhere") from None
-            if exc.errno is None:
-                raise
-            raise OSError(exc.errno, os.strerror(exc.errno), str(self.tmp)) from exc
+            raise
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
