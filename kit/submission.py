@@ -13,8 +13,11 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same files give the s
 
 def zip_path_of(folder: Path) -> Path:
     """NAME.zip next to the folder NAME, dots in NAME kept (with_suffix would turn gru.v2 into
-    gru.zip, another package's zip)."""
+    gru.zip, another package's zip). A folder named by "." or ".." (`kit parity .` inside the
+    package) has no name of its own: its resolved path gives it one."""
     folder = Path(folder)
+    if folder.name in ("", ".."):
+        folder = folder.resolve()
     return folder.with_name(folder.name + ".zip")
 
 

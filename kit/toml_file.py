@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import tomllib
 from pathlib import Path
 
@@ -16,8 +17,10 @@ def read_toml(path: Path, error: type[KitError]) -> dict:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position "
-                    f"{exc.start}); save it as UTF-8") from None
+        # utf-8-sig counts exc.start from after a byte order mark, the file's bytes from before
+        at = exc.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        raise error(f"{path}: not UTF-8 text (byte 0x{data[at]:02x} at position {at}); "
+                    "save it as UTF-8") from None
     return parse_toml(text, str(path), error)
 
 
