@@ -71,6 +71,9 @@ def test_a_fresh_view_of_one_buffer_each_row_is_warned_as_reused(tmp_path):
     assert any(said in note for note in result.warnings)
     assert any(said in str(w.message) for w in caught)
     assert result.score == 0.0 and (result.predictions == result.predictions[-1]).all()
+    # what to do, and when it is no fault: a table that predict() only reads
+    assert any("return a new array each row, e.g. buffer.copy(); an object or table that "
+               "predict() only reads is scored as returned)" in note for note in result.warnings)
 
 
 def test_reused_objects_finds_views_of_one_memory_and_not_distinct_memory():

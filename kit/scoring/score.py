@@ -250,7 +250,8 @@ def score_submission(
             f"predict() returned an object it had returned before on {reused:,} scored row(s), "
             f"the first at seq {key_text(seq)} step {key_text(step)}: the scorer keeps the "
             "object, so each of them is scored with the values last written into it, here as "
-            "there (return a new array each row, e.g. buffer.copy())")
+            "there (return a new array each row, e.g. buffer.copy(); an object or table that "
+            "predict() only reads is scored as returned)")
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     report = evaluate(spec, truth, preds)
     loop_s = max(float(result["loop_s"]), 1e-9)
