@@ -41,6 +41,12 @@ class NormaliserError(KitError):
     """Bad normaliser configuration or input."""
 
 
+def _clip_above_0(clip) -> bool:
+    """A clip is a number > 0 (NaN is not); a bool is no clip (True > 0 held, and clipped at
+    +-1)."""
+    return not isinstance(clip, bool) and clip > 0
+
+
 @dataclass
 class Normaliser:
     method: str
@@ -54,8 +60,7 @@ class Normaliser:
         """Fit on x (N, T, F) or (rows, F), using only the rows where mask (N, T) is true."""
         if method not in METHODS:
             raise NormaliserError(f"normaliser method {method!r} is not one of {METHODS}")
-        # NaN too; a bool is no clip (True > 0 held, and clipped at +-1)
-        if clip is not None and (isinstance(clip, bool) or not clip > 0):
+        if clip is not None and not _clip_above_0(clip):
             what = "a number, not a bool" if isinstance(clip, bool) else "deviations"
             raise NormaliserError(f"normaliser clip must be > 0 ({what}), got {clip}")
         rows = x.reshape(-1, x.shape[-1])
@@ -98,8 +103,7 @@ class Normaliser:
                    else "a scale that is not a finite number > 0"
                    if not (np.isfinite(scale) & (scale > 0)).all()
                    else f"clip {clip!r}, not a number > 0" if clip is not None and not (
-                       isinstance(clip, int | float) and not isinstance(clip, bool)
-                       and clip > 0)
+                       isinstance(clip, int | float) and _clip_above_0(clip))
                    else None)
         if problem is not None:
             raise NormaliserError(f"the stored normaliser has {problem}, which fit() never "
