@@ -18,7 +18,7 @@ import typer
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_file
 from kit.data.io import read_frame
-from kit.data.synth import generation_of, synth_dir
+from kit.data.synth import refuse_other_generation, synth_dir
 from kit.errors import KitError, ScorerRefusal
 from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, outputs_summary, scored_truth
 
@@ -47,11 +47,8 @@ def check_oracle_rows(valid: Path, oracle: Path, spec: CompetitionSpec) -> None:
     """The oracle file must be the valid file row for row (oracle_report reads it so): one of
     another generation or size gave a wrong ceiling, or a traceback after all the training.
     Another seed's oracle has the same keys: the files' generation marks tell them apart."""
-    ours, theirs = generation_of(valid), generation_of(oracle)
-    if ours and theirs and ours != theirs:
-        raise KitError(f"{oracle} belongs to other data: generated with {theirs}, and {valid} "
-                       f"with {ours}; delete the folder's three files to generate them again "
-                       "together")
+    refuse_other_generation(valid, oracle, "delete the folder's three files to generate them "
+                            "again together")
     keys = [spec.id_col, spec.step_col]
     ours, theirs = read_frame(valid, keys), read_frame(oracle, keys + list(spec.outputs))
     if ours.height != theirs.height or not ours.equals(theirs.select(keys)):

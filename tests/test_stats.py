@@ -411,3 +411,55 @@ def test_predictorium_feature_bands_read_every_feature(tmp_path):
     assert checks["feature_nan"] == (2, False)  # one inf per sequence
     [v5] = [line for line in format_stats(stats).splitlines() if line.startswith("  v5 ")]
     assert v5.split()[-2:] == ["2", "!!"]
+
+
+def _group_cells(text: str, group: str) -> list[str]:
+    """The cells of one row of the feature-group table, "!!" kept as its own token."""
+    table = text.split("  feature group")[1].split("\n\n")[0]
+    [line] = [row for row in table.splitlines() if row.split()[:1] == [group]]
+    return line.split()[1:]
+
+
+def test_the_group_table_marks_only_the_groups_out_of_band(tmp_path):
+    """One v value of -9 marks the v group's min, not every group's (the marks came from the
+    set-level check); a NaN in p0 alone marks the p group's NaN/inf count only (r265)."""
+    from tests.frames import make_frame
+
+    spec = load_spec("predictorium")
+    frame = make_frame(spec, lengths=[1000, 1000], seed=4)
+    row = pl.int_range(pl.len())
+    frame = frame.with_columns(
+        pl.when(row == 10).then(-9.0).otherwise(pl.col("v3")).cast(pl.Float32).alias("v3"),
+        pl.when(row == 11).then(float("nan")).otherwise(pl.col("p0")).cast(pl.Float32)
+        .alias("p0"))
+    frame.write_parquet(tmp_path / "odd.parquet")
+    stats = dataset_stats(tmp_path / "odd.parquet", spec)
+    failed = {c["key"] for c in stats["checks"] if not c["ok"]}
+    assert {"feature_min", "feature_nan"} <= failed
+    text = format_stats(stats)
+    v, p = _group_cells(text, "v"), _group_cells(text, "p")
+    assert v[v.index("-9.000") + 1] == "!!" and v.count("!!") == 1, v
+    # (make_frame's prices are no random walk: the p group's AC1 min is out of band too)
+    assert "price_ac_min" in failed and p[5] == "!!", p
+    assert p[-2:] == ["1", "!!"] and p.count("!!") == 2, p
+    for group in ("dp", "dv"):
+        assert "!!" not in _group_cells(text, group), group
+
+
+def test_stats_refuse_an_oracle_generated_with_other_arguments(tmp_path):
+    """Another seed's oracle has every id and step of this file: scored, it gave a ceiling of
+    about 0 and failed bands, as if the generator were broken (r265). kit demo refused it
+    already; kit data stats now does too. A file without the mark is held to its keys."""
+    spec = load_spec("predictorium")
+    for seed in (0, 1):
+        synthesize(spec, tmp_path / f"s{seed}", train_seqs=2, valid_seqs=3, seed=seed,
+                   progress=False)
+    valid = tmp_path / "s0" / "valid.parquet"
+    with pytest.raises(DataError, match=r"s1/valid_oracle.parquet belongs to other data: "
+                       r"generated with \{.*\"seed\": 1.*s0/valid.parquet with \{.*\"seed\": 0"):
+        dataset_stats(valid, spec, oracle=tmp_path / "s1" / "valid_oracle.parquet")
+    ours = dataset_stats(valid, spec, oracle=tmp_path / "s0" / "valid_oracle.parquet")
+    assert ours["oracle"]["score"] > 0.3
+    unmarked = tmp_path / "unmarked.parquet"
+    pl.read_parquet(tmp_path / "s1" / "valid_oracle.parquet").write_parquet(unmarked)
+    assert dataset_stats(valid, spec, oracle=unmarked)["oracle"]["score"] < 0.3

@@ -18,6 +18,7 @@ import polars as pl
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_dtypes, key_problems, need_flags, whole_numbers
 from kit.data.io import parquet_schema, read_frame, refuse_index_columns
+from kit.data.synth import refuse_other_generation
 from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
 
@@ -109,6 +110,8 @@ def dataset_stats(
         for b in present[i + 1 :]
     }
     if oracle is not None:
+        refuse_other_generation(path, Path(oracle), "give the oracle that kit data synth "
+                                "wrote beside this file")
         out["oracle"] = _oracle_scores(frame, need, Path(oracle), spec)
     if reference is not None:
         ref = read_frame(reference, present)
@@ -142,15 +145,23 @@ def format_stats(stats: dict) -> str:
     ]
     group_rows = []
     for group, g in stats["feature_groups"].items():
-        ac_bad = _AC_BAND.get(group, "") in failed
         abs_mean = max(
             (abs(v) for v in (g["mean_min"], g["mean_max"]) if v is not None), default=None
         )
+        # each cell against the band by its own value: one group out of band marked every
+        # group when the flags came from the set-level checks
+        ac_key = _AC_BAND.get(group)
+        bad = _outside if banded else lambda *_: False
         group_rows.append((group, [
-            (g["n"], False), (abs_mean, False), (g["std_min"], False), (g["std_max"], False),
-            (g["ac1_min"], ac_bad), (g["ac1_mean"], False), (g["ac1_max"], ac_bad),
-            (g["min"], "feature_min" in failed), (g["max"], "feature_max" in failed),
-            (g["nan"] + g["inf"], "feature_nan" in failed),
+            (g["n"], False), (abs_mean, bad(abs_mean, "feature_abs_mean", 1)),
+            (g["std_min"], bad(g["std_min"], "feature_std_min", 0)),
+            (g["std_max"], bad(g["std_max"], "feature_std_max", 1)),
+            (g["ac1_min"], ac_key == "price_ac_min" and bad(g["ac1_min"], ac_key, 0)),
+            (g["ac1_mean"], False),
+            (g["ac1_max"], ac_key == "trade_ac_max" and bad(g["ac1_max"], ac_key, 1)),
+            (g["min"], bad(g["min"], "feature_min", 0)),
+            (g["max"], bad(g["max"], "feature_max", 1)),
+            (g["nan"] + g["inf"], bad(g["nan"] + g["inf"], "feature_nan", 1)),
         ]))  # fmt: skip
     headers = ["n", "max|mean|", "std min", "std max", "AC1 min", "AC1 mean", "AC1 max", "min",
                "max", "NaN/inf"]  # fmt: skip
@@ -204,22 +215,23 @@ _AC_BAND = {"p": "price_ac_min", "dp": "trade_ac_max", "dv": "trade_ac_max"}
 _LIMITS = {key: (low, high) for key, _, low, high in BANDS}
 
 
+def _outside(value, key: str, side: int) -> bool:
+    """Whether a figure breaks band `key`'s lower (side 0) or upper (side 1) limit."""
+    limit = _LIMITS[key][side]
+    return value is not None and (value < limit if side == 0 else value > limit)
+
+
 def _feature_outside(name: str, c: dict) -> set[str]:
     """Which of one feature's figures break the (set-level) feature bands."""
-
-    def out(value, key: str, index: int) -> bool:
-        limit = _LIMITS[key][index]
-        return value is not None and (value < limit if index == 0 else value > limit)
-
     bad = {k for k in ("nan",) if c["nan"] + c["inf"]}
-    if c["mean"] is not None and out(abs(c["mean"]), "feature_abs_mean", 1):
+    if c["mean"] is not None and _outside(abs(c["mean"]), "feature_abs_mean", 1):
         bad.add("mean")
-    if out(c["std"], "feature_std_min", 0) or out(c["std"], "feature_std_max", 1):
+    if _outside(c["std"], "feature_std_min", 0) or _outside(c["std"], "feature_std_max", 1):
         bad.add("std")
-    bad |= {"min"} if out(c["min"], "feature_min", 0) else set()
-    bad |= {"max"} if out(c["max"], "feature_max", 1) else set()
+    bad |= {"min"} if _outside(c["min"], "feature_min", 0) else set()
+    bad |= {"max"} if _outside(c["max"], "feature_max", 1) else set()
     ac_key = _AC_BAND.get(_group_name(name))
-    if ac_key and out(c["ac1"], ac_key, 0 if ac_key == "price_ac_min" else 1):
+    if ac_key and _outside(c["ac1"], ac_key, 0 if ac_key == "price_ac_min" else 1):
         bad.add("ac1")
     return bad
 

@@ -27,7 +27,7 @@ from kit.data.synth.core import (
 )
 from kit.data.synth.predictorium import LobGenerator
 from kit.data.synth.rnn import RnnGenerator
-from kit.errors import KitError
+from kit.errors import DataError, KitError
 
 DEFAULT_SEQS = {"train": 400, "valid": 200}  # a quick demo: ~3 s on 2 cores
 FULL_SEQS = {"train": 10_721, "valid": 1_444}  # the real Predictorium split sizes
@@ -149,6 +149,16 @@ def generation_of(path: Path) -> str | None:
         return None
     mark = metadata.get(GENERATION_KEY.encode())
     return mark.decode(errors="replace") if mark else None
+
+
+def refuse_other_generation(data: Path, oracle: Path, fix: str) -> None:
+    """An oracle generated with other arguments than the data file (another seed's oracle has
+    the same ids and steps, so the keys cannot tell) scores other targets: a ceiling of about
+    0. Files without the mark are not judged here."""
+    ours, theirs = generation_of(data), generation_of(oracle)
+    if ours and theirs and ours != theirs:
+        raise DataError(f"{oracle} belongs to other data: generated with {theirs}, and {data} "
+                        f"with {ours}; {fix}")
 
 
 def _write_split(generator, split, n, *, first_id, path, seed, bar, generation,
