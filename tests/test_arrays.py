@@ -507,6 +507,17 @@ def test_clear_cache_removes_entries_only(data_file, tmp_path):
     assert clear_cache(tmp_path / "missing") == 0
 
 
+def test_clear_cache_mends_a_digests_file_damaged_into_a_folder(data_file, tmp_path):
+    """The command a user runs to mend a damaged cache raised IsADirectoryError on it and
+    removed nothing (r265); a build already worked around the same damage."""
+    cache_dir, build = tmp_path / "cache", Builder(data_file)
+    cached_arrays(data_file, KEY, build, cache_dir=cache_dir)
+    (cache_dir / cache_module.DIGESTS_FILE).unlink(missing_ok=True)
+    (cache_dir / cache_module.DIGESTS_FILE / "x").mkdir(parents=True)
+    assert clear_cache(cache_dir) == 1
+    assert list(cache_dir.iterdir()) == []
+
+
 def test_a_folder_of_the_users_in_the_cache_dir_is_no_entry(data_file, tmp_path):
     """A backup folder kept in the cache dir was listed as an entry and deleted by --clear."""
     cache_dir, build = tmp_path / "cache", Builder(data_file)

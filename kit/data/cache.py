@@ -451,7 +451,7 @@ def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
     if not cache_dir.is_dir():
         return 0
     removed = 0
-    (cache_dir / DIGESTS_FILE).unlink(missing_ok=True)  # bookkeeping, not an entry
+    _remove(cache_dir / DIGESTS_FILE)  # bookkeeping, not an entry (even damaged into a folder)
     for child in cache_dir.iterdir():
         if child.name.startswith(TMP_PREFIX) or (child.is_dir() and _ENTRY_NAME.match(child.name)):
             _remove(child)
