@@ -603,20 +603,30 @@ def test_gaps_are_counted_with_missing_steps_and_listed_five_at_most():
         q = df.filter(pl.col("seq_ix") == i)
         parts += [q[0:1], q[2:3], q[1:2], q[4:]] if i >= 3 else [q[0:2], q[3:]]
     assert _problems(pl.concat(parts), spec) == [
-        "steps out of order in 5 sequence(s); first at: seq 3 step 1 (row 17), seq 4 step 1 "
+        "steps out of order in 5 sequence(s); first in each: seq 3 step 1 (row 17), seq 4 step 1 "
         "(row 22), seq 5 step 1 (row 27), seq 6 step 1 (row 32), seq 7 step 1 (row 37)",
         "8 gap(s) in step numbering: seq 0: step 1 -> 3, seq 1: step 1 -> 3, seq 2: step 1 -> 3, "
         "seq 3: 1 step(s) missing, seq 4: 1 step(s) missing"]
     one = make_frame(spec, lengths=[6])
     assert _problems(pl.concat([one[0:1], one[2:3], one[1:2], one[4:]]), spec) == [
-        "steps out of order in 1 sequence(s); first at: seq 0 step 1 (row 2)",
+        "steps out of order in 1 sequence(s); first in each: seq 0 step 1 (row 2)",
         "1 gap(s) in step numbering: seq 0: 1 step(s) missing"]
 
 
 def test_order_problems_name_their_rows_and_counts():
     df = make_frame(SPEC)
     assert _problems(pl.concat([df[:3], df[4:5], df[3:4], df[5:]])) == [
-        "steps out of order in 1 sequence(s); first at: seq 0 step 3 (row 4)"]
+        "steps out of order in 1 sequence(s); first in each: seq 0 step 3 (row 4)"]
+    # each sequence named once, at its first row out of order (r265: a reversed sequence
+    # filled the list with its own rows and hid the others)
+    two = make_frame(SPEC, n_seqs=3)
+    rev = pl.concat([two.filter(pl.col("seq_ix") == 0).reverse(),
+                     two.filter(pl.col("seq_ix") == 1),
+                     two.filter(pl.col("seq_ix") == 2).reverse()])
+    [order] = [p for p in _problems(rev) if p.startswith("steps out of order")]
+    n = SPEC.seq_len
+    assert order == (f"steps out of order in 2 sequence(s); first in each: seq 0 step {n - 2} "
+                     f"(row 1), seq 2 step {n - 2} (row {2 * n + 1})"), order
     # a repeated step is a duplicate (counted), not a step out of order
     assert _problems(_set_at(_set_at(df, "step_in_seq", 3, 2), "step_in_seq", 4, 2)) == [
         "1 duplicate (seq_ix, step_in_seq) pair(s): (seq 0, step 2) x3",
