@@ -379,13 +379,14 @@ def features_build(
     # checked as training checks it: a typo such as `grups` must not preview the default set
     config = resolve(load_experiment(exp)) if exp else {
         "spec": "predictorium" if spec is None else spec, "data": {}}
+    name = exp.removeprefix("exp=") if exp else None  # (as the user knows it, in messages)
     if exp and spec is not None and spec != config.get("spec", "predictorium"):
-        raise KitError(f"--spec {spec!r}: experiment {exp!r} names its own spec "
+        raise KitError(f"--spec {spec!r}: experiment {name!r} names its own spec "
                        f"({config.get('spec', 'predictorium')!r}); drop --spec or use --groups")
     if groups is not None:
         ops = config.get("features", {}).get("ops") if exp else None
         if ops:  # said, or the preview looks like the experiment's set and is not
-            typer.echo(f"note: --groups replaces experiment {exp!r}'s [features]: its "
+            typer.echo(f"note: --groups replaces experiment {name!r}'s [features]: its "
                        f"{len(ops)} explicit op(s) are left out", err=True)
         config["features"] = {"groups": [g.strip() for g in groups.split(",") if g.strip()],
                               "ops": []}

@@ -943,12 +943,13 @@ def test_features_cli_list_and_build(tmp_path, monkeypatch):
                    'ops = [{ op = "lag", inputs = ["p0"], k = 2 }]\n')
     out = run_cli("features", "build", f"exp={exp}", "--groups", "spreads", "--data", path)
     assert "its 1 explicit op(s) are left out" in out.stderr and "p0@lag2" not in out.output
+    assert f"replaces experiment {str(exp)!r}'s" in out.stderr  # as named, without `exp=`
     exp.write_text('spec = "predictorium"\n[features]\ngroups = ["imbalance"]\n')
     bad = run_cli("features", "build", "--groups", "nope", "--data", path, expect=2).output
     assert "unknown feature group 'nope'" in bad
     other = run_cli("features", "build", f"exp={exp}", "--spec", "rnn-challenge", "--data", path,
                     expect=2).output  # not silently ignored
-    assert "names its own spec" in other
+    assert f"experiment {str(exp)!r} names its own spec" in other
     # the experiment is checked as training checks it: a typo does not preview the default set
     exp.write_text('spec = "predictorium"\n[features]\ngrups = ["imbalance"]\n')
     typo = run_cli("features", "build", f"exp={exp}", "--data", path, expect=2).output
