@@ -212,9 +212,11 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     extra = [c for c in have if c not in want_set]
     if missing:
         problems.append(f"missing column(s): {_listed(missing)}")
-    if not any(c in have_set for c in spec.input_columns):
-        problems.append(f"none of spec {spec.name!r}'s columns is in the file: is it another "
-                        "competition's? Pass --spec NAME (kit spec list shows the specs)")
+    # by the features: competitions share key names (seq_ix, step_in_seq, need_prediction),
+    # so another competition's file passed the key columns and got no hint (r265)
+    if spec.features and not any(c in have_set for c in spec.features):
+        problems.append(f"none of spec {spec.name!r}'s feature columns is in the file: is it "
+                        "another competition's? Pass --spec NAME (kit spec list shows the specs)")
     if extra and extra_ok:
         warnings.append(f"column(s) not in the spec: {_listed(extra)}; kit train and kit score "
                         "read the spec's columns by name and leave these alone (the "
