@@ -232,6 +232,32 @@ def test_a_resume_reads_a_damaged_history_as_kit_runs_does(env, tmp_path, damage
     assert all(json.loads(line)["epoch"] >= 1 for line in history.read_text().splitlines())
 
 
+def test_a_resume_refuses_a_config_toml_edited_by_hand(env, tmp_path):
+    """An edited epochs count resumed silently onto a schedule of another length (the lr went
+    back up), an edited width failed as a last.pt that "does not fit", whose advice (delete
+    it) lost the epochs (r264). Comments and layout are no edit: that run resumes."""
+    run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--stop-after-epochs", "1", "-q")
+    config = tmp_path / "r" / "config.toml"
+    text, paused = config.read_text(), (tmp_path / "r" / "metrics.json").read_bytes()
+    assert "epochs = 3\n" in text and "hidden = 16\n" in text
+    cases = [([("epochs = 3\n", "epochs = 8\n")], "train.epochs (was 3)"),
+             ([("hidden = 16\n", "hidden = 32\n"), ("epochs = 3\n", "epochs = 4\n")],
+              "model.hidden (was 16), train.epochs (was 3)")]
+    for edit, shown in cases:
+        edited = text
+        for old, new in edit:
+            edited = edited.replace(old, new)
+        config.write_text(edited)
+        out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume",
+                      expect=2).output
+        assert f"config.toml was edited after the run started: {shown}; --resume" in out, out
+        assert "does not fit" not in out
+        assert (tmp_path / "r" / "metrics.json").read_bytes() == paused  # the pause kept
+    config.write_text("# my notes\n" + text.replace(" = ", "   =   "))
+    run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume", "-q")
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"] == 3
+
+
 def test_resume_takes_the_original_command_with_a_width_beside_a_budget(env, tmp_path):
     """config.toml holds the solved width (params overrides a width given beside it): the
     original command's model.hidden=10 read as a change and --resume refused it."""

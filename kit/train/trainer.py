@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from kit.config import CHOICES, ConfigError
+from kit.config import CHOICES, ConfigError, differences, flatten
 from kit.errors import KitError
 from kit.metrics import evaluate
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
@@ -160,6 +161,30 @@ def refuse_other_inputs(saved: dict | None, now: dict, last: Path) -> None:
                       "the file, or train a new run")
 
 
+def refuse_edited_config(saved_text: str | None, files: RunFiles) -> None:
+    """config.toml edited by hand between a pause and --resume: the resumed epochs trained on
+    other settings than the first (a cosine schedule of 4 epochs, then one of 8), a run no
+    config describes; a model of another width failed as a checkpoint that "does not fit",
+    whose advice (delete it) lost the epochs. A last.pt from before the record is not
+    checked; comments, layout, the name and the description are no change."""
+    if saved_text is None or not files.config_path.is_file():
+        return
+    text = files.config_path.read_text()
+    if text == saved_text:
+        return
+    try:
+        changed = [key for key in differences(tomllib.loads(saved_text), tomllib.loads(text))
+                   if key not in ("name", "description")]
+    except tomllib.TOMLDecodeError:
+        changed = ["the config"]
+    if changed:
+        before = flatten(tomllib.loads(saved_text))
+        shown = [f"{key} (was {before[key]!r})" if key in before else key for key in changed]
+        raise ConfigError(f"{files.config_path} was edited after the run started: "
+                          f"{', '.join(shown[:8])}; --resume replays the run as it started, so "
+                          "put those values back, or train a new run with the new settings")
+
+
 def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, *,
         resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
         on_epoch: Callable[[EpochEnd], bool] | None = None) -> dict:
@@ -179,6 +204,9 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     chunk = train["chunk"] or steps
     saved = load_checkpoint(files.last, ("model", "optimizer", "schedule", "epoch")) \
         if resume else None
+    if saved is not None:  # first: an edited width then fails as an edit, not as last.pt
+        refuse_edited_config(saved.get("config_toml"), files)
+    config_text = files.config_path.read_text() if files.config_path.is_file() else None
     if train["batch_size"] == 0:  # auto: the largest batch the GPU holds, found once
         from kit.train.batch_finder import find_batch_size
 
@@ -332,6 +360,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
             "batch_size": train["batch_size"], "amp": str(amp_dtype), "best_pending": improved,
             "threads": torch.get_num_threads(), "inputs": trained_inputs(data),
+            "config_toml": config_text,
         }, files.last)
         if improved:  # last.pt now records this epoch as the best: its files take their place
             files.promote_best(epoch + 1)
