@@ -48,6 +48,15 @@ def experiment_path(name: str) -> Path:
     return path
 
 
+def known_experiment(name) -> str | None:
+    """`name` when `kit train NAME` finds it (experiments/NAME.toml is here), else None: advice
+    then says EXP, not a command that fails (a run trained from a TOML path elsewhere)."""
+    try:
+        return name if isinstance(name, str) and experiment_path(name).is_file() else None
+    except KitError:
+        return None
+
+
 def deep_merge(parent: dict, child: dict) -> dict:
     out = dict(parent)
     for key, value in child.items():

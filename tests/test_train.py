@@ -168,6 +168,14 @@ def test_resume_of_a_run_dir_of_another_experiment_is_refused(env, tmp_path, mon
     assert "is a run of experiment 'tiny', not 'other'; resume it as `kit train tiny" in out
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"] == 1
     run_cli("train", "exp=tiny", "--resume", "--run-dir", tmp_path / "r", "-q")
+    # trained from a TOML path outside experiments/: `kit train mine` would fail (r264)
+    shutil.copy(exps / "tiny.toml", tmp_path / "mine.toml")
+    run_cli("train", tmp_path / "mine.toml", "--run-dir", tmp_path / "m", "--stop-after-epochs",
+            "1", "-q")
+    out = run_cli("train", "exp=other", "--resume", "--run-dir", tmp_path / "m", "-q",
+                  expect=2).output
+    assert (f"is a run of experiment 'mine', not 'other'; resume it as `kit train EXP --resume "
+            f"--run-dir {tmp_path / 'm'}`, EXP the file it was trained from") in out, out
 
 
 def test_runs_says_which_rows_each_score_is_on(env, tmp_path):

@@ -33,7 +33,7 @@ import onnx
 from kit import __version__
 from kit.atomic import atomic_text
 from kit.competition import CompetitionSpec, blend_spec_difference, load_spec, spec_from_dict
-from kit.config import experiment_path
+from kit.config import known_experiment
 from kit.data.contract import contract_dtype
 from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
@@ -112,10 +112,7 @@ def unfinished_note(run: Path) -> str | None:
         config = {}
     planned = (config.get("train") or {}).get("epochs", "?")
     name = config.get("name") or folder.parent.name
-    try:  # the name kit train takes, when experiments/ has it; else the note says EXP
-        experiment = name if experiment_path(name).is_file() else None
-    except KitError:
-        experiment = None
+    experiment = known_experiment(name)  # (else the note says EXP)
     from kit.train.runs import RunFiles
 
     if RunFiles(folder).being_trained():  # the resume advice would fail while it trains

@@ -19,6 +19,7 @@ from kit.config import (
     apply_overrides,
     check_seeds,
     differences,
+    known_experiment,
     load_experiment,
     resolve,
 )
@@ -266,10 +267,12 @@ def _train_in_turn(base: dict, seeds: list[int], folds: int, runs_dir: Path,
                       "another run); to train those settings, start a new run without "
                       "--resume", file=sys.stderr, flush=True)
             if stored.get("name") != config["name"]:  # (only a --run-dir can name another's)
+                exp = known_experiment(stored.get("name"))
                 raise ConfigError(f"--resume: {files.root} is a run of experiment "
                                   f"{stored.get('name')!r}, not {config['name']!r}; resume it "
-                                  f"as `kit train {stored.get('name')} --resume --run-dir "
-                                  f"{files.root}`")
+                                  f"as `kit train {exp or 'EXP'} --resume --run-dir "
+                                  f"{files.root}`" + ("" if exp else ", EXP the file it was "
+                                                      "trained from (not in experiments/)"))
             return [continue_run(stored, files, overrides, stop_after_epochs, progress)]
         files = RunFiles(run_dir or runs_dir / config["name"] / new_run_id(seed, stamp))
         files.refuse_reuse()
