@@ -207,7 +207,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "seed": _seed(config, run_dir.name),
         "metric": metric,
         "higher_is_better": higher_is_better,
-        "validated": _validation_set(config, metrics),
+        "validated": _validation_set(config, metrics, _spec_length(source, config, cache)),
         # an out-of-fold group's digests are its folds' (of the train file they split)
         "validated_sha256": _validated_digest(
             config, metrics if source == run_dir else read_metrics(source), source),
@@ -422,14 +422,31 @@ def _target_names(runs: list[dict]) -> list[str]:
     return names
 
 
-def _validation_set(config: dict, metrics: dict | None) -> str | None:
+def _spec_length(run_dir: Path, config: dict, cache: dict) -> int | None:
+    """The spec's sequence length (None: lengths vary, or no spec is readable)."""
+    try:
+        length = _spec(run_dir, config, cache).seq_len
+    except KitError:
+        return None
+    return length if isinstance(length, int) else None
+
+
+def _validation_set(config: dict, metrics: dict | None, spec_len: int | None = None
+                    ) -> str | None:
     """The rows a run's score is on, in a few words: the valid file's name, a held-out part of
     the train file, one fold of it, or every fold (an out-of-fold group); `N seqs of` in front
     when train.max_valid_seqs kept only the first N."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     train = Path(str(data.get("train", ""))).name or "train"
     cut = ""
-    if (metrics or {}).get("valid_truncated"):  # data.seq_len cut them: not kit score's rows
+    truncated = (metrics or {}).get("valid_truncated")
+    if truncated is None:  # no metrics.json yet (still training, or killed): data.seq_len
+        # cuts where the spec's sequences are longer (lengths that vary: it may); such a run
+        # was labelled as one without the cut, and the mixed-rows note was false (r264)
+        seq_len = data.get("seq_len")
+        truncated = isinstance(seq_len, int) and seq_len > 0 and not (
+            spec_len is not None and spec_len <= seq_len)
+    if truncated:  # data.seq_len cut them: not kit score's rows
         cut = f"{'last' if data.get('truncate') == 'tail' else 'first'} " \
               f"{data.get('seq_len')} steps of "
     if metrics is not None and metrics.get("kind") == "oof":

@@ -221,6 +221,18 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
             "set\n") in out
     # two files named valid.parquet: told apart by their folders
     assert "other/valid.parquet" in out and "data/valid.parquet" in out
+    # a run still training or killed has no metrics.json: its config and spec say whether
+    # data.seq_len cut its rows (r264: labelled as the uncut file, and the note was false)
+    import shutil
+
+    run_cli("train", "exp=tiny", "train.epochs=1", "data.seq_len=60", "--run-dir",
+            tmp_path / "more" / "whole" / "r", "-q")  # the spec's length: nothing cut
+    for name in ("cut", "whole"):
+        shutil.copytree(tmp_path / "more" / name, tmp_path / "killed" / name)
+        (tmp_path / "killed" / name / "r" / "metrics.json").unlink()
+    listed = json.loads(run_cli("runs", "--runs-dir", tmp_path / "killed", "--json").output)
+    assert sorted(r["validated"] for r in listed) == ["last 15 steps of valid.parquet",
+                                                       "valid.parquet"]
 
 
 @pytest.mark.parametrize("damage", ["torn", "garbage", "not_utf8", "emptied"])
