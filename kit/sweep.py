@@ -1090,7 +1090,8 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
         raise SweepError(f"{failing.stopped} ({failing.last}); the study keeps them as failed: "
                          "fix the cause (or narrow the search space) and re-run the same "
                          "command to continue (a study with no finished trial takes the "
-                         "changed settings)")
+                         "changed settings; a categorical's choices stay those its trials drew: "
+                         "to change them, pick a new --study name)")
 
 
 FAILED_IN_A_ROW = 5  # a worker whose trials keep failing stops instead of sampling forever

@@ -234,6 +234,9 @@ def test_an_invalid_combination_of_values_fails_its_trial_and_the_sweep_goes_on(
     assert "Traceback" not in out
     assert ("this worker's last 5 trials all failed (invalid combination of values: "
             "model.d_model (6) must be a multiple of model.n_heads (4)") in out
+    # the way on that works: the study keeps the choices its failed trials drew (r266)
+    assert "a categorical's choices stay those its trials drew: to change them, pick a new " \
+           "--study name" in " ".join(out.split())
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
     # a space where only some combinations are invalid: those fail, the sweep goes on to N
     _edit_tiny(sweep_env, transformer([8, 6], [2, 4]))
