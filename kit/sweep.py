@@ -1217,7 +1217,7 @@ def summarize(setup: SweepSetup, seconds: float) -> dict:
                "search": study.user_attrs.get("kit_search"),
                "counts": counts, "best": [{"number": t.number, "score": t.value,
                                            "params": t.params,
-                                           "run_dir": t.user_attrs.get("run_dir")}
+                                           "run_dir": trial_run_dir(setup, t)}
                                           for t in best]}
     if best:
         summary["best_experiment"] = str(write_best(setup, best[0]))
@@ -1267,11 +1267,20 @@ def without_none(value):
     return value
 
 
+def trial_run_dir(setup: SweepSetup, trial) -> str | None:
+    """The trial's run folder: the absolute path it recorded, or where that run is under this
+    checkout's runs/ once the checkout moved (the summary printed paths that were gone)."""
+    from kit.run_record import relocated
+
+    recorded = trial.user_attrs.get("run_dir")
+    return str(relocated(recorded, setup.runs_dir)) if isinstance(recorded, str) else None
+
+
 def trained_config(setup: SweepSetup, trial, values: dict) -> dict:
     """The config the trial trained (its run's config.toml), else the one its values give."""
     from kit.run_record import read_config
 
-    run_dir = trial.user_attrs.get("run_dir")
+    run_dir = trial_run_dir(setup, trial)
     if run_dir and (Path(run_dir) / "config.toml").is_file():
         return read_config(Path(run_dir))
     return trial_config(setup.base, values)

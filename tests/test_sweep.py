@@ -1621,8 +1621,13 @@ def test_a_study_knows_its_files_by_content_and_survives_a_moved_checkout(sweep_
     monkeypatch.chdir(moved)
     monkeypatch.setenv("KIT_EXPERIMENTS", str(moved / "experiments"))
     assert kit.config.experiments_dir() == moved / "experiments"
-    run_cli("sweep", "exp=tiny", "--trials", 3, "-q")
+    (sweep_env / "runs").rename(sweep_env / "runs-gone")  # the old checkout's runs are gone
+    out = run_cli("sweep", "exp=tiny", "--trials", 3, "-q").output
     assert "best trial" in (moved / "experiments/tiny_best.toml").read_text()
+    # the summary's trial paths are where the runs are now, not the recorded ones (r266)
+    listed = [line.split()[-1] for line in out.splitlines() if line.lstrip().startswith("#")]
+    assert len(listed) == 3 and all(Path(p).is_dir() and Path(p).is_relative_to(moved)
+                                    for p in listed), out
 
 
 def test_a_parameter_pinned_to_one_value_is_accepted(sweep_env):
