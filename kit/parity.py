@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from kit.atomic import atomic_bytes
 from kit.competition import CompetitionSpec, spec_from_dict
 from kit.config import finite_number, validation_file
 from kit.data.arrays import build_arrays
@@ -38,6 +39,7 @@ from kit.export.pack import (
     MANIFEST_FILE,
     PACK_FILES,
     PackError,
+    check_replaceable_zip,
     exclusive,
     hash_mismatches,
     package_lock,
@@ -49,7 +51,7 @@ from kit.metrics import SHOWN_OUTPUTS, evaluate
 from kit.run_record import relocated
 from kit.scoring.sandbox import snapshot_submission
 from kit.scoring.score import FLOAT_EXACT, key_text, load_rows, replay_rows
-from kit.submission import write_submission_zip
+from kit.submission import write_submission_zip, zip_path_of
 from kit.temp import owned_temp_dir
 
 DEFAULT_ATOL = 1e-5
@@ -701,9 +703,26 @@ def record_report(submission: Path, tested: dict, result: ParityReport) -> None:
                           "describes the package as it was and is not recorded in it; run "
                           "kit parity again", stacklevel=3)
             return
+        zip_path = zip_path_of(submission)
+        try:  # pack's rule: a NAME.zip of the user's own is never overwritten (r263)
+            check_replaceable_zip(zip_path)
+            own_zip = None
+        except PackError:
+            own_zip = zip_path
+        manifest = submission / MANIFEST_FILE
+        before = manifest.read_bytes()
         tested["parity"] = result.to_dict()
         write_manifest(submission, tested)
-        write_submission_zip(submission, files=PACK_FILES)
+        if own_zip is not None:
+            warnings.warn(f"the report is recorded in {manifest}, not in {own_zip}: that is not "
+                          "a zip kit pack wrote, so it is left as it is (kit pack --name or --out "
+                          "writes the package's zip elsewhere)", stacklevel=3)
+            return
+        try:
+            write_submission_zip(submission, files=PACK_FILES)
+        except BaseException:  # the folder and its zip stay one package: the manifest as it was
+            atomic_bytes(manifest, before)
+            raise
 
 
 def _where(diff: dict) -> str:

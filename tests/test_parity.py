@@ -226,6 +226,42 @@ def _report(folder: Path) -> ParityReport:
                         [Check("paths agree", True, "fine")])
 
 
+def test_a_report_leaves_a_zip_of_the_users_own_and_the_folder_and_zip_agree(package,
+                                                                             tmp_path):
+    """kit parity overwrote a NAME.zip of the user's own, which kit pack refuses to touch; and
+    a zip it could not write left the folder's manifest rewritten, the zip not, with a warning
+    that the package was as it was (r263)."""
+    import zipfile
+
+    from kit.submission import zip_path_of
+
+    folder = _copy(package, tmp_path)
+    tested = read_manifest(folder)
+    theirs = zip_path_of(folder)
+    with zipfile.ZipFile(theirs, "w") as archive:
+        archive.writestr("README.md", "my notes")
+    kept = theirs.read_bytes()
+    with pytest.warns(UserWarning, match=r"recorded in .*manifest.json, not in .*edited.zip: "
+                      "that is not a zip kit pack wrote, so it is left as it is"):
+        record_report(folder, dict(tested), _report(folder))
+    assert theirs.read_bytes() == kept
+    assert read_manifest(folder)["parity"] == _report(folder).to_dict()
+    # no zip in the way, but it cannot be written: the manifest goes back as it was
+    theirs.unlink()
+    before = (folder / "manifest.json").read_bytes()
+    (folder.parent / "edited.zip.tmp").mkdir()  # where the zip is written first
+    other = _report(folder)
+    other.checks = [Check("paths agree", False, "not fine")]
+    with pytest.raises(OSError):
+        record_report(folder, dict(tested), other)
+    assert (folder / "manifest.json").read_bytes() == before and not theirs.exists()
+    (folder.parent / "edited.zip.tmp").rmdir()
+    record_report(folder, dict(tested), other)  # and once it can: both
+    assert read_manifest(folder)["parity"] == other.to_dict()
+    with zipfile.ZipFile(theirs) as archive:
+        assert archive.read("manifest.json") == (folder / "manifest.json").read_bytes()
+
+
 def test_a_report_is_not_recorded_into_a_package_whose_files_were_edited_meanwhile(package,
                                                                                     tmp_path):
     """solution.py edited while parity ran (the manifest not rewritten: its file list is the
