@@ -557,6 +557,18 @@ def test_kit_score_says_when_a_package_is_not_the_one_kit_pack_wrote(gru_pack, t
     assert any("model.onnx changed since pack (sha256 differs from the manifest): this is not "
                "the package kit pack wrote" in w for w in changed.warnings)
     assert changed.score == pytest.approx(intact.score)
+    # the manifest's file list deleted by hand: nothing vouches for the files (r263)
+    folder = _copy_pack(gru_pack, tmp_path / "unlisted")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["files"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.warns(RuntimeWarning, match="model.onnx has no sha256 in the manifest"):
+        score_submission(folder, data, spec, seqs=2, progress=False)
+    # a spec by name or path, or None (the manifest's), as kit score --spec takes it (a
+    # name raised AttributeError)
+    for named in (None, str(workspace / "tiny-lob.toml"), workspace / "tiny-lob.toml"):
+        scored = score_submission(gru_pack.folder, data, named, seqs=2, progress=False)
+        assert scored.score == intact.score
 
 
 # the runtime's two resets, as solution.py spells them: an id fed again at once whose step does
