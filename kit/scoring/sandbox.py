@@ -83,6 +83,10 @@ def prepare_submission(path: Path, workdir: Path) -> Path:
             )
         return folder
     if not zipfile.is_zipfile(path):
+        if path.suffix.lower() == ".zip":  # named as one: cut short in a copy or a download
+            raise SubmissionError(f"{path}: neither a folder nor a .zip archive (no zip end "
+                                  "record: a truncated or damaged zip?); make it again (kit "
+                                  "pack writes NAME.zip)")
         raise SubmissionError(f"{path}: neither a folder nor a .zip archive")
     return extract_zip(path, workdir)
 
