@@ -1242,6 +1242,10 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
         assert said in out and "--run-dir" not in out
     out = run_cli("pack", tmp_path / "nowhere", "--out", tmp_path / "subs", expect=2).output
     assert "nowhere: no such run directory" in out
+    # an ensemble file given as RUN: the option it needs (r263: "not a checkpoint")
+    out = run_cli("pack", tmp_path / "e.toml", "--out", tmp_path / "subs", expect=2).output
+    assert f"e.toml: a TOML file, not a run or checkpoint; an ensemble file packs with `kit " \
+           f"pack --ensemble {tmp_path / 'e.toml'}`" in " ".join(out.split()), out
 
 
 def test_a_run_folder_trains_in_one_process_at_a_time(env, tmp_path):

@@ -125,6 +125,9 @@ class Member:
 def find_checkpoint(run: Path) -> Path:
     """RUN may be a run directory (its best.pt) or a checkpoint file."""
     run = Path(run)
+    if run.is_file() and run.suffix.lower() == ".toml":  # read as a checkpoint: "not one"
+        raise KitError(f"{run}: a TOML file, not a run or checkpoint; an ensemble file packs "
+                       f"with `kit pack --ensemble {run}`")
     if run.is_file():
         return run
     if (run / "best.pt").is_file():
