@@ -126,7 +126,9 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
             experiment_path(reference)
         except ConfigError as exc:
             tried = f" (looked for {beside} next to it, then {reference} from here)" \
-                if relative_file else ""
+                if relative_file else "" if reference.endswith(".toml") else (
+                f" (looked for {path.parent / f'{reference}.toml'} next to it, then in the "
+                "experiments folder)")
             raise ConfigError(f"{path}: extends {parent_name!r}{tried}: {exc}") from None
         parent = load_experiment(reference, (*_seen, key))
         parent.pop("name", None)

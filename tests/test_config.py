@@ -128,7 +128,8 @@ def test_extends_reads_a_file_path_next_to_the_file_and_names_the_child(exps, tm
     (other / "w.toml").write_text('extends = "y"\n')
     assert load_experiment(str(other / "w.toml"))["seed"] == 5
     (exps / "miss.toml").write_text('extends = "nope"\n')
-    with pytest.raises(ConfigError, match=r"miss.toml: extends 'nope': no experiment 'nope'"):
+    with pytest.raises(ConfigError, match=r"miss.toml: extends 'nope' \(looked for .*/nope.toml "
+                       r"next to it, then in the experiments folder\): no experiment 'nope'"):
         load_experiment("miss")
     (exps / "miss2.toml").write_text('extends = "base2.toml"\n')
     with pytest.raises(ConfigError, match=r"miss2.toml: extends 'base2.toml' \(looked for "
