@@ -89,6 +89,19 @@ def differences(a, b) -> list[str]:
                   != flat_b.get(key, ADDED_LATER.get(key, missing)))
 
 
+def changed_values(keys: list[str], before, after) -> list[str]:
+    """`differences` keys as people read them: each with its value before and after."""
+    flat_before, flat_after = (flatten(c) if isinstance(c, dict) else {} for c in (before, after))
+    missing = object()
+
+    def shown(flat: dict, key: str) -> str:
+        value = flat.get(key, missing)
+        return "unset" if value is missing else repr(value)
+
+    return [key if key == "the config" else
+            f"{key} (was {shown(flat_before, key)}, now {shown(flat_after, key)})" for key in keys]
+
+
 def added_at_default(key: str, value) -> bool:
     """A key added after configs were recorded without it, holding the value that behaves as
     before it: left out of identities (groups, studies, ablations) so those still resume."""

@@ -233,6 +233,10 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
     listed = json.loads(run_cli("runs", "--runs-dir", tmp_path / "killed", "--json").output)
     assert sorted(r["validated"] for r in listed) == ["last 15 steps of valid.parquet",
                                                        "valid.parquet"]
+    # two rows of one id (folders named alike): the table says where each is (r264)
+    out = run_cli("runs", "--runs-dir", tmp_path / "killed").output
+    paths = sorted(r["path"] for r in listed)
+    assert f"note: run r of tiny is in 2 folders: {', '.join(paths)}" in out, out
 
 
 @pytest.mark.parametrize("damage", ["torn", "garbage", "not_utf8", "emptied"])
@@ -260,9 +264,9 @@ def test_a_resume_refuses_a_config_toml_edited_by_hand(env, tmp_path):
     config = tmp_path / "r" / "config.toml"
     text, paused = config.read_text(), (tmp_path / "r" / "metrics.json").read_bytes()
     assert "epochs = 3\n" in text and "hidden = 16\n" in text
-    cases = [([("epochs = 3\n", "epochs = 8\n")], "train.epochs (was 3)"),
+    cases = [([("epochs = 3\n", "epochs = 8\n")], "train.epochs (was 3, now 8)"),
              ([("hidden = 16\n", "hidden = 32\n"), ("epochs = 3\n", "epochs = 4\n")],
-              "model.hidden (was 16), train.epochs (was 3)")]
+              "model.hidden (was 16, now 32), train.epochs (was 3, now 4)")]
     for edit, shown in cases:
         edited = text
         for old, new in edit:
@@ -270,7 +274,9 @@ def test_a_resume_refuses_a_config_toml_edited_by_hand(env, tmp_path):
         config.write_text(edited)
         out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume",
                       expect=2).output
-        assert f"config.toml was edited after the run started: {shown}; --resume" in out, out
+        assert f"config.toml is not the config last.pt was written with: {shown}: " \
+            "config.toml edited by hand since the run started, or a last.pt of another run; " \
+            "--resume replays the run as it started" in " ".join(out.split()), out
         assert "does not fit" not in out
         assert (tmp_path / "r" / "metrics.json").read_bytes() == paused  # the pause kept
     config.write_text("# my notes\n" + text.replace(" = ", "   =   "))
@@ -1146,8 +1152,14 @@ def test_a_run_stopped_before_its_first_epoch_leaves_nothing_to_resume(env, tmp_
     with pytest.raises(KeyboardInterrupt) as stopped:  # (a plain one would stop pytest)
         recipe.train_experiment("tiny", progress=False, runs_dir=tmp_path / "runs")
     assert isinstance(stopped.value, NothingStarted)
-    exp = tmp_path / "runs" / "tiny"
-    assert not _run_dirs(exp) and not list((exp / ".groups").glob("*.json"))
+    # its empty folders go with it (r264: runs/EXP/ and runs/EXP/.groups/ were left)
+    assert list((tmp_path / "runs").iterdir()) == []
+    # a folder the experiment already had stays, with what it holds
+    (tmp_path / "runs" / "tiny").mkdir()
+    (tmp_path / "runs" / "tiny" / "notes.txt").write_text("mine")
+    with pytest.raises(KeyboardInterrupt):
+        recipe.train_experiment("tiny", progress=False, runs_dir=tmp_path / "runs")
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["notes.txt"]
 
 
 def test_a_run_that_made_only_its_tensorboard_folder_leaves_nothing_to_resume(tmp_path):
@@ -1403,6 +1415,18 @@ def test_a_last_checkpoint_of_another_model_is_named_not_a_traceback(env, tmp_pa
     paused = (tmp_path / "b" / "metrics.json").read_bytes()
     out = run_cli("train", "exp=tiny", "model.hidden=24", "--resume", "--run-dir",
                   tmp_path / "b", expect=2).output
+    # (its config.toml is not the one that last.pt was written with: said as such, r264)
+    assert "config.toml is not the config last.pt was written with: model.hidden (was 16, " \
+        "now 24)" in out and "or a last.pt of another run" in out, out
+    assert "Traceback" not in out
+    assert (tmp_path / "b" / "metrics.json").read_bytes() == paused
+    # one of the same config whose weights do not fit (e.g. a feature group that makes more
+    # columns now): the checkpoint is named
+    checkpoint = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    checkpoint["config_toml"] = (tmp_path / "b" / "config.toml").read_text()
+    torch.save(checkpoint, tmp_path / "b" / "last.pt")
+    out = run_cli("train", "exp=tiny", "model.hidden=24", "--resume", "--run-dir",
+                  tmp_path / "b", expect=2).output
     assert "last.pt: does not fit this run's model and training settings (RuntimeError" in out
     assert "delete it and run the same command again" in out and "Traceback" not in out
     assert (tmp_path / "b" / "metrics.json").read_bytes() == paused
@@ -1416,6 +1440,10 @@ def test_a_run_with_an_auto_batch_size_resumes_on_a_cpu(env, tmp_path):
     config = run / "config.toml"
     config.write_text(config.read_text().replace("batch_size = 8", "batch_size = 0"))
     assert "batch_size = 0" in config.read_text()
+    # as the GPU wrote it: last.pt keeps that config.toml's text (and the size it found)
+    checkpoint = torch.load(run / "last.pt", weights_only=True)
+    checkpoint["config_toml"] = config.read_text()
+    torch.save(checkpoint, run / "last.pt")
     out = run_cli("train", "exp=tiny", "train.batch_size=0", "--resume", "--run-dir", run,
                   "-q").output
     assert "finished" in out
@@ -1829,7 +1857,8 @@ def test_resume_finds_the_group_by_its_seeds_and_refuses_other_settings(env, tmp
     (single,) = _paused_group(["seed=7"])  # a lone run of seed 7, newer
     out = run_cli("train", "exp=tiny", "seeds=[7,8]", "train.lr=0.05", "--resume",
                   expect=2).output
-    assert "was started with other settings (train.lr differ)" in out
+    assert "was started with other settings (train.lr (was 0.003, now 0.05)): repeat its " \
+        "command with --resume (if you did, the experiment file changed since" in out, out
     # the experiment file's description edited since: no other setting (a single run's
     # resume ignores it too)
     experiment = _own_experiments(env, tmp_path, monkeypatch) / "tiny.toml"
@@ -1880,8 +1909,7 @@ def test_a_command_that_fails_before_training_leaves_no_empty_run_folders(env, t
     out = run_cli("train", "exp=tiny", "seeds=[1,2]", "-q",
                   f"data.train={tmp_path / 'short.parquet'}", expect=2).output
     assert "p3" in out and "Traceback" not in out
-    assert (tmp_path / "runs" / "tiny").is_dir()
-    assert not _run_dirs(tmp_path / "runs" / "tiny")
+    assert not (tmp_path / "runs" / "tiny").exists()  # nor the folders made for them
 
 
 def test_the_same_seed_trains_the_same_model(env, tmp_path):
@@ -2210,8 +2238,8 @@ def test_a_group_that_fails_before_its_first_epoch_leaves_nothing(env, tmp_path,
     monkeypatch.setattr(trainer, "fit", fails)
     out = run_cli("train", "exp=tiny", "seeds=[7,8]", "-q", expect=2).output
     assert "the device went away" in out
-    assert _run_dirs(tmp_path / "runs" / "tiny") == []  # no phantom run for kit runs to list
-    assert list((tmp_path / "runs" / "tiny" / ".groups").iterdir()) == []
+    # no phantom run for kit runs to list, no group record, no empty folders
+    assert list((tmp_path / "runs").iterdir()) == []
     # a member that trained keeps everything (its config.toml is what --resume reads); only
     # the one that never trained goes
     calls = []
@@ -2269,7 +2297,7 @@ def test_need_flags_of_another_rule_are_refused_before_training(env, tmp_path):
         assert "kit data check" in out and "Traceback" not in out
         # what a competition scored otherwise can do: a step range is the spec's
         assert "set the spec's warmup and tail to it; scored steps of another pattern" in out
-    assert not (tmp_path / "runs").exists() or not _run_dirs(tmp_path / "runs" / "tiny")
+    assert not (tmp_path / "runs" / "tiny").exists()  # no run, no empty folder
 
 
 def test_sequences_that_start_late_or_skip_steps_are_refused_before_training(env, tmp_path):
@@ -2289,7 +2317,7 @@ def test_sequences_that_start_late_or_skip_steps_are_refused_before_training(env
             assert f"{name}.parquet: {said}" in out, out
             assert "kit parity and kit score refuse such a file" in out
             assert "Traceback" not in out
-    assert not (tmp_path / "runs").exists() or not _run_dirs(tmp_path / "runs" / "tiny")
+    assert not (tmp_path / "runs" / "tiny").exists()  # no run, no empty folder
 
 
 def test_resume_without_a_run_dir_finds_a_run_killed_before_its_first_checkpoint(env, tmp_path):
@@ -3061,7 +3089,7 @@ def test_a_group_resume_takes_the_newest_unfinished_group(env, tmp_path):
     for stamp, lr in (("20260101-000000", 0.02), ("20260102-000000", 0.03)):
         _group_record(other, stamp, experiment_config("tiny", [f"train.lr={lr}"]))
     with pytest.raises(ConfigError, match="the unfinished group 20260102-000000 .* "
-                                          r"\(train.lr differ\)"):
+                                          r"\(train.lr \(was 0.03, now 0.05\)\)"):
         resumable_group(other, [1, 2], 0, experiment_config("tiny", ["train.lr=0.05"]))
 
 
@@ -3098,6 +3126,10 @@ def test_a_fold_group_started_with_a_held_out_fraction_still_resumes(env, tmp_pa
         config = tomllib.loads((run / "config.toml").read_text())
         config["data"]["valid_fraction"] = 0.5
         (run / "config.toml").write_text(tomli_w.dumps(config))
+        # the older kit's last.pt kept no config text (else this is an edit, refused)
+        checkpoint = torch.load(run / "last.pt", weights_only=True)
+        del checkpoint["config_toml"]
+        torch.save(checkpoint, run / "last.pt")
     out = run_cli(*command, "data.valid_fraction=0.5", expect=2).output  # a new group: refused
     assert "data.valid_fraction = 0.5 choose a single held-out split" in out, out
     out = run_cli(*command, "data.valid_fraction=0.5", "--resume").output

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from kit.config import ConfigError, differences
+from kit.config import ConfigError, changed_values, differences
 from kit.run_record import DATA_RECORD, TRAINED_SPEC, is_finished
 from kit.train.runs import TENSORBOARD_DIR, RunFiles, flock_held, flock_taken
 
@@ -107,16 +107,18 @@ def resumable_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> 
         if _in_use(exp_dir, seeds, folds, stamp):  # another command trains it right now
             held = held or stamp
             continue
-        changed = [key for key in differences(record.get("config"), group_config(base))
+        now = group_config(base)
+        changed = [key for key in differences(record.get("config"), now)
                    if key not in ("name", "description")]  # as a single run's resume has it
         if not changed:
             return stamp
-        other = other or (stamp, changed)
+        other = other or (stamp, changed_values(changed, record.get("config"), now))
     if other:
         stamp, changed = other
         raise ConfigError(f"the unfinished group {stamp} of {exp_dir} was started with other"
-                          f" settings ({', '.join(changed)} differ): repeat its command with"
-                          " --resume, or start a new group without --resume")
+                          f" settings ({', '.join(changed)}): repeat its command with --resume "
+                          "(if you did, the experiment file changed since: put those values "
+                          "back), or start a new group without --resume")
     what = f"{folds}-fold runs" if folds else "runs"
     if held:  # not "none": started again without --resume, it would train a second group
         raise ConfigError(f"the unfinished group {held} of {what} of seeds {seeds} under "
@@ -182,6 +184,9 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
                 left = True
         if not left:
             (exp_dir / GROUPS_DIR / f"{stamp}.json").unlink(missing_ok=True)
+            for empty in (exp_dir / GROUPS_DIR, exp_dir):  # made for this group alone (r264)
+                with contextlib.suppress(OSError):  # (holding anything else: kept)
+                    empty.rmdir()
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, NothingStarted):
                 raise NothingStarted() from None
             if hasattr(exc, "nothing_started"):  # EndedBySignal, SeedsFailed: said instead

@@ -19,7 +19,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from kit.config import CHOICES, ConfigError, differences, flatten
+from kit.config import CHOICES, ConfigError, changed_values, differences
 from kit.errors import KitError
 from kit.metrics import evaluate
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
@@ -173,16 +173,17 @@ def refuse_edited_config(saved_text: str | None, files: RunFiles) -> None:
     if text == saved_text:
         return
     try:
-        changed = [key for key in differences(tomllib.loads(saved_text), tomllib.loads(text))
-                   if key not in ("name", "description")]
+        before, now = tomllib.loads(saved_text), tomllib.loads(text)
     except tomllib.TOMLDecodeError:
-        changed = ["the config"]
+        before, now = {}, None  # (read_config named a file that does not parse already)
+    changed = [key for key in differences(before, now) if key not in ("name", "description")]
     if changed:
-        before = flatten(tomllib.loads(saved_text))
-        shown = [f"{key} (was {before[key]!r})" if key in before else key for key in changed]
-        raise ConfigError(f"{files.config_path} was edited after the run started: "
-                          f"{', '.join(shown[:8])}; --resume replays the run as it started, so "
-                          "put those values back, or train a new run with the new settings")
+        shown = changed_values(changed, before, now)
+        raise ConfigError(f"{files.config_path} is not the config {files.last.name} was "
+                          f"written with: {', '.join(shown[:8])}: config.toml edited by hand "
+                          "since the run started, or a last.pt of another run; --resume "
+                          "replays the run as it started: put config.toml back as it was (or "
+                          "the run's own last.pt), or train a new run with the new settings")
 
 
 def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, *,
