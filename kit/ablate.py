@@ -199,10 +199,7 @@ def check_resumable(path: Path, summary: dict) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume {path}: cannot read it ({exc})") from None
-    if not isinstance(saved, dict) or "config" not in saved:
-        raise ConfigError(f"--resume {path}: written by a kit from before `kit ablate --resume` "
-                          "(it records neither its overrides nor its config); start the "
-                          "ablation again")
+    check_summary_keys(path, saved)
     keys = ("experiment", "groups", "seeds", "overrides")
     differ = [f"{k} {saved.get(k)} then, {summary[k]} now" for k in keys
               if saved.get(k) != summary[k]]
@@ -218,6 +215,45 @@ def check_resumable(path: Path, summary: dict) -> None:
         raise ConfigError(f"--resume {path}: the experiment's config changed since the "
                           f"ablation started ({', '.join(changed[:5])}); its kept runs would "
                           "not compare with new ones: restore it, or start a new ablation")
+
+
+# what every kit's ablation summary records ("overrides" came with --resume, then "config")
+SUMMARY_KEYS = ("experiment", "groups", "seeds")
+
+
+def check_summary_keys(path: Path, saved) -> None:
+    """A summary a resume can check: a damaged file (a hand edit, another JSON) is named as
+    such, not blamed on an older kit, whose summaries lack only the --resume keys."""
+    what = "an ablation summary (the JSON object kit ablate writes)"
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume {path}: not {what}: it holds {json.dumps(saved)[:40]}; "
+                          "give the file an interrupted kit ablate named, or start the "
+                          "ablation again")
+    missing = [key for key in SUMMARY_KEYS if key not in saved]
+    if missing:
+        raise ConfigError(f"--resume {path}: damaged or not {what}: it lacks {missing}; "
+                          "give the file an interrupted kit ablate named, or start the "
+                          "ablation again")
+    if "overrides" not in saved and "config" not in saved:
+        raise ConfigError(f"--resume {path}: written by a kit from before `kit ablate --resume` "
+                          "(it records neither its overrides nor its config); start the "
+                          "ablation again")
+    if not isinstance(saved.get("config"), dict):
+        said = "lacks" if "config" not in saved else "has a damaged"
+        raise ConfigError(f"--resume {path}: it {said} `config` (what its runs train: edited "
+                          "by hand, or written by a kit that did not record it), so its kept "
+                          "runs cannot be checked against the experiment now; start the "
+                          "ablation again")
+
+
+def resume_command(exp: str, args: list[str], groups: str, seeds: str | None, file: Path,
+                   quiet: bool = False) -> list[str]:
+    """The command an interrupted `kit ablate` prints to continue it: the one typed (its
+    overrides, groups, seeds and -q) with --resume FILE (which names the runs' folder, so
+    --runs-dir is not needed)."""
+    return ["kit", "ablate", exp, *args, "--groups", groups,
+            *(["--seeds", seeds] if seeds is not None else []), *(["-q"] if quiet else []),
+            "--resume", str(file)]
 
 
 def recorded_seeds(path: Path) -> list[int] | None:

@@ -12,6 +12,7 @@ import shlex
 import signal
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 
 import typer
@@ -303,8 +304,10 @@ def score(
     from kit.scoring import score_submission
 
     resolved = submission_spec(submission, spec)
-    # a missing submission's error comes alone (score_submission names it)
-    if spec is None and submission.exists() and not isinstance(
+    # a missing submission's error comes alone (score_submission names it), as does that of
+    # a file that is no package at all (a truncated zip, a solution.py given for its folder)
+    package = submission.is_dir() or zipfile.is_zipfile(submission)
+    if spec is None and package and not isinstance(
             (manifest_of(submission) or {}).get("spec"), dict):  # (a dict, or None)
         typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with the "
                    f"default spec {resolved.name!r} (pass --spec for another competition)",
@@ -586,7 +589,7 @@ def ablate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Feature-group ablation: the cumulative ladder and leave-one-group-out variants."""
-    from kit.ablate import AblationInterrupted, format_ablation
+    from kit.ablate import AblationInterrupted, format_ablation, resume_command
     from kit.ablate import ablate as run_ablation
 
     names = [g.strip() for g in groups.split(",") if g.strip()]
@@ -598,9 +601,7 @@ def ablate(
         summary = run_ablation(exp, names, seed_list, overrides_of(ctx), progress=not quiet,
                                runs_dir=runs_dir, resume=resume)
     except AblationInterrupted as stop:
-        again = ["kit", "ablate", exp, *ctx.args, "--groups", groups,
-                 *(["--seeds", seeds] if seeds is not None else []), "--resume",
-                 str(stop.file)]
+        again = resume_command(exp, ctx.args, groups, seeds, stop.file, quiet)
         ended = ("interrupted" if stop.signum == signal.SIGINT
                  else f"stopped by {signal.Signals(stop.signum).name}")
         typer.echo(f"{ended}: {stop.finished} of {stop.planned} runs finished, kept in "
@@ -795,6 +796,7 @@ def notebook(
     import shlex
 
     from kit.export.notebook import default_out, default_owner, run_locally, write_notebook
+    from kit.workers import EndedBySignal
 
     if try_on is not None:  # before anything is written: a missing file, a CSV, a folder
         from kit.data.io import file_schema
@@ -810,9 +812,20 @@ def notebook(
                f"  kaggle datasets create -p {shlex.quote(str(written['dataset']))}"
                "    # later: kaggle datasets version -p ... -m MESSAGE\n"
                f"  kaggle kernels push -p {shlex.quote(str(written['kernel']))}")
-    if try_on is not None:
-        typer.echo(f"running the notebook on {try_on} (a local kernel, as Kaggle will):")
-        typer.echo(run_locally(written, try_on, Path(out) / "local-run").rstrip())
+    if try_on is None:
+        return
+    typer.echo(f"running the notebook on {try_on} (a local kernel, as Kaggle will):")
+    try:
+        printed = run_locally(written, try_on, written["local_run"])
+    except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP: one line
+        signum = getattr(stop, "signum", signal.SIGINT)
+        ended = ("interrupted" if signum == signal.SIGINT
+                 else f"stopped by {signal.Signals(signum).name}")
+        typer.echo(f"{ended}: the notebook is written ({written['dataset'].parent}); its local "
+                   f"run stopped and left nothing in {written['local_run']} (nothing to resume: "
+                   "run the same command again to try it)", err=True)
+        raise typer.Exit(130 if signum == signal.SIGINT else 128 + signum) from None
+    typer.echo(printed.rstrip())
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

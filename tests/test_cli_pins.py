@@ -224,6 +224,9 @@ def test_the_ablation_resume_hint_keeps_the_overrides(monkeypatch, tmp_path):
                   "--seeds", "1,2", expect=143).output
     assert (f"continue with `kit ablate exp=tiny train.lr=1e-3 --groups raw,diffs --seeds 1,2 "
             f"--resume {summary}`") in out
+    # and its -q (r267: dropped)
+    out = run_cli("ablate", "exp=tiny", "--groups", "raw", "-q", expect=143).output
+    assert f"continue with `kit ablate exp=tiny --groups raw -q --resume {summary}`" in out, out
 
 
 def test_a_seed_of_true_is_refused():

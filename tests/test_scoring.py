@@ -2047,3 +2047,10 @@ def test_kit_score_notes_the_default_spec_of_a_bare_folder_only_without_spec(tmp
     bare = run_cli("score", sub, "--data", data, "-q", expect=None)
     assert f"note: {sub} has no manifest.json of kit pack's: scoring with the default spec" in (
         bare.stderr)
+    # no package at all (its solution.py, a truncated zip): the refusal alone, no note (r263)
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(make_zip(tmp_path / "ok.zip", {"solution.py": FORMULA}).read_bytes()[:-30])
+    for odd in (sub / "solution.py", cut):
+        out = run_cli("score", odd, "--data", data, "-q", expect=2)
+        assert "neither a folder nor a .zip archive" in out.output
+        assert "no manifest.json" not in out.output, out.output

@@ -19,12 +19,15 @@ solution.py in one of two protocols:
 from __future__ import annotations
 
 import ast
+import asyncio
+import atexit
 import contextlib
 import html.entities
 import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -42,6 +45,7 @@ from kit.export.pack import (
 )
 from kit.scoring.sandbox import prepare_submission
 from kit.temp import owned_temp_dir
+from kit.workers import EndedBySignal
 
 PROTOCOLS = ("rows", "batch")
 # Kaggle's documented limits: dataset slugs 3 to 50 characters, kernel slugs at least 5 (the
@@ -586,6 +590,8 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
                                     title=title, competition=competition, protocol=protocol,
                                     wheel_files=wheel_files, keep_columns=keep_columns,
                                     rename=rename)
+            # first: an earlier --try's predictions are another package's (or protocol's)
+            clear_local_run(out / LOCAL_RUN)
             for folder in ("dataset", "kernel"):  # only what this command writes is replaced
                 _swap_in(Path(staging) / folder, out / folder, Path(staging) / f"old-{folder}")
     except BaseException:
@@ -595,11 +601,26 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
         raise
     dataset, kernel = out / "dataset", out / "kernel"
     return {"dataset": dataset, "kernel": kernel, "notebook": kernel / staged["code_file"],
-            "dataset_metadata": staged["dataset_metadata"],
+            "local_run": out / LOCAL_RUN, "dataset_metadata": staged["dataset_metadata"],
             "kernel_metadata": staged["kernel_metadata"]}
 
 
 STAGING = ".kit-notebook-"
+LOCAL_RUN = "local-run"  # OUT/local-run: where --try leaves what its run wrote
+# what a --try run writes there: only these are ever removed (a file of yours there stays)
+LOCAL_RUN_FILES = ("predictions.csv", "executed.ipynb", "kernel.log")
+
+
+def clear_local_run(folder: Path) -> None:
+    """Remove what an earlier --try left in `folder` (its predictions were another run's), and
+    the folder once empty; a symlink or a file of that name is not kit's to clear."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for name in LOCAL_RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+    with contextlib.suppress(OSError):  # only if nothing else is in it
+        folder.rmdir()
 
 
 def drop_dead_staging(out: Path) -> None:
@@ -770,6 +791,9 @@ def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
     """Execute the written notebook here, as Kaggle will (a local Jupyter kernel, the package
     found under OUT as under /kaggle/input), on `test_file`; returns what its cells printed
     (`jupyter-execute` shows none of it: the notes on columns the file lacks included).
+    `output_dir` gets the predictions, executed.ipynb (the notebook with its outputs) and
+    kernel.log (what the kernel process itself printed); a run stopped by Ctrl-C (raised as
+    KeyboardInterrupt) or SIGTERM (EndedBySignal) leaves none of them, nor any kernel.
     Needs nbclient and ipykernel (in kit's dev extra)."""
     import importlib.util
 
@@ -786,6 +810,7 @@ def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
     if not test_file.is_file():
         raise NotebookError(f"--try {test_file}: no such file")
     output_dir = Path(output_dir).resolve()
+    clear_local_run(output_dir)  # a run that fails leaves none of an earlier run's predictions
     output_dir.mkdir(parents=True, exist_ok=True)
     # the kernel's environment as Kaggle's: none of the variables that steer the notebook
     # (a KIT_PACKAGE_DIR left in the shell ran another package), but these three
@@ -793,13 +818,92 @@ def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
         "KIT_INPUT_ROOT": str(Path(written["dataset"]).resolve().parent),
         "KIT_TEST_FILE": str(test_file), "KIT_OUTPUT_DIR": str(output_dir)}
     notebook = nbformat.read(str(written["notebook"]), as_version=4)
-    try:
-        NotebookClient(notebook, timeout=None, kernel_name="python3", resources={
-            "metadata": {"path": str(Path(written["kernel"]).resolve())}}).execute(env=env)
-    except CellExecutionError as exc:
-        raise NotebookError(f"the notebook failed on {test_file}:\n{exc}") from None
-    except (RuntimeError, KeyError) as exc:  # a kernel that died, no python3 kernelspec
-        raise NotebookError(f"--try could not run a local Jupyter kernel ({type(exc).__name__}: "
-                            f"{exc}); pip install ipykernel") from None
+    log = output_dir / "kernel.log"
+    with open(log, "wb") as kernel_output:
+        run = _LocalRun(kernel_output)
+        client = NotebookClient(notebook, timeout=None, kernel_name="python3",
+                                kernel_manager_class=run.kernel_manager_class(),
+                                resources={"metadata": {
+                                    "path": str(Path(written["kernel"]).resolve())}})
+        failure = run.execute(client, env)
+    if run.signum is not None:
+        clear_local_run(output_dir)  # a partial predictions file; nothing to resume
+        raise KeyboardInterrupt if run.signum == signal.SIGINT else EndedBySignal(run.signum)
+    executed = output_dir / "executed.ipynb"
+    nbformat.write(notebook, str(executed))
+    if isinstance(failure, CellExecutionError):  # its own line; the cell and traceback: there
+        raise NotebookError(f"the notebook failed on {test_file}: {failure.ename}: "
+                            f"{failure.evalue} (the cell's full traceback: {executed})")
+    if isinstance(failure, (RuntimeError, KeyError)):  # a kernel that died, no kernelspec
+        raise NotebookError(f"--try could not run a local Jupyter kernel ({type(failure).__name__}"
+                            f": {failure}; its output: {log}); pip install ipykernel")
+    if failure is not None:
+        raise failure
     return "".join(out.get("text", "") for cell in notebook.cells
                    for out in cell.get("outputs", []))
+
+
+class _LocalRun:
+    """nbclient's run of a notebook that Ctrl-C (or SIGTERM) stops as one: nbclient's own
+    handler shut the kernel down under the run, which then failed with a CancelledError or an
+    AssertionError traceback. Here the signal is noted and cancels the run, and whatever ended
+    it, no kernel is left; the kernel's own output (its warnings, the KeyboardInterrupt
+    traceback of a kernel stopped while it started) goes to `kernel_output`, not the terminal."""
+
+    def __init__(self, kernel_output):
+        self.kernel_output, self.signum, self.manager = kernel_output, None, None
+
+    def kernel_manager_class(self) -> type:
+        from jupyter_client.manager import AsyncKernelManager
+
+        run = self
+
+        class SignalNotingKernelManager(AsyncKernelManager):
+            async def start_kernel(self, **kwargs):
+                run.manager = self
+                run.take_signals(asyncio.current_task())
+                kwargs.setdefault("stdout", run.kernel_output)
+                kwargs.setdefault("stderr", run.kernel_output)
+                return await super().start_kernel(**kwargs)
+
+        return SignalNotingKernelManager
+
+    def take_signals(self, task) -> None:
+        """Replace nbclient's handlers (set just before the kernel starts; it removes them
+        when the run ends): a signal is noted and cancels the run, once."""
+        def stop(signum: int) -> None:
+            if self.signum is None:  # a second Ctrl-C must not cancel the kernel's shutdown
+                self.signum = signum
+                task.cancel()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(RuntimeError):  # not the main thread: nbclient set none
+                loop.add_signal_handler(signum, stop, signum)
+
+    def execute(self, client, env: dict) -> BaseException | None:
+        """Run the notebook; the exception it ended with (None: it ran through). A Ctrl-C
+        or SIGTERM outside nbclient's handlers (before or after them) is noted too."""
+        from jupyter_core.utils import run_sync
+
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            client.execute(env=env)
+        except (KeyboardInterrupt, EndedBySignal) as exc:
+            self.signum = self.signum or getattr(exc, "signum", signal.SIGINT)
+        except BaseException as exc:  # noqa: BLE001 (a CancelledError: the signal noted)
+            return exc
+        finally:
+            if self.manager is not None:  # a real kernel was started
+                if self.manager.has_kernel:  # the run was stopped before nbclient's cleanup
+                    run_sync(self.manager.shutdown_kernel)(now=True)
+                # left registered by a run stopped before its end, it failed at exit
+                # (AssertionError) on the kernel shut down here
+                cleanup = getattr(client, "_cleanup_kernel", None)  # (nbclient's own, private)
+                if cleanup is not None:
+                    atexit.unregister(cleanup)
+            for signum, handler in handlers.items():  # nbclient leaves SIGTERM's default
+                if handler is not None:
+                    with contextlib.suppress(ValueError):  # (not the main thread)
+                        signal.signal(signum, handler)
+        return None
