@@ -984,6 +984,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
             reason = f"invalid combination of values: {exc}"
             trial.set_user_attr("invalid", reason)
             print(f"trial {trial.number}: {reason}", file=sys.stderr, flush=True)
+            TRIALS_SAID.add(trial.number)
             return float("nan")  # a failed trial, as a diverged one: the study samples on
         config.pop("sweep", None)
         name = f"{safe_name(setup.study_name)}-t{trial.number:04d}"
@@ -997,6 +998,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         except TrainingDiverged as exc:  # these values diverge: a failed trial, not a failed sweep
             trial.set_user_attr("diverged", str(exc))
             print(f"trial {trial.number}: {exc}", file=sys.stderr, flush=True)
+            TRIALS_SAID.add(trial.number)
             return float("nan")  # Optuna records the trial as failed and samples on
         if metrics.get("pruned"):
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs']}")
@@ -1031,11 +1033,22 @@ def fail_stale_trials(study) -> None:
 
 class _NoInterruptTracebacks(logging.Filter):
     """Optuna logs a trial ended by Ctrl-C (or SIGTERM) as failed, with the whole traceback:
-    the sweep says itself what stopped and how to resume."""
+    the sweep says itself what stopped and how to resume; and a failed trial's value."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         kind = record.exc_info[0] if record.exc_info else None
-        return not (kind and issubclass(kind, KeyboardInterrupt | SystemExit | TrialTakenOver))
+        said = re.match(r"Trial (\d+) failed with ", record.getMessage())
+        if kind and issubclass(kind, KeyboardInterrupt | SystemExit | TrialTakenOver):
+            if said:  # (its "failed with value None." comes next)
+                TRIALS_SAID.add(int(said[1]))
+            return False
+        # a failed trial whose reason kit printed: Optuna's two lines after it ("The value nan
+        # is not acceptable", "failed with value nan") said nothing more (r266); a NaN kit
+        # said nothing about is still logged
+        return not (said and int(said[1]) in TRIALS_SAID)
+
+
+TRIALS_SAID: set[int] = set()  # trials of this process that failed with their reason printed
 
 
 def quiet_interrupts(logger: logging.Logger) -> None:

@@ -1,6 +1,7 @@
 """kit sweep and kit ablate on a tiny competition: real Optuna storages (SQLite, journal file,
 PostgreSQL on loopback), real worker processes, kills and interrupts."""
 
+import contextlib
 import json
 import os
 import re
@@ -216,6 +217,50 @@ def test_diverging_trials_fail_alone_and_the_sweep_goes_on_to_n_finished(sweep_e
     assert states == [TrialState.FAIL] * 5 + [TrialState.COMPLETE]
 
 
+@contextlib.contextmanager
+def optuna_log():
+    """What Optuna's own log handler writes while the block runs (its stream is the stderr of
+    the moment Optuna first logged: pytest's capture may not see it)."""
+    import io
+    import logging
+
+    import optuna
+
+    buffer = io.StringIO()
+    handlers = [h for h in optuna.logging.get_logger("optuna").handlers
+                if isinstance(h, logging.StreamHandler)]
+    assert handlers  # (else this would check nothing)
+    streams = [h.setStream(buffer) for h in handlers]
+    try:
+        yield buffer
+    finally:
+        for handler, stream in zip(handlers, streams, strict=True):
+            handler.setStream(stream)
+
+
+def test_optuna_lines_after_a_trial_kit_explained_are_dropped_others_kept():
+    """A trial stopped by Ctrl-C: Optuna's traceback record, then "failed with value None."
+    (r266 saw it after kit's own stop message); a NaN value kit said nothing about (a score
+    that is NaN) is still logged."""
+    import logging
+
+    from kit.sweep import _NoInterruptTracebacks
+
+    def record(text: str, exc=None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc else None
+        return logging.LogRecord("optuna.study._optimize", logging.WARNING, __file__, 1, text,
+                                 None, info)
+
+    keep = _NoInterruptTracebacks().filter
+    assert not keep(record("Trial 9005 failed with parameters: {} because of the following "
+                           "error: KeyboardInterrupt().", KeyboardInterrupt()))
+    assert not keep(record("Trial 9005 failed with value None."))
+    assert keep(record("Trial 9006 failed with value nan."))
+    assert keep(record("Trial 9006 failed with parameters: {'x': 1} because of the following "
+                       "error: The value nan is not acceptable."))
+    assert keep(record("Trial 9007 finished with value: 0.5 and parameters: {}."))
+
+
 def test_an_invalid_combination_of_values_fails_its_trial_and_the_sweep_goes_on(sweep_env):
     from kit.sweep import make_study, study_identity
 
@@ -230,13 +275,17 @@ def test_an_invalid_combination_of_values_fails_its_trial_and_the_sweep_goes_on(
 
     # each value is valid alone (the check before training passes), never together
     _edit_tiny(sweep_env, transformer([6], [4]))
-    out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q", expect=2).output
+    with optuna_log() as logged:
+        out = run_cli("sweep", "exp=tiny", "--trials", 2, "-q", expect=2).output
     assert "Traceback" not in out
     assert ("this worker's last 5 trials all failed (invalid combination of values: "
             "model.d_model (6) must be a multiple of model.n_heads (4)") in out
     # the way on that works: the study keeps the choices its failed trials drew (r266)
     assert "a categorical's choices stay those its trials drew: to change them, pick a new " \
            "--study name" in " ".join(out.split())
+    # kit said each trial's reason: Optuna's two lines about its NaN value are not repeated
+    assert "The value nan is not acceptable" not in logged.getvalue() + out, logged.getvalue()
+    assert "failed with value nan" not in logged.getvalue() + out
     assert [t.state for t in _study(_sqlite(sweep_env)).get_trials()] == [TrialState.FAIL] * 5
     # a space where only some combinations are invalid: those fail, the sweep goes on to N
     _edit_tiny(sweep_env, transformer([8, 6], [2, 4]))
