@@ -95,8 +95,8 @@ def changed_values(keys: list[str], before, after) -> list[str]:
     missing = object()
 
     def shown(flat: dict, key: str) -> str:
-        value = flat.get(key, missing)
-        return "unset" if value is missing else repr(value)
+        value = flat.get(key, ADDED_LATER.get(key, missing))  # (a record from before the key:
+        return "unset" if value is missing else repr(value)  # its default is how it behaved)
 
     return [key if key == "the config" else
             f"{key} (was {shown(flat_before, key)}, now {shown(flat_after, key)})" for key in keys]

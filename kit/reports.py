@@ -615,11 +615,11 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
               for r in runs if r.get("data_changed")]
     notes += [f"note: {r['path']}: {pending_best_text(r)}" for r in runs
               if r.get("pending_best") is not None]
-    folders: dict[tuple, list[str]] = {}  # one id in two folders (a copy): rows alike
-    for r in runs:
+    folders: dict[tuple, list[str]] = {}  # rows of one name (a copy, or --run-dir a/best and
+    for r in runs:  # b/best): alike in the table, told apart by their folders here
         if r.get("path"):  # (rows made by hand may lack it)
             folders.setdefault((r.get("experiment"), r.get("run_id")), []).append(r["path"])
-    notes += [f"note: run {run_id} of {exp} is in {len(paths)} folders: "
+    notes += [f"note: {len(paths)} runs of {exp} are named {run_id}: "
               f"{', '.join(sorted(paths))}" for (exp, run_id), paths in folders.items()
               if len(paths) > 1]
     digests: dict[str, set] = {}  # label -> the sha256 its runs recorded (older runs: none)

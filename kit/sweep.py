@@ -950,6 +950,9 @@ def claim_folder(folder: Path) -> Path:
         try:
             folder.mkdir()
             return folder
+        except FileNotFoundError:  # a failed training group of the experiment removed its
+            folder.parent.mkdir(parents=True, exist_ok=True)  # empty folder just now
+            continue
         except FileExistsError:
             folder = folder.with_name(f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
                                       + (f"-{attempt}" if attempt else ""))
@@ -1100,11 +1103,13 @@ def run_worker(setup: SweepSetup, trials: int, timeout: float | None, progress: 
                     break
     interrupt.check()  # asked between trials: the study stopped after the one finishing
     if failing.stopped:
+        choices = ("; a categorical's choices stay those its trials drew: to change them, "
+                   "pick a new --study name") if any(
+                       p.kind == "categorical" for p in setup.params) else ""
         raise SweepError(f"{failing.stopped} ({failing.last}); the study keeps them as failed: "
                          "fix the cause (or narrow the search space) and re-run the same "
                          "command to continue (a study with no finished trial takes the "
-                         "changed settings; a categorical's choices stay those its trials drew: "
-                         "to change them, pick a new --study name)")
+                         f"changed settings{choices})")
 
 
 FAILED_IN_A_ROW = 5  # a worker whose trials keep failing stops instead of sampling forever

@@ -2323,7 +2323,7 @@ def test_an_interrupted_ablation_keeps_each_finished_run_and_resumes(sweep_env, 
     out = run_cli(*args, expect=130).output
     saved, summary = _saved_ablation(sweep_env)
     assert f"1 of 6 runs finished, kept in {saved.relative_to(sweep_env)}" in out
-    assert f"--seeds 1,2 --resume {saved.relative_to(sweep_env)}`" in out
+    assert f"--seeds 1,2 -q --resume {saved.relative_to(sweep_env)}`" in out  # (its -q kept)
     (raw,) = summary["variants"]  # the seed that finished is recorded, mid-variant
     assert [m["seed"] for m in raw["per_seed"]] == [1] and raw["score"] is not None
     # other settings are refused; the same ones go on, keeping the finished run

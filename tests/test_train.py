@@ -233,10 +233,10 @@ def test_runs_says_which_rows_each_score_is_on(env, tmp_path):
     listed = json.loads(run_cli("runs", "--runs-dir", tmp_path / "killed", "--json").output)
     assert sorted(r["validated"] for r in listed) == ["last 15 steps of valid.parquet",
                                                        "valid.parquet"]
-    # two rows of one id (folders named alike): the table says where each is (r264)
+    # two rows of one name (folders named alike): the table says where each is (r264)
     out = run_cli("runs", "--runs-dir", tmp_path / "killed").output
     paths = sorted(r["path"] for r in listed)
-    assert f"note: run r of tiny is in 2 folders: {', '.join(paths)}" in out, out
+    assert f"note: 2 runs of tiny are named r: {', '.join(paths)}" in out, out
 
 
 @pytest.mark.parametrize("damage", ["torn", "garbage", "not_utf8", "emptied"])
@@ -279,7 +279,17 @@ def test_a_resume_refuses_a_config_toml_edited_by_hand(env, tmp_path):
             "--resume replays the run as it started" in " ".join(out.split()), out
         assert "does not fit" not in out
         assert (tmp_path / "r" / "metrics.json").read_bytes() == paused  # the pause kept
-    config.write_text("# my notes\n" + text.replace(" = ", "   =   "))
+    # nine settings: eight named, then how many more
+    nine = text
+    for key in ("lr", "weight_decay", "patience", "clip", "seed", "hidden", "epochs",
+                "batch_size", "chunk"):
+        nine = re.sub(rf"^{key} = .*$", f"{key} = 9", nine, count=1, flags=re.M)
+    config.write_text(nine)
+    out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume",
+                  expect=2).output
+    assert " and 1 more: config.toml edited by hand" in " ".join(out.split()), out
+    # an editor's byte order mark, comments and layout are no edit (r268: a BOM read as one)
+    config.write_bytes(b"\xef\xbb\xbf# my notes\n" + text.replace(" = ", "   =   ").encode())
     run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume", "-q")
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["epochs"] == 3
 
@@ -1162,6 +1172,41 @@ def test_a_run_stopped_before_its_first_epoch_leaves_nothing_to_resume(env, tmp_
     assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["notes.txt"]
 
 
+def test_claims_go_on_when_another_command_removes_the_empty_folders_meanwhile(env, tmp_path,
+                                                                              monkeypatch):
+    """A failed group removes the runs/EXP and .groups folders it left empty (r264); another
+    command of the experiment claiming its group or a sweep trial's folder in between made
+    them before, then found them gone (FileNotFoundError, r268)."""
+    import pathlib
+    import shutil
+
+    from kit.sweep import claim_folder
+    from kit.train import groups
+    from kit.train.recipe import experiment_config
+
+    exp = tmp_path / "runs" / "tiny"
+    real_time, real_mkdir = groups.time.time, pathlib.Path.mkdir
+
+    def removed_first():  # claim_group reads the clock between its mkdir and its claim
+        monkeypatch.setattr(groups.time, "time", real_time)
+        shutil.rmtree(exp)
+        return real_time()
+
+    monkeypatch.setattr(groups.time, "time", removed_first)
+    stamp = groups.claim_group(exp, [1], 0, experiment_config("tiny"))
+    assert (exp / groups.GROUPS_DIR / f"{stamp}.json").is_file() and (exp / f"{stamp}-s1").is_dir()
+    trial = tmp_path / "runs" / "other" / "s-t0000"
+
+    def mkdir(self, *args, **kwargs):
+        if self == trial:  # between claim_folder's parent mkdir and the trial's own
+            monkeypatch.setattr(pathlib.Path, "mkdir", real_mkdir)
+            shutil.rmtree(trial.parent)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    assert claim_folder(trial) == trial and trial.is_dir()
+
+
 def test_a_run_that_made_only_its_tensorboard_folder_leaves_nothing_to_resume(tmp_path):
     """train.tensorboard = true makes its writer's folder before the first epoch: that folder
     is part of a run's start too, so a Ctrl-C in the first epoch still leaves nothing (it left
@@ -1258,6 +1303,9 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
     out = run_cli("pack", tmp_path / "e.toml", "--out", tmp_path / "subs", expect=2).output
     assert f"e.toml: a TOML file, not a run or checkpoint; an ensemble file packs with `kit " \
            f"pack --ensemble {tmp_path / 'e.toml'}`" in " ".join(out.split()), out
+    # a run's config.toml: its run (r268: --ensemble advised, which then failed)
+    out = run_cli("pack", run / "config.toml", "--out", tmp_path / "subs", expect=2).output
+    assert f"pack the run it belongs to: `kit pack {run}`" in " ".join(out.split()), out
 
 
 def test_a_run_folder_trains_in_one_process_at_a_time(env, tmp_path):

@@ -122,12 +122,25 @@ class Member:
         }
 
 
+def _toml_advice(path: Path) -> str:
+    """What a TOML given as RUN is packed as: an ensemble file (its [[members]]) with
+    --ensemble, a run's config.toml as its folder."""
+    try:
+        members = "members" in tomllib.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):  # (UnicodeDecodeError, TOMLDecodeError)
+        members = False
+    if members:
+        return f"an ensemble file packs with `kit pack --ensemble {path}`"
+    if (path.parent / "best.pt").is_file() or (path.parent / "last.pt").is_file():
+        return f"pack the run it belongs to: `kit pack {path.parent}`"
+    return "pass a run folder (or the .pt checkpoint in it), or an ensemble file with --ensemble"
+
+
 def find_checkpoint(run: Path) -> Path:
     """RUN may be a run directory (its best.pt) or a checkpoint file."""
     run = Path(run)
     if run.is_file() and run.suffix.lower() == ".toml":  # read as a checkpoint: "not one"
-        raise KitError(f"{run}: a TOML file, not a run or checkpoint; an ensemble file packs "
-                       f"with `kit pack --ensemble {run}`")
+        raise KitError(f"{run}: a TOML file, not a run or checkpoint; {_toml_advice(run)}")
     if run.is_file():
         return run
     if (run / "best.pt").is_file():

@@ -70,6 +70,10 @@ def claim_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
                 json.dump(record, fh, indent=2)
         except FileExistsError:
             continue
+        except FileNotFoundError:  # another command's failed group removed the empty folders
+            records.mkdir(parents=True, exist_ok=True)  # (dropped_if_unused) just now
+            moment -= 1.0  # this stamp again
+            continue
         made = []
         try:  # a folder of this stamp made by hand or by an older kit: take the next second
             for name in member_names(seeds, folds, stamp):

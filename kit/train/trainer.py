@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from kit.config import CHOICES, ConfigError, changed_values, differences
 from kit.errors import KitError
 from kit.metrics import evaluate
+from kit.toml_file import parse_toml, read_toml
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
 from kit.train.data import Split, TrainData
 from kit.train.losses import MaskedLoss
@@ -167,23 +167,30 @@ def refuse_edited_config(saved_text: str | None, files: RunFiles) -> None:
     config describes; a model of another width failed as a checkpoint that "does not fit",
     whose advice (delete it) lost the epochs. A last.pt from before the record is not
     checked; comments, layout, the name and the description are no change."""
-    if saved_text is None or not files.config_path.is_file():
+    if not isinstance(saved_text, str) or not files.config_path.is_file():
         return
-    text = files.config_path.read_text()
-    if text == saved_text:
+    if _config_text(files) == saved_text:
         return
+    now = read_toml(files.config_path, ConfigError)  # as read_config reads it (a BOM is fine)
     try:
-        before, now = tomllib.loads(saved_text), tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        before, now = {}, None  # (read_config named a file that does not parse already)
+        before = parse_toml(saved_text, f"{files.last}'s config", ConfigError)
+    except ConfigError:
+        before = {}  # (never written so: kit stores the text it read)
     changed = [key for key in differences(before, now) if key not in ("name", "description")]
     if changed:
         shown = changed_values(changed, before, now)
+        more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
         raise ConfigError(f"{files.config_path} is not the config {files.last.name} was "
-                          f"written with: {', '.join(shown[:8])}: config.toml edited by hand "
-                          "since the run started, or a last.pt of another run; --resume "
+                          f"written with: {', '.join(shown[:8])}{more}: config.toml edited by "
+                          "hand since the run started, or a last.pt of another run; --resume "
                           "replays the run as it started: put config.toml back as it was (or "
                           "the run's own last.pt), or train a new run with the new settings")
+
+
+def _config_text(files: RunFiles) -> str:
+    """config.toml's text as kit wrote it (UTF-8), a byte order mark an editor added left out;
+    bytes that are not UTF-8 replaced (read_config names such a file before training)."""
+    return files.config_path.read_bytes().decode("utf-8-sig", errors="replace")
 
 
 def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, *,
@@ -207,7 +214,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         if resume else None
     if saved is not None:  # first: an edited width then fails as an edit, not as last.pt
         refuse_edited_config(saved.get("config_toml"), files)
-    config_text = files.config_path.read_text() if files.config_path.is_file() else None
+    config_text = _config_text(files) if files.config_path.is_file() else None
     if train["batch_size"] == 0:  # auto: the largest batch the GPU holds, found once
         from kit.train.batch_finder import find_batch_size
 
