@@ -7,6 +7,7 @@ folder listed in $KIT_SPEC_PATH, then using `--spec NAME`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -45,6 +46,27 @@ def blend_spec_difference(spec: CompetitionSpec, first: CompetitionSpec) -> str 
                      for v in (mine[key], theirs.get(key))]
             return f"{key} {shown[0]}, against {shown[1]}"
     return None
+
+
+def current_scoring(stored: CompetitionSpec, reference: str | None = None
+                    ) -> tuple[CompetitionSpec, list[str]]:
+    """A stored copy of a spec (a run's spec.json, a package's manifest) with the [metric] and
+    [limits] its file holds now, where that file still loads (`reference`: the name or path
+    the run was given, else the spec's name) and describes the same competition otherwise.
+    Neither changes what a model trained on, and limits added after training were ignored:
+    kit pack's time budget and kit score's projection read the old ones without a word
+    (r270). Returns the spec and what was taken anew ("[limits]", "[metric]")."""
+    try:
+        now = load_spec(reference or stored.name)
+    except (SpecError, OSError):
+        return stored, []
+    if blend_spec_difference(now, stored) is not None:  # another competition of that name
+        return stored, []
+    changed = [f"[{key}]" for key in ("metric", "limits") if getattr(now, key) != getattr(
+        stored, key)]
+    if not changed:
+        return stored, []
+    return dataclasses.replace(stored, metric=now.metric, limits=now.limits), changed
 
 
 def expand_columns(patterns: list[str]) -> list[str]:

@@ -3294,3 +3294,30 @@ def test_a_fold_group_keeps_no_finished_fold_of_other_data(env, tmp_path):
     assert f"runs/tiny/{first.name} trained" in out and "has changed since" in out, out
     assert "the fold group's other runs would train on the new files" in out
     assert not (second / "metrics.json").exists() and not list(exp.glob("*-oof"))
+
+
+def test_limits_and_metric_set_after_training_are_the_ones_pack_and_score_read(env, tmp_path):
+    """A run keeps a copy of its spec; kit pack's time budget and kit score (without --spec)
+    read its [limits] and [metric], so limits added after training were ignored without a
+    word and a package over the user's own limit passed both (r270). The spec file as it is
+    now gives them (neither changes what the model learnt), and each command says so."""
+    import polars as pl
+
+    spec = tmp_path / "mine.toml"
+    spec.write_text(SPEC_TOML)
+    exp = tmp_path / "mine-exp.toml"
+    exp.write_text(f'extends = "{env / "experiments" / "tiny.toml"}"\nspec = "{spec}"\n')
+    run = tmp_path / "r"
+    run_cli("train", exp, "train.epochs=1", "--run-dir", run, "-q")
+    out = run_cli("pack", run, "--name", "before", "--out", tmp_path / "subs").output
+    assert "of the 5,400 s limit" in out and "changed since" not in out, out
+    spec.write_text(SPEC_TOML + "[limits]\ntime_limit_s = 2\ntest_rows = 100000\n")
+    out = run_cli("pack", run, "--name", "after", "--out", tmp_path / "subs", "--force").output
+    assert "spec 'tiny-lob': its [limits] changed since" in out, out
+    assert "for 100,000 test rows of the 2.0 s limit" in out, out
+    # a package made before the edit: kit score takes the spec file's limits too, and says so
+    valid = pl.read_parquet(env / "data" / "valid.parquet")
+    out = run_cli("score", tmp_path / "subs" / "before.zip", "--data",
+                  env / "data" / "valid.parquet", "--seqs", 1, "-q", expect=None).output
+    assert "its [limits] changed since" in out and "of the 2.0 s limit" in out, out
+    assert valid.height  # (the file scored)

@@ -10,6 +10,7 @@ states in order.
 from __future__ import annotations
 
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kit.competition import CompetitionSpec, spec_from_dict
+from kit.competition import CompetitionSpec, current_scoring, spec_from_dict
 from kit.data.cache import file_digest
 from kit.errors import KitError
 from kit.features.kernels import LIMIT
@@ -201,6 +202,13 @@ def load_member(run: Path) -> Member:
         config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
     except tomllib.TOMLDecodeError as exc:
         raise KitError(f"{config_path}: not valid TOML ({exc})") from None
+    spec, changed = current_scoring(spec, config.get("spec") if isinstance(
+        config.get("spec"), str) else None)
+    if changed:
+        warnings.warn(f"spec {spec.name!r}: its {' and '.join(changed)} changed since "
+                      f"{path.parent} trained; the package, its time budget and its scores "
+                      "take the spec file's as it is now (they do not change what the model "
+                      "learnt)", RuntimeWarning, stacklevel=2)
     return Member(
         # resolved, so that `kit pack .` inside a run folder records and names the run
         run_dir=path.resolve().parent, checkpoint=path, sha256=digest, spec=spec,

@@ -32,7 +32,13 @@ import onnx
 
 from kit import __version__
 from kit.atomic import atomic_text
-from kit.competition import CompetitionSpec, blend_spec_difference, load_spec, spec_from_dict
+from kit.competition import (
+    CompetitionSpec,
+    blend_spec_difference,
+    current_scoring,
+    load_spec,
+    spec_from_dict,
+)
 from kit.config import known_experiment
 from kit.data.contract import contract_dtype
 from kit.errors import KitError
@@ -307,6 +313,8 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
             "kit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "spec": spec.to_dict(),
+            # where the spec was read: kit score takes its [metric] and [limits] as they are then
+            "spec_source": spec_reference(weighted[0].member.config.get("spec")),
             "inputs": list(spec.features),
             "outputs": list(spec.outputs),
             "states": [{"name": f"state_{i}", "shape": shape, "batch_axis": shape.index("batch")}
@@ -616,6 +624,15 @@ def read_manifest(folder: Path, shown: Path | None = None) -> dict:
     return manifest
 
 
+def spec_reference(given) -> str | None:
+    """A run's `spec` as the package records it: a preset's or user spec's name, or a TOML
+    file's absolute path (kit score may run from another folder)."""
+    if not isinstance(given, str) or not given:
+        return None
+    path = Path(given)
+    return str(path.resolve()) if given.endswith(".toml") and path.is_file() else given
+
+
 def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpec:
     """The spec to score a submission with: the one named, else its manifest's, else the
     default preset. A named spec must feed a kit package the columns it was packed for, in
@@ -636,7 +653,15 @@ def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpe
         return named
     if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
         return load_spec(None)  # no manifest, or one that is not kit's
-    return spec_from_dict(manifest["spec"], f"{submission}: {MANIFEST_FILE}")
+    source = manifest.get("spec_source")
+    spec, changed = current_scoring(spec_from_dict(manifest["spec"],
+                                                   f"{submission}: {MANIFEST_FILE}"),
+                                    source if isinstance(source, str) else None)
+    if changed:  # (limits set after the pack: the projection read the old ones, r270)
+        warnings.warn(f"spec {spec.name!r}: its {' and '.join(changed)} changed since "
+                      f"{submission} was packed; scored with the spec file's as it is now",
+                      RuntimeWarning, stacklevel=2)
+    return spec
 
 
 def _columns(names: list[str], at: int) -> str:

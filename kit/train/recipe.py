@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -158,7 +159,13 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                           "--folds each fold validates 1/k of the sequences, placed by the "
                           "run's seed: leave them out",
                           settings=("data.valid_fraction", "data.split_seed"))
-    check_config(base, resume=resume)
+    # a --jobs worker trains the config its command checked, which said the config's
+    # warnings once (not once more per worker); its errors, and warnings about its data,
+    # its device or its training, still show
+    with warnings.catch_warnings():
+        if os.environ.get("KIT_TRAIN_WORKER"):
+            warnings.simplefilter("ignore")
+        check_config(base, resume=resume)
     if not resume:  # a resumed run reads its own config's files (train_one checks them)
         check_data_files(base["data"], folds=folds > 0)
     if folds and run_dir:
@@ -423,15 +430,13 @@ def train_seeds_in_parallel(base: dict, seeds: list[int], jobs: int, runs_dir: P
 
 def _train_workers(exp: str, base: dict, seeds: list[int], jobs: int, runs_dir: Path,
                    stop_after_epochs: int, progress: bool, stamp: str) -> list[dict]:
-    import os
-    import sys
-
     from kit.workers import WorkerGroup, worker_pythonpath
 
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath(),
-                        "KIT_TRAIN_WORKER": "1"}  # the parent says how to resume, not each
+                        # the parent says how to resume, and its config's warnings, not each
+                        "KIT_TRAIN_WORKER": "1"}
     dirs = [runs_dir / base["name"] / new_run_id(seed, stamp) for seed in seeds]
     queued, running = [], []  # a resumed group: finished members are kept as they are
     for seed, folder in zip(seeds, dirs, strict=True):
