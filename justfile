@@ -1,7 +1,7 @@
 # kit recipes: `just --list` shows them all. Every CLI verb has a recipe of the same name.
 # Recipes run in this folder (the project's experiments/, runs/ and data/ from any subfolder),
 # except those whose argument is a file or folder you point at (check, stats, score, pack,
-# parity, report, notebook): [no-cd], they run where `just` is called, so a relative path
+# parity, report, notebook, ensemble): [no-cd], they run where `just` is called, so a relative path
 # (`just pack .` in a run folder, `just check ../x.parquet`) names what it names in your shell.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
@@ -88,6 +88,7 @@ parity submission *args:
     kit parity "$@"
 
 # kit ensemble select RUNS...: greedy-weighted ensemble of runs (e.g. just ensemble select runs/gru_base)
+[no-cd]
 ensemble *args:
     kit ensemble "$@"
 

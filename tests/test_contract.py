@@ -78,6 +78,10 @@ def test_just_check_reads_a_relative_path_from_where_it_is_called(tmp_path):
                           cwd=here, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "gru_base:" in done.stdout and "parameters" in done.stdout
+    # ensemble select takes run folders too: named from here (r269: from the project's folder)
+    done = subprocess.run([just, "--justfile", str(justfile), "ensemble", "select", "nowhere"],
+                          cwd=here, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and str(here / "nowhere") in done.stderr, done.stderr
 
 
 def test_data_check_json_is_a_json_object_for_a_file_it_cannot_read(tmp_path):
