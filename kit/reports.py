@@ -39,6 +39,7 @@ from kit.run_record import (
     read_trained_spec,
     recorded_digests,
 )
+from kit.toml_file import read_toml
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
 BASE_COLUMNS = ("experiment", "run_id", "score")
@@ -781,6 +782,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         run_dir = run_dir.parent
     if run_dir.name in ("", ".."):  # `kit report .` in a run: its id is the folder's name
         run_dir = run_dir.resolve()
+    if run_dir.is_file():  # metrics.json, val_preds.npy, ...: a file of the run (r269)
+        raise KitError(f"{run_dir}: a file; kit report takes a run folder"
+                       + (f": `kit report {run_dir.parent}`" if _is_run(run_dir.parent) else
+                          " (runs/<experiment>/<run-id>) or an ensemble TOML"))
     if not run_dir.is_dir():
         raise KitError(f"{run_dir}: no such run directory (expected runs/<experiment>/<run-id>)")
     if (run_dir / "oof_preds.npy").exists() and not (run_dir / "history.jsonl").exists():
@@ -797,6 +802,10 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         if any(_is_run(child) for child in run_dir.iterdir()):
             raise KitError(f"{run_dir}: an experiment's folder; kit report draws one run: "
                            f"report one of its runs (kit runs -e {run_dir.name} lists them)")
+        if any(_is_run(run) for child in run_dir.iterdir() if child.is_dir()
+               for run in child.iterdir()):  # runs/ itself
+            raise KitError(f"{run_dir}: a folder of experiments' runs; kit report draws one "
+                           f"run: report one of them (kit runs --runs-dir {run_dir} lists them)")
         raise KitError(
             f"{run_dir}: no history.jsonl; not a run directory, or its first epoch "
             "has not finished yet"
@@ -1000,11 +1009,28 @@ def _plot_weights(targets: list[str], members: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def refuse_other_toml(path: Path) -> None:
+    """A TOML without [[members]] given to kit report: a run's config.toml (its run is meant)
+    or an experiment file, not an ensemble file ("no [[members]]" said neither, r269)."""
+    try:
+        doc = read_toml(path, KitError)
+    except KitError:
+        return  # (read_ensemble names what is wrong with the file)
+    if "members" in doc:
+        return
+    if _is_run(path.parent):
+        raise KitError(f"{path}: run {path.parent}'s config, not an ensemble file: "
+                       f"`kit report {path.parent}`")
+    raise KitError(f"{path}: no [[members]], so not an ensemble file (an experiment?); kit "
+                   "report takes a run folder or an ensemble TOML (kit ensemble select)")
+
+
 def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     """selection.png (the score after each greedy iteration, the cut marked) and weights.png
     (each member's weight per target), plus report.md; returns report.md's path."""
     from kit.ensemble import format_selection, read_ensemble
 
+    refuse_other_toml(Path(path))
     doc = read_ensemble(path)
     if "trajectory" not in doc.get("ensemble", {}):
         raise KitError(f"{path}: no [ensemble] selection record (trajectory, scores): only "

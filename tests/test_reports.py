@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from kit import reports
 from kit.competition import load_spec
 from kit.errors import KitError
 from kit.metrics import evaluate
-from kit.reports import format_runs, list_runs, sort_runs, write_report
+from kit.reports import format_runs, list_runs, sort_runs, write_ensemble_report, write_report
 from tests.cli import run_cli
 from tests.frames import make_frame, small_spec
 
@@ -521,6 +522,27 @@ def test_report_needs_a_history(tmp_path: Path):
         write_report(tmp_path / "run")
     with pytest.raises(KitError, match="no such run directory"):
         write_report(tmp_path / "missing")
+
+
+def test_report_names_what_it_was_given_instead_of_a_run(tmp_path: Path):
+    """A run's file, a run's config.toml, an experiment file and runs/ itself were answered
+    "no such run directory", "no [[members]]" and "no history.jsonl" (r269)."""
+    spec = small_spec()
+    valid, spec_path = write_data(tmp_path / "data", spec)
+    run = make_run(tmp_path / "runs", "alpha", "r1", valid, spec_path)
+    with pytest.raises(KitError, match=rf"metrics.json: a file; kit report takes a run folder: "
+                       rf"`kit report {re.escape(str(run))}`"):
+        write_report(run / "metrics.json")
+    with pytest.raises(KitError, match=rf"config.toml: run {re.escape(str(run))}'s config, not "
+                       rf"an ensemble file: `kit report {re.escape(str(run))}`"):
+        write_ensemble_report(run / "config.toml")
+    (tmp_path / "exp.toml").write_text('spec = "predictorium"\n[train]\nepochs = 1\n')
+    with pytest.raises(KitError, match="exp.toml: no \\[\\[members\\]\\], so not an "
+                       "ensemble file"):
+        write_ensemble_report(tmp_path / "exp.toml")
+    with pytest.raises(KitError, match="a folder of experiments' runs; kit report draws one "
+                       "run"):
+        write_report(tmp_path / "runs")
 
 
 def _relative_data_run(checkout: Path) -> Path:
