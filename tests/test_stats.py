@@ -270,7 +270,8 @@ def test_next_state_oracle_uses_r2(tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda f: f.with_columns(pl.col("seq_ix").cast(pl.String)),
-     "column 'seq_ix' must hold whole numbers (an integer or float dtype), found String"),
+     "column 'seq_ix' must hold whole numbers (an integer or float dtype), found String; map "
+     "the text to integers first, one map for all your files"),
     (lambda f: f.with_columns(pl.concat_list("p1", "p0").alias("p1")),
      "column 'p1' must be numeric (an integer or float dtype), found List"),
 ])

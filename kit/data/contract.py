@@ -249,8 +249,12 @@ def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, sourc
     for col in (spec.id_col, spec.step_col):
         dtype = schema[col]
         if not (dtype.is_integer() or dtype in FLOAT_TYPES):
+            text = dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)
             problems.append(f"column {col!r} must hold whole numbers (an integer or float "
-                            f"dtype), found {dtype}")
+                            f"dtype), found {dtype}" + (
+                                "; map the text to integers first, one map for all your "
+                                "files (e.g. each value's index in the sorted union of their "
+                                "values)" if text else ""))
     need_dtype = schema[spec.need_col]
     if not (need_dtype == pl.Boolean or need_dtype.is_integer()):
         problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found {need_dtype}")
