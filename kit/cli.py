@@ -155,12 +155,15 @@ def spec_list() -> None:
     from kit.competition import available_specs, load_spec
 
     broken = 0
-    for name, source in available_specs().items():
+    specs = available_specs()
+    # columns as wide as their longest entry: a user spec's path ran into its description
+    names, sources = (max(map(len, column), default=0) for column in (specs, specs.values()))
+    for name, source in specs.items():
         try:
             about = load_spec(name if source == "<builtin>" else source).description
         except KitError as exc:
             about, broken = f"BROKEN: {exc}", broken + 1
-        typer.echo(f"{name:<16} {source:<12} {about}")
+        typer.echo(f"{name:<{max(names, 16)}} {source:<{max(sources, 12)}} {about}")
     if broken:
         raise typer.Exit(2)
 
@@ -303,16 +306,17 @@ def score(
     from kit.export.pack import manifest_of, submission_spec
     from kit.scoring import score_submission
 
-    resolved = submission_spec(submission, spec)
-    # a missing submission's error comes alone (score_submission names it), as does that of
-    # a file that is no package at all (a truncated zip, a solution.py given for its folder)
-    package = submission.is_dir() or zipfile.is_zipfile(submission)
-    if spec is None and package and not isinstance(
-            (manifest_of(submission) or {}).get("spec"), dict):  # (a dict, or None)
-        typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with the "
-                   f"default spec {resolved.name!r} (pass --spec for another competition)",
-                   err=True)
     with said_as_they_come() as said:  # a changed package is said before its replay
+        resolved = submission_spec(submission, spec)  # (a spec edited since the pack: said)
+        # a missing submission's error comes alone (score_submission names it), as does that
+        # of a file that is no package at all (a truncated zip, a solution.py given for its
+        # folder)
+        package = submission.is_dir() or zipfile.is_zipfile(submission)
+        if spec is None and package and not isinstance(
+                (manifest_of(submission) or {}).get("spec"), dict):  # (a dict, or None)
+            typer.echo(f"note: {submission} has no manifest.json of kit pack's: scoring with "
+                       f"the default spec {resolved.name!r} (pass --spec for another "
+                       "competition)", err=True)
         result = score_submission(submission, data, resolved, seqs=seqs,
                                   progress=not (quiet or as_json), timeout_s=timeout)
     _print_json(result.to_dict()) if as_json else typer.echo(result.format(said))
@@ -831,7 +835,9 @@ def notebook(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def demo(
     ctx: typer.Context,
-    data: Path | None = typer.Option(None, help="Data folder (generated if missing; default "
+    data: Path | None = typer.Option(None, help="Data folder of train.parquet, "
+                                     "valid.parquet and valid_oracle.parquet (generated if "
+                                     "missing where the generators make the spec; default "
                                      "data/synth, data/synth-NAME for another spec)."),
     exp: str = typer.Option("gru_base", help="The experiment to train."),
     spec: str | None = typer.Option(None, help="The competition (default: the experiment's, "

@@ -8,8 +8,11 @@ data (generated if missing) -> contract check -> train the default experiment wi
 from __future__ import annotations
 
 import json
+import shlex
+import signal
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -18,9 +21,11 @@ import typer
 from kit.competition import CompetitionSpec, load_spec
 from kit.data.contract import check_file
 from kit.data.io import read_frame
-from kit.data.synth import refuse_other_generation, synth_dir
+from kit.data.synth import generation_of, refuse_other_generation, synth_dir
 from kit.errors import KitError, ScorerRefusal
 from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, outputs_summary, scored_truth
+from kit.run_record import is_finished
+from kit.workers import EndedBySignal
 
 
 def _section(title: str) -> None:
@@ -57,20 +62,112 @@ def check_oracle_rows(valid: Path, oracle: Path, spec: CompetitionSpec) -> None:
                        f"folder's three files to generate them again together")
 
 
-def refuse_unsynthesizable(spec: CompetitionSpec) -> None:
-    """The demo generates its data: a competition of your own whose columns the generators
-    do not make was told to rename its features (the generator's own advice), where its data
-    runs through the other commands."""
+def synthesis_refusal(spec: CompetitionSpec) -> str | None:
+    """Why the built-in generators cannot make this competition's data (their own advice),
+    or None where they can."""
     from kit.data.synth import make_generator
 
     try:
         make_generator(spec)
     except KitError as exc:
-        raise KitError(f"kit demo runs on synthetic data, which the built-in generators cannot "
-                       f"make for {spec.name} ({exc}). Your own data runs through kit train, "
-                       "kit ensemble select, kit pack, kit parity and kit score (README, "
-                       "\"From a run to a submission\"); kit demo runs the built-in competitions "
-                       "(--exp gru_base, --exp rnn_gru)") from None
+        return str(exc)
+    return None
+
+
+def oracle_file_text(spec: CompetitionSpec) -> str:
+    """What valid_oracle.parquet holds, for a user who writes it for a competition of theirs."""
+    return (f"valid_oracle.parquet ({spec.id_col}, {spec.step_col}, one column per output: "
+            f"{', '.join(spec.outputs[:3])}{', ...' if len(spec.outputs) > 3 else ''}; "
+            "row for row the valid file)")
+
+
+def refuse_unsynthesizable(spec: CompetitionSpec) -> None:
+    """The demo generates its data: a competition of your own whose columns the generators
+    do not make was told to rename its features (the generator's own advice), where its data
+    runs through the other commands, or through the demo given its files."""
+    why = synthesis_refusal(spec)
+    if why is None:
+        return
+    raise KitError(f"kit demo runs on synthetic data, which the built-in generators cannot "
+                   f"make for {spec.name} ({why}). Your own data runs through kit train, "
+                   "kit ensemble select, kit pack, kit parity and kit score (README, "
+                   "\"From a run to a submission\"), or through kit demo --data DIR, a folder "
+                   f"that holds its train.parquet, valid.parquet and {oracle_file_text(spec)}")
+
+
+def refuse_missing_own_files(data_dir: Path, missing: list[str], spec: CompetitionSpec) -> None:
+    """--data names the files of a competition the demo cannot generate: name the ones that
+    are not there (the generators' refusal said nothing of the folder)."""
+    shown = [oracle_file_text(spec) if name == "valid_oracle.parquet" else name
+             for name in missing]
+    raise KitError(f"{data_dir} lacks {', '.join(shown)}: kit demo on {spec.name}, which the "
+                   "built-in generators cannot make, needs its train, valid and valid_oracle "
+                   "files in the --data folder (the oracle's predictions are what the models "
+                   "are reported against); write the missing ones there")
+
+
+def scored_rows_text(seqs: int | None, scored: int, valid_sequences: int) -> str:
+    """Which valid rows the score covers: --seqs at or above the file's sequences scores them
+    all ("the first 16" of 16 read as a part)."""
+    if seqs is None:
+        return "the valid set"
+    if scored >= valid_sequences:
+        return f"the whole valid set (all {valid_sequences:,} sequences)"
+    return f"the first {scored:,} valid sequences"
+
+
+def signal_text(stop: BaseException) -> str:
+    """How the command ended, in the words kit train's hint uses."""
+    if isinstance(stop, KeyboardInterrupt):
+        return "interrupted"
+    return f"stopped by {signal.Signals(stop.signum).name}"
+
+
+@dataclass
+class Progress:
+    """How far the demo got, for the one line an interruption prints: its stage, and the
+    training's group (its record in runs/EXP/.groups names the runs it left)."""
+
+    exp_dir: Path | None = None  # (known once the experiment's config is)
+    seeds: list[int] = field(default_factory=list)
+    resume: list[str] = field(default_factory=list)  # the kit train command that finishes them
+    stage: str = "data"
+    groups_before: set[str] = field(default_factory=set)
+    trained: list[Path] = field(default_factory=list)
+
+    def start_training(self) -> None:
+        from kit.train.groups import GROUPS_DIR
+
+        self.stage = "train"
+        self.groups_before = {p.name for p in (self.exp_dir / GROUPS_DIR).glob("*.json")}
+
+    def group_runs(self) -> list[Path]:
+        """The runs of the group this demo's training claimed (none if it removed them)."""
+        from kit.train.groups import GROUPS_DIR, member_names
+
+        if self.exp_dir is None:
+            return []
+        new = {p.stem for p in (self.exp_dir / GROUPS_DIR).glob("*.json")
+               if p.name not in self.groups_before}
+        return [self.exp_dir / name for stamp in sorted(new)
+                for name in member_names(self.seeds, 0, stamp) if (self.exp_dir / name).is_dir()]
+
+    def interrupted(self, stop: BaseException) -> str:
+        """One line: what stopped, at which stage, what it left and what to do."""
+        head = f"kit demo {signal_text(stop)} at its {self.stage} stage"
+        if self.trained:  # a stage after training: its runs are whole
+            return (f"{head}: its runs finished training ({', '.join(map(str, self.trained))}) "
+                    "and nothing else is left to resume; run the same command again (it "
+                    "trains new runs)")
+        left = [run for run in self.group_runs() if not is_finished(run)]
+        if not left:
+            return f"{head}: nothing to resume; run the same command again"
+        return (f"{head}: it left {len(left)} unfinished run(s) in {self.exp_dir}/ "
+                f"({', '.join(run.name for run in left)}), which kit runs lists and kit "
+                f"ensemble select {self.exp_dir} may take up: finish them with "
+                f"`{shlex.join(self.resume)}` (from the last finished epoch), or delete them "
+                f"(`{shlex.join(['rm', '-r', *map(str, left)])}`); kit demo again trains new "
+                "runs")
 
 
 def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions"),
@@ -78,7 +175,20 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
              overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
              parity_seqs: int = 16, quiet: bool = False) -> dict:
     """Run every stage and return the summary it prints. spec_name: the competition (default:
-    the experiment's own spec); data_dir: its data (default: synth_dir)."""
+    the experiment's own spec); data_dir: its data (default: synth_dir). Interrupted (Ctrl-C;
+    SIGTERM or SIGHUP under kit's CLI), it says in one line what it left, as kit train does."""
+    progress = Progress()
+    try:
+        return _run_demo(progress, data_dir, submissions, spec_name, experiment, overrides,
+                         seeds, seqs, parity_seqs, quiet)
+    except (KeyboardInterrupt, EndedBySignal) as stop:  # (the same exception goes on: its exit)
+        typer.echo(progress.interrupted(stop), err=True)
+        raise
+
+
+def _run_demo(progress: Progress, data_dir: Path | None, submissions: Path,
+              spec_name: str | None, experiment: str, overrides: list[str] | None, seeds: int,
+              seqs: int | None, parity_seqs: int, quiet: bool) -> dict:
     from kit.config import refuse_overrides
     from kit.data.synth import synthesize
     from kit.ensemble import select_ensemble
@@ -87,6 +197,7 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
     from kit.scoring import score_submission
     from kit.scoring.score import seconds_text
     from kit.train.recipe import check_config, experiment_config, train_experiment
+    from kit.train.runs import RUNS_DIR
 
     started = time.perf_counter()
     # every option checked before the first stage: a typo must not cost the data and training
@@ -103,7 +214,8 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
     spec_name = spec_name or experiment_config(experiment, list(overrides or [])).get(
         "spec", "predictorium")
     spec = load_spec(spec_name)
-    data_dir = Path(data_dir) if data_dir is not None else synth_dir(spec.name)
+    data_given = data_dir is not None  # (a file missing there is named)
+    data_dir = Path(data_dir) if data_given else synth_dir(spec.name)
     train, valid, oracle = (data_dir / n for n in
                             ("train.parquet", "valid.parquet", "valid_oracle.parquet"))
     # TOML strings, escaped (json's escapes are TOML's): a \t in a folder name stays two chars
@@ -111,62 +223,77 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
              (("data.train", train), ("data.valid", valid), ("spec", spec_name))]
     with warnings.catch_warnings():  # (said once, by the training that checks it again)
         warnings.simplefilter("ignore")
-        check_config(experiment_config(experiment, paths + list(overrides or [])))  # model too
+        config = experiment_config(experiment, paths + list(overrides or []))
+        check_config(config)  # model too
+    seed_list = [42 + i for i in range(seeds)]
+    progress.exp_dir, progress.seeds = RUNS_DIR / config["name"], seed_list
+    # what kit train would print, stopped with these seeds: it finishes the same group
+    progress.resume = ["kit", "train", experiment, *paths, *(overrides or []),
+                       f"seeds=[{','.join(map(str, seed_list))}]",
+                       *(["--jobs", str(seeds)] if seeds > 1 else []), "--resume"]
     _section("data")
-    present = [p for p in (train, valid, oracle) if p.exists()]
-    if len(present) < 3:  # generated here, or to be ("an empty one to generate it" below)
+    missing = [p.name for p in (train, valid, oracle) if not p.exists()]
+    synthesizable = synthesis_refusal(spec) is None
+    if missing and not synthesizable:  # nothing can be generated: the files must be there
+        if data_given:  # the user's own folder: name the files to add
+            refuse_missing_own_files(data_dir, missing, spec)
         refuse_unsynthesizable(spec)
-    if not present:
+    if len(missing) == 3:
         result = synthesize(spec, data_dir, progress=not quiet)
         typer.echo(f"generated {result.train_rows:,} train and {result.valid_rows:,} valid rows "
                    f"in {result.seconds:.1f}s")
-    elif len(present) < 3:  # regenerating would overwrite the others (a --full set, say)
-        missing = [p.name for p in (train, valid, oracle) if not p.exists()]
+    elif missing:  # regenerating would overwrite the others (a --full set, say)
         raise KitError(f"{data_dir} lacks {', '.join(missing)} of the demo's three files "
                        "(train, valid and the synthetic oracle's predictions, which `kit data "
                        "synth` writes together): give --data a folder of synthetic data, or "
                        "an empty one to generate it; your own data runs through kit train, "
                        "pack and score")
-    else:
-        typer.echo(f"using {data_dir} (delete it to regenerate)")
+    else:  # deleting it regenerates only synthetic data (a user's own files are theirs alone)
+        regenerable = synthesizable and generation_of(valid) is not None
+        typer.echo(f"using {data_dir}" + (" (delete it to regenerate)" if regenerable else ""))
     check_oracle_rows(valid, oracle, spec)
     for path in (train, valid):
         report = check_file(path, spec)
         typer.echo(f"{path}: {report.rows:,} rows, {report.sequences:,} sequences, "
                    "contract OK")
+    valid_sequences = report.sequences  # (valid's: checked last)
 
+    progress.start_training()
     _section(f"train: experiment {experiment} (experiments/{experiment}.toml), "
              f"{seeds} seed(s)" + (", all at once (kit train --jobs)" if seeds > 1 else ""))
     # the seeds train side by side, each in its own process: a GRU this size trains about
     # as fast on one thread as on two, so on 2 cores three seeds take the time of 1.5
     trained = train_experiment(experiment, paths + list(overrides or []),
-                               seeds=[42 + i for i in range(seeds)], progress=not quiet,
-                               jobs=seeds)
+                               seeds=seed_list, progress=not quiet, jobs=seeds)
     for metrics in trained:
         typer.echo(f"{metrics['run_dir']}: validation score {metrics['score']:.4f} at epoch "
                    f"{metrics['best_epoch']} ({metrics['wall_s']:.0f}s)")
-    run_dirs = [Path(m["run_dir"]) for m in trained]
+    run_dirs = progress.trained = [Path(m["run_dir"]) for m in trained]
 
     doc = None
     (submissions / "demo-ensemble.toml").unlink(missing_ok=True)  # an earlier demo's members
     if len(run_dirs) > 1:
+        progress.stage = "ensemble"
         _section("ensemble: greedy selection with replacement on the validation predictions")
         doc, ensemble_file, table = select_ensemble(
             run_dirs, iters=20, out=submissions / "demo-ensemble.toml")
         typer.echo(table)
         typer.echo(f"wrote {ensemble_file}")
 
+    progress.stage = "pack"
     _section("pack: one stateful ONNX step graph + solution.py")
     packed = (pack_ensemble(ensemble_file, "demo", submissions) if len(run_dirs) > 1
               else pack_run(run_dirs[0], "demo", submissions))
     typer.echo(packed.format())
 
+    progress.stage = "parity"
     _section("parity: PyTorch sequence vs PyTorch step vs the packaged solution")
     parity = run_parity(packed.folder, valid, seqs=parity_seqs)
     typer.echo(parity.format())
     if not parity.ok:
         raise KitError("parity failed: the package does not compute what the model does")
 
+    progress.stage = "score"
     _section("score: the competition's scorer replayed on 1 CPU")
     scored = score_submission(packed.zip_path, valid, spec, seqs=seqs, progress=not quiet)
     typer.echo(scored.format())
@@ -192,13 +319,13 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
         "limit_s": scored.limit_s,
         "seconds": time.perf_counter() - started,
     }
+    progress.stage = "summary"
     _section("summary")
     per_target = "  ".join(f"{k} {v:.4f} (oracle {ceiling.per_target[k]:.4f})"
                            for k, v in scored.report.per_target.items())
     if len(scored.report.per_target) > SHOWN_OUTPUTS:  # (a next-state spec's 32 outputs)
         per_target = outputs_summary(scored.report.per_target)
-    rows = (f"the first {scored.sequences:,} valid sequences" if seqs is not None
-            else "the valid set")
+    rows = scored_rows_text(seqs, scored.sequences, valid_sequences)
     typer.echo(f"score {summary['score']:.4f} = {summary['fraction_of_oracle']:.0%} of the "
                f"oracle's {ceiling.score:.4f} on {rows}   [{per_target}]")
     if doc is not None:  # both on every validation row, the selection's own comparison

@@ -72,6 +72,11 @@ def test_user_spec_from_path_and_from_competitions_folder(tmp_path, monkeypatch)
     assert "my-comp" in available_specs()
     out = run_cli("spec", "list").output
     assert "my-comp" in out and "predictorium" in out
+    # one column each: every description starts where the others do (r269: a user spec's
+    # path ran into its description)
+    starts = {line.index(about) for line, about in zip(out.splitlines(), (
+        "Wunder Predictorium", "Wunder RNN", "a user's own"), strict=True)}
+    assert len(starts) == 1, out
     (tmp_path / "competitions" / "broken.toml").write_text("[[[")
     out = run_cli("spec", "list", expect=2).output  # the others are still listed
     assert "my-comp" in out and "predictorium" in out and "BROKEN: " in out
