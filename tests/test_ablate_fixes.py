@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-import tomli_w
 
-from kit.config import load_experiment
 from tests.cli import run_cli
+from tests.test_ablate_record import tiny_experiment
 
 OLD_KIT = "written by a kit from before `kit ablate --resume`"
 
@@ -19,15 +18,7 @@ OLD_KIT = "written by a kit from before `kit ablate --resume`"
 @pytest.fixture
 def ablation(workspace, tmp_path, monkeypatch) -> Path:
     """The summary of `kit ablate exp=tiny --groups raw --seeds 1`, trained for real."""
-    exps = tmp_path / "experiments"
-    exps.mkdir()
-    base = load_experiment(str(workspace / "experiments" / "gru.toml"))
-    base.pop("name")
-    base["model"] = {"type": "gru", "hidden": 8, "layers": 1}
-    base["train"] = {**base["train"], "epochs": 2}  # (warmup 1: below the epochs)
-    (exps / "tiny.toml").write_text(tomli_w.dumps(base))
-    monkeypatch.setenv("KIT_EXPERIMENTS", str(exps))
-    monkeypatch.chdir(tmp_path)
+    tiny_experiment(workspace, tmp_path, monkeypatch)
     out = run_cli("ablate", "exp=tiny", "--groups", "raw", "--seeds", "1", "-q").output
     return Path(out.strip().splitlines()[-1].removeprefix("wrote "))
 

@@ -311,13 +311,9 @@ def test_a_shared_rungs_failure_is_printed_once():
 # --- ablate: whole ablations, training replaced -------------------------------------------------
 
 
-@pytest.fixture
-def ablate_env(workspace, tmp_path, monkeypatch):
-    """An experiment `tiny` (the shared tiny competition's GRU) in its own experiments folder,
-    and recipe's training replaced: each run writes the metrics.json of a finished run."""
-    from kit.run_record import is_finished, read_metrics
-    from kit.train import recipe
-
+def tiny_experiment(workspace, tmp_path, monkeypatch) -> None:
+    """An experiment `tiny` (the shared tiny competition's GRU, 2 epochs) in its own
+    experiments folder under tmp_path, the working folder."""
     exps = tmp_path / "experiments"
     exps.mkdir()
     base = load_experiment(str(workspace / "experiments" / "gru.toml"))
@@ -327,6 +323,16 @@ def ablate_env(workspace, tmp_path, monkeypatch):
     (exps / "tiny.toml").write_text(tomli_w.dumps(base))
     monkeypatch.setenv("KIT_EXPERIMENTS", str(exps))
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def ablate_env(workspace, tmp_path, monkeypatch):
+    """tiny_experiment, and recipe's training replaced: each run writes the metrics.json of a
+    finished run."""
+    from kit.run_record import is_finished, read_metrics
+    from kit.train import recipe
+
+    tiny_experiment(workspace, tmp_path, monkeypatch)
     trained: list[str] = []
 
     def train_one(config, files, **kwargs):
