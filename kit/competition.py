@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from kit.config import finite_number
-from kit.errors import SpecError
+from kit.errors import KitError, SpecError
 from kit.toml_file import parse_toml, read_toml
 
 DEFAULT_SPEC = "predictorium"
@@ -58,7 +58,7 @@ def current_scoring(stored: CompetitionSpec, reference: str | None = None
     (r270). Returns the spec and what was taken anew ("[limits]", "[metric]")."""
     try:
         now = load_spec(reference or stored.name)
-    except (SpecError, OSError):
+    except (KitError, OSError):  # gone, or broken since: the copy is all there is
         return stored, []
     if blend_spec_difference(now, stored) is not None:  # another competition of that name
         return stored, []
