@@ -3321,3 +3321,7 @@ def test_limits_and_metric_set_after_training_are_the_ones_pack_and_score_read(e
                   env / "data" / "valid.parquet", "--seqs", 1, "-q", expect=None).output
     assert "its [limits] changed since" in out and "of the 2.0 s limit" in out, out
     assert valid.height  # (the file scored)
+    # a spec file broken since: the run's own copy, as before (a pack must not fail on it)
+    spec.write_text("[[[")
+    out = run_cli("pack", run, "--name", "broken", "--out", tmp_path / "subs").output
+    assert "of the 5,400 s limit" in out and "changed since" not in out, out
