@@ -48,6 +48,20 @@ def blend_spec_difference(spec: CompetitionSpec, first: CompetitionSpec) -> str 
     return None
 
 
+def spec_argument(spec: CompetitionSpec | str | os.PathLike) -> CompetitionSpec:
+    """The `spec` argument of an API function as a CompetitionSpec: a preset name or a TOML
+    path is loaded (score_submission and dataset_stats take them; elsewhere a name raised
+    AttributeError). None is refused: load_spec(None) is the default competition, which a
+    missing spec must not silently become."""
+    if isinstance(spec, CompetitionSpec):
+        return spec
+    if not isinstance(spec, str | os.PathLike):
+        got = "None" if spec is None else f"a {type(spec).__name__}"
+        raise SpecError(f"spec must be a CompetitionSpec, a preset name or a TOML path "
+                        f"(kit.competition.load_spec), got {got}")
+    return load_spec(spec)
+
+
 def current_scoring(stored: CompetitionSpec, reference: str | None = None
                     ) -> tuple[CompetitionSpec, list[str]]:
     """A stored copy of a spec (a run's spec.json, a package's manifest) with the [metric] and

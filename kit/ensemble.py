@@ -501,13 +501,22 @@ def refuse_non_finite(name: str, preds: np.ndarray) -> None:
                             "overflows); leave this run out of the candidates")
 
 
+def check_counts(iters, init_best) -> None:
+    """--iters a whole number >= 1 and --init-best a whole number (2.5 raised a TypeError deep
+    in the selection); its upper bound needs the candidates (select)."""
+    for name, value, low in (("--iters", iters, 1), ("--init-best", init_best, 0)):
+        if not isinstance(value, int | np.integer) or isinstance(value, bool):
+            raise EnsembleError(f"{name} must be a whole number, got {value!r}")
+        if value < low:  # (as the other commands' counts say it)
+            raise EnsembleError(f"{name} must be >= {low}, got {value}")
+
+
 def select(candidates: list[Candidate], truth: np.ndarray, *, iters: int = 50,
            init_best: int = 0, per_target: bool = False) -> Selection:
     """Greedy forward selection with replacement on the competition metric."""
     if not candidates:
         raise EnsembleError("no candidates to select from")
-    if iters < 1:
-        raise EnsembleError(f"--iters must be >= 1, got {iters}")
+    check_counts(iters, init_best)
     if not 0 <= init_best <= min(len(candidates), iters):
         raise EnsembleError(f"--init-best must be between 0 and {min(len(candidates), iters)} "
                             "(the candidates, and at most --iters)")
@@ -629,9 +638,12 @@ def postprocess_edited(post: dict | None, targets: list[str]) -> list[str]:
 def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = False,
                     init_best: int = 0, out: Path | None = None, postprocess: bool = False
                     ) -> tuple[dict, Path, str]:
-    """Load the candidates, select, optionally tune post-processing, write the TOML."""
+    """Load the candidates, select, optionally tune post-processing, write the TOML. `paths`:
+    run or experiment folders; a single str or Path is one folder, as the CLI's one argument."""
     from kit.reports import ValidFile
 
+    paths = candidate_paths(paths)
+    check_counts(iters, init_best)
     if out is not None:  # before any candidate loads or selection runs
         check_out(Path(out))
     candidates = [load_candidate(p) for p in expand_candidates(paths)]
@@ -656,6 +668,17 @@ def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = Fa
                             postprocess=tuned)
     path = write_ensemble(doc, out, default_dir=ensembles_dir(first.path))
     return doc, path, format_selection(doc)
+
+
+def candidate_paths(paths) -> list:
+    """The candidate folders as a list: one str or Path is one folder (it was read letter by
+    letter, or raised TypeError); none at all is refused (it raised IndexError)."""
+    if isinstance(paths, str | os.PathLike):
+        return [paths]
+    paths = list(paths)
+    if not paths:
+        raise EnsembleError("no candidates: pass one or more run or experiment folders")
+    return paths
 
 
 def ensemble_document(selection: Selection, candidates: list[Candidate], *, iters: int,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kit.competition import CompetitionSpec
+from kit.competition import CompetitionSpec, spec_argument
 from kit.errors import DataError
 
 WEIGHT_FLOOR = 1e-8
@@ -106,8 +106,9 @@ class MetricReport:
         }
 
 
-def metric_value(spec: CompetitionSpec, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """The spec's metric on one target column."""
+def metric_value(spec: CompetitionSpec | str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The spec's metric on one target column (spec: a CompetitionSpec, a name or a TOML path)."""
+    spec = spec_argument(spec)
     name, clip = spec.metric.name, spec.metric.clip
     if name == "weighted_pearson":
         return weighted_pearson(y_true, y_pred, clip)
@@ -120,8 +121,11 @@ def metric_value(spec: CompetitionSpec, y_true: np.ndarray, y_pred: np.ndarray) 
     return rmse(y_true, y_pred)
 
 
-def evaluate(spec: CompetitionSpec, y_true: np.ndarray, y_pred: np.ndarray) -> MetricReport:
-    """Score (rows, K) predictions against (rows, K) truth the way the competition does."""
+def evaluate(spec: CompetitionSpec | str, y_true: np.ndarray, y_pred: np.ndarray
+             ) -> MetricReport:
+    """Score (rows, K) predictions against (rows, K) truth the way the competition does (spec:
+    a CompetitionSpec, a name or a TOML path)."""
+    spec = spec_argument(spec)
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     k = spec.n_outputs

@@ -1340,12 +1340,22 @@ def test_weights_that_do_not_sum_to_one_are_refused_where_the_metric_has_a_scale
                                                                                 tmp_path):
     import shutil
 
+    from kit.sweep import without_none
     from kit.train.checkpoint import load_checkpoint, save_checkpoint
+
+    def scored_by(run: Path, metric: dict) -> None:
+        """The run as trained on a spec of this metric: its checkpoint's copy and the spec
+        file its config.toml names (pack reads the file's [metric] as it is now)."""
+        state["spec"] = {**state["spec"], "metric": metric}
+        save_checkpoint(state, run / "best.pt")
+        spec_file = run.parent / f"{run.name}-spec.toml"
+        spec_file.write_text(tomli_w.dumps(without_none(state["spec"])))
+        config = tomllib.loads((run / "config.toml").read_text())
+        (run / "config.toml").write_text(tomli_w.dumps({**config, "spec": str(spec_file)}))
 
     r2_run = shutil.copytree(runs["gru"], tmp_path / "r2run")  # the same run, scored by r2
     state = load_checkpoint(r2_run / "best.pt")
-    state["spec"] = {**state["spec"], "metric": {"name": "r2"}}
-    save_checkpoint(state, r2_run / "best.pt")
+    scored_by(r2_run, {"name": "r2"})
     members = [{"name": "a", "runs": [str(r2_run)], "weights": [0.5, 1.0]}]
     with pytest.raises(PackError, match="the weights of t0 sum to 0.5, not 1: under r2"):
         pack_ensemble(_write(tmp_path / "r2.toml", members), "r2", tmp_path / "subs",
@@ -1362,8 +1372,7 @@ def test_weights_that_do_not_sum_to_one_are_refused_where_the_metric_has_a_scale
                       budget=False)
     # an unclipped one does not: half weights pack as they are
     free_run = shutil.copytree(runs["gru"], tmp_path / "free")
-    state["spec"] = {**state["spec"], "metric": {"name": "weighted_pearson"}}
-    save_checkpoint(state, free_run / "best.pt")
+    scored_by(free_run, {"name": "weighted_pearson"})
     free = [{"name": "a", "runs": [str(free_run)], "weights": [0.5, 1.0]}]
     pack_ensemble(_write(tmp_path / "f.toml", free), "f", tmp_path / "subs", budget=False)
     # ... but it sees a target zeroed by hand in every member: a constant

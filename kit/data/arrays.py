@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from kit.competition import CompetitionSpec
+from kit.competition import CompetitionSpec, spec_argument
 from kit.config import CHOICES
 from kit.data.contract import key_problems, need_flags, value_dtype
 from kit.errors import DataError
@@ -64,7 +64,7 @@ class SequenceArrays:
 
 def build_arrays(
     df: pl.DataFrame,
-    spec: CompetitionSpec,
+    spec: CompetitionSpec | str,
     feature_cols: list[str],
     *,
     seq_len: int | None = None,
@@ -75,8 +75,14 @@ def build_arrays(
 
     `seq_len` defaults to the longest sequence; "head" keeps the first seq_len steps, "tail" the
     last. Targets are spec.targets, or for a next-state spec the raw features of the next step.
-    `source` names the frame in errors (the file it was read from).
+    `source` names the frame in errors (the file it was read from). `spec`: a CompetitionSpec,
+    a preset name or a TOML path; `feature_cols`: a list of column names (a bare string is
+    refused: it was read letter by letter).
     """
+    spec = spec_argument(spec)
+    if isinstance(feature_cols, str):
+        raise DataError(f"feature_cols must be a list of column names, got the string "
+                        f"{feature_cols!r}: pass [{feature_cols!r}]")
     feature_cols = list(feature_cols)
     target_cols = list(spec.outputs)
     _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source)
@@ -104,12 +110,18 @@ def error_prefix(source: str) -> str:
     return "" if source == "the frame" else f"{source}: "
 
 
-def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) -> None:
+def check_length_options(seq_len, truncate) -> None:
+    """seq_len is None or a whole number >= 1, truncate one of TRUNCATE (build_arrays and
+    feature_arrays both take them)."""
     if truncate not in TRUNCATE:
         raise DataError(f"truncate={truncate!r} is not one of {TRUNCATE}")
     whole = isinstance(seq_len, int | np.integer) and not isinstance(seq_len, bool)
     if seq_len is not None and (not whole or seq_len < 1):  # (2.5 was taken as 2)
         raise DataError(f"seq_len={seq_len!r} must be a positive whole number of steps (or None)")
+
+
+def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) -> None:
+    check_length_options(seq_len, truncate)
     if not feature_cols:
         raise DataError("feature_cols is empty; name at least one feature column")
     doubled = sorted({c for c in feature_cols if feature_cols.count(c) > 1})

@@ -11,11 +11,17 @@ import polars as pl
 
 from kit import __version__
 from kit.competition import load_spec
-from kit.data.arrays import SequenceArrays, build_arrays, ordered_sequence_runs, sequence_runs
+from kit.data.arrays import (
+    SequenceArrays,
+    build_arrays,
+    check_length_options,
+    ordered_sequence_runs,
+    sequence_runs,
+)
 from kit.data.cache import Sink, cached_arrays_into, in_memory
 from kit.data.io import read_frame, scan_parquet, spec_columns_in
 from kit.errors import DataError
-from kit.features.sets import FeatureSet, build_feature_set
+from kit.features.sets import FeatureConfigError, FeatureSet, build_feature_set
 
 CHUNK_SEQS = 256  # sequences per batch-face pass: bounds memory, keeps Polars' work cache-sized
 
@@ -57,8 +63,16 @@ def feature_arrays(
 
     The file is processed `chunk_seqs` whole sequences at a time, each chunk appended straight
     to the output files of the cache entry being built, so memory holds one chunk, not the
-    output, and the result is written to disk once.
+    output, and the result is written to disk once. `feature_set`: build_feature_set(spec,
+    groups); bad `seq_len` or `truncate` raise DataError, as build_arrays refuses them.
     """
+    if not isinstance(feature_set, FeatureSet):  # (a spec raised AttributeError on .spec)
+        got = "None" if feature_set is None else f"a {type(feature_set).__name__}"
+        raise FeatureConfigError(f"feature_set must be a FeatureSet (kit.features."
+                                 f"build_feature_set(spec, groups)), got {got}")
+    # before the lengths and the cache key: 0 read as the full length, 2.5 as 2, and each
+    # spelling of a length made its own cache entry
+    check_length_options(seq_len, truncate)
     build = partial(_build_feature_arrays, Path(path), feature_set, seq_len, truncate,
                     chunk_seqs)
     if not use_cache:

@@ -57,17 +57,29 @@ class Normaliser:
     @classmethod
     def fit(cls, x: np.ndarray, mask: np.ndarray | None = None, method: str = "standard",
             clip: float | None = 5.0) -> Normaliser:
-        """Fit on x (N, T, F) or (rows, F), using only the rows where mask (N, T) is true."""
+        """Fit on x (N, T, F) or (rows, F), using only the rows where mask (N, T) is true.
+        The fitted rows must be finite (run the guard first): NaN or inf is refused."""
         if method not in METHODS:
             raise NormaliserError(f"normaliser method {method!r} is not one of {METHODS}")
         if clip is not None and not _clip_above_0(clip):
             what = "a number, not a bool" if isinstance(clip, bool) else "deviations"
             raise NormaliserError(f"normaliser clip must be > 0 ({what}), got {clip}")
+        x = _fit_input(x)
         rows = x.reshape(-1, x.shape[-1])
         if mask is not None:
-            rows = rows[np.asarray(mask, dtype=bool).reshape(-1)]  # 0/1 ints pick rows 0, 1
+            mask = np.asarray(mask, dtype=bool)  # 0/1 ints picked rows 0, 1
+            if mask.shape != x.shape[:-1]:
+                raise NormaliserError(f"mask has shape {mask.shape}; x {x.shape} needs one "
+                                      f"flag per row: shape {x.shape[:-1]}")
+            rows = rows[mask.reshape(-1)]
         if rows.shape[0] == 0:
             raise NormaliserError("no training rows to fit the normaliser on")
+        bad = _non_finite_columns(rows)
+        if bad.size:  # standard: a NaN center; robust: NaN sorted as the largest value
+            raise NormaliserError(
+                f"feature column(s) {bad[:10].tolist()}{' ...' if bad.size > 10 else ''} "
+                f"(indices into the last axis of x) hold NaN or inf on the rows fitted on: run "
+                "the guard (kit.features.guard) or replace those values first")
         if method == "standard":
             center, scale = _mean_std(rows)
         else:
@@ -113,6 +125,25 @@ class Normaliser:
 
     def stream_module(self) -> AffineClip:
         return AffineClip(self.center, self.scale, self.clip)
+
+
+def _fit_input(x) -> np.ndarray:
+    """x as a 2-D (rows, features) or 3-D (sequences, steps, features) float array."""
+    x = np.asarray(x)
+    if x.dtype.kind in "biu":  # (np.quantile reads integers as float64 too)
+        x = x.astype(np.float64)
+    if x.dtype.kind != "f" or x.ndim not in (2, 3):
+        raise NormaliserError(f"x must be a float array of shape (rows, features) or "
+                              f"(sequences, steps, features), got {x.ndim}-D {x.dtype}")
+    return x
+
+
+def _non_finite_columns(rows: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
+    """Indices of the columns holding NaN or inf, chunk by chunk (no mask of the whole block)."""
+    bad = np.zeros(rows.shape[1], dtype=bool)
+    for start in range(0, rows.shape[0], chunk):
+        bad |= ~np.isfinite(rows[start:start + chunk]).all(axis=0)
+    return np.flatnonzero(bad)
 
 
 def _robust(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

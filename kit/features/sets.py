@@ -22,7 +22,7 @@ import polars as pl
 import torch
 from torch import Tensor, nn
 
-from kit.competition import GROUPS_SUFFIX, CompetitionSpec, expand_columns
+from kit.competition import GROUPS_SUFFIX, CompetitionSpec, expand_columns, spec_argument
 from kit.data.contract import value_dtype
 from kit.errors import DataError, KitError, SpecError
 from kit.features.guard import Guard, guard_frame
@@ -258,11 +258,17 @@ def _layers(ops: list[FeatureOp], raw: list[str]) -> list[list[FeatureOp]]:
     return layers
 
 
-def build_feature_set(spec: CompetitionSpec, groups: list[str] | None = None,
+def build_feature_set(spec: CompetitionSpec | str, groups: list[str] | None = None,
                       ops: list[dict] | None = None, *, stored: bool = False) -> FeatureSet:
-    """Resolve groups and explicit ops into a validated FeatureSet. `stored`: the ops a run
+    """Resolve groups and explicit ops into a validated FeatureSet. `spec`: a CompetitionSpec,
+    a preset name or a TOML path; `groups`: a list of group names (default ["raw"]; a bare
+    string is refused, as the config's `groups = [...]` is a list). `stored`: the ops a run
     recorded, rebuilt as they were trained (limits added since, such as a lag's reach, guard
     new configs only)."""
+    spec = spec_argument(spec)
+    if isinstance(groups, str):  # it was read letter by letter ("unknown feature group 'r'")
+        raise FeatureConfigError(f"features.groups must be a list of group names, got the "
+                                 f"string {groups!r}: pass [{groups!r}]")
     groups = list(groups if groups is not None else ["raw"])
     known = available_groups(spec)
     entries: list[tuple[str, dict]] = []
