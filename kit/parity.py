@@ -556,11 +556,23 @@ def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
     return Reference(members, post)
 
 
+def refuse_missing(submission: Path) -> None:
+    """A package that is not there is named as such ("no manifest.json" described a folder
+    that did not exist), with the folder a killed pack set aside, where there is one (r271)."""
+    if submission.exists():
+        return
+    aside = sorted(submission.parent.glob(f".{submission.name}.previous-*"))
+    raise SubmissionError(f"{submission}: no such package folder or zip" + (
+        f"; a pack killed while it swapped the package in left the old one at {aside[-1]}"
+        if aside else ""))
+
+
 def default_data(submission: Path) -> Path:
     """The validation file of the package's first member (its training config says which)."""
     from kit.export.pack import manifest_of
 
     submission = Path(submission)
+    refuse_missing(submission)
     # a folder's manifest read as kit reads it: a torn one is named as such
     manifest = read_manifest(submission) if submission.is_dir() else manifest_of(submission)
     if manifest is None:
@@ -597,6 +609,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     """Compare the three paths and run the checks; with `record`, a package folder's manifest
     gets the report (and its zip is rewritten)."""
     submission = Path(submission)
+    refuse_missing(submission)
     for name, value in (("atol", atol), ("rtol", rtol)):
         if not (math.isfinite(value) and value >= 0):
             raise PackError(f"--{name} must be a finite number >= 0, got {value}")

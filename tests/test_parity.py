@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from kit import parity
+from kit.errors import SubmissionError
 from kit.export.pack import pack_run, read_manifest
 from kit.parity import (
     Check,
@@ -224,6 +225,23 @@ def _report(folder: Path) -> ParityReport:
     return ParityReport(str(folder), "data", 1, 3, 3, 1e-5, 1e-6,
                         {"step": {"score": 0.5, "per_target": {"t0": 0.5}}}, [],
                         [Check("paths agree", True, "fine")])
+
+
+def test_a_package_that_is_not_there_is_named_with_the_one_a_killed_pack_set_aside(tmp_path):
+    """kit parity of a missing folder said "no manifest.json; is this a package written by
+    kit pack?" (r271); after a pack killed mid-swap the old package is set aside: named."""
+    from kit.parity import default_data
+
+    gone = tmp_path / "subs" / "p2"
+    gone.parent.mkdir()
+    for call in (lambda: run_parity(gone, tmp_path / "data.parquet"),
+                 lambda: default_data(gone)):
+        with pytest.raises(SubmissionError, match=r"p2: no such package folder or zip$"):
+            call()
+    aside = tmp_path / "subs" / ".p2.previous-999.06df0978-abcd1234"
+    aside.mkdir()
+    with pytest.raises(SubmissionError, match=rf"left the old one at {aside}$"):
+        run_parity(gone, tmp_path / "data.parquet")
 
 
 def test_a_report_leaves_a_zip_of_the_users_own_and_the_folder_and_zip_agree(package,

@@ -1299,6 +1299,12 @@ def test_packing_an_unfinished_run_says_so_and_a_missing_run_is_named(env, tmp_p
         assert said in out and "--run-dir" not in out
     out = run_cli("pack", tmp_path / "nowhere", "--out", tmp_path / "subs", expect=2).output
     assert "nowhere: no such run directory" in out
+    # a run stopped in its first epoch: no best.pt yet, but a run (r271: "not a run")
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.toml").write_text((run / "config.toml").read_text())
+    out = run_cli("pack", started, "--out", tmp_path / "subs", expect=2).output
+    assert "a run with no finished epoch yet, so no best.pt to pack" in " ".join(out.split())
     # an ensemble file given as RUN: the option it needs (r263: "not a checkpoint")
     out = run_cli("pack", tmp_path / "e.toml", "--out", tmp_path / "subs", expect=2).output
     assert f"e.toml: a TOML file, not a run or checkpoint; an ensemble file packs with `kit " \

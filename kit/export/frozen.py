@@ -167,6 +167,10 @@ def find_checkpoint(run: Path) -> Path:
             raise KitError(f"{run}: training diverged before any epoch scored ({diverged}), "
                            "so there is no model to pack; lower train.lr or set "
                            "train.grad_clip and train it again")
+        if (run / "config.toml").is_file():  # started, stopped before its first epoch (r271)
+            raise KitError(f"{run}: a run with no finished epoch yet, so no best.pt to pack "
+                           "(still training, or stopped in its first epoch: `kit train EXP "
+                           f"--resume --run-dir {run}` trains it)")
     raise KitError(f"{run}: not a run directory (no best.pt); `kit runs` lists the runs")
 
 
