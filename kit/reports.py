@@ -139,14 +139,12 @@ def _spec(run_dir: Path, config: dict, cache: dict) -> CompetitionSpec:
     return cache[key]
 
 
-def _metric(run_dir: Path, config: dict, cache: dict) -> tuple[str | None, bool | None]:
-    """The run's metric and its direction (weighted Pearson: up; mae/rmse: down); None where
-    no spec says it."""
+def _spec_or_none(run_dir: Path, config: dict, cache: dict) -> CompetitionSpec | None:
+    """_spec, None where no spec is readable (the row then lacks what only the spec says)."""
     try:
-        metric = _spec(run_dir, config, cache).metric
+        return _spec(run_dir, config, cache)
     except KitError:
-        return None, None
-    return metric.name, metric.higher_is_better
+        return None
 
 
 def _seed(config: dict, run_id: str) -> int | None:
@@ -191,7 +189,10 @@ def _summary(run_dir: Path, cache: dict) -> dict:
     history = read_history(run_dir / "history.jsonl")
     metrics = read_metrics(run_dir)
     # (an out-of-fold group has no spec.json: its first fold run's says)
-    metric, higher_is_better = _metric(source, config, cache)
+    spec = _spec_or_none(source, config, cache)
+    # the metric and its direction (weighted Pearson: up; mae/rmse: down)
+    metric, higher_is_better = (spec.metric.name, spec.metric.higher_is_better) if spec else (
+        None, None)
     row = {
         "experiment": _experiment(run_dir, config),
         "run_id": run_dir.name,
@@ -208,7 +209,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "seed": _seed(config, run_dir.name),
         "metric": metric,
         "higher_is_better": higher_is_better,
-        "validated": _validation_set(config, metrics, _spec_length(source, config, cache)),
+        "validated": _validation_set(config, metrics, spec.seq_len if spec else None),
         # an out-of-fold group's digests are its folds' (of the train file they split)
         "validated_sha256": _validated_digest(
             config, metrics if source == run_dir else read_metrics(source), source),
@@ -421,15 +422,6 @@ def _target_names(runs: list[dict]) -> list[str]:
     for run in runs:
         names += [k for k in run.get("per_target") or {} if k not in names]
     return names
-
-
-def _spec_length(run_dir: Path, config: dict, cache: dict) -> int | None:
-    """The spec's sequence length (None: lengths vary, or no spec is readable)."""
-    try:
-        length = _spec(run_dir, config, cache).seq_len
-    except KitError:
-        return None
-    return length if isinstance(length, int) else None
 
 
 def _validation_set(config: dict, metrics: dict | None, spec_len: int | None = None
