@@ -38,8 +38,8 @@ from kit.run_record import (
     read_metrics,
     read_trained_spec,
     recorded_digests,
+    toml_given_for_a_run,
 )
-from kit.toml_file import read_toml
 
 RUN_FILES = ("config.toml", "history.jsonl", "metrics.json")
 BASE_COLUMNS = ("experiment", "run_id", "score")
@@ -1004,17 +1004,14 @@ def _plot_weights(targets: list[str], members: list[dict], path: Path) -> None:
 def refuse_other_toml(path: Path) -> None:
     """A TOML without [[members]] given to kit report: a run's config.toml (its run is meant)
     or an experiment file, not an ensemble file ("no [[members]]" said neither, r269)."""
-    try:
-        doc = read_toml(path, KitError)
-    except KitError:
-        return  # (read_ensemble names what is wrong with the file)
-    if "members" in doc:
-        return
-    if _is_run(path.parent):
+    kind = toml_given_for_a_run(path)
+    if kind == "run config":
         raise KitError(f"{path}: run {path.parent}'s config, not an ensemble file: "
                        f"`kit report {path.parent}`")
-    raise KitError(f"{path}: no [[members]], so not an ensemble file (an experiment?); kit "
-                   "report takes a run folder or an ensemble TOML (kit ensemble select)")
+    if kind == "other":
+        raise KitError(f"{path}: no [[members]], so not an ensemble file (an experiment?); kit "
+                       "report takes a run folder or an ensemble TOML (kit ensemble select)")
+    # (an ensemble file, or one that does not read: read_ensemble names what is wrong)
 
 
 def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:

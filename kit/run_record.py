@@ -134,6 +134,27 @@ DATA_RECORD = "data_sha256.json"
 TRAINED_SPEC = "spec.json"
 
 
+RUN_MARKS = ("metrics.json", "last.pt", "best.pt", "history.jsonl")  # beside config.toml
+
+
+def toml_given_for_a_run(path: Path) -> str | None:
+    """What a TOML file given where a run folder is wanted is: "ensemble" (its [[members]]),
+    "run config" (the config.toml of a run folder: beside it, what a run writes as it starts
+    or trains), else "other"; None when it does not read as TOML (the caller's reader names
+    why). kit pack and kit report name the command that takes it."""
+    try:
+        doc = read_toml(path, KitError)
+    except KitError:
+        return None
+    if "members" in doc:
+        return "ensemble"
+    folder = path.parent
+    if path.name == "config.toml" and any((folder / f).is_file()
+                                          for f in (*RUN_MARKS, TRAINED_SPEC)):
+        return "run config"
+    return "other"
+
+
 def read_trained_spec(run_dir: Path) -> CompetitionSpec | None:
     """The spec of the run's spec.json; None for a run from before that file. A damaged one is
     a KitError naming it."""

@@ -124,15 +124,14 @@ class Member:
 
 
 def _toml_advice(path: Path) -> str:
-    """What a TOML given as RUN is packed as: an ensemble file (its [[members]]) with
-    --ensemble, a run's config.toml as its folder."""
-    try:
-        members = "members" in tomllib.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):  # (UnicodeDecodeError, TOMLDecodeError)
-        members = False
-    if members:
+    """What a TOML given as RUN is packed as: an ensemble file with --ensemble, a run's
+    config.toml as its folder."""
+    from kit.run_record import toml_given_for_a_run
+
+    kind = toml_given_for_a_run(path)
+    if kind == "ensemble":
         return f"an ensemble file packs with `kit pack --ensemble {path}`"
-    if (path.parent / "best.pt").is_file() or (path.parent / "last.pt").is_file():
+    if kind == "run config":
         return f"pack the run it belongs to: `kit pack {path.parent}`"
     return "pass a run folder (or the .pt checkpoint in it), or an ensemble file with --ensemble"
 

@@ -27,6 +27,7 @@ from kit.config import (
 from kit.errors import KitError
 from kit.run_record import (
     DATA_DIGESTS,
+    RUN_MARKS,
     TRAINED_SPEC,
     changed_data_message,
     data_changes,
@@ -220,7 +221,6 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                               group_resume, overrides, stop_after_epochs, progress)
 
 
-RUN_MARKS = ("metrics.json", "last.pt", "best.pt", "history.jsonl")  # beside config.toml
 
 
 def refuse_shared_folder(run_dir: Path, runs_dir: Path, experiment: str) -> None:
