@@ -986,9 +986,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         except KitError as exc:  # values valid alone, not together (d_model vs n_heads)
             reason = f"invalid combination of values: {exc}"
             trial.set_user_attr("invalid", reason)
-            print(f"trial {trial.number}: {reason}", file=sys.stderr, flush=True)
-            TRIALS_SAID.add(trial.number)
-            return float("nan")  # a failed trial, as a diverged one: the study samples on
+            return failed_saying(trial, reason)  # as a diverged one: the study samples on
         config.pop("sweep", None)
         name = f"{safe_name(setup.study_name)}-t{trial.number:04d}"
         files = RunFiles(claim_folder(setup.runs_dir / setup.experiment / name))
@@ -1000,9 +998,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
                                 on_epoch=EpochReports(trial, interrupt))
         except TrainingDiverged as exc:  # these values diverge: a failed trial, not a failed sweep
             trial.set_user_attr("diverged", str(exc))
-            print(f"trial {trial.number}: {exc}", file=sys.stderr, flush=True)
-            TRIALS_SAID.add(trial.number)
-            return float("nan")  # Optuna records the trial as failed and samples on
+            return failed_saying(trial, str(exc))
         if metrics.get("pruned"):
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs']}")
         return metrics["score"]
@@ -1052,6 +1048,14 @@ class _NoInterruptTracebacks(logging.Filter):
 
 
 TRIALS_SAID: set[int] = set()  # trials of this process that failed with their reason printed
+
+
+def failed_saying(trial, reason: str) -> float:
+    """A failed trial's value (NaN: Optuna records the trial as failed and samples on), its
+    reason printed here, so Optuna's own lines about it are dropped (_NoInterruptTracebacks)."""
+    print(f"trial {trial.number}: {reason}", file=sys.stderr, flush=True)
+    TRIALS_SAID.add(trial.number)
+    return float("nan")
 
 
 def quiet_interrupts(logger: logging.Logger) -> None:
