@@ -2,11 +2,13 @@
 OUT/local-run, and the line a failing notebook cell is reported by (review r267). Real
 kernels (nbclient), real files, `kit` run as a user runs it."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 import tests.test_notebook as notebook_tests
 from kit.export.notebook import NotebookError, write_notebook
 from kit.export.pack import pack_run
+from kit.temp import owned_temp_dir
 from tests.cli import run_cli
 from tests.processes import exited
 
@@ -96,6 +99,37 @@ def test_a_try_stopped_by_a_signal_says_so_in_one_line_and_leaves_no_kernel(
     assert exited(kernel), "the notebook's kernel was left running"
     assert not (out / "local-run").exists()  # not even the kernel's log
     assert (out / "kernel/notebook.ipynb").is_file()  # the notebook is written
+
+
+def test_a_try_killed_outright_leaves_its_connection_file_to_the_next_try(
+        workspace, package, tmp_path, monkeypatch):
+    """A --try killed with kill -9 left the kernel's connection file (its ports and key) in
+    Jupyter's runtime folder for good (review r271). It is written into a folder named after
+    the kit process, which the next --try removes once that process is gone."""
+    env, mark = _slow_kernel_env(tmp_path, "running")
+    temp, runtime = tmp_path / "temp", tmp_path / "runtime"
+    temp.mkdir()
+    env |= {"TMPDIR": str(temp), "JUPYTER_RUNTIME_DIR": str(runtime)}
+    command = subprocess.Popen(
+        [sys.executable, "-m", "kit", "notebook", str(package.zip_path), "--out",
+         str(tmp_path / "kaggle"), "--owner", "alice", "--try",
+         str(workspace / "data/valid.parquet")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while not mark.exists():  # a cell runs: the kernel is connected
+            assert command.poll() is None, "kit notebook ended before its kernel started"
+            time.sleep(0.05)
+        os.kill(command.pid, signal.SIGKILL)
+        command.wait()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the kernel, stuck in its cell
+            os.kill(int(mark.read_text()) if mark.exists() else command.pid, signal.SIGKILL)
+    assert not list(runtime.glob("kernel-*.json"))
+    left = list(temp.glob("kit-notebook-kernel-*"))
+    assert [p.name for p in left[0].iterdir()] == ["kernel.json"], left
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    with owned_temp_dir("notebook-kernel") as fresh:  # what the next --try starts with
+        assert [str(p) for p in temp.glob("kit-notebook-kernel-*")] == [fresh]
 
 
 def _other_package(runs, tmp_path: Path):

@@ -819,8 +819,10 @@ def run_locally(written: dict, test_file: Path, output_dir: Path) -> str:
         "KIT_TEST_FILE": str(test_file), "KIT_OUTPUT_DIR": str(output_dir)}
     notebook = nbformat.read(str(written["notebook"]), as_version=4)
     log = output_dir / "kernel.log"
-    with open(log, "wb") as kernel_output:
-        run = _LocalRun(kernel_output)
+    # the kernel's connection file in a folder named after this process (not Jupyter's
+    # runtime folder): one left by a kill -9 is removed by the next --try
+    with open(log, "wb") as kernel_output, owned_temp_dir("notebook-kernel") as connection_dir:
+        run = _LocalRun(kernel_output, Path(connection_dir) / "kernel.json")
         client = NotebookClient(notebook, timeout=None, kernel_name="python3",
                                 kernel_manager_class=run.kernel_manager_class(),
                                 resources={"metadata": {
@@ -850,8 +852,9 @@ class _LocalRun:
     it, no kernel is left; the kernel's own output (its warnings, the KeyboardInterrupt
     traceback of a kernel stopped while it started) goes to `kernel_output`, not the terminal."""
 
-    def __init__(self, kernel_output):
-        self.kernel_output, self.signum, self.manager = kernel_output, None, None
+    def __init__(self, kernel_output, connection_file: Path):
+        self.kernel_output, self.connection_file = kernel_output, connection_file
+        self.signum, self.manager = None, None
 
     def kernel_manager_class(self) -> type:
         from jupyter_client.manager import AsyncKernelManager
@@ -861,6 +864,7 @@ class _LocalRun:
         class SignalNotingKernelManager(AsyncKernelManager):
             async def start_kernel(self, **kwargs):
                 run.manager = self
+                self.connection_file = str(run.connection_file)
                 run.take_signals(asyncio.current_task())
                 kwargs.setdefault("stdout", run.kernel_output)
                 kwargs.setdefault("stderr", run.kernel_output)
