@@ -1970,7 +1970,9 @@ def test_the_memory_projection_of_a_small_file_is_the_peak_of_the_full_one(tmp_p
     data = tmp_path / "d" / "valid.parquet"
     small = score(sub, data, sized, seqs=2).sandbox["projected_peak_mb"]
     full = score(sub, data, sized).sandbox
-    assert full["rows_mb"] > 3 * (full["peak_rss_mb"] - full["rows_mb"])  # rows dominate
+    # the rows dominate the peak (the interpreter's own ~40 MB aside), so the 24% they were
+    # under-projected by shows through the 8% allowed below
+    assert full["rows_mb"] > 2 * (full["peak_rss_mb"] - full["rows_mb"])
     assert small == pytest.approx(full["peak_rss_mb"] + full["labels_mb"], rel=0.08)
 
 
