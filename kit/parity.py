@@ -516,7 +516,7 @@ def manifest_members(manifest: dict) -> list[dict]:
     return entries
 
 
-def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
+def load_reference(manifest: dict, spec: CompetitionSpec, submission: Path) -> Reference:
     """The members the manifest names, each checked against it (a hand-edited manifest gets a
     message naming the key, not a traceback)."""
     entries, where = manifest_members(manifest), f"{MANIFEST_FILE}: members"
@@ -541,10 +541,11 @@ def load_reference(manifest: dict, spec: CompetitionSpec) -> Reference:
                 and len(weights) == spec.n_outputs and all(finite_number(w) for w in weights)):
             raise PackError(f"{where}[{i}] needs 'checkpoint', 'sha256' and {spec.n_outputs} "
                             "finite 'weights'; re-pack the run")
-        path = relocated(entry["checkpoint"])  # a moved checkout: the sha256 decides below
+        path = member_checkpoint(entry["checkpoint"], submission)  # the sha256 decides below
         if not path.is_file():
             raise PackError(f"the run behind this package is gone ({path}); parity compares "
-                            "against the trained PyTorch model, so it needs that checkpoint")
+                            "against the trained PyTorch model, so it needs that checkpoint "
+                            "(a moved project: run parity from its folder, where runs/ is)")
         member = load_member(path)
         if member.sha256 != entry["sha256"]:
             raise PackError(f"{path} changed since the package was made (sha256 differs): "
@@ -589,17 +590,51 @@ def default_data(submission: Path) -> Path:
                       "file's first sequences, training sequences among them, so its scores "
                       "are not the run's validation score (the checks hold all the same)",
                       UserWarning, stacklevel=2)
-    return in_project(Path(valid), submission)
+    recorded = manifest_members(manifest)[0].get("checkpoint")
+    run = member_checkpoint(recorded, submission) if isinstance(recorded, str) else None
+    found = in_project(Path(valid), submission, run)
+    if not found.exists():
+        where = [str(p) for p in (package_project(submission), run_project(run)) if p]
+        raise PackError(f"{submission}: the run's validation file {valid} (as its config names "
+                        "it) is not here" + (f" nor in {' or '.join(where)}" if where else "")
+                        + ": pass --data FILE")
+    return found
 
 
-def in_project(path: Path, submission: Path) -> Path:
+def package_project(submission: Path) -> Path | None:
+    """PROJECT of a package at PROJECT/submissions/NAME[.zip], where kit pack writes it."""
+    packages = Path(submission).resolve().parent
+    return packages.parent if packages.name == "submissions" else None
+
+
+def run_project(checkpoint: Path | None) -> Path | None:
+    """PROJECT of a checkpoint at PROJECT/runs/EXP/ID/FILE (a package written elsewhere with
+    --out still knows its run's project)."""
+    if checkpoint is None or len(checkpoint.parts) < 5 or checkpoint.parts[-4] != "runs":
+        return None
+    return checkpoint.parents[3]
+
+
+def member_checkpoint(recorded: str, submission: Path) -> Path:
+    """A member's checkpoint as the manifest recorded it, else under this folder's runs/,
+    else under the runs/ of the project the package sits in (a moved checkout, parity run from
+    PROJECT/submissions); the recorded path where none is there (for the error to name)."""
+    path = relocated(recorded)
+    project = package_project(submission)
+    if not path.exists() and project is not None:
+        path = relocated(recorded, project / "runs")
+    return path
+
+
+def in_project(path: Path, submission: Path, checkpoint: Path | None = None) -> Path:
     """A relative data path as the run's config wrote it: from here, else from the project
-    the package sits in (PROJECT/submissions/NAME): parity from a subfolder found no file."""
+    the package sits in (PROJECT/submissions/NAME), else from its run's project (a package
+    written with --out elsewhere): parity from a subfolder found no file. Else as it is."""
     if path.is_absolute() or path.exists():
         return path
-    packages = Path(submission).resolve().parent
-    if packages.name == "submissions" and (packages.parent / path).exists():
-        return packages.parent / path
+    for project in (package_project(submission), run_project(checkpoint)):
+        if project is not None and (project / path).exists():
+            return project / path
     return path
 
 
@@ -622,7 +657,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         manifest = read_manifest(folder, shown=submission)
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
-        ref = load_reference(manifest, spec)
+        ref = load_reference(manifest, spec, submission)
         loaded = load_rows(Path(data), spec, seqs)
         truth, n_seqs = loaded.truth, loaded.sequences
         rows = Rows.of(loaded.values)

@@ -1480,6 +1480,36 @@ def test_parity_refuses_a_package_whose_run_changed(workspace, runs, tmp_path):
         run_parity(packed.folder, _valid(workspace), seqs=2)
 
 
+
+def test_parity_finds_the_run_and_data_of_a_moved_or_elsewhere_package(workspace, runs,
+                                                                        tmp_path, monkeypatch):
+    """Review r276: with the checkout moved, parity run in PROJECT/submissions called the run
+    at ../runs "gone"; a package written with --out outside its project said
+    "data/valid.parquet: no such file" from anywhere but the project's root."""
+    from kit.parity import default_data
+
+    project = tmp_path / "proj"
+    run = project / "runs" / "gru" / runs["gru"].name
+    shutil.copytree(runs["gru"], run)
+    (project / "data").mkdir()
+    shutil.copy(_valid(workspace), project / "data/valid.parquet")
+    packed = pack_run(run, "pk", project / "submissions", budget=False)
+    manifest = read_manifest(packed.folder)
+    manifest["members"][0]["config"]["data"]["valid"] = "data/valid.parquet"  # as projects do
+    write_manifest(packed.folder, manifest)
+    elsewhere = tmp_path / "elsewhere" / "pk"  # kit pack --out elsewhere
+    shutil.copytree(packed.folder, elsewhere)
+    monkeypatch.chdir(tmp_path)
+    assert default_data(elsewhere) == project / "data/valid.parquet"  # the run's project's
+    project.rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved" / "submissions")
+    assert run_parity(Path("pk"), default_data(Path("pk")), seqs=2, record=False).ok
+    with pytest.raises(PackError) as gone:  # its run moved away: nowhere else to look
+        default_data(elsewhere)
+    assert str(gone.value) == (f"{elsewhere}: the run's validation file data/valid.parquet (as "
+                               f"its config names it) is not here nor in {project}: pass --data "
+                               "FILE")
+
 def test_a_model_without_memory_passes_the_warmup_check(workspace, tmp_path):
     # a one-row PatchTST window on raw features: its predictions cannot depend on warm-up rows,
     # so "they do not change" is right, not a runtime that skips them

@@ -73,6 +73,15 @@ def test_a_numpy_scalar_id_after_a_tuple_id_is_another_sequence(sol, accumulator
     assert _predictions(model, rows) == [1.0, 1.0, 2.0]  # and the tuple id resumes
 
 
+
+def test_an_id_given_as_an_array_is_its_value(sol, accumulator):
+    """A loop that slices a row (row[0:1]) or wraps an id (np.array(24)) gave the id as an
+    array: TypeError unhashable type inside predict() (review r276). It is the id it holds."""
+    model = sol.PredictionModel(accumulator)
+    rows = [(np.array([7.0]), 0), (np.array(7.0), 1), (7, 2), (np.array([8, 9]), 0),
+            (np.array([7.0]), 3), ((8, 9), 1)]
+    assert _predictions(model, rows) == [1.0, 2.0, 3.0, 1.0, 4.0, 2.0]
+
 def test_a_state_over_the_store_limit_still_parks_one_sequence(sol, accumulator, monkeypatch):
     """The parked-state store holds at least one sequence however big a state is: with none,
     two ids interleaved row by row would both start over on every row."""

@@ -52,7 +52,10 @@ NA_ID = ("pd.NA id",)  # the one key of pd.NA ids (NA == NA is NA, not True)
 def id_key(seq_ix):
     """A sequence id as a dict key: NaN ids are one sequence, as None ids are; so are pd.NA
     ids (a pandas string column's missing id), whose comparisons give NA, not a bool, and any
-    other id unequal to itself (NaT)."""
+    other id unequal to itself (NaT). An id given as an array (a hand-written loop's row[0:1])
+    is its value, or its values as a tuple: an array is no dict key."""
+    if isinstance(seq_ix, np.ndarray):
+        seq_ix = seq_ix.item() if seq_ix.size == 1 else tuple(seq_ix.ravel().tolist())
     if isinstance(seq_ix, float | np.floating) and seq_ix != seq_ix:
         return NAN_ID
     if type(seq_ix).__name__ == "NAType":  # pd.NA, without importing pandas
