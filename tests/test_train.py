@@ -652,7 +652,9 @@ def test_out_of_range_settings_fail_before_training(env, tmp_path, override, mes
     (["data.cache_dir="], "data.cache_dir is empty; give a path \\(the default is "),
     (["data.train= "], "data.train is empty"),
     # a held-out fraction with the valid file validating: it would be ignored
-    (["data.valid_fraction=0.5"], 'data.valid_fraction = 0.5 need data.split = "random" or'),
+    (["data.valid_fraction=0.5"], 'data.valid_fraction = 0.5 needs data.split = "random" or'),
+    (["data.valid_fraction=0.5", "data.split_seed=3"],
+     'data.valid_fraction = 0.5 and data.split_seed = 3 need data.split = "random" or'),
     (["--folds", "-2"], "--folds must be 0 \\(off\\) or >= 2"),
     # --folds 1: one fold, trained on no other fold; refused before a .groups record is made
     (["--folds", "1"], "--folds must be 0 \\(off\\) or >= 2, got 1"),

@@ -158,7 +158,8 @@ def check_split_settings(data: dict) -> None:
         held_out = [f"data.{key} = {data[key]}" for key in ("valid_fraction", "split_seed")
                     if data[key] != DEFAULTS["data"][key]]
         if held_out:  # they choose a held-out part of the train file, which "file" has none of
-            raise ConfigError(f"{' and '.join(held_out)} need data.split = \"random\" or "
+            verb = "need" if len(held_out) > 1 else "needs"
+            raise ConfigError(f"{' and '.join(held_out)} {verb} data.split = \"random\" or "
                               "\"group\" (with split = \"file\" the valid file validates and "
                               "they would be ignored)",
                               settings=("data.split", "data.valid_fraction", "data.split_seed"))
