@@ -658,7 +658,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
         ref = load_reference(manifest, spec, submission)
-        loaded = load_rows(Path(data), spec, seqs)
+        loaded = load_rows(Path(data), spec, seqs, packed=True)
         truth, n_seqs = loaded.truth, loaded.sequences
         rows = Rows.of(loaded.values)
         package = Package(folder, spec, loaded.column_dtypes, timeout_s)

@@ -1510,6 +1510,22 @@ def test_parity_finds_the_run_and_data_of_a_moved_or_elsewhere_package(workspace
                                f"its config names it) is not here nor in {project}: pass --data "
                                "FILE")
 
+
+def test_another_competitions_file_given_to_a_package_asks_for_its_competitions_file(
+        workspace, gru_pack, tmp_path):
+    """Review r274: parity and score of a package told a user with another competition's
+    file to "Pass --spec NAME": parity has no --spec, and score refuses one that does not fit
+    the package."""
+    keys = ("seq_ix", "step_in_seq", "need_prediction")
+    other = tmp_path / "other.parquet"
+    pl.read_parquet(_valid(workspace)).rename(
+        lambda c: c if c in keys or c.startswith("t") else f"x_{c}").write_parquet(other)
+    for command in (("parity", gru_pack.folder), ("score", gru_pack.zip_path)):
+        out = run_cli(*command, "--data", other, expect=2).output
+        assert ("is it another competition's? The package was packed for spec 'tiny-lob': "
+                "give a --data file of that competition") in out, out
+        assert "--spec" not in out
+
 def test_a_model_without_memory_passes_the_warmup_check(workspace, tmp_path):
     # a one-row PatchTST window on raw features: its predictions cannot depend on warm-up rows,
     # so "they do not change" is right, not a runtime that skips them

@@ -111,18 +111,25 @@ def check_file(path: str | Path, spec: CompetitionSpec, extra_ok: bool = False) 
                   extra_ok)
 
 
+# what to do with a file of another competition, where the command takes --spec
+PASS_SPEC = "pass --spec NAME (kit spec list shows the specs)"
+
+
 def check_frame(df: pl.DataFrame, spec: CompetitionSpec, source: str = "<frame>",
-                extra_ok: bool = False) -> CheckReport:
-    """Verify a frame against the competition contract; raise DataError listing every problem."""
-    return _check(df.schema, df.select, df.select, spec, source, extra_ok)
+                extra_ok: bool = False, other_file_advice: str = PASS_SPEC) -> CheckReport:
+    """Verify a frame against the competition contract; raise DataError listing every problem.
+    `other_file_advice`: what to do with another competition's file (a package's spec is fixed:
+    its commands take no --spec)."""
+    return _check(df.schema, df.select, df.select, spec, source, extra_ok, other_file_advice)
 
 
 def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
            read_values: Callable[[list[pl.Expr]], pl.DataFrame], spec: CompetitionSpec,
-           source: str, extra_ok: bool = False) -> CheckReport:
+           source: str, extra_ok: bool = False,
+           other_file_advice: str = PASS_SPEC) -> CheckReport:
     """The checks of check_file and check_frame: `read_columns(names)` gives those columns,
     `read_values(exprs)` the one-row frame of those aggregations over the whole data."""
-    labelled, warnings = _check_columns(list(schema), spec, source, extra_ok)
+    labelled, warnings = _check_columns(list(schema), spec, source, extra_ok, other_file_advice)
     check_dtypes(schema, spec, labelled, source)
     problems: list[str] = []
     ids, steps = spec.id_col, spec.step_col
@@ -199,7 +206,8 @@ class ContractError(DataError):
 
 
 def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
-                   extra_ok: bool = False) -> tuple[bool, list[str]]:
+                   extra_ok: bool = False,
+                   other_file_advice: str = PASS_SPEC) -> tuple[bool, list[str]]:
     """Exact names and order; target columns may be absent altogether (an unlabelled file).
     With `extra_ok` (a train file keeping e.g. a group column) other columns are a warning and
     the spec's columns keep their order among themselves. Returns (labelled, warnings)."""
@@ -215,8 +223,9 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     # by the features: competitions share key names (seq_ix, step_in_seq, need_prediction),
     # so another competition's file passed the key columns and got no hint (r265)
     if spec.features and not any(c in have_set for c in spec.features):
-        problems.append(f"none of spec {spec.name!r}'s feature columns is in the file: is it "
-                        "another competition's? Pass --spec NAME (kit spec list shows the specs)")
+        problems.append(f"none of the feature columns of spec {spec.name!r} is in the file: "
+                        f"is it another competition's? {other_file_advice[0].upper()}"
+                        f"{other_file_advice[1:]}")
     if extra and extra_ok:
         warnings.append(f"column(s) not in the spec: {_listed(extra)}; kit train and kit score "
                         "read the spec's columns by name and leave these alone (the "

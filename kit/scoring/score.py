@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec
-from kit.data.contract import check_frame
+from kit.data.contract import PASS_SPEC, check_frame
 from kit.data.io import file_schema, read_frame, refuse_index_columns
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
@@ -196,7 +196,7 @@ def score_submission(
             notes.append(f"{'; '.join(changed)}: this is not the package kit pack wrote (kit "
                          "parity checked that one); re-pack it, or run kit parity on this one")
             warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
-        rows = load_rows(data, spec, seqs)
+        rows = load_rows(data, spec, seqs, packed=kit_package(submission))
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
         dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
         scored_keys = rows.values[rows.values[:, 2].astype(bool)][:, :2]  # (id, step) per pred
@@ -394,7 +394,16 @@ def exact_ids(frame: pl.DataFrame, spec: CompetitionSpec, data: Path) -> pl.Data
     return frame.with_columns(renumbered.cast(ids.dtype).alias(spec.id_col))
 
 
-def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
+def kit_package(submission: Path) -> bool:
+    """Whether the submission is one kit pack wrote (its manifest fixes its spec)."""
+    from kit.export.pack import manifest_of
+
+    return isinstance(manifest_of(Path(submission)), dict)
+
+
+def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
+              packed: bool = False) -> Rows:
+    """The rows to replay; `packed`: the spec is a kit package's own (not to be changed)."""
     schema = file_schema(data)
     refuse_index_columns(data, spec.columns)
     held = [c for c in schema if c in spec.columns]
@@ -407,7 +416,9 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None) -> Rows:
     # Polars cannot decode) are no input of the scorer's and are not read, and the rows it
     # feeds keep the spec's order whatever the file's
     frame = read_frame(data, [c for c in spec.columns if c in schema] or None)
-    check_frame(frame, spec, source=str(data))
+    check_frame(frame, spec, source=str(data), other_file_advice=(
+        f"the package was packed for spec {spec.name!r}: give a --data file of that "
+        "competition" if packed else PASS_SPEC))
     labelled = all(t in frame.columns for t in spec.targets)
     if not spec.next_state and not labelled:
         raise DataError(
