@@ -50,7 +50,13 @@ from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, evaluate
 from kit.run_record import relocated
 from kit.scoring.sandbox import snapshot_submission
-from kit.scoring.score import FLOAT_EXACT, key_text, load_rows, replay_rows
+from kit.scoring.score import (
+    FLOAT_EXACT,
+    key_text,
+    load_rows,
+    nonfinite_truth_note,
+    replay_rows,
+)
 from kit.submission import write_submission_zip, zip_path_of
 from kit.temp import owned_temp_dir
 
@@ -83,6 +89,7 @@ class ParityReport:
     metrics: dict  # path -> {"score", "per_target"}
     diffs: list[dict]  # {"pair", "max_abs", "per_target": {t: {max_abs, max_rel, seq, step}}}
     checks: list[Check] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the numbers above do not say
 
     @property
     def ok(self) -> bool:
@@ -97,7 +104,7 @@ class ParityReport:
             "ok": self.ok, "submission": self.submission, "data": self.data,
             "sequences": self.sequences, "rows": self.rows, "scored_rows": self.scored_rows,
             "atol": self.atol, "rtol": self.rtol, "max_abs": self.max_abs, "metrics": self.metrics,
-            "diffs": self.diffs, "checks": [vars(c) for c in self.checks],
+            "diffs": self.diffs, "checks": [vars(c) for c in self.checks], "notes": self.notes,
         })
 
     def format(self) -> str:
@@ -123,6 +130,7 @@ class ParityReport:
                             for t, v in items)
             worst = f"worst of {len(targets)} outputs: " if many else ""
             lines.append(f"{d['pair']:<20} {worst}{per}")
+        lines += [f"note: {n}" for n in self.notes]
         for c in self.checks:
             lines.append(f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
         lines.append(f"parity {'OK' if self.ok else 'FAILED'}: max abs difference "
@@ -699,9 +707,13 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     for path in preds:
         report = evaluate(spec, truth, preds[path])
         metrics[path] = {"score": report.score, "per_target": report.per_target}
+    # NaN scores beside passing checks: the truth, not the package (predictions are compared)
+    truth_note = nonfinite_truth_note(truth, spec, Path(data))
+    notes = [f"{truth_note}; parity compares predictions, which it does not touch"] * bool(
+        truth_note)
     result = ParityReport(str(submission), str(data), n_seqs, len(rows.values),
                           int(rows.need.sum()),
-                          atol, rtol, metrics, diffs, checks)
+                          atol, rtol, metrics, diffs, checks, notes)
     if record and submission.is_dir() and not bad_files:
         try:
             record_report(submission, manifest, result)

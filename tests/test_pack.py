@@ -3,6 +3,7 @@ runtime's contract, zip and manifest contents, and deliberately broken packages.
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -504,6 +505,24 @@ def test_parity_of_a_file_with_an_integer_feature_column_and_big_ids(workspace, 
     detail = next(c.detail for c in failed.checks if c.name == "paths agree")
     assert re.search(r"first at seq 202310\d\d, step \d+;", detail), detail
 
+
+
+def test_parity_says_why_its_scores_are_nan_on_nan_targets(workspace, gru_pack, tmp_path):
+    """Review r275: NaN targets on scored rows gave NaN scores beside "parity OK" and no word
+    of why (kit score warns of them)."""
+    data = tmp_path / "nan_target.parquet"
+    frame = pl.read_parquet(_valid(workspace))
+    frame.with_columns(pl.when(pl.col("need_prediction") & (pl.int_range(pl.len()) % 7 == 0))
+                       .then(float("nan")).otherwise(pl.col("t0")).alias("t0")
+                       ).write_parquet(data)
+    report = run_parity(gru_pack.folder, data, seqs=SEQS, record=False)
+    assert report.ok and math.isnan(report.metrics["package"]["per_target"]["t0"])
+    assert [line for line in report.format().splitlines() if line.startswith("note:")] == [
+        f"note: {report.notes[0]}"]
+    assert re.fullmatch(rf"[\d,]+ target value\(s\) of {re.escape(str(data))} are NaN or inf "
+                        r"on rows that need a prediction: .*parity compares predictions, which "
+                        r"it does not touch", report.notes[0]), report.notes
+    assert not run_parity(gru_pack.folder, _valid(workspace), seqs=SEQS, record=False).notes
 
 def test_parity_types_altered_rows_as_pandas_reads_columns_that_hold_them():
     """A bool or unsigned feature column given the hostile rows' NaN, 0.5 or -3 kept its type

@@ -225,13 +225,9 @@ def score_submission(
             "a NaN makes its output's metric NaN), as the official scorer would"
         )
         warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
-    bad_truth = int(np.size(truth) - np.count_nonzero(np.isfinite(truth)))
-    if bad_truth:
-        truth_of = ("truth value(s) (the next row's features)" if spec.next_state
-                    else "target value(s)")
-        notes.append(f"{bad_truth:,} {truth_of} of {data} are NaN or inf on rows that need a "
-                     "prediction: the metric of their output is NaN or inf (kit data check "
-                     "warns of them)")
+    truth_note = nonfinite_truth_note(truth, spec, data)
+    if truth_note:
+        notes.append(truth_note)
     peak, rows_mb = result["sandbox"].get("peak_rss_mb"), result.get("rows_mb")
     if peak is not None and rows_mb is not None:
         # the scorer holds every row of its test set, as the child held this file's, and what
@@ -392,6 +388,17 @@ def exact_ids(frame: pl.DataFrame, spec: CompetitionSpec, data: Path) -> pl.Data
                   "those numbers)", stacklevel=3)
     renumbered = (ids != ids.shift(1)).fill_null(True).cum_sum() - 1
     return frame.with_columns(renumbered.cast(ids.dtype).alias(spec.id_col))
+
+
+def nonfinite_truth_note(truth: np.ndarray, spec: CompetitionSpec, data: Path) -> str | None:
+    """What NaN/inf truth on scored rows does to the metric (None: there is none)."""
+    bad = int(np.size(truth) - np.count_nonzero(np.isfinite(truth)))
+    if not bad:
+        return None
+    truth_of = ("truth value(s) (the next row's features)" if spec.next_state
+                else "target value(s)")
+    return (f"{bad:,} {truth_of} of {data} are NaN or inf on rows that need a prediction: the "
+            "metric of their output is NaN or inf (kit data check warns of them)")
 
 
 def kit_package(submission: Path) -> bool:
