@@ -775,7 +775,10 @@ WRITTEN = "# written by kit ensemble select; sha256 of the lines below: "
 
 def check_out(out: Path) -> None:
     """An ensemble file's --out: a .toml name (kit report and kit pack --ensemble read it by
-    that suffix), not a folder, under a folder or a name that can be one."""
+    that suffix), not a folder, under a folder or a name that can be one, and no file but one
+    kit ensemble select wrote, unedited. Checked before any candidate loads (an edited file
+    was refused only after the whole selection) and again at the write (it may be edited
+    meanwhile)."""
     if out.is_dir():  # first: `--out .` has no name to put a suffix on
         raise EnsembleError(f"--out {out}: is a folder; name the .toml file to write in it")
     if out.suffix != ".toml":
@@ -784,6 +787,10 @@ def check_out(out: Path) -> None:
     blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise EnsembleError(f"--out {out}: {blocking} is a file, not a folder")
+    if out.exists() and not written_by_select(out):
+        raise EnsembleError(f"--out {out}: the file exists and is not one kit ensemble select "
+                            "wrote, unedited (a run's config.toml, an experiment, an ensemble "
+                            "written or edited by hand): give another --out, or delete it")
 
 
 def ensembles_dir(candidate: Path) -> Path:
@@ -805,12 +812,7 @@ def write_ensemble(doc: dict, out: Path | None, default_dir: Path = ENSEMBLES_DI
     text = f"{WRITTEN}{hashlib.sha256(body.encode()).hexdigest()}\n{body}"
     if out:
         out = Path(out)
-        check_out(out)
-        if out.exists() and not written_by_select(out):
-            raise EnsembleError(f"--out {out}: the file exists and is not one kit ensemble "
-                                "select wrote, unedited (a run's config.toml, an experiment, "
-                                "an ensemble written or edited by hand): give another --out, "
-                                "or delete it")
+        check_out(out)  # again: the file may have been edited during the selection
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_text(out, text)  # a full disk keeps the previous file whole
         return out

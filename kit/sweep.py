@@ -448,8 +448,34 @@ def storage_file(url: str) -> Path | None:
     return None
 
 
+def storage_forms(path: str = "PATH") -> str:
+    """The storage URLs kit takes, for an error's advice (docs/sweeps.md, Storages)."""
+    return (f"sqlite:///{path} (a SQLite file), journal:{path} (an append-only journal file) "
+            "or a server's URL such as postgresql://user:password@host:5432/db")
+
+
 def check_storage_url(url: str) -> None:
-    """What a URL alone says cannot hold a study, before anything is opened or written."""
+    """What a URL alone says cannot hold a study, before anything is opened or written (and
+    before the best file's check, whose refusal would name it as if it were a storage)."""
+    if not url.startswith("journal:") and "://" not in url:
+        # a bare path: taking it for SQLite would let a typo'd scheme start a new study file
+        looks_like_path = ":" not in url and "@" not in url
+        shown = url if looks_like_path else re.sub(r":[^:/@]*@", ":***@", url)
+        raise SweepError(f"storage {shown!r} is not a storage URL: give "
+                         f"{storage_forms(url if looks_like_path else 'PATH')}")
+    if not url.startswith("journal:"):
+        from sqlalchemy.engine import make_url
+
+        try:
+            parsed = make_url(url)
+        except Exception as exc:  # a port that is no number, ...
+            raise SweepError(f"storage {shown_url(url)!r} is not a URL kit can read "
+                             f"({type(exc).__name__}: {masked(str(exc), url)}): give "
+                             f"{storage_forms()}") from None
+        if "@" in (parsed.host or ""):  # the password's tail, read as the host
+            raise SweepError(f"storage {shown_url(url)!r}: its password holds an unescaped "
+                             "'@', so the driver would take the part after it for the host: "
+                             "write it as %40 (e.g. postgresql://user:p%40ss@host:5432/db)")
     if url.startswith("sqlite") and _in_memory(url):
         raise SweepError(f"storage {shown_url(url)!r} is an in-memory database: the study would "
                          "be lost when the process ends (and each worker would have its own); "
@@ -1186,7 +1212,9 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
         run_worker(setup, trials, timeout, progress)
     else:
         run_processes(setup, exp, overrides, trials, workers, timeout)
-    return summarize(setup, time.perf_counter() - started) if summary else {}
+    if not summary:
+        return {}
+    return summarize(setup, time.perf_counter() - started, trials, timeout)
 
 
 def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
@@ -1223,7 +1251,10 @@ def run_processes(setup: SweepSetup, exp: str, overrides, trials: int, workers: 
                          "re-run the same command to continue")
 
 
-def summarize(setup: SweepSetup, seconds: float) -> dict:
+def summarize(setup: SweepSetup, seconds: float, wanted: int | None = None,
+              timeout: float | None = None) -> dict:
+    """The study's counts and five best trials (and the best file written); with `wanted`
+    (--trials) and `timeout`, whether the time limit stopped it short of them."""
     import optuna
     from optuna.trial import TrialState
 
@@ -1241,6 +1272,13 @@ def summarize(setup: SweepSetup, seconds: float) -> dict:
                                            "params": t.params,
                                            "run_dir": trial_run_dir(setup, t)}
                                           for t in best]}
+    for entry in summary["best"]:  # its recorded folder, not found under this runs/ either
+        entry["gone"] = entry["run_dir"] is not None and not Path(entry["run_dir"]).is_dir()
+    finished = counts.get("complete", 0) + counts.get("pruned", 0)
+    if timeout is not None and wanted is not None and finished < wanted:
+        # a worker returns short of --trials only at its --timeout (failing streaks, signals
+        # and failed workers raise): said, since the exit code is 0 (the limit was asked for)
+        summary["timed_out"] = {"timeout": timeout, "finished": finished, "wanted": wanted}
     if best:
         summary["best_experiment"] = str(write_best(setup, best[0]))
     return summary
@@ -1374,10 +1412,24 @@ def _shown_storage(origin: dict) -> str:
     if not (isinstance(storage, str) and storage.startswith("file ")
             and origin.get("relative_to") == BESIDE):
         return str(storage)
-    file = (experiments_dir() / storage.removeprefix("file ")).resolve()
+    return _shown_file(experiments_dir() / storage.removeprefix("file "))
+
+
+def _shown_file(file: Path) -> str:
+    file = file.resolve()
     with contextlib.suppress(ValueError):
         file = file.relative_to(Path.cwd().resolve())
     return f"file {file.as_posix()}"
+
+
+def _shown_own_storage(setup: SweepSetup) -> str:
+    """This sweep's storage in the form a recorded one is shown in (_shown_storage), then the
+    URL as given: two storages that differ never print alike (a file by its resolved path, a
+    server by what it points to, as _same_origin compares them)."""
+    file = storage_file(setup.storage_url)
+    url = shown_url(setup.storage_url)
+    pointed = _shown_file(file) if file is not None else server_identity(setup.storage_url)
+    return pointed if pointed == url else f"{pointed} ({url})"
 
 
 def check_best_file(setup: SweepSetup, path: Path) -> None:
@@ -1410,7 +1462,7 @@ def check_best_file(setup: SweepSetup, path: Path) -> None:
             return
         owner = "no kit sweep of this study (it has no origin line)"
     raise SweepError(f"{path} was written by {owner}; this sweep is study {setup.study_name!r} "
-                     f"on {shown_url(setup.storage_url)} and does not replace it: move or delete "
+                     f"on {_shown_own_storage(setup)} and does not replace it: move or delete "
                      "that file, or use another --study name")
 
 
@@ -1505,8 +1557,13 @@ def format_summary(summary: dict) -> str:
              + (f"; {search_text(summary['search'])}" if summary.get("search") else "")]
     for t in summary["best"]:
         params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
-        lines.append(f"  #{t['number']:<4} {t['score']:>9.5f}  {params}  {t['run_dir']}")
+        gone = " (gone)" if t.get("gone") else ""
+        lines.append(f"  #{t['number']:<4} {t['score']:>9.5f}  {params}  {t['run_dir']}{gone}")
     if "best_experiment" in summary:
         name = Path(summary["best_experiment"]).stem
         lines.append(f"wrote {summary['best_experiment']}: just train exp={name}")
+    if short := summary.get("timed_out"):
+        lines.append(f"stopped at --timeout {short['timeout']:g}s with {short['finished']} of "
+                     f"the {short['wanted']} trials wanted finished: run the same command to "
+                     "continue the study")
     return "\n".join(lines)
