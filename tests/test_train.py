@@ -681,7 +681,9 @@ def test_a_run_that_diverges_at_once_fails_naming_the_cause(env, tmp_path):
     out = run_cli("train", "exp=tiny", f"data.train={tmp_path / 'extreme.parquet'}",
                   "--run-dir", run, "-q", expect=2).output
     assert "training diverged (train loss inf in batch 1 of epoch 1)" in out
-    assert "no best.pt" in out and "Lower train.lr" in out and "Traceback" not in out
+    assert "no best.pt" in out and "Traceback" not in out
+    # the cause is the data, named (no learning rate or clip helps)
+    assert "no best.pt. The training targets hold values the float32 loss overflows on" in out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["finished"] is True and metrics["score"] is None  # never resumed
     assert metrics["diverged"].startswith("train loss inf")

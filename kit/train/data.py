@@ -49,6 +49,15 @@ class TrainData:
     # data.seq_len cut validation sequences: the score is of the kept steps (and, with "tail",
     # of a state started mid-sequence), not what kit score measures on whole sequences
     valid_truncated: bool = False
+    # scored training targets the float32 loss overflows on, named (extreme_targets); "" if none
+    extreme_targets: str = ""
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# the rows of one batch's loss sum the overflow bound leaves room for (64 sequences of 16k steps)
+LOSS_ROWS_HEADROOM = 1e6
+EXTREME_TARGETS_ADVICE = ("fix or rescale those values, or set their need_prediction to false "
+                          "(normaliser.targets does not help: the loss is in the targets' units)")
 
 
 def _real_steps(arrays: SequenceArrays) -> np.ndarray:
@@ -324,22 +333,70 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
             f"undefined on fewer than 2 ({len(out.valid)} sequence(s)): validate on more "
             + ("(train.max_valid_seqs, data.valid_fraction, data.valid)" if fold is None
                else "(a train file with more sequences)"))
-    warn_constant_truth(out.valid, spec)
+    # a warning, not a refusal: such a run diverges in its first batches and fails as diverged
+    # runs do (a sweep's trial fails and the study samples on; a seed group trains its others)
+    out.extreme_targets = extreme_targets(out.train, spec, train_path, config.get("loss"))
+    if out.extreme_targets:
+        bound, power = overflow_bound(config.get("loss"))
+        warnings.warn(f"the training targets hold values the float32 loss overflows on: "
+                      f"{out.extreme_targets}; the loss raises each to the power {power} and "
+                      f"sums a batch of them, past float32's {FLOAT32_MAX:.2g} (training "
+                      "diverges), or these rows outweigh every other: "
+                      + EXTREME_TARGETS_ADVICE, UserWarning, stacklevel=2)
+    warn_constant_truth(out.train, spec, "training")
+    warn_constant_truth(out.valid, spec, "validation")
     return out
 
 
-def warn_constant_truth(valid: Split, spec: CompetitionSpec) -> None:
-    """A target constant on the scored validation rows scores the same every epoch (0 under
-    weighted Pearson, whatever the model): early stopping and selection then have no signal
-    from it, which nothing said."""
-    truth = valid.y[valid.mask]
+def overflow_bound(loss: dict | None) -> tuple[float, int]:
+    """The target magnitude past which the float32 training loss may overflow, and the power
+    the loss raises a target to: every term squares (prediction - target) (pearson the
+    target's spread) and sums a batch's rows; wmse also weighs each square by |target|, a cube.
+    The bound leaves room for a sum over LOSS_ROWS_HEADROOM rows: 1.8e16 for squares (about
+    the guard's 1e16 clip of features), 7e10 for cubes; a target of 1e6 is far inside both."""
+    terms = (loss or {}).get("terms", {"mse": 1.0})
+    power = 3 if isinstance(terms, dict) and "wmse" in terms else 2
+    return (FLOAT32_MAX / LOSS_ROWS_HEADROOM) ** (1 / power), power
+
+
+def extreme_targets(train: Split, spec: CompetitionSpec, path: Path, loss: dict | None) -> str:
+    """The scored training targets beyond overflow_bound, as a phrase naming each column's
+    count and the first one's value and place in the file; "" when there are none (the usual
+    case, a compare over the scored rows the split holds already)."""
+    bound, _ = overflow_bound(loss)
+    truth = train.y[train.mask]
+    beyond = truth.abs() > bound  # (scored rows, targets)
+    if not bool(beyond.any()):
+        return ""
+    counts = [f"{name} on {n:,} scored row(s)"
+              for name, n in zip(spec.outputs, beyond.sum(0).tolist(), strict=True) if n]
+    first = int(beyond.any(1).nonzero()[0, 0])
+    column = int(beyond[first].nonzero()[0, 0])
+    row = int(train.rows[first])
+    keys = read_frame(path, [spec.id_col, spec.step_col]).row(row, named=True)
+    return (f"{', '.join(counts)} beyond +-{bound:.2g}, first {spec.outputs[column]} = "
+            f"{truth[first, column].item():.4g} in sequence {keys[spec.id_col]}, step "
+            f"{keys[spec.step_col]} (row {row:,} of {path})")
+
+
+def warn_constant_truth(split: Split, spec: CompetitionSpec, part: str) -> None:
+    """A target constant on a part's scored rows, said alike for both: on the training rows
+    there is nothing for a model to learn about it (training went on silently); on the
+    validation rows it scores the same every epoch (0 under weighted Pearson, whatever the
+    model), so early stopping and selection have no signal from it."""
+    truth = split.y[split.mask]
     same = (truth.amax(0) == truth.amin(0)).tolist() if len(truth) else []
     constant = [name for name, flat in zip(spec.outputs, same, strict=True) if flat]
-    if constant:
-        warnings.warn(f"the validation truth of {', '.join(constant)} is constant on its "
-                      f"{len(truth):,} scored rows: its {spec.metric.name} is the same for every "
-                      "model, so early stopping and selection learn nothing from it (check "
-                      "the validation file or split)", UserWarning, stacklevel=2)
+    if not constant:
+        return
+    if part == "training":
+        why = ("a model learns nothing from it but that constant (check the train file or "
+               "split)")
+    else:
+        why = (f"its {spec.metric.name} is the same for every model, so early stopping and "
+               "selection learn nothing from it (check the validation file or split)")
+    warnings.warn(f"the {part} truth of {', '.join(constant)} is constant on its "
+                  f"{len(truth):,} scored rows: {why}", UserWarning, stacklevel=2)
 
 
 def _no_scored_step_hint(name: str, data: dict, kept: int, available: int, limit: int) -> str:

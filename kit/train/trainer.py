@@ -23,7 +23,7 @@ from kit.errors import KitError
 from kit.metrics import evaluate
 from kit.toml_file import parse_toml, read_toml
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
-from kit.train.data import Split, TrainData
+from kit.train.data import EXTREME_TARGETS_ADVICE, Split, TrainData
 from kit.train.losses import MaskedLoss
 from kit.train.runs import RunFiles, epoch_line
 
@@ -122,6 +122,20 @@ def validate(model, data: TrainData, batch_size: int, device: torch.device):
     mask = data.valid.mask.numpy()
     rows_pred = preds[mask]
     return evaluate(data.spec, data.valid.y.numpy()[mask], rows_pred), rows_pred
+
+
+def divergence_advice(train: dict, data: TrainData) -> str:
+    """What to change after a run diverged before any epoch scored: the training targets the
+    float32 loss overflows on when there are some (no learning rate or clip helps then; the
+    warning before training named them too), else the settings that tame a diverging run."""
+    if data.extreme_targets:
+        return (f"The training targets hold values the float32 loss overflows on: "
+                f"{data.extreme_targets}; {EXTREME_TARGETS_ADVICE}")
+    clip = train["grad_clip"]  # 0 is off
+    clip_advice = (f"lower train.grad_clip (now {clip})" if clip > 0 else
+                   "set train.grad_clip (now 0: off; e.g. 1.0)")
+    return (f"Lower train.lr (now {train['lr']}), {clip_advice}, or look for extreme values in "
+            "the data")
 
 
 def _state_to(state, device):
@@ -394,10 +408,8 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     metrics = files.write_metrics(finished=finished, sign=sign, swa=swa_won, pruned=pruned,
                                   diverged=diverged)
     if diverged and metrics["score"] is None:
-        raise TrainingDiverged(
-            f"{files.root}: training diverged ({diverged}) before any epoch scored, so there is "
-            f"no best.pt. Lower train.lr (now {train['lr']}), set train.grad_clip (now "
-            f"{train['grad_clip']}), or look for extreme values in the data")
+        raise TrainingDiverged(f"{files.root}: training diverged ({diverged}) before any epoch "
+                               f"scored, so there is no best.pt. {divergence_advice(train, data)}")
     if diverged:
         tqdm.write(f"{files.root}: stopped, training diverged ({diverged}); best.pt keeps "
                    f"epoch {metrics['best_epoch']}")
