@@ -15,7 +15,7 @@ import polars as pl
 
 from kit.competition import CompetitionSpec, spec_argument
 from kit.config import CHOICES
-from kit.data.contract import key_problems, need_flags, value_dtype
+from kit.data.contract import key_problems, need_flags, text_key_hint, value_dtype
 from kit.errors import DataError
 
 TRUNCATE = CHOICES["data.truncate"]
@@ -155,7 +155,8 @@ def sequence_runs(ids: pl.Series, spec: CompetitionSpec,
     nulls, each sequence's rows together."""
     name = f"{source}: column {spec.id_col!r}"
     if not (ids.dtype.is_integer() or ids.dtype.is_float()):
-        raise DataError(f"{name} must hold integer sequence ids, found {ids.dtype}")
+        raise DataError(f"{name} must hold integer sequence ids, found {ids.dtype}"
+                        f"{text_key_hint(ids.dtype)}")
     if ids.len() == 0:
         raise DataError(f"{source}: the file has no rows")
     problems = key_problems(ids.to_frame(), [ids.name])  # nulls, NaN, fractions, past int64
@@ -176,7 +177,7 @@ def ordered_sequence_runs(df: pl.DataFrame, spec: CompetitionSpec,
     ids, lengths = sequence_runs(df[spec.id_col], spec, source)
     if not (df.schema[spec.step_col].is_integer() or df.schema[spec.step_col].is_float()):
         raise DataError(f"{source}: column {spec.step_col!r} must hold integer steps, found "
-                        f"{df.schema[spec.step_col]}")
+                        f"{df.schema[spec.step_col]}{text_key_hint(df.schema[spec.step_col])}")
     # a null or NaN step compares as neither repeated nor backwards: the order around it
     # would go unchecked
     problems = key_problems(df.select(spec.step_col), [spec.step_col])

@@ -75,9 +75,19 @@ class CheckReport:
                          f"{'p50':>9} {'p99':>9} {'max':>9}")
             for name, s in self.target_summary.items():
                 lines.append(f"{name:>16} " + " ".join(
-                    f"{s[k]:9.4f}" for k in ("mean", "std", "min", "p1", "p50", "p99", "max")))
+                    _fitted(s[k]) for k in ("mean", "std", "min", "p1", "p50", "p99", "max")))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _fitted(value: float, width: int = 9) -> str:
+    """Fixed point where it fits the column, else %g (a 1e30 target printed 31 digits)."""
+    text = f"{value:.4f}"
+    for digits in (3, 2, 1):
+        if len(text) <= width:
+            break
+        text = f"{value:.{digits}g}"
+    return f"{text:>{width}}"
 
 
 def _group_dtypes(dtypes: dict[str, str]) -> str:
@@ -155,7 +165,8 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
             examples = ", ".join(f"seq {i} has {n}" for i, n in wrong.head(MAX_LISTED).iter_rows())
             problems.append(f"{wrong.height:,} sequence(s) do not have the spec's length "
                             f"{spec.seq_len}: {examples}")
-    problems += _check_need_rule(keys, spec)  # row by row: listed beside gaps or bad lengths
+    # row by row: listed beside gaps or bad lengths
+    problems += _check_need_rule(keys, spec, schema[spec.need_col] == pl.Boolean)
     if not problems and not keys["need"].sum():  # kit score and training refuse it as well
         problems.append(f"no row needs a prediction ({_rule_text(spec)}; the longest sequence "
                         f"has {lengths['n'].max():,} steps): nothing would be scored or trained on")
@@ -166,11 +177,12 @@ def _check(schema: pl.Schema, read_columns: Callable[[list[str]], pl.DataFrame],
     targets = list(spec.targets) if labelled else []
     truth = next_state_truth_exprs(spec) if spec.next_state else []
     values = read_values(_nonfinite_exprs(value_cols) + _target_exprs(targets, spec.need_col)
-                         + truth)
+                         + truth + _beyond_limit_exprs(schema, spec, targets))
     values = values.row(0, named=True)
     nan_counts, inf_counts, null_counts = _nonfinite_counts(values, value_cols)
     warnings += [_target_warning(col, values) for col in targets
                  if nan_counts[col] or inf_counts[col] or null_counts[col]]
+    warnings += _beyond_limit_warnings(values, spec, targets)
     if spec.next_state and (bad := {c: values[f"truth_bad|{c}"] for c in spec.features
                                     if values[f"truth_bad|{c}"]}):
         warnings.append(f"the next-state truth (the next row's features) is NaN, inf or null "
@@ -258,12 +270,8 @@ def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, sourc
     for col in (spec.id_col, spec.step_col):
         dtype = schema[col]
         if not (dtype.is_integer() or dtype in FLOAT_TYPES):
-            text = dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)
             problems.append(f"column {col!r} must hold whole numbers (an integer or float "
-                            f"dtype), found {dtype}" + (
-                                "; map the text to integers first, one map for all your "
-                                "files (e.g. each value's index in the sorted union of their "
-                                "values)" if text else ""))
+                            f"dtype), found {dtype}{text_key_hint(dtype)}")
     need_dtype = schema[spec.need_col]
     if not (need_dtype == pl.Boolean or need_dtype.is_integer()):
         problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found {need_dtype}")
@@ -274,6 +282,15 @@ def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, sourc
                             f"found {dtype}")
     if problems:
         raise ContractError(source, problems)
+
+
+def text_key_hint(dtype: pl.DataType) -> str:
+    """What to do with text ids or steps ("; map the text ..."), or "" for another dtype: kit
+    train, kit features build, check, score and parity say the same."""
+    if not (dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)):
+        return ""
+    return ("; map the text to integers first, one map for all your files (e.g. each value's "
+            "index in the sorted union of their values)")
 
 
 def contract_dtype(spec: CompetitionSpec, column: str) -> str:
@@ -427,7 +444,9 @@ def _duplicates(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
     return [f"{dup.height:,} duplicate ({spec.id_col}, {spec.step_col}) pair(s): {examples}"]
 
 
-def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
+def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec,
+                     boolean: bool = False) -> list[str]:
+    """`boolean`: the file's flags are booleans, named false/true (not as the 0/1 read here)."""
     # a sequence ends at the spec's length, or (variable length) after its last step: not at
     # its row count, which a gap or a duplicate would move
     length = spec.seq_len if spec.seq_len is not None else pl.col("step").max().over("id") + 1
@@ -435,7 +454,8 @@ def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
     wrong = keys.filter(pl.col("need") != expected.cast(pl.Int8))
     if not wrong.height:
         return []
-    examples = ", ".join(f"seq {i} step {s} has {n}" for _, i, s, n in
+    shown = {0: "false", 1: "true"} if boolean else {0: "0", 1: "1"}
+    examples = ", ".join(f"seq {i} step {s} has {shown[n]}" for _, i, s, n in
                          wrong.head(MAX_LISTED).iter_rows())
     return [f"{spec.need_col} breaks the rule ({_rule_text(spec)}) on {wrong.height:,} row(s): "
             f"{examples}"]
@@ -452,7 +472,7 @@ def refuse_broken_need_rule(keys: pl.DataFrame, spec: CompetitionSpec, source: s
         raise DataError(f"{source}: {'; '.join(problems)}; kit parity and kit score refuse such "
                         f"a file (the scorer's rows of a sequence are its steps 0, 1, 2, ...): "
                         f"kit data check {source} lists the file's problems")
-    if problems := _check_need_rule(table, spec):
+    if problems := _check_need_rule(table, spec, keys.schema[spec.need_col] == pl.Boolean):
         raise DataError(f"{source}: {problems[0]}; the spec states this rule for the whole "
                         f"competition (kit parity and kit score refuse such a file too): kit "
                         f"data check {source} lists the file's problems. Where the "
@@ -509,6 +529,53 @@ def _target_exprs(targets: list[str], need_col: str) -> list[pl.Expr]:
                   (~ok.fill_null(False))
                   .filter(pl.col(need_col).cast(pl.Boolean)).sum().alias(f"scored_bad|{t}")]
     return exprs
+
+
+# kit.features.kernels.LIMIT, the feature guard's clip (not imported: that module loads torch;
+# tests/test_hostile_data_fixes.py holds them equal)
+GUARD_LIMIT = 1e16
+
+
+def _beyond_limit(c: str) -> pl.Expr:
+    """Finite as float32 (as the guard reads it) but beyond the guard's +-GUARD_LIMIT."""
+    return _finite_as_float32(c) & (pl.col(c).cast(pl.Float32).abs() > GUARD_LIMIT)
+
+
+def _beyond_limit_exprs(schema: pl.Schema, spec: CompetitionSpec,
+                        targets: list[str]) -> list[pl.Expr]:
+    """Per feature, its values the guard clips; per target, such values on scored rows and the
+    (sequence, step) of the first."""
+    exprs = [_beyond_limit(c).sum().alias(f"huge|{c}") for c in spec.features]
+    need = pl.col(spec.need_col).cast(pl.Boolean)
+    for t in targets:
+        scored = (_beyond_limit(t) & need).fill_null(False)
+        exprs += [scored.sum().alias(f"huge|{t}"),
+                  whole_numbers(schema, spec.id_col).filter(scored).first().alias(f"seq|{t}"),
+                  whole_numbers(schema, spec.step_col).filter(scored).first()
+                  .alias(f"step|{t}")]
+    return exprs
+
+
+def _beyond_limit_warnings(values: dict, spec: CompetitionSpec, targets: list[str]) -> list[str]:
+    limit = f"+-{GUARD_LIMIT:.0e}".replace("e+", "e")  # +-1e16
+    warnings = []
+    for c in spec.features:
+        if n := int(values[f"huge|{c}"] or 0):
+            # r275: 1e30 on 1 row in 13 left float32 rolling means of garbage, and the package
+            # failed kit parity by 0.46 with nothing before saying why
+            warnings.append(
+                f"feature {c!r} has {n:,} finite value(s) beyond {limit}: the feature guard "
+                f"clips them to {limit}, and sums, means and stds over windows holding them "
+                f"lose the column's ordinary values (float32), so the batch and stream faces "
+                f"can differ and fail kit parity: clean or rescale the column")
+    for t in targets:
+        if n := int(values[f"huge|{t}"] or 0):
+            warnings.append(
+                f"target {t!r} has {n:,} finite value(s) beyond {limit} on scored rows (first "
+                f"at seq {values[f'seq|{t}']}, step {values[f'step|{t}']}): training's loss is "
+                f"in target units and will overflow (kit train stops with \"training "
+                f"diverged\"): clean or rescale the column")
+    return warnings
 
 
 def next_state_truth_exprs(spec: CompetitionSpec) -> list[pl.Expr]:

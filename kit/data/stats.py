@@ -16,7 +16,13 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, load_spec
-from kit.data.contract import check_dtypes, key_problems, need_flags, whole_numbers
+from kit.data.contract import (
+    FLOAT32_MAX,
+    check_dtypes,
+    key_problems,
+    need_flags,
+    whole_numbers,
+)
 from kit.data.io import parquet_schema, read_frame, refuse_index_columns
 from kit.data.synth import refuse_other_generation
 from kit.errors import DataError
@@ -129,7 +135,7 @@ def dataset_stats(
             },
         }
     if spec.name == BANDED_SPEC:
-        out["checks"] = _checks(out)
+        out["checks"], out["skipped_checks"] = _checks(out)
     return _clean(out)
 
 
@@ -161,7 +167,7 @@ def format_stats(stats: dict) -> str:
             (g["ac1_max"], ac_key == "trade_ac_max" and bad(g["ac1_max"], ac_key, 1)),
             (g["min"], bad(g["min"], "feature_min", 0)),
             (g["max"], bad(g["max"], "feature_max", 1)),
-            (g["nan"] + g["inf"], bad(g["nan"] + g["inf"], "feature_nan", 1)),
+            (_nonfinite(g), bad(_nonfinite(g), "feature_nan", 1)),
         ]))  # fmt: skip
     headers = ["n", "max|mean|", "std min", "std max", "AC1 min", "AC1 mean", "AC1 max", "min",
                "max", "NaN/inf"]  # fmt: skip
@@ -170,11 +176,16 @@ def format_stats(stats: dict) -> str:
     for name, c in stats["features"].items():
         bad = _feature_outside(name, c) if banded else set()
         cells = [(c[k], k in bad) for k in ("mean", "std", "min", "max", "ac1")]
-        feature_rows.append((name, [*cells, (c["nan"] + c["inf"], "nan" in bad)]))
+        feature_rows.append((name, [*cells, (_nonfinite(c), "nan" in bad)]))
     lines += [
         "",
         *_table("feature", ["mean", "std", "min", "max", "lag-1 AC", "NaN/inf"], feature_rows),
     ]
+    past = {name: c["past_float32"] for name, c in stats["features"].items()
+            if c.get("past_float32")}
+    if past:  # counted as kit data check counts them; the figures above still hold them
+        lines.append("  NaN/inf counts values past float32's range (inf as kit reads them, the "
+                     "guard replaces them): " + ", ".join(f"{n}: {k:,}" for n, k in past.items()))
     if stats["targets"]:
         ratio = stats.get("reference", {}).get("std_ratio", {})
         orc = stats.get("oracle", {}).get("per_output", {})
@@ -189,6 +200,9 @@ def format_stats(stats: dict) -> str:
             ]))  # fmt: skip
         headers = ["std", "kurtosis", "lag-1 AC", "max|r|", "feature", "oracle", "ratio"]
         lines += ["", *_table("target", headers, target_rows)]
+        lines += [f"  {name} has {_nonfinite_text(t)}: its figures leave NaN and inf out (kit "
+                  "data check says whether they fall on scored rows)"
+                  for name, t in stats["targets"].items() if _nonfinite(t)]
         for pair, value in stats["target_corr"].items():
             flag = " !!" if pair == "t0~t1" and "t0_t1_corr" in failed else ""
             lines.append(f"  corr({pair.replace('~', ', ')}) = {_cell(value)}{flag}")
@@ -203,11 +217,16 @@ def format_stats(stats: dict) -> str:
             lines.append(f"  per output: min {_cell(min(values, default=None))}  "
                          f"max {_cell(max(values, default=None))}")
     if banded:
-        checks = stats["checks"]
+        checks, skipped = stats["checks"], stats.get("skipped_checks", [])
         passed = sum(c["ok"] for c in checks)
-        lines += ["", f"realism checks ({BANDED_SPEC} bands): {passed}/{len(checks)} pass"]
+        # a check that cannot be computed is listed with its reason: they vanished, and a file
+        # with an all-NaN t1 read "11/11 pass"
+        more = f", {len(skipped)} skipped (could not be computed)" if skipped else ""
+        lines += ["", f"realism checks ({BANDED_SPEC} bands): {passed}/{len(checks)} pass{more}"]
         for c in checks:
             lines.append(f"  {'ok' if c['ok'] else '!!'}  {c['label']:<46} {_cell(c['value'])}")
+        for c in skipped:
+            lines.append(f"  --  {c['label']:<46} skipped: {c['reason']}")
     return "\n".join(lines)
 
 
@@ -221,9 +240,21 @@ def _outside(value, key: str, side: int) -> bool:
     return value is not None and (value < limit if side == 0 else value > limit)
 
 
+def _nonfinite(c: dict) -> int:
+    """NaN, inf and finite float64 values past float32's range (kit data check's count)."""
+    return c["nan"] + c["inf"] + c.get("past_float32", 0)
+
+
+def _nonfinite_text(c: dict) -> str:
+    parts = [f"{c['nan']:,} NaN" if c["nan"] else "", f"{c['inf']:,} inf" if c["inf"] else "",
+             f"{c['past_float32']:,} value(s) past float32's range (inf as kit reads them)"
+             if c.get("past_float32") else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def _feature_outside(name: str, c: dict) -> set[str]:
     """Which of one feature's figures break the (set-level) feature bands."""
-    bad = {k for k in ("nan",) if c["nan"] + c["inf"]}
+    bad = {k for k in ("nan",) if _nonfinite(c)}
     if c["mean"] is not None and _outside(abs(c["mean"]), "feature_abs_mean", 1):
         bad.add("mean")
     if _outside(c["std"], "feature_std_min", 0) or _outside(c["std"], "feature_std_max", 1):
@@ -240,11 +271,15 @@ def _table(title: str, headers: list[str], rows: list[tuple[str, list]]) -> list
     """Right-aligned columns; each row is (label, [(value, flagged), ...]); flagged cells get !!."""
     width = 9
     head = f"  {title:<14}" + "".join(f"{h:>{width}}   " for h in headers)
-    body = [
-        f"  {label:<14}"
-        + "".join(f"{_cell(v):>{width}}{' !!' if bad else '   '}" for v, bad in cells)
-        for label, cells in rows
-    ]
+    body = []
+    for label, cells in rows:
+        line = f"  {label:<14}"
+        for value, bad in cells:
+            text = f"{_cell(value):>{width}}"
+            if not line.endswith(" ") and not text.startswith(" "):
+                text = " " + text  # a cell as wide as its column after a "!!" ran into it
+            line += text + (" !!" if bad else "   ")
+        body.append(line)
     return [head.rstrip(), *(line.rstrip() for line in body)]
 
 
@@ -274,7 +309,9 @@ def _column(x: np.ndarray, same: np.ndarray | None) -> dict:
     x = np.asarray(x, dtype=np.float64)
     finite = np.isfinite(x)
     v = x[finite]
-    out = {"nan": int(np.isnan(x).sum()), "inf": int(np.isinf(x).sum())}
+    out = {"nan": int(np.isnan(x).sum()), "inf": int(np.isinf(x).sum()),
+           # finite in float64 but inf as kit reads it (float32), as kit data check counts them
+           "past_float32": int((np.abs(v) > FLOAT32_MAX).sum())}
     if v.size == 0:
         return out | dict.fromkeys(("mean", "std", "min", "max", "kurtosis", "ac1"), None)
     # moments of v / max|v| (then scaled back): a 1e300 feature would overflow the squares
@@ -341,6 +378,7 @@ def _groups(features: dict[str, dict]) -> dict[str, dict]:
             "max": max(values("max"), default=None),
             "nan": sum(m["nan"] for m in members),
             "inf": sum(m["inf"] for m in members),
+            "past_float32": sum(m["past_float32"] for m in members),
         }
     return out
 
@@ -404,13 +442,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _checks(stats: dict) -> list[dict]:
+def _checks(stats: dict) -> tuple[list[dict], list[dict]]:
+    """The realism checks measured, and those that could not be computed, with the reason."""
     features = stats["features"].values()
     groups = stats["feature_groups"]
     targets = stats["targets"]
 
     values: dict[str, float | None] = {
-        "feature_nan": sum(f["nan"] + f["inf"] for f in features),
+        "feature_nan": sum(_nonfinite(f) for f in features),
         "feature_min": min(_present(f["min"] for f in features), default=None),
         "feature_max": max(_present(f["max"] for f in features), default=None),
         "feature_abs_mean": max(
@@ -422,25 +461,57 @@ def _checks(stats: dict) -> list[dict]:
         "trade_ac_max": max(
             _present(groups.get(g, {}).get("ac1_max") for g in ("dp", "dv")), default=None
         ),  # fmt: skip
-        "t0_t1_corr": stats["target_corr"].get("t0~t1"),
     }
+    if "t0~t1" in stats["target_corr"]:  # both targets in the file
+        values["t0_t1_corr"] = stats["target_corr"]["t0~t1"]
     for t in ("t0", "t1"):
         if t in targets:
             values[f"{t}_kurtosis"] = targets[t]["kurtosis"]
             values[f"{t}_ac1"] = targets[t]["ac1"]
             values[f"{t}_max_feature_corr"] = targets[t]["max_abs_feature_corr"]
-        if "oracle" in stats:
-            values[f"{t}_oracle"] = stats["oracle"]["per_output"].get(t)
-        if "reference" in stats:
-            values[f"{t}_std_ratio"] = stats["reference"]["std_ratio"].get(t)
-    checks = []
+        if "oracle" in stats and t in stats["oracle"]["per_output"]:
+            values[f"{t}_oracle"] = stats["oracle"]["per_output"][t]
+        if "reference" in stats and t in stats["reference"]["std_ratio"]:
+            values[f"{t}_std_ratio"] = stats["reference"]["std_ratio"][t]
+    checks, skipped = [], []
     for key, label, low, high in BANDS:
-        if key not in values or values[key] is None:
-            continue  # not measured here (no oracle / no reference given)
+        if key not in values:
+            continue  # not measured here (no oracle / no reference given, no such target)
         v = values[key]
+        if v is None:
+            skipped.append({"key": key, "label": label, "reason": _skip_reason(key, stats)})
+            continue
         ok = (low is None or v >= low) and (high is None or v <= high)
         checks.append({"key": key, "label": label, "value": v, "low": low, "high": high, "ok": ok})
-    return checks
+    return checks, skipped
+
+
+def _skip_reason(key: str, stats: dict) -> str:
+    """Why a realism check measured on this file has no value."""
+    targets = stats["targets"]
+    for t in ("t0", "t1") if key == "t0_t1_corr" else key.split("_")[:1]:
+        if t not in targets:
+            continue
+        if targets[t]["mean"] is None:
+            return f"{t} has no finite values"
+        if not targets[t]["std"]:
+            return f"{t} is constant"
+    if key.endswith("_oracle"):
+        return ("the oracle's score is not a number (a truth value on a scored row is NaN or "
+                "inf)")
+    if key.endswith("_std_ratio"):
+        return "the reference's std of the target is 0 or not finite"
+    if key.endswith("_max_feature_corr"):
+        return "every feature is constant or non-finite where the target is finite"
+    if key.endswith("_ac1"):
+        return "no sequence has two finite values of the target in a row"
+    if key.startswith("feature_"):
+        return "no feature has two finite values"
+    if key == "price_ac_min":
+        return "every p* feature is constant or has no two finite values in a row"
+    if key == "trade_ac_max":
+        return "every dp*/dv* feature is constant or has no two finite values in a row"
+    return "not computable on this file"
 
 
 def _clean(obj):
