@@ -717,15 +717,34 @@ def pack(
 
     if (run is None) == (ensemble is None):
         raise KitError("kit pack takes a RUN or --ensemble FILE (one of them)")
+    chosen = out
     out = out or default_submissions(run or ensemble, ensemble=ensemble is not None)
     if ensemble is not None:
         result = pack_ensemble(ensemble, name, out, force=force, stack=not no_stack)
     else:
         result = pack_run(run, name, out, force=force)
     typer.echo(result.format())
+    if chosen is None and run is not None:
+        note = other_project_note(run, out)
+        if note:
+            typer.echo(note, err=True)
     packed = [run] if run is not None else [m["run"] for m in result.manifest["members"]]
     for note in filter(None, map(unfinished_note, packed)):  # each member as a single run
         typer.echo(note, err=True)
+
+
+def other_project_note(run: Path, out: Path) -> str | None:
+    """Where a run of a project (PROJECT/runs/EXP/ID) packed from outside it went: this
+    folder's submissions/, which the project's `kit parity submissions/NAME` does not see (a
+    `just pack` from a subfolder wrote docs/submissions/ without a word: r274)."""
+    from kit.parity import run_project
+
+    folder = Path(run).resolve()
+    project = run_project(folder / "best.pt" if folder.is_dir() else folder)
+    if project is None or Path(out).resolve() == (project / "submissions").resolve():
+        return None
+    return (f"note: written into this folder's submissions/ ({Path(out).resolve()}), not the "
+            f"run's project's ({project / 'submissions'}): pass --out to choose")
 
 
 def default_submissions(packed: Path, ensemble: bool = False) -> Path:

@@ -1295,7 +1295,7 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
     shutil.copytree(runs["gru"], run)
     for where, given in ((run, "."), (run.parent, "r1")):
         monkeypatch.chdir(where)
-        run_cli("pack", given, "--name", "p")
+        assert "note: written into" not in run_cli("pack", given, "--name", "p").output
         assert (tmp_path / "project" / "submissions" / "p" / "model.onnx").is_file()
         assert not (where / "submissions").exists()
     # a run right under runs/ (kit train --run-dir runs/myrun): it wrote myrun/submissions/
@@ -1310,9 +1310,14 @@ def test_pack_dot_inside_the_runs_folder_writes_the_projects_submissions(runs, t
     monkeypatch.chdir(run)
     run_cli("pack", ".")
     assert (tmp_path / "project" / "submissions" / f"{experiment}-r1.zip").is_file()
-    monkeypatch.chdir(tmp_path)  # elsewhere: submissions/ of the working folder, as before
-    run_cli("pack", run, "--name", "p")
+    monkeypatch.chdir(tmp_path)  # elsewhere: submissions/ of the working folder, as before,
+    out = run_cli("pack", run, "--name", "p").output  # said (`just pack` in a subfolder: r274)
     assert (tmp_path / "submissions" / "p.zip").is_file()
+    assert (f"note: written into this folder's submissions/ ({tmp_path / 'submissions'}), not "
+            f"the run's project's ({tmp_path / 'project' / 'submissions'}): pass --out to "
+            "choose") in out
+    assert "note: written into" not in run_cli("pack", run, "--name", "p2", "--out",
+                                               tmp_path / "mine").output
     # a project inside a folder named runs (or named runs itself) packs into its own folder
     inner = tmp_path / "runs" / "proj"
     shutil.copytree(runs["gru"], inner / "runs" / "exp" / "r1")
