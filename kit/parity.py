@@ -602,7 +602,9 @@ def default_data(submission: Path) -> Path:
     run = member_checkpoint(recorded, submission) if isinstance(recorded, str) else None
     found = in_project(Path(valid), submission, run)
     if not found.exists():
-        where = [str(p) for p in (package_project(submission), run_project(run)) if p]
+        # the projects looked in (a relative path only), each once
+        where = [] if Path(valid).is_absolute() else list(dict.fromkeys(
+            str(p) for p in (package_project(submission), run_project(run)) if p))
         raise PackError(f"{submission}: the run's validation file {valid} (as its config names "
                         "it) is not here" + (f" nor in {' or '.join(where)}" if where else "")
                         + ": pass --data FILE")
@@ -616,11 +618,15 @@ def package_project(submission: Path) -> Path | None:
 
 
 def run_project(checkpoint: Path | None) -> Path | None:
-    """PROJECT of a checkpoint at PROJECT/runs/EXP/ID/FILE (a package written elsewhere with
-    --out still knows its run's project)."""
-    if checkpoint is None or len(checkpoint.parts) < 5 or checkpoint.parts[-4] != "runs":
+    """PROJECT of a checkpoint at PROJECT/runs/EXP/ID/FILE or PROJECT/runs/ID/FILE (kit train
+    --run-dir runs/ID): a package written elsewhere with --out still knows its run's project.
+    runs/EXP/ first, so an experiment named runs is no project."""
+    if checkpoint is None:
         return None
-    return checkpoint.parents[3]
+    above = checkpoint.parents
+    runs = next((above[i] for i in (2, 1) if len(above) > i + 1 and above[i].name == "runs"),
+                None)
+    return None if runs is None else runs.parent
 
 
 def member_checkpoint(recorded: str, submission: Path) -> Path:
@@ -666,7 +672,7 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
         bad_files = hash_mismatches(folder, manifest)
         ref = load_reference(manifest, spec, submission)
-        loaded = load_rows(Path(data), spec, seqs, packed=True)
+        loaded = load_rows(Path(data), spec, seqs, packed=spec.name)
         truth, n_seqs = loaded.truth, loaded.sequences
         rows = Rows.of(loaded.values)
         package = Package(folder, spec, loaded.column_dtypes, timeout_s)

@@ -460,7 +460,9 @@ def check_storage_url(url: str) -> None:
     if not url.startswith("journal:") and "://" not in url:
         # a bare path: taking it for SQLite would let a typo'd scheme start a new study file
         looks_like_path = ":" not in url and "@" not in url
-        shown = url if looks_like_path else re.sub(r":[^:/@]*@", ":***@", url)
+        # a mistyped server URL: all between its first ':' and its last '@' may be password
+        head, at, host = url.rpartition("@")
+        shown = f"{head.split(':', 1)[0]}:***@{host}" if at and ":" in head else url
         raise SweepError(f"storage {shown!r} is not a storage URL: give "
                          f"{storage_forms(url if looks_like_path else 'PATH')}")
     if not url.startswith("journal:"):

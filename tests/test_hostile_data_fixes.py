@@ -63,7 +63,8 @@ def test_check_names_a_target_beyond_the_clip_on_a_scored_row(tmp_path):
     """One 1e30 target made training diverge with no row named (r275)."""
     out = _big_target_check(tmp_path)
     assert ("warning: target 't0' has 1 finite value(s) beyond +-1e16 on scored rows (first at "
-            "seq 1, step 7): training's loss is in target units and will overflow") in out
+            "seq 1, step 7): training's loss is in target units, which such values overflow "
+            "in float32 or outweigh every other row") in out
 
 
 def test_check_prints_a_huge_target_short_in_its_table(tmp_path):

@@ -1533,6 +1533,15 @@ def test_parity_finds_the_run_and_data_of_a_moved_or_elsewhere_package(workspace
     assert str(gone.value) == (f"{elsewhere}: the run's validation file data/valid.parquet (as "
                                f"its config names it) is not here nor in {project}: pass --data "
                                "FILE")
+    moved = tmp_path / "moved"
+    (moved / "data/valid.parquet").unlink()  # the package's project is its run's: named once
+    with pytest.raises(PackError, match=rf"is not here nor in {re.escape(str(moved))}: pass"):
+        default_data(Path("pk"))
+    # a run of `kit train --run-dir runs/ID` (no EXP folder) has its project too
+    from kit.parity import run_project
+    assert run_project(moved / "runs" / "r1" / "best.pt") == moved
+    assert run_project(moved / "runs" / "runs" / "r1" / "best.pt") == moved  # EXP named runs
+    assert run_project(tmp_path / "r1" / "best.pt") is None
 
 
 def test_another_competitions_file_given_to_a_package_asks_for_its_competitions_file(
@@ -1549,6 +1558,14 @@ def test_another_competitions_file_given_to_a_package_asks_for_its_competitions_
         assert ("is it another competition's? The package was packed for spec 'tiny-lob': "
                 "give a --data file of that competition") in out, out
         assert "--spec" not in out
+    # a submission of one's own, with a manifest of its own: --spec is the way (r278)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "solution.py").write_text("class PredictionModel:\n    def predict(self, dp):\n"
+                                     "        return None\n")
+    (own / "manifest.json").write_text('{"name": "my model"}')
+    out = run_cli("score", own, "--data", other, expect=2).output
+    assert "is it another competition's? Pass --spec NAME" in out, out
 
 def test_a_model_without_memory_passes_the_warmup_check(workspace, tmp_path):
     # a one-row PatchTST window on raw features: its predictions cannot depend on warm-up rows,

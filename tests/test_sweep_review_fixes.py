@@ -43,10 +43,12 @@ def test_a_storage_that_is_no_url_is_refused_before_the_best_file_check(sweep_en
                           "can read (ValueError: ")
     assert "give sqlite:///PATH (a SQLite file), journal:PATH" in out and "s3cret" not in out
     # a mistyped scheme is no path to suggest, and its password is masked too
-    out = run_cli("sweep", "exp=tiny", "--storage", "postgresql:/kit:s3cret@h/kit",
-                  expect=2).output
-    assert "'postgresql:/kit:***@h/kit' is not a storage URL: give sqlite:///PATH" in out
-    assert "s3cret" not in out
+    # (all between its first ':' and its last '@': a password may hold '/' or '@', r278)
+    for typo in ("postgresql:/kit:s3cret@h/kit", "postgresql:/kit:s3/cret@h/kit",
+                 "postgresql:kit:s3@cret@h/kit"):
+        out = run_cli("sweep", "exp=tiny", "--storage", typo, expect=2).output
+        assert "'postgresql:***@h/kit' is not a storage URL: give sqlite:///PATH" in out, out
+        assert "cret" not in out
     assert best.read_text() == before
     assert len(_study(_sqlite(sweep_env)).trials) == 1  # nothing trained
 

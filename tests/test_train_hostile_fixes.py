@@ -62,6 +62,11 @@ def test_large_but_safe_and_unscored_extreme_targets_train_without_a_warning(env
     out = run_cli("train", "exp=tiny", f"data.train={path}", "train.epochs=1",
                   "loss.terms={mse=1.0}", "-q").output
     assert "overflows" not in out and "finished" in out
+    # huber grows linearly past its delta: 1e17 trains (it warned "the power 2", r278)
+    path = _with_target(env, tmp_path, {scored: 1e17}, "huber.parquet")
+    out = run_cli("train", "exp=tiny", f"data.train={path}", "train.epochs=1",
+                  "loss.terms={huber=1.0}", "-q").output
+    assert "overflows" not in out and "finished" in out
 
 
 def test_the_divergence_advice_lowers_a_set_grad_clip_and_sets_one_that_is_off(env, tmp_path):  # noqa: F811

@@ -81,13 +81,11 @@ class CheckReport:
 
 
 def _fitted(value: float, width: int = 9) -> str:
-    """Fixed point where it fits the column, else %g (a 1e30 target printed 31 digits)."""
-    text = f"{value:.4f}"
-    for digits in (3, 2, 1):
-        if len(text) <= width:
-            break
-        text = f"{value:.{digits}g}"
-    return f"{text:>{width}}"
+    """Fixed point with the most decimals that fit the column (12345.6789 keeps 12345.679,
+    not 1.23e+04), else %g (a 1e30 target printed 31 digits)."""
+    texts = [f"{value:.{decimals}f}" for decimals in (4, 3, 2, 1, 0)]
+    texts += [f"{value:.{digits}g}" for digits in (3, 2, 1)]
+    return f"{next((t for t in texts if len(t) <= width), texts[-1]):>{width}}"
 
 
 def _group_dtypes(dtypes: dict[str, str]) -> str:
@@ -573,8 +571,9 @@ def _beyond_limit_warnings(values: dict, spec: CompetitionSpec, targets: list[st
             warnings.append(
                 f"target {t!r} has {n:,} finite value(s) beyond {limit} on scored rows (first "
                 f"at seq {values[f'seq|{t}']}, step {values[f'step|{t}']}): training's loss is "
-                f"in target units and will overflow (kit train stops with \"training "
-                f"diverged\"): clean or rescale the column")
+                f"in target units, which such values overflow in float32 or outweigh every "
+                f"other row (kit train names those past its loss's own limit, lower for "
+                f"wmse): clean or rescale the column")
     return warnings
 
 

@@ -196,7 +196,7 @@ def score_submission(
             notes.append(f"{'; '.join(changed)}: this is not the package kit pack wrote (kit "
                          "parity checked that one); re-pack it, or run kit parity on this one")
             warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
-        rows = load_rows(data, spec, seqs, packed=kit_package(submission))
+        rows = load_rows(data, spec, seqs, packed=packed_for(submission))
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
         dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
         scored_keys = rows.values[rows.values[:, 2].astype(bool)][:, :2]  # (id, step) per pred
@@ -401,16 +401,22 @@ def nonfinite_truth_note(truth: np.ndarray, spec: CompetitionSpec, data: Path) -
             "metric of their output is NaN or inf (kit data check warns of them)")
 
 
-def kit_package(submission: Path) -> bool:
-    """Whether the submission is one kit pack wrote (its manifest fixes its spec)."""
-    from kit.export.pack import manifest_of
+def packed_for(submission: Path) -> str | None:
+    """The name of the spec kit pack packed the submission for (its columns are fixed: no
+    --spec changes them); None for a submission kit pack did not write."""
+    from kit.export.pack import manifest_of, written_by_pack
 
-    return isinstance(manifest_of(Path(submission)), dict)
+    if not written_by_pack(submission):
+        return None
+    spec = manifest_of(submission).get("spec")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
-              packed: bool = False) -> Rows:
-    """The rows to replay; `packed`: the spec is a kit package's own (not to be changed)."""
+              packed: str | None = None) -> Rows:
+    """The rows to replay; `packed`: the spec a kit package was packed for, when it is one
+    (another competition's file is then no matter of --spec)."""
     schema = file_schema(data)
     refuse_index_columns(data, spec.columns)
     held = [c for c in schema if c in spec.columns]
@@ -424,7 +430,7 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
     # feeds keep the spec's order whatever the file's
     frame = read_frame(data, [c for c in spec.columns if c in schema] or None)
     check_frame(frame, spec, source=str(data), other_file_advice=(
-        f"the package was packed for spec {spec.name!r}: give a --data file of that "
+        f"the package was packed for spec {packed!r}: give a --data file of that "
         "competition" if packed else PASS_SPEC))
     labelled = all(t in frame.columns for t in spec.targets)
     if not spec.next_state and not labelled:

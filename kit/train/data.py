@@ -348,14 +348,20 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
     return out
 
 
+# the power of a target each loss term grows with far from the prediction: mse squares the
+# error (pearson the target's spread), huber is linear past its delta, and the w- terms weigh
+# each row by |target| on top
+TERM_POWERS = {"mse": 2, "wmse": 3, "huber": 1, "whuber": 2, "pearson": 2}
+
+
 def overflow_bound(loss: dict | None) -> tuple[float, int]:
     """The target magnitude past which the float32 training loss may overflow, and the power
-    the loss raises a target to: every term squares (prediction - target) (pearson the
-    target's spread) and sums a batch's rows; wmse also weighs each square by |target|, a cube.
-    The bound leaves room for a sum over LOSS_ROWS_HEADROOM rows: 1.8e16 for squares (about
-    the guard's 1e16 clip of features), 7e10 for cubes; a target of 1e6 is far inside both."""
+    the loss raises a target to (its steepest term's), summed over a batch's rows. The bound
+    leaves room for a sum over LOSS_ROWS_HEADROOM rows: 1.8e16 for squares (about the guard's
+    1e16 clip of features), 7e10 for wmse's cubes; a target of 1e6 is far inside both."""
     terms = (loss or {}).get("terms", {"mse": 1.0})
-    power = 3 if isinstance(terms, dict) and "wmse" in terms else 2
+    names = terms if isinstance(terms, dict) and terms else {"mse": 1.0}
+    power = max(TERM_POWERS.get(name, 2) for name in names)
     return (FLOAT32_MAX / LOSS_ROWS_HEADROOM) ** (1 / power), power
 
 
