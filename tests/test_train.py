@@ -1407,6 +1407,29 @@ def test_the_schedule_counts_only_chunks_that_learn(env, tmp_path):
     assert lrs["chunked"][-1] == pytest.approx(0.0, abs=1e-9)  # the cosine reaches its end
 
 
+
+def test_a_onecycle_run_records_the_rate_its_last_step_trained_at(env, tmp_path):
+    """torch's OneCycleLR computes a rate past its end, where its cosine rises again: the
+    history's last lr was 475x the rate the schedule ended at (r279)."""
+    run_cli("train", "exp=tiny", "train.epochs=2", "train.schedule=onecycle", "train.lr=3e-3",
+            "--run-dir", tmp_path / "r", "-q")
+    history = [json.loads(line) for line in
+               (tmp_path / "r" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["lr"] == pytest.approx(3e-3 / 25 / 1e4, rel=1e-6)  # torch's divisors
+    assert history[0]["lr"] > 1e-4  # mid-cycle: not held
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a CPU run says")
+def test_an_amp_asked_for_by_name_on_cpu_is_said_to_be_float32(env, tmp_path):
+    """train.amp = fp16 on CPU trained float32 without a word (r279); auto says nothing."""
+    out = run_cli("train", "exp=tiny", "train.epochs=1", "train.amp=fp16", "--run-dir",
+                  tmp_path / "a", "-q").output
+    assert (f"note: train.amp = fp16 applies on CUDA only: {tmp_path / 'a'} trains in float32 "
+            "on cpu") in out
+    out = run_cli("train", "exp=tiny", "train.epochs=1", "train.amp=auto", "--run-dir",
+                  tmp_path / "b", "-q").output
+    assert "applies on CUDA only" not in out
+
 def test_each_epoch_shuffles_the_sequences_its_own_way():
     """Every epoch's batches came in the same order when the shuffle ignored the epoch."""
     from kit.train.trainer import epoch_order
@@ -1983,6 +2006,16 @@ def test_tensorboard_logging_writes_event_files(env, tmp_path):
             "--run-dir", tmp_path / "tb", "-q")
     events = list((tmp_path / "tb" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+    # what history.jsonl records, the schedule's rate and each target's score included (r279)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(tmp_path / "tb" / "tensorboard")).Reload()
+    history = [json.loads(line) for line in
+               (tmp_path / "tb" / "history.jsonl").read_text().splitlines()]
+    for tag, values in (("train/lr", [h["lr"] for h in history]),
+                        ("val/score", [h["val_score"] for h in history]),
+                        ("val/t0", [h["val_per_target"]["t0"] for h in history])):
+        assert [e.value for e in logged.Scalars(tag)] == pytest.approx(values, rel=1e-6), tag
 
 
 @pytest.fixture

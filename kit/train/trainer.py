@@ -51,6 +51,21 @@ def optimizer_steps(mask: np.ndarray, chunk: int, batch_size: int, seed: int,
             for order in (epoch_order(n, seed, epoch) for epoch in range(epochs))]
 
 
+class OneCycleHeld(torch.optim.lr_scheduler.OneCycleLR):
+    """OneCycleLR that holds its last step's rate once its steps are done. torch computes one
+    more rate, from its cosine past the end where it rises again: the history recorded that as
+    the last epoch's rate, 475x the rate the last step trained at (r279)."""
+
+    def get_lr(self):
+        if self.last_epoch < self.total_steps:
+            return super().get_lr()
+        self.last_epoch = self.total_steps - 1  # the last step's rate, computed as it was
+        try:
+            return super().get_lr()
+        finally:
+            self.last_epoch = self.total_steps
+
+
 def make_schedule(optimizer, train: dict, steps: list[int]):
     """Per-step LambdaLR/OneCycle over `steps` (the optimizer steps of each epoch), or per-epoch
     ReduceLROnPlateau (stepped with the score). train.warmup_epochs ramps the rate up linearly
@@ -74,8 +89,7 @@ def make_schedule(optimizer, train: dict, steps: list[int]):
             return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         # each phase must span 2+ steps (torch divides by its length - 1)
         rise = min(max(warmup, 2), total - 2) / total
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train["lr"],
-                                                   total_steps=total, pct_start=rise)
+        return OneCycleHeld(optimizer, max_lr=train["lr"], total_steps=total, pct_start=rise)
     if name == "plateau":
         # stepped with sign * score: any strict gain is one, as in kit's own patience (a
         # relative threshold on a negative value, an error metric or a Pearson below 0,
@@ -244,6 +258,9 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         np.asarray(data.train.mask), chunk, train["batch_size"], seed, train["epochs"]))
     per_step_schedule = train["schedule"] != "plateau"
     amp_dtype = autocast_for(device, train["amp"])
+    if device.type != "cuda" and train["amp"] in ("fp16", "bf16"):  # asked for by name: said
+        tqdm.write(f"note: train.amp = {train['amp']} applies on CUDA only: {files.root} trains "
+                   f"in float32 on {device.type}")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train["ema"]))
            if train["ema"] > 0 else None)
@@ -372,6 +389,9 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         if writer is not None:
             writer.add_scalar("val/score", report.score, epoch + 1)
             writer.add_scalar("train/loss", record["train_loss"] or 0.0, epoch + 1)
+            writer.add_scalar("train/lr", record["lr"], epoch + 1)  # the schedule, as recorded
+            for target, value in report.per_target.items():
+                writer.add_scalar(f"val/{target}", value, epoch + 1)
         if progress:
             tqdm.write(epoch_line(record))
         save_checkpoint({
