@@ -285,3 +285,33 @@ def test_linear_design_counts_non_finite_values_as_zero():
     design = linear_design(dirty, SPEC)
     assert np.isfinite(design).all()
     np.testing.assert_array_equal(design, linear_design(clean, SPEC))
+
+
+def test_a_nan_truth_on_a_scored_row_is_refused_by_name(tmp_path):
+    """One NaN target made every coefficient of its output NaN without a word (r280)."""
+    df = make_frame(SPEC, n_seqs=3, seed=9)
+    scored = df.with_row_index("row").filter(pl.col(SPEC.need_col)).row(7, named=True)
+    bad = df.with_row_index("row").with_columns(
+        pl.when(pl.col("row") == scored["row"]).then(float("nan")).otherwise(pl.col("t1"))
+        .alias("t1")).drop("row")
+    message = (rf"nan\.parquet: the truth of t1 is NaN or inf on a scored row, the first at seq "
+               rf"{scored['seq_ix']} step {scored['step_in_seq']}: the linear baseline needs")
+    with pytest.raises(DataError, match=message):
+        _fit_file(tmp_path, bad, "nan")
+    coef = _fit_file(tmp_path, df, "clean")
+    with pytest.raises(DataError, match=message):
+        evaluate_linear_baseline(coef, tmp_path / "nan.parquet", SPEC)
+
+
+def test_a_file_of_another_competition_or_without_targets_is_named(tmp_path):
+    """Polars' 'unable to find column "t0"' was all these got (r280)."""
+    df = make_frame(SPEC, n_seqs=2, seed=10)
+    keys = (SPEC.id_col, SPEC.step_col, SPEC.need_col)
+    other = df.rename(lambda c: c if c in keys else f"x_{c}")
+    with pytest.raises(DataError, match=r"other\.parquet lacks column\(s\) p0, .* of spec "
+                                        r"'tiny'; none of its feature columns is there: is it "
+                                        r"another competition's file\?"):
+        _fit_file(tmp_path, other, "other")
+    with pytest.raises(DataError, match=r"unlabelled\.parquet lacks target column\(s\) t0, t1: "
+                                        "the linear baseline fits and scores on a labelled file"):
+        _fit_file(tmp_path, df.drop("t0", "t1"), "unlabelled")

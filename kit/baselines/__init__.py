@@ -42,8 +42,13 @@ def linear_design(df: pl.DataFrame, spec: CompetitionSpec) -> np.ndarray:
 
 def _scored_blocks(path: Path, spec: CompetitionSpec,
                    max_seqs: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(design, truth) of the scored rows, a block of whole sequences at a time."""
-    frame = read_frame(path).sort(spec.id_col, spec.step_col, maintain_order=True)
+    """(design, truth) of the scored rows, a block of whole sequences at a time. The file is
+    checked against the spec first (another competition's file, or one without its targets,
+    raised Polars' column error), and its truth must be finite: one NaN made a whole output's
+    coefficients NaN without a word (kit train refuses such a file too)."""
+    frame = read_frame(path)
+    refuse_missing_columns(frame, spec, path)
+    frame = frame.sort(spec.id_col, spec.step_col, maintain_order=True)
     ids = frame[spec.id_col].unique(maintain_order=True)
     if max_seqs is not None:
         ids = ids[:max_seqs]
@@ -53,7 +58,34 @@ def _scored_blocks(path: Path, spec: CompetitionSpec,
         targets = None if spec.next_state else block.select(spec.targets).to_numpy()
         truth = scored_truth(block[spec.id_col].to_numpy(), need,
                              block.select(spec.features).to_numpy(), targets, spec)
+        bad = ~np.isfinite(truth)
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            keys = block.filter(need).row(int(row), named=True)
+            raise DataError(
+                f"{path}: the truth of {spec.outputs[column]} is NaN or inf on a scored row, "
+                f"the first at seq {keys[spec.id_col]} step {keys[spec.step_col]}: the linear "
+                "baseline needs a finite truth on every scored row (kit data check counts them; "
+                "kit train refuses the file too)")
         yield linear_design(block, spec)[need], truth
+
+
+def refuse_missing_columns(frame: pl.DataFrame, spec: CompetitionSpec, path: Path) -> None:
+    """The spec's columns the fit reads, named when the file lacks them (Polars' "unable to
+    find column" was all a file of another competition, or one without targets, got)."""
+    have = set(frame.columns)
+    keys = [spec.id_col, spec.step_col, spec.need_col, *spec.features]
+    missing = [c for c in keys if c not in have]
+    if missing:
+        other = ("; none of its feature columns is there: is it another competition's file?"
+                 if not have & set(spec.features) else "")
+        shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8
+                                          else "")
+        raise DataError(f"{path} lacks column(s) {shown} of spec {spec.name!r}{other}")
+    targets = [] if spec.next_state else [t for t in spec.targets if t not in have]
+    if targets:
+        raise DataError(f"{path} lacks target column(s) {', '.join(targets)}: the linear "
+                        "baseline fits and scores on a labelled file")
 
 
 def _no_scored_rows(path: Path, spec: CompetitionSpec, what: str,
