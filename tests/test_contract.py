@@ -427,6 +427,23 @@ def test_the_need_rule_is_checked_beside_gaps_and_lengths(variable):
     assert len(need) == 1 and "on 1 row(s): seq 0 step 2" in need[0]
 
 
+
+def test_a_short_sequence_ends_at_its_own_last_step_for_the_need_rule():
+    """A 12-step sequence of a 20-step spec with a tail of 1, flagged right (its last step
+    unscored), was also said to break the need rule: the rule's end was the spec's length
+    (r280). Its length is still named; a short sequence whose last step is flagged is not."""
+    spec = small_spec(seq_len=20, warmup=5, tail=1)
+    df = make_frame(spec, lengths=[20, 12])
+    with pytest.raises(DataError) as info:
+        check_frame(df, spec)
+    assert not [p for p in info.value.problems if "breaks the rule" in p], info.value.problems
+    assert any("length" in p for p in info.value.problems), info.value.problems
+    flagged = df.with_columns(pl.when((pl.col("seq_ix") == 1) & (pl.col("step_in_seq") == 11))
+                              .then(True).otherwise(pl.col("need_prediction"))
+                              .alias("need_prediction"))
+    with pytest.raises(DataError, match=r"breaks the rule .* seq 1 step 11 has true"):
+        check_frame(flagged, spec)
+
 def test_a_file_of_another_competition_is_named_as_such():
     other = make_frame(SPEC).rename(lambda c: f"x_{c}")
     with pytest.raises(DataError, match="none of the feature columns of spec 'tiny' is in the "

@@ -445,9 +445,12 @@ def _duplicates(keys: pl.DataFrame, spec: CompetitionSpec) -> list[str]:
 def _check_need_rule(keys: pl.DataFrame, spec: CompetitionSpec,
                      boolean: bool = False) -> list[str]:
     """`boolean`: the file's flags are booleans, named false/true (not as the 0/1 read here)."""
-    # a sequence ends at the spec's length, or (variable length) after its last step: not at
-    # its row count, which a gap or a duplicate would move
-    length = spec.seq_len if spec.seq_len is not None else pl.col("step").max().over("id") + 1
+    # a sequence ends after its last step, at most at the spec's length: not at its row
+    # count, which a gap or a duplicate would move (a sequence shorter than the spec's, named
+    # as such, had its last step asked to be scored where a tail leaves it out: r280)
+    length = pl.col("step").max().over("id") + 1
+    if spec.seq_len is not None:
+        length = pl.min_horizontal(length, pl.lit(spec.seq_len))
     expected = ((pl.col("step") >= spec.warmup) & (pl.col("step") < length - spec.tail))
     wrong = keys.filter(pl.col("need") != expected.cast(pl.Int8))
     if not wrong.height:
