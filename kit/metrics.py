@@ -191,11 +191,13 @@ def scored_truth(
 
 def outputs_summary(per_target: dict[str, float]) -> str:
     """What kit score and the demo print for more than SHOWN_OUTPUTS outputs: their count,
-    least and greatest score (4 decimals; NaN as nan)."""
+    the NaN ones by name (the min and max leave them out: a NaN score hid which, r280), and
+    the least and greatest score (4 decimals)."""
     values = np.array(list(per_target.values()), dtype=np.float64)
+    nan = [name for name, value in per_target.items() if np.isnan(value)]
     scored = values[~np.isnan(values)]
     if scored.size == 0:  # nanmin would warn "All-NaN slice encountered"
-        low = high = "nan"
-    else:
-        low, high = f"{scored.min():.4f}", f"{scored.max():.4f}"
-    return f"{len(values)} outputs, min {low}, max {high}"
+        return f"{len(values)} outputs, all nan"
+    shown = ", ".join(nan[:SHOWN_OUTPUTS]) + (", ..." if len(nan) > SHOWN_OUTPUTS else "")
+    nans = f"{len(nan)} nan ({shown}), " if nan else ""
+    return f"{len(values)} outputs, {nans}min {scored.min():.4f}, max {scored.max():.4f}"

@@ -202,7 +202,10 @@ def test_outputs_summary_skips_a_nan_output():
     """One output scored NaN (a constant or NaN truth column) must not make the printed least
     and greatest scores nan too."""
     summary = outputs_summary({"a": 0.5, "b": float("nan"), "c": -0.25, "d": 0.125})
-    assert summary == "4 outputs, min -0.2500, max 0.5000"
+    assert summary == "4 outputs, 1 nan (b), min -0.2500, max 0.5000"  # named (r280)
+    many = {str(i): float("nan") if i % 4 == 0 else i / 10 for i in range(32)}
+    assert outputs_summary(many) == "32 outputs, 8 nan (0, 4, 8, 12, 16, 20, ...), min 0.1000, " \
+        "max 3.1000"
 
 
 def test_outputs_summary_of_all_nan_outputs_prints_nan_without_a_warning():
@@ -210,7 +213,7 @@ def test_outputs_summary_of_all_nan_outputs_prints_nan_without_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         summary = outputs_summary({"a": float("nan"), "b": float("nan")})
-    assert summary == "2 outputs, min nan, max nan"
+    assert summary == "2 outputs, all nan"
 
 
 def _one_output_spec(metric: str, clip: list[float] | None = None):
