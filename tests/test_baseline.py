@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -138,13 +139,16 @@ def test_the_intercept_is_never_shrunk(tmp_path):
 
 
 def test_a_file_where_the_submission_folder_should_be_is_refused_and_kept(tmp_path):
-    """A file in the folder's place counts as another file: it raised FileExistsError."""
+    """A file in the folder's place is refused: it raised FileExistsError, and still did for
+    one named as the baseline's own files (r282)."""
     coef = np.zeros((1 + 32 * (1 + len(EWM_ALPHAS)), 2))
-    taken = tmp_path / "sub"
-    taken.write_text("keep")
-    with pytest.raises(SubmissionError, match=r"holds other files \(sub\)"):
-        write_linear_submission(coef, taken)
-    assert taken.read_text() == "keep"
+    for name in ("sub", "weights.npz", "solution.py"):
+        taken = tmp_path / name
+        taken.write_text("keep")
+        with pytest.raises(SubmissionError, match=rf"{re.escape(name)} is a file: write the "
+                                                  "linear baseline into a folder of its own"):
+            write_linear_submission(coef, taken)
+        assert taken.read_text() == "keep"
 
 
 def test_its_own_folder_is_rewritten_after_python_cached_the_solution(tmp_path):
@@ -294,10 +298,13 @@ def test_a_nan_truth_on_a_scored_row_is_refused_by_name(tmp_path):
     bad = df.with_row_index("row").with_columns(
         pl.when(pl.col("row") == scored["row"]).then(float("nan")).otherwise(pl.col("t1"))
         .alias("t1")).drop("row")
+    inf = bad.with_columns(pl.col("t1").fill_nan(float("-inf")))  # inf as NaN
     message = (rf"nan\.parquet: the truth of t1 is NaN or inf on a scored row, the first at seq "
                rf"{scored['seq_ix']} step {scored['step_in_seq']}: the linear baseline needs")
     with pytest.raises(DataError, match=message):
         _fit_file(tmp_path, bad, "nan")
+    with pytest.raises(DataError, match=message.replace("nan", "inf", 1)):
+        _fit_file(tmp_path, inf, "inf")
     coef = _fit_file(tmp_path, df, "clean")
     with pytest.raises(DataError, match=message):
         evaluate_linear_baseline(coef, tmp_path / "nan.parquet", SPEC)
@@ -312,6 +319,9 @@ def test_a_file_of_another_competition_or_without_targets_is_named(tmp_path):
                                         r"'tiny'; none of its feature columns is there: is it "
                                         r"another competition's file\?"):
         _fit_file(tmp_path, other, "other")
+    with pytest.raises(DataError, match=r"nostep\.parquet lacks column\(s\) step_in_seq of spec "
+                                        r"'tiny'$"):  # one missing: no "another competition"
+        _fit_file(tmp_path, df.drop(SPEC.step_col), "nostep")
     with pytest.raises(DataError, match=r"unlabelled\.parquet lacks target column\(s\) t0, t1: "
                                         "the linear baseline fits and scores on a labelled file"):
         _fit_file(tmp_path, df.drop("t0", "t1"), "unlabelled")

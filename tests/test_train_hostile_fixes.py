@@ -30,12 +30,13 @@ def test_an_extreme_training_target_is_named_before_training_and_when_it_diverge
     "set" the grad_clip already set, and a note whose normaliser.targets diverged again."""
     frame = pl.read_parquet(env / "data" / "train.parquet").with_row_index("row")
     target = _scored_rows(frame).row(40, named=True)
-    path = _with_target(env, tmp_path, {target["row"]: 1e30}, "big.parquet")
+    below = _scored_rows(frame).row(80, named=True)["row"]  # a negative one counts too
+    path = _with_target(env, tmp_path, {target["row"]: 1e30, below: -1e30}, "big.parquet")
     run = tmp_path / "runs" / "tiny" / "big-run"
     out = run_cli("train", "exp=tiny", f"data.train={path}", "--run-dir", run, "-q",
                   expect=2).output
     # the tiny experiment's wmse weighs each square by |target|: the bound is of cubes
-    named = (f"t0 on 1 scored row(s) beyond +-7e+10, first t0 = 1e+30 in sequence "
+    named = (f"t0 on 2 scored row(s) beyond +-7e+10, first t0 = 1e+30 in sequence "
              f"{target['seq_ix']}, step {target['step_in_seq']} (row {target['row']:,} of {path})")
     assert (f"warning: the training targets hold values the float32 loss overflows on: {named}; "
             "the loss raises each to the power 3") in out

@@ -137,9 +137,11 @@ def write_linear_submission(coef: np.ndarray, folder: Path) -> Path:
     A folder holding anything else is refused (it removed the whole folder before: given
     `submissions`, every package in it); its own earlier files and __pycache__ are not."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():  # (a file named weights.npz passed the filter)
+        raise SubmissionError(f"{folder} is a file: write the linear baseline into a folder of "
+                              "its own")
     if folder.exists():
-        others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else [folder.name]
-        others = [name for name in others if name not in REWRITABLE]
+        others = [p.name for p in sorted(folder.iterdir()) if p.name not in REWRITABLE]
         if others:
             raise SubmissionError(f"{folder} holds other files ({', '.join(others[:5])}): "
                                   "write the linear baseline into a folder of its own")
