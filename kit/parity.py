@@ -582,8 +582,14 @@ def default_data(submission: Path) -> Path:
 
     submission = Path(submission)
     refuse_missing(submission)
-    # a folder's manifest read as kit reads it: a torn one is named as such
+    # a folder's manifest read as kit reads it: a torn one is named as such; a zip's that
+    # does not read (a torn manifest, a damaged zip, a file that is no zip) is named as
+    # parity with --data names it, from its extracted copy, not as "no manifest.json"
     manifest = read_manifest(submission) if submission.is_dir() else manifest_of(submission)
+    if manifest is None and not submission.is_dir():
+        with owned_temp_dir("parity") as tmp:
+            folder = snapshot_submission(submission, Path(tmp), copy=copy_package)
+            manifest = read_manifest(folder, shown=submission)
     if manifest is None:
         raise PackError(f"{submission}: no {MANIFEST_FILE}; is this a package written by "
                         "kit pack?")

@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from kit.competition import load_spec
-from kit.errors import KitError
+from kit.errors import KitError, SubmissionError
 from kit.export.frozen import StreamChain, load_member, sha256_file
 from kit.export.pack import (
     PACK_FILES,
@@ -495,6 +495,7 @@ def test_parity_of_a_file_with_an_integer_feature_column_and_big_ids(workspace, 
     data = tmp_path / "int_feature.parquet"
     pl.read_parquet(_valid(workspace)).with_columns(
         (pl.col("v0") * 3).round().cast(pl.Int64),
+        (pl.col("p0") * 3).round().cast(pl.Int64),  # the first feature too (r281)
         pl.col("seq_ix").cast(pl.Int64) + 20_231_000).write_parquet(data)
     intact = _copy_pack(gru_pack, tmp_path / "intact")  # parity records into its manifest
     report = run_parity(intact, data, seqs=SEQS)
@@ -522,7 +523,27 @@ def test_parity_says_why_its_scores_are_nan_on_nan_targets(workspace, gru_pack, 
     assert re.fullmatch(rf"[\d,]+ target value\(s\) of {re.escape(str(data))} are NaN or inf "
                         r"on rows that need a prediction: .*parity compares predictions, which "
                         r"it does not touch", report.notes[0]), report.notes
+    assert report.to_dict()["notes"] == report.notes  # --json and the manifest keep it
     assert not run_parity(gru_pack.folder, _valid(workspace), seqs=SEQS, record=False).notes
+
+
+def test_parity_without_data_names_a_torn_or_damaged_zip_as_with_it(gru_pack, tmp_path):
+    """Without --data, a zip whose manifest is torn, or a file that is no zip, was said to
+    have "no manifest.json" (its manifest was read with every error as None) (r281)."""
+    from kit.parity import default_data
+
+    torn = tmp_path / "torn.zip"
+    with zipfile.ZipFile(torn, "w") as archive:
+        for name in ("solution.py", "model.onnx"):
+            archive.write(gru_pack.folder / name, name)
+        text = (gru_pack.folder / "manifest.json").read_text()
+        archive.writestr("manifest.json", text[:len(text) // 2])
+    with pytest.raises(PackError, match=r"torn\.zip/manifest\.json: not valid JSON"):
+        default_data(torn)
+    junk = tmp_path / "junk.zip"
+    junk.write_text("junk")
+    with pytest.raises(SubmissionError, match=r"junk\.zip: neither a folder nor a \.zip"):
+        default_data(junk)
 
 def test_parity_types_altered_rows_as_pandas_reads_columns_that_hold_them():
     """A bool or unsigned feature column given the hostile rows' NaN, 0.5 or -3 kept its type

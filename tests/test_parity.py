@@ -299,3 +299,15 @@ def test_a_report_is_not_recorded_into_a_package_whose_files_were_edited_meanwhi
         warnings.simplefilter("error")
         record_report(folder, dict(tested), _report(folder))
     assert read_manifest(folder)["parity"] == _report(folder).to_dict()
+
+
+def test_a_tolerance_of_zero_passes_identical_predictions_and_says_its_terms():
+    """|a - b| <= atol + rtol * size: equal values pass at --atol 0 --rtol 0 (a strict < failed
+    them), a difference of exactly the tolerance passes, and the message names both terms
+    (r281)."""
+    a = np.array([[1.0, -2.0], [0.5, 4.0]])
+    assert Tolerance(0.0, 0.0).close(a, a.copy()).all()
+    edge = Tolerance(0.25, 0.0).close(a, a + 0.25)
+    assert edge.all() and not Tolerance(0.25, 0.0).close(a, a + 0.5).any()
+    assert str(Tolerance(1e-5, 1e-6)) == "1e-05 + 1e-06 * max|y|"
+    assert str(Tolerance(1e-5, 0.0)) == "1e-05"
