@@ -721,8 +721,8 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
         metrics[path] = {"score": report.score, "per_target": report.per_target}
     # NaN scores beside passing checks: the truth, not the package (predictions are compared)
     truth_note = nonfinite_truth_note(truth, spec, Path(data))
-    notes = [f"{truth_note}; parity compares predictions, which it does not touch"] * bool(
-        truth_note)
+    notes = ([f"{truth_note}; parity compares predictions, which it does not touch"]
+             if truth_note else [])
     result = ParityReport(str(submission), str(data), n_seqs, len(rows.values),
                           int(rows.need.sum()),
                           atol, rtol, metrics, diffs, checks, notes)

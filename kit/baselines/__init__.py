@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec
+from kit.data.contract import listed_names
 from kit.data.io import read_frame
 from kit.errors import DataError, SubmissionError
 from kit.metrics import MetricReport, evaluate, scored_truth
@@ -79,9 +80,8 @@ def refuse_missing_columns(frame: pl.DataFrame, spec: CompetitionSpec, path: Pat
     if missing:
         other = ("; none of its feature columns is there: is it another competition's file?"
                  if not have & set(spec.features) else "")
-        shown = ", ".join(missing[:8]) + (f", ... ({len(missing)} in all)" if len(missing) > 8
-                                          else "")
-        raise DataError(f"{path} lacks column(s) {shown} of spec {spec.name!r}{other}")
+        raise DataError(f"{path} lacks column(s) {listed_names(missing, 8)} of spec "
+                        f"{spec.name!r}{other}")
     targets = [] if spec.next_state else [t for t in spec.targets if t not in have]
     if targets:
         raise DataError(f"{path} lacks target column(s) {', '.join(targets)}: the linear "

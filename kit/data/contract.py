@@ -229,7 +229,7 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     missing = [c for c in want if c not in have_set]
     extra = [c for c in have if c not in want_set]
     if missing:
-        problems.append(f"missing column(s): {_listed(missing)}")
+        problems.append(f"missing column(s): {listed_names(missing)}")
     # by the features: competitions share key names (seq_ix, step_in_seq, need_prediction),
     # so another competition's file passed the key columns and got no hint (r265)
     if spec.features and not any(c in have_set for c in spec.features):
@@ -237,18 +237,18 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
                         f"is it another competition's? {other_file_advice[0].upper()}"
                         f"{other_file_advice[1:]}")
     if extra and extra_ok:
-        warnings.append(f"column(s) not in the spec: {_listed(extra)}; kit train and kit score "
-                        "read the spec's columns by name and leave these alone (the "
+        warnings.append(f"column(s) not in the spec: {listed_names(extra)}; kit train and kit "
+                        "score read the spec's columns by name and leave these alone (the "
                         "competition's own files have none)")
     elif extra:
-        problems.append(f"unexpected column(s): {_listed(extra)} (a train file may keep others, "
-                        "e.g. for data.group: check it with --allow-extra)")
+        problems.append(f"unexpected column(s): {listed_names(extra)} (a train file may keep "
+                        "others, e.g. for data.group: check it with --allow-extra)")
     ours = [c for c in have if c in want_set] if extra_ok else have
     if not missing and (extra_ok or not extra) and ours != want:
         first = next(i for i, (a, b) in enumerate(zip(ours, want, strict=True)) if a != b)
         problems.append(f"columns are in the wrong order: position {first} holds {ours[first]!r} "
                         f"but the spec puts {want[first]!r} there; expected order: "
-                        f"{_listed(want, 8)}")
+                        f"{listed_names(want, 8)}")
     dup = sorted(c for c, n in Counter(have).items() if n > 1)
     if dup:
         problems.append(f"duplicated column name(s): {dup}")
@@ -606,6 +606,7 @@ def _target_warning(col: str, values: dict) -> str:
             "metric is unaffected")
 
 
-def _listed(names: list[str], limit: int = 12) -> str:
+def listed_names(names: list[str], limit: int = 12) -> str:
+    """The first `limit` names, then how many in all."""
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")

@@ -18,7 +18,7 @@ import torch
 from kit.competition import CompetitionSpec, load_spec
 from kit.config import DEFAULTS, ConfigError, validation_file
 from kit.data.arrays import SequenceArrays
-from kit.data.contract import refuse_broken_need_rule, whole_numbers
+from kit.data.contract import FLOAT32_MAX, refuse_broken_need_rule, whole_numbers
 from kit.data.io import read_frame
 from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
 from kit.errors import DataError
@@ -53,7 +53,6 @@ class TrainData:
     extreme_targets: str = ""
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 # the rows of one batch's loss sum the overflow bound leaves room for (64 sequences of 16k steps)
 LOSS_ROWS_HEADROOM = 1e6
 EXTREME_TARGETS_ADVICE = ("fix or rescale those values, or set their need_prediction to false "
@@ -335,7 +334,9 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
                else "(a train file with more sequences)"))
     # a warning, not a refusal: such a run diverges in its first batches and fails as diverged
     # runs do (a sweep's trial fails and the study samples on; a seed group trains its others)
-    out.extreme_targets = extreme_targets(out.train, spec, train_path, config.get("loss"))
+    scored = out.train.y[out.train.mask]  # gathered once for both checks (10.7M rows)
+    out.extreme_targets = extreme_targets(scored, out.train.rows, spec, train_path,
+                                          config.get("loss"))
     if out.extreme_targets:
         bound, power = overflow_bound(config.get("loss"))
         warnings.warn(f"the training targets hold values the float32 loss overflows on: "
@@ -343,8 +344,8 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
                       f"sums a batch of them, past float32's {FLOAT32_MAX:.2g} (training "
                       "diverges), or these rows outweigh every other: "
                       + EXTREME_TARGETS_ADVICE, UserWarning, stacklevel=2)
-    warn_constant_truth(out.train, spec, "training")
-    warn_constant_truth(out.valid, spec, "validation")
+    warn_constant_truth(scored, spec, "training")
+    warn_constant_truth(out.valid.y[out.valid.mask], spec, "validation")
     return out
 
 
@@ -365,12 +366,12 @@ def overflow_bound(loss: dict | None) -> tuple[float, int]:
     return (FLOAT32_MAX / LOSS_ROWS_HEADROOM) ** (1 / power), power
 
 
-def extreme_targets(train: Split, spec: CompetitionSpec, path: Path, loss: dict | None) -> str:
-    """The scored training targets beyond overflow_bound, as a phrase naming each column's
-    count and the first one's value and place in the file; "" when there are none (the usual
-    case, a compare over the scored rows the split holds already)."""
+def extreme_targets(truth: torch.Tensor, rows: np.ndarray, spec: CompetitionSpec, path: Path,
+                    loss: dict | None) -> str:
+    """The scored training targets `truth` (rows: their row in the file at `path`) beyond
+    overflow_bound, as a phrase naming each column's count and the first one's value and place
+    in the file; "" when there are none (the usual case: one compare)."""
     bound, _ = overflow_bound(loss)
-    truth = train.y[train.mask]
     beyond = truth.abs() > bound  # (scored rows, targets)
     if not bool(beyond.any()):
         return ""
@@ -378,19 +379,19 @@ def extreme_targets(train: Split, spec: CompetitionSpec, path: Path, loss: dict 
               for name, n in zip(spec.outputs, beyond.sum(0).tolist(), strict=True) if n]
     first = int(beyond.any(1).nonzero()[0, 0])
     column = int(beyond[first].nonzero()[0, 0])
-    row = int(train.rows[first])
+    row = int(rows[first])
     keys = read_frame(path, [spec.id_col, spec.step_col]).row(row, named=True)
     return (f"{', '.join(counts)} beyond +-{bound:.2g}, first {spec.outputs[column]} = "
             f"{truth[first, column].item():.4g} in sequence {keys[spec.id_col]}, step "
             f"{keys[spec.step_col]} (row {row:,} of {path})")
 
 
-def warn_constant_truth(split: Split, spec: CompetitionSpec, part: str) -> None:
-    """A target constant on a part's scored rows, said alike for both: on the training rows
+def warn_constant_truth(truth: torch.Tensor, spec: CompetitionSpec, part: str) -> None:
+    """A target constant on a part's scored rows (`truth`), said alike for both: on the
+    training rows
     there is nothing for a model to learn about it (training went on silently); on the
     validation rows it scores the same every epoch (0 under weighted Pearson, whatever the
     model), so early stopping and selection have no signal from it."""
-    truth = split.y[split.mask]
     same = (truth.amax(0) == truth.amin(0)).tolist() if len(truth) else []
     constant = [name for name, flat in zip(spec.outputs, same, strict=True) if flat]
     if not constant:
