@@ -455,8 +455,9 @@ def check_warmup(package: Package, ref: Reference, rows: Rows, reference: np.nda
     if not changed[judged].all():
         ids = rows.values[np.searchsorted(rows.seq, np.flatnonzero(judged & ~changed)), 0]
         return Check("warm-up processed", False,
-                     f"predictions of sequence(s) {ids[:5].tolist()} do not change when their "
-                     "warm-up rows change: the warm-up rows are not run through the model")
+                     f"predictions of sequence(s) {', '.join(key_text(i) for i in ids[:5])} "
+                     "do not change when their warm-up rows change: the warm-up rows are not "
+                     "run through the model")
     return Check("warm-up processed", True,
                  f"other warm-up rows change every sequence's predictions, as the step path "
                  f"predicts ({int(warm.sum()):,} warm-up rows)")
