@@ -1560,7 +1560,9 @@ def format_summary(summary: dict) -> str:
     for t in summary["best"]:
         params = ", ".join(f"{k}={v}" for k, v in t["params"].items())
         gone = " (gone)" if t.get("gone") else ""
-        lines.append(f"  #{t['number']:<4} {t['score']:>9.5f}  {params}  {t['run_dir']}{gone}")
+        # a trial added by hand or by another tool recorded no folder: not the word None
+        run_dir = "(no run folder recorded)" if t["run_dir"] is None else t["run_dir"]
+        lines.append(f"  #{t['number']:<4} {t['score']:>9.5f}  {params}  {run_dir}{gone}")
     if "best_experiment" in summary:
         name = Path(summary["best_experiment"]).stem
         lines.append(f"wrote {summary['best_experiment']}: just train exp={name}")

@@ -8,6 +8,7 @@ Lag-1 autocorrelations pair each row with the previous row of the same sequence.
 from __future__ import annotations
 
 import dataclasses
+import filecmp
 import math
 import re
 from pathlib import Path
@@ -29,6 +30,9 @@ from kit.errors import DataError
 from kit.metrics import metric_value, scored_truth
 
 BANDED_SPEC = "predictorium"
+ORACLE_IS = ("an oracle is a file of predictions for the data file: its id and step columns and "
+             "one column per output, such as the valid_oracle.parquet that kit data synth writes "
+             "beside valid.parquet (real competition data has none: leave --oracle out)")
 # (key, label, low, high): a check passes when low <= value <= high (None: unbounded)
 BANDS = [
     ("feature_nan", "features: NaN/inf count", 0, 0),
@@ -116,6 +120,10 @@ def dataset_stats(
         for b in present[i + 1 :]
     }
     if oracle is not None:
+        if _same_bytes(path, Path(oracle)):  # (it scored the file's targets against themselves)
+            raise DataError(f"--oracle {oracle}: holds the same bytes as the data file {path} "
+                            f"(it is that file or a copy), not an oracle's predictions; "
+                            f"{ORACLE_IS}")
         refuse_other_generation(path, Path(oracle), "give the oracle that kit data synth "
                                 "wrote beside this file")
         out["oracle"] = _oracle_scores(frame, need, Path(oracle), spec)
@@ -424,6 +432,10 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
                         "needs every target")
     targets = frame.select(spec.targets).to_numpy() if spec.targets else None
     truth = scored_truth(frame[spec.id_col].to_numpy(), need, features, targets, spec)
+    if np.array_equal(truth, pred[need]):  # no oracle is exact: the truth saved anew
+        raise DataError(f"--oracle {path}: its output columns equal the truth on every "
+                        f"scored row (the data file's targets, or a copy of them), not an "
+                        f"oracle's predictions; {ORACLE_IS}")
     per_output = {n: metric_value(spec, truth[:, j], pred[need, j]) for j, n in enumerate(names)}
     return {
         "path": str(path),
@@ -432,6 +444,15 @@ def _oracle_scores(frame: pl.DataFrame, need: np.ndarray, path: Path, spec: Comp
         "per_output": per_output,
         "score": float(np.mean(list(per_output.values()))),
     }
+
+
+def _same_bytes(data: Path, oracle: Path) -> bool:
+    """Whether the oracle file is the data file or a byte copy (sizes differ otherwise, and
+    then nothing is read); a missing oracle is named by the read that follows."""
+    try:
+        return filecmp.cmp(data, oracle, shallow=False)
+    except OSError:
+        return False
 
 
 def _present(values) -> list[float]:

@@ -673,12 +673,18 @@ def _columns(names: list[str], at: int) -> str:
 
 
 def written_by_pack(submission: Path) -> bool:
-    """Whether a package folder or zip holds a manifest of kit's (one too big for kit's is
-    not)."""
+    """Whether a package folder or zip holds a manifest of kit's."""
+    return kit_manifest_of(submission) is not None
+
+
+def kit_manifest_of(submission: Path) -> dict | None:
+    """The manifest of a package kit pack wrote, None for any other (one too big for kit's is
+    none of kit's)."""
     try:
-        return "kit_version" in (manifest_of(submission) or {})
+        manifest = manifest_of(submission) or {}
     except PackError:
-        return False
+        return None
+    return manifest if "kit_version" in manifest else None
 
 
 def manifest_of(submission: Path) -> dict | None:

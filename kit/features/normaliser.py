@@ -5,8 +5,9 @@ normal data. A feature whose IQR is 0 but which is not constant (a mostly-zero v
 takes the 10-90 then the 1-99 percentile range, each scaled to a std the same way, and then its
 RMS deviation from the median: scale 1 there would squash every non-zero value into the clip.
 The ranges' bounds are values of the data, not interpolated between them.
-The result is clipped to [-clip, clip] deviations when clip is set. A feature with zero spread
-gets scale 1 (it is constant on train; dividing by ~0 would blow up on valid).
+The result is clipped to [-clip, clip] deviations when clip is set. A feature whose std is
+at most max(CONSTANT_SPREAD x |mean|, TINY) is constant on train and gets scale 1 with either
+method (dividing by ~0 would blow up on valid); robust's own spread must clear that floor too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ ROBUST_RANGES = ((0.25, 0.75, IQR_TO_STD), (0.10, 0.90, 2.5631), (0.01, 0.99, 4.
 # float32 column's values are 6e-8 apart at least); a constant's scale is 1. Relative, so a
 # feature in tiny units (a std of 1e-13 around 0) is still scaled to std 1
 CONSTANT_SPREAD = 1e-9
+# the absolute floor, for features centred near 0: float32's smallest normal is 1.2e-38, so a
+# scale above 1e-30 and its reciprocal (< 1e30) are normal float32s, with 8 decades to spare
+# (a float32 runtime flushing subnormals to 0 would divide by 0); below it, a constant
 TINY = 1e-30
 
 
@@ -82,12 +86,14 @@ class Normaliser:
                 "the guard (kit.features.guard) or replace those values first")
         if method == "standard":
             center, scale = _mean_std(rows)
+            constant = ~_spread_is_real(scale, center)
         else:
             if rows.shape[0] > ROBUST_SAMPLE:
                 pick = np.random.default_rng(0).choice(rows.shape[0], ROBUST_SAMPLE, replace=False)
                 rows = rows[np.sort(pick)]
             center, scale = _robust(rows)
-        scale = np.where(_spread_is_real(scale, center), scale, 1.0)
+            constant = ~_spread_is_real(scale, center) | _std_is_not_real(rows, scale, center)
+        scale = np.where(constant, 1.0, scale)
         return cls(method, clip, center.astype(np.float32), scale.astype(np.float32))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
@@ -144,6 +150,20 @@ def _non_finite_columns(rows: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
     for start in range(0, rows.shape[0], chunk):
         bad |= ~np.isfinite(rows[start:start + chunk]).all(axis=0)
     return np.flatnonzero(bad)
+
+
+def _std_is_not_real(rows: np.ndarray, scale: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """Features the standard normaliser takes for constants: its std test, so both methods
+    share it (robust's range cleared the floor where the std did not: +-8e-31 was constant
+    for standard and scaled by 1.2e-30 for robust). Only features whose robust scale is within
+    5x of the floor can fail it (the 1-99 range is at most 4.3 stds: Cantelli's inequality),
+    so only theirs is computed (a std of every column added ~40% to a robust fit)."""
+    near = ~_spread_is_real(scale / 5, center)
+    out = np.zeros(rows.shape[1], dtype=bool)
+    if near.any():
+        mean, std = _mean_std(rows[:, near])
+        out[near] = ~_spread_is_real(std, mean)
+    return out
 
 
 def _robust(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -404,11 +404,9 @@ def nonfinite_truth_note(truth: np.ndarray, spec: CompetitionSpec, data: Path) -
 def packed_for(submission: Path) -> str | None:
     """The name of the spec kit pack packed the submission for (its columns are fixed: no
     --spec changes them); None for a submission kit pack did not write."""
-    from kit.export.pack import manifest_of, written_by_pack
+    from kit.export.pack import kit_manifest_of
 
-    if not written_by_pack(submission):
-        return None
-    spec = manifest_of(submission).get("spec")
+    spec = (kit_manifest_of(submission) or {}).get("spec")
     name = spec.get("name") if isinstance(spec, dict) else None
     return name if isinstance(name, str) else None
 
