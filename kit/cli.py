@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from kit.errors import KitError, ScorerRefusal, os_error_text
+from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
 
 
 class _KitGroup(TyperGroup):
@@ -451,6 +452,7 @@ def train(
     from kit.config import ConfigError, parse_override
     from kit.train.groups import NothingStarted
     from kit.train.recipe import SeedsFailed, train_experiment
+    from kit.train.runs import outputs_text
     from kit.workers import EndedBySignal, ended_by_signals, stop_when_orphaned
 
     if os.environ.get("KIT_TRAIN_WORKER"):  # a --jobs worker: it ends with its command
@@ -476,7 +478,7 @@ def train(
             print_result(result)
 
     def print_result(result: dict) -> None:
-        per = "  ".join(f"{k} {number(v)}" for k, v in result["per_target"].items())
+        per = outputs_text(result["per_target"], number)  # many outputs: a summary
         if result.get("kind") == "oof":
             typer.echo(f"{result['run_dir']}: out-of-fold score {number(result['score'])} "
                        f"({per}) over {result['folds']} folds")
@@ -650,13 +652,32 @@ def runs(
 
     if runs_dir.exists() and not runs_dir.is_dir():
         raise KitError(f"--runs-dir {runs_dir} is a file, not a folder of runs")
-    found = list_runs(runs_dir, experiment=experiment)
-    typer.echo(runs_to_json(sort_runs(found, sort, descending=not asc)) if as_json
-               else format_runs(found, sort=sort, descending=not asc))
+    found = sort_runs(list_runs(runs_dir, experiment=experiment), sort, descending=not asc)
+    typer.echo(runs_to_json(found) if as_json
+               else format_runs(_outputs_summarised(found, sort), sort=sort, descending=not asc))
     if not runs_dir.is_dir():  # a mistyped --runs-dir is not an empty one (stderr: --json
         # stays the JSON it was)
         typer.echo(f"note: {runs_dir} does not exist (kit train writes its runs under runs/, "
                    "or where --run-dir says)", err=True)
+
+
+def _outputs_summarised(found: list[dict], sort: str) -> list[dict]:
+    """kit runs' rows as its table shows them: a run of more than SHOWN_OUTPUTS outputs gets one
+    `outputs` column, their summary as kit score prints it, not a column each (a next-state
+    spec's 32 made rows of 400 characters), and keeps the output the table is sorted by.
+    --json keeps every output."""
+    from kit.metrics import SHOWN_OUTPUTS, outputs_summary
+
+    shown = []
+    for run in found:
+        per = run.get("per_target") or {}
+        if len(per) > SHOWN_OUTPUTS:  # (--json's None for a NaN figure: NaN again)
+            summary = outputs_summary({k: float("nan") if v is None else v
+                                       for k, v in per.items()})
+            run = {**run, "per_target": {**({sort: per[sort]} if sort in per else {}),
+                                         "outputs": summary}}
+        shown.append(run)
+    return shown
 
 
 @app.command()
@@ -772,10 +793,13 @@ def parity(
     submission: Path = typer.Argument(..., help="A package folder or zip written by kit pack."),
     data: Path | None = typer.Option(None, "--data", "-d", help="Labelled parquet file "
                                      "(default: the packed run's validation file)."),
-    seqs: int = typer.Option(16, help="Compare on the first N sequences."),
-    atol: float = typer.Option(1e-5, help="Allowed absolute prediction difference."),
-    rtol: float = typer.Option(1e-6, help="Allowed difference relative to |prediction|, on "
-                               "top of atol (float32 rounding of large predictions)."),
+    seqs: int = typer.Option(DEFAULT_SEQS,
+                             help="Compare on the first N sequences."),
+    atol: float = typer.Option(DEFAULT_ATOL,
+                               help="Allowed absolute prediction difference."),
+    rtol: float = typer.Option(DEFAULT_RTOL,
+                               help="Allowed difference relative to |prediction|, on top of "
+                               "atol (float32 rounding of large predictions)."),
     timeout: float | None = typer.Option(None, help="Kill each replay of the package after "
                                          "this many s (default: none for the first, then 20x "
                                          "its time per row + 60 s)."),
@@ -863,7 +887,8 @@ def demo(
                                     "e.g. rnn-challenge for rnn_gru)."),
     seeds: int = typer.Option(3, help="Seeds to train and ensemble (1: a single run)."),
     seqs: int | None = typer.Option(None, help="Score only the first N valid sequences."),
-    parity_seqs: int = typer.Option(16, help="Sequences kit parity compares."),
+    parity_seqs: int = typer.Option(DEFAULT_SEQS,
+                                    help="Sequences kit parity compares."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """The main job end to end on the built-in synthetic competition: data, train seeds,

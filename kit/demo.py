@@ -24,6 +24,7 @@ from kit.data.io import read_frame
 from kit.data.synth import generation_of, refuse_other_generation, synth_dir
 from kit.errors import KitError, ScorerRefusal
 from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, outputs_summary, scored_truth
+from kit.parity_defaults import DEFAULT_SEQS
 from kit.run_record import is_finished
 from kit.workers import EndedBySignal
 
@@ -173,7 +174,7 @@ class Progress:
 def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions"),
              spec_name: str | None = None, experiment: str = "gru_base",
              overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
-             parity_seqs: int = 16, quiet: bool = False) -> dict:
+             parity_seqs: int = DEFAULT_SEQS, quiet: bool = False) -> dict:
     """Run every stage and return the summary it prints. spec_name: the competition (default:
     the experiment's own spec); data_dir: its data (default: synth_dir). Interrupted (Ctrl-C;
     SIGTERM or SIGHUP under kit's CLI), it says in one line what it left, as kit train does."""

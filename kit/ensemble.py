@@ -37,7 +37,7 @@ from kit.atomic import atomic_text
 from kit.competition import CompetitionSpec, blend_spec_difference
 from kit.config import finite_number, validation_file
 from kit.errors import KitError
-from kit.metrics import WEIGHT_FLOOR, evaluate, metric_value
+from kit.metrics import SHOWN_OUTPUTS, WEIGHT_FLOOR, evaluate, metric_value, outputs_summary
 from kit.run_record import (
     changed_data_message,
     data_changes,
@@ -956,11 +956,16 @@ def format_selection(doc: dict) -> str:
     targets = e["targets"]
     single = f"best single ({e['best_single']['name']})"  # whole: run names differ at the end
     width = max(28, len(single) + 2)
-    lines = [f"{'':<{width}}{'score':>9}" + "".join(f"{t:>9}" for t in targets)]
+    # past SHOWN_OUTPUTS targets a row gives their summary, as kit score does: a next-state
+    # spec's 32 columns made rows of 330 characters
+    many = len(targets) > SHOWN_OUTPUTS
+    lines = [f"{'':<{width}}{'score':>9}"
+             + ("  outputs" if many else "".join(f"{t:>9}" for t in targets))]
 
     def row(label: str, score: float, per: dict) -> None:
         lines.append(f"{label:<{width}}{score:>9.4f}"
-                     + "".join(f"{per[t]:>9.4f}" for t in targets))
+                     + (f"  {outputs_summary({t: per[t] for t in targets})}" if many
+                        else "".join(f"{per[t]:>9.4f}" for t in targets)))
 
     post = doc.get("postprocess")
     edited = postprocess_edited(post, targets)
@@ -972,8 +977,13 @@ def format_selection(doc: dict) -> str:
     row(single, e["best_single"]["score"], e["best_single"]["per_target"])
     row(f"uniform mean of {e['candidates']}", e["uniform"]["score"], e["uniform"]["per_target"])
     cuts = e.get("best_iteration_per_target")
-    cut = (", ".join(f"{t} at iteration {n}" for t, n in cuts.items()) + f" of {e['iters']}"
-           if cuts else f"at iteration {e['best_iteration']} of {e['iters']}")
+    if not cuts:
+        cut = f"at iteration {e['best_iteration']} of {e['iters']}"
+    elif many:
+        cut = (f"at iterations {min(cuts.values())} to {max(cuts.values())} of {e['iters']}, "
+               "per target")
+    else:
+        cut = ", ".join(f"{t} at iteration {n}" for t, n in cuts.items()) + f" of {e['iters']}"
     weighted = sum(any(w != 0 for w in m["weights"]) for m in doc["members"])  # not hand-zeroed
     lines.append(f"\n{weighted} of {e['candidates']} candidates selected "
                  f"(best {cut}; {e['rows']:,} rows; {e['seconds']:.1f}s)")
@@ -983,7 +993,9 @@ def format_selection(doc: dict) -> str:
 
     name_width = max([40] + [len(m["name"]) for m in doc["members"]])  # long names line up
     for m in sorted(doc["members"], key=lambda m: -mean_weight(m)):
-        per = "  ".join(f"{t} {w:.3f}" for t, w in zip(targets, m["weights"], strict=True))
+        per = (f"{len(targets)} weights, min {min(m['weights']):.3f}, max "
+               f"{max(m['weights']):.3f}" if many else
+               "  ".join(f"{t} {w:.3f}" for t, w in zip(targets, m["weights"], strict=True)))
         single = f"  single {m['score']:.4f}" if finite_number(m.get("score")) else ""
         lines.append(f"  {mean_weight(m):.3f}  {m['name']:<{name_width}} [{per}]{single}")
     if post:

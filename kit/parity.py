@@ -48,6 +48,7 @@ from kit.export.pack import (
 )
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, evaluate
+from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
 from kit.run_record import relocated
 from kit.scoring.sandbox import snapshot_submission
 from kit.scoring.score import (
@@ -60,13 +61,6 @@ from kit.scoring.score import (
 from kit.submission import write_submission_zip, zip_path_of
 from kit.temp import owned_temp_dir
 
-DEFAULT_ATOL = 1e-5
-# float32 keeps about 7 digits: a correct package whose predictions are in the thousands (a
-# post-processing scale, raw-unit targets) rounds beyond any atol. Its rounding error follows
-# the size of the target's predictions, not of each one (a value near 0 made from large
-# terms), so rtol is relative to the largest |prediction| of that target in the sample.
-DEFAULT_RTOL = 1e-6
-DEFAULT_SEQS = 16
 PATHS = ("sequence", "step", "package")
 
 

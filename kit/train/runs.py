@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import warnings
@@ -24,7 +25,7 @@ from kit.atomic import atomic_text
 from kit.competition import CompetitionSpec
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
-from kit.metrics import MetricReport
+from kit.metrics import SHOWN_OUTPUTS, MetricReport, outputs_summary
 from kit.run_record import DATA_DIGESTS, DATA_RECORD, PENDING_BEST, TRAINED_SPEC
 from kit.train.checkpoint import save_checkpoint
 
@@ -36,9 +37,18 @@ def epoch_line(record: dict) -> str:
     def number(value) -> str:  # history.jsonl holds null where the value was NaN or inf
         return "nan" if value is None else f"{value:.4f}"
 
-    per = "  ".join(f"{k} {number(v)}" for k, v in record["val_per_target"].items())
+    per = outputs_text(record["val_per_target"], number)
     return (f"epoch {record['epoch']}: loss {number(record['train_loss'])}  "
             f"val {number(record['val_score'])} ({per}){'  *' if record['best'] else ''}")
+
+
+def outputs_text(per_target: dict, number) -> str:
+    """Each output's figure (`t0 0.4613  t1 0.2348`, `number` formats one), or past
+    SHOWN_OUTPUTS outputs their summary, as kit score prints them: a next-state spec's 32
+    figures made each line a wall of text. A None (NaN in history.jsonl) counts as NaN."""
+    if len(per_target) > SHOWN_OUTPUTS:
+        return outputs_summary({k: math.nan if v is None else v for k, v in per_target.items()})
+    return "  ".join(f"{k} {number(v)}" for k, v in per_target.items())
 
 
 @contextlib.contextmanager
