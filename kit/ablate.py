@@ -29,6 +29,7 @@ import numpy as np
 from kit.atomic import atomic_text
 from kit.config import ConfigError, check_seeds, differences
 from kit.errors import KitError
+from kit.metrics import SHOWN_OUTPUTS
 from kit.sweep import training_digests
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import EndedBySignal
@@ -377,7 +378,10 @@ def figures(row: dict) -> dict | None:
 
 def format_ablation(summary: dict) -> str:
     rows, seeds = summary["variants"], summary["seeds"]
-    keys = ["score", *summary["targets"]]
+    targets = summary["targets"]
+    # past SHOWN_OUTPUTS targets the score alone (a next-state spec's 32 made 65 columns); the
+    # summary file keeps each target's figures
+    keys = ["score", *(targets if len(targets) <= SHOWN_OUTPUTS else [])]
     width = max(12, *(len(r["label"]) for r in rows))
     # columns as wide as their names (a target of 8 characters or more ran into its neighbour)
     value_width = {k: max(9, len(k) + 1) for k in keys}
@@ -389,6 +393,9 @@ def format_ablation(summary: dict) -> str:
              + "   " + "".join(f"{'change ' + k:>{change_width[k]}}" for k in keys),
              "(change: ladder vs the rung below; -g: what g brings to the full set; "
              "positive = better; the mean of per-seed differences)"]
+    if len(keys) == 1 and targets:
+        lines.append(f"(the score only: the {len(targets)} targets' figures are in "
+                     f"{summary['file']})")
     for r, change in zip(rows, changes(summary), strict=True):
         values = figures(r)
         spread = "" if r.get("score_std") is None else f"{r['score_std']:.4f}"

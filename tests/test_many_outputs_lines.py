@@ -14,6 +14,7 @@ import tomli_w
 
 from kit.competition import load_spec
 from kit.data.synth import synthesize
+from kit.metrics import SHOWN_OUTPUTS
 from kit.train.runs import epoch_line
 from tests.cli import run_cli
 
@@ -134,3 +135,30 @@ def test_parity_defaults_have_one_definition_and_the_cli_loads_no_torch_for_them
                              "print(sorted({'torch', 'kit.parity'} & set(sys.modules)))"],
                             capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+@pytest.mark.parametrize("n", [6, 7])
+def test_the_ablation_table_shows_the_score_alone_past_six_targets(n):
+    """kit ablate printed a value and a change column per target: 65 columns for 32."""
+    from kit.ablate import format_ablation, variant_row
+
+    names = [f"x{j}" for j in range(n)]
+
+    def outcome(seed: int, score: float) -> dict:
+        return {"seed": seed, "score": score, "run_dir": f"r{seed}",
+                "per_target": {t: score + j / 100 for j, t in enumerate(names)}}
+
+    summary = {"experiment": "tiny", "seeds": [1], "targets": names, "sign": 1.0,
+               "groups": ["raw", "diffs"], "file": "ablate-x.json",
+               "variants": [variant_row("ladder", "raw", ["raw"], [outcome(1, 0.2)]),
+                            variant_row("ladder", "raw+diffs", ["raw", "diffs"],
+                                        [outcome(1, 0.3)])]}
+    out = format_ablation(summary)
+    header, row = out.splitlines()[1], out.splitlines()[-2]
+    if n <= SHOWN_OUTPUTS:
+        assert "x5" in header and "change x5" in header and "0.3500" in row, out
+    else:
+        assert "x0" not in header and header.split() == [
+            "variant", "score", "sd", "change", "score"], out
+        assert "the 7 targets' figures are in ablate-x.json" in out
+        assert row.split()[:3] == ["raw+diffs", "0.3000", "+0.1000"], out
