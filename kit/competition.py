@@ -32,7 +32,7 @@ MAX_SEQ_LEN = 10_000_000
 
 # what of a spec may differ between blended runs: words, the metric (select warns: the blends
 # are scored on the first's) and the limits (the package's time budget only)
-BLEND_FREE_SPEC_KEYS = frozenset({"description", "metric", "limits"})
+BLEND_FREE_SPEC_KEYS = frozenset({"description", "metric", "limits", "limits_unset"})
 
 
 def blend_spec_difference(spec: CompetitionSpec, first: CompetitionSpec) -> str | None:
@@ -78,9 +78,12 @@ def current_scoring(stored: CompetitionSpec, reference: str | None = None
         return stored, []
     changed = [f"[{key}]" for key in ("metric", "limits") if getattr(now, key) != getattr(
         stored, key)]
-    if not changed:
+    # which limits are Predictorium's is no change of value: taken without a word (a package
+    # packed before the spec recorded it learns it here)
+    if not changed and now.limits_unset == stored.limits_unset:
         return stored, []
-    return dataclasses.replace(stored, metric=now.metric, limits=now.limits), changed
+    return dataclasses.replace(stored, metric=now.metric, limits=now.limits,
+                               limits_unset=now.limits_unset), changed
 
 
 def expand_columns(patterns: list[str]) -> list[str]:
@@ -132,6 +135,25 @@ class Limits:
     python: str | None = None  # the scorer's Python, "MAJOR.MINOR" (kit score notes another)
 
 
+# the [limits] keys whose defaults are Predictorium's values (python's, None, checks nothing)
+DEFAULTED_LIMITS = ("cpus", "memory_gb", "time_limit_s", "test_rows")
+
+
+def limits_label(unset: tuple[str, ...] | list[str], used: tuple[str, ...]) -> str:
+    """Whose limits a figure read from the `used` limits is of: "the spec's [limits]", or, where
+    the spec left some unset, that they are Predictorium's and which to set (r288: a spec with
+    no [limits] was projected on 1.5M rows and 5,400 s, labelled as its own)."""
+    taken = [key for key in used if key in unset]
+    if not taken:
+        return "the spec's [limits]"
+    if set(DEFAULTED_LIMITS) <= set(unset):
+        return (f"Predictorium's limits: the spec sets no [limits]; set {' and '.join(used)} "
+                "for yours")
+    named = " and ".join(taken)
+    sets, them = ("neither", "them") if len(taken) > 1 else (f"no {named}", "it")
+    return f"Predictorium's {named}: the spec's [limits] sets {sets}; set {them} for yours"
+
+
 @dataclass(frozen=True)
 class CompetitionSpec:
     name: str
@@ -148,6 +170,9 @@ class CompetitionSpec:
     metric: MetricSpec = field(default_factory=MetricSpec)
     limits: Limits = field(default_factory=Limits)
     source: str = "<builtin>"
+    # the DEFAULTED_LIMITS keys the spec left out, which hold Predictorium's values (a spec
+    # built in code sets them all)
+    limits_unset: tuple[str, ...] = ()
 
     @property
     def next_state(self) -> bool:
@@ -178,6 +203,7 @@ class CompetitionSpec:
         must not change when only that does."""
         out = self.to_dict()
         out["limits"].pop("python", None)
+        out.pop("limits_unset", None)
         return out
 
     def to_dict(self) -> dict:
@@ -196,7 +222,7 @@ class CompetitionSpec:
             "metric": {"name": self.metric.name}
             | ({"clip": list(self.metric.clip)} if self.metric.clip else {}),
             "limits": {k: v for k, v in vars(self.limits).items() if v is not None},
-        }
+        } | ({"limits_unset": list(self.limits_unset)} if self.limits_unset else {})
 
 
 # Helper columns the feature pipelines' batch face adds to a frame (kit/features/ops.py)
@@ -209,7 +235,7 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     """Validate a parsed TOML table and build the spec; errors name the key and the file."""
     known = {
         "name", "description", "id_col", "step_col", "need_col", "features", "targets",
-        "seq_len", "warmup", "tail", "protocol", "metric", "limits",
+        "seq_len", "warmup", "tail", "protocol", "metric", "limits", "limits_unset",
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -237,8 +263,13 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
             raise SpecError(f"{source}: {key} must be a whole number >= 0, got {value!r}")
         if value > MAX_SEQ_LEN:  # arrays are sized by it: a typo would ask for terabytes
             raise SpecError(f"{source}: {key} = {value:,} is more than {MAX_SEQ_LEN:,} steps")
-    features = tuple(expand_columns(list(raw["features"])))
-    targets = tuple(expand_columns(list(raw.get("targets", []))))
+    expanded = {}
+    for key in ("features", "targets"):
+        try:
+            expanded[key] = tuple(expand_columns(list(raw.get(key, []))))
+        except SpecError as exc:  # a bad range: its message names neither file nor key
+            raise SpecError(f"{source}: {key}: {exc}") from None
+    features, targets = expanded["features"], expanded["targets"]
     if not features:  # every model and the scorer's rows need at least one input column
         raise SpecError(f"{source}: features must name at least one column")
     if protocol == "targets" and not targets:
@@ -260,6 +291,7 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     if metric_raw:
         raise SpecError(f"{source}: unknown metric key(s) {sorted(metric_raw)}")
     limits = _limits(raw.get("limits", {}), source)
+    unset = _limits_unset(raw, limits, source)
     spec = CompetitionSpec(
         name=str(raw["name"]),
         description=str(raw.get("description", "")),
@@ -275,6 +307,7 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
         metric=MetricSpec(metric_name, tuple(float(c) for c in clip) if clip else None),
         limits=limits,
         source=source,
+        limits_unset=unset,
     )
     names = spec.columns
     duplicated = sorted(c for c, n in Counter(names).items() if n > 1)
@@ -315,6 +348,23 @@ def _limits(table, source: str) -> Limits:
             raise SpecError(f"{source}: limits.{key} must be {kind}, got {value!r}")
     return Limits(**{k: (v if k in whole else float(v)) for k, v in table.items()},
                   python=None if python is None else str(python))
+
+
+def _limits_unset(raw: dict, limits: Limits, source: str) -> tuple[str, ...]:
+    """The DEFAULTED_LIMITS keys a spec file leaves out. A stored copy (spec.json, a package's
+    manifest) holds every value and lists the unset ones as `limits_unset`; a copy without
+    that list (written before it existed) counts as setting them all. A listed key whose value
+    is no longer the default was set since (a `kit spec show` copy edited), so it is dropped."""
+    table = raw.get("limits", {})
+    if "limits_unset" not in raw:
+        return tuple(k for k in DEFAULTED_LIMITS if k not in table)
+    listed = raw["limits_unset"]
+    if not isinstance(listed, list) or not set(listed) <= set(DEFAULTED_LIMITS):
+        raise SpecError(f"{source}: limits_unset must be a list of [limits] keys among "
+                        f"{list(DEFAULTED_LIMITS)}, got {listed!r}")
+    default = Limits()
+    return tuple(k for k in DEFAULTED_LIMITS
+                 if k in listed and getattr(limits, k) == getattr(default, k))
 
 
 def _search_dirs() -> list[Path]:

@@ -907,7 +907,8 @@ def _markdown(
         "",
         "## Score",
         "",
-        f"Best epoch **{_fmt(row['best_epoch'])}**: score **{_fmt(row['score'])}**",
+        f"Best epoch **{_fmt(row['best_epoch'])}**: score **{_fmt(row['score'])}**"
+        + _metric_words(row),
     ]
     if oracle is not None:
         fraction = row["oracle_fraction"]
@@ -935,6 +936,15 @@ def _markdown(
     else:
         lines.append(f"pred_vs_true.png not drawn: {scatter_note}")
     return "\n".join(lines) + "\n"
+
+
+def _metric_words(row: dict) -> str:
+    """` (mae, lower is better)`: a bare 4.2946 does not say which way is good (r288); nothing
+    where the run's spec does not read."""
+    if row.get("metric") is None:
+        return ""
+    way = {True: ", higher is better", False: ", lower is better"}.get(row["higher_is_better"], "")
+    return f" ({row['metric']}{way})"
 
 
 def runs_to_json(runs: list[dict]) -> str:

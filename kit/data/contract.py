@@ -28,6 +28,7 @@ from kit.errors import DataError
 
 FLOAT_TYPES = (pl.Float16, pl.Float32, pl.Float64)
 MAX_LISTED = 5  # examples named per problem
+LISTED_LENGTHS = 6  # past this many distinct sequence lengths, a summary instead of each one
 INT64_MAX = 2**63 - 1
 
 
@@ -57,8 +58,7 @@ class CheckReport:
             f"{self.path}  [spec {self.spec}]",
             f"rows {self.rows:,}   sequences {self.sequences:,}   "
             f"{'labelled' if self.labelled else 'unlabelled (no target columns)'}",
-            "sequence lengths: "
-            + ", ".join(f"{k}: {v:,}" for k, v in self.length_histogram.items()),
+            "sequence lengths: " + _lengths_text(self.length_histogram),
             f"{self.need_col}: {self.need_rows:,} rows ({self.warmup_rule}) - matches the rule",
             "dtypes: " + _group_dtypes(self.dtypes),
         ]
@@ -86,6 +86,24 @@ def _fitted(value: float, width: int = 9) -> str:
     texts = [f"{value:.{decimals}f}" for decimals in (4, 3, 2, 1, 0)]
     texts += [f"{value:.{digits}g}" for digits in (3, 2, 1)]
     return f"{next((t for t in texts if len(t) <= width), texts[-1]):>{width}}"
+
+
+def _lengths_text(histogram: dict[str, int]) -> str:
+    """`length: sequences` for each length, or for ragged data (a line of thousands of
+    characters, r288) how many lengths, their range, the median sequence's and the commonest."""
+    if len(histogram) <= LISTED_LENGTHS:
+        return ", ".join(f"{k}: {v:,}" for k, v in histogram.items())
+    lengths = np.array([int(k) for k in histogram])
+    counts = np.array(list(histogram.values()))
+    order = np.argsort(lengths, kind="stable")
+    lengths, counts = lengths[order], counts[order]
+    cumulative = np.cumsum(counts)
+    median = lengths[np.searchsorted(cumulative, (cumulative[-1] + 1) // 2)]
+    common = sorted(zip(counts, lengths, strict=True), key=lambda c: (-c[0], c[1]))[:3]
+    (c0, n0), *rest = common
+    return (f"{len(lengths):,} distinct, {lengths[0]:,} to {lengths[-1]:,} steps (median "
+            f"{median:,}); most common {n0:,} ({c0:,} sequences)"
+            + "".join(f", {n:,} ({c:,})" for c, n in rest))
 
 
 def _group_dtypes(dtypes: dict[str, str]) -> str:

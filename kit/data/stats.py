@@ -363,9 +363,13 @@ def _group_name(feature: str) -> str:
 
 
 def _groups(features: dict[str, dict]) -> dict[str, dict]:
-    groups: dict[str, list[dict]] = {}
-    for name, stats in features.items():
-        groups.setdefault(_group_name(name), []).append(stats)
+    """Feature columns grouped by their name less its number (p0..p11: p). A group of one is
+    shown under its column's own name: the column "v.1" read "v.", and "42" read "#" (r288)."""
+    named: dict[str, list[str]] = {}
+    for name in features:
+        named.setdefault(_group_name(name), []).append(name)
+    groups = {(names[0] if len(names) == 1 else prefix): [features[n] for n in names]
+              for prefix, names in named.items()}
     out = {}
     for group, members in groups.items():
 

@@ -45,6 +45,7 @@ from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
+from kit.features import FEATURE_FORMAT
 from kit.json_safe import dumps as json_dumps
 from kit.run_record import fold_run, how_to_finish, read_config, read_metrics, relocated
 from kit.submission import write_submission_zip, zip_path_of
@@ -311,6 +312,9 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         (staging / SOLUTION_FILE).write_text(template.read_text())
         manifest = {
             "kit_version": __version__,
+            # the feature faces' version (kit.features.FEATURE_FORMAT): parity of a package of
+            # another format compares it with faces that compute otherwise
+            "feature_format": FEATURE_FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "spec": spec.to_dict(),
             # where the spec was read: kit score takes its [metric] and [limits] as they are then
@@ -571,17 +575,21 @@ def time_budget(folder: Path, spec: CompetitionSpec, n_members: int) -> dict:
     more = int(max(0.0, BUDGET_FRACTION * limit - projected) // max(per_member, 1e-9))
     return {"us_per_row": us_per_row, "projected_s": projected, "limit_s": limit,
             "fraction": projected / limit, "members": n_members, "more_members_fit": more,
-            "sample_rows": n, "test_rows": spec.limits.test_rows}
+            "sample_rows": n, "test_rows": spec.limits.test_rows,
+            "limits_unset": list(spec.limits_unset)}
 
 
 def format_budget(b: dict) -> str:
+    from kit.competition import limits_label
     from kit.scoring.score import seconds_text
 
-    # the row count shown: a spec without [limits] projects Predictorium's 1.5M rows
+    # the row count shown, and whose limits: a spec without [limits] projects Predictorium's
+    # 1.5M rows and 5,400 s (a manifest older than limits_unset says nothing of it)
     rows = f" for {b['test_rows']:,} test rows" if "test_rows" in b else ""
+    whose = limits_label(b.get("limits_unset", ()), ("test_rows", "time_limit_s"))
     return (f"projected test time {seconds_text(b['projected_s'])}{rows} of the "
             f"{seconds_text(b['limit_s'])} limit ({b['fraction']:.1%}; {b['us_per_row']:.1f} "
-            f"us/row on 1 CPU, {b['members']} member(s); the spec's [limits])")
+            f"us/row on 1 CPU, {b['members']} member(s); {whose})")
 
 
 def finalize_graph(path: Path, metadata: dict[str, str]) -> dict:

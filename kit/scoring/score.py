@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from kit.competition import CompetitionSpec
+from kit.competition import CompetitionSpec, limits_label
 from kit.data.contract import PASS_SPEC, check_frame
 from kit.data.io import file_schema, read_frame, refuse_index_columns
 from kit.errors import DataError, KitError, SubmissionError
@@ -52,6 +52,8 @@ class ScoreResult:
     warnings: list[str] = field(default_factory=list)
     output_tail: str = ""  # the end of what the submission printed
     test_rows: int = 0  # spec.limits.test_rows, what projected_s is of
+    # spec.limits_unset: the limits that are Predictorium's, the spec setting none of its own
+    limits_unset: list[str] = field(default_factory=list)
     first_s: float = 0.0  # the first row's predict(), inside loop_s
     predictions: np.ndarray | None = field(default=None, repr=False)  # (scored_rows, K)
 
@@ -97,7 +99,8 @@ class ScoreResult:
             f"{self.rows_per_s:,.0f} rows/s   {self.us_per_row:.1f} us/row"
             + (f"   (first row {self.first_s:.2f} s, counted once)" if self.first_s > max(
                 0.01, 100e-6 * self.us_per_row) else ""),
-            f"projected on the test set ({self.test_rows:,} rows, the spec's [limits]): "
+            f"projected on the test set ({self.test_rows:,} rows, "
+            f"{limits_label(self.limits_unset, ('test_rows', 'time_limit_s'))}): "
             f"{seconds_text(self.projected_s)} = "
             f"{100 * self.projected_fraction:.1f}% of the {seconds_text(self.limit_s)} limit "
             "(on this machine's CPU)",
@@ -290,6 +293,7 @@ def score_submission(
         warnings=notes,
         output_tail=child.output_tail,
         test_rows=spec.limits.test_rows,
+        limits_unset=list(spec.limits_unset),
         first_s=float(first_s or 0.0),
         predictions=preds,
     )
