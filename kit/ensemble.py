@@ -176,6 +176,17 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                               f"(ablate-*: variants of the experiment's feature groups); pass "
                               f"them by path to make them candidates, e.g. {ablations[0]}",
                               UserWarning, stacklevel=2)
+            unfinished = [p.name for p in sorted(path.iterdir())
+                          if p.is_dir() and not FOLD_RUN.search(p.name)
+                          and not p.name.startswith("ablate-") and p not in inside
+                          and ((p / "config.toml").is_file() or (p / "metrics.json").is_file())
+                          and not is_finished(p)]
+            if inside and unfinished:  # (a selection made mid-sweep said nothing of them, r287)
+                warnings.warn(f"{path}: left out {len(unfinished)} run(s) that have not "
+                              f"finished (still training, paused or killed): "
+                              f"{', '.join(unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}"
+                              "; select again once they finish (a paused or killed run "
+                              "finishes with kit train --resume)", UserWarning, stacklevel=2)
             if not inside and ((path / "config.toml").is_file()
                                or (path / "metrics.json").is_file()):
                 raise EnsembleError(f"{path}: a run without validation predictions: "

@@ -1589,3 +1589,33 @@ def test_select_inside_runs_writes_the_projects_ensembles_folder(runs, tmp_path,
     monkeypatch.chdir(outer)
     assert ensembles_dir(Path("exp/a")) == Path("runs/ensembles")
     assert ensembles_dir(outer / "runs" / "gru" / "1") == Path("runs/ensembles")  # (the same)
+
+
+def test_an_experiment_folder_names_the_runs_it_leaves_out_because_they_are_unfinished(
+        runs, tmp_path):
+    """r287: a selection over runs/EXP made while a sweep or a --jobs group trained left out
+    the runs still training without a word ("uniform mean of 5" with 6 trial folders)."""
+    import json
+    import shutil
+    import warnings
+
+    from kit.ensemble import expand_candidates
+
+    exp = tmp_path / "gru"
+    shutil.copytree(runs["gru"], exp / runs["gru"].name)
+    training = exp / "20261206-101010-s7"
+    shutil.copytree(runs["gru_b"], training)
+    metrics = json.loads((training / "metrics.json").read_text())
+    (training / "metrics.json").write_text(json.dumps({**metrics, "finished": False}))
+    (exp / "20261206-101011-s8").mkdir()  # started: its config only
+    shutil.copy(runs["gru"] / "config.toml", exp / "20261206-101011-s8")
+    with pytest.warns(UserWarning, match=r"left out 2 run\(s\) that have not finished \(still "
+                      r"training, paused or killed\): 20261206-101010-s7, 20261206-101011-s8; "
+                      r"select again once they finish"):
+        got = expand_candidates([exp])
+    assert got == [(exp / runs["gru"].name).resolve()]
+    (training / "metrics.json").write_text(json.dumps(metrics))
+    shutil.rmtree(exp / "20261206-101011-s8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all finished: nothing to say
+        assert len(expand_candidates([exp])) == 2
