@@ -5,9 +5,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import warnings
@@ -1072,16 +1074,23 @@ def test_workers_are_numbered_from_this_machines_kit_sweep_worker(sweep_env, mon
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
+def postgres():
     if binaries() is None:
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL binaries missing in CI: the dev extra installs pgserver")
         warnings.warn("SKIPPING the PostgreSQL scale-out tests: no PostgreSQL binaries "
                       "(pip install pgserver, part of the dev extra)", stacklevel=1)
         pytest.skip("PostgreSQL cannot be installed here (no pgserver wheel, no pg_ctl)")
-    server = LocalPostgres(tmp_path_factory.mktemp("pg")).start()
-    yield server
-    server.stop()
+    # a folder of its own in /tmp, not under pytest's: the cluster's user must reach it, and
+    # every pytest starting meanwhile (another run, an xdist worker) resets
+    # /tmp/pytest-of-USER to mode 700, which failed initdb with "Permission denied"
+    root = Path(tempfile.mkdtemp(prefix="kit-test-pg-"))
+    try:
+        server = LocalPostgres(root).start()
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _create_database(server, name: str) -> str:
