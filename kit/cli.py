@@ -196,17 +196,42 @@ def data_cache(
                                    "(an experiment's data.cache_dir)."),
     clear: bool = typer.Option(False, "--clear", help="Remove every entry (they are rebuilt "
                                "when next needed)."),
+    clear_stale: bool = typer.Option(False, "--clear-stale", help="Remove only the entries "
+                                     "this kit never reads again (an older kit's feature "
+                                     "format or version)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """The feature-array cache's entries and their size; --clear removes them. Entries are
-    never removed on their own: each feature set, spec and data file tried keeps one."""
+    """The feature-array cache's entries and their size; --clear removes them, --clear-stale
+    those of an older kit. Entries are never removed on their own: each feature set, spec and
+    data file tried keeps one."""
+    from kit import __version__
     from kit.data.cache import cache_entries, clear_cache
+    from kit.data.cache import clear_stale as remove_stale
+    from kit.features import FEATURE_FORMAT
 
     if cache_dir.exists() and not cache_dir.is_dir():
         raise KitError(f"--dir {cache_dir} is a file, not the cache folder (an experiment's "
                        "data.cache_dir; data/cache by default)")
-    entries = cache_entries(cache_dir)
+    if clear and clear_stale:
+        raise KitError("--clear removes every entry and --clear-stale only the stale ones: "
+                       "pass one of them")
+    # what kit.features puts in each feature key now: an entry with other values is dead
+    live = {"kind": "features", "kit": __version__, "format": FEATURE_FORMAT}
+    entries = cache_entries(cache_dir, live)
     total = sum(e["bytes"] for e in entries)
+    stale = [e for e in entries if e["stale"]]
+    stale_bytes = sum(e["bytes"] for e in stale)
+    if clear_stale:
+        removed = remove_stale(cache_dir, live)
+        gone = sum(e["bytes"] for e in removed)
+        if as_json:
+            _print_json({"dir": str(cache_dir), "removed": len(removed), "bytes": gone,
+                         "entries": [e["name"] for e in removed]})
+            return
+        typer.echo(f"removed {len(removed)} stale entr{'y' if len(removed) == 1 else 'ies'} "
+                   f"from {cache_dir} ({gone / 1e6:,.1f} MB); {len(entries) - len(stale)} "
+                   "live one(s) kept")
+        return
     if clear:
         removed = clear_cache(cache_dir)
         if as_json:
@@ -216,13 +241,18 @@ def data_cache(
                    f"from {cache_dir} ({total / 1e6:,.1f} MB)")
         return
     if as_json:
-        _print_json({"dir": str(cache_dir), "bytes": total, "entries": entries})
+        _print_json({"dir": str(cache_dir), "bytes": total, "stale_bytes": stale_bytes,
+                     "entries": entries})
         return
     for e in entries:
         typer.echo(f"{e['bytes'] / 1e6:>10,.1f} MB  {e['created']:<24}  {e['name']}  "
-                   f"{e['source'] or ''}")
+                   f"{e['source'] or ''}" + (f"  ({e['stale']})" if e["stale"] else ""))
     typer.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache_dir}, "
                f"{total / 1e6:,.1f} MB (kit data cache --clear removes them)")
+    if stale:  # an older kit's entries: never read again, kept until removed
+        typer.echo(f"{len(stale)} of them stale, {stale_bytes / 1e6:,.1f} MB: built by an "
+                   "older kit (another feature format or version), never read again; kit data "
+                   "cache --clear-stale removes only them")
     if not cache_dir.exists():  # a mistyped --dir is not an empty cache
         typer.echo(f"note: {cache_dir} does not exist (the cache lives in an experiment's "
                    "data.cache_dir, data/cache by default)", err=True)

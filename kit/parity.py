@@ -46,6 +46,7 @@ from kit.export.pack import (
     read_manifest,
     write_manifest,
 )
+from kit.features import FEATURE_FORMAT
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, evaluate
 from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
@@ -84,6 +85,7 @@ class ParityReport:
     diffs: list[dict]  # {"pair", "max_abs", "per_target": {t: {max_abs, max_rel, seq, step}}}
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the numbers above do not say
+    advice: str | None = None  # what to do first when it fails (a package of another format)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +101,7 @@ class ParityReport:
             "sequences": self.sequences, "rows": self.rows, "scored_rows": self.scored_rows,
             "atol": self.atol, "rtol": self.rtol, "max_abs": self.max_abs, "metrics": self.metrics,
             "diffs": self.diffs, "checks": [vars(c) for c in self.checks], "notes": self.notes,
+            "advice": None if self.ok else self.advice,
         })
 
     def format(self) -> str:
@@ -128,7 +131,8 @@ class ParityReport:
         for c in self.checks:
             lines.append(f"[{'PASS' if c.ok else 'FAIL'}] {c.name}: {c.detail}")
         lines.append(f"parity {'OK' if self.ok else 'FAILED'}: max abs difference "
-                     f"{self.max_abs:.2e}")
+                     f"{self.max_abs:.2e}" + ("" if self.ok or not self.advice
+                                             else f"; {self.advice}"))
         return "\n".join(lines)
 
 
@@ -718,16 +722,70 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     truth_note = nonfinite_truth_note(truth, spec, Path(data))
     notes = ([f"{truth_note}; parity compares predictions, which it does not touch"]
              if truth_note else [])
+    other_format, advice = format_note(manifest, submission)
+    failed = not all(c.ok for c in checks)
+    # a failure of a package of another format may be this kit's own change of an op: it is
+    # not written into the user's (perhaps submitted) package; a pass is as true as ever
+    kept_out = other_format is not None and failed
+    if other_format is not None:
+        notes.insert(0, other_format)
+    if kept_out and record and submission.is_dir():
+        notes.append(f"the failed report is not recorded in {submission}'s manifest or zip: "
+                     "the difference may come from this kit's features, not the package")
     result = ParityReport(str(submission), str(data), n_seqs, len(rows.values),
                           int(rows.need.sum()),
-                          atol, rtol, metrics, diffs, checks, notes)
-    if record and submission.is_dir() and not bad_files:
+                          atol, rtol, metrics, diffs, checks, notes, advice)
+    if record and submission.is_dir() and not bad_files and not kept_out:
         try:
-            record_report(submission, manifest, result)
+            if not record_report(submission, manifest, result):
+                # an OK of the package as it was, with another at its path, let a script
+                # upload what parity never checked (r287): a failed check, exit 1
+                result.checks.append(Check(
+                    "package unchanged", False, f"{submission} changed while parity ran "
+                    "(re-packed?): the checks above describe the package as it was, not the "
+                    "one there now, and nothing is recorded in it; run kit parity again"))
         except OSError as exc:  # a read-only package: the report is still the answer
             warnings.warn(f"the report could not be recorded in {submission}'s manifest "
                           f"({os_error_text(exc)}); the package is as it was", stacklevel=2)
     return result
+
+
+def format_note(manifest: dict, submission: Path) -> tuple[str | None, str | None]:
+    """A package packed by a kit of another FEATURE_FORMAT (docs/features.md): the note that
+    says so and the advice a failure ends with; (None, None) for one of this kit's format.
+    The reference paths compute this kit's features, so an op whose output changed since
+    makes them differ from the package's graph, and parity blamed the package (r286)."""
+    packed = manifest.get("feature_format")
+    if packed == FEATURE_FORMAT:
+        return None, None
+    if packed is None:  # kit pack writes the field since format 8: absent is older or 8
+        what = (f"records no feature format (packed by a kit from before packages recorded "
+                f"it: format {FEATURE_FORMAT} or older)")
+    else:
+        older = isinstance(packed, int) and packed < FEATURE_FORMAT
+        what = (f"was packed with feature format {packed!r} "
+                f"({'an older' if older else 'another'} kit)")
+    advice = (f"re-pack the run with this kit ({repack_command(manifest, submission)}) "
+              "before judging parity")
+    note = (f"this package {what}; this kit computes format {FEATURE_FORMAT}, so its reference "
+            "paths may differ from the package's graph where an op's output changed "
+            f"(docs/features.md, FEATURE_FORMAT): {advice}")
+    return note, f"the package's feature format is not this kit's: {advice}"
+
+
+def repack_command(manifest: dict, submission: Path) -> str:
+    """The kit pack command that makes this package again with this kit, in its place (pack's
+    default folder depends on where it runs: --out names this one)."""
+    where = f"--name {submission.name.removesuffix('.zip')} --out {submission.parent}"
+    ensemble = manifest.get("ensemble")
+    if isinstance(ensemble, dict) and isinstance(ensemble.get("file"), str):
+        return f"kit pack --ensemble {ensemble['file']} {where}"
+    entries = manifest_members(manifest)
+    recorded = entries[0].get("checkpoint")
+    if len(entries) > 1 or not isinstance(recorded, str):
+        return f"kit pack RUN {where}"
+    # the run parity compares with (a moved checkout's, found under runs/ here)
+    return f"kit pack {member_checkpoint(recorded, submission).parent} {where}"
 
 
 def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
@@ -757,19 +815,17 @@ def copy_package(folder: Path, dest: Path) -> Path:
     return dest
 
 
-def record_report(submission: Path, tested: dict, result: ParityReport) -> None:
+def record_report(submission: Path, tested: dict, result: ParityReport) -> bool:
     """The report into the package's manifest (and zip), only if the folder still holds the
-    files that were tested: under kit pack's lock, so a pack cannot swap them in between."""
+    files that were tested: under kit pack's lock, so a pack cannot swap them in between.
+    False when they changed while parity ran (re-packed, edited): nothing is recorded."""
     with exclusive(package_lock(submission.resolve())):
         try:
             now = read_manifest(submission)
         except PackError:
             now = {}
         if now.get("files") != tested["files"] or hash_mismatches(submission, now):
-            warnings.warn(f"{submission} changed while parity ran (re-packed?): the report "
-                          "describes the package as it was and is not recorded in it; run "
-                          "kit parity again", stacklevel=3)
-            return
+            return False
         zip_path = zip_path_of(submission)
         try:  # pack's rule: a NAME.zip of the user's own is never overwritten (r263)
             check_replaceable_zip(zip_path)
@@ -784,12 +840,13 @@ def record_report(submission: Path, tested: dict, result: ParityReport) -> None:
             warnings.warn(f"the report is recorded in {manifest}, not in {own_zip}: that is not "
                           "a zip kit pack wrote, so it is left as it is (kit pack --name or --out "
                           "writes the package's zip elsewhere)", stacklevel=3)
-            return
+            return True
         try:
             write_submission_zip(submission, files=PACK_FILES)
         except BaseException:  # the folder and its zip stay one package: the manifest as it was
             atomic_bytes(manifest, before)
             raise
+        return True
 
 
 def _where(diff: dict) -> str:

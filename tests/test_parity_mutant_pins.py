@@ -259,3 +259,27 @@ def test_a_package_with_a_changed_file_is_not_recorded_nor_said_to_have_changed_
     assert not [w for w in caught if "changed while parity ran" in str(w.message)]
     assert (folder / "manifest.json").read_bytes() == before
 
+
+
+def test_a_package_replaced_while_parity_runs_fails_parity(workspace, tmp_path):
+    """r287: parity of a package re-packed while it ran said "parity OK" and exited 0 (with a
+    warning), so `kit parity X && upload X.zip` uploaded a package parity never checked."""
+    from kit.export.pack import PACK_FILES, read_manifest, write_manifest
+    from kit.submission import write_submission_zip
+
+    spec = load_spec(str(workspace / "tiny-lob.toml"))
+    folder = pack_run(raw_gru_run(tmp_path / "run", spec), "raw", tmp_path / "submissions",
+                      budget=False).folder
+    # the package, as it runs in parity's copy, rewrites the original's model.onnx: a re-pack
+    # landing while parity runs (the package as tested stays consistent: hashes and zip)
+    original = folder / "model.onnx"
+    solution = folder / "solution.py"
+    solution.write_text(f"from pathlib import Path\nPath({str(original)!r}).write_bytes("
+                        f"Path({str(original)!r}).read_bytes() + b' ')\n" + solution.read_text())
+    manifest = read_manifest(folder)
+    write_manifest(folder, manifest)
+    write_submission_zip(folder, files=PACK_FILES)
+    report = run_parity(folder, workspace / "data/valid.parquet", seqs=2)
+    assert not report.ok and _failed(report) == {"package unchanged"}, report.format()
+    assert "changed while parity ran (re-packed?)" in report.format()
+    assert read_manifest(folder).get("parity") is None  # nothing recorded into it

@@ -422,9 +422,10 @@ def in_memory(name: str, shape: tuple, dtype) -> RowWriter:
     return RowWriter(shape, dtype)
 
 
-def cache_entries(cache_dir: Path = Path("data/cache")) -> list[dict]:
+def cache_entries(cache_dir: Path = Path("data/cache"), live: dict | None = None) -> list[dict]:
     """The finished entries under cache_dir, oldest first: name, bytes on disk, when built
-    (meta.json's `created`) and the file it holds arrays of (`source`, when recorded)."""
+    (meta.json's `created`), the file it holds arrays of (`source`, when recorded) and
+    `stale`: why no build of this kit reads it again (stale_reason against `live`), or None."""
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         return []
@@ -441,8 +442,35 @@ def cache_entries(cache_dir: Path = Path("data/cache")) -> list[dict]:
         created, source = meta.get("created"), meta.get("source")
         entries.append({"name": child.name, "bytes": size,  # (a hand-edited meta: any type)
                         "created": created if isinstance(created, str) else "unfinished or damaged",
-                        "source": source if isinstance(source, str) else None})
+                        "source": source if isinstance(source, str) else None,
+                        "stale": stale_reason(meta, live or {}) if meta else None})
     return sorted(entries, key=lambda e: (e["created"], e["name"]))
+
+
+def stale_reason(meta: dict, live: dict) -> str | None:
+    """Why an entry's key can never be asked for again, or None: another cache format, or for
+    an entry of the kind `live` describes (kit.features' {"kind", "kit", "format"}: what its
+    keys hold now) another kit version or feature format. Such entries are dead weight after
+    an upgrade (a train entry is GBs at full size) that only `--clear` removed, with the rest."""
+    if meta.get("format") != CACHE_FORMAT:
+        return f"stale: cache format {meta.get('format')!r}, this kit reads {CACHE_FORMAT}"
+    key = meta.get("key")
+    if not (live and isinstance(key, dict) and key.get("kind") == live.get("kind")):
+        return None  # (another kind of entry: its own caller's business)
+    if key.get("format") != live.get("format"):
+        return f"stale: format {key.get('format')!r}, this kit reads {live.get('format')!r}"
+    if key.get("kit") != live.get("kit"):
+        return f"stale: built by kit {key.get('kit')!r}, this is {live.get('kit')!r}"
+    return None
+
+
+def clear_stale(cache_dir: Path, live: dict) -> list[dict]:
+    """Remove the entries no build of this kit reads again (stale_reason); return them. Live
+    entries, temp folders (a build may be writing one) and digests.json stay."""
+    stale = [e for e in cache_entries(cache_dir, live) if e["stale"]]
+    for entry in stale:
+        _remove(Path(cache_dir) / entry["name"])
+    return stale
 
 
 def clear_cache(cache_dir: Path = Path("data/cache")) -> int:

@@ -220,6 +220,7 @@ class RunFiles:
             "score": report.score,
             "per_target": report.per_target,
             "kit_version": __version__,
+            "feature_format": feature_format(),  # what its features computed (kit.features)
         }, folder / self.best.name)
         for path, array in ((self.val_preds, rows_pred.astype(np.float32)),
                             (self.val_rows, data.valid.rows.astype(np.int64))):
@@ -281,6 +282,14 @@ class RunFiles:
             raise ConfigError("train.tensorboard = true needs the tensorboard package: "
                               "pip install tensorboard") from None
         return SummaryWriter(str(self.root / TENSORBOARD_DIR))
+
+
+def feature_format() -> int:
+    """kit.features.FEATURE_FORMAT, imported when a checkpoint is written: `kit runs` reads
+    this module and needs no Polars."""
+    from kit.features import FEATURE_FORMAT
+
+    return FEATURE_FORMAT
 
 
 def toml_safe(value):

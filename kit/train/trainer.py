@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from kit.config import CHOICES, ConfigError, changed_values, differences
 from kit.errors import KitError
+from kit.features import FEATURE_FORMAT
 from kit.metrics import evaluate
 from kit.toml_file import parse_toml, read_toml
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
@@ -189,6 +190,22 @@ def refuse_other_inputs(saved: dict | None, now: dict, last: Path) -> None:
                       "the file, or train a new run")
 
 
+def feature_format_note(saved: dict, root: Path) -> str | None:
+    """A run resumed by a kit of another FEATURE_FORMAT (an op's output changed between the
+    pause and the resume): its remaining epochs train on this kit's features, so it cannot end
+    where an uninterrupted run would. A note, not a refusal: the run is still a fine run (r286).
+    A last.pt from before the record has no format: said as such."""
+    recorded = saved.get("feature_format")
+    if recorded == FEATURE_FORMAT:
+        return None
+    before = (f"under feature format {recorded!r}" if recorded is not None else
+              f"by a kit that recorded no feature format (format {FEATURE_FORMAT} or older)")
+    return (f"note: {root} started {before}; this kit computes feature format "
+            f"{FEATURE_FORMAT} (an op's output changed: docs/features.md, FEATURE_FORMAT), so "
+            "its remaining epochs train on this kit's features and it will not end exactly "
+            "where an uninterrupted run would: train a fresh run for an exact result")
+
+
 def refuse_edited_config(saved_text: str | None, files: RunFiles) -> None:
     """config.toml edited by hand between a pause and --resume: the resumed epochs trained on
     other settings than the first (a cosine schedule of 4 epochs, then one of 8), a run no
@@ -295,6 +312,8 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
                        f"{saved['threads']} before, where float sums split differently, so it "
                        "will not replay an uninterrupted run exactly (train.threads="
                        f"{saved['threads']} would)")
+        if (note := feature_format_note(saved, files.root)) is not None:
+            tqdm.write(note)
         files.reopen_paused()  # only now: a last.pt that cannot resume leaves the pause as it was
         files.truncate_history(start_epoch)
         if saved.get("best_pending"):  # killed while moving the epoch's best into place
@@ -402,6 +421,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             "epoch": epoch, "best": best, "bad_epochs": bad_epochs,
             "batch_size": train["batch_size"], "amp": str(amp_dtype), "best_pending": improved,
             "threads": torch.get_num_threads(), "inputs": trained_inputs(data),
+            "feature_format": FEATURE_FORMAT,  # the ops' outputs it trains on (resume compares)
             "config_toml": config_text,
         }, files.last)
         if improved:  # last.pt now records this epoch as the best: its files take their place
