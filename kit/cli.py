@@ -186,8 +186,15 @@ def spec_show(name: str = typer.Argument("predictorium", help="Preset name or TO
     keep = (f" (keep name = \"{spec['name']}\" to change only [limits] or [metric]: the "
             "preset's feature groups go by its name)"
             if spec["name"] in builtin_spec_names() else "")
+    # the limits the spec left to Predictorium's, as a comment (a key of the stored copy, it
+    # read as one to write; a copy that keeps the values below has set them)
+    unset = spec.pop("limits_unset", [])
+    text = tomli_w.dumps(spec)
+    if unset:
+        text = text.replace("\n[limits]\n", f"\n# {', '.join(unset)}: Predictorium's values, "
+                            "the spec sets none; set yours\n[limits]\n", 1)
     typer.echo(f"# kit spec show {name}: save as competitions/NEW.toml, set name = \"NEW\", edit, "
-               f"then --spec NEW{keep}\n" + tomli_w.dumps(spec))
+               f"then --spec NEW{keep}\n" + text)
 
 
 @data_app.command("cache")

@@ -15,6 +15,7 @@ from kit.errors import SpecError
 from kit.export.pack import format_budget, time_budget
 from kit.reports import write_report
 from kit.scoring.score import score_submission
+from tests.cli import run_cli
 from tests.frames import make_frame, small_spec
 from tests.test_reports import make_run
 from tests.test_reports import write_data as write_run_data
@@ -141,3 +142,19 @@ def test_the_run_report_names_the_metric_and_its_direction(tmp_path: Path, metri
     [line] = [x for x in text.splitlines() if x.startswith("Best epoch")]
     assert re.fullmatch(rf"Best epoch \*\*3\*\*: score \*\*-?[\d.]+\*\* \({words}\)", line)
 
+
+
+def test_spec_show_names_the_limits_left_to_predictorium_s_in_a_comment(tmp_path):
+    """`limits_unset = [...]` printed as a key of the TOML a new spec starts from: a key no
+    user writes; a comment says the same, and the printed TOML loads as a spec."""
+    path = tmp_path / "own.toml"
+    path.write_text('name = "own"\nid_col = "seq"\nstep_col = "t"\nneed_col = "need"\n'
+                    'features = ["a", "b"]\ntargets = ["y"]\n\n[limits]\ntest_rows = 1000\n')
+    out = run_cli("spec", "show", str(path)).output
+    assert "limits_unset" not in out
+    assert ("# cpus, memory_gb, time_limit_s: Predictorium's values, the spec sets none; set "
+            "yours\n[limits]\n") in out
+    copy = tmp_path / "copy.toml"
+    copy.write_text(out)
+    assert load_spec(str(copy)).limits.test_rows == 1000
+    assert run_cli("spec", "show", str(path), "--json").output.count("limits_unset") == 1
