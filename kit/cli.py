@@ -691,30 +691,11 @@ def runs(
         raise KitError(f"--runs-dir {runs_dir} is a file, not a folder of runs")
     found = sort_runs(list_runs(runs_dir, experiment=experiment), sort, descending=not asc)
     typer.echo(runs_to_json(found) if as_json
-               else format_runs(_outputs_summarised(found, sort), sort=sort, descending=not asc))
+               else format_runs(found, sort=sort, descending=not asc))
     if not runs_dir.is_dir():  # a mistyped --runs-dir is not an empty one (stderr: --json
         # stays the JSON it was)
         typer.echo(f"note: {runs_dir} does not exist (kit train writes its runs under runs/, "
                    "or where --run-dir says)", err=True)
-
-
-def _outputs_summarised(found: list[dict], sort: str) -> list[dict]:
-    """kit runs' rows as its table shows them: a run of more than SHOWN_OUTPUTS outputs gets one
-    `outputs` column, their summary as kit score prints it, not a column each (a next-state
-    spec's 32 made rows of 400 characters), and keeps the output the table is sorted by.
-    --json keeps every output."""
-    from kit.metrics import SHOWN_OUTPUTS, outputs_summary
-
-    shown = []
-    for run in found:
-        per = run.get("per_target") or {}
-        if len(per) > SHOWN_OUTPUTS:  # (--json's None for a NaN figure: NaN again)
-            summary = outputs_summary({k: float("nan") if v is None else v
-                                       for k, v in per.items()})
-            run = {**run, "per_target": {**({sort: per[sort]} if sort in per else {}),
-                                         "outputs": summary}}
-        shown.append(run)
-    return shown
 
 
 @app.command()

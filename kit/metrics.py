@@ -192,7 +192,8 @@ def scored_truth(
 def outputs_summary(per_target: dict[str, float]) -> str:
     """What kit score and the demo print for more than SHOWN_OUTPUTS outputs: their count,
     the NaN ones by name (the min and max leave them out: a NaN score hid which, r280), and
-    the least and greatest score (4 decimals)."""
+    the least and greatest score (4 decimals). None, a NaN in a JSON record, counts as NaN."""
+    per_target = {k: np.nan if v is None else v for k, v in per_target.items()}
     values = np.array(list(per_target.values()), dtype=np.float64)
     nan = [name for name, value in per_target.items() if np.isnan(value)]
     scored = values[~np.isnan(values)]

@@ -24,7 +24,15 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.config import validation_file
 from kit.data.io import parquet_schema, read_frame
 from kit.errors import KitError
-from kit.metrics import MetricReport, evaluate, metric_value, oracle_fraction, scored_truth
+from kit.metrics import (
+    SHOWN_OUTPUTS,
+    MetricReport,
+    evaluate,
+    metric_value,
+    oracle_fraction,
+    outputs_summary,
+    scored_truth,
+)
 from kit.run_record import (
     DATA_DIGESTS,
     TRAINED_SPEC,
@@ -565,10 +573,17 @@ def _told_apart(runs: list[dict]) -> list[dict]:
 
 
 def _table(runs: list[dict], sort: str, descending: bool) -> list[str]:
-    columns = [*BASE_COLUMNS, *_target_names(runs), *TAIL_COLUMNS]
+    targets = _target_names(runs)
     # another table's output column (--sort t0 beside the rnn-challenge's): by score here
-    ordered = sort_runs(runs, sort if sort in columns else "score", descending)
-    body = [[_cell(c, _value(r, c)) for c in columns] for r in ordered]
+    ordered = sort_runs(runs, sort if sort in [*BASE_COLUMNS, *targets, *TAIL_COLUMNS]
+                        else "score", descending)
+    if len(targets) > SHOWN_OUTPUTS:  # one `outputs` column, their summary as kit score prints
+        # it, and the output sorted by (a next-state spec's 32 made rows of 400 characters);
+        # tables are split by output names first, so two such competitions stay apart
+        targets = [*([sort] if sort in targets else []), "outputs"]
+    columns = [*BASE_COLUMNS, *targets, *TAIL_COLUMNS]
+    body = [[_cell(c, outputs_summary(r.get("per_target") or {}) if c == "outputs"
+                   else _value(r, c)) for c in columns] for r in ordered]
     widths = [max(len(c), *(len(row[i]) for row in body)) for i, c in enumerate(columns)]
     left = {"experiment", "run_id", "finished"}
 

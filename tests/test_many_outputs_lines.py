@@ -162,3 +162,22 @@ def test_the_ablation_table_shows_the_score_alone_past_six_targets(n):
             "variant", "score", "sd", "change", "score"], out
         assert "the 7 targets' figures are in ablate-x.json" in out
         assert row.split()[:3] == ["raw+diffs", "0.3000", "+0.1000"], out
+
+
+def test_runs_of_two_many_output_competitions_are_two_tables(tmp_path, monkeypatch):
+    """r291: the summary replaced each run's output names before format_runs split the runs
+    into a table per set of outputs, so an 8-output and a 10-output competition shared one."""
+    from tests.frames import small_spec
+    from tests.test_reports import make_run, write_data
+
+    for exp, prefix, n in (("compa", "a", 8), ("compb", "b", 10)):
+        spec = small_spec(targets=[f"{prefix}{j}" for j in range(n)])
+        valid, stored = write_data(tmp_path / f"d{prefix}", spec, oracle=False)
+        make_run(tmp_path / "runs", exp, "20240101-000000-s1", valid, stored)
+    monkeypatch.chdir(tmp_path)
+    out = run_cli("runs").output
+    headers = [line for line in out.splitlines() if line.startswith("experiment")]
+    assert len(headers) == 2 and all(" outputs " in h for h in headers), out
+    assert "8 outputs, min" in out and "10 outputs, min" in out
+    sorted_by = run_cli("runs", "--sort", "a3").output  # the sorted output keeps its column
+    assert any(" a3 " in line and " outputs " in line for line in sorted_by.splitlines())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import warnings
@@ -47,7 +46,7 @@ def outputs_text(per_target: dict, number) -> str:
     SHOWN_OUTPUTS outputs their summary, as kit score prints them: a next-state spec's 32
     figures made each line a wall of text. A None (NaN in history.jsonl) counts as NaN."""
     if len(per_target) > SHOWN_OUTPUTS:
-        return outputs_summary({k: math.nan if v is None else v for k, v in per_target.items()})
+        return outputs_summary(per_target)
     return "  ".join(f"{k} {number(v)}" for k, v in per_target.items())
 
 
