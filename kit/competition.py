@@ -362,9 +362,10 @@ def _limits_unset(raw: dict, limits: Limits, source: str) -> tuple[str, ...]:
     if not isinstance(listed, list) or not set(listed) <= set(DEFAULTED_LIMITS):
         raise SpecError(f"{source}: limits_unset must be a list of [limits] keys among "
                         f"{list(DEFAULTED_LIMITS)}, got {listed!r}")
-    default = Limits()
-    return tuple(k for k in DEFAULTED_LIMITS
-                 if k in listed and getattr(limits, k) == getattr(default, k))
+    default = Limits()  # (a key missing from the table is unset, listed or not: a
+    # `kit spec show --json` copy edited down to a few limits kept the others' as its own)
+    return tuple(k for k in DEFAULTED_LIMITS if k not in table
+                 or (k in listed and getattr(limits, k) == getattr(default, k)))
 
 
 def _search_dirs() -> list[Path]:

@@ -158,3 +158,13 @@ def test_spec_show_names_the_limits_left_to_predictorium_s_in_a_comment(tmp_path
     copy.write_text(out)
     assert load_spec(str(copy)).limits.test_rows == 1000
     assert run_cli("spec", "show", str(path), "--json").output.count("limits_unset") == 1
+
+
+def test_a_stored_copy_edited_down_to_a_few_limits_counts_the_others_unset():
+    """r291: limits_unset = ["cpus"] with only time_limit_s in [limits] (a --json copy edited
+    by hand) labelled Predictorium's 1.5M test rows as the spec's own."""
+    raw = {"name": "x", "id_col": "seq", "step_col": "t", "need_col": "need", "features": ["a"],
+           "targets": ["y"], "limits_unset": ["cpus"], "limits": {"time_limit_s": 60}}
+    spec = spec_from_dict(raw, "own.toml")
+    assert spec.limits_unset == ("cpus", "memory_gb", "test_rows")
+    assert spec_from_dict(spec.to_dict()).limits_unset == spec.limits_unset  # round trip
