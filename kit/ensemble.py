@@ -156,6 +156,13 @@ def _why_no_predictions(run: Path) -> str:
     return "it has not finished its first epoch (killed, paused or still training)"
 
 
+def _run_folders(experiment: Path) -> list[Path]:
+    """The run folders of an experiment folder (a config or metrics file: a run started),
+    sorted, fold runs left to their group."""
+    return [p for p in sorted(experiment.iterdir()) if p.is_dir() and not FOLD_RUN.search(p.name)
+            and ((p / "config.toml").is_file() or (p / "metrics.json").is_file())]
+
+
 def expand_candidates(paths: list[Path]) -> list[Path]:
     """Run folders as given; an experiment folder (runs/EXP) stands for its finished runs and
     out-of-fold groups (fold runs are represented by their group; kit ablate's variants,
@@ -176,11 +183,8 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                               f"(ablate-*: variants of the experiment's feature groups); pass "
                               f"them by path to make them candidates, e.g. {ablations[0]}",
                               UserWarning, stacklevel=2)
-            unfinished = [p.name for p in sorted(path.iterdir())
-                          if p.is_dir() and not FOLD_RUN.search(p.name)
-                          and not p.name.startswith("ablate-") and p not in inside
-                          and ((p / "config.toml").is_file() or (p / "metrics.json").is_file())
-                          and not is_finished(p)]
+            unfinished = [p.name for p in _run_folders(path)
+                          if not p.name.startswith("ablate-") and not is_finished(p)]
             if inside and unfinished:  # (a selection made mid-sweep said nothing of them, r287)
                 warnings.warn(f"{path}: left out {len(unfinished)} run(s) that have not "
                               f"finished (still training, paused or killed): "
@@ -208,9 +212,7 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                         f"{', ...' if len(folds) > 4 else ''}), which select takes through "
                         "their -oof group, written once every fold has finished: finish the "
                         f"group with {_finish_folds(path.name, folds)}")
-                bare = [p for p in sorted(path.iterdir()) if p.is_dir()
-                        and not FOLD_RUN.search(p.name) and not (p / "val_preds.npy").is_file()
-                        and ((p / "config.toml").is_file() or (p / "metrics.json").is_file())]
+                bare = [p for p in _run_folders(path) if not (p / "val_preds.npy").is_file()]
                 if bare:  # (a diverged run is finished: "no finished runs" said otherwise)
                     raise EnsembleError(
                         f"{path}: no finished runs inside; runs without validation "
