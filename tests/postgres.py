@@ -85,9 +85,17 @@ class LocalPostgres:
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
             self._reachable_binaries()
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.root / "log"), "-o",
-                  f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start")
-        return self
+        for attempt in range(3):  # the free port found may be taken before the server binds
+            try:  # it (another xdist worker's cluster): a new port, twice at most
+                self._run("pg_ctl", "-D", str(self.data), "-w", "-l", str(self.root / "log"),
+                          "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root}", "start")
+                return self
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+                self.port = _free_port()
+                self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         with contextlib.suppress(RuntimeError):
