@@ -205,12 +205,12 @@ def data_cache(
                                "when next needed)."),
     clear_stale: bool = typer.Option(False, "--clear-stale", help="Remove only the entries "
                                      "this kit never reads again (an older kit's feature "
-                                     "format or version)."),
+                                     "format or version; a newer kit's stay)."),
     as_json: bool = JsonOption,
 ) -> None:
     """The feature-array cache's entries and their size; --clear removes them, --clear-stale
-    those of an older kit. Entries are never removed on their own: each feature set, spec and
-    data file tried keeps one."""
+    those of an older kit (a newer kit's sharing the cache are live for it: kept). Entries are
+    never removed on their own: each feature set, spec and data file tried keeps one."""
     from kit import __version__
     from kit.data.cache import cache_entries, clear_cache
     from kit.data.cache import clear_stale as remove_stale
@@ -228,6 +228,7 @@ def data_cache(
     total = sum(e["bytes"] for e in entries)
     stale = [e for e in entries if e["stale"]]
     stale_bytes = sum(e["bytes"] for e in stale)
+    newer = [e for e in entries if e["another_kit"]]  # live for a newer kit sharing the cache
     if clear_stale:
         removed = remove_stale(cache_dir, live)
         gone = sum(e["bytes"] for e in removed)
@@ -237,7 +238,8 @@ def data_cache(
             return
         typer.echo(f"removed {len(removed)} stale entr{'y' if len(removed) == 1 else 'ies'} "
                    f"from {cache_dir} ({gone / 1e6:,.1f} MB); {len(entries) - len(stale)} "
-                   "live one(s) kept")
+                   "live one(s) kept" + (f", {len(newer)} of them a newer kit's" if newer
+                                         else ""))
         return
     if clear:
         removed = clear_cache(cache_dir)
@@ -253,13 +255,18 @@ def data_cache(
         return
     for e in entries:
         typer.echo(f"{e['bytes'] / 1e6:>10,.1f} MB  {e['created']:<24}  {e['name']}  "
-                   f"{e['source'] or ''}" + (f"  ({e['stale']})" if e["stale"] else ""))
+                   f"{e['source'] or ''}" + "".join(f"  ({e[k]})" for k in ("stale", "another_kit")
+                                                     if e[k]))
     typer.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache_dir}, "
                f"{total / 1e6:,.1f} MB (kit data cache --clear removes them)")
     if stale:  # an older kit's entries: never read again, kept until removed
         typer.echo(f"{len(stale)} of them stale, {stale_bytes / 1e6:,.1f} MB: built by an "
-                   "older kit (another feature format or version), never read again; kit data "
+                   "older kit (an older feature format or version), never read again; kit data "
                    "cache --clear-stale removes only them")
+    if newer:  # data.cache_dir shared with a newer checkout: its entries are not this kit's
+        typer.echo(f"{len(newer)} of them built by a newer kit that shares this cache (a newer "
+                   "feature format or version): not read by this kit, live for that one; "
+                   "--clear-stale keeps them")
     if not cache_dir.exists():  # a mistyped --dir is not an empty cache
         typer.echo(f"note: {cache_dir} does not exist (the cache lives in an experiment's "
                    "data.cache_dir, data/cache by default)", err=True)

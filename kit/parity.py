@@ -42,11 +42,12 @@ from kit.export.pack import (
     check_replaceable_zip,
     exclusive,
     hash_mismatches,
+    other_format_note,
     package_lock,
     read_manifest,
     write_manifest,
 )
-from kit.features import FEATURE_FORMAT
+from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, evaluate
 from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
@@ -722,13 +723,13 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     truth_note = nonfinite_truth_note(truth, spec, Path(data))
     notes = ([f"{truth_note}; parity compares predictions, which it does not touch"]
              if truth_note else [])
-    other_format, advice = format_note(manifest, submission)
     failed = not all(c.ok for c in checks)
-    # a failure of a package of another format may be this kit's own change of an op: it is
-    # not written into the user's (perhaps submitted) package; a pass is as true as ever
-    kept_out = other_format is not None and failed
-    if other_format is not None:
-        notes.insert(0, other_format)
+    format_notes, advice = format_note(manifest, submission, failed)
+    # a failure of a package whose graph is of another format may be this kit's own change of
+    # an op: it is not written into the user's (perhaps submitted) package; a pass is as true
+    # as ever (and members that trained on another format change nothing parity compares)
+    kept_out = advice is not None and failed
+    notes[:0] = format_notes
     if kept_out and record and submission.is_dir():
         notes.append(f"the failed report is not recorded in {submission}'s manifest or zip: "
                      "the difference may come from this kit's features, not the package")
@@ -750,36 +751,56 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     return result
 
 
-def format_note(manifest: dict, submission: Path) -> tuple[str | None, str | None]:
-    """A package packed by a kit of another FEATURE_FORMAT (docs/features.md): the note that
-    says so and the advice a failure ends with; (None, None) for one of this kit's format.
-    The reference paths compute this kit's features, so an op whose output changed since
-    makes them differ from the package's graph, and parity blamed the package (r286)."""
+def format_note(manifest: dict, submission: Path, failed: bool) -> tuple[list[str], str | None]:
+    """The notes on a package of another FEATURE_FORMAT (docs/features.md) and the advice a
+    failure ends with (None: none to give). A graph packed by a kit of another format: the
+    reference paths compute this kit's features, so an op whose output changed since makes
+    them differ from the package's graph, and parity blamed the package (r286); re-packing
+    helps. Members that trained on another format (the manifest's members[i].feature_format,
+    from r293): the graph and the paths compute alike, but not what the models learned on;
+    only retraining helps. A pass says no more than that (the advice is a failure's)."""
+    notes, advice = [], None
     packed = manifest.get("feature_format")
-    if packed == FEATURE_FORMAT:
-        return None, None
-    if packed is None:  # kit pack writes the field since format 8: absent is older or 8
-        what = (f"records no feature format (packed by a kit from before packages recorded "
-                f"it: format {FEATURE_FORMAT} or older)")
-    else:
-        older = isinstance(packed, int) and packed < FEATURE_FORMAT
-        what = (f"was packed with feature format {packed!r} "
-                f"({'an older' if older else 'another'} kit)")
-    advice = (f"re-pack the run with this kit ({repack_command(manifest, submission)}) "
-              "before judging parity")
-    note = (f"this package {what}; this kit computes format {FEATURE_FORMAT}, so its reference "
-            "paths may differ from the package's graph where an op's output changed "
-            f"(docs/features.md, FEATURE_FORMAT): {advice}")
-    return note, f"the package's feature format is not this kit's: {advice}"
+    if packed != FEATURE_FORMAT:
+        if packed is None:  # kit pack writes the field since FIRST_RECORDED_FORMAT
+            what = ("records no feature format (packed by a kit from before packages recorded "
+                    f"it: format {FIRST_RECORDED_FORMAT} or older)")
+        else:
+            older = isinstance(packed, int) and packed < FEATURE_FORMAT
+            what = (f"was packed with feature format {packed!r} "
+                    f"({'an older' if older else 'another'} kit)")
+        notes.append(f"this package {what}; this kit computes format {FEATURE_FORMAT}, so its "
+                     "reference paths may differ from the package's graph where an op's output "
+                     "changed (docs/features.md, FEATURE_FORMAT)"
+                     + ("" if failed else "; parity passed all the same"))
+        advice = ("the package's feature format is not this kit's: re-pack the run with this "
+                  f"kit ({repack_command(manifest, submission)}) before judging parity")
+    # (a manifest from before members recorded theirs: nothing known, nothing said)
+    trained = [(member_name(e, i), e["feature_format"])
+               for i, e in enumerate(manifest_members(manifest)) if "feature_format" in e]
+    if (members := other_format_note(trained)) is not None:
+        notes.append(f"in this package {members} (re-packing cannot change what was learned)")
+    return notes, advice
+
+
+def member_name(entry: dict, i: int) -> str:
+    """EXP/ID of a manifest's member, as kit pack names it (members[i] for a hand-edited one)."""
+    run = entry.get("run")
+    return "/".join(Path(run).parts[-2:]) if isinstance(run, str) and run else f"members[{i}]"
 
 
 def repack_command(manifest: dict, submission: Path) -> str:
     """The kit pack command that makes this package again with this kit, in its place (pack's
-    default folder depends on where it runs: --out names this one)."""
+    default folder depends on where it runs: --out names this one), with absolute paths: it
+    works from wherever it is run (`kit parity .` inside the package said `--name  --out .`)."""
+    submission = submission.resolve()
     where = f"--name {submission.name.removesuffix('.zip')} --out {submission.parent}"
     ensemble = manifest.get("ensemble")
     if isinstance(ensemble, dict) and isinstance(ensemble.get("file"), str):
-        return f"kit pack --ensemble {ensemble['file']} {where}"
+        # recorded as given to kit pack before r293 (relative to where it ran): as a run path
+        # is found (runs/ensembles/ here, or in the package's project), absolute where found
+        found = member_checkpoint(ensemble["file"], submission)
+        return f"kit pack --ensemble {found.resolve() if found.exists() else found} {where}"
     entries = manifest_members(manifest)
     recorded = entries[0].get("checkpoint")
     if len(entries) > 1 or not isinstance(recorded, str):

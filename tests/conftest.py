@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tomli_w
 
+from kit.features import FEATURE_FORMAT
 from kit.train.checkpoint import save_checkpoint
 from kit.train.recipe import train_experiment
 from tests.test_train import tiny_competition
@@ -85,7 +86,8 @@ def raw_gru_run(folder: Path, spec, normaliser=None, seed: int = 0, edit=None) -
     save_checkpoint({
         "model": model.state_dict(), "model_config": config,
         "normaliser": normaliser.to_dict(), "features": features.to_dict(),
-        "spec": spec.to_dict(), "score": None, "per_target": {}}, folder / "best.pt")
+        "spec": spec.to_dict(), "score": None, "per_target": {},
+        "feature_format": FEATURE_FORMAT}, folder / "best.pt")  # as kit.train.runs records it
     return folder
 
 

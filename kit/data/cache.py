@@ -424,8 +424,9 @@ def in_memory(name: str, shape: tuple, dtype) -> RowWriter:
 
 def cache_entries(cache_dir: Path = Path("data/cache"), live: dict | None = None) -> list[dict]:
     """The finished entries under cache_dir, oldest first: name, bytes on disk, when built
-    (meta.json's `created`), the file it holds arrays of (`source`, when recorded) and
-    `stale`: why no build of this kit reads it again (stale_reason against `live`), or None."""
+    (meta.json's `created`), the file it holds arrays of (`source`, when recorded), `stale`:
+    why no build of this kit reads it again (stale_reason against `live`), or None, and
+    `another_kit`: the newer kit whose entry it is (kept: live for that kit), or None."""
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         return []
@@ -443,30 +444,65 @@ def cache_entries(cache_dir: Path = Path("data/cache"), live: dict | None = None
         entries.append({"name": child.name, "bytes": size,  # (a hand-edited meta: any type)
                         "created": created if isinstance(created, str) else "unfinished or damaged",
                         "source": source if isinstance(source, str) else None,
-                        "stale": stale_reason(meta, live or {}) if meta else None})
+                        "stale": stale_reason(meta, live or {}) if meta else None,
+                        "another_kit": newer_kit_reason(meta, live or {}) if meta else None})
     return sorted(entries, key=lambda e: (e["created"], e["name"]))
 
 
 def stale_reason(meta: dict, live: dict) -> str | None:
-    """Why an entry's key can never be asked for again, or None: another cache format, or for
-    an entry of the kind `live` describes (kit.features' {"kind", "kit", "format"}: what its
-    keys hold now) another kit version or feature format. Such entries are dead weight after
-    an upgrade (a train entry is GBs at full size) that only `--clear` removed, with the rest."""
+    """Why an entry's key can never be asked for again, or None: an older cache format, or
+    for an entry of the kind `live` describes (kit.features' {"kind", "kit", "format"}: what
+    its keys hold now) an older kit version or feature format. Such entries are dead weight
+    after an upgrade (a train entry is GBs at full size) that only `--clear` removed, with the
+    rest. A newer kit's entry (a cache shared by two checkouts) is not stale: newer_kit_reason."""
+    differs = key_difference(meta, live)
+    return None if differs is None or differs[1] else f"stale: {differs[0]}"
+
+
+def newer_kit_reason(meta: dict, live: dict) -> str | None:
+    """The newer kit (feature format, cache format or version) an entry's key is of, or None:
+    live for that kit, which shares this cache (data.cache_dir), so --clear-stale keeps it
+    (r291: it removed it, calling it an older kit's)."""
+    differs = key_difference(meta, live)
+    return f"another kit's: {differs[0]}" if differs is not None and differs[1] else None
+
+
+def key_difference(meta: dict, live: dict) -> tuple[str, bool] | None:
+    """How an entry's key differs from what this kit writes, and whether it is a newer kit's;
+    None when it does not. A value that does not compare (a hand-edited meta.json, a version
+    that is no dotted number) counts as older: no kit reads it."""
     if meta.get("format") != CACHE_FORMAT:
-        return f"stale: cache format {meta.get('format')!r}, this kit reads {CACHE_FORMAT}"
+        found = meta.get("format")
+        return (f"cache format {found!r}, this kit reads {CACHE_FORMAT}",
+                _newer(found, CACHE_FORMAT))
     key = meta.get("key")
     if not (live and isinstance(key, dict) and key.get("kind") == live.get("kind")):
         return None  # (another kind of entry: its own caller's business)
     if key.get("format") != live.get("format"):
-        return f"stale: format {key.get('format')!r}, this kit reads {live.get('format')!r}"
+        return (f"format {key.get('format')!r}, this kit reads {live.get('format')!r}",
+                _newer(key.get("format"), live.get("format")))
     if key.get("kit") != live.get("kit"):
-        return f"stale: built by kit {key.get('kit')!r}, this is {live.get('kit')!r}"
+        return (f"kit {key.get('kit')!r}, this is {live.get('kit')!r}",
+                _newer(_release(key.get("kit")), _release(live.get("kit"))))
     return None
+
+
+def _newer(found, this) -> bool:
+    """`found` is a newer format (an int) or release (a tuple of ints) than `this`."""
+    return (type(found) is type(this) and isinstance(found, int | tuple)
+            and not isinstance(found, bool) and found > this)
+
+
+def _release(version) -> tuple[int, ...] | None:
+    """A version's leading dotted numbers ("0.2.0.dev1" -> (0, 2, 0)); None if there are none."""
+    m = re.match(r"\d+(?:\.\d+)*", version) if isinstance(version, str) else None
+    return tuple(int(part) for part in m.group().split(".")) if m else None
 
 
 def clear_stale(cache_dir: Path, live: dict) -> list[dict]:
     """Remove the entries no build of this kit reads again (stale_reason); return them. Live
-    entries, temp folders (a build may be writing one) and digests.json stay."""
+    entries, a newer kit's (newer_kit_reason), temp folders (a build may be writing one) and
+    digests.json stay."""
     stale = [e for e in cache_entries(cache_dir, live) if e["stale"]]
     for entry in stale:
         _remove(Path(cache_dir) / entry["name"])

@@ -100,6 +100,9 @@ class Member:
     score: float | None
     per_target: dict
     config: dict = field(default_factory=dict)
+    # the FEATURE_FORMAT its features had while it trained (best.pt's record; None from a kit
+    # before the record): the packing kit's own is what the graph computes, not what it learnt
+    trained_format: int | None = None
 
     @property
     def name(self) -> str:
@@ -218,6 +221,7 @@ def load_member(run: Path) -> Member:
         feature_set=feature_set, normaliser=Normaliser.from_dict(ckpt["normaliser"]),
         model=model.eval(), model_config=dict(ckpt["model_config"]),
         score=ckpt.get("score"), per_target=dict(ckpt.get("per_target", {})), config=config,
+        trained_format=ckpt.get("feature_format"),
     )
 
 

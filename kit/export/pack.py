@@ -45,7 +45,7 @@ from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import load_member, sha256_file
 from kit.export.step_graph import OPSET, export_step_graph
-from kit.features import FEATURE_FORMAT
+from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import dumps as json_dumps
 from kit.run_record import fold_run, how_to_finish, read_config, read_metrics, relocated
 from kit.submission import write_submission_zip, zip_path_of
@@ -200,7 +200,8 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                         "are used as written). Make each "
                         "target's weights sum to 1 ([postprocess] scale is the place for "
                         "shrinkage), or --force")
-    about = {"file": str(path), **{key: doc.get("ensemble", {}).get(key) for key in
+    # absolute: parity's re-pack advice names it, run from wherever parity is
+    about = {"file": os.path.abspath(path), **{key: doc.get("ensemble", {}).get(key) for key in
                                    ("score", "target_scores", "metric", "data", "iters")},
              # then the scores are the selection's, or the tuning's, not these values'
              "weights_edited": weights_edited(doc),
@@ -308,12 +309,19 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         graph = finalize_graph(staging / MODEL_FILE, {
             "kit_version": __version__,
             "members": ", ".join(w.member.name for w in weighted)})
+        trained = [w.member.trained_format for w in weighted]
+        note = other_format_note([(w.member.name, f) for w, f in zip(weighted, trained,
+                                                                     strict=True)])
+        if note is not None:  # said, not refused: retraining is the user's call
+            warnings.warn(f"{note}; packed all the same, its graph computing this kit's "
+                          "features", stacklevel=2)
         template = resources.files("kit.export") / "solution_template.py"
         (staging / SOLUTION_FILE).write_text(template.read_text())
         manifest = {
             "kit_version": __version__,
-            # the feature faces' version (kit.features.FEATURE_FORMAT): parity of a package of
-            # another format compares it with faces that compute otherwise
+            # the graph's feature faces' version (kit.features.FEATURE_FORMAT): parity of a
+            # package of another format compares it with faces that compute otherwise; each
+            # member records the format it trained on (None: its best.pt recorded none)
             "feature_format": FEATURE_FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "spec": spec.to_dict(),
@@ -324,7 +332,8 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
             "states": [{"name": f"state_{i}", "shape": shape, "batch_axis": shape.index("batch")}
                        for i, shape in enumerate(shapes)],
             "onnx": {"opset": OPSET, **graph},
-            "members": [w.member.describe() | {"weights": w.weights} for w in weighted],
+            "members": [w.member.describe() | {"weights": w.weights, "feature_format": f}
+                        for w, f in zip(weighted, trained, strict=True)],
             "postprocess": postprocess,
             "ensemble": ensemble,
             "parity": None,
@@ -346,6 +355,24 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         shutil.rmtree(staging, ignore_errors=True)
         staged_zip.unlink(missing_ok=True)
     return PackResult(folder, zip_path, manifest, sizes)
+
+
+def other_format_note(trained: list[tuple[str, object]]) -> str | None:
+    """What members (name, trained_format) trained on another feature format than this kit's
+    computes means, or None when all trained on this kit's (r291: pack stamped its own format
+    and said nothing, so parity of the package said nothing either)."""
+    other = [(name, f) for name, f in trained if f != FEATURE_FORMAT]
+    if not other:
+        return None
+    said = ", ".join(f"{name} on format {f!r}" if f is not None else
+                     f"{name} recorded none (format {FIRST_RECORDED_FORMAT} or older)"
+                     for name, f in other)
+    one = len(trained) == 1
+    who = "the run" if one else f"{len(other)} of {len(trained)} members"
+    return (f"{who} trained on another feature format than this kit's {FEATURE_FORMAT} "
+            f"({said}): {'its model' if one else 'their models'} learned features that this "
+            "kit computes otherwise wherever an op's output changed since (docs/features.md, "
+            "FEATURE_FORMAT); retrain with this kit for exact results")
 
 
 PREVIOUS = "previous"  # .NAME.previous-PID-...: the old package while the new one moves in

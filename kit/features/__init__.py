@@ -30,6 +30,9 @@ CHUNK_SEQS = 256  # sequences per batch-face pass: bounds memory, keeps Polars' 
 # sum to 1 (the mid at sizes 0); 7: cumsum/cumgain compensated (double-double); 8: EWMs use
 # the alpha the stream face holds in float32
 FEATURE_FORMAT = 8
+# the format from which packages and checkpoints record theirs: one recording none is of this
+# format or an older one, whatever FEATURE_FORMAT is now
+FIRST_RECORDED_FORMAT = 8
 
 
 def feature_set_from_config(config: dict) -> FeatureSet:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from kit.config import CHOICES, ConfigError, changed_values, differences
 from kit.errors import KitError
-from kit.features import FEATURE_FORMAT
+from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.metrics import evaluate
 from kit.toml_file import parse_toml, read_toml
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
@@ -199,7 +199,8 @@ def feature_format_note(saved: dict, root: Path) -> str | None:
     if recorded == FEATURE_FORMAT:
         return None
     before = (f"under feature format {recorded!r}" if recorded is not None else
-              f"by a kit that recorded no feature format (format {FEATURE_FORMAT} or older)")
+              "by a kit that recorded no feature format (format "
+              f"{FIRST_RECORDED_FORMAT} or older)")
     return (f"note: {root} started {before}; this kit computes feature format "
             f"{FEATURE_FORMAT} (an op's output changed: docs/features.md, FEATURE_FORMAT), so "
             "its remaining epochs train on this kit's features and it will not end exactly "
