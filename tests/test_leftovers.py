@@ -47,3 +47,28 @@ def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary(tmp_pa
         atomic_bytes(target, b"new")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_a_sigterm_as_the_temp_folder_is_made_leaves_no_folder(tmp_path):
+    """A SIGTERM (raised as EndedBySignal) between the folder's mkdtemp and the registration
+    of its clean-up left the folder for good (kit score, once in a loaded run). The signal is
+    sent from inside mkdtemp, the moment it was lost in."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os, signal, tempfile\n"
+         "from kit.temp import owned_temp_dir\n"
+         "from kit.workers import EndedBySignal, ended_by_signals\n"
+         "real = tempfile.mkdtemp\n"
+         "def mkdtemp(*a, **k):\n"
+         "    made = real(*a, **k)\n"
+         "    os.kill(os.getpid(), signal.SIGTERM)\n"
+         "    return made\n"
+         "tempfile.mkdtemp = mkdtemp\n"
+         "try:\n"
+         "    with ended_by_signals():\n"
+         "        owned_temp_dir('leftover')\n"
+         "except EndedBySignal:\n"
+         "    print('stopped')\n"],
+        env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True,
+        timeout=120)
+    assert child.returncode == 0 and child.stdout.strip() == "stopped", child.stderr
+    assert not list(tmp_path.iterdir())
