@@ -18,18 +18,14 @@ from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.train.checkpoint import load_checkpoint, save_checkpoint
 from tests.cli import run_cli
 from tests.conftest import raw_gru_run
-from tests.test_train import EXPERIMENT, tiny_competition
+from tests.test_train import tiny_project
 
 OLD = FEATURE_FORMAT - 1  # the format an older kit packed, paused or cached with
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("upgrade")
-    exps = tiny_competition(root, train_seqs=8, valid_seqs=3, seed=3)
-    (exps / "tiny.toml").write_text(EXPERIMENT.format(spec=root / "tiny-lob.toml",
-                                                      data=root / "data", root=root))
-    return root
+    return tiny_project(tmp_path_factory.mktemp("upgrade"), train_seqs=8, valid_seqs=3, seed=3)
 
 
 def run_trained_under(folder: Path, spec, feature_format) -> Path:

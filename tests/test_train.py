@@ -69,13 +69,17 @@ def tiny_competition(root: Path, train_seqs: int, valid_seqs: int, seed: int) ->
     return exps
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    exps = tiny_competition(root, train_seqs=24, valid_seqs=8, seed=1)
+def tiny_project(root: Path, *, train_seqs: int, valid_seqs: int, seed: int) -> Path:
+    """tiny_competition under root with the experiment `tiny` (EXPERIMENT) on its files."""
+    exps = tiny_competition(root, train_seqs=train_seqs, valid_seqs=valid_seqs, seed=seed)
     (exps / "tiny.toml").write_text(EXPERIMENT.format(spec=root / "tiny-lob.toml",
                                                       data=root / "data", root=root))
     return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tiny_project(tmp_path_factory.mktemp("train"), train_seqs=24, valid_seqs=8, seed=1)
 
 
 def experiments_of(root: Path, monkeypatch, tmp_path) -> Path:
