@@ -123,6 +123,7 @@ class Member:
             "model": self.model_config, "features": self.feature_set.outputs,
             "feature_groups": self.feature_set.groups, "normaliser": self.normaliser.method,
             "val_score": self.score, "val_per_target": self.per_target, "config": self.config,
+            "feature_format": self.trained_format,  # what it trained on (None: not recorded)
         }
 
 

@@ -309,9 +309,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         graph = finalize_graph(staging / MODEL_FILE, {
             "kit_version": __version__,
             "members": ", ".join(w.member.name for w in weighted)})
-        trained = [w.member.trained_format for w in weighted]
-        note = other_format_note([(w.member.name, f) for w, f in zip(weighted, trained,
-                                                                     strict=True)])
+        note = other_format_note([(w.member.name, w.member.trained_format) for w in weighted])
         if note is not None:  # said, not refused: retraining is the user's call
             warnings.warn(f"{note}; packed all the same, its graph computing this kit's "
                           "features", stacklevel=2)
@@ -332,8 +330,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
             "states": [{"name": f"state_{i}", "shape": shape, "batch_axis": shape.index("batch")}
                        for i, shape in enumerate(shapes)],
             "onnx": {"opset": OPSET, **graph},
-            "members": [w.member.describe() | {"weights": w.weights, "feature_format": f}
-                        for w, f in zip(weighted, trained, strict=True)],
+            "members": [w.member.describe() | {"weights": w.weights} for w in weighted],
             "postprocess": postprocess,
             "ensemble": ensemble,
             "parity": None,
