@@ -43,6 +43,7 @@ from common import emit
 from kit.competition import load_spec
 from kit.data.synth import synthesize
 from kit.export.pack import pack_run, read_manifest, write_manifest
+from kit.features import FEATURE_FORMAT
 from kit.features.normaliser import Normaliser
 from kit.features.sets import build_feature_set
 from kit.models import build_model, count_params
@@ -203,7 +204,7 @@ def fake_run(folder: Path, model_config: dict, spec, seed: int = 0) -> Path:
         "model": model.state_dict(), "model_config": model_config,
         "normaliser": Normaliser.fit(rows.astype(np.float32)).to_dict(),
         "features": feature_set.to_dict(), "spec": spec.to_dict(), "score": None,
-        "per_target": {},
+        "per_target": {}, "feature_format": FEATURE_FORMAT,  # as the trainer records it
     }, folder / "best.pt")
     return folder
 
