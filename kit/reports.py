@@ -179,21 +179,28 @@ def _experiment(run_dir: Path, config: dict) -> str:
     return name if isinstance(name, str) and name else run_dir.parent.name
 
 
-def _trained_by(run_dir: Path) -> str:
-    try:
-        return _experiment(run_dir, read_config(_config_dir(run_dir)))
-    except KitError:
-        return run_dir.parent.name
+def _config(source: Path, cache: dict) -> tuple[dict, str | None]:
+    """A config.toml read once per listing (`--experiment` reads it to filter, the row
+    again): (config, None), or ({}, the error) for a damaged one."""
+    key = ("config", str(source))
+    if key not in cache:
+        try:
+            cache[key] = read_config(source), None
+        except KitError as exc:
+            cache[key] = {}, str(exc)
+    return cache[key]
+
+
+def _trained_by(run_dir: Path, cache: dict) -> str:
+    config, error = _config(_config_dir(run_dir), cache)
+    return run_dir.parent.name if error else _experiment(run_dir, config)
 
 
 def _summary(run_dir: Path, cache: dict) -> dict:
     """One run's row: metrics.json when present, else what its history says. A damaged
     config.toml marks its row (config_error) instead of stopping the listing."""
     source = _config_dir(run_dir)
-    try:
-        config, config_error = read_config(source), None
-    except KitError as exc:
-        config, config_error = {}, str(exc)
+    config, config_error = _config(source, cache)
     history = read_history(run_dir / "history.jsonl")
     metrics = read_metrics(run_dir)
     # (an out-of-fold group has no spec.json: its first fold run's says)
@@ -262,7 +269,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
     if metrics is not None and metrics.get("kind") == "oof":
         row["epochs"] = None  # a group of fold runs: their epochs are theirs
     # a killed run has no metrics.json: the digests its start recorded say the same
-    if changed := _data_changes(run_dir, metrics or {}):
+    if changed := _data_changes(run_dir, metrics, config):
         row["data_changed"] = changed  # its score is of the old file: no oracle figures
     oracle = None if row.get("data_changed") else _oracle_report(run_dir, config, cache)
     if oracle is not None:
@@ -346,10 +353,11 @@ def _valid_file(run_dir: Path, config: dict, cache: dict) -> ValidFile | None:
     return cache[key]
 
 
-def _data_changes(run_dir: Path, metrics: dict) -> list[str]:
-    """data_changes of a run; of an out-of-fold group, those of its fold runs."""
-    if metrics.get("kind") != "oof":
-        return data_changes(run_dir)
+def _data_changes(run_dir: Path, metrics: dict | None, config: dict) -> list[str]:
+    """data_changes of a run (its config and metrics as read already); of an out-of-fold
+    group, those of its fold runs."""
+    if (metrics or {}).get("kind") != "oof":
+        return data_changes(run_dir, config=config, metrics=metrics)
     runs = metrics.get("runs") if isinstance(metrics.get("runs"), list) else []
     changed = [path for run in runs if isinstance(run, str)
                for path in data_changes(fold_run(run_dir, run))]
@@ -413,15 +421,15 @@ def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -
     runs = [run for folder in folders
             for run in ([folder] if _is_run(folder) else sorted(folder.iterdir()))
             if _is_run(run)]
+    cache: dict = {}
     if experiment is not None:  # the experiment that trained a run, wherever --run-dir put it
-        trained_by = {run: _trained_by(run) for run in runs}  # a config read each: cheap
+        trained_by = {run: _trained_by(run, cache) for run in runs}
         if experiment not in trained_by.values() and not (runs_dir / experiment).is_dir():
             raise KitError(
                 f"no runs of experiment {experiment!r} under {runs_dir}; experiments "
                 f"with runs: {sorted(set(trained_by.values()))}"
             )
         runs = [run for run in runs if trained_by[run] == experiment]
-    cache: dict = {}
     return [_summary(run, cache) for run in runs]
 
 

@@ -205,19 +205,24 @@ def data_digests(config: dict) -> dict[str, str]:
     return {f: file_sha256(f, cache_dir) for f in data_files(config)}
 
 
-def data_changes(run_dir: Path, reading_here: bool = False) -> list[str]:
+def data_changes(run_dir: Path, reading_here: bool = False, *, config: dict | None = None,
+                 metrics: dict | None = None) -> list[str]:
     """The data files, as the run's config names them and as they resolve here (what select,
     report and resume read), whose content differs from what the run trained and validated on
     (the sha256 it recorded): its scores and predictions do not describe them. A run recorded
     before kit kept digests, or a file missing here, is not reported (the readers that need
-    the file say so)."""
-    recorded = recorded_digests(Path(run_dir))
+    the file say so). config and metrics: the run's, where the caller has read them already
+    (`kit runs` reads hundreds of runs)."""
+    if metrics is None:
+        metrics = read_metrics(run_dir)
+    recorded = recorded_digests(Path(run_dir), metrics)
     if not recorded:
         return []
-    try:
-        config = read_config(run_dir)
-    except KitError:
-        config = {}
+    if config is None:
+        try:
+            config = read_config(run_dir)
+        except KitError:
+            config = {}
     cache_dir = (config.get("data") or {}).get("cache_dir")
     changed = []
     for path, digest in recorded.items():
@@ -226,7 +231,7 @@ def data_changes(run_dir: Path, reading_here: bool = False) -> list[str]:
             changed.append(path)
     # a config.toml edited since to name another file: its rows are not the ones the run's
     # val_rows index (an oracle and a scatter of another file's rows, and not a word)
-    named = validation_file(config, read_metrics(run_dir))
+    named = validation_file(config, metrics)
     if isinstance(named, str) and named not in recorded:
         changed.append(named + UNRECORDED)
     return changed
@@ -235,9 +240,12 @@ def data_changes(run_dir: Path, reading_here: bool = False) -> list[str]:
 UNRECORDED = " (named by config.toml now, not a file the run recorded)"
 
 
-def recorded_digests(run_dir: Path) -> dict:
-    """{data file: sha256} as metrics.json records them, else as the run's start did."""
-    recorded = (read_metrics(run_dir) or {}).get(DATA_DIGESTS)
+def recorded_digests(run_dir: Path, metrics: dict | None = None) -> dict:
+    """{data file: sha256} as metrics.json (metrics: as already read) records them, else as
+    the run's start did."""
+    if metrics is None:
+        metrics = read_metrics(run_dir)
+    recorded = (metrics or {}).get(DATA_DIGESTS)
     if isinstance(recorded, dict):
         return recorded
     try:

@@ -1070,3 +1070,21 @@ def test_report_of_a_pruned_error_metric_run_states_its_figures(tmp_path: Path):
         assert float(fraction.rstrip("%")) == pytest.approx(
             100 * direct[name] / metrics["per_target"][name], abs=0.06)
         assert float(fraction.rstrip("%")) < 100
+
+
+def test_a_listing_reads_each_runs_config_once(runs_root: Path, monkeypatch):
+    """`kit runs --experiment` reads a run's config.toml to filter and its row needs it again
+    (and the data check a third time): a project of hundreds of runs paid each read twice."""
+    reads: list[Path] = []
+    real = reports.read_config
+
+    def counted(run_dir):
+        reads.append(Path(run_dir))
+        return real(run_dir)
+
+    monkeypatch.setattr(reports, "read_config", counted)
+    monkeypatch.setattr("kit.run_record.read_config", counted)
+    runs = list_runs(runs_root, experiment="alpha")
+    assert [r["run_id"] for r in runs] == ["20240101-000000-s1", "20240102-000000-s2"]
+    assert sorted(reads) == sorted({Path(r) for r in reads})  # each folder once
+    assert len(reads) == 3  # the filter reads every run's, beta's included
