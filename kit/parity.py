@@ -34,7 +34,7 @@ from kit.data.arrays import build_arrays
 from kit.ensemble import check_postprocess
 from kit.errors import SubmissionError, os_error_text
 from kit.export.ensemble import Weighted, postprocess_numpy
-from kit.export.frozen import Member, load_member, stream_steps
+from kit.export.frozen import Member, load_member, stream_steps, warn_spec_changed
 from kit.export.pack import (
     MANIFEST_FILE,
     PACK_FILES,
@@ -554,11 +554,13 @@ def load_reference(manifest: dict, spec: CompetitionSpec, submission: Path) -> R
             raise PackError(f"the run behind this package is gone ({path}); parity compares "
                             "against the trained PyTorch model, so it needs that checkpoint "
                             "(a moved project: run parity from its folder, where runs/ is)")
-        member = load_member(path)
+        member = load_member(path, warn=False)  # said once for all members, below
         if member.sha256 != entry["sha256"]:
             raise PackError(f"{path} changed since the package was made (sha256 differs): "
                             "re-pack the run, then check parity")
         members.append(Weighted(member, [float(w) for w in entry["weights"]]))
+    warn_spec_changed([(w.member.checkpoint.parent, w.member.spec_changed) for w in members],
+                      spec.name)
     post = manifest.get("postprocess")
     if post is not None:
         post = check_postprocess(post, spec.n_outputs, MANIFEST_FILE)

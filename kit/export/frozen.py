@@ -103,6 +103,8 @@ class Member:
     # the FEATURE_FORMAT its features had while it trained (best.pt's record; None from a kit
     # before the record): the packing kit's own is what the graph computes, not what it learnt
     trained_format: int | None = None
+    # what of the spec's scoring ("[limits]", "[metric]") its file changed since it trained
+    spec_changed: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -177,6 +179,26 @@ def find_checkpoint(run: Path) -> Path:
     raise KitError(f"{run}: not a run directory (no best.pt); `kit runs` lists the runs")
 
 
+def warn_spec_changed(changes: list[tuple[Path, list[str] | tuple[str, ...]]],
+                      spec_name: str) -> None:
+    """One warning for the runs (run folder, what changed) whose spec file changed its
+    [metric] or [limits] since they trained: an ensemble's 28 members said it 28 times."""
+    changes = [(run, what) for run, what in changes if what]
+    if not changes:
+        return
+    what = [key for key in ("[metric]", "[limits]") if any(key in w for _, w in changes)]
+    shown = ", ".join(str(run) for run, _ in changes[:SHOWN_RUNS])
+    more = f" and {len(changes) - SHOWN_RUNS} more" if len(changes) > SHOWN_RUNS else ""
+    who = shown if len(changes) == 1 else f"{len(changes)} of its runs ({shown}{more})"
+    warnings.warn(f"spec {spec_name!r}: its {' and '.join(what)} changed since {who} "
+                  "trained; the package, its time budget and its scores take the spec "
+                  "file's as it is now (they do not change what the model learnt)",
+                  RuntimeWarning, stacklevel=3)
+
+
+SHOWN_RUNS = 3
+
+
 def trained_spec(run: Path) -> CompetitionSpec:
     """The spec a run trained with, as its checkpoint stores it (what pack and parity use):
     the spec file may have changed since (targets reordered, a column added), and the run's
@@ -185,8 +207,10 @@ def trained_spec(run: Path) -> CompetitionSpec:
     return spec_from_dict(load_checkpoint(path, required=("spec",))["spec"], str(path))
 
 
-def load_member(run: Path) -> Member:
-    """Rebuild a run's feature set, normaliser and model from its best checkpoint."""
+def load_member(run: Path, *, warn: bool = True) -> Member:
+    """Rebuild a run's feature set, normaliser and model from its best checkpoint. warn: say
+    here when the spec's scoring changed since the run trained (a loader of many members says
+    it once for all of them: Member.spec_changed)."""
     path = find_checkpoint(run)
     ckpt, digest = load_checkpoint_and_digest(path, required=CHECKPOINT_KEYS)
     spec = spec_from_dict(ckpt["spec"], str(path))
@@ -211,18 +235,15 @@ def load_member(run: Path) -> Member:
         raise KitError(f"{config_path}: not valid TOML ({exc})") from None
     spec, changed = current_scoring(spec, config.get("spec") if isinstance(
         config.get("spec"), str) else None)
-    if changed:
-        warnings.warn(f"spec {spec.name!r}: its {' and '.join(changed)} changed since "
-                      f"{path.parent} trained; the package, its time budget and its scores "
-                      "take the spec file's as it is now (they do not change what the model "
-                      "learnt)", RuntimeWarning, stacklevel=2)
+    if changed and warn:
+        warn_spec_changed([(path.parent, changed)], spec.name)
     return Member(
         # resolved, so that `kit pack .` inside a run folder records and names the run
         run_dir=path.resolve().parent, checkpoint=path, sha256=digest, spec=spec,
         feature_set=feature_set, normaliser=Normaliser.from_dict(ckpt["normaliser"]),
         model=model.eval(), model_config=dict(ckpt["model_config"]),
         score=ckpt.get("score"), per_target=dict(ckpt.get("per_target", {})), config=config,
-        trained_format=ckpt.get("feature_format"),
+        trained_format=ckpt.get("feature_format"), spec_changed=tuple(changed),
     )
 
 

@@ -43,7 +43,7 @@ from kit.config import known_experiment
 from kit.data.contract import contract_dtype
 from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
-from kit.export.frozen import load_member, sha256_file
+from kit.export.frozen import load_member, sha256_file, warn_spec_changed
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import dumps as json_dumps
@@ -168,7 +168,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                                 "--force")
             refuse_group_as_member(path, entry.get("name", run), relocated(run))
             try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
-                member = load_member(relocated(run))
+                member = load_member(relocated(run), warn=False)  # said once, below
             except KitError as exc:  # a member moved or deleted since the selection
                 raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
             if digest and member.sha256 != digest and not force:
@@ -180,6 +180,8 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
     check_same_columns(weighted)  # first: a member of other targets has other weights too
+    warn_spec_changed([(w.member.run_dir, w.member.spec_changed) for w in weighted],
+                      weighted[0].member.spec.name)
     spec = weighted[0].member.spec
     k = spec.n_outputs
     if any(len(w.weights) != k for w in weighted):
