@@ -392,13 +392,18 @@ def said_as_they_come():
 def features_list(spec: str = SpecOption) -> None:
     """The available feature ops and the spec's predefined groups."""
     from kit.competition import load_spec
-    from kit.features.ops import OPS
+    from kit.features.ops import OPS, example_usage
     from kit.features.sets import FeatureConfigError, available_groups, build_feature_set
 
     loaded = load_spec(spec)  # first: a bad --spec prints nothing before its error
-    typer.echo("ops:")
+    typer.echo("ops (an experiment's [features] ops = [...] entry each, and the names of the "
+               "outputs it makes, which later ops read as inputs; [key]: optional):")
     for name, cls in OPS.items():
         typer.echo(f"  {name:<14} {cls.summary}")
+        typer.echo(f"  {'':<14} {example_usage(name)}")
+    typer.echo('column patterns: "p0..p5" is p0 to p5 (also "p0..5"), "@features" every '
+               "feature column of the spec; an EWM asked for by span is named by its alpha, "
+               "2 / (span + 1), to 4 significant digits")
     typer.echo(f"groups for {loaded.name}:")
     for name, group in available_groups(loaded).items():
         try:

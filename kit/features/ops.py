@@ -17,6 +17,7 @@ width, so fifty EWMs must be one recurrence, not fifty.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -701,3 +702,34 @@ OPS: dict[str, type[FeatureOp]] = {
                 DiffK, RateOfChange, RollingMean, RollingStd, RollingMin, RollingMax, EwmMean,
                 EwmStd, CumSum, CumMax, CumGain, StepPosition)
 }
+
+# One entry per op as an experiment's `ops = [...]` writes it: `kit features list` shows it
+# with the outputs it makes, the names later ops read (not guessable: an EWM asked for by span
+# is named by its alpha, a rolling std `roll_std`).
+EXAMPLES: dict[str, dict] = {
+    "raw": {"inputs": ["x"]},
+    **{op: {"a": ["a"], "b": ["b"]} for op in ("diff", "ratio", "product", "imbalance")},
+    "sum": {"inputs": ["x0..x3"]},
+    "mean": {"inputs": ["x0..x3"], "name": "x_mean"},
+    "wmid": {"bid": ["b0"], "ask": ["a0"], "bid_size": ["bs0"], "ask_size": ["as0"]},
+    **{op: {"inputs": ["x"], "k": 5} for op in ("lag", "delta", "roc")},
+    **{f"rolling_{s}": {"inputs": ["x"], "window": 20} for s in ("mean", "std", "min", "max")},
+    "ewm_mean": {"inputs": ["x"], "span": 20},
+    "ewm_std": {"inputs": ["x"], "alpha": 0.1},
+    **{op: {"inputs": ["x"]} for op in ("cumsum", "cummax", "cumgain")},
+    "position": {"scale": 0.001},
+}
+
+
+def example_usage(op: str) -> str:
+    """`takes KEYS: {op = ..., ...} makes NAMES` for op (EXAMPLES' entry, its patterns
+    expanded as an experiment's are)."""
+    cls, entry = OPS[op], EXAMPLES[op]
+    takes = ["inputs"] * (not cls.column_keys and op != "position") + [
+        "alpha or span" if k == "alpha" else f"[{k}]" if k in ("name", "scale") else k
+        for k in cls.keys if k != "span"]  # [optional]
+    params = {k: expand_columns(v) if isinstance(v, list) else v
+              for k, v in entry.items() if k != "inputs"}
+    made = cls(inputs=expand_columns(entry.get("inputs", [])), params=params).outputs()
+    toml = ", ".join(f"{k} = {json.dumps(v)}" for k, v in {"op": op, **entry}.items())
+    return f"takes {', '.join(takes)}: {{{toml}}} makes {', '.join(made)}"

@@ -10,6 +10,7 @@ A set has two faces like its ops: `batch_frame` (Polars, whole sequences) and `s
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import tomllib
@@ -37,6 +38,8 @@ from kit.features.ops import (
     Pairwise,
     PerColumn,
     Raw,
+    Reduce,
+    default_reduce_name,
 )
 from kit.toml_file import read_toml
 
@@ -100,8 +103,53 @@ def _expand(value, spec: CompetitionSpec, known: Collection[str] = ()):
     "sum(a..c)", which reads like a range) is taken as it is."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         names = [n for v in value for n in (spec.features if v == ALL_FEATURES else [v])]
-        return [n for v in names for n in ([v] if v in known else expand_columns([v]))]
+        return [n for v in names for n in ([v] if v in known else _expand_one(v))]
     return value
+
+
+def _expand_one(pattern: str) -> list[str]:
+    """A column range expanded. An op's output name that is not defined (yet), such as
+    "sum(v0..v5)" or "p0@roll_std20", is no range: it is kept, for the unknown-column
+    error to name it with the names that do exist (a range's syntax error did)."""
+    try:
+        return expand_columns([pattern])
+    except SpecError:
+        if any(mark in pattern for mark in OUTPUT_MARKS):
+            return [pattern]
+        raise
+
+
+OUTPUT_MARKS = ("(", "@")  # what ops' output names hold and column ranges never need
+
+
+def unknown_columns_text(unknown: list[str], columns: list[str], spec: CompetitionSpec,
+                         made_by: dict[str, tuple[str, FeatureOp]]) -> str:
+    """The unknown inputs, each with its likeliest meant name, and the outputs of earlier
+    ops (their names are not guessable: an EWM asked for by span is named by its alpha, a
+    group's sum has a name of its own)."""
+    hints = []
+    for name in unknown:
+        # "sum(v0..v5)" asked for where the imbalance group made that sum as "bid_volume"
+        renamed = [(made, where) for made, (where, op) in made_by.items()
+                   if isinstance(op, Reduce) and made != name
+                   and default_reduce_name(op.op, op.inputs) == name]
+        close = difflib.get_close_matches(name, columns, n=2, cutoff=0.6)
+        if renamed:
+            made, where = renamed[0]
+            hints.append(f"{name!r} is made as {made!r} by {where}")
+        elif close:
+            hints.append(f"{name!r}: did you mean {' or '.join(map(repr, close))}?")
+    made = [c for c in columns if c not in spec.features]
+    listed = (", ".join(made[:SHOWN_NAMES]) + (f" and {len(made) - SHOWN_NAMES} more"
+                                               if len(made) > SHOWN_NAMES else "")
+              if made else "none yet")
+    return (f"unknown column(s) {unknown}{' (' + '; '.join(hints) + ')' if hints else ''}; "
+            f"known: the spec's features and the outputs of earlier ops ({listed}; "
+            "`kit features build` lists a set's outputs, `kit features list` how each op "
+            "names them)")
+
+
+SHOWN_NAMES = 12
 
 
 def make_op(entry: dict, spec: CompetitionSpec, where: str,
@@ -296,8 +344,8 @@ def build_feature_set(spec: CompetitionSpec | str, groups: list[str] | None = No
         op = make_op(entry, spec, where, columns, check_reach=not stored)
         unknown = [c for c in op.input_columns() if c not in columns]
         if unknown:
-            raise FeatureConfigError(f"{where} ({op.op}): unknown column(s) {unknown}; known: "
-                                     "the spec's features and the outputs of earlier ops")
+            raise FeatureConfigError(f"{where} ({op.op}): "
+                                     f"{unknown_columns_text(unknown, columns, spec, made_by)}")
         names = op.outputs()
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
