@@ -152,6 +152,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     check_package_name(*(name, None) if name is not None else (Path(path).stem, "its file name"))
     doc = read_ensemble(path)
     weighted = []
+    changed: list[str] = []  # what --force let differ from the models the selection scored
     for entry in doc["members"]:
         if not any(entry["weights"]):
             continue  # zero weight: not in the graph
@@ -159,23 +160,39 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
         chosen_on = entry.get("checkpoints")  # {run: best.pt's sha256} (files before: none)
         chosen_on = ({checkpoint_key(r): d for r, d in chosen_on.items()}  # RUN/, RUN/best.pt
                      if isinstance(chosen_on, dict) else {})
+        label = entry.get("name", entry["runs"][0])
+        for run in entry["runs"]:
+            if chosen_on and checkpoint_key(run) not in chosen_on:  # swapped in by hand
+                said = (f"member {label!r}: {run} is not a run the selection chose (its "
+                        "checkpoints record others)")
+                if not force:
+                    raise PackError(f"{path}: {said}: the weights were chosen on other "
+                                    "predictions; select again, or --force")
+                changed.append(said)
+        # an out-of-fold member's fold run deleted from its runs: the others took its weight
+        dropped = sorted(set(chosen_on) - {checkpoint_key(run) for run in entry["runs"]})
+        if dropped:
+            said = (f"member {label!r}: {len(dropped)} of the {len(chosen_on)} runs the "
+                    f"selection chose are not in its runs ({', '.join(dropped)})")
+            if not force:
+                raise PackError(f"{path}: {said}: the others take their weight, on predictions "
+                                "the selection never scored; put them back, select again, or "
+                                "--force")
+            changed.append(said)
         for run in entry["runs"]:
             digest = chosen_on.get(checkpoint_key(run))
-            if chosen_on and digest is None and not force:  # a run swapped in by hand
-                raise PackError(f"{path}: member {entry.get('name', run)!r}: {run} is not a run "
-                                "the selection chose (its checkpoints record others): the "
-                                "weights were chosen on other predictions; select again, or "
-                                "--force")
             refuse_group_as_member(path, entry.get("name", run), relocated(run))
             try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
                 member = load_member(relocated(run), warn=False)  # said once, below
             except KitError as exc:  # a member moved or deleted since the selection
                 raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
-            if digest and member.sha256 != digest and not force:
-                raise PackError(f"{path}: member {entry.get('name', run)!r}: {member.checkpoint} "
-                                "changed since the selection (the run was trained again): the "
-                                "weights were chosen on its old predictions; select again, or "
-                                "--force")
+            if digest and member.sha256 != digest:
+                said = (f"member {label!r}: {member.checkpoint} changed since the selection "
+                        "(the run was trained again)")
+                if not force:
+                    raise PackError(f"{path}: {said}: the weights were chosen on its old "
+                                    "predictions; select again, or --force")
+                changed.append(said)
             weighted.append(Weighted(member, share))
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
@@ -208,7 +225,13 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
              # then the scores are the selection's, or the tuning's, not these values'
              "weights_edited": weights_edited(doc),
              "postprocess_edited": postprocess_edited(doc.get("postprocess"),
-                                                      list(spec.outputs))}
+                                                      list(spec.outputs)),
+             # the recorded scores are of other models: kit score gives this package's
+             "members_changed": changed}
+    for said in changed:
+        warnings.warn(f"{path}: {said}; packed as --force asks, so the selection's recorded "
+                      "scores are not this package's (its manifest's ensemble.members_changed "
+                      "says so; kit score gives its own)", RuntimeWarning, stacklevel=2)
     return pack_members(weighted, Path(path).stem if name is None else name, out_dir,
                         postprocess=doc.get("postprocess"), ensemble=about, force=force,
                         budget=budget, stack=stack)
