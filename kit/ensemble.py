@@ -34,7 +34,7 @@ import polars as pl
 import tomli_w
 
 from kit.atomic import atomic_text
-from kit.competition import CompetitionSpec, blend_spec_difference
+from kit.competition import METRICS, CompetitionSpec, MetricSpec, blend_spec_difference
 from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import SHOWN_OUTPUTS, WEIGHT_FLOOR, evaluate, metric_value, outputs_summary
@@ -968,11 +968,16 @@ def format_selection(doc: dict) -> str:
     e = doc["ensemble"]
     targets = e["targets"]
     single = f"best single ({e['best_single']['name']})"  # whole: run names differ at the end
-    width = max(28, len(single) + 2)
+    # which way is good, where the labels go: a bare 4.2946 does not say it (kit runs and a
+    # run's report.md do); nothing for a file whose metric is unknown
+    metric = e.get("metric")
+    heading = (f"{metric} ({'higher' if MetricSpec(metric).higher_is_better else 'lower'} is "
+               "better)" if metric in METRICS else "")
+    width = max(28, len(single) + 2, len(heading) + 2)
     # past SHOWN_OUTPUTS targets a row gives their summary, as kit score does: a next-state
     # spec's 32 columns made rows of 330 characters
     many = len(targets) > SHOWN_OUTPUTS
-    lines = [f"{'':<{width}}{'score':>9}"
+    lines = [f"{heading:<{width}}{'score':>9}"
              + ("  outputs" if many else "".join(f"{t:>9}" for t in targets))]
 
     def row(label: str, score: float, per: dict) -> None:
@@ -1032,4 +1037,24 @@ def format_selection(doc: dict) -> str:
         lines.append("\nthe weights were edited after the selection: the scores above are the "
                      "selection's, not these weights' (kit pack --ensemble, then kit score, "
                      "scores them)")
+    edited = [m.get("name", m["runs"][0]) for m in doc["members"]
+              if any(m["weights"]) and any(runs_edited(m))]
+    if edited:
+        lines.append(f"\nthe runs of {', '.join(edited)} are not the ones the selection chose "
+                     "(edited by hand): the scores above are of other models (kit pack "
+                     "--ensemble refuses the file unless --force)")
     return "\n".join(lines)
+
+
+def runs_edited(member: dict) -> tuple[list[str], list[str]]:
+    """(runs added, runs dropped) of a member against the checkpoints its selection recorded
+    (each as checkpoint_key spells it): a run swapped in by hand, an out-of-fold member's fold
+    run deleted (the others then take its weight). ([], []) for a member without a record (a
+    file from before, a member added by hand)."""
+    chosen = member.get("checkpoints")
+    if not isinstance(chosen, dict) or not chosen:
+        return [], []
+    chosen_keys = {checkpoint_key(r) for r in chosen}
+    listed = [checkpoint_key(r) for r in member["runs"]]
+    return ([r for r, key in zip(member["runs"], listed, strict=True) if key not in chosen_keys],
+            sorted(chosen_keys - set(listed)))

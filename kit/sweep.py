@@ -1309,17 +1309,32 @@ def write_best(setup: SweepSetup, trial) -> Path:
     touched = [name.split(".")[0] for name in values]
     touched += [text.split("=", 1)[0].split(".")[0] for text in setup.overrides]
     touched += [top for top in config if top not in ("name", "description")
-                and config[top] != plain.get(top)]
+                and as_trained(top, config, plain) != as_trained(top, plain, plain)]
     for top in dict.fromkeys(touched):
         if top != "sweep" and top in config:
             doc[top] = without_none(config[top])
     path = best_path(setup)
     check_best_file(setup, path)
+    # a sweep of an experiment file given by path, from a folder with no experiments/: its
+    # trials trained, and the best file failed to write at the end
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # the origin as a comment: the loader ignores it, the next sweep reads it (check_best_file)
     partial.write_text(f"{ORIGIN}{json.dumps(best_origin(setup))}\n{tomli_w.dumps(doc)}")
     os.replace(partial, path)  # atomic: a reader never sees half a file
     return path
+
+
+def as_trained(top: str, config: dict, plain: dict):
+    """A config's section as it trains: [loss] with its defaults filled in, as a run's
+    config.toml records it (an experiment without [loss] trains the same loss: its best file
+    wrote the whole default [loss] as if it were swept)."""
+    if top != "loss":
+        return config.get(top)
+    from kit.competition import load_spec
+    from kit.train.losses import resolved_loss
+
+    return resolved_loss(config.get("loss"), load_spec(plain["spec"]).n_outputs)
 
 
 def without_none(value):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from kit.ensemble import checkpoint_digest, select_ensemble
+from kit.ensemble import checkpoint_digest, format_selection, read_ensemble, select_ensemble
 from kit.export.pack import PackError, pack_ensemble
 
 
@@ -65,12 +65,17 @@ def test_a_fold_run_dropped_from_a_members_runs_is_refused_unless_forced(runs, t
 def test_a_run_swapped_in_and_forced_is_recorded(runs, tmp_path):
     _, path, _ = select_ensemble([runs["gru"], runs["gru_b"]], iters=4, init_best=2,
                                  out=tmp_path / "e.toml")
+    shutil.copy(path, tmp_path / "e.toml.orig")
     doc = tomllib.loads(path.read_text())
     picked = next(m for m in doc["members"] if any(m["weights"]))
     picked["runs"] = [str(runs["lstm"])]
     path.write_text(tomli_w.dumps(doc))
     with pytest.raises(PackError, match="is not a run the selection chose"):
         pack_ensemble(path, "swapped", tmp_path / "subs")
+    # kit report on the file says its scores are of other models (it said nothing)
+    assert f"the runs of {picked['name']} are not the ones the selection chose" in \
+        format_selection(read_ensemble(path))
+    assert "are not the ones" not in format_selection(read_ensemble(tmp_path / "e.toml.orig"))
     packed, said = _forced(path, "swapped", tmp_path / "subs")
     changed = packed.manifest["ensemble"]["members_changed"]
     assert any(f"{runs['lstm']} is not a run the selection chose" in c for c in changed)

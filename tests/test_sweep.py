@@ -1561,6 +1561,27 @@ def test_the_best_experiment_extends_a_sweep_given_by_path(sweep_env):
     best = tomllib.loads((sweep_env / "experiments" / "tiny_best.toml").read_text())
     assert best["extends"] == str(path.resolve())
     assert load_experiment("tiny_best")["model"]["type"] in ("gru", "attention_gru")
+    # the trial's config.toml records the default loss it trained, which the experiment
+    # leaves out: the same loss, no section of the best file (r296)
+    (run,) = (sweep_env / "runs" / "tiny").glob("tiny-t*")
+    assert tomllib.loads((run / "config.toml").read_text())["loss"]["terms"] == {"mse": 1.0}
+    assert "loss" not in best
+
+
+def test_a_sweep_by_path_from_a_folder_without_experiments_writes_its_best_file(
+        sweep_env, tmp_path, monkeypatch):
+    """Its trials trained, then the best file failed: `experiments/.tiny_best.toml.PID.tmp: No
+    such file or directory`."""
+    path = sweep_env / "experiments" / "tiny.toml"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.delenv("KIT_EXPERIMENTS")
+    monkeypatch.chdir(elsewhere)
+    run_cli("sweep", str(path), "--trials", 1, "-q")
+    import tomllib
+
+    best = tomllib.loads((elsewhere / "experiments" / "tiny_best.toml").read_text())
+    assert best["extends"] == str(path.resolve())
 
 
 def test_the_best_file_holds_what_the_best_trial_trained(sweep_env):

@@ -8,7 +8,9 @@ temporary grows with the frame.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -16,6 +18,7 @@ import polars as pl
 from kit.competition import CompetitionSpec, spec_argument
 from kit.config import CHOICES
 from kit.data.contract import key_problems, need_flags, text_key_hint, value_dtype
+from kit.data.io import file_schema
 from kit.errors import DataError
 
 TRUNCATE = CHOICES["data.truncate"]
@@ -132,9 +135,11 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) ->
     where = error_prefix(source)
     if missing:
         what = "next-state targets need" if spec.next_state else "arrays need"
+        holder, columns = _columns_held(df, source)
         raise DataError(
-            f"{where}missing column(s) {missing}: {what} them (frame has {len(df.columns)} "
-            f"columns: {df.columns[:8]}{' ...' if len(df.columns) > 8 else ''})"
+            f"{where}missing column(s) {missing}: {what} them ({holder} has {len(columns)} "
+            f"columns: {columns[:8]}{' ...' if len(columns) > 8 else ''})"
+            + _meant_columns(missing, [c for c in columns if c not in wanted])
         )
     schema = df.schema
     # derived features may be flags; targets come from the file: the contract's dtypes (a
@@ -147,6 +152,40 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) ->
         raise DataError(f"{where}feature/target column(s) must be numeric: {bad}")
     if df.height == 0:
         raise DataError(f"{where}the frame has no rows")
+
+
+def _columns_held(df: pl.DataFrame, source: str) -> tuple[str, list[str]]:
+    """Whose columns an error about a missing one lists: the file's, from its parquet schema,
+    where `source` is a file (training cuts the frame to the spec's columns before building
+    its features, so a `Target` the spec calls `target` was not in the frame it listed), else
+    the frame's."""
+    if source != "the frame":
+        try:
+            if Path(source).is_file():
+                return "the file", list(file_schema(source))
+        except (DataError, OSError, ValueError):  # not a readable parquet file: the frame
+            pass
+    return "frame", list(df.columns)
+
+
+def _meant_columns(missing: list[str], columns: list[str]) -> str:
+    """`; 'target': did you mean 'Target'? ...` for each missing column that another column
+    matches but for case, or nearly (difflib); "" when none does."""
+    folded: dict[str, list[str]] = {}
+    for c in columns:
+        folded.setdefault(c.casefold(), []).append(c)
+    hints, by_case = [], False
+    for name in missing:
+        close = folded.get(name.casefold())
+        by_case = by_case or bool(close)
+        close = close or [c for near in difflib.get_close_matches(
+            name.casefold(), list(folded), n=2, cutoff=0.6) for c in folded[near]][:2]
+        if close:
+            hints.append(f"{name!r}: did you mean {' or '.join(map(repr, close))}?")
+    if not hints:
+        return ""
+    return (f"; {'; '.join(hints)} ({'column names are case-sensitive: ' if by_case else ''}"
+            "rename the column in the file, or the name in the spec)")
 
 
 def sequence_runs(ids: pl.Series, spec: CompetitionSpec,

@@ -146,7 +146,13 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                   force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Freeze an ensemble file (kit ensemble select) into one graph: every member with a
     non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
-    from kit.ensemble import checkpoint_key, postprocess_edited, read_ensemble, weights_edited
+    from kit.ensemble import (
+        checkpoint_key,
+        postprocess_edited,
+        read_ensemble,
+        runs_edited,
+        weights_edited,
+    )
 
     # before the members are loaded
     check_package_name(*(name, None) if name is not None else (Path(path).stem, "its file name"))
@@ -161,17 +167,15 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
         chosen_on = ({checkpoint_key(r): d for r, d in chosen_on.items()}  # RUN/, RUN/best.pt
                      if isinstance(chosen_on, dict) else {})
         label = entry.get("name", entry["runs"][0])
-        for run in entry["runs"]:
-            if chosen_on and checkpoint_key(run) not in chosen_on:  # swapped in by hand
-                said = (f"member {label!r}: {run} is not a run the selection chose (its "
-                        "checkpoints record others)")
-                if not force:
-                    raise PackError(f"{path}: {said}: the weights were chosen on other "
-                                    "predictions; select again, or --force")
-                changed.append(said)
-        # an out-of-fold member's fold run deleted from its runs: the others took its weight
-        dropped = sorted(set(chosen_on) - {checkpoint_key(run) for run in entry["runs"]})
-        if dropped:
+        added, dropped = runs_edited(entry)
+        for run in added:  # swapped in by hand
+            said = (f"member {label!r}: {run} is not a run the selection chose (its "
+                    "checkpoints record others)")
+            if not force:
+                raise PackError(f"{path}: {said}: the weights were chosen on other "
+                                "predictions; select again, or --force")
+            changed.append(said)
+        if dropped:  # an out-of-fold member's fold run deleted: the others took its weight
             said = (f"member {label!r}: {len(dropped)} of the {len(chosen_on)} runs the "
                     f"selection chose are not in its runs ({', '.join(dropped)})")
             if not force:

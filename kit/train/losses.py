@@ -89,6 +89,20 @@ def pearson(p: Tensor, y: Tensor, delta: float) -> Tensor:
 
 
 TERMS = {"mse": mse, "wmse": wmse, "huber": huber, "whuber": whuber, "pearson": pearson}
+# terms that leave the predictions' scale free: alone, they train a model whose predictions
+# correlate with the targets at no particular scale
+SCALE_FREE_TERMS = frozenset({"pearson"})
+DEFAULT_TERMS = {"mse": 1.0}
+DEFAULT_HUBER_DELTA = 1.0
+
+
+def resolved_loss(config: dict | None, n_targets: int) -> dict:
+    """The [loss] table as it trains, its defaults filled in: what a run's config.toml records
+    (a run of the default loss recorded none). Keys it does not know are kept, for MaskedLoss
+    to refuse."""
+    config = dict(config or {})
+    return {"terms": dict(DEFAULT_TERMS), "huber_delta": DEFAULT_HUBER_DELTA,
+            "target_weights": [1.0] * n_targets, **config}
 
 
 class MaskedLoss:
@@ -96,8 +110,8 @@ class MaskedLoss:
 
     def __init__(self, config: dict | None, n_targets: int):
         config = dict(config or {})
-        terms = config.pop("terms", {"mse": 1.0})
-        delta = config.pop("huber_delta", 1.0)
+        terms = config.pop("terms", dict(DEFAULT_TERMS))
+        delta = config.pop("huber_delta", DEFAULT_HUBER_DELTA)
         weights = config.pop("target_weights", [1.0] * n_targets)
         if config:
             raise LossConfigError(f"unknown [loss] key(s) {sorted(config)}; allowed: terms, "

@@ -67,13 +67,18 @@ def check_config(config: dict, resume: bool = False) -> dict:
     from kit.models import model_values, solve_width
     from kit.sweep import check_table
     from kit.train.data import check_split_settings
-    from kit.train.losses import MaskedLoss
+    from kit.train.losses import MaskedLoss, resolved_loss
 
     config = resolve(config)
     spec = load_spec(config["spec"])
     features = feature_set_from_config(config)
     model = model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
-    MaskedLoss(config.get("loss"), spec.n_outputs)
+    # as it trains (a run records it so): a run without [loss] and one of the default compare
+    # alike, whichever kit wrote their config.toml
+    loss = resolved_loss(config.get("loss"), spec.n_outputs)
+    MaskedLoss(loss, spec.n_outputs)
+    if note := scale_free_loss(loss, spec):
+        warnings.warn(note, UserWarning, stacklevel=2)
     if "sweep" in config:  # kit train never reads it, but a typo there is a typo
         check_table(config["sweep"])
     check_split_settings(config["data"])
@@ -91,7 +96,33 @@ def check_config(config: dict, resume: bool = False) -> dict:
     if config["train"]["batch_size"] == 0 and not resume and not torch.cuda.is_available():
         raise ConfigError("train.batch_size = 0 (find the largest batch that fits) needs a CUDA "
                           "device; set a batch size on CPU")
-    return {**config, "model": {"type": config["model"].get("type"), **model}}
+    return {**config, "model": {"type": config["model"].get("type"), **model}, "loss": loss}
+
+
+def scale_free_loss(loss: dict, spec) -> str | None:
+    """What to say of a loss whose every weighted term leaves the predictions' scale free
+    (pearson) for a metric that scores their scale (mae, rmse, r2, a clipped correlation):
+    such a model trains without a word and comes out at an arbitrary scale, no better than a
+    constant where the metric measures errors. None where nothing is wrong."""
+    from kit.train.losses import SCALE_FREE_TERMS
+
+    weighted = [name for name, weight in loss["terms"].items() if weight > 0]
+    if not weighted or not set(weighted) <= SCALE_FREE_TERMS or spec.metric.scale_free:
+        return None
+    terms = ", ".join(f"{name} = {weight!r}" for name, weight in loss["terms"].items())
+    metric = spec.metric
+    if metric.clip is not None:
+        why = (f"the spec's metric {metric.name} clips the predictions to "
+               f"[{metric.clip[0]:g}, {metric.clip[1]:g}] before it scores them, so their "
+               "scale decides what the clip cuts")
+    else:
+        why = (f"the spec's metric {metric.name} scores the predictions' scale (the model "
+               "comes out correlated with the targets at an arbitrary scale, perhaps no better "
+               "than a constant)")
+    return (f"loss.terms = {{ {terms} }}: every weighted term ({', '.join(weighted)}) leaves "
+            f"the predictions' scale free, but {why}; add a term that fits the scale, e.g. "
+            f"loss.terms = {{ mse = 1.0, {weighted[0]} = 0.5 }} (or huber; wmse or whuber "
+            "weight rows by |y|)")
 
 
 
@@ -503,6 +534,7 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
                on_epoch=None) -> dict:
     from kit.models import build_model, count_params, solve_width
     from kit.train.data import far_from_standard, load_train_data, target_moments
+    from kit.train.losses import resolved_loss
     from kit.train.trainer import fit
 
     if fold is not None:  # recorded in config.toml: reports and resume know the fold
@@ -514,6 +546,9 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
                           + "; --resume would train it on both")
     data = load_train_data(config)  # a resumed fold run's config brings its fold
     n_in, n_out = len(data.feature_set.outputs), data.spec.n_outputs
+    # config.toml records the loss it trains, defaults filled in (as the other sections); a
+    # resumed run keeps its config.toml as it was written (one from before: no [loss])
+    config = {**config, "loss": resolved_loss(config.get("loss"), n_out)}
     model_config = solve_width(config["model"], n_in, n_out)
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
