@@ -86,6 +86,12 @@ def current_scoring(stored: CompetitionSpec, reference: str | None = None
                                limits_unset=now.limits_unset), changed
 
 
+def is_column_range(pattern: str) -> bool:
+    """Whether pattern is written as a column range (PREFIX<low>..PREFIX<high>), valid or not
+    in its bounds."""
+    return _RANGE.match(pattern) is not None
+
+
 def expand_columns(patterns: list[str]) -> list[str]:
     """Expand range patterns: "p0..p11" -> p0, p1, ..., p11; "0..31" -> "0" ... "31";
     "f001..f100" -> f001 ... f100 (a zero-padded start keeps its width). The right-hand

@@ -1312,7 +1312,8 @@ def write_best(setup: SweepSetup, trial) -> Path:
                 and as_trained(top, config, plain) != as_trained(top, plain, plain)]
     for top in dict.fromkeys(touched):
         if top != "sweep" and top in config:
-            doc[top] = without_none(config[top])
+            doc[top] = without_none(config[top] if top != "loss" else
+                                    loss_as_written(config["loss"], plain))
     path = best_path(setup)
     check_best_file(setup, path)
     # a sweep of an experiment file given by path, from a folder with no experiments/: its
@@ -1335,6 +1336,17 @@ def as_trained(top: str, config: dict, plain: dict):
     from kit.train.losses import resolved_loss
 
     return resolved_loss(config.get("loss"), load_spec(plain["spec"]).n_outputs)
+
+
+def loss_as_written(loss: dict, plain: dict) -> dict:
+    """A trial's [loss] (resolved, as its config.toml records it) without the keys at their
+    defaults: [loss] replaces its parent's whole, so they come back as they were, and a
+    `target_weights` of one 1.0 per target pinned the best file to today's target count."""
+    from kit.competition import load_spec
+    from kit.train.losses import resolved_loss
+
+    default = resolved_loss(None, load_spec(plain["spec"]).n_outputs)
+    return {key: value for key, value in loss.items() if default.get(key) != value}
 
 
 def without_none(value):

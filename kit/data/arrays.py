@@ -139,7 +139,8 @@ def _validate(df, spec, feature_cols, target_cols, seq_len, truncate, source) ->
         raise DataError(
             f"{where}missing column(s) {missing}: {what} them ({holder} has {len(columns)} "
             f"columns: {columns[:8]}{' ...' if len(columns) > 8 else ''})"
-            + _meant_columns(missing, [c for c in columns if c not in wanted])
+            + _meant_columns(missing, [c for c in columns if c not in wanted],
+                             "the file" if holder == "the file" else "the frame")
         )
     schema = df.schema
     # derived features may be flags; targets come from the file: the contract's dtypes (a
@@ -168,9 +169,10 @@ def _columns_held(df: pl.DataFrame, source: str) -> tuple[str, list[str]]:
     return "frame", list(df.columns)
 
 
-def _meant_columns(missing: list[str], columns: list[str]) -> str:
+def _meant_columns(missing: list[str], columns: list[str], holder: str) -> str:
     """`; 'target': did you mean 'Target'? ...` for each missing column that another column
-    matches but for case, or nearly (difflib); "" when none does."""
+    matches but for case, or nearly (difflib, close: 'p30' is no hint for 'dp0'), the first
+    MEANT_HINTS of them; "" when none does."""
     folded: dict[str, list[str]] = {}
     for c in columns:
         folded.setdefault(c.casefold(), []).append(c)
@@ -179,13 +181,18 @@ def _meant_columns(missing: list[str], columns: list[str]) -> str:
         close = folded.get(name.casefold())
         by_case = by_case or bool(close)
         close = close or [c for near in difflib.get_close_matches(
-            name.casefold(), list(folded), n=2, cutoff=0.6) for c in folded[near]][:2]
+            name.casefold(), list(folded), n=2, cutoff=0.8) for c in folded[near]][:2]
         if close:
             hints.append(f"{name!r}: did you mean {' or '.join(map(repr, close))}?")
     if not hints:
         return ""
-    return (f"; {'; '.join(hints)} ({'column names are case-sensitive: ' if by_case else ''}"
-            "rename the column in the file, or the name in the spec)")
+    more = f"; {len(hints) - MEANT_HINTS} more" if len(hints) > MEANT_HINTS else ""
+    return (f"; {'; '.join(hints[:MEANT_HINTS])}{more} ("
+            f"{'column names are case-sensitive: ' if by_case else ''}"
+            f"rename the column in {holder}, or the name in the spec)")
+
+
+MEANT_HINTS = 5
 
 
 def sequence_runs(ids: pl.Series, spec: CompetitionSpec,

@@ -175,9 +175,12 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                 raise PackError(f"{path}: {said}: the weights were chosen on other "
                                 "predictions; select again, or --force")
             changed.append(said)
-        if dropped:  # an out-of-fold member's fold run deleted: the others took its weight
+        if dropped and not added:  # an out-of-fold member's fold run deleted: the others
+            # took its weight (a run swapped for another is said above, once)
+            folders = [str(Path(key).parent) if key.endswith("best.pt") else key
+                       for key in dropped]
             said = (f"member {label!r}: {len(dropped)} of the {len(chosen_on)} runs the "
-                    f"selection chose are not in its runs ({', '.join(dropped)})")
+                    f"selection chose are not in its runs ({', '.join(folders)})")
             if not force:
                 raise PackError(f"{path}: {said}: the others take their weight, on predictions "
                                 "the selection never scored; put them back, select again, or "

@@ -23,7 +23,13 @@ import polars as pl
 import torch
 from torch import Tensor, nn
 
-from kit.competition import GROUPS_SUFFIX, CompetitionSpec, expand_columns, spec_argument
+from kit.competition import (
+    GROUPS_SUFFIX,
+    CompetitionSpec,
+    expand_columns,
+    is_column_range,
+    spec_argument,
+)
 from kit.data.contract import value_dtype
 from kit.errors import DataError, KitError, SpecError
 from kit.features.guard import Guard, guard_frame
@@ -108,18 +114,16 @@ def _expand(value, spec: CompetitionSpec, known: Collection[str] = ()):
 
 
 def _expand_one(pattern: str) -> list[str]:
-    """A column range expanded. An op's output name that is not defined (yet), such as
-    "sum(v0..v5)" or "p0@roll_std20", is no range: it is kept, for the unknown-column
-    error to name it with the names that do exist (a range's syntax error did)."""
+    """A column range expanded. A reduction's output name that is not defined (yet), such as
+    "sum(v0..v5)", is no range: it is kept, for the unknown-column error to name it with the
+    names that do exist (a range's syntax error did). A range over outputs ("p0@lag1..
+    p0@lag5") is a range, its errors a range's (written backwards, too long)."""
     try:
         return expand_columns([pattern])
     except SpecError:
-        if any(mark in pattern for mark in OUTPUT_MARKS):
+        if "(" in pattern and not is_column_range(pattern):
             return [pattern]
         raise
-
-
-OUTPUT_MARKS = ("(", "@")  # what ops' output names hold and column ranges never need
 
 
 def unknown_columns_text(unknown: list[str], columns: list[str], spec: CompetitionSpec,

@@ -167,7 +167,9 @@ def config_changes(run: Path, checked: dict) -> list[str]:
     (both as check_config gives them: the model's width solved), the experiment's name and
     description aside."""
     try:
-        stored = check_config(read_config(run), resume=True)
+        with warnings.catch_warnings():  # another run's notes (its loss, its warm-up) are not
+            warnings.simplefilter("ignore")  # this command's: it only compares with them
+            stored = check_config(read_config(run), resume=True)
     except KitError:
         return ["the config"]
     return [key for key in differences(stored, checked) if key not in ("name", "description")]
