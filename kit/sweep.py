@@ -1010,6 +1010,13 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         try:
             values = suggest(trial, setup.params, setup.base)
             config = trial_config(setup.base, values)
+            if os.environ.get(CHILD_ENV) and config["train"]["threads"] == 0:
+                # a --workers child trains on its share of the cores: its config.toml, and
+                # the best file, say so (with 0 the best file retrained on all of them, and
+                # came out another model: r299)
+                import torch
+
+                config["train"]["threads"] = torch.get_num_threads()
             check_config(config)
         except KitError as exc:  # values valid alone, not together (d_model vs n_heads)
             reason = f"invalid combination of values: {exc}"

@@ -2474,3 +2474,22 @@ def test_an_ablation_without_seeds_resumes_after_the_files_seed_changed(sweep_en
     monkeypatch.setattr(recipe, "train_one", lambda *a, **k: trained.append(a[1].root.name))
     run_cli(*args, "--resume", saved)
     assert trained == [] and _saved_ablation(sweep_env)[1]["seeds"] == [seed]
+
+
+def test_workers_record_the_threads_their_trials_trained_on(sweep_env):
+    """A --workers child trains on its share of the cores, but its config.toml and the best
+    file said train.threads = 0: `kit train exp=X_best` retrained on every core and came out
+    another model (r299)."""
+    import os
+    import tomllib
+
+    share = max(1, (os.cpu_count() or 1) // 2)
+    run_cli("sweep", "exp=tiny", "--trials", 2, "--workers", 2, "-q")
+    trials = list((sweep_env / "runs/tiny").glob("tiny-t*"))
+    assert trials and all(tomllib.loads((t / "config.toml").read_text())["train"]["threads"]
+                          == share for t in trials)
+    assert load_experiment("tiny_best")["train"]["threads"] == share
+    # one process: the experiment's 0 (every core, as the trial had) is kept
+    run_cli("sweep", "exp=tiny", "--trials", 1, "--study", "one", "-q")
+    (one,) = (sweep_env / "runs/tiny").glob("one-t*")
+    assert tomllib.loads((one / "config.toml").read_text())["train"]["threads"] == 0

@@ -581,7 +581,7 @@ def test_a_resume_on_another_thread_count_says_it_will_not_replay_exactly(env, t
         out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume", "-q",
                       "--stop-after-epochs", "1").output
         assert "resumes on 1 CPU thread(s); it trained on 2 before" in out
-        assert "train.threads=2 would" in out
+        assert "a resume without --jobs, with OMP_NUM_THREADS=2 in its environment, would" in out
         out = run_cli("train", "exp=tiny", "--run-dir", tmp_path / "r", "--resume", "-q").output
         assert "CPU thread(s)" not in out  # the same count: nothing to say
     finally:

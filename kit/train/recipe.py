@@ -48,7 +48,7 @@ from kit.train.groups import (
     refuse_repeated_seeds,
     resumable_group,
 )
-from kit.train.runs import RUNS_DIR, RunFiles, epoch_line
+from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, say
 from kit.workers import EndedBySignal
 
 
@@ -559,7 +559,7 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
     # (targets the loss overflows on were named already, and normaliser.targets cannot help)
     elif not resume and not data.extreme_targets and (
             note := far_from_standard(data.spec, *target_moments(data.train))):
-        print(f"note: {note}", flush=True)
+        say(f"note: {note}")
     summary = {"params": count_params(model), "features": n_in,
                "train_seqs": len(data.train), "valid_seqs": len(data.valid),
                "valid_limited": data.valid_limited, "valid_truncated": data.valid_truncated}

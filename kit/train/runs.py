@@ -29,6 +29,22 @@ from kit.run_record import DATA_DIGESTS, DATA_RECORD, PENDING_BEST, TRAINED_SPEC
 from kit.train.checkpoint import save_checkpoint
 
 RUNS_DIR = Path("runs")
+TRAIN_WORKER_ENV = "KIT_TRAIN_WORKER"  # set in a `kit train --jobs` worker's environment
+
+
+def say(text: str) -> None:
+    """A note of a training run beside its epoch lines (tqdm's write: a progress bar stays
+    whole). A `--jobs` worker's stdout is not shown (its command prints the epochs from the
+    run's history), so there it goes to stderr, which is: a resume on other threads said why
+    it would not replay exactly, and no one saw it (r299)."""
+    import sys
+
+    from tqdm import tqdm
+
+    if os.environ.get(TRAIN_WORKER_ENV):
+        tqdm.write(text, file=sys.stderr)
+    else:
+        tqdm.write(text)
 
 
 def epoch_line(record: dict) -> str:

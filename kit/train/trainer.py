@@ -26,7 +26,7 @@ from kit.toml_file import parse_toml, read_toml
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
 from kit.train.data import EXTREME_TARGETS_ADVICE, Split, TrainData
 from kit.train.losses import MaskedLoss
-from kit.train.runs import RunFiles, epoch_line
+from kit.train.runs import RunFiles, epoch_line, say
 
 SCHEDULES = CHOICES["train.schedule"]
 
@@ -277,8 +277,8 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
     per_step_schedule = train["schedule"] != "plateau"
     amp_dtype = autocast_for(device, train["amp"])
     if device.type != "cuda" and train["amp"] in ("fp16", "bf16"):  # asked for by name: said
-        tqdm.write(f"note: train.amp = {train['amp']} applies on CUDA only: {files.root} trains "
-                   f"in float32 on {device.type}")
+        say(f"note: train.amp = {train['amp']} applies on CUDA only: {files.root} trains in "
+            f"float32 on {device.type}")
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train["ema"]))
            if train["ema"] > 0 else None)
@@ -304,17 +304,17 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise unfit_checkpoint(files.last, exc) from None
         if saved.get("amp", str(amp_dtype)) != str(amp_dtype):
-            tqdm.write(f"note: {files.root} resumes in {amp_dtype or 'float32'} autocast; it "
-                       f"trained in {saved['amp'].replace('None', 'float32')} before, so it "
-                       "will not replay an uninterrupted run exactly")
+            say(f"note: {files.root} resumes in {amp_dtype or 'float32'} autocast; it trained "
+                f"in {saved['amp'].replace('None', 'float32')} before, so it will not replay an "
+                "uninterrupted run exactly")
         threads = torch.get_num_threads()  # (--jobs workers run on kit's share of the cores)
         if saved.get("threads", threads) != threads and device.type == "cpu":
-            tqdm.write(f"note: {files.root} resumes on {threads} CPU thread(s); it trained on "
-                       f"{saved['threads']} before, where float sums split differently, so it "
-                       "will not replay an uninterrupted run exactly (train.threads="
-                       f"{saved['threads']} would)")
+            say(f"note: {files.root} resumes on {threads} CPU thread(s); it trained on "
+                f"{saved['threads']} before, where float sums split differently, so it will not "
+                "replay an uninterrupted run exactly (a resume without --jobs, with "
+                f"OMP_NUM_THREADS={saved['threads']} in its environment, would)")
         if (note := feature_format_note(saved, files.root)) is not None:
-            tqdm.write(note)
+            say(note)
         files.reopen_paused()  # only now: a last.pt that cannot resume leaves the pause as it was
         files.truncate_history(start_epoch)
         if saved.get("best_pending"):  # killed while moving the epoch's best into place
@@ -452,6 +452,6 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         raise TrainingDiverged(f"{files.root}: training diverged ({diverged}) before any epoch "
                                f"scored, so there is no best.pt. {divergence_advice(train, data)}")
     if diverged:
-        tqdm.write(f"{files.root}: stopped, training diverged ({diverged}); best.pt keeps "
-                   f"epoch {metrics['best_epoch']}")
+        say(f"{files.root}: stopped, training diverged ({diverged}); best.pt keeps epoch "
+            f"{metrics['best_epoch']}")
     return metrics
