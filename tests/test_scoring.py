@@ -1194,7 +1194,9 @@ def test_a_submission_stuck_while_loading_names_no_row(tmp_path):
     assert "was running on" not in said and "in __init__" in said
 
 
-def test_progress_false_is_quiet_and_true_draws_a_bar(tmp_path, capfd):
+def test_progress_false_is_quiet_and_true_draws_a_bar(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("KIT_PROGRESS", "1")  # captured stderr is no terminal (kit.progress)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     data, _ = write_data(tmp_path)
     sub = write_sub(tmp_path, FORMULA.replace("s = dp.state", "print('noise'); s = dp.state"))
     result = score_submission(sub, data, SPEC, progress=False)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from kit import users_environment
 from kit.errors import SubmissionError
+from kit.progress import bar_switch
 from kit.scoring.runner import REPORT_EVERY_S, kill_tree  # (runner.py imports nothing of kit's)
 from kit.workers import caught
 
@@ -396,7 +397,7 @@ def run_child(
         total=n_rows,
         unit="row",
         desc="init",
-        disable=not progress,
+        **bar_switch(progress),
         mininterval=0.25,
         dynamic_ncols=True,
     )

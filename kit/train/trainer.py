@@ -22,6 +22,7 @@ from kit.config import CHOICES, ConfigError, changed_values, differences
 from kit.errors import KitError
 from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.metrics import evaluate
+from kit.progress import bar_switch
 from kit.toml_file import parse_toml, read_toml
 from kit.train.checkpoint import load_checkpoint, save_checkpoint, unfit_checkpoint
 from kit.train.data import EXTREME_TARGETS_ADVICE, Split, TrainData
@@ -334,7 +335,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         model.train()
         losses = []
         bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch + 1}/{train['epochs']}",
-                   disable=not progress, leave=False)
+                   leave=False, **bar_switch(progress))
         for b in bar:
             index = torch.from_numpy(order[b * train["batch_size"]:(b + 1) * train["batch_size"]])
             x, y, mask = (t[index].to(device) for t in (data.train.x, data.train.y,

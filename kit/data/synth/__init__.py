@@ -28,6 +28,7 @@ from kit.data.synth.core import (
 from kit.data.synth.predictorium import LobGenerator
 from kit.data.synth.rnn import RnnGenerator
 from kit.errors import DataError, KitError
+from kit.progress import bar_switch
 
 DEFAULT_SEQS = {"train": 400, "valid": 200}  # a quick demo: ~3 s on 2 cores
 FULL_SEQS = {"train": 10_721, "valid": 1_444}  # the real Predictorium split sizes
@@ -114,7 +115,7 @@ def synthesize(
     written: list[ParquetSink] = []  # renamed into place together, once all three are whole
     try:
         with tqdm(total=chunks, desc=f"synth {spec.name}", unit="chunk",
-                  disable=not progress) as bar:
+                  **bar_switch(progress)) as bar:
             # in each file's metadata: the demo refuses an oracle of another generation (the
             # same sizes share every key, whatever the seed)
             generation = json.dumps({"spec": spec.name, "seed": int(seed), "train_seqs":
