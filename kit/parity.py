@@ -16,6 +16,8 @@ check and the row.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 import os
 import shutil
@@ -50,6 +52,7 @@ from kit.export.pack import (
 from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, evaluate
+from kit.models import MODELS
 from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
 from kit.run_record import relocated
 from kit.scoring.sandbox import snapshot_submission
@@ -86,7 +89,9 @@ class ParityReport:
     diffs: list[dict]  # {"pair", "max_abs", "per_target": {t: {max_abs, max_rel, seq, step}}}
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the numbers above do not say
-    advice: str | None = None  # what to do first when it fails (a package of another format)
+    # what to do first when it fails (a package of another format; a model whose own float32
+    # rounding exceeds the tolerance: float32_advice)
+    advice: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -190,14 +195,29 @@ class Rows:
         return pl.DataFrame(cols)
 
 
-@torch.no_grad()
 def sequence_path(member: Member, rows: Rows) -> np.ndarray:
     """Training's path: batch features (Polars) -> normaliser -> model over whole sequences."""
+    return _whole_sequences(member, rows)
+
+
+def float64_path(member: Member, rows: Rows) -> np.ndarray:
+    """The sequence path with the model in float64: how far float32 rounding alone moves the
+    model's predictions (float32_advice)."""
+    return _whole_sequences(member, rows, double=True)
+
+
+@torch.no_grad()
+def _whole_sequences(member: Member, rows: Rows, double: bool = False) -> np.ndarray:
+    """With `double`, a float64 copy of the model on the same (float32) inputs."""
     spec, names = member.spec, member.feature_set.outputs
     arrays = build_arrays(member.feature_set.batch_frame(rows.frame(spec)), spec, names,
                           seq_len=int(rows.lengths.max()))
     x = torch.from_numpy(np.ascontiguousarray(member.normaliser.transform(arrays.x)))
-    y, _ = member.model(x, member.model.init_state(x.shape[0]))
+    if not double:
+        y, _ = member.model(x, member.model.init_state(x.shape[0]))
+        return y.numpy()
+    model = copy.deepcopy(member.model).double()  # (the member's own stays float32)
+    y, _ = model(x.double(), [s.double() for s in model.init_state(x.shape[0])])
     return y.numpy()
 
 
@@ -732,6 +752,15 @@ def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
     # as ever (and members that trained on another format change nothing parity compares)
     kept_out = advice is not None and failed
     notes[:0] = format_notes
+    own = diffs[0] if diffs and diffs[0]["pair"] == "sequence vs step" else None
+    off_float64 = None
+    if own and own["rows_over"]:  # advice only: a model that cannot run in float64 gets none
+        with contextlib.suppress(RuntimeError, TypeError, ValueError):
+            off_float64 = float64_distance(ref, rows, preds)
+    rounding = float32_advice(diffs, tol, [w.member.model_config for w in ref.members],
+                              off_float64)
+    if rounding is not None:  # (a failure all the same: exit 1, and it is recorded)
+        advice = rounding if advice is None else f"{advice}; also {rounding}"
     if kept_out and record and submission.is_dir():
         notes.append(f"the failed report is not recorded in {submission}'s manifest or zip: "
                      "the difference may come from this kit's features, not the package")
@@ -818,12 +847,62 @@ def paths_agree(diffs: list[dict], tol: Tolerance) -> Check:
         return Check("paths agree", True, f"max abs difference {worst['max_abs']:.2e} "
                                           f"({worst['pair']}) within {tol}")
     first = max(over, key=lambda d: d["rows_over"])
+    own = next((d for d in over if d["pair"] == "sequence vs step"), None)
+    mine = "" if own is None else (  # its own rounding, not the package: float32_advice
+        f"; the two PyTorch paths differ themselves in {own['rows_over']:,} row(s) "
+        "(sequence vs step)")
     return Check("paths agree", False,
                  f"{first['rows_over']:,} scored row(s) differ by more than {tol} "
                  f"({first['pair']}); first at seq {key_text(first['first_over']['seq'])}, "
                  f"step {key_text(first['first_over']['step'])}; max abs difference "
                  f"{worst['max_abs']:.2e} "
-                 f"({worst['pair']}), " + _where(worst))
+                 f"({worst['pair']}), " + _where(worst) + mine)
+
+
+SAME_SIZE = 10.0  # differences within this factor of the model's own rounding: rounding
+
+
+def float64_distance(ref: Reference, rows: Rows, preds: dict) -> float:
+    """How near either float32 PyTorch path comes to the model in float64: the smaller of their
+    largest differences from it (inf for a non-finite one)."""
+    exact = ref.predict(float64_path, rows)
+    with np.errstate(invalid="ignore"):  # (inf - inf: NaN, read as inf below)
+        gaps = [np.abs(preds[p] - exact) for p in ("sequence", "step")]
+    return min(float(np.max(np.where(np.isfinite(g), g, np.inf), initial=0.0)) for g in gaps)
+
+
+def float32_advice(diffs: list[dict], tol: Tolerance, model_configs: list[dict],
+                   off_float64: float | None) -> str | None:
+    """What a failure says when the two PyTorch paths disagree beyond the tolerance by the
+    model's own float32 rounding (None otherwise). Both run the same weights in float32, whole
+    sequences against one step at a time; a tiny model's rounding (a d_model of 3: 3.1e-5
+    apart, each 2.5e-5 from float64) exceeds 1e-5, a correct package shares it, and "paths
+    agree" failing on it read as a broken package (r300). Rounding, not a bug of one path:
+    neither path is nearer the model in float64 (`off_float64`, float64_distance) than a
+    tenth of their difference."""
+    own = next((d for d in diffs if d["pair"] == "sequence vs step"), None)
+    if own is None or not own["rows_over"] or off_float64 is None:
+        return None
+    x = own["max_abs"]
+    if not (math.isfinite(x) and x <= SAME_SIZE * off_float64):
+        return None  # (a NaN on one path, or one path the float64 model's: no rounding)
+    package = max((d["max_abs"] for d in diffs if "package" in d["pair"]), default=None)
+    if package is None:
+        compared = ""
+    elif package <= SAME_SIZE * x:
+        compared = f"; the package's own differences (up to {package:.2e}) are of that size"
+    else:
+        compared = (f"; the package differs by more ({package:.2e}), which this does not "
+                    "explain: look at it as well")
+    widths = sorted({f"model.{MODELS[c['type']].width_key}" for c in model_configs
+                     if isinstance(c, dict) and c.get("type") in MODELS}) or ["the width"]
+    seen = max(x, package) if package is not None and package <= SAME_SIZE * x else x
+    atol = 10.0 ** math.ceil(math.log10(2 * seen))  # a power of ten past twice what was seen
+    return (f"the model itself is not stable in float32 at this size: its two PyTorch paths "
+            f"(sequence vs step, the same weights) differ by {x:.2e}, beyond the tolerance "
+            f"{tol}, and neither is nearer the model in float64 than {off_float64:.2e}"
+            f"{compared}; train a larger width ({' or '.join(widths)}) or judge with a "
+            f"larger tolerance (--atol {atol:g})")
 
 
 def copy_package(folder: Path, dest: Path) -> Path:

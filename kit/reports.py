@@ -779,6 +779,25 @@ def _width(model: dict):
     return None, None
 
 
+def _model_settings(model: dict) -> str:
+    """Every setting of the run's [model] table (config.toml's, the width solved from a budget),
+    the keys it leaves out at their defaults: runs that differ in layers, window, kernel or
+    n_heads read the same by their type and width (r300)."""
+    from kit.models import BUDGET_KEY, MODELS
+
+    if not isinstance(model, dict):
+        return "-"
+    cls = MODELS.get(model.get("type")) if isinstance(model.get("type"), str) else None
+    keys = cls.all_keys() if cls is not None else {}
+    values = {name: model.get(name, key.default) for name, key in keys.items()}
+    values |= {k: v for k, v in model.items() if k not in ("type", BUDGET_KEY)}  # (others)
+    shown = [f"{name} {json.dumps(v, default=str) if isinstance(v, bool | list) else v}"
+             for name, v in values.items()]
+    budget = (f"{cls.width_key if cls else 'the width'} solved from {BUDGET_KEY} "
+              f"{model[BUDGET_KEY]}" if BUDGET_KEY in model else "")
+    return "; ".join(s for s in (", ".join(shown), budget) if s) or "-"
+
+
 def _batch_size(train: dict, run_dir: Path) -> str:
     """The configured batch size; for 0 (the largest that fits) also the size found."""
     size = train.get("batch_size", "-")
@@ -917,6 +936,7 @@ def _markdown(
         f"- spec: {config.get('spec', '-')}; seed: {_fmt(row['seed'])}",
         f"- model: {model_text}; parameters: "
         + (f"{int(row['params']):,}" if row["params"] is not None else "-"),
+        f"- model settings: {_model_settings(model)}",
         f"- features: groups {', '.join(map(str, features.get('groups') or [])) or '-'}"
         + (f"; {len(features['ops'])} op(s)" if features.get("ops") else ""),
         f"- train: lr {train.get('lr', '-')}, batch {_batch_size(train, run_dir)}, "

@@ -72,6 +72,7 @@ def model_values(config: dict) -> dict:
         raise ModelConfigError(
             f"model.{cls.width_key} ({values[cls.width_key]}) must be a multiple of {step}",
             settings=(f"model.{cls.width_key}", "model.n_heads"))  # (heads set the multiple)
+    cls.check_width(values)  # a width of 1 under a LayerNorm: a constant prediction
     return values
 
 
@@ -140,13 +141,14 @@ def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
     def size(m: int) -> int:
         return _count(config["type"], {**values, cls.width_key: m * step}, n_inputs, n_outputs)
 
-    smallest = size(1)
+    first = -(-cls.min_width(values) // step)  # the smallest multiple the model accepts
+    smallest = size(first)
     if smallest > budget:
         raise ModelConfigError(
             f"model.{BUDGET_KEY} = {budget:,} is too small: {config['type']} with "
-            f"{cls.width_key} = {step} already has {smallest:,} parameters"
+            f"{cls.width_key} = {first * step} already has {smallest:,} parameters"
         )
-    lo, hi = 1, 2  # size(lo) fits; find an hi that does not
+    lo, hi = first, 2 * first  # size(lo) fits; find an hi that does not
     while hi * step <= MAX_WIDTH and size(hi) <= budget:
         lo, hi = hi, hi * 2
     hi = min(hi, MAX_WIDTH // step + 1)

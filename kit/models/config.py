@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from kit.errors import KitError
 
 MAX_HISTORY = 100_000  # steps a model's state may hold, as a feature's lag or window (MAX_REACH)
+MIN_NORMED_WIDTH = 2  # a LayerNorm over one value outputs its bias: a constant prediction
 
 
 class ModelConfigError(KitError):
@@ -111,10 +112,37 @@ class StreamModel(nn.Module):
 
     keys: dict[str, Key] = {}
     width_key: str = ""
+    width_unit: str = "unit"  # one of the width's units, as a message names it ("channel")
 
     @classmethod
     def all_keys(cls) -> dict[str, Key]:
         return {**cls.keys, **COMMON_KEYS}
+
+    @classmethod
+    def normed_width(cls, values: dict) -> bool:
+        """Whether a LayerNorm normalises over the width (values: the keys but the width): a
+        width of 1 then outputs the norm's bias whatever the input, a constant prediction."""
+        return False
+
+    @classmethod
+    def min_width(cls, values: dict) -> int:
+        """The smallest width the model accepts (and a budget solves to)."""
+        return MIN_NORMED_WIDTH if cls.normed_width(values) else 1
+
+    @classmethod
+    def check_width(cls, values: dict) -> None:
+        """A width of 1 under a LayerNorm (its output over one value is its bias): refused."""
+        width, low = values[cls.width_key], cls.min_width(values)
+        if width >= low:
+            return
+        where = f"model.{cls.width_key} = {width}"
+        said = (f"its LayerNorm over one {cls.width_unit} outputs a constant (the same "
+                f"prediction whatever the input); use >= {low}")
+        if "layer_norm" in values:  # (the recurrent models: the LayerNorm is optional)
+            raise ModelConfigError(f"{where} with model.layer_norm = true: {said} or "
+                                   "layer_norm = false",
+                                   settings=(f"model.{cls.width_key}", "model.layer_norm"))
+        raise ModelConfigError(f"{where}: {said}", settings=(f"model.{cls.width_key}",))
 
     @classmethod
     def width_multiple(cls, values: dict) -> int:

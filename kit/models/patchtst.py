@@ -63,6 +63,11 @@ class PatchTST(StreamModel):
         "stride": Key(8, "int", help="rows between patch starts"),
     }
     width_key = "d_model"
+    width_unit = "dimension"
+
+    @classmethod
+    def normed_width(cls, values: dict) -> bool:
+        return True  # the blocks' LayerNorms and the one over each token before the head
 
     def __init__(
         self,

@@ -31,6 +31,10 @@ class RecurrentModel(StreamModel):
     keys = RNN_KEYS
     width_key = "hidden"
 
+    @classmethod
+    def normed_width(cls, values: dict) -> bool:
+        return values["layer_norm"]  # the optional LayerNorm on the recurrent output
+
     def __init__(
         self,
         n_inputs: int,

@@ -90,6 +90,11 @@ class SSM(StreamModel):
         "expand": Key(2, "int", help="d_inner = expand * d_model"),
     }
     width_key = "d_model"
+    width_unit = "dimension"
+
+    @classmethod
+    def normed_width(cls, values: dict) -> bool:
+        return True  # each layer's LayerNorm and the one before the head
 
     def __init__(
         self,

@@ -52,6 +52,11 @@ class TCN(StreamModel):
         "dilations": Key([1, 2, 4, 8, 16], "ints", help="one block per dilation"),
     }
     width_key = "channels"
+    width_unit = "channel"
+
+    @classmethod
+    def normed_width(cls, values: dict) -> bool:
+        return True  # the LayerNorm before the head
 
     @classmethod
     def check(cls, values: dict) -> None:

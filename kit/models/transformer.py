@@ -84,6 +84,11 @@ class Transformer(StreamModel):
         "window": Key(64, "int", low=2, high=MAX_HISTORY, help="steps attended, itself included"),
     }
     width_key = "d_model"
+    width_unit = "dimension"
+
+    @classmethod
+    def normed_width(cls, values: dict) -> bool:
+        return True  # the blocks' LayerNorms and the one before the head
 
     def __init__(
         self,
