@@ -32,7 +32,7 @@ from kit.errors import KitError
 from kit.metrics import SHOWN_OUTPUTS
 from kit.sweep import training_digests
 from kit.train.runs import RUNS_DIR, RunFiles
-from kit.workers import EndedBySignal
+from kit.workers import SIGPIPE, EndedBySignal, stdout_closed
 
 
 def variants(groups: list[str]) -> list[tuple[str, str, list[str]]]:
@@ -121,11 +121,15 @@ def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
                 summary["variants"][-1] = variant_row(kind, label, chosen, outcomes)
                 save(out, summary, kept, trained)  # after every run: an interruption keeps
             save(out, summary, kept, trained)  # the rest
-    except (KeyboardInterrupt, EndedBySignal) as stop:  # (a scheduler's SIGTERM too)
+    except (KeyboardInterrupt, EndedBySignal, BrokenPipeError) as stop:  # (a scheduler's
+        # SIGTERM too; stdout's reader gone, `| head -1`, as an interrupt: SIGPIPE's number)
+        if isinstance(stop, BrokenPipeError) and not stdout_closed(stop):
+            raise  # another pipe's: an error
         folders = run_folders(out, groups, seeds)
         finished = sum(finished_run(folder, trained) for folder in folders)
-        raise AblationInterrupted(out, finished, len(folders),
-                                  getattr(stop, "signum", signal.SIGINT)) from None
+        signum = (SIGPIPE if isinstance(stop, BrokenPipeError)
+                  else getattr(stop, "signum", signal.SIGINT))
+        raise AblationInterrupted(out, finished, len(folders), signum) from None
     summary["file"] = str(out)
     return summary
 

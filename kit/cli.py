@@ -6,11 +6,11 @@ Imports of the heavy parts happen inside each command so that `kit --help` stays
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
 import signal
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -20,6 +20,13 @@ from typer.core import TyperGroup
 
 from kit.errors import KitError, ScorerRefusal, os_error_text
 from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
+from kit.workers import (
+    SIGPIPE,
+    STDOUT_CLOSED,
+    stdout_closed,
+    stdout_reader_gone,
+    stop_writing_stdout,
+)
 
 
 class _KitGroup(TyperGroup):
@@ -34,28 +41,65 @@ class _KitGroup(TyperGroup):
 
         stopping = (contextlib.nullcontext() if os.environ.get("KIT_TRAIN_WORKER")
                     else ended_by_signals())
+        if ctx.parent is None:  # `kit ...` (a group of it, `kit data`, invokes under it)
+            _JSON.update(mode=False, printed=False)
         try:
             with stopping, warnings.catch_warnings():  # restores showwarning after
                 warnings.showwarning = _kit_warnings_as_lines(warnings.showwarning)
                 return super().invoke(ctx)
         except KitError as exc:
             typer.echo(f"error: {exc}", err=True)
+            _json_failure(str(exc), exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError as exc:
-            if not _stdout_reader_gone():  # another pipe (a file the command writes) broke
+            if not stdout_reader_gone():  # another pipe (a file the command writes) broke
                 typer.echo(f"error: {os_error_text(exc)}", err=True)
+                _json_failure(os_error_text(exc), 2)
                 raise typer.Exit(2) from None
-            # `kit runs | head`: the reader has all it wanted. Python flushes stdout again at
-            # exit, which would fail the same way: point it at /dev/null first (the recipe of
-            # the signal module's docs); 141 = 128 + SIGPIPE.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(141) from None
+            # `kit runs | head`: the reader has all it wanted (stop_writing_stdout: Python's
+            # flush at exit would fail the same way); 141 = 128 + SIGPIPE. (A long command
+            # stopped so says what is left and how to resume: train, sweep, ablate.)
+            stop_writing_stdout()
+            raise typer.Exit(STDOUT_CLOSED) from None
         except OSError as exc:  # an output path under a file, a full disk: say which path
             typer.echo(f"error: {os_error_text(exc)}", err=True)
+            _json_failure(os_error_text(exc), 2)
             raise typer.Exit(2) from None
 
 
 KIT_DIR = str(Path(__file__).resolve().parent)
+# this invocation's --json, and whether it printed its JSON (reset by each top-level command)
+_JSON = {"mode": False, "printed": False}
+
+# where a submission failed, in kit score's error (kit.scoring.sandbox words it so)
+_FAILED_AT = re.compile(r"\bseq (?P<seq>[-+\w.]+), step (?P<step>[-+\w.]+) "
+                        r"\(row (?P<row>[\d,]+)")
+
+
+def _json_failure(text: str, code: int) -> None:
+    """With --json, a command that failed before printing its JSON prints one on stdout all
+    the same: `{"ok": false, "error": ...}` (a CI step's `kit score --json > result.json` got an
+    empty file, and jq failed on it: r298). The error's first line, the rest as `detail` (a
+    submission's traceback), and where a submission's predict() failed (seq, step, row)."""
+    if not _JSON["mode"] or _JSON["printed"]:
+        return
+    first, _, rest = text.partition("\n")
+    payload = {"ok": False, "error": first, "exit_code": code}
+    found = _FAILED_AT.search(first)
+    if found:
+        payload.update({key: _number(value) for key, value in found.groupdict().items()})
+    if rest.strip():
+        payload["detail"] = rest.strip("\n")
+    with contextlib.suppress(OSError):  # (stdout gone as well: the stderr line stays)
+        _print_json(payload)
+
+
+def _number(text: str):
+    """'8' -> 8, '1,000' -> 1000, '0.5' -> 0.5; else the text as it is."""
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text.replace(",", ""))
+    return text
 
 
 def _kit_warnings_as_lines(show):
@@ -73,16 +117,13 @@ def _kit_warnings_as_lines(show):
     return show_warning
 
 
-def _stdout_reader_gone() -> bool:
-    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR on it)."""
-    try:
-        import select
-
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLERR)
-        return any(event & select.POLLERR for _, event in poller.poll(0))
-    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
-        return False
+def _ended(signum: int) -> str:
+    """How a long command was stopped, for its line on stderr (and then what is left)."""
+    if signum == signal.SIGINT:
+        return "interrupted"
+    if signum == SIGPIPE:  # `kit train ... | head -1`: head exited
+        return "stdout's reader exited (a closed pipe)"
+    return f"stopped by {signal.Signals(signum).name}"
 
 
 def overrides_of(ctx: typer.Context) -> list[str]:
@@ -131,14 +172,39 @@ app.add_typer(ensemble_app, name="ensemble")
 
 SpecOption = typer.Option("predictorium", "--spec", "-s",
                           help="Competition spec: a preset name or a TOML path.")
-JsonOption = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
-def _print_json(payload: dict) -> None:
+def _json_mode(value: bool) -> bool:
+    """--json's callback: an error of the command is then printed as JSON too (_json_failure)."""
+    _JSON["mode"] = value
+    return value
+
+
+JsonOption = typer.Option(False, "--json", callback=_json_mode,
+                          help="Print the result as JSON (a failure as {\"ok\": false, "
+                          "\"error\": ...}).")
+
+
+def _print_json(payload: dict | str) -> None:
     from kit.json_safe import dumps
 
     # strict JSON (NaN/inf as null) for jq and other readers; str() for paths and the like
-    typer.echo(dumps(payload, indent=2, default=str))
+    typer.echo(payload if isinstance(payload, str) else dumps(payload, indent=2, default=str))
+    _JSON["printed"] = True
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from kit import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(_version: bool = typer.Option(False, "--version", callback=_print_version,
+                                           is_eager=True, help="Print the kit version.")):
+    pass
 
 
 @app.command()
@@ -293,7 +359,13 @@ def data_check(
             _print_json({"ok": False, "path": getattr(exc, "source", str(file)),
                          "problems": problems})
         raise
-    _print_json({"ok": True, **report.to_dict()}) if as_json else typer.echo(report.format())
+    if as_json:
+        _print_json({"ok": True, **report.to_dict()})
+        return
+    # warnings on stderr, as every command's (the report on stdout is what a script reads)
+    typer.echo(dataclasses.replace(report, warnings=[]).format())
+    for text in report.warnings:
+        typer.echo(f"warning: {text}", err=True)
 
 
 @data_app.command("synth")
@@ -364,7 +436,13 @@ def score(
                        "competition)", err=True)
         result = score_submission(submission, data, resolved, seqs=seqs,
                                   progress=not (quiet or as_json), timeout_s=timeout)
-    _print_json(result.to_dict()) if as_json else typer.echo(result.format(said))
+    if as_json:
+        _print_json(result.to_dict())
+    else:  # the warnings not said during the replay go to stderr too, as every command's
+        typer.echo(result.format([*said, *result.warnings]))
+        for text in result.warnings:
+            if text not in said:
+                typer.echo(f"warning: {text}", err=True)
     if result.fails:  # a pipeline must not upload what the official scorer would reject
         raise ScorerRefusal(f"the official scorer would not accept this run: "
                             f"{'; '.join(result.fails)}")
@@ -546,9 +624,13 @@ def train(
             results = train_experiment(exp, overrides, seeds=seeds, resume=resume,
                                        run_dir=run_dir, stop_after_epochs=stop_after_epochs,
                                        folds=folds, progress=not quiet, jobs=jobs)
-    except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, or SIGTERM/SIGHUP of --jobs
-        ended = "interrupted" if isinstance(stop, KeyboardInterrupt) else (
-            f"stopped by {signal.Signals(stop.signum).name}")
+    except (KeyboardInterrupt, EndedBySignal, BrokenPipeError) as stop:  # Ctrl-C, SIGTERM/
+        # SIGHUP of --jobs, stdout's reader gone (`| head -1`: stopped as by an interrupt)
+        if isinstance(stop, BrokenPipeError) and not stdout_closed(stop):
+            raise  # another pipe's: an error
+        signum = (signal.SIGINT if isinstance(stop, KeyboardInterrupt) else
+                  SIGPIPE if isinstance(stop, BrokenPipeError) else stop.signum)
+        ended = _ended(signum)
         if isinstance(stop, NothingStarted) or getattr(stop, "nothing_started", False):
             typer.echo(f"{ended} before any run started: nothing to resume; run the same "
                        "command again", err=True)
@@ -562,7 +644,9 @@ def train(
                      *(["--run-dir", str(stopped)] if stopped else []), "--resume"]
             typer.echo(f"{ended}: continue with `{shlex.join(again)}` (from the last "
                        "finished epoch, or from the start if none had finished)", err=True)
-        raise typer.Exit(130 if isinstance(stop, KeyboardInterrupt) else stop.code) from None
+        if signum == SIGPIPE:
+            stop_writing_stdout()
+        raise typer.Exit(130 if signum == signal.SIGINT else 128 + signum) from None
     except SeedsFailed as failed:  # the seeds that trained are shown before the error
         print_results(failed.results)
         raise
@@ -620,12 +704,12 @@ def sweep(
                             workers=1 if options["workers"] is None else options["workers"],
                             progress=not quiet,
                             runs_dir=runs_dir, summary=not no_summary)
-    except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP (SweepStopped)
-        signum = getattr(stop, "signum", signal.SIGINT)
-        ended = ("interrupted" if signum == signal.SIGINT
-                 else f"stopped by {signal.Signals(signum).name}")
-        typer.echo(f"{ended}: finished trials are kept in the study; run the same command "
-                   "again to resume it", err=True)
+    except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP, stdout's
+        signum = getattr(stop, "signum", signal.SIGINT)  # reader gone (SweepStopped)
+        typer.echo(f"{_ended(signum)}: finished trials are kept in the study; run the same "
+                   "command again to resume it", err=True)
+        if signum == SIGPIPE:
+            stop_writing_stdout()
         raise typer.Exit(130 if signum == signal.SIGINT else 128 + signum) from None
     if not no_summary:
         typer.echo(format_summary(summary))
@@ -657,10 +741,10 @@ def ablate(
                                runs_dir=runs_dir, resume=resume)
     except AblationInterrupted as stop:
         again = resume_command(exp, ctx.args, groups, seeds, stop.file, quiet)
-        ended = ("interrupted" if stop.signum == signal.SIGINT
-                 else f"stopped by {signal.Signals(stop.signum).name}")
-        typer.echo(f"{ended}: {stop.finished} of {stop.planned} runs finished, kept in "
-                   f"{stop.file}; continue with `{shlex.join(again)}`", err=True)
+        typer.echo(f"{_ended(stop.signum)}: {stop.finished} of {stop.planned} runs finished, "
+                   f"kept in {stop.file}; continue with `{shlex.join(again)}`", err=True)
+        if stop.signum == SIGPIPE:
+            stop_writing_stdout()
         raise typer.Exit(128 + stop.signum) from None
     typer.echo(format_ablation(summary))
     if any(v.get("errors") for v in summary["variants"]):
@@ -690,7 +774,8 @@ def params(
 
 @app.command()
 def runs(
-    experiment: str | None = typer.Option(None, "--experiment", "-e", help="Only this one."),
+    experiment: str | None = typer.Option(None, "--experiment", "-e", help="Only this one "
+                                          "(exp=NAME, NAME or its TOML path)."),
     sort: str = typer.Option("score", help="Column to sort by (score, wall_s, t0, ...)."),
     asc: bool = typer.Option(False, "--asc", help="Ascending order."),
     runs_dir: Path = typer.Option(Path("runs"), help="Where the runs live."),
@@ -701,13 +786,30 @@ def runs(
 
     if runs_dir.exists() and not runs_dir.is_dir():
         raise KitError(f"--runs-dir {runs_dir} is a file, not a folder of runs")
-    found = sort_runs(list_runs(runs_dir, experiment=experiment), sort, descending=not asc)
-    typer.echo(runs_to_json(found) if as_json
-               else format_runs(found, sort=sort, descending=not asc))
+    found = sort_runs(list_runs(runs_dir, experiment=experiment_name(experiment)), sort,
+                      descending=not asc)
+    if as_json:
+        _print_json(runs_to_json(found))
+    else:
+        typer.echo(format_runs(found, sort=sort, descending=not asc))
     if not runs_dir.is_dir():  # a mistyped --runs-dir is not an empty one (stderr: --json
         # stays the JSON it was)
         typer.echo(f"note: {runs_dir} does not exist (kit train writes its runs under runs/, "
                    "or where --run-dir says)", err=True)
+
+
+def experiment_name(given: str | None) -> str | None:
+    """The name of the experiment `-e` names as the other commands take it: exp=NAME, NAME, or
+    a TOML path (its name: the file's, or its `name`). A bare name needs no file: the runs of
+    an experiment since deleted are still listed."""
+    from kit.config import load_experiment
+
+    if given is None:
+        return None
+    name = given.removeprefix("exp=")
+    if name.endswith(".toml"):  # (load_experiment reads only such a name as a path)
+        return load_experiment(name)["name"]
+    return name
 
 
 @app.command()

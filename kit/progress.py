@@ -16,8 +16,16 @@ def bar_switch(progress: bool) -> dict:
     frames (r298)."""
     if not progress:
         return {"disable": True}
-    if "TQDM_DISABLE" in os.environ:
+    if os.environ.get("TQDM_DISABLE"):  # (set empty, tqdm reads it as bars always on)
         return {}
-    if os.environ.get(FORCE_ENV) == "1" or "ipykernel" in sys.modules:
+    if os.environ.get(FORCE_ENV) == "1" or _in_notebook():
         return {"disable": False}
     return {"disable": None}
+
+
+def _in_notebook() -> bool:
+    """Whether this process is a Jupyter kernel's (an IPython shell with a kernel): ipykernel
+    merely imported (a tool that runs notebooks) is none."""
+    ipython = sys.modules.get("IPython")
+    shell = getattr(ipython, "get_ipython", lambda: None)() if ipython is not None else None
+    return shell is not None and hasattr(shell, "kernel")

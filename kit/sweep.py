@@ -51,7 +51,7 @@ from kit.config import (
 )
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
-from kit.workers import WorkerGroup, caught, worker_pythonpath
+from kit.workers import SIGPIPE, WorkerGroup, caught, stdout_closed, worker_pythonpath
 
 if TYPE_CHECKING:  # the trainer imports torch: only a sweep's workers pay for it
     from kit.train.trainer import EpochEnd
@@ -1031,6 +1031,10 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
         try:
             metrics = train_one(config, files, progress=progress,
                                 on_epoch=EpochReports(trial, interrupt))
+        except BrokenPipeError as exc:  # `kit sweep ... | head -1`: stdout's reader exited
+            if not stdout_closed(exc):
+                raise
+            raise SweepStopped(SIGPIPE) from None  # as an interrupt (no traceback)
         except TrainingDiverged as exc:  # these values diverge: a failed trial, not a failed sweep
             trial.set_user_attr("diverged", str(exc))
             return failed_saying(trial, str(exc))

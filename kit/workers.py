@@ -38,6 +38,40 @@ def stop_when_orphaned(interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="kit-orphan-watch", daemon=True).start()
 
 
+SIGPIPE = getattr(signal, "SIGPIPE", 13)  # (Windows has no SIGPIPE; POSIX's number)
+STDOUT_CLOSED = 128 + SIGPIPE  # 141: the exit of a command whose stdout's reader left
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR on it):
+    `kit train ... | head -1` once head has exited."""
+    import sys
+
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
+        return False
+
+
+def stdout_closed(exc: BaseException) -> bool:
+    """Whether `exc` is stdout's broken pipe (its reader exited), which stops a long command
+    as an interrupt does (the same resume hint, exit STDOUT_CLOSED); another pipe's is an
+    error of its own."""
+    return isinstance(exc, BrokenPipeError) and stdout_reader_gone()
+
+
+def stop_writing_stdout() -> None:
+    """Point stdout at /dev/null: Python flushes it again at exit, which would fail as the
+    write did (the recipe of the signal module's docs)."""
+    import sys
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 class EndedBySignal(SystemExit):
     """SIGTERM or SIGHUP ended a worker group: exit 128 + the signal, as a process it killed
     would, after the command has said what is left (`nothing_started`: no run to resume)."""

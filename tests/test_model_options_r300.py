@@ -110,11 +110,12 @@ PATCHTST = [{"type": "patchtst", "d_model": 3, "n_heads": 1}]
 
 
 def test_paths_apart_by_rounding_say_the_model_is_not_stable_in_float32():
-    advice = float32_advice(ROUNDING, TOL, PATCHTST, off_float64=1.1e-5)
+    advice = float32_advice(ROUNDING, TOL, PATCHTST, off_float64=1.1e-5, package_off=1.5e-5)
     assert advice.startswith("the model itself is not stable in float32 at this size: its two "
                              "PyTorch paths (sequence vs step, the same weights) differ by "
                              "3.11e-05, beyond the tolerance 1e-05"), advice
-    assert "the package's own differences (up to 1.80e-05) are of that size" in advice
+    assert ("the package is as near the model in float64 (1.50e-05), its differences from "
+            "the paths (up to 1.80e-05) of that size") in advice
     assert "larger width (model.d_model)" in advice and "--atol 0.0001" in advice
     check = paths_agree(ROUNDING, TOL)
     assert not check.ok and "the two PyTorch paths differ themselves in 2 row(s)" in check.detail
@@ -128,8 +129,14 @@ def test_no_rounding_advice_for_paths_that_agree_or_a_path_that_is_off():
     assert float32_advice(ROUNDING, TOL, PATCHTST, off_float64=1e-7) is None
     # a package far past the model's own rounding is not excused
     worse = [*ROUNDING[:1], _diff("step vs package", 5e-3, 80)]
-    advice = float32_advice(worse, TOL, PATCHTST, off_float64=2e-5)
-    assert "the package differs by more (5.00e-03)" in advice and "look at it" in advice
+    advice = float32_advice(worse, TOL, PATCHTST, off_float64=2e-5, package_off=5e-3)
+    assert "the package is further off (5.00e-03 from the model in float64)" in advice
+    assert "look at it" in advice and "--atol" not in advice
+    # 10x the paths' own distance from float64 is no rounding either, and no tolerance that
+    # would pass it is suggested (it said "of that size ... --atol 0.001": r301)
+    tenfold = [*ROUNDING[:1], _diff("step vs package", 3e-4, 80)]
+    advice = float32_advice(tenfold, TOL, PATCHTST, off_float64=2.5e-5, package_off=3e-4)
+    assert "further off" in advice and "--atol" not in advice, advice
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +161,24 @@ def test_parity_names_the_models_rounding_and_still_fails(gru_package, monkeypat
     assert "the model itself is not stable in float32 at this size" in last, last
     assert "model.hidden" in last and "--atol 0.0001" in last
     assert report.to_dict()["advice"] == report.advice
+
+
+def test_a_package_that_fails_to_run_gets_no_rounding_advice(gru_package, monkeypatch):
+    """The paths apart by rounding, but the package crashed: the rounding explains nothing of
+    that, and its advice (a larger --atol) was the report's last line all the same (r301)."""
+    from kit.errors import SubmissionError
+
+    package, project = gru_package
+    real_sequence, real_step = parity.sequence_path, parity.step_path
+    monkeypatch.setattr(parity, "sequence_path", lambda m, r: real_sequence(m, r) + 2e-5)
+    monkeypatch.setattr(parity, "step_path", lambda m, r: real_step(m, r) - 2e-5)
+
+    def crashed(self, rows):
+        raise SubmissionError("solution.py crashed at seq 0, step 0")
+
+    monkeypatch.setattr(parity.Package, "run", crashed)
+    report = run_parity(package, project / "data/valid.parquet", seqs=2, record=False)
+    assert not report.ok and report.advice is None, report.format()
 
 
 def test_parity_of_a_path_off_by_a_bug_gives_no_rounding_advice(gru_package, monkeypatch):

@@ -25,6 +25,7 @@ from kit.features.kernels import LIMIT
 from kit.features.normaliser import Normaliser
 from kit.features.sets import FeaturePipeline, FeatureSet, build_feature_set
 from kit.models import build_model
+from kit.models.config import ModelConfigError
 from kit.train.checkpoint import load_checkpoint, load_checkpoint_and_digest
 
 CHECKPOINT_KEYS = ("model", "model_config", "normaliser", "features", "spec")
@@ -222,7 +223,11 @@ def load_member(run: Path, *, warn: bool = True) -> Member:
                        "(was it written by another kit version?)")
     feature_set.groups = list(features["groups"])
     n_in, n_out = len(feature_set.outputs), spec.n_outputs
-    model = build_model(ckpt["model_config"], n_in, n_out)
+    try:
+        model = build_model(ckpt["model_config"], n_in, n_out)
+    except ModelConfigError as exc:  # a setting kit refuses since (a width of 1 under a norm)
+        raise KitError(f"{path}: its model config is refused by this kit ({exc}); it was "
+                       "trained before that: retrain the run") from None
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

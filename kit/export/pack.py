@@ -67,6 +67,13 @@ class PackError(KitError):
     """A run cannot be packed, or a package is not what its manifest says."""
 
 
+class OverBudget(PackError):
+    """The package's projected test time is over BUDGET_FRACTION of the limit: exit 3, as
+    kit score's over-the-limit refusal (ScorerRefusal), not 2, a mistyped command's (r298)."""
+
+    exit_code = 3
+
+
 @dataclass
 class PackResult:
     folder: Path
@@ -370,7 +377,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
         if budget:
             manifest["time_budget"] = time_budget(staging, spec, len(weighted))
             if manifest["time_budget"]["fraction"] > BUDGET_FRACTION and not force:
-                raise PackError(format_budget(manifest["time_budget"]) + "; that is over "
+                raise OverBudget(format_budget(manifest["time_budget"]) + "; that is over "
                                 f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller members, "
                                 "or --force to pack anyway")
         write_manifest(staging, manifest)

@@ -129,8 +129,13 @@ def check_data_files(data: dict, folds: bool = False) -> None:
         if Path(name).is_dir():  # ("no such data file" before: it exists)
             raise DataError(f"{key} = {name!r}: is a folder; pass a .parquet file")
         if not Path(name).is_file():
-            raise DataError(f"{key} = {name!r}: no such data file (`kit data synth --spec "
-                            "NAME --out FOLDER` writes a built-in competition's files)")
+            # a relative path reads from the working folder: an experiment found through
+            # KIT_EXPERIMENTS from elsewhere was told to synthesize another data set (r298)
+            where = ("" if Path(name).is_absolute() else
+                     f" in {Path.cwd()} (a relative path reads from the working folder: run "
+                     "from the project's folder, or give an absolute path)")
+            raise DataError(f"{key} = {name!r}: no such data file{where}; `kit data synth "
+                            "--spec NAME --out FOLDER` writes a built-in competition's files")
 
 
 def check_fold_count(config: dict, folds: int) -> None:

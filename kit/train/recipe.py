@@ -577,8 +577,8 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
             metrics = fit(config, data, model, files, resume=resume,
                           stop_after_epochs=stop_after_epochs, progress=progress,
                           on_epoch=on_epoch)
-        except (KeyboardInterrupt, EndedBySignal) as stop:
-            stop.run_dir = str(files.root)  # the resume hint names the run that stopped
+        except (KeyboardInterrupt, EndedBySignal, BrokenPipeError) as stop:  # (stdout's
+            stop.run_dir = str(files.root)  # reader gone too) the resume hint names the run
             raise
     return {**metrics, "run_dir": str(files.root)}
 

@@ -45,6 +45,7 @@ def say(text: str) -> None:
         tqdm.write(text, file=sys.stderr)
     else:
         tqdm.write(text)
+        sys.stdout.flush()  # (as print(flush=True) did: in order with stderr in one pipe)
 
 
 def epoch_line(record: dict) -> str:

@@ -191,6 +191,20 @@ def refuse_other_inputs(saved: dict | None, now: dict, last: Path) -> None:
                       "the file, or train a new run")
 
 
+def replay_threads(trained_on: int) -> str:
+    """How a resume gets back the thread count a run trained on: torch takes OMP_NUM_THREADS
+    (train.threads 0) but caps it at this machine's cores, so a run of a larger machine cannot
+    be replayed here (r301)."""
+    import os
+
+    cores = os.cpu_count() or 1
+    if trained_on > cores:
+        return (f"this machine has {cores} core(s); only a resume on one of at least "
+                f"{trained_on} would")
+    return (f"a resume without --jobs, with OMP_NUM_THREADS={trained_on} in its environment, "
+            "would")
+
+
 def feature_format_note(saved: dict, root: Path) -> str | None:
     """A run resumed by a kit of another FEATURE_FORMAT (an op's output changed between the
     pause and the resume): its remaining epochs train on this kit's features, so it cannot end
@@ -312,8 +326,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         if saved.get("threads", threads) != threads and device.type == "cpu":
             say(f"note: {files.root} resumes on {threads} CPU thread(s); it trained on "
                 f"{saved['threads']} before, where float sums split differently, so it will not "
-                "replay an uninterrupted run exactly (a resume without --jobs, with "
-                f"OMP_NUM_THREADS={saved['threads']} in its environment, would)")
+                f"replay an uninterrupted run exactly ({replay_threads(saved['threads'])})")
         if (note := feature_format_note(saved, files.root)) is not None:
             say(note)
         files.reopen_paused()  # only now: a last.pt that cannot resume leaves the pause as it was
