@@ -166,6 +166,14 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     doc = read_ensemble(path)
     weighted = []
     changed: list[str] = []  # what --force let differ from the models the selection scored
+
+    def unlike_selection(label: str, said: str, why: str, fix: str = "select again") -> None:
+        """A member unlike what the selection scored: refused; with --force, recorded (and
+        warned of once all are loaded)."""
+        if not force:
+            raise PackError(f"{path}: member {label!r}: {said}: {why}; {fix}, or --force")
+        changed.append(f"member {label!r}: {said}")
+
     for entry in doc["members"]:
         if not any(entry["weights"]):
             continue  # zero weight: not in the graph
@@ -176,23 +184,17 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
         label = entry.get("name", entry["runs"][0])
         added, dropped = runs_edited(entry)
         for run in added:  # swapped in by hand
-            said = (f"member {label!r}: {run} is not a run the selection chose (its "
-                    "checkpoints record others)")
-            if not force:
-                raise PackError(f"{path}: {said}: the weights were chosen on other "
-                                "predictions; select again, or --force")
-            changed.append(said)
+            unlike_selection(label, f"{run} is not a run the selection chose (its "
+                             "checkpoints record others)",
+                             "the weights were chosen on other predictions")
         if dropped and not added:  # an out-of-fold member's fold run deleted: the others
             # took its weight (a run swapped for another is said above, once)
             folders = [str(Path(key).parent) if key.endswith("best.pt") else key
                        for key in dropped]
-            said = (f"member {label!r}: {len(dropped)} of the {len(chosen_on)} runs the "
-                    f"selection chose are not in its runs ({', '.join(folders)})")
-            if not force:
-                raise PackError(f"{path}: {said}: the others take their weight, on predictions "
-                                "the selection never scored; put them back, select again, or "
-                                "--force")
-            changed.append(said)
+            unlike_selection(label, f"{len(dropped)} of the {len(chosen_on)} runs the "
+                             f"selection chose are not in its runs ({', '.join(folders)})",
+                             "the others take their weight, on predictions the selection "
+                             "never scored", "put them back, select again")
         for run in entry["runs"]:
             digest = chosen_on.get(checkpoint_key(run))
             refuse_group_as_member(path, entry.get("name", run), relocated(run))
@@ -201,12 +203,9 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
             except KitError as exc:  # a member moved or deleted since the selection
                 raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
             if digest and member.sha256 != digest:
-                said = (f"member {label!r}: {member.checkpoint} changed since the selection "
-                        "(the run was trained again)")
-                if not force:
-                    raise PackError(f"{path}: {said}: the weights were chosen on its old "
-                                    "predictions; select again, or --force")
-                changed.append(said)
+                unlike_selection(label, f"{member.checkpoint} changed since the selection (the run "
+                                 "was trained again)", "the weights were chosen on its old "
+                                 "predictions")
             weighted.append(Weighted(member, share))
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
