@@ -850,6 +850,24 @@ class SweepSetup:
     storage_url: str
     runs_dir: Path
     overrides: list[str] = field(default_factory=list)
+    # the warnings said so far (the experiment's, at the start): a trial's check says only
+    # new ones (each trial repeated the experiment's warm-up or loss warning: r296)
+    said: set[str] = field(default_factory=set)
+
+
+def warn_once(said: set[str], check, quiet: bool = False):
+    """check(), its warnings said where not said already (`said` grows; quiet: only noted,
+    as a --workers child notes what its command said already)."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return check()
+    finally:
+        for w in caught:
+            if str(w.message) not in said:
+                said.add(str(w.message))
+                if not quiet:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: str | None,
@@ -861,14 +879,15 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     table = base.get("sweep") or {}
     params = parse_space(table)
     refuse_sampled_overrides(overrides, params)
-    check_space(base, params)
+    said: set[str] = set()
+    warn_once(said, lambda: check_space(base, params), quiet=bool(os.environ.get(CHILD_ENV)))
     spec = load_spec(base["spec"])
     direction = "maximize" if spec.metric.higher_is_better else "minimize"
     name = base["name"]
     return SweepSetup(exp.removeprefix("exp="), name, base, params, table, direction,
                       study or name,
                       storage or storage_from_env() or default_storage(name, runs_dir),
-                      runs_dir, list(overrides or []))
+                      runs_dir, list(overrides or []), said)
 
 
 def refuse_sampled_overrides(overrides: list[str] | None, params: list[Param]) -> None:
@@ -1017,7 +1036,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
                 import torch
 
                 config["train"]["threads"] = torch.get_num_threads()
-            check_config(config)
+            warn_once(setup.said, lambda: check_config(config))
         except KitError as exc:  # values valid alone, not together (d_model vs n_heads)
             reason = f"invalid combination of values: {exc}"
             trial.set_user_attr("invalid", reason)

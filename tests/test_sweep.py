@@ -2493,3 +2493,26 @@ def test_workers_record_the_threads_their_trials_trained_on(sweep_env):
     run_cli("sweep", "exp=tiny", "--trials", 1, "--study", "one", "-q")
     (one,) = (sweep_env / "runs/tiny").glob("one-t*")
     assert tomllib.loads((one / "config.toml").read_text())["train"]["threads"] == 0
+
+
+def test_a_sweep_says_the_experiments_warning_once_not_once_per_trial(sweep_env):
+    """Each trial's check said the experiment's warm-up warning again (r296: the same line at
+    the start and after every trial)."""
+    import warnings
+
+    from kit.sweep import warn_once
+
+    out = run_cli("sweep", "exp=tiny", "--trials", 3, "train.epochs=1",
+                  "train.warmup_epochs=1").output
+    assert out.count("train.warmup_epochs = 1 covers all 1 epoch(s)") == 1, out
+    said: set[str] = set()
+
+    def check():
+        warnings.warn("w1", UserWarning, stacklevel=1)
+        warnings.warn("w2", UserWarning, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_once(said, check, quiet=True)  # a --workers child: noted, not said
+        warn_once(said, check)
+    assert said == {"w1", "w2"} and not caught
