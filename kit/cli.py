@@ -23,6 +23,7 @@ from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
 from kit.workers import (
     SIGPIPE,
     STDOUT_CLOSED,
+    TRAIN_WORKER_ENV,
     stdout_closed,
     stdout_reader_gone,
     stop_writing_stdout,
@@ -39,7 +40,7 @@ class _KitGroup(TyperGroup):
     def invoke(self, ctx):
         from kit.workers import ended_by_signals
 
-        stopping = (contextlib.nullcontext() if os.environ.get("KIT_TRAIN_WORKER")
+        stopping = (contextlib.nullcontext() if os.environ.get(TRAIN_WORKER_ENV)
                     else ended_by_signals())
         if ctx.parent is None:  # `kit ...` (a group of it, `kit data`, invokes under it)
             _JSON.update(mode=False, printed=False)
@@ -49,7 +50,7 @@ class _KitGroup(TyperGroup):
                 return super().invoke(ctx)
         except KitError as exc:
             typer.echo(f"error: {exc}", err=True)
-            _json_failure(str(exc), exc.exit_code)
+            _json_failure(str(exc), exc.exit_code, getattr(exc, "where", None))
             raise typer.Exit(exc.exit_code) from None
         except BrokenPipeError as exc:
             if not stdout_reader_gone():  # another pipe (a file the command writes) broke
@@ -71,35 +72,22 @@ KIT_DIR = str(Path(__file__).resolve().parent)
 # this invocation's --json, and whether it printed its JSON (reset by each top-level command)
 _JSON = {"mode": False, "printed": False}
 
-# where a submission failed, in kit score's error (kit.scoring.sandbox words it so)
-_FAILED_AT = re.compile(r"\bseq (?P<seq>[-+\w.]+), step (?P<step>[-+\w.]+) "
-                        r"\(row (?P<row>[\d,]+)")
 
-
-def _json_failure(text: str, code: int) -> None:
+def _json_failure(text: str, code: int, where: dict | None = None) -> None:
     """With --json, a command that failed before printing its JSON prints one on stdout all
     the same: `{"ok": false, "error": ...}` (a CI step's `kit score --json > result.json` got an
     empty file, and jq failed on it: r298). The error's first line, the rest as `detail` (a
-    submission's traceback), and where a submission's predict() failed (seq, step, row)."""
+    submission's traceback), and where a submission's predict() failed (`where`: seq, step,
+    row; SubmissionError.where)."""
     if not _JSON["mode"] or _JSON["printed"]:
         return
     first, _, rest = text.partition("\n")
     payload = {"ok": False, "error": first, "exit_code": code}
-    found = _FAILED_AT.search(first)
-    if found:
-        payload.update({key: _number(value) for key, value in found.groupdict().items()})
+    payload.update(where or {})
     if rest.strip():
         payload["detail"] = rest.strip("\n")
     with contextlib.suppress(OSError):  # (stdout gone as well: the stderr line stays)
         _print_json(payload)
-
-
-def _number(text: str):
-    """'8' -> 8, '1,000' -> 1000, '0.5' -> 0.5; else the text as it is."""
-    for kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(text.replace(",", ""))
-    return text
 
 
 def _kit_warnings_as_lines(show):
@@ -124,6 +112,14 @@ def _ended(signum: int) -> str:
     if signum == SIGPIPE:  # `kit train ... | head -1`: head exited
         return "stdout's reader exited (a closed pipe)"
     return f"stopped by {signal.Signals(signum).name}"
+
+
+def _stopped_exit(signum: int) -> typer.Exit:
+    """The exit of a command `_ended` stopped: 128 + the signal (130 for Ctrl-C); after a
+    closed stdout, stdout pointed at /dev/null first (Python's flush at exit would fail too)."""
+    if signum == SIGPIPE:
+        stop_writing_stdout()
+    return typer.Exit(128 + signum)
 
 
 def overrides_of(ctx: typer.Context) -> list[str]:
@@ -582,7 +578,7 @@ def train(
     from kit.train.runs import outputs_text
     from kit.workers import EndedBySignal, ended_by_signals, stop_when_orphaned
 
-    if os.environ.get("KIT_TRAIN_WORKER"):  # a --jobs worker: it ends with its command
+    if os.environ.get(TRAIN_WORKER_ENV):  # a --jobs worker: it ends with its command
         stop_when_orphaned()
 
     overrides, seeds, seed_given = [], None, False
@@ -617,7 +613,7 @@ def train(
                    f"{result['best_epoch']}, {result['params']:,} params, {state}")
 
     # a worker of a --jobs group is stopped by its parent, which says what is left
-    stopping = contextlib.nullcontext() if os.environ.get("KIT_TRAIN_WORKER") else (
+    stopping = contextlib.nullcontext() if os.environ.get(TRAIN_WORKER_ENV) else (
         ended_by_signals())
     try:
         with stopping:
@@ -634,7 +630,7 @@ def train(
         if isinstance(stop, NothingStarted) or getattr(stop, "nothing_started", False):
             typer.echo(f"{ended} before any run started: nothing to resume; run the same "
                        "command again", err=True)
-        elif not os.environ.get("KIT_TRAIN_WORKER"):
+        elif not os.environ.get(TRAIN_WORKER_ENV):
             # the same command with --resume: seeds=, --folds and --jobs resume as a group; a
             # single run is named (the newest unfinished run may be another's by then)
             stopped = run_dir or (getattr(stop, "run_dir", None)
@@ -644,9 +640,7 @@ def train(
                      *(["--run-dir", str(stopped)] if stopped else []), "--resume"]
             typer.echo(f"{ended}: continue with `{shlex.join(again)}` (from the last "
                        "finished epoch, or from the start if none had finished)", err=True)
-        if signum == SIGPIPE:
-            stop_writing_stdout()
-        raise typer.Exit(130 if signum == signal.SIGINT else 128 + signum) from None
+        raise _stopped_exit(signum) from None
     except SeedsFailed as failed:  # the seeds that trained are shown before the error
         print_results(failed.results)
         raise
@@ -708,9 +702,7 @@ def sweep(
         signum = getattr(stop, "signum", signal.SIGINT)  # reader gone (SweepStopped)
         typer.echo(f"{_ended(signum)}: finished trials are kept in the study; run the same "
                    "command again to resume it", err=True)
-        if signum == SIGPIPE:
-            stop_writing_stdout()
-        raise typer.Exit(130 if signum == signal.SIGINT else 128 + signum) from None
+        raise _stopped_exit(signum) from None
     if not no_summary:
         typer.echo(format_summary(summary))
 
@@ -743,9 +735,7 @@ def ablate(
         again = resume_command(exp, ctx.args, groups, seeds, stop.file, quiet)
         typer.echo(f"{_ended(stop.signum)}: {stop.finished} of {stop.planned} runs finished, "
                    f"kept in {stop.file}; continue with `{shlex.join(again)}`", err=True)
-        if stop.signum == SIGPIPE:
-            stop_writing_stdout()
-        raise typer.Exit(128 + stop.signum) from None
+        raise _stopped_exit(stop.signum) from None
     typer.echo(format_ablation(summary))
     if any(v.get("errors") for v in summary["variants"]):
         raise typer.Exit(1)  # the table holds the rest; a script still learns runs failed
@@ -998,12 +988,10 @@ def notebook(
         printed = run_locally(written, try_on, written["local_run"])
     except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP: one line
         signum = getattr(stop, "signum", signal.SIGINT)
-        ended = ("interrupted" if signum == signal.SIGINT
-                 else f"stopped by {signal.Signals(signum).name}")
-        typer.echo(f"{ended}: the notebook is written ({written['dataset'].parent}); its local "
-                   f"run stopped and left nothing in {written['local_run']} (nothing to resume: "
-                   "run the same command again to try it)", err=True)
-        raise typer.Exit(130 if signum == signal.SIGINT else 128 + signum) from None
+        typer.echo(f"{_ended(signum)}: the notebook is written ({written['dataset'].parent}); "
+                   f"its local run stopped and left nothing in {written['local_run']} (nothing "
+                   "to resume: run the same command again to try it)", err=True)
+        raise _stopped_exit(signum) from None
     typer.echo(printed.rstrip())
 
 

@@ -25,7 +25,13 @@ class DataError(KitError):
 
 
 class SubmissionError(KitError):
-    """A submission folder/zip is malformed or its PredictionModel breaks the scorer contract."""
+    """A submission folder/zip is malformed or its PredictionModel breaks the scorer contract.
+    `where`: the row predict() failed or was killed on ({"seq", "step", "row"}), where known
+    (`kit score --json` reports it)."""
+
+    def __init__(self, *args, where: dict | None = None):
+        super().__init__(*args)
+        self.where = where
 
 
 class ScorerRefusal(KitError):

@@ -1360,23 +1360,23 @@ def as_trained(top: str, config: dict, plain: dict):
     """A config's section as it trains: [loss] with its defaults filled in, as a run's
     config.toml records it (an experiment without [loss] trains the same loss: its best file
     wrote the whole default [loss] as if it were swept)."""
-    if top != "loss":
-        return config.get(top)
-    from kit.competition import load_spec
-    from kit.train.losses import resolved_loss
-
-    return resolved_loss(config.get("loss"), load_spec(plain["spec"]).n_outputs)
+    return config.get(top) if top != "loss" else resolved_for(config.get("loss"), plain)
 
 
 def loss_as_written(loss: dict, plain: dict) -> dict:
     """A trial's [loss] (resolved, as its config.toml records it) without the keys at their
     defaults: [loss] replaces its parent's whole, so they come back as they were, and a
     `target_weights` of one 1.0 per target pinned the best file to today's target count."""
+    default = resolved_for(None, plain)
+    return {key: value for key, value in loss.items() if default.get(key) != value}
+
+
+def resolved_for(loss: dict | None, plain: dict) -> dict:
+    """A [loss] table with its defaults filled in for the experiment `plain`'s targets."""
     from kit.competition import load_spec
     from kit.train.losses import resolved_loss
 
-    default = resolved_loss(None, load_spec(plain["spec"]).n_outputs)
-    return {key: value for key, value in loss.items() if default.get(key) != value}
+    return resolved_loss(loss, load_spec(plain["spec"]).n_outputs)
 
 
 def without_none(value):

@@ -38,6 +38,7 @@ def stop_when_orphaned(interval_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="kit-orphan-watch", daemon=True).start()
 
 
+TRAIN_WORKER_ENV = "KIT_TRAIN_WORKER"  # set in a `kit train --jobs` worker's environment
 SIGPIPE = getattr(signal, "SIGPIPE", 13)  # (Windows has no SIGPIPE; POSIX's number)
 STDOUT_CLOSED = 128 + SIGPIPE  # 141: the exit of a command whose stdout's reader left
 

@@ -21,7 +21,7 @@ def test_an_ewm_asked_for_by_its_span_is_answered_with_its_name_by_alpha():
     assert said.startswith("features.ops[0] (rolling_mean): unknown column(s) "
                            "['p0@ewm_std20'] ('p0@ewm_std20': did you mean "
                            "'p0@ewm_std0.09524'"), said
-    assert "p0@ewm_mean0.1, " in said and "more;" in said  # the earlier ops' outputs
+    assert "p0@ewm_mean0.1, " in said and "in all);" in said  # the earlier ops' outputs
 
 
 def test_a_rolling_output_asked_for_by_the_ops_name_is_answered():

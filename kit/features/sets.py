@@ -30,7 +30,7 @@ from kit.competition import (
     is_column_range,
     spec_argument,
 )
-from kit.data.contract import value_dtype
+from kit.data.contract import listed_names, value_dtype
 from kit.errors import DataError, KitError, SpecError
 from kit.features.guard import Guard, guard_frame
 from kit.features.kernels import LIMIT, steps_of
@@ -144,16 +144,11 @@ def unknown_columns_text(unknown: list[str], columns: list[str], spec: Competiti
         elif close:
             hints.append(f"{name!r}: did you mean {' or '.join(map(repr, close))}?")
     made = [c for c in columns if c not in spec.features]
-    listed = (", ".join(made[:SHOWN_NAMES]) + (f" and {len(made) - SHOWN_NAMES} more"
-                                               if len(made) > SHOWN_NAMES else "")
-              if made else "none yet")
+    listed = listed_names(made) if made else "none yet"
     return (f"unknown column(s) {unknown}{' (' + '; '.join(hints) + ')' if hints else ''}; "
             f"known: the spec's features and the outputs of earlier ops ({listed}; "
             "`kit features build` lists a set's outputs, `kit features list` how each op "
             "names them)")
-
-
-SHOWN_NAMES = 12
 
 
 def make_op(entry: dict, spec: CompetitionSpec, where: str,

@@ -429,8 +429,8 @@ def run_child(
     if not finished:
         raise SubmissionError(
             f"timed out: the submission ran past {timeout_s:g} s and was "
-            f"killed ({_done_text(done, n_rows)}){_where_text(where)}" + _with(tail)
-        )
+            f"killed ({_done_text(done, n_rows)}){_where_text(where)}" + _with(tail),
+            where=_row_of(where))
     result_path = out_dir / "result.json"
     if not result_path.is_file():
         raise SubmissionError(
@@ -441,7 +441,8 @@ def run_child(
     try:  # the runner's files sit beside the submission's copy: it can write them too
         result = json.loads(result_path.read_text())
         if not result["ok"]:
-            raise SubmissionError(_failure_text(result["error"]) + _with(tail))
+            raise SubmissionError(_failure_text(result["error"]) + _with(tail),
+                                  where=_row_of(result["error"]))
         predictions = np.load(out_dir / "predictions.npy", allow_pickle=False)
         truth_path = out_dir / "truth.npy"
         truth = np.load(truth_path, allow_pickle=False) if truth_path.is_file() else None
@@ -600,6 +601,18 @@ def _done_text(done: int | None, n_rows: int) -> str:
             f"{REPORT_EVERY_S:g} s, so it got further")
 
 
+def _row_of(report: dict | None) -> dict | None:
+    """{"seq", "step", "row"} of a failure's row, as numbers (None where the report has none)."""
+    if not report or "row" not in report:
+        return None
+    return {"seq": _number(report["seq"]), "step": _number(report["step"]),
+            "row": int(report["row"])}
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def _where_text(where: dict | None) -> str:
     if where is None:
         return ""
@@ -630,4 +643,4 @@ def _failure_text(error: dict) -> str:
 
 
 def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+    return str(_number(value))

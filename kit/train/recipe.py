@@ -49,7 +49,7 @@ from kit.train.groups import (
     resumable_group,
 )
 from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, say
-from kit.workers import EndedBySignal
+from kit.workers import TRAIN_WORKER_ENV, EndedBySignal
 
 
 def experiment_config(exp: str, overrides: list[str] | None = None) -> dict:
@@ -197,7 +197,7 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
     # warnings once (not once more per worker); its errors, and warnings about its data,
     # its device or its training, still show
     with warnings.catch_warnings():
-        if os.environ.get("KIT_TRAIN_WORKER"):
+        if os.environ.get(TRAIN_WORKER_ENV):
             warnings.simplefilter("ignore")
         check_config(base, resume=resume)
     if not resume:  # a resumed run reads its own config's files (train_one checks them)
@@ -469,7 +469,7 @@ def _train_workers(exp: str, base: dict, seeds: list[int], jobs: int, runs_dir: 
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                         "PYTHONPATH": worker_pythonpath(),
                         # the parent says how to resume, and its config's warnings, not each
-                        "KIT_TRAIN_WORKER": "1"}
+                        TRAIN_WORKER_ENV: "1"}
     dirs = [runs_dir / base["name"] / new_run_id(seed, stamp) for seed in seeds]
     queued, running = [], []  # a resumed group: finished members are kept as they are
     for seed, folder in zip(seeds, dirs, strict=True):

@@ -27,9 +27,9 @@ from kit.json_safe import dumps as json_dumps
 from kit.metrics import SHOWN_OUTPUTS, MetricReport, outputs_summary
 from kit.run_record import DATA_DIGESTS, DATA_RECORD, PENDING_BEST, TRAINED_SPEC
 from kit.train.checkpoint import save_checkpoint
+from kit.workers import TRAIN_WORKER_ENV
 
 RUNS_DIR = Path("runs")
-TRAIN_WORKER_ENV = "KIT_TRAIN_WORKER"  # set in a `kit train --jobs` worker's environment
 
 
 def say(text: str) -> None:
