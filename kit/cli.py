@@ -24,6 +24,7 @@ from kit.workers import (
     SIGPIPE,
     STDOUT_CLOSED,
     TRAIN_WORKER_ENV,
+    ended_text,
     stdout_closed,
     stdout_reader_gone,
     stop_writing_stdout,
@@ -105,17 +106,8 @@ def _kit_warnings_as_lines(show):
     return show_warning
 
 
-def _ended(signum: int) -> str:
-    """How a long command was stopped, for its line on stderr (and then what is left)."""
-    if signum == signal.SIGINT:
-        return "interrupted"
-    if signum == SIGPIPE:  # `kit train ... | head -1`: head exited
-        return "stdout's reader exited (a closed pipe)"
-    return f"stopped by {signal.Signals(signum).name}"
-
-
 def _stopped_exit(signum: int) -> typer.Exit:
-    """The exit of a command `_ended` stopped: 128 + the signal (130 for Ctrl-C); after a
+    """The exit of a command `ended_text` names: 128 + the signal (130 for Ctrl-C); after a
     closed stdout, stdout pointed at /dev/null first (Python's flush at exit would fail too)."""
     if signum == SIGPIPE:
         stop_writing_stdout()
@@ -626,7 +618,7 @@ def train(
             raise  # another pipe's: an error
         signum = (signal.SIGINT if isinstance(stop, KeyboardInterrupt) else
                   SIGPIPE if isinstance(stop, BrokenPipeError) else stop.signum)
-        ended = _ended(signum)
+        ended = ended_text(signum)
         if isinstance(stop, NothingStarted) or getattr(stop, "nothing_started", False):
             typer.echo(f"{ended} before any run started: nothing to resume; run the same "
                        "command again", err=True)
@@ -700,7 +692,7 @@ def sweep(
                             runs_dir=runs_dir, summary=not no_summary)
     except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP, stdout's
         signum = getattr(stop, "signum", signal.SIGINT)  # reader gone (SweepStopped)
-        typer.echo(f"{_ended(signum)}: finished trials are kept in the study; run the same "
+        typer.echo(f"{ended_text(signum)}: finished trials are kept in the study; run the same "
                    "command again to resume it", err=True)
         raise _stopped_exit(signum) from None
     if not no_summary:
@@ -733,7 +725,7 @@ def ablate(
                                runs_dir=runs_dir, resume=resume)
     except AblationInterrupted as stop:
         again = resume_command(exp, ctx.args, groups, seeds, stop.file, quiet)
-        typer.echo(f"{_ended(stop.signum)}: {stop.finished} of {stop.planned} runs finished, "
+        typer.echo(f"{ended_text(stop.signum)}: {stop.finished} of {stop.planned} runs finished, "
                    f"kept in {stop.file}; continue with `{shlex.join(again)}`", err=True)
         raise _stopped_exit(stop.signum) from None
     typer.echo(format_ablation(summary))
@@ -988,7 +980,7 @@ def notebook(
         printed = run_locally(written, try_on, written["local_run"])
     except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP: one line
         signum = getattr(stop, "signum", signal.SIGINT)
-        typer.echo(f"{_ended(signum)}: the notebook is written ({written['dataset'].parent}); "
+        typer.echo(f"{ended_text(signum)}: the notebook is written ({written['dataset'].parent}); "
                    f"its local run stopped and left nothing in {written['local_run']} (nothing "
                    "to resume: run the same command again to try it)", err=True)
         raise _stopped_exit(signum) from None

@@ -153,8 +153,9 @@ def limits_label(unset: tuple[str, ...] | list[str], used: tuple[str, ...]) -> s
     if not taken:
         return "the spec's [limits]"
     if set(DEFAULTED_LIMITS) <= set(unset):
-        return (f"Predictorium's limits: the spec sets no [limits]; set {' and '.join(used)} "
-                "for yours")
+        # (not "sets no [limits]": a [limits] table may set python alone)
+        return (f"Predictorium's limits: the spec sets no {', '.join(DEFAULTED_LIMITS[:-1])} "
+                f"or {DEFAULTED_LIMITS[-1]}; set {' and '.join(used)} for yours")
     named = " and ".join(taken)
     sets, them = ("neither", "them") if len(taken) > 1 else (f"no {named}", "it")
     return f"Predictorium's {named}: the spec's [limits] sets {sets}; set {them} for yours"

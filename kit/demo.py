@@ -26,7 +26,7 @@ from kit.errors import KitError, ScorerRefusal
 from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, outputs_summary, scored_truth
 from kit.parity_defaults import DEFAULT_SEQS
 from kit.run_record import is_finished
-from kit.workers import EndedBySignal
+from kit.workers import EndedBySignal, ended_text
 
 
 def _section(title: str) -> None:
@@ -119,9 +119,7 @@ def scored_rows_text(seqs: int | None, scored: int, valid_sequences: int) -> str
 
 def signal_text(stop: BaseException) -> str:
     """How the command ended, in the words kit train's hint uses."""
-    if isinstance(stop, KeyboardInterrupt):
-        return "interrupted"
-    return f"stopped by {signal.Signals(stop.signum).name}"
+    return ended_text(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else stop.signum)
 
 
 @dataclass

@@ -43,6 +43,15 @@ SIGPIPE = getattr(signal, "SIGPIPE", 13)  # (Windows has no SIGPIPE; POSIX's num
 STDOUT_CLOSED = 128 + SIGPIPE  # 141: the exit of a command whose stdout's reader left
 
 
+def ended_text(signum: int) -> str:
+    """How a long command was stopped, for its line on stderr (and then what is left)."""
+    if signum == signal.SIGINT:
+        return "interrupted"
+    if signum == SIGPIPE:  # `kit train ... | head -1`: head exited
+        return "stdout's reader exited (a closed pipe)"
+    return f"stopped by {signal.Signals(signum).name}"
+
+
 def stdout_reader_gone() -> bool:
     """Whether stdout is a pipe whose reading end is closed (poll reports POLLERR on it):
     `kit train ... | head -1` once head has exited."""

@@ -21,8 +21,8 @@ from tests.test_reports import make_run
 from tests.test_reports import write_data as write_run_data
 
 ALL_UNSET = ("cpus", "memory_gb", "time_limit_s", "test_rows")
-PREDICTORIUM_LIMITS = ("Predictorium's limits: the spec sets no [limits]; set test_rows and "
-                       "time_limit_s for yours")
+PREDICTORIUM_LIMITS = ("Predictorium's limits: the spec sets no cpus, memory_gb, time_limit_s "
+                       "or test_rows; set test_rows and time_limit_s for yours")
 ZEROS = """\
 import numpy as np
 
@@ -168,3 +168,15 @@ def test_a_stored_copy_edited_down_to_a_few_limits_counts_the_others_unset():
     spec = spec_from_dict(raw, "own.toml")
     assert spec.limits_unset == ("cpus", "memory_gb", "test_rows")
     assert spec_from_dict(spec.to_dict()).limits_unset == spec.limits_unset  # round trip
+
+
+def test_a_limits_table_setting_only_python_is_not_called_absent():
+    """A spec whose [limits] sets `python` alone was told it "sets no [limits]"; the label names
+    the keys it left unset instead."""
+    from kit.competition import limits_label
+
+    spec = spec_from_dict({"name": "x", "features": ["a"], "targets": ["y"],
+                           "limits": {"python": "3.11"}})
+    assert spec.limits_unset == ALL_UNSET and spec.limits.python == "3.11"
+    label = limits_label(spec.limits_unset, ("test_rows", "time_limit_s"))
+    assert label == PREDICTORIUM_LIMITS and "[limits]" not in label

@@ -105,7 +105,8 @@ def test_correct_submission_scores_as_the_metric_computes(tmp_path):
     # the rows projected are said: a spec without [limits] projects Predictorium's 1.5M
     assert json.loads(text)["test_rows"] == SPEC.limits.test_rows
     assert (f"projected on the test set ({SPEC.limits.test_rows:,} rows, Predictorium's limits: "
-            "the spec sets no [limits]; set test_rows and time_limit_s for yours)"
+            "the spec sets no cpus, memory_gb, time_limit_s or test_rows; set test_rows and "
+            "time_limit_s for yours)"
             in result.format())
 
 
