@@ -325,3 +325,19 @@ def test_a_file_of_another_competition_or_without_targets_is_named(tmp_path):
     with pytest.raises(DataError, match=r"unlabelled\.parquet lacks target column\(s\) t0, t1: "
                                         "the linear baseline fits and scores on a labelled file"):
         _fit_file(tmp_path, df.drop("t0", "t1"), "unlabelled")
+
+
+def test_ridge_zero_on_a_singular_design_fits_the_least_squares_of_least_norm(tmp_path):
+    """A constant feature (with its EWMs) makes the unpenalised system singular: numpy's
+    LinAlgError escaped the fit; it is the minimum-norm least-squares solution now."""
+    df = make_frame(SPEC, n_seqs=3, seed=6)
+    df = df.with_columns(pl.lit(0.0, dtype=df[SPEC.features[0]].dtype).alias(SPEC.features[0]))
+    coef = _fit_file(tmp_path, df, "singular", ridge=0.0)
+    assert np.isfinite(coef).all()
+    need = df[SPEC.need_col].to_numpy().astype(bool)
+    x = linear_design(df, SPEC)[need]
+    y = df.select(SPEC.targets).to_numpy().astype(np.float64)[need]
+    np.testing.assert_allclose(coef, np.linalg.lstsq(x, y, rcond=None)[0], rtol=1e-6, atol=1e-8)
+    for ridge in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="ridge must be >= 0"):
+            _fit_file(tmp_path, df, "negative", ridge=ridge)

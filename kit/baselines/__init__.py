@@ -102,6 +102,8 @@ def fit_linear_baseline(train: Path, spec: CompetitionSpec, ridge: float = 10.0,
     # 0 is not "all" here (train.max_train_seqs reads it so): None says that, 0 is refused
     if max_train_seqs is not None and max_train_seqs < 1:
         raise ValueError(f"max_train_seqs must be >= 1 or None (all), got {max_train_seqs}")
+    if not ridge >= 0:  # (NaN too)
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
     xtx = xty = 0.0
     rows = 0
     for x, y in _scored_blocks(train, spec, max_train_seqs):
@@ -113,7 +115,11 @@ def fit_linear_baseline(train: Path, spec: CompetitionSpec, ridge: float = 10.0,
         raise _no_scored_rows(train, spec, "fit the linear baseline on", max_train_seqs)
     penalty = ridge * np.eye(xtx.shape[0])
     penalty[0, 0] = 0.0  # never shrink the intercept
-    return np.linalg.solve(xtx + penalty, xty)
+    try:
+        return np.linalg.solve(xtx + penalty, xty)
+    except np.linalg.LinAlgError:
+        # ridge 0 over a constant or collinear column: the least-squares fit of least norm
+        return np.linalg.lstsq(xtx, xty, rcond=None)[0]
 
 
 def evaluate_linear_baseline(coef: np.ndarray, valid: Path, spec: CompetitionSpec) -> MetricReport:
