@@ -62,28 +62,45 @@ def spec_argument(spec: CompetitionSpec | str | os.PathLike) -> CompetitionSpec:
     return load_spec(spec)
 
 
+@dataclass(frozen=True)
+class SpecFileCheck:
+    """What current_scoring found in a stored spec's file: what it took anew ("[metric]",
+    "[limits]"), the file it read (None: a built-in preset), and why it took nothing from a
+    file that is there (`unread`: it does not load, or now describes another competition)."""
+
+    changed: tuple[str, ...] = ()
+    file: str | None = None
+    unread: str | None = None
+
+
 def current_scoring(stored: CompetitionSpec, reference: str | None = None
-                    ) -> tuple[CompetitionSpec, list[str]]:
+                    ) -> tuple[CompetitionSpec, SpecFileCheck]:
     """A stored copy of a spec (a run's spec.json, a package's manifest) with the [metric] and
     [limits] its file holds now, where that file still loads (`reference`: the name or path
     the run was given, else the spec's name) and describes the same competition otherwise.
     Neither changes what a model trained on, and limits added after training were ignored:
     kit pack's time budget and kit score's projection read the old ones without a word
-    (r270). Returns the spec and what was taken anew ("[limits]", "[metric]")."""
+    (r270). A file that is there but not taken is said (`unread`): a typo or a reordered
+    target list kept the old limits without a word (r305)."""
+    key = reference or stored.name
+    found = spec_file(key)
+    file = None if found is None else str(found)
     try:
-        now = load_spec(reference or stored.name)
-    except (KitError, OSError):  # gone, or broken since: the copy is all there is
-        return stored, []
-    if blend_spec_difference(now, stored) is not None:  # another competition of that name
-        return stored, []
-    changed = [f"[{key}]" for key in ("metric", "limits") if getattr(now, key) != getattr(
-        stored, key)]
+        now = load_spec(key)
+    except (KitError, OSError) as exc:  # gone (the copy is all there is), or broken since
+        unread = None if found is None else f"does not load ({exc})"
+        return stored, SpecFileCheck(file=file, unread=unread)
+    other = blend_spec_difference(now, stored)
+    if other is not None:  # another competition of that name
+        return stored, SpecFileCheck(file=file, unread=f"now differs in {other}")
+    changed = tuple(f"[{key}]" for key in ("metric", "limits")
+                    if getattr(now, key) != getattr(stored, key))
     # which limits are Predictorium's is no change of value: taken without a word (a package
     # packed before the spec recorded it learns it here)
     if not changed and now.limits_unset == stored.limits_unset:
-        return stored, []
+        return stored, SpecFileCheck(file=file)
     return dataclasses.replace(stored, metric=now.metric, limits=now.limits,
-                               limits_unset=now.limits_unset), changed
+                               limits_unset=now.limits_unset), SpecFileCheck(changed, file)
 
 
 def is_column_range(pattern: str) -> bool:
@@ -380,6 +397,16 @@ def _search_dirs() -> list[Path]:
     return [*dirs, Path("competitions")]
 
 
+def spec_file(key: str) -> Path | None:
+    """The TOML file load_spec reads for a name or a path: a path ending .toml, else NAME.toml
+    in $KIT_SPEC_PATH's folders and ./competitions/ (the first found); None for a built-in
+    preset or a name found nowhere."""
+    if key.endswith(".toml"):
+        return Path(key) if Path(key).is_file() else None
+    return next((folder / f"{key}.toml" for folder in _search_dirs()
+                 if (folder / f"{key}.toml").is_file()), None)
+
+
 def builtin_spec_names() -> list[str]:
     files = resources.files("kit") / "specs"
     return sorted(f.name.removesuffix(".toml") for f in files.iterdir() if f.name.endswith(".toml"))
@@ -425,16 +452,12 @@ def load_spec(name_or_path: str | Path | CompetitionSpec | None = None) -> Compe
     key = str(DEFAULT_SPEC if name_or_path is None else name_or_path)
     if not key.strip():  # --spec "$UNSET": not the default competition without a word
         raise SpecError("the spec is empty; give a preset name (kit spec list) or a TOML path")
-    path = Path(key)
-    if key.endswith(".toml"):
-        if not path.is_file():
-            raise SpecError(f"spec file {key} does not exist")
-        return _own_columns(spec_from_dict(read_toml(path, SpecError), key))
-    for folder in _search_dirs():
-        candidate = folder / f"{key}.toml"
-        if candidate.is_file():
-            source = str(candidate)
-            return _own_columns(spec_from_dict(read_toml(candidate, SpecError), source))
+    if key.endswith(".toml") and not Path(key).is_file():
+        raise SpecError(f"spec file {key} does not exist")
+    path = spec_file(key)
+    if path is not None:  # (a path is named as given)
+        source = key if key.endswith(".toml") else str(path)
+        return _own_columns(spec_from_dict(read_toml(path, SpecError), source))
     if key in builtin_spec_names():
         return builtin_spec(key)
     raise SpecError(

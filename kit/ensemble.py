@@ -1046,6 +1046,33 @@ def format_selection(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def selection_drift(doc: dict) -> list[str]:
+    """What changed under the selected members' runs since the selection: a run gone, its
+    best.pt trained again, or the data files it trained and validated on rewritten (its
+    predictions, which the weights and scores were chosen on, are of the old rows). One line
+    each, for the ensemble's report and pack (r305: both said nothing of the data)."""
+    from kit.export.frozen import sha256_file  # (torch: imported when a run is read)
+
+    notes = []
+    for member in doc["members"]:
+        if not any(member["weights"]):
+            continue
+        chosen = member.get("checkpoints")
+        chosen = ({checkpoint_key(r): d for r, d in chosen.items()}
+                  if isinstance(chosen, dict) else {})
+        for run in member["runs"]:
+            key = checkpoint_key(run)
+            checkpoint = Path(key)
+            if checkpoint.name != "best.pt" or not checkpoint.is_file():
+                notes.append(f"{run} is gone (no best.pt there)")
+            elif chosen.get(key) and sha256_file(checkpoint) != chosen[key]:
+                notes.append(f"{checkpoint} changed since the selection (trained again)")
+            elif changed := data_changes(checkpoint.parent):
+                notes.append(f"{checkpoint.parent} trained or validated on "
+                             f"{', '.join(changed)}, whose content has changed since")
+    return notes
+
+
 def runs_edited(member: dict) -> tuple[list[str], list[str]]:
     """(runs added, runs dropped) of a member against the checkpoints its selection recorded
     (each as checkpoint_key spells it): a run swapped in by hand, an out-of-fold member's fold

@@ -41,6 +41,7 @@ from kit.export.pack import (
     MANIFEST_FILE,
     PACK_FILES,
     PackError,
+    check_manifest_columns,
     check_replaceable_zip,
     exclusive,
     hash_mismatches,
@@ -55,7 +56,7 @@ from kit.metrics import SHOWN_OUTPUTS, evaluate
 from kit.models import MODELS
 from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
 from kit.run_record import relocated
-from kit.scoring.sandbox import snapshot_submission
+from kit.scoring.sandbox import other_form, snapshot_submission
 from kit.scoring.score import (
     FLOAT_EXACT,
     key_text,
@@ -548,19 +549,7 @@ def load_reference(manifest: dict, spec: CompetitionSpec, submission: Path) -> R
     """The members the manifest names, each checked against it (a hand-edited manifest gets a
     message naming the key, not a traceback)."""
     entries, where = manifest_members(manifest), f"{MANIFEST_FILE}: members"
-    # the batch runtime selects its columns and names its outputs by these lists
-    for key, want in (("inputs", list(spec.features)), ("outputs", list(spec.outputs))):
-        got = manifest.get(key)
-        if got == want:
-            continue
-        if not isinstance(got, list) or len(got) != len(want):
-            what = (f"lists {len(got)} columns" if isinstance(got, list) else f"is {got!r}")
-            differ = f"{key} {what}; the spec has {len(want)}"
-        else:
-            i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
-            differ = f"{key}[{i}] is {got[i]!r} where the spec's column is {want[i]!r}"
-        raise PackError(f"{MANIFEST_FILE}: {differ} (a hand-edited manifest: the batch "
-                        "runtime reads its columns by these names); re-pack the run")
+    check_manifest_columns(manifest, spec)
     members = []
     for i, entry in enumerate(entries):
         weights = entry.get("weights") if isinstance(entry, dict) else None
@@ -579,7 +568,7 @@ def load_reference(manifest: dict, spec: CompetitionSpec, submission: Path) -> R
             raise PackError(f"{path} changed since the package was made (sha256 differs): "
                             "re-pack the run, then check parity")
         members.append(Weighted(member, [float(w) for w in entry["weights"]]))
-    warn_spec_changed([(w.member.checkpoint.parent, w.member.spec_changed) for w in members],
+    warn_spec_changed([(w.member.checkpoint.parent, w.member.spec_check) for w in members],
                       spec.name)
     post = manifest.get("postprocess")
     if post is not None:
@@ -593,9 +582,10 @@ def refuse_missing(submission: Path) -> None:
     if submission.exists():
         return
     aside = sorted(submission.parent.glob(f".{submission.name}.previous-*"))
-    raise SubmissionError(f"{submission}: no such package folder or zip" + (
-        f"; a pack killed while it swapped the package in left the old one at {aside[-1]}"
-        if aside else ""))
+    killed = (f"; a pack killed while it swapped the package in left the old one at "
+              f"{aside[-1]}" if aside else "")
+    raise SubmissionError(f"{submission}: no such package folder or zip"
+                          f"{other_form(submission)}{killed}")
 
 
 def default_data(submission: Path) -> Path:

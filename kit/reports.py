@@ -16,6 +16,7 @@ import json
 import math
 import numbers
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -1070,7 +1071,7 @@ def refuse_other_toml(path: Path) -> None:
 def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     """selection.png (the score after each greedy iteration, the cut marked) and weights.png
     (each member's weight per target), plus report.md; returns report.md's path."""
-    from kit.ensemble import format_selection, read_ensemble
+    from kit.ensemble import format_selection, read_ensemble, selection_drift
 
     refuse_other_toml(Path(path))
     doc = read_ensemble(path)
@@ -1086,7 +1087,16 @@ def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     cuts = e.get("best_iteration_per_target") or {"": e["best_iteration"]}
     _plot_selection(e, curves, cuts, out_dir / "selection.png")
     _plot_weights(e["targets"], members, out_dir / "weights.png")
+    drift = selection_drift(doc)
+    since = ""
+    if drift:  # the scores above are of predictions these runs no longer make, or of old rows
+        said = f"{path}: since the selection, {'; '.join(drift)}"
+        warnings.warn(f"{said}: its scores describe what was selected then; select again",
+                      RuntimeWarning, stacklevel=2)
+        since = ("## Since the selection\n\n" + "".join(f"- {line}\n" for line in drift)
+                 + "\nThe scores above describe the runs and data as they were selected: "
+                 "select again.\n\n")
     report = out_dir / "report.md"
     report.write_text(f"# Ensemble {Path(path).name}\n\n```\n{format_selection(doc)}\n```\n\n"
-                      "![selection](selection.png)\n\n![weights](weights.png)\n")
+                      f"{since}![selection](selection.png)\n\n![weights](weights.png)\n")
     return report

@@ -61,8 +61,9 @@ def test_an_old_package_of_a_spec_without_limits_learns_it_from_the_spec_file(tm
     path = tmp_path / "own.toml"
     path.write_text('name = "own"\nfeatures = ["a"]\ntargets = ["y"]\n')
     stored = {k: v for k, v in load_spec(str(path)).to_dict().items() if k != "limits_unset"}
-    spec, changed = current_scoring(spec_from_dict(stored, "manifest.json"), str(path))
-    assert spec.limits_unset == ALL_UNSET and changed == []  # no value changed: no warning
+    spec, check = current_scoring(spec_from_dict(stored, "manifest.json"), str(path))
+    assert spec.limits_unset == ALL_UNSET  # no value changed: no warning
+    assert check.changed == () and check.unread is None and check.file == str(path)
 
 
 def test_pack_and_score_say_the_limits_are_predictorium_s(tmp_path):

@@ -3360,7 +3360,7 @@ def test_limits_and_metric_set_after_training_are_the_ones_pack_and_score_read(e
     assert "of the 5,400 s limit" in out and "changed since" not in out, out
     spec.write_text(SPEC_TOML + "[limits]\ntime_limit_s = 2\ntest_rows = 100000\n")
     out = run_cli("pack", run, "--name", "after", "--out", tmp_path / "subs", "--force").output
-    assert "spec 'tiny-lob': its [limits] changed since" in out, out
+    assert f"spec 'tiny-lob' ({spec}): its [limits] changed since" in out, out
     assert "for 100,000 test rows of the 2.0 s limit" in out, out
     # a package made before the edit: kit score takes the spec file's limits too, and says so
     valid = pl.read_parquet(env / "data" / "valid.parquet")
@@ -3372,3 +3372,6 @@ def test_limits_and_metric_set_after_training_are_the_ones_pack_and_score_read(e
     spec.write_text("[[[")
     out = run_cli("pack", run, "--name", "broken", "--out", tmp_path / "subs").output
     assert "of the 5,400 s limit" in out and "changed since" not in out, out
+    # ... and said: a typo kept the old limits without a word (r305)
+    assert f"spec 'tiny-lob': {spec} does not load (" in out, out
+    assert "keep the [metric] and [limits] stored when" in out, out

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kit.competition import CompetitionSpec, current_scoring, spec_from_dict
+from kit.competition import CompetitionSpec, SpecFileCheck, current_scoring, spec_from_dict
 from kit.data.cache import file_digest
 from kit.errors import KitError
 from kit.features.kernels import LIMIT
@@ -104,8 +104,9 @@ class Member:
     # the FEATURE_FORMAT its features had while it trained (best.pt's record; None from a kit
     # before the record): the packing kit's own is what the graph computes, not what it learnt
     trained_format: int | None = None
-    # what of the spec's scoring ("[limits]", "[metric]") its file changed since it trained
-    spec_changed: tuple[str, ...] = ()
+    # what of the spec's scoring ("[limits]", "[metric]") its file changed since it trained,
+    # or why the file's was not taken
+    spec_check: SpecFileCheck = SpecFileCheck()
 
     @property
     def name(self) -> str:
@@ -180,21 +181,35 @@ def find_checkpoint(run: Path) -> Path:
     raise KitError(f"{run}: not a run directory (no best.pt); `kit runs` lists the runs")
 
 
-def warn_spec_changed(changes: list[tuple[Path, list[str] | tuple[str, ...]]],
-                      spec_name: str) -> None:
-    """One warning for the runs (run folder, what changed) whose spec file changed its
-    [metric] or [limits] since they trained: an ensemble's 28 members said it 28 times."""
-    changes = [(run, what) for run, what in changes if what]
-    if not changes:
-        return
-    what = [key for key in ("[metric]", "[limits]") if any(key in w for _, w in changes)]
-    shown = ", ".join(str(run) for run, _ in changes[:SHOWN_RUNS])
-    more = f" and {len(changes) - SHOWN_RUNS} more" if len(changes) > SHOWN_RUNS else ""
-    who = shown if len(changes) == 1 else f"{len(changes)} of its runs ({shown}{more})"
-    warnings.warn(f"spec {spec_name!r}: its {' and '.join(what)} changed since {who} "
-                  "trained; the package, its time budget and its scores take the spec "
-                  "file's as it is now (they do not change what the model learnt)",
-                  RuntimeWarning, stacklevel=3)
+def warn_spec_changed(checks: list[tuple[Path, SpecFileCheck]], spec_name: str) -> None:
+    """One warning for the runs (run folder, what current_scoring found) whose spec file
+    changed its [metric] or [limits] since they trained (an ensemble's 28 members said it 28
+    times), and one for those whose file is there but was not taken (r305)."""
+    changed = [(run, check) for run, check in checks if check.changed]
+    if changed:
+        what = [key for key in ("[metric]", "[limits]")
+                if any(key in check.changed for _, check in changed)]
+        warnings.warn(f"spec {spec_name!r} ({_files(changed)}): its {' and '.join(what)} "
+                      f"changed since {_runs(changed)} trained; the package, its time budget "
+                      "and its scores take the spec file's as it is now (they do not change "
+                      "what the model learnt)", RuntimeWarning, stacklevel=3)
+    unread = [(run, check) for run, check in checks if check.unread]
+    if unread:
+        warnings.warn(f"spec {spec_name!r}: {_files(unread)} {unread[0][1].unread}; the "
+                      f"package, its time budget and its scores keep the [metric] and [limits] "
+                      f"stored when {_runs(unread)} trained: fix the file, or give another "
+                      "competition another name", RuntimeWarning, stacklevel=3)
+
+
+def _runs(checks: list[tuple[Path, SpecFileCheck]]) -> str:
+    shown = ", ".join(str(run) for run, _ in checks[:SHOWN_RUNS])
+    more = f" and {len(checks) - SHOWN_RUNS} more" if len(checks) > SHOWN_RUNS else ""
+    return shown if len(checks) == 1 else f"{len(checks)} of its runs ({shown}{more})"
+
+
+def _files(checks: list[tuple[Path, SpecFileCheck]]) -> str:
+    """The spec file(s) read (members may name their spec by other paths)."""
+    return ", ".join(dict.fromkeys(check.file or "built-in" for _, check in checks))
 
 
 SHOWN_RUNS = 3
@@ -211,7 +226,7 @@ def trained_spec(run: Path) -> CompetitionSpec:
 def load_member(run: Path, *, warn: bool = True) -> Member:
     """Rebuild a run's feature set, normaliser and model from its best checkpoint. warn: say
     here when the spec's scoring changed since the run trained (a loader of many members says
-    it once for all of them: Member.spec_changed)."""
+    it once for all of them: Member.spec_check)."""
     path = find_checkpoint(run)
     ckpt, digest = load_checkpoint_and_digest(path, required=CHECKPOINT_KEYS)
     spec = spec_from_dict(ckpt["spec"], str(path))
@@ -238,17 +253,17 @@ def load_member(run: Path, *, warn: bool = True) -> Member:
         config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
     except tomllib.TOMLDecodeError as exc:
         raise KitError(f"{config_path}: not valid TOML ({exc})") from None
-    spec, changed = current_scoring(spec, config.get("spec") if isinstance(
+    spec, spec_check = current_scoring(spec, config.get("spec") if isinstance(
         config.get("spec"), str) else None)
-    if changed and warn:
-        warn_spec_changed([(path.parent, changed)], spec.name)
+    if warn:
+        warn_spec_changed([(path.parent, spec_check)], spec.name)
     return Member(
         # resolved, so that `kit pack .` inside a run folder records and names the run
         run_dir=path.resolve().parent, checkpoint=path, sha256=digest, spec=spec,
         feature_set=feature_set, normaliser=Normaliser.from_dict(ckpt["normaliser"]),
         model=model.eval(), model_config=dict(ckpt["model_config"]),
         score=ckpt.get("score"), per_target=dict(ckpt.get("per_target", {})), config=config,
-        trained_format=ckpt.get("feature_format"), spec_changed=tuple(changed),
+        trained_format=ckpt.get("feature_format"), spec_check=spec_check,
     )
 
 

@@ -32,18 +32,21 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
+from kit.competition import spec_from_dict
 from kit.errors import KitError
 from kit.export.pack import (
+    MANIFEST_FILE,
     MODEL_FILE,
     PACK_FILES,
     PackError,
+    check_manifest_columns,
     dead_owners,
     hash_mismatches,
     owner_tag,
     read_manifest,
     written_by_pack,
 )
-from kit.scoring.sandbox import prepare_submission
+from kit.scoring.sandbox import other_form, prepare_submission
 from kit.temp import owned_temp_dir
 from kit.workers import EndedBySignal
 
@@ -539,7 +542,7 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     submission, out = Path(submission), Path(out)
     if not submission.exists():  # before the owner: the first thing to fix comes first
         raise NotebookError(f"{submission}: no such package (kit pack RUN writes "
-                            "submissions/NAME)")
+                            f"submissions/NAME){other_form(submission)}")
     earlier = _dataset_written_before(submission)
     owner = owner or (earlier[2] if earlier else None)  # the dataset's owner on record
     if not owner:
@@ -739,6 +742,10 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
         bad = hash_mismatches(source, manifest)
         if bad:
             raise NotebookError(f"{submission}: {'; '.join(bad)}; re-pack it")
+        try:  # the hashes do not cover the manifest: the batch notebook reads its columns
+            check_manifest_columns(manifest, spec_from_dict(manifest["spec"], MANIFEST_FILE))
+        except KitError as exc:
+            raise NotebookError(f"{submission}: {exc}") from None
         spec = manifest["spec"]
         renames = parse_renames(rename, manifest["outputs"],
                                 [spec.get("id_col", "seq_ix"), spec.get("step_col", "step_in_seq")],

@@ -43,7 +43,7 @@ from kit.config import known_experiment
 from kit.data.contract import contract_dtype
 from kit.errors import KitError
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
-from kit.export.frozen import load_member, sha256_file, warn_spec_changed
+from kit.export.frozen import SHOWN_RUNS, load_member, sha256_file, warn_spec_changed
 from kit.export.step_graph import OPSET, export_step_graph
 from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import dumps as json_dumps
@@ -158,6 +158,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
         postprocess_edited,
         read_ensemble,
         runs_edited,
+        selection_drift,
         weights_edited,
     )
 
@@ -210,7 +211,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
     if not weighted:
         raise PackError(f"{path}: every member has weight 0; nothing to pack")
     check_same_columns(weighted)  # first: a member of other targets has other weights too
-    warn_spec_changed([(w.member.run_dir, w.member.spec_changed) for w in weighted],
+    warn_spec_changed([(w.member.run_dir, w.member.spec_check) for w in weighted],
                       weighted[0].member.spec.name)
     spec = weighted[0].member.spec
     k = spec.n_outputs
@@ -241,6 +242,13 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
                                                       list(spec.outputs)),
              # the recorded scores are of other models: kit score gives this package's
              "members_changed": changed}
+    # (runs gone or trained again are refused above; rewritten data files are said)
+    stale = [note for note in selection_drift(doc) if note.endswith("has changed since")]
+    if stale:
+        more = f" (and {len(stale) - SHOWN_RUNS} more)" if len(stale) > SHOWN_RUNS else ""
+        warnings.warn(f"{path}: {'; '.join(stale[:SHOWN_RUNS])}{more}: the weights were "
+                      "chosen on predictions of the old rows; select again on runs trained on "
+                      "the new files", RuntimeWarning, stacklevel=2)
     for said in changed:
         warnings.warn(f"{path}: {said}; packed as --force asks, so the selection's recorded "
                       "scores are not this package's (its manifest's ensemble.members_changed "
@@ -389,7 +397,17 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         staged_zip.unlink(missing_ok=True)
+    warn_stale_notebook(folder, manifest["files"][MODEL_FILE])
     return PackResult(folder, zip_path, manifest, sizes)
+
+
+def warn_stale_notebook(folder: Path, model_sha256: str) -> None:
+    """kit notebook's dataset beside the package (NAME-kaggle/dataset) holding another
+    model.onnx: uploaded as it is, it would be the previous package (r305)."""
+    dataset = folder.parent / f"{folder.name}-kaggle" / "dataset"
+    if (dataset / MODEL_FILE).is_file() and sha256_file(dataset / MODEL_FILE) != model_sha256:
+        warnings.warn(f"{dataset} holds the previous package of {folder.name}: run kit notebook "
+                      f"{folder} again before uploading it", RuntimeWarning, stacklevel=3)
 
 
 def other_format_note(trained: list[tuple[str, object]]) -> str | None:
@@ -720,16 +738,28 @@ def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpe
                             f"{_columns(list(named.features), at)} (they differ at position "
                             f"{at}): score it with its own spec (leave out --spec) or one with "
                             "the same feature columns in the same order")
+        outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
+        if isinstance(outputs, list) and list(named.outputs) != outputs:
+            # each prediction would be scored against another target (r305)
+            raise PackError(f"{submission} predicts {_columns(outputs, 0)}; --spec {spec} "
+                            f"scores {_columns(list(named.outputs), 0)}: score it with its own "
+                            "spec (leave out --spec) or one with the same targets in the same "
+                            "order")
         return named
     if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
         return load_spec(None)  # no manifest, or one that is not kit's
     source = manifest.get("spec_source")
-    spec, changed = current_scoring(spec_from_dict(manifest["spec"],
-                                                   f"{submission}: {MANIFEST_FILE}"),
-                                    source if isinstance(source, str) else None)
-    if changed:  # (limits set after the pack: the projection read the old ones, r270)
-        warnings.warn(f"spec {spec.name!r}: its {' and '.join(changed)} changed since "
-                      f"{submission} was packed; scored with the spec file's as it is now",
+    spec, check = current_scoring(spec_from_dict(manifest["spec"],
+                                                 f"{submission}: {MANIFEST_FILE}"),
+                                  source if isinstance(source, str) else None)
+    if check.changed:  # (limits set after the pack: the projection read the old ones, r270)
+        warnings.warn(f"spec {spec.name!r} ({check.file or 'built-in'}): its "
+                      f"{' and '.join(check.changed)} changed since {submission} was packed; "
+                      "scored with the spec file's as it is now", RuntimeWarning, stacklevel=2)
+    if check.unread:  # a typo in the file kept the old limits without a word (r305)
+        warnings.warn(f"spec {spec.name!r}: {check.file} {check.unread}; {submission} is "
+                      "scored with the [metric] and [limits] stored when it was packed: fix "
+                      "the file, or give another competition another name",
                       RuntimeWarning, stacklevel=2)
     return spec
 
@@ -784,6 +814,24 @@ def _small_manifest(submission: Path, size: int, read) -> dict | None:
                         "(is this a kit package?)")
     manifest = json.loads(read())
     return manifest if isinstance(manifest, dict) else None  # kit's is an object
+
+
+def check_manifest_columns(manifest: dict, spec: CompetitionSpec) -> None:
+    """A PackError unless the manifest's `inputs` and `outputs` are the spec's columns: the
+    batch runtime selects its columns and names its outputs by these lists, and the file
+    hashes do not cover the manifest itself (a hand-edited one)."""
+    for key, want in (("inputs", list(spec.features)), ("outputs", list(spec.outputs))):
+        got = manifest.get(key)
+        if got == want:
+            continue
+        if not isinstance(got, list) or len(got) != len(want):
+            what = (f"lists {len(got)} columns" if isinstance(got, list) else f"is {got!r}")
+            differ = f"{key} {what}; the spec has {len(want)}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+            differ = f"{key}[{i}] is {got[i]!r} where the spec's column is {want[i]!r}"
+        raise PackError(f"{MANIFEST_FILE}: {differ} (a hand-edited manifest: the batch "
+                        "runtime reads its columns by these names); re-pack the run")
 
 
 def hash_mismatches(folder: Path, manifest: dict) -> list[str]:

@@ -70,11 +70,19 @@ CHILD_ENV = THREAD_ENV | {
 # --- submission folder / zip ---------------------------------------------------------------
 
 
+def other_form(path: Path) -> str:
+    """For a package that is not there: its zip beside it, or its folder, where that is (a
+    folder deleted by hand with NAME.zip kept, r305), as "; X is there: pass it"."""
+    path = Path(path)
+    other = path.with_suffix("") if path.suffix == ".zip" else path.parent / f"{path.name}.zip"
+    return f"; {other} is there: pass it" if other.exists() and other != path else ""
+
+
 def prepare_submission(path: Path, workdir: Path) -> Path:
     """The folder holding solution.py: the folder itself, or a zip safely extracted into workdir."""
     path = Path(path)
     if not path.exists():
-        raise SubmissionError(f"{path}: no such submission folder or zip")
+        raise SubmissionError(f"{path}: no such submission folder or zip{other_form(path)}")
     if path.is_dir():
         folder = path.resolve()
         if not (folder / SOLUTION).is_file():
