@@ -160,7 +160,7 @@ def saved_rows(path: Path, summary: dict) -> list[dict]:
     cannot compare."""
     labels = [label for _, label, _ in variants(summary["groups"])]
     try:
-        return [row for row in json.loads(path.read_text())["variants"]
+        return [row for row in json.loads(path.read_text(encoding="utf-8"))["variants"]
                 if row["label"] in labels]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
@@ -201,7 +201,7 @@ def check_resumable(path: Path, summary: dict) -> None:
     if not path.name.startswith("ablate-") or path.suffix != ".json":
         raise ConfigError(f"--resume {path}: not an ablation summary (runs/EXP/ablate-*.json)")
     try:
-        saved = json.loads(path.read_text())
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume {path}: cannot read it ({exc})") from None
     check_summary_keys(path, saved)
@@ -266,7 +266,7 @@ def recorded_seeds(path: Path) -> list[int] | None:
     names what is wrong with the file). A resume without --seeds trains these: taken from
     the file's `seed`, an edit of it refused the ablation's own command."""
     try:
-        seeds = json.loads(path.read_text()).get("seeds")
+        seeds = json.loads(path.read_text(encoding="utf-8")).get("seeds")
     except (OSError, ValueError, AttributeError):
         return None
     ok = isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)

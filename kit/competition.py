@@ -440,7 +440,7 @@ def _own_columns(spec: CompetitionSpec) -> CompetitionSpec:
 
 def builtin_spec(name: str) -> CompetitionSpec:
     """A built-in spec."""
-    text = (resources.files("kit") / "specs" / f"{name}.toml").read_text()
+    text = (resources.files("kit") / "specs" / f"{name}.toml").read_text(encoding="utf-8")
     source = f"<builtin {name}>"
     return spec_from_dict(parse_toml(text, source, SpecError), source)
 

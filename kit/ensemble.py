@@ -834,7 +834,7 @@ def write_ensemble(doc: dict, out: Path | None, default_dir: Path = ENSEMBLES_DI
     for n in itertools.count(1):
         path = default_dir / (f"{stem}.toml" if n == 1 else f"{stem}-{n}.toml")
         try:
-            with open(path, "x") as fh:
+            with open(path, "x", encoding="utf-8") as fh:
                 fh.write(text)
             return path
         except FileExistsError:

@@ -886,7 +886,8 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
         # an earlier report's plot would stand beside a report that says it is not drawn
         (out_dir / "pred_vs_true.png").unlink(missing_ok=True)
     path = out_dir / "report.md"
-    path.write_text(_markdown(row, config, history, oracle, scatter_note, out_dir, run_dir))
+    path.write_text(_markdown(row, config, history, oracle, scatter_note, out_dir, run_dir),
+                    encoding="utf-8")
     return path
 
 
@@ -1098,5 +1099,6 @@ def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
                  "select again.\n\n")
     report = out_dir / "report.md"
     report.write_text(f"# Ensemble {Path(path).name}\n\n```\n{format_selection(doc)}\n```\n\n"
-                      f"{since}![selection](selection.png)\n\n![weights](weights.png)\n")
+                      f"{since}![selection](selection.png)\n\n![weights](weights.png)\n",
+                      encoding="utf-8")
     return report

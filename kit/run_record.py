@@ -54,7 +54,7 @@ def read_metrics(run_dir: Path) -> dict | None:
     """metrics.json as a dict, or None when absent, torn or not an object."""
     path = Path(run_dir) / "metrics.json"
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # absent, torn mid-write, or not UTF-8
         return None
     return metrics if isinstance(metrics, dict) else None
@@ -162,7 +162,7 @@ def read_trained_spec(run_dir: Path) -> CompetitionSpec | None:
     if not path.exists():
         return None
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise KitError(f"{path}: not readable JSON ({exc}); the file was damaged") from None
     if not isinstance(raw, dict):
@@ -249,7 +249,7 @@ def recorded_digests(run_dir: Path, metrics: dict | None = None) -> dict:
     if isinstance(recorded, dict):
         return recorded
     try:
-        started = json.loads((run_dir / DATA_RECORD).read_text())
+        started = json.loads((run_dir / DATA_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none (a run from before it was written), or damaged
         return {}
     return started if isinstance(started, dict) else {}

@@ -51,7 +51,14 @@ from kit.config import (
 )
 from kit.errors import KitError
 from kit.train.runs import RUNS_DIR, RunFiles
-from kit.workers import SIGPIPE, WorkerGroup, caught, stdout_closed, worker_pythonpath
+from kit.workers import (
+    SIGPIPE,
+    WorkerGroup,
+    caught,
+    kit_command,
+    stdout_closed,
+    worker_pythonpath,
+)
 
 if TYPE_CHECKING:  # the trainer imports torch: only a sweep's workers pay for it
     from kit.train.trainer import EpochEnd
@@ -1253,9 +1260,9 @@ def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
                    timeout: float | None) -> list[str]:
     # the storage URL goes in the environment (STORAGE_ENV), not argv: a password in argv is
     # readable by every user of the machine (ps), the environment only by its owner
-    cmd = [sys.executable, "-m", "kit", "sweep", exp, *list(overrides or []), "--trials",
-           str(trials), "--study", setup.study_name,
-           "--workers", "1", "--runs-dir", str(setup.runs_dir), "--quiet", "--no-summary"]
+    cmd = kit_command("sweep", exp, *list(overrides or []), "--trials", str(trials), "--study",
+                      setup.study_name, "--workers", "1", "--runs-dir", str(setup.runs_dir),
+                      "--quiet", "--no-summary")
     return cmd + (["--timeout", str(timeout)] if timeout else [])
 
 
@@ -1351,7 +1358,8 @@ def write_best(setup: SweepSetup, trial) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     # the origin as a comment: the loader ignores it, the next sweep reads it (check_best_file)
-    partial.write_text(f"{ORIGIN}{json.dumps(best_origin(setup))}\n{tomli_w.dumps(doc)}")
+    partial.write_text(f"{ORIGIN}{json.dumps(best_origin(setup))}\n{tomli_w.dumps(doc)}",
+                       encoding="utf-8")
     os.replace(partial, path)  # atomic: a reader never sees half a file
     return path
 
@@ -1500,7 +1508,7 @@ def check_best_file(setup: SweepSetup, path: Path) -> None:
 
     if not path.is_file():
         return
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     first = text.split("\n", 1)[0]
     if first.startswith(ORIGIN):
         try:

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,13 @@ def worker_pythonpath() -> str:
     """The workers import this very kit, installed or not (a checkout run with PYTHONPATH)."""
     here = str(Path(__file__).resolve().parents[1])
     return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def kit_command(*args: str) -> list[str]:
+    """A worker's command line: this Python running kit. `-P`: `-m` would put the working
+    folder first on sys.path, ahead of worker_pythonpath, so a kit.py or a kit/ checkout in
+    the project folder would run as the workers' kit (r302)."""
+    return [sys.executable, "-P", "-m", "kit", *args]
 
 
 def stop_when_orphaned(interval_s: float = 0.5) -> None:

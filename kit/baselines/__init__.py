@@ -153,6 +153,6 @@ def write_linear_submission(coef: np.ndarray, folder: Path) -> Path:
                                   "write the linear baseline into a folder of its own")
     folder.mkdir(parents=True, exist_ok=True)
     source = resources.files("kit.baselines") / "linear_solution.py"
-    (folder / "solution.py").write_text(source.read_text())
+    (folder / "solution.py").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     np.savez(folder / "weights.npz", coef=coef, alphas=np.array(EWM_ALPHAS))
     return write_submission_zip(folder)

@@ -112,7 +112,7 @@ def known_digest(path: Path, cache_dir: Path) -> str | None:
 
 def _read_digests(cache_dir: Path) -> dict:
     try:
-        table = json.loads((Path(cache_dir) / DIGESTS_FILE).read_text())
+        table = json.loads((Path(cache_dir) / DIGESTS_FILE).read_text(encoding="utf-8"))
         return table if isinstance(table, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -132,7 +132,7 @@ def remember_digest(path: Path, cache_dir: Path) -> None:
     table[str(path)] = record
     tmp = Path(cache_dir) / f"{TMP_PREFIX}{DIGESTS_FILE}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.write_text(json.dumps(table, indent=0))
+        tmp.write_text(json.dumps(table, indent=0), encoding="utf-8")
         os.replace(tmp, Path(cache_dir) / DIGESTS_FILE)
     except OSError:  # bookkeeping only: a read-only cache still serves its entries (there,
         with contextlib.suppress(OSError):  # unlinking even a missing file is EROFS)
@@ -435,7 +435,7 @@ def cache_entries(cache_dir: Path = Path("data/cache"), live: dict | None = None
         if not (child.is_dir() and _ENTRY_NAME.match(child.name)):
             continue
         try:
-            meta = json.loads((child / "meta.json").read_text())
+            meta = json.loads((child / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             meta = {}
         meta = meta if isinstance(meta, dict) else {}
@@ -525,7 +525,7 @@ def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
 
 def _load(entry: Path, digest: str) -> SequenceArrays:
     """Memory-map an entry; any mismatch with its meta.json raises ValueError."""
-    meta = json.loads((entry / "meta.json").read_text())
+    meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
     if not isinstance(meta, dict):
         raise ValueError(f"meta.json holds a {type(meta).__name__}, not an object")
     if meta.get("digest") != digest or meta.get("format") != CACHE_FORMAT:
@@ -565,7 +565,8 @@ def _finish(tmp: Path, entry: Path, digest: str, arrays: SequenceArrays, about: 
         "target_names": list(arrays.target_names),
         **about,
     }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=_json_default),
+                                   encoding="utf-8")
     _move_into_place(tmp, entry, digest)
 
 

@@ -250,7 +250,8 @@ def load_member(run: Path, *, warn: bool = True) -> Member:
                        f"({_mismatches(exc)})") from None
     config_path = path.parent / "config.toml"
     try:
-        config = tomllib.loads(config_path.read_text()) if config_path.is_file() else {}
+        config = (tomllib.loads(config_path.read_text(encoding="utf-8"))
+                  if config_path.is_file() else {})
     except tomllib.TOMLDecodeError as exc:
         raise KitError(f"{config_path}: not valid TOML ({exc})") from None
     spec, spec_check = current_scoring(spec, config.get("spec") if isinstance(

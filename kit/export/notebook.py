@@ -213,7 +213,7 @@ import json
 
 import numpy as np
 
-MANIFEST = json.load(open(os.path.join(PACKAGE_DIR, "manifest.json")))
+MANIFEST = json.load(open(os.path.join(PACKAGE_DIR, "manifest.json"), encoding="utf-8"))
 SPEC = MANIFEST["spec"]
 ID, STEP, NEED = SPEC["id_col"], SPEC["step_col"], SPEC["need_col"]
 FEATURES, OUTPUTS = MANIFEST["inputs"], MANIFEST["outputs"]
@@ -459,7 +459,7 @@ def write_predictions(out_path, keys, preds):
         return
     import csv
 
-    with open(out_path, "w", newline="") as fh:
+    with open(out_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow([ID, STEP, *COLUMNS_OUT])
         for (seq, step), row in zip(keys, preds):
@@ -485,7 +485,7 @@ else:
 def batch_predict_args(solution: Path) -> set[str] | None:
     """The argument names of the package's BatchPredictor.predict (newer packs take keep= and
     names=); None when solution.py has no BatchPredictor (packed by an older kit)."""
-    for node in ast.walk(ast.parse(solution.read_text())):
+    for node in ast.walk(ast.parse(solution.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ClassDef) and node.name == "BatchPredictor":
             return next(({a.arg for a in item.args.args} for item in node.body
                          if isinstance(item, ast.FunctionDef) and item.name == "predict"), set())
@@ -524,7 +524,7 @@ def default_owner() -> str | None:
         return os.environ["KAGGLE_USERNAME"]
     config = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")) / "kaggle.json"
     try:
-        return json.loads(config.read_text()).get("username")
+        return json.loads(config.read_text(encoding="utf-8")).get("username")
     except (OSError, ValueError):
         return None
 
@@ -672,8 +672,9 @@ def _kit_dataset(folder: Path) -> bool:
 def _kit_kernel(folder: Path) -> bool:
     """kernel-metadata.json naming a notebook kit wrote (a Kaggle kernel of yours has none)."""
     try:
-        code_file = json.loads((folder / "kernel-metadata.json").read_text())["code_file"]
-        return MARK in (folder / code_file).read_text()
+        meta = json.loads((folder / "kernel-metadata.json").read_text(encoding="utf-8"))
+        code_file = meta["code_file"]
+        return MARK in (folder / code_file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
         return False
 
@@ -685,7 +686,7 @@ def _kernel_written_before(out: Path) -> tuple[str | None, str | None]:
     if not _kit_kernel(out / "kernel"):
         return None, None
     try:
-        meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text())
+        meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text(encoding="utf-8"))
         title, sources = meta.get("title"), meta.get("competition_sources")
     except (OSError, ValueError, AttributeError):
         return None, None
@@ -697,7 +698,7 @@ def _kernel_written_before(out: Path) -> tuple[str | None, str | None]:
 def _dataset_written_before(submission: Path) -> tuple[str, str, str] | None:
     """(name, dataset slug, owner) when `submission` is a dataset folder kit notebook wrote."""
     try:
-        meta = json.loads((Path(submission) / "dataset-metadata.json").read_text())
+        meta = json.loads((Path(submission) / "dataset-metadata.json").read_text(encoding="utf-8"))
         owner, slug = meta["id"].split("/")
         title = meta["title"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError):
@@ -765,12 +766,13 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
         shutil.copy2(wheel, dataset / wheel.name)
     dataset_meta = {"title": _title(f"{name} package"), "id": f"{owner}/{dataset_slug}",
                     "licenses": [{"name": "CC0-1.0"}]}
-    (dataset / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n")
+    (dataset / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n",
+                                                   encoding="utf-8")
     kernel.mkdir(parents=True)
     code_file = "notebook.ipynb"
     document = notebook_json(protocol, title, keep_columns, renames,
                              manifest["files"][MODEL_FILE])
-    (kernel / code_file).write_text(json.dumps(document, indent=1) + "\n")
+    (kernel / code_file).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     kernel_meta = {
         "id": f"{owner}/{kernel_slug}", "title": title, "code_file": code_file,
         "language": "python", "kernel_type": "notebook", "is_private": True,
@@ -779,7 +781,8 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
         "competition_sources": [competition] if competition else [],
         "kernel_sources": [], "model_sources": [],
     }
-    (kernel / "kernel-metadata.json").write_text(json.dumps(kernel_meta, indent=2) + "\n")
+    (kernel / "kernel-metadata.json").write_text(json.dumps(kernel_meta, indent=2) + "\n",
+                                                 encoding="utf-8")
     return {"code_file": code_file, "dataset_metadata": dataset_meta,
             "kernel_metadata": kernel_meta}
 

@@ -360,7 +360,7 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
             warnings.warn(f"{note}; packed all the same, its graph computing this kit's "
                           "features", stacklevel=2)
         template = resources.files("kit.export") / "solution_template.py"
-        (staging / SOLUTION_FILE).write_text(template.read_text())
+        (staging / SOLUTION_FILE).write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
         manifest = {
             "kit_version": __version__,
             # the graph's feature faces' version (kit.features.FEATURE_FORMAT): parity of a
@@ -596,7 +596,7 @@ def exclusive(lock_path: Path, required: bool = True):
         return
     while True:
         try:
-            handle = open(lock_path, "a")  # noqa: SIM115 - closed below, on every path
+            handle = open(lock_path, "a", encoding="utf-8")  # noqa: SIM115 - closed below, on every path
         except OSError:
             if required:
                 raise
@@ -699,7 +699,7 @@ def read_manifest(folder: Path, shown: Path | None = None) -> dict:
         raise PackError(f"{shown or folder}: no {MANIFEST_FILE}; is this a folder written by "
                         "kit pack?")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PackError(f"{shown_path}: not valid JSON ({exc}); kit pack writes it again") \
             from None

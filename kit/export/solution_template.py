@@ -329,7 +329,7 @@ class BatchPredictor:
         folder = os.path.dirname(os.path.abspath(model_path)) if model_path else here
         self.manifest = {}
         if os.path.exists(os.path.join(folder, "manifest.json")):
-            with open(os.path.join(folder, "manifest.json")) as fh:
+            with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as fh:
                 self.manifest = json.load(fh)  # column names for predict(frame)
 
     @staticmethod

@@ -60,7 +60,7 @@ class FeatureConfigError(KitError):
 def _groups_file(spec: CompetitionSpec) -> dict:
     folder = resources.files("kit.features") / "groups"
     name = f"{spec.name}.toml" if (folder / f"{spec.name}.toml").is_file() else "generic.toml"
-    return tomllib.loads((folder / name).read_text())["groups"]
+    return tomllib.loads((folder / name).read_text(encoding="utf-8"))["groups"]
 
 
 def user_groups_file(spec: CompetitionSpec) -> Path | None:

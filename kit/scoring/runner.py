@@ -46,7 +46,7 @@ class Failure(Exception):
 
 
 def main(job_path: str) -> int:
-    with open(job_path) as fh:
+    with open(job_path, encoding="utf-8") as fh:
         job = json.load(fh)
     out_dir = job["out_dir"]
     fd = job.get("progress_fd")
@@ -71,7 +71,7 @@ def main(job_path: str) -> int:
     result["sandbox"]["imports"] = IMPORTS.third_party()
     result["sandbox"]["peak_rss_mb"] = peak_rss_mb()
     tmp = os.path.join(out_dir, "result.json.tmp")
-    with open(tmp, "w") as fh:
+    with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(result, fh)
     os.replace(tmp, os.path.join(out_dir, "result.json"))
     return 0
@@ -798,7 +798,7 @@ def peak_rss_mb() -> float | None:
     """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
     exec, so a child forked from a large parent would report the parent's peak."""
     try:
-        with open("/proc/self/status") as fh:
+        with open("/proc/self/status", encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024

@@ -343,7 +343,7 @@ def choose_cpu(sample_s: float = 0.05) -> int | None:
 
 def _cpu_times() -> dict[int, list[int]]:
     times = {}
-    with open("/proc/stat") as fh:
+    with open("/proc/stat", encoding="utf-8") as fh:
         for line in fh:
             head, *fields = line.split()
             if head.startswith("cpu") and head != "cpu":
@@ -400,7 +400,7 @@ def run_child(
         "cleanup_if_orphaned": _own_temporary(workdir),  # and removes what kit would have
     }
     job_path = workdir / "job.json"
-    job_path.write_text(json.dumps(job))
+    job_path.write_text(json.dumps(job), encoding="utf-8")
     bar = tqdm(
         total=n_rows,
         unit="row",
@@ -447,7 +447,7 @@ def run_child(
             "output below), ran out of memory or called exit() itself" + _with(tail)
         )
     try:  # the runner's files sit beside the submission's copy: it can write them too
-        result = json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text(encoding="utf-8"))
         if not result["ok"]:
             raise SubmissionError(_failure_text(result["error"]) + _with(tail),
                                   where=_row_of(result["error"]))

@@ -66,7 +66,7 @@ def claim_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(moment))
         moment += 1.0
         try:
-            with open(records / f"{stamp}.json", "x") as fh:  # atomic: the claim
+            with open(records / f"{stamp}.json", "x", encoding="utf-8") as fh:  # atomic: the claim
                 json.dump(record, fh, indent=2)
         except FileExistsError:
             continue
@@ -88,7 +88,7 @@ def claim_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
 
 def _read_record(path: Path) -> dict | None:
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None

@@ -456,14 +456,14 @@ def train_seeds_in_parallel(base: dict, seeds: list[int], jobs: int, runs_dir: P
         # the workers train the config this command resolved: read from the experiment file
         # as each started, a seed queued behind others took an edit made meanwhile
         frozen = Path(tmp) / f"{base['name']}.toml"
-        frozen.write_text(tomli_w.dumps(toml_safe(base)))
+        frozen.write_text(tomli_w.dumps(toml_safe(base)), encoding="utf-8")
         return _train_workers(str(frozen), base, seeds, jobs, runs_dir, stop_after_epochs,
                               progress, stamp)
 
 
 def _train_workers(exp: str, base: dict, seeds: list[int], jobs: int, runs_dir: Path,
                    stop_after_epochs: int, progress: bool, stamp: str) -> list[dict]:
-    from kit.workers import WorkerGroup, worker_pythonpath
+    from kit.workers import WorkerGroup, kit_command, worker_pythonpath
 
     threads = max(1, (os.cpu_count() or 1) // min(jobs, len(seeds)))
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
@@ -485,9 +485,9 @@ def _train_workers(exp: str, base: dict, seeds: list[int], jobs: int, runs_dir: 
         chosen = base["train"]["threads"] == 0
         how = (["--resume"] if files.last.exists()
                else [f"train.threads={threads}"] if chosen else [])
-        queued.append(([sys.executable, "-m", "kit", "train", exp,
-                        f"seed={seed}", *how, "--run-dir", str(folder),
-                        "--stop-after-epochs", str(stop_after_epochs), "--quiet"], env))
+        queued.append((kit_command("train", exp, f"seed={seed}", *how, "--run-dir", str(folder),
+                                   "--stop-after-epochs", str(stop_after_epochs), "--quiet"),
+                       env))
         running.append((seed, folder))
     report = EpochLines(*zip(*running, strict=True)) if progress and running else None
     with WorkerGroup() as group:  # workers print errors; the progress and result lines are ours
@@ -515,7 +515,7 @@ class EpochLines:
     @staticmethod
     def _lines(folder: Path) -> list[str]:
         path = folder / "history.jsonl"
-        text = path.read_text() if path.exists() else ""
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
         return text.splitlines()[:text.count("\n")]  # whole lines: one being written waits
 
     def __call__(self) -> None:
@@ -630,5 +630,5 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
                "per_target": report.per_target, "runs": [r["run_dir"] for r in results],
                # data.seq_len cut the folds' sequences: not every scored row of the file
                "valid_truncated": any(bool(r.get("valid_truncated")) for r in results)}
-    (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return [*results, {**summary, "run_dir": str(folder), "best_epoch": "-", "params": 0}]

@@ -182,7 +182,7 @@ class RunFiles:
         training, not the pause's epochs. Its data digests stay (in data_sha256.json) for the
         next resume's check."""
         try:
-            paused = json.loads(self.metrics.read_text())
+            paused = json.loads(self.metrics.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return
         if not isinstance(paused, dict) or paused.get("finished") is not False:
@@ -193,7 +193,8 @@ class RunFiles:
         self.metrics.unlink(missing_ok=True)
 
     def append_history(self, record: dict) -> None:
-        with open(self.history, "a") as fh:  # strict JSON: a NaN or inf is written as null
+        # strict JSON: a NaN or inf is written as null
+        with open(self.history, "a", encoding="utf-8") as fh:
             fh.write(json_dumps(record) + "\n")
 
     def read_history(self) -> list[dict]:
