@@ -203,6 +203,17 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def init(folder: Path = typer.Argument(Path("."), help="The project folder (created if "
+                                       "missing; default: this one).")) -> None:
+    """Start a project: kit's preset experiments into FOLDER/experiments/, then what to run.
+
+    A file already there is kept, never overwritten (listed as skipped)."""
+    from kit.presets import init_project
+
+    typer.echo(init_project(folder).format(folder))
+
+
 @spec_app.command("list")
 def spec_list() -> None:
     """List the competition specs kit can load by name (a broken file is listed with its

@@ -40,12 +40,31 @@ def experiment_path(name: str) -> Path:
     path = Path(name) if name.endswith(".toml") else experiments_dir() / f"{name}.toml"
     if not path.is_file():
         known = sorted(p.stem for p in experiments_dir().glob("*.toml"))
-        where = "" if experiments_dir().is_dir() or name.endswith(".toml") else (
-            f"; there is no {experiments_dir()} folder here: run from the kit checkout, or set "
-            "KIT_EXPERIMENTS to its experiments folder")
         raise ConfigError(f"no experiment {name!r} ({path} does not exist); known: {known}"
-                          f"{where}")
+                          f"{_missing_experiment_advice(name)}")
     return path
+
+
+def _missing_experiment_advice(name: str) -> str:
+    """What to do about an experiment not found: a pip install has no checkout to run from,
+    so `kit init` copies the presets kit ships (r302: the advice was "run from the kit
+    checkout")."""
+    from kit.presets import preset_names
+
+    if name.endswith(".toml"):
+        return ""
+    folder = experiments_dir()
+    if "KIT_EXPERIMENTS" in os.environ and not folder.is_dir():
+        return (f"; there is no {folder} folder here: KIT_EXPERIMENTS names it; point "
+                "KIT_EXPERIMENTS at a folder of experiments, or unset it and run `kit init` "
+                "to copy kit's preset experiments into ./experiments/")
+    if not folder.is_dir():
+        return (f"; there is no {folder} folder here: run `kit init` to copy kit's preset "
+                f"experiments into {folder}/, or set KIT_EXPERIMENTS to a folder of experiments")
+    if "KIT_EXPERIMENTS" not in os.environ and name in preset_names():  # (init writes here)
+        return (f"; {name} is one of kit's presets: `kit init` copies the presets {folder}/ "
+                "lacks (it overwrites none)")
+    return ""
 
 
 def known_experiment(name) -> str | None:

@@ -117,6 +117,19 @@ def scored_rows_text(seqs: int | None, scored: int, valid_sequences: int) -> str
     return f"the first {scored:,} valid sequences"
 
 
+def copy_presets_if_missing(experiment: str) -> None:
+    """`pip install kit && kit demo` from an empty folder: no experiments/ here (and no
+    KIT_EXPERIMENTS) gets kit's presets copied in, as the missing data is generated (r302:
+    the demo failed, naming a checkout a pip user has none of)."""
+    from kit.presets import EXPERIMENTS_FOLDER, experiments_here_missing, init_project
+
+    if experiment.removeprefix("exp=").endswith(".toml") or not experiments_here_missing():
+        return
+    copied = init_project(Path(".")).copied
+    typer.echo(f"no {EXPERIMENTS_FOLDER}/ here: copied kit's {len(copied)} preset files into "
+               f"{EXPERIMENTS_FOLDER}/ (as kit init does: edit them there)")
+
+
 def signal_text(stop: BaseException) -> str:
     """How the command ended, in the words kit train's hint uses."""
     return ended_text(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else stop.signum)
@@ -188,7 +201,7 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
 def _run_demo(progress: Progress, data_dir: Path | None, submissions: Path,
               spec_name: str | None, experiment: str, overrides: list[str] | None, seeds: int,
               seqs: int | None, parity_seqs: int, quiet: bool) -> dict:
-    from kit.config import refuse_overrides
+    from kit.config import experiment_path, refuse_overrides
     from kit.data.synth import synthesize
     from kit.ensemble import select_ensemble
     from kit.export.pack import pack_ensemble, pack_run
@@ -208,6 +221,7 @@ def _run_demo(progress: Progress, data_dir: Path | None, submissions: Path,
     for name, value in (("--seqs", seqs), ("--parity-seqs", parity_seqs)):
         if value is not None and value < 1:
             raise KitError(f"{name} must be >= 1, got {value}")
+    copy_presets_if_missing(experiment)
     # the experiment's own competition unless --spec says another: the demo once ran every
     # experiment on Predictorium, an rnn-challenge one failing on its data's columns
     spec_name = spec_name or experiment_config(experiment, list(overrides or [])).get(
@@ -258,7 +272,7 @@ def _run_demo(progress: Progress, data_dir: Path | None, submissions: Path,
     valid_sequences = report.sequences  # (valid's: checked last)
 
     progress.start_training()
-    _section(f"train: experiment {experiment} (experiments/{experiment}.toml), "
+    _section(f"train: experiment {experiment} ({experiment_path(experiment)}), "
              f"{seeds} seed(s)" + (", all at once (kit train --jobs)" if seeds > 1 else ""))
     # the seeds train side by side, each in its own process: a GRU this size trains about
     # as fast on one thread as on two, so on 2 cores three seeds take the time of 1.5

@@ -87,7 +87,7 @@ def test_cycles_and_missing_experiments_are_named(exps, tmp_path, monkeypatch):
     # run outside the checkout (kit demo in an empty folder): the folder is named as missing
     monkeypatch.setenv("KIT_EXPERIMENTS", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match=r"known: \[\]; there is no .*nowhere folder here: "
-                       r"run from the kit checkout, or set KIT_EXPERIMENTS"):
+                       r"KIT_EXPERIMENTS names it; point KIT_EXPERIMENTS at a folder"):
         load_experiment("gru_base")
 
 
