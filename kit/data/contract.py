@@ -257,7 +257,7 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     if extra and extra_ok:
         warnings.append(f"column(s) not in the spec: {listed_names(extra)}; kit train and kit "
                         "score read the spec's columns by name and leave these alone (the "
-                        "competition's own files have none)")
+                        "competition's own files have none)" + shifted_columns_note(have, want))
     elif extra:
         problems.append(f"unexpected column(s): {listed_names(extra)} (a train file may keep "
                         "others, e.g. for data.group: check it with --allow-extra)")
@@ -275,6 +275,20 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     return labelled, warnings
 
 
+def shifted_columns_note(have: list[str], want: list[str]) -> str:
+    """For a file whose extra columns come before or among the spec's (a `row_id` first): the
+    competition's scorer reads each row by position, so every spec column after one is read as
+    another (r304); "" when they all come after the spec's."""
+    wanted = set(want)
+    last = max((i for i, c in enumerate(have) if c in wanted), default=-1)
+    before = [c for c in have[:last] if c not in wanted]
+    if not before:
+        return ""
+    return (f"; {listed_names(before, 6)} come(s) before spec columns, which the competition's "
+            "scorer, reading each row by position, would then read as others: keep extra "
+            "columns after the spec's")
+
+
 def value_dtype(dtype: pl.DataType) -> bool:
     """A feature's or target's dtype the contract takes: an integer or float (not a Boolean,
     which the scorer's DataFrame.values makes an object row, nor a Decimal)."""
@@ -287,10 +301,11 @@ def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, sourc
         dtype = schema[col]
         if not (dtype.is_integer() or dtype in FLOAT_TYPES):
             problems.append(f"column {col!r} must hold whole numbers (an integer or float "
-                            f"dtype), found {dtype}{text_key_hint(dtype)}")
+                            f"dtype), found {dtype}{text_key_hint(dtype, spec, col)}")
     need_dtype = schema[spec.need_col]
     if not (need_dtype == pl.Boolean or need_dtype.is_integer()):
-        problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found {need_dtype}")
+        problems.append(f"column {spec.need_col!r} must be bool or integer 0/1, found "
+                        f"{need_dtype}{float_flag_hint(need_dtype, spec.need_col)}")
     for col in list(spec.features) + (list(spec.targets) if labelled else []):
         dtype = schema[col]
         if not value_dtype(dtype):
@@ -300,13 +315,38 @@ def check_dtypes(schema: pl.Schema, spec: CompetitionSpec, labelled: bool, sourc
         raise ContractError(source, problems)
 
 
-def text_key_hint(dtype: pl.DataType) -> str:
-    """What to do with text ids or steps ("; map the text ..."), or "" for another dtype: kit
-    train, kit features build, check, score and parity say the same."""
+def text_key_hint(dtype: pl.DataType, spec: CompetitionSpec | None = None,
+                  column: str | None = None) -> str:
+    """What to do with text, date or time ids or steps ("; map the text ..."), or "" for
+    another dtype: kit train, kit features build, check, score and parity say the same.
+    `spec` and `column` name the columns in the date/time hint (ID and STEP without them)."""
+    if dtype.is_temporal():
+        return temporal_key_hint(spec, column)
     if not (dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)):
         return ""
     return ("; map the text to integers first, one map for all your files (e.g. each value's "
             "index in the sorted union of their values)")
+
+
+def temporal_key_hint(spec: CompetitionSpec | None, column: str | None) -> str:
+    """A step (or id) stored as a date or time: the numbers the contract wants are its rank,
+    steps within their sequence (r304: the refusal named the dtype and no way out)."""
+    ids = repr(spec.id_col) if spec else "ID"
+    if spec and column == spec.id_col:
+        return (f"; number the sequences instead, e.g. (pl.col({ids}).rank(\"dense\") - 1)"
+                ".cast(pl.Int64), one numbering for all your files")
+    step = repr(column) if column else "STEP"
+    return (f"; number the steps 0, 1, 2, ... within each sequence instead, e.g. "
+            f"(pl.col({step}).rank(\"ordinal\").over({ids}) - 1).cast(pl.Int64)")
+
+
+def float_flag_hint(dtype: pl.DataType, need_col: str) -> str:
+    """A need flag stored as floats 0.0/1.0 (a pandas column that once held NaN): the cast
+    that makes it a flag, as float ids holding whole numbers are taken as they are (r304)."""
+    if dtype not in FLOAT_TYPES:
+        return ""
+    return (f"; flags that hold only 0.0 and 1.0: cast them to integers first, e.g. "
+            f"pl.col({need_col!r}).cast(pl.Int8) (df[{need_col!r}].astype(\"int8\") in pandas)")
 
 
 def contract_dtype(spec: CompetitionSpec, column: str) -> str:
@@ -367,7 +407,7 @@ def need_flags(frame: pl.DataFrame, need_col: str, where: str = "") -> np.ndarra
     dtype = frame.schema[need_col]
     if not (dtype == pl.Boolean or dtype.is_integer()):
         raise DataError(f"{where}column {need_col!r} must hold booleans or integers 0/1, found "
-                        f"{dtype}")
+                        f"{dtype}{float_flag_hint(dtype, need_col)}")
     flags = frame.select(need_as_int(frame.schema, need_col)).to_series()
     if flags.null_count():
         raise DataError(f"{where}column {need_col!r} has {flags.null_count():,} value(s) that "

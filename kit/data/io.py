@@ -28,6 +28,24 @@ def pandas_index_columns(path: Path) -> list[str]:
     return [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
 
 
+def pandas_column_types(path: str | Path) -> dict[str, tuple[str, str]]:
+    """(numpy_type, pandas_type) per column, from the metadata pandas' `to_parquet` writes
+    (`{"Int8": ...}` for a nullable Int8 column); {} for a file pandas did not write (Polars
+    writes none) or metadata kit cannot read. pandas' read_parquet restores the dtypes it
+    names, so they type the scorer's rows (r304)."""
+    try:
+        meta = json.loads(pl.read_parquet_metadata(path).get("pandas") or "{}")
+        listed = meta.get("columns", [])
+        index = meta.get("index_columns", [])
+        return {
+            str(c.get("field_name", c.get("name"))): (str(c.get("numpy_type")),
+                                                      str(c.get("pandas_type")))
+            for c in listed if isinstance(c, dict)
+            and c.get("field_name", c.get("name")) not in index}
+    except Exception:  # no or foreign metadata: pandas reads the arrow types
+        return {}
+
+
 def refuse_index_columns(path: str | Path, names) -> None:
     """Refuse a file whose spec columns pandas stored as its index (`df.set_index("seq_ix")
     .to_parquet`): pandas' read_parquet, as the competition's scorer reads the file, makes
@@ -76,7 +94,7 @@ def file_schema(path: str | Path) -> pl.Schema:
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
-        raise DataError(f"{path}: is a folder; pass a .parquet file")
+        raise DataError(f"{path}: is a folder; pass a .parquet file{combine_hint(path)}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (0 bytes)")
     with open(path, "rb") as fh:
@@ -101,6 +119,29 @@ def file_schema(path: str | Path) -> pl.Schema:
             f"{path}: not a readable parquet file ({_first_line(exc)}); it may be truncated or "
             "corrupt: re-download or regenerate it"
         ) from None
+
+
+def combine_hint(folder: Path) -> str:
+    """What to do with a folder holding parquet files (r304): a partitioned data set's parts
+    (hive folders such as seq_ix=0/, Spark's or pyarrow's output) are combined into one file;
+    files side by side may be separate files (train and valid) or parts. "" for a folder
+    without any."""
+    if next(folder.rglob("*.parquet"), None) is None:
+        return ""
+    combine = (f"polars.read_parquet(\"{folder}/**/*.parquet\", hive_partitioning=True)"
+               ".select(SPEC_COLUMNS).sort(ID, STEP).write_parquet(\"one.parquet\"), with the "
+               "spec's columns in its order (kit spec show lists them)")
+    hive = any(d.is_dir() and "=" in d.name for d in folder.iterdir())
+    files = sorted(f.name for f in folder.glob("*.parquet") if f.is_file())
+    if hive or not files:
+        return (f". To combine the parts of this partitioned data set into one: {combine}: a "
+                "hive-partitioned folder (seq_ix=0/...) keeps its partition column in the "
+                "folder names, not in the files, and hive_partitioning brings it back, perhaps "
+                "as the last column; the parts come in name order (seq_ix=10 before "
+                "seq_ix=2), hence the sort")
+    shown = ", ".join(files[:3]) + (f", ... ({len(files)} in all)" if len(files) > 3 else "")
+    return (f". It holds {shown}: pass one of them (e.g. {folder / files[0]}), or, if they are "
+            f"parts of one data set, combine them into one: {combine}")
 
 
 def unreadable_data(path: Path, exc: Exception) -> DataError:

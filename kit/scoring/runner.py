@@ -219,7 +219,10 @@ def pandas_rows(values, dtypes: list[str] | None):
     """The rows as `pd.read_parquet(path).values` types them there: one common numpy dtype of
     the columns (float64 for int ids beside float features; float32 when every column fits it),
     or, when a bool column (the need flag) meets numbers, an object array of Python int, bool
-    and float values (the state then arrives as an object array). Built before the timed loop,
+    and float values (the state then arrives as an object array). An "object" entry (a column
+    pandas reads as objects, or kit score's mark that pandas gives one of the file's columns an
+    extension dtype, a nullable Int8 flag say: r304) makes them objects too, each input column
+    typed by its own entry. Built before the timed loop,
     as pandas builds it before the scorer's loop, and held whole, as there."""
     import numpy as np  # (the child imports it after pinning its CPU; a bench calls this too)
 

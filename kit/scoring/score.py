@@ -16,8 +16,14 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, limits_label
-from kit.data.contract import PASS_SPEC, check_frame
-from kit.data.io import file_schema, read_frame, refuse_index_columns
+from kit.data.contract import PASS_SPEC, check_frame, listed_names
+from kit.data.io import (
+    file_schema,
+    pandas_column_types,
+    pandas_index_columns,
+    read_frame,
+    refuse_index_columns,
+)
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, MetricReport, evaluate, outputs_summary, scored_truth
@@ -356,7 +362,9 @@ def first_sequences(ids: pl.Series, seqs: int) -> pl.Series:
 class Rows(NamedTuple):
     """A data file's scorer input: float64 rows (id, step, need, features...), the truth of the
     rows that need a prediction, the sequence count, and the file's input column dtypes (the
-    child types the rows from them as DataFrame.values does)."""
+    child types the rows from them as DataFrame.values does): the numpy dtype of each column's
+    values, inputs first, then "object" when pandas reads one of them with an extension dtype
+    (see pandas_dtypes)."""
 
     values: np.ndarray
     truth: np.ndarray
@@ -373,6 +381,30 @@ def pandas_dtype(column: pl.Series) -> str:
     if column.null_count() and dtype.kind == "b":
         return "object"
     return dtype.name
+
+
+# numpy_type names in pandas' parquet metadata of plain numpy columns; any other (Int8,
+# Float32, boolean, string, int64[pyarrow], datetime64[ns], object) is one pandas reads back as
+# an extension dtype or as objects
+PLAIN_NUMPY_TYPES = frozenset(
+    ["bool", "float16", "float32", "float64"]
+    + [f"{sign}int{bits}" for sign in ("", "u") for bits in (8, 16, 32, 64)])
+
+
+def pandas_dtypes(frame: pl.DataFrame, columns: list[str], data: Path) -> list[str]:
+    """The dtypes of `columns` (the scorer's DataFrame.values holds all of them) as pandas reads
+    this file: each column's values' numpy dtype, then "object" when the pandas metadata gives
+    one of them an extension dtype. pandas restores those (a nullable Int8 need flag, Float32
+    features, pyarrow-backed columns), and `.values` of a frame holding one is an object array
+    of Python ints and floats, however plain the other columns are; typed from the Parquet
+    dtypes alone, the replay fed float64 rows that such a file's scorer never gives (r304).
+    (A null of such an integer column is pd.NA there, float NaN here.)"""
+    dtypes = [pandas_dtype(frame[c]) for c in columns]
+    written = pandas_column_types(data)
+    if any(written[c][0] not in PLAIN_NUMPY_TYPES or written[c][1] == "categorical"
+           for c in columns if c in written):
+        dtypes.append("object")  # taken into the child's common type like a column's
+    return dtypes
 
 
 FLOAT_EXACT = 2**53  # integers a float64 holds exactly
@@ -421,12 +453,6 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
     (another competition's file is then no matter of --spec)."""
     schema = file_schema(data)
     refuse_index_columns(data, spec.columns)
-    held = [c for c in schema if c in spec.columns]
-    if held != [c for c in spec.columns if c in held]:  # kit data check refuses the file
-        warnings.warn(f"{data}: the spec's columns are in another order in the file ("
-                      f"{', '.join(held[:6])}{', ...' if len(held) > 6 else ''}): kit score "
-                      "reads them by name, the competition's scorer reads each row by "
-                      "position and would feed them in this order", RuntimeWarning, stacklevel=2)
     # the spec's columns, by name: others (a train file's group column for data.split, one
     # Polars cannot decode) are no input of the scorer's and are not read, and the rows it
     # feeds keep the spec's order whatever the file's
@@ -434,6 +460,8 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
     check_frame(frame, spec, source=str(data), other_file_advice=(
         f"the package was packed for spec {packed!r}: give a --data file of that "
         "competition" if packed else PASS_SPEC))
+    if position_warning := misplaced_columns_warning(data, list(schema), spec):
+        warnings.warn(position_warning, RuntimeWarning, stacklevel=2)
     labelled = all(t in frame.columns for t in spec.targets)
     if not spec.next_state and not labelled:
         raise DataError(
@@ -455,9 +483,40 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
     truth = scored_truth(values[:, 0], need, values[:, 3:], targets, spec)
     # the scorer's DataFrame.values holds the target columns too: their dtypes take part in
     # the common type (listed after the inputs; the rows hold the inputs only)
-    dtypes = [pandas_dtype(frame[c]) for c in spec.input_columns
-              + [c for c in frame.columns if c not in spec.input_columns]]
+    dtypes = pandas_dtypes(frame, spec.input_columns
+                           + [c for c in frame.columns if c not in spec.input_columns], data)
     return Rows(values, truth, sequences, dtypes)
+
+
+def misplaced_columns_warning(data: Path, columns: list[str], spec: CompetitionSpec) -> str:
+    """What kit score, reading the spec's columns by name, does not see and the competition's
+    scorer, reading each row by position, does: a spec column of the file that is not at its
+    spec index, whether the spec's columns are reordered or another column (a `row_id`) comes
+    before or among them (r304). Columns after all of the spec's shift nothing; pandas' index
+    columns are no columns of the scorer's rows. "" when every one is in its place. Called on
+    a file check_frame passed: it holds all of the spec's columns, or all but the targets."""
+    index = set(pandas_index_columns(data))
+    read = [c for c in columns if c not in index]  # the columns of pandas' DataFrame, in order
+    place = {c: i for i, c in enumerate(spec.columns)}
+    held = [c for c in read if c in place]
+    if all(read[place[c]:place[c] + 1] == [c] for c in held):
+        return ""
+    if held != sorted(held, key=place.__getitem__):  # kit data check refuses the file
+        what = (f"the spec's columns are in another order in the file "
+                f"({listed_names(held, 6)})")
+    else:
+        last = max(read.index(c) for c in held)
+        extra = [c for c in read[:last] if c not in place]
+        what = (f"column(s) not in the spec come before or among the spec's columns in the "
+                f"file ({listed_names(extra, 6)}), so the spec's columns are not at their "
+                "positions")
+    # the first position whose column is not the spec's there (one exists: see above)
+    first = next(i for i, (have, want) in enumerate(zip(read, spec.columns, strict=False))
+                 if have != want)
+    return (f"{data}: {what}: kit score reads them by name, the competition's scorer reads "
+            f"each row by position and would take column {first} ({read[first]!r}) as the "
+            f"spec's {spec.columns[first]!r}; write the spec's columns first and in its order, "
+            "e.g. pl.read_parquet(PATH).select(SPEC_COLUMNS, pl.exclude(SPEC_COLUMNS))")
 
 
 def _fmt(value: float) -> str:
