@@ -282,3 +282,16 @@ def test_a_folder_of_parquet_parts_is_refused_with_how_to_combine_it(tmp_path):
     empty.mkdir()
     with pytest.raises(DataError, match=r"empty: is a folder; pass a \.parquet file$"):
         file_schema(empty)
+
+
+def test_a_training_data_folder_gets_the_same_hint(tmp_path):
+    """kit train's check of data.train said "is a folder" without how to combine it."""
+    from kit.train.data import check_data_files
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    make_frame(SPEC, n_seqs=2).write_parquet(parts / "part-0.parquet")
+    data = {"train": str(parts), "valid": str(parts), "split": "file", "fold": None}
+    with pytest.raises(DataError, match=r"data\.train = .*parts': is a folder; pass a \.parquet "
+                                        r"file\. It holds part-0\.parquet: pass one of them"):
+        check_data_files(data)

@@ -19,7 +19,7 @@ from kit.competition import CompetitionSpec, load_spec
 from kit.config import DEFAULTS, ConfigError, validation_file
 from kit.data.arrays import SequenceArrays
 from kit.data.contract import FLOAT32_MAX, refuse_broken_need_rule, whole_numbers
-from kit.data.io import read_frame
+from kit.data.io import combine_hint, read_frame
 from kit.data.splits import SplitError, group_kfold, group_split, kfold, random_split
 from kit.errors import DataError
 from kit.features import feature_arrays, feature_set_from_config
@@ -127,7 +127,8 @@ def check_data_files(data: dict, folds: bool = False) -> None:
         wanted.append(("data.valid", data["valid"]))
     for key, name in wanted:
         if Path(name).is_dir():  # ("no such data file" before: it exists)
-            raise DataError(f"{key} = {name!r}: is a folder; pass a .parquet file")
+            raise DataError(f"{key} = {name!r}: is a folder; pass a .parquet file"
+                            f"{combine_hint(Path(name))}")
         if not Path(name).is_file():
             # a relative path reads from the working folder: an experiment found through
             # KIT_EXPERIMENTS from elsewhere was told to synthesize another data set (r298)
