@@ -21,6 +21,7 @@ a shared disk unchanged). docs/sweeps.md has the format and the multi-machine re
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -28,6 +29,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -495,6 +497,78 @@ def check_storage_url(url: str) -> None:
                          "file, e.g. journal:runs/EXP/sweep.log")
 
 
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FULL_TEXTS = ("database or disk is full", "no space left on device")  # SQLite's, the OS's
+NEARLY_FULL = 1 << 20  # bytes: SQLite says only "disk I/O error" when even its journal fails
+
+
+def free_bytes(path: Path) -> int | None:
+    """The free space on the disk that holds `path` (its nearest existing folder)."""
+    for folder in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            if folder.exists():
+                return shutil.disk_usage(folder).free
+    return None
+
+
+def nearly_full(folder: Path) -> bool:
+    free = free_bytes(folder)
+    return free is not None and free < NEARLY_FULL
+
+
+def full_disk_cause(exc: BaseException, *folders: Path | None) -> BaseException | None:
+    """The error in exc's chain that says a disk is full (an OSError ENOSPC/EDQUOT, SQLite's
+    "database or disk is full"), or SQLite's "disk I/O error" while one of `folders`' disks
+    is nearly full; None when nothing in the chain is about a full disk (r303)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TrialDiskFull):
+            return exc.error
+        text = str(exc).lower()
+        if (isinstance(exc, OSError) and exc.errno in FULL_ERRNOS) or any(
+                t in text for t in FULL_TEXTS):
+            return exc
+        if "disk i/o error" in text and any(nearly_full(f) for f in folders if f is not None):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def full_disk_text(cause: BaseException, url: str) -> tuple[str, Path | None]:
+    """What filled up, in words (the file an OSError names, else the storage's file), and the
+    folder whose disk it is."""
+    if isinstance(cause, OSError) and cause.filename is not None:
+        return f"{cause.filename}: {cause.strerror}", Path(cause.filename).parent
+    file = storage_file(url)
+    first = masked(str(cause).splitlines()[0] if str(cause) else type(cause).__name__, url)
+    if file is None:
+        return f"storage {shown_url(url)}: {first}", None
+    return f"the study's storage {file}: {first}", file.parent
+
+
+class SweepDiskFull(SweepError):
+    """A disk the sweep writes to (its storage file, its trials' run folders) filled up: one
+    line naming what filled and where, instead of Optuna's chained tracebacks (r303)."""
+
+
+def disk_full_error(cause: BaseException, url: str, runs_dir: Path,
+                    also: str = "") -> SweepDiskFull:
+    """The error a sweep stops with when a disk filled: what failed to write (`also`: what
+    that left behind), the free space on its disk, and what to do."""
+    what, folder = full_disk_text(cause, url)
+    folder = folder or runs_dir
+    return SweepDiskFull(
+        f"the disk is full: {what} ({_kib(free_bytes(folder.absolute()))} free on the disk of "
+        f"{folder}){also}; free some space or give the sweep another --runs-dir (or "
+        "--storage), then run the same command to continue the study (its finished trials "
+        "are kept)")
+
+
+def _kib(size: int | None) -> str:
+    return "unknown space" if size is None else f"{size // 1024} KiB"
+
+
 def make_storage(url: str):
     """An Optuna storage from a URL: sqlite:///..., postgresql://..., mysql://..., or
     journal:PATH (an append-only file, e.g. on a shared disk)."""
@@ -511,6 +585,8 @@ def make_storage(url: str):
             if url.startswith("journal:"):
                 return JournalStorage(JournalFileBackend(str(file)))
         except OSError as exc:
+            if full_disk_cause(exc, file.parent):
+                raise disk_full_error(exc, url, file.parent) from None
             raise SweepError(f"storage {shown!r} does not open: {exc}") from None
     kwargs = {}
     if url.startswith("sqlite"):
@@ -526,6 +602,8 @@ def make_storage(url: str):
                 return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
                                   grace_period=2 * HEARTBEAT_S)
         except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
+            if file is not None and (cause := full_disk_cause(exc, file.parent)):
+                raise disk_full_error(cause, url, file.parent) from None
             raise SweepError(f"storage {shown!r} does not open: {masked(str(exc), url)}"
                              ) from None
         except Exception as exc:  # SQLAlchemy's errors
@@ -538,6 +616,8 @@ def make_storage(url: str):
                     and ("already exists" in str(exc) or "database is locked" in str(exc)))):
                 time.sleep(0.5 + attempt)
                 continue
+            if file is not None and (cause := full_disk_cause(exc, file.parent)):
+                raise disk_full_error(cause, url, file.parent) from None
             raise SweepError(f"storage {shown!r} does not open: {type(exc).__name__}: "
                              f"{masked(str(exc).splitlines()[0], url)}") from None
     raise AssertionError("unreachable")
@@ -1027,6 +1107,11 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
             if not finished_elsewhere(trial):
                 raise
             value = None
+        except Exception as exc:  # a full disk: stop as Ctrl-C does, saying so in one line
+            if (cause := full_disk_cause(exc, setup.runs_dir)) is None:
+                raise
+            full_trials.append(TrialDiskFull(trial, cause))
+            raise full_trials[-1] from None
         if value is None or finished_elsewhere(trial):  # (also after its last report: the
             taken_over.append(trial.number)  # SWA model's validation, the return)
             raise TrialTakenOver(trial.number) from None
@@ -1084,6 +1169,19 @@ class TrialTakenOver(Exception):
 taken_over: list[int] = []  # trials of this process that TrialTakenOver ended
 
 
+class TrialDiskFull(Exception):
+    """A trial stopped by a full disk (its run folder's, or its storage's writes): Optuna marks
+    it failed and raises it on, where the sweep stops with one line (SweepDiskFull), as on
+    Ctrl-C; Optuna's own lines about it are dropped (_NoInterruptTracebacks). r303"""
+
+    def __init__(self, trial, error: BaseException):
+        super().__init__(f"trial {trial.number}: {error}")
+        self.trial, self.error = trial, error
+
+
+full_trials: list[TrialDiskFull] = []  # this process's: Optuna loses one whose tell failed
+
+
 def fail_stale_trials(study) -> None:
     """Mark trials whose worker stopped beating (killed) as failed. Optuna does it only when
     a trial starts; a study that already has its trials starts none, and a killed trial would
@@ -1102,7 +1200,8 @@ class _NoInterruptTracebacks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         kind = record.exc_info[0] if record.exc_info else None
         said = re.match(r"Trial (\d+) failed with ", record.getMessage())
-        if kind and issubclass(kind, KeyboardInterrupt | SystemExit | TrialTakenOver):
+        if kind and issubclass(kind, KeyboardInterrupt | SystemExit | TrialTakenOver
+                               | TrialDiskFull):
             if said:  # (its "failed with value None." comes next)
                 TRIALS_SAID.add(int(said[1]))
             return False
@@ -1226,6 +1325,53 @@ def study_failing(study, since: float) -> bool:
     return len(ended) == FAILED_IN_A_ROW and all(t.state == TrialState.FAIL for t in ended)
 
 
+def refuse_dangling_links(setup: SweepSetup) -> None:
+    """A runs folder (or storage file) through a symbolic link to nothing is refused, as every
+    other command refuses it (kit.errors.os_error_text): the default storage's resolved path
+    created the link's target, and the sweep ran where `kit train` said 'File exists' (r303)."""
+    from kit.errors import dangling_link, dangling_text
+
+    for path in (setup.runs_dir, storage_file(setup.storage_url)):
+        if path is not None and (link := dangling_link(path)):
+            raise SweepError(dangling_text(link))
+
+
+@contextlib.contextmanager
+def stops_on_full_disk(setup: SweepSetup):
+    """A disk that fills during the sweep stops it with one SweepDiskFull line, its trial
+    failed where the storage still takes that, instead of Optuna's chained tracebacks that
+    ended in `AssertionError: Should not reach.` and lost the trial's own error (r303)."""
+    full_trials.clear()
+    try:
+        yield
+    except SweepError:
+        raise
+    except Exception as exc:
+        file = storage_file(setup.storage_url)
+        cause = full_disk_cause(exc, file and file.parent, setup.runs_dir)
+        stopped = full_trials[-1] if full_trials else None
+        if stopped is None and cause is None:
+            raise
+        also = "" if stopped is None else failed_for_full_disk(stopped.trial)
+        raise disk_full_error(stopped.error if stopped else cause, setup.storage_url,
+                              setup.runs_dir, also) from None
+
+
+def failed_for_full_disk(trial) -> str:
+    """Mark a trial that a full disk stopped as failed, as Ctrl-C does (Optuna's own attempt
+    failed where the storage is on the full disk); what is left otherwise, in words."""
+    from optuna.trial import TrialState
+
+    storage = trial.study._storage
+    with contextlib.suppress(Exception):
+        if storage.get_trial(trial._trial_id).state.is_finished():
+            return f"; trial {trial.number} is marked failed"
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        return f"; trial {trial.number} is marked failed"
+    return (f"; trial {trial.number} stays running in the study until the next sweep finds "
+            f"its worker gone ({2 * HEARTBEAT_S} s without a heartbeat) and fails it")
+
+
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,
           storage: str | None = None, study: str | None = None, workers: int = 1,
           timeout: float | None = None, progress: bool = True,
@@ -1244,16 +1390,18 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
 
     check_data_files(setup.base["data"])  # before any trial: each would fail on it
     check_storage_url(setup.storage_url)  # first: the best file's check named the storage
+    refuse_dangling_links(setup)
     if summary:  # the best file it would write belongs to this study, or to none yet
         check_best_file(setup, best_path(setup))
     started = time.perf_counter()
-    if workers == 1:
-        run_worker(setup, trials, timeout, progress)
-    else:
-        run_processes(setup, exp, overrides, trials, workers, timeout)
-    if not summary:
-        return {}
-    return summarize(setup, time.perf_counter() - started, trials, timeout)
+    with stops_on_full_disk(setup):
+        if workers == 1:
+            run_worker(setup, trials, timeout, progress)
+        else:
+            run_processes(setup, exp, overrides, trials, workers, timeout)
+        if not summary:
+            return {}
+        return summarize(setup, time.perf_counter() - started, trials, timeout)
 
 
 def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,
@@ -1630,7 +1778,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  #{t['number']:<4} {t['score']:>9.5f}  {params}  {run_dir}{gone}")
     if "best_experiment" in summary:
         name = Path(summary["best_experiment"]).stem
-        lines.append(f"wrote {summary['best_experiment']}: just train exp={name}")
+        # kit, not just: the justfile is a checkout's, kit is on every install (r302)
+        lines.append(f"wrote {summary['best_experiment']}: kit train exp={name}")
     if short := summary.get("timed_out"):
         lines.append(f"stopped at --timeout {short['timeout']:g}s with {short['finished']} of "
                      f"the {short['wanted']} trials wanted finished: run the same command to "

@@ -78,7 +78,7 @@ def test_a_sweep_trains_each_trial_as_a_run_and_writes_the_best_experiment(sweep
             assert "model.window" in t.params
         else:
             assert "model.window" not in t.params  # conditional: only when it applies
-    assert "complete" in out and "just train exp=tiny_best" in out
+    assert "complete" in out and "kit train exp=tiny_best" in out
     best = load_experiment("tiny_best")
     assert "best trial" in best["description"]
     assert best["train"]["lr"] == pytest.approx(study.best_trial.params["train.lr"])
@@ -2177,7 +2177,7 @@ def test_hyperband_random_sampler_named_study_timeout_and_overrides_in_the_best_
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     assert all(Path(t.user_attrs["run_dir"]).name.startswith("hb-t") for t in trials)
     # a study named otherwise has its own best file, which keeps the command-line overrides
-    assert "just train exp=tiny@hb_best" in out
+    assert "kit train exp=tiny@hb_best" in out
     best = load_experiment("tiny@hb_best")
     assert best["train"]["batch_size"] == 4
     assert not (sweep_env / "experiments" / "tiny_best.toml").exists()

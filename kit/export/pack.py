@@ -41,7 +41,7 @@ from kit.competition import (
 )
 from kit.config import known_experiment
 from kit.data.contract import contract_dtype
-from kit.errors import KitError
+from kit.errors import KitError, naming
 from kit.export.ensemble import Ensemble, PostProcess, Weighted
 from kit.export.frozen import SHOWN_RUNS, load_member, sha256_file, warn_spec_changed
 from kit.export.step_graph import OPSET, export_step_graph
@@ -351,16 +351,20 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
     try:
         staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0o700 would follow the folder
         module = stream_module_of(weighted, postprocess, stack)
-        shapes = export_step_graph(module, len(spec.features), staging / MODEL_FILE)
-        graph = finalize_graph(staging / MODEL_FILE, {
-            "kit_version": __version__,
-            "members": ", ".join(w.member.name for w in weighted)})
+        # naming: torch's, onnx's and zipfile's writers raise OSErrors without the path (r303)
+        with naming(staging / MODEL_FILE):
+            shapes = export_step_graph(module, len(spec.features), staging / MODEL_FILE)
+            graph = finalize_graph(staging / MODEL_FILE, {
+                "kit_version": __version__,
+                "members": ", ".join(w.member.name for w in weighted)})
         note = other_format_note([(w.member.name, w.member.trained_format) for w in weighted])
         if note is not None:  # said, not refused: retraining is the user's call
             warnings.warn(f"{note}; packed all the same, its graph computing this kit's "
                           "features", stacklevel=2)
         template = resources.files("kit.export") / "solution_template.py"
-        (staging / SOLUTION_FILE).write_text(template.read_text(encoding="utf-8"), encoding="utf-8")
+        with naming(staging / SOLUTION_FILE):
+            (staging / SOLUTION_FILE).write_text(template.read_text(encoding="utf-8"),
+                                                 encoding="utf-8")
         manifest = {
             "kit_version": __version__,
             # the graph's feature faces' version (kit.features.FEATURE_FORMAT): parity of a
@@ -388,7 +392,8 @@ def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSION
                                 f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller members, "
                                 "or --force to pack anyway")
         write_manifest(staging, manifest)
-        write_submission_zip(staging, staged_zip, files=PACK_FILES)
+        with naming(staged_zip):
+            write_submission_zip(staging, staged_zip, files=PACK_FILES)
         with exclusive(package_lock(folder)):  # the swap, one pack at a time
             check_replaceable(folder)
             check_replaceable_zip(zip_path)

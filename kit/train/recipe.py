@@ -534,6 +534,23 @@ class EpochLines:
 def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
                resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
                on_epoch=None) -> dict:
+    """Train one run into `files`; out of CPU memory, a TrainingOutOfMemory saying what to
+    lower."""
+    from kit.train.trainer import failed_allocation, out_of_memory
+
+    try:
+        return _train_one(config, files, fold=fold, resume=resume,
+                          stop_after_epochs=stop_after_epochs, progress=progress,
+                          on_epoch=on_epoch)
+    except (MemoryError, RuntimeError) as exc:  # torch's raw traceback, exit 1 (r303)
+        if (asked := failed_allocation(exc)) is None:
+            raise
+        model_config = files.about.get("model_config")
+        raise out_of_memory(asked, config, model_config, files) from None
+
+
+def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
+               resume: bool, stop_after_epochs: int, progress: bool, on_epoch) -> dict:
     from kit.models import build_model, count_params, solve_width
     from kit.train.data import far_from_standard, load_train_data, target_moments
     from kit.train.losses import resolved_loss

@@ -10,6 +10,7 @@ ensembler's input).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import numpy as np
 import tomli_w
 
 from kit import __version__
-from kit.atomic import atomic_text
+from kit.atomic import atomic_bytes, atomic_text
 from kit.competition import CompetitionSpec
 from kit.config import ConfigError
 from kit.json_safe import dumps as json_dumps
@@ -227,6 +228,15 @@ class RunFiles:
         metrics.json names an older one."""
         folder = self.pending_best(epoch) if pending else self.root
         folder.mkdir(exist_ok=True)
+        try:
+            self._write_best(folder, model, report, rows_pred, data, epoch)
+        except OSError:
+            if pending:  # an epoch last.pt never records: a resume would drop it anyway (r303)
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _write_best(self, folder: Path, model, report: MetricReport, rows_pred: np.ndarray,
+                    data, epoch: int | str) -> None:
         save_checkpoint({
             "model": model.state_dict(),
             "model_config": self.about["model_config"],
@@ -241,10 +251,9 @@ class RunFiles:
         }, folder / self.best.name)
         for path, array in ((self.val_preds, rows_pred.astype(np.float32)),
                             (self.val_rows, data.valid.rows.astype(np.int64))):
-            tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                np.save(fh, array)
-            os.replace(tmp, folder / path.name)
+            # through atomic_bytes: np.save into the file said "[Errno 28]" without the path,
+            # or "3604 requested and 3056 written", and left its temporary file (r303)
+            atomic_bytes(folder / path.name, npy_bytes(array))
 
     def pending_best(self, epoch: int | str) -> Path:
         return self.root / f"{PENDING_BEST}{epoch}"
@@ -299,6 +308,13 @@ class RunFiles:
             raise ConfigError("train.tensorboard = true needs the tensorboard package: "
                               "pip install tensorboard") from None
         return SummaryWriter(str(self.root / TENSORBOARD_DIR))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The array as an .npy file's bytes (np.save's format)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
 
 
 def feature_format() -> int:

@@ -8,6 +8,7 @@ a resumed run replays exactly the epochs an uninterrupted one would have run.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,51 @@ SCHEDULES = CHOICES["train.schedule"]
 
 class TrainingDiverged(KitError):
     """The loss or the validation score stopped being a number before any epoch scored."""
+
+
+class TrainingOutOfMemory(KitError):
+    """Training asked for more CPU memory than the process may have (its limit, the
+    machine's): one line saying how much and what to lower, not torch's traceback (r303)."""
+
+
+# torch's CPU allocator; CUDA's out-of-memory is the batch finder's (train.batch_size = 0)
+CPU_ALLOCATION = re.compile(r"DefaultCPUAllocator: can't allocate memory: you tried to "
+                            r"allocate (\d+) bytes")
+
+
+def failed_allocation(exc: BaseException) -> int | None:
+    """The bytes a failed CPU allocation asked for (0 where not said: a MemoryError), None for
+    any other error."""
+    if isinstance(exc, MemoryError):
+        return 0
+    if isinstance(exc, RuntimeError) and (found := CPU_ALLOCATION.search(str(exc))):
+        return int(found[1])
+    return None
+
+
+def out_of_memory(asked: int, config: dict, model_config: dict | None,
+                  files: RunFiles) -> TrainingOutOfMemory:
+    """What ran out, with the settings that size training's memory and what is left of the
+    run."""
+    from kit.models import MODELS
+
+    train = config["train"]
+    size = f" (it asked for {asked / 2**20:,.1f} MiB more)" if asked else ""
+    model = model_config or config["model"]
+    width = getattr(MODELS.get(model.get("type")), "width_key", None)
+    shape = ", ".join(f"model.{key} = {model[key]}" for key in (width, "layers")
+                      if key and model.get(key) is not None)
+    chunk = train["chunk"] or "0 (whole sequences)"
+    batch = files.about.get("summary", {}).get("batch_size_found") or train["batch_size"]
+    left = (f"{files.root} keeps its last finished epoch: --resume continues it where more "
+            "memory is free" if files.last.exists() else
+            f"{files.root} has no finished epoch: delete it, or --resume trains it from the "
+            "start") if files.root.is_dir() else "no run folder was written"
+    return TrainingOutOfMemory(
+        f"training ran out of memory{size} with train.batch_size = {batch}, "
+        f"train.chunk = {chunk}" + (f", {shape}" if shape else "") + ": lower "
+        "train.batch_size, set a smaller train.chunk (the steps back-propagated at once), or "
+        f"make the model narrower or shallower, in a new run; {left}")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from kit.data.synth.core import (
 )
 from kit.data.synth.predictorium import LobGenerator
 from kit.data.synth.rnn import RnnGenerator
-from kit.errors import DataError, KitError
+from kit.errors import DataError, KitError, naming
 from kit.progress import bar_switch
 
 DEFAULT_SEQS = {"train": 400, "valid": 200}  # a quick demo: ~3 s on 2 cores
@@ -192,21 +192,26 @@ def _write_split(generator, split, n, *, first_id, path, seed, bar, generation,
                 spec.step_col: np.tile(np.arange(steps, dtype=np.int64), m),
             }
             data = dict(zip(spec.features + spec.targets, features + targets, strict=True))
-            sinks[0].write(
-                keys
-                | {spec.need_col: np.tile(need, m)}
-                | {c: seq_major(x) for c, x in data.items()}
-            )
+            # naming: Arrow's writer says "[Errno 28] Error writing bytes to file" without
+            # the file (r303)
+            with naming(path):
+                sinks[0].write(
+                    keys
+                    | {spec.need_col: np.tile(need, m)}
+                    | {c: seq_major(x) for c, x in data.items()}
+                )
             if oracle is not None:
                 outputs = zip(spec.outputs, oracle, strict=True)
-                sinks[1].write(keys | {c: seq_major(x) for c, x in outputs})
+                with naming(oracle_path):
+                    sinks[1].write(keys | {c: seq_major(x) for c, x in outputs})
             bar.update()
         ok = True
     finally:
         errors = []
         for sink in sinks:  # close every sink (removing temp files) even if one fails
             try:
-                sink.close(ok)
+                with naming(sink.path):
+                    sink.close(ok)
             except Exception as exc:
                 errors.append(exc)
         if errors:  # the split is not whole: its sinks that did close keep no temp file
