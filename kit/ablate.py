@@ -31,6 +31,7 @@ from kit.config import ConfigError, check_seeds, differences
 from kit.errors import KitError
 from kit.metrics import SHOWN_OUTPUTS
 from kit.sweep import training_digests
+from kit.torch_state import keeps_torch_state
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import SIGPIPE, EndedBySignal, stdout_closed
 
@@ -52,6 +53,7 @@ class AblationInterrupted(KeyboardInterrupt):
         self.file, self.finished, self.planned, self.signum = file, finished, planned, signum
 
 
+@keeps_torch_state(grad=True)
 def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
            overrides: list[str] | None = None, *, progress: bool = True,
            runs_dir: Path = RUNS_DIR, resume: Path | None = None) -> dict:

@@ -66,6 +66,7 @@ from kit.scoring.score import (
 )
 from kit.submission import write_submission_zip, zip_path_of
 from kit.temp import owned_temp_dir
+from kit.torch_state import keeps_torch_state
 
 PATHS = ("sequence", "step", "package")
 
@@ -670,6 +671,7 @@ def in_project(path: Path, submission: Path, checkpoint: Path | None = None) -> 
     return path
 
 
+@keeps_torch_state()
 def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0,
                record: bool = True, timeout_s: float | None = None) -> ParityReport:

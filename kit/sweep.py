@@ -52,6 +52,7 @@ from kit.config import (
     set_path,
 )
 from kit.errors import KitError
+from kit.torch_state import keeps_torch_state
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import (
     SIGPIPE,
@@ -569,6 +570,11 @@ def _kib(size: int | None) -> str:
     return "unknown space" if size is None else f"{size // 1024} KiB"
 
 
+# the engines of the storages a sweep() opened: their SQLite connections stayed open until a
+# cyclic garbage collection, 8 file descriptors a sweep in a notebook's process (r306)
+OPENED_ENGINES: list = []
+
+
 def make_storage(url: str):
     """An Optuna storage from a URL: sqlite:///..., postgresql://..., mysql://..., or
     journal:PATH (an append-only file, e.g. on a shared disk)."""
@@ -599,8 +605,10 @@ def make_storage(url: str):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
-                                  grace_period=2 * HEARTBEAT_S)
+                storage = RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
+                                     grace_period=2 * HEARTBEAT_S)
+            OPENED_ENGINES.append(storage.engine)  # closed when sweep() returns
+            return storage
         except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
             if file is not None and (cause := full_disk_cause(exc, file.parent)):
                 raise disk_full_error(cause, url, file.parent) from None
@@ -1372,6 +1380,30 @@ def failed_for_full_disk(trial) -> str:
             f"its worker gone ({2 * HEARTBEAT_S} s without a heartbeat) and fails it")
 
 
+@contextlib.contextmanager
+def caller_optuna_kept():
+    """Optuna as the caller had it once sweep() returns (r306): its verbosity (the sweep sets
+    WARNING), its handlers' filters (the sweep's dropped "Trial N failed" records by trial
+    number, so a notebook's own study after it logged nothing of its failures), and no
+    connection of the sweep's storages left open."""
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    handlers = optuna.logging.get_logger("optuna").handlers
+    filters = {handler: list(handler.filters) for handler in handlers}
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+        for handler, kept in filters.items():
+            handler.filters[:] = kept
+        TRIALS_SAID.clear()  # trial numbers of this sweep's study: another's are others
+        while OPENED_ENGINES:
+            OPENED_ENGINES.pop().dispose()
+
+
+@keeps_torch_state(grad=True)
+@caller_optuna_kept()
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,
           storage: str | None = None, study: str | None = None, workers: int = 1,
           timeout: float | None = None, progress: bool = True,

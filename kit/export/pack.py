@@ -49,6 +49,7 @@ from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import dumps as json_dumps
 from kit.run_record import fold_run, how_to_finish, read_config, read_metrics, relocated
 from kit.submission import write_submission_zip, zip_path_of
+from kit.torch_state import keeps_torch_state
 
 SUBMISSIONS_DIR = Path("submissions")
 MODEL_FILE, SOLUTION_FILE, MANIFEST_FILE = "model.onnx", "solution.py", "manifest.json"
@@ -137,6 +138,7 @@ def unfinished_note(run: Path) -> str | None:
             f"{how_to_finish(folder, experiment)}")
 
 
+@keeps_torch_state()
 def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
              force: bool = False, budget: bool = True) -> PackResult:
     """Freeze one run (its best.pt) into a submission folder and zip."""
@@ -149,6 +151,7 @@ def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR
                         out_dir, force=force, budget=budget)
 
 
+@keeps_torch_state()
 def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
                   force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Freeze an ensemble file (kit ensemble select) into one graph: every member with a
@@ -331,6 +334,7 @@ def check_package_name(name: str, origin: str | None = None) -> None:
                         "shorter --name")
 
 
+@keeps_torch_state()
 def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSIONS_DIR, *,
                  postprocess: dict | None = None, ensemble: dict | None = None,
                  force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:

@@ -38,6 +38,7 @@ from kit.run_record import (
     read_config,
     read_metrics,
 )
+from kit.torch_state import keeps_torch_state
 from kit.train.groups import (
     claim_group,
     dropped_if_unused,
@@ -175,6 +176,7 @@ def config_changes(run: Path, checked: dict) -> list[str]:
     return [key for key in differences(stored, checked) if key not in ("name", "description")]
 
 
+@keeps_torch_state(grad=True)
 def train_experiment(exp: str, overrides: list[str] | None = None, *,
                      seeds: list[int] | None = None, resume: bool = False,
                      run_dir: Path | None = None, stop_after_epochs: int = 0, folds: int = 0,
