@@ -270,3 +270,22 @@ def test_the_sweeps_last_line_says_kit_train_not_just():
                            "best_experiment": "experiments/tiny_best.toml"})
     assert text.splitlines()[-1] == ("wrote experiments/tiny_best.toml: kit train "
                                      "exp=tiny_best")
+
+
+def test_a_cache_folder_linked_to_nothing_is_named_in_the_warning(tmp_path):
+    """The cache's warning printed `[Errno 17] File exists: 'cache'` for a data.cache_dir that
+    is a symbolic link to nothing; it names the link now, and the arrays are still built."""
+    from kit.data.cache import CacheWarning
+    from kit.features import feature_arrays
+    from kit.features.sets import build_feature_set
+    from tests.frames import make_frame, small_spec
+
+    spec = small_spec(seq_len=20)
+    path = tmp_path / "train.parquet"
+    make_frame(spec, n_seqs=2).write_parquet(path)
+    link = tmp_path / "cache"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.warns(CacheWarning, match=rf"{link} is a symbolic link to .*nowhere, which "
+                                          "does not exist"):
+        arrays = feature_arrays(path, build_feature_set(spec, ["raw"]), cache_dir=link)
+    assert arrays.x.shape[0] == 2 and not (tmp_path / "nowhere").exists()

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from kit.data.arrays import SequenceArrays
-from kit.errors import DataError
+from kit.errors import DataError, os_error_text
 
 CACHE_FORMAT = 1  # bump when the folder layout changes; old entries then never match
 ARRAY_FIELDS = ("x", "y", "mask", "lengths", "ids")
@@ -323,8 +323,9 @@ def cached_arrays_into(
             hit = hit_after_all(hashing)
             if hit is not None:
                 return hit
-            warnings.warn(f"could not write cache entry under {cache_dir} ({exc}); using the "
-                          "arrays uncached", CacheWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(f"could not write cache entry under {cache_dir} "
+                          f"({os_error_text(exc)}); using the arrays uncached", CacheWarning,
+                          stacklevel=2)  # fmt: skip
             return build_into(in_memory)
         try:
             try:
