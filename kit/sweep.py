@@ -1104,7 +1104,7 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
     import optuna
 
     from kit.train.recipe import check_config, train_one
-    from kit.train.trainer import TrainingDiverged
+    from kit.train.trainer import TrainingDiverged, TrainingOutOfMemory
 
     def run(trial) -> float:
         try:
@@ -1156,6 +1156,10 @@ def objective(setup: SweepSetup, progress: bool, interrupt: GracefulInterrupt | 
             raise SweepStopped(SIGPIPE) from None  # as an interrupt (no traceback)
         except TrainingDiverged as exc:  # these values diverge: a failed trial, not a failed sweep
             trial.set_user_attr("diverged", str(exc))
+            return failed_saying(trial, str(exc))
+        except TrainingOutOfMemory as exc:  # these values do not fit (a wide model, a large
+            # batch): a failed trial said in one line, as a diverged one; smaller ones may fit
+            trial.set_user_attr("out_of_memory", str(exc))
             return failed_saying(trial, str(exc))
         if metrics.get("pruned"):
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs']}")

@@ -236,6 +236,23 @@ def test_training_out_of_memory_says_so_and_what_to_lower(project, tmp_path):
     assert f"{run_dir} has no finished epoch: delete it, or --resume" in line, line
 
 
+def test_a_sweep_trial_out_of_memory_fails_in_one_line_and_the_sweep_samples_on(project,
+                                                                                tmp_path):
+    """A trial whose values do not fit in memory got Optuna's "Trial N failed" warning and
+    torch's traceback; it is a failed trial said in one line now, as a diverged one (smaller
+    values may fit), and a study whose trials all fail stops on the failure streak."""
+    (project / "experiments" / "wide.toml").write_text(tomli_w.dumps({
+        "extends": "tiny", "sweep": {"trials": 1, "seed": 1, "params": {
+            "model.hidden": {"type": "categorical", "choices": [4096]}}}}))
+    result = kit(project, "sweep", "exp=wide", "-q", "--runs-dir", tmp_path / "runs",
+                 cwd=tmp_path, limit_as=2_500_000 * 1024)
+    line = one_error_line(result)
+    assert "last 5 trials all failed" in line, line
+    said = [x for x in result.stderr.splitlines() if ": training ran out of memory" in x]
+    assert len(said) >= 2 and all(x.startswith("trial ") for x in said), result.stderr[-3000:]
+    assert "Trial 0 failed" not in result.stderr, result.stderr[-3000:]
+
+
 # --- 5. a symbolic link to nothing ----------------------------------------------------------
 
 
