@@ -6,7 +6,6 @@ flag, a date/time step and a folder of parquet parts say how to fix the file."""
 from __future__ import annotations
 
 import json
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from kit.data.io import file_schema
 from kit.errors import DataError, SubmissionError
 from kit.scoring import score_submission
 from tests.frames import make_frame, small_spec
+from tests.test_scoring import write_sub
 
 SPEC = small_spec(seq_len=12, warmup=5)
 N_INPUTS = len(SPEC.input_columns)
@@ -56,15 +56,6 @@ class PredictionModel:
         np.isfinite(dp.state)  # a TypeError on object rows, as in the scorer
         return np.zeros(2) if dp.need_prediction else None
 """
-
-
-def write_sub(root: Path, code: str, name: str = "sub", **files: str) -> Path:
-    folder = root / name
-    folder.mkdir()
-    (folder / "solution.py").write_text(textwrap.dedent(code))
-    for name, text in files.items():
-        (folder / name).write_text(text)
-    return folder
 
 
 def score(sub: Path, data: Path):

@@ -30,7 +30,7 @@ from kit.sweep import format_summary, make_storage
 from kit.train.runs import RunFiles
 from tests.cli import run_cli
 from tests.conftest import raw_gru_run
-from tests.test_train import tiny_project
+from tests.test_train import raw_gru_experiment, tiny_competition
 
 TMPFS_SIZE = 4 << 20
 
@@ -76,18 +76,11 @@ def fill(disk: Path, free_kib: int) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A tiny competition with `tiny` (a GRU 8x1, one epoch, a [sweep] over train.lr)."""
-    root = tiny_project(tmp_path_factory.mktemp("r303"), train_seqs=8, valid_seqs=3, seed=3)
-    exps = root / "experiments"
-    (exps / "tiny.toml").write_text(tomli_w.dumps({
-        "spec": str(root / "tiny-lob.toml"), "seed": 5,
-        "data": {"train": str(root / "data/train.parquet"),
-                 "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
-        "features": {"groups": ["raw"]},
-        "model": {"type": "gru", "hidden": 8, "layers": 1},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0},
+    root = tmp_path_factory.mktemp("r303")
+    exps = tiny_competition(root, train_seqs=8, valid_seqs=3, seed=3)
+    (exps / "tiny.toml").write_text(tomli_w.dumps(raw_gru_experiment(root) | {
         "sweep": {"trials": 2, "seed": 1, "params": {
-            "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}},
-    }))
+            "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}}))
     return root
 
 

@@ -69,6 +69,19 @@ def tiny_competition(root: Path, train_seqs: int, valid_seqs: int, seed: int) ->
     return exps
 
 
+def raw_gru_experiment(root: Path) -> dict:
+    """An experiment on tiny_competition's files under root: a GRU 8x1 on the raw columns,
+    one epoch without warm-up."""
+    return {
+        "spec": str(root / "tiny-lob.toml"), "seed": 5,
+        "data": {"train": str(root / "data/train.parquet"),
+                 "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
+        "features": {"groups": ["raw"]},
+        "model": {"type": "gru", "hidden": 8, "layers": 1},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0},
+    }
+
+
 def tiny_project(root: Path, *, train_seqs: int, valid_seqs: int, seed: int) -> Path:
     """tiny_competition under root with the experiment `tiny` (EXPERIMENT) on its files."""
     exps = tiny_competition(root, train_seqs=train_seqs, valid_seqs=valid_seqs, seed=seed)

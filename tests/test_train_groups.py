@@ -15,7 +15,7 @@ from kit.config import ConfigError
 from kit.train import groups, recipe
 from kit.train.groups import GROUPS_DIR, NothingStarted, group_config, resumable_group
 from kit.train.recipe import experiment_config, train_experiment
-from tests.test_train import experiments_of, tiny_competition
+from tests.test_train import experiments_of, raw_gru_experiment, tiny_competition
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,7 @@ def tiny_root(tmp_path_factory):
     """A tiny competition with one small experiment (1 epoch, GRU 8x1 on the raw columns)."""
     root = tmp_path_factory.mktemp("groups")
     exps = tiny_competition(root, train_seqs=16, valid_seqs=6, seed=3)
-    (exps / "tiny.toml").write_text(tomli_w.dumps({
-        "spec": str(root / "tiny-lob.toml"), "seed": 5,
-        "data": {"train": str(root / "data/train.parquet"),
-                 "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
-        "features": {"groups": ["raw"]},
-        "model": {"type": "gru", "hidden": 8, "layers": 1},
-        "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "warmup_epochs": 0},
-    }))
+    (exps / "tiny.toml").write_text(tomli_w.dumps(raw_gru_experiment(root)))
     return root
 
 
