@@ -31,7 +31,7 @@ from kit.config import ConfigError, check_seeds, differences
 from kit.errors import KitError
 from kit.metrics import SHOWN_OUTPUTS
 from kit.sweep import training_digests
-from kit.torch_state import keeps_torch_state
+from kit.torch_state import kit_torch
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import SIGPIPE, EndedBySignal, stdout_closed
 
@@ -53,87 +53,88 @@ class AblationInterrupted(KeyboardInterrupt):
         self.file, self.finished, self.planned, self.signum = file, finished, planned, signum
 
 
-@keeps_torch_state(grad=True)
 def ablate(exp: str, groups: list[str], seeds: list[int] | None = None,
            overrides: list[str] | None = None, *, progress: bool = True,
            runs_dir: Path = RUNS_DIR, resume: Path | None = None) -> dict:
     """Train every variant with every seed (see the module docstring). `resume`: the summary
     JSON of an interrupted ablation with the same settings; its finished runs are kept, its
     interrupted ones continue from their last.pt."""
-    from kit.competition import load_spec
-    from kit.config import parse_override, refuse_overrides
-    from kit.train.data import check_data_files
-    from kit.train.recipe import check_config, experiment_config
+    with kit_torch(grad=True):  # (not a decorator: warnings name the caller)
+        from kit.competition import load_spec
+        from kit.config import parse_override, refuse_overrides
+        from kit.train.data import check_data_files
+        from kit.train.recipe import check_config, experiment_config
 
-    if not groups or len(set(groups)) != len(groups):
-        raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
-    refuse_overrides(overrides, {"seeds": "--seeds"} | ({"seed": "--seeds alone"} if seeds
-                                                       else {}))
-    for text in overrides or []:  # (a [features] table keeps its ops: the groups are set)
-        keys, value = parse_override(text)
-        if keys == ["features", "groups"] or (
-                keys == ["features"] and isinstance(value, dict) and "groups" in value):
-            raise ConfigError(f"override {text!r}: this command sets features.groups itself "
-                              "(each variant's); use --groups")
-    base = experiment_config(exp, overrides)
-    spec = load_spec(base["spec"])
-    check_variants(base, spec, groups)  # first: it names the variant a budget cannot build
-    # what training checks first (swa_start, the loss, [sweep], splits), on a config that
-    # trains (the base's own groups may be none of the variants'); a resume may continue
-    # runs a GPU started with batch_size 0 on a CPU
-    first = variants(groups)[0][2]
-    check_config({**base, "features": {**base["features"], "groups": first}},
-                 resume=resume is not None)
-    check_data_files(base["data"])  # before any run: each would fail on it
-    if resume is not None and not seeds:  # the ablation's own (the file's seed is free)
-        seeds = recorded_seeds(Path(resume))
-    seeds = seeds or [base["seed"]]
-    check_seeds(seeds, "--seeds")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds: distinct seeds, got {seeds} (a repeat trains the same run)")
-    summary = {"experiment": base["name"], "groups": groups, "seeds": seeds,
-               "overrides": list(overrides or []),
-               # what the runs train, by content: a moved checkout or an edited description
-               # still resumes (the groups and seeds are each run's own: left out)
-               "config": training_digests(base, ["features.groups", "seed"]),
-               "sign": 1.0 if spec.metric.higher_is_better else -1.0,
-               "metric": spec.metric.name, "targets": list(spec.outputs), "variants": []}
-    kept: list[dict] = []  # a resumed summary's rows, until this run revisits them
-    if resume is not None:
-        out = Path(resume)
-        check_resumable(out, summary)
-        kept = saved_rows(out, summary)
-    else:  # unique per ablation: two started in the same second never share run folders
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        out = runs_dir / base["name"] / f"ablate-{stamp}.json"
-        save(out, summary)  # from the start: an ablation interrupted in its first run resumes
-    trained: dict[tuple[str, ...], list[dict]] = {}  # groups -> their seeds' outcomes
-    try:
-        for kind, label, chosen in variants(groups):
-            # leaving out the last group is the rung below the top: the same runs, trained once
-            outcomes = trained.setdefault(tuple(chosen), [])
-            todo = [] if outcomes else seeds
-            summary["variants"].append(variant_row(kind, label, chosen, outcomes))
-            for seed in todo:
-                config = {**base, "seed": seed,
-                          "features": {**base["features"], "groups": chosen}}
-                files = RunFiles(out.parent / f"{out.stem}-{label}-s{seed}")
-                outcomes.append(train_variant_seed(config, files, label, resume is not None,
-                                                   progress))
-                summary["variants"][-1] = variant_row(kind, label, chosen, outcomes)
-                save(out, summary, kept, trained)  # after every run: an interruption keeps
-            save(out, summary, kept, trained)  # the rest
-    except (KeyboardInterrupt, EndedBySignal, BrokenPipeError) as stop:  # (a scheduler's
-        # SIGTERM too; stdout's reader gone, `| head -1`, as an interrupt: SIGPIPE's number)
-        if isinstance(stop, BrokenPipeError) and not stdout_closed(stop):
-            raise  # another pipe's: an error
-        folders = run_folders(out, groups, seeds)
-        finished = sum(finished_run(folder, trained) for folder in folders)
-        signum = (SIGPIPE if isinstance(stop, BrokenPipeError)
-                  else getattr(stop, "signum", signal.SIGINT))
-        raise AblationInterrupted(out, finished, len(folders), signum) from None
-    summary["file"] = str(out)
-    return summary
+        if not groups or len(set(groups)) != len(groups):
+            raise ConfigError(f"--groups: distinct group names, at least one, got {groups}")
+        refuse_overrides(overrides, {"seeds": "--seeds"} | ({"seed": "--seeds alone"} if seeds
+                                                           else {}))
+        for text in overrides or []:  # (a [features] table keeps its ops: the groups are set)
+            keys, value = parse_override(text)
+            if keys == ["features", "groups"] or (
+                    keys == ["features"] and isinstance(value, dict) and "groups" in value):
+                raise ConfigError(f"override {text!r}: this command sets features.groups itself "
+                                  "(each variant's); use --groups")
+        base = experiment_config(exp, overrides)
+        spec = load_spec(base["spec"])
+        check_variants(base, spec, groups)  # first: it names the variant a budget cannot build
+        # what training checks first (swa_start, the loss, [sweep], splits), on a config that
+        # trains (the base's own groups may be none of the variants'); a resume may continue
+        # runs a GPU started with batch_size 0 on a CPU
+        first = variants(groups)[0][2]
+        check_config({**base, "features": {**base["features"], "groups": first}},
+                     resume=resume is not None)
+        check_data_files(base["data"])  # before any run: each would fail on it
+        if resume is not None and not seeds:  # the ablation's own (the file's seed is free)
+            seeds = recorded_seeds(Path(resume))
+        seeds = seeds or [base["seed"]]
+        check_seeds(seeds, "--seeds")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"--seeds: distinct seeds, got {seeds} (a repeat trains the same "
+                              "run)")
+        summary = {"experiment": base["name"], "groups": groups, "seeds": seeds,
+                   "overrides": list(overrides or []),
+                   # what the runs train, by content: a moved checkout or an edited description
+                   # still resumes (the groups and seeds are each run's own: left out)
+                   "config": training_digests(base, ["features.groups", "seed"]),
+                   "sign": 1.0 if spec.metric.higher_is_better else -1.0,
+                   "metric": spec.metric.name, "targets": list(spec.outputs), "variants": []}
+        kept: list[dict] = []  # a resumed summary's rows, until this run revisits them
+        if resume is not None:
+            out = Path(resume)
+            check_resumable(out, summary)
+            kept = saved_rows(out, summary)
+        else:  # unique per ablation: two started in the same second never share run folders
+            stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+            out = runs_dir / base["name"] / f"ablate-{stamp}.json"
+            save(out, summary)  # from the start: an ablation interrupted in its first run resumes
+        trained: dict[tuple[str, ...], list[dict]] = {}  # groups -> their seeds' outcomes
+        try:
+            for kind, label, chosen in variants(groups):
+                # leaving out the last group is the rung below the top: the same runs, trained once
+                outcomes = trained.setdefault(tuple(chosen), [])
+                todo = [] if outcomes else seeds
+                summary["variants"].append(variant_row(kind, label, chosen, outcomes))
+                for seed in todo:
+                    config = {**base, "seed": seed,
+                              "features": {**base["features"], "groups": chosen}}
+                    files = RunFiles(out.parent / f"{out.stem}-{label}-s{seed}")
+                    outcomes.append(train_variant_seed(config, files, label, resume is not None,
+                                                       progress))
+                    summary["variants"][-1] = variant_row(kind, label, chosen, outcomes)
+                    save(out, summary, kept, trained)  # after every run: an interruption keeps
+                save(out, summary, kept, trained)  # the rest
+        except (KeyboardInterrupt, EndedBySignal, BrokenPipeError) as stop:  # (a scheduler's
+            # SIGTERM too; stdout's reader gone, `| head -1`, as an interrupt: SIGPIPE's number)
+            if isinstance(stop, BrokenPipeError) and not stdout_closed(stop):
+                raise  # another pipe's: an error
+            folders = run_folders(out, groups, seeds)
+            finished = sum(finished_run(folder, trained) for folder in folders)
+            signum = (SIGPIPE if isinstance(stop, BrokenPipeError)
+                      else getattr(stop, "signum", signal.SIGINT))
+            raise AblationInterrupted(out, finished, len(folders), signum) from None
+        summary["file"] = str(out)
+        return summary
 
 
 def save(path: Path, summary: dict, kept: list[dict] = (),

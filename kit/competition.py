@@ -71,6 +71,17 @@ class SpecFileCheck:
     changed: tuple[str, ...] = ()
     file: str | None = None
     unread: str | None = None
+    broken: bool = False  # unread because it does not load (else: another competition's)
+
+    def unread_text(self, spec_name: str, kept: str) -> str:
+        """The warning for a file not taken: what is wrong with it, what `kept` the stored
+        [metric] and [limits], and what to do (r307: a typo was told to rename a competition)."""
+        where = self.file or f"kit's built-in {spec_name!r}"
+        advice = ("fix the file" if self.broken else
+                  "this kit's preset changed; the runs keep the copy they trained with"
+                  if self.file is None else
+                  "give that other competition a name of its own")
+        return f"spec {spec_name!r}: {where} {self.unread}; {kept}: {advice}"
 
 
 def current_scoring(stored: CompetitionSpec, reference: str | None = None
@@ -89,7 +100,7 @@ def current_scoring(stored: CompetitionSpec, reference: str | None = None
         now = load_spec(key)
     except (KitError, OSError) as exc:  # gone (the copy is all there is), or broken since
         unread = None if found is None else f"does not load ({exc})"
-        return stored, SpecFileCheck(file=file, unread=unread)
+        return stored, SpecFileCheck(file=file, unread=unread, broken=True)
     other = blend_spec_difference(now, stored)
     if other is not None:  # another competition of that name
         return stored, SpecFileCheck(file=file, unread=f"now differs in {other}")

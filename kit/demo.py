@@ -131,8 +131,10 @@ def copy_presets_if_missing(experiment: str) -> None:
 
 
 def signal_text(stop: BaseException) -> str:
-    """How the command ended, in the words kit train's hint uses."""
-    return ended_text(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else stop.signum)
+    """How the command ended, in the words kit train's hint uses ("kit demo {this} at its
+    train stage": a closed pipe's words read as a cause)."""
+    text = ended_text(signal.SIGINT if isinstance(stop, KeyboardInterrupt) else stop.signum)
+    return text if text == "interrupted" or text.startswith("stopped by") else f"stopped as {text}"
 
 
 @dataclass

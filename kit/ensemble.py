@@ -39,6 +39,7 @@ from kit.config import finite_number, validation_file
 from kit.errors import KitError
 from kit.metrics import SHOWN_OUTPUTS, WEIGHT_FLOOR, evaluate, metric_value, outputs_summary
 from kit.run_record import (
+    UNRECORDED,
     changed_data_message,
     data_changes,
     data_file_of,
@@ -1046,11 +1047,13 @@ def format_selection(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def selection_drift(doc: dict) -> list[str]:
+def selection_drift(doc: dict, checkpoints: bool = True) -> list[str]:
     """What changed under the selected members' runs since the selection: a run gone, its
-    best.pt trained again, or the data files it trained and validated on rewritten (its
-    predictions, which the weights and scores were chosen on, are of the old rows). One line
-    each, for the ensemble's report and pack (r305: both said nothing of the data)."""
+    best.pt trained again (`checkpoints`: pack, which refuses those itself and has their
+    digests, leaves them out), or the data files it trained and validated on rewritten, or
+    named anew by its config.toml (its predictions, which the weights and scores were chosen
+    on, are of other rows). One line each, for the ensemble's report and pack (r305: both said
+    nothing of the data)."""
     from kit.export.frozen import sha256_file  # (torch: imported when a run is read)
 
     notes = []
@@ -1064,13 +1067,26 @@ def selection_drift(doc: dict) -> list[str]:
             key = checkpoint_key(run)
             checkpoint = Path(key)
             if checkpoint.name != "best.pt" or not checkpoint.is_file():
-                notes.append(f"{run} is gone (no best.pt there)")
-            elif chosen.get(key) and sha256_file(checkpoint) != chosen[key]:
+                if checkpoints:
+                    notes.append(f"{run} is gone (no best.pt there)")
+                continue
+            if checkpoints and chosen.get(key) and sha256_file(checkpoint) != chosen[key]:
                 notes.append(f"{checkpoint} changed since the selection (trained again)")
-            elif changed := data_changes(checkpoint.parent):
-                notes.append(f"{checkpoint.parent} trained or validated on "
-                             f"{', '.join(changed)}, whose content has changed since")
+                continue
+            notes += data_drift(checkpoint.parent)
     return notes
+
+
+def data_drift(run: Path) -> list[str]:
+    """A run's data files rewritten since it trained, and files its config.toml names now that
+    it did not train or validate on (a byte-identical copy is still other rows' record)."""
+    changed = data_changes(run)
+    rewritten = [c for c in changed if not c.endswith(UNRECORDED)]
+    renamed = [c.removesuffix(UNRECORDED) for c in changed if c.endswith(UNRECORDED)]
+    return ([f"{run} trained or validated on {', '.join(rewritten)}, whose content has "
+             "changed since"] if rewritten else []) + (
+        [f"{run}'s config.toml now names {', '.join(renamed)}, not a file it trained or "
+         "validated on"] if renamed else [])
 
 
 def runs_edited(member: dict) -> tuple[list[str], list[str]]:

@@ -66,7 +66,7 @@ from kit.scoring.score import (
 )
 from kit.submission import write_submission_zip, zip_path_of
 from kit.temp import owned_temp_dir
-from kit.torch_state import keeps_torch_state
+from kit.torch_state import kit_torch
 
 PATHS = ("sequence", "step", "package")
 
@@ -671,110 +671,111 @@ def in_project(path: Path, submission: Path, checkpoint: Path | None = None) -> 
     return path
 
 
-@keeps_torch_state()
 def run_parity(submission: Path, data: Path, *, seqs: int = DEFAULT_SEQS,
                atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, seed: int = 0,
                record: bool = True, timeout_s: float | None = None) -> ParityReport:
     """Compare the three paths and run the checks; with `record`, a package folder's manifest
     gets the report (and its zip is rewritten)."""
-    submission = Path(submission)
-    refuse_missing(submission)
-    for name, value in (("atol", atol), ("rtol", rtol)):
-        if not (math.isfinite(value) and value >= 0):
-            raise PackError(f"--{name} must be a finite number >= 0, got {value}")
-    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise PackError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
-    tol = Tolerance(atol, rtol)
-    rng = np.random.default_rng(seed)
-    with owned_temp_dir("parity") as tmp:
-        folder = snapshot_submission(submission, Path(tmp), copy=copy_package)
-        manifest = read_manifest(folder, shown=submission)
-        spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
-        bad_files = hash_mismatches(folder, manifest)
-        ref = load_reference(manifest, spec, submission)
-        loaded = load_rows(Path(data), spec, seqs, packed=spec.name)
-        truth, n_seqs = loaded.truth, loaded.sequences
-        rows = Rows.of(loaded.values)
-        package = Package(folder, spec, loaded.column_dtypes, timeout_s)
-        preds = {"sequence": ref.predict(sequence_path, rows),
-                 "step": ref.predict(step_path, rows)}
-        checks = [Check("manifest", not bad_files,
-                        "; ".join(bad_files) or "every file matches its sha256")]
-        try:
-            preds["package"] = package.run(rows)
-        except SubmissionError as exc:  # reported as a failed check: the rest needs its output
-            checks.append(Check("package runs", False, str(exc)))
-        targets = list(spec.outputs)
-        diffs = [compare(f"{a} vs {b}", preds[a], preds[b], rows, targets, tol)
-                 for a, b in (("sequence", "step"), ("sequence", "package"), ("step", "package"))
-                 if a in preds and b in preds]
-        checks.append(paths_agree(diffs, tol))
-        if "package" in preds:
-            dirty = corrupted(rows, rng)
+    with kit_torch():  # (not a decorator: warnings name the caller)
+        submission = Path(submission)
+        refuse_missing(submission)
+        for name, value in (("atol", atol), ("rtol", rtol)):
+            if not (math.isfinite(value) and value >= 0):
+                raise PackError(f"--{name} must be a finite number >= 0, got {value}")
+        if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise PackError(f"--timeout must be a number of seconds > 0, got {timeout_s}")
+        tol = Tolerance(atol, rtol)
+        rng = np.random.default_rng(seed)
+        with owned_temp_dir("parity") as tmp:
+            folder = snapshot_submission(submission, Path(tmp), copy=copy_package)
+            manifest = read_manifest(folder, shown=submission)
+            spec = spec_from_dict(manifest["spec"], str(submission / MANIFEST_FILE))
+            bad_files = hash_mismatches(folder, manifest)
+            ref = load_reference(manifest, spec, submission)
+            loaded = load_rows(Path(data), spec, seqs, packed=spec.name)
+            truth, n_seqs = loaded.truth, loaded.sequences
+            rows = Rows.of(loaded.values)
+            package = Package(folder, spec, loaded.column_dtypes, timeout_s)
+            preds = {"sequence": ref.predict(sequence_path, rows),
+                     "step": ref.predict(step_path, rows)}
+            checks = [Check("manifest", not bad_files,
+                            "; ".join(bad_files) or "every file matches its sha256")]
             try:
-                dirty_preds = package.run(dirty)
-                nonfinite = check_nonfinite(ref, dirty, dirty_preds, tol)
-            except SubmissionError as exc:
-                dirty_preds, nonfinite = None, Check("NaN/inf rows", False,
-                                                     f"the package failed: {exc}")
-            # the order checks feed the hostile rows where the package runs them: a leading NaN
-            # run shows a guard state carried into a sequence that starts over, which clean
-            # rows (the model forgetting within a long warm-up) may not
-            order_rows, order_reference = ((rows, preds["package"]) if dirty_preds is None
-                                           else (dirty, dirty_preds))
-            checks += [
-                *check_order(package, order_rows, order_reference, tol, rng),
-                attempt("warm-up processed",
-                        lambda: check_warmup(package, ref, rows, preds["package"],
-                                             preds["step"], tol)),
-                nonfinite,
-            ]
-    metrics = {}
-    for path in preds:
-        report = evaluate(spec, truth, preds[path])
-        metrics[path] = {"score": report.score, "per_target": report.per_target}
-    # NaN scores beside passing checks: the truth, not the package (predictions are compared)
-    truth_note = nonfinite_truth_note(truth, spec, Path(data))
-    notes = ([f"{truth_note}; parity compares predictions, which it does not touch"]
-             if truth_note else [])
-    failed = not all(c.ok for c in checks)
-    format_notes, advice = format_note(manifest, submission, failed)
-    # a failure of a package whose graph is of another format may be this kit's own change of
-    # an op: it is not written into the user's (perhaps submitted) package; a pass is as true
-    # as ever (and members that trained on another format change nothing parity compares)
-    kept_out = advice is not None and failed
-    notes[:0] = format_notes
-    own = diffs[0] if diffs and diffs[0]["pair"] == "sequence vs step" else None
-    off_float64 = package_off = None
-    # only where rounding can be the whole story: the package ran (on the hostile rows too)
-    # and every failed check compares values against the tolerance (r301)
-    if own and own["rows_over"] and "package" in preds and dirty_preds is not None and all(
-            c.ok or c.name in ROUNDING_CHECKS for c in checks):
-        with contextlib.suppress(RuntimeError, TypeError, ValueError):  # advice only: a model
-            off_float64, package_off = float64_distance(ref, rows, preds)  # float64 cannot run
-    rounding = float32_advice(diffs, tol, [w.member.model_config for w in ref.members],
-                              off_float64, package_off)
-    if rounding is not None:  # (a failure all the same: exit 1, and it is recorded)
-        advice = rounding if advice is None else f"{advice}; also {rounding}"
-    if kept_out and record and submission.is_dir():
-        notes.append(f"the failed report is not recorded in {submission}'s manifest or zip: "
-                     "the difference may come from this kit's features, not the package")
-    result = ParityReport(str(submission), str(data), n_seqs, len(rows.values),
-                          int(rows.need.sum()),
-                          atol, rtol, metrics, diffs, checks, notes, advice)
-    if record and submission.is_dir() and not bad_files and not kept_out:
-        try:
-            if not record_report(submission, manifest, result):
-                # an OK of the package as it was, with another at its path, let a script
-                # upload what parity never checked (r287): a failed check, exit 1
-                result.checks.append(Check(
-                    "package unchanged", False, f"{submission} changed while parity ran "
-                    "(re-packed?): the checks above describe the package as it was, not the "
-                    "one there now, and nothing is recorded in it; run kit parity again"))
-        except OSError as exc:  # a read-only package: the report is still the answer
-            warnings.warn(f"the report could not be recorded in {submission}'s manifest "
-                          f"({os_error_text(exc)}); the package is as it was", stacklevel=2)
-    return result
+                preds["package"] = package.run(rows)
+            except SubmissionError as exc:  # reported as a failed check: the rest needs its output
+                checks.append(Check("package runs", False, str(exc)))
+            targets = list(spec.outputs)
+            diffs = [compare(f"{a} vs {b}", preds[a], preds[b], rows, targets, tol)
+                     for a, b in (("sequence", "step"), ("sequence", "package"),
+                                  ("step", "package"))
+                     if a in preds and b in preds]
+            checks.append(paths_agree(diffs, tol))
+            if "package" in preds:
+                dirty = corrupted(rows, rng)
+                try:
+                    dirty_preds = package.run(dirty)
+                    nonfinite = check_nonfinite(ref, dirty, dirty_preds, tol)
+                except SubmissionError as exc:
+                    dirty_preds, nonfinite = None, Check("NaN/inf rows", False,
+                                                         f"the package failed: {exc}")
+                # the order checks feed the hostile rows where the package runs them: a leading NaN
+                # run shows a guard state carried into a sequence that starts over, which clean
+                # rows (the model forgetting within a long warm-up) may not
+                order_rows, order_reference = ((rows, preds["package"]) if dirty_preds is None
+                                               else (dirty, dirty_preds))
+                checks += [
+                    *check_order(package, order_rows, order_reference, tol, rng),
+                    attempt("warm-up processed",
+                            lambda: check_warmup(package, ref, rows, preds["package"],
+                                                 preds["step"], tol)),
+                    nonfinite,
+                ]
+        metrics = {}
+        for path in preds:
+            report = evaluate(spec, truth, preds[path])
+            metrics[path] = {"score": report.score, "per_target": report.per_target}
+        # NaN scores beside passing checks: the truth, not the package (predictions are compared)
+        truth_note = nonfinite_truth_note(truth, spec, Path(data))
+        notes = ([f"{truth_note}; parity compares predictions, which it does not touch"]
+                 if truth_note else [])
+        failed = not all(c.ok for c in checks)
+        format_notes, advice = format_note(manifest, submission, failed)
+        # a failure of a package whose graph is of another format may be this kit's own change of
+        # an op: it is not written into the user's (perhaps submitted) package; a pass is as true
+        # as ever (and members that trained on another format change nothing parity compares)
+        kept_out = advice is not None and failed
+        notes[:0] = format_notes
+        own = diffs[0] if diffs and diffs[0]["pair"] == "sequence vs step" else None
+        off_float64 = package_off = None
+        # only where rounding can be the whole story: the package ran (on the hostile rows too)
+        # and every failed check compares values against the tolerance (r301)
+        if own and own["rows_over"] and "package" in preds and dirty_preds is not None and all(
+                c.ok or c.name in ROUNDING_CHECKS for c in checks):
+            with contextlib.suppress(RuntimeError, TypeError, ValueError):  # advice only: a model
+                off_float64, package_off = float64_distance(ref, rows, preds)  # float64 cannot run
+        rounding = float32_advice(diffs, tol, [w.member.model_config for w in ref.members],
+                                  off_float64, package_off)
+        if rounding is not None:  # (a failure all the same: exit 1, and it is recorded)
+            advice = rounding if advice is None else f"{advice}; also {rounding}"
+        if kept_out and record and submission.is_dir():
+            notes.append(f"the failed report is not recorded in {submission}'s manifest or zip: "
+                         "the difference may come from this kit's features, not the package")
+        result = ParityReport(str(submission), str(data), n_seqs, len(rows.values),
+                              int(rows.need.sum()),
+                              atol, rtol, metrics, diffs, checks, notes, advice)
+        if record and submission.is_dir() and not bad_files and not kept_out:
+            try:
+                if not record_report(submission, manifest, result):
+                    # an OK of the package as it was, with another at its path, let a script
+                    # upload what parity never checked (r287): a failed check, exit 1
+                    result.checks.append(Check(
+                        "package unchanged", False, f"{submission} changed while parity ran "
+                        "(re-packed?): the checks above describe the package as it was, not the "
+                        "one there now, and nothing is recorded in it; run kit parity again"))
+            except OSError as exc:  # a read-only package: the report is still the answer
+                warnings.warn(f"the report could not be recorded in {submission}'s manifest "
+                              f"({os_error_text(exc)}); the package is as it was", stacklevel=2)
+        return result
 
 
 def format_note(manifest: dict, submission: Path, failed: bool) -> tuple[list[str], str | None]:

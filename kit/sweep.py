@@ -52,7 +52,7 @@ from kit.config import (
     set_path,
 )
 from kit.errors import KitError
-from kit.torch_state import keeps_torch_state
+from kit.torch_state import kit_torch
 from kit.train.runs import RUNS_DIR, RunFiles
 from kit.workers import (
     SIGPIPE,
@@ -1406,8 +1406,6 @@ def caller_optuna_kept():
             OPENED_ENGINES.pop().dispose()
 
 
-@keeps_torch_state(grad=True)
-@caller_optuna_kept()
 def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = None,
           storage: str | None = None, study: str | None = None, workers: int = 1,
           timeout: float | None = None, progress: bool = True,
@@ -1415,29 +1413,31 @@ def sweep(exp: str, overrides: list[str] | None = None, *, trials: int | None = 
     """Run (or resume) the study to `trials` finished trials; returns the summary (and writes
     the best experiment), or {} with summary=False: the workers of --workers leave both to
     their parent."""
-    setup = prepare(exp, overrides, study, storage, runs_dir)
-    trials = trials if trials is not None else int(setup.table.get("trials", 20))
-    if trials < 1 or workers < 1:
-        raise SweepError("--trials and --workers must be >= 1")
-    if timeout is not None and not timeout > 0:
-        raise SweepError(f"--timeout must be a number of seconds > 0, got {timeout}")
-    worker_index()  # a malformed KIT_SWEEP_WORKER fails here, not in a worker
-    from kit.train.data import check_data_files
+    # (no decorators: a wrapper's frame would take the place of the caller in warnings)
+    with kit_torch(grad=True), caller_optuna_kept():
+        setup = prepare(exp, overrides, study, storage, runs_dir)
+        trials = trials if trials is not None else int(setup.table.get("trials", 20))
+        if trials < 1 or workers < 1:
+            raise SweepError("--trials and --workers must be >= 1")
+        if timeout is not None and not timeout > 0:
+            raise SweepError(f"--timeout must be a number of seconds > 0, got {timeout}")
+        worker_index()  # a malformed KIT_SWEEP_WORKER fails here, not in a worker
+        from kit.train.data import check_data_files
 
-    check_data_files(setup.base["data"])  # before any trial: each would fail on it
-    check_storage_url(setup.storage_url)  # first: the best file's check named the storage
-    refuse_dangling_links(setup)
-    if summary:  # the best file it would write belongs to this study, or to none yet
-        check_best_file(setup, best_path(setup))
-    started = time.perf_counter()
-    with stops_on_full_disk(setup):
-        if workers == 1:
-            run_worker(setup, trials, timeout, progress)
-        else:
-            run_processes(setup, exp, overrides, trials, workers, timeout)
-        if not summary:
-            return {}
-        return summarize(setup, time.perf_counter() - started, trials, timeout)
+        check_data_files(setup.base["data"])  # before any trial: each would fail on it
+        check_storage_url(setup.storage_url)  # first: the best file's check named the storage
+        refuse_dangling_links(setup)
+        if summary:  # the best file it would write belongs to this study, or to none yet
+            check_best_file(setup, best_path(setup))
+        started = time.perf_counter()
+        with stops_on_full_disk(setup):
+            if workers == 1:
+                run_worker(setup, trials, timeout, progress)
+            else:
+                run_processes(setup, exp, overrides, trials, workers, timeout)
+            if not summary:
+                return {}
+            return summarize(setup, time.perf_counter() - started, trials, timeout)
 
 
 def worker_command(setup: SweepSetup, exp: str, overrides, trials: int,

@@ -70,13 +70,15 @@ def test_score_with_a_spec_listing_the_targets_in_another_order_is_refused(runs,
     assert submission_spec(packed.zip_path, str(same)).targets == ("t0", "t1")
 
 
-@pytest.mark.parametrize("edit, said", [
-    (lambda text: text + "\n[limits]\ntime_limit_s = 20\nbroken = = 1\n", "does not load ("),
+@pytest.mark.parametrize("edit, said, advice", [
+    (lambda text: text + "\n[limits]\ntime_limit_s = 20\nbroken = = 1\n", "does not load (",
+     ": fix the file"),
     (lambda text: text.replace('targets = ["t0", "t1"]', 'targets = ["t1", "t0"]')
-     + "\n[limits]\ntime_limit_s = 20\n", "now differs in targets ['t1', 't0'], against"),
+     + "\n[limits]\ntime_limit_s = 20\n", "now differs in targets ['t1', 't0'], against",
+     ": give that other competition a name of its own"),
 ])
 def test_a_spec_file_not_taken_is_said_not_dropped_in_silence(runs, workspace, tmp_path, edit,
-                                                              said):
+                                                              said, advice):
     """A typo, or another competition under the name, kept the run's stored [limits] (the
     pack's budget and score's projection on the old 5,400 s) and said nothing."""
     run, spec = _run_on_own_spec(runs, workspace, tmp_path)
@@ -93,13 +95,14 @@ def test_a_spec_file_not_taken_is_said_not_dropped_in_silence(runs, workspace, t
     (message,) = [m for m in _said(record) if "spec 'tiny-lob'" in m]
     assert f"spec 'tiny-lob': {spec} {said}" in message, message
     assert f"keep the [metric] and [limits] stored when {run.resolve()} trained" in message
+    assert message.endswith(advice), message  # a typo is not told to rename (r307)
     # kit score of the package made before the edit says it too
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         assert submission_spec(packed.zip_path).limits.time_limit_s == 5400.0
     (message,) = [m for m in _said(record) if "spec 'tiny-lob'" in m]
     assert f"{spec} {said}" in message and "scored with the [metric] and [limits] stored " \
-        "when it was packed" in message, message
+        "when it was packed" in message and message.endswith(advice), message
 
 
 def test_a_changed_spec_file_is_named_in_the_warning(runs, workspace, tmp_path):
@@ -147,7 +150,9 @@ def test_an_ensembles_report_and_pack_say_what_changed_under_its_runs(runs, tmp_
     assert "## Since the selection" in text and f"- {copies[0].resolve()} trained or " \
         "validated on" in text and "whose content has changed since" in text, text
     assert any("since the selection" in m and "select again" in m for m in said), said
-    assert any("the weights were chosen on predictions of the old rows" in m for m in said), said
+    (drift,) = [w for w in record if "the weights were chosen on predictions of the old rows"
+                in str(w.message)]
+    assert drift.filename == __file__  # the caller's line, not kit's (r307)
 
     shutil.rmtree(copies[1])
     with pytest.warns(RuntimeWarning, match="since the selection"):
@@ -187,5 +192,25 @@ def test_a_repack_says_the_notebook_dataset_beside_it_holds_the_previous_package
         pack_run(runs["gru"], "t1", subs)  # the same model: the dataset still holds it
     assert not [m for m in _said(record) if "previous package" in m]
     with pytest.warns(RuntimeWarning, match=r"t1-kaggle/dataset holds the previous package of "
-                                            r"t1: run kit notebook .*t1 again"):
+                                            r"t1: run kit notebook .*t1 again") as record:
         pack_run(runs["gru_b"], "t1", subs)
+    (stale,) = [w for w in record if "previous package" in str(w.message)]
+    assert stale.filename == __file__  # the caller's line, not kit's (r307)
+
+
+def test_a_config_naming_another_file_is_not_called_a_rewritten_file(runs, workspace, tmp_path):
+    """The drift note said the content of a file the run's config.toml newly names "has changed
+    since", for a byte-identical copy the run never read (r307)."""
+    from kit.ensemble import data_drift
+
+    run = tmp_path / "runs" / "gru" / runs["gru"].name
+    shutil.copytree(runs["gru"], run)
+    copy = tmp_path / "valid-copy.parquet"
+    shutil.copy(workspace / "data" / "valid.parquet", copy)
+    config = run / "config.toml"
+    config.write_text(config.read_text().replace(str(workspace / "data" / "valid.parquet"),
+                                                 str(copy)))
+    assert str(copy) in config.read_text()
+    (note,) = data_drift(run)
+    assert note == (f"{run}'s config.toml now names {copy}, not a file it trained or "
+                    "validated on"), note

@@ -195,10 +195,9 @@ def warn_spec_changed(checks: list[tuple[Path, SpecFileCheck]], spec_name: str) 
                       "what the model learnt)", RuntimeWarning, stacklevel=3)
     unread = [(run, check) for run, check in checks if check.unread]
     if unread:
-        warnings.warn(f"spec {spec_name!r}: {_files(unread)} {unread[0][1].unread}; the "
-                      f"package, its time budget and its scores keep the [metric] and [limits] "
-                      f"stored when {_runs(unread)} trained: fix the file, or give another "
-                      "competition another name", RuntimeWarning, stacklevel=3)
+        kept = (f"the package, its time budget and its scores keep the [metric] and [limits] "
+                f"stored when {_runs(unread)} trained")
+        warnings.warn(unread[0][1].unread_text(spec_name, kept), RuntimeWarning, stacklevel=3)
 
 
 def _runs(checks: list[tuple[Path, SpecFileCheck]]) -> str:

@@ -49,7 +49,7 @@ from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import dumps as json_dumps
 from kit.run_record import fold_run, how_to_finish, read_config, read_metrics, relocated
 from kit.submission import write_submission_zip, zip_path_of
-from kit.torch_state import keeps_torch_state
+from kit.torch_state import kit_torch
 
 SUBMISSIONS_DIR = Path("submissions")
 MODEL_FILE, SOLUTION_FILE, MANIFEST_FILE = "model.onnx", "solution.py", "manifest.json"
@@ -138,127 +138,128 @@ def unfinished_note(run: Path) -> str | None:
             f"{how_to_finish(folder, experiment)}")
 
 
-@keeps_torch_state()
 def pack_run(run: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
              force: bool = False, budget: bool = True) -> PackResult:
     """Freeze one run (its best.pt) into a submission folder and zip."""
-    if name is not None:  # before the run is loaded: a wrong --name must not cost it
-        check_package_name(name)
-    member = load_member(run)
-    weighted = [Weighted(member, [1.0] * member.spec.n_outputs)]
-    return pack_members(weighted, default_name(run, member.config.get("name"))
-                        if name is None else name,
-                        out_dir, force=force, budget=budget)
+    with kit_torch():  # (not a decorator: warnings name the caller)
+        if name is not None:  # before the run is loaded: a wrong --name must not cost it
+            check_package_name(name)
+        member = load_member(run)
+        weighted = [Weighted(member, [1.0] * member.spec.n_outputs)]
+        return pack_members(weighted, default_name(run, member.config.get("name"))
+                            if name is None else name,
+                            out_dir, force=force, budget=budget)
 
 
-@keeps_torch_state()
 def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIONS_DIR, *,
                   force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Freeze an ensemble file (kit ensemble select) into one graph: every member with a
     non-zero weight, out-of-fold groups as their fold runs sharing the group's weight."""
-    from kit.ensemble import (
-        checkpoint_key,
-        postprocess_edited,
-        read_ensemble,
-        runs_edited,
-        selection_drift,
-        weights_edited,
-    )
+    with kit_torch():  # (not a decorator: warnings name the caller)
+        from kit.ensemble import (
+            checkpoint_key,
+            postprocess_edited,
+            read_ensemble,
+            runs_edited,
+            selection_drift,
+            weights_edited,
+        )
 
-    # before the members are loaded
-    check_package_name(*(name, None) if name is not None else (Path(path).stem, "its file name"))
-    doc = read_ensemble(path)
-    weighted = []
-    changed: list[str] = []  # what --force let differ from the models the selection scored
+        # before the members are loaded
+        check_package_name(*(name, None) if name is not None
+                           else (Path(path).stem, "its file name"))
+        doc = read_ensemble(path)
+        weighted = []
+        changed: list[str] = []  # what --force let differ from the models the selection scored
 
-    def unlike_selection(label: str, said: str, why: str, fix: str = "select again") -> None:
-        """A member unlike what the selection scored: refused; with --force, recorded (and
-        warned of once all are loaded)."""
-        if not force:
-            raise PackError(f"{path}: member {label!r}: {said}: {why}; {fix}, or --force")
-        changed.append(f"member {label!r}: {said}")
+        def unlike_selection(label: str, said: str, why: str, fix: str = "select again") -> None:
+            """A member unlike what the selection scored: refused; with --force, recorded (and
+            warned of once all are loaded)."""
+            if not force:
+                raise PackError(f"{path}: member {label!r}: {said}: {why}; {fix}, or --force")
+            changed.append(f"member {label!r}: {said}")
 
-    for entry in doc["members"]:
-        if not any(entry["weights"]):
-            continue  # zero weight: not in the graph
-        share = [w / len(entry["runs"]) for w in entry["weights"]]
-        chosen_on = entry.get("checkpoints")  # {run: best.pt's sha256} (files before: none)
-        chosen_on = ({checkpoint_key(r): d for r, d in chosen_on.items()}  # RUN/, RUN/best.pt
-                     if isinstance(chosen_on, dict) else {})
-        label = entry.get("name", entry["runs"][0])
-        added, dropped = runs_edited(entry)
-        for run in added:  # swapped in by hand
-            unlike_selection(label, f"{run} is not a run the selection chose (its "
-                             "checkpoints record others)",
-                             "the weights were chosen on other predictions")
-        if dropped and not added:  # an out-of-fold member's fold run deleted: the others
-            # took its weight (a run swapped for another is said above, once)
-            folders = [str(Path(key).parent) if key.endswith("best.pt") else key
-                       for key in dropped]
-            unlike_selection(label, f"{len(dropped)} of the {len(chosen_on)} runs the "
-                             f"selection chose are not in its runs ({', '.join(folders)})",
-                             "the others take their weight, on predictions the selection "
-                             "never scored", "put them back, select again")
-        for run in entry["runs"]:
-            digest = chosen_on.get(checkpoint_key(run))
-            refuse_group_as_member(path, entry.get("name", run), relocated(run))
-            try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
-                member = load_member(relocated(run), warn=False)  # said once, below
-            except KitError as exc:  # a member moved or deleted since the selection
-                raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
-            if digest and member.sha256 != digest:
-                unlike_selection(label, f"{member.checkpoint} changed since the selection (the run "
-                                 "was trained again)", "the weights were chosen on its old "
-                                 "predictions")
-            weighted.append(Weighted(member, share))
-    if not weighted:
-        raise PackError(f"{path}: every member has weight 0; nothing to pack")
-    check_same_columns(weighted)  # first: a member of other targets has other weights too
-    warn_spec_changed([(w.member.run_dir, w.member.spec_check) for w in weighted],
-                      weighted[0].member.spec.name)
-    spec = weighted[0].member.spec
-    k = spec.n_outputs
-    if any(len(w.weights) != k for w in weighted):
-        raise PackError(f"{path}: members need one weight per target ({k})")
-    sums = {t: sum(w.weights[i] for w in weighted) for i, t in enumerate(spec.outputs)}
-    dead = [t for t, v in sums.items() if v <= 1e-9]
-    if dead and not force:  # even a scale-free metric sees a constant (or flipped) target
-        raise PackError(f"{path}: the weights of {', '.join(dead)} sum to 0: that target "
-                        "would be predicted as a constant; give it positive weights, or "
-                        "--force")
-    off = {t: round(v, 6) for t, v in sums.items() if not math.isclose(v, 1.0, rel_tol=1e-6)}
-    if off and not spec.metric.scale_free and not force:  # e.g. a member zeroed by hand
-        listed = ", ".join(f"{t} sum to {v:g}" for t, v in off.items())
-        clipped = (f" (predictions clipped to [{spec.metric.clip[0]:g}, "
-                   f"{spec.metric.clip[1]:g}] first)" if spec.metric.clip else "")
-        raise PackError(f"{path}: the weights of {listed}, not 1: under {spec.metric.name}"
-                        f"{clipped} that scales the predictions and changes the score (weights "
-                        "are used as written). Make each "
-                        "target's weights sum to 1 ([postprocess] scale is the place for "
-                        "shrinkage), or --force")
-    # absolute: parity's re-pack advice names it, run from wherever parity is
-    about = {"file": os.path.abspath(path), **{key: doc.get("ensemble", {}).get(key) for key in
-                                   ("score", "target_scores", "metric", "data", "iters")},
-             # then the scores are the selection's, or the tuning's, not these values'
-             "weights_edited": weights_edited(doc),
-             "postprocess_edited": postprocess_edited(doc.get("postprocess"),
-                                                      list(spec.outputs)),
-             # the recorded scores are of other models: kit score gives this package's
-             "members_changed": changed}
-    # (runs gone or trained again are refused above; rewritten data files are said)
-    stale = [note for note in selection_drift(doc) if note.endswith("has changed since")]
-    if stale:
-        more = f" (and {len(stale) - SHOWN_RUNS} more)" if len(stale) > SHOWN_RUNS else ""
-        warnings.warn(f"{path}: {'; '.join(stale[:SHOWN_RUNS])}{more}: the weights were "
-                      "chosen on predictions of the old rows; select again on runs trained on "
-                      "the new files", RuntimeWarning, stacklevel=2)
-    for said in changed:
-        warnings.warn(f"{path}: {said}; packed as --force asks, so the selection's recorded "
-                      "scores are not this package's (its manifest's ensemble.members_changed "
-                      "says so; kit score gives its own)", RuntimeWarning, stacklevel=2)
-    return pack_members(weighted, Path(path).stem if name is None else name, out_dir,
-                        postprocess=doc.get("postprocess"), ensemble=about, force=force,
-                        budget=budget, stack=stack)
+        for entry in doc["members"]:
+            if not any(entry["weights"]):
+                continue  # zero weight: not in the graph
+            share = [w / len(entry["runs"]) for w in entry["weights"]]
+            chosen_on = entry.get("checkpoints")  # {run: best.pt's sha256} (files before: none)
+            chosen_on = ({checkpoint_key(r): d for r, d in chosen_on.items()}  # RUN/, RUN/best.pt
+                         if isinstance(chosen_on, dict) else {})
+            label = entry.get("name", entry["runs"][0])
+            added, dropped = runs_edited(entry)
+            for run in added:  # swapped in by hand
+                unlike_selection(label, f"{run} is not a run the selection chose (its "
+                                 "checkpoints record others)",
+                                 "the weights were chosen on other predictions")
+            if dropped and not added:  # an out-of-fold member's fold run deleted: the others
+                # took its weight (a run swapped for another is said above, once)
+                folders = [str(Path(key).parent) if key.endswith("best.pt") else key
+                           for key in dropped]
+                unlike_selection(label, f"{len(dropped)} of the {len(chosen_on)} runs the "
+                                 f"selection chose are not in its runs ({', '.join(folders)})",
+                                 "the others take their weight, on predictions the selection "
+                                 "never scored", "put them back, select again")
+            for run in entry["runs"]:
+                digest = chosen_on.get(checkpoint_key(run))
+                refuse_group_as_member(path, entry.get("name", run), relocated(run))
+                try:  # a moved checkout: the member's runs/EXP/ID under this one's runs/
+                    member = load_member(relocated(run), warn=False)  # said once, below
+                except KitError as exc:  # a member moved or deleted since the selection
+                    raise PackError(f"{path}: member {entry.get('name', run)!r}: {exc}") from None
+                if digest and member.sha256 != digest:
+                    unlike_selection(label, f"{member.checkpoint} changed since the selection "
+                                     "(the run was trained again)", "the weights were chosen on "
+                                     "its old predictions")
+                weighted.append(Weighted(member, share))
+        if not weighted:
+            raise PackError(f"{path}: every member has weight 0; nothing to pack")
+        check_same_columns(weighted)  # first: a member of other targets has other weights too
+        warn_spec_changed([(w.member.run_dir, w.member.spec_check) for w in weighted],
+                          weighted[0].member.spec.name)
+        spec = weighted[0].member.spec
+        k = spec.n_outputs
+        if any(len(w.weights) != k for w in weighted):
+            raise PackError(f"{path}: members need one weight per target ({k})")
+        sums = {t: sum(w.weights[i] for w in weighted) for i, t in enumerate(spec.outputs)}
+        dead = [t for t, v in sums.items() if v <= 1e-9]
+        if dead and not force:  # even a scale-free metric sees a constant (or flipped) target
+            raise PackError(f"{path}: the weights of {', '.join(dead)} sum to 0: that target "
+                            "would be predicted as a constant; give it positive weights, or "
+                            "--force")
+        off = {t: round(v, 6) for t, v in sums.items() if not math.isclose(v, 1.0, rel_tol=1e-6)}
+        if off and not spec.metric.scale_free and not force:  # e.g. a member zeroed by hand
+            listed = ", ".join(f"{t} sum to {v:g}" for t, v in off.items())
+            clipped = (f" (predictions clipped to [{spec.metric.clip[0]:g}, "
+                       f"{spec.metric.clip[1]:g}] first)" if spec.metric.clip else "")
+            raise PackError(f"{path}: the weights of {listed}, not 1: under {spec.metric.name}"
+                            f"{clipped} that scales the predictions and changes the score (weights "
+                            "are used as written). Make each "
+                            "target's weights sum to 1 ([postprocess] scale is the place for "
+                            "shrinkage), or --force")
+        # absolute: parity's re-pack advice names it, run from wherever parity is
+        about = {"file": os.path.abspath(path), **{key: doc.get("ensemble", {}).get(key) for key in
+                                       ("score", "target_scores", "metric", "data", "iters")},
+                 # then the scores are the selection's, or the tuning's, not these values'
+                 "weights_edited": weights_edited(doc),
+                 "postprocess_edited": postprocess_edited(doc.get("postprocess"),
+                                                          list(spec.outputs)),
+                 # the recorded scores are of other models: kit score gives this package's
+                 "members_changed": changed}
+        # (runs gone or trained again are refused above; rewritten data files are said)
+        stale = selection_drift(doc, checkpoints=False)
+        if stale:
+            more = f" (and {len(stale) - SHOWN_RUNS} more)" if len(stale) > SHOWN_RUNS else ""
+            warnings.warn(f"{path}: {'; '.join(stale[:SHOWN_RUNS])}{more}: the weights were "
+                          "chosen on predictions of the old rows; select again on runs trained on "
+                          "the new files", RuntimeWarning, stacklevel=2)
+        for said in changed:
+            warnings.warn(f"{path}: {said}; packed as --force asks, so the selection's recorded "
+                          "scores are not this package's (its manifest's ensemble.members_changed "
+                          "says so; kit score gives its own)", RuntimeWarning, stacklevel=2)
+        return pack_members(weighted, Path(path).stem if name is None else name, out_dir,
+                            postprocess=doc.get("postprocess"), ensemble=about, force=force,
+                            budget=budget, stack=stack)
 
 
 def refuse_group_as_member(path: Path, name: str, run: Path) -> None:
@@ -334,80 +335,81 @@ def check_package_name(name: str, origin: str | None = None) -> None:
                         "shorter --name")
 
 
-@keeps_torch_state()
 def pack_members(weighted: list[Weighted], name: str, out_dir: Path = SUBMISSIONS_DIR, *,
                  postprocess: dict | None = None, ensemble: dict | None = None,
                  force: bool = False, budget: bool = True, stack: bool = True) -> PackResult:
     """Write the package of weighted members (per-target weights) as one step graph."""
-    check_package_name(name)
-    check_same_columns(weighted)  # (and one spec name)
-    spec = weighted[0].member.spec
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    folder, zip_path = out_dir / name, zip_path_of(out_dir / name)
-    check_replaceable(folder)  # before the build: a wrong --name must not cost it
-    check_replaceable_zip(zip_path)
-    # build the folder and its zip beside the targets (this pack's own: packs to one name may
-    # run at once) and swap both in at the end: a failed pack leaves the old package whole
-    drop_dead_staging(out_dir, name)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-{owner_tag()}-", dir=out_dir))
-    staged_zip = staging.with_name(staging.name + ".zip")
-    try:
-        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0o700 would follow the folder
-        module = stream_module_of(weighted, postprocess, stack)
-        # naming: torch's, onnx's and zipfile's writers raise OSErrors without the path (r303)
-        with naming(staging / MODEL_FILE):
-            shapes = export_step_graph(module, len(spec.features), staging / MODEL_FILE)
-            graph = finalize_graph(staging / MODEL_FILE, {
+    with kit_torch():  # (not a decorator: warnings name the caller)
+        check_package_name(name)
+        check_same_columns(weighted)  # (and one spec name)
+        spec = weighted[0].member.spec
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        folder, zip_path = out_dir / name, zip_path_of(out_dir / name)
+        check_replaceable(folder)  # before the build: a wrong --name must not cost it
+        check_replaceable_zip(zip_path)
+        # build the folder and its zip beside the targets (this pack's own: packs to one name may
+        # run at once) and swap both in at the end: a failed pack leaves the old package whole
+        drop_dead_staging(out_dir, name)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.packing-{owner_tag()}-", dir=out_dir))
+        staged_zip = staging.with_name(staging.name + ".zip")
+        try:
+            staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0o700 would follow the folder
+            module = stream_module_of(weighted, postprocess, stack)
+            # naming: torch's, onnx's and zipfile's writers raise OSErrors without the path (r303)
+            with naming(staging / MODEL_FILE):
+                shapes = export_step_graph(module, len(spec.features), staging / MODEL_FILE)
+                graph = finalize_graph(staging / MODEL_FILE, {
+                    "kit_version": __version__,
+                    "members": ", ".join(w.member.name for w in weighted)})
+            note = other_format_note([(w.member.name, w.member.trained_format) for w in weighted])
+            if note is not None:  # said, not refused: retraining is the user's call
+                warnings.warn(f"{note}; packed all the same, its graph computing this kit's "
+                              "features", stacklevel=2)
+            template = resources.files("kit.export") / "solution_template.py"
+            with naming(staging / SOLUTION_FILE):
+                (staging / SOLUTION_FILE).write_text(template.read_text(encoding="utf-8"),
+                                                     encoding="utf-8")
+            manifest = {
                 "kit_version": __version__,
-                "members": ", ".join(w.member.name for w in weighted)})
-        note = other_format_note([(w.member.name, w.member.trained_format) for w in weighted])
-        if note is not None:  # said, not refused: retraining is the user's call
-            warnings.warn(f"{note}; packed all the same, its graph computing this kit's "
-                          "features", stacklevel=2)
-        template = resources.files("kit.export") / "solution_template.py"
-        with naming(staging / SOLUTION_FILE):
-            (staging / SOLUTION_FILE).write_text(template.read_text(encoding="utf-8"),
-                                                 encoding="utf-8")
-        manifest = {
-            "kit_version": __version__,
-            # the graph's feature faces' version (kit.features.FEATURE_FORMAT): parity of a
-            # package of another format compares it with faces that compute otherwise; each
-            # member records the format it trained on (None: its best.pt recorded none)
-            "feature_format": FEATURE_FORMAT,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "spec": spec.to_dict(),
-            # where the spec was read: kit score takes its [metric] and [limits] as they are then
-            "spec_source": spec_reference(weighted[0].member.config.get("spec")),
-            "inputs": list(spec.features),
-            "outputs": list(spec.outputs),
-            "states": [{"name": f"state_{i}", "shape": shape, "batch_axis": shape.index("batch")}
-                       for i, shape in enumerate(shapes)],
-            "onnx": {"opset": OPSET, **graph},
-            "members": [w.member.describe() | {"weights": w.weights} for w in weighted],
-            "postprocess": postprocess,
-            "ensemble": ensemble,
-            "parity": None,
-        }
-        if budget:
-            manifest["time_budget"] = time_budget(staging, spec, len(weighted))
-            if manifest["time_budget"]["fraction"] > BUDGET_FRACTION and not force:
-                raise OverBudget(format_budget(manifest["time_budget"]) + "; that is over "
-                                f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller members, "
-                                "or --force to pack anyway")
-        write_manifest(staging, manifest)
-        with naming(staged_zip):
-            write_submission_zip(staging, staged_zip, files=PACK_FILES)
-        with exclusive(package_lock(folder)):  # the swap, one pack at a time
-            check_replaceable(folder)
-            check_replaceable_zip(zip_path)
-            swap_in(staging, folder, staged_zip, zip_path)
-            sizes = {n: (folder / n).stat().st_size for n in PACK_FILES}
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        staged_zip.unlink(missing_ok=True)
-    warn_stale_notebook(folder, manifest["files"][MODEL_FILE])
-    return PackResult(folder, zip_path, manifest, sizes)
+                # the graph's feature faces' version (kit.features.FEATURE_FORMAT): parity of a
+                # package of another format compares it with faces that compute otherwise; each
+                # member records the format it trained on (None: its best.pt recorded none)
+                "feature_format": FEATURE_FORMAT,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "spec": spec.to_dict(),
+                # where the spec was read: kit score takes its [metric] and [limits] as they
+                # are then
+                "spec_source": spec_reference(weighted[0].member.config.get("spec")),
+                "inputs": list(spec.features),
+                "outputs": list(spec.outputs),
+                "states": [{"name": f"state_{i}", "shape": shape,
+                            "batch_axis": shape.index("batch")} for i, shape in enumerate(shapes)],
+                "onnx": {"opset": OPSET, **graph},
+                "members": [w.member.describe() | {"weights": w.weights} for w in weighted],
+                "postprocess": postprocess,
+                "ensemble": ensemble,
+                "parity": None,
+            }
+            if budget:
+                manifest["time_budget"] = time_budget(staging, spec, len(weighted))
+                if manifest["time_budget"]["fraction"] > BUDGET_FRACTION and not force:
+                    raise OverBudget(format_budget(manifest["time_budget"]) + "; that is over "
+                                    f"{BUDGET_FRACTION:.0%} of the limit: fewer or smaller "
+                                    "members, or --force to pack anyway")
+            write_manifest(staging, manifest)
+            with naming(staged_zip):
+                write_submission_zip(staging, staged_zip, files=PACK_FILES)
+            with exclusive(package_lock(folder)):  # the swap, one pack at a time
+                check_replaceable(folder)
+                check_replaceable_zip(zip_path)
+                swap_in(staging, folder, staged_zip, zip_path)
+                sizes = {n: (folder / n).stat().st_size for n in PACK_FILES}
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            staged_zip.unlink(missing_ok=True)
+        warn_stale_notebook(folder, manifest["files"][MODEL_FILE])
+        return PackResult(folder, zip_path, manifest, sizes)
 
 
 def warn_stale_notebook(folder: Path, model_sha256: str) -> None:
@@ -416,7 +418,7 @@ def warn_stale_notebook(folder: Path, model_sha256: str) -> None:
     dataset = folder.parent / f"{folder.name}-kaggle" / "dataset"
     if (dataset / MODEL_FILE).is_file() and sha256_file(dataset / MODEL_FILE) != model_sha256:
         warnings.warn(f"{dataset} holds the previous package of {folder.name}: run kit notebook "
-                      f"{folder} again before uploading it", RuntimeWarning, stacklevel=3)
+                      f"{folder} again before uploading it", RuntimeWarning, stacklevel=4)
 
 
 def other_format_note(trained: list[tuple[str, object]]) -> str | None:
@@ -766,9 +768,8 @@ def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpe
                       f"{' and '.join(check.changed)} changed since {submission} was packed; "
                       "scored with the spec file's as it is now", RuntimeWarning, stacklevel=2)
     if check.unread:  # a typo in the file kept the old limits without a word (r305)
-        warnings.warn(f"spec {spec.name!r}: {check.file} {check.unread}; {submission} is "
-                      "scored with the [metric] and [limits] stored when it was packed: fix "
-                      "the file, or give another competition another name",
+        warnings.warn(check.unread_text(spec.name, f"{submission} is scored with the [metric] "
+                                        "and [limits] stored when it was packed"),
                       RuntimeWarning, stacklevel=2)
     return spec
 

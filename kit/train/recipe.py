@@ -38,7 +38,7 @@ from kit.run_record import (
     read_config,
     read_metrics,
 )
-from kit.torch_state import keeps_torch_state
+from kit.torch_state import kit_torch
 from kit.train.groups import (
     claim_group,
     dropped_if_unused,
@@ -176,7 +176,6 @@ def config_changes(run: Path, checked: dict) -> list[str]:
     return [key for key in differences(stored, checked) if key not in ("name", "description")]
 
 
-@keeps_torch_state(grad=True)
 def train_experiment(exp: str, overrides: list[str] | None = None, *,
                      seeds: list[int] | None = None, resume: bool = False,
                      run_dir: Path | None = None, stop_after_epochs: int = 0, folds: int = 0,
@@ -184,76 +183,77 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
                      ) -> list[dict]:
     """Train one run per seed (per fold with `folds`); returns each run's metrics. With
     `jobs` > 1, the seeds train in that many processes at once (see train_seeds_in_parallel)."""
-    from kit.train.data import check_data_files, check_fold_count
+    with kit_torch(grad=True):  # (not a decorator: warnings name the caller)
+        from kit.train.data import check_data_files, check_fold_count
 
-    base = experiment_config(exp, overrides)
-    held_out = [f"data.{key} = {base['data'][key]}" for key in ("valid_fraction", "split_seed")
-                if base["data"][key] != DEFAULTS["data"][key]]
-    if folds and held_out and not resume:  # (a group started before this check resumes)
-        # said before check_config's "need data.split = random": that advice fails here next
-        raise ConfigError(f"{' and '.join(held_out)} choose a single held-out split; with "
-                          "--folds each fold validates 1/k of the sequences, placed by the "
-                          "run's seed: leave them out",
-                          settings=("data.valid_fraction", "data.split_seed"))
-    # a --jobs worker trains the config its command checked, which said the config's
-    # warnings once (not once more per worker); its errors, and warnings about its data,
-    # its device or its training, still show
-    with warnings.catch_warnings():
-        if os.environ.get(TRAIN_WORKER_ENV):
-            warnings.simplefilter("ignore")
-        check_config(base, resume=resume)
-    if not resume:  # a resumed run reads its own config's files (train_one checks them)
-        check_data_files(base["data"], folds=folds > 0)
-    if folds and run_dir:
-        raise ConfigError("--folds names its own run directories: it does not combine with "
-                          "--run-dir")
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
-    if stop_after_epochs < 0:
-        raise ConfigError(f"--stop-after-epochs must be >= 0 (0: no stop), got "
-                          f"{stop_after_epochs}")
-    check_seeds(seeds or [])
-    if folds < 0 or folds == 1:
-        raise ConfigError(f"--folds must be 0 (off) or >= 2, got {folds}")
-    if folds and not resume:
-        check_fold_count(base, folds)
-    limits = [f"train.{key} = {base['train'][key]}" for key in ("max_train_seqs", "max_valid_seqs")
-              if base["train"][key]]
-    if folds and limits:
-        raise ConfigError(f"{' and '.join(limits)} with --folds: each fold trains on all the "
-                          "other folds of the train file and validates on its own, so the "
-                          "limits would be ignored; set them to 0, or cut the train file")
-    if base["data"]["fold"] and not (folds or resume):
-        raise ConfigError("data.fold is what kit train --folds K writes into each fold run: "
-                          "train folds with --folds K")
-    if run_dir and len(seeds or []) > 1:
-        raise ConfigError("--run-dir names one run: it does not combine with several seeds")
-    if run_dir and not resume:
-        refuse_shared_folder(Path(run_dir), runs_dir, base["name"])
-    refuse_repeated_seeds(seeds or [])
-    if resume and run_dir and seeds:  # seeds=[N] names the run's seed, as seed=N: checked
-        overrides = [*(overrides or []), f"seed={seeds[0]}"]  # against it (it was ignored)
-    # --resume of one run: the newest unfinished run; of a group (seeds=, --folds): the group
-    group_resume = resume and not run_dir and (seeds is not None or folds > 0)
-    seeds = seeds or [base["seed"]]
-    parallel = jobs > 1 and len(seeds) > 1
-    # (one seed too: its folds ran one after another, --jobs dropped without a word)
-    if jobs > 1 and (folds or run_dir) or parallel and resume and not group_resume:
-        raise ConfigError("--jobs trains several seeds at once: it does not combine with "
-                          "--folds or --run-dir")
-    exp_dir = runs_dir / base["name"]
-    claimed = None  # a new group's stamp; --resume of one run and --run-dir name no group
-    stamp = None
-    if group_resume:
-        stamp = resumable_group(exp_dir, seeds, folds, base)
-    elif not (resume or run_dir):
-        stamp = claimed = claim_group(exp_dir, seeds, folds, base)
-    with holding_group(exp_dir, stamp), dropped_if_unused(exp_dir, seeds, folds, claimed):
-        if parallel:
-            return train_seeds_in_parallel(base, seeds, jobs, runs_dir,
-                                           stop_after_epochs, progress, stamp)
-        return _train_in_turn(base, seeds, folds, runs_dir, run_dir, stamp, resume,
-                              group_resume, overrides, stop_after_epochs, progress)
+        base = experiment_config(exp, overrides)
+        held_out = [f"data.{key} = {base['data'][key]}" for key in ("valid_fraction", "split_seed")
+                    if base["data"][key] != DEFAULTS["data"][key]]
+        if folds and held_out and not resume:  # (a group started before this check resumes)
+            # said before check_config's "need data.split = random": that advice fails here next
+            raise ConfigError(f"{' and '.join(held_out)} choose a single held-out split; with "
+                              "--folds each fold validates 1/k of the sequences, placed by the "
+                              "run's seed: leave them out",
+                              settings=("data.valid_fraction", "data.split_seed"))
+        # a --jobs worker trains the config its command checked, which said the config's
+        # warnings once (not once more per worker); its errors, and warnings about its data,
+        # its device or its training, still show
+        with warnings.catch_warnings():
+            if os.environ.get(TRAIN_WORKER_ENV):
+                warnings.simplefilter("ignore")
+            check_config(base, resume=resume)
+        if not resume:  # a resumed run reads its own config's files (train_one checks them)
+            check_data_files(base["data"], folds=folds > 0)
+        if folds and run_dir:
+            raise ConfigError("--folds names its own run directories: it does not combine with "
+                              "--run-dir")
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+        if stop_after_epochs < 0:
+            raise ConfigError(f"--stop-after-epochs must be >= 0 (0: no stop), got "
+                              f"{stop_after_epochs}")
+        check_seeds(seeds or [])
+        if folds < 0 or folds == 1:
+            raise ConfigError(f"--folds must be 0 (off) or >= 2, got {folds}")
+        if folds and not resume:
+            check_fold_count(base, folds)
+        limits = [f"train.{key} = {base['train'][key]}"
+                  for key in ("max_train_seqs", "max_valid_seqs") if base["train"][key]]
+        if folds and limits:
+            raise ConfigError(f"{' and '.join(limits)} with --folds: each fold trains on all the "
+                              "other folds of the train file and validates on its own, so the "
+                              "limits would be ignored; set them to 0, or cut the train file")
+        if base["data"]["fold"] and not (folds or resume):
+            raise ConfigError("data.fold is what kit train --folds K writes into each fold run: "
+                              "train folds with --folds K")
+        if run_dir and len(seeds or []) > 1:
+            raise ConfigError("--run-dir names one run: it does not combine with several seeds")
+        if run_dir and not resume:
+            refuse_shared_folder(Path(run_dir), runs_dir, base["name"])
+        refuse_repeated_seeds(seeds or [])
+        if resume and run_dir and seeds:  # seeds=[N] names the run's seed, as seed=N: checked
+            overrides = [*(overrides or []), f"seed={seeds[0]}"]  # against it (it was ignored)
+        # --resume of one run: the newest unfinished run; of a group (seeds=, --folds): the group
+        group_resume = resume and not run_dir and (seeds is not None or folds > 0)
+        seeds = seeds or [base["seed"]]
+        parallel = jobs > 1 and len(seeds) > 1
+        # (one seed too: its folds ran one after another, --jobs dropped without a word)
+        if jobs > 1 and (folds or run_dir) or parallel and resume and not group_resume:
+            raise ConfigError("--jobs trains several seeds at once: it does not combine with "
+                              "--folds or --run-dir")
+        exp_dir = runs_dir / base["name"]
+        claimed = None  # a new group's stamp; --resume of one run and --run-dir name no group
+        stamp = None
+        if group_resume:
+            stamp = resumable_group(exp_dir, seeds, folds, base)
+        elif not (resume or run_dir):
+            stamp = claimed = claim_group(exp_dir, seeds, folds, base)
+        with holding_group(exp_dir, stamp), dropped_if_unused(exp_dir, seeds, folds, claimed):
+            if parallel:
+                return train_seeds_in_parallel(base, seeds, jobs, runs_dir,
+                                               stop_after_epochs, progress, stamp)
+            return _train_in_turn(base, seeds, folds, runs_dir, run_dir, stamp, resume,
+                                  group_resume, overrides, stop_after_epochs, progress)
 
 
 
