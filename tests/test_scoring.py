@@ -2060,3 +2060,18 @@ def test_kit_score_notes_the_default_spec_of_a_bare_folder_only_without_spec(tmp
         out = run_cli("score", odd, "--data", data, "-q", expect=2)
         assert "neither a folder nor a .zip archive" in out.output
         assert "no manifest.json" not in out.output, out.output
+
+
+def test_r2_of_a_single_scored_row_is_nan_and_says_why(tmp_path):
+    """r2 is not defined below two rows (NaN, as sklearn's): kit score printed `score nan`,
+    exit 0, without a word (r308)."""
+    spec = small_spec(seq_len=6, warmup=5, metric={"name": "r2"})
+    data, _ = write_data(tmp_path, spec, n_seqs=1)
+    with pytest.warns(RuntimeWarning, match="one scored row: r2 is not defined below two"):
+        result = score(write_sub(tmp_path, FORMULA), data, spec)
+    assert result.scored_rows == 1 and np.isnan(result.score)
+    assert any("r2 is not defined below two" in w for w in result.warnings)
+    data, _ = write_data(tmp_path, spec, n_seqs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # two rows: nothing to say
+        assert score(write_sub(tmp_path, FORMULA, name="sub2"), data, spec).scored_rows == 2

@@ -237,6 +237,10 @@ def score_submission(
     truth_note = nonfinite_truth_note(truth, spec, data)
     if truth_note:
         notes.append(truth_note)
+    if spec.metric.name == "r2" and len(truth) == 1:  # NaN, as sklearn's, but not unsaid (r308)
+        notes.append(f"{data}: one scored row: r2 is not defined below two (NaN, as sklearn's "
+                     "r2_score gives it); score a file or --seqs with more scored rows")
+        warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
     peak, rows_mb = result["sandbox"].get("peak_rss_mb"), result.get("rows_mb")
     if peak is not None and rows_mb is not None:
         # the scorer holds every row of its test set, as the child held this file's, and what
