@@ -17,6 +17,7 @@ from kit.data.synth import synthesize
 from kit.metrics import SHOWN_OUTPUTS
 from kit.train.runs import epoch_line
 from tests.cli import run_cli
+from tests.test_train import raw_gru_experiment
 
 
 @pytest.fixture(scope="module", params=[6, 7], ids=["6 outputs", "7 outputs"])
@@ -38,14 +39,10 @@ name = "r2"
     synthesize(load_spec(str(root / "wide.toml")), root / "data", train_seqs=6, valid_seqs=3,
                seed=1)
     (root / "experiments").mkdir()
-    (root / "experiments" / "wide.toml").write_text(tomli_w.dumps({
+    experiment = raw_gru_experiment(root)
+    (root / "experiments" / "wide.toml").write_text(tomli_w.dumps(experiment | {
         "spec": str(root / "wide.toml"), "seed": 1,
-        "data": {"train": str(root / "data/train.parquet"),
-                 "valid": str(root / "data/valid.parquet"), "cache_dir": str(root / "cache")},
-        "features": {"groups": ["raw"]},
-        "model": {"type": "gru", "hidden": 8, "layers": 1},
-        "train": {"epochs": 1, "batch_size": 4, "lr": 3e-3, "warmup_epochs": 0},
-    }))
+        "train": experiment["train"] | {"batch_size": 4}}))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KIT_EXPERIMENTS", str(root / "experiments"))
         patch.chdir(root)
