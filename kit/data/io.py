@@ -16,15 +16,21 @@ def parquet_schema(path: Path) -> pl.Schema:
     return pl.scan_parquet(path, glob=False).collect_schema()
 
 
+def pandas_metadata(path: str | Path) -> dict:
+    """The metadata pandas' `to_parquet` writes into the file's schema, {} where there is none
+    (Polars writes none) or it does not read as pandas' object."""
+    try:
+        meta = json.loads(pl.read_parquet_metadata(path).get("pandas") or "{}")
+    except Exception:  # a foreign or broken entry: as none
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def pandas_index_columns(path: Path) -> list[str]:
     """Columns pandas wrote for a DataFrame's index (`to_parquet` of a filtered frame stores
     `__index_level_0__`): pandas' read_parquet, which the scorers use, makes them the index
     again, so they are no column of the data there."""
-    try:
-        meta = pl.read_parquet_metadata(path).get("pandas")
-        listed = json.loads(meta).get("index_columns", []) if meta else []
-    except Exception:  # no or foreign metadata: no index columns
-        return []
+    listed = pandas_metadata(path).get("index_columns", [])
     return [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
 
 
@@ -33,17 +39,14 @@ def pandas_column_types(path: str | Path) -> dict[str, tuple[str, str]]:
     (`{"Int8": ...}` for a nullable Int8 column); {} for a file pandas did not write (Polars
     writes none) or metadata kit cannot read. pandas' read_parquet restores the dtypes it
     names, so they type the scorer's rows (r304)."""
-    try:
-        meta = json.loads(pl.read_parquet_metadata(path).get("pandas") or "{}")
-        listed = meta.get("columns", [])
-        index = meta.get("index_columns", [])
-        return {
-            str(c.get("field_name", c.get("name"))): (str(c.get("numpy_type")),
+    meta = pandas_metadata(path)
+    listed, index = meta.get("columns", []), meta.get("index_columns", [])
+    if not (isinstance(listed, list) and isinstance(index, list)):
+        return {}
+    return {str(c.get("field_name", c.get("name"))): (str(c.get("numpy_type")),
                                                       str(c.get("pandas_type")))
             for c in listed if isinstance(c, dict)
             and c.get("field_name", c.get("name")) not in index}
-    except Exception:  # no or foreign metadata: pandas reads the arrow types
-        return {}
 
 
 def refuse_index_columns(path: str | Path, names) -> None:
