@@ -566,6 +566,12 @@ def disk_full_error(cause: BaseException, url: str, runs_dir: Path,
         "are kept)")
 
 
+def refuse_full_disk(exc: BaseException, url: str, file: Path | None) -> None:
+    """A storage that does not open because its file's disk is full: SweepDiskFull."""
+    if file is not None and (cause := full_disk_cause(exc, file.parent)):
+        raise disk_full_error(cause, url, file.parent) from None
+
+
 def _kib(size: int | None) -> str:
     return "unknown space" if size is None else f"{size // 1024} KiB"
 
@@ -591,8 +597,7 @@ def make_storage(url: str):
             if url.startswith("journal:"):
                 return JournalStorage(JournalFileBackend(str(file)))
         except OSError as exc:
-            if full_disk_cause(exc, file.parent):
-                raise disk_full_error(exc, url, file.parent) from None
+            refuse_full_disk(exc, url, file)
             raise SweepError(f"storage {shown!r} does not open: {exc}") from None
     kwargs = {}
     if url.startswith("sqlite"):
@@ -610,8 +615,7 @@ def make_storage(url: str):
             OPENED_ENGINES.append(storage.engine)  # closed when sweep() returns
             return storage
         except (optuna.exceptions.StorageInternalError, ImportError, ValueError) as exc:
-            if file is not None and (cause := full_disk_cause(exc, file.parent)):
-                raise disk_full_error(cause, url, file.parent) from None
+            refuse_full_disk(exc, url, file)
             raise SweepError(f"storage {shown!r} does not open: {masked(str(exc), url)}"
                              ) from None
         except Exception as exc:  # SQLAlchemy's errors
@@ -624,8 +628,7 @@ def make_storage(url: str):
                     and ("already exists" in str(exc) or "database is locked" in str(exc)))):
                 time.sleep(0.5 + attempt)
                 continue
-            if file is not None and (cause := full_disk_cause(exc, file.parent)):
-                raise disk_full_error(cause, url, file.parent) from None
+            refuse_full_disk(exc, url, file)
             raise SweepError(f"storage {shown!r} does not open: {type(exc).__name__}: "
                              f"{masked(str(exc).splitlines()[0], url)}") from None
     raise AssertionError("unreachable")
@@ -1376,9 +1379,8 @@ def failed_for_full_disk(trial) -> str:
 
     storage = trial.study._storage
     with contextlib.suppress(Exception):
-        if storage.get_trial(trial._trial_id).state.is_finished():
-            return f"; trial {trial.number} is marked failed"
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        if not storage.get_trial(trial._trial_id).state.is_finished():
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         return f"; trial {trial.number} is marked failed"
     return (f"; trial {trial.number} stays running in the study until the next sweep finds "
             f"its worker gone ({2 * HEARTBEAT_S} s without a heartbeat) and fails it")
