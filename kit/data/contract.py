@@ -275,13 +275,19 @@ def _check_columns(have: list[str], spec: CompetitionSpec, source: str,
     return labelled, warnings
 
 
-def shifted_columns_note(have: list[str], want: list[str]) -> str:
-    """For a file whose extra columns come before or among the spec's (a `row_id` first): the
-    competition's scorer reads each row by position, so every spec column after one is read as
-    another (r304); "" when they all come after the spec's."""
+def extra_columns_among(have: list[str], want) -> list[str]:
+    """The columns of `have` not in `want` that come before or among `want`'s (a `row_id`
+    first): the competition's scorer reads each row by position, so every spec column after
+    one is read as another (r304); none when they all come after the spec's."""
     wanted = set(want)
     last = max((i for i, c in enumerate(have) if c in wanted), default=-1)
-    before = [c for c in have[:last] if c not in wanted]
+    return [c for c in have[:last] if c not in wanted]
+
+
+def shifted_columns_note(have: list[str], want: list[str]) -> str:
+    """For a file whose extra columns come before or among the spec's: what that does to the
+    scorer's rows; "" when they all come after the spec's."""
+    before = extra_columns_among(have, want)
     if not before:
         return ""
     return (f"; {listed_names(before, 6)} come(s) before spec columns, which the competition's "

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, limits_label
-from kit.data.contract import PASS_SPEC, check_frame, listed_names
+from kit.data.contract import PASS_SPEC, check_frame, extra_columns_among, listed_names
 from kit.data.io import (
     file_schema,
     pandas_column_types,
@@ -509,11 +509,9 @@ def misplaced_columns_warning(data: Path, columns: list[str], spec: CompetitionS
         what = (f"the spec's columns are in another order in the file "
                 f"({listed_names(held, 6)})")
     else:
-        last = max(read.index(c) for c in held)
-        extra = [c for c in read[:last] if c not in place]
         what = (f"column(s) not in the spec come before or among the spec's columns in the "
-                f"file ({listed_names(extra, 6)}), so the spec's columns are not at their "
-                "positions")
+                f"file ({listed_names(extra_columns_among(read, place), 6)}), so the spec's "
+                "columns are not at their positions")
     # the first position whose column is not the spec's there (one exists: see above)
     first = next(i for i, (have, want) in enumerate(zip(read, spec.columns, strict=False))
                  if have != want)
