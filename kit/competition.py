@@ -83,6 +83,12 @@ class SpecFileCheck:
                   "give that other competition a name of its own")
         return f"spec {spec_name!r}: {where} {self.unread}; {kept}: {advice}"
 
+    def changed_text(self, spec_name: str, since: str, taken: str) -> str:
+        """The warning for a file whose [metric] or [limits] changed `since` (a run trained, a
+        package was packed): the file read, what changed, and what `taken` the file's as now."""
+        return (f"spec {spec_name!r} ({self.file or 'built-in'}): its "
+                f"{' and '.join(self.changed)} changed since {since}; {taken}")
+
 
 def current_scoring(stored: CompetitionSpec, reference: str | None = None
                     ) -> tuple[CompetitionSpec, SpecFileCheck]:

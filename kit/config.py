@@ -27,8 +27,11 @@ class ConfigError(KitError):
     """An experiment config is missing, malformed or extends in a cycle."""
 
 
+EXPERIMENTS_FOLDER = "experiments"  # the default of KIT_EXPERIMENTS; also what kit init writes
+
+
 def experiments_dir() -> Path:
-    return Path(os.environ.get("KIT_EXPERIMENTS", "experiments"))
+    return Path(os.environ.get("KIT_EXPERIMENTS", EXPERIMENTS_FOLDER))
 
 
 def experiment_file_exists(name: str) -> bool:

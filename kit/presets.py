@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from kit.config import EXPERIMENTS_FOLDER
 from kit.errors import KitError
 
 PRESETS_PACKAGE = "kit.experiments"  # the wheel's copy of experiments/ (pyproject.toml)
 PRESET_SUFFIXES = (".toml", ".md")  # the experiments and their README
-EXPERIMENTS_FOLDER = "experiments"  # what kit init writes and config.experiments_dir reads
 NEXT_COMMANDS = (
     ("kit demo", "the whole job on synthetic data: data, 3 seeds, ensemble, pack, score"),
     ("kit data synth", "the synthetic competition into data/synth/"),

@@ -187,12 +187,13 @@ def warn_spec_changed(checks: list[tuple[Path, SpecFileCheck]], spec_name: str) 
     times), and one for those whose file is there but was not taken (r305)."""
     changed = [(run, check) for run, check in checks if check.changed]
     if changed:
-        what = [key for key in ("[metric]", "[limits]")
-                if any(key in check.changed for _, check in changed)]
-        warnings.warn(f"spec {spec_name!r} ({_files(changed)}): its {' and '.join(what)} "
-                      f"changed since {_runs(changed)} trained; the package, its time budget "
-                      "and its scores take the spec file's as it is now (they do not change "
-                      "what the model learnt)", RuntimeWarning, stacklevel=3)
+        what = tuple(key for key in ("[metric]", "[limits]")
+                     if any(key in check.changed for _, check in changed))
+        every = SpecFileCheck(changed=what, file=_files(changed))  # all the members' files
+        warnings.warn(every.changed_text(spec_name, f"{_runs(changed)} trained",
+                                         "the package, its time budget and its scores take the "
+                                         "spec file's as it is now (they do not change what "
+                                         "the model learnt)"), RuntimeWarning, stacklevel=3)
     unread = [(run, check) for run, check in checks if check.unread]
     if unread:
         kept = (f"the package, its time budget and its scores keep the [metric] and [limits] "

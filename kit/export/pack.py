@@ -764,9 +764,9 @@ def submission_spec(submission: Path, spec: str | None = None) -> CompetitionSpe
                                                  f"{submission}: {MANIFEST_FILE}"),
                                   source if isinstance(source, str) else None)
     if check.changed:  # (limits set after the pack: the projection read the old ones, r270)
-        warnings.warn(f"spec {spec.name!r} ({check.file or 'built-in'}): its "
-                      f"{' and '.join(check.changed)} changed since {submission} was packed; "
-                      "scored with the spec file's as it is now", RuntimeWarning, stacklevel=2)
+        warnings.warn(check.changed_text(spec.name, f"{submission} was packed",
+                                         "scored with the spec file's as it is now"),
+                      RuntimeWarning, stacklevel=2)
     if check.unread:  # a typo in the file kept the old limits without a word (r305)
         warnings.warn(check.unread_text(spec.name, f"{submission} is scored with the [metric] "
                                         "and [limits] stored when it was packed"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kit.atomic import atomic_bytes, atomic_text
 from kit.competition import load_spec
 from kit.config import (
     DEFAULTS,
@@ -49,7 +50,7 @@ from kit.train.groups import (
     refuse_repeated_seeds,
     resumable_group,
 )
-from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, say
+from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, npy_bytes, say
 from kit.workers import TRAIN_WORKER_ENV, EndedBySignal
 
 
@@ -602,6 +603,16 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
     return {**metrics, "run_dir": str(files.root)}
 
 
+def write_oof(folder: Path, preds: np.ndarray, rows: np.ndarray, summary: dict) -> None:
+    """An out-of-fold group's files, each whole or not at all and metrics.json ("finished")
+    last: a kill or a full disk mid-write left a torn oof_preds.npy, and numpy's error on a
+    full disk named no file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_bytes(folder / "oof_preds.npy", npy_bytes(preds))
+    atomic_bytes(folder / "oof_rows.npy", npy_bytes(rows))
+    atomic_text(folder / "metrics.json", json.dumps(summary, indent=2))
+
+
 def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: str,
                  overrides: list[str] | None, stop_after_epochs: int) -> list[dict]:
     """One run per fold of the train file, then their out-of-fold predictions together.
@@ -642,12 +653,9 @@ def _train_folds(config: dict, k: int, runs_dir: Path, progress: bool, stamp: st
     report = evaluate(load_spec(config["spec"]), np.concatenate(truth)[order], oof_preds)
     (oof,) = end_names(seeds, k, stamp)
     folder = exp_dir / oof
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "oof_preds.npy", oof_preds)
-    np.save(folder / "oof_rows.npy", oof_rows)
     summary = {"finished": True, "kind": "oof", "folds": k, "score": report.score,
                "per_target": report.per_target, "runs": [r["run_dir"] for r in results],
                # data.seq_len cut the folds' sequences: not every scored row of the file
                "valid_truncated": any(bool(r.get("valid_truncated")) for r in results)}
-    (folder / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_oof(folder, oof_preds, oof_rows, summary)
     return [*results, {**summary, "run_dir": str(folder), "best_epoch": "-", "params": 0}]
