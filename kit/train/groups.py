@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -58,6 +59,7 @@ def claim_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
     """A stamp no other command uses, with the group's record and its members' folders."""
     refuse_repeated_seeds(seeds)  # its own second folder of a seed would exist: every second
     # would be taken, for ever
+    drop_never_started(exp_dir)
     records = exp_dir / GROUPS_DIR
     records.mkdir(parents=True, exist_ok=True)
     record = {"seeds": seeds, "folds": folds, "config": group_config(base)}
@@ -84,6 +86,60 @@ def claim_group(exp_dir: Path, seeds: list[int], folds: int, base: dict) -> str:
             for folder in made:
                 folder.rmdir()
             (records / f"{stamp}.json").unlink()
+
+
+# a claimed group takes its record's flock within microseconds of making it: an older record
+# that nobody holds is a dead command's
+DEAD_AFTER_S = 60.0
+
+
+def drop_never_started(exp_dir: Path) -> None:
+    """Groups of a command killed (SIGKILL: no dropped_if_unused) after its claim and before
+    any run wrote a file (while the data cache was built): their empty folders and record.
+    Nothing read them, and --resume, finding no run there, said "start one" while the empty
+    folders stayed for ever (r309). Only records older than DEAD_AFTER_S that this process
+    can lock: a live command holds its own."""
+    for record in sorted((exp_dir / GROUPS_DIR).glob("*.json")):
+        try:
+            if time.time() - record.stat().st_mtime < DEAD_AFTER_S:
+                continue
+            with _locked_if_free(record) as free:
+                info = _read_record(record) if free else None
+                if info is None:
+                    continue
+                names = member_names(info.get("seeds") or [], info.get("folds") or 0,
+                                     record.stem)
+                folders = [exp_dir / name for name in names]
+                if any(f.exists() and (not f.is_dir() or any(f.iterdir())) for f in folders):
+                    continue  # a run started there (or a name taken by hand): kept
+                for folder in folders:
+                    with contextlib.suppress(FileNotFoundError):
+                        folder.rmdir()
+                record.unlink()
+        except OSError:  # gone meanwhile, unreadable: not this command's to clean
+            continue
+
+
+@contextlib.contextmanager
+def _locked_if_free(path: Path):
+    """Yields True while this process holds `path`'s flock, False when another does or none
+    can be taken here (nothing to go by: then nothing is dropped)."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def _read_record(path: Path) -> dict | None:
