@@ -48,6 +48,7 @@ from kit.run_record import (
     load_array,
     read_config,
     read_metrics,
+    recorded_digests,
     relocated,
     runs_folder_here,
 )
@@ -107,11 +108,14 @@ def load_candidate(path: Path) -> Candidate:
         runs = [fold_run(path, r) for r in listed] if isinstance(listed, list) else []
         if not runs:
             raise EnsembleError(f"{path}: the out-of-fold group names no fold runs")
+        if missing := missing_fold_runs(path):
+            raise EnsembleError(missing_fold_runs_message(path, missing))
         config = _read_config(runs[0])
         preds, rows = (load_array(path / f"oof_{kind}.npy", kind) for kind in ("preds", "rows"))
         data = _data_path(runs[0], config["data"]["train"])
     elif (path / "val_preds.npy").is_file():
         config = _read_config(path)
+        _refuse_validation_on_training_rows(path, config, summary)
         runs = [path]
         preds, rows = (load_array(path / f"val_{kind}.npy", kind) for kind in ("preds", "rows"))
         # a fold run or a split run validated on part of the train file: rows index that file
@@ -134,6 +138,68 @@ def load_candidate(path: Path) -> Candidate:
     name = _run_name(str(path))
     return Candidate(name, path, runs, preds.astype(np.float32), rows.astype(np.int64),
                      data, trained_spec(runs[0]))  # the spec its predictions' columns are of
+
+
+def _refuse_validation_on_training_rows(run: Path, config: dict, summary: dict) -> None:
+    """A run whose data.valid was its data.train scored (and early-stopped) on its training
+    rows: beside an out-of-fold group of the same file it passed as the same rows, and its
+    in-sample score took all the weight (r311). Read from the run's own record, so runs
+    trained before kit train refused it are caught too."""
+    data = config.get("data") or {}
+    train, valid = data.get("train"), data.get("valid")
+    held_out = (bool(data.get("fold")) or "fold" in summary
+                or data.get("split", "file") != "file")  # (validation_file's rule)
+    if held_out or not (isinstance(train, str) and isinstance(valid, str)):
+        return
+    how = _same_file_recorded(run, train, valid, summary)
+    if how is None:
+        return
+    raise EnsembleError(
+        f"{run}: validated on the rows it trained on (data.valid {valid!r} is data.train "
+        f"{train!r}: {how}, with data.split = \"file\"): its score and validation predictions "
+        "are in-sample, and selection would weigh it as if it generalised; leave it out, or "
+        "train it again on held-out rows (another data.valid, data.split = \"random\" or "
+        "\"group\", or kit train --folds K for out-of-fold predictions of every train row)")
+
+
+def _same_file_recorded(run: Path, train: str, valid: str, summary: dict) -> str | None:
+    """How a run's configured valid file is its train file: one name, one file here, or the
+    same sha256 in what the run recorded; None when they differ."""
+    if train == valid:
+        return "the same path"
+    here = [data_file_of(run, name) for name in (train, valid)]
+    if all(here) and os.path.samefile(*here):
+        return "the same file"
+    recorded = recorded_digests(run, summary)
+    if isinstance(recorded.get(train), str) and recorded.get(train) == recorded.get(valid):
+        return "the same content (the sha256 the run recorded of each)"
+    return None
+
+
+def missing_fold_runs(group: Path) -> list[Path]:
+    """The fold runs an out-of-fold group's metrics.json lists that are gone (their folder,
+    or its config.toml), as the group's siblings they were."""
+    listed = (read_metrics(group) or {}).get("runs")
+    runs = [fold_run(group, r) for r in listed if isinstance(r, str)] if isinstance(
+        listed, list) else []
+    return [group.parent / run.name for run in runs if not (run / "config.toml").is_file()]
+
+
+def missing_fold_runs_message(group: Path, missing: list[Path]) -> str:
+    """r311: "no config.toml; is this a run directory?" named the fold run, not the group
+    that lists it, nor what to do."""
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    return (f"out-of-fold group {group} lists fold run {missing[0]}{more}, which is missing "
+            f"(deleted or moved): restore it, or train the group again "
+            f"({_train_group_again(group, missing[0])}), or leave the group out")
+
+
+def _train_group_again(group: Path, fold: Path) -> str:
+    """`kit train EXP seed=S --folds K` for a group STAMP-sSEED-oof of fold runs ...ofK."""
+    seed = re.search(r"-s(\d+)-oof$", group.name)
+    k = re.search(r"-fold\d+of(\d+)$", fold.name)
+    return (f"`kit train {group.parent.name} seed={seed[1] if seed else 'SEED'} "
+            f"--folds {k[1] if k else 'K'}`")
 
 
 def _refuse_tail_cut_validation(run: Path) -> None:
@@ -192,6 +258,18 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                               f"{', '.join(unfinished[:3])}{', ...' if len(unfinished) > 3 else ''}"
                               "; select again once they finish (a paused or killed run "
                               "finishes with kit train --resume)", UserWarning, stacklevel=2)
+            if inside and (stopped := _unfinished_fold_groups(path, unfinished)):
+                warnings.warn(_unfinished_fold_groups_text(path, stopped), UserWarning,
+                              stacklevel=2)
+            broken = {group: missing for group in inside
+                      if (missing := missing_fold_runs(group))}
+            if broken:  # one broken group must not refuse the experiment's others (r311)
+                inside = [p for p in inside if p not in broken]
+                if not inside:  # nothing else to select: refused as when named
+                    raise EnsembleError(missing_fold_runs_message(*next(iter(broken.items()))))
+                warnings.warn(f"{path}: left out " + "; ".join(
+                    missing_fold_runs_message(*item) for item in broken.items()),
+                    UserWarning, stacklevel=2)
             if not inside and ((path / "config.toml").is_file()
                                or (path / "metrics.json").is_file()):
                 raise EnsembleError(f"{path}: a run without validation predictions: "
@@ -231,6 +309,41 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
         raise EnsembleError(f"run(s) given twice: {twice}; selection with replacement already "
                             "lets a candidate count more than once")
     return out
+
+
+FOLD_GROUP = re.compile(r"^(?P<stamp>.+)-s(?P<seed>\d+)-fold(?P<i>\d+)of(?P<k>\d+)$")
+
+
+def _unfinished_fold_groups(experiment: Path, unfinished: list[str]) -> dict[str, list[str]]:
+    """{STAMP-sSEED: its fold run folders} of the --folds groups of an experiment folder with
+    no finished -oof folder yet (a fold killed, paused or training): nothing of theirs is a
+    candidate, and select said nothing of them, where an unfinished run is named (r311). A
+    started -oof folder is named among `unfinished` already."""
+    groups: dict[str, list[str]] = {}
+    for folder in sorted(experiment.iterdir()):
+        if folder.is_dir() and (m := FOLD_GROUP.match(folder.name)):
+            groups.setdefault(f"{m['stamp']}-s{m['seed']}", []).append(folder.name)
+    return {group: folds for group, folds in groups.items()
+            if f"{group}-oof" not in unfinished and not is_finished(experiment / f"{group}-oof")}
+
+
+def _unfinished_fold_groups_text(experiment: Path, groups: dict[str, list[str]]) -> str:
+    """The warning naming each unfinished group, its finished folds and the command that
+    finishes it (the command of every seed its stamp started: the group resumes whole)."""
+    described = []
+    for group, folds in list(groups.items())[:3]:
+        k = int(FOLD_GROUP.match(folds[0])["k"])
+        done = sum(is_finished(experiment / fold) for fold in folds)
+        stamp = FOLD_GROUP.match(folds[0])["stamp"]
+        started = [p.name for p in experiment.iterdir()  # its stamp's seeds: one command's
+                   if (m := FOLD_GROUP.match(p.name)) and m["stamp"] == stamp]
+        described.append(f"{group} ({done} of {k} folds finished; finish it with "
+                         f"{_finish_folds(experiment.name, started)}, with any overrides "
+                         "it started with)")
+    more = f"; and {len(groups) - 3} more" if len(groups) > 3 else ""
+    return (f"{experiment}: left out {len(groups)} out-of-fold group(s) whose folds have not all "
+            f"finished (still training, paused or killed), so no -oof folder yet: "
+            f"{'; '.join(described)}{more}; select again once they finish")
 
 
 def _finish_folds(experiment: str, folds: list[str]) -> str:

@@ -7,6 +7,7 @@ arithmetic its stream face runs in the graph.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from kit.errors import DataError
 from kit.features import feature_arrays, feature_set_from_config
 from kit.features.normaliser import Normaliser
 from kit.features.sets import FeatureSet
+from kit.run_record import file_sha256
 
 
 @dataclass
@@ -137,6 +139,36 @@ def check_data_files(data: dict, folds: bool = False) -> None:
                      "from the project's folder, or give an absolute path)")
             raise DataError(f"{key} = {name!r}: no such data file{where}; `kit data synth "
                             "--spec NAME --out FOLDER` writes a built-in competition's files")
+    if len(wanted) == 2:  # the valid file validates: it must hold other rows than train's
+        refuse_validation_on_training_rows(data)
+
+
+def refuse_validation_on_training_rows(data: dict) -> None:
+    """data.valid naming the train file (or a byte-identical copy) early-stopped and scored a
+    run on the rows it trained on, said nowhere, and kit ensemble select gave that in-sample
+    score full weight beside honest out-of-fold groups (r311). Refused, not warned: every
+    legitimate wish behind it (predictions of every train row, to blend) is kit train --folds."""
+    how = same_data_file(data["train"], data["valid"], data.get("cache_dir"))
+    if how is None:
+        return
+    raise ConfigError(
+        f"data.valid = {data['valid']!r} is {how} data.train = {data['train']!r}: the run would "
+        "early-stop and report its score on the rows it trains on (an in-sample score, which "
+        "kit ensemble select would weigh as if the model generalised); validate on held-out "
+        "rows: another data.valid, data.split = \"random\" or \"group\" (a held-out part of "
+        "the train file), or kit train --folds K for out-of-fold predictions of every train row")
+
+
+def same_data_file(train: str, valid: str, cache_dir: str | None) -> str | None:
+    """How `valid` is `train`: "the same file as" (one path, however spelt, or a link) or "a
+    byte-identical copy of" (the same sha256); None when they differ. Both files exist."""
+    if os.path.samefile(train, valid):
+        return "the same file as"
+    if os.path.getsize(train) != os.path.getsize(valid):  # (no file read: the usual case)
+        return None
+    if file_sha256(train, cache_dir) == file_sha256(valid, cache_dir):
+        return "a byte-identical copy of"
+    return None
 
 
 def check_fold_count(config: dict, folds: int) -> None:
