@@ -950,24 +950,38 @@ def notebook(
                                      "$KAGGLE_USERNAME or ~/.kaggle/kaggle.json)."),
     competition: str | None = typer.Option(None, help="Competition slug to attach."),
     dataset_slug: str | None = typer.Option(None, help="Slug of the package dataset."),
-    protocol: str = typer.Option("rows", help="rows (PredictionModel over a test file) or "
-                                 "batch (predict(frame) per time step)."),
+    protocol: str | None = typer.Option(None, help="rows (PredictionModel over a test file) "
+                                        "or batch (predict(frame) per time step); default: "
+                                        "the notebook's in OUT (written again), else rows."),
     title: str | None = typer.Option(None, help="Notebook title (its slug follows)."),
     wheels: Path | None = typer.Option(None, help="Folder of .whl files to ship for offline "
-                                       "pip installs."),
-    keep_columns: str = typer.Option("", help="Batch protocol: columns copied from each batch "
-                                     "into its answer, comma-separated (e.g. row_id)."),
-    rename: str = typer.Option("", help="Output columns renamed in the answers, "
-                               "OUTPUT=NEW comma-separated (e.g. t0=responder_6)."),
+                                       "pip installs (onnxruntime for Kaggle's Linux x86_64, "
+                                       "Python 3.11)."),
+    keep_columns: str | None = typer.Option(None, help="Batch protocol: columns copied from "
+                                            "each batch into its answer, comma-separated (e.g. "
+                                            "row_id; '' for none); default: the notebook's in "
+                                            "OUT (written again)."),
+    rename: str | None = typer.Option(None, help="Output columns renamed in the answers, "
+                                      "OUTPUT=NEW comma-separated (e.g. t0=responder_6; '' for "
+                                      "none); default: the notebook's in OUT (written again)."),
     try_on: Path | None = typer.Option(None, "--try", help="Then run the notebook here on "
-                                       "this test file, as Kaggle will, and print what it "
+                                       "this test file in a local kernel and print what it "
                                        "prints (predictions to OUT/local-run/)."),
 ) -> None:
     """Write an offline Kaggle notebook submission: OUT/dataset (the package + metadata) and
-    OUT/kernel (the notebook + metadata, internet off)."""
+    OUT/kernel (the notebook + metadata, internet off). Written again into the same OUT, the
+    notebook keeps the options it was written with unless given anew."""
     import shlex
 
-    from kit.export.notebook import default_out, default_owner, run_locally, write_notebook
+    from kit.export.notebook import (
+        competition_note,
+        default_out,
+        default_owner,
+        kept_note,
+        run_locally,
+        try_leaves_out,
+        write_notebook,
+    )
     from kit.workers import EndedBySignal
 
     if try_on is not None:  # before anything is written: a missing file, a CSV, a folder
@@ -976,17 +990,22 @@ def notebook(
         file_schema(try_on)
     owner = owner or default_owner()
     out = out or default_out(submission)
+    keep = None if keep_columns is None else [c.strip() for c in keep_columns.split(",")
+                                              if c.strip()]
     written = write_notebook(submission, out, owner=owner, dataset_slug=dataset_slug,
                              competition=competition, protocol=protocol, title=title,
-                             wheels=wheels, rename=rename,
-                             keep_columns=[c.strip() for c in keep_columns.split(",") if c.strip()])
-    typer.echo(f"wrote {written['notebook']} ({protocol} protocol)\n"
+                             wheels=wheels, rename=rename, keep_columns=keep)
+    typer.echo(f"wrote {written['notebook']} ({written['protocol']} protocol"
+               f"{competition_note(written)})\n"
                f"  kaggle datasets create -p {shlex.quote(str(written['dataset']))}"
                "    # later: kaggle datasets version -p ... -m MESSAGE\n"
                f"  kaggle kernels push -p {shlex.quote(str(written['kernel']))}")
+    if kept_note(written):
+        typer.echo(kept_note(written))
     if try_on is None:
         return
-    typer.echo(f"running the notebook on {try_on} (a local kernel, as Kaggle will):")
+    typer.echo(f"running the notebook on {try_on} in a local kernel, the package found under "
+               f"{written['dataset'].parent} as under /kaggle/input ({try_leaves_out(written)}):")
     try:
         printed = run_locally(written, try_on, written["local_run"])
     except (KeyboardInterrupt, EndedBySignal) as stop:  # Ctrl-C, SIGTERM/SIGHUP: one line

@@ -904,7 +904,8 @@ def test_a_notebook_written_again_from_its_own_dataset_folder(package, tmp_path,
     assert not (out / "dataset-kaggle").exists()
     meta = json.loads((out / "dataset/dataset-metadata.json").read_text())
     assert meta["id"].startswith("alice/")
-    assert '"KIT_PROTOCOL", "rows"' in "".join(
+    # written again, it keeps the batch protocol it had (r310: it fell back to rows)
+    assert '"KIT_PROTOCOL", "batch"' in "".join(
         "".join(c["source"]) for c in json.loads((out / "kernel/notebook.ipynb").read_text())
         ["cells"])
     # a `current` symlink to a package keeps its own name (one Kaggle dataset across packs)

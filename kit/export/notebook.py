@@ -22,18 +22,23 @@ import ast
 import asyncio
 import atexit
 import contextlib
+import hashlib
 import html.entities
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import tempfile
 import unicodedata
+import warnings
+import zipfile
 from pathlib import Path
 
 from kit.competition import spec_from_dict
 from kit.errors import KitError
+from kit.export.frozen import sha256_file
 from kit.export.pack import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -197,10 +202,22 @@ try:
 except ImportError:
     wheel_dirs = sorted({os.path.dirname(p) for p in
                          glob.glob(under_input("**", "*.whl"), recursive=True)})
+    # internet is off in a submission: the wheels must come with the package (r310)
+    SHIP_WHEELS = ("ship them with the package: pip download onnxruntime --only-binary=:all: "
+                   "--platform manylinux_2_28_x86_64 --python-version "
+                   f"{sys.version_info.major}.{sys.version_info.minor} -d DIR (this notebook's "
+                   "Python), then kit notebook PACKAGE --wheels DIR and upload the dataset again")
     if not wheel_dirs:
-        raise
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index",
-                           *[f"--find-links={d}" for d in wheel_dirs], "onnxruntime"])
+        raise ModuleNotFoundError(f"onnxruntime is not installed in this image and no .whl "
+                                  f"files are attached under {INPUT_ROOT} (internet is off): "
+                                  f"{SHIP_WHEELS}") from None
+    try:
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-index",
+                               *[f"--find-links={d}" for d in wheel_dirs], "onnxruntime"])
+    except subprocess.CalledProcessError:
+        raise RuntimeError(f"pip could not install onnxruntime from the wheels in {wheel_dirs} "
+                           f"(its output above; wheels for another platform or Python?): "
+                           f"{SHIP_WHEELS}") from None
 '''
 
 LOAD = r'''
@@ -222,8 +239,23 @@ FEATURES, OUTPUTS = MANIFEST["inputs"], MANIFEST["outputs"]
 COLUMNS_OUT = [OUTPUT_NAMES.get(name, name) for name in OUTPUTS]
 
 
+def check_parquet(path):
+    """The notebook reads parquet, as kit score does (r310): a CSV's types would be guesses
+    (an id "007" read as 7, whole-number columns as ints), and Polars' own error on one
+    ("File out of specification") does not say what to do."""
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PAR1":
+            return
+    raise ValueError(f"{path} is not a parquet file: the notebook reads parquet, as kit score "
+                     "does. Convert it in the notebook's first cell with the types the "
+                     "competition gives, e.g. import polars as pl; pl.read_csv(PATH, "
+                     "schema_overrides={...}).write_parquet(\"/kaggle/working/test.parquet\"), "
+                     'and set os.environ["KIT_TEST_FILE"] = "/kaggle/working/test.parquet" there')
+
+
 def read_table(path):
     """Polars unless $KIT_FRAME=pandas (or polars is missing): the frame type gateways send."""
+    check_parquet(path)
     if os.environ.get("KIT_FRAME", "polars") == "polars":
         try:
             import polars as pl
@@ -274,8 +306,12 @@ def find_test_file():
     """$KIT_TEST_FILE, else the one test.parquet under the input root, else the one
     *test*.parquet: several (a sample_test.parquet beside test.parquet) are refused by name,
     not the first of them taken (Kaggle sets no variable to choose)."""
+    how = ("name the test file in the notebook's first cell (Kaggle sets no variables): "
+           'os.environ["KIT_TEST_FILE"] = "/kaggle/input/COMPETITION/test.parquet"')
     path = os.environ.get("KIT_TEST_FILE")
     if path:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"KIT_TEST_FILE={path!r}: no such file; {how}")
         return path
     found = sorted(glob.glob(under_input("**", "*test*.parquet"), recursive=True))
     exact = [f for f in found if os.path.basename(f) == "test.parquet"]
@@ -283,12 +319,22 @@ def find_test_file():
         return exact[0]
     if len(found) == 1:
         return found[0]
-    if not found:
-        raise FileNotFoundError(f"no *test*.parquet under {INPUT_ROOT}; set KIT_TEST_FILE")
+    if not found:  # a test.csv the search saw is named, with what to do about it (r310)
+        others = other_test_files()
+        seen = (f" (test files that are not parquet: {others[:6]}; the notebook reads "
+                "parquet: convert one in the first cell)") if others else ""
+        raise FileNotFoundError(f"no *test*.parquet under {INPUT_ROOT}{seen}; {how}")
     several = exact or found
     raise FileNotFoundError(f"{len(several)} {'test.parquet' if exact else '*test*.parquet'} "
-                            f"files under {INPUT_ROOT}, not one: {several[:6]}; set "
-                            "KIT_TEST_FILE to the one to run")
+                            f"files under {INPUT_ROOT}, not one: {several[:6]}; "
+                            f"{how} (the one to run)")
+
+
+def other_test_files():
+    """Data files named *test* under the input root that are not parquet (a test.csv)."""
+    code = (".py", ".pyc", ".whl", ".ipynb", ".json", ".md")
+    return [f for f in sorted(glob.glob(under_input("**", "*test*"), recursive=True))
+            if os.path.isfile(f) and not f.endswith((".parquet", *code))]
 '''
 
 ROWS = r'''
@@ -439,6 +485,24 @@ def serve_if_competition_rerun():
             server(predict).serve()
             return True
     raise RuntimeError("no kaggle_evaluation.*_inference_server module found")
+
+
+def check_rows_without_gateway():
+    """A rows run where the competition serves a gateway writes a file the gateway never
+    reads: Kaggle's rerun ended "OK" without ever serving it (r310). Refused on the rerun,
+    a note otherwise."""
+    # where serve_if_competition_rerun looks: one or two levels under the input root
+    found = [init for pattern in ("*", os.path.join("*", "*"))
+             for init in sorted(glob.glob(under_input(pattern, "kaggle_evaluation",
+                                                      "__init__.py")))]
+    if not found:
+        return
+    said = (f"{os.path.dirname(found[0])}: this competition serves its "
+            "test set through an inference server (a gateway), which only the batch protocol "
+            "answers; write the notebook with kit notebook PACKAGE --protocol batch")
+    if os.environ.get("KAGGLE_IS_COMPETITION_RERUN"):
+        raise RuntimeError(f"the rows protocol cannot answer this competition: {said}")
+    print(f"note: {said} (a rows run writes a predictions file the gateway never reads)")
 '''
 
 WRITE = r'''
@@ -467,13 +531,15 @@ def write_predictions(out_path, keys, preds):
 '''
 
 RUN = r'''
+if PROTOCOL not in ("rows", "batch"):
+    raise ValueError(f"KIT_PROTOCOL={PROTOCOL!r}: rows or batch")
+if PROTOCOL == "rows":
+    check_rows_without_gateway()
 if PROTOCOL == "batch" and serve_if_competition_rerun():
     print("served predict() to the competition's inference server")
 else:
     test_file = find_test_file()
     print("test file:", test_file)
-    if PROTOCOL not in ("rows", "batch"):
-        raise ValueError(f"KIT_PROTOCOL={PROTOCOL!r}: rows or batch")
     keys, preds = (run_batch if PROTOCOL == "batch" else run_rows)(test_file)
     os.makedirs(OUTPUT_DIR, exist_ok=True)
     out_path = os.path.join(OUTPUT_DIR, PREDICTIONS_FILE)
@@ -511,9 +577,29 @@ def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
         ("code", RUN),
     ]
     cells = [_cell(kind, text, i) for i, (kind, text) in enumerate(sources)]
+    # what it was written with, and a fingerprint of its cells: written again, kit keeps the
+    # options and tells a hand-edited notebook from its own (r310)
+    settings = {"protocol": protocol, "keep_columns": list(keep or []),
+                "rename": dict(renames or {}), "cells_sha256": cells_fingerprint(cells)}
     return {"cells": cells, "metadata": {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-        "language_info": {"name": "python"}}, "nbformat": 4, "nbformat_minor": 5}
+        "language_info": {"name": "python"}, NOTEBOOK_SETTINGS: settings},
+        "nbformat": 4, "nbformat_minor": 5}
+
+
+NOTEBOOK_SETTINGS = "kit"  # the notebook metadata key of what kit wrote it with
+
+
+def cells_fingerprint(cells: list) -> str:
+    """sha256 of the cells' kinds and sources, as Jupyter may store them (a list of lines or
+    one string); outputs and metadata (an executed or reopened notebook) do not count."""
+    def text(source) -> str:
+        return "".join(source) if isinstance(source, list) else str(source)
+
+    digest = hashlib.sha256()
+    for cell in cells:
+        digest.update(json.dumps([cell.get("cell_type"), text(cell.get("source", ""))]).encode())
+    return digest.hexdigest()
 
 
 def default_owner() -> str | None:
@@ -529,41 +615,50 @@ def default_owner() -> str | None:
         return None
 
 
-def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str | None = None,
-                   competition: str | None = None, protocol: str = "rows",
-                   title: str | None = None, wheels: Path | None = None,
-                   keep_columns: list[str] | None = None, rename: str | None = None) -> dict:
-    """Write OUT/dataset/ and OUT/kernel/; returns the paths and the two metadata documents."""
-    if protocol not in PROTOCOLS:
+def write_notebook(submission: Path, out: Path, *, owner: str | None,
+                   dataset_slug: str | None = None, competition: str | None = None,
+                   protocol: str | None = None, title: str | None = None,
+                   wheels: Path | None = None, keep_columns: list[str] | None = None,
+                   rename: str | None = None) -> dict:
+    """Write OUT/dataset/ and OUT/kernel/; returns the paths, the two metadata documents, the
+    protocol, `kept` (what was taken from the notebook written there before: an option left
+    None is not given) and `backup` (where a hand-edited notebook was saved first, or None)."""
+    if protocol is not None and protocol not in PROTOCOLS:
         raise NotebookError(f"--protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-    if keep_columns and protocol != "batch":
-        raise NotebookError("--keep-columns copies columns of each batch into its answer: it "
-                            "needs --protocol batch (the rows protocol would ignore it)")
+    _check_keep_columns(keep_columns, protocol)
     submission, out = Path(submission), Path(out)
     if not submission.exists():  # before the owner: the first thing to fix comes first
         raise NotebookError(f"{submission}: no such package (kit pack RUN writes "
                             f"submissions/NAME){other_form(submission)}")
     earlier = _dataset_written_before(submission)
-    owner = owner or (earlier[2] if earlier else None)  # the dataset's owner on record
+    # the dataset on record: OUT/dataset given itself, else the one in OUT (written again)
+    on_record = earlier or _dataset_written_before(out / "dataset")
+    kept: dict[str, str] = {}  # what is taken from the notebook written before, said (r310)
+    if not owner and on_record:  # its owner, also when the zip is given again (r310)
+        owner = kept["owner"] = on_record[2]
     if not owner:
         raise NotebookError("--owner: your Kaggle user name is needed for the dataset and "
                             "kernel ids (or set KAGGLE_USERNAME)")
     if not re.match(r"^[A-Za-z0-9_-]+$", owner):
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
-    name = package_name(submission)
+    name = earlier[0] if earlier else package_name(submission)
+    same_package = bool(on_record) and on_record[0] == name
     if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
-        name, default_slug, _ = earlier
+        default_slug = earlier[1]
+    elif same_package and dataset_slug is None:  # the package written again into its OUT
+        default_slug = on_record[1]
     else:  # (a cut may end on a hyphen)
         default_slug = (None if dataset_slug else
                         slugify(f"{name}-package", "--dataset-slug")[:50].rstrip("-"))
     dataset_slug = _check_slug("--dataset-slug", dataset_slug or default_slug, DATASET_SLUG,
                                "6 to 50")
-    # the same package written again (from OUT/dataset or its zip): the same Kaggle kernel
-    before = earlier or _dataset_written_before(out / "dataset")
-    kept_title, kept_competition = (_kernel_written_before(out) if before and before[0] == name
-                                    else (None, None))
-    title = title or kept_title or default_title(name)
-    competition = competition if competition is not None else kept_competition
+    # the same package written again (from OUT/dataset or its zip): the same Kaggle kernel,
+    # with the options it was written with unless given anew
+    previous = _previous_notebook(out)
+    title, competition, protocol, keep_columns, rename = _options_kept(
+        previous if same_package else None, kept, name, title=title, competition=competition,
+        protocol=protocol, keep_columns=keep_columns, rename=rename)
+    _check_keep_columns(keep_columns, protocol)
     if not 5 <= len(title) <= 50:
         raise NotebookError(f"--title {title!r}: Kaggle kernel titles are 5 to 50 characters")
     # Kaggle derives the kernel's slug from its title: the id must be exactly that slug
@@ -576,10 +671,14 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     if wheels is not None and not wheel_files:
         raise NotebookError(f"--wheels {wheels}: no .whl files there")
     check_replaceable(out)
+    if wheels is not None:
+        warn_of_wheels(Path(wheels), wheel_files)
     if wheels is None and (earlier or _kit_dataset(out / "dataset")):
         # the dataset written before (given itself, or OUT/dataset) keeps the wheels it has
         folder = submission if earlier else out / "dataset"
         wheel_files = _wheels_in(folder, folder / "wheels")  # (an older kit's wheels/)
+    if earlier:
+        warn_if_repacked_beside(submission)
     created = [p for p in (out, *out.parents) if not p.exists()]  # OUT first, then up
     out.mkdir(parents=True, exist_ok=True)
     # Everything is written into a staging folder and swapped in at the end: a failed check
@@ -588,11 +687,15 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     try:
         drop_dead_staging(out)
         with tempfile.TemporaryDirectory(prefix=f"{STAGING}{owner_tag()}-", dir=out) as staging:
-            staged = _write_folders(submission, Path(staging), name=name, owner=owner,
-                                    dataset_slug=dataset_slug, kernel_slug=kernel_slug,
-                                    title=title, competition=competition, protocol=protocol,
-                                    wheel_files=wheel_files, keep_columns=keep_columns,
-                                    rename=rename)
+            try:
+                staged = _write_folders(submission, Path(staging), name=name, owner=owner,
+                                        dataset_slug=dataset_slug, kernel_slug=kernel_slug,
+                                        title=title, competition=competition,
+                                        protocol=protocol, wheel_files=wheel_files,
+                                        keep_columns=keep_columns, rename=rename)
+            except NotebookError as exc:
+                raise _with_kept_options(exc, kept, previous) from None
+            backup = _back_up_if_edited(previous, out)
             # first: an earlier --try's predictions are another package's (or protocol's)
             clear_local_run(out / LOCAL_RUN)
             for folder in ("dataset", "kernel"):  # only what this command writes is replaced
@@ -605,7 +708,96 @@ def write_notebook(submission: Path, out: Path, *, owner: str, dataset_slug: str
     dataset, kernel = out / "dataset", out / "kernel"
     return {"dataset": dataset, "kernel": kernel, "notebook": kernel / staged["code_file"],
             "local_run": out / LOCAL_RUN, "dataset_metadata": staged["dataset_metadata"],
-            "kernel_metadata": staged["kernel_metadata"]}
+            "kernel_metadata": staged["kernel_metadata"], "protocol": protocol, "kept": kept,
+            "backup": backup}
+
+
+def _check_keep_columns(keep_columns: list[str] | None, protocol: str | None) -> None:
+    """Checked once given (protocol None: not known yet) and again once resolved."""
+    if keep_columns and protocol not in (None, "batch"):
+        raise NotebookError("--keep-columns copies columns of each batch into its answer: it "
+                            "needs --protocol batch (the rows protocol would ignore it)")
+
+
+def _options_kept(previous: PreviousNotebook | None, kept: dict, name: str, *,
+                  title: str | None, competition: str | None, protocol: str | None,
+                  keep_columns: list[str] | None, rename: str | None) -> tuple:
+    """(title, competition, protocol, keep columns, rename): those given, else the previous
+    notebook's (noted in `kept`), else the defaults. r310: a notebook written again kept its
+    competition but went back to the rows protocol, without its keep columns and renames,
+    and Kaggle's rerun then ended "OK" without serving the competition's gateway."""
+    if previous is not None:
+        if not title and previous.title:
+            title = previous.title
+            if title != default_title(name):
+                kept["title"] = repr(title)
+        if competition is None and previous.competition:
+            competition = kept["competition"] = previous.competition
+        if protocol is None and previous.protocol:
+            protocol = kept["protocol"] = previous.protocol
+        if keep_columns is None and previous.keep_columns and (protocol or "rows") == "batch":
+            keep_columns = previous.keep_columns
+            kept["keep columns"] = ",".join(keep_columns)
+        if rename is None and previous.rename:
+            rename = kept["rename"] = ",".join(f"{k}={v}" for k, v in previous.rename.items())
+    return (title or default_title(name), competition, protocol or "rows", keep_columns or [],
+            rename)
+
+
+def _with_kept_options(exc: NotebookError, kept: dict, previous) -> NotebookError:
+    """A kept option the package cannot take (a renamed output it lacks) names where it came
+    from: it was not on the command line."""
+    said = {k: v for k, v in kept.items() if k in ("keep columns", "rename", "protocol")}
+    if not said:
+        return exc
+    options = ", ".join(f"{k} {v}" for k, v in said.items())
+    return NotebookError(f"{exc} (kept from the previous notebook {previous.path}: {options}; "
+                         "give --protocol, --keep-columns or --rename anew, '' to drop one)")
+
+
+def _back_up_if_edited(previous: PreviousNotebook | None, out: Path) -> Path | None:
+    """A notebook in OUT/kernel that differs from what kit wrote is copied to OUT before
+    kernel/ is replaced, and named in a warning (r310: hand edits, such as
+    KIT_PREDICTIONS_FILE set in the first cell, were overwritten silently). A backup rather
+    than a refusal: the re-pack warning's command must go through, and nothing is lost."""
+    if previous is None or not previous.edited or not previous.path.is_file():
+        return None
+    backup = _backup_path(out)
+    shutil.copy2(previous.path, backup)
+    why = ("it differs from the notebook kit wrote there (hand edits?)" if previous.known else
+           "it was written by an older kit, which recorded no fingerprint to tell hand edits by")
+    warnings.warn(f"{previous.path}: {why}; saved as {backup} before the notebook was written "
+                  "again: carry any edits of yours over from it", RuntimeWarning, stacklevel=3)
+    return backup
+
+
+# what kit notebook prints beside the paths it wrote
+def kept_note(written: dict) -> str:
+    """What kit notebook took from the notebook written before (r310: written again, it went
+    back to the defaults without a word)."""
+    if not written["kept"]:
+        return ""
+    kept = "; ".join(f"{key} {value}" for key, value in written["kept"].items())
+    return f"  kept from the previous notebook (give them anew to change): {kept}"
+
+
+def competition_note(written: dict) -> str:
+    """r310: a kernel attached to no competition cannot submit, and kit said nothing."""
+    if written["kernel_metadata"]["competition_sources"]:
+        return ""
+    return ("; attached to no competition, which submitting needs: --competition SLUG (the "
+            "slug in its URL), or add the competition's data to the notebook on Kaggle")
+
+
+def try_leaves_out(written: dict) -> str:
+    """What --try does not check of Kaggle's run, said rather than claimed (r310: "as Kaggle
+    will" while the test file was given, onnxruntime imported, the batch gateway replayed)."""
+    skipped = ["the test file is given (KIT_TEST_FILE), not searched for",
+               "onnxruntime is this machine's, so the wheel install does not run"]
+    if written["protocol"] == "batch":
+        skipped.append("the gateway is replayed from the test file, not the competition's "
+                       "inference server")
+    return "not checked here: " + "; ".join(skipped)
 
 
 STAGING = ".kit-notebook-"
@@ -647,6 +839,85 @@ def _swap_in(new: Path, target: Path, trash: Path) -> None:
     os.replace(new, target)
 
 
+# Kaggle's image (docs/kaggle.md): CPython 3.11 on Linux x86_64
+KAGGLE_PYTHON = (3, 11)
+FETCH_WHEELS = ("pip download onnxruntime --only-binary=:all: --platform manylinux_2_28_x86_64 "
+                f"--python-version {KAGGLE_PYTHON[0]}.{KAGGLE_PYTHON[1]} -d DIR (the Python "
+                "version a Kaggle notebook prints)")
+
+
+def warn_of_wheels(folder: Path, wheel_files: list[Path]) -> None:
+    """--wheels is for the offline install of onnxruntime: a folder that cannot provide one
+    Kaggle installs (r310: another package's wheels, a macOS wheel, a 0-byte file) would fail
+    only on Kaggle, with internet off."""
+    runtimes = [w for w in wheel_files if w.name.split("-")[0].lower() == "onnxruntime"]
+    if not runtimes:
+        warnings.warn(f"--wheels {folder}: no onnxruntime-*.whl there (only "
+                      f"{[w.name for w in wheel_files][:4]}): on a Kaggle image without "
+                      "onnxruntime the notebook cannot install it (internet is off); fetch it "
+                      f"with {FETCH_WHEELS.replace('DIR', str(folder))}", RuntimeWarning,
+                      stacklevel=3)
+    elif not any(installs_on_kaggle(w) for w in runtimes):
+        warnings.warn(f"--wheels {folder}: none of its onnxruntime wheels "
+                      f"{[w.name for w in runtimes][:4]} can install on Kaggle (Linux x86_64, "
+                      f"CPython {KAGGLE_PYTHON[0]}.{KAGGLE_PYTHON[1]}: a whole wheel file "
+                      "tagged manylinux or linux x86_64 and cp311, abi3 or py3); fetch one with "
+                      f"{FETCH_WHEELS.replace('DIR', str(folder))}", RuntimeWarning, stacklevel=3)
+
+
+def installs_on_kaggle(wheel: Path) -> bool:
+    """The wheel's file name tags (NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl) fit Kaggle's
+    image, and the file is a zip archive (a wheel at all)."""
+    parts = wheel.name.removesuffix(".whl").split("-")
+    if len(parts) not in (5, 6) or not zipfile.is_zipfile(wheel):
+        return False
+    pythons, abis, platforms = (set(tag.split(".")) for tag in parts[-3:])
+    platform = any(p == "any" or (p.startswith(("manylinux", "linux")) and p.endswith("_x86_64"))
+                   for p in platforms)
+    major, minor = KAGGLE_PYTHON
+    exact = {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"}
+    stable = "abi3" in abis and any(re.fullmatch(rf"cp{major}(\d+)", t) and
+                                    int(t[3:]) <= minor for t in pythons)
+    return platform and (bool(pythons & exact) or stable)
+
+
+def warn_if_repacked_beside(dataset: Path) -> None:
+    """OUT/dataset given while the package beside OUT (NAME or NAME.zip for NAME-kaggle)
+    holds another model.onnx: the notebook is written for the dataset's older model, which
+    kaggle.md's "written again with another protocol" command did without a word (r310)."""
+    out = default_out(dataset)
+    if not out.name.endswith("-kaggle"):
+        return
+    stem = out.name.removesuffix("-kaggle")
+    ours = _model_sha256(Path(dataset))
+    for beside in (out.parent / stem, out.parent / f"{stem}.zip"):
+        theirs = _model_sha256(beside)
+        if theirs is None:
+            continue
+        if ours is not None and theirs != ours:
+            warnings.warn(f"{dataset} holds another model.onnx than {beside} beside it (packed "
+                          "again since?): this notebook is written for the dataset's model; to "
+                          f"ship {beside}, run `kit notebook {shlex.quote(str(beside))}` (it "
+                          "keeps this notebook's options)", RuntimeWarning, stacklevel=3)
+        return
+
+
+def _model_sha256(package: Path) -> str | None:
+    """sha256 of a package folder's or zip's model.onnx; None where there is none."""
+    try:
+        if package.is_dir():
+            return sha256_file(package / MODEL_FILE) if (package / MODEL_FILE).is_file() else None
+        if not zipfile.is_zipfile(package):
+            return None
+        digest = hashlib.sha256()
+        with zipfile.ZipFile(package) as archive, archive.open(MODEL_FILE) as member:
+            for block in iter(lambda: member.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+
+
 def _wheels_in(*folders: Path) -> list[Path]:
     return sorted(p for folder in folders for p in folder.glob("*.whl") if p.is_file())
 
@@ -679,20 +950,73 @@ def _kit_kernel(folder: Path) -> bool:
         return False
 
 
-def _kernel_written_before(out: Path) -> tuple[str | None, str | None]:
-    """(title, competition) of the notebook kit wrote into OUT/kernel before: written again
-    without --title and --competition it stays the same Kaggle kernel, attached to the same
-    competition (a new kernel id without its test file before)."""
-    if not _kit_kernel(out / "kernel"):
-        return None, None
-    try:
-        meta = json.loads((out / "kernel" / "kernel-metadata.json").read_text(encoding="utf-8"))
-        title, sources = meta.get("title"), meta.get("competition_sources")
-    except (OSError, ValueError, AttributeError):
-        return None, None
+class PreviousNotebook:
+    """The notebook kit wrote into OUT/kernel before: its kernel's title and competition, the
+    options it was written with (None: not known) and whether it differs from what kit wrote
+    (hand-edited, or written by a kit that recorded no fingerprint)."""
+
+    def __init__(self, path: Path, title: str | None, competition: str | None,
+                 settings: dict, edited: bool, known: bool = True):
+        self.path, self.title, self.competition, self.edited = path, title, competition, edited
+        self.known = known  # False: an older kit's notebook, edits or not
+        protocol, keep, rename = (settings.get(k) for k in ("protocol", "keep_columns", "rename"))
+        self.protocol = protocol if protocol in PROTOCOLS else None
+        self.keep_columns = (keep if isinstance(keep, list) and all(isinstance(c, str)
+                                                                    for c in keep) else None)
+        self.rename = (rename if isinstance(rename, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in rename.items()) else None)
+
+
+def _previous_notebook(out: Path) -> PreviousNotebook | None:
+    """What OUT/kernel holds, when kit notebook wrote it: written again, it stays the same
+    Kaggle kernel (title, competition) with the same options (r310: the protocol, keep columns
+    and renames were dropped), and a hand-edited notebook is not lost."""
+    kernel = out / "kernel"
+    if not _kit_kernel(kernel):
+        return None
+    meta = json.loads((kernel / "kernel-metadata.json").read_text(encoding="utf-8"))
+    path = kernel / meta["code_file"]
+    title, sources = meta.get("title"), meta.get("competition_sources")
     title = title if isinstance(title, str) and title else None
     single = isinstance(sources, list) and len(sources) == 1 and isinstance(sources[0], str)
-    return title, sources[0] if single else None
+    competition = sources[0] if single else None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        cells = document["cells"]
+        recorded = document.get("metadata", {}).get(NOTEBOOK_SETTINGS)
+        fingerprint = cells_fingerprint(cells)
+    except (ValueError, TypeError, KeyError, AttributeError):  # kit's mark in a broken notebook
+        return PreviousNotebook(path, title, competition, {}, edited=True)
+    if isinstance(recorded, dict):
+        return PreviousNotebook(path, title, competition, recorded,
+                                edited=fingerprint != recorded.get("cells_sha256"))
+    # an older kit's notebook: its options read from its first code cell, edits unknowable
+    return PreviousNotebook(path, title, competition, _settings_in_cells(cells), edited=True,
+                            known=False)
+
+
+def _settings_in_cells(cells: list) -> dict:
+    """The protocol, keep columns and renames written into an older kit's setup cell."""
+    text = "\n".join("".join(c.get("source", "")) if isinstance(c.get("source"), list)
+                     else str(c.get("source", "")) for c in cells if isinstance(c, dict))
+    settings = {}
+    found = re.search(r'^PROTOCOL = os\.environ\.get\("KIT_PROTOCOL", "(\w+)"\)', text, re.M)
+    if found:
+        settings["protocol"] = found[1]
+    for key, name in (("keep_columns", "KEEP_COLUMNS"), ("rename", "OUTPUT_NAMES")):
+        found = re.search(rf"^{name} = (.*?)  # ", text, re.M)
+        with contextlib.suppress(ValueError, SyntaxError, TypeError):
+            settings[key] = ast.literal_eval(found[1]) if found else None
+    return settings
+
+
+def _backup_path(out: Path) -> Path:
+    """OUT/notebook-edited.ipynb, else the first free -2, -3, ...: a backup is never
+    overwritten (beside kernel/, which is replaced whole)."""
+    path, number = out / "notebook-edited.ipynb", 2
+    while path.exists() or path.is_symlink():
+        path, number = out / f"notebook-edited-{number}.ipynb", number + 1
+    return path
 
 
 def _dataset_written_before(submission: Path) -> tuple[str, str, str] | None:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import socket
 import tempfile
@@ -417,8 +418,12 @@ def warn_stale_notebook(folder: Path, model_sha256: str) -> None:
     model.onnx: uploaded as it is, it would be the previous package (r305)."""
     dataset = folder.parent / f"{folder.name}-kaggle" / "dataset"
     if (dataset / MODEL_FILE).is_file() and sha256_file(dataset / MODEL_FILE) != model_sha256:
+        # the command whole: kit notebook now keeps the owner, competition, protocol, keep
+        # columns and renames it finds in that OUT (r310: it needed --owner, dropped the rest)
         warnings.warn(f"{dataset} holds the previous package of {folder.name}: run kit notebook "
-                      f"{folder} again before uploading it", RuntimeWarning, stacklevel=4)
+                      f"{shlex.quote(str(folder))} again before uploading it (it keeps that "
+                      "notebook's owner, competition, protocol and columns)", RuntimeWarning,
+                      stacklevel=4)
 
 
 def other_format_note(trained: list[tuple[str, object]]) -> str | None:
