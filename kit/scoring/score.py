@@ -16,13 +16,21 @@ import numpy as np
 import polars as pl
 
 from kit.competition import CompetitionSpec, limits_label
-from kit.data.contract import PASS_SPEC, check_frame, extra_columns_among, listed_names
+from kit.data.contract import (
+    PASS_SPEC,
+    check_frame,
+    check_schema,
+    extra_columns_among,
+    listed_names,
+)
 from kit.data.io import (
     file_schema,
     pandas_column_types,
     pandas_index_columns,
     read_frame,
     refuse_index_columns,
+    scan_parquet,
+    unreadable_data,
 )
 from kit.errors import DataError, KitError, SubmissionError
 from kit.json_safe import json_safe
@@ -62,6 +70,8 @@ class ScoreResult:
     limits_unset: list[str] = field(default_factory=list)
     first_s: float = 0.0  # the first row's predict(), inside loop_s
     predictions: np.ndarray | None = field(default=None, repr=False)  # (scored_rows, K)
+    # the data file's sequences: more than `sequences` when --seqs replayed its first ones
+    file_sequences: int = 0
 
     @property
     def score(self) -> float:
@@ -99,15 +109,15 @@ class ScoreResult:
         lines = [
             f"{self.submission}  on {self.data}  [spec {self.spec}]",
             f"score {_fmt(r.score)}  ({r.metric}: {per})",
-            f"rows {self.rows:,} ({self.scored_rows:,} scored) in {self.sequences:,} "
-            f"sequence(s); child pinned to CPU {self.cpu}",
+            f"rows {self.rows:,} ({self.scored_rows:,} scored) in {self.sequences_text()}; "
+            f"child pinned to CPU {self.cpu}",
             f"init {self.init_s:.2f} s   loop {self.loop_s:.2f} s   "
             f"{self.rows_per_s:,.0f} rows/s   {self.us_per_row:.1f} us/row"
             + (f"   (first row {self.first_s:.2f} s, counted once)" if self.first_s > max(
                 0.01, 100e-6 * self.us_per_row) else ""),
             f"projected on the test set ({self.test_rows:,} rows, "
-            f"{limits_label(self.limits_unset, ('test_rows', 'time_limit_s'))}): "
-            f"{seconds_text(self.projected_s)} = "
+            f"{limits_label(self.limits_unset, ('test_rows', 'time_limit_s'))})"
+            f"{self.subset_text()}: {seconds_text(self.projected_s)} = "
             f"{100 * self.projected_fraction:.1f}% of the {seconds_text(self.limit_s)} limit "
             "(on this machine's CPU)",
         ]
@@ -128,6 +138,27 @@ class ScoreResult:
                          f"{', '.join(self.sandbox['imports'])} (the scorer must provide them)")
         lines += [f"warning: {w}" for w in self.warnings if w not in said]
         return "\n".join(lines)
+
+
+    @property
+    def subset(self) -> bool:
+        """Whether --seqs replayed only the first sequences of the file."""
+        return self.file_sequences > self.sequences
+
+    def sequences_text(self) -> str:
+        """The sequences replayed, as a part of the file's when --seqs kept some (r312: "in
+        50 sequence(s)" of a 10,721-sequence file read as the whole file)."""
+        if not self.subset:
+            return f"{self.sequences:,} sequence(s)"
+        return (f"the first {self.sequences:,} of the file's {self.file_sequences:,} sequences "
+                "(--seqs)")
+
+    def subset_text(self) -> str:
+        """What the projection is extrapolated from, when that is a --seqs subset."""
+        if not self.subset:
+            return ""
+        return (f", extrapolated from the first {self.sequences:,} sequence(s) alone (a short "
+                "run includes warm-up effects)")
 
 
 def package_changes(folder: Path) -> list[str]:
@@ -207,6 +238,7 @@ def score_submission(
             warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
         rows = load_rows(data, spec, seqs, packed=packed_for(submission))
         truth, sequences, n_rows = rows.truth, rows.sequences, len(rows.values)
+        file_sequences = rows.file_sequences
         dtypes, rows_path = rows.column_dtypes, Path(tmp) / "rows.npy"
         scored_keys = rows.values[rows.values[:, 2].astype(bool)][:, :2]  # (id, step) per pred
         np.save(rows_path, rows.values)
@@ -306,6 +338,7 @@ def score_submission(
         limits_unset=list(spec.limits_unset),
         first_s=float(first_s or 0.0),
         predictions=preds,
+        file_sequences=file_sequences,
     )
 
 
@@ -374,6 +407,7 @@ class Rows(NamedTuple):
     truth: np.ndarray
     sequences: int
     column_dtypes: list[str]
+    file_sequences: int = 0  # the file's, of which --seqs replays the first `sequences`
 
 
 def pandas_dtype(column: pl.Series) -> str:
@@ -454,16 +488,26 @@ def packed_for(submission: Path) -> str | None:
 def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
               packed: str | None = None) -> Rows:
     """The rows to replay; `packed`: the spec a kit package was packed for, when it is one
-    (another competition's file is then no matter of --spec)."""
+    (another competition's file is then no matter of --spec). With `seqs`, only the rows of the
+    first `seqs` sequences are read and checked: memory and time follow them, not the file
+    (r312: --seqs 50 of a 10.7M-row file peaked at 2.8 GB reading and checking all of it);
+    the file's columns and dtypes, a property of every row, are checked all the same."""
     schema = file_schema(data)
     refuse_index_columns(data, spec.columns)
     # the spec's columns, by name: others (a train file's group column for data.split, one
     # Polars cannot decode) are no input of the scorer's and are not read, and the rows it
     # feeds keep the spec's order whatever the file's
-    frame = read_frame(data, [c for c in spec.columns if c in schema] or None)
-    check_frame(frame, spec, source=str(data), other_file_advice=(
-        f"the package was packed for spec {packed!r}: give a --data file of that "
-        "competition" if packed else PASS_SPEC))
+    columns = [c for c in spec.columns if c in schema]
+    advice = (f"the package was packed for spec {packed!r}: give a --data file of that "
+              "competition" if packed else PASS_SPEC)
+    if seqs is None:
+        frame, source = read_frame(data, columns or None), str(data)
+    else:
+        # the spec's columns as read (in its order): refused before a row is read
+        check_schema(pl.Schema({c: schema[c] for c in columns}), spec, str(data),
+                     other_file_advice=advice)
+        frame, source, file_sequences = read_first_sequences(data, spec, columns, seqs)
+    check_frame(frame, spec, source=source, other_file_advice=advice)
     if position_warning := misplaced_columns_warning(data, list(schema), spec):
         warnings.warn(position_warning, RuntimeWarning, stacklevel=2)
     labelled = all(t in frame.columns for t in spec.targets)
@@ -471,9 +515,9 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
         raise DataError(
             f"{data}: no target columns {list(spec.targets)}; scoring needs a labelled file"
         )
-    if seqs is not None:
-        frame = frame.filter(first_sequences(frame[spec.id_col], seqs))
     sequences = frame[spec.id_col].n_unique()
+    if seqs is None:
+        file_sequences = sequences
     frame = exact_ids(frame, spec, data)
     values = frame.select(pl.col(c).cast(pl.Float64) for c in spec.input_columns).to_numpy()
     values = np.ascontiguousarray(values, dtype=np.float64)
@@ -489,7 +533,80 @@ def load_rows(data: Path, spec: CompetitionSpec, seqs: int | None,
     # the common type (listed after the inputs; the rows hold the inputs only)
     dtypes = pandas_dtypes(frame, spec.input_columns
                            + [c for c in frame.columns if c not in spec.input_columns], data)
-    return Rows(values, truth, sequences, dtypes)
+    return Rows(values, truth, sequences, dtypes, file_sequences)
+
+
+PREFIX_ROWS = 2**16  # the first read of the id column when looking for --seqs' rows
+
+
+class FirstSequences(NamedTuple):
+    """What --seqs reads of a file: the rows of its first sequences, the name their checks
+    report under, and the file's sequence count (distinct ids)."""
+
+    frame: pl.DataFrame
+    source: str
+    file_sequences: int
+
+
+def read_first_sequences(data: Path, spec: CompetitionSpec, columns: list[str],
+                         seqs: int) -> FirstSequences:
+    """The `columns` of the rows of the first `seqs` sequences in file order. Parquet reads
+    only the row groups that hold them (r312); the id column alone is read past them, as a
+    stream, to count the file's sequences and to refuse a file whose first sequences come back
+    later (their rows would be missing from the replay; the checks of the whole file refused
+    such a file, and still do on the rows kept)."""
+    if seqs < 1:
+        raise DataError(f"--seqs must be >= 1, got {seqs}")
+    scan = scan_parquet(data)
+    prefix = first_sequence_ids(data, scan, spec.id_col, seqs)
+    kept = prefix.unique().implode()
+    ids = pl.col(spec.id_col)
+    whole = collected(data, scan.select(ids.n_unique().alias("sequences"),
+                                        ids.is_in(kept).sum().alias("kept"), pl.len()))
+    file_sequences, kept_rows, total = whole.row(0)
+    if kept_rows != prefix.drop_nulls().len():
+        refuse_sequences_later(data, scan, spec, kept, prefix.len())
+    frame = collected(data, scan.select(columns).head(prefix.len()))
+    if prefix.len() == total:
+        return FirstSequences(frame, str(data), file_sequences)
+    source = (f"{data} (its first {seqs:,} sequence(s), rows 0 to {prefix.len() - 1:,} of "
+              f"{total:,}: --seqs {seqs} reads and checks only those)")
+    return FirstSequences(frame, source, file_sequences)
+
+
+def first_sequence_ids(data: Path, scan: pl.LazyFrame, id_col: str, seqs: int) -> pl.Series:
+    """The id column up to the first row of the (seqs + 1)-th distinct id in file order (the
+    whole column when the file has no more), read in growing prefixes: a file larger than
+    memory is read only as far as those sequences go."""
+    take = PREFIX_ROWS
+    while True:
+        ids = collected(data, scan.select(id_col).head(take))[id_col]
+        starts = ids.is_first_distinct().arg_true()
+        if starts.len() > seqs:
+            return ids.head(int(starts[seqs]))
+        if ids.len() < take:
+            return ids
+        take *= 4
+
+
+def refuse_sequences_later(data: Path, scan: pl.LazyFrame, spec: CompetitionSpec,
+                           kept: pl.Series, length: int) -> None:
+    """Refuse a file where one of the kept sequences has rows after its first `length` rows,
+    naming the first of them."""
+    again = collected(data, scan.select(spec.id_col).with_row_index("row").slice(length)
+                      .filter(pl.col(spec.id_col).is_in(kept)).head(5))
+    rows = ", ".join(f"seq {key_text(i)} again at row {r:,}" for r, i in again.iter_rows())
+    raise DataError(f"{data}: rows of the first sequences that --seqs reads come back later in "
+                    f"the file ({rows}): sort the file by ({spec.id_col}, {spec.step_col}), as "
+                    f"kit data check {data} asks")
+
+
+def collected(data: Path, query: pl.LazyFrame) -> pl.DataFrame:
+    """The query's result, streamed; a data page that does not decode is a DataError."""
+    try:
+        return query.collect(engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        raise unreadable_data(data, exc) from None
 
 
 def misplaced_columns_warning(data: Path, columns: list[str], spec: CompetitionSpec) -> str:
