@@ -357,8 +357,10 @@ def _finish_folds(experiment: str, folds: list[str]) -> str:
     return f"`kit train {experiment} {chosen} --folds {groups[0][1]} --resume`"
 
 
-def check_same_rows(candidates: list[Candidate]) -> None:
-    """Every candidate must predict the same rows of the same file, or blending is meaningless."""
+def check_same_rows(candidates: list[Candidate], warn_metrics: bool = True) -> None:
+    """Every candidate must predict the same rows of the same file, or blending is meaningless.
+    warn_metrics=False: select() says the other metric settings (r313: select_ensemble checks
+    first, then select, and the warning came twice)."""
     first = candidates[0]
     specs = [f"{c.name} {why}" for c in candidates[1:] if (why := _other_spec(c, first))]
     if specs:  # a different metric or outputs: no blend is scored, whatever the rows
@@ -366,8 +368,9 @@ def check_same_rows(candidates: list[Candidate]) -> None:
                             "they cannot be blended: " + "; ".join(specs[:5])
                             + ". Select among runs of one spec (a spec file changed between "
                               "runs: retrain on the current one)")
-    other = sorted({c.name for c in candidates[1:] if c.spec.metric != first.spec.metric})
-    if other:  # a spec's metric or clip edited between runs: one metric scores the blends
+    other = other_metric_candidates(candidates)
+    if other and warn_metrics:  # a spec's metric or clip edited between runs: one metric
+        # scores the blends
         warnings.warn(f"{', '.join(other[:5])} trained under another metric than "
                       f"{first.name} ({first.spec.metric.name}, clip {first.spec.metric.clip}): "
                       "the blends are scored on the latter", RuntimeWarning, stacklevel=2)
@@ -385,6 +388,13 @@ def check_same_rows(candidates: list[Candidate]) -> None:
                               "file, data.seq_len, data.truncate and train.max_valid_seqs, or "
                               "the same data.split and split_seed (fold runs: pass their -oof "
                               "group)")
+
+
+def other_metric_candidates(candidates: list[Candidate]) -> list[str]:
+    """The candidates trained under other metric settings (name or clip) than the first's,
+    which scores the blends."""
+    first = candidates[0]
+    return sorted({c.name for c in candidates[1:] if c.spec.metric != first.spec.metric})
 
 
 # the settings that choose which rows a run validates on, besides the file
@@ -774,7 +784,8 @@ def select_ensemble(paths: list[Path], *, iters: int = 50, per_target: bool = Fa
     if out is not None:  # before any candidate loads or selection runs
         check_out(Path(out))
     candidates = [load_candidate(p) for p in expand_candidates(paths)]
-    check_same_rows(candidates)  # before reading the truth: the error names the mismatch
+    # before reading the truth: the error names the mismatch (select warns of other metrics)
+    check_same_rows(candidates, warn_metrics=False)
     candidates = drop_copies(candidates)
     first = candidates[0]
     data = ValidFile(first.data, first.spec)
@@ -826,11 +837,16 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
             "checkpoints": {str(Path(r).resolve()): checkpoint_digest(Path(r)) for r in c.runs},
             "score": selection.singles[j]["score"],
             "per_target": selection.singles[j]["per_target"],
+            # trained (early-stopped, kit runs' score) under other metric settings than the
+            # blend is scored with: kit report names it (r313)
+            **({"trained_metric": _toml_metric(c.spec)}
+               if c.spec.metric != candidates[0].spec.metric else {}),
         })
     doc = {
         "ensemble": {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "spec": spec.name, "metric": spec.metric.name,
+            "metric_settings": _toml_metric(spec),
             "data": str(candidates[0].data), "rows": len(candidates[0].rows),
             "candidates": len(candidates), "iters": iters, "init_best": init_best,
             "per_target": selection.per_target_mode, "best_iteration": selection.best_iteration,
@@ -851,6 +867,13 @@ def ensemble_document(selection: Selection, candidates: list[Candidate], *, iter
     if postprocess:
         doc["postprocess"] = postprocess
     return doc
+
+
+def _toml_metric(spec: CompetitionSpec) -> dict:
+    """kit runs' metric_settings of a spec as TOML holds it: no clip key for none."""
+    from kit.reports import metric_settings
+
+    return {k: v for k, v in metric_settings(spec).items() if v is not None}
 
 
 def checkpoint_digest(run: Path) -> str:

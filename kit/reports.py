@@ -197,6 +197,36 @@ def _trained_by(run_dir: Path, cache: dict) -> str:
     return run_dir.parent.name if error else _experiment(run_dir, config)
 
 
+def _validation_fields(run_dir: Path, source: Path, config: dict, metrics: dict | None,
+                       spec: CompetitionSpec | None) -> dict:
+    """What a run's score is of: validated (the label), validated_sha256, validated_file,
+    metric_settings and validation_set (their id)."""
+    fields = {
+        "validated": _validation_set(config, metrics, spec.seq_len if spec else None),
+        # an out-of-fold group's digests are its folds' (of the train file they split)
+        "validated_sha256": _validated_digest(
+            config, metrics if source == run_dir else read_metrics(source), source),
+        "validated_file": _validated_file(config, metrics, source),
+        # the metric and its clip the score is under: a spec edited to another clip keeps its
+        # name and metric name, and scored other numbers (r313)
+        "metric_settings": metric_settings(spec) if spec else None,
+    }
+    return fields | {"validation_set": validation_set_id(fields, spec)}
+
+
+def validation_set_of(run_dir: Path, cache: dict | None = None) -> dict:
+    """A run's `validated` label and `validation_set` id (None where its config or spec does
+    not read), without the listing's oracle: kit sweep checks the trials it ranks (r313)."""
+    cache = {} if cache is None else cache
+    run_dir = Path(run_dir)
+    source = _config_dir(run_dir)
+    config, _ = _config(source, cache)
+    metrics = read_metrics(run_dir)
+    fields = _validation_fields(run_dir, source, config, metrics,
+                                _spec_or_none(source, config, cache))
+    return {key: fields[key] for key in ("validated", "validation_set")}
+
+
 def _summary(run_dir: Path, cache: dict) -> dict:
     """One run's row: metrics.json when present, else what its history says. A damaged
     config.toml marks its row (config_error) instead of stopping the listing."""
@@ -225,11 +255,7 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         "seed": _seed(config, run_dir.name),
         "metric": metric,
         "higher_is_better": higher_is_better,
-        "validated": _validation_set(config, metrics, spec.seq_len if spec else None),
-        # an out-of-fold group's digests are its folds' (of the train file they split)
-        "validated_sha256": _validated_digest(
-            config, metrics if source == run_dir else read_metrics(source), source),
-        "validated_file": _validated_file(config, metrics, source),
+        **_validation_fields(run_dir, source, config, metrics, spec),
     }
     if config_error:
         row["config_error"] = config_error
@@ -431,7 +457,78 @@ def list_runs(runs_dir: Path = Path("runs"), *, experiment: str | None = None) -
                 f"with runs: {sorted(set(trained_by.values()))}"
             )
         runs = [run for run in runs if trained_by[run] == experiment]
-    return [_summary(run, cache) for run in runs]
+    rows = [_summary(run, cache) for run in runs]
+    # --json says what the table says too (r313: valid.parquet for two folders' files the
+    # table told apart); `validated` stays the run's own label, whatever else is listed
+    for row, shown in zip(rows, label_sets(rows), strict=True):
+        row["validated_shown"] = shown["validated"]
+    return rows
+
+
+def label_sets(runs: list[dict]) -> list[dict]:
+    """The runs with the `validated` labels the table shows: the folder where two listed files
+    share a name, the clip where listed runs of one metric were scored under different
+    clips (r313)."""
+    return _metric_told_apart(_told_apart(runs))
+
+
+# ---------------------------------------------------------------------------------------------
+# which scores compare: the rows and the metric settings (r313)
+
+
+# the spec's settings that decide which rows are scored and against what truth, besides the
+# metric (which metric_settings gives)
+SCORING_SPEC_KEYS = ("id_col", "step_col", "need_col", "targets", "warmup", "tail", "protocol")
+
+
+def metric_settings(spec: CompetitionSpec) -> dict:
+    """The metric a spec scores with, as JSON: name and clip (None: predictions unclipped).
+    Two runs compare only when these are equal, as kit ensemble select compares spec.metric."""
+    clip = spec.metric.clip
+    return {"name": spec.metric.name, "clip": [float(c) for c in clip] if clip else None}
+
+
+def clip_text(settings: dict) -> str:
+    """`clip ±6`, `clip [-1, 2]` or `no clip`: a metric's clip in a label or a note."""
+    clip = settings.get("clip")
+    if not clip:
+        return "no clip"
+    low, high = clip
+    return f"clip ±{high:g}" if low == -high else f"clip [{low:g}, {high:g}]"
+
+
+def validation_set_id(row: dict, spec: CompetitionSpec | None) -> str | None:
+    """A short stable id of what a run's score is of: its rows (the label's selection, the
+    file by the sha256 the run recorded, else where the file is), the spec's scoring rules and
+    the metric settings. Equal ids: the scores compare; None without a label (no config)."""
+    if not row.get("validated"):
+        return None
+    scoring = ({key: spec.to_dict()[key] for key in SCORING_SPEC_KEYS} if spec else None)
+    key = {"rows": row["validated"],
+           "file": row.get("validated_sha256") or row.get("validated_file"),
+           "scoring": scoring, "metric": row.get("metric_settings")}
+    text = json.dumps(key, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _metric_told_apart(runs: list[dict]) -> list[dict]:
+    """Runs of one metric name scored under different clips labelled with their clip: the
+    table sorted 0.0111 at clip 0.01 beside 0.0313 at clip 6 as one set (r313). Labels that
+    say it already are kept (format_runs of list_runs' rows)."""
+    settings: dict[str, set] = {}
+    for r in runs:
+        if isinstance(r.get("metric_settings"), dict):
+            shown = json.dumps(r["metric_settings"], sort_keys=True)
+            settings.setdefault(r["metric_settings"]["name"], set()).add(shown)
+    out = []
+    for r in runs:
+        ms = r.get("metric_settings")
+        if isinstance(ms, dict) and len(settings.get(ms["name"], ())) > 1 and r.get("validated"):
+            suffix = f", {clip_text(ms)}"
+            if not r["validated"].endswith(suffix):
+                r = {**r, "validated": r["validated"] + suffix}
+        out.append(r)
+    return out
 
 
 def _target_names(runs: list[dict]) -> list[str]:
@@ -574,9 +671,10 @@ def _told_apart(runs: list[dict]) -> list[dict]:
     out = []
     for r in runs:  # (a run whose file is gone keeps its plain label)
         file = Path(r["validated_file"]) if r.get("validated_file") else None
-        if file is not None and r.get("validated") and len(files.get(file.name, ())) > 1:
-            r = {**r, "validated": r["validated"].replace(
-                file.name, f"{file.parent.name}/{file.name}")}
+        told = f"{file.parent.name}/{file.name}" if file is not None else ""
+        if (file is not None and r.get("validated") and len(files.get(file.name, ())) > 1
+                and told not in r["validated"]):  # (list_runs labelled it already)
+            r = {**r, "validated": r["validated"].replace(file.name, told)}
         out.append(r)
     return out
 
@@ -612,7 +710,7 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
     if not runs:
         return "no runs"
     sort_runs(runs, sort, descending)  # a column none of them has: named, as before
-    runs = _told_apart(runs)
+    runs = label_sets(runs)
     by_outputs: dict[tuple, list[dict]] = {}
     for r in runs:
         by_outputs.setdefault(tuple(_target_names([r])), []).append(r)
@@ -648,14 +746,30 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
         notes.append(f"note: these runs are scored with {len(metrics)} metrics "
                      f"({', '.join(metrics)}): compare scores of one metric (kit runs -e EXP)")
     files = {label: len(found - {None}) or 1 for label, found in digests.items()}
+    clips = _clips_that_differ(runs)
     if sum(files.values()) > 1:  # a score on other rows is no comparison (folds included)
         alike = sorted(label for label, n in files.items() if n > 1)
         notes.append(f"note: these runs are scored on {sum(files.values())} different sets of rows "
-                     "(column validated): compare scores within one set" + (
+                     + ("or metric settings " if clips else "")
+                     + "(column validated): compare scores within one set" + (
                          f"; {', '.join(alike)} holds other rows in some runs (the file's "
-                         "sha256 differs)" if alike else ""))
+                         "sha256 differs)" if alike else "") + clips)
     return "\n".join([*(line for i, table in enumerate(tables)
                         for line in ([""] if i else []) + table), *notes])
+
+
+def _clips_that_differ(runs: list[dict]) -> str:
+    """'; weighted_pearson scores with clip ±6 in some runs, clip ±0.01 in others (a spec
+    edited: the metric's numbers differ)', or "" when each metric has one clip (r313)."""
+    clips: dict[str, list[str]] = {}
+    for r in runs:
+        ms = r.get("metric_settings")
+        if isinstance(ms, dict) and clip_text(ms) not in clips.get(ms["name"], []):
+            clips.setdefault(ms["name"], []).append(clip_text(ms))
+    differ = [f"{name} scores with {' in some runs, '.join(sorted(shown))} in others"
+              for name, shown in clips.items() if len(shown) > 1]
+    return (f"; {'; '.join(differ)} (a spec edited between runs: scores under another clip "
+            "are other numbers)") if differ else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1098,7 +1212,27 @@ def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
                  + "\nThe scores above describe the runs and data as they were selected: "
                  "select again.\n\n")
     report = out_dir / "report.md"
-    report.write_text(f"# Ensemble {Path(path).name}\n\n```\n{format_selection(doc)}\n```\n\n"
+    report.write_text(f"# Ensemble {Path(path).name}\n\n{_scored_on(e, members)}"
+                      f"```\n{format_selection(doc)}\n```\n\n"
                       f"{since}![selection](selection.png)\n\n![weights](weights.png)\n",
                       encoding="utf-8")
     return report
+
+
+def _scored_on(e: dict, members: list[dict]) -> str:
+    """What the selection scored the blends on: the file and its rows, the metric settings,
+    and the members trained under other ones (r313: the report said "7,208 rows" alone, and
+    select's warning of the other clip was nowhere in it)."""
+    settings = e.get("metric_settings")
+    metric = (f" with {settings.get('name')}, {clip_text(settings)}"
+              if isinstance(settings, dict) else "")
+    rows = f"{e['rows']:,} rows" if isinstance(e.get("rows"), int) else "its rows"
+    lines = [f"Scored on {rows} of `{e.get('data', '-')}`{metric}."]
+    other = [f"{m['name']} ({m['trained_metric'].get('name')}, "
+             f"{clip_text(m['trained_metric'])})" for m in members
+             if any(m["weights"]) and isinstance(m.get("trained_metric"), dict)]
+    if other:
+        lines.append(f"Trained under other metric settings than the blends are scored with: "
+                     f"{', '.join(other)}; their own scores (kit runs) are under those, the "
+                     "scores below under the ensemble's.")
+    return "\n\n".join(lines) + "\n\n"

@@ -389,6 +389,134 @@ def check_space(base: dict, params: list[Param]) -> None:
                              f"same experiment{hint}; drop the parameter")
 
 
+# --- parameters that change the rows trials are scored on (r313) -----------------------------
+
+
+SEQ_LEN_HINT = ("; data.seq_len cuts the validation sequences as well as the training ones, and "
+                "no setting shortens the training sequences alone: sweep train.chunk (the steps "
+                "back-propagated at once, the state carried over whole sequences) or "
+                "train.max_train_seqs (how many sequences train), which validate every trial "
+                "on the same rows")
+
+
+# the keys validated_rows reads: a parameter that sets none of them (nor a table holding one)
+# validates every trial on the same rows
+ROW_KEYS = ("spec", "seed", "data.train", "data.valid", "data.split", "data.valid_fraction",
+            "data.split_seed", "data.group", "data.stratify", "data.fold", "data.seq_len",
+            "data.truncate", "train.max_valid_seqs")
+
+
+class _Sequences:
+    """The longest sequence and the sequence count of a data file, read once (None when the
+    file does not read: the refusal then assumes a cut)."""
+
+    def __init__(self):
+        self._read: dict[tuple, tuple[int, int] | None] = {}
+
+    def _lengths(self, path: str, id_col: str) -> tuple[int, int] | None:
+        key = (str(Path(path).resolve()), id_col)
+        if key not in self._read:
+            try:
+                import polars as pl
+
+                lengths = pl.scan_parquet(path).group_by(id_col).len().collect()["len"]
+                self._read[key] = int(lengths.max() or 0), len(lengths)
+            except Exception:  # a missing or unreadable file: named by the data checks
+                self._read[key] = None
+        return self._read[key]
+
+    def longest(self, path: str, id_col: str) -> int | None:
+        found = self._lengths(path, id_col)
+        return found[0] if found else None
+
+    def count(self, path: str, id_col: str) -> int | None:
+        found = self._lengths(path, id_col)
+        return found[1] if found else None
+
+
+def validated_rows(config: dict, sequences: _Sequences) -> dict:
+    """What decides the rows a config's runs are scored on, and against what metric, in named
+    parts (as kit/train/data.py load_train_data builds the validation set): the file, the
+    held-out part or fold of the train file, the steps data.seq_len keeps, the sequences
+    train.max_valid_seqs keeps, the spec's scoring rules and metric."""
+    from kit.competition import load_spec
+    from kit.reports import SCORING_SPEC_KEYS, metric_settings
+
+    data, spec = config["data"], load_spec(config["spec"])
+    fold, held_out = data["fold"], data["split"] != "file"
+    source = data["train"] if fold or held_out else data["valid"]
+    parts: dict[str, object] = {"the file validated on": str(Path(source).resolve())}
+    by = [data["split"], data["group"], data["stratify"]]
+    if fold:  # the run's seed places the folds
+        parts["the fold (data.fold, placed by the seed)"] = [fold, config["seed"], *by]
+    elif held_out:
+        parts["the held-out part of the train file"] = [*by, data["valid_fraction"],
+                                                        data["split_seed"]]
+    longest = spec.seq_len or sequences.longest(source, spec.id_col)
+    seq_len = data["seq_len"]
+    cut = seq_len if seq_len and (longest is None or seq_len < longest) else 0
+    parts["the steps kept (data.seq_len, data.truncate)"] = [cut, data["truncate"] if cut else ""]
+    limit = 0 if fold else config["train"]["max_valid_seqs"]
+    count = None if held_out else sequences.count(source, spec.id_col)
+    parts["the sequences kept (train.max_valid_seqs)"] = (
+        limit if limit and (count is None or limit < count) else 0)
+    scoring = spec.to_dict()
+    parts["the spec's scoring rules and metric"] = [
+        [scoring[key] for key in SCORING_SPEC_KEYS], metric_settings(spec)]
+    return parts
+
+
+def _probes(p: Param) -> list:
+    """Values of p that show whether its trials validate on different rows: the choices, or a
+    range's ends and its least value past the low end (0 keeps every step of data.seq_len and
+    every sequence of train.max_valid_seqs; the next value cuts them)."""
+    values = p.values()
+    if p.kind == "int" and values[0] + (p.step or 1) < values[1]:
+        values.append(int(values[0] + (p.step or 1)))
+    elif p.kind == "float":
+        values.append(values[0] + p.step if p.step else (values[0] + values[1]) / 2)
+    return values
+
+
+def refuse_row_changing_params(base: dict, params: list[Param]) -> None:
+    """Refuse, before any trial, a parameter whose values validate trials on different rows or
+    under another metric (data.seq_len cutting the validation sequences, data.valid, the split
+    settings, train.max_valid_seqs, spec): the study ranks trials by their scores and writes
+    the best file from that ranking, and such scores do not compare (r313: data.seq_len 1000
+    scored on 7,208 rows ranked above 200 on 808). Values that keep the same rows (data.seq_len
+    at or past the spec's sequence length) pass."""
+    sequences = _Sequences()
+    for p in params:
+        if not any(covered(key, (p.name,)) for key in ROW_KEYS):
+            continue
+        config = _meet(base, params, p.when)
+        seen: dict[str, list] = {}  # json of the rows' parts -> the values that give them
+        parts_of: dict[str, dict] = {}
+        for value in _probes(p):
+            try:
+                parts = validated_rows(resolve(set_dotted(config, p.name, value)), sequences)
+            except KitError:  # an invalid value: check_space names it
+                continue
+            key = json.dumps(parts, sort_keys=True, default=str)
+            seen.setdefault(key, []).append(value)
+            parts_of[key] = parts
+        if len(seen) > 1:
+            raise SweepError(_rows_differ_text(p, list(seen.values()), list(parts_of.values())))
+
+
+def _rows_differ_text(p: Param, values: list[list], parts: list[dict]) -> str:
+    """The refusal: the key, what differs between its values' validation rows, what to do."""
+    differ = [name for name in parts[0]
+              if any(q[name] != parts[0][name] for q in parts[1:])] or ["their settings"]
+    shown = " against ".join(repr(v[0]) for v in values[:2])
+    hint = SEQ_LEN_HINT if "data.seq_len" in differ[0] or p.name == "data.seq_len" else ""
+    return (f'sweep.params."{p.name}": its values validate the trials on different rows or '
+            f"under another metric ({shown} differ in {' and '.join(differ)}), so their "
+            "scores do not compare, yet the study would rank them and write the best file "
+            f"from that ranking; fix {p.name} in the experiment, or sweep each value in a "
+            f"study of its own (kit sweep exp=EXP {p.name}=VALUE --study EXP-VALUE){hint}")
+
+
 def suggest(trial, params: list[Param], base: dict) -> dict:
     """The trial's values (dotted name -> value), conditionals in declaration order."""
     config, values = base, {}
@@ -979,6 +1107,7 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     refuse_sampled_overrides(overrides, params)
     said: set[str] = set()
     warn_once(said, lambda: check_space(base, params), quiet=bool(os.environ.get(CHILD_ENV)))
+    refuse_row_changing_params(base, params)
     spec = load_spec(base["spec"])
     direction = "maximize" if spec.metric.higher_is_better else "minimize"
     name = base["name"]
@@ -1504,9 +1633,34 @@ def summarize(setup: SweepSetup, seconds: float, wanted: int | None = None,
         # a worker returns short of --trials only at its --timeout (failing streaks, signals
         # and failed workers raise): said, since the exit code is 0 (the limit was asked for)
         summary["timed_out"] = {"timeout": timeout, "finished": finished, "wanted": wanted}
+    if sets := validation_sets(setup, done):
+        summary["validation_sets"] = sets
     if best:
         summary["best_experiment"] = str(write_best(setup, best[0]))
     return summary
+
+
+def validation_sets(setup: SweepSetup, trials: list) -> dict[str, list[int]]:
+    """{the rows' label: its trial numbers} when the complete trials were validated on more
+    than one set of rows or metric (a study resumed after its experiment changed, one from an
+    older kit), else {}: the ranking compares those scores all the same (r313)."""
+    from kit.reports import validation_set_of
+
+    cache: dict = {}
+    sets: dict[str, tuple[str, list[int]]] = {}
+    for t in trials:
+        run_dir = trial_run_dir(setup, t)
+        if run_dir is None or not Path(run_dir).is_dir():
+            continue
+        found = validation_set_of(Path(run_dir), cache)
+        if found["validation_set"] is not None:
+            label = found["validated"]
+            sets.setdefault(found["validation_set"], (label, []))[1].append(t.number)
+    if len(sets) < 2:
+        return {}
+    labels = [label for label, _ in sets.values()]
+    return {(label if labels.count(label) == 1 else f"{label} ({key})"): numbers
+            for key, (label, numbers) in sets.items()}
 
 
 def write_best(setup: SweepSetup, trial) -> Path:
@@ -1814,6 +1968,13 @@ def format_summary(summary: dict) -> str:
         # a trial added by hand or by another tool recorded no folder: not the word None
         run_dir = "(no run folder recorded)" if t["run_dir"] is None else t["run_dir"]
         lines.append(f"  #{t['number']:<4} {t['score']:>9.5f}  {params}  {run_dir}{gone}")
+    if sets := summary.get("validation_sets"):
+        shown = "; ".join(f"{label}: trial(s) {', '.join(f'#{n}' for n in numbers)}"
+                          for label, numbers in sets.items())
+        lines.append(f"warning: the trials ranked here were validated on {len(sets)} different "
+                     f"sets of rows or metrics ({shown}): their scores do not compare, and the "
+                     "best file follows that ranking; compare trials of one set (kit runs -e "
+                     "EXP, column validated), or start a new --study")
     if "best_experiment" in summary:
         name = Path(summary["best_experiment"]).stem
         # kit, not just: the justfile is a checkout's, kit is on every install (r302)
