@@ -576,7 +576,7 @@ def train(
 ) -> None:
     """Train an experiment: one run per seed (or per fold), each in its own run directory."""
     from kit.config import ConfigError, parse_override
-    from kit.train.groups import NothingStarted
+    from kit.train.groups import NothingStarted, nothing_kept_text
     from kit.train.recipe import SeedsFailed, train_experiment
     from kit.train.runs import outputs_text
     from kit.workers import EndedBySignal, ended_by_signals, stop_when_orphaned
@@ -631,8 +631,7 @@ def train(
                   SIGPIPE if isinstance(stop, BrokenPipeError) else stop.signum)
         ended = ended_text(signum)
         if isinstance(stop, NothingStarted) or getattr(stop, "nothing_started", False):
-            typer.echo(f"{ended} before any run started: nothing to resume; run the same "
-                       "command again", err=True)
+            typer.echo(f"{ended} {nothing_kept_text(stop)}", err=True)  # (r312: where it was)
         elif not os.environ.get(TRAIN_WORKER_ENV):
             # the same command with --resume: seeds=, --folds and --jobs resume as a group; a
             # single run is named (the newest unfinished run may be another's by then)

@@ -24,6 +24,8 @@ from kit.errors import KitError
 
 METHODS = CHOICES["normaliser.method"]
 ROBUST_SAMPLE = 2_000_000  # rows used for medians/quantiles (deterministic subsample)
+FIT_BLOCK_ROWS = 1_000_000  # masked rows per block of the fit's sums (the blocks set the sums)
+TRANSFORM_BLOCK_BYTES = 64 << 20  # output written per step of transform
 IQR_TO_STD = 1.349
 # robust ranges, widened while a feature's range is 0: (low, high quantile, range / std of a normal)
 ROBUST_RANGES = ((0.25, 0.75, IQR_TO_STD), (0.10, 0.90, 2.5631), (0.01, 0.99, 4.6527))
@@ -70,36 +72,59 @@ class Normaliser:
             raise NormaliserError(f"normaliser clip must be > 0 ({what}), got {clip}")
         x = _fit_input(x)
         rows = x.reshape(-1, x.shape[-1])
+        keep = None
         if mask is not None:
             mask = np.asarray(mask, dtype=bool)  # 0/1 ints picked rows 0, 1
             if mask.shape != x.shape[:-1]:
                 raise NormaliserError(f"mask has shape {mask.shape}; x {x.shape} needs one "
                                       f"flag per row: shape {x.shape[:-1]}")
-            rows = rows[mask.reshape(-1)]
-        if rows.shape[0] == 0:
+            keep = mask.reshape(-1)
+        # the masked rows are read block by block, never gathered whole: rows[mask] copied ~90%
+        # of a memory-mapped (N, T, F) block, 1.4 GB at full size, on top of it (r312)
+        fitted = MaskedRows(rows, keep)
+        if fitted.count == 0:
             raise NormaliserError("no training rows to fit the normaliser on")
-        bad = _non_finite_columns(rows)
+        # standard: its sums and the finiteness check in one pass, its squares in a second;
+        # robust: the check, then its sample
+        total, bad = _column_sums(fitted, release=method != "standard")
         if bad.size:  # standard: a NaN center; robust: NaN sorted as the largest value
             raise NormaliserError(
                 f"feature column(s) {bad[:10].tolist()}{' ...' if bad.size > 10 else ''} "
                 f"(indices into the last axis of x) hold NaN or inf on the rows fitted on: run "
                 "the guard (kit.features.guard) or replace those values first")
         if method == "standard":
-            center, scale = _mean_std(rows)
+            center, scale = _mean_std(fitted, total)
             constant = ~_spread_is_real(scale, center)
         else:
-            if rows.shape[0] > ROBUST_SAMPLE:
-                pick = np.random.default_rng(0).choice(rows.shape[0], ROBUST_SAMPLE, replace=False)
-                rows = rows[np.sort(pick)]
-            center, scale = _robust(rows)
-            constant = ~_spread_is_real(scale, center) | _std_is_not_real(rows, scale, center)
+            sample = fitted.sample(ROBUST_SAMPLE)
+            center, scale = _robust(sample)
+            constant = ~_spread_is_real(scale, center) | _std_is_not_real(sample, scale, center)
         scale = np.where(constant, 1.0, scale)
         return cls(method, clip, center.astype(np.float32), scale.astype(np.float32))
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Normalise in float32 (the same arithmetic as the stream face)."""
-        y = (np.asarray(x, dtype=np.float32) - self.center) / self.scale
-        return np.clip(y, -self.clip, self.clip) if self.clip is not None else y
+    def transform(self, x: np.ndarray, block_bytes: int = TRANSFORM_BLOCK_BYTES) -> np.ndarray:
+        """Normalise in float32 (the same arithmetic as the stream face), into one new array
+        written block by block along the first axis: the input (a memory-mapped cache) is read
+        once, and no temporary the size of the output is made (r312: x - center, the division
+        and the clip each allocated one, 3x the arrays at the peak)."""
+        x = np.asarray(x)
+        out = np.empty(x.shape, dtype=np.float32)
+        if out.ndim < 2:  # one row: nothing to block
+            out[...] = x
+            return self._normalise_in_place(out)
+        step = max(1, block_bytes // max(1, out[:1].nbytes))
+        for lo in range(0, len(out), step):
+            out[lo:lo + step] = x[lo:lo + step]  # cast to float32 as np.asarray(x, float32) did
+            drop_mapped_pages(x[lo:lo + step])
+            self._normalise_in_place(out[lo:lo + step])
+        return out
+
+    def _normalise_in_place(self, block: np.ndarray) -> np.ndarray:
+        np.subtract(block, self.center, out=block)
+        np.divide(block, self.scale, out=block)
+        if self.clip is not None:
+            np.clip(block, -self.clip, self.clip, out=block)
+        return block
 
     def to_dict(self) -> dict:
         return {"method": self.method, "clip": self.clip, "center": self.center.tolist(),
@@ -144,12 +169,86 @@ def _fit_input(x) -> np.ndarray:
     return x
 
 
-def _non_finite_columns(rows: np.ndarray, chunk: int = 1_000_000) -> np.ndarray:
-    """Indices of the columns holding NaN or inf, chunk by chunk (no mask of the whole block)."""
-    bad = np.zeros(rows.shape[1], dtype=bool)
-    for start in range(0, rows.shape[0], chunk):
-        bad |= ~np.isfinite(rows[start:start + chunk]).all(axis=0)
-    return np.flatnonzero(bad)
+class MaskedRows:
+    """The rows of a (rows, F) block where `keep` is true (all when None), handed out in
+    blocks of FIT_BLOCK_ROWS masked rows, in order: what rows[keep] would hold, chunked as
+    its chunks were (the float64 sums come out the same to the bit), without copying it whole.
+    A block whose rows are all kept is a view (no copy of a memory-mapped file at all)."""
+
+    def __init__(self, rows: np.ndarray, keep: np.ndarray | None = None,
+                 block: int = FIT_BLOCK_ROWS):
+        self.rows, self.keep, self.block = rows, keep, block
+        self.count = rows.shape[0] if keep is None else int(np.count_nonzero(keep))
+        self.width = rows.shape[1]
+
+    def blocks(self, release: bool = False):
+        """The kept rows in blocks; `release`: the last pass over a memory-mapped input, whose
+        pages then leave the resident memory block by block (drop_mapped_pages)."""
+        for lo, hi in self._spans():
+            flags = None if self.keep is None else self.keep[lo:hi]
+            yield self.rows[lo:hi] if flags is None or flags.all() else self.rows[lo:hi][flags]
+            if release:
+                drop_mapped_pages(self.rows[lo:hi])
+
+    def _spans(self):
+        """(lo, hi) of all rows holding each block of `block` kept rows."""
+        if self.keep is None:
+            yield from ((lo, min(lo + self.block, self.count))
+                        for lo in range(0, self.count, self.block))
+            return
+        kept_before = np.cumsum(self.keep, dtype=np.int64)
+        ends = np.searchsorted(kept_before, np.arange(self.block, self.count + self.block,
+                                                      self.block), side="left") + 1
+        lo = 0
+        for hi in np.minimum(ends, len(self.keep)).tolist():
+            yield lo, hi
+            lo = hi
+
+    def sample(self, size: int) -> np.ndarray:
+        """`size` kept rows drawn as the fit always drew them (seed 0, in row order); all of
+        them when there are no more."""
+        if self.count <= size:
+            return self.gathered()
+        pick = np.sort(np.random.default_rng(0).choice(self.count, size, replace=False))
+        where = pick if self.keep is None else np.flatnonzero(self.keep)[pick]
+        return self.rows[where]
+
+    def gathered(self) -> np.ndarray:
+        return self.rows.copy() if self.keep is None else self.rows[self.keep]
+
+
+def drop_mapped_pages(view: np.ndarray) -> None:
+    """A memory-mapped block already read leaves this process's resident memory (madvise
+    DONTNEED: the pages stay in the page cache, read from there if touched again). Reading the
+    whole feature cache kept all of it resident beside the normalised copy, 1.4 GB at full size
+    (r312). Anything else (an array in memory, a platform without madvise): nothing."""
+    import mmap
+
+    mapped = view.base  # np.load(mmap_mode="r"): views of a memmap whose base is the mmap
+    while isinstance(mapped, np.ndarray):
+        mapped = mapped.base
+    if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    if view.flags.writeable or not view.flags.c_contiguous or view.nbytes == 0:
+        return  # (a writable mapping may hold changes of its own: a copy-on-write one loses them)
+    try:
+        start = view.ctypes.data - np.frombuffer(mapped, dtype=np.uint8).ctypes.data
+    except (TypeError, ValueError, BufferError):  # closed
+        return
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages inside the view only
+    end = (start + view.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > first:
+        mapped.madvise(mmap.MADV_DONTNEED, first, end - first)
+
+
+def _column_sums(rows: MaskedRows, release: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's float64 sum, block by block, and the indices of the columns holding NaN
+    or inf (no mask of the whole block)."""
+    total, bad = np.zeros(rows.width), np.zeros(rows.width, dtype=bool)
+    for block in rows.blocks(release):
+        total += block.sum(axis=0, dtype=np.float64)
+        bad |= ~np.isfinite(block).all(axis=0)
+    return total, np.flatnonzero(bad)
 
 
 def _std_is_not_real(rows: np.ndarray, scale: np.ndarray, center: np.ndarray) -> np.ndarray:
@@ -203,18 +302,21 @@ def _median_and_bounds(rows: np.ndarray, quantiles: list[float]) -> tuple[np.nda
     return high - (high - low) * rows.dtype.type(0.5), part[picks]  # numpy's lerp, bit for bit
 
 
-def _mean_std(rows: np.ndarray, chunk: int = 1_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population std in float64, chunk by chunk (no float64 copy of the whole block)."""
-    n = rows.shape[0]
-    total = np.zeros(rows.shape[1])
-    for start in range(0, n, chunk):
-        total += rows[start:start + chunk].sum(axis=0, dtype=np.float64)
-    mean = total / n
-    sq = np.zeros(rows.shape[1])
-    for start in range(0, n, chunk):
-        block = rows[start:start + chunk].astype(np.float64) - mean
-        sq += (block * block).sum(axis=0)
-    return mean, np.sqrt(sq / n)
+def _mean_std(rows, total: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population std in float64, block by block (no float64 copy of the whole
+    block): of an array, or of MaskedRows (its pages released by the last pass); `total`: the
+    columns' sums, when a pass made them already."""
+    rows = rows if isinstance(rows, MaskedRows) else MaskedRows(rows)
+    if total is None:
+        total = _column_sums(rows)[0]
+    mean = total / rows.count
+    sq = np.zeros(rows.width)
+    for block in rows.blocks(release=True):
+        centred = block.astype(np.float64)  # in place after: one float64 block, not three
+        np.subtract(centred, mean, out=centred)  # (the same values as (b - mean) ** 2)
+        np.multiply(centred, centred, out=centred)
+        sq += centred.sum(axis=0)
+    return mean, np.sqrt(sq / rows.count)
 
 
 class AffineClip(nn.Module):

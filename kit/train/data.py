@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,15 @@ class TrainData:
     valid_truncated: bool = False
     # scored training targets the float32 loss overflows on, named (extreme_targets); "" if none
     extreme_targets: str = ""
+
+
+# what load_train_data says as it goes (a line each; kit train prints them on stderr): at full
+# size it read, fitted and normalised for 30-100 s without a word (r312)
+Status = Callable[[str], None]
+
+
+def _silent(text: str) -> None:
+    pass
 
 
 # the rows of one batch's loss sum the overflow bound leaves room for (64 sequences of 16k steps)
@@ -111,12 +121,14 @@ def far_from_standard(spec: CompetitionSpec, center: np.ndarray, scale: np.ndarr
             "(the outputs keep the targets' units)")
 
 
-def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0) -> Normaliser:
+def _fit_normaliser(arrays: SequenceArrays, config: dict, limit: int = 0,
+                    status: Status = _silent) -> Normaliser:
     """Fit on the real (not padded) steps of the training sequences only."""
     n = len(arrays) if limit <= 0 else min(limit, len(arrays))
     norm = config["normaliser"]
-    return Normaliser.fit(arrays.x[:n], _real_steps(arrays)[:n], norm["method"],
-                          norm["clip"] or None)
+    real = _real_steps(arrays)[:n]
+    status(f"fitting the {norm['method']} normaliser on {int(real.sum()):,} training rows...")
+    return Normaliser.fit(arrays.x[:n], real, norm["method"], norm["clip"] or None)
 
 
 def check_data_files(data: dict, folds: bool = False) -> None:
@@ -303,23 +315,32 @@ def _array_options(data: dict) -> dict:
             "cache_dir": Path(data["cache_dir"])}
 
 
-def cache_feature_arrays(config: dict) -> None:
+def cache_feature_arrays(config: dict, status: Status | None = None) -> None:
     """Build (or find) the cached feature arrays that load_train_data will read."""
     check_split_settings(config["data"])
     feature_set = feature_set_from_config(config)
     for path in dict.fromkeys([config["data"]["train"], validation_file(config)]):
-        feature_arrays(Path(path), feature_set, **_array_options(config["data"]))
+        _read_features(Path(path), feature_set, config["data"], status or _silent)
 
 
-def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainData:
+def _read_features(path: Path, feature_set: FeatureSet, data: dict,
+                   status: Status) -> SequenceArrays:
+    status(f"reading the features of {path} (built and cached on first use: minutes for a "
+           "large file)...")
+    return feature_arrays(path, feature_set, **_array_options(data))
+
+
+def load_train_data(config: dict, fold: tuple[int, int] | None = None,
+                    status: Status | None = None) -> TrainData:
     """Feature arrays of the config's train and valid files, normalised.
 
     With fold = (k, i), both parts come from the train file: fold i of a k-fold split by
     sequence id (seeded by config seed) is the validation part, the rest trains; a fold run's
     config records its fold (`data.fold`), so resuming it trains the same fold. With
     `data.split` = random | group (and no fold), a held-out part of the train file validates
-    (see holdout_ids) and the valid file is not read.
+    (see holdout_ids) and the valid file is not read. `status` is told each step as it starts.
     """
+    status = status or _silent
     data, train_cfg = config["data"], config["train"]
     check_split_settings(data)
     check_data_files(data, folds=fold is not None)
@@ -327,16 +348,15 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         fold = (data["fold"][0], data["fold"][1])
     spec = load_spec(config["spec"])
     feature_set = feature_set_from_config(config)
-    options = _array_options(data)
     # a fold trains on all the rest of the train file; a held-out split honours the limits
     limit_train, limit_valid = ((0, 0) if fold is not None
                                 else (train_cfg["max_train_seqs"], train_cfg["max_valid_seqs"]))
     train_path = Path(data["train"])
-    train = feature_arrays(train_path, feature_set, **options)
+    train = _read_features(train_path, feature_set, data, status)
     train_starts, train_cut = _sequence_starts(train, train_path, spec, data["truncate"])
     if fold is None and data["split"] == "file":
         valid_path = Path(data["valid"])
-        valid = feature_arrays(valid_path, feature_set, **options)
+        valid = _read_features(valid_path, feature_set, data, status)
         valid_starts, valid_cut = _sequence_starts(valid, valid_path, spec, data["truncate"])
     else:
         if fold is not None:
@@ -347,7 +367,9 @@ def load_train_data(config: dict, fold: tuple[int, int] | None = None) -> TrainD
         valid, valid_starts = train.take(valid_ids), train_starts[valid_pos]
         valid_cut = train_cut[valid_pos]
         train, train_starts = train.take(train_ids), train_starts[train_pos]
-    normaliser = _fit_normaliser(train, config, limit_train)
+    normaliser = _fit_normaliser(train, config, limit_train, status)
+    status(f"normalising {min(limit_train or len(train), len(train)):,} training and "
+           f"{min(limit_valid or len(valid), len(valid)):,} validation sequences...")
     out = TrainData(
         spec=spec, feature_set=feature_set, normaliser=normaliser,
         train=_split(train, normaliser, train_starts, limit_train),

@@ -209,7 +209,36 @@ def holding_group(exp_dir: Path, stamp: str | None):
 
 
 class NothingStarted(KeyboardInterrupt):
-    """Ctrl-C before any run of a new group wrote a file: nothing is left to resume."""
+    """Ctrl-C before any run of a new group finished an epoch: nothing is left to resume.
+    `runs_started`: a run had begun training (its folder held its start's files), and
+    `epoch_at`: (epoch, batches trained, batches per epoch) where the stop found it, when
+    known (a --jobs command's workers do not say)."""
+
+    def __init__(self, runs_started: bool = False, epoch_at: tuple | None = None):
+        super().__init__()
+        self.runs_started, self.epoch_at = runs_started, epoch_at
+
+
+def nothing_kept_text(stop: BaseException) -> str:
+    """What a stop that left nothing (NothingStarted, or a signal's `nothing_started`) says
+    after "interrupted" / "stopped by SIGTERM": before any run started (its data was being
+    read or built), or in a first epoch, which no checkpoint holds (r312: a stop at batch 20
+    of 671 said "before any run started")."""
+    epoch_at = getattr(stop, "epoch_at", None)
+    if epoch_at is None and not getattr(stop, "runs_started", False):
+        return "before any run started: nothing to resume; run the same command again"
+    if epoch_at is None:
+        where = "before any run finished its first epoch"
+    else:
+        epoch, done, total = epoch_at
+        where = (f"in epoch {epoch} after all {total:,} batches, while validating"
+                 if done >= total else f"in epoch {epoch} after {done:,} of {total:,} batches")
+    return (f"{where}: no epoch had finished, so nothing is kept (a run's checkpoint, last.pt, "
+            "is written at each epoch's end); run the same command again. " + LONG_EPOCH_HINT)
+
+
+LONG_EPOCH_HINT = ("An epoch trains every training sequence once; to try settings in shorter "
+                   "epochs, train on the first N sequences (train.max_train_seqs=N)")
 
 
 @contextlib.contextmanager
@@ -223,7 +252,7 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
     except BaseException as exc:
         if stamp is None:
             raise
-        left = False
+        left = started = False
         for name in member_names(seeds, folds, stamp):
             folder = exp_dir / name
             if folder.is_dir() and RunFiles(folder).being_trained():  # another command's now
@@ -233,6 +262,7 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
                 # a run that failed before its first epoch holds what its start wrote alone;
                 # any other file means it trained, and its config is what --resume reads
                 written = {p.name for p in folder.iterdir()}
+                started = started or bool(written)
                 if written and written <= STARTED_ONLY:
                     for leftover in written:
                         path = folder / leftover
@@ -248,7 +278,8 @@ def dropped_if_unused(exp_dir: Path, seeds: list[int], folds: int, stamp: str | 
                 with contextlib.suppress(OSError):  # (holding anything else: kept)
                     empty.rmdir()
             if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, NothingStarted):
-                raise NothingStarted() from None
+                raise NothingStarted(started, getattr(exc, "epoch_at", None)) from None
             if hasattr(exc, "nothing_started"):  # EndedBySignal, SeedsFailed: said instead
                 exc.nothing_started = True  # of a --resume hint
+                exc.runs_started = started
         raise

@@ -454,7 +454,7 @@ def train_seeds_in_parallel(base: dict, seeds: list[int], jobs: int, runs_dir: P
     from kit.train.data import cache_feature_arrays
     from kit.train.runs import toml_safe
 
-    cache_feature_arrays(base)
+    cache_feature_arrays(base, status=startup_status(progress))
     with owned_temp_dir("group") as tmp:
         # the workers train the config this command resolved: read from the experiment file
         # as each started, a seed queued behind others took an edit made meanwhile
@@ -534,6 +534,20 @@ class EpochLines:
                 print(f"seed {seed} {epoch_line(record)}", flush=True)
 
 
+def startup_status(progress: bool):
+    """What a run says while its data is read, fitted and normalised (30-100 s at full size,
+    said nowhere before: r312), a line each on stderr, where the progress bars go: stdout
+    carries the epoch and result lines that scripts read. None without progress (--quiet, a
+    --jobs worker)."""
+    if not progress or os.environ.get(TRAIN_WORKER_ENV):
+        return None
+
+    def status(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    return status
+
+
 def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = None,
                resume: bool = False, stop_after_epochs: int = 0, progress: bool = True,
                on_epoch=None) -> dict:
@@ -557,7 +571,7 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
     from kit.models import build_model, count_params, solve_width
     from kit.train.data import far_from_standard, load_train_data, target_moments
     from kit.train.losses import resolved_loss
-    from kit.train.trainer import fit
+    from kit.train.trainer import EPOCH_AT, fit
 
     if fold is not None:  # recorded in config.toml: reports and resume know the fold
         config = {**config, "data": {**config["data"], "fold": [fold[0], fold[1]]}}
@@ -566,7 +580,9 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
     if resume and (changed := data_changes(files.root, reading_here=True)):
         raise ConfigError(changed_data_message(files.root, changed)
                           + "; --resume would train it on both")
-    data = load_train_data(config)  # a resumed fold run's config brings its fold
+    # (a resumed fold run's config brings its fold; without progress, called as it always was)
+    status = startup_status(progress)
+    data = load_train_data(config, **({"status": status} if status else {}))
     n_in, n_out = len(data.feature_set.outputs), data.spec.n_outputs
     # config.toml records the loss it trains, defaults filled in (as the other sections); a
     # resumed run keeps its config.toml as it was written (one from before: no [loss])
@@ -599,6 +615,7 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
                           on_epoch=on_epoch)
         except (KeyboardInterrupt, EndedBySignal, BrokenPipeError) as stop:  # (stdout's
             stop.run_dir = str(files.root)  # reader gone too) the resume hint names the run
+            stop.epoch_at = files.about.get(EPOCH_AT)  # and the unfinished epoch it loses
             raise
     return {**metrics, "run_dir": str(files.root)}
 

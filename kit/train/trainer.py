@@ -31,6 +31,9 @@ from kit.train.losses import MaskedLoss
 from kit.train.runs import RunFiles, epoch_line, say
 
 SCHEDULES = CHOICES["train.schedule"]
+# files.about's (epoch, batches trained, batches per epoch) of the epoch in training, which no
+# checkpoint holds yet: what a stop loses (recipe.train_one puts it on the stop)
+EPOCH_AT = "epoch_at"
 
 
 class TrainingDiverged(KitError):
@@ -395,6 +398,9 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         losses = []
         bar = tqdm(range(batches_per_epoch), desc=f"epoch {epoch + 1}/{train['epochs']}",
                    leave=False, **bar_switch(progress))
+        # where a stop finds the run (r312: a Ctrl-C at batch 20 of 671 of the first epoch
+        # said "before any run started"); its checkpoint comes only at the epoch's end
+        files.about[EPOCH_AT] = (epoch + 1, 0, batches_per_epoch)
         for b in bar:
             index = torch.from_numpy(order[b * train["batch_size"]:(b + 1) * train["batch_size"]])
             x, y, mask = (t[index].to(device) for t in (data.train.x, data.train.y,
@@ -444,6 +450,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
             if diverged:
                 break
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}" if losses else "-")
+            files.about[EPOCH_AT] = (epoch + 1, b + 1, batches_per_epoch)
         if diverged:
             break  # the weights are those of the last finished epoch; last.pt is not touched
         if swa is not None and epoch + 1 >= train["swa_start"]:
@@ -487,6 +494,7 @@ def fit(config: dict, data: TrainData, model: torch.nn.Module, files: RunFiles, 
         }, files.last)
         if improved:  # last.pt now records this epoch as the best: its files take their place
             files.promote_best(epoch + 1)
+        files.about.pop(EPOCH_AT, None)  # kept in last.pt
         epochs_run += 1
         if diverged:
             break
