@@ -576,6 +576,7 @@ def train(
 ) -> None:
     """Train an experiment: one run per seed (or per fold), each in its own run directory."""
     from kit.config import ConfigError, parse_override
+    from kit.reports import validation_set_of
     from kit.train.groups import NothingStarted, nothing_kept_text
     from kit.train.recipe import SeedsFailed, train_experiment
     from kit.train.runs import outputs_text
@@ -605,15 +606,20 @@ def train(
 
     def print_result(result: dict) -> None:
         per = outputs_text(result["per_target"], number)  # many outputs: a summary
+        # the rows the score is on, as kit runs labels them: a data.seq_len cut or
+        # train.max_valid_seqs scored another set than kit score's, said nowhere here (r313)
+        label = validation_set_of(Path(result["run_dir"]))["validated"]
         if result.get("kind") == "oof":
+            of = f" of {label.split(' folds of ', 1)[1]}" if label and " folds of " in label else ""
             typer.echo(f"{result['run_dir']}: out-of-fold score {number(result['score'])} "
-                       f"({per}) over {result['folds']} folds")
+                       f"({per}) over {result['folds']} folds{of}")
             return
         state = "finished" if result["finished"] else "paused (--resume to continue)"
         if result.get("diverged"):
             state = f"stopped early: training diverged ({result['diverged']})"
-        typer.echo(f"{result['run_dir']}: score {number(result['score'])} ({per}), best epoch "
-                   f"{result['best_epoch']}, {result['params']:,} params, {state}")
+        on = f" on {label}" if label else ""
+        typer.echo(f"{result['run_dir']}: score {number(result['score'])} ({per}){on}, best "
+                   f"epoch {result['best_epoch']}, {result['params']:,} params, {state}")
 
     # a worker of a --jobs group is stopped by its parent, which says what is left
     stopping = contextlib.nullcontext() if os.environ.get(TRAIN_WORKER_ENV) else (
@@ -1023,7 +1029,9 @@ def demo(
                                      "valid.parquet and valid_oracle.parquet (generated if "
                                      "missing where the generators make the spec; default "
                                      "data/synth, data/synth-NAME for another spec)."),
-    exp: str = typer.Option("gru_base", help="The experiment to train."),
+    exp: str | None = typer.Option(None, help="The experiment to train (default: gru_base; "
+                                   "with --spec alone, that competition's preset, e.g. rnn_gru "
+                                   "for rnn-challenge)."),
     spec: str | None = typer.Option(None, help="The competition (default: the experiment's, "
                                     "e.g. rnn-challenge for rnn_gru)."),
     seeds: int = typer.Option(3, help="Seeds to train and ensemble (1: a single run)."),

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
@@ -28,6 +29,19 @@ class ConfigError(KitError):
 
 
 EXPERIMENTS_FOLDER = "experiments"  # the default of KIT_EXPERIMENTS; also what kit init writes
+DEFAULT_SPEC = "predictorium"  # the competition of an experiment that names none
+# the preset made for each built-in competition, as README and experiments/README.md name them:
+# kit demo --spec NAME trains it (r314: gru_base trained rnn-challenge on Predictorium's loss)
+SPEC_PRESETS = {"predictorium": "gru_base", "rnn-challenge": "rnn_gru"}
+
+
+@dataclass(frozen=True)
+class SectionOrigin:
+    """Where a replaced-whole section of an experiment was written: the file, and the spec in
+    force there (its own, or its parents')."""
+
+    file: Path
+    spec: str
 
 
 def experiments_dir() -> Path:
@@ -130,14 +144,18 @@ def added_at_default(key: str, value) -> bool:
     return key in ADDED_LATER and value == ADDED_LATER[key]
 
 
-def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
-    """The fully resolved config of an experiment (parents merged in, `name` set)."""
+def load_experiment(name: str, _seen: tuple[str, ...] = (),
+                    origins: dict[str, SectionOrigin] | None = None) -> dict:
+    """The fully resolved config of an experiment (parents merged in, `name` set). `origins`
+    (filled when given): for each section a child replaces whole ([model], [loss]), the file
+    of the chain that wrote the one that trains and the spec in force in that file."""
     path = experiment_path(name)
     key = str(path.resolve())
     if key in _seen:
         raise ConfigError(f"experiment {name!r} extends itself through {list(_seen)}")
     raw = read_toml(path, ConfigError)
     parent_name = raw.pop("extends", None)
+    own = set(raw)  # the sections this file writes itself
     if problem := unknown_keys(raw):
         raise ConfigError(f"{path}: {problem}")
     try:  # this file's own values: a wrong type is named with the file that set it
@@ -165,7 +183,7 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
                 f" (looked for {path.parent / f'{reference}.toml'} next to it, then in the "
                 "experiments folder)")
             raise ConfigError(f"{path}: extends {parent_name!r}{tried}: {exc}") from None
-        parent = load_experiment(reference, (*_seen, key))
+        parent = load_experiment(reference, (*_seen, key), origins)
         parent.pop("name", None)
         for section in REPLACED_SECTIONS & set(raw):
             parent.pop(section, None)
@@ -173,6 +191,9 @@ def load_experiment(name: str, _seen: tuple[str, ...] = ()) -> dict:
         for name in child_params if parent_params is not None and child_params else ():
             parent_params.pop(name, None)  # each of the child's entries replaces the parent's
         raw = deep_merge(parent, raw)
+    if origins is not None:  # (a parent's entry stands where this file writes no such table)
+        origins.update({section: SectionOrigin(path, raw.get("spec", DEFAULT_SPEC))
+                        for section in REPLACED_SECTIONS & own})
     return {"name": path.stem, **raw}
 
 
@@ -351,7 +372,7 @@ def resolve(config: dict) -> dict:
             merged[key] = value
         out[section] = merged
     out.setdefault("seed", 42)
-    out.setdefault("spec", "predictorium")
+    out.setdefault("spec", DEFAULT_SPEC)
     out.setdefault("model", {})  # absent: the registry says "model.type is missing"
     if not out["spec"].strip():  # spec=$UNSET: not the default competition without a word
         raise ConfigError("spec is empty; give a preset name (kit spec list) or a TOML path")

@@ -1,8 +1,9 @@
 """`kit demo`: the main job end to end on the built-in synthetic competition.
 
-data (generated if missing) -> contract check -> train the default experiment with a few seeds
--> greedy ensemble selection -> pack the ensemble into one graph -> parity -> local scorer on
-1 CPU -> a short summary against the oracle and the time limit.
+data (generated if missing) -> contract check -> train the experiment (--spec alone: the
+competition's preset) with a few seeds -> greedy ensemble selection -> pack the ensemble into
+one graph -> parity -> local scorer on 1 CPU -> a short summary against the oracle and the time
+limit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from kit.metrics import SHOWN_OUTPUTS, evaluate, oracle_fraction, outputs_summar
 from kit.parity_defaults import DEFAULT_SEQS
 from kit.run_record import is_finished
 from kit.workers import EndedBySignal, ended_text
+
+DEFAULT_EXPERIMENT = "gru_base"  # without --exp and --spec (Predictorium's preset)
 
 
 def _section(title: str) -> None:
@@ -117,17 +120,45 @@ def scored_rows_text(seqs: int | None, scored: int, valid_sequences: int) -> str
     return f"the first {scored:,} valid sequences"
 
 
-def copy_presets_if_missing(experiment: str) -> None:
+def copy_presets_if_missing(experiment: str | None) -> None:
     """`pip install kit && kit demo` from an empty folder: no experiments/ here (and no
     KIT_EXPERIMENTS) gets kit's presets copied in, as the missing data is generated (r302:
     the demo failed, naming a checkout a pip user has none of)."""
     from kit.presets import EXPERIMENTS_FOLDER, experiments_here_missing, init_project
 
-    if experiment.removeprefix("exp=").endswith(".toml") or not experiments_here_missing():
+    named_file = (experiment or "").removeprefix("exp=").endswith(".toml")
+    if named_file or not experiments_here_missing():
         return
     copied = init_project(Path(".")).copied
     typer.echo(f"no {EXPERIMENTS_FOLDER}/ here: copied kit's {len(copied)} preset files into "
                f"{EXPERIMENTS_FOLDER}/ (as kit init does: edit them there)")
+
+
+def preset_for_spec(spec_name: str) -> tuple[str, str]:
+    """The experiment `kit demo --spec NAME` trains without --exp, and the line that says so:
+    the preset made for that competition (config.SPEC_PRESETS: rnn_gru for rnn-challenge), else
+    DEFAULT_EXPERIMENT, saying why. gru_base trained rnn-challenge on Predictorium's |y|-weighted
+    loss, into runs/gru_base/ beside Predictorium's runs (r314)."""
+    from kit.config import DEFAULT_SPEC, SPEC_PRESETS, experiment_file_exists, experiment_path
+    from kit.train.recipe import experiment_config
+
+    spec = load_spec(spec_name).name
+    preset = SPEC_PRESETS.get(spec)
+    if preset is None:
+        return DEFAULT_EXPERIMENT, (
+            f"no preset experiment is made for {spec}: training {DEFAULT_EXPERIMENT} "
+            f"(made for {DEFAULT_SPEC}) on it; --exp NAME trains an experiment of yours")
+    if not experiment_file_exists(preset):
+        return DEFAULT_EXPERIMENT, (
+            f"{preset}, the preset made for {spec}, is not in the experiments folder (`kit "
+            f"init` copies the presets it lacks): training {DEFAULT_EXPERIMENT} on {spec}")
+    written = experiment_config(preset).get("spec")
+    if written not in (spec, spec_name):  # an edited preset: it trains another competition
+        return DEFAULT_EXPERIMENT, (
+            f"{experiment_path(preset)} sets spec = {written!r}, not {spec}: training "
+            f"{DEFAULT_EXPERIMENT} on {spec}; --exp NAME trains another")
+    return preset, (f"--spec {spec_name}: training {preset} ({experiment_path(preset)}), the "
+                    f"preset made for {spec}; --exp NAME trains another")
 
 
 def signal_text(stop: BaseException) -> str:
@@ -185,12 +216,13 @@ class Progress:
 
 
 def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions"),
-             spec_name: str | None = None, experiment: str = "gru_base",
+             spec_name: str | None = None, experiment: str | None = None,
              overrides: list[str] | None = None, seeds: int = 3, seqs: int | None = None,
              parity_seqs: int = DEFAULT_SEQS, quiet: bool = False) -> dict:
     """Run every stage and return the summary it prints. spec_name: the competition (default:
     the experiment's own spec); data_dir: its data (default: synth_dir). Interrupted (Ctrl-C;
-    SIGTERM or SIGHUP under kit's CLI), it says in one line what it left, as kit train does."""
+    SIGTERM or SIGHUP under kit's CLI), it says in one line what it left, as kit train does.
+    experiment: the one to train (default: the preset made for spec_name, else gru_base)."""
     progress = Progress()
     try:
         return _run_demo(progress, data_dir, submissions, spec_name, experiment, overrides,
@@ -201,8 +233,8 @@ def run_demo(data_dir: Path | None = None, submissions: Path = Path("submissions
 
 
 def _run_demo(progress: Progress, data_dir: Path | None, submissions: Path,
-              spec_name: str | None, experiment: str, overrides: list[str] | None, seeds: int,
-              seqs: int | None, parity_seqs: int, quiet: bool) -> dict:
+              spec_name: str | None, experiment: str | None, overrides: list[str] | None,
+              seeds: int, seqs: int | None, parity_seqs: int, quiet: bool) -> dict:
     from kit.config import experiment_path, refuse_overrides
     from kit.data.synth import synthesize
     from kit.ensemble import select_ensemble
@@ -224,6 +256,10 @@ def _run_demo(progress: Progress, data_dir: Path | None, submissions: Path,
         if value is not None and value < 1:
             raise KitError(f"{name} must be >= 1, got {value}")
     copy_presets_if_missing(experiment)
+    if experiment is None and spec_name is not None:  # (said before the data stage)
+        experiment, choice = preset_for_spec(spec_name)
+        typer.echo(choice)
+    experiment = experiment or DEFAULT_EXPERIMENT
     # the experiment's own competition unless --spec says another: the demo once ran every
     # experiment on Predictorium, an rnn-challenge one failing on its data's columns
     spec_name = spec_name or experiment_config(experiment, list(overrides or [])).get(

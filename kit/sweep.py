@@ -1099,6 +1099,7 @@ def warn_once(said: set[str], check, quiet: bool = False):
 def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: str | None,
             runs_dir: Path = RUNS_DIR) -> SweepSetup:
     from kit.competition import load_spec
+    from kit.train.losses import warn_row_weights
     from kit.train.recipe import experiment_config
 
     base = experiment_config(exp, overrides)
@@ -1108,6 +1109,9 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     said: set[str] = set()
     warn_once(said, lambda: check_space(base, params), quiet=bool(os.environ.get(CHILD_ENV)))
     refuse_row_changing_params(base, params)
+    if not any(p.name == "loss" or p.name.startswith("loss.") for p in params):  # (r314)
+        warn_once(said, lambda: warn_row_weights(exp.removeprefix("exp="), overrides, base),
+                  quiet=bool(os.environ.get(CHILD_ENV)))
     spec = load_spec(base["spec"])
     direction = "maximize" if spec.metric.higher_is_better else "minimize"
     name = base["name"]

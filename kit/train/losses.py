@@ -7,16 +7,19 @@
 
 Every term reads predictions and targets (B, T, K) and the loss mask (B, T), and only the masked
 rows count. "Weighted" terms weight a row by |y| like Predictorium's weighted Pearson (weights
-floored at 1e-8; for an unweighted metric such as the next-state preset's R2, use `mse`);
+floored at 1e-8; for an unweighted metric such as the next-state preset's R2, use `mse`:
+row_weights_note says so where weighted terms written for another competition train for one);
 `pearson` is 1 - the weighted Pearson correlation of the batch, per target, pooled.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
-from kit.config import finite_number
+from kit.config import SPEC_PRESETS, finite_number, load_experiment, parse_override
 from kit.errors import KitError
 
 WEIGHT_FLOOR = 1e-8
@@ -92,6 +95,10 @@ TERMS = {"mse": mse, "wmse": wmse, "huber": huber, "whuber": whuber, "pearson": 
 # terms that leave the predictions' scale free: alone, they train a model whose predictions
 # correlate with the targets at no particular scale
 SCALE_FREE_TERMS = frozenset({"pearson"})
+# terms that weight each row by |y|, as Predictorium's weighted Pearson does; the metrics that
+# weight rows so (the others, r2, mae and rmse, weigh every row alike)
+ROW_WEIGHTED_TERMS = frozenset({"wmse", "whuber", "pearson"})
+ROW_WEIGHTED_METRICS = frozenset({"weighted_pearson"})
 DEFAULT_TERMS = {"mse": 1.0}
 DEFAULT_HUBER_DELTA = 1.0
 
@@ -157,3 +164,47 @@ class MaskedLoss:
         for name, weight in self.terms.items():
             total = total + weight * (TERMS[name](p, y, self.delta) * weights).sum()
         return total
+
+
+def terms_set_by(overrides: list[str] | None) -> bool:
+    """Whether command-line overrides choose the loss terms (`loss.terms=...`, `loss={...}`,
+    `loss.terms.mse=1.0`): chosen for this command's competition, whatever it is."""
+    paths = [parse_override(text)[0] for text in overrides or []]
+    return any(path[0] == "loss" and path[1:2] in ([], ["terms"]) for path in paths)
+
+
+def row_weights_note(exp: str, overrides: list[str] | None, config: dict) -> str | None:
+    """What to say of a loss that weights rows by |y| (wmse, whuber, pearson) training for a
+    metric that weighs them alike (r2, mae, rmse), when its terms were written for another
+    competition: those of `base` (Predictorium's) under `spec=rnn-challenge`, which cost about
+    0.015 R2 there, without a word (r314). None where nothing is wrong, and where the terms
+    were chosen with this competition in force: on the command line, or in an experiment file
+    whose spec (its own or its parents') is this one; so a user who chose wmse for an R2
+    competition is not told again. `config`: the experiment's, overrides applied and resolved."""
+    from kit.competition import load_spec
+
+    spec = load_spec(config["spec"])
+    terms = config.get("loss", {}).get("terms", DEFAULT_TERMS)
+    weighted = [name for name, weight in terms.items()
+                if name in ROW_WEIGHTED_TERMS and weight > 0]
+    if not weighted or spec.metric.name in ROW_WEIGHTED_METRICS or terms_set_by(overrides):
+        return None
+    origins = {}
+    load_experiment(exp, origins=origins)
+    origin = origins.get("loss")
+    if origin is None or origin.spec in (config["spec"], spec.name):
+        return None
+    written = ", ".join(f"{name} = {weight!r}" for name, weight in terms.items())
+    preset = SPEC_PRESETS.get(spec.name)
+    instead = f", or train {preset}, the preset made for {spec.name}" if preset else ""
+    return (f"loss.terms = {{ {written} }}, written for {origin.spec} in {origin.file}, "
+            f"weight rows by |y| ({', '.join(weighted)}), but {spec.name}'s metric "
+            f"{spec.metric.name} weighs every row alike: set loss.terms={{mse=1.0}}{instead} "
+            f"(terms set on the command line, or in an experiment with spec = "
+            f"\"{config['spec']}\", are taken as chosen and not noted)")
+
+
+def warn_row_weights(exp: str, overrides: list[str] | None, config: dict) -> None:
+    """row_weights_note as a warning (`warning: ...`, once per training command)."""
+    if note := row_weights_note(exp, overrides, config):
+        warnings.warn(note, UserWarning, stacklevel=2)

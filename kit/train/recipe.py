@@ -50,6 +50,7 @@ from kit.train.groups import (
     refuse_repeated_seeds,
     resumable_group,
 )
+from kit.train.losses import warn_row_weights
 from kit.train.runs import RUNS_DIR, RunFiles, epoch_line, npy_bytes, say
 from kit.workers import TRAIN_WORKER_ENV, EndedBySignal
 
@@ -203,6 +204,8 @@ def train_experiment(exp: str, overrides: list[str] | None = None, *,
             if os.environ.get(TRAIN_WORKER_ENV):
                 warnings.simplefilter("ignore")
             check_config(base, resume=resume)
+            if not resume:  # |y|-weighted terms of another competition's file (r314)
+                warn_row_weights(exp, overrides, base)
         if not resume:  # a resumed run reads its own config's files (train_one checks them)
             check_data_files(base["data"], folds=folds > 0)
         if folds and run_dir:
