@@ -1101,6 +1101,23 @@ def check_postprocess(post: dict, k: int, where: object) -> dict:
     return out
 
 
+def _post_summary(post: dict, targets: list[str], edited: list[str]) -> str:
+    """The post-processing of more than SHOWN_OUTPUTS targets in one line: the ranges of its
+    smoothing and scale, how many it changes, and the outputs set by hand (the file holds each
+    target's values; the rows above, their scores)."""
+    smoothing, scale = post["smoothing"], post["scale"]
+    smoothed = sum(1 for v in smoothing if v != 0)
+    scaled = sum(1 for v in scale if v != 1)
+    by_hand = [t for t in targets if t in edited]
+    hand = (f"; set by hand after tuning: {', '.join(by_hand[:SHOWN_OUTPUTS])}"
+            f"{', ...' if len(by_hand) > SHOWN_OUTPUTS else ''} (kit pack --ensemble, then "
+            "kit score, scores these)" if by_hand else "")
+    return (f"post-processing of {len(targets)} outputs: smoothing on {smoothed} "
+            f"({min(smoothing):g} to {max(smoothing):g}), scale other than 1 on {scaled} "
+            f"({min(scale):g} to {max(scale):g}); each output's values are in the file's "
+            f"[postprocess]{hand}")
+
+
 def format_selection(doc: dict) -> str:
     e = doc["ensemble"]
     targets = e["targets"]
@@ -1153,7 +1170,9 @@ def format_selection(doc: dict) -> str:
                "  ".join(f"{t} {w:.3f}" for t, w in zip(targets, m["weights"], strict=True)))
         single = f"  single {m['score']:.4f}" if finite_number(m.get("score")) else ""
         lines.append(f"  {mean_weight(m):.3f}  {m['name']:<{name_width}} [{per}]{single}")
-    if post:
+    if post and many:  # one line a target made 32 of them for a next-state spec (r314)
+        lines.append(_post_summary(post, targets, edited))
+    elif post:
         for t, name in enumerate(targets):
             scores = (f"{post['before'][name]:.4f} -> {post['after'][name]:.4f}"
                       if name in post.get("before", {}) and name in post.get("after", {})
