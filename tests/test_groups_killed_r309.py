@@ -67,3 +67,29 @@ def test_a_live_a_young_or_a_started_group_is_kept(tmp_path):
     assert not {f"{dead}-s4-fold1of2", f"{dead}-s4-fold2of2"} & names, names
     records = {p.stem for p in (exp_dir / GROUPS_DIR).iterdir()}
     assert records == {live, young, started}, records
+
+
+def test_a_group_member_deleted_by_hand_is_said_when_resumed(tmp_path, monkeypatch, capsys):
+    """--resume of a group trained a member whose folder was deleted by hand again from its
+    start without a word (r315)."""
+    import shutil
+
+    root = tmp_path / "comp"
+    root.mkdir()
+    exps = tiny_competition(root, train_seqs=8, valid_seqs=3, seed=3)
+    (exps / "tiny.toml").write_text(tomli_w.dumps(
+        raw_gru_experiment(root) | {"train": {"epochs": 2, "batch_size": 8, "lr": 3e-3,
+                                              "warmup_epochs": 0}}))
+    experiments_of(root, monkeypatch, tmp_path)
+    runs = tmp_path / "runs"
+    paused = train_experiment("tiny", seeds=[5, 6], stop_after_epochs=1, progress=False,
+                              runs_dir=runs)
+    gone = paused[0]["run_dir"]
+    shutil.rmtree(gone)
+    capsys.readouterr()
+    done = train_experiment("tiny", seeds=[5, 6], resume=True, progress=False, runs_dir=runs)
+    assert all(r["finished"] for r in done)
+    said = capsys.readouterr().err
+    assert (f"note: {gone} is not there (deleted, or it never started): training it from its "
+            "start as a member of its group") in said, said
+    assert said.count("is not there") == 1, said  # the other member resumed without a note

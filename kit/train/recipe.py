@@ -410,7 +410,12 @@ def continue_run(config: dict, files: RunFiles, overrides: list[str] | None,
     if files.last.exists():
         return train_one(stored_config(files, overrides), files, fold=fold, resume=True,
                          stop_after_epochs=stop_after_epochs, progress=progress)
-    if files.history.exists():  # epochs were logged, but last.pt is gone (deleted, or lost)
+    # a group's member folders are made at its claim: one deleted by hand came back unsaid
+    # (r315); an ablation makes its variants' folders as it reaches them
+    if group in ("group", "fold group") and not files.root.exists():
+        print(f"note: {files.root} is not there (deleted, or it never started): training it "
+              f"from its start as a member of its {group}", file=sys.stderr, flush=True)
+    elif files.history.exists():  # epochs were logged, but last.pt is gone (deleted, or lost)
         print(f"note: {files.root} has no last.pt to resume from: training it again from its "
               "start (its history.jsonl and best.pt are replaced)", file=sys.stderr, flush=True)
     files.discard_unstarted()
