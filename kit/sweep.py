@@ -513,8 +513,9 @@ def _rows_differ_text(p: Param, values: list[list], parts: list[dict]) -> str:
     return (f'sweep.params."{p.name}": its values validate the trials on different rows or '
             f"under another metric ({shown} differ in {' and '.join(differ)}), so their "
             "scores do not compare, yet the study would rank them and write the best file "
-            f"from that ranking; fix {p.name} in the experiment, or sweep each value in a "
-            f"study of its own (kit sweep exp=EXP {p.name}=VALUE --study EXP-VALUE){hint}")
+            f"from that ranking; take {p.name} out of sweep.params and set it in the "
+            "experiment, one value per study (an override of a swept key is refused: a "
+            f"child experiment or a copy for each value, with --study NAME){hint}")
 
 
 def suggest(trial, params: list[Param], base: dict) -> dict:

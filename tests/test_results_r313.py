@@ -106,6 +106,9 @@ def test_a_sweep_refuses_parameters_that_validate_trials_on_other_rows(
                                          r"kept") as info:
         prepare("tiny", None, None, None)
     assert "train.chunk" in str(info.value) and "--study" in str(info.value)
+    # not an override of the swept key, which is refused itself (r316)
+    assert "take data.seq_len out of sweep.params" in str(info.value)
+    assert "data.seq_len=VALUE" not in str(info.value)
     result = run_cli("sweep", "exp=tiny", "--trials", 1, expect=2)
     assert 'sweep.params."data.seq_len"' in result.output
     assert not (sweep_env / "runs").exists()  # refused before any trial

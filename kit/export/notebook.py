@@ -631,8 +631,9 @@ def write_notebook(submission: Path, out: Path, *, owner: str | None,
         raise NotebookError(f"{submission}: no such package (kit pack RUN writes "
                             f"submissions/NAME){other_form(submission)}")
     earlier = _dataset_written_before(submission)
+    in_out = _dataset_written_before(out / "dataset")  # what OUT holds now
     # the dataset on record: OUT/dataset given itself, else the one in OUT (written again)
-    on_record = earlier or _dataset_written_before(out / "dataset")
+    on_record = earlier or in_out
     kept: dict[str, str] = {}  # what is taken from the notebook written before, said (r310)
     if not owner and on_record:  # its owner, also when the zip is given again (r310)
         owner = kept["owner"] = on_record[2]
@@ -642,7 +643,9 @@ def write_notebook(submission: Path, out: Path, *, owner: str | None,
     if not re.match(r"^[A-Za-z0-9_-]+$", owner):
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
     name = earlier[0] if earlier else package_name(submission)
-    same_package = bool(on_record) and on_record[0] == name
+    # by what OUT holds: a dataset folder given with --out another package's OUT took that
+    # notebook's title, competition and protocol (r316)
+    same_package = in_out is not None and in_out[0] == name
     if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
         default_slug = earlier[1]
     elif same_package and dataset_slug is None:  # the package written again into its OUT

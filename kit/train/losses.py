@@ -166,11 +166,19 @@ class MaskedLoss:
         return total
 
 
-def terms_set_by(overrides: list[str] | None) -> bool:
-    """Whether command-line overrides choose the loss terms (`loss.terms=...`, `loss={...}`,
-    `loss.terms.mse=1.0`): chosen for this command's competition, whatever it is."""
-    paths = [parse_override(text)[0] for text in overrides or []]
-    return any(path[0] == "loss" and path[1:2] in ([], ["terms"]) for path in paths)
+def terms_chosen_by(overrides: list[str] | None) -> set[str] | None:
+    """The loss terms command-line overrides choose for this command's competition: None when
+    they set the whole table (`loss={...}`, `loss.terms={...}`: every term chosen), else the
+    names `loss.terms.NAME=...` sets. Such a dotted override merges into the file's terms, whose
+    weighted ones still train (r316: `loss.terms.mse=1.0` silenced the note)."""
+    named: set[str] = set()
+    for text in overrides or []:
+        path = parse_override(text)[0]
+        if path in (["loss"], ["loss", "terms"]):
+            return None
+        if path[:2] == ["loss", "terms"] and len(path) == 3:
+            named.add(path[2])
+    return named
 
 
 def row_weights_note(exp: str, overrides: list[str] | None, config: dict) -> str | None:
@@ -185,9 +193,11 @@ def row_weights_note(exp: str, overrides: list[str] | None, config: dict) -> str
 
     spec = load_spec(config["spec"])
     terms = config.get("loss", {}).get("terms", DEFAULT_TERMS)
+    chosen = terms_chosen_by(overrides)
     weighted = [name for name, weight in terms.items()
                 if name in ROW_WEIGHTED_TERMS and weight > 0]
-    if not weighted or spec.metric.name in ROW_WEIGHTED_METRICS or terms_set_by(overrides):
+    if chosen is None or not weighted or spec.metric.name in ROW_WEIGHTED_METRICS or all(
+            name in chosen for name in weighted):
         return None
     origins = {}
     load_experiment(exp, origins=origins)
