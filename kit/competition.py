@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from kit.config import finite_number
+from kit.config import did_you_mean, finite_number
 from kit.errors import KitError, SpecError
 from kit.toml_file import parse_toml, read_toml
 
@@ -280,7 +280,8 @@ def spec_from_dict(raw: dict, source: str = "<dict>") -> CompetitionSpec:
     }  # fmt: skip
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise SpecError(f"{source}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        raise SpecError(f"{source}: unknown key(s) {unknown}"
+                        f"{did_you_mean(unknown[0], sorted(known))}; allowed: {sorted(known)}")
     for key in ("name", "features"):
         if key not in raw:
             raise SpecError(f"{source}: missing required key {key!r}")

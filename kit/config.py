@@ -11,6 +11,7 @@ categorical must not inherit an int range's `low`, nor a range its parent's `ste
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import os
 import re
@@ -316,15 +317,23 @@ def unknown_keys(config: dict) -> str | None:
             return ("extends is read from experiment files only, not as an override: name "
                     "the experiment to train (exp=NAME), or write a file that extends it")
         if key not in SECTIONS and key not in TOP_LEVEL:
-            return (f"unknown config key {key!r}; top-level keys: {sorted(TOP_LEVEL)}, "
-                    f"sections: {sorted(SECTIONS)}")
+            return (f"unknown config key {key!r}{did_you_mean(key, [*SECTIONS, *TOP_LEVEL])}"
+                    f"; top-level keys: {sorted(TOP_LEVEL)}, sections: {sorted(SECTIONS)}")
     for section, defaults in DEFAULTS.items():
         given = config.get(section, {})
         unknown = sorted(set(given) - set(defaults)) if isinstance(given, dict) else []
         if unknown:
-            return (f"unknown key(s) {[f'{section}.{k}' for k in unknown]}; allowed: "
+            meant = did_you_mean(unknown[0], list(defaults), f"{section}.")
+            return (f"unknown key(s) {[f'{section}.{k}' for k in unknown]}{meant}; allowed: "
                     f"{sorted(defaults)}")
     return None
+
+
+def did_you_mean(key: str, known: list[str], prefix: str = "") -> str:
+    """` (did you mean 'train'?)` for a near miss (`trian`), else nothing: the lists after it
+    hold 11 to 20 names to scan."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
 
 
 # settings that name a file or folder: empty, `data.cache_dir=` wrote the cache into the working

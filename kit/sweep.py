@@ -44,6 +44,7 @@ import tomli_w
 from kit.config import (
     ConfigError,
     added_at_default,
+    did_you_mean,
     experiments_dir,
     finite,
     flatten,
@@ -130,7 +131,9 @@ def check_table(table: dict) -> None:
     bad values fail naming the key."""
     unknown = sorted(set(table) - set(TABLE_KEYS))
     if unknown:
-        raise SweepError(f"[sweep]: unknown key(s) {unknown}; allowed: {list(TABLE_KEYS)}")
+        raise SweepError(f"[sweep]: unknown key(s) {unknown}"
+                         f"{did_you_mean(unknown[0], list(TABLE_KEYS), 'sweep.')}; allowed: "
+                         f"{list(TABLE_KEYS)}")
     for key in ("trials", "seed"):
         value = table.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)

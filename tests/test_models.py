@@ -324,7 +324,8 @@ def test_budget_errors_and_overrides_a_width():
     [
         ({"hidden": 8}, "model.type is missing; available: ['attention_gru'"),
         ({"type": "mamba"}, "model.type: unknown model 'mamba'; available: ['attention_gru'"),
-        ({"type": "gru", "hiden": 8}, "model.hiden: unknown key for 'gru'; allowed: ['dropout'"),
+        ({"type": "gru", "hiden": 8}, "model.hiden: unknown key for 'gru' (did you mean "
+         "'model.hidden'?); allowed: ['dropout'"),
         ({"type": "gru", "window": 8}, "model.window: unknown key for 'gru'"),
         ({"type": "gru", "hidden": "128"}, "model.hidden: expected an integer >= 1, got '128'"),
         ({"type": "gru", "hidden": 0}, "model.hidden: expected an integer >= 1, got 0"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kit.config import did_you_mean
 from kit.models.config import ModelConfigError, StreamModel
 from kit.models.patchtst import PatchTST
 from kit.models.rnn import AttentionGRU, GRUModel, LSTMModel
@@ -82,7 +83,8 @@ def _key_values(cls: type[StreamModel], config: dict) -> dict:
     for name in config:
         if name not in keys and name not in ("type", BUDGET_KEY):
             raise ModelConfigError(
-                f"model.{name}: unknown key for {config['type']!r}; "
+                f"model.{name}: unknown key for {config['type']!r}"
+                f"{did_you_mean(name, [*keys, BUDGET_KEY], 'model.')}; "
                 f"allowed: {sorted([*keys, BUDGET_KEY])}"
             )
     if BUDGET_KEY in config:
