@@ -103,6 +103,8 @@ def load_candidate(path: Path) -> Candidate:
     if summary.get("finished") is not True:
         raise EnsembleError(f"{path}: the run has not finished (metrics.json says so); "
                             "finish it with kit train --resume first")
+    if lost := lost_files(path):
+        raise EnsembleError(lost_files_message(path, lost))
     if (path / "oof_preds.npy").is_file():
         listed = summary.get("runs")
         runs = [fold_run(path, r) for r in listed] if isinstance(listed, list) else []
@@ -127,9 +129,6 @@ def load_candidate(path: Path) -> Candidate:
         if changed := data_changes(run):
             raise EnsembleError(changed_data_message(run, changed))
         _refuse_tail_cut_validation(run)
-        if not (run / "best.pt").is_file():  # its weights could never be packed
-            raise EnsembleError(f"{run}: the run finished but its best.pt is missing (deleted "
-                                "or not copied): train it again, or leave it out")
     if len(preds) != len(rows):
         raise EnsembleError(f"{path}: predictions {preds.shape} do not match rows {rows.shape}")
     refuse_non_finite(str(path), preds)
@@ -220,7 +219,77 @@ def _why_no_predictions(run: Path) -> str:
     metrics = read_metrics(run) or {}
     if isinstance(metrics.get("diverged"), str):
         return f"training diverged before any epoch scored ({metrics['diverged']})"
+    if metrics.get("finished") is True:  # (not "not finished" of a finished run, r315)
+        return "it finished without a scored epoch (its metrics.json records no score)"
     return "it has not finished its first epoch (killed, paused or still training)"
+
+
+# what selection reads of a finished run besides its metrics.json: config.toml (the data file
+# its rows index), its validation predictions and rows, and best.pt (its spec, and the weights
+# kit pack --ensemble loads); of an out-of-fold group, its own arrays and each fold run's best.pt
+RUN_FILES = ("config.toml", "val_preds.npy", "val_rows.npy", "best.pt")
+GROUP_FILES = ("oof_preds.npy", "oof_rows.npy")
+
+
+def _once_scored(folder: Path) -> bool:
+    """A finished run or group that had predictions once: a prediction file, or a score in
+    its metrics.json (a run that diverged before any epoch scored never had any)."""
+    return is_finished(folder) and (
+        any((folder / f).is_file() for f in ("val_preds.npy", "oof_preds.npy"))
+        or finite_number((read_metrics(folder) or {}).get("score")))
+
+
+def lost_files(folder: Path) -> list[str]:
+    """The files a candidate needs that a finished run or out-of-fold group that once scored
+    no longer has (r315: val_preds.npy and val_rows.npy, "most of a run", deleted to save disk,
+    left the best run out of its folder's selection without a word); fold runs' as FOLD/best.pt
+    (a fold run gone whole is missing_fold_runs'). [] for any other folder."""
+    if not _once_scored(folder):
+        return []
+    if not _is_group(folder):
+        return [name for name in RUN_FILES if not (folder / name).is_file()]
+    listed = (read_metrics(folder) or {}).get("runs")
+    folds = [fold_run(folder, r) for r in listed if isinstance(r, str)] if isinstance(
+        listed, list) else []
+    return ([name for name in GROUP_FILES if not (folder / name).is_file()]
+            + [f"{fold.name}/best.pt" for fold in folds
+               if (fold / "config.toml").is_file() and not (fold / "best.pt").is_file()])
+
+
+def _is_group(folder: Path) -> bool:
+    """An out-of-fold group's folder (its metrics.json says so, or its oof_preds.npy)."""
+    return ((read_metrics(folder) or {}).get("kind") == "oof"
+            or (folder / "oof_preds.npy").is_file())
+
+
+def _lost_files_advice(one: bool) -> str:
+    return (f"{'its score stays' if one else 'their scores stay'} in kit runs (metrics.json), "
+            "but selection needs a run's config.toml, val_preds.npy and val_rows.npy (an "
+            "out-of-fold group's oof_preds.npy, oof_rows.npy) and packing its best.pt: restore "
+            f"the missing files from a copy, or train {'it' if one else 'each'} again")
+
+
+def lost_files_message(folder: Path, lost: list[str]) -> str:
+    """A finished run named by itself whose files are gone (r315: "it has not finished its first
+    epoch" was said of it)."""
+    what = "out-of-fold group" if _is_group(folder) else "run"
+    return (f"{folder}: the {what} finished but its {', '.join(lost)} "
+            f"{'is' if len(lost) == 1 else 'are'} missing (deleted or not copied; metrics.json "
+            f"says it finished): {_lost_files_advice(True)}, or leave it out")
+
+
+def _lost_files_text(lost: dict[Path, list[str]]) -> str:
+    """The finished runs of a folder left out for their missing files, each with them."""
+    named = [f"{folder.name} ({_score_of(folder)}{', '.join(files)} missing)"
+             for folder, files in list(lost.items())[:5]]
+    more = f"; and {len(lost) - 5} more" if len(lost) > 5 else ""
+    return (f"{len(lost)} finished run(s) whose files a candidate needs are gone: "
+            f"{'; '.join(named)}{more}; {_lost_files_advice(len(lost) == 1)}")
+
+
+def _score_of(folder: Path) -> str:
+    score = (read_metrics(folder) or {}).get("score")
+    return f"score {score:.4f}; " if finite_number(score) else ""
 
 
 def _run_folders(experiment: Path) -> list[Path]:
@@ -238,11 +307,11 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
     for path in (Path(p).resolve() for p in paths):  # one run, one spelling of its path
         if (path / "val_preds.npy").is_file() or (path / "oof_preds.npy").is_file():
             out.append(path)
+        elif lost := lost_files(path):  # a run named by itself, not a folder of runs (r315)
+            raise EnsembleError(lost_files_message(path, lost))
         elif path.is_dir():
-            inside = sorted(p for p in path.iterdir() if p.is_dir() and not FOLD_RUN.search(p.name)
-                            and ((p / "val_preds.npy").is_file()
-                                 or (p / "oof_preds.npy").is_file())
-                            and is_finished(p))
+            # finished runs that once scored: those whose files are gone are named below (r315)
+            inside = [p for p in _run_folders(path) if _once_scored(p)]
             ablations = [p for p in inside if p.name.startswith("ablate-")]
             inside = [p for p in inside if p not in ablations]
             if ablations:
@@ -263,13 +332,22 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                               stacklevel=2)
             broken = {group: missing for group in inside
                       if (missing := missing_fold_runs(group))}
-            if broken:  # one broken group must not refuse the experiment's others (r311)
-                inside = [p for p in inside if p not in broken]
-                if not inside:  # nothing else to select: refused as when named
-                    raise EnsembleError(missing_fold_runs_message(*next(iter(broken.items()))))
+            lost = {run: files for run in inside
+                    if run not in broken and (files := lost_files(run))}
+            # one broken group or run must not refuse the experiment's others (r311, r315)
+            inside = [p for p in inside if p not in broken and p not in lost]
+            if not inside and (broken or lost):  # nothing else to select: refused, named
+                raise EnsembleError("; ".join(
+                    [missing_fold_runs_message(*item) for item in broken.items()]
+                    + ([f"{path}: nothing left to select: {_lost_files_text(lost)}"]
+                       if lost else [])))
+            if broken:
                 warnings.warn(f"{path}: left out " + "; ".join(
                     missing_fold_runs_message(*item) for item in broken.items()),
                     UserWarning, stacklevel=2)
+            if lost:
+                warnings.warn(f"{path}: left out {_lost_files_text(lost)}", UserWarning,
+                              stacklevel=2)
             if not inside and ((path / "config.toml").is_file()
                                or (path / "metrics.json").is_file()):
                 raise EnsembleError(f"{path}: a run without validation predictions: "
