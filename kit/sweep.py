@@ -878,7 +878,13 @@ def identity_differences(stored: dict, identity: dict) -> list[str]:
                      ("added", sorted(new.keys() - old.keys())),
                      ("removed", sorted(old.keys() - new.keys()))) if names]
         if parts:
-            problems.append(f"{what} differ: {', '.join(parts)}")
+            # the data files' keys hold their sha256, not their paths: regenerated data under
+            # the same path read as a renamed file (r317)
+            files = [k for k in ("data.train", "data.valid", "spec")
+                     if k in old and k in new and old[k] != new[k]]
+            how = (f" ({', '.join(files)} compared by content: the file holds other "
+                   "data now, or another file is named)") if files else ""
+            problems.append(f"{what} differ: {', '.join(parts)}{how}")
     return problems
 
 
@@ -1112,17 +1118,28 @@ def prepare(exp: str, overrides: list[str] | None, study: str | None, storage: s
     refuse_sampled_overrides(overrides, params)
     said: set[str] = set()
     warn_once(said, lambda: check_space(base, params), quiet=bool(os.environ.get(CHILD_ENV)))
-    refuse_row_changing_params(base, params)
-    if not any(p.name == "loss" or p.name.startswith("loss.") for p in params):  # (r314)
-        warn_once(said, lambda: warn_row_weights(exp.removeprefix("exp="), overrides, base),
-                  quiet=bool(os.environ.get(CHILD_ENV)))
     spec = load_spec(base["spec"])
     direction = "maximize" if spec.metric.higher_is_better else "minimize"
     name = base["name"]
-    return SweepSetup(exp.removeprefix("exp="), name, base, params, table, direction,
-                      study or name,
-                      storage or storage_from_env() or default_storage(name, runs_dir),
-                      runs_dir, list(overrides or []), said)
+    setup = SweepSetup(exp.removeprefix("exp="), name, base, params, table, direction,
+                       study or name,
+                       storage or storage_from_env() or default_storage(name, runs_dir),
+                       runs_dir, list(overrides or []), said)
+    try:
+        refuse_row_changing_params(base, params)
+    except SweepError as exc:  # a best file of an earlier kit's study came from such a
+        # ranking, and the refusal comes before the summary that would say so (r317)
+        best = best_path(setup)
+        if not best.is_file():
+            raise
+        raise SweepError(f"{exc}. {best} is there already: if an earlier kit wrote it from "
+                         "this space, it ranked trials scored on different rows; compare them "
+                         f"with kit runs -e {name} (column validated) before building on "
+                         "it") from None
+    if not any(p.name == "loss" or p.name.startswith("loss.") for p in params):  # (r314)
+        warn_once(said, lambda: warn_row_weights(exp.removeprefix("exp="), overrides, base),
+                  quiet=bool(os.environ.get(CHILD_ENV)))
+    return setup
 
 
 def refuse_sampled_overrides(overrides: list[str] | None, params: list[Param]) -> None:

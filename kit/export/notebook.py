@@ -738,9 +738,14 @@ def _options_kept(previous: PreviousNotebook | None, kept: dict, name: str, *,
             competition = kept["competition"] = previous.competition
         if protocol is None and previous.protocol:
             protocol = kept["protocol"] = previous.protocol
-        if keep_columns is None and previous.keep_columns and (protocol or "rows") == "batch":
-            keep_columns = previous.keep_columns
-            kept["keep columns"] = ",".join(keep_columns)
+        if keep_columns is None and previous.keep_columns:
+            if (protocol or "rows") == "batch":
+                keep_columns = previous.keep_columns
+                kept["keep columns"] = ",".join(keep_columns)
+            else:  # the rows protocol takes none: dropped, and said (r317: silently)
+                kept["keep columns"] = (f"none ({','.join(previous.keep_columns)} dropped: "
+                                        "the rows protocol takes none; give --keep-columns "
+                                        "again with --protocol batch)")
         if rename is None and previous.rename:
             rename = kept["rename"] = ",".join(f"{k}={v}" for k, v in previous.rename.items())
     return (title or default_title(name), competition, protocol or "rows", keep_columns or [],
