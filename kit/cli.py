@@ -266,20 +266,29 @@ def spec_show(name: str = typer.Argument("predictorium", help="Preset name or TO
 def data_cache(
     cache_dir: Path = typer.Option(Path("data/cache"), "--dir", help="The cache folder "
                                    "(an experiment's data.cache_dir)."),
-    clear: bool = typer.Option(False, "--clear", help="Remove every entry (they are rebuilt "
-                               "when next needed)."),
-    clear_stale: bool = typer.Option(False, "--clear-stale", help="Remove only the entries "
-                                     "this kit never reads again (an older kit's feature "
-                                     "format or version; a newer kit's stay)."),
+    clear: bool = typer.Option(False, "--clear", help="Remove every entry and temp folder "
+                               "(they are rebuilt when next needed)."),
+    clear_stale: bool = typer.Option(False, "--clear-stale", help="Remove only what no build "
+                                     "reads again: an older kit's entries (a newer kit's "
+                                     "stay), orphaned ones (their data file is gone or holds "
+                                     "other bytes) and killed builds' temp folders."),
     as_json: bool = JsonOption,
 ) -> None:
-    """The feature-array cache's entries and their size; --clear removes them, --clear-stale
-    those of an older kit (a newer kit's sharing the cache are live for it: kept). Entries are
-    never removed on their own: each feature set, spec and data file tried keeps one."""
+    """The feature-array cache's entries, their size and data file, and its temp folders;
+    --clear removes them all, --clear-stale what no build reads again (an older kit's
+    entries, orphaned ones, killed builds' temp folders; a newer kit's sharing the cache are
+    live for it: kept). Entries are never removed on their own: each feature set, spec and
+    data file tried keeps one."""
     from kit import __version__
-    from kit.data.cache import cache_entries, clear_cache
+    from kit.data.cache import cache_entries, clear_cache, clear_dead_temp, temp_folders
     from kit.data.cache import clear_stale as remove_stale
     from kit.features import FEATURE_FORMAT
+
+    def mb(items: list[dict]) -> str:
+        return f"{sum(e['bytes'] for e in items) / 1e6:,.1f} MB"
+
+    def plural(n: int, one: str, many: str) -> str:
+        return f"{n} {one if n == 1 else many}"
 
     if cache_dir.exists() and not cache_dir.is_dir():
         raise KitError(f"--dir {cache_dir} is a file, not the cache folder (an experiment's "
@@ -289,45 +298,85 @@ def data_cache(
                        "pass one of them")
     # what kit.features puts in each feature key now: an entry with other values is dead
     live = {"kind": "features", "kit": __version__, "format": FEATURE_FORMAT}
-    entries = cache_entries(cache_dir, live)
+    entries, temps = cache_entries(cache_dir, live), temp_folders(cache_dir)
     total = sum(e["bytes"] for e in entries)
     stale = [e for e in entries if e["stale"]]
     stale_bytes = sum(e["bytes"] for e in stale)
     newer = [e for e in entries if e["another_kit"]]  # live for a newer kit sharing the cache
+    # (r315) entries of bytes no file holds now, and those that could not be told so
+    orphaned = [e for e in entries if e["orphaned"] and not e["stale"]]
+    unverified = [e for e in entries if e["unverified"]]
     if clear_stale:
-        removed = remove_stale(cache_dir, live)
-        gone = sum(e["bytes"] for e in removed)
+        removed, removed_temps = remove_stale(cache_dir, live), clear_dead_temp(cache_dir)
         if as_json:
-            _print_json({"dir": str(cache_dir), "removed": len(removed), "bytes": gone,
-                         "entries": [e["name"] for e in removed]})
+            _print_json({"dir": str(cache_dir), "removed": len(removed),
+                         "bytes": sum(e["bytes"] for e in removed),
+                         "entries": [e["name"] for e in removed],
+                         "temp_removed": [t["name"] for t in removed_temps],
+                         "temp_bytes": sum(t["bytes"] for t in removed_temps)})
             return
-        typer.echo(f"removed {len(removed)} stale entr{'y' if len(removed) == 1 else 'ies'} "
-                   f"from {cache_dir} ({gone / 1e6:,.1f} MB); {len(entries) - len(stale)} "
-                   "live one(s) kept" + (f", {len(newer)} of them a newer kit's" if newer
-                                         else ""))
+        dropped = [e for e in removed if e["orphaned"] and not e["stale"]]
+        doubtful = [e for e in unverified if not e["stale"]]  # kept: maybe live
+        kept = len(entries) - len(removed)
+        typer.echo(f"removed {plural(len(removed), 'stale entry', 'stale entries')} from "
+                   f"{cache_dir} ({mb(removed)}"
+                   + (f", {len(dropped)} of them orphaned" if dropped else "") + "); "
+                   f"{kept} live one(s) kept" + (f", {len(newer)} of them a newer kit's"
+                                                 if newer else "")
+                   + (f", {len(doubtful)} unverified" if doubtful else ""))
+        if temps:
+            typer.echo(f"removed {plural(len(removed_temps), 'temp folder', 'temp folders')} "
+                       f"of killed builds ({mb(removed_temps)}); "
+                       f"{len(temps) - len(removed_temps)} of running builds or another "
+                       "host's kept")
         return
     if clear:
         removed = clear_cache(cache_dir)
         if as_json:
-            _print_json({"dir": str(cache_dir), "removed": removed, "bytes": total})
+            _print_json({"dir": str(cache_dir), "removed": removed,
+                         "bytes": total + sum(t["bytes"] for t in temps)})
             return
         typer.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'} and temp folders "
-                   f"from {cache_dir} ({total / 1e6:,.1f} MB)")
+                   f"from {cache_dir} ({mb(entries + temps)})")
         return
     if as_json:
         _print_json({"dir": str(cache_dir), "bytes": total, "stale_bytes": stale_bytes,
-                     "entries": entries})
+                     "orphaned_bytes": sum(e["bytes"] for e in orphaned),
+                     "temp_bytes": sum(t["bytes"] for t in temps),
+                     "entries": entries, "temp": temps})
         return
     for e in entries:
         typer.echo(f"{e['bytes'] / 1e6:>10,.1f} MB  {e['created']:<24}  {e['name']}  "
-                   f"{e['source'] or ''}" + "".join(f"  ({e[k]})" for k in ("stale", "another_kit")
-                                                     if e[k]))
+                   f"{e['source'] or ''}" + "".join(
+                       f"  ({e[k]})" for k in ("orphaned", "unverified", "stale", "another_kit")
+                       if e[k]))
+    for t in temps:  # builds in progress, or killed ones (r315: they were not listed)
+        who = (f"process {t['pid']}, {t['writer']}" if t["pid"] is not None
+               else "an unknown process")
+        typer.echo(f"{t['bytes'] / 1e6:>10,.1f} MB  {'temp folder':<24}  {t['name']}  "
+                   f"(build of {who}{', removable' if t['removable'] else ''})")
     typer.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in {cache_dir}, "
                f"{total / 1e6:,.1f} MB (kit data cache --clear removes them)")
+    dead = [t for t in temps if t["removable"]]
+    if temps:
+        kept = len(temps) - len(dead)
+        typer.echo(f"{plural(len(temps), 'temp folder', 'temp folders')}, {mb(temps)}: "
+                   f"{len(dead)} of killed builds ({mb(dead)}"
+                   + ("; kit data cache --clear-stale removes them)" if dead else ")")
+                   + (f", {kept} of running builds or another host's" if kept else ""))
+    if orphaned:  # its data file overwritten or deleted: no build finds these bytes again
+        typer.echo(f"{len(orphaned)} of them orphaned, {mb(orphaned)}: their data file is gone "
+                   "or holds other bytes now, so only those exact bytes coming back would read "
+                   "them again; kit data cache --clear-stale removes them")
+    if unverified:
+        typer.echo(f"{len(unverified)} of them unverified: whether a file still holds their "
+                   "data's bytes cannot be told here without hashing it (each line says why): "
+                   "kept, as live ones are")
     if stale:  # an older kit's entries: never read again, kept until removed
         typer.echo(f"{len(stale)} of them stale, {stale_bytes / 1e6:,.1f} MB: built by an "
                    "older kit (an older feature format or version), never read again; kit data "
-                   "cache --clear-stale removes only them")
+                   "cache --clear-stale removes " + ("them too" if orphaned or dead else
+                                                     "only them"))
     if newer:  # data.cache_dir shared with a newer checkout: its entries are not this kit's
         typer.echo(f"{len(newer)} of them built by a newer kit that shares this cache (a newer "
                    "feature format or version): not read by this kit, live for that one; "

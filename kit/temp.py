@@ -3,15 +3,20 @@
 kit score, parity and pack's timing write the rows to replay (150 MB for 600 sequences) into a
 temporary folder; the sandboxed child removes it when its parent dies, but a SIGKILL in the
 moment before the child starts left it for good. Each folder is named kit-KIND-PID.TAG-...
-(export.pack.owner_tag: the PID and a hash of the host and PID namespace), and the next command
+(owner_tag: the PID and a hash of the host and PID namespace; pack's staging folders and the
+feature cache's temporary folders are named so too), and the next command
 of that kind removes those of processes that are gone (never another host's, never a live one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import hashlib
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -19,8 +24,6 @@ from pathlib import Path
 
 def owned_temp_dir(kind: str) -> tempfile.TemporaryDirectory:
     """tempfile.TemporaryDirectory("kit-KIND-PID.TAG-..."), after removing the dead owners'."""
-    from kit.export.pack import dead_owners, owner_tag
-
     prefix = f"kit-{kind}-"
     for stale in dead_owners(Path(tempfile.gettempdir()), prefix):
         shutil.rmtree(stale, ignore_errors=True)
@@ -55,3 +58,53 @@ def _deferring_signals(make):
         elif handler == signal.SIG_DFL:
             os.kill(os.getpid(), signum)  # its default action, as it would have been
     return made
+
+
+def owner_tag() -> str:
+    """PID.SPACE of this process in a staging folder's name: a pack of another host, or of a
+    container sharing the folder, has PIDs of its own, which this one cannot check. SPACE
+    hashes the host name and, on Linux, the PID namespace: containers that share the host's
+    name (docker --uts=host, hostNetwork pods) do not share its PIDs, and a live pack there
+    was taken for a dead one and its staging folder deleted."""
+    space = socket.gethostname()
+    with contextlib.suppress(OSError):
+        space += f"/pid-ns {os.stat('/proc/self/ns/pid').st_ino}"
+    return f"{os.getpid()}.{_short_hash(space)}"
+
+
+def dead_owners(folder: Path, prefix: str) -> list[Path]:
+    """The entries PREFIX{owner_tag}-... of folder whose owner process is gone."""
+    return [entry for entry in folder.glob(f"{glob.escape(prefix)}*")
+            if owner_gone(entry.name.removeprefix(prefix).split("-")[0])]
+
+
+def owner_gone(tag: str) -> bool:
+    """Whether the pack that wrote a staging name of this tag is dead: a PID of this host
+    (or a name without a host, from before) that no process has."""
+    pid, _, host = tag.partition(".")
+    if not pid.isdigit() or (host and host not in (owner_tag().partition(".")[2],
+                                                   _host_only_hash())):
+        return False  # another host's: it may be building right now
+    return not process_alive(int(pid))
+
+
+def _host_only_hash() -> str:
+    """The tag kits before 2026-12-04 gave this host (its name alone): their killed packs'
+    folders are this host's to clean, as they were then."""
+    return _short_hash(socket.gethostname())
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, another user's
+        return True
+    return True

@@ -1180,7 +1180,8 @@ def test_pack_never_deletes_a_folder_that_is_not_a_package(workspace, runs, tmp_
     (tmp_path / f".p.packing-{dead}-abc").mkdir()
     (tmp_path / f".p.packing-{dead}-abc" / "model.onnx").write_bytes(b"half")
     (tmp_path / f".p.packing-{os.getpid()}-xyz").mkdir()
-    (tmp_path / f".pq.packing-{dead}-abc").mkdir()  # another name's
+    # another name's, not as pack names them (mkdtemp's 8 characters): kept (r315)
+    (tmp_path / f".pq.packing-{dead}-abc").mkdir()
     from kit.export.pack import owner_tag
 
     here = owner_tag().split(".")[1]

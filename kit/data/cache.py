@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 import warnings
@@ -49,6 +50,8 @@ WRITES_IN_FLIGHT = 2  # blocks queued for the writer thread (bounds the memory t
 # a power cut leaves one), ValueError on a bad header, KeyError/TypeError on odd meta.json.
 UNUSABLE_ENTRY = (OSError, ValueError, KeyError, TypeError, EOFError)
 _ENTRY_NAME = re.compile(r"^.+-[0-9a-f]{24}$")
+# .tmp-WHAT-OWNER-XXXXXXXX: OWNER is the writer's PID, with (since r315) pack's host tag
+_TMP_NAME = re.compile(r"^\.tmp-.+-(?P<owner>\d{1,9}(?:\.[0-9a-f]{8})?)-[0-9a-f]{8}$")
 _digests: dict[tuple, str] = {}
 
 
@@ -103,8 +106,7 @@ def known_digest(path: Path, cache_dir: Path) -> str | None:
     record = _read_digests(cache_dir).get(str(path))
     # The file is bookkeeping that a user or a crash may have mangled: use only a well-formed
     # record (stat fields, then the digest); anything else means re-hashing the file.
-    if (isinstance(record, list) and len(record) == 5 and isinstance(record[4], str)
-            and tuple(record[:4]) == memo[1:]):
+    if _well_formed(record) and tuple(record[:4]) == memo[1:]:
         _digests[memo] = record[4]
         return record[4]
     return None
@@ -358,7 +360,7 @@ def cached_arrays_into(
                     if name not in written:  # the builder made this one in memory
                         np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(arrays, name)),
                                 allow_pickle=False)
-                _finish(tmp, entry, digest, arrays, {"source": str(path), "key": key})
+                _finish(tmp, entry, digest, arrays, source_record(path, sha) | {"key": key})
                 remember_digest(path, cache_dir)
                 return _load(entry, digest)
             except (OSError, ValueError) as exc:
@@ -425,12 +427,15 @@ def in_memory(name: str, shape: tuple, dtype) -> RowWriter:
 
 def cache_entries(cache_dir: Path = Path("data/cache"), live: dict | None = None) -> list[dict]:
     """The finished entries under cache_dir, oldest first: name, bytes on disk, when built
-    (meta.json's `created`), the file it holds arrays of (`source`, when recorded), `stale`:
-    why no build of this kit reads it again (stale_reason against `live`), or None, and
-    `another_kit`: the newer kit whose entry it is (kept: live for that kit), or None."""
+    (meta.json's `created`), the file it holds arrays of (`source`: its absolute path where
+    recorded), `stale`: why no build of this kit reads it again (stale_reason against `live`),
+    or None, `another_kit`: the newer kit whose entry it is (kept: live for that kit), or None,
+    `orphaned`: why no file holds its data's bytes now (source_status), or None, and
+    `unverified`: why that could not be told without reading a file, or None."""
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
         return []
+    sources = RecordedFiles(cache_dir)
     entries = []
     for child in cache_dir.iterdir():
         if not (child.is_dir() and _ENTRY_NAME.match(child.name)):
@@ -441,13 +446,111 @@ def cache_entries(cache_dir: Path = Path("data/cache"), live: dict | None = None
             meta = {}
         meta = meta if isinstance(meta, dict) else {}
         size = sum(f.stat().st_size for f in child.iterdir() if f.is_file())
-        created, source = meta.get("created"), meta.get("source")
+        created = meta.get("created")
+        source, orphaned, unverified = source_status(meta, sources) if meta else (None,) * 3
         entries.append({"name": child.name, "bytes": size,  # (a hand-edited meta: any type)
                         "created": created if isinstance(created, str) else "unfinished or damaged",
-                        "source": source if isinstance(source, str) else None,
+                        "source": source,
                         "stale": stale_reason(meta, live or {}) if meta else None,
-                        "another_kit": newer_kit_reason(meta, live or {}) if meta else None})
+                        "another_kit": newer_kit_reason(meta, live or {}) if meta else None,
+                        "orphaned": orphaned, "unverified": unverified})
     return sorted(entries, key=lambda e: (e["created"], e["name"]))
+
+
+def source_record(path: Path, file_sha: str) -> dict:
+    """What meta.json says of the data file an entry holds arrays of: the path as given, its
+    absolute path and content digest, and where that path means a file (file_space). Before
+    r315 only the path as given was kept: two projects sharing a cache were listed alike, and
+    an entry of a file since overwritten or deleted could not be told from a live one."""
+    return {"source": str(path), "source_path": str(Path(path).resolve()),
+            "source_sha256": file_sha, "source_space": file_space()}
+
+
+def file_space() -> str:
+    """A short hash of the host name and (Linux) mount namespace: where an absolute path names
+    the same file. A cache shared with another host or container holds paths this process may
+    not see; their files are never judged gone from here (r315)."""
+    space = socket.gethostname()
+    with contextlib.suppress(OSError):
+        space += f"/mnt-ns {os.stat('/proc/self/ns/mnt').st_ino}"
+    return hashlib.sha256(space.encode()).hexdigest()[:8]
+
+
+class RecordedFiles:
+    """What the files recorded in digests.json hold now, told by their stat alone (no file is
+    read: a listing must not hash GBs). A path maps to its record's digest while its stat is
+    the recorded one, to CHANGED when it exists with another stat, to GONE when it is gone."""
+
+    GONE, CHANGED = "gone", "changed"
+
+    def __init__(self, cache_dir: Path):
+        self.records = {path: record for path, record in _read_digests(cache_dir).items()
+                        if _well_formed(record)}
+        self.states: dict[str, str] = {}
+
+    def state(self, path: str) -> str:
+        if path not in self.states:
+            self.states[path] = self._state_now(path)
+        return self.states[path]
+
+    def _state_now(self, path: str) -> str:
+        try:
+            stat = _stat_key(Path(path))[1:]
+        except FileNotFoundError:
+            return self.GONE
+        except (OSError, ValueError):  # (unreadable; a hand-edited path): not known gone
+            return self.CHANGED
+        record = self.records.get(path)
+        return record[4] if record is not None and tuple(record[:4]) == stat else self.CHANGED
+
+    def recorded_with(self, file_sha: str) -> list[str]:
+        return [path for path, record in self.records.items() if record[4] == file_sha]
+
+    def match(self, meta: dict) -> tuple[str, str] | None:
+        """(digest, path) of a recorded file whose content gives the entry's key: for an
+        entry of a kit before r315, whose meta.json names neither."""
+        key, digest = meta.get("key"), meta.get("digest")
+        for path, record in self.records.items():
+            with contextlib.suppress(TypeError):  # (a key no JSON holds: a hand-edited meta)
+                if _key_of(record[4], key) == digest:
+                    return record[4], path
+        return None
+
+
+def _well_formed(record) -> bool:
+    """A digests.json record as remember_digest writes it: four stat fields and the digest."""
+    return isinstance(record, list) and len(record) == 5 and isinstance(record[4], str)
+
+
+def source_status(meta: dict, files: RecordedFiles) -> tuple[str | None, str | None, str | None]:
+    """(source, orphaned, unverified) of an entry (r315): its data file's absolute path where
+    known; why no file holds its data's bytes any more (the file is gone or holds other bytes:
+    only those exact bytes coming back would read the entry again), or None; why that is not
+    known without hashing a file (one changed since its digest was recorded, an entry of
+    another host or of a kit that did not record its data's digest), or None."""
+    sha, path = meta.get("source_sha256"), meta.get("source_path")
+    if not isinstance(sha, str):
+        sha, path = files.match(meta) or (None, None)
+    given = meta.get("source")
+    source = path if isinstance(path, str) else given if isinstance(given, str) else None
+    if sha is None:
+        return source, None, "unverified: built by a kit that did not record its data's digest"
+    where = list(dict.fromkeys(files.recorded_with(sha) + ([path] if isinstance(path, str)
+                                                           else [])))
+    states = {p: files.state(p) for p in where}
+    if sha in states.values():
+        return source, None, None
+    if meta.get("source_space", file_space()) != file_space():
+        return source, None, "unverified: built on another host or container"
+    changed = [p for p, state in states.items() if state == files.CHANGED]
+    if changed or not states:
+        return source, None, (f"unverified: {changed[0]} is not on record as it is now (not "
+                              "hashed here)" if changed else "unverified: no file on record")
+    if isinstance(path, str):
+        why = f"{path} is gone" if states[path] == files.GONE else f"{path} holds other bytes now"
+    else:
+        why = "no recorded file holds its data's bytes now"
+    return source, f"orphaned: {why}", None
 
 
 def stale_reason(meta: dict, live: dict) -> str | None:
@@ -501,13 +604,72 @@ def _release(version) -> tuple[int, ...] | None:
 
 
 def clear_stale(cache_dir: Path, live: dict) -> list[dict]:
-    """Remove the entries no build of this kit reads again (stale_reason); return them. Live
-    entries, a newer kit's (newer_kit_reason), temp folders (a build may be writing one) and
-    digests.json stay."""
-    stale = [e for e in cache_entries(cache_dir, live) if e["stale"]]
-    for entry in stale:
+    """Remove the entries no build reads again: an older kit's (stale_reason) and those whose
+    data no file holds now (orphaned: a data file overwritten or deleted, r315); return them.
+    Live entries, a newer kit's (newer_kit_reason), unverified ones, temp folders (see
+    clear_dead_temp) and digests.json stay."""
+    gone = [e for e in cache_entries(cache_dir, live) if e["stale"] or e["orphaned"]]
+    for entry in gone:
         _remove(Path(cache_dir) / entry["name"])
-    return stale
+    return gone
+
+
+def temp_folders(cache_dir: Path = Path("data/cache")) -> list[dict]:
+    """The temp folders (and files) under cache_dir: builds in progress or killed ones
+    (r315: a killed build's 297 MB were listed as "0 entries, 0.0 MB"). Each: name, bytes,
+    pid (None when its name holds none), writer ("running", "dead", "another host's" or
+    "unknown"), and removable: whether clear_dead_temp removes it."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    found = []
+    for child in sorted(cache_dir.glob(f"{TMP_PREFIX}*")):
+        try:
+            size, age = _size_on_disk(child), time.time() - child.stat().st_mtime
+        except FileNotFoundError:  # its build just finished (renamed it) or removed it
+            continue
+        match = _TMP_NAME.match(child.name)
+        writer = _writer_of(match["owner"]) if match else "unknown"
+        found.append({"name": child.name, "bytes": size,
+                      "pid": int(match["owner"].split(".")[0]) if match else None,
+                      "writer": writer,
+                      "removable": writer == "dead" or (writer == "unknown"
+                                                        and age > STALE_TMP_S)})
+    return found
+
+
+def _writer_of(owner: str) -> str:
+    """Whether the process that named a temp folder (PID, or PID.TAG as kit.export.pack's
+    owner_tag writes it) is running, dead, or another host's or container's (not judged:
+    its PIDs are not ours). A bare PID, from before r315, is taken for this host's, as pack
+    takes its older names."""
+    from kit.temp import owner_gone, owner_tag  # (not pack's module: it imports onnx)
+
+    if owner_gone(owner):
+        return "dead"
+    space = owner.partition(".")[2]
+    return "another host's" if space and space != owner_tag().partition(".")[2] else "running"
+
+
+def clear_dead_temp(cache_dir: Path = Path("data/cache")) -> list[dict]:
+    """Remove the temp folders of builds whose process is gone (and those of no known writer
+    older than STALE_TMP_S); return them. A running build's, or another host's, stay."""
+    dead = [t for t in temp_folders(cache_dir) if t["removable"]]
+    for folder in dead:
+        _remove(Path(cache_dir) / folder["name"])
+    return dead
+
+
+def _size_on_disk(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if not path.is_dir():
+        return path.stat().st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):  # (a build writing it, finishing)
+                total += (Path(root) / name).stat().st_size
+    return total
 
 
 def clear_cache(cache_dir: Path = Path("data/cache")) -> int:
@@ -546,9 +708,11 @@ def _load(entry: Path, digest: str) -> SequenceArrays:
 
 
 def _new_tmp(cache_dir: Path, source: Path) -> Path:
+    from kit.temp import owner_tag  # (pack's PID and host tag: r315)
+
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir)
-    tmp = cache_dir / f"{TMP_PREFIX}{_safe_stem(source)}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = cache_dir / f"{TMP_PREFIX}{_safe_stem(source)}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     return tmp
 
@@ -596,10 +760,15 @@ def _move_into_place(tmp: Path, entry: Path, digest: str) -> None:
 
 
 def _remove_stale_tmp(cache_dir: Path) -> None:
+    """Temp folders older than STALE_TMP_S, and those named by a dead process of this host
+    (r315: a killed build's stayed 6 hours). A bare PID (a kit before r315) is judged by age
+    alone: its name does not say which host wrote it."""
     cutoff = time.time() - STALE_TMP_S
     for child in cache_dir.glob(f"{TMP_PREFIX}*"):
+        match = _TMP_NAME.match(child.name)
         try:
-            if child.stat().st_mtime < cutoff:
+            if child.stat().st_mtime < cutoff or (match and "." in match["owner"]
+                                                  and _writer_of(match["owner"]) == "dead"):
                 _remove(child)
         except FileNotFoundError:
             pass

@@ -11,14 +11,11 @@ and configs, the sha256 of every other file, and later the parity report.
 from __future__ import annotations
 
 import contextlib
-import glob
-import hashlib
 import json
 import math
 import os
 import shlex
 import shutil
-import socket
 import tempfile
 import time
 import unicodedata
@@ -50,6 +47,7 @@ from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import dumps as json_dumps
 from kit.run_record import fold_run, how_to_finish, read_config, read_metrics, relocated
 from kit.submission import write_submission_zip, zip_path_of
+from kit.temp import dead_owners, owner_gone, owner_tag
 from kit.torch_state import kit_torch
 
 SUBMISSIONS_DIR = Path("submissions")
@@ -482,9 +480,10 @@ def users_files(folder: Path) -> list[Path]:
 
 
 def drop_dead_staging(out_dir: Path, name: str) -> None:
-    """Remove the staging folders of packs to this name whose process is gone (killed: no
-    `finally` ran). A live pack's folder is left alone: it may be building right now."""
-    for staging in dead_owners(out_dir, f".{name}.packing-"):
+    """Remove the staging folders of packs whose process is gone (killed: no `finally` ran),
+    of this name and (r315: they stayed until their own name was packed again) of any other.
+    A live pack's folder is left alone: it may be building right now."""
+    for staging in {*dead_owners(out_dir, f".{name}.packing-"), *dead_staging(out_dir)}:
         if staging.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
         else:  # its zip
@@ -499,61 +498,25 @@ def drop_dead_staging(out_dir: Path, name: str) -> None:
                           "where you want them, then delete it", stacklevel=2)
 
 
+def dead_staging(out_dir: Path) -> list[Path]:
+    """The staging folders and zips of packs of any name whose process is gone: named as
+    pack_members names them, .NAME.packing-TAG-XXXXXXXX[.zip] (mkdtemp's 8 characters; a
+    NAME may itself hold ".packing-": the last one counts). A file of yours that merely looks
+    alike (another suffix) is not one."""
+    found = []
+    for entry in out_dir.glob(".*.packing-*"):
+        tag, _, suffix = entry.name.rpartition(".packing-")[2].partition("-")
+        made = suffix.removesuffix(".zip")
+        if len(made) == 8 and all(c.isalnum() or c == "_" for c in made) and owner_gone(tag):
+            found.append(entry)
+    return found
+
+
 def current_umask() -> int:
     """The process's umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def owner_tag() -> str:
-    """PID.SPACE of this process in a staging folder's name: a pack of another host, or of a
-    container sharing the folder, has PIDs of its own, which this one cannot check. SPACE
-    hashes the host name and, on Linux, the PID namespace: containers that share the host's
-    name (docker --uts=host, hostNetwork pods) do not share its PIDs, and a live pack there
-    was taken for a dead one and its staging folder deleted."""
-    space = socket.gethostname()
-    with contextlib.suppress(OSError):
-        space += f"/pid-ns {os.stat('/proc/self/ns/pid').st_ino}"
-    return f"{os.getpid()}.{_short_hash(space)}"
-
-
-def dead_owners(folder: Path, prefix: str) -> list[Path]:
-    """The entries PREFIX{owner_tag}-... of folder whose owner process is gone."""
-    return [entry for entry in folder.glob(f"{glob.escape(prefix)}*")
-            if owner_gone(entry.name.removeprefix(prefix).split("-")[0])]
-
-
-def owner_gone(tag: str) -> bool:
-    """Whether the pack that wrote a staging name of this tag is dead: a PID of this host
-    (or a name without a host, from before) that no process has."""
-    pid, _, host = tag.partition(".")
-    if not pid.isdigit() or (host and host not in (owner_tag().partition(".")[2],
-                                                   _host_only_hash())):
-        return False  # another host's: it may be building right now
-    return not process_alive(int(pid))
-
-
-def _host_only_hash() -> str:
-    """The tag kits before 2026-12-04 gave this host (its name alone): their killed packs'
-    folders are this host's to clean, as they were then."""
-    return _short_hash(socket.gethostname())
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def process_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive, another user's
-        return True
-    return True
 
 
 def check_replaceable(folder: Path) -> None:
