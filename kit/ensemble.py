@@ -144,21 +144,57 @@ def _refuse_validation_on_training_rows(run: Path, config: dict, summary: dict) 
     rows: beside an out-of-fold group of the same file it passed as the same rows, and its
     in-sample score took all the weight (r311). Read from the run's own record, so runs
     trained before kit train refused it are caught too."""
+    if (how := validated_on_training_rows(run, config, summary)) is None:
+        return
+    raise EnsembleError(_in_sample_message(run, how))
+
+
+def _in_sample_message(run: Path, how: str) -> str:
+    return (f"{run}: validated on the rows it trained on ({how}): its score and validation "
+            "predictions are in-sample, and selection would weigh it as if it generalised; "
+            f"leave it out, or {RETRAIN_HELD_OUT}")
+
+
+def _in_sample_text(in_sample: dict[Path, str]) -> str:
+    """The runs of a folder left out as validated on their training rows, each with how (r317:
+    one such run, trained by a kit before r311, refused its whole folder)."""
+    named = [f"{run.name} ({_score_of(run)}{how})" for run, how in list(in_sample.items())[:5]]
+    more = f"; and {len(in_sample) - 5} more" if len(in_sample) > 5 else ""
+    one = len(in_sample) == 1
+    return (f"{len(in_sample)} run(s) validated on the rows they trained on (trained by a kit "
+            f"before r311, which allowed it): {'; '.join(named)}{more}; "
+            f"{'its score and predictions are' if one else 'their scores and predictions are'} "
+            f"in-sample, and selection would weigh {'it' if one else 'them'} as if "
+            f"{'it' if one else 'they'} generalised: "
+            f"{RETRAIN_HELD_OUT.replace('train it', 'train it' if one else 'train each')}")
+
+
+RETRAIN_HELD_OUT = ("train it again on held-out rows (another data.valid, data.split = "
+                    "\"random\" or \"group\", or kit train --folds K for out-of-fold "
+                    "predictions of every train row)")
+
+
+def validated_on_training_rows(run: Path, config: dict | None = None,
+                               summary: dict | None = None) -> str | None:
+    """How a run's config makes its validation rows its training rows (`data.valid 'x' is
+    data.train 'x': the same path, with data.split = "file"`), or None when they are held out
+    or its config does not read (an out-of-fold group has none: its fold runs are held out).
+    Read from its own config.toml and metrics.json when not given: kit runs, select over a
+    folder, the ensemble's report and pack say such a run, trained by a kit before r311 (r317)."""
+    try:
+        config = read_config(run) if config is None else config
+    except KitError:
+        return None
+    summary = (read_metrics(run) or {}) if summary is None else summary
     data = config.get("data") or {}
     train, valid = data.get("train"), data.get("valid")
     held_out = (bool(data.get("fold")) or "fold" in summary
                 or data.get("split", "file") != "file")  # (validation_file's rule)
     if held_out or not (isinstance(train, str) and isinstance(valid, str)):
-        return
-    how = _same_file_recorded(run, train, valid, summary)
-    if how is None:
-        return
-    raise EnsembleError(
-        f"{run}: validated on the rows it trained on (data.valid {valid!r} is data.train "
-        f"{train!r}: {how}, with data.split = \"file\"): its score and validation predictions "
-        "are in-sample, and selection would weigh it as if it generalised; leave it out, or "
-        "train it again on held-out rows (another data.valid, data.split = \"random\" or "
-        "\"group\", or kit train --folds K for out-of-fold predictions of every train row)")
+        return None
+    how = _same_file_recorded(Path(run), train, valid, summary)
+    return None if how is None else (f"data.valid {valid!r} is data.train {train!r}: {how}, "
+                                     "with data.split = \"file\"")
 
 
 def _same_file_recorded(run: Path, train: str, valid: str, summary: dict) -> str | None:
@@ -334,19 +370,27 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                       if (missing := missing_fold_runs(group))}
             lost = {run: files for run in inside
                     if run not in broken and (files := lost_files(run))}
-            # one broken group or run must not refuse the experiment's others (r311, r315)
-            inside = [p for p in inside if p not in broken and p not in lost]
-            if not inside and (broken or lost):  # nothing else to select: refused, named
+            in_sample = {run: how for run in inside if run not in broken and run not in lost
+                         and (how := validated_on_training_rows(run))}
+            # one broken group or run must not refuse the experiment's others (r311, r315,
+            # r317: nor one validated on its training rows, which a kit before r311 trained)
+            left_out = broken.keys() | lost.keys() | in_sample.keys()
+            inside = [p for p in inside if p not in left_out]
+            if not inside and (broken or lost or in_sample):  # nothing else: refused, named
                 raise EnsembleError("; ".join(
                     [missing_fold_runs_message(*item) for item in broken.items()]
                     + ([f"{path}: nothing left to select: {_lost_files_text(lost)}"]
-                       if lost else [])))
+                       if lost else [])
+                    + [_in_sample_message(*item) for item in in_sample.items()]))
             if broken:
                 warnings.warn(f"{path}: left out " + "; ".join(
                     missing_fold_runs_message(*item) for item in broken.items()),
                     UserWarning, stacklevel=2)
             if lost:
                 warnings.warn(f"{path}: left out {_lost_files_text(lost)}", UserWarning,
+                              stacklevel=2)
+            if in_sample:
+                warnings.warn(f"{path}: left out {_in_sample_text(in_sample)}", UserWarning,
                               stacklevel=2)
             if not inside and ((path / "config.toml").is_file()
                                or (path / "metrics.json").is_file()):
@@ -378,6 +422,8 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
                         + (f"; and {len(bare) - 3} more" if len(bare) > 3 else ""))
                 raise EnsembleError(f"{path}: no finished runs inside")
             out += inside
+        elif path.is_file() and (members := _ensemble_file_members(path)) is not None:
+            raise EnsembleError(_ensemble_file_given(path, members))
         elif path.is_file():
             raise EnsembleError(f"{path}: a file; pass its run folder ({path.parent})")
         else:
@@ -387,6 +433,34 @@ def expand_candidates(paths: list[Path]) -> list[Path]:
         raise EnsembleError(f"run(s) given twice: {twice}; selection with replacement already "
                             "lets a candidate count more than once")
     return out
+
+
+def _ensemble_file_members(path: Path) -> list[str] | None:
+    """The candidate folders an ensemble file's members were selected from (each member's
+    `path`, a run or an -oof group; else its first run), or None for a file that is not one
+    (no [[members]], not TOML: a best.pt is not read whole to tell)."""
+    if path.suffix != ".toml":
+        return None
+    try:
+        doc = read_toml(path, EnsembleError)
+    except (KitError, OSError, UnicodeDecodeError):
+        return None
+    members = doc.get("members")
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        return None
+    runs = [m.get("path") or next(iter(m.get("runs") or []), None) for m in members]
+    return [str(run) for run in runs if isinstance(run, str)]
+
+
+def _ensemble_file_given(path: Path, members: list[str]) -> str:
+    """r317: "a file; pass its run folder (runs/ensembles)" sent an ensemble file's user to
+    a folder of ensemble files, where select found "no finished runs inside"."""
+    shown = " ".join(members[:8]) + (f" (and {len(members) - 8} more)" if len(members) > 8
+                                     else "")
+    again = (f"to select again over its members, pass their run folders: {shown}"
+             if members else "to select again, pass the run folders to select from")
+    return (f"{path}: an ensemble file (kit ensemble select wrote it), not a run: {again}; "
+            f"to pack it, kit pack --ensemble {path}; to read it, kit report {path}")
 
 
 FOLD_GROUP = re.compile(r"^(?P<stamp>.+)-s(?P<seed>\d+)-fold(?P<i>\d+)of(?P<k>\d+)$")
@@ -1308,6 +1382,39 @@ def selection_drift(doc: dict, checkpoints: bool = True) -> list[str]:
                 continue
             notes += data_drift(checkpoint.parent)
     return notes
+
+
+def in_sample_members(doc: dict) -> list[str]:
+    """The weighted members whose runs were validated on the rows they trained on (selected by
+    a kit before r311, which took them), `NAME (how)` each: the weights were chosen on their
+    in-sample predictions (r317: pack and the ensemble's report said nothing of it)."""
+    found = []
+    for member in doc["members"]:
+        if not any(member["weights"]):
+            continue
+        for run in member["runs"]:
+            folder = Path(checkpoint_key(run))  # a moved checkout's, or RUN/best.pt spelt
+            folder = folder.parent if folder.name == "best.pt" else folder
+            if how := validated_on_training_rows(folder):
+                found.append(f"{member.get('name', run)} ({how})")
+    return found
+
+
+def in_sample_text(found: list[str]) -> str:
+    """What in_sample_members' lines mean, and what to do: one sentence for pack's warning and
+    the ensemble's report."""
+    return (f"member(s) validated on the rows they trained on (a kit before r311 selected "
+            f"them): {'; '.join(found)}: the weights were chosen on their in-sample "
+            "predictions, which score above what they predict of unseen rows, and the scores "
+            "recorded count them; select again over held-out or out-of-fold runs (kit train "
+            "--folds K)")
+
+
+def warn_in_sample_members(path: Path, doc: dict) -> None:
+    """kit pack --ensemble's warning of in_sample_members (stacklevel 3: it names
+    pack_ensemble's caller, as pack's own warnings do)."""
+    if found := in_sample_members(doc):
+        warnings.warn(f"{path}: {in_sample_text(found)}", RuntimeWarning, stacklevel=3)
 
 
 def data_drift(run: Path) -> list[str]:

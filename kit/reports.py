@@ -200,9 +200,15 @@ def _trained_by(run_dir: Path, cache: dict) -> str:
 def _validation_fields(run_dir: Path, source: Path, config: dict, metrics: dict | None,
                        spec: CompetitionSpec | None) -> dict:
     """What a run's score is of: validated (the label), validated_sha256, validated_file,
-    metric_settings and validation_set (their id)."""
+    metric_settings and validation_set (their id); in_sample (how) for a run validated on
+    the rows it trained on, which a kit before r311 trained (r317: listed as any other)."""
+    from kit.ensemble import validated_on_training_rows
+
+    label = _validation_set(config, metrics, spec.seq_len if spec else None)
+    in_sample = (validated_on_training_rows(source, config, metrics or {})
+                 if source == run_dir else None)  # (an -oof group's fold runs are held out)
     fields = {
-        "validated": _validation_set(config, metrics, spec.seq_len if spec else None),
+        "validated": f"{label} (its training rows)" if in_sample and label else label,
         # an out-of-fold group's digests are its folds' (of the train file they split)
         "validated_sha256": _validated_digest(
             config, metrics if source == run_dir else read_metrics(source), source),
@@ -211,7 +217,8 @@ def _validation_fields(run_dir: Path, source: Path, config: dict, metrics: dict 
         # name and metric name, and scored other numbers (r313)
         "metric_settings": metric_settings(spec) if spec else None,
     }
-    return fields | {"validation_set": validation_set_id(fields, spec)}
+    return fields | {"validation_set": validation_set_id(fields, spec)} | (
+        {"in_sample": in_sample} if in_sample else {})
 
 
 def validation_set_of(run_dir: Path, cache: dict | None = None) -> dict:
@@ -295,6 +302,8 @@ def _summary(run_dir: Path, cache: dict) -> dict:
         row["wall_s"] = float(sum(r["seconds"] or 0.0 for r in history))
     if metrics is not None and metrics.get("kind") == "oof":
         row["epochs"] = None  # a group of fold runs: their epochs are theirs
+        if missing := _missing_fold_runs(run_dir):  # select refuses it (r317: listed as whole)
+            row["missing_fold_runs"] = missing
     # a killed run has no metrics.json: the digests its start recorded say the same
     if changed := _data_changes(run_dir, metrics, config):
         row["data_changed"] = changed  # its score is of the old file: no oracle figures
@@ -389,6 +398,28 @@ def _data_changes(run_dir: Path, metrics: dict | None, config: dict) -> list[str
     changed = [path for run in runs if isinstance(run, str)
                for path in data_changes(fold_run(run_dir, run))]
     return list(dict.fromkeys(changed))
+
+
+def _missing_fold_runs(group: Path) -> list[str]:
+    from kit.ensemble import missing_fold_runs
+
+    return [str(run) for run in missing_fold_runs(group)]
+
+
+def _run_notes(r: dict) -> list[str]:
+    """A listed run's notes of what kit ensemble select refuses or leaves out (r317)."""
+    from kit.ensemble import RETRAIN_HELD_OUT, missing_fold_runs_message
+
+    notes = []
+    if r.get("in_sample"):
+        notes.append(f"note: {r['path']}: validated on the rows it trained on ({r['in_sample']}; "
+                     "a kit before r311 trained it): its score is in-sample, no measure of "
+                     "unseen rows, and kit ensemble select leaves it out; " + RETRAIN_HELD_OUT)
+    if r.get("missing_fold_runs"):
+        missing = [Path(run) for run in r["missing_fold_runs"]]
+        notes.append(f"note: {missing_fold_runs_message(Path(r['path']), missing)} (kit "
+                     "ensemble select refuses it, and leaves it out of its folder)")
+    return notes
 
 
 def _oracle_report(run_dir: Path, config: dict, cache: dict) -> MetricReport | None:
@@ -728,6 +759,7 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
               for r in runs if isinstance(r.get("diverged"), str)]
     notes += [f"note: {changed_data_message(r['path'], r['data_changed'])}"
               for r in runs if r.get("data_changed")]
+    notes += [note for r in runs for note in _run_notes(r)]
     notes += [f"note: {r['path']}: {pending_best_text(r)}" for r in runs
               if r.get("pending_best") is not None]
     folders: dict[tuple, list[str]] = {}  # rows of one name (a copy, or --run-dir a/best and
@@ -1186,7 +1218,13 @@ def refuse_other_toml(path: Path) -> None:
 def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
     """selection.png (the score after each greedy iteration, the cut marked) and weights.png
     (each member's weight per target), plus report.md; returns report.md's path."""
-    from kit.ensemble import format_selection, read_ensemble, selection_drift
+    from kit.ensemble import (
+        format_selection,
+        in_sample_members,
+        in_sample_text,
+        read_ensemble,
+        selection_drift,
+    )
 
     refuse_other_toml(Path(path))
     doc = read_ensemble(path)
@@ -1211,8 +1249,13 @@ def write_ensemble_report(path: Path, out_dir: Path | None = None) -> Path:
         since = ("## Since the selection\n\n" + "".join(f"- {line}\n" for line in drift)
                  + "\nThe scores above describe the runs and data as they were selected: "
                  "select again.\n\n")
+    in_sample = in_sample_members(doc)
+    if in_sample:  # (r317: "Scored on 7,208 rows of train.parquet" alone said nothing of it)
+        warnings.warn(f"{path}: {in_sample_text(in_sample)}", RuntimeWarning, stacklevel=2)
+    scored_on = _scored_on(e, members) + (f"Warning: {in_sample_text(in_sample)}.\n\n"
+                                          if in_sample else "")
     report = out_dir / "report.md"
-    report.write_text(f"# Ensemble {Path(path).name}\n\n{_scored_on(e, members)}"
+    report.write_text(f"# Ensemble {Path(path).name}\n\n{scored_on}"
                       f"```\n{format_selection(doc)}\n```\n\n"
                       f"{since}![selection](selection.png)\n\n![weights](weights.png)\n",
                       encoding="utf-8")

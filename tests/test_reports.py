@@ -61,7 +61,7 @@ def truth_of(valid: Path, spec, rows: np.ndarray) -> np.ndarray:
 def make_run(
     root: Path, experiment: str, run_id: str, valid: Path, spec_path: Path, *, seed: int = 0,
     epochs: int = 3, finished: bool = True, seconds: float = 2.0, noise: float = 1.0,
-    n_seqs: int | None = None, params: int = 1000,
+    n_seqs: int | None = None, params: int = 1000, train: Path | None = None,
 ) -> Path:  # fmt: skip
     """A run directory with the files kit/train/runs.py writes (no checkpoints)."""
     spec = load_spec(str(spec_path))
@@ -69,7 +69,7 @@ def make_run(
     run.mkdir(parents=True)
     config = {
         "name": experiment, "spec": str(spec_path), "seed": seed,
-        "data": {"train": str(valid), "valid": str(valid)},
+        "data": {"train": str(train or valid.with_name("train.parquet")), "valid": str(valid)},
         "features": {"groups": ["raw", "ewm"], "ops": []},
         "model": {"type": "gru", "hidden": 32},
         "train": {"epochs": epochs + 2, "lr": 0.002, "batch_size": 8, "schedule": "cosine"},
@@ -633,8 +633,8 @@ def test_an_out_of_fold_group_takes_its_folds_config_spec_and_data(tmp_path: Pat
     spec = small_spec(metric={"name": "rmse"})
     valid, spec_path = write_data(tmp_path / "data", spec)
     root = tmp_path / "runs"
-    folds = [make_run(root, "alpha", f"20240101-000000-s42-fold{i}of2", valid, spec_path)
-             for i in (1, 2)]
+    folds = [make_run(root, "alpha", f"20240101-000000-s42-fold{i}of2", valid, spec_path,
+                      train=valid) for i in (1, 2)]
     for i, fold in enumerate(folds):  # as a fold run records them
         config = (fold / "config.toml").read_text().replace("[data]", f"[data]\nfold = [2, {i}]")
         (fold / "config.toml").write_text(config)
@@ -788,10 +788,11 @@ def test_held_out_parts_and_folds_of_other_seeds_are_other_sets_of_rows(tmp_path
     valid, spec_path = write_data(tmp_path / "data", spec)
     root = tmp_path / "runs"
     for i, seed in enumerate((1, 2)):
-        held = make_run(root, "held", f"2024010{i}-000000-s1", valid, spec_path, seed=1)
+        held = make_run(root, "held", f"2024010{i}-000000-s1", valid, spec_path, seed=1,
+                        train=valid)
         _edit_config(held, split="random", valid_fraction=0.25, split_seed=seed)
         fold = make_run(root, "fold", f"2024010{i}-000000-s{seed}-fold1of2", valid, spec_path,
-                        seed=seed)
+                        seed=seed, train=valid)
         _edit_config(fold, fold=[2, 0], split="group", group="user")
     table = format_runs(list_runs(root))
     for label in ("random 0.25 (split_seed 1) of valid.parquet",

@@ -161,6 +161,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
             read_ensemble,
             runs_edited,
             selection_drift,
+            warn_in_sample_members,
             weights_edited,
         )
 
@@ -252,6 +253,7 @@ def pack_ensemble(path: Path, name: str | None = None, out_dir: Path = SUBMISSIO
             warnings.warn(f"{path}: {'; '.join(stale[:SHOWN_RUNS])}{more}: the weights were "
                           "chosen on predictions of the old rows; select again on runs trained on "
                           "the new files", RuntimeWarning, stacklevel=2)
+        warn_in_sample_members(path, doc)  # an earlier kit's selection of in-sample runs (r317)
         for said in changed:
             warnings.warn(f"{path}: {said}; packed as --force asks, so the selection's recorded "
                           "scores are not this package's (its manifest's ensemble.members_changed "
