@@ -3,19 +3,9 @@ a data.seq_len cut or train.max_valid_seqs scored another set, said only by kit 
 
 from __future__ import annotations
 
-import pytest
-import tomli_w
-
 from tests.cli import run_cli
-from tests.test_train import experiments_of, raw_gru_experiment, tiny_competition
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("result-line")
-    exps = tiny_competition(root, train_seqs=8, valid_seqs=4, seed=3)
-    (exps / "tiny.toml").write_text(tomli_w.dumps(raw_gru_experiment(root)))
-    return root
+from tests.test_train import experiments_of
+from tests.test_train_groups import tiny_root  # noqa: F401 (a fixture: GRU 8x1, one epoch)
 
 
 def result_line(output: str, kind: str = "score") -> str:
@@ -23,7 +13,7 @@ def result_line(output: str, kind: str = "score") -> str:
     return line
 
 
-def test_a_runs_result_line_names_its_rows(tiny_root, monkeypatch, tmp_path):
+def test_a_runs_result_line_names_its_rows(tiny_root, monkeypatch, tmp_path):  # noqa: F811
     experiments_of(tiny_root, monkeypatch, tmp_path)
     whole = result_line(run_cli("train", "exp=tiny", "-q").output)
     assert ") on valid.parquet, best epoch 1" in whole, whole
@@ -32,7 +22,8 @@ def test_a_runs_result_line_names_its_rows(tiny_root, monkeypatch, tmp_path):
     assert ") on 2 seqs of first 40 steps of valid.parquet, best epoch 1" in cut, cut
 
 
-def test_an_out_of_fold_line_names_the_cut_file(tiny_root, monkeypatch, tmp_path):
+def test_an_out_of_fold_line_names_the_cut_file(tiny_root, monkeypatch,  # noqa: F811
+                                                  tmp_path):
     experiments_of(tiny_root, monkeypatch, tmp_path)
     line = result_line(run_cli("train", "exp=tiny", "--folds", "2", "data.seq_len=40",
                                "-q").output, "out-of-fold score")
