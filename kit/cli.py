@@ -1001,7 +1001,8 @@ def notebook(
                                     "the package, e.g. submissions/NAME-kaggle; OUT again for "
                                     "OUT/dataset)."),
     owner: str | None = typer.Option(None, help="Your Kaggle user name (default: "
-                                     "$KAGGLE_USERNAME or ~/.kaggle/kaggle.json)."),
+                                     "$KAGGLE_USERNAME or ~/.kaggle/kaggle.json, else the "
+                                     "owner OUT/dataset names, written again)."),
     competition: str | None = typer.Option(None, help="Competition slug to attach."),
     dataset_slug: str | None = typer.Option(None, help="Slug of the package dataset."),
     protocol: str | None = typer.Option(None, help="rows (PredictionModel over a test file) "

@@ -226,7 +226,8 @@ def missing_fold_runs_message(group: Path, missing: list[Path]) -> str:
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
     return (f"out-of-fold group {group} lists fold run {missing[0]}{more}, which is missing "
             f"(deleted or moved): restore it, or train the group again "
-            f"({_train_group_again(group, missing[0])}), or leave the group out")
+            f"({_train_group_again(group, missing[0])}, with any overrides it started with), "
+            "or leave the group out")
 
 
 def _train_group_again(group: Path, fold: Path) -> str:

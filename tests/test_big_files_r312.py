@@ -92,8 +92,9 @@ def test_seqs_refuses_first_sequences_that_come_back_later(tmp_path):
     moved = pl.concat([frame.filter(first & head), frame.filter(~first),
                        frame.filter(first & ~head)])  # seq 0's steps 10..19 last, at row 70
     data = write_grouped(tmp_path / "data.parquet", moved)
-    with pytest.raises(DataError, match=r"seq 0 again at row 70.*sort the file by"):
+    with pytest.raises(DataError, match=r"seq 0 again at row 70.*sort the file by") as caught:
         load_rows(data, SPEC, 1)
+    assert str(caught.value).count("again at row") == 1  # its first row back, once (r318)
 
 
 def test_seqs_refuses_a_column_problem_before_reading_rows(tmp_path):

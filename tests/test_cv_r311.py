@@ -138,8 +138,8 @@ def test_a_group_missing_a_fold_run_is_named_refused_alone_and_left_out_of_its_f
     fold = next(exp.glob("*-s6-fold2of2"))
     shutil.rmtree(fold)
     message = (rf"out-of-fold group {broken} lists fold run {fold}, which is missing .*: "
-               r"restore it, or train the group again \(`kit train gru seed=6 --folds 2`\), "
-               r"or leave the group out")
+               r"restore it, or train the group again \(`kit train gru seed=6 --folds 2`, with "
+               r"any overrides it started with\), or leave the group out")
     with pytest.raises(EnsembleError, match=message):
         select_ensemble([broken], iters=3, out=tmp_path / "e.toml")
     with pytest.warns(UserWarning, match=rf"{exp}: left out {message}"):

@@ -593,8 +593,11 @@ def refuse_sequences_later(data: Path, scan: pl.LazyFrame, spec: CompetitionSpec
                            kept: pl.Series, length: int) -> None:
     """Refuse a file where one of the kept sequences has rows after its first `length` rows,
     naming the first of them."""
+    # the first row each comes back at, one line a sequence (r318: one sequence's next five
+    # rows were named five times)
     again = collected(data, scan.select(spec.id_col).with_row_index("row").slice(length)
-                      .filter(pl.col(spec.id_col).is_in(kept)).head(5))
+                      .filter(pl.col(spec.id_col).is_in(kept))
+                      .unique(spec.id_col, keep="first", maintain_order=True).head(5))
     rows = ", ".join(f"seq {key_text(i)} again at row {r:,}" for r, i in again.iter_rows())
     raise DataError(f"{data}: rows of the first sequences that --seqs reads come back later in "
                     f"the file ({rows}): sort the file by ({spec.id_col}, {spec.step_col}), as "
