@@ -524,10 +524,12 @@ def _well_formed(record) -> bool:
 
 def source_status(meta: dict, files: RecordedFiles) -> tuple[str | None, str | None, str | None]:
     """(source, orphaned, unverified) of an entry (r315): its data file's absolute path where
-    known; why no file holds its data's bytes any more (the file is gone or holds other bytes:
-    only those exact bytes coming back would read the entry again), or None; why that is not
-    known without hashing a file (one changed since its digest was recorded, an entry of
-    another host or of a kit that did not record its data's digest), or None."""
+    known; why no file holds its data's bytes any more, or None: every file recorded with them
+    holds other bytes now (overwritten: only those exact bytes coming back would read the
+    entry again); why that is not known without hashing or finding a file, or None: one
+    changed since its digest was recorded, one gone from its path (moved, deleted, or on a
+    disk not mounted here: entries are found by content, so a moved file reads the entry
+    again, r319), an entry of another host or of a kit that did not record its space."""
     sha, path = meta.get("source_sha256"), meta.get("source_path")
     if not isinstance(sha, str):
         sha, path = files.match(meta) or (None, None)
@@ -540,16 +542,22 @@ def source_status(meta: dict, files: RecordedFiles) -> tuple[str | None, str | N
     states = {p: files.state(p) for p in where}
     if sha in states.values():
         return source, None, None
-    if meta.get("source_space", file_space()) != file_space():
-        return source, None, "unverified: built on another host or container"
+    if meta.get("source_space") != file_space():  # another host's, or an older kit's (r319)
+        return source, None, "unverified: built on another host or container, or by an older kit"
+    # a path gone since it was recorded with other bytes (overwritten, then deleted) held
+    # none of these; one gone with these bytes on record may have moved
+    gone = [p for p, state in states.items() if state == files.GONE
+            and files.records.get(p, [None] * 5)[4] in (None, sha)]
     changed = [p for p, state in states.items() if state == files.CHANGED]
+    if gone:
+        return source, None, (f"unverified: {gone[0]} is gone from there (moved, deleted, or "
+                              "on a disk not mounted here; a moved copy reads it again)")
     if changed or not states:
         return source, None, (f"unverified: {changed[0]} is not on record as it is now (not "
                               "hashed here)" if changed else "unverified: no file on record")
-    if isinstance(path, str):
-        why = f"{path} is gone" if states[path] == files.GONE else f"{path} holds other bytes now"
-    else:
-        why = "no recorded file holds its data's bytes now"
+    why = (f"{path} holds other bytes now" if isinstance(path, str) and states.get(path)
+           not in (None, files.GONE) else "every file recorded with its data holds (or last "
+           "held) other bytes")
     return source, f"orphaned: {why}", None
 
 
