@@ -66,10 +66,16 @@ def owner_tag() -> str:
     hashes the host name and, on Linux, the PID namespace: containers that share the host's
     name (docker --uts=host, hostNetwork pods) do not share its PIDs, and a live pack there
     was taken for a dead one and its staging folder deleted."""
+    return f"{os.getpid()}.{space_hash('pid')}"
+
+
+def space_hash(namespace: str) -> str:
+    """A short hash of the host name and (Linux) this process's `namespace` ("pid": whose
+    PIDs these are; "mnt": where an absolute path names the same file)."""
     space = socket.gethostname()
     with contextlib.suppress(OSError):
-        space += f"/pid-ns {os.stat('/proc/self/ns/pid').st_ino}"
-    return f"{os.getpid()}.{_short_hash(space)}"
+        space += f"/{namespace}-ns {os.stat(f'/proc/self/ns/{namespace}').st_ino}"
+    return _short_hash(space)
 
 
 def dead_owners(folder: Path, prefix: str) -> list[Path]:

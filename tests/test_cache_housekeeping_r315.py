@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,21 @@ def test_kit_data_cache_reads_the_entries_as_json_with_their_status(tmp_path, se
     (entry,) = doc["entries"]
     assert (entry["orphaned"], entry["unverified"], doc["orphaned_bytes"], doc["temp"]) == (
         None, None, 0, [])
+
+
+def test_a_bare_pid_temp_folder_is_judged_by_age_alone_as_a_build_judges_it(tmp_path):
+    """A name without a host tag (an older kit's) does not say whose PID it holds:
+    --clear-stale removed what a build kept (r319)."""
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    young = cache_dir / f"{cache_module.TMP_PREFIX}train-999999-abcdef12"
+    young.mkdir()
+    old = cache_dir / f"{cache_module.TMP_PREFIX}valid-999998-abcdef12"
+    old.mkdir()
+    then = time.time() - cache_module.STALE_TMP_S - 60
+    os.utime(old, (then, then))
+    listed = {t["name"]: t for t in cache_module.temp_folders(cache_dir)}
+    assert (listed[young.name]["writer"], listed[young.name]["removable"]) == ("unknown", False)
+    assert listed[old.name]["removable"] is True
+    assert [t["name"] for t in cache_module.clear_dead_temp(cache_dir)] == [old.name]
+    assert young.is_dir()

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 import warnings
@@ -36,6 +35,7 @@ import numpy as np
 
 from kit.data.arrays import SequenceArrays
 from kit.errors import DataError, os_error_text
+from kit.temp import owner_gone, owner_tag, space_hash  # (pack's PID and host tags)
 
 CACHE_FORMAT = 1  # bump when the folder layout changes; old entries then never match
 ARRAY_FIELDS = ("x", "y", "mask", "lengths", "ids")
@@ -132,7 +132,7 @@ def remember_digest(path: Path, cache_dir: Path) -> None:
     if table.get(str(path)) == record:
         return
     table[str(path)] = record
-    tmp = Path(cache_dir) / f"{TMP_PREFIX}{DIGESTS_FILE}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = Path(cache_dir) / f"{TMP_PREFIX}{DIGESTS_FILE}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.write_text(json.dumps(table, indent=0), encoding="utf-8")
         os.replace(tmp, Path(cache_dir) / DIGESTS_FILE)
@@ -470,10 +470,7 @@ def file_space() -> str:
     """A short hash of the host name and (Linux) mount namespace: where an absolute path names
     the same file. A cache shared with another host or container holds paths this process may
     not see; their files are never judged gone from here (r315)."""
-    space = socket.gethostname()
-    with contextlib.suppress(OSError):
-        space += f"/mnt-ns {os.stat('/proc/self/ns/mnt').st_ino}"
-    return hashlib.sha256(space.encode()).hexdigest()[:8]
+    return space_hash("mnt")
 
 
 class RecordedFiles:
@@ -637,7 +634,10 @@ def temp_folders(cache_dir: Path = Path("data/cache")) -> list[dict]:
         except FileNotFoundError:  # its build just finished (renamed it) or removed it
             continue
         match = _TMP_NAME.match(child.name)
-        writer = _writer_of(match["owner"]) if match else "unknown"
+        # a bare PID (an older kit's name) does not say which host wrote it: judged by age,
+        # as a build judges it (r319: --clear-stale removed what a build kept)
+        tagged = match is not None and "." in match["owner"]
+        writer = _writer_of(match["owner"]) if tagged else "unknown"
         found.append({"name": child.name, "bytes": size,
                       "pid": int(match["owner"].split(".")[0]) if match else None,
                       "writer": writer,
@@ -647,12 +647,9 @@ def temp_folders(cache_dir: Path = Path("data/cache")) -> list[dict]:
 
 
 def _writer_of(owner: str) -> str:
-    """Whether the process that named a temp folder (PID, or PID.TAG as kit.export.pack's
-    owner_tag writes it) is running, dead, or another host's or container's (not judged:
-    its PIDs are not ours). A bare PID, from before r315, is taken for this host's, as pack
-    takes its older names."""
-    from kit.temp import owner_gone, owner_tag  # (not pack's module: it imports onnx)
-
+    """Whether the process that named a temp folder (PID.TAG as kit.temp.owner_tag writes it)
+    is running, dead, or another host's or container's (not judged: its PIDs are not
+    ours)."""
     if owner_gone(owner):
         return "dead"
     space = owner.partition(".")[2]
@@ -716,8 +713,6 @@ def _load(entry: Path, digest: str) -> SequenceArrays:
 
 
 def _new_tmp(cache_dir: Path, source: Path) -> Path:
-    from kit.temp import owner_tag  # (pack's PID and host tag: r315)
-
     cache_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(cache_dir)
     tmp = cache_dir / f"{TMP_PREFIX}{_safe_stem(source)}-{owner_tag()}-{uuid.uuid4().hex[:8]}"
