@@ -323,17 +323,21 @@ def unknown_keys(config: dict) -> str | None:
         given = config.get(section, {})
         unknown = sorted(set(given) - set(defaults)) if isinstance(given, dict) else []
         if unknown:
-            meant = did_you_mean(unknown[0], list(defaults), f"{section}.")
+            meant = "".join(did_you_mean(k, list(defaults), f"{section}.",  # each, named (r319)
+                                         f"{section}.{k}" if len(unknown) > 1 else None)
+                            for k in unknown)
             return (f"unknown key(s) {[f'{section}.{k}' for k in unknown]}{meant}; allowed: "
                     f"{sorted(defaults)}")
     return None
 
 
-def did_you_mean(key: str, known: list[str], prefix: str = "") -> str:
+def did_you_mean(key: str, known: list[str], prefix: str = "", of: str | None = None) -> str:
     """` (did you mean 'train'?)` for a near miss (`trian`), else nothing: the lists after it
-    hold 11 to 20 names to scan."""
+    hold 11 to 20 names to scan. `of`: the key named in it, where several are unknown."""
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
-    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+    if not close:
+        return ""
+    return f" (did you mean {prefix + close[0]!r}{f' for {of!r}' if of else ''}?)"
 
 
 # settings that name a file or folder: empty, `data.cache_dir=` wrote the cache into the working

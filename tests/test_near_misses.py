@@ -45,3 +45,9 @@ def test_a_sweep_tables_and_a_specs_near_misses_are_named(tmp_path):
     spec.write_text('name = "mine"\nfeatures = ["a"]\ntargets = ["t"]\ntargest = ["u"]\n')
     with pytest.raises(SpecError, match=r"\['targest'\] \(did you mean 'targets'\?\)"):
         load_spec(str(spec))
+
+
+def test_each_near_miss_of_several_is_named_with_its_key():
+    said = unknown_keys({"train": {"epoch": 1, "warmup_epoch": 0, "aaa": 1}})
+    assert ("(did you mean 'train.epochs' for 'train.epoch'?) (did you mean "
+            "'train.warmup_epochs' for 'train.warmup_epoch'?)") in said, said
