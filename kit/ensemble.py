@@ -211,13 +211,18 @@ def _same_file_recorded(run: Path, train: str, valid: str, summary: dict) -> str
     return None
 
 
+def listed_fold_runs(group: Path) -> list[Path]:
+    """The fold runs an out-of-fold group's metrics.json lists (`runs`), where they are now."""
+    listed = (read_metrics(group) or {}).get("runs")
+    return [fold_run(group, r) for r in listed if isinstance(r, str)] if isinstance(
+        listed, list) else []
+
+
 def missing_fold_runs(group: Path) -> list[Path]:
     """The fold runs an out-of-fold group's metrics.json lists that are gone (their folder,
     or its config.toml), as the group's siblings they were."""
-    listed = (read_metrics(group) or {}).get("runs")
-    runs = [fold_run(group, r) for r in listed if isinstance(r, str)] if isinstance(
-        listed, list) else []
-    return [group.parent / run.name for run in runs if not (run / "config.toml").is_file()]
+    return [group.parent / run.name for run in listed_fold_runs(group)
+            if not (run / "config.toml").is_file()]
 
 
 def missing_fold_runs_message(group: Path, missing: list[Path]) -> str:
@@ -285,11 +290,8 @@ def lost_files(folder: Path) -> list[str]:
         return []
     if not _is_group(folder):
         return [name for name in RUN_FILES if not (folder / name).is_file()]
-    listed = (read_metrics(folder) or {}).get("runs")
-    folds = [fold_run(folder, r) for r in listed if isinstance(r, str)] if isinstance(
-        listed, list) else []
     return ([name for name in GROUP_FILES if not (folder / name).is_file()]
-            + [f"{fold.name}/best.pt" for fold in folds
+            + [f"{fold.name}/best.pt" for fold in listed_fold_runs(folder)
                if (fold / "config.toml").is_file() and not (fold / "best.pt").is_file()])
 
 
@@ -485,9 +487,9 @@ def _unfinished_fold_groups_text(experiment: Path, groups: dict[str, list[str]])
     finishes it (the command of every seed its stamp started: the group resumes whole)."""
     described = []
     for group, folds in list(groups.items())[:3]:
-        k = int(FOLD_GROUP.match(folds[0])["k"])
+        first = FOLD_GROUP.match(folds[0])
+        k, stamp = int(first["k"]), first["stamp"]
         done = sum(is_finished(experiment / fold) for fold in folds)
-        stamp = FOLD_GROUP.match(folds[0])["stamp"]
         started = [p.name for p in experiment.iterdir()  # its stamp's seeds: one command's
                    if (m := FOLD_GROUP.match(p.name)) and m["stamp"] == stamp]
         described.append(f"{group} ({done} of {k} folds finished; finish it with "
@@ -501,8 +503,8 @@ def _unfinished_fold_groups_text(experiment: Path, groups: dict[str, list[str]])
 
 def _finish_folds(experiment: str, folds: list[str]) -> str:
     """The command that resumes the fold groups named STAMP-sSEED-foldIofK."""
-    groups = sorted({(int(m[1]), int(m[2])) for name in folds
-                     if (m := re.search(r"-s(\d+)-fold\d+of(\d+)$", name))})
+    groups = sorted({(int(m["seed"]), int(m["k"])) for name in folds
+                     if (m := FOLD_GROUP.match(name))})
     if len({k for _, k in groups}) != 1:
         return f"`kit train {experiment} seeds=[...] --folds K --resume` (its seeds and K)"
     seeds = [seed for seed, _ in groups]

@@ -546,15 +546,11 @@ def _metric_told_apart(runs: list[dict]) -> list[dict]:
     """Runs of one metric name scored under different clips labelled with their clip: the
     table sorted 0.0111 at clip 0.01 beside 0.0313 at clip 6 as one set (r313). Labels that
     say it already are kept (format_runs of list_runs' rows)."""
-    settings: dict[str, set] = {}
-    for r in runs:
-        if isinstance(r.get("metric_settings"), dict):
-            shown = json.dumps(r["metric_settings"], sort_keys=True)
-            settings.setdefault(r["metric_settings"]["name"], set()).add(shown)
+    clips = _clips_by_metric(runs)
     out = []
     for r in runs:
         ms = r.get("metric_settings")
-        if isinstance(ms, dict) and len(settings.get(ms["name"], ())) > 1 and r.get("validated"):
+        if isinstance(ms, dict) and len(clips[ms["name"]]) > 1 and r.get("validated"):
             suffix = f", {clip_text(ms)}"
             if not r["validated"].endswith(suffix):
                 r = {**r, "validated": r["validated"] + suffix}
@@ -790,16 +786,21 @@ def format_runs(runs: list[dict], sort: str = "score", descending: bool = True) 
                         for line in ([""] if i else []) + table), *notes])
 
 
-def _clips_that_differ(runs: list[dict]) -> str:
-    """'; weighted_pearson scores with clip ±6 in some runs, clip ±0.01 in others (a spec
-    edited: the metric's numbers differ)', or "" when each metric has one clip (r313)."""
+def _clips_by_metric(runs: list[dict]) -> dict[str, list[str]]:
+    """{metric name: the clips (clip_text) the listed runs of it were scored under}."""
     clips: dict[str, list[str]] = {}
     for r in runs:
         ms = r.get("metric_settings")
         if isinstance(ms, dict) and clip_text(ms) not in clips.get(ms["name"], []):
             clips.setdefault(ms["name"], []).append(clip_text(ms))
+    return clips
+
+
+def _clips_that_differ(runs: list[dict]) -> str:
+    """'; weighted_pearson scores with clip ±6 in some runs, clip ±0.01 in others (a spec
+    edited: the metric's numbers differ)', or "" when each metric has one clip (r313)."""
     differ = [f"{name} scores with {' in some runs, '.join(sorted(shown))} in others"
-              for name, shown in clips.items() if len(shown) > 1]
+              for name, shown in _clips_by_metric(runs).items() if len(shown) > 1]
     return (f"; {'; '.join(differ)} (a spec edited between runs: scores under another clip "
             "are other numbers)") if differ else ""
 

@@ -879,8 +879,8 @@ def identity_differences(stored: dict, identity: dict) -> list[str]:
                      ("removed", sorted(old.keys() - new.keys()))) if names]
         if parts:
             # the data files' keys hold their sha256, not their paths: regenerated data under
-            # the same path read as a renamed file (r317)
-            files = [k for k in ("data.train", "data.valid", "spec")
+            # the same path read as a renamed file (r317); the spec's are its settings, flat
+            files = [k for k in ("data.train", "data.valid")
                      if k in old and k in new and old[k] != new[k]]
             how = (f" ({', '.join(files)} compared by content: the file holds other "
                    "data now, or another file is named)") if files else ""
