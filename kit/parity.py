@@ -53,7 +53,7 @@ from kit.export.pack import (
 from kit.features import FEATURE_FORMAT, FIRST_RECORDED_FORMAT
 from kit.json_safe import json_safe
 from kit.metrics import SHOWN_OUTPUTS, evaluate
-from kit.models import MODELS
+from kit.models import known_class
 from kit.parity_defaults import DEFAULT_ATOL, DEFAULT_RTOL, DEFAULT_SEQS
 from kit.run_record import relocated
 from kit.scoring.sandbox import other_form, snapshot_submission
@@ -905,8 +905,8 @@ def float32_advice(diffs: list[dict], tol: Tolerance, model_configs: list[dict],
             else ""
         compared = (f"; the package is further off{far}, which this does not explain: look "
                     "at it as well")
-    widths = sorted({f"model.{MODELS[c['type']].width_key}" for c in model_configs
-                     if isinstance(c, dict) and c.get("type") in MODELS}) or ["the width"]
+    widths = sorted({f"model.{cls.width_key}" for c in model_configs if isinstance(c, dict)
+                     and (cls := known_class(c.get("type"))) and cls.width_key}) or ["the width"]
     wider = f"train a larger width ({' or '.join(widths)})"
     if package is not None and not alike:  # a tolerance that would pass it excuses nothing
         return (f"the model itself is not stable in float32 at this size: its two PyTorch "

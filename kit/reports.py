@@ -931,11 +931,11 @@ def _model_settings(model: dict) -> str:
     """Every setting of the run's [model] table (config.toml's, the width solved from a budget),
     the keys it leaves out at their defaults: runs that differ in layers, window, kernel or
     n_heads read the same by their type and width (r300)."""
-    from kit.models import BUDGET_KEY, MODELS
+    from kit.models import BUDGET_KEY, known_class
 
     if not isinstance(model, dict):
         return "-"
-    cls = MODELS.get(model.get("type")) if isinstance(model.get("type"), str) else None
+    cls = known_class(model.get("type"))
     keys = cls.all_keys() if cls is not None else {}
     values = {name: model.get(name, key.default) for name, key in keys.items()}
     values |= {k: v for k, v in model.items() if k not in ("type", BUDGET_KEY)}  # (others)

@@ -278,10 +278,10 @@ def with_model_defaults(config: dict) -> dict:
     on such a key sees the value the model is built with. Defaults only, nothing checked: a
     table drawn key by key may be invalid between two draws. The width key is left out under
     a `params` budget (the budget solves it)."""
-    from kit.models import BUDGET_KEY, MODELS
+    from kit.models import BUDGET_KEY, known_class
 
     model = config.get("model")
-    cls = MODELS.get(model.get("type")) if isinstance(model, dict) else None
+    cls = known_class(model.get("type")) if isinstance(model, dict) else None
     if cls is None:
         return config
     defaults = {name: key.default for name, key in cls.all_keys().items()

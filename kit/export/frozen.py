@@ -26,6 +26,7 @@ from kit.features.normaliser import Normaliser
 from kit.features.sets import FeaturePipeline, FeatureSet, build_feature_set
 from kit.models import build_model
 from kit.models.config import ModelConfigError
+from kit.models.custom import check_run_source
 from kit.train.checkpoint import load_checkpoint, load_checkpoint_and_digest
 
 CHECKPOINT_KEYS = ("model", "model_config", "normaliser", "features", "spec")
@@ -238,6 +239,7 @@ def load_member(run: Path, *, warn: bool = True) -> Member:
                        "(was it written by another kit version?)")
     feature_set.groups = list(features["groups"])
     n_in, n_out = len(feature_set.outputs), spec.n_outputs
+    check_run_source(ckpt["model_config"].get("type"), path.parent)  # (a model of your own)
     try:
         model = build_model(ckpt["model_config"], n_in, n_out)
     except ModelConfigError as exc:  # a setting kit refuses since (a width of 1 under a norm)

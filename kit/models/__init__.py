@@ -17,6 +17,7 @@ from torch import nn
 
 from kit.config import did_you_mean
 from kit.models.config import ModelConfigError, StreamModel
+from kit.models.custom import custom_class, is_custom
 from kit.models.patchtst import PatchTST
 from kit.models.rnn import AttentionGRU, GRUModel, LSTMModel
 from kit.models.ssm import SSM
@@ -26,7 +27,9 @@ from kit.models.transformer import Transformer
 __all__ = [
     "MODELS",
     "ModelConfigError",
+    "StreamModel",
     "build_model",
+    "known_class",
     "count_params",
     "model_values",
     "solve_width",
@@ -56,9 +59,26 @@ def model_class(config: dict) -> type[StreamModel]:
         raise ModelConfigError(f"model.type is missing; available: {sorted(MODELS)} (a [model] "
                                "table in an experiment that extends another replaces the "
                                "parent's whole: give its type there, or model.type=NAME)")
+    if is_custom(kind):
+        return custom_class(kind)
     if not isinstance(kind, str) or kind not in MODELS:
-        raise ModelConfigError(f"model.type: unknown model {kind!r}; available: {sorted(MODELS)}")
+        meant = did_you_mean(kind, list(MODELS)) if isinstance(kind, str) else ""
+        raise ModelConfigError(f"model.type: unknown model {kind!r}{meant}; available: "
+                               f"{sorted(MODELS)}, or your own: \"path/to/file.py:ClassName\"")
     return MODELS[kind]
+
+
+def known_class(kind: object) -> type[StreamModel] | None:
+    """The class of a model.type for readers that only describe a config (its keys, its width
+    key): None where it names no class this kit can load now (a custom file gone)."""
+    if not isinstance(kind, str):
+        return None
+    if not is_custom(kind):
+        return MODELS.get(kind)
+    try:
+        return custom_class(kind)
+    except ModelConfigError:
+        return None
 
 
 def model_values(config: dict) -> dict:
@@ -68,6 +88,8 @@ def model_values(config: dict) -> dict:
     cls = model_class(config)
     values = _key_values(cls, config)
     cls.check(values)  # first: its messages name the keys (a multiple of model.n_heads)
+    if not cls.width_key:  # (a model of your own may declare no width)
+        return values
     step = cls.width_multiple(values)
     if values[cls.width_key] % step:
         raise ModelConfigError(
@@ -135,6 +157,10 @@ def solve_width(config: dict, n_inputs: int, n_outputs: int) -> dict:
     cls = model_class(config)
     if BUDGET_KEY not in config:
         return dict(config)
+    if not cls.width_key:
+        raise ModelConfigError(f"model.{BUDGET_KEY}: {config['type']!r} declares no width_key "
+                               "to solve from a parameter budget; give its size keys instead",
+                               settings=(f"model.{BUDGET_KEY}",))
     budget = _budget(config)
     values = _key_values(cls, {k: v for k, v in config.items() if k != cls.width_key})
     step = cls.width_multiple(values)

@@ -67,7 +67,8 @@ def check_config(config: dict, resume: bool = False) -> dict:
     `resume`: a run that continues; its last.pt holds the batch size a GPU found for
     train.batch_size = 0, so a CPU may continue it (fit refuses one without)."""
     from kit.features import feature_set_from_config
-    from kit.models import model_values, solve_width
+    from kit.models import build_model, model_values, solve_width
+    from kit.models.custom import check_stream_contract, is_custom
     from kit.sweep import check_table
     from kit.train.data import check_split_settings
     from kit.train.losses import MaskedLoss, resolved_loss
@@ -75,7 +76,19 @@ def check_config(config: dict, resume: bool = False) -> dict:
     config = resolve(config)
     spec = load_spec(config["spec"])
     features = feature_set_from_config(config)
-    model = model_values(solve_width(config["model"], len(features.outputs), spec.n_outputs))
+    n_in, n_out = len(features.outputs), spec.n_outputs
+    model = model_values(solved := solve_width(config["model"], n_in, n_out))
+    if is_custom(solved["type"]):  # (the registered models' contract is pinned by tests)
+        with torch.random.fork_rng(devices=[]):  # (the seeded initial weights stay the same)
+            built = build_model(solved, n_in, n_out)
+        check_stream_contract(built, solved["type"], n_in, n_out)
+        if config["normaliser"]["targets"] and not callable(
+                getattr(getattr(built, "head", None), "scale_outputs", None)):
+            raise ConfigError(f"normaliser.targets = true scales the outputs of the model's head, "
+                              f"and {solved['type']!r} has no head made by "
+                              "kit.models.heads.make_head: make its head so, or set "
+                              "normaliser.targets = false",
+                              settings=("normaliser.targets", "model.type"))
     # as it trains (a run records it so): a run without [loss] and one of the default compare
     # alike, whichever kit wrote their config.toml
     loss = resolved_loss(config.get("loss"), spec.n_outputs)
@@ -577,6 +590,7 @@ def train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None = N
 def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
                resume: bool, stop_after_epochs: int, progress: bool, on_epoch) -> dict:
     from kit.models import build_model, count_params, solve_width
+    from kit.models.custom import check_run_source, keep_source
     from kit.train.data import far_from_standard, load_train_data, target_moments
     from kit.train.losses import resolved_loss
     from kit.train.trainer import EPOCH_AT, fit
@@ -596,6 +610,8 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
     # resumed run keeps its config.toml as it was written (one from before: no [loss])
     config = {**config, "loss": resolved_loss(config.get("loss"), n_out)}
     model_config = solve_width(config["model"], n_in, n_out)
+    if resume:  # a model of your own: its file changed since the run started is said
+        check_run_source(model_config["type"], files.root)
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
     if config["normaliser"]["targets"]:  # outputs in the targets' units, layers standardised
@@ -616,6 +632,7 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
             files.refuse_reuse()  # again, under the lock: two new runs in one --run-dir
             files.start({**config, "model": model_config}, {}, data.spec)
             files.record_data(summary[DATA_DIGESTS])
+            keep_source(model_config["type"], files.root)  # (a model of your own: its file)
         files.about = {"model_config": model_config, "summary": summary}
         try:
             metrics = fit(config, data, model, files, resume=resume,

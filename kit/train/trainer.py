@@ -64,12 +64,12 @@ def out_of_memory(asked: int, config: dict, model_config: dict | None,
                   files: RunFiles) -> TrainingOutOfMemory:
     """What ran out, with the settings that size training's memory and what is left of the
     run."""
-    from kit.models import MODELS
+    from kit.models import known_class
 
     train = config["train"]
     size = f" (it asked for {asked / 2**20:,.1f} MiB more)" if asked else ""
     model = model_config or config["model"]
-    width = getattr(MODELS.get(model.get("type")), "width_key", None)
+    width = getattr(known_class(model.get("type")), "width_key", None)
     shape = ", ".join(f"model.{key} = {model[key]}" for key in (width, "layers")
                       if key and model.get(key) is not None)
     chunk = train["chunk"] or "0 (whole sequences)"

@@ -1,0 +1,242 @@
+"""Your own model: `[model] type = "models/my_net.py:MyNet"` (a Python file, relative to the
+folder kit runs in) or `"my_package.nets:MyNet"` (a module Python can import).
+
+The class subclasses kit.models.StreamModel and keeps the stream contract (docs/models.md
+"Your own model"). kit checks that contract before training, because the packed submission
+runs the model one step at a time while training runs whole sequences: a model whose two paths
+differ would be validated on predictions the submission never makes. The run folder keeps a
+copy of the file it trained with (MODEL_SOURCE): pack and parity build the model from the
+project's file and say when it has changed since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from kit.config import did_you_mean
+from kit.models.config import ModelConfigError, StreamModel
+
+SEPARATOR = ":"
+MODEL_SOURCE = "model_source.py"  # the run folder's copy of the file its model came from
+CHECK_STEPS = 12  # steps of the contract check: enough to carry a state, cheap for any model
+CHECK_RTOL = 1e-4  # of the largest output: float32 sums in another order, not another model
+HOW = "see docs/models.md \"Your own model\""
+
+_loaded: dict[tuple[str, str], ModuleType] = {}  # (resolved file, sha256) -> module
+
+
+def is_custom(kind: object) -> bool:
+    """Whether a model.type names a class of the user's ("file.py:Class", "module:Class")."""
+    return isinstance(kind, str) and SEPARATOR in kind
+
+
+def source_file(kind: str) -> Path | None:
+    """The file a custom type is read from (None for an importable module's name)."""
+    where = kind.rpartition(SEPARATOR)[0]
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        return Path(where).expanduser()
+    return None
+
+
+def custom_class(kind: str) -> type[StreamModel]:
+    """The class a custom model.type names; ModelConfigError saying what is wrong and how."""
+    where, _, name = kind.rpartition(SEPARATOR)
+    if not where or not name.isidentifier():
+        raise ModelConfigError(f"model.type = {kind!r}: expected \"path/to/file.py:ClassName\" "
+                               f"or \"package.module:ClassName\"; {HOW}")
+    module = _module(kind, where)
+    cls = getattr(module, name, None)
+    if cls is None:
+        found = [n for n, v in vars(module).items() if isinstance(v, type)
+                 and issubclass(v, StreamModel) and v is not StreamModel]
+        raise ModelConfigError(f"model.type = {kind!r}: {where} defines no {name!r}"
+                               f"{did_you_mean(name, found)}; its StreamModel classes: "
+                               f"{found or 'none'}")
+    if not (isinstance(cls, type) and issubclass(cls, StreamModel)):
+        raise ModelConfigError(f"model.type = {kind!r}: {name} is not a subclass of "
+                               "kit.models.StreamModel (it declares the config keys kit checks "
+                               f"and builds it with); {HOW}")
+    if cls.width_key and cls.width_key not in cls.all_keys():
+        raise ModelConfigError(f"model.type = {kind!r}: {name}.width_key = {cls.width_key!r} "
+                               f"is not one of its keys {sorted(cls.all_keys())}")
+    return cls
+
+
+def _module(kind: str, where: str) -> ModuleType:
+    path = source_file(kind)
+    if path is None:
+        return _imported(kind, where)
+    if not path.is_file():
+        raise ModelConfigError(f"model.type = {kind!r}: no file {path} (a relative path is read "
+                               f"from the folder kit runs in, {Path.cwd()})")
+    resolved = path.resolve()
+    content = resolved.read_bytes()
+    key = (str(resolved), hashlib.sha256(content).hexdigest())
+    if key not in _loaded:  # an edited file is read anew in a long-lived process
+        name = f"kit_user_model_{resolved.stem}_{key[1][:12]}"
+        spec = importlib.util.spec_from_file_location(name, resolved)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # (dataclasses and pickling look their module up there)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ModelConfigError(f"model.type = {kind!r}: reading {path} raised "
+                                   f"{_raised(exc, resolved)}") from None
+        _loaded[key] = module
+    return _loaded[key]
+
+
+def _imported(kind: str, where: str) -> ModuleType:
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as exc:
+        local = Path(*where.split(".")).with_suffix(".py")
+        hint = (f"; for the file here write model.type = \"{local.as_posix()}:"
+                f"{kind.rpartition(SEPARATOR)[2]}\"" if local.is_file() else
+                "; a file of your project is named by its path (\"models/net.py:Net\")")
+        raise ModelConfigError(f"model.type = {kind!r}: cannot import {where} ({exc}){hint}"
+                               ) from None
+    except Exception as exc:
+        raise ModelConfigError(f"model.type = {kind!r}: importing {where} raised "
+                               f"{_raised(exc)}") from None
+
+
+def _raised(exc: BaseException, file: Path | None = None) -> str:
+    """The exception and where in the user's code it came from (its last frame there, or
+    the last frame at all): the line to look at, without kit's frames around it."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        at = f" at line {exc.lineno}"
+    else:
+        own = [f for f in frames if file is not None and Path(f.filename) == file] or frames
+        at = f" at {Path(own[-1].filename).name}:{own[-1].lineno}" if own else ""
+    said = (str(exc).splitlines() or [""])[0][:300]
+    return f"{type(exc).__name__}{at}: {said}"
+
+
+def keep_source(kind: object, run_dir: Path) -> None:
+    """Copy the file a custom model came from into the run folder (the code its weights were
+    trained with)."""
+    source = _source_of(kind)
+    if source is not None:
+        (Path(run_dir) / MODEL_SOURCE).write_bytes(source.read_bytes())
+
+
+def _source_of(kind: object) -> Path | None:
+    """The file of a custom model.type: the named file, or an imported module's file."""
+    if not is_custom(kind):
+        return None
+    path = source_file(kind)
+    if path is not None:
+        return path if path.is_file() else None
+    module = sys.modules.get(kind.rpartition(SEPARATOR)[0])
+    file = getattr(module, "__file__", None)
+    return Path(file) if file and Path(file).is_file() else None
+
+
+def check_run_source(kind: object, run_dir: Path) -> None:
+    """Before a run's model is built from the project's file: a missing file names the run's
+    copy; a file changed since the run trained is warned of (its weights may load into code
+    that computes something else)."""
+    if not is_custom(kind):
+        return
+    kept = Path(run_dir) / MODEL_SOURCE
+    path = source_file(kind)
+    if path is not None and not path.is_file():
+        copy = f"; {kept} is the code it trained with: copy it back there" if kept.is_file() \
+            else ""
+        raise ModelConfigError(f"{run_dir}: its model.type {kind!r} names {path}, not found "
+                               f"from {Path.cwd()}{copy}, or run kit from the project folder")
+    source = _source_of(kind)
+    if source is not None and kept.is_file() and source.read_bytes() != kept.read_bytes():
+        warnings.warn(f"{source} changed since {run_dir} trained: its model is built from the "
+                      f"file as it is now; {kept} is the code it trained with (parity shows "
+                      "whether the package still matches the model)", RuntimeWarning,
+                      stacklevel=3)
+
+
+@torch.no_grad()
+def check_stream_contract(model: StreamModel, kind: str, n_inputs: int, n_outputs: int) -> None:
+    """A custom model's whole-sequence forward must equal its step-by-step forward, keep each
+    sequence of a batch to itself and give [B, T, K]: the submission runs it step by step, one
+    sequence after another. Random input from its own generator (the seeded weights and
+    shuffles of training are untouched); the model's train/eval mode is restored."""
+    from kit.export.step_graph import batch_axes
+
+    was_training = model.training
+    model.eval()
+    try:
+        params = next(model.parameters(), None)
+        device = params.device if params is not None else torch.device("cpu")
+        x = torch.randn(2, CHECK_STEPS, n_inputs,
+                        generator=torch.Generator().manual_seed(0)).to(device)
+        whole = _called(model, kind, "forward over a whole sequence", lambda: model(
+            x, model.init_state(2))[0])
+        _check_shape(kind, whole, (2, CHECK_STEPS, n_outputs))
+        try:
+            batch_axes(model)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ModelConfigError(f"model.type = {kind!r}: init_state(batch) must return a list "
+                                   f"of tensors, each with one axis of size batch ({exc}); "
+                                   f"{HOW}") from None
+        stepped = _called(model, kind, "forward one step at a time", lambda: _steps(model, x))
+        alone = _called(model, kind, "forward over one sequence", lambda: model(
+            x[1:], model.init_state(1))[0])
+    finally:
+        model.train(was_training)
+    if not bool(torch.isfinite(whole).all()):
+        raise ModelConfigError(f"model.type = {kind!r}: forward gave NaN or inf on random "
+                               f"standard-normal input (its initial weights); {HOW}")
+    scale = CHECK_RTOL * (1.0 + float(whole.abs().max()))
+    for what, got, ref, fix in (
+            ("one step at a time (as the packed submission runs it)", stepped, whole,
+             "the state must carry everything a step needs from the steps before it"),
+            ("for the second sequence alone (its batch neighbour removed)", alone, whole[1:],
+             "each sequence of a batch must be computed on its own (no statistics across the "
+             "batch axis)")):
+        beyond = (got - ref).abs().amax(dim=(0, 2)) > scale  # (NaN compares False: and caught)
+        if bool(beyond.any()) or not bool(torch.isfinite(got).all()):
+            step = int(beyond.nonzero()[0]) if bool(beyond.any()) else "?"
+            raise ModelConfigError(
+                f"model.type = {kind!r}: the stream contract does not hold: forward over whole "
+                f"sequences and {what} differ, first beyond {scale:.1e} at step {step} (max "
+                f"{float((got - ref).abs().max()):.3g}); training would validate predictions "
+                f"the submission never makes: {fix}; {HOW}")
+
+
+def _steps(model: StreamModel, x: torch.Tensor) -> torch.Tensor:
+    state, out = model.init_state(x.shape[0]), []
+    for t in range(x.shape[1]):
+        y, state = model(x[:, t:t + 1], state)
+        out.append(y)
+    return torch.cat(out, dim=1)
+
+
+def _called(model: StreamModel, kind: str, what: str, call):
+    try:
+        return call()
+    except ModelConfigError:
+        raise
+    except Exception as exc:
+        file = getattr(sys.modules.get(type(model).__module__), "__file__", None)
+        raised = _raised(exc, Path(file).resolve() if file else None)
+        raise ModelConfigError(f"model.type = {kind!r}: its {what} raised {raised}; {HOW}"
+                               ) from None
+
+
+def _check_shape(kind: str, y, expected: tuple[int, ...]) -> None:
+    shape = tuple(y.shape) if isinstance(y, torch.Tensor) else None
+    if shape != expected:
+        raise ModelConfigError(f"model.type = {kind!r}: forward(x [B, T, F], state) must return "
+                               f"(y [B, T, K], new_state); y was {shape or type(y).__name__} "
+                               f"for B, T, K = {expected}; {HOW}")
