@@ -559,7 +559,8 @@ def batch_predict_args(solution: Path) -> set[str] | None:
 
 
 def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
-                  renames: dict[str, str] | None = None, model_sha256: str = "") -> dict:
+                  renames: dict[str, str] | None = None, model_sha256: str = "",
+                  package: str = "") -> dict:
     """Both protocols are in every notebook, so $KIT_PROTOCOL can switch between them."""
     values = {"__PROTOCOL__": protocol, "__KEEP__": repr(list(keep or [])),
               "__NAMES__": repr(dict(renames or {})), "__MODEL_SHA256__": model_sha256}
@@ -581,6 +582,8 @@ def notebook_json(protocol: str, title: str, keep: list[str] | None = None,
     # options and tells a hand-edited notebook from its own (r310)
     settings = {"protocol": protocol, "keep_columns": list(keep or []),
                 "rename": dict(renames or {}), "cells_sha256": cells_fingerprint(cells)}
+    if package:  # the package's name whole: the dataset's title cuts it at 50 characters
+        settings["package"] = package
     return {"cells": cells, "metadata": {
         "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
         "language_info": {"name": "python"}, NOTEBOOK_SETTINGS: settings},
@@ -642,10 +645,11 @@ def write_notebook(submission: Path, out: Path, *, owner: str | None,
                             "kernel ids (or set KAGGLE_USERNAME)")
     if not re.match(r"^[A-Za-z0-9_-]+$", owner):
         raise NotebookError(f"--owner {owner!r}: your Kaggle user name (letters, digits, - or _)")
-    name = earlier[0] if earlier else package_name(submission)
+    name = _package_of_dataset(submission, earlier[0]) if earlier else package_name(submission)
     # by what OUT holds: a dataset folder given with --out another package's OUT took that
-    # notebook's title, competition and protocol (r316)
-    same_package = in_out is not None and in_out[0] == name
+    # notebook's title, competition and protocol (r316); by the titles, which cut a long
+    # name (r322: a name of 43 or more characters never matched, and lost its options)
+    same_package = in_out is not None and _dataset_title(in_out[0]) == _dataset_title(name)
     if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
         default_slug = earlier[1]
     elif same_package and dataset_slug is None:  # the package written again into its OUT
@@ -973,6 +977,8 @@ class PreviousNotebook:
                                                                     for c in keep) else None)
         self.rename = (rename if isinstance(rename, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in rename.items()) else None)
+        package = settings.get("package")
+        self.package = package if isinstance(package, str) and package else None
 
 
 def _previous_notebook(out: Path) -> PreviousNotebook | None:
@@ -1041,6 +1047,19 @@ def _dataset_written_before(submission: Path) -> tuple[str, str, str] | None:
             else None)
 
 
+def _dataset_title(name: str) -> str:
+    return _title(f"{name} package")
+
+
+def _package_of_dataset(dataset: Path, from_title: str) -> str:
+    """The package name of a dataset folder kit notebook wrote: as its notebook recorded it
+    (the dataset's title cuts a long one), else as the title gives it."""
+    previous = _previous_notebook(Path(dataset).resolve().parent)
+    recorded = previous.package if previous is not None else None
+    return (recorded if recorded and _dataset_title(recorded) == _dataset_title(from_title)
+            else from_title)
+
+
 def package_name(submission: Path) -> str:
     """The submission's name as given, without .zip (a `current` symlink keeps its own name);
     `.` and `..` name the folder they stand for."""
@@ -1096,14 +1115,14 @@ def _write_folders(submission: Path, into: Path, *, name: str, owner: str, datas
             shutil.copy2(source / file_name, dataset / file_name)
     for wheel in wheel_files:  # at the top: `kaggle datasets create -p` skips subfolders
         shutil.copy2(wheel, dataset / wheel.name)
-    dataset_meta = {"title": _title(f"{name} package"), "id": f"{owner}/{dataset_slug}",
+    dataset_meta = {"title": _dataset_title(name), "id": f"{owner}/{dataset_slug}",
                     "licenses": [{"name": "CC0-1.0"}]}
     (dataset / "dataset-metadata.json").write_text(json.dumps(dataset_meta, indent=2) + "\n",
                                                    encoding="utf-8")
     kernel.mkdir(parents=True)
     code_file = "notebook.ipynb"
     document = notebook_json(protocol, title, keep_columns, renames,
-                             manifest["files"][MODEL_FILE])
+                             manifest["files"][MODEL_FILE], package=name)
     (kernel / code_file).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     kernel_meta = {
         "id": f"{owner}/{kernel_slug}", "title": title, "code_file": code_file,
