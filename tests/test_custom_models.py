@@ -2,6 +2,7 @@
 like a registered model; a class that breaks the stream contract, a file that cannot be read and
 a file changed or gone since a run trained are each said before they cost anything."""
 
+import sys
 import textwrap
 import tomllib
 import warnings
@@ -14,7 +15,7 @@ from kit.errors import KitError
 from kit.export.frozen import load_member
 from kit.export.pack import pack_run
 from kit.models import ModelConfigError, known_class, model_values
-from kit.models.custom import MODEL_SOURCE
+from kit.models.custom import MODEL_SOURCE, check_run_source
 from kit.parity import run_parity
 from kit.train.recipe import check_config, experiment_config, train_experiment
 from tests.test_train import raw_gru_experiment, tiny_competition
@@ -91,6 +92,33 @@ BROKEN = textwrap.dedent('''
             return self.inp(x), state
 
 
+    class Float64State(Forgetful):
+        def init_state(self, batch):
+            return [torch.zeros(batch, 1, dtype=torch.float64)]
+
+
+    class LearnedStart(Forgetful):
+        def init_state(self, batch):
+            return [torch.full((batch, 1), 3.0)]
+
+
+    class NoisyInEval(Forgetful):
+        def forward(self, x, state):
+            return self.inp(x) + torch.randn(x.shape[0], x.shape[1], 2), state
+
+
+    class NoParameters(StreamModel):
+        def __init__(self, n_inputs, n_outputs, **values):
+            super().__init__()
+            self.n_outputs = n_outputs
+
+        def init_state(self, batch):
+            return [torch.zeros(batch, 1)]
+
+        def forward(self, x, state):
+            return x[..., :self.n_outputs] * 2, state
+
+
     class Plain(nn.Module):
         pass
 ''')
@@ -153,6 +181,14 @@ def test_relative_path_is_read_from_the_folder_kit_runs_in(project, monkeypatch)
                    r"each sequence of a batch must be computed on its own"),
     ("Raises", r"its forward over a whole sequence raised RuntimeError at broken.py:\d+: "
                r"mat1 and mat2 shapes cannot be multiplied"),
+    # (r324: each of these trained, then failed at pack, at parity, or in the optimizer)
+    ("Float64State", r"init_state's tensor 0 is torch.float64: every state tensor must be "
+                     r"float32"),
+    ("LearnedStart", r"init_state's tensor 0 is not all zeros: the submission starts every "
+                     r"sequence from a zero state"),
+    ("NoisyInEval", r"forward in eval mode gave other outputs for the same input on a second "
+                    r"call: it must be deterministic there"),
+    ("NoParameters", r"the model has no parameters, nothing to train"),
 ])
 def test_broken_stream_contract_is_refused_before_training(project, cls, said):
     """A model whose whole-sequence and step paths differ would be validated on predictions
@@ -171,8 +207,11 @@ def test_broken_stream_contract_is_refused_before_training(project, cls, said):
     ("models/gone.py:Net", r"no file models/gone.py"),
     ("models/broken.py", r"unknown model 'models/broken.py'"),
     ("models/broken.py:", r"expected \"path/to/file.py:ClassName\""),
-    ("models.broken:Forgetful", r"cannot import models.broken .*for the file here write "
-                                r"model.type = \"models/broken.py:Forgetful\""),
+    ("models.broken:Forgetful", r"cannot import models.broken .*run kit with the folder that "
+                                r"holds models on PYTHONPATH \(PYTHONPATH=. kit ... from the "
+                                r"project folder\) or install it, or, for a file that imports "
+                                r"no package of yours, model.type = "
+                                r"\"models/broken.py:Forgetful\""),
     ("transfomer", r"unknown model 'transfomer' \(did you mean 'transformer'\?\); "
                    r"available: .*or your own"),
 ])
@@ -226,8 +265,10 @@ def test_a_changed_or_gone_file_is_said_when_the_run_is_loaded(project, leaky_ru
     file = project / "models/leaky.py"
     try:
         file.write_text(LEAKY + "\n# tuned since\n")
-        with pytest.warns(RuntimeWarning, match=rf"{file} changed since {leaky_run} trained: .*"
-                          rf"{leaky_run / MODEL_SOURCE} is the code it trained with"):
+        with pytest.warns(RuntimeWarning, match=rf"{file} changed since {leaky_run} trained: "
+                          r"pack and parity build its model from the file as it is now, so "
+                          r"parity compares the package with that code, not with the code the "
+                          rf"weights trained with \({leaky_run / MODEL_SOURCE}\)"):
             load_member(leaky_run)
         file.unlink()
         with pytest.raises(KitError, match=rf"names {file}, not found .*"
@@ -257,3 +298,47 @@ def test_the_docs_example_keeps_the_contract(tmp_path, monkeypatch):
     model = tomllib.loads(table)["model"]
     assert model_values(model)["decay"] == 0.8
     check_stream_contract(build_model(model, 5, 2), model["type"], 5, 2)
+
+
+def test_an_importable_module_is_checked_like_a_file(project, tmp_path, monkeypatch):
+    """The "package.module:Class" form: an edit since the run trained is warned of before
+    anything imports the module, and a module gone from the path says PYTHONPATH (r324)."""
+    package = tmp_path / "mynets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(LEAKY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exp = experiment(project, "dotted", {"type": "mynets.nets:LeakyRNN", "hidden": 4})
+    run = Path(train_experiment(exp, progress=False, runs_dir=tmp_path / "runs")[0]["run_dir"])
+    assert (run / MODEL_SOURCE).read_text() == LEAKY
+    (package / "nets.py").write_text(LEAKY + "\n# tuned since\n")
+    with pytest.warns(RuntimeWarning, match=r"nets.py changed since .* trained"):
+        check_run_source("mynets.nets:LeakyRNN", run)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    for name in [m for m in sys.modules if m.startswith("mynets")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModelConfigError, match=r"cannot import mynets.nets; run kit with the "
+                       rf"folder that holds mynets on PYTHONPATH .*{run / MODEL_SOURCE} is the "
+                       "code it trained with"):
+        check_run_source("mynets.nets:LeakyRNN", run)
+
+
+def test_a_resume_under_a_changed_file_is_refused(project, tmp_path):
+    """r324: resumed under an edited file, the best epoch trained under code model_source.py
+    did not hold, and a pack after the edit was reverted said nothing."""
+    model = tmp_path / "leaky.py"
+    model.write_text(LEAKY)
+    exp = experiment(project, "resumed", {"type": f"{model}:LeakyRNN", "hidden": 4},
+                     train=raw_gru_experiment(project)["train"] | {"epochs": 2})
+    runs = tmp_path / "runs"
+    [first] = train_experiment(exp, progress=False, runs_dir=runs, stop_after_epochs=1)
+    model.write_text(LEAKY.replace("(1 - self.decay) *", "1.5 * (1 - self.decay) *"))
+    with pytest.raises(ModelConfigError, match=r"leaky.py changed since .* started training: "
+                       r"--resume would train its weights on under other code than its epochs "
+                       r"so far .*model_source.py\); put that copy back to resume"):
+        train_experiment(exp, progress=False, runs_dir=runs, resume=True,
+                         run_dir=Path(first["run_dir"]))
+    model.write_text(LEAKY)
+    [done] = train_experiment(exp, progress=False, runs_dir=runs, resume=True,
+                              run_dir=Path(first["run_dir"]))
+    assert done["run_dir"] == first["run_dir"]

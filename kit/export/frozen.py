@@ -26,7 +26,7 @@ from kit.features.normaliser import Normaliser
 from kit.features.sets import FeaturePipeline, FeatureSet, build_feature_set
 from kit.models import build_model
 from kit.models.config import ModelConfigError
-from kit.models.custom import check_run_source
+from kit.models.custom import check_run_source, is_custom
 from kit.train.checkpoint import load_checkpoint, load_checkpoint_and_digest
 
 CHECKPOINT_KEYS = ("model", "model_config", "normaliser", "features", "spec")
@@ -243,6 +243,8 @@ def load_member(run: Path, *, warn: bool = True) -> Member:
     try:
         model = build_model(ckpt["model_config"], n_in, n_out)
     except ModelConfigError as exc:  # a setting kit refuses since (a width of 1 under a norm)
+        if is_custom(ckpt["model_config"].get("type")):  # your code's, not kit's (r324)
+            raise KitError(f"{path}: {exc}") from None
         raise KitError(f"{path}: its model config is refused by this kit ({exc}); it was "
                        "trained before that: retrain the run") from None
     try:

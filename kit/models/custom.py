@@ -100,15 +100,23 @@ def _imported(kind: str, where: str) -> ModuleType:
     try:
         return importlib.import_module(where)
     except ModuleNotFoundError as exc:
-        local = Path(*where.split(".")).with_suffix(".py")
-        hint = (f"; for the file here write model.type = \"{local.as_posix()}:"
-                f"{kind.rpartition(SEPARATOR)[2]}\"" if local.is_file() else
-                "; a file of your project is named by its path (\"models/net.py:Net\")")
-        raise ModelConfigError(f"model.type = {kind!r}: cannot import {where} ({exc}){hint}"
-                               ) from None
+        raise ModelConfigError(f"model.type = {kind!r}: cannot import {where} ({exc}); "
+                               f"{_import_advice(kind, where)}") from None
     except Exception as exc:
         raise ModelConfigError(f"model.type = {kind!r}: importing {where} raised "
                                f"{_raised(exc)}") from None
+
+
+def _import_advice(kind: str, where: str) -> str:
+    """What makes a module importable (r324: the advice was only the file form, which a file
+    importing its own package cannot take)."""
+    local = Path(*where.split(".")).with_suffix(".py")
+    single = (f", or, for a file that imports no package of yours, model.type = "
+              f"\"{local.as_posix()}:{kind.rpartition(SEPARATOR)[2]}\"" if local.is_file()
+              else "; a single file of your project can be named by its path "
+              "(\"models/net.py:Net\")")
+    return (f"run kit with the folder that holds {where.split('.')[0]} on PYTHONPATH "
+            f"(PYTHONPATH=. kit ... from the project folder) or install it{single}")
 
 
 def _raised(exc: BaseException, file: Path | None = None) -> str:
@@ -139,30 +147,43 @@ def _source_of(kind: object) -> Path | None:
     path = source_file(kind)
     if path is not None:
         return path if path.is_file() else None
-    module = sys.modules.get(kind.rpartition(SEPARATOR)[0])
-    file = getattr(module, "__file__", None)
+    try:  # (where it would be imported from, before it is: r324, an edit went unsaid)
+        found = importlib.util.find_spec(kind.rpartition(SEPARATOR)[0])
+    except (ImportError, ValueError):
+        return None
+    file = getattr(found, "origin", None)
     return Path(file) if file and Path(file).is_file() else None
 
 
-def check_run_source(kind: object, run_dir: Path) -> None:
-    """Before a run's model is built from the project's file: a missing file names the run's
-    copy; a file changed since the run trained is warned of (its weights may load into code
-    that computes something else)."""
+def check_run_source(kind: object, run_dir: Path, *, resuming: bool = False) -> None:
+    """Before a run's model is built from the project's code: a file gone, or a module that
+    cannot be imported, names the run's copy; a file changed since the run trained is warned
+    of (its weights may load into code that computes something else), and refused for a
+    resume (r324: its next epochs trained under other code than model_source.py recorded)."""
     if not is_custom(kind):
         return
     kept = Path(run_dir) / MODEL_SOURCE
-    path = source_file(kind)
+    copy = f"; {kept} is the code it trained with" if kept.is_file() else ""
+    path, where = source_file(kind), kind.rpartition(SEPARATOR)[0]
     if path is not None and not path.is_file():
-        copy = f"; {kept} is the code it trained with: copy it back there" if kept.is_file() \
-            else ""
         raise ModelConfigError(f"{run_dir}: its model.type {kind!r} names {path}, not found "
-                               f"from {Path.cwd()}{copy}, or run kit from the project folder")
+                               f"from {Path.cwd()}{copy}: copy it back there, or run kit from "
+                               "the project folder")
     source = _source_of(kind)
-    if source is not None and kept.is_file() and source.read_bytes() != kept.read_bytes():
-        warnings.warn(f"{source} changed since {run_dir} trained: its model is built from the "
-                      f"file as it is now; {kept} is the code it trained with (parity shows "
-                      "whether the package still matches the model)", RuntimeWarning,
-                      stacklevel=3)
+    if path is None and source is None:
+        raise ModelConfigError(f"{run_dir}: its model.type {kind!r}: cannot import {where}; "
+                               f"{_import_advice(kind, where)}{copy}")
+    if source is None or not kept.is_file() or source.read_bytes() == kept.read_bytes():
+        return
+    if resuming:
+        raise ModelConfigError(f"{source} changed since {run_dir} started training: --resume "
+                               f"would train its weights on under other code than its epochs "
+                               f"so far ({kept}); put that copy back to resume, or train a new "
+                               "run")
+    warnings.warn(f"{source} changed since {run_dir} trained: pack and parity build its model "
+                  f"from the file as it is now, so parity compares the package with that code, "
+                  f"not with the code the weights trained with ({kept}); put the copy back to "
+                  "pack the model as trained", RuntimeWarning, stacklevel=3)
 
 
 @torch.no_grad()
@@ -173,6 +194,9 @@ def check_stream_contract(model: StreamModel, kind: str, n_inputs: int, n_output
     shuffles of training are untouched); the model's train/eval mode is restored."""
     from kit.export.step_graph import batch_axes
 
+    if next(model.parameters(), None) is None:  # (the optimizer's traceback otherwise)
+        raise ModelConfigError(f"model.type = {kind!r}: the model has no parameters, nothing "
+                               f"to train; {HOW}")
     was_training = model.training
     model.eval()
     try:
@@ -189,6 +213,14 @@ def check_stream_contract(model: StreamModel, kind: str, n_inputs: int, n_output
             raise ModelConfigError(f"model.type = {kind!r}: init_state(batch) must return a list "
                                    f"of tensors, each with one axis of size batch ({exc}); "
                                    f"{HOW}") from None
+        _check_state(model, kind)
+        again = _called(model, kind, "forward over a whole sequence", lambda: model(
+            x, model.init_state(2))[0])
+        if not torch.equal(again, whole):
+            raise ModelConfigError(f"model.type = {kind!r}: forward in eval mode gave other "
+                                   "outputs for the same input on a second call: it must be "
+                                   "deterministic there (draw noise only while self.training); "
+                                   f"{HOW}")
         stepped = _called(model, kind, "forward one step at a time", lambda: _steps(model, x))
         alone = _called(model, kind, "forward over one sequence", lambda: model(
             x[1:], model.init_state(1))[0])
@@ -212,6 +244,23 @@ def check_stream_contract(model: StreamModel, kind: str, n_inputs: int, n_output
                 f"sequences and {what} differ, first beyond {scale:.1e} at step {step} (max "
                 f"{float((got - ref).abs().max()):.3g}); training would validate predictions "
                 f"the submission never makes: {fix}; {HOW}")
+
+
+def _check_state(model: StreamModel, kind: str) -> None:
+    """Every state tensor float32 and zeros at the start: the step graph's states are float32,
+    and the submission starts each sequence from zeros, whatever init_state returns (r324:
+    a float64 state packed into a graph onnxruntime refused; a learned h0 was dropped)."""
+    for i, tensor in enumerate(model.init_state(2)):
+        if tensor.dtype != torch.float32:
+            raise ModelConfigError(f"model.type = {kind!r}: init_state's tensor {i} is "
+                                   f"{tensor.dtype}: every state tensor must be float32 (a "
+                                   f"count too, as a float); {HOW}")
+        if bool(tensor.ne(0).any()):
+            raise ModelConfigError(f"model.type = {kind!r}: init_state's tensor {i} is not all "
+                                   "zeros: the submission starts every sequence from a zero "
+                                   "state; add a learned initial state inside forward (e.g. "
+                                   f"at the first step, told by a step count in the state); "
+                                   f"{HOW}")
 
 
 def _steps(model: StreamModel, x: torch.Tensor) -> torch.Tensor:

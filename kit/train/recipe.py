@@ -610,8 +610,8 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
     # resumed run keeps its config.toml as it was written (one from before: no [loss])
     config = {**config, "loss": resolved_loss(config.get("loss"), n_out)}
     model_config = solve_width(config["model"], n_in, n_out)
-    if resume:  # a model of your own: its file changed since the run started is said
-        check_run_source(model_config["type"], files.root)
+    if resume:  # a model of your own: its file changed since the run started is refused
+        check_run_source(model_config["type"], files.root, resuming=True)
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
     if config["normaliser"]["targets"]:  # outputs in the targets' units, layers standardised
