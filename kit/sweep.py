@@ -489,22 +489,43 @@ def refuse_row_changing_params(base: dict, params: list[Param]) -> None:
     scored on 7,208 rows ranked above 200 on 808). Values that keep the same rows (data.seq_len
     at or past the spec's sequence length) pass."""
     sequences = _Sequences()
-    for p in params:
-        if not any(covered(key, (p.name,)) for key in ROW_KEYS):
+    row_params = [p for p in params if any(covered(key, (p.name,)) for key in ROW_KEYS)]
+    for p in row_params:
+        for config in _row_contexts(base, params, row_params, p):
+            seen: dict[str, list] = {}  # json of the rows' parts -> the values that give them
+            parts_of: dict[str, dict] = {}
+            for value in _probes(p):
+                try:
+                    parts = validated_rows(resolve(set_dotted(config, p.name, value)), sequences)
+                except KitError:  # an invalid value: check_space names it
+                    continue
+                key = json.dumps(parts, sort_keys=True, default=str)
+                seen.setdefault(key, []).append(value)
+                parts_of[key] = parts
+            if len(seen) > 1:
+                raise SweepError(_rows_differ_text(p, list(seen.values()),
+                                                   list(parts_of.values())))
+
+
+def _row_contexts(base: dict, params: list[Param], row_params: list[Param],
+                  p: Param) -> list[dict]:
+    """The experiment with p's conditions met, under each combination of the probed values of
+    the other parameters that set validation rows (where they apply and leave p applying):
+    judged on the experiment alone, a swept data.split = "random" let a swept
+    data.split_seed through, each trial validated on another held-out part (r320)."""
+    met = _meet(base, params, p.when)
+    contexts = {json.dumps(met, sort_keys=True, default=str): met}
+    for q in row_params:
+        if q is p:
             continue
-        config = _meet(base, params, p.when)
-        seen: dict[str, list] = {}  # json of the rows' parts -> the values that give them
-        parts_of: dict[str, dict] = {}
-        for value in _probes(p):
-            try:
-                parts = validated_rows(resolve(set_dotted(config, p.name, value)), sequences)
-            except KitError:  # an invalid value: check_space names it
-                continue
-            key = json.dumps(parts, sort_keys=True, default=str)
-            seen.setdefault(key, []).append(value)
-            parts_of[key] = parts
-        if len(seen) > 1:
-            raise SweepError(_rows_differ_text(p, list(seen.values()), list(parts_of.values())))
+        grown = {}
+        for config in contexts.values():
+            for value in (_probes(q) if applies(q, config) else [None]):
+                changed = config if value is None else set_dotted(config, q.name, value)
+                if applies(p, changed):
+                    grown[json.dumps(changed, sort_keys=True, default=str)] = changed
+        contexts = grown or contexts
+    return list(contexts.values())
 
 
 def _rows_differ_text(p: Param, values: list[list], parts: list[dict]) -> str:
