@@ -436,10 +436,13 @@ def pandas_dtypes(frame: pl.DataFrame, columns: list[str], data: Path) -> list[s
     features, pyarrow-backed columns), and `.values` of a frame holding one is an object array
     of Python ints and floats, however plain the other columns are; typed from the Parquet
     dtypes alone, the replay fed float64 rows that such a file's scorer never gives (r304).
-    (A null of such an integer column is pd.NA there, float NaN here.)"""
+    (A null of such an integer column is pd.NA there, float NaN here.) A categorical column
+    comes back a category only where its values are strings or bools: pyarrow reads a numeric
+    one back as plain numbers (r325: such a file was replayed as object rows)."""
     dtypes = [pandas_dtype(frame[c]) for c in columns]
     written = pandas_column_types(data)
-    if any(written[c][0] not in PLAIN_NUMPY_TYPES or written[c][1] == "categorical"
+    if any(written[c][0] not in PLAIN_NUMPY_TYPES
+           or (written[c][1] == "categorical" and not frame[c].dtype.is_numeric())
            for c in columns if c in written):
         dtypes.append("object")  # taken into the child's common type like a column's
     return dtypes
