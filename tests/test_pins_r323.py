@@ -21,7 +21,7 @@ from kit.train.groups import GROUPS_DIR, claim_group, drop_never_started
 from tests.cli import run_cli
 from tests.processes import dead_pid
 from tests.test_arrays import KEY, Builder
-from tests.test_cache_housekeeping_r315 import write_data
+from tests.test_cache_housekeeping_r315 import build, write_data
 
 REPO = Path(__file__).resolve().parents[1]
 TMP = cache_module.TMP_PREFIX
@@ -55,26 +55,18 @@ def test_another_hosts_temp_folder_is_listed_as_such_and_kept(tmp_path):
 # --- the cache's entries ---------------------------------------------------------------------
 
 
-def _entry_of(path: Path, cache_dir: Path) -> str:
-    before = {p.name for p in cache_dir.iterdir()} if cache_dir.is_dir() else set()
-    cached_arrays(path, KEY, Builder(path), cache_dir=cache_dir)
-    (made,) = {p.name for p in cache_dir.iterdir() if not p.name.startswith(".")} - before - {
-        cache_module.DIGESTS_FILE}
-    return made
-
-
 def test_an_entry_a_copy_still_holds_is_live_when_its_own_file_is_overwritten(
         tmp_path, settled):
     """Mutant: source_status judges an entry by the file its meta.json names alone: the
     entry a recorded copy still reads was called orphaned, and --clear-stale deleted it."""
     cache_dir, data = tmp_path / "cache", write_data(tmp_path / "a/train.parquet", seed=0)
-    entry = _entry_of(data, cache_dir)
+    entry = build(data, cache_dir)
     copy = tmp_path / "b/train.parquet"
     copy.parent.mkdir()
     copy.write_bytes(data.read_bytes())
     cached_arrays(copy, KEY, Builder(copy), cache_dir=cache_dir)  # a hit: records the copy
     write_data(data, seed=1)  # the entry's own file now holds other bytes
-    newer = _entry_of(data, cache_dir)
+    newer = build(data, cache_dir)
     listed = {e["name"]: e for e in cache_entries(cache_dir)}
     assert (listed[entry]["orphaned"], listed[entry]["unverified"]) == (None, None)
     out = run_cli("data", "cache", "--dir", cache_dir, "--clear-stale").stdout
@@ -86,7 +78,7 @@ def test_a_damaged_digests_record_does_not_stop_the_listing(tmp_path, settled):
     """Mutant: RecordedFiles takes every digests.json record, well-formed or not: a record a
     crash or a hand edit left short made `kit data cache` raise instead of listing."""
     cache_dir, data = tmp_path / "cache", write_data(tmp_path / "train.parquet", seed=0)
-    entry = _entry_of(data, cache_dir)
+    entry = build(data, cache_dir)
     digests = cache_dir / cache_module.DIGESTS_FILE
     table = json.loads(digests.read_text())
     digests.write_text(json.dumps(table | {"/elsewhere/a.parquet": [1, 2],
