@@ -525,10 +525,13 @@ def check_same_rows(candidates: list[Candidate], warn_metrics: bool = True) -> N
                               "runs: retrain on the current one)")
     other = other_metric_candidates(candidates)
     if other and warn_metrics:  # a spec's metric or clip edited between runs: one metric
-        # scores the blends
+        # scores the blends (its clip worded as kit runs words it)
+        from kit.reports import clip_text, metric_settings
+
         warnings.warn(f"{', '.join(other[:5])} trained under another metric than "
-                      f"{first.name} ({first.spec.metric.name}, clip {first.spec.metric.clip}): "
-                      "the blends are scored on the latter", RuntimeWarning, stacklevel=2)
+                      f"{first.name} ({first.spec.metric.name}, "
+                      f"{clip_text(metric_settings(first.spec))}): the blends are scored on the "
+                      "latter", RuntimeWarning, stacklevel=2)
     sets: dict[tuple, list[Candidate]] = {}  # every set of rows, with who predicts it
     for c in candidates:
         sets.setdefault((str(c.data.resolve()), c.rows.tobytes()), []).append(c)

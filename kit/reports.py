@@ -307,6 +307,8 @@ def _summary(run_dir: Path, cache: dict) -> dict:
     # a killed run has no metrics.json: the digests its start recorded say the same
     if changed := _data_changes(run_dir, metrics, config):
         row["data_changed"] = changed  # its score is of the old file: no oracle figures
+    elif gone := _validation_file_gone(run_dir, metrics, config):
+        row["valid_gone"] = gone  # (it was listed without a word: select and report need it)
     oracle = None if row.get("data_changed") else _oracle_report(run_dir, config, cache)
     if oracle is not None:
         row["oracle_score"] = _finite(oracle.score)
@@ -406,6 +408,17 @@ def _missing_fold_runs(group: Path) -> list[str]:
     return [str(run) for run in missing_fold_runs(group)]
 
 
+def _validation_file_gone(run_dir: Path, metrics: dict | None, config: dict) -> str | None:
+    """The file a run validated on, as its config names it, when it is not found from here
+    (an out-of-fold group's fold runs each name their own: not judged here)."""
+    if (metrics or {}).get("kind") == "oof":
+        return None
+    named = validation_file(config, metrics)
+    if not isinstance(named, str) or data_file_of(run_dir, named) is not None:
+        return None
+    return named
+
+
 def _run_notes(r: dict) -> list[str]:
     """A listed run's notes of what kit ensemble select refuses or leaves out (r317)."""
     from kit.ensemble import RETRAIN_HELD_OUT, missing_fold_runs_message
@@ -415,6 +428,11 @@ def _run_notes(r: dict) -> list[str]:
         notes.append(f"note: {r['path']}: validated on the rows it trained on ({r['in_sample']}; "
                      "a kit before r311 trained it): its score is in-sample, no measure of "
                      "unseen rows, and kit ensemble select leaves it out; " + RETRAIN_HELD_OUT)
+    if r.get("valid_gone"):
+        notes.append(f"note: {r['path']}: the file it validated on, {r['valid_gone']}, is not "
+                     "found from here (moved or deleted): no oracle figures, and kit ensemble "
+                     "select and kit report, which read its rows, need it back (a relative "
+                     "path is read from the project folder)")
     if r.get("missing_fold_runs"):
         missing = [Path(run) for run in r["missing_fold_runs"]]
         notes.append(f"note: {missing_fold_runs_message(Path(r['path']), missing)} (kit "

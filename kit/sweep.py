@@ -513,17 +513,25 @@ def _row_contexts(base: dict, params: list[Param], row_params: list[Param],
     the other parameters that set validation rows (where they apply and leave p applying):
     judged on the experiment alone, a swept data.split = "random" let a swept
     data.split_seed through, each trial validated on another held-out part (r320)."""
+    watched = [*ROW_KEYS, *(k for q in row_params for k in q.when)]
+
+    def key(config: dict) -> str:  # (contexts alike in what decides rows are one: r328)
+        return json.dumps([get_dotted(config, k) for k in watched], default=str)
+
     met = _meet(base, params, p.when)
-    contexts = {json.dumps(met, sort_keys=True, default=str): met}
+    contexts = {key(met): met}
     for q in row_params:
         if q is p:
             continue
         grown = {}
         for config in contexts.values():
-            for value in (_probes(q) if applies(q, config) else [None]):
-                changed = config if value is None else set_dotted(config, q.name, value)
-                if applies(p, changed):
-                    grown[json.dumps(changed, sort_keys=True, default=str)] = changed
+            # where q does not apply as things stand, also where its conditions are met (r328:
+            # a `when` on model.type hid its values)
+            for start in (config, _meet(config, params, q.when)):
+                for value in (_probes(q) if applies(q, start) else [None]):
+                    changed = start if value is None else set_dotted(start, q.name, value)
+                    if applies(p, changed):
+                        grown.setdefault(key(changed), changed)
         contexts = grown or contexts
     return list(contexts.values())
 

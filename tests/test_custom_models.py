@@ -119,6 +119,25 @@ BROKEN = textwrap.dedent('''
             return x[..., :self.n_outputs] * 2, state
 
 
+    class StepShape(Forgetful):
+        """Drops the time axis of a one-step input."""
+
+        def forward(self, x, state):
+            y = self.inp(x)
+            return (y[:, 0] if x.shape[1] == 1 else y), state
+
+
+    class BuildsBadly(Forgetful):
+        def __init__(self, n_inputs, n_outputs, **values):
+            super().__init__(n_inputs, n_outputs)
+            self.extra = undefined_name  # noqa: F821
+
+
+    class NoCommonKeys(Forgetful):
+        def __init__(self, n_inputs, n_outputs):
+            super().__init__(n_inputs, n_outputs)
+
+
     class Plain(nn.Module):
         pass
 ''')
@@ -189,6 +208,13 @@ def test_relative_path_is_read_from_the_folder_kit_runs_in(project, monkeypatch)
     ("NoisyInEval", r"forward in eval mode gave other outputs for the same input on a second "
                     r"call: it must be deterministic there"),
     ("NoParameters", r"the model has no parameters, nothing to train"),
+    # (r328: a traceback each)
+    ("StepShape", r"forward\(x \[B, T, F\], state\) must return \(y \[B, T, K\], new_state\); "
+                  r"y was \(2, 2\) for B, T, K = \(2, 1, 2\)"),
+    ("BuildsBadly", r"building it raised NameError at broken.py:\d+: name 'undefined_name' is "
+                    r"not defined"),
+    ("NoCommonKeys", r"its __init__\(n_inputs, n_outputs, ...\) must take each of its keys and "
+                     r"the common ones \(dropout, head, heads\) as keyword arguments"),
 ])
 def test_broken_stream_contract_is_refused_before_training(project, cls, said):
     """A model whose whole-sequence and step paths differ would be validated on predictions
@@ -342,3 +368,16 @@ def test_a_resume_under_a_changed_file_is_refused(project, tmp_path):
     [done] = train_experiment(exp, progress=False, runs_dir=runs, resume=True,
                               run_dir=Path(first["run_dir"]))
     assert done["run_dir"] == first["run_dir"]
+
+
+def test_the_run_keeps_the_code_that_ran_not_an_edit_made_since(tmp_path, monkeypatch):
+    """r328: the copy was read again after the model was built, so an edit in between was
+    recorded as the trained code."""
+    from kit.models.custom import keep_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(LEAKY)
+    known_class("net.py:LeakyRNN")  # built from these bytes
+    (tmp_path / "net.py").write_text(LEAKY + "\n# edited while the data loaded\n")
+    keep_source("net.py:LeakyRNN", tmp_path)
+    assert (tmp_path / MODEL_SOURCE).read_text() == LEAKY

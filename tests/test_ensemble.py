@@ -227,7 +227,8 @@ def test_candidates_on_different_rows_are_refused():
     # are scored on the first's, with a warning
     cands[1].data = cands[0].data
     cands[1].spec = spec_from_dict({**SPEC.to_dict(), "metric": {"name": "mae"}}, "<test>")
-    with pytest.warns(RuntimeWarning, match="c1 trained under another metric than c0"):
+    with pytest.warns(RuntimeWarning, match=r"c1 trained under another metric than c0 "
+                      rf"\({SPEC.metric.name}, clip ±6\)"):  # (worded as kit runs words it)
         check_same_rows(cands)
     # another spec's name: refused (kit pack serves one spec), whatever the columns
     cands[1].spec = spec_from_dict({**SPEC.to_dict(), "name": "mae-too"}, "<test>")

@@ -244,3 +244,24 @@ def test_a_swept_split_seed_under_a_swept_random_split_is_refused(sweep_env):  #
     with pytest.raises(SweepError, match=r'"data.split_seed": .*0 against 3 differ in the '
                                          r"held-out part of the train file"):
         prepare("tiny", None, None, None)
+
+
+def test_a_row_parameter_behind_a_condition_on_another_key_is_judged_with_it_met(
+        sweep_env):  # noqa: F811
+    """r328: a [data] table applying only under model.type = "gru" (the experiment's type is
+    another) hid its random split from the swept data.split_seed's judgement."""
+    from kit.config import load_experiment
+    from kit.sweep import refuse_row_changing_params
+    from kit.train.recipe import experiment_config
+
+    base = experiment_config("tiny", ['model.type="lstm"'])
+    files = {k: v for k, v in load_experiment("tiny")["data"].items()
+             if k in ("train", "valid", "cache_dir")}
+    params = parse_space({"params": {
+        "model.type": {"type": "categorical", "choices": ["gru", "lstm"]},
+        "data": {"type": "categorical", "choices": [{**files, "split": "random"}],
+                 "when": {"model.type": "gru"}},
+        "data.split_seed": {"type": "int", "low": 0, "high": 3}}})
+    with pytest.raises(SweepError, match=r'"data.split_seed": .*0 against 3 differ in the '
+                                         r"held-out part of the train file"):
+        refuse_row_changing_params(base, params)

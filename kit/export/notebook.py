@@ -649,7 +649,10 @@ def write_notebook(submission: Path, out: Path, *, owner: str | None,
     # by what OUT holds: a dataset folder given with --out another package's OUT took that
     # notebook's title, competition and protocol (r316); by the titles, which cut a long
     # name (r322: a name of 43 or more characters never matched, and lost its options)
-    same_package = in_out is not None and _dataset_title(in_out[0]) == _dataset_title(name)
+    recorded = getattr(_previous_notebook(out), "package", None)  # (exact: r328, two runs'
+    # names differing past the cut took each other's notebook)
+    same_package = in_out is not None and (
+        recorded == name if recorded else _dataset_title(in_out[0]) == _dataset_title(name))
     if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
         default_slug = earlier[1]
     elif same_package and dataset_slug is None:  # the package written again into its OUT

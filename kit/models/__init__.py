@@ -17,7 +17,7 @@ from torch import nn
 
 from kit.config import did_you_mean
 from kit.models.config import ModelConfigError, StreamModel
-from kit.models.custom import custom_class, is_custom
+from kit.models.custom import build_error, custom_class, is_custom
 from kit.models.patchtst import PatchTST
 from kit.models.rnn import AttentionGRU, GRUModel, LSTMModel
 from kit.models.ssm import SSM
@@ -77,7 +77,7 @@ def known_class(kind: object) -> type[StreamModel] | None:
         return MODELS.get(kind)
     try:
         return custom_class(kind)
-    except ModelConfigError:
+    except (ModelConfigError, OSError):  # (a file unreadable now: described without it)
         return None
 
 
@@ -139,7 +139,11 @@ def _built(kind: str, values: dict, n_inputs: int, n_outputs: int) -> StreamMode
     cls = model_class({"type": kind})
     try:
         return cls(n_inputs, n_outputs, **values)
-    except (RuntimeError, OverflowError, MemoryError, TypeError) as exc:
+    except Exception as exc:
+        if is_custom(kind):  # your code's error, in one line
+            raise build_error(kind, exc) from None
+        if not isinstance(exc, RuntimeError | OverflowError | MemoryError | TypeError):
+            raise
         # sizes past what torch can allocate (model.hidden = 10**11, model.ff = 1e300): the
         # keys' checks take any size, so say which table it was rather than torch's traceback
         said = (str(exc).splitlines() or [""])[0][:200]

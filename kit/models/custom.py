@@ -27,11 +27,12 @@ from kit.models.config import ModelConfigError, StreamModel
 
 SEPARATOR = ":"
 MODEL_SOURCE = "model_source.py"  # the run folder's copy of the file its model came from
-CHECK_STEPS = 12  # steps of the contract check: enough to carry a state, cheap for any model
+CHECK_STEPS = 64  # steps of the contract check: past a short window's wrap (r328), cheap
 CHECK_RTOL = 1e-4  # of the largest output: float32 sums in another order, not another model
 HOW = "see docs/models.md \"Your own model\""
 
 _loaded: dict[tuple[str, str], ModuleType] = {}  # (resolved file, sha256) -> module
+_executed: dict[str, bytes] = {}  # resolved file -> the bytes last run from it (what trains)
 
 
 def is_custom(kind: object) -> bool:
@@ -82,17 +83,20 @@ def _module(kind: str, where: str) -> ModuleType:
     content = resolved.read_bytes()
     key = (str(resolved), hashlib.sha256(content).hexdigest())
     if key not in _loaded:  # an edited file is read anew in a long-lived process
-        name = f"kit_user_model_{resolved.stem}_{key[1][:12]}"
+        # (named by path and content: two files of one stem and content stay two modules)
+        name = (f"kit_user_model_{resolved.stem}_"
+                f"{hashlib.sha256(f'{resolved}:{key[1]}'.encode()).hexdigest()[:12]}")
         spec = importlib.util.spec_from_file_location(name, resolved)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # (dataclasses and pickling look their module up there)
-        try:
-            spec.loader.exec_module(module)
+        try:  # the bytes hashed, not the file read again: the run keeps what ran (r328)
+            exec(compile(content, str(resolved), "exec"), module.__dict__)
         except Exception as exc:
             sys.modules.pop(name, None)
             raise ModelConfigError(f"model.type = {kind!r}: reading {path} raised "
                                    f"{_raised(exc, resolved)}") from None
         _loaded[key] = module
+    _executed[key[0]] = content
     return _loaded[key]
 
 
@@ -137,7 +141,9 @@ def keep_source(kind: object, run_dir: Path) -> None:
     trained with)."""
     source = _source_of(kind)
     if source is not None:
-        (Path(run_dir) / MODEL_SOURCE).write_bytes(source.read_bytes())
+        ran = _executed.get(str(source.resolve()))  # (an edit since it ran did not train)
+        (Path(run_dir) / MODEL_SOURCE).write_bytes(ran if ran is not None else
+                                                   source.read_bytes())
 
 
 def _source_of(kind: object) -> Path | None:
@@ -149,7 +155,7 @@ def _source_of(kind: object) -> Path | None:
         return path if path.is_file() else None
     try:  # (where it would be imported from, before it is: r324, an edit went unsaid)
         found = importlib.util.find_spec(kind.rpartition(SEPARATOR)[0])
-    except (ImportError, ValueError):
+    except Exception:  # (its package's __init__ runs: whatever it raises, not found here)
         return None
     file = getattr(found, "origin", None)
     return Path(file) if file and Path(file).is_file() else None
@@ -221,9 +227,11 @@ def check_stream_contract(model: StreamModel, kind: str, n_inputs: int, n_output
                                    "outputs for the same input on a second call: it must be "
                                    "deterministic there (draw noise only while self.training); "
                                    f"{HOW}")
-        stepped = _called(model, kind, "forward one step at a time", lambda: _steps(model, x))
+        stepped = _called(model, kind, "forward one step at a time",
+                          lambda: _steps(model, kind, x, n_outputs))
         alone = _called(model, kind, "forward over one sequence", lambda: model(
             x[1:], model.init_state(1))[0])
+        _check_shape(kind, alone, (1, CHECK_STEPS, n_outputs))
     finally:
         model.train(was_training)
     if not bool(torch.isfinite(whole).all()):
@@ -263,12 +271,23 @@ def _check_state(model: StreamModel, kind: str) -> None:
                                    f"{HOW}")
 
 
-def _steps(model: StreamModel, x: torch.Tensor) -> torch.Tensor:
+def _steps(model: StreamModel, kind: str, x: torch.Tensor, n_outputs: int) -> torch.Tensor:
     state, out = model.init_state(x.shape[0]), []
     for t in range(x.shape[1]):
         y, state = model(x[:, t:t + 1], state)
+        _check_shape(kind, y, (x.shape[0], 1, n_outputs))  # (r328: [B, K] broadcast)
         out.append(y)
     return torch.cat(out, dim=1)
+
+
+def build_error(kind: str, exc: Exception) -> ModelConfigError:
+    """What the constructor of a model of your own raised, as one line (r328: a NameError
+    was a traceback, a missing `dropout` argument blamed the sizes)."""
+    if isinstance(exc, TypeError) and "keyword argument" in str(exc):
+        return ModelConfigError(f"model.type = {kind!r}: its __init__(n_inputs, n_outputs, ...) "
+                                "must take each of its keys and the common ones (dropout, "
+                                f"head, heads) as keyword arguments ({exc}); {HOW}")
+    return ModelConfigError(f"model.type = {kind!r}: building it raised {_raised(exc)}; {HOW}")
 
 
 def _called(model: StreamModel, kind: str, what: str, call):

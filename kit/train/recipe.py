@@ -602,6 +602,8 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
     if resume and (changed := data_changes(files.root, reading_here=True)):
         raise ConfigError(changed_data_message(files.root, changed)
                           + "; --resume would train it on both")
+    if resume:  # a model of your own changed since the run started: refused before the data
+        check_run_source(config["model"].get("type"), files.root, resuming=True)
     # (a resumed fold run's config brings its fold; without progress, called as it always was)
     status = startup_status(progress)
     data = load_train_data(config, **({"status": status} if status else {}))
@@ -610,8 +612,6 @@ def _train_one(config: dict, files: RunFiles, *, fold: tuple[int, int] | None,
     # resumed run keeps its config.toml as it was written (one from before: no [loss])
     config = {**config, "loss": resolved_loss(config.get("loss"), n_out)}
     model_config = solve_width(config["model"], n_in, n_out)
-    if resume:  # a model of your own: its file changed since the run started is refused
-        check_run_source(model_config["type"], files.root, resuming=True)
     torch.manual_seed(config["seed"])  # the initial weights: the same for the same seed
     model = build_model(model_config, n_in, n_out)
     if config["normaliser"]["targets"]:  # outputs in the targets' units, layers standardised
