@@ -42,6 +42,17 @@ def build(path: Path, cache_dir: Path) -> str:
     return made
 
 
+def entry_with_a_copy(tmp_path: Path) -> tuple[Path, Path, str]:
+    """(cache folder, data file, its entry) where a copy of the file has used the entry too."""
+    cache_dir, data = tmp_path / "cache", write_data(tmp_path / "a/train.parquet", seed=0)
+    entry = build(data, cache_dir)
+    copy = tmp_path / "b/train.parquet"
+    copy.parent.mkdir()
+    copy.write_bytes(data.read_bytes())
+    cached_arrays(copy, KEY, Builder(copy), cache_dir=cache_dir)  # a hit: records the copy
+    return cache_dir, data, entry
+
+
 def by_name(cache_dir: Path) -> dict[str, dict]:
     return {e["name"]: e for e in cache_entries(cache_dir)}
 
@@ -91,12 +102,7 @@ def test_entries_of_an_overwritten_or_deleted_file_are_orphaned_and_cleared(tmp_
 def test_a_copy_holding_the_bytes_keeps_an_entry_whose_own_file_is_gone(tmp_path, settled):
     """Entries are found by content whatever file names them: a copy that holds the bytes
     (recorded when it used the entry) keeps it live."""
-    cache_dir, data = tmp_path / "cache", write_data(tmp_path / "a/train.parquet", seed=0)
-    entry = build(data, cache_dir)
-    copy = tmp_path / "b/train.parquet"
-    copy.parent.mkdir()
-    copy.write_bytes(data.read_bytes())
-    cached_arrays(copy, KEY, Builder(copy), cache_dir=cache_dir)  # a hit: records the copy
+    cache_dir, data, entry = entry_with_a_copy(tmp_path)
     data.unlink()
     assert by_name(cache_dir)[entry]["orphaned"] is None
     assert clear_stale(cache_dir, {}) == [] and (cache_dir / entry).is_dir()

@@ -158,16 +158,22 @@ def test_the_best_single_of_an_error_metric_is_its_lowest(monkeypatch):
     assert "best single (c1)" in format_selection(doc)
 
 
+def _two_member_selection(monkeypatch, seed: int) -> dict:
+    """The ensemble document of a selection that keeps both of two noisy candidates."""
+    monkeypatch.setattr(ensemble_module, "checkpoint_digest", lambda run: "-")
+    rng = np.random.default_rng(seed)
+    truth = rng.standard_normal((3000, 2))
+    cands = _candidates([truth + rng.standard_normal(truth.shape) for _ in range(2)])
+    doc = ensemble_document(select(cands, truth, iters=6), cands, iters=6, init_best=0)
+    assert len(doc["members"]) == 2
+    return doc
+
+
 def test_a_member_zeroed_by_hand_is_not_counted_as_selected(monkeypatch):
     """Kills: format_selection counting every member as selected (one whose weights were set
     to 0 by hand, left out of the package, was still said to be selected)."""
-    monkeypatch.setattr(ensemble_module, "checkpoint_digest", lambda run: "-")
-    rng = np.random.default_rng(5)
-    truth = rng.standard_normal((3000, 2))
-    cands = _candidates([truth + rng.standard_normal(truth.shape) for _ in range(2)])
-    sel = select(cands, truth, iters=6)
-    doc = ensemble_document(sel, cands, iters=6, init_best=0)
-    assert len(doc["members"]) == 2 and "2 of 2 candidates selected" in format_selection(doc)
+    doc = _two_member_selection(monkeypatch, seed=5)
+    assert "2 of 2 candidates selected" in format_selection(doc)
     doc["members"][1]["weights"] = [0.0, 0.0]
     assert "\n1 of 2 candidates selected" in format_selection(doc)
 
@@ -192,13 +198,7 @@ def test_the_report_names_no_zeroed_member_as_trained_under_other_metric_setting
     from kit.ensemble import write_ensemble
     from kit.reports import write_ensemble_report
 
-    monkeypatch.setattr(ensemble_module, "checkpoint_digest", lambda run: "-")
-    rng = np.random.default_rng(6)
-    truth = rng.standard_normal((3000, 2))
-    cands = _candidates([truth + rng.standard_normal(truth.shape) for _ in range(2)])
-    sel = select(cands, truth, iters=6)
-    doc = ensemble_document(sel, cands, iters=6, init_best=0)
-    assert len(doc["members"]) == 2
+    doc = _two_member_selection(monkeypatch, seed=6)
     for m in doc["members"]:  # (runs gone since: the report says so, and goes on)
         m["runs"] = [str(tmp_path / "runs" / "e" / m["name"])]
         m["trained_metric"] = {"name": "weighted_pearson", "clip": [-0.01, 0.01]}

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from kit.data import cache as cache_module
-from kit.data.cache import cache_entries, cached_arrays, clear_dead_temp, temp_folders
+from kit.data.cache import cache_entries, clear_dead_temp, temp_folders
 from kit.temp import dead_owners, owner_gone, owner_tag
 from kit.train import groups
 from kit.train.groups import GROUPS_DIR, claim_group, drop_never_started
 from tests.cli import run_cli
 from tests.processes import dead_pid
-from tests.test_arrays import KEY, Builder
-from tests.test_cache_housekeeping_r315 import build, write_data
+from tests.test_cache_housekeeping_r315 import build, entry_with_a_copy, write_data
 
 REPO = Path(__file__).resolve().parents[1]
 TMP = cache_module.TMP_PREFIX
@@ -59,12 +58,7 @@ def test_an_entry_a_copy_still_holds_is_live_when_its_own_file_is_overwritten(
         tmp_path, settled):
     """Mutant: source_status judges an entry by the file its meta.json names alone: the
     entry a recorded copy still reads was called orphaned, and --clear-stale deleted it."""
-    cache_dir, data = tmp_path / "cache", write_data(tmp_path / "a/train.parquet", seed=0)
-    entry = build(data, cache_dir)
-    copy = tmp_path / "b/train.parquet"
-    copy.parent.mkdir()
-    copy.write_bytes(data.read_bytes())
-    cached_arrays(copy, KEY, Builder(copy), cache_dir=cache_dir)  # a hit: records the copy
+    cache_dir, data, entry = entry_with_a_copy(tmp_path)
     write_data(data, seed=1)  # the entry's own file now holds other bytes
     newer = build(data, cache_dir)
     listed = {e["name"]: e for e in cache_entries(cache_dir)}
