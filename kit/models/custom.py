@@ -22,7 +22,7 @@ from types import ModuleType
 
 import torch
 
-from kit.config import did_you_mean
+from kit.config import ConfigError, did_you_mean
 from kit.models.config import ModelConfigError, StreamModel
 
 SEPARATOR = ":"
@@ -190,6 +190,25 @@ def check_run_source(kind: object, run_dir: Path, *, resuming: bool = False) -> 
                   f"from the file as it is now, so parity compares the package with that code, "
                   f"not with the code the weights trained with ({kept}); put the copy back to "
                   "pack the model as trained", RuntimeWarning, stacklevel=3)
+
+
+def check_own_model(model_config: dict, n_inputs: int, n_outputs: int, *,
+                    scales_targets: bool) -> None:
+    """What kit checks of a model of your own before training: built (on a forked random
+    state, so the run's seeded initial weights stay what they were), the stream contract,
+    and the head normaliser.targets scales."""
+    from kit.models import build_model
+
+    kind = model_config["type"]
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(model_config, n_inputs, n_outputs)
+    check_stream_contract(model, kind, n_inputs, n_outputs)
+    if scales_targets and not callable(getattr(getattr(model, "head", None), "scale_outputs",
+                                               None)):
+        raise ConfigError(f"normaliser.targets = true scales the outputs of the model's head, "
+                          f"and {kind!r} has no head made by kit.models.heads.make_head: make "
+                          "its head so, or set normaliser.targets = false",
+                          settings=("normaliser.targets", "model.type"))
 
 
 @torch.no_grad()

@@ -67,8 +67,8 @@ def check_config(config: dict, resume: bool = False) -> dict:
     `resume`: a run that continues; its last.pt holds the batch size a GPU found for
     train.batch_size = 0, so a CPU may continue it (fit refuses one without)."""
     from kit.features import feature_set_from_config
-    from kit.models import build_model, model_values, solve_width
-    from kit.models.custom import check_stream_contract, is_custom
+    from kit.models import model_values, solve_width
+    from kit.models.custom import check_own_model, is_custom
     from kit.sweep import check_table
     from kit.train.data import check_split_settings
     from kit.train.losses import MaskedLoss, resolved_loss
@@ -79,16 +79,7 @@ def check_config(config: dict, resume: bool = False) -> dict:
     n_in, n_out = len(features.outputs), spec.n_outputs
     model = model_values(solved := solve_width(config["model"], n_in, n_out))
     if is_custom(solved["type"]):  # (the registered models' contract is pinned by tests)
-        with torch.random.fork_rng(devices=[]):  # (the seeded initial weights stay the same)
-            built = build_model(solved, n_in, n_out)
-        check_stream_contract(built, solved["type"], n_in, n_out)
-        if config["normaliser"]["targets"] and not callable(
-                getattr(getattr(built, "head", None), "scale_outputs", None)):
-            raise ConfigError(f"normaliser.targets = true scales the outputs of the model's head, "
-                              f"and {solved['type']!r} has no head made by "
-                              "kit.models.heads.make_head: make its head so, or set "
-                              "normaliser.targets = false",
-                              settings=("normaliser.targets", "model.type"))
+        check_own_model(solved, n_in, n_out, scales_targets=config["normaliser"]["targets"])
     # as it trains (a run records it so): a run without [loss] and one of the default compare
     # alike, whichever kit wrote their config.toml
     loss = resolved_loss(config.get("loss"), spec.n_outputs)
