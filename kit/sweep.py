@@ -51,6 +51,7 @@ from kit.config import (
     parse_override,
     resolve,
     set_path,
+    validation_file,
 )
 from kit.errors import KitError
 from kit.torch_state import kit_torch
@@ -447,7 +448,7 @@ def validated_rows(config: dict, sequences: _Sequences) -> dict:
 
     data, spec = config["data"], load_spec(config["spec"])
     fold, held_out = data["fold"], data["split"] != "file"
-    source = data["train"] if fold or held_out else data["valid"]
+    source = validation_file(config)
     parts: dict[str, object] = {"the file validated on": str(Path(source).resolve())}
     by = [data["split"], data["group"], data["stratify"]]
     if fold:  # the run's seed places the folds

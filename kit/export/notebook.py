@@ -649,8 +649,9 @@ def write_notebook(submission: Path, out: Path, *, owner: str | None,
     # by what OUT holds: a dataset folder given with --out another package's OUT took that
     # notebook's title, competition and protocol (r316); by the titles, which cut a long
     # name (r322: a name of 43 or more characters never matched, and lost its options)
-    recorded = getattr(_previous_notebook(out), "package", None)  # (exact: r328, two runs'
-    # names differing past the cut took each other's notebook)
+    previous = _previous_notebook(out)
+    recorded = getattr(previous, "package", None)  # (exact: r328, two runs' names differing
+    # past the cut took each other's notebook)
     same_package = in_out is not None and (
         recorded == name if recorded else _dataset_title(in_out[0]) == _dataset_title(name))
     if earlier:  # OUT/dataset given again (e.g. to switch protocol): the same Kaggle dataset
@@ -664,7 +665,6 @@ def write_notebook(submission: Path, out: Path, *, owner: str | None,
                                "6 to 50")
     # the same package written again (from OUT/dataset or its zip): the same Kaggle kernel,
     # with the options it was written with unless given anew
-    previous = _previous_notebook(out)
     title, competition, protocol, keep_columns, rename = _options_kept(
         previous if same_package else None, kept, name, title=title, competition=competition,
         protocol=protocol, keep_columns=keep_columns, rename=rename)

@@ -225,10 +225,8 @@ def check_stream_contract(model: StreamModel, kind: str, n_inputs: int, n_output
     was_training = model.training
     model.eval()
     try:
-        params = next(model.parameters(), None)
-        device = params.device if params is not None else torch.device("cpu")
-        x = torch.randn(2, CHECK_STEPS, n_inputs,
-                        generator=torch.Generator().manual_seed(0)).to(device)
+        x = torch.randn(2, CHECK_STEPS, n_inputs, generator=torch.Generator().manual_seed(0)
+                        ).to(next(model.parameters()).device)
         whole = _called(model, kind, "forward over a whole sequence", lambda: model(
             x, model.init_state(2))[0])
         _check_shape(kind, whole, (2, CHECK_STEPS, n_outputs))

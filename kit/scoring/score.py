@@ -139,7 +139,6 @@ class ScoreResult:
         lines += [f"warning: {w}" for w in self.warnings if w not in said]
         return "\n".join(lines)
 
-
     @property
     def subset(self) -> bool:
         """Whether --seqs replayed only the first sequences of the file."""
